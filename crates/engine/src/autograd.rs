@@ -1,0 +1,239 @@
+//! Reverse-mode autodiff: the graph node each op leaves behind, the backward walk, the
+//! gradient store, and the no-grad scope.
+//!
+//! Every op that reads a tensor needing a gradient records a [`Node`]: its inputs and a
+//! backward rule that maps the output gradient to input gradients using ordinary
+//! tensor ops (so it runs on any backend). [`Tensor::backward`] orders the graph
+//! topologically, runs the rules from the output back to the variables, adds up
+//! gradients of tensors used more than once, and frees each node once it has run.
+
+use crate::error::{Error, Result};
+use crate::tensor::{Tensor, TensorId};
+use parking_lot::Mutex;
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
+
+/// A backward rule: `(inputs, output, output gradient) → one gradient per input`
+/// (`None` where an input gets none, e.g. a mask or indices).
+pub trait BackwardFn:
+    Fn(&[Tensor], &Tensor, &Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync + 'static
+{
+}
+impl<F> BackwardFn for F where
+    F: Fn(&[Tensor], &Tensor, &Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync + 'static
+{
+}
+
+/// What an op left in the graph.
+pub(crate) struct Node {
+    op: &'static str,
+    inputs: Vec<Tensor>,
+    backward: Box<dyn BackwardFn>,
+}
+
+/// A tensor's relation to the graph.
+pub(crate) enum GradMeta {
+    /// A constant: no gradient flows into or through it.
+    None,
+    /// A leaf whose gradient is reported.
+    Variable,
+    /// An op's result; the node is taken (and freed) when backward runs through it.
+    Node(Mutex<Option<Node>>),
+}
+
+impl GradMeta {
+    /// A node for an op's result when the graph should record it.
+    pub(crate) fn for_op(op: &'static str, inputs: &[&Tensor], backward: impl BackwardFn) -> Self {
+        if !is_grad_enabled() || !inputs.iter().any(|t| t.requires_grad()) {
+            return GradMeta::None;
+        }
+        GradMeta::Node(Mutex::new(Some(Node {
+            op,
+            inputs: inputs.iter().map(|&t| t.clone()).collect(),
+            backward: Box::new(backward),
+        })))
+    }
+
+    pub(crate) fn take_node(&self) -> Option<Node> {
+        match self {
+            GradMeta::Node(n) => n.lock().take(),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn inputs(&self) -> Option<Vec<Tensor>> {
+        match self {
+            GradMeta::Node(n) => n.lock().as_ref().map(|n| n.inputs.clone()),
+            _ => None,
+        }
+    }
+}
+
+thread_local! {
+    static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+/// True unless inside a no-grad scope on this thread.
+pub fn is_grad_enabled() -> bool {
+    GRAD_ENABLED.with(Cell::get)
+}
+
+/// While alive, ops on this thread record nothing (see [`no_grad`]).
+pub struct NoGradGuard {
+    previous: bool,
+}
+
+impl NoGradGuard {
+    /// Disables graph recording until the guard is dropped.
+    pub fn new() -> Self {
+        NoGradGuard {
+            previous: GRAD_ENABLED.with(|g| g.replace(false)),
+        }
+    }
+}
+
+impl Default for NoGradGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for NoGradGuard {
+    fn drop(&mut self) {
+        GRAD_ENABLED.with(|g| g.set(self.previous));
+    }
+}
+
+/// Runs `f` without recording a graph: for evaluation, sampling and targets that must
+/// not receive gradients.
+pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
+    let _guard = NoGradGuard::new();
+    f()
+}
+
+/// Gradients of the variables, keyed by tensor.
+#[derive(Default, Debug)]
+pub struct Gradients(HashMap<TensorId, Tensor>);
+
+impl Gradients {
+    /// The gradient of `t`, if it received one.
+    pub fn get(&self, t: &Tensor) -> Option<&Tensor> {
+        self.0.get(&t.id())
+    }
+
+    /// Removes and returns the gradient of `t`.
+    pub fn remove(&mut self, t: &Tensor) -> Option<Tensor> {
+        self.0.remove(&t.id())
+    }
+
+    /// Sets the gradient of `t` (e.g. after clipping).
+    pub fn insert(&mut self, t: &Tensor, grad: Tensor) {
+        self.0.insert(t.id(), grad);
+    }
+
+    /// Number of gradients held.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when no gradient is held.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// All (id, gradient) pairs.
+    pub fn iter(&self) -> impl Iterator<Item = (&TensorId, &Tensor)> {
+        self.0.iter()
+    }
+}
+
+/// Tensors reachable from `root` through recorded nodes, inputs before outputs.
+fn topological_order(root: &Tensor) -> Vec<Tensor> {
+    let mut order = Vec::new();
+    let mut seen = HashSet::new();
+    // Iterative post-order DFS: deep graphs must not overflow the stack.
+    let mut stack = vec![(root.clone(), false)];
+    while let Some((t, expanded)) = stack.pop() {
+        if expanded {
+            order.push(t);
+            continue;
+        }
+        if !seen.insert(t.id()) {
+            continue;
+        }
+        let inputs = t.node_inputs().unwrap_or_default();
+        stack.push((t, true));
+        for input in inputs.into_iter().rev() {
+            if input.requires_grad() && !seen.contains(&input.id()) {
+                stack.push((input, false));
+            }
+        }
+    }
+    order
+}
+
+impl Tensor {
+    /// Gradients of this one-element tensor with respect to every variable it depends
+    /// on. Frees the graph as it goes: a second call on the same graph is an error.
+    pub fn backward(&self) -> Result<Gradients> {
+        if self.elem_count() != 1 {
+            return Err(Error::Autograd(format!(
+                "needs a one-element output, got shape {:?}; pass an output gradient to \
+                 backward_with",
+                self.shape()
+            )));
+        }
+        self.backward_with(&self.ones_like()?)
+    }
+
+    /// Backpropagates `grad` (the gradient of some scalar with respect to `self`).
+    pub fn backward_with(&self, grad: &Tensor) -> Result<Gradients> {
+        if !self.requires_grad() {
+            return Err(Error::Autograd(
+                "the tensor does not depend on any variable (or was made under no_grad)".into(),
+            ));
+        }
+        if grad.shape() != self.shape() {
+            return Err(Error::shapes(
+                "backward_with",
+                &[self.shape(), grad.shape()],
+            ));
+        }
+        let order = topological_order(self);
+        let mut grads = HashMap::from([(self.id(), grad.detach())]);
+        let _no_grad = crate::autograd::NoGradGuard::new();
+        for t in order.iter().rev() {
+            if t.is_variable() {
+                continue;
+            }
+            let Some(node) = t.take_node() else {
+                return Err(Error::Autograd(
+                    "the graph was already freed by an earlier backward".into(),
+                ));
+            };
+            let Some(g) = grads.remove(&t.id()) else {
+                continue;
+            };
+            let input_grads = (node.backward)(&node.inputs, t, &g)?;
+            for (input, ig) in node.inputs.iter().zip(input_grads) {
+                let Some(ig) = ig.filter(|_| input.requires_grad()) else {
+                    continue;
+                };
+                if ig.shape() != input.shape() {
+                    return Err(Error::Autograd(format!(
+                        "{}: backward produced a gradient of shape {:?} for an input of shape {:?}",
+                        node.op,
+                        ig.shape(),
+                        input.shape()
+                    )));
+                }
+                let total = match grads.remove(&input.id()) {
+                    Some(prev) => prev.add(&ig)?,
+                    None => ig,
+                };
+                grads.insert(input.id(), total);
+            }
+        }
+        Ok(Gradients(grads))
+    }
+}

@@ -1,0 +1,188 @@
+//! Scaled-dot-product attention on `[b, h, t, d]` views, forward and backward: the
+//! reference the CUDA kernels are tested against. Each (batch, head) pair is computed
+//! with `gemm` on the strided views directly, in parallel across pairs.
+
+use super::float::CpuFloat;
+use super::matmul::{batch_offsets, gemm_into, GemmArgs};
+use crate::backend::AttentionSpec;
+use crate::layout::Layout;
+use gemm::Parallelism::None as OneThread;
+use rayon::prelude::*;
+
+/// One operand: its storage, per-(b, h) offsets and (row, column) strides.
+struct Operand<'a, F> {
+    data: &'a [F],
+    offsets: Vec<usize>,
+    rows: usize,
+    cols: usize,
+    strides: (usize, usize),
+}
+
+impl<'a, F> Operand<'a, F> {
+    fn new(data: &'a [F], l: &Layout) -> Self {
+        let s = l.strides();
+        Operand {
+            data,
+            offsets: batch_offsets(l),
+            rows: l.shape()[2],
+            cols: l.shape()[3],
+            strides: (s[2], s[3]),
+        }
+    }
+    fn at(&self, bh: usize) -> &'a [F] {
+        &self.data[self.offsets[bh]..]
+    }
+    fn transposed(&self) -> (usize, usize) {
+        (self.strides.1, self.strides.0)
+    }
+}
+
+/// `dst (m×n, row-major) = beta·lhs·rhs (+ dst if accumulate)`.
+fn product<F: CpuFloat>(
+    dst: &mut [F],
+    (lhs, lhs_strides): (&[F], (usize, usize)),
+    (rhs, rhs_strides): (&[F], (usize, usize)),
+    (m, k, n): (usize, usize, usize),
+    beta: F,
+) {
+    let g = GemmArgs {
+        m,
+        n,
+        k,
+        lhs_strides,
+        rhs_strides,
+    };
+    gemm_into(dst, n, lhs, rhs, g, false, beta, OneThread);
+}
+
+/// Scores `scale·q·kᵀ` with the causal mask applied (masked entries −∞).
+fn scores<F: CpuFloat>(q: &Operand<F>, k: &Operand<F>, bh: usize, spec: AttentionSpec) -> Vec<F> {
+    let (tq, tk, d) = (q.rows, k.rows, q.cols);
+    let mut s = vec![F::zero(); tq * tk];
+    let (qs, ks) = ((q.at(bh), q.strides), (k.at(bh), k.transposed()));
+    product(&mut s, qs, ks, (tq, d, tk), F::c(spec.scale));
+    if spec.causal {
+        for i in 0..tq {
+            s[i * tk + (i + 1).min(tk)..(i + 1) * tk].fill(F::neg_infinity());
+        }
+    }
+    s
+}
+
+/// Output `[b, h, tq, dv]` and log-sum-exp `[b, h, tq]`.
+pub fn attention<F: CpuFloat>(
+    q: (&[F], &Layout),
+    k: (&[F], &Layout),
+    v: (&[F], &Layout),
+    spec: AttentionSpec,
+) -> (Vec<F>, Vec<F>) {
+    let (q, k, v) = (
+        Operand::new(q.0, q.1),
+        Operand::new(k.0, k.1),
+        Operand::new(v.0, v.1),
+    );
+    let (bh, tq, tk, dv) = (q.offsets.len(), q.rows, k.rows, v.cols);
+    let mut out = vec![F::zero(); bh * tq * dv];
+    let mut lse = vec![F::zero(); bh * tq];
+    if tq == 0 || dv == 0 {
+        return (out, lse);
+    }
+    out.par_chunks_mut(tq * dv)
+        .zip(lse.par_chunks_mut(tq))
+        .enumerate()
+        .for_each(|(i, (o, l))| {
+            let mut p = scores(&q, &k, i, spec);
+            for (row, l) in p.chunks_mut(tk.max(1)).zip(l.iter_mut()) {
+                let max = row.iter().copied().fold(F::neg_infinity(), F::max);
+                let mut sum = F::zero();
+                row.iter_mut().for_each(|x| {
+                    *x = (*x - max).exp();
+                    sum = sum + *x;
+                });
+                row.iter_mut().for_each(|x| *x = *x / sum);
+                *l = max + sum.ln();
+            }
+            product(
+                o,
+                (&p, (tk, 1)),
+                (v.at(i), v.strides),
+                (tq, tk, dv),
+                F::one(),
+            );
+        });
+    (out, lse)
+}
+
+/// The gradients of q, k and v.
+pub struct AttentionGrads<F> {
+    /// Gradient of q, `[b, h, tq, d]`.
+    pub dq: Vec<F>,
+    /// Gradient of k, `[b, h, tk, d]`.
+    pub dk: Vec<F>,
+    /// Gradient of v, `[b, h, tk, dv]`.
+    pub dv: Vec<F>,
+}
+
+/// Backward: with P recomputed from the saved log-sum-exp,
+/// dV = Pᵀ·dO, dP = dO·Vᵀ, dS = P∘(dP − rowsum(dO∘O)), dQ = scale·dS·K, dK = scale·dSᵀ·Q.
+pub fn attention_backward<F: CpuFloat>(
+    q: (&[F], &Layout),
+    k: (&[F], &Layout),
+    v: (&[F], &Layout),
+    out: (&[F], &Layout),
+    lse: &[F],
+    grad: (&[F], &Layout),
+    spec: AttentionSpec,
+) -> AttentionGrads<F> {
+    let (q, k, v) = (
+        Operand::new(q.0, q.1),
+        Operand::new(k.0, k.1),
+        Operand::new(v.0, v.1),
+    );
+    let (o, g) = (Operand::new(out.0, out.1), Operand::new(grad.0, grad.1));
+    let (bh, tq, tk, d, dv) = (q.offsets.len(), q.rows, k.rows, q.cols, v.cols);
+    let mut grads = AttentionGrads {
+        dq: vec![F::zero(); bh * tq * d],
+        dk: vec![F::zero(); bh * tk * d],
+        dv: vec![F::zero(); bh * tk * dv],
+    };
+    if tq == 0 || tk == 0 {
+        return grads;
+    }
+    let scale = F::c(spec.scale);
+    grads
+        .dq
+        .par_chunks_mut(tq * d.max(1))
+        .zip(grads.dk.par_chunks_mut(tk * d.max(1)))
+        .zip(grads.dv.par_chunks_mut(tk * dv.max(1)))
+        .enumerate()
+        .for_each(|(i, ((dq, dk), dvo))| {
+            let mut p = scores(&q, &k, i, spec);
+            for (row, &l) in p.chunks_mut(tk).zip(&lse[i * tq..(i + 1) * tq]) {
+                row.iter_mut().for_each(|x| *x = (*x - l).exp());
+            }
+            let dout = (g.at(i), g.strides);
+            product(dvo, (&p, (1, tk)), dout, (tk, tq, dv), F::one());
+            let mut ds = vec![F::zero(); tq * tk];
+            product(
+                &mut ds,
+                dout,
+                (v.at(i), v.transposed()),
+                (tq, dv, tk),
+                F::one(),
+            );
+            for r in 0..tq {
+                let (gr, or) = (&g.at(i)[r * g.strides.0..], &o.at(i)[r * o.strides.0..]);
+                let di: F = (0..dv)
+                    .map(|c| gr[c * g.strides.1] * or[c * o.strides.1])
+                    .sum();
+                for c in 0..tk {
+                    let at = r * tk + c;
+                    ds[at] = p[at] * (ds[at] - di);
+                }
+            }
+            product(dq, (&ds, (tk, 1)), (k.at(i), k.strides), (tq, tk, d), scale);
+            product(dk, (&ds, (1, tk)), (q.at(i), q.strides), (tk, tq, d), scale);
+        });
+    grads
+}

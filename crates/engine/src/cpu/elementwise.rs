@@ -1,0 +1,224 @@
+//! Elementwise kernels: unary maps and their derivatives, binary maps, comparisons,
+//! selection by mask.
+
+use super::float::CpuFloat;
+use super::strided::{fill_runs, Runs};
+use crate::backend::{BinaryOp, CmpOp, UnaryOp};
+use crate::layout::Layout;
+
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+const GELU_CUBIC: f64 = 0.044_715;
+
+fn sigmoid<F: CpuFloat>(x: F) -> F {
+    F::one() / (F::one() + (-x).exp())
+}
+
+/// `op(x)` for one element.
+#[inline]
+pub fn unary_fn<F: CpuFloat>(op: UnaryOp, x: F) -> F {
+    let half = F::c(0.5);
+    match op {
+        UnaryOp::Neg => -x,
+        UnaryOp::Exp => x.exp(),
+        UnaryOp::Log => x.ln(),
+        UnaryOp::Sqrt => x.sqrt(),
+        UnaryOp::Rsqrt => x.sqrt().recip(),
+        UnaryOp::Recip => x.recip(),
+        UnaryOp::Square => x * x,
+        UnaryOp::Abs => x.abs(),
+        UnaryOp::Sin => x.sin(),
+        UnaryOp::Cos => x.cos(),
+        UnaryOp::Tanh => x.tanh(),
+        UnaryOp::Sigmoid => sigmoid(x),
+        UnaryOp::Relu => x.max(F::zero()),
+        UnaryOp::GeluTanh => {
+            let inner = F::c(SQRT_2_OVER_PI) * (x + F::c(GELU_CUBIC) * x * x * x);
+            half * x * (F::one() + inner.tanh())
+        }
+        UnaryOp::GeluErf => {
+            half * x * (F::one() + (x * F::c(std::f64::consts::FRAC_1_SQRT_2)).erf())
+        }
+        UnaryOp::Silu => x * sigmoid(x),
+        UnaryOp::Powf(p) => x.powf(F::c(p)),
+        UnaryOp::Clamp(lo, hi) => x.max(F::c(lo)).min(F::c(hi)),
+        UnaryOp::Affine(a, b) => F::c(a) * x + F::c(b),
+    }
+}
+
+/// `op'(x)`, the derivative, for one element. At kinks (relu, abs, clamp at 0 or the
+/// bounds) it takes the value PyTorch takes.
+#[inline]
+pub fn unary_derivative<F: CpuFloat>(op: UnaryOp, x: F) -> F {
+    let (zero, one, half) = (F::zero(), F::one(), F::c(0.5));
+    let step = |c: bool| if c { one } else { zero };
+    match op {
+        UnaryOp::Neg => -one,
+        UnaryOp::Exp => x.exp(),
+        UnaryOp::Log => x.recip(),
+        UnaryOp::Sqrt => half / x.sqrt(),
+        UnaryOp::Rsqrt => -half * x.powf(F::c(-1.5)),
+        UnaryOp::Recip => -(x * x).recip(),
+        UnaryOp::Square => F::c(2.0) * x,
+        UnaryOp::Abs => x.signum() * step(x != zero),
+        UnaryOp::Sin => x.cos(),
+        UnaryOp::Cos => -x.sin(),
+        UnaryOp::Tanh => one - x.tanh() * x.tanh(),
+        UnaryOp::Sigmoid => sigmoid(x) * (one - sigmoid(x)),
+        UnaryOp::Relu => step(x > zero),
+        UnaryOp::GeluTanh => {
+            let k = F::c(SQRT_2_OVER_PI);
+            let c = F::c(GELU_CUBIC);
+            let t = (k * (x + c * x * x * x)).tanh();
+            half * (one + t) + half * x * (one - t * t) * k * (one + F::c(3.0) * c * x * x)
+        }
+        UnaryOp::GeluErf => {
+            let cdf = half * (one + (x * F::c(std::f64::consts::FRAC_1_SQRT_2)).erf());
+            let pdf = (-half * x * x).exp() * F::c(0.398_942_280_401_432_7);
+            cdf + x * pdf
+        }
+        UnaryOp::Silu => {
+            let s = sigmoid(x);
+            s * (one + x * (one - s))
+        }
+        UnaryOp::Powf(p) => F::c(p) * x.powf(F::c(p - 1.0)),
+        UnaryOp::Clamp(lo, hi) => step(x >= F::c(lo) && x <= F::c(hi)),
+        UnaryOp::Affine(a, _) => F::c(a),
+    }
+}
+
+/// `f` applied to every element of a view; contiguous output.
+pub fn map<F: CpuFloat, O: Send + Default + Copy>(
+    x: &[F],
+    layout: &Layout,
+    f: impl Fn(F) -> O + Sync,
+) -> Vec<O> {
+    let runs = Runs::new(layout.shape(), [(layout.strides(), layout.offset())]);
+    let mut out = vec![O::default(); layout.elem_count()];
+    fill_runs(&mut out, &runs, |o, [s]| match runs.inner[0] {
+        1 => {
+            let n = o.len();
+            o.iter_mut().zip(&x[s..s + n]).for_each(|(o, &x)| *o = f(x))
+        }
+        st => o
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, o)| *o = f(x[s + i * st])),
+    });
+    out
+}
+
+/// `f` applied to pairs of elements of two views of the same shape; contiguous output.
+pub fn zip_map<F: CpuFloat, O: Send + Default + Copy>(
+    a: (&[F], &Layout),
+    b: (&[F], &Layout),
+    f: impl Fn(F, F) -> O + Sync,
+) -> Vec<O> {
+    let (la, lb) = (a.1, b.1);
+    let runs = Runs::new(
+        la.shape(),
+        [(la.strides(), la.offset()), (lb.strides(), lb.offset())],
+    );
+    let mut out = vec![O::default(); la.elem_count()];
+    fill_runs(&mut out, &runs, |o, [sa, sb]| {
+        let n = o.len();
+        match runs.inner {
+            [1, 1] => {
+                let (x, y) = (&a.0[sa..sa + n], &b.0[sb..sb + n]);
+                for i in 0..n {
+                    o[i] = f(x[i], y[i]);
+                }
+            }
+            [1, 0] => {
+                let y = b.0[sb];
+                o.iter_mut()
+                    .zip(&a.0[sa..sa + n])
+                    .for_each(|(o, &x)| *o = f(x, y));
+            }
+            [0, 1] => {
+                let x = a.0[sa];
+                o.iter_mut()
+                    .zip(&b.0[sb..sb + n])
+                    .for_each(|(o, &y)| *o = f(x, y));
+            }
+            [ta, tb] => {
+                for (i, o) in o.iter_mut().enumerate() {
+                    *o = f(a.0[sa + i * ta], b.0[sb + i * tb]);
+                }
+            }
+        }
+    });
+    out
+}
+
+/// `op(x)` elementwise.
+pub fn unary<F: CpuFloat>(x: &[F], layout: &Layout, op: UnaryOp) -> Vec<F> {
+    match op {
+        // The common cases get their own loop so that the compiler vectorises them.
+        UnaryOp::Affine(a, b) => {
+            let (a, b) = (F::c(a), F::c(b));
+            map(x, layout, |x| a * x + b)
+        }
+        UnaryOp::Neg => map(x, layout, |x| -x),
+        UnaryOp::Square => map(x, layout, |x| x * x),
+        _ => map(x, layout, |x| unary_fn(op, x)),
+    }
+}
+
+/// `grad · op'(x)` elementwise.
+pub fn unary_backward<F: CpuFloat>(
+    x: (&[F], &Layout),
+    grad: (&[F], &Layout),
+    op: UnaryOp,
+) -> Vec<F> {
+    zip_map(x, grad, |x, g| g * unary_derivative(op, x))
+}
+
+/// `op(a, b)` elementwise.
+pub fn binary<F: CpuFloat>(a: (&[F], &Layout), b: (&[F], &Layout), op: BinaryOp) -> Vec<F> {
+    match op {
+        BinaryOp::Add => zip_map(a, b, |x, y| x + y),
+        BinaryOp::Sub => zip_map(a, b, |x, y| x - y),
+        BinaryOp::Mul => zip_map(a, b, |x, y| x * y),
+        BinaryOp::Div => zip_map(a, b, |x, y| x / y),
+        BinaryOp::Maximum => zip_map(a, b, |x, y| x.max(y)),
+        BinaryOp::Minimum => zip_map(a, b, |x, y| x.min(y)),
+    }
+}
+
+/// 1 where `op(a, b)` holds, 0 elsewhere.
+pub fn cmp<F: CpuFloat>(a: (&[F], &Layout), b: (&[F], &Layout), op: CmpOp) -> Vec<F> {
+    let bit = |c: bool| if c { F::one() } else { F::zero() };
+    match op {
+        CmpOp::Eq => zip_map(a, b, |x, y| bit(x == y)),
+        CmpOp::Ne => zip_map(a, b, |x, y| bit(x != y)),
+        CmpOp::Lt => zip_map(a, b, |x, y| bit(x < y)),
+        CmpOp::Le => zip_map(a, b, |x, y| bit(x <= y)),
+        CmpOp::Gt => zip_map(a, b, |x, y| bit(x > y)),
+        CmpOp::Ge => zip_map(a, b, |x, y| bit(x >= y)),
+    }
+}
+
+/// `t` where `mask` is non-zero, else `f`.
+pub fn where_cond<F: CpuFloat>(
+    mask: (&[F], &Layout),
+    t: (&[F], &Layout),
+    f: (&[F], &Layout),
+) -> Vec<F> {
+    fn view(l: &Layout) -> (&[usize], usize) {
+        (l.strides(), l.offset())
+    }
+    let runs = Runs::new(mask.1.shape(), [view(mask.1), view(t.1), view(f.1)]);
+    let mut out = vec![F::zero(); mask.1.elem_count()];
+    let [sm, st, sf] = runs.inner;
+    fill_runs(&mut out, &runs, |o, [m0, t0, f0]| {
+        for (i, o) in o.iter_mut().enumerate() {
+            let keep = mask.0[m0 + i * sm] != F::zero();
+            *o = if keep {
+                t.0[t0 + i * st]
+            } else {
+                f.0[f0 + i * sf]
+            };
+        }
+    });
+    out
+}

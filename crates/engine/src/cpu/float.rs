@@ -1,0 +1,96 @@
+//! The float types CPU kernels are written for: f32 and f64 (bf16/f16 compute in f32).
+
+/// A float the CPU kernels compute in.
+pub trait CpuFloat:
+    num_traits::Float + Default + Send + Sync + 'static + std::fmt::Debug + std::iter::Sum
+{
+    /// The error function.
+    fn erf(self) -> Self;
+    /// Conversion of an f64 constant or parameter.
+    fn c(v: f64) -> Self;
+}
+
+impl CpuFloat for f32 {
+    fn erf(self) -> Self {
+        libm::erff(self)
+    }
+    fn c(v: f64) -> Self {
+        v as f32
+    }
+}
+
+impl CpuFloat for f64 {
+    fn erf(self) -> Self {
+        libm::erf(self)
+    }
+    fn c(v: f64) -> Self {
+        v
+    }
+}
+
+use super::CpuStorage;
+use crate::backend::BackendStorage;
+use crate::{
+    dtype::DType,
+    error::{Error, Result},
+};
+use half::{bf16, f16};
+use std::borrow::Cow;
+
+/// Moving between [`CpuStorage`] and the slices kernels compute on.
+pub trait ComputeType: CpuFloat {
+    /// The storage's values in this compute type: borrowed when the storage already
+    /// holds it, converted from bf16/f16 otherwise.
+    fn view<'a>(s: &'a CpuStorage, op: &'static str) -> Result<Cow<'a, [Self]>>;
+    /// Kernel output stored as `dtype` (rounded to bf16/f16 where asked).
+    fn store(v: Vec<Self>, dtype: DType) -> CpuStorage;
+}
+
+impl ComputeType for f32 {
+    fn view<'a>(s: &'a CpuStorage, op: &'static str) -> Result<Cow<'a, [f32]>> {
+        match s {
+            CpuStorage::F32(v) => Ok(Cow::Borrowed(v)),
+            CpuStorage::BF16(v) => Ok(Cow::Owned(v.iter().map(|x| x.to_f32()).collect())),
+            CpuStorage::F16(v) => Ok(Cow::Owned(v.iter().map(|x| x.to_f32()).collect())),
+            _ => Err(Error::dtypes(op, &[s.dtype(), DType::F32])),
+        }
+    }
+    fn store(v: Vec<f32>, dtype: DType) -> CpuStorage {
+        match dtype {
+            DType::BF16 => CpuStorage::BF16(v.into_iter().map(bf16::from_f32).collect()),
+            DType::F16 => CpuStorage::F16(v.into_iter().map(f16::from_f32).collect()),
+            _ => CpuStorage::F32(v),
+        }
+    }
+}
+
+impl ComputeType for f64 {
+    fn view<'a>(s: &'a CpuStorage, op: &'static str) -> Result<Cow<'a, [f64]>> {
+        match s {
+            CpuStorage::F64(v) => Ok(Cow::Borrowed(v)),
+            _ => Err(Error::dtypes(op, &[s.dtype(), DType::F64])),
+        }
+    }
+    fn store(v: Vec<f64>, _dtype: DType) -> CpuStorage {
+        CpuStorage::F64(v)
+    }
+}
+
+/// Runs `$body` with the type alias `$F` set to the compute type of `$s`'s dtype
+/// (f32 for f32/bf16/f16, f64 for f64); i64 storage is refused with an error naming `$op`.
+macro_rules! dispatch_float {
+    ($op:expr, $s:expr, |$F:ident| $body:expr) => {
+        match $s.dtype() {
+            $crate::DType::F32 | $crate::DType::BF16 | $crate::DType::F16 => {
+                type $F = f32;
+                $body
+            }
+            $crate::DType::F64 => {
+                type $F = f64;
+                $body
+            }
+            $crate::DType::I64 => Err($crate::Error::dtypes($op, &[$crate::DType::I64])),
+        }
+    };
+}
+pub(crate) use dispatch_float;

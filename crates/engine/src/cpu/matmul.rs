@@ -1,0 +1,136 @@
+//! Matrix products through the `gemm` crate, which reads any row and column strides:
+//! transposed operands are multiplied in place, without a copy.
+
+use super::float::CpuFloat;
+use crate::layout::Layout;
+use rayon::prelude::*;
+
+/// Below this many flops per product, batches run in parallel with single-threaded
+/// products; above it, each product uses every thread.
+const PER_PRODUCT_PARALLEL_FLOPS: usize = 1 << 22;
+
+/// One `m×k · k×n` product described by storage offsets and strides.
+#[derive(Clone, Copy)]
+pub struct GemmArgs {
+    /// Rows of the output.
+    pub m: usize,
+    /// Columns of the output.
+    pub n: usize,
+    /// Inner dimension.
+    pub k: usize,
+    /// (row stride, column stride) of the left operand.
+    pub lhs_strides: (usize, usize),
+    /// (row stride, column stride) of the right operand.
+    pub rhs_strides: (usize, usize),
+}
+
+/// `dst = alpha·dst + beta·lhs·rhs` for a row-major `dst` with `dst_row_stride`.
+///
+/// # Safety
+/// `lhs` and `rhs` must hold every element the strides address; `dst` must hold `m` rows.
+pub fn gemm_into<F: CpuFloat>(
+    dst: &mut [F],
+    dst_row_stride: usize,
+    lhs: &[F],
+    rhs: &[F],
+    g: GemmArgs,
+    accumulate: bool,
+    beta: F,
+    threads: gemm::Parallelism,
+) {
+    if g.m == 0 || g.n == 0 {
+        return;
+    }
+    let last = |(rs, cs): (usize, usize), rows: usize, cols: usize| {
+        (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs
+    };
+    // The bounds the strides reach are checked here, so the unsafe call below stays in
+    // bounds for every input the engine can build.
+    assert!(g.k == 0 || last(g.lhs_strides, g.m, g.k) < lhs.len());
+    assert!(g.k == 0 || last(g.rhs_strides, g.k, g.n) < rhs.len());
+    assert!((g.m - 1) * dst_row_stride + g.n <= dst.len());
+    // SAFETY: every index the strides address is in bounds (asserted above) and `dst`
+    // does not alias the inputs (it is a distinct &mut slice).
+    unsafe {
+        gemm::gemm(
+            g.m,
+            g.n,
+            g.k,
+            dst.as_mut_ptr(),
+            1,
+            dst_row_stride as isize,
+            accumulate,
+            lhs.as_ptr(),
+            g.lhs_strides.1 as isize,
+            g.lhs_strides.0 as isize,
+            rhs.as_ptr(),
+            g.rhs_strides.1 as isize,
+            g.rhs_strides.0 as isize,
+            F::one(),
+            beta,
+            false,
+            false,
+            false,
+            threads,
+        )
+    }
+}
+
+/// Storage offset of each batch entry of a `[batch..., r, c]` view.
+pub fn batch_offsets(layout: &Layout) -> Vec<usize> {
+    let rank = layout.rank();
+    let (shape, strides) = (&layout.shape()[..rank - 2], &layout.strides()[..rank - 2]);
+    let mut offsets = vec![layout.offset()];
+    for (&n, &s) in shape.iter().zip(strides) {
+        offsets = offsets
+            .iter()
+            .flat_map(|&o| (0..n).map(move |i| o + i * s))
+            .collect();
+    }
+    offsets
+}
+
+/// Batched `[..., m, k] · [..., k, n]` with equal batch dims; contiguous output.
+pub fn matmul<F: CpuFloat>(a: &[F], la: &Layout, b: &[F], lb: &Layout) -> Vec<F> {
+    let r = la.rank();
+    let (m, k, n) = (la.shape()[r - 2], la.shape()[r - 1], lb.shape()[r - 1]);
+    let g = GemmArgs {
+        m,
+        n,
+        k,
+        lhs_strides: (la.strides()[r - 2], la.strides()[r - 1]),
+        rhs_strides: (lb.strides()[r - 2], lb.strides()[r - 1]),
+    };
+    let (oa, ob) = (batch_offsets(la), batch_offsets(lb));
+    let mut out = vec![F::zero(); oa.len() * m * n];
+    if m * n == 0 {
+        return out;
+    }
+    let one = |(i, dst): (usize, &mut [F]), threads| {
+        gemm_into(
+            dst,
+            n,
+            &a[oa[i]..],
+            &b[ob[i]..],
+            g,
+            false,
+            F::one(),
+            threads,
+        );
+    };
+    if 2 * m * n * k < PER_PRODUCT_PARALLEL_FLOPS && oa.len() > 1 {
+        out.par_chunks_mut(m * n)
+            .enumerate()
+            .for_each(|p| one(p, gemm::Parallelism::None));
+    } else {
+        let threads = if 2 * m * n * k < PER_PRODUCT_PARALLEL_FLOPS {
+            gemm::Parallelism::None
+        } else {
+            gemm::Parallelism::Rayon(0)
+        };
+        out.chunks_mut(m * n)
+            .enumerate()
+            .for_each(|p| one(p, threads));
+    }
+    out
+}

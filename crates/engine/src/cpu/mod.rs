@@ -1,0 +1,419 @@
+//! The CPU backend: host vectors, `gemm` for products, rayon for large loops.
+//!
+//! f32 and f64 are computed natively; bf16 and f16 are converted to f32 for the
+//! kernel and rounded back ([`float::ComputeType`]).
+
+mod attention;
+mod elementwise;
+mod float;
+mod index;
+mod matmul;
+mod norm;
+mod reduce;
+mod softmax;
+mod strided;
+
+pub use float::CpuFloat;
+pub use strided::PARALLEL_CUTOFF;
+
+use crate::backend::{AttentionSpec, BackendStorage, BinaryOp, CmpOp, NormSpec, ReduceOp, UnaryOp};
+use crate::dtype::{DType, Element};
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::Device;
+use float::{dispatch_float, ComputeType};
+use half::{bf16, f16};
+use strided::{fill_runs, gather_view, Runs};
+
+/// A tensor's elements in host memory.
+#[derive(Debug, Clone)]
+pub enum CpuStorage {
+    /// IEEE half precision.
+    F16(Vec<f16>),
+    /// bfloat16.
+    BF16(Vec<bf16>),
+    /// f32.
+    F32(Vec<f32>),
+    /// f64.
+    F64(Vec<f64>),
+    /// i64 (indices, labels).
+    I64(Vec<i64>),
+}
+
+/// Applies `$body` to the vector inside any variant, binding it to `$v`.
+macro_rules! each_variant {
+    ($s:expr, $v:ident => $body:expr) => {
+        match $s {
+            CpuStorage::F16($v) => $body,
+            CpuStorage::BF16($v) => $body,
+            CpuStorage::F32($v) => $body,
+            CpuStorage::F64($v) => $body,
+            CpuStorage::I64($v) => $body,
+        }
+    };
+}
+
+/// Like [`each_variant`], rebuilding the same variant from `$body`'s vector.
+macro_rules! map_variant {
+    ($s:expr, $v:ident => $body:expr) => {
+        match $s {
+            CpuStorage::F16($v) => CpuStorage::F16($body),
+            CpuStorage::BF16($v) => CpuStorage::BF16($body),
+            CpuStorage::F32($v) => CpuStorage::F32($body),
+            CpuStorage::F64($v) => CpuStorage::F64($body),
+            CpuStorage::I64($v) => CpuStorage::I64($body),
+        }
+    };
+}
+
+impl CpuStorage {
+    /// `n` zeros of `dtype`.
+    pub fn zeros(n: usize, dtype: DType) -> Self {
+        Self::from_f64_iter(std::iter::repeat_n(0.0, n), dtype)
+    }
+
+    /// Values converted from f64 into `dtype`.
+    pub fn from_f64_iter(values: impl Iterator<Item = f64>, dtype: DType) -> Self {
+        match dtype {
+            DType::F16 => CpuStorage::F16(values.map(f16::from_f64).collect()),
+            DType::BF16 => CpuStorage::BF16(values.map(bf16::from_f64).collect()),
+            DType::F32 => CpuStorage::F32(values.map(|v| v as f32).collect()),
+            DType::F64 => CpuStorage::F64(values.collect()),
+            DType::I64 => CpuStorage::I64(values.map(|v| v as i64).collect()),
+        }
+    }
+
+    /// Number of elements held (the whole buffer, not a view).
+    pub fn len(&self) -> usize {
+        each_variant!(self, v => v.len())
+    }
+
+    /// True when the buffer holds no element.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The elements as `T`, if the storage holds `T`.
+    pub fn as_slice<T: Element>(&self) -> Option<&[T]> {
+        T::slice(self)
+    }
+
+    /// The elements as `T`, mutably, if the storage holds `T`.
+    pub fn as_mut_slice<T: Element>(&mut self) -> Option<&mut [T]> {
+        T::slice_mut(self)
+    }
+
+    /// The view's elements converted to f64, row-major.
+    pub fn to_f64_vec(&self, layout: &Layout) -> Vec<f64> {
+        let view = |l: &Layout| (l.shape().to_vec(), l.strides().to_vec(), l.offset());
+        let (shape, strides, offset) = view(layout);
+        each_variant!(self, v => gather_view(v, &shape, &strides, offset)
+            .into_iter()
+            .map(Element::to_f64)
+            .collect())
+    }
+
+    /// The indices in an i64 storage, range-checked against `bound`.
+    fn ids(&self, op: &'static str, l: &Layout, bound: usize) -> Result<Vec<usize>> {
+        match self {
+            CpuStorage::I64(v) => index::checked_ids(op, v, l, bound),
+            _ => Err(Error::invalid(
+                op,
+                format!("indices must be i64, got {}", self.dtype()),
+            )),
+        }
+    }
+}
+
+/// Writes the contiguous `from` into the runs of `to`.
+fn scatter_runs<T: Copy>(runs: &Runs<1>, from: &[T], to: &mut [T]) {
+    let st = runs.inner[0];
+    for i in 0..runs.count() {
+        let [start] = runs.starts(i);
+        for (j, &v) in from[i * runs.len..(i + 1) * runs.len].iter().enumerate() {
+            to[start + j * st] = v;
+        }
+    }
+}
+
+/// Refuses operands whose dtypes differ.
+fn same_dtype(op: &'static str, all: &[&CpuStorage]) -> Result<DType> {
+    let dt = all[0].dtype();
+    match all.iter().all(|s| s.dtype() == dt) {
+        true => Ok(dt),
+        false => Err(Error::dtypes(
+            op,
+            &all.iter().map(|s| s.dtype()).collect::<Vec<_>>(),
+        )),
+    }
+}
+
+impl BackendStorage for CpuStorage {
+    fn dtype(&self) -> DType {
+        match self {
+            CpuStorage::F16(_) => DType::F16,
+            CpuStorage::BF16(_) => DType::BF16,
+            CpuStorage::F32(_) => DType::F32,
+            CpuStorage::F64(_) => DType::F64,
+            CpuStorage::I64(_) => DType::I64,
+        }
+    }
+
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+
+    fn copy_strided(&self, l: &Layout) -> Result<Self> {
+        Ok(map_variant!(self, v => gather_view(v, l.shape(), l.strides(), l.offset())))
+    }
+
+    fn copy_into(&self, l: &Layout, dst: &mut Self, dl: &Layout) -> Result<()> {
+        let src = self.to_dtype(l, dst.dtype())?;
+        let runs = Runs::new(dl.shape(), [(dl.strides(), dl.offset())]);
+        match (&src, dst) {
+            (CpuStorage::F16(a), CpuStorage::F16(b)) => scatter_runs(&runs, a, b),
+            (CpuStorage::BF16(a), CpuStorage::BF16(b)) => scatter_runs(&runs, a, b),
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => scatter_runs(&runs, a, b),
+            (CpuStorage::F64(a), CpuStorage::F64(b)) => scatter_runs(&runs, a, b),
+            (CpuStorage::I64(a), CpuStorage::I64(b)) => scatter_runs(&runs, a, b),
+            (a, b) => return Err(Error::dtypes("copy_into", &[a.dtype(), b.dtype()])),
+        }
+        Ok(())
+    }
+
+    fn to_dtype(&self, l: &Layout, dtype: DType) -> Result<Self> {
+        if dtype == self.dtype() {
+            return self.copy_strided(l);
+        }
+        let runs = Runs::new(l.shape(), [(l.strides(), l.offset())]);
+        // Casts go through f64, which holds every value of every dtype exactly
+        // (except i64 beyond 2^53, which no index reaches).
+        let mut wide = vec![0.0f64; l.elem_count()];
+        each_variant!(self, v => fill_runs(&mut wide, &runs, |o, [s]| {
+            for (i, o) in o.iter_mut().enumerate() {
+                *o = v[s + i * runs.inner[0]].to_f64();
+            }
+        }));
+        Ok(Self::from_f64_iter(wide.into_iter(), dtype))
+    }
+
+    fn unary(&self, l: &Layout, op: UnaryOp) -> Result<Self> {
+        dispatch_float!("unary", self, |F| {
+            let x = F::view(self, "unary")?;
+            Ok(F::store(elementwise::unary(&x, l, op), self.dtype()))
+        })
+    }
+
+    fn unary_backward(&self, l: &Layout, g: &Self, gl: &Layout, op: UnaryOp) -> Result<Self> {
+        let dt = same_dtype("unary_backward", &[self, g])?;
+        dispatch_float!("unary_backward", self, |F| {
+            let (x, g) = (
+                F::view(self, "unary_backward")?,
+                F::view(g, "unary_backward")?,
+            );
+            Ok(F::store(
+                elementwise::unary_backward((&x, l), (&g, gl), op),
+                dt,
+            ))
+        })
+    }
+
+    fn binary(&self, l: &Layout, rhs: &Self, rl: &Layout, op: BinaryOp) -> Result<Self> {
+        let dt = same_dtype("binary", &[self, rhs])?;
+        dispatch_float!("binary", self, |F| {
+            let (a, b) = (F::view(self, "binary")?, F::view(rhs, "binary")?);
+            Ok(F::store(elementwise::binary((&a, l), (&b, rl), op), dt))
+        })
+    }
+
+    fn cmp(&self, l: &Layout, rhs: &Self, rl: &Layout, op: CmpOp) -> Result<Self> {
+        let dt = same_dtype("cmp", &[self, rhs])?;
+        dispatch_float!("cmp", self, |F| {
+            let (a, b) = (F::view(self, "cmp")?, F::view(rhs, "cmp")?);
+            Ok(F::store(elementwise::cmp((&a, l), (&b, rl), op), dt))
+        })
+    }
+
+    fn where_cond(&self, l: &Layout, t: (&Self, &Layout), f: (&Self, &Layout)) -> Result<Self> {
+        let dt = same_dtype("where_cond", &[self, t.0, f.0])?;
+        dispatch_float!("where_cond", self, |F| {
+            let m = F::view(self, "where_cond")?;
+            let (tv, fv) = (F::view(t.0, "where_cond")?, F::view(f.0, "where_cond")?);
+            let out = elementwise::where_cond((&m, l), (&tv, t.1), (&fv, f.1));
+            Ok(F::store(out, dt))
+        })
+    }
+
+    fn reduce(&self, l: &Layout, dims: &[usize], op: ReduceOp) -> Result<Self> {
+        dispatch_float!("reduce", self, |F| {
+            let x = F::view(self, "reduce")?;
+            Ok(F::store(reduce::reduce(&x, l, dims, op), self.dtype()))
+        })
+    }
+
+    fn matmul(&self, l: &Layout, rhs: &Self, rl: &Layout) -> Result<Self> {
+        let dt = same_dtype("matmul", &[self, rhs])?;
+        dispatch_float!("matmul", self, |F| {
+            let (a, b) = (F::view(self, "matmul")?, F::view(rhs, "matmul")?);
+            Ok(F::store(matmul::matmul(&a, l, &b, rl), dt))
+        })
+    }
+
+    fn index_select(&self, l: &Layout, ids: &Self, il: &Layout, dim: usize) -> Result<Self> {
+        let ids = ids.ids("index_select", il, l.shape()[dim])?;
+        Ok(map_variant!(self, v => index::index_select(v, l, &ids, dim)))
+    }
+
+    fn index_add(
+        &self,
+        l: &Layout,
+        ids: &Self,
+        il: &Layout,
+        dim: usize,
+        shape: &[usize],
+    ) -> Result<Self> {
+        let ids = ids.ids("index_add", il, shape[dim])?;
+        dispatch_float!("index_add", self, |F| {
+            let src = F::view(self, "index_add")?;
+            let out = index::index_add(&src, l, &ids, dim, shape);
+            Ok(F::store(out, self.dtype()))
+        })
+    }
+
+    fn gather(&self, l: &Layout, ids: &Self, il: &Layout, dim: usize) -> Result<Self> {
+        let ids = ids.ids("gather", il, l.shape()[dim])?;
+        Ok(map_variant!(self, v => index::gather(v, l, il.shape(), &ids, dim)))
+    }
+
+    fn scatter_add(
+        &self,
+        l: &Layout,
+        ids: &Self,
+        il: &Layout,
+        dim: usize,
+        shape: &[usize],
+    ) -> Result<Self> {
+        let ids = ids.ids("scatter_add", il, shape[dim])?;
+        dispatch_float!("scatter_add", self, |F| {
+            let src = F::view(self, "scatter_add")?;
+            let out = index::scatter_add(&src, l, &ids, dim, shape);
+            Ok(F::store(out, self.dtype()))
+        })
+    }
+
+    fn softmax_last(&self, l: &Layout, log: bool) -> Result<Self> {
+        dispatch_float!("softmax", self, |F| {
+            let x = F::view(self, "softmax")?;
+            Ok(F::store(softmax::softmax_last(&x, l, log), self.dtype()))
+        })
+    }
+
+    fn softmax_last_backward(&self, l: &Layout, g: &Self, gl: &Layout, log: bool) -> Result<Self> {
+        let dt = same_dtype("softmax_backward", &[self, g])?;
+        dispatch_float!("softmax_backward", self, |F| {
+            let (y, g) = (
+                F::view(self, "softmax_backward")?,
+                F::view(g, "softmax_backward")?,
+            );
+            let out = softmax::softmax_last_backward((&y, l), (&g, gl), log);
+            Ok(F::store(out, dt))
+        })
+    }
+
+    fn norm(
+        &self,
+        l: &Layout,
+        weight: Option<(&Self, &Layout)>,
+        bias: Option<(&Self, &Layout)>,
+        spec: NormSpec,
+    ) -> Result<(Self, Self, Self)> {
+        let dt = self.dtype();
+        dispatch_float!("norm", self, |F| {
+            let param = |p: Option<(&Self, &Layout)>| -> Result<norm::Param<F>> {
+                p.map(|(s, pl)| {
+                    let v = F::view(s, "norm")?;
+                    Ok(std::borrow::Cow::Owned(
+                        strided::contiguous(&v, pl).into_owned(),
+                    ))
+                })
+                .transpose()
+            };
+            let x = F::view(self, "norm")?;
+            let (y, mean, rstd) = norm::norm(&x, l, param(weight)?, param(bias)?, spec);
+            let wrap = |v| F::store(v, dt);
+            Ok((wrap(y), wrap(mean), wrap(rstd)))
+        })
+    }
+
+    fn norm_backward(
+        &self,
+        l: &Layout,
+        weight: Option<(&Self, &Layout)>,
+        has_bias: bool,
+        mean: &Self,
+        rstd: &Self,
+        grad: (&Self, &Layout),
+        spec: NormSpec,
+    ) -> Result<(Self, Option<Self>, Option<Self>)> {
+        let dt = same_dtype("norm_backward", &[self, mean, rstd, grad.0])?;
+        dispatch_float!("norm_backward", self, |F| {
+            let view = |s| F::view(s, "norm_backward");
+            let w = match weight {
+                Some((s, wl)) => Some(std::borrow::Cow::Owned(
+                    strided::contiguous(&view(s)?, wl).into_owned(),
+                )),
+                None => None,
+            };
+            let (x, g) = (view(self)?, view(grad.0)?);
+            let (mean, rstd) = (view(mean)?, view(rstd)?);
+            let r = norm::norm_backward((&x, l), w, has_bias, &mean, &rstd, (&g, grad.1), spec);
+            let wrap = |v| F::store(v, dt);
+            Ok((wrap(r.dx), r.dw.map(wrap), r.db.map(wrap)))
+        })
+    }
+
+    fn attention(
+        &self,
+        l: &Layout,
+        k: (&Self, &Layout),
+        v: (&Self, &Layout),
+        spec: AttentionSpec,
+    ) -> Result<(Self, Self)> {
+        let dt = same_dtype("attention", &[self, k.0, v.0])?;
+        dispatch_float!("attention", self, |F| {
+            let view = |s| F::view(s, "attention");
+            let (qv, kv, vv) = (view(self)?, view(k.0)?, view(v.0)?);
+            let (o, lse) = attention::attention((&qv, l), (&kv, k.1), (&vv, v.1), spec);
+            Ok((F::store(o, dt), F::store(lse, dt)))
+        })
+    }
+
+    fn attention_backward(
+        &self,
+        l: &Layout,
+        k: (&Self, &Layout),
+        v: (&Self, &Layout),
+        out: (&Self, &Layout),
+        lse: &Self,
+        grad: (&Self, &Layout),
+        spec: AttentionSpec,
+    ) -> Result<(Self, Self, Self)> {
+        let dt = same_dtype("attention_backward", &[self, k.0, v.0, out.0, lse, grad.0])?;
+        dispatch_float!("attention_backward", self, |F| {
+            let view = |s| F::view(s, "attention_backward");
+            let (qv, kv, vv) = (view(self)?, view(k.0)?, view(v.0)?);
+            let (ov, lv, gv) = (view(out.0)?, view(lse)?, view(grad.0)?);
+            let r = attention::attention_backward(
+                (&qv, l),
+                (&kv, k.1),
+                (&vv, v.1),
+                (&ov, out.1),
+                &lv,
+                (&gv, grad.1),
+                spec,
+            );
+            let wrap = |v| F::store(v, dt);
+            Ok((wrap(r.dq), wrap(r.dk), wrap(r.dv)))
+        })
+    }
+}

@@ -1,0 +1,149 @@
+//! Walking strided views: every CPU kernel reads its inputs through [`Runs`].
+//!
+//! A view of any layout is split into "runs": stretches along the innermost dim where
+//! each operand advances by a fixed stride. Dims that are laid out back to back in
+//! every operand are merged first, so a contiguous tensor is one run and a transposed
+//! or broadcast one is a few long runs.
+
+/// Work below this many elements stays on the calling thread: thread hand-off costs
+/// more than it saves for small tensors.
+pub const PARALLEL_CUTOFF: usize = 1 << 15;
+
+/// The runs of `N` views that share one shape.
+pub struct Runs<const N: usize> {
+    outer_shape: Vec<usize>,
+    outer_strides: [Vec<usize>; N],
+    offsets: [usize; N],
+    /// Length of every run (the merged innermost dim).
+    pub len: usize,
+    /// Stride of each operand along the run.
+    pub inner: [usize; N],
+}
+
+impl<const N: usize> Runs<N> {
+    /// Splits `shape`, read through each operand's `(strides, offset)`, into runs.
+    pub fn new(shape: &[usize], views: [(&[usize], usize); N]) -> Self {
+        let mut dims: Vec<(usize, [usize; N])> = Vec::with_capacity(shape.len());
+        for (d, &n) in shape.iter().enumerate() {
+            if n == 1 {
+                continue;
+            }
+            let strides: [usize; N] = std::array::from_fn(|k| views[k].0[d]);
+            match dims.last_mut() {
+                Some((m, prev)) if (0..N).all(|k| prev[k] == strides[k] * n) => {
+                    *m *= n;
+                    *prev = strides;
+                }
+                _ => dims.push((n, strides)),
+            }
+        }
+        let (len, inner) = dims.pop().unwrap_or((1, [0; N]));
+        let n_empty = shape.contains(&0);
+        Runs {
+            outer_shape: dims.iter().map(|d| d.0).collect(),
+            outer_strides: std::array::from_fn(|k| dims.iter().map(|d| d.1[k]).collect()),
+            offsets: std::array::from_fn(|k| views[k].1),
+            len: if n_empty { 0 } else { len },
+            inner,
+        }
+    }
+
+    /// Number of runs.
+    pub fn count(&self) -> usize {
+        if self.len == 0 {
+            0
+        } else {
+            self.outer_shape.iter().product()
+        }
+    }
+
+    /// Storage offset of each operand at the start of run `i`.
+    pub fn starts(&self, mut i: usize) -> [usize; N] {
+        let mut at = self.offsets;
+        for d in (0..self.outer_shape.len()).rev() {
+            let n = self.outer_shape[d];
+            let idx = i % n;
+            i /= n;
+            for (k, a) in at.iter_mut().enumerate() {
+                *a += idx * self.outer_strides[k][d];
+            }
+        }
+        at
+    }
+}
+
+/// Fills `out` (contiguous, same shape as the runs) run by run, in parallel for large
+/// outputs. `f(out_run, starts)` writes one run.
+pub fn fill_runs<T: Send, const N: usize>(
+    out: &mut [T],
+    runs: &Runs<N>,
+    f: impl Fn(&mut [T], [usize; N]) + Sync,
+) {
+    use rayon::prelude::*;
+    if runs.len == 0 {
+        return;
+    }
+    if out.len() >= PARALLEL_CUTOFF {
+        out.par_chunks_mut(runs.len)
+            .enumerate()
+            .for_each(|(i, chunk)| f(chunk, runs.starts(i)));
+    } else {
+        out.chunks_mut(runs.len)
+            .enumerate()
+            .for_each(|(i, chunk)| f(chunk, runs.starts(i)));
+    }
+}
+
+/// A contiguous copy of the strided view `(shape, strides, offset)` of `src`.
+pub fn gather_view<T: Copy + Send + Sync + Default>(
+    src: &[T],
+    shape: &[usize],
+    strides: &[usize],
+    offset: usize,
+) -> Vec<T> {
+    let runs = Runs::new(shape, [(strides, offset)]);
+    let n: usize = shape.iter().product();
+    if runs.count() == 1 && runs.inner[0] == 1 {
+        return src[offset..offset + n].to_vec();
+    }
+    let mut out = vec![T::default(); n];
+    fill_runs(&mut out, &runs, |o, [s]| {
+        let st = runs.inner[0];
+        for (i, v) in o.iter_mut().enumerate() {
+            *v = src[s + i * st];
+        }
+    });
+    out
+}
+
+/// The view's values in row-major order, borrowed when already contiguous.
+pub fn contiguous<'a, T: Copy + Send + Sync + Default>(
+    x: &'a [T],
+    l: &crate::layout::Layout,
+) -> std::borrow::Cow<'a, [T]> {
+    match l.contiguous_range() {
+        Some(r) => std::borrow::Cow::Borrowed(&x[r]),
+        None => std::borrow::Cow::Owned(gather_view(x, l.shape(), l.strides(), l.offset())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contiguous_view_is_one_run() {
+        let r = Runs::new(&[2, 3, 4], [(&[12, 4, 1], 0)]);
+        assert_eq!((r.count(), r.len, r.inner), (1, 24, [1]));
+    }
+
+    #[test]
+    fn transposed_view_reads_every_element_once() {
+        let src: Vec<i32> = (0..6).collect();
+        // [2, 3] stored, read as its transpose [3, 2].
+        assert_eq!(
+            gather_view(&src, &[3, 2], &[1, 3], 0),
+            vec![0, 3, 1, 4, 2, 5]
+        );
+    }
+}

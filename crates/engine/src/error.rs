@@ -1,0 +1,97 @@
+//! The one error type of the engine: every fallible op names itself and its operands.
+
+use crate::dtype::DType;
+
+/// Everything that can go wrong in the engine.
+///
+/// Messages name the op and the offending shapes or dtypes, so that a user can find the
+/// faulty line without a debugger.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Operand shapes that the op cannot combine.
+    #[error("{op}: incompatible shapes {shapes}")]
+    ShapeMismatch {
+        /// The op that refused its operands.
+        op: &'static str,
+        /// The operand shapes, written out.
+        shapes: String,
+    },
+    /// Operand dtypes that the op cannot combine or does not support.
+    #[error("{op}: unsupported dtype combination {dtypes:?}")]
+    DTypeMismatch {
+        /// The op that refused its operands.
+        op: &'static str,
+        /// The operand dtypes.
+        dtypes: Vec<DType>,
+    },
+    /// A dimension index out of range for the tensor's rank.
+    #[error("{op}: dim {dim} out of range for a tensor of shape {shape:?}")]
+    DimOutOfRange {
+        /// The op that received the dim.
+        op: &'static str,
+        /// The dim as given.
+        dim: isize,
+        /// The tensor's shape.
+        shape: Vec<usize>,
+    },
+    /// Operands that live on different devices.
+    #[error("{op}: operands on different devices ({lhs} and {rhs})")]
+    DeviceMismatch {
+        /// The op that refused its operands.
+        op: &'static str,
+        /// First device.
+        lhs: String,
+        /// Second device.
+        rhs: String,
+    },
+    /// Any other invalid argument, with a sentence that says what is wrong.
+    #[error("{op}: {msg}")]
+    InvalidArgument {
+        /// The op that refused its argument.
+        op: &'static str,
+        /// What is wrong.
+        msg: String,
+    },
+    /// Autodiff misuse, e.g. backward on a tensor that does not require a gradient.
+    #[error("backward: {0}")]
+    Autograd(String),
+    /// A backend (CUDA driver, NVRTC, cuBLAS) reported a failure.
+    #[error("{backend} backend: {msg}")]
+    Backend {
+        /// The backend's name.
+        backend: &'static str,
+        /// The failure as the backend reported it.
+        msg: String,
+    },
+}
+
+/// The engine's result type.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// A shape mismatch naming every operand shape.
+    pub fn shapes(op: &'static str, shapes: &[&[usize]]) -> Self {
+        let shapes = shapes
+            .iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(" and ");
+        Error::ShapeMismatch { op, shapes }
+    }
+
+    /// An invalid argument with a free-form explanation.
+    pub fn invalid(op: &'static str, msg: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            op,
+            msg: msg.into(),
+        }
+    }
+
+    /// A dtype combination the op does not support.
+    pub fn dtypes(op: &'static str, dtypes: &[DType]) -> Self {
+        Error::DTypeMismatch {
+            op,
+            dtypes: dtypes.to_vec(),
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! The TwinFlow engine: tensors with define-by-run reverse-mode autodiff.
+//!
+//! Data flows `Tensor` method (in `ops/`: checks, backward rule) → [`Storage`]
+//! (dispatch on the device) → backend kernels (`cpu/`). See `docs/architecture.md`.
+//!
+//! ```
+//! use twinflow_engine::{Device, DType, Tensor};
+//! # fn main() -> twinflow_engine::Result<()> {
+//! let w = Tensor::from_vec(vec![1.0f32, 2.0], &[2], Device::Cpu)?.into_variable()?;
+//! let loss = w.square()?.sum_all()?;
+//! let grads = loss.backward()?;
+//! assert_eq!(grads.get(&w).unwrap().to_vec::<f32>()?, vec![2.0, 4.0]);
+//! # Ok(())
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+mod autograd;
+pub mod backend;
+pub mod cpu;
+mod device;
+mod dtype;
+mod error;
+pub mod gradcheck;
+pub mod layout;
+mod ops;
+pub mod random;
+mod storage;
+mod tensor;
+
+pub use autograd::{is_grad_enabled, no_grad, BackwardFn, Gradients, NoGradGuard};
+pub use device::Device;
+pub use dtype::{DType, Element};
+pub use error::{Error, Result};
+pub use layout::Layout;
+pub use ops::scaled_dot_product_attention;
+pub use random::{Generator, GeneratorState};
+pub use storage::Storage;
+pub use tensor::{Tensor, TensorId};

@@ -1,0 +1,74 @@
+//! Comparisons (masks of 0 and 1, no gradient) and selection by mask.
+
+use super::binary::broadcast_pair;
+use super::{check_float, check_same};
+use crate::backend::{BackendStorage, CmpOp};
+use crate::error::Result;
+use crate::layout::broadcast_shapes;
+use crate::Tensor;
+
+impl Tensor {
+    /// A mask (same dtype, 1 where true) of `op` applied with broadcasting.
+    pub(crate) fn cmp_op(&self, name: &'static str, rhs: &Tensor, op: CmpOp) -> Result<Tensor> {
+        check_float(name, self)?;
+        let (shape, la, lb) = broadcast_pair(name, self, rhs)?;
+        let s = self.storage().cmp(&la, &rhs.storage(), &lb, op)?;
+        Ok(Tensor::from_storage(s, &shape))
+    }
+
+    /// 1 where a == b, else 0.
+    pub fn eq(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.cmp_op("eq", rhs, CmpOp::Eq)
+    }
+    /// 1 where a != b, else 0.
+    pub fn ne(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.cmp_op("ne", rhs, CmpOp::Ne)
+    }
+    /// 1 where a < b, else 0.
+    pub fn lt(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.cmp_op("lt", rhs, CmpOp::Lt)
+    }
+    /// 1 where a <= b, else 0.
+    pub fn le(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.cmp_op("le", rhs, CmpOp::Le)
+    }
+    /// 1 where a > b, else 0.
+    pub fn gt(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.cmp_op("gt", rhs, CmpOp::Gt)
+    }
+    /// 1 where a >= b, else 0.
+    pub fn ge(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.cmp_op("ge", rhs, CmpOp::Ge)
+    }
+
+    /// With `self` as the mask: `on_true` where it is non-zero, else `on_false`, all three
+    /// broadcast together. Gradients flow to the two branches, never to the mask.
+    pub fn where_cond(&self, on_true: &Tensor, on_false: &Tensor) -> Result<Tensor> {
+        const OP: &str = "where_cond";
+        check_same(OP, &[self, on_true, on_false])?;
+        let shape = broadcast_shapes(OP, self.shape(), on_true.shape())?;
+        let shape = broadcast_shapes(OP, &shape, on_false.shape())?;
+        let l = |t: &Tensor| t.layout().broadcast_to(OP, &shape);
+        let (lm, lt, lf) = (l(self)?, l(on_true)?, l(on_false)?);
+        let s = self.storage().where_cond(
+            &lm,
+            (&on_true.storage(), &lt),
+            (&on_false.storage(), &lf),
+        )?;
+        Ok(Tensor::from_op(
+            OP,
+            s,
+            &shape,
+            &[self, on_true, on_false],
+            |x, _, g| {
+                let zero = g.zeros_like()?;
+                let mask = x[0].detach();
+                Ok(vec![
+                    None,
+                    Some(mask.where_cond(g, &zero)?.sum_to_shape(x[1].shape())?),
+                    Some(mask.where_cond(&zero, g)?.sum_to_shape(x[2].shape())?),
+                ])
+            },
+        ))
+    }
+}

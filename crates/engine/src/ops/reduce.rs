@@ -1,0 +1,129 @@
+//! Reductions over any dims: sum, max and min are primitives; mean, var and logsumexp
+//! are built from them.
+
+use super::check_float;
+use crate::backend::{BackendStorage, ReduceOp};
+use crate::error::{Error, Result};
+use crate::layout::normalize_dims;
+use crate::Tensor;
+
+impl Tensor {
+    /// `op` over `dims`, keeping them as size-1 dims.
+    fn reduce_keepdim(&self, name: &'static str, dims: &[isize], op: ReduceOp) -> Result<Tensor> {
+        check_float(name, self)?;
+        let dims = normalize_dims(name, dims, self.shape())?;
+        let mut shape = self.shape().to_vec();
+        dims.iter().for_each(|&d| shape[d] = 1);
+        let s = self.storage().reduce(self.layout(), &dims, op)?;
+        Ok(Tensor::from_op(
+            name,
+            s,
+            &shape,
+            &[self],
+            move |x, out, g| {
+                let x = &x[0];
+                let g = g.broadcast_to(x.shape())?;
+                Ok(vec![Some(match op {
+                    ReduceOp::Sum => g,
+                    // The gradient is shared among the elements equal to the extreme value,
+                    // like PyTorch's amax/amin.
+                    ReduceOp::Max | ReduceOp::Min => {
+                        let hit = x.eq(out)?;
+                        let ties =
+                            hit.sum_keepdim(&dims.iter().map(|&d| d as isize).collect::<Vec<_>>())?;
+                        g.mul(&hit)?.div(&ties)?
+                    }
+                })])
+            },
+        ))
+    }
+
+    /// Drops the reduced dims from a keep-dim result unless `keepdim`.
+    fn finish_reduce(&self, reduced: Tensor, dims: &[isize], keepdim: bool) -> Result<Tensor> {
+        if keepdim {
+            return Ok(reduced);
+        }
+        let dims = normalize_dims("reduce", dims, self.shape())?;
+        let shape: Vec<usize> = (0..self.rank())
+            .filter(|d| !dims.contains(d))
+            .map(|d| self.shape()[d])
+            .collect();
+        reduced.reshape(&shape)
+    }
+
+    pub(crate) fn sum_keepdim(&self, dims: &[isize]) -> Result<Tensor> {
+        self.reduce_keepdim("sum", dims, ReduceOp::Sum)
+    }
+
+    /// Σ over `dims`.
+    pub fn sum(&self, dims: &[isize], keepdim: bool) -> Result<Tensor> {
+        self.finish_reduce(self.sum_keepdim(dims)?, dims, keepdim)
+    }
+
+    /// Σ of every element (rank-0 result).
+    pub fn sum_all(&self) -> Result<Tensor> {
+        self.sum(&all_dims(self), false)
+    }
+
+    /// Maximum over `dims`.
+    pub fn max(&self, dims: &[isize], keepdim: bool) -> Result<Tensor> {
+        let r = self.reduce_keepdim("max", dims, ReduceOp::Max)?;
+        self.finish_reduce(r, dims, keepdim)
+    }
+
+    /// Minimum over `dims`.
+    pub fn min(&self, dims: &[isize], keepdim: bool) -> Result<Tensor> {
+        let r = self.reduce_keepdim("min", dims, ReduceOp::Min)?;
+        self.finish_reduce(r, dims, keepdim)
+    }
+
+    /// Number of elements the reduction over `dims` combines.
+    fn reduced_count(&self, name: &'static str, dims: &[isize]) -> Result<usize> {
+        let dims = normalize_dims(name, dims, self.shape())?;
+        Ok(dims.iter().map(|&d| self.shape()[d]).product())
+    }
+
+    /// Mean over `dims`.
+    pub fn mean(&self, dims: &[isize], keepdim: bool) -> Result<Tensor> {
+        let n = self.reduced_count("mean", dims)?;
+        self.sum(dims, keepdim)?.mul_scalar(1.0 / n as f64)
+    }
+
+    /// Mean of every element (rank-0 result).
+    pub fn mean_all(&self) -> Result<Tensor> {
+        self.mean(&all_dims(self), false)
+    }
+
+    /// Variance over `dims`, dividing by `n − correction` (0: population variance,
+    /// 1: PyTorch's default unbiased estimate).
+    pub fn var(&self, dims: &[isize], correction: usize, keepdim: bool) -> Result<Tensor> {
+        let n = self.reduced_count("var", dims)?;
+        if n <= correction {
+            return Err(Error::invalid(
+                "var",
+                format!("{n} elements per reduction leave no degrees of freedom with correction {correction}"),
+            ));
+        }
+        let centred = self.sub(&self.mean(dims, true)?)?;
+        centred
+            .square()?
+            .sum(dims, keepdim)?
+            .mul_scalar(1.0 / (n - correction) as f64)
+    }
+
+    /// ln Σ eˣ over `dims`, computed stably by shifting by the (constant) maximum.
+    pub fn logsumexp(&self, dims: &[isize], keepdim: bool) -> Result<Tensor> {
+        let shift = self.max(dims, true)?.detach();
+        let lse = self
+            .sub(&shift)?
+            .exp()?
+            .sum_keepdim(dims)?
+            .log()?
+            .add(&shift)?;
+        self.finish_reduce(lse, dims, keepdim)
+    }
+}
+
+fn all_dims(t: &Tensor) -> Vec<isize> {
+    (0..t.rank() as isize).collect()
+}

@@ -1,0 +1,357 @@
+//! [`Tensor`]: a view (layout) into shared storage, plus its place in the autodiff graph.
+
+use crate::autograd::{BackwardFn, GradMeta, Node};
+use crate::backend::BackendStorage;
+use crate::cpu::CpuStorage;
+use crate::dtype::{DType, Element};
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::storage::Storage;
+use crate::Device;
+use parking_lot::{RwLock, RwLockReadGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Identifies a tensor in the autodiff graph and in [`crate::Gradients`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TensorId(u64);
+
+impl TensorId {
+    fn fresh() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        TensorId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// An n-dimensional array that records the ops that made it, so that
+/// [`Tensor::backward`] can compute gradients.
+///
+/// Cloning is cheap (a reference count); views share storage with their source.
+#[derive(Clone)]
+pub struct Tensor(Arc<Inner>);
+
+pub(crate) struct Inner {
+    id: TensorId,
+    storage: Arc<RwLock<Storage>>,
+    layout: Layout,
+    dtype: DType,
+    device: Device,
+    pub(crate) grad: GradMeta,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Tensor[{:?}, {}, {}{}]",
+            self.shape(),
+            self.dtype(),
+            self.device(),
+            if self.requires_grad() { ", grad" } else { "" }
+        )
+    }
+}
+
+impl Tensor {
+    fn build(storage: Arc<RwLock<Storage>>, layout: Layout, grad: GradMeta) -> Tensor {
+        let (dtype, device) = {
+            let s = storage.read_recursive();
+            (s.dtype(), s.device())
+        };
+        Tensor(Arc::new(Inner {
+            id: TensorId::fresh(),
+            storage,
+            layout,
+            dtype,
+            device,
+            grad,
+        }))
+    }
+
+    /// A constant (no gradient) tensor over fresh contiguous storage.
+    pub(crate) fn from_storage(storage: Storage, shape: &[usize]) -> Tensor {
+        let layout = Layout::contiguous(shape);
+        Tensor::build(Arc::new(RwLock::new(storage)), layout, GradMeta::None)
+    }
+
+    /// The result of an op: fresh contiguous storage, recorded in the graph when any
+    /// input needs a gradient and gradients are enabled.
+    pub(crate) fn from_op(
+        op: &'static str,
+        storage: Storage,
+        shape: &[usize],
+        inputs: &[&Tensor],
+        backward: impl BackwardFn,
+    ) -> Tensor {
+        let layout = Layout::contiguous(shape);
+        let grad = GradMeta::for_op(op, inputs, backward);
+        Tensor::build(Arc::new(RwLock::new(storage)), layout, grad)
+    }
+
+    /// A view of `self`'s storage under a new layout, recorded in the graph like an op.
+    pub(crate) fn view_op(
+        &self,
+        op: &'static str,
+        layout: Layout,
+        backward: impl BackwardFn,
+    ) -> Tensor {
+        let grad = GradMeta::for_op(op, &[self], backward);
+        Tensor::build(self.0.storage.clone(), layout, grad)
+    }
+
+    /// A tensor holding `data` with the given shape.
+    pub fn from_vec<T: Element>(data: Vec<T>, shape: &[usize], device: Device) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        if data.len() != n {
+            return Err(Error::invalid(
+                "from_vec",
+                format!(
+                    "{} values do not fill shape {shape:?} ({n} elements)",
+                    data.len()
+                ),
+            ));
+        }
+        let cpu = T::into_storage(data);
+        Ok(Tensor::from_storage(Storage::from_cpu(cpu, device)?, shape))
+    }
+
+    /// A tensor with `data` copied in.
+    pub fn from_slice<T: Element>(data: &[T], shape: &[usize], device: Device) -> Result<Tensor> {
+        Tensor::from_vec(data.to_vec(), shape, device)
+    }
+
+    /// A tensor of f64 values converted to `dtype`.
+    pub fn from_f64s(
+        data: &[f64],
+        shape: &[usize],
+        dtype: DType,
+        device: Device,
+    ) -> Result<Tensor> {
+        let t = Tensor::from_slice(data, shape, Device::Cpu)?;
+        let t = if dtype == DType::F64 {
+            t
+        } else {
+            t.to_dtype(dtype)?
+        };
+        t.to_device(device)
+    }
+
+    /// Every element equal to `value`.
+    pub fn full(value: f64, shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
+        let n = shape.iter().product();
+        let cpu = CpuStorage::from_f64_iter(std::iter::repeat_n(value, n), dtype);
+        Ok(Tensor::from_storage(Storage::from_cpu(cpu, device)?, shape))
+    }
+
+    /// Zeros.
+    pub fn zeros(shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
+        let n = shape.iter().product();
+        Ok(Tensor::from_storage(
+            Storage::zeros(n, dtype, device)?,
+            shape,
+        ))
+    }
+
+    /// Ones.
+    pub fn ones(shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
+        Tensor::full(1.0, shape, dtype, device)
+    }
+
+    /// A rank-0 tensor.
+    pub fn scalar(value: f64, dtype: DType, device: Device) -> Result<Tensor> {
+        Tensor::full(value, &[], dtype, device)
+    }
+
+    /// `0, 1, …, n−1`.
+    pub fn arange(n: usize, dtype: DType, device: Device) -> Result<Tensor> {
+        let cpu = CpuStorage::from_f64_iter((0..n).map(|i| i as f64), dtype);
+        Ok(Tensor::from_storage(Storage::from_cpu(cpu, device)?, &[n]))
+    }
+
+    /// Zeros with `self`'s shape, dtype and device.
+    pub fn zeros_like(&self) -> Result<Tensor> {
+        Tensor::zeros(self.shape(), self.dtype(), self.device())
+    }
+
+    /// Ones with `self`'s shape, dtype and device.
+    pub fn ones_like(&self) -> Result<Tensor> {
+        Tensor::ones(self.shape(), self.dtype(), self.device())
+    }
+
+    /// Unique id (the key of its gradient in [`crate::Gradients`]).
+    pub fn id(&self) -> TensorId {
+        self.0.id
+    }
+
+    /// The dims.
+    pub fn shape(&self) -> &[usize] {
+        self.0.layout.shape()
+    }
+
+    /// Size of dim `d` (negative counts from the end).
+    pub fn dim(&self, d: isize) -> Result<usize> {
+        let d = crate::layout::normalize_dim("dim", d, self.shape())?;
+        Ok(self.shape()[d])
+    }
+
+    /// Number of dims.
+    pub fn rank(&self) -> usize {
+        self.0.layout.rank()
+    }
+
+    /// Number of elements.
+    pub fn elem_count(&self) -> usize {
+        self.0.layout.elem_count()
+    }
+
+    /// Element type.
+    pub fn dtype(&self) -> DType {
+        self.0.dtype
+    }
+
+    /// Where the storage lives.
+    pub fn device(&self) -> Device {
+        self.0.device
+    }
+
+    /// Shape, strides and offset into the storage.
+    pub fn layout(&self) -> &Layout {
+        &self.0.layout
+    }
+
+    /// True when the view is row-major without gaps.
+    pub fn is_contiguous(&self) -> bool {
+        self.0.layout.is_contiguous()
+    }
+
+    /// Read access to the storage (shared by all views of it). Several read guards
+    /// of one storage may be held at once, as `a.mul(&a)` needs.
+    pub fn storage(&self) -> RwLockReadGuard<'_, Storage> {
+        self.0.storage.read_recursive()
+    }
+
+    /// True when both tensors view the same storage.
+    pub fn shares_storage(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.0.storage, &other.0.storage)
+    }
+
+    /// The elements, row-major, as `T` (which must be the tensor's dtype).
+    pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
+        if T::DTYPE != self.dtype() {
+            return Err(Error::dtypes("to_vec", &[self.dtype(), T::DTYPE]));
+        }
+        let s = self.storage();
+        let cpu = match &*s {
+            Storage::Cpu(c) => c.copy_strided(self.layout())?,
+        };
+        Ok(cpu.as_slice::<T>().map(<[T]>::to_vec).unwrap_or_default())
+    }
+
+    /// The elements, row-major, converted to f64 (any dtype).
+    pub fn to_vec_f64(&self) -> Result<Vec<f64>> {
+        let s = self.storage();
+        Ok(match &*s {
+            Storage::Cpu(c) => c.to_f64_vec(self.layout()),
+        })
+    }
+
+    /// The single element of a one-element tensor, as f64.
+    pub fn item(&self) -> Result<f64> {
+        match self.elem_count() {
+            1 => Ok(self.to_vec_f64()?[0]),
+            n => Err(Error::invalid(
+                "item",
+                format!(
+                    "needs exactly one element, the tensor has shape {:?} ({n})",
+                    self.shape()
+                ),
+            )),
+        }
+    }
+
+    /// A copy on `device` (the same tensor when it is already there). Gradients flow
+    /// through the copy.
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        if device == self.device() {
+            return Ok(self.clone());
+        }
+        let cpu = self.storage().to_cpu()?;
+        let storage = Storage::from_cpu(cpu, device)?;
+        let layout = self.layout().clone();
+        let grad = GradMeta::for_op("to_device", &[self], move |_, _, g: &Tensor| {
+            let from = g.device();
+            Ok(vec![Some(g.to_device(from)?)])
+        });
+        Ok(Tensor::build(Arc::new(RwLock::new(storage)), layout, grad))
+    }
+
+    /// The same values cut from the graph: no gradient flows back through the result.
+    pub fn detach(&self) -> Tensor {
+        Tensor::build(
+            self.0.storage.clone(),
+            self.layout().clone(),
+            GradMeta::None,
+        )
+    }
+
+    /// A trainable variable holding `self`'s values: a graph leaf whose gradient
+    /// [`Tensor::backward`] reports and whose storage optimizers update in place.
+    pub fn into_variable(self) -> Result<Tensor> {
+        let t = if self.is_contiguous() && self.layout().offset() == 0 {
+            self
+        } else {
+            self.detach().contiguous()?
+        };
+        if !t.dtype().is_float() {
+            return Err(Error::dtypes("into_variable", &[t.dtype()]));
+        }
+        Ok(Tensor::build(
+            t.0.storage.clone(),
+            t.layout().clone(),
+            GradMeta::Variable,
+        ))
+    }
+
+    /// True for variables (see [`Tensor::into_variable`]).
+    pub fn is_variable(&self) -> bool {
+        matches!(self.0.grad, GradMeta::Variable)
+    }
+
+    /// True when gradients flow back from this tensor: a variable, or the result of
+    /// ops on one recorded outside a no-grad scope.
+    pub fn requires_grad(&self) -> bool {
+        !matches!(self.0.grad, GradMeta::None)
+    }
+
+    pub(crate) fn take_node(&self) -> Option<Node> {
+        self.0.grad.take_node()
+    }
+
+    pub(crate) fn node_inputs(&self) -> Option<Vec<Tensor>> {
+        self.0.grad.inputs()
+    }
+
+    /// Overwrites this tensor's elements in place with `src`'s (cast to this dtype).
+    /// Every view of the storage sees the change. Meant for optimizer updates; it is
+    /// not recorded in the graph.
+    pub fn assign(&self, src: &Tensor) -> Result<()> {
+        if src.shape() != self.shape() {
+            return Err(Error::shapes("assign", &[self.shape(), src.shape()]));
+        }
+        // A source that shares our storage is read before the write lock is taken.
+        let src = if self.shares_storage(src) {
+            src.detach().contiguous_copy()?
+        } else {
+            src.clone()
+        };
+        let from = src.storage();
+        let mut to = self.0.storage.write();
+        from.copy_into(src.layout(), &mut to, self.layout())
+    }
+
+    /// A contiguous copy (always a copy, unlike [`Tensor::contiguous`]); no gradient.
+    pub(crate) fn contiguous_copy(&self) -> Result<Tensor> {
+        let s = self.storage().copy_strided(self.layout())?;
+        Ok(Tensor::from_storage(s, self.shape()))
+    }
+}

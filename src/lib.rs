@@ -1,0 +1,1 @@
+pub use twinflow_engine as engine;
