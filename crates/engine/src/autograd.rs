@@ -31,6 +31,19 @@ pub(crate) struct Node {
     backward: Box<dyn BackwardFn>,
 }
 
+impl Drop for Node {
+    /// Frees the graph behind this node iteratively: the default recursive drop of a
+    /// long chain of ops (thousands deep) would overflow the stack.
+    fn drop(&mut self) {
+        let mut pending = std::mem::take(&mut self.inputs);
+        while let Some(t) = pending.pop() {
+            if let Some(mut node) = t.into_sole_node() {
+                pending.append(&mut node.inputs);
+            }
+        }
+    }
+}
+
 /// A tensor's relation to the graph.
 pub(crate) enum GradMeta {
     /// A constant: no gradient flows into or through it.

@@ -17,7 +17,7 @@ pub enum Error {
         shapes: String,
     },
     /// Operand dtypes that the op cannot combine or does not support.
-    #[error("{op}: unsupported dtype combination {dtypes:?}")]
+    #[error("{op}: unsupported dtypes ({})", join_dtypes(.dtypes))]
     DTypeMismatch {
         /// The op that refused its operands.
         op: &'static str,
@@ -63,6 +63,11 @@ pub enum Error {
         /// The failure as the backend reported it.
         msg: String,
     },
+}
+
+fn join_dtypes(dtypes: &[DType]) -> String {
+    let names: Vec<&str> = dtypes.iter().map(|d| d.as_str()).collect();
+    names.join(", ")
 }
 
 /// The engine's result type.

@@ -92,7 +92,8 @@ pub fn gradcheck(
             };
             let numeric = (at(opts.eps)? - at(-opts.eps)?) / (2.0 * opts.eps);
             let err = (a - numeric).abs();
-            if !(err <= opts.atol + opts.rtol * a.abs().max(numeric.abs())) {
+            let tolerance = opts.atol + opts.rtol * a.abs().max(numeric.abs());
+            if err.is_nan() || err > tolerance {
                 return Err(Error::invalid(
                     "gradcheck",
                     format!(

@@ -327,6 +327,12 @@ impl Tensor {
         self.0.grad.take_node()
     }
 
+    /// The node of a tensor this handle is the last owner of (so that dropping the
+    /// graph can walk it without recursion).
+    pub(crate) fn into_sole_node(self) -> Option<Node> {
+        Arc::into_inner(self.0).and_then(|inner| inner.grad.take_node())
+    }
+
     pub(crate) fn node_inputs(&self) -> Option<Vec<Tensor>> {
         self.0.grad.inputs()
     }

@@ -52,7 +52,7 @@ fn product<F: CpuFloat>(
         lhs_strides,
         rhs_strides,
     };
-    gemm_into(dst, n, lhs, rhs, g, false, beta, OneThread);
+    gemm_into(dst, n, lhs, rhs, g, beta, OneThread);
 }
 
 /// Scores `scale·q·kᵀ` with the causal mask applied (masked entries −∞).

@@ -24,17 +24,14 @@ pub struct GemmArgs {
     pub rhs_strides: (usize, usize),
 }
 
-/// `dst = alpha·dst + beta·lhs·rhs` for a row-major `dst` with `dst_row_stride`.
-///
-/// # Safety
-/// `lhs` and `rhs` must hold every element the strides address; `dst` must hold `m` rows.
+/// `dst = beta·lhs·rhs` for a row-major `dst` with `dst_row_stride`. Panics (a bug in
+/// the caller, not reachable from user input) if the strides address beyond a slice.
 pub fn gemm_into<F: CpuFloat>(
     dst: &mut [F],
     dst_row_stride: usize,
     lhs: &[F],
     rhs: &[F],
     g: GemmArgs,
-    accumulate: bool,
     beta: F,
     threads: gemm::Parallelism,
 ) {
@@ -59,7 +56,7 @@ pub fn gemm_into<F: CpuFloat>(
             dst.as_mut_ptr(),
             1,
             dst_row_stride as isize,
-            accumulate,
+            false,
             lhs.as_ptr(),
             g.lhs_strides.1 as isize,
             g.lhs_strides.0 as isize,
@@ -107,16 +104,7 @@ pub fn matmul<F: CpuFloat>(a: &[F], la: &Layout, b: &[F], lb: &Layout) -> Vec<F>
         return out;
     }
     let one = |(i, dst): (usize, &mut [F]), threads| {
-        gemm_into(
-            dst,
-            n,
-            &a[oa[i]..],
-            &b[ob[i]..],
-            g,
-            false,
-            F::one(),
-            threads,
-        );
+        gemm_into(dst, n, &a[oa[i]..], &b[ob[i]..], g, F::one(), threads);
     };
     if 2 * m * n * k < PER_PRODUCT_PARALLEL_FLOPS && oa.len() > 1 {
         out.par_chunks_mut(m * n)

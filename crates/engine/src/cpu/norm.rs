@@ -92,18 +92,20 @@ pub fn norm_backward<F: CpuFloat>(
     let row = |mut acc: (Vec<F>, Vec<F>), (i, dxr): (usize, &mut [F])| {
         let (xr, gr) = (&xv[i * d..(i + 1) * d], &gv[i * d..(i + 1) * d]);
         let (mu, rs) = (mean[i], rstd[i]);
-        let xhat = |k: usize| (xr[k] - mu) * rs;
-        let ghat = |k: usize| w.as_ref().map_or(gr[k], |w| gr[k] * w[k]);
+        let weight = |k: usize| w.as_ref().map_or(F::one(), |w| w[k]);
         let (mut sum_g, mut sum_gx) = (F::zero(), F::zero());
-        for k in 0..d {
-            sum_g = sum_g + ghat(k);
-            sum_gx = sum_gx + ghat(k) * xhat(k);
-            acc.0[k] = acc.0[k] + gr[k] * xhat(k);
-            acc.1[k] = acc.1[k] + gr[k];
+        for (k, (&xk, &gk)) in xr.iter().zip(gr).enumerate() {
+            let (xhat, ghat) = ((xk - mu) * rs, gk * weight(k));
+            sum_g = sum_g + ghat;
+            sum_gx = sum_gx + ghat * xhat;
+            acc.0[k] = acc.0[k] + gk * xhat;
+            acc.1[k] = acc.1[k] + gk;
         }
         let mean_g = if spec.rms { F::zero() } else { sum_g * inv_d };
-        for k in 0..d {
-            dxr[k] = rs * (ghat(k) - mean_g - xhat(k) * sum_gx * inv_d);
+        let mean_gx = sum_gx * inv_d;
+        for (k, ((dx, &xk), &gk)) in dxr.iter_mut().zip(xr).zip(gr).enumerate() {
+            let (xhat, ghat) = ((xk - mu) * rs, gk * weight(k));
+            *dx = rs * (ghat - mean_g - xhat * mean_gx);
         }
         acc
     };
