@@ -171,3 +171,19 @@ fn permutation_is_a_permutation() {
     p.sort_unstable();
     assert_eq!(p, (0..1000).collect::<Vec<i64>>());
 }
+
+#[test]
+fn backward_refuses_inputs_modified_in_place_after_the_forward() {
+    let x = var(&[5.0, 6.0, 7.0]);
+    let f = x.square().unwrap().sum_all().unwrap();
+    x.assign(&Tensor::zeros(&[3], DType::F64, Device::Cpu).unwrap())
+        .unwrap();
+    let err = f.backward().unwrap_err().to_string();
+    assert!(err.contains("modified in place"), "{err}");
+}
+
+#[test]
+fn casting_to_integers_carries_no_gradient() {
+    let x = var(&[1.0, 2.0]);
+    assert!(!x.to_dtype(DType::I64).unwrap().requires_grad());
+}

@@ -28,6 +28,8 @@ impl<F> BackwardFn for F where
 pub(crate) struct Node {
     op: &'static str,
     inputs: Vec<Tensor>,
+    /// Storage versions of the inputs when the op ran.
+    versions: Vec<u64>,
     backward: Box<dyn BackwardFn>,
 }
 
@@ -40,6 +42,25 @@ impl Drop for Node {
             if let Some(mut node) = t.into_sole_node() {
                 pending.append(&mut node.inputs);
             }
+        }
+    }
+}
+
+impl Node {
+    /// Refuses to run a backward rule on inputs overwritten in place since the forward.
+    fn check_versions(&self) -> Result<()> {
+        match self
+            .inputs
+            .iter()
+            .zip(&self.versions)
+            .position(|(t, &v)| t.version() != v)
+        {
+            None => Ok(()),
+            Some(i) => Err(Error::Autograd(format!(
+                "input {i} of {} was modified in place (assign) after the forward; update \
+                 variables only after backward",
+                self.op
+            ))),
         }
     }
 }
@@ -63,6 +84,7 @@ impl GradMeta {
         GradMeta::Node(Mutex::new(Some(Node {
             op,
             inputs: inputs.iter().map(|&t| t.clone()).collect(),
+            versions: inputs.iter().map(|t| t.version()).collect(),
             backward: Box::new(backward),
         })))
     }
@@ -227,6 +249,7 @@ impl Tensor {
             let Some(g) = grads.remove(&t.id()) else {
                 continue;
             };
+            node.check_versions()?;
             let input_grads = (node.backward)(&node.inputs, t, &g)?;
             for (input, ig) in node.inputs.iter().zip(input_grads) {
                 let Some(ig) = ig.filter(|_| input.requires_grad()) else {

@@ -114,6 +114,16 @@ pub struct AttentionSpec {
     pub causal: bool,
 }
 
+/// The dtype of statistics a fused op saves for its backward (norm means and reciprocal
+/// std devs, attention log-sum-exps): f32 for bf16/f16 inputs, so that the backward
+/// sees the same statistics the forward used; the input's dtype otherwise.
+pub fn stats_dtype(input: DType) -> DType {
+    match input {
+        DType::BF16 | DType::F16 => DType::F32,
+        other => other,
+    }
+}
+
 /// The kernels every backend provides. See the module docs for the conventions.
 pub trait BackendStorage: Sized {
     /// Element type of the storage.

@@ -30,9 +30,25 @@ impl TensorId {
 #[derive(Clone)]
 pub struct Tensor(Arc<Inner>);
 
+/// Storage shared by all views of it, with a count of in-place writes so that a
+/// backward can refuse to use values overwritten since the forward.
+struct SharedStorage {
+    data: RwLock<Storage>,
+    version: AtomicU64,
+}
+
+impl SharedStorage {
+    fn new(storage: Storage) -> Arc<Self> {
+        Arc::new(SharedStorage {
+            data: RwLock::new(storage),
+            version: AtomicU64::new(0),
+        })
+    }
+}
+
 pub(crate) struct Inner {
     id: TensorId,
-    storage: Arc<RwLock<Storage>>,
+    storage: Arc<SharedStorage>,
     layout: Layout,
     dtype: DType,
     device: Device,
@@ -53,9 +69,9 @@ impl std::fmt::Debug for Tensor {
 }
 
 impl Tensor {
-    fn build(storage: Arc<RwLock<Storage>>, layout: Layout, grad: GradMeta) -> Tensor {
+    fn build(storage: Arc<SharedStorage>, layout: Layout, grad: GradMeta) -> Tensor {
         let (dtype, device) = {
-            let s = storage.read_recursive();
+            let s = storage.data.read_recursive();
             (s.dtype(), s.device())
         };
         Tensor(Arc::new(Inner {
@@ -71,7 +87,7 @@ impl Tensor {
     /// A constant (no gradient) tensor over fresh contiguous storage.
     pub(crate) fn from_storage(storage: Storage, shape: &[usize]) -> Tensor {
         let layout = Layout::contiguous(shape);
-        Tensor::build(Arc::new(RwLock::new(storage)), layout, GradMeta::None)
+        Tensor::build(SharedStorage::new(storage), layout, GradMeta::None)
     }
 
     /// The result of an op: fresh contiguous storage, recorded in the graph when any
@@ -85,7 +101,7 @@ impl Tensor {
     ) -> Tensor {
         let layout = Layout::contiguous(shape);
         let grad = GradMeta::for_op(op, inputs, backward);
-        Tensor::build(Arc::new(RwLock::new(storage)), layout, grad)
+        Tensor::build(SharedStorage::new(storage), layout, grad)
     }
 
     /// A view of `self`'s storage under a new layout, recorded in the graph like an op.
@@ -227,7 +243,12 @@ impl Tensor {
     /// Read access to the storage (shared by all views of it). Several read guards
     /// of one storage may be held at once, as `a.mul(&a)` needs.
     pub fn storage(&self) -> RwLockReadGuard<'_, Storage> {
-        self.0.storage.read_recursive()
+        self.0.storage.data.read_recursive()
+    }
+
+    /// How many in-place writes ([`Tensor::assign`]) the storage has seen.
+    pub(crate) fn version(&self) -> u64 {
+        self.0.storage.version.load(Ordering::Acquire)
     }
 
     /// True when both tensors view the same storage.
@@ -278,11 +299,10 @@ impl Tensor {
         let cpu = self.storage().to_cpu()?;
         let storage = Storage::from_cpu(cpu, device)?;
         let layout = self.layout().clone();
-        let grad = GradMeta::for_op("to_device", &[self], move |_, _, g: &Tensor| {
-            let from = g.device();
-            Ok(vec![Some(g.to_device(from)?)])
+        let grad = GradMeta::for_op("to_device", &[self], |x, _, g: &Tensor| {
+            Ok(vec![Some(g.to_device(x[0].device())?)])
         });
-        Ok(Tensor::build(Arc::new(RwLock::new(storage)), layout, grad))
+        Ok(Tensor::build(SharedStorage::new(storage), layout, grad))
     }
 
     /// The same values cut from the graph: no gradient flows back through the result.
@@ -351,7 +371,8 @@ impl Tensor {
             src.clone()
         };
         let from = src.storage();
-        let mut to = self.0.storage.write();
+        let mut to = self.0.storage.data.write();
+        self.0.storage.version.fetch_add(1, Ordering::AcqRel);
         from.copy_into(src.layout(), &mut to, self.layout())
     }
 

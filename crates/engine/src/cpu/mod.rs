@@ -16,7 +16,9 @@ mod strided;
 pub use float::CpuFloat;
 pub use strided::PARALLEL_CUTOFF;
 
-use crate::backend::{AttentionSpec, BackendStorage, BinaryOp, CmpOp, NormSpec, ReduceOp, UnaryOp};
+use crate::backend::{
+    stats_dtype, AttentionSpec, BackendStorage, BinaryOp, CmpOp, NormSpec, ReduceOp, UnaryOp,
+};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
@@ -72,11 +74,17 @@ impl CpuStorage {
         Self::from_f64_iter(std::iter::repeat_n(0.0, n), dtype)
     }
 
-    /// Values converted from f64 into `dtype`.
+    /// Values converted from f64 into `dtype`, rounded to nearest (ties to even).
     pub fn from_f64_iter(values: impl Iterator<Item = f64>, dtype: DType) -> Self {
         match dtype {
-            DType::F16 => CpuStorage::F16(values.map(f16::from_f64).collect()),
-            DType::BF16 => CpuStorage::BF16(values.map(bf16::from_f64).collect()),
+            DType::F16 => {
+                CpuStorage::F16(values.map(|v| f16::from_f32(round_to_odd_f32(v))).collect())
+            }
+            DType::BF16 => CpuStorage::BF16(
+                values
+                    .map(|v| bf16::from_f32(round_to_odd_f32(v)))
+                    .collect(),
+            ),
             DType::F32 => CpuStorage::F32(values.map(|v| v as f32).collect()),
             DType::F64 => CpuStorage::F64(values.collect()),
             DType::I64 => CpuStorage::I64(values.map(|v| v as i64).collect()),
@@ -123,6 +131,23 @@ impl CpuStorage {
             )),
         }
     }
+}
+
+/// `v` as an f32 rounded to odd: truncated toward zero, with the last mantissa bit set
+/// when inexact. Rounding that to a format with at least two fewer mantissa bits (bf16,
+/// f16) gives the correctly rounded result, which rounding f64 → f32 → half twice to
+/// nearest does not.
+fn round_to_odd_f32(v: f64) -> f32 {
+    let nearest = v as f32;
+    if nearest as f64 == v || !nearest.is_finite() {
+        return nearest;
+    }
+    let toward_zero = if (nearest as f64).abs() > v.abs() {
+        f32::from_bits(nearest.to_bits() - 1)
+    } else {
+        nearest
+    };
+    f32::from_bits(toward_zero.to_bits() | 1)
 }
 
 /// Writes the contiguous `from` into the runs of `to`.
@@ -327,7 +352,7 @@ impl BackendStorage for CpuStorage {
         bias: Option<(&Self, &Layout)>,
         spec: NormSpec,
     ) -> Result<(Self, Self, Self)> {
-        let dt = self.dtype();
+        let (dt, st) = (self.dtype(), stats_dtype(self.dtype()));
         dispatch_float!("norm", self, |F| {
             let param = |p: Option<(&Self, &Layout)>| -> Result<norm::Param<F>> {
                 p.map(|(s, pl)| {
@@ -340,8 +365,7 @@ impl BackendStorage for CpuStorage {
             };
             let x = F::view(self, "norm")?;
             let (y, mean, rstd) = norm::norm(&x, l, param(weight)?, param(bias)?, spec);
-            let wrap = |v| F::store(v, dt);
-            Ok((wrap(y), wrap(mean), wrap(rstd)))
+            Ok((F::store(y, dt), F::store(mean, st), F::store(rstd, st)))
         })
     }
 
@@ -355,7 +379,7 @@ impl BackendStorage for CpuStorage {
         grad: (&Self, &Layout),
         spec: NormSpec,
     ) -> Result<(Self, Option<Self>, Option<Self>)> {
-        let dt = same_dtype("norm_backward", &[self, mean, rstd, grad.0])?;
+        let dt = same_dtype("norm_backward", &[self, grad.0])?;
         dispatch_float!("norm_backward", self, |F| {
             let view = |s| F::view(s, "norm_backward");
             let w = match weight {
@@ -384,7 +408,7 @@ impl BackendStorage for CpuStorage {
             let view = |s| F::view(s, "attention");
             let (qv, kv, vv) = (view(self)?, view(k.0)?, view(v.0)?);
             let (o, lse) = attention::attention((&qv, l), (&kv, k.1), (&vv, v.1), spec);
-            Ok((F::store(o, dt), F::store(lse, dt)))
+            Ok((F::store(o, dt), F::store(lse, stats_dtype(dt))))
         })
     }
 
@@ -398,7 +422,7 @@ impl BackendStorage for CpuStorage {
         grad: (&Self, &Layout),
         spec: AttentionSpec,
     ) -> Result<(Self, Self, Self)> {
-        let dt = same_dtype("attention_backward", &[self, k.0, v.0, out.0, lse, grad.0])?;
+        let dt = same_dtype("attention_backward", &[self, k.0, v.0, out.0, grad.0])?;
         dispatch_float!("attention_backward", self, |F| {
             let view = |s| F::view(s, "attention_backward");
             let (qv, kv, vv) = (view(self)?, view(k.0)?, view(v.0)?);

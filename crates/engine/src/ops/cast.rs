@@ -6,21 +6,23 @@ use crate::error::Result;
 use crate::Tensor;
 
 impl Tensor {
-    /// The values converted to `dtype` (the tensor itself when it already has it).
+    /// The values converted to `dtype` (the tensor itself when it already has it),
+    /// rounded to nearest, ties to even.
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
         if dtype == self.dtype() {
             return Ok(self.clone());
         }
         let s = self.storage().to_dtype(self.layout(), dtype)?;
+        if !dtype.is_float() || !self.dtype().is_float() {
+            // Integers carry no gradient, in either direction.
+            return Ok(Tensor::from_storage(s, self.shape()));
+        }
         Ok(Tensor::from_op(
             "to_dtype",
             s,
             self.shape(),
             &[self],
-            |x, _, g| {
-                let back = x[0].dtype().is_float().then(|| g.to_dtype(x[0].dtype()));
-                Ok(vec![back.transpose()?])
-            },
+            |x, _, g| Ok(vec![Some(g.to_dtype(x[0].dtype())?)]),
         ))
     }
 }

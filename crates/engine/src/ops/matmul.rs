@@ -8,6 +8,16 @@ use crate::layout::broadcast_shapes;
 use crate::Tensor;
 
 impl Tensor {
+    /// `[..., m, k] · [k, n]` as one `[(...)·m, k] · [k, n]` product (a linear layer):
+    /// one large product instead of many small ones, and in the backward the weight
+    /// gradient comes out summed over the batch by the product itself.
+    fn matmul_folded(&self, rhs: &Tensor) -> Result<Tensor> {
+        let (lead, k) = self.shape().split_at(self.rank() - 1);
+        let rows = lead.iter().product();
+        let out = self.reshape(&[rows, k[0]])?.matmul(rhs)?;
+        out.reshape(&[lead, &[rhs.shape()[1]]].concat())
+    }
+
     /// `self · rhs` for `[..., m, k] · [..., k, n]`; batch dims broadcast.
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
         check_float("matmul", self)?;
@@ -19,6 +29,9 @@ impl Tensor {
         }
         let batch = broadcast_shapes("matmul", &a[..ra - 2], &b[..rb - 2])
             .map_err(|_| Error::shapes("matmul", &[a, b]))?;
+        if rb == 2 && ra > 2 && self.is_contiguous() {
+            return self.matmul_folded(rhs);
+        }
         let with = |tail: &[usize]| [batch.as_slice(), tail].concat();
         let la = self.layout().broadcast_to("matmul", &with(&a[ra - 2..]))?;
         let lb = rhs.layout().broadcast_to("matmul", &with(&b[rb - 2..]))?;

@@ -1,0 +1,723 @@
+//! Forward values of the elementwise ops, reductions, comparisons and casts, checked
+//! against plain f64 loops written here (index arithmetic for broadcasting, strided
+//! views and reductions), on random shapes, broadcasts and non-contiguous inputs.
+
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+use std::f64::consts::PI;
+use twinflow::engine::{DType, Device, Generator, Result, Tensor};
+
+type TestResult = std::result::Result<(), TestCaseError>;
+
+// ---------------------------------------------------------------------------------------
+// Index arithmetic (row-major)
+// ---------------------------------------------------------------------------------------
+
+/// The multi-index of flat position `i` in `shape`.
+fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
+    let mut idx = vec![0; shape.len()];
+    for d in (0..shape.len()).rev() {
+        idx[d] = i % shape[d];
+        i /= shape[d];
+    }
+    idx
+}
+
+/// The flat position of multi-index `idx` in `shape`.
+fn ravel(idx: &[usize], shape: &[usize]) -> usize {
+    idx.iter().zip(shape).fold(0, |acc, (&i, &n)| acc * n + i)
+}
+
+/// NumPy broadcasting of two shapes (assumed compatible).
+fn broadcast(a: &[usize], b: &[usize]) -> Vec<usize> {
+    let r = a.len().max(b.len());
+    let at = |s: &[usize], d: usize| match d + s.len() >= r {
+        true => s[d + s.len() - r],
+        false => 1,
+    };
+    (0..r).map(|d| at(a, d).max(at(b, d))).collect()
+}
+
+/// The flat position, in an operand of `shape`, of element `idx` of a result it was
+/// broadcast into (dims aligned right; size-1 dims always read element 0).
+fn broadcast_offset(idx: &[usize], shape: &[usize]) -> usize {
+    let lead = idx.len() - shape.len();
+    let own: Vec<usize> = shape
+        .iter()
+        .enumerate()
+        .map(|(d, &n)| if n == 1 { 0 } else { idx[lead + d] })
+        .collect();
+    ravel(&own, shape)
+}
+
+// ---------------------------------------------------------------------------------------
+// Inputs: shapes, strided views, values
+// ---------------------------------------------------------------------------------------
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: 32,
+        // Failures are reported, not written to `proptest-regressions/` files.
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+/// Extra elements of the last dim of a stored tensor that `View::Narrowed` cuts off.
+const NARROW_PAD: usize = 2;
+
+/// How an input is viewed before the op, so strided kernels are checked too.
+#[derive(Debug, Clone, Copy)]
+enum View {
+    /// Used as stored (contiguous).
+    Plain,
+    /// Dims rotated by `permute` (a transpose at rank 2).
+    Permuted,
+    /// The last dim cut out of a wider stored one, starting at 1.
+    Narrowed,
+}
+
+impl View {
+    /// The shape to store so that the view of it has `shape`.
+    fn stored_shape(self, shape: &[usize]) -> Vec<usize> {
+        let r = shape.len();
+        match self {
+            View::Plain => shape.to_vec(),
+            View::Permuted => (0..r).map(|j| shape[(j + r - 1) % r]).collect(),
+            View::Narrowed => {
+                let mut s = shape.to_vec();
+                if let Some(last) = s.last_mut() {
+                    *last += NARROW_PAD;
+                }
+                s
+            }
+        }
+    }
+
+    /// The engine's view of a stored tensor.
+    fn apply(self, x: &Tensor) -> Result<Tensor> {
+        let r = x.rank();
+        match self {
+            View::Plain => Ok(x.clone()),
+            View::Permuted => x.permute(&(0..r).map(|i| (i + 1) % r).collect::<Vec<_>>()),
+            View::Narrowed if r == 0 => Ok(x.clone()),
+            View::Narrowed => x.narrow(-1, 1, x.dim(-1)? - NARROW_PAD),
+        }
+    }
+
+    /// Reference: the elements of the view of `stored`, row-major, where `shape` is the
+    /// view's shape. Dim `k` of a `Permuted` view is stored dim `(k + 1) % rank`.
+    fn read(self, stored: &[f64], shape: &[usize]) -> Vec<f64> {
+        let st = self.stored_shape(shape);
+        let r = shape.len();
+        let n: usize = shape.iter().product();
+        (0..n)
+            .map(|i| {
+                let idx = unravel(i, shape);
+                let at = match self {
+                    View::Plain => idx,
+                    View::Permuted => {
+                        let mut j = vec![0; r];
+                        (0..r).for_each(|k| j[(k + 1) % r] = idx[k]);
+                        j
+                    }
+                    View::Narrowed => {
+                        let mut j = idx;
+                        if let Some(last) = j.last_mut() {
+                            *last += 1;
+                        }
+                        j
+                    }
+                };
+                stored[ravel(&at, &st)]
+            })
+            .collect()
+    }
+}
+
+fn view() -> impl Strategy<Value = View> {
+    prop_oneof![
+        Just(View::Plain),
+        Just(View::Permuted),
+        Just(View::Narrowed)
+    ]
+}
+
+/// A shape of rank `min_rank..=max_rank` (higher ranks drawn more often) with dims 1..=4.
+fn shape(min_rank: usize, max_rank: usize) -> impl Strategy<Value = Vec<usize>> {
+    let rank = prop::sample::select((min_rank..=max_rank).collect::<Vec<_>>());
+    let rank = (rank.clone(), rank).prop_map(|(a, b)| a.max(b));
+    rank.prop_flat_map(|r| prop::collection::vec(1usize..=4, r))
+}
+
+/// `k` shapes that broadcast together: a common shape with (less often) leading dims
+/// dropped and (each with probability 1/4) dims set to 1.
+fn broadcast_shapes(k: usize) -> impl Strategy<Value = Vec<Vec<usize>>> {
+    let drop = prop_oneof![3 => Just(0usize), 1 => 1usize..=3];
+    let part = (drop, any::<u8>(), any::<u8>());
+    (shape(0, 3), prop::collection::vec(part, k)).prop_map(|(full, parts)| {
+        parts
+            .into_iter()
+            .map(|(drop, o1, o2)| {
+                full[drop.min(full.len())..]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &d)| if (o1 & o2) >> i & 1 == 1 { 1 } else { d })
+                    .collect()
+            })
+            .collect()
+    })
+}
+
+/// One input: its shape as the op sees it, how it is viewed, the seed of its values.
+#[derive(Debug, Clone)]
+struct Arg {
+    shape: Vec<usize>,
+    view: View,
+    seed: u64,
+}
+
+impl Arg {
+    /// The stored values: standard normal draws mapped through `domain`.
+    fn values(&self, domain: impl Fn(f64) -> f64) -> Vec<f64> {
+        let n = self.view.stored_shape(&self.shape).iter().product();
+        let draw = Generator::new(self.seed).randn(&[n], DType::F64, Device::Cpu);
+        draw.and_then(|t| t.to_vec_f64())
+            .expect("random values")
+            .into_iter()
+            .map(domain)
+            .collect()
+    }
+
+    /// The engine's view of `values` stored as `dtype`.
+    fn tensor(&self, values: &[f64], dtype: DType) -> Result<Tensor> {
+        let stored = self.view.stored_shape(&self.shape);
+        self.view
+            .apply(&Tensor::from_f64s(values, &stored, dtype, Device::Cpu)?)
+    }
+
+    /// Reference: the values the op sees.
+    fn read(&self, values: &[f64]) -> Vec<f64> {
+        self.view.read(values, &self.shape)
+    }
+}
+
+fn arg_of(shape: impl Strategy<Value = Vec<usize>>) -> impl Strategy<Value = Arg> {
+    (shape, view(), any::<u64>()).prop_map(|(shape, view, seed)| Arg { shape, view, seed })
+}
+
+/// `k` inputs whose shapes broadcast together.
+fn broadcast_args(k: usize) -> impl Strategy<Value = Vec<Arg>> {
+    let views = prop::collection::vec(view(), k);
+    (broadcast_shapes(k), views, any::<u64>()).prop_map(|(shapes, views, seed)| {
+        (shapes.into_iter().zip(views).enumerate())
+            .map(|(i, (shape, view))| Arg {
+                shape,
+                view,
+                seed: seed.wrapping_add(i as u64),
+            })
+            .collect()
+    })
+}
+
+/// Positive, bounded away from 0.
+fn positive(x: f64) -> f64 {
+    x.abs() + 0.5
+}
+
+/// Either sign, bounded away from 0.
+fn nonzero(x: f64) -> f64 {
+    x.signum() * (x.abs() + 0.5)
+}
+
+fn scaled(x: f64) -> f64 {
+    2.0 * x
+}
+
+/// Asserts `got` has `shape` and matches `want` within `atol + rtol·|want|`.
+fn assert_close(
+    what: &str,
+    got: &Tensor,
+    shape: &[usize],
+    want: &[f64],
+    rtol: f64,
+    atol: f64,
+) -> TestResult {
+    prop_assert_eq!(got.shape(), shape, "{}: shape", what);
+    let got = got.to_vec_f64()?;
+    prop_assert_eq!(got.len(), want.len(), "{}: length", what);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        prop_assert!(
+            (g - w).abs() <= atol + rtol * w.abs(),
+            "{what}: element {i}: got {g:e}, want {w:e}"
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Reference formulas
+// ---------------------------------------------------------------------------------------
+
+/// erf x = (2/√π)·e^{−x²}·Σ_{n≥0} 2ⁿx^{2n+1}/(1·3·…·(2n+1)). Every term has x's sign, so
+/// the series has no cancellation and is accurate to ~1e-15 relative up to |x| = 6,
+/// beyond which erf x rounds to ±1 (erfc 6 ≈ 2e-17).
+fn erf(x: f64) -> f64 {
+    if x.abs() >= 6.0 {
+        return x.signum();
+    }
+    let (mut term, mut sum) = (x, x);
+    for n in 1.. {
+        term *= 2.0 * x * x / (2 * n + 1) as f64;
+        sum += term;
+        if term.abs() <= 1e-17 * sum.abs() {
+            break;
+        }
+    }
+    2.0 / PI.sqrt() * (-x * x).exp() * sum
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn gelu_tanh(x: f64) -> f64 {
+    0.5 * x * (1.0 + ((2.0 / PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
+}
+
+fn gelu_erf(x: f64) -> f64 {
+    0.5 * x * (1.0 + erf(x / 2f64.sqrt()))
+}
+
+/// A unary op: name, input domain, the engine's op, the reference formula.
+type Unary = (
+    &'static str,
+    fn(f64) -> f64,
+    fn(&Tensor) -> Result<Tensor>,
+    fn(f64) -> f64,
+);
+
+const UNARY: &[Unary] = &[
+    ("neg", scaled, |x| x.neg(), |x| -x),
+    ("exp", scaled, |x| x.exp(), f64::exp),
+    ("log", positive, |x| x.log(), f64::ln),
+    ("sqrt", positive, |x| x.sqrt(), f64::sqrt),
+    ("rsqrt", positive, |x| x.rsqrt(), |x| 1.0 / x.sqrt()),
+    ("recip", nonzero, |x| x.recip(), |x| 1.0 / x),
+    ("square", scaled, |x| x.square(), |x| x * x),
+    ("powf(2.5)", positive, |x| x.powf(2.5), |x| x.powf(2.5)),
+    ("powf(-1.5)", positive, |x| x.powf(-1.5), |x| x.powf(-1.5)),
+    ("abs", scaled, |x| x.abs(), f64::abs),
+    ("sin", scaled, |x| x.sin(), f64::sin),
+    ("cos", scaled, |x| x.cos(), f64::cos),
+    ("tanh", scaled, |x| x.tanh(), f64::tanh),
+    ("sigmoid", scaled, |x| x.sigmoid(), sigmoid),
+    ("relu", scaled, |x| x.relu(), |x| x.max(0.0)),
+    ("gelu", scaled, |x| x.gelu(), gelu_tanh),
+    ("gelu_erf", scaled, |x| x.gelu_erf(), gelu_erf),
+    ("silu", scaled, |x| x.silu(), |x| x * sigmoid(x)),
+    (
+        "clamp",
+        scaled,
+        |x| x.clamp(-0.7, 1.2),
+        |x| x.clamp(-0.7, 1.2),
+    ),
+    (
+        "affine",
+        scaled,
+        |x| x.affine(-1.5, 0.25),
+        |x| -1.5 * x + 0.25,
+    ),
+];
+
+/// A binary op: name, the engine's op, the reference formula.
+type Binary = (
+    &'static str,
+    fn(&Tensor, &Tensor) -> Result<Tensor>,
+    fn(f64, f64) -> f64,
+);
+
+const BINARY: &[Binary] = &[
+    ("add", |a, b| a.add(b), |a, b| a + b),
+    ("sub", |a, b| a.sub(b), |a, b| a - b),
+    ("mul", |a, b| a.mul(b), |a, b| a * b),
+    ("div", |a, b| a.div(b), |a, b| a / b),
+    ("maximum", |a, b| a.maximum(b), f64::max),
+    ("minimum", |a, b| a.minimum(b), f64::min),
+];
+
+/// Reference of a broadcast binary map: the result's shape and values.
+fn zip_broadcast(
+    (a, sa): (&[f64], &[usize]),
+    (b, sb): (&[f64], &[usize]),
+    f: impl Fn(f64, f64) -> f64,
+) -> (Vec<usize>, Vec<f64>) {
+    let shape = broadcast(sa, sb);
+    let n = shape.iter().product();
+    let values = (0..n)
+        .map(|i| {
+            let idx = unravel(i, &shape);
+            f(a[broadcast_offset(&idx, sa)], b[broadcast_offset(&idx, sb)])
+        })
+        .collect();
+    (shape, values)
+}
+
+/// The values of each output of a reduction over `dims` (non-negative) of `x` (of
+/// `shape`), in output order, and the keep-dim output shape.
+fn groups(x: &[f64], shape: &[usize], dims: &[usize]) -> (Vec<Vec<f64>>, Vec<usize>) {
+    let mut out_shape = shape.to_vec();
+    dims.iter().for_each(|&d| out_shape[d] = 1);
+    let mut groups = vec![Vec::new(); out_shape.iter().product()];
+    for (i, &v) in x.iter().enumerate() {
+        let mut idx = unravel(i, shape);
+        dims.iter().for_each(|&d| idx[d] = 0);
+        groups[ravel(&idx, &out_shape)].push(v);
+    }
+    (groups, out_shape)
+}
+
+/// An input of rank 1..=3 with a non-empty set of dims to reduce (some written
+/// negative, in either order) and `keepdim`.
+#[derive(Debug, Clone)]
+struct Reduction {
+    arg: Arg,
+    dims: Vec<isize>,
+    keepdim: bool,
+}
+
+impl Reduction {
+    /// The reduced dims as non-negative indices.
+    fn dims(&self) -> Vec<usize> {
+        let r = self.arg.shape.len() as isize;
+        self.dims
+            .iter()
+            .map(|&d| d.rem_euclid(r) as usize)
+            .collect()
+    }
+
+    /// The output shape, from the keep-dim one.
+    fn out_shape(&self, keep: &[usize]) -> Vec<usize> {
+        let dims = self.dims();
+        match self.keepdim {
+            true => keep.to_vec(),
+            false => (keep.iter().enumerate())
+                .filter(|(d, _)| !dims.contains(d))
+                .map(|(_, &n)| n)
+                .collect(),
+        }
+    }
+}
+
+fn reduction() -> impl Strategy<Value = Reduction> {
+    let flags = (any::<u8>(), any::<u8>(), any::<bool>(), any::<bool>());
+    (arg_of(shape(1, 3)), flags).prop_map(|(arg, (pick, neg, reverse, keepdim))| {
+        let r = arg.shape.len();
+        // No bit picked: reduce over every dim.
+        let pick = match pick as usize % (1 << r) {
+            0 => (1 << r) - 1,
+            p => p,
+        };
+        let mut dims: Vec<isize> = (0..r)
+            .filter(|&d| pick >> d & 1 == 1)
+            .map(|d| match neg >> d & 1 {
+                1 => d as isize - r as isize,
+                _ => d as isize,
+            })
+            .collect();
+        if reverse {
+            dims.reverse();
+        }
+        Reduction { arg, dims, keepdim }
+    })
+}
+
+fn sum(g: &[f64]) -> f64 {
+    g.iter().sum()
+}
+
+fn mean(g: &[f64]) -> f64 {
+    sum(g) / g.len() as f64
+}
+
+fn var(g: &[f64], correction: usize) -> f64 {
+    let m = mean(g);
+    g.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (g.len() - correction) as f64
+}
+
+fn logsumexp(g: &[f64]) -> f64 {
+    let m = g.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    m + g.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
+}
+
+// ---------------------------------------------------------------------------------------
+// Storage precision of bf16 and f16
+// ---------------------------------------------------------------------------------------
+
+/// Explicit mantissa bits and smallest normal exponent of a float dtype.
+fn format(dtype: DType) -> (i32, i32) {
+    match dtype {
+        DType::BF16 => (7, -126),
+        DType::F16 => (10, -14),
+        DType::F32 => (23, -126),
+        _ => (52, -1022),
+    }
+}
+
+/// The spacing of `dtype`'s values around `x` (subnormal spacing below the normals).
+fn ulp(x: f64, dtype: DType) -> f64 {
+    let (mantissa, min_exp) = format(dtype);
+    let exp = ((x.abs().to_bits() >> 52) & 0x7ff) as i32 - 1023;
+    2f64.powi(exp.max(min_exp) - mantissa)
+}
+
+/// `x` rounded to the nearest value of `dtype` (ties to even).
+fn round_to(x: f64, dtype: DType) -> f64 {
+    let q = ulp(x, dtype);
+    (x / q).round_ties_even() * q
+}
+
+/// A value `ulp·2^-k` from the tie between `x`'s nearest `dtype` value `q` and the next
+/// one up, on the side of the odd one of the two: correctly rounded it goes to the odd
+/// neighbour, while a cast that loses the `2^-k` (truncating first, or rounding to a
+/// wider intermediate) sees a tie and picks the even one.
+fn near_tie(x: f64, dtype: DType, k: i32) -> f64 {
+    let q = round_to(x, dtype);
+    let u = ulp(q, dtype);
+    let q_even = ((q / u).round() as i64).rem_euclid(2) == 0;
+    let side = if q_even { 1.0 } else { -1.0 };
+    q + u / 2.0 + side * u * 2f64.powi(-k)
+}
+
+/// Asserts that each `got` is a nearest `dtype` value to the f32 result `want`.
+fn assert_rounded(what: &str, got: &Tensor, want: &Tensor, dtype: DType) -> TestResult {
+    prop_assert_eq!(got.dtype(), dtype, "{}: dtype", what);
+    prop_assert_eq!(got.shape(), want.shape(), "{}: shape", what);
+    let (got, want) = (got.to_vec_f64()?, want.to_vec_f64()?);
+    for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+        prop_assert!(
+            (g - w).abs() <= 0.5 * ulp(w, dtype),
+            "{what} in {dtype}: element {i}: got {g:e}, f32 result {w:e}"
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Every unary op in f64 against its formula, on a possibly strided view.
+    #[test]
+    fn forward_unary_matches_reference(a in arg_of(shape(0, 3))) {
+        for &(name, domain, op, reference) in UNARY {
+            let values = a.values(domain);
+            let got = op(&a.tensor(&values, DType::F64)?)?;
+            let want: Vec<f64> = a.read(&values).into_iter().map(reference).collect();
+            // gelu_erf: the reference erf differs from libm's by ~1e-15, which
+            // 1 + erf turns into an absolute error for large negative x.
+            assert_close(name, &got, &a.shape, &want, 1e-12, 1e-13)?;
+        }
+    }
+
+    /// Every binary op in f64 with broadcasting (either side), on strided views.
+    #[test]
+    fn forward_binary_broadcast_matches_reference(args in broadcast_args(2)) {
+        let (a, b) = (&args[0], &args[1]);
+        let va = a.values(scaled);
+        let vb = b.values(nonzero);
+        let (ta, tb) = (a.tensor(&va, DType::F64)?, b.tensor(&vb, DType::F64)?);
+        let (ra, rb) = (a.read(&va), b.read(&vb));
+        for &(name, op, reference) in BINARY {
+            let (shape, want) = zip_broadcast((&ra, &a.shape), (&rb, &b.shape), reference);
+            assert_close(name, &op(&ta, &tb)?, &shape, &want, 1e-15, 0.0)?;
+            // Swapped operands broadcast the other way round.
+            let (_, want) = zip_broadcast((&rb, &b.shape), (&ra, &a.shape), reference);
+            assert_close(name, &op(&tb, &ta)?, &shape, &want, 1e-15, 0.0)?;
+        }
+    }
+
+    /// sum, mean, max, min, var, logsumexp over random dims (negative, unordered),
+    /// with and without keepdim, plus sum_all and mean_all.
+    #[test]
+    fn forward_reductions_match_reference(r in reduction()) {
+        let values = r.arg.values(scaled);
+        let x = r.arg.tensor(&values, DType::F64)?;
+        let read = r.arg.read(&values);
+        let (groups, keep) = groups(&read, &r.arg.shape, &r.dims());
+        let shape = r.out_shape(&keep);
+        let (d, k) = (r.dims.as_slice(), r.keepdim);
+        // Sums may be accumulated in another order: tolerance relative to Σ|x|.
+        let scale = read.iter().map(|x| x.abs()).sum::<f64>();
+        let atol = 1e-14 * (1.0 + scale);
+        let each = |f: fn(&[f64]) -> f64| groups.iter().map(|g| f(g)).collect::<Vec<_>>();
+        assert_close("sum", &x.sum(d, k)?, &shape, &each(sum), 0.0, atol)?;
+        assert_close("mean", &x.mean(d, k)?, &shape, &each(mean), 1e-14, atol)?;
+        let max = |g: &[f64]| g.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let min = |g: &[f64]| g.iter().copied().fold(f64::INFINITY, f64::min);
+        assert_close("max", &x.max(d, k)?, &shape, &each(max), 0.0, 0.0)?;
+        assert_close("min", &x.min(d, k)?, &shape, &each(min), 0.0, 0.0)?;
+        let lse = x.logsumexp(d, k)?;
+        assert_close("logsumexp", &lse, &shape, &each(logsumexp), 1e-13, atol)?;
+        let var0 = x.var(d, 0, k)?;
+        assert_close("var(0)", &var0, &shape, &each(|g| var(g, 0)), 1e-12, atol)?;
+        if groups[0].len() > 1 {
+            let var1 = x.var(d, 1, k)?;
+            assert_close("var(1)", &var1, &shape, &each(|g| var(g, 1)), 1e-12, atol)?;
+        } else {
+            prop_assert!(x.var(d, 1, k).is_err(), "var(1) of one element must fail");
+        }
+        assert_close("sum_all", &x.sum_all()?, &[], &[sum(&read)], 0.0, atol)?;
+        assert_close("mean_all", &x.mean_all()?, &[], &[mean(&read)], 1e-14, atol)?;
+    }
+
+    /// bf16 and f16 are storage types computed in f32: each primitive op's result is
+    /// the f32 result rounded to the storage type, and the f32 result itself matches
+    /// the f64 reference to f32 precision.
+    #[test]
+    fn forward_bf16_f16_compute_in_f32(
+        args in broadcast_args(2),
+        r in reduction(),
+        dtype in prop_oneof![Just(DType::BF16), Just(DType::F16)],
+    ) {
+        let (a, b) = (&args[0], &args[1]);
+        // Inputs representable in the storage type, so all dtypes see the same values.
+        let exact = |v: Vec<f64>| v.into_iter().map(|x| round_to(x, dtype)).collect::<Vec<_>>();
+        let (va, vb) = (exact(a.values(scaled)), exact(b.values(nonzero)));
+
+        // Storing representable values is exact.
+        assert_close("store", &a.tensor(&va, dtype)?, &a.shape, &a.read(&va), 0.0, 0.0)?;
+
+        for &(name, domain, op, reference) in UNARY {
+            let v = exact(a.values(domain));
+            let (low, wide) = (a.tensor(&v, dtype)?, a.tensor(&v, DType::F32)?);
+            let f32_result = op(&wide)?;
+            let want: Vec<f64> = a.read(&v).into_iter().map(reference).collect();
+            assert_close(name, &f32_result, &a.shape, &want, 1e-6, 1e-6)?;
+            assert_rounded(name, &op(&low)?, &f32_result, dtype)?;
+        }
+
+        let (la, lb) = (a.tensor(&va, dtype)?, b.tensor(&vb, dtype)?);
+        let (wa, wb) = (a.tensor(&va, DType::F32)?, b.tensor(&vb, DType::F32)?);
+        for &(name, op, reference) in BINARY {
+            let f32_result = op(&wa, &wb)?;
+            let (shape, want) =
+                zip_broadcast((&a.read(&va), &a.shape), (&b.read(&vb), &b.shape), reference);
+            assert_close(name, &f32_result, &shape, &want, 1e-6, 0.0)?;
+            assert_rounded(name, &op(&la, &lb)?, &f32_result, dtype)?;
+        }
+
+        let v = exact(r.arg.values(scaled));
+        let (low, wide) = (r.arg.tensor(&v, dtype)?, r.arg.tensor(&v, DType::F32)?);
+        let (d, k) = (r.dims.as_slice(), r.keepdim);
+        let (groups, keep) = groups(&r.arg.read(&v), &r.arg.shape, &r.dims());
+        let shape = r.out_shape(&keep);
+        let atol = 1e-6 * (1.0 + v.iter().map(|x| x.abs()).sum::<f64>());
+        let want: Vec<f64> = groups.iter().map(|g| sum(g)).collect();
+        assert_close("sum", &wide.sum(d, k)?, &shape, &want, 0.0, atol)?;
+        assert_rounded("sum", &low.sum(d, k)?, &wide.sum(d, k)?, dtype)?;
+        assert_rounded("max", &low.max(d, k)?, &wide.max(d, k)?, dtype)?;
+        assert_rounded("min", &low.min(d, k)?, &wide.min(d, k)?, dtype)?;
+    }
+
+    /// Casts round to the nearest value of the target dtype (ties to even), from f64
+    /// and from f32 sources on strided views: random values, and values a hair
+    /// (2^-k of a bf16/f16 spacing) off a tie (see `near_tie`). Widening casts are exact.
+    #[test]
+    fn forward_casts_round_to_nearest(a in arg_of(shape(1, 3))) {
+        let raw = a.values(scaled);
+        let mut failures = Vec::new();
+        for src in [DType::F64, DType::F32] {
+            // The source values, exactly as the source dtype holds them.
+            let held = |v: Vec<f64>| match src {
+                DType::F32 => v.into_iter().map(|x| x as f32 as f64).collect::<Vec<_>>(),
+                _ => v,
+            };
+            for dst in [DType::BF16, DType::F16] {
+                let near = [12, 14, 16].map(|k| {
+                    held(raw.iter().map(|&x| near_tie(x, dst, k)).collect())
+                });
+                for v in std::iter::once(held(raw.clone())).chain(near) {
+                    let got = a.tensor(&v, src)?.to_dtype(dst)?;
+                    prop_assert_eq!(got.dtype(), dst);
+                    let got = got.to_vec_f64()?;
+                    let wrong = (a.read(&v).into_iter().zip(got))
+                        .find(|&(x, g)| g != round_to(x, dst));
+                    if let Some((x, g)) = wrong {
+                        let want = round_to(x, dst);
+                        failures.push(format!("{src} {x:e} -> {dst}: got {g:e}, nearest {want:e}"));
+                        break;
+                    }
+                }
+            }
+        }
+        prop_assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+        // f64 -> f32 rounds to nearest; widening casts are exact.
+        let to_f32 = a.tensor(&raw, DType::F64)?.to_dtype(DType::F32)?;
+        let want: Vec<f64> = a.read(&raw).into_iter().map(|x| x as f32 as f64).collect();
+        assert_close("f64 -> f32", &to_f32, &a.shape, &want, 0.0, 0.0)?;
+        for (src, dst) in [
+            (DType::BF16, DType::F32),
+            (DType::BF16, DType::F64),
+            (DType::F16, DType::F32),
+            (DType::F16, DType::F64),
+            (DType::F32, DType::F64),
+        ] {
+            let v: Vec<f64> = raw.iter().map(|&x| round_to(x, src)).collect();
+            let got = a.tensor(&v, src)?.to_dtype(dst)?;
+            prop_assert_eq!(got.dtype(), dst);
+            assert_close(&format!("{src} -> {dst}"), &got, &a.shape, &a.read(&v), 0.0, 0.0)?;
+        }
+    }
+
+    /// Comparisons give 1/0 masks of the operands' dtype (broadcasting, strided views,
+    /// with equal values present); where_cond picks `on_true` wherever the mask is
+    /// non-zero (not only 1), all three broadcast together.
+    #[test]
+    fn forward_comparisons_and_where(pair in broadcast_args(2), three in broadcast_args(3)) {
+        // A coarse grid, so that equal values occur.
+        let coarse = |x: f64| (2.0 * x).round() / 2.0;
+        let (a, b) = (&pair[0], &pair[1]);
+        let (va, vb) = (a.values(coarse), b.values(coarse));
+        let (ta, tb) = (a.tensor(&va, DType::F64)?, b.tensor(&vb, DType::F64)?);
+        let (ra, rb) = (a.read(&va), b.read(&vb));
+        type Cmp = (&'static str, fn(&Tensor, &Tensor) -> Result<Tensor>, fn(f64, f64) -> bool);
+        let cmps: [Cmp; 6] = [
+            ("eq", |a, b| a.eq(b), |a, b| a == b),
+            ("ne", |a, b| a.ne(b), |a, b| a != b),
+            ("lt", |a, b| a.lt(b), |a, b| a < b),
+            ("le", |a, b| a.le(b), |a, b| a <= b),
+            ("gt", |a, b| a.gt(b), |a, b| a > b),
+            ("ge", |a, b| a.ge(b), |a, b| a >= b),
+        ];
+        for (name, op, reference) in cmps {
+            let got = op(&ta, &tb)?;
+            prop_assert_eq!(got.dtype(), DType::F64);
+            let bit = |x, y| if reference(x, y) { 1.0 } else { 0.0 };
+            let (shape, want) = zip_broadcast((&ra, &a.shape), (&rb, &b.shape), bit);
+            assert_close(name, &got, &shape, &want, 0.0, 0.0)?;
+        }
+
+        // Mask values on the coarse grid: zeros and non-zeros of either sign.
+        let (m, t, f) = (&three[0], &three[1], &three[2]);
+        let (vm, vt, vf) = (m.values(coarse), t.values(scaled), f.values(scaled));
+        let got = m.tensor(&vm, DType::F64)?
+            .where_cond(&t.tensor(&vt, DType::F64)?, &f.tensor(&vf, DType::F64)?)?;
+        let shape = broadcast(&broadcast(&m.shape, &t.shape), &f.shape);
+        let (rm, rt, rf) = (m.read(&vm), t.read(&vt), f.read(&vf));
+        let want: Vec<f64> = (0..shape.iter().product())
+            .map(|i| {
+                let idx = unravel(i, &shape);
+                match rm[broadcast_offset(&idx, &m.shape)] != 0.0 {
+                    true => rt[broadcast_offset(&idx, &t.shape)],
+                    false => rf[broadcast_offset(&idx, &f.shape)],
+                }
+            })
+            .collect();
+        assert_close("where_cond", &got, &shape, &want, 0.0, 0.0)?;
+    }
+}

@@ -1,0 +1,750 @@
+//! Forward results of the structural and fused ops checked against plain f64 reference
+//! loops written here, independent of the engine's kernels: matmul against a triple
+//! loop, softmax/norms/losses/attention against their formulas, views and indexing
+//! against index arithmetic on the stored (contiguous) data. Non-contiguous operands
+//! (transposed, permuted, `[b, t, h, d]` transposed to `[b, h, t, d]`) are drawn
+//! throughout; the reference reads them from the stored data by index arithmetic.
+//! The last test compares bf16/f16 against f32 and f32 against f64.
+
+use proptest::prelude::*;
+use proptest::sample::Index;
+use twinflow::engine::{scaled_dot_product_attention, DType, Device, Generator, Tensor};
+
+/// A modest number of cases without regression files (failures print the case).
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+/// Standard normal f64 values (as a Vec) of `shape`, from `seed`.
+fn randn_vec(seed: u64, shape: &[usize]) -> Vec<f64> {
+    Generator::new(seed)
+        .randn(shape, DType::F64, Device::Cpu)
+        .and_then(|t| t.to_vec_f64())
+        .expect("randn")
+}
+
+/// A tensor of `dtype` holding `data`.
+fn tensor(data: &[f64], shape: &[usize], dtype: DType) -> Tensor {
+    Tensor::from_f64s(data, shape, dtype, Device::Cpu).expect("tensor")
+}
+
+/// `n` pseudo-random indices in `0..hi` from `seed` (splitmix64).
+fn indices(seed: u64, n: usize, hi: usize) -> Vec<i64> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            (z % hi as u64) as i64
+        })
+        .collect()
+}
+
+fn ids(values: &[i64], shape: &[usize]) -> Tensor {
+    Tensor::from_slice(values, shape, Device::Cpu).expect("ids")
+}
+
+fn vals(t: &Tensor) -> Vec<f64> {
+    t.to_vec_f64().expect("to_vec_f64")
+}
+
+/// The multi-index of row-major position `i` in `shape`.
+fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
+    let mut idx = vec![0; shape.len()];
+    for d in (0..shape.len()).rev() {
+        idx[d] = i % shape[d];
+        i /= shape[d];
+    }
+    idx
+}
+
+/// The row-major position of multi-index `idx` in `shape`.
+fn ravel(idx: &[usize], shape: &[usize]) -> usize {
+    idx.iter().zip(shape).fold(0, |acc, (&i, &n)| acc * n + i)
+}
+
+/// Row-major values and shape of the permutation `perm` of `data` (shape `shape`):
+/// dim `i` of the result is dim `perm[i]` of the source.
+fn permuted(data: &[f64], shape: &[usize], perm: &[usize]) -> (Vec<f64>, Vec<usize>) {
+    let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+    let n = data.len();
+    let values = (0..n)
+        .map(|o| {
+            let oi = unravel(o, &out_shape);
+            let mut si = vec![0; shape.len()];
+            perm.iter().zip(&oi).for_each(|(&p, &i)| si[p] = i);
+            data[ravel(&si, shape)]
+        })
+        .collect();
+    (values, out_shape)
+}
+
+/// The permutation swapping the last two of `rank` dims.
+fn swap_last2(rank: usize) -> Vec<usize> {
+    let mut p: Vec<usize> = (0..rank).collect();
+    p.swap(rank - 2, rank - 1);
+    p
+}
+
+/// `shape` with its last two dims swapped (how a tensor handed over as `.t()` is stored).
+fn swapped(shape: &[usize]) -> Vec<usize> {
+    let mut s = shape.to_vec();
+    let r = s.len();
+    s.swap(r - 2, r - 1);
+    s
+}
+
+/// Asserts `|got − want| ≤ tol(want, i)` element by element, naming the first miss.
+fn assert_close(
+    what: &str,
+    got: &[f64],
+    want: &[f64],
+    tol: impl Fn(f64, usize) -> f64,
+) -> Result<(), TestCaseError> {
+    prop_assert_eq!(got.len(), want.len(), "{}: lengths differ", what);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let t = tol(w, i);
+        prop_assert!(
+            (g - w).abs() <= t,
+            "{}: element {} got {:e}, want {:e} (tolerance {:e})",
+            what,
+            i,
+            g,
+            w,
+            t
+        );
+    }
+    Ok(())
+}
+
+/// Reference matmul with broadcast batch dims, on row-major logical operands; also
+/// returns Σ|a||b| per output element (the scale of its rounding error).
+fn ref_matmul(
+    a: &[f64],
+    sa: &[usize],
+    b: &[f64],
+    sb: &[usize],
+) -> (Vec<f64>, Vec<f64>, Vec<usize>) {
+    let (ra, rb) = (sa.len(), sb.len());
+    let (m, k, n) = (sa[ra - 2], sa[ra - 1], sb[rb - 1]);
+    let (ba, bb) = (&sa[..ra - 2], &sb[..rb - 2]);
+    let rank = ba.len().max(bb.len());
+    let pad = |s: &[usize]| {
+        let mut v = vec![1; rank - s.len()];
+        v.extend_from_slice(s);
+        v
+    };
+    let (pa, pb) = (pad(ba), pad(bb));
+    let batch: Vec<usize> = pa.iter().zip(&pb).map(|(&x, &y)| x.max(y)).collect();
+    let nb: usize = batch.iter().product();
+    let mut out = vec![0.0; nb * m * n];
+    let mut scale = vec![0.0; nb * m * n];
+    for bi in 0..nb {
+        let idx = unravel(bi, &batch);
+        let pick = |p: &[usize]| -> Vec<usize> {
+            idx.iter()
+                .zip(p)
+                .map(|(&i, &d)| if d == 1 { 0 } else { i })
+                .collect()
+        };
+        let (oa, ob) = (
+            ravel(&pick(&pa), &pa) * m * k,
+            ravel(&pick(&pb), &pb) * k * n,
+        );
+        for i in 0..m {
+            for j in 0..n {
+                let (mut acc, mut mag) = (0.0, 0.0);
+                for p in 0..k {
+                    let (x, y) = (a[oa + i * k + p], b[ob + p * n + j]);
+                    acc += x * y;
+                    mag += (x * y).abs();
+                }
+                out[(bi * m + i) * n + j] = acc;
+                scale[(bi * m + i) * n + j] = mag;
+            }
+        }
+    }
+    let shape = [batch.as_slice(), &[m, n]].concat();
+    (out, scale, shape)
+}
+
+/// Reference softmax (or log-softmax) over the last dim of row-major `x`.
+fn ref_softmax(x: &[f64], d: usize, log: bool) -> Vec<f64> {
+    x.chunks(d)
+        .flat_map(|row| {
+            let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = row.iter().map(|v| (v - max).exp()).sum();
+            row.iter()
+                .map(|v| match log {
+                    true => v - max - sum.ln(),
+                    false => (v - max).exp() / sum,
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Reference layer norm (or RMS norm) over the last dim of row-major `x`.
+fn ref_norm(
+    x: &[f64],
+    d: usize,
+    w: Option<&[f64]>,
+    b: Option<&[f64]>,
+    eps: f64,
+    rms: bool,
+) -> Vec<f64> {
+    x.chunks(d)
+        .flat_map(|row| {
+            let mean = if rms {
+                0.0
+            } else {
+                row.iter().sum::<f64>() / d as f64
+            };
+            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d as f64;
+            let rstd = 1.0 / (var + eps).sqrt();
+            (0..d)
+                .map(|k| {
+                    let mut y = (row[k] - mean) * rstd;
+                    if let Some(w) = w {
+                        y *= w[k];
+                    }
+                    if let Some(b) = b {
+                        y += b[k];
+                    }
+                    y
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Reference attention on row-major `[b, h, t, e]` operands: for each query i, keys
+/// j > i are masked when causal (top-left aligned).
+#[allow(clippy::too_many_arguments)]
+fn ref_attention(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    (bh, tq, tk, d, dv): (usize, usize, usize, usize, usize),
+    scale: f64,
+    causal: bool,
+) -> Vec<f64> {
+    let mut out = vec![0.0; bh * tq * dv];
+    for p in 0..bh {
+        for i in 0..tq {
+            let keys = if causal { (i + 1).min(tk) } else { tk };
+            let s: Vec<f64> = (0..keys)
+                .map(|j| {
+                    (0..d)
+                        .map(|c| q[(p * tq + i) * d + c] * k[(p * tk + j) * d + c])
+                        .sum::<f64>()
+                        * scale
+                })
+                .collect();
+            let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            for c in 0..dv {
+                out[(p * tq + i) * dv + c] = (0..keys)
+                    .map(|j| e[j] / sum * v[(p * tk + j) * dv + c])
+                    .sum();
+            }
+        }
+    }
+    out
+}
+
+/// Shapes of rank `lo..=hi` with dims in `1..=max`.
+fn shape(lo: usize, hi: usize, max: usize) -> impl Strategy<Value = Vec<usize>> {
+    prop::collection::vec(1..=max, lo..=hi)
+}
+
+/// A shape of rank `lo..=hi` with a permutation of its dims.
+fn shape_and_perm(
+    lo: usize,
+    hi: usize,
+    max: usize,
+) -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
+    shape(lo, hi, max).prop_flat_map(|s| {
+        let r = s.len();
+        (Just(s), Just((0..r).collect::<Vec<_>>()).prop_shuffle())
+    })
+}
+
+/// A shape of over 2^15 elements (where the CPU kernels go parallel) with a
+/// permutation of its dims.
+fn big_shape_and_perm() -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
+    (Just(vec![64, 9, 60]), Just(vec![0, 1, 2]).prop_shuffle())
+}
+
+/// A matmul case: stored shapes of a and b, whether each is handed over transposed.
+#[derive(Debug, Clone)]
+struct MatmulCase {
+    sa: Vec<usize>,
+    sb: Vec<usize>,
+    ta: bool,
+    tb: bool,
+}
+
+impl MatmulCase {
+    /// The logical (row-major) operand values and shapes from stored data.
+    fn logical(&self, a: &[f64], b: &[f64]) -> (Vec<f64>, Vec<usize>, Vec<f64>, Vec<usize>) {
+        let view = |x: &[f64], s: &[usize], t: bool| match t {
+            true => permuted(x, s, &swap_last2(s.len())),
+            false => (x.to_vec(), s.to_vec()),
+        };
+        let (la, lsa) = view(a, &self.sa, self.ta);
+        let (lb, lsb) = view(b, &self.sb, self.tb);
+        (la, lsa, lb, lsb)
+    }
+
+    /// The engine's product of the stored tensors (transposed where drawn).
+    fn run(&self, a: &Tensor, b: &Tensor) -> Tensor {
+        let a = if self.ta { a.t().unwrap() } else { a.clone() };
+        let b = if self.tb { b.t().unwrap() } else { b.clone() };
+        a.matmul(&b).expect("matmul")
+    }
+}
+
+/// 2-D, equal-batch and broadcast-batch products ([b1, 1, m, k] · [b2, k, n] and the
+/// other way round), sizes up to 33 to cross the kernel's blocking.
+fn matmul_case(max: usize) -> impl Strategy<Value = MatmulCase> {
+    (
+        0usize..4,
+        (1..=max, 1..=max, 1..=max),
+        (1usize..=3, 1usize..=3),
+        (any::<bool>(), any::<bool>()),
+    )
+        .prop_map(|(kind, (m, k, n), (b1, b2), (ta, tb))| {
+            let (ba, bb): (Vec<usize>, Vec<usize>) = match kind {
+                0 => (vec![], vec![]),
+                1 => (vec![b2], vec![b2]),
+                2 => (vec![b1, 1], vec![b2]),
+                _ => (vec![b2], vec![b1, 1]),
+            };
+            let stored = |batch: &[usize], r: usize, c: usize, t: bool| match t {
+                true => [batch, &[c, r]].concat(),
+                false => [batch, &[r, c]].concat(),
+            };
+            MatmulCase {
+                sa: stored(&ba, m, k, ta),
+                sb: stored(&bb, k, n, tb),
+                ta,
+                tb,
+            }
+        })
+}
+
+proptest! {
+    #![proptest_config(config(32))]
+
+    /// Matmul (2-D, batched, broadcast batch, transposed operands) against a triple loop.
+    #[test]
+    fn forward_matmul_matches_reference(case in matmul_case(33), seed in any::<u64>()) {
+        let (a, b) = (randn_vec(seed, &case.sa), randn_vec(seed ^ 1, &case.sb));
+        let got = case.run(&tensor(&a, &case.sa, DType::F64), &tensor(&b, &case.sb, DType::F64));
+        let (la, lsa, lb, lsb) = case.logical(&a, &b);
+        let (want, scale, shape) = ref_matmul(&la, &lsa, &lb, &lsb);
+        prop_assert_eq!(got.shape(), shape.as_slice());
+        let tol = |_, i: usize| 1e-12 * scale[i] + 1e-300;
+        assert_close(&format!("matmul {case:?}"), &vals(&got), &want, tol)?;
+    }
+
+    /// Softmax and log-softmax over the last dim, of contiguous tensors and permuted
+    /// views, with large logits (stability), small and large (parallel) sizes, against
+    /// the formula.
+    #[test]
+    fn forward_softmax_matches_reference(
+        (s, perm) in prop_oneof![4 => shape_and_perm(1, 4, 6), 1 => big_shape_and_perm()],
+        permuted_view in any::<bool>(),
+        scale in prop::sample::select(vec![1.0, 10.0, 300.0]),
+        seed in any::<u64>(),
+    ) {
+        let data: Vec<f64> = randn_vec(seed, &s).iter().map(|v| v * scale).collect();
+        let x = tensor(&data, &s, DType::F64);
+        let (x, (logical, ls)) = match permuted_view {
+            true => (x.permute(&perm).unwrap(), permuted(&data, &s, &perm)),
+            false => (x, (data.clone(), s.clone())),
+        };
+        let d = *ls.last().unwrap();
+        let got = x.softmax().unwrap();
+        prop_assert_eq!(got.shape(), ls.as_slice());
+        assert_close("softmax", &vals(&got), &ref_softmax(&logical, d, false), |_, _| 1e-13)?;
+        let got = x.log_softmax().unwrap();
+        let want = ref_softmax(&logical, d, true);
+        assert_close("log_softmax", &vals(&got), &want, |w, _| 1e-13 * w.abs().max(1.0))?;
+    }
+
+    /// Layer norm (with/without weight and bias) and RMS norm (with/without weight), of
+    /// contiguous tensors and transposed views, small and large (parallel) sizes,
+    /// against the formula.
+    #[test]
+    fn forward_norm_matches_reference(
+        s in prop_oneof![4 => shape(1, 3, 8), 1 => Just(vec![300, 120])],
+        (with_weight, with_bias) in (any::<bool>(), any::<bool>()),
+        transposed in any::<bool>(),
+        eps in prop::sample::select(vec![1e-6, 1e-5, 0.1]),
+        offset in -3.0f64..3.0,
+        seed in any::<u64>(),
+    ) {
+        let transposed = transposed && s.len() >= 2;
+        let data: Vec<f64> = randn_vec(seed, &s).iter().map(|v| v + offset).collect();
+        let x = tensor(&data, &s, DType::F64);
+        let (x, (logical, ls)) = match transposed {
+            true => (x.t().unwrap(), permuted(&data, &s, &swap_last2(s.len()))),
+            false => (x, (data.clone(), s.clone())),
+        };
+        let d = *ls.last().unwrap();
+        let w = randn_vec(seed ^ 1, &[d]);
+        let b = randn_vec(seed ^ 2, &[d]);
+        let (wt, bt) = (tensor(&w, &[d], DType::F64), tensor(&b, &[d], DType::F64));
+        let (wo, bo) = (with_weight.then_some(&wt), with_bias.then_some(&bt));
+        let tol = |w: f64, _| 1e-12 * w.abs().max(1.0);
+
+        let got = x.layer_norm(wo, bo, eps).unwrap();
+        prop_assert_eq!(got.shape(), ls.as_slice());
+        let (wr, br) = (with_weight.then_some(&w[..]), with_bias.then_some(&b[..]));
+        let want = ref_norm(&logical, d, wr, br, eps, false);
+        assert_close("layer_norm", &vals(&got), &want, tol)?;
+
+        let got = x.rms_norm(wo, eps).unwrap();
+        let want = ref_norm(&logical, d, wr, None, eps, true);
+        assert_close("rms_norm", &vals(&got), &want, tol)?;
+    }
+
+    /// Cross-entropy (logits contiguous or a transposed view, labels in range) and MSE
+    /// against their formulas.
+    #[test]
+    fn forward_loss_matches_reference(
+        (n, c) in (1usize..=8, 1usize..=8),
+        transposed in any::<bool>(),
+        scale in prop::sample::select(vec![1.0, 20.0]),
+        seed in any::<u64>(),
+    ) {
+        let stored = if transposed { [c, n] } else { [n, c] };
+        let data: Vec<f64> = randn_vec(seed, &stored).iter().map(|v| v * scale).collect();
+        let x = tensor(&data, &stored, DType::F64);
+        let (x, logits) = match transposed {
+            true => (x.t().unwrap(), permuted(&data, &stored, &[1, 0]).0),
+            false => (x, data.clone()),
+        };
+        let labels = indices(seed, n, c);
+        let got = x.cross_entropy(&ids(&labels, &[n])).unwrap();
+        prop_assert_eq!(got.shape(), &[] as &[usize]);
+        let want = -(0..n)
+            .map(|i| {
+                let row = &logits[i * c..(i + 1) * c];
+                let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+                row[labels[i] as usize] - lse
+            })
+            .sum::<f64>()
+            / n as f64;
+        let tol = |w: f64, _| 1e-12 * w.abs().max(1.0);
+        let what = format!("cross_entropy labels {labels:?}");
+        assert_close(&what, &[got.item().unwrap()], &[want], tol)?;
+
+        let target = randn_vec(seed ^ 1, &[n, c]);
+        let got = x.mse(&tensor(&target, &[n, c], DType::F64)).unwrap().item().unwrap();
+        let sq: f64 = logits.iter().zip(&target).map(|(a, b)| (a - b).powi(2)).sum();
+        assert_close("mse", &[got], &[sq / (n * c) as f64], tol)?;
+    }
+
+    /// Attention (causal and not, any tq and tk, default or drawn scale; operands
+    /// `[b, h, t, e]` or `[b, t, h, e]` transposed) against naive loops.
+    #[test]
+    fn forward_attention_matches_reference(
+        (b, h) in (1usize..=2, 1usize..=3),
+        (tq, tk) in (1usize..=9, 1usize..=9),
+        (d, dv) in (1usize..=6, 1usize..=6),
+        causal in any::<bool>(),
+        scale in prop::option::of(0.1f64..2.0),
+        bthd in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        // Stored as [b, t, h, e] when bthd; the reference reads the [b, h, t, e] order.
+        let make = |seed: u64, t: usize, e: usize| {
+            let stored = if bthd { vec![b, t, h, e] } else { vec![b, h, t, e] };
+            let data = randn_vec(seed, &stored);
+            let x = tensor(&data, &stored, DType::F64);
+            match bthd {
+                true => (x.transpose(1, 2).unwrap(), permuted(&data, &stored, &[0, 2, 1, 3]).0),
+                false => (x, data),
+            }
+        };
+        let (q, qv) = make(seed, tq, d);
+        let (k, kv) = make(seed ^ 1, tk, d);
+        let (v, vv) = make(seed ^ 2, tk, dv);
+        let got = scaled_dot_product_attention(&q, &k, &v, scale, causal).unwrap();
+        prop_assert_eq!(got.shape(), &[b, h, tq, dv]);
+        let s = scale.unwrap_or(1.0 / (d as f64).sqrt());
+        let want = ref_attention(&qv, &kv, &vv, (b * h, tq, tk, d, dv), s, causal);
+        let what = format!("attention causal={causal} scale={scale:?} bthd={bthd}");
+        assert_close(&what, &vals(&got), &want, |_, _| 1e-12)?;
+    }
+
+    /// cat (operands optionally transposed views) and stack against index arithmetic.
+    #[test]
+    fn forward_cat_stack_matches_reference(
+        base in shape(1, 3, 4),
+        sizes in prop::collection::vec(1usize..=4, 1..=4),
+        transposed in prop::collection::vec(any::<bool>(), 4),
+        dim in any::<Index>(),
+        neg in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let rank = base.len();
+        let d = dim.index(rank);
+        let sdim = if neg { d as isize - rank as isize } else { d as isize };
+        // cat: part i has size sizes[i] along d; stored transposed where drawn.
+        let mut parts = Vec::new();
+        let mut logical = Vec::new();
+        for (i, &n) in sizes.iter().enumerate() {
+            let mut s = base.clone();
+            s[d] = n;
+            let t = transposed[i] && rank >= 2;
+            let stored = if t { swapped(&s) } else { s.clone() };
+            let data = randn_vec(seed.wrapping_add(i as u64), &stored);
+            let x = tensor(&data, &stored, DType::F64);
+            parts.push(if t { x.t().unwrap() } else { x });
+            logical.push(if t { permuted(&data, &stored, &swap_last2(rank)).0 } else { data });
+        }
+        let got = Tensor::cat(&parts.iter().collect::<Vec<_>>(), sdim).unwrap();
+        let mut out_shape = base.clone();
+        out_shape[d] = sizes.iter().sum();
+        prop_assert_eq!(got.shape(), out_shape.as_slice());
+        let want: Vec<f64> = (0..out_shape.iter().product())
+            .map(|o| {
+                let mut idx = unravel(o, &out_shape);
+                let mut part = 0;
+                while idx[d] >= sizes[part] {
+                    idx[d] -= sizes[part];
+                    part += 1;
+                }
+                let mut s = base.clone();
+                s[d] = sizes[part];
+                logical[part][ravel(&idx, &s)]
+            })
+            .collect();
+        assert_close(&format!("cat {sizes:?} along {sdim}"), &vals(&got), &want, |_, _| 0.0)?;
+
+        // stack: base-shaped tensors (transposed views where drawn) along a new dim.
+        let stacked: Vec<(Tensor, Vec<f64>)> = (0..sizes.len())
+            .map(|i| {
+                let t = transposed[i] && rank >= 2;
+                let stored = if t { swapped(&base) } else { base.clone() };
+                let data = randn_vec(seed ^ (100 + i as u64), &stored);
+                let x = tensor(&data, &stored, DType::F64);
+                match t {
+                    true => (x.t().unwrap(), permuted(&data, &stored, &swap_last2(rank)).0),
+                    false => (x, data),
+                }
+            })
+            .collect();
+        let at = dim.index(rank + 1);
+        let sat = if neg { at as isize - rank as isize - 1 } else { at as isize };
+        let got = Tensor::stack(&stacked.iter().map(|(t, _)| t).collect::<Vec<_>>(), sat).unwrap();
+        let mut out_shape = base.clone();
+        out_shape.insert(at, stacked.len());
+        prop_assert_eq!(got.shape(), out_shape.as_slice());
+        let want: Vec<f64> = (0..out_shape.iter().product())
+            .map(|o| {
+                let mut idx = unravel(o, &out_shape);
+                let which = idx.remove(at);
+                stacked[which].1[ravel(&idx, &base)]
+            })
+            .collect();
+        assert_close(&format!("stack along {sat}"), &vals(&got), &want, |_, _| 0.0)?;
+    }
+
+    /// permute (and permute + contiguous + reshape), narrow and chunk against index
+    /// arithmetic.
+    #[test]
+    fn forward_narrow_permute_matches_reference(
+        (s, perm) in shape_and_perm(1, 4, 5),
+        (dim, start, len) in (any::<Index>(), any::<Index>(), any::<Index>()),
+        chunks in 1usize..=4,
+        seed in any::<u64>(),
+    ) {
+        let data = randn_vec(seed, &s);
+        let x = tensor(&data, &s, DType::F64);
+
+        let p = x.permute(&perm).unwrap();
+        let (want, ps) = permuted(&data, &s, &perm);
+        prop_assert_eq!(p.shape(), ps.as_slice());
+        assert_close(&format!("permute {perm:?}"), &vals(&p), &want, |_, _| 0.0)?;
+        let flat = p.contiguous().unwrap().reshape(&[data.len()]).unwrap();
+        assert_close("permute+contiguous+reshape", &vals(&flat), &want, |_, _| 0.0)?;
+
+        // narrow of the permuted view.
+        let d = dim.index(ps.len());
+        let st = start.index(ps[d]);
+        let ln = 1 + len.index(ps[d] - st);
+        let nw = p.narrow(d as isize, st, ln).unwrap();
+        let mut ns = ps.clone();
+        ns[d] = ln;
+        prop_assert_eq!(nw.shape(), ns.as_slice());
+        let want_n: Vec<f64> = (0..ns.iter().product())
+            .map(|o| {
+                let mut idx = unravel(o, &ns);
+                idx[d] += st;
+                want[ravel(&idx, &ps)]
+            })
+            .collect();
+        assert_close(&format!("narrow({d}, {st}, {ln})"), &vals(&nw), &want_n, |_, _| 0.0)?;
+
+        // chunk of the permuted view: sizes ceil(n / chunks), the last smaller.
+        let parts = p.chunk(chunks, d as isize).unwrap();
+        let size = ps[d].div_ceil(chunks);
+        prop_assert_eq!(parts.len(), ps[d].div_ceil(size));
+        let mut at = 0;
+        for c in &parts {
+            let ln = c.shape()[d];
+            prop_assert_eq!(ln, size.min(ps[d] - at));
+            let want_c: Vec<f64> = (0..c.elem_count())
+                .map(|o| {
+                    let mut idx = unravel(o, c.shape());
+                    idx[d] += at;
+                    want[ravel(&idx, &ps)]
+                })
+                .collect();
+            assert_close("chunk", &vals(c), &want_c, |_, _| 0.0)?;
+            at += ln;
+        }
+        prop_assert_eq!(at, ps[d]);
+    }
+
+    /// index_select (with repeats) and gather (ids of the source's rank) along a drawn
+    /// dim of a contiguous or transposed source, against index arithmetic.
+    #[test]
+    fn forward_index_select_gather_matches_reference(
+        s in shape(1, 3, 4),
+        count in 1usize..=6,
+        ids_dims in prop::collection::vec(any::<Index>(), 3),
+        along in 1usize..=5,
+        dim in any::<Index>(),
+        transposed in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let transposed = transposed && s.len() >= 2;
+        let data = randn_vec(seed, &s);
+        let x = tensor(&data, &s, DType::F64);
+        let (x, (logical, ls)) = match transposed {
+            true => (x.t().unwrap(), permuted(&data, &s, &swap_last2(s.len()))),
+            false => (x, (data.clone(), s.clone())),
+        };
+        let rank = ls.len();
+        let d = dim.index(rank);
+
+        let picked = indices(seed ^ 7, count, ls[d]);
+        let got = x.index_select(&ids(&picked, &[count]), d as isize).unwrap();
+        let mut os = ls.clone();
+        os[d] = count;
+        prop_assert_eq!(got.shape(), os.as_slice());
+        let want: Vec<f64> = (0..os.iter().product())
+            .map(|o| {
+                let mut idx = unravel(o, &os);
+                idx[d] = picked[idx[d]] as usize;
+                logical[ravel(&idx, &ls)]
+            })
+            .collect();
+        assert_close(&format!("index_select {picked:?} dim {d}"), &vals(&got), &want, |_, _| 0.0)?;
+
+        let is: Vec<usize> = (0..rank)
+            .map(|i| if i == d { along } else { 1 + ids_dims[i].index(ls[i]) })
+            .collect();
+        let gi = indices(seed ^ 9, is.iter().product(), ls[d]);
+        let got = x.gather(&ids(&gi, &is), d as isize).unwrap();
+        prop_assert_eq!(got.shape(), is.as_slice());
+        let want: Vec<f64> = (0..gi.len())
+            .map(|o| {
+                let mut idx = unravel(o, &is);
+                idx[d] = gi[o] as usize;
+                logical[ravel(&idx, &ls)]
+            })
+            .collect();
+        assert_close(&format!("gather ids {is:?} dim {d}"), &vals(&got), &want, |_, _| 0.0)?;
+    }
+
+    /// f32 matches f64 within 1e-5 relative (to the output's scale), and bf16/f16
+    /// match f32 on the same (rounded) inputs within their unit roundoff, for matmul,
+    /// softmax and layer norm.
+    #[test]
+    fn forward_low_precision_matches_reference(
+        case in matmul_case(24),
+        rows in shape(1, 2, 4),
+        d in 1usize..=24,
+        logit_scale in prop::sample::select(vec![1.0, 8.0]),
+        seed in any::<u64>(),
+    ) {
+        let (a, b) = (randn_vec(seed, &case.sa), randn_vec(seed ^ 1, &case.sb));
+        let xs = [rows.as_slice(), &[d]].concat();
+        let x: Vec<f64> = randn_vec(seed ^ 2, &xs).iter().map(|v| v * logit_scale).collect();
+        let (w, bias) = (randn_vec(seed ^ 3, &[d]), randn_vec(seed ^ 4, &[d]));
+
+        // Each op on tensors of one dtype, made from the given f64 data.
+        let ops = |dtype: DType, a: &[f64], b: &[f64], x: &[f64], w: &[f64], bias: &[f64]| {
+            let mm = case.run(&tensor(a, &case.sa, dtype), &tensor(b, &case.sb, dtype));
+            let xt = tensor(x, &xs, dtype);
+            let sm = xt.softmax().unwrap();
+            let ln = xt
+                .layer_norm(Some(&tensor(w, &[d], dtype)), Some(&tensor(bias, &[d], dtype)), 1e-5)
+                .unwrap();
+            for t in [&mm, &sm, &ln] {
+                assert_eq!(t.dtype(), dtype);
+            }
+            [vals(&mm), vals(&sm), vals(&ln)]
+        };
+        // The scale of each output's rounding error: Σ|a||b| for matmul; 1 for softmax
+        // (outputs in [0, 1]); for layer norm max|x|·rstd·|w| + |bias| of the element's
+        // row (x − mean cancels when a row's values are close, so what f32 can resolve
+        // is relative to |x|, not to the normalized output).
+        let (la, lsa, lb, lsb) = case.logical(&a, &b);
+        let mm_scale = ref_matmul(&la, &lsa, &lb, &lsb).1;
+        let ln_scale: Vec<f64> = x
+            .chunks(d)
+            .flat_map(|row| {
+                let mean = row.iter().sum::<f64>() / d as f64;
+                let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d as f64;
+                let big = row.iter().fold(0.0f64, |m, v| m.max(v.abs())) / (var + 1e-5).sqrt();
+                (0..d).map(|k| big * w[k].abs() + bias[k].abs()).collect::<Vec<_>>()
+            })
+            .collect();
+        let scale = |op: usize, i: usize| match op {
+            0 => mm_scale[i],
+            1 => 1.0,
+            _ => ln_scale[i],
+        };
+        let names = ["matmul", "softmax", "layer_norm"];
+
+        let r64 = ops(DType::F64, &a, &b, &x, &w, &bias);
+        let r32 = ops(DType::F32, &a, &b, &x, &w, &bias);
+        for op in 0..3 {
+            assert_close(&format!("f32 vs f64 {}", names[op]), &r32[op], &r64[op], |v, i| {
+                1e-5 * v.abs().max(scale(op, i)) + 1e-30
+            })?;
+        }
+
+        for (dtype, u) in [(DType::BF16, 2f64.powi(-8)), (DType::F16, 2f64.powi(-11))] {
+            // The inputs rounded to `dtype`, so both sides see the same values.
+            let round = |v: &[f64]| vals(&tensor(v, &[v.len()], dtype));
+            let (a, b, x, w, bias) = (round(&a), round(&b), round(&x), round(&w), round(&bias));
+            let low = ops(dtype, &a, &b, &x, &w, &bias);
+            let f32s = ops(DType::F32, &a, &b, &x, &w, &bias);
+            for op in 0..3 {
+                // Rounding the output costs at most u·|y| (plus f16's subnormal spacing);
+                // the f32 arithmetic itself may differ by a few f32 ulps of the scale.
+                assert_close(&format!("{dtype} vs f32 {}", names[op]), &low[op], &f32s[op], |v, i| {
+                    1.001 * u * v.abs() + 1e-6 * scale(op, i) + 6e-8
+                })?;
+            }
+        }
+    }
+}

@@ -1,0 +1,547 @@
+//! Gradient checks (analytic vs central differences, in f64) of every differentiable
+//! elementwise op and reduction, on random shapes, values, broadcasts and strided views.
+//!
+//! One proptest per op, named `gradcheck_<op>`. Inputs are kept inside each op's domain
+//! and away from its kinks: the finite-difference step is 1e-6, so a value within that
+//! distance of a kink would make the numeric gradient meaningless.
+
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+use twinflow::engine::gradcheck::{gradcheck, GradcheckOptions};
+use twinflow::engine::{DType, Device, Generator, Result, Tensor};
+
+// ---------------------------------------------------------------------------------------
+// Shared strategies and helpers
+// ---------------------------------------------------------------------------------------
+
+/// Few cases per op: each case already checks every element of every input.
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: 24,
+        // Failures are reported, not written to `proptest-regressions/` files.
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+/// How far values are kept from a kink (relu/abs at 0, clamp bounds, ties).
+const MARGIN: f64 = 1e-2;
+
+/// Extra elements of the last dim of a stored tensor that `View::Narrowed` cuts off.
+const NARROW_PAD: usize = 2;
+
+/// How an input is viewed inside the checked function, so that the ops' strided
+/// kernels (and the backward of the views) are checked, not only contiguous ones.
+#[derive(Debug, Clone, Copy)]
+enum View {
+    /// Used as stored (contiguous).
+    Plain,
+    /// Dims rotated by `permute` (a transpose at rank 2): no unit inner stride.
+    Permuted,
+    /// The last dim cut out of a wider stored one: an offset and gaps between rows.
+    Narrowed,
+}
+
+impl View {
+    /// The permutation `Permuted` applies: dim `i` of the view is dim `i + 1` stored.
+    fn rotation(rank: usize) -> Vec<usize> {
+        (0..rank).map(|i| (i + 1) % rank).collect()
+    }
+
+    /// The shape to store so that the view of it has `shape`.
+    fn stored_shape(self, shape: &[usize]) -> Vec<usize> {
+        let r = shape.len();
+        match self {
+            View::Plain => shape.to_vec(),
+            View::Permuted => (0..r).map(|j| shape[(j + r - 1) % r]).collect(),
+            View::Narrowed => {
+                let mut s = shape.to_vec();
+                if let Some(last) = s.last_mut() {
+                    *last += NARROW_PAD;
+                }
+                s
+            }
+        }
+    }
+
+    /// The view of a stored tensor (inside the checked function, so it is differentiated).
+    fn apply(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            View::Plain => Ok(x.clone()),
+            View::Permuted => x.permute(&View::rotation(x.rank())),
+            View::Narrowed if x.rank() == 0 => Ok(x.clone()),
+            View::Narrowed => x.narrow(-1, 1, x.dim(-1)? - NARROW_PAD),
+        }
+    }
+}
+
+fn view() -> impl Strategy<Value = View> {
+    prop_oneof![
+        Just(View::Plain),
+        Just(View::Permuted),
+        Just(View::Narrowed)
+    ]
+}
+
+/// A shape of rank `min_rank..=max_rank` (higher ranks drawn more often) with dims
+/// 1..=4 (size-1 dims included).
+fn shape(min_rank: usize, max_rank: usize) -> impl Strategy<Value = Vec<usize>> {
+    let rank = prop::sample::select((min_rank..=max_rank).collect::<Vec<_>>());
+    let rank = (rank.clone(), rank).prop_map(|(a, b)| a.max(b));
+    rank.prop_flat_map(|r| prop::collection::vec(1usize..=4, r))
+}
+
+/// `full` with its first `drop` dims removed and the dims whose bit is set in `ones`
+/// set to 1: a shape that broadcasts to `full`.
+fn squash(full: &[usize], drop: usize, ones: u8) -> Vec<usize> {
+    full[drop.min(full.len())..]
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| if ones >> i & 1 == 1 { 1 } else { d })
+        .collect()
+}
+
+/// `k` shapes that broadcast together: each is a common shape with (less often) some
+/// leading dims dropped and (each with probability 1/4) some dims set to 1.
+fn broadcast_shapes(k: usize) -> impl Strategy<Value = Vec<Vec<usize>>> {
+    let drop = prop_oneof![3 => Just(0usize), 1 => 1usize..=3];
+    let part = (drop, any::<u8>(), any::<u8>());
+    (shape(0, 3), prop::collection::vec(part, k)).prop_map(|(full, parts)| {
+        parts
+            .into_iter()
+            .map(|(drop, ones1, ones2)| squash(&full, drop, ones1 & ones2))
+            .collect()
+    })
+}
+
+/// One input: its shape as the op sees it, how it is viewed, and the seed of its values.
+#[derive(Debug, Clone)]
+struct Arg {
+    shape: Vec<usize>,
+    view: View,
+    seed: u64,
+}
+
+impl Arg {
+    /// The stored f64 tensor, standard normal values mapped through `domain`.
+    fn tensor(&self, domain: impl Fn(f64) -> f64) -> Tensor {
+        let stored = self.view.stored_shape(&self.shape);
+        let n = stored.iter().product();
+        let values = Generator::new(self.seed)
+            .randn(&[n], DType::F64, Device::Cpu)
+            .and_then(|t| t.to_vec_f64())
+            .expect("random values");
+        let values = values.into_iter().map(domain).collect();
+        Tensor::from_vec(values, &stored, Device::Cpu).expect("input tensor")
+    }
+
+    /// The stored f64 tensor with all values distinct, at least 0.15 apart (so maximum,
+    /// minimum and their reductions never meet a tie).
+    fn distinct_tensor(&self) -> Tensor {
+        let stored = self.view.stored_shape(&self.shape);
+        let n: usize = stored.iter().product();
+        let mut g = Generator::new(self.seed);
+        let rank = g.permutation(n);
+        let jitter = g
+            .uniform(&[n], 0.0, 0.1, DType::F64, Device::Cpu)
+            .and_then(|t| t.to_vec_f64())
+            .expect("random values");
+        let values = rank
+            .iter()
+            .zip(jitter)
+            .map(|(&r, j)| (r as f64 - n as f64 / 2.0) * 0.25 + j)
+            .collect();
+        Tensor::from_vec(values, &stored, Device::Cpu).expect("input tensor")
+    }
+
+    /// The input as the op sees it.
+    fn view(&self, stored: &Tensor) -> Result<Tensor> {
+        self.view.apply(stored)
+    }
+}
+
+fn arg_of(shape: impl Strategy<Value = Vec<usize>>) -> impl Strategy<Value = Arg> {
+    (shape, view(), any::<u64>()).prop_map(|(shape, view, seed)| Arg { shape, view, seed })
+}
+
+/// An input of rank 0..=3.
+fn arg() -> impl Strategy<Value = Arg> {
+    arg_of(shape(0, 3))
+}
+
+/// Two inputs whose shapes broadcast together, each with its own view and values.
+fn arg_pair() -> impl Strategy<Value = (Arg, Arg)> {
+    (broadcast_shapes(2), view(), view(), any::<u64>()).prop_map(|(mut s, va, vb, seed)| {
+        let b = Arg {
+            shape: s.pop().unwrap(),
+            view: vb,
+            seed: seed.wrapping_add(1),
+        };
+        let a = Arg {
+            shape: s.pop().unwrap(),
+            view: va,
+            seed,
+        };
+        (a, b)
+    })
+}
+
+/// An input of rank 1..=3 with a non-empty set of dims to reduce (some written
+/// negative, in either order) and `keepdim`.
+#[derive(Debug, Clone)]
+struct Reduction {
+    arg: Arg,
+    dims: Vec<isize>,
+    keepdim: bool,
+}
+
+impl Reduction {
+    /// How many elements each output combines.
+    fn count(&self) -> usize {
+        let r = self.arg.shape.len() as isize;
+        self.dims
+            .iter()
+            .map(|&d| self.arg.shape[d.rem_euclid(r) as usize])
+            .product()
+    }
+}
+
+fn reduction() -> impl Strategy<Value = Reduction> {
+    let flags = (any::<u8>(), any::<u8>(), any::<bool>(), any::<bool>());
+    (arg_of(shape(1, 3)), flags).prop_map(|(arg, (pick, neg, reverse, keepdim))| {
+        let r = arg.shape.len();
+        // No bit picked: reduce over every dim.
+        let pick = match pick as usize % (1 << r) {
+            0 => (1 << r) - 1,
+            p => p,
+        };
+        let mut dims: Vec<isize> = (0..r)
+            .filter(|&d| pick >> d & 1 == 1)
+            .map(|d| match neg >> d & 1 {
+                1 => d as isize - r as isize,
+                _ => d as isize,
+            })
+            .collect();
+        if reverse {
+            dims.reverse();
+        }
+        Reduction { arg, dims, keepdim }
+    })
+}
+
+// Domains: maps from standard normal values into an op's domain.
+
+fn any_real(x: f64) -> f64 {
+    x
+}
+
+/// Positive, bounded away from 0 (log, sqrt, rsqrt, powf).
+fn positive(x: f64) -> f64 {
+    x.abs() + 0.5
+}
+
+/// Either sign, bounded away from 0 (recip, denominators).
+fn nonzero(x: f64) -> f64 {
+    x.signum() * (x.abs() + 0.5)
+}
+
+/// `x` moved out of the `MARGIN`-neighbourhood of each kink.
+fn avoid(x: f64, kinks: &[f64]) -> f64 {
+    kinks.iter().fold(x, |x, &k| match x - k {
+        d if d.abs() >= MARGIN => x,
+        d if d < 0.0 => k - MARGIN,
+        _ => k + MARGIN,
+    })
+}
+
+/// The gradient check of `f` at `inputs`, as a proptest assertion.
+fn check(
+    f: impl Fn(&[Tensor]) -> Result<Tensor>,
+    inputs: &[Tensor],
+) -> std::result::Result<(), TestCaseError> {
+    let r = gradcheck(f, inputs, &GradcheckOptions::default());
+    prop_assert!(r.is_ok(), "{}", r.unwrap_err());
+    Ok(())
+}
+
+/// The gradient check of a unary op on one input with values in `domain`.
+fn check_unary(
+    a: &Arg,
+    domain: impl Fn(f64) -> f64,
+    op: impl Fn(&Tensor) -> Result<Tensor>,
+) -> std::result::Result<(), TestCaseError> {
+    check(|x| op(&a.view(&x[0])?), &[a.tensor(domain)])
+}
+
+/// The gradient check of a binary op, `rhs` with values in `rhs_domain`.
+fn check_binary(
+    (a, b): &(Arg, Arg),
+    rhs_domain: impl Fn(f64) -> f64,
+    op: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
+) -> std::result::Result<(), TestCaseError> {
+    let inputs = [a.tensor(any_real), b.tensor(rhs_domain)];
+    check(|x| op(&a.view(&x[0])?, &b.view(&x[1])?), &inputs)
+}
+
+/// The gradient check of a reduction of `input` (stored values of `r.arg`).
+fn check_reduction(
+    r: &Reduction,
+    input: Tensor,
+    op: impl Fn(&Tensor, &[isize], bool) -> Result<Tensor>,
+) -> std::result::Result<(), TestCaseError> {
+    check(|x| op(&r.arg.view(&x[0])?, &r.dims, r.keepdim), &[input])
+}
+
+// ---------------------------------------------------------------------------------------
+// Binary ops (with broadcasting)
+// ---------------------------------------------------------------------------------------
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn gradcheck_add(args in arg_pair()) {
+        check_binary(&args, any_real, |a, b| a.add(b))?;
+    }
+
+    #[test]
+    fn gradcheck_sub(args in arg_pair()) {
+        check_binary(&args, any_real, |a, b| a.sub(b))?;
+    }
+
+    #[test]
+    fn gradcheck_mul(args in arg_pair()) {
+        check_binary(&args, any_real, |a, b| a.mul(b))?;
+    }
+
+    #[test]
+    fn gradcheck_div(args in arg_pair()) {
+        check_binary(&args, nonzero, |a, b| a.div(b))?;
+    }
+
+    // maximum/minimum: no ties between the operands, whatever the broadcast pairs up:
+    // a lies on the grid k·0.1 + 0.025 and b on k·0.1 + 0.075, so |a − b| ≥ 0.05.
+    #[test]
+    fn gradcheck_maximum((a, b) in arg_pair()) {
+        let inputs = [a.tensor(|x| grid(x, 0.025)), b.tensor(|x| grid(x, 0.075))];
+        check(|x| a.view(&x[0])?.maximum(&b.view(&x[1])?), &inputs)?;
+    }
+
+    #[test]
+    fn gradcheck_minimum((a, b) in arg_pair()) {
+        let inputs = [a.tensor(|x| grid(x, 0.025)), b.tensor(|x| grid(x, 0.075))];
+        check(|x| a.view(&x[0])?.minimum(&b.view(&x[1])?), &inputs)?;
+    }
+
+    // where_cond: the mask is a constant built inside the function (a mask input would
+    // be perturbed by the check and flip at 0); only the two branches are checked.
+    #[test]
+    fn gradcheck_where_cond(
+        shapes in broadcast_shapes(3),
+        views in (view(), view()),
+        seed in any::<u64>(),
+    ) {
+        let arg = |i: usize, view: View| Arg {
+            shape: shapes[i].clone(),
+            view,
+            seed: seed.wrapping_add(i as u64),
+        };
+        let (t, f) = (arg(1, views.0), arg(2, views.1));
+        let mask_src = arg(0, View::Plain).tensor(any_real);
+        let zero = Tensor::zeros(&[], DType::F64, Device::Cpu).expect("zero");
+        let mask = mask_src.gt(&zero).expect("mask");
+        check(
+            |x| mask.where_cond(&t.view(&x[0])?, &f.view(&x[1])?),
+            &[t.tensor(any_real), f.tensor(any_real)],
+        )?;
+    }
+}
+
+/// `x` snapped onto the grid `k·0.1 + offset`.
+fn grid(x: f64, offset: f64) -> f64 {
+    (x * 10.0).floor() / 10.0 + offset
+}
+
+// ---------------------------------------------------------------------------------------
+// Unary ops
+// ---------------------------------------------------------------------------------------
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn gradcheck_neg(a in arg()) {
+        check_unary(&a, any_real, |x| x.neg())?;
+    }
+
+    #[test]
+    fn gradcheck_exp(a in arg()) {
+        check_unary(&a, any_real, |x| x.exp())?;
+    }
+
+    #[test]
+    fn gradcheck_log(a in arg()) {
+        check_unary(&a, positive, |x| x.log())?;
+    }
+
+    #[test]
+    fn gradcheck_sqrt(a in arg()) {
+        check_unary(&a, positive, |x| x.sqrt())?;
+    }
+
+    #[test]
+    fn gradcheck_rsqrt(a in arg()) {
+        check_unary(&a, positive, |x| x.rsqrt())?;
+    }
+
+    #[test]
+    fn gradcheck_recip(a in arg()) {
+        check_unary(&a, nonzero, |x| x.recip())?;
+    }
+
+    #[test]
+    fn gradcheck_square(a in arg()) {
+        check_unary(&a, any_real, |x| x.square())?;
+    }
+
+    #[test]
+    fn gradcheck_powf(a in arg(), p in -2.5f64..3.5) {
+        check_unary(&a, positive, |x| x.powf(p))?;
+    }
+
+    #[test]
+    fn gradcheck_abs(a in arg()) {
+        check_unary(&a, |x| avoid(x, &[0.0]), |x| x.abs())?;
+    }
+
+    #[test]
+    fn gradcheck_sin(a in arg()) {
+        check_unary(&a, |x| 2.0 * x, |x| x.sin())?;
+    }
+
+    #[test]
+    fn gradcheck_cos(a in arg()) {
+        check_unary(&a, |x| 2.0 * x, |x| x.cos())?;
+    }
+
+    #[test]
+    fn gradcheck_tanh(a in arg()) {
+        check_unary(&a, any_real, |x| x.tanh())?;
+    }
+
+    #[test]
+    fn gradcheck_sigmoid(a in arg()) {
+        check_unary(&a, |x| 2.0 * x, |x| x.sigmoid())?;
+    }
+
+    #[test]
+    fn gradcheck_relu(a in arg()) {
+        check_unary(&a, |x| avoid(x, &[0.0]), |x| x.relu())?;
+    }
+
+    #[test]
+    fn gradcheck_gelu(a in arg()) {
+        check_unary(&a, |x| 2.0 * x, |x| x.gelu())?;
+    }
+
+    #[test]
+    fn gradcheck_gelu_erf(a in arg()) {
+        check_unary(&a, |x| 2.0 * x, |x| x.gelu_erf())?;
+    }
+
+    #[test]
+    fn gradcheck_silu(a in arg()) {
+        check_unary(&a, |x| 2.0 * x, |x| x.silu())?;
+    }
+
+    // Bounds at least 0.2 apart, so moving a value off one bound cannot land it on
+    // the other.
+    #[test]
+    fn gradcheck_clamp(a in arg(), lo in -1.5f64..-0.1, hi in 0.1f64..1.5) {
+        check_unary(&a, |x| avoid(x, &[lo, hi]), |x| x.clamp(lo, hi))?;
+    }
+
+    #[test]
+    fn gradcheck_affine(a in arg(), scale in -3.0f64..3.0, shift in -3.0f64..3.0) {
+        check_unary(&a, any_real, |x| x.affine(scale, shift))?;
+    }
+
+    // Casting f64 to f64 is the identity and must pass gradients through unchanged;
+    // composed with `mul` so the tensor is also used by a second op. Through f32 the
+    // round trip is too lossy for finite differences, so there the gradient is checked
+    // directly: d/dx Σ f32(x)·c = c, delivered as f64.
+    #[test]
+    fn gradcheck_to_dtype(a in arg(), c_seed in any::<u64>()) {
+        check_unary(&a, any_real, |x| x.to_dtype(DType::F64)?.mul(&x.sin()?))?;
+        to_f32_gradient_is_cast_back(&a, c_seed)?;
+    }
+}
+
+/// d/dx Σ to_dtype(view(x), F32)·c is c (an f32 tensor) at the positions the view
+/// reads, 0 elsewhere, and arrives as an f64 gradient of x's stored shape.
+fn to_f32_gradient_is_cast_back(a: &Arg, c_seed: u64) -> std::result::Result<(), TestCaseError> {
+    let x = a.tensor(any_real).into_variable()?;
+    let c = Generator::new(c_seed).randn(&a.shape, DType::F32, Device::Cpu)?;
+    let loss = a.view(&x)?.to_dtype(DType::F32)?.mul(&c)?.sum_all()?;
+    let grads = loss.backward()?;
+    let g = grads.get(&x).expect("gradient of x");
+    prop_assert_eq!(g.dtype(), DType::F64);
+    prop_assert_eq!(g.shape(), x.shape());
+    // Which stored element each element of the view reads: the view of 0, 1, 2, ...
+    let n = x.elem_count();
+    let positions = Tensor::arange(n, DType::F64, Device::Cpu)?.reshape(x.shape())?;
+    let mut want = vec![0.0; n];
+    for (p, c) in a
+        .view(&positions)?
+        .to_vec_f64()?
+        .into_iter()
+        .zip(c.to_vec_f64()?)
+    {
+        want[p as usize] = c;
+    }
+    // Exact: Σ's backward times c is 1·c in f32, and f32 -> f64 is exact.
+    prop_assert_eq!(g.to_vec_f64()?, want);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Reductions
+// ---------------------------------------------------------------------------------------
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn gradcheck_sum(r in reduction()) {
+        check_reduction(&r, r.arg.tensor(any_real), |x, d, k| x.sum(d, k))?;
+    }
+
+    #[test]
+    fn gradcheck_mean(r in reduction()) {
+        check_reduction(&r, r.arg.tensor(any_real), |x, d, k| x.mean(d, k))?;
+    }
+
+    // max/min: all values distinct, so no reduction has a tie (where the gradient
+    // would be shared and the central difference one-sided).
+    #[test]
+    fn gradcheck_max(r in reduction()) {
+        check_reduction(&r, r.arg.distinct_tensor(), |x, d, k| x.max(d, k))?;
+    }
+
+    #[test]
+    fn gradcheck_min(r in reduction()) {
+        check_reduction(&r, r.arg.distinct_tensor(), |x, d, k| x.min(d, k))?;
+    }
+
+    // With a single element per reduction only correction 0 is defined.
+    #[test]
+    fn gradcheck_var(r in reduction(), correction in 0usize..=1) {
+        let correction = if r.count() > 1 { correction } else { 0 };
+        check_reduction(&r, r.arg.tensor(any_real), |x, d, k| x.var(d, correction, k))?;
+    }
+
+    #[test]
+    fn gradcheck_logsumexp(r in reduction()) {
+        check_reduction(&r, r.arg.tensor(|x| 2.0 * x), |x, d, k| x.logsumexp(d, k))?;
+    }
+}

@@ -1,0 +1,710 @@
+//! Property-based gradient checks of the structural and fused ops: one proptest per
+//! differentiable op, comparing the analytic gradient from `backward` with central
+//! differences (`twinflow::engine::gradcheck`) on drawn shapes (size-1 dims included),
+//! drawn values and, wherever the op accepts them, non-contiguous inputs (transposed,
+//! permuted, narrowed and broadcast views), which is how models feed most ops.
+//!
+//! `gradcheck` hands the closure contiguous copies of its inputs, so every view is made
+//! inside the closure, where its backward is part of what gets checked.
+
+use proptest::prelude::*;
+use proptest::sample::Index;
+use twinflow::engine::gradcheck::{gradcheck, GradcheckOptions, GradcheckReport};
+use twinflow::engine::{scaled_dot_product_attention, DType, Device, Generator, Result, Tensor};
+
+/// A modest number of cases without regression files (failures print the case).
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+/// Standard normal f64 values of `shape`, from `seed`.
+fn randn(seed: u64, shape: &[usize]) -> Tensor {
+    Generator::new(seed)
+        .randn(shape, DType::F64, Device::Cpu)
+        .expect("randn")
+}
+
+/// `n` pseudo-random indices in `0..hi` from `seed` (splitmix64).
+fn indices(seed: u64, n: usize, hi: usize) -> Vec<i64> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            (z % hi as u64) as i64
+        })
+        .collect()
+}
+
+/// An i64 tensor.
+fn ids(values: Vec<i64>, shape: &[usize]) -> Tensor {
+    Tensor::from_vec(values, shape, Device::Cpu).expect("ids")
+}
+
+/// `dim` of a rank-`rank` tensor, written negatively when `neg`.
+fn signed(dim: usize, rank: usize, neg: bool) -> isize {
+    match neg {
+        true => dim as isize - rank as isize,
+        false => dim as isize,
+    }
+}
+
+/// `shape` with its last two dims swapped: how a tensor is stored when the closure
+/// hands the op its `.t()` view.
+fn swapped(shape: &[usize]) -> Vec<usize> {
+    let mut s = shape.to_vec();
+    let r = s.len();
+    s.swap(r - 2, r - 1);
+    s
+}
+
+/// Gradcheck with default options, also asserting that every float element was checked.
+fn check(f: impl Fn(&[Tensor]) -> Result<Tensor>, inputs: &[Tensor]) -> Result<GradcheckReport> {
+    check_with(f, inputs, &GradcheckOptions::default())
+}
+
+fn check_with(
+    f: impl Fn(&[Tensor]) -> Result<Tensor>,
+    inputs: &[Tensor],
+    opts: &GradcheckOptions,
+) -> Result<GradcheckReport> {
+    let report = gradcheck(f, inputs, opts)?;
+    let floats: usize = inputs
+        .iter()
+        .filter(|t| t.dtype().is_float())
+        .map(Tensor::elem_count)
+        .sum();
+    assert_eq!(report.checked, floats, "gradcheck skipped elements");
+    Ok(report)
+}
+
+/// Shapes of rank `lo..=hi` with dims in `1..=max`.
+fn shape(lo: usize, hi: usize, max: usize) -> impl Strategy<Value = Vec<usize>> {
+    prop::collection::vec(1..=max, lo..=hi)
+}
+
+/// A shape of rank `lo..=hi` with a permutation of its dims.
+fn shape_and_perm(
+    lo: usize,
+    hi: usize,
+    max: usize,
+) -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
+    shape(lo, hi, max).prop_flat_map(|s| {
+        let r = s.len();
+        (Just(s), Just((0..r).collect::<Vec<_>>()).prop_shuffle())
+    })
+}
+
+proptest! {
+    #![proptest_config(config(24))]
+
+    /// 2-D, batched and broadcast-batch products, each operand optionally handed over
+    /// transposed (a strided view read in place by the kernel).
+    #[test]
+    fn gradcheck_matmul(
+        kind in 0usize..4,
+        (m, k, n) in (1usize..=4, 1usize..=4, 1usize..=4),
+        (b1, b2) in (1usize..=2, 1usize..=3),
+        (ta, tb) in (any::<bool>(), any::<bool>()),
+        seed in any::<u64>(),
+    ) {
+        // Batch dims of a and b: none, equal, [b1, 1] × [b2], [b2] × [b1, 1].
+        let (ba, bb): (Vec<usize>, Vec<usize>) = match kind {
+            0 => (vec![], vec![]),
+            1 => (vec![b2], vec![b2]),
+            2 => (vec![b1, 1], vec![b2]),
+            _ => (vec![b2], vec![b1, 1]),
+        };
+        let sa = [ba.as_slice(), &[m, k]].concat();
+        let sb = [bb.as_slice(), &[k, n]].concat();
+        let a = randn(seed, &if ta { swapped(&sa) } else { sa.clone() });
+        let b = randn(seed ^ 1, &if tb { swapped(&sb) } else { sb.clone() });
+        let r = check(
+            |x| {
+                let a = if ta { x[0].t()? } else { x[0].clone() };
+                let b = if tb { x[1].t()? } else { x[1].clone() };
+                a.matmul(&b)
+            },
+            &[a, b],
+        );
+        if let Err(e) = r { prop_assert!(false, "{e} (a {sa:?} t={ta}, b {sb:?} t={tb})") }
+    }
+
+    /// Reshape as a view of contiguous data and as a copy of a transposed view.
+    #[test]
+    fn gradcheck_reshape(
+        s in shape(1, 4, 3),
+        target_kind in 0usize..4,
+        split in any::<Index>(),
+        transposed in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let transposed = transposed && s.len() >= 2;
+        let n: usize = s.iter().product();
+        let divisors: Vec<usize> = (1..=n).filter(|d| n % d == 0).collect();
+        let d = divisors[split.index(divisors.len())];
+        let logical = if transposed { swapped(&s) } else { s.clone() };
+        let target = match target_kind {
+            0 => vec![n],
+            1 => vec![d, n / d],
+            2 => vec![1, n / d, d, 1],
+            _ => logical.iter().rev().copied().collect(),
+        };
+        let r = check(
+            |x| {
+                let x = if transposed { x[0].t()? } else { x[0].clone() };
+                x.reshape(&target)
+            },
+            &[randn(seed, &s)],
+        );
+        if let Err(e) = r { prop_assert!(false, "{e} ({s:?} t={transposed} -> {target:?})") }
+    }
+
+    /// A permuted view, optionally permuted again (a view of a view) and squared (so the
+    /// backward of the view is fed a non-trivial gradient).
+    #[test]
+    fn gradcheck_permute(
+        (s, perm) in shape_and_perm(1, 4, 3),
+        twice in any::<bool>(),
+        square in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let r = check(
+            |x| {
+                let mut y = x[0].permute(&perm)?;
+                if twice {
+                    y = y.permute(&perm)?;
+                }
+                if square { y.square() } else { Ok(y) }
+            },
+            &[randn(seed, &s)],
+        );
+        if let Err(e) = r { prop_assert!(false, "{e} ({s:?} perm {perm:?} twice={twice})") }
+    }
+
+    /// Transpose of any two dims (equal dims included), positive or negative.
+    #[test]
+    fn gradcheck_transpose(
+        s in shape(2, 4, 3),
+        (a, b) in (any::<Index>(), any::<Index>()),
+        (na, nb) in (any::<bool>(), any::<bool>()),
+        seed in any::<u64>(),
+    ) {
+        let rank = s.len();
+        let (a, b) = (signed(a.index(rank), rank, na), signed(b.index(rank), rank, nb));
+        let r = check(|x| x[0].transpose(a, b)?.mul_scalar(1.5), &[randn(seed, &s)]);
+        if let Err(e) = r { prop_assert!(false, "{e} ({s:?} transpose({a}, {b}))") }
+    }
+
+    /// Broadcast of size-1 dims and new leading dims; the gradient sums them back.
+    #[test]
+    fn gradcheck_broadcast_to(
+        s in prop::collection::vec((any::<bool>(), 1usize..=3), 1..=3),
+        expand in prop::collection::vec(1usize..=3, 3),
+        lead in prop::collection::vec(1usize..=3, 0..=1),
+        transposed in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        // Source dims are 1 (expanded to a drawn size) or a drawn size kept as is.
+        let src: Vec<usize> = s.iter().map(|&(one, d)| if one { 1 } else { d }).collect();
+        let target: Vec<usize> = lead
+            .iter()
+            .copied()
+            .chain(src.iter().zip(&expand).map(|(&d, &e)| if d == 1 { e } else { d }))
+            .collect();
+        let transposed = transposed && src.len() >= 2;
+        let stored = if transposed { swapped(&src) } else { src.clone() };
+        let r = check(
+            |x| {
+                let x = if transposed { x[0].t()? } else { x[0].clone() };
+                x.broadcast_to(&target)
+            },
+            &[randn(seed, &stored)],
+        );
+        if let Err(e) = r { prop_assert!(false, "{e} ({src:?} t={transposed} -> {target:?})") }
+    }
+
+    /// Removing a size-1 dim, of a contiguous tensor or of a dims-reversed view.
+    #[test]
+    fn gradcheck_squeeze(
+        s in shape(0, 3, 3),
+        at in any::<Index>(),
+        neg in any::<bool>(),
+        reversed in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let mut s = s;
+        let p = at.index(s.len() + 1);
+        s.insert(p, 1);
+        let rank = s.len();
+        // The size-1 dim sits at `p`, or at `rank − 1 − p` once dims are reversed.
+        let q = if reversed { rank - 1 - p } else { p };
+        let dim = signed(q, rank, neg);
+        let perm: Vec<usize> = (0..rank).rev().collect();
+        let r = check(
+            |x| {
+                let x = if reversed { x[0].permute(&perm)? } else { x[0].clone() };
+                x.squeeze(dim)
+            },
+            &[randn(seed, &s)],
+        );
+        if let Err(e) = r { prop_assert!(false, "{e} ({s:?} reversed={reversed} squeeze({dim}))") }
+    }
+
+    /// Inserting a size-1 dim (any position, negative ones too), optionally broadcast
+    /// out afterwards so the new dim's gradient is a sum.
+    #[test]
+    fn gradcheck_unsqueeze(
+        s in shape(0, 3, 3),
+        at in any::<Index>(),
+        neg in any::<bool>(),
+        expand in 1usize..=3,
+        seed in any::<u64>(),
+    ) {
+        let rank = s.len();
+        let p = at.index(rank + 1);
+        let dim = if neg { p as isize - rank as isize - 1 } else { p as isize };
+        let mut target = s.clone();
+        target.insert(p, expand);
+        let r = check(
+            |x| x[0].unsqueeze(dim)?.broadcast_to(&target),
+            &[randn(seed, &s)],
+        );
+        if let Err(e) = r { prop_assert!(false, "{e} ({s:?} unsqueeze({dim}) -> {target:?})") }
+    }
+
+    /// A narrowed range along a drawn dim, of a contiguous tensor or of a transposed
+    /// view, optionally narrowed again along another dim.
+    #[test]
+    fn gradcheck_narrow(
+        s in shape(1, 3, 4),
+        (dim, start, len) in (any::<Index>(), any::<Index>(), any::<Index>()),
+        neg in any::<bool>(),
+        transposed in any::<bool>(),
+        again in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let transposed = transposed && s.len() >= 2;
+        let logical = if transposed { swapped(&s) } else { s.clone() };
+        let rank = logical.len();
+        let d = dim.index(rank);
+        let st = start.index(logical[d]);
+        let ln = 1 + len.index(logical[d] - st);
+        let dim = signed(d, rank, neg);
+        // Second narrow: drop the first element of the first dim where there are two.
+        let again = again && logical[0] >= 2 && !(d == 0 && ln < 2);
+        let r = check(
+            |x| {
+                let x = if transposed { x[0].t()? } else { x[0].clone() };
+                let y = x.narrow(dim, st, ln)?;
+                if again {
+                    let n0 = y.shape()[0];
+                    y.narrow(0, 1, n0 - 1)
+                } else {
+                    Ok(y)
+                }
+            },
+            &[randn(seed, &s)],
+        );
+        if let Err(e) = r {
+            let case = format!("{s:?} t={transposed} narrow({dim}, {st}, {ln}) again={again}");
+            prop_assert!(false, "{e} ({case})")
+        }
+    }
+
+    /// Concatenation of 1–3 tensors (some handed over transposed), optionally with the
+    /// first one repeated so its gradient accumulates.
+    #[test]
+    fn gradcheck_cat(
+        base in shape(1, 3, 3),
+        sizes in prop::collection::vec(1usize..=3, 1..=3),
+        transposed in prop::collection::vec(any::<bool>(), 3),
+        dim in any::<Index>(),
+        neg in any::<bool>(),
+        repeat_first in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let rank = base.len();
+        let d = dim.index(rank);
+        let logical: Vec<Vec<usize>> = sizes
+            .iter()
+            .map(|&n| {
+                let mut s = base.clone();
+                s[d] = n;
+                s
+            })
+            .collect();
+        let t: Vec<bool> = transposed.iter().map(|&t| t && rank >= 2).collect();
+        let inputs: Vec<Tensor> = logical
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let stored = if t[i] { swapped(s) } else { s.clone() };
+                randn(seed.wrapping_add(i as u64), &stored)
+            })
+            .collect();
+        let dim = signed(d, rank, neg);
+        let r = check(
+            |x| {
+                let mut views = x
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| if t[i] { x.t() } else { Ok(x.clone()) })
+                    .collect::<Result<Vec<_>>>()?;
+                if repeat_first {
+                    views.push(views[0].clone());
+                }
+                Tensor::cat(&views.iter().collect::<Vec<_>>(), dim)
+            },
+            &inputs,
+        );
+        if let Err(e) = r {
+            prop_assert!(false, "{e} ({logical:?} t={t:?} cat dim {dim} repeat={repeat_first})")
+        }
+    }
+
+    /// Stacking 1–3 tensors of one shape along a new dim (any position).
+    #[test]
+    fn gradcheck_stack(
+        s in shape(0, 3, 3),
+        count in 1usize..=3,
+        at in any::<Index>(),
+        neg in any::<bool>(),
+        transposed in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let rank = s.len();
+        let transposed = transposed && rank >= 2;
+        let p = at.index(rank + 1);
+        let dim = if neg { p as isize - rank as isize - 1 } else { p as isize };
+        let stored = if transposed { swapped(&s) } else { s.clone() };
+        let inputs: Vec<Tensor> = (0..count as u64)
+            .map(|i| randn(seed.wrapping_add(i), &stored))
+            .collect();
+        let r = check(
+            |x| {
+                let views = x
+                    .iter()
+                    .map(|x| if transposed { x.t() } else { Ok(x.clone()) })
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::stack(&views.iter().collect::<Vec<_>>(), dim)
+            },
+            &inputs,
+        );
+        if let Err(e) = r {
+            prop_assert!(false, "{e} ({count} × {s:?} t={transposed} stack dim {dim})")
+        }
+    }
+
+    /// One chunk picked by index, and all chunks concatenated back in reverse order.
+    #[test]
+    fn gradcheck_chunk(
+        s in shape(1, 3, 5),
+        n in 1usize..=4,
+        dim in any::<Index>(),
+        pick in any::<Index>(),
+        neg in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let rank = s.len();
+        let d = dim.index(rank);
+        let dim = signed(d, rank, neg);
+        let x = randn(seed, &s);
+        let count = x.chunk(n, dim).map(|c| c.len()).unwrap_or(0);
+        prop_assert!(count >= 1 && count <= n, "{count} chunks for n = {n} of {s:?}");
+        let i = pick.index(count);
+        let r = check(|x| Ok(x[0].chunk(n, dim)?.swap_remove(i)), std::slice::from_ref(&x));
+        if let Err(e) = r { prop_assert!(false, "{e} ({s:?} chunk({n}, {dim})[{i}])") }
+        let r = check(
+            |x| {
+                let chunks = x[0].chunk(n, dim)?;
+                Tensor::cat(&chunks.iter().rev().collect::<Vec<_>>(), dim)
+            },
+            &[x],
+        );
+        if let Err(e) = r { prop_assert!(false, "{e} ({s:?} cat(rev(chunk({n}, {dim}))))") }
+    }
+
+    /// Selection by ids with a guaranteed repeat (so gradients accumulate), along a drawn
+    /// dim of a contiguous or transposed source.
+    #[test]
+    fn gradcheck_index_select(
+        s in shape(1, 3, 3),
+        count in 1usize..=5,
+        dim in any::<Index>(),
+        neg in any::<bool>(),
+        transposed in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let transposed = transposed && s.len() >= 2;
+        let logical = if transposed { swapped(&s) } else { s.clone() };
+        let rank = logical.len();
+        let d = dim.index(rank);
+        let mut picked = indices(seed, count, logical[d]);
+        picked.push(picked[0]);
+        let n = picked.len();
+        let dim = signed(d, rank, neg);
+        let r = check(
+            |x| {
+                let src = if transposed { x[0].t()? } else { x[0].clone() };
+                src.index_select(&x[1], dim)
+            },
+            &[randn(seed, &s), ids(picked.clone(), &[n])],
+        );
+        if let Err(e) = r {
+            prop_assert!(false, "{e} ({logical:?} t={transposed} index_select({picked:?}, {dim}))")
+        }
+    }
+
+    /// Gather with ids of the source's rank (smaller or equal off `dim`, any size along
+    /// it), values in range, repeats likely.
+    #[test]
+    fn gradcheck_gather(
+        s in shape(1, 3, 3),
+        dims in prop::collection::vec(any::<Index>(), 3),
+        along in 1usize..=4,
+        dim in any::<Index>(),
+        neg in any::<bool>(),
+        transposed in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let transposed = transposed && s.len() >= 2;
+        let logical = if transposed { swapped(&s) } else { s.clone() };
+        let rank = logical.len();
+        let d = dim.index(rank);
+        let ids_shape: Vec<usize> = (0..rank)
+            .map(|i| if i == d { along } else { 1 + dims[i].index(logical[i]) })
+            .collect();
+        let n: usize = ids_shape.iter().product();
+        let picked = indices(seed, n, logical[d]);
+        let dim = signed(d, rank, neg);
+        let r = check(
+            |x| {
+                let src = if transposed { x[0].t()? } else { x[0].clone() };
+                src.gather(&x[1], dim)
+            },
+            &[randn(seed, &s), ids(picked.clone(), &ids_shape)],
+        );
+        if let Err(e) = r {
+            let case = format!("{logical:?} t={transposed} ids {ids_shape:?} {picked:?} dim {dim}");
+            prop_assert!(false, "{e} (gather {case})")
+        }
+    }
+
+    /// `contiguous` of permuted, narrowed and already-contiguous tensors, the result
+    /// then used through a reshape.
+    #[test]
+    fn gradcheck_contiguous(
+        (s, perm) in shape_and_perm(1, 4, 3),
+        narrowed in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let n: usize = s.iter().product();
+        let r = check(
+            |x| {
+                let mut y = x[0].permute(&perm)?;
+                if narrowed && y.shape()[0] >= 2 {
+                    let n0 = y.shape()[0];
+                    y = y.narrow(0, 1, n0 - 1)?;
+                }
+                let c = y.contiguous()?;
+                if !c.is_contiguous() {
+                    return Err(twinflow::engine::Error::invalid("test", "not contiguous"));
+                }
+                let m = c.elem_count();
+                c.reshape(&[m])?.mul(&c.contiguous()?.reshape(&[m])?)
+            },
+            &[randn(seed, &s)],
+        );
+        if let Err(e) = r {
+            prop_assert!(false, "{e} ({s:?} perm {perm:?} narrowed={narrowed}, {n} elements)")
+        }
+    }
+
+    /// Softmax over the last dim, of a contiguous tensor or of a permuted view whose last
+    /// dim is strided.
+    #[test]
+    fn gradcheck_softmax(
+        (s, perm) in shape_and_perm(1, 3, 5),
+        permuted in any::<bool>(),
+        scale in 0.5f64..3.0,
+        seed in any::<u64>(),
+    ) {
+        let r = check(
+            |x| {
+                let x = if permuted { x[0].permute(&perm)? } else { x[0].clone() };
+                x.mul_scalar(scale)?.softmax()
+            },
+            &[randn(seed, &s)],
+        );
+        if let Err(e) = r { prop_assert!(false, "{e} ({s:?} permuted={permuted} by {perm:?})") }
+    }
+
+    /// Log-softmax over the last dim, contiguous or through a permuted view.
+    #[test]
+    fn gradcheck_log_softmax(
+        (s, perm) in shape_and_perm(1, 3, 5),
+        permuted in any::<bool>(),
+        scale in 0.5f64..3.0,
+        seed in any::<u64>(),
+    ) {
+        let r = check(
+            |x| {
+                let x = if permuted { x[0].permute(&perm)? } else { x[0].clone() };
+                x.mul_scalar(scale)?.log_softmax()
+            },
+            &[randn(seed, &s)],
+        );
+        if let Err(e) = r { prop_assert!(false, "{e} ({s:?} permuted={permuted} by {perm:?})") }
+    }
+
+    /// Layer norm with and without weight and bias, contiguous or through a transposed
+    /// view.
+    #[test]
+    fn gradcheck_layer_norm(
+        s in shape(1, 3, 5),
+        (with_weight, with_bias) in (any::<bool>(), any::<bool>()),
+        transposed in any::<bool>(),
+        eps in prop::sample::select(vec![1e-5, 1e-2]),
+        seed in any::<u64>(),
+    ) {
+        let transposed = transposed && s.len() >= 2;
+        let logical = if transposed { swapped(&s) } else { s.clone() };
+        let d = *logical.last().unwrap();
+        let mut inputs = vec![randn(seed, &s)];
+        if with_weight {
+            inputs.push(randn(seed ^ 1, &[d]));
+        }
+        if with_bias {
+            inputs.push(randn(seed ^ 2, &[d]));
+        }
+        let r = check(
+            |x| {
+                let v = if transposed { x[0].t()? } else { x[0].clone() };
+                let w = with_weight.then(|| &x[1]);
+                let b = with_bias.then(|| &x[1 + with_weight as usize]);
+                v.layer_norm(w, b, eps)
+            },
+            &inputs,
+        );
+        if let Err(e) = r {
+            let case = format!("{logical:?} t={transposed} w={with_weight} b={with_bias}");
+            let case = format!("{case} eps={eps}");
+            prop_assert!(false, "{e} ({case})")
+        }
+    }
+
+    /// RMS norm with and without weight, contiguous or through a transposed view.
+    #[test]
+    fn gradcheck_rms_norm(
+        s in shape(1, 3, 5),
+        with_weight in any::<bool>(),
+        transposed in any::<bool>(),
+        eps in prop::sample::select(vec![1e-6, 1e-2]),
+        seed in any::<u64>(),
+    ) {
+        let transposed = transposed && s.len() >= 2;
+        let logical = if transposed { swapped(&s) } else { s.clone() };
+        let d = *logical.last().unwrap();
+        let mut inputs = vec![randn(seed, &s)];
+        if with_weight {
+            inputs.push(randn(seed ^ 1, &[d]));
+        }
+        let r = check(
+            |x| {
+                let v = if transposed { x[0].t()? } else { x[0].clone() };
+                v.rms_norm(with_weight.then(|| &x[1]), eps)
+            },
+            &inputs,
+        );
+        if let Err(e) = r {
+            prop_assert!(false, "{e} ({logical:?} t={transposed} w={with_weight} eps={eps})")
+        }
+    }
+
+    /// Cross-entropy of logits `[n, c]` (contiguous or a transposed view) against i64
+    /// labels in range, the labels passed through gradcheck unperturbed.
+    #[test]
+    fn gradcheck_cross_entropy(
+        (n, c) in (1usize..=5, 1usize..=5),
+        scale in 0.5f64..3.0,
+        transposed in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let labels = indices(seed, n, c);
+        let logits = randn(seed, &if transposed { vec![c, n] } else { vec![n, c] });
+        let r = check(
+            |x| {
+                let l = if transposed { x[0].t()? } else { x[0].clone() };
+                l.mul_scalar(scale)?.cross_entropy(&x[1])
+            },
+            &[logits, ids(labels.clone(), &[n])],
+        );
+        if let Err(e) = r {
+            prop_assert!(false, "{e} ([{n}, {c}] t={transposed} labels {labels:?})")
+        }
+    }
+
+    /// Mean squared error with both sides differentiable, the target optionally a
+    /// transposed view.
+    #[test]
+    fn gradcheck_mse(
+        s in shape(1, 3, 4),
+        transposed in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let transposed = transposed && s.len() >= 2;
+        let target = randn(seed ^ 1, &if transposed { swapped(&s) } else { s.clone() });
+        let r = check(
+            |x| {
+                let t = if transposed { x[1].t()? } else { x[1].clone() };
+                x[0].mse(&t)
+            },
+            &[randn(seed, &s), target],
+        );
+        if let Err(e) = r { prop_assert!(false, "{e} ({s:?} target t={transposed})") }
+    }
+
+    /// Fused attention, causal or not (top-left aligned mask, any tq and tk), default or
+    /// drawn scale; q, k, v optionally built as `[b, t, h, d]` and transposed to
+    /// `[b, h, t, d]` as models call it.
+    #[test]
+    fn gradcheck_attention(
+        (b, h) in (1usize..=2, 1usize..=2),
+        (tq, tk) in (1usize..=5, 1usize..=5),
+        (d, dv) in (1usize..=4, 1usize..=4),
+        causal in any::<bool>(),
+        square in any::<bool>(),
+        scale in prop::option::of(0.1f64..2.0),
+        bthd in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        // Also the common self-attention case tq == tk.
+        let tk = if square { tq } else { tk };
+        let stored = |t: usize, e: usize| if bthd { vec![b, t, h, e] } else { vec![b, h, t, e] };
+        let inputs = [
+            randn(seed, &stored(tq, d)),
+            randn(seed ^ 1, &stored(tk, d)),
+            randn(seed ^ 2, &stored(tk, dv)),
+        ];
+        let r = check(
+            |x| {
+                let view = |t: &Tensor| if bthd { t.transpose(1, 2) } else { Ok(t.clone()) };
+                let (q, k, v) = (view(&x[0])?, view(&x[1])?, view(&x[2])?);
+                scaled_dot_product_attention(&q, &k, &v, scale, causal)
+            },
+            &inputs,
+        );
+        if let Err(e) = r {
+            let case = format!("b={b} h={h} tq={tq} tk={tk} d={d} dv={dv} causal={causal}");
+            prop_assert!(false, "{e} ({case} scale={scale:?} bthd={bthd})")
+        }
+    }
+}
