@@ -23,6 +23,8 @@ use twinflow::engine::{no_grad, DType, Device, Generator, Result, Tensor};
 const CHAIN: usize = 1000;
 const LEN: usize = 128;
 const WARMUP: usize = 20;
+/// Minimum warm-up time per measurement, in seconds.
+const WARMUP_SECS: f64 = 0.3;
 const REPS: usize = 200;
 
 fn chain(x: &Tensor, c: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -48,11 +50,15 @@ fn median(mut xs: Vec<f64>) -> f64 {
     }
 }
 
-/// Median seconds of `REPS` timed calls of `f` after `WARMUP` untimed ones. What `f`
+/// Median seconds of `REPS` timed calls of `f` after at least `WARMUP` untimed ones
+/// and `WARMUP_SECS` of warm-up. What `f`
 /// returns is dropped after the clock stops, so freeing the graph is not counted.
 fn time<T>(mut f: impl FnMut() -> Result<T>) -> Result<f64> {
-    for _ in 0..WARMUP {
+    let start = Instant::now();
+    let mut done = 0;
+    while done < WARMUP || start.elapsed().as_secs_f64() < WARMUP_SECS {
         std::hint::black_box(f()?);
+        done += 1;
     }
     let mut times = Vec::with_capacity(REPS);
     for _ in 0..REPS {

@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Runs our CPU benchmarks and the PyTorch eager reference side by side, in the same
+# session, and prints one combined table (results: docs/benchmarks.md).
+#
+# Setup, once, from the repository root (any torch version; docs/benchmarks.md says
+# which one gave the recorded numbers):
+#
+#     python3 -m venv .venv-bench && .venv-bench/bin/pip install torch numpy
+#
+# Run, from anywhere:
+#
+#     PYTHON=.venv-bench/bin/python benches/run.sh
+#
+# Environment:
+#   PYTHON             interpreter with torch (default: python3)
+#   ROUNDS             how many times to run the whole set (default: 3). Rounds
+#                      alternate which side goes first; each bench is interleaved with
+#                      its torch twin, so both see the same machine state.
+#   QUIET_WAIT         before each bench, wait up to this many seconds (default: 60)
+#                      for the CPUs to be mostly idle (other work on the machine
+#                      hurts OpenMP-threaded torch much more than it hurts us)
+#   RAYON_NUM_THREADS  threads for both sides (default: one per core, rayon's default;
+#                      torch_reference.py sets torch to the same count)
+#
+# Every per-round number is the median of several timed runs after warm-up (see the
+# bench sources). The combined table takes, for each entry, the best round (highest
+# GFLOP/s, lowest µs/op): on a shared, noisy machine that is the least disturbed
+# measurement. All rounds are printed too.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+ROUNDS=${ROUNDS:-3}
+QUIET_WAIT=${QUIET_WAIT:-60}
+
+if ! "$PYTHON" -c 'import torch' 2>/dev/null; then
+    echo "error: $PYTHON cannot import torch; see the setup notes at the top of $0" >&2
+    exit 1
+fi
+
+raw=$(mktemp -d)
+trap 'rm -rf "$raw"' EXIT
+
+# Built once: every round runs the same binaries even if the sources change meanwhile.
+echo "== building: cargo bench --no-run --bench matmul --bench op_chain" >&2
+declare -A exe
+while read -r name path; do exe[$name]=$path; done < <(
+    cargo bench --no-run --bench matmul --bench op_chain --message-format=json |
+        "$PYTHON" -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") \
+            and "bench" in m["target"]["kind"]:
+        print(m["target"]["name"], m["executable"])')
+for bench in matmul op_chain; do
+    [ -n "${exe[$bench]:-}" ] || { echo "error: no executable for bench $bench" >&2; exit 1; }
+done
+
+# Percentage of CPU time busy (all cores) over half a second, from /proc/stat.
+cpu_busy() {
+    local a b
+    a=($(head -1 /proc/stat)); sleep 0.5; b=($(head -1 /proc/stat))
+    local total=0 i
+    for i in 1 2 3 4 5 6 7 8; do total=$((total + b[i] - a[i])); done
+    local idle=$((b[4] - a[4] + b[5] - a[5]))
+    echo $(((100 * (total - idle)) / (total > 0 ? total : 1)))
+}
+
+# Waits (up to QUIET_WAIT seconds) until the machine is mostly idle.
+wait_quiet() {
+    local start=$SECONDS busy
+    while busy=$(cpu_busy); [ "$busy" -gt 10 ]; do
+        if [ $((SECONDS - start)) -ge "$QUIET_WAIT" ]; then
+            echo "warning: CPUs still ${busy}% busy after ${QUIET_WAIT}s; measuring anyway" >&2
+            return
+        fi
+        sleep 1
+    done
+}
+
+# Runs one bench of one side, showing its table and keeping its JSON lines.
+run_one() { # side bench round
+    local side=$1 bench=$2 round=$3 out="$raw/$3.jsonl"
+    wait_quiet
+    if [ "$side" = ours ]; then
+        "${exe[$bench]}" --bench --json # what `cargo bench --bench $bench -- --json` runs
+    else
+        "$PYTHON" benches/torch_reference.py --bench "$bench" --json
+    fi >"$raw/last.out"
+    grep -v '^{' "$raw/last.out" || true
+    grep '^{' "$raw/last.out" >>"$out" || true
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+    echo
+    echo "== round $round/$ROUNDS (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
+    if [ $((round % 2)) -eq 1 ]; then sides="ours torch"; else sides="torch ours"; fi
+    for bench in matmul op_chain; do
+        for side in $sides; do
+            run_one "$side" "$bench" "$round"
+        done
+    done
+done
+
+"$PYTHON" - "$raw" <<'EOF'
+import glob, json, os, sys
+
+rows = []
+for path in sorted(glob.glob(os.path.join(sys.argv[1], "[0-9]*.jsonl"))):
+    rnd = int(os.path.basename(path).split(".")[0])
+    with open(path) as f:
+        rows += [dict(json.loads(line), round=rnd) for line in f if line.strip()]
+
+def pick(bench, impl, key, value, field):
+    return [r[field] for r in rows
+            if r["bench"] == bench and r["impl"] == impl and r[key] == value]
+
+version = next((r["version"] for r in rows if r["impl"] == "torch"), "?")
+threads = next((r["threads"] for r in rows if r["bench"] == "matmul"), "?")
+rounds = len({r["round"] for r in rows})
+
+print()
+print(f"== combined: twinflow vs torch {version} (CPU, f32, {threads} threads, "
+      f"best of {rounds} round(s))")
+print()
+print("| n | ours GFLOP/s | torch GFLOP/s | ours/torch |")
+print("|---:|---:|---:|---:|")
+sizes = sorted({r["n"] for r in rows if r["bench"] == "matmul"})
+for n in sizes:
+    ours = max(pick("matmul", "twinflow", "n", n, "gflops"), default=float("nan"))
+    torch = max(pick("matmul", "torch", "n", n, "gflops"), default=float("nan"))
+    print(f"| {n} | {ours:.1f} | {torch:.1f} | {ours / torch:.2f} |")
+print()
+print("| op chain (1000 ops, [128] f32) | ours µs/op | torch µs/op | torch/ours |")
+print("|---|---:|---:|---:|")
+for mode in ["forward", "forward+backward", "no-grad forward"]:
+    ours = min(pick("op_chain", "twinflow", "mode", mode, "us_per_op"), default=float("nan"))
+    torch = min(pick("op_chain", "torch", "mode", mode, "us_per_op"), default=float("nan"))
+    print(f"| {mode} | {ours:.3f} | {torch:.3f} | {torch / ours:.2f} |")
+print()
+print("ratios > 1: ours faster. Every round (ours / torch):")
+for n in sizes:
+    o = pick("matmul", "twinflow", "n", n, "gflops")
+    t = pick("matmul", "torch", "n", n, "gflops")
+    print(f"  matmul n={n}: GFLOP/s " + ", ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(o, t)))
+for mode in ["forward", "forward+backward", "no-grad forward"]:
+    o = pick("op_chain", "twinflow", "mode", mode, "us_per_op")
+    t = pick("op_chain", "torch", "mode", mode, "us_per_op")
+    print(f"  {mode}: µs/op " + ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(o, t)))
+EOF
