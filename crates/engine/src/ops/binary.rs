@@ -19,6 +19,32 @@ pub(super) fn broadcast_pair(
     Ok((shape, la, lb))
 }
 
+/// ∂(a op b)/∂a · g, at the broadcast shape.
+fn lhs_grad(op: BinaryOp, a: &Tensor, b: &Tensor, g: &Tensor) -> Result<Tensor> {
+    let zero = || g.zeros_like();
+    match op {
+        BinaryOp::Add | BinaryOp::Sub => Ok(g.clone()),
+        BinaryOp::Mul => g.mul(b),
+        BinaryOp::Div => g.div(b),
+        BinaryOp::Maximum => a.cmp_op("maximum", b, CmpOp::Ge)?.where_cond(g, &zero()?),
+        BinaryOp::Minimum => a.cmp_op("minimum", b, CmpOp::Le)?.where_cond(g, &zero()?),
+    }
+}
+
+/// ∂(a op b)/∂b · g, at the broadcast shape (`out` is a op b).
+fn rhs_grad(op: BinaryOp, a: &Tensor, b: &Tensor, out: &Tensor, g: &Tensor) -> Result<Tensor> {
+    let zero = || g.zeros_like();
+    match op {
+        BinaryOp::Add => Ok(g.clone()),
+        BinaryOp::Sub => g.neg(),
+        BinaryOp::Mul => g.mul(a),
+        BinaryOp::Div => g.div(b)?.mul(out)?.neg(),
+        // At ties the gradient goes to `a`, so `b` gets it only where it strictly wins.
+        BinaryOp::Maximum => a.cmp_op("maximum", b, CmpOp::Ge)?.where_cond(&zero()?, g),
+        BinaryOp::Minimum => a.cmp_op("minimum", b, CmpOp::Le)?.where_cond(&zero()?, g),
+    }
+}
+
 impl Tensor {
     fn binary_op(&self, name: &'static str, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
         check_float(name, self)?;
@@ -31,28 +57,16 @@ impl Tensor {
             &[self, rhs],
             move |x, out, g| {
                 let (a, b) = (&x[0], &x[1]);
-                let (ga, gb) = match op {
-                    BinaryOp::Add => (g.clone(), g.clone()),
-                    BinaryOp::Sub => (g.clone(), g.neg()?),
-                    BinaryOp::Mul => (g.mul(b)?, g.mul(a)?),
-                    BinaryOp::Div => {
-                        let ga = g.div(b)?;
-                        let gb = ga.mul(out)?.neg()?;
-                        (ga, gb)
-                    }
-                    BinaryOp::Maximum | BinaryOp::Minimum => {
-                        let pick_a = match op {
-                            BinaryOp::Maximum => a.cmp_op("maximum", b, CmpOp::Ge)?,
-                            _ => a.cmp_op("minimum", b, CmpOp::Le)?,
-                        };
-                        let zero = g.zeros_like()?;
-                        (pick_a.where_cond(g, &zero)?, pick_a.where_cond(&zero, g)?)
-                    }
+                // A constant operand (a fixed scale, a target) costs no gradient work.
+                let ga = match a.requires_grad() {
+                    true => Some(lhs_grad(op, a, b, g)?.sum_to_shape(a.shape())?),
+                    false => None,
                 };
-                Ok(vec![
-                    Some(ga.sum_to_shape(a.shape())?),
-                    Some(gb.sum_to_shape(b.shape())?),
-                ])
+                let gb = match b.requires_grad() {
+                    true => Some(rhs_grad(op, a, b, out, g)?.sum_to_shape(b.shape())?),
+                    false => None,
+                };
+                Ok(vec![ga, gb])
             },
         ))
     }

@@ -44,10 +44,13 @@ impl Tensor {
             &[self, rhs],
             |x, _, g| {
                 let (a, b) = (&x[0], &x[1]);
-                Ok(vec![
-                    Some(g.matmul(&b.t()?)?.sum_to_shape(a.shape())?),
-                    Some(a.t()?.matmul(g)?.sum_to_shape(b.shape())?),
-                ])
+                let ga = a
+                    .requires_grad()
+                    .then(|| g.matmul(&b.t()?)?.sum_to_shape(a.shape()));
+                let gb = b
+                    .requires_grad()
+                    .then(|| a.t()?.matmul(g)?.sum_to_shape(b.shape()));
+                Ok(vec![ga.transpose()?, gb.transpose()?])
             },
         ))
     }
