@@ -114,6 +114,25 @@ pub struct AttentionSpec {
     pub causal: bool,
 }
 
+/// Hyper-parameters of one Adam or AdamW step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamStep {
+    /// Learning rate.
+    pub lr: f64,
+    /// Decay of the first moment.
+    pub beta1: f64,
+    /// Decay of the second moment.
+    pub beta2: f64,
+    /// Added to √v̂ in the denominator.
+    pub eps: f64,
+    /// Weight decay coefficient.
+    pub weight_decay: f64,
+    /// AdamW (decay applied to the parameter, not added to the gradient) when true.
+    pub decoupled: bool,
+    /// 1-based step number, for the bias corrections.
+    pub step: u64,
+}
+
 /// The dtype of statistics a fused op saves for its backward (norm means and reciprocal
 /// std devs, attention log-sum-exps): f32 for bf16/f16 inputs, so that the backward
 /// sees the same statistics the forward used; the input's dtype otherwise.
@@ -246,6 +265,17 @@ pub trait BackendStorage: Sized {
         v: (&Self, &Layout),
         spec: AttentionSpec,
     ) -> Result<(Self, Self)>;
+    /// One fused Adam(W) update of the first `n` elements of `self` (the parameter) and
+    /// its moment buffers `m` and `v`, in place, from the gradient view `grad`.
+    fn adam_update(
+        &mut self,
+        n: usize,
+        grad: (&Self, &Layout),
+        m: &mut Self,
+        v: &mut Self,
+        step: &AdamStep,
+    ) -> Result<()>;
+
     /// Backward of [`BackendStorage::attention`] with `self` as q: returns (dq, dk, dv).
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(

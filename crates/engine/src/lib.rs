@@ -29,6 +29,7 @@ mod storage;
 mod tensor;
 
 pub use autograd::{is_grad_enabled, no_grad, BackwardFn, Gradients, NoGradGuard};
+pub use backend::AdamStep;
 pub use device::Device;
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};

@@ -1,7 +1,9 @@
 //! [`Storage`]: a tensor's buffer on whichever device holds it, dispatching every kernel
 //! of [`BackendStorage`] to that device's backend.
 
-use crate::backend::{AttentionSpec, BackendStorage, BinaryOp, CmpOp, NormSpec, ReduceOp, UnaryOp};
+use crate::backend::{
+    AdamStep, AttentionSpec, BackendStorage, BinaryOp, CmpOp, NormSpec, ReduceOp, UnaryOp,
+};
 use crate::cpu::CpuStorage;
 use crate::dtype::DType;
 use crate::error::Result;
@@ -229,6 +231,21 @@ impl BackendStorage for Storage {
             Storage::Cpu(c) => {
                 let (o, lse) = c.attention(l, cpu_view(k)?, cpu_view(v)?, spec)?;
                 Ok((Storage::Cpu(o), Storage::Cpu(lse)))
+            }
+        }
+    }
+
+    fn adam_update(
+        &mut self,
+        n: usize,
+        grad: (&Self, &Layout),
+        m: &mut Self,
+        v: &mut Self,
+        step: &AdamStep,
+    ) -> Result<()> {
+        match (self, m, v) {
+            (Storage::Cpu(p), Storage::Cpu(m), Storage::Cpu(v)) => {
+                p.adam_update(n, cpu_view(grad)?, m, v, step)
             }
         }
     }

@@ -371,9 +371,15 @@ impl Tensor {
             src.clone()
         };
         let from = src.storage();
-        let mut to = self.0.storage.data.write();
+        from.copy_into(src.layout(), &mut self.storage_mut(), self.layout())
+    }
+
+    /// Write access to the storage for an in-place update; counts as a modification
+    /// (see [`Tensor::assign`]).
+    pub(crate) fn storage_mut(&self) -> parking_lot::RwLockWriteGuard<'_, Storage> {
+        let guard = self.0.storage.data.write();
         self.0.storage.version.fetch_add(1, Ordering::AcqRel);
-        from.copy_into(src.layout(), &mut to, self.layout())
+        guard
     }
 
     /// A contiguous copy (always a copy, unlike [`Tensor::contiguous`]); no gradient.

@@ -3,6 +3,7 @@
 //! f32 and f64 are computed natively; bf16 and f16 are converted to f32 for the
 //! kernel and rounded back ([`float::ComputeType`]).
 
+mod adam;
 mod attention;
 mod elementwise;
 mod float;
@@ -17,7 +18,8 @@ pub use float::CpuFloat;
 pub use strided::PARALLEL_CUTOFF;
 
 use crate::backend::{
-    stats_dtype, AttentionSpec, BackendStorage, BinaryOp, CmpOp, NormSpec, ReduceOp, UnaryOp,
+    stats_dtype, AdamStep, AttentionSpec, BackendStorage, BinaryOp, CmpOp, NormSpec, ReduceOp,
+    UnaryOp,
 };
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
@@ -410,6 +412,25 @@ impl BackendStorage for CpuStorage {
             let (o, lse) = attention::attention((&qv, l), (&kv, k.1), (&vv, v.1), spec);
             Ok((F::store(o, dt), F::store(lse, stats_dtype(dt))))
         })
+    }
+
+    fn adam_update(
+        &mut self,
+        n: usize,
+        grad: (&Self, &Layout),
+        m: &mut Self,
+        v: &mut Self,
+        step: &AdamStep,
+    ) -> Result<()> {
+        let dtypes = [self.dtype(), grad.0.dtype(), m.dtype(), v.dtype()];
+        let g = grad.0.to_dtype(grad.1, DType::F32)?;
+        match (self, &g, m, v) {
+            (CpuStorage::F32(p), CpuStorage::F32(g), CpuStorage::F32(m), CpuStorage::F32(v)) => {
+                adam::update(&mut p[..n], g, &mut m[..n], &mut v[..n], step);
+                Ok(())
+            }
+            _ => Err(Error::dtypes("adam_update", &dtypes)),
+        }
     }
 
     fn attention_backward(

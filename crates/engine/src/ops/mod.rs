@@ -12,6 +12,7 @@ mod join;
 mod loss;
 mod matmul;
 mod norm;
+mod optim;
 mod reduce;
 mod softmax;
 mod unary;
