@@ -9,17 +9,24 @@ use crate::layout::Layout;
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 const GELU_CUBIC: f64 = 0.044_715;
 
+#[inline(always)]
 fn sigmoid<F: CpuFloat>(x: F) -> F {
-    F::one() / (F::one() + (-x).exp())
+    F::one() / (F::one() + (-x).exp_v())
+}
+
+/// The tanh-GELU's inner argument u, with ½(1 + tanh u) = sigmoid(2u).
+#[inline(always)]
+fn gelu_inner<F: CpuFloat>(x: F) -> F {
+    F::c(SQRT_2_OVER_PI) * (x + F::c(GELU_CUBIC) * x * x * x)
 }
 
 /// `op(x)` for one element.
-#[inline]
+#[inline(always)]
 pub fn unary_fn<F: CpuFloat>(op: UnaryOp, x: F) -> F {
     let half = F::c(0.5);
     match op {
         UnaryOp::Neg => -x,
-        UnaryOp::Exp => x.exp(),
+        UnaryOp::Exp => x.exp_v(),
         UnaryOp::Log => x.ln(),
         UnaryOp::Sqrt => x.sqrt(),
         UnaryOp::Rsqrt => x.sqrt().recip(),
@@ -28,13 +35,10 @@ pub fn unary_fn<F: CpuFloat>(op: UnaryOp, x: F) -> F {
         UnaryOp::Abs => x.abs(),
         UnaryOp::Sin => x.sin(),
         UnaryOp::Cos => x.cos(),
-        UnaryOp::Tanh => x.tanh(),
+        UnaryOp::Tanh => x.tanh_v(),
         UnaryOp::Sigmoid => sigmoid(x),
         UnaryOp::Relu => x.max(F::zero()),
-        UnaryOp::GeluTanh => {
-            let inner = F::c(SQRT_2_OVER_PI) * (x + F::c(GELU_CUBIC) * x * x * x);
-            half * x * (F::one() + inner.tanh())
-        }
+        UnaryOp::GeluTanh => x * sigmoid(F::c(2.0) * gelu_inner(x)),
         UnaryOp::GeluErf => {
             half * x * (F::one() + (x * F::c(std::f64::consts::FRAC_1_SQRT_2)).erf())
         }
@@ -47,13 +51,13 @@ pub fn unary_fn<F: CpuFloat>(op: UnaryOp, x: F) -> F {
 
 /// `op'(x)`, the derivative, for one element. At kinks (relu, abs, clamp at 0 or the
 /// bounds) it takes the value PyTorch takes.
-#[inline]
+#[inline(always)]
 pub fn unary_derivative<F: CpuFloat>(op: UnaryOp, x: F) -> F {
     let (zero, one, half) = (F::zero(), F::one(), F::c(0.5));
     let step = |c: bool| if c { one } else { zero };
     match op {
         UnaryOp::Neg => -one,
-        UnaryOp::Exp => x.exp(),
+        UnaryOp::Exp => x.exp_v(),
         UnaryOp::Log => x.recip(),
         UnaryOp::Sqrt => half / x.sqrt(),
         UnaryOp::Rsqrt => -half * x.powf(F::c(-1.5)),
@@ -62,14 +66,16 @@ pub fn unary_derivative<F: CpuFloat>(op: UnaryOp, x: F) -> F {
         UnaryOp::Abs => x.signum() * step(x != zero),
         UnaryOp::Sin => x.cos(),
         UnaryOp::Cos => -x.sin(),
-        UnaryOp::Tanh => one - x.tanh() * x.tanh(),
+        UnaryOp::Tanh => {
+            let t = x.tanh_v();
+            one - t * t
+        }
         UnaryOp::Sigmoid => sigmoid(x) * (one - sigmoid(x)),
         UnaryOp::Relu => step(x > zero),
         UnaryOp::GeluTanh => {
-            let k = F::c(SQRT_2_OVER_PI);
-            let c = F::c(GELU_CUBIC);
-            let t = (k * (x + c * x * x * x)).tanh();
-            half * (one + t) + half * x * (one - t * t) * k * (one + F::c(3.0) * c * x * x)
+            let s = sigmoid(F::c(2.0) * gelu_inner(x));
+            let du = F::c(SQRT_2_OVER_PI) * (one + F::c(3.0 * GELU_CUBIC) * x * x);
+            s + F::c(2.0) * x * s * (one - s) * du
         }
         UnaryOp::GeluErf => {
             let cdf = half * (one + (x * F::c(std::f64::consts::FRAC_1_SQRT_2)).erf());
@@ -150,18 +156,99 @@ pub fn zip_map<F: CpuFloat, O: Send + Default + Copy>(
     out
 }
 
+/// Runs `$body` with the constant `$O` set to `$op`'s variant, for the variants without
+/// parameters, so that each op's element loop is compiled on its own (branch-free,
+/// vectorisable); a captured runtime op would be matched per element. `$param` handles
+/// the variants with parameters.
+macro_rules! specialise {
+    ($op:expr, |$O:ident| $body:expr, $param:expr) => {
+        match $op {
+            UnaryOp::Neg => {
+                const $O: UnaryOp = UnaryOp::Neg;
+                $body
+            }
+            UnaryOp::Exp => {
+                const $O: UnaryOp = UnaryOp::Exp;
+                $body
+            }
+            UnaryOp::Log => {
+                const $O: UnaryOp = UnaryOp::Log;
+                $body
+            }
+            UnaryOp::Sqrt => {
+                const $O: UnaryOp = UnaryOp::Sqrt;
+                $body
+            }
+            UnaryOp::Rsqrt => {
+                const $O: UnaryOp = UnaryOp::Rsqrt;
+                $body
+            }
+            UnaryOp::Recip => {
+                const $O: UnaryOp = UnaryOp::Recip;
+                $body
+            }
+            UnaryOp::Square => {
+                const $O: UnaryOp = UnaryOp::Square;
+                $body
+            }
+            UnaryOp::Abs => {
+                const $O: UnaryOp = UnaryOp::Abs;
+                $body
+            }
+            UnaryOp::Sin => {
+                const $O: UnaryOp = UnaryOp::Sin;
+                $body
+            }
+            UnaryOp::Cos => {
+                const $O: UnaryOp = UnaryOp::Cos;
+                $body
+            }
+            UnaryOp::Tanh => {
+                const $O: UnaryOp = UnaryOp::Tanh;
+                $body
+            }
+            UnaryOp::Sigmoid => {
+                const $O: UnaryOp = UnaryOp::Sigmoid;
+                $body
+            }
+            UnaryOp::Relu => {
+                const $O: UnaryOp = UnaryOp::Relu;
+                $body
+            }
+            UnaryOp::GeluTanh => {
+                const $O: UnaryOp = UnaryOp::GeluTanh;
+                $body
+            }
+            UnaryOp::GeluErf => {
+                const $O: UnaryOp = UnaryOp::GeluErf;
+                $body
+            }
+            UnaryOp::Silu => {
+                const $O: UnaryOp = UnaryOp::Silu;
+                $body
+            }
+            UnaryOp::Powf(_) | UnaryOp::Clamp(..) | UnaryOp::Affine(..) => $param,
+        }
+    };
+}
+
 /// `op(x)` elementwise.
 pub fn unary<F: CpuFloat>(x: &[F], layout: &Layout, op: UnaryOp) -> Vec<F> {
-    match op {
-        // The common cases get their own loop so that the compiler vectorises them.
-        UnaryOp::Affine(a, b) => {
-            let (a, b) = (F::c(a), F::c(b));
-            map(x, layout, |x| a * x + b)
+    specialise!(
+        op,
+        |OP| map(x, layout, |x| unary_fn(OP, x)),
+        match op {
+            UnaryOp::Powf(p) => map(x, layout, move |x| x.powf(F::c(p))),
+            UnaryOp::Clamp(lo, hi) => map(x, layout, move |x| x.max(F::c(lo)).min(F::c(hi))),
+            _ => {
+                let (a, b) = match op {
+                    UnaryOp::Affine(a, b) => (F::c(a), F::c(b)),
+                    _ => (F::one(), F::zero()),
+                };
+                map(x, layout, move |x| a * x + b)
+            }
         }
-        UnaryOp::Neg => map(x, layout, |x| -x),
-        UnaryOp::Square => map(x, layout, |x| x * x),
-        _ => map(x, layout, |x| unary_fn(op, x)),
-    }
+    )
 }
 
 /// `grad · op'(x)` elementwise.
@@ -170,7 +257,32 @@ pub fn unary_backward<F: CpuFloat>(
     grad: (&[F], &Layout),
     op: UnaryOp,
 ) -> Vec<F> {
-    zip_map(x, grad, |x, g| g * unary_derivative(op, x))
+    let (zero, one) = (F::zero(), F::one());
+    specialise!(
+        op,
+        |OP| zip_map(x, grad, |x, g| g * unary_derivative(OP, x)),
+        match op {
+            UnaryOp::Powf(p) => {
+                let (p, q) = (F::c(p), F::c(p - 1.0));
+                zip_map(x, grad, move |x, g| g * p * x.powf(q))
+            }
+            UnaryOp::Clamp(lo, hi) => {
+                let (lo, hi) = (F::c(lo), F::c(hi));
+                zip_map(
+                    x,
+                    grad,
+                    move |x, g| if x >= lo && x <= hi { g } else { zero },
+                )
+            }
+            _ => {
+                let a = match op {
+                    UnaryOp::Affine(a, _) => F::c(a),
+                    _ => one,
+                };
+                zip_map(x, grad, move |_, g| g * a)
+            }
+        }
+    )
 }
 
 /// `op(a, b)` elementwise.

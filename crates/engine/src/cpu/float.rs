@@ -8,6 +8,10 @@ pub trait CpuFloat:
     fn erf(self) -> Self;
     /// Conversion of an f64 constant or parameter.
     fn c(v: f64) -> Self;
+    /// eˣ, vectorisable for f32 (see `fastmath`).
+    fn exp_v(self) -> Self;
+    /// tanh x, vectorisable for f32 (see `fastmath`).
+    fn tanh_v(self) -> Self;
 }
 
 impl CpuFloat for f32 {
@@ -17,6 +21,14 @@ impl CpuFloat for f32 {
     fn c(v: f64) -> Self {
         v as f32
     }
+    #[inline(always)]
+    fn exp_v(self) -> Self {
+        super::fastmath::exp(self)
+    }
+    #[inline(always)]
+    fn tanh_v(self) -> Self {
+        super::fastmath::tanh(self)
+    }
 }
 
 impl CpuFloat for f64 {
@@ -25,6 +37,12 @@ impl CpuFloat for f64 {
     }
     fn c(v: f64) -> Self {
         v
+    }
+    fn exp_v(self) -> Self {
+        self.exp()
+    }
+    fn tanh_v(self) -> Self {
+        self.tanh()
     }
 }
 

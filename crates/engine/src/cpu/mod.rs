@@ -6,6 +6,7 @@
 mod adam;
 mod attention;
 mod elementwise;
+mod fastmath;
 mod float;
 mod index;
 mod matmul;

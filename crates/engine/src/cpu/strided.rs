@@ -72,8 +72,13 @@ impl<const N: usize> Runs<N> {
     }
 }
 
+/// Long runs are cut into pieces of this many elements so that a contiguous tensor (a
+/// single run) is still shared among threads.
+const PIECE: usize = 1 << 14;
+
 /// Fills `out` (contiguous, same shape as the runs) run by run, in parallel for large
-/// outputs. `f(out_run, starts)` writes one run.
+/// outputs. `f(out_piece, starts)` writes one run, or a piece of one, whose first
+/// element sits at `starts` in each operand.
 pub fn fill_runs<T: Send, const N: usize>(
     out: &mut [T],
     runs: &Runs<N>,
@@ -83,12 +88,27 @@ pub fn fill_runs<T: Send, const N: usize>(
     if runs.len == 0 {
         return;
     }
-    if out.len() >= PARALLEL_CUTOFF {
-        out.par_chunks_mut(runs.len)
+    let piece_starts = |run: usize, piece: usize| {
+        let mut at = runs.starts(run);
+        at.iter_mut()
+            .zip(runs.inner)
+            .for_each(|(a, stride)| *a += piece * PIECE * stride);
+        at
+    };
+    if out.len() < PARALLEL_CUTOFF {
+        out.chunks_mut(runs.len)
             .enumerate()
             .for_each(|(i, chunk)| f(chunk, runs.starts(i)));
+    } else if runs.len > 2 * PIECE {
+        out.par_chunks_mut(runs.len)
+            .enumerate()
+            .for_each(|(i, run)| {
+                run.par_chunks_mut(PIECE)
+                    .enumerate()
+                    .for_each(|(j, piece)| f(piece, piece_starts(i, j)))
+            });
     } else {
-        out.chunks_mut(runs.len)
+        out.par_chunks_mut(runs.len)
             .enumerate()
             .for_each(|(i, chunk)| f(chunk, runs.starts(i)));
     }
@@ -135,6 +155,18 @@ mod tests {
     fn contiguous_view_is_one_run() {
         let r = Runs::new(&[2, 3, 4], [(&[12, 4, 1], 0)]);
         assert_eq!((r.count(), r.len, r.inner), (1, 24, [1]));
+    }
+
+    #[test]
+    fn long_strided_runs_are_split_into_pieces_correctly() {
+        // Every other element of two rows of 140,000: runs of 70,000 with stride 2,
+        // long enough to be cut into pieces and shared among threads.
+        let src: Vec<u32> = (0..280_003).collect();
+        let got = gather_view(&src, &[2, 70_000], &[140_000, 2], 3);
+        let want: Vec<u32> = (0..2)
+            .flat_map(|r| (0..70_000).map(move |c| 3 + r * 140_000 + 2 * c))
+            .collect();
+        assert_eq!(got, want);
     }
 
     #[test]
