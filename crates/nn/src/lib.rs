@@ -2,10 +2,42 @@
 //! learning-rate schedules and safetensors checkpoints.
 #![warn(missing_docs)]
 
+pub mod attention;
+pub mod checkpoint;
+pub mod clip;
+pub mod dit;
+pub mod dropout;
+pub mod ema;
+pub mod embedding;
 pub mod init;
+pub mod label_embedding;
 pub mod linear;
+pub mod mlp;
+pub mod models;
 pub mod module;
+pub mod norm;
+pub mod optim;
+pub mod patch;
+pub mod schedule;
+pub mod time_embedding;
+pub mod transformer;
 
+pub use attention::SelfAttention;
+pub use checkpoint::{Checkpoint, CheckpointError, EmaSnapshot};
+pub use clip::{clip_grad_norm, zero_non_finite};
+pub use dit::{Dit, DitBlock, DitConfig};
+pub use dropout::Dropout;
+pub use ema::{Ema, EmaState};
+pub use embedding::Embedding;
 pub use init::{ForwardRng, Init, ParamBuilder};
+pub use label_embedding::LabelEmbedding;
 pub use linear::{Linear, LinearConfig};
+pub use mlp::{Mlp, SwiGlu};
+pub use models::{Classifier, ClassifierConfig, MlpVelocity, MlpVelocityConfig, VelocityModel};
 pub use module::{visit_child, visit_child_mut, Forward, Module};
+pub use norm::{LayerNorm, RmsNorm};
+pub use optim::{Adam, AdamConfig, Optimizer, OptimizerRecord, OptimizerState, Sgd, SgdConfig};
+pub use patch::PatchGrid;
+pub use schedule::LrSchedule;
+pub use time_embedding::{sincos, TimeEmbedding};
+pub use transformer::{TransformerBlock, TransformerBlockConfig};

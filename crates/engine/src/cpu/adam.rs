@@ -8,8 +8,8 @@ use rayon::prelude::*;
 /// with bias-corrected m̂, v̂; plain Adam adds wd·p to g instead (L2 regularisation).
 pub fn update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: &AdamStep) {
     let (b1, b2) = (s.beta1 as f32, s.beta2 as f32);
-    let step_size = (s.lr / (1.0 - s.beta1.powi(s.step as i32))) as f32;
-    let inv_sqrt_bc2 = (1.0 / (1.0 - s.beta2.powi(s.step as i32)).sqrt()) as f32;
+    let step_size = (s.lr / (1.0 - s.beta1.powf(s.step as f64))) as f32;
+    let inv_sqrt_bc2 = (1.0 / (1.0 - s.beta2.powf(s.step as f64)).sqrt()) as f32;
     let (eps, wd, lr) = (s.eps as f32, s.weight_decay as f32, s.lr as f32);
     let decoupled = s.decoupled;
     let one = |(((p, &g), m), v): (((&mut f32, &f32), &mut f32), &mut f32)| {

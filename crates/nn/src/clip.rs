@@ -1,0 +1,77 @@
+//! Gradient hygiene before an optimizer step: global-norm clipping and replacing
+//! non-finite gradient entries.
+//!
+//! Both take the parameters whose gradients to treat (gradients are keyed by tensor, so
+//! replacing one needs its parameter) and skip parameters without a gradient. Gradients
+//! are replaced in the store, never overwritten in place: one gradient tensor can be the
+//! storage of several parameters' gradients.
+
+use twinflow_engine::{DType, Error, Gradients, NoGradGuard, Result, Tensor};
+
+/// PyTorch's guard against dividing by a zero norm in `clip_grad_norm_`.
+const NORM_EPS: f64 = 1e-6;
+
+/// Scales the gradients of `params` so that their global L2 norm (the norm of all their
+/// entries together) is at most `max_norm`, as `torch.nn.utils.clip_grad_norm_` does:
+/// with total norm n, every gradient is multiplied by `min(1, max_norm/(n + 10⁻⁶))`.
+/// Returns n, the norm before clipping (summed in f64).
+///
+/// As in PyTorch, a non-finite norm (a NaN or ±Inf entry) is returned and the scale it
+/// gives is applied, so the gradients become non-finite too: clean them first with
+/// [`zero_non_finite`] where that matters. `max_norm` may be `+∞` (only measure).
+pub fn clip_grad_norm<'a>(
+    grads: &mut Gradients,
+    params: impl IntoIterator<Item = &'a Tensor>,
+    max_norm: f64,
+) -> Result<f64> {
+    if max_norm.is_nan() || max_norm < 0.0 {
+        return Err(Error::invalid(
+            "clip_grad_norm",
+            format!("max_norm must be >= 0, got {max_norm}"),
+        ));
+    }
+    let _no_grad = NoGradGuard::new();
+    let with_grads: Vec<(&Tensor, Tensor)> = params
+        .into_iter()
+        .filter_map(|p| grads.get(p).map(|g| (p, g.clone())))
+        .collect();
+    let mut sum_sq = 0.0;
+    for (_, g) in &with_grads {
+        sum_sq += g.to_dtype(DType::F64)?.square()?.sum_all()?.item()?;
+    }
+    let norm = sum_sq.sqrt();
+    let scale = max_norm / (norm + NORM_EPS);
+    // A NaN scale (from a NaN norm) is applied too, as in PyTorch.
+    if scale < 1.0 || scale.is_nan() {
+        for (p, g) in with_grads {
+            grads.insert(p, g.mul_scalar(scale)?);
+        }
+    }
+    Ok(norm)
+}
+
+/// Replaces every NaN, +Inf and −Inf entry of the gradients of `params` with 0 (as
+/// `torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)`); finite entries, however
+/// large, are kept. Returns how many entries were replaced; gradients without any are
+/// left as they are (not copied).
+pub fn zero_non_finite<'a>(
+    grads: &mut Gradients,
+    params: impl IntoIterator<Item = &'a Tensor>,
+) -> Result<usize> {
+    let _no_grad = NoGradGuard::new();
+    let mut replaced = 0;
+    for p in params {
+        let Some(g) = grads.get(p).cloned() else {
+            continue;
+        };
+        let zero = Tensor::zeros(&[], g.dtype(), g.device())?;
+        // x − x is 0 exactly for finite x and NaN for NaN and ±Inf.
+        let finite = g.sub(&g)?.eq(&zero)?;
+        let bad = g.elem_count() - finite.to_dtype(DType::F64)?.sum_all()?.item()? as usize;
+        if bad > 0 {
+            grads.insert(p, finite.where_cond(&g, &zero)?);
+            replaced += bad;
+        }
+    }
+    Ok(replaced)
+}

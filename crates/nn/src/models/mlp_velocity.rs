@@ -1,0 +1,185 @@
+//! A pixel-space MLP velocity network: fast enough on a CPU to train TwinFlow on 2-D
+//! toys and MNIST within minutes (method notes §8).
+
+use crate::init::{ForwardRng, Init, ParamBuilder};
+use crate::label_embedding::LabelEmbedding;
+use crate::linear::{Linear, LinearConfig};
+use crate::models::velocity::{check_velocity_inputs, VelocityModel};
+use crate::module::{visit_child, visit_child_mut, Forward, Module};
+use crate::time_embedding::sincos;
+use serde::{Deserialize, Serialize};
+use twinflow_engine::{Error, Result, Tensor};
+
+/// Sizes of an [`MlpVelocity`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MlpVelocityConfig {
+    /// Values per sample (784 for MNIST, 2 for 2-D toys).
+    pub data_dim: usize,
+    /// Width of the hidden layers.
+    pub width: usize,
+    /// Number of residual blocks.
+    pub depth: usize,
+    /// Size of each of the three embeddings (t, tt, label); even.
+    pub emb_dim: usize,
+    /// Number of classes; the label table has one more row, the null class.
+    pub num_classes: usize,
+    /// Probability of replacing a label by the null class in train mode.
+    pub label_dropout: f64,
+}
+
+impl Default for MlpVelocityConfig {
+    /// The MNIST network of the method notes: three residual blocks of width 1024.
+    fn default() -> Self {
+        MlpVelocityConfig {
+            data_dim: 784,
+            width: 1024,
+            depth: 3,
+            emb_dim: 128,
+            num_classes: 10,
+            label_dropout: 0.0,
+        }
+    }
+}
+
+/// `h + fc2(silu(fc1(silu(h))))`, parameter names `fc1.*`, `fc2.*`.
+#[derive(Debug, Clone)]
+pub struct ResidualBlock {
+    /// First layer, `width → width`.
+    pub fc1: Linear,
+    /// Second layer, `width → width`.
+    pub fc2: Linear,
+}
+
+impl ResidualBlock {
+    /// A block of `width` with PyTorch's default `nn.Linear` initialisation.
+    pub fn new(pb: &mut ParamBuilder, width: usize) -> Result<Self> {
+        Ok(ResidualBlock {
+            fc1: Linear::new(pb, width, width, LinearConfig::default())?,
+            fc2: Linear::new(pb, width, width, LinearConfig::default())?,
+        })
+    }
+}
+
+impl Forward for ResidualBlock {
+    fn forward(&self, h: &Tensor) -> Result<Tensor> {
+        let r = self.fc2.forward(&self.fc1.forward(&h.silu()?)?.silu()?)?;
+        h.add(&r)
+    }
+}
+
+impl Module for ResidualBlock {
+    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor)) {
+        visit_child("fc1", &self.fc1, f);
+        visit_child("fc2", &self.fc2, f);
+    }
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        visit_child_mut("fc1", &mut self.fc1, f);
+        visit_child_mut("fc2", &mut self.fc2, f);
+    }
+}
+
+/// `out(silu(blocks(input([x, sincos(t), sincos(tt), yemb(labels)]))))`: the data,
+/// the sinusoidal embeddings of both signed times and the label embedding are
+/// concatenated, lifted to `width`, passed through the residual blocks and projected
+/// back to the data. The output layer starts at zero. Parameter names `yemb.weight`,
+/// `input.*`, `blocks.{i}.fc{1,2}.*`, `out.*`.
+#[derive(Debug, Clone)]
+pub struct MlpVelocity {
+    /// Label embedding (`emb_dim`) with the null class last.
+    pub yemb: LabelEmbedding,
+    /// `data_dim + 3·emb_dim → width`.
+    pub input: Linear,
+    /// The residual blocks.
+    pub blocks: Vec<ResidualBlock>,
+    /// `width → data_dim`, zero at init.
+    pub out: Linear,
+    cfg: MlpVelocityConfig,
+    rng: ForwardRng,
+}
+
+impl MlpVelocity {
+    /// A network of the given sizes.
+    pub fn new(pb: &mut ParamBuilder, cfg: MlpVelocityConfig) -> Result<Self> {
+        let ok = cfg.data_dim > 0 && cfg.width > 0 && cfg.emb_dim > 0 && cfg.emb_dim % 2 == 0;
+        if !ok {
+            return Err(Error::invalid(
+                "mlp_velocity",
+                format!("needs positive sizes and an even emb_dim, got {cfg:?}"),
+            ));
+        }
+        let zeros = LinearConfig {
+            weight_init: Init::Zeros,
+            bias_init: Some(Init::Zeros),
+        };
+        let inputs = cfg.data_dim + 3 * cfg.emb_dim;
+        Ok(MlpVelocity {
+            // N(0, 1) (PyTorch's `nn.Embedding` default) puts the label features on the
+            // same scale as the unit-amplitude sinusoids beside them.
+            yemb: LabelEmbedding::new(
+                pb,
+                cfg.num_classes,
+                cfg.emb_dim,
+                cfg.label_dropout,
+                Init::Normal(1.0),
+            )?,
+            input: Linear::new(pb, inputs, cfg.width, LinearConfig::default())?,
+            blocks: (0..cfg.depth)
+                .map(|_| ResidualBlock::new(pb, cfg.width))
+                .collect::<Result<_>>()?,
+            out: Linear::new(pb, cfg.width, cfg.data_dim, zeros)?,
+            cfg,
+            rng: pb.forward_rng.clone(),
+        })
+    }
+
+    /// The sizes it was built with.
+    pub fn config(&self) -> &MlpVelocityConfig {
+        &self.cfg
+    }
+
+    /// The null ("unconditional") label, for classifier-free guidance.
+    pub fn null_label(&self) -> i64 {
+        self.yemb.null_label()
+    }
+}
+
+impl VelocityModel for MlpVelocity {
+    fn velocity(&self, x: &Tensor, t: &Tensor, tt: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        check_velocity_inputs("mlp_velocity", self.cfg.data_dim, x, t, tt, labels)?;
+        let e = self.cfg.emb_dim;
+        let features = [
+            x,
+            &sincos(t, e)?,
+            &sincos(tt, e)?,
+            &self.yemb.forward(labels)?,
+        ];
+        let mut h = self.input.forward(&Tensor::cat(&features, 1)?)?;
+        for block in &self.blocks {
+            h = block.forward(&h)?;
+        }
+        self.out.forward(&h.silu()?)
+    }
+
+    fn forward_rng(&self) -> &ForwardRng {
+        &self.rng
+    }
+}
+
+impl Module for MlpVelocity {
+    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor)) {
+        visit_child("yemb", &self.yemb, f);
+        visit_child("input", &self.input, f);
+        visit_child("blocks", &self.blocks, f);
+        visit_child("out", &self.out, f);
+    }
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        visit_child_mut("yemb", &mut self.yemb, f);
+        visit_child_mut("input", &mut self.input, f);
+        visit_child_mut("blocks", &mut self.blocks, f);
+        visit_child_mut("out", &mut self.out, f);
+    }
+    fn set_training(&mut self, training: bool) {
+        self.yemb.set_training(training);
+    }
+}

@@ -1,0 +1,110 @@
+//! Embeddings of the (signed) times `t` and `tt`: the sinusoidal features of the
+//! reference DiT (`sincos`) and the `Linear → SiLU → Linear` MLP that follows them.
+
+use crate::init::ParamBuilder;
+use crate::linear::{Linear, LinearConfig};
+use crate::module::{visit_child, visit_child_mut, Forward, Module};
+use twinflow_engine::{DType, Device, Error, Result, Tensor};
+
+/// `[cos(a), sin(a)]` with `a = t·freqs·1000` and `freqs = exp(−ln(10000)·i/half)`,
+/// `i < half = dim/2`: t `[B]` (any float dtype) → `[B, dim]` of t's dtype (computed
+/// in f64 for f64 times, else in f32).
+///
+/// The signed value of `t` enters (never `|t|`), so a negative time (TwinFlow's fake
+/// trajectory) gets a different embedding from its positive twin: the cosine half is
+/// even in `t`, the sine half odd. `dim` must be even and positive.
+pub fn sincos(t: &Tensor, dim: usize) -> Result<Tensor> {
+    if dim == 0 || dim % 2 != 0 {
+        return Err(Error::invalid(
+            "sincos",
+            format!("dim must be even and positive, got {dim}"),
+        ));
+    }
+    if t.rank() != 1 {
+        return Err(Error::invalid(
+            "sincos",
+            format!("expects times of shape [B], got {:?}", t.shape()),
+        ));
+    }
+    // Half-precision times are embedded in f32, as PyTorch's type promotion against its
+    // f32 frequencies does: an angle of up to 1000 radians needs f32's mantissa.
+    let work = match t.dtype() {
+        DType::F64 => DType::F64,
+        _ => DType::F32,
+    };
+    let freqs = frequencies(dim / 2, work, t.device())?;
+    let a = t
+        .to_dtype(work)?
+        .unsqueeze(1)?
+        .mul(&freqs.unsqueeze(0)?)?
+        .mul_scalar(1000.0)?;
+    Tensor::cat(&[&a.cos()?, &a.sin()?], 1)?.to_dtype(t.dtype())
+}
+
+/// `exp(−ln(10000)·i/half)` for `i < half`, of `dtype` (f32 or f64). In f32 they are
+/// computed with PyTorch's order of operations (f32 is its default dtype), so that the
+/// f32 model sees the reference's frequencies, up to the exponential's last ulp.
+fn frequencies(half: usize, dtype: DType, device: Device) -> Result<Tensor> {
+    let values: Vec<f64> = match dtype {
+        DType::F64 => (0..half)
+            .map(|i| (-(10000f64.ln()) * i as f64 / half as f64).exp())
+            .collect(),
+        _ => (0..half)
+            .map(|i| ((-(10000f64.ln()) as f32) * i as f32 / half as f32).exp() as f64)
+            .collect(),
+    };
+    Tensor::from_f64s(&values, &[half], dtype, device)
+}
+
+/// `Linear(freq_dim, dim) → SiLU → Linear(dim, dim)` on [`sincos`] features, parameter
+/// names `0.weight`, `0.bias`, `2.weight`, `2.bias` (those of PyTorch's
+/// `nn.Sequential(Linear, SiLU, Linear)`).
+#[derive(Debug, Clone)]
+pub struct TimeEmbedding {
+    /// First layer, `freq_dim → dim`.
+    pub fc1: Linear,
+    /// Second layer, `dim → dim`.
+    pub fc2: Linear,
+    freq_dim: usize,
+}
+
+impl TimeEmbedding {
+    /// An embedding of `freq_dim` sinusoidal features (even) into `dim`.
+    pub fn new(
+        pb: &mut ParamBuilder,
+        freq_dim: usize,
+        dim: usize,
+        cfg: LinearConfig,
+    ) -> Result<Self> {
+        if freq_dim == 0 || freq_dim % 2 != 0 {
+            return Err(Error::invalid(
+                "time_embedding",
+                format!("freq_dim must be even and positive, got {freq_dim}"),
+            ));
+        }
+        Ok(TimeEmbedding {
+            fc1: Linear::new(pb, freq_dim, dim, cfg)?,
+            fc2: Linear::new(pb, dim, dim, cfg)?,
+            freq_dim,
+        })
+    }
+}
+
+impl Forward for TimeEmbedding {
+    /// Times `[B]` → `[B, dim]`.
+    fn forward(&self, t: &Tensor) -> Result<Tensor> {
+        let h = self.fc1.forward(&sincos(t, self.freq_dim)?)?.silu()?;
+        self.fc2.forward(&h)
+    }
+}
+
+impl Module for TimeEmbedding {
+    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor)) {
+        visit_child("0", &self.fc1, f);
+        visit_child("2", &self.fc2, f);
+    }
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        visit_child_mut("0", &mut self.fc1, f);
+        visit_child_mut("2", &mut self.fc2, f);
+    }
+}
