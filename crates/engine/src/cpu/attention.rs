@@ -4,6 +4,7 @@
 
 use super::float::CpuFloat;
 use super::matmul::{batch_offsets, gemm_into, GemmArgs};
+use super::pool;
 use crate::backend::AttentionSpec;
 use crate::layout::Layout;
 use gemm::Parallelism::None as OneThread;
@@ -82,8 +83,8 @@ pub fn attention<F: CpuFloat>(
         Operand::new(v.0, v.1),
     );
     let (bh, tq, tk, dv) = (q.offsets.len(), q.rows, k.rows, v.cols);
-    let mut out = vec![F::zero(); bh * tq * dv];
-    let mut lse = vec![F::zero(); bh * tq];
+    let mut out = pool::take_zeroed(bh * tq * dv);
+    let mut lse = pool::take_zeroed(bh * tq);
     if tq == 0 || dv == 0 {
         return (out, lse);
     }
@@ -142,9 +143,9 @@ pub fn attention_backward<F: CpuFloat>(
     let (o, g) = (Operand::new(out.0, out.1), Operand::new(grad.0, grad.1));
     let (bh, tq, tk, d, dv) = (q.offsets.len(), q.rows, k.rows, q.cols, v.cols);
     let mut grads = AttentionGrads {
-        dq: vec![F::zero(); bh * tq * d],
-        dk: vec![F::zero(); bh * tk * d],
-        dv: vec![F::zero(); bh * tk * dv],
+        dq: pool::take_zeroed(bh * tq * d),
+        dk: pool::take_zeroed(bh * tk * d),
+        dv: pool::take_zeroed(bh * tk * dv),
     };
     if tq == 0 || tk == 0 {
         return grads;

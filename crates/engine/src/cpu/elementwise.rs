@@ -2,6 +2,7 @@
 //! selection by mask.
 
 use super::float::CpuFloat;
+use super::pool::{self, Poolable};
 use super::strided::{fill_runs, Runs};
 use crate::backend::{BinaryOp, CmpOp, UnaryOp};
 use crate::layout::Layout;
@@ -93,13 +94,13 @@ pub fn unary_derivative<F: CpuFloat>(op: UnaryOp, x: F) -> F {
 }
 
 /// `f` applied to every element of a view; contiguous output.
-pub fn map<F: CpuFloat, O: Send + Default + Copy>(
+pub fn map<F: CpuFloat, O: Poolable>(
     x: &[F],
     layout: &Layout,
     f: impl Fn(F) -> O + Sync,
 ) -> Vec<O> {
     let runs = Runs::new(layout.shape(), [(layout.strides(), layout.offset())]);
-    let mut out = vec![O::default(); layout.elem_count()];
+    let mut out = pool::take(layout.elem_count());
     fill_runs(&mut out, &runs, |o, [s]| match runs.inner[0] {
         1 => {
             let n = o.len();
@@ -114,7 +115,7 @@ pub fn map<F: CpuFloat, O: Send + Default + Copy>(
 }
 
 /// `f` applied to pairs of elements of two views of the same shape; contiguous output.
-pub fn zip_map<F: CpuFloat, O: Send + Default + Copy>(
+pub fn zip_map<F: CpuFloat, O: Poolable>(
     a: (&[F], &Layout),
     b: (&[F], &Layout),
     f: impl Fn(F, F) -> O + Sync,
@@ -124,7 +125,7 @@ pub fn zip_map<F: CpuFloat, O: Send + Default + Copy>(
         la.shape(),
         [(la.strides(), la.offset()), (lb.strides(), lb.offset())],
     );
-    let mut out = vec![O::default(); la.elem_count()];
+    let mut out = pool::take(la.elem_count());
     fill_runs(&mut out, &runs, |o, [sa, sb]| {
         let n = o.len();
         match runs.inner {
@@ -320,7 +321,7 @@ pub fn where_cond<F: CpuFloat>(
         (l.strides(), l.offset())
     }
     let runs = Runs::new(mask.1.shape(), [view(mask.1), view(t.1), view(f.1)]);
-    let mut out = vec![F::zero(); mask.1.elem_count()];
+    let mut out = pool::take(mask.1.elem_count());
     let [sm, st, sf] = runs.inner;
     fill_runs(&mut out, &runs, |o, [m0, t0, f0]| {
         for (i, o) in o.iter_mut().enumerate() {

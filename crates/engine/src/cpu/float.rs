@@ -2,7 +2,14 @@
 
 /// A float the CPU kernels compute in.
 pub trait CpuFloat:
-    num_traits::Float + Default + Send + Sync + 'static + std::fmt::Debug + std::iter::Sum
+    num_traits::Float
+    + Default
+    + Send
+    + Sync
+    + 'static
+    + std::fmt::Debug
+    + std::iter::Sum
+    + super::pool::Poolable
 {
     /// The error function.
     fn erf(self) -> Self;

@@ -1,6 +1,7 @@
 //! Indexing kernels: index_select / gather and their scatter-add backwards.
 
 use super::float::CpuFloat;
+use super::pool;
 use super::strided::contiguous;
 use crate::error::{Error, Result};
 use crate::layout::Layout;
@@ -31,12 +32,7 @@ fn split_at_dim(shape: &[usize], dim: usize) -> (usize, usize, usize) {
 }
 
 /// `out[o, j, i] = x[o, ids[j], i]`.
-pub fn index_select<F: Copy + Send + Sync + Default>(
-    x: &[F],
-    l: &Layout,
-    ids: &[usize],
-    dim: usize,
-) -> Vec<F> {
+pub fn index_select<F: pool::Poolable>(x: &[F], l: &Layout, ids: &[usize], dim: usize) -> Vec<F> {
     let x = contiguous(x, l);
     let (outer, mid, inner) = split_at_dim(l.shape(), dim);
     let mut out = Vec::with_capacity(outer * ids.len() * inner);
@@ -59,7 +55,7 @@ pub fn index_add<F: CpuFloat>(
 ) -> Vec<F> {
     let src = contiguous(src, l);
     let (outer, mid, inner) = split_at_dim(shape, dim);
-    let mut out = vec![F::zero(); outer * mid * inner];
+    let mut out = pool::take_zeroed(outer * mid * inner);
     for o in 0..outer {
         for (j, &t) in ids.iter().enumerate() {
             let from = &src[(o * ids.len() + j) * inner..][..inner];
@@ -92,7 +88,7 @@ fn gathered_offsets<'a>(
 }
 
 /// `out[..p..] = x[..ids[p] at dim..]`.
-pub fn gather<F: Copy + Send + Sync + Default>(
+pub fn gather<F: pool::Poolable>(
     x: &[F],
     l: &Layout,
     ids_shape: &[usize],
@@ -114,7 +110,7 @@ pub fn scatter_add<F: CpuFloat>(
 ) -> Vec<F> {
     let src = contiguous(src, l);
     let strides = crate::layout::contiguous_strides(shape);
-    let mut out = vec![F::zero(); shape.iter().product()];
+    let mut out = pool::take_zeroed(shape.iter().product());
     for (o, &v) in gathered_offsets(l.shape(), ids, dim, &strides, 0).zip(src.iter()) {
         out[o] = out[o] + v;
     }

@@ -2,6 +2,7 @@
 //! transposed operands are multiplied in place, without a copy.
 
 use super::float::CpuFloat;
+use super::pool;
 use crate::layout::Layout;
 use rayon::prelude::*;
 
@@ -99,10 +100,11 @@ pub fn matmul<F: CpuFloat>(a: &[F], la: &Layout, b: &[F], lb: &Layout) -> Vec<F>
         rhs_strides: (lb.strides()[r - 2], lb.strides()[r - 1]),
     };
     let (oa, ob) = (batch_offsets(la), batch_offsets(lb));
-    let mut out = vec![F::zero(); oa.len() * m * n];
-    if m * n == 0 {
-        return out;
+    if m * n == 0 || k == 0 {
+        return pool::take_zeroed(oa.len() * m * n);
     }
+    // Every element is written by the product (which does not read the destination).
+    let mut out = pool::take(oa.len() * m * n);
     let one = |(i, dst): (usize, &mut [F]), threads| {
         gemm_into(dst, n, &a[oa[i]..], &b[ob[i]..], g, F::one(), threads);
     };

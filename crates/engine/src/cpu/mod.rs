@@ -11,6 +11,7 @@ mod float;
 mod index;
 mod matmul;
 mod norm;
+mod pool;
 mod reduce;
 mod softmax;
 mod strided;
@@ -71,10 +72,23 @@ macro_rules! map_variant {
     };
 }
 
+impl Drop for CpuStorage {
+    /// Parks the buffer in the pool for the next op of the same size.
+    fn drop(&mut self) {
+        each_variant!(self, v => pool::give(std::mem::take(v)))
+    }
+}
+
 impl CpuStorage {
     /// `n` zeros of `dtype`.
     pub fn zeros(n: usize, dtype: DType) -> Self {
-        Self::from_f64_iter(std::iter::repeat_n(0.0, n), dtype)
+        match dtype {
+            DType::F16 => CpuStorage::F16(pool::take_zeroed(n)),
+            DType::BF16 => CpuStorage::BF16(pool::take_zeroed(n)),
+            DType::F32 => CpuStorage::F32(pool::take_zeroed(n)),
+            DType::F64 => CpuStorage::F64(pool::take_zeroed(n)),
+            DType::I64 => CpuStorage::I64(pool::take_zeroed(n)),
+        }
     }
 
     /// Values converted from f64 into `dtype`, rounded to nearest (ties to even).

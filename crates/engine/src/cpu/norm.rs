@@ -1,6 +1,7 @@
 //! Layer norm and RMS norm over the last dim, forward and backward.
 
 use super::float::CpuFloat;
+use super::pool;
 use super::strided::{contiguous, PARALLEL_CUTOFF};
 use crate::backend::NormSpec;
 use crate::layout::Layout;
@@ -21,7 +22,7 @@ pub fn norm<F: CpuFloat>(
     let x = contiguous(x, l);
     let d = l.shape().last().copied().unwrap_or(1).max(1);
     let rows = x.len() / d;
-    let mut y = vec![F::zero(); x.len()];
+    let mut y = pool::take(x.len());
     let mut stats = vec![(F::zero(), F::zero()); rows];
     let inv_d = F::c(1.0 / d as f64);
     let row = |(i, (yr, st)): (usize, (&mut [F], &mut (F, F)))| {
@@ -86,7 +87,7 @@ pub fn norm_backward<F: CpuFloat>(
     let (xv, gv) = (contiguous(x.0, x.1), contiguous(g.0, g.1));
     let d = x.1.shape().last().copied().unwrap_or(1).max(1);
     let inv_d = F::c(1.0 / d as f64);
-    let mut dx = vec![F::zero(); xv.len()];
+    let mut dx = pool::take(xv.len());
     // Each worker accumulates its own dw/db partial sums over the rows it handles.
     let zero = || (vec![F::zero(); d], vec![F::zero(); d]);
     let row = |mut acc: (Vec<F>, Vec<F>), (i, dxr): (usize, &mut [F])| {

@@ -1,6 +1,7 @@
 //! Softmax and log-softmax over the last dim, forward and backward.
 
 use super::float::CpuFloat;
+use super::pool;
 use super::strided::{contiguous, PARALLEL_CUTOFF};
 use crate::layout::Layout;
 use rayon::prelude::*;
@@ -25,7 +26,7 @@ fn last_dim(l: &Layout) -> usize {
 pub fn softmax_last<F: CpuFloat>(x: &[F], l: &Layout, log: bool) -> Vec<F> {
     let x = contiguous(x, l);
     let d = last_dim(l);
-    let mut out = vec![F::zero(); x.len()];
+    let mut out = pool::take(x.len());
     for_rows(&mut out, d, |i, o| {
         let row = &x[i * d..(i + 1) * d];
         let max = row.iter().copied().fold(F::neg_infinity(), F::max);
@@ -54,7 +55,7 @@ pub fn softmax_last_backward<F: CpuFloat>(
 ) -> Vec<F> {
     let (yv, gv) = (contiguous(y.0, y.1), contiguous(g.0, g.1));
     let d = last_dim(y.1);
-    let mut out = vec![F::zero(); yv.len()];
+    let mut out = pool::take(yv.len());
     for_rows(&mut out, d, |i, o| {
         let (y, g) = (&yv[i * d..(i + 1) * d], &gv[i * d..(i + 1) * d]);
         if log {

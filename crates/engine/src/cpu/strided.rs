@@ -115,7 +115,7 @@ pub fn fill_runs<T: Send, const N: usize>(
 }
 
 /// A contiguous copy of the strided view `(shape, strides, offset)` of `src`.
-pub fn gather_view<T: Copy + Send + Sync + Default>(
+pub fn gather_view<T: super::pool::Poolable>(
     src: &[T],
     shape: &[usize],
     strides: &[usize],
@@ -126,7 +126,7 @@ pub fn gather_view<T: Copy + Send + Sync + Default>(
     if runs.count() == 1 && runs.inner[0] == 1 {
         return src[offset..offset + n].to_vec();
     }
-    let mut out = vec![T::default(); n];
+    let mut out = super::pool::take(n);
     fill_runs(&mut out, &runs, |o, [s]| {
         let st = runs.inner[0];
         for (i, v) in o.iter_mut().enumerate() {
@@ -137,7 +137,7 @@ pub fn gather_view<T: Copy + Send + Sync + Default>(
 }
 
 /// The view's values in row-major order, borrowed when already contiguous.
-pub fn contiguous<'a, T: Copy + Send + Sync + Default>(
+pub fn contiguous<'a, T: super::pool::Poolable>(
     x: &'a [T],
     l: &crate::layout::Layout,
 ) -> std::borrow::Cow<'a, [T]> {
@@ -161,9 +161,9 @@ mod tests {
     fn long_strided_runs_are_split_into_pieces_correctly() {
         // Every other element of two rows of 140,000: runs of 70,000 with stride 2,
         // long enough to be cut into pieces and shared among threads.
-        let src: Vec<u32> = (0..280_003).collect();
+        let src: Vec<i64> = (0..280_003).collect();
         let got = gather_view(&src, &[2, 70_000], &[140_000, 2], 3);
-        let want: Vec<u32> = (0..2)
+        let want: Vec<i64> = (0..2)
             .flat_map(|r| (0..70_000).map(move |c| 3 + r * 140_000 + 2 * c))
             .collect();
         assert_eq!(got, want);
@@ -171,7 +171,7 @@ mod tests {
 
     #[test]
     fn transposed_view_reads_every_element_once() {
-        let src: Vec<i32> = (0..6).collect();
+        let src: Vec<i64> = (0..6).collect();
         // [2, 3] stored, read as its transpose [3, 2].
         assert_eq!(
             gather_view(&src, &[3, 2], &[1, 3], 0),
