@@ -2,7 +2,7 @@
 //! reference the CUDA kernels are tested against. Each (batch, head) pair is computed
 //! with `gemm` on the strided views directly, in parallel across pairs.
 
-use super::float::CpuFloat;
+use super::float::{max_lanes, sum_lanes, CpuFloat};
 use super::matmul::{batch_offsets, gemm_into, GemmArgs};
 use super::pool;
 use crate::backend::AttentionSpec;
@@ -94,13 +94,11 @@ pub fn attention<F: CpuFloat>(
         .for_each(|(i, (o, l))| {
             let mut p = scores(&q, &k, i, spec);
             for (row, l) in p.chunks_mut(tk.max(1)).zip(l.iter_mut()) {
-                let max = row.iter().copied().fold(F::neg_infinity(), F::max);
-                let mut sum = F::zero();
-                row.iter_mut().for_each(|x| {
-                    *x = (*x - max).exp();
-                    sum = sum + *x;
-                });
-                row.iter_mut().for_each(|x| *x = *x / sum);
+                let max = max_lanes(row);
+                row.iter_mut().for_each(|x| *x = (*x - max).exp_v());
+                let sum = sum_lanes(row.iter().copied());
+                let inv = sum.recip();
+                row.iter_mut().for_each(|x| *x = *x * inv);
                 *l = max + sum.ln();
             }
             product(
@@ -160,7 +158,7 @@ pub fn attention_backward<F: CpuFloat>(
         .for_each(|(i, ((dq, dk), dvo))| {
             let mut p = scores(&q, &k, i, spec);
             for (row, &l) in p.chunks_mut(tk).zip(&lse[i * tq..(i + 1) * tq]) {
-                row.iter_mut().for_each(|x| *x = (*x - l).exp());
+                row.iter_mut().for_each(|x| *x = (*x - l).exp_v());
             }
             let dout = (g.at(i), g.strides);
             product(dvo, (&p, (1, tk)), dout, (tk, tq, dv), F::one());

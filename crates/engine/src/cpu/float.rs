@@ -53,6 +53,28 @@ impl CpuFloat for f64 {
     }
 }
 
+/// Σ of the values with eight running partial sums: the loop vectorises (a single
+/// running sum waits on each addition's latency), and rounding error grows with n/8
+/// rather than n.
+#[inline(always)]
+pub fn sum_lanes<F: CpuFloat>(values: impl Iterator<Item = F>) -> F {
+    let mut lanes = [F::zero(); 8];
+    for (i, v) in values.enumerate() {
+        lanes[i % 8] = lanes[i % 8] + v;
+    }
+    lanes.iter().copied().sum()
+}
+
+/// max of the values, eight lanes at a time (see [`sum_lanes`]); −∞ when empty.
+#[inline(always)]
+pub fn max_lanes<F: CpuFloat>(values: &[F]) -> F {
+    let mut lanes = [F::neg_infinity(); 8];
+    for (i, &v) in values.iter().enumerate() {
+        lanes[i % 8] = lanes[i % 8].max(v);
+    }
+    lanes.iter().copied().fold(F::neg_infinity(), F::max)
+}
+
 use super::CpuStorage;
 use crate::backend::BackendStorage;
 use crate::{

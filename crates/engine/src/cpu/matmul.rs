@@ -10,6 +10,10 @@ use rayon::prelude::*;
 /// products; above it, each product uses every thread.
 const PER_PRODUCT_PARALLEL_FLOPS: usize = 1 << 22;
 
+/// Products whose inner dimension is this many times their larger output dimension are
+/// parallelised over the inner dimension (see `split_k_product`).
+const SPLIT_K_RATIO: usize = 8;
+
 /// One `m×k · k×n` product described by storage offsets and strides.
 #[derive(Clone, Copy)]
 pub struct GemmArgs {
@@ -108,12 +112,17 @@ pub fn matmul<F: CpuFloat>(a: &[F], la: &Layout, b: &[F], lb: &Layout) -> Vec<F>
     let one = |(i, dst): (usize, &mut [F]), threads| {
         gemm_into(dst, n, &a[oa[i]..], &b[ob[i]..], g, F::one(), threads);
     };
-    if 2 * m * n * k < PER_PRODUCT_PARALLEL_FLOPS && oa.len() > 1 {
+    let flops = 2 * m * n * k;
+    if flops < PER_PRODUCT_PARALLEL_FLOPS && oa.len() > 1 {
         out.par_chunks_mut(m * n)
             .enumerate()
             .for_each(|p| one(p, gemm::Parallelism::None));
+    } else if flops >= PER_PRODUCT_PARALLEL_FLOPS && k >= SPLIT_K_RATIO * m.max(n) {
+        for (i, dst) in out.chunks_mut(m * n).enumerate() {
+            split_k_product(dst, &a[oa[i]..], &b[ob[i]..], g);
+        }
     } else {
-        let threads = if 2 * m * n * k < PER_PRODUCT_PARALLEL_FLOPS {
+        let threads = if flops < PER_PRODUCT_PARALLEL_FLOPS {
             gemm::Parallelism::None
         } else {
             gemm::Parallelism::Rayon(0)
@@ -123,4 +132,37 @@ pub fn matmul<F: CpuFloat>(a: &[F], la: &Layout, b: &[F], lb: &Layout) -> Vec<F>
             .for_each(|p| one(p, threads));
     }
     out
+}
+
+/// A product with a long inner dimension and a small output (a weight gradient,
+/// `gᵀ·x` summed over every token): threads split the inner dimension, each computes
+/// a partial product on its own, and the partials are added. Splitting the small
+/// output instead, as a plain parallel product does, leaves threads short of work.
+fn split_k_product<F: CpuFloat>(dst: &mut [F], lhs: &[F], rhs: &[F], g: GemmArgs) {
+    let parts = rayon::current_num_threads().clamp(1, g.k);
+    let step = g.k.div_ceil(parts);
+    let partials: Vec<Vec<F>> = (0..parts)
+        .into_par_iter()
+        .map(|p| {
+            let (k0, k1) = (p * step, ((p + 1) * step).min(g.k));
+            let mut part = pool::take(g.m * g.n);
+            let sub = GemmArgs { k: k1 - k0, ..g };
+            let (lhs, rhs) = (&lhs[k0 * g.lhs_strides.1..], &rhs[k0 * g.rhs_strides.0..]);
+            gemm_into(
+                &mut part,
+                g.n,
+                lhs,
+                rhs,
+                sub,
+                F::one(),
+                gemm::Parallelism::None,
+            );
+            part
+        })
+        .collect();
+    dst.copy_from_slice(&partials[0]);
+    for part in &partials[1..] {
+        dst.iter_mut().zip(part).for_each(|(d, &p)| *d = *d + p);
+    }
+    partials.into_iter().for_each(pool::give);
 }

@@ -1,6 +1,6 @@
 //! Layer norm and RMS norm over the last dim, forward and backward.
 
-use super::float::CpuFloat;
+use super::float::{sum_lanes, CpuFloat};
 use super::pool;
 use super::strided::{contiguous, PARALLEL_CUTOFF};
 use crate::backend::NormSpec;
@@ -30,9 +30,9 @@ pub fn norm<F: CpuFloat>(
         let mean = if spec.rms {
             F::zero()
         } else {
-            xr.iter().copied().sum::<F>() * inv_d
+            sum_lanes(xr.iter().copied()) * inv_d
         };
-        let var = xr.iter().map(|&v| (v - mean) * (v - mean)).sum::<F>() * inv_d;
+        let var = sum_lanes(xr.iter().map(|&v| (v - mean) * (v - mean))) * inv_d;
         let rstd = (var + F::c(spec.eps)).sqrt().recip();
         for k in 0..d {
             let mut v = (xr[k] - mean) * rstd;

@@ -1,6 +1,14 @@
 //! Reductions (sum, max, min) over any set of dims.
+//!
+//! A contiguous input whose reduced dims sit next to each other is read in place as
+//! `[outer, reduced, inner]`: with `inner = 1` each output is the reduction of one
+//! contiguous row; otherwise whole rows of `inner` values are combined into the output
+//! row (vectorised, memory read in order), which covers bias gradients (`[N, D] → [D]`)
+//! and broadcast gradients (`[B, T, D] → [B, 1, D]`). Other layouts are first gathered
+//! into that order.
 
-use super::float::CpuFloat;
+use super::float::{sum_lanes, CpuFloat};
+use super::pool;
 use super::strided::{gather_view, PARALLEL_CUTOFF};
 use crate::backend::ReduceOp;
 use crate::layout::Layout;
@@ -14,47 +22,44 @@ fn identity<F: CpuFloat>(op: ReduceOp) -> F {
     }
 }
 
-#[inline]
-fn combine<F: CpuFloat>(op: ReduceOp, a: F, b: F) -> F {
-    match op {
-        ReduceOp::Sum => a + b,
-        // NaN propagates, as in PyTorch.
-        ReduceOp::Max => {
-            if a > b || a.is_nan() {
-                a
-            } else {
-                b
-            }
-        }
-        ReduceOp::Min => {
-            if a < b || a.is_nan() {
-                a
-            } else {
-                b
-            }
-        }
+/// max and min that propagate NaN, as PyTorch's do.
+#[inline(always)]
+fn max_nan<F: CpuFloat>(a: F, b: F) -> F {
+    if a > b || a.is_nan() {
+        a
+    } else {
+        b
     }
 }
 
-/// Σ with eight running partial sums: the loop vectorises, and rounding error grows
-/// with n/8 rather than n.
-fn sum_slice<F: CpuFloat>(x: &[F]) -> F {
-    let mut lanes = [F::zero(); 8];
-    let chunks = x.chunks_exact(8);
-    let tail: F = chunks.remainder().iter().copied().sum();
-    for c in chunks {
-        for (l, &v) in lanes.iter_mut().zip(c) {
-            *l = *l + v;
-        }
+#[inline(always)]
+fn min_nan<F: CpuFloat>(a: F, b: F) -> F {
+    if a < b || a.is_nan() {
+        a
+    } else {
+        b
     }
-    lanes.iter().copied().sum::<F>() + tail
 }
 
-fn reduce_slice<F: CpuFloat>(op: ReduceOp, x: &[F]) -> F {
-    match op {
-        ReduceOp::Sum => sum_slice(x),
-        _ => x.iter().fold(identity(op), |a, &b| combine(op, a, b)),
-    }
+/// Runs `$body` with `$combine` bound to `op`'s combining function, so that each op's
+/// loop is compiled on its own.
+macro_rules! with_combine {
+    ($op:expr, |$combine:ident| $body:expr) => {
+        match $op {
+            ReduceOp::Sum => {
+                let $combine = |a: F, b: F| a + b;
+                $body
+            }
+            ReduceOp::Max => {
+                let $combine = max_nan::<F>;
+                $body
+            }
+            ReduceOp::Min => {
+                let $combine = min_nan::<F>;
+                $body
+            }
+        }
+    };
 }
 
 /// `op` over `dims` (sorted) of the view; output in keep-dim shape, contiguous.
@@ -66,49 +71,116 @@ pub fn reduce<F: CpuFloat>(x: &[F], layout: &Layout, dims: &[usize], op: ReduceO
     if n_red == 0 || n_out == 0 {
         return vec![identity(op); n_out];
     }
-    let is_prefix = dims.iter().enumerate().all(|(i, &d)| i == d);
-    if let (true, Some(range)) = (is_prefix, layout.contiguous_range()) {
-        return reduce_leading(op, &x[range], n_red, n_out);
-    }
-    let order: Vec<usize> = kept.iter().chain(dims).copied().collect();
-    let view = layout.permute(&order);
-    match view.contiguous_range() {
-        Some(range) => reduce_rows(op, &x[range], n_red),
-        None => {
+    let block = reduced_block(shape, dims);
+    match (block, layout.contiguous_range()) {
+        (Some((outer, inner)), Some(range)) => reduce_blocks(op, &x[range], outer, n_red, inner),
+        _ => {
+            // Gather into [kept..., reduced...] order: one block with inner = 1.
+            let order: Vec<usize> = kept.iter().chain(dims).copied().collect();
+            let view = layout.permute(&order);
             let data = gather_view(x, view.shape(), view.strides(), view.offset());
-            reduce_rows(op, &data, n_red)
+            reduce_blocks(op, &data, n_out, n_red, 1)
         }
     }
 }
 
-/// Each consecutive row of `row_len` elements reduced to one value.
-fn reduce_rows<F: CpuFloat>(op: ReduceOp, x: &[F], row_len: usize) -> Vec<F> {
-    if x.len() >= PARALLEL_CUTOFF && x.len() / row_len > 1 {
-        x.par_chunks(row_len).map(|r| reduce_slice(op, r)).collect()
-    } else {
-        x.chunks(row_len).map(|r| reduce_slice(op, r)).collect()
-    }
+/// (outer, inner) sizes when the reduced dims (ignoring size-1 dims) are consecutive.
+fn reduced_block(shape: &[usize], dims: &[usize]) -> Option<(usize, usize)> {
+    let spans: Vec<usize> = dims.iter().copied().filter(|&d| shape[d] != 1).collect();
+    let (first, last) = match (spans.first(), spans.last()) {
+        (Some(&f), Some(&l)) => (f, l),
+        _ => return Some((shape.iter().product(), 1)),
+    };
+    let gap = (first..=last).any(|d| shape[d] != 1 && !dims.contains(&d));
+    (!gap).then(|| {
+        let outer = shape[..first].iter().product();
+        let inner = shape[last + 1..].iter().product();
+        (outer, inner)
+    })
 }
 
-/// `x` as `[n_red, n_out]` reduced over its first dim: rows accumulate into the output,
-/// which reads memory in order (bias gradients are this shape).
-fn reduce_leading<F: CpuFloat>(op: ReduceOp, x: &[F], n_red: usize, n_out: usize) -> Vec<F> {
-    let accumulate = |cols: std::ops::Range<usize>, out: &mut [F]| {
-        out.fill(identity(op));
-        for row in x.chunks(n_out).take(n_red) {
-            for (o, &v) in out.iter_mut().zip(&row[cols.clone()]) {
-                *o = combine(op, *o, v);
+/// `x` as `[outer, red, inner]` reduced over its middle dim → `[outer, inner]`.
+fn reduce_blocks<F: CpuFloat>(
+    op: ReduceOp,
+    x: &[F],
+    outer: usize,
+    red: usize,
+    inner: usize,
+) -> Vec<F> {
+    let mut out = pool::take(outer * inner);
+    let parallel = x.len() >= PARALLEL_CUTOFF;
+    with_combine!(op, |combine| {
+        if inner == 1 {
+            let row = |(o, r): (&mut F, &[F])| {
+                *o = match op {
+                    ReduceOp::Sum => sum_lanes(r.iter().copied()),
+                    _ => r.iter().copied().fold(identity(op), combine),
+                }
+            };
+            match parallel {
+                true => out.par_iter_mut().zip(x.par_chunks(red)).for_each(row),
+                false => out.iter_mut().zip(x.chunks(red)).for_each(row),
+            }
+        } else {
+            // Each output row accumulates `red` input rows; large single blocks are
+            // split by columns so that both threads work.
+            let cols = if outer == 1 && parallel {
+                (inner / rayon::current_num_threads().max(1)).max(1024)
+            } else {
+                inner
+            };
+            let accumulate = |(i, o): (usize, &mut [F])| {
+                let (block, col0) = (i * cols / inner, i * cols % inner);
+                o.fill(identity(op));
+                let width = o.len();
+                for r in 0..red {
+                    let start = (block * red + r) * inner + col0;
+                    for (o, &v) in o.iter_mut().zip(&x[start..start + width]) {
+                        *o = combine(*o, v);
+                    }
+                }
+            };
+            match parallel {
+                true => out.par_chunks_mut(cols).enumerate().for_each(accumulate),
+                false => out.chunks_mut(cols).enumerate().for_each(accumulate),
             }
         }
-    };
-    let mut out = vec![F::zero(); n_out];
-    let block = 1024.max(n_out / rayon::current_num_threads().max(1));
-    if x.len() >= PARALLEL_CUTOFF && n_out > block {
-        out.par_chunks_mut(block)
-            .enumerate()
-            .for_each(|(i, o)| accumulate(i * block..i * block + o.len(), o));
-    } else {
-        accumulate(0..n_out, &mut out);
-    }
+    });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reference: a plain loop over `[outer, red, inner]`.
+    fn naive_sum(x: &[f64], outer: usize, red: usize, inner: usize) -> Vec<f64> {
+        let mut out = vec![0.0; outer * inner];
+        for o in 0..outer {
+            for r in 0..red {
+                for i in 0..inner {
+                    out[o * inner + i] += x[(o * red + r) * inner + i];
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn large_blocks_reduce_like_a_plain_loop_on_every_path() {
+        // (outer, red, inner): middle dims, leading dims split by columns, last dims.
+        for (outer, red, inner) in [(3, 50, 700), (1, 40, 1500), (1, 40_000, 3), (900, 40, 1)] {
+            let x: Vec<f64> = (0..outer * red * inner)
+                .map(|i| ((i * 7919) % 1000) as f64)
+                .collect();
+            let got = reduce_blocks(ReduceOp::Sum, &x, outer, red, inner);
+            assert_eq!(
+                got,
+                naive_sum(&x, outer, red, inner),
+                "{outer}×{red}×{inner}"
+            );
+            let max = reduce_blocks(ReduceOp::Max, &x, outer, red, inner);
+            assert!(max.iter().all(|&m| m <= 999.0));
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! Softmax and log-softmax over the last dim, forward and backward.
 
-use super::float::CpuFloat;
+use super::float::{max_lanes, sum_lanes, CpuFloat};
 use super::pool;
 use super::strided::{contiguous, PARALLEL_CUTOFF};
 use crate::layout::Layout;
@@ -29,12 +29,11 @@ pub fn softmax_last<F: CpuFloat>(x: &[F], l: &Layout, log: bool) -> Vec<F> {
     let mut out = pool::take(x.len());
     for_rows(&mut out, d, |i, o| {
         let row = &x[i * d..(i + 1) * d];
-        let max = row.iter().copied().fold(F::neg_infinity(), F::max);
-        let mut sum = F::zero();
-        for (o, &v) in o.iter_mut().zip(row) {
-            *o = (v - max).exp();
-            sum = sum + *o;
-        }
+        let max = max_lanes(row);
+        o.iter_mut()
+            .zip(row)
+            .for_each(|(o, &v)| *o = (v - max).exp_v());
+        let sum = sum_lanes(o.iter().copied());
         if log {
             let lse = max + sum.ln();
             o.iter_mut().zip(row).for_each(|(o, &v)| *o = v - lse);
@@ -59,12 +58,12 @@ pub fn softmax_last_backward<F: CpuFloat>(
     for_rows(&mut out, d, |i, o| {
         let (y, g) = (&yv[i * d..(i + 1) * d], &gv[i * d..(i + 1) * d]);
         if log {
-            let s: F = g.iter().copied().sum();
+            let s = sum_lanes(g.iter().copied());
             for k in 0..d {
-                o[k] = g[k] - y[k].exp() * s;
+                o[k] = g[k] - y[k].exp_v() * s;
             }
         } else {
-            let s: F = y.iter().zip(g).map(|(&y, &g)| y * g).sum();
+            let s = sum_lanes(y.iter().zip(g).map(|(&y, &g)| y * g));
             for k in 0..d {
                 o[k] = y[k] * (g[k] - s);
             }
