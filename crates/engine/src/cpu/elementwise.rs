@@ -2,6 +2,7 @@
 //! selection by mask.
 
 use super::float::CpuFloat;
+use super::isa;
 use super::pool::{self, Poolable};
 use super::strided::{fill_runs, Runs};
 use crate::backend::{BinaryOp, CmpOp, UnaryOp};
@@ -97,28 +98,33 @@ pub fn unary_derivative<F: CpuFloat>(op: UnaryOp, x: F) -> F {
 pub fn map<F: CpuFloat, O: Poolable>(
     x: &[F],
     layout: &Layout,
-    f: impl Fn(F) -> O + Sync,
+    f: impl Fn(F) -> O + Sync + Copy,
 ) -> Vec<O> {
     let runs = Runs::new(layout.shape(), [(layout.strides(), layout.offset())]);
     let mut out = pool::take(layout.elem_count());
-    fill_runs(&mut out, &runs, |o, [s]| match runs.inner[0] {
-        1 => {
-            let n = o.len();
-            o.iter_mut().zip(&x[s..s + n]).for_each(|(o, &x)| *o = f(x))
-        }
-        st => o
-            .iter_mut()
-            .enumerate()
-            .for_each(|(i, o)| *o = f(x[s + i * st])),
+    let stride = runs.inner[0];
+    fill_runs(&mut out, &runs, |o, [s]| {
+        isa::dispatch(|(o, x)| map_run(o, x, stride, f), (o, &x[s..]))
     });
     out
 }
 
-/// `f` applied to pairs of elements of two views of the same shape; contiguous output.
+/// One run of [`map`]: `o[i] = f(x[i·stride])`.
+#[inline(always)]
+fn map_run<F: CpuFloat, O>(o: &mut [O], x: &[F], stride: usize, f: impl Fn(F) -> O) {
+    match stride {
+        1 => o.iter_mut().zip(x).for_each(|(o, &x)| *o = f(x)),
+        st => o
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, o)| *o = f(x[i * st])),
+    }
+}
+
 pub fn zip_map<F: CpuFloat, O: Poolable>(
     a: (&[F], &Layout),
     b: (&[F], &Layout),
-    f: impl Fn(F, F) -> O + Sync,
+    f: impl Fn(F, F) -> O + Sync + Copy,
 ) -> Vec<O> {
     let (la, lb) = (a.1, b.1);
     let runs = Runs::new(
@@ -126,35 +132,46 @@ pub fn zip_map<F: CpuFloat, O: Poolable>(
         [(la.strides(), la.offset()), (lb.strides(), lb.offset())],
     );
     let mut out = pool::take(la.elem_count());
+    let strides = runs.inner;
     fill_runs(&mut out, &runs, |o, [sa, sb]| {
-        let n = o.len();
-        match runs.inner {
-            [1, 1] => {
-                let (x, y) = (&a.0[sa..sa + n], &b.0[sb..sb + n]);
-                for i in 0..n {
-                    o[i] = f(x[i], y[i]);
-                }
-            }
-            [1, 0] => {
-                let y = b.0[sb];
-                o.iter_mut()
-                    .zip(&a.0[sa..sa + n])
-                    .for_each(|(o, &x)| *o = f(x, y));
-            }
-            [0, 1] => {
-                let x = a.0[sa];
-                o.iter_mut()
-                    .zip(&b.0[sb..sb + n])
-                    .for_each(|(o, &y)| *o = f(x, y));
-            }
-            [ta, tb] => {
-                for (i, o) in o.iter_mut().enumerate() {
-                    *o = f(a.0[sa + i * ta], b.0[sb + i * tb]);
-                }
-            }
-        }
+        let args = (o, &a.0[sa..], &b.0[sb..]);
+        isa::dispatch(|(o, x, y)| zip_run(o, x, y, strides, f), args)
     });
     out
+}
+
+/// One run of [`zip_map`]: `o[i] = f(x[i·sx], y[i·sy])`, with the common stride
+/// patterns (contiguous, one side broadcast) as loops of their own.
+#[inline(always)]
+fn zip_run<F: CpuFloat, O>(
+    o: &mut [O],
+    x: &[F],
+    y: &[F],
+    [sx, sy]: [usize; 2],
+    f: impl Fn(F, F) -> O,
+) {
+    let n = o.len();
+    match (sx, sy) {
+        (1, 1) => {
+            let (x, y) = (&x[..n], &y[..n]);
+            for i in 0..n {
+                o[i] = f(x[i], y[i]);
+            }
+        }
+        (1, 0) => o
+            .iter_mut()
+            .zip(&x[..n])
+            .for_each(|(o, &x)| *o = f(x, y[0])),
+        (0, 1) => o
+            .iter_mut()
+            .zip(&y[..n])
+            .for_each(|(o, &y)| *o = f(x[0], y)),
+        (sx, sy) => {
+            for (i, o) in o.iter_mut().enumerate() {
+                *o = f(x[i * sx], y[i * sy]);
+            }
+        }
+    }
 }
 
 /// Runs `$body` with the constant `$O` set to `$op`'s variant, for the variants without

@@ -9,6 +9,7 @@ mod elementwise;
 mod fastmath;
 mod float;
 mod index;
+mod isa;
 mod matmul;
 mod norm;
 mod pool;
