@@ -27,6 +27,14 @@ fn matmul_shape_mismatch_names_both_shapes() {
 }
 
 #[test]
+fn linear_shape_mismatch_names_the_shapes() {
+    let msg = error_of(zeros(&[2, 3]).linear(&zeros(&[4, 5]), None));
+    assert_names(&msg, &["linear", "[2, 3]", "[4, 5]"]);
+    let msg = error_of(zeros(&[2, 3]).linear(&zeros(&[4, 3]), Some(&zeros(&[5]))));
+    assert_names(&msg, &["linear", "[4, 3]", "[5]"]);
+}
+
+#[test]
 fn broadcast_mismatch_names_both_shapes() {
     let msg = error_of(zeros(&[2, 3]).add(&zeros(&[4, 3])));
     assert_names(&msg, &["add", "[2, 3]", "[4, 3]"]);

@@ -357,6 +357,37 @@ proptest! {
         assert_close(&format!("matmul {case:?}"), &vals(&got), &want, tol)?;
     }
 
+    /// The linear layer (`x·wᵀ + b`, the bias added by the product's kernel) on 2-D and
+    /// batched inputs, against a plain loop; long inner dims take the split-k path.
+    #[test]
+    fn forward_linear_matches_reference(
+        lead in prop::collection::vec(1usize..=5, 1..=2),
+        (k, n) in prop_oneof![3 => (1usize..=40, 1usize..=40), 1 => Just((8192, 16))],
+        with_bias in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let rows: usize = lead.iter().product();
+        let sx = [lead.as_slice(), &[k]].concat();
+        let (x, w, b) = (randn_vec(seed, &sx), randn_vec(seed ^ 1, &[n, k]), randn_vec(seed ^ 2, &[n]));
+        let bias = with_bias.then(|| tensor(&b, &[n], DType::F64));
+        let got = tensor(&x, &sx, DType::F64)
+            .linear(&tensor(&w, &[n, k], DType::F64), bias.as_ref())
+            .unwrap();
+        let want_shape = [lead.as_slice(), &[n]].concat();
+        prop_assert_eq!(got.shape(), want_shape.as_slice());
+        let mut want = vec![0.0; rows * n];
+        let mut scale = vec![0.0; rows * n];
+        for r in 0..rows {
+            for j in 0..n {
+                let terms = (0..k).map(|i| x[r * k + i] * w[j * k + i]);
+                let bias = if with_bias { b[j] } else { 0.0 };
+                want[r * n + j] = terms.clone().sum::<f64>() + bias;
+                scale[r * n + j] = terms.map(f64::abs).sum::<f64>() + bias.abs();
+            }
+        }
+        assert_close("linear", &vals(&got), &want, |_, i| 1e-12 * scale[i] + 1e-300)?;
+    }
+
     /// Softmax and log-softmax over the last dim, of contiguous tensors and permuted
     /// views, with large logits (stability), small and large (parallel) sizes, against
     /// the formula.

@@ -137,6 +137,33 @@ proptest! {
         if let Err(e) = r { prop_assert!(false, "{e} (a {sa:?} t={ta}, b {sb:?} t={tb})") }
     }
 
+    /// The linear layer's fused product and bias: 1-D, 2-D and batched inputs (the
+    /// batched, contiguous case is folded into one product), a transposed input, with
+    /// and without bias.
+    #[test]
+    fn gradcheck_linear(
+        lead in prop::collection::vec(1usize..=3, 0..=2),
+        (k, n) in (1usize..=4, 1usize..=4),
+        (with_bias, transposed) in (any::<bool>(), any::<bool>()),
+        seed in any::<u64>(),
+    ) {
+        let transposed = transposed && !lead.is_empty();
+        let sx = [lead.as_slice(), &[k]].concat();
+        let x = randn(seed, &if transposed { swapped(&sx) } else { sx.clone() });
+        let mut inputs = vec![x, randn(seed ^ 1, &[n, k])];
+        if with_bias {
+            inputs.push(randn(seed ^ 2, &[n]));
+        }
+        let r = check(
+            |v| {
+                let x = if transposed { v[0].t()? } else { v[0].clone() };
+                x.linear(&v[1], v.get(2))
+            },
+            &inputs,
+        );
+        if let Err(e) = r { prop_assert!(false, "{e} (x {sx:?} t={transposed}, n {n}, bias {with_bias})") }
+    }
+
     /// Reshape as a view of contiguous data and as a copy of a transposed view.
     #[test]
     fn gradcheck_reshape(

@@ -189,8 +189,16 @@ pub trait BackendStorage: Sized {
     fn reduce(&self, layout: &Layout, dims: &[usize], op: ReduceOp) -> Result<Self>;
 
     /// Batched matrix product of `[..., m, k]` and `[..., k, n]` views with equal batch
-    /// dims (broadcast batch dims arrive with stride 0).
-    fn matmul(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout) -> Result<Self>;
+    /// dims (broadcast batch dims arrive with stride 0), plus `bias` (a view broadcast
+    /// to the output's shape) when given: the bias is added by the product itself, not
+    /// by a separate pass.
+    fn matmul(
+        &self,
+        layout: &Layout,
+        rhs: &Self,
+        rhs_layout: &Layout,
+        bias: Option<(&Self, &Layout)>,
+    ) -> Result<Self>;
 
     /// Slices `ids` (i64, 1-D) along `dim`.
     fn index_select(

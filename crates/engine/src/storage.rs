@@ -124,9 +124,15 @@ impl BackendStorage for Storage {
         }
     }
 
-    fn matmul(&self, l: &Layout, rhs: &Self, rl: &Layout) -> Result<Self> {
+    fn matmul(
+        &self,
+        l: &Layout,
+        rhs: &Self,
+        rl: &Layout,
+        bias: Option<(&Self, &Layout)>,
+    ) -> Result<Self> {
         match self {
-            Storage::Cpu(c) => Ok(Storage::Cpu(c.matmul(l, cpu(rhs)?, rl)?)),
+            Storage::Cpu(c) => Ok(Storage::Cpu(c.matmul(l, cpu(rhs)?, rl, cpu_opt(bias)?)?)),
         }
     }
 

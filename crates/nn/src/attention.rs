@@ -49,10 +49,14 @@ impl SelfAttention {
     /// full-size gradients into the `[B, T, 3D]` output and adding them up.
     fn project(&self, x: &Tensor, i: usize, [b, t, d]: [usize; 3]) -> Result<Tensor> {
         let h = self.heads;
-        let mut y = x.matmul(&self.qkv.weight.narrow(0, i * d, d)?.t()?)?;
-        if let Some(bias) = &self.qkv.bias {
-            y = y.add(&bias.narrow(0, i * d, d)?)?;
-        }
+        let weight = self.qkv.weight.narrow(0, i * d, d)?;
+        let bias = self
+            .qkv
+            .bias
+            .as_ref()
+            .map(|b| b.narrow(0, i * d, d))
+            .transpose()?;
+        let y = x.linear(&weight, bias.as_ref())?;
         // [B, T, D] → [B, T, H, Dh] (a view) → [B, H, T, Dh] (a view, which the fused
         // attention reads in place).
         y.reshape(&[b, t, h, d / h])?.permute(&[0, 2, 1, 3])

@@ -52,6 +52,7 @@ fn product<F: CpuFloat>(
         k,
         lhs_strides,
         rhs_strides,
+        accumulate: false,
     };
     gemm_into(dst, n, lhs, rhs, g, beta, OneThread);
 }

@@ -3,6 +3,7 @@
 
 use super::float::CpuFloat;
 use super::pool;
+use super::strided::gather_view;
 use crate::layout::Layout;
 use rayon::prelude::*;
 
@@ -27,10 +28,13 @@ pub struct GemmArgs {
     pub lhs_strides: (usize, usize),
     /// (row stride, column stride) of the right operand.
     pub rhs_strides: (usize, usize),
+    /// Adds the product to the destination's values instead of overwriting them.
+    pub accumulate: bool,
 }
 
-/// `dst = beta·lhs·rhs` for a row-major `dst` with `dst_row_stride`. Panics (a bug in
-/// the caller, not reachable from user input) if the strides address beyond a slice.
+/// `dst = beta·lhs·rhs` (or `dst += beta·lhs·rhs` when `g.accumulate`) for a row-major
+/// `dst` with `dst_row_stride`. Panics (a bug in the caller, not reachable from user
+/// input) if the strides address beyond a slice.
 pub fn gemm_into<F: CpuFloat>(
     dst: &mut [F],
     dst_row_stride: usize,
@@ -61,7 +65,7 @@ pub fn gemm_into<F: CpuFloat>(
             dst.as_mut_ptr(),
             1,
             dst_row_stride as isize,
-            false,
+            g.accumulate,
             lhs.as_ptr(),
             g.lhs_strides.1 as isize,
             g.lhs_strides.0 as isize,
@@ -92,23 +96,36 @@ pub fn batch_offsets(layout: &Layout) -> Vec<usize> {
     offsets
 }
 
-/// Batched `[..., m, k] · [..., k, n]` with equal batch dims; contiguous output.
-pub fn matmul<F: CpuFloat>(a: &[F], la: &Layout, b: &[F], lb: &Layout) -> Vec<F> {
+/// Batched `[..., m, k] · [..., k, n]` with equal batch dims, plus an optional bias view
+/// of the output's shape; contiguous output.
+pub fn matmul<F: CpuFloat>(
+    a: &[F],
+    la: &Layout,
+    b: &[F],
+    lb: &Layout,
+    bias: Option<(&[F], &Layout)>,
+) -> Vec<F> {
     let r = la.rank();
     let (m, k, n) = (la.shape()[r - 2], la.shape()[r - 1], lb.shape()[r - 1]);
+    let (oa, ob) = (batch_offsets(la), batch_offsets(lb));
+    // The output starts as the bias (the product accumulates onto it) or as whatever
+    // the pool hands out (the product overwrites it).
+    let mut out = match bias {
+        Some((v, l)) => gather_view(v, l.shape(), l.strides(), l.offset()),
+        None if k == 0 => pool::take_zeroed(oa.len() * m * n),
+        None => pool::take(oa.len() * m * n),
+    };
+    if m * n == 0 || k == 0 {
+        return out;
+    }
     let g = GemmArgs {
         m,
         n,
         k,
         lhs_strides: (la.strides()[r - 2], la.strides()[r - 1]),
         rhs_strides: (lb.strides()[r - 2], lb.strides()[r - 1]),
+        accumulate: bias.is_some(),
     };
-    let (oa, ob) = (batch_offsets(la), batch_offsets(lb));
-    if m * n == 0 || k == 0 {
-        return pool::take_zeroed(oa.len() * m * n);
-    }
-    // Every element is written by the product (which does not read the destination).
-    let mut out = pool::take(oa.len() * m * n);
     let one = |(i, dst): (usize, &mut [F]), threads| {
         gemm_into(dst, n, &a[oa[i]..], &b[ob[i]..], g, F::one(), threads);
     };
@@ -140,13 +157,17 @@ pub fn matmul<F: CpuFloat>(a: &[F], la: &Layout, b: &[F], lb: &Layout) -> Vec<F>
 /// output instead, as a plain parallel product does, leaves threads short of work.
 fn split_k_product<F: CpuFloat>(dst: &mut [F], lhs: &[F], rhs: &[F], g: GemmArgs) {
     let parts = rayon::current_num_threads().clamp(1, g.k);
-    let step = g.k.div_ceil(parts);
     let partials: Vec<Vec<F>> = (0..parts)
         .into_par_iter()
         .map(|p| {
-            let (k0, k1) = (p * step, ((p + 1) * step).min(g.k));
+            // Balanced, never empty: parts ≤ k.
+            let (k0, k1) = (p * g.k / parts, (p + 1) * g.k / parts);
             let mut part = pool::take(g.m * g.n);
-            let sub = GemmArgs { k: k1 - k0, ..g };
+            let sub = GemmArgs {
+                k: k1 - k0,
+                accumulate: false,
+                ..g
+            };
             let (lhs, rhs) = (&lhs[k0 * g.lhs_strides.1..], &rhs[k0 * g.rhs_strides.0..]);
             gemm_into(
                 &mut part,
@@ -160,8 +181,10 @@ fn split_k_product<F: CpuFloat>(dst: &mut [F], lhs: &[F], rhs: &[F], g: GemmArgs
             part
         })
         .collect();
-    dst.copy_from_slice(&partials[0]);
-    for part in &partials[1..] {
+    if !g.accumulate {
+        dst.fill(F::zero());
+    }
+    for part in &partials {
         dst.iter_mut().zip(part).for_each(|(d, &p)| *d = *d + p);
     }
     partials.into_iter().for_each(pool::give);

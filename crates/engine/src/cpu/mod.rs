@@ -294,11 +294,21 @@ impl BackendStorage for CpuStorage {
         })
     }
 
-    fn matmul(&self, l: &Layout, rhs: &Self, rl: &Layout) -> Result<Self> {
-        let dt = same_dtype("matmul", &[self, rhs])?;
+    fn matmul(
+        &self,
+        l: &Layout,
+        rhs: &Self,
+        rl: &Layout,
+        bias: Option<(&Self, &Layout)>,
+    ) -> Result<Self> {
+        let mut operands = vec![self, rhs];
+        operands.extend(bias.map(|b| b.0));
+        let dt = same_dtype("matmul", &operands)?;
         dispatch_float!("matmul", self, |F| {
             let (a, b) = (F::view(self, "matmul")?, F::view(rhs, "matmul")?);
-            Ok(F::store(matmul::matmul(&a, l, &b, rl), dt))
+            let bias_values = bias.map(|(s, _)| F::view(s, "matmul")).transpose()?;
+            let bias = bias_values.as_deref().zip(bias.map(|(_, bl)| bl));
+            Ok(F::store(matmul::matmul(&a, l, &b, rl, bias), dt))
         })
     }
 

@@ -1,5 +1,6 @@
-//! Matrix products, 2-D and batched with broadcast batch dims; transposed operands are
-//! read in place through their strides.
+//! Matrix products, 2-D and batched with broadcast batch dims, and the linear layer's
+//! product with its bias added by the same kernel; transposed operands are read in
+//! place through their strides.
 
 use super::{check_float, check_same};
 use crate::backend::BackendStorage;
@@ -8,50 +9,91 @@ use crate::layout::broadcast_shapes;
 use crate::Tensor;
 
 impl Tensor {
+    /// `self · rhs` for `[..., m, k] · [..., k, n]`; batch dims broadcast.
+    pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.product("matmul", rhs, None)
+    }
+
+    /// A linear layer, `self · weightᵀ + bias`, for `self` `[..., k]`, `weight` `[n, k]`
+    /// (PyTorch's layout) and `bias` `[n]`. The bias is added by the product's kernel
+    /// (as PyTorch's `addmm`), not by a separate pass over the output.
+    pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let k = self.shape().last().copied();
+        let fits = weight.rank() == 2
+            && k == Some(weight.shape()[1])
+            && bias.is_none_or(|b| b.shape() == [weight.shape()[0]]);
+        if !fits {
+            let mut shapes = vec![self.shape(), weight.shape()];
+            shapes.extend(bias.map(|b| b.shape()));
+            return Err(Error::shapes("linear", &shapes));
+        }
+        match self.rank() {
+            1 => self
+                .unsqueeze(0)?
+                .product("linear", &weight.t()?, bias)?
+                .squeeze(0),
+            _ => self.product("linear", &weight.t()?, bias),
+        }
+    }
+
     /// `[..., m, k] · [k, n]` as one `[(...)·m, k] · [k, n]` product (a linear layer):
     /// one large product instead of many small ones, and in the backward the weight
     /// gradient comes out summed over the batch by the product itself.
-    fn matmul_folded(&self, rhs: &Tensor) -> Result<Tensor> {
+    fn product_folded(
+        &self,
+        name: &'static str,
+        rhs: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (lead, k) = self.shape().split_at(self.rank() - 1);
         let rows = lead.iter().product();
-        let out = self.reshape(&[rows, k[0]])?.matmul(rhs)?;
+        let out = self.reshape(&[rows, k[0]])?.product(name, rhs, bias)?;
         out.reshape(&[lead, &[rhs.shape()[1]]].concat())
     }
 
-    /// `self · rhs` for `[..., m, k] · [..., k, n]`; batch dims broadcast.
-    pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
-        check_float("matmul", self)?;
-        check_same("matmul", &[self, rhs])?;
+    /// `self · rhs (+ bias)`, the op behind [`Tensor::matmul`] and [`Tensor::linear`].
+    fn product(&self, name: &'static str, rhs: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        check_float(name, self)?;
+        let mut operands = vec![self, rhs];
+        operands.extend(bias);
+        check_same(name, &operands)?;
         let (a, b) = (self.shape(), rhs.shape());
         let (ra, rb) = (a.len(), b.len());
         if ra < 2 || rb < 2 || a[ra - 1] != b[rb - 2] {
-            return Err(Error::shapes("matmul", &[a, b]));
+            return Err(Error::shapes(name, &[a, b]));
         }
-        let batch = broadcast_shapes("matmul", &a[..ra - 2], &b[..rb - 2])
-            .map_err(|_| Error::shapes("matmul", &[a, b]))?;
+        let batch = broadcast_shapes(name, &a[..ra - 2], &b[..rb - 2])
+            .map_err(|_| Error::shapes(name, &[a, b]))?;
         if rb == 2 && ra > 2 && self.is_contiguous() {
-            return self.matmul_folded(rhs);
+            return self.product_folded(name, rhs, bias);
         }
         let with = |tail: &[usize]| [batch.as_slice(), tail].concat();
-        let la = self.layout().broadcast_to("matmul", &with(&a[ra - 2..]))?;
-        let lb = rhs.layout().broadcast_to("matmul", &with(&b[rb - 2..]))?;
-        let s = self.storage().matmul(&la, &rhs.storage(), &lb)?;
+        let la = self.layout().broadcast_to(name, &with(&a[ra - 2..]))?;
+        let lb = rhs.layout().broadcast_to(name, &with(&b[rb - 2..]))?;
         let shape = with(&[a[ra - 2], b[rb - 1]]);
-        Ok(Tensor::from_op(
-            "matmul",
-            s,
-            &shape,
-            &[self, rhs],
-            |x, _, g| {
-                let (a, b) = (&x[0], &x[1]);
-                let ga = a
-                    .requires_grad()
-                    .then(|| g.matmul(&b.t()?)?.sum_to_shape(a.shape()));
-                let gb = b
-                    .requires_grad()
-                    .then(|| a.t()?.matmul(g)?.sum_to_shape(b.shape()));
-                Ok(vec![ga.transpose()?, gb.transpose()?])
-            },
-        ))
+        let lbias = bias
+            .map(|t| t.layout().broadcast_to(name, &shape))
+            .transpose()?;
+        let bias_storage = bias.map(|t| t.storage());
+        let bias_view = bias_storage.as_deref().zip(lbias.as_ref());
+        let s = self.storage().matmul(&la, &rhs.storage(), &lb, bias_view)?;
+        Ok(Tensor::from_op(name, s, &shape, &operands, |x, _, g| {
+            let (a, b) = (&x[0], &x[1]);
+            let ga = a
+                .requires_grad()
+                .then(|| g.matmul(&b.t()?)?.sum_to_shape(a.shape()));
+            let gb = b
+                .requires_grad()
+                .then(|| a.t()?.matmul(g)?.sum_to_shape(b.shape()));
+            let mut grads = vec![ga.transpose()?, gb.transpose()?];
+            if let Some(bias) = x.get(2) {
+                grads.push(
+                    bias.requires_grad()
+                        .then(|| g.sum_to_shape(bias.shape()))
+                        .transpose()?,
+                );
+            }
+            Ok(grads)
+        }))
     }
 }
