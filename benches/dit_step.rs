@@ -92,7 +92,7 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let threads = rayon_threads();
     if json {
         println!(
-            "{{\"bench\":\"dit\",\"system\":\"ours\",\"batch\":{n},\"params\":{},\"threads\":{threads},\"train_step_ms\":{train_ms:.1},\"forward_nograd_ms\":{forward_ms:.1},\"peak_rss_mib\":{peak:.0}}}",
+            "{{\"bench\":\"dit\",\"impl\":\"twinflow\",\"batch\":{n},\"params\":{},\"threads\":{threads},\"train_step_ms\":{train_ms:.1},\"forward_nograd_ms\":{forward_ms:.1},\"peak_rss_mib\":{peak:.0}}}",
             model.param_count()
         );
     } else {

@@ -19,6 +19,7 @@
 #   QUIET_WAIT         before each bench, wait up to this many seconds (default: 60)
 #                      for the CPUs to be mostly idle (other work on the machine
 #                      hurts OpenMP-threaded torch much more than it hurts us)
+#   BENCHES            which benches (default: "matmul op_chain dit_step")
 #   RAYON_NUM_THREADS  threads for both sides (default: one per core, rayon's default;
 #                      torch_reference.py sets torch to the same count)
 #
@@ -32,6 +33,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 ROUNDS=${ROUNDS:-3}
 QUIET_WAIT=${QUIET_WAIT:-60}
+BENCHES=${BENCHES:-matmul op_chain dit_step}
 
 if ! "$PYTHON" -c 'import torch' 2>/dev/null; then
     echo "error: $PYTHON cannot import torch; see the setup notes at the top of $0" >&2
@@ -42,10 +44,11 @@ raw=$(mktemp -d)
 trap 'rm -rf "$raw"' EXIT
 
 # Built once: every round runs the same binaries even if the sources change meanwhile.
-echo "== building: cargo bench --no-run --bench matmul --bench op_chain" >&2
+bench_args=$(printf -- '--bench %s ' $BENCHES)
+echo "== building: cargo bench --no-run $bench_args" >&2
 declare -A exe
 while read -r name path; do exe[$name]=$path; done < <(
-    cargo bench --no-run --bench matmul --bench op_chain --message-format=json |
+    cargo bench --no-run $bench_args --message-format=json |
         "$PYTHON" -c '
 import json, sys
 for line in sys.stdin:
@@ -53,7 +56,7 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") \
             and "bench" in m["target"]["kind"]:
         print(m["target"]["name"], m["executable"])')
-for bench in matmul op_chain; do
+for bench in $BENCHES; do
     [ -n "${exe[$bench]:-}" ] || { echo "error: no executable for bench $bench" >&2; exit 1; }
 done
 
@@ -85,6 +88,8 @@ run_one() { # side bench round
     wait_quiet
     if [ "$side" = ours ]; then
         "${exe[$bench]}" --bench --json # what `cargo bench --bench $bench -- --json` runs
+    elif [ "$bench" = dit_step ]; then
+        "$PYTHON" benches/torch_dit.py --json
     else
         "$PYTHON" benches/torch_reference.py --bench "$bench" --json
     fi >"$raw/last.out"
@@ -96,7 +101,7 @@ for round in $(seq 1 "$ROUNDS"); do
     echo
     echo "== round $round/$ROUNDS (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
     if [ $((round % 2)) -eq 1 ]; then sides="ours torch"; else sides="torch ours"; fi
-    for bench in matmul op_chain; do
+    for bench in $BENCHES; do
         for side in $sides; do
             run_one "$side" "$bench" "$round"
         done
@@ -116,7 +121,7 @@ def pick(bench, impl, key, value, field):
     return [r[field] for r in rows
             if r["bench"] == bench and r["impl"] == impl and r[key] == value]
 
-version = next((r["version"] for r in rows if r["impl"] == "torch"), "?")
+version = next((r["version"] for r in rows if r["impl"] == "torch" and "version" in r), "?")
 threads = next((r["threads"] for r in rows if r["bench"] == "matmul"), "?")
 rounds = len({r["round"] for r in rows})
 
@@ -138,8 +143,21 @@ for mode in ["forward", "forward+backward", "no-grad forward"]:
     ours = min(pick("op_chain", "twinflow", "mode", mode, "us_per_op"), default=float("nan"))
     torch = min(pick("op_chain", "torch", "mode", mode, "us_per_op"), default=float("nan"))
     print(f"| {mode} | {ours:.3f} | {torch:.3f} | {torch / ours:.2f} |")
+dit = [r for r in rows if r["bench"] == "dit"]
+if dit:
+    print()
+    print("| DiT, batch %s | ours ms | torch ms | torch/ours |" % dit[0]["batch"])
+    print("|---|---:|---:|---:|")
+    for key, label in [("train_step_ms", "train step (fwd, MSE, bwd, AdamW)"),
+                       ("forward_nograd_ms", "no-grad forward")]:
+        ours = min((r[key] for r in dit if r["impl"] == "twinflow"), default=float("nan"))
+        torch = min((r[key] for r in dit if r["impl"] == "torch"), default=float("nan"))
+        print(f"| {label} | {ours:.1f} | {torch:.1f} | {torch / ours:.2f} |")
+    ours = max((r["peak_rss_mib"] for r in dit if r["impl"] == "twinflow"), default=float("nan"))
+    torch = max((r["peak_rss_mib"] for r in dit if r["impl"] == "torch"), default=float("nan"))
+    print(f"| peak RSS of the process (MiB) | {ours:.0f} | {torch:.0f} | {torch / ours:.2f} |")
 print()
-print("ratios > 1: ours faster. Every round (ours / torch):")
+print("ratios > 1: ours faster (or smaller). Every round (ours / torch):")
 for n in sizes:
     o = pick("matmul", "twinflow", "n", n, "gflops")
     t = pick("matmul", "torch", "n", n, "gflops")
@@ -148,4 +166,9 @@ for mode in ["forward", "forward+backward", "no-grad forward"]:
     o = pick("op_chain", "twinflow", "mode", mode, "us_per_op")
     t = pick("op_chain", "torch", "mode", mode, "us_per_op")
     print(f"  {mode}: µs/op " + ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(o, t)))
+for key in ["train_step_ms", "forward_nograd_ms"]:
+    o = [r[key] for r in rows if r["bench"] == "dit" and r["impl"] == "twinflow"]
+    t = [r[key] for r in rows if r["bench"] == "dit" and r["impl"] == "torch"]
+    if o:
+        print(f"  dit {key}: " + ", ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(o, t)))
 EOF

@@ -135,7 +135,7 @@ def main():
     params = sum(p.numel() for p in model.parameters())
     peak = peak_rss_mib()
     if args.json:
-        print(json.dumps({"bench": "dit", "system": "torch", "version": torch.__version__,
+        print(json.dumps({"bench": "dit", "impl": "torch", "version": torch.__version__,
                           "batch": n, "params": params, "threads": torch.get_num_threads(),
                           "train_step_ms": round(train, 1), "forward_nograd_ms": round(fwd, 1),
                           "peak_rss_mib": round(peak)}))
