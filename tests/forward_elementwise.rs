@@ -720,4 +720,23 @@ proptest! {
             .collect();
         assert_close("where_cond", &got, &shape, &want, 0.0, 0.0)?;
     }
+
+    /// `x + a·b` with all three broadcast together, against index arithmetic.
+    #[test]
+    fn forward_addcmul_matches_reference(three in broadcast_args(3)) {
+        let (x, a, b) = (&three[0], &three[1], &three[2]);
+        let (vx, va, vb) = (x.values(scaled), a.values(scaled), b.values(scaled));
+        let got = x.tensor(&vx, DType::F64)?
+            .addcmul(&a.tensor(&va, DType::F64)?, &b.tensor(&vb, DType::F64)?)?;
+        let shape = broadcast(&broadcast(&x.shape, &a.shape), &b.shape);
+        let (rx, ra, rb) = (x.read(&vx), a.read(&va), b.read(&vb));
+        let want: Vec<f64> = (0..shape.iter().product())
+            .map(|i| {
+                let idx = unravel(i, &shape);
+                let at = |r: &[f64], s: &[usize]| r[broadcast_offset(&idx, s)];
+                at(&rx, &x.shape) + at(&ra, &a.shape) * at(&rb, &b.shape)
+            })
+            .collect();
+        assert_close("addcmul", &got, &shape, &want, 1e-15, 1e-300)?;
+    }
 }

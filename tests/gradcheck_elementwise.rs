@@ -355,6 +355,25 @@ proptest! {
             &[t.tensor(any_real), f.tensor(any_real)],
         )?;
     }
+
+    // addcmul: x + a·b with all three broadcast together, each possibly a strided view.
+    #[test]
+    fn gradcheck_addcmul(
+        shapes in broadcast_shapes(3),
+        views in (view(), view(), view()),
+        seed in any::<u64>(),
+    ) {
+        let arg = |i: usize, view: View| Arg {
+            shape: shapes[i].clone(),
+            view,
+            seed: seed.wrapping_add(i as u64),
+        };
+        let (x, a, b) = (arg(0, views.0), arg(1, views.1), arg(2, views.2));
+        check(
+            |v| x.view(&v[0])?.addcmul(&a.view(&v[1])?, &b.view(&v[2])?),
+            &[x.tensor(any_real), a.tensor(any_real), b.tensor(any_real)],
+        )?;
+    }
 }
 
 /// `x` snapped onto the grid `k·0.1 + offset`.

@@ -185,6 +185,9 @@ pub trait BackendStorage: Sized {
         on_false: (&Self, &Layout),
     ) -> Result<Self>;
 
+    /// `self + a·b` elementwise, all three the same shape (views may broadcast).
+    fn addcmul(&self, layout: &Layout, a: (&Self, &Layout), b: (&Self, &Layout)) -> Result<Self>;
+
     /// `op` over the sorted `dims`; the result has the keep-dim shape.
     fn reduce(&self, layout: &Layout, dims: &[usize], op: ReduceOp) -> Result<Self>;
 

@@ -118,6 +118,12 @@ impl BackendStorage for Storage {
         }
     }
 
+    fn addcmul(&self, l: &Layout, a: (&Self, &Layout), b: (&Self, &Layout)) -> Result<Self> {
+        match self {
+            Storage::Cpu(c) => Ok(Storage::Cpu(c.addcmul(l, cpu_view(a)?, cpu_view(b)?)?)),
+        }
+    }
+
     fn reduce(&self, l: &Layout, dims: &[usize], op: ReduceOp) -> Result<Self> {
         match self {
             Storage::Cpu(c) => Ok(Storage::Cpu(c.reduce(l, dims, op)?)),

@@ -116,8 +116,9 @@ fn chunks<const N: usize>(x: &Tensor) -> Result<[Tensor; N]> {
 /// `x·(1 + scale[:, None]) + shift[:, None]` for x `[B, T, D]`, shift and scale `[B, D]`
 /// (broadcast as `[B, 1, D]` views, not copies).
 fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    x.mul(&scale.add_scalar(1.0)?.unsqueeze(1)?)?
-        .add(&shift.unsqueeze(1)?)
+    shift
+        .unsqueeze(1)?
+        .addcmul(x, &scale.add_scalar(1.0)?.unsqueeze(1)?)
 }
 
 /// One DiT block: attention and MLP, each after a parameter-free layer norm modulated
@@ -147,9 +148,9 @@ impl DitBlock {
     pub fn forward(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
         let [sh1, sc1, g1, sh2, sc2, g2] = chunks(&self.ada.forward(&c.silu()?)?)?;
         let y = modulate(&x.layer_norm(None, None, NORM_EPS)?, &sh1, &sc1)?;
-        let x = x.add(&g1.unsqueeze(1)?.mul(&self.attn.forward(&y)?)?)?;
+        let x = x.addcmul(&g1.unsqueeze(1)?, &self.attn.forward(&y)?)?;
         let y = modulate(&x.layer_norm(None, None, NORM_EPS)?, &sh2, &sc2)?;
-        x.add(&g2.unsqueeze(1)?.mul(&self.mlp.forward(&y)?)?)
+        x.addcmul(&g2.unsqueeze(1)?, &self.mlp.forward(&y)?)
     }
 }
 

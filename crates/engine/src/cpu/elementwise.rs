@@ -328,27 +328,44 @@ pub fn cmp<F: CpuFloat>(a: (&[F], &Layout), b: (&[F], &Layout), op: CmpOp) -> Ve
     }
 }
 
+/// `f` applied to triples of elements of three views of the same shape; contiguous
+/// output.
+fn zip3_map<F: CpuFloat>(
+    a: (&[F], &Layout),
+    b: (&[F], &Layout),
+    c: (&[F], &Layout),
+    f: impl Fn(F, F, F) -> F + Sync + Copy,
+) -> Vec<F> {
+    fn view(l: &Layout) -> (&[usize], usize) {
+        (l.strides(), l.offset())
+    }
+    let runs = Runs::new(a.1.shape(), [view(a.1), view(b.1), view(c.1)]);
+    let mut out = pool::take(a.1.elem_count());
+    let [sa, sb, sc] = runs.inner;
+    fill_runs(&mut out, &runs, |o, [a0, b0, c0]| {
+        let args = (o, &a.0[a0..], &b.0[b0..], &c.0[c0..]);
+        isa::dispatch(
+            |(o, x, y, z): (&mut [F], &[F], &[F], &[F])| {
+                for (i, o) in o.iter_mut().enumerate() {
+                    *o = f(x[i * sa], y[i * sb], z[i * sc]);
+                }
+            },
+            args,
+        )
+    });
+    out
+}
+
 /// `t` where `mask` is non-zero, else `f`.
 pub fn where_cond<F: CpuFloat>(
     mask: (&[F], &Layout),
     t: (&[F], &Layout),
     f: (&[F], &Layout),
 ) -> Vec<F> {
-    fn view(l: &Layout) -> (&[usize], usize) {
-        (l.strides(), l.offset())
-    }
-    let runs = Runs::new(mask.1.shape(), [view(mask.1), view(t.1), view(f.1)]);
-    let mut out = pool::take(mask.1.elem_count());
-    let [sm, st, sf] = runs.inner;
-    fill_runs(&mut out, &runs, |o, [m0, t0, f0]| {
-        for (i, o) in o.iter_mut().enumerate() {
-            let keep = mask.0[m0 + i * sm] != F::zero();
-            *o = if keep {
-                t.0[t0 + i * st]
-            } else {
-                f.0[f0 + i * sf]
-            };
-        }
-    });
-    out
+    zip3_map(mask, t, f, |m, t, f| if m != F::zero() { t } else { f })
+}
+
+/// `x + a·b` elementwise.
+pub fn addcmul<F: CpuFloat>(x: (&[F], &Layout), a: (&[F], &Layout), b: (&[F], &Layout)) -> Vec<F> {
+    zip3_map(x, a, b, |x, a, b| x + a * b)
 }

@@ -287,6 +287,16 @@ impl BackendStorage for CpuStorage {
         })
     }
 
+    fn addcmul(&self, l: &Layout, a: (&Self, &Layout), b: (&Self, &Layout)) -> Result<Self> {
+        let dt = same_dtype("addcmul", &[self, a.0, b.0])?;
+        dispatch_float!("addcmul", self, |F| {
+            let x = F::view(self, "addcmul")?;
+            let (av, bv) = (F::view(a.0, "addcmul")?, F::view(b.0, "addcmul")?);
+            let out = elementwise::addcmul((&x, l), (&av, a.1), (&bv, b.1));
+            Ok(F::store(out, dt))
+        })
+    }
+
     fn reduce(&self, l: &Layout, dims: &[usize], op: ReduceOp) -> Result<Self> {
         dispatch_float!("reduce", self, |F| {
             let x = F::view(self, "reduce")?;

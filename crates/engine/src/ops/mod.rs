@@ -3,6 +3,7 @@
 //! One file per op family. Composite ops (mean, var, logsumexp, stack, chunk,
 //! cross_entropy) are written with other ops and get their backward for free.
 
+mod addcmul;
 mod attention;
 mod binary;
 mod cast;
