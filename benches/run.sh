@@ -122,27 +122,31 @@ def pick(bench, impl, key, value, field):
             if r["bench"] == bench and r["impl"] == impl and r[key] == value]
 
 version = next((r["version"] for r in rows if r["impl"] == "torch" and "version" in r), "?")
-threads = next((r["threads"] for r in rows if r["bench"] == "matmul"), "?")
+threads = next((r["threads"] for r in rows if "threads" in r), "?")
 rounds = len({r["round"] for r in rows})
 
 print()
 print(f"== combined: twinflow vs torch {version} (CPU, f32, {threads} threads, "
       f"best of {rounds} round(s))")
 print()
-print("| n | ours GFLOP/s | torch GFLOP/s | ours/torch |")
-print("|---:|---:|---:|---:|")
 sizes = sorted({r["n"] for r in rows if r["bench"] == "matmul"})
-for n in sizes:
-    ours = max(pick("matmul", "twinflow", "n", n, "gflops"), default=float("nan"))
-    torch = max(pick("matmul", "torch", "n", n, "gflops"), default=float("nan"))
-    print(f"| {n} | {ours:.1f} | {torch:.1f} | {ours / torch:.2f} |")
-print()
-print("| op chain (1000 ops, [128] f32) | ours µs/op | torch µs/op | torch/ours |")
-print("|---|---:|---:|---:|")
-for mode in ["forward", "forward+backward", "no-grad forward"]:
-    ours = min(pick("op_chain", "twinflow", "mode", mode, "us_per_op"), default=float("nan"))
-    torch = min(pick("op_chain", "torch", "mode", mode, "us_per_op"), default=float("nan"))
-    print(f"| {mode} | {ours:.3f} | {torch:.3f} | {torch / ours:.2f} |")
+if sizes:
+    print("| n | ours GFLOP/s | torch GFLOP/s | ours/torch |")
+    print("|---:|---:|---:|---:|")
+    for n in sizes:
+        ours = max(pick("matmul", "twinflow", "n", n, "gflops"), default=float("nan"))
+        torch = max(pick("matmul", "torch", "n", n, "gflops"), default=float("nan"))
+        print(f"| {n} | {ours:.1f} | {torch:.1f} | {ours / torch:.2f} |")
+modes = [m for m in ["forward", "forward+backward", "no-grad forward"]
+         if any(r["bench"] == "op_chain" and r["mode"] == m for r in rows)]
+if modes:
+    print()
+    print("| op chain (1000 ops, [128] f32) | ours µs/op | torch µs/op | torch/ours |")
+    print("|---|---:|---:|---:|")
+    for mode in modes:
+        ours = min(pick("op_chain", "twinflow", "mode", mode, "us_per_op"), default=float("nan"))
+        torch = min(pick("op_chain", "torch", "mode", mode, "us_per_op"), default=float("nan"))
+        print(f"| {mode} | {ours:.3f} | {torch:.3f} | {torch / ours:.2f} |")
 dit = [r for r in rows if r["bench"] == "dit"]
 if dit:
     print()
@@ -162,7 +166,7 @@ for n in sizes:
     o = pick("matmul", "twinflow", "n", n, "gflops")
     t = pick("matmul", "torch", "n", n, "gflops")
     print(f"  matmul n={n}: GFLOP/s " + ", ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(o, t)))
-for mode in ["forward", "forward+backward", "no-grad forward"]:
+for mode in modes:
     o = pick("op_chain", "twinflow", "mode", mode, "us_per_op")
     t = pick("op_chain", "torch", "mode", mode, "us_per_op")
     print(f"  {mode}: µs/op " + ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(o, t)))
