@@ -1,6 +1,7 @@
 //! Layer norm and RMS norm over the last dim, forward and backward.
 
 use super::float::{sum_lanes, CpuFloat};
+use super::isa;
 use super::pool;
 use super::strided::{contiguous, PARALLEL_CUTOFF};
 use crate::backend::NormSpec;
@@ -10,6 +11,41 @@ use std::borrow::Cow;
 
 /// A weight or bias vector, contiguous.
 pub type Param<'a, F> = Option<Cow<'a, [F]>>;
+
+/// Rows handled by one task: enough work to amortise scheduling over short rows.
+const ROWS_PER_TASK: usize = 16;
+
+/// The parameter, or `fill` repeated when absent, so that one loop serves both cases.
+fn or_fill<'a, F: CpuFloat>(p: &'a Param<'a, F>, fill: F, d: usize) -> Cow<'a, [F]> {
+    match p {
+        Some(v) => Cow::Borrowed(v.as_ref()),
+        None => Cow::Owned(vec![fill; d]),
+    }
+}
+
+/// Runs `f(first_row, rows_block)` over blocks of rows, in parallel when large, each
+/// block compiled for the best instruction set.
+fn for_row_blocks<F: CpuFloat, S: Send>(
+    y: &mut [F],
+    stats: &mut [S],
+    d: usize,
+    f: impl Fn(usize, &mut [F], &mut [S]) + Sync,
+) {
+    let run = |(i, (yb, sb)): (usize, (&mut [F], &mut [S]))| {
+        isa::dispatch(|(yb, sb)| f(i * ROWS_PER_TASK, yb, sb), (yb, sb))
+    };
+    if y.len() >= PARALLEL_CUTOFF {
+        y.par_chunks_mut(d * ROWS_PER_TASK)
+            .zip(stats.par_chunks_mut(ROWS_PER_TASK))
+            .enumerate()
+            .for_each(run);
+    } else {
+        y.chunks_mut(d * ROWS_PER_TASK)
+            .zip(stats.chunks_mut(ROWS_PER_TASK))
+            .enumerate()
+            .for_each(run);
+    }
+}
 
 /// (y, mean, rstd) of layer/RMS norm of each row of `x`.
 pub fn norm<F: CpuFloat>(
@@ -25,38 +61,22 @@ pub fn norm<F: CpuFloat>(
     let mut y = pool::take(x.len());
     let mut stats = vec![(F::zero(), F::zero()); rows];
     let inv_d = F::c(1.0 / d as f64);
-    let row = |(i, (yr, st)): (usize, (&mut [F], &mut (F, F)))| {
-        let xr = &x[i * d..(i + 1) * d];
-        let mean = if spec.rms {
-            F::zero()
-        } else {
-            sum_lanes(xr.iter().copied()) * inv_d
-        };
-        let var = sum_lanes(xr.iter().map(|&v| (v - mean) * (v - mean))) * inv_d;
-        let rstd = (var + F::c(spec.eps)).sqrt().recip();
-        for k in 0..d {
-            let mut v = (xr[k] - mean) * rstd;
-            if let Some(w) = &w {
-                v = v * w[k];
+    let (w, b) = (or_fill(&w, F::one(), d), or_fill(&b, F::zero(), d));
+    for_row_blocks(&mut y, &mut stats, d, |first, yb, sb| {
+        for (r, (yr, st)) in yb.chunks_mut(d).zip(sb.iter_mut()).enumerate() {
+            let xr = &x[(first + r) * d..(first + r + 1) * d];
+            let mean = match spec.rms {
+                true => F::zero(),
+                false => sum_lanes(xr.iter().copied()) * inv_d,
+            };
+            let var = sum_lanes(xr.iter().map(|&v| (v - mean) * (v - mean))) * inv_d;
+            let rstd = (var + F::c(spec.eps)).sqrt().recip();
+            for (((y, &xv), &wv), &bv) in yr.iter_mut().zip(xr).zip(w.iter()).zip(b.iter()) {
+                *y = (xv - mean) * rstd * wv + bv;
             }
-            if let Some(b) = &b {
-                v = v + b[k];
-            }
-            yr[k] = v;
+            *st = (mean, rstd);
         }
-        *st = (mean, rstd);
-    };
-    if x.len() >= PARALLEL_CUTOFF {
-        y.par_chunks_mut(d)
-            .zip(stats.par_iter_mut())
-            .enumerate()
-            .for_each(row);
-    } else {
-        y.chunks_mut(d)
-            .zip(stats.iter_mut())
-            .enumerate()
-            .for_each(row);
-    }
+    });
     let (mean, rstd) = stats.into_iter().unzip();
     (y, mean, rstd)
 }
@@ -88,25 +108,24 @@ pub fn norm_backward<F: CpuFloat>(
     let d = x.1.shape().last().copied().unwrap_or(1).max(1);
     let inv_d = F::c(1.0 / d as f64);
     let mut dx = pool::take(xv.len());
+    let weight = or_fill(&w, F::one(), d);
     // Each worker accumulates its own dw/db partial sums over the rows it handles.
     let zero = || (vec![F::zero(); d], vec![F::zero(); d]);
     let row = |mut acc: (Vec<F>, Vec<F>), (i, dxr): (usize, &mut [F])| {
         let (xr, gr) = (&xv[i * d..(i + 1) * d], &gv[i * d..(i + 1) * d]);
         let (mu, rs) = (mean[i], rstd[i]);
-        let weight = |k: usize| w.as_ref().map_or(F::one(), |w| w[k]);
-        let (mut sum_g, mut sum_gx) = (F::zero(), F::zero());
-        for (k, (&xk, &gk)) in xr.iter().zip(gr).enumerate() {
-            let (xhat, ghat) = ((xk - mu) * rs, gk * weight(k));
-            sum_g = sum_g + ghat;
-            sum_gx = sum_gx + ghat * xhat;
-            acc.0[k] = acc.0[k] + gk * xhat;
-            acc.1[k] = acc.1[k] + gk;
+        let xhat = |k: usize| (xr[k] - mu) * rs;
+        let sum_g = sum_lanes((0..d).map(|k| gr[k] * weight[k]));
+        let sum_gx = sum_lanes((0..d).map(|k| gr[k] * weight[k] * xhat(k)));
+        let (dw, db) = (&mut acc.0, &mut acc.1);
+        for (k, (dw, db)) in dw.iter_mut().zip(db.iter_mut()).enumerate() {
+            *dw = *dw + gr[k] * xhat(k);
+            *db = *db + gr[k];
         }
         let mean_g = if spec.rms { F::zero() } else { sum_g * inv_d };
         let mean_gx = sum_gx * inv_d;
-        for (k, ((dx, &xk), &gk)) in dxr.iter_mut().zip(xr).zip(gr).enumerate() {
-            let (xhat, ghat) = ((xk - mu) * rs, gk * weight(k));
-            *dx = rs * (ghat - mean_g - xhat * mean_gx);
+        for (k, dx) in dxr.iter_mut().enumerate() {
+            *dx = rs * (gr[k] * weight[k] - mean_g - xhat(k) * mean_gx);
         }
         acc
     };
