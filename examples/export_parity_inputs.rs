@@ -20,10 +20,15 @@
 //!   shapes of `Dit::new(.., DitConfig::default())` in order, which the Python script
 //!   compares with the PyTorch anchor's `state_dict`.
 //!
-//! The files are written deterministically: running this twice gives identical bytes.
-//! (The root package has no `safetensors` dependency, so the few lines of the format
-//! are written here by hand; PyTorch's reader validates them.)
+//! The files are written deterministically: running this twice gives identical bytes
+//! (`tests/parity.rs` checks that the expected files were made from these exact bytes).
+//! The `safetensors` crate's own writer cannot promise that: it writes the metadata map
+//! in `HashMap` order, which changes from run to run. So the header is assembled here
+//! from the crate's `TensorInfo` entries with every map in sorted order, and the file is
+//! read back with the crate before it is written.
 
+use safetensors::tensor::TensorInfo;
+use safetensors::{Dtype, SafeTensors};
 use std::collections::BTreeMap;
 use std::error::Error;
 use std::path::Path;
@@ -49,33 +54,44 @@ struct Case {
     labels: Vec<i64>,
 }
 
-/// A tensor to write: shape and values.
-enum Data {
-    F32(Vec<f32>),
-    I64(Vec<i64>),
-}
-
+/// A tensor to write: its safetensors dtype, shape and little-endian bytes.
 struct Entry {
+    dtype: Dtype,
     shape: Vec<usize>,
-    data: Data,
+    bytes: Vec<u8>,
 }
 
 impl Entry {
+    /// i64 tensors as I64, every float tensor as F32.
     fn of(t: &Tensor) -> Res<Entry> {
-        let data = match t.dtype() {
-            DType::I64 => Data::I64(t.to_vec::<i64>()?),
-            _ => Data::F32(t.to_dtype(DType::F32)?.to_vec::<f32>()?),
+        let (dtype, bytes) = match t.dtype() {
+            DType::I64 => {
+                let v = t.to_vec::<i64>()?;
+                (
+                    Dtype::I64,
+                    v.into_iter().flat_map(i64::to_le_bytes).collect(),
+                )
+            }
+            _ => {
+                let v = t.to_dtype(DType::F32)?.to_vec::<f32>()?;
+                (
+                    Dtype::F32,
+                    v.into_iter().flat_map(f32::to_le_bytes).collect(),
+                )
+            }
         };
         Ok(Entry {
+            dtype,
             shape: t.shape().to_vec(),
-            data,
+            bytes,
         })
     }
 }
 
-/// Writes `tensors` and the string map `metadata` as a safetensors file: an 8-byte
-/// little-endian header length, the JSON header (padded with spaces to a multiple of
-/// 8 bytes), then the tensors' little-endian bytes back to back in name order.
+/// Writes `tensors` and the string map `metadata` as a safetensors file: the 8-byte
+/// little-endian header length, the JSON header (`__metadata__`, then one `TensorInfo`
+/// per tensor in name order, keys sorted, padded with spaces to a multiple of 8 bytes),
+/// then the tensors' bytes back to back in name order.
 fn write_safetensors(
     path: &Path,
     tensors: &BTreeMap<String, Entry>,
@@ -83,33 +99,40 @@ fn write_safetensors(
 ) -> Res<()> {
     let mut header = serde_json::Map::new();
     header.insert("__metadata__".into(), serde_json::to_value(metadata)?);
-    let mut bytes = Vec::new();
+    let mut data = Vec::new();
     for (name, e) in tensors {
-        let start = bytes.len();
-        let dtype = match &e.data {
-            Data::F32(v) => {
-                v.iter().for_each(|x| bytes.extend(x.to_le_bytes()));
-                "F32"
-            }
-            Data::I64(v) => {
-                v.iter().for_each(|x| bytes.extend(x.to_le_bytes()));
-                "I64"
-            }
+        let info = TensorInfo {
+            dtype: e.dtype,
+            shape: e.shape.clone(),
+            data_offsets: (data.len(), data.len() + e.bytes.len()),
         };
-        let info = serde_json::json!({
-            "dtype": dtype,
-            "shape": e.shape,
-            "data_offsets": [start, bytes.len()],
-        });
-        header.insert(name.clone(), info);
+        header.insert(name.clone(), serde_json::to_value(info)?);
+        data.extend_from_slice(&e.bytes);
     }
-    let mut json = serde_json::Value::Object(header).to_string();
-    while json.len() % 8 != 0 {
-        json.push(' ');
-    }
+    let mut json = serde_json::Value::Object(header).to_string().into_bytes();
+    json.resize(json.len().next_multiple_of(8), b' ');
     let mut file = (json.len() as u64).to_le_bytes().to_vec();
-    file.extend(json.as_bytes());
-    file.extend(bytes);
+    file.extend(json);
+    file.extend(data);
+
+    // The crate must read back every tensor, with its dtype and shape, and the metadata.
+    let (_, parsed) = SafeTensors::read_metadata(&file)?;
+    let read = SafeTensors::deserialize(&file)?;
+    let round_trip = read.len() == tensors.len()
+        && tensors.iter().all(|(name, e)| {
+            read.tensor(name)
+                .is_ok_and(|v| v.dtype() == e.dtype && v.shape() == e.shape.as_slice())
+        })
+        && parsed.metadata().as_ref().is_some_and(|m| {
+            m.len() == metadata.len() && metadata.iter().all(|(k, v)| m.get(k) == Some(v))
+        });
+    if !round_trip {
+        return Err(format!(
+            "{}: the safetensors crate reads it back differently",
+            path.display()
+        )
+        .into());
+    }
     std::fs::write(path, file)?;
     Ok(())
 }

@@ -14,6 +14,7 @@
 //! output and the loss, 1e-4 for each gradient. `cargo test --test parity -- --nocapture`
 //! prints the measured errors.
 
+use safetensors::{Dtype, SafeTensors};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use twinflow::engine::{DType, Device, Tensor};
@@ -48,8 +49,7 @@ fn fnv1a64(bytes: &[u8]) -> String {
     format!("{h:016x}")
 }
 
-/// Reads a safetensors file (F32, F64 and I64 tensors): an 8-byte little-endian header
-/// length, the JSON header, then the data the header's offsets point into.
+/// Reads a safetensors file with the `safetensors` crate (F32, F64 and I64 tensors).
 fn read_safetensors(name: &str) -> SafeTensorsFile {
     let path = fixture_path(name);
     let bytes = std::fs::read(&path).unwrap_or_else(|e| {
@@ -60,56 +60,34 @@ fn read_safetensors(name: &str) -> SafeTensorsFile {
     });
     let fail =
         |why: String| -> ! { panic!("{} is not a valid safetensors file: {why}", path.display()) };
-    if bytes.len() < 8 {
-        fail(format!("{} bytes", bytes.len()));
-    }
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let Some(header) = bytes.get(8..8 + n) else {
-        fail(format!("header of {n} bytes in a file of {}", bytes.len()))
-    };
-    let header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(header).unwrap_or_else(|e| fail(format!("header: {e}")));
-    let data = &bytes[8 + n..];
+    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap_or_else(|e| fail(e.to_string()));
+    let metadata = header.metadata().clone().unwrap_or_default();
+    let file = SafeTensors::deserialize(&bytes).unwrap_or_else(|e| fail(e.to_string()));
     let mut tensors = BTreeMap::new();
-    let mut metadata = BTreeMap::new();
-    for (key, info) in header {
-        if key == "__metadata__" {
-            metadata =
-                serde_json::from_value(info).unwrap_or_else(|e| fail(format!("metadata: {e}")));
-            continue;
-        }
-        let dtype = info["dtype"].as_str().unwrap_or_default().to_string();
-        let shape: Vec<usize> = serde_json::from_value(info["shape"].clone())
-            .unwrap_or_else(|e| fail(format!("`{key}` shape: {e}")));
-        let [start, end]: [usize; 2] = serde_json::from_value(info["data_offsets"].clone())
-            .unwrap_or_else(|e| fail(format!("`{key}` offsets: {e}")));
-        let Some(raw) = data.get(start..end) else {
-            fail(format!(
-                "`{key}` runs past the data ({start}..{end} of {})",
-                data.len()
-            ))
-        };
-        let (cpu, built) = (Device::Cpu, |r: twinflow::engine::Result<Tensor>| {
+    for (key, view) in file.iter() {
+        let (raw, shape, cpu) = (view.data(), view.shape(), Device::Cpu);
+        let built = |r: twinflow::engine::Result<Tensor>| {
             r.unwrap_or_else(|e| fail(format!("`{key}`: {e}")))
-        });
-        let tensor = match dtype.as_str() {
-            "F32" => built(Tensor::from_vec(le(raw, f32::from_le_bytes), &shape, cpu)),
-            "F64" => built(Tensor::from_vec(le(raw, f64::from_le_bytes), &shape, cpu)),
-            "I64" => built(Tensor::from_vec(le(raw, i64::from_le_bytes), &shape, cpu)),
+        };
+        let tensor = match view.dtype() {
+            Dtype::F32 => built(Tensor::from_vec(le(raw, f32::from_le_bytes), shape, cpu)),
+            Dtype::F64 => built(Tensor::from_vec(le(raw, f64::from_le_bytes), shape, cpu)),
+            Dtype::I64 => built(Tensor::from_vec(le(raw, i64::from_le_bytes), shape, cpu)),
             other => fail(format!(
-                "`{key}` has dtype {other} (expected F32, F64 or I64)"
+                "`{key}` has dtype {other:?} (expected F32, F64 or I64)"
             )),
         };
-        tensors.insert(key, tensor);
+        tensors.insert(key.to_string(), tensor);
     }
     SafeTensorsFile {
         path,
         tensors,
-        metadata,
+        metadata: metadata.into_iter().collect(),
         fnv1a64: fnv1a64(&bytes),
     }
 }
 
+/// Little-endian bytes as values of `T` (`N` bytes each).
 fn le<T, const N: usize>(bytes: &[u8], from: fn([u8; N]) -> T) -> Vec<T> {
     bytes
         .chunks_exact(N)
