@@ -10,6 +10,9 @@ use twinflow::nn::{
     Linear, LinearConfig, Module, Optimizer, ParamBuilder,
 };
 
+mod common;
+use common::vals;
+
 /// A fresh, empty directory for one test.
 fn scratch(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("twinflow-ckpt-{}-{test}", std::process::id()));
@@ -25,10 +28,6 @@ fn files_in(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-fn values(t: &Tensor) -> Vec<f64> {
-    t.to_vec_f64().unwrap()
 }
 
 /// A small two-layer network built from `Linear`.
@@ -113,16 +112,16 @@ fn a_restored_model_has_identical_parameters_and_outputs() {
         .unwrap();
 
     let mut fresh = TwoLayer::new(2);
-    assert_ne!(values(&fresh.fc1.weight), values(&saved.fc1.weight));
+    assert_ne!(vals(&fresh.fc1.weight), vals(&saved.fc1.weight));
     let ckpt = Checkpoint::load(&path).unwrap();
     ckpt.restore_model(&mut fresh).unwrap();
     assert_eq!((ckpt.step, ckpt.config), (7, Some(config)));
     for ((n, a), (m, b)) in saved.named_params().iter().zip(fresh.named_params()) {
-        assert_eq!((n, values(a)), (&m, values(&b)));
+        assert_eq!((n, vals(a)), (&m, vals(&b)));
         assert!(b.is_variable(), "{m} must stay trainable");
     }
     let (y_saved, y_fresh) = (saved.forward(&input()), fresh.forward(&input()));
-    assert_eq!(values(&y_saved.unwrap()), values(&y_fresh.unwrap()));
+    assert_eq!(vals(&y_saved.unwrap()), vals(&y_fresh.unwrap()));
     fs::remove_dir_all(dir).unwrap();
 }
 
@@ -163,7 +162,7 @@ impl Run {
     fn snapshot(&self) -> Vec<Vec<f64>> {
         let ema = self.ema.shadow().unwrap().named_params();
         let all = self.model.named_params().into_iter().chain(ema);
-        all.map(|(_, t)| values(&t)).collect()
+        all.map(|(_, t)| vals(&t)).collect()
     }
 }
 
@@ -238,7 +237,7 @@ fn every_dtype_survives_a_round_trip() {
     back.restore_model(&mut loaded).unwrap();
     for ((name, a), (_, b)) in saved.0.iter().zip(&loaded.0) {
         assert_eq!((a.dtype(), a.shape()), (b.dtype(), b.shape()), "{name}");
-        assert_eq!(values(a), values(b), "{name}");
+        assert_eq!(vals(a), vals(b), "{name}");
     }
     assert_eq!(back.rng("forward").unwrap(), Generator::new(5).state());
     fs::remove_dir_all(dir).unwrap();
@@ -261,7 +260,7 @@ fn a_mismatched_model_is_refused_with_every_problem_named() {
         ("misshapen", &[3, 2], DType::F32),
         ("mistyped", &[2], DType::F32),
     ]);
-    let before = values(&target.0[0].1);
+    let before = vals(&target.0[0].1);
     let err = Checkpoint::load(&path)
         .unwrap()
         .restore_model(&mut target)
@@ -278,7 +277,7 @@ fn a_mismatched_model_is_refused_with_every_problem_named() {
         assert!(msg.contains(needle), "`{needle}` not in: {msg}");
     }
     // Nothing was changed.
-    assert_eq!(values(&target.0[0].1), before);
+    assert_eq!(vals(&target.0[0].1), before);
     fs::remove_dir_all(dir).unwrap();
 }
 
@@ -369,8 +368,8 @@ fn saving_over_a_checkpoint_replaces_it_whole_and_leaves_no_temporary_file() {
     let mut restored = TwoLayer::new(3);
     ckpt.restore_model(&mut restored).unwrap();
     assert_eq!(
-        values(&restored.fc2.bias.unwrap()),
-        values(&newer.fc2.bias.unwrap())
+        vals(&restored.fc2.bias.unwrap()),
+        vals(&newer.fc2.bias.unwrap())
     );
     fs::remove_dir_all(dir).unwrap();
 }

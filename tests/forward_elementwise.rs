@@ -5,28 +5,19 @@
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use std::f64::consts::PI;
-use twinflow::engine::{DType, Device, Generator, Result, Tensor};
+use twinflow::engine::{DType, Device, Result, Tensor};
+
+mod common;
+use common::elementwise::{
+    arg_of, broadcast_shapes, nonzero, positive, reduction, shape, view, Arg,
+};
+use common::{config, ravel, unravel};
 
 type TestResult = std::result::Result<(), TestCaseError>;
 
 // ---------------------------------------------------------------------------------------
 // Index arithmetic (row-major)
 // ---------------------------------------------------------------------------------------
-
-/// The multi-index of flat position `i` in `shape`.
-fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
-    let mut idx = vec![0; shape.len()];
-    for d in (0..shape.len()).rev() {
-        idx[d] = i % shape[d];
-        i /= shape[d];
-    }
-    idx
-}
-
-/// The flat position of multi-index `idx` in `shape`.
-fn ravel(idx: &[usize], shape: &[usize]) -> usize {
-    idx.iter().zip(shape).fold(0, |acc, (&i, &n)| acc * n + i)
-}
 
 /// NumPy broadcasting of two shapes (assumed compatible).
 fn broadcast(a: &[usize], b: &[usize]) -> Vec<usize> {
@@ -54,141 +45,8 @@ fn broadcast_offset(idx: &[usize], shape: &[usize]) -> usize {
 // Inputs: shapes, strided views, values
 // ---------------------------------------------------------------------------------------
 
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: 32,
-        // Failures are reported, not written to `proptest-regressions/` files.
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
-/// Extra elements of the last dim of a stored tensor that `View::Narrowed` cuts off.
-const NARROW_PAD: usize = 2;
-
-/// How an input is viewed before the op, so strided kernels are checked too.
-#[derive(Debug, Clone, Copy)]
-enum View {
-    /// Used as stored (contiguous).
-    Plain,
-    /// Dims rotated by `permute` (a transpose at rank 2).
-    Permuted,
-    /// The last dim cut out of a wider stored one, starting at 1.
-    Narrowed,
-}
-
-impl View {
-    /// The shape to store so that the view of it has `shape`.
-    fn stored_shape(self, shape: &[usize]) -> Vec<usize> {
-        let r = shape.len();
-        match self {
-            View::Plain => shape.to_vec(),
-            View::Permuted => (0..r).map(|j| shape[(j + r - 1) % r]).collect(),
-            View::Narrowed => {
-                let mut s = shape.to_vec();
-                if let Some(last) = s.last_mut() {
-                    *last += NARROW_PAD;
-                }
-                s
-            }
-        }
-    }
-
-    /// The engine's view of a stored tensor.
-    fn apply(self, x: &Tensor) -> Result<Tensor> {
-        let r = x.rank();
-        match self {
-            View::Plain => Ok(x.clone()),
-            View::Permuted => x.permute(&(0..r).map(|i| (i + 1) % r).collect::<Vec<_>>()),
-            View::Narrowed if r == 0 => Ok(x.clone()),
-            View::Narrowed => x.narrow(-1, 1, x.dim(-1)? - NARROW_PAD),
-        }
-    }
-
-    /// Reference: the elements of the view of `stored`, row-major, where `shape` is the
-    /// view's shape. Dim `k` of a `Permuted` view is stored dim `(k + 1) % rank`.
-    fn read(self, stored: &[f64], shape: &[usize]) -> Vec<f64> {
-        let st = self.stored_shape(shape);
-        let r = shape.len();
-        let n: usize = shape.iter().product();
-        (0..n)
-            .map(|i| {
-                let idx = unravel(i, shape);
-                let at = match self {
-                    View::Plain => idx,
-                    View::Permuted => {
-                        let mut j = vec![0; r];
-                        (0..r).for_each(|k| j[(k + 1) % r] = idx[k]);
-                        j
-                    }
-                    View::Narrowed => {
-                        let mut j = idx;
-                        if let Some(last) = j.last_mut() {
-                            *last += 1;
-                        }
-                        j
-                    }
-                };
-                stored[ravel(&at, &st)]
-            })
-            .collect()
-    }
-}
-
-fn view() -> impl Strategy<Value = View> {
-    prop_oneof![
-        Just(View::Plain),
-        Just(View::Permuted),
-        Just(View::Narrowed)
-    ]
-}
-
-/// A shape of rank `min_rank..=max_rank` (higher ranks drawn more often) with dims 1..=4.
-fn shape(min_rank: usize, max_rank: usize) -> impl Strategy<Value = Vec<usize>> {
-    let rank = prop::sample::select((min_rank..=max_rank).collect::<Vec<_>>());
-    let rank = (rank.clone(), rank).prop_map(|(a, b)| a.max(b));
-    rank.prop_flat_map(|r| prop::collection::vec(1usize..=4, r))
-}
-
-/// `k` shapes that broadcast together: a common shape with (less often) leading dims
-/// dropped and (each with probability 1/4) dims set to 1.
-fn broadcast_shapes(k: usize) -> impl Strategy<Value = Vec<Vec<usize>>> {
-    let drop = prop_oneof![3 => Just(0usize), 1 => 1usize..=3];
-    let part = (drop, any::<u8>(), any::<u8>());
-    (shape(0, 3), prop::collection::vec(part, k)).prop_map(|(full, parts)| {
-        parts
-            .into_iter()
-            .map(|(drop, o1, o2)| {
-                full[drop.min(full.len())..]
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &d)| if (o1 & o2) >> i & 1 == 1 { 1 } else { d })
-                    .collect()
-            })
-            .collect()
-    })
-}
-
-/// One input: its shape as the op sees it, how it is viewed, the seed of its values.
-#[derive(Debug, Clone)]
-struct Arg {
-    shape: Vec<usize>,
-    view: View,
-    seed: u64,
-}
-
+/// This file's methods of the shared `Arg`.
 impl Arg {
-    /// The stored values: standard normal draws mapped through `domain`.
-    fn values(&self, domain: impl Fn(f64) -> f64) -> Vec<f64> {
-        let n = self.view.stored_shape(&self.shape).iter().product();
-        let draw = Generator::new(self.seed).randn(&[n], DType::F64, Device::Cpu);
-        draw.and_then(|t| t.to_vec_f64())
-            .expect("random values")
-            .into_iter()
-            .map(domain)
-            .collect()
-    }
-
     /// The engine's view of `values` stored as `dtype`.
     fn tensor(&self, values: &[f64], dtype: DType) -> Result<Tensor> {
         let stored = self.view.stored_shape(&self.shape);
@@ -200,10 +58,6 @@ impl Arg {
     fn read(&self, values: &[f64]) -> Vec<f64> {
         self.view.read(values, &self.shape)
     }
-}
-
-fn arg_of(shape: impl Strategy<Value = Vec<usize>>) -> impl Strategy<Value = Arg> {
-    (shape, view(), any::<u64>()).prop_map(|(shape, view, seed)| Arg { shape, view, seed })
 }
 
 /// `k` inputs whose shapes broadcast together.
@@ -218,16 +72,6 @@ fn broadcast_args(k: usize) -> impl Strategy<Value = Vec<Arg>> {
             })
             .collect()
     })
-}
-
-/// Positive, bounded away from 0.
-fn positive(x: f64) -> f64 {
-    x.abs() + 0.5
-}
-
-/// Either sign, bounded away from 0.
-fn nonzero(x: f64) -> f64 {
-    x.signum() * (x.abs() + 0.5)
 }
 
 fn scaled(x: f64) -> f64 {
@@ -377,61 +221,6 @@ fn groups(x: &[f64], shape: &[usize], dims: &[usize]) -> (Vec<Vec<f64>>, Vec<usi
     (groups, out_shape)
 }
 
-/// An input of rank 1..=3 with a non-empty set of dims to reduce (some written
-/// negative, in either order) and `keepdim`.
-#[derive(Debug, Clone)]
-struct Reduction {
-    arg: Arg,
-    dims: Vec<isize>,
-    keepdim: bool,
-}
-
-impl Reduction {
-    /// The reduced dims as non-negative indices.
-    fn dims(&self) -> Vec<usize> {
-        let r = self.arg.shape.len() as isize;
-        self.dims
-            .iter()
-            .map(|&d| d.rem_euclid(r) as usize)
-            .collect()
-    }
-
-    /// The output shape, from the keep-dim one.
-    fn out_shape(&self, keep: &[usize]) -> Vec<usize> {
-        let dims = self.dims();
-        match self.keepdim {
-            true => keep.to_vec(),
-            false => (keep.iter().enumerate())
-                .filter(|(d, _)| !dims.contains(d))
-                .map(|(_, &n)| n)
-                .collect(),
-        }
-    }
-}
-
-fn reduction() -> impl Strategy<Value = Reduction> {
-    let flags = (any::<u8>(), any::<u8>(), any::<bool>(), any::<bool>());
-    (arg_of(shape(1, 3)), flags).prop_map(|(arg, (pick, neg, reverse, keepdim))| {
-        let r = arg.shape.len();
-        // No bit picked: reduce over every dim.
-        let pick = match pick as usize % (1 << r) {
-            0 => (1 << r) - 1,
-            p => p,
-        };
-        let mut dims: Vec<isize> = (0..r)
-            .filter(|&d| pick >> d & 1 == 1)
-            .map(|d| match neg >> d & 1 {
-                1 => d as isize - r as isize,
-                _ => d as isize,
-            })
-            .collect();
-        if reverse {
-            dims.reverse();
-        }
-        Reduction { arg, dims, keepdim }
-    })
-}
-
 fn sum(g: &[f64]) -> f64 {
     g.iter().sum()
 }
@@ -508,7 +297,7 @@ fn assert_rounded(what: &str, got: &Tensor, want: &Tensor, dtype: DType) -> Test
 // ---------------------------------------------------------------------------------------
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(config(32))]
 
     /// Every unary op in f64 against its formula, on a possibly strided view.
     #[test]

@@ -8,67 +8,12 @@
 
 use proptest::prelude::*;
 use proptest::sample::Index;
-use twinflow::engine::{scaled_dot_product_attention, DType, Device, Generator, Tensor};
+use twinflow::engine::{scaled_dot_product_attention, DType, Tensor};
 
-/// A modest number of cases without regression files (failures print the case).
-fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
-/// Standard normal f64 values (as a Vec) of `shape`, from `seed`.
-fn randn_vec(seed: u64, shape: &[usize]) -> Vec<f64> {
-    Generator::new(seed)
-        .randn(shape, DType::F64, Device::Cpu)
-        .and_then(|t| t.to_vec_f64())
-        .expect("randn")
-}
-
-/// A tensor of `dtype` holding `data`.
-fn tensor(data: &[f64], shape: &[usize], dtype: DType) -> Tensor {
-    Tensor::from_f64s(data, shape, dtype, Device::Cpu).expect("tensor")
-}
-
-/// `n` pseudo-random indices in `0..hi` from `seed` (splitmix64).
-fn indices(seed: u64, n: usize, hi: usize) -> Vec<i64> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z % hi as u64) as i64
-        })
-        .collect()
-}
-
-fn ids(values: &[i64], shape: &[usize]) -> Tensor {
-    Tensor::from_slice(values, shape, Device::Cpu).expect("ids")
-}
-
-fn vals(t: &Tensor) -> Vec<f64> {
-    t.to_vec_f64().expect("to_vec_f64")
-}
-
-/// The multi-index of row-major position `i` in `shape`.
-fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
-    let mut idx = vec![0; shape.len()];
-    for d in (0..shape.len()).rev() {
-        idx[d] = i % shape[d];
-        i /= shape[d];
-    }
-    idx
-}
-
-/// The row-major position of multi-index `idx` in `shape`.
-fn ravel(idx: &[usize], shape: &[usize]) -> usize {
-    idx.iter().zip(shape).fold(0, |acc, (&i, &n)| acc * n + i)
-}
+mod common;
+use common::{
+    config, ids, indices, randn_vec, ravel, shape, shape_and_perm, swapped, tensor, unravel, vals,
+};
 
 /// Row-major values and shape of the permutation `perm` of `data` (shape `shape`):
 /// dim `i` of the result is dim `perm[i]` of the source.
@@ -91,14 +36,6 @@ fn swap_last2(rank: usize) -> Vec<usize> {
     let mut p: Vec<usize> = (0..rank).collect();
     p.swap(rank - 2, rank - 1);
     p
-}
-
-/// `shape` with its last two dims swapped (how a tensor handed over as `.t()` is stored).
-fn swapped(shape: &[usize]) -> Vec<usize> {
-    let mut s = shape.to_vec();
-    let r = s.len();
-    s.swap(r - 2, r - 1);
-    s
 }
 
 /// Asserts `|got − want| ≤ tol(want, i)` element by element, naming the first miss.
@@ -259,23 +196,6 @@ fn ref_attention(
         }
     }
     out
-}
-
-/// Shapes of rank `lo..=hi` with dims in `1..=max`.
-fn shape(lo: usize, hi: usize, max: usize) -> impl Strategy<Value = Vec<usize>> {
-    prop::collection::vec(1..=max, lo..=hi)
-}
-
-/// A shape of rank `lo..=hi` with a permutation of its dims.
-fn shape_and_perm(
-    lo: usize,
-    hi: usize,
-    max: usize,
-) -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
-    shape(lo, hi, max).prop_flat_map(|s| {
-        let r = s.len();
-        (Just(s), Just((0..r).collect::<Vec<_>>()).prop_shuffle())
-    })
 }
 
 /// A shape of over 2^15 elements (where the CPU kernels go parallel) with a

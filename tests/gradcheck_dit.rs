@@ -10,39 +10,17 @@
 //! differences cannot follow at a useful step size.
 
 use twinflow::engine::gradcheck::{gradcheck, GradcheckOptions, GradcheckReport};
-use twinflow::engine::{DType, Device, Generator, Result, Tensor};
+use twinflow::engine::{Device, Result, Tensor};
 use twinflow::nn::{
     Dit, DitBlock, DitConfig, Forward, LinearConfig, MlpVelocity, MlpVelocityConfig, Module,
-    ParamBuilder, TransformerBlock, TransformerBlockConfig, VelocityModel,
+    TransformerBlock, TransformerBlockConfig, VelocityModel,
 };
 
-fn f64_builder(seed: u64) -> ParamBuilder {
-    ParamBuilder::new(seed).with_dtype(DType::F64)
-}
-
-fn randn(seed: u64, shape: &[usize]) -> Tensor {
-    Generator::new(seed)
-        .randn(shape, DType::F64, Device::Cpu)
-        .expect("randn")
-}
+mod common;
+use common::{f64_builder, labels, randn, randomize};
 
 fn times(values: &[f64]) -> Tensor {
     Tensor::from_slice(values, &[values.len()], Device::Cpu).expect("times")
-}
-
-fn labels(values: &[i64]) -> Tensor {
-    Tensor::from_slice(values, &[values.len()], Device::Cpu).expect("labels")
-}
-
-/// Overwrites every parameter with normal values of standard deviation `std`.
-fn randomize(m: &mut dyn Module, seed: u64, std: f64) {
-    let mut g = Generator::new(seed);
-    m.visit_params_mut(&mut |_, p| {
-        let v = g
-            .normal(p.shape(), 0.0, std, DType::F64, Device::Cpu)
-            .expect("normal");
-        p.assign(&v).expect("assign");
-    });
 }
 
 /// The parameters in visiting order.

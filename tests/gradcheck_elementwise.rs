@@ -10,129 +10,28 @@ use proptest::test_runner::TestCaseError;
 use twinflow::engine::gradcheck::{gradcheck, GradcheckOptions};
 use twinflow::engine::{DType, Device, Generator, Result, Tensor};
 
+mod common;
+use common::config;
+use common::elementwise::{
+    arg_of, broadcast_shapes, nonzero, positive, reduction, shape, view, Arg, Reduction, View,
+};
+
 // ---------------------------------------------------------------------------------------
 // Shared strategies and helpers
 // ---------------------------------------------------------------------------------------
 
 /// Few cases per op: each case already checks every element of every input.
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: 24,
-        // Failures are reported, not written to `proptest-regressions/` files.
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
+const CASES: u32 = 24;
 
 /// How far values are kept from a kink (relu/abs at 0, clamp bounds, ties).
 const MARGIN: f64 = 1e-2;
 
-/// Extra elements of the last dim of a stored tensor that `View::Narrowed` cuts off.
-const NARROW_PAD: usize = 2;
-
-/// How an input is viewed inside the checked function, so that the ops' strided
-/// kernels (and the backward of the views) are checked, not only contiguous ones.
-#[derive(Debug, Clone, Copy)]
-enum View {
-    /// Used as stored (contiguous).
-    Plain,
-    /// Dims rotated by `permute` (a transpose at rank 2): no unit inner stride.
-    Permuted,
-    /// The last dim cut out of a wider stored one: an offset and gaps between rows.
-    Narrowed,
-}
-
-impl View {
-    /// The permutation `Permuted` applies: dim `i` of the view is dim `i + 1` stored.
-    fn rotation(rank: usize) -> Vec<usize> {
-        (0..rank).map(|i| (i + 1) % rank).collect()
-    }
-
-    /// The shape to store so that the view of it has `shape`.
-    fn stored_shape(self, shape: &[usize]) -> Vec<usize> {
-        let r = shape.len();
-        match self {
-            View::Plain => shape.to_vec(),
-            View::Permuted => (0..r).map(|j| shape[(j + r - 1) % r]).collect(),
-            View::Narrowed => {
-                let mut s = shape.to_vec();
-                if let Some(last) = s.last_mut() {
-                    *last += NARROW_PAD;
-                }
-                s
-            }
-        }
-    }
-
-    /// The view of a stored tensor (inside the checked function, so it is differentiated).
-    fn apply(self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            View::Plain => Ok(x.clone()),
-            View::Permuted => x.permute(&View::rotation(x.rank())),
-            View::Narrowed if x.rank() == 0 => Ok(x.clone()),
-            View::Narrowed => x.narrow(-1, 1, x.dim(-1)? - NARROW_PAD),
-        }
-    }
-}
-
-fn view() -> impl Strategy<Value = View> {
-    prop_oneof![
-        Just(View::Plain),
-        Just(View::Permuted),
-        Just(View::Narrowed)
-    ]
-}
-
-/// A shape of rank `min_rank..=max_rank` (higher ranks drawn more often) with dims
-/// 1..=4 (size-1 dims included).
-fn shape(min_rank: usize, max_rank: usize) -> impl Strategy<Value = Vec<usize>> {
-    let rank = prop::sample::select((min_rank..=max_rank).collect::<Vec<_>>());
-    let rank = (rank.clone(), rank).prop_map(|(a, b)| a.max(b));
-    rank.prop_flat_map(|r| prop::collection::vec(1usize..=4, r))
-}
-
-/// `full` with its first `drop` dims removed and the dims whose bit is set in `ones`
-/// set to 1: a shape that broadcasts to `full`.
-fn squash(full: &[usize], drop: usize, ones: u8) -> Vec<usize> {
-    full[drop.min(full.len())..]
-        .iter()
-        .enumerate()
-        .map(|(i, &d)| if ones >> i & 1 == 1 { 1 } else { d })
-        .collect()
-}
-
-/// `k` shapes that broadcast together: each is a common shape with (less often) some
-/// leading dims dropped and (each with probability 1/4) some dims set to 1.
-fn broadcast_shapes(k: usize) -> impl Strategy<Value = Vec<Vec<usize>>> {
-    let drop = prop_oneof![3 => Just(0usize), 1 => 1usize..=3];
-    let part = (drop, any::<u8>(), any::<u8>());
-    (shape(0, 3), prop::collection::vec(part, k)).prop_map(|(full, parts)| {
-        parts
-            .into_iter()
-            .map(|(drop, ones1, ones2)| squash(&full, drop, ones1 & ones2))
-            .collect()
-    })
-}
-
-/// One input: its shape as the op sees it, how it is viewed, and the seed of its values.
-#[derive(Debug, Clone)]
-struct Arg {
-    shape: Vec<usize>,
-    view: View,
-    seed: u64,
-}
-
+/// This file's methods of the shared `Arg`.
 impl Arg {
     /// The stored f64 tensor, standard normal values mapped through `domain`.
     fn tensor(&self, domain: impl Fn(f64) -> f64) -> Tensor {
         let stored = self.view.stored_shape(&self.shape);
-        let n = stored.iter().product();
-        let values = Generator::new(self.seed)
-            .randn(&[n], DType::F64, Device::Cpu)
-            .and_then(|t| t.to_vec_f64())
-            .expect("random values");
-        let values = values.into_iter().map(domain).collect();
-        Tensor::from_vec(values, &stored, Device::Cpu).expect("input tensor")
+        Tensor::from_vec(self.values(domain), &stored, Device::Cpu).expect("input tensor")
     }
 
     /// The stored f64 tensor with all values distinct, at least 0.15 apart (so maximum,
@@ -160,10 +59,6 @@ impl Arg {
     }
 }
 
-fn arg_of(shape: impl Strategy<Value = Vec<usize>>) -> impl Strategy<Value = Arg> {
-    (shape, view(), any::<u64>()).prop_map(|(shape, view, seed)| Arg { shape, view, seed })
-}
-
 /// An input of rank 0..=3.
 fn arg() -> impl Strategy<Value = Arg> {
     arg_of(shape(0, 3))
@@ -186,63 +81,10 @@ fn arg_pair() -> impl Strategy<Value = (Arg, Arg)> {
     })
 }
 
-/// An input of rank 1..=3 with a non-empty set of dims to reduce (some written
-/// negative, in either order) and `keepdim`.
-#[derive(Debug, Clone)]
-struct Reduction {
-    arg: Arg,
-    dims: Vec<isize>,
-    keepdim: bool,
-}
-
-impl Reduction {
-    /// How many elements each output combines.
-    fn count(&self) -> usize {
-        let r = self.arg.shape.len() as isize;
-        self.dims
-            .iter()
-            .map(|&d| self.arg.shape[d.rem_euclid(r) as usize])
-            .product()
-    }
-}
-
-fn reduction() -> impl Strategy<Value = Reduction> {
-    let flags = (any::<u8>(), any::<u8>(), any::<bool>(), any::<bool>());
-    (arg_of(shape(1, 3)), flags).prop_map(|(arg, (pick, neg, reverse, keepdim))| {
-        let r = arg.shape.len();
-        // No bit picked: reduce over every dim.
-        let pick = match pick as usize % (1 << r) {
-            0 => (1 << r) - 1,
-            p => p,
-        };
-        let mut dims: Vec<isize> = (0..r)
-            .filter(|&d| pick >> d & 1 == 1)
-            .map(|d| match neg >> d & 1 {
-                1 => d as isize - r as isize,
-                _ => d as isize,
-            })
-            .collect();
-        if reverse {
-            dims.reverse();
-        }
-        Reduction { arg, dims, keepdim }
-    })
-}
-
 // Domains: maps from standard normal values into an op's domain.
 
 fn any_real(x: f64) -> f64 {
     x
-}
-
-/// Positive, bounded away from 0 (log, sqrt, rsqrt, powf).
-fn positive(x: f64) -> f64 {
-    x.abs() + 0.5
-}
-
-/// Either sign, bounded away from 0 (recip, denominators).
-fn nonzero(x: f64) -> f64 {
-    x.signum() * (x.abs() + 0.5)
 }
 
 /// `x` moved out of the `MARGIN`-neighbourhood of each kink.
@@ -297,7 +139,7 @@ fn check_reduction(
 // ---------------------------------------------------------------------------------------
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(config(CASES))]
 
     #[test]
     fn gradcheck_add(args in arg_pair()) {
@@ -386,7 +228,7 @@ fn grid(x: f64, offset: f64) -> f64 {
 // ---------------------------------------------------------------------------------------
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(config(CASES))]
 
     #[test]
     fn gradcheck_neg(a in arg()) {
@@ -528,7 +370,7 @@ fn to_f32_gradient_is_cast_back(a: &Arg, c_seed: u64) -> std::result::Result<(),
 // ---------------------------------------------------------------------------------------
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(config(CASES))]
 
     #[test]
     fn gradcheck_sum(r in reduction()) {

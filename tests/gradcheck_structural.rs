@@ -10,43 +10,10 @@
 use proptest::prelude::*;
 use proptest::sample::Index;
 use twinflow::engine::gradcheck::{gradcheck, GradcheckOptions, GradcheckReport};
-use twinflow::engine::{scaled_dot_product_attention, DType, Device, Generator, Result, Tensor};
+use twinflow::engine::{scaled_dot_product_attention, Result, Tensor};
 
-/// A modest number of cases without regression files (failures print the case).
-fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
-/// Standard normal f64 values of `shape`, from `seed`.
-fn randn(seed: u64, shape: &[usize]) -> Tensor {
-    Generator::new(seed)
-        .randn(shape, DType::F64, Device::Cpu)
-        .expect("randn")
-}
-
-/// `n` pseudo-random indices in `0..hi` from `seed` (splitmix64).
-fn indices(seed: u64, n: usize, hi: usize) -> Vec<i64> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z % hi as u64) as i64
-        })
-        .collect()
-}
-
-/// An i64 tensor.
-fn ids(values: Vec<i64>, shape: &[usize]) -> Tensor {
-    Tensor::from_vec(values, shape, Device::Cpu).expect("ids")
-}
+mod common;
+use common::{config, ids, indices, randn, shape, shape_and_perm, swapped};
 
 /// `dim` of a rank-`rank` tensor, written negatively when `neg`.
 fn signed(dim: usize, rank: usize, neg: bool) -> isize {
@@ -54,15 +21,6 @@ fn signed(dim: usize, rank: usize, neg: bool) -> isize {
         true => dim as isize - rank as isize,
         false => dim as isize,
     }
-}
-
-/// `shape` with its last two dims swapped: how a tensor is stored when the closure
-/// hands the op its `.t()` view.
-fn swapped(shape: &[usize]) -> Vec<usize> {
-    let mut s = shape.to_vec();
-    let r = s.len();
-    s.swap(r - 2, r - 1);
-    s
 }
 
 /// Gradcheck with default options, also asserting that every float element was checked.
@@ -83,23 +41,6 @@ fn check_with(
         .sum();
     assert_eq!(report.checked, floats, "gradcheck skipped elements");
     Ok(report)
-}
-
-/// Shapes of rank `lo..=hi` with dims in `1..=max`.
-fn shape(lo: usize, hi: usize, max: usize) -> impl Strategy<Value = Vec<usize>> {
-    prop::collection::vec(1..=max, lo..=hi)
-}
-
-/// A shape of rank `lo..=hi` with a permutation of its dims.
-fn shape_and_perm(
-    lo: usize,
-    hi: usize,
-    max: usize,
-) -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
-    shape(lo, hi, max).prop_flat_map(|s| {
-        let r = s.len();
-        (Just(s), Just((0..r).collect::<Vec<_>>()).prop_shuffle())
-    })
 }
 
 proptest! {
@@ -483,7 +424,7 @@ proptest! {
                 let src = if transposed { x[0].t()? } else { x[0].clone() };
                 src.index_select(&x[1], dim)
             },
-            &[randn(seed, &s), ids(picked.clone(), &[n])],
+            &[randn(seed, &s), ids(&picked, &[n])],
         );
         if let Err(e) = r {
             prop_assert!(false, "{e} ({logical:?} t={transposed} index_select({picked:?}, {dim}))")
@@ -517,7 +458,7 @@ proptest! {
                 let src = if transposed { x[0].t()? } else { x[0].clone() };
                 src.gather(&x[1], dim)
             },
-            &[randn(seed, &s), ids(picked.clone(), &ids_shape)],
+            &[randn(seed, &s), ids(&picked, &ids_shape)],
         );
         if let Err(e) = r {
             let case = format!("{logical:?} t={transposed} ids {ids_shape:?} {picked:?} dim {dim}");
@@ -672,7 +613,7 @@ proptest! {
                 let l = if transposed { x[0].t()? } else { x[0].clone() };
                 l.mul_scalar(scale)?.cross_entropy(&x[1])
             },
-            &[logits, ids(labels.clone(), &[n])],
+            &[logits, ids(&labels, &[n])],
         );
         if let Err(e) = r {
             prop_assert!(false, "{e} ([{n}, {c}] t={transposed} labels {labels:?})")

@@ -3,7 +3,7 @@
 //! formula, sinusoidal time features against their formula, the run-time randomness
 //! (dropout, label dropout) and its reproducibility, train/eval mode and freezing.
 
-use twinflow::engine::{scaled_dot_product_attention, DType, Device, Generator, Result, Tensor};
+use twinflow::engine::{scaled_dot_product_attention, DType, Device, Result, Tensor};
 use twinflow::nn::{
     sincos, Classifier, ClassifierConfig, Dit, DitBlock, DitConfig, Dropout, Embedding, Forward,
     Init, LabelEmbedding, LayerNorm, Linear, LinearConfig, MlpVelocity, MlpVelocityConfig, Module,
@@ -11,38 +11,12 @@ use twinflow::nn::{
     TransformerBlockConfig, VelocityModel,
 };
 
-/// Standard normal values of `shape` and `dtype`, from `seed`.
-fn randn(seed: u64, shape: &[usize], dtype: DType) -> Tensor {
-    Generator::new(seed)
-        .randn(shape, dtype, Device::Cpu)
-        .expect("randn")
-}
-
-/// An i64 tensor of shape `[values.len()]`.
-fn labels(values: &[i64]) -> Tensor {
-    Tensor::from_slice(values, &[values.len()], Device::Cpu).expect("labels")
-}
+mod common;
+use common::{f64_builder, labels, randn_as, randomize};
 
 /// A tensor of `values` of shape `[values.len()]` and `dtype`.
 fn vector(values: &[f64], dtype: DType) -> Tensor {
     Tensor::from_f64s(values, &[values.len()], dtype, Device::Cpu).expect("vector")
-}
-
-/// Overwrites every parameter with normal values of standard deviation `std`, so that
-/// zero-initialised layers (adaLN-Zero, output layers) take part in a test.
-fn randomize(m: &mut dyn Module, seed: u64, std: f64) {
-    let mut g = Generator::new(seed);
-    m.visit_params_mut(&mut |_, p| {
-        let v = g
-            .normal(p.shape(), 0.0, std, p.dtype(), p.device())
-            .expect("normal");
-        p.assign(&v).expect("assign");
-    });
-}
-
-/// A builder of f64 parameters.
-fn pb64(seed: u64) -> ParamBuilder {
-    ParamBuilder::new(seed).with_dtype(DType::F64)
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -110,7 +84,7 @@ fn dit_default_matches_the_reference_parameters() -> Result<()> {
 fn dit_starts_at_zero_and_predicts_image_shaped_velocities() -> Result<()> {
     let mut dit = Dit::new(&mut ParamBuilder::new(1), DitConfig::default())?;
     let (x, t, tt) = (
-        randn(2, &[3, 784], DType::F32),
+        randn_as(2, &[3, 784], DType::F32),
         vector(&[0.9, -0.4, 1.0], DType::F32),
         vector(&[0.2, -0.4, 0.0], DType::F32),
     );
@@ -144,7 +118,7 @@ fn dit_generalises_to_colour_images() -> Result<()> {
     let dit = Dit::new(&mut ParamBuilder::new(0), cfg)?;
     assert_eq!(shape_of(&dit, "patch.weight"), [16, 12]);
     assert_eq!(shape_of(&dit, "pos"), [1, 16, 16]);
-    let x = randn(1, &[2, 192], DType::F32);
+    let x = randn_as(1, &[2, 192], DType::F32);
     let t = vector(&[0.5, -0.5], DType::F32);
     let v = dit.velocity(&x, &t, &t, &labels(&[1, 4]))?;
     assert_eq!(v.shape(), [2, 192]);
@@ -154,11 +128,11 @@ fn dit_generalises_to_colour_images() -> Result<()> {
 #[test]
 fn dit_refuses_bad_inputs_and_configs() -> Result<()> {
     let dit = Dit::new(&mut ParamBuilder::new(0), DitConfig::default())?;
-    let x = randn(0, &[2, 784], DType::F32);
+    let x = randn_as(0, &[2, 784], DType::F32);
     let t = vector(&[0.5, 0.1], DType::F32);
     let y = labels(&[1, 2]);
     assert!(dit.velocity(&x, &t, &t, &y).is_ok());
-    let bad_x = randn(0, &[2, 783], DType::F32);
+    let bad_x = randn_as(0, &[2, 783], DType::F32);
     assert!(dit.velocity(&bad_x, &t, &t, &y).is_err());
     assert!(dit
         .velocity(&x, &vector(&[0.5], DType::F32), &t, &y)
@@ -220,7 +194,7 @@ fn literal_dit_block(b: &DitBlock, x: &Tensor, c: &Tensor, heads: usize) -> Resu
 
 #[test]
 fn dit_block_matches_the_reference_formulas() -> Result<()> {
-    let mut block = DitBlock::new(&mut pb64(0), 12, 3, 4)?;
+    let mut block = DitBlock::new(&mut f64_builder(0), 12, 3, 4)?;
     randomize(&mut block, 1, 0.3);
     assert_eq!(
         names(&block),
@@ -237,8 +211,8 @@ fn dit_block_matches_the_reference_formulas() -> Result<()> {
             "ada.bias"
         ]
     );
-    let x = randn(2, &[2, 5, 12], DType::F64);
-    let c = randn(3, &[2, 12], DType::F64);
+    let x = randn_as(2, &[2, 5, 12], DType::F64);
+    let c = randn_as(3, &[2, 12], DType::F64);
     let got = block.forward(&x, &c)?;
     let want = literal_dit_block(&block, &x, &c, 3)?;
     assert!(max_abs_diff(&got, &want) < 1e-12);
@@ -252,7 +226,7 @@ fn layers_have_the_expected_shapes_and_names() -> Result<()> {
     let pb = &mut ParamBuilder::new(0);
     let lin = Linear::new(pb, 6, 4, LinearConfig::default())?;
     assert_eq!(
-        lin.forward(&randn(0, &[2, 3, 6], DType::F32))?.shape(),
+        lin.forward(&randn_as(0, &[2, 3, 6], DType::F32))?.shape(),
         [2, 3, 4]
     );
 
@@ -266,14 +240,17 @@ fn layers_have_the_expected_shapes_and_names() -> Result<()> {
 
     let sa = SelfAttention::new(pb, 8, 2, LinearConfig::default())?;
     assert_eq!(
-        sa.forward(&randn(1, &[2, 5, 8], DType::F32))?.shape(),
+        sa.forward(&randn_as(1, &[2, 5, 8], DType::F32))?.shape(),
         [2, 5, 8]
     );
     assert!(SelfAttention::new(pb, 8, 3, LinearConfig::default()).is_err());
-    assert!(sa.forward(&randn(1, &[5, 8], DType::F32)).is_err());
+    assert!(sa.forward(&randn_as(1, &[5, 8], DType::F32)).is_err());
 
     let sw = SwiGlu::new(pb, 8, 12, LinearConfig::default())?;
-    assert_eq!(sw.forward(&randn(1, &[3, 8], DType::F32))?.shape(), [3, 8]);
+    assert_eq!(
+        sw.forward(&randn_as(1, &[3, 8], DType::F32))?.shape(),
+        [3, 8]
+    );
     assert_eq!(names(&sw)[..3], ["gate.weight", "gate.bias", "up.weight"]);
 
     let tb = TransformerBlock::new(
@@ -282,7 +259,7 @@ fn layers_have_the_expected_shapes_and_names() -> Result<()> {
         LinearConfig::default(),
     )?;
     assert_eq!(
-        tb.forward(&randn(2, &[2, 5, 8], DType::F32))?.shape(),
+        tb.forward(&randn_as(2, &[2, 5, 8], DType::F32))?.shape(),
         [2, 5, 8]
     );
     let n = names(&tb);
@@ -305,8 +282,8 @@ fn layers_have_the_expected_shapes_and_names() -> Result<()> {
 #[test]
 fn self_attention_splits_heads_like_pytorch() -> Result<()> {
     let (b, t, d, h) = (2, 5, 12, 3);
-    let sa = SelfAttention::new(&mut pb64(4), d, h, LinearConfig::default())?;
-    let x = randn(5, &[b, t, d], DType::F64);
+    let sa = SelfAttention::new(&mut f64_builder(4), d, h, LinearConfig::default())?;
+    let x = randn_as(5, &[b, t, d], DType::F64);
     // The reference: qkv(x).view(B, T, 3, H, Dh).permute(2, 0, 3, 1, 4), written with a
     // contiguous copy so that the engine's strided path is compared with a plain one.
     let qkv = sa.qkv.forward(&x)?.reshape(&[b, t, 3, h, d / h])?;
@@ -322,14 +299,14 @@ fn self_attention_splits_heads_like_pytorch() -> Result<()> {
 
 #[test]
 fn norms_normalise_the_last_dim() -> Result<()> {
-    let x = randn(0, &[3, 16], DType::F64).affine(2.0, 5.0)?;
+    let x = randn_as(0, &[3, 16], DType::F64).affine(2.0, 5.0)?;
     let ln = LayerNorm::plain(1e-6).forward(&x)?;
     for row in ln.to_vec_f64()?.chunks(16) {
         let mean = row.iter().sum::<f64>() / 16.0;
         let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 16.0;
         assert!(mean.abs() < 1e-12 && (var - 1.0).abs() < 1e-5);
     }
-    let pb = &mut pb64(0);
+    let pb = &mut f64_builder(0);
     let affine = LayerNorm::affine(pb, 16, 1e-6)?;
     assert!(max_abs_diff(&affine.forward(&x)?, &ln) < 1e-12);
     assert_eq!(names(&affine), ["weight", "bias"]);
@@ -437,7 +414,7 @@ fn sincos_matches_its_formula_and_keeps_the_sign() -> Result<()> {
 
 #[test]
 fn label_dropout_replaces_labels_at_rate_p_in_train_mode_only() -> Result<()> {
-    let pb = &mut pb64(0);
+    let pb = &mut f64_builder(0);
     let mut emb = LabelEmbedding::new(pb, 10, 4, 0.3, Init::Normal(1.0))?;
     assert_eq!(emb.null_label(), 10);
     let n = 4000;
@@ -497,7 +474,7 @@ fn tiny_mlp_velocity(label_dropout: f64) -> Result<MlpVelocity> {
 fn set_training_reaches_every_random_layer() -> Result<()> {
     let mut m = tiny_mlp_velocity(0.5)?;
     randomize(&mut m, 1, 0.5);
-    let x = randn(0, &[16, 4], DType::F32);
+    let x = randn_as(0, &[16, 4], DType::F32);
     let t = Tensor::full(0.5, &[16], DType::F32, Device::Cpu)?;
     let y = labels(&[1; 16]);
     let run = |m: &MlpVelocity| m.velocity(&x, &t, &t, &y).unwrap().to_vec::<f32>().unwrap();
@@ -510,7 +487,7 @@ fn set_training_reaches_every_random_layer() -> Result<()> {
     assert_eq!(run(&m), run(&m));
 
     let mut clf = Classifier::new(&mut ParamBuilder::new(0), &ClassifierConfig::default())?;
-    let img = randn(1, &[4, 784], DType::F32);
+    let img = randn_as(1, &[4, 784], DType::F32);
     let logits = |c: &Classifier| c.forward(&img).unwrap().to_vec::<f32>().unwrap();
     assert_ne!(logits(&clf), logits(&clf));
     clf.set_training(false);
@@ -522,7 +499,7 @@ fn set_training_reaches_every_random_layer() -> Result<()> {
     };
     let mut dit = Dit::new(&mut ParamBuilder::new(0), cfg)?;
     randomize(&mut dit, 2, 0.3);
-    let x = randn(0, &[16, 16], DType::F32);
+    let x = randn_as(0, &[16, 16], DType::F32);
     let run = |d: &Dit| d.velocity(&x, &t, &t, &y).unwrap().to_vec::<f32>().unwrap();
     assert_ne!(run(&dit), run(&dit));
     dit.set_training(false);
@@ -548,7 +525,7 @@ fn tiny_dit_config() -> DitConfig {
 fn frozen_parameters_get_no_gradient() -> Result<()> {
     let mut m = tiny_mlp_velocity(0.0)?;
     randomize(&mut m, 1, 0.5);
-    let x = randn(0, &[5, 4], DType::F32);
+    let x = randn_as(0, &[5, 4], DType::F32);
     let t = Tensor::full(0.5, &[5], DType::F32, Device::Cpu)?;
     let y = labels(&[0, 1, 2, 3, 1]);
     let grads_of = |m: &MlpVelocity| -> Result<Vec<(String, bool)>> {
@@ -589,7 +566,7 @@ fn mlp_velocity_has_the_documented_layout() -> Result<()> {
     assert!(n.iter().any(|x| x == "blocks.2.fc2.weight"));
     assert_eq!(n.last().map(String::as_str), Some("out.bias"));
     assert_eq!(m.null_label(), 10);
-    let x = randn(0, &[2, 784], DType::F32);
+    let x = randn_as(0, &[2, 784], DType::F32);
     let t = vector(&[1.0, -0.3], DType::F32);
     let model: &dyn VelocityModel = &m;
     let v = model.velocity(&x, &t, &t, &labels(&[2, 10]))?;
@@ -599,7 +576,7 @@ fn mlp_velocity_has_the_documented_layout() -> Result<()> {
         "zero-initialised output"
     );
     assert!(tiny_mlp_velocity(0.0)?
-        .velocity(&randn(0, &[2, 5], DType::F32), &t, &t, &labels(&[0, 1]))
+        .velocity(&randn_as(0, &[2, 5], DType::F32), &t, &t, &labels(&[0, 1]))
         .is_err());
     Ok(())
 }
@@ -624,7 +601,7 @@ fn classifier_gives_logits_and_penultimate_features() -> Result<()> {
             "head.bias"
         ]
     );
-    let x = randn(0, &[3, 784], DType::F32);
+    let x = randn_as(0, &[3, 784], DType::F32);
     assert_eq!(clf.forward(&x)?.shape(), [3, 10]);
     assert_eq!(clf.features(&x)?.shape(), [3, 256]);
     let empty = ClassifierConfig {

@@ -8,15 +8,14 @@ use twinflow::nn::{
     LrSchedule, Module, Optimizer, ParamBuilder, Sgd, SgdConfig,
 };
 
+mod common;
+use common::vals;
+
 fn param(values: &[f64], dtype: DType) -> Tensor {
     Tensor::from_f64s(values, &[values.len()], dtype, Device::Cpu)
         .unwrap()
         .into_variable()
         .unwrap()
-}
-
-fn values(t: &Tensor) -> Vec<f64> {
-    t.to_vec_f64().unwrap()
 }
 
 /// Gradients of `Σ p·c`, i.e. exactly `c`, whatever p is.
@@ -102,7 +101,7 @@ fn check_sgd(cfg: SgdConfig) {
     let p = param(&P0, DType::F64);
     let mut opt = Sgd::new(vec![("p".into(), p.clone())], cfg).unwrap();
     run(&p, &mut opt);
-    assert_close(&values(&p), &sgd_reference(&cfg), 1e-14);
+    assert_close(&vals(&p), &sgd_reference(&cfg), 1e-14);
 }
 
 #[test]
@@ -151,7 +150,7 @@ fn check_adam(cfg: AdamConfig) {
     let p = param(&P0, DType::F32);
     let mut opt = Adam::new(vec![("p".into(), p.clone())], cfg).unwrap();
     run(&p, &mut opt);
-    assert_close(&values(&p), &adam_reference(&cfg), 2e-6);
+    assert_close(&vals(&p), &adam_reference(&cfg), 2e-6);
 }
 
 #[test]
@@ -271,9 +270,9 @@ fn frozen_parameters_and_parameters_without_gradient_are_skipped() {
         assert!(names.iter().all(|n| n.starts_with("trained.")), "{names:?}");
         assert_eq!(state.record.steps.keys().collect::<Vec<_>>(), ["trained"]);
     }
-    assert_ne!(values(&trained), vec![1.0, 2.0]);
-    assert_eq!(values(&frozen), vec![3.0, 4.0]);
-    assert_eq!(values(&unreached), vec![5.0, 6.0]);
+    assert_ne!(vals(&trained), vec![1.0, 2.0]);
+    assert_eq!(vals(&frozen), vec![3.0, 4.0]);
+    assert_eq!(vals(&unreached), vec![5.0, 6.0]);
 }
 
 #[test]
@@ -316,7 +315,7 @@ fn the_learning_rate_can_be_changed_between_steps() {
     opt.set_learning_rate(0.5).unwrap();
     assert_eq!(opt.learning_rate(), 0.5);
     opt.step(&grads_equal_to(&p, &[1.0])).unwrap();
-    assert_eq!(values(&p), vec![0.5]);
+    assert_eq!(vals(&p), vec![0.5]);
 }
 
 #[test]
@@ -339,7 +338,7 @@ fn exported_state_resumes_identically_and_bad_state_is_reported() {
         first.step(&grads_equal_to(&a, g)).unwrap();
         second.step(&grads_equal_to(&b, g)).unwrap();
     }
-    assert_eq!(values(&a), values(&b));
+    assert_eq!(vals(&a), vals(&b));
 
     let mut bad = first.state();
     bad.tensors[0].1 = Tensor::zeros(&[5], DType::F32, Device::Cpu).unwrap();
@@ -366,11 +365,11 @@ fn clipping_scales_to_the_max_norm_and_returns_the_norm_before() {
     assert!((norm - 13.0).abs() < 1e-12, "{norm}");
     let scale = 6.5 / (13.0 + 1e-6);
     assert_close(
-        &values(grads.get(&a).unwrap()),
+        &vals(grads.get(&a).unwrap()),
         &[3.0 * scale, 4.0 * scale],
         1e-6,
     );
-    assert_close(&values(grads.get(&b).unwrap()), &[12.0 * scale], 1e-6);
+    assert_close(&vals(grads.get(&b).unwrap()), &[12.0 * scale], 1e-6);
     let after = clip_grad_norm(&mut grads, [&a, &b], f64::INFINITY).unwrap();
     assert!((after - 6.5).abs() < 1e-5, "{after}");
 }
@@ -406,10 +405,7 @@ fn non_finite_gradient_entries_are_replaced_with_zero() {
     let b_before = grads.get(&b).unwrap().clone();
     let replaced = zero_non_finite(&mut grads, [&a, &b]).unwrap();
     assert_eq!(replaced, 3);
-    assert_eq!(
-        values(grads.get(&a).unwrap()),
-        vec![1.0, 0.0, 0.0, 0.0, big]
-    );
+    assert_eq!(vals(grads.get(&a).unwrap()), vec![1.0, 0.0, 0.0, 0.0, big]);
     assert!(grads.get(&b).unwrap().shares_storage(&b_before));
 }
 
@@ -507,7 +503,7 @@ fn ema_warms_up_its_decay_and_averages_as_computed_by_hand() {
     let by_hand = [0.6199875 * 3.01, 0.6199875 * 1.01 + 0.3800125 * 8.0];
     assert_close(&avg, &by_hand, 1e-15);
     let shadow = ema.shadow().unwrap();
-    assert_close(&values(&shadow.0), &by_hand, 1e-14);
+    assert_close(&vals(&shadow.0), &by_hand, 1e-14);
     assert!(!shadow.0.is_variable() && !shadow.0.shares_storage(&online.0));
     assert_eq!(ema.updates(), 3);
 }
@@ -528,7 +524,7 @@ fn ema_target_zero_is_the_online_model_and_one_a_frozen_copy() {
     assert!(same.shadow().is_none());
     assert!(std::ptr::eq(same.model(&online), &online));
     assert_eq!(same.decay(), 0.0);
-    assert_eq!(values(&frozen.model(&online).0), vec![1.0]);
+    assert_eq!(vals(&frozen.model(&online).0), vec![1.0]);
     assert_eq!(frozen.decay(), 1.0);
     assert!(Ema::new(&online, 1.5).is_err());
     assert!(Ema::new(&online, f64::NAN).is_err());
@@ -543,7 +539,7 @@ fn the_ema_copy_is_a_usable_model_without_gradients() {
     let x = Tensor::from_f64s(&[0.5, -1.0, 2.0], &[1, 3], DType::F32, Device::Cpu).unwrap();
     let theta_minus = ema.model(&online);
     let y = theta_minus.forward(&x).unwrap();
-    assert_eq!(values(&y), values(&online.forward(&x).unwrap()));
+    assert_eq!(vals(&y), vals(&online.forward(&x).unwrap()));
     assert!(!y.requires_grad());
     assert!(theta_minus
         .named_params()
