@@ -4,4 +4,8 @@
 
 pub mod data;
 
+pub mod method;
+
+pub mod metrics;
+
 pub mod sampler;

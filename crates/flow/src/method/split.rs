@@ -1,0 +1,246 @@
+//! TwinFlow, `split` recipe (method notes §3b): the batch split into four contiguous
+//! groups (e2e, mul, any, adv), one gradient forward, time-weighted loss, and
+//! rectification on the e2e group.
+
+use super::{enhance_velocity, filled, interpolate, per_sample, rcgm_target, rectification_delta};
+use super::{velocity_target, Batch, RcgmConfig, StepContext, StepLoss};
+use serde::{Deserialize, Serialize};
+use twinflow_engine::{no_grad, Error, Result, Tensor};
+use twinflow_nn::VelocityModel;
+
+/// Settings of the `split` recipe.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SplitConfig {
+    /// Group ratios e2e : mul : any : adv (non-negative, positive sum). `[1, 1, 1, 1]` is
+    /// TwinFlow, `[1, 1, 1, 0]` RCGM alone, `[0, 1, 0, 0]` flow matching.
+    pub ratios: [f64; 4],
+    /// The consistency ratio r: mul jumps to `t − u·t·min(0.05, r)`, any to `t − u·t·r`.
+    pub consistency_ratio: f64,
+    /// Guidance applies where `lo < t < hi` (non-adv samples only).
+    pub enhanced_range: [f64; 2],
+    /// The weight λ of the rectification term.
+    pub rect_weight: f64,
+    /// Multiply each sample's loss by `w_t = tan((1 − (|t| − |tt|))·π/2.5) + 1` (1 on
+    /// adv samples); off: every weight is 1.
+    pub time_weighting: bool,
+}
+
+impl Default for SplitConfig {
+    /// The production defaults: ratios 1:1:1:1, r = 1, range (0, 1), λ = 0.5, weighted.
+    fn default() -> Self {
+        SplitConfig {
+            ratios: [1.0; 4],
+            consistency_ratio: 1.0,
+            enhanced_range: [0.0, 1.0],
+            rect_weight: 0.5,
+            time_weighting: true,
+        }
+    }
+}
+
+impl SplitConfig {
+    /// Errors for negative or all-zero ratios, or a non-finite setting.
+    pub fn validate(&self) -> Result<()> {
+        let ok = self.ratios.iter().all(|r| r.is_finite() && *r >= 0.0)
+            && self.ratios.iter().sum::<f64>() > 0.0
+            && self.consistency_ratio.is_finite()
+            && self.enhanced_range.iter().all(|r| r.is_finite())
+            && self.rect_weight.is_finite();
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::invalid(
+                "twinflow split",
+                format!("needs finite settings and non-negative ratios with a positive sum, got {self:?}"),
+            ))
+        }
+    }
+
+    /// The group sizes `[e2e, mul, any, adv]` of a batch of `n`: contiguous groups
+    /// whose boundaries are `round(n·(r₀ + … + r_{k−1}) / Σr)`.
+    pub fn group_sizes(&self, n: usize) -> [usize; 4] {
+        let total: f64 = self.ratios.iter().sum();
+        let mut cum = 0.0;
+        let mut bounds = [0usize; 5];
+        for k in 0..4 {
+            cum += self.ratios[k];
+            bounds[k + 1] = ((n as f64) * cum / total).round() as usize;
+        }
+        bounds[4] = n;
+        [0, 1, 2, 3].map(|k| bounds[k + 1] - bounds[k])
+    }
+}
+
+/// The `split` loss (see [`TwinFlow`](super::TwinFlow) for the draws and terms).
+pub(crate) fn split_loss<M: VelocityModel>(
+    base: &RcgmConfig,
+    cfg: &SplitConfig,
+    ctx: &mut StepContext<'_, M>,
+    batch: &Batch,
+) -> Result<StepLoss> {
+    let n = batch.len();
+    if n < 4 {
+        return Err(Error::invalid(
+            "twinflow split",
+            format!("needs a batch of at least 4, got {n}"),
+        ));
+    }
+    let [ne, nm, na, nv] = cfg.group_sizes(n);
+    let nn = ne + nm + na;
+    let (x, c) = (&batch.x, &batch.labels);
+    let (dt, dev) = (x.dtype(), x.device());
+    let rng = &mut *ctx.rng;
+    let z = rng.randn(x.shape(), dt, dev)?;
+    let t0 = rng.uniform(&[n], 0.0, 1.0, dt, dev)?.to_vec_f64()?;
+    let u = rng.uniform(&[n], 0.0, 1.0, dt, dev)?.to_vec_f64()?;
+    let mut dim = x.shape().to_vec();
+    dim[0] = nv;
+    let z_adv = match nv {
+        0 => None,
+        _ => Some(rng.randn(&dim, dt, dev)?),
+    };
+    let uncond = match nn {
+        0 => None,
+        _ => base.draw_uncond(&c.narrow(0, 0, nn)?, rng)?,
+    };
+    dim[0] = ne;
+    let rect_draws = match ne {
+        0 => None,
+        _ => Some((
+            rng.randn(&dim, dt, dev)?,
+            rng.uniform(&[ne], 0.0, 1.0, dt, dev)?,
+        )),
+    };
+
+    // Times per group.
+    let r = cfg.consistency_ratio;
+    let (mut t, mut tt) = (vec![0.0; n], vec![0.0; n]);
+    for i in 0..n {
+        let (ti, tti) = if i < ne {
+            (1.0, 0.0)
+        } else if i < ne + nm {
+            (t0[i], t0[i] - u[i] * t0[i] * r.min(0.05))
+        } else if i < nn {
+            (t0[i], t0[i] - u[i] * t0[i] * r)
+        } else {
+            (-t0[i], -t0[i])
+        };
+        t[i] = ti;
+        tt[i] = tti;
+    }
+    let t_abs: Vec<f64> = t.iter().map(|v| v.abs()).collect();
+    let tensor = |v: &[f64]| Tensor::from_f64s(v, &[v.len()], dt, dev);
+    let (t_t, tt_t) = (tensor(&t)?, tensor(&tt)?);
+
+    // Data: real x on the non-adv groups, one-step fakes of fresh noise on adv.
+    let x_data = match &z_adv {
+        None => x.clone(),
+        Some(z_adv) => {
+            let c_adv = c.narrow(0, nn, nv)?;
+            let x_fake = no_grad(|| {
+                let (one, zero) = (filled(1.0, nv, x)?, filled(0.0, nv, x)?);
+                z_adv.sub(&ctx.online.velocity(z_adv, &one, &zero, &c_adv)?)
+            })?
+            .detach();
+            match nn {
+                0 => x_fake,
+                _ => Tensor::cat(&[&x.narrow(0, 0, nn)?, &x_fake], 0)?,
+            }
+        }
+    };
+    let x_t = interpolate(&x_data, &z, &tensor(&t_abs)?)?;
+    let v = velocity_target(&x_data, &z)?;
+
+    let state = ctx.online.forward_rng().state();
+    let f = ctx.online.velocity(&x_t, &t_t, &tt_t, c)?;
+
+    // Targets: guidance inside the enhanced range, then RCGM, on non-adv samples; adv
+    // samples keep v.
+    let target = if nn == 0 {
+        v.detach()
+    } else {
+        let (xt_na, t_na, tt_na) = (
+            x_t.narrow(0, 0, nn)?,
+            t_t.narrow(0, 0, nn)?,
+            tt_t.narrow(0, 0, nn)?,
+        );
+        let mut v_na = v.narrow(0, 0, nn)?;
+        let c_na = c.narrow(0, 0, nn)?;
+        if let Some(u_labels) = &uncond {
+            let enhanced = enhance_velocity(
+                ctx.ema,
+                state,
+                &xt_na,
+                &t_na,
+                &v_na,
+                &c_na,
+                u_labels,
+                base.guidance,
+            )?;
+            let [lo, hi] = cfg.enhanced_range;
+            let inside: Vec<f64> = t[..nn]
+                .iter()
+                .map(|&ti| f64::from(u8::from(lo < ti && ti < hi)))
+                .collect();
+            let mask = per_sample(&tensor(&inside)?, &v_na)?;
+            v_na = v_na.add(&enhanced.sub(&v_na)?.mul(&mask)?)?;
+        }
+        let target_na = rcgm_target(
+            ctx.ema,
+            state,
+            base.order,
+            base.delta,
+            &xt_na,
+            &t_na,
+            &tt_na,
+            &v_na,
+            &f.narrow(0, 0, nn)?,
+            &c_na,
+        )?;
+        match nv {
+            0 => target_na,
+            _ => Tensor::cat(&[&target_na, &v.narrow(0, nn, nv)?.detach()], 0)?,
+        }
+    };
+
+    // Per-sample weights: w_t, 1 on adv; with N = 0 only mul and adv contribute.
+    let weights: Vec<f64> = (0..n)
+        .map(|i| {
+            let group_on = base.order > 0 || (i >= ne && i < ne + nm) || i >= nn;
+            let wt = if i >= nn || !cfg.time_weighting {
+                1.0
+            } else {
+                ((1.0 - (t[i].abs() - tt[i].abs())) * std::f64::consts::PI / 2.5).tan() + 1.0
+            };
+            if group_on {
+                wt
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let main = base
+        .loss
+        .per_sample(&f, &target)?
+        .mul(&tensor(&weights)?)?
+        .mean_all()?;
+
+    // Rectification on e2e: Δv at the predicted data sg(x̂) = sg(z − F), clamped.
+    let rect = if let Some((z_rect, t_rect)) = &rect_draws {
+        let f_e = f.narrow(0, 0, ne)?;
+        let x_hat = x_t.narrow(0, 0, ne)?.sub(&f_e)?.detach();
+        let dv = rectification_delta(ctx.online, &x_hat, z_rect, t_rect, &c.narrow(0, 0, ne)?)?
+            .clamp(-1.0, 1.0)?;
+        base.loss
+            .mean(&f_e, &f_e.detach().sub(&dv)?)?
+            .mul_scalar(cfg.rect_weight)?
+    } else {
+        Tensor::scalar(0.0, dt, dev)?
+    };
+    let terms = vec![("base", main.item()?), ("rect", rect.item()?)];
+    Ok(StepLoss {
+        loss: main.add(&rect)?,
+        terms,
+    })
+}

@@ -1,0 +1,165 @@
+//! TwinFlow (method notes §3): the `full` recipe (§3a, every term on the whole batch,
+//! `L = L_base + L_real + L_adv + L_rect + L_cons`) and the `split` recipe (§3b, see
+//! [`SplitConfig`]).
+
+use super::rcgm::{base_loss, draw_base, times};
+use super::split::split_loss;
+use super::{check_batch, interpolate, rcgm_target, replay, velocity_target};
+use super::{Batch, FlowMethod, RcgmConfig, SplitConfig, StepContext, StepLoss};
+use serde::{Deserialize, Serialize};
+use twinflow_engine::{no_grad, Result, Tensor};
+use twinflow_nn::VelocityModel;
+
+/// Settings of [`TwinFlow`].
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TwinFlowConfig {
+    /// The base loss (order N, δ, guidance) and the per-sample loss ℓ used by every
+    /// term.
+    pub base: RcgmConfig,
+    /// Which recipe ([`Recipe::Full`] by default).
+    pub recipe: Recipe,
+    /// Settings of the `split` recipe (ignored by `full`).
+    pub split: SplitConfig,
+}
+
+/// The two TwinFlow recipes of the method notes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Recipe {
+    /// §3a (the tutorial): every term on the whole batch, 4 gradient forwards.
+    #[default]
+    Full,
+    /// §3b (production): four groups, one gradient forward.
+    Split,
+}
+
+/// `Δv = F_θ(y, −t', −t', c) − F_θ(y, t', t', c)` (fake minus real velocity) at
+/// `y = t'·z' + (1 − t')·x_fake`, without gradient; both forwards replay the model's
+/// current forward-stream state (so they see the same draws and leave the stream as it
+/// was). Detached.
+pub fn rectification_delta<M: VelocityModel>(
+    model: &M,
+    x_fake: &Tensor,
+    z: &Tensor,
+    t: &Tensor,
+    labels: &Tensor,
+) -> Result<Tensor> {
+    no_grad(|| {
+        let state = model.forward_rng().state();
+        let y = interpolate(&x_fake.detach(), z, t)?;
+        let neg = t.neg()?;
+        let fake = replay(model, state, || model.velocity(&y, &neg, &neg, labels))?;
+        let real = replay(model, state, || model.velocity(&y, t, t, labels))?;
+        fake.sub(&real)
+    })
+    .map(|d| d.detach())
+}
+
+/// TwinFlow.
+///
+/// **`full` recipe.** Draws, in order: those of [`Rcgm`](super::Rcgm)
+/// (`z`, `t`, `u`, the permutation when guidance shuffles labels), then `z' ~ N(0, I)`
+/// `[B, D]` and `t' ~ U(0, 1)` `[B]` for the rectification.
+///
+/// Terms (reported under these names, all with ℓ = the configured loss):
+/// - `base`: `L_base` at `(x_t, t, tt)`, with guidance.
+/// - `real`: `ℓ(F_θ(x_t, t, t, c), v)` with the plain `v = z − x`.
+/// - `adv`: `ℓ(F_θ(x^f_t, −t, −t, c), v^f)` on the fake trajectory of
+///   `x_fake = z − F_1`, `F_1 = F_θ(z, 1, 0, c)`, with the same `z` and `t`.
+/// - `rect`: `ℓ(F_1, sg(F_1 − Δv))`, [`rectification_delta`] at `(sg(x_fake), z', t')`.
+/// - `cons`: `ℓ(F_1, target)` with the RCGM target at `(x_t = z, t = 1, tt = 0)`,
+///   `v = z − x`, without guidance, θ⁻ replaying the draws of `F_1`'s forward.
+///
+/// Forwards per step: 4 with gradient, 2N + 4 without (8 for N = 2, as in §6).
+///
+/// **`split` recipe** (batch ≥ 4, groups e2e, mul, any, adv of
+/// [`SplitConfig::group_sizes`]). Draws, in order: `z` `[B, D]`, `t ~ U(0,1)` `[B]`,
+/// `u ~ U(0,1)` `[B]`, the adv group's noise `z''` (if any), the permutation of the
+/// non-adv labels (guidance with shuffled labels), then `z'` and `t'` of the e2e
+/// group's rectification (if any). The adv data are `sg(z'' − F_θ(z'', 1, 0, c))`.
+/// One gradient forward `F = F_θ(x_t, t, tt, c)` with `x_t = |t|·z + (1 − |t|)·x`;
+/// non-adv samples get guidance where `t` lies strictly inside the enhanced range, then
+/// the RCGM target (θ⁻ replaying the draws of that forward), adv samples target `v`.
+/// Terms: `base` = `mean(ℓ(F, target)·w_t)` over the whole batch (with N = 0 the e2e
+/// and any samples weigh 0), and `rect` = `λ·mean_e2e ℓ(F_e2e, sg(F_e2e − clamp(Δv)))`
+/// with Δv of [`rectification_delta`] at the e2e group's `sg(x̂) = sg(z − F_e2e)`.
+#[derive(Debug, Clone)]
+pub struct TwinFlow {
+    cfg: TwinFlowConfig,
+}
+
+impl TwinFlow {
+    /// The method with the given settings (checked).
+    pub fn new(cfg: TwinFlowConfig) -> Result<Self> {
+        cfg.base.validate()?;
+        cfg.split.validate()?;
+        Ok(TwinFlow { cfg })
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &TwinFlowConfig {
+        &self.cfg
+    }
+}
+
+impl<M: VelocityModel> FlowMethod<M> for TwinFlow {
+    fn name(&self) -> &'static str {
+        "twinflow"
+    }
+
+    fn loss(&self, ctx: &mut StepContext<'_, M>, batch: &Batch) -> Result<StepLoss> {
+        check_batch("twinflow", batch)?;
+        if self.cfg.recipe == Recipe::Split {
+            return split_loss(&self.cfg.base, &self.cfg.split, ctx, batch);
+        }
+        let cfg = &self.cfg.base;
+        let ell = cfg.loss;
+        let (x, c) = (&batch.x, &batch.labels);
+        let d = draw_base(cfg, ctx.rng, batch)?;
+        let z2 = ctx.rng.randn(x.shape(), x.dtype(), x.device())?;
+        let t2 = ctx
+            .rng
+            .uniform(&[batch.len()], 0.0, 1.0, x.dtype(), x.device())?;
+        let (z, t) = (&d.z, &d.t);
+        let x_t = interpolate(x, z, t)?;
+        let v = velocity_target(x, z)?;
+
+        let (_, l_base) = base_loss(cfg, ctx, &x_t, t, &d.tt, &v, c, d.uncond.as_ref())?;
+
+        let f_real = ctx.online.velocity(&x_t, t, t, c)?;
+        let l_real = ell.mean(&f_real, &v)?;
+
+        let (one, zero) = (times(1.0, t)?, times(0.0, t)?);
+        let state_1 = ctx.online.forward_rng().state();
+        let f_1 = ctx.online.velocity(z, &one, &zero, c)?;
+        let x_fake = z.sub(&f_1)?.detach();
+
+        let xf_t = interpolate(&x_fake, z, t)?;
+        let vf = velocity_target(&x_fake, z)?;
+        let neg = t.neg()?;
+        let f_adv = ctx.online.velocity(&xf_t, &neg, &neg, c)?;
+        let l_adv = ell.mean(&f_adv, &vf)?;
+
+        let dv = rectification_delta(ctx.online, &x_fake, &z2, &t2, c)?;
+        let l_rect = ell.mean(&f_1, &f_1.detach().sub(&dv)?)?;
+
+        let cons_target = rcgm_target(
+            ctx.ema, state_1, cfg.order, cfg.delta, z, &one, &zero, &v, &f_1, c,
+        )?;
+        let l_cons = ell.mean(&f_1, &cons_target)?;
+
+        let parts = [l_base, l_real, l_adv, l_rect, l_cons];
+        let names = ["base", "real", "adv", "rect", "cons"];
+        let mut loss = parts[0].clone();
+        for p in &parts[1..] {
+            loss = loss.add(p)?;
+        }
+        let terms = names
+            .iter()
+            .zip(&parts)
+            .map(|(n, p)| Ok((*n, p.item()?)))
+            .collect::<Result<_>>()?;
+        Ok(StepLoss { loss, terms })
+    }
+}

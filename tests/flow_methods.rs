@@ -1,0 +1,871 @@
+//! The training methods of `twinflow::flow::method` (method notes §1–§3a) on a tiny f64
+//! `MlpVelocity`: every loss term against a value recomputed here from the same draws
+//! and model outputs in plain Rust, the analytic gradients the notes state
+//! (dL_base/dF = 2·clamp(Δ)/D, dL_rect/dF₁ = 2Δv/D, per sample; the batch mean adds 1/B),
+//! N = 0 as flow matching, the finite `t = tt` branch, guidance with w = 0,
+//! reproducibility and configuration errors.
+
+use twinflow::engine::{no_grad, DType, Device, Generator, Result, Tensor};
+use twinflow::flow::method::{
+    by_name, enhance_velocity, rcgm_target, rectification_delta, Batch, FlowMatching,
+    FlowMatchingConfig, FlowMethod, LossFn, Rcgm, RcgmConfig, Recipe, SplitConfig, StepContext,
+    StepLoss, TwinFlow, TwinFlowConfig, Unconditional, METHOD_NAMES,
+};
+use twinflow::nn::{
+    ForwardRng, MlpVelocity, MlpVelocityConfig, Module, ParamBuilder, VelocityModel,
+};
+
+const B: usize = 4;
+const D: usize = 3;
+const F64: DType = DType::F64;
+const CPU: Device = Device::Cpu;
+const LABELS: [i64; B] = [0, 1, 2, 1];
+
+/// A tiny MLP whose zero-initialised output layer is refilled with random values.
+fn mlp(seed: u64) -> MlpVelocity {
+    let mut pb = ParamBuilder::new(seed).with_dtype(F64);
+    let cfg = MlpVelocityConfig {
+        data_dim: D,
+        width: 16,
+        depth: 1,
+        emb_dim: 4,
+        num_classes: 3,
+        label_dropout: 0.0,
+    };
+    let mut m = MlpVelocity::new(&mut pb, cfg).unwrap();
+    let mut g = Generator::new(seed + 1000);
+    m.visit_params_mut(&mut |name, t| {
+        if name.starts_with("out.") {
+            t.assign(&g.normal(t.shape(), 0.0, 0.5, F64, CPU).unwrap())
+                .unwrap();
+        }
+    });
+    m
+}
+
+fn batch() -> Batch {
+    let x = Generator::new(77).randn(&[B, D], F64, CPU).unwrap();
+    Batch::new(x, Tensor::from_vec(LABELS.to_vec(), &[B], CPU).unwrap())
+}
+
+fn tensor(v: &[f64], shape: &[usize]) -> Tensor {
+    Tensor::from_vec(v.to_vec(), shape, CPU).unwrap()
+}
+
+/// `F(x, t, tt, c)` as plain numbers, without gradient (batch size from `t`).
+fn fwd<M: VelocityModel>(m: &M, x: &[f64], t: &[f64], tt: &[f64], c: &[i64]) -> Vec<f64> {
+    let n = t.len();
+    no_grad(|| {
+        let labels = Tensor::from_vec(c.to_vec(), &[n], CPU).unwrap();
+        m.velocity(
+            &tensor(x, &[n, D]),
+            &tensor(t, &[n]),
+            &tensor(tt, &[n]),
+            &labels,
+        )
+        .unwrap()
+        .to_vec_f64()
+        .unwrap()
+    })
+}
+
+/// `a + k·(b − a)` elementwise per sample, i.e. the path `(1 − k)·a + k·b`.
+fn lerp(a: &[f64], b: &[f64], k: &[f64]) -> Vec<f64> {
+    (0..a.len())
+        .map(|i| a[i] + k[i / D] * (b[i] - a[i]))
+        .collect()
+}
+
+fn sub(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| x - y).collect()
+}
+
+fn mse(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>() / a.len() as f64
+}
+
+fn close(a: f64, b: f64, what: &str) {
+    assert!(
+        (a - b).abs() <= 1e-10 * (1.0 + b.abs()),
+        "{what}: got {a}, expected {b}"
+    );
+}
+
+fn close_all(a: &[f64], b: &[f64], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        close(*x, *y, &format!("{what}[{i}]"));
+    }
+}
+
+/// The per-sample pieces of the RCGM target (notes §2, steps 3–5), written out: returns
+/// (target, Δ unclamped).
+#[allow(clippy::too_many_arguments)]
+fn rcgm_ref<M: VelocityModel>(
+    ema: &M,
+    order: usize,
+    delta: f64,
+    xt: &[f64],
+    t: &[f64],
+    tt: &[f64],
+    v: &[f64],
+    f: &[f64],
+    c: &[i64],
+) -> (Vec<f64>, Vec<f64>) {
+    let n_rows = t.len();
+    if order == 0 {
+        return (v.to_vec(), sub(f, v));
+    }
+    let tm: Vec<f64> = (0..n_rows).map(|i| (t[i] - delta).max(tt[i])).collect();
+    let mut x: Vec<f64> = (0..n_rows * D).map(|i| xt[i] - delta * v[i]).collect();
+    let mut p = vec![0.0; n_rows * D];
+    let n = order as f64;
+    for k in 0..order {
+        let grid = |k: f64| -> Vec<f64> {
+            (0..n_rows)
+                .map(|i| tm[i] * (1.0 - k / n) + tt[i] * (k / n))
+                .collect()
+        };
+        let (s, sn) = (grid(k as f64), grid(k as f64 + 1.0));
+        let fk = fwd(ema, &x, &s, &sn, c);
+        for i in 0..n_rows * D {
+            let r = i / D;
+            let xh = x[i] - s[r].abs() * fk[i];
+            let zh = x[i] + (1.0 - s[r].abs()) * fk[i];
+            x[i] = sn[r] * zh + (1.0 - sn[r]) * xh;
+            p[i] += fk[i] * (s[r] - sn[r]);
+        }
+    }
+    let mut target = vec![0.0; n_rows * D];
+    let mut delta_raw = vec![0.0; n_rows * D];
+    for i in 0..n_rows * D {
+        let r = i / D;
+        let (a, bp) = if t[r] < tt[r] + delta {
+            // The sub-steps have zero length up to rounding (t − δ vs tt), P ≈ 0, and
+            // b·P is taken as 0 (also at t = tt, where 1/(t − tt) is infinite).
+            assert!(p[i].abs() < 1e-12);
+            (1.0, 0.0)
+        } else {
+            ((t[r] - tt[r]) / delta, p[i] / delta)
+        };
+        delta_raw[i] = a * f[i] - bp - v[i];
+        target[i] = f[i] - delta_raw[i].clamp(-1.0, 1.0);
+    }
+    (target, delta_raw)
+}
+
+/// The draws of RCGM / TwinFlow in their documented order.
+struct Draws {
+    z: Vec<f64>,
+    t: Vec<f64>,
+    tt: Vec<f64>,
+    uncond: Option<Vec<i64>>,
+    z2: Vec<f64>,
+    t2: Vec<f64>,
+}
+
+fn draws(seed: u64, uncond: Option<Unconditional>) -> Draws {
+    let mut g = Generator::new(seed);
+    let f = |g: &mut Generator, shape: &[usize], normal: bool| {
+        let t = if normal {
+            g.randn(shape, F64, CPU)
+        } else {
+            g.uniform(shape, 0.0, 1.0, F64, CPU)
+        };
+        t.unwrap().to_vec_f64().unwrap()
+    };
+    let z = f(&mut g, &[B, D], true);
+    let t = f(&mut g, &[B], false);
+    let u = f(&mut g, &[B], false);
+    let tt = (0..B).map(|i| t[i] - t[i] * u[i]).collect();
+    let uncond = uncond.map(|u| match u {
+        Unconditional::Shuffle => g
+            .permutation(B)
+            .iter()
+            .map(|&j| LABELS[j as usize])
+            .collect(),
+        Unconditional::Null(k) => vec![k; B],
+    });
+    let z2 = f(&mut g, &[B, D], true);
+    let t2 = f(&mut g, &[B], false);
+    Draws {
+        z,
+        t,
+        tt,
+        uncond,
+        z2,
+        t2,
+    }
+}
+
+fn run<M: VelocityModel>(method: &dyn FlowMethod<M>, online: &M, ema: &M, seed: u64) -> StepLoss {
+    let mut rng = Generator::new(seed);
+    let mut ctx = StepContext::new(online, ema, &mut rng);
+    method.loss(&mut ctx, &batch()).unwrap()
+}
+
+fn x_vec() -> Vec<f64> {
+    batch().x.to_vec_f64().unwrap()
+}
+
+/// The enhanced velocity by hand.
+fn guided(ema: &MlpVelocity, d: &Draws, xt: &[f64], v: &[f64], w: f64) -> Vec<f64> {
+    match &d.uncond {
+        None => v.to_vec(),
+        Some(u) => {
+            let cond = fwd(ema, xt, &d.t, &d.t, &LABELS);
+            let free = fwd(ema, xt, &d.t, &d.t, u);
+            (0..B * D).map(|i| v[i] + w * (cond[i] - free[i])).collect()
+        }
+    }
+}
+
+#[test]
+fn flow_matching_loss_matches_hand_computation() {
+    let m = mlp(1);
+    let method = FlowMatching::new(FlowMatchingConfig::default()).unwrap();
+    let out = run(&method, &m, &m, 5);
+    let mut g = Generator::new(5);
+    let z = g.randn(&[B, D], F64, CPU).unwrap().to_vec_f64().unwrap();
+    let t = g
+        .uniform(&[B], 0.0, 1.0, F64, CPU)
+        .unwrap()
+        .to_vec_f64()
+        .unwrap();
+    let x = x_vec();
+    let xt = lerp(&x, &z, &t);
+    let expected = mse(&fwd(&m, &xt, &t, &t, &LABELS), &sub(&z, &x));
+    close(out.value().unwrap(), expected, "fm loss");
+    close(out.term("fm").unwrap(), expected, "fm term");
+}
+
+#[test]
+fn rcgm_loss_matches_hand_computation_with_guidance_and_ema() {
+    let (online, ema) = (mlp(1), mlp(2));
+    let x = x_vec();
+    for (order, uncond, w) in [
+        (2, Unconditional::Shuffle, 0.5),
+        (3, Unconditional::Null(3), 0.7),
+        (1, Unconditional::Shuffle, 0.0),
+    ] {
+        let cfg = RcgmConfig {
+            order,
+            guidance: w,
+            uncond,
+            ..RcgmConfig::default()
+        };
+        let out = run(&Rcgm::new(cfg).unwrap(), &online, &ema, 9);
+        let d = draws(9, (w != 0.0).then_some(uncond));
+        let xt = lerp(&x, &d.z, &d.t);
+        let v = guided(&ema, &d, &xt, &sub(&d.z, &x), w);
+        let f = fwd(&online, &xt, &d.t, &d.tt, &LABELS);
+        let (target, _) = rcgm_ref(&ema, order, 0.01, &xt, &d.t, &d.tt, &v, &f, &LABELS);
+        let expected = mse(&f, &target);
+        close(out.value().unwrap(), expected, &format!("rcgm N={order}"));
+        close(out.term("base").unwrap(), expected, "base term");
+    }
+}
+
+#[test]
+fn twinflow_terms_match_hand_computation() {
+    let (online, ema) = (mlp(1), mlp(2));
+    let cfg = TwinFlowConfig::default();
+    let out = run(&TwinFlow::new(cfg).unwrap(), &online, &ema, 11);
+    let d = draws(11, Some(Unconditional::Shuffle));
+    let x = x_vec();
+    let xt = lerp(&x, &d.z, &d.t);
+    let v = sub(&d.z, &x);
+    // L_base with guidance (θ⁻ = ema).
+    let vg = guided(&ema, &d, &xt, &v, 0.5);
+    let f = fwd(&online, &xt, &d.t, &d.tt, &LABELS);
+    let base = mse(
+        &f,
+        &rcgm_ref(&ema, 2, 0.01, &xt, &d.t, &d.tt, &vg, &f, &LABELS).0,
+    );
+    // L_real with the plain v.
+    let real = mse(&fwd(&online, &xt, &d.t, &d.t, &LABELS), &v);
+    // One-step fakes and the fake trajectory at −t.
+    let (ones, zeros) = ([1.0; B], [0.0; B]);
+    let f1 = fwd(&online, &d.z, &ones, &zeros, &LABELS);
+    let x_fake = sub(&d.z, &f1);
+    let xf_t = lerp(&x_fake, &d.z, &d.t);
+    let neg_t: Vec<f64> = d.t.iter().map(|t| -t).collect();
+    let adv = mse(
+        &fwd(&online, &xf_t, &neg_t, &neg_t, &LABELS),
+        &sub(&d.z, &x_fake),
+    );
+    // Rectification at fresh (z', t').
+    let y = lerp(&x_fake, &d.z2, &d.t2);
+    let neg_t2: Vec<f64> = d.t2.iter().map(|t| -t).collect();
+    let dv = sub(
+        &fwd(&online, &y, &neg_t2, &neg_t2, &LABELS),
+        &fwd(&online, &y, &d.t2, &d.t2, &LABELS),
+    );
+    let rect = mse(&f1, &sub(&f1, &dv));
+    // Consistency of the one-step map: RCGM target at (z, 1, 0), plain v, θ⁻.
+    let cons = mse(
+        &f1,
+        &rcgm_ref(&ema, 2, 0.01, &d.z, &ones, &zeros, &v, &f1, &LABELS).0,
+    );
+    let expected = [
+        ("base", base),
+        ("real", real),
+        ("adv", adv),
+        ("rect", rect),
+        ("cons", cons),
+    ];
+    for (name, value) in expected {
+        close(out.term(name).unwrap(), value, name);
+    }
+    let total: f64 = expected.iter().map(|(_, v)| v).sum();
+    close(out.value().unwrap(), total, "total");
+    assert!(rect > 0.0 && adv > 0.0 && cons > 0.0);
+}
+
+/// `F = f + t·a`: a variable `f` `[B, D]` (so dL/dF = dL/df) plus a fixed dependence on
+/// the signed time, so that fake and real velocities differ.
+struct Fixed {
+    f: Tensor,
+    a: Tensor,
+    rng: ForwardRng,
+}
+
+impl Fixed {
+    fn new(seed: u64) -> Self {
+        let mut g = Generator::new(seed);
+        Fixed {
+            f: g.normal(&[B, D], 0.0, 2.0, F64, CPU)
+                .unwrap()
+                .into_variable()
+                .unwrap(),
+            a: g.randn(&[1, D], F64, CPU).unwrap(),
+            rng: ForwardRng::new(0),
+        }
+    }
+
+    fn value(&self, t: &[f64]) -> Vec<f64> {
+        let (f, a) = (self.f.to_vec_f64().unwrap(), self.a.to_vec_f64().unwrap());
+        (0..B * D).map(|i| f[i] + t[i / D] * a[i % D]).collect()
+    }
+}
+
+impl Module for Fixed {
+    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor)) {
+        f("f", &self.f);
+    }
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        f("f", &mut self.f);
+    }
+}
+
+impl VelocityModel for Fixed {
+    fn velocity(&self, x: &Tensor, t: &Tensor, _tt: &Tensor, _c: &Tensor) -> Result<Tensor> {
+        assert_eq!(x.shape(), [B, D]);
+        self.f.add(&t.unsqueeze(1)?.mul(&self.a)?)
+    }
+    fn forward_rng(&self) -> &ForwardRng {
+        &self.rng
+    }
+}
+
+#[test]
+fn base_loss_gradient_is_two_clamped_delta_over_d() {
+    let m = Fixed::new(3);
+    let cfg = RcgmConfig {
+        guidance: 0.0,
+        ..RcgmConfig::default()
+    };
+    let out = run(&Rcgm::new(cfg).unwrap(), &m, &m, 21);
+    let grad = out
+        .loss
+        .backward()
+        .unwrap()
+        .get(&m.f)
+        .unwrap()
+        .to_vec_f64()
+        .unwrap();
+    let d = draws(21, None);
+    let x = x_vec();
+    let xt = lerp(&x, &d.z, &d.t);
+    let f = m.value(&d.t);
+    let (_, delta) = rcgm_ref(&m, 2, 0.01, &xt, &d.t, &d.tt, &sub(&d.z, &x), &f, &LABELS);
+    let expected: Vec<f64> = delta
+        .iter()
+        .map(|dl| 2.0 * dl.clamp(-1.0, 1.0) / D as f64 / B as f64)
+        .collect();
+    close_all(&grad, &expected, "dL_base/dF");
+    // The draws exercise both the clamped and the linear part.
+    assert!(delta.iter().any(|d| d.abs() > 1.0) && delta.iter().any(|d| d.abs() < 1.0));
+}
+
+#[test]
+fn rectification_gradient_is_two_delta_v_over_d() {
+    let m = Fixed::new(4);
+    let mut g = Generator::new(8);
+    let z = g.randn(&[B, D], F64, CPU).unwrap();
+    let z2 = g.randn(&[B, D], F64, CPU).unwrap();
+    let t2 = g.uniform(&[B], 0.0, 1.0, F64, CPU).unwrap();
+    let labels = batch().labels;
+    let (ones, zeros) = (
+        Tensor::ones(&[B], F64, CPU).unwrap(),
+        Tensor::zeros(&[B], F64, CPU).unwrap(),
+    );
+    let f1 = m.velocity(&z, &ones, &zeros, &labels).unwrap();
+    let x_fake = z.sub(&f1).unwrap();
+    let dv = rectification_delta(&m, &x_fake, &z2, &t2, &labels).unwrap();
+    assert!(!dv.requires_grad());
+    // Fake minus real velocity of F = f + t·a at (−t', t') is −2t'·a.
+    let (t2v, a) = (t2.to_vec_f64().unwrap(), m.a.to_vec_f64().unwrap());
+    let dv_ref: Vec<f64> = (0..B * D).map(|i| -2.0 * t2v[i / D] * a[i % D]).collect();
+    close_all(&dv.to_vec_f64().unwrap(), &dv_ref, "Δv");
+    let l_rect = LossFn::L2
+        .mean(&f1, &f1.detach().sub(&dv).unwrap())
+        .unwrap();
+    let grad = l_rect
+        .backward()
+        .unwrap()
+        .get(&m.f)
+        .unwrap()
+        .to_vec_f64()
+        .unwrap();
+    let expected: Vec<f64> = dv_ref
+        .iter()
+        .map(|d| 2.0 * d / D as f64 / B as f64)
+        .collect();
+    close_all(&grad, &expected, "dL_rect/dF1");
+}
+
+#[test]
+fn twinflow_gradient_is_the_sum_of_the_stated_term_gradients() {
+    let m = Fixed::new(5);
+    let cfg = TwinFlowConfig {
+        base: RcgmConfig {
+            guidance: 0.0,
+            ..RcgmConfig::default()
+        },
+        ..TwinFlowConfig::default()
+    };
+    let out = run(&TwinFlow::new(cfg).unwrap(), &m, &m, 31);
+    let grad = out
+        .loss
+        .backward()
+        .unwrap()
+        .get(&m.f)
+        .unwrap()
+        .to_vec_f64()
+        .unwrap();
+    let d = draws(31, None);
+    let x = x_vec();
+    let xt = lerp(&x, &d.z, &d.t);
+    let v = sub(&d.z, &x);
+    let (ones, zeros) = ([1.0; B], [0.0; B]);
+    let (_, d_base) = rcgm_ref(&m, 2, 0.01, &xt, &d.t, &d.tt, &v, &m.value(&d.t), &LABELS);
+    let f1 = m.value(&ones);
+    let x_fake = sub(&d.z, &f1);
+    let neg_t: Vec<f64> = d.t.iter().map(|t| -t).collect();
+    let (_, d_cons) = rcgm_ref(&m, 2, 0.01, &d.z, &ones, &zeros, &v, &f1, &LABELS);
+    let (f_real, f_adv) = (m.value(&d.t), m.value(&neg_t));
+    let vf = sub(&d.z, &x_fake);
+    let a = m.a.to_vec_f64().unwrap();
+    let k = 2.0 / (B * D) as f64;
+    let expected: Vec<f64> = (0..B * D)
+        .map(|i| {
+            let dv = -2.0 * d.t2[i / D] * a[i % D];
+            k * (d_base[i].clamp(-1.0, 1.0)
+                + (f_real[i] - v[i])
+                + (f_adv[i] - vf[i])
+                + dv
+                + d_cons[i].clamp(-1.0, 1.0))
+        })
+        .collect();
+    close_all(&grad, &expected, "dL/df");
+}
+
+#[test]
+fn order_zero_is_flow_matching() {
+    // With a model that ignores tt, RCGM N = 0 and flow matching see the same z and t
+    // (drawn first, in the same order) and must give the same loss.
+    let m = Fixed::new(6);
+    let rcgm = Rcgm::new(RcgmConfig {
+        order: 0,
+        guidance: 0.0,
+        ..RcgmConfig::default()
+    })
+    .unwrap();
+    let fm = FlowMatching::new(FlowMatchingConfig::default()).unwrap();
+    close(
+        run(&rcgm, &m, &m, 41).value().unwrap(),
+        run(&fm, &m, &m, 41).value().unwrap(),
+        "N = 0 vs flow matching",
+    );
+    // On the MLP (which sees tt) it is mse(F(x_t, t, tt), z − x).
+    let mlp = mlp(1);
+    let out = run(&rcgm, &mlp, &mlp, 42);
+    let d = draws(42, None);
+    let x = x_vec();
+    let xt = lerp(&x, &d.z, &d.t);
+    let expected = mse(&fwd(&mlp, &xt, &d.t, &d.tt, &LABELS), &sub(&d.z, &x));
+    close(out.value().unwrap(), expected, "N = 0 on the MLP");
+}
+
+#[test]
+fn equal_times_give_the_finite_flow_matching_target() {
+    let m = mlp(1);
+    let mut g = Generator::new(50);
+    let xt = g.randn(&[B, D], F64, CPU).unwrap();
+    let v = g.randn(&[B, D], F64, CPU).unwrap();
+    let f = g.normal(&[B, D], 0.0, 2.0, F64, CPU).unwrap();
+    // t = tt exactly (the literal formula's ∞·0), t − tt < δ, and t = tt = 0.
+    let t = tensor(&[0.3, 0.7, 0.5, 0.0], &[B]);
+    let tt = tensor(&[0.3, 0.7, 0.495, 0.0], &[B]);
+    let labels = batch().labels;
+    let state = m.forward_rng().state();
+    let target = rcgm_target(&m, state, 2, 0.01, &xt, &t, &tt, &v, &f, &labels)
+        .unwrap()
+        .to_vec_f64()
+        .unwrap();
+    assert!(target.iter().all(|x| x.is_finite()), "{target:?}");
+    let (fv, vv) = (f.to_vec_f64().unwrap(), v.to_vec_f64().unwrap());
+    let expected: Vec<f64> = (0..B * D)
+        .map(|i| fv[i] - (fv[i] - vv[i]).clamp(-1.0, 1.0))
+        .collect();
+    close_all(&target, &expected, "t < tt + δ target");
+    // Where the clamp is inactive this is exactly v.
+}
+
+#[test]
+fn guidance_with_zero_weight_leaves_the_target_unchanged() {
+    let m = mlp(1);
+    let mut g = Generator::new(60);
+    let xt = g.randn(&[B, D], F64, CPU).unwrap();
+    let v = g.randn(&[B, D], F64, CPU).unwrap();
+    let t = g.uniform(&[B], 0.0, 1.0, F64, CPU).unwrap();
+    let labels = batch().labels;
+    let uncond = Tensor::from_vec(vec![3i64; B], &[B], CPU).unwrap();
+    let state = m.forward_rng().state();
+    let same = enhance_velocity(&m, state, &xt, &t, &v, &labels, &uncond, 0.0).unwrap();
+    assert_eq!(same.to_vec_f64().unwrap(), v.to_vec_f64().unwrap());
+    let moved = enhance_velocity(&m, state, &xt, &t, &v, &labels, &uncond, 1.0).unwrap();
+    assert_ne!(moved.to_vec_f64().unwrap(), v.to_vec_f64().unwrap());
+    // The method with w = 0 equals the hand computation without guidance.
+    let cfg = RcgmConfig {
+        guidance: 0.0,
+        uncond: Unconditional::Null(3),
+        ..RcgmConfig::default()
+    };
+    let out = run(&Rcgm::new(cfg).unwrap(), &m, &m, 61);
+    let d = draws(61, None);
+    let x = x_vec();
+    let xt = lerp(&x, &d.z, &d.t);
+    let f = fwd(&m, &xt, &d.t, &d.tt, &LABELS);
+    let (target, _) = rcgm_ref(&m, 2, 0.01, &xt, &d.t, &d.tt, &sub(&d.z, &x), &f, &LABELS);
+    close(out.value().unwrap(), mse(&f, &target), "w = 0");
+}
+
+#[test]
+fn a_fixed_seed_reproduces_the_step() {
+    let (online, ema) = (mlp(1), mlp(2));
+    let method = TwinFlow::new(TwinFlowConfig::default()).unwrap();
+    let a = run(&method, &online, &ema, 70);
+    let b = run(&method, &online, &ema, 70);
+    let c = run(&method, &online, &ema, 71);
+    assert_eq!(a.terms, b.terms);
+    assert_eq!(a.value().unwrap(), b.value().unwrap());
+    assert_ne!(a.terms, c.terms);
+    let names: Vec<&str> = a.terms.iter().map(|(n, _)| *n).collect();
+    assert_eq!(names, ["base", "real", "adv", "rect", "cons"]);
+}
+
+#[test]
+fn barron_loss_matches_its_formula() {
+    let mut g = Generator::new(80);
+    let p = g.randn(&[B, D], F64, CPU).unwrap();
+    let q = g.randn(&[B, D], F64, CPU).unwrap();
+    let (alpha, c) = (1.0, 1e-3);
+    let got = LossFn::barron_default()
+        .per_sample(&p, &q)
+        .unwrap()
+        .to_vec_f64()
+        .unwrap();
+    let (pv, qv) = (p.to_vec_f64().unwrap(), q.to_vec_f64().unwrap());
+    for r in 0..B {
+        let m = mse(&pv[r * D..(r + 1) * D], &qv[r * D..(r + 1) * D]);
+        let w = (m / (c * c * f64::abs(alpha - 2.0)) + 1.0).powf((alpha - 2.0) / 2.0);
+        close(got[r], m * w / c, "barron");
+    }
+    let l2 = LossFn::L2.per_sample(&p, &q).unwrap().to_vec_f64().unwrap();
+    close(l2[0], mse(&pv[..D], &qv[..D]), "l2");
+}
+
+#[test]
+fn methods_by_name_and_config_errors() {
+    for name in METHOD_NAMES {
+        let method = by_name::<MlpVelocity>(name).unwrap();
+        assert_eq!(method.name(), name);
+        let m = mlp(1);
+        let out = run(method.as_ref(), &m, &m, 90);
+        assert!(out.value().unwrap().is_finite());
+    }
+    let err = by_name::<MlpVelocity>("gan").err().unwrap().to_string();
+    assert!(err.contains("flow_matching, rcgm, twinflow"), "{err}");
+    let cfg: TwinFlowConfig =
+        serde_json::from_str(r#"{"base": {"order": 1, "uncond": {"null": 10}}}"#).unwrap();
+    assert_eq!(cfg.base.order, 1);
+    assert_eq!(cfg.base.uncond, Unconditional::Null(10));
+    assert!(serde_json::from_str::<RcgmConfig>(r#"{"ordr": 1}"#).is_err());
+    assert!(serde_json::from_str::<FlowMatchingConfig>(r#"{"loss": "l1"}"#).is_err());
+    let barron: FlowMatchingConfig =
+        serde_json::from_str(r#"{"loss": {"barron": {"alpha": 1.0, "c": 0.001}}}"#).unwrap();
+    assert_eq!(barron.loss, LossFn::barron_default());
+    let bad = RcgmConfig {
+        delta: 0.0,
+        ..RcgmConfig::default()
+    };
+    assert!(Rcgm::new(bad).is_err());
+}
+
+const SPLIT_LABELS: [i64; 8] = [0, 1, 2, 1, 0, 2, 1, 0];
+
+fn split_method(split: SplitConfig, order: usize) -> TwinFlow {
+    TwinFlow::new(TwinFlowConfig {
+        base: RcgmConfig {
+            order,
+            ..RcgmConfig::default()
+        },
+        recipe: Recipe::Split,
+        split,
+    })
+    .unwrap()
+}
+
+fn split_run(method: &TwinFlow, online: &MlpVelocity, ema: &MlpVelocity, seed: u64) -> StepLoss {
+    let x = Generator::new(77).randn(&[8, D], F64, CPU).unwrap();
+    let labels = Tensor::from_vec(SPLIT_LABELS.to_vec(), &[8], CPU).unwrap();
+    let mut rng = Generator::new(seed);
+    let mut ctx = StepContext::new(online, ema, &mut rng);
+    FlowMethod::<MlpVelocity>::loss(method, &mut ctx, &Batch::new(x, labels)).unwrap()
+}
+
+#[test]
+fn split_recipe_matches_hand_computation() {
+    let (online, ema) = (mlp(1), mlp(2));
+    let split = SplitConfig::default();
+    assert_eq!(split.group_sizes(8), [2, 2, 2, 2]);
+    let out = split_run(&split_method(split, 2), &online, &ema, 13);
+
+    let n = 8;
+    let x = Generator::new(77)
+        .randn(&[n, D], F64, CPU)
+        .unwrap()
+        .to_vec_f64()
+        .unwrap();
+    let mut g = Generator::new(13);
+    let mut draw = |shape: &[usize], normal: bool| {
+        let t = if normal {
+            g.randn(shape, F64, CPU)
+        } else {
+            g.uniform(shape, 0.0, 1.0, F64, CPU)
+        };
+        t.unwrap().to_vec_f64().unwrap()
+    };
+    let z = draw(&[n, D], true);
+    let t0 = draw(&[n], false);
+    let u = draw(&[n], false);
+    let z_adv = draw(&[2, D], true);
+    let perm = g.permutation(6);
+    let mut draw = |shape: &[usize], normal: bool| {
+        let t = if normal {
+            g.randn(shape, F64, CPU)
+        } else {
+            g.uniform(shape, 0.0, 1.0, F64, CPU)
+        };
+        t.unwrap().to_vec_f64().unwrap()
+    };
+    let z_r = draw(&[2, D], true);
+    let t_r = draw(&[2], false);
+
+    let mut t = vec![1.0, 1.0];
+    let mut tt = vec![0.0, 0.0];
+    for i in 2..4 {
+        t.push(t0[i]);
+        tt.push(t0[i] - u[i] * t0[i] * 0.05);
+    }
+    for i in 4..6 {
+        t.push(t0[i]);
+        tt.push(t0[i] - u[i] * t0[i]);
+    }
+    for &ti in &t0[6..8] {
+        t.push(-ti);
+        tt.push(-ti);
+    }
+    let c_adv = &SPLIT_LABELS[6..];
+    let fake_f = fwd(&online, &z_adv, &[1.0; 2], &[0.0; 2], c_adv);
+    let x_fake = sub(&z_adv, &fake_f);
+    let x_data: Vec<f64> = x[..6 * D].iter().chain(&x_fake).copied().collect();
+    let t_abs: Vec<f64> = t.iter().map(|v| v.abs()).collect();
+    let x_t = lerp(&x_data, &z, &t_abs);
+    let v = sub(&z, &x_data);
+    let f = fwd(&online, &x_t, &t, &tt, &SPLIT_LABELS);
+
+    let m = 6 * D;
+    let c_na = &SPLIT_LABELS[..6];
+    let c_u: Vec<i64> = perm.iter().map(|&j| c_na[j as usize]).collect();
+    let cond = fwd(&ema, &x_t[..m], &t[..6], &t[..6], c_na);
+    let free = fwd(&ema, &x_t[..m], &t[..6], &t[..6], &c_u);
+    let v_na: Vec<f64> = (0..m)
+        .map(|i| {
+            let inside = t[i / D] > 0.0 && t[i / D] < 1.0;
+            v[i] + if inside {
+                0.5 * (cond[i] - free[i])
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let (target_na, _) = rcgm_ref(
+        &ema,
+        2,
+        0.01,
+        &x_t[..m],
+        &t[..6],
+        &tt[..6],
+        &v_na,
+        &f[..m],
+        c_na,
+    );
+    let target: Vec<f64> = target_na.iter().chain(&v[m..]).copied().collect();
+    let mut main = 0.0;
+    for r in 0..n {
+        let w = if r >= 6 {
+            1.0
+        } else {
+            ((1.0 - (t[r].abs() - tt[r].abs())) * std::f64::consts::PI / 2.5).tan() + 1.0
+        };
+        main += w * mse(&f[r * D..(r + 1) * D], &target[r * D..(r + 1) * D]);
+    }
+    main /= n as f64;
+    // Rectification on e2e at sg(x̂) = x_t − F (|t| = 1), Δv clamped, λ = 0.5.
+    let x_hat = sub(&x_t[..2 * D], &f[..2 * D]);
+    let y = lerp(&x_hat, &z_r, &t_r);
+    let neg: Vec<f64> = t_r.iter().map(|t| -t).collect();
+    let dv: Vec<f64> = sub(
+        &fwd(&online, &y, &neg, &neg, &SPLIT_LABELS[..2]),
+        &fwd(&online, &y, &t_r, &t_r, &SPLIT_LABELS[..2]),
+    )
+    .iter()
+    .map(|d| d.clamp(-1.0, 1.0))
+    .collect();
+    let rect = 0.5 * dv.iter().map(|d| d * d).sum::<f64>() / (2 * D) as f64;
+    close(out.term("base").unwrap(), main, "split base");
+    close(out.term("rect").unwrap(), rect, "split rect");
+    close(out.value().unwrap(), main + rect, "split total");
+}
+
+#[test]
+fn split_recipe_handles_group_ratios_and_order_zero() {
+    let (online, ema) = (mlp(1), mlp(2));
+    for ratios in [
+        [1.0, 1.0, 1.0, 0.0],
+        [0.0, 1.0, 0.0, 0.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ] {
+        let split = SplitConfig {
+            ratios,
+            ..SplitConfig::default()
+        };
+        for order in [0, 2] {
+            let out = split_run(&split_method(split, order), &online, &ema, 17);
+            assert!(out.value().unwrap().is_finite(), "{ratios:?} N={order}");
+        }
+    }
+    assert_eq!(
+        SplitConfig {
+            ratios: [1.0, 1.0, 1.0, 0.0],
+            ..SplitConfig::default()
+        }
+        .group_sizes(8),
+        [3, 2, 3, 0]
+    );
+    let bad = SplitConfig {
+        ratios: [0.0; 4],
+        ..SplitConfig::default()
+    };
+    assert!(TwinFlow::new(TwinFlowConfig {
+        split: bad,
+        ..TwinFlowConfig::default()
+    })
+    .is_err());
+}
+
+/// `F = e + t·a` where `e` is one uniform draw of the forward stream per call (a stand-in
+/// for dropout), or a fixed `e` when `fixed` is set.
+struct Noisy {
+    a: Tensor,
+    rng: ForwardRng,
+    fixed: Option<f64>,
+}
+
+impl Module for Noisy {
+    fn visit_params(&self, _f: &mut dyn FnMut(&str, &Tensor)) {}
+    fn visit_params_mut(&mut self, _f: &mut dyn FnMut(&str, &mut Tensor)) {}
+}
+
+impl VelocityModel for Noisy {
+    fn velocity(&self, x: &Tensor, t: &Tensor, _tt: &Tensor, _c: &Tensor) -> Result<Tensor> {
+        let e = match self.fixed {
+            Some(e) => e,
+            None => self.rng.lock().uniform(&[1], 0.0, 1.0, F64, CPU)?.item()?,
+        };
+        x.zeros_like()?
+            .add_scalar(e)?
+            .add(&t.unsqueeze(1)?.mul(&self.a)?)
+    }
+    fn forward_rng(&self) -> &ForwardRng {
+        &self.rng
+    }
+}
+
+#[test]
+fn target_forwards_replay_the_draws_of_the_gradient_forward() {
+    let a = Generator::new(99).randn(&[1, D], F64, CPU).unwrap();
+    let noisy = Noisy {
+        a: a.clone(),
+        rng: ForwardRng::new(5),
+        fixed: None,
+    };
+    let e0 = ForwardRng::new(5)
+        .lock()
+        .uniform(&[1], 0.0, 1.0, F64, CPU)
+        .unwrap()
+        .item()
+        .unwrap();
+    let method = Rcgm::new(RcgmConfig::default()).unwrap();
+    let out = run(&method, &noisy, &noisy, 23);
+    // The gradient forward drew once; the guidance pair and the N sub-steps replayed it
+    // and left the stream where it was.
+    let after = ForwardRng::new(5);
+    after.lock().uniform(&[1], 0.0, 1.0, F64, CPU).unwrap();
+    assert_eq!(noisy.rng.state(), after.state());
+    let fixed = Noisy {
+        a,
+        rng: ForwardRng::new(0),
+        fixed: Some(e0),
+    };
+    let d = draws(23, Some(Unconditional::Shuffle));
+    let x = x_vec();
+    let xt = lerp(&x, &d.z, &d.t);
+    let f = fwd(&fixed, &xt, &d.t, &d.tt, &LABELS);
+    // Labels are ignored, so with equal draws the guidance pair cancels: v stays z − x.
+    let (target, _) = rcgm_ref(
+        &fixed,
+        2,
+        0.01,
+        &xt,
+        &d.t,
+        &d.tt,
+        &sub(&d.z, &x),
+        &f,
+        &LABELS,
+    );
+    close(out.value().unwrap(), mse(&f, &target), "replayed draws");
+}
