@@ -9,3 +9,5 @@ pub mod method;
 pub mod metrics;
 
 pub mod sampler;
+
+pub mod train;

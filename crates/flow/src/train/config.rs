@@ -1,0 +1,325 @@
+//! The training configuration, read from TOML.
+
+use crate::method::{FlowMatchingConfig, RcgmConfig, TwinFlowConfig};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use twinflow_engine::{Error, Result};
+use twinflow_nn::{AdamConfig, DitConfig, LrSchedule, MlpVelocityConfig};
+
+const OP: &str = "config";
+
+/// Everything a training run needs. Unknown keys are refused everywhere.
+///
+/// ```toml
+/// steps = 400
+/// seed = 0
+/// ema_decay = 0.99
+/// nan_policy = "stop"
+///
+/// [model]
+/// kind = "mlp"
+/// [model.mlp]
+/// data_dim = 2
+/// width = 128
+/// depth = 2
+/// emb_dim = 32
+/// num_classes = 2
+///
+/// [method]
+/// name = "twinflow"
+/// [method.twinflow]
+/// recipe = "full"
+///
+/// [optimizer]
+/// lr = 1e-3
+///
+/// [schedule]
+/// kind = "constant"
+/// lr = 1e-3
+///
+/// [data]
+/// dataset = "moons"
+/// batch_size = 256
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Optimizer steps of the whole run.
+    pub steps: u64,
+    /// Seed of everything random: model init, data, the method's draws.
+    #[serde(default)]
+    pub seed: u64,
+    /// The EMA decay target (method notes §4); 0 keeps no EMA copy.
+    #[serde(default = "default_ema_decay")]
+    pub ema_decay: f64,
+    /// Clip the global gradient norm to this value (none: only measure it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_clip: Option<f64>,
+    /// Replace NaN/Inf gradient entries by 0 before clipping and the update.
+    #[serde(default)]
+    pub clean_non_finite: bool,
+    /// What to do on a non-finite loss or gradient norm.
+    #[serde(default)]
+    pub nan_policy: NanPolicy,
+    /// Write a metrics line every this many steps (0: never).
+    #[serde(default = "default_log_every")]
+    pub log_every: u64,
+    /// Save a checkpoint every this many steps (0: only at the end of [`Trainer::train`]).
+    ///
+    /// [`Trainer::train`]: crate::train::Trainer::train
+    #[serde(default)]
+    pub checkpoint_every: u64,
+    /// The network.
+    pub model: ModelConfig,
+    /// The training method.
+    pub method: MethodConfig,
+    /// AdamW's hyper-parameters.
+    #[serde(default)]
+    pub optimizer: OptimizerConfig,
+    /// The learning-rate schedule (default: constant at `optimizer.lr`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<LrSchedule>,
+    /// The training data.
+    pub data: DataConfig,
+}
+
+fn default_ema_decay() -> f64 {
+    0.99
+}
+
+fn default_log_every() -> u64 {
+    100
+}
+
+/// What a non-finite loss (or gradient norm) does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NanPolicy {
+    /// Stop with an error naming the step; the trainer refuses to save afterwards.
+    #[default]
+    Stop,
+    /// Skip the parameter update of that step and count it.
+    Skip,
+}
+
+/// Which network to train: `kind` and the sizes of that kind in its own table.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// `"mlp"` or `"dit"`.
+    pub kind: ModelKind,
+    /// Sizes of the MLP (`[model.mlp]`; defaults where absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlp: Option<MlpVelocityConfig>,
+    /// Sizes of the DiT (`[model.dit]`; defaults where absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dit: Option<DitConfig>,
+}
+
+/// The network families the trainer builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// [`twinflow_nn::MlpVelocity`].
+    Mlp,
+    /// [`twinflow_nn::Dit`].
+    Dit,
+}
+
+/// The method: `name` and its settings in a table of that name.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MethodConfig {
+    /// `"flow_matching"`, `"rcgm"` or `"twinflow"`.
+    pub name: MethodName,
+    /// `[method.flow_matching]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_matching: Option<FlowMatchingConfig>,
+    /// `[method.rcgm]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rcgm: Option<RcgmConfig>,
+    /// `[method.twinflow]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub twinflow: Option<TwinFlowConfig>,
+}
+
+/// The methods the trainer runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MethodName {
+    /// [`crate::method::FlowMatching`].
+    FlowMatching,
+    /// [`crate::method::Rcgm`].
+    Rcgm,
+    /// [`crate::method::TwinFlow`].
+    Twinflow,
+}
+
+/// AdamW (decoupled weight decay).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizerConfig {
+    /// Learning rate (used when no schedule is given).
+    pub lr: f64,
+    /// `betas[0]`.
+    pub beta1: f64,
+    /// `betas[1]`.
+    pub beta2: f64,
+    /// Denominator epsilon.
+    pub eps: f64,
+    /// Decoupled weight decay.
+    pub weight_decay: f64,
+}
+
+impl Default for OptimizerConfig {
+    /// `torch.optim.AdamW`'s defaults.
+    fn default() -> Self {
+        let a = AdamConfig::adamw();
+        OptimizerConfig {
+            lr: a.lr,
+            beta1: a.beta1,
+            beta2: a.beta2,
+            eps: a.eps,
+            weight_decay: a.weight_decay,
+        }
+    }
+}
+
+impl OptimizerConfig {
+    /// The [`AdamConfig`] it describes.
+    pub fn adam(&self) -> AdamConfig {
+        AdamConfig {
+            lr: self.lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            decoupled_weight_decay: true,
+        }
+    }
+}
+
+/// The training data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// A name of [`crate::data::DATASET_NAMES`].
+    pub dataset: String,
+    /// Samples per step.
+    pub batch_size: usize,
+    /// The directory holding `data/` (for `"mnist"`); the current directory by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<PathBuf>,
+}
+
+impl TrainConfig {
+    /// Reads and checks a TOML file; errors name the file and the offending key.
+    pub fn load(path: impl AsRef<Path>) -> Result<TrainConfig> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::invalid(OP, format!("cannot read {}: {e}", path.display())))?;
+        TrainConfig::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks TOML text; `origin` (a file name) starts every error message.
+    pub fn from_toml(text: &str, origin: &str) -> Result<TrainConfig> {
+        let cfg: TrainConfig =
+            toml::from_str(text).map_err(|e| Error::invalid(OP, describe(&e, text, origin)))?;
+        cfg.validate()
+            .map_err(|e| Error::invalid(OP, format!("{origin}: {e}")))?;
+        Ok(cfg)
+    }
+
+    /// The configuration as TOML (the resolved config of a run).
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self).map_err(|e| Error::invalid(OP, format!("cannot write TOML: {e}")))
+    }
+
+    /// The schedule in force: the configured one, or constant at `optimizer.lr`.
+    pub fn lr_schedule(&self) -> LrSchedule {
+        self.schedule.unwrap_or(LrSchedule::Constant {
+            lr: self.optimizer.lr,
+        })
+    }
+
+    /// Checks values serde cannot: sections matching `kind`/`name`, positive sizes,
+    /// valid optimizer, schedule and method settings.
+    pub fn validate(&self) -> Result<()> {
+        let (kind, other) = match self.model.kind {
+            ModelKind::Mlp => ("mlp", self.model.dit.is_some().then_some("dit")),
+            ModelKind::Dit => ("dit", self.model.mlp.is_some().then_some("mlp")),
+        };
+        if let Some(other) = other {
+            return Err(Error::invalid(
+                OP,
+                format!("model.kind is \"{kind}\" but a [model.{other}] table is given"),
+            ));
+        }
+        let m = &self.method;
+        let given = [
+            ("flow_matching", m.flow_matching.is_some()),
+            ("rcgm", m.rcgm.is_some()),
+            ("twinflow", m.twinflow.is_some()),
+        ];
+        let name = self.method_name();
+        if let Some((other, _)) = given.iter().find(|(n, g)| *g && *n != name) {
+            return Err(Error::invalid(
+                OP,
+                format!("method.name is \"{name}\" but a [method.{other}] table is given"),
+            ));
+        }
+        if self.data.batch_size == 0 {
+            return Err(Error::invalid(OP, "data.batch_size must be positive"));
+        }
+        if !(0.0..=1.0).contains(&self.ema_decay) {
+            return Err(Error::invalid(
+                OP,
+                format!("ema_decay must lie in [0, 1], got {}", self.ema_decay),
+            ));
+        }
+        if let Some(c) = self.grad_clip {
+            if c.is_nan() || c <= 0.0 {
+                return Err(Error::invalid(
+                    OP,
+                    format!("grad_clip must be positive, got {c}"),
+                ));
+            }
+        }
+        self.optimizer.adam().validate()?;
+        self.lr_schedule().validate()?;
+        Ok(())
+    }
+
+    /// The method's name as written in the config.
+    pub fn method_name(&self) -> &'static str {
+        match self.method.name {
+            MethodName::FlowMatching => "flow_matching",
+            MethodName::Rcgm => "rcgm",
+            MethodName::Twinflow => "twinflow",
+        }
+    }
+}
+
+/// One line: origin, position, serde's message (which names unknown keys) and the
+/// offending line of the file (which names the key of a wrongly typed value).
+fn describe(e: &toml::de::Error, text: &str, origin: &str) -> String {
+    let message = e.message().trim().replace('\n', " ");
+    let Some(span) = e.span() else {
+        return format!("{origin}: {message}");
+    };
+    let start = span.start.min(text.len());
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let line = text[line_start..line_end].trim();
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    match key {
+        Some(key) if !message.contains(&format!("`{key}`")) => {
+            format!("{origin}: line {line_no}: key `{key}`: {message} (`{line}`)")
+        }
+        _ => format!("{origin}: line {line_no}: {message} (`{line}`)"),
+    }
+}

@@ -1,0 +1,470 @@
+//! The trainer: builds a model, its EMA, AdamW, the method and the data from a
+//! [`TrainConfig`], runs training steps, logs metrics as JSON lines and saves and
+//! resumes checkpoints that reproduce an uninterrupted run exactly on the CPU.
+//!
+//! One step ([`Trainer::step`]): draw a batch; update the EMA θ⁻ (before the method
+//! runs, method notes §4); compute the method's loss with the method's generator;
+//! backpropagate; optionally zero non-finite gradient entries; measure (and optionally
+//! clip) the global gradient norm; set the scheduled learning rate; AdamW step.
+//!
+//! A non-finite loss or gradient norm follows [`NanPolicy`]: `stop` returns an error
+//! naming the step and leaves the trainer refusing to save (so the last checkpoint on
+//! disk stays the last good one); `skip` leaves the parameters and optimizer untouched,
+//! counts the step as skipped and goes on.
+//!
+//! Checkpoints (`<dir>/checkpoints/step-<N>.safetensors` and `latest.safetensors`, both
+//! written atomically) hold the model, the EMA, AdamW's state, the step, the method's and
+//! the model's generator states, and, in the config metadata, the resolved
+//! [`TrainConfig`], the data source's [`DataState`] and the skipped-step count.
+
+mod config;
+mod model;
+
+pub use config::{
+    DataConfig, MethodConfig, MethodName, ModelConfig, ModelKind, NanPolicy, OptimizerConfig,
+    TrainConfig,
+};
+pub use model::TrainModel;
+
+use crate::data::{DataSource, DataState};
+use crate::method::{Batch, FlowMatching, FlowMethod, Rcgm, StepContext, TwinFlow};
+use crate::sampler::{sample, SamplerConfig, Start};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use twinflow_engine::{Error, Generator, Result, Tensor};
+use twinflow_nn::{
+    clip_grad_norm, zero_non_finite, Adam, Checkpoint, Dit, Ema, LrSchedule, MlpVelocity, Module,
+    Optimizer, ParamBuilder, VelocityModel,
+};
+
+const OP: &str = "train";
+/// Generator name of the method's stream in checkpoints.
+const RNG_METHOD: &str = "method";
+/// Generator name of the model's forward stream in checkpoints.
+const RNG_MODEL: &str = "model";
+/// Seed offsets so that init, data and method draw from unrelated streams.
+const DATA_SEED: u64 = 0x0DA7_A5EE_D000_0001;
+const METHOD_SEED: u64 = 0x3E7_0D5E_ED00_0002;
+
+/// What one step did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepRecord {
+    /// The step's number (1 for the first step).
+    pub step: u64,
+    /// The total loss.
+    pub loss: f64,
+    /// Every loss term the method reports, by name.
+    pub terms: Vec<(String, f64)>,
+    /// The learning rate of this step's update.
+    pub lr: f64,
+    /// The global gradient norm before clipping (NaN when the step was skipped
+    /// before backpropagation).
+    pub grad_norm: f64,
+    /// Gradient entries replaced by 0 (with `clean_non_finite`).
+    pub cleaned: usize,
+    /// Batch samples per second of wall time of this step.
+    pub samples_per_sec: f64,
+    /// Whether the update was skipped (non-finite loss or norm, policy `skip`).
+    pub skipped: bool,
+}
+
+impl StepRecord {
+    /// The record as one JSON object: `step`, `loss`, every term, `lr`, `grad_norm`,
+    /// `samples_per_sec`, `skipped` (non-finite numbers become `null`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut map = serde_json::Map::new();
+        map.insert("step".into(), self.step.into());
+        map.insert("loss".into(), self.loss.into());
+        for (name, value) in &self.terms {
+            map.insert(name.clone(), (*value).into());
+        }
+        map.insert("lr".into(), self.lr.into());
+        map.insert("grad_norm".into(), self.grad_norm.into());
+        map.insert("samples_per_sec".into(), self.samples_per_sec.into());
+        map.insert("skipped".into(), self.skipped.into());
+        serde_json::Value::Object(map)
+    }
+}
+
+/// The trainer's part of the checkpoint metadata.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrainMeta {
+    train: TrainConfig,
+    data_state: DataState,
+    skipped: u64,
+}
+
+/// A training run in progress.
+pub struct Trainer {
+    cfg: TrainConfig,
+    model: TrainModel,
+    params: Vec<Tensor>,
+    ema: Ema<TrainModel>,
+    optimizer: Adam,
+    schedule: LrSchedule,
+    method: Box<dyn FlowMethod<TrainModel>>,
+    method_rng: Generator,
+    data: DataSource,
+    step: u64,
+    skipped: u64,
+    /// The step that stopped on a non-finite loss, if any.
+    stopped: Option<u64>,
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("step", &self.step)
+            .field("skipped", &self.skipped)
+            .field("stopped", &self.stopped)
+            .field("method", &self.method.name())
+            .field("dataset", &self.data.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Trainer {
+    /// Builds everything from `cfg` (validated first), seeded by `cfg.seed`.
+    pub fn new(cfg: TrainConfig) -> Result<Trainer> {
+        cfg.validate()?;
+        let root = cfg.data.root.clone().unwrap_or_else(|| PathBuf::from("."));
+        let data = DataSource::from_name(&cfg.data.dataset, &root, cfg.seed ^ DATA_SEED)?;
+        let mut pb = ParamBuilder::new(cfg.seed);
+        let model = build_model(&mut pb, &cfg, &data)?;
+        let params: Vec<Tensor> = model.named_params().into_iter().map(|(_, t)| t).collect();
+        let ema = Ema::new(&model, cfg.ema_decay)?;
+        let optimizer = Adam::new(model.named_params(), cfg.optimizer.adam())?;
+        let schedule = cfg.lr_schedule();
+        let m = cfg.method;
+        let method: Box<dyn FlowMethod<TrainModel>> = match m.name {
+            MethodName::FlowMatching => {
+                Box::new(FlowMatching::new(m.flow_matching.unwrap_or_default())?)
+            }
+            MethodName::Rcgm => Box::new(Rcgm::new(m.rcgm.unwrap_or_default())?),
+            MethodName::Twinflow => Box::new(TwinFlow::new(m.twinflow.unwrap_or_default())?),
+        };
+        Ok(Trainer {
+            method_rng: Generator::new(cfg.seed ^ METHOD_SEED),
+            cfg,
+            model,
+            params,
+            ema,
+            optimizer,
+            schedule,
+            method,
+            data,
+            step: 0,
+            skipped: 0,
+            stopped: None,
+        })
+    }
+
+    /// Reads the TOML config at `path` and builds a trainer from it.
+    pub fn from_config_file(path: impl AsRef<Path>) -> Result<Trainer> {
+        Trainer::new(TrainConfig::load(path)?)
+    }
+
+    /// Continues the run saved under `dir` (from `dir/checkpoints/latest.safetensors`).
+    pub fn resume(dir: impl AsRef<Path>) -> Result<Trainer> {
+        Trainer::from_checkpoint(latest_path(dir.as_ref()))
+    }
+
+    /// Continues the run saved in the checkpoint file `path`: rebuilds the trainer from
+    /// the saved config, then restores the model, EMA, optimizer, step, skipped count,
+    /// data state and every generator.
+    pub fn from_checkpoint(path: impl AsRef<Path>) -> Result<Trainer> {
+        let path = path.as_ref();
+        let ck = Checkpoint::load(path)?;
+        let bad = |why: String| {
+            Error::invalid(
+                OP,
+                format!("{}: not a trainer checkpoint: {why}", path.display()),
+            )
+        };
+        let meta = ck
+            .config
+            .clone()
+            .ok_or_else(|| bad("it holds no training config".into()))?;
+        let meta: TrainMeta =
+            serde_json::from_value(meta).map_err(|e| bad(format!("its config: {e}")))?;
+        let mut t = Trainer::new(meta.train)?;
+        ck.restore_model(&mut t.model)?;
+        ck.restore_ema(&mut t.ema)?;
+        ck.restore_optimizer(&mut t.optimizer)?;
+        t.method_rng.set_state(ck.rng(RNG_METHOD)?);
+        t.model.forward_rng().set_state(ck.rng(RNG_MODEL)?);
+        t.data.set_state(meta.data_state)?;
+        t.step = ck.step;
+        t.skipped = meta.skipped;
+        Ok(t)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    /// Steps taken (skipped ones included).
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    /// Steps whose update was skipped (policy `skip`).
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
+    /// The online model θ.
+    pub fn model(&self) -> &TrainModel {
+        &self.model
+    }
+
+    /// θ⁻: the EMA copy (θ itself when `ema_decay` is 0).
+    pub fn ema_model(&self) -> &TrainModel {
+        self.ema.model(&self.model)
+    }
+
+    /// The data source.
+    pub fn data(&self) -> &DataSource {
+        &self.data
+    }
+
+    /// One training step on the next batch of the data source.
+    pub fn step(&mut self) -> Result<StepRecord> {
+        self.check_not_stopped()?;
+        let (x, labels) = self.data.next_batch(self.cfg.data.batch_size)?;
+        self.step_on(&Batch::new(x, labels))
+    }
+
+    /// One training step on a given batch (the data source is not drawn from).
+    pub fn step_on(&mut self, batch: &Batch) -> Result<StepRecord> {
+        self.check_not_stopped()?;
+        let start = Instant::now();
+        let step = self.step + 1;
+        let lr = self.schedule.lr_at(self.step);
+        // §4: θ⁻ moves before the method's forwards of this step.
+        self.ema.update(&self.model)?;
+        let out = {
+            let ema = self.ema.model(&self.model);
+            let mut ctx = StepContext::new(&self.model, ema, &mut self.method_rng);
+            self.method.loss(&mut ctx, batch)?
+        };
+        let loss = out.value()?;
+        let mut record = StepRecord {
+            step,
+            loss,
+            terms: out.terms.iter().map(|&(n, v)| (n.to_string(), v)).collect(),
+            lr,
+            grad_norm: f64::NAN,
+            cleaned: 0,
+            samples_per_sec: 0.0,
+            skipped: false,
+        };
+        if !loss.is_finite() {
+            return self.non_finite(record, format!("non-finite loss {loss}"));
+        }
+        let mut grads = out.loss.backward()?;
+        drop(out);
+        if self.cfg.clean_non_finite {
+            record.cleaned = zero_non_finite(&mut grads, self.params.iter())?;
+        }
+        let max_norm = self.cfg.grad_clip.unwrap_or(f64::INFINITY);
+        record.grad_norm = clip_grad_norm(&mut grads, self.params.iter(), max_norm)?;
+        if !record.grad_norm.is_finite() {
+            let why = format!("non-finite gradient norm {}", record.grad_norm);
+            return self.non_finite(record, why);
+        }
+        self.optimizer.set_learning_rate(lr)?;
+        self.optimizer.step(&grads)?;
+        self.step = step;
+        record.samples_per_sec = batch.len() as f64 / start.elapsed().as_secs_f64().max(1e-9);
+        Ok(record)
+    }
+
+    /// Applies the NaN policy to a step whose loss or gradient norm is not finite.
+    fn non_finite(&mut self, mut record: StepRecord, why: String) -> Result<StepRecord> {
+        match self.cfg.nan_policy {
+            NanPolicy::Stop => {
+                self.stopped = Some(record.step);
+                Err(Error::invalid(
+                    OP,
+                    format!(
+                        "{why} at step {}; stopping (nan_policy = \"stop\"); the last \
+                         saved checkpoint is left as it was",
+                        record.step
+                    ),
+                ))
+            }
+            NanPolicy::Skip => {
+                self.step = record.step;
+                self.skipped += 1;
+                record.skipped = true;
+                record.samples_per_sec = 0.0;
+                Ok(record)
+            }
+        }
+    }
+
+    fn check_not_stopped(&self) -> Result<()> {
+        match self.stopped {
+            Some(step) => Err(Error::invalid(
+                OP,
+                format!("training stopped on a non-finite value at step {step}"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Saves a checkpoint as `dir/checkpoints/step-<N>.safetensors` and
+    /// `dir/checkpoints/latest.safetensors` (each written atomically); returns the
+    /// first path. Refused after a stop on a non-finite value.
+    pub fn save(&self, dir: impl AsRef<Path>) -> Result<PathBuf> {
+        if let Some(step) = self.stopped {
+            return Err(Error::invalid(
+                OP,
+                format!("refusing to save: training stopped on a non-finite value at step {step}"),
+            ));
+        }
+        let ckdir = dir.as_ref().join("checkpoints");
+        std::fs::create_dir_all(&ckdir).map_err(|e| io_error(&ckdir, e))?;
+        let meta = TrainMeta {
+            train: self.cfg.clone(),
+            data_state: self.data.state(),
+            skipped: self.skipped,
+        };
+        let meta = serde_json::to_value(&meta)
+            .map_err(|e| Error::invalid(OP, format!("cannot encode the config: {e}")))?;
+        let ck = Checkpoint::new(self.step, &self.model)
+            .with_ema(&self.ema)
+            .with_optimizer(&self.optimizer)
+            .with_rng(RNG_METHOD, self.method_rng.state())
+            .with_rng(RNG_MODEL, self.model.forward_rng().state())
+            .with_config(meta);
+        let path = ckdir.join(format!("step-{}.safetensors", self.step));
+        ck.save(&path)?;
+        ck.save(latest_path(dir.as_ref()))?;
+        Ok(path)
+    }
+
+    /// Appends `record` as one JSON line to `dir/metrics.jsonl`.
+    pub fn log(&self, dir: impl AsRef<Path>, record: &StepRecord) -> Result<()> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+        let path = dir.join("metrics.jsonl");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io_error(&path, e))?;
+        writeln!(file, "{}", record.to_json()).map_err(|e| io_error(&path, e))
+    }
+
+    /// Trains until `config().steps`, writing `dir/config.toml` (the resolved config),
+    /// a metrics line every `log_every` steps, a checkpoint every `checkpoint_every`
+    /// steps and one at the end; calls `on_step` with every record. Returns the records.
+    pub fn train(
+        &mut self,
+        dir: impl AsRef<Path>,
+        mut on_step: impl FnMut(&StepRecord),
+    ) -> Result<Vec<StepRecord>> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+        let config_path = dir.join("config.toml");
+        std::fs::write(&config_path, self.cfg.to_toml()?).map_err(|e| io_error(&config_path, e))?;
+        let mut records = Vec::new();
+        while self.step < self.cfg.steps {
+            let record = self.step()?;
+            on_step(&record);
+            let n = record.step;
+            if self.cfg.log_every > 0 && n % self.cfg.log_every == 0 {
+                self.log(dir, &record)?;
+            }
+            if self.cfg.checkpoint_every > 0 && n % self.cfg.checkpoint_every == 0 {
+                self.save(dir)?;
+            }
+            records.push(record);
+        }
+        let saved_now = self.cfg.checkpoint_every > 0 && self.step % self.cfg.checkpoint_every == 0;
+        if !saved_now || records.is_empty() {
+            self.save(dir)?;
+        }
+        Ok(records)
+    }
+
+    /// `n` samples `[n, D]` from θ (or θ⁻ with `ema`) with the sampler `sampler`, in
+    /// eval mode, labels cycling through the classes; the noise comes from `seed` and
+    /// the model's forward stream is left as it was.
+    pub fn sample(
+        &self,
+        sampler: &SamplerConfig,
+        n: usize,
+        seed: u64,
+        ema: bool,
+    ) -> Result<Tensor> {
+        let mut model = if ema {
+            self.ema_model().clone()
+        } else {
+            self.model.clone()
+        };
+        model.set_training(false);
+        let classes = self.data.num_classes().max(1);
+        let labels: Vec<i64> = (0..n).map(|i| (i % classes) as i64).collect();
+        let labels = Tensor::from_vec(labels, &[n], twinflow_engine::Device::Cpu)?;
+        let saved = model.forward_rng().state();
+        let start = Start::Seed {
+            n,
+            dim: self.data.dim(),
+            seed,
+        };
+        let out = sample(&model, start, &labels, Some(model.null_label()), sampler);
+        model.forward_rng().set_state(saved);
+        out
+    }
+}
+
+fn build_model(pb: &mut ParamBuilder, cfg: &TrainConfig, data: &DataSource) -> Result<TrainModel> {
+    let (dim, classes) = (data.dim(), data.num_classes());
+    let mismatch = |what: &str, got: usize, want: usize| {
+        Error::invalid(
+            "config",
+            format!(
+                "{what} is {got} but dataset \"{}\" has {want}",
+                cfg.data.dataset
+            ),
+        )
+    };
+    match cfg.model.kind {
+        ModelKind::Mlp => {
+            let m = cfg.model.mlp.unwrap_or_default();
+            if m.data_dim != dim {
+                return Err(mismatch("model.mlp.data_dim", m.data_dim, dim));
+            }
+            if m.num_classes != classes {
+                return Err(mismatch("model.mlp.num_classes", m.num_classes, classes));
+            }
+            Ok(TrainModel::Mlp(MlpVelocity::new(pb, m)?))
+        }
+        ModelKind::Dit => {
+            let d = cfg.model.dit.unwrap_or_default();
+            let d_dim = d.channels * d.image_size * d.image_size;
+            if d_dim != dim {
+                return Err(mismatch("model.dit channels·image_size²", d_dim, dim));
+            }
+            if d.num_classes != classes {
+                return Err(mismatch("model.dit.num_classes", d.num_classes, classes));
+            }
+            Ok(TrainModel::Dit(Dit::new(pb, d)?))
+        }
+    }
+}
+
+fn latest_path(dir: &Path) -> PathBuf {
+    dir.join("checkpoints").join("latest.safetensors")
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> Error {
+    Error::invalid(OP, format!("{}: {e}", path.display()))
+}

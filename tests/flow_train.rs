@@ -1,0 +1,301 @@
+//! The trainer of `twinflow::flow::train`: TwinFlow learns moons (1-NFE samples get
+//! much closer to the data), resuming from a checkpoint reproduces an uninterrupted
+//! run's losses bitwise, non-finite losses stop or skip by config, and config errors
+//! name the offending key.
+
+use std::path::PathBuf;
+use std::time::Instant;
+use twinflow::engine::{Device, Generator, Tensor};
+use twinflow::flow::data::Toy2d;
+use twinflow::flow::method::Batch;
+use twinflow::flow::metrics::{energy_distance, Samples};
+use twinflow::flow::sampler::SamplerConfig;
+use twinflow::flow::train::{NanPolicy, TrainConfig, Trainer};
+use twinflow::nn::Module;
+
+/// A small moons config for `method` (a `[method]` table body and sub-tables).
+fn moons_toml(steps: u64, method: &str, extra: &str) -> String {
+    format!(
+        r#"
+steps = {steps}
+seed = 7
+ema_decay = 0.99
+log_every = 10
+{extra}
+
+[model]
+kind = "mlp"
+[model.mlp]
+data_dim = 2
+width = 96
+depth = 2
+emb_dim = 16
+num_classes = 2
+
+[method]
+{method}
+
+[optimizer]
+lr = 2e-3
+weight_decay = 0.0
+
+[data]
+dataset = "moons"
+batch_size = 256
+"#
+    )
+}
+
+const TWINFLOW: &str = r#"name = "twinflow"
+[method.twinflow]
+recipe = "full"
+[method.twinflow.base]
+order = 1
+"#;
+
+/// TwinFlow's `split` recipe with N = 2 (fast enough to learn moons in seconds).
+const TWINFLOW_SPLIT: &str = r#"name = "twinflow"
+[method.twinflow]
+recipe = "split"
+[method.twinflow.base]
+order = 2
+"#;
+
+const FLOW_MATCHING: &str = r#"name = "flow_matching""#;
+
+fn config(steps: u64, method: &str, extra: &str) -> TrainConfig {
+    TrainConfig::from_toml(&moons_toml(steps, method, extra), "test.toml").unwrap()
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("twinflow-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn energy_to_moons(trainer: &Trainer, ema: bool) -> f64 {
+    let n = 1000;
+    let fake = trainer
+        .sample(&SamplerConfig::default(), n, 1234, ema)
+        .unwrap();
+    let fake = Samples::from_tensor(&fake).unwrap();
+    let mut gen = Generator::new(99);
+    let (real, _) = Toy2d::Moons.sample_tensors(n, &mut gen).unwrap();
+    let real = Samples::from_tensor(&real).unwrap();
+    energy_distance(&fake, &real).unwrap()
+}
+
+#[test]
+fn twinflow_split_learns_moons_at_one_nfe() {
+    let start = Instant::now();
+    let dir = temp_dir("learn");
+    let steps = 800;
+    let toml = moons_toml(steps, TWINFLOW_SPLIT, "").replace("lr = 2e-3", "lr = 5e-3");
+    let mut trainer = Trainer::new(TrainConfig::from_toml(&toml, "moons.toml").unwrap()).unwrap();
+    let before = energy_to_moons(&trainer, false);
+    let records = trainer.train(&dir, |_| {}).unwrap();
+    assert_eq!(records.len() as u64, steps);
+    assert!(records.iter().all(|r| r.loss.is_finite() && !r.skipped));
+    let online = energy_to_moons(&trainer, false);
+    let ema = energy_to_moons(&trainer, true);
+    println!(
+        "energy distance at 1 NFE: untrained {before:.4}, online {online:.4}, EMA {ema:.4} \
+         ({:.1} s)",
+        start.elapsed().as_secs_f64()
+    );
+    assert!(
+        online < 0.5 * before,
+        "online {online} vs untrained {before}"
+    );
+    assert!(ema < 0.5 * before, "EMA {ema} vs untrained {before}");
+
+    // Metrics: one line per 10 steps with every term; the config and checkpoints exist.
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len() as u64, steps / 10);
+    assert_eq!(lines[0]["step"], 10);
+    for key in ["loss", "lr", "grad_norm", "samples_per_sec"] {
+        assert!(lines[0][key].is_number(), "{key} missing in {}", lines[0]);
+    }
+    for (term, _) in &records[9].terms {
+        assert!(lines[0][term].is_number(), "term {term} missing");
+    }
+    assert!(dir.join("checkpoints/latest.safetensors").is_file());
+    assert!(dir.join("checkpoints/step-800.safetensors").is_file());
+    let resolved = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+    let reread = TrainConfig::from_toml(&resolved, "config.toml").unwrap();
+    assert_eq!(&reread, trainer.config());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn losses(trainer: &mut Trainer, steps: usize) -> Vec<(u64, u64, Vec<u64>)> {
+    (0..steps)
+        .map(|_| {
+            let r = trainer.step().unwrap();
+            let terms = r.terms.iter().map(|(_, v)| v.to_bits()).collect();
+            (r.step, r.loss.to_bits(), terms)
+        })
+        .collect()
+}
+
+#[test]
+fn resume_reproduces_the_uninterrupted_run_bitwise() {
+    let dir = temp_dir("resume");
+    // Label dropout makes the model's own generator matter too.
+    let method = TWINFLOW;
+    let toml = moons_toml(100, method, "grad_clip = 1.0\nclean_non_finite = true")
+        .replace("num_classes = 2", "num_classes = 2\nlabel_dropout = 0.1")
+        .replace(
+            "[optimizer]",
+            "[schedule]\nkind = \"warmup_cosine\"\npeak_lr = 2e-3\nwarmup_steps = 5\n\
+             total_steps = 30\nmin_lr = 1e-4\n\n[optimizer]",
+        );
+    let cfg = TrainConfig::from_toml(&toml, "resume.toml").unwrap();
+    let (k, m) = (12, 10);
+
+    let mut whole = Trainer::new(cfg.clone()).unwrap();
+    let expected = losses(&mut whole, k + m);
+
+    let mut first = Trainer::new(cfg).unwrap();
+    let head = losses(&mut first, k);
+    first.save(&dir).unwrap();
+    drop(first);
+    let mut resumed = Trainer::resume(&dir).unwrap();
+    assert_eq!(resumed.step_count(), k as u64);
+    let tail = losses(&mut resumed, m);
+
+    assert_eq!(head, expected[..k]);
+    assert_eq!(
+        tail,
+        expected[k..],
+        "resumed losses differ from the uninterrupted run"
+    );
+    // The parameters end up identical too.
+    for ((n, a), (_, b)) in whole
+        .model()
+        .named_params()
+        .iter()
+        .zip(resumed.model().named_params())
+    {
+        assert_eq!(
+            a.to_vec::<f32>().unwrap(),
+            b.to_vec::<f32>().unwrap(),
+            "parameter {n}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn nan_batch() -> Batch {
+    let x = Tensor::from_vec(vec![f32::NAN; 8], &[4, 2], Device::Cpu).unwrap();
+    let labels = Tensor::from_vec(vec![0i64, 1, 0, 1], &[4], Device::Cpu).unwrap();
+    Batch::new(x, labels)
+}
+
+fn param_values(trainer: &Trainer) -> Vec<Vec<f32>> {
+    trainer
+        .model()
+        .named_params()
+        .iter()
+        .map(|(_, t)| t.to_vec::<f32>().unwrap())
+        .collect()
+}
+
+#[test]
+fn nan_loss_stops_naming_the_step_and_keeps_the_checkpoint() {
+    let dir = temp_dir("nan-stop");
+    let mut trainer = Trainer::new(config(100, FLOW_MATCHING, "")).unwrap();
+    assert_eq!(trainer.config().nan_policy, NanPolicy::Stop);
+    for _ in 0..3 {
+        trainer.step().unwrap();
+    }
+    trainer.save(&dir).unwrap();
+    let saved = std::fs::read(dir.join("checkpoints/latest.safetensors")).unwrap();
+    let err = trainer.step_on(&nan_batch()).unwrap_err().to_string();
+    assert!(err.contains("step 4"), "{err}");
+    assert!(err.contains("non-finite loss"), "{err}");
+    // No more steps, and no save over the good checkpoint.
+    assert!(trainer.step().is_err());
+    assert!(trainer.save(&dir).is_err());
+    assert_eq!(
+        std::fs::read(dir.join("checkpoints/latest.safetensors")).unwrap(),
+        saved
+    );
+    let resumed = Trainer::resume(&dir).unwrap();
+    assert_eq!(resumed.step_count(), 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn nan_loss_with_skip_policy_skips_the_update() {
+    let mut trainer = Trainer::new(config(100, FLOW_MATCHING, "nan_policy = \"skip\"")).unwrap();
+    trainer.step().unwrap();
+    let before = param_values(&trainer);
+    let r = trainer.step_on(&nan_batch()).unwrap();
+    assert!(r.skipped && r.loss.is_nan() && r.step == 2);
+    assert_eq!(trainer.skipped(), 1);
+    assert_eq!(trainer.step_count(), 2);
+    assert_eq!(
+        param_values(&trainer),
+        before,
+        "a skipped step changed the model"
+    );
+    let r = trainer.step().unwrap();
+    assert!(!r.skipped && r.loss.is_finite() && r.step == 3);
+    assert_ne!(param_values(&trainer), before);
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let bad_key = moons_toml(10, FLOW_MATCHING, "").replace("batch_size", "batchsize");
+    let err = TrainConfig::from_toml(&bad_key, "bad.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("bad.toml") && err.contains("batchsize"),
+        "{err}"
+    );
+
+    let nested = moons_toml(10, TWINFLOW, "").replace("order = 1", "order = 1\nordr = 2");
+    let err = TrainConfig::from_toml(&nested, "nested.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ordr"), "{err}");
+
+    let wrong_type = moons_toml(10, FLOW_MATCHING, "").replace("lr = 2e-3", "lr = \"fast\"");
+    let err = TrainConfig::from_toml(&wrong_type, "type.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("type.toml") && err.contains("`lr`"), "{err}");
+    assert!(!err.contains('\n'), "one line: {err}");
+
+    let bad_policy = moons_toml(10, FLOW_MATCHING, "nan_policy = \"ignore\"");
+    let err = TrainConfig::from_toml(&bad_policy, "p.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nan_policy"), "{err}");
+
+    let wrong_section = moons_toml(10, FLOW_MATCHING, "").replace(
+        "name = \"flow_matching\"",
+        "name = \"flow_matching\"\n[method.rcgm]\norder = 2",
+    );
+    let err = TrainConfig::from_toml(&wrong_section, "s.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("method.rcgm"), "{err}");
+
+    let dim = moons_toml(10, FLOW_MATCHING, "").replace("data_dim = 2", "data_dim = 3");
+    let err = Trainer::new(TrainConfig::from_toml(&dim, "d.toml").unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("data_dim"), "{err}");
+
+    let missing = Trainer::from_config_file("/nonexistent/x.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(missing.contains("/nonexistent/x.toml"), "{missing}");
+}
