@@ -1,0 +1,138 @@
+//! PNG pictures of samples: a scatter plot for 2-D data, a grid for images.
+
+use std::path::Path;
+
+/// Colours of classes 0, 1, … (cycled beyond ten).
+const PALETTE: [[u8; 3]; 10] = [
+    [31, 119, 180],
+    [255, 127, 14],
+    [44, 160, 44],
+    [214, 39, 40],
+    [148, 103, 189],
+    [140, 86, 75],
+    [227, 119, 194],
+    [127, 127, 127],
+    [188, 189, 34],
+    [23, 190, 207],
+];
+
+fn write_png(
+    path: &Path,
+    width: u32,
+    height: u32,
+    color: png::ColorType,
+    data: &[u8],
+) -> Result<(), String> {
+    let fail = |e: &dyn std::fmt::Display| format!("cannot write {}: {e}", path.display());
+    let file = std::fs::File::create(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), width, height);
+    enc.set_color(color);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut writer = enc.write_header().map_err(|e| fail(&e))?;
+    writer.write_image_data(data).map_err(|e| fail(&e))?;
+    writer.finish().map_err(|e| fail(&e))
+}
+
+/// A `size`×`size` scatter plot of 2-D points `xy` (`[n, 2]` row-major), coloured by
+/// label; the square view is fitted to the points (at least [−2, 2]² is not forced).
+pub fn scatter(path: &Path, xy: &[f32], labels: &[i64], size: u32) -> Result<(), String> {
+    let n = labels.len();
+    let finite = |v: f32| v.is_finite();
+    let (mut lo, mut hi) = ([f32::INFINITY; 2], [f32::NEG_INFINITY; 2]);
+    for p in xy.chunks_exact(2).filter(|p| finite(p[0]) && finite(p[1])) {
+        for k in 0..2 {
+            lo[k] = lo[k].min(p[k]);
+            hi[k] = hi[k].max(p[k]);
+        }
+    }
+    if !lo[0].is_finite() {
+        // No finite point: show the default view.
+        lo = [-2.0; 2];
+        hi = [2.0; 2];
+    }
+    let half = ((hi[0] - lo[0]).max(hi[1] - lo[1]) * 0.55).max(1e-3);
+    let centre = [(lo[0] + hi[0]) / 2.0, (lo[1] + hi[1]) / 2.0];
+    let s = size as usize;
+    let mut img = vec![255u8; s * s * 3];
+    let to_px = |v: f32, c: f32| ((v - c + half) / (2.0 * half) * (s as f32 - 1.0)).round();
+    // Axes through the origin, light grey, when in view.
+    let (ox, oy) = (
+        to_px(0.0, centre[0]),
+        s as f32 - 1.0 - to_px(0.0, centre[1]),
+    );
+    for i in 0..s {
+        if (0.0..s as f32).contains(&ox) {
+            img[(i * s + ox as usize) * 3..][..3].copy_from_slice(&[220; 3]);
+        }
+        if (0.0..s as f32).contains(&oy) {
+            img[(oy as usize * s + i) * 3..][..3].copy_from_slice(&[220; 3]);
+        }
+    }
+    for i in 0..n {
+        let (x, y) = (xy[2 * i], xy[2 * i + 1]);
+        if !(finite(x) && finite(y)) {
+            continue;
+        }
+        let px = to_px(x, centre[0]) as i64;
+        let py = s as i64 - 1 - to_px(y, centre[1]) as i64;
+        let colour = PALETTE[labels[i].rem_euclid(PALETTE.len() as i64) as usize];
+        for dy in -1..=1 {
+            for dx in -1..=1 {
+                let (cx, cy) = (px + dx, py + dy);
+                if (0..s as i64).contains(&cx) && (0..s as i64).contains(&cy) {
+                    let at = (cy as usize * s + cx as usize) * 3;
+                    img[at..at + 3].copy_from_slice(&colour);
+                }
+            }
+        }
+    }
+    write_png(path, size, size, png::ColorType::Rgb, &img)
+}
+
+/// A grayscale grid of `rows`×`cols` images (values in [−1, 1], clipped for display),
+/// one grid row per class in `0..classes`, samples of a class left to right.
+pub fn image_grid(
+    path: &Path,
+    x: &[f32],
+    labels: &[i64],
+    (rows, cols): (usize, usize),
+    classes: usize,
+) -> Result<(), String> {
+    let d = rows * cols;
+    let classes = classes.max(1);
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+    for (i, &l) in labels.iter().enumerate() {
+        by_class[(l.max(0) as usize).min(classes - 1)].push(i);
+    }
+    let by_class: Vec<Vec<usize>> = by_class.into_iter().filter(|c| !c.is_empty()).collect();
+    let per_row = by_class.iter().map(Vec::len).max().unwrap_or(1).max(1);
+    let gap = 2;
+    let width = per_row * (cols + gap) + gap;
+    let height = by_class.len().max(1) * (rows + gap) + gap;
+    let mut img = vec![0u8; width * height];
+    for (r, members) in by_class.iter().enumerate() {
+        for (c, &i) in members.iter().enumerate() {
+            let sample = &x[i * d..(i + 1) * d];
+            let (top, left) = (gap + r * (rows + gap), gap + c * (cols + gap));
+            for y in 0..rows {
+                for xx in 0..cols {
+                    let v = sample[y * cols + xx];
+                    let v = if v.is_finite() {
+                        v.clamp(-1.0, 1.0)
+                    } else {
+                        -1.0
+                    };
+                    img[(top + y) * width + left + xx] = ((v + 1.0) * 127.5).round() as u8;
+                }
+            }
+        }
+    }
+    write_png(
+        path,
+        width as u32,
+        height as u32,
+        png::ColorType::Grayscale,
+        &img,
+    )
+}

@@ -1,0 +1,366 @@
+//! `twinflow`: train flow models from a TOML config, sample from checkpoints, dump data.
+
+mod cli {
+    pub mod npy;
+    pub mod plot;
+}
+
+use clap::{Args, Parser, Subcommand};
+use cli::{npy, plot};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use twinflow::engine::{Device, Tensor};
+use twinflow::flow::data::DataSource;
+use twinflow::flow::sampler::{sample as run_sampler, SamplerConfig, Start};
+use twinflow::flow::train::{ModelKind, StepRecord, TrainConfig, Trainer};
+use twinflow::nn::Module;
+
+/// The config used by `train` without `--config`.
+const DEFAULT_CONFIG: &str = include_str!("../configs/moons-twinflow.toml");
+/// Its name (the default run directory is `runs/<name>`).
+const DEFAULT_CONFIG_NAME: &str = "moons-twinflow";
+
+/// TwinFlow: one-step generative models on a from-scratch autodiff engine.
+#[derive(Debug, Parser)]
+#[command(name = "twinflow", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Train a model from a TOML config; writes config.toml, metrics.jsonl and
+    /// checkpoints/ (latest.safetensors and step-<N>.safetensors) under the run directory.
+    Train(TrainArgs),
+    /// Draw samples from a checkpoint into a .npy array (plus .labels.npy) or a .png picture.
+    Sample(SampleArgs),
+    /// Write real samples of a dataset, exactly as training draws them, to a .npy array
+    /// (plus .labels.npy).
+    Data(DataArgs),
+}
+
+#[derive(Debug, Args)]
+struct TrainArgs {
+    /// The training config (TOML; unknown keys are errors). Without it, the built-in
+    /// configs/moons-twinflow.toml is used (an MNIST default comes with a later change).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The run directory [default: runs/<config file stem>].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Train until this many optimizer steps in total (overrides the config's `steps`;
+    /// with --resume, the step to continue to).
+    #[arg(long, value_name = "N")]
+    steps: Option<u64>,
+    /// Seed of model init, data and the method's draws (overrides the config's `seed`;
+    /// not allowed with --resume, which restores the saved random state).
+    #[arg(long, value_name = "S")]
+    seed: Option<u64>,
+    /// Continue the run from DIR/checkpoints/latest.safetensors with the config saved in
+    /// it (--config only names the default DIR then).
+    #[arg(long)]
+    resume: bool,
+}
+
+#[derive(Debug, Args)]
+struct SampleArgs {
+    /// The checkpoint to sample from (e.g. runs/moons-twinflow/checkpoints/latest.safetensors).
+    #[arg(long, value_name = "FILE")]
+    checkpoint: PathBuf,
+    /// Number of sampler steps K of the UCGM sampler (= network evaluations without guidance).
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    nfe: usize,
+    /// Number of samples.
+    #[arg(long, value_name = "N")]
+    n: usize,
+    /// Class labels: `all` cycles 0, 1, …, num_classes−1; a number L gives every sample class L.
+    #[arg(long, value_name = "all|L", default_value = "all")]
+    labels: String,
+    /// Seed of the initial noise.
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    seed: u64,
+    /// Classifier-free guidance weight w (1: no guidance).
+    #[arg(long, value_name = "W", default_value_t = 1.0)]
+    guidance: f64,
+    /// Sample from the EMA weights instead of the online weights.
+    #[arg(long)]
+    ema: bool,
+    /// Output: FILE.npy (float32 [N, D], labels in FILE.labels.npy as int64 [N]) or FILE.png
+    /// (a scatter plot for 2-D data, a grid with one row per class for image data).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct DataArgs {
+    /// The dataset: moons, 8gaussians, checkerboard, spirals or mnist.
+    #[arg(long, value_name = "NAME")]
+    dataset: String,
+    /// Number of samples.
+    #[arg(long, value_name = "N")]
+    n: usize,
+    /// Seed of the data stream (the seed given to the dataset source).
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    seed: u64,
+    /// The directory holding data/ (for mnist).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    root: PathBuf,
+    /// Output FILE.npy (float32 [N, D]); the labels go to FILE.labels.npy (int64 [N]).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+}
+
+type CliResult<T> = Result<T, String>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(a) => train(a),
+        Command::Sample(a) => sample(a),
+        Command::Data(a) => data(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+fn train(a: TrainArgs) -> CliResult<()> {
+    let stem = match &a.config {
+        Some(path) => path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "run".into()),
+        None => DEFAULT_CONFIG_NAME.into(),
+    };
+    let dir = a
+        .out
+        .clone()
+        .unwrap_or_else(|| Path::new("runs").join(&stem));
+    let (mut trainer, target) = if a.resume {
+        if a.seed.is_some() {
+            return Err(
+                "--seed cannot be combined with --resume (the saved random state is restored)"
+                    .into(),
+            );
+        }
+        let latest = dir.join("checkpoints").join("latest.safetensors");
+        if !latest.is_file() {
+            return Err(format!(
+                "cannot resume: no checkpoint at {}",
+                latest.display()
+            ));
+        }
+        let trainer = Trainer::from_checkpoint(&latest).map_err(err)?;
+        let target = a.steps.unwrap_or(trainer.config().steps);
+        (trainer, target)
+    } else {
+        let mut cfg = match &a.config {
+            Some(path) => {
+                if !path.is_file() {
+                    return Err(format!("config file {} not found", path.display()));
+                }
+                TrainConfig::load(path).map_err(err)?
+            }
+            None => {
+                TrainConfig::from_toml(DEFAULT_CONFIG, "configs/moons-twinflow.toml (built in)")
+                    .map_err(err)?
+            }
+        };
+        if let Some(steps) = a.steps {
+            cfg.steps = steps;
+        }
+        if let Some(seed) = a.seed {
+            cfg.seed = seed;
+        }
+        let target = cfg.steps;
+        (Trainer::new(cfg).map_err(err)?, target)
+    };
+    let start = trainer.step_count();
+    if start >= target {
+        eprintln!(
+            "run in {} is already at step {start} (target {target}); nothing to do",
+            dir.display()
+        );
+        return Ok(());
+    }
+    let mut resolved = trainer.config().clone();
+    resolved.steps = target;
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let config_path = dir.join("config.toml");
+    std::fs::write(&config_path, resolved.to_toml().map_err(err)?)
+        .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
+
+    let bar = ProgressBar::new(target);
+    bar.set_position(start);
+    bar.reset_eta();
+    if let Ok(style) = ProgressStyle::with_template(
+        "{bar:30} {pos}/{len} steps | loss {msg} | {per_sec} | ETA {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    let (log_every, ck_every) = (resolved.log_every, resolved.checkpoint_every);
+    let mut last: Option<StepRecord> = None;
+    let mut saved_at = None;
+    while trainer.step_count() < target {
+        let record = trainer.step().map_err(err)?;
+        let n = record.step;
+        bar.set_message(format!("{:.4}", record.loss));
+        bar.set_position(n);
+        if log_every > 0 && n % log_every == 0 {
+            trainer.log(&dir, &record).map_err(err)?;
+        }
+        if ck_every > 0 && n % ck_every == 0 {
+            trainer.save(&dir).map_err(err)?;
+            saved_at = Some(n);
+        }
+        last = Some(record);
+    }
+    if saved_at != Some(trainer.step_count()) {
+        trainer.save(&dir).map_err(err)?;
+    }
+    bar.finish_and_clear();
+    if let Some(r) = last {
+        eprintln!(
+            "trained to step {} (loss {:.4}); run directory {}",
+            r.step,
+            r.loss,
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+enum OutKind {
+    Npy,
+    Png,
+}
+
+fn out_kind(path: &Path, png_ok: bool) -> CliResult<OutKind> {
+    let s = path.to_string_lossy();
+    if s.ends_with(".npy") {
+        Ok(OutKind::Npy)
+    } else if png_ok && s.ends_with(".png") {
+        Ok(OutKind::Png)
+    } else {
+        let want = if png_ok { ".npy or .png" } else { ".npy" };
+        Err(format!("--out must end in {want}, got {}", path.display()))
+    }
+}
+
+fn write_npy(path: &Path, x: &[f32], labels: &[i64], dim: usize) -> CliResult<()> {
+    npy::write_f32(path, x, labels.len(), dim)?;
+    let lp = npy::labels_path(path);
+    npy::write_i64(&lp, labels)?;
+    eprintln!("wrote {} and {}", path.display(), lp.display());
+    Ok(())
+}
+
+fn sample(a: SampleArgs) -> CliResult<()> {
+    let kind = out_kind(&a.out, true)?;
+    if a.n == 0 {
+        return Err("--n must be positive".into());
+    }
+    if a.nfe == 0 {
+        return Err("--nfe must be at least 1".into());
+    }
+    if !a.checkpoint.is_file() {
+        return Err(format!("checkpoint {} not found", a.checkpoint.display()));
+    }
+    let trainer = Trainer::from_checkpoint(&a.checkpoint).map_err(err)?;
+    let classes = trainer.data().num_classes().max(1);
+    let dim = trainer.data().dim();
+    let labels: Vec<i64> = if a.labels == "all" {
+        (0..a.n).map(|i| (i % classes) as i64).collect()
+    } else {
+        let l: usize = a.labels.parse().map_err(|_| {
+            format!(
+                "--labels must be `all` or a class number, got {:?}",
+                a.labels
+            )
+        })?;
+        if l >= classes {
+            return Err(format!(
+                "--labels {l} is out of range: the model has {classes} classes (0..{})",
+                classes - 1
+            ));
+        }
+        vec![l as i64; a.n]
+    };
+    let sampler = SamplerConfig {
+        steps: a.nfe,
+        guidance: a.guidance,
+        ..SamplerConfig::default()
+    };
+    let mut model = if a.ema {
+        trainer.ema_model().clone()
+    } else {
+        trainer.model().clone()
+    };
+    model.set_training(false);
+    let label_tensor = Tensor::from_vec(labels.clone(), &[a.n], Device::Cpu).map_err(err)?;
+    let start = Start::Seed {
+        n: a.n,
+        dim,
+        seed: a.seed,
+    };
+    let null = model.null_label();
+    let x = run_sampler(&model, start, &label_tensor, Some(null), &sampler).map_err(err)?;
+    let x: Vec<f32> = x.to_vec().map_err(err)?;
+    match kind {
+        OutKind::Npy => write_npy(&a.out, &x, &labels, dim),
+        OutKind::Png => {
+            let image = image_size(&trainer, dim);
+            if dim == 2 {
+                plot::scatter(&a.out, &x, &labels, 512)?;
+            } else if let Some(size) = image {
+                plot::image_grid(&a.out, &x, &labels, size, classes)?;
+            } else {
+                return Err(format!(
+                    "cannot draw {dim}-dimensional samples as a picture (only 2-D points and \
+                     grayscale images); write .npy instead"
+                ));
+            }
+            eprintln!("wrote {}", a.out.display());
+            Ok(())
+        }
+    }
+}
+
+/// Rows and columns of a grayscale image sample of `dim` values, when the data are images.
+fn image_size(trainer: &Trainer, dim: usize) -> Option<(usize, usize)> {
+    if let Some((r, c)) = trainer.data().image_size() {
+        if r * c == dim {
+            return Some((r, c));
+        }
+    }
+    let cfg = trainer.config();
+    if cfg.model.kind == ModelKind::Dit {
+        let d = cfg.model.dit.unwrap_or_default();
+        if d.channels == 1 && d.image_size * d.image_size == dim {
+            return Some((d.image_size, d.image_size));
+        }
+    }
+    None
+}
+
+fn data(a: DataArgs) -> CliResult<()> {
+    out_kind(&a.out, false)?;
+    if a.n == 0 {
+        return Err("--n must be positive".into());
+    }
+    let mut source = DataSource::from_name(&a.dataset, &a.root, a.seed).map_err(err)?;
+    let (x, labels) = source.next_batch(a.n).map_err(err)?;
+    let x: Vec<f32> = x.to_vec().map_err(err)?;
+    let labels: Vec<i64> = labels.to_vec().map_err(err)?;
+    write_npy(&a.out, &x, &labels, source.dim())
+}

@@ -1,0 +1,237 @@
+//! The `twinflow` binary: `train` writes a run directory and resumes it, `sample` writes
+//! .npy/.png files, `data` writes real samples, and every error is one `error:` line
+//! with exit code 1.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_twinflow");
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("twinflow-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap()
+}
+
+fn ok(dir: &Path, args: &[&str]) -> Output {
+    let out = run(dir, args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs a command that must fail with exit code 1 and a one-line `error:` message
+/// containing `needle`.
+fn fails(dir: &Path, args: &[&str], needle: &str) {
+    let out = run(dir, args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+    assert!(
+        stderr.contains(needle),
+        "{args:?}: {stderr} lacks {needle:?}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "{stderr}"
+    );
+}
+
+/// Parses a version 1.0 .npy file: (descr, shape, data length in bytes).
+fn read_npy(path: &Path) -> (String, Vec<usize>, usize) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..6], b"\x93NUMPY");
+    assert_eq!(&bytes[6..8], &[1, 0]);
+    let len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    assert_eq!((10 + len) % 16, 0, "header not aligned");
+    let header = std::str::from_utf8(&bytes[10..10 + len]).unwrap();
+    assert!(header.ends_with('\n'));
+    assert!(header.contains("'fortran_order': False"), "{header}");
+    let descr = header.split("'descr': '").nth(1).unwrap();
+    let descr = descr[..descr.find('\'').unwrap()].to_string();
+    let shape = header.split("'shape': (").nth(1).unwrap();
+    let shape: Vec<usize> = shape[..shape.find(')').unwrap()]
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    (descr, shape, bytes.len() - 10 - len)
+}
+
+fn check_npy_pair(path: &Path, n: usize, d: usize) {
+    let (descr, shape, data) = read_npy(path);
+    assert_eq!(
+        (descr.as_str(), shape, data),
+        ("<f4", vec![n, d], n * d * 4)
+    );
+    let labels = path.with_file_name(
+        path.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace(".npy", ".labels.npy"),
+    );
+    let (descr, shape, data) = read_npy(&labels);
+    assert_eq!((descr.as_str(), shape, data), ("<i8", vec![n], n * 8));
+}
+
+#[test]
+fn train_resume_and_sample() {
+    let dir = temp_dir("train");
+    let config = repo("configs/moons-twinflow.toml");
+    let config = config.to_str().unwrap();
+    ok(
+        &dir,
+        &["train", "--config", config, "--out", "run", "--steps", "20"],
+    );
+    let run_dir = dir.join("run");
+    assert!(run_dir.join("config.toml").is_file());
+    assert!(run_dir.join("checkpoints/latest.safetensors").is_file());
+    assert!(run_dir.join("checkpoints/step-20.safetensors").is_file());
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{metrics}");
+    assert_eq!(lines[1]["step"], 20);
+    assert!(lines[1]["loss"].is_number());
+    let resolved = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
+    assert!(resolved.contains("steps = 20"), "{resolved}");
+
+    // Resume continues to a higher step and appends to the metrics.
+    ok(
+        &dir,
+        &["train", "--out", "run", "--resume", "--steps", "30"],
+    );
+    assert!(run_dir.join("checkpoints/step-30.safetensors").is_file());
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    assert_eq!(last["step"], 30);
+
+    let ck = run_dir.join("checkpoints/latest.safetensors");
+    let ck = ck.to_str().unwrap();
+    let common = ["sample", "--checkpoint", ck, "--nfe", "2", "--n", "9"];
+    ok(&dir, &[&common[..], &["--out", "s.npy"]].concat());
+    check_npy_pair(&dir.join("s.npy"), 9, 2);
+    ok(
+        &dir,
+        &[&common[..], &["--labels", "1", "--ema", "--out", "one.npy"]].concat(),
+    );
+    let labels = std::fs::read(dir.join("one.labels.npy")).unwrap();
+    let values: Vec<i64> = labels[labels.len() - 72..]
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(values, vec![1; 9]);
+    ok(
+        &dir,
+        &[&common[..], &["--guidance", "1.5", "--out", "s.png"]].concat(),
+    );
+    let png = std::fs::read(dir.join("s.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+
+    // Sampling errors.
+    fails(&dir, &[&common[..], &["--out", "s.txt"]].concat(), "--out");
+    fails(
+        &dir,
+        &[&common[..], &["--labels", "5", "--out", "x.npy"]].concat(),
+        "--labels",
+    );
+    fails(
+        &dir,
+        &[
+            "sample",
+            "--checkpoint",
+            "missing.safetensors",
+            "--n",
+            "3",
+            "--out",
+            "x.npy",
+        ],
+        "missing.safetensors",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn data_writes_real_samples() {
+    let dir = temp_dir("data");
+    ok(
+        &dir,
+        &[
+            "data",
+            "--dataset",
+            "moons",
+            "--n",
+            "50",
+            "--seed",
+            "3",
+            "--out",
+            "m.npy",
+        ],
+    );
+    check_npy_pair(&dir.join("m.npy"), 50, 2);
+    fails(
+        &dir,
+        &["data", "--dataset", "nope", "--n", "5", "--out", "x.npy"],
+        "nope",
+    );
+    fails(
+        &dir,
+        &["data", "--dataset", "moons", "--n", "5", "--out", "x.png"],
+        "--out",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn config_errors_are_one_line() {
+    let dir = temp_dir("config");
+    fails(&dir, &["train", "--config", "absent.toml"], "absent.toml");
+    let text = std::fs::read_to_string(repo("configs/moons-fm.toml")).unwrap();
+    std::fs::write(
+        dir.join("bad.toml"),
+        text.replace("batch_size", "batchsize"),
+    )
+    .unwrap();
+    fails(
+        &dir,
+        &["train", "--config", "bad.toml", "--steps", "2"],
+        "batchsize",
+    );
+    fails(
+        &dir,
+        &["train", "--out", "nowhere", "--resume"],
+        "latest.safetensors",
+    );
+    // clap's own usage errors keep exit code 2.
+    assert_eq!(run(&dir, &["train", "--bogus"]).status.code(), Some(2));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn shipped_configs_load() {
+    use twinflow::flow::train::TrainConfig;
+    for name in ["configs/moons-twinflow.toml", "configs/moons-fm.toml"] {
+        let cfg = TrainConfig::load(repo(name)).unwrap();
+        assert!(cfg.checkpoint_every > 0 && cfg.log_every > 0, "{name}");
+    }
+}
