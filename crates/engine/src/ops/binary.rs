@@ -19,29 +19,40 @@ pub(super) fn broadcast_pair(
     Ok((shape, la, lb))
 }
 
-/// ∂(a op b)/∂a · g, at the broadcast shape.
-fn lhs_grad(op: BinaryOp, a: &Tensor, b: &Tensor, g: &Tensor) -> Result<Tensor> {
-    let zero = || g.zeros_like();
+/// The gradients of `out = a op b` for the operands flagged in `need`, at the broadcast
+/// shape. Pieces both gradients use (g/b, the max/min mask) are computed once.
+fn binary_grads(
+    op: BinaryOp,
+    (a, b, out, g): (&Tensor, &Tensor, &Tensor, &Tensor),
+    (need_a, need_b): (bool, bool),
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let when = |need: bool, f: &dyn Fn() -> Result<Tensor>| need.then(f).transpose();
     match op {
-        BinaryOp::Add | BinaryOp::Sub => Ok(g.clone()),
-        BinaryOp::Mul => g.mul(b),
-        BinaryOp::Div => g.div(b),
-        BinaryOp::Maximum => a.cmp_op("maximum", b, CmpOp::Ge)?.where_cond(g, &zero()?),
-        BinaryOp::Minimum => a.cmp_op("minimum", b, CmpOp::Le)?.where_cond(g, &zero()?),
-    }
-}
-
-/// ∂(a op b)/∂b · g, at the broadcast shape (`out` is a op b).
-fn rhs_grad(op: BinaryOp, a: &Tensor, b: &Tensor, out: &Tensor, g: &Tensor) -> Result<Tensor> {
-    let zero = || g.zeros_like();
-    match op {
-        BinaryOp::Add => Ok(g.clone()),
-        BinaryOp::Sub => g.neg(),
-        BinaryOp::Mul => g.mul(a),
-        BinaryOp::Div => g.div(b)?.mul(out)?.neg(),
-        // At ties the gradient goes to `a`, so `b` gets it only where it strictly wins.
-        BinaryOp::Maximum => a.cmp_op("maximum", b, CmpOp::Ge)?.where_cond(&zero()?, g),
-        BinaryOp::Minimum => a.cmp_op("minimum", b, CmpOp::Le)?.where_cond(&zero()?, g),
+        BinaryOp::Add => Ok((
+            when(need_a, &|| Ok(g.clone()))?,
+            when(need_b, &|| Ok(g.clone()))?,
+        )),
+        BinaryOp::Sub => Ok((when(need_a, &|| Ok(g.clone()))?, when(need_b, &|| g.neg())?)),
+        BinaryOp::Mul => Ok((when(need_a, &|| g.mul(b))?, when(need_b, &|| g.mul(a))?)),
+        BinaryOp::Div => {
+            let g_over_b = g.div(b)?;
+            let gb = when(need_b, &|| g_over_b.mul(out)?.neg())?;
+            Ok((need_a.then_some(g_over_b), gb))
+        }
+        BinaryOp::Maximum | BinaryOp::Minimum => {
+            // At ties the gradient goes to `a`, so `b` gets it only where it strictly wins.
+            let cmp = if op == BinaryOp::Maximum {
+                CmpOp::Ge
+            } else {
+                CmpOp::Le
+            };
+            let pick_a = a.cmp_op("max/min backward", b, cmp)?;
+            let zero = g.zeros_like()?;
+            Ok((
+                when(need_a, &|| pick_a.where_cond(g, &zero))?,
+                when(need_b, &|| pick_a.where_cond(&zero, g))?,
+            ))
+        }
     }
 }
 
@@ -58,14 +69,10 @@ impl Tensor {
             move |x, out, g| {
                 let (a, b) = (&x[0], &x[1]);
                 // A constant operand (a fixed scale, a target) costs no gradient work.
-                let ga = match a.requires_grad() {
-                    true => Some(lhs_grad(op, a, b, g)?.sum_to_shape(a.shape())?),
-                    false => None,
-                };
-                let gb = match b.requires_grad() {
-                    true => Some(rhs_grad(op, a, b, out, g)?.sum_to_shape(b.shape())?),
-                    false => None,
-                };
+                let need = (a.requires_grad(), b.requires_grad());
+                let (ga, gb) = binary_grads(op, (a, b, out, g), need)?;
+                let ga = ga.map(|t| t.sum_to_shape(a.shape())).transpose()?;
+                let gb = gb.map(|t| t.sum_to_shape(b.shape())).transpose()?;
                 Ok(vec![ga, gb])
             },
         ))
