@@ -1,19 +1,23 @@
 //! `twinflow`: train flow models from a TOML config, sample from checkpoints, dump data.
 
 mod cli {
+    pub mod grids;
     pub mod npy;
     pub mod plot;
+    pub mod sampler_args;
 }
 
 use clap::{Args, Parser, Subcommand};
+use cli::grids::{image_size, write_sample_grids};
+use cli::sampler_args::SamplerArgs;
 use cli::{npy, plot};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use twinflow::engine::{Device, Tensor};
 use twinflow::flow::data::DataSource;
-use twinflow::flow::sampler::{sample as run_sampler, SamplerConfig, Start};
-use twinflow::flow::train::{ModelKind, StepRecord, TrainConfig, Trainer};
+use twinflow::flow::sampler::{sample as run_sampler, Start};
+use twinflow::flow::train::{StepRecord, TrainConfig, Trainer};
 use twinflow::nn::Module;
 
 /// The config used by `train` without `--config`.
@@ -31,8 +35,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Train a model from a TOML config; writes config.toml, metrics.jsonl and
-    /// checkpoints/ (latest.safetensors and step-<N>.safetensors) under the run directory.
+    /// Train a model from a TOML config; writes config.toml, metrics.jsonl, samples/
+    /// (PNG grids at the config's sample_nfe) and checkpoints/ (latest.safetensors and
+    /// step-<N>.safetensors) under the run directory.
     Train(TrainArgs),
     /// Draw samples from a checkpoint into a .npy array (plus .labels.npy) or a .png picture.
     Sample(SampleArgs),
@@ -81,9 +86,8 @@ struct SampleArgs {
     /// Seed of the initial noise.
     #[arg(long, value_name = "S", default_value_t = 0)]
     seed: u64,
-    /// Classifier-free guidance weight w (1: no guidance).
-    #[arg(long, value_name = "W", default_value_t = 1.0)]
-    guidance: f64,
+    #[command(flatten)]
+    sampler: SamplerArgs,
     /// Sample from the EMA weights instead of the online weights.
     #[arg(long)]
     ema: bool,
@@ -209,6 +213,7 @@ fn train(a: TrainArgs) -> CliResult<()> {
         bar.set_style(style);
     }
     let (log_every, ck_every) = (resolved.log_every, resolved.checkpoint_every);
+    let sample_every = resolved.sample_every;
     let mut last: Option<StepRecord> = None;
     let mut saved_at = None;
     while trainer.step_count() < target {
@@ -223,12 +228,23 @@ fn train(a: TrainArgs) -> CliResult<()> {
             trainer.save(&dir).map_err(err)?;
             saved_at = Some(n);
         }
+        if sample_every > 0 && n % sample_every == 0 && n < target {
+            bar.suspend(|| write_sample_grids(&trainer, &dir))?;
+        }
         last = Some(record);
     }
     if saved_at != Some(trainer.step_count()) {
         trainer.save(&dir).map_err(err)?;
     }
+    let grids = write_sample_grids(&trainer, &dir)?;
     bar.finish_and_clear();
+    if let Some(first) = grids.first() {
+        eprintln!(
+            "sample grids ({} NFE settings) in {}",
+            grids.len(),
+            first.parent().unwrap_or(&dir).display()
+        );
+    }
     if let Some(r) = last {
         eprintln!(
             "trained to step {} (loss {:.4}); run directory {}",
@@ -296,11 +312,7 @@ fn sample(a: SampleArgs) -> CliResult<()> {
         }
         vec![l as i64; a.n]
     };
-    let sampler = SamplerConfig {
-        steps: a.nfe,
-        guidance: a.guidance,
-        ..SamplerConfig::default()
-    };
+    let sampler = a.sampler.resolve(&trainer.config().sampler, a.nfe)?;
     let mut model = if a.ema {
         trainer.ema_model().clone()
     } else {
@@ -334,23 +346,6 @@ fn sample(a: SampleArgs) -> CliResult<()> {
             Ok(())
         }
     }
-}
-
-/// Rows and columns of a grayscale image sample of `dim` values, when the data are images.
-fn image_size(trainer: &Trainer, dim: usize) -> Option<(usize, usize)> {
-    if let Some((r, c)) = trainer.data().image_size() {
-        if r * c == dim {
-            return Some((r, c));
-        }
-    }
-    let cfg = trainer.config();
-    if cfg.model.kind == ModelKind::Dit {
-        let d = cfg.model.dit.unwrap_or_default();
-        if d.channels == 1 && d.image_size * d.image_size == dim {
-            return Some((d.image_size, d.image_size));
-        }
-    }
-    None
 }
 
 fn data(a: DataArgs) -> CliResult<()> {

@@ -115,6 +115,11 @@ fn train_resume_and_sample() {
     assert!(lines[1]["loss"].is_number());
     let resolved = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
     assert!(resolved.contains("steps = 20"), "{resolved}");
+    for nfe in [1, 2, 4] {
+        let grid = run_dir.join(format!("samples/step-0000020-nfe{nfe}.png"));
+        let png = std::fs::read(&grid).unwrap_or_else(|e| panic!("{}: {e}", grid.display()));
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    }
 
     // Resume continues to a higher step and appends to the metrics.
     ok(
@@ -147,6 +152,38 @@ fn train_resume_and_sample() {
     );
     let png = std::fs::read(dir.join("s.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let flags = [
+        "--stochastic-ratio",
+        "1",
+        "--gaps",
+        "0.001,0.6",
+        "--kumaraswamy",
+        "1,1,1",
+        "--jump",
+        "any_step",
+    ];
+    ok(&dir, &[&common[..], &flags, &["--out", "u.npy"]].concat());
+    check_npy_pair(&dir.join("u.npy"), 9, 2);
+    ok(
+        &dir,
+        &[&common[..], &["--sampler", "heun", "--out", "h.npy"]].concat(),
+    );
+    // A malformed flag value is clap's usage error: exit code 2, naming the flag.
+    let bad = run(
+        &dir,
+        &[&common[..], &["--gaps", "0.1", "--out", "x.npy"]].concat(),
+    );
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--gaps"));
+    fails(
+        &dir,
+        &[
+            &common[..],
+            &["--sampler", "euler", "--jump", "any_step", "--out", "x.npy"],
+        ]
+        .concat(),
+        "jump",
+    );
 
     // Sampling errors.
     fails(&dir, &[&common[..], &["--out", "s.txt"]].concat(), "--out");
@@ -230,8 +267,19 @@ fn config_errors_are_one_line() {
 #[test]
 fn shipped_configs_load() {
     use twinflow::flow::train::TrainConfig;
-    for name in ["configs/moons-twinflow.toml", "configs/moons-fm.toml"] {
-        let cfg = TrainConfig::load(repo(name)).unwrap();
-        assert!(cfg.checkpoint_every > 0 && cfg.log_every > 0, "{name}");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(repo("configs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 3, "{names:?}");
+    for name in &names {
+        let cfg = TrainConfig::load(name).unwrap_or_else(|e| panic!("{}: {e}", name.display()));
+        assert!(
+            cfg.checkpoint_every > 0 && cfg.log_every > 0,
+            "{}",
+            name.display()
+        );
     }
 }

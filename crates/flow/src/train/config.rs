@@ -1,6 +1,7 @@
 //! The training configuration, read from TOML.
 
 use crate::method::{FlowMatchingConfig, RcgmConfig, TwinFlowConfig};
+use crate::sampler::SamplerConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use twinflow_engine::{Error, Result};
@@ -69,6 +70,12 @@ pub struct TrainConfig {
     /// [`Trainer::train`]: crate::train::Trainer::train
     #[serde(default)]
     pub checkpoint_every: u64,
+    /// Write PNG sample grids every this many steps (0: only at the end of training).
+    #[serde(default)]
+    pub sample_every: u64,
+    /// The sampler steps (NFE) of the sample grids; one picture per entry.
+    #[serde(default = "default_sample_nfe")]
+    pub sample_nfe: Vec<usize>,
     /// The network.
     pub model: ModelConfig,
     /// The training method.
@@ -81,6 +88,10 @@ pub struct TrainConfig {
     pub schedule: Option<LrSchedule>,
     /// The training data.
     pub data: DataConfig,
+    /// The sampler of the sample grids, and the default of `twinflow sample` and
+    /// `twinflow eval` for this run (its `steps` is replaced by each NFE asked for).
+    #[serde(default)]
+    pub sampler: SamplerConfig,
 }
 
 fn default_ema_decay() -> f64 {
@@ -89,6 +100,10 @@ fn default_ema_decay() -> f64 {
 
 fn default_log_every() -> u64 {
     100
+}
+
+fn default_sample_nfe() -> Vec<usize> {
+    vec![1, 2, 4]
 }
 
 /// What a non-finite loss (or gradient norm) does.
@@ -285,8 +300,18 @@ impl TrainConfig {
                 ));
             }
         }
+        if self.sample_nfe.contains(&0) {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "sample_nfe entries must be at least 1, got {:?}",
+                    self.sample_nfe
+                ),
+            ));
+        }
         self.optimizer.adam().validate()?;
         self.lr_schedule().validate()?;
+        self.sampler.validate()?;
         Ok(())
     }
 

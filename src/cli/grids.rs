@@ -1,0 +1,69 @@
+//! The sample pictures a training run leaves in `samples/`: one per NFE of the config's
+//! `sample_nfe`, drawn with the run's `[sampler]` from fixed noise so that pictures of
+//! different steps compare like for like.
+
+use super::plot;
+use std::path::{Path, PathBuf};
+use twinflow::flow::train::{ModelKind, Trainer};
+
+/// Samples per class in an image grid (one grid row per class).
+const PER_CLASS: usize = 10;
+/// Points in a 2-D scatter plot.
+const SCATTER_POINTS: usize = 2000;
+/// The noise seed of every grid.
+const GRID_SEED: u64 = 0;
+
+/// Writes `dir/samples/step-<N>-nfe<K>.png` for every K of `sample_nfe`, from the EMA
+/// weights when the run keeps them; returns the paths written.
+pub fn write_sample_grids(trainer: &Trainer, dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let cfg = trainer.config();
+    let dim = trainer.data().dim();
+    let classes = trainer.data().num_classes().max(1);
+    let image = image_size(trainer, dim);
+    if dim != 2 && image.is_none() {
+        return Ok(Vec::new());
+    }
+    let out = dir.join("samples");
+    std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let n = if dim == 2 {
+        SCATTER_POINTS
+    } else {
+        PER_CLASS * classes
+    };
+    let labels: Vec<i64> = (0..n).map(|i| (i % classes) as i64).collect();
+    let mut written = Vec::new();
+    for &nfe in &cfg.sample_nfe {
+        let sampler = twinflow::flow::sampler::SamplerConfig {
+            steps: nfe,
+            ..cfg.sampler
+        };
+        let x = trainer
+            .sample(&sampler, n, GRID_SEED, cfg.ema_decay > 0.0)
+            .and_then(|x| x.to_vec::<f32>())
+            .map_err(|e| e.to_string())?;
+        let path = out.join(format!("step-{:07}-nfe{nfe}.png", trainer.step_count()));
+        match image {
+            Some(size) => plot::image_grid(&path, &x, &labels, size, classes)?,
+            None => plot::scatter(&path, &x, &labels, 512)?,
+        }
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// Rows and columns of a grayscale image sample of `dim` values, when the data are images.
+pub fn image_size(trainer: &Trainer, dim: usize) -> Option<(usize, usize)> {
+    if let Some((r, c)) = trainer.data().image_size() {
+        if r * c == dim {
+            return Some((r, c));
+        }
+    }
+    let cfg = trainer.config();
+    if cfg.model.kind == ModelKind::Dit {
+        let d = cfg.model.dit.unwrap_or_default();
+        if d.channels == 1 && d.image_size * d.image_size == dim {
+            return Some((d.image_size, d.image_size));
+        }
+    }
+    None
+}
