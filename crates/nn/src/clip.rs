@@ -14,7 +14,7 @@ const NORM_EPS: f64 = 1e-6;
 /// Scales the gradients of `params` so that their global L2 norm (the norm of all their
 /// entries together) is at most `max_norm`, as `torch.nn.utils.clip_grad_norm_` does:
 /// with total norm n, every gradient is multiplied by `min(1, max_norm/(n + 10⁻⁶))`.
-/// Returns n, the norm before clipping (summed in f64).
+/// Returns n, the norm before clipping.
 ///
 /// As in PyTorch, a non-finite norm (a NaN or ±Inf entry) is returned and the scale it
 /// gives is applied, so the gradients become non-finite too: clean them first with
@@ -35,9 +35,15 @@ pub fn clip_grad_norm<'a>(
         .into_iter()
         .filter_map(|p| grads.get(p).map(|g| (p, g.clone())))
         .collect();
+    // Each tensor's squares are summed in its own precision (f32 for half types), as
+    // PyTorch's per-tensor norms are; the tensors' sums add up in f64.
     let mut sum_sq = 0.0;
     for (_, g) in &with_grads {
-        sum_sq += g.to_dtype(DType::F64)?.square()?.sum_all()?.item()?;
+        let g = match g.dtype() {
+            DType::BF16 | DType::F16 => g.to_dtype(DType::F32)?,
+            _ => g.clone(),
+        };
+        sum_sq += g.square()?.sum_all()?.item()?;
     }
     let norm = sum_sq.sqrt();
     let scale = max_norm / (norm + NORM_EPS);
@@ -64,6 +70,11 @@ pub fn zero_non_finite<'a>(
         let Some(g) = grads.get(p).cloned() else {
             continue;
         };
+        // One pass: a finite sum means every entry is finite (a sum overflowing to ±Inf
+        // only sends a finite gradient down the exact path below).
+        if g.sum_all()?.item()?.is_finite() {
+            continue;
+        }
         let zero = Tensor::zeros(&[], g.dtype(), g.device())?;
         // x − x is 0 exactly for finite x and NaN for NaN and ±Inf.
         let finite = g.sub(&g)?.eq(&zero)?;

@@ -17,8 +17,9 @@ const OP: &str = "Ema";
 /// construction, never updated (m is 1 throughout).
 ///
 /// The copy is a clone of the model whose parameters are detached tensors with their
-/// own storage, updated in place, so [`Ema::model`] is a usable model for θ⁻ forwards
-/// (no gradient reaches it).
+/// own storage, replaced by fresh ones at each update (so a clone of [`Ema::model`]
+/// taken earlier keeps its values), and [`Ema::model`] is a usable model for θ⁻
+/// forwards (no gradient reaches it).
 #[derive(Debug, Clone)]
 pub struct Ema<M> {
     /// The averaged model; `None` when θ⁻ is θ (target 0).
@@ -70,7 +71,7 @@ impl<M: Module + Clone> Ema<M> {
             decay: m, target, ..
         } = self.state;
         // Target 0 keeps no copy and target 1 a frozen one: only targets between average.
-        if let Some(shadow) = self.shadow.as_ref().filter(|_| target < 1.0) {
+        if let Some(shadow) = self.shadow.as_mut().filter(|_| target < 1.0) {
             average_into(shadow, online, m)?;
             self.state.decay = m + (1.0 - m) * (target - m) * 0.5;
         }
@@ -158,32 +159,52 @@ fn fresh_copy(t: &Tensor) -> Result<Tensor> {
 }
 
 /// `θ⁻ ← m·θ⁻ + (1 − m)·θ` for every parameter, matched by name and position.
-fn average_into<M: Module>(shadow: &M, online: &M, m: f64) -> Result<()> {
+fn average_into<M: Module>(shadow: &mut M, online: &M, m: f64) -> Result<()> {
     let _no_grad = NoGradGuard::new();
-    let (ours, theirs) = (shadow.named_params(), online.named_params());
-    if ours.len() != theirs.len() {
+    let theirs = online.named_params();
+    let mut ours = 0;
+    shadow.visit_params(&mut |_, _| ours += 1);
+    if ours != theirs.len() {
         return Err(Error::invalid(
             OP,
             format!(
-                "the model has {} parameters, the EMA copy {}",
-                theirs.len(),
-                ours.len()
+                "the model has {} parameters, the EMA copy {ours}",
+                theirs.len()
             ),
         ));
     }
-    for ((name, avg), (online_name, theta)) in ours.iter().zip(&theirs) {
-        if name != online_name || avg.shape() != theta.shape() {
-            return Err(Error::invalid(
-                OP,
-                format!(
-                    "the model's parameter `{online_name}` {:?} does not match the EMA's \
-                     `{name}` {:?}",
-                    theta.shape(),
-                    avg.shape()
-                ),
-            ));
-        }
-        avg.assign(&avg.mul_scalar(m)?.add(&theta.mul_scalar(1.0 - m)?)?)?;
+    let mut theirs = theirs.iter();
+    let mut result = Ok(());
+    shadow.visit_params_mut(&mut |name, avg| {
+        let Some((online_name, theta)) = theirs.next().filter(|_| result.is_ok()) else {
+            return;
+        };
+        result = average_one(name, avg, online_name, theta, m);
+    });
+    result
+}
+
+/// `avg ← θ + m·(avg − θ)`: two passes into fresh storage that replaces the old (a
+/// snapshot taken with `clone` keeps its values).
+fn average_one(
+    name: &str,
+    avg: &mut Tensor,
+    online_name: &str,
+    theta: &Tensor,
+    m: f64,
+) -> Result<()> {
+    if name != online_name || avg.shape() != theta.shape() {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "the model's parameter `{online_name}` {:?} does not match the EMA's \
+                 `{name}` {:?}",
+                theta.shape(),
+                avg.shape()
+            ),
+        ));
     }
+    let decay = Tensor::scalar(m, avg.dtype(), avg.device())?;
+    *avg = theta.addcmul(&avg.sub(theta)?, &decay)?;
     Ok(())
 }
