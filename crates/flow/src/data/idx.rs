@@ -68,7 +68,18 @@ impl ImageDataset {
 
     /// Loads the shipped MNIST-10k from `repo_root/data/mnist-10k`.
     pub fn mnist_10k(repo_root: impl AsRef<Path>) -> Result<ImageDataset> {
-        let (images, labels) = mnist_10k_paths(repo_root);
+        let (images, labels) = mnist_10k_paths(&repo_root);
+        if !images.is_file() {
+            return Err(Error::invalid(
+                "data",
+                format!(
+                    "MNIST-10k not found at {}: run from the repository root (which holds \
+                     {MNIST_10K_DIR}/) or give the directory holding data/ (config key \
+                     data.root, flag --root)",
+                    images.display()
+                ),
+            ));
+        }
         ImageDataset::load(images, labels)
     }
 
