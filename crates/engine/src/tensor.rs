@@ -261,19 +261,14 @@ impl Tensor {
         if T::DTYPE != self.dtype() {
             return Err(Error::dtypes("to_vec", &[self.dtype(), T::DTYPE]));
         }
-        let s = self.storage();
-        let cpu = match &*s {
-            Storage::Cpu(c) => c.copy_strided(self.layout())?,
-        };
+        let cpu = self.storage().view_to_cpu(self.layout())?;
         Ok(cpu.as_slice::<T>().map(<[T]>::to_vec).unwrap_or_default())
     }
 
     /// The elements, row-major, converted to f64 (any dtype).
     pub fn to_vec_f64(&self) -> Result<Vec<f64>> {
-        let s = self.storage();
-        Ok(match &*s {
-            Storage::Cpu(c) => c.to_f64_vec(self.layout()),
-        })
+        let cpu = self.storage().view_to_cpu(self.layout())?;
+        Ok(cpu.to_f64_vec(&Layout::contiguous(self.shape())))
     }
 
     /// The single element of a one-element tensor, as f64.

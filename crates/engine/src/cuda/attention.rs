@@ -1,0 +1,149 @@
+//! Scaled-dot-product attention, the straightforward version: the products run in
+//! cuBLAS with scores and probabilities held in the compute type (f32, f64 for f64),
+//! and the row kernels of `kernels/attention.cu` do the softmax and the score
+//! gradient. Memory is O(b·h·tq·tk); a fused kernel is later work.
+
+use super::elementwise::cast;
+use super::launch::{args, launch, per_element, per_row};
+use super::matmul::{gemm, Operand};
+use super::{acc_dtype, float_only, suffix, CudaStorage, Dense};
+use crate::backend::AttentionSpec;
+use crate::dtype::DType;
+use crate::error::Result;
+use crate::layout::Layout;
+
+/// (b·h, t, d) of a `[b, h, t, d]` view.
+fn dims(l: &Layout) -> (usize, usize, usize) {
+    let s = l.shape();
+    (s[0] * s[1], s[2], s[3])
+}
+
+/// The storage as `dtype`: itself, or a converted contiguous copy of its `n` elements.
+fn as_dtype(s: CudaStorage, n: usize, dtype: DType) -> Result<CudaStorage> {
+    match s.dtype == dtype {
+        true => Ok(s),
+        false => cast(&s, &Layout::contiguous(&[n]), dtype),
+    }
+}
+
+/// The scores `scale·q·kᵀ` `[bh, tq, tk]` in the compute type.
+fn scores(
+    q: (&Dense, &Layout),
+    k: (&Dense, &Layout),
+    dt: DType,
+    scale: f64,
+    dev: &std::sync::Arc<super::device::CudaDevice>,
+) -> Result<CudaStorage> {
+    let ((bh, tq, d), (_, tk, _)) = (dims(q.1), dims(k.1));
+    let s = CudaStorage::alloc(dev, bh * tq * tk, acc_dtype(dt))?;
+    let (oq, ok) = (
+        Operand::dense(q.0.ptr, dt, tq, d),
+        Operand::dense(k.0.ptr, dt, tk, d).t(),
+    );
+    gemm(
+        dev,
+        "attention",
+        (&oq, &ok),
+        (s.ptr(), s.dtype),
+        bh,
+        (scale, 0.0),
+    )?;
+    Ok(s)
+}
+
+pub(crate) fn forward(
+    (q, lq): (&CudaStorage, &Layout),
+    (k, lk): (&CudaStorage, &Layout),
+    (v, lv): (&CudaStorage, &Layout),
+    spec: AttentionSpec,
+) -> Result<(CudaStorage, CudaStorage)> {
+    float_only("attention", q.dtype)?;
+    let (dev, dt) = (q.dev(), q.dtype);
+    let ((bh, tq, _), (_, tk, dv)) = (dims(lq), dims(lv));
+    let out = CudaStorage::zeros_on(dev, bh * tq * dv, dt)?;
+    let lse = CudaStorage::zeros_on(dev, bh * tq, acc_dtype(dt))?;
+    if bh * tq * tk == 0 {
+        return Ok((out, lse));
+    }
+    let (qd, kd, vd) = (q.dense(lq)?, k.dense(lk)?, v.dense(lv)?);
+    let p = scores((&qd, lq), (&kd, lk), dt, spec.scale, dev)?;
+    let rows = bh * tq;
+    let name = format!("attn_softmax_{}", suffix(p.dtype));
+    let a = args![p.ptr(), lse.ptr(), rows, tq, tk, spec.causal];
+    launch(dev, "attention", ("attention", &name), per_row(rows, tk), a)?;
+    let p = as_dtype(p, rows * tk, dt)?;
+    let (op, ov) = (
+        Operand::dense(p.ptr(), dt, tq, tk),
+        Operand::dense(vd.ptr, dt, tk, dv),
+    );
+    gemm(
+        dev,
+        "attention",
+        (&op, &ov),
+        (out.ptr(), dt),
+        bh,
+        (1.0, 0.0),
+    )?;
+    Ok((out, lse))
+}
+
+/// dV = Pᵀ·dO, dP = dO·Vᵀ, dS = P∘(dP − rowsum(dO∘O)), dQ = scale·dS·K,
+/// dK = scale·dSᵀ·Q, with P recomputed from the saved log-sum-exp.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward(
+    (q, lq): (&CudaStorage, &Layout),
+    (k, lk): (&CudaStorage, &Layout),
+    (v, lv): (&CudaStorage, &Layout),
+    (o, lo): (&CudaStorage, &Layout),
+    lse: &CudaStorage,
+    (g, lg): (&CudaStorage, &Layout),
+    spec: AttentionSpec,
+) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+    float_only("attention_backward", q.dtype)?;
+    let (dev, dt) = (q.dev(), q.dtype);
+    let ((bh, tq, d), (_, tk, dv)) = (dims(lq), dims(lv));
+    let dq = CudaStorage::zeros_on(dev, bh * tq * d, dt)?;
+    let dk = CudaStorage::zeros_on(dev, bh * tk * d, dt)?;
+    let dvv = CudaStorage::zeros_on(dev, bh * tk * dv, dt)?;
+    if bh * tq * tk == 0 {
+        return Ok((dq, dk, dvv));
+    }
+    let (qd, kd, vd) = (q.dense(lq)?, k.dense(lk)?, v.dense(lv)?);
+    let (od, gd) = (o.dense(lo)?, g.dense(lg)?);
+    const OP: &str = "attention_backward";
+    let rows = bh * tq;
+    let p = scores((&qd, lq), (&kd, lk), dt, spec.scale, dev)?;
+    let name = format!("attn_probs_{}", suffix(p.dtype));
+    let a = args![p.ptr(), lse.ptr(), rows, tq, tk, spec.causal];
+    launch(dev, OP, ("attention", &name), per_element(rows * tk), a)?;
+    // dP = dO·Vᵀ in the compute type, turned into dS in place.
+    let ds = CudaStorage::alloc(dev, rows * tk, acc_dtype(dt))?;
+    let (og, ovt) = (
+        Operand::dense(gd.ptr, dt, tq, dv),
+        Operand::dense(vd.ptr, dt, tk, dv).t(),
+    );
+    gemm(dev, OP, (&og, &ovt), (ds.ptr(), ds.dtype), bh, (1.0, 0.0))?;
+    let name = format!("attn_dscores_{}", suffix(dt));
+    let a = args![p.ptr(), ds.ptr(), gd.ptr, od.ptr, rows, tk, dv];
+    launch(dev, OP, ("attention", &name), per_row(rows, dv), a)?;
+    let (p, ds) = (as_dtype(p, rows * tk, dt)?, as_dtype(ds, rows * tk, dt)?);
+    let (op, ods) = (
+        Operand::dense(p.ptr(), dt, tq, tk),
+        Operand::dense(ds.ptr(), dt, tq, tk),
+    );
+    let (ok, oq) = (
+        Operand::dense(kd.ptr, dt, tk, d),
+        Operand::dense(qd.ptr, dt, tq, d),
+    );
+    gemm(dev, OP, (&op.t(), &og), (dvv.ptr(), dt), bh, (1.0, 0.0))?;
+    gemm(dev, OP, (&ods, &ok), (dq.ptr(), dt), bh, (spec.scale, 0.0))?;
+    gemm(
+        dev,
+        OP,
+        (&ods.t(), &oq),
+        (dk.ptr(), dt),
+        bh,
+        (spec.scale, 0.0),
+    )?;
+    Ok((dq, dk, dvv))
+}

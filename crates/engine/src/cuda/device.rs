@@ -1,0 +1,188 @@
+//! One CUDA device: its context, stream, cuBLAS handle, compiled kernel modules and
+//! memory cache. Devices are opened once per process and kept in a registry, so that a
+//! `Device::Cuda(ordinal)` (a plain value) finds its state.
+
+use super::alloc::{self, Cache, MemoryStats};
+use super::kernels;
+use crate::error::{Error, Result};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule, CudaStream, DriverError};
+use cudarc::nvrtc::Ptx;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+/// The state of one opened device.
+pub struct CudaDevice {
+    ordinal: usize,
+    ctx: Arc<CudaContext>,
+    /// The one stream all work of the device runs on, in order.
+    pub(crate) stream: Arc<CudaStream>,
+    pub(crate) blas: CudaBlas,
+    /// NVRTC target, e.g. `sm_90`.
+    arch: String,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<String, CudaFunction>>,
+    pub(crate) cache: Mutex<Cache>,
+}
+
+static REGISTRY: OnceLock<Mutex<HashMap<usize, Arc<CudaDevice>>>> = OnceLock::new();
+static POISON: AtomicBool = AtomicBool::new(false);
+static TF32: AtomicBool = AtomicBool::new(false);
+
+/// Fills every newly allocated output buffer with NaN bits (0xFF bytes) before a kernel
+/// writes it, so that an element a kernel forgets to write shows up in tests. Also on
+/// when the environment variable `TWINFLOW_CUDA_POISON=1` is set at the first device open.
+pub fn set_poison(on: bool) {
+    POISON.store(on, Ordering::Relaxed);
+}
+
+pub(crate) fn poison() -> bool {
+    POISON.load(Ordering::Relaxed)
+}
+
+/// Lets f32 matrix products use TF32 tensor cores (about 10 bits of mantissa in the
+/// products, as PyTorch's `allow_tf32`); off by default.
+pub fn set_allow_tf32(on: bool) {
+    TF32.store(on, Ordering::Relaxed);
+}
+
+pub(crate) fn tf32() -> bool {
+    TF32.load(Ordering::Relaxed)
+}
+
+/// True when the CUDA driver library can be loaded (a GPU may still be absent).
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to open the library.
+    unsafe { sys::is_culib_present() }
+}
+
+fn open_error(ordinal: usize, msg: impl std::fmt::Display) -> Error {
+    Error::Backend {
+        backend: "cuda",
+        msg: format!("cannot open device {ordinal}: {msg}"),
+    }
+}
+
+impl CudaDevice {
+    /// The device `ordinal`, opened on first use.
+    pub(crate) fn get(ordinal: usize) -> Result<Arc<CudaDevice>> {
+        let registry = REGISTRY.get_or_init(Default::default);
+        let mut devices = registry.lock();
+        if let Some(dev) = devices.get(&ordinal) {
+            return Ok(dev.clone());
+        }
+        let dev = Arc::new(CudaDevice::open(ordinal)?);
+        devices.insert(ordinal, dev.clone());
+        Ok(dev)
+    }
+
+    fn open(ordinal: usize) -> Result<CudaDevice> {
+        if !driver_present() {
+            return Err(open_error(
+                ordinal,
+                "the CUDA driver library (libcuda.so) is not installed",
+            ));
+        }
+        if !kernels::nvrtc_present() {
+            return Err(open_error(
+                ordinal,
+                "NVRTC (libnvrtc.so.13) is not on the loader path",
+            ));
+        }
+        let count = CudaContext::device_count().map_err(|e| open_error(ordinal, e))?;
+        if ordinal >= count.max(0) as usize {
+            return Err(open_error(
+                ordinal,
+                format!("{count} CUDA device(s) present"),
+            ));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| open_error(ordinal, e))?;
+        // One stream and buffers reused in stream order: cudarc's per-buffer events
+        // are not needed.
+        // SAFETY: no CudaSlice of this context exists yet.
+        unsafe { ctx.disable_event_tracking() };
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| open_error(ordinal, e))?;
+        let stream = ctx.default_stream();
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| open_error(ordinal, e))?;
+        if std::env::var("TWINFLOW_CUDA_POISON").is_ok_and(|v| v == "1") {
+            set_poison(true);
+        }
+        Ok(CudaDevice {
+            ordinal,
+            ctx,
+            stream,
+            blas,
+            arch: format!("sm_{major}{minor}"),
+            modules: Mutex::default(),
+            functions: Mutex::default(),
+            cache: Mutex::default(),
+        })
+    }
+
+    /// The device's ordinal.
+    pub(crate) fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+
+    /// Makes the device's context current on this thread (driver calls need it).
+    pub(crate) fn bind(&self) -> std::result::Result<(), DriverError> {
+        self.ctx.bind_to_thread()
+    }
+
+    /// A driver failure as the engine's error, naming the op.
+    pub(crate) fn error(&self, op: &str, e: impl std::fmt::Display) -> Error {
+        Error::Backend {
+            backend: "cuda",
+            msg: format!("{op} on cuda:{}: {e}", self.ordinal),
+        }
+    }
+
+    /// Kernel `name` of kernel file `file`, compiled on first use.
+    pub(crate) fn function(&self, file: &'static str, name: &str) -> Result<CudaFunction> {
+        let key = format!("{file}/{name}");
+        if let Some(f) = self.functions.lock().get(&key) {
+            return Ok(f.clone());
+        }
+        let module = self.module(file)?;
+        let f = module
+            .load_function(name)
+            .map_err(|e| self.error(name, format!("kernel {key}: {e}")))?;
+        self.functions.lock().insert(key, f.clone());
+        Ok(f)
+    }
+
+    fn module(&self, file: &'static str) -> Result<Arc<CudaModule>> {
+        let mut modules = self.modules.lock();
+        if let Some(m) = modules.get(file) {
+            return Ok(m.clone());
+        }
+        let compiled = kernels::compile(file, &self.arch)?;
+        let module = self
+            .ctx
+            .load_module(Ptx::from_src(compiled.ptx))
+            .map_err(|e| self.error("load_module", format!("{file}.cu: {e}")))?;
+        modules.insert(file, module.clone());
+        Ok(module)
+    }
+
+    /// Waits for all queued work of the device.
+    pub(crate) fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(|e| self.error("synchronize", e))
+    }
+
+    /// The memory counters.
+    pub(crate) fn memory_stats(&self) -> MemoryStats {
+        self.cache.lock().stats
+    }
+
+    /// Frees the cached (unused) buffers.
+    pub(crate) fn empty_cache(&self) -> Result<()> {
+        alloc::free_all(self, &mut self.cache.lock()).map_err(|e| self.error("empty_cache", e))
+    }
+}

@@ -1,0 +1,250 @@
+//! Elementwise ops, copies, casts and the Adam update (`kernels/elementwise.cu`,
+//! `copy.cu`, `cast.cu`, `adam.cu`). Operands are read in place through their strides
+//! (broadcasts included); outputs are contiguous.
+
+use super::launch::{args, launch, per_element, View};
+use super::{float_only, size_suffix, suffix, CudaStorage};
+use crate::backend::{AdamStep, BinaryOp, CmpOp, UnaryOp};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+
+/// (code, p0, p1) of a unary op: the `U_*` codes of `kernels/elementwise.cu`.
+fn unary_code(op: UnaryOp) -> (i32, f64, f64) {
+    match op {
+        UnaryOp::Neg => (0, 0.0, 0.0),
+        UnaryOp::Exp => (1, 0.0, 0.0),
+        UnaryOp::Log => (2, 0.0, 0.0),
+        UnaryOp::Sqrt => (3, 0.0, 0.0),
+        UnaryOp::Rsqrt => (4, 0.0, 0.0),
+        UnaryOp::Recip => (5, 0.0, 0.0),
+        UnaryOp::Square => (6, 0.0, 0.0),
+        UnaryOp::Abs => (7, 0.0, 0.0),
+        UnaryOp::Sin => (8, 0.0, 0.0),
+        UnaryOp::Cos => (9, 0.0, 0.0),
+        UnaryOp::Tanh => (10, 0.0, 0.0),
+        UnaryOp::Sigmoid => (11, 0.0, 0.0),
+        UnaryOp::Relu => (12, 0.0, 0.0),
+        UnaryOp::GeluTanh => (13, 0.0, 0.0),
+        UnaryOp::GeluErf => (14, 0.0, 0.0),
+        UnaryOp::Silu => (15, 0.0, 0.0),
+        UnaryOp::Powf(p) => (16, p, 0.0),
+        UnaryOp::Clamp(lo, hi) => (17, lo, hi),
+        UnaryOp::Affine(a, b) => (18, a, b),
+    }
+}
+
+/// The `B_*` codes of `kernels/elementwise.cu`.
+fn binary_code(op: BinaryOp) -> i32 {
+    match op {
+        BinaryOp::Add => 0,
+        BinaryOp::Sub => 1,
+        BinaryOp::Mul => 2,
+        BinaryOp::Div => 3,
+        BinaryOp::Maximum => 4,
+        BinaryOp::Minimum => 5,
+    }
+}
+
+/// The `C_*` codes of `kernels/elementwise.cu`.
+fn cmp_code(op: CmpOp) -> i32 {
+    match op {
+        CmpOp::Eq => 0,
+        CmpOp::Ne => 1,
+        CmpOp::Lt => 2,
+        CmpOp::Le => 3,
+        CmpOp::Gt => 4,
+        CmpOp::Ge => 5,
+    }
+}
+
+pub(crate) fn copy_strided(x: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
+    let n = l.elem_count();
+    let out = CudaStorage::alloc(x.dev(), n, x.dtype)?;
+    if n > 0 {
+        let [xv] = View::merged("copy", [l])?;
+        let name = format!("copy_strided_{}", size_suffix(x.dtype));
+        let a = args![x.ptr(), xv, out.ptr(), n];
+        launch(x.dev(), "copy", ("copy", &name), per_element(n), a)?;
+    }
+    Ok(out)
+}
+
+pub(crate) fn copy_into(
+    x: &CudaStorage,
+    l: &Layout,
+    dst: &mut CudaStorage,
+    dl: &Layout,
+) -> Result<()> {
+    if x.dtype != dst.dtype {
+        let converted = cast(x, l, dst.dtype)?;
+        return copy_into(&converted, &Layout::contiguous(l.shape()), dst, dl);
+    }
+    let n = l.elem_count();
+    if n == 0 {
+        return Ok(());
+    }
+    let [sv, dv] = View::merged("copy_into", [l, dl])?;
+    let name = format!("copy_into_{}", size_suffix(x.dtype));
+    let a = args![x.ptr(), sv, dst.ptr(), dv, n];
+    launch(x.dev(), "copy_into", ("copy", &name), per_element(n), a)
+}
+
+pub(crate) fn cast(x: &CudaStorage, l: &Layout, dtype: DType) -> Result<CudaStorage> {
+    if dtype == x.dtype {
+        return copy_strided(x, l);
+    }
+    let n = l.elem_count();
+    let out = CudaStorage::alloc(x.dev(), n, dtype)?;
+    if n > 0 {
+        let [xv] = View::merged("to_dtype", [l])?;
+        let name = format!("cast_{}_{}", suffix(x.dtype), suffix(dtype));
+        let a = args![x.ptr(), xv, out.ptr(), n];
+        launch(x.dev(), "to_dtype", ("cast", &name), per_element(n), a)?;
+    }
+    Ok(out)
+}
+
+pub(crate) fn unary(x: &CudaStorage, l: &Layout, op: UnaryOp) -> Result<CudaStorage> {
+    float_only("unary", x.dtype)?;
+    let n = l.elem_count();
+    let out = CudaStorage::alloc(x.dev(), n, x.dtype)?;
+    if n > 0 {
+        let [xv] = View::merged("unary", [l])?;
+        let (code, p0, p1) = unary_code(op);
+        let name = format!("unary_{}", suffix(x.dtype));
+        let a = args![x.ptr(), xv, out.ptr(), n, code, p0, p1];
+        launch(x.dev(), "unary", ("elementwise", &name), per_element(n), a)?;
+    }
+    Ok(out)
+}
+
+pub(crate) fn unary_backward(
+    x: &CudaStorage,
+    l: &Layout,
+    g: &CudaStorage,
+    gl: &Layout,
+    op: UnaryOp,
+) -> Result<CudaStorage> {
+    float_only("unary_backward", x.dtype)?;
+    let n = l.elem_count();
+    let out = CudaStorage::alloc(x.dev(), n, x.dtype)?;
+    if n > 0 {
+        let [xv, gv] = View::merged("unary_backward", [l, gl])?;
+        let (code, p0, p1) = unary_code(op);
+        let name = format!("unary_backward_{}", suffix(x.dtype));
+        let a = args![x.ptr(), xv, g.ptr(), gv, out.ptr(), n, code, p0, p1];
+        launch(
+            x.dev(),
+            "unary_backward",
+            ("elementwise", &name),
+            per_element(n),
+            a,
+        )?;
+    }
+    Ok(out)
+}
+
+/// A two-operand kernel (`binary_*` or `cmp_*`) with op code `code`.
+fn two(
+    op: &'static str,
+    kernel: &str,
+    (a, la): (&CudaStorage, &Layout),
+    (b, lb): (&CudaStorage, &Layout),
+    code: i32,
+) -> Result<CudaStorage> {
+    float_only(op, a.dtype)?;
+    let n = la.elem_count();
+    let out = CudaStorage::alloc(a.dev(), n, a.dtype)?;
+    if n > 0 {
+        let [av, bv] = View::merged(op, [la, lb])?;
+        let name = format!("{kernel}_{}", suffix(a.dtype));
+        let ar = args![a.ptr(), av, b.ptr(), bv, out.ptr(), n, code];
+        launch(a.dev(), op, ("elementwise", &name), per_element(n), ar)?;
+    }
+    Ok(out)
+}
+
+pub(crate) fn binary(
+    a: &CudaStorage,
+    la: &Layout,
+    b: &CudaStorage,
+    lb: &Layout,
+    op: BinaryOp,
+) -> Result<CudaStorage> {
+    two("binary", "binary", (a, la), (b, lb), binary_code(op))
+}
+
+pub(crate) fn cmp(
+    a: &CudaStorage,
+    la: &Layout,
+    b: &CudaStorage,
+    lb: &Layout,
+    op: CmpOp,
+) -> Result<CudaStorage> {
+    two("cmp", "cmp", (a, la), (b, lb), cmp_code(op))
+}
+
+/// A three-operand kernel: `where` (mask, on_true, on_false) or `addcmul` (x, a, b).
+pub(crate) fn ternary(
+    op: &'static str,
+    kernel: &str,
+    (x, lx): (&CudaStorage, &Layout),
+    (a, la): (&CudaStorage, &Layout),
+    (b, lb): (&CudaStorage, &Layout),
+) -> Result<CudaStorage> {
+    float_only(op, x.dtype)?;
+    let n = lx.elem_count();
+    let out = CudaStorage::alloc(x.dev(), n, x.dtype)?;
+    if n > 0 {
+        let [xv, av, bv] = View::merged(op, [lx, la, lb])?;
+        let name = format!("{kernel}_{}", suffix(x.dtype));
+        let ar = args![x.ptr(), xv, a.ptr(), av, b.ptr(), bv, out.ptr(), n];
+        launch(x.dev(), op, ("elementwise", &name), per_element(n), ar)?;
+    }
+    Ok(out)
+}
+
+/// The fused Adam(W) step on f32 parameter and moments, as the CPU's `adam::update`.
+pub(crate) fn adam(
+    p: &mut CudaStorage,
+    n: usize,
+    (g, gl): (&CudaStorage, &Layout),
+    m: &mut CudaStorage,
+    v: &mut CudaStorage,
+    s: &AdamStep,
+) -> Result<()> {
+    let dtypes = [p.dtype, g.dtype, m.dtype, v.dtype];
+    if dtypes[0] != DType::F32 || dtypes[2] != DType::F32 || dtypes[3] != DType::F32 {
+        return Err(Error::dtypes("adam_update", &dtypes));
+    }
+    float_only("adam_update", g.dtype)?;
+    let g = cast(g, gl, DType::F32)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let step_size = (s.lr / (1.0 - s.beta1.powf(s.step as f64))) as f32;
+    let inv_sqrt_bc2 = (1.0 / (1.0 - s.beta2.powf(s.step as f64)).sqrt()) as f32;
+    let a = args![
+        p.ptr(),
+        g.ptr(),
+        m.ptr(),
+        v.ptr(),
+        n,
+        s.beta1 as f32,
+        s.beta2 as f32,
+        step_size,
+        inv_sqrt_bc2,
+        s.eps as f32,
+        s.weight_decay as f32,
+        s.lr as f32,
+        s.decoupled
+    ];
+    launch(
+        p.dev(),
+        "adam_update",
+        ("adam", "adam_f32"),
+        per_element(n),
+        a,
+    )
+}

@@ -1,0 +1,215 @@
+//! Matrix products through cuBLAS (`cublasGemmStridedBatchedEx`, f32 accumulation;
+//! TF32 only after [`super::set_allow_tf32`]). Row-major products are computed as the
+//! column-major Cᵀ = Bᵀ·Aᵀ; transposed operands are passed as such (no copy), and
+//! broadcast batch dims as batch stride 0. Only views that cuBLAS cannot describe (no
+//! unit stride, or batch dims that do not merge into one stride) are copied first.
+
+use super::device::{tf32, CudaDevice};
+use super::elementwise::copy_strided;
+use super::{CudaStorage, Dense};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use cudarc::cublas::{result as blas, sys};
+use std::ffi::c_void;
+
+/// One operand of a batched product: `batch` matrices of `rows × cols` at `ptr`, with
+/// row stride `rs`, column stride `cs` and `batch_stride` between matrices (elements).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Operand {
+    pub ptr: u64,
+    pub dtype: DType,
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+    pub batch_stride: usize,
+}
+
+impl Operand {
+    /// Contiguous row-major matrices.
+    pub(crate) fn dense(ptr: u64, dtype: DType, rows: usize, cols: usize) -> Self {
+        Operand {
+            ptr,
+            dtype,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+            batch_stride: rows * cols,
+        }
+    }
+
+    /// The transposed matrices (a view, nothing moves).
+    pub(crate) fn t(self) -> Self {
+        Operand {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+
+    /// How cuBLAS reads the matrix: (`N`, ld) when it is row-major with leading
+    /// dimension ld (cuBLAS then sees its transpose, as the swapped product wants), (`T`,
+    /// ld) when column-major; `None` when neither.
+    fn blas(&self) -> Option<(sys::cublasOperation_t, usize)> {
+        let (r, c) = (self.rows, self.cols);
+        if (self.cs == 1 || c == 1) && (r == 1 || self.rs >= c.max(1)) {
+            let ld = if r == 1 { c.max(1) } else { self.rs };
+            return Some((sys::cublasOperation_t::CUBLAS_OP_N, ld));
+        }
+        if (self.rs == 1 || r == 1) && (c == 1 || self.cs >= r.max(1)) {
+            let ld = if c == 1 { r.max(1) } else { self.cs };
+            return Some((sys::cublasOperation_t::CUBLAS_OP_T, ld));
+        }
+        None
+    }
+}
+
+fn data_type(dtype: DType) -> Result<sys::cudaDataType> {
+    Ok(match dtype {
+        DType::F32 => sys::cudaDataType::CUDA_R_32F,
+        DType::F64 => sys::cudaDataType::CUDA_R_64F,
+        DType::BF16 => sys::cudaDataType::CUDA_R_16BF,
+        DType::F16 => sys::cudaDataType::CUDA_R_16F,
+        DType::I64 => return Err(Error::dtypes("matmul", &[dtype])),
+    })
+}
+
+fn int(op: &'static str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::invalid(op, format!("size {v} is too large for cuBLAS")))
+}
+
+/// `c = alpha·a·b + beta·c` for `batch` products; `c` is contiguous row-major
+/// `[batch, m, n]` of `c_dtype`. `a` and `b` share a dtype; both must be describable
+/// (see [`Operand`]).
+pub(crate) fn gemm(
+    dev: &CudaDevice,
+    op: &'static str,
+    (a, b): (&Operand, &Operand),
+    (c, c_dtype): (u64, DType),
+    batch: usize,
+    (alpha, beta): (f64, f64),
+) -> Result<()> {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    let fail = || Error::invalid(op, "operand strides cuBLAS cannot read");
+    let ((op_a, lda), (op_b, ldb)) = (a.blas().ok_or_else(fail)?, b.blas().ok_or_else(fail)?);
+    let compute = match (a.dtype, tf32()) {
+        (DType::F64, _) => sys::cublasComputeType_t::CUBLAS_COMPUTE_64F,
+        (DType::F32, true) => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
+        _ => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+    };
+    let (alpha32, beta32) = (alpha as f32, beta as f32);
+    let (pa, pb): (*const c_void, *const c_void) = match a.dtype {
+        DType::F64 => (&alpha as *const f64 as _, &beta as *const f64 as _),
+        _ => (&alpha32 as *const f32 as _, &beta32 as *const f32 as _),
+    };
+    dev.bind().map_err(|e| dev.error(op, e))?;
+    // SAFETY: pointers address live buffers holding `batch` matrices of the described
+    // shapes and strides (checked by `blas`); alpha/beta match the compute type.
+    unsafe {
+        blas::gemm_strided_batched_ex(
+            *dev.blas.handle(),
+            op_b,
+            op_a,
+            int(op, n)?,
+            int(op, m)?,
+            int(op, k)?,
+            pa,
+            b.ptr as *const c_void,
+            data_type(b.dtype)?,
+            int(op, ldb)?,
+            b.batch_stride as i64,
+            a.ptr as *const c_void,
+            data_type(a.dtype)?,
+            int(op, lda)?,
+            a.batch_stride as i64,
+            pb,
+            c as *mut c_void,
+            data_type(c_dtype)?,
+            int(op, n.max(1))?,
+            (m * n) as i64,
+            int(op, batch)?,
+            compute,
+            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    }
+    .map_err(|e| dev.error(op, e))
+}
+
+/// The batch dims of a `[batch..., r, c]` view merged into one stride, if they merge.
+fn batch_stride(l: &Layout) -> Option<usize> {
+    let r = l.rank();
+    let mut merged: Option<(usize, usize)> = None; // (size, stride) of the merged dims
+    for d in 0..r - 2 {
+        let (n, s) = (l.shape()[d], l.strides()[d]);
+        merged = match merged {
+            _ if n == 1 => merged,
+            None => Some((n, s)),
+            Some((m, prev)) if prev == s * n => Some((m * n, s)),
+            Some(_) => return None,
+        };
+    }
+    Some(merged.map_or(0, |(_, s)| s))
+}
+
+/// The matrices of a view as a cuBLAS operand; a copy when the view does not fit.
+fn operand(x: &CudaStorage, l: &Layout) -> Result<(Operand, Option<Dense>)> {
+    let r = l.rank();
+    let (rows, cols) = (l.shape()[r - 2], l.shape()[r - 1]);
+    let view = batch_stride(l).map(|batch_stride| Operand {
+        ptr: x.ptr_at(l.offset()),
+        dtype: x.dtype,
+        rows,
+        cols,
+        rs: l.strides()[r - 2],
+        cs: l.strides()[r - 1],
+        batch_stride,
+    });
+    match view {
+        Some(v) if v.blas().is_some() => Ok((v, None)),
+        _ => {
+            let copy = copy_strided(x, l)?;
+            let v = Operand::dense(copy.ptr(), x.dtype, rows, cols);
+            let keep = Dense {
+                ptr: copy.ptr(),
+                _copy: Some(copy),
+            };
+            Ok((v, Some(keep)))
+        }
+    }
+}
+
+/// `[..., m, k] · [..., k, n]` (+ bias, a view of the output's shape).
+pub(crate) fn matmul(
+    a: &CudaStorage,
+    la: &Layout,
+    b: &CudaStorage,
+    lb: &Layout,
+    bias: Option<(&CudaStorage, &Layout)>,
+) -> Result<CudaStorage> {
+    let r = la.rank();
+    let (m, k, n) = (la.shape()[r - 2], la.shape()[r - 1], lb.shape()[r - 1]);
+    let batch: usize = la.shape()[..r - 2].iter().product();
+    let out = match bias {
+        Some((s, l)) => copy_strided(s, l)?,
+        None if k == 0 => CudaStorage::zeros_on(a.dev(), batch * m * n, a.dtype)?,
+        None => CudaStorage::alloc(a.dev(), batch * m * n, a.dtype)?,
+    };
+    if batch * m * n == 0 || k == 0 {
+        return Ok(out);
+    }
+    let ((oa, _keep_a), (ob, _keep_b)) = (operand(a, la)?, operand(b, lb)?);
+    let beta = if bias.is_some() { 1.0 } else { 0.0 };
+    gemm(
+        a.dev(),
+        "matmul",
+        (&oa, &ob),
+        (out.ptr(), a.dtype),
+        batch,
+        (1.0, beta),
+    )?;
+    Ok(out)
+}

@@ -1,0 +1,218 @@
+//! Reductions and the row ops over the last dim: softmax, layer/RMS norm, forward and
+//! backward (`kernels/reduce.cu`, `softmax.cu`, `norm.cu`). Row kernels read contiguous
+//! rows; a strided input is copied first, as on the CPU.
+
+use super::launch::{args, launch, per_element, per_row, View};
+use super::{acc_dtype, float_only, suffix, CudaStorage};
+use crate::backend::{NormSpec, ReduceOp};
+use crate::cpu::CpuStorage;
+use crate::error::Result;
+use crate::layout::Layout;
+use cudarc::driver::LaunchConfig;
+
+/// Outputs at least this many make the one-thread-per-output reduction worthwhile.
+const MANY_OUTPUTS: usize = 8192;
+
+/// `op` over the sorted `dims`, in keep-dim shape.
+pub(crate) fn reduce(
+    x: &CudaStorage,
+    l: &Layout,
+    dims: &[usize],
+    op: ReduceOp,
+) -> Result<CudaStorage> {
+    float_only("reduce", x.dtype)?;
+    let (shape, strides) = (l.shape(), l.strides());
+    let kept: Vec<usize> = (0..shape.len()).filter(|d| !dims.contains(d)).collect();
+    let pick = |ds: &[usize], offset| {
+        let sh: Vec<usize> = ds.iter().map(|&d| shape[d]).collect();
+        let st: Vec<usize> = ds.iter().map(|&d| strides[d]).collect();
+        Layout::new(sh, st, offset)
+    };
+    let (kl, rl) = (pick(&kept, l.offset()), pick(dims, 0));
+    let (n_out, n_red) = (kl.elem_count(), rl.elem_count());
+    if n_out == 0 || n_red == 0 {
+        let identity = match op {
+            ReduceOp::Sum => 0.0,
+            ReduceOp::Max => f64::NEG_INFINITY,
+            ReduceOp::Min => f64::INFINITY,
+        };
+        let host = CpuStorage::from_f64_iter(std::iter::repeat_n(identity, n_out), x.dtype);
+        return CudaStorage::from_cpu(x.ordinal(), &host);
+    }
+    let ([kv], [rv]) = (
+        View::merged("reduce", [&kl])?,
+        View::merged("reduce", [&rl])?,
+    );
+    let code = match op {
+        ReduceOp::Sum => 0i32,
+        ReduceOp::Max => 1,
+        ReduceOp::Min => 2,
+    };
+    let inner_stride = |l: &Layout| {
+        let merged: Vec<usize> = (0..l.rank()).filter(|&d| l.shape()[d] != 1).collect();
+        merged.last().map_or(0, |&d| l.strides()[d])
+    };
+    // Columns when neighbouring outputs are neighbours in memory and there are enough
+    // of them to fill the GPU; rows (a block per output) otherwise.
+    let columns = n_out >= MANY_OUTPUTS && inner_stride(&kl) == 1 && inner_stride(&rl) != 1;
+    let out = CudaStorage::alloc(x.dev(), n_out, x.dtype)?;
+    let (kind, cfg) = match columns {
+        true => ("reduce_cols", per_element(n_out)),
+        false => ("reduce_rows", per_row(n_out, n_red)),
+    };
+    let name = format!("{kind}_{}", suffix(x.dtype));
+    let a = args![x.ptr(), kv, rv, out.ptr(), n_out, n_red, code];
+    launch(x.dev(), "reduce", ("reduce", &name), cfg, a)?;
+    Ok(out)
+}
+
+/// (rows, row length) of a view split at its last dim.
+fn rows_of(l: &Layout) -> (usize, usize) {
+    let d = l.shape().last().copied().unwrap_or(1);
+    (l.elem_count().checked_div(d).unwrap_or(0), d)
+}
+
+pub(crate) fn softmax(x: &CudaStorage, l: &Layout, log: bool) -> Result<CudaStorage> {
+    float_only("softmax", x.dtype)?;
+    let (rows, d) = rows_of(l);
+    let out = CudaStorage::alloc(x.dev(), l.elem_count(), x.dtype)?;
+    if rows * d > 0 {
+        let xd = x.dense(l)?;
+        let name = format!("softmax_{}", suffix(x.dtype));
+        let a = args![xd.ptr, out.ptr(), rows, d, log];
+        launch(x.dev(), "softmax", ("softmax", &name), per_row(rows, d), a)?;
+    }
+    Ok(out)
+}
+
+pub(crate) fn softmax_backward(
+    y: &CudaStorage,
+    l: &Layout,
+    g: &CudaStorage,
+    gl: &Layout,
+    log: bool,
+) -> Result<CudaStorage> {
+    float_only("softmax_backward", y.dtype)?;
+    let (rows, d) = rows_of(l);
+    let out = CudaStorage::alloc(y.dev(), l.elem_count(), y.dtype)?;
+    if rows * d > 0 {
+        let (yd, gd) = (y.dense(l)?, g.dense(gl)?);
+        let name = format!("softmax_backward_{}", suffix(y.dtype));
+        let a = args![yd.ptr, gd.ptr, out.ptr(), rows, d, log];
+        let cfg = per_row(rows, d);
+        launch(y.dev(), "softmax_backward", ("softmax", &name), cfg, a)?;
+    }
+    Ok(out)
+}
+
+pub(crate) fn norm(
+    x: &CudaStorage,
+    l: &Layout,
+    weight: Option<(&CudaStorage, &Layout)>,
+    bias: Option<(&CudaStorage, &Layout)>,
+    spec: NormSpec,
+) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+    float_only("norm", x.dtype)?;
+    let (rows, d) = rows_of(l);
+    let (dev, st) = (x.dev(), acc_dtype(x.dtype));
+    let y = CudaStorage::alloc(dev, l.elem_count(), x.dtype)?;
+    let (mean, rstd) = (
+        CudaStorage::alloc(dev, rows, st)?,
+        CudaStorage::alloc(dev, rows, st)?,
+    );
+    if rows * d > 0 {
+        let xd = x.dense(l)?;
+        let (w, b) = (dense_opt(weight)?, dense_opt(bias)?);
+        let ptr = |p: &Option<super::Dense>| p.as_ref().map_or(0, |p| p.ptr);
+        let name = format!("norm_{}", suffix(x.dtype));
+        let a = args![
+            xd.ptr,
+            ptr(&w),
+            ptr(&b),
+            y.ptr(),
+            mean.ptr(),
+            rstd.ptr(),
+            rows,
+            d,
+            spec.eps,
+            spec.rms
+        ];
+        launch(dev, "norm", ("norm", &name), per_row(rows, d), a)?;
+    }
+    Ok((y, mean, rstd))
+}
+
+fn dense_opt(p: Option<(&CudaStorage, &Layout)>) -> Result<Option<super::Dense>> {
+    p.map(|(s, l)| s.dense(l)).transpose()
+}
+
+pub(crate) fn norm_backward(
+    x: &CudaStorage,
+    l: &Layout,
+    weight: Option<(&CudaStorage, &Layout)>,
+    has_bias: bool,
+    (mean, rstd): (&CudaStorage, &CudaStorage),
+    (g, gl): (&CudaStorage, &Layout),
+    spec: NormSpec,
+) -> Result<(CudaStorage, Option<CudaStorage>, Option<CudaStorage>)> {
+    float_only("norm_backward", x.dtype)?;
+    let (rows, d) = rows_of(l);
+    let (dev, st) = (x.dev(), acc_dtype(x.dtype));
+    let dx = CudaStorage::alloc(dev, l.elem_count(), x.dtype)?;
+    // Parameter gradients accumulate atomically in the compute type, then are cast.
+    let dw = weight
+        .map(|_| CudaStorage::zeros_on(dev, d, st))
+        .transpose()?;
+    let db = has_bias
+        .then(|| CudaStorage::zeros_on(dev, d, st))
+        .transpose()?;
+    if rows * d > 0 {
+        let (xd, gd, w) = (x.dense(l)?, g.dense(gl)?, dense_opt(weight)?);
+        let wp = w.as_ref().map_or(0, |w| w.ptr);
+        let name = format!("norm_backward_{}", suffix(x.dtype));
+        let a = args![
+            xd.ptr,
+            wp,
+            mean.ptr(),
+            rstd.ptr(),
+            gd.ptr,
+            dx.ptr(),
+            rows,
+            d,
+            spec.rms
+        ];
+        launch(dev, "norm_backward", ("norm", &name), per_row(rows, d), a)?;
+        if dw.is_some() || db.is_some() {
+            const ROWS_PER_BLOCK: usize = 256; // PARAM_ROWS_PER_BLOCK in norm.cu
+            let cfg = LaunchConfig {
+                grid_dim: (
+                    d.div_ceil(32) as u32,
+                    rows.div_ceil(ROWS_PER_BLOCK) as u32,
+                    1,
+                ),
+                block_dim: (32, 8, 1),
+                shared_mem_bytes: 0,
+            };
+            let ptr = |p: &Option<CudaStorage>| p.as_ref().map_or(0, |p| p.ptr());
+            let name = format!("norm_param_grads_{}", suffix(x.dtype));
+            let a = args![
+                xd.ptr,
+                mean.ptr(),
+                rstd.ptr(),
+                gd.ptr,
+                ptr(&dw),
+                ptr(&db),
+                rows,
+                d
+            ];
+            launch(dev, "norm_backward", ("norm", &name), cfg, a)?;
+        }
+    }
+    let to_dtype =
+        |p: CudaStorage| super::elementwise::cast(&p, &Layout::contiguous(&[d]), x.dtype);
+    Ok((
+        dx,
+        dw.map(to_dtype).transpose()?,
+        db.map(to_dtype).transpose()?,
+    ))
+}

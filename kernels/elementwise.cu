@@ -1,0 +1,216 @@
+// Elementwise kernels on strided views: unary maps and their derivatives, binary maps,
+// comparisons, where, addcmul. Every input is a `View` of the output's shape (broadcast
+// dims have stride 0), so nothing is materialised; the output is contiguous.
+#include "common.cuh"
+
+// Op codes: must match `UnaryOp`/`BinaryOp`/`CmpOp` codes in
+// crates/engine/src/cuda/elementwise.rs.
+#define U_NEG 0
+#define U_EXP 1
+#define U_LOG 2
+#define U_SQRT 3
+#define U_RSQRT 4
+#define U_RECIP 5
+#define U_SQUARE 6
+#define U_ABS 7
+#define U_SIN 8
+#define U_COS 9
+#define U_TANH 10
+#define U_SIGMOID 11
+#define U_RELU 12
+#define U_GELU_TANH 13
+#define U_GELU_ERF 14
+#define U_SILU 15
+#define U_POWF 16
+#define U_CLAMP 17
+#define U_AFFINE 18
+
+#define SQRT_2_OVER_PI 0.7978845608028654
+#define GELU_CUBIC 0.044715
+#define FRAC_1_SQRT_2 0.7071067811865476
+#define FRAC_1_SQRT_2PI 0.3989422804014327
+
+template <typename A> __device__ __forceinline__ A sigmoid(A x) { return (A)1 / ((A)1 + m_exp(-x)); }
+template <typename A> __device__ __forceinline__ A gelu_inner(A x) {
+    return (A)SQRT_2_OVER_PI * (x + (A)GELU_CUBIC * x * x * x);
+}
+
+// op(x), as `unary_fn` in crates/engine/src/cpu/elementwise.rs.
+template <typename A> __device__ A unary_fn(int op, A x, A p0, A p1) {
+    switch (op) {
+    case U_NEG: return -x;
+    case U_EXP: return m_exp(x);
+    case U_LOG: return m_log(x);
+    case U_SQRT: return m_sqrt(x);
+    case U_RSQRT: return (A)1 / m_sqrt(x);
+    case U_RECIP: return (A)1 / x;
+    case U_SQUARE: return x * x;
+    case U_ABS: return m_abs(x);
+    case U_SIN: return m_sin(x);
+    case U_COS: return m_cos(x);
+    case U_TANH: return m_tanh(x);
+    case U_SIGMOID: return sigmoid(x);
+    case U_RELU: return m_max(x, (A)0);
+    case U_GELU_TANH: return x * sigmoid((A)2 * gelu_inner(x));
+    case U_GELU_ERF: return (A)0.5 * x * ((A)1 + m_erf(x * (A)FRAC_1_SQRT_2));
+    case U_SILU: return x * sigmoid(x);
+    case U_POWF: return m_pow(x, p0);
+    case U_CLAMP: return m_min(m_max(x, p0), p1);
+    default: return p0 * x + p1;  // U_AFFINE
+    }
+}
+
+// op'(x), as `unary_derivative` on the CPU (PyTorch's values at the kinks).
+template <typename A> __device__ A unary_derivative(int op, A x, A p0, A p1) {
+    switch (op) {
+    case U_NEG: return (A)-1;
+    case U_EXP: return m_exp(x);
+    case U_LOG: return (A)1 / x;
+    case U_SQRT: return (A)0.5 / m_sqrt(x);
+    case U_RSQRT: return (A)-0.5 * m_pow(x, (A)-1.5);
+    case U_RECIP: return -(A)1 / (x * x);
+    case U_SQUARE: return (A)2 * x;
+    case U_ABS: return x > (A)0 ? (A)1 : (x < (A)0 ? (A)-1 : x * (A)0);
+    case U_SIN: return m_cos(x);
+    case U_COS: return -m_sin(x);
+    case U_TANH: { A t = m_tanh(x); return (A)1 - t * t; }
+    case U_SIGMOID: { A s = sigmoid(x); return s * ((A)1 - s); }
+    case U_RELU: return x > (A)0 ? (A)1 : (A)0;
+    case U_GELU_TANH: {
+        A s = sigmoid((A)2 * gelu_inner(x));
+        A du = (A)SQRT_2_OVER_PI * ((A)1 + (A)(3.0 * GELU_CUBIC) * x * x);
+        return s + (A)2 * x * s * ((A)1 - s) * du;
+    }
+    case U_GELU_ERF: {
+        A cdf = (A)0.5 * ((A)1 + m_erf(x * (A)FRAC_1_SQRT_2));
+        return cdf + x * m_exp((A)-0.5 * x * x) * (A)FRAC_1_SQRT_2PI;
+    }
+    case U_SILU: { A s = sigmoid(x); return s * ((A)1 + x * ((A)1 - s)); }
+    case U_POWF: return p0 * m_pow(x, p0 - (A)1);
+    case U_CLAMP: return (x >= p0 && x <= p1) ? (A)1 : (A)0;
+    default: return p0;  // U_AFFINE
+    }
+}
+
+#define B_ADD 0
+#define B_SUB 1
+#define B_MUL 2
+#define B_DIV 3
+#define B_MAX 4
+#define B_MIN 5
+
+template <typename A> __device__ __forceinline__ A binary_fn(int op, A a, A b) {
+    switch (op) {
+    case B_ADD: return a + b;
+    case B_SUB: return a - b;
+    case B_MUL: return a * b;
+    case B_DIV: return a / b;
+    case B_MAX: return m_max(a, b);
+    default: return m_min(a, b);
+    }
+}
+
+#define C_EQ 0
+#define C_NE 1
+#define C_LT 2
+#define C_LE 3
+#define C_GT 4
+#define C_GE 5
+
+template <typename A> __device__ __forceinline__ bool cmp_fn(int op, A a, A b) {
+    switch (op) {
+    case C_EQ: return a == b;
+    case C_NE: return a != b;
+    case C_LT: return a < b;
+    case C_LE: return a <= b;
+    case C_GT: return a > b;
+    default: return a >= b;
+    }
+}
+
+// Offsets of element i in two or three views of one shape, sharing the divisions.
+__device__ __forceinline__ void offsets2(const View& a, const View& b, u64 i, u64& oa, u64& ob) {
+    oa = a.offset;
+    ob = b.offset;
+    for (int d = (int)a.rank - 1; d > 0; --d) {
+        u64 c = i % a.shape[d];
+        i /= a.shape[d];
+        oa += c * a.strides[d];
+        ob += c * b.strides[d];
+    }
+    if (a.rank > 0) {
+        oa += i * a.strides[0];
+        ob += i * b.strides[0];
+    }
+}
+
+__device__ __forceinline__ void offsets3(const View& a, const View& b, const View& c, u64 i,
+                                         u64& oa, u64& ob, u64& oc) {
+    oa = a.offset;
+    ob = b.offset;
+    oc = c.offset;
+    for (int d = (int)a.rank - 1; d > 0; --d) {
+        u64 k = i % a.shape[d];
+        i /= a.shape[d];
+        oa += k * a.strides[d];
+        ob += k * b.strides[d];
+        oc += k * c.strides[d];
+    }
+    if (a.rank > 0) {
+        oa += i * a.strides[0];
+        ob += i * b.strides[0];
+        oc += i * c.strides[0];
+    }
+}
+
+#define ELEMENTWISE(S, T)                                                                    \
+    extern "C" __global__ void unary_##S(const T* x, View xv, T* out, u64 n, int op,       \
+                                         double p0, double p1) {                           \
+        typedef Acc<T>::type A;                                                              \
+        GRID_STRIDE(i, n) put(out + i, unary_fn<A>(op, load(x[offset_of(xv, i)]), (A)p0, (A)p1)); \
+    }                                                                                        \
+    extern "C" __global__ void unary_backward_##S(const T* x, View xv, const T* g, View gv, \
+                                                  T* out, u64 n, int op, double p0,        \
+                                                  double p1) {                             \
+        typedef Acc<T>::type A;                                                              \
+        GRID_STRIDE(i, n) {                                                                  \
+            u64 ox, og;                                                                      \
+            offsets2(xv, gv, i, ox, og);                                                     \
+            put(out + i, load(g[og]) * unary_derivative<A>(op, load(x[ox]), (A)p0, (A)p1));  \
+        }                                                                                    \
+    }                                                                                        \
+    extern "C" __global__ void binary_##S(const T* a, View av, const T* b, View bv, T* out, \
+                                          u64 n, int op) {                                 \
+        GRID_STRIDE(i, n) {                                                                  \
+            u64 oa, ob;                                                                      \
+            offsets2(av, bv, i, oa, ob);                                                     \
+            put(out + i, binary_fn(op, load(a[oa]), load(b[ob])));                           \
+        }                                                                                    \
+    }                                                                                        \
+    extern "C" __global__ void cmp_##S(const T* a, View av, const T* b, View bv, T* out,    \
+                                       u64 n, int op) {                                    \
+        typedef Acc<T>::type A;                                                              \
+        GRID_STRIDE(i, n) {                                                                  \
+            u64 oa, ob;                                                                      \
+            offsets2(av, bv, i, oa, ob);                                                     \
+            put(out + i, cmp_fn(op, load(a[oa]), load(b[ob])) ? (A)1 : (A)0);                \
+        }                                                                                    \
+    }                                                                                        \
+    extern "C" __global__ void where_##S(const T* m, View mv, const T* t, View tv,          \
+                                         const T* f, View fv, T* out, u64 n) {             \
+        GRID_STRIDE(i, n) {                                                                  \
+            u64 om, ot, of;                                                                  \
+            offsets3(mv, tv, fv, i, om, ot, of);                                             \
+            out[i] = load(m[om]) != 0 ? t[ot] : f[of];                                       \
+        }                                                                                    \
+    }                                                                                        \
+    extern "C" __global__ void addcmul_##S(const T* x, View xv, const T* a, View av,        \
+                                           const T* b, View bv, T* out, u64 n) {           \
+        GRID_STRIDE(i, n) {                                                                  \
+            u64 ox, oa, ob;                                                                  \
+            offsets3(xv, av, bv, i, ox, oa, ob);                                             \
+            put(out + i, load(x[ox]) + load(a[oa]) * load(b[ob]));                           \
+        }                                                                                    \
+    }
+
+FOR_FLOATS(ELEMENTWISE)

@@ -1,0 +1,98 @@
+// Layer norm and RMS norm over the last dim of contiguous rows, forward and backward.
+// Statistics (row mean, reciprocal std dev) are kept in the compute type A.
+#include "common.cuh"
+
+// Rows of the weight/bias gradient handled per thread row of a block (see below).
+#define PARAM_ROWS_PER_BLOCK 256
+
+#define NORM(S, T)                                                                        \
+    /* One block per row: mean (layer norm only), variance, then y. w and b may be null. */ \
+    extern "C" __global__ void norm_##S(const T* x, const T* w, const T* b, T* y,         \
+                                        Acc<T>::type* mean, Acc<T>::type* rstd, u64 rows,  \
+                                        u64 d, double eps, int rms) {                     \
+        typedef Acc<T>::type A;                                                           \
+        for (u64 r = blockIdx.x; r < rows; r += gridDim.x) {                              \
+            const T* xr = x + r * d;                                                      \
+            A mu = 0;                                                                     \
+            if (!rms) {                                                                   \
+                for (u64 j = threadIdx.x; j < d; j += blockDim.x) mu += load(xr[j]);      \
+                mu = block_reduce(RED_SUM, mu) / (A)d;                                    \
+            }                                                                             \
+            A var = 0;                                                                    \
+            for (u64 j = threadIdx.x; j < d; j += blockDim.x) {                           \
+                A c = (A)load(xr[j]) - mu;                                                \
+                var += c * c;                                                             \
+            }                                                                             \
+            var = block_reduce(RED_SUM, var) / (A)d;                                      \
+            A rs = (A)1 / m_sqrt(var + (A)eps);                                           \
+            for (u64 j = threadIdx.x; j < d; j += blockDim.x) {                           \
+                A v = ((A)load(xr[j]) - mu) * rs;                                         \
+                if (w) v *= (A)load(w[j]);                                                \
+                if (b) v += (A)load(b[j]);                                                \
+                put(y + r * d + j, v);                                                    \
+            }                                                                             \
+            if (threadIdx.x == 0) {                                                       \
+                mean[r] = mu;                                                             \
+                rstd[r] = rs;                                                             \
+            }                                                                             \
+        }                                                                                 \
+    }                                                                                     \
+    /* dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)), ĝ = g·w; no mean(ĝ) term for RMS norm. */  \
+    extern "C" __global__ void norm_backward_##S(const T* x, const T* w,                  \
+                                                 const Acc<T>::type* mean,                \
+                                                 const Acc<T>::type* rstd, const T* g,    \
+                                                 T* dx, u64 rows, u64 d, int rms) {       \
+        typedef Acc<T>::type A;                                                           \
+        for (u64 r = blockIdx.x; r < rows; r += gridDim.x) {                              \
+            const T* xr = x + r * d;                                                      \
+            const T* gr = g + r * d;                                                      \
+            A mu = mean[r], rs = rstd[r], sg = 0, sgx = 0;                                \
+            for (u64 j = threadIdx.x; j < d; j += blockDim.x) {                           \
+                A gh = (A)load(gr[j]) * (w ? (A)load(w[j]) : (A)1);                       \
+                sg += gh;                                                                 \
+                sgx += gh * ((A)load(xr[j]) - mu) * rs;                                   \
+            }                                                                             \
+            sg = block_reduce(RED_SUM, sg);                                               \
+            sgx = block_reduce(RED_SUM, sgx);                                             \
+            A mean_g = rms ? (A)0 : sg / (A)d, mean_gx = sgx / (A)d;                      \
+            for (u64 j = threadIdx.x; j < d; j += blockDim.x) {                           \
+                A gh = (A)load(gr[j]) * (w ? (A)load(w[j]) : (A)1);                       \
+                A xh = ((A)load(xr[j]) - mu) * rs;                                        \
+                put(dx + r * d + j, rs * (gh - mean_g - xh * mean_gx));                   \
+            }                                                                             \
+        }                                                                                 \
+    }                                                                                     \
+    /* dw = Σ_rows g·x̂, db = Σ_rows g into zeroed A buffers (either may be null).       */ \
+    /* Block (32, 8): x over 32 columns, y over rows; blockIdx.y picks a stretch of     */ \
+    /* PARAM_ROWS_PER_BLOCK rows, whose partial sums are added atomically.              */ \
+    extern "C" __global__ void norm_param_grads_##S(const T* x, const Acc<T>::type* mean, \
+                                                    const Acc<T>::type* rstd, const T* g, \
+                                                    Acc<T>::type* dw, Acc<T>::type* db,   \
+                                                    u64 rows, u64 d) {                    \
+        typedef Acc<T>::type A;                                                           \
+        __shared__ A sw[8][33];                                                           \
+        __shared__ A sb[8][33];                                                           \
+        u64 k = (u64)blockIdx.x * 32 + threadIdx.x;                                       \
+        u64 r0 = (u64)blockIdx.y * PARAM_ROWS_PER_BLOCK;                                  \
+        u64 r1 = r0 + PARAM_ROWS_PER_BLOCK < rows ? r0 + PARAM_ROWS_PER_BLOCK : rows;     \
+        A aw = 0, ab = 0;                                                                 \
+        if (k < d)                                                                        \
+            for (u64 r = r0 + threadIdx.y; r < r1; r += 8) {                              \
+                A gv = load(g[r * d + k]);                                                \
+                aw += gv * ((A)load(x[r * d + k]) - mean[r]) * rstd[r];                   \
+                ab += gv;                                                                 \
+            }                                                                             \
+        sw[threadIdx.y][threadIdx.x] = aw;                                                \
+        sb[threadIdx.y][threadIdx.x] = ab;                                                \
+        __syncthreads();                                                                  \
+        if (threadIdx.y == 0 && k < d) {                                                  \
+            for (int i = 1; i < 8; ++i) {                                                 \
+                aw += sw[i][threadIdx.x];                                                 \
+                ab += sb[i][threadIdx.x];                                                 \
+            }                                                                             \
+            if (dw) atomicAdd(dw + k, aw);                                                \
+            if (db) atomicAdd(db + k, ab);                                                \
+        }                                                                                 \
+    }
+
+FOR_FLOATS(NORM)

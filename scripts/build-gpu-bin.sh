@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Builds everything the GPU check runs, for a GPU machine that has CUDA and PyTorch but
+# no Rust: the CUDA test binaries (tests/cuda_ops.rs, tests/kernels_compile.rs) and the
+# CUDA bench (benches/cuda.rs), release, --features cuda, stripped, into gpu-bin/
+# (git-ignored), beside the PyTorch bench scripts and scripts/gpu-check.sh. Prints the
+# folder's size, which must stay under 64 MiB (the limit of what a GPU run can carry).
+#
+#     scripts/build-gpu-bin.sh && scripts/gpu-check.sh gpu-bin   # the second on the GPU
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=gpu-bin
+LIMIT_MIB=64
+
+# The executables cargo reports building (one JSON message per artifact).
+executables() {
+    python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        print(m["executable"])'
+}
+
+rm -rf "$OUT"
+mkdir -p "$OUT/tests" "$OUT/benches"
+cargo test --release --features cuda --no-run --message-format=json \
+    --test cuda_ops --test kernels_compile | executables | while read -r exe; do
+    # cargo names test binaries name-<hash>; the check runs them by name.
+    cp "$exe" "$OUT/tests/$(basename "$exe" | sed 's/-[0-9a-f]*$//')"
+done
+cargo bench --features cuda --bench cuda --no-run --message-format=json | executables \
+    | while read -r exe; do cp "$exe" "$OUT/benches/cuda"; done
+strip "$OUT"/tests/* "$OUT"/benches/*
+cp benches/torch_cuda.py benches/torch_dit.py scripts/gpu-check.sh "$OUT/"
+
+size_kib=$(du -sk "$OUT" | cut -f1)
+echo "$OUT: $((size_kib / 1024)) MiB ($size_kib KiB): $(ls "$OUT"/tests "$OUT"/benches | grep -v ':$' | xargs)"
+if [ "$size_kib" -ge $((LIMIT_MIB * 1024)) ]; then
+    echo "error: $OUT is over $LIMIT_MIB MiB" >&2
+    exit 1
+fi

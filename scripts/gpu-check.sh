@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Runs the prebuilt CUDA tests and benchmarks (scripts/build-gpu-bin.sh) on a GPU
+# machine that has CUDA and PyTorch but no Rust, then PyTorch's twin benchmark, and
+# writes the logs and a short summary table (summary.md) to the output folder.
+#
+#     scripts/gpu-check.sh [BIN_DIR [OUT_DIR]]
+#
+# BIN_DIR defaults to gpu-bin (or this script's own folder when it sits in one);
+# OUT_DIR to $OUT, else gpu-check-out. PYTHON picks the interpreter with torch
+# (default python3). Without a GPU everything still runs: the tests and benches skip.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+BIN=${1:-$([ -d "$here/tests" ] && echo "$here" || echo gpu-bin)}
+OUT_DIR=${2:-${OUT:-gpu-check-out}}
+PYTHON=${PYTHON:-python3}
+mkdir -p "$OUT_DIR"
+BIN=$(cd "$BIN" && pwd)
+OUT_DIR=$(cd "$OUT_DIR" && pwd)
+
+# libcublas / libnvrtc: the CUDA install and PyTorch's nvidia wheel folders.
+libs=()
+for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/*/lib \
+    $("$PYTHON" -c 'import glob, os, nvidia; [print(p) for b in nvidia.__path__ for p in glob.glob(os.path.join(b, "*", "lib"))]' 2>/dev/null); do
+    if ls "$d"/libcublas.so* "$d"/libnvrtc.so* >/dev/null 2>&1; then libs+=("$d"); fi
+done
+LD_LIBRARY_PATH="$(IFS=:; echo "${libs[*]}")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LD_LIBRARY_PATH
+{
+    echo "# GPU check $(date -u +%FT%TZ)"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+    echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+} > "$OUT_DIR/environment.txt"
+
+status=0
+: > "$OUT_DIR/tests.tsv"
+for t in "$BIN"/tests/*; do
+    name=$(basename "$t")
+    "$t" --test-threads=1 --nocapture > "$OUT_DIR/test-$name.log" 2>&1
+    rc=$?
+    [ $rc -ne 0 ] && status=1
+    result=$(grep -E '^test result:' "$OUT_DIR/test-$name.log" | tail -n1)
+    skipped=$(grep -c '^skipping' "$OUT_DIR/test-$name.log")
+    printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "${result:-no result}" "$skipped" >> "$OUT_DIR/tests.tsv"
+done
+"$BIN/benches/cuda" --json > "$OUT_DIR/bench-ours.jsonl" 2> "$OUT_DIR/bench-ours.log" || status=1
+"$PYTHON" "$BIN/torch_cuda.py" --json > "$OUT_DIR/bench-torch.jsonl" 2> "$OUT_DIR/bench-torch.log" || status=1
+
+"$PYTHON" - "$OUT_DIR" > "$OUT_DIR/summary.md" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+print(open(os.path.join(out, "environment.txt")).read().splitlines()[1] if os.path.exists(os.path.join(out, "environment.txt")) else "")
+print("\n| test binary | exit | result | skips |\n|---|---:|---|---:|")
+for line in open(os.path.join(out, "tests.tsv")):
+    name, rc, result, skips = line.rstrip("\n").split("\t")
+    print(f"| {name} | {rc} | {result.replace('test result: ', '')} | {skips} |")
+def load(name):
+    rows = {}
+    path = os.path.join(out, name)
+    for line in open(path) if os.path.exists(path) else []:
+        line = line.strip()
+        if line.startswith("{"):
+            r = json.loads(line)
+            rows[(r["bench"], r["case"])] = (r["value"], r["unit"])
+        elif line:
+            print(f"\n{name}: {line}")
+    return rows
+ours, torch = load("bench-ours.jsonl"), load("bench-torch.jsonl")
+if ours or torch:
+    print("\n| bench | case | ours | torch | ours/torch |\n|---|---|---:|---:|---:|")
+    for key in sorted(set(ours) | set(torch)):
+        o, t = ours.get(key), torch.get(key)
+        unit = (o or t)[1]
+        ratio = f"{o[0] / t[0]:.2f}" if o and t and t[0] else ""
+        fmt = lambda v: f"{v[0]:.2f} {unit}" if v else "-"
+        print(f"| {key[0]} | {key[1]} | {fmt(o)} | {fmt(t)} | {ratio} |")
+PY
+cat "$OUT_DIR/summary.md"
+exit $status

@@ -1,0 +1,425 @@
+//! Every engine op on CUDA against the CPU op on the same random inputs, forward and
+//! backward, by relative error ‖out − ref‖/‖ref‖ over every element (NaN never passes;
+//! output buffers are filled with NaN before kernels write them). Skips, with a
+//! message, where no CUDA driver or device exists.
+#![cfg(feature = "cuda")]
+
+use twinflow::engine::{
+    cuda, scaled_dot_product_attention, AdamStep, DType, Device, Generator, Result, Tensor,
+};
+
+/// The GPU, or `None` (after saying why) when there is none.
+fn gpu() -> Option<Device> {
+    if !cuda::driver_present() {
+        eprintln!("skipping: no CUDA driver/device");
+        return None;
+    }
+    match Device::cuda(0) {
+        Ok(d) => {
+            cuda::set_poison(true);
+            Some(d)
+        }
+        Err(e) => {
+            eprintln!("skipping: no CUDA driver/device ({e})");
+            None
+        }
+    }
+}
+
+fn tolerance(dt: DType) -> f64 {
+    match dt {
+        DType::F64 => 1e-10,
+        DType::F32 => 1e-5,
+        _ => 1e-2,
+    }
+}
+
+/// ‖out − ref‖/‖ref‖ over every element; infinite on a NaN or a length mismatch.
+fn rel_err(out: &Tensor, reference: &Tensor) -> f64 {
+    let (a, b) = (out.to_vec_f64().unwrap(), reference.to_vec_f64().unwrap());
+    if a.len() != b.len() || a.iter().any(|v| v.is_nan()) || out.shape() != reference.shape() {
+        return f64::INFINITY;
+    }
+    let num: f64 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
+    let den: f64 = b.iter().map(|y| y * y).sum();
+    if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+fn assert_close(what: &str, out: &Tensor, reference: &Tensor, tol: f64) {
+    assert_eq!(
+        out.device(),
+        Device::cuda(0).unwrap(),
+        "{what}: not on the GPU"
+    );
+    let e = rel_err(out, reference);
+    assert!(e <= tol, "{what}: relative error {e:e} above {tol:e}");
+}
+
+/// Runs `f` on the CPU inputs and on their GPU copies; compares the output and the
+/// gradients of every float input of a random projection of it.
+fn check(name: &str, inputs: &[Tensor], tol: f64, f: impl Fn(&[Tensor]) -> Result<Tensor>) {
+    let Some(dev) = gpu() else { return };
+    let leaf = |t: &Tensor| match t.dtype().is_float() {
+        true => t.clone().into_variable().unwrap(),
+        false => t.clone(),
+    };
+    let cpu_in: Vec<Tensor> = inputs.iter().map(leaf).collect();
+    let gpu_in: Vec<Tensor> = inputs
+        .iter()
+        .map(|t| leaf(&t.to_device(dev).unwrap().detach()))
+        .collect();
+    let (out_c, out_g) = (f(&cpu_in).unwrap(), f(&gpu_in).unwrap());
+    assert_close(&format!("{name} forward"), &out_g, &out_c, tol);
+    if !out_c.dtype().is_float() || !out_c.requires_grad() {
+        return;
+    }
+    let w = Generator::new(7)
+        .normal(out_c.shape(), 0.0, 1.0, out_c.dtype(), Device::Cpu)
+        .unwrap();
+    let loss = |o: &Tensor, w: &Tensor| o.mul(w).unwrap().sum_all().unwrap();
+    let gc = loss(&out_c, &w).backward().unwrap();
+    let gg = loss(&out_g, &w.to_device(dev).unwrap()).backward().unwrap();
+    for (i, (c, g)) in cpu_in.iter().zip(&gpu_in).enumerate() {
+        if let (Some(rc), Some(rg)) = (gc.get(c), gg.get(g)) {
+            assert_close(&format!("{name} grad {i}"), rg, rc, tol);
+        }
+    }
+}
+
+fn randn(seed: u64, shape: &[usize], dt: DType) -> Tensor {
+    Generator::new(seed)
+        .normal(shape, 0.0, 1.0, dt, Device::Cpu)
+        .unwrap()
+}
+
+fn positive(seed: u64, shape: &[usize], dt: DType) -> Tensor {
+    Generator::new(seed)
+        .uniform(shape, 0.5, 2.0, dt, Device::Cpu)
+        .unwrap()
+}
+
+const FLOATS: [DType; 4] = [DType::F32, DType::F64, DType::BF16, DType::F16];
+
+#[test]
+fn unary_ops() {
+    type Op = fn(&Tensor) -> Result<Tensor>;
+    let ops: [(&str, Op); 19] = [
+        ("neg", |x| x.neg()),
+        ("exp", |x| x.exp()),
+        ("log", |x| x.log()),
+        ("sqrt", |x| x.sqrt()),
+        ("rsqrt", |x| x.rsqrt()),
+        ("recip", |x| x.recip()),
+        ("square", |x| x.square()),
+        ("abs", |x| x.abs()),
+        ("sin", |x| x.sin()),
+        ("cos", |x| x.cos()),
+        ("tanh", |x| x.tanh()),
+        ("sigmoid", |x| x.sigmoid()),
+        ("relu", |x| x.relu()),
+        ("gelu", |x| x.gelu()),
+        ("gelu_erf", |x| x.gelu_erf()),
+        ("silu", |x| x.silu()),
+        ("powf", |x| x.powf(1.7)),
+        ("clamp", |x| x.clamp(0.7, 1.5)),
+        ("affine", |x| x.affine(-0.5, 2.0)),
+    ];
+    for dt in FLOATS {
+        for (i, (name, op)) in ops.iter().enumerate() {
+            // Positive inputs keep log, sqrt and powf defined; a transposed view tests
+            // strided reads.
+            let x = positive(i as u64, &[33, 17], dt);
+            check(&format!("{name} {dt}"), &[x], tolerance(dt), |t| {
+                op(&t[0].t()?)
+            });
+        }
+    }
+}
+
+#[test]
+fn binary_and_comparison_ops_with_broadcast() {
+    type Op = fn(&Tensor, &Tensor) -> Result<Tensor>;
+    let ops: [(&str, Op); 12] = [
+        ("add", |a, b| a.add(b)),
+        ("sub", |a, b| a.sub(b)),
+        ("mul", |a, b| a.mul(b)),
+        ("div", |a, b| a.div(b)),
+        ("maximum", |a, b| a.maximum(b)),
+        ("minimum", |a, b| a.minimum(b)),
+        ("eq", |a, b| a.eq(b)),
+        ("ne", |a, b| a.ne(b)),
+        ("lt", |a, b| a.lt(b)),
+        ("le", |a, b| a.le(b)),
+        ("gt", |a, b| a.gt(b)),
+        ("ge", |a, b| a.ge(b)),
+    ];
+    for dt in FLOATS {
+        for (i, (name, op)) in ops.iter().enumerate() {
+            let a = randn(i as u64, &[4, 1, 37], dt);
+            let b = positive(100 + i as u64, &[5, 37], dt);
+            check(&format!("{name} {dt}"), &[a, b], tolerance(dt), |t| {
+                op(&t[0], &t[1])
+            });
+        }
+    }
+}
+
+#[test]
+fn where_addcmul_and_casts() {
+    for dt in FLOATS {
+        let (m, a, b) = (
+            randn(1, &[6, 40], dt),
+            randn(2, &[6, 40], dt),
+            randn(3, &[40], dt),
+        );
+        let inputs = [m, a, b];
+        check(&format!("where {dt}"), &inputs, tolerance(dt), |t| {
+            t[0].gt(&t[1])?
+                .where_cond(&t[1], &t[2].broadcast_to(&[6, 40])?)
+        });
+        check(&format!("addcmul {dt}"), &inputs, tolerance(dt), |t| {
+            t[0].addcmul(&t[1], &t[2])
+        });
+        for to in [DType::F32, DType::F64, DType::BF16, DType::F16, DType::I64] {
+            let x = randn(4, &[9, 31], dt).mul_scalar(20.0).unwrap();
+            check(&format!("cast {dt} → {to}"), &[x], 0.0, |t| {
+                t[0].t()?.to_dtype(to)
+            });
+        }
+    }
+}
+
+#[test]
+fn reductions_over_any_dims() {
+    for dt in FLOATS {
+        let x = randn(5, &[6, 7, 300], dt);
+        for dims in [&[2isize][..], &[0], &[1], &[0, 2], &[0, 1, 2]] {
+            let tol = tolerance(dt);
+            check(
+                &format!("sum {dims:?} {dt}"),
+                std::slice::from_ref(&x),
+                tol,
+                |t| t[0].sum(dims, true),
+            );
+            check(
+                &format!("max {dims:?} {dt}"),
+                std::slice::from_ref(&x),
+                tol,
+                |t| t[0].max(dims, false),
+            );
+            check(
+                &format!("min {dims:?} {dt}"),
+                std::slice::from_ref(&x),
+                tol,
+                |t| t[0].min(dims, false),
+            );
+        }
+        // Many outputs in columns (the one-thread-per-output kernel).
+        let wide = randn(6, &[50, 9000], dt);
+        check(&format!("sum cols {dt}"), &[wide], tolerance(dt), |t| {
+            t[0].sum(&[0], false)
+        });
+    }
+}
+
+#[test]
+fn products() {
+    for dt in FLOATS {
+        let tol = tolerance(dt);
+        let (a, b) = (randn(7, &[2, 3, 20, 30], dt), randn(8, &[3, 30, 25], dt));
+        check(
+            &format!("batched broadcast matmul {dt}"),
+            &[a, b],
+            tol,
+            |t| t[0].matmul(&t[1]),
+        );
+        let (a, b) = (randn(9, &[30, 20], dt), randn(10, &[25, 30], dt));
+        check(&format!("transposed matmul {dt}"), &[a, b], tol, |t| {
+            t[0].t()?.matmul(&t[1].t()?)
+        });
+        let (x, w, bias) = (
+            randn(11, &[4, 9, 24], dt),
+            randn(12, &[16, 24], dt),
+            randn(13, &[16], dt),
+        );
+        check(&format!("linear {dt}"), &[x, w, bias], tol, |t| {
+            t[0].linear(&t[1], Some(&t[2]))
+        });
+        let (a, b) = (randn(14, &[3, 8, 5], dt), randn(15, &[5, 3, 4], dt));
+        check(&format!("permuted batch matmul {dt}"), &[a, b], tol, |t| {
+            t[0].permute(&[1, 0, 2])?.matmul(&t[1].permute(&[1, 0, 2])?)
+        });
+    }
+}
+
+#[test]
+fn tf32_products() {
+    let Some(_) = gpu() else { return };
+    cuda::set_allow_tf32(true);
+    let (a, b) = (
+        randn(16, &[128, 256], DType::F32),
+        randn(17, &[256, 64], DType::F32),
+    );
+    check("tf32 matmul", &[a, b], 1e-3, |t| t[0].matmul(&t[1]));
+    cuda::set_allow_tf32(false);
+}
+
+#[test]
+fn softmax_and_norms() {
+    for dt in FLOATS {
+        let tol = tolerance(dt);
+        for d in [7, 100, 1000] {
+            let x = randn(18, &[5, 3, d], dt);
+            check(
+                &format!("softmax {d} {dt}"),
+                std::slice::from_ref(&x),
+                tol,
+                |t| t[0].softmax(),
+            );
+            check(
+                &format!("log_softmax {d} {dt}"),
+                std::slice::from_ref(&x),
+                tol,
+                |t| t[0].log_softmax(),
+            );
+            let (w, b) = (randn(19, &[d], dt), randn(20, &[d], dt));
+            check(
+                &format!("layer_norm {d} {dt}"),
+                &[x.clone(), w.clone(), b],
+                tol,
+                |t| t[0].layer_norm(Some(&t[1]), Some(&t[2]), 1e-5),
+            );
+            check(
+                &format!("layer_norm plain {d} {dt}"),
+                std::slice::from_ref(&x),
+                tol,
+                |t| t[0].layer_norm(None, None, 1e-5),
+            );
+            check(&format!("rms_norm {d} {dt}"), &[x.clone(), w], tol, |t| {
+                t[0].rms_norm(Some(&t[1]), 1e-6)
+            });
+        }
+    }
+}
+
+#[test]
+fn indexing() {
+    let ids = Tensor::from_vec(vec![3i64, 0, 3, 1, 4], &[5], Device::Cpu).unwrap();
+    let gids = Tensor::from_vec(vec![2i64, 0, 1, 1, 0, 2, 2, 2], &[4, 2], Device::Cpu).unwrap();
+    for dt in FLOATS {
+        let tol = tolerance(dt);
+        let x = randn(21, &[6, 5, 3], dt);
+        check(
+            &format!("index_select {dt}"),
+            &[x.clone(), ids.clone()],
+            tol,
+            |t| t[0].index_select(&t[1], 1),
+        );
+        let y = randn(22, &[4, 3], dt);
+        check(&format!("gather {dt}"), &[y, gids.clone()], tol, |t| {
+            t[0].gather(&t[1], 1)
+        });
+        check(
+            &format!("cat {dt}"),
+            &[x.clone(), randn(23, &[6, 2, 3], dt)],
+            tol,
+            |t| Tensor::cat(&[&t[0], &t[1].t()?.t()?], 1),
+        );
+    }
+    let Some(dev) = gpu() else { return };
+    let bad = Tensor::from_vec(vec![9i64], &[1], dev).unwrap();
+    let x = randn(24, &[3, 2], DType::F32).to_device(dev).unwrap();
+    let err = x.index_select(&bad, 0).unwrap_err().to_string();
+    assert!(
+        err.contains("index_select") && err.contains("out of range"),
+        "{err}"
+    );
+}
+
+#[test]
+fn attention_forward_and_backward() {
+    for dt in FLOATS {
+        let tol = tolerance(dt);
+        for causal in [false, true] {
+            let (q, k, v) = (
+                randn(25, &[2, 3, 9, 16], dt),
+                randn(26, &[2, 3, 11, 16], dt),
+                randn(27, &[2, 3, 11, 8], dt),
+            );
+            check(
+                &format!("attention causal={causal} {dt}"),
+                &[q, k, v],
+                tol,
+                |t| scaled_dot_product_attention(&t[0], &t[1], &t[2], None, causal),
+            );
+        }
+    }
+}
+
+#[test]
+fn adam_update_matches_cpu() {
+    let Some(dev) = gpu() else { return };
+    let step = AdamStep {
+        lr: 1e-2,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        decoupled: true,
+        step: 3,
+    };
+    let make = |d: Device| {
+        let p = randn(28, &[1000], DType::F32).to_device(d).unwrap();
+        let m = randn(29, &[1000], DType::F32)
+            .mul_scalar(0.1)
+            .unwrap()
+            .to_device(d)
+            .unwrap();
+        let v = positive(30, &[1000], DType::F32).to_device(d).unwrap();
+        let g = randn(31, &[1000], DType::BF16).to_device(d).unwrap();
+        p.adam_update(&g, &m, &v, &step).unwrap();
+        (p, m, v)
+    };
+    let (c, g) = (make(Device::Cpu), make(dev));
+    assert_close("adam p", &g.0, &c.0, 1e-6);
+    assert_close("adam m", &g.1, &c.1, 1e-6);
+    assert_close("adam v", &g.2, &c.2, 1e-6);
+}
+
+#[test]
+fn mixing_devices_is_an_error() {
+    let Some(dev) = gpu() else { return };
+    let a = randn(32, &[3], DType::F32);
+    let b = a.to_device(dev).unwrap();
+    let err = a.add(&b).unwrap_err().to_string();
+    assert!(
+        err.contains("add") && err.contains("cpu") && err.contains("cuda:0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn allocator_reuses_buffers() {
+    let Some(dev) = gpu() else { return };
+    let step = || {
+        let x = Tensor::ones(&[256, 256], DType::F32, dev).unwrap();
+        x.matmul(&x)
+            .unwrap()
+            .exp()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .item()
+            .unwrap()
+    };
+    step();
+    let before = cuda::memory_stats(0).unwrap();
+    step();
+    let after = cuda::memory_stats(0).unwrap();
+    assert_eq!(before.device_allocs, after.device_allocs, "{after:?}");
+    assert!(after.reuses > before.reuses && after.peak_in_use > 0);
+}
