@@ -9,7 +9,8 @@ use twinflow_nn::Module;
 /// eval mode, `batch` at a time, so memory does not grow with `n` or the number of
 /// steps. Sample `i` has label `i mod num_classes` and starts from row `i` of one
 /// `N(0, I)` draw `[n, D]` from `Generator::new(seed)`, so the result does not depend
-/// on `batch` (for the deterministic sampler) and every NFE starts from the same noise.
+/// on `batch` (for the deterministic sampler; up to the float rounding of matrix products
+/// of other shapes) and every NFE starts from the same noise.
 /// `on_batch(done)` is called after each batch with the samples drawn so far.
 pub fn sample_batched(
     trainer: &Trainer,
