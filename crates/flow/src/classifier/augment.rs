@@ -21,14 +21,15 @@ pub fn random_shifts(
     let draws = gen
         .uniform(&[n, 2], 0.0, choices, DType::F64, Device::Cpu)?
         .to_vec::<f64>()?;
+    // `min` guards the (measure-zero) draw of exactly `choices`.
+    let max = max_shift as isize;
+    let offset = |u: f64| (u.floor() as isize).min(2 * max) - max;
     let mut out = vec![BACKGROUND; images.len()];
     for (i, (src, dst)) in images
         .chunks_exact(dim)
         .zip(out.chunks_exact_mut(dim))
         .enumerate()
     {
-        // `min` guards the (measure-zero) draw of exactly `choices`.
-        let offset = |u: f64| (u.floor() as isize).min(2 * max_shift as isize) - max_shift as isize;
         let (dy, dx) = (offset(draws[2 * i]), offset(draws[2 * i + 1]));
         shift_into(src, dst, rows, cols, dy, dx);
     }

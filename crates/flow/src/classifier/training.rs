@@ -128,7 +128,9 @@ pub fn train_classifier(
     let mut model = Classifier::new(&mut ParamBuilder::new(cfg.seed), &cfg.model)?;
     let mut optimizer = Adam::new(model.named_params(), AdamConfig::default())?;
     let mut gen = Generator::new(cfg.seed ^ DATA_SEED);
-    let steps_per_epoch = (train.len() / cfg.batch_size).max(1);
+    // A batch larger than the data is the whole data.
+    let batch = cfg.batch_size.min(train.len());
+    let steps_per_epoch = train.len() / batch;
     let schedule = cfg.schedule(steps_per_epoch);
     let total = steps_per_epoch * cfg.epochs;
     let mut records = Vec::with_capacity(cfg.epochs);
@@ -138,10 +140,7 @@ pub fn train_classifier(
         model.set_training(true);
         let order = gen.permutation(train.len());
         let (mut loss_sum, mut right) = (0.0, 0);
-        for ids in order
-            .chunks_exact(cfg.batch_size.min(train.len()))
-            .take(steps_per_epoch)
-        {
+        for ids in order.chunks_exact(batch) {
             let (x, labels) = augmented_batch(cfg, train, ids, &mut gen)?;
             optimizer.set_learning_rate(schedule.lr_at(step as u64))?;
             let logits = model.forward(&x)?;
@@ -161,8 +160,7 @@ pub fn train_classifier(
         let record = EpochRecord {
             epoch,
             loss: loss_sum / steps_per_epoch as f64,
-            train_accuracy: right as f64
-                / (steps_per_epoch * cfg.batch_size.min(train.len())) as f64,
+            train_accuracy: right as f64 / (steps_per_epoch * batch) as f64,
             held_out_accuracy: accuracy(&model, &held_out.images, &held_out.labels)?,
             seconds: start.elapsed().as_secs_f64(),
         };

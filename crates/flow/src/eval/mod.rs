@@ -12,12 +12,12 @@
 //!   (all but the held-out last 1,000), beside the floor of the held-out real images.
 //!
 //! ```no_run
-//! use twinflow::flow::eval::{evaluate_checkpoint, EvalConfig};
+//! use twinflow_flow::eval::{evaluate_checkpoint, EvalConfig};
 //! let cfg = EvalConfig { nfe: vec![1, 2, 4], ..EvalConfig::default() };
 //! let report = evaluate_checkpoint("runs/moons-twinflow/checkpoints/latest.safetensors",
 //!                                  &cfg, None, |_, _| {})?;
 //! println!("{}", serde_json::to_string_pretty(&report).unwrap());
-//! # Ok::<(), twinflow::engine::Error>(())
+//! # Ok::<(), twinflow_engine::Error>(())
 //! ```
 
 mod reference;

@@ -55,13 +55,16 @@ impl ClassifierConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        let divisible = self.image_size % (1 << self.conv.len().min(31)) == 0;
+        let divisible = u32::try_from(self.conv.len())
+            .ok()
+            .and_then(|stages| 1usize.checked_shl(stages))
+            .is_some_and(|d| self.image_size % d == 0);
         let positive = self.image_size > 0
             && self.channels > 0
             && self.hidden > 0
             && self.num_classes > 0
             && !self.conv.contains(&0);
-        if positive && divisible && self.final_size() > 0 {
+        if positive && divisible {
             return Ok(());
         }
         Err(Error::invalid(
