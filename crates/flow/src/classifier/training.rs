@@ -147,6 +147,15 @@ pub fn train_classifier(
             right += correct(&logits, &labels)?;
             let loss = logits.cross_entropy(&labels)?;
             let value = loss.item()?;
+            if !value.is_finite() {
+                return Err(Error::invalid(
+                    "train_classifier",
+                    format!(
+                        "non-finite loss {value} at step {} (try a lower lr)",
+                        step + 1
+                    ),
+                ));
+            }
             optimizer.step(&loss.backward()?)?;
             step += 1;
             loss_sum += value;
