@@ -283,3 +283,134 @@ fn shipped_configs_load() {
         );
     }
 }
+
+#[test]
+fn train_classifier_quick_run_and_errors() {
+    let dir = temp_dir("classifier");
+    let root = repo("");
+    let root = root.to_str().unwrap();
+    let base = ["train-classifier", "--root", root];
+    let quick = [&base[..], &["--epochs", "1", "--train-images", "640"]].concat();
+    let out = ok(
+        &dir,
+        &[&quick[..], &["--out", "c/clf.safetensors"]].concat(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("epoch 1/1"), "{stderr}");
+    assert!(stderr.contains("held-out accuracy"), "{stderr}");
+    let (clf, meta) =
+        twinflow::flow::classifier::load_classifier(dir.join("c/clf.safetensors")).unwrap();
+    assert_eq!(meta.epochs.len(), 1);
+    assert_eq!(clf.config().num_classes, 10);
+
+    fails(
+        &dir,
+        &[&base[..], &["--train-images", "0"]].concat(),
+        "--train-images",
+    );
+    fails(&dir, &[&base[..], &["--epochs", "0"]].concat(), "--epochs");
+    fails(
+        &dir,
+        &["train-classifier", "--root", "no-such-dir"],
+        "no-such-dir",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn eval_writes_a_table_and_json_and_reports_errors() {
+    let dir = temp_dir("eval");
+    let config = repo("configs/moons-fm.toml");
+    let config = config.to_str().unwrap();
+    ok(
+        &dir,
+        &["train", "--config", config, "--out", "run", "--steps", "20"],
+    );
+    let ck = "run/checkpoints/latest.safetensors";
+    let out = ok(
+        &dir,
+        &["eval", "--checkpoint", ck, "--nfe", "1,4,100", "--n", "200"],
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("energy") && table.contains("sliced_w2"),
+        "{table}"
+    );
+    assert!(
+        table.lines().any(|l| l.trim_start().starts_with("100 ")),
+        "{table}"
+    );
+    assert!(
+        table.lines().any(|l| l.trim_start().starts_with("real ")),
+        "{table}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run/eval.json")).unwrap()).unwrap();
+    assert_eq!(json["checkpoint"], ck);
+    assert_eq!(json["method"], "flow_matching");
+    assert_eq!(json["dataset"], "moons");
+    assert_eq!(json["step"], 20);
+    assert_eq!(json["n"], 200);
+    assert_eq!(json["rows"].as_array().unwrap().len(), 3);
+    assert_eq!(json["rows"][2]["nfe"], 100);
+    assert!(json["floor"]["energy"].is_number());
+    ok(
+        &dir,
+        &[
+            "eval",
+            "--checkpoint",
+            ck,
+            "--n",
+            "50",
+            "--ema",
+            "--guidance",
+            "1.5",
+            "--json",
+            "e.json",
+        ],
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("e.json")).unwrap()).unwrap();
+    assert_eq!(
+        (json["ema"].clone(), json["guidance"].clone()),
+        (true.into(), 1.5.into())
+    );
+
+    for bad in ["1,,2", "0", "two", ""] {
+        fails(&dir, &["eval", "--checkpoint", ck, "--nfe", bad], "--nfe");
+    }
+    fails(&dir, &["eval", "--checkpoint", ck, "--n", "1"], "--n");
+    fails(
+        &dir,
+        &["eval", "--checkpoint", "absent.safetensors"],
+        "absent.safetensors",
+    );
+    std::fs::write(dir.join("junk.safetensors"), b"junk").unwrap();
+    fails(
+        &dir,
+        &["eval", "--checkpoint", "junk.safetensors"],
+        "junk.safetensors",
+    );
+
+    // Image data without a classifier: one line pointing at train-classifier.
+    let mnist = format!(
+        "steps = 1\n[model]\nkind = \"mlp\"\n[model.mlp]\ndata_dim = 784\nwidth = 16\n\
+         depth = 1\nemb_dim = 8\nnum_classes = 10\n[method]\nname = \"flow_matching\"\n\
+         [data]\ndataset = \"mnist\"\nbatch_size = 4\nroot = {:?}\n",
+        repo("").to_str().unwrap()
+    );
+    std::fs::write(dir.join("mnist.toml"), mnist).unwrap();
+    ok(&dir, &["train", "--config", "mnist.toml", "--out", "m"]);
+    fails(
+        &dir,
+        &[
+            "eval",
+            "--checkpoint",
+            "m/checkpoints/latest.safetensors",
+            "--classifier",
+            "none.safetensors",
+        ],
+        "twinflow train-classifier",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

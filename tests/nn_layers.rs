@@ -588,26 +588,32 @@ fn classifier_gives_logits_and_penultimate_features() -> Result<()> {
     clf.set_training(false);
     assert_eq!(
         clf.param_count(),
-        (784 * 512 + 512) + (512 * 256 + 256) + (256 * 10 + 10)
+        (16 * 9 + 16) + (32 * 16 * 9 + 32) + (32 * 7 * 7 * 128 + 128) + (128 * 10 + 10)
     );
     assert_eq!(
         names(&clf),
         [
-            "layers.0.weight",
-            "layers.0.bias",
-            "layers.1.weight",
-            "layers.1.bias",
+            "convs.0.weight",
+            "convs.0.bias",
+            "convs.1.weight",
+            "convs.1.bias",
+            "hidden.weight",
+            "hidden.bias",
             "head.weight",
             "head.bias"
         ]
     );
     let x = randn_as(0, &[3, 784], DType::F32);
     assert_eq!(clf.forward(&x)?.shape(), [3, 10]);
-    assert_eq!(clf.features(&x)?.shape(), [3, 256]);
-    let empty = ClassifierConfig {
-        hidden: vec![],
-        ..cfg
+    assert_eq!(clf.features(&x)?.shape(), [3, 128]);
+    assert!(clf.forward(&randn_as(0, &[3, 783], DType::F32)).is_err());
+    let odd = ClassifierConfig {
+        image_size: 30,
+        conv: vec![4, 4],
+        ..cfg.clone()
     };
+    assert!(Classifier::new(&mut ParamBuilder::new(0), &odd).is_err());
+    let empty = ClassifierConfig { hidden: 0, ..cfg };
     assert!(Classifier::new(&mut ParamBuilder::new(0), &empty).is_err());
     Ok(())
 }

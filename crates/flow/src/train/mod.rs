@@ -176,7 +176,20 @@ impl Trainer {
     /// the saved config, then restores the model, EMA, optimizer, step, skipped count,
     /// data state and every generator.
     pub fn from_checkpoint(path: impl AsRef<Path>) -> Result<Trainer> {
-        let path = path.as_ref();
+        Trainer::restore(path.as_ref(), None)
+    }
+
+    /// As [`Trainer::from_checkpoint`], but reading the data from `data_root` (the
+    /// directory holding `data/`) instead of the saved config's root, e.g. to evaluate
+    /// a run from another working directory.
+    pub fn from_checkpoint_with_data_root(
+        path: impl AsRef<Path>,
+        data_root: impl AsRef<Path>,
+    ) -> Result<Trainer> {
+        Trainer::restore(path.as_ref(), Some(data_root.as_ref()))
+    }
+
+    fn restore(path: &Path, data_root: Option<&Path>) -> Result<Trainer> {
         let ck = Checkpoint::load(path)?;
         let bad = |why: String| {
             Error::invalid(
@@ -188,8 +201,11 @@ impl Trainer {
             .config
             .clone()
             .ok_or_else(|| bad("it holds no training config".into()))?;
-        let meta: TrainMeta =
+        let mut meta: TrainMeta =
             serde_json::from_value(meta).map_err(|e| bad(format!("its config: {e}")))?;
+        if let Some(root) = data_root {
+            meta.train.data.root = Some(root.to_path_buf());
+        }
         let mut t = Trainer::new(meta.train)?;
         ck.restore_model(&mut t.model)?;
         ck.restore_ema(&mut t.ema)?;

@@ -1,10 +1,12 @@
-//! A small MLP classifier of flat images, for evaluating generated samples: class
-//! accuracy from its logits and a Fréchet distance from its penultimate features.
+//! A small convolutional classifier of flat images, for evaluating generated samples:
+//! class accuracy from its logits and a Fréchet distance from its penultimate features.
 
+use crate::conv::Conv2d;
 use crate::dropout::Dropout;
 use crate::init::ParamBuilder;
 use crate::linear::{Linear, LinearConfig};
 use crate::module::{visit_child, visit_child_mut, Forward, Module};
+use crate::pool::max_pool_2x2;
 use serde::{Deserialize, Serialize};
 use twinflow_engine::{Error, Result, Tensor};
 
@@ -12,74 +14,132 @@ use twinflow_engine::{Error, Result, Tensor};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClassifierConfig {
-    /// Values per input sample.
-    pub input_dim: usize,
-    /// Widths of the hidden layers; the last is the feature size.
-    pub hidden: Vec<usize>,
+    /// Rows (= columns) of the square input images.
+    pub image_size: usize,
+    /// Channels of the input images.
+    pub channels: usize,
+    /// Output channels of each conv stage (3×3 conv, ReLU, 2×2 max pool); every stage
+    /// halves the image, so `image_size` must be divisible by `2^stages`.
+    pub conv: Vec<usize>,
+    /// Width of the fully connected hidden layer: the feature size.
+    pub hidden: usize,
     /// Number of classes (logits).
     pub num_classes: usize,
-    /// Dropout after each hidden activation in train mode.
+    /// Dropout on the features before the head, in train mode.
     pub dropout: f64,
 }
 
 impl Default for ClassifierConfig {
-    /// 784 → 512 → 256 → 10 with dropout 0.1: MNIST.
+    /// MNIST: 28×28×1 → conv 16 → pool → conv 32 → pool → 128 → 10, dropout 0.25.
     fn default() -> Self {
         ClassifierConfig {
-            input_dim: 784,
-            hidden: vec![512, 256],
+            image_size: 28,
+            channels: 1,
+            conv: vec![16, 32],
+            hidden: 128,
             num_classes: 10,
-            dropout: 0.1,
+            dropout: 0.25,
         }
     }
 }
 
-/// `head(dropout(gelu(layers…(x))))`, parameter names `layers.{i}.*` and `head.*`.
-/// Built in train mode; call `set_training(false)` before evaluating.
+impl ClassifierConfig {
+    /// Values per input sample: `channels·image_size²`.
+    pub fn input_dim(&self) -> usize {
+        self.channels * self.image_size * self.image_size
+    }
+
+    /// Side of the last conv stage's output.
+    fn final_size(&self) -> usize {
+        self.image_size >> self.conv.len()
+    }
+
+    fn validate(&self) -> Result<()> {
+        let divisible = u32::try_from(self.conv.len())
+            .ok()
+            .and_then(|stages| 1usize.checked_shl(stages))
+            .is_some_and(|d| self.image_size % d == 0);
+        let positive = self.image_size > 0
+            && self.channels > 0
+            && self.hidden > 0
+            && self.num_classes > 0
+            && !self.conv.contains(&0);
+        if positive && divisible {
+            return Ok(());
+        }
+        Err(Error::invalid(
+            "classifier",
+            format!(
+                "needs positive sizes and an image size divisible by 2^(conv stages), \
+                 got {self:?}"
+            ),
+        ))
+    }
+}
+
+/// `head(dropout(relu(hidden(flatten(stages(x))))))`, each stage
+/// `max_pool_2x2(relu(conv3x3(·)))`; parameter names `convs.{i}.*`, `hidden.*` and
+/// `head.*`. Takes flat images `[B, channels·image_size²]` (channels last, so one
+/// channel is the plain row-major image). Built in train mode; call
+/// `set_training(false)` before evaluating.
 #[derive(Debug, Clone)]
 pub struct Classifier {
-    /// Hidden layers, each followed by GELU (tanh) and dropout.
-    pub layers: Vec<Linear>,
-    /// `hidden.last → num_classes`.
+    /// The conv stages' convolutions (3×3, padding 1).
+    pub convs: Vec<Conv2d>,
+    /// Flattened last stage → `hidden`.
+    pub hidden: Linear,
+    /// `hidden → num_classes`.
     pub head: Linear,
     dropout: Dropout,
+    config: ClassifierConfig,
 }
 
 impl Classifier {
-    /// A classifier of the given sizes (PyTorch's default `nn.Linear` initialisation).
+    /// A classifier of the given sizes (PyTorch's default initialisation).
     pub fn new(pb: &mut ParamBuilder, cfg: &ClassifierConfig) -> Result<Self> {
-        let sizes: Vec<usize> = std::iter::once(cfg.input_dim)
-            .chain(cfg.hidden.iter().copied())
+        cfg.validate()?;
+        let widths: Vec<usize> = std::iter::once(cfg.channels)
+            .chain(cfg.conv.iter().copied())
             .collect();
-        if cfg.hidden.is_empty() || sizes.contains(&0) || cfg.num_classes == 0 {
-            return Err(Error::invalid(
-                "classifier",
-                format!("needs at least one hidden layer and positive sizes, got {cfg:?}"),
-            ));
-        }
-        let layers = sizes
+        let convs = widths
             .windows(2)
-            .map(|w| Linear::new(pb, w[0], w[1], LinearConfig::default()))
+            .map(|w| Conv2d::new(pb, w[0], w[1], 3, 1))
             .collect::<Result<Vec<_>>>()?;
-        let features = sizes[sizes.len() - 1];
+        let side = cfg.final_size();
+        let flat = widths[widths.len() - 1] * side * side;
         Ok(Classifier {
-            layers,
-            head: Linear::new(pb, features, cfg.num_classes, LinearConfig::default())?,
+            convs,
+            hidden: Linear::new(pb, flat, cfg.hidden, LinearConfig::default())?,
+            head: Linear::new(pb, cfg.hidden, cfg.num_classes, LinearConfig::default())?,
             dropout: Dropout::new(pb, cfg.dropout)?,
+            config: cfg.clone(),
         })
     }
 
-    /// The last hidden layer's activations `[B, hidden.last]` of x `[B, input_dim]`
-    /// (before its dropout), the features of a Fréchet distance.
+    /// The sizes it was built with.
+    pub fn config(&self) -> &ClassifierConfig {
+        &self.config
+    }
+
+    /// The hidden layer's activations `[B, hidden]` of x `[B, input_dim]` (before the
+    /// dropout), the features of a Fréchet distance.
     pub fn features(&self, x: &Tensor) -> Result<Tensor> {
-        let mut h = x.clone();
-        for (i, layer) in self.layers.iter().enumerate() {
-            if i > 0 {
-                h = self.dropout.forward(&h)?;
+        let cfg = &self.config;
+        let b = match x.shape() {
+            &[b, d] if d == cfg.input_dim() => b,
+            s => {
+                return Err(Error::invalid(
+                    "classifier",
+                    format!("expected [B, {}], got {s:?}", cfg.input_dim()),
+                ))
             }
-            h = layer.forward(&h)?.gelu()?;
+        };
+        let mut h = x.reshape(&[b, cfg.image_size, cfg.image_size, cfg.channels])?;
+        for conv in &self.convs {
+            h = max_pool_2x2(&conv.forward(&h)?.relu()?)?;
         }
-        Ok(h)
+        let flat = h.elem_count() / b;
+        self.hidden.forward(&h.reshape(&[b, flat])?)?.relu()
     }
 }
 
@@ -93,11 +153,13 @@ impl Forward for Classifier {
 
 impl Module for Classifier {
     fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor)) {
-        visit_child("layers", &self.layers, f);
+        visit_child("convs", &self.convs, f);
+        visit_child("hidden", &self.hidden, f);
         visit_child("head", &self.head, f);
     }
     fn visit_params_mut(&mut self, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        visit_child_mut("layers", &mut self.layers, f);
+        visit_child_mut("convs", &mut self.convs, f);
+        visit_child_mut("hidden", &mut self.hidden, f);
         visit_child_mut("head", &mut self.head, f);
     }
     fn set_training(&mut self, training: bool) {

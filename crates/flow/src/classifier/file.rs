@@ -1,0 +1,67 @@
+//! The classifier's checkpoint file: a safetensors checkpoint (written atomically) whose
+//! config metadata holds the model's sizes, so it can be rebuilt without other input.
+
+use super::training::{ClassifierTraining, EpochRecord};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use twinflow_engine::{Error, Result};
+use twinflow_nn::{Checkpoint, Classifier, Module, ParamBuilder};
+
+/// The config metadata of a classifier checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifierFile {
+    /// How it was trained (the model's sizes included).
+    pub training: ClassifierTraining,
+    /// Its epochs, the last one's held-out accuracy being the model's.
+    pub epochs: Vec<EpochRecord>,
+    /// Which images it was measured on (e.g. "the last 1000 of data/mnist-10k").
+    pub held_out: String,
+}
+
+/// Writes `model` and `meta` to `path` (atomically: a complete file or none), creating
+/// the parent directory. The step recorded is the number of epochs.
+pub fn save_classifier(
+    path: impl AsRef<Path>,
+    model: &Classifier,
+    meta: &ClassifierFile,
+) -> Result<()> {
+    let path = path.as_ref();
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::invalid(
+                "save_classifier",
+                format!("cannot create {}: {e}", dir.display()),
+            )
+        })?;
+    }
+    let config = serde_json::to_value(meta)
+        .map_err(|e| Error::invalid("save_classifier", format!("cannot encode the config: {e}")))?;
+    Checkpoint::new(meta.epochs.len() as u64, model)
+        .with_config(config)
+        .save(path)?;
+    Ok(())
+}
+
+/// Reads a classifier written by [`save_classifier`]: rebuilds it from the saved sizes
+/// and restores its weights. Returns it in eval mode, with the metadata.
+pub fn load_classifier(path: impl AsRef<Path>) -> Result<(Classifier, ClassifierFile)> {
+    let path = path.as_ref();
+    let ck = Checkpoint::load(path)?;
+    let not_classifier = |why: String| {
+        Error::invalid(
+            "load_classifier",
+            format!("{} is not a classifier checkpoint: {why}", path.display()),
+        )
+    };
+    let config = ck
+        .config
+        .clone()
+        .ok_or_else(|| not_classifier("it holds no config".into()))?;
+    let meta: ClassifierFile =
+        serde_json::from_value(config).map_err(|e| not_classifier(e.to_string()))?;
+    let mut model = Classifier::new(&mut ParamBuilder::new(0), &meta.training.model)?;
+    ck.restore_model(&mut model)?;
+    model.set_training(false);
+    Ok((model, meta))
+}

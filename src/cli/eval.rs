@@ -1,0 +1,173 @@
+//! `twinflow eval`: scores a flow checkpoint at several NFEs, prints a table and writes
+//! the numbers as JSON.
+
+use super::classify::DEFAULT_CLASSIFIER;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+use twinflow::flow::classifier::load_classifier;
+use twinflow::flow::data::DataSource;
+use twinflow::flow::eval::{evaluate, EvalConfig, EvalReport};
+use twinflow::flow::train::Trainer;
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The flow checkpoint to evaluate (e.g. runs/moons-twinflow/checkpoints/latest.safetensors).
+    #[arg(long, value_name = "FILE")]
+    checkpoint: PathBuf,
+    /// Comma-separated step counts K of the UCGM sampler, one table row each (e.g. 1,4,10,100).
+    #[arg(long, value_name = "LIST", default_value = "1,2,4")]
+    nfe: String,
+    /// Samples per NFE (and, for 2-D toys, fresh true samples to compare with).
+    #[arg(long, value_name = "N", default_value_t = EvalConfig::default().n)]
+    n: usize,
+    /// Seed of the initial noise (the same noise for every NFE) and of the true toy samples.
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    seed: u64,
+    /// Sample from the EMA weights instead of the online weights.
+    #[arg(long)]
+    ema: bool,
+    /// Classifier-free guidance weight w (1: no guidance).
+    #[arg(long, value_name = "W", default_value_t = 1.0)]
+    guidance: f64,
+    /// The classifier of image samples, from `twinflow train-classifier` (unused for 2-D toys).
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_CLASSIFIER)]
+    classifier: PathBuf,
+    /// Where to write the JSON report [default: eval.json in the run directory, i.e. beside
+    /// the checkpoints/ folder holding the checkpoint, else beside the checkpoint].
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// The directory holding data/ [default: the root saved in the checkpoint's config].
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Samples per sampler call: bounds memory at large --n or NFE.
+    #[arg(long, value_name = "B", default_value_t = EvalConfig::default().batch_size)]
+    batch_size: usize,
+}
+
+/// Parses `--nfe`: positive step counts separated by commas.
+fn parse_nfe(list: &str) -> Result<Vec<usize>, String> {
+    let bad = || {
+        format!("--nfe must be positive step counts separated by commas (e.g. 1,2,4), got {list:?}")
+    };
+    list.split(',')
+        .map(|s| {
+            s.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&k| k > 0)
+                .ok_or_else(bad)
+        })
+        .collect()
+}
+
+/// `eval.json` in the run directory of `checkpoint` (the parent of its `checkpoints/`
+/// folder), else beside the checkpoint.
+fn default_json(checkpoint: &Path) -> PathBuf {
+    let dir = checkpoint.parent().unwrap_or(Path::new(""));
+    let run = match dir.file_name() {
+        Some(name) if name == "checkpoints" => dir.parent().unwrap_or(Path::new("")),
+        _ => dir,
+    };
+    run.join("eval.json")
+}
+
+/// Runs `eval`.
+pub fn run(a: EvalArgs) -> Result<(), String> {
+    let cfg = EvalConfig {
+        nfe: parse_nfe(&a.nfe)?,
+        n: a.n,
+        seed: a.seed,
+        ema: a.ema,
+        guidance: a.guidance,
+        batch_size: a.batch_size,
+    };
+    if cfg.n < 2 || cfg.batch_size == 0 {
+        return Err("--n must be at least 2 and --batch-size positive".into());
+    }
+    if !a.checkpoint.is_file() {
+        return Err(format!("checkpoint {} not found", a.checkpoint.display()));
+    }
+    let trainer = match &a.root {
+        Some(root) => Trainer::from_checkpoint_with_data_root(&a.checkpoint, root),
+        None => Trainer::from_checkpoint(&a.checkpoint),
+    }
+    .map_err(|e| e.to_string())?;
+    let classifier = match trainer.data() {
+        DataSource::Toy { .. } => None,
+        DataSource::Images { .. } => {
+            if !a.classifier.is_file() {
+                return Err(format!(
+                    "no classifier at {}: image samples are scored by a classifier; run \
+                     `twinflow train-classifier` first (or pass --classifier FILE)",
+                    a.classifier.display()
+                ));
+            }
+            Some(load_classifier(&a.classifier).map_err(|e| e.to_string())?.0)
+        }
+    };
+    let bar = ProgressBar::new((cfg.n * cfg.nfe.len()) as u64);
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:30} {pos}/{len} samples | {per_sec} | ETA {eta}")
+    {
+        bar.set_style(style);
+    }
+    let mut report = evaluate(&trainer, &cfg, classifier.as_ref(), |done, _| {
+        bar.set_position(done as u64)
+    })
+    .map_err(|e| e.to_string())?;
+    bar.finish_and_clear();
+    report.checkpoint = Some(a.checkpoint.display().to_string());
+    print!("{}", table(&report));
+    let json = a.json.unwrap_or_else(|| default_json(&a.checkpoint));
+    write_json(&json, &report)?;
+    eprintln!("wrote {}", json.display());
+    Ok(())
+}
+
+/// A metric's value as printed: accuracies in percent, distances with 5 significant
+/// digits.
+fn cell(name: &str, value: f64) -> String {
+    match name {
+        "accuracy" => format!("{:.2}%", 100.0 * value),
+        _ => format!("{value:.5e}"),
+    }
+}
+
+/// The report as a text table: a header, one row per NFE, then the real-data floor.
+fn table(r: &EvalReport) -> String {
+    let names: Vec<&String> = r.floor.keys().collect();
+    let weights = if r.ema { "EMA" } else { "online" };
+    let mut out = format!(
+        "{} ({}), step {}, {} weights, guidance {}, n {}, seed {}\ncompared with {}\n",
+        r.dataset, r.method, r.step, weights, r.guidance, r.n, r.seed, r.reference
+    );
+    let mut line = |first: String, cells: Vec<String>, last: String| {
+        out.push_str(&format!("{first:>6}"));
+        cells
+            .iter()
+            .for_each(|c| out.push_str(&format!(" {c:>12}")));
+        out.push_str(&format!(" {last:>9}\n"));
+    };
+    line(
+        "NFE".into(),
+        names.iter().map(|n| n.to_string()).collect(),
+        "time".into(),
+    );
+    for row in &r.rows {
+        let cells = names.iter().map(|n| cell(n, row.metrics[*n])).collect();
+        line(row.nfe.to_string(), cells, format!("{:.1} s", row.seconds));
+    }
+    let floor = names.iter().map(|n| cell(n, r.floor[*n])).collect();
+    line("real".into(), floor, String::new());
+    out
+}
+
+fn write_json(path: &Path, report: &EvalReport) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    std::fs::write(path, text + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
