@@ -372,7 +372,7 @@ fn eval_writes_a_table_and_json_and_reports_errors() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("e.json")).unwrap()).unwrap();
     assert_eq!(
-        (json["ema"].clone(), json["guidance"].clone()),
+        (json["ema"].clone(), json["sampler"]["guidance"].clone()),
         (true.into(), 1.5.into())
     );
 

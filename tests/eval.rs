@@ -127,7 +127,7 @@ fn toy_scores_sit_above_the_floor_and_fall_with_training() {
         "step",
         "n",
         "seed",
-        "guidance",
+        "sampler",
         "ema",
         "rows",
         "floor",

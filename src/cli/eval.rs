@@ -2,6 +2,7 @@
 //! the numbers as JSON.
 
 use super::classify::DEFAULT_CLASSIFIER;
+use super::sampler_args::SamplerArgs;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -27,9 +28,8 @@ pub struct EvalArgs {
     /// Sample from the EMA weights instead of the online weights.
     #[arg(long)]
     ema: bool,
-    /// Classifier-free guidance weight w (1: no guidance).
-    #[arg(long, value_name = "W", default_value_t = 1.0)]
-    guidance: f64,
+    #[command(flatten)]
+    sampler: SamplerArgs,
     /// The classifier of image samples, from `twinflow train-classifier` (unused for 2-D toys).
     #[arg(long, value_name = "FILE", default_value = DEFAULT_CLASSIFIER)]
     classifier: PathBuf,
@@ -74,15 +74,8 @@ fn default_json(checkpoint: &Path) -> PathBuf {
 
 /// Runs `eval`.
 pub fn run(a: EvalArgs) -> Result<(), String> {
-    let cfg = EvalConfig {
-        nfe: parse_nfe(&a.nfe)?,
-        n: a.n,
-        seed: a.seed,
-        ema: a.ema,
-        guidance: a.guidance,
-        batch_size: a.batch_size,
-    };
-    if cfg.n < 2 || cfg.batch_size == 0 {
+    let nfe = parse_nfe(&a.nfe)?;
+    if a.n < 2 || a.batch_size == 0 {
         return Err("--n must be at least 2 and --batch-size positive".into());
     }
     if !a.checkpoint.is_file() {
@@ -93,6 +86,14 @@ pub fn run(a: EvalArgs) -> Result<(), String> {
         None => Trainer::from_checkpoint(&a.checkpoint),
     }
     .map_err(|e| e.to_string())?;
+    let cfg = EvalConfig {
+        nfe,
+        n: a.n,
+        seed: a.seed,
+        ema: a.ema,
+        sampler: a.sampler.resolve(&trainer.config().sampler, 1)?,
+        batch_size: a.batch_size,
+    };
     let classifier = match trainer.data() {
         DataSource::Toy { .. } => None,
         DataSource::Images { .. } => {
@@ -139,8 +140,17 @@ fn table(r: &EvalReport) -> String {
     let names: Vec<&String> = r.floor.keys().collect();
     let weights = if r.ema { "EMA" } else { "online" };
     let mut out = format!(
-        "{} ({}), step {}, {} weights, guidance {}, n {}, seed {}\ncompared with {}\n",
-        r.dataset, r.method, r.step, weights, r.guidance, r.n, r.seed, r.reference
+        "{} ({}), step {}, {} weights, {:?} sampler, guidance {}, n {}, seed {}\n\
+         compared with {}\n",
+        r.dataset,
+        r.method,
+        r.step,
+        weights,
+        r.sampler.method,
+        r.sampler.guidance,
+        r.n,
+        r.seed,
+        r.reference
     );
     let mut line = |first: String, cells: Vec<String>, last: String| {
         out.push_str(&format!("{first:>6}"));

@@ -46,22 +46,22 @@ pub struct EvalConfig {
     pub seed: u64,
     /// Sample from the EMA weights θ⁻ instead of θ.
     pub ema: bool,
-    /// Classifier-free guidance weight (1: none).
-    pub guidance: f64,
+    /// The sampler; its `steps` is replaced by each entry of `nfe`.
+    pub sampler: SamplerConfig,
     /// Samples per sampler call (bounds memory).
     pub batch_size: usize,
 }
 
 impl Default for EvalConfig {
-    /// NFE 1, 2 and 4; 2,000 samples; seed 0; online weights; no guidance; batches
-    /// of 500.
+    /// NFE 1, 2 and 4; 2,000 samples; seed 0; online weights; the default sampler
+    /// (deterministic UCGM, no guidance); batches of 500.
     fn default() -> Self {
         EvalConfig {
             nfe: vec![1, 2, 4],
             n: 2000,
             seed: 0,
             ema: false,
-            guidance: 1.0,
+            sampler: SamplerConfig::default(),
             batch_size: 500,
         }
     }
@@ -94,8 +94,8 @@ pub struct EvalReport {
     pub n: usize,
     /// The noise seed.
     pub seed: u64,
-    /// The guidance weight.
-    pub guidance: f64,
+    /// The sampler (its `steps` is each row's `nfe`).
+    pub sampler: SamplerConfig,
     /// Whether the EMA weights were sampled.
     pub ema: bool,
     /// What the samples were compared with.
@@ -119,17 +119,12 @@ impl EvalConfig {
                  size {}",
                 self.n, self.batch_size
             ))
-        } else if !self.guidance.is_finite() {
-            Some(format!(
-                "the guidance weight must be finite, got {}",
-                self.guidance
-            ))
         } else {
             None
         };
         match problem {
             Some(why) => Err(Error::invalid("eval", why)),
-            None => Ok(()),
+            None => self.sampler.validate(),
         }
     }
 }
@@ -160,8 +155,7 @@ pub fn evaluate(
         let start = Instant::now();
         let sampler = SamplerConfig {
             steps: nfe,
-            guidance: cfg.guidance,
-            ..SamplerConfig::default()
+            ..cfg.sampler
         };
         let done_before = i * cfg.n;
         let (samples, labels) = sample_batched(
@@ -186,7 +180,7 @@ pub fn evaluate(
         step: trainer.step_count(),
         n: cfg.n,
         seed: cfg.seed,
-        guidance: cfg.guidance,
+        sampler: cfg.sampler,
         ema: cfg.ema,
         reference: reference.describe(cfg.n),
         rows,
