@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use twinflow::engine::{Device, Tensor};
 use twinflow::flow::data::DataSource;
 use twinflow::flow::sampler::{sample as run_sampler, Start};
-use twinflow::flow::train::{StepRecord, TrainConfig, Trainer};
+use twinflow::flow::train::{RestoreOptions, StepRecord, TrainConfig, Trainer};
 use twinflow::nn::Module;
 
 /// The config used by `train` without `--config`.
@@ -75,6 +75,10 @@ struct TrainArgs {
     /// it (--config only names the default DIR then).
     #[arg(long)]
     resume: bool,
+    /// Train on this device: cpu, cuda or cuda:N (overrides the config's `device`; CUDA
+    /// needs a build with `--features cuda` and an NVIDIA GPU).
+    #[arg(long, value_name = "DEVICE")]
+    device: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -99,6 +103,9 @@ struct SampleArgs {
     /// Sample from the EMA weights instead of the online weights.
     #[arg(long)]
     ema: bool,
+    /// Where to sample: cpu, cuda or cuda:N (whatever device the run trained on).
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    device: String,
     /// Output: FILE.npy (float32 [N, D], labels in FILE.labels.npy as int64 [N]) or FILE.png
     /// (a scatter plot for 2-D data, a grid with one row per class for image data).
     #[arg(long, value_name = "FILE")]
@@ -174,7 +181,11 @@ fn train(a: TrainArgs) -> CliResult<()> {
                 latest.display()
             ));
         }
-        let trainer = Trainer::from_checkpoint(&latest).map_err(err)?;
+        let options = RestoreOptions {
+            device: a.device.clone(),
+            ..RestoreOptions::default()
+        };
+        let trainer = Trainer::from_checkpoint_with(&latest, &options).map_err(err)?;
         let target = a.steps.unwrap_or(trainer.config().steps);
         (trainer, target)
     } else {
@@ -195,6 +206,9 @@ fn train(a: TrainArgs) -> CliResult<()> {
         }
         if let Some(seed) = a.seed {
             cfg.seed = seed;
+        }
+        if let Some(device) = &a.device {
+            cfg.device = device.clone();
         }
         let target = cfg.steps;
         (Trainer::new(cfg).map_err(err)?, target)
@@ -302,7 +316,11 @@ fn sample(a: SampleArgs) -> CliResult<()> {
     if !a.checkpoint.is_file() {
         return Err(format!("checkpoint {} not found", a.checkpoint.display()));
     }
-    let trainer = Trainer::from_checkpoint(&a.checkpoint).map_err(err)?;
+    let options = RestoreOptions {
+        device: Some(a.device.clone()),
+        ..RestoreOptions::default()
+    };
+    let trainer = Trainer::from_checkpoint_with(&a.checkpoint, &options).map_err(err)?;
     let classes = trainer.data().num_classes().max(1);
     let dim = trainer.data().dim();
     let labels: Vec<i64> = if a.labels == "all" {
@@ -329,7 +347,9 @@ fn sample(a: SampleArgs) -> CliResult<()> {
         trainer.model().clone()
     };
     model.set_training(false);
-    let label_tensor = Tensor::from_vec(labels.clone(), &[a.n], Device::Cpu).map_err(err)?;
+    let label_tensor = Tensor::from_vec(labels.clone(), &[a.n], Device::Cpu)
+        .and_then(|t| t.to_device(trainer.device()))
+        .map_err(err)?;
     let start = Start::Seed {
         n: a.n,
         dim,

@@ -259,6 +259,15 @@ fn config_errors_are_one_line() {
         &["train", "--out", "nowhere", "--resume"],
         "latest.safetensors",
     );
+    let moons = repo("configs/moons-fm.toml");
+    let moons = moons.to_str().unwrap();
+    for bad in ["gpu", "cuda:x"] {
+        fails(
+            &dir,
+            &["train", "--config", moons, "--steps", "2", "--device", bad],
+            "unknown device",
+        );
+    }
     // clap's own usage errors keep exit code 2.
     assert_eq!(run(&dir, &["train", "--bogus"]).status.code(), Some(2));
     std::fs::remove_dir_all(&dir).unwrap();

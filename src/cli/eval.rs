@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use twinflow::flow::classifier::load_classifier;
 use twinflow::flow::data::DataSource;
 use twinflow::flow::eval::{evaluate, EvalConfig, EvalReport};
-use twinflow::flow::train::Trainer;
+use twinflow::flow::train::{RestoreOptions, Trainer};
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
@@ -40,6 +40,9 @@ pub struct EvalArgs {
     /// The directory holding data/ [default: the root saved in the checkpoint's config].
     #[arg(long, value_name = "DIR")]
     root: Option<PathBuf>,
+    /// Where to sample: cpu, cuda or cuda:N (whatever device the run trained on).
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    device: String,
     /// Samples per sampler call: bounds memory at large --n or NFE.
     #[arg(long, value_name = "B", default_value_t = EvalConfig::default().batch_size)]
     batch_size: usize,
@@ -81,11 +84,12 @@ pub fn run(a: EvalArgs) -> Result<(), String> {
     if !a.checkpoint.is_file() {
         return Err(format!("checkpoint {} not found", a.checkpoint.display()));
     }
-    let trainer = match &a.root {
-        Some(root) => Trainer::from_checkpoint_with_data_root(&a.checkpoint, root),
-        None => Trainer::from_checkpoint(&a.checkpoint),
-    }
-    .map_err(|e| e.to_string())?;
+    let options = RestoreOptions {
+        data_root: a.root.clone(),
+        device: Some(a.device.clone()),
+    };
+    let trainer =
+        Trainer::from_checkpoint_with(&a.checkpoint, &options).map_err(|e| e.to_string())?;
     let cfg = EvalConfig {
         nfe,
         n: a.n,

@@ -1,7 +1,6 @@
 //! Where a tensor's storage lives.
 
-#[cfg(feature = "cuda")]
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// A compute device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -16,6 +15,43 @@ pub enum Device {
 }
 
 impl Device {
+    /// The device called `name`, opened: `cpu`, or `cuda` / `cuda:N` (GPU 0 / GPU N) in
+    /// a build with the `cuda` feature. Errors say what is wrong with the name, that the
+    /// build lacks CUDA, or why the GPU cannot be opened.
+    pub fn open(name: &str) -> Result<Device> {
+        let bad = || {
+            Error::invalid(
+                "device",
+                format!("unknown device {name:?} (valid: cpu, cuda, cuda:N)"),
+            )
+        };
+        let ordinal = match name.trim() {
+            "cpu" => return Ok(Device::Cpu),
+            "cuda" => 0,
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<usize>().ok())
+                .ok_or_else(bad)?,
+        };
+        Device::open_cuda(ordinal)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn open_cuda(ordinal: usize) -> Result<Device> {
+        Device::cuda(ordinal)
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn open_cuda(ordinal: usize) -> Result<Device> {
+        Err(Error::invalid(
+            "device",
+            format!(
+                "cuda:{ordinal} asked for, but this binary was built without CUDA support \
+                 (rebuild with `--features cuda`)"
+            ),
+        ))
+    }
+
     /// CUDA device `ordinal`, opened now (context, stream, cuBLAS), or an error that
     /// says why it cannot be: no driver library, NVRTC missing, no such device.
     #[cfg(feature = "cuda")]

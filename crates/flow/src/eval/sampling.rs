@@ -8,7 +8,7 @@ use twinflow_nn::Module;
 /// `n` samples `[n, D]` (row-major f32) and their labels from θ (or θ⁻ with `ema`), in
 /// eval mode, `batch` at a time, so memory does not grow with `n` or the number of
 /// steps. Sample `i` has label `i mod num_classes` and starts from row `i` of one
-/// `N(0, I)` draw `[n, D]` from `Generator::new(seed)`, so the result does not depend
+/// `N(0, I)` draw `[n, D]` on the CPU from `Generator::new(seed)`, so the result does not depend
 /// on `batch` (for the deterministic sampler; up to the float rounding of matrix products
 /// of other shapes) and every NFE starts from the same noise.
 /// `on_batch(done)` is called after each batch with the samples drawn so far.
@@ -39,8 +39,9 @@ pub fn sample_batched(
     let mut out = Vec::with_capacity(n * dim);
     for start in (0..n).step_by(batch) {
         let len = batch.min(n - start);
-        let z = noise.narrow(0, start, len)?;
-        let y = Tensor::from_slice(&labels[start..start + len], &[len], Device::Cpu)?;
+        let z = noise.narrow(0, start, len)?.to_device(trainer.device())?;
+        let y = Tensor::from_slice(&labels[start..start + len], &[len], Device::Cpu)?
+            .to_device(trainer.device())?;
         // The stochastic sampler's ε stream differs per batch (unused when ρ = 0).
         let begin = Start::Noise {
             z: &z,

@@ -50,6 +50,10 @@ pub struct TrainConfig {
     /// Seed of everything random: model init, data, the method's draws.
     #[serde(default)]
     pub seed: u64,
+    /// Where to train: `"cpu"` (the default), `"cuda"` or `"cuda:N"` (a build with the
+    /// `cuda` feature). Parameters are initialised identically on every device.
+    #[serde(default = "default_device")]
+    pub device: String,
     /// The EMA decay target (method notes §4); 0 keeps no EMA copy.
     #[serde(default = "default_ema_decay")]
     pub ema_decay: f64,
@@ -100,6 +104,10 @@ fn default_ema_decay() -> f64 {
 
 fn default_log_every() -> u64 {
     100
+}
+
+fn default_device() -> String {
+    "cpu".into()
 }
 
 fn default_sample_nfe() -> Vec<usize> {

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use twinflow_engine::{Error, Generator, Result, Tensor};
+use twinflow_engine::{Device, Error, Generator, Result, Tensor};
 use twinflow_nn::{
     clip_grad_norm, zero_non_finite, Adam, Checkpoint, Dit, Ema, LrSchedule, MlpVelocity, Module,
     Optimizer, ParamBuilder, VelocityModel,
@@ -97,9 +97,19 @@ struct TrainMeta {
     skipped: u64,
 }
 
+/// What [`Trainer::from_checkpoint_with`] changes in the saved config.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RestoreOptions {
+    /// The directory holding `data/`, instead of the saved `data.root`.
+    pub data_root: Option<PathBuf>,
+    /// The device name (`cpu`, `cuda`, `cuda:N`), instead of the saved `device`.
+    pub device: Option<String>,
+}
+
 /// A training run in progress.
 pub struct Trainer {
     cfg: TrainConfig,
+    device: Device,
     model: TrainModel,
     params: Vec<Tensor>,
     ema: Ema<TrainModel>,
@@ -132,8 +142,9 @@ impl Trainer {
         cfg.validate()?;
         let root = cfg.data.root.clone().unwrap_or_else(|| PathBuf::from("."));
         let data = DataSource::from_name(&cfg.data.dataset, &root, cfg.seed ^ DATA_SEED)?;
+        let device = Device::open(&cfg.device)?;
         let mut pb = ParamBuilder::new(cfg.seed);
-        let model = build_model(&mut pb, &cfg, &data)?;
+        let model = move_to(build_model(&mut pb, &cfg, &data)?, device)?;
         let params: Vec<Tensor> = model.named_params().into_iter().map(|(_, t)| t).collect();
         let ema = Ema::new(&model, cfg.ema_decay)?;
         let optimizer = Adam::new(model.named_params(), cfg.optimizer.adam())?;
@@ -149,6 +160,7 @@ impl Trainer {
         Ok(Trainer {
             method_rng: Generator::new(cfg.seed ^ METHOD_SEED),
             cfg,
+            device,
             model,
             params,
             ema,
@@ -176,20 +188,20 @@ impl Trainer {
     /// the saved config, then restores the model, EMA, optimizer, step, skipped count,
     /// data state and every generator.
     pub fn from_checkpoint(path: impl AsRef<Path>) -> Result<Trainer> {
-        Trainer::restore(path.as_ref(), None)
+        Trainer::restore(path.as_ref(), &RestoreOptions::default())
     }
 
-    /// As [`Trainer::from_checkpoint`], but reading the data from `data_root` (the
-    /// directory holding `data/`) instead of the saved config's root, e.g. to evaluate
-    /// a run from another working directory.
-    pub fn from_checkpoint_with_data_root(
+    /// As [`Trainer::from_checkpoint`], with the saved config's data root or device
+    /// replaced where `options` says, e.g. to evaluate a run from another working
+    /// directory, or a GPU-trained run on the CPU.
+    pub fn from_checkpoint_with(
         path: impl AsRef<Path>,
-        data_root: impl AsRef<Path>,
+        options: &RestoreOptions,
     ) -> Result<Trainer> {
-        Trainer::restore(path.as_ref(), Some(data_root.as_ref()))
+        Trainer::restore(path.as_ref(), options)
     }
 
-    fn restore(path: &Path, data_root: Option<&Path>) -> Result<Trainer> {
+    fn restore(path: &Path, options: &RestoreOptions) -> Result<Trainer> {
         let ck = Checkpoint::load(path)?;
         let bad = |why: String| {
             Error::invalid(
@@ -203,8 +215,11 @@ impl Trainer {
             .ok_or_else(|| bad("it holds no training config".into()))?;
         let mut meta: TrainMeta =
             serde_json::from_value(meta).map_err(|e| bad(format!("its config: {e}")))?;
-        if let Some(root) = data_root {
-            meta.train.data.root = Some(root.to_path_buf());
+        if let Some(root) = &options.data_root {
+            meta.train.data.root = Some(root.clone());
+        }
+        if let Some(device) = &options.device {
+            meta.train.device = device.clone();
         }
         let mut t = Trainer::new(meta.train)?;
         ck.restore_model(&mut t.model)?;
@@ -216,6 +231,11 @@ impl Trainer {
         t.step = ck.step;
         t.skipped = meta.skipped;
         Ok(t)
+    }
+
+    /// The device the model trains on.
+    pub fn device(&self) -> Device {
+        self.device
     }
 
     /// The configuration.
@@ -252,6 +272,7 @@ impl Trainer {
     pub fn step(&mut self) -> Result<StepRecord> {
         self.check_not_stopped()?;
         let (x, labels) = self.data.next_batch(self.cfg.data.batch_size)?;
+        let (x, labels) = (x.to_device(self.device)?, labels.to_device(self.device)?);
         self.step_on(&Batch::new(x, labels))
     }
 
@@ -428,7 +449,7 @@ impl Trainer {
         model.set_training(false);
         let classes = self.data.num_classes().max(1);
         let labels: Vec<i64> = (0..n).map(|i| (i % classes) as i64).collect();
-        let labels = Tensor::from_vec(labels, &[n], twinflow_engine::Device::Cpu)?;
+        let labels = Tensor::from_vec(labels, &[n], Device::Cpu)?.to_device(self.device)?;
         let saved = model.forward_rng().state();
         let start = Start::Seed {
             n,
@@ -475,6 +496,25 @@ fn build_model(pb: &mut ParamBuilder, cfg: &TrainConfig, data: &DataSource) -> R
             Ok(TrainModel::Dit(Dit::new(pb, d)?))
         }
     }
+}
+
+/// The model with every parameter moved to `device` as a trainable leaf there. Models
+/// are built on the CPU first, so that a seed gives the same initial weights on every
+/// device.
+fn move_to(mut model: TrainModel, device: Device) -> Result<TrainModel> {
+    if device == Device::Cpu {
+        return Ok(model);
+    }
+    let mut result = Ok(());
+    model.visit_params_mut(&mut |_, p| {
+        if result.is_ok() {
+            match p.detach().to_device(device).and_then(Tensor::into_variable) {
+                Ok(moved) => *p = moved,
+                Err(e) => result = Err(e),
+            }
+        }
+    });
+    result.map(|()| model)
 }
 
 fn latest_path(dir: &Path) -> PathBuf {
