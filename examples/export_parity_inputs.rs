@@ -256,6 +256,7 @@ fn main() -> Res<()> {
         emb_dim: 32,
         num_classes: 10,
         label_dropout: 0.0,
+        time_gated_skip: false,
     };
     let cases = [
         Case {

@@ -31,6 +31,7 @@ fn mlp(seed: u64) -> MlpVelocity {
         emb_dim: 4,
         num_classes: 3,
         label_dropout: 0.0,
+        time_gated_skip: false,
     };
     let mut m = MlpVelocity::new(&mut pb, cfg).unwrap();
     let mut g = Generator::new(seed + 1000);

@@ -127,6 +127,7 @@ fn mlp_velocity_gradients_wrt_data_and_params() -> Result<()> {
         emb_dim: 4,
         num_classes: 3,
         label_dropout: 0.0,
+        time_gated_skip: true,
     };
     let mut m = MlpVelocity::new(&mut f64_builder(0), cfg)?;
     randomize(&mut m, 1, 0.3);

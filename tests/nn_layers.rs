@@ -466,6 +466,7 @@ fn tiny_mlp_velocity(label_dropout: f64) -> Result<MlpVelocity> {
         emb_dim: 6,
         num_classes: 3,
         label_dropout,
+        time_gated_skip: false,
     };
     MlpVelocity::new(&mut ParamBuilder::new(7), cfg)
 }
