@@ -23,9 +23,9 @@ use twinflow::flow::train::{RestoreOptions, StepRecord, TrainConfig, Trainer};
 use twinflow::nn::Module;
 
 /// The config used by `train` without `--config`.
-const DEFAULT_CONFIG: &str = include_str!("../configs/moons-twinflow.toml");
+const DEFAULT_CONFIG: &str = include_str!("../configs/mnist-twinflow.toml");
 /// Its name (the default run directory is `runs/<name>`).
-const DEFAULT_CONFIG_NAME: &str = "moons-twinflow";
+const DEFAULT_CONFIG_NAME: &str = "mnist-twinflow";
 
 /// TwinFlow: one-step generative models on a from-scratch autodiff engine.
 #[derive(Debug, Parser)]
@@ -57,7 +57,7 @@ enum Command {
 #[derive(Debug, Args)]
 struct TrainArgs {
     /// The training config (TOML; unknown keys are errors). Without it, the built-in
-    /// configs/moons-twinflow.toml is used (an MNIST default comes with a later change).
+    /// configs/mnist-twinflow.toml is used: TwinFlow on the shipped MNIST-10k.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// The run directory [default: runs/<config file stem>].
@@ -197,7 +197,7 @@ fn train(a: TrainArgs) -> CliResult<()> {
                 TrainConfig::load(path).map_err(err)?
             }
             None => {
-                TrainConfig::from_toml(DEFAULT_CONFIG, "configs/moons-twinflow.toml (built in)")
+                TrainConfig::from_toml(DEFAULT_CONFIG, "configs/mnist-twinflow.toml (built in)")
                     .map_err(err)?
             }
         };
@@ -262,19 +262,19 @@ fn train(a: TrainArgs) -> CliResult<()> {
     }
     let grids = write_sample_grids(&trainer, &dir)?;
     bar.finish_and_clear();
-    if let Some(first) = grids.first() {
-        eprintln!(
-            "sample grids ({} NFE settings) in {}",
-            grids.len(),
-            first.parent().unwrap_or(&dir).display()
-        );
-    }
     if let Some(r) = last {
         eprintln!(
             "trained to step {} (loss {:.4}); run directory {}",
             r.step,
             r.loss,
             dir.display()
+        );
+    }
+    if let Some(first) = grids.first() {
+        eprintln!(
+            "sample pictures at NFE {:?} in {}",
+            trainer.config().sample_nfe,
+            first.parent().unwrap_or(&dir).display()
         );
     }
     Ok(())

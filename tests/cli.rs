@@ -423,3 +423,22 @@ fn eval_writes_a_table_and_json_and_reports_errors() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn default_config_trains_mnist_from_the_repository_root() {
+    let dir = temp_dir("default");
+    // Elsewhere, the default (MNIST) run says where it looked for the data.
+    fails(&dir, &["train", "--steps", "1"], "MNIST-10k not found");
+    let out = dir.join("run");
+    let out = out.to_str().unwrap();
+    ok(&repo(""), &["train", "--steps", "2", "--out", out]);
+    let run_dir = dir.join("run");
+    let resolved = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
+    assert!(resolved.contains("dataset = \"mnist\""), "{resolved}");
+    assert!(run_dir.join("checkpoints/latest.safetensors").is_file());
+    for nfe in [1, 2, 4] {
+        let grid = run_dir.join(format!("samples/step-0000002-nfe{nfe}.png"));
+        assert!(grid.is_file(), "{} missing", grid.display());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
