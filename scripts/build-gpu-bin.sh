@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds everything the GPU check runs, for a GPU machine that has CUDA and PyTorch but
-# no Rust: the CUDA test binaries (tests/cuda_ops.rs, tests/kernels_compile.rs) and the
+# no Rust: the CUDA test binaries (tests/cuda_ops.rs, tests/cuda_flash_attention.rs,
+# tests/kernels_compile.rs) and the
 # CUDA bench (benches/cuda.rs), release, --features cuda, stripped, into gpu-bin/
 # (git-ignored), beside the PyTorch bench scripts and scripts/gpu-check.sh. Prints the
 # folder's size, which must stay under 64 MiB (the limit of what a GPU run can carry).
@@ -24,7 +25,7 @@ for line in sys.stdin:
 rm -rf "$OUT"
 mkdir -p "$OUT/tests" "$OUT/benches"
 cargo test --release --features cuda --no-run --message-format=json \
-    --test cuda_ops --test kernels_compile | executables | while read -r exe; do
+    --test cuda_ops --test cuda_flash_attention --test kernels_compile | executables | while read -r exe; do
     # cargo names test binaries name-<hash>; the check runs them by name.
     cp "$exe" "$OUT/tests/$(basename "$exe" | sed 's/-[0-9a-f]*$//')"
 done
