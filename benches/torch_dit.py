@@ -29,7 +29,7 @@ WARMUP, STEPS = 3, 10
 
 def sincos(t, dim):
     half = dim // 2
-    freqs = torch.exp(-math.log(10000) * torch.arange(half) / half)
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / half)
     a = t[:, None] * freqs[None] * 1000
     return torch.cat([a.cos(), a.sin()], dim=1)
 
@@ -75,17 +75,17 @@ class DiT(nn.Module):
 
     def forward(s, x, t, tt, y):
         B = x.shape[0]
-        p, c = s.p, s.ch
+        p, ch = s.p, s.ch
         g = s.img // p
-        x = x.view(B, c, g, p, g, p).permute(0, 2, 4, 3, 5, 1).reshape(B, g * g, p * p * c)
+        x = x.view(B, ch, g, p, g, p).permute(0, 2, 4, 3, 5, 1).reshape(B, g * g, p * p * ch)
         x = s.patch(x) + s.pos
         c = s.temb(sincos(t, s.d)) + s.ttemb(sincos(tt, s.d)) + s.yemb(y)
         for b in s.blocks:
             x = b(x, c)
         sh, sc = s.adaf(F.silu(c)).chunk(2, dim=1)
         x = s.out(s.nf(x) * (1 + sc[:, None]) + sh[:, None])
-        x = x.view(B, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4)
-        return x.reshape(B, c * s.img * s.img)
+        x = x.view(B, g, g, p, p, ch).permute(0, 5, 1, 3, 2, 4)
+        return x.reshape(B, ch * s.img * s.img)
 
 
 def time_ms(fn):

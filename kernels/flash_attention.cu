@@ -28,12 +28,18 @@ template <typename T> struct Tile {
     const T* p;
     int rs, cs;
     __device__ __forceinline__ T at(int i, int j) const { return p[i * rs + j * cs]; }
+    // (i, j) and (i, j+1) packed (16-bit T): one 32-bit load where they are adjacent.
+    // Every tile starts 4-byte aligned and every row stride and j used is even.
+    __device__ __forceinline__ unsigned pair_j(int i, int j) const {
+        if (cs == 1) return *reinterpret_cast<const unsigned*>(p + i * rs + j);
+        return (unsigned)at(i, j).x | ((unsigned)at(i, j + 1).x << 16);
+    }
+    // (i, j) and (i+1, j) packed, likewise.
+    __device__ __forceinline__ unsigned pair_i(int i, int j) const {
+        if (rs == 1) return *reinterpret_cast<const unsigned*>(p + i + j * cs);
+        return (unsigned)at(i, j).x | ((unsigned)at(i + 1, j).x << 16);
+    }
 };
-
-// Two 16-bit values in one register, the lower column in the low half (mma's order).
-template <typename T> __device__ __forceinline__ unsigned pack2(T lo, T hi) {
-    return (unsigned)lo.x | ((unsigned)hi.x << 16);
-}
 
 template <typename T>
 __device__ __forceinline__ void mma16816(float (&c)[4], const unsigned (&a)[4], const unsigned (&b)[2]);
@@ -64,15 +70,13 @@ __device__ __forceinline__ void warp_mm(float (&c)[N / 8][4], Tile<T> a, Tile<T>
 #pragma unroll
         for (int k0 = 0; k0 < K; k0 += 16) {
             const int k = k0 + 2 * t;
-            const unsigned af[4] = {pack2(a.at(g, k), a.at(g, k + 1)),
-                                    pack2(a.at(g + 8, k), a.at(g + 8, k + 1)),
-                                    pack2(a.at(g, k + 8), a.at(g, k + 9)),
-                                    pack2(a.at(g + 8, k + 8), a.at(g + 8, k + 9))};
+            // Pairs along k, the lower index in the low half (mma's operand order).
+            const unsigned af[4] = {a.pair_j(g, k), a.pair_j(g + 8, k), a.pair_j(g, k + 8),
+                                    a.pair_j(g + 8, k + 8)};
 #pragma unroll
             for (int nb = 0; nb < N / 8; ++nb) {
                 const int n = nb * 8 + g;
-                const unsigned bf[2] = {pack2(b.at(k, n), b.at(k + 1, n)),
-                                        pack2(b.at(k + 8, n), b.at(k + 9, n))};
+                const unsigned bf[2] = {b.pair_i(k, n), b.pair_i(k + 8, n)};
                 mma16816<T>(c[nb], af, bf);
             }
         }
@@ -138,10 +142,10 @@ __device__ __forceinline__ float row_sum(float v) {
 template <typename T, int D, int W, int BS>
 __device__ void fa_forward(const T* q, const T* k, const T* v, T* out, float* lse, u64 tq,
                            u64 tk, float scale, int causal) {
-    __shared__ T sq[16 * W][D + FA_PAD];
-    __shared__ T sk[BS][D + FA_PAD];
-    __shared__ T sv[BS][D + FA_PAD];
-    __shared__ T sp[W][16][BS + FA_PAD];
+    __shared__ __align__(16) T sq[16 * W][D + FA_PAD];
+    __shared__ __align__(16) T sk[BS][D + FA_PAD];
+    __shared__ __align__(16) T sv[BS][D + FA_PAD];
+    __shared__ __align__(16) T sp[W][16][BS + FA_PAD];
     if (blockDim.x != 32 * W) __trap();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const u64 bh = blockIdx.x;
@@ -221,11 +225,11 @@ __device__ void fa_delta(const T* dout, const T* out, float* delta, u64 rows, u6
 template <typename T, int D, int W, int BS>
 __device__ void fa_dq(const T* q, const T* k, const T* v, const T* dout, const float* lse,
                       const float* delta, T* dq, u64 tq, u64 tk, float scale, int causal) {
-    __shared__ T sq[16 * W][D + FA_PAD];
-    __shared__ T sdo[16 * W][D + FA_PAD];
-    __shared__ T sk[BS][D + FA_PAD];
-    __shared__ T sv[BS][D + FA_PAD];
-    __shared__ T sds[W][16][BS + FA_PAD];
+    __shared__ __align__(16) T sq[16 * W][D + FA_PAD];
+    __shared__ __align__(16) T sdo[16 * W][D + FA_PAD];
+    __shared__ __align__(16) T sk[BS][D + FA_PAD];
+    __shared__ __align__(16) T sv[BS][D + FA_PAD];
+    __shared__ __align__(16) T sds[W][16][BS + FA_PAD];
     if (blockDim.x != 32 * W) __trap();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const u64 bh = blockIdx.x;
@@ -275,11 +279,11 @@ __device__ void fa_dq(const T* q, const T* k, const T* v, const T* dout, const f
 template <typename T, int D, int W, int BS>
 __device__ void fa_dkdv(const T* q, const T* k, const T* v, const T* dout, const float* lse,
                         const float* delta, T* dk, T* dv, u64 tq, u64 tk, float scale, int causal) {
-    __shared__ T sk[16 * W][D + FA_PAD];
-    __shared__ T sv[16 * W][D + FA_PAD];
-    __shared__ T sq[BS][D + FA_PAD];
-    __shared__ T sdo[BS][D + FA_PAD];
-    __shared__ T sw[W][16][BS + FA_PAD];
+    __shared__ __align__(16) T sk[16 * W][D + FA_PAD];
+    __shared__ __align__(16) T sv[16 * W][D + FA_PAD];
+    __shared__ __align__(16) T sq[BS][D + FA_PAD];
+    __shared__ __align__(16) T sdo[BS][D + FA_PAD];
+    __shared__ __align__(16) T sw[W][16][BS + FA_PAD];
     __shared__ float sl[BS], sd[BS];
     if (blockDim.x != 32 * W) __trap();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
