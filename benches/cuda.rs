@@ -1,17 +1,23 @@
 //! CUDA throughput beside PyTorch on the same GPU (`benches/torch_cuda.py` measures the
 //! same shapes): matrix products in TFLOP/s (f32, TF32, bf16; n = 1024…8192), an
 //! elementwise add and a last-dim sum in GB/s beside the measured device copy
-//! bandwidth, and a DiT training step (batch 128 and 1024). Every number is the median
-//! of several timed runs after warm-up, with the device synchronised around each.
-//! Prints `skipping: no CUDA driver/device` and exits 0 without a GPU.
+//! bandwidth, a DiT training step (batch 128 and 1024), the fused attention in bf16
+//! (forward, and forward + backward, in TFLOP/s; b·h = 64, head dim 64 and 128, T = 256,
+//! 1024, 4096) and a DiT-S/2-sized training step under bf16 autocast (dim 384, depth 12,
+//! 6 heads, 32×32×3 images, patch 2, batch 256). Every number is the median of several
+//! timed runs after warm-up, with the device synchronised around each. Prints
+//! `skipping: no CUDA driver/device` and exits 0 without a GPU.
 //!
 //! ```text
 //! cargo bench --features cuda --bench cuda              # table
 //! cargo bench --features cuda --bench cuda -- --json    # one JSON object per line
+//! cargo bench --features cuda --bench cuda -- attention dit_bf16   # only these groups
 //! ```
 
 use std::time::Instant;
-use twinflow::engine::{cuda, DType, Device, Generator, Result, Tensor};
+use twinflow::engine::{
+    autocast, cuda, scaled_dot_product_attention, DType, Device, Generator, Result, Tensor,
+};
 use twinflow::nn::{
     Adam, AdamConfig, Dit, DitConfig, Module, Optimizer, ParamBuilder, VelocityModel,
 };
@@ -136,6 +142,91 @@ fn dit_step(dev: Device, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// FLOPs of one attention forward: two products of 2·t²·d per (batch, head); the
+/// backward does five, 2.5 times as many (FlashAttention's convention, as PyTorch's
+/// benchmarks count them). The causal mask is off, so nothing is skipped.
+fn attention_flops(bh: usize, t: usize, d: usize) -> f64 {
+    4.0 * bh as f64 * (t as f64).powi(2) * d as f64
+}
+
+fn attention(dev: Device, json: bool) -> Result<()> {
+    let (b, h) = (4, 16);
+    for d in [64, 128] {
+        for t in [256, 1024, 4096] {
+            let mut g = Generator::new(t as u64);
+            let mut draw = || g.randn(&[b, h, t, d], DType::BF16, dev);
+            let (q, k, v, dout) = (draw()?, draw()?, draw()?, draw()?);
+            let fwd = time(|| scaled_dot_product_attention(&q, &k, &v, None, false).map(drop))?;
+            let (q, k, v) = (q.into_variable()?, k.into_variable()?, v.into_variable()?);
+            let both = time(|| {
+                let out = scaled_dot_product_attention(&q, &k, &v, None, false)?;
+                out.backward_with(&dout).map(drop)
+            })?;
+            let flops = attention_flops(b * h, t, d);
+            let case = |what: &str| format!("{what} bf16 d{d} T{t}");
+            report(
+                json,
+                "attention",
+                &case("fwd"),
+                flops / fwd / 1e12,
+                "TFLOP/s",
+            );
+            report(
+                json,
+                "attention",
+                &case("fwd+bwd"),
+                3.5 * flops / both / 1e12,
+                "TFLOP/s",
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One training step (forward under bf16 autocast, MSE, backward, AdamW) of a
+/// DiT-S/2-sized model on 32×32×3 images, batch 256.
+fn dit_step_bf16(dev: Device, json: bool) -> Result<()> {
+    let cfg = DitConfig {
+        image_size: 32,
+        channels: 3,
+        patch: 2,
+        dim: 384,
+        depth: 12,
+        heads: 6,
+        ..DitConfig::default()
+    };
+    let batch = 256;
+    let model = Dit::new(&mut ParamBuilder::new(0).with_device(dev), cfg)?;
+    let adam = AdamConfig {
+        lr: 1e-4,
+        ..AdamConfig::adamw()
+    };
+    let mut opt = Adam::new(model.named_params(), adam)?;
+    let mut g = Generator::new(1);
+    let x = g.randn(&[batch, 3 * 32 * 32], DType::F32, dev)?;
+    let t = g.uniform(&[batch], 0.0, 1.0, DType::F32, dev)?;
+    let tt = g.uniform(&[batch], 0.0, 1.0, DType::F32, dev)?.mul(&t)?;
+    let labels: Vec<i64> = (0..batch as i64).map(|i| i % 10).collect();
+    let labels = Tensor::from_vec(labels, &[batch], dev)?;
+    let s = time(|| {
+        let loss = autocast(DType::BF16, || {
+            model.velocity(&x, &t, &tt, &labels)?.mse(&x)
+        })??;
+        opt.step(&loss.backward()?)
+    })?;
+    report(json, "dit_step", "bf16 S/2 32x32 batch 256", s * 1e3, "ms");
+    Ok(())
+}
+
+/// Whether bench group `name` runs: every group when none is named on the command line.
+fn selected(name: &str) -> bool {
+    let groups: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    groups.is_empty() || groups.iter().any(|g| g == name)
+}
+
 fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let json = std::env::args().any(|a| a == "--json");
     let dev = match cuda::driver_present().then(|| Device::cuda(0)) {
@@ -153,8 +244,18 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         println!("| bench | case | ours |");
         println!("|---|---|---:|");
     }
-    matmuls(dev, json)?;
-    bandwidth(dev, json)?;
-    dit_step(dev, json)?;
+    type Group = fn(Device, bool) -> Result<()>;
+    let groups: [(&str, Group); 5] = [
+        ("matmul", matmuls),
+        ("bandwidth", bandwidth),
+        ("dit", dit_step),
+        ("attention", attention),
+        ("dit_bf16", dit_step_bf16),
+    ];
+    for (name, run) in groups {
+        if selected(name) {
+            run(dev, json)?;
+        }
+    }
     Ok(())
 }

@@ -8,6 +8,8 @@ import time
 import torch
 
 JSON = "--json" in sys.argv
+# Bench groups named on the command line (all when none is), as benches/cuda.rs takes them.
+GROUPS = [a for a in sys.argv[1:] if not a.startswith("--")]
 dev = torch.device("cuda")
 
 
@@ -76,6 +78,50 @@ def dit_step():
         report("dit_step", f"batch {batch}", timed(step) * 1e3, "ms")
 
 
+def attention():
+    """SDPA on the flash backend, bf16, b·h = 64, no mask; FLOPs counted as in cuda.rs."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    F = torch.nn.functional
+    b, h = 4, 16
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        for d in [64, 128]:
+            for t in [256, 1024, 4096]:
+                q, k, v, dout = (torch.randn(b, h, t, d, device=dev, dtype=torch.bfloat16) for _ in range(4))
+                flops = 4 * b * h * t * t * d
+                fwd = timed(lambda: F.scaled_dot_product_attention(q, k, v))
+                q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
+                both = timed(lambda: F.scaled_dot_product_attention(q, k, v).backward(dout))
+                report("attention", f"fwd bf16 d{d} T{t}", flops / fwd / 1e12, "TFLOP/s")
+                report("attention", f"fwd+bwd bf16 d{d} T{t}", 3.5 * flops / both / 1e12, "TFLOP/s")
+
+
+def dit_step_bf16():
+    """The DiT-S/2-sized step of cuda.rs (32x32x3, patch 2, dim 384, depth 12, 6 heads,
+    batch 256), eager, forward under bf16 autocast."""
+    sys.path.insert(0, __file__.rsplit("/", 1)[0])
+    from torch_dit import DiT
+
+    batch = 256
+    torch.manual_seed(0)
+    model = DiT(d=384, depth=12, h=6, p=2, img=32, ch=3).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(batch, 3 * 32 * 32, device=dev)
+    t = torch.rand(batch, device=dev)
+    tt = torch.rand(batch, device=dev) * t
+    labels = torch.arange(batch, device=dev) % 10
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(x, t, tt, labels)
+            loss = torch.nn.functional.mse_loss(out.float(), x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    report("dit_step", "bf16 S/2 32x32 batch 256", timed(step) * 1e3, "ms")
+
+
 if __name__ == "__main__":
     if not torch.cuda.is_available():
         print("skipping: no CUDA device")
@@ -84,6 +130,8 @@ if __name__ == "__main__":
         print(f"# torch {torch.__version__} on {torch.cuda.get_device_name()}")
         print("| bench | case | torch |")
         print("|---|---|---:|")
-    matmuls()
-    bandwidth()
-    dit_step()
+    groups = {"matmul": matmuls, "bandwidth": bandwidth, "dit": dit_step,
+              "attention": attention, "dit_bf16": dit_step_bf16}
+    for name, run in groups.items():
+        if not GROUPS or name in GROUPS:
+            run()

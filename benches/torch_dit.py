@@ -29,7 +29,7 @@ WARMUP, STEPS = 3, 10
 
 def sincos(t, dim):
     half = dim // 2
-    freqs = torch.exp(-math.log(10000) * torch.arange(half) / half)
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / half)
     a = t[:, None] * freqs[None] * 1000
     return torch.cat([a.cos(), a.sin()], dim=1)
 
@@ -58,31 +58,34 @@ class Block(nn.Module):
 
 
 class DiT(nn.Module):
-    def __init__(s, d=128, depth=4, h=4, p=4, classes=10):
+    # img/ch: image side and channels (28x28x1 here; benches/torch_cuda.py's bf16 step
+    # uses 32x32x3). Patches are flattened channel-last, as the engine's PatchGrid.
+    def __init__(s, d=128, depth=4, h=4, p=4, classes=10, img=28, ch=1):
         super().__init__()
-        s.p, s.d = p, d
-        s.patch = nn.Linear(p * p, d)
-        s.pos = nn.Parameter(torch.randn(1, (28 // p) ** 2, d) * 0.02)
+        s.p, s.d, s.img, s.ch = p, d, img, ch
+        s.patch = nn.Linear(p * p * ch, d)
+        s.pos = nn.Parameter(torch.randn(1, (img // p) ** 2, d) * 0.02)
         s.temb = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         s.ttemb = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         s.yemb = nn.Embedding(classes + 1, d)
         s.blocks = nn.ModuleList([Block(d, h) for _ in range(depth)])
         s.nf = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         s.adaf = nn.Linear(d, 2 * d)
-        s.out = nn.Linear(d, p * p)
+        s.out = nn.Linear(d, p * p * ch)
 
     def forward(s, x, t, tt, y):
         B = x.shape[0]
-        p = s.p
-        g = 28 // p
-        x = x.view(B, g, p, g, p).permute(0, 1, 3, 2, 4).reshape(B, g * g, p * p)
+        p, ch = s.p, s.ch
+        g = s.img // p
+        x = x.view(B, ch, g, p, g, p).permute(0, 2, 4, 3, 5, 1).reshape(B, g * g, p * p * ch)
         x = s.patch(x) + s.pos
         c = s.temb(sincos(t, s.d)) + s.ttemb(sincos(tt, s.d)) + s.yemb(y)
         for b in s.blocks:
             x = b(x, c)
         sh, sc = s.adaf(F.silu(c)).chunk(2, dim=1)
         x = s.out(s.nf(x) * (1 + sc[:, None]) + sh[:, None])
-        return x.view(B, g, g, p, p).permute(0, 1, 3, 2, 4).reshape(B, 784)
+        x = x.view(B, g, g, p, p, ch).permute(0, 5, 1, 3, 2, 4)
+        return x.reshape(B, ch * s.img * s.img)
 
 
 def time_ms(fn):

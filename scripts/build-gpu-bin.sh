@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds everything the GPU check runs, for a GPU machine that has CUDA and PyTorch but
-# no Rust: the CUDA test binaries (tests/cuda_ops.rs, tests/kernels_compile.rs) and the
+# no Rust: the CUDA test binaries (tests/cuda_ops.rs, tests/cuda_flash_attention.rs,
+# tests/kernels_compile.rs) and the
 # CUDA bench (benches/cuda.rs), release, --features cuda, stripped, into gpu-bin/
 # (git-ignored), beside the PyTorch bench scripts and scripts/gpu-check.sh. Prints the
 # folder's size, which must stay under 64 MiB (the limit of what a GPU run can carry).
@@ -11,24 +12,25 @@ cd "$(dirname "$0")/.."
 OUT=gpu-bin
 LIMIT_MIB=64
 
-# The executables cargo reports building (one JSON message per artifact).
+# The executables of target kind $1 (test, bench) cargo reports building (one JSON
+# message per artifact): not the CLI binary that integration tests also build.
 executables() {
     python3 -c '
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable"):
-        print(m["executable"])'
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and sys.argv[1] in m["target"]["kind"]:
+        print(m["executable"])' "$1"
 }
 
 rm -rf "$OUT"
 mkdir -p "$OUT/tests" "$OUT/benches"
 cargo test --release --features cuda --no-run --message-format=json \
-    --test cuda_ops --test kernels_compile | executables | while read -r exe; do
+    --test cuda_ops --test cuda_flash_attention --test kernels_compile | executables test | while read -r exe; do
     # cargo names test binaries name-<hash>; the check runs them by name.
     cp "$exe" "$OUT/tests/$(basename "$exe" | sed 's/-[0-9a-f]*$//')"
 done
-cargo bench --features cuda --bench cuda --no-run --message-format=json | executables \
+cargo bench --features cuda --bench cuda --no-run --message-format=json | executables bench \
     | while read -r exe; do cp "$exe" "$OUT/benches/cuda"; done
 strip "$OUT"/tests/* "$OUT"/benches/*
 cp benches/torch_cuda.py benches/torch_dit.py scripts/gpu-check.sh "$OUT/"

@@ -7,7 +7,9 @@
 #
 # BIN_DIR defaults to gpu-bin (or this script's own folder when it sits in one);
 # OUT_DIR to $OUT, else gpu-check-out. PYTHON picks the interpreter with torch
-# (default python3). Without a GPU everything still runs: the tests and benches skip.
+# (default python3); BENCH_GROUPS (space-separated: matmul bandwidth dit attention
+# dit_bf16) limits both benches to those groups. Without a GPU everything still runs:
+# the tests and benches skip.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 BIN=${1:-$([ -d "$here/tests" ] && echo "$here" || echo gpu-bin)}
@@ -42,8 +44,11 @@ for t in "$BIN"/tests/*; do
     skipped=$(grep -c '^skipping' "$OUT_DIR/test-$name.log")
     printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "${result:-no result}" "$skipped" >> "$OUT_DIR/tests.tsv"
 done
-"$BIN/benches/cuda" --json > "$OUT_DIR/bench-ours.jsonl" 2> "$OUT_DIR/bench-ours.log" || status=1
-"$PYTHON" "$BIN/torch_cuda.py" --json > "$OUT_DIR/bench-torch.jsonl" 2> "$OUT_DIR/bench-torch.log" || status=1
+# Word splitting of BENCH_GROUPS is intended: one argument per group.
+# shellcheck disable=SC2086
+"$BIN/benches/cuda" --json ${BENCH_GROUPS:-} > "$OUT_DIR/bench-ours.jsonl" 2> "$OUT_DIR/bench-ours.log" || status=1
+# shellcheck disable=SC2086
+"$PYTHON" "$BIN/torch_cuda.py" --json ${BENCH_GROUPS:-} > "$OUT_DIR/bench-torch.jsonl" 2> "$OUT_DIR/bench-torch.log" || status=1
 
 "$PYTHON" - "$OUT_DIR" > "$OUT_DIR/summary.md" <<'PY'
 import json, os, sys

@@ -249,7 +249,7 @@ fn products() {
         check(&format!("linear {dt}"), &[x, w, bias], tol, |t| {
             t[0].linear(&t[1], Some(&t[2]))
         });
-        let (a, b) = (randn(14, &[3, 8, 5], dt), randn(15, &[5, 3, 4], dt));
+        let (a, b) = (randn(14, &[3, 8, 5], dt), randn(15, &[5, 8, 4], dt));
         check(&format!("permuted batch matmul {dt}"), &[a, b], tol, |t| {
             t[0].permute(&[1, 0, 2])?.matmul(&t[1].permute(&[1, 0, 2])?)
         });

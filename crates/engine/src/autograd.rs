@@ -237,6 +237,8 @@ impl Tensor {
         let order = topological_order(self);
         let mut grads = HashMap::from([(self.id(), grad.detach())]);
         let _no_grad = crate::autograd::NoGradGuard::new();
+        // Backward rules replay the forward's dtypes; autocast must not lower them again.
+        let _no_autocast = crate::autocast::AutocastGuard::new(None)?;
         for t in order.iter().rev() {
             if t.is_variable() {
                 continue;

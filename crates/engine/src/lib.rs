@@ -15,6 +15,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod autocast;
 mod autograd;
 pub mod backend;
 pub mod cpu;
@@ -30,6 +31,7 @@ pub mod random;
 mod storage;
 mod tensor;
 
+pub use autocast::{autocast, autocast_dtype, AutocastGuard};
 pub use autograd::{is_grad_enabled, no_grad, BackwardFn, Gradients, NoGradGuard};
 pub use backend::AdamStep;
 pub use device::Device;

@@ -39,7 +39,10 @@ pub use mlp::{Mlp, SwiGlu};
 pub use models::{Classifier, ClassifierConfig, MlpVelocity, MlpVelocityConfig, VelocityModel};
 pub use module::{visit_child, visit_child_mut, Forward, Module};
 pub use norm::{LayerNorm, RmsNorm};
-pub use optim::{Adam, AdamConfig, Optimizer, OptimizerRecord, OptimizerState, Sgd, SgdConfig};
+pub use optim::{
+    Adam, AdamConfig, LossScaler, LossScalerConfig, LossScalerState, Optimizer, OptimizerRecord,
+    OptimizerState, Sgd, SgdConfig,
+};
 pub use patch::PatchGrid;
 pub use pool::max_pool_2x2;
 pub use schedule::LrSchedule;

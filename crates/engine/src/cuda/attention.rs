@@ -1,9 +1,11 @@
 //! Scaled-dot-product attention, the straightforward version: the products run in
 //! cuBLAS with scores and probabilities held in the compute type (f32, f64 for f64),
 //! and the row kernels of `kernels/attention.cu` do the softmax and the score
-//! gradient. Memory is O(b·h·tq·tk); a fused kernel is later work.
+//! gradient. Memory is O(b·h·tq·tk). Where the fused kernels of [`super::flash`]
+//! cover the call (f32/bf16/f16, head dims 32, 64, 128) they run instead.
 
 use super::elementwise::cast;
+use super::flash;
 use super::launch::{args, launch, per_element, per_row};
 use super::matmul::{gemm, Operand};
 use super::{acc_dtype, float_only, suffix, CudaStorage, Dense};
@@ -66,6 +68,10 @@ pub(crate) fn forward(
         return Ok((out, lse));
     }
     let (qd, kd, vd) = (q.dense(lq)?, k.dense(lk)?, v.dense(lv)?);
+    let d = dims(lq).2;
+    if flash::covers(dt, d, dv, (tq, tk)) {
+        return flash::forward(dev, (&qd, &kd, &vd), dt, (bh, tq, tk, d), spec);
+    }
     let p = scores((&qd, lq), (&kd, lk), dt, spec.scale, dev)?;
     let rows = bh * tq;
     let name = format!("attn_softmax_{}", suffix(p.dtype));
@@ -110,6 +116,10 @@ pub(crate) fn backward(
     }
     let (qd, kd, vd) = (q.dense(lq)?, k.dense(lk)?, v.dense(lv)?);
     let (od, gd) = (o.dense(lo)?, g.dense(lg)?);
+    if flash::covers(dt, d, dv, (tq, tk)) {
+        let dims = (bh, tq, tk, d);
+        return flash::backward(dev, (&qd, &kd, &vd), (&od, lse, &gd), dt, dims, spec);
+    }
     const OP: &str = "attention_backward";
     let rows = bh * tq;
     let p = scores((&qd, lq), (&kd, lk), dt, spec.scale, dev)?;

@@ -22,6 +22,10 @@ pub const SOURCES: &[(&str, &str)] = &[
         "elementwise",
         include_str!("../../../../kernels/elementwise.cu"),
     ),
+    (
+        "flash_attention",
+        include_str!("../../../../kernels/flash_attention.cu"),
+    ),
     ("index", include_str!("../../../../kernels/index.cu")),
     ("norm", include_str!("../../../../kernels/norm.cu")),
     ("reduce", include_str!("../../../../kernels/reduce.cu")),

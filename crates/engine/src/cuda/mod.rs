@@ -9,12 +9,13 @@
 //!
 //! Files: `device.rs` (context, stream, cuBLAS, kernel cache), `alloc.rs` (caching
 //! allocator), `kernels.rs` (embedded sources, NVRTC), `launch.rs` (views, launches),
-//! then one file per op family.
+//! then one file per op family (`flash.rs`: the fused attention kernels).
 
 mod alloc;
 mod attention;
 mod device;
 mod elementwise;
+mod flash;
 mod index;
 pub mod kernels;
 mod launch;

@@ -4,7 +4,7 @@ use crate::method::{FlowMatchingConfig, RcgmConfig, TwinFlowConfig};
 use crate::sampler::SamplerConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use twinflow_engine::{Error, Result};
+use twinflow_engine::{DType, Error, Result};
 use twinflow_nn::{AdamConfig, DitConfig, LrSchedule, MlpVelocityConfig};
 
 const OP: &str = "config";
@@ -66,6 +66,9 @@ pub struct TrainConfig {
     /// What to do on a non-finite loss or gradient norm.
     #[serde(default)]
     pub nan_policy: NanPolicy,
+    /// Precision of the forward's products and attention (`"f32"`, `"bf16"`, `"f16"`).
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
     /// Write a metrics line every this many steps (0: never).
     #[serde(default = "default_log_every")]
     pub log_every: u64,
@@ -123,6 +126,36 @@ pub enum NanPolicy {
     Stop,
     /// Skip the parameter update of that step and count it.
     Skip,
+}
+
+/// The precision a training step computes its products and attention in. Parameters,
+/// gradients and everything else stay f32 (`twinflow_engine::autocast`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// Autocast to bf16.
+    Bf16,
+    /// Autocast to f16, with a dynamic loss scaler that skips steps whose gradients
+    /// overflow.
+    F16,
+}
+
+impl Precision {
+    /// The autocast dtype of a training step (`None` for f32).
+    pub fn autocast(self) -> Option<DType> {
+        match self {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(DType::BF16),
+            Precision::F16 => Some(DType::F16),
+        }
+    }
+
+    fn is_f32(&self) -> bool {
+        *self == Precision::F32
+    }
 }
 
 /// Which network to train: `kind` and the sizes of that kind in its own table.

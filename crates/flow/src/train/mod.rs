@@ -6,6 +6,9 @@
 //! runs, method notes §4); compute the method's loss with the method's generator;
 //! backpropagate; optionally zero non-finite gradient entries; measure (and optionally
 //! clip) the global gradient norm; set the scheduled learning rate; AdamW step.
+//! With `precision = "bf16"` or `"f16"` the method's loss is computed in an autocast
+//! scope; with f16 the loss is scaled before backpropagation and a step whose
+//! gradients overflow is skipped (counted in `skipped`) while the scale backs off.
 //!
 //! A non-finite loss or gradient norm follows [`NanPolicy`]: `stop` returns an error
 //! naming the step and leaves the trainer refusing to save (so the last checkpoint on
@@ -22,7 +25,7 @@ mod model;
 
 pub use config::{
     DataConfig, MethodConfig, MethodName, ModelConfig, ModelKind, NanPolicy, OptimizerConfig,
-    TrainConfig,
+    Precision, TrainConfig,
 };
 pub use model::TrainModel;
 
@@ -33,10 +36,10 @@ use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use twinflow_engine::{Device, Error, Generator, Result, Tensor};
+use twinflow_engine::{AutocastGuard, Device, Error, Generator, Result, Tensor};
 use twinflow_nn::{
-    clip_grad_norm, zero_non_finite, Adam, Checkpoint, Dit, Ema, LrSchedule, MlpVelocity, Module,
-    Optimizer, ParamBuilder, VelocityModel,
+    clip_grad_norm, zero_non_finite, Adam, Checkpoint, Dit, Ema, LossScaler, LossScalerConfig,
+    LossScalerState, LrSchedule, MlpVelocity, Module, Optimizer, ParamBuilder, VelocityModel,
 };
 
 const OP: &str = "train";
@@ -95,6 +98,9 @@ struct TrainMeta {
     train: TrainConfig,
     data_state: DataState,
     skipped: u64,
+    /// The f16 loss scaler's state (precision `f16` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    loss_scale: Option<LossScalerState>,
 }
 
 /// What [`Trainer::from_checkpoint_with`] changes in the saved config.
@@ -118,6 +124,8 @@ pub struct Trainer {
     method: Box<dyn FlowMethod<TrainModel>>,
     method_rng: Generator,
     data: DataSource,
+    /// The dynamic loss scaler of precision `f16`.
+    scaler: Option<LossScaler>,
     step: u64,
     skipped: u64,
     /// The step that stopped on a non-finite loss, if any.
@@ -149,6 +157,9 @@ impl Trainer {
         let ema = Ema::new(&model, cfg.ema_decay)?;
         let optimizer = Adam::new(model.named_params(), cfg.optimizer.adam())?;
         let schedule = cfg.lr_schedule();
+        let scaler = (cfg.precision == Precision::F16)
+            .then(|| LossScaler::new(LossScalerConfig::default()))
+            .transpose()?;
         let m = cfg.method;
         let method: Box<dyn FlowMethod<TrainModel>> = match m.name {
             MethodName::FlowMatching => {
@@ -168,6 +179,7 @@ impl Trainer {
             schedule,
             method,
             data,
+            scaler,
             step: 0,
             skipped: 0,
             stopped: None,
@@ -230,6 +242,9 @@ impl Trainer {
         t.data.set_state(meta.data_state)?;
         t.step = ck.step;
         t.skipped = meta.skipped;
+        if let (Some(scaler), Some(state)) = (&mut t.scaler, meta.loss_scale) {
+            scaler.load_state(state)?;
+        }
         Ok(t)
     }
 
@@ -251,6 +266,11 @@ impl Trainer {
     /// Steps whose update was skipped (policy `skip`).
     pub fn skipped(&self) -> u64 {
         self.skipped
+    }
+
+    /// The f16 loss scaler's current scale (`None` unless precision is f16).
+    pub fn loss_scale(&self) -> Option<f64> {
+        self.scaler.as_ref().map(LossScaler::scale_factor)
     }
 
     /// The online model θ.
@@ -285,6 +305,8 @@ impl Trainer {
         // §4: θ⁻ moves before the method's forwards of this step.
         self.ema.update(&self.model)?;
         let out = {
+            // Products and attention of the forward in `precision` (backward follows).
+            let _autocast = AutocastGuard::new(self.cfg.precision.autocast())?;
             let ema = self.ema.model(&self.model);
             let mut ctx = StepContext::new(&self.model, ema, &mut self.method_rng);
             self.method.loss(&mut ctx, batch)?
@@ -303,8 +325,14 @@ impl Trainer {
         if !loss.is_finite() {
             return self.non_finite(record, format!("non-finite loss {loss}"));
         }
-        let mut grads = out.loss.backward()?;
+        let mut grads = match &self.scaler {
+            Some(scaler) => scaler.scale(&out.loss)?.backward()?,
+            None => out.loss.backward()?,
+        };
         drop(out);
+        if self.unscale_overflowed(&mut grads)? {
+            return Ok(self.skip(record));
+        }
         if self.cfg.clean_non_finite {
             record.cleaned = zero_non_finite(&mut grads, self.params.iter())?;
         }
@@ -321,8 +349,28 @@ impl Trainer {
         Ok(record)
     }
 
+    /// With the f16 loss scaler: unscales the gradients, moves the scale, and says
+    /// whether they overflowed (then the step must be skipped). False without one.
+    fn unscale_overflowed(&mut self, grads: &mut twinflow_engine::Gradients) -> Result<bool> {
+        let Some(scaler) = &mut self.scaler else {
+            return Ok(false);
+        };
+        let found_inf = scaler.unscale_and_check(grads, self.params.iter())?;
+        scaler.update(found_inf);
+        Ok(found_inf)
+    }
+
+    /// Counts the step as taken and skipped, leaving parameters and optimizer as they are.
+    fn skip(&mut self, mut record: StepRecord) -> StepRecord {
+        self.step = record.step;
+        self.skipped += 1;
+        record.skipped = true;
+        record.samples_per_sec = 0.0;
+        record
+    }
+
     /// Applies the NaN policy to a step whose loss or gradient norm is not finite.
-    fn non_finite(&mut self, mut record: StepRecord, why: String) -> Result<StepRecord> {
+    fn non_finite(&mut self, record: StepRecord, why: String) -> Result<StepRecord> {
         match self.cfg.nan_policy {
             NanPolicy::Stop => {
                 self.stopped = Some(record.step);
@@ -335,13 +383,7 @@ impl Trainer {
                     ),
                 ))
             }
-            NanPolicy::Skip => {
-                self.step = record.step;
-                self.skipped += 1;
-                record.skipped = true;
-                record.samples_per_sec = 0.0;
-                Ok(record)
-            }
+            NanPolicy::Skip => Ok(self.skip(record)),
         }
     }
 
@@ -371,6 +413,7 @@ impl Trainer {
             train: self.cfg.clone(),
             data_state: self.data.state(),
             skipped: self.skipped,
+            loss_scale: self.scaler.as_ref().map(LossScaler::state),
         };
         let meta = serde_json::to_value(&meta)
             .map_err(|e| Error::invalid(OP, format!("cannot encode the config: {e}")))?;

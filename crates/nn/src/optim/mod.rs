@@ -8,10 +8,12 @@
 //! its state left untouched, as PyTorch skips parameters whose `grad` is `None`.
 
 mod adam;
+mod loss_scale;
 mod sgd;
 mod state;
 
 pub use adam::{Adam, AdamConfig};
+pub use loss_scale::{LossScaler, LossScalerConfig, LossScalerState};
 pub use sgd::{Sgd, SgdConfig};
 pub use state::{OptimizerRecord, OptimizerState};
 

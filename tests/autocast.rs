@@ -1,0 +1,400 @@
+//! Mixed precision on the CPU (bf16/f16 storage emulated): the autocast scope's casting
+//! rules, gradients arriving in f32 through the recorded casts, the f16 loss scaler
+//! (growth, back-off, step skipping, state) and the trainer's `precision` key. Every
+//! test name contains `autocast`, which is how CI selects them.
+
+use twinflow::engine::{
+    autocast, autocast_dtype, scaled_dot_product_attention, AutocastGuard, DType, Device,
+    Gradients, Result, Tensor,
+};
+use twinflow::flow::method::Batch;
+use twinflow::flow::train::{Precision, TrainConfig, Trainer};
+use twinflow::nn::{LossScaler, LossScalerConfig, LossScalerState, Module};
+
+mod common;
+use common::randn_as;
+
+fn f32s(t: &Tensor) -> Vec<f32> {
+    t.to_vec::<f32>().unwrap()
+}
+
+/// ‖a − b‖ / ‖b‖.
+fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (a.to_vec_f64().unwrap(), b.to_vec_f64().unwrap());
+    let num: f64 = a.iter().zip(&b).map(|(x, y)| (x - y).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| y * y).sum();
+    (num / den).sqrt()
+}
+
+#[test]
+fn autocast_products_run_in_the_low_dtype_and_return_f32() -> Result<()> {
+    for low in [DType::BF16, DType::F16] {
+        let a = randn_as(1, &[3, 5, 8], DType::F32);
+        let b = randn_as(2, &[8, 4], DType::F32);
+        let bias = randn_as(3, &[4], DType::F32);
+        let w = b.t()?.contiguous()?;
+        let (q, k, v) = (
+            randn_as(4, &[2, 2, 7, 8], DType::F32),
+            randn_as(5, &[2, 2, 5, 8], DType::F32),
+            randn_as(6, &[2, 2, 5, 8], DType::F32),
+        );
+        let lowered = |t: &Tensor| t.to_dtype(low).unwrap();
+        let (mm, lin, att) = autocast(low, || -> Result<_> {
+            Ok((
+                a.matmul(&b)?,
+                a.linear(&w, Some(&bias))?,
+                scaled_dot_product_attention(&q, &k, &v, None, true)?,
+            ))
+        })??;
+        // The same products written out with explicit casts, outside any scope.
+        let want_mm = lowered(&a).matmul(&lowered(&b))?.to_dtype(DType::F32)?;
+        let want_lin = lowered(&a)
+            .linear(&lowered(&w), Some(&lowered(&bias)))?
+            .to_dtype(DType::F32)?;
+        let want_att =
+            scaled_dot_product_attention(&lowered(&q), &lowered(&k), &lowered(&v), None, true)?
+                .to_dtype(DType::F32)?;
+        for (got, want) in [(&mm, &want_mm), (&lin, &want_lin), (&att, &want_att)] {
+            assert_eq!(got.dtype(), DType::F32, "{low}");
+            assert_eq!(f32s(got), f32s(want), "{low}");
+        }
+        // Rounded to the low dtype: close to, but not the same as, the f32 product.
+        let exact = a.matmul(&b)?;
+        assert_ne!(f32s(&mm), f32s(&exact), "{low}");
+        assert!(rel_err(&mm, &exact) < 1e-2, "{low}");
+    }
+    Ok(())
+}
+
+#[test]
+fn autocast_leaves_other_ops_and_f64_alone() -> Result<()> {
+    let x = randn_as(7, &[4, 6], DType::F32);
+    let w = randn_as(8, &[6], DType::F32);
+    let run = || -> Result<Vec<Tensor>> {
+        Ok(vec![
+            x.softmax()?,
+            x.layer_norm(Some(&w), None, 1e-5)?,
+            x.sum_all()?,
+            x.exp()?.mul(&x)?,
+            x.mse(&x.mul_scalar(0.5)?)?,
+        ])
+    };
+    let plain = run()?;
+    let scoped = autocast(DType::BF16, run)??;
+    for (p, s) in plain.iter().zip(&scoped) {
+        assert_eq!(s.dtype(), DType::F32);
+        assert_eq!(f32s(p), f32s(s));
+    }
+    // f64 operands are never lowered.
+    let (a, b) = (
+        randn_as(9, &[3, 3], DType::F64),
+        randn_as(10, &[3, 3], DType::F64),
+    );
+    let exact = a.matmul(&b)?.to_vec_f64()?;
+    let scoped = autocast(DType::F16, || a.matmul(&b))??;
+    assert_eq!(scoped.dtype(), DType::F64);
+    assert_eq!(scoped.to_vec_f64()?, exact);
+    Ok(())
+}
+
+#[test]
+fn autocast_scope_nests_restores_and_refuses_wide_dtypes() -> Result<()> {
+    assert_eq!(autocast_dtype(), None);
+    {
+        let _outer = AutocastGuard::new(Some(DType::BF16))?;
+        assert_eq!(autocast_dtype(), Some(DType::BF16));
+        {
+            let _off = AutocastGuard::new(None)?;
+            assert_eq!(autocast_dtype(), None);
+        }
+        assert_eq!(autocast_dtype(), Some(DType::BF16));
+        let _inner = AutocastGuard::new(Some(DType::F16))?;
+        assert_eq!(autocast_dtype(), Some(DType::F16));
+    }
+    assert_eq!(autocast_dtype(), None);
+    for wide in [DType::F32, DType::F64, DType::I64] {
+        let err = AutocastGuard::new(Some(wide)).err().expect("refused");
+        assert!(err.to_string().contains("bf16 or f16"), "{err}");
+    }
+    assert_eq!(autocast_dtype(), None);
+    Ok(())
+}
+
+/// The variables of a two-layer network with attention in between (see [`net_loss`]).
+fn net_params(seed: u64) -> Result<Vec<Tensor>> {
+    Ok(vec![
+        randn_as(seed, &[16, 8], DType::F32)
+            .mul_scalar(0.3)?
+            .into_variable()?,
+        randn_as(seed + 1, &[16], DType::F32).into_variable()?,
+        randn_as(seed + 2, &[8, 16], DType::F32)
+            .mul_scalar(0.3)?
+            .into_variable()?,
+        randn_as(seed + 3, &[16], DType::F32).into_variable()?,
+    ])
+}
+
+/// The network's loss on input `x` `[2, 6, 8]`: linear, GELU, layer norm, two-head
+/// self-attention, linear, mean square.
+fn net_loss(p: &[Tensor], x: &Tensor) -> Result<Tensor> {
+    let h = x.linear(&p[0], Some(&p[1]))?.gelu()?;
+    let h = h.layer_norm(Some(&p[3]), None, 1e-5)?;
+    let heads = h.reshape(&[2, 6, 2, 8])?.permute(&[0, 2, 1, 3])?;
+    let a = scaled_dot_product_attention(&heads, &heads, &heads, None, false)?;
+    let a = a.permute(&[0, 2, 1, 3])?.reshape(&[2, 6, 16])?;
+    a.matmul(&p[2].t()?)?.square()?.mean_all()
+}
+
+#[test]
+fn autocast_gradients_arrive_in_f32_close_to_f32_gradients() -> Result<()> {
+    for low in [DType::BF16, DType::F16] {
+        let params = net_params(20)?;
+        let x = randn_as(24, &[2, 6, 8], DType::F32);
+        let exact = net_loss(&params, &x)?.backward()?;
+        let mixed_loss = autocast(low, || net_loss(&params, &x))??;
+        assert_eq!(mixed_loss.dtype(), DType::F32);
+        // Backward inside a scope too: autocast is off while it runs.
+        let mixed = autocast(low, || mixed_loss.backward())??;
+        for p in &params {
+            let (g, e) = (mixed.get(p).expect("grad"), exact.get(p).expect("grad"));
+            assert_eq!(g.dtype(), DType::F32, "{low}");
+            let err = rel_err(g, e);
+            assert!(err < 3e-2 && err > 0.0, "{low}: relative error {err}");
+        }
+    }
+    Ok(())
+}
+
+fn scaler(interval: u64) -> LossScaler {
+    LossScaler::new(LossScalerConfig {
+        init_scale: 1024.0,
+        growth_interval: interval,
+        ..LossScalerConfig::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn autocast_loss_scaler_unscales_exactly() -> Result<()> {
+    let w = randn_as(30, &[5], DType::F32).into_variable()?;
+    let s = scaler(10);
+    let loss = w.square()?.sum_all()?;
+    let mut grads = s.scale(&loss)?.backward()?;
+    assert!(!s.unscale_and_check(&mut grads, [&w])?);
+    // Powers of two scale and unscale exactly: the gradient is 2w to the bit.
+    assert_eq!(f32s(grads.get(&w).unwrap()), f32s(&w.mul_scalar(2.0)?));
+    Ok(())
+}
+
+#[test]
+fn autocast_loss_scaler_grows_after_clean_steps() {
+    let mut s = scaler(3);
+    for _ in 0..2 {
+        s.update(false);
+        assert_eq!(s.scale_factor(), 1024.0);
+    }
+    s.update(false);
+    assert_eq!(s.scale_factor(), 2048.0);
+    assert_eq!(s.state().clean_steps, 0);
+}
+
+#[test]
+fn autocast_loss_scaler_backs_off_and_reports_overflow() -> Result<()> {
+    let w = Tensor::from_vec(vec![1.0f32, 2.0], &[2], Device::Cpu)?.into_variable()?;
+    let v = Tensor::from_vec(vec![3.0f32], &[1], Device::Cpu)?.into_variable()?;
+    let mut s = scaler(3);
+    s.update(false);
+    s.update(false);
+    let mut grads = Gradients::default();
+    grads.insert(
+        &w,
+        Tensor::from_vec(vec![1.0f32, f32::INFINITY], &[2], Device::Cpu)?,
+    );
+    assert!(s.unscale_and_check(&mut grads, [&w, &v])?);
+    s.update(true);
+    assert_eq!(s.scale_factor(), 512.0);
+    assert_eq!(s.state().clean_steps, 0);
+    let mut nan = Gradients::default();
+    nan.insert(&v, Tensor::from_vec(vec![f32::NAN], &[1], Device::Cpu)?);
+    assert!(s.unscale_and_check(&mut nan, [&v])?);
+    // Large but finite gradients are no overflow.
+    let mut big = Gradients::default();
+    big.insert(
+        &w,
+        Tensor::from_vec(vec![3e38f32, 3e38], &[2], Device::Cpu)?,
+    );
+    assert!(!s.unscale_and_check(&mut big, [&w])?);
+    Ok(())
+}
+
+#[test]
+fn autocast_loss_scaler_state_and_config_checks() {
+    let mut s = scaler(5);
+    s.update(false);
+    let saved = s.state();
+    let mut t = scaler(5);
+    t.load_state(saved).unwrap();
+    assert_eq!(s, t);
+    let bad = LossScalerState {
+        scale: f64::INFINITY,
+        clean_steps: 0,
+    };
+    assert!(t.load_state(bad).is_err());
+    for cfg in [
+        LossScalerConfig {
+            init_scale: 0.0,
+            ..LossScalerConfig::default()
+        },
+        LossScalerConfig {
+            growth_factor: 1.0,
+            ..LossScalerConfig::default()
+        },
+        LossScalerConfig {
+            backoff_factor: 1.0,
+            ..LossScalerConfig::default()
+        },
+        LossScalerConfig {
+            growth_interval: 0,
+            ..LossScalerConfig::default()
+        },
+    ] {
+        assert!(LossScaler::new(cfg).is_err(), "{cfg:?}");
+    }
+}
+
+/// A tiny gradient (2⁻²⁸) flushes to zero in f16 unless the loss is scaled first.
+#[test]
+fn autocast_f16_loss_scaling_keeps_small_gradients() -> Result<()> {
+    let w = randn_as(40, &[4, 4], DType::F32).into_variable()?;
+    let x = randn_as(41, &[4, 4], DType::F32);
+    let loss = || -> Result<Tensor> {
+        autocast(DType::F16, || {
+            x.matmul(&w)?.sum_all()?.mul_scalar(2f64.powi(-28))
+        })?
+    };
+    let plain = loss()?.backward()?;
+    assert!(f32s(plain.get(&w).unwrap()).iter().all(|&g| g == 0.0));
+    let s = LossScaler::new(LossScalerConfig::default())?;
+    let mut scaled = s.scale(&loss()?)?.backward()?;
+    assert!(!s.unscale_and_check(&mut scaled, [&w])?);
+    assert!(f32s(scaled.get(&w).unwrap()).iter().any(|&g| g != 0.0));
+    Ok(())
+}
+
+fn moons(precision: &str, steps: u64) -> TrainConfig {
+    let toml = format!(
+        r#"
+steps = {steps}
+seed = 3
+ema_decay = 0.99
+log_every = 0
+precision = "{precision}"
+
+[model]
+kind = "mlp"
+[model.mlp]
+data_dim = 2
+width = 64
+depth = 2
+emb_dim = 16
+num_classes = 2
+
+[method]
+name = "flow_matching"
+
+[optimizer]
+lr = 2e-3
+
+[data]
+dataset = "moons"
+batch_size = 128
+"#
+    );
+    TrainConfig::from_toml(&toml, "test.toml").unwrap()
+}
+
+#[test]
+fn autocast_precision_key_parses_and_defaults_to_f32() {
+    assert_eq!(moons("bf16", 1).precision, Precision::Bf16);
+    assert_eq!(moons("f16", 1).precision, Precision::F16);
+    assert_eq!(moons("f32", 1).precision, Precision::F32);
+    let toml = moons("f32", 1).to_toml().unwrap();
+    assert!(
+        !toml.contains("precision"),
+        "f32 is the default, not written"
+    );
+    assert!(moons("bf16", 1)
+        .to_toml()
+        .unwrap()
+        .contains("precision = \"bf16\""));
+    let bad = TrainConfig::from_toml(
+        &moons("f32", 1)
+            .to_toml()
+            .unwrap()
+            .replace("steps", "precision = \"f8\"\nsteps"),
+        "bad.toml",
+    );
+    assert!(bad.unwrap_err().to_string().contains("precision"));
+}
+
+/// The same moons run in f32 and in bf16 (emulated): the loss curves stay close.
+#[test]
+fn autocast_bf16_training_tracks_f32_on_cpu() -> Result<()> {
+    let steps = 60;
+    let curve = |p: &str| -> Result<Vec<f64>> {
+        let mut t = Trainer::new(moons(p, steps))?;
+        (0..steps).map(|_| t.step().map(|r| r.loss)).collect()
+    };
+    let (f32_curve, bf16_curve) = (curve("f32")?, curve("bf16")?);
+    assert_ne!(f32_curve, bf16_curve, "bf16 must actually round");
+    // Mean of 10-step windows: single steps are noisy, the trend must agree.
+    for (w32, w16) in f32_curve.chunks(10).zip(bf16_curve.chunks(10)) {
+        let (m32, m16) = (
+            w32.iter().sum::<f64>() / 10.0,
+            w16.iter().sum::<f64>() / 10.0,
+        );
+        assert!((m32 - m16).abs() < 0.05 * m32, "f32 {m32} vs bf16 {m16}");
+    }
+    Ok(())
+}
+
+/// f16 with the loss scaler: an overflowing step is skipped (parameters untouched)
+/// and halves the scale; the scale survives a checkpoint; normal steps go on.
+#[test]
+fn autocast_f16_trainer_skips_overflowing_steps() -> Result<()> {
+    let mut t = Trainer::new(moons("f16", 10))?;
+    assert_eq!(t.loss_scale(), Some(65536.0));
+    let before: Vec<Vec<f32>> = t
+        .model()
+        .named_params()
+        .iter()
+        .map(|(_, p)| f32s(p))
+        .collect();
+    // Targets of magnitude 300 keep the f32 loss finite, but its scaled gradient
+    // (×65536) exceeds f16's range of 65504 in the backward products.
+    let x = Tensor::full(300.0, &[64, 2], DType::F32, Device::Cpu)?;
+    let labels = Tensor::from_vec(vec![0i64; 64], &[64], Device::Cpu)?;
+    let r = t.step_on(&Batch::new(x, labels))?;
+    assert!(r.loss.is_finite() && r.skipped, "{r:?}");
+    assert_eq!((t.skipped(), t.step_count()), (1, 1));
+    assert_eq!(t.loss_scale(), Some(32768.0));
+    let after: Vec<Vec<f32>> = t
+        .model()
+        .named_params()
+        .iter()
+        .map(|(_, p)| f32s(p))
+        .collect();
+    assert_eq!(before, after);
+    let r = t.step()?;
+    assert!(!r.skipped && r.loss.is_finite(), "{r:?}");
+    let dir = std::env::temp_dir().join(format!("twinflow-autocast-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    t.save(&dir)?;
+    let resumed = Trainer::resume(&dir)?;
+    assert_eq!(resumed.loss_scale(), Some(32768.0));
+    assert_eq!(resumed.config().precision, Precision::F16);
+    std::fs::remove_dir_all(&dir).ok();
+    // Without f16 there is no scaler.
+    assert_eq!(Trainer::new(moons("bf16", 1))?.loss_scale(), None);
+    Ok(())
+}
