@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds everything the GPU check runs, for a GPU machine that has CUDA and PyTorch but
 # no Rust: the CUDA test binaries (tests/cuda_ops.rs, tests/cuda_flash_attention.rs,
-# tests/kernels_compile.rs) and the
-# CUDA bench (benches/cuda.rs), release, --features cuda, stripped, into gpu-bin/
-# (git-ignored), beside the PyTorch bench scripts and scripts/gpu-check.sh. Prints the
+# tests/cuda_train.rs, tests/kernels_compile.rs), the CUDA bench (benches/cuda.rs) and
+# the `twinflow` binary with the moons config (a CUDA training run), release,
+# --features cuda, stripped, into gpu-bin/ (git-ignored), beside the PyTorch bench
+# scripts and scripts/gpu-check.sh. Prints the
 # folder's size, which must stay under 64 MiB (the limit of what a GPU run can carry).
 #
 #     scripts/build-gpu-bin.sh && scripts/gpu-check.sh gpu-bin   # the second on the GPU
@@ -26,14 +27,17 @@ for line in sys.stdin:
 rm -rf "$OUT"
 mkdir -p "$OUT/tests" "$OUT/benches"
 cargo test --release --features cuda --no-run --message-format=json \
-    --test cuda_ops --test cuda_flash_attention --test kernels_compile | executables test | while read -r exe; do
+    --test cuda_ops --test cuda_flash_attention --test cuda_train --test kernels_compile \
+    | executables test | while read -r exe; do
     # cargo names test binaries name-<hash>; the check runs them by name.
     cp "$exe" "$OUT/tests/$(basename "$exe" | sed 's/-[0-9a-f]*$//')"
 done
 cargo bench --features cuda --bench cuda --no-run --message-format=json | executables bench \
     | while read -r exe; do cp "$exe" "$OUT/benches/cuda"; done
-strip "$OUT"/tests/* "$OUT"/benches/*
-cp benches/torch_cuda.py benches/torch_dit.py scripts/gpu-check.sh "$OUT/"
+cargo build --release --features cuda --bin twinflow
+cp target/release/twinflow "$OUT/twinflow"
+strip "$OUT"/tests/* "$OUT"/benches/* "$OUT/twinflow"
+cp benches/torch_cuda.py benches/torch_dit.py scripts/gpu-check.sh configs/moons-twinflow.toml "$OUT/"
 
 size_kib=$(du -sk "$OUT" | cut -f1)
 echo "$OUT: $((size_kib / 1024)) MiB ($size_kib KiB): $(ls "$OUT"/tests "$OUT"/benches | grep -v ':$' | xargs)"

@@ -44,6 +44,21 @@ for t in "$BIN"/tests/*; do
     skipped=$(grep -c '^skipping' "$OUT_DIR/test-$name.log")
     printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "${result:-no result}" "$skipped" >> "$OUT_DIR/tests.tsv"
 done
+# A training run on the GPU through the CLI: the moons config, then its 1-NFE score.
+if [ -x "$BIN/twinflow" ] && [ -f "$BIN/moons-twinflow.toml" ]; then
+    start=$(date +%s)
+    if timeout "${TRAIN_TIMEOUT:-240}" "$BIN/twinflow" train --config "$BIN/moons-twinflow.toml" \
+        --device cuda --out "$OUT_DIR/moons-cuda" > "$OUT_DIR/train-moons-cuda.log" 2>&1 &&
+        "$BIN/twinflow" eval --device cuda --checkpoint "$OUT_DIR/moons-cuda/checkpoints/latest.safetensors" \
+            --nfe 1,2,4 >> "$OUT_DIR/train-moons-cuda.log" 2>&1; then
+        train_rc=0
+    else
+        train_rc=1
+        status=1
+    fi
+    printf 'twinflow train --device cuda (moons-twinflow)\t%s\t%s s\t0\n' "$train_rc" "$(( $(date +%s) - start ))" >> "$OUT_DIR/tests.tsv"
+    rm -rf "$OUT_DIR/moons-cuda/checkpoints"
+fi
 # Word splitting of BENCH_GROUPS is intended: one argument per group.
 # shellcheck disable=SC2086
 "$BIN/benches/cuda" --json ${BENCH_GROUPS:-} > "$OUT_DIR/bench-ours.jsonl" 2> "$OUT_DIR/bench-ours.log" || status=1

@@ -28,6 +28,11 @@ fn kernels_compile() {
 #[test]
 fn every_kernel_file_is_embedded() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+    if !dir.is_dir() {
+        // A prebuilt test binary run on another machine (scripts/gpu-check.sh).
+        eprintln!("skipping: the source folder {} is not here", dir.display());
+        return;
+    }
     let mut on_disk: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .filter_map(|e| {
