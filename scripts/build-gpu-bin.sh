@@ -2,7 +2,7 @@
 # Builds everything the GPU check runs, for a GPU machine that has CUDA and PyTorch but
 # no Rust: the CUDA test binaries (tests/cuda_ops.rs, tests/cuda_flash_attention.rs,
 # tests/cuda_train.rs, tests/kernels_compile.rs), the CUDA bench (benches/cuda.rs) and
-# the `twinflow` binary with the moons config (a CUDA training run), release,
+# the `twinflow` binary with the moons and MNIST configs (CUDA training runs), release,
 # --features cuda, stripped, into gpu-bin/ (git-ignored), beside the PyTorch bench
 # scripts and scripts/gpu-check.sh. Prints the
 # folder's size, which must stay under 64 MiB (the limit of what a GPU run can carry).
@@ -37,7 +37,13 @@ cargo bench --features cuda --bench cuda --no-run --message-format=json | execut
 cargo build --release --features cuda --bin twinflow
 cp target/release/twinflow "$OUT/twinflow"
 strip "$OUT"/tests/* "$OUT"/benches/* "$OUT/twinflow"
-cp benches/torch_cuda.py benches/torch_dit.py scripts/gpu-check.sh configs/moons-twinflow.toml "$OUT/"
+cp benches/torch_cuda.py benches/torch_dit.py scripts/gpu-check.sh configs/moons-twinflow.toml \
+    configs/mnist-twinflow.toml "$OUT/"
+# The evaluation classifier, when trained here (`twinflow train-classifier`): the GPU
+# check then also trains MNIST in bf16 and scores it.
+if [ -f runs/classifier/classifier.safetensors ]; then
+    cp runs/classifier/classifier.safetensors "$OUT/"
+fi
 
 size_kib=$(du -sk "$OUT" | cut -f1)
 echo "$OUT: $((size_kib / 1024)) MiB ($size_kib KiB): $(ls "$OUT"/tests "$OUT"/benches | grep -v ':$' | xargs)"

@@ -44,20 +44,30 @@ for t in "$BIN"/tests/*; do
     skipped=$(grep -c '^skipping' "$OUT_DIR/test-$name.log")
     printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "${result:-no result}" "$skipped" >> "$OUT_DIR/tests.tsv"
 done
-# A training run on the GPU through the CLI: the moons config, then its 1-NFE score.
-if [ -x "$BIN/twinflow" ] && [ -f "$BIN/moons-twinflow.toml" ]; then
+# Training runs on the GPU through the CLI, each then scored by `eval` (NAME CONFIG
+# EVAL_ARGS TRAIN_ARGS...): one row of tests.tsv each, logs in train-NAME.log.
+train_check() {
+    local name=$1 config=$2 eval_args=$3
+    shift 3
+    local start rc=0
     start=$(date +%s)
-    if timeout "${TRAIN_TIMEOUT:-240}" "$BIN/twinflow" train --config "$BIN/moons-twinflow.toml" \
-        --device cuda --out "$OUT_DIR/moons-cuda" > "$OUT_DIR/train-moons-cuda.log" 2>&1 &&
-        "$BIN/twinflow" eval --device cuda --checkpoint "$OUT_DIR/moons-cuda/checkpoints/latest.safetensors" \
-            --nfe 1,2,4 >> "$OUT_DIR/train-moons-cuda.log" 2>&1; then
-        train_rc=0
-    else
-        train_rc=1
-        status=1
-    fi
-    printf 'twinflow train --device cuda (moons-twinflow)\t%s\t%s s\t0\n' "$train_rc" "$(( $(date +%s) - start ))" >> "$OUT_DIR/tests.tsv"
-    rm -rf "$OUT_DIR/moons-cuda/checkpoints"
+    timeout "${TRAIN_TIMEOUT:-240}" "$BIN/twinflow" train --config "$config" --device cuda \
+        --out "$OUT_DIR/$name" "$@" > "$OUT_DIR/train-$name.log" 2>&1 || rc=1
+    # shellcheck disable=SC2086
+    [ $rc -eq 0 ] && { "$BIN/twinflow" eval --device cuda --checkpoint \
+        "$OUT_DIR/$name/checkpoints/latest.safetensors" $eval_args >> "$OUT_DIR/train-$name.log" 2>&1 || rc=1; }
+    [ $rc -ne 0 ] && status=1
+    printf 'twinflow train --device cuda %s\t%s\t%s s\t0\n' "$name" "$rc" "$(( $(date +%s) - start ))" >> "$OUT_DIR/tests.tsv"
+    rm -rf "$OUT_DIR/$name/checkpoints"
+}
+if [ -x "$BIN/twinflow" ] && [ -f "$BIN/moons-twinflow.toml" ]; then
+    train_check moons-twinflow "$BIN/moons-twinflow.toml" "--nfe 1,2,4"
+fi
+# MNIST in bf16 needs the shipped data (run from the repository root) and the classifier.
+if [ -x "$BIN/twinflow" ] && [ -f "$BIN/mnist-twinflow.toml" ] && [ -f "$BIN/classifier.safetensors" ] \
+    && [ -d data/mnist-10k ]; then
+    train_check mnist-twinflow-bf16 "$BIN/mnist-twinflow.toml" \
+        "--nfe 1,2,4 --ema --classifier $BIN/classifier.safetensors" --precision bf16
 fi
 # Word splitting of BENCH_GROUPS is intended: one argument per group.
 # shellcheck disable=SC2086

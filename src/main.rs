@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use twinflow::engine::{Device, Tensor};
 use twinflow::flow::data::DataSource;
 use twinflow::flow::sampler::{sample as run_sampler, Start};
-use twinflow::flow::train::{RestoreOptions, StepRecord, TrainConfig, Trainer};
+use twinflow::flow::train::{Precision, RestoreOptions, StepRecord, TrainConfig, Trainer};
 use twinflow::nn::Module;
 
 /// The config used by `train` without `--config`.
@@ -79,6 +79,11 @@ struct TrainArgs {
     /// needs a build with `--features cuda` and an NVIDIA GPU).
     #[arg(long, value_name = "DEVICE")]
     device: Option<String>,
+    /// Precision of the products and attention: f32, bf16 or f16 (autocast; parameters
+    /// stay f32; f16 adds a dynamic loss scaler). Overrides the config's `precision`;
+    /// not allowed with --resume.
+    #[arg(long, value_name = "TYPE", value_parser = ["f32", "bf16", "f16"])]
+    precision: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -168,9 +173,10 @@ fn train(a: TrainArgs) -> CliResult<()> {
         .clone()
         .unwrap_or_else(|| Path::new("runs").join(&stem));
     let (mut trainer, target) = if a.resume {
-        if a.seed.is_some() {
+        if a.seed.is_some() || a.precision.is_some() {
             return Err(
-                "--seed cannot be combined with --resume (the saved random state is restored)"
+                "--seed and --precision cannot be combined with --resume (the run \
+                 continues with its saved random state and precision)"
                     .into(),
             );
         }
@@ -209,6 +215,13 @@ fn train(a: TrainArgs) -> CliResult<()> {
         }
         if let Some(device) = &a.device {
             cfg.device = device.clone();
+        }
+        if let Some(precision) = &a.precision {
+            cfg.precision = match precision.as_str() {
+                "bf16" => Precision::Bf16,
+                "f16" => Precision::F16,
+                _ => Precision::F32,
+            };
         }
         let target = cfg.steps;
         (Trainer::new(cfg).map_err(err)?, target)
