@@ -29,9 +29,7 @@ fn run(cfg: &TrainConfig, device: &str, steps: usize) -> (Vec<f64>, Vec<f64>) {
     let mut cfg = cfg.clone();
     cfg.device = device.into();
     let mut trainer = Trainer::new(cfg).unwrap();
-    let losses = (0..steps)
-        .map(|_| trainer.step().unwrap().loss)
-        .collect();
+    let losses = (0..steps).map(|_| trainer.step().unwrap().loss).collect();
     let mut weights = Vec::new();
     trainer
         .model()
@@ -60,7 +58,10 @@ fn compare(name: &str, cfg: &TrainConfig, steps: usize, tol: f64) {
         assert!(e <= tol, "{name} step {}: loss cpu {c} cuda {g}", i + 1);
     }
     let e = rel_err(&w_gpu, &w_cpu);
-    assert!(e <= tol, "{name}: weights differ by {e:e} after {steps} steps");
+    assert!(
+        e <= tol,
+        "{name}: weights differ by {e:e} after {steps} steps"
+    );
 }
 
 #[test]
