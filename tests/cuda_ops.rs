@@ -193,6 +193,54 @@ fn where_addcmul_and_casts() {
     }
 }
 
+/// The vectorised kernels for contiguous operands (`*_dense`), on sizes that leave a
+/// tail after the 16-byte packs, and views starting at an offset: one that keeps 16-byte
+/// alignment (the fast path from an offset) and one that breaks it (the strided kernels).
+#[test]
+fn contiguous_fast_paths_and_their_fallbacks() {
+    const N: usize = 1_000_003;
+    for dt in FLOATS {
+        let tol = tolerance(dt);
+        let aligned = 16 / dt.size_in_bytes();
+        for start in [0, aligned, 1] {
+            let case = |op: &str| format!("{op} {dt} from {start}");
+            let view = |t: &Tensor| t.narrow(0, start, N);
+            let (a, b, c) = (
+                positive(30, &[N + 8], dt),
+                randn(31, &[N + 8], dt),
+                randn(32, &[N + 8], dt),
+            );
+            check(&case("gelu"), std::slice::from_ref(&a), tol, |t| {
+                view(&t[0])?.gelu()
+            });
+            check(&case("affine"), std::slice::from_ref(&b), tol, |t| {
+                view(&t[0])?.affine(1.0, 0.0)
+            });
+            check(&case("add"), &[a.clone(), b.clone()], tol, |t| {
+                view(&t[0])?.add(&view(&t[1])?)
+            });
+            check(&case("div"), &[b.clone(), a.clone()], tol, |t| {
+                view(&t[0])?.div(&view(&t[1])?)
+            });
+            check(&case("ge"), &[b.clone(), c.clone()], tol, |t| {
+                view(&t[0])?.ge(&view(&t[1])?)
+            });
+            check(
+                &case("where"),
+                &[a.clone(), b.clone(), c.clone()],
+                tol,
+                |t| {
+                    let mask = view(&t[1])?.gt(&view(&t[2])?)?;
+                    mask.where_cond(&view(&t[0])?, &view(&t[2])?)
+                },
+            );
+            check(&case("addcmul"), &[a, b, c], tol, |t| {
+                view(&t[0])?.addcmul(&view(&t[1])?, &view(&t[2])?)
+            });
+        }
+    }
+}
+
 #[test]
 fn reductions_over_any_dims() {
     for dt in FLOATS {

@@ -96,6 +96,12 @@ pub(crate) fn per_element(n: usize) -> LaunchConfig {
     }
 }
 
+/// One thread per 16-byte pack of `n` elements of `elem_bytes` bytes (the `*_dense`
+/// kernels; the < 16-byte tail goes to the first threads).
+pub(crate) fn per_pack(n: usize, elem_bytes: usize) -> LaunchConfig {
+    per_element(n.div_ceil(16 / elem_bytes))
+}
+
 /// One block per row of `width` elements: a warp for short rows, up to 256 threads.
 pub(crate) fn per_row(rows: usize, width: usize) -> LaunchConfig {
     let threads = (width.next_power_of_two() as u32).clamp(32, THREADS);
