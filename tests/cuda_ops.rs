@@ -241,6 +241,44 @@ fn contiguous_fast_paths_and_their_fallbacks() {
     }
 }
 
+/// Reductions over the trailing dims of contiguous inputs (`reduce_last_*`): a warp per
+/// row below 1024 elements, a block per row above; rows starting at any alignment.
+#[test]
+fn last_dim_reductions() {
+    for dt in FLOATS {
+        let tol = tolerance(dt);
+        for d in [1, 31, 32, 33, 1000, 4096, 5000] {
+            let rows = if d < 1024 { 301 } else { 9 };
+            let x = randn(33, &[rows, d], dt);
+            type Op = fn(&Tensor, bool) -> Result<Tensor>;
+            let ops: [(&str, Op); 3] = [
+                ("sum", |x, k| x.sum(&[-1], k)),
+                ("max", |x, k| x.max(&[-1], k)),
+                ("min", |x, k| x.min(&[-1], k)),
+            ];
+            for (name, op) in ops {
+                check(
+                    &format!("{name} last {d} {dt}"),
+                    std::slice::from_ref(&x),
+                    tol,
+                    |t| op(&t[0], true),
+                );
+                // From row 1: an offset of d elements, so rows start misaligned when d is odd.
+                check(
+                    &format!("{name} last {d} {dt} from row 1"),
+                    std::slice::from_ref(&x),
+                    tol,
+                    |t| op(&t[0].narrow(0, 1, rows - 1)?, false),
+                );
+            }
+        }
+        let x = randn(34, &[5, 6, 70], dt);
+        check(&format!("sum last two {dt}"), &[x], tol, |t| {
+            t[0].sum(&[1, 2], false)
+        });
+    }
+}
+
 #[test]
 fn reductions_over_any_dims() {
     for dt in FLOATS {

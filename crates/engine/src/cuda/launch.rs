@@ -112,6 +112,18 @@ pub(crate) fn per_row(rows: usize, width: usize) -> LaunchConfig {
     }
 }
 
+/// One warp per item, `THREADS / 32` warps a block (grid-stride beyond `MAX_BLOCKS`).
+pub(crate) fn per_warp(items: usize) -> LaunchConfig {
+    let blocks = (items as u64)
+        .div_ceil(THREADS as u64 / 32)
+        .clamp(1, MAX_BLOCKS);
+    LaunchConfig {
+        grid_dim: (blocks as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 /// A kernel argument, held by value until the launch has read it.
 pub(crate) enum Arg {
     /// A device pointer or a count.
