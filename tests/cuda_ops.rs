@@ -279,6 +279,35 @@ fn last_dim_reductions() {
     }
 }
 
+/// Contiguous copies of transposed matrices (`copy_transpose_*`, by element size): sizes
+/// off the 32×32 tiles, a source narrowed to an offset and a row stride above its width,
+/// and a broadcast column (stride 0).
+#[test]
+fn transposed_copies() {
+    for dt in [DType::F32, DType::F64, DType::BF16, DType::F16, DType::I64] {
+        for (r, c) in [(33, 17), (1000, 67), (64, 4096)] {
+            let x = randn(35, &[r, c], DType::F32).mul_scalar(20.0).unwrap();
+            let x = x.to_dtype(dt).unwrap();
+            check(&format!("transpose {r}×{c} {dt}"), &[x], 0.0, |t| {
+                t[0].t()?.contiguous()
+            });
+        }
+        let x = randn(36, &[50, 70], DType::F32).mul_scalar(20.0).unwrap();
+        let x = x.to_dtype(dt).unwrap();
+        check(&format!("narrowed transpose {dt}"), &[x], 0.0, |t| {
+            t[0].narrow(1, 3, 60)?.t()?.contiguous()
+        });
+        let col = randn(37, &[45, 1], DType::F32).to_dtype(dt).unwrap();
+        // Its gradient sums over the broadcast dim, rounded differently from the CPU.
+        check(
+            &format!("broadcast column {dt}"),
+            &[col],
+            tolerance(dt),
+            |t| t[0].broadcast_to(&[45, 40])?.contiguous(),
+        );
+    }
+}
+
 #[test]
 fn reductions_over_any_dims() {
     for dt in FLOATS {

@@ -2,7 +2,7 @@
 //! `copy.cu`, `cast.cu`, `adam.cu`). Operands are read in place through their strides
 //! (broadcasts included); outputs are contiguous.
 
-use super::launch::{args, launch, per_element, per_pack, View};
+use super::launch::{args, launch, per_element, per_pack, per_tile, View};
 use super::{float_only, size_suffix, suffix, CudaStorage};
 use crate::backend::{AdamStep, BinaryOp, CmpOp, UnaryOp};
 use crate::dtype::DType;
@@ -80,9 +80,17 @@ pub(crate) fn copy_strided(x: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
     let out = CudaStorage::alloc(x.dev(), n, x.dtype)?;
     if n > 0 {
         let [xv] = View::merged("copy", [l])?;
-        let name = format!("copy_strided_{}", size_suffix(x.dtype));
-        let a = args![x.ptr(), xv, out.ptr(), n];
-        launch(x.dev(), "copy", ("copy", &name), per_element(n), a)?;
+        let bytes = size_suffix(x.dtype);
+        if let Some((rows, cols, ld)) = xv.transposed() {
+            let name = format!("copy_transpose_{bytes}");
+            let a = args![x.ptr_at(l.offset()), rows, cols, ld, out.ptr()];
+            let cfg = per_tile(rows.div_ceil(32) * cols.div_ceil(32));
+            launch(x.dev(), "copy", ("copy", &name), cfg, a)?;
+        } else {
+            let name = format!("copy_strided_{bytes}");
+            let a = args![x.ptr(), xv, out.ptr(), n];
+            launch(x.dev(), "copy", ("copy", &name), per_element(n), a)?;
+        }
     }
     Ok(out)
 }
