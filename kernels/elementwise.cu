@@ -214,3 +214,52 @@ __device__ __forceinline__ void offsets3(const View& a, const View& b, const Vie
     }
 
 FOR_FLOATS(ELEMENTWISE)
+
+// A compute-type value rounded to storage type T.
+template <typename T> __device__ __forceinline__ T stored(typename Acc<T>::type v) {
+    T r;
+    put(&r, v);
+    return r;
+}
+
+// The same ops on contiguous, 16-byte aligned operands of the output's size (no
+// broadcast): vector loads and stores, no index arithmetic (`map*` in common.cuh).
+#define DENSE(S, T)                                                                       \
+    extern "C" __global__ void unary_dense_##S(const T* x, T* out, u64 n, int op,         \
+                                               double p0, double p1) {                    \
+        typedef Acc<T>::type A;                                                           \
+        A q0 = (A)p0, q1 = (A)p1;                                                         \
+        map1(x, out, n, [=](T v) { return stored<T>(unary_fn<A>(op, load(v), q0, q1)); }); \
+    }                                                                                     \
+    extern "C" __global__ void unary_backward_dense_##S(const T* x, const T* g, T* out,   \
+                                                        u64 n, int op, double p0,         \
+                                                        double p1) {                      \
+        typedef Acc<T>::type A;                                                           \
+        A q0 = (A)p0, q1 = (A)p1;                                                         \
+        map2(x, g, out, n, [=](T v, T gv) {                                               \
+            return stored<T>(load(gv) * unary_derivative<A>(op, load(v), q0, q1));       \
+        });                                                                               \
+    }                                                                                     \
+    extern "C" __global__ void binary_dense_##S(const T* a, const T* b, T* out, u64 n,    \
+                                                int op) {                                 \
+        map2(a, b, out, n, [=](T u, T v) { return stored<T>(binary_fn(op, load(u), load(v))); }); \
+    }                                                                                     \
+    extern "C" __global__ void cmp_dense_##S(const T* a, const T* b, T* out, u64 n,       \
+                                             int op) {                                    \
+        typedef Acc<T>::type A;                                                           \
+        map2(a, b, out, n, [=](T u, T v) {                                                \
+            return stored<T>(cmp_fn(op, load(u), load(v)) ? (A)1 : (A)0);                \
+        });                                                                               \
+    }                                                                                     \
+    extern "C" __global__ void where_dense_##S(const T* m, const T* t, const T* f, T* out, \
+                                               u64 n) {                                   \
+        map3(m, t, f, out, n, [](T c, T u, T v) { return load(c) != 0 ? u : v; });        \
+    }                                                                                     \
+    extern "C" __global__ void addcmul_dense_##S(const T* x, const T* a, const T* b,      \
+                                                 T* out, u64 n) {                         \
+        map3(x, a, b, out, n, [](T u, T v, T w) {                                         \
+            return stored<T>(load(u) + load(v) * load(w));                                \
+        });                                                                               \
+    }
+
+FOR_FLOATS(DENSE)

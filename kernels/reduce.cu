@@ -33,3 +33,56 @@
     }
 
 FOR_FLOATS(REDUCE)
+
+// This thread's share of `op` over a contiguous row of d elements, the group of
+// `threads` threads (a warp or a block) being numbered by `t`: the elements before the
+// first 16-byte boundary, then 16-byte packs, then the tail. Rows start anywhere (d need
+// not be a multiple of a pack), so each row finds its own boundary.
+template <typename T, typename A>
+__device__ __forceinline__ A row_partial(const T* __restrict__ row, u64 d, int op, u64 t,
+                                         u64 threads) {
+    const u64 w = 16 / sizeof(T);
+    u64 head = ((16 - ((u64)row & 15)) & 15) / sizeof(T);
+    head = head < d ? head : d;
+    const u64 packs = (d - head) / w;
+    const uint4* p = (const uint4*)(row + head);
+    A acc = red_identity<A>(op);
+    for (u64 j = t; j < head; j += threads) acc = red_combine(op, acc, (A)load(row[j]));
+#pragma unroll 4
+    for (u64 k = t; k < packs; k += threads) {
+        Pack<T> v;
+        v.u = p[k];
+#pragma unroll
+        for (int j = 0; j < (int)w; ++j) acc = red_combine(op, acc, (A)load(v.v[j]));
+    }
+    for (u64 j = head + packs * w + t; j < d; j += threads)
+        acc = red_combine(op, acc, (A)load(row[j]));
+    return acc;
+}
+
+// `op` over the last d elements of contiguous rows (reduced dims trailing and the input
+// contiguous): x points at the first element, row r starts at x + r·d.
+#define REDUCE_LAST(S, T)                                                                 \
+    /* A warp per row, for rows shorter than a block's worth of work. */                  \
+    extern "C" __global__ void reduce_last_warp_##S(const T* x, T* out, u64 rows, u64 d,  \
+                                                    int op) {                             \
+        typedef Acc<T>::type A;                                                           \
+        const u64 warps = blockDim.x >> 5, lane = threadIdx.x & 31;                       \
+        for (u64 r = (u64)blockIdx.x * warps + (threadIdx.x >> 5); r < rows;              \
+             r += (u64)gridDim.x * warps) {                                               \
+            A acc = warp_reduce(op, row_partial<T, A>(x + r * d, d, op, lane, 32));       \
+            if (lane == 0) put(out + r, acc);                                             \
+        }                                                                                 \
+    }                                                                                     \
+    /* A block per row, for long rows. */                                                 \
+    extern "C" __global__ void reduce_last_block_##S(const T* x, T* out, u64 rows, u64 d, \
+                                                     int op) {                            \
+        typedef Acc<T>::type A;                                                           \
+        for (u64 r = blockIdx.x; r < rows; r += gridDim.x) {                              \
+            A acc = row_partial<T, A>(x + r * d, d, op, threadIdx.x, blockDim.x);         \
+            acc = block_reduce(op, acc);                                                  \
+            if (threadIdx.x == 0) put(out + r, acc);                                      \
+        }                                                                                 \
+    }
+
+FOR_FLOATS(REDUCE_LAST)

@@ -193,6 +193,121 @@ fn where_addcmul_and_casts() {
     }
 }
 
+/// The vectorised kernels for contiguous operands (`*_dense`), on sizes that leave a
+/// tail after the 16-byte packs, and views starting at an offset: one that keeps 16-byte
+/// alignment (the fast path from an offset) and one that breaks it (the strided kernels).
+#[test]
+fn contiguous_fast_paths_and_their_fallbacks() {
+    const N: usize = 1_000_003;
+    for dt in FLOATS {
+        let tol = tolerance(dt);
+        let aligned = 16 / dt.size_in_bytes();
+        for start in [0, aligned, 1] {
+            let case = |op: &str| format!("{op} {dt} from {start}");
+            let view = |t: &Tensor| t.narrow(0, start, N);
+            let (a, b, c) = (
+                positive(30, &[N + 8], dt),
+                randn(31, &[N + 8], dt),
+                randn(32, &[N + 8], dt),
+            );
+            check(&case("gelu"), std::slice::from_ref(&a), tol, |t| {
+                view(&t[0])?.gelu()
+            });
+            check(&case("affine"), std::slice::from_ref(&b), tol, |t| {
+                view(&t[0])?.affine(1.0, 0.0)
+            });
+            check(&case("add"), &[a.clone(), b.clone()], tol, |t| {
+                view(&t[0])?.add(&view(&t[1])?)
+            });
+            check(&case("div"), &[b.clone(), a.clone()], tol, |t| {
+                view(&t[0])?.div(&view(&t[1])?)
+            });
+            check(&case("ge"), &[b.clone(), c.clone()], tol, |t| {
+                view(&t[0])?.ge(&view(&t[1])?)
+            });
+            check(
+                &case("where"),
+                &[a.clone(), b.clone(), c.clone()],
+                tol,
+                |t| {
+                    let mask = view(&t[1])?.gt(&view(&t[2])?)?;
+                    mask.where_cond(&view(&t[0])?, &view(&t[2])?)
+                },
+            );
+            check(&case("addcmul"), &[a, b, c], tol, |t| {
+                view(&t[0])?.addcmul(&view(&t[1])?, &view(&t[2])?)
+            });
+        }
+    }
+}
+
+/// Reductions over the trailing dims of contiguous inputs (`reduce_last_*`): a warp per
+/// row below 1024 elements, a block per row above; rows starting at any alignment.
+#[test]
+fn last_dim_reductions() {
+    for dt in FLOATS {
+        let tol = tolerance(dt);
+        for d in [1, 31, 32, 33, 1000, 4096, 5000] {
+            let rows = if d < 1024 { 301 } else { 9 };
+            let x = randn(33, &[rows, d], dt);
+            type Op = fn(&Tensor, bool) -> Result<Tensor>;
+            let ops: [(&str, Op); 3] = [
+                ("sum", |x, k| x.sum(&[-1], k)),
+                ("max", |x, k| x.max(&[-1], k)),
+                ("min", |x, k| x.min(&[-1], k)),
+            ];
+            for (name, op) in ops {
+                check(
+                    &format!("{name} last {d} {dt}"),
+                    std::slice::from_ref(&x),
+                    tol,
+                    |t| op(&t[0], true),
+                );
+                // From row 1: an offset of d elements, so rows start misaligned when d is odd.
+                check(
+                    &format!("{name} last {d} {dt} from row 1"),
+                    std::slice::from_ref(&x),
+                    tol,
+                    |t| op(&t[0].narrow(0, 1, rows - 1)?, false),
+                );
+            }
+        }
+        let x = randn(34, &[5, 6, 70], dt);
+        check(&format!("sum last two {dt}"), &[x], tol, |t| {
+            t[0].sum(&[1, 2], false)
+        });
+    }
+}
+
+/// Contiguous copies of transposed matrices (`copy_transpose_*`, by element size): sizes
+/// off the 32×32 tiles, a source narrowed to an offset and a row stride above its width,
+/// and a broadcast column (stride 0).
+#[test]
+fn transposed_copies() {
+    for dt in [DType::F32, DType::F64, DType::BF16, DType::F16, DType::I64] {
+        for (r, c) in [(33, 17), (1000, 67), (64, 4096)] {
+            let x = randn(35, &[r, c], DType::F32).mul_scalar(20.0).unwrap();
+            let x = x.to_dtype(dt).unwrap();
+            check(&format!("transpose {r}×{c} {dt}"), &[x], 0.0, |t| {
+                t[0].t()?.contiguous()
+            });
+        }
+        let x = randn(36, &[50, 70], DType::F32).mul_scalar(20.0).unwrap();
+        let x = x.to_dtype(dt).unwrap();
+        check(&format!("narrowed transpose {dt}"), &[x], 0.0, |t| {
+            t[0].narrow(1, 3, 60)?.t()?.contiguous()
+        });
+        let col = randn(37, &[45, 1], DType::F32).to_dtype(dt).unwrap();
+        // Its gradient sums over the broadcast dim, rounded differently from the CPU.
+        check(
+            &format!("broadcast column {dt}"),
+            &[col],
+            tolerance(dt),
+            |t| t[0].broadcast_to(&[45, 40])?.contiguous(),
+        );
+    }
+}
+
 #[test]
 fn reductions_over_any_dims() {
     for dt in FLOATS {

@@ -2,7 +2,7 @@
 //! `copy.cu`, `cast.cu`, `adam.cu`). Operands are read in place through their strides
 //! (broadcasts included); outputs are contiguous.
 
-use super::launch::{args, launch, per_element, View};
+use super::launch::{args, launch, per_element, per_pack, per_tile, View};
 use super::{float_only, size_suffix, suffix, CudaStorage};
 use crate::backend::{AdamStep, BinaryOp, CmpOp, UnaryOp};
 use crate::dtype::DType;
@@ -58,14 +58,39 @@ fn cmp_code(op: CmpOp) -> i32 {
     }
 }
 
+/// Addresses of the first elements of the output and the operands when every operand
+/// is contiguous, of the output's shape (no broadcast) and 16-byte aligned, as the
+/// `*_dense` kernels' vector accesses need; `None` sends the op to the strided kernel.
+/// A fresh output is aligned, but a view (`narrow`) may start anywhere.
+fn dense<const N: usize>(
+    out: &CudaStorage,
+    shape: &[usize],
+    ops: [(&CudaStorage, &Layout); N],
+) -> Option<(u64, [u64; N])> {
+    let ptrs = ops.map(|(s, l)| s.ptr_at(l.offset()));
+    let fits = ops
+        .iter()
+        .zip(&ptrs)
+        .all(|((_, l), &p)| l.is_contiguous() && l.shape() == shape && p % 16 == 0);
+    (fits && out.ptr() % 16 == 0).then_some((out.ptr(), ptrs))
+}
+
 pub(crate) fn copy_strided(x: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
     let n = l.elem_count();
     let out = CudaStorage::alloc(x.dev(), n, x.dtype)?;
     if n > 0 {
         let [xv] = View::merged("copy", [l])?;
-        let name = format!("copy_strided_{}", size_suffix(x.dtype));
-        let a = args![x.ptr(), xv, out.ptr(), n];
-        launch(x.dev(), "copy", ("copy", &name), per_element(n), a)?;
+        let bytes = size_suffix(x.dtype);
+        if let Some((rows, cols, ld)) = xv.transposed() {
+            let name = format!("copy_transpose_{bytes}");
+            let a = args![x.ptr_at(l.offset()), rows, cols, ld, out.ptr()];
+            let cfg = per_tile(rows.div_ceil(32) * cols.div_ceil(32));
+            launch(x.dev(), "copy", ("copy", &name), cfg, a)?;
+        } else {
+            let name = format!("copy_strided_{bytes}");
+            let a = args![x.ptr(), xv, out.ptr(), n];
+            launch(x.dev(), "copy", ("copy", &name), per_element(n), a)?;
+        }
     }
     Ok(out)
 }
@@ -110,11 +135,19 @@ pub(crate) fn unary(x: &CudaStorage, l: &Layout, op: UnaryOp) -> Result<CudaStor
     let n = l.elem_count();
     let out = CudaStorage::alloc(x.dev(), n, x.dtype)?;
     if n > 0 {
-        let [xv] = View::merged("unary", [l])?;
         let (code, p0, p1) = unary_code(op);
-        let name = format!("unary_{}", suffix(x.dtype));
-        let a = args![x.ptr(), xv, out.ptr(), n, code, p0, p1];
-        launch(x.dev(), "unary", ("elementwise", &name), per_element(n), a)?;
+        let sfx = suffix(x.dtype);
+        if let Some((o, [xp])) = dense(&out, l.shape(), [(x, l)]) {
+            let name = format!("unary_dense_{sfx}");
+            let a = args![xp, o, n, code, p0, p1];
+            let cfg = per_pack(n, x.dtype.size_in_bytes());
+            launch(x.dev(), "unary", ("elementwise", &name), cfg, a)?;
+        } else {
+            let [xv] = View::merged("unary", [l])?;
+            let name = format!("unary_{sfx}");
+            let a = args![x.ptr(), xv, out.ptr(), n, code, p0, p1];
+            launch(x.dev(), "unary", ("elementwise", &name), per_element(n), a)?;
+        }
     }
     Ok(out)
 }
@@ -130,17 +163,20 @@ pub(crate) fn unary_backward(
     let n = l.elem_count();
     let out = CudaStorage::alloc(x.dev(), n, x.dtype)?;
     if n > 0 {
-        let [xv, gv] = View::merged("unary_backward", [l, gl])?;
         let (code, p0, p1) = unary_code(op);
-        let name = format!("unary_backward_{}", suffix(x.dtype));
-        let a = args![x.ptr(), xv, g.ptr(), gv, out.ptr(), n, code, p0, p1];
-        launch(
-            x.dev(),
-            "unary_backward",
-            ("elementwise", &name),
-            per_element(n),
-            a,
-        )?;
+        let sfx = suffix(x.dtype);
+        if let Some((o, [xp, gp])) = dense(&out, l.shape(), [(x, l), (g, gl)]) {
+            let name = format!("unary_backward_dense_{sfx}");
+            let a = args![xp, gp, o, n, code, p0, p1];
+            let cfg = per_pack(n, x.dtype.size_in_bytes());
+            launch(x.dev(), "unary_backward", ("elementwise", &name), cfg, a)?;
+        } else {
+            let [xv, gv] = View::merged("unary_backward", [l, gl])?;
+            let name = format!("unary_backward_{sfx}");
+            let a = args![x.ptr(), xv, g.ptr(), gv, out.ptr(), n, code, p0, p1];
+            let cfg = per_element(n);
+            launch(x.dev(), "unary_backward", ("elementwise", &name), cfg, a)?;
+        }
     }
     Ok(out)
 }
@@ -157,10 +193,18 @@ fn two(
     let n = la.elem_count();
     let out = CudaStorage::alloc(a.dev(), n, a.dtype)?;
     if n > 0 {
-        let [av, bv] = View::merged(op, [la, lb])?;
-        let name = format!("{kernel}_{}", suffix(a.dtype));
-        let ar = args![a.ptr(), av, b.ptr(), bv, out.ptr(), n, code];
-        launch(a.dev(), op, ("elementwise", &name), per_element(n), ar)?;
+        let sfx = suffix(a.dtype);
+        if let Some((o, [ap, bp])) = dense(&out, la.shape(), [(a, la), (b, lb)]) {
+            let name = format!("{kernel}_dense_{sfx}");
+            let ar = args![ap, bp, o, n, code];
+            let cfg = per_pack(n, a.dtype.size_in_bytes());
+            launch(a.dev(), op, ("elementwise", &name), cfg, ar)?;
+        } else {
+            let [av, bv] = View::merged(op, [la, lb])?;
+            let name = format!("{kernel}_{sfx}");
+            let ar = args![a.ptr(), av, b.ptr(), bv, out.ptr(), n, code];
+            launch(a.dev(), op, ("elementwise", &name), per_element(n), ar)?;
+        }
     }
     Ok(out)
 }
@@ -197,10 +241,18 @@ pub(crate) fn ternary(
     let n = lx.elem_count();
     let out = CudaStorage::alloc(x.dev(), n, x.dtype)?;
     if n > 0 {
-        let [xv, av, bv] = View::merged(op, [lx, la, lb])?;
-        let name = format!("{kernel}_{}", suffix(x.dtype));
-        let ar = args![x.ptr(), xv, a.ptr(), av, b.ptr(), bv, out.ptr(), n];
-        launch(x.dev(), op, ("elementwise", &name), per_element(n), ar)?;
+        let sfx = suffix(x.dtype);
+        if let Some((o, [xp, ap, bp])) = dense(&out, lx.shape(), [(x, lx), (a, la), (b, lb)]) {
+            let name = format!("{kernel}_dense_{sfx}");
+            let ar = args![xp, ap, bp, o, n];
+            let cfg = per_pack(n, x.dtype.size_in_bytes());
+            launch(x.dev(), op, ("elementwise", &name), cfg, ar)?;
+        } else {
+            let [xv, av, bv] = View::merged(op, [lx, la, lb])?;
+            let name = format!("{kernel}_{sfx}");
+            let ar = args![x.ptr(), xv, a.ptr(), av, b.ptr(), bv, out.ptr(), n];
+            launch(x.dev(), op, ("elementwise", &name), per_element(n), ar)?;
+        }
     }
     Ok(out)
 }

@@ -78,6 +78,18 @@ impl View {
     }
 }
 
+impl View {
+    /// (rows, cols, ld) of a merged 2-D view whose outer dim has unit stride: a
+    /// transposed matrix, element (r, c) at offset + c·ld + r (`copy_transpose_*`).
+    pub(crate) fn transposed(&self) -> Option<(u64, u64, u64)> {
+        (self.rank == 2 && self.strides[0] == 1).then_some((
+            self.shape[0],
+            self.shape[1],
+            self.strides[1],
+        ))
+    }
+}
+
 // SAFETY: plain `#[repr(C)]` data, laid out as the C struct of the same name.
 unsafe impl cudarc::driver::DeviceRepr for View {}
 
@@ -96,12 +108,40 @@ pub(crate) fn per_element(n: usize) -> LaunchConfig {
     }
 }
 
+/// One thread per 16-byte pack of `n` elements of `elem_bytes` bytes (the `*_dense`
+/// kernels; the < 16-byte tail goes to the first threads).
+pub(crate) fn per_pack(n: usize, elem_bytes: usize) -> LaunchConfig {
+    per_element(n.div_ceil(16 / elem_bytes))
+}
+
 /// One block per row of `width` elements: a warp for short rows, up to 256 threads.
 pub(crate) fn per_row(rows: usize, width: usize) -> LaunchConfig {
     let threads = (width.next_power_of_two() as u32).clamp(32, THREADS);
     LaunchConfig {
         grid_dim: ((rows as u64).clamp(1, MAX_BLOCKS) as u32, 1, 1),
         block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// A block of 32×8 threads per 32×32 tile, for `tiles` tiles (grid-stride beyond
+/// `MAX_BLOCKS`).
+pub(crate) fn per_tile(tiles: u64) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (tiles.clamp(1, MAX_BLOCKS) as u32, 1, 1),
+        block_dim: (32, 8, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// One warp per item, `THREADS / 32` warps a block (grid-stride beyond `MAX_BLOCKS`).
+pub(crate) fn per_warp(items: usize) -> LaunchConfig {
+    let blocks = (items as u64)
+        .div_ceil(THREADS as u64 / 32)
+        .clamp(1, MAX_BLOCKS);
+    LaunchConfig {
+        grid_dim: (blocks as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     }
 }

@@ -2,7 +2,7 @@
 //! backward (`kernels/reduce.cu`, `softmax.cu`, `norm.cu`). Row kernels read contiguous
 //! rows; a strided input is copied first, as on the CPU.
 
-use super::launch::{args, launch, per_element, per_row, View};
+use super::launch::{args, launch, per_element, per_row, per_warp, View};
 use super::{acc_dtype, float_only, suffix, CudaStorage};
 use crate::backend::{NormSpec, ReduceOp};
 use crate::cpu::CpuStorage;
@@ -12,6 +12,8 @@ use cudarc::driver::LaunchConfig;
 
 /// Outputs at least this many make the one-thread-per-output reduction worthwhile.
 const MANY_OUTPUTS: usize = 8192;
+/// Contiguous rows at least this long get a block each; shorter ones a warp.
+const LONG_ROW: usize = 1024;
 
 /// `op` over the sorted `dims`, in keep-dim shape.
 pub(crate) fn reduce(
@@ -39,15 +41,19 @@ pub(crate) fn reduce(
         let host = CpuStorage::from_f64_iter(std::iter::repeat_n(identity, n_out), x.dtype);
         return CudaStorage::from_cpu(x.ordinal(), &host);
     }
-    let ([kv], [rv]) = (
-        View::merged("reduce", [&kl])?,
-        View::merged("reduce", [&rl])?,
-    );
     let code = match op {
         ReduceOp::Sum => 0i32,
         ReduceOp::Max => 1,
         ReduceOp::Min => 2,
     };
+    let trailing = (0..dims.len()).all(|i| dims[i] + dims.len() == shape.len() + i);
+    if trailing && l.is_contiguous() {
+        return reduce_last(x, l, (n_out, n_red), code);
+    }
+    let ([kv], [rv]) = (
+        View::merged("reduce", [&kl])?,
+        View::merged("reduce", [&rl])?,
+    );
     let inner_stride = |l: &Layout| {
         let merged: Vec<usize> = (0..l.rank()).filter(|&d| l.shape()[d] != 1).collect();
         merged.last().map_or(0, |&d| l.strides()[d])
@@ -62,6 +68,25 @@ pub(crate) fn reduce(
     };
     let name = format!("{kind}_{}", suffix(x.dtype));
     let a = args![x.ptr(), kv, rv, out.ptr(), n_out, n_red, code];
+    launch(x.dev(), "reduce", ("reduce", &name), cfg, a)?;
+    Ok(out)
+}
+
+/// Op `code` over contiguous rows of `d` elements (a contiguous input reduced over its
+/// trailing dims): vector loads, a warp or a block per row (`reduce_last_*`).
+fn reduce_last(
+    x: &CudaStorage,
+    l: &Layout,
+    (rows, d): (usize, usize),
+    code: i32,
+) -> Result<CudaStorage> {
+    let out = CudaStorage::alloc(x.dev(), rows, x.dtype)?;
+    let (kind, cfg) = match d >= LONG_ROW {
+        true => ("reduce_last_block", per_row(rows, d)),
+        false => ("reduce_last_warp", per_warp(rows)),
+    };
+    let name = format!("{kind}_{}", suffix(x.dtype));
+    let a = args![x.ptr_at(l.offset()), out.ptr(), rows, d, code];
     launch(x.dev(), "reduce", ("reduce", &name), cfg, a)?;
     Ok(out)
 }
