@@ -16,22 +16,11 @@ use twinflow::nn::{
     TransformerBlockConfig,
 };
 
-/// The GPU, or `None` (after saying why) when there is none.
+mod common;
+
+/// The GPU with fresh buffers poisoned (NaN), or `None` (after saying why).
 fn gpu() -> Option<Device> {
-    if !cuda::driver_present() {
-        eprintln!("skipping: no CUDA driver/device");
-        return None;
-    }
-    match Device::cuda(0) {
-        Ok(d) => {
-            cuda::set_poison(true);
-            Some(d)
-        }
-        Err(e) => {
-            eprintln!("skipping: no CUDA driver/device ({e})");
-            None
-        }
-    }
+    common::gpu().inspect(|_| cuda::set_poison(true))
 }
 
 /// ‖out − ref‖/‖ref‖; infinite on a NaN or a shape mismatch. A reference that is zero

@@ -8,22 +8,11 @@ use twinflow::engine::{
     cuda, scaled_dot_product_attention, AdamStep, DType, Device, Generator, Result, Tensor,
 };
 
-/// The GPU, or `None` (after saying why) when there is none.
+mod common;
+
+/// The GPU with fresh buffers poisoned (NaN), or `None` (after saying why).
 fn gpu() -> Option<Device> {
-    if !cuda::driver_present() {
-        eprintln!("skipping: no CUDA driver/device");
-        return None;
-    }
-    match Device::cuda(0) {
-        Ok(d) => {
-            cuda::set_poison(true);
-            Some(d)
-        }
-        Err(e) => {
-            eprintln!("skipping: no CUDA driver/device ({e})");
-            None
-        }
-    }
+    common::gpu().inspect(|_| cuda::set_poison(true))
 }
 
 fn tolerance(dt: DType) -> f64 {

@@ -5,24 +5,10 @@
 //! with a message, where no CUDA driver or device exists.
 #![cfg(feature = "cuda")]
 
-use twinflow::engine::{cuda, Device};
 use twinflow::flow::train::{TrainConfig, Trainer};
 use twinflow::nn::Module;
 
-/// True when a GPU can be opened (after saying why not, when not).
-fn have_gpu() -> bool {
-    if !cuda::driver_present() {
-        eprintln!("skipping: no CUDA driver/device");
-        return false;
-    }
-    match Device::cuda(0) {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!("skipping: no CUDA driver/device ({e})");
-            false
-        }
-    }
-}
+mod common;
 
 /// `steps` losses and the final flattened weights of `cfg` on `device`.
 fn run(cfg: &TrainConfig, device: &str, steps: usize) -> (Vec<f64>, Vec<f64>) {
@@ -48,7 +34,7 @@ fn rel_err(a: &[f64], b: &[f64]) -> f64 {
 }
 
 fn compare(name: &str, cfg: &TrainConfig, steps: usize, tol: f64) {
-    if !have_gpu() {
+    if common::gpu().is_none() {
         return;
     }
     let (loss_cpu, w_cpu) = run(cfg, "cpu", steps);

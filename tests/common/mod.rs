@@ -8,6 +8,27 @@ use twinflow::engine::{DType, Device, Generator, Tensor};
 use twinflow::nn::{Module, ParamBuilder};
 
 // ---------------------------------------------------------------------------------------
+// CUDA
+// ---------------------------------------------------------------------------------------
+
+/// CUDA device 0, or `None` after printing why the calling GPU test skips (no driver
+/// library, no device).
+#[cfg(feature = "cuda")]
+pub fn gpu() -> Option<Device> {
+    if !twinflow::engine::cuda::driver_present() {
+        eprintln!("skipping: no CUDA driver/device");
+        return None;
+    }
+    match Device::cuda(0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            eprintln!("skipping: no CUDA driver/device ({e})");
+            None
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Proptest configuration
 // ---------------------------------------------------------------------------------------
 
