@@ -10,7 +10,11 @@ use rayon::prelude::*;
 pub fn update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: &AdamStep) {
     let k = Coefficients::new(s);
     let chunk = |(((p, g), m), v): ChunkOf<'_>| {
-        isa::dispatch(|(p, g, m, v)| update_chunk(p, g, m, v, &k), (p, g, m, v))
+        isa::dispatch(
+            #[inline(always)]
+            |(p, g, m, v)| update_chunk(p, g, m, v, &k),
+            (p, g, m, v),
+        )
     };
     if p.len() >= PARALLEL_CUTOFF {
         p.par_chunks_mut(CHUNK)

@@ -97,7 +97,7 @@ pub fn attention<F: CpuFloat>(
             for (row, l) in p.chunks_mut(tk.max(1)).zip(l.iter_mut()) {
                 let max = max_lanes(row);
                 row.iter_mut().for_each(|x| *x = (*x - max).exp_v());
-                let sum = sum_lanes(row.iter().copied());
+                let sum = sum_lanes([&*row], |[x]| x);
                 let inv = sum.recip();
                 row.iter_mut().for_each(|x| *x = *x * inv);
                 *l = max + sum.ln();

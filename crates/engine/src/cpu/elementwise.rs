@@ -104,7 +104,11 @@ pub fn map<F: CpuFloat, O: Poolable>(
     let mut out = pool::take(layout.elem_count());
     let stride = runs.inner[0];
     fill_runs(&mut out, &runs, |o, [s]| {
-        isa::dispatch(|(o, x)| map_run(o, x, stride, f), (o, &x[s..]))
+        isa::dispatch(
+            #[inline(always)]
+            |(o, x)| map_run(o, x, stride, f),
+            (o, &x[s..]),
+        )
     });
     out
 }
@@ -135,7 +139,11 @@ pub fn zip_map<F: CpuFloat, O: Poolable>(
     let strides = runs.inner;
     fill_runs(&mut out, &runs, |o, [sa, sb]| {
         let args = (o, &a.0[sa..], &b.0[sb..]);
-        isa::dispatch(|(o, x, y)| zip_run(o, x, y, strides, f), args)
+        isa::dispatch(
+            #[inline(always)]
+            |(o, x, y)| zip_run(o, x, y, strides, f),
+            args,
+        )
     });
     out
 }
@@ -345,15 +353,33 @@ fn zip3_map<F: CpuFloat>(
     fill_runs(&mut out, &runs, |o, [a0, b0, c0]| {
         let args = (o, &a.0[a0..], &b.0[b0..], &c.0[c0..]);
         isa::dispatch(
-            |(o, x, y, z): (&mut [F], &[F], &[F], &[F])| {
-                for (i, o) in o.iter_mut().enumerate() {
-                    *o = f(x[i * sa], y[i * sb], z[i * sc]);
-                }
-            },
+            #[inline(always)]
+            |args| zip3_run(args, [sa, sb, sc], f),
             args,
         )
     });
     out
+}
+
+/// One run of `zip3_map`; the all-unit-stride case (the common one: broadcast operands
+/// repeat along outer dims, not along the run) gets a loop that vectorises.
+#[inline(always)]
+fn zip3_run<F: CpuFloat>(
+    (o, x, y, z): (&mut [F], &[F], &[F], &[F]),
+    [sx, sy, sz]: [usize; 3],
+    f: impl Fn(F, F, F) -> F,
+) {
+    let n = o.len();
+    if (sx, sy, sz) == (1, 1, 1) {
+        let (x, y, z) = (&x[..n], &y[..n], &z[..n]);
+        for i in 0..n {
+            o[i] = f(x[i], y[i], z[i]);
+        }
+    } else {
+        for (i, o) in o.iter_mut().enumerate() {
+            *o = f(x[i * sx], y[i * sy], z[i * sz]);
+        }
+    }
 }
 
 /// `t` where `mask` is non-zero, else `f`.

@@ -53,14 +53,25 @@ impl CpuFloat for f64 {
     }
 }
 
-/// Σ of the values with eight running partial sums: the loop vectorises (a single
-/// running sum waits on each addition's latency), and rounding error grows with n/8
-/// rather than n.
+/// Σᵢ f(a₀[i], a₁[i], …) over `N` equal-length slices, with eight running partial
+/// sums (element i goes to lane i mod 8): a single running sum would wait on each
+/// addition's latency, and rounding error grows with n/8 rather than n. Written as
+/// fixed blocks of eight over slices so that it vectorises; an iterator with a lane
+/// index does not.
 #[inline(always)]
-pub fn sum_lanes<F: CpuFloat>(values: impl Iterator<Item = F>) -> F {
+pub fn sum_lanes<F: CpuFloat, const N: usize>(xs: [&[F]; N], f: impl Fn([F; N]) -> F) -> F {
+    let n = xs.iter().map(|x| x.len()).min().unwrap_or(0);
+    let xs = xs.map(|x| &x[..n]);
     let mut lanes = [F::zero(); 8];
-    for (i, v) in values.enumerate() {
-        lanes[i % 8] = lanes[i % 8] + v;
+    let full = n / 8 * 8;
+    for base in (0..full).step_by(8) {
+        let block = xs.map(|x| -> &[F; 8] { x[base..base + 8].try_into().expect("8 long") });
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            *lane = *lane + f(block.map(|b| b[l]));
+        }
+    }
+    for (lane, i) in lanes.iter_mut().zip(full..n) {
+        *lane = *lane + f(xs.map(|x| x[i]));
     }
     lanes.iter().copied().sum()
 }
@@ -69,8 +80,14 @@ pub fn sum_lanes<F: CpuFloat>(values: impl Iterator<Item = F>) -> F {
 #[inline(always)]
 pub fn max_lanes<F: CpuFloat>(values: &[F]) -> F {
     let mut lanes = [F::neg_infinity(); 8];
-    for (i, &v) in values.iter().enumerate() {
-        lanes[i % 8] = lanes[i % 8].max(v);
+    let mut blocks = values.chunks_exact(8);
+    for block in &mut blocks {
+        for (lane, &v) in lanes.iter_mut().zip(block) {
+            *lane = lane.max(v);
+        }
+    }
+    for (lane, &v) in lanes.iter_mut().zip(blocks.remainder()) {
+        *lane = lane.max(v);
     }
     lanes.iter().copied().fold(F::neg_infinity(), F::max)
 }

@@ -32,7 +32,11 @@ fn for_row_blocks<F: CpuFloat, S: Send>(
     f: impl Fn(usize, &mut [F], &mut [S]) + Sync,
 ) {
     let run = |(i, (yb, sb)): (usize, (&mut [F], &mut [S]))| {
-        isa::dispatch(|(yb, sb)| f(i * ROWS_PER_TASK, yb, sb), (yb, sb))
+        isa::dispatch(
+            #[inline(always)]
+            |(yb, sb)| f(i * ROWS_PER_TASK, yb, sb),
+            (yb, sb),
+        )
     };
     if y.len() >= PARALLEL_CUTOFF {
         y.par_chunks_mut(d * ROWS_PER_TASK)
@@ -62,21 +66,29 @@ pub fn norm<F: CpuFloat>(
     let mut stats = vec![(F::zero(), F::zero()); rows];
     let inv_d = F::c(1.0 / d as f64);
     let (w, b) = (or_fill(&w, F::one(), d), or_fill(&b, F::zero(), d));
-    for_row_blocks(&mut y, &mut stats, d, |first, yb, sb| {
-        for (r, (yr, st)) in yb.chunks_mut(d).zip(sb.iter_mut()).enumerate() {
-            let xr = &x[(first + r) * d..(first + r + 1) * d];
-            let mean = match spec.rms {
-                true => F::zero(),
-                false => sum_lanes(xr.iter().copied()) * inv_d,
-            };
-            let var = sum_lanes(xr.iter().map(|&v| (v - mean) * (v - mean))) * inv_d;
-            let rstd = (var + F::c(spec.eps)).sqrt().recip();
-            for (((y, &xv), &wv), &bv) in yr.iter_mut().zip(xr).zip(w.iter()).zip(b.iter()) {
-                *y = (xv - mean) * rstd * wv + bv;
+    // `#[inline(always)]`: inlined into `for_row_blocks`' AVX2 copy; a closure called
+    // from both copies would otherwise stay an out-of-line baseline function.
+    for_row_blocks(
+        &mut y,
+        &mut stats,
+        d,
+        #[inline(always)]
+        |first, yb, sb| {
+            for (r, (yr, st)) in yb.chunks_mut(d).zip(sb.iter_mut()).enumerate() {
+                let xr = &x[(first + r) * d..(first + r + 1) * d];
+                let mean = match spec.rms {
+                    true => F::zero(),
+                    false => sum_lanes([xr], |[x]| x) * inv_d,
+                };
+                let var = sum_lanes([xr], |[v]| (v - mean) * (v - mean)) * inv_d;
+                let rstd = (var + F::c(spec.eps)).sqrt().recip();
+                for (((y, &xv), &wv), &bv) in yr.iter_mut().zip(xr).zip(w.iter()).zip(b.iter()) {
+                    *y = (xv - mean) * rstd * wv + bv;
+                }
+                *st = (mean, rstd);
             }
-            *st = (mean, rstd);
-        }
-    });
+        },
+    );
     let (mean, rstd) = stats.into_iter().unzip();
     (y, mean, rstd)
 }
@@ -115,8 +127,8 @@ pub fn norm_backward<F: CpuFloat>(
         let (xr, gr) = (&xv[i * d..(i + 1) * d], &gv[i * d..(i + 1) * d]);
         let (mu, rs) = (mean[i], rstd[i]);
         let xhat = |k: usize| (xr[k] - mu) * rs;
-        let sum_g = sum_lanes((0..d).map(|k| gr[k] * weight[k]));
-        let sum_gx = sum_lanes((0..d).map(|k| gr[k] * weight[k] * xhat(k)));
+        let sum_g = sum_lanes([gr, &weight], |[g, w]| g * w);
+        let sum_gx = sum_lanes([gr, &weight, xr], |[g, w, x]| g * w * ((x - mu) * rs));
         let (dw, db) = (&mut acc.0, &mut acc.1);
         for (k, (dw, db)) in dw.iter_mut().zip(db.iter_mut()).enumerate() {
             *dw = *dw + gr[k] * xhat(k);

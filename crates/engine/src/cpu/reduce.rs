@@ -113,7 +113,7 @@ fn reduce_blocks<F: CpuFloat>(
         if inner == 1 {
             let row = |(o, r): (&mut F, &[F])| {
                 *o = match op {
-                    ReduceOp::Sum => sum_lanes(r.iter().copied()),
+                    ReduceOp::Sum => sum_lanes([r], |[x]| x),
                     _ => r.iter().copied().fold(identity(op), combine),
                 }
             };

@@ -33,7 +33,7 @@ pub fn softmax_last<F: CpuFloat>(x: &[F], l: &Layout, log: bool) -> Vec<F> {
         o.iter_mut()
             .zip(row)
             .for_each(|(o, &v)| *o = (v - max).exp_v());
-        let sum = sum_lanes(o.iter().copied());
+        let sum = sum_lanes([o], |[x]| x);
         if log {
             let lse = max + sum.ln();
             o.iter_mut().zip(row).for_each(|(o, &v)| *o = v - lse);
@@ -58,12 +58,12 @@ pub fn softmax_last_backward<F: CpuFloat>(
     for_rows(&mut out, d, |i, o| {
         let (y, g) = (&yv[i * d..(i + 1) * d], &gv[i * d..(i + 1) * d]);
         if log {
-            let s = sum_lanes(g.iter().copied());
+            let s = sum_lanes([g], |[x]| x);
             for k in 0..d {
                 o[k] = g[k] - y[k].exp_v() * s;
             }
         } else {
-            let s = sum_lanes(y.iter().zip(g).map(|(&y, &g)| y * g));
+            let s = sum_lanes([y, g], |[y, g]| y * g);
             for k in 0..d {
                 o[k] = y[k] * (g[k] - s);
             }
