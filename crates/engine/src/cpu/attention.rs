@@ -3,6 +3,7 @@
 //! with `gemm` on the strided views directly, in parallel across pairs.
 
 use super::float::{max_lanes, sum_lanes, CpuFloat};
+use super::isa;
 use super::matmul::{batch_offsets, gemm_into, GemmArgs};
 use super::pool;
 use crate::backend::AttentionSpec;
@@ -71,6 +72,20 @@ fn scores<F: CpuFloat>(q: &Operand<F>, k: &Operand<F>, bh: usize, spec: Attentio
     s
 }
 
+/// Scores → probabilities, row by row (rows of `tk`), with each row's log-sum-exp
+/// into `lse`.
+#[inline(always)]
+fn softmax_rows<F: CpuFloat>(p: &mut [F], lse: &mut [F], tk: usize) {
+    for (row, l) in p.chunks_mut(tk.max(1)).zip(lse.iter_mut()) {
+        let max = max_lanes(row);
+        row.iter_mut().for_each(|x| *x = (*x - max).exp_v());
+        let sum = sum_lanes([&*row], |[x]| x);
+        let inv = sum.recip();
+        row.iter_mut().for_each(|x| *x = *x * inv);
+        *l = max + sum.ln();
+    }
+}
+
 /// Output `[b, h, tq, dv]` and log-sum-exp `[b, h, tq]`.
 pub fn attention<F: CpuFloat>(
     q: (&[F], &Layout),
@@ -94,14 +109,11 @@ pub fn attention<F: CpuFloat>(
         .enumerate()
         .for_each(|(i, (o, l))| {
             let mut p = scores(&q, &k, i, spec);
-            for (row, l) in p.chunks_mut(tk.max(1)).zip(l.iter_mut()) {
-                let max = max_lanes(row);
-                row.iter_mut().for_each(|x| *x = (*x - max).exp_v());
-                let sum = sum_lanes([&*row], |[x]| x);
-                let inv = sum.recip();
-                row.iter_mut().for_each(|x| *x = *x * inv);
-                *l = max + sum.ln();
-            }
+            isa::dispatch(
+                #[inline(always)]
+                |(p, l)| softmax_rows(p, l, tk),
+                (&mut p, l),
+            );
             product(
                 o,
                 (&p, (tk, 1)),
@@ -158,9 +170,16 @@ pub fn attention_backward<F: CpuFloat>(
         .enumerate()
         .for_each(|(i, ((dq, dk), dvo))| {
             let mut p = scores(&q, &k, i, spec);
-            for (row, &l) in p.chunks_mut(tk).zip(&lse[i * tq..(i + 1) * tq]) {
-                row.iter_mut().for_each(|x| *x = (*x - l).exp_v());
-            }
+            let lse = &lse[i * tq..(i + 1) * tq];
+            isa::dispatch(
+                #[inline(always)]
+                |p| {
+                    for (row, &l) in p.chunks_mut(tk).zip(lse) {
+                        row.iter_mut().for_each(|x| *x = (*x - l).exp_v());
+                    }
+                },
+                &mut p,
+            );
             let dout = (g.at(i), g.strides);
             product(dvo, (&p, (1, tk)), dout, (tk, tq, dv), F::one());
             let mut ds = vec![F::zero(); tq * tk];
