@@ -121,24 +121,39 @@ pub fn norm_backward<F: CpuFloat>(
     let inv_d = F::c(1.0 / d as f64);
     let mut dx = pool::take(xv.len());
     let weight = or_fill(&w, F::one(), d);
-    // Each worker accumulates its own dw/db partial sums over the rows it handles.
-    let zero = || (vec![F::zero(); d], vec![F::zero(); d]);
-    let row = |mut acc: (Vec<F>, Vec<F>), (i, dxr): (usize, &mut [F])| {
-        let (xr, gr) = (&xv[i * d..(i + 1) * d], &gv[i * d..(i + 1) * d]);
-        let (mu, rs) = (mean[i], rstd[i]);
-        let xhat = |k: usize| (xr[k] - mu) * rs;
-        let sum_g = sum_lanes([gr, &weight], |[g, w]| g * w);
-        let sum_gx = sum_lanes([gr, &weight, xr], |[g, w, x]| g * w * ((x - mu) * rs));
-        let (dw, db) = (&mut acc.0, &mut acc.1);
-        for (k, (dw, db)) in dw.iter_mut().zip(db.iter_mut()).enumerate() {
-            *dw = *dw + gr[k] * xhat(k);
-            *db = *db + gr[k];
-        }
-        let mean_g = if spec.rms { F::zero() } else { sum_g * inv_d };
-        let mean_gx = sum_gx * inv_d;
-        for (k, dx) in dxr.iter_mut().enumerate() {
-            *dx = rs * (gr[k] * weight[k] - mean_g - xhat(k) * mean_gx);
-        }
+    // dw and db are summed only when the norm has those parameters (the DiT's norms
+    // have none).
+    let param_grads = w.is_some() || has_bias;
+    let params_len = if param_grads { d } else { 0 };
+    let zero = || (vec![F::zero(); params_len], vec![F::zero(); params_len]);
+    // One block of rows; each worker accumulates its own dw/db partial sums over the
+    // blocks it handles.
+    let block = |mut acc: (Vec<F>, Vec<F>), (b, dxb): (usize, &mut [F])| {
+        isa::dispatch(
+            #[inline(always)]
+            |(dxb, (dw, db)): (&mut [F], &mut (Vec<F>, Vec<F>))| {
+                for (r, dxr) in dxb.chunks_mut(d).enumerate() {
+                    let i = b * ROWS_PER_TASK + r;
+                    let (xr, gr) = (&xv[i * d..(i + 1) * d], &gv[i * d..(i + 1) * d]);
+                    let (mu, rs) = (mean[i], rstd[i]);
+                    let xhat = |k: usize| (xr[k] - mu) * rs;
+                    let sum_g = sum_lanes([gr, &weight], |[g, w]| g * w);
+                    let sum_gx = sum_lanes([gr, &weight, xr], |[g, w, x]| g * w * ((x - mu) * rs));
+                    if param_grads {
+                        for (k, (dw, db)) in dw.iter_mut().zip(db.iter_mut()).enumerate() {
+                            *dw = *dw + gr[k] * xhat(k);
+                            *db = *db + gr[k];
+                        }
+                    }
+                    let mean_g = if spec.rms { F::zero() } else { sum_g * inv_d };
+                    let mean_gx = sum_gx * inv_d;
+                    for (k, dx) in dxr.iter_mut().enumerate() {
+                        *dx = rs * (gr[k] * weight[k] - mean_g - xhat(k) * mean_gx);
+                    }
+                }
+            },
+            (dxb, &mut acc),
+        );
         acc
     };
     let add = |mut a: (Vec<F>, Vec<F>), b: (Vec<F>, Vec<F>)| {
@@ -147,12 +162,14 @@ pub fn norm_backward<F: CpuFloat>(
         a
     };
     let (dw, db) = if xv.len() >= PARALLEL_CUTOFF {
-        dx.par_chunks_mut(d)
+        dx.par_chunks_mut(d * ROWS_PER_TASK)
             .enumerate()
-            .fold(zero, row)
+            .fold(zero, block)
             .reduce(zero, add)
     } else {
-        dx.chunks_mut(d).enumerate().fold(zero(), row)
+        dx.chunks_mut(d * ROWS_PER_TASK)
+            .enumerate()
+            .fold(zero(), block)
     };
     NormGrads {
         dx,
