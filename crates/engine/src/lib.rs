@@ -27,6 +27,7 @@ mod error;
 pub mod gradcheck;
 pub mod layout;
 mod ops;
+pub mod profile;
 pub mod random;
 mod storage;
 mod tensor;

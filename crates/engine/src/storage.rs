@@ -13,6 +13,7 @@ use crate::dtype::DType;
 use crate::error::Error;
 use crate::error::Result;
 use crate::layout::Layout;
+use crate::profile;
 use crate::Device;
 
 /// A buffer of elements on one device.
@@ -170,10 +171,16 @@ impl BackendStorage for Storage {
     }
 
     fn copy_strided(&self, l: &Layout) -> Result<Self> {
+        let _profiled = profile::scope("copy_strided", || {
+            (self.dtype(), l.elem_count(), self.device())
+        });
         each_backend!(self, |s: B| Ok(s.copy_strided(l)?.wrap()))
     }
 
     fn copy_into(&self, l: &Layout, dst: &mut Self, dl: &Layout) -> Result<()> {
+        let _profiled = profile::scope("copy_into", || {
+            (self.dtype(), l.elem_count(), self.device())
+        });
         let dev = self.device();
         each_backend!(self, |s: B| s.copy_into(
             l,
@@ -183,14 +190,20 @@ impl BackendStorage for Storage {
     }
 
     fn to_dtype(&self, l: &Layout, dtype: DType) -> Result<Self> {
+        let _profiled =
+            profile::scope("to_dtype", || (self.dtype(), l.elem_count(), self.device()));
         each_backend!(self, |s: B| Ok(s.to_dtype(l, dtype)?.wrap()))
     }
 
     fn unary(&self, l: &Layout, op: UnaryOp) -> Result<Self> {
+        let _profiled = profile::scope("unary", || (self.dtype(), l.elem_count(), self.device()));
         each_backend!(self, |s: B| Ok(s.unary(l, op)?.wrap()))
     }
 
     fn unary_backward(&self, l: &Layout, g: &Self, gl: &Layout, op: UnaryOp) -> Result<Self> {
+        let _profiled = profile::scope("unary_backward", || {
+            (self.dtype(), l.elem_count(), self.device())
+        });
         let (dev, name) = (self.device(), "unary_backward");
         each_backend!(self, |s: B| Ok(s
             .unary_backward(l, B::of(name, dev, g)?, gl, op)?
@@ -198,6 +211,7 @@ impl BackendStorage for Storage {
     }
 
     fn binary(&self, l: &Layout, rhs: &Self, rl: &Layout, op: BinaryOp) -> Result<Self> {
+        let _profiled = profile::scope("binary", || (self.dtype(), l.elem_count(), self.device()));
         let dev = self.device();
         each_backend!(self, |s: B| Ok(s
             .binary(l, B::of("binary", dev, rhs)?, rl, op)?
@@ -205,6 +219,7 @@ impl BackendStorage for Storage {
     }
 
     fn cmp(&self, l: &Layout, rhs: &Self, rl: &Layout, op: CmpOp) -> Result<Self> {
+        let _profiled = profile::scope("cmp", || (self.dtype(), l.elem_count(), self.device()));
         let dev = self.device();
         each_backend!(self, |s: B| Ok(s
             .cmp(l, B::of("cmp", dev, rhs)?, rl, op)?
@@ -212,6 +227,9 @@ impl BackendStorage for Storage {
     }
 
     fn where_cond(&self, l: &Layout, t: (&Self, &Layout), f: (&Self, &Layout)) -> Result<Self> {
+        let _profiled = profile::scope("where_cond", || {
+            (self.dtype(), l.elem_count(), self.device())
+        });
         let (dev, name) = (self.device(), "where_cond");
         each_backend!(self, |s: B| Ok(s
             .where_cond(l, view::<B>(name, dev, t)?, view::<B>(name, dev, f)?)?
@@ -219,6 +237,7 @@ impl BackendStorage for Storage {
     }
 
     fn addcmul(&self, l: &Layout, a: (&Self, &Layout), b: (&Self, &Layout)) -> Result<Self> {
+        let _profiled = profile::scope("addcmul", || (self.dtype(), l.elem_count(), self.device()));
         let (dev, name) = (self.device(), "addcmul");
         each_backend!(self, |s: B| Ok(s
             .addcmul(l, view::<B>(name, dev, a)?, view::<B>(name, dev, b)?)?
@@ -226,6 +245,7 @@ impl BackendStorage for Storage {
     }
 
     fn reduce(&self, l: &Layout, dims: &[usize], op: ReduceOp) -> Result<Self> {
+        let _profiled = profile::scope("reduce", || (self.dtype(), l.elem_count(), self.device()));
         each_backend!(self, |s: B| Ok(s.reduce(l, dims, op)?.wrap()))
     }
 
@@ -236,6 +256,7 @@ impl BackendStorage for Storage {
         rl: &Layout,
         bias: Option<(&Self, &Layout)>,
     ) -> Result<Self> {
+        let _profiled = profile::scope("matmul", || (self.dtype(), l.elem_count(), self.device()));
         let (dev, name) = (self.device(), "matmul");
         each_backend!(self, |s: B| Ok(s
             .matmul(l, B::of(name, dev, rhs)?, rl, opt::<B>(name, dev, bias)?)?
@@ -243,6 +264,9 @@ impl BackendStorage for Storage {
     }
 
     fn index_select(&self, l: &Layout, ids: &Self, il: &Layout, dim: usize) -> Result<Self> {
+        let _profiled = profile::scope("index_select", || {
+            (self.dtype(), l.elem_count(), self.device())
+        });
         let dev = self.device();
         each_backend!(self, |s: B| Ok(s
             .index_select(l, B::of("index_select", dev, ids)?, il, dim)?
@@ -257,6 +281,9 @@ impl BackendStorage for Storage {
         dim: usize,
         shape: &[usize],
     ) -> Result<Self> {
+        let _profiled = profile::scope("index_add", || {
+            (self.dtype(), l.elem_count(), self.device())
+        });
         let dev = self.device();
         each_backend!(self, |s: B| Ok(s
             .index_add(l, B::of("index_add", dev, ids)?, il, dim, shape)?
@@ -264,6 +291,7 @@ impl BackendStorage for Storage {
     }
 
     fn gather(&self, l: &Layout, ids: &Self, il: &Layout, dim: usize) -> Result<Self> {
+        let _profiled = profile::scope("gather", || (self.dtype(), l.elem_count(), self.device()));
         let dev = self.device();
         each_backend!(self, |s: B| Ok(s
             .gather(l, B::of("gather", dev, ids)?, il, dim)?
@@ -278,6 +306,9 @@ impl BackendStorage for Storage {
         dim: usize,
         shape: &[usize],
     ) -> Result<Self> {
+        let _profiled = profile::scope("scatter_add", || {
+            (self.dtype(), l.elem_count(), self.device())
+        });
         let dev = self.device();
         each_backend!(self, |s: B| Ok(s
             .scatter_add(l, B::of("scatter_add", dev, ids)?, il, dim, shape)?
@@ -285,10 +316,16 @@ impl BackendStorage for Storage {
     }
 
     fn softmax_last(&self, l: &Layout, log: bool) -> Result<Self> {
+        let _profiled = profile::scope("softmax_last", || {
+            (self.dtype(), l.elem_count(), self.device())
+        });
         each_backend!(self, |s: B| Ok(s.softmax_last(l, log)?.wrap()))
     }
 
     fn softmax_last_backward(&self, l: &Layout, g: &Self, gl: &Layout, log: bool) -> Result<Self> {
+        let _profiled = profile::scope("softmax_last_backward", || {
+            (self.dtype(), l.elem_count(), self.device())
+        });
         let dev = self.device();
         each_backend!(self, |s: B| Ok(s
             .softmax_last_backward(l, B::of("softmax_backward", dev, g)?, gl, log)?
@@ -302,6 +339,7 @@ impl BackendStorage for Storage {
         bias: Option<(&Self, &Layout)>,
         spec: NormSpec,
     ) -> Result<(Self, Self, Self)> {
+        let _profiled = profile::scope("norm", || (self.dtype(), l.elem_count(), self.device()));
         let (dev, name) = (self.device(), "norm");
         each_backend!(self, |s: B| {
             let (w, b) = (opt::<B>(name, dev, weight)?, opt::<B>(name, dev, bias)?);
@@ -320,6 +358,9 @@ impl BackendStorage for Storage {
         grad: (&Self, &Layout),
         spec: NormSpec,
     ) -> Result<(Self, Option<Self>, Option<Self>)> {
+        let _profiled = profile::scope("norm_backward", || {
+            (self.dtype(), l.elem_count(), self.device())
+        });
         let (dev, name) = (self.device(), "norm_backward");
         each_backend!(self, |s: B| {
             let (w, g) = (opt::<B>(name, dev, weight)?, view::<B>(name, dev, grad)?);
@@ -336,6 +377,9 @@ impl BackendStorage for Storage {
         v: (&Self, &Layout),
         spec: AttentionSpec,
     ) -> Result<(Self, Self)> {
+        let _profiled = profile::scope("attention", || {
+            (self.dtype(), l.elem_count(), self.device())
+        });
         let (dev, name) = (self.device(), "attention");
         each_backend!(self, |s: B| {
             let (k, v) = (view::<B>(name, dev, k)?, view::<B>(name, dev, v)?);
@@ -352,6 +396,7 @@ impl BackendStorage for Storage {
         v: &mut Self,
         step: &AdamStep,
     ) -> Result<()> {
+        let _profiled = profile::scope("adam_update", || (self.dtype(), n, self.device()));
         let (dev, name) = (self.device(), "adam_update");
         each_backend!(self, |s: B| {
             let (m, v) = (B::of_mut(name, dev, m)?, B::of_mut(name, dev, v)?);
@@ -369,6 +414,9 @@ impl BackendStorage for Storage {
         grad: (&Self, &Layout),
         spec: AttentionSpec,
     ) -> Result<(Self, Self, Self)> {
+        let _profiled = profile::scope("attention_backward", || {
+            (self.dtype(), l.elem_count(), self.device())
+        });
         let (dev, name) = (self.device(), "attention_backward");
         each_backend!(self, |s: B| {
             let (k, v) = (view::<B>(name, dev, k)?, view::<B>(name, dev, v)?);
