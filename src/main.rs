@@ -16,11 +16,9 @@ use cli::{npy, plot};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use twinflow::engine::{Device, Tensor};
 use twinflow::flow::data::DataSource;
-use twinflow::flow::sampler::{sample as run_sampler, Start};
+use twinflow::flow::eval::{sample_batched, SampleLabels, DEFAULT_SAMPLE_BATCH};
 use twinflow::flow::train::{Precision, RestoreOptions, StepRecord, TrainConfig, Trainer};
-use twinflow::nn::Module;
 
 /// The config used by `train` without `--config`.
 const DEFAULT_CONFIG: &str = include_str!("../configs/mnist-twinflow.toml");
@@ -100,11 +98,15 @@ struct SampleArgs {
     /// Class labels: `all` cycles 0, 1, …, num_classes−1; a number L gives every sample class L.
     #[arg(long, value_name = "all|L", default_value = "all")]
     labels: String,
-    /// Seed of the initial noise.
+    /// Seed of the initial noise (sample i starts from row i of one N(0, I) draw, as in
+    /// `eval` and the training run's sample pictures).
     #[arg(long, value_name = "S", default_value_t = 0)]
     seed: u64,
     #[command(flatten)]
     sampler: SamplerArgs,
+    /// Samples per sampler call: bounds memory at large --n or NFE.
+    #[arg(long, value_name = "B", default_value_t = DEFAULT_SAMPLE_BATCH)]
+    batch_size: usize,
     /// Sample from the EMA weights instead of the online weights.
     #[arg(long)]
     ema: bool,
@@ -326,6 +328,9 @@ fn sample(a: SampleArgs) -> CliResult<()> {
     if a.nfe == 0 {
         return Err("--nfe must be at least 1".into());
     }
+    if a.batch_size == 0 {
+        return Err("--batch-size must be positive".into());
+    }
     if !a.checkpoint.is_file() {
         return Err(format!("checkpoint {} not found", a.checkpoint.display()));
     }
@@ -336,41 +341,39 @@ fn sample(a: SampleArgs) -> CliResult<()> {
     let trainer = Trainer::from_checkpoint_with(&a.checkpoint, &options).map_err(err)?;
     let classes = trainer.data().num_classes().max(1);
     let dim = trainer.data().dim();
-    let labels: Vec<i64> = if a.labels == "all" {
-        (0..a.n).map(|i| (i % classes) as i64).collect()
+    let labels = if a.labels == "all" {
+        SampleLabels::Cycle { n: a.n }
     } else {
-        let l: usize = a.labels.parse().map_err(|_| {
+        let l: i64 = a.labels.parse().map_err(|_| {
             format!(
                 "--labels must be `all` or a class number, got {:?}",
                 a.labels
             )
         })?;
-        if l >= classes {
-            return Err(format!(
-                "--labels {l} is out of range: the model has {classes} classes (0..{})",
-                classes - 1
-            ));
-        }
-        vec![l as i64; a.n]
+        let labels = SampleLabels::Given(vec![l; a.n]);
+        labels
+            .resolve(classes)
+            .map_err(|e| format!("--labels {l}: {e}"))?;
+        labels
     };
     let sampler = a.sampler.resolve(&trainer.config().sampler, a.nfe)?;
-    let mut model = if a.ema {
-        trainer.ema_model().clone()
-    } else {
-        trainer.model().clone()
-    };
-    model.set_training(false);
-    let label_tensor = Tensor::from_vec(labels.clone(), &[a.n], Device::Cpu)
-        .and_then(|t| t.to_device(trainer.device()))
-        .map_err(err)?;
-    let start = Start::Seed {
-        n: a.n,
-        dim,
-        seed: a.seed,
-    };
-    let null = model.null_label();
-    let x = run_sampler(&model, start, &label_tensor, Some(null), &sampler).map_err(err)?;
-    let x: Vec<f32> = x.to_vec().map_err(err)?;
+    let bar = ProgressBar::new(a.n as u64);
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:30} {pos}/{len} samples | {per_sec} | ETA {eta}")
+    {
+        bar.set_style(style);
+    }
+    let (x, labels) = sample_batched(
+        &trainer,
+        &sampler,
+        &labels,
+        a.seed,
+        a.ema,
+        a.batch_size,
+        |done| bar.set_position(done as u64),
+    )
+    .map_err(err)?;
+    bar.finish_and_clear();
     match kind {
         OutKind::Npy => write_npy(&a.out, &x, &labels, dim),
         OutKind::Png => {

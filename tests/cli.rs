@@ -1,9 +1,14 @@
 //! The `twinflow` binary: `train` writes a run directory and resumes it, `sample` writes
 //! .npy/.png files, `data` writes real samples, and every error is one `error:` line
-//! with exit code 1.
+//! with exit code 1. The training run's sample pictures, `sample` and `eval` draw the
+//! same samples from the same seed, sampler and labels.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use twinflow::flow::data::Toy2d;
+use twinflow::flow::eval::{sample_batched, Reference, SampleLabels};
+use twinflow::flow::sampler::{JumpTarget, SamplerConfig};
+use twinflow::flow::train::Trainer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_twinflow");
 
@@ -74,6 +79,27 @@ fn read_npy(path: &Path) -> (String, Vec<usize>, usize) {
         .map(|s| s.parse().unwrap())
         .collect();
     (descr, shape, bytes.len() - 10 - len)
+}
+
+/// The values of an .npy file written by `sample` (f32 samples or i64 labels), as raw
+/// little-endian words.
+fn npy_words<const N: usize>(path: &Path) -> Vec<[u8; N]> {
+    let bytes = std::fs::read(path).unwrap();
+    let (_, _, data) = read_npy(path);
+    bytes[bytes.len() - data..]
+        .chunks_exact(N)
+        .map(|c| c.try_into().unwrap())
+        .collect()
+}
+
+/// The samples and labels of `FILE.npy` and `FILE.labels.npy` in `dir`.
+fn read_samples(dir: &Path, file: &str) -> (Vec<f32>, Vec<i64>) {
+    let x = npy_words::<4>(&dir.join(format!("{file}.npy")));
+    let labels = npy_words::<8>(&dir.join(format!("{file}.labels.npy")));
+    (
+        x.into_iter().map(f32::from_le_bytes).collect(),
+        labels.into_iter().map(i64::from_le_bytes).collect(),
+    )
 }
 
 fn check_npy_pair(path: &Path, n: usize, d: usize) {
@@ -166,6 +192,60 @@ fn train_resume_and_sample() {
     check_npy_pair(&dir.join("u.npy"), 9, 2);
     ok(
         &dir,
+        &[
+            &common[..],
+            &flags,
+            &["--batch-size", "4", "--out", "u4.npy"],
+        ]
+        .concat(),
+    );
+
+    // `sample` is `sample_batched` (the path of `eval` and the pictures): the same
+    // numbers, bit for bit, for cycled and fixed labels and the stochastic sampler.
+    let trainer = Trainer::from_checkpoint(run_dir.join("checkpoints/latest.safetensors")).unwrap();
+    let base = SamplerConfig {
+        steps: 2,
+        ..trainer.config().sampler
+    };
+    let stochastic = SamplerConfig {
+        stochastic_ratio: 1.0,
+        gaps: [0.001, 0.6],
+        kumaraswamy: [1.0, 1.0, 1.0],
+        jump: JumpTarget::AnyStep,
+        ..base
+    };
+    let cycle = SampleLabels::Cycle { n: 9 };
+    let ones = SampleLabels::Given(vec![1; 9]);
+    for (file, sampler, labels, ema, batch) in [
+        ("s", base, &cycle, false, 500),
+        ("one", base, &ones, true, 500),
+        ("u", stochastic, &cycle, false, 500),
+        ("u4", stochastic, &cycle, false, 4),
+    ] {
+        let expected = sample_batched(&trainer, &sampler, labels, 0, ema, batch, |_| {}).unwrap();
+        assert_eq!(read_samples(&dir, file), expected, "{file}.npy");
+    }
+    let (u, _) = read_samples(&dir, "u");
+    let (u4, _) = read_samples(&dir, "u4");
+    assert_ne!(u, u4, "the stochastic sampler's noise follows the batches");
+
+    // The run's last pictures are what `sample` draws from its last checkpoint with
+    // seed 0 (EMA weights, labels cycling, 2,000 points).
+    for nfe in ["1", "2", "4"] {
+        let out = format!("grid{nfe}.png");
+        let args = [
+            "--nfe", nfe, "--n", "2000", "--seed", "0", "--ema", "--out", &out,
+        ];
+        ok(&dir, &[&["sample", "--checkpoint", ck][..], &args].concat());
+        let grid = run_dir.join(format!("samples/step-0000030-nfe{nfe}.png"));
+        assert!(
+            std::fs::read(dir.join(&out)).unwrap() == std::fs::read(&grid).unwrap(),
+            "{out} differs from {}",
+            grid.display()
+        );
+    }
+    ok(
+        &dir,
         &[&common[..], &["--sampler", "heun", "--out", "h.npy"]].concat(),
     );
     // A malformed flag value is clap's usage error: exit code 2, naming the flag.
@@ -190,7 +270,17 @@ fn train_resume_and_sample() {
     fails(
         &dir,
         &[&common[..], &["--labels", "5", "--out", "x.npy"]].concat(),
-        "--labels",
+        "--labels 5",
+    );
+    fails(
+        &dir,
+        &[&common[..], &["--batch-size", "0", "--out", "x.npy"]].concat(),
+        "--batch-size",
+    );
+    fails(
+        &dir,
+        &["sample", "--checkpoint", ck, "--n", "0", "--out", "x.npy"],
+        "--n",
     );
     fails(
         &dir,
@@ -363,6 +453,34 @@ fn eval_writes_a_table_and_json_and_reports_errors() {
     assert_eq!(json["rows"].as_array().unwrap().len(), 3);
     assert_eq!(json["rows"][2]["nfe"], 100);
     assert!(json["floor"]["energy"].is_number());
+    // `eval` scores the samples `sample` draws with the same seed, n and NFE.
+    ok(
+        &dir,
+        &[
+            "sample",
+            "--checkpoint",
+            ck,
+            "--nfe",
+            "4",
+            "--n",
+            "200",
+            "--out",
+            "e4.npy",
+        ],
+    );
+    let (x, labels) = read_samples(&dir, "e4");
+    let scores = Reference::toy(Toy2d::Moons, 200, 0)
+        .unwrap()
+        .score(&x, &labels, 2)
+        .unwrap();
+    for (name, value) in &scores {
+        let reported = json["rows"][1][name].as_f64().unwrap();
+        // Equal up to the JSON round trip of the number.
+        assert!(
+            (reported - value).abs() <= 1e-12 * value.abs(),
+            "{name}: eval {reported}, sample {value}"
+        );
+    }
     ok(
         &dir,
         &[

@@ -1,12 +1,14 @@
 //! Evaluation of trained flow models (`twinflow::flow::eval`): batched sampling does not
-//! depend on the batch size (beyond rounding), toy scores sit above the real-vs-real floor for an
-//! untrained model and move towards it with training, image evaluation needs and uses a
-//! classifier, and the report serialises to the documented JSON.
+//! depend on the batch size (beyond rounding), takes cycled or given labels, refuses bad
+//! input with errors naming it and leaves the model's forward stream as it was; toy
+//! scores sit above the real-vs-real floor for an untrained model and move towards it
+//! with training, image evaluation needs and uses a classifier, and the report
+//! serialises to the documented JSON.
 
-use twinflow::flow::eval::{evaluate, sample_batched, EvalConfig};
+use twinflow::flow::eval::{evaluate, sample_batched, EvalConfig, SampleLabels};
 use twinflow::flow::sampler::SamplerConfig;
 use twinflow::flow::train::{TrainConfig, Trainer};
-use twinflow::nn::{Classifier, ClassifierConfig, ParamBuilder};
+use twinflow::nn::{Classifier, ClassifierConfig, ParamBuilder, VelocityModel};
 
 fn trainer(toml: &str) -> Trainer {
     Trainer::new(TrainConfig::from_toml(toml, "test").unwrap()).unwrap()
@@ -71,17 +73,72 @@ fn batched_sampling_does_not_depend_on_the_batch_size() {
         steps: 3,
         ..SamplerConfig::default()
     };
+    let cycle = SampleLabels::Cycle { n: 50 };
     let mut progress = Vec::new();
-    let (a, labels) = sample_batched(&t, &sampler, 50, 3, true, 7, |d| progress.push(d)).unwrap();
-    let (b, _) = sample_batched(&t, &sampler, 50, 3, true, 500, |_| {}).unwrap();
+    let (a, labels) =
+        sample_batched(&t, &sampler, &cycle, 3, true, 7, |d| progress.push(d)).unwrap();
+    let (b, _) = sample_batched(&t, &sampler, &cycle, 3, true, 500, |_| {}).unwrap();
     assert_eq!(a.len(), 100);
     // Equal up to the rounding of products of other shapes.
     assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5));
     assert_eq!(labels[..4], [0, 1, 0, 1]);
     assert_eq!(progress, [7, 14, 21, 28, 35, 42, 49, 50]);
-    let (c, _) = sample_batched(&t, &sampler, 50, 4, true, 7, |_| {}).unwrap();
+    let (c, _) = sample_batched(&t, &sampler, &cycle, 4, true, 7, |_| {}).unwrap();
     assert_ne!(a, c, "another seed, other noise");
-    assert!(sample_batched(&t, &sampler, 0, 3, true, 7, |_| {}).is_err());
+
+    // Given labels: the same noise rows, conditioned on those labels; the cycle's own
+    // labels written out give the cycle's samples.
+    let (d, given) = sample_batched(
+        &t,
+        &sampler,
+        &SampleLabels::Given(labels.clone()),
+        3,
+        true,
+        7,
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!((d, given), (a.clone(), labels));
+    let ones = SampleLabels::Given(vec![1; 50]);
+    let (e, given) = sample_batched(&t, &sampler, &ones, 3, true, 7, |_| {}).unwrap();
+    assert_eq!(given, vec![1; 50]);
+    assert_eq!(e[2..4], a[2..4], "sample 1 has label 1 either way");
+    assert_ne!(e[..2], a[..2], "sample 0 has another label");
+}
+
+#[test]
+fn batched_sampling_refuses_bad_input_and_keeps_the_forward_stream() {
+    let t = moons(2);
+    let sampler = SamplerConfig::default();
+    let fails = |labels: SampleLabels, batch: usize, needle: &str| {
+        let e = sample_batched(&t, &sampler, &labels, 0, false, batch, |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(needle), "{e} lacks {needle:?}");
+    };
+    fails(SampleLabels::Cycle { n: 0 }, 7, "n = 0");
+    fails(SampleLabels::Given(Vec::new()), 7, "no samples");
+    fails(SampleLabels::Cycle { n: 5 }, 0, "batch size");
+    fails(SampleLabels::Given(vec![0, 1, 2]), 7, "label 2 of sample 2");
+    fails(SampleLabels::Given(vec![-1]), 7, "label -1 of sample 0");
+    let bad_sampler = SamplerConfig {
+        steps: 0,
+        ..SamplerConfig::default()
+    };
+    let cycle = SampleLabels::Cycle { n: 3 };
+    assert!(sample_batched(&t, &bad_sampler, &cycle, 0, false, 7, |_| {}).is_err());
+
+    // The model's forward stream (shared by θ, θ⁻ and the trainer) is left as it was.
+    let before = t.model().forward_rng().state();
+    let stochastic = SamplerConfig {
+        steps: 4,
+        stochastic_ratio: 0.5,
+        ..SamplerConfig::default()
+    };
+    for ema in [false, true] {
+        sample_batched(&t, &stochastic, &cycle, 0, ema, 2, |_| {}).unwrap();
+    }
+    assert_eq!(t.model().forward_rng().state(), before);
 }
 
 #[test]

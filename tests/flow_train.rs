@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 use twinflow::engine::{Device, Generator, Tensor};
 use twinflow::flow::data::Toy2d;
+use twinflow::flow::eval::{sample_batched, SampleLabels};
 use twinflow::flow::method::Batch;
 use twinflow::flow::metrics::{energy_distance, Samples};
 use twinflow::flow::sampler::SamplerConfig;
@@ -76,10 +77,18 @@ fn temp_dir(name: &str) -> PathBuf {
 
 fn energy_to_moons(trainer: &Trainer, ema: bool) -> f64 {
     let n = 1000;
-    let fake = trainer
-        .sample(&SamplerConfig::default(), n, 1234, ema)
-        .unwrap();
-    let fake = Samples::from_tensor(&fake).unwrap();
+    let cycle = SampleLabels::Cycle { n };
+    let (fake, _) = sample_batched(
+        trainer,
+        &SamplerConfig::default(),
+        &cycle,
+        1234,
+        ema,
+        n,
+        |_| {},
+    )
+    .unwrap();
+    let fake = Samples::from_f32(&fake, 2).unwrap();
     let mut gen = Generator::new(99);
     let (real, _) = Toy2d::Moons.sample_tensors(n, &mut gen).unwrap();
     let real = Samples::from_tensor(&real).unwrap();
@@ -157,8 +166,20 @@ fn resume_reproduces_the_uninterrupted_run_bitwise() {
     let cfg = TrainConfig::from_toml(&toml, "resume.toml").unwrap();
     let (k, m) = (12, 10);
 
+    // The uninterrupted run draws samples mid-run, as its sample pictures do; that
+    // must not change its later steps.
     let mut whole = Trainer::new(cfg.clone()).unwrap();
-    let expected = losses(&mut whole, k + m);
+    let mut expected = losses(&mut whole, k);
+    let stochastic = SamplerConfig {
+        steps: 3,
+        stochastic_ratio: 0.5,
+        ..SamplerConfig::default()
+    };
+    for ema in [false, true] {
+        let labels = SampleLabels::Cycle { n: 16 };
+        sample_batched(&whole, &stochastic, &labels, 0, ema, 5, |_| {}).unwrap();
+    }
+    expected.extend(losses(&mut whole, m));
 
     let mut first = Trainer::new(cfg).unwrap();
     let head = losses(&mut first, k);

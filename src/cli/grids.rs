@@ -4,6 +4,8 @@
 
 use super::plot;
 use std::path::{Path, PathBuf};
+use twinflow::flow::eval::{sample_batched, SampleLabels, DEFAULT_SAMPLE_BATCH};
+use twinflow::flow::sampler::SamplerConfig;
 use twinflow::flow::train::{ModelKind, Trainer};
 
 /// Samples per class in an image grid (one grid row per class).
@@ -14,7 +16,10 @@ const SCATTER_POINTS: usize = 2000;
 const GRID_SEED: u64 = 0;
 
 /// Writes `dir/samples/step-<N>-nfe<K>.png` for every K of `sample_nfe`, from the EMA
-/// weights when the run keeps them; returns the paths written.
+/// weights when the run keeps them; returns the paths written. The samples are those that
+/// `twinflow sample --nfe K --n N --seed 0` (with `--ema` when the run keeps EMA weights)
+/// draws from a checkpoint of this step, through the same [`sample_batched`], which
+/// leaves the training's random streams as they were.
 pub fn write_sample_grids(trainer: &Trainer, dir: &Path) -> Result<Vec<PathBuf>, String> {
     let cfg = trainer.config();
     let dim = trainer.data().dim();
@@ -30,17 +35,22 @@ pub fn write_sample_grids(trainer: &Trainer, dir: &Path) -> Result<Vec<PathBuf>,
     } else {
         PER_CLASS * classes
     };
-    let labels: Vec<i64> = (0..n).map(|i| (i % classes) as i64).collect();
     let mut written = Vec::new();
     for &nfe in &cfg.sample_nfe {
-        let sampler = twinflow::flow::sampler::SamplerConfig {
+        let sampler = SamplerConfig {
             steps: nfe,
             ..cfg.sampler
         };
-        let x = trainer
-            .sample(&sampler, n, GRID_SEED, cfg.ema_decay > 0.0)
-            .and_then(|x| x.to_vec::<f32>())
-            .map_err(|e| e.to_string())?;
+        let (x, labels) = sample_batched(
+            trainer,
+            &sampler,
+            &SampleLabels::Cycle { n },
+            GRID_SEED,
+            cfg.ema_decay > 0.0,
+            DEFAULT_SAMPLE_BATCH,
+            |_| {},
+        )
+        .map_err(|e| e.to_string())?;
         let path = out.join(format!("step-{:07}-nfe{nfe}.png", trainer.step_count()));
         match image {
             Some(size) => plot::image_grid(&path, &x, &labels, size, classes)?,

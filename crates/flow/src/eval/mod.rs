@@ -24,7 +24,7 @@ mod reference;
 mod sampling;
 
 pub use reference::{Metrics, Reference};
-pub use sampling::sample_batched;
+pub use sampling::{sample_batched, SampleLabels, DEFAULT_SAMPLE_BATCH};
 
 use crate::data::DataSource;
 use crate::sampler::SamplerConfig;
@@ -62,7 +62,7 @@ impl Default for EvalConfig {
             seed: 0,
             ema: false,
             sampler: SamplerConfig::default(),
-            batch_size: 500,
+            batch_size: DEFAULT_SAMPLE_BATCH,
         }
     }
 }
@@ -161,7 +161,7 @@ pub fn evaluate(
         let (samples, labels) = sample_batched(
             trainer,
             &sampler,
-            cfg.n,
+            &SampleLabels::Cycle { n: cfg.n },
             cfg.seed,
             cfg.ema,
             cfg.batch_size,

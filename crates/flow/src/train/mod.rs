@@ -31,7 +31,6 @@ pub use model::TrainModel;
 
 use crate::data::{DataSource, DataState};
 use crate::method::{Batch, FlowMatching, FlowMethod, Rcgm, StepContext, TwinFlow};
-use crate::sampler::{sample, SamplerConfig, Start};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -472,36 +471,6 @@ impl Trainer {
             self.save(dir)?;
         }
         Ok(records)
-    }
-
-    /// `n` samples `[n, D]` from θ (or θ⁻ with `ema`) with the sampler `sampler`, in
-    /// eval mode, labels cycling through the classes; the noise comes from `seed` and
-    /// the model's forward stream is left as it was.
-    pub fn sample(
-        &self,
-        sampler: &SamplerConfig,
-        n: usize,
-        seed: u64,
-        ema: bool,
-    ) -> Result<Tensor> {
-        let mut model = if ema {
-            self.ema_model().clone()
-        } else {
-            self.model.clone()
-        };
-        model.set_training(false);
-        let classes = self.data.num_classes().max(1);
-        let labels: Vec<i64> = (0..n).map(|i| (i % classes) as i64).collect();
-        let labels = Tensor::from_vec(labels, &[n], Device::Cpu)?.to_device(self.device)?;
-        let saved = model.forward_rng().state();
-        let start = Start::Seed {
-            n,
-            dim: self.data.dim(),
-            seed,
-        };
-        let out = sample(&model, start, &labels, Some(model.null_label()), sampler);
-        model.forward_rng().set_state(saved);
-        out
     }
 }
 
