@@ -16,7 +16,8 @@
 
 use std::time::Instant;
 use twinflow::engine::{
-    autocast, cuda, scaled_dot_product_attention, DType, Device, Generator, Result, Tensor,
+    autocast, cuda, profile::profile, scaled_dot_product_attention, DType, Device, Generator,
+    Result, Tensor,
 };
 use twinflow::nn::{
     Adam, AdamConfig, Dit, DitConfig, Module, Optimizer, ParamBuilder, VelocityModel,
@@ -124,12 +125,14 @@ fn dit_step(dev: Device, json: bool) -> Result<()> {
         let tt = g.uniform(&[batch], 0.0, 1.0, DType::F32, dev)?.mul(&t)?;
         let labels: Vec<i64> = (0..batch as i64).map(|i| i % 10).collect();
         let labels = Tensor::from_vec(labels, &[batch], dev)?;
-        let s = time(|| {
+        let mut step = || {
             let out = model.velocity(&x, &t, &tt, &labels)?;
             let grads = out.mse(&x)?.backward()?;
             opt.step(&grads)
-        })?;
+        };
+        let s = time(&mut step)?;
         report(json, "dit_step", &format!("batch {batch}"), s * 1e3, "ms");
+        print_profile(&format!("f32 DiT step, batch {batch}"), step)?;
     }
     let stats = cuda::memory_stats(0)?;
     report(
@@ -208,13 +211,27 @@ fn dit_step_bf16(dev: Device, json: bool) -> Result<()> {
     let tt = g.uniform(&[batch], 0.0, 1.0, DType::F32, dev)?.mul(&t)?;
     let labels: Vec<i64> = (0..batch as i64).map(|i| i % 10).collect();
     let labels = Tensor::from_vec(labels, &[batch], dev)?;
-    let s = time(|| {
+    let mut step = || {
         let loss = autocast(DType::BF16, || {
             model.velocity(&x, &t, &tt, &labels)?.mse(&x)
         })??;
         opt.step(&loss.backward()?)
-    })?;
+    };
+    let s = time(&mut step)?;
     report(json, "dit_step", "bf16 S/2 32x32 batch 256", s * 1e3, "ms");
+    print_profile("bf16 DiT-S/2 step, batch 256", step)?;
+    Ok(())
+}
+
+/// One more call of `step` under the op profiler, waiting for the GPU after each op, with
+/// the per-op table on stderr (`scripts/gpu-check.sh` copies it into its summary).
+fn print_profile(what: &str, step: impl FnOnce() -> Result<()>) -> Result<()> {
+    let (done, report) = profile(true, step);
+    done?;
+    eprintln!(
+        "\n## op profile: {what} (each op synchronised)\n\n{}",
+        report.table()
+    );
     Ok(())
 }
 

@@ -6,9 +6,11 @@
 //! `../shared/bench/torch_dit_anchor.py`). A training step is forward, MSE against
 //! the input, backward and an AdamW update; times are medians over several steps after
 //! warm-up. The peak resident memory of the process (VmHWM) is reported too.
-//! `--json` prints one JSON object per line; `--batch N` changes the batch.
+//! `--json` prints one JSON object per line; `--batch N` changes the batch; `--profile`
+//! adds, on stderr, the per-op table of one more step and forward (`engine::profile`).
 
 use std::time::Instant;
+use twinflow::engine::profile::profile;
 use twinflow::engine::{no_grad, DType, Device, Generator, Result, Tensor};
 use twinflow::nn::{
     Adam, AdamConfig, Dit, DitConfig, Module, Optimizer, ParamBuilder, VelocityModel,
@@ -88,6 +90,19 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         no_grad(|| model.velocity(&b.x, &b.t, &b.tt, &b.labels))?;
         Ok(())
     })?;
+    if args.iter().any(|a| a == "--profile") {
+        let (done, train) = profile(false, || -> Result<()> {
+            let out = model.velocity(&b.x, &b.t, &b.tt, &b.labels)?;
+            opt.step(&out.mse(&b.x)?.backward()?)
+        });
+        done?;
+        let (done, forward) = profile(false, || {
+            no_grad(|| model.velocity(&b.x, &b.t, &b.tt, &b.labels))
+        });
+        done?;
+        eprintln!("## op profile: train step\n\n{}\n", train.table());
+        eprintln!("## op profile: no-grad forward\n\n{}", forward.table());
+    }
     let peak = peak_rss_mib().unwrap_or(f64::NAN);
     let threads = rayon_threads();
     if json {
