@@ -125,6 +125,30 @@ pub fn attention<F: CpuFloat>(
     (out, lse)
 }
 
+/// dS = P∘(dP − rowsum(dO∘O)) in place of dP (`ds`), rows of `tk`, for pair `i`.
+#[inline(always)]
+fn score_grads<F: CpuFloat>(
+    ds: &mut [F],
+    p: &[F],
+    (g, o, i): (&Operand<F>, &Operand<F>, usize),
+    tk: usize,
+) {
+    let dv = g.cols;
+    for (r, (ds, p)) in ds.chunks_mut(tk).zip(p.chunks(tk)).enumerate() {
+        let (gr, or) = (&g.at(i)[r * g.strides.0..], &o.at(i)[r * o.strides.0..]);
+        let di = if (g.strides.1, o.strides.1) == (1, 1) {
+            sum_lanes([&gr[..dv], &or[..dv]], |[g, o]| g * o)
+        } else {
+            (0..dv)
+                .map(|c| gr[c * g.strides.1] * or[c * o.strides.1])
+                .sum()
+        };
+        for (ds, &p) in ds.iter_mut().zip(p) {
+            *ds = p * (*ds - di);
+        }
+    }
+}
+
 /// The gradients of q, k and v.
 pub struct AttentionGrads<F> {
     /// Gradient of q, `[b, h, tq, d]`.
@@ -190,16 +214,11 @@ pub fn attention_backward<F: CpuFloat>(
                 (tq, dv, tk),
                 F::one(),
             );
-            for r in 0..tq {
-                let (gr, or) = (&g.at(i)[r * g.strides.0..], &o.at(i)[r * o.strides.0..]);
-                let di: F = (0..dv)
-                    .map(|c| gr[c * g.strides.1] * or[c * o.strides.1])
-                    .sum();
-                for c in 0..tk {
-                    let at = r * tk + c;
-                    ds[at] = p[at] * (ds[at] - di);
-                }
-            }
+            isa::dispatch(
+                #[inline(always)]
+                |ds| score_grads(ds, &p, (&g, &o, i), tk),
+                &mut ds,
+            );
             product(dq, (&ds, (tk, 1)), (k.at(i), k.strides), (tq, tk, d), scale);
             product(dk, (&ds, (1, tk)), (q.at(i), q.strides), (tk, tq, d), scale);
         });
