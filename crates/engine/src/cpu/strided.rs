@@ -57,6 +57,39 @@ impl<const N: usize> Runs<N> {
         }
     }
 
+    /// Calls `f(starts)` for runs `first..first + count` in order. Steps a
+    /// multi-index from run to run instead of dividing each run's index down the dims,
+    /// which dominated the cost of short runs.
+    pub fn walk(&self, first: usize, count: usize, mut f: impl FnMut([usize; N])) {
+        if count == 0 {
+            return;
+        }
+        let shape = &self.outer_shape;
+        let mut idx = vec![0; shape.len()];
+        let mut rest = first;
+        for d in (0..shape.len()).rev() {
+            idx[d] = rest % shape[d];
+            rest /= shape[d];
+        }
+        let mut at = self.starts(first);
+        for _ in 0..count {
+            f(at);
+            for d in (0..shape.len()).rev() {
+                idx[d] += 1;
+                at.iter_mut()
+                    .zip(&self.outer_strides)
+                    .for_each(|(a, s)| *a += s[d]);
+                if idx[d] < shape[d] {
+                    break;
+                }
+                idx[d] = 0;
+                at.iter_mut()
+                    .zip(&self.outer_strides)
+                    .for_each(|(a, s)| *a -= s[d] * shape[d]);
+            }
+        }
+    }
+
     /// Storage offset of each operand at the start of run `i`.
     pub fn starts(&self, mut i: usize) -> [usize; N] {
         let mut at = self.offsets;
@@ -95,10 +128,17 @@ pub fn fill_runs<T: Send, const N: usize>(
             .for_each(|(a, stride)| *a += piece * PIECE * stride);
         at
     };
+    // Short runs go in groups of about PIECE elements per task, walked in order.
+    let group = (PIECE / runs.len).max(1);
+    let walk_group = |(g, chunk): (usize, &mut [T])| {
+        let count = chunk.len() / runs.len;
+        let mut pieces = chunk.chunks_mut(runs.len);
+        runs.walk(g * group, count, |at| {
+            f(pieces.next().expect("one piece per run"), at)
+        });
+    };
     if out.len() < PARALLEL_CUTOFF {
-        out.chunks_mut(runs.len)
-            .enumerate()
-            .for_each(|(i, chunk)| f(chunk, runs.starts(i)));
+        walk_group((0, out));
     } else if runs.len > 2 * PIECE {
         out.par_chunks_mut(runs.len)
             .enumerate()
@@ -108,9 +148,9 @@ pub fn fill_runs<T: Send, const N: usize>(
                     .for_each(|(j, piece)| f(piece, piece_starts(i, j)))
             });
     } else {
-        out.par_chunks_mut(runs.len)
+        out.par_chunks_mut(runs.len * group)
             .enumerate()
-            .for_each(|(i, chunk)| f(chunk, runs.starts(i)));
+            .for_each(walk_group);
     }
 }
 
@@ -127,11 +167,13 @@ pub fn gather_view<T: super::pool::Poolable>(
         return src[offset..offset + n].to_vec();
     }
     let mut out = super::pool::take(n);
-    fill_runs(&mut out, &runs, |o, [s]| {
-        let st = runs.inner[0];
-        for (i, v) in o.iter_mut().enumerate() {
-            *v = src[s + i * st];
-        }
+    let st = runs.inner[0];
+    fill_runs(&mut out, &runs, |o, [s]| match st {
+        1 => o.copy_from_slice(&src[s..s + o.len()]),
+        _ => o
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = src[s + i * st]),
     });
     out
 }
