@@ -3,13 +3,15 @@
 //! and model outputs in plain Rust, the analytic gradients the notes state
 //! (dL_base/dF = 2·clamp(Δ)/D, dL_rect/dF₁ = 2Δv/D, per sample; the batch mean adds 1/B),
 //! N = 0 as flow matching, the finite `t = tt` branch, guidance with w = 0,
-//! reproducibility and configuration errors.
+//! reproducibility and configuration errors; the time distribution `t ~ Beta(a, b)·s`
+//! (moments, a Kolmogorov–Smirnov test, the scale, the default's exact uniform draw, and
+//! every method drawing its `t` from it).
 
 use twinflow::engine::{no_grad, DType, Device, Generator, Result, Tensor};
 use twinflow::flow::method::{
     by_name, enhance_velocity, rcgm_target, rectification_delta, Batch, FlowMatching,
     FlowMatchingConfig, FlowMethod, LossFn, Rcgm, RcgmConfig, Recipe, SplitConfig, StepContext,
-    StepLoss, TwinFlow, TwinFlowConfig, Unconditional, METHOD_NAMES,
+    StepLoss, TimeDistribution, TwinFlow, TwinFlowConfig, Unconditional, METHOD_NAMES,
 };
 use twinflow::nn::{
     ForwardRng, MlpVelocity, MlpVelocityConfig, Module, ParamBuilder, VelocityModel,
@@ -166,6 +168,29 @@ struct Draws {
 }
 
 fn draws(seed: u64, uncond: Option<Unconditional>) -> Draws {
+    draws_with(seed, uncond, None)
+}
+
+/// `t` drawn by `time` when given, else by the test itself as `U(0, 1)` (the draw every
+/// method made before the time distribution existed).
+fn draw_times(g: &mut Generator, n: usize, time: Option<&TimeDistribution>) -> Vec<f64> {
+    match time {
+        Some(time) => time.sample(g, n, F64, CPU),
+        None => g.uniform(&[n], 0.0, 1.0, F64, CPU),
+    }
+    .unwrap()
+    .to_vec_f64()
+    .unwrap()
+}
+
+/// A Beta time distribution with a < 1 (the boosted Gamma) and a scale below 1.
+const BETA_TIME: TimeDistribution = TimeDistribution {
+    beta_a: 0.6,
+    beta_b: 2.0,
+    scale: 0.8,
+};
+
+fn draws_with(seed: u64, uncond: Option<Unconditional>, time: Option<&TimeDistribution>) -> Draws {
     let mut g = Generator::new(seed);
     let f = |g: &mut Generator, shape: &[usize], normal: bool| {
         let t = if normal {
@@ -176,7 +201,7 @@ fn draws(seed: u64, uncond: Option<Unconditional>) -> Draws {
         t.unwrap().to_vec_f64().unwrap()
     };
     let z = f(&mut g, &[B, D], true);
-    let t = f(&mut g, &[B], false);
+    let t = draw_times(&mut g, B, time);
     let u = f(&mut g, &[B], false);
     let tt = (0..B).map(|i| t[i] - t[i] * u[i]).collect();
     let uncond = uncond.map(|u| match u {
@@ -223,16 +248,19 @@ fn guided(ema: &MlpVelocity, d: &Draws, xt: &[f64], v: &[f64], w: f64) -> Vec<f6
 
 #[test]
 fn flow_matching_loss_matches_hand_computation() {
+    check_flow_matching(None);
+}
+
+fn check_flow_matching(time: Option<TimeDistribution>) {
     let m = mlp(1);
-    let method = FlowMatching::new(FlowMatchingConfig::default()).unwrap();
+    let mut method = FlowMatching::new(FlowMatchingConfig::default()).unwrap();
+    if let Some(time) = time {
+        method = method.with_time(time).unwrap();
+    }
     let out = run(&method, &m, &m, 5);
     let mut g = Generator::new(5);
     let z = g.randn(&[B, D], F64, CPU).unwrap().to_vec_f64().unwrap();
-    let t = g
-        .uniform(&[B], 0.0, 1.0, F64, CPU)
-        .unwrap()
-        .to_vec_f64()
-        .unwrap();
+    let t = draw_times(&mut g, B, time.as_ref());
     let x = x_vec();
     let xt = lerp(&x, &z, &t);
     let expected = mse(&fwd(&m, &xt, &t, &t, &LABELS), &sub(&z, &x));
@@ -242,6 +270,10 @@ fn flow_matching_loss_matches_hand_computation() {
 
 #[test]
 fn rcgm_loss_matches_hand_computation_with_guidance_and_ema() {
+    check_rcgm(None);
+}
+
+fn check_rcgm(time: Option<TimeDistribution>) {
     let (online, ema) = (mlp(1), mlp(2));
     let x = x_vec();
     for (order, uncond, w) in [
@@ -255,8 +287,12 @@ fn rcgm_loss_matches_hand_computation_with_guidance_and_ema() {
             uncond,
             ..RcgmConfig::default()
         };
-        let out = run(&Rcgm::new(cfg).unwrap(), &online, &ema, 9);
-        let d = draws(9, (w != 0.0).then_some(uncond));
+        let mut method = Rcgm::new(cfg).unwrap();
+        if let Some(time) = time {
+            method = method.with_time(time).unwrap();
+        }
+        let out = run(&method, &online, &ema, 9);
+        let d = draws_with(9, (w != 0.0).then_some(uncond), time.as_ref());
         let xt = lerp(&x, &d.z, &d.t);
         let v = guided(&ema, &d, &xt, &sub(&d.z, &x), w);
         let f = fwd(&online, &xt, &d.t, &d.tt, &LABELS);
@@ -269,10 +305,18 @@ fn rcgm_loss_matches_hand_computation_with_guidance_and_ema() {
 
 #[test]
 fn twinflow_terms_match_hand_computation() {
+    check_twinflow_full(None);
+}
+
+fn check_twinflow_full(time: Option<TimeDistribution>) {
     let (online, ema) = (mlp(1), mlp(2));
     let cfg = TwinFlowConfig::default();
-    let out = run(&TwinFlow::new(cfg).unwrap(), &online, &ema, 11);
-    let d = draws(11, Some(Unconditional::Shuffle));
+    let mut method = TwinFlow::new(cfg).unwrap();
+    if let Some(time) = time {
+        method = method.with_time(time).unwrap();
+    }
+    let out = run(&method, &online, &ema, 11);
+    let d = draws_with(11, Some(Unconditional::Shuffle), time.as_ref());
     let x = x_vec();
     let xt = lerp(&x, &d.z, &d.t);
     let v = sub(&d.z, &x);
@@ -649,10 +693,18 @@ fn split_run(method: &TwinFlow, online: &MlpVelocity, ema: &MlpVelocity, seed: u
 
 #[test]
 fn split_recipe_matches_hand_computation() {
+    check_split(None);
+}
+
+fn check_split(time: Option<TimeDistribution>) {
     let (online, ema) = (mlp(1), mlp(2));
     let split = SplitConfig::default();
     assert_eq!(split.group_sizes(8), [2, 2, 2, 2]);
-    let out = split_run(&split_method(split, 2), &online, &ema, 13);
+    let mut method = split_method(split, 2);
+    if let Some(time) = time {
+        method = method.with_time(time).unwrap();
+    }
+    let out = split_run(&method, &online, &ema, 13);
 
     let n = 8;
     let x = Generator::new(77)
@@ -661,7 +713,7 @@ fn split_recipe_matches_hand_computation() {
         .to_vec_f64()
         .unwrap();
     let mut g = Generator::new(13);
-    let mut draw = |shape: &[usize], normal: bool| {
+    let draw = |g: &mut Generator, shape: &[usize], normal: bool| {
         let t = if normal {
             g.randn(shape, F64, CPU)
         } else {
@@ -669,21 +721,13 @@ fn split_recipe_matches_hand_computation() {
         };
         t.unwrap().to_vec_f64().unwrap()
     };
-    let z = draw(&[n, D], true);
-    let t0 = draw(&[n], false);
-    let u = draw(&[n], false);
-    let z_adv = draw(&[2, D], true);
+    let z = draw(&mut g, &[n, D], true);
+    let t0 = draw_times(&mut g, n, time.as_ref());
+    let u = draw(&mut g, &[n], false);
+    let z_adv = draw(&mut g, &[2, D], true);
     let perm = g.permutation(6);
-    let mut draw = |shape: &[usize], normal: bool| {
-        let t = if normal {
-            g.randn(shape, F64, CPU)
-        } else {
-            g.uniform(shape, 0.0, 1.0, F64, CPU)
-        };
-        t.unwrap().to_vec_f64().unwrap()
-    };
-    let z_r = draw(&[2, D], true);
-    let t_r = draw(&[2], false);
+    let z_r = draw(&mut g, &[2, D], true);
+    let t_r = draw(&mut g, &[2], false);
 
     let mut t = vec![1.0, 1.0];
     let mut tt = vec![0.0, 0.0];
@@ -869,4 +913,283 @@ fn target_forwards_replay_the_draws_of_the_gradient_forward() {
         &LABELS,
     );
     close(out.value().unwrap(), mse(&f, &target), "replayed draws");
+}
+
+fn beta(beta_a: f64, beta_b: f64, scale: f64) -> TimeDistribution {
+    TimeDistribution {
+        beta_a,
+        beta_b,
+        scale,
+    }
+}
+
+fn sample_times(time: &TimeDistribution, seed: u64, n: usize) -> Vec<f64> {
+    time.sample(&mut Generator::new(seed), n, F64, CPU)
+        .unwrap()
+        .to_vec_f64()
+        .unwrap()
+}
+
+/// The raw moments `E[X^k]`, k = 1..=4, of Beta(a, b): `Π_{r<k} (a + r)/(a + b + r)`.
+fn beta_raw_moments(a: f64, b: f64) -> [f64; 4] {
+    let mut m = [0.0; 4];
+    let mut p = 1.0;
+    for (k, m) in m.iter_mut().enumerate() {
+        p *= (a + k as f64) / (a + b + k as f64);
+        *m = p;
+    }
+    m
+}
+
+#[test]
+fn beta_times_match_the_mean_and_variance_of_beta() {
+    // With n samples the sample mean has standard error σ/√n and the sample variance
+    // √((μ₄ − σ⁴)/n) (to first order; μ₄ the fourth central moment): each must lie
+    // within 5 standard errors (a two-sided 5σ band, p ≈ 6·10⁻⁷ per check).
+    let n = 20_000;
+    let nf = n as f64;
+    let cases = [
+        (0.5, 0.5),
+        (0.3, 2.0),
+        (0.05, 0.2),
+        (1.0, 3.0),
+        (2.0, 5.0),
+        (5.0, 1.0),
+        (40.0, 60.0),
+    ];
+    for (k, &(a, b)) in cases.iter().enumerate() {
+        let t = sample_times(&beta(a, b, 1.0), 100 + k as u64, n);
+        assert!(
+            t.iter().all(|v| (0.0..=1.0).contains(v)),
+            "Beta({a}, {b}) outside [0, 1]"
+        );
+        let mean = a / (a + b);
+        let var = a * b / ((a + b).powi(2) * (a + b + 1.0));
+        let [m1, m2, m3, m4] = beta_raw_moments(a, b);
+        assert!((m1 - mean).abs() < 1e-12 && (m2 - m1 * m1 - var).abs() < 1e-12);
+        let mu4 = m4 - 4.0 * m1 * m3 + 6.0 * m1 * m1 * m2 - 3.0 * m1.powi(4);
+        let got_mean = t.iter().sum::<f64>() / nf;
+        let got_var = t.iter().map(|v| (v - got_mean).powi(2)).sum::<f64>() / (nf - 1.0);
+        let (se_mean, se_var) = ((var / nf).sqrt(), ((mu4 - var * var) / nf).sqrt());
+        assert!(
+            (got_mean - mean).abs() < 5.0 * se_mean,
+            "Beta({a}, {b}) mean {got_mean}, expected {mean} ± 5·{se_mean}"
+        );
+        assert!(
+            (got_var - var).abs() < 5.0 * se_var,
+            "Beta({a}, {b}) variance {got_var}, expected {var} ± 5·{se_var}"
+        );
+    }
+}
+
+/// The Beta(a, b) CDF for b ≥ 1 by numerical integration: with `t = w^(1/a)`,
+/// `I_x(a, b) = G(x^a)/G(1)`, `G(y) = ∫₀^y (1 − w^(1/a))^(b−1) dw` (a bounded integrand,
+/// no singularity at 0 even for a < 1), by the trapezoid rule on 200,000 cells and
+/// linear interpolation inside a cell.
+fn beta_cdf(a: f64, b: f64) -> impl Fn(f64) -> f64 {
+    let cells = 200_000;
+    let h = 1.0 / cells as f64;
+    let f = |w: f64| (1.0 - w.powf(1.0 / a)).max(0.0).powf(b - 1.0);
+    let mut g = vec![0.0; cells + 1];
+    for i in 1..=cells {
+        g[i] = g[i - 1] + 0.5 * h * (f((i - 1) as f64 * h) + f(i as f64 * h));
+    }
+    move |x: f64| {
+        let y = x.clamp(0.0, 1.0).powf(a) * cells as f64;
+        let i = (y.floor() as usize).min(cells - 1);
+        (g[i] + (y - i as f64) * (g[i + 1] - g[i])) / g[cells]
+    }
+}
+
+/// The Kolmogorov–Smirnov statistic `sup |F_n − F|` of `samples` against `cdf`.
+fn ks_statistic(samples: &[f64], cdf: impl Fn(f64) -> f64) -> f64 {
+    let mut s = samples.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len() as f64;
+    s.iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            let f = cdf(x);
+            (f - i as f64 / n).max((i + 1) as f64 / n - f)
+        })
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn beta_times_pass_a_kolmogorov_smirnov_test() {
+    // The integrated CDF against closed forms: I_½(2, 5) = 57/64, I_x(1, 1) = x.
+    close_to(beta_cdf(2.0, 5.0)(0.5), 57.0 / 64.0, 1e-7, "I_0.5(2, 5)");
+    close_to(beta_cdf(1.0, 1.0)(0.3), 0.3, 1e-9, "I_0.3(1, 1)");
+    // n = 20,000: the 0.1 % critical value of D_n is 1.949/√n ≈ 0.0138.
+    let n = 20_000;
+    let critical = 1.949 / (n as f64).sqrt();
+    for (k, (a, b)) in [(0.7, 2.5), (2.0, 5.0)].into_iter().enumerate() {
+        let cdf = beta_cdf(a, b);
+        let d = ks_statistic(&sample_times(&beta(a, b, 1.0), 200 + k as u64, n), &cdf);
+        assert!(d < critical, "Beta({a}, {b}): KS D = {d} ≥ {critical}");
+        // The test has power: uniform times are far from this Beta.
+        let uniform = sample_times(&TimeDistribution::default(), 300, n);
+        assert!(ks_statistic(&uniform, &cdf) > 10.0 * critical);
+    }
+}
+
+fn close_to(a: f64, b: f64, tol: f64, what: &str) {
+    assert!((a - b).abs() <= tol, "{what}: got {a}, expected {b}");
+}
+
+#[test]
+fn the_scale_multiplies_the_times() {
+    let n = 1000;
+    for (a, b) in [(1.0, 1.0), (0.6, 2.0), (3.0, 1.5)] {
+        // The draws do not depend on s, so one seed gives the same Beta values.
+        let unit = sample_times(&beta(a, b, 1.0), 7, n);
+        let half = sample_times(&beta(a, b, 0.5), 7, n);
+        let s = 0.3;
+        let scaled = sample_times(&beta(a, b, s), 7, n);
+        for i in 0..n {
+            assert_eq!(half[i], 0.5 * unit[i], "Beta({a}, {b})·0.5 [{i}]");
+            assert!(
+                (scaled[i] - s * unit[i]).abs() <= 4.0 * f64::EPSILON * s * unit[i],
+                "Beta({a}, {b})·{s} [{i}]: {} vs {}",
+                scaled[i],
+                s * unit[i]
+            );
+            assert!((0.0..=s).contains(&scaled[i]));
+        }
+    }
+}
+
+#[test]
+fn the_default_time_distribution_is_the_former_uniform_draw() {
+    assert_eq!(TimeDistribution::default(), TimeDistribution::UNIFORM);
+    assert_eq!(TimeDistribution::UNIFORM, beta(1.0, 1.0, 1.0));
+    assert!(TimeDistribution::default().is_uniform() && !BETA_TIME.is_uniform());
+    // Bit for bit the same values and the same generator state afterwards.
+    for dtype in [F64, DType::F32] {
+        let (mut g1, mut g2) = (Generator::new(3), Generator::new(3));
+        g1.randn(&[5], F64, CPU).unwrap();
+        g2.randn(&[5], F64, CPU).unwrap();
+        let got = TimeDistribution::default()
+            .sample(&mut g1, 37, dtype, CPU)
+            .unwrap();
+        let want = g2.uniform(&[37], 0.0, 1.0, dtype, CPU).unwrap();
+        assert_eq!(got.dtype(), dtype);
+        let bits = |t: &Tensor| -> Vec<u64> {
+            t.to_vec_f64()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        assert_eq!(bits(&got), bits(&want), "{dtype:?}");
+        assert_eq!(g1.state(), g2.state());
+    }
+    // Every method with the default set explicitly reproduces `new`'s step bit for bit.
+    let (online, ema) = (mlp(1), mlp(2));
+    let u = TimeDistribution::default();
+    let split = TwinFlowConfig {
+        recipe: Recipe::Split,
+        ..TwinFlowConfig::default()
+    };
+    type Method = Box<dyn FlowMethod<MlpVelocity>>;
+    let pairs: Vec<(Method, Method)> = vec![
+        (
+            Box::new(FlowMatching::new(FlowMatchingConfig::default()).unwrap()),
+            Box::new(
+                FlowMatching::new(FlowMatchingConfig::default())
+                    .unwrap()
+                    .with_time(u)
+                    .unwrap(),
+            ),
+        ),
+        (
+            Box::new(Rcgm::new(RcgmConfig::default()).unwrap()),
+            Box::new(
+                Rcgm::new(RcgmConfig::default())
+                    .unwrap()
+                    .with_time(u)
+                    .unwrap(),
+            ),
+        ),
+        (
+            Box::new(TwinFlow::new(TwinFlowConfig::default()).unwrap()),
+            Box::new(
+                TwinFlow::new(TwinFlowConfig::default())
+                    .unwrap()
+                    .with_time(u)
+                    .unwrap(),
+            ),
+        ),
+        (
+            Box::new(split_method(SplitConfig::default(), 2)),
+            Box::new(TwinFlow::new(split).unwrap().with_time(u).unwrap()),
+        ),
+    ];
+    for (a, b) in &pairs {
+        let bits = |m: &dyn FlowMethod<MlpVelocity>| -> Vec<u64> {
+            let r = run(m, &online, &ema, 70);
+            let mut bits: Vec<u64> = r.terms.iter().map(|(_, v)| v.to_bits()).collect();
+            bits.push(r.value().unwrap().to_bits());
+            bits
+        };
+        assert_eq!(bits(a.as_ref()), bits(b.as_ref()), "{}", a.name());
+    }
+}
+
+#[test]
+fn every_method_draws_its_times_from_the_time_distribution() {
+    // The hand computations above, with `t` drawn by the time distribution in the
+    // documented place of each method's draws: a < 1 (the boosted Gamma) with s < 1,
+    // and a, b > 1 with s = 1.
+    for time in [BETA_TIME, beta(3.0, 1.5, 1.0)] {
+        check_flow_matching(Some(time));
+        check_rcgm(Some(time));
+        check_twinflow_full(Some(time));
+        check_split(Some(time));
+    }
+    // Those times are not the uniform ones.
+    let (beta_t, uniform_t) = (draws_with(9, None, Some(&BETA_TIME)).t, draws(9, None).t);
+    assert_ne!(beta_t, uniform_t);
+    assert!(beta_t.iter().all(|t| (0.0..=0.8).contains(t)));
+}
+
+#[test]
+fn time_distribution_errors_name_the_key() {
+    let cases = [
+        (beta(0.0, 1.0, 1.0), "time.beta_a"),
+        (beta(-2.0, 1.0, 1.0), "time.beta_a"),
+        (beta(f64::NAN, 1.0, 1.0), "time.beta_a"),
+        (beta(f64::INFINITY, 1.0, 1.0), "time.beta_a"),
+        (beta(1.0, 0.0, 1.0), "time.beta_b"),
+        (beta(2.0, f64::NAN, 1.0), "time.beta_b"),
+        (beta(1.0, 1.0, 0.0), "time.scale"),
+        (beta(1.0, 1.0, 1.5), "time.scale"),
+        (beta(2.0, 2.0, -0.5), "time.scale"),
+        (beta(2.0, 2.0, f64::NAN), "time.scale"),
+    ];
+    for (bad, key) in cases {
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains(key), "{bad:?}: {err}");
+        assert!(bad.sample(&mut Generator::new(0), 4, F64, CPU).is_err());
+        let fm = FlowMatching::new(FlowMatchingConfig::default()).unwrap();
+        assert!(fm.with_time(bad).is_err());
+        assert!(Rcgm::new(RcgmConfig::default())
+            .unwrap()
+            .with_time(bad)
+            .is_err());
+        assert!(TwinFlow::new(TwinFlowConfig::default())
+            .unwrap()
+            .with_time(bad)
+            .is_err());
+    }
+    for good in [beta(0.01, 100.0, 1e-3), beta(1e3, 1.0, 1.0), BETA_TIME] {
+        good.validate().unwrap();
+    }
+    // Serde: every key optional, unknown keys refused.
+    let partial: TimeDistribution = serde_json::from_str(r#"{"beta_a": 2.0}"#).unwrap();
+    assert_eq!(partial, beta(2.0, 1.0, 1.0));
+    let err = serde_json::from_str::<TimeDistribution>(r#"{"beta_c": 2.0}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("beta_c"), "{err}");
 }

@@ -1,14 +1,15 @@
 //! The trainer of `twinflow::flow::train`: TwinFlow learns moons (1-NFE samples get
 //! much closer to the data), resuming from a checkpoint reproduces an uninterrupted
-//! run's losses bitwise, non-finite losses stop or skip by config, and config errors
-//! name the offending key.
+//! run's losses bitwise (also with `t ~ Beta(a, b)·s`, whose rejection sampler draws a
+//! varying number of values), the `[time]` table reaches the method, non-finite losses
+//! stop or skip by config, and config errors name the offending key.
 
 use std::path::PathBuf;
 use std::time::Instant;
 use twinflow::engine::{Device, Generator, Tensor};
 use twinflow::flow::data::Toy2d;
 use twinflow::flow::eval::{sample_batched, SampleLabels};
-use twinflow::flow::method::Batch;
+use twinflow::flow::method::{Batch, TimeDistribution};
 use twinflow::flow::metrics::{energy_distance, Samples};
 use twinflow::flow::sampler::SamplerConfig;
 use twinflow::flow::train::{NanPolicy, TrainConfig, Trainer};
@@ -151,19 +152,37 @@ fn losses(trainer: &mut Trainer, steps: usize) -> Vec<(u64, u64, Vec<u64>)> {
         .collect()
 }
 
+/// A `[time]` table with a < 1 (the boosted Gamma) and s < 1.
+const BETA_TIME: &str = "[time]\nbeta_a = 0.7\nbeta_b = 1.8\nscale = 0.9";
+
 #[test]
 fn resume_reproduces_the_uninterrupted_run_bitwise() {
-    let dir = temp_dir("resume");
     // Label dropout makes the model's own generator matter too.
-    let method = TWINFLOW;
-    let toml = moons_toml(100, method, "grad_clip = 1.0\nclean_non_finite = true")
+    let toml = moons_toml(100, TWINFLOW, "grad_clip = 1.0\nclean_non_finite = true")
         .replace("num_classes = 2", "num_classes = 2\nlabel_dropout = 0.1")
         .replace(
             "[optimizer]",
             "[schedule]\nkind = \"warmup_cosine\"\npeak_lr = 2e-3\nwarmup_steps = 5\n\
              total_steps = 30\nmin_lr = 1e-4\n\n[optimizer]",
         );
-    let cfg = TrainConfig::from_toml(&toml, "resume.toml").unwrap();
+    assert_resume_is_bitwise(&toml, "resume");
+}
+
+#[test]
+fn resume_with_beta_times_reproduces_the_uninterrupted_run_bitwise() {
+    for (method, name) in [
+        (TWINFLOW, "resume-beta-full"),
+        (TWINFLOW_SPLIT, "resume-beta-split"),
+    ] {
+        assert_resume_is_bitwise(&moons_toml(100, method, BETA_TIME), name);
+    }
+}
+
+/// Trains 12 + 10 steps uninterrupted (sampling in between) and 12, save, resume, 10:
+/// the losses, terms and final parameters must agree bit for bit.
+fn assert_resume_is_bitwise(toml: &str, name: &str) {
+    let dir = temp_dir(name);
+    let cfg = TrainConfig::from_toml(toml, "resume.toml").unwrap();
     let (k, m) = (12, 10);
 
     // The uninterrupted run draws samples mid-run, as its sample pictures do; that
@@ -315,8 +334,52 @@ fn config_errors_name_the_key() {
         .to_string();
     assert!(err.contains("data_dim"), "{err}");
 
+    for (table, key) in [
+        ("[time]\nbeta_a = 0.0", "time.beta_a"),
+        ("[time]\nbeta_a = nan", "time.beta_a"),
+        ("[time]\nbeta_b = -1.0", "time.beta_b"),
+        ("[time]\nscale = 1.5", "time.scale"),
+        ("[time]\nscale = 0.0", "time.scale"),
+        ("[time]\nbeta_c = 2.0", "beta_c"),
+    ] {
+        let err = TrainConfig::from_toml(&moons_toml(10, FLOW_MATCHING, table), "time.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("time.toml") && err.contains(key), "{err}");
+    }
+
     let missing = Trainer::from_config_file("/nonexistent/x.toml")
         .unwrap_err()
         .to_string();
     assert!(missing.contains("/nonexistent/x.toml"), "{missing}");
+}
+
+#[test]
+fn the_time_table_reaches_every_method() {
+    for method in [FLOW_MATCHING, "name = \"rcgm\"", TWINFLOW, TWINFLOW_SPLIT] {
+        let first_losses = |extra: &str| {
+            let mut trainer = Trainer::new(config(10, method, extra)).unwrap();
+            losses(&mut trainer, 2)
+        };
+        let default = first_losses("");
+        // The default written out is the default: the same bits.
+        let explicit = "[time]\nbeta_a = 1.0\nbeta_b = 1.0\nscale = 1.0";
+        assert_eq!(first_losses(explicit), default, "{method}");
+        assert_ne!(first_losses(BETA_TIME), default, "{method}");
+        // Uniform times on [0, ½) are another distribution too.
+        assert_ne!(first_losses("[time]\nscale = 0.5"), default, "{method}");
+    }
+    // The resolved config keeps a non-default table and leaves the default out.
+    let cfg = config(10, TWINFLOW_SPLIT, BETA_TIME);
+    let expected = TimeDistribution {
+        beta_a: 0.7,
+        beta_b: 1.8,
+        scale: 0.9,
+    };
+    assert_eq!(cfg.time, expected);
+    let resolved = cfg.to_toml().unwrap();
+    assert!(resolved.contains("[time]"), "{resolved}");
+    assert_eq!(TrainConfig::from_toml(&resolved, "r.toml").unwrap(), cfg);
+    let plain = config(10, TWINFLOW_SPLIT, "").to_toml().unwrap();
+    assert!(!plain.contains("[time]"), "{plain}");
 }

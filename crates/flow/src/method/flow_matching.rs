@@ -1,8 +1,8 @@
-//! Flow matching, the baseline (method notes §1): `t ~ U(0,1)`, `tt = t`,
-//! `L = mean ℓ(F_θ(x_t, t, t, c), z − x)`.
+//! Flow matching, the baseline (method notes §1): `t ~ U(0,1)` (in general
+//! `Beta(a, b)·s`, [`TimeDistribution`]), `tt = t`, `L = mean ℓ(F_θ(x_t, t, t, c), z − x)`.
 
 use super::{check_batch, interpolate, velocity_target, Batch, FlowMethod, LossFn};
-use super::{StepContext, StepLoss};
+use super::{StepContext, StepLoss, TimeDistribution};
 use serde::{Deserialize, Serialize};
 use twinflow_engine::Result;
 use twinflow_nn::VelocityModel;
@@ -15,23 +15,39 @@ pub struct FlowMatchingConfig {
     pub loss: LossFn,
 }
 
-/// Flow matching. Draws, in order: `z ~ N(0, I)` `[B, D]`, `t ~ U(0, 1)` `[B]`.
-/// Reports the term `fm`.
+/// Flow matching. Draws, in order: `z ~ N(0, I)` `[B, D]`, the times `t` `[B]` of its
+/// [`TimeDistribution`] (`U(0, 1)` by default). Reports the term `fm`.
 #[derive(Debug, Clone)]
 pub struct FlowMatching {
     cfg: FlowMatchingConfig,
+    time: TimeDistribution,
 }
 
 impl FlowMatching {
-    /// The method with the given settings (checked).
+    /// The method with the given settings (checked), drawing `t ~ U(0, 1)`.
     pub fn new(cfg: FlowMatchingConfig) -> Result<Self> {
         cfg.loss.validate()?;
-        Ok(FlowMatching { cfg })
+        Ok(FlowMatching {
+            cfg,
+            time: TimeDistribution::default(),
+        })
+    }
+
+    /// The same method drawing its times from `time` (checked).
+    pub fn with_time(mut self, time: TimeDistribution) -> Result<Self> {
+        time.validate()?;
+        self.time = time;
+        Ok(self)
     }
 
     /// Its settings.
     pub fn config(&self) -> &FlowMatchingConfig {
         &self.cfg
+    }
+
+    /// The distribution of its times `t`.
+    pub fn time(&self) -> &TimeDistribution {
+        &self.time
     }
 }
 
@@ -44,7 +60,7 @@ impl<M: VelocityModel> FlowMethod<M> for FlowMatching {
         let b = check_batch("flow_matching", batch)?;
         let x = &batch.x;
         let z = ctx.rng.randn(x.shape(), x.dtype(), x.device())?;
-        let t = ctx.rng.uniform(&[b], 0.0, 1.0, x.dtype(), x.device())?;
+        let t = self.time.sample(ctx.rng, b, x.dtype(), x.device())?;
         let x_t = interpolate(x, &z, &t)?;
         let f = ctx.online.velocity(&x_t, &t, &t, &batch.labels)?;
         let loss = self.cfg.loss.mean(&f, &velocity_target(x, &z)?)?;

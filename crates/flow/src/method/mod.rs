@@ -13,6 +13,9 @@
 //! θ⁻ (updated before the method runs, §4) and the method's random stream; it passes
 //! them in a [`StepContext`] and backpropagates [`StepLoss::loss`].
 //!
+//! Times: the built-in methods draw their times `t` from a [`TimeDistribution`]
+//! (`Beta(a, b)·s`, `U(0, 1)` by default), set with their `with_time`.
+//!
 //! Randomness: every draw of a method (noise, times, permutations) comes from
 //! [`StepContext::rng`] in an order each method documents, so a fixed seed reproduces a
 //! step exactly. The network's own randomness (dropout, label dropout) comes from its
@@ -26,6 +29,7 @@ mod loss;
 mod path;
 mod rcgm;
 mod split;
+mod time;
 mod twinflow;
 
 pub use flow_matching::{FlowMatching, FlowMatchingConfig};
@@ -33,6 +37,7 @@ pub use loss::{mse_per_sample, LossFn};
 pub use path::{interpolate, invert, per_sample, velocity_target};
 pub use rcgm::{enhance_velocity, rcgm_target, Rcgm, RcgmConfig, Unconditional};
 pub use split::SplitConfig;
+pub use time::TimeDistribution;
 pub use twinflow::{rectification_delta, Recipe, TwinFlow, TwinFlowConfig};
 
 use twinflow_engine::{Error, Generator, GeneratorState, Result, Tensor};

@@ -2,7 +2,7 @@
 //! (method notes §2).
 
 use super::{check_batch, filled, interpolate, invert, per_sample, replay, velocity_target};
-use super::{Batch, FlowMethod, LossFn, StepContext, StepLoss};
+use super::{Batch, FlowMethod, LossFn, StepContext, StepLoss, TimeDistribution};
 use serde::{Deserialize, Serialize};
 use twinflow_engine::{no_grad, Error, Generator, GeneratorState, Result, Tensor};
 use twinflow_nn::VelocityModel;
@@ -191,8 +191,9 @@ pub(crate) fn base_loss<M: VelocityModel>(
 }
 
 /// The draws shared by RCGM and TwinFlow, in order: `z ~ N(0, I)` `[B, D]`,
-/// `t ~ U(0, 1)` `[B]`, `u ~ U(0, 1)` `[B]` (`tt = t − u·t`), then the unconditional
-/// labels (a permutation of B, only when guidance is on and uses shuffled labels).
+/// `t` `[B]` of `time` (`U(0, 1)` by default), `u ~ U(0, 1)` `[B]` (`tt = t − u·t`), then
+/// the unconditional labels (a permutation of B, only when guidance is on and uses
+/// shuffled labels).
 pub(crate) struct BaseDraws {
     pub z: Tensor,
     pub t: Tensor,
@@ -200,35 +201,57 @@ pub(crate) struct BaseDraws {
     pub uncond: Option<Tensor>,
 }
 
-pub(crate) fn draw_base(cfg: &RcgmConfig, rng: &mut Generator, batch: &Batch) -> Result<BaseDraws> {
+pub(crate) fn draw_base(
+    cfg: &RcgmConfig,
+    time: &TimeDistribution,
+    rng: &mut Generator,
+    batch: &Batch,
+) -> Result<BaseDraws> {
     let b = batch.len();
     let x = &batch.x;
     let z = rng.randn(x.shape(), x.dtype(), x.device())?;
-    let t = rng.uniform(&[b], 0.0, 1.0, x.dtype(), x.device())?;
+    let t = time.sample(rng, b, x.dtype(), x.device())?;
     let u = rng.uniform(&[b], 0.0, 1.0, x.dtype(), x.device())?;
     let tt = t.sub(&t.mul(&u)?)?;
     let uncond = cfg.draw_uncond(&batch.labels, rng)?;
     Ok(BaseDraws { z, t, tt, uncond })
 }
 
-/// RCGM alone: `L = L_base` (method notes §2). Draws, in order: `z` `[B, D]`, `t`, `u`
-/// (`tt = t − u·t`), then the permutation of the unconditional labels when guidance is on
-/// with [`Unconditional::Shuffle`]. Reports the term `base`.
+/// RCGM alone: `L = L_base` (method notes §2). Draws, in order: `z` `[B, D]`, `t` of its
+/// [`TimeDistribution`] (`U(0, 1)` by default), `u ~ U(0, 1)` (`tt = t − u·t`), then the
+/// permutation of the unconditional labels when guidance is on with
+/// [`Unconditional::Shuffle`]. Reports the term `base`.
 #[derive(Debug, Clone)]
 pub struct Rcgm {
     cfg: RcgmConfig,
+    time: TimeDistribution,
 }
 
 impl Rcgm {
-    /// The method with the given settings (checked).
+    /// The method with the given settings (checked), drawing `t ~ U(0, 1)`.
     pub fn new(cfg: RcgmConfig) -> Result<Self> {
         cfg.validate()?;
-        Ok(Rcgm { cfg })
+        Ok(Rcgm {
+            cfg,
+            time: TimeDistribution::default(),
+        })
+    }
+
+    /// The same method drawing its times `t` from `time` (checked).
+    pub fn with_time(mut self, time: TimeDistribution) -> Result<Self> {
+        time.validate()?;
+        self.time = time;
+        Ok(self)
     }
 
     /// Its settings.
     pub fn config(&self) -> &RcgmConfig {
         &self.cfg
+    }
+
+    /// The distribution of its times `t`.
+    pub fn time(&self) -> &TimeDistribution {
+        &self.time
     }
 }
 
@@ -239,7 +262,7 @@ impl<M: VelocityModel> FlowMethod<M> for Rcgm {
 
     fn loss(&self, ctx: &mut StepContext<'_, M>, batch: &Batch) -> Result<StepLoss> {
         check_batch("rcgm", batch)?;
-        let d = draw_base(&self.cfg, ctx.rng, batch)?;
+        let d = draw_base(&self.cfg, &self.time, ctx.rng, batch)?;
         let x_t = interpolate(&batch.x, &d.z, &d.t)?;
         let v = velocity_target(&batch.x, &d.z)?;
         let (_, loss) = base_loss(

@@ -3,7 +3,7 @@
 //! rectification on the e2e group.
 
 use super::{enhance_velocity, filled, interpolate, per_sample, rcgm_target, rectification_delta};
-use super::{velocity_target, Batch, RcgmConfig, StepContext, StepLoss};
+use super::{velocity_target, Batch, RcgmConfig, StepContext, StepLoss, TimeDistribution};
 use serde::{Deserialize, Serialize};
 use twinflow_engine::{no_grad, Error, Result, Tensor};
 use twinflow_nn::VelocityModel;
@@ -76,6 +76,7 @@ impl SplitConfig {
 pub(crate) fn split_loss<M: VelocityModel>(
     base: &RcgmConfig,
     cfg: &SplitConfig,
+    time: &TimeDistribution,
     ctx: &mut StepContext<'_, M>,
     batch: &Batch,
 ) -> Result<StepLoss> {
@@ -92,7 +93,7 @@ pub(crate) fn split_loss<M: VelocityModel>(
     let (dt, dev) = (x.dtype(), x.device());
     let rng = &mut *ctx.rng;
     let z = rng.randn(x.shape(), dt, dev)?;
-    let t0 = rng.uniform(&[n], 0.0, 1.0, dt, dev)?.to_vec_f64()?;
+    let t0 = time.sample(rng, n, dt, dev)?.to_vec_f64()?;
     let u = rng.uniform(&[n], 0.0, 1.0, dt, dev)?.to_vec_f64()?;
     let mut dim = x.shape().to_vec();
     dim[0] = nv;

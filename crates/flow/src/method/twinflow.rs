@@ -4,6 +4,7 @@
 
 use super::rcgm::{base_loss, draw_base, times};
 use super::split::split_loss;
+use super::TimeDistribution;
 use super::{check_batch, interpolate, rcgm_target, replay, velocity_target};
 use super::{Batch, FlowMethod, RcgmConfig, SplitConfig, StepContext, StepLoss};
 use serde::{Deserialize, Serialize};
@@ -58,6 +59,10 @@ pub fn rectification_delta<M: VelocityModel>(
 
 /// TwinFlow.
 ///
+/// Its times `t` follow its [`TimeDistribution`] (`U(0, 1)` by default, see
+/// [`TwinFlow::with_time`]); the rectification's `t'` is always `U(0, 1)` (method notes
+/// §3a.4, §3b).
+///
 /// **`full` recipe.** Draws, in order: those of [`Rcgm`](super::Rcgm)
 /// (`z`, `t`, `u`, the permutation when guidance shuffles labels), then `z' ~ N(0, I)`
 /// `[B, D]` and `t' ~ U(0, 1)` `[B]` for the rectification.
@@ -74,10 +79,11 @@ pub fn rectification_delta<M: VelocityModel>(
 /// Forwards per step: 4 with gradient, 2N + 4 without (8 for N = 2, as in §6).
 ///
 /// **`split` recipe** (batch ≥ 4, groups e2e, mul, any, adv of
-/// [`SplitConfig::group_sizes`]). Draws, in order: `z` `[B, D]`, `t ~ U(0,1)` `[B]`,
-/// `u ~ U(0,1)` `[B]`, the adv group's noise `z''` (if any), the permutation of the
-/// non-adv labels (guidance with shuffled labels), then `z'` and `t'` of the e2e
-/// group's rectification (if any). The adv data are `sg(z'' − F_θ(z'', 1, 0, c))`.
+/// [`SplitConfig::group_sizes`]). Draws, in order: `z` `[B, D]`, `t` `[B]` of the time
+/// distribution (for every sample; e2e samples then use 1), `u ~ U(0,1)` `[B]`, the adv
+/// group's noise `z''` (if any), the permutation of the non-adv labels (guidance with
+/// shuffled labels), then `z'` and `t' ~ U(0,1)` of the e2e group's rectification (if
+/// any). The adv data are `sg(z'' − F_θ(z'', 1, 0, c))`.
 /// One gradient forward `F = F_θ(x_t, t, tt, c)` with `x_t = |t|·z + (1 − |t|)·x`;
 /// non-adv samples get guidance where `t` lies strictly inside the enhanced range, then
 /// the RCGM target (θ⁻ replaying the draws of that forward), adv samples target `v`.
@@ -87,19 +93,35 @@ pub fn rectification_delta<M: VelocityModel>(
 #[derive(Debug, Clone)]
 pub struct TwinFlow {
     cfg: TwinFlowConfig,
+    time: TimeDistribution,
 }
 
 impl TwinFlow {
-    /// The method with the given settings (checked).
+    /// The method with the given settings (checked), drawing `t ~ U(0, 1)`.
     pub fn new(cfg: TwinFlowConfig) -> Result<Self> {
         cfg.base.validate()?;
         cfg.split.validate()?;
-        Ok(TwinFlow { cfg })
+        Ok(TwinFlow {
+            cfg,
+            time: TimeDistribution::default(),
+        })
+    }
+
+    /// The same method drawing its times `t` from `time` (checked).
+    pub fn with_time(mut self, time: TimeDistribution) -> Result<Self> {
+        time.validate()?;
+        self.time = time;
+        Ok(self)
     }
 
     /// Its settings.
     pub fn config(&self) -> &TwinFlowConfig {
         &self.cfg
+    }
+
+    /// The distribution of its times `t`.
+    pub fn time(&self) -> &TimeDistribution {
+        &self.time
     }
 }
 
@@ -111,12 +133,12 @@ impl<M: VelocityModel> FlowMethod<M> for TwinFlow {
     fn loss(&self, ctx: &mut StepContext<'_, M>, batch: &Batch) -> Result<StepLoss> {
         check_batch("twinflow", batch)?;
         if self.cfg.recipe == Recipe::Split {
-            return split_loss(&self.cfg.base, &self.cfg.split, ctx, batch);
+            return split_loss(&self.cfg.base, &self.cfg.split, &self.time, ctx, batch);
         }
         let cfg = &self.cfg.base;
         let ell = cfg.loss;
         let (x, c) = (&batch.x, &batch.labels);
-        let d = draw_base(cfg, ctx.rng, batch)?;
+        let d = draw_base(cfg, &self.time, ctx.rng, batch)?;
         let z2 = ctx.rng.randn(x.shape(), x.dtype(), x.device())?;
         let t2 = ctx
             .rng

@@ -1,6 +1,6 @@
 //! The training configuration, read from TOML.
 
-use crate::method::{FlowMatchingConfig, RcgmConfig, TwinFlowConfig};
+use crate::method::{FlowMatchingConfig, RcgmConfig, TimeDistribution, TwinFlowConfig};
 use crate::sampler::SamplerConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -30,6 +30,11 @@ const OP: &str = "config";
 /// name = "twinflow"
 /// [method.twinflow]
 /// recipe = "full"
+///
+/// [time]          # optional: t ~ Beta(beta_a, beta_b)·scale, U(0, 1) by default
+/// beta_a = 1.0
+/// beta_b = 1.0
+/// scale = 1.0
 ///
 /// [optimizer]
 /// lr = 1e-3
@@ -87,6 +92,10 @@ pub struct TrainConfig {
     pub model: ModelConfig,
     /// The training method.
     pub method: MethodConfig,
+    /// The distribution of the method's times `t` (`[time]`: `beta_a`, `beta_b`,
+    /// `scale`); `U(0, 1)` by default, and then left out of the resolved config.
+    #[serde(default, skip_serializing_if = "TimeDistribution::is_uniform")]
+    pub time: TimeDistribution,
     /// AdamW's hyper-parameters.
     #[serde(default)]
     pub optimizer: OptimizerConfig,
@@ -299,7 +308,7 @@ impl TrainConfig {
     }
 
     /// Checks values serde cannot: sections matching `kind`/`name`, positive sizes,
-    /// valid optimizer, schedule and method settings.
+    /// valid time distribution, optimizer, schedule and method settings.
     pub fn validate(&self) -> Result<()> {
         let (kind, other) = match self.model.kind {
             ModelKind::Mlp => ("mlp", self.model.dit.is_some().then_some("dit")),
@@ -350,6 +359,7 @@ impl TrainConfig {
                 ),
             ));
         }
+        self.time.validate()?;
         self.optimizer.adam().validate()?;
         self.lr_schedule().validate()?;
         self.sampler.validate()?;

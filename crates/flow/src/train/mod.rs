@@ -160,12 +160,15 @@ impl Trainer {
             .then(|| LossScaler::new(LossScalerConfig::default()))
             .transpose()?;
         let m = cfg.method;
+        let time = cfg.time;
         let method: Box<dyn FlowMethod<TrainModel>> = match m.name {
             MethodName::FlowMatching => {
-                Box::new(FlowMatching::new(m.flow_matching.unwrap_or_default())?)
+                Box::new(FlowMatching::new(m.flow_matching.unwrap_or_default())?.with_time(time)?)
             }
-            MethodName::Rcgm => Box::new(Rcgm::new(m.rcgm.unwrap_or_default())?),
-            MethodName::Twinflow => Box::new(TwinFlow::new(m.twinflow.unwrap_or_default())?),
+            MethodName::Rcgm => Box::new(Rcgm::new(m.rcgm.unwrap_or_default())?.with_time(time)?),
+            MethodName::Twinflow => {
+                Box::new(TwinFlow::new(m.twinflow.unwrap_or_default())?.with_time(time)?)
+            }
         };
         Ok(Trainer {
             method_rng: Generator::new(cfg.seed ^ METHOD_SEED),
