@@ -212,6 +212,41 @@ mod tests {
     }
 
     #[test]
+    fn walking_runs_visits_the_starts_of_indexing_them() {
+        // Two operands over [3, 4, 5, 2] with different outer strides (one broadcast).
+        let runs = Runs::new(&[3, 4, 5, 2], [(&[80, 20, 4, 1], 7), (&[0, 3, 50, 100], 1)]);
+        let n = runs.count();
+        for first in 0..n {
+            for count in 0..=n - first {
+                let mut seen = Vec::new();
+                runs.walk(first, count, |at| seen.push(at));
+                let want: Vec<_> = (first..first + count).map(|i| runs.starts(i)).collect();
+                assert_eq!(seen, want, "first {first} count {count}");
+            }
+        }
+    }
+
+    #[test]
+    fn short_runs_in_groups_gather_like_indexing() {
+        // [b, h, t, d] read as [b, t, h, d]: runs of d, grouped many per task.
+        let (b, h, t, d) = (3, 4, 700, 8); // above PARALLEL_CUTOFF: several tasks
+        let src: Vec<i64> = (0..(b * h * t * d) as i64).collect();
+        let strides = [h * t * d, d, t * d, 1];
+        let got = gather_view(&src, &[b, t, h, d], &strides, 0);
+        let mut want = Vec::new();
+        for bi in 0..b {
+            for ti in 0..t {
+                for hi in 0..h {
+                    for di in 0..d {
+                        want.push(src[bi * strides[0] + ti * strides[1] + hi * strides[2] + di]);
+                    }
+                }
+            }
+        }
+        assert_eq!(got, want);
+    }
+
+    #[test]
     fn transposed_view_reads_every_element_once() {
         let src: Vec<i64> = (0..6).collect();
         // [2, 3] stored, read as its transpose [3, 2].
