@@ -1,7 +1,7 @@
 //! The CPU backend: host vectors, `gemm` for products, rayon for large loops.
 //!
 //! f32 and f64 are computed natively; bf16 and f16 are converted to f32 for the
-//! kernel and rounded back ([`float::ComputeType`]).
+//! kernel and rounded back (`float::ComputeType`).
 
 mod adam;
 mod attention;

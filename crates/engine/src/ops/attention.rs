@@ -9,7 +9,7 @@ use crate::Tensor;
 /// softmax(scale·q·kᵀ [+ causal mask])·v for q `[b, h, tq, d]`, k `[b, h, tk, d]`,
 /// v `[b, h, tk, dv]`; `scale` defaults to 1/√d. The T×T scores are not kept for the
 /// backward: only the output and the row log-sum-exp are, and the backward recomputes.
-/// Runs in the low dtype inside an autocast scope (see [`crate::autocast`]).
+/// Runs in the low dtype inside an autocast scope (see [`crate::autocast()`]).
 pub fn scaled_dot_product_attention(
     q: &Tensor,
     k: &Tensor,

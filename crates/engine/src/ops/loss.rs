@@ -6,7 +6,7 @@ use crate::Tensor;
 
 impl Tensor {
     /// Mean cross-entropy of logits `[n, c]` against i64 class labels `[n]`:
-    /// −mean(log_softmax(logits)[i, labels[i]]).
+    /// `−mean(log_softmax(logits)[i, labels[i]])`.
     pub fn cross_entropy(&self, labels: &Tensor) -> Result<Tensor> {
         let ok = self.rank() == 2 && labels.rank() == 1 && labels.shape()[0] == self.shape()[0];
         if !ok {

@@ -11,7 +11,7 @@ use crate::Tensor;
 
 impl Tensor {
     /// `self · rhs` for `[..., m, k] · [..., k, n]`; batch dims broadcast. Runs in the
-    /// low dtype inside an autocast scope (see [`crate::autocast`]).
+    /// low dtype inside an autocast scope (see [`crate::autocast()`]).
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
         run_lowered(&[self, rhs], |x| x[0].product("matmul", &x[1], None))
     }
@@ -19,7 +19,7 @@ impl Tensor {
     /// A linear layer, `self · weightᵀ + bias`, for `self` `[..., k]`, `weight` `[n, k]`
     /// (PyTorch's layout) and `bias` `[n]`. The bias is added by the product's kernel
     /// (as PyTorch's `addmm`), not by a separate pass over the output. Runs in the low
-    /// dtype inside an autocast scope (see [`crate::autocast`]).
+    /// dtype inside an autocast scope (see [`crate::autocast()`]).
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let mut inputs = vec![self, weight];
         inputs.extend(bias);
