@@ -1,5 +1,5 @@
 //! The CUDA C sources of `kernels/`, embedded in the binary and compiled with NVRTC at
-//! run time (once per process and device, see [`super::device`]).
+//! run time (once per process and device, see `cuda::device`).
 
 use crate::error::{Error, Result};
 use cudarc::nvrtc::{result, sys};

@@ -4,7 +4,7 @@
 //!
 //! Data flow: a `Tensor` op checks shapes and records its backward (`ops/`), `Storage`
 //! dispatches on the device, and a method here flattens the operands' layouts into
-//! kernel views ([`launch::View`]) and queues a kernel on the device's one stream.
+//! kernel views (`launch::View`) and queues a kernel on the device's one stream.
 //! bf16/f16 are storage types: kernels load them into f32, compute, and round back.
 //!
 //! Files: `device.rs` (context, stream, cuBLAS, kernel cache), `alloc.rs` (caching
