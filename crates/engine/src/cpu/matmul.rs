@@ -108,10 +108,19 @@ pub fn matmul<F: CpuFloat>(
     let r = la.rank();
     let (m, k, n) = (la.shape()[r - 2], la.shape()[r - 1], lb.shape()[r - 1]);
     let (oa, ob) = (batch_offsets(la), batch_offsets(lb));
+    let g = GemmArgs {
+        m,
+        n,
+        k,
+        lhs_strides: (la.strides()[r - 2], la.strides()[r - 1]),
+        rhs_strides: (lb.strides()[r - 2], lb.strides()[r - 1]),
+        accumulate: bias.is_some(),
+    };
+    let flops = 2 * m * n * k;
     let by_row_blocks =
-        oa.len() == 1 && m >= 2 * BIAS_BLOCK_ROWS && 2 * m * n * k >= PER_PRODUCT_PARALLEL_FLOPS;
+        oa.len() == 1 && m >= 2 * BIAS_BLOCK_ROWS && flops >= PER_PRODUCT_PARALLEL_FLOPS;
     if let Some(bias) = bias.filter(|_| by_row_blocks) {
-        return biased_product_by_row_blocks(&a[oa[0]..], la, &b[ob[0]..], lb, bias);
+        return biased_product_by_row_blocks(&a[oa[0]..], &b[ob[0]..], g, bias);
     }
     // The output starts as the bias (the product accumulates onto it) or as whatever
     // the pool hands out (the product overwrites it).
@@ -123,18 +132,9 @@ pub fn matmul<F: CpuFloat>(
     if m * n == 0 || k == 0 {
         return out;
     }
-    let g = GemmArgs {
-        m,
-        n,
-        k,
-        lhs_strides: (la.strides()[r - 2], la.strides()[r - 1]),
-        rhs_strides: (lb.strides()[r - 2], lb.strides()[r - 1]),
-        accumulate: bias.is_some(),
-    };
     let one = |(i, dst): (usize, &mut [F]), threads| {
         gemm_into(dst, n, &a[oa[i]..], &b[ob[i]..], g, F::one(), threads);
     };
-    let flops = 2 * m * n * k;
     if flops < PER_PRODUCT_PARALLEL_FLOPS && oa.len() > 1 {
         out.par_chunks_mut(m * n)
             .enumerate()
@@ -168,16 +168,14 @@ const BIAS_BLOCK_ROWS: usize = 256;
 /// from memory; this way the DiT's `D → 4D` layer takes 5.0 instead of 5.7 ms.
 fn biased_product_by_row_blocks<F: CpuFloat>(
     a: &[F],
-    la: &Layout,
     b: &[F],
-    lb: &Layout,
+    g: GemmArgs,
     (bias, lbias): (&[F], &Layout),
 ) -> Vec<F> {
-    let r = la.rank();
-    let (m, k, n) = (la.shape()[r - 2], la.shape()[r - 1], lb.shape()[r - 1]);
-    let (sa, sb) = (la.strides(), lb.strides());
+    let r = lbias.rank();
     let (brs, bcs) = (lbias.strides()[r - 2], lbias.strides()[r - 1]);
-    let mut out = pool::take(m * n);
+    let n = g.n;
+    let mut out = pool::take(g.m * n);
     out.par_chunks_mut(BIAS_BLOCK_ROWS * n)
         .enumerate()
         .for_each(|(block, dst)| {
@@ -188,16 +186,13 @@ fn biased_product_by_row_blocks<F: CpuFloat>(
                     .enumerate()
                     .for_each(|(j, d)| *d = bias[at + j * bcs]);
             }
-            let g = GemmArgs {
+            let rows = GemmArgs {
                 m: dst.len() / n,
-                n,
-                k,
-                lhs_strides: (sa[r - 2], sa[r - 1]),
-                rhs_strides: (sb[r - 2], sb[r - 1]),
                 accumulate: true,
+                ..g
             };
-            let lhs = &a[first * sa[r - 2]..];
-            gemm_into(dst, n, lhs, b, g, F::one(), gemm::Parallelism::None);
+            let lhs = &a[first * g.lhs_strides.0..];
+            gemm_into(dst, n, lhs, b, rows, F::one(), gemm::Parallelism::None);
         });
     out
 }
