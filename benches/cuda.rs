@@ -189,15 +189,7 @@ fn attention(dev: Device, json: bool) -> Result<()> {
 /// One training step (forward under bf16 autocast, MSE, backward, AdamW) of a
 /// DiT-S/2-sized model on 32×32×3 images, batch 256.
 fn dit_step_bf16(dev: Device, json: bool) -> Result<()> {
-    let cfg = DitConfig {
-        image_size: 32,
-        channels: 3,
-        patch: 2,
-        dim: 384,
-        depth: 12,
-        heads: 6,
-        ..DitConfig::default()
-    };
+    let cfg = DitConfig::s2(32, 3);
     let batch = 256;
     let model = Dit::new(&mut ParamBuilder::new(0).with_device(dev), cfg)?;
     let adam = AdamConfig {

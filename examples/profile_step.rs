@@ -19,15 +19,7 @@ fn main() -> Result<()> {
         })?,
         None => 4,
     };
-    let cfg = DitConfig {
-        image_size: 32,
-        channels: 3,
-        patch: 2,
-        dim: 384,
-        depth: 12,
-        heads: 6,
-        ..DitConfig::default()
-    };
+    let cfg = DitConfig::s2(32, 3);
     let model = Dit::new(&mut ParamBuilder::new(0), cfg)?;
     let adam = AdamConfig {
         lr: 1e-4,
