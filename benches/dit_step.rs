@@ -81,27 +81,23 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         },
     )?;
     let b = batch(n)?;
-    let train_ms = time_ms(|| {
+    let mut train_step = || {
         let out = model.velocity(&b.x, &b.t, &b.tt, &b.labels)?;
-        let grads = out.mse(&b.x)?.backward()?;
-        opt.step(&grads)
-    })?;
-    let forward_ms = time_ms(|| {
-        no_grad(|| model.velocity(&b.x, &b.t, &b.tt, &b.labels))?;
-        Ok(())
-    })?;
+        opt.step(&out.mse(&b.x)?.backward()?)
+    };
+    let mut forward = || no_grad(|| model.velocity(&b.x, &b.t, &b.tt, &b.labels)).map(drop);
+    let train_ms = time_ms(&mut train_step)?;
+    let forward_ms = time_ms(&mut forward)?;
     if args.iter().any(|a| a == "--profile") {
-        let (done, train) = profile(false, || -> Result<()> {
-            let out = model.velocity(&b.x, &b.t, &b.tt, &b.labels)?;
-            opt.step(&out.mse(&b.x)?.backward()?)
-        });
+        let (done, train_profile) = profile(false, train_step);
         done?;
-        let (done, forward) = profile(false, || {
-            no_grad(|| model.velocity(&b.x, &b.t, &b.tt, &b.labels))
-        });
+        let (done, forward_profile) = profile(false, forward);
         done?;
-        eprintln!("## op profile: train step\n\n{}\n", train.table());
-        eprintln!("## op profile: no-grad forward\n\n{}", forward.table());
+        eprintln!("## op profile: train step\n\n{}\n", train_profile.table());
+        eprintln!(
+            "## op profile: no-grad forward\n\n{}",
+            forward_profile.table()
+        );
     }
     let peak = peak_rss_mib().unwrap_or(f64::NAN);
     let threads = rayon_threads();
