@@ -27,7 +27,7 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
 }
 
 #[test]
-fn autocast_products_run_in_the_low_dtype_and_return_f32() -> Result<()> {
+fn autocast_products_run_in_and_return_the_low_dtype() -> Result<()> {
     for low in [DType::BF16, DType::F16] {
         let a = randn_as(1, &[3, 5, 8], DType::F32);
         let b = randn_as(2, &[8, 4], DType::F32);
@@ -39,29 +39,166 @@ fn autocast_products_run_in_the_low_dtype_and_return_f32() -> Result<()> {
             randn_as(6, &[2, 2, 5, 8], DType::F32),
         );
         let lowered = |t: &Tensor| t.to_dtype(low).unwrap();
-        let (mm, lin, att) = autocast(low, || -> Result<_> {
+        let (mm, lin, att, chained) = autocast(low, || -> Result<_> {
+            let lin = a.linear(&w, Some(&bias))?;
             Ok((
                 a.matmul(&b)?,
-                a.linear(&w, Some(&bias))?,
+                lin.clone(),
                 scaled_dot_product_attention(&q, &k, &v, None, true)?,
+                // An operand already in the low dtype is taken as it is.
+                lin.matmul(&b.t()?)?,
             ))
         })??;
         // The same products written out with explicit casts, outside any scope.
-        let want_mm = lowered(&a).matmul(&lowered(&b))?.to_dtype(DType::F32)?;
-        let want_lin = lowered(&a)
-            .linear(&lowered(&w), Some(&lowered(&bias)))?
-            .to_dtype(DType::F32)?;
+        let want_mm = lowered(&a).matmul(&lowered(&b))?;
+        let want_lin = lowered(&a).linear(&lowered(&w), Some(&lowered(&bias)))?;
         let want_att =
-            scaled_dot_product_attention(&lowered(&q), &lowered(&k), &lowered(&v), None, true)?
-                .to_dtype(DType::F32)?;
-        for (got, want) in [(&mm, &want_mm), (&lin, &want_lin), (&att, &want_att)] {
-            assert_eq!(got.dtype(), DType::F32, "{low}");
-            assert_eq!(f32s(got), f32s(want), "{low}");
+            scaled_dot_product_attention(&lowered(&q), &lowered(&k), &lowered(&v), None, true)?;
+        let want_chained = want_lin.matmul(&lowered(&b.t()?))?;
+        for (got, want) in [
+            (&mm, &want_mm),
+            (&lin, &want_lin),
+            (&att, &want_att),
+            (&chained, &want_chained),
+        ] {
+            assert_eq!(got.dtype(), low);
+            assert_eq!(got.to_vec_f64()?, want.to_vec_f64()?, "{low}");
         }
         // Rounded to the low dtype: close to, but not the same as, the f32 product.
         let exact = a.matmul(&b)?;
+        let mm = mm.to_dtype(DType::F32)?;
         assert_ne!(f32s(&mm), f32s(&exact), "{low}");
         assert!(rel_err(&mm, &exact) < 1e-2, "{low}");
+    }
+    Ok(())
+}
+
+#[test]
+fn autocast_runs_norms_softmax_sums_and_losses_in_f32() -> Result<()> {
+    for low in [DType::BF16, DType::F16] {
+        let h = randn_as(11, &[4, 6], DType::F32).to_dtype(low)?;
+        let w = randn_as(12, &[6], DType::F32);
+        let run = |x: &Tensor| -> Result<Vec<Tensor>> {
+            Ok(vec![
+                x.softmax()?,
+                x.log_softmax()?,
+                x.layer_norm(Some(&w), Some(&w), 1e-5)?,
+                x.rms_norm(Some(&w), 1e-5)?,
+                x.sum_all()?,
+                x.mean(&[1], false)?,
+                x.var(&[1], 1, false)?,
+                x.mse(&x.mul_scalar(0.5)?)?,
+                x.exp()?,
+                x.abs()?.log()?,
+                x.powf(3.0)?,
+                x.abs()?.rsqrt()?,
+                x.recip()?,
+            ])
+        };
+        let scoped = autocast(low, || run(&h))??;
+        // The same ops on the operand cast to f32 by hand, outside any scope.
+        let want = run(&h.to_dtype(DType::F32)?)?;
+        for (i, (s, w)) in scoped.iter().zip(&want).enumerate() {
+            assert_eq!(s.dtype(), DType::F32, "{low} op {i}");
+            assert_eq!(f32s(s), f32s(w), "{low} op {i}");
+        }
+        // Ops outside the lists keep their operand's dtype.
+        let kept = autocast(low, || -> Result<_> {
+            Ok([
+                h.gelu()?,
+                h.silu()?,
+                h.square()?,
+                h.mul_scalar(2.0)?,
+                h.max(&[1], false)?,
+            ])
+        })??;
+        assert!(kept.iter().all(|t| t.dtype() == low), "{low}");
+    }
+    Ok(())
+}
+
+#[test]
+fn autocast_promotes_mixed_operands_to_the_widest_dtype() -> Result<()> {
+    let a = randn_as(13, &[3, 4], DType::F32);
+    let b = randn_as(14, &[4], DType::F32).to_dtype(DType::BF16)?;
+    let c = randn_as(15, &[3, 4], DType::F32).to_dtype(DType::F16)?;
+    let f32_of = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+    let mask = a.gt(&f32_of(&b))?;
+    let run = |b: &Tensor, c: &Tensor| -> Result<Vec<Tensor>> {
+        Ok(vec![
+            a.add(b)?,
+            b.sub(&a)?,
+            b.mul(c)?,
+            a.div(c)?,
+            a.maximum(b)?,
+            c.minimum(&a)?,
+            a.addcmul(b, c)?,
+            Tensor::cat(&[&a, c], 0)?,
+            Tensor::stack(&[b, &a.sum(&[0], false)?], 0)?,
+            a.gt(b)?,
+            mask.where_cond(b, &a)?,
+        ])
+    };
+    let scoped = autocast(DType::BF16, || run(&b, &c))??;
+    let want = run(&f32_of(&b), &f32_of(&c))?;
+    for (i, (s, w)) in scoped.iter().zip(&want).enumerate() {
+        // bf16 with f16 meets in f32, as does anything with f32.
+        assert_eq!(s.dtype(), DType::F32, "op {i}");
+        assert_eq!(f32s(s), f32s(w), "op {i}");
+    }
+    // Operands that agree are left alone.
+    let same = autocast(DType::BF16, || b.add(&b))??;
+    assert_eq!(same.dtype(), DType::BF16);
+    // f64 stays the widest.
+    let wide = randn_as(16, &[4], DType::F64);
+    assert_eq!(autocast(DType::F16, || b.mul(&wide))??.dtype(), DType::F64);
+    // Outside a scope mixed dtypes are an error that names the op and the dtypes.
+    let err = a.add(&b).expect_err("mixed dtypes refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("add") && msg.contains("f32") && msg.contains("bf16"),
+        "{msg}"
+    );
+    Ok(())
+}
+
+/// `h·wᵀ·wᵀ + h·wᵀ` summed for `h = 2x`: a variable and an activation each used by two
+/// products. `cast` lowers `h` and `w` by hand (the identity inside a scope).
+fn twice_through(x: &Tensor, w: &Tensor, cast: impl Fn(&Tensor) -> Tensor) -> Result<Tensor> {
+    let (h, w) = (cast(&x.mul_scalar(2.0)?), cast(w));
+    let both = h.linear(&w, None)?.linear(&w, None)?;
+    both.add(&h.linear(&w, None)?)?.sum_all()
+}
+
+#[test]
+fn autocast_casts_each_tensor_once_and_gradients_stay_exact() -> Result<()> {
+    for low in [DType::BF16, DType::F16] {
+        let w = randn_as(17, &[8, 8], DType::F32)
+            .mul_scalar(0.3)?
+            .into_variable()?;
+        let x = randn_as(18, &[4, 8], DType::F32).into_variable()?;
+        let lowered = |t: &Tensor| t.to_dtype(low).unwrap();
+        let same = |t: &Tensor| t.clone();
+        // The reference: one low copy of w and of h, each used twice, cast by hand.
+        let mut want = twice_through(&x, &w, lowered)?.backward()?;
+        let want = [want.remove(&w).expect("grad"), want.remove(&x).expect("grad")];
+        let _scope = AutocastGuard::new(Some(low))?;
+        // A cast made under no_grad has no graph node; a recorded use must not reuse it.
+        twinflow::engine::no_grad(|| twice_through(&x, &w, same))?;
+        for round in 0..2 {
+            // The second round runs after a backward freed the first round's casts.
+            let mut got = twice_through(&x, &w, same)?.backward()?;
+            for (v, want) in [&w, &x].into_iter().zip(&want) {
+                let got = got.remove(v).expect("grad");
+                assert_eq!(got.dtype(), DType::F32);
+                assert_eq!(f32s(&got), f32s(want), "{low} round {round}");
+            }
+        }
+        // Written in place inside the scope: the next product sees the new values.
+        let before = twice_through(&x, &w, same)?.item()?;
+        x.assign(&x.mul_scalar(2.0)?)?;
+        let after = twice_through(&x, &w, same)?.item()?;
+        assert!((after / before - 2.0).abs() < 0.05, "{before} → {after}");
     }
     Ok(())
 }

@@ -1,24 +1,45 @@
-//! Autocast: the mixed-precision scope. Inside it, matrix products (`matmul`, `linear`)
-//! and attention cast their f32 operands to a low-precision dtype (bf16 or f16), run
-//! in it (with f32 accumulation in the kernels) and cast the result back to f32.
+//! Autocast: the mixed-precision scope. Inside it, ops cast their operands by one of
+//! three rules, PyTorch's:
 //!
-//! Every cast is the recorded [`Tensor::to_dtype`] op, so parameters stay f32 (master
-//! weights) and their gradients arrive in f32. Everything else (elementwise ops,
-//! reductions, norms, softmax, losses) never sees a low-precision tensor and runs in
-//! f32. Returning f32 (PyTorch returns the low dtype and promotes later) is deliberate:
-//! the engine's ops refuse mixed dtypes, and an f32 result keeps every op outside the
-//! scope's list unchanged, at the price of one cast of each product's output.
+//! - **low precision** ([`lowered`]): matrix products (`matmul`, `linear`) and attention
+//!   run in the scope's dtype (bf16 or f16; f32 accumulation in the kernels) and return
+//!   it, so activations between products stay in the low dtype;
+//! - **f32** ([`widened`]): norms, softmax, sums and means, `mse`, and the unary ops
+//!   that lose accuracy in half precision (exp, log, powf, rsqrt, recip) cast low
+//!   operands to f32 and return f32;
+//! - **widest** ([`promoted`]): ops combining tensors (binary ops, `addcmul`, `cat`,
+//!   comparisons, `where_cond`) cast operands of mixed float dtypes to the widest of
+//!   them (bf16 with f16 gives f32), so an f32 residual stream plus a bf16 product is
+//!   f32.
+//!
+//! Every other op runs in its operand's dtype. Every cast is the recorded
+//! [`Tensor::to_dtype`] op, so parameters stay f32 (master weights) and their gradients
+//! arrive in f32. Outside a scope nothing is cast and mixed dtypes are an error.
+//!
+//! A tensor's low-precision copy is made once per scope and reused by every later
+//! product in it: a model called several times in a step casts its weights once (as
+//! PyTorch caches weight casts), and an activation feeding the q, k and v products is
+//! cast once, not three times. Copies are kept only while a graph is recorded (the
+//! graph holds them until the backward anyway); the cache is emptied when the scope
+//! ends and when a backward runs (which frees the copies' graph nodes), and an entry is
+//! not reused after its tensor is written in place.
 //!
 //! The state is per thread, like [`crate::no_grad`]; a backward pass runs with autocast
 //! off, so it replays exactly the dtypes the forward recorded.
 
+use crate::autograd::is_grad_enabled;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::tensor::TensorId;
 use crate::Tensor;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 
 thread_local! {
     static AUTOCAST: Cell<Option<DType>> = const { Cell::new(None) };
+    /// Low-precision copies: (tensor, dtype) → (the tensor's storage version, the copy).
+    static CAST_CACHE: RefCell<HashMap<(TensorId, DType), (u64, Tensor)>> =
+        RefCell::new(HashMap::new());
 }
 
 /// The low-precision dtype of the current autocast scope on this thread, if any.
@@ -51,6 +72,9 @@ impl AutocastGuard {
 impl Drop for AutocastGuard {
     fn drop(&mut self) {
         AUTOCAST.with(|a| a.set(self.previous));
+        if self.previous.is_none() {
+            forget_casts();
+        }
     }
 }
 
@@ -60,35 +84,119 @@ pub fn autocast<T>(dtype: DType, f: impl FnOnce() -> T) -> Result<T> {
     Ok(f())
 }
 
-/// The dtype an autocast op should compute in for operands of `dtype`: the scope's
-/// low dtype for f32 operands inside a scope, else `None` (f64 is never lowered, so
-/// that gradient checks in f64 stay exact).
-pub(crate) fn lowered(dtype: DType) -> Option<DType> {
-    autocast_dtype().filter(|_| dtype == DType::F32)
+/// Empties this thread's cache of low-precision copies.
+pub(crate) fn forget_casts() {
+    CAST_CACHE.with(|c| c.borrow_mut().clear());
 }
 
-/// Runs `op` on `inputs` cast to the autocast dtype (when it applies to the first
-/// input's dtype) and casts its result back; runs `op` on the inputs as they are
-/// otherwise.
-pub(crate) fn run_lowered(
-    inputs: &[&Tensor],
-    op: impl FnOnce(&[Tensor]) -> Result<Tensor>,
-) -> Result<Tensor> {
-    let Some(low) = lowered(inputs[0].dtype()) else {
-        return op(&inputs.iter().map(|&t| t.clone()).collect::<Vec<_>>());
+/// The operands of a low-precision op (a product, attention) cast to the scope's dtype,
+/// or `None` when nothing is to be cast: no scope, every operand already in it, or an
+/// f64 operand (never lowered, so that gradient checks in f64 stay exact).
+pub(crate) fn lowered(inputs: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
+    let Some(low) = autocast_dtype() else {
+        return Ok(None);
     };
-    let high = inputs[0].dtype();
-    let cast = inputs
+    if inputs.iter().any(|t| t.dtype() == DType::F64) {
+        return Ok(None);
+    }
+    cast_floats(inputs, low, cast_cached)
+}
+
+/// The operands of an f32 op cast to f32 where they are bf16/f16, or `None` when none
+/// is (or outside a scope).
+pub(crate) fn widened(inputs: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
+    if autocast_dtype().is_none() || !inputs.iter().any(|t| is_half(t.dtype())) {
+        return Ok(None);
+    }
+    let cast = |t: &Tensor| match is_half(t.dtype()) {
+        true => t.to_dtype(DType::F32),
+        false => Ok(t.clone()),
+    };
+    inputs
         .iter()
-        .map(|t| match t.dtype() == high {
-            true => t.to_dtype(low),
-            false => Ok((*t).clone()),
-        })
-        .collect::<Result<Vec<_>>>()?;
-    // The op's own ops (views, the product) must not be lowered again.
-    let out = {
-        let _off = AutocastGuard::new(None)?;
-        op(&cast)?
+        .map(|t| cast(t))
+        .collect::<Result<_>>()
+        .map(Some)
+}
+
+/// Operands of mixed float dtypes cast to the widest of them, or `None` when they
+/// agree (or outside a scope).
+pub(crate) fn promoted(inputs: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
+    if autocast_dtype().is_none() {
+        return Ok(None);
+    }
+    let floats = || inputs.iter().map(|t| t.dtype()).filter(|d| d.is_float());
+    let Some(first) = floats().next() else {
+        return Ok(None);
     };
-    out.to_dtype(high)
+    if floats().all(|d| d == first) {
+        return Ok(None);
+    }
+    let widest = floats().max_by_key(|&d| width(d)).unwrap_or(first);
+    // bf16 and f16 each lose what the other keeps: they meet in f32.
+    let target = match is_half(widest) {
+        true => DType::F32,
+        false => widest,
+    };
+    cast_floats(inputs, target, |t, d| t.to_dtype(d))
+}
+
+/// Every float operand not already in `target` cast to it by `cast`; `None` when none
+/// needs it.
+fn cast_floats(
+    inputs: &[&Tensor],
+    target: DType,
+    cast: impl Fn(&Tensor, DType) -> Result<Tensor>,
+) -> Result<Option<Vec<Tensor>>> {
+    let needs = |t: &Tensor| t.dtype().is_float() && t.dtype() != target;
+    if !inputs.iter().any(|t| needs(t)) {
+        return Ok(None);
+    }
+    let each = |t: &Tensor| match needs(t) {
+        true => cast(t, target),
+        false => Ok(t.clone()),
+    };
+    inputs
+        .iter()
+        .map(|t| each(t))
+        .collect::<Result<_>>()
+        .map(Some)
+}
+
+/// `t` cast to `dtype`, reusing (and, while recording a graph, keeping) the copy made
+/// earlier in the scope.
+fn cast_cached(t: &Tensor, dtype: DType) -> Result<Tensor> {
+    let key = (t.id(), dtype);
+    let version = t.version();
+    let hit = CAST_CACHE.with(|c| {
+        c.borrow()
+            .get(&key)
+            .filter(|(v, _)| *v == version)
+            .map(|(_, copy)| copy.clone())
+    });
+    if let Some(copy) = hit {
+        return Ok(copy);
+    }
+    let copy = t.to_dtype(dtype)?;
+    // A copy made under no_grad has no graph node: later recorded products must not
+    // reuse it, or no gradient would reach the variable. Not keeping it also keeps
+    // sampling loops from holding every activation until the scope ends.
+    if is_grad_enabled() {
+        CAST_CACHE.with(|c| c.borrow_mut().insert(key, (version, copy.clone())));
+    }
+    Ok(copy)
+}
+
+fn is_half(dtype: DType) -> bool {
+    matches!(dtype, DType::BF16 | DType::F16)
+}
+
+/// Rank of a dtype for promotion (integers take no part).
+fn width(dtype: DType) -> u8 {
+    match dtype {
+        DType::I64 => 0,
+        DType::F16 | DType::BF16 => 1,
+        DType::F32 => 2,
+        DType::F64 => 3,
+    }
 }

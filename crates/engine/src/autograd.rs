@@ -239,6 +239,8 @@ impl Tensor {
         let _no_grad = crate::autograd::NoGradGuard::new();
         // Backward rules replay the forward's dtypes; autocast must not lower them again.
         let _no_autocast = crate::autocast::AutocastGuard::new(None)?;
+        // The walk frees the nodes of variables' cached low-precision copies.
+        crate::autocast::forget_casts();
         for t in order.iter().rev() {
             if t.is_variable() {
                 continue;

@@ -2,6 +2,7 @@
 //! the modulation and gated residuals of adaLN transformer blocks.
 
 use super::{check_float, check_same};
+use crate::autocast::promoted;
 use crate::backend::BackendStorage;
 use crate::error::Result;
 use crate::layout::broadcast_shapes;
@@ -11,6 +12,9 @@ impl Tensor {
     /// `self + a·b`, the three broadcast together.
     pub fn addcmul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         const OP: &str = "addcmul";
+        if let Some(x) = promoted(&[self, a, b])? {
+            return x[0].addcmul(&x[1], &x[2]);
+        }
         check_float(OP, self)?;
         check_same(OP, &[self, a, b])?;
         let shape = broadcast_shapes(OP, self.shape(), a.shape())?;

@@ -1,7 +1,7 @@
 //! Scaled-dot-product attention as one fused op with its own backward.
 
 use super::{check_float, check_same};
-use crate::autocast::run_lowered;
+use crate::autocast::lowered;
 use crate::backend::{AttentionSpec, BackendStorage};
 use crate::error::{Error, Result};
 use crate::Tensor;
@@ -9,7 +9,8 @@ use crate::Tensor;
 /// softmax(scale·q·kᵀ [+ causal mask])·v for q `[b, h, tq, d]`, k `[b, h, tk, d]`,
 /// v `[b, h, tk, dv]`; `scale` defaults to 1/√d. The T×T scores are not kept for the
 /// backward: only the output and the row log-sum-exp are, and the backward recomputes.
-/// Runs in the low dtype inside an autocast scope (see [`crate::autocast()`]).
+/// Runs in and returns the low dtype inside an autocast scope (see
+/// [`crate::autocast()`]).
 pub fn scaled_dot_product_attention(
     q: &Tensor,
     k: &Tensor,
@@ -17,19 +18,9 @@ pub fn scaled_dot_product_attention(
     scale: Option<f64>,
     causal: bool,
 ) -> Result<Tensor> {
-    run_lowered(&[q, k, v], |x| {
-        attention(&x[0], &x[1], &x[2], scale, causal)
-    })
-}
-
-/// [`scaled_dot_product_attention`] in the operands' own dtype.
-fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    scale: Option<f64>,
-    causal: bool,
-) -> Result<Tensor> {
+    if let Some(x) = lowered(&[q, k, v])? {
+        return scaled_dot_product_attention(&x[0], &x[1], &x[2], scale, causal);
+    }
     const OP: &str = "attention";
     check_float(OP, q)?;
     check_same(OP, &[q, k, v])?;

@@ -1,6 +1,8 @@
-//! Elementwise maps of two tensors with NumPy broadcasting.
+//! Elementwise maps of two tensors with NumPy broadcasting. Inside an autocast scope,
+//! operands of mixed float dtypes meet in the widest (see [`crate::autocast`]).
 
 use super::{check_float, check_same};
+use crate::autocast::promoted;
 use crate::backend::{BackendStorage, BinaryOp, CmpOp};
 use crate::error::Result;
 use crate::layout::{broadcast_shapes, Layout};
@@ -58,6 +60,9 @@ fn binary_grads(
 
 impl Tensor {
     fn binary_op(&self, name: &'static str, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
+        if let Some(x) = promoted(&[self, rhs])? {
+            return x[0].binary_op(name, &x[1], op);
+        }
         check_float(name, self)?;
         let (shape, la, lb) = broadcast_pair(name, self, rhs)?;
         let s = self.storage().binary(&la, &rhs.storage(), &lb, op)?;

@@ -2,6 +2,7 @@
 
 use super::binary::broadcast_pair;
 use super::{check_float, check_same};
+use crate::autocast::promoted;
 use crate::backend::{BackendStorage, CmpOp};
 use crate::error::Result;
 use crate::layout::broadcast_shapes;
@@ -10,6 +11,9 @@ use crate::Tensor;
 impl Tensor {
     /// A mask (same dtype, 1 where true) of `op` applied with broadcasting.
     pub(crate) fn cmp_op(&self, name: &'static str, rhs: &Tensor, op: CmpOp) -> Result<Tensor> {
+        if let Some(x) = promoted(&[self, rhs])? {
+            return x[0].cmp_op(name, &x[1], op);
+        }
         check_float(name, self)?;
         let (shape, la, lb) = broadcast_pair(name, self, rhs)?;
         let s = self.storage().cmp(&la, &rhs.storage(), &lb, op)?;
@@ -45,6 +49,9 @@ impl Tensor {
     /// broadcast together. Gradients flow to the two branches, never to the mask.
     pub fn where_cond(&self, on_true: &Tensor, on_false: &Tensor) -> Result<Tensor> {
         const OP: &str = "where_cond";
+        if let Some(x) = promoted(&[self, on_true, on_false])? {
+            return x[0].where_cond(&x[1], &x[2]);
+        }
         check_same(OP, &[self, on_true, on_false])?;
         let shape = broadcast_shapes(OP, self.shape(), on_true.shape())?;
         let shape = broadcast_shapes(OP, &shape, on_false.shape())?;

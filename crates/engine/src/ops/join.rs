@@ -1,6 +1,7 @@
 //! Joining and splitting: cat (primitive), stack and chunk (built on views and cat).
 
 use super::check_same;
+use crate::autocast::promoted;
 use crate::backend::BackendStorage;
 use crate::error::{Error, Result};
 use crate::layout::{normalize_dim, Layout};
@@ -13,6 +14,9 @@ impl Tensor {
         let first = *tensors
             .first()
             .ok_or_else(|| Error::invalid("cat", "needs at least one tensor"))?;
+        if let Some(x) = promoted(tensors)? {
+            return Tensor::cat(&x.iter().collect::<Vec<_>>(), dim);
+        }
         check_same("cat", tensors)?;
         let d = normalize_dim("cat", dim, first.shape())?;
         let agrees = |t: &&Tensor| {

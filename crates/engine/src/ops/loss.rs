@@ -1,5 +1,6 @@
 //! Losses built from fused pieces.
 
+use crate::autocast::widened;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::Tensor;
@@ -25,10 +26,14 @@ impl Tensor {
         picked.mean_all()?.neg()
     }
 
-    /// Mean squared error between two tensors of the same shape.
+    /// Mean squared error between two tensors of the same shape; in f32 inside an
+    /// autocast scope.
     pub fn mse(&self, target: &Tensor) -> Result<Tensor> {
         if self.shape() != target.shape() {
             return Err(Error::shapes("mse", &[self.shape(), target.shape()]));
+        }
+        if let Some(x) = widened(&[self, target])? {
+            return x[0].mse(&x[1]);
         }
         self.sub(target)?.square()?.mean_all()
     }

@@ -3,31 +3,32 @@
 //! place through their strides.
 
 use super::{check_float, check_same};
-use crate::autocast::run_lowered;
+use crate::autocast::lowered;
 use crate::backend::BackendStorage;
 use crate::error::{Error, Result};
 use crate::layout::broadcast_shapes;
 use crate::Tensor;
 
 impl Tensor {
-    /// `self · rhs` for `[..., m, k] · [..., k, n]`; batch dims broadcast. Runs in the
-    /// low dtype inside an autocast scope (see [`crate::autocast()`]).
+    /// `self · rhs` for `[..., m, k] · [..., k, n]`; batch dims broadcast. Runs in and
+    /// returns the low dtype inside an autocast scope (see [`crate::autocast()`]).
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
-        run_lowered(&[self, rhs], |x| x[0].product("matmul", &x[1], None))
+        if let Some(x) = lowered(&[self, rhs])? {
+            return x[0].matmul(&x[1]);
+        }
+        self.product("matmul", rhs, None)
     }
 
     /// A linear layer, `self · weightᵀ + bias`, for `self` `[..., k]`, `weight` `[n, k]`
     /// (PyTorch's layout) and `bias` `[n]`. The bias is added by the product's kernel
-    /// (as PyTorch's `addmm`), not by a separate pass over the output. Runs in the low
-    /// dtype inside an autocast scope (see [`crate::autocast()`]).
+    /// (as PyTorch's `addmm`), not by a separate pass over the output. Runs in and
+    /// returns the low dtype inside an autocast scope (see [`crate::autocast()`]).
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let mut inputs = vec![self, weight];
         inputs.extend(bias);
-        run_lowered(&inputs, |x| x[0].linear_exact(&x[1], x.get(2)))
-    }
-
-    /// [`Tensor::linear`] in the operands' own dtype.
-    fn linear_exact(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        if let Some(x) = lowered(&inputs)? {
+            return x[0].linear(&x[1], x.get(2));
+        }
         let k = self.shape().last().copied();
         let fits = weight.rank() == 2
             && k == Some(weight.shape()[1])

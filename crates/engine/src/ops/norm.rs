@@ -1,6 +1,8 @@
-//! Fused layer norm and RMS norm over the last dim, with hand-written backwards.
+//! Fused layer norm and RMS norm over the last dim, with hand-written backwards. They
+//! run in f32 inside an autocast scope (see [`crate::autocast`]).
 
 use super::{check_float, check_same};
+use crate::autocast::widened;
 use crate::backend::{BackendStorage, NormSpec};
 use crate::error::{Error, Result};
 use crate::Tensor;
@@ -13,12 +15,16 @@ impl Tensor {
         bias: Option<&Tensor>,
         spec: NormSpec,
     ) -> Result<Tensor> {
+        let params: Vec<&Tensor> = weight.into_iter().chain(bias).collect();
+        if let Some(x) = widened(&[&[self], params.as_slice()].concat())? {
+            let (w, b) = (weight.map(|_| &x[1]), bias.map(|_| &x[x.len() - 1]));
+            return x[0].norm_op(name, w, b, spec);
+        }
         check_float(name, self)?;
         let d = *self
             .shape()
             .last()
             .ok_or_else(|| Error::invalid(name, "needs at least one dim"))?;
-        let params: Vec<&Tensor> = weight.into_iter().chain(bias).collect();
         for p in &params {
             check_same(name, &[self, p])?;
             if p.shape() != [d] {

@@ -2,6 +2,7 @@
 //! are built from them.
 
 use super::check_float;
+use crate::autocast::widened;
 use crate::backend::{BackendStorage, ReduceOp};
 use crate::error::{Error, Result};
 use crate::layout::normalize_dims;
@@ -51,7 +52,12 @@ impl Tensor {
         reduced.reshape(&shape)
     }
 
+    /// Σ over `dims`, keeping them; in f32 inside an autocast scope (so are the mean and
+    /// variance built on it).
     pub(crate) fn sum_keepdim(&self, dims: &[isize]) -> Result<Tensor> {
+        if let Some(x) = widened(&[self])? {
+            return x[0].sum_keepdim(dims);
+        }
         self.reduce_keepdim("sum", dims, ReduceOp::Sum)
     }
 

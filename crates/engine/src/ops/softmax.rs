@@ -1,12 +1,17 @@
-//! Fused softmax and log-softmax over the last dim, with hand-written backwards.
+//! Fused softmax and log-softmax over the last dim, with hand-written backwards. They
+//! run in f32 inside an autocast scope (see [`crate::autocast`]).
 
 use super::check_float;
+use crate::autocast::widened;
 use crate::backend::BackendStorage;
 use crate::error::{Error, Result};
 use crate::Tensor;
 
 impl Tensor {
     fn softmax_op(&self, name: &'static str, log: bool) -> Result<Tensor> {
+        if let Some(x) = widened(&[self])? {
+            return x[0].softmax_op(name, log);
+        }
         check_float(name, self)?;
         if self.rank() == 0 {
             return Err(Error::invalid(name, "needs at least one dim"));

@@ -1,12 +1,18 @@
 //! Elementwise maps of one tensor. Each backward is one fused kernel, `grad · f'(x)`.
 
 use super::check_float;
+use crate::autocast::widened;
 use crate::backend::{BackendStorage, UnaryOp};
 use crate::error::Result;
 use crate::Tensor;
 
 impl Tensor {
     fn unary_op(&self, name: &'static str, op: UnaryOp) -> Result<Tensor> {
+        if loses_accuracy_in_half(op) {
+            if let Some(x) = widened(&[self])? {
+                return x[0].unary_op(name, op);
+            }
+        }
         check_float(name, self)?;
         let s = self.storage().unary(self.layout(), op)?;
         Ok(Tensor::from_op(
@@ -110,4 +116,13 @@ impl Tensor {
     pub fn mul_scalar(&self, c: f64) -> Result<Tensor> {
         self.affine(c, 0.0)
     }
+}
+
+/// The maps that run in f32 inside an autocast scope (PyTorch's list): their results
+/// grow or shrink fast enough to overflow, underflow or lose digits in half precision.
+fn loses_accuracy_in_half(op: UnaryOp) -> bool {
+    matches!(
+        op,
+        UnaryOp::Exp | UnaryOp::Log | UnaryOp::Powf(_) | UnaryOp::Rsqrt | UnaryOp::Recip
+    )
 }
