@@ -22,10 +22,11 @@
 // and key positions are ints; element offsets into the tensors are 64-bit.
 #include "common.cuh"
 
-// Shared rows are padded by 8 elements (16 bytes for halves): rows of a half tile then
-// start 4 banks apart, so the 8 row addresses of one ldmatrix 8×8 matrix (and one
-// 8-thread phase of 16-byte accesses) hit 8 distinct 4-bank groups (D/2 + 4 words per
-// row ≡ 4, 20 or 4 (mod 32) for D = 128, 32, 64: multiples of 4 that visit all 8 groups).
+// Shared rows are padded by 8 elements (16 bytes for halves), so that the 8 row
+// addresses of one ldmatrix 8×8 matrix (and one 8-thread phase of 16-byte accesses)
+// fall in 8 distinct 4-bank groups: a half row is D/2 + 4 words = 20, 36, 68 for
+// D = 32, 64, 128, i.e. 20, 4, 4 (mod 32), and 8 consecutive multiples of either visit
+// every 4-bank group once (scripts/flash_fragments.py checks every ldmatrix).
 #define FA_PAD 8
 #define FA_NEG_INF (-__int_as_float(0x7f800000))
 #define FA_LOG2E 1.4426950408889634f
@@ -95,7 +96,7 @@ __device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool f
                  "r"(full ? 16 : 0)
                  : "memory");
 }
-// 4 bytes, likewise (.ca: the only caching .cg lacks at this size).
+// 4 bytes, likewise (.ca: .cg allows only 16-byte copies).
 __device__ __forceinline__ void cp_async4(unsigned dst, const void* src, bool full) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(src),
                  "r"(full ? 4 : 0)
@@ -112,9 +113,10 @@ __device__ __forceinline__ void cp_async_wait_all() {
     asm volatile("cp.async.wait_group 0;" ::: "memory");
 }
 
-// 2^x (ex2.approx: 2 ulp, −inf → +0). The softmax runs in base 2 with log2(e) folded
-// into the score scale, so each probability costs one FFMA/FADD and one MUFU.EX2
-// instead of expf's range reduction.
+// 2^x (ex2.approx: relative error about 2^-22, −inf → +0, subnormal results flushed to
+// zero). The softmax runs in base 2 with log2(e) folded into the score scale, so each
+// probability costs one add (or FMA) and one MUFU.EX2 instead of expf's range
+// reduction and multiply.
 __device__ __forceinline__ float ex2(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
@@ -172,7 +174,7 @@ template <int LD> __device__ __forceinline__ unsigned a_lane(int lane) {
     return ((lane & 15) * LD + ((lane >> 4) << 3)) * 2;
 }
 // B operand for two 8-column blocks n0 = 0, 8, from a tile stored [n][k] (B = tileᵀ:
-//   K rows, Q rows, V rows as scores' keys; dO rows): lanes 0-7 → (n 0-7, k 0-7),
+//   K for Q·Kᵀ, V for dO·Vᵀ, Q for K·Qᵀ, dO for V·dOᵀ): lanes 0-7 → (n 0-7, k 0-7),
 //   lanes 8-15 → (n 0-7, k 8-15), lanes 16-23 → (n 8-15, k 0-7), lanes 24-31 →
 //   (n 8-15, k 8-15). Without .trans matrix i gives lane (g, t) tile[n0 + g][k0 + 2t..]
 //   = B(k0 + 2t.., n0 + g): r0, r1 = b0, b1 of n-block 0; r2, r3 = b0, b1 of n-block 1.
