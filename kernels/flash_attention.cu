@@ -1,135 +1,38 @@
 // Fused scaled-dot-product attention, FlashAttention-2 style (crates/engine/src/cuda/
 // flash.rs). q, k, v, out and their gradients are contiguous [bh, t, D]; lse and delta
-// are f32 [bh, tq]. With `causal`, key j is masked for query i when j > i.
+// are f32 [bh, tq], lse the natural-log log-sum-exp of the scaled scores of a row. With
+// `causal`, key j is masked for query i when j > i (top-left aligned).
 //
-// A block of W warps owns 16·W rows (queries, or keys for dK/dV); each warp owns 16.
-// The other operand streams through shared memory in tiles of BS rows. Products run
-// warp-wide on 16×8 output fragments: on tensor cores (mma.sync m16n8k16, f32
-// accumulation) for bf16/f16, as f32 FMAs in the same fragment layout for f32, so both
-// paths share every line but the product itself. Probabilities and score gradients
-// go through a per-warp shared scratch in the storage type (as FlashAttention rounds P
-// and dS to bf16/f16 before their products).
+// Forward: online softmax over key tiles; only out and lse are written. Backward:
+// delta = rowsum(dO∘O), then two kernels that recompute the scores tile by tile from
+// lse: one per query tile writes dQ, one per key tile writes dK and dV. No atomics, so
+// results are identical run to run.
 //
-// Forward: online softmax over the key tiles; only out and the row log-sum-exp are
-// written. Backward: delta = rowsum(dO∘O), then two kernels that recompute the scores
-// tile by tile: one per query tile writes dQ, one per key tile writes dK and dV. No
-// atomics, so results are identical run to run.
+// Two implementations share the file:
+// - bf16/f16 (the one that matters for speed): tensor cores (mma.sync m16n8k16, f32
+//   accumulation), tiles brought in with 16-byte cp.async and double-buffered, operands
+//   read with ldmatrix from padded shared rows, P and dS kept in registers (the
+//   accumulator fragment of one product is the A fragment of the next), softmax in
+//   base 2 (ex2), dynamic shared memory sized by the host.
+// - f32: the plain version (f32 FMAs in the tensor-core fragment layout, element loads,
+//   static shared memory), kept simple because f32 attention is the reference dtype,
+//   not the fast path.
+//
+// Lengths are below 2^31 (flash.rs caps the grid at 65535 tiles of ≤ 128 rows), so row
+// and key positions are ints; element offsets into the tensors are 64-bit.
 #include "common.cuh"
 
-// Shared rows are padded so that consecutive rows start in different banks.
+// Shared rows are padded by 8 elements (16 bytes for halves), so that the 8 row
+// addresses of one ldmatrix 8×8 matrix (and one 8-thread phase of 16-byte accesses)
+// fall in 8 distinct 4-bank groups: a half row is D/2 + 4 words = 20, 36, 68 for
+// D = 32, 64, 128, i.e. 20, 4, 4 (mod 32), and 8 consecutive multiples of either visit
+// every 4-bank group once (scripts/flash_fragments.py checks every ldmatrix).
 #define FA_PAD 8
 #define FA_NEG_INF (-__int_as_float(0x7f800000))
+#define FA_LOG2E 1.4426950408889634f
+#define FA_LN2 0.6931471805599453f
 
-template <typename T> struct IsHalf { static const bool value = true; };
-template <> struct IsHalf<float> { static const bool value = false; };
-
-// A matrix in shared memory: element (i, j) at p[i·rs + j·cs] (a transpose swaps rs, cs).
-template <typename T> struct Tile {
-    const T* p;
-    int rs, cs;
-    __device__ __forceinline__ T at(int i, int j) const { return p[i * rs + j * cs]; }
-    // (i, j) and (i, j+1) packed (16-bit T): one 32-bit load where they are adjacent.
-    // Every tile starts 4-byte aligned and every row stride and j used is even.
-    __device__ __forceinline__ unsigned pair_j(int i, int j) const {
-        if (cs == 1) return *reinterpret_cast<const unsigned*>(p + i * rs + j);
-        return (unsigned)at(i, j).x | ((unsigned)at(i, j + 1).x << 16);
-    }
-    // (i, j) and (i+1, j) packed, likewise.
-    __device__ __forceinline__ unsigned pair_i(int i, int j) const {
-        if (rs == 1) return *reinterpret_cast<const unsigned*>(p + i + j * cs);
-        return (unsigned)at(i, j).x | ((unsigned)at(i + 1, j).x << 16);
-    }
-};
-
-template <typename T>
-__device__ __forceinline__ void mma16816(float (&c)[4], const unsigned (&a)[4], const unsigned (&b)[2]);
-template <>
-__device__ __forceinline__ void mma16816<bf16>(float (&c)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-template <>
-__device__ __forceinline__ void mma16816<f16>(float (&c)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
-// c[16 × N] += a[16 × K] · b[K × N], warp-wide. Lane (g = lane/4, t = lane%4) holds, for
-// each 8-column block nb, c[nb] = {(g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1)} of that
-// block: the mma accumulator layout, used by the f32 path too.
-template <typename T, int K, int N>
-__device__ __forceinline__ void warp_mm(float (&c)[N / 8][4], Tile<T> a, Tile<T> b) {
-    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    if constexpr (IsHalf<T>::value) {
-#pragma unroll
-        for (int k0 = 0; k0 < K; k0 += 16) {
-            const int k = k0 + 2 * t;
-            // Pairs along k, the lower index in the low half (mma's operand order).
-            const unsigned af[4] = {a.pair_j(g, k), a.pair_j(g + 8, k), a.pair_j(g, k + 8),
-                                    a.pair_j(g + 8, k + 8)};
-#pragma unroll
-            for (int nb = 0; nb < N / 8; ++nb) {
-                const int n = nb * 8 + g;
-                const unsigned bf[2] = {b.pair_i(k, n), b.pair_i(k + 8, n)};
-                mma16816<T>(c[nb], af, bf);
-            }
-        }
-    } else {
-#pragma unroll 4
-        for (int k = 0; k < K; ++k) {
-            const float a0 = a.at(g, k), a1 = a.at(g + 8, k);
-#pragma unroll
-            for (int nb = 0; nb < N / 8; ++nb) {
-                const float b0 = b.at(k, nb * 8 + 2 * t), b1 = b.at(k, nb * 8 + 2 * t + 1);
-                c[nb][0] += a0 * b0;
-                c[nb][1] += a0 * b1;
-                c[nb][2] += a1 * b0;
-                c[nb][3] += a1 * b1;
-            }
-        }
-    }
-}
-
-// Rows [row0, row0 + rows) of the [n, D] matrix `src` into `dst` (row stride D + FA_PAD),
-// zeros past row n, by the whole block.
-template <typename T, int D>
-__device__ __forceinline__ void load_rows(T* dst, const T* src, i64 row0, int rows, i64 n) {
-    for (int i = threadIdx.x; i < rows * D; i += blockDim.x) {
-        const int r = i / D, c = i % D;
-        dst[r * (D + FA_PAD) + c] = row0 + r < n ? src[(row0 + r) * D + c] : T{};
-    }
-}
-
-// Writes fragment values `c` (rows g, g+8 of a warp's 16) scaled by `mul[half]` into
-// `dst` (row stride `ld`), only rows below `limit - row0`.
-template <typename T, int N>
-__device__ __forceinline__ void store_frag(T* dst, int ld, const float (&c)[N / 8][4],
-                                           const float (&mul)[2], i64 row0, i64 limit) {
-    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        const int r = g + 8 * h;
-        if (row0 + r >= limit) continue;
-#pragma unroll
-        for (int nb = 0; nb < N / 8; ++nb) {
-            put(&dst[r * ld + nb * 8 + 2 * t], c[nb][2 * h] * mul[h]);
-            put(&dst[r * ld + nb * 8 + 2 * t + 1], c[nb][2 * h + 1] * mul[h]);
-        }
-    }
-}
-
-// Whether query `i` sees key `j`.
-__device__ __forceinline__ bool visible(i64 i, i64 j, i64 tq, i64 tk, int causal) {
-    return i < tq && j < tk && !(causal && j > i);
-}
-
-// Max and sum over the 4 lanes that share a fragment row.
+// Max and sum over the 4 lanes that share a fragment row (lanes 4g … 4g+3).
 __device__ __forceinline__ float row_max(float v) {
     v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
     return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
@@ -139,30 +42,758 @@ __device__ __forceinline__ float row_sum(float v) {
     return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
-template <typename T, int D, int W, int BS>
-__device__ void fa_forward(const T* q, const T* k, const T* v, T* out, float* lse, u64 tq,
-                           u64 tk, float scale, int causal) {
-    __shared__ __align__(16) T sq[16 * W][D + FA_PAD];
-    __shared__ __align__(16) T sk[BS][D + FA_PAD];
-    __shared__ __align__(16) T sv[BS][D + FA_PAD];
-    __shared__ __align__(16) T sp[W][16][BS + FA_PAD];
-    if (blockDim.x != 32 * W) __trap();
+// ======================= bf16 / f16: tensor cores =======================
+//
+// Fragment layouts (PTX ISA, mma.m16n8k16 with .bf16/.f16 inputs and f32 accumulators;
+// these are the layouts the previous version of this file relied on and that passed
+// its GPU tests). Lane = 4g + t (g = lane/4 in 0..8, t = lane%4). A 32-bit register
+// holds two 16-bit elements, the lower column (or row, for B) in the low 16 bits.
+//   A (16×16, row-major), a[0..4]: a0 = (g, 2t..2t+1), a1 = (g+8, 2t..2t+1),
+//       a2 = (g, 2t+8..2t+9), a3 = (g+8, 2t+8..2t+9)          [(row, cols)]
+//   B (16×8), b[0..2]: b0 = (2t..2t+1, g), b1 = (2t+8..2t+9, g)  [(rows k, col n)]
+//   C (16×8, f32), c[0..4]: c0, c1 = (g, 2t), (g, 2t+1); c2, c3 = (g+8, 2t), (g+8, 2t+1)
+// A warp's fragments of a 16×N accumulator are c[N/8][4], one per 8-column block nb.
+//
+// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16 loads four 8×8 matrices: lane
+// 8i + r gives the shared address of row r of matrix i (8 contiguous 16-bit elements,
+// 16-byte aligned), and register i of lane 4g + t receives, of matrix i, the elements
+// (row g, cols 2t, 2t+1) — or with .trans (rows 2t, 2t+1, col g) — the lower index in
+// the low half. Each product below states which matrix each quarter-warp addresses.
+
+extern __shared__ __align__(16) unsigned char fa_smem[];
+
+// The shared-window address of a generic pointer into shared memory (what ldmatrix and
+// cp.async take).
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+    return (unsigned)__cvta_generic_to_shared(p);
+}
+
+// Bytes of dynamic shared memory this launch got (the host computes the size; each
+// kernel traps if it is short).
+__device__ __forceinline__ unsigned dynamic_smem_bytes() {
+    unsigned r;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(r));
+    return r;
+}
+
+__device__ __forceinline__ void ldsm_x4(unsigned (&r)[4], unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_t(unsigned (&r)[4], unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+// 16 bytes global → shared without passing through registers (sm_80). With `full`
+// false the source size is 0: nothing is read and the 16 bytes are zero-filled, which
+// is how rows past the end of a matrix become zeros. .cg: cached in L2 only (each tile
+// is read once per block; L1 would only be polluted).
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool full) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src),
+                 "r"(full ? 16 : 0)
+                 : "memory");
+}
+// 4 bytes, likewise (.ca: .cg allows only 16-byte copies).
+__device__ __forceinline__ void cp_async4(unsigned dst, const void* src, bool full) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(src),
+                 "r"(full ? 4 : 0)
+                 : "memory");
+}
+// Closes the group of this thread's cp.async issued since the last commit (an empty
+// group when there were none: it counts, and is complete at once).
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+// Waits until every group this thread committed is complete. Other threads' copies
+// become visible only after a following __syncthreads().
+__device__ __forceinline__ void cp_async_wait_all() {
+    asm volatile("cp.async.wait_group 0;" ::: "memory");
+}
+
+// 2^x (ex2.approx: relative error about 2^-22, −inf → +0, subnormal results flushed to
+// zero). The softmax runs in base 2 with log2(e) folded into the score scale, so each
+// probability costs one add (or FMA) and one MUFU.EX2 instead of expf's range
+// reduction and multiply.
+__device__ __forceinline__ float ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+template <typename T>
+__device__ __forceinline__ void mma16816(float (&c)[4], const unsigned (&a)[4], unsigned b0,
+                                         unsigned b1);
+template <>
+__device__ __forceinline__ void mma16816<bf16>(float (&c)[4], const unsigned (&a)[4],
+                                               unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma16816<f16>(float (&c)[4], const unsigned (&a)[4],
+                                              unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// (lo, hi) rounded to nearest even and packed, lo in the low 16 bits. cvt.rn.{b}f16x2
+// puts its first source in the upper half, hence (hi, lo).
+template <typename T> __device__ __forceinline__ unsigned pack2(float lo, float hi);
+template <> __device__ __forceinline__ unsigned pack2<bf16>(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+template <> __device__ __forceinline__ unsigned pack2<f16>(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+// ---- shared tiles ----
+// Every shared tile of a kernel holds rows of D elements at a row stride of
+// LD = D + FA_PAD elements; `base` arguments are shared-window byte addresses of a
+// tile's element (0, 0) (16-byte aligned: the dynamic window is, and every tile offset
+// and the row stride 2·LD are multiples of 16 bytes).
+
+// Byte offsets, from a tile's (0, 0), of the row this lane addresses in an ldmatrix.x4:
+// A operand: rows 0..16 × cols 0..16 of a row-major [row][k] tile. Lanes 0-7 → matrix 0
+//   = (rows 0-7, cols 0-7) → a0; lanes 8-15 → (rows 8-15, cols 0-7) → a1; lanes 16-23
+//   → (rows 0-7, cols 8-15) → a2; lanes 24-31 → (rows 8-15, cols 8-15) → a3: matrix i's
+//   (row g, cols 2t, 2t+1) is exactly a_i's (row, cols).
+template <int LD> __device__ __forceinline__ unsigned a_lane(int lane) {
+    return ((lane & 15) * LD + ((lane >> 4) << 3)) * 2;
+}
+// B operand for two 8-column blocks n0 = 0, 8, from a tile stored [n][k] (B = tileᵀ:
+//   K for Q·Kᵀ, V for dO·Vᵀ, Q for K·Qᵀ, dO for V·dOᵀ): lanes 0-7 → (n 0-7, k 0-7),
+//   lanes 8-15 → (n 0-7, k 8-15), lanes 16-23 → (n 8-15, k 0-7), lanes 24-31 →
+//   (n 8-15, k 8-15). Without .trans matrix i gives lane (g, t) tile[n0 + g][k0 + 2t..]
+//   = B(k0 + 2t.., n0 + g): r0, r1 = b0, b1 of n-block 0; r2, r3 = b0, b1 of n-block 1.
+template <int LD> __device__ __forceinline__ unsigned bnk_lane(int lane) {
+    return (((lane & 7) + ((lane >> 4) << 3)) * LD + (((lane >> 3) & 1) << 3)) * 2;
+}
+// B operand for two 8-column blocks, from a tile stored [k][n] (B = tile: V for P·V,
+//   K for dS·K, dO for Pᵀ·dO, Q for dSᵀ·Q): lanes 0-7 → (k 0-7, n 0-7), lanes 8-15 →
+//   (k 8-15, n 0-7), lanes 16-23 → (k 0-7, n 8-15), lanes 24-31 → (k 8-15, n 8-15).
+//   With .trans matrix i gives lane (g, t) tile[k0 + 2t..][n0 + g] = B(k0 + 2t.., n0 + g):
+//   again r0, r1 = b0, b1 of n-block 0; r2, r3 = b0, b1 of n-block 1.
+template <int LD> __device__ __forceinline__ unsigned bkn_lane(int lane) {
+    return (((lane & 7) + (((lane >> 3) & 1) << 3)) * LD + ((lane >> 4) << 3)) * 2;
+}
+
+// A fragments of rows 16m.. of a [row][k] tile, every k-slice: a[m][ks] for m < MT,
+// ks < K/16. `a` includes this lane's a_lane offset.
+template <int MT, int K, int LD>
+__device__ __forceinline__ void load_a(unsigned (&f)[MT][K / 16][4], unsigned a) {
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int ks = 0; ks < K / 16; ++ks) ldsm_x4(f[m][ks], a + (16 * m * LD + 16 * ks) * 2);
+}
+
+// c[m] (16×N) += A_m (16×K) · B, B = tileᵀ of a [n][k] tile at `b` (with this lane's
+// bnk_lane offset), A from registers.
+template <typename T, int MT, int K, int N, int LD>
+__device__ __forceinline__ void mma_rs_nk(float (&c)[MT][N / 8][4],
+                                          const unsigned (&a)[MT][K / 16][4], unsigned b) {
+#pragma unroll
+    for (int ks = 0; ks < K / 16; ++ks)
+#pragma unroll
+        for (int np = 0; np < N / 16; ++np) {
+            unsigned f[4];
+            ldsm_x4(f, b + (16 * np * LD + 16 * ks) * 2);
+#pragma unroll
+            for (int m = 0; m < MT; ++m) {
+                mma16816<T>(c[m][2 * np], a[m][ks], f[0], f[1]);
+                mma16816<T>(c[m][2 * np + 1], a[m][ks], f[2], f[3]);
+            }
+        }
+}
+
+// The same with A read from shared memory a k-slice at a time (`a`: the warp's first
+// row, with this lane's a_lane offset), where holding all of A would cost too many
+// registers.
+template <typename T, int MT, int K, int N, int LD>
+__device__ __forceinline__ void mma_ss_nk(float (&c)[MT][N / 8][4], unsigned a, unsigned b) {
+#pragma unroll
+    for (int ks = 0; ks < K / 16; ++ks) {
+        unsigned af[MT][4];
+#pragma unroll
+        for (int m = 0; m < MT; ++m) ldsm_x4(af[m], a + (16 * m * LD + 16 * ks) * 2);
+#pragma unroll
+        for (int np = 0; np < N / 16; ++np) {
+            unsigned f[4];
+            ldsm_x4(f, b + (16 * np * LD + 16 * ks) * 2);
+#pragma unroll
+            for (int m = 0; m < MT; ++m) {
+                mma16816<T>(c[m][2 * np], af[m], f[0], f[1]);
+                mma16816<T>(c[m][2 * np + 1], af[m], f[2], f[3]);
+            }
+        }
+    }
+}
+
+// c[m] (16×N) += A_m (16×K) · B, B = a [k][n] tile at `b` (with this lane's bkn_lane
+// offset, read with .trans), A from registers.
+template <typename T, int MT, int K, int N, int LD>
+__device__ __forceinline__ void mma_rs_kn(float (&c)[MT][N / 8][4],
+                                          const unsigned (&a)[MT][K / 16][4], unsigned b) {
+#pragma unroll
+    for (int ks = 0; ks < K / 16; ++ks)
+#pragma unroll
+        for (int np = 0; np < N / 16; ++np) {
+            unsigned f[4];
+            ldsm_x4_t(f, b + (16 * ks * LD + 16 * np) * 2);
+#pragma unroll
+            for (int m = 0; m < MT; ++m) {
+                mma16816<T>(c[m][2 * np], a[m][ks], f[0], f[1]);
+                mma16816<T>(c[m][2 * np + 1], a[m][ks], f[2], f[3]);
+            }
+        }
+}
+
+// An accumulator (16×N, C layout) as the A operand of a product over its N columns,
+// rounded to T: for k-slice kk (columns 16kk..16kk+16), a0 = (g, 2t..) and a1 =
+// (g+8, 2t..) are c0,c1 and c2,c3 of column block 2kk; a2, a3 the same of block 2kk+1
+// (its columns are the slice's 8 + 2t..). So P and dS never leave registers.
+template <typename T, int MT, int N>
+__device__ __forceinline__ void pack_a(unsigned (&a)[MT][N / 16][4], const float (&c)[MT][N / 8][4]) {
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int kk = 0; kk < N / 16; ++kk) {
+            a[m][kk][0] = pack2<T>(c[m][2 * kk][0], c[m][2 * kk][1]);
+            a[m][kk][1] = pack2<T>(c[m][2 * kk][2], c[m][2 * kk][3]);
+            a[m][kk][2] = pack2<T>(c[m][2 * kk + 1][0], c[m][2 * kk + 1][1]);
+            a[m][kk][3] = pack2<T>(c[m][2 * kk + 1][2], c[m][2 * kk + 1][3]);
+        }
+}
+
+// Rows [row0, row0 + R) of the [n, D] row-major matrix `src` into the shared tile at
+// `dst`, by all NT threads in 16-byte chunks: a row has CPR = D/8 chunks, and thread x
+// copies chunk x % CPR of rows x / CPR + i·(NT/CPR) (consecutive threads read
+// consecutive 16 bytes of a row: coalesced; the column is the same for every i, so a
+// thread needs one pointer and constant offsets). Rows ≥ n are zero-filled (the source
+// address is then the matrix's first row, valid as n ≥ 1, and not read). Asynchronous:
+// complete after cp_async_wait_all + __syncthreads.
+template <typename T, int D, int R, int NT>
+__device__ __forceinline__ void cp_tile(unsigned dst, const T* src, int row0, int n) {
+    constexpr int CPR = D / 8, LD = D + FA_PAD, STEP = NT / CPR;
+    static_assert(NT % CPR == 0 && R % STEP == 0, "tile chunks must divide among the threads");
+    const int tr = threadIdx.x / CPR, col = threadIdx.x % CPR * 8;
+    const T* s = src + (i64)(row0 + tr) * D + col;
+    dst += (tr * LD + col) * 2;
+#pragma unroll
+    for (int i = 0; i < R / STEP; ++i) {
+        const bool in = row0 + tr + i * STEP < n;
+        cp_async16(dst + i * STEP * LD * 2, in ? s + (i64)i * STEP * D : src, in);
+    }
+}
+
+// Writes a warp's 16·MT accumulator rows (C layout, row (m, h) = 16m + g + 8h times
+// mul[m][h]) to rows [row0, row0 + 16·MT) of the [n, D] matrix `dst`, skipping rows
+// ≥ n, through the warp's own rows of shared scratch `st` (row stride LD): each lane
+// writes its 32-bit pairs there (conflict-free: see FA_PAD), then the warp stores
+// whole rows as 16-byte vectors (coalesced). The caller makes sure no other warp uses
+// those scratch rows.
+template <typename T, int D, int MT>
+__device__ __forceinline__ void store_rows(T* dst, const float (&c)[MT][D / 8][4],
+                                           const float (&mul)[MT][2], T* st, int row0, int n) {
+    constexpr int LD = D + FA_PAD, CPR = D / 8, R = 16 * MT;
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+            for (int nb = 0; nb < D / 8; ++nb)
+                *reinterpret_cast<unsigned*>(st + (16 * m + g + 8 * h) * LD + 8 * nb + 2 * t) =
+                    pack2<T>(c[m][nb][2 * h] * mul[m][h], c[m][nb][2 * h + 1] * mul[m][h]);
+    __syncwarp();
+    // Lane x stores chunk x % CPR of rows x / CPR + i·(32/CPR), as cp_tile loads.
+    const int lr = lane / CPR, col = lane % CPR * 8;
+#pragma unroll
+    for (int i = 0; i < R / (32 / CPR); ++i) {
+        const int r = lr + i * (32 / CPR);
+        if (row0 + r < n)
+            *reinterpret_cast<uint4*>(dst + (i64)(row0 + r) * D + col) =
+                *reinterpret_cast<const uint4*>(st + r * LD + col);
+    }
+}
+
+// The launch must match the instantiation: W warps, at least `smem` bytes of dynamic
+// shared memory, and ⌈rows / M⌉ blocks along y (M rows each). flash.rs computes these
+// from the same table; a mismatch would read or write out of bounds, so trap instead.
+template <int W, int M>
+__device__ __forceinline__ void check_launch(unsigned smem, int rows) {
+    if (blockDim.x != 32 * W || dynamic_smem_bytes() < smem ||
+        (int)gridDim.y != (rows + M - 1) / M)
+        __trap();
+}
+
+// Shared bytes of each kernel (the `smem` formulas of flash.rs).
+template <int D, int M, int BS> struct FwdSmem {
+    // Two stages of (K, V) tiles; Q (M rows) is first brought into stage 1 and moved to
+    // registers before stage 1 is refilled, so it needs room only beyond 2·BS rows.
+    static constexpr int ROWS = 2 * BS + (M > 2 * BS ? M : 2 * BS);
+    static constexpr unsigned BYTES = ROWS * (D + FA_PAD) * 2;
+};
+template <int D, int M, int BS> struct BwdSmem {
+    // The block's two resident M-row tiles and two stages of two BS-row tiles, then (dK/
+    // dV only) two stages of BS lse and BS delta values.
+    static constexpr int ROWS = 2 * M + 4 * BS;
+    static constexpr unsigned TILES = ROWS * (D + FA_PAD) * 2;
+    static constexpr unsigned BYTES_DQ = TILES;
+    static constexpr unsigned BYTES_DKDV = TILES + 4 * BS * 4;
+};
+
+// Forward. A block of W warps owns M = 16·MT·W query rows; warp w owns rows
+// 16·MT·w + 16m + {g, g+8} (m < MT). Its Q fragments are loaded once into registers;
+// K and V tiles of BS keys stream through two shared stages (tile j+1 is copied while
+// tile j is computed). Per tile: S = Q·Kᵀ (B = K tile as [n][k]), scaled to log2 units
+// and masked, the online softmax (running max m in log2 units, per-lane partial row
+// sums l), then O += P·V with P packed from S's registers (B = V tile as [k][n]).
+template <typename T, int D, int MT, int W, int BS>
+__device__ void fa_forward_tc(const T* q, const T* k, const T* v, T* out, float* lse, u64 tq,
+                              u64 tk, float scale, int causal) {
+    constexpr int LD = D + FA_PAD, M = 16 * MT * W, NT = 32 * W, TILE = BS * LD * 2;
+    static_assert(BS % 16 == 0 && D % 16 == 0, "tiles are whole 16×16 fragments");
+    const int nq = (int)tq, nk = (int)tk;
+    check_launch<W, M>(FwdSmem<D, M, BS>::BYTES, nq);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const u64 bh = blockIdx.x;
+    const int q0 = blockIdx.y * M, r0 = q0 + 16 * MT * warp;
+    q += bh * tq * D, k += bh * tk * D, v += bh * tk * D, out += bh * tq * D, lse += bh * tq;
+    // Stage s: K at byte 2s·TILE, V at (2s+1)·TILE. Q arrives at stage 1's K.
+    const unsigned base = smem_addr(fa_smem), sq = base + 2 * TILE;
+    // Under the causal mask no query of this block sees a key past its last query.
+    const int kend = causal ? min(nk, q0 + M) : nk, ntiles = (kend + BS - 1) / BS;
+    cp_tile<T, D, M, NT>(sq, q, q0, nq);
+    cp_tile<T, D, BS, NT>(base, k, 0, nk);
+    cp_tile<T, D, BS, NT>(base + TILE, v, 0, nk);
+    cp_async_commit();
+    cp_async_wait_all();
+    __syncthreads();
+    unsigned qf[MT][D / 16][4];
+    load_a<MT, D, LD>(qf, sq + (16 * MT * warp * LD) * 2 + a_lane<LD>(lane));
+    const float sl2 = scale * FA_LOG2E;
+    float mrow[MT][2], lrow[MT][2], o[MT][D / 8][4];
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+        mrow[m][0] = mrow[m][1] = FA_NEG_INF;
+        lrow[m][0] = lrow[m][1] = 0.f;
+#pragma unroll
+        for (int nb = 0; nb < D / 8; ++nb) o[m][nb][0] = o[m][nb][1] = o[m][nb][2] = o[m][nb][3] = 0.f;
+    }
+    for (int j = 0; j < ntiles; ++j) {
+        const int k0 = j * BS;
+        const unsigned sk = base + 2 * (j & 1) * TILE, sv = sk + TILE;
+        // Tile j has landed (this thread's copies; the barrier publishes everyone's),
+        // and every warp is done with tile j−1, whose stage the next copy overwrites
+        // (for j = 0: done reading Q out of stage 1).
+        cp_async_wait_all();
+        __syncthreads();
+        if (j + 1 < ntiles) {
+            const unsigned next = base + 2 * ((j + 1) & 1) * TILE;
+            cp_tile<T, D, BS, NT>(next, k, k0 + BS, nk);
+            cp_tile<T, D, BS, NT>(next + TILE, v, k0 + BS, nk);
+        }
+        cp_async_commit();
+        // Under the causal mask a warp whose last row precedes the tile's first key
+        // sees none of it (warp-uniform: the collectives below stay whole-warp).
+        if (causal && k0 > r0 + 16 * MT - 1) continue;
+        float s[MT][BS / 8][4];
+#pragma unroll
+        for (int m = 0; m < MT; ++m)
+#pragma unroll
+            for (int nb = 0; nb < BS / 8; ++nb) s[m][nb][0] = s[m][nb][1] = s[m][nb][2] = s[m][nb][3] = 0.f;
+        mma_rs_nk<T, MT, D, BS, LD>(s, qf, sk + bnk_lane<LD>(lane));
+        // Scale before masking: any sign of scale keeps the mask at −inf.
+#pragma unroll
+        for (int m = 0; m < MT; ++m)
+#pragma unroll
+            for (int nb = 0; nb < BS / 8; ++nb)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[m][nb][e] *= sl2;
+        // Element (m, nb, e) is query r0 + 16m + g + 8(e/2), key k0 + 8nb + 2t + e%2.
+        // Masking is needed only for keys ≥ tk or keys past the warp's first row (rows
+        // ≥ tq need none: their Q rows are zeros, their outputs are not stored).
+        if (k0 + BS > nk || (causal && k0 + BS - 1 > r0)) {
+#pragma unroll
+            for (int m = 0; m < MT; ++m)
+#pragma unroll
+                for (int nb = 0; nb < BS / 8; ++nb)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int i = r0 + 16 * m + g + 8 * (e >> 1), kj = k0 + 8 * nb + 2 * t + (e & 1);
+                        if (kj >= nk || (causal && kj > i)) s[m][nb][e] = FA_NEG_INF;
+                    }
+        }
+#pragma unroll
+        for (int m = 0; m < MT; ++m)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                float mx = mrow[m][h];
+#pragma unroll
+                for (int nb = 0; nb < BS / 8; ++nb)
+                    mx = fmaxf(mx, fmaxf(s[m][nb][2 * h], s[m][nb][2 * h + 1]));
+                mx = row_max(mx);
+                // A row with every key so far masked keeps 0 as its reference (no ∞ − ∞);
+                // ex2(−inf) = 0 then zeroes the (empty) history.
+                const float ref = mx == FA_NEG_INF ? 0.f : mx, corr = ex2(mrow[m][h] - ref);
+                mrow[m][h] = mx;
+                float sum = 0.f;
+#pragma unroll
+                for (int nb = 0; nb < BS / 8; ++nb) {
+                    s[m][nb][2 * h] = ex2(s[m][nb][2 * h] - ref);
+                    s[m][nb][2 * h + 1] = ex2(s[m][nb][2 * h + 1] - ref);
+                    sum += s[m][nb][2 * h] + s[m][nb][2 * h + 1];
+                }
+                // Each lane sums its own columns; corr is the same on the row's 4 lanes,
+                // so the partial sums are combined once, after the last tile.
+                lrow[m][h] = lrow[m][h] * corr + sum;
+#pragma unroll
+                for (int nb = 0; nb < D / 8; ++nb) {
+                    o[m][nb][2 * h] *= corr;
+                    o[m][nb][2 * h + 1] *= corr;
+                }
+            }
+        unsigned pf[MT][BS / 16][4];
+        pack_a<T, MT, BS>(pf, s);
+        mma_rs_kn<T, MT, BS, D, LD>(o, pf, sv + bkn_lane<LD>(lane));
+    }
+    // Every warp is done with the stages before the output goes through them.
+    cp_async_wait_all();
+    __syncthreads();
+    float inv[MT][2];
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const float l = row_sum(lrow[m][h]);
+            inv[m][h] = 1.f / l;
+            // Natural-log lse from the base-2 running max: ln Σ e^(s·scale) =
+            // ln 2 · m + ln l, with m = max s·scale·log2(e) and l = Σ 2^(s·scale·log2 e − m).
+            const int i = r0 + 16 * m + g + 8 * h;
+            if (t == 0 && i < nq) lse[i] = mrow[m][h] * FA_LN2 + logf(l);
+        }
+    T* st = reinterpret_cast<T*>(fa_smem) + 16 * MT * warp * LD;
+    store_rows<T, D, MT>(out, o, inv, st, r0, nq);
+}
+
+// dQ = scale · Σ_j dS_ij K_j with dS = P∘(dP − delta), dP = dO·Vᵀ, P recomputed from lse.
+// A block of W warps owns M = 16·MT·W query rows; Q and dO stay in shared memory (in
+// registers too when QREG), K and V tiles of BS keys stream through two stages. dS goes
+// from the accumulator registers straight into dS·K (B = K tile as [k][n]).
+template <typename T, int D, int MT, int W, int BS, bool QREG>
+__device__ void fa_dq_tc(const T* q, const T* k, const T* v, const T* dout, const float* lse,
+                         const float* delta, T* dq, u64 tq, u64 tk, float scale, int causal) {
+    constexpr int LD = D + FA_PAD, M = 16 * MT * W, NT = 32 * W, TILE = BS * LD * 2;
+    const int nq = (int)tq, nk = (int)tk;
+    check_launch<W, M>(BwdSmem<D, M, BS>::BYTES_DQ, nq);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const u64 bh = blockIdx.x;
+    const int q0 = blockIdx.y * M, r0 = q0 + 16 * MT * warp;
+    q += bh * tq * D, k += bh * tk * D, v += bh * tk * D, dout += bh * tq * D, dq += bh * tq * D;
+    lse += bh * tq, delta += bh * tq;
+    // Q at byte 0, dO at M·LD·2, then stage s: K at 2M·LD·2 + 2s·TILE, V one TILE on.
+    const unsigned base = smem_addr(fa_smem), sq = base, sdo = base + M * LD * 2;
+    const unsigned stages = base + 2 * M * LD * 2;
+    const int kend = causal ? min(nk, q0 + M) : nk, ntiles = (kend + BS - 1) / BS;
+    cp_tile<T, D, M, NT>(sq, q, q0, nq);
+    cp_tile<T, D, M, NT>(sdo, dout, q0, nq);
+    cp_tile<T, D, BS, NT>(stages, k, 0, nk);
+    cp_tile<T, D, BS, NT>(stages + TILE, v, 0, nk);
+    cp_async_commit();
+    // lse in log2 units (P = e^(s·scale − lse) = 2^(s·scale·log2 e − lse·log2 e)) and
+    // delta of the lane's rows; rows ≥ tq get 0 (their dQ is not stored).
+    float l2[MT][2], dl[MT][2];
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int i = r0 + 16 * m + g + 8 * h;
+            l2[m][h] = i < nq ? lse[i] * FA_LOG2E : 0.f;
+            dl[m][h] = i < nq ? delta[i] : 0.f;
+        }
+    const unsigned aq = sq + 16 * MT * warp * LD * 2 + a_lane<LD>(lane);
+    const unsigned ado = sdo + 16 * MT * warp * LD * 2 + a_lane<LD>(lane);
+    // With QREG, Q's and dO's fragments are read once (the loop's first barrier is then
+    // a no-op wait); otherwise a k-slice at a time in each product.
+    unsigned qf[QREG ? MT : 1][QREG ? D / 16 : 1][4], dof[QREG ? MT : 1][QREG ? D / 16 : 1][4];
+    if constexpr (QREG) {
+        cp_async_wait_all();
+        __syncthreads();
+        load_a<MT, D, LD>(qf, aq);
+        load_a<MT, D, LD>(dof, ado);
+    }
+    const float sl2 = scale * FA_LOG2E;
+    float acc[MT][D / 8][4];
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int nb = 0; nb < D / 8; ++nb) acc[m][nb][0] = acc[m][nb][1] = acc[m][nb][2] = acc[m][nb][3] = 0.f;
+    for (int j = 0; j < ntiles; ++j) {
+        const int k0 = j * BS;
+        const unsigned sk = stages + 2 * (j & 1) * TILE, sv = sk + TILE;
+        // As in the forward: tile j (and, at j = 0, Q and dO) landed; tile j−1 is free.
+        cp_async_wait_all();
+        __syncthreads();
+        if (j + 1 < ntiles) {
+            const unsigned next = stages + 2 * ((j + 1) & 1) * TILE;
+            cp_tile<T, D, BS, NT>(next, k, k0 + BS, nk);
+            cp_tile<T, D, BS, NT>(next + TILE, v, k0 + BS, nk);
+        }
+        cp_async_commit();
+        if (causal && k0 > r0 + 16 * MT - 1) continue;
+        float s[MT][BS / 8][4], dp[MT][BS / 8][4];
+#pragma unroll
+        for (int m = 0; m < MT; ++m)
+#pragma unroll
+            for (int nb = 0; nb < BS / 8; ++nb)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[m][nb][e] = dp[m][nb][e] = 0.f;
+        if constexpr (QREG) {
+            mma_rs_nk<T, MT, D, BS, LD>(s, qf, sk + bnk_lane<LD>(lane));
+            mma_rs_nk<T, MT, D, BS, LD>(dp, dof, sv + bnk_lane<LD>(lane));
+        } else {
+            mma_ss_nk<T, MT, D, BS, LD>(s, aq, sk + bnk_lane<LD>(lane));
+            mma_ss_nk<T, MT, D, BS, LD>(dp, ado, sv + bnk_lane<LD>(lane));
+        }
+        // Element (m, nb, e): query r0 + 16m + g + 8(e/2), key k0 + 8nb + 2t + e%2.
+        const bool full = k0 + BS <= nk && !(causal && k0 + BS - 1 > r0);
+#pragma unroll
+        for (int m = 0; m < MT; ++m)
+#pragma unroll
+            for (int nb = 0; nb < BS / 8; ++nb)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int h = e >> 1, i = r0 + 16 * m + g + 8 * h, kj = k0 + 8 * nb + 2 * t + (e & 1);
+                    float p = ex2(s[m][nb][e] * sl2 - l2[m][h]);
+                    if (!full && (kj >= nk || (causal && kj > i))) p = 0.f;
+                    dp[m][nb][e] = p * (dp[m][nb][e] - dl[m][h]);
+                }
+        unsigned df[MT][BS / 16][4];
+        pack_a<T, MT, BS>(df, dp);
+        mma_rs_kn<T, MT, BS, D, LD>(acc, df, sk + bkn_lane<LD>(lane));
+    }
+    cp_async_wait_all();
+    __syncthreads();
+    float mul[MT][2];
+#pragma unroll
+    for (int m = 0; m < MT; ++m) mul[m][0] = mul[m][1] = scale;
+    T* st = reinterpret_cast<T*>(fa_smem) + 16 * MT * warp * LD;
+    store_rows<T, D, MT>(dq, acc, mul, st, r0, nq);
+}
+
+// dV = Σ_i Pᵀ_ji dO_i and dK = scale · Σ_i dSᵀ_ji Q_i. A block of W warps owns
+// M = 16·MT·W keys (K and V resident in shared memory); Q and dO tiles of BS queries,
+// with their lse and delta, stream through two stages. The scores are recomputed
+// transposed (Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ, B = Q and dO tiles as [n][k]), so Pᵀ and dSᵀ come
+// out with keys as rows: exactly the A operand of Pᵀ·dO and dSᵀ·Q (B = dO and Q tiles
+// as [k][n]), which then need neither a transpose nor shared memory.
+template <typename T, int D, int MT, int W, int BS>
+__device__ void fa_dkdv_tc(const T* q, const T* k, const T* v, const T* dout, const float* lse,
+                           const float* delta, T* dk, T* dv, u64 tq, u64 tk, float scale,
+                           int causal) {
+    constexpr int LD = D + FA_PAD, M = 16 * MT * W, NT = 32 * W, TILE = BS * LD * 2;
+    static_assert(2 * BS <= NT, "one thread per lse and delta value of a tile");
+    const int nq = (int)tq, nk = (int)tk;
+    check_launch<W, M>(BwdSmem<D, M, BS>::BYTES_DKDV, nk);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const u64 bh = blockIdx.x;
+    const int k0 = blockIdx.y * M, r0 = k0 + 16 * MT * warp;
+    q += bh * tq * D, k += bh * tk * D, v += bh * tk * D, dout += bh * tq * D;
+    dk += bh * tk * D, dv += bh * tk * D, lse += bh * tq, delta += bh * tq;
+    // K at byte 0, V at M·LD·2; stage s: Q at 2M·LD·2 + 2s·TILE, dO one TILE on; then
+    // stage s's lse (BS f32) at 2M·LD·2 + 4·TILE + 2s·BS·4, its delta BS·4 on.
+    const unsigned base = smem_addr(fa_smem), sk = base, sv = base + M * LD * 2;
+    const unsigned stages = base + 2 * M * LD * 2, rows = stages + 4 * TILE;
+    const float* srows = reinterpret_cast<const float*>(fa_smem + 2 * M * LD * 2 + 4 * TILE);
+    // Under the causal mask no query before the block's first key sees any of its keys.
+    const int qs = causal ? min(k0, nq) : 0, ntiles = (nq - qs + BS - 1) / BS;
+    // One group: K, V and the first query tile.
+    auto issue = [&](int qb, int stage) {
+        const unsigned sq = stages + 2 * stage * TILE;
+        cp_tile<T, D, BS, NT>(sq, q, qb, nq);
+        cp_tile<T, D, BS, NT>(sq + TILE, dout, qb, nq);
+        const int x = threadIdx.x;
+        if (x < 2 * BS) {
+            // Thread x < BS: lse of query qb + x; BS ≤ x < 2·BS: delta of qb + x − BS.
+            const int c = x < BS ? x : x - BS, i = qb + c;
+            const float* src = (x < BS ? lse : delta) + (i < nq ? i : 0);
+            cp_async4(rows + (2 * stage * BS + x) * 4, src, i < nq);
+        }
+    };
+    cp_tile<T, D, M, NT>(sk, k, k0, nk);
+    cp_tile<T, D, M, NT>(sv, v, k0, nk);
+    if (ntiles > 0) issue(qs, 0);
+    cp_async_commit();
+    const unsigned ak = sk + 16 * MT * warp * LD * 2 + a_lane<LD>(lane);
+    const unsigned av = sv + 16 * MT * warp * LD * 2 + a_lane<LD>(lane);
+    const float sl2 = scale * FA_LOG2E;
+    float dka[MT][D / 8][4], dva[MT][D / 8][4];
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int nb = 0; nb < D / 8; ++nb)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) dka[m][nb][e] = dva[m][nb][e] = 0.f;
+    for (int j = 0; j < ntiles; ++j) {
+        const int qb = qs + j * BS, stage = j & 1;
+        const unsigned sq = stages + 2 * stage * TILE, sdo = sq + TILE;
+        const float* sl = srows + 2 * stage * BS;
+        const float* sd = sl + BS;
+        cp_async_wait_all();
+        __syncthreads();
+        if (j + 1 < ntiles) issue(qb + BS, stage ^ 1);
+        cp_async_commit();
+        // Every key of this warp comes after every query of the tile: all masked.
+        if (causal && r0 > qb + BS - 1) continue;
+        float s[MT][BS / 8][4], dp[MT][BS / 8][4];
+#pragma unroll
+        for (int m = 0; m < MT; ++m)
+#pragma unroll
+            for (int nb = 0; nb < BS / 8; ++nb)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[m][nb][e] = dp[m][nb][e] = 0.f;
+        mma_ss_nk<T, MT, D, BS, LD>(s, ak, sq + bnk_lane<LD>(lane));
+        mma_ss_nk<T, MT, D, BS, LD>(dp, av, sdo + bnk_lane<LD>(lane));
+        // Element (m, nb, e): key r0 + 16m + g + 8(e/2) (row), query qb + 8nb + 2t + e%2
+        // (column); its lse and delta are shared[col], read as one 8-byte pair.
+        const bool full = qb + BS <= nq && !(causal && r0 + 16 * MT - 1 > qb);
+#pragma unroll
+        for (int nb = 0; nb < BS / 8; ++nb) {
+            const int c = 8 * nb + 2 * t;
+            const float2 lv = *reinterpret_cast<const float2*>(sl + c);
+            const float2 dlv = *reinterpret_cast<const float2*>(sd + c);
+            const float lc[2] = {lv.x * FA_LOG2E, lv.y * FA_LOG2E}, dc[2] = {dlv.x, dlv.y};
+#pragma unroll
+            for (int m = 0; m < MT; ++m)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int kj = r0 + 16 * m + g + 8 * (e >> 1), i = qb + c + (e & 1);
+                    float p = ex2(s[m][nb][e] * sl2 - lc[e & 1]);
+                    if (!full && (i >= nq || (causal && kj > i))) p = 0.f;
+                    s[m][nb][e] = p;
+                    dp[m][nb][e] = p * (dp[m][nb][e] - dc[e & 1]);
+                }
+        }
+        unsigned af[MT][BS / 16][4];
+        pack_a<T, MT, BS>(af, s);
+        mma_rs_kn<T, MT, BS, D, LD>(dva, af, sdo + bkn_lane<LD>(lane));
+        pack_a<T, MT, BS>(af, dp);
+        mma_rs_kn<T, MT, BS, D, LD>(dka, af, sq + bkn_lane<LD>(lane));
+    }
+    cp_async_wait_all();
+    __syncthreads();
+    float mk[MT][2], mv[MT][2];
+#pragma unroll
+    for (int m = 0; m < MT; ++m) mk[m][0] = mk[m][1] = scale, mv[m][0] = mv[m][1] = 1.f;
+    // The warp's own rows of the K and V tiles are free scratch now.
+    T* st = reinterpret_cast<T*>(fa_smem) + 16 * MT * warp * LD;
+    store_rows<T, D, MT>(dk, dka, mk, st, r0, nk);
+    store_rows<T, D, MT>(dv, dva, mv, st + M * LD, r0, nk);
+}
+
+// ======================= f32: FMAs =======================
+
+// A matrix in shared memory: element (i, j) at p[i·rs + j·cs] (a transpose swaps rs, cs).
+struct Tile32 {
+    const float* p;
+    int rs, cs;
+    __device__ __forceinline__ float at(int i, int j) const { return p[i * rs + j * cs]; }
+};
+
+// c[16 × N] += a[16 × K] · b[K × N], warp-wide, in the mma accumulator layout (see the
+// tensor-core section): lane (g, t) holds, for each 8-column block nb,
+// c[nb] = {(g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1)}.
+template <int K, int N>
+__device__ __forceinline__ void warp_mm32(float (&c)[N / 8][4], Tile32 a, Tile32 b) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll 4
+    for (int k = 0; k < K; ++k) {
+        const float a0 = a.at(g, k), a1 = a.at(g + 8, k);
+#pragma unroll
+        for (int nb = 0; nb < N / 8; ++nb) {
+            const float b0 = b.at(k, nb * 8 + 2 * t), b1 = b.at(k, nb * 8 + 2 * t + 1);
+            c[nb][0] += a0 * b0;
+            c[nb][1] += a0 * b1;
+            c[nb][2] += a1 * b0;
+            c[nb][3] += a1 * b1;
+        }
+    }
+}
+
+// Rows [row0, row0 + rows) of the [n, D] matrix `src` into `dst` (row stride D + FA_PAD),
+// zeros past row n, by the whole block.
+template <int D>
+__device__ __forceinline__ void load_rows32(float* dst, const float* src, i64 row0, int rows, i64 n) {
+    for (int i = threadIdx.x; i < rows * D; i += blockDim.x) {
+        const int r = i / D, c = i % D;
+        dst[r * (D + FA_PAD) + c] = row0 + r < n ? src[(row0 + r) * D + c] : 0.f;
+    }
+}
+
+// Writes fragment values `c` (rows g, g+8 of a warp's 16) scaled by `mul[half]` into
+// `dst` (row stride `ld`), only rows below `limit - row0`.
+template <int N>
+__device__ __forceinline__ void store_frag32(float* dst, int ld, const float (&c)[N / 8][4],
+                                             const float (&mul)[2], i64 row0, i64 limit) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int r = g + 8 * h;
+        if (row0 + r >= limit) continue;
+#pragma unroll
+        for (int nb = 0; nb < N / 8; ++nb) {
+            dst[r * ld + nb * 8 + 2 * t] = c[nb][2 * h] * mul[h];
+            dst[r * ld + nb * 8 + 2 * t + 1] = c[nb][2 * h + 1] * mul[h];
+        }
+    }
+}
+
+// Whether query `i` sees key `j`.
+__device__ __forceinline__ bool visible(i64 i, i64 j, i64 tq, i64 tk, int causal) {
+    return i < tq && j < tk && !(causal && j > i);
+}
+
+// The f32 kernels: a block of W warps owns 16·W rows, each warp 16; the other operand
+// streams through static shared memory in tiles of BS rows; P and dS go through a
+// per-warp shared scratch.
+template <int D, int W, int BS>
+__device__ void fa_forward32(const float* q, const float* k, const float* v, float* out,
+                             float* lse, u64 tq, u64 tk, float scale, int causal) {
+    __shared__ __align__(16) float sq[16 * W][D + FA_PAD];
+    __shared__ __align__(16) float sk[BS][D + FA_PAD];
+    __shared__ __align__(16) float sv[BS][D + FA_PAD];
+    __shared__ __align__(16) float sp[W][16][BS + FA_PAD];
+    if (blockDim.x != 32 * W || (u64)gridDim.y != (tq + 16 * W - 1) / (16 * W)) __trap();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const u64 bh = blockIdx.x;
     const i64 q0 = (i64)blockIdx.y * 16 * W, r0 = q0 + 16 * warp;
     q += bh * tq * D, k += bh * tk * D, v += bh * tk * D, out += bh * tq * D, lse += bh * tq;
-    load_rows<T, D>(&sq[0][0], q, q0, 16 * W, tq);
+    load_rows32<D>(&sq[0][0], q, q0, 16 * W, tq);
     float m[2] = {FA_NEG_INF, FA_NEG_INF}, l[2] = {0.f, 0.f};
     float o[D / 8][4] = {};
     // Under the causal mask no query of this block sees a key past its last query.
     const i64 kend = causal ? min((i64)tk, q0 + 16 * W) : (i64)tk;
     for (i64 k0 = 0; k0 < kend; k0 += BS) {
         __syncthreads();
-        load_rows<T, D>(&sk[0][0], k, k0, BS, tk);
-        load_rows<T, D>(&sv[0][0], v, k0, BS, tk);
+        load_rows32<D>(&sk[0][0], k, k0, BS, tk);
+        load_rows32<D>(&sv[0][0], v, k0, BS, tk);
         __syncthreads();
         float s[BS / 8][4] = {};
-        warp_mm<T, D, BS>(s, Tile<T>{&sq[16 * warp][0], D + FA_PAD, 1}, Tile<T>{&sk[0][0], 1, D + FA_PAD});
+        warp_mm32<D, BS>(s, Tile32{&sq[16 * warp][0], D + FA_PAD, 1}, Tile32{&sk[0][0], 1, D + FA_PAD});
         float mx[2] = {m[0], m[1]};
 #pragma unroll
         for (int nb = 0; nb < BS / 8; ++nb)
@@ -194,20 +825,132 @@ __device__ void fa_forward(const T* q, const T* k, const T* v, T* out, float* ls
         for (int nb = 0; nb < D / 8; ++nb)
 #pragma unroll
             for (int e = 0; e < 4; ++e) o[nb][e] *= corr[e >> 1];
-        T* pw = &sp[warp][0][0];
+        float* pw = &sp[warp][0][0];
         const float one[2] = {1.f, 1.f};
-        store_frag<T, BS>(pw, BS + FA_PAD, s, one, 0, 16);
+        store_frag32<BS>(pw, BS + FA_PAD, s, one, 0, 16);
         __syncwarp();
-        warp_mm<T, BS, D>(o, Tile<T>{pw, BS + FA_PAD, 1}, Tile<T>{&sv[0][0], D + FA_PAD, 1});
+        warp_mm32<BS, D>(o, Tile32{pw, BS + FA_PAD, 1}, Tile32{&sv[0][0], D + FA_PAD, 1});
         __syncwarp();
     }
     const float inv[2] = {1.f / l[0], 1.f / l[1]};
-    store_frag<T, D>(out + r0 * D, D, o, inv, r0, tq);
+    store_frag32<D>(out + r0 * D, D, o, inv, r0, tq);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         const i64 i = r0 + g + 8 * h;
         if (t == 0 && i < (i64)tq) lse[i] = m[h] + logf(l[h]);
     }
+}
+
+template <int D, int W, int BS>
+__device__ void fa_dq32(const float* q, const float* k, const float* v, const float* dout,
+                        const float* lse, const float* delta, float* dq, u64 tq, u64 tk,
+                        float scale, int causal) {
+    __shared__ __align__(16) float sq[16 * W][D + FA_PAD];
+    __shared__ __align__(16) float sdo[16 * W][D + FA_PAD];
+    __shared__ __align__(16) float sk[BS][D + FA_PAD];
+    __shared__ __align__(16) float sv[BS][D + FA_PAD];
+    __shared__ __align__(16) float sds[W][16][BS + FA_PAD];
+    if (blockDim.x != 32 * W || (u64)gridDim.y != (tq + 16 * W - 1) / (16 * W)) __trap();
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const u64 bh = blockIdx.x;
+    const i64 q0 = (i64)blockIdx.y * 16 * W, r0 = q0 + 16 * warp;
+    q += bh * tq * D, k += bh * tk * D, v += bh * tk * D, dout += bh * tq * D, dq += bh * tq * D;
+    lse += bh * tq, delta += bh * tq;
+    load_rows32<D>(&sq[0][0], q, q0, 16 * W, tq);
+    load_rows32<D>(&sdo[0][0], dout, q0, 16 * W, tq);
+    float rl[2], rd[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const i64 i = r0 + g + 8 * h;
+        rl[h] = i < (i64)tq ? lse[i] : 0.f;
+        rd[h] = i < (i64)tq ? delta[i] : 0.f;
+    }
+    float acc[D / 8][4] = {};
+    const i64 kend = causal ? min((i64)tk, q0 + 16 * W) : (i64)tk;
+    for (i64 k0 = 0; k0 < kend; k0 += BS) {
+        __syncthreads();
+        load_rows32<D>(&sk[0][0], k, k0, BS, tk);
+        load_rows32<D>(&sv[0][0], v, k0, BS, tk);
+        __syncthreads();
+        float s[BS / 8][4] = {}, dp[BS / 8][4] = {};
+        warp_mm32<D, BS>(s, Tile32{&sq[16 * warp][0], D + FA_PAD, 1}, Tile32{&sk[0][0], 1, D + FA_PAD});
+        warp_mm32<D, BS>(dp, Tile32{&sdo[16 * warp][0], D + FA_PAD, 1}, Tile32{&sv[0][0], 1, D + FA_PAD});
+#pragma unroll
+        for (int nb = 0; nb < BS / 8; ++nb)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const i64 i = r0 + g + 8 * (e >> 1), j = k0 + nb * 8 + 2 * t + (e & 1);
+                const float p = visible(i, j, tq, tk, causal) ? expf(s[nb][e] * scale - rl[e >> 1]) : 0.f;
+                dp[nb][e] = p * (dp[nb][e] - rd[e >> 1]);
+            }
+        float* dw = &sds[warp][0][0];
+        const float one[2] = {1.f, 1.f};
+        store_frag32<BS>(dw, BS + FA_PAD, dp, one, 0, 16);
+        __syncwarp();
+        warp_mm32<BS, D>(acc, Tile32{dw, BS + FA_PAD, 1}, Tile32{&sk[0][0], D + FA_PAD, 1});
+        __syncwarp();
+    }
+    const float mul[2] = {scale, scale};
+    store_frag32<D>(dq + r0 * D, D, acc, mul, r0, tq);
+}
+
+template <int D, int W, int BS>
+__device__ void fa_dkdv32(const float* q, const float* k, const float* v, const float* dout,
+                          const float* lse, const float* delta, float* dk, float* dv, u64 tq,
+                          u64 tk, float scale, int causal) {
+    __shared__ __align__(16) float sk[16 * W][D + FA_PAD];
+    __shared__ __align__(16) float sv[16 * W][D + FA_PAD];
+    __shared__ __align__(16) float sq[BS][D + FA_PAD];
+    __shared__ __align__(16) float sdo[BS][D + FA_PAD];
+    __shared__ __align__(16) float sw[W][16][BS + FA_PAD];
+    __shared__ float sl[BS], sd[BS];
+    if (blockDim.x != 32 * W || (u64)gridDim.y != (tk + 16 * W - 1) / (16 * W)) __trap();
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const u64 bh = blockIdx.x;
+    const i64 k0 = (i64)blockIdx.y * 16 * W, r0 = k0 + 16 * warp;
+    q += bh * tq * D, k += bh * tk * D, v += bh * tk * D, dout += bh * tq * D;
+    dk += bh * tk * D, dv += bh * tk * D, lse += bh * tq, delta += bh * tq;
+    load_rows32<D>(&sk[0][0], k, k0, 16 * W, tk);
+    load_rows32<D>(&sv[0][0], v, k0, 16 * W, tk);
+    float dka[D / 8][4] = {}, dva[D / 8][4] = {};
+    // Under the causal mask no query before the block's first key sees any of its keys.
+    const i64 qstart = causal ? min(k0, (i64)tq) : 0;
+    for (i64 qb = qstart; qb < (i64)tq; qb += BS) {
+        __syncthreads();
+        load_rows32<D>(&sq[0][0], q, qb, BS, tq);
+        load_rows32<D>(&sdo[0][0], dout, qb, BS, tq);
+        for (int i = threadIdx.x; i < BS; i += blockDim.x) {
+            sl[i] = qb + i < (i64)tq ? lse[qb + i] : 0.f;
+            sd[i] = qb + i < (i64)tq ? delta[qb + i] : 0.f;
+        }
+        __syncthreads();
+        float s[BS / 8][4] = {}, dp[BS / 8][4] = {};
+        warp_mm32<D, BS>(s, Tile32{&sk[16 * warp][0], D + FA_PAD, 1}, Tile32{&sq[0][0], 1, D + FA_PAD});
+        warp_mm32<D, BS>(dp, Tile32{&sv[16 * warp][0], D + FA_PAD, 1}, Tile32{&sdo[0][0], 1, D + FA_PAD});
+#pragma unroll
+        for (int nb = 0; nb < BS / 8; ++nb)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int c = nb * 8 + 2 * t + (e & 1);
+                const i64 j = r0 + g + 8 * (e >> 1), i = qb + c;
+                const float p = visible(i, j, tq, tk, causal) ? expf(s[nb][e] * scale - sl[c]) : 0.f;
+                dp[nb][e] = p * (dp[nb][e] - sd[c]);
+                s[nb][e] = p;
+            }
+        float* pw = &sw[warp][0][0];
+        const float one[2] = {1.f, 1.f};
+        store_frag32<BS>(pw, BS + FA_PAD, s, one, 0, 16);
+        __syncwarp();
+        warp_mm32<BS, D>(dva, Tile32{pw, BS + FA_PAD, 1}, Tile32{&sdo[0][0], D + FA_PAD, 1});
+        __syncwarp();
+        store_frag32<BS>(pw, BS + FA_PAD, dp, one, 0, 16);
+        __syncwarp();
+        warp_mm32<BS, D>(dka, Tile32{pw, BS + FA_PAD, 1}, Tile32{&sq[0][0], D + FA_PAD, 1});
+        __syncwarp();
+    }
+    const float mul_k[2] = {scale, scale}, one[2] = {1.f, 1.f};
+    store_frag32<D>(dk + r0 * D, D, dka, mul_k, r0, tk);
+    store_frag32<D>(dv + r0 * D, D, dva, one, r0, tk);
 }
 
 // delta[r] = Σ_c dO[r, c]·O[r, c], one warp per row.
@@ -221,150 +964,60 @@ __device__ void fa_delta(const T* dout, const T* out, float* delta, u64 rows, u6
     if ((threadIdx.x & 31) == 0) delta[r] = acc;
 }
 
-// dQ = scale · Σ_j dS_ij K_j with dS = P∘(dP − delta), P recomputed from lse.
-template <typename T, int D, int W, int BS>
-__device__ void fa_dq(const T* q, const T* k, const T* v, const T* dout, const float* lse,
-                      const float* delta, T* dq, u64 tq, u64 tk, float scale, int causal) {
-    __shared__ __align__(16) T sq[16 * W][D + FA_PAD];
-    __shared__ __align__(16) T sdo[16 * W][D + FA_PAD];
-    __shared__ __align__(16) T sk[BS][D + FA_PAD];
-    __shared__ __align__(16) T sv[BS][D + FA_PAD];
-    __shared__ __align__(16) T sds[W][16][BS + FA_PAD];
-    if (blockDim.x != 32 * W) __trap();
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const u64 bh = blockIdx.x;
-    const i64 q0 = (i64)blockIdx.y * 16 * W, r0 = q0 + 16 * warp;
-    q += bh * tq * D, k += bh * tk * D, v += bh * tk * D, dout += bh * tq * D, dq += bh * tq * D;
-    lse += bh * tq, delta += bh * tq;
-    load_rows<T, D>(&sq[0][0], q, q0, 16 * W, tq);
-    load_rows<T, D>(&sdo[0][0], dout, q0, 16 * W, tq);
-    float rl[2], rd[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        const i64 i = r0 + g + 8 * h;
-        rl[h] = i < (i64)tq ? lse[i] : 0.f;
-        rd[h] = i < (i64)tq ? delta[i] : 0.f;
-    }
-    float acc[D / 8][4] = {};
-    const i64 kend = causal ? min((i64)tk, q0 + 16 * W) : (i64)tk;
-    for (i64 k0 = 0; k0 < kend; k0 += BS) {
-        __syncthreads();
-        load_rows<T, D>(&sk[0][0], k, k0, BS, tk);
-        load_rows<T, D>(&sv[0][0], v, k0, BS, tk);
-        __syncthreads();
-        float s[BS / 8][4] = {}, dp[BS / 8][4] = {};
-        warp_mm<T, D, BS>(s, Tile<T>{&sq[16 * warp][0], D + FA_PAD, 1}, Tile<T>{&sk[0][0], 1, D + FA_PAD});
-        warp_mm<T, D, BS>(dp, Tile<T>{&sdo[16 * warp][0], D + FA_PAD, 1}, Tile<T>{&sv[0][0], 1, D + FA_PAD});
-#pragma unroll
-        for (int nb = 0; nb < BS / 8; ++nb)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const i64 i = r0 + g + 8 * (e >> 1), j = k0 + nb * 8 + 2 * t + (e & 1);
-                const float p = visible(i, j, tq, tk, causal) ? expf(s[nb][e] * scale - rl[e >> 1]) : 0.f;
-                dp[nb][e] = p * (dp[nb][e] - rd[e >> 1]);
-            }
-        T* dw = &sds[warp][0][0];
-        const float one[2] = {1.f, 1.f};
-        store_frag<T, BS>(dw, BS + FA_PAD, dp, one, 0, 16);
-        __syncwarp();
-        warp_mm<T, BS, D>(acc, Tile<T>{dw, BS + FA_PAD, 1}, Tile<T>{&sk[0][0], D + FA_PAD, 1});
-        __syncwarp();
-    }
-    const float mul[2] = {scale, scale};
-    store_frag<T, D>(dq + r0 * D, D, acc, mul, r0, tq);
-}
+// ======================= instantiations =======================
+// The launch shapes must match `shape` in crates/engine/src/cuda/flash.rs (every kernel
+// traps on a block size, grid or shared size that does not).
 
-// dV = Σ_i Pᵀ_ji dO_i and dK = scale · Σ_i dSᵀ_ji Q_i, per key tile, the scores
-// recomputed transposed (Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ).
-template <typename T, int D, int W, int BS>
-__device__ void fa_dkdv(const T* q, const T* k, const T* v, const T* dout, const float* lse,
-                        const float* delta, T* dk, T* dv, u64 tq, u64 tk, float scale, int causal) {
-    __shared__ __align__(16) T sk[16 * W][D + FA_PAD];
-    __shared__ __align__(16) T sv[16 * W][D + FA_PAD];
-    __shared__ __align__(16) T sq[BS][D + FA_PAD];
-    __shared__ __align__(16) T sdo[BS][D + FA_PAD];
-    __shared__ __align__(16) T sw[W][16][BS + FA_PAD];
-    __shared__ float sl[BS], sd[BS];
-    if (blockDim.x != 32 * W) __trap();
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const u64 bh = blockIdx.x;
-    const i64 k0 = (i64)blockIdx.y * 16 * W, r0 = k0 + 16 * warp;
-    q += bh * tq * D, k += bh * tk * D, v += bh * tk * D, dout += bh * tq * D;
-    dk += bh * tk * D, dv += bh * tk * D, lse += bh * tq, delta += bh * tq;
-    load_rows<T, D>(&sk[0][0], k, k0, 16 * W, tk);
-    load_rows<T, D>(&sv[0][0], v, k0, 16 * W, tk);
-    float dka[D / 8][4] = {}, dva[D / 8][4] = {};
-    // Under the causal mask no query before the block's first key sees any of its keys.
-    const i64 qstart = causal ? min(k0, (i64)tq) : 0;
-    for (i64 qb = qstart; qb < (i64)tq; qb += BS) {
-        __syncthreads();
-        load_rows<T, D>(&sq[0][0], q, qb, BS, tq);
-        load_rows<T, D>(&sdo[0][0], dout, qb, BS, tq);
-        for (int i = threadIdx.x; i < BS; i += blockDim.x) {
-            sl[i] = qb + i < (i64)tq ? lse[qb + i] : 0.f;
-            sd[i] = qb + i < (i64)tq ? delta[qb + i] : 0.f;
-        }
-        __syncthreads();
-        float s[BS / 8][4] = {}, dp[BS / 8][4] = {};
-        warp_mm<T, D, BS>(s, Tile<T>{&sk[16 * warp][0], D + FA_PAD, 1}, Tile<T>{&sq[0][0], 1, D + FA_PAD});
-        warp_mm<T, D, BS>(dp, Tile<T>{&sv[16 * warp][0], D + FA_PAD, 1}, Tile<T>{&sdo[0][0], 1, D + FA_PAD});
-#pragma unroll
-        for (int nb = 0; nb < BS / 8; ++nb)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int c = nb * 8 + 2 * t + (e & 1);
-                const i64 j = r0 + g + 8 * (e >> 1), i = qb + c;
-                const float p = visible(i, j, tq, tk, causal) ? expf(s[nb][e] * scale - sl[c]) : 0.f;
-                dp[nb][e] = p * (dp[nb][e] - sd[c]);
-                s[nb][e] = p;
-            }
-        T* pw = &sw[warp][0][0];
-        const float one[2] = {1.f, 1.f};
-        store_frag<T, BS>(pw, BS + FA_PAD, s, one, 0, 16);
-        __syncwarp();
-        warp_mm<T, BS, D>(dva, Tile<T>{pw, BS + FA_PAD, 1}, Tile<T>{&sdo[0][0], D + FA_PAD, 1});
-        __syncwarp();
-        store_frag<T, BS>(pw, BS + FA_PAD, dp, one, 0, 16);
-        __syncwarp();
-        warp_mm<T, BS, D>(dka, Tile<T>{pw, BS + FA_PAD, 1}, Tile<T>{&sq[0][0], D + FA_PAD, 1});
-        __syncwarp();
-    }
-    const float mul_k[2] = {scale, scale}, one[2] = {1.f, 1.f};
-    store_frag<T, D>(dk + r0 * D, D, dka, mul_k, r0, tk);
-    store_frag<T, D>(dv + r0 * D, D, dva, one, r0, tk);
-}
+#define FA_PARAMS_FWD(T)                                                                    \
+    const T *q, const T *k, const T *v, T *out, float *lse, u64 tq, u64 tk, float scale,   \
+        int causal
+#define FA_PARAMS_DQ(T)                                                                     \
+    const T *q, const T *k, const T *v, const T *dout, const float *lse,                   \
+        const float *delta, T *dq, u64 tq, u64 tk, float scale, int causal
+#define FA_PARAMS_DKDV(T)                                                                   \
+    const T *q, const T *k, const T *v, const T *dout, const float *lse,                   \
+        const float *delta, T *dk, T *dv, u64 tq, u64 tk, float scale, int causal
 
-// Instantiates the kernels of one (dtype, head dim): W warps per block, key tiles of
-// BSF rows in the forward and BSB in the backward (sized to 48 KiB of static shared
-// memory). The warp counts must match `warps` in crates/engine/src/cuda/flash.rs.
-#define FA(S, T, D, W, BSF, BSB)                                                          \
-    extern "C" __global__ void __launch_bounds__(32 * W)                                  \
-        fa_fwd_##S##_d##D(const T* q, const T* k, const T* v, T* out, float* lse, u64 tq, \
-                          u64 tk, float scale, int causal) {                              \
-        fa_forward<T, D, W, BSF>(q, k, v, out, lse, tq, tk, scale, causal);               \
-    }                                                                                     \
-    extern "C" __global__ void __launch_bounds__(32 * W)                                  \
-        fa_dq_##S##_d##D(const T* q, const T* k, const T* v, const T* dout,               \
-                         const float* lse, const float* delta, T* dq, u64 tq, u64 tk,     \
-                         float scale, int causal) {                                       \
-        fa_dq<T, D, W, BSB>(q, k, v, dout, lse, delta, dq, tq, tk, scale, causal);        \
-    }                                                                                     \
-    extern "C" __global__ void __launch_bounds__(32 * W)                                  \
-        fa_dkdv_##S##_d##D(const T* q, const T* k, const T* v, const T* dout,             \
-                           const float* lse, const float* delta, T* dk, T* dv, u64 tq,    \
-                           u64 tk, float scale, int causal) {                             \
-        fa_dkdv<T, D, W, BSB>(q, k, v, dout, lse, delta, dk, dv, tq, tk, scale, causal);  \
+// bf16/f16 at head dim D: forward with MT 16-row fragments per warp, FW warps and key
+// tiles of FBS; dQ and dK/dV with one fragment per warp, BW warps, tiles of BBS, Q and
+// dO in registers in dQ when QREG. Sized for at most 99 KiB of shared memory per block
+// (the sm_86/sm_89 limit; sm_80 allows 163 KiB, sm_90 227 KiB).
+#define FA_TC(S, T, D, MT, FW, FBS, BW, BBS, QREG)                                          \
+    extern "C" __global__ void __launch_bounds__(32 * FW) fa_fwd_##S##_d##D(FA_PARAMS_FWD(T)) { \
+        fa_forward_tc<T, D, MT, FW, FBS>(q, k, v, out, lse, tq, tk, scale, causal);           \
+    }                                                                                       \
+    extern "C" __global__ void __launch_bounds__(32 * BW) fa_dq_##S##_d##D(FA_PARAMS_DQ(T)) { \
+        fa_dq_tc<T, D, 1, BW, BBS, QREG>(q, k, v, dout, lse, delta, dq, tq, tk, scale, causal); \
+    }                                                                                       \
+    extern "C" __global__ void __launch_bounds__(32 * BW)                                   \
+        fa_dkdv_##S##_d##D(FA_PARAMS_DKDV(T)) {                                             \
+        fa_dkdv_tc<T, D, 1, BW, BBS>(q, k, v, dout, lse, delta, dk, dv, tq, tk, scale, causal); \
     }
 
-FA(bf16, bf16, 32, 4, 64, 64)
-FA(bf16, bf16, 64, 4, 64, 64)
-FA(bf16, bf16, 128, 4, 32, 16)
-FA(f16, f16, 32, 4, 64, 64)
-FA(f16, f16, 64, 4, 64, 64)
-FA(f16, f16, 128, 4, 32, 16)
-FA(f32, float, 32, 2, 32, 32)
-FA(f32, float, 64, 2, 32, 32)
-FA(f32, float, 128, 1, 16, 16)
+FA_TC(bf16, bf16, 32, 2, 4, 64, 8, 64, true)
+FA_TC(bf16, bf16, 64, 2, 4, 64, 8, 64, true)
+FA_TC(bf16, bf16, 128, 1, 8, 64, 4, 32, false)
+FA_TC(f16, f16, 32, 2, 4, 64, 8, 64, true)
+FA_TC(f16, f16, 64, 2, 4, 64, 8, 64, true)
+FA_TC(f16, f16, 128, 1, 8, 64, 4, 32, false)
+
+// f32 at head dim D: W warps of 16 rows, key tiles of BSF rows in the forward and BSB in
+// the backward (48 KiB of static shared memory).
+#define FA32(D, W, BSF, BSB)                                                                \
+    extern "C" __global__ void __launch_bounds__(32 * W) fa_fwd_f32_d##D(FA_PARAMS_FWD(float)) { \
+        fa_forward32<D, W, BSF>(q, k, v, out, lse, tq, tk, scale, causal);                    \
+    }                                                                                       \
+    extern "C" __global__ void __launch_bounds__(32 * W) fa_dq_f32_d##D(FA_PARAMS_DQ(float)) { \
+        fa_dq32<D, W, BSB>(q, k, v, dout, lse, delta, dq, tq, tk, scale, causal);             \
+    }                                                                                       \
+    extern "C" __global__ void __launch_bounds__(32 * W)                                    \
+        fa_dkdv_f32_d##D(FA_PARAMS_DKDV(float)) {                                           \
+        fa_dkdv32<D, W, BSB>(q, k, v, dout, lse, delta, dk, dv, tq, tk, scale, causal);       \
+    }
+
+FA32(32, 2, 32, 32)
+FA32(64, 2, 32, 32)
+FA32(128, 1, 16, 16)
 
 #define FA_DELTA(S, T)                                                                    \
     extern "C" __global__ void fa_delta_##S(const T* dout, const T* out, float* delta,    \

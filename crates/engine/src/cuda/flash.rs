@@ -5,11 +5,13 @@
 //! to its cuBLAS path for anything else (f64, other head dims).
 
 use super::device::CudaDevice;
-use super::launch::{args, launch};
+use super::launch::{args, launch, Arg};
 use super::{CudaStorage, Dense};
 use crate::backend::AttentionSpec;
 use crate::dtype::DType;
 use crate::error::Result;
+use cudarc::driver::result as drv;
+use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
 use cudarc::driver::LaunchConfig;
 use std::sync::Arc;
 
@@ -19,42 +21,149 @@ const FILE: &str = "flash_attention";
 const HEAD_DIMS: [usize; 3] = [32, 64, 128];
 /// The grid's y dimension (row tiles) is limited to this by CUDA.
 const MAX_TILES: usize = 65535;
+/// Dynamic shared memory a kernel gets without opting in.
+const DEFAULT_SMEM: usize = 48 << 10;
+/// Padding of each shared row, in elements (`FA_PAD` in the kernel file).
+const PAD: usize = 8;
 
-/// Warps per block (each owns 16 rows) for `dtype` and head dim `d`: must match the
-/// `FA(...)` instantiations of `kernels/flash_attention.cu` (a kernel traps otherwise).
-fn warps(dtype: DType, d: usize) -> usize {
-    match (dtype, d) {
-        (DType::F32, 128) => 1,
-        (DType::F32, _) => 2,
-        _ => 4,
+/// The three row-tiled kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    /// Output and log-sum-exp, a block per query tile.
+    Fwd,
+    /// dQ, a block per query tile.
+    Dq,
+    /// dK and dV, a block per key tile.
+    Dkdv,
+}
+
+impl Kernel {
+    fn name(self) -> &'static str {
+        match self {
+            Kernel::Fwd => "fwd",
+            Kernel::Dq => "dq",
+            Kernel::Dkdv => "dkdv",
+        }
     }
+}
+
+/// The launch shape of one kernel: warps per block, rows (queries, or keys for dK/dV)
+/// per block, and bytes of dynamic shared memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Shape {
+    warps: usize,
+    rows: usize,
+    smem: usize,
+}
+
+/// The launch shape of `kernel` for `dtype` at head dim `d`. Must match the `FA_TC(...)`
+/// and `FA32(...)` instantiations of `kernels/flash_attention.cu` and its `FwdSmem` and
+/// `BwdSmem` sizes: each kernel traps on a block size, a grid or a shared size that does
+/// not (asking for more shared memory than it uses would pass, less would not).
+fn shape(kernel: Kernel, dtype: DType, d: usize) -> Shape {
+    if dtype == DType::F32 {
+        // The plain kernels: 16 rows per warp, static shared memory.
+        let warps = if d == 128 { 1 } else { 2 };
+        return Shape {
+            warps,
+            rows: 16 * warps,
+            smem: 0,
+        };
+    }
+    // bf16/f16: (warps, rows per block, rows of a streamed tile).
+    let (warps, rows, tile) = match (kernel, d) {
+        // 8 warps of 16 rows; 4 warps of 32 rows where the head dim leaves the registers.
+        (Kernel::Fwd, 128) => (8, 128, 64),
+        (Kernel::Fwd, _) => (4, 128, 64),
+        // The backward holds two accumulators (dK and dV) or Q and dO fragments: smaller
+        // blocks and tiles at d = 128 keep it within 255 registers and 99 KiB.
+        (_, 128) => (4, 64, 32),
+        _ => (8, 128, 64),
+    };
+    let row_bytes = (d + PAD) * 2;
+    let smem = match kernel {
+        // Two stages of K and V tiles; Q passes through the second stage.
+        Kernel::Fwd => (2 * tile + rows.max(2 * tile)) * row_bytes,
+        // Two resident blocks of rows and two stages of two tiles...
+        Kernel::Dq => (2 * rows + 4 * tile) * row_bytes,
+        // ... and two stages of the tile's f32 lse and delta.
+        Kernel::Dkdv => (2 * rows + 4 * tile) * row_bytes + 4 * tile * 4,
+    };
+    Shape { warps, rows, smem }
 }
 
 /// Whether the fused kernels cover attention of `dtype` with head dims `d` (q, k) and
 /// `dv` (v) over `tq` queries and `tk` keys.
 pub(crate) fn covers(dtype: DType, d: usize, dv: usize, (tq, tk): (usize, usize)) -> bool {
-    let rows = 16 * warps(dtype, d);
     matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
         && d == dv
         && HEAD_DIMS.contains(&d)
-        && tq.max(tk).div_ceil(rows) <= MAX_TILES
+        && [Kernel::Fwd, Kernel::Dq, Kernel::Dkdv]
+            .iter()
+            .all(|&k| tq.max(tk).div_ceil(shape(k, dtype, d).rows) <= MAX_TILES)
 }
 
 /// Shapes of one call: (b·h, tq, tk, d).
 pub(crate) type Dims = (usize, usize, usize, usize);
 
-/// One block per (b·h, tile of `t` rows).
-fn grid(dt: DType, (bh, _, _, d): Dims, t: usize) -> LaunchConfig {
-    let w = warps(dt, d);
-    LaunchConfig {
-        grid_dim: (bh as u32, t.div_ceil(16 * w) as u32, 1),
-        block_dim: (32 * w as u32, 1, 1),
-        shared_mem_bytes: 0,
+/// Launches `kernel` with one block per (b·h, tile of `t` rows), opting in to more than
+/// 48 KiB of dynamic shared memory where its shape needs it.
+fn launch_tiled(
+    dev: &Arc<CudaDevice>,
+    op: &'static str,
+    kernel: Kernel,
+    (dt, (bh, _, _, d), t): (DType, Dims, usize),
+    args: &mut [Arg],
+) -> Result<()> {
+    let s = shape(kernel, dt, d);
+    let name = format!("fa_{}_{}_d{d}", kernel.name(), dt.as_str());
+    if s.smem > DEFAULT_SMEM {
+        let f = dev.function(FILE, &name)?;
+        dev.bind().map_err(|e| dev.error(op, e))?;
+        f.set_attribute(
+            CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            s.smem as i32,
+        )
+        .map_err(|e| dev.error(op, format!("{name}: {e}")))?;
     }
+    let cfg = LaunchConfig {
+        grid_dim: (bh as u32, t.div_ceil(s.rows) as u32, 1),
+        block_dim: (32 * s.warps as u32, 1, 1),
+        shared_mem_bytes: s.smem as u32,
+    };
+    launch(dev, op, (FILE, &name), cfg, args)
 }
 
-fn name(kernel: &str, dt: DType, d: usize) -> String {
-    format!("fa_{kernel}_{}_d{d}", dt.as_str())
+/// The address of `x` (`n` elements of `dt`) for the kernels. The bf16/f16 kernels copy
+/// rows with 16-byte `cp.async`, so their inputs must start 16-byte aligned (rows then
+/// are: d·2 bytes is a multiple of 16). The caching allocator's buffers are (cuMemAlloc
+/// aligns to 256 bytes) and so are copies of strided views, but a contiguous view can
+/// start at any element offset: such an input is copied into `keep` first.
+fn aligned(
+    dev: &Arc<CudaDevice>,
+    x: &Dense,
+    (n, dt): (usize, DType),
+    keep: &mut Vec<CudaStorage>,
+) -> Result<u64> {
+    if dt == DType::F32 || x.ptr % 16 == 0 {
+        return Ok(x.ptr);
+    }
+    let copy = CudaStorage::alloc(dev, n, dt)?;
+    dev.bind().map_err(|e| dev.error("attention", e))?;
+    // SAFETY: `x.ptr` addresses `n` elements of `dt` of a live buffer, `copy` was just
+    // allocated with as many; both are used in stream order on the device's one stream.
+    unsafe {
+        drv::memcpy_dtod_async(
+            copy.ptr(),
+            x.ptr,
+            n * dt.size_in_bytes(),
+            dev.stream.cu_stream(),
+        )
+    }
+    .map_err(|e| dev.error("attention", e))?;
+    let ptr = copy.ptr();
+    keep.push(copy);
+    Ok(ptr)
 }
 
 /// The output `[bh, tq, d]` and the f32 row log-sum-exp `[bh, tq]` of contiguous q, k, v.
@@ -66,22 +175,15 @@ pub(crate) fn forward(
     spec: AttentionSpec,
 ) -> Result<(CudaStorage, CudaStorage)> {
     let (bh, tq, tk, d) = dims;
+    let mut keep = Vec::new();
+    let qp = aligned(dev, q, (bh * tq * d, dt), &mut keep)?;
+    let kp = aligned(dev, k, (bh * tk * d, dt), &mut keep)?;
+    let vp = aligned(dev, v, (bh * tk * d, dt), &mut keep)?;
     let out = CudaStorage::alloc(dev, bh * tq * d, dt)?;
     let lse = CudaStorage::alloc(dev, bh * tq, DType::F32)?;
     let (scale, causal) = (spec.scale as f32, spec.causal);
-    let a = args![
-        q.ptr,
-        k.ptr,
-        v.ptr,
-        out.ptr(),
-        lse.ptr(),
-        tq,
-        tk,
-        scale,
-        causal
-    ];
-    let f = name("fwd", dt, d);
-    launch(dev, "attention", (FILE, &f), grid(dt, dims, tq), a)?;
+    let a = args![qp, kp, vp, out.ptr(), lse.ptr(), tq, tk, scale, causal];
+    launch_tiled(dev, "attention", Kernel::Fwd, (dt, dims, tq), a)?;
     Ok((out, lse))
 }
 
@@ -108,29 +210,46 @@ pub(crate) fn backward(
     let f = format!("fa_delta_{}", dt.as_str());
     let a = args![g.ptr, o.ptr, delta.ptr(), rows, d];
     launch(dev, OP, (FILE, &f), per_warp, a)?;
+    let mut keep = Vec::new();
+    let qp = aligned(dev, q, (rows * d, dt), &mut keep)?;
+    let kp = aligned(dev, k, (bh * tk * d, dt), &mut keep)?;
+    let vp = aligned(dev, v, (bh * tk * d, dt), &mut keep)?;
+    let gp = aligned(dev, g, (rows * d, dt), &mut keep)?;
     let dq = CudaStorage::alloc(dev, rows * d, dt)?;
     let dk = CudaStorage::alloc(dev, bh * tk * d, dt)?;
     let dv = CudaStorage::alloc(dev, bh * tk * d, dt)?;
     let (scale, causal) = (spec.scale as f32, spec.causal);
     let (l, dl) = (lse.ptr(), delta.ptr());
-    let a = args![
-        q.ptr,
-        k.ptr,
-        v.ptr,
-        g.ptr,
-        l,
-        dl,
-        dq.ptr(),
-        tq,
-        tk,
-        scale,
-        causal
-    ];
-    let f = name("dq", dt, d);
-    launch(dev, OP, (FILE, &f), grid(dt, dims, tq), a)?;
+    let a = args![qp, kp, vp, gp, l, dl, dq.ptr(), tq, tk, scale, causal];
+    launch_tiled(dev, OP, Kernel::Dq, (dt, dims, tq), a)?;
     let (pk, pv) = (dk.ptr(), dv.ptr());
-    let a = args![q.ptr, k.ptr, v.ptr, g.ptr, l, dl, pk, pv, tq, tk, scale, causal];
-    let f = name("dkdv", dt, d);
-    launch(dev, OP, (FILE, &f), grid(dt, dims, tk), a)?;
+    let a = args![qp, kp, vp, gp, l, dl, pk, pv, tq, tk, scale, causal];
+    launch_tiled(dev, OP, Kernel::Dkdv, (dt, dims, tk), a)?;
     Ok((dq, dk, dv))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shapes the kernel file's instantiations and size formulas give (worked out
+    /// by hand from `FA_TC(...)`, `FwdSmem` and `BwdSmem`): all within the 99 KiB that
+    /// every sm_80+ GPU allows a block.
+    #[test]
+    fn shapes_match_the_kernel_instantiations() {
+        let s = |warps, rows, smem| Shape { warps, rows, smem };
+        for dt in [DType::BF16, DType::F16] {
+            assert_eq!(shape(Kernel::Fwd, dt, 32), s(4, 128, 20480));
+            assert_eq!(shape(Kernel::Fwd, dt, 64), s(4, 128, 36864));
+            assert_eq!(shape(Kernel::Fwd, dt, 128), s(8, 128, 69632));
+            assert_eq!(shape(Kernel::Dq, dt, 32), s(8, 128, 40960));
+            assert_eq!(shape(Kernel::Dq, dt, 64), s(8, 128, 73728));
+            assert_eq!(shape(Kernel::Dq, dt, 128), s(4, 64, 69632));
+            assert_eq!(shape(Kernel::Dkdv, dt, 32), s(8, 128, 41984));
+            assert_eq!(shape(Kernel::Dkdv, dt, 64), s(8, 128, 74752));
+            assert_eq!(shape(Kernel::Dkdv, dt, 128), s(4, 64, 70144));
+        }
+        assert_eq!(shape(Kernel::Dkdv, DType::F32, 128), s(1, 16, 0));
+        assert_eq!(shape(Kernel::Fwd, DType::F32, 64), s(2, 32, 0));
+    }
 }
