@@ -34,6 +34,53 @@
 
 FOR_FLOATS(REDUCE)
 
+// `op` over the middle dim of a contiguous [outer, rows, cols] input: reduced dims that
+// form one block of dims, not trailing (a bias gradient is [rows, cols] → [cols], with
+// outer = 1). Block (32, 8): x over 32 adjacent columns (coalesced reads), y over rows;
+// blockIdx.y takes rows [y·per, (y+1)·per), blockIdx.z (grid-stride) the outer index.
+// Each block leaves its partial in part[p][y][c] (accumulation type), and
+// reduce_middle_finish combines a column's partials in order. The split depends only
+// on the shape, so results are identical run to run.
+#define REDUCE_MIDDLE(S, T)                                                               \
+    extern "C" __global__ void reduce_middle_##S(const T* x, Acc<T>::type* part,          \
+                                                 u64 outer, u64 rows, u64 cols, u64 per,  \
+                                                 int op) {                                \
+        typedef Acc<T>::type A;                                                           \
+        __shared__ A partial[8][33];                                                      \
+        const u64 c = (u64)blockIdx.x * 32 + threadIdx.x;                                 \
+        const u64 r0 = (u64)blockIdx.y * per;                                             \
+        const u64 r1 = r0 + per < rows ? r0 + per : rows;                                 \
+        for (u64 p = blockIdx.z; p < outer; p += gridDim.z) {                             \
+            const T* xp = x + p * rows * cols;                                            \
+            A acc = red_identity<A>(op);                                                  \
+            if (c < cols)                                                                 \
+                for (u64 r = r0 + threadIdx.y; r < r1; r += 8)                            \
+                    acc = red_combine(op, acc, (A)load(xp[r * cols + c]));                \
+            partial[threadIdx.y][threadIdx.x] = acc;                                      \
+            __syncthreads();                                                              \
+            if (threadIdx.y == 0 && c < cols) {                                           \
+                for (int i = 1; i < 8; ++i)                                               \
+                    acc = red_combine(op, acc, partial[i][threadIdx.x]);                  \
+                part[(p * gridDim.y + blockIdx.y) * cols + c] = acc;                      \
+            }                                                                             \
+            __syncthreads();                                                              \
+        }                                                                                 \
+    }                                                                                     \
+    extern "C" __global__ void reduce_middle_finish_##S(const Acc<T>::type* part, T* out, \
+                                                        u64 outer, u64 chunks, u64 cols,  \
+                                                        int op) {                         \
+        typedef Acc<T>::type A;                                                           \
+        GRID_STRIDE(o, outer * cols) {                                                    \
+            const u64 p = o / cols, c = o % cols;                                         \
+            A acc = red_identity<A>(op);                                                  \
+            for (u64 k = 0; k < chunks; ++k)                                              \
+                acc = red_combine(op, acc, part[(p * chunks + k) * cols + c]);            \
+            put(out + o, acc);                                                            \
+        }                                                                                 \
+    }
+
+FOR_FLOATS(REDUCE_MIDDLE)
+
 // This thread's share of `op` over a contiguous row of d elements, the group of
 // `threads` threads (a warp or a block) being numbered by `t`: the elements before the
 // first 16-byte boundary, then 16-byte packs, then the tail. Rows start anywhere (d need

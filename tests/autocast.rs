@@ -181,7 +181,10 @@ fn autocast_casts_each_tensor_once_and_gradients_stay_exact() -> Result<()> {
         let same = |t: &Tensor| t.clone();
         // The reference: one low copy of w and of h, each used twice, cast by hand.
         let mut want = twice_through(&x, &w, lowered)?.backward()?;
-        let want = [want.remove(&w).expect("grad"), want.remove(&x).expect("grad")];
+        let want = [
+            want.remove(&w).expect("grad"),
+            want.remove(&x).expect("grad"),
+        ];
         let _scope = AutocastGuard::new(Some(low))?;
         // A cast made under no_grad has no graph node; a recorded use must not reuse it.
         twinflow::engine::no_grad(|| twice_through(&x, &w, same))?;

@@ -322,11 +322,42 @@ fn reductions_over_any_dims() {
                 |t| t[0].min(dims, false),
             );
         }
-        // Many outputs in columns (the one-thread-per-output kernel).
-        let wide = randn(6, &[50, 9000], dt);
+        // Many outputs in columns of a narrowed (non-contiguous) view: the
+        // one-thread-per-output kernel.
+        let wide = randn(6, &[50, 9100], dt);
         check(&format!("sum cols {dt}"), &[wide], tolerance(dt), |t| {
-            t[0].sum(&[0], false)
+            t[0].narrow(1, 0, 9000)?.sum(&[0], false)
         });
+    }
+}
+
+/// Reductions over one block of dims of a contiguous input, not trailing
+/// (`reduce_middle_*`): bias-gradient shapes with many row stretches and a short last
+/// one, partial column blocks, an outer dim, several reduced dims.
+#[test]
+fn middle_dim_reductions() {
+    for dt in FLOATS {
+        let cases: [(&[usize], &[isize]); 5] = [
+            (&[5000, 33], &[0]),
+            (&[3, 2000, 40], &[1]),
+            (&[4, 3, 5, 70], &[1, 2]),
+            (&[70, 1], &[0]),
+            (&[2, 1, 300], &[1]),
+        ];
+        for (i, (shape, dims)) in cases.into_iter().enumerate() {
+            let x = randn(20 + i as u64, shape, dt);
+            let tol = tolerance(dt);
+            let x = std::slice::from_ref(&x);
+            check(&format!("sum {shape:?} {dims:?} {dt}"), x, tol, |t| {
+                t[0].sum(dims, false)
+            });
+            check(&format!("max {shape:?} {dims:?} {dt}"), x, tol, |t| {
+                t[0].max(dims, true)
+            });
+            check(&format!("min {shape:?} {dims:?} {dt}"), x, tol, |t| {
+                t[0].min(dims, false)
+            });
+        }
     }
 }
 

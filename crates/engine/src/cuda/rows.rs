@@ -14,6 +14,12 @@ use cudarc::driver::LaunchConfig;
 const MANY_OUTPUTS: usize = 8192;
 /// Contiguous rows at least this long get a block each; shorter ones a warp.
 const LONG_ROW: usize = 1024;
+/// Blocks a middle-dim reduction aims for (a few waves on the largest GPUs).
+const FILL_BLOCKS: usize = 2048;
+/// Rows a block of a middle-dim reduction sums at least.
+const MIN_STRETCH: usize = 64;
+/// CUDA's limit on the grid's y and z dimensions.
+const MAX_GRID_YZ: usize = 65535;
 
 /// `op` over the sorted `dims`, in keep-dim shape.
 pub(crate) fn reduce(
@@ -49,6 +55,11 @@ pub(crate) fn reduce(
     let trailing = (0..dims.len()).all(|i| dims[i] + dims.len() == shape.len() + i);
     if trailing && l.is_contiguous() {
         return reduce_last(x, l, (n_out, n_red), code);
+    }
+    let block = !dims.is_empty() && (0..dims.len()).all(|i| dims[i] == dims[0] + i);
+    if block && l.is_contiguous() {
+        let outer = shape[..dims[0]].iter().product();
+        return reduce_middle(x, l, (outer, n_red, n_out / outer), code);
     }
     let ([kv], [rv]) = (
         View::merged("reduce", [&kl])?,
@@ -88,6 +99,52 @@ fn reduce_last(
     let name = format!("{kind}_{}", suffix(x.dtype));
     let a = args![x.ptr_at(l.offset()), out.ptr(), rows, d, code];
     launch(x.dev(), "reduce", ("reduce", &name), cfg, a)?;
+    Ok(out)
+}
+
+/// Op `code` over the middle dim of a contiguous `[outer, rows, cols]` view (the reduced
+/// dims are one block, not trailing: bias gradients, broadcast gradients): column
+/// partials over stretches of rows, then one combine per output (`reduce_middle_*`).
+fn reduce_middle(
+    x: &CudaStorage,
+    l: &Layout,
+    (outer, rows, cols): (usize, usize, usize),
+    code: i32,
+) -> Result<CudaStorage> {
+    let column_blocks = cols.div_ceil(32);
+    let outer_blocks = outer.min(MAX_GRID_YZ);
+    // Enough blocks to fill the GPU, each summing at least MIN_STRETCH rows.
+    let wanted = FILL_BLOCKS.div_ceil(column_blocks * outer_blocks);
+    let chunks = wanted.clamp(1, rows.div_ceil(MIN_STRETCH).clamp(1, MAX_GRID_YZ));
+    let per = rows.div_ceil(chunks);
+    let chunks = rows.div_ceil(per);
+    let part = CudaStorage::alloc(x.dev(), outer * chunks * cols, acc_dtype(x.dtype))?;
+    let cfg = LaunchConfig {
+        grid_dim: (column_blocks as u32, chunks as u32, outer_blocks as u32),
+        block_dim: (32, 8, 1),
+        shared_mem_bytes: 0,
+    };
+    let name = format!("reduce_middle_{}", suffix(x.dtype));
+    let a = args![
+        x.ptr_at(l.offset()),
+        part.ptr(),
+        outer,
+        rows,
+        cols,
+        per,
+        code
+    ];
+    launch(x.dev(), "reduce", ("reduce", &name), cfg, a)?;
+    let out = CudaStorage::alloc(x.dev(), outer * cols, x.dtype)?;
+    let name = format!("reduce_middle_finish_{}", suffix(x.dtype));
+    let a = args![part.ptr(), out.ptr(), outer, chunks, cols, code];
+    launch(
+        x.dev(),
+        "reduce",
+        ("reduce", &name),
+        per_element(outer * cols),
+        a,
+    )?;
     Ok(out)
 }
 
