@@ -1,13 +1,13 @@
 //! Autocast: the mixed-precision scope. Inside it, ops cast their operands by one of
 //! three rules, PyTorch's:
 //!
-//! - **low precision** ([`lowered`]): matrix products (`matmul`, `linear`) and attention
+//! - **low precision** (`lowered`): matrix products (`matmul`, `linear`) and attention
 //!   run in the scope's dtype (bf16 or f16; f32 accumulation in the kernels) and return
 //!   it, so activations between products stay in the low dtype;
-//! - **f32** ([`widened`]): norms, softmax, sums and means, `mse`, and the unary ops
+//! - **f32** (`widened`): norms, softmax, sums and means, `mse`, and the unary ops
 //!   that lose accuracy in half precision (exp, log, powf, rsqrt, recip) cast low
 //!   operands to f32 and return f32;
-//! - **widest** ([`promoted`]): ops combining tensors (binary ops, `addcmul`, `cat`,
+//! - **widest** (`promoted`): ops combining tensors (binary ops, `addcmul`, `cat`,
 //!   comparisons, `where_cond`) cast operands of mixed float dtypes to the widest of
 //!   them (bf16 with f16 gives f32), so an f32 residual stream plus a bf16 product is
 //!   f32.
