@@ -223,9 +223,16 @@ fn contiguous_fast_paths_and_their_fallbacks() {
                     mask.where_cond(&view(&t[0])?, &view(&t[2])?)
                 },
             );
-            check(&case("addcmul"), &[a, b, c], tol, |t| {
+            check(&case("addcmul"), &[a, b.clone(), c], tol, |t| {
                 view(&t[0])?.addcmul(&view(&t[1])?, &view(&t[2])?)
             });
+            // The autocast casts (`cast_dense_*` between f32 and bf16/f16): exact.
+            for to in [DType::F32, DType::BF16, DType::F16] {
+                let scaled = b.mul_scalar(20.0).unwrap();
+                check(&format!("{} → {to}", case("cast")), &[scaled], 0.0, |t| {
+                    view(&t[0])?.to_dtype(to)
+                });
+            }
         }
     }
 }

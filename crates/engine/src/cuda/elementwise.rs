@@ -121,12 +121,22 @@ pub(crate) fn cast(x: &CudaStorage, l: &Layout, dtype: DType) -> Result<CudaStor
     }
     let n = l.elem_count();
     let out = CudaStorage::alloc(x.dev(), n, dtype)?;
-    if n > 0 {
-        let [xv] = View::merged("to_dtype", [l])?;
-        let name = format!("cast_{}_{}", suffix(x.dtype), suffix(dtype));
-        let a = args![x.ptr(), xv, out.ptr(), n];
-        launch(x.dev(), "to_dtype", ("cast", &name), per_element(n), a)?;
+    if n == 0 {
+        return Ok(out);
     }
+    // The casts autocast makes, of contiguous tensors: 16-byte vectors, no f64 detour.
+    let halves = [DType::BF16, DType::F16];
+    let autocast_pair = (x.dtype == DType::F32 && halves.contains(&dtype))
+        || (halves.contains(&x.dtype) && dtype == DType::F32);
+    if let Some((o, [xp])) = dense(&out, l.shape(), [(x, l)]).filter(|_| autocast_pair) {
+        let name = format!("cast_dense_{}_{}", suffix(x.dtype), suffix(dtype));
+        let a = args![xp, o, n];
+        return launch(x.dev(), "to_dtype", ("cast", &name), per_pack(n, 2), a).map(|()| out);
+    }
+    let [xv] = View::merged("to_dtype", [l])?;
+    let name = format!("cast_{}_{}", suffix(x.dtype), suffix(dtype));
+    let a = args![x.ptr(), xv, out.ptr(), n];
+    launch(x.dev(), "to_dtype", ("cast", &name), per_element(n), a)?;
     Ok(out)
 }
 
