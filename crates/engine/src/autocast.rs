@@ -16,13 +16,14 @@
 //! [`Tensor::to_dtype`] op, so parameters stay f32 (master weights) and their gradients
 //! arrive in f32. Outside a scope nothing is cast and mixed dtypes are an error.
 //!
-//! A tensor's low-precision copy is made once per scope and reused by every later
-//! product in it: a model called several times in a step casts its weights once (as
-//! PyTorch caches weight casts), and an activation feeding the q, k and v products is
-//! cast once, not three times. Copies are kept only while a graph is recorded (the
-//! graph holds them until the backward anyway); the cache is emptied when the scope
-//! ends and when a backward runs (which frees the copies' graph nodes), and an entry is
-//! not reused after its tensor is written in place.
+//! Low-precision copies are reused within a scope: a variable's for the whole scope (a
+//! model called several times in a step casts its weights once, as PyTorch caches
+//! weight casts), and those of the last few other tensors cast, so that an activation
+//! feeding the q, k and v products is cast once, not three times (only a few, so that a
+//! long scope does not keep every activation alive). Copies are kept only while a graph
+//! is recorded; the cache is emptied when the scope ends and when a backward runs
+//! (which frees the copies' graph nodes), and an entry is not reused after its tensor
+//! is written in place.
 //!
 //! The state is per thread, like [`crate::no_grad`]; a backward pass runs with autocast
 //! off, so it replays exactly the dtypes the forward recorded.
@@ -33,13 +34,53 @@ use crate::error::{Error, Result};
 use crate::tensor::TensorId;
 use crate::Tensor;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 thread_local! {
     static AUTOCAST: Cell<Option<DType>> = const { Cell::new(None) };
-    /// Low-precision copies: (tensor, dtype) → (the tensor's storage version, the copy).
-    static CAST_CACHE: RefCell<HashMap<(TensorId, DType), (u64, Tensor)>> =
-        RefCell::new(HashMap::new());
+    static CAST_CACHE: RefCell<CastCache> = RefCell::new(CastCache::default());
+}
+
+/// Other tensors' copies kept besides the variables': enough for the q, k and v
+/// products of one activation, each also casting a weight and a bias that are views
+/// (slices of one `qkv` variable) rather than variables.
+const RECENT_COPIES: usize = 8;
+
+/// A source tensor and the dtype of its copy.
+type CastKey = (TensorId, DType);
+
+/// Low-precision copies, each with its source's storage version when it was made.
+#[derive(Default)]
+struct CastCache {
+    /// Variables' copies, for the whole scope.
+    variables: HashMap<CastKey, (u64, Tensor)>,
+    /// The last [`RECENT_COPIES`] other copies, oldest first.
+    recent: VecDeque<(CastKey, u64, Tensor)>,
+}
+
+impl CastCache {
+    fn get(&self, key: CastKey, version: u64) -> Option<Tensor> {
+        let variable = self.variables.get(&key).map(|(v, copy)| (*v, copy));
+        let recent = || self.recent.iter().find(|(k, ..)| *k == key);
+        let (v, copy) = variable.or_else(|| recent().map(|(_, v, copy)| (*v, copy)))?;
+        (v == version).then(|| copy.clone())
+    }
+
+    fn insert(&mut self, key: CastKey, version: u64, copy: Tensor, variable: bool) {
+        if variable {
+            self.variables.insert(key, (version, copy));
+            return;
+        }
+        if self.recent.len() == RECENT_COPIES {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((key, version, copy));
+    }
+
+    fn clear(&mut self) {
+        self.variables.clear();
+        self.recent.clear();
+    }
 }
 
 /// The low-precision dtype of the current autocast scope on this thread, if any.
@@ -166,23 +207,16 @@ fn cast_floats(
 /// `t` cast to `dtype`, reusing (and, while recording a graph, keeping) the copy made
 /// earlier in the scope.
 fn cast_cached(t: &Tensor, dtype: DType) -> Result<Tensor> {
-    let key = (t.id(), dtype);
-    let version = t.version();
-    let hit = CAST_CACHE.with(|c| {
-        c.borrow()
-            .get(&key)
-            .filter(|(v, _)| *v == version)
-            .map(|(_, copy)| copy.clone())
-    });
-    if let Some(copy) = hit {
+    let (key, version) = ((t.id(), dtype), t.version());
+    if let Some(copy) = CAST_CACHE.with(|c| c.borrow().get(key, version)) {
         return Ok(copy);
     }
     let copy = t.to_dtype(dtype)?;
     // A copy made under no_grad has no graph node: later recorded products must not
-    // reuse it, or no gradient would reach the variable. Not keeping it also keeps
-    // sampling loops from holding every activation until the scope ends.
+    // reuse it, or no gradient would reach the variable.
     if is_grad_enabled() {
-        CAST_CACHE.with(|c| c.borrow_mut().insert(key, (version, copy.clone())));
+        let variable = t.is_variable();
+        CAST_CACHE.with(|c| c.borrow_mut().insert(key, version, copy.clone(), variable));
     }
     Ok(copy)
 }
