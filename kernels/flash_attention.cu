@@ -1,7 +1,9 @@
 // Fused scaled-dot-product attention, FlashAttention-2 style (crates/engine/src/cuda/
-// flash.rs). q, k, v, out and their gradients are contiguous [bh, t, D]; lse and delta
-// are f32 [bh, tq], lse the natural-log log-sum-exp of the scaled scores of a row. With
-// `causal`, key j is masked for query i when j > i (top-left aligned).
+// flash.rs). The inputs q, k, v and dO are read in place as [b, h, t, D] views with
+// contiguous rows (`Rows`: head-split views of a [b, t, h, D] product need no copy);
+// out, dQ, dK and dV are written contiguous [bh, t, D]; lse and delta are f32 [bh, tq],
+// lse the natural-log log-sum-exp of the scaled scores of a row. With `causal`, key j
+// is masked for query i when j > i (top-left aligned).
 //
 // Forward: online softmax over key tiles; only out and lse are written. Backward:
 // delta = rowsum(dO∘O), then two kernels that recompute the scores tile by tile from
@@ -21,6 +23,17 @@
 // Lengths are below 2^31 (flash.rs caps the grid at 65535 tiles of ≤ 128 rows), so row
 // and key positions are ints; element offsets into the tensors are 64-bit.
 #include "common.cuh"
+
+// Where an input's rows lie: row i of head bh starts (bh / heads)·batch +
+// (bh % heads)·head + i·row elements after the input's address; its D elements are
+// contiguous. `Rows` in flash.rs; for bf16/f16 every stride is a multiple of 8 and the
+// address 16-byte aligned (the host copies an input that is not), as cp.async needs.
+struct Rows {
+    u64 batch, head, row, heads;
+    __device__ __forceinline__ u64 start(u64 bh) const {
+        return (bh / heads) * batch + (bh % heads) * head;
+    }
+};
 
 // Shared rows are padded by 8 elements (16 bytes for halves), so that the 8 row
 // addresses of one ldmatrix 8×8 matrix (and one 8-thread phase of 16-byte accesses)
@@ -278,24 +291,24 @@ __device__ __forceinline__ void pack_a(unsigned (&a)[MT][N / 16][4], const float
         }
 }
 
-// Rows [row0, row0 + R) of the [n, D] row-major matrix `src` into the shared tile at
-// `dst`, by all NT threads in 16-byte chunks: a row has CPR = D/8 chunks, and thread x
+// Rows [row0, row0 + R) of the [n, D] matrix `src` (row stride `ld` elements) into the
+// shared tile at `dst`, by all NT threads in 16-byte chunks: a row has CPR = D/8 chunks, and thread x
 // copies chunk x % CPR of rows x / CPR + i·(NT/CPR) (consecutive threads read
 // consecutive 16 bytes of a row: coalesced; the column is the same for every i, so a
 // thread needs one pointer and constant offsets). Rows ≥ n are zero-filled (the source
 // address is then the matrix's first row, valid as n ≥ 1, and not read). Asynchronous:
 // complete after cp_async_wait_all + __syncthreads.
 template <typename T, int D, int R, int NT>
-__device__ __forceinline__ void cp_tile(unsigned dst, const T* src, int row0, int n) {
+__device__ __forceinline__ void cp_tile(unsigned dst, const T* src, u64 ld, int row0, int n) {
     constexpr int CPR = D / 8, LD = D + FA_PAD, STEP = NT / CPR;
     static_assert(NT % CPR == 0 && R % STEP == 0, "tile chunks must divide among the threads");
     const int tr = threadIdx.x / CPR, col = threadIdx.x % CPR * 8;
-    const T* s = src + (i64)(row0 + tr) * D + col;
+    const T* s = src + (u64)(row0 + tr) * ld + col;
     dst += (tr * LD + col) * 2;
 #pragma unroll
     for (int i = 0; i < R / STEP; ++i) {
         const bool in = row0 + tr + i * STEP < n;
-        cp_async16(dst + i * STEP * LD * 2, in ? s + (i64)i * STEP * D : src, in);
+        cp_async16(dst + i * STEP * LD * 2, in ? s + (u64)(i * STEP) * ld : src, in);
     }
 }
 
@@ -363,8 +376,8 @@ template <int D, int M, int BS> struct BwdSmem {
 // and masked, the online softmax (running max m in log2 units, per-lane partial row
 // sums l), then O += P·V with P packed from S's registers (B = V tile as [k][n]).
 template <typename T, int D, int MT, int W, int BS>
-__device__ void fa_forward_tc(const T* q, const T* k, const T* v, T* out, float* lse, u64 tq,
-                              u64 tk, float scale, int causal) {
+__device__ void fa_forward_tc(const T* q, Rows qr, const T* k, Rows kr, const T* v, Rows vr,
+                              T* out, float* lse, u64 tq, u64 tk, float scale, int causal) {
     constexpr int LD = D + FA_PAD, M = 16 * MT * W, NT = 32 * W, TILE = BS * LD * 2;
     static_assert(BS % 16 == 0 && D % 16 == 0, "tiles are whole 16×16 fragments");
     const int nq = (int)tq, nk = (int)tk;
@@ -372,14 +385,14 @@ __device__ void fa_forward_tc(const T* q, const T* k, const T* v, T* out, float*
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const u64 bh = blockIdx.x;
     const int q0 = blockIdx.y * M, r0 = q0 + 16 * MT * warp;
-    q += bh * tq * D, k += bh * tk * D, v += bh * tk * D, out += bh * tq * D, lse += bh * tq;
+    q += qr.start(bh), k += kr.start(bh), v += vr.start(bh), out += bh * tq * D, lse += bh * tq;
     // Stage s: K at byte 2s·TILE, V at (2s+1)·TILE. Q arrives at stage 1's K.
     const unsigned base = smem_addr(fa_smem), sq = base + 2 * TILE;
     // Under the causal mask no query of this block sees a key past its last query.
     const int kend = causal ? min(nk, q0 + M) : nk, ntiles = (kend + BS - 1) / BS;
-    cp_tile<T, D, M, NT>(sq, q, q0, nq);
-    cp_tile<T, D, BS, NT>(base, k, 0, nk);
-    cp_tile<T, D, BS, NT>(base + TILE, v, 0, nk);
+    cp_tile<T, D, M, NT>(sq, q, qr.row, q0, nq);
+    cp_tile<T, D, BS, NT>(base, k, kr.row, 0, nk);
+    cp_tile<T, D, BS, NT>(base + TILE, v, vr.row, 0, nk);
     cp_async_commit();
     cp_async_wait_all();
     __syncthreads();
@@ -404,8 +417,8 @@ __device__ void fa_forward_tc(const T* q, const T* k, const T* v, T* out, float*
         __syncthreads();
         if (j + 1 < ntiles) {
             const unsigned next = base + 2 * ((j + 1) & 1) * TILE;
-            cp_tile<T, D, BS, NT>(next, k, k0 + BS, nk);
-            cp_tile<T, D, BS, NT>(next + TILE, v, k0 + BS, nk);
+            cp_tile<T, D, BS, NT>(next, k, kr.row, k0 + BS, nk);
+            cp_tile<T, D, BS, NT>(next + TILE, v, vr.row, k0 + BS, nk);
         }
         cp_async_commit();
         // Under the causal mask a warp whose last row precedes the tile's first key
@@ -495,24 +508,25 @@ __device__ void fa_forward_tc(const T* q, const T* k, const T* v, T* out, float*
 // registers too when QREG), K and V tiles of BS keys stream through two stages. dS goes
 // from the accumulator registers straight into dS·K (B = K tile as [k][n]).
 template <typename T, int D, int MT, int W, int BS, bool QREG>
-__device__ void fa_dq_tc(const T* q, const T* k, const T* v, const T* dout, const float* lse,
-                         const float* delta, T* dq, u64 tq, u64 tk, float scale, int causal) {
+__device__ void fa_dq_tc(const T* q, Rows qr, const T* k, Rows kr, const T* v, Rows vr,
+                         const T* dout, Rows dr, const float* lse, const float* delta, T* dq,
+                         u64 tq, u64 tk, float scale, int causal) {
     constexpr int LD = D + FA_PAD, M = 16 * MT * W, NT = 32 * W, TILE = BS * LD * 2;
     const int nq = (int)tq, nk = (int)tk;
     check_launch<W, M>(BwdSmem<D, M, BS>::BYTES_DQ, nq);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const u64 bh = blockIdx.x;
     const int q0 = blockIdx.y * M, r0 = q0 + 16 * MT * warp;
-    q += bh * tq * D, k += bh * tk * D, v += bh * tk * D, dout += bh * tq * D, dq += bh * tq * D;
-    lse += bh * tq, delta += bh * tq;
+    q += qr.start(bh), k += kr.start(bh), v += vr.start(bh), dout += dr.start(bh);
+    dq += bh * tq * D, lse += bh * tq, delta += bh * tq;
     // Q at byte 0, dO at M·LD·2, then stage s: K at 2M·LD·2 + 2s·TILE, V one TILE on.
     const unsigned base = smem_addr(fa_smem), sq = base, sdo = base + M * LD * 2;
     const unsigned stages = base + 2 * M * LD * 2;
     const int kend = causal ? min(nk, q0 + M) : nk, ntiles = (kend + BS - 1) / BS;
-    cp_tile<T, D, M, NT>(sq, q, q0, nq);
-    cp_tile<T, D, M, NT>(sdo, dout, q0, nq);
-    cp_tile<T, D, BS, NT>(stages, k, 0, nk);
-    cp_tile<T, D, BS, NT>(stages + TILE, v, 0, nk);
+    cp_tile<T, D, M, NT>(sq, q, qr.row, q0, nq);
+    cp_tile<T, D, M, NT>(sdo, dout, dr.row, q0, nq);
+    cp_tile<T, D, BS, NT>(stages, k, kr.row, 0, nk);
+    cp_tile<T, D, BS, NT>(stages + TILE, v, vr.row, 0, nk);
     cp_async_commit();
     // lse in log2 units (P = e^(s·scale − lse) = 2^(s·scale·log2 e − lse·log2 e)) and
     // delta of the lane's rows; rows ≥ tq get 0 (their dQ is not stored).
@@ -550,8 +564,8 @@ __device__ void fa_dq_tc(const T* q, const T* k, const T* v, const T* dout, cons
         __syncthreads();
         if (j + 1 < ntiles) {
             const unsigned next = stages + 2 * ((j + 1) & 1) * TILE;
-            cp_tile<T, D, BS, NT>(next, k, k0 + BS, nk);
-            cp_tile<T, D, BS, NT>(next + TILE, v, k0 + BS, nk);
+            cp_tile<T, D, BS, NT>(next, k, kr.row, k0 + BS, nk);
+            cp_tile<T, D, BS, NT>(next + TILE, v, vr.row, k0 + BS, nk);
         }
         cp_async_commit();
         if (causal && k0 > r0 + 16 * MT - 1) continue;
@@ -602,9 +616,9 @@ __device__ void fa_dq_tc(const T* q, const T* k, const T* v, const T* dout, cons
 // out with keys as rows: exactly the A operand of Pᵀ·dO and dSᵀ·Q (B = dO and Q tiles
 // as [k][n]), which then need neither a transpose nor shared memory.
 template <typename T, int D, int MT, int W, int BS>
-__device__ void fa_dkdv_tc(const T* q, const T* k, const T* v, const T* dout, const float* lse,
-                           const float* delta, T* dk, T* dv, u64 tq, u64 tk, float scale,
-                           int causal) {
+__device__ void fa_dkdv_tc(const T* q, Rows qr, const T* k, Rows kr, const T* v, Rows vr,
+                           const T* dout, Rows dr, const float* lse, const float* delta, T* dk,
+                           T* dv, u64 tq, u64 tk, float scale, int causal) {
     constexpr int LD = D + FA_PAD, M = 16 * MT * W, NT = 32 * W, TILE = BS * LD * 2;
     static_assert(2 * BS <= NT, "one thread per lse and delta value of a tile");
     const int nq = (int)tq, nk = (int)tk;
@@ -612,7 +626,7 @@ __device__ void fa_dkdv_tc(const T* q, const T* k, const T* v, const T* dout, co
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const u64 bh = blockIdx.x;
     const int k0 = blockIdx.y * M, r0 = k0 + 16 * MT * warp;
-    q += bh * tq * D, k += bh * tk * D, v += bh * tk * D, dout += bh * tq * D;
+    q += qr.start(bh), k += kr.start(bh), v += vr.start(bh), dout += dr.start(bh);
     dk += bh * tk * D, dv += bh * tk * D, lse += bh * tq, delta += bh * tq;
     // K at byte 0, V at M·LD·2; stage s: Q at 2M·LD·2 + 2s·TILE, dO one TILE on; then
     // stage s's lse (BS f32) at 2M·LD·2 + 4·TILE + 2s·BS·4, its delta BS·4 on.
@@ -624,8 +638,8 @@ __device__ void fa_dkdv_tc(const T* q, const T* k, const T* v, const T* dout, co
     // One group: K, V and the first query tile.
     auto issue = [&](int qb, int stage) {
         const unsigned sq = stages + 2 * stage * TILE;
-        cp_tile<T, D, BS, NT>(sq, q, qb, nq);
-        cp_tile<T, D, BS, NT>(sq + TILE, dout, qb, nq);
+        cp_tile<T, D, BS, NT>(sq, q, qr.row, qb, nq);
+        cp_tile<T, D, BS, NT>(sq + TILE, dout, dr.row, qb, nq);
         const int x = threadIdx.x;
         if (x < 2 * BS) {
             // Thread x < BS: lse of query qb + x; BS ≤ x < 2·BS: delta of qb + x − BS.
@@ -634,8 +648,8 @@ __device__ void fa_dkdv_tc(const T* q, const T* k, const T* v, const T* dout, co
             cp_async4(rows + (2 * stage * BS + x) * 4, src, i < nq);
         }
     };
-    cp_tile<T, D, M, NT>(sk, k, k0, nk);
-    cp_tile<T, D, M, NT>(sv, v, k0, nk);
+    cp_tile<T, D, M, NT>(sk, k, kr.row, k0, nk);
+    cp_tile<T, D, M, NT>(sv, v, vr.row, k0, nk);
     if (ntiles > 0) issue(qs, 0);
     cp_async_commit();
     const unsigned ak = sk + 16 * MT * warp * LD * 2 + a_lane<LD>(lane);
@@ -734,13 +748,14 @@ __device__ __forceinline__ void warp_mm32(float (&c)[N / 8][4], Tile32 a, Tile32
     }
 }
 
-// Rows [row0, row0 + rows) of the [n, D] matrix `src` into `dst` (row stride D + FA_PAD),
-// zeros past row n, by the whole block.
+// Rows [row0, row0 + rows) of the [n, D] matrix `src` (row stride `ld`) into `dst` (row
+// stride D + FA_PAD), zeros past row n, by the whole block.
 template <int D>
-__device__ __forceinline__ void load_rows32(float* dst, const float* src, i64 row0, int rows, i64 n) {
+__device__ __forceinline__ void load_rows32(float* dst, const float* src, u64 ld, i64 row0,
+                                            int rows, i64 n) {
     for (int i = threadIdx.x; i < rows * D; i += blockDim.x) {
         const int r = i / D, c = i % D;
-        dst[r * (D + FA_PAD) + c] = row0 + r < n ? src[(row0 + r) * D + c] : 0.f;
+        dst[r * (D + FA_PAD) + c] = row0 + r < n ? src[(u64)(row0 + r) * ld + c] : 0.f;
     }
 }
 
@@ -771,8 +786,9 @@ __device__ __forceinline__ bool visible(i64 i, i64 j, i64 tq, i64 tk, int causal
 // streams through static shared memory in tiles of BS rows; P and dS go through a
 // per-warp shared scratch.
 template <int D, int W, int BS>
-__device__ void fa_forward32(const float* q, const float* k, const float* v, float* out,
-                             float* lse, u64 tq, u64 tk, float scale, int causal) {
+__device__ void fa_forward32(const float* q, Rows qr, const float* k, Rows kr, const float* v,
+                             Rows vr, float* out, float* lse, u64 tq, u64 tk, float scale,
+                             int causal) {
     __shared__ __align__(16) float sq[16 * W][D + FA_PAD];
     __shared__ __align__(16) float sk[BS][D + FA_PAD];
     __shared__ __align__(16) float sv[BS][D + FA_PAD];
@@ -781,16 +797,16 @@ __device__ void fa_forward32(const float* q, const float* k, const float* v, flo
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const u64 bh = blockIdx.x;
     const i64 q0 = (i64)blockIdx.y * 16 * W, r0 = q0 + 16 * warp;
-    q += bh * tq * D, k += bh * tk * D, v += bh * tk * D, out += bh * tq * D, lse += bh * tq;
-    load_rows32<D>(&sq[0][0], q, q0, 16 * W, tq);
+    q += qr.start(bh), k += kr.start(bh), v += vr.start(bh), out += bh * tq * D, lse += bh * tq;
+    load_rows32<D>(&sq[0][0], q, qr.row, q0, 16 * W, tq);
     float m[2] = {FA_NEG_INF, FA_NEG_INF}, l[2] = {0.f, 0.f};
     float o[D / 8][4] = {};
     // Under the causal mask no query of this block sees a key past its last query.
     const i64 kend = causal ? min((i64)tk, q0 + 16 * W) : (i64)tk;
     for (i64 k0 = 0; k0 < kend; k0 += BS) {
         __syncthreads();
-        load_rows32<D>(&sk[0][0], k, k0, BS, tk);
-        load_rows32<D>(&sv[0][0], v, k0, BS, tk);
+        load_rows32<D>(&sk[0][0], k, kr.row, k0, BS, tk);
+        load_rows32<D>(&sv[0][0], v, vr.row, k0, BS, tk);
         __syncthreads();
         float s[BS / 8][4] = {};
         warp_mm32<D, BS>(s, Tile32{&sq[16 * warp][0], D + FA_PAD, 1}, Tile32{&sk[0][0], 1, D + FA_PAD});
@@ -842,9 +858,10 @@ __device__ void fa_forward32(const float* q, const float* k, const float* v, flo
 }
 
 template <int D, int W, int BS>
-__device__ void fa_dq32(const float* q, const float* k, const float* v, const float* dout,
-                        const float* lse, const float* delta, float* dq, u64 tq, u64 tk,
-                        float scale, int causal) {
+__device__ void fa_dq32(const float* q, Rows qr, const float* k, Rows kr, const float* v,
+                        Rows vr, const float* dout, Rows dr, const float* lse,
+                        const float* delta, float* dq, u64 tq, u64 tk, float scale,
+                        int causal) {
     __shared__ __align__(16) float sq[16 * W][D + FA_PAD];
     __shared__ __align__(16) float sdo[16 * W][D + FA_PAD];
     __shared__ __align__(16) float sk[BS][D + FA_PAD];
@@ -854,10 +871,10 @@ __device__ void fa_dq32(const float* q, const float* k, const float* v, const fl
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const u64 bh = blockIdx.x;
     const i64 q0 = (i64)blockIdx.y * 16 * W, r0 = q0 + 16 * warp;
-    q += bh * tq * D, k += bh * tk * D, v += bh * tk * D, dout += bh * tq * D, dq += bh * tq * D;
-    lse += bh * tq, delta += bh * tq;
-    load_rows32<D>(&sq[0][0], q, q0, 16 * W, tq);
-    load_rows32<D>(&sdo[0][0], dout, q0, 16 * W, tq);
+    q += qr.start(bh), k += kr.start(bh), v += vr.start(bh), dout += dr.start(bh);
+    dq += bh * tq * D, lse += bh * tq, delta += bh * tq;
+    load_rows32<D>(&sq[0][0], q, qr.row, q0, 16 * W, tq);
+    load_rows32<D>(&sdo[0][0], dout, dr.row, q0, 16 * W, tq);
     float rl[2], rd[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -869,8 +886,8 @@ __device__ void fa_dq32(const float* q, const float* k, const float* v, const fl
     const i64 kend = causal ? min((i64)tk, q0 + 16 * W) : (i64)tk;
     for (i64 k0 = 0; k0 < kend; k0 += BS) {
         __syncthreads();
-        load_rows32<D>(&sk[0][0], k, k0, BS, tk);
-        load_rows32<D>(&sv[0][0], v, k0, BS, tk);
+        load_rows32<D>(&sk[0][0], k, kr.row, k0, BS, tk);
+        load_rows32<D>(&sv[0][0], v, vr.row, k0, BS, tk);
         __syncthreads();
         float s[BS / 8][4] = {}, dp[BS / 8][4] = {};
         warp_mm32<D, BS>(s, Tile32{&sq[16 * warp][0], D + FA_PAD, 1}, Tile32{&sk[0][0], 1, D + FA_PAD});
@@ -895,9 +912,10 @@ __device__ void fa_dq32(const float* q, const float* k, const float* v, const fl
 }
 
 template <int D, int W, int BS>
-__device__ void fa_dkdv32(const float* q, const float* k, const float* v, const float* dout,
-                          const float* lse, const float* delta, float* dk, float* dv, u64 tq,
-                          u64 tk, float scale, int causal) {
+__device__ void fa_dkdv32(const float* q, Rows qr, const float* k, Rows kr, const float* v,
+                          Rows vr, const float* dout, Rows dr, const float* lse,
+                          const float* delta, float* dk, float* dv, u64 tq, u64 tk,
+                          float scale, int causal) {
     __shared__ __align__(16) float sk[16 * W][D + FA_PAD];
     __shared__ __align__(16) float sv[16 * W][D + FA_PAD];
     __shared__ __align__(16) float sq[BS][D + FA_PAD];
@@ -908,17 +926,17 @@ __device__ void fa_dkdv32(const float* q, const float* k, const float* v, const 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const u64 bh = blockIdx.x;
     const i64 k0 = (i64)blockIdx.y * 16 * W, r0 = k0 + 16 * warp;
-    q += bh * tq * D, k += bh * tk * D, v += bh * tk * D, dout += bh * tq * D;
+    q += qr.start(bh), k += kr.start(bh), v += vr.start(bh), dout += dr.start(bh);
     dk += bh * tk * D, dv += bh * tk * D, lse += bh * tq, delta += bh * tq;
-    load_rows32<D>(&sk[0][0], k, k0, 16 * W, tk);
-    load_rows32<D>(&sv[0][0], v, k0, 16 * W, tk);
+    load_rows32<D>(&sk[0][0], k, kr.row, k0, 16 * W, tk);
+    load_rows32<D>(&sv[0][0], v, vr.row, k0, 16 * W, tk);
     float dka[D / 8][4] = {}, dva[D / 8][4] = {};
     // Under the causal mask no query before the block's first key sees any of its keys.
     const i64 qstart = causal ? min(k0, (i64)tq) : 0;
     for (i64 qb = qstart; qb < (i64)tq; qb += BS) {
         __syncthreads();
-        load_rows32<D>(&sq[0][0], q, qb, BS, tq);
-        load_rows32<D>(&sdo[0][0], dout, qb, BS, tq);
+        load_rows32<D>(&sq[0][0], q, qr.row, qb, BS, tq);
+        load_rows32<D>(&sdo[0][0], dout, dr.row, qb, BS, tq);
         for (int i = threadIdx.x; i < BS; i += blockDim.x) {
             sl[i] = qb + i < (i64)tq ? lse[qb + i] : 0.f;
             sd[i] = qb + i < (i64)tq ? delta[qb + i] : 0.f;
@@ -953,13 +971,16 @@ __device__ void fa_dkdv32(const float* q, const float* k, const float* v, const 
     store_frag32<D>(dv + r0 * D, D, dva, one, r0, tk);
 }
 
-// delta[r] = Σ_c dO[r, c]·O[r, c], one warp per row.
+// delta[r] = Σ_c dO[r, c]·O[r, c], one warp per row r = bh·tq + i (O contiguous, dO
+// placed by `dr`).
 template <typename T>
-__device__ void fa_delta(const T* dout, const T* out, float* delta, u64 rows, u64 d) {
+__device__ void fa_delta(const T* dout, Rows dr, const T* out, float* delta, u64 rows, u64 tq,
+                         u64 d) {
     const u64 r = (u64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (r >= rows) return;
+    const T* g = dout + dr.start(r / tq) + (r % tq) * dr.row;
     float acc = 0.f;
-    for (u64 c = threadIdx.x & 31; c < d; c += 32) acc += load(dout[r * d + c]) * load(out[r * d + c]);
+    for (u64 c = threadIdx.x & 31; c < d; c += 32) acc += load(g[c]) * load(out[r * d + c]);
     for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
     if ((threadIdx.x & 31) == 0) delta[r] = acc;
 }
@@ -969,14 +990,17 @@ __device__ void fa_delta(const T* dout, const T* out, float* delta, u64 rows, u6
 // traps on a block size, grid or shared size that does not).
 
 #define FA_PARAMS_FWD(T)                                                                    \
-    const T *q, const T *k, const T *v, T *out, float *lse, u64 tq, u64 tk, float scale,   \
-        int causal
+    const T *q, Rows qr, const T *k, Rows kr, const T *v, Rows vr, T *out, float *lse,     \
+        u64 tq, u64 tk, float scale, int causal
 #define FA_PARAMS_DQ(T)                                                                     \
-    const T *q, const T *k, const T *v, const T *dout, const float *lse,                   \
-        const float *delta, T *dq, u64 tq, u64 tk, float scale, int causal
+    const T *q, Rows qr, const T *k, Rows kr, const T *v, Rows vr, const T *dout, Rows dr, \
+        const float *lse, const float *delta, T *dq, u64 tq, u64 tk, float scale, int causal
 #define FA_PARAMS_DKDV(T)                                                                   \
-    const T *q, const T *k, const T *v, const T *dout, const float *lse,                   \
-        const float *delta, T *dk, T *dv, u64 tq, u64 tk, float scale, int causal
+    const T *q, Rows qr, const T *k, Rows kr, const T *v, Rows vr, const T *dout, Rows dr, \
+        const float *lse, const float *delta, T *dk, T *dv, u64 tq, u64 tk, float scale,   \
+        int causal
+// The three inputs and their row placements, as every kernel takes them first.
+#define FA_QKV q, qr, k, kr, v, vr
 
 // bf16/f16 at head dim D: forward with MT 16-row fragments per warp, FW warps and key
 // tiles of FBS; dQ and dK/dV with one fragment per warp, BW warps, tiles of BBS, Q and
@@ -984,14 +1008,16 @@ __device__ void fa_delta(const T* dout, const T* out, float* delta, u64 rows, u6
 // (the sm_86/sm_89 limit; sm_80 allows 163 KiB, sm_90 227 KiB).
 #define FA_TC(S, T, D, MT, FW, FBS, BW, BBS, QREG)                                          \
     extern "C" __global__ void __launch_bounds__(32 * FW) fa_fwd_##S##_d##D(FA_PARAMS_FWD(T)) { \
-        fa_forward_tc<T, D, MT, FW, FBS>(q, k, v, out, lse, tq, tk, scale, causal);           \
+        fa_forward_tc<T, D, MT, FW, FBS>(FA_QKV, out, lse, tq, tk, scale, causal);         \
     }                                                                                       \
     extern "C" __global__ void __launch_bounds__(32 * BW) fa_dq_##S##_d##D(FA_PARAMS_DQ(T)) { \
-        fa_dq_tc<T, D, 1, BW, BBS, QREG>(q, k, v, dout, lse, delta, dq, tq, tk, scale, causal); \
+        fa_dq_tc<T, D, 1, BW, BBS, QREG>(FA_QKV, dout, dr, lse, delta, dq, tq, tk, scale,   \
+                                         causal);                                           \
     }                                                                                       \
     extern "C" __global__ void __launch_bounds__(32 * BW)                                   \
         fa_dkdv_##S##_d##D(FA_PARAMS_DKDV(T)) {                                             \
-        fa_dkdv_tc<T, D, 1, BW, BBS>(q, k, v, dout, lse, delta, dk, dv, tq, tk, scale, causal); \
+        fa_dkdv_tc<T, D, 1, BW, BBS>(FA_QKV, dout, dr, lse, delta, dk, dv, tq, tk, scale,   \
+                                     causal);                                               \
     }
 
 FA_TC(bf16, bf16, 32, 2, 4, 64, 8, 64, true)
@@ -1005,14 +1031,14 @@ FA_TC(f16, f16, 128, 1, 8, 64, 4, 32, false)
 // the backward (48 KiB of static shared memory).
 #define FA32(D, W, BSF, BSB)                                                                \
     extern "C" __global__ void __launch_bounds__(32 * W) fa_fwd_f32_d##D(FA_PARAMS_FWD(float)) { \
-        fa_forward32<D, W, BSF>(q, k, v, out, lse, tq, tk, scale, causal);                    \
+        fa_forward32<D, W, BSF>(FA_QKV, out, lse, tq, tk, scale, causal);                  \
     }                                                                                       \
     extern "C" __global__ void __launch_bounds__(32 * W) fa_dq_f32_d##D(FA_PARAMS_DQ(float)) { \
-        fa_dq32<D, W, BSB>(q, k, v, dout, lse, delta, dq, tq, tk, scale, causal);             \
+        fa_dq32<D, W, BSB>(FA_QKV, dout, dr, lse, delta, dq, tq, tk, scale, causal);       \
     }                                                                                       \
     extern "C" __global__ void __launch_bounds__(32 * W)                                    \
         fa_dkdv_f32_d##D(FA_PARAMS_DKDV(float)) {                                           \
-        fa_dkdv32<D, W, BSB>(q, k, v, dout, lse, delta, dk, dv, tq, tk, scale, causal);       \
+        fa_dkdv32<D, W, BSB>(FA_QKV, dout, dr, lse, delta, dk, dv, tq, tk, scale, causal); \
     }
 
 FA32(32, 2, 32, 32)
@@ -1020,9 +1046,9 @@ FA32(64, 2, 32, 32)
 FA32(128, 1, 16, 16)
 
 #define FA_DELTA(S, T)                                                                    \
-    extern "C" __global__ void fa_delta_##S(const T* dout, const T* out, float* delta,    \
-                                            u64 rows, u64 d) {                            \
-        fa_delta<T>(dout, out, delta, rows, d);                                           \
+    extern "C" __global__ void fa_delta_##S(const T* dout, Rows dr, const T* out,         \
+                                            float* delta, u64 rows, u64 tq, u64 d) {      \
+        fa_delta<T>(dout, dr, out, delta, rows, tq, d);                                   \
     }
 FA_DELTA(bf16, bf16)
 FA_DELTA(f16, f16)

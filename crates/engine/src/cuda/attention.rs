@@ -61,17 +61,16 @@ pub(crate) fn forward(
 ) -> Result<(CudaStorage, CudaStorage)> {
     float_only("attention", q.dtype)?;
     let (dev, dt) = (q.dev(), q.dtype);
-    let ((bh, tq, _), (_, tk, dv)) = (dims(lq), dims(lv));
+    let ((bh, tq, d), (_, tk, dv)) = (dims(lq), dims(lv));
+    if bh * tq * tk > 0 && flash::covers(dt, d, dv, (tq, tk)) {
+        return flash::forward((q, lq), (k, lk), (v, lv), (bh, tq, tk, d), spec);
+    }
     let out = CudaStorage::zeros_on(dev, bh * tq * dv, dt)?;
     let lse = CudaStorage::zeros_on(dev, bh * tq, acc_dtype(dt))?;
     if bh * tq * tk == 0 {
         return Ok((out, lse));
     }
     let (qd, kd, vd) = (q.dense(lq)?, k.dense(lk)?, v.dense(lv)?);
-    let d = dims(lq).2;
-    if flash::covers(dt, d, dv, (tq, tk)) {
-        return flash::forward(dev, (&qd, &kd, &vd), dt, (bh, tq, tk, d), spec);
-    }
     let p = scores((&qd, lq), (&kd, lk), dt, spec.scale, dev)?;
     let rows = bh * tq;
     let name = format!("attn_softmax_{}", suffix(p.dtype));
@@ -108,6 +107,11 @@ pub(crate) fn backward(
     float_only("attention_backward", q.dtype)?;
     let (dev, dt) = (q.dev(), q.dtype);
     let ((bh, tq, d), (_, tk, dv)) = (dims(lq), dims(lv));
+    if bh * tq * tk > 0 && flash::covers(dt, d, dv, (tq, tk)) {
+        let od = o.dense(lo)?;
+        let (dims, g) = ((bh, tq, tk, d), (g, lg));
+        return flash::backward((q, lq), (k, lk), (v, lv), (&od, lse, g), dims, spec);
+    }
     let dq = CudaStorage::zeros_on(dev, bh * tq * d, dt)?;
     let dk = CudaStorage::zeros_on(dev, bh * tk * d, dt)?;
     let dvv = CudaStorage::zeros_on(dev, bh * tk * dv, dt)?;
@@ -116,10 +120,6 @@ pub(crate) fn backward(
     }
     let (qd, kd, vd) = (q.dense(lq)?, k.dense(lk)?, v.dense(lv)?);
     let (od, gd) = (o.dense(lo)?, g.dense(lg)?);
-    if flash::covers(dt, d, dv, (tq, tk)) {
-        let dims = (bh, tq, tk, d);
-        return flash::backward(dev, (&qd, &kd, &vd), (&od, lse, &gd), dt, dims, spec);
-    }
     const OP: &str = "attention_backward";
     let rows = bh * tq;
     let p = scores((&qd, lq), (&kd, lk), dt, spec.scale, dev)?;

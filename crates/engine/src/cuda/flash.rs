@@ -2,15 +2,16 @@
 //! forward keeps only the output and the row log-sum-exp, the backward recomputes the
 //! scores tile by tile. It covers f32, bf16 and f16 (bf16/f16 on tensor cores) at head
 //! dims 32, 64 and 128 with equal q/k and v head dims; [`super::attention`] falls back
-//! to its cuBLAS path for anything else (f64, other head dims).
+//! to its cuBLAS path for anything else (f64, other head dims). Inputs are read in
+//! place where their rows are contiguous (head-split views are): see [`Rows`].
 
 use super::device::CudaDevice;
 use super::launch::{args, launch, Arg};
 use super::{CudaStorage, Dense};
-use crate::backend::AttentionSpec;
+use crate::backend::{AttentionSpec, BackendStorage};
 use crate::dtype::DType;
 use crate::error::Result;
-use cudarc::driver::result as drv;
+use crate::layout::Layout;
 use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
 use cudarc::driver::LaunchConfig;
 use std::sync::Arc;
@@ -134,72 +135,119 @@ fn launch_tiled(
     launch(dev, op, (FILE, &name), cfg, args)
 }
 
-/// The address of `x` (`n` elements of `dt`) for the kernels. The bf16/f16 kernels copy
-/// rows with 16-byte `cp.async`, so their inputs must start 16-byte aligned (rows then
-/// are: d·2 bytes is a multiple of 16). The caching allocator's buffers are (cuMemAlloc
-/// aligns to 256 bytes) and so are copies of strided views, but a contiguous view can
-/// start at any element offset: such an input is copied into `keep` first.
-fn aligned(
-    dev: &Arc<CudaDevice>,
-    x: &Dense,
-    (n, dt): (usize, DType),
-    keep: &mut Vec<CudaStorage>,
-) -> Result<u64> {
-    if dt == DType::F32 || x.ptr % 16 == 0 {
-        return Ok(x.ptr);
-    }
-    let copy = CudaStorage::alloc(dev, n, dt)?;
-    dev.bind().map_err(|e| dev.error("attention", e))?;
-    // SAFETY: `x.ptr` addresses `n` elements of `dt` of a live buffer, `copy` was just
-    // allocated with as many; both are used in stream order on the device's one stream.
-    unsafe {
-        drv::memcpy_dtod_async(
-            copy.ptr(),
-            x.ptr,
-            n * dt.size_in_bytes(),
-            dev.stream.cu_stream(),
-        )
-    }
-    .map_err(|e| dev.error("attention", e))?;
-    let ptr = copy.ptr();
-    keep.push(copy);
-    Ok(ptr)
+/// Where an input's rows lie, as the kernels take it (`Rows` in the kernel file): row
+/// `i` of head `bh` starts `(bh / heads)·batch + (bh % heads)·head + i·row` elements
+/// after the input's address, and its `d` elements are contiguous.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rows {
+    batch: u64,
+    head: u64,
+    row: u64,
+    heads: u64,
 }
 
-/// The output `[bh, tq, d]` and the f32 row log-sum-exp `[bh, tq]` of contiguous q, k, v.
+// SAFETY: plain `#[repr(C)]` data, laid out as the C struct of the same name.
+unsafe impl cudarc::driver::DeviceRepr for Rows {}
+
+/// An input as the kernels read it: its address and row placement, and the contiguous
+/// copy made when its own layout does not suit them.
+struct Input {
+    ptr: u64,
+    rows: Rows,
+    _copy: Option<CudaStorage>,
+}
+
+/// `x` viewed by `l` as `[b, h, t, d]`, read in place when its rows are contiguous (a
+/// head split of a `[b, t, h·d]` product is) and, for bf16/f16, its address and strides
+/// are multiples of 16 bytes (the kernels copy rows with 16-byte `cp.async`); copied
+/// to a contiguous buffer otherwise.
+fn input(x: &CudaStorage, l: &Layout) -> Result<Input> {
+    let (shape, strides) = (l.shape(), l.strides());
+    // A stride matters only where its dim has more than one element.
+    let stride = |i: usize| if shape[i] > 1 { strides[i] as u64 } else { 0 };
+    let rows = Rows {
+        batch: stride(0),
+        head: stride(1),
+        row: stride(2),
+        heads: shape[1] as u64,
+    };
+    let ptr = x.ptr_at(l.offset());
+    let unit = (16 / x.dtype.size_in_bytes()) as u64;
+    let aligned = x.dtype == DType::F32
+        || (ptr % 16 == 0
+            && [rows.batch, rows.head, rows.row]
+                .iter()
+                .all(|s| s % unit == 0));
+    if strides[3] == 1 && aligned {
+        return Ok(Input {
+            ptr,
+            rows,
+            _copy: None,
+        });
+    }
+    let copy = x.copy_strided(l)?;
+    let (h, t, d) = (shape[1] as u64, shape[2] as u64, shape[3] as u64);
+    Ok(Input {
+        ptr: copy.ptr(),
+        rows: Rows {
+            batch: h * t * d,
+            head: t * d,
+            row: d,
+            heads: h,
+        },
+        _copy: Some(copy),
+    })
+}
+
+/// The output `[bh, tq, d]` and the f32 row log-sum-exp `[bh, tq]` of q, k, v
+/// `[b, h, t, d]` views.
 pub(crate) fn forward(
-    dev: &Arc<CudaDevice>,
-    (q, k, v): (&Dense, &Dense, &Dense),
-    dt: DType,
+    (q, lq): (&CudaStorage, &Layout),
+    (k, lk): (&CudaStorage, &Layout),
+    (v, lv): (&CudaStorage, &Layout),
     dims: Dims,
     spec: AttentionSpec,
 ) -> Result<(CudaStorage, CudaStorage)> {
-    let (bh, tq, tk, d) = dims;
-    let mut keep = Vec::new();
-    let qp = aligned(dev, q, (bh * tq * d, dt), &mut keep)?;
-    let kp = aligned(dev, k, (bh * tk * d, dt), &mut keep)?;
-    let vp = aligned(dev, v, (bh * tk * d, dt), &mut keep)?;
+    let (dev, dt) = (q.dev(), q.dtype);
+    let (bh, tq, _, d) = dims;
+    let (qi, ki, vi) = (input(q, lq)?, input(k, lk)?, input(v, lv)?);
     let out = CudaStorage::alloc(dev, bh * tq * d, dt)?;
     let lse = CudaStorage::alloc(dev, bh * tq, DType::F32)?;
     let (scale, causal) = (spec.scale as f32, spec.causal);
-    let a = args![qp, kp, vp, out.ptr(), lse.ptr(), tq, tk, scale, causal];
+    let a = args![
+        qi.ptr,
+        qi.rows,
+        ki.ptr,
+        ki.rows,
+        vi.ptr,
+        vi.rows,
+        out.ptr(),
+        lse.ptr(),
+        tq,
+        dims.2,
+        scale,
+        causal
+    ];
     launch_tiled(dev, "attention", Kernel::Fwd, (dt, dims, tq), a)?;
     Ok((out, lse))
 }
 
-/// (dq, dk, dv) of contiguous q, k, v, the forward's output `o` and log-sum-exp, and
-/// the output gradient `g`.
+/// (dq, dk, dv) of q, k, v `[b, h, t, d]` views, the forward's output `o` and
+/// log-sum-exp, and the output gradient `g` (a view like the inputs).
 pub(crate) fn backward(
-    dev: &Arc<CudaDevice>,
-    (q, k, v): (&Dense, &Dense, &Dense),
-    (o, lse, g): (&Dense, &CudaStorage, &Dense),
-    dt: DType,
+    (q, lq): (&CudaStorage, &Layout),
+    (k, lk): (&CudaStorage, &Layout),
+    (v, lv): (&CudaStorage, &Layout),
+    (o, lse, (g, lg)): (&Dense, &CudaStorage, (&CudaStorage, &Layout)),
     dims: Dims,
     spec: AttentionSpec,
 ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
     const OP: &str = "attention_backward";
+    let (dev, dt) = (q.dev(), q.dtype);
     let (bh, tq, tk, d) = dims;
     let rows = bh * tq;
+    let (qi, ki, vi, gi) = (input(q, lq)?, input(k, lk)?, input(v, lv)?, input(g, lg)?);
     // delta = rowsum(dO∘O), one warp per row.
     let delta = CudaStorage::alloc(dev, rows, DType::F32)?;
     let per_warp = LaunchConfig {
@@ -208,22 +256,35 @@ pub(crate) fn backward(
         shared_mem_bytes: 0,
     };
     let f = format!("fa_delta_{}", dt.as_str());
-    let a = args![g.ptr, o.ptr, delta.ptr(), rows, d];
+    let a = args![gi.ptr, gi.rows, o.ptr, delta.ptr(), rows, tq, d];
     launch(dev, OP, (FILE, &f), per_warp, a)?;
-    let mut keep = Vec::new();
-    let qp = aligned(dev, q, (rows * d, dt), &mut keep)?;
-    let kp = aligned(dev, k, (bh * tk * d, dt), &mut keep)?;
-    let vp = aligned(dev, v, (bh * tk * d, dt), &mut keep)?;
-    let gp = aligned(dev, g, (rows * d, dt), &mut keep)?;
     let dq = CudaStorage::alloc(dev, rows * d, dt)?;
     let dk = CudaStorage::alloc(dev, bh * tk * d, dt)?;
     let dv = CudaStorage::alloc(dev, bh * tk * d, dt)?;
     let (scale, causal) = (spec.scale as f32, spec.causal);
     let (l, dl) = (lse.ptr(), delta.ptr());
-    let a = args![qp, kp, vp, gp, l, dl, dq.ptr(), tq, tk, scale, causal];
+    let (qp, kp, vp, gp) = (qi.ptr, ki.ptr, vi.ptr, gi.ptr);
+    let (qr, kr, vr, gr) = (qi.rows, ki.rows, vi.rows, gi.rows);
+    let a = args![
+        qp,
+        qr,
+        kp,
+        kr,
+        vp,
+        vr,
+        gp,
+        gr,
+        l,
+        dl,
+        dq.ptr(),
+        tq,
+        tk,
+        scale,
+        causal
+    ];
     launch_tiled(dev, OP, Kernel::Dq, (dt, dims, tq), a)?;
     let (pk, pv) = (dk.ptr(), dv.ptr());
-    let a = args![qp, kp, vp, gp, l, dl, pk, pv, tq, tk, scale, causal];
+    let a = args![qp, qr, kp, kr, vp, vr, gp, gr, l, dl, pk, pv, tq, tk, scale, causal];
     launch_tiled(dev, OP, Kernel::Dkdv, (dt, dims, tk), a)?;
     Ok((dq, dk, dv))
 }

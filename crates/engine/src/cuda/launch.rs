@@ -158,6 +158,8 @@ pub(crate) enum Arg {
     F64(f64),
     /// A strided view.
     View(View),
+    /// Where a fused-attention input's rows lie.
+    Rows(super::flash::Rows),
 }
 
 impl Arg {
@@ -168,6 +170,7 @@ impl Arg {
             Arg::F32(v) => v as *mut f32 as *mut c_void,
             Arg::F64(v) => v as *mut f64 as *mut c_void,
             Arg::View(v) => v as *mut View as *mut c_void,
+            Arg::Rows(v) => v as *mut super::flash::Rows as *mut c_void,
         }
     }
 }
@@ -205,6 +208,11 @@ impl From<f64> for Arg {
 impl From<View> for Arg {
     fn from(v: View) -> Self {
         Arg::View(v)
+    }
+}
+impl From<super::flash::Rows> for Arg {
+    fn from(v: super::flash::Rows) -> Self {
+        Arg::Rows(v)
     }
 }
 
