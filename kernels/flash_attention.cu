@@ -1,9 +1,10 @@
 // Fused scaled-dot-product attention, FlashAttention-2 style (crates/engine/src/cuda/
 // flash.rs). The inputs q, k, v and dO are read in place as [b, h, t, D] views with
 // contiguous rows (`Rows`: head-split views of a [b, t, h, D] product need no copy);
-// out, dQ, dK and dV are written contiguous [bh, t, D]; lse and delta are f32 [bh, tq],
-// lse the natural-log log-sum-exp of the scaled scores of a row. With `causal`, key j
-// is masked for query i when j > i (top-left aligned).
+// out, dQ, dK and dV are written where their own `Rows` say (flash.rs stores them
+// token-major, [b, t, h, D], so that merging the heads back needs no copy either); lse
+// and delta are f32 [bh, tq], lse the natural-log log-sum-exp of the scaled scores of a
+// row. With `causal`, key j is masked for query i when j > i (top-left aligned).
 //
 // Forward: online softmax over key tiles; only out and lse are written. Backward:
 // delta = rowsum(dO∘O), then two kernels that recompute the scores tile by tile from
@@ -24,10 +25,11 @@
 // and key positions are ints; element offsets into the tensors are 64-bit.
 #include "common.cuh"
 
-// Where an input's rows lie: row i of head bh starts (bh / heads)·batch +
-// (bh % heads)·head + i·row elements after the input's address; its D elements are
-// contiguous. `Rows` in flash.rs; for bf16/f16 every stride is a multiple of 8 and the
-// address 16-byte aligned (the host copies an input that is not), as cp.async needs.
+// Where a matrix's rows lie: row i of head bh starts (bh / heads)·batch +
+// (bh % heads)·head + i·row elements after its address; its D elements are contiguous.
+// `Rows` in flash.rs; for bf16/f16 every stride is a multiple of 8 and the address
+// 16-byte aligned (the host copies an input that is not), as 16-byte cp.async and
+// stores need.
 struct Rows {
     u64 batch, head, row, heads;
     __device__ __forceinline__ u64 start(u64 bh) const {
@@ -313,13 +315,13 @@ __device__ __forceinline__ void cp_tile(unsigned dst, const T* src, u64 ld, int 
 }
 
 // Writes a warp's 16·MT accumulator rows (C layout, row (m, h) = 16m + g + 8h times
-// mul[m][h]) to rows [row0, row0 + 16·MT) of the [n, D] matrix `dst`, skipping rows
-// ≥ n, through the warp's own rows of shared scratch `st` (row stride LD): each lane
+// mul[m][h]) to rows [row0, row0 + 16·MT) of the [n, D] matrix `dst` (row stride `ld`),
+// skipping rows ≥ n, through the warp's own rows of shared scratch `st` (row stride LD): each lane
 // writes its 32-bit pairs there (conflict-free: see FA_PAD), then the warp stores
 // whole rows as 16-byte vectors (coalesced). The caller makes sure no other warp uses
 // those scratch rows.
 template <typename T, int D, int MT>
-__device__ __forceinline__ void store_rows(T* dst, const float (&c)[MT][D / 8][4],
+__device__ __forceinline__ void store_rows(T* dst, u64 ld, const float (&c)[MT][D / 8][4],
                                            const float (&mul)[MT][2], T* st, int row0, int n) {
     constexpr int LD = D + FA_PAD, CPR = D / 8, R = 16 * MT;
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -338,7 +340,7 @@ __device__ __forceinline__ void store_rows(T* dst, const float (&c)[MT][D / 8][4
     for (int i = 0; i < R / (32 / CPR); ++i) {
         const int r = lr + i * (32 / CPR);
         if (row0 + r < n)
-            *reinterpret_cast<uint4*>(dst + (i64)(row0 + r) * D + col) =
+            *reinterpret_cast<uint4*>(dst + (u64)(row0 + r) * ld + col) =
                 *reinterpret_cast<const uint4*>(st + r * LD + col);
     }
 }
@@ -377,7 +379,8 @@ template <int D, int M, int BS> struct BwdSmem {
 // sums l), then O += P·V with P packed from S's registers (B = V tile as [k][n]).
 template <typename T, int D, int MT, int W, int BS>
 __device__ void fa_forward_tc(const T* q, Rows qr, const T* k, Rows kr, const T* v, Rows vr,
-                              T* out, float* lse, u64 tq, u64 tk, float scale, int causal) {
+                              T* out, Rows outr, float* lse, u64 tq, u64 tk, float scale,
+                              int causal) {
     constexpr int LD = D + FA_PAD, M = 16 * MT * W, NT = 32 * W, TILE = BS * LD * 2;
     static_assert(BS % 16 == 0 && D % 16 == 0, "tiles are whole 16×16 fragments");
     const int nq = (int)tq, nk = (int)tk;
@@ -385,7 +388,8 @@ __device__ void fa_forward_tc(const T* q, Rows qr, const T* k, Rows kr, const T*
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const u64 bh = blockIdx.x;
     const int q0 = blockIdx.y * M, r0 = q0 + 16 * MT * warp;
-    q += qr.start(bh), k += kr.start(bh), v += vr.start(bh), out += bh * tq * D, lse += bh * tq;
+    q += qr.start(bh), k += kr.start(bh), v += vr.start(bh), out += outr.start(bh);
+    lse += bh * tq;
     // Stage s: K at byte 2s·TILE, V at (2s+1)·TILE. Q arrives at stage 1's K.
     const unsigned base = smem_addr(fa_smem), sq = base + 2 * TILE;
     // Under the causal mask no query of this block sees a key past its last query.
@@ -500,7 +504,7 @@ __device__ void fa_forward_tc(const T* q, Rows qr, const T* k, Rows kr, const T*
             if (t == 0 && i < nq) lse[i] = mrow[m][h] * FA_LN2 + logf(l);
         }
     T* st = reinterpret_cast<T*>(fa_smem) + 16 * MT * warp * LD;
-    store_rows<T, D, MT>(out, o, inv, st, r0, nq);
+    store_rows<T, D, MT>(out, outr.row, o, inv, st, r0, nq);
 }
 
 // dQ = scale · Σ_j dS_ij K_j with dS = P∘(dP − delta), dP = dO·Vᵀ, P recomputed from lse.
@@ -510,7 +514,7 @@ __device__ void fa_forward_tc(const T* q, Rows qr, const T* k, Rows kr, const T*
 template <typename T, int D, int MT, int W, int BS, bool QREG>
 __device__ void fa_dq_tc(const T* q, Rows qr, const T* k, Rows kr, const T* v, Rows vr,
                          const T* dout, Rows dr, const float* lse, const float* delta, T* dq,
-                         u64 tq, u64 tk, float scale, int causal) {
+                         Rows dqr, u64 tq, u64 tk, float scale, int causal) {
     constexpr int LD = D + FA_PAD, M = 16 * MT * W, NT = 32 * W, TILE = BS * LD * 2;
     const int nq = (int)tq, nk = (int)tk;
     check_launch<W, M>(BwdSmem<D, M, BS>::BYTES_DQ, nq);
@@ -518,7 +522,7 @@ __device__ void fa_dq_tc(const T* q, Rows qr, const T* k, Rows kr, const T* v, R
     const u64 bh = blockIdx.x;
     const int q0 = blockIdx.y * M, r0 = q0 + 16 * MT * warp;
     q += qr.start(bh), k += kr.start(bh), v += vr.start(bh), dout += dr.start(bh);
-    dq += bh * tq * D, lse += bh * tq, delta += bh * tq;
+    dq += dqr.start(bh), lse += bh * tq, delta += bh * tq;
     // Q at byte 0, dO at M·LD·2, then stage s: K at 2M·LD·2 + 2s·TILE, V one TILE on.
     const unsigned base = smem_addr(fa_smem), sq = base, sdo = base + M * LD * 2;
     const unsigned stages = base + 2 * M * LD * 2;
@@ -606,7 +610,7 @@ __device__ void fa_dq_tc(const T* q, Rows qr, const T* k, Rows kr, const T* v, R
 #pragma unroll
     for (int m = 0; m < MT; ++m) mul[m][0] = mul[m][1] = scale;
     T* st = reinterpret_cast<T*>(fa_smem) + 16 * MT * warp * LD;
-    store_rows<T, D, MT>(dq, acc, mul, st, r0, nq);
+    store_rows<T, D, MT>(dq, dqr.row, acc, mul, st, r0, nq);
 }
 
 // dV = Σ_i Pᵀ_ji dO_i and dK = scale · Σ_i dSᵀ_ji Q_i. A block of W warps owns
@@ -618,7 +622,7 @@ __device__ void fa_dq_tc(const T* q, Rows qr, const T* k, Rows kr, const T* v, R
 template <typename T, int D, int MT, int W, int BS>
 __device__ void fa_dkdv_tc(const T* q, Rows qr, const T* k, Rows kr, const T* v, Rows vr,
                            const T* dout, Rows dr, const float* lse, const float* delta, T* dk,
-                           T* dv, u64 tq, u64 tk, float scale, int causal) {
+                           T* dv, Rows dkvr, u64 tq, u64 tk, float scale, int causal) {
     constexpr int LD = D + FA_PAD, M = 16 * MT * W, NT = 32 * W, TILE = BS * LD * 2;
     static_assert(2 * BS <= NT, "one thread per lse and delta value of a tile");
     const int nq = (int)tq, nk = (int)tk;
@@ -627,7 +631,7 @@ __device__ void fa_dkdv_tc(const T* q, Rows qr, const T* k, Rows kr, const T* v,
     const u64 bh = blockIdx.x;
     const int k0 = blockIdx.y * M, r0 = k0 + 16 * MT * warp;
     q += qr.start(bh), k += kr.start(bh), v += vr.start(bh), dout += dr.start(bh);
-    dk += bh * tk * D, dv += bh * tk * D, lse += bh * tq, delta += bh * tq;
+    lse += bh * tq, delta += bh * tq;
     // K at byte 0, V at M·LD·2; stage s: Q at 2M·LD·2 + 2s·TILE, dO one TILE on; then
     // stage s's lse (BS f32) at 2M·LD·2 + 4·TILE + 2s·BS·4, its delta BS·4 on.
     const unsigned base = smem_addr(fa_smem), sk = base, sv = base + M * LD * 2;
@@ -715,8 +719,10 @@ __device__ void fa_dkdv_tc(const T* q, Rows qr, const T* k, Rows kr, const T* v,
     for (int m = 0; m < MT; ++m) mk[m][0] = mk[m][1] = scale, mv[m][0] = mv[m][1] = 1.f;
     // The warp's own rows of the K and V tiles are free scratch now.
     T* st = reinterpret_cast<T*>(fa_smem) + 16 * MT * warp * LD;
-    store_rows<T, D, MT>(dk, dka, mk, st, r0, nk);
-    store_rows<T, D, MT>(dv, dva, mv, st + M * LD, r0, nk);
+    // The output pointers only now: at d = 128 this kernel is at the register limit.
+    dk += dkvr.start(bh), dv += dkvr.start(bh);
+    store_rows<T, D, MT>(dk, dkvr.row, dka, mk, st, r0, nk);
+    store_rows<T, D, MT>(dv, dkvr.row, dva, mv, st + M * LD, r0, nk);
 }
 
 // ======================= f32: FMAs =======================
@@ -787,8 +793,8 @@ __device__ __forceinline__ bool visible(i64 i, i64 j, i64 tq, i64 tk, int causal
 // per-warp shared scratch.
 template <int D, int W, int BS>
 __device__ void fa_forward32(const float* q, Rows qr, const float* k, Rows kr, const float* v,
-                             Rows vr, float* out, float* lse, u64 tq, u64 tk, float scale,
-                             int causal) {
+                             Rows vr, float* out, Rows outr, float* lse, u64 tq, u64 tk,
+                             float scale, int causal) {
     __shared__ __align__(16) float sq[16 * W][D + FA_PAD];
     __shared__ __align__(16) float sk[BS][D + FA_PAD];
     __shared__ __align__(16) float sv[BS][D + FA_PAD];
@@ -797,7 +803,8 @@ __device__ void fa_forward32(const float* q, Rows qr, const float* k, Rows kr, c
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const u64 bh = blockIdx.x;
     const i64 q0 = (i64)blockIdx.y * 16 * W, r0 = q0 + 16 * warp;
-    q += qr.start(bh), k += kr.start(bh), v += vr.start(bh), out += bh * tq * D, lse += bh * tq;
+    q += qr.start(bh), k += kr.start(bh), v += vr.start(bh), out += outr.start(bh);
+    lse += bh * tq;
     load_rows32<D>(&sq[0][0], q, qr.row, q0, 16 * W, tq);
     float m[2] = {FA_NEG_INF, FA_NEG_INF}, l[2] = {0.f, 0.f};
     float o[D / 8][4] = {};
@@ -849,7 +856,7 @@ __device__ void fa_forward32(const float* q, Rows qr, const float* k, Rows kr, c
         __syncwarp();
     }
     const float inv[2] = {1.f / l[0], 1.f / l[1]};
-    store_frag32<D>(out + r0 * D, D, o, inv, r0, tq);
+    store_frag32<D>(out + r0 * outr.row, (int)outr.row, o, inv, r0, tq);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         const i64 i = r0 + g + 8 * h;
@@ -860,7 +867,7 @@ __device__ void fa_forward32(const float* q, Rows qr, const float* k, Rows kr, c
 template <int D, int W, int BS>
 __device__ void fa_dq32(const float* q, Rows qr, const float* k, Rows kr, const float* v,
                         Rows vr, const float* dout, Rows dr, const float* lse,
-                        const float* delta, float* dq, u64 tq, u64 tk, float scale,
+                        const float* delta, float* dq, Rows dqr, u64 tq, u64 tk, float scale,
                         int causal) {
     __shared__ __align__(16) float sq[16 * W][D + FA_PAD];
     __shared__ __align__(16) float sdo[16 * W][D + FA_PAD];
@@ -872,7 +879,7 @@ __device__ void fa_dq32(const float* q, Rows qr, const float* k, Rows kr, const 
     const u64 bh = blockIdx.x;
     const i64 q0 = (i64)blockIdx.y * 16 * W, r0 = q0 + 16 * warp;
     q += qr.start(bh), k += kr.start(bh), v += vr.start(bh), dout += dr.start(bh);
-    dq += bh * tq * D, lse += bh * tq, delta += bh * tq;
+    dq += dqr.start(bh), lse += bh * tq, delta += bh * tq;
     load_rows32<D>(&sq[0][0], q, qr.row, q0, 16 * W, tq);
     load_rows32<D>(&sdo[0][0], dout, dr.row, q0, 16 * W, tq);
     float rl[2], rd[2];
@@ -908,14 +915,14 @@ __device__ void fa_dq32(const float* q, Rows qr, const float* k, Rows kr, const 
         __syncwarp();
     }
     const float mul[2] = {scale, scale};
-    store_frag32<D>(dq + r0 * D, D, acc, mul, r0, tq);
+    store_frag32<D>(dq + r0 * dqr.row, (int)dqr.row, acc, mul, r0, tq);
 }
 
 template <int D, int W, int BS>
 __device__ void fa_dkdv32(const float* q, Rows qr, const float* k, Rows kr, const float* v,
                           Rows vr, const float* dout, Rows dr, const float* lse,
-                          const float* delta, float* dk, float* dv, u64 tq, u64 tk,
-                          float scale, int causal) {
+                          const float* delta, float* dk, float* dv, Rows dkvr, u64 tq,
+                          u64 tk, float scale, int causal) {
     __shared__ __align__(16) float sk[16 * W][D + FA_PAD];
     __shared__ __align__(16) float sv[16 * W][D + FA_PAD];
     __shared__ __align__(16) float sq[BS][D + FA_PAD];
@@ -927,7 +934,7 @@ __device__ void fa_dkdv32(const float* q, Rows qr, const float* k, Rows kr, cons
     const u64 bh = blockIdx.x;
     const i64 k0 = (i64)blockIdx.y * 16 * W, r0 = k0 + 16 * warp;
     q += qr.start(bh), k += kr.start(bh), v += vr.start(bh), dout += dr.start(bh);
-    dk += bh * tk * D, dv += bh * tk * D, lse += bh * tq, delta += bh * tq;
+    dk += dkvr.start(bh), dv += dkvr.start(bh), lse += bh * tq, delta += bh * tq;
     load_rows32<D>(&sk[0][0], k, kr.row, k0, 16 * W, tk);
     load_rows32<D>(&sv[0][0], v, vr.row, k0, 16 * W, tk);
     float dka[D / 8][4] = {}, dva[D / 8][4] = {};
@@ -967,20 +974,22 @@ __device__ void fa_dkdv32(const float* q, Rows qr, const float* k, Rows kr, cons
         __syncwarp();
     }
     const float mul_k[2] = {scale, scale}, one[2] = {1.f, 1.f};
-    store_frag32<D>(dk + r0 * D, D, dka, mul_k, r0, tk);
-    store_frag32<D>(dv + r0 * D, D, dva, one, r0, tk);
+    store_frag32<D>(dk + r0 * dkvr.row, (int)dkvr.row, dka, mul_k, r0, tk);
+    store_frag32<D>(dv + r0 * dkvr.row, (int)dkvr.row, dva, one, r0, tk);
 }
 
-// delta[r] = Σ_c dO[r, c]·O[r, c], one warp per row r = bh·tq + i (O contiguous, dO
-// placed by `dr`).
+// delta[r] = Σ_c dO[r, c]·O[r, c], one warp per row r = bh·tq + i (dO and O placed by
+// `dr` and `outr`).
 template <typename T>
-__device__ void fa_delta(const T* dout, Rows dr, const T* out, float* delta, u64 rows, u64 tq,
-                         u64 d) {
+__device__ void fa_delta(const T* dout, Rows dr, const T* out, Rows outr, float* delta,
+                         u64 rows, u64 tq, u64 d) {
     const u64 r = (u64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (r >= rows) return;
-    const T* g = dout + dr.start(r / tq) + (r % tq) * dr.row;
+    const u64 bh = r / tq, i = r % tq;
+    const T* g = dout + dr.start(bh) + i * dr.row;
+    const T* o = out + outr.start(bh) + i * outr.row;
     float acc = 0.f;
-    for (u64 c = threadIdx.x & 31; c < d; c += 32) acc += load(g[c]) * load(out[r * d + c]);
+    for (u64 c = threadIdx.x & 31; c < d; c += 32) acc += load(g[c]) * load(o[c]);
     for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
     if ((threadIdx.x & 31) == 0) delta[r] = acc;
 }
@@ -990,15 +999,16 @@ __device__ void fa_delta(const T* dout, Rows dr, const T* out, float* delta, u64
 // traps on a block size, grid or shared size that does not).
 
 #define FA_PARAMS_FWD(T)                                                                    \
-    const T *q, Rows qr, const T *k, Rows kr, const T *v, Rows vr, T *out, float *lse,     \
-        u64 tq, u64 tk, float scale, int causal
+    const T *q, Rows qr, const T *k, Rows kr, const T *v, Rows vr, T *out, Rows outr,      \
+        float *lse, u64 tq, u64 tk, float scale, int causal
 #define FA_PARAMS_DQ(T)                                                                     \
     const T *q, Rows qr, const T *k, Rows kr, const T *v, Rows vr, const T *dout, Rows dr, \
-        const float *lse, const float *delta, T *dq, u64 tq, u64 tk, float scale, int causal
+        const float *lse, const float *delta, T *dq, Rows dqr, u64 tq, u64 tk, float scale, \
+        int causal
 #define FA_PARAMS_DKDV(T)                                                                   \
     const T *q, Rows qr, const T *k, Rows kr, const T *v, Rows vr, const T *dout, Rows dr, \
-        const float *lse, const float *delta, T *dk, T *dv, u64 tq, u64 tk, float scale,   \
-        int causal
+        const float *lse, const float *delta, T *dk, T *dv, Rows dkvr, u64 tq, u64 tk,     \
+        float scale, int causal
 // The three inputs and their row placements, as every kernel takes them first.
 #define FA_QKV q, qr, k, kr, v, vr
 
@@ -1008,16 +1018,16 @@ __device__ void fa_delta(const T* dout, Rows dr, const T* out, float* delta, u64
 // (the sm_86/sm_89 limit; sm_80 allows 163 KiB, sm_90 227 KiB).
 #define FA_TC(S, T, D, MT, FW, FBS, BW, BBS, QREG)                                          \
     extern "C" __global__ void __launch_bounds__(32 * FW) fa_fwd_##S##_d##D(FA_PARAMS_FWD(T)) { \
-        fa_forward_tc<T, D, MT, FW, FBS>(FA_QKV, out, lse, tq, tk, scale, causal);         \
+        fa_forward_tc<T, D, MT, FW, FBS>(FA_QKV, out, outr, lse, tq, tk, scale, causal);   \
     }                                                                                       \
     extern "C" __global__ void __launch_bounds__(32 * BW) fa_dq_##S##_d##D(FA_PARAMS_DQ(T)) { \
-        fa_dq_tc<T, D, 1, BW, BBS, QREG>(FA_QKV, dout, dr, lse, delta, dq, tq, tk, scale,   \
-                                         causal);                                           \
+        fa_dq_tc<T, D, 1, BW, BBS, QREG>(FA_QKV, dout, dr, lse, delta, dq, dqr, tq, tk,     \
+                                         scale, causal);                                    \
     }                                                                                       \
     extern "C" __global__ void __launch_bounds__(32 * BW)                                   \
         fa_dkdv_##S##_d##D(FA_PARAMS_DKDV(T)) {                                             \
-        fa_dkdv_tc<T, D, 1, BW, BBS>(FA_QKV, dout, dr, lse, delta, dk, dv, tq, tk, scale,   \
-                                     causal);                                               \
+        fa_dkdv_tc<T, D, 1, BW, BBS>(FA_QKV, dout, dr, lse, delta, dk, dv, dkvr, tq, tk,    \
+                                     scale, causal);                                        \
     }
 
 FA_TC(bf16, bf16, 32, 2, 4, 64, 8, 64, true)
@@ -1031,14 +1041,15 @@ FA_TC(f16, f16, 128, 1, 8, 64, 4, 32, false)
 // the backward (48 KiB of static shared memory).
 #define FA32(D, W, BSF, BSB)                                                                \
     extern "C" __global__ void __launch_bounds__(32 * W) fa_fwd_f32_d##D(FA_PARAMS_FWD(float)) { \
-        fa_forward32<D, W, BSF>(FA_QKV, out, lse, tq, tk, scale, causal);                  \
+        fa_forward32<D, W, BSF>(FA_QKV, out, outr, lse, tq, tk, scale, causal);            \
     }                                                                                       \
     extern "C" __global__ void __launch_bounds__(32 * W) fa_dq_f32_d##D(FA_PARAMS_DQ(float)) { \
-        fa_dq32<D, W, BSB>(FA_QKV, dout, dr, lse, delta, dq, tq, tk, scale, causal);       \
+        fa_dq32<D, W, BSB>(FA_QKV, dout, dr, lse, delta, dq, dqr, tq, tk, scale, causal);  \
     }                                                                                       \
     extern "C" __global__ void __launch_bounds__(32 * W)                                    \
         fa_dkdv_f32_d##D(FA_PARAMS_DKDV(float)) {                                           \
-        fa_dkdv32<D, W, BSB>(FA_QKV, dout, dr, lse, delta, dk, dv, tq, tk, scale, causal); \
+        fa_dkdv32<D, W, BSB>(FA_QKV, dout, dr, lse, delta, dk, dv, dkvr, tq, tk, scale,     \
+                             causal);                                                       \
     }
 
 FA32(32, 2, 32, 32)
@@ -1047,8 +1058,9 @@ FA32(128, 1, 16, 16)
 
 #define FA_DELTA(S, T)                                                                    \
     extern "C" __global__ void fa_delta_##S(const T* dout, Rows dr, const T* out,         \
-                                            float* delta, u64 rows, u64 tq, u64 d) {      \
-        fa_delta<T>(dout, dr, out, delta, rows, tq, d);                                   \
+                                            Rows outr, float* delta, u64 rows, u64 tq,    \
+                                            u64 d) {                                      \
+        fa_delta<T>(dout, dr, out, outr, delta, rows, tq, d);                             \
     }
 FA_DELTA(bf16, bf16)
 FA_DELTA(f16, f16)

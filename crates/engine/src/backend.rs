@@ -268,7 +268,8 @@ pub trait BackendStorage: Sized {
     ) -> Result<(Self, Option<Self>, Option<Self>)>;
 
     /// Attention of `self` as q `[b, h, tq, d]` over k `[b, h, tk, d]` and v
-    /// `[b, h, tk, dv]`. Returns the output and the per-row log-sum-exp `[b, h, tq]`.
+    /// `[b, h, tk, dv]`. Returns the output, stored token-major (`[b, tq, h, dv]`, so
+    /// that merging the heads is a view), and the per-row log-sum-exp `[b, h, tq]`.
     fn attention(
         &self,
         layout: &Layout,
@@ -287,7 +288,8 @@ pub trait BackendStorage: Sized {
         step: &AdamStep,
     ) -> Result<()>;
 
-    /// Backward of [`BackendStorage::attention`] with `self` as q: returns (dq, dk, dv).
+    /// Backward of [`BackendStorage::attention`] with `self` as q: returns (dq, dk, dv),
+    /// stored token-major like the output (`[b, t, h, d]`).
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(
         &self,

@@ -86,7 +86,12 @@ impl Tensor {
 
     /// A constant (no gradient) tensor over fresh contiguous storage.
     pub(crate) fn from_storage(storage: Storage, shape: &[usize]) -> Tensor {
-        let layout = Layout::contiguous(shape);
+        Tensor::from_storage_in(storage, Layout::contiguous(shape))
+    }
+
+    /// A constant tensor viewing fresh storage through `layout` (a permutation of it,
+    /// say).
+    pub(crate) fn from_storage_in(storage: Storage, layout: Layout) -> Tensor {
         Tensor::build(SharedStorage::new(storage), layout, GradMeta::None)
     }
 
@@ -99,7 +104,17 @@ impl Tensor {
         inputs: &[&Tensor],
         backward: impl BackwardFn,
     ) -> Tensor {
-        let layout = Layout::contiguous(shape);
+        Tensor::from_op_in(op, storage, Layout::contiguous(shape), inputs, backward)
+    }
+
+    /// [`Tensor::from_op`] for a result that views its fresh storage through `layout`.
+    pub(crate) fn from_op_in(
+        op: &'static str,
+        storage: Storage,
+        layout: Layout,
+        inputs: &[&Tensor],
+        backward: impl BackwardFn,
+    ) -> Tensor {
         let grad = GradMeta::for_op(op, inputs, backward);
         Tensor::build(SharedStorage::new(storage), layout, grad)
     }

@@ -1,6 +1,7 @@
 //! Scaled-dot-product attention on `[b, h, t, d]` views, forward and backward: the
 //! reference the CUDA kernels are tested against. Each (batch, head) pair is computed
-//! with `gemm` on the strided views directly, in parallel across pairs.
+//! with `gemm` on the strided views directly, in parallel across batch entries. Results
+//! are written token-major, `[b, t, h, d]` (see [`crate::backend::BackendStorage::attention`]).
 
 use super::float::{max_lanes, sum_lanes, CpuFloat};
 use super::isa;
@@ -15,6 +16,7 @@ use rayon::prelude::*;
 struct Operand<'a, F> {
     data: &'a [F],
     offsets: Vec<usize>,
+    heads: usize,
     rows: usize,
     cols: usize,
     strides: (usize, usize),
@@ -26,6 +28,7 @@ impl<'a, F> Operand<'a, F> {
         Operand {
             data,
             offsets: batch_offsets(l),
+            heads: l.shape()[1],
             rows: l.shape()[2],
             cols: l.shape()[3],
             strides: (s[2], s[3]),
@@ -39,9 +42,9 @@ impl<'a, F> Operand<'a, F> {
     }
 }
 
-/// `dst (m×n, row-major) = beta·lhs·rhs (+ dst if accumulate)`.
+/// `dst (m×n, rows `ldc` apart) = beta·lhs·rhs`.
 fn product<F: CpuFloat>(
-    dst: &mut [F],
+    (dst, ldc): Dst<F>,
     (lhs, lhs_strides): (&[F], (usize, usize)),
     (rhs, rhs_strides): (&[F], (usize, usize)),
     (m, k, n): (usize, usize, usize),
@@ -55,7 +58,7 @@ fn product<F: CpuFloat>(
         rhs_strides,
         accumulate: false,
     };
-    gemm_into(dst, n, lhs, rhs, g, beta, OneThread);
+    gemm_into(dst, ldc, lhs, rhs, g, beta, OneThread);
 }
 
 /// Scores `scale·q·kᵀ` with the causal mask applied (masked entries −∞).
@@ -63,7 +66,7 @@ fn scores<F: CpuFloat>(q: &Operand<F>, k: &Operand<F>, bh: usize, spec: Attentio
     let (tq, tk, d) = (q.rows, k.rows, q.cols);
     let mut s = vec![F::zero(); tq * tk];
     let (qs, ks) = ((q.at(bh), q.strides), (k.at(bh), k.transposed()));
-    product(&mut s, qs, ks, (tq, d, tk), F::c(spec.scale));
+    product((&mut s, tk), qs, ks, (tq, d, tk), F::c(spec.scale));
     if spec.causal {
         for i in 0..tq {
             s[i * tk + (i + 1).min(tk)..(i + 1) * tk].fill(F::neg_infinity());
@@ -86,7 +89,7 @@ fn softmax_rows<F: CpuFloat>(p: &mut [F], lse: &mut [F], tk: usize) {
     }
 }
 
-/// Output `[b, h, tq, dv]` and log-sum-exp `[b, h, tq]`.
+/// Output, stored `[b, tq, h, dv]`, and log-sum-exp `[b, h, tq]`.
 pub fn attention<F: CpuFloat>(
     q: (&[F], &Layout),
     k: (&[F], &Layout),
@@ -98,29 +101,34 @@ pub fn attention<F: CpuFloat>(
         Operand::new(k.0, k.1),
         Operand::new(v.0, v.1),
     );
-    let (bh, tq, tk, dv) = (q.offsets.len(), q.rows, k.rows, v.cols);
+    let (bh, h, tq, tk, dv) = (q.offsets.len(), q.heads, q.rows, k.rows, v.cols);
     let mut out = pool::take_zeroed(bh * tq * dv);
     let mut lse = pool::take_zeroed(bh * tq);
-    if tq == 0 || dv == 0 {
+    if bh == 0 || tq == 0 || dv == 0 {
         return (out, lse);
     }
-    out.par_chunks_mut(tq * dv)
-        .zip(lse.par_chunks_mut(tq))
+    // A batch entry's heads interleave in the token-major output: one task per entry.
+    out.par_chunks_mut(tq * h * dv)
+        .zip(lse.par_chunks_mut(h * tq))
         .enumerate()
-        .for_each(|(i, (o, l))| {
-            let mut p = scores(&q, &k, i, spec);
-            isa::dispatch(
-                #[inline(always)]
-                |(p, l)| softmax_rows(p, l, tk),
-                (&mut p, l),
-            );
-            product(
-                o,
-                (&p, (tk, 1)),
-                (v.at(i), v.strides),
-                (tq, tk, dv),
-                F::one(),
-            );
+        .for_each(|(b, (o, l))| {
+            for (head, l) in l.chunks_mut(tq).enumerate() {
+                let i = b * h + head;
+                let mut p = scores(&q, &k, i, spec);
+                isa::dispatch(
+                    #[inline(always)]
+                    |(p, l)| softmax_rows(p, l, tk),
+                    (&mut p, l),
+                );
+                let o = (&mut o[head * dv..], h * dv);
+                product(
+                    o,
+                    (&p, (tk, 1)),
+                    (v.at(i), v.strides),
+                    (tq, tk, dv),
+                    F::one(),
+                );
+            }
         });
     (out, lse)
 }
@@ -149,13 +157,13 @@ fn score_grads<F: CpuFloat>(
     }
 }
 
-/// The gradients of q, k and v.
+/// The gradients of q, k and v, stored token-major like the output.
 pub struct AttentionGrads<F> {
-    /// Gradient of q, `[b, h, tq, d]`.
+    /// Gradient of q, stored `[b, tq, h, d]`.
     pub dq: Vec<F>,
-    /// Gradient of k, `[b, h, tk, d]`.
+    /// Gradient of k, stored `[b, tk, h, d]`.
     pub dk: Vec<F>,
-    /// Gradient of v, `[b, h, tk, dv]`.
+    /// Gradient of v, stored `[b, tk, h, dv]`.
     pub dv: Vec<F>,
 }
 
@@ -176,51 +184,73 @@ pub fn attention_backward<F: CpuFloat>(
         Operand::new(v.0, v.1),
     );
     let (o, g) = (Operand::new(out.0, out.1), Operand::new(grad.0, grad.1));
-    let (bh, tq, tk, d, dv) = (q.offsets.len(), q.rows, k.rows, q.cols, v.cols);
+    let (bh, h, tq, tk) = (q.offsets.len(), q.heads, q.rows, k.rows);
+    let (d, dv) = (q.cols, v.cols);
     let mut grads = AttentionGrads {
         dq: pool::take_zeroed(bh * tq * d),
         dk: pool::take_zeroed(bh * tk * d),
         dv: pool::take_zeroed(bh * tk * dv),
     };
-    if tq == 0 || tk == 0 {
+    if bh == 0 || tq == 0 || tk == 0 {
         return grads;
     }
-    let scale = F::c(spec.scale);
+    // A batch entry's heads interleave in the token-major gradients: one task per entry.
     grads
         .dq
-        .par_chunks_mut(tq * d.max(1))
-        .zip(grads.dk.par_chunks_mut(tk * d.max(1)))
-        .zip(grads.dv.par_chunks_mut(tk * dv.max(1)))
+        .par_chunks_mut(tq * h * d.max(1))
+        .zip(grads.dk.par_chunks_mut(tk * h * d.max(1)))
+        .zip(grads.dv.par_chunks_mut(tk * h * dv.max(1)))
         .enumerate()
-        .for_each(|(i, ((dq, dk), dvo))| {
-            let mut p = scores(&q, &k, i, spec);
-            let lse = &lse[i * tq..(i + 1) * tq];
-            isa::dispatch(
-                #[inline(always)]
-                |p| {
-                    for (row, &l) in p.chunks_mut(tk).zip(lse) {
-                        row.iter_mut().for_each(|x| *x = (*x - l).exp_v());
-                    }
-                },
-                &mut p,
-            );
-            let dout = (g.at(i), g.strides);
-            product(dvo, (&p, (1, tk)), dout, (tk, tq, dv), F::one());
-            let mut ds = vec![F::zero(); tq * tk];
-            product(
-                &mut ds,
-                dout,
-                (v.at(i), v.transposed()),
-                (tq, dv, tk),
-                F::one(),
-            );
-            isa::dispatch(
-                #[inline(always)]
-                |ds| score_grads(ds, &p, (&g, &o, i), tk),
-                &mut ds,
-            );
-            product(dq, (&ds, (tk, 1)), (k.at(i), k.strides), (tq, tk, d), scale);
-            product(dk, (&ds, (1, tk)), (q.at(i), q.strides), (tk, tq, d), scale);
+        .for_each(|(b, ((dq, dk), dvo))| {
+            for head in 0..h {
+                let i = b * h + head;
+                let dq = (&mut dq[head * d..], h * d);
+                let dk = (&mut dk[head * d..], h * d);
+                let dvo = (&mut dvo[head * dv..], h * dv);
+                pair_grads(&q, &k, &v, (&o, &g), lse, spec, i, (dq, dk, dvo));
+            }
         });
     grads
+}
+
+/// A destination matrix and the distance between its rows.
+type Dst<'a, F> = (&'a mut [F], usize);
+
+/// The gradients of pair `i` into `dq`, `dk` and `dv`.
+#[allow(clippy::too_many_arguments)]
+fn pair_grads<F: CpuFloat>(
+    q: &Operand<F>,
+    k: &Operand<F>,
+    v: &Operand<F>,
+    (o, g): (&Operand<F>, &Operand<F>),
+    lse: &[F],
+    spec: AttentionSpec,
+    i: usize,
+    (dq, dk, dvo): (Dst<F>, Dst<F>, Dst<F>),
+) {
+    let (tq, tk, d, dv) = (q.rows, k.rows, q.cols, v.cols);
+    let scale = F::c(spec.scale);
+    let mut p = scores(q, k, i, spec);
+    let lse = &lse[i * tq..(i + 1) * tq];
+    isa::dispatch(
+        #[inline(always)]
+        |p| {
+            for (row, &l) in p.chunks_mut(tk).zip(lse) {
+                row.iter_mut().for_each(|x| *x = (*x - l).exp_v());
+            }
+        },
+        &mut p,
+    );
+    let dout = (g.at(i), g.strides);
+    product(dvo, (&p, (1, tk)), dout, (tk, tq, dv), F::one());
+    let mut ds = vec![F::zero(); tq * tk];
+    let v_t = (v.at(i), v.transposed());
+    product((&mut ds, tk), dout, v_t, (tq, dv, tk), F::one());
+    isa::dispatch(
+        #[inline(always)]
+        |ds| score_grads(ds, &p, (g, o, i), tk),
+        &mut ds,
+    );
+    product(dq, (&ds, (tk, 1)), (k.at(i), k.strides), (tq, tk, d), scale);
+    product(dk, (&ds, (1, tk)), (q.at(i), q.strides), (tk, tq, d), scale);
 }

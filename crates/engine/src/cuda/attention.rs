@@ -2,14 +2,15 @@
 //! cuBLAS with scores and probabilities held in the compute type (f32, f64 for f64),
 //! and the row kernels of `kernels/attention.cu` do the softmax and the score
 //! gradient. Memory is O(b·h·tq·tk). Where the fused kernels of [`super::flash`]
-//! cover the call (f32/bf16/f16, head dims 32, 64, 128) they run instead.
+//! cover the call (f32/bf16/f16, head dims 32, 64, 128) they run instead. Results are
+//! copied to the token-major storage the backend returns at the end.
 
 use super::elementwise::cast;
 use super::flash;
 use super::launch::{args, launch, per_element, per_row};
 use super::matmul::{gemm, Operand};
 use super::{acc_dtype, float_only, suffix, CudaStorage, Dense};
-use crate::backend::AttentionSpec;
+use crate::backend::{AttentionSpec, BackendStorage};
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::layout::Layout;
@@ -18,6 +19,14 @@ use crate::layout::Layout;
 fn dims(l: &Layout) -> (usize, usize, usize) {
     let s = l.shape();
     (s[0] * s[1], s[2], s[3])
+}
+
+/// A contiguous `[b, h, t, d]` result stored token-major (`[b, t, h, d]`), as the
+/// backend's attention returns its output and gradients.
+fn token_major(x: CudaStorage, l: &Layout, d: usize) -> Result<CudaStorage> {
+    let (b, h, t) = (l.shape()[0], l.shape()[1], l.shape()[2]);
+    let view = Layout::new(vec![b, t, h, d], vec![h * t * d, d, t * d, 1], 0);
+    x.copy_strided(&view)
 }
 
 /// The storage as `dtype`: itself, or a converted contiguous copy of its `n` elements.
@@ -89,7 +98,7 @@ pub(crate) fn forward(
         bh,
         (1.0, 0.0),
     )?;
-    Ok((out, lse))
+    Ok((token_major(out, lq, dv)?, lse))
 }
 
 /// dV = Pᵀ·dO, dP = dO·Vᵀ, dS = P∘(dP − rowsum(dO∘O)), dQ = scale·dS·K,
@@ -108,9 +117,8 @@ pub(crate) fn backward(
     let (dev, dt) = (q.dev(), q.dtype);
     let ((bh, tq, d), (_, tk, dv)) = (dims(lq), dims(lv));
     if bh * tq * tk > 0 && flash::covers(dt, d, dv, (tq, tk)) {
-        let od = o.dense(lo)?;
-        let (dims, g) = ((bh, tq, tk, d), (g, lg));
-        return flash::backward((q, lq), (k, lk), (v, lv), (&od, lse, g), dims, spec);
+        let (dims, og) = ((bh, tq, tk, d), ((o, lo), lse, (g, lg)));
+        return flash::backward((q, lq), (k, lk), (v, lv), og, dims, spec);
     }
     let dq = CudaStorage::zeros_on(dev, bh * tq * d, dt)?;
     let dk = CudaStorage::zeros_on(dev, bh * tk * d, dt)?;
@@ -155,5 +163,9 @@ pub(crate) fn backward(
         bh,
         (spec.scale, 0.0),
     )?;
-    Ok((dq, dk, dvv))
+    Ok((
+        token_major(dq, lq, d)?,
+        token_major(dk, lk, d)?,
+        token_major(dvv, lv, dv)?,
+    ))
 }

@@ -7,7 +7,7 @@
 
 use super::device::CudaDevice;
 use super::launch::{args, launch, Arg};
-use super::{CudaStorage, Dense};
+use super::CudaStorage;
 use crate::backend::{AttentionSpec, BackendStorage};
 use crate::dtype::DType;
 use crate::error::Result;
@@ -104,6 +104,9 @@ pub(crate) fn covers(dtype: DType, d: usize, dv: usize, (tq, tk): (usize, usize)
             .all(|&k| tq.max(tk).div_ceil(shape(k, dtype, d).rows) <= MAX_TILES)
 }
 
+/// A `[b, h, t, d]` view of a storage.
+pub(crate) type View4<'a> = (&'a CudaStorage, &'a Layout);
+
 /// Shapes of one call: (b·h, tq, tk, d).
 pub(crate) type Dims = (usize, usize, usize, usize);
 
@@ -158,6 +161,20 @@ struct Input {
     _copy: Option<CudaStorage>,
 }
 
+impl Rows {
+    /// The rows of a `[b, h, t, d]` result stored token-major, `[b, t, h, d]` (see
+    /// [`crate::backend::BackendStorage::attention`]).
+    fn token_major(heads: usize, t: usize, d: usize) -> Rows {
+        let (h, t, d) = (heads as u64, t as u64, d as u64);
+        Rows {
+            batch: t * h * d,
+            head: d,
+            row: h * d,
+            heads: h,
+        }
+    }
+}
+
 /// `x` viewed by `l` as `[b, h, t, d]`, read in place when its rows are contiguous (a
 /// head split of a `[b, t, h·d]` product is) and, for bf16/f16, its address and strides
 /// are multiples of 16 bytes (the kernels copy rows with 16-byte `cp.async`); copied
@@ -200,8 +217,8 @@ fn input(x: &CudaStorage, l: &Layout) -> Result<Input> {
     })
 }
 
-/// The output `[bh, tq, d]` and the f32 row log-sum-exp `[bh, tq]` of q, k, v
-/// `[b, h, t, d]` views.
+/// The output (stored token-major, `[b, tq, h, d]`) and the f32 row log-sum-exp
+/// `[bh, tq]` of q, k, v `[b, h, t, d]` views.
 pub(crate) fn forward(
     (q, lq): (&CudaStorage, &Layout),
     (k, lk): (&CudaStorage, &Layout),
@@ -213,6 +230,7 @@ pub(crate) fn forward(
     let (bh, tq, _, d) = dims;
     let (qi, ki, vi) = (input(q, lq)?, input(k, lk)?, input(v, lv)?);
     let out = CudaStorage::alloc(dev, bh * tq * d, dt)?;
+    let outr = Rows::token_major(lq.shape()[1], tq, d);
     let lse = CudaStorage::alloc(dev, bh * tq, DType::F32)?;
     let (scale, causal) = (spec.scale as f32, spec.causal);
     let a = args![
@@ -223,6 +241,7 @@ pub(crate) fn forward(
         vi.ptr,
         vi.rows,
         out.ptr(),
+        outr,
         lse.ptr(),
         tq,
         dims.2,
@@ -233,13 +252,13 @@ pub(crate) fn forward(
     Ok((out, lse))
 }
 
-/// (dq, dk, dv) of q, k, v `[b, h, t, d]` views, the forward's output `o` and
-/// log-sum-exp, and the output gradient `g` (a view like the inputs).
+/// (dq, dk, dv), stored token-major, of q, k, v `[b, h, t, d]` views, the forward's
+/// output `o` and log-sum-exp, and the output gradient `g` (views like the inputs).
 pub(crate) fn backward(
     (q, lq): (&CudaStorage, &Layout),
     (k, lk): (&CudaStorage, &Layout),
     (v, lv): (&CudaStorage, &Layout),
-    (o, lse, (g, lg)): (&Dense, &CudaStorage, (&CudaStorage, &Layout)),
+    ((o, lo), lse, (g, lg)): (View4<'_>, &CudaStorage, View4<'_>),
     dims: Dims,
     spec: AttentionSpec,
 ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
@@ -248,6 +267,7 @@ pub(crate) fn backward(
     let (bh, tq, tk, d) = dims;
     let rows = bh * tq;
     let (qi, ki, vi, gi) = (input(q, lq)?, input(k, lk)?, input(v, lv)?, input(g, lg)?);
+    let oi = input(o, lo)?;
     // delta = rowsum(dO∘O), one warp per row.
     let delta = CudaStorage::alloc(dev, rows, DType::F32)?;
     let per_warp = LaunchConfig {
@@ -256,7 +276,7 @@ pub(crate) fn backward(
         shared_mem_bytes: 0,
     };
     let f = format!("fa_delta_{}", dt.as_str());
-    let a = args![gi.ptr, gi.rows, o.ptr, delta.ptr(), rows, tq, d];
+    let a = args![gi.ptr, gi.rows, oi.ptr, oi.rows, delta.ptr(), rows, tq, d];
     launch(dev, OP, (FILE, &f), per_warp, a)?;
     let dq = CudaStorage::alloc(dev, rows * d, dt)?;
     let dk = CudaStorage::alloc(dev, bh * tk * d, dt)?;
@@ -265,26 +285,16 @@ pub(crate) fn backward(
     let (l, dl) = (lse.ptr(), delta.ptr());
     let (qp, kp, vp, gp) = (qi.ptr, ki.ptr, vi.ptr, gi.ptr);
     let (qr, kr, vr, gr) = (qi.rows, ki.rows, vi.rows, gi.rows);
-    let a = args![
-        qp,
-        qr,
-        kp,
-        kr,
-        vp,
-        vr,
-        gp,
-        gr,
-        l,
-        dl,
-        dq.ptr(),
-        tq,
-        tk,
-        scale,
-        causal
-    ];
+    let heads = lq.shape()[1];
+    let (dqr, dkvr) = (
+        Rows::token_major(heads, tq, d),
+        Rows::token_major(heads, tk, d),
+    );
+    let pq = dq.ptr();
+    let a = args![qp, qr, kp, kr, vp, vr, gp, gr, l, dl, pq, dqr, tq, tk, scale, causal];
     launch_tiled(dev, OP, Kernel::Dq, (dt, dims, tq), a)?;
     let (pk, pv) = (dk.ptr(), dv.ptr());
-    let a = args![qp, qr, kp, kr, vp, vr, gp, gr, l, dl, pk, pv, tq, tk, scale, causal];
+    let a = args![qp, qr, kp, kr, vp, vr, gp, gr, l, dl, pk, pv, dkvr, tq, tk, scale, causal];
     launch_tiled(dev, OP, Kernel::Dkdv, (dt, dims, tk), a)?;
     Ok((dq, dk, dv))
 }

@@ -4,6 +4,7 @@ use super::{check_float, check_same};
 use crate::autocast::lowered;
 use crate::backend::{AttentionSpec, BackendStorage};
 use crate::error::{Error, Result};
+use crate::layout::Layout;
 use crate::Tensor;
 
 /// softmax(scale·q·kᵀ [+ causal mask])·v for q `[b, h, tq, d]`, k `[b, h, tk, d]`,
@@ -47,10 +48,10 @@ pub fn scaled_dot_product_attention(
     )?;
     let lse = Tensor::from_storage(lse, &qs[..3]);
     let shape = [qs[0], qs[1], qs[2], vs[3]];
-    Ok(Tensor::from_op(
+    Ok(Tensor::from_op_in(
         OP,
         out,
-        &shape,
+        token_major(shape),
         &[q, k, v],
         move |x, out, g| {
             let (q, k, v) = (&x[0], &x[1], &x[2]);
@@ -63,11 +64,20 @@ pub fn scaled_dot_product_attention(
                 (&g.storage(), g.layout()),
                 spec,
             )?;
-            Ok(vec![
-                Some(Tensor::from_storage(dq, q.shape())),
-                Some(Tensor::from_storage(dk, k.shape())),
-                Some(Tensor::from_storage(dv, v.shape())),
-            ])
+            let grad = |s, t: &Tensor| {
+                let shape = [t.shape()[0], t.shape()[1], t.shape()[2], t.shape()[3]];
+                Some(Tensor::from_storage_in(s, token_major(shape)))
+            };
+            Ok(vec![grad(dq, q), grad(dk, k), grad(dv, v)])
         },
     ))
+}
+
+/// A `[b, h, t, d]` view of storage laid out `[b, t, h, d]` (token-major): how the
+/// backends store attention's output and gradients, so that merging the heads back
+/// (`transpose(1, 2)` then `reshape`) is a view rather than a copy, forward and
+/// backward.
+fn token_major(shape: [usize; 4]) -> Layout {
+    let [_, h, t, d] = shape;
+    Layout::new(shape.to_vec(), vec![t * h * d, d, h * d, 1], 0)
 }
