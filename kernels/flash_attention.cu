@@ -294,12 +294,12 @@ __device__ __forceinline__ void pack_a(unsigned (&a)[MT][N / 16][4], const float
 }
 
 // Rows [row0, row0 + R) of the [n, D] matrix `src` (row stride `ld` elements) into the
-// shared tile at `dst`, by all NT threads in 16-byte chunks: a row has CPR = D/8 chunks, and thread x
-// copies chunk x % CPR of rows x / CPR + i·(NT/CPR) (consecutive threads read
-// consecutive 16 bytes of a row: coalesced; the column is the same for every i, so a
-// thread needs one pointer and constant offsets). Rows ≥ n are zero-filled (the source
-// address is then the matrix's first row, valid as n ≥ 1, and not read). Asynchronous:
-// complete after cp_async_wait_all + __syncthreads.
+// shared tile at `dst`, by all NT threads in 16-byte chunks: a row has CPR = D/8
+// chunks, and thread x copies chunk x % CPR of rows x / CPR + i·(NT/CPR) (consecutive
+// threads read consecutive 16 bytes of a row: coalesced; the column is the same for
+// every i, so a thread needs one pointer and fixed offsets). Rows ≥ n are zero-filled
+// (the source address is then the matrix's first row, valid as n ≥ 1, and not read).
+// Asynchronous: complete after cp_async_wait_all + __syncthreads.
 template <typename T, int D, int R, int NT>
 __device__ __forceinline__ void cp_tile(unsigned dst, const T* src, u64 ld, int row0, int n) {
     constexpr int CPR = D / 8, LD = D + FA_PAD, STEP = NT / CPR;
@@ -316,10 +316,10 @@ __device__ __forceinline__ void cp_tile(unsigned dst, const T* src, u64 ld, int 
 
 // Writes a warp's 16·MT accumulator rows (C layout, row (m, h) = 16m + g + 8h times
 // mul[m][h]) to rows [row0, row0 + 16·MT) of the [n, D] matrix `dst` (row stride `ld`),
-// skipping rows ≥ n, through the warp's own rows of shared scratch `st` (row stride LD): each lane
-// writes its 32-bit pairs there (conflict-free: see FA_PAD), then the warp stores
-// whole rows as 16-byte vectors (coalesced). The caller makes sure no other warp uses
-// those scratch rows.
+// skipping rows ≥ n, through the warp's own rows of shared scratch `st` (row stride
+// LD): each lane writes its 32-bit pairs there (conflict-free: see FA_PAD), then the
+// warp stores whole rows as 16-byte vectors (coalesced). The caller makes sure no
+// other warp uses those scratch rows.
 template <typename T, int D, int MT>
 __device__ __forceinline__ void store_rows(T* dst, u64 ld, const float (&c)[MT][D / 8][4],
                                            const float (&mul)[MT][2], T* st, int row0, int n) {
