@@ -175,28 +175,36 @@ impl Rows {
     }
 }
 
-/// `x` viewed by `l` as `[b, h, t, d]`, read in place when its rows are contiguous (a
-/// head split of a `[b, t, h·d]` product is) and, for bf16/f16, its address and strides
-/// are multiples of 16 bytes (the kernels copy rows with 16-byte `cp.async`); copied
-/// to a contiguous buffer otherwise.
+impl Rows {
+    /// How the kernels read a `[b, h, t, d]` view of `dtype` with these strides starting
+    /// at device address `ptr` in place, or `None` when they cannot: its rows must be
+    /// contiguous (a head split of a `[b, t, h·d]` product's are) and, for bf16/f16,
+    /// its address and strides multiples of 16 bytes (rows are copied with 16-byte
+    /// `cp.async`).
+    fn in_place(l: &Layout, ptr: u64, dtype: DType) -> Option<Rows> {
+        let (shape, strides) = (l.shape(), l.strides());
+        // A stride matters only where its dim has more than one element.
+        let stride = |i: usize| if shape[i] > 1 { strides[i] as u64 } else { 0 };
+        let rows = Rows {
+            batch: stride(0),
+            head: stride(1),
+            row: stride(2),
+            heads: shape[1] as u64,
+        };
+        let unit = (16 / dtype.size_in_bytes()) as u64;
+        let strides_fit = [rows.batch, rows.head, rows.row]
+            .iter()
+            .all(|s| s % unit == 0);
+        let aligned = dtype == DType::F32 || (ptr % 16 == 0 && strides_fit);
+        (stride(3) <= 1 && aligned).then_some(rows)
+    }
+}
+
+/// `x` viewed by `l` as `[b, h, t, d]`, read in place where [`Rows::in_place`] allows,
+/// copied to a contiguous buffer otherwise.
 fn input(x: &CudaStorage, l: &Layout) -> Result<Input> {
-    let (shape, strides) = (l.shape(), l.strides());
-    // A stride matters only where its dim has more than one element.
-    let stride = |i: usize| if shape[i] > 1 { strides[i] as u64 } else { 0 };
-    let rows = Rows {
-        batch: stride(0),
-        head: stride(1),
-        row: stride(2),
-        heads: shape[1] as u64,
-    };
     let ptr = x.ptr_at(l.offset());
-    let unit = (16 / x.dtype.size_in_bytes()) as u64;
-    let aligned = x.dtype == DType::F32
-        || (ptr % 16 == 0
-            && [rows.batch, rows.head, rows.row]
-                .iter()
-                .all(|s| s % unit == 0));
-    if strides[3] == 1 && aligned {
+    if let Some(rows) = Rows::in_place(l, ptr, x.dtype) {
         return Ok(Input {
             ptr,
             rows,
@@ -204,15 +212,14 @@ fn input(x: &CudaStorage, l: &Layout) -> Result<Input> {
         });
     }
     let copy = x.copy_strided(l)?;
-    let (h, t, d) = (shape[1] as u64, shape[2] as u64, shape[3] as u64);
+    let contiguous = Layout::contiguous(l.shape());
+    let rows = Rows::in_place(&contiguous, copy.ptr(), x.dtype).ok_or_else(|| {
+        let why = "a fresh contiguous buffer is not 16-byte aligned";
+        x.dev().error("attention", why)
+    })?;
     Ok(Input {
         ptr: copy.ptr(),
-        rows: Rows {
-            batch: h * t * d,
-            head: t * d,
-            row: d,
-            heads: h,
-        },
+        rows,
         _copy: Some(copy),
     })
 }
@@ -322,5 +329,45 @@ mod tests {
         }
         assert_eq!(shape(Kernel::Dkdv, DType::F32, 128), s(1, 16, 0));
         assert_eq!(shape(Kernel::Fwd, DType::F32, 64), s(2, 32, 0));
+    }
+
+    /// `[b, h, t, d]` = `[2, 3, 5, 64]` heads split out of a contiguous `[b, t, h, d]`.
+    fn head_split() -> Layout {
+        Layout::contiguous(&[2, 5, 3, 64]).permute(&[0, 2, 1, 3])
+    }
+
+    #[test]
+    fn head_split_views_are_read_in_place() {
+        let want = Rows {
+            batch: 5 * 3 * 64,
+            head: 64,
+            row: 3 * 64,
+            heads: 3,
+        };
+        for dt in [DType::F32, DType::BF16, DType::F16] {
+            assert_eq!(Rows::in_place(&head_split(), 256, dt), Some(want), "{dt}");
+        }
+        // The token-major layout the kernels write is the same placement.
+        assert_eq!(Rows::token_major(3, 5, 64), want);
+        let contiguous = Layout::contiguous(&[2, 3, 5, 64]);
+        let rows = Rows::in_place(&contiguous, 0, DType::BF16).unwrap();
+        assert_eq!((rows.batch, rows.head, rows.row), (3 * 5 * 64, 5 * 64, 64));
+    }
+
+    #[test]
+    fn views_the_kernels_cannot_read_are_refused() {
+        // A start off 16 bytes: bf16/f16 rows are copied with 16-byte cp.async.
+        assert_eq!(Rows::in_place(&head_split(), 258, DType::BF16), None);
+        assert!(Rows::in_place(&head_split(), 260, DType::F32).is_some());
+        // Rows 63 elements apart: not 16-byte aligned.
+        let odd = Layout::new(vec![1, 1, 4, 32], vec![4 * 63, 4 * 63, 63, 1], 0);
+        assert_eq!(Rows::in_place(&odd, 0, DType::F16), None);
+        // Columns not contiguous (a transposed view).
+        let transposed = Layout::contiguous(&[2, 3, 64, 5]).permute(&[0, 1, 3, 2]);
+        assert_eq!(Rows::in_place(&transposed, 0, DType::F32), None);
+        // Size-1 dims: their strides do not matter.
+        let single = Layout::new(vec![1, 1, 1, 32], vec![7, 9, 11, 1], 0);
+        let rows = Rows::in_place(&single, 0, DType::BF16).unwrap();
+        assert_eq!((rows.batch, rows.head, rows.row, rows.heads), (0, 0, 0, 1));
     }
 }
