@@ -16,7 +16,7 @@ const MANY_OUTPUTS: usize = 8192;
 const LONG_ROW: usize = 1024;
 /// Blocks a middle-dim reduction aims for (a few waves on the largest GPUs).
 const FILL_BLOCKS: usize = 2048;
-/// Rows a block of a middle-dim reduction sums at least.
+/// Rows per block of a middle-dim reduction, roughly (see `row_stretches`).
 const MIN_STRETCH: usize = 64;
 /// CUDA's limit on the grid's y and z dimensions.
 const MAX_GRID_YZ: usize = 65535;
@@ -111,13 +111,8 @@ fn reduce_middle(
     (outer, rows, cols): (usize, usize, usize),
     code: i32,
 ) -> Result<CudaStorage> {
-    let column_blocks = cols.div_ceil(32);
-    let outer_blocks = outer.min(MAX_GRID_YZ);
-    // Enough blocks to fill the GPU, each summing at least MIN_STRETCH rows.
-    let wanted = FILL_BLOCKS.div_ceil(column_blocks * outer_blocks);
-    let chunks = wanted.clamp(1, rows.div_ceil(MIN_STRETCH).clamp(1, MAX_GRID_YZ));
-    let per = rows.div_ceil(chunks);
-    let chunks = rows.div_ceil(per);
+    let (column_blocks, outer_blocks) = (cols.div_ceil(32), outer.min(MAX_GRID_YZ));
+    let (chunks, per) = row_stretches(rows, column_blocks * outer_blocks);
     let part = CudaStorage::alloc(x.dev(), outer * chunks * cols, acc_dtype(x.dtype))?;
     let cfg = LaunchConfig {
         grid_dim: (column_blocks as u32, chunks as u32, outer_blocks as u32),
@@ -146,6 +141,17 @@ fn reduce_middle(
         a,
     )?;
     Ok(out)
+}
+
+/// How a middle-dim reduction splits its `rows` (≥ 1) among `blocks` blocks of columns:
+/// (stretches, rows per stretch): enough stretches to fill the GPU, no more than one
+/// per `MIN_STRETCH` rows (so a stretch has at least half that many), within CUDA's
+/// grid limit, and none empty.
+fn row_stretches(rows: usize, blocks: usize) -> (usize, usize) {
+    let wanted = FILL_BLOCKS.div_ceil(blocks);
+    let chunks = wanted.clamp(1, rows.div_ceil(MIN_STRETCH).clamp(1, MAX_GRID_YZ));
+    let per = rows.div_ceil(chunks);
+    (rows.div_ceil(per), per)
 }
 
 /// (rows, row length) of a view split at its last dim.
@@ -297,4 +303,23 @@ pub(crate) fn norm_backward(
         dw.map(to_dtype).transpose()?,
         db.map(to_dtype).transpose()?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_stretches_cover_every_row_once() {
+        for rows in [1, 7, 63, 64, 65, 5000, 65_536, 1 << 20, 1 << 26] {
+            for blocks in [1, 2, 12, 72, 3072, 100_000] {
+                let (chunks, per) = row_stretches(rows, blocks);
+                assert!(chunks * per >= rows && (chunks - 1) * per < rows);
+                assert!((1..=MAX_GRID_YZ).contains(&chunks), "{rows} {blocks}");
+                assert!(chunks == 1 || per >= MIN_STRETCH / 2, "{rows} {blocks}");
+            }
+        }
+        // A bias gradient of 65,536 rows and 384 columns: a few waves of blocks.
+        assert_eq!(row_stretches(65_536, 12), (171, 384));
+    }
 }
