@@ -138,9 +138,10 @@ fn launch_tiled(
     launch(dev, op, (FILE, &name), cfg, args)
 }
 
-/// Where an input's rows lie, as the kernels take it (`Rows` in the kernel file): row
-/// `i` of head `bh` starts `(bh / heads)·batch + (bh % heads)·head + i·row` elements
-/// after the input's address, and its `d` elements are contiguous.
+/// Where a matrix's rows lie (an input's or a result's), as the kernels take it (`Rows`
+/// in the kernel file): row `i` of head `bh` starts `(bh / heads)·batch +
+/// (bh % heads)·head + i·row` elements after its address, and its `d` elements are
+/// contiguous.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Rows {
@@ -152,14 +153,6 @@ pub(crate) struct Rows {
 
 // SAFETY: plain `#[repr(C)]` data, laid out as the C struct of the same name.
 unsafe impl cudarc::driver::DeviceRepr for Rows {}
-
-/// An input as the kernels read it: its address and row placement, and the contiguous
-/// copy made when its own layout does not suit them.
-struct Input {
-    ptr: u64,
-    rows: Rows,
-    _copy: Option<CudaStorage>,
-}
 
 impl Rows {
     /// The rows of a `[b, h, t, d]` result stored token-major, `[b, t, h, d]` (see
@@ -173,9 +166,7 @@ impl Rows {
             heads: h,
         }
     }
-}
 
-impl Rows {
     /// How the kernels read a `[b, h, t, d]` view of `dtype` with these strides starting
     /// at device address `ptr` in place, or `None` when they cannot: its rows must be
     /// contiguous (a head split of a `[b, t, h·d]` product's are) and, for bf16/f16,
@@ -196,8 +187,18 @@ impl Rows {
             .iter()
             .all(|s| s % unit == 0);
         let aligned = dtype == DType::F32 || (ptr % 16 == 0 && strides_fit);
-        (stride(3) <= 1 && aligned).then_some(rows)
+        // Broadcasts over b, h or t (a zero stride) read fine; over d they do not.
+        let contiguous_rows = shape[3] <= 1 || strides[3] == 1;
+        (contiguous_rows && aligned).then_some(rows)
     }
+}
+
+/// An input as the kernels read it: its address and row placement, and the contiguous
+/// copy made when its own layout does not suit them.
+struct Input {
+    ptr: u64,
+    rows: Rows,
+    _copy: Option<CudaStorage>,
 }
 
 /// `x` viewed by `l` as `[b, h, t, d]`, read in place where [`Rows::in_place`] allows,
@@ -362,6 +363,15 @@ mod tests {
         // Rows 63 elements apart: not 16-byte aligned.
         let odd = Layout::new(vec![1, 1, 4, 32], vec![4 * 63, 4 * 63, 63, 1], 0);
         assert_eq!(Rows::in_place(&odd, 0, DType::F16), None);
+        // A broadcast along d: each row is one element repeated, not d contiguous ones.
+        let repeated = Layout::new(vec![1, 1, 4, 32], vec![128, 128, 32, 0], 0);
+        assert_eq!(Rows::in_place(&repeated, 0, DType::F32), None);
+        // Broadcasts over heads read in place: every head reads the same rows.
+        let shared = Layout::new(vec![2, 3, 4, 32], vec![128, 0, 32, 1], 0);
+        assert_eq!(
+            Rows::in_place(&shared, 0, DType::BF16).map(|r| r.head),
+            Some(0)
+        );
         // Columns not contiguous (a transposed view).
         let transposed = Layout::contiguous(&[2, 3, 64, 5]).permute(&[0, 1, 3, 2]);
         assert_eq!(Rows::in_place(&transposed, 0, DType::F32), None);
