@@ -388,9 +388,27 @@ fn products() {
             randn(12, &[16, 24], dt),
             randn(13, &[16], dt),
         );
-        check(&format!("linear {dt}"), &[x, w, bias], tol, |t| {
-            t[0].linear(&t[1], Some(&t[2]))
-        });
+        check(
+            &format!("linear {dt}"),
+            &[x.clone(), w.clone(), bias],
+            tol,
+            |t| t[0].linear(&t[1], Some(&t[2])),
+        );
+        // Bias and weight as slices of larger tensors: aligned (cuBLASLt's bias
+        // epilogue takes it) and off 256-byte alignment (the plain cuBLAS path).
+        let (wide_w, wide_bias) = (randn(16, &[160, 24], dt), randn(17, &[160], dt));
+        for start in [0, 1, 128] {
+            let inputs = [x.clone(), wide_w.clone(), wide_bias.clone()];
+            check(
+                &format!("linear {dt} slices from {start}"),
+                &inputs,
+                tol,
+                |t| {
+                    let (w, b) = (t[1].narrow(0, start, 16)?, t[2].narrow(0, start, 16)?);
+                    t[0].linear(&w, Some(&b))
+                },
+            );
+        }
         let (a, b) = (randn(14, &[3, 8, 5], dt), randn(15, &[5, 8, 4], dt));
         check(&format!("permuted batch matmul {dt}"), &[a, b], tol, |t| {
             t[0].permute(&[1, 0, 2])?.matmul(&t[1].permute(&[1, 0, 2])?)

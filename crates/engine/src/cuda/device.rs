@@ -1,9 +1,10 @@
-//! One CUDA device: its context, stream, cuBLAS handle, compiled kernel modules and
+//! One CUDA device: its context, stream, cuBLAS and cuBLASLt handles, compiled kernel modules and
 //! memory cache. Devices are opened once per process and kept in a registry, so that a
 //! `Device::Cuda(ordinal)` (a plain value) finds its state.
 
 use super::alloc::{self, Cache, MemoryStats};
 use super::kernels;
+use super::lt::Lt;
 use crate::error::{Error, Result};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule, CudaStream, DriverError};
@@ -20,6 +21,8 @@ pub struct CudaDevice {
     /// The one stream all work of the device runs on, in order.
     pub(crate) stream: Arc<CudaStream>,
     pub(crate) blas: CudaBlas,
+    /// cuBLASLt for linear layers' bias epilogue, where the library is present.
+    pub(crate) lt: Option<Lt>,
     /// NVRTC target, e.g. `sm_90`.
     arch: String,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
@@ -108,6 +111,7 @@ impl CudaDevice {
             .map_err(|e| open_error(ordinal, e))?;
         let stream = ctx.default_stream();
         let blas = CudaBlas::new(stream.clone()).map_err(|e| open_error(ordinal, e))?;
+        let lt = Lt::open(&stream);
         if std::env::var("TWINFLOW_CUDA_POISON").is_ok_and(|v| v == "1") {
             set_poison(true);
         }
@@ -116,6 +120,7 @@ impl CudaDevice {
             ctx,
             stream,
             blas,
+            lt,
             arch: format!("sm_{major}{minor}"),
             modules: Mutex::default(),
             functions: Mutex::default(),

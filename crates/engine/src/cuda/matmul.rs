@@ -54,7 +54,7 @@ impl Operand {
     /// How cuBLAS reads the matrix: (`N`, ld) when it is row-major with leading
     /// dimension ld (cuBLAS then sees its transpose, as the swapped product wants), (`T`,
     /// ld) when column-major; `None` when neither.
-    fn blas(&self) -> Option<(sys::cublasOperation_t, usize)> {
+    pub(crate) fn blas(&self) -> Option<(sys::cublasOperation_t, usize)> {
         let (r, c) = (self.rows, self.cols);
         if (self.cs == 1 || c == 1) && (r == 1 || self.rs >= c.max(1)) {
             let ld = if r == 1 { c.max(1) } else { self.rs };
@@ -182,6 +182,31 @@ fn operand(x: &CudaStorage, l: &Layout) -> Result<(Operand, Option<Dense>)> {
     }
 }
 
+/// A single product with a bias vector through cuBLASLt's bias epilogue (see
+/// [`super::lt`]), or `None` when that path does not take it.
+fn linear_by_epilogue(
+    (a, la): (&CudaStorage, &Layout),
+    (b, lb): (&CudaStorage, &Layout),
+    bias: Option<(&CudaStorage, &Layout)>,
+    size: usize,
+) -> Result<Option<CudaStorage>> {
+    let (Some((s, l)), Some(lt)) = (bias, a.dev().lt.as_ref()) else {
+        return Ok(None);
+    };
+    let r = la.rank();
+    let single = la.shape()[..r - 2].iter().all(|&d| d == 1) && size > 0;
+    // The bias broadcast down the rows of one contiguous vector.
+    let strides = l.strides();
+    let vector = strides[r - 1] == 1 && strides[..r - 1].iter().all(|&st| st == 0);
+    if !single || !vector {
+        return Ok(None);
+    }
+    let ((oa, _keep_a), (ob, _keep_b)) = (operand(a, la)?, operand(b, lb)?);
+    let out = CudaStorage::alloc(a.dev(), oa.rows * ob.cols, a.dtype)?;
+    let taken = lt.linear(a.dev(), (&oa, &ob), s.ptr_at(l.offset()), out.ptr());
+    Ok(taken.then_some(out))
+}
+
 /// `[..., m, k] · [..., k, n]` (+ bias, a view of the output's shape).
 pub(crate) fn matmul(
     a: &CudaStorage,
@@ -193,6 +218,9 @@ pub(crate) fn matmul(
     let r = la.rank();
     let (m, k, n) = (la.shape()[r - 2], la.shape()[r - 1], lb.shape()[r - 1]);
     let batch: usize = la.shape()[..r - 2].iter().product();
+    if let Some(out) = linear_by_epilogue((a, la), (b, lb), bias, batch * m * n * k)? {
+        return Ok(out);
+    }
     let out = match bias {
         Some((s, l)) => copy_strided(s, l)?,
         None if k == 0 => CudaStorage::zeros_on(a.dev(), batch * m * n, a.dtype)?,

@@ -19,6 +19,7 @@ mod flash;
 mod index;
 pub mod kernels;
 mod launch;
+mod lt;
 mod matmul;
 mod rows;
 
