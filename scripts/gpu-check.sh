@@ -31,6 +31,9 @@ export LD_LIBRARY_PATH
     echo "# GPU check $(date -u +%FT%TZ)"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
     echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+    # Linear layers use cuBLASLt's bias epilogue when this library loads.
+    for d in "${libs[@]}"; do ls "$d"/libcublasLt.so* 2>/dev/null; done | head -n1 \
+        | sed 's/^/cuBLASLt: /' || true
 } > "$OUT_DIR/environment.txt"
 
 status=0
