@@ -137,7 +137,7 @@ impl Lt {
         // A shape cuBLASLt has no algorithm for is remembered as such, not retried.
         let plan = match plans.entry(key) {
             Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(Plan::new(self, key).ok()),
+            Entry::Vacant(e) => e.insert(Plan::new(self, key, bias).ok()),
         };
         let Some(plan) = plan else {
             return false;
@@ -195,8 +195,10 @@ impl Drop for Lt {
 }
 
 impl Plan {
-    /// Descriptors for `key` with the bias epilogue, and the heuristics' best algorithm.
-    fn new(lt_: &Lt, key: Key) -> Result<Plan, CublasError> {
+    /// Descriptors for `key` with the bias epilogue, and the heuristics' best algorithm
+    /// (asked with this call's `bias` pointer set, as cudarc's own wrapper does; each
+    /// call sets its own).
+    fn new(lt_: &Lt, key: Key, bias: u64) -> Result<Plan, CublasError> {
         let ty = data_type(key.dtype);
         let compute = match key.tf32 {
             true => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
@@ -228,6 +230,7 @@ impl Plan {
             set_desc(desc, A::CUBLASLT_MATMUL_DESC_TRANSA, &op(key.a.0))?;
             set_desc(desc, A::CUBLASLT_MATMUL_DESC_TRANSB, &op(key.b.0))?;
             set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue)?;
+            set_desc(desc, A::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias)?;
         }
         let pref = lt::create_matmul_pref()?;
         // SAFETY: a live preference, given its workspace limit; freed right after use.
