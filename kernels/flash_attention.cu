@@ -314,6 +314,25 @@ __device__ __forceinline__ void cp_tile(unsigned dst, const T* src, u64 ld, int 
     }
 }
 
+// The step that opens iteration j of a loop over key tiles streamed through two shared
+// stages (stage s: K at stages + 2s·TILE, V one TILE on): waits until tile j has landed
+// (this thread's copies; the barrier publishes everyone's) and every warp is done with
+// tile j−1, then starts copying tile j+1 into that freed stage. The commit makes an
+// empty group past the last tile, so every iteration waits on the same count.
+template <typename T, int D, int BS, int NT>
+__device__ __forceinline__ void next_kv_tile(unsigned stages, int j, int ntiles, const T* k,
+                                             Rows kr, const T* v, Rows vr, int nk) {
+    constexpr int TILE = BS * (D + FA_PAD) * 2;
+    cp_async_wait_all();
+    __syncthreads();
+    if (j + 1 < ntiles) {
+        const unsigned next = stages + 2 * ((j + 1) & 1) * TILE;
+        cp_tile<T, D, BS, NT>(next, k, kr.row, (j + 1) * BS, nk);
+        cp_tile<T, D, BS, NT>(next + TILE, v, vr.row, (j + 1) * BS, nk);
+    }
+    cp_async_commit();
+}
+
 // Writes a warp's 16·MT accumulator rows (C layout, row (m, h) = 16m + g + 8h times
 // mul[m][h]) to rows [row0, row0 + 16·MT) of the [n, D] matrix `dst` (row stride `ld`),
 // skipping rows ≥ n, through the warp's own rows of shared scratch `st` (row stride
@@ -403,36 +422,18 @@ __device__ void fa_forward_tc(const T* q, Rows qr, const T* k, Rows kr, const T*
     unsigned qf[MT][D / 16][4];
     load_a<MT, D, LD>(qf, sq + (16 * MT * warp * LD) * 2 + a_lane<LD>(lane));
     const float sl2 = scale * FA_LOG2E;
-    float mrow[MT][2], lrow[MT][2], o[MT][D / 8][4];
+    float mrow[MT][2], lrow[MT][2] = {}, o[MT][D / 8][4] = {};
 #pragma unroll
-    for (int m = 0; m < MT; ++m) {
-        mrow[m][0] = mrow[m][1] = FA_NEG_INF;
-        lrow[m][0] = lrow[m][1] = 0.f;
-#pragma unroll
-        for (int nb = 0; nb < D / 8; ++nb) o[m][nb][0] = o[m][nb][1] = o[m][nb][2] = o[m][nb][3] = 0.f;
-    }
+    for (int m = 0; m < MT; ++m) mrow[m][0] = mrow[m][1] = FA_NEG_INF;
     for (int j = 0; j < ntiles; ++j) {
         const int k0 = j * BS;
         const unsigned sk = base + 2 * (j & 1) * TILE, sv = sk + TILE;
-        // Tile j has landed (this thread's copies; the barrier publishes everyone's),
-        // and every warp is done with tile j−1, whose stage the next copy overwrites
-        // (for j = 0: done reading Q out of stage 1).
-        cp_async_wait_all();
-        __syncthreads();
-        if (j + 1 < ntiles) {
-            const unsigned next = base + 2 * ((j + 1) & 1) * TILE;
-            cp_tile<T, D, BS, NT>(next, k, kr.row, k0 + BS, nk);
-            cp_tile<T, D, BS, NT>(next + TILE, v, vr.row, k0 + BS, nk);
-        }
-        cp_async_commit();
+        // For j = 0 the barrier also means every warp is done reading Q out of stage 1.
+        next_kv_tile<T, D, BS, NT>(base, j, ntiles, k, kr, v, vr, nk);
         // Under the causal mask a warp whose last row precedes the tile's first key
         // sees none of it (warp-uniform: the collectives below stay whole-warp).
         if (causal && k0 > r0 + 16 * MT - 1) continue;
-        float s[MT][BS / 8][4];
-#pragma unroll
-        for (int m = 0; m < MT; ++m)
-#pragma unroll
-            for (int nb = 0; nb < BS / 8; ++nb) s[m][nb][0] = s[m][nb][1] = s[m][nb][2] = s[m][nb][3] = 0.f;
+        float s[MT][BS / 8][4] = {};
         mma_rs_nk<T, MT, D, BS, LD>(s, qf, sk + bnk_lane<LD>(lane));
         // Scale before masking: any sign of scale keeps the mask at −inf.
 #pragma unroll
@@ -555,31 +556,14 @@ __device__ void fa_dq_tc(const T* q, Rows qr, const T* k, Rows kr, const T* v, R
         load_a<MT, D, LD>(dof, ado);
     }
     const float sl2 = scale * FA_LOG2E;
-    float acc[MT][D / 8][4];
-#pragma unroll
-    for (int m = 0; m < MT; ++m)
-#pragma unroll
-        for (int nb = 0; nb < D / 8; ++nb) acc[m][nb][0] = acc[m][nb][1] = acc[m][nb][2] = acc[m][nb][3] = 0.f;
+    float acc[MT][D / 8][4] = {};
     for (int j = 0; j < ntiles; ++j) {
         const int k0 = j * BS;
         const unsigned sk = stages + 2 * (j & 1) * TILE, sv = sk + TILE;
-        // As in the forward: tile j (and, at j = 0, Q and dO) landed; tile j−1 is free.
-        cp_async_wait_all();
-        __syncthreads();
-        if (j + 1 < ntiles) {
-            const unsigned next = stages + 2 * ((j + 1) & 1) * TILE;
-            cp_tile<T, D, BS, NT>(next, k, kr.row, k0 + BS, nk);
-            cp_tile<T, D, BS, NT>(next + TILE, v, vr.row, k0 + BS, nk);
-        }
-        cp_async_commit();
+        // At j = 0 Q and dO have landed too.
+        next_kv_tile<T, D, BS, NT>(stages, j, ntiles, k, kr, v, vr, nk);
         if (causal && k0 > r0 + 16 * MT - 1) continue;
-        float s[MT][BS / 8][4], dp[MT][BS / 8][4];
-#pragma unroll
-        for (int m = 0; m < MT; ++m)
-#pragma unroll
-            for (int nb = 0; nb < BS / 8; ++nb)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) s[m][nb][e] = dp[m][nb][e] = 0.f;
+        float s[MT][BS / 8][4] = {}, dp[MT][BS / 8][4] = {};
         if constexpr (QREG) {
             mma_rs_nk<T, MT, D, BS, LD>(s, qf, sk + bnk_lane<LD>(lane));
             mma_rs_nk<T, MT, D, BS, LD>(dp, dof, sv + bnk_lane<LD>(lane));
@@ -659,13 +643,7 @@ __device__ void fa_dkdv_tc(const T* q, Rows qr, const T* k, Rows kr, const T* v,
     const unsigned ak = sk + 16 * MT * warp * LD * 2 + a_lane<LD>(lane);
     const unsigned av = sv + 16 * MT * warp * LD * 2 + a_lane<LD>(lane);
     const float sl2 = scale * FA_LOG2E;
-    float dka[MT][D / 8][4], dva[MT][D / 8][4];
-#pragma unroll
-    for (int m = 0; m < MT; ++m)
-#pragma unroll
-        for (int nb = 0; nb < D / 8; ++nb)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) dka[m][nb][e] = dva[m][nb][e] = 0.f;
+    float dka[MT][D / 8][4] = {}, dva[MT][D / 8][4] = {};
     for (int j = 0; j < ntiles; ++j) {
         const int qb = qs + j * BS, stage = j & 1;
         const unsigned sq = stages + 2 * stage * TILE, sdo = sq + TILE;
@@ -677,13 +655,7 @@ __device__ void fa_dkdv_tc(const T* q, Rows qr, const T* k, Rows kr, const T* v,
         cp_async_commit();
         // Every key of this warp comes after every query of the tile: all masked.
         if (causal && r0 > qb + BS - 1) continue;
-        float s[MT][BS / 8][4], dp[MT][BS / 8][4];
-#pragma unroll
-        for (int m = 0; m < MT; ++m)
-#pragma unroll
-            for (int nb = 0; nb < BS / 8; ++nb)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) s[m][nb][e] = dp[m][nb][e] = 0.f;
+        float s[MT][BS / 8][4] = {}, dp[MT][BS / 8][4] = {};
         mma_ss_nk<T, MT, D, BS, LD>(s, ak, sq + bnk_lane<LD>(lane));
         mma_ss_nk<T, MT, D, BS, LD>(dp, av, sdo + bnk_lane<LD>(lane));
         // Element (m, nb, e): key r0 + 16m + g + 8(e/2) (row), query qb + 8nb + 2t + e%2

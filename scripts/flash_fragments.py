@@ -164,6 +164,15 @@ def cp_tile(sm, D, R, NT, dst, src, row0, n):
     assert written == {(r, c) for r in range(R) for c in range(0, D, 8)}, "tile not covered once"
 
 
+def next_kv_tile(sm, D, BS, NT, stages, j, ntiles, k, v, nk):
+    """The kernels' next_kv_tile: tile j + 1 of K and V into the stage tile j − 1 used."""
+    if j + 1 < ntiles:
+        TILE = BS * (D + PAD) * 2
+        nxt = stages + 2 * ((j + 1) & 1) * TILE
+        cp_tile(sm, D, BS, NT, nxt, k, (j + 1) * BS, nk)
+        cp_tile(sm, D, BS, NT, nxt + TILE, v, (j + 1) * BS, nk)
+
+
 def zeros(MT, N):
     return [[np.zeros((32, 4)) for _ in range(N // 8)] for _ in range(MT)]
 
@@ -241,10 +250,7 @@ def forward(q, k, v, scale, causal, D, MT, W, BS):
             k0 = j * BS
             sk = base + 2 * (j & 1) * TILE
             sv = sk + TILE
-            if j + 1 < ntiles:
-                nxt = base + 2 * ((j + 1) & 1) * TILE
-                cp_tile(sm, D, BS, NT, nxt, k, k0 + BS, nk)
-                cp_tile(sm, D, BS, NT, nxt + TILE, v, k0 + BS, nk)
+            next_kv_tile(sm, D, BS, NT, base, j, ntiles, k, v, nk)
             for w in warps:
                 r0 = w["r0"]
                 if causal and k0 > r0 + 16 * MT - 1:
@@ -339,10 +345,7 @@ def dq_kernel(q, k, v, do, lse, delta, scale, causal, D, MT, W, BS, QREG):
             k0 = j * BS
             sk = stages + 2 * (j & 1) * TILE
             sv = sk + TILE
-            if j + 1 < ntiles:
-                nxt = stages + 2 * ((j + 1) & 1) * TILE
-                cp_tile(sm, D, BS, NT, nxt, k, k0 + BS, nk)
-                cp_tile(sm, D, BS, NT, nxt + TILE, v, k0 + BS, nk)
+            next_kv_tile(sm, D, BS, NT, stages, j, ntiles, k, v, nk)
             for w in warps:
                 r0 = w["r0"]
                 if causal and k0 > r0 + 16 * MT - 1:
