@@ -140,24 +140,17 @@ pub(crate) fn lowered(inputs: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
     if inputs.iter().any(|t| t.dtype() == DType::F64) {
         return Ok(None);
     }
-    cast_floats(inputs, low, cast_cached)
+    let needs = |d: DType| d.is_float() && d != low;
+    cast_where(inputs, needs, |t| cast_cached(t, low))
 }
 
 /// The operands of an f32 op cast to f32 where they are bf16/f16, or `None` when none
 /// is (or outside a scope).
 pub(crate) fn widened(inputs: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
-    if autocast_dtype().is_none() || !inputs.iter().any(|t| is_half(t.dtype())) {
+    if autocast_dtype().is_none() {
         return Ok(None);
     }
-    let cast = |t: &Tensor| match is_half(t.dtype()) {
-        true => t.to_dtype(DType::F32),
-        false => Ok(t.clone()),
-    };
-    inputs
-        .iter()
-        .map(|t| cast(t))
-        .collect::<Result<_>>()
-        .map(Some)
+    cast_where(inputs, is_half, |t| t.to_dtype(DType::F32))
 }
 
 /// Operands of mixed float dtypes cast to the widest of them, or `None` when they
@@ -179,22 +172,22 @@ pub(crate) fn promoted(inputs: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
         true => DType::F32,
         false => widest,
     };
-    cast_floats(inputs, target, |t, d| t.to_dtype(d))
+    let needs = |d: DType| d.is_float() && d != target;
+    cast_where(inputs, needs, |t| t.to_dtype(target))
 }
 
-/// Every float operand not already in `target` cast to it by `cast`; `None` when none
-/// needs it.
-fn cast_floats(
+/// The operands whose dtype `needs` a cast, cast by `cast` (the others as they are);
+/// `None` when none does.
+fn cast_where(
     inputs: &[&Tensor],
-    target: DType,
-    cast: impl Fn(&Tensor, DType) -> Result<Tensor>,
+    needs: impl Fn(DType) -> bool,
+    cast: impl Fn(&Tensor) -> Result<Tensor>,
 ) -> Result<Option<Vec<Tensor>>> {
-    let needs = |t: &Tensor| t.dtype().is_float() && t.dtype() != target;
-    if !inputs.iter().any(|t| needs(t)) {
+    if !inputs.iter().any(|t| needs(t.dtype())) {
         return Ok(None);
     }
-    let each = |t: &Tensor| match needs(t) {
-        true => cast(t, target),
+    let each = |t: &Tensor| match needs(t.dtype()) {
+        true => cast(t),
         false => Ok(t.clone()),
     };
     inputs
