@@ -188,13 +188,14 @@ fn linear_by_epilogue(
     (a, la): (&CudaStorage, &Layout),
     (b, lb): (&CudaStorage, &Layout),
     bias: Option<(&CudaStorage, &Layout)>,
-    size: usize,
 ) -> Result<Option<CudaStorage>> {
     let (Some((s, l)), Some(lt)) = (bias, a.dev().lt.as_ref()) else {
         return Ok(None);
     };
     let r = la.rank();
-    let single = la.shape()[..r - 2].iter().all(|&d| d == 1) && size > 0;
+    // One product (the batch dims, shared by both views, are all 1) of non-empty operands.
+    let single =
+        la.shape()[..r - 2].iter().all(|&d| d == 1) && la.elem_count() > 0 && lb.elem_count() > 0;
     // The bias broadcast down the rows of one contiguous vector.
     let strides = l.strides();
     let vector = strides[r - 1] == 1 && strides[..r - 1].iter().all(|&st| st == 0);
@@ -218,7 +219,7 @@ pub(crate) fn matmul(
     let r = la.rank();
     let (m, k, n) = (la.shape()[r - 2], la.shape()[r - 1], lb.shape()[r - 1]);
     let batch: usize = la.shape()[..r - 2].iter().product();
-    if let Some(out) = linear_by_epilogue((a, la), (b, lb), bias, batch * m * n * k)? {
+    if let Some(out) = linear_by_epilogue((a, la), (b, lb), bias)? {
         return Ok(out);
     }
     let out = match bias {
