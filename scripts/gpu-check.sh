@@ -40,7 +40,8 @@ status=0
 : > "$OUT_DIR/tests.tsv"
 for t in "$BIN"/tests/*; do
     name=$(basename "$t")
-    "$t" --test-threads=1 --nocapture > "$OUT_DIR/test-$name.log" 2>&1
+    # A hung kernel must not eat the whole GPU lease: each binary gets TEST_TIMEOUT.
+    timeout "${TEST_TIMEOUT:-240}" "$t" --test-threads=1 --nocapture > "$OUT_DIR/test-$name.log" 2>&1
     rc=$?
     [ $rc -ne 0 ] && status=1
     result=$(grep -E '^test result:' "$OUT_DIR/test-$name.log" | tail -n1)
