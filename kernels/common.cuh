@@ -79,15 +79,17 @@ __device__ __forceinline__ double m_min(double a, double b) { return fmin(a, b);
 
 // ---- strided indexing ----
 // Storage offset of the i-th element (row-major) of a view. The outermost dim needs no
-// division, so a merged contiguous or broadcast view costs none.
-__device__ __forceinline__ u64 offset_of(const View& v, u64 i) {
-    u64 off = v.offset;
+// division, so a merged contiguous or broadcast view costs none. I is the index type:
+// u64, or unsigned where the caller knows every offset is below 2^32 (a 32-bit division
+// is several times cheaper than a 64-bit one, which the GPU emulates).
+template <typename I> __device__ __forceinline__ I offset_of(const View& v, I i) {
+    I off = (I)v.offset;
     for (int d = (int)v.rank - 1; d > 0; --d) {
-        u64 c = i % v.shape[d];
-        i /= v.shape[d];
-        off += c * v.strides[d];
+        I c = i % (I)v.shape[d];
+        i /= (I)v.shape[d];
+        off += c * (I)v.strides[d];
     }
-    return v.rank > 0 ? off + i * v.strides[0] : off;
+    return v.rank > 0 ? off + i * (I)v.strides[0] : off;
 }
 
 #define GRID_STRIDE(i, n) \
@@ -153,6 +155,23 @@ __device__ __forceinline__ void map3(const T* __restrict__ x, const T* __restric
         u64 i = packs * w + t;
         out[i] = f(x[i], y[i], z[i]);
     }
+}
+
+// ---- strided operands in 16-byte packs ----
+// The pack of 16 / sizeof(T) elements starting at element offset `off` of an operand
+// whose innermost dim has unit stride (one 16-byte load: the host checks alignment) or
+// stride 0 (one element, repeated).
+template <typename T, typename I>
+__device__ __forceinline__ Pack<T> load_pack(const T* __restrict__ p, const View& v, I off) {
+    Pack<T> r;
+    if (v.strides[v.rank - 1] == 1) {
+        r.u = *(const uint4*)(p + off);
+    } else {
+        const T e = p[off];
+#pragma unroll
+        for (int j = 0; j < (int)(16 / sizeof(T)); ++j) r.v[j] = e;
+    }
+    return r;
 }
 
 // ---- reductions ----

@@ -128,38 +128,41 @@ template <typename A> __device__ __forceinline__ bool cmp_fn(int op, A a, A b) {
     }
 }
 
-// Offsets of element i in two or three views of one shape, sharing the divisions.
-__device__ __forceinline__ void offsets2(const View& a, const View& b, u64 i, u64& oa, u64& ob) {
-    oa = a.offset;
-    ob = b.offset;
+// Offsets of element i in two or three views of one shape, sharing the divisions (index
+// type I as in `offset_of`).
+template <typename I>
+__device__ __forceinline__ void offsets2(const View& a, const View& b, I i, I& oa, I& ob) {
+    oa = (I)a.offset;
+    ob = (I)b.offset;
     for (int d = (int)a.rank - 1; d > 0; --d) {
-        u64 c = i % a.shape[d];
-        i /= a.shape[d];
-        oa += c * a.strides[d];
-        ob += c * b.strides[d];
+        I c = i % (I)a.shape[d];
+        i /= (I)a.shape[d];
+        oa += c * (I)a.strides[d];
+        ob += c * (I)b.strides[d];
     }
     if (a.rank > 0) {
-        oa += i * a.strides[0];
-        ob += i * b.strides[0];
+        oa += i * (I)a.strides[0];
+        ob += i * (I)b.strides[0];
     }
 }
 
-__device__ __forceinline__ void offsets3(const View& a, const View& b, const View& c, u64 i,
-                                         u64& oa, u64& ob, u64& oc) {
-    oa = a.offset;
-    ob = b.offset;
-    oc = c.offset;
+template <typename I>
+__device__ __forceinline__ void offsets3(const View& a, const View& b, const View& c, I i,
+                                         I& oa, I& ob, I& oc) {
+    oa = (I)a.offset;
+    ob = (I)b.offset;
+    oc = (I)c.offset;
     for (int d = (int)a.rank - 1; d > 0; --d) {
-        u64 k = i % a.shape[d];
-        i /= a.shape[d];
-        oa += k * a.strides[d];
-        ob += k * b.strides[d];
-        oc += k * c.strides[d];
+        I k = i % (I)a.shape[d];
+        i /= (I)a.shape[d];
+        oa += k * (I)a.strides[d];
+        ob += k * (I)b.strides[d];
+        oc += k * (I)c.strides[d];
     }
     if (a.rank > 0) {
-        oa += i * a.strides[0];
-        ob += i * b.strides[0];
-        oc += i * c.strides[0];
+        oa += i * (I)a.strides[0];
+        ob += i * (I)b.strides[0];
+        oc += i * (I)c.strides[0];
     }
 }
 
@@ -263,3 +266,104 @@ template <typename T> __device__ __forceinline__ T stored(typename Acc<T>::type 
     }
 
 FOR_FLOATS(DENSE)
+
+// The same ops on strided operands whose innermost dim has unit stride or is broadcast
+// and is a whole number of 16-byte packs (adaLN's [B, 1, D] shifts, scales and gates
+// against [B, T, D] activations, and their gradients): a pack per thread, so one offset
+// computation per pack instead of one per element, in 32-bit arithmetic when `narrow`
+// (the host's promise that every offset is below 2^32). Outputs are contiguous.
+template <typename T, typename I, typename F>
+__device__ __forceinline__ void packs1(const T* x, const View& xv, T* out, u64 packs, F f) {
+    constexpr int W = 16 / sizeof(T);
+    GRID_STRIDE(k, packs) {
+        const Pack<T> a = load_pack<T, I>(x, xv, offset_of<I>(xv, (I)k * W));
+        Pack<T> o;
+#pragma unroll
+        for (int j = 0; j < W; ++j) o.v[j] = f(a.v[j]);
+        ((uint4*)out)[k] = o.u;
+    }
+}
+
+template <typename T, typename I, typename F>
+__device__ __forceinline__ void packs2(const T* x, const View& xv, const T* y, const View& yv,
+                                       T* out, u64 packs, F f) {
+    constexpr int W = 16 / sizeof(T);
+    GRID_STRIDE(k, packs) {
+        I ox, oy;
+        offsets2<I>(xv, yv, (I)k * W, ox, oy);
+        const Pack<T> a = load_pack<T, I>(x, xv, ox), b = load_pack<T, I>(y, yv, oy);
+        Pack<T> o;
+#pragma unroll
+        for (int j = 0; j < W; ++j) o.v[j] = f(a.v[j], b.v[j]);
+        ((uint4*)out)[k] = o.u;
+    }
+}
+
+template <typename T, typename I, typename F>
+__device__ __forceinline__ void packs3(const T* x, const View& xv, const T* y, const View& yv,
+                                       const T* z, const View& zv, T* out, u64 packs, F f) {
+    constexpr int W = 16 / sizeof(T);
+    GRID_STRIDE(k, packs) {
+        I ox, oy, oz;
+        offsets3<I>(xv, yv, zv, (I)k * W, ox, oy, oz);
+        const Pack<T> a = load_pack<T, I>(x, xv, ox), b = load_pack<T, I>(y, yv, oy),
+                      c = load_pack<T, I>(z, zv, oz);
+        Pack<T> o;
+#pragma unroll
+        for (int j = 0; j < W; ++j) o.v[j] = f(a.v[j], b.v[j], c.v[j]);
+        ((uint4*)out)[k] = o.u;
+    }
+}
+
+// Runs packsN<T, I> with I = unsigned when `narrow`, else u64 (a warp-uniform branch).
+#define BY_INDEX(N, T, ...)                                           \
+    if (narrow) packs##N<T, unsigned>(__VA_ARGS__);                   \
+    else packs##N<T, u64>(__VA_ARGS__)
+
+#define PACKED(S, T)                                                                        \
+    extern "C" __global__ void unary_packed_##S(const T* x, View xv, T* out, u64 packs,     \
+                                                int narrow, int op, double p0,              \
+                                                double p1) {                                \
+        typedef Acc<T>::type A;                                                             \
+        A q0 = (A)p0, q1 = (A)p1;                                                           \
+        auto f = [=](T v) { return stored<T>(unary_fn<A>(op, load(v), q0, q1)); };          \
+        BY_INDEX(1, T, x, xv, out, packs, f);                                               \
+    }                                                                                       \
+    extern "C" __global__ void unary_backward_packed_##S(const T* x, View xv, const T* g,   \
+                                                         View gv, T* out, u64 packs,        \
+                                                         int narrow, int op, double p0,     \
+                                                         double p1) {                       \
+        typedef Acc<T>::type A;                                                             \
+        A q0 = (A)p0, q1 = (A)p1;                                                           \
+        auto f = [=](T v, T gv) {                                                           \
+            return stored<T>(load(gv) * unary_derivative<A>(op, load(v), q0, q1));          \
+        };                                                                                  \
+        BY_INDEX(2, T, x, xv, g, gv, out, packs, f);                                        \
+    }                                                                                       \
+    extern "C" __global__ void binary_packed_##S(const T* a, View av, const T* b, View bv,  \
+                                                 T* out, u64 packs, int narrow, int op) {   \
+        auto f = [=](T u, T v) { return stored<T>(binary_fn(op, load(u), load(v))); };      \
+        BY_INDEX(2, T, a, av, b, bv, out, packs, f);                                        \
+    }                                                                                       \
+    extern "C" __global__ void cmp_packed_##S(const T* a, View av, const T* b, View bv,     \
+                                              T* out, u64 packs, int narrow, int op) {      \
+        typedef Acc<T>::type A;                                                             \
+        auto f = [=](T u, T v) {                                                            \
+            return stored<T>(cmp_fn(op, load(u), load(v)) ? (A)1 : (A)0);                   \
+        };                                                                                  \
+        BY_INDEX(2, T, a, av, b, bv, out, packs, f);                                        \
+    }                                                                                       \
+    extern "C" __global__ void where_packed_##S(const T* m, View mv, const T* t, View tv,   \
+                                                const T* f, View fv, T* out, u64 packs,     \
+                                                int narrow) {                               \
+        auto pick = [](T c, T u, T v) { return load(c) != 0 ? u : v; };                     \
+        BY_INDEX(3, T, m, mv, t, tv, f, fv, out, packs, pick);                              \
+    }                                                                                       \
+    extern "C" __global__ void addcmul_packed_##S(const T* x, View xv, const T* a,          \
+                                                  View av, const T* b, View bv, T* out,     \
+                                                  u64 packs, int narrow) {                  \
+        auto f = [](T u, T v, T w) { return stored<T>(load(u) + load(v) * load(w)); };      \
+        BY_INDEX(3, T, x, xv, a, av, b, bv, out, packs, f);                                 \
+    }
+
+FOR_FLOATS(PACKED)

@@ -237,6 +237,50 @@ fn contiguous_fast_paths_and_their_fallbacks() {
     }
 }
 
+/// The pack-per-thread kernels for strided operands (`*_packed`) on adaLN's pattern: a
+/// `[B, 1, D]` chunk of a wider `[B, 7D + pack]` row against `[B, T, D]` activations (unary,
+/// unary backward, binary, comparison, where, addcmul, and their gradients), and a
+/// broadcast innermost dim (stride 0). Chunks starting off a pack boundary (start 1)
+/// and rows that are not whole packs (D = 60 in bf16/f16) take the per-element kernels.
+#[test]
+fn strided_pack_paths_and_their_fallbacks() {
+    for dt in FLOATS {
+        let tol = tolerance(dt);
+        let pack = 16 / dt.size_in_bytes();
+        for (d, start) in [(64, 0), (64, pack), (64, 1), (60, 0)] {
+            let case = |op: &str| format!("{op} {dt} d {d} from {start}");
+            let chunk = |ada: &Tensor, k: usize| ada.narrow(1, start + k * d, d)?.unsqueeze(1);
+            let inputs = [
+                randn(40, &[3, 5, d], dt),
+                randn(41, &[3, 7 * d + pack], dt),
+                randn(42, &[3, 5, d], dt),
+            ];
+            check(&case("modulate"), &inputs, tol, |t| {
+                let scale = chunk(&t[1], 1)?.add_scalar(1.0)?;
+                chunk(&t[1], 0)?.addcmul(&t[0], &scale)
+            });
+            check(&case("gated residual"), &inputs, tol, |t| {
+                t[0].addcmul(&chunk(&t[1], 2)?, &t[2])
+            });
+            check(&case("gelu"), &inputs, tol, |t| chunk(&t[1], 3)?.gelu());
+            check(&case("mul"), &inputs, tol, |t| t[0].mul(&chunk(&t[1], 4)?));
+            check(&case("sub"), &inputs, tol, |t| chunk(&t[1], 5)?.sub(&t[2]));
+            check(&case("ge"), &inputs, tol, |t| t[0].ge(&chunk(&t[1], 6)?));
+            check(&case("where"), &inputs, tol, |t| {
+                let mask = t[2].gt(&chunk(&t[1], 0)?)?;
+                mask.where_cond(&t[0], &chunk(&t[1], 1)?)
+            });
+            let rows = positive(43, &[3, 5, 1], dt);
+            check(
+                &case("div by a column"),
+                &[inputs[0].clone(), rows],
+                tol,
+                |t| t[0].div(&t[1]),
+            );
+        }
+    }
+}
+
 /// Reductions over the trailing dims of contiguous inputs (`reduce_last_*`): a warp per
 /// row below 1024 elements, a block per row above; rows starting at any alignment.
 #[test]

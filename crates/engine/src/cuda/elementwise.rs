@@ -2,7 +2,7 @@
 //! `copy.cu`, `cast.cu`, `adam.cu`). Operands are read in place through their strides
 //! (broadcasts included); outputs are contiguous.
 
-use super::launch::{args, launch, per_element, per_pack, per_tile, View};
+use super::launch::{args, launch, per_element, per_pack, per_tile, Arg, View};
 use super::{float_only, size_suffix, suffix, CudaStorage};
 use crate::backend::{AdamStep, BinaryOp, CmpOp, UnaryOp};
 use crate::dtype::DType;
@@ -73,6 +73,59 @@ fn dense<const N: usize>(
         .zip(&ptrs)
         .all(|((_, l), &p)| l.is_contiguous() && l.shape() == shape && p % 16 == 0);
     (fits && out.ptr() % 16 == 0).then_some((out.ptr(), ptrs))
+}
+
+/// Launches elementwise kernel `kernel` on strided operands (merged views of the output's
+/// shape) into the contiguous `out` of `n` elements: `{kernel}_packed_*`, a 16-byte pack
+/// per thread, where `packed` allows, else `{kernel}_*`, an element per thread. Both
+/// take (pointer, view) per operand, the output, the count (packs, then the 32-bit
+/// flag, or elements), then `extra` (op code and parameters).
+fn strided<const N: usize, const E: usize>(
+    op: &'static str,
+    kernel: &str,
+    operands: [(&CudaStorage, View); N],
+    out: &CudaStorage,
+    n: usize,
+    extra: [Arg; E],
+) -> Result<()> {
+    let mut args: Vec<Arg> = Vec::with_capacity(2 * N + 3 + E);
+    for (s, v) in &operands {
+        args.extend([s.ptr().into(), (*v).into()]);
+    }
+    args.push(out.ptr().into());
+    let sfx = suffix(out.dtype);
+    let views = operands.map(|(_, v)| v);
+    let (name, cfg) = match packed(out, n, &views, operands.map(|(s, _)| s)) {
+        Some((packs, narrow)) => {
+            args.extend([packs.into(), narrow.into()]);
+            (format!("{kernel}_packed_{sfx}"), per_element(packs))
+        }
+        None => {
+            args.push(n.into());
+            (format!("{kernel}_{sfx}"), per_element(n))
+        }
+    };
+    args.extend(extra);
+    launch(out.dev(), op, ("elementwise", &name), cfg, &mut args)
+}
+
+/// (packs, narrow) for the `*_packed` kernels when every merged view of the `n`
+/// elements of `out` fits them (`View::fits_packs`) and every buffer is 16-byte
+/// aligned; `narrow` when every offset fits in 32 bits. `None` sends the op to the
+/// per-element kernel.
+fn packed<const N: usize>(
+    out: &CudaStorage,
+    n: usize,
+    views: &[View; N],
+    stores: [&CudaStorage; N],
+) -> Option<(usize, bool)> {
+    let pack = 16 / out.dtype.size_in_bytes();
+    let fits = views
+        .iter()
+        .zip(stores)
+        .all(|(v, s)| v.fits_packs(pack as u64) && s.ptr() % 16 == 0);
+    let narrow = n <= u32::MAX as usize && stores.iter().all(|s| s.len() <= u32::MAX as usize);
+    (fits && out.ptr() % 16 == 0).then_some((n / pack, narrow))
 }
 
 pub(crate) fn copy_strided(x: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
@@ -154,9 +207,8 @@ pub(crate) fn unary(x: &CudaStorage, l: &Layout, op: UnaryOp) -> Result<CudaStor
             launch(x.dev(), "unary", ("elementwise", &name), cfg, a)?;
         } else {
             let [xv] = View::merged("unary", [l])?;
-            let name = format!("unary_{sfx}");
-            let a = args![x.ptr(), xv, out.ptr(), n, code, p0, p1];
-            launch(x.dev(), "unary", ("elementwise", &name), per_element(n), a)?;
+            let extra = [code.into(), p0.into(), p1.into()];
+            strided("unary", "unary", [(x, xv)], &out, n, extra)?;
         }
     }
     Ok(out)
@@ -182,10 +234,15 @@ pub(crate) fn unary_backward(
             launch(x.dev(), "unary_backward", ("elementwise", &name), cfg, a)?;
         } else {
             let [xv, gv] = View::merged("unary_backward", [l, gl])?;
-            let name = format!("unary_backward_{sfx}");
-            let a = args![x.ptr(), xv, g.ptr(), gv, out.ptr(), n, code, p0, p1];
-            let cfg = per_element(n);
-            launch(x.dev(), "unary_backward", ("elementwise", &name), cfg, a)?;
+            let extra = [code.into(), p0.into(), p1.into()];
+            strided(
+                "unary_backward",
+                "unary_backward",
+                [(x, xv), (g, gv)],
+                &out,
+                n,
+                extra,
+            )?;
         }
     }
     Ok(out)
@@ -211,9 +268,7 @@ fn two(
             launch(a.dev(), op, ("elementwise", &name), cfg, ar)?;
         } else {
             let [av, bv] = View::merged(op, [la, lb])?;
-            let name = format!("{kernel}_{sfx}");
-            let ar = args![a.ptr(), av, b.ptr(), bv, out.ptr(), n, code];
-            launch(a.dev(), op, ("elementwise", &name), per_element(n), ar)?;
+            strided(op, kernel, [(a, av), (b, bv)], &out, n, [code.into()])?;
         }
     }
     Ok(out)
@@ -259,9 +314,7 @@ pub(crate) fn ternary(
             launch(x.dev(), op, ("elementwise", &name), cfg, ar)?;
         } else {
             let [xv, av, bv] = View::merged(op, [lx, la, lb])?;
-            let name = format!("{kernel}_{sfx}");
-            let ar = args![x.ptr(), xv, a.ptr(), av, b.ptr(), bv, out.ptr(), n];
-            launch(x.dev(), op, ("elementwise", &name), per_element(n), ar)?;
+            strided(op, kernel, [(x, xv), (a, av), (b, bv)], &out, n, [])?;
         }
     }
     Ok(out)

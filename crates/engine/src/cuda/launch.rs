@@ -90,6 +90,24 @@ impl View {
     }
 }
 
+impl View {
+    /// Whether the `*_packed` kernels can read this operand of a merged view in packs of
+    /// `pack` elements: the innermost dim is whole packs, and it either has unit stride
+    /// with every pack starting at a multiple of `pack` elements (so a 16-byte load from
+    /// an aligned buffer is aligned) or is broadcast (stride 0: one element repeated).
+    pub(crate) fn fits_packs(&self, pack: u64) -> bool {
+        let rank = self.rank as usize;
+        if rank == 0 || self.shape[rank - 1] % pack != 0 {
+            return false;
+        }
+        match self.strides[rank - 1] {
+            0 => true,
+            1 => self.offset % pack == 0 && self.strides[..rank - 1].iter().all(|s| s % pack == 0),
+            _ => false,
+        }
+    }
+}
+
 // SAFETY: plain `#[repr(C)]` data, laid out as the C struct of the same name.
 unsafe impl cudarc::driver::DeviceRepr for View {}
 
@@ -248,3 +266,41 @@ macro_rules! args {
     ($($a:expr),* $(,)?) => { &mut [$($crate::cuda::launch::Arg::from($a)),*] };
 }
 pub(crate) use args;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// adaLN's `[B, 1, D]` chunk of a `[B, width]` row, from column `start`, as a view
+    /// broadcast against `[B, T, D]` activations, merged with them.
+    fn chunk_and_activations(d: usize, width: usize, start: usize) -> [View; 2] {
+        let shape = [3, 5, d];
+        let chunk = Layout::contiguous(&[3, width])
+            .narrow(1, start, d)
+            .unsqueeze(1)
+            .broadcast_to("test", &shape)
+            .unwrap();
+        View::merged("test", [&chunk, &Layout::contiguous(&shape)]).unwrap()
+    }
+
+    #[test]
+    fn packs_fit_whole_aligned_unit_stride_rows_and_broadcasts() {
+        let fits = |views: [View; 2], pack| views.map(|v| v.fits_packs(pack));
+        assert_eq!(fits(chunk_and_activations(64, 448, 128), 8), [true, true]);
+        // A chunk starting off a pack boundary, a row stride that is not whole packs,
+        // rows that are not whole packs.
+        assert_eq!(fits(chunk_and_activations(64, 448, 1), 8), [false, true]);
+        assert_eq!(fits(chunk_and_activations(64, 450, 0), 8), [false, true]);
+        assert_eq!(fits(chunk_and_activations(60, 448, 0), 8), [false, false]);
+        assert_eq!(fits(chunk_and_activations(60, 448, 0), 4), [true, true]);
+        // A column broadcast along the rows: stride 0 innermost.
+        let column = Layout::contiguous(&[15, 1])
+            .broadcast_to("test", &[15, 64])
+            .unwrap();
+        let [v] = View::merged("test", [&column]).unwrap();
+        assert!(v.fits_packs(8));
+        // A transposed matrix: no unit stride innermost.
+        let [t] = View::merged("test", [&Layout::contiguous(&[64, 16]).permute(&[1, 0])]).unwrap();
+        assert!(!t.fits_packs(8));
+    }
+}
