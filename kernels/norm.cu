@@ -4,9 +4,102 @@
 
 // Rows of the weight/bias gradient handled per thread row of a block (see below).
 #define PARAM_ROWS_PER_BLOCK 256
+// Elements per lane of the warp-per-row kernels: rows of up to 32·32 = 1024 elements
+// (`WARP_ROW_MAX` in crates/engine/src/cuda/rows.rs).
+#define LANE_ELEMS 32
+
+// The sum of v over the warp, in every lane.
+template <typename A> __device__ __forceinline__ A warp_sum(A v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// A warp per row of d ≤ 32·LANE_ELEMS elements, which it holds in registers: one read
+// of x and no block barriers. A block per row (below) leaves most of its threads idle
+// on the short rows of a transformer (d = 384 across 256 threads) and pays two block
+// reductions per row.
+template <typename T, typename A>
+__device__ __forceinline__ void norm_warp(const T* x, const T* w, const T* b, T* y, A* mean,
+                                          A* rstd, u64 rows, u64 d, A eps, int rms) {
+    const u64 warps = blockDim.x >> 5, lane = threadIdx.x & 31;
+    for (u64 r = (u64)blockIdx.x * warps + (threadIdx.x >> 5); r < rows;
+         r += (u64)gridDim.x * warps) {
+        const T* xr = x + r * d;
+        A v[LANE_ELEMS], s = 0;
+#pragma unroll
+        for (int c = 0; c < LANE_ELEMS; ++c) {
+            const u64 j = 32 * c + lane;
+            v[c] = j < d ? (A)load(xr[j]) : (A)0;
+            s += v[c];
+        }
+        const A mu = rms ? (A)0 : warp_sum(s) / (A)d;
+        A q = 0;
+#pragma unroll
+        for (int c = 0; c < LANE_ELEMS; ++c)
+            if (32 * c + lane < d) q += (v[c] - mu) * (v[c] - mu);
+        const A rs = (A)1 / m_sqrt(warp_sum(q) / (A)d + eps);
+#pragma unroll
+        for (int c = 0; c < LANE_ELEMS; ++c) {
+            const u64 j = 32 * c + lane;
+            if (j >= d) break;
+            A o = (v[c] - mu) * rs;
+            if (w) o *= (A)load(w[j]);
+            if (b) o += (A)load(b[j]);
+            put(y + r * d + j, o);
+        }
+        if (lane == 0) {
+            mean[r] = mu;
+            rstd[r] = rs;
+        }
+    }
+}
+
+// The backward of `norm_warp` (the formula of norm_backward below), g and x in registers.
+template <typename T, typename A>
+__device__ __forceinline__ void norm_backward_warp(const T* x, const T* w, const A* mean,
+                                                   const A* rstd, const T* g, T* dx, u64 rows,
+                                                   u64 d, int rms) {
+    const u64 warps = blockDim.x >> 5, lane = threadIdx.x & 31;
+    for (u64 r = (u64)blockIdx.x * warps + (threadIdx.x >> 5); r < rows;
+         r += (u64)gridDim.x * warps) {
+        const T *xr = x + r * d, *gr = g + r * d;
+        const A mu = mean[r], rs = rstd[r];
+        A gh[LANE_ELEMS], xh[LANE_ELEMS], sg = 0, sgx = 0;
+#pragma unroll
+        for (int c = 0; c < LANE_ELEMS; ++c) {
+            const u64 j = 32 * c + lane;
+            const bool in = j < d;
+            gh[c] = in ? (A)load(gr[j]) * (w ? (A)load(w[j]) : (A)1) : (A)0;
+            xh[c] = in ? ((A)load(xr[j]) - mu) * rs : (A)0;
+            sg += gh[c];
+            sgx += gh[c] * xh[c];
+        }
+        const A mean_g = rms ? (A)0 : warp_sum(sg) / (A)d, mean_gx = warp_sum(sgx) / (A)d;
+#pragma unroll
+        for (int c = 0; c < LANE_ELEMS; ++c) {
+            const u64 j = 32 * c + lane;
+            if (j >= d) break;
+            put(dx + r * d + j, rs * (gh[c] - mean_g - xh[c] * mean_gx));
+        }
+    }
+}
 
 #define NORM(S, T)                                                                        \
-    /* One block per row: mean (layer norm only), variance, then y. w and b may be null. */ \
+    extern "C" __global__ void norm_warp_##S(const T* x, const T* w, const T* b, T* y,    \
+                                             Acc<T>::type* mean, Acc<T>::type* rstd,      \
+                                             u64 rows, u64 d, double eps, int rms) {      \
+        norm_warp<T, Acc<T>::type>(x, w, b, y, mean, rstd, rows, d, (Acc<T>::type)eps, rms); \
+    }                                                                                     \
+    extern "C" __global__ void norm_backward_warp_##S(const T* x, const T* w,             \
+                                                      const Acc<T>::type* mean,           \
+                                                      const Acc<T>::type* rstd,           \
+                                                      const T* g, T* dx, u64 rows, u64 d, \
+                                                      int rms) {                          \
+        norm_backward_warp<T, Acc<T>::type>(x, w, mean, rstd, g, dx, rows, d, rms);       \
+    }                                                                                     \
+    /* One block per row, for rows over 1024: mean (layer norm only), variance, then y. */ \
+    /* w and b may be null.                                                             */ \
     extern "C" __global__ void norm_##S(const T* x, const T* w, const T* b, T* y,         \
                                         Acc<T>::type* mean, Acc<T>::type* rstd, u64 rows,  \
                                         u64 d, double eps, int rms) {                     \

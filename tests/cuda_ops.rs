@@ -476,7 +476,8 @@ fn tf32_products() {
 fn softmax_and_norms() {
     for dt in FLOATS {
         let tol = tolerance(dt);
-        for d in [7, 100, 1000] {
+        // Norms: a warp per row up to 1024 elements, a block per row beyond.
+        for d in [7, 100, 1000, 1024, 1500] {
             let x = randn(18, &[5, 3, d], dt);
             check(
                 &format!("softmax {d} {dt}"),

@@ -193,6 +193,19 @@ pub(crate) fn softmax_backward(
     Ok(out)
 }
 
+/// Longest row the warp-per-row norm kernels hold in registers (32 lanes ×
+/// `LANE_ELEMS` in `kernels/norm.cu`).
+const WARP_ROW_MAX: usize = 1024;
+
+/// The norm kernel (`{kernel}_warp` for rows of up to `WARP_ROW_MAX`, else the block
+/// per row `{kernel}`) and its launch shape.
+fn norm_kernel(kernel: &str, rows: usize, d: usize) -> (String, LaunchConfig) {
+    match d <= WARP_ROW_MAX {
+        true => (format!("{kernel}_warp"), per_warp(rows)),
+        false => (kernel.to_string(), per_row(rows, d)),
+    }
+}
+
 pub(crate) fn norm(
     x: &CudaStorage,
     l: &Layout,
@@ -212,7 +225,8 @@ pub(crate) fn norm(
         let xd = x.dense(l)?;
         let (w, b) = (dense_opt(weight)?, dense_opt(bias)?);
         let ptr = |p: &Option<super::Dense>| p.as_ref().map_or(0, |p| p.ptr);
-        let name = format!("norm_{}", suffix(x.dtype));
+        let (kernel, cfg) = norm_kernel("norm", rows, d);
+        let name = format!("{kernel}_{}", suffix(x.dtype));
         let a = args![
             xd.ptr,
             ptr(&w),
@@ -225,7 +239,7 @@ pub(crate) fn norm(
             spec.eps,
             spec.rms
         ];
-        launch(dev, "norm", ("norm", &name), per_row(rows, d), a)?;
+        launch(dev, "norm", ("norm", &name), cfg, a)?;
     }
     Ok((y, mean, rstd))
 }
@@ -257,7 +271,8 @@ pub(crate) fn norm_backward(
     if rows * d > 0 {
         let (xd, gd, w) = (x.dense(l)?, g.dense(gl)?, dense_opt(weight)?);
         let wp = w.as_ref().map_or(0, |w| w.ptr);
-        let name = format!("norm_backward_{}", suffix(x.dtype));
+        let (kernel, cfg) = norm_kernel("norm_backward", rows, d);
+        let name = format!("{kernel}_{}", suffix(x.dtype));
         let a = args![
             xd.ptr,
             wp,
@@ -269,7 +284,7 @@ pub(crate) fn norm_backward(
             d,
             spec.rms
         ];
-        launch(dev, "norm_backward", ("norm", &name), per_row(rows, d), a)?;
+        launch(dev, "norm_backward", ("norm", &name), cfg, a)?;
         if dw.is_some() || db.is_some() {
             const ROWS_PER_BLOCK: usize = 256; // PARAM_ROWS_PER_BLOCK in norm.cu
             let cfg = LaunchConfig {
