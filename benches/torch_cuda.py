@@ -123,6 +123,30 @@ def dit_step_bf16():
         opt.step()
 
     report("dit_step", "bf16 S/2 32x32 batch 256", timed(step) * 1e3, "ms")
+    print_profile("bf16 DiT-S/2 step, batch 256", step)
+
+
+def print_profile(what, step, rows=30):
+    """The CUDA kernels of one more `step` under torch.profiler, by self GPU time, as a
+    table on stderr: the reference beside cuda.rs's per-op profile."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    def gpu_us(e):
+        # The attribute's name changed from "cuda" to "device" in torch 2.4.
+        us = getattr(e, "self_device_time_total", None)
+        return us if us is not None else e.self_cuda_time_total
+
+    total = sum(gpu_us(e) for e in events) or 1
+    print(f"\n## torch profile: {what} (CUDA kernels, not synchronised)\n", file=sys.stderr)
+    print("| kernel | calls | ms | share |\n|---|---:|---:|---:|", file=sys.stderr)
+    for e in sorted(events, key=gpu_us, reverse=True)[:rows]:
+        name = e.key.replace("|", "/")[:90]
+        print(f"| {name} | {e.count} | {gpu_us(e) / 1e3:.2f} | {100 * gpu_us(e) / total:.1f}% |", file=sys.stderr)
+    print(f"| total | | {total / 1e3:.2f} | |", file=sys.stderr)
 
 
 if __name__ == "__main__":

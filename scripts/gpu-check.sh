@@ -107,14 +107,16 @@ if ours or torch:
         ratio = f"{o[0] / t[0]:.2f}" if o and t and t[0] else ""
         fmt = lambda v: f"{v[0]:.2f} {unit}" if v else "-"
         print(f"| {key[0]} | {key[1]} | {fmt(o)} | {fmt(t)} | {ratio} |")
-# The per-op profiles the bench prints on stderr (benches/cuda.rs, print_profile).
-log = os.path.join(out, "bench-ours.log")
-lines = open(log).read().splitlines() if os.path.exists(log) else []
-for l in lines:
-    if l.startswith("## op profile"):
-        print(f"\n{l}\n")
-    elif l.startswith("|"):
-        print(l)
+# The per-op profiles both benches print on stderr (print_profile in benches/cuda.rs
+# and benches/torch_cuda.py).
+for name in ["bench-ours.log", "bench-torch.log"]:
+    log = os.path.join(out, name)
+    lines = open(log).read().splitlines() if os.path.exists(log) else []
+    for l in lines:
+        if l.startswith("## "):
+            print(f"\n{l}\n")
+        elif l.startswith("|"):
+            print(l)
 PY
 cat "$OUT_DIR/summary.md"
 exit $status
