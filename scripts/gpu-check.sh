@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Runs the prebuilt CUDA tests and benchmarks (scripts/build-gpu-bin.sh) on a GPU
 # machine that has CUDA and PyTorch but no Rust, then PyTorch's twin benchmark, and
-# writes the logs and a short summary table (summary.md) to the output folder.
+# writes a short summary (summary.md) and an archive of every log (logs.tar.gz) to the
+# output folder.
 #
 #     scripts/gpu-check.sh [BIN_DIR [OUT_DIR]]
 #
 # BIN_DIR defaults to gpu-bin (or this script's own folder when it sits in one);
 # OUT_DIR to $OUT, else gpu-check-out. PYTHON picks the interpreter with torch
 # (default python3); BENCH_GROUPS (space-separated: matmul bandwidth dit attention
-# dit_bf16) limits both benches to those groups. Without a GPU everything still runs:
+# dit_bf16) limits both benches to those groups; TESTS (space-separated test binary
+# names) limits the tests; TRAIN=0 skips the training runs. Without a GPU everything
+# still runs:
 # the tests and benches skip.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -40,6 +43,7 @@ status=0
 : > "$OUT_DIR/tests.tsv"
 for t in "$BIN"/tests/*; do
     name=$(basename "$t")
+    case " ${TESTS:-$name} " in *" $name "*) ;; *) continue ;; esac
     # A hung kernel must not eat the whole GPU lease: each binary gets TEST_TIMEOUT.
     timeout "${TEST_TIMEOUT:-240}" "$t" --test-threads=1 --nocapture > "$OUT_DIR/test-$name.log" 2>&1
     rc=$?
@@ -64,11 +68,12 @@ train_check() {
     printf 'twinflow train --device cuda %s\t%s\t%s s\t0\n' "$name" "$rc" "$(( $(date +%s) - start ))" >> "$OUT_DIR/tests.tsv"
     rm -rf "$OUT_DIR/$name/checkpoints"
 }
-if [ -x "$BIN/twinflow" ] && [ -f "$BIN/moons-twinflow.toml" ]; then
+if [ "${TRAIN:-1}" != 0 ] && [ -x "$BIN/twinflow" ] && [ -f "$BIN/moons-twinflow.toml" ]; then
     train_check moons-twinflow "$BIN/moons-twinflow.toml" "--nfe 1,2,4"
 fi
 # MNIST in bf16 needs the shipped data (run from the repository root) and the classifier.
-if [ -x "$BIN/twinflow" ] && [ -f "$BIN/mnist-twinflow.toml" ] && [ -f "$BIN/classifier.safetensors" ] \
+if [ "${TRAIN:-1}" != 0 ] && [ -x "$BIN/twinflow" ] && [ -f "$BIN/mnist-twinflow.toml" ] \
+    && [ -f "$BIN/classifier.safetensors" ] \
     && [ -d data/mnist-10k ]; then
     train_check mnist-twinflow-bf16 "$BIN/mnist-twinflow.toml" \
         "--nfe 1,2,4 --ema --classifier $BIN/classifier.safetensors" --precision bf16
@@ -117,6 +122,15 @@ for name in ["bench-ours.log", "bench-torch.log"]:
             print(f"\n{l}\n")
         elif l.startswith("|"):
             print(l)
+# What each training run's evaluation printed (the end of its log).
+for name in sorted(os.listdir(out)):
+    if name.startswith("train-") and name.endswith(".log"):
+        tail = open(os.path.join(out, name)).read().splitlines()[-12:]
+        print(f"\n## {name} (last lines)\n\n```\n" + "\n".join(tail) + "\n```")
 PY
 cat "$OUT_DIR/summary.md"
+# The device tool brings back only a few files: everything but the summary goes into
+# one archive.
+(cd "$OUT_DIR" && tar czf logs.tar.gz --exclude=logs.tar.gz --exclude=summary.md . \
+    && find . -mindepth 1 -maxdepth 1 ! -name logs.tar.gz ! -name summary.md -exec rm -rf {} +)
 exit $status
