@@ -375,10 +375,11 @@ __device__ __forceinline__ void check_launch(unsigned smem, int rows) {
 }
 
 // Shared bytes of each kernel (the `smem` formulas of flash.rs).
-template <int D, int M, int BS> struct FwdSmem {
-    // Two stages of (K, V) tiles; Q (M rows) is first brought into stage 1 and moved to
-    // registers before stage 1 is refilled, so it needs room only beyond 2·BS rows.
-    static constexpr int ROWS = 2 * BS + (M > 2 * BS ? M : 2 * BS);
+template <int D, int M, int BS, bool QREG> struct FwdSmem {
+    // Two stages of (K, V) tiles. With QREG, Q (M rows) is first brought into stage 1
+    // and moved to registers before stage 1 is refilled, so it needs room only beyond
+    // 2·BS rows; without, Q stays resident in M rows of its own ahead of the stages.
+    static constexpr int ROWS = QREG ? 2 * BS + (M > 2 * BS ? M : 2 * BS) : M + 4 * BS;
     static constexpr unsigned BYTES = ROWS * (D + FA_PAD) * 2;
 };
 template <int D, int M, int BS> struct BwdSmem {
@@ -391,50 +392,63 @@ template <int D, int M, int BS> struct BwdSmem {
 };
 
 // Forward. A block of W warps owns M = 16·MT·W query rows; warp w owns rows
-// 16·MT·w + 16m + {g, g+8} (m < MT). Its Q fragments are loaded once into registers;
-// K and V tiles of BS keys stream through two shared stages (tile j+1 is copied while
-// tile j is computed). Per tile: S = Q·Kᵀ (B = K tile as [n][k]), scaled to log2 units
-// and masked, the online softmax (running max m in log2 units, per-lane partial row
-// sums l), then O += P·V with P packed from S's registers (B = V tile as [k][n]).
-template <typename T, int D, int MT, int W, int BS>
+// 16·MT·w + 16m + {g, g+8} (m < MT). With QREG its Q fragments are loaded once into
+// registers; without, Q stays in shared memory and S = Q·Kᵀ reads it a k-slice at a
+// time (at d = 128, where Q's 64 registers a thread go to a second m-tile instead: see
+// FA_TC). K and V tiles of BS keys stream through two shared stages (tile j+1 is copied
+// while tile j is computed). Per tile: S = Q·Kᵀ (B = K tile as [n][k]), scaled to log2
+// units and masked, the online softmax (running max m in log2 units, per-lane partial
+// row sums l), then O += P·V with P packed from S's registers (B = V tile as [k][n]).
+template <typename T, int D, int MT, int W, int BS, bool QREG>
 __device__ void fa_forward_tc(const T* q, Rows qr, const T* k, Rows kr, const T* v, Rows vr,
                               T* out, Rows outr, float* lse, u64 tq, u64 tk, float scale,
                               int causal) {
     constexpr int LD = D + FA_PAD, M = 16 * MT * W, NT = 32 * W, TILE = BS * LD * 2;
     static_assert(BS % 16 == 0 && D % 16 == 0, "tiles are whole 16×16 fragments");
+    // The output rows are staged through the first M rows of the window at the end.
+    static_assert(M <= FwdSmem<D, M, BS, QREG>::ROWS, "output rows fit the shared window");
     const int nq = (int)tq, nk = (int)tk;
-    check_launch<W, M>(FwdSmem<D, M, BS>::BYTES, nq);
+    check_launch<W, M>(FwdSmem<D, M, BS, QREG>::BYTES, nq);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const u64 bh = blockIdx.x;
     const int q0 = blockIdx.y * M, r0 = q0 + 16 * MT * warp;
     q += qr.start(bh), k += kr.start(bh), v += vr.start(bh), out += outr.start(bh);
     lse += bh * tq;
-    // Stage s: K at byte 2s·TILE, V at (2s+1)·TILE. Q arrives at stage 1's K.
-    const unsigned base = smem_addr(fa_smem), sq = base + 2 * TILE;
+    // Stage s: K at stages + 2s·TILE, V one TILE on. With QREG the stages start at byte 0
+    // and Q arrives at stage 1's K; without, Q is at byte 0 and the stages M rows on.
+    const unsigned base = smem_addr(fa_smem), stages = QREG ? base : base + M * LD * 2;
+    const unsigned sq = QREG ? base + 2 * TILE : base;
     // Under the causal mask no query of this block sees a key past its last query.
     const int kend = causal ? min(nk, q0 + M) : nk, ntiles = (kend + BS - 1) / BS;
     cp_tile<T, D, M, NT>(sq, q, qr.row, q0, nq);
-    cp_tile<T, D, BS, NT>(base, k, kr.row, 0, nk);
-    cp_tile<T, D, BS, NT>(base + TILE, v, vr.row, 0, nk);
+    cp_tile<T, D, BS, NT>(stages, k, kr.row, 0, nk);
+    cp_tile<T, D, BS, NT>(stages + TILE, v, vr.row, 0, nk);
     cp_async_commit();
-    cp_async_wait_all();
-    __syncthreads();
-    unsigned qf[MT][D / 16][4];
-    load_a<MT, D, LD>(qf, sq + (16 * MT * warp * LD) * 2 + a_lane<LD>(lane));
+    const unsigned aq = sq + 16 * MT * warp * LD * 2 + a_lane<LD>(lane);
+    unsigned qf[QREG ? MT : 1][QREG ? D / 16 : 1][4];
+    if constexpr (QREG) {
+        cp_async_wait_all();
+        __syncthreads();
+        load_a<MT, D, LD>(qf, aq);
+    }
     const float sl2 = scale * FA_LOG2E;
     float mrow[MT][2], lrow[MT][2] = {}, o[MT][D / 8][4] = {};
 #pragma unroll
     for (int m = 0; m < MT; ++m) mrow[m][0] = mrow[m][1] = FA_NEG_INF;
     for (int j = 0; j < ntiles; ++j) {
         const int k0 = j * BS;
-        const unsigned sk = base + 2 * (j & 1) * TILE, sv = sk + TILE;
-        // For j = 0 the barrier also means every warp is done reading Q out of stage 1.
-        next_kv_tile<T, D, BS, NT>(base, j, ntiles, k, kr, v, vr, nk);
+        const unsigned sk = stages + 2 * (j & 1) * TILE, sv = sk + TILE;
+        // For j = 0 the barrier also means, with QREG, that every warp is done reading Q
+        // out of stage 1, and without, that Q has landed.
+        next_kv_tile<T, D, BS, NT>(stages, j, ntiles, k, kr, v, vr, nk);
         // Under the causal mask a warp whose last row precedes the tile's first key
         // sees none of it (warp-uniform: the collectives below stay whole-warp).
         if (causal && k0 > r0 + 16 * MT - 1) continue;
         float s[MT][BS / 8][4] = {};
-        mma_rs_nk<T, MT, D, BS, LD>(s, qf, sk + bnk_lane<LD>(lane));
+        if constexpr (QREG)
+            mma_rs_nk<T, MT, D, BS, LD>(s, qf, sk + bnk_lane<LD>(lane));
+        else
+            mma_ss_nk<T, MT, D, BS, LD>(s, aq, sk + bnk_lane<LD>(lane));
         // Scale before masking: any sign of scale keeps the mask at −inf.
 #pragma unroll
         for (int m = 0; m < MT; ++m)
@@ -489,7 +503,8 @@ __device__ void fa_forward_tc(const T* q, Rows qr, const T* k, Rows kr, const T*
         pack_a<T, MT, BS>(pf, s);
         mma_rs_kn<T, MT, BS, D, LD>(o, pf, sv + bkn_lane<LD>(lane));
     }
-    // Every warp is done with the stages before the output goes through them.
+    // Every warp is done with the shared window before the output goes through its first
+    // M rows (stages with QREG, Q without), warp w through rows 16·MT·w.. of them.
     cp_async_wait_all();
     __syncthreads();
     float inv[MT][2];
@@ -984,17 +999,26 @@ __device__ void fa_delta(const T* dout, Rows dr, const T* out, Rows outr, float*
 // The three inputs and their row placements, as every kernel takes them first.
 #define FA_QKV q, qr, k, kr, v, vr
 
-// bf16/f16 at head dim D: forward with MT 16-row fragments per warp, FW warps and key
-// tiles of FBS; dQ and dK/dV with one fragment per warp, BW warps, tiles of BBS, Q and
-// dO in registers in dQ when QREG. Sized for at most 99 KiB of shared memory per block
-// (the sm_86/sm_89 limit; sm_80 allows 163 KiB, sm_90 227 KiB).
-#define FA_TC(S, T, D, MT, FW, FBS, BW, BBS, QREG)                                          \
+// bf16/f16 at head dim D: forward with MT 16-row fragments per warp, FW warps, key tiles
+// of FBS and Q in registers when FQREG; dQ and dK/dV with one fragment per warp, BW
+// warps, tiles of BBS, Q and dO in registers in dQ when BQREG. Sized for at most 99 KiB
+// of shared memory per block (the sm_86/sm_89 limit; sm_80 allows 163 KiB, sm_90
+// 227 KiB). The forward runs 4 warps of 32 rows (MT = 2) at every head dim: every K and
+// V fragment a warp reads from shared memory feeds two m-tiles, which halves the K and
+// V ldmatrix bytes per row and key (2·2D/16 → 2·2D/32: 32 → 16 at d = 128, where 8
+// warps of 16 rows were bound by shared-memory bandwidth). At d = 128 two m-tiles of O
+// take 128 registers a thread, so Q stays in shared memory (FQREG false; re-reading it
+// adds 2D/BS = 8 bytes per row and key) and the key tiles are 32 rows: S then takes 32
+// registers, and Q's 128 rows plus two stages of 32-row K and V tiles are 68 KiB
+// (64-row tiles would need 104 KiB).
+#define FA_TC(S, T, D, MT, FW, FBS, FQREG, BW, BBS, BQREG)                                  \
     extern "C" __global__ void __launch_bounds__(32 * FW) fa_fwd_##S##_d##D(FA_PARAMS_FWD(T)) { \
-        fa_forward_tc<T, D, MT, FW, FBS>(FA_QKV, out, outr, lse, tq, tk, scale, causal);   \
+        fa_forward_tc<T, D, MT, FW, FBS, FQREG>(FA_QKV, out, outr, lse, tq, tk, scale,      \
+                                                causal);                                    \
     }                                                                                       \
     extern "C" __global__ void __launch_bounds__(32 * BW) fa_dq_##S##_d##D(FA_PARAMS_DQ(T)) { \
-        fa_dq_tc<T, D, 1, BW, BBS, QREG>(FA_QKV, dout, dr, lse, delta, dq, dqr, tq, tk,     \
-                                         scale, causal);                                    \
+        fa_dq_tc<T, D, 1, BW, BBS, BQREG>(FA_QKV, dout, dr, lse, delta, dq, dqr, tq, tk,    \
+                                          scale, causal);                                   \
     }                                                                                       \
     extern "C" __global__ void __launch_bounds__(32 * BW)                                   \
         fa_dkdv_##S##_d##D(FA_PARAMS_DKDV(T)) {                                             \
@@ -1002,12 +1026,12 @@ __device__ void fa_delta(const T* dout, Rows dr, const T* out, Rows outr, float*
                                      scale, causal);                                        \
     }
 
-FA_TC(bf16, bf16, 32, 2, 4, 64, 8, 64, true)
-FA_TC(bf16, bf16, 64, 2, 4, 64, 8, 64, true)
-FA_TC(bf16, bf16, 128, 1, 8, 64, 4, 32, false)
-FA_TC(f16, f16, 32, 2, 4, 64, 8, 64, true)
-FA_TC(f16, f16, 64, 2, 4, 64, 8, 64, true)
-FA_TC(f16, f16, 128, 1, 8, 64, 4, 32, false)
+FA_TC(bf16, bf16, 32, 2, 4, 64, true, 8, 64, true)
+FA_TC(bf16, bf16, 64, 2, 4, 64, true, 8, 64, true)
+FA_TC(bf16, bf16, 128, 2, 4, 32, false, 4, 32, false)
+FA_TC(f16, f16, 32, 2, 4, 64, true, 8, 64, true)
+FA_TC(f16, f16, 64, 2, 4, 64, true, 8, 64, true)
+FA_TC(f16, f16, 128, 2, 4, 32, false, 4, 32, false)
 
 // f32 at head dim D: W warps of 16 rows, key tiles of BSF rows in the forward and BSB in
 // the backward (48 KiB of static shared memory).

@@ -216,47 +216,56 @@ def ex2(x):
 
 
 # ---- the kernels ----
-def fwd_smem(D, M, BS):
-    return (2 * BS + max(M, 2 * BS)) * (D + PAD) * 2
+def fwd_smem(D, M, BS, QREG):
+    rows = 2 * BS + max(M, 2 * BS) if QREG else M + 4 * BS
+    return rows * (D + PAD) * 2
 
 
 def bwd_smem(D, M, BS, dkdv):
     return (2 * M + 4 * BS) * (D + PAD) * 2 + (4 * BS * 4 if dkdv else 0)
 
 
-def forward(q, k, v, scale, causal, D, MT, W, BS):
+def forward(q, k, v, scale, causal, D, MT, W, BS, QREG):
     """q [tq, D], k, v [tk, D] of one (b, h): (out, lse) as the kernel writes them."""
     nq, nk = len(q), len(k)
     LD, M, NT, TILE = D + PAD, 16 * MT * W, 32 * W, BS * (D + PAD) * 2
+    rows = fwd_smem(D, M, BS, QREG) // (LD * 2)
+    assert M <= rows, "output rows fit the shared window"
     out, lse = np.full((nq, D), np.nan), np.full(nq, np.nan)
     written = set()
     for by in range((nq + M - 1) // M):
-        sm = Smem(fwd_smem(D, M, BS))
+        sm = Smem(fwd_smem(D, M, BS, QREG))
         q0 = by * M
-        base, sq = 0, 2 * TILE
+        base = 0
+        stages = base if QREG else base + M * LD * 2
+        sq = base + 2 * TILE if QREG else base
         kend = min(nk, q0 + M) if causal else nk
         ntiles = (kend + BS - 1) // BS
         cp_tile(sm, D, M, NT, sq, q, q0, nq)
-        cp_tile(sm, D, BS, NT, base, k, 0, nk)
-        cp_tile(sm, D, BS, NT, base + TILE, v, 0, nk)
+        cp_tile(sm, D, BS, NT, stages, k, 0, nk)
+        cp_tile(sm, D, BS, NT, stages + TILE, v, 0, nk)
         warps = []
         for warp in range(W):
             r0 = q0 + 16 * MT * warp
-            qf = load_a(sm, MT, D, LD, sq + (16 * MT * warp * LD) * 2 + a_lane(LD))
+            aq = sq + 16 * MT * warp * LD * 2 + a_lane(LD)
+            qf = load_a(sm, MT, D, LD, aq) if QREG else None
             mrow = [[np.full(32, -np.inf), np.full(32, -np.inf)] for _ in range(MT)]
             lrow = [[np.zeros(32), np.zeros(32)] for _ in range(MT)]
-            warps.append(dict(r0=r0, qf=qf, m=mrow, l=lrow, o=zeros(MT, D)))
+            warps.append(dict(r0=r0, aq=aq, qf=qf, m=mrow, l=lrow, o=zeros(MT, D)))
         for j in range(ntiles):
             k0 = j * BS
-            sk = base + 2 * (j & 1) * TILE
+            sk = stages + 2 * (j & 1) * TILE
             sv = sk + TILE
-            next_kv_tile(sm, D, BS, NT, base, j, ntiles, k, v, nk)
+            next_kv_tile(sm, D, BS, NT, stages, j, ntiles, k, v, nk)
             for w in warps:
                 r0 = w["r0"]
                 if causal and k0 > r0 + 16 * MT - 1:
                     continue
                 s = zeros(MT, BS)
-                mma_rs_nk(sm, s, w["qf"], MT, D, BS, LD, sk + bnk_lane(LD))
+                if QREG:
+                    mma_rs_nk(sm, s, w["qf"], MT, D, BS, LD, sk + bnk_lane(LD))
+                else:
+                    mma_ss_nk(sm, s, MT, D, BS, LD, w["aq"], sk + bnk_lane(LD))
                 sl2 = scale * LOG2E
                 for m in range(MT):
                     for nb in range(BS // 8):
@@ -478,9 +487,10 @@ def reference(q, k, v, do, scale, causal):
     return o, lse, delta, ds @ k * scale, ds.T @ q * scale, p.T @ do
 
 
-# The instantiations of the kernel file: D → (MT, FW, FBS) forward, (BW, BBS, QREG) backward.
-CONFIGS = {32: ((2, 4, 64), (8, 64, True)), 64: ((2, 4, 64), (8, 64, True)),
-           128: ((1, 8, 64), (4, 32, False))}
+# The instantiations of the kernel file: D → (MT, FW, FBS, FQREG) forward, (BW, BBS, BQREG)
+# backward.
+CONFIGS = {32: ((2, 4, 64, True), (8, 64, True)), 64: ((2, 4, 64, True), (8, 64, True)),
+           128: ((2, 4, 32, False), (4, 32, False))}
 
 
 def main():
@@ -488,13 +498,13 @@ def main():
     lengths = [(1, 1), (7, 7), (49, 49), (65, 65), (130, 130), (65, 7), (7, 257), (200, 90)]
     worst = 0.0
     for D, (tq, tk), causal in itertools.product(CONFIGS, lengths, [False, True]):
-        (MT, FW, FBS), (BW, BBS, QREG) = CONFIGS[D]
+        (MT, FW, FBS, FQREG), (BW, BBS, BQREG) = CONFIGS[D]
         q, k, v = (rng.standard_normal((n, D)) for n in (tq, tk, tk))
         do = rng.standard_normal((tq, D))
         scale = -0.7 / np.sqrt(D) if (tq + tk) % 3 == 0 else 1 / np.sqrt(D)
         o_r, lse_r, delta_r, dq_r, dk_r, dv_r = reference(q, k, v, do, scale, causal)
-        o, lse = forward(q, k, v, scale, causal, D, MT, FW, FBS)
-        dq = dq_kernel(q, k, v, do, lse_r, delta_r, scale, causal, D, 1, BW, BBS, QREG)
+        o, lse = forward(q, k, v, scale, causal, D, MT, FW, FBS, FQREG)
+        dq = dq_kernel(q, k, v, do, lse_r, delta_r, scale, causal, D, 1, BW, BBS, BQREG)
         dk, dv = dkdv_kernel(q, k, v, do, lse_r, delta_r, scale, causal, D, 1, BW, BBS)
         for name, got, want in [("out", o, o_r), ("lse", lse, lse_r), ("dq", dq, dq_r),
                                 ("dk", dk, dk_r), ("dv", dv, dv_r)]:

@@ -73,8 +73,11 @@ fn shape(kernel: Kernel, dtype: DType, d: usize) -> Shape {
     }
     // bf16/f16: (warps, rows per block, rows of a streamed tile).
     let (warps, rows, tile) = match (kernel, d) {
-        // 8 warps of 16 rows; 4 warps of 32 rows where the head dim leaves the registers.
-        (Kernel::Fwd, 128) => (8, 128, 64),
+        // 4 warps of 32 rows, so that each K and V fragment read from shared memory feeds
+        // two 16-row tiles (shared-memory bandwidth bounds 16 rows a warp at d = 128); at
+        // d = 128 Q stays in shared memory and the key tiles are 32 rows, to stay within
+        // 255 registers and 99 KiB.
+        (Kernel::Fwd, 128) => (4, 128, 32),
         (Kernel::Fwd, _) => (4, 128, 64),
         // The backward holds two accumulators (dK and dV) or Q and dO fragments: smaller
         // blocks and tiles at d = 128 keep it within 255 registers and 99 KiB.
@@ -83,7 +86,9 @@ fn shape(kernel: Kernel, dtype: DType, d: usize) -> Shape {
     };
     let row_bytes = (d + PAD) * 2;
     let smem = match kernel {
-        // Two stages of K and V tiles; Q passes through the second stage.
+        // Two stages of K and V tiles; at d = 128 Q resident in rows of its own...
+        Kernel::Fwd if d == 128 => (rows + 4 * tile) * row_bytes,
+        // ... elsewhere Q passes through the second stage on its way to registers.
         Kernel::Fwd => (2 * tile + rows.max(2 * tile)) * row_bytes,
         // Two resident blocks of rows and two stages of two tiles...
         Kernel::Dq => (2 * rows + 4 * tile) * row_bytes,
@@ -320,7 +325,8 @@ mod tests {
         for dt in [DType::BF16, DType::F16] {
             assert_eq!(shape(Kernel::Fwd, dt, 32), s(4, 128, 20480));
             assert_eq!(shape(Kernel::Fwd, dt, 64), s(4, 128, 36864));
-            assert_eq!(shape(Kernel::Fwd, dt, 128), s(8, 128, 69632));
+            // Q's 128 rows and two stages of 32-row K and V tiles, 272 bytes a row.
+            assert_eq!(shape(Kernel::Fwd, dt, 128), s(4, 128, (128 + 4 * 32) * 272));
             assert_eq!(shape(Kernel::Dq, dt, 32), s(8, 128, 40960));
             assert_eq!(shape(Kernel::Dq, dt, 64), s(8, 128, 73728));
             assert_eq!(shape(Kernel::Dq, dt, 128), s(4, 64, 69632));
