@@ -130,7 +130,9 @@ for name in sorted(os.listdir(out)):
 PY
 cat "$OUT_DIR/summary.md"
 # The device tool brings back only a few files: everything but the summary goes into
-# one archive.
-(cd "$OUT_DIR" && tar czf logs.tar.gz --exclude=logs.tar.gz --exclude=summary.md . \
-    && find . -mindepth 1 -maxdepth 1 ! -name logs.tar.gz ! -name summary.md -exec rm -rf {} +)
+# one archive (written elsewhere first: tar fails on a folder that changes under it).
+archive=$(mktemp)
+(cd "$OUT_DIR" && tar czf "$archive" --exclude=summary.md . \
+    && find . -mindepth 1 -maxdepth 1 ! -name summary.md -exec rm -rf {} + \
+    && mv "$archive" logs.tar.gz)
 exit $status
