@@ -30,13 +30,19 @@
 #define FRAC_1_SQRT_2 0.7071067811865476
 #define FRAC_1_SQRT_2PI 0.3989422804014327
 
-template <typename A> __device__ __forceinline__ A sigmoid(A x) { return (A)1 / ((A)1 + m_exp(-x)); }
+// FAST (bf16/f16 storage): the hardware exp and division, whose error (a few f32 ulps)
+// vanishes in the storage rounding (2^-9 for bf16) and which halve the math of GELU and
+// SiLU, memory-bound only if the math is short.
+template <typename A, bool FAST> __device__ __forceinline__ A sigmoid(A x) {
+    if constexpr (FAST) return __fdividef(1.f, 1.f + __expf(-x));
+    else return (A)1 / ((A)1 + m_exp(-x));
+}
 template <typename A> __device__ __forceinline__ A gelu_inner(A x) {
     return (A)SQRT_2_OVER_PI * (x + (A)GELU_CUBIC * x * x * x);
 }
 
-// op(x), as `unary_fn` in crates/engine/src/cpu/elementwise.rs.
-template <typename A> __device__ A unary_fn(int op, A x, A p0, A p1) {
+// op(x), as `unary_fn` in crates/engine/src/cpu/elementwise.rs (FAST: see `sigmoid`).
+template <typename A, bool FAST> __device__ __forceinline__ A unary_fn(int op, A x, A p0, A p1) {
     switch (op) {
     case U_NEG: return -x;
     case U_EXP: return m_exp(x);
@@ -49,11 +55,11 @@ template <typename A> __device__ A unary_fn(int op, A x, A p0, A p1) {
     case U_SIN: return m_sin(x);
     case U_COS: return m_cos(x);
     case U_TANH: return m_tanh(x);
-    case U_SIGMOID: return sigmoid(x);
+    case U_SIGMOID: return sigmoid<A, FAST>(x);
     case U_RELU: return m_max(x, (A)0);
-    case U_GELU_TANH: return x * sigmoid((A)2 * gelu_inner(x));
+    case U_GELU_TANH: return x * sigmoid<A, FAST>((A)2 * gelu_inner(x));
     case U_GELU_ERF: return (A)0.5 * x * ((A)1 + m_erf(x * (A)FRAC_1_SQRT_2));
-    case U_SILU: return x * sigmoid(x);
+    case U_SILU: return x * sigmoid<A, FAST>(x);
     case U_POWF: return m_pow(x, p0);
     case U_CLAMP: return m_min(m_max(x, p0), p1);
     default: return p0 * x + p1;  // U_AFFINE
@@ -61,7 +67,8 @@ template <typename A> __device__ A unary_fn(int op, A x, A p0, A p1) {
 }
 
 // op'(x), as `unary_derivative` on the CPU (PyTorch's values at the kinks).
-template <typename A> __device__ A unary_derivative(int op, A x, A p0, A p1) {
+template <typename A, bool FAST>
+__device__ __forceinline__ A unary_derivative(int op, A x, A p0, A p1) {
     switch (op) {
     case U_NEG: return (A)-1;
     case U_EXP: return m_exp(x);
@@ -74,10 +81,10 @@ template <typename A> __device__ A unary_derivative(int op, A x, A p0, A p1) {
     case U_SIN: return m_cos(x);
     case U_COS: return -m_sin(x);
     case U_TANH: { A t = m_tanh(x); return (A)1 - t * t; }
-    case U_SIGMOID: { A s = sigmoid(x); return s * ((A)1 - s); }
+    case U_SIGMOID: { A s = sigmoid<A, FAST>(x); return s * ((A)1 - s); }
     case U_RELU: return x > (A)0 ? (A)1 : (A)0;
     case U_GELU_TANH: {
-        A s = sigmoid((A)2 * gelu_inner(x));
+        A s = sigmoid<A, FAST>((A)2 * gelu_inner(x));
         A du = (A)SQRT_2_OVER_PI * ((A)1 + (A)(3.0 * GELU_CUBIC) * x * x);
         return s + (A)2 * x * s * ((A)1 - s) * du;
     }
@@ -85,12 +92,32 @@ template <typename A> __device__ A unary_derivative(int op, A x, A p0, A p1) {
         A cdf = (A)0.5 * ((A)1 + m_erf(x * (A)FRAC_1_SQRT_2));
         return cdf + x * m_exp((A)-0.5 * x * x) * (A)FRAC_1_SQRT_2PI;
     }
-    case U_SILU: { A s = sigmoid(x); return s * ((A)1 + x * ((A)1 - s)); }
+    case U_SILU: { A s = sigmoid<A, FAST>(x); return s * ((A)1 + x * ((A)1 - s)); }
     case U_POWF: return p0 * m_pow(x, p0 - (A)1);
     case U_CLAMP: return (x >= p0 && x <= p1) ? (A)1 : (A)0;
     default: return p0;  // U_AFFINE
     }
 }
+
+// Whether storage type T takes the FAST math of `sigmoid` (bf16, f16).
+template <typename T> constexpr bool low_precision = sizeof(T) == 2;
+
+// An op code known at compile time, converting to int.
+template <int K> struct OpCode {
+    __device__ constexpr operator int() const { return K; }
+};
+
+// Calls FN(code, args...) with the code as a compile-time `OpCode` for the activations
+// applied to whole activation tensors (GELU, SiLU), so that, unary_fn inlined, their
+// math is straight-line code the compiler interleaves across a pack (not a branch tree
+// per element); any other op passes the runtime code.
+#define WITH_OP_CODE(op, FN, ...)                                   \
+    switch (op) {                                                   \
+    case U_GELU_TANH: FN(OpCode<U_GELU_TANH>{}, __VA_ARGS__); break; \
+    case U_GELU_ERF: FN(OpCode<U_GELU_ERF>{}, __VA_ARGS__); break;   \
+    case U_SILU: FN(OpCode<U_SILU>{}, __VA_ARGS__); break;           \
+    default: FN(op, __VA_ARGS__);                                    \
+    }
 
 #define B_ADD 0
 #define B_SUB 1
@@ -170,7 +197,7 @@ __device__ __forceinline__ void offsets3(const View& a, const View& b, const Vie
     extern "C" __global__ void unary_##S(const T* x, View xv, T* out, u64 n, int op,       \
                                          double p0, double p1) {                           \
         typedef Acc<T>::type A;                                                              \
-        GRID_STRIDE(i, n) put(out + i, unary_fn<A>(op, load(x[offset_of(xv, i)]), (A)p0, (A)p1)); \
+        GRID_STRIDE(i, n) put(out + i, unary_fn<A, low_precision<T>>(op, load(x[offset_of(xv, i)]), (A)p0, (A)p1)); \
     }                                                                                        \
     extern "C" __global__ void unary_backward_##S(const T* x, View xv, const T* g, View gv, \
                                                   T* out, u64 n, int op, double p0,        \
@@ -179,7 +206,7 @@ __device__ __forceinline__ void offsets3(const View& a, const View& b, const Vie
         GRID_STRIDE(i, n) {                                                                  \
             u64 ox, og;                                                                      \
             offsets2(xv, gv, i, ox, og);                                                     \
-            put(out + i, load(g[og]) * unary_derivative<A>(op, load(x[ox]), (A)p0, (A)p1));  \
+            put(out + i, load(g[og]) * unary_derivative<A, low_precision<T>>(op, load(x[ox]), (A)p0, (A)p1));  \
         }                                                                                    \
     }                                                                                        \
     extern "C" __global__ void binary_##S(const T* a, View av, const T* b, View bv, T* out, \
@@ -227,21 +254,34 @@ template <typename T> __device__ __forceinline__ T stored(typename Acc<T>::type 
 
 // The same ops on contiguous, 16-byte aligned operands of the output's size (no
 // broadcast): vector loads and stores, no index arithmetic (`map*` in common.cuh).
+// Unary ops take their code as an int or an `OpCode` (`WITH_OP_CODE`).
+template <typename T, typename Code>
+__device__ __forceinline__ void unary_dense(Code code, const T* x, T* out, u64 n, double p0,
+                                            double p1) {
+    typedef typename Acc<T>::type A;
+    const A q0 = (A)p0, q1 = (A)p1;
+    map1(x, out, n, [=](T v) {
+        return stored<T>(unary_fn<A, low_precision<T>>(code, load(v), q0, q1));
+    });
+}
+template <typename T, typename Code>
+__device__ __forceinline__ void unary_backward_dense(Code code, const T* x, const T* g, T* out,
+                                                     u64 n, double p0, double p1) {
+    typedef typename Acc<T>::type A;
+    const A q0 = (A)p0, q1 = (A)p1;
+    map2(x, g, out, n, [=](T v, T gv) {
+        return stored<T>(load(gv) * unary_derivative<A, low_precision<T>>(code, load(v), q0, q1));
+    });
+}
 #define DENSE(S, T)                                                                       \
     extern "C" __global__ void unary_dense_##S(const T* x, T* out, u64 n, int op,         \
                                                double p0, double p1) {                    \
-        typedef Acc<T>::type A;                                                           \
-        A q0 = (A)p0, q1 = (A)p1;                                                         \
-        map1(x, out, n, [=](T v) { return stored<T>(unary_fn<A>(op, load(v), q0, q1)); }); \
+        WITH_OP_CODE(op, unary_dense<T>, x, out, n, p0, p1)                               \
     }                                                                                     \
     extern "C" __global__ void unary_backward_dense_##S(const T* x, const T* g, T* out,   \
                                                         u64 n, int op, double p0,         \
                                                         double p1) {                      \
-        typedef Acc<T>::type A;                                                           \
-        A q0 = (A)p0, q1 = (A)p1;                                                         \
-        map2(x, g, out, n, [=](T v, T gv) {                                               \
-            return stored<T>(load(gv) * unary_derivative<A>(op, load(v), q0, q1));       \
-        });                                                                               \
+        WITH_OP_CODE(op, unary_backward_dense<T>, x, g, out, n, p0, p1)                   \
     }                                                                                     \
     extern "C" __global__ void binary_dense_##S(const T* a, const T* b, T* out, u64 n,    \
                                                 int op) {                                 \
@@ -326,7 +366,7 @@ __device__ __forceinline__ void packs3(const T* x, const View& xv, const T* y, c
                                                 double p1) {                                \
         typedef Acc<T>::type A;                                                             \
         A q0 = (A)p0, q1 = (A)p1;                                                           \
-        auto f = [=](T v) { return stored<T>(unary_fn<A>(op, load(v), q0, q1)); };          \
+        auto f = [=](T v) { return stored<T>(unary_fn<A, low_precision<T>>(op, load(v), q0, q1)); };          \
         BY_INDEX(1, T, x, xv, out, packs, f);                                               \
     }                                                                                       \
     extern "C" __global__ void unary_backward_packed_##S(const T* x, View xv, const T* g,   \
@@ -336,7 +376,7 @@ __device__ __forceinline__ void packs3(const T* x, const View& xv, const T* y, c
         typedef Acc<T>::type A;                                                             \
         A q0 = (A)p0, q1 = (A)p1;                                                           \
         auto f = [=](T v, T gv) {                                                           \
-            return stored<T>(load(gv) * unary_derivative<A>(op, load(v), q0, q1));          \
+            return stored<T>(load(gv) * unary_derivative<A, low_precision<T>>(op, load(v), q0, q1));          \
         };                                                                                  \
         BY_INDEX(2, T, x, xv, g, gv, out, packs, f);                                        \
     }                                                                                       \
