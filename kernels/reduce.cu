@@ -34,28 +34,32 @@
 
 FOR_FLOATS(REDUCE)
 
-// `op` over the middle dim of a contiguous [outer, rows, cols] input: reduced dims that
-// form one block of dims, not trailing (a bias gradient is [rows, cols] → [cols], with
-// outer = 1). Block (32, 8): x over 32 adjacent columns (coalesced reads), y over rows;
+// `op` over the middle dim of a contiguous [outer, rows, cols] input x, or of x·y when y
+// (of the same shape) is not null: reduced dims that form one block of dims, not
+// trailing (a bias gradient is [rows, cols] → [cols], with outer = 1; the gradient of a
+// broadcast factor is the sum of a product, which then never reaches memory). Block (32, 8): x over 32 adjacent columns (coalesced reads), y over rows;
 // blockIdx.y takes rows [y·per, (y+1)·per), blockIdx.z (grid-stride) the outer index.
 // Each block leaves its partial in part[p][y][c] (accumulation type), and
 // reduce_middle_finish combines a column's partials in order. The split depends only
 // on the shape, so results are identical run to run.
 #define REDUCE_MIDDLE(S, T)                                                               \
-    extern "C" __global__ void reduce_middle_##S(const T* x, Acc<T>::type* part,          \
-                                                 u64 outer, u64 rows, u64 cols, u64 per,  \
-                                                 int op) {                                \
+    extern "C" __global__ void reduce_middle_##S(const T* x, const T* y,                  \
+                                                 Acc<T>::type* part, u64 outer, u64 rows, \
+                                                 u64 cols, u64 per, int op) {             \
         typedef Acc<T>::type A;                                                           \
         __shared__ A partial[8][33];                                                      \
         const u64 c = (u64)blockIdx.x * 32 + threadIdx.x;                                 \
         const u64 r0 = (u64)blockIdx.y * per;                                             \
         const u64 r1 = r0 + per < rows ? r0 + per : rows;                                 \
         for (u64 p = blockIdx.z; p < outer; p += gridDim.z) {                             \
-            const T* xp = x + p * rows * cols;                                            \
+            const u64 base = p * rows * cols;                                             \
             A acc = red_identity<A>(op);                                                  \
             if (c < cols)                                                                 \
-                for (u64 r = r0 + threadIdx.y; r < r1; r += 8)                            \
-                    acc = red_combine(op, acc, (A)load(xp[r * cols + c]));                \
+                for (u64 r = r0 + threadIdx.y; r < r1; r += 8) {                          \
+                    const u64 i = base + r * cols + c;                                    \
+                    const A v = (A)load(x[i]) * (y ? (A)load(y[i]) : (A)1);              \
+                    acc = red_combine(op, acc, v);                                        \
+                }                                                                         \
             partial[threadIdx.y][threadIdx.x] = acc;                                      \
             __syncthreads();                                                              \
             if (threadIdx.y == 0 && c < cols) {                                           \

@@ -281,6 +281,42 @@ fn strided_pack_paths_and_their_fallbacks() {
     }
 }
 
+/// Σ of a product over dims: fused into the middle-dim reduction for contiguous factors
+/// reduced over leading or middle dims, the product then a reduction otherwise (trailing
+/// dims, a broadcast or a transposed factor).
+#[test]
+fn sum_products() {
+    for dt in FLOATS {
+        let tol = tolerance(dt);
+        let inputs = [randn(50, &[4, 37, 40], dt), randn(51, &[4, 37, 40], dt)];
+        for dims in [&[1][..], &[0], &[0, 1], &[2], &[1, 2]] {
+            check(
+                &format!("sum_product {dt} over {dims:?}"),
+                &inputs,
+                tol,
+                |t| {
+                    t[0].sum_product(
+                        &t[1],
+                        &dims.iter().map(|&d| d as isize).collect::<Vec<_>>(),
+                        false,
+                    )
+                },
+            );
+        }
+        let column = randn(52, &[4, 37, 1], dt);
+        check(
+            &format!("sum_product {dt} broadcast"),
+            &[inputs[0].clone(), column],
+            tol,
+            |t| t[0].sum_product(&t[1], &[1], true),
+        );
+        let square = [randn(53, &[3, 40, 40], dt), randn(54, &[3, 40, 40], dt)];
+        check(&format!("sum_product {dt} transposed"), &square, tol, |t| {
+            t[0].transpose(1, 2)?.sum_product(&t[1], &[1], false)
+        });
+    }
+}
+
 /// Reductions over the trailing dims of contiguous inputs (`reduce_last_*`): a warp per
 /// row below 1024 elements, a block per row above; rows starting at any alignment.
 #[test]

@@ -377,6 +377,19 @@ proptest! {
         check_reduction(&r, r.arg.tensor(any_real), |x, d, k| x.sum(d, k))?;
     }
 
+    // The second factor has the first's shape with the dims of `ones` broadcast (size 1).
+    #[test]
+    fn gradcheck_sum_product(r in reduction(), view in view(), ones in any::<u8>()) {
+        let shape = (r.arg.shape.iter().enumerate())
+            .map(|(d, &n)| if ones >> d & 1 == 1 { 1 } else { n })
+            .collect();
+        let other = Arg { shape, view, seed: r.arg.seed.wrapping_add(1) };
+        check(
+            |x| r.arg.view(&x[0])?.sum_product(&other.view(&x[1])?, &r.dims, r.keepdim),
+            &[r.arg.tensor(any_real), other.tensor(any_real)],
+        )?;
+    }
+
     #[test]
     fn gradcheck_mean(r in reduction()) {
         check_reduction(&r, r.arg.tensor(any_real), |x, d, k| x.mean(d, k))?;

@@ -191,6 +191,19 @@ pub trait BackendStorage: Sized {
     /// `op` over the sorted `dims`; the result has the keep-dim shape.
     fn reduce(&self, layout: &Layout, dims: &[usize], op: ReduceOp) -> Result<Self>;
 
+    /// Σ over the sorted `dims` of `self · other` (two views of the same shape), in the
+    /// keep-dim shape: the gradient of a broadcast factor. By default the product, then
+    /// its sum; a backend may fuse the two so the product never reaches memory.
+    fn sum_product(
+        &self,
+        layout: &Layout,
+        other: (&Self, &Layout),
+        dims: &[usize],
+    ) -> Result<Self> {
+        let product = self.binary(layout, other.0, other.1, BinaryOp::Mul)?;
+        product.reduce(&Layout::contiguous(layout.shape()), dims, ReduceOp::Sum)
+    }
+
     /// Batched matrix product of `[..., m, k]` and `[..., k, n]` views with equal batch
     /// dims (broadcast batch dims arrive with stride 0), plus `bias` (a view broadcast
     /// to the output's shape) when given: the bias is added by the product itself, not

@@ -249,6 +249,16 @@ impl BackendStorage for Storage {
         each_backend!(self, |s: B| Ok(s.reduce(l, dims, op)?.wrap()))
     }
 
+    fn sum_product(&self, l: &Layout, other: (&Self, &Layout), dims: &[usize]) -> Result<Self> {
+        let _profiled = profile::scope("sum_product", || {
+            (self.dtype(), l.elem_count(), self.device())
+        });
+        let (dev, name) = (self.device(), "sum_product");
+        each_backend!(self, |s: B| Ok(s
+            .sum_product(l, view::<B>(name, dev, other)?, dims)?
+            .wrap()))
+    }
+
     fn matmul(
         &self,
         l: &Layout,

@@ -299,6 +299,11 @@ impl BackendStorage for CudaStorage {
         rows::reduce(self, l, dims, op)
     }
 
+    fn sum_product(&self, l: &Layout, other: (&Self, &Layout), dims: &[usize]) -> Result<Self> {
+        same_dtype("sum_product", &[self, other.0])?;
+        rows::sum_product(self, l, other, dims)
+    }
+
     fn matmul(
         &self,
         l: &Layout,

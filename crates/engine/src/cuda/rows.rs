@@ -4,7 +4,7 @@
 
 use super::launch::{args, launch, per_element, per_row, per_warp, View};
 use super::{acc_dtype, float_only, suffix, CudaStorage};
-use crate::backend::{NormSpec, ReduceOp};
+use crate::backend::{BinaryOp, NormSpec, ReduceOp};
 use crate::cpu::CpuStorage;
 use crate::error::Result;
 use crate::layout::Layout;
@@ -56,10 +56,8 @@ pub(crate) fn reduce(
     if trailing && l.is_contiguous() {
         return reduce_last(x, l, (n_out, n_red), code);
     }
-    let block = !dims.is_empty() && (0..dims.len()).all(|i| dims[i] == dims[0] + i);
-    if block && l.is_contiguous() {
-        let outer = shape[..dims[0]].iter().product();
-        return reduce_middle(x, l, (outer, n_red, n_out / outer), code);
+    if let Some(block) = middle_block(shape, dims).filter(|_| l.is_contiguous()) {
+        return reduce_middle((x, l), None, block, code);
     }
     let ([kv], [rv]) = (
         View::merged("reduce", [&kl])?,
@@ -83,6 +81,49 @@ pub(crate) fn reduce(
     Ok(out)
 }
 
+/// (outer, rows, cols) of a shape whose sorted `dims` are one block of dims: the shape
+/// seen as `[outer, rows, cols]` with the block as the middle dim.
+fn middle_block(shape: &[usize], dims: &[usize]) -> Option<(usize, usize, usize)> {
+    let (first, last) = (*dims.first()?, *dims.last()?);
+    (last - first + 1 == dims.len()).then(|| {
+        let size = |ds: &[usize]| ds.iter().product();
+        (
+            size(&shape[..first]),
+            size(&shape[first..=last]),
+            size(&shape[last + 1..]),
+        )
+    })
+}
+
+/// Σ over the sorted `dims` of x·y (views of one shape), keep-dim: fused into the
+/// middle-dim reduction when both are contiguous and `dims` are one block of leading or
+/// middle dims (the gradients of adaLN's broadcast shifts, scales and gates), so the
+/// product never reaches memory; otherwise the product, then its sum.
+pub(crate) fn sum_product(
+    x: &CudaStorage,
+    l: &Layout,
+    (y, yl): (&CudaStorage, &Layout),
+    dims: &[usize],
+) -> Result<CudaStorage> {
+    float_only("sum_product", x.dtype)?;
+    let trailing = dims.last() == Some(&(l.rank().max(1) - 1));
+    let fused = (l.elem_count() > 0 && !trailing && l.is_contiguous() && yl.is_contiguous())
+        .then(|| middle_block(l.shape(), dims))
+        .flatten();
+    match fused {
+        Some(block) => reduce_middle((x, l), Some((y, yl)), block, 0),
+        None => {
+            let product = super::elementwise::binary(x, l, y, yl, BinaryOp::Mul)?;
+            reduce(
+                &product,
+                &Layout::contiguous(l.shape()),
+                dims,
+                ReduceOp::Sum,
+            )
+        }
+    }
+}
+
 /// Op `code` over contiguous rows of `d` elements (a contiguous input reduced over its
 /// trailing dims): vector loads, a warp or a block per row (`reduce_last_*`).
 fn reduce_last(
@@ -103,11 +144,12 @@ fn reduce_last(
 }
 
 /// Op `code` over the middle dim of a contiguous `[outer, rows, cols]` view (the reduced
-/// dims are one block, not trailing: bias gradients, broadcast gradients): column
+/// dims are one block, not trailing: bias gradients, broadcast gradients) of x, or of
+/// x·y elementwise when `y` (a contiguous view of the same shape) is given: column
 /// partials over stretches of rows, then one combine per output (`reduce_middle_*`).
 fn reduce_middle(
-    x: &CudaStorage,
-    l: &Layout,
+    (x, l): (&CudaStorage, &Layout),
+    y: Option<(&CudaStorage, &Layout)>,
     (outer, rows, cols): (usize, usize, usize),
     code: i32,
 ) -> Result<CudaStorage> {
@@ -122,6 +164,7 @@ fn reduce_middle(
     let name = format!("reduce_middle_{}", suffix(x.dtype));
     let a = args![
         x.ptr_at(l.offset()),
+        y.map_or(0, |(y, yl)| y.ptr_at(yl.offset())),
         part.ptr(),
         outer,
         rows,

@@ -27,8 +27,8 @@ impl Tensor {
         Ok(Tensor::from_op(OP, s, &shape, &[self, a, b], |v, _, g| {
             let (x, a, b) = (&v[0], &v[1], &v[2]);
             let gx = x.requires_grad().then(|| g.sum_to_shape(x.shape()));
-            let ga = a.requires_grad().then(|| g.mul(b)?.sum_to_shape(a.shape()));
-            let gb = b.requires_grad().then(|| g.mul(a)?.sum_to_shape(b.shape()));
+            let ga = a.requires_grad().then(|| g.mul_sum_to_shape(b, a.shape()));
+            let gb = b.requires_grad().then(|| g.mul_sum_to_shape(a, b.shape()));
             Ok(vec![gx.transpose()?, ga.transpose()?, gb.transpose()?])
         }))
     }

@@ -22,6 +22,7 @@ mod view;
 pub use attention::scaled_dot_product_attention;
 
 use crate::error::{Error, Result};
+use crate::layout::broadcast_shapes;
 use crate::Tensor;
 
 /// Refuses operands of different dtypes or devices, naming the op.
@@ -59,11 +60,28 @@ impl Tensor {
         if self.shape() == shape {
             return Ok(self.clone());
         }
-        let lead = self.rank() - shape.len();
-        let dims: Vec<isize> = (0..self.rank())
-            .filter(|&d| d < lead || (shape[d - lead] == 1 && self.shape()[d] != 1))
-            .map(|d| d as isize)
-            .collect();
-        self.sum_keepdim(&dims)?.reshape(shape)
+        self.sum_keepdim(&summed_dims(self.shape(), shape))?
+            .reshape(shape)
     }
+
+    /// `self · other` summed to `shape` as [`Tensor::sum_to_shape`] does, in one fused
+    /// step where the backend can (the gradient of a broadcast factor).
+    pub(crate) fn mul_sum_to_shape(&self, other: &Tensor, shape: &[usize]) -> Result<Tensor> {
+        let full = broadcast_shapes("mul", self.shape(), other.shape())?;
+        if full == shape {
+            return self.mul(other);
+        }
+        self.sum_product_keepdim(other, &summed_dims(&full, shape))?
+            .reshape(shape)
+    }
+}
+
+/// The dims of `from` that summing back to `to` (which `from` was broadcast from)
+/// reduces: the leading ones `to` lacks and those where `to` has size 1.
+fn summed_dims(from: &[usize], to: &[usize]) -> Vec<isize> {
+    let lead = from.len() - to.len();
+    (0..from.len())
+        .filter(|&d| d < lead || (to[d - lead] == 1 && from[d] != 1))
+        .map(|d| d as isize)
+        .collect()
 }

@@ -1,11 +1,11 @@
 //! Reductions over any dims: sum, max and min are primitives; mean, var and logsumexp
 //! are built from them.
 
-use super::check_float;
+use super::{check_float, check_same};
 use crate::autocast::widened;
 use crate::backend::{BackendStorage, ReduceOp};
 use crate::error::{Error, Result};
-use crate::layout::normalize_dims;
+use crate::layout::{broadcast_shapes, normalize_dims};
 use crate::Tensor;
 
 impl Tensor {
@@ -59,6 +59,57 @@ impl Tensor {
             return x[0].sum_keepdim(dims);
         }
         self.reduce_keepdim("sum", dims, ReduceOp::Sum)
+    }
+
+    /// Σ over `dims` of `self · other` (broadcast together): a dot product along `dims`,
+    /// computed without the product in memory where the backend fuses the two (the
+    /// CUDA backend does for contiguous operands reduced over leading or middle dims).
+    /// In f32 inside an autocast scope, as `sum`.
+    pub fn sum_product(&self, other: &Tensor, dims: &[isize], keepdim: bool) -> Result<Tensor> {
+        let summed = self.sum_product_keepdim(other, dims)?;
+        if keepdim {
+            return Ok(summed);
+        }
+        let dims = normalize_dims("sum_product", dims, summed.shape())?;
+        let shape: Vec<usize> = (0..summed.rank())
+            .filter(|d| !dims.contains(d))
+            .map(|d| summed.shape()[d])
+            .collect();
+        summed.reshape(&shape)
+    }
+
+    /// [`Tensor::sum_product`] keeping the reduced dims.
+    pub(crate) fn sum_product_keepdim(&self, other: &Tensor, dims: &[isize]) -> Result<Tensor> {
+        const OP: &str = "sum_product";
+        if let Some(x) = widened(&[self, other])? {
+            return x[0].sum_product_keepdim(&x[1], dims);
+        }
+        check_float(OP, self)?;
+        check_same(OP, &[self, other])?;
+        let shape = broadcast_shapes(OP, self.shape(), other.shape())?;
+        let (la, lb) = (
+            self.layout().broadcast_to(OP, &shape)?,
+            other.layout().broadcast_to(OP, &shape)?,
+        );
+        let dims = normalize_dims(OP, dims, &shape)?;
+        let mut summed = shape.clone();
+        dims.iter().for_each(|&d| summed[d] = 1);
+        let s = self
+            .storage()
+            .sum_product(&la, (&other.storage(), &lb), &dims)?;
+        Ok(Tensor::from_op(
+            OP,
+            s,
+            &summed,
+            &[self, other],
+            move |v, _, g| {
+                let (a, b) = (&v[0], &v[1]);
+                let g = g.broadcast_to(&shape)?;
+                let ga = a.requires_grad().then(|| g.mul_sum_to_shape(b, a.shape()));
+                let gb = b.requires_grad().then(|| g.mul_sum_to_shape(a, b.shape()));
+                Ok(vec![ga.transpose()?, gb.transpose()?])
+            },
+        ))
     }
 
     /// Σ over `dims`.
