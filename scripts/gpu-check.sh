@@ -33,6 +33,7 @@ export LD_LIBRARY_PATH
 {
     echo "# GPU check $(date -u +%FT%TZ)"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+    "$PYTHON" -c 'import torch; print("torch", torch.__version__)' 2>/dev/null || echo "no torch"
     echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
     # Linear layers use cuBLASLt's bias epilogue when this library loads.
     for d in "${libs[@]}"; do ls "$d"/libcublasLt.so* 2>/dev/null; done | head -n1 \
