@@ -22,7 +22,8 @@ pub(super) fn broadcast_pair(
 }
 
 /// The gradients of `out = a op b` for the operands flagged in `need`, at the broadcast
-/// shape. Pieces both gradients use (g/b, the max/min mask) are computed once.
+/// shape (`mul`'s already summed to each operand's own). Pieces both gradients use
+/// (g/b, the max/min mask) are computed once.
 fn binary_grads(
     op: BinaryOp,
     (a, b, out, g): (&Tensor, &Tensor, &Tensor, &Tensor),
@@ -35,7 +36,11 @@ fn binary_grads(
             when(need_b, &|| Ok(g.clone()))?,
         )),
         BinaryOp::Sub => Ok((when(need_a, &|| Ok(g.clone()))?, when(need_b, &|| g.neg())?)),
-        BinaryOp::Mul => Ok((when(need_a, &|| g.mul(b))?, when(need_b, &|| g.mul(a))?)),
+        // Summed to a broadcast factor's shape in the same step (`sum_product`).
+        BinaryOp::Mul => Ok((
+            when(need_a, &|| g.mul_sum_to_shape(b, a.shape()))?,
+            when(need_b, &|| g.mul_sum_to_shape(a, b.shape()))?,
+        )),
         BinaryOp::Div => {
             let g_over_b = g.div(b)?;
             let gb = when(need_b, &|| g_over_b.mul(out)?.neg())?;
