@@ -39,19 +39,6 @@ impl Tensor {
         ))
     }
 
-    /// Drops the reduced dims from a keep-dim result unless `keepdim`.
-    fn finish_reduce(&self, reduced: Tensor, dims: &[isize], keepdim: bool) -> Result<Tensor> {
-        if keepdim {
-            return Ok(reduced);
-        }
-        let dims = normalize_dims("reduce", dims, self.shape())?;
-        let shape: Vec<usize> = (0..self.rank())
-            .filter(|d| !dims.contains(d))
-            .map(|d| self.shape()[d])
-            .collect();
-        reduced.reshape(&shape)
-    }
-
     /// Σ over `dims`, keeping them; in f32 inside an autocast scope (so are the mean and
     /// variance built on it).
     pub(crate) fn sum_keepdim(&self, dims: &[isize]) -> Result<Tensor> {
@@ -66,16 +53,7 @@ impl Tensor {
     /// CUDA backend does for contiguous operands reduced over leading or middle dims).
     /// In f32 inside an autocast scope, as `sum`.
     pub fn sum_product(&self, other: &Tensor, dims: &[isize], keepdim: bool) -> Result<Tensor> {
-        let summed = self.sum_product_keepdim(other, dims)?;
-        if keepdim {
-            return Ok(summed);
-        }
-        let dims = normalize_dims("sum_product", dims, summed.shape())?;
-        let shape: Vec<usize> = (0..summed.rank())
-            .filter(|d| !dims.contains(d))
-            .map(|d| summed.shape()[d])
-            .collect();
-        summed.reshape(&shape)
+        finish_reduce(self.sum_product_keepdim(other, dims)?, dims, keepdim)
     }
 
     /// [`Tensor::sum_product`] keeping the reduced dims.
@@ -114,7 +92,7 @@ impl Tensor {
 
     /// Σ over `dims`.
     pub fn sum(&self, dims: &[isize], keepdim: bool) -> Result<Tensor> {
-        self.finish_reduce(self.sum_keepdim(dims)?, dims, keepdim)
+        finish_reduce(self.sum_keepdim(dims)?, dims, keepdim)
     }
 
     /// Σ of every element (rank-0 result).
@@ -125,13 +103,13 @@ impl Tensor {
     /// Maximum over `dims`.
     pub fn max(&self, dims: &[isize], keepdim: bool) -> Result<Tensor> {
         let r = self.reduce_keepdim("max", dims, ReduceOp::Max)?;
-        self.finish_reduce(r, dims, keepdim)
+        finish_reduce(r, dims, keepdim)
     }
 
     /// Minimum over `dims`.
     pub fn min(&self, dims: &[isize], keepdim: bool) -> Result<Tensor> {
         let r = self.reduce_keepdim("min", dims, ReduceOp::Min)?;
-        self.finish_reduce(r, dims, keepdim)
+        finish_reduce(r, dims, keepdim)
     }
 
     /// Number of elements the reduction over `dims` combines.
@@ -177,10 +155,24 @@ impl Tensor {
             .sum_keepdim(dims)?
             .log()?
             .add(&shift)?;
-        self.finish_reduce(lse, dims, keepdim)
+        finish_reduce(lse, dims, keepdim)
     }
 }
 
 fn all_dims(t: &Tensor) -> Vec<isize> {
     (0..t.rank() as isize).collect()
+}
+
+/// Drops the reduced dims from a keep-dim result unless `keepdim` (the kept dims have
+/// the input's sizes, the reduced ones size 1).
+fn finish_reduce(reduced: Tensor, dims: &[isize], keepdim: bool) -> Result<Tensor> {
+    if keepdim {
+        return Ok(reduced);
+    }
+    let dims = normalize_dims("reduce", dims, reduced.shape())?;
+    let shape: Vec<usize> = (0..reduced.rank())
+        .filter(|d| !dims.contains(d))
+        .map(|d| reduced.shape()[d])
+        .collect();
+    reduced.reshape(&shape)
 }
