@@ -211,6 +211,7 @@ fn draws_with(seed: u64, uncond: Option<Unconditional>, time: Option<&TimeDistri
             .map(|&j| LABELS[j as usize])
             .collect(),
         Unconditional::Null(k) => vec![k; B],
+        Unconditional::NullClass => unreachable!("resolved before use"),
     });
     let z2 = f(&mut g, &[B, D], true);
     let t2 = f(&mut g, &[B], false);
@@ -327,8 +328,8 @@ fn check_twinflow_full(time: Option<TimeDistribution>) {
         &f,
         &rcgm_ref(&ema, 2, 0.01, &xt, &d.t, &d.tt, &vg, &f, &LABELS).0,
     );
-    // L_real with the plain v.
-    let real = mse(&fwd(&online, &xt, &d.t, &d.t, &LABELS), &v);
+    // L_real with the guided v, as the reference's tutorial.
+    let real = mse(&fwd(&online, &xt, &d.t, &d.t, &LABELS), &vg);
     // One-step fakes and the fake trajectory at −t.
     let (ones, zeros) = ([1.0; B], [0.0; B]);
     let f1 = fwd(&online, &d.z, &ones, &zeros, &LABELS);
@@ -347,10 +348,10 @@ fn check_twinflow_full(time: Option<TimeDistribution>) {
         &fwd(&online, &y, &d.t2, &d.t2, &LABELS),
     );
     let rect = mse(&f1, &sub(&f1, &dv));
-    // Consistency of the one-step map: RCGM target at (z, 1, 0), plain v, θ⁻.
+    // Consistency of the one-step map: RCGM target at (z, 1, 0) from the guided v, θ⁻.
     let cons = mse(
         &f1,
-        &rcgm_ref(&ema, 2, 0.01, &d.z, &ones, &zeros, &v, &f1, &LABELS).0,
+        &rcgm_ref(&ema, 2, 0.01, &d.z, &ones, &zeros, &vg, &f1, &LABELS).0,
     );
     let expected = [
         ("base", base),
@@ -635,7 +636,8 @@ fn barron_loss_matches_its_formula() {
     let (pv, qv) = (p.to_vec_f64().unwrap(), q.to_vec_f64().unwrap());
     for r in 0..B {
         let m = mse(&pv[r * D..(r + 1) * D], &qv[r * D..(r + 1) * D]);
-        let w = (m / (c * c * f64::abs(alpha - 2.0)) + 1.0).powf((alpha - 2.0) / 2.0);
+        // The reference divides by c² + 10⁻⁸, not c².
+        let w = (m / ((c * c + 1e-8) * f64::abs(alpha - 2.0)) + 1.0).powf((alpha - 2.0) / 2.0);
         close(got[r], m * w / c, "barron");
     }
     let l2 = LossFn::L2.per_sample(&p, &q).unwrap().to_vec_f64().unwrap();
@@ -679,40 +681,61 @@ fn split_method(split: SplitConfig, order: usize) -> TwinFlow {
         },
         recipe: Recipe::Split,
         split,
+        ..TwinFlowConfig::default()
     })
     .unwrap()
 }
 
-fn split_run(method: &TwinFlow, online: &MlpVelocity, ema: &MlpVelocity, seed: u64) -> StepLoss {
+fn split_run_ctx(
+    method: &TwinFlow,
+    online: &MlpVelocity,
+    ema: &MlpVelocity,
+    seed: u64,
+    ema_frozen: bool,
+) -> StepLoss {
     let x = Generator::new(77).randn(&[8, D], F64, CPU).unwrap();
     let labels = Tensor::from_vec(SPLIT_LABELS.to_vec(), &[8], CPU).unwrap();
     let mut rng = Generator::new(seed);
-    let mut ctx = StepContext::new(online, ema, &mut rng);
+    let mut ctx = StepContext::new(online, ema, &mut rng).with_frozen_ema(ema_frozen);
     FlowMethod::<MlpVelocity>::loss(method, &mut ctx, &Batch::new(x, labels)).unwrap()
 }
 
-#[test]
-fn split_recipe_matches_hand_computation() {
-    check_split(None);
+/// The per-sample loss ℓ of one sample by hand: mse, or Barron's reweighting of it with
+/// the reference's `c² + 10⁻⁸`.
+fn ell(loss: LossFn, a: &[f64], b: &[f64]) -> f64 {
+    let m = mse(a, b);
+    match loss {
+        LossFn::L2 => m,
+        LossFn::Barron { alpha, c } => {
+            let w = (m / ((c * c + 1e-8) * (alpha - 2.0).abs()) + 1.0).powf((alpha - 2.0) / 2.0);
+            m * w / c
+        }
+    }
 }
 
-fn check_split(time: Option<TimeDistribution>) {
-    let (online, ema) = (mlp(1), mlp(2));
-    let split = SplitConfig::default();
-    assert_eq!(split.group_sizes(8), [2, 2, 2, 2]);
-    let mut method = split_method(split, 2);
-    if let Some(time) = time {
-        method = method.with_time(time).unwrap();
-    }
-    let out = split_run(&method, &online, &ema, 13);
-
+/// The `split` terms `(base, rect)` by hand for a batch of 8, following the draw order
+/// documented on `TwinFlow`; `consistency` builds the RCGM target.
+fn split_by_hand(
+    cfg: &TwinFlowConfig,
+    time: Option<&TimeDistribution>,
+    online: &MlpVelocity,
+    ema: &MlpVelocity,
+    consistency: &MlpVelocity,
+    seed: u64,
+) -> (f64, f64) {
     let n = 8;
+    let split = cfg.split_in_force();
+    let [ne, nm, na, nv] = split.group_sizes(n);
+    let nn = ne + nm + na;
+    let r = split.consistency_ratio;
+    let base = cfg.base;
+    let rect_on = cfg.adversarial && cfg.rectify && ne > 0 && split.ratios[3] > 0.0 && r == 1.0;
     let x = Generator::new(77)
         .randn(&[n, D], F64, CPU)
         .unwrap()
         .to_vec_f64()
         .unwrap();
-    let mut g = Generator::new(13);
+    let mut g = Generator::new(seed);
     let draw = |g: &mut Generator, shape: &[usize], normal: bool| {
         let t = if normal {
             g.randn(shape, F64, CPU)
@@ -722,115 +745,248 @@ fn check_split(time: Option<TimeDistribution>) {
         t.unwrap().to_vec_f64().unwrap()
     };
     let z = draw(&mut g, &[n, D], true);
-    let t0 = draw_times(&mut g, n, time.as_ref());
+    let t0 = draw_times(&mut g, n, time);
     let u = draw(&mut g, &[n], false);
-    let z_adv = draw(&mut g, &[2, D], true);
-    let perm = g.permutation(6);
-    let z_r = draw(&mut g, &[2, D], true);
-    let t_r = draw(&mut g, &[2], false);
+    let z_adv = (nv > 0).then(|| draw(&mut g, &[nv, D], true));
+    let c_na = &SPLIT_LABELS[..nn];
+    let c_u: Option<Vec<i64>> = (nn > 0 && base.guidance != 0.0).then(|| match base.uncond {
+        Unconditional::Shuffle => g
+            .permutation(nn)
+            .iter()
+            .map(|&j| c_na[j as usize])
+            .collect(),
+        Unconditional::Null(k) => vec![k; nn],
+        Unconditional::NullClass => unreachable!("resolved by the trainer"),
+    });
+    let rect_draws = rect_on.then(|| (draw(&mut g, &[ne, D], true), draw(&mut g, &[ne], false)));
 
-    let mut t = vec![1.0, 1.0];
-    let mut tt = vec![0.0, 0.0];
-    for i in 2..4 {
-        t.push(t0[i]);
-        tt.push(t0[i] - u[i] * t0[i] * 0.05);
+    let (mut t, mut tt) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let (ti, tti) = if i < ne {
+            (1.0, 0.0)
+        } else if i < ne + nm {
+            (t0[i], t0[i] - u[i] * t0[i] * r.min(0.05))
+        } else if i < nn {
+            (t0[i], t0[i] - u[i] * t0[i] * r)
+        } else {
+            (-t0[i], -t0[i])
+        };
+        t.push(ti);
+        tt.push(tti);
     }
-    for i in 4..6 {
-        t.push(t0[i]);
-        tt.push(t0[i] - u[i] * t0[i]);
+    let mut x_data = x[..nn * D].to_vec();
+    if let Some(z_adv) = &z_adv {
+        let fake = fwd(
+            online,
+            z_adv,
+            &vec![1.0; nv],
+            &vec![0.0; nv],
+            &SPLIT_LABELS[nn..],
+        );
+        x_data.extend(sub(z_adv, &fake));
     }
-    for &ti in &t0[6..8] {
-        t.push(-ti);
-        tt.push(-ti);
-    }
-    let c_adv = &SPLIT_LABELS[6..];
-    let fake_f = fwd(&online, &z_adv, &[1.0; 2], &[0.0; 2], c_adv);
-    let x_fake = sub(&z_adv, &fake_f);
-    let x_data: Vec<f64> = x[..6 * D].iter().chain(&x_fake).copied().collect();
     let t_abs: Vec<f64> = t.iter().map(|v| v.abs()).collect();
     let x_t = lerp(&x_data, &z, &t_abs);
     let v = sub(&z, &x_data);
-    let f = fwd(&online, &x_t, &t, &tt, &SPLIT_LABELS);
+    let f = fwd(online, &x_t, &t, &tt, &SPLIT_LABELS);
 
-    let m = 6 * D;
-    let c_na = &SPLIT_LABELS[..6];
-    let c_u: Vec<i64> = perm.iter().map(|&j| c_na[j as usize]).collect();
-    let cond = fwd(&ema, &x_t[..m], &t[..6], &t[..6], c_na);
-    let free = fwd(&ema, &x_t[..m], &t[..6], &t[..6], &c_u);
-    let v_na: Vec<f64> = (0..m)
-        .map(|i| {
-            let inside = t[i / D] > 0.0 && t[i / D] < 1.0;
-            v[i] + if inside {
-                0.5 * (cond[i] - free[i])
-            } else {
-                0.0
+    let m = nn * D;
+    let mut v_na = v[..m].to_vec();
+    if let Some(c_u) = &c_u {
+        let cond = fwd(ema, &x_t[..m], &t[..nn], &t[..nn], c_na);
+        let free = fwd(ema, &x_t[..m], &t[..nn], &t[..nn], c_u);
+        let [lo, hi] = split.enhanced_range;
+        for i in 0..m {
+            let ti = t[i / D];
+            if lo < ti && ti < hi {
+                v_na[i] += base.guidance * (cond[i] - free[i]);
             }
-        })
-        .collect();
-    let (target_na, _) = rcgm_ref(
-        &ema,
-        2,
-        0.01,
-        &x_t[..m],
-        &t[..6],
-        &tt[..6],
-        &v_na,
-        &f[..m],
-        c_na,
-    );
+        }
+    }
+    let jumps = ne + na > 0 && r != 0.0;
+    let target_na = if base.order > 0 && jumps && nn > 0 {
+        let (xt_na, t_na, tt_na) = (&x_t[..m], &t[..nn], &tt[..nn]);
+        rcgm_ref(
+            consistency,
+            base.order,
+            base.delta,
+            xt_na,
+            t_na,
+            tt_na,
+            &v_na,
+            &f[..m],
+            c_na,
+        )
+        .0
+    } else {
+        v_na
+    };
     let target: Vec<f64> = target_na.iter().chain(&v[m..]).copied().collect();
-    let mut main = 0.0;
-    for r in 0..n {
-        let w = if r >= 6 {
+    let (mut sum, mut count) = (0.0, 0);
+    for i in 0..n {
+        let (is_mul, is_adv) = (i >= ne && i < ne + nm, i >= nn);
+        if base.order == 0 && !is_mul && !is_adv {
+            continue;
+        }
+        let w = if is_adv || !split.time_weighting {
             1.0
         } else {
-            ((1.0 - (t[r].abs() - tt[r].abs())) * std::f64::consts::PI / 2.5).tan() + 1.0
+            ((1.0 - (t[i].abs() - tt[i].abs())) * std::f64::consts::PI / 2.5).tan() + 1.0
         };
-        main += w * mse(&f[r * D..(r + 1) * D], &target[r * D..(r + 1) * D]);
+        sum += w * ell(
+            base.loss,
+            &f[i * D..(i + 1) * D],
+            &target[i * D..(i + 1) * D],
+        );
+        count += 1;
     }
-    main /= n as f64;
-    // Rectification on e2e at sg(x̂) = x_t − F (|t| = 1), Δv clamped, λ = 0.5.
-    let x_hat = sub(&x_t[..2 * D], &f[..2 * D]);
-    let y = lerp(&x_hat, &z_r, &t_r);
-    let neg: Vec<f64> = t_r.iter().map(|t| -t).collect();
-    let dv: Vec<f64> = sub(
-        &fwd(&online, &y, &neg, &neg, &SPLIT_LABELS[..2]),
-        &fwd(&online, &y, &t_r, &t_r, &SPLIT_LABELS[..2]),
-    )
-    .iter()
-    .map(|d| d.clamp(-1.0, 1.0))
-    .collect();
-    let rect = 0.5 * dv.iter().map(|d| d * d).sum::<f64>() / (2 * D) as f64;
-    close(out.term("base").unwrap(), main, "split base");
-    close(out.term("rect").unwrap(), rect, "split rect");
-    close(out.value().unwrap(), main + rect, "split total");
+    let main = if count == 0 { 0.0 } else { sum / count as f64 };
+    // Rectification on e2e at sg(x̂) = x_t − F (|t| = 1), Δv clamped, λ·mean ℓ(F, F − Δv).
+    let rect = match rect_draws {
+        None => 0.0,
+        Some((z_r, t_r)) => {
+            let x_hat = sub(&x_t[..ne * D], &f[..ne * D]);
+            let y = lerp(&x_hat, &z_r, &t_r);
+            let neg: Vec<f64> = t_r.iter().map(|t| -t).collect();
+            let c_e = &SPLIT_LABELS[..ne];
+            let dv: Vec<f64> = sub(
+                &fwd(online, &y, &neg, &neg, c_e),
+                &fwd(online, &y, &t_r, &t_r, c_e),
+            )
+            .iter()
+            .map(|d| d.clamp(-1.0, 1.0))
+            .collect();
+            let fe = &f[..ne * D];
+            let shifted = sub(fe, &dv);
+            let per: f64 = (0..ne)
+                .map(|i| {
+                    let row = i * D..(i + 1) * D;
+                    ell(base.loss, &fe[row.clone()], &shifted[row])
+                })
+                .sum();
+            split.rect_weight * per / ne as f64
+        }
+    };
+    (main, rect)
+}
+
+/// Runs the method on the split batch and checks both terms and the total against
+/// [`split_by_hand`]; returns `(base, rect)`.
+fn check_split_cfg(
+    cfg: TwinFlowConfig,
+    time: Option<&TimeDistribution>,
+    seed: u64,
+    ema_frozen: bool,
+) -> (f64, f64) {
+    let (online, ema) = (mlp(1), mlp(2));
+    let mut method = TwinFlow::new(cfg).unwrap();
+    if let Some(time) = time {
+        method = method.with_time(*time).unwrap();
+    }
+    let out = split_run_ctx(&method, &online, &ema, seed, ema_frozen);
+    let consistency = if ema_frozen { &online } else { &ema };
+    let (main, rect) = split_by_hand(&cfg, time, &online, &ema, consistency, seed);
+    let what = format!("{cfg:?}");
+    close(out.term("base").unwrap(), main, &format!("base of {what}"));
+    close(out.term("rect").unwrap(), rect, &format!("rect of {what}"));
+    close(
+        out.value().unwrap(),
+        main + rect,
+        &format!("total of {what}"),
+    );
+    (main, rect)
+}
+
+fn split_cfg() -> TwinFlowConfig {
+    TwinFlowConfig {
+        recipe: Recipe::Split,
+        ..TwinFlowConfig::default()
+    }
+}
+
+#[test]
+fn split_recipe_matches_hand_computation() {
+    check_split(None);
+}
+
+fn check_split(time: Option<TimeDistribution>) {
+    assert_eq!(SplitConfig::default().group_sizes(8), [2, 2, 2, 2]);
+    let (main, rect) = check_split_cfg(split_cfg(), time.as_ref(), 13, false);
+    assert!(main > 0.0 && rect > 0.0);
+}
+
+#[test]
+fn split_recipe_with_the_barron_loss_matches_hand_computation() {
+    let mut cfg = split_cfg();
+    cfg.base.loss = LossFn::barron_default();
+    let (main, rect) = check_split_cfg(cfg, None, 14, false);
+    assert!(main > 0.0 && rect > 0.0);
+}
+
+#[test]
+fn each_switch_removes_exactly_its_term() {
+    let full = split_cfg();
+    let (base_all, rect_all) = check_split_cfg(full, None, 31, false);
+    assert!(rect_all > 0.0);
+    // rectify = false: the same base loss (its draws come last), no rectification.
+    let no_rect = TwinFlowConfig {
+        rectify: false,
+        ..full
+    };
+    let (base, rect) = check_split_cfg(no_rect, None, 31, false);
+    assert_eq!((base, rect), (base_all, 0.0));
+    // adversarial = false: no adv group (its share goes to the others) and no
+    // rectification; exactly RCGM's time-weighted base loss on e2e, mul and any.
+    let rcgm = full.without_twinflow_terms();
+    assert_eq!(rcgm.split_in_force().group_sizes(8), [3, 3, 2, 0]);
+    let (base, rect) = check_split_cfg(rcgm, None, 31, false);
+    assert!(base > 0.0 && rect == 0.0);
+    for (adversarial, rectify) in [(false, true), (false, false)] {
+        let cfg = TwinFlowConfig {
+            adversarial,
+            rectify,
+            ..full
+        };
+        assert_eq!(check_split_cfg(cfg, None, 31, false), (base, 0.0));
+    }
+    // An adv ratio of 0 is the same as adversarial = false.
+    let mut zero_adv = full;
+    zero_adv.split.ratios = [1.0, 1.0, 1.0, 0.0];
+    assert_eq!(check_split_cfg(zero_adv, None, 31, false), (base, 0.0));
+    // An e2e ratio of 0 removes the rectification too (it lives on e2e).
+    let mut zero_e2e = full;
+    zero_e2e.split.ratios = [0.0, 1.0, 1.0, 1.0];
+    assert_eq!(check_split_cfg(zero_e2e, None, 31, false).1, 0.0);
+    // The reference rectifies only with r = 1.
+    let mut r_half = full;
+    r_half.split.consistency_ratio = 0.5;
+    assert_eq!(check_split_cfg(r_half, None, 31, false).1, 0.0);
 }
 
 #[test]
 fn split_recipe_handles_group_ratios_and_order_zero() {
-    let (online, ema) = (mlp(1), mlp(2));
     for ratios in [
         [1.0, 1.0, 1.0, 0.0],
         [0.0, 1.0, 0.0, 0.0],
         [0.0, 0.0, 0.0, 1.0],
+        [1.0, 1.0, 1.0, 1.0],
     ] {
-        let split = SplitConfig {
-            ratios,
-            ..SplitConfig::default()
-        };
         for order in [0, 2] {
-            let out = split_run(&split_method(split, order), &online, &ema, 17);
-            assert!(out.value().unwrap().is_finite(), "{ratios:?} N={order}");
+            let mut cfg = split_cfg();
+            cfg.split.ratios = ratios;
+            cfg.base.order = order;
+            check_split_cfg(cfg, None, 17, false);
         }
     }
-    assert_eq!(
-        SplitConfig {
-            ratios: [1.0, 1.0, 1.0, 0.0],
-            ..SplitConfig::default()
-        }
-        .group_sizes(8),
-        [3, 2, 3, 0]
-    );
+    // With N = 0 the loss averages over the mul and adv samples only, not the batch.
+    let mut cfg = split_cfg();
+    cfg.base.order = 0;
+    cfg.split.ratios = [1.0, 1.0, 1.0, 0.0];
+    let (main, _) = check_split_cfg(cfg, None, 18, false);
+    assert!(main > 0.0);
+    // Only e2e and any, N = 0: no sample carries the base loss.
+    cfg.split.ratios = [1.0, 0.0, 1.0, 0.0];
+    assert_eq!(check_split_cfg(cfg, None, 18, false).0, 0.0);
     let bad = SplitConfig {
         ratios: [0.0; 4],
         ..SplitConfig::default()
@@ -840,6 +996,97 @@ fn split_recipe_handles_group_ratios_and_order_zero() {
         ..TwinFlowConfig::default()
     })
     .is_err());
+    // adversarial = false on an adv-only split leaves no group: refused.
+    let mut adv_only = split_cfg();
+    adv_only.split.ratios = [0.0, 0.0, 0.0, 1.0];
+    adv_only.adversarial = false;
+    let err = TwinFlow::new(adv_only).unwrap_err().to_string();
+    assert!(err.contains("adversarial = false"), "{err}");
+}
+
+#[test]
+fn group_sizes_round_as_the_reference() {
+    let sizes = |ratios: [f64; 4], n: usize| {
+        SplitConfig {
+            ratios,
+            ..SplitConfig::default()
+        }
+        .group_sizes(n)
+    };
+    let equal = [1.0; 4];
+    // round(n/4) each (halves to even), the adv group takes the rest.
+    assert_eq!(sizes(equal, 8), [2, 2, 2, 2]);
+    assert_eq!(sizes(equal, 6), [2, 2, 2, 0]);
+    assert_eq!(sizes(equal, 10), [2, 2, 2, 4]);
+    assert_eq!(sizes(equal, 5), [1, 1, 1, 2]);
+    assert_eq!(sizes(equal, 7), [2, 2, 2, 1]);
+    assert_eq!(sizes(equal, 128), [32; 4]);
+    // A ratio of 0 gets no sample; the last positive group takes the rest.
+    assert_eq!(sizes([1.0, 1.0, 1.0, 0.0], 8), [3, 3, 2, 0]);
+    assert_eq!(sizes([1.0, 1.0, 1.0, 0.0], 128), [43, 43, 42, 0]);
+    assert_eq!(sizes([0.0, 1.0, 0.0, 0.0], 9), [0, 9, 0, 0]);
+    // The running total never passes n.
+    assert_eq!(sizes([1.0, 1.0, 1.0, 1e-9], 5), [2, 2, 1, 0]);
+    for n in 4..40 {
+        assert_eq!(sizes([2.0, 1.0, 0.5, 1.0], n).iter().sum::<usize>(), n);
+    }
+}
+
+#[test]
+fn a_frozen_ema_builds_the_split_target_with_the_online_model() {
+    // ema_decay = 1: guidance still uses θ⁻, the RCGM target uses θ (the reference).
+    let frozen = check_split_cfg(split_cfg(), None, 41, true);
+    let following = check_split_cfg(split_cfg(), None, 41, false);
+    assert_ne!(frozen.0, following.0);
+}
+
+#[test]
+fn full_recipe_switches_remove_their_terms() {
+    let (online, ema) = (mlp(1), mlp(2));
+    let all = run(
+        &TwinFlow::new(TwinFlowConfig::default()).unwrap(),
+        &online,
+        &ema,
+        11,
+    );
+    let names = |out: &StepLoss| out.terms.iter().map(|(n, _)| *n).collect::<Vec<_>>();
+    let no_rect = TwinFlowConfig {
+        rectify: false,
+        ..TwinFlowConfig::default()
+    };
+    let out = run(&TwinFlow::new(no_rect).unwrap(), &online, &ema, 11);
+    assert_eq!(names(&out), ["base", "real", "adv", "cons"]);
+    for name in ["base", "real", "adv", "cons"] {
+        assert_eq!(out.term(name), all.term(name), "{name}");
+    }
+    let rcgm_only = TwinFlowConfig::default().without_twinflow_terms();
+    let out = run(&TwinFlow::new(rcgm_only).unwrap(), &online, &ema, 11);
+    assert_eq!(names(&out), ["base", "real", "cons"]);
+    for name in ["base", "real", "cons"] {
+        assert_eq!(out.term(name), all.term(name), "{name}");
+    }
+    let total: f64 = out.terms.iter().map(|(_, v)| v).sum();
+    close(out.value().unwrap(), total, "total without adv and rect");
+}
+
+#[test]
+fn null_class_resolves_to_the_models_null_label() {
+    assert_eq!(
+        Unconditional::NullClass.resolve(10),
+        Unconditional::Null(10)
+    );
+    assert_eq!(Unconditional::Shuffle.resolve(10), Unconditional::Shuffle);
+    let cfg: RcgmConfig = serde_json::from_str(r#"{"uncond": "null_class"}"#).unwrap();
+    assert_eq!(cfg.uncond, Unconditional::NullClass);
+    // Unresolved, a method refuses to guess the label.
+    let m = mlp(1);
+    let method = Rcgm::new(cfg).unwrap();
+    let mut rng = Generator::new(1);
+    let mut ctx = StepContext::new(&m, &m, &mut rng);
+    let err = FlowMethod::<MlpVelocity>::loss(&method, &mut ctx, &batch())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("null_class"), "{err}");
 }
 
 /// `F = e + t·a` where `e` is one uniform draw of the forward stream per call (a stand-in

@@ -95,7 +95,7 @@ pub fn run(a: EvalArgs) -> Result<(), String> {
         n: a.n,
         seed: a.seed,
         ema: a.ema,
-        sampler: a.sampler.resolve(&trainer.config().sampler, 1)?,
+        sampler: a.sampler.resolve(&trainer.config().sampler(), 1)?,
         batch_size: a.batch_size,
     };
     let classifier = match trainer.data() {

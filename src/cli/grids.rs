@@ -5,7 +5,6 @@
 use super::plot;
 use std::path::{Path, PathBuf};
 use twinflow::flow::eval::{sample_batched, SampleLabels, DEFAULT_SAMPLE_BATCH};
-use twinflow::flow::sampler::SamplerConfig;
 use twinflow::flow::train::{ModelKind, Trainer};
 
 /// Samples per class in an image grid (one grid row per class).
@@ -37,10 +36,7 @@ pub fn write_sample_grids(trainer: &Trainer, dir: &Path) -> Result<Vec<PathBuf>,
     };
     let mut written = Vec::new();
     for &nfe in &cfg.sample_nfe {
-        let sampler = SamplerConfig {
-            steps: nfe,
-            ..cfg.sampler
-        };
+        let sampler = cfg.sampler().at_steps(nfe);
         let (x, labels) = sample_batched(
             trainer,
             &sampler,

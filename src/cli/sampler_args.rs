@@ -17,12 +17,18 @@ pub struct SamplerArgs {
     #[arg(long, value_name = "W")]
     pub guidance: Option<f64>,
     /// UCGM stochastic ratio ρ in [0, 1]: the share of fresh noise mixed in at each step
-    /// (0: deterministic).
+    /// (0: deterministic). Giving it (or --gaps) turns the few-step presets off.
     #[arg(long, value_name = "RHO")]
     pub stochastic_ratio: Option<f64>,
     /// Gaps g0,g1 left at the noise and data ends of the time grid (e.g. 0.001,0.6).
+    /// Giving them (or --stochastic-ratio) turns the few-step presets off.
     #[arg(long, value_name = "G0,G1", value_parser = parse_pair)]
     pub gaps: Option<[f64; 2]>,
+    /// The reference's few-step UCGM settings at 2 and 4 steps (ρ = 1, gaps 0.001,0.6
+    /// and 0.001,0.5): `on` or `off`. Default: on for TwinFlow runs, off otherwise
+    /// (the run's `[sampler] presets`).
+    #[arg(long, value_name = "on|off", value_parser = ["on", "off"])]
+    pub presets: Option<String>,
     /// Kumaraswamy warp a,b,c of the time grid (1,1,1: uniform).
     #[arg(long, value_name = "A,B,C", value_parser = parse_triple)]
     pub kumaraswamy: Option<[f64; 3]>,
@@ -33,10 +39,18 @@ pub struct SamplerArgs {
 }
 
 impl SamplerArgs {
-    /// `base` with every given flag applied and `steps` set to `nfe`; checked.
+    /// `base` at `nfe` steps ([`SamplerConfig::at_steps`], presets included) with every
+    /// given flag applied; checked. An explicit `--gaps` or `--stochastic-ratio` turns
+    /// the presets off, so that later `at_steps` calls (one per NFE in `eval`) keep it.
     pub fn resolve(&self, base: &SamplerConfig, nfe: usize) -> Result<SamplerConfig, String> {
         let mut cfg = *base;
-        cfg.steps = nfe;
+        if let Some(presets) = &self.presets {
+            cfg.presets = Some(presets == "on");
+        }
+        if self.gaps.is_some() || self.stochastic_ratio.is_some() {
+            cfg.presets = Some(false);
+        }
+        let mut cfg = cfg.at_steps(nfe);
         if let Some(name) = &self.sampler {
             cfg.method = match name.as_str() {
                 "euler" => SamplerMethod::Euler,

@@ -46,7 +46,7 @@ pub struct EvalConfig {
     pub seed: u64,
     /// Sample from the EMA weights θ⁻ instead of θ.
     pub ema: bool,
-    /// The sampler; its `steps` is replaced by each entry of `nfe`.
+    /// The sampler; each entry of `nfe` runs [`SamplerConfig::at_steps`] of it.
     pub sampler: SamplerConfig,
     /// Samples per sampler call (bounds memory).
     pub batch_size: usize,
@@ -153,10 +153,7 @@ pub fn evaluate(
     let mut rows = Vec::with_capacity(cfg.nfe.len());
     for (i, &nfe) in cfg.nfe.iter().enumerate() {
         let start = Instant::now();
-        let sampler = SamplerConfig {
-            steps: nfe,
-            ..cfg.sampler
-        };
+        let sampler = cfg.sampler.at_steps(nfe);
         let done_before = i * cfg.n;
         let (samples, labels) = sample_batched(
             trainer,

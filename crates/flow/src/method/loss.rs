@@ -3,6 +3,11 @@
 use serde::{Deserialize, Serialize};
 use twinflow_engine::{Error, Result, Tensor};
 
+/// Added to c² in the Barron loss's normaliser, as the reference does.
+const BARRON_EPS: f64 = 1e-8;
+/// Shapes α this close to 2 give the plain mse (the weight is exactly 1).
+const ALPHA_IS_TWO: f64 = 1e-5;
+
 /// `mse(a, b)`: the mean of `(a − b)²` over every non-batch dimension, one value per
 /// sample (`[B]`).
 pub fn mse_per_sample(a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -23,9 +28,11 @@ pub enum LossFn {
     /// `ℓ = mse(F, target)`.
     #[default]
     L2,
-    /// Barron-style robust reweighting of the mse `m`:
-    /// `ℓ = m·sg(w)/c` with `w = (m/(c²·|α − 2|) + 1)^((α − 2)/2)` (`w = 1` when
-    /// `α = 2`). The weight is detached, so the gradient is the mse's scaled by `w/c`.
+    /// Barron-style robust reweighting of the mse `m`, as the reference computes it:
+    /// `ℓ = m·sg(w)/c` with `w = (m/((c² + 10⁻⁸)·|α − 2|) + 1)^((α − 2)/2)` (`w = 1`
+    /// when `|α − 2| < 10⁻⁵`). The weight is detached, so the gradient is the mse's
+    /// scaled by `w/c`. The `10⁻⁸` guards c → 0; at the default c = 10⁻³ it moves the
+    /// scale by 1%, which is why it is kept rather than "simplified" away.
     Barron {
         /// Shape parameter α (the production default is 1).
         alpha: f64,
@@ -62,11 +69,11 @@ impl LossFn {
         match *self {
             LossFn::L2 => Ok(m),
             LossFn::Barron { alpha, c } => {
-                let w = if alpha == 2.0 {
+                let w = if (alpha - 2.0).abs() < ALPHA_IS_TWO {
                     m.ones_like()?
                 } else {
                     m.detach()
-                        .mul_scalar(1.0 / (c * c * (alpha - 2.0).abs()))?
+                        .mul_scalar(1.0 / ((c * c + BARRON_EPS) * (alpha - 2.0).abs()))?
                         .add_scalar(1.0)?
                         .powf((alpha - 2.0) / 2.0)?
                 };

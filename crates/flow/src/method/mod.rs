@@ -81,20 +81,40 @@ pub struct StepContext<'a, M> {
     pub ema: &'a M,
     /// The method's random stream (noise, times, permutations).
     pub rng: &'a mut Generator,
+    /// θ⁻ is a frozen copy (EMA decay 1) rather than an average that follows θ.
+    pub ema_frozen: bool,
 }
 
 impl<'a, M> StepContext<'a, M> {
-    /// A context with an EMA model θ⁻.
+    /// A context with an EMA model θ⁻ that follows θ.
     pub fn new(online: &'a M, ema: &'a M, rng: &'a mut Generator) -> Self {
-        StepContext { online, ema, rng }
+        StepContext {
+            online,
+            ema,
+            rng,
+            ema_frozen: false,
+        }
     }
 
     /// A context where θ⁻ is θ itself.
     pub fn without_ema(online: &'a M, rng: &'a mut Generator) -> Self {
-        StepContext {
-            online,
-            ema: online,
-            rng,
+        StepContext::new(online, online, rng)
+    }
+
+    /// The same context, marking θ⁻ as a frozen copy (EMA decay 1).
+    pub fn with_frozen_ema(mut self, frozen: bool) -> Self {
+        self.ema_frozen = frozen;
+        self
+    }
+
+    /// The model of the `split` recipe's RCGM target: θ⁻, or θ when θ⁻ is frozen (as
+    /// the reference's production code does: a frozen copy still guides, but the
+    /// consistency target follows the model being trained).
+    pub fn consistency_model(&self) -> &'a M {
+        if self.ema_frozen {
+            self.online
+        } else {
+            self.ema
         }
     }
 }

@@ -15,9 +15,23 @@ pub enum Unconditional {
     /// label in the model).
     #[default]
     Shuffle,
-    /// This label for every sample: the model's null label (e.g.
-    /// `MlpVelocity::null_label()`).
+    /// This label for every sample (e.g. `MlpVelocity::null_label()`).
     Null(i64),
+    /// The model's null class (the extra label-embedding row, index = number of
+    /// classes), as the reference's production code conditions its unconditional
+    /// branch on a real null input. The trainer resolves it to [`Unconditional::Null`]
+    /// with the model's null label ([`Unconditional::resolve`]).
+    NullClass,
+}
+
+impl Unconditional {
+    /// `NullClass` as `Null(null_label)`; every other choice unchanged.
+    pub fn resolve(self, null_label: i64) -> Self {
+        match self {
+            Unconditional::NullClass => Unconditional::Null(null_label),
+            other => other,
+        }
+    }
 }
 
 /// Settings of [`Rcgm`] (and of the base loss of [`TwinFlow`](super::TwinFlow)).
@@ -83,6 +97,13 @@ impl RcgmConfig {
                     .collect()
             }
             Unconditional::Null(null) => vec![null; b],
+            Unconditional::NullClass => {
+                return Err(Error::invalid(
+                    "rcgm",
+                    "uncond = \"null_class\" needs the model's null label: resolve it first \
+                     (Unconditional::resolve; the trainer does)",
+                ))
+            }
         };
         Tensor::from_vec(values, &[b], labels.device()).map(Some)
     }
@@ -163,9 +184,9 @@ pub fn rcgm_target<M: VelocityModel>(
     .map(|t| t.detach())
 }
 
-/// The RCGM base loss of one batch: `(F, L_base)` for `x_t` at times `(t, tt)`, the
-/// target built with θ⁻ replaying the forward-stream state of `F`'s forward, after
-/// guidance with `uncond` when given.
+/// The RCGM base loss of one batch: `(L_base, v_g)` for `x_t` at times `(t, tt)`, where
+/// `v_g` is `v` after guidance with `uncond` (when given; `v` otherwise, detached) and
+/// the target is built with θ⁻ replaying the forward-stream state of `F`'s forward.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn base_loss<M: VelocityModel>(
     cfg: &RcgmConfig,
@@ -181,13 +202,13 @@ pub(crate) fn base_loss<M: VelocityModel>(
     let f = ctx.online.velocity(x_t, t, tt, labels)?;
     let v = match uncond {
         Some(u) => enhance_velocity(ctx.ema, state, x_t, t, v, labels, u, cfg.guidance)?,
-        None => v.clone(),
+        None => v.detach(),
     };
     let target = rcgm_target(
         ctx.ema, state, cfg.order, cfg.delta, x_t, t, tt, &v, &f, labels,
     )?;
     let loss = cfg.loss.mean(&f, &target)?;
-    Ok((f, loss))
+    Ok((loss, v))
 }
 
 /// The draws shared by RCGM and TwinFlow, in order: `z ~ N(0, I)` `[B, D]`,
@@ -265,7 +286,7 @@ impl<M: VelocityModel> FlowMethod<M> for Rcgm {
         let d = draw_base(&self.cfg, &self.time, ctx.rng, batch)?;
         let x_t = interpolate(&batch.x, &d.z, &d.t)?;
         let v = velocity_target(&batch.x, &d.z)?;
-        let (_, loss) = base_loss(
+        let (loss, _) = base_loss(
             &self.cfg,
             ctx,
             &x_t,

@@ -57,25 +57,36 @@ impl SplitConfig {
         }
     }
 
-    /// The group sizes `[e2e, mul, any, adv]` of a batch of `n`: contiguous groups
-    /// whose boundaries are `round(n·(r₀ + … + r_{k−1}) / Σr)`.
+    /// The group sizes `[e2e, mul, any, adv]` of a batch of `n`, rounded as the
+    /// reference rounds them: every group but the last one with a positive ratio gets
+    /// `round(n·r_k/Σr)` samples (halves to even, like Python's `round`), capped so that
+    /// the running total stays within `n`, and that last group gets the rest. A group
+    /// whose ratio is 0 gets no sample. For `[1, 1, 1, 1]` this is the reference's
+    /// split exactly: 8 → `[2, 2, 2, 2]`, 6 → `[2, 2, 2, 0]`, 10 → `[2, 2, 2, 4]`.
     pub fn group_sizes(&self, n: usize) -> [usize; 4] {
         let total: f64 = self.ratios.iter().sum();
-        let mut cum = 0.0;
-        let mut bounds = [0usize; 5];
-        for k in 0..4 {
-            cum += self.ratios[k];
-            bounds[k + 1] = ((n as f64) * cum / total).round() as usize;
+        let Some(last) = self.ratios.iter().rposition(|&r| r > 0.0) else {
+            return [0; 4];
+        };
+        let mut sizes = [0usize; 4];
+        let mut used = 0usize;
+        for k in (0..4).filter(|&k| k != last && self.ratios[k] > 0.0) {
+            let share = (n as f64 * self.ratios[k] / total).round_ties_even() as usize;
+            sizes[k] = share.min(n - used);
+            used += sizes[k];
         }
-        bounds[4] = n;
-        [0, 1, 2, 3].map(|k| bounds[k + 1] - bounds[k])
+        sizes[last] = n - used;
+        sizes
     }
 }
 
 /// The `split` loss (see [`TwinFlow`](super::TwinFlow) for the draws and terms).
+/// `cfg` holds the ratios in force (the adv ratio is 0 when the adversarial branch is
+/// off); `rectify` says whether the rectification term runs.
 pub(crate) fn split_loss<M: VelocityModel>(
     base: &RcgmConfig,
     cfg: &SplitConfig,
+    rectify: bool,
     time: &TimeDistribution,
     ctx: &mut StepContext<'_, M>,
     batch: &Batch,
@@ -87,8 +98,12 @@ pub(crate) fn split_loss<M: VelocityModel>(
             format!("needs a batch of at least 4, got {n}"),
         ));
     }
-    let [ne, nm, na, nv] = cfg.group_sizes(n);
-    let nn = ne + nm + na;
+    let groups = Groups::new(cfg.group_sizes(n));
+    let (ne, nn, nv) = (groups.e2e, groups.non_adv(), groups.adv);
+    let r = cfg.consistency_ratio;
+    // The reference rectifies only with r = 1, and only a trained fake branch (adv
+    // group present) can feed it.
+    let rect_on = rectify && ne > 0 && cfg.ratios[3] > 0.0 && r == 1.0;
     let (x, c) = (&batch.x, &batch.labels);
     let (dt, dev) = (x.dtype(), x.device());
     let rng = &mut *ctx.rng;
@@ -106,33 +121,18 @@ pub(crate) fn split_loss<M: VelocityModel>(
         _ => base.draw_uncond(&c.narrow(0, 0, nn)?, rng)?,
     };
     dim[0] = ne;
-    let rect_draws = match ne {
-        0 => None,
-        _ => Some((
+    let rect_draws = match rect_on {
+        false => None,
+        true => Some((
             rng.randn(&dim, dt, dev)?,
             rng.uniform(&[ne], 0.0, 1.0, dt, dev)?,
         )),
     };
 
-    // Times per group.
-    let r = cfg.consistency_ratio;
-    let (mut t, mut tt) = (vec![0.0; n], vec![0.0; n]);
-    for i in 0..n {
-        let (ti, tti) = if i < ne {
-            (1.0, 0.0)
-        } else if i < ne + nm {
-            (t0[i], t0[i] - u[i] * t0[i] * r.min(0.05))
-        } else if i < nn {
-            (t0[i], t0[i] - u[i] * t0[i] * r)
-        } else {
-            (-t0[i], -t0[i])
-        };
-        t[i] = ti;
-        tt[i] = tti;
-    }
-    let t_abs: Vec<f64> = t.iter().map(|v| v.abs()).collect();
+    let (t, tt) = groups.times(&t0, &u, r);
     let tensor = |v: &[f64]| Tensor::from_f64s(v, &[v.len()], dt, dev);
     let (t_t, tt_t) = (tensor(&t)?, tensor(&tt)?);
+    let t_abs: Vec<f64> = t.iter().map(|v| v.abs()).collect();
 
     // Data: real x on the non-adv groups, one-step fakes of fresh noise on adv.
     let x_data = match &z_adv {
@@ -157,7 +157,9 @@ pub(crate) fn split_loss<M: VelocityModel>(
     let f = ctx.online.velocity(&x_t, &t_t, &tt_t, c)?;
 
     // Targets: guidance inside the enhanced range, then RCGM, on non-adv samples; adv
-    // samples keep v.
+    // samples keep v. As in the reference, the RCGM target is built only when some
+    // sample jumps (an e2e or any group) and r ≠ 0; it then replaces every non-adv
+    // target, mul's short jumps included.
     let target = if nn == 0 {
         v.detach()
     } else {
@@ -187,45 +189,39 @@ pub(crate) fn split_loss<M: VelocityModel>(
             let mask = per_sample(&tensor(&inside)?, &v_na)?;
             v_na = v_na.add(&enhanced.sub(&v_na)?.mul(&mask)?)?;
         }
-        let target_na = rcgm_target(
-            ctx.ema,
-            state,
-            base.order,
-            base.delta,
-            &xt_na,
-            &t_na,
-            &tt_na,
-            &v_na,
-            &f.narrow(0, 0, nn)?,
-            &c_na,
-        )?;
+        let jumps = ne + groups.any > 0 && r != 0.0;
+        let target_na = if base.order > 0 && jumps {
+            rcgm_target(
+                ctx.consistency_model(),
+                state,
+                base.order,
+                base.delta,
+                &xt_na,
+                &t_na,
+                &tt_na,
+                &v_na,
+                &f.narrow(0, 0, nn)?,
+                &c_na,
+            )?
+        } else {
+            v_na.detach()
+        };
         match nv {
             0 => target_na,
             _ => Tensor::cat(&[&target_na, &v.narrow(0, nn, nv)?.detach()], 0)?,
         }
     };
 
-    // Per-sample weights: w_t, 1 on adv; with N = 0 only mul and adv contribute.
-    let weights: Vec<f64> = (0..n)
-        .map(|i| {
-            let group_on = base.order > 0 || (i >= ne && i < ne + nm) || i >= nn;
-            let wt = if i >= nn || !cfg.time_weighting {
-                1.0
-            } else {
-                ((1.0 - (t[i].abs() - tt[i].abs())) * std::f64::consts::PI / 2.5).tan() + 1.0
-            };
-            if group_on {
-                wt
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    let main = base
-        .loss
-        .per_sample(&f, &target)?
-        .mul(&tensor(&weights)?)?
-        .mean_all()?;
+    let weights = groups.loss_weights(&t, &tt, cfg.time_weighting, base.order);
+    let main = match weights {
+        None => Tensor::scalar(0.0, dt, dev)?,
+        Some((w, count)) => base
+            .loss
+            .per_sample(&f, &target)?
+            .mul(&tensor(&w)?)?
+            .sum_all()?
+            .mul_scalar(1.0 / count as f64)?,
+    };
 
     // Rectification on e2e: Δv at the predicted data sg(x̂) = sg(z − F), clamped.
     let rect = if let Some((z_rect, t_rect)) = &rect_draws {
@@ -244,4 +240,82 @@ pub(crate) fn split_loss<M: VelocityModel>(
         loss: main.add(&rect)?,
         terms,
     })
+}
+
+/// The sizes of the four contiguous groups e2e, mul, any, adv of a batch.
+#[derive(Debug, Clone, Copy)]
+struct Groups {
+    e2e: usize,
+    mul: usize,
+    any: usize,
+    adv: usize,
+}
+
+impl Groups {
+    fn new([e2e, mul, any, adv]: [usize; 4]) -> Self {
+        Groups { e2e, mul, any, adv }
+    }
+
+    /// Samples outside the adv group (they come first).
+    fn non_adv(&self) -> usize {
+        self.e2e + self.mul + self.any
+    }
+
+    fn is_mul(&self, i: usize) -> bool {
+        (self.e2e..self.e2e + self.mul).contains(&i)
+    }
+
+    fn is_adv(&self, i: usize) -> bool {
+        i >= self.non_adv()
+    }
+
+    /// The signed times `(t, tt)` of every sample from the draws `t0` and `u`: e2e
+    /// (1, 0); mul `(t, t − u·t·min(0.05, r))`; any `(t, t − u·t·r)`; adv `(−t, −t)`.
+    fn times(&self, t0: &[f64], u: &[f64], r: f64) -> (Vec<f64>, Vec<f64>) {
+        (0..t0.len())
+            .map(|i| {
+                if i < self.e2e {
+                    (1.0, 0.0)
+                } else if self.is_mul(i) {
+                    (t0[i], t0[i] - u[i] * t0[i] * r.min(0.05))
+                } else if !self.is_adv(i) {
+                    (t0[i], t0[i] - u[i] * t0[i] * r)
+                } else {
+                    (-t0[i], -t0[i])
+                }
+            })
+            .unzip()
+    }
+
+    /// The per-sample loss weights and the count the weighted sum is divided by, or
+    /// `None` when no sample carries the base loss. Weights: `w_t` (1 on adv, and 1
+    /// everywhere without time weighting). With N ≥ 1 every sample carries it and the
+    /// count is the batch; with N = 0 only mul and adv do (the others weigh 0) and the
+    /// count is theirs, as the reference averages.
+    fn loss_weights(
+        &self,
+        t: &[f64],
+        tt: &[f64],
+        time_weighting: bool,
+        order: usize,
+    ) -> Option<(Vec<f64>, usize)> {
+        let carries = |i: usize| order > 0 || self.is_mul(i) || self.is_adv(i);
+        let count = (0..t.len()).filter(|&i| carries(i)).count();
+        if count == 0 {
+            return None;
+        }
+        let weights = (0..t.len())
+            .map(|i| match (carries(i), self.is_adv(i) || !time_weighting) {
+                (false, _) => 0.0,
+                (true, true) => 1.0,
+                (true, false) => time_weight(t[i], tt[i]),
+            })
+            .collect();
+        Some((weights, count))
+    }
+}
+
+/// `w_t = tan((1 − (|t| − |tt|))·π/2.5) + 1`.
+fn time_weight(t: f64, tt: f64) -> f64 {
+    ((1.0 - (t.abs() - tt.abs())) * std::f64::consts::PI / 2.5).tan() + 1.0
 }

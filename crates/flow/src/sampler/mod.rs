@@ -61,6 +61,13 @@ pub struct SamplerConfig {
     pub stochastic_ratio: f64,
     /// UCGM only: the jump target of each step.
     pub jump: JumpTarget,
+    /// UCGM only: replace `gaps` and `stochastic_ratio` by the reference's few-step
+    /// settings at 2 and 4 steps ([`SamplerConfig::at_steps`]). Unset in a training
+    /// config means on for TwinFlow runs and off otherwise
+    /// ([`TrainConfig::sampler`](crate::train::TrainConfig::sampler)); unset here means
+    /// off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presets: Option<bool>,
 }
 
 impl Default for SamplerConfig {
@@ -73,6 +80,7 @@ impl Default for SamplerConfig {
             gaps: [0.0, 0.0],
             stochastic_ratio: 0.0,
             jump: JumpTarget::FewStep,
+            presets: None,
         }
     }
 }
@@ -88,14 +96,35 @@ impl SamplerConfig {
         }
     }
 
-    /// The reference's 4-NFE UCGM grid: gaps (0.001, 0.5), times 0.999, 0.8327, 0.6663,
-    /// 0.5, 0 (deterministic).
+    /// The reference's 4-NFE UCGM setting: ρ = 1, gaps (0.001, 0.5), times 0.999,
+    /// 0.8327, 0.6663, 0.5, 0.
     pub fn ucgm_4nfe() -> Self {
         SamplerConfig {
             steps: 4,
             gaps: [0.001, 0.5],
+            stochastic_ratio: 1.0,
             ..SamplerConfig::default()
         }
+    }
+
+    /// These settings at `steps` steps. With `presets` on and the UCGM sampler, 2 and 4
+    /// steps take the gaps and stochastic ratio of [`SamplerConfig::ucgm_2nfe`] and
+    /// [`SamplerConfig::ucgm_4nfe`] (the settings the reference recommends for TwinFlow
+    /// models); every other step count, and every other setting, is kept.
+    pub fn at_steps(&self, steps: usize) -> SamplerConfig {
+        let mut cfg = SamplerConfig { steps, ..*self };
+        if cfg.presets == Some(true) && cfg.method == SamplerMethod::Ucgm {
+            let preset = match steps {
+                2 => Some(SamplerConfig::ucgm_2nfe()),
+                4 => Some(SamplerConfig::ucgm_4nfe()),
+                _ => None,
+            };
+            if let Some(p) = preset {
+                cfg.gaps = p.gaps;
+                cfg.stochastic_ratio = p.stochastic_ratio;
+            }
+        }
+        cfg
     }
 
     /// The time grid of these settings ([`time_grid`]).
