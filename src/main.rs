@@ -82,6 +82,12 @@ struct TrainArgs {
     /// not allowed with --resume.
     #[arg(long, value_name = "TYPE", value_parser = ["f32", "bf16", "f16"])]
     precision: Option<String>,
+    /// Start from the weights of this trainer checkpoint (θ from its online weights, θ⁻
+    /// from its EMA weights) instead of a random init; the step, optimizer, EMA warm-up,
+    /// random streams and data order start fresh. Overrides the config's `init_from`;
+    /// not allowed with --resume.
+    #[arg(long, value_name = "FILE")]
+    init_from: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -175,6 +181,13 @@ fn train(a: TrainArgs) -> CliResult<()> {
         .clone()
         .unwrap_or_else(|| Path::new("runs").join(&stem));
     let (mut trainer, target) = if a.resume {
+        if a.init_from.is_some() {
+            return Err(
+                "--init-from cannot be combined with --resume (a resumed run continues from \
+                 its own checkpoint, which holds its weights)"
+                    .into(),
+            );
+        }
         if a.seed.is_some() || a.precision.is_some() {
             return Err(
                 "--seed and --precision cannot be combined with --resume (the run \
@@ -217,6 +230,9 @@ fn train(a: TrainArgs) -> CliResult<()> {
         }
         if let Some(device) = &a.device {
             cfg.device = device.clone();
+        }
+        if let Some(init_from) = &a.init_from {
+            cfg.init_from = Some(init_from.clone());
         }
         if let Some(precision) = &a.precision {
             cfg.precision = match precision.as_str() {

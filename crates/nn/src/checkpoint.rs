@@ -198,6 +198,27 @@ impl Checkpoint {
         restored
     }
 
+    /// Whether the checkpoint holds EMA parameters θ⁻ (an EMA with decay target 0
+    /// saves none: its θ⁻ was θ).
+    pub fn has_ema_weights(&self) -> bool {
+        self.ema.as_ref().is_some_and(|e| !e.params.is_empty())
+    }
+
+    /// Copies the saved EMA parameters θ⁻ into `model` (checked as in
+    /// [`Checkpoint::restore_model`]), without any decay warm-up state: to start a new
+    /// run, with an EMA of its own, from a checkpoint's θ⁻. Refuses a checkpoint without
+    /// them (see [`Checkpoint::has_ema_weights`]).
+    pub fn restore_ema_weights(&self, model: &mut dyn Module) -> Result<(), CheckpointError> {
+        match self.ema.as_ref().filter(|e| !e.params.is_empty()) {
+            Some(snapshot) => {
+                self.restore_params("EMA", EMA, &snapshot.params, &model.named_params())
+            }
+            None => {
+                Err(self.mismatch("EMA", vec!["the checkpoint holds no EMA parameters".into()]))
+            }
+        }
+    }
+
     /// Restores the optimizer's hyper-parameters, step counts and buffers.
     pub fn restore_optimizer(&self, optimizer: &mut dyn Optimizer) -> Result<(), CheckpointError> {
         let Some(state) = &self.optimizer else {

@@ -59,6 +59,17 @@ pub struct TrainConfig {
     /// `cuda` feature). Parameters are initialised identically on every device.
     #[serde(default = "default_device")]
     pub device: String,
+    /// A trainer checkpoint to start from instead of a random init (fine-tuning): θ
+    /// gets its online weights and θ⁻ its EMA weights (its online weights when it saved
+    /// no EMA copy, and nothing when this run's `ema_decay` is 0: θ⁻ is θ). Only the
+    /// network must match (kind, class count, every parameter's name and shape); the
+    /// method may differ. The run still starts at step 0 with a fresh optimizer, EMA
+    /// warm-up, random streams from `seed` and data order; nothing else of the old
+    /// run is used. A relative path is taken relative to the current working
+    /// directory, not to the config file. Read only when a run starts: resuming it
+    /// does not read the file again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
     /// The EMA decay target (method notes §4); 0 keeps no EMA copy.
     #[serde(default = "default_ema_decay")]
     pub ema_decay: f64,
@@ -206,6 +217,27 @@ pub struct MethodConfig {
     /// `[method.twinflow]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub twinflow: Option<TwinFlowConfig>,
+}
+
+impl ModelKind {
+    /// The kind as written in the config (`"mlp"`, `"dit"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::Mlp => "mlp",
+            ModelKind::Dit => "dit",
+        }
+    }
+}
+
+impl ModelConfig {
+    /// The network's class count: `num_classes` of the table of its kind (the
+    /// default's when the table is absent).
+    pub fn num_classes(&self) -> usize {
+        match self.kind {
+            ModelKind::Mlp => self.mlp.unwrap_or_default().num_classes,
+            ModelKind::Dit => self.dit.unwrap_or_default().num_classes,
+        }
+    }
 }
 
 /// The methods the trainer runs.

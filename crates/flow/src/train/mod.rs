@@ -19,6 +19,10 @@
 //! written atomically) hold the model, the EMA, AdamW's state, the step, the method's and
 //! the model's generator states, and, in the config metadata, the resolved
 //! [`TrainConfig`], the data source's [`DataState`] and the skipped-step count.
+//!
+//! A run with [`TrainConfig::init_from`] starts from another run's weights: θ from that
+//! checkpoint's online weights, θ⁻ from its EMA weights (or θ), everything else fresh.
+//! Resuming such a run restores its own checkpoint and never reads the init file again.
 
 mod config;
 mod model;
@@ -144,8 +148,21 @@ impl std::fmt::Debug for Trainer {
 }
 
 impl Trainer {
-    /// Builds everything from `cfg` (validated first), seeded by `cfg.seed`.
+    /// Builds everything from `cfg` (validated first), seeded by `cfg.seed`; with
+    /// `init_from`, θ and θ⁻ are then loaded from that checkpoint (see
+    /// [`TrainConfig::init_from`]), and a checkpoint that is missing, not a trainer
+    /// checkpoint or of another network is an error naming the file and the difference.
     pub fn new(cfg: TrainConfig) -> Result<Trainer> {
+        let mut trainer = Trainer::build(cfg)?;
+        if let Some(path) = trainer.cfg.init_from.clone() {
+            trainer.start_from_weights(&path)?;
+        }
+        Ok(trainer)
+    }
+
+    /// Everything built from `cfg` and freshly initialised from `cfg.seed`, ignoring
+    /// `init_from` (restoring a checkpoint overwrites the weights anyway).
+    fn build(cfg: TrainConfig) -> Result<Trainer> {
         cfg.validate()?;
         let root = cfg.data.root.clone().unwrap_or_else(|| PathBuf::from("."));
         let data = DataSource::from_name(&cfg.data.dataset, &root, cfg.seed ^ DATA_SEED)?;
@@ -188,6 +205,27 @@ impl Trainer {
         })
     }
 
+    /// Replaces the freshly initialised θ and θ⁻ by those of the trainer checkpoint at
+    /// `path`: θ ← its online weights, θ⁻ ← its EMA weights, or θ when it saved none.
+    /// The step, optimizer, EMA warm-up, generators and data order stay as built.
+    fn start_from_weights(&mut self, path: &Path) -> Result<()> {
+        let fail = |why: String| Error::invalid(OP, format!("init_from: {why}"));
+        let ck = Checkpoint::load(path).map_err(|e| fail(e.to_string()))?;
+        let saved = train_meta(&ck, path).map_err(fail)?.train;
+        check_same_network(&saved.model, &self.cfg.model)
+            .map_err(|why| fail(format!("{}: {why}", path.display())))?;
+        ck.restore_model(&mut self.model)
+            .map_err(|e| fail(e.to_string()))?;
+        // `Ema::new` copied the random init (and a decay target of 1 would keep that
+        // copy forever): a fresh EMA of the loaded θ, with a fresh warm-up.
+        self.ema = Ema::new(&self.model, self.cfg.ema_decay)?;
+        if let Some(shadow) = self.ema.shadow_mut().filter(|_| ck.has_ema_weights()) {
+            ck.restore_ema_weights(shadow)
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        Ok(())
+    }
+
     /// Reads the TOML config at `path` and builds a trainer from it.
     pub fn from_config_file(path: impl AsRef<Path>) -> Result<Trainer> {
         Trainer::new(TrainConfig::load(path)?)
@@ -217,25 +255,16 @@ impl Trainer {
 
     fn restore(path: &Path, options: &RestoreOptions) -> Result<Trainer> {
         let ck = Checkpoint::load(path)?;
-        let bad = |why: String| {
-            Error::invalid(
-                OP,
-                format!("{}: not a trainer checkpoint: {why}", path.display()),
-            )
-        };
-        let meta = ck
-            .config
-            .clone()
-            .ok_or_else(|| bad("it holds no training config".into()))?;
-        let mut meta: TrainMeta =
-            serde_json::from_value(meta).map_err(|e| bad(format!("its config: {e}")))?;
+        let mut meta = train_meta(&ck, path).map_err(|why| Error::invalid(OP, why))?;
         if let Some(root) = &options.data_root {
             meta.train.data.root = Some(root.clone());
         }
         if let Some(device) = &options.device {
             meta.train.device = device.clone();
         }
-        let mut t = Trainer::new(meta.train)?;
+        // Not `new`: the checkpoint holds the weights, and a run started with
+        // `init_from` must resume even when that file is gone.
+        let mut t = Trainer::build(meta.train)?;
         ck.restore_model(&mut t.model)?;
         ck.restore_ema(&mut t.ema)?;
         ck.restore_optimizer(&mut t.optimizer)?;
@@ -475,6 +504,39 @@ impl Trainer {
         }
         Ok(records)
     }
+}
+
+/// The trainer's metadata of a checkpoint, or why it is not a trainer checkpoint
+/// (naming the file).
+fn train_meta(ck: &Checkpoint, path: &Path) -> std::result::Result<TrainMeta, String> {
+    let bad = |why: String| format!("{}: not a trainer checkpoint: {why}", path.display());
+    let meta = ck
+        .config
+        .clone()
+        .ok_or_else(|| bad("it holds no training config".into()))?;
+    serde_json::from_value(meta).map_err(|e| bad(format!("its config: {e}")))
+}
+
+/// Refuses a saved network of another kind or class count than `ours`, naming both
+/// values; the parameter-by-parameter check of the tensors follows.
+fn check_same_network(saved: &ModelConfig, ours: &ModelConfig) -> std::result::Result<(), String> {
+    if saved.kind != ours.kind {
+        return Err(format!(
+            "the checkpoint's network is model.kind = \"{}\", this run's \"{}\"; the \
+             network kind must match",
+            saved.kind.name(),
+            ours.kind.name()
+        ));
+    }
+    let (theirs, mine) = (saved.num_classes(), ours.num_classes());
+    if theirs != mine {
+        return Err(format!(
+            "the checkpoint's network has {theirs} classes (model.{}.num_classes), this \
+             run's {mine}; the class count must match",
+            ours.kind.name()
+        ));
+    }
+    Ok(())
 }
 
 fn build_model(pb: &mut ParamBuilder, cfg: &TrainConfig, data: &DataSource) -> Result<TrainModel> {
