@@ -372,7 +372,7 @@ fn sample(a: SampleArgs) -> CliResult<()> {
             .map_err(|e| format!("--labels {l}: {e}"))?;
         labels
     };
-    let sampler = a.sampler.resolve(&trainer.config().sampler, a.nfe)?;
+    let sampler = a.sampler.resolve(&trainer.config().sampler(), a.nfe)?;
     let bar = ProgressBar::new(a.n as u64);
     if let Ok(style) =
         ProgressStyle::with_template("{bar:30} {pos}/{len} samples | {per_sec} | ETA {eta}")

@@ -203,10 +203,13 @@ fn train_resume_and_sample() {
     // `sample` is `sample_batched` (the path of `eval` and the pictures): the same
     // numbers, bit for bit, for cycled and fixed labels and the stochastic sampler.
     let trainer = Trainer::from_checkpoint(run_dir.join("checkpoints/latest.safetensors")).unwrap();
-    let base = SamplerConfig {
-        steps: 2,
-        ..trainer.config().sampler
-    };
+    // A TwinFlow run: at 2 steps the reference's few-step preset (ρ = 1, gaps) applies.
+    let base = trainer.config().sampler().at_steps(2);
+    assert_eq!(
+        (base.stochastic_ratio, base.gaps),
+        (1.0, [0.001, 0.6]),
+        "{base:?}"
+    );
     let stochastic = SamplerConfig {
         stochastic_ratio: 1.0,
         gaps: [0.001, 0.6],

@@ -834,7 +834,7 @@ fn split_by_hand(
             ((1.0 - (t[i].abs() - tt[i].abs())) * std::f64::consts::PI / 2.5).tan() + 1.0
         };
         sum += w * ell(
-            base.loss,
+            base.loss.unwrap_or(LossFn::barron_default()),
             &f[i * D..(i + 1) * D],
             &target[i * D..(i + 1) * D],
         );
@@ -861,7 +861,11 @@ fn split_by_hand(
             let per: f64 = (0..ne)
                 .map(|i| {
                     let row = i * D..(i + 1) * D;
-                    ell(base.loss, &fe[row.clone()], &shifted[row])
+                    ell(
+                        base.loss.unwrap_or(LossFn::barron_default()),
+                        &fe[row.clone()],
+                        &shifted[row],
+                    )
                 })
                 .sum();
             split.rect_weight * per / ne as f64
@@ -916,9 +920,10 @@ fn check_split(time: Option<TimeDistribution>) {
 }
 
 #[test]
-fn split_recipe_with_the_barron_loss_matches_hand_computation() {
+fn split_recipe_with_the_l2_loss_matches_hand_computation() {
+    // The split recipe defaults to Barron (the reference's production loss); l2 on request.
     let mut cfg = split_cfg();
-    cfg.base.loss = LossFn::barron_default();
+    cfg.base.loss = Some(LossFn::L2);
     let (main, rect) = check_split_cfg(cfg, None, 14, false);
     assert!(main > 0.0 && rect > 0.0);
 }

@@ -529,6 +529,7 @@ fn config_serde_roundtrip_and_unknown_fields() {
         gaps: [0.001, 0.6],
         stochastic_ratio: 1.0,
         jump: JumpTarget::AnyStep,
+        presets: Some(false),
     };
     let json = serde_json::to_string(&cfg).unwrap();
     assert!(
@@ -625,4 +626,47 @@ fn bad_operands_are_clear_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("z must be float [B, D]"), "{e}");
+}
+
+#[test]
+fn presets_give_the_reference_few_step_settings_at_2_and_4_steps() {
+    let on = SamplerConfig {
+        presets: Some(true),
+        ..SamplerConfig::default()
+    };
+    let settings = |cfg: SamplerConfig| (cfg.steps, cfg.stochastic_ratio, cfg.gaps);
+    assert_eq!(settings(on.at_steps(1)), (1, 0.0, [0.0, 0.0]));
+    assert_eq!(settings(on.at_steps(2)), (2, 1.0, [0.001, 0.6]));
+    assert_eq!(settings(on.at_steps(3)), (3, 0.0, [0.0, 0.0]));
+    assert_eq!(settings(on.at_steps(4)), (4, 1.0, [0.001, 0.5]));
+    assert_eq!(on.at_steps(2).time_grid().unwrap(), vec![0.999, 0.6, 0.0]);
+    // Off, unset, or another sampler: only the step count changes.
+    for cfg in [
+        SamplerConfig::default(),
+        SamplerConfig {
+            presets: Some(false),
+            ..SamplerConfig::default()
+        },
+        SamplerConfig {
+            method: SamplerMethod::Euler,
+            ..on
+        },
+    ] {
+        for k in [2, 4] {
+            assert_eq!(cfg.at_steps(k), SamplerConfig { steps: k, ..cfg });
+        }
+    }
+}
+
+#[test]
+fn twinflow_runs_sample_with_the_presets_unless_told_otherwise() {
+    use twinflow::flow::train::TrainConfig;
+    let load = |name: &str| TrainConfig::load(format!("configs/{name}.toml")).unwrap();
+    assert_eq!(load("mnist-twinflow").sampler().presets, Some(true));
+    assert_eq!(load("mnist-rcgm").sampler().presets, Some(true));
+    assert_eq!(load("mnist-fm").sampler().presets, Some(false));
+    let text = std::fs::read_to_string("configs/moons-twinflow.toml").unwrap();
+    let off =
+        TrainConfig::from_toml(&format!("{text}\n[sampler]\npresets = false\n"), "t").unwrap();
+    assert_eq!(off.sampler().presets, Some(false));
 }

@@ -46,19 +46,23 @@ pub struct RcgmConfig {
     pub guidance: f64,
     /// The unconditional labels of guidance.
     pub uncond: Unconditional,
-    /// The per-sample loss ℓ (l2 by default).
-    pub loss: LossFn,
+    /// The per-sample loss ℓ; unset means the recipe's default: Barron (α = 1,
+    /// c = 10⁻³) for TwinFlow's `split` recipe, as the reference's production code
+    /// trains, and l2 for RCGM and TwinFlow's `full` recipe, as its MNIST tutorial does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<LossFn>,
 }
 
 impl Default for RcgmConfig {
-    /// The MNIST recipe: N = 2, δ = 0.01, w = 0.5 against shuffled labels, l2.
+    /// The MNIST recipe: N = 2, δ = 0.01, w = 0.5 against shuffled labels, the
+    /// recipe's default loss.
     fn default() -> Self {
         RcgmConfig {
             order: 2,
             delta: 0.01,
             guidance: 0.5,
             uncond: Unconditional::Shuffle,
-            loss: LossFn::L2,
+            loss: None,
         }
     }
 }
@@ -78,7 +82,12 @@ impl RcgmConfig {
                 format!("the guidance ratio must be finite, got {}", self.guidance),
             ));
         }
-        self.loss.validate()
+        self.loss.map_or(Ok(()), |loss| loss.validate())
+    }
+
+    /// The loss ℓ in force: the configured one, else `recipe_default`.
+    pub fn loss_or(&self, recipe_default: LossFn) -> LossFn {
+        self.loss.unwrap_or(recipe_default)
     }
 
     /// Draws the unconditional labels for `labels` when guidance is on (a permutation
@@ -207,7 +216,7 @@ pub(crate) fn base_loss<M: VelocityModel>(
     let target = rcgm_target(
         ctx.ema, state, cfg.order, cfg.delta, x_t, t, tt, &v, &f, labels,
     )?;
-    let loss = cfg.loss.mean(&f, &target)?;
+    let loss = cfg.loss_or(LossFn::L2).mean(&f, &target)?;
     Ok((loss, v))
 }
 

@@ -3,7 +3,7 @@
 //! rectification on the e2e group.
 
 use super::{enhance_velocity, filled, interpolate, per_sample, rcgm_target, rectification_delta};
-use super::{velocity_target, Batch, RcgmConfig, StepContext, StepLoss, TimeDistribution};
+use super::{velocity_target, Batch, LossFn, RcgmConfig, StepContext, StepLoss, TimeDistribution};
 use serde::{Deserialize, Serialize};
 use twinflow_engine::{no_grad, Error, Result, Tensor};
 use twinflow_nn::VelocityModel;
@@ -101,6 +101,7 @@ pub(crate) fn split_loss<M: VelocityModel>(
     let groups = Groups::new(cfg.group_sizes(n));
     let (ne, nn, nv) = (groups.e2e, groups.non_adv(), groups.adv);
     let r = cfg.consistency_ratio;
+    let ell = base.loss_or(LossFn::barron_default());
     // The reference rectifies only with r = 1, and only a trained fake branch (adv
     // group present) can feed it.
     let rect_on = rectify && ne > 0 && cfg.ratios[3] > 0.0 && r == 1.0;
@@ -215,8 +216,7 @@ pub(crate) fn split_loss<M: VelocityModel>(
     let weights = groups.loss_weights(&t, &tt, cfg.time_weighting, base.order);
     let main = match weights {
         None => Tensor::scalar(0.0, dt, dev)?,
-        Some((w, count)) => base
-            .loss
+        Some((w, count)) => ell
             .per_sample(&f, &target)?
             .mul(&tensor(&w)?)?
             .sum_all()?
@@ -229,8 +229,7 @@ pub(crate) fn split_loss<M: VelocityModel>(
         let x_hat = x_t.narrow(0, 0, ne)?.sub(&f_e)?.detach();
         let dv = rectification_delta(ctx.online, &x_hat, z_rect, t_rect, &c.narrow(0, 0, ne)?)?
             .clamp(-1.0, 1.0)?;
-        base.loss
-            .mean(&f_e, &f_e.detach().sub(&dv)?)?
+        ell.mean(&f_e, &f_e.detach().sub(&dv)?)?
             .mul_scalar(cfg.rect_weight)?
     } else {
         Tensor::scalar(0.0, dt, dev)?

@@ -6,7 +6,7 @@ use super::rcgm::{base_loss, draw_base, times};
 use super::split::split_loss;
 use super::TimeDistribution;
 use super::{check_batch, interpolate, rcgm_target, replay, velocity_target};
-use super::{Batch, FlowMethod, RcgmConfig, SplitConfig, StepContext, StepLoss};
+use super::{Batch, FlowMethod, LossFn, RcgmConfig, SplitConfig, StepContext, StepLoss};
 use serde::{Deserialize, Serialize};
 use twinflow_engine::{no_grad, Error, Result, Tensor};
 use twinflow_nn::VelocityModel;
@@ -221,7 +221,7 @@ fn full_loss<M: VelocityModel>(
     batch: &Batch,
 ) -> Result<StepLoss> {
     let base = &cfg.base;
-    let ell = base.loss;
+    let ell = base.loss_or(LossFn::L2);
     let (x, c) = (&batch.x, &batch.labels);
     let d = draw_base(base, time, ctx.rng, batch)?;
     let rect_draws = match cfg.rectifies() {

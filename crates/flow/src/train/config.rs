@@ -398,6 +398,17 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// The sampler of this run's pictures, `sample` and `eval`: the `[sampler]` table,
+    /// with the few-step presets ([`SamplerConfig::at_steps`]) on for TwinFlow runs
+    /// unless the table sets `presets`.
+    pub fn sampler(&self) -> SamplerConfig {
+        let twinflow = self.method.name == MethodName::Twinflow;
+        SamplerConfig {
+            presets: Some(self.sampler.presets.unwrap_or(twinflow)),
+            ..self.sampler
+        }
+    }
+
     /// The method's name as written in the config.
     pub fn method_name(&self) -> &'static str {
         match self.method.name {

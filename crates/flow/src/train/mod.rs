@@ -182,9 +182,15 @@ impl Trainer {
             MethodName::FlowMatching => {
                 Box::new(FlowMatching::new(m.flow_matching.unwrap_or_default())?.with_time(time)?)
             }
-            MethodName::Rcgm => Box::new(Rcgm::new(m.rcgm.unwrap_or_default())?.with_time(time)?),
+            MethodName::Rcgm => {
+                let mut rcgm = m.rcgm.unwrap_or_default();
+                rcgm.uncond = rcgm.uncond.resolve(model.null_label());
+                Box::new(Rcgm::new(rcgm)?.with_time(time)?)
+            }
             MethodName::Twinflow => {
-                Box::new(TwinFlow::new(m.twinflow.unwrap_or_default())?.with_time(time)?)
+                let mut twinflow = m.twinflow.unwrap_or_default();
+                twinflow.base.uncond = twinflow.base.uncond.resolve(model.null_label());
+                Box::new(TwinFlow::new(twinflow)?.with_time(time)?)
             }
         };
         Ok(Trainer {
@@ -339,7 +345,8 @@ impl Trainer {
             // Products and attention of the forward in `precision` (backward follows).
             let _autocast = AutocastGuard::new(self.cfg.precision.autocast())?;
             let ema = self.ema.model(&self.model);
-            let mut ctx = StepContext::new(&self.model, ema, &mut self.method_rng);
+            let mut ctx = StepContext::new(&self.model, ema, &mut self.method_rng)
+                .with_frozen_ema(self.cfg.ema_decay == 1.0);
             self.method.loss(&mut ctx, batch)?
         };
         let loss = out.value()?;
