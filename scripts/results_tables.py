@@ -63,7 +63,7 @@ def rows_of(runs, entries, cells, header):
         ref = len(commands) + 1
         commands.append((ref, train_cmd, read(os.path.join(d, f"eval-{tag}.command"))))
         for row in report["rows"]:
-            sampler = describe_sampler(report, row["nfe"])
+            sampler = describe_sampler(row)
             out.append(
                 f"| {label} [{ref}] | {report['step']} | {seconds / 60:.1f} min | "
                 f"{row['nfe']} | {sampler} | " + " | ".join(c(row) for c in cells) + " |"
@@ -71,16 +71,15 @@ def rows_of(runs, entries, cells, header):
     return out, commands, floor
 
 
-def describe_sampler(report, nfe):
-    s = report["sampler"]
-    if s["method"] != "ucgm":
-        return s["method"]
-    presets = s.get("presets")
-    if presets and nfe in (2, 4):
-        gap = {2: "0.6", 4: "0.5"}[nfe]
-        return f"UCGM ρ=1, gaps 0.001/{gap}"
-    rho = s["stochastic_ratio"]
-    return "UCGM" + (f" ρ={rho:g}" if rho else "")
+def describe_sampler(row):
+    s = row["sampler"]
+    name = {"ucgm": "UCGM", "euler": "Euler", "heun": "Heun"}[s["method"]]
+    parts = [name]
+    if s["stochastic_ratio"]:
+        parts.append(f"ρ={s['stochastic_ratio']:g}")
+    if s["gaps"] != [0.0, 0.0]:
+        parts.append(f"gaps {s['gaps'][0]:g}/{s['gaps'][1]:g}")
+    return ", ".join(parts)
 
 
 def commands_block(commands):

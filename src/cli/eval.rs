@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use twinflow::flow::classifier::load_classifier;
 use twinflow::flow::data::DataSource;
 use twinflow::flow::eval::{evaluate, EvalConfig, EvalReport};
+use twinflow::flow::sampler::SamplerConfig;
 use twinflow::flow::train::{RestoreOptions, Trainer};
 
 #[derive(Debug, Args)]
@@ -161,20 +162,33 @@ fn table(r: &EvalReport) -> String {
         cells
             .iter()
             .for_each(|c| out.push_str(&format!(" {c:>12}")));
-        out.push_str(&format!(" {last:>9}\n"));
+        out.push_str(&format!("  {last}\n"));
     };
     line(
         "NFE".into(),
         names.iter().map(|n| n.to_string()).collect(),
-        "time".into(),
+        "time  grid".into(),
     );
     for row in &r.rows {
         let cells = names.iter().map(|n| cell(n, row.metrics[*n])).collect();
-        line(row.nfe.to_string(), cells, format!("{:.1} s", row.seconds));
+        let when = format!("{:.1} s  {}", row.seconds, grid(&row.sampler));
+        line(row.nfe.to_string(), cells, when);
     }
     let floor = names.iter().map(|n| cell(n, r.floor[*n])).collect();
     line("real".into(), floor, String::new());
     out
+}
+
+/// A row's stochastic ratio and gaps, where they are not the deterministic defaults.
+fn grid(s: &SamplerConfig) -> String {
+    let mut parts = Vec::new();
+    if s.stochastic_ratio != 0.0 {
+        parts.push(format!("rho {}", s.stochastic_ratio));
+    }
+    if s.gaps != [0.0, 0.0] {
+        parts.push(format!("gaps {}/{}", s.gaps[0], s.gaps[1]));
+    }
+    parts.join(", ")
 }
 
 fn write_json(path: &Path, report: &EvalReport) -> Result<(), String> {

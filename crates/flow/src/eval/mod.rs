@@ -77,6 +77,8 @@ pub struct EvalRow {
     pub metrics: Metrics,
     /// Seconds spent sampling and scoring.
     pub seconds: f64,
+    /// The sampler this row ran: the report's at this NFE, presets applied.
+    pub sampler: SamplerConfig,
 }
 
 /// Everything an evaluation measured, serialisable as the JSON `twinflow eval` writes.
@@ -168,6 +170,7 @@ pub fn evaluate(
             nfe,
             metrics: reference.score(&samples, &labels, data.dim())?,
             seconds: start.elapsed().as_secs_f64(),
+            sampler,
         });
     }
     Ok(EvalReport {

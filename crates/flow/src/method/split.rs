@@ -13,7 +13,10 @@ use twinflow_nn::VelocityModel;
 #[serde(deny_unknown_fields, default)]
 pub struct SplitConfig {
     /// Group ratios e2e : mul : any : adv (non-negative, positive sum). `[1, 1, 1, 1]` is
-    /// TwinFlow, `[1, 1, 1, 0]` RCGM alone, `[0, 1, 0, 0]` flow matching.
+    /// TwinFlow; `[1, 1, 1, 0]` is RCGM alone (a ratio of 0 removes its group and every
+    /// term fed by it: without adv, the rectification too), the same as
+    /// [`TwinFlowConfig::adversarial`](super::TwinFlowConfig::adversarial) off;
+    /// `[0, 1, 0, 0]` is flow matching (with short jumps `tt`).
     pub ratios: [f64; 4],
     /// The consistency ratio r: mul jumps to `t − u·t·min(0.05, r)`, any to `t − u·t·r`.
     pub consistency_ratio: f64,
