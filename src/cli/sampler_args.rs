@@ -50,7 +50,7 @@ impl SamplerArgs {
         if self.gaps.is_some() || self.stochastic_ratio.is_some() {
             cfg.presets = Some(false);
         }
-        let mut cfg = cfg.at_steps(nfe);
+        // The method first: the presets apply to UCGM only.
         if let Some(name) = &self.sampler {
             cfg.method = match name.as_str() {
                 "euler" => SamplerMethod::Euler,
@@ -65,6 +65,7 @@ impl SamplerArgs {
                 _ => JumpTarget::FewStep,
             };
         }
+        let mut cfg = cfg.at_steps(nfe);
         cfg.guidance = self.guidance.unwrap_or(cfg.guidance);
         cfg.stochastic_ratio = self.stochastic_ratio.unwrap_or(cfg.stochastic_ratio);
         cfg.gaps = self.gaps.unwrap_or(cfg.gaps);
