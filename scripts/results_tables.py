@@ -21,6 +21,8 @@ MOONS = [
     ("moons-twinflow", "main", "TwinFlow (`split`)"),
     ("moons-rcgm", "main", "RCGM alone (same recipe, TwinFlow terms off)"),
     ("moons-fm", "main", "flow matching (Euler)"),
+    ("moons-twinflow-l2", "main", "TwinFlow with l2 instead of Barron"),
+    ("moons-twinflow", "no-presets", "TwinFlow, few-step presets off"),
 ]
 MNIST_MAIN = [
     ("mnist-twinflow", "main", "TwinFlow (`split`), from scratch"),
@@ -31,10 +33,12 @@ MNIST_MAIN = [
     ("mnist-fm-pretrain", "main", "flow matching 800 steps (the fine-tune's start)"),
 ]
 MNIST_ABLATIONS = [
-    ("mnist-twinflow", "main", "TwinFlow (Barron, no label dropout): the default"),
+    ("mnist-twinflow", "main", "TwinFlow (Barron, label dropout 0.1): the default"),
     ("mnist-twinflow", "no-presets", "the same model, few-step presets off"),
     ("mnist-twinflow-l2", "main", "l2 loss instead of Barron"),
-    ("mnist-twinflow-label-dropout", "main", "label dropout 0.1"),
+    ("mnist-twinflow-clip-beta2-99", "main", "clip 1.0, AdamW β₂ 0.99 (production)"),
+    ("mnist-twinflow-clip-beta2-95", "main", "clip 1.0, AdamW β₂ 0.95 (production)"),
+    ("mnist-twinflow-no-label-dropout", "main", "no label dropout (as the references)"),
 ]
 
 
