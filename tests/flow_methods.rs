@@ -204,15 +204,7 @@ fn draws_with(seed: u64, uncond: Option<Unconditional>, time: Option<&TimeDistri
     let t = draw_times(&mut g, B, time);
     let u = f(&mut g, &[B], false);
     let tt = (0..B).map(|i| t[i] - t[i] * u[i]).collect();
-    let uncond = uncond.map(|u| match u {
-        Unconditional::Shuffle => g
-            .permutation(B)
-            .iter()
-            .map(|&j| LABELS[j as usize])
-            .collect(),
-        Unconditional::Null(k) => vec![k; B],
-        Unconditional::NullClass => unreachable!("resolved before use"),
-    });
+    let uncond = uncond.map(|u| uncond_labels(&mut g, u, &LABELS));
     let z2 = f(&mut g, &[B, D], true);
     let t2 = f(&mut g, &[B], false);
     Draws {
@@ -222,6 +214,20 @@ fn draws_with(seed: u64, uncond: Option<Unconditional>, time: Option<&TimeDistri
         uncond,
         z2,
         t2,
+    }
+}
+
+/// The unconditional labels of guidance for `labels`, drawn from `g` as the methods
+/// draw them (a permutation of the labels for `Shuffle`).
+fn uncond_labels(g: &mut Generator, uncond: Unconditional, labels: &[i64]) -> Vec<i64> {
+    match uncond {
+        Unconditional::Shuffle => g
+            .permutation(labels.len())
+            .iter()
+            .map(|&j| labels[j as usize])
+            .collect(),
+        Unconditional::Null(k) => vec![k; labels.len()],
+        Unconditional::NullClass => unreachable!("the trainer resolves it"),
     }
 }
 
@@ -749,15 +755,7 @@ fn split_by_hand(
     let u = draw(&mut g, &[n], false);
     let z_adv = (nv > 0).then(|| draw(&mut g, &[nv, D], true));
     let c_na = &SPLIT_LABELS[..nn];
-    let c_u: Option<Vec<i64>> = (nn > 0 && base.guidance != 0.0).then(|| match base.uncond {
-        Unconditional::Shuffle => g
-            .permutation(nn)
-            .iter()
-            .map(|&j| c_na[j as usize])
-            .collect(),
-        Unconditional::Null(k) => vec![k; nn],
-        Unconditional::NullClass => unreachable!("resolved by the trainer"),
-    });
+    let c_u = (nn > 0 && base.guidance != 0.0).then(|| uncond_labels(&mut g, base.uncond, c_na));
     let rect_draws = rect_on.then(|| (draw(&mut g, &[ne, D], true), draw(&mut g, &[ne], false)));
 
     let (mut t, mut tt) = (Vec::new(), Vec::new());
