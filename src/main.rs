@@ -2,23 +2,28 @@
 
 mod cli {
     pub mod classify;
+    pub mod error;
     pub mod eval;
     pub mod grids;
     pub mod npy;
     pub mod plot;
+    pub mod progress;
     pub mod sampler_args;
 }
 
 use clap::{Args, Parser, Subcommand};
+use cli::error::CliResult;
 use cli::grids::{image_size, write_sample_grids};
+use cli::progress::TrainProgress;
 use cli::sampler_args::SamplerArgs;
 use cli::{npy, plot};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use twinflow::engine::{report, Error};
 use twinflow::flow::data::DataSource;
 use twinflow::flow::eval::{sample_batched, SampleLabels, DEFAULT_SAMPLE_BATCH};
-use twinflow::flow::train::{Precision, RestoreOptions, StepRecord, TrainConfig, Trainer};
+use twinflow::flow::train::{Precision, RestoreOptions, TrainConfig, TrainEvent, Trainer};
 
 /// The config used by `train` without `--config`.
 const DEFAULT_CONFIG: &str = include_str!("../configs/mnist-twinflow.toml");
@@ -144,8 +149,6 @@ struct DataArgs {
     out: PathBuf,
 }
 
-type CliResult<T> = Result<T, String>;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -157,15 +160,11 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(msg) => {
-            eprintln!("error: {msg}");
+        Err(e) => {
+            eprintln!("error: {}", report(&*e));
             ExitCode::FAILURE
         }
     }
-}
-
-fn err(e: impl std::fmt::Display) -> String {
-    e.to_string()
 }
 
 fn train(a: TrainArgs) -> CliResult<()> {
@@ -197,29 +196,25 @@ fn train(a: TrainArgs) -> CliResult<()> {
         }
         let latest = dir.join("checkpoints").join("latest.safetensors");
         if !latest.is_file() {
-            return Err(format!(
-                "cannot resume: no checkpoint at {}",
-                latest.display()
-            ));
+            return Err(format!("cannot resume: no checkpoint at {}", latest.display()).into());
         }
         let options = RestoreOptions {
             device: a.device.clone(),
             ..RestoreOptions::default()
         };
-        let trainer = Trainer::from_checkpoint_with(&latest, &options).map_err(err)?;
+        let trainer = Trainer::from_checkpoint_with(&latest, &options)?;
         let target = a.steps.unwrap_or(trainer.config().steps);
         (trainer, target)
     } else {
         let mut cfg = match &a.config {
             Some(path) => {
                 if !path.is_file() {
-                    return Err(format!("config file {} not found", path.display()));
+                    return Err(format!("config file {} not found", path.display()).into());
                 }
-                TrainConfig::load(path).map_err(err)?
+                TrainConfig::load(path)?
             }
             None => {
-                TrainConfig::from_toml(DEFAULT_CONFIG, "configs/mnist-twinflow.toml (built in)")
-                    .map_err(err)?
+                TrainConfig::from_toml(DEFAULT_CONFIG, "configs/mnist-twinflow.toml (built in)")?
             }
         };
         if let Some(steps) = a.steps {
@@ -242,58 +237,35 @@ fn train(a: TrainArgs) -> CliResult<()> {
             };
         }
         let target = cfg.steps;
-        (Trainer::new(cfg).map_err(err)?, target)
+        (Trainer::new(cfg)?, target)
     };
-    let start = trainer.step_count();
-    if start >= target {
+    if trainer.step_count() >= target {
         eprintln!(
-            "run in {} is already at step {start} (target {target}); nothing to do",
-            dir.display()
+            "run in {} is already at step {} (target {target}); nothing to do",
+            dir.display(),
+            trainer.step_count()
         );
         return Ok(());
     }
-    let mut resolved = trainer.config().clone();
-    resolved.steps = target;
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let config_path = dir.join("config.toml");
-    std::fs::write(&config_path, resolved.to_toml().map_err(err)?)
-        .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
-
-    let bar = ProgressBar::new(target);
-    bar.set_position(start);
-    bar.reset_eta();
-    if let Ok(style) = ProgressStyle::with_template(
-        "{bar:30} {pos}/{len} steps | loss {msg} | {per_sec} | ETA {eta}",
-    ) {
-        bar.set_style(style);
-    }
-    let (log_every, ck_every) = (resolved.log_every, resolved.checkpoint_every);
-    let sample_every = resolved.sample_every;
-    let mut last: Option<StepRecord> = None;
-    let mut saved_at = None;
-    while trainer.step_count() < target {
-        let record = trainer.step().map_err(err)?;
-        let n = record.step;
-        bar.set_message(format!("{:.4}", record.loss));
-        bar.set_position(n);
-        if log_every > 0 && n % log_every == 0 {
-            trainer.log(&dir, &record).map_err(err)?;
+    let mut progress = TrainProgress::new(trainer.step_count(), target, trainer.config().log_every);
+    let mut grids = Vec::new();
+    let summary = trainer.train_to(target, &dir, |trainer, event| {
+        match event {
+            TrainEvent::Step(record) => progress.step(record),
+            TrainEvent::Saved(_) => {}
+            TrainEvent::SamplesDue { last } => {
+                let written = progress
+                    .suspend(|| write_sample_grids(trainer, &dir))
+                    .map_err(Error::External)?;
+                if last {
+                    grids = written;
+                }
+            }
         }
-        if ck_every > 0 && n % ck_every == 0 {
-            trainer.save(&dir).map_err(err)?;
-            saved_at = Some(n);
-        }
-        if sample_every > 0 && n % sample_every == 0 && n < target {
-            bar.suspend(|| write_sample_grids(&trainer, &dir))?;
-        }
-        last = Some(record);
-    }
-    if saved_at != Some(trainer.step_count()) {
-        trainer.save(&dir).map_err(err)?;
-    }
-    let grids = write_sample_grids(&trainer, &dir)?;
-    bar.finish_and_clear();
-    if let Some(r) = last {
+        Ok(())
+    })?;
+    progress.finish();
+    if let Some(r) = summary.last {
         eprintln!(
             "trained to step {} (loss {:.4}); run directory {}",
             r.step,
@@ -324,7 +296,7 @@ fn out_kind(path: &Path, png_ok: bool) -> CliResult<OutKind> {
         Ok(OutKind::Png)
     } else {
         let want = if png_ok { ".npy or .png" } else { ".npy" };
-        Err(format!("--out must end in {want}, got {}", path.display()))
+        Err(format!("--out must end in {want}, got {}", path.display()).into())
     }
 }
 
@@ -348,13 +320,13 @@ fn sample(a: SampleArgs) -> CliResult<()> {
         return Err("--batch-size must be positive".into());
     }
     if !a.checkpoint.is_file() {
-        return Err(format!("checkpoint {} not found", a.checkpoint.display()));
+        return Err(format!("checkpoint {} not found", a.checkpoint.display()).into());
     }
     let options = RestoreOptions {
         device: Some(a.device.clone()),
         ..RestoreOptions::default()
     };
-    let trainer = Trainer::from_checkpoint_with(&a.checkpoint, &options).map_err(err)?;
+    let trainer = Trainer::from_checkpoint_with(&a.checkpoint, &options)?;
     let classes = trainer.data().num_classes().max(1);
     let dim = trainer.data().dim();
     let labels = if a.labels == "all" {
@@ -387,8 +359,7 @@ fn sample(a: SampleArgs) -> CliResult<()> {
         a.ema,
         a.batch_size,
         |done| bar.set_position(done as u64),
-    )
-    .map_err(err)?;
+    )?;
     bar.finish_and_clear();
     match kind {
         OutKind::Npy => write_npy(&a.out, &x, &labels, dim),
@@ -402,7 +373,8 @@ fn sample(a: SampleArgs) -> CliResult<()> {
                 return Err(format!(
                     "cannot draw {dim}-dimensional samples as a picture (only 2-D points and \
                      grayscale images); write .npy instead"
-                ));
+                )
+                .into());
             }
             eprintln!("wrote {}", a.out.display());
             Ok(())
@@ -415,9 +387,9 @@ fn data(a: DataArgs) -> CliResult<()> {
     if a.n == 0 {
         return Err("--n must be positive".into());
     }
-    let mut source = DataSource::from_name(&a.dataset, &a.root, a.seed).map_err(err)?;
-    let (x, labels) = source.next_batch(a.n).map_err(err)?;
-    let x: Vec<f32> = x.to_vec().map_err(err)?;
-    let labels: Vec<i64> = labels.to_vec().map_err(err)?;
+    let mut source = DataSource::from_name(&a.dataset, &a.root, a.seed)?;
+    let (x, labels) = source.next_batch(a.n)?;
+    let x: Vec<f32> = x.to_vec()?;
+    let labels: Vec<i64> = labels.to_vec()?;
     write_npy(&a.out, &x, &labels, source.dim())
 }

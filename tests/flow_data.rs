@@ -39,8 +39,9 @@ fn idx_labels(count: u32, payload: usize) -> Vec<u8> {
     b
 }
 
+/// The error with its causes, as the command line prints it.
 fn err_of<T: std::fmt::Debug>(r: twinflow::engine::Result<T>) -> String {
-    r.unwrap_err().to_string()
+    twinflow::engine::report(&r.unwrap_err())
 }
 
 #[test]
@@ -145,7 +146,7 @@ fn broken_idx_files_give_clear_errors() {
     assert!(e.contains("bad.gz") && e.contains("gzip"), "{e}");
     // Missing file.
     let e = err_of(read_idx_labels(dir.join("nope")));
-    assert!(e.contains("nope") && e.contains("cannot read"), "{e}");
+    assert!(e.contains("nope") && e.contains("os error"), "{e}");
     // Image and label counts that disagree.
     let img = case("img4", idx_images(4, 2, 2, 16));
     let lab = case("lab3", idx_labels(3, 3));

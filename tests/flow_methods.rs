@@ -10,8 +10,8 @@
 use twinflow::engine::{no_grad, DType, Device, Generator, Result, Tensor};
 use twinflow::flow::method::{
     by_name, enhance_velocity, rcgm_target, rectification_delta, Batch, FlowMatching,
-    FlowMatchingConfig, FlowMethod, LossFn, Rcgm, RcgmConfig, Recipe, SplitConfig, StepContext,
-    StepLoss, TimeDistribution, TwinFlow, TwinFlowConfig, Unconditional, METHOD_NAMES,
+    FlowMatchingConfig, FlowMethod, LossFn, MethodConfig, Rcgm, RcgmConfig, Recipe, SplitConfig,
+    StepContext, StepLoss, TimeDistribution, TwinFlow, TwinFlowConfig, Unconditional, METHOD_NAMES,
 };
 use twinflow::nn::{
     ForwardRng, MlpVelocity, MlpVelocityConfig, Module, ParamBuilder, VelocityModel,
@@ -652,7 +652,7 @@ fn barron_loss_matches_its_formula() {
 
 #[test]
 fn methods_by_name_and_config_errors() {
-    for name in METHOD_NAMES {
+    for &name in METHOD_NAMES {
         let method = by_name::<MlpVelocity>(name).unwrap();
         assert_eq!(method.name(), name);
         let m = mlp(1);
@@ -661,6 +661,53 @@ fn methods_by_name_and_config_errors() {
     }
     let err = by_name::<MlpVelocity>("gan").err().unwrap().to_string();
     assert!(err.contains("flow_matching, rcgm, twinflow"), "{err}");
+    assert!(MethodConfig::default_of("gan").is_none());
+}
+
+#[test]
+fn the_method_table_is_tagged_by_the_methods_name() {
+    for &name in METHOD_NAMES {
+        let cfg = MethodConfig::default_of(name).unwrap();
+        assert_eq!(cfg.name(), name);
+        // The serde tag, the settings' NAME and the table key are one name.
+        let json = serde_json::to_value(cfg).unwrap();
+        assert_eq!(json, serde_json::json!({ "name": name }));
+        let with_table = serde_json::json!({ "name": name, name: {} });
+        let parsed: MethodConfig = serde_json::from_value(with_table).unwrap();
+        assert_eq!(parsed.name(), name);
+        let method = parsed.build::<MlpVelocity>(TimeDistribution::default(), 2);
+        assert_eq!(method.unwrap().name(), name);
+    }
+    // As checkpoints of earlier versions store it.
+    let saved = r#"{"name": "twinflow", "twinflow": {"recipe": "split", "base": {"order": 1}}}"#;
+    let cfg: MethodConfig = serde_json::from_str(saved).unwrap();
+    let mut want = TwinFlowConfig {
+        recipe: Recipe::Split,
+        ..TwinFlowConfig::default()
+    };
+    want.base.order = 1;
+    assert_eq!(cfg, MethodConfig::from(want));
+    assert!(cfg.few_step_presets());
+    assert!(!MethodConfig::from(RcgmConfig::default()).few_step_presets());
+    // Another method's table, an unknown name, bad settings.
+    let other = r#"{"name": "rcgm", "twinflow": {}}"#;
+    let err = serde_json::from_str::<MethodConfig>(other).unwrap_err();
+    assert!(err.to_string().contains("twinflow"), "{err}");
+    assert!(serde_json::from_str::<MethodConfig>(r#"{"name": "gan"}"#).is_err());
+    let bad = MethodConfig::from(RcgmConfig {
+        delta: 2.0,
+        ..RcgmConfig::default()
+    });
+    assert!(bad.validate().unwrap_err().to_string().contains("delta"));
+    // The null class resolves to the model's null label when the method is built.
+    let null_class = MethodConfig::from(RcgmConfig {
+        uncond: Unconditional::NullClass,
+        ..RcgmConfig::default()
+    });
+    let m = mlp(1);
+    let method = null_class.build::<MlpVelocity>(TimeDistribution::default(), m.null_label());
+    let out = run(method.unwrap().as_ref(), &m, &m, 91);
+    assert!(out.value().unwrap().is_finite());
     let cfg: TwinFlowConfig =
         serde_json::from_str(r#"{"base": {"order": 1, "uncond": {"null": 10}}}"#).unwrap();
     assert_eq!(cfg.base.order, 1);

@@ -6,13 +6,14 @@
 
 use std::path::PathBuf;
 use std::time::Instant;
+use twinflow::engine::Error;
 use twinflow::engine::{Device, Generator, Tensor};
 use twinflow::flow::data::Toy2d;
 use twinflow::flow::eval::{sample_batched, SampleLabels};
 use twinflow::flow::method::{Batch, TimeDistribution};
 use twinflow::flow::metrics::{energy_distance, Samples};
 use twinflow::flow::sampler::SamplerConfig;
-use twinflow::flow::train::{NanPolicy, TrainConfig, Trainer};
+use twinflow::flow::train::{NanPolicy, StepRecord, TrainConfig, TrainEvent, Trainer};
 use twinflow::nn::Module;
 
 /// A small moons config for `method` (a `[method]` table body and sub-tables).
@@ -96,6 +97,85 @@ fn energy_to_moons(trainer: &Trainer, ema: bool) -> f64 {
     energy_distance(&fake, &real).unwrap()
 }
 
+/// Trains to the config's steps in `dir`, returning every step's record.
+fn train_collecting(trainer: &mut Trainer, dir: &std::path::Path) -> Vec<StepRecord> {
+    let mut records = Vec::new();
+    trainer
+        .train(dir, |_, event| {
+            if let TrainEvent::Step(record) = event {
+                records.push(record.clone());
+            }
+            Ok(())
+        })
+        .unwrap();
+    records
+}
+
+/// One event of the training loop, written out.
+fn describe(event: &TrainEvent<'_>) -> String {
+    match event {
+        TrainEvent::Step(r) => format!("step {}", r.step),
+        TrainEvent::Saved(path) => format!("saved {}", path.file_name().unwrap().to_string_lossy()),
+        TrainEvent::SamplesDue { last } => format!("samples last={last}"),
+    }
+}
+
+#[test]
+fn the_training_loop_logs_saves_and_asks_for_samples_on_schedule() {
+    let dir = temp_dir("loop");
+    let mut cfg = config(5, FLOW_MATCHING, "checkpoint_every = 3\nsample_every = 2");
+    cfg.log_every = 2;
+    let mut trainer = Trainer::new(cfg).unwrap();
+    let mut events = Vec::new();
+    let summary = trainer
+        .train_to(6, &dir, |t, event| {
+            assert!(t.step_count() > 0);
+            events.push(describe(&event));
+            Ok(())
+        })
+        .unwrap();
+    let want = [
+        "step 1",
+        "step 2",
+        "samples last=false",
+        "step 3",
+        "saved step-3.safetensors",
+        "step 4",
+        "samples last=false",
+        "step 5",
+        "step 6",
+        "saved step-6.safetensors",
+        "samples last=true",
+    ];
+    assert_eq!(events, want);
+    assert_eq!(summary.start, 0);
+    assert_eq!(summary.last.as_ref().map(|r| r.step), Some(6));
+    assert!(summary
+        .checkpoint
+        .unwrap()
+        .ends_with("checkpoints/step-6.safetensors"));
+    // The resolved config records the target; a metrics line every 2 steps.
+    let resolved = TrainConfig::load(dir.join("config.toml")).unwrap();
+    assert_eq!(resolved.steps, 6);
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 3);
+
+    // A run at its target does nothing; an error of the caller stops the run.
+    let summary = trainer
+        .train_to(6, &dir, |_, _| panic!("no event"))
+        .unwrap();
+    assert!(summary.last.is_none() && summary.checkpoint.is_none());
+    let err = trainer
+        .train_to(9, &dir, |_, event| match event {
+            TrainEvent::Step(r) if r.step == 8 => Err(Error::invalid("caller", "stop here")),
+            _ => Ok(()),
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("stop here"), "{err}");
+    assert_eq!(trainer.step_count(), 8);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn twinflow_split_learns_moons_at_one_nfe() {
     let start = Instant::now();
@@ -104,7 +184,7 @@ fn twinflow_split_learns_moons_at_one_nfe() {
     let toml = moons_toml(steps, TWINFLOW_SPLIT, "").replace("lr = 2e-3", "lr = 5e-3");
     let mut trainer = Trainer::new(TrainConfig::from_toml(&toml, "moons.toml").unwrap()).unwrap();
     let before = energy_to_moons(&trainer, false);
-    let records = trainer.train(&dir, |_| {}).unwrap();
+    let records = train_collecting(&mut trainer, &dir);
     assert_eq!(records.len() as u64, steps);
     assert!(records.iter().all(|r| r.loss.is_finite() && !r.skipped));
     let online = energy_to_moons(&trainer, false);

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use twinflow::flow::train::{TrainConfig, Trainer};
+use twinflow::flow::train::{TrainConfig, TrainEvent, Trainer};
 use twinflow::nn::{Checkpoint, Module};
 
 const BIN: &str = env!("CARGO_BIN_EXE_twinflow");
@@ -116,8 +116,9 @@ fn losses(trainer: &mut Trainer, steps: usize) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// Why the run cannot start, with the causes, as the command line prints it.
 fn init_error(cfg: TrainConfig) -> String {
-    Trainer::new(cfg).unwrap_err().to_string()
+    twinflow::engine::report(&Trainer::new(cfg).unwrap_err())
 }
 
 #[test]
@@ -206,7 +207,15 @@ fn a_flow_matching_run_initialises_a_twinflow_run() {
     let mut trainer = Trainer::new(cfg).unwrap();
     assert_eq!(values(trainer.model()), values(source.model()));
     let run = dir.join("run");
-    let records = trainer.train(&run, |_| {}).unwrap();
+    let mut records = Vec::new();
+    trainer
+        .train(&run, |_, event| {
+            if let TrainEvent::Step(record) = event {
+                records.push(record.clone());
+            }
+            Ok(())
+        })
+        .unwrap();
     assert_eq!(records.len(), 2);
     assert!(records.iter().all(|r| r.loss.is_finite() && !r.skipped));
     assert_ne!(values(trainer.model()), values(source.model()));

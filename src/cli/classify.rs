@@ -1,6 +1,7 @@
 //! `twinflow train-classifier`: trains the evaluation classifier on MNIST-10k (all but
 //! the held-out last 1,000 digits) and saves it as a checkpoint.
 
+use super::error::CliResult;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -44,7 +45,7 @@ pub struct TrainClassifierArgs {
 }
 
 /// Runs `train-classifier`.
-pub fn run(a: TrainClassifierArgs) -> Result<(), String> {
+pub fn run(a: TrainClassifierArgs) -> CliResult<()> {
     let cfg = ClassifierTraining {
         epochs: a.epochs,
         batch_size: a.batch_size,
@@ -56,14 +57,11 @@ pub fn run(a: TrainClassifierArgs) -> Result<(), String> {
     if cfg.epochs == 0 || cfg.batch_size == 0 {
         return Err("--epochs and --batch-size must be positive".into());
     }
-    let data = ImageDataset::mnist_10k(&a.root).map_err(|e| e.to_string())?;
-    let (mut train, held_out) = held_out_split(&data, MNIST_HELD_OUT).map_err(|e| e.to_string())?;
+    let data = ImageDataset::mnist_10k(&a.root)?;
+    let (mut train, held_out) = held_out_split(&data, MNIST_HELD_OUT)?;
     if let Some(n) = a.train_images {
         if n == 0 || n > train.len() {
-            return Err(format!(
-                "--train-images must be in 1..={}, got {n}",
-                train.len()
-            ));
+            return Err(format!("--train-images must be in 1..={}, got {n}", train.len()).into());
         }
         train.images.truncate(n * train.dim());
         train.labels.truncate(n);
@@ -102,8 +100,7 @@ pub fn run(a: TrainClassifierArgs) -> Result<(), String> {
                 r.seconds
             )
         }),
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     bar.finish_and_clear();
     let held_out_accuracy = epochs.last().map_or(0.0, |r| r.held_out_accuracy);
     let meta = ClassifierFile {
@@ -115,7 +112,7 @@ pub fn run(a: TrainClassifierArgs) -> Result<(), String> {
             data.len()
         ),
     };
-    save_classifier(&a.out, &model, &meta).map_err(|e| e.to_string())?;
+    save_classifier(&a.out, &model, &meta)?;
     eprintln!(
         "held-out accuracy {:.2}% after {:.0} s; saved the classifier to {}",
         100.0 * held_out_accuracy,

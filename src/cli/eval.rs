@@ -2,10 +2,12 @@
 //! the numbers as JSON.
 
 use super::classify::DEFAULT_CLASSIFIER;
+use super::error::CliResult;
 use super::sampler_args::SamplerArgs;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
+use twinflow::engine::Error;
 use twinflow::flow::classifier::load_classifier;
 use twinflow::flow::data::DataSource;
 use twinflow::flow::eval::{evaluate, EvalConfig, EvalReport};
@@ -77,20 +79,19 @@ fn default_json(checkpoint: &Path) -> PathBuf {
 }
 
 /// Runs `eval`.
-pub fn run(a: EvalArgs) -> Result<(), String> {
+pub fn run(a: EvalArgs) -> CliResult<()> {
     let nfe = parse_nfe(&a.nfe)?;
     if a.n < 2 || a.batch_size == 0 {
         return Err("--n must be at least 2 and --batch-size positive".into());
     }
     if !a.checkpoint.is_file() {
-        return Err(format!("checkpoint {} not found", a.checkpoint.display()));
+        return Err(format!("checkpoint {} not found", a.checkpoint.display()).into());
     }
     let options = RestoreOptions {
         data_root: a.root.clone(),
         device: Some(a.device.clone()),
     };
-    let trainer =
-        Trainer::from_checkpoint_with(&a.checkpoint, &options).map_err(|e| e.to_string())?;
+    let trainer = Trainer::from_checkpoint_with(&a.checkpoint, &options)?;
     let cfg = EvalConfig {
         nfe,
         n: a.n,
@@ -107,9 +108,10 @@ pub fn run(a: EvalArgs) -> Result<(), String> {
                     "no classifier at {}: image samples are scored by a classifier; run \
                      `twinflow train-classifier` first (or pass --classifier FILE)",
                     a.classifier.display()
-                ));
+                )
+                .into());
             }
-            Some(load_classifier(&a.classifier).map_err(|e| e.to_string())?.0)
+            Some(load_classifier(&a.classifier)?.0)
         }
     };
     let bar = ProgressBar::new((cfg.n * cfg.nfe.len()) as u64);
@@ -120,8 +122,7 @@ pub fn run(a: EvalArgs) -> Result<(), String> {
     }
     let mut report = evaluate(&trainer, &cfg, classifier.as_ref(), |done, _| {
         bar.set_position(done as u64)
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     bar.finish_and_clear();
     report.checkpoint = Some(a.checkpoint.display().to_string());
     print!("{}", table(&report));
@@ -191,11 +192,10 @@ fn grid(s: &SamplerConfig) -> String {
     parts.join(", ")
 }
 
-fn write_json(path: &Path, report: &EvalReport) -> Result<(), String> {
-    let text = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
+fn write_json(path: &Path, report: &EvalReport) -> CliResult<()> {
+    let text = serde_json::to_string_pretty(report)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
     }
-    std::fs::write(path, text + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))
+    std::fs::write(path, text + "\n").map_err(|e| Error::io("write", path, e).into())
 }

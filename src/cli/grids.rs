@@ -2,8 +2,10 @@
 //! `sample_nfe`, drawn with the run's `[sampler]` from fixed noise so that pictures of
 //! different steps compare like for like.
 
+use super::error::CliResult;
 use super::plot;
 use std::path::{Path, PathBuf};
+use twinflow::engine::Error;
 use twinflow::flow::eval::{sample_batched, SampleLabels, DEFAULT_SAMPLE_BATCH};
 use twinflow::flow::train::{ModelKind, Trainer};
 
@@ -19,7 +21,7 @@ const GRID_SEED: u64 = 0;
 /// `twinflow sample --nfe K --n N --seed 0` (with `--ema` when the run keeps EMA weights)
 /// draws from a checkpoint of this step, through the same [`sample_batched`], which
 /// leaves the training's random streams as they were.
-pub fn write_sample_grids(trainer: &Trainer, dir: &Path) -> Result<Vec<PathBuf>, String> {
+pub fn write_sample_grids(trainer: &Trainer, dir: &Path) -> CliResult<Vec<PathBuf>> {
     let cfg = trainer.config();
     let dim = trainer.data().dim();
     let classes = trainer.data().num_classes().max(1);
@@ -28,7 +30,7 @@ pub fn write_sample_grids(trainer: &Trainer, dir: &Path) -> Result<Vec<PathBuf>,
         return Ok(Vec::new());
     }
     let out = dir.join("samples");
-    std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    std::fs::create_dir_all(&out).map_err(|e| Error::io("create", &out, e))?;
     let n = if dim == 2 {
         SCATTER_POINTS
     } else {
@@ -45,8 +47,7 @@ pub fn write_sample_grids(trainer: &Trainer, dir: &Path) -> Result<Vec<PathBuf>,
             cfg.ema_decay > 0.0,
             DEFAULT_SAMPLE_BATCH,
             |_| {},
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         let path = out.join(format!("step-{:07}-nfe{nfe}.png", trainer.step_count()));
         match image {
             Some(size) => plot::image_grid(&path, &x, &labels, size, classes)?,

@@ -1,7 +1,9 @@
 //! A minimal writer of NumPy `.npy` files (format version 1.0, little-endian).
 
+use super::error::CliResult;
 use std::io::Write;
 use std::path::Path;
+use twinflow::engine::Error;
 
 /// The header of a version 1.0 `.npy` file for `descr` and `shape`, padded with spaces
 /// and a final newline so that the data starts at a multiple of 16 bytes.
@@ -31,22 +33,21 @@ fn header(descr: &str, shape: &[usize]) -> Vec<u8> {
     out
 }
 
-fn write(path: &Path, header: Vec<u8>, data: &[u8]) -> Result<(), String> {
-    let mut file = std::fs::File::create(path)
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+fn write(path: &Path, header: Vec<u8>, data: &[u8]) -> CliResult<()> {
+    let mut file = std::fs::File::create(path).map_err(|e| Error::io("create", path, e))?;
     file.write_all(&header)
         .and_then(|()| file.write_all(data))
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        .map_err(|e| Error::io("write", path, e).into())
 }
 
 /// Writes `values` as a float32 array `[rows, cols]`.
-pub fn write_f32(path: &Path, values: &[f32], rows: usize, cols: usize) -> Result<(), String> {
+pub fn write_f32(path: &Path, values: &[f32], rows: usize, cols: usize) -> CliResult<()> {
     let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     write(path, header("<f4", &[rows, cols]), &data)
 }
 
 /// Writes `values` as an int64 array `[n]`.
-pub fn write_i64(path: &Path, values: &[i64]) -> Result<(), String> {
+pub fn write_i64(path: &Path, values: &[i64]) -> CliResult<()> {
     let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     write(path, header("<i8", &[values.len()]), &data)
 }

@@ -1,6 +1,8 @@
 //! PNG pictures of samples: a scatter plot for 2-D data, a grid for images.
 
+use super::error::CliResult;
 use std::path::Path;
+use twinflow::engine::Error;
 
 /// Colours of classes 0, 1, … (cycled beyond ten).
 const PALETTE: [[u8; 3]; 10] = [
@@ -22,21 +24,20 @@ fn write_png(
     height: u32,
     color: png::ColorType,
     data: &[u8],
-) -> Result<(), String> {
-    let fail = |e: &dyn std::fmt::Display| format!("cannot write {}: {e}", path.display());
-    let file = std::fs::File::create(path)
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+) -> CliResult<()> {
+    let fail = |e| Error::caused("png", path.display().to_string(), e);
+    let file = std::fs::File::create(path).map_err(|e| Error::io("create", path, e))?;
     let mut enc = png::Encoder::new(std::io::BufWriter::new(file), width, height);
     enc.set_color(color);
     enc.set_depth(png::BitDepth::Eight);
-    let mut writer = enc.write_header().map_err(|e| fail(&e))?;
-    writer.write_image_data(data).map_err(|e| fail(&e))?;
-    writer.finish().map_err(|e| fail(&e))
+    let mut writer = enc.write_header().map_err(fail)?;
+    writer.write_image_data(data).map_err(fail)?;
+    Ok(writer.finish().map_err(fail)?)
 }
 
 /// A `size`×`size` scatter plot of 2-D points `xy` (`[n, 2]` row-major), coloured by
 /// label; the square view is fitted to the points (at least [−2, 2]² is not forced).
-pub fn scatter(path: &Path, xy: &[f32], labels: &[i64], size: u32) -> Result<(), String> {
+pub fn scatter(path: &Path, xy: &[f32], labels: &[i64], size: u32) -> CliResult<()> {
     let n = labels.len();
     let finite = |v: f32| v.is_finite();
     let (mut lo, mut hi) = ([f32::INFINITY; 2], [f32::NEG_INFINITY; 2]);
@@ -98,7 +99,7 @@ pub fn image_grid(
     labels: &[i64],
     (rows, cols): (usize, usize),
     classes: usize,
-) -> Result<(), String> {
+) -> CliResult<()> {
     let d = rows * cols;
     let classes = classes.max(1);
     let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];

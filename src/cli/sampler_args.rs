@@ -2,6 +2,7 @@
 //! table (the config the model was trained with), which in turn defaults to the 1-NFE
 //! deterministic UCGM sampler.
 
+use super::error::CliResult;
 use clap::Args;
 use twinflow::flow::sampler::{JumpTarget, SamplerConfig, SamplerMethod};
 
@@ -42,7 +43,7 @@ impl SamplerArgs {
     /// `base` at `nfe` steps ([`SamplerConfig::at_steps`], presets included) with every
     /// given flag applied; checked. An explicit `--gaps` or `--stochastic-ratio` turns
     /// the presets off, so that later `at_steps` calls (one per NFE in `eval`) keep it.
-    pub fn resolve(&self, base: &SamplerConfig, nfe: usize) -> Result<SamplerConfig, String> {
+    pub fn resolve(&self, base: &SamplerConfig, nfe: usize) -> CliResult<SamplerConfig> {
         let mut cfg = *base;
         if let Some(presets) = &self.presets {
             cfg.presets = Some(presets == "on");
@@ -70,7 +71,7 @@ impl SamplerArgs {
         cfg.stochastic_ratio = self.stochastic_ratio.unwrap_or(cfg.stochastic_ratio);
         cfg.gaps = self.gaps.unwrap_or(cfg.gaps);
         cfg.kumaraswamy = self.kumaraswamy.unwrap_or(cfg.kumaraswamy);
-        cfg.validate().map_err(|e| e.to_string())?;
+        cfg.validate()?;
         Ok(cfg)
     }
 }

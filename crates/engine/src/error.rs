@@ -1,6 +1,7 @@
 //! The one error type of the engine: every fallible op names itself and its operands.
 
 use crate::dtype::DType;
+use std::path::PathBuf;
 
 /// Everything that can go wrong in the engine.
 ///
@@ -55,6 +56,33 @@ pub enum Error {
     /// Autodiff misuse, e.g. backward on a tensor that does not require a gradient.
     #[error("backward: {0}")]
     Autograd(String),
+    /// The file system refused: `op` could not read or write `path`. The operating
+    /// system's error is the [`source`](std::error::Error::source).
+    #[error("{op}: {}", .path.display())]
+    Io {
+        /// What was being done (`"config"`, `"train"`, `"mnist"`, ...).
+        op: &'static str,
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// What the operating system reported.
+        source: std::io::Error,
+    },
+    /// A failure of a layer built on the engine (a checkpoint that does not fit, a
+    /// file of the wrong kind), under what `op` was doing; the failure itself is the
+    /// [`source`](std::error::Error::source), typed, for callers that downcast it.
+    #[error("{op}: {context}")]
+    Caused {
+        /// What was being done.
+        op: &'static str,
+        /// What it was being done to (a file, a key).
+        context: String,
+        /// The failure.
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+    /// An error of a layer built on the engine (a checkpoint's), passed on whole: its
+    /// message and causes are its own, and callers can downcast it.
+    #[error(transparent)]
+    External(Box<dyn std::error::Error + Send + Sync + 'static>),
     /// A backend (CUDA driver, NVRTC, cuBLAS) reported a failure.
     #[error("{backend} backend: {msg}")]
     Backend {
@@ -92,6 +120,28 @@ impl Error {
         }
     }
 
+    /// `op` could not read or write `path`.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// `source`, met while `op` worked on `context`.
+    pub fn caused(
+        op: &'static str,
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Caused {
+            op,
+            context: context.into(),
+            source: Box::new(source),
+        }
+    }
+
     /// A dtype combination the op does not support.
     pub fn dtypes(op: &'static str, dtypes: &[DType]) -> Self {
         Error::DTypeMismatch {
@@ -99,4 +149,17 @@ impl Error {
             dtypes: dtypes.to_vec(),
         }
     }
+}
+
+/// The error and its causes on one line, outermost first, joined by ": " (how the
+/// command line prints an error).
+pub fn report(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        line.push_str(": ");
+        line.push_str(&e.to_string());
+        cause = e.source();
+    }
+    line
 }

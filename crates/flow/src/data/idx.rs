@@ -168,12 +168,15 @@ fn file_error(path: &Path, msg: impl std::fmt::Display) -> Error {
 
 /// The file's bytes, decompressed when it starts with the gzip header `1f 8b`.
 fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|e| file_error(path, format!("cannot read: {e}")))?;
+    let raw = std::fs::read(path).map_err(|e| Error::io("idx", path, e))?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::MultiGzDecoder::new(raw.as_slice())
             .read_to_end(&mut out)
-            .map_err(|e| file_error(path, format!("corrupt or truncated gzip stream: {e}")))?;
+            .map_err(|e| {
+                let what = format!("{}: corrupt or truncated gzip stream", path.display());
+                Error::caused("idx", what, e)
+            })?;
         Ok(out)
     } else {
         Ok(raw)

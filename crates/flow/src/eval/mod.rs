@@ -175,7 +175,7 @@ pub fn evaluate(
     }
     Ok(EvalReport {
         checkpoint: None,
-        method: trainer.config().method_name().to_string(),
+        method: trainer.config().method.name().to_string(),
         dataset: data.name().to_string(),
         step: trainer.step_count(),
         n: cfg.n,

@@ -1,8 +1,9 @@
 //! Flow matching, the baseline (method notes §1): `t ~ U(0,1)` (in general
-//! `Beta(a, b)·s`, [`TimeDistribution`]), `tt = t`, `L = mean ℓ(F_θ(x_t, t, t, c), z − x)`.
+//! `Beta(a, b)·s`, [`TimeDistribution`](super::TimeDistribution)), `tt = t`,
+//! `L = mean ℓ(F_θ(x_t, t, t, c), z − x)`.
 
 use super::{check_batch, interpolate, velocity_target, Batch, FlowMethod, LossFn};
-use super::{StepContext, StepLoss, TimeDistribution};
+use super::{Method, MethodSettings, StepContext, StepLoss};
 use serde::{Deserialize, Serialize};
 use twinflow_engine::Result;
 use twinflow_nn::VelocityModel;
@@ -15,49 +16,26 @@ pub struct FlowMatchingConfig {
     pub loss: LossFn,
 }
 
+impl MethodSettings for FlowMatchingConfig {
+    const NAME: &'static str = "flow_matching";
+
+    fn validate(&self) -> Result<()> {
+        self.loss.validate()
+    }
+}
+
 /// Flow matching. Draws, in order: `z ~ N(0, I)` `[B, D]`, the times `t` `[B]` of its
-/// [`TimeDistribution`] (`U(0, 1)` by default). Reports the term `fm`.
-#[derive(Debug, Clone)]
-pub struct FlowMatching {
-    cfg: FlowMatchingConfig,
-    time: TimeDistribution,
-}
-
-impl FlowMatching {
-    /// The method with the given settings (checked), drawing `t ~ U(0, 1)`.
-    pub fn new(cfg: FlowMatchingConfig) -> Result<Self> {
-        cfg.loss.validate()?;
-        Ok(FlowMatching {
-            cfg,
-            time: TimeDistribution::default(),
-        })
-    }
-
-    /// The same method drawing its times from `time` (checked).
-    pub fn with_time(mut self, time: TimeDistribution) -> Result<Self> {
-        time.validate()?;
-        self.time = time;
-        Ok(self)
-    }
-
-    /// Its settings.
-    pub fn config(&self) -> &FlowMatchingConfig {
-        &self.cfg
-    }
-
-    /// The distribution of its times `t`.
-    pub fn time(&self) -> &TimeDistribution {
-        &self.time
-    }
-}
+/// [`TimeDistribution`](super::TimeDistribution) (`U(0, 1)` by default). Reports the
+/// term `fm`.
+pub type FlowMatching = Method<FlowMatchingConfig>;
 
 impl<M: VelocityModel> FlowMethod<M> for FlowMatching {
     fn name(&self) -> &'static str {
-        "flow_matching"
+        FlowMatchingConfig::NAME
     }
 
     fn loss(&self, ctx: &mut StepContext<'_, M>, batch: &Batch) -> Result<StepLoss> {
-        let b = check_batch("flow_matching", batch)?;
+        let b = check_batch(FlowMatchingConfig::NAME, batch)?;
         let x = &batch.x;
         let z = ctx.rng.randn(x.shape(), x.dtype(), x.device())?;
         let t = self.time.sample(ctx.rng, b, x.dtype(), x.device())?;

@@ -7,14 +7,18 @@
 //! - [`TwinFlow`]: the `full` recipe, `L_base + L_real + L_adv + L_rect + L_cons` (§3a),
 //!   and the `split` recipe of four groups and one gradient forward (§3b).
 //!
-//! A new method is one file: a config struct and a type implementing [`FlowMethod`],
+//! A new method is one file and one line: its settings (implementing
+//! [`MethodSettings`]) and its loss ([`FlowMethod`] for [`Method`] of those settings),
 //! built from the helpers here ([`interpolate`], [`invert`], [`LossFn`],
 //! [`rcgm_target`], [`enhance_velocity`]). The trainer owns the online model θ, its EMA
 //! θ⁻ (updated before the method runs, §4) and the method's random stream; it passes
 //! them in a [`StepContext`] and backpropagates [`StepLoss::loss`].
 //!
+//! The line is the method's entry in the registry (`registry.rs`), which makes it a
+//! `[method]` of training configs ([`MethodConfig`]).
+//!
 //! Times: the built-in methods draw their times `t` from a [`TimeDistribution`]
-//! (`Beta(a, b)·s`, `U(0, 1)` by default), set with their `with_time`.
+//! (`Beta(a, b)·s`, `U(0, 1)` by default), set with [`Method::with_time`].
 //!
 //! Randomness: every draw of a method (noise, times, permutations) comes from
 //! [`StepContext::rng`] in an order each method documents, so a fixed seed reproduces a
@@ -28,6 +32,8 @@ mod flow_matching;
 mod loss;
 mod path;
 mod rcgm;
+mod registry;
+mod settings;
 mod split;
 mod time;
 mod twinflow;
@@ -36,15 +42,14 @@ pub use flow_matching::{FlowMatching, FlowMatchingConfig};
 pub use loss::{mse_per_sample, LossFn};
 pub use path::{interpolate, invert, per_sample, velocity_target};
 pub use rcgm::{enhance_velocity, rcgm_target, Rcgm, RcgmConfig, Unconditional};
+pub use registry::{by_name, MethodConfig, METHOD_NAMES};
+pub use settings::{Method, MethodSettings};
 pub use split::SplitConfig;
 pub use time::TimeDistribution;
 pub use twinflow::{rectification_delta, Recipe, TwinFlow, TwinFlowConfig};
 
 use twinflow_engine::{Error, Generator, GeneratorState, Result, Tensor};
 use twinflow_nn::VelocityModel;
-
-/// The names [`by_name`] accepts.
-pub const METHOD_NAMES: [&str; 3] = ["flow_matching", "rcgm", "twinflow"];
 
 /// One training batch: flat data and class labels.
 #[derive(Debug, Clone)]
@@ -148,24 +153,6 @@ pub trait FlowMethod<M: VelocityModel> {
     /// The loss of `batch`: draws what it needs from `ctx.rng`, runs gradient forwards
     /// of `ctx.online` and no-gradient forwards of `ctx.ema`.
     fn loss(&self, ctx: &mut StepContext<'_, M>, batch: &Batch) -> Result<StepLoss>;
-}
-
-/// The built-in method `name` with its default config; errors with the valid names.
-pub fn by_name<M: VelocityModel>(name: &str) -> Result<Box<dyn FlowMethod<M>>> {
-    Ok(match name {
-        "flow_matching" => Box::new(FlowMatching::new(FlowMatchingConfig::default())?),
-        "rcgm" => Box::new(Rcgm::new(RcgmConfig::default())?),
-        "twinflow" => Box::new(TwinFlow::new(TwinFlowConfig::default())?),
-        other => {
-            return Err(Error::invalid(
-                "method",
-                format!(
-                    "unknown method `{other}`, expected one of {}",
-                    METHOD_NAMES.join(", ")
-                ),
-            ))
-        }
-    })
 }
 
 /// A `[n]` tensor of `value` in `like`'s dtype and device.

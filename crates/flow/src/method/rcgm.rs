@@ -1,8 +1,9 @@
 //! RCGM: the any-step consistency loss `L_base` of order N with training-time guidance
 //! (method notes §2).
 
+use super::TimeDistribution;
 use super::{check_batch, filled, interpolate, invert, per_sample, replay, velocity_target};
-use super::{Batch, FlowMethod, LossFn, StepContext, StepLoss, TimeDistribution};
+use super::{Batch, FlowMethod, LossFn, Method, MethodSettings, StepContext, StepLoss};
 use serde::{Deserialize, Serialize};
 use twinflow_engine::{no_grad, Error, Generator, GeneratorState, Result, Tensor};
 use twinflow_nn::VelocityModel;
@@ -67,9 +68,11 @@ impl Default for RcgmConfig {
     }
 }
 
-impl RcgmConfig {
+impl MethodSettings for RcgmConfig {
+    const NAME: &'static str = "rcgm";
+
     /// Errors for δ outside (0, 1), a non-finite w, or an invalid loss.
-    pub fn validate(&self) -> Result<()> {
+    fn validate(&self) -> Result<()> {
         if !(self.delta > 0.0 && self.delta < 1.0) {
             return Err(Error::invalid(
                 "rcgm",
@@ -85,6 +88,15 @@ impl RcgmConfig {
         self.loss.map_or(Ok(()), |loss| loss.validate())
     }
 
+    fn for_model(self, null_label: i64) -> Self {
+        RcgmConfig {
+            uncond: self.uncond.resolve(null_label),
+            ..self
+        }
+    }
+}
+
+impl RcgmConfig {
     /// The loss ℓ in force: the configured one, else `recipe_default`.
     pub fn loss_or(&self, recipe_default: LossFn) -> LossFn {
         self.loss.unwrap_or(recipe_default)
@@ -251,43 +263,11 @@ pub(crate) fn draw_base(
 /// [`TimeDistribution`] (`U(0, 1)` by default), `u ~ U(0, 1)` (`tt = t − u·t`), then the
 /// permutation of the unconditional labels when guidance is on with
 /// [`Unconditional::Shuffle`]. Reports the term `base`.
-#[derive(Debug, Clone)]
-pub struct Rcgm {
-    cfg: RcgmConfig,
-    time: TimeDistribution,
-}
-
-impl Rcgm {
-    /// The method with the given settings (checked), drawing `t ~ U(0, 1)`.
-    pub fn new(cfg: RcgmConfig) -> Result<Self> {
-        cfg.validate()?;
-        Ok(Rcgm {
-            cfg,
-            time: TimeDistribution::default(),
-        })
-    }
-
-    /// The same method drawing its times `t` from `time` (checked).
-    pub fn with_time(mut self, time: TimeDistribution) -> Result<Self> {
-        time.validate()?;
-        self.time = time;
-        Ok(self)
-    }
-
-    /// Its settings.
-    pub fn config(&self) -> &RcgmConfig {
-        &self.cfg
-    }
-
-    /// The distribution of its times `t`.
-    pub fn time(&self) -> &TimeDistribution {
-        &self.time
-    }
-}
+pub type Rcgm = Method<RcgmConfig>;
 
 impl<M: VelocityModel> FlowMethod<M> for Rcgm {
     fn name(&self) -> &'static str {
-        "rcgm"
+        RcgmConfig::NAME
     }
 
     fn loss(&self, ctx: &mut StepContext<'_, M>, batch: &Batch) -> Result<StepLoss> {

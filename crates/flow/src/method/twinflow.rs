@@ -4,9 +4,9 @@
 
 use super::rcgm::{base_loss, draw_base, times};
 use super::split::split_loss;
-use super::TimeDistribution;
 use super::{check_batch, interpolate, rcgm_target, replay, velocity_target};
 use super::{Batch, FlowMethod, LossFn, RcgmConfig, SplitConfig, StepContext, StepLoss};
+use super::{Method, MethodSettings, TimeDistribution};
 use serde::{Deserialize, Serialize};
 use twinflow_engine::{no_grad, Error, Result, Tensor};
 use twinflow_nn::VelocityModel;
@@ -67,10 +67,15 @@ impl TwinFlowConfig {
     pub fn rectifies(&self) -> bool {
         self.adversarial && self.rectify
     }
+}
+
+impl MethodSettings for TwinFlowConfig {
+    const NAME: &'static str = "twinflow";
+    const FEW_STEP_PRESETS: bool = true;
 
     /// Errors for invalid base or split settings, or a `split` recipe left with no
     /// group (every ratio 0 once the adversarial branch is off).
-    pub fn validate(&self) -> Result<()> {
+    fn validate(&self) -> Result<()> {
         self.base.validate()?;
         self.split.validate()?;
         if self.recipe == Recipe::Split {
@@ -85,6 +90,13 @@ impl TwinFlowConfig {
             })?;
         }
         Ok(())
+    }
+
+    fn for_model(self, null_label: i64) -> Self {
+        TwinFlowConfig {
+            base: self.base.for_model(null_label),
+            ..self
+        }
     }
 }
 
@@ -123,7 +135,7 @@ pub fn rectification_delta<M: VelocityModel>(
 
 /// TwinFlow.
 ///
-/// Its times `t` follow its [`TimeDistribution`] (`U(0, 1)` by default, see
+/// Its times `t` follow its [`TimeDistribution`](super::TimeDistribution) (`U(0, 1)` by default, see
 /// [`TwinFlow::with_time`]); the rectification's `t'` is always `U(0, 1)` (method notes
 /// §3a.4, §3b).
 ///
@@ -163,47 +175,15 @@ pub fn rectification_delta<M: VelocityModel>(
 /// with Δv of [`rectification_delta`] at the e2e group's `sg(x̂) = sg(z − F_e2e)`; the
 /// rectification runs only with `adversarial`, `rectify`, an adv ratio above 0 and
 /// r = 1 (the reference's condition), and reports 0 otherwise.
-#[derive(Debug, Clone)]
-pub struct TwinFlow {
-    cfg: TwinFlowConfig,
-    time: TimeDistribution,
-}
-
-impl TwinFlow {
-    /// The method with the given settings (checked), drawing `t ~ U(0, 1)`.
-    pub fn new(cfg: TwinFlowConfig) -> Result<Self> {
-        cfg.validate()?;
-        Ok(TwinFlow {
-            cfg,
-            time: TimeDistribution::default(),
-        })
-    }
-
-    /// The same method drawing its times `t` from `time` (checked).
-    pub fn with_time(mut self, time: TimeDistribution) -> Result<Self> {
-        time.validate()?;
-        self.time = time;
-        Ok(self)
-    }
-
-    /// Its settings.
-    pub fn config(&self) -> &TwinFlowConfig {
-        &self.cfg
-    }
-
-    /// The distribution of its times `t`.
-    pub fn time(&self) -> &TimeDistribution {
-        &self.time
-    }
-}
+pub type TwinFlow = Method<TwinFlowConfig>;
 
 impl<M: VelocityModel> FlowMethod<M> for TwinFlow {
     fn name(&self) -> &'static str {
-        "twinflow"
+        TwinFlowConfig::NAME
     }
 
     fn loss(&self, ctx: &mut StepContext<'_, M>, batch: &Batch) -> Result<StepLoss> {
-        check_batch("twinflow", batch)?;
+        check_batch(TwinFlowConfig::NAME, batch)?;
         let cfg = &self.cfg;
         if cfg.recipe == Recipe::Split {
             let split = cfg.split_in_force();

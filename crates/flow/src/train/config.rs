@@ -1,6 +1,6 @@
 //! The training configuration, read from TOML.
 
-use crate::method::{FlowMatchingConfig, RcgmConfig, TimeDistribution, TwinFlowConfig};
+use crate::method::{MethodConfig, TimeDistribution};
 use crate::sampler::SamplerConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -202,23 +202,6 @@ pub enum ModelKind {
     Dit,
 }
 
-/// The method: `name` and its settings in a table of that name.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MethodConfig {
-    /// `"flow_matching"`, `"rcgm"` or `"twinflow"`.
-    pub name: MethodName,
-    /// `[method.flow_matching]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub flow_matching: Option<FlowMatchingConfig>,
-    /// `[method.rcgm]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rcgm: Option<RcgmConfig>,
-    /// `[method.twinflow]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub twinflow: Option<TwinFlowConfig>,
-}
-
 impl ModelKind {
     /// The kind as written in the config (`"mlp"`, `"dit"`).
     pub fn name(self) -> &'static str {
@@ -238,18 +221,6 @@ impl ModelConfig {
             ModelKind::Dit => self.dit.unwrap_or_default().num_classes,
         }
     }
-}
-
-/// The methods the trainer runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MethodName {
-    /// [`crate::method::FlowMatching`].
-    FlowMatching,
-    /// [`crate::method::Rcgm`].
-    Rcgm,
-    /// [`crate::method::TwinFlow`].
-    Twinflow,
 }
 
 /// AdamW (decoupled weight decay).
@@ -313,8 +284,7 @@ impl TrainConfig {
     /// Reads and checks a TOML file; errors name the file and the offending key.
     pub fn load(path: impl AsRef<Path>) -> Result<TrainConfig> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::invalid(OP, format!("cannot read {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(OP, path, e))?;
         TrainConfig::from_toml(&text, &path.display().to_string())
     }
 
@@ -339,7 +309,7 @@ impl TrainConfig {
         })
     }
 
-    /// Checks values serde cannot: sections matching `kind`/`name`, positive sizes,
+    /// Checks values serde cannot: sections matching `kind`, positive sizes,
     /// valid time distribution, optimizer, schedule and method settings.
     pub fn validate(&self) -> Result<()> {
         let (kind, other) = match self.model.kind {
@@ -350,19 +320,6 @@ impl TrainConfig {
             return Err(Error::invalid(
                 OP,
                 format!("model.kind is \"{kind}\" but a [model.{other}] table is given"),
-            ));
-        }
-        let m = &self.method;
-        let given = [
-            ("flow_matching", m.flow_matching.is_some()),
-            ("rcgm", m.rcgm.is_some()),
-            ("twinflow", m.twinflow.is_some()),
-        ];
-        let name = self.method_name();
-        if let Some((other, _)) = given.iter().find(|(n, g)| *g && *n != name) {
-            return Err(Error::invalid(
-                OP,
-                format!("method.name is \"{name}\" but a [method.{other}] table is given"),
             ));
         }
         if self.data.batch_size == 0 {
@@ -391,6 +348,7 @@ impl TrainConfig {
                 ),
             ));
         }
+        self.method.validate()?;
         self.time.validate()?;
         self.optimizer.adam().validate()?;
         self.lr_schedule().validate()?;
@@ -399,22 +357,13 @@ impl TrainConfig {
     }
 
     /// The sampler of this run's pictures, `sample` and `eval`: the `[sampler]` table,
-    /// with the few-step presets ([`SamplerConfig::at_steps`]) on for TwinFlow runs
-    /// unless the table sets `presets`.
+    /// with the few-step presets ([`SamplerConfig::at_steps`]) on for the methods that
+    /// ask for them (TwinFlow) unless the table sets `presets`.
     pub fn sampler(&self) -> SamplerConfig {
-        let twinflow = self.method.name == MethodName::Twinflow;
+        let presets = self.method.few_step_presets();
         SamplerConfig {
-            presets: Some(self.sampler.presets.unwrap_or(twinflow)),
+            presets: Some(self.sampler.presets.unwrap_or(presets)),
             ..self.sampler
-        }
-    }
-
-    /// The method's name as written in the config.
-    pub fn method_name(&self) -> &'static str {
-        match self.method.name {
-            MethodName::FlowMatching => "flow_matching",
-            MethodName::Rcgm => "rcgm",
-            MethodName::Twinflow => "twinflow",
         }
     }
 }
@@ -433,12 +382,21 @@ fn describe(e: &toml::de::Error, text: &str, origin: &str) -> String {
     let line = text[line_start..line_end].trim();
     let key = line
         .split_once('=')
-        .map(|(k, _)| k.trim())
-        .filter(|k| !k.is_empty() && !k.starts_with('['));
+        .map(|(k, _)| k.trim().to_string())
+        .filter(|k| !k.is_empty() && !k.starts_with('['))
+        .or_else(|| unknown_key_under_header(line, &message));
     match key {
         Some(key) if !message.contains(&format!("`{key}`")) => {
             format!("{origin}: line {line_no}: key `{key}`: {message} (`{line}`)")
         }
         _ => format!("{origin}: line {line_no}: {message} (`{line}`)"),
     }
+}
+
+/// The dotted key `table.field` of an unknown field that serde reports at a table's
+/// header (`[method]` for a `[method.rcgm]` table that the method does not take).
+fn unknown_key_under_header(line: &str, message: &str) -> Option<String> {
+    let table = line.strip_prefix('[')?.strip_suffix(']')?.trim();
+    let field = message.strip_prefix("unknown field `")?.split('`').next()?;
+    Some(format!("{table}.{field}"))
 }

@@ -20,21 +20,25 @@
 //! the model's generator states, and, in the config metadata, the resolved
 //! [`TrainConfig`], the data source's [`DataState`] and the skipped-step count.
 //!
+//! The loop over steps ([`Trainer::train_to`]) keeps the run directory up to date and
+//! tells its caller each step, save and sample-picture moment ([`TrainEvent`]).
+//!
 //! A run with [`TrainConfig::init_from`] starts from another run's weights: θ from that
 //! checkpoint's online weights, θ⁻ from its EMA weights (or θ), everything else fresh.
 //! Resuming such a run restores its own checkpoint and never reads the init file again.
 
 mod config;
 mod model;
+mod training_loop;
 
 pub use config::{
-    DataConfig, MethodConfig, MethodName, ModelConfig, ModelKind, NanPolicy, OptimizerConfig,
-    Precision, TrainConfig,
+    DataConfig, ModelConfig, ModelKind, NanPolicy, OptimizerConfig, Precision, TrainConfig,
 };
 pub use model::TrainModel;
+pub use training_loop::{TrainEvent, TrainSummary};
 
 use crate::data::{DataSource, DataState};
-use crate::method::{Batch, FlowMatching, FlowMethod, Rcgm, StepContext, TwinFlow};
+use crate::method::{Batch, FlowMethod, StepContext};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -176,23 +180,7 @@ impl Trainer {
         let scaler = (cfg.precision == Precision::F16)
             .then(|| LossScaler::new(LossScalerConfig::default()))
             .transpose()?;
-        let m = cfg.method;
-        let time = cfg.time;
-        let method: Box<dyn FlowMethod<TrainModel>> = match m.name {
-            MethodName::FlowMatching => {
-                Box::new(FlowMatching::new(m.flow_matching.unwrap_or_default())?.with_time(time)?)
-            }
-            MethodName::Rcgm => {
-                let mut rcgm = m.rcgm.unwrap_or_default();
-                rcgm.uncond = rcgm.uncond.resolve(model.null_label());
-                Box::new(Rcgm::new(rcgm)?.with_time(time)?)
-            }
-            MethodName::Twinflow => {
-                let mut twinflow = m.twinflow.unwrap_or_default();
-                twinflow.base.uncond = twinflow.base.uncond.resolve(model.null_label());
-                Box::new(TwinFlow::new(twinflow)?.with_time(time)?)
-            }
-        };
+        let method = cfg.method.build(cfg.time, model.null_label())?;
         Ok(Trainer {
             method_rng: Generator::new(cfg.seed ^ METHOD_SEED),
             cfg,
@@ -216,18 +204,17 @@ impl Trainer {
     /// The step, optimizer, EMA warm-up, generators and data order stay as built.
     fn start_from_weights(&mut self, path: &Path) -> Result<()> {
         let fail = |why: String| Error::invalid(OP, format!("init_from: {why}"));
-        let ck = Checkpoint::load(path).map_err(|e| fail(e.to_string()))?;
+        let caused = |e| Error::caused(OP, "init_from", e);
+        let ck = Checkpoint::load(path).map_err(caused)?;
         let saved = train_meta(&ck, path).map_err(fail)?.train;
         check_same_network(&saved.model, &self.cfg.model)
             .map_err(|why| fail(format!("{}: {why}", path.display())))?;
-        ck.restore_model(&mut self.model)
-            .map_err(|e| fail(e.to_string()))?;
+        ck.restore_model(&mut self.model).map_err(caused)?;
         // `Ema::new` copied the random init (and a decay target of 1 would keep that
         // copy forever): a fresh EMA of the loaded θ, with a fresh warm-up.
         self.ema = Ema::new(&self.model, self.cfg.ema_decay)?;
         if let Some(shadow) = self.ema.shadow_mut().filter(|_| ck.has_ema_weights()) {
-            ck.restore_ema_weights(shadow)
-                .map_err(|e| fail(e.to_string()))?;
+            ck.restore_ema_weights(shadow).map_err(caused)?;
         }
         Ok(())
     }
@@ -446,7 +433,7 @@ impl Trainer {
             ));
         }
         let ckdir = dir.as_ref().join("checkpoints");
-        std::fs::create_dir_all(&ckdir).map_err(|e| io_error(&ckdir, e))?;
+        std::fs::create_dir_all(&ckdir).map_err(|e| Error::io(OP, &ckdir, e))?;
         let meta = TrainMeta {
             train: self.cfg.clone(),
             data_state: self.data.state(),
@@ -470,46 +457,14 @@ impl Trainer {
     /// Appends `record` as one JSON line to `dir/metrics.jsonl`.
     pub fn log(&self, dir: impl AsRef<Path>, record: &StepRecord) -> Result<()> {
         let dir = dir.as_ref();
-        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(OP, dir, e))?;
         let path = dir.join("metrics.jsonl");
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(|e| io_error(&path, e))?;
-        writeln!(file, "{}", record.to_json()).map_err(|e| io_error(&path, e))
-    }
-
-    /// Trains until `config().steps`, writing `dir/config.toml` (the resolved config),
-    /// a metrics line every `log_every` steps, a checkpoint every `checkpoint_every`
-    /// steps and one at the end; calls `on_step` with every record. Returns the records.
-    pub fn train(
-        &mut self,
-        dir: impl AsRef<Path>,
-        mut on_step: impl FnMut(&StepRecord),
-    ) -> Result<Vec<StepRecord>> {
-        let dir = dir.as_ref();
-        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
-        let config_path = dir.join("config.toml");
-        std::fs::write(&config_path, self.cfg.to_toml()?).map_err(|e| io_error(&config_path, e))?;
-        let mut records = Vec::new();
-        while self.step < self.cfg.steps {
-            let record = self.step()?;
-            on_step(&record);
-            let n = record.step;
-            if self.cfg.log_every > 0 && n % self.cfg.log_every == 0 {
-                self.log(dir, &record)?;
-            }
-            if self.cfg.checkpoint_every > 0 && n % self.cfg.checkpoint_every == 0 {
-                self.save(dir)?;
-            }
-            records.push(record);
-        }
-        let saved_now = self.cfg.checkpoint_every > 0 && self.step % self.cfg.checkpoint_every == 0;
-        if !saved_now || records.is_empty() {
-            self.save(dir)?;
-        }
-        Ok(records)
+            .map_err(|e| Error::io(OP, &path, e))?;
+        writeln!(file, "{}", record.to_json()).map_err(|e| Error::io(OP, &path, e))
     }
 }
 
@@ -603,8 +558,4 @@ fn move_to(mut model: TrainModel, device: Device) -> Result<TrainModel> {
 
 fn latest_path(dir: &Path) -> PathBuf {
     dir.join("checkpoints").join("latest.safetensors")
-}
-
-fn io_error(path: &Path, e: std::io::Error) -> Error {
-    Error::invalid(OP, format!("{}: {e}", path.display()))
 }

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 /// A checkpoint that could not be written, read, or applied.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    /// The file system refused (missing file, no permission, disk full, ...).
-    #[error("checkpoint {}: {source}", .path.display())]
+    /// The file system refused (missing file, no permission, disk full, ...); the
+    /// operating system's error is the source.
+    #[error("checkpoint {}", .path.display())]
     Io {
         /// The file (or its temporary sibling) concerned.
         path: PathBuf,
@@ -35,8 +36,9 @@ pub enum CheckpointError {
         /// One sentence per missing, unexpected, misshapen or mistyped tensor.
         problems: Vec<String>,
     },
-    /// A tensor operation failed while encoding or restoring.
-    #[error("checkpoint {}: {source}", .path.display())]
+    /// A tensor operation failed while encoding or restoring; the engine's error is
+    /// the source.
+    #[error("checkpoint {}", .path.display())]
     Tensor {
         /// The file.
         path: PathBuf,
@@ -45,9 +47,10 @@ pub enum CheckpointError {
     },
 }
 
-/// Lets code returning the engine's `Result` use `?` on checkpoint calls.
+/// Lets code returning the engine's `Result` use `?` on checkpoint calls; the
+/// checkpoint error travels whole ([`twinflow_engine::Error::External`]).
 impl From<CheckpointError> for twinflow_engine::Error {
     fn from(e: CheckpointError) -> Self {
-        twinflow_engine::Error::invalid("checkpoint", e.to_string())
+        twinflow_engine::Error::External(Box::new(e))
     }
 }

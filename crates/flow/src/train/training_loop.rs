@@ -1,0 +1,112 @@
+//! The training loop: steps a [`Trainer`] to a target step, keeping the run directory
+//! up to date (the resolved config, metrics lines, checkpoints) and telling its caller
+//! what happened, so that a command line can draw progress and pictures without a loop
+//! of its own.
+
+use super::{StepRecord, Trainer};
+use std::path::{Path, PathBuf};
+use twinflow_engine::{Error, Result};
+
+/// What the loop tells its caller, in the order it happens.
+#[derive(Debug)]
+pub enum TrainEvent<'a> {
+    /// A step was taken (and its metrics line written when one was due).
+    Step(&'a StepRecord),
+    /// A checkpoint was saved (`step-<N>.safetensors`; `latest.safetensors` too).
+    Saved(&'a Path),
+    /// Sample pictures are due: every `sample_every` steps before the last, and once
+    /// at the end, after the final checkpoint (`last` is true then).
+    SamplesDue {
+        /// Whether this is the end of the run.
+        last: bool,
+    },
+}
+
+/// How a call of [`Trainer::train_to`] ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainSummary {
+    /// The step the run started this call at.
+    pub start: u64,
+    /// The record of the last step taken (`None` when the run was already there).
+    pub last: Option<StepRecord>,
+    /// The final checkpoint (`None` when no step was taken).
+    pub checkpoint: Option<PathBuf>,
+}
+
+impl Trainer {
+    /// Trains until step `config().steps`; see [`Trainer::train_to`].
+    pub fn train(
+        &mut self,
+        dir: impl AsRef<Path>,
+        on_event: impl FnMut(&Trainer, TrainEvent<'_>) -> Result<()>,
+    ) -> Result<TrainSummary> {
+        let target = self.cfg.steps;
+        self.train_to(target, dir, on_event)
+    }
+
+    /// Trains until step `target` in the run directory `dir`: sets the config's
+    /// `steps` to `target` and writes it as `dir/config.toml`, then steps, writing a
+    /// metrics line every `log_every` steps and a checkpoint every `checkpoint_every`
+    /// steps, and saves a final checkpoint unless the last step just saved one.
+    /// `on_event` hears every step, save and sample-picture moment; its error stops
+    /// the run. A run already at `target` does nothing and writes nothing.
+    pub fn train_to(
+        &mut self,
+        target: u64,
+        dir: impl AsRef<Path>,
+        mut on_event: impl FnMut(&Trainer, TrainEvent<'_>) -> Result<()>,
+    ) -> Result<TrainSummary> {
+        let dir = dir.as_ref();
+        let start = self.step;
+        let mut summary = TrainSummary {
+            start,
+            last: None,
+            checkpoint: None,
+        };
+        if start >= target {
+            return Ok(summary);
+        }
+        self.cfg.steps = target;
+        self.write_config(dir)?;
+        let (log_every, checkpoint_every) = (self.cfg.log_every, self.cfg.checkpoint_every);
+        let sample_every = self.cfg.sample_every;
+        let mut saved_at = None;
+        while self.step < target {
+            let record = self.step()?;
+            let n = record.step;
+            if is_multiple(n, log_every) {
+                self.log(dir, &record)?;
+            }
+            on_event(self, TrainEvent::Step(&record))?;
+            if is_multiple(n, checkpoint_every) {
+                let path = self.save(dir)?;
+                on_event(self, TrainEvent::Saved(&path))?;
+                summary.checkpoint = Some(path);
+                saved_at = Some(n);
+            }
+            if is_multiple(n, sample_every) && n < target {
+                on_event(self, TrainEvent::SamplesDue { last: false })?;
+            }
+            summary.last = Some(record);
+        }
+        if saved_at != Some(self.step) {
+            let path = self.save(dir)?;
+            on_event(self, TrainEvent::Saved(&path))?;
+            summary.checkpoint = Some(path);
+        }
+        on_event(self, TrainEvent::SamplesDue { last: true })?;
+        Ok(summary)
+    }
+
+    /// Writes the resolved config as `dir/config.toml`, creating `dir`.
+    fn write_config(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(super::OP, dir, e))?;
+        let path = dir.join("config.toml");
+        std::fs::write(&path, self.cfg.to_toml()?).map_err(|e| Error::io(super::OP, &path, e))
+    }
+}
+
+/// Whether something due every `every` steps (0: never) is due at step `n`.
+fn is_multiple(n: u64, every: u64) -> bool {
+    every > 0 && n % every == 0
+}
