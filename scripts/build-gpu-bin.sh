@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds everything the GPU check runs, for a GPU machine that has CUDA and PyTorch but
-# no Rust: the CUDA test binaries (tests/cuda_ops.rs, tests/cuda_flash_attention.rs,
-# tests/cuda_train.rs, tests/kernels_compile.rs), the CUDA bench (benches/cuda.rs) and
+# no Rust: the CUDA test binaries (crates/engine/tests/cuda_ops.rs and kernels_compile.rs,
+# tests/cuda_flash_attention.rs and cuda_train.rs), the CUDA bench (benches/cuda.rs) and
 # the `twinflow` binary with the moons and MNIST configs (CUDA training runs), release,
 # --features cuda, stripped, into gpu-bin/ (git-ignored), beside the PyTorch bench
 # scripts and scripts/gpu-check.sh. Prints the

@@ -399,3 +399,40 @@ fn checkpoint_errors_convert_to_engine_errors() {
     let err = load_step(Path::new("/nonexistent/dir/x.safetensors")).unwrap_err();
     assert!(err.to_string().contains("x.safetensors"), "{err}");
 }
+
+#[test]
+fn errors_above_the_engine_keep_their_causes() {
+    use std::error::Error as _;
+    use twinflow::engine::{report, Error};
+    use twinflow::nn::{Checkpoint, CheckpointError};
+
+    let missing = std::path::Path::new("no/such/dir/file.bin");
+    let io = std::fs::read(missing).unwrap_err();
+    let err = Error::io("config", missing, io);
+    assert_eq!(err.to_string(), "config: no/such/dir/file.bin");
+    let line = report(&err);
+    assert!(line.starts_with("config: no/such/dir/file.bin: "), "{line}");
+    assert!(err.source().unwrap().is::<std::io::Error>());
+
+    // A checkpoint error reaches engine-level callers whole, and can be downcast.
+    let ck_err = Checkpoint::load(missing).unwrap_err();
+    let wrapped = Error::caused("train", "init_from", ck_err);
+    let line = report(&wrapped);
+    assert!(
+        line.starts_with("train: init_from: checkpoint no/such/dir/file.bin: "),
+        "{line}"
+    );
+    let cause = wrapped.source().unwrap();
+    assert!(matches!(
+        cause.downcast_ref::<CheckpointError>(),
+        Some(CheckpointError::Io { .. })
+    ));
+    let passed: Error = Checkpoint::load(missing).unwrap_err().into();
+    assert!(matches!(passed, Error::External(_)));
+    assert_eq!(
+        report(&passed).matches("no/such/dir/file.bin").count(),
+        1,
+        "each level says its part once: {}",
+        report(&passed)
+    );
+}

@@ -1,7 +1,7 @@
 //! The autodiff machinery itself: accumulation, stop-gradients, no-grad scopes, graph
 //! lifetime, variables updated in place, and reproducible random streams.
 
-use twinflow::engine::{no_grad, DType, Device, Generator, Tensor};
+use twinflow_engine::{no_grad, DType, Device, Generator, Tensor};
 
 fn var(values: &[f64]) -> Tensor {
     Tensor::from_slice(values, &[values.len()], Device::Cpu)

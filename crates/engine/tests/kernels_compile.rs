@@ -3,7 +3,7 @@
 //! path (`.ci/run` installs it from PyPI); skips with a message when it is missing.
 #![cfg(feature = "cuda")]
 
-use twinflow::engine::cuda::kernels;
+use twinflow_engine::cuda::kernels;
 
 #[test]
 fn kernels_compile() {
@@ -27,7 +27,7 @@ fn kernels_compile() {
 /// Every `kernels/*.cu` file is embedded (a new file cannot be forgotten).
 #[test]
 fn every_kernel_file_is_embedded() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kernels");
     if !dir.is_dir() {
         // A prebuilt test binary run on another machine (scripts/gpu-check.sh).
         eprintln!("skipping: the source folder {} is not here", dir.display());

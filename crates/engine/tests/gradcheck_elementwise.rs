@@ -7,8 +7,8 @@
 
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use twinflow::engine::gradcheck::{gradcheck, GradcheckOptions};
-use twinflow::engine::{DType, Device, Generator, Result, Tensor};
+use twinflow_engine::gradcheck::{gradcheck, GradcheckOptions};
+use twinflow_engine::{DType, Device, Generator, Result, Tensor};
 
 mod common;
 use common::config;

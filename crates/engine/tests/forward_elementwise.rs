@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use std::f64::consts::PI;
-use twinflow::engine::{DType, Device, Result, Tensor};
+use twinflow_engine::{DType, Device, Result, Tensor};
 
 mod common;
 use common::elementwise::{

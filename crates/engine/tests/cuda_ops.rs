@@ -4,7 +4,7 @@
 //! message, where no CUDA driver or device exists.
 #![cfg(feature = "cuda")]
 
-use twinflow::engine::{
+use twinflow_engine::{
     cuda, scaled_dot_product_attention, AdamStep, DType, Device, Generator, Result, Tensor,
 };
 

@@ -1,6 +1,6 @@
 //! Property-based gradient checks of the structural and fused ops: one proptest per
 //! differentiable op, comparing the analytic gradient from `backward` with central
-//! differences (`twinflow::engine::gradcheck`) on drawn shapes (size-1 dims included),
+//! differences (`twinflow_engine::gradcheck`) on drawn shapes (size-1 dims included),
 //! drawn values and, wherever the op accepts them, non-contiguous inputs (transposed,
 //! permuted, narrowed and broadcast views), which is how models feed most ops.
 //!
@@ -9,8 +9,8 @@
 
 use proptest::prelude::*;
 use proptest::sample::Index;
-use twinflow::engine::gradcheck::{gradcheck, GradcheckOptions, GradcheckReport};
-use twinflow::engine::{scaled_dot_product_attention, Result, Tensor};
+use twinflow_engine::gradcheck::{gradcheck, GradcheckOptions, GradcheckReport};
+use twinflow_engine::{scaled_dot_product_attention, Result, Tensor};
 
 mod common;
 use common::{config, ids, indices, randn, shape, shape_and_perm, swapped};
@@ -484,7 +484,7 @@ proptest! {
                 }
                 let c = y.contiguous()?;
                 if !c.is_contiguous() {
-                    return Err(twinflow::engine::Error::invalid("test", "not contiguous"));
+                    return Err(twinflow_engine::Error::invalid("test", "not contiguous"));
                 }
                 let m = c.elem_count();
                 c.reshape(&[m])?.mul(&c.contiguous()?.reshape(&[m])?)

@@ -1,7 +1,7 @@
 //! The op profiler counts the backend ops a closure runs, and only those.
 
-use twinflow::engine::profile::profile;
-use twinflow::engine::{DType, Device, Generator, Result};
+use twinflow_engine::profile::profile;
+use twinflow_engine::{DType, Device, Generator, Result};
 
 #[test]
 fn profile_counts_each_backend_op_with_its_elements() -> Result<()> {

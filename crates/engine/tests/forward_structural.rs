@@ -8,7 +8,7 @@
 
 use proptest::prelude::*;
 use proptest::sample::Index;
-use twinflow::engine::{scaled_dot_product_attention, DType, Tensor};
+use twinflow_engine::{scaled_dot_product_attention, DType, Tensor};
 
 mod common;
 use common::{
