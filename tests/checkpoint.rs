@@ -6,8 +6,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use twinflow::engine::{DType, Device, Generator, Tensor};
 use twinflow::nn::{
-    visit_child, visit_child_mut, Adam, AdamConfig, Checkpoint, CheckpointError, Ema, Forward,
-    Linear, LinearConfig, Module, Optimizer, ParamBuilder,
+    impl_module, Adam, AdamConfig, Checkpoint, CheckpointError, Ema, Forward, Linear, LinearConfig,
+    Module, Optimizer, ParamBuilder,
 };
 
 mod common;
@@ -53,16 +53,7 @@ impl Forward for TwoLayer {
     }
 }
 
-impl Module for TwoLayer {
-    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor)) {
-        visit_child("fc1", &self.fc1, f);
-        visit_child("fc2", &self.fc2, f);
-    }
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        visit_child_mut("fc1", &mut self.fc1, f);
-        visit_child_mut("fc2", &mut self.fc2, f);
-    }
-}
+impl_module! { TwoLayer { fc1, fc2 } }
 
 /// A module with whatever parameters a test lists.
 #[derive(Clone)]
@@ -86,6 +77,7 @@ impl Params {
     }
 }
 
+// Written by hand: the parameters and their names are chosen at run time, not fields.
 impl Module for Params {
     fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor)) {
         self.0.iter().for_each(|(n, t)| f(n, t));

@@ -14,7 +14,7 @@ use twinflow::flow::method::{
     StepContext, StepLoss, TimeDistribution, TwinFlow, TwinFlowConfig, Unconditional, METHOD_NAMES,
 };
 use twinflow::nn::{
-    ForwardRng, MlpVelocity, MlpVelocityConfig, Module, ParamBuilder, VelocityModel,
+    impl_module, ForwardRng, MlpVelocity, MlpVelocityConfig, Module, ParamBuilder, VelocityModel,
 };
 
 const B: usize = 4;
@@ -401,14 +401,7 @@ impl Fixed {
     }
 }
 
-impl Module for Fixed {
-    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor)) {
-        f("f", &self.f);
-    }
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        f("f", &mut self.f);
-    }
-}
+impl_module! { Fixed { f } }
 
 impl VelocityModel for Fixed {
     fn velocity(&self, x: &Tensor, t: &Tensor, _tt: &Tensor, _c: &Tensor) -> Result<Tensor> {
@@ -1147,10 +1140,7 @@ struct Noisy {
     fixed: Option<f64>,
 }
 
-impl Module for Noisy {
-    fn visit_params(&self, _f: &mut dyn FnMut(&str, &Tensor)) {}
-    fn visit_params_mut(&mut self, _f: &mut dyn FnMut(&str, &mut Tensor)) {}
-}
+impl_module! { Noisy {} }
 
 impl VelocityModel for Noisy {
     fn velocity(&self, x: &Tensor, t: &Tensor, _tt: &Tensor, _c: &Tensor) -> Result<Tensor> {

@@ -13,7 +13,7 @@ use twinflow::flow::sampler::{
     SamplerMethod, Start, UcgmOptions,
 };
 use twinflow::nn::{
-    ForwardRng, MlpVelocity, MlpVelocityConfig, Module, ParamBuilder, VelocityModel,
+    impl_module, ForwardRng, MlpVelocity, MlpVelocityConfig, Module, ParamBuilder, VelocityModel,
 };
 
 /// Data of class `c` is `N(means[c], σ²I)`; the last row of `means` is the null class.
@@ -70,10 +70,7 @@ impl GaussianToy {
     }
 }
 
-impl Module for GaussianToy {
-    fn visit_params(&self, _f: &mut dyn FnMut(&str, &Tensor)) {}
-    fn visit_params_mut(&mut self, _f: &mut dyn FnMut(&str, &mut Tensor)) {}
-}
+impl_module! { GaussianToy {} }
 
 impl VelocityModel for GaussianToy {
     fn velocity(&self, x: &Tensor, t: &Tensor, tt: &Tensor, labels: &Tensor) -> Result<Tensor> {
@@ -388,10 +385,7 @@ fn euler_is_exact_for_a_data_point() {
 #[test]
 fn heun_spends_2k_minus_1_evaluations() {
     struct Counting(GaussianToy, std::cell::Cell<usize>);
-    impl Module for Counting {
-        fn visit_params(&self, _f: &mut dyn FnMut(&str, &Tensor)) {}
-        fn visit_params_mut(&mut self, _f: &mut dyn FnMut(&str, &mut Tensor)) {}
-    }
+    impl_module! { Counting {} }
     impl VelocityModel for Counting {
         fn velocity(&self, x: &Tensor, t: &Tensor, tt: &Tensor, l: &Tensor) -> Result<Tensor> {
             self.1.set(self.1.get() + 1);

@@ -554,6 +554,81 @@ fn frozen_parameters_get_no_gradient() -> Result<()> {
 
 // ---------------------------------------------------------------- models
 
+/// Every model's `(name, shape)` list in `named_params()` order, as recorded in
+/// `fixtures/param_names.txt` (one `== title` line per model, then `name [shape]` lines)
+/// from the hand-written visitors before `impl_module!` replaced them. Checkpoints are
+/// saved by these names and the parity fixtures load by them, so a change must be
+/// deliberate: then regenerate the file.
+#[test]
+fn parameter_names_and_order_are_as_recorded() -> Result<()> {
+    let pb = &mut ParamBuilder::new(0);
+    let skip = MlpVelocityConfig {
+        data_dim: 4,
+        width: 8,
+        depth: 2,
+        emb_dim: 4,
+        num_classes: 3,
+        label_dropout: 0.0,
+        time_gated_skip: true,
+    };
+    let no_bias = LinearConfig {
+        bias_init: None,
+        ..LinearConfig::default()
+    };
+    let mut models: Vec<(&str, Box<dyn Module>)> = vec![
+        (
+            "Dit, DitConfig::default()",
+            Box::new(Dit::new(pb, DitConfig::default())?),
+        ),
+        (
+            "MlpVelocity, MlpVelocityConfig::default()",
+            Box::new(MlpVelocity::new(pb, MlpVelocityConfig::default())?),
+        ),
+        (
+            "MlpVelocity, depth 2, time-gated skip",
+            Box::new(MlpVelocity::new(pb, skip)?),
+        ),
+        (
+            "Classifier, ClassifierConfig::default()",
+            Box::new(Classifier::new(pb, &ClassifierConfig::default())?),
+        ),
+        (
+            "TransformerBlock",
+            Box::new(TransformerBlock::new(
+                pb,
+                TransformerBlockConfig::new(8, 2),
+                LinearConfig::default(),
+            )?),
+        ),
+        (
+            "SwiGlu",
+            Box::new(SwiGlu::new(pb, 8, 12, LinearConfig::default())?),
+        ),
+        (
+            "RmsNorm::weighted",
+            Box::new(RmsNorm::weighted(pb, 8, 1e-6)?),
+        ),
+        ("LayerNorm::plain", Box::new(LayerNorm::plain(1e-6))),
+        (
+            "Linear without bias",
+            Box::new(Linear::new(pb, 3, 2, no_bias)?),
+        ),
+    ];
+    let mut listing = Vec::new();
+    for (title, model) in &mut models {
+        listing.push(format!("== {title}"));
+        let named = model.named_params();
+        listing.extend(named.iter().map(|(n, t)| format!("{n} {:?}", t.shape())));
+        // The mutable visitor (freezing, EMA copies, checkpoint restores) must agree.
+        let mut mutable = Vec::new();
+        model.visit_params_mut(&mut |n, _| mutable.push(n.to_string()));
+        assert!(named.iter().map(|(n, _)| n).eq(&mutable), "{title}");
+    }
+    let recorded: Vec<&str> = include_str!("fixtures/param_names.txt").lines().collect();
+    assert_eq!(listing, recorded);
+    Ok(())
+}
+
 #[test]
 fn mlp_velocity_has_the_documented_layout() -> Result<()> {
     let m = MlpVelocity::new(&mut ParamBuilder::new(0), MlpVelocityConfig::default())?;

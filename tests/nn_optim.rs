@@ -4,8 +4,8 @@
 
 use twinflow::engine::{DType, Device, Gradients, Tensor};
 use twinflow::nn::{
-    clip_grad_norm, zero_non_finite, Adam, AdamConfig, Ema, Forward, Linear, LinearConfig,
-    LrSchedule, Module, Optimizer, ParamBuilder, Sgd, SgdConfig,
+    clip_grad_norm, impl_module, zero_non_finite, Adam, AdamConfig, Ema, Forward, Linear,
+    LinearConfig, LrSchedule, Module, Optimizer, ParamBuilder, Sgd, SgdConfig,
 };
 
 mod common;
@@ -458,14 +458,7 @@ fn schedules_are_configured_from_json_and_validated() {
 #[derive(Clone)]
 struct Single(Tensor);
 
-impl Module for Single {
-    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor)) {
-        f("w", &self.0);
-    }
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        f("w", &mut self.0);
-    }
-}
+impl_module! { Single { 0 as "w" } }
 
 #[test]
 fn ema_warms_up_its_decay_and_averages_as_computed_by_hand() {

@@ -1,9 +1,10 @@
 //! Multi-head self-attention: a `qkv` projection, the engine's fused attention on
 //! per-head views, and an output projection `proj` (parameter names as in DiT/ViT).
 
+use crate::impl_module;
 use crate::init::ParamBuilder;
 use crate::linear::{Linear, LinearConfig};
-use crate::module::{visit_child, visit_child_mut, Forward, Module};
+use crate::module::Forward;
 use twinflow_engine::{scaled_dot_product_attention, Error, Result, Tensor};
 
 /// Self-attention over `[B, T, D]` with `heads` heads of size `D / heads`.
@@ -80,13 +81,4 @@ impl Forward for SelfAttention {
     }
 }
 
-impl Module for SelfAttention {
-    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor)) {
-        visit_child("qkv", &self.qkv, f);
-        visit_child("proj", &self.proj, f);
-    }
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        visit_child_mut("qkv", &mut self.qkv, f);
-        visit_child_mut("proj", &mut self.proj, f);
-    }
-}
+impl_module! { SelfAttention { qkv, proj } }

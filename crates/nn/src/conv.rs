@@ -9,8 +9,9 @@
 //! and one matrix product with the weight gives the output `[B, Ho, Wo, out]`.
 //! `index_select`'s backward scatter-adds the patch gradients back onto the pixels.
 
+use crate::impl_module;
 use crate::init::{Init, ParamBuilder};
-use crate::module::{Forward, Module};
+use crate::module::Forward;
 use twinflow_engine::{Device, Error, Result, Tensor};
 
 /// A convolution with PyTorch's weight layout `[out, in, K, K]` (so checkpoints line up
@@ -134,13 +135,4 @@ impl Forward for Conv2d {
     }
 }
 
-impl Module for Conv2d {
-    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor)) {
-        f("weight", &self.weight);
-        f("bias", &self.bias);
-    }
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        f("weight", &mut self.weight);
-        f("bias", &mut self.bias);
-    }
-}
+impl_module! { Conv2d { weight, bias } }

@@ -4,12 +4,13 @@
 //! be exchanged with PyTorch.
 
 use crate::attention::SelfAttention;
+use crate::impl_module;
 use crate::init::{ForwardRng, Init, ParamBuilder};
 use crate::label_embedding::LabelEmbedding;
 use crate::linear::{Linear, LinearConfig};
 use crate::mlp::Mlp;
 use crate::models::velocity::{check_velocity_inputs, VelocityModel};
-use crate::module::{visit_child, visit_child_mut, Forward, Module};
+use crate::module::Forward;
 use crate::patch::PatchGrid;
 use crate::time_embedding::TimeEmbedding;
 use serde::{Deserialize, Serialize};
@@ -169,20 +170,9 @@ impl DitBlock {
     }
 }
 
-impl Module for DitBlock {
-    // The attention and MLP layers sit directly in the block's namespace, as in the
-    // reference (`blocks.0.qkv.weight`, not `blocks.0.attn.qkv.weight`).
-    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor)) {
-        self.attn.visit_params(f);
-        self.mlp.visit_params(f);
-        visit_child("ada", &self.ada, f);
-    }
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        self.attn.visit_params_mut(f);
-        self.mlp.visit_params_mut(f);
-        visit_child_mut("ada", &mut self.ada, f);
-    }
-}
+// The attention and MLP layers sit directly in the block's namespace, as in the
+// reference (`blocks.0.qkv.weight`, not `blocks.0.attn.qkv.weight`).
+impl_module! { DitBlock { attn as "", mlp as "", ada } }
 
 /// The DiT velocity model over flat images `[B, C·H·W]`.
 ///
@@ -297,31 +287,7 @@ impl VelocityModel for Dit {
     }
 }
 
-impl Module for Dit {
-    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor)) {
-        f("pos", &self.pos);
-        visit_child("patch", &self.patch, f);
-        visit_child("temb", &self.temb, f);
-        visit_child("ttemb", &self.ttemb, f);
-        visit_child("yemb", &self.yemb, f);
-        visit_child("blocks", &self.blocks, f);
-        visit_child("adaf", &self.adaf, f);
-        visit_child("out", &self.out, f);
-    }
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        f("pos", &mut self.pos);
-        visit_child_mut("patch", &mut self.patch, f);
-        visit_child_mut("temb", &mut self.temb, f);
-        visit_child_mut("ttemb", &mut self.ttemb, f);
-        visit_child_mut("yemb", &mut self.yemb, f);
-        visit_child_mut("blocks", &mut self.blocks, f);
-        visit_child_mut("adaf", &mut self.adaf, f);
-        visit_child_mut("out", &mut self.out, f);
-    }
-    fn set_training(&mut self, training: bool) {
-        self.yemb.set_training(training);
-    }
-}
+impl_module! { Dit { pos, patch, temb, ttemb, yemb, blocks, adaf, out } }
 
 #[cfg(test)]
 mod tests {

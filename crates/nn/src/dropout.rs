@@ -1,8 +1,9 @@
 //! `Dropout`: zeroes a random fraction `p` of the elements in train mode and scales the
 //! rest by 1/(1 − p) (inverted dropout), so eval mode is the identity.
 
+use crate::impl_module;
 use crate::init::{ForwardRng, ParamBuilder};
-use crate::module::{Forward, Module};
+use crate::module::Forward;
 use twinflow_engine::{Error, Result, Tensor};
 
 /// Inverted dropout drawing its masks from the model's shared [`ForwardRng`], so that
@@ -65,10 +66,4 @@ impl Forward for Dropout {
     }
 }
 
-impl Module for Dropout {
-    fn visit_params(&self, _f: &mut dyn FnMut(&str, &Tensor)) {}
-    fn visit_params_mut(&mut self, _f: &mut dyn FnMut(&str, &mut Tensor)) {}
-    fn set_training(&mut self, training: bool) {
-        self.training = training;
-    }
-}
+impl_module! { Dropout {} training_flag: training }

@@ -1,7 +1,8 @@
 //! `Embedding`: a table of learned vectors looked up by integer id.
 
+use crate::impl_module;
 use crate::init::{Init, ParamBuilder};
-use crate::module::{Forward, Module};
+use crate::module::Forward;
 use twinflow_engine::{Result, Tensor};
 
 /// A `[num, dim]` table; `forward(ids)` returns the rows picked by the i64 `ids`
@@ -35,11 +36,4 @@ impl Forward for Embedding {
     }
 }
 
-impl Module for Embedding {
-    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor)) {
-        f("weight", &self.weight);
-    }
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        f("weight", &mut self.weight);
-    }
-}
+impl_module! { Embedding { weight } }

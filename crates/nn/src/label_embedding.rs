@@ -3,8 +3,9 @@
 
 use crate::dropout::check_probability;
 use crate::embedding::Embedding;
+use crate::impl_module;
 use crate::init::{ForwardRng, Init, ParamBuilder};
-use crate::module::{Forward, Module};
+use crate::module::Forward;
 use twinflow_engine::{DType, Error, Result, Tensor};
 
 /// A `[classes + 1, dim]` table (parameter name `weight`). In train mode each label is
@@ -87,14 +88,6 @@ impl Forward for LabelEmbedding {
     }
 }
 
-impl Module for LabelEmbedding {
-    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor)) {
-        self.table.visit_params(f);
-    }
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        self.table.visit_params_mut(f);
-    }
-    fn set_training(&mut self, training: bool) {
-        self.training = training;
-    }
-}
+// The reference's label embedding is a plain `nn.Embedding`: the table's `weight` is
+// this module's own (`yemb.weight`, not `yemb.table.weight`).
+impl_module! { LabelEmbedding { table as "" } training_flag: training }

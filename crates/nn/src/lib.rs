@@ -37,7 +37,7 @@ pub use label_embedding::LabelEmbedding;
 pub use linear::{Linear, LinearConfig};
 pub use mlp::{Mlp, SwiGlu};
 pub use models::{Classifier, ClassifierConfig, MlpVelocity, MlpVelocityConfig, VelocityModel};
-pub use module::{visit_child, visit_child_mut, Forward, Module};
+pub use module::{visit_child, visit_child_mut, Forward, Module, ModuleField};
 pub use norm::{LayerNorm, RmsNorm};
 pub use optim::{
     Adam, AdamConfig, LossScaler, LossScalerConfig, LossScalerState, Optimizer, OptimizerRecord,

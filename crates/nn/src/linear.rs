@@ -1,7 +1,8 @@
 //! `Linear`: y = x·Wᵀ + b over the last dim.
 
+use crate::impl_module;
 use crate::init::{Init, ParamBuilder};
-use crate::module::{Forward, Module};
+use crate::module::Forward;
 use twinflow_engine::{Result, Tensor};
 
 /// A fully connected layer with PyTorch's weight layout `[out, in]`.
@@ -56,17 +57,4 @@ impl Forward for Linear {
     }
 }
 
-impl Module for Linear {
-    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor)) {
-        f("weight", &self.weight);
-        if let Some(b) = &self.bias {
-            f("bias", b);
-        }
-    }
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        f("weight", &mut self.weight);
-        if let Some(b) = &mut self.bias {
-            f("bias", b);
-        }
-    }
-}
+impl_module! { Linear { weight, bias } }

@@ -1,9 +1,10 @@
 //! Feed-forward blocks of transformers: `Mlp` (Linear → GELU-tanh → Linear) and
 //! `SwiGlu` (down(silu(gate(x)) · up(x))).
 
+use crate::impl_module;
 use crate::init::ParamBuilder;
 use crate::linear::{Linear, LinearConfig};
-use crate::module::{visit_child, visit_child_mut, Forward, Module};
+use crate::module::Forward;
 use twinflow_engine::{Result, Tensor};
 
 /// `fc2(gelu_tanh(fc1(x)))`, parameter names `fc1.*` and `fc2.*` (as in DiT/ViT).
@@ -36,16 +37,7 @@ impl Forward for Mlp {
     }
 }
 
-impl Module for Mlp {
-    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor)) {
-        visit_child("fc1", &self.fc1, f);
-        visit_child("fc2", &self.fc2, f);
-    }
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        visit_child_mut("fc1", &mut self.fc1, f);
-        visit_child_mut("fc2", &mut self.fc2, f);
-    }
-}
+impl_module! { Mlp { fc1, fc2 } }
 
 /// The gated feed-forward of LLaMA-style models: `down(silu(gate(x)) · up(x))`,
 /// parameter names `gate.*`, `up.*` and `down.*`.
@@ -82,15 +74,4 @@ impl Forward for SwiGlu {
     }
 }
 
-impl Module for SwiGlu {
-    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor)) {
-        visit_child("gate", &self.gate, f);
-        visit_child("up", &self.up, f);
-        visit_child("down", &self.down, f);
-    }
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        visit_child_mut("gate", &mut self.gate, f);
-        visit_child_mut("up", &mut self.up, f);
-        visit_child_mut("down", &mut self.down, f);
-    }
-}
+impl_module! { SwiGlu { gate, up, down } }

@@ -1,8 +1,9 @@
 //! Normalisation layers over the last dim: `LayerNorm` and `RmsNorm`, each with or
 //! without learned parameters (the engine fuses the normalisation and the affine map).
 
+use crate::impl_module;
 use crate::init::{Init, ParamBuilder};
-use crate::module::{Forward, Module};
+use crate::module::Forward;
 use twinflow_engine::{Result, Tensor};
 
 /// Layer norm: `(x − mean)/√(var + eps)`, then `· weight + bias` when affine
@@ -43,24 +44,7 @@ impl Forward for LayerNorm {
     }
 }
 
-impl Module for LayerNorm {
-    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor)) {
-        if let Some(w) = &self.weight {
-            f("weight", w);
-        }
-        if let Some(b) = &self.bias {
-            f("bias", b);
-        }
-    }
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        if let Some(w) = &mut self.weight {
-            f("weight", w);
-        }
-        if let Some(b) = &mut self.bias {
-            f("bias", b);
-        }
-    }
-}
+impl_module! { LayerNorm { weight, bias } }
 
 /// RMS norm: `x/√(mean(x²) + eps)`, then `· weight` when it has one (parameter name
 /// `weight`).
@@ -93,15 +77,4 @@ impl Forward for RmsNorm {
     }
 }
 
-impl Module for RmsNorm {
-    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor)) {
-        if let Some(w) = &self.weight {
-            f("weight", w);
-        }
-    }
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        if let Some(w) = &mut self.weight {
-            f("weight", w);
-        }
-    }
-}
+impl_module! { RmsNorm { weight } }

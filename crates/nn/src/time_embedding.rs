@@ -1,9 +1,10 @@
 //! Embeddings of the (signed) times `t` and `tt`: the sinusoidal features of the
 //! reference DiT (`sincos`) and the `Linear → SiLU → Linear` MLP that follows them.
 
+use crate::impl_module;
 use crate::init::ParamBuilder;
 use crate::linear::{Linear, LinearConfig};
-use crate::module::{visit_child, visit_child_mut, Forward, Module};
+use crate::module::Forward;
 use twinflow_engine::{DType, Device, Error, Result, Tensor};
 
 /// `[cos(a), sin(a)]` with `a = t·freqs·1000` and `freqs = exp(−ln(10000)·i/half)`,
@@ -98,13 +99,5 @@ impl Forward for TimeEmbedding {
     }
 }
 
-impl Module for TimeEmbedding {
-    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor)) {
-        visit_child("0", &self.fc1, f);
-        visit_child("2", &self.fc2, f);
-    }
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        visit_child_mut("0", &mut self.fc1, f);
-        visit_child_mut("2", &mut self.fc2, f);
-    }
-}
+// Named by their indices in PyTorch's `nn.Sequential(Linear, SiLU, Linear)`.
+impl_module! { TimeEmbedding { fc1 as "0", fc2 as "2" } }

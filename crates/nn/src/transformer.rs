@@ -1,10 +1,11 @@
 //! The pre-norm transformer block: `x + attn(ln1(x))`, then `x + mlp(ln2(x))`.
 
 use crate::attention::SelfAttention;
+use crate::impl_module;
 use crate::init::ParamBuilder;
 use crate::linear::LinearConfig;
 use crate::mlp::Mlp;
-use crate::module::{visit_child, visit_child_mut, Forward, Module};
+use crate::module::Forward;
 use crate::norm::LayerNorm;
 use twinflow_engine::Result;
 use twinflow_engine::Tensor;
@@ -73,17 +74,4 @@ impl Forward for TransformerBlock {
     }
 }
 
-impl Module for TransformerBlock {
-    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor)) {
-        visit_child("ln1", &self.ln1, f);
-        visit_child("attn", &self.attn, f);
-        visit_child("ln2", &self.ln2, f);
-        visit_child("mlp", &self.mlp, f);
-    }
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        visit_child_mut("ln1", &mut self.ln1, f);
-        visit_child_mut("attn", &mut self.attn, f);
-        visit_child_mut("ln2", &mut self.ln2, f);
-        visit_child_mut("mlp", &mut self.mlp, f);
-    }
-}
+impl_module! { TransformerBlock { ln1, attn, ln2, mlp } }

@@ -3,9 +3,10 @@
 
 use crate::conv::Conv2d;
 use crate::dropout::Dropout;
+use crate::impl_module;
 use crate::init::ParamBuilder;
 use crate::linear::{Linear, LinearConfig};
-use crate::module::{visit_child, visit_child_mut, Forward, Module};
+use crate::module::Forward;
 use crate::pool::max_pool_2x2;
 use serde::{Deserialize, Serialize};
 use twinflow_engine::{Error, Result, Tensor};
@@ -151,18 +152,5 @@ impl Forward for Classifier {
     }
 }
 
-impl Module for Classifier {
-    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor)) {
-        visit_child("convs", &self.convs, f);
-        visit_child("hidden", &self.hidden, f);
-        visit_child("head", &self.head, f);
-    }
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        visit_child_mut("convs", &mut self.convs, f);
-        visit_child_mut("hidden", &mut self.hidden, f);
-        visit_child_mut("head", &mut self.head, f);
-    }
-    fn set_training(&mut self, training: bool) {
-        self.dropout.set_training(training);
-    }
-}
+// `dropout` has no parameters; it is listed so that eval mode reaches it.
+impl_module! { Classifier { convs, hidden, dropout, head } }

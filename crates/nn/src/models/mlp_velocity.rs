@@ -1,11 +1,12 @@
 //! A pixel-space MLP velocity network: fast enough on a CPU to train TwinFlow on 2-D
 //! toys and MNIST within minutes (method notes §8).
 
+use crate::impl_module;
 use crate::init::{ForwardRng, Init, ParamBuilder};
 use crate::label_embedding::LabelEmbedding;
 use crate::linear::{Linear, LinearConfig};
 use crate::models::velocity::{check_velocity_inputs, VelocityModel};
-use crate::module::{visit_child, visit_child_mut, Forward, Module};
+use crate::module::Forward;
 use crate::time_embedding::sincos;
 use serde::{Deserialize, Serialize};
 use twinflow_engine::{Error, Result, Tensor};
@@ -75,16 +76,7 @@ impl Forward for ResidualBlock {
     }
 }
 
-impl Module for ResidualBlock {
-    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor)) {
-        visit_child("fc1", &self.fc1, f);
-        visit_child("fc2", &self.fc2, f);
-    }
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        visit_child_mut("fc1", &mut self.fc1, f);
-        visit_child_mut("fc2", &mut self.fc2, f);
-    }
-}
+impl_module! { ResidualBlock { fc1, fc2 } }
 
 /// `out(silu(blocks(input([x, sincos(t), sincos(tt), yemb(labels)]))))`: the data,
 /// the sinusoidal embeddings of both signed times and the label embedding are
@@ -181,26 +173,4 @@ impl VelocityModel for MlpVelocity {
     }
 }
 
-impl Module for MlpVelocity {
-    fn visit_params(&self, f: &mut dyn FnMut(&str, &Tensor)) {
-        visit_child("yemb", &self.yemb, f);
-        visit_child("input", &self.input, f);
-        visit_child("blocks", &self.blocks, f);
-        visit_child("out", &self.out, f);
-        if let Some(skip) = &self.skip {
-            visit_child("skip", skip, f);
-        }
-    }
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        visit_child_mut("yemb", &mut self.yemb, f);
-        visit_child_mut("input", &mut self.input, f);
-        visit_child_mut("blocks", &mut self.blocks, f);
-        visit_child_mut("out", &mut self.out, f);
-        if let Some(skip) = &mut self.skip {
-            visit_child_mut("skip", skip, f);
-        }
-    }
-    fn set_training(&mut self, training: bool) {
-        self.yemb.set_training(training);
-    }
-}
+impl_module! { MlpVelocity { yemb, input, blocks, out, skip } }
