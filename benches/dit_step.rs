@@ -2,8 +2,8 @@
 //!
 //! The model is the module library's default `Dit` (dim 128, depth 4, 4 heads, patch 4
 //! on 28×28×1: 49 tokens, 1,298,320 parameters), batch 128, as in
-//! `benches/torch_dit.py` (PyTorch eager, the same model as
-//! `../shared/bench/torch_dit_anchor.py`). A training step is forward, MSE against
+//! `benches/torch_dit.py` (PyTorch eager, the project's reference DiT, whose names and
+//! operations `Dit` follows: docs/nn.md). A training step is forward, MSE against
 //! the input, backward and an AdamW update; times are medians over several steps after
 //! warm-up. The peak resident memory of the process (VmHWM) is reported too.
 //! `--json` prints one JSON object per line; `--batch N` changes the batch; `--profile`

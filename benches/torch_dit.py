@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """PyTorch eager twin of benches/dit_step.rs: the same DiT, batch and timing.
 
-The model is ../shared/bench/torch_dit_anchor.py's DiT (copied here so that this
-script runs on its own): dim 128, depth 4, 4 heads, patch 4 on 28x28x1 (49 tokens,
-1,298,320 parameters), batch 128. A training step is forward, MSE against the input,
+The model is the project's PyTorch reference DiT, the "anchor" that the Rust `Dit`
+follows name for name (docs/nn.md); its classes live here, and
+tests/reference/make_parity_fixtures.py loads them from this file. Sizes: dim 128,
+depth 4, 4 heads, patch 4 on 28x28x1 (49 tokens, 1,298,320 parameters), batch 128. A training step is forward, MSE against the input,
 backward and AdamW (lr 1e-4); a no-grad forward is timed too. Times are medians of
 10 runs after 3 warm-up runs; the peak resident memory (VmHWM) of the process is
 reported.

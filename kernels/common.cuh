@@ -175,6 +175,8 @@ __device__ __forceinline__ Pack<T> load_pack(const T* __restrict__ p, const View
 }
 
 // ---- reductions ----
+// The codes of `ReduceOp`, listed in crates/engine/src/kernel_codes.rs and checked
+// against these by crates/engine/tests/kernel_codes.rs.
 #define RED_SUM 0
 #define RED_MAX 1
 #define RED_MIN 2

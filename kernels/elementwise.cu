@@ -3,8 +3,9 @@
 // dims have stride 0), so nothing is materialised; the output is contiguous.
 #include "common.cuh"
 
-// Op codes: must match `UnaryOp`/`BinaryOp`/`CmpOp` codes in
-// crates/engine/src/cuda/elementwise.rs.
+// Op codes (U_* here, B_* and C_* below): the numbers `UnaryOp`, `BinaryOp` and `CmpOp`
+// are passed as, listed in crates/engine/src/kernel_codes.rs. The test
+// crates/engine/tests/kernel_codes.rs fails when a name or value here differs.
 #define U_NEG 0
 #define U_EXP 1
 #define U_LOG 2

@@ -1,6 +1,6 @@
-//! The training methods of `twinflow::flow::method` (method notes §1–§3a) on a tiny f64
+//! The training methods of `twinflow::flow::method` (docs/method.md §1–§3a) on a tiny f64
 //! `MlpVelocity`: every loss term against a value recomputed here from the same draws
-//! and model outputs in plain Rust, the analytic gradients the notes state
+//! and model outputs in plain Rust, the analytic gradients docs/method.md states
 //! (dL_base/dF = 2·clamp(Δ)/D, dL_rect/dF₁ = 2Δv/D, per sample; the batch mean adds 1/B),
 //! N = 0 as flow matching, the finite `t = tt` branch, guidance with w = 0,
 //! reproducibility and configuration errors; the time distribution `t ~ Beta(a, b)·s`
@@ -101,7 +101,7 @@ fn close_all(a: &[f64], b: &[f64], what: &str) {
     }
 }
 
-/// The per-sample pieces of the RCGM target (notes §2, steps 3–5), written out: returns
+/// The per-sample pieces of the RCGM target (docs/method.md §2, step 4), written out: returns
 /// (target, Δ unclamped).
 #[allow(clippy::too_many_arguments)]
 fn rcgm_ref<M: VelocityModel>(

@@ -1,4 +1,4 @@
-//! The samplers of `twinflow::flow::sampler` (method notes §5) against a velocity model
+//! The samplers of `twinflow::flow::sampler` (docs/method.md §5) against a velocity model
 //! whose answers are known in closed form: per-class Gaussian data `N(μ_c, σ²I)` on the
 //! linear path `x_t = t·z + (1 − t)·x`, whose flow is linear in `x` so that the exact
 //! instantaneous velocity, the exact any-step jump and the exact sample `μ_c + σ·z` of
@@ -168,7 +168,7 @@ fn uniform_grid_without_gaps() {
 
 #[test]
 fn documented_2nfe_grid() {
-    // §5: gaps (0.001, 0.6) give the times 0.999, 0.6, 0.
+    // docs/method.md §5: gaps (0.001, 0.6) give the times 0.999, 0.6, 0.
     let cfg = SamplerConfig::ucgm_2nfe();
     assert_eq!(cfg.stochastic_ratio, 1.0);
     let times = cfg.time_grid().unwrap();
@@ -177,10 +177,10 @@ fn documented_2nfe_grid() {
 
 #[test]
 fn documented_4nfe_grid() {
-    // §5: gaps (0.001, 0.5) give "0.999, 0.833, 0.667, 0.5, 0". The formula
+    // docs/method.md §5: gaps (0.001, 0.5) give 0.999, 0.8327, 0.6663, 0.5, 0. The formula
     // u = linspace(0.001, 0.5, 4) gives exactly 1 − (0.001 + j·0.499/3): 0.999,
-    // 0.832667, 0.666333, 0.5, 0, which the notes print to three decimals (the third,
-    // 0.666333, is printed as 0.667: off by 6.7e-4 from the rounded value).
+    // 0.832667, 0.666333, 0.5, 0. Rounded to three decimals, as the times are often
+    // quoted, the third reads 0.667 (off by 6.7e-4), which the second check accepts.
     let times = SamplerConfig::ucgm_4nfe().time_grid().unwrap();
     let exact: Vec<f64> = (0..4)
         .map(|j| 1.0 - (0.001 + j as f64 * 0.499 / 3.0))

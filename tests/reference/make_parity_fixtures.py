@@ -34,8 +34,8 @@ shares: about 3.5e-6 on the DiT output and 1e-5 on the time-embedding gradients,
 The output files are written with a fixed header order, so regenerating unchanged
 values gives byte-identical files.
 
-Models: the DiT is the anchor's (/work/shared/bench/torch_dit_anchor.py, override with
-TWINFLOW_TORCH_ANCHOR) with its sizes generalised (image size, channels, patch, width,
+Models: the DiT is the anchor's (benches/torch_dit.py, the project's reference DiT;
+override with TWINFLOW_TORCH_ANCHOR) with its sizes generalised (image size, channels, patch, width,
 depth, heads, MLP ratio, classes); for the anchor-sized case the anchor's own `DiT` is
 run too and must give identical values. The patch embedding of the generalised model is
 cross-checked against the `Conv2d`-style formulation. The MLP velocity network is
@@ -62,11 +62,7 @@ from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
-ANCHOR = Path(
-    os.environ.get(
-        "TWINFLOW_TORCH_ANCHOR", ROOT.parent / "shared" / "bench" / "torch_dit_anchor.py"
-    )
-)
+ANCHOR = Path(os.environ.get("TWINFLOW_TORCH_ANCHOR", ROOT / "benches" / "torch_dit.py"))
 CASES = ["dit", "dit_rgb", "mlp"]
 
 

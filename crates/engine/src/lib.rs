@@ -25,6 +25,7 @@ mod device;
 mod dtype;
 mod error;
 pub mod gradcheck;
+pub mod kernel_codes;
 pub mod layout;
 mod ops;
 pub mod profile;

@@ -1,5 +1,5 @@
 //! θ⁻: the exponential moving average of a model's parameters, with TwinFlow's warm-up
-//! of the decay (method doc §4).
+//! of the decay (docs/method.md §4).
 
 use crate::module::Module;
 use serde::{Deserialize, Serialize};

@@ -9,53 +9,16 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 
-/// (code, p0, p1) of a unary op: the `U_*` codes of `kernels/elementwise.cu`.
-fn unary_code(op: UnaryOp) -> (i32, f64, f64) {
-    match op {
-        UnaryOp::Neg => (0, 0.0, 0.0),
-        UnaryOp::Exp => (1, 0.0, 0.0),
-        UnaryOp::Log => (2, 0.0, 0.0),
-        UnaryOp::Sqrt => (3, 0.0, 0.0),
-        UnaryOp::Rsqrt => (4, 0.0, 0.0),
-        UnaryOp::Recip => (5, 0.0, 0.0),
-        UnaryOp::Square => (6, 0.0, 0.0),
-        UnaryOp::Abs => (7, 0.0, 0.0),
-        UnaryOp::Sin => (8, 0.0, 0.0),
-        UnaryOp::Cos => (9, 0.0, 0.0),
-        UnaryOp::Tanh => (10, 0.0, 0.0),
-        UnaryOp::Sigmoid => (11, 0.0, 0.0),
-        UnaryOp::Relu => (12, 0.0, 0.0),
-        UnaryOp::GeluTanh => (13, 0.0, 0.0),
-        UnaryOp::GeluErf => (14, 0.0, 0.0),
-        UnaryOp::Silu => (15, 0.0, 0.0),
-        UnaryOp::Powf(p) => (16, p, 0.0),
-        UnaryOp::Clamp(lo, hi) => (17, lo, hi),
-        UnaryOp::Affine(a, b) => (18, a, b),
-    }
-}
-
-/// The `B_*` codes of `kernels/elementwise.cu`.
-fn binary_code(op: BinaryOp) -> i32 {
-    match op {
-        BinaryOp::Add => 0,
-        BinaryOp::Sub => 1,
-        BinaryOp::Mul => 2,
-        BinaryOp::Div => 3,
-        BinaryOp::Maximum => 4,
-        BinaryOp::Minimum => 5,
-    }
-}
-
-/// The `C_*` codes of `kernels/elementwise.cu`.
-fn cmp_code(op: CmpOp) -> i32 {
-    match op {
-        CmpOp::Eq => 0,
-        CmpOp::Ne => 1,
-        CmpOp::Lt => 2,
-        CmpOp::Le => 3,
-        CmpOp::Gt => 4,
-        CmpOp::Ge => 5,
-    }
+/// (code, p0, p1) of a unary op: its `U_*` code ([`UnaryOp::kernel_code`]) and its
+/// parameters (0 for the ops without).
+fn unary_args(op: UnaryOp) -> (i32, f64, f64) {
+    let (p0, p1) = match op {
+        UnaryOp::Powf(p) => (p, 0.0),
+        UnaryOp::Clamp(lo, hi) => (lo, hi),
+        UnaryOp::Affine(a, b) => (a, b),
+        _ => (0.0, 0.0),
+    };
+    (op.kernel_code(), p0, p1)
 }
 
 /// Addresses of the first elements of the output and the operands when every operand
@@ -198,7 +161,7 @@ pub(crate) fn unary(x: &CudaStorage, l: &Layout, op: UnaryOp) -> Result<CudaStor
     let n = l.elem_count();
     let out = CudaStorage::alloc(x.dev(), n, x.dtype)?;
     if n > 0 {
-        let (code, p0, p1) = unary_code(op);
+        let (code, p0, p1) = unary_args(op);
         let sfx = suffix(x.dtype);
         if let Some((o, [xp])) = dense(&out, l.shape(), [(x, l)]) {
             let name = format!("unary_dense_{sfx}");
@@ -225,7 +188,7 @@ pub(crate) fn unary_backward(
     let n = l.elem_count();
     let out = CudaStorage::alloc(x.dev(), n, x.dtype)?;
     if n > 0 {
-        let (code, p0, p1) = unary_code(op);
+        let (code, p0, p1) = unary_args(op);
         let sfx = suffix(x.dtype);
         if let Some((o, [xp, gp])) = dense(&out, l.shape(), [(x, l), (g, gl)]) {
             let name = format!("unary_backward_dense_{sfx}");
@@ -281,7 +244,7 @@ pub(crate) fn binary(
     lb: &Layout,
     op: BinaryOp,
 ) -> Result<CudaStorage> {
-    two("binary", "binary", (a, la), (b, lb), binary_code(op))
+    two("binary", "binary", (a, la), (b, lb), op.kernel_code())
 }
 
 pub(crate) fn cmp(
@@ -291,7 +254,7 @@ pub(crate) fn cmp(
     lb: &Layout,
     op: CmpOp,
 ) -> Result<CudaStorage> {
-    two("cmp", "cmp", (a, la), (b, lb), cmp_code(op))
+    two("cmp", "cmp", (a, la), (b, lb), op.kernel_code())
 }
 
 /// A three-operand kernel: `where` (mask, on_true, on_false) or `addcmul` (x, a, b).

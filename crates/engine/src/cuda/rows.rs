@@ -47,7 +47,7 @@ pub(crate) fn reduce(
         let host = CpuStorage::from_f64_iter(std::iter::repeat_n(identity, n_out), x.dtype);
         return CudaStorage::from_cpu(x.ordinal(), &host);
     }
-    let code = reduce_code(op);
+    let code = op.kernel_code();
     let trailing = (0..dims.len()).all(|i| dims[i] + dims.len() == shape.len() + i);
     if trailing && l.is_contiguous() {
         return reduce_last(x, l, (n_out, n_red), code);
@@ -75,15 +75,6 @@ pub(crate) fn reduce(
     let a = args![x.ptr(), kv, rv, out.ptr(), n_out, n_red, code];
     launch(x.dev(), "reduce", ("reduce", &name), cfg, a)?;
     Ok(out)
-}
-
-/// The `RED_*` code of `op` in `kernels/common.cuh`.
-fn reduce_code(op: ReduceOp) -> i32 {
-    match op {
-        ReduceOp::Sum => 0,
-        ReduceOp::Max => 1,
-        ReduceOp::Min => 2,
-    }
 }
 
 /// (outer, rows, cols) of a shape whose sorted `dims` are one block of dims: the shape
@@ -116,7 +107,7 @@ pub(crate) fn sum_product(
         .then(|| middle_block(l.shape(), dims))
         .flatten();
     match fused {
-        Some(block) => reduce_middle((x, l), Some((y, yl)), block, reduce_code(ReduceOp::Sum)),
+        Some(block) => reduce_middle((x, l), Some((y, yl)), block, ReduceOp::Sum.kernel_code()),
         None => {
             let product = super::elementwise::binary(x, l, y, yl, BinaryOp::Mul)?;
             reduce(

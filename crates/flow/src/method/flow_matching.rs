@@ -1,4 +1,4 @@
-//! Flow matching, the baseline (method notes §1): `t ~ U(0,1)` (in general
+//! Flow matching, the baseline (docs/method.md §1.1): `t ~ U(0,1)` (in general
 //! `Beta(a, b)·s`, [`TimeDistribution`](super::TimeDistribution)), `tt = t`,
 //! `L = mean ℓ(F_θ(x_t, t, t, c), z − x)`.
 

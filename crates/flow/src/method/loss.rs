@@ -1,4 +1,4 @@
-//! Per-sample loss functions ℓ(F, target) (method notes §1 and §3b).
+//! Per-sample loss functions ℓ(F, target) (docs/method.md §1 and §3c).
 
 use serde::{Deserialize, Serialize};
 use twinflow_engine::{Error, Result, Tensor};
@@ -42,7 +42,7 @@ pub enum LossFn {
 }
 
 impl LossFn {
-    /// The production default of the method notes: Barron with α = 1, c = 10⁻³.
+    /// The default of the `split` recipe (docs/method.md §3c): Barron with α = 1, c = 10⁻³.
     pub fn barron_default() -> Self {
         LossFn::Barron {
             alpha: 1.0,

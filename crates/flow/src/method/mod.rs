@@ -1,5 +1,5 @@
 //! Training methods behind one trait: a method turns a batch of data into a loss
-//! (method notes §1–§4).
+//! (docs/method.md §1–§4).
 //!
 //! - [`FlowMatching`]: the baseline, `mse(F(x_t, t, t, c), z − x)`.
 //! - [`Rcgm`]: the RCGM any-step base loss `L_base` of order N, with training-time

@@ -1,4 +1,4 @@
-//! The linear (OT) path and the inversion of a velocity prediction (method notes §1).
+//! The linear (OT) path and the inversion of a velocity prediction (docs/method.md §1).
 //!
 //! Data are `[B, D]` (any rank ≥ 1 works: times broadcast over every non-batch
 //! dimension); times are `[B]`, one signed value per sample.

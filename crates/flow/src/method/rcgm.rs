@@ -1,5 +1,5 @@
 //! RCGM: the any-step consistency loss `L_base` of order N with training-time guidance
-//! (method notes §2).
+//! (docs/method.md §2).
 
 use super::TimeDistribution;
 use super::{check_batch, filled, interpolate, invert, per_sample, replay, velocity_target};
@@ -152,7 +152,7 @@ pub fn enhance_velocity<M: VelocityModel>(
     .map(|t| t.detach())
 }
 
-/// The RCGM target of order `order` (method notes §2, steps 3–5), detached:
+/// The RCGM target of order `order` (docs/method.md §2, step 4), detached:
 /// `sg(F) − clamp(Δ, −1, 1)` with `Δ = a·F − b·P − v`, where P accumulates `order`
 /// Euler sub-steps of θ⁻ (no gradient, each replaying `state`) from
 /// `t_m = max(t − δ, tt)` to `tt`, started at `x' = x_t − δ·v`.
@@ -259,7 +259,7 @@ pub(crate) fn draw_base(
     Ok(BaseDraws { z, t, tt, uncond })
 }
 
-/// RCGM alone: `L = L_base` (method notes §2). Draws, in order: `z` `[B, D]`, `t` of its
+/// RCGM alone: `L = L_base` (docs/method.md §2). Draws, in order: `z` `[B, D]`, `t` of its
 /// [`TimeDistribution`] (`U(0, 1)` by default), `u ~ U(0, 1)` (`tt = t − u·t`), then the
 /// permutation of the unconditional labels when guidance is on with
 /// [`Unconditional::Shuffle`]. Reports the term `base`.

@@ -1,4 +1,4 @@
-//! TwinFlow, `split` recipe (method notes §3b): the batch split into four contiguous
+//! TwinFlow, `split` recipe (docs/method.md §3b): the batch split into four contiguous
 //! groups (e2e, mul, any, adv), one gradient forward, time-weighted loss, and
 //! rectification on the e2e group.
 

@@ -1,4 +1,4 @@
-//! The training-time distribution `t ~ Beta(a, b)·s` (method notes §2, step 1), shared
+//! The training-time distribution `t ~ Beta(a, b)·s` (docs/method.md §1), shared
 //! by every method that draws its times this way.
 //!
 //! `Beta(1, 1)·1` is `U(0, 1)`, the default, and is drawn as exactly one

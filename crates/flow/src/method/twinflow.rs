@@ -1,4 +1,4 @@
-//! TwinFlow (method notes §3): the `full` recipe (§3a, every term on the whole batch,
+//! TwinFlow (docs/method.md §3): the `full` recipe (§3a, every term on the whole batch,
 //! `L = L_base + L_real + L_adv + L_rect + L_cons`) and the `split` recipe (§3b, see
 //! [`SplitConfig`]).
 
@@ -100,7 +100,7 @@ impl MethodSettings for TwinFlowConfig {
     }
 }
 
-/// The two TwinFlow recipes of the method notes.
+/// The two TwinFlow recipes (docs/method.md §3a and §3b).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Recipe {
@@ -135,9 +135,9 @@ pub fn rectification_delta<M: VelocityModel>(
 
 /// TwinFlow.
 ///
-/// Its times `t` follow its [`TimeDistribution`](super::TimeDistribution) (`U(0, 1)` by default, see
-/// [`TwinFlow::with_time`]); the rectification's `t'` is always `U(0, 1)` (method notes
-/// §3a.4, §3b).
+/// Its times `t` follow its [`TimeDistribution`] (`U(0, 1)` by default, see
+/// [`TwinFlow::with_time`]); the rectification's `t'` is always `U(0, 1)` (docs/method.md
+/// §3a.5, §3b).
 ///
 /// **`full` recipe** (the reference's MNIST tutorial). Draws, in order: those of
 /// [`Rcgm`](super::Rcgm) (`z`, `t`, `u`, the permutation when guidance shuffles
@@ -156,7 +156,7 @@ pub fn rectification_delta<M: VelocityModel>(
 /// - `cons`: `ℓ(F_1, target)` with the RCGM target at `(x_t = z, t = 1, tt = 0)` built
 ///   from `v_g`, θ⁻ replaying the draws of `F_1`'s forward.
 ///
-/// Forwards per step: 4 with gradient, 2N + 4 without (8 for N = 2, as in §6).
+/// Forwards per step: 4 with gradient, 2N + 4 without (8 for N = 2, as in docs/method.md §6).
 ///
 /// **`split` recipe** (the reference's production code; batch ≥ 4, groups e2e, mul,
 /// any, adv of [`SplitConfig::group_sizes`], the adv ratio taken as 0 without

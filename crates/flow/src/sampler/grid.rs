@@ -1,4 +1,4 @@
-//! The sampling time grid of the method notes §5: a (possibly gapped) uniform grid,
+//! The sampling time grid of docs/method.md §5: a (possibly gapped) uniform grid,
 //! warped by the Kumaraswamy transform, reversed so that it runs from noise (t near 1)
 //! to data, and closed with `t = 0`.
 

@@ -1,6 +1,6 @@
-//! Samplers: turn a trained [`VelocityModel`] and noise into data (method notes §5).
+//! Samplers: turn a trained [`VelocityModel`] and noise into data (docs/method.md §5).
 //!
-//! Conventions of the method notes §1: `t = 0` is data, `t = 1` noise, the path is
+//! Conventions of docs/method.md §1: `t = 0` is data, `t = 1` noise, the path is
 //! `x_t = t·z + (1 − t)·x`, and a prediction `F` at `(x_t, t)` inverts to the data
 //! `x̂ = x_t − |t|·F` and the noise `ẑ = x_t + (1 − |t|)·F`.
 //!

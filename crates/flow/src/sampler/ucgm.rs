@@ -1,4 +1,4 @@
-//! The UCGM any-step sampler of the method notes §5.
+//! The UCGM any-step sampler of docs/method.md §5.
 
 use super::{check_start, Guidance};
 use serde::{Deserialize, Serialize};

@@ -3,7 +3,7 @@
 //! resumes checkpoints that reproduce an uninterrupted run exactly on the CPU.
 //!
 //! One step ([`Trainer::step`]): draw a batch; update the EMA θ⁻ (before the method
-//! runs, method notes §4); compute the method's loss with the method's generator;
+//! runs, docs/method.md §4); compute the method's loss with the method's generator;
 //! backpropagate; optionally zero non-finite gradient entries; measure (and optionally
 //! clip) the global gradient norm; set the scheduled learning rate; AdamW step.
 //! With `precision = "bf16"` or `"f16"` the method's loss is computed in an autocast

@@ -1,5 +1,5 @@
 //! A pixel-space MLP velocity network: fast enough on a CPU to train TwinFlow on 2-D
-//! toys and MNIST within minutes (method notes §8).
+//! toys and MNIST within minutes (docs/method.md §8).
 
 use crate::impl_module;
 use crate::init::{ForwardRng, Init, ParamBuilder};
@@ -36,7 +36,7 @@ pub struct MlpVelocityConfig {
 }
 
 impl Default for MlpVelocityConfig {
-    /// The MNIST network of the method notes: three residual blocks of width 1024.
+    /// The MNIST network of docs/method.md §6: three residual blocks of width 1024.
     fn default() -> Self {
         MlpVelocityConfig {
             data_dim: 784,
