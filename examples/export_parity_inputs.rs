@@ -1,4 +1,4 @@
-//! Writes the inputs of the PyTorch parity fixtures (`tests/parity.rs`): small models
+//! Writes the inputs of the PyTorch parity fixtures (`tests/nn/parity.rs`): small models
 //! with every parameter refilled with seeded random non-zero values (so that the
 //! zero-initialised adaLN-Zero and output layers do not make the gradients trivial),
 //! plus fixed inputs, as safetensors files PyTorch reads.
@@ -21,7 +21,7 @@
 //!   compares with the PyTorch anchor's `state_dict`.
 //!
 //! The files are written deterministically: running this twice gives identical bytes
-//! (`tests/parity.rs` checks that the expected files were made from these exact bytes).
+//! (`tests/nn/parity.rs` checks that the expected files were made from these exact bytes).
 //! The `safetensors` crate's own writer cannot promise that: it writes the metadata map
 //! in `HashMap` order, which changes from run to run. So the header is assembled here
 //! from the crate's `TensorInfo` entries with every map in sorted order, and the file is

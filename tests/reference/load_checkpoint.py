@@ -4,10 +4,10 @@ Not run by CI (it needs PyTorch and the `safetensors` Python package). Run by ha
 the repository root:
 
     TWINFLOW_REFERENCE_CHECKPOINT=/tmp/twinflow_ref.safetensors \
-        cargo test --release --test checkpoint every_dtype_survives_a_round_trip
+        cargo test --release --test nn checkpoint::every_dtype_survives_a_round_trip
     .venv-bench/bin/python tests/reference/load_checkpoint.py /tmp/twinflow_ref.safetensors
 
-The checkpoint is the one `every_dtype_survives_a_round_trip` in tests/checkpoint.rs
+The checkpoint is the one `every_dtype_survives_a_round_trip` in tests/nn/checkpoint.rs
 writes: tensor `model.<name>` holds 0 - 1.5, 1 - 1.5, ... in the listed dtype and shape.
 """
 

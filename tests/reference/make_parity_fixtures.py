@@ -1,4 +1,4 @@
-"""Builds the PyTorch reference values of the parity fixtures checked by tests/parity.rs.
+"""Builds the PyTorch reference values of the parity fixtures checked by tests/nn/parity.rs.
 
 Regenerate every fixture from the repository root, in this order:
 
@@ -42,7 +42,7 @@ cross-checked against the `Conv2d`-style formulation. The MLP velocity network i
 crates/nn/src/models/mlp_velocity.rs re-implemented line by line. The anchor's default
 `DiT()` state_dict names, shapes and parameter count are compared with those of
 `Dit::new(.., DitConfig::default())` exported by the example, and stored in the DiT
-expected files (`anchor_state_dict`) for tests/parity.rs to check in CI.
+expected files (`anchor_state_dict`) for tests/nn/parity.rs to check in CI.
 
 Needs PyTorch, numpy and safetensors; CI does not run it (the fixtures are committed).
 """
@@ -180,7 +180,7 @@ def load_anchor():
 
 
 def fnv1a64(data: bytes) -> str:
-    """FNV-1a (64-bit) of the inputs file; tests/parity.rs recomputes it to catch an
+    """FNV-1a (64-bit) of the inputs file; tests/nn/parity.rs recomputes it to catch an
     expected file made from other inputs."""
     h = 0xCBF29CE484222325
     for b in data:

@@ -70,7 +70,7 @@ pub struct TrainConfig {
     /// does not read the file again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_from: Option<PathBuf>,
-    /// The EMA decay target (method notes §4); 0 keeps no EMA copy.
+    /// The EMA decay target (docs/method.md §4); 0 keeps no EMA copy.
     #[serde(default = "default_ema_decay")]
     pub ema_decay: f64,
     /// Clip the global gradient norm to this value (none: only measure it).

@@ -8,8 +8,7 @@ use twinflow::nn::{
     LinearConfig, LrSchedule, Module, Optimizer, ParamBuilder, Sgd, SgdConfig,
 };
 
-mod common;
-use common::vals;
+use crate::common::vals;
 
 fn param(values: &[f64], dtype: DType) -> Tensor {
     Tensor::from_f64s(values, &[values.len()], dtype, Device::Cpu)

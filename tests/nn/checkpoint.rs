@@ -10,8 +10,7 @@ use twinflow::nn::{
     Module, Optimizer, ParamBuilder,
 };
 
-mod common;
-use common::vals;
+use crate::common::vals;
 
 /// A fresh, empty directory for one test.
 fn scratch(test: &str) -> PathBuf {

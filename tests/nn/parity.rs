@@ -11,7 +11,7 @@
 //! `tests/reference/README.md`. No PyTorch is needed here.
 //!
 //! Tolerances (relative error ‖ours − ref‖ / ‖ref‖ per tensor, in f32): 1e-5 for the
-//! output and the loss, 1e-4 for each gradient. `cargo test --test parity -- --nocapture`
+//! output and the loss, 1e-4 for each gradient. `cargo test --test nn parity:: -- --nocapture`
 //! prints the measured errors.
 
 use safetensors::{Dtype, SafeTensors};

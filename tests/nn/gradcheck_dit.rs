@@ -16,8 +16,7 @@ use twinflow::nn::{
     TransformerBlock, TransformerBlockConfig, VelocityModel,
 };
 
-mod common;
-use common::{f64_builder, labels, randn, randomize};
+use crate::common::{f64_builder, labels, randn, randomize};
 
 fn times(values: &[f64]) -> Tensor {
     Tensor::from_slice(values, &[values.len()], Device::Cpu).expect("times")

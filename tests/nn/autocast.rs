@@ -11,8 +11,7 @@ use twinflow::flow::method::Batch;
 use twinflow::flow::train::{Precision, TrainConfig, Trainer};
 use twinflow::nn::{LossScaler, LossScalerConfig, LossScalerState, Module};
 
-mod common;
-use common::randn_as;
+use crate::common::randn_as;
 
 fn f32s(t: &Tensor) -> Vec<f32> {
     t.to_vec::<f32>().unwrap()

@@ -11,8 +11,7 @@ use twinflow::nn::{
     TransformerBlockConfig, VelocityModel,
 };
 
-mod common;
-use common::{f64_builder, labels, randn_as, randomize};
+use crate::common::{f64_builder, labels, randn_as, randomize};
 
 /// A tensor of `values` of shape `[values.len()]` and `dtype`.
 fn vector(values: &[f64], dtype: DType) -> Tensor {
@@ -624,7 +623,9 @@ fn parameter_names_and_order_are_as_recorded() -> Result<()> {
         model.visit_params_mut(&mut |n, _| mutable.push(n.to_string()));
         assert!(named.iter().map(|(n, _)| n).eq(&mutable), "{title}");
     }
-    let recorded: Vec<&str> = include_str!("fixtures/param_names.txt").lines().collect();
+    let recorded: Vec<&str> = include_str!("../fixtures/param_names.txt")
+        .lines()
+        .collect();
     assert_eq!(listing, recorded);
     Ok(())
 }

@@ -12,8 +12,7 @@ use twinflow::flow::classifier::{
 use twinflow::flow::data::ImageDataset;
 use twinflow::nn::{max_pool_2x2, ClassifierConfig, Conv2d, Forward};
 
-mod common;
-use common::{f64_builder, randn, randomize, ravel, vals};
+use crate::common::{f64_builder, randn, randomize, ravel, vals};
 
 /// Convolution `[B, H, W, Ci]` → `[B, Ho, Wo, Co]` by the definition, weight
 /// `[Co, Ci, K, K]`.
@@ -122,7 +121,8 @@ fn max_pool_takes_each_window_maximum_and_routes_the_gradient_there() -> Result<
     let xv = vals(&x);
     let mut want_grad = vec![0.0; xv.len()];
     for (i, &got) in vals(&y).iter().enumerate() {
-        let [n, py, px, c] = <[usize; 4]>::try_from(common::unravel(i, &[2, 2, 3, 3])).unwrap();
+        let [n, py, px, c] =
+            <[usize; 4]>::try_from(crate::common::unravel(i, &[2, 2, 3, 3])).unwrap();
         let window = [(0, 0), (0, 1), (1, 0), (1, 1)]
             .map(|(dy, dx)| ravel(&[n, 2 * py + dy, 2 * px + dx, c], &shape));
         let best = *window

@@ -1,0 +1,16 @@
+//! The flow crate's tests in one binary (one link instead of one per file): data,
+//! methods, metrics, samplers, the trainer, starting from another run's weights,
+//! evaluation and the evaluation classifier. `cargo test --test flow <filter>` runs a
+//! part, e.g. `cargo test --test flow methods::`.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod classifier;
+mod data;
+mod eval;
+mod init_from;
+mod methods;
+mod metrics;
+mod samplers;
+mod train;

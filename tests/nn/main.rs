@@ -1,0 +1,13 @@
+//! The module library's tests in one binary (one link instead of one per file): layers,
+//! optimizers, checkpoints, PyTorch parity, the DiT's gradient check and autocast.
+//! `cargo test --test nn <filter>` runs a part, e.g. `cargo test --test nn parity::`.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod autocast;
+mod checkpoint;
+mod gradcheck_dit;
+mod layers;
+mod optim;
+mod parity;
