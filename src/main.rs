@@ -13,7 +13,7 @@ mod cli {
 
 use clap::{Args, Parser, Subcommand};
 use cli::error::CliResult;
-use cli::grids::{image_size, write_sample_grids};
+use cli::grids::{image_shape, write_sample_grids};
 use cli::progress::TrainProgress;
 use cli::sampler_args::SamplerArgs;
 use cli::{npy, plot};
@@ -21,7 +21,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use twinflow::engine::{report, Error};
-use twinflow::flow::data::DataSource;
+use twinflow::flow::data::{DataConfig, DataSource};
 use twinflow::flow::eval::{sample_batched, SampleLabels, DEFAULT_SAMPLE_BATCH};
 use twinflow::flow::train::{Precision, RestoreOptions, TrainConfig, TrainEvent, Trainer};
 
@@ -132,19 +132,29 @@ struct SampleArgs {
 
 #[derive(Debug, Args)]
 struct DataArgs {
-    /// The dataset: moons, 8gaussians, checkerboard, spirals or mnist.
+    /// The dataset: moons, 8gaussians, checkerboard, spirals, mnist, fashion-mnist, or
+    /// the user's files: idx, npy, image-folder (with --path and --labels).
     #[arg(long, value_name = "NAME")]
     dataset: String,
+    /// The data file (idx: the IDX image file; npy: the array) or folder
+    /// (image-folder).
+    #[arg(long, value_name = "PATH")]
+    path: Option<PathBuf>,
+    /// The labels file (idx: the IDX label file; npy: an int64 array).
+    #[arg(long, value_name = "FILE")]
+    labels: Option<PathBuf>,
     /// Number of samples.
     #[arg(long, value_name = "N")]
     n: usize,
     /// Seed of the data stream (the seed given to the dataset source).
     #[arg(long, value_name = "S", default_value_t = 0)]
     seed: u64,
-    /// The directory holding data/ (for mnist).
-    #[arg(long, value_name = "DIR", default_value = ".")]
-    root: PathBuf,
-    /// Output FILE.npy (float32 [N, D]); the labels go to FILE.labels.npy (int64 [N]).
+    /// The directory holding data/ (mnist) or the Fashion-MNIST files (fashion-mnist;
+    /// by default $FASHION_MNIST_DIR or where Debian's package installs them).
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Output: FILE.npy (float32 [N, D]; the labels go to FILE.labels.npy, int64 [N]) or
+    /// FILE.png (a scatter plot for 2-D data, a grid with one row per class for images).
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
 }
@@ -364,7 +374,7 @@ fn sample(a: SampleArgs) -> CliResult<()> {
     match kind {
         OutKind::Npy => write_npy(&a.out, &x, &labels, dim),
         OutKind::Png => {
-            let image = image_size(&trainer, dim);
+            let image = image_shape(&trainer, dim);
             if dim == 2 {
                 plot::scatter(&a.out, &x, &labels, 512)?;
             } else if let Some(size) = image {
@@ -383,13 +393,37 @@ fn sample(a: SampleArgs) -> CliResult<()> {
 }
 
 fn data(a: DataArgs) -> CliResult<()> {
-    out_kind(&a.out, false)?;
+    let kind = out_kind(&a.out, true)?;
     if a.n == 0 {
         return Err("--n must be positive".into());
     }
-    let mut source = DataSource::from_name(&a.dataset, &a.root, a.seed)?;
+    let cfg = DataConfig {
+        root: a.root,
+        path: a.path,
+        labels: a.labels,
+        ..DataConfig::named(&a.dataset, a.n)
+    };
+    let mut source = DataSource::from_config(&cfg, a.seed)?;
     let (x, labels) = source.next_batch(a.n)?;
     let x: Vec<f32> = x.to_vec()?;
     let labels: Vec<i64> = labels.to_vec()?;
-    write_npy(&a.out, &x, &labels, source.dim())
+    let dim = source.dim();
+    match kind {
+        OutKind::Npy => write_npy(&a.out, &x, &labels, dim),
+        OutKind::Png => {
+            let classes = source.num_classes().max(1);
+            if dim == 2 {
+                plot::scatter(&a.out, &x, &labels, 512)?;
+            } else if let Some(shape) = source.image_shape() {
+                plot::image_grid(&a.out, &x, &labels, shape, classes)?;
+            } else {
+                return Err(format!(
+                    "cannot draw {dim}-dimensional vectors as a picture; write .npy instead"
+                )
+                .into());
+            }
+            eprintln!("wrote {}", a.out.display());
+            Ok(())
+        }
+    }
 }

@@ -326,8 +326,36 @@ fn data_writes_real_samples() {
     );
     fails(
         &dir,
-        &["data", "--dataset", "moons", "--n", "5", "--out", "x.png"],
+        &["data", "--dataset", "moons", "--n", "5", "--out", "x.txt"],
         "--out",
+    );
+    // Pictures: a scatter plot for the toys, a grid for images.
+    ok(
+        &dir,
+        &["data", "--dataset", "moons", "--n", "50", "--out", "m.png"],
+    );
+    let root = repo(".");
+    let root = root.to_str().unwrap();
+    let args = [
+        "data",
+        "--dataset",
+        "mnist",
+        "--root",
+        root,
+        "--n",
+        "20",
+        "--out",
+        "d.png",
+    ];
+    ok(&dir, &args);
+    for png in ["m.png", "d.png"] {
+        let bytes = std::fs::read(dir.join(png)).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG"), "{png}");
+    }
+    fails(
+        &dir,
+        &["data", "--dataset", "npy", "--n", "5", "--out", "x.npy"],
+        "--path",
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -6,6 +6,7 @@ use super::error::CliResult;
 use super::plot;
 use std::path::{Path, PathBuf};
 use twinflow::engine::Error;
+use twinflow::flow::data::ImageShape;
 use twinflow::flow::eval::{sample_batched, SampleLabels, DEFAULT_SAMPLE_BATCH};
 use twinflow::flow::train::{ModelKind, Trainer};
 
@@ -25,7 +26,7 @@ pub fn write_sample_grids(trainer: &Trainer, dir: &Path) -> CliResult<Vec<PathBu
     let cfg = trainer.config();
     let dim = trainer.data().dim();
     let classes = trainer.data().num_classes().max(1);
-    let image = image_size(trainer, dim);
+    let image = image_shape(trainer, dim);
     if dim != 2 && image.is_none() {
         return Ok(Vec::new());
     }
@@ -58,18 +59,24 @@ pub fn write_sample_grids(trainer: &Trainer, dir: &Path) -> CliResult<Vec<PathBu
     Ok(written)
 }
 
-/// Rows and columns of a grayscale image sample of `dim` values, when the data are images.
-pub fn image_size(trainer: &Trainer, dim: usize) -> Option<(usize, usize)> {
-    if let Some((r, c)) = trainer.data().image_size() {
-        if r * c == dim {
-            return Some((r, c));
+/// The image shape of a sample of `dim` values, when the data are images (grey or
+/// RGB).
+pub fn image_shape(trainer: &Trainer, dim: usize) -> Option<ImageShape> {
+    if let Some(shape) = trainer.data().image_shape() {
+        if shape.dim() == dim {
+            return Some(shape);
         }
     }
     let cfg = trainer.config();
     if cfg.model.kind == ModelKind::Dit {
         let d = cfg.model.dit.unwrap_or_default();
-        if d.channels == 1 && d.image_size * d.image_size == dim {
-            return Some((d.image_size, d.image_size));
+        let shape = ImageShape {
+            channels: d.channels,
+            rows: d.image_size,
+            cols: d.image_size,
+        };
+        if matches!(d.channels, 1 | 3) && shape.dim() == dim {
+            return Some(shape);
         }
     }
     None

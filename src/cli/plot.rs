@@ -3,6 +3,7 @@
 use super::error::CliResult;
 use std::path::Path;
 use twinflow::engine::Error;
+use twinflow::flow::data::ImageShape;
 
 /// Colours of classes 0, 1, … (cycled beyond ten).
 const PALETTE: [[u8; 3]; 10] = [
@@ -91,16 +92,18 @@ pub fn scatter(path: &Path, xy: &[f32], labels: &[i64], size: u32) -> CliResult<
     write_png(path, size, size, png::ColorType::Rgb, &img)
 }
 
-/// A grayscale grid of `rows`×`cols` images (values in [−1, 1], clipped for display),
-/// one grid row per class in `0..classes`, samples of a class left to right.
+/// A grid of images (grey or RGB, values in [−1, 1], clipped for display; samples
+/// channel-major `[C, H, W]`), one grid row per class in `0..classes`, samples of a
+/// class left to right.
 pub fn image_grid(
     path: &Path,
     x: &[f32],
     labels: &[i64],
-    (rows, cols): (usize, usize),
+    shape: ImageShape,
     classes: usize,
 ) -> CliResult<()> {
-    let d = rows * cols;
+    let (channels, rows, cols) = (shape.channels, shape.rows, shape.cols);
+    let d = shape.dim();
     let classes = classes.max(1);
     let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
     for (i, &l) in labels.iter().enumerate() {
@@ -111,29 +114,31 @@ pub fn image_grid(
     let gap = 2;
     let width = per_row * (cols + gap) + gap;
     let height = by_class.len().max(1) * (rows + gap) + gap;
-    let mut img = vec![0u8; width * height];
+    let mut img = vec![0u8; width * height * channels];
     for (r, members) in by_class.iter().enumerate() {
         for (c, &i) in members.iter().enumerate() {
             let sample = &x[i * d..(i + 1) * d];
             let (top, left) = (gap + r * (rows + gap), gap + c * (cols + gap));
-            for y in 0..rows {
-                for xx in 0..cols {
-                    let v = sample[y * cols + xx];
-                    let v = if v.is_finite() {
-                        v.clamp(-1.0, 1.0)
-                    } else {
-                        -1.0
-                    };
-                    img[(top + y) * width + left + xx] = ((v + 1.0) * 127.5).round() as u8;
+            for ch in 0..channels {
+                for y in 0..rows {
+                    for xx in 0..cols {
+                        let v = sample[(ch * rows + y) * cols + xx];
+                        let v = if v.is_finite() {
+                            v.clamp(-1.0, 1.0)
+                        } else {
+                            -1.0
+                        };
+                        let at = ((top + y) * width + left + xx) * channels + ch;
+                        img[at] = ((v + 1.0) * 127.5).round() as u8;
+                    }
                 }
             }
         }
     }
-    write_png(
-        path,
-        width as u32,
-        height as u32,
-        png::ColorType::Grayscale,
-        &img,
-    )
+    let colour = if channels == 3 {
+        png::ColorType::Rgb
+    } else {
+        png::ColorType::Grayscale
+    };
+    write_png(path, width as u32, height as u32, colour, &img)
 }

@@ -242,8 +242,10 @@ fn training_and_loading_errors_are_clear() -> Result<()> {
     let tiny = ImageDataset {
         images: vec![0.0; 2 * 16],
         labels: vec![0, 1],
+        channels: 1,
         rows: 4,
         cols: 4,
+        class_names: Vec::new(),
     };
     let err = train_classifier(&ClassifierTraining::default(), &tiny, &tiny, |_| {})
         .unwrap_err()

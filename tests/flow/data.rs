@@ -72,7 +72,8 @@ fn shipped_mnist_10k_loads_with_the_readme_class_counts() {
         (src.dim(), src.num_classes(), src.name()),
         (784, 10, "mnist")
     );
-    assert_eq!(src.image_size(), Some((28, 28)));
+    let shape = src.image_shape().unwrap();
+    assert_eq!((shape.channels, shape.rows, shape.cols), (1, 28, 28));
 }
 
 #[test]

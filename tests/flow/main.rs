@@ -14,3 +14,4 @@ mod methods;
 mod metrics;
 mod samplers;
 mod train;
+mod user_data;

@@ -26,8 +26,10 @@ pub fn held_out_split(
     let part = |range: std::ops::Range<usize>| ImageDataset {
         images: data.images[range.start * data.dim()..range.end * data.dim()].to_vec(),
         labels: data.labels[range].to_vec(),
+        channels: data.channels,
         rows: data.rows,
         cols: data.cols,
+        class_names: data.class_names.clone(),
     };
     Ok((part(0..cut), part(cut..data.len())))
 }

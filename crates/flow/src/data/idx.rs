@@ -1,6 +1,7 @@
 //! IDX files (the format of MNIST, Fashion-MNIST and the shipped MNIST-10k): images
 //! (magic `0x00000803`) and labels (magic `0x00000801`), gzip-compressed or plain.
 
+use super::images::{scale_byte, ImageDataset};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use twinflow_engine::{Error, Result};
@@ -28,20 +29,6 @@ pub struct IdxImages {
     pub cols: usize,
     /// `count·rows·cols` bytes, row-major, image after image.
     pub pixels: Vec<u8>,
-}
-
-/// An image dataset with labels, in the form training uses.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ImageDataset {
-    /// Pixels scaled to `[−1, 1]` (`byte / 127.5 − 1`), `len()·dim()` values, row-major:
-    /// sample `i` is `images[i·dim() .. (i+1)·dim()]`.
-    pub images: Vec<f32>,
-    /// One class label per sample.
-    pub labels: Vec<i64>,
-    /// Rows per image.
-    pub rows: usize,
-    /// Columns per image.
-    pub cols: usize,
 }
 
 impl ImageDataset {
@@ -83,39 +70,16 @@ impl ImageDataset {
         ImageDataset::load(images, labels)
     }
 
-    /// Builds a dataset from raw IDX contents (pixels scaled to `[−1, 1]`).
+    /// Builds a one-channel dataset from raw IDX contents (pixels scaled to `[−1, 1]`).
     pub fn from_bytes(raw: IdxImages, labels: &[u8]) -> ImageDataset {
         ImageDataset {
-            images: raw.pixels.iter().map(|&b| b as f32 / 127.5 - 1.0).collect(),
+            images: raw.pixels.iter().map(|&b| scale_byte(b)).collect(),
             labels: labels.iter().map(|&l| l as i64).collect(),
+            channels: 1,
             rows: raw.rows,
             cols: raw.cols,
+            class_names: Vec::new(),
         }
-    }
-
-    /// Number of samples.
-    pub fn len(&self) -> usize {
-        self.labels.len()
-    }
-
-    /// True when the dataset holds no samples.
-    pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
-    }
-
-    /// Values per sample (`rows·cols`; one channel).
-    pub fn dim(&self) -> usize {
-        self.rows * self.cols
-    }
-
-    /// Number of classes: the largest label plus one (0 for an empty dataset).
-    pub fn num_classes(&self) -> usize {
-        self.labels.iter().max().map_or(0, |&m| m as usize + 1)
-    }
-
-    /// The pixels of sample `i` (`dim()` values in `[−1, 1]`).
-    pub fn image(&self, i: usize) -> &[f32] {
-        &self.images[i * self.dim()..(i + 1) * self.dim()]
     }
 }
 

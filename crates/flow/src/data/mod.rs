@@ -1,24 +1,46 @@
-//! Training data: IDX image datasets (MNIST-10k and any IDX pair by path), seeded 2-D
-//! toy distributions, seeded shuffling and batching, and [`DataSource`], the one
-//! interface the trainer draws batches from. See `docs/data.md`.
+//! Training data: image datasets (the shipped MNIST-10k, Fashion-MNIST, any IDX pair,
+//! `.npy` arrays, a folder of PNG files), seeded 2-D toy distributions, seeded
+//! shuffling and batching, and [`DataSource`], the one interface the trainer draws
+//! batches from. See `docs/data.md`.
 //!
 //! All data lives in `[−1, 1]` (roughly, for the toys; see the docs), matching the
 //! method's convention that `t = 0` is data.
 
 pub mod batches;
+mod config;
+pub mod fashion_mnist;
 pub mod idx;
+pub mod image_folder;
+pub mod images;
+pub mod npy;
 pub mod toy;
 
 pub use batches::{DataState, Shuffler};
-pub use idx::{read_idx_images, read_idx_labels, IdxImages, ImageDataset};
+pub use config::DataConfig;
+pub use fashion_mnist::{load_fashion_mnist, Split};
+pub use idx::{read_idx_images, read_idx_labels, IdxImages};
+pub use image_folder::load_image_folder;
+pub use images::{ImageDataset, ImageShape};
+pub use npy::load_npy_dataset;
 pub use toy::Toy2d;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use twinflow_engine::{Device, Error, Generator, Result, Tensor};
 
-/// Every dataset name [`DataSource::from_name`] accepts.
-pub const DATASET_NAMES: [&str; 5] = ["moons", "8gaussians", "checkerboard", "spirals", "mnist"];
+/// Every dataset name of `[data] dataset`: the toys, the shipped MNIST-10k,
+/// Fashion-MNIST, and the user's files (`idx`, `npy`, `image-folder`).
+pub const DATASET_NAMES: [&str; 9] = [
+    "moons",
+    "8gaussians",
+    "checkerboard",
+    "spirals",
+    "mnist",
+    "fashion-mnist",
+    "idx",
+    "npy",
+    "image-folder",
+];
 
 /// A source of training batches: a toy distribution drawn fresh each batch, or a finite
 /// image dataset shuffled every epoch.
@@ -43,25 +65,44 @@ pub enum DataSource {
 }
 
 impl DataSource {
-    /// The dataset called `name` (one of [`DATASET_NAMES`]), seeded. `repo_root` is the
-    /// directory that holds `data/` (used for `"mnist"`, the shipped MNIST-10k).
-    pub fn from_name(name: &str, repo_root: impl AsRef<Path>, seed: u64) -> Result<DataSource> {
+    /// The dataset called `name` (one of [`DATASET_NAMES`] that takes no file paths),
+    /// seeded. `root` is the directory that holds `data/` (for `"mnist"`, the shipped
+    /// MNIST-10k) or the Fashion-MNIST files.
+    pub fn from_name(name: &str, root: impl AsRef<Path>, seed: u64) -> Result<DataSource> {
+        let mut cfg = DataConfig::named(name, 1);
+        cfg.root = Some(root.as_ref().to_path_buf());
+        DataSource::from_config(&cfg, seed)
+    }
+
+    /// The dataset `cfg` describes (checked first), seeded.
+    pub fn from_config(cfg: &DataConfig, seed: u64) -> Result<DataSource> {
+        let name = cfg.dataset.as_str();
         if let Some(dist) = Toy2d::from_name(name) {
             return Ok(DataSource::toy(dist, seed));
         }
-        match name {
-            "mnist" => {
-                let data = ImageDataset::mnist_10k(repo_root)?;
-                DataSource::images("mnist", data, seed)
+        cfg.validate()?;
+        let root = cfg.root.as_deref();
+        let data = match name {
+            "mnist" => ImageDataset::mnist_10k(root.unwrap_or(Path::new(".")))?,
+            "fashion-mnist" => load_fashion_mnist(root, Split::Train)?,
+            "idx" => ImageDataset::load(cfg.path()?, cfg.labels()?)?,
+            "npy" => load_npy_dataset(cfg.path()?, cfg.labels()?)?,
+            "image-folder" => load_image_folder(cfg.path()?)?,
+            _ => {
+                return Err(Error::invalid(
+                    "data",
+                    format!(
+                        "unknown dataset {name:?} (valid: {})",
+                        DATASET_NAMES.join(", ")
+                    ),
+                ))
             }
-            _ => Err(Error::invalid(
-                "data",
-                format!(
-                    "unknown dataset {name:?} (valid: {})",
-                    DATASET_NAMES.join(", ")
-                ),
-            )),
-        }
+        };
+        let label = match &cfg.path {
+            Some(path) => path.display().to_string(),
+            None => name.to_string(),
+        };
+        DataSource::images(label, data, seed)
     }
 
     /// A toy distribution, seeded.
@@ -89,8 +130,10 @@ impl DataSource {
         labels: impl AsRef<Path>,
         seed: u64,
     ) -> Result<DataSource> {
-        let name = PathBuf::from(images.as_ref()).display().to_string();
-        DataSource::images(name, ImageDataset::load(images, labels)?, seed)
+        let mut cfg = DataConfig::named("idx", 1);
+        cfg.path = Some(images.as_ref().to_path_buf());
+        cfg.labels = Some(labels.as_ref().to_path_buf());
+        DataSource::from_config(&cfg, seed)
     }
 
     /// The dataset's name.
@@ -117,11 +160,20 @@ impl DataSource {
         }
     }
 
-    /// Image rows and columns, for image datasets.
-    pub fn image_size(&self) -> Option<(usize, usize)> {
+    /// The shape of one image, for image datasets (not for the toys, nor for
+    /// vectors read from an `[N, D]` array).
+    pub fn image_shape(&self) -> Option<ImageShape> {
         match self {
             DataSource::Toy { .. } => None,
-            DataSource::Images { data, .. } => Some((data.rows, data.cols)),
+            DataSource::Images { data, .. } => (data.rows > 1).then(|| data.shape()),
+        }
+    }
+
+    /// The classes' names by label, when the dataset names them.
+    pub fn class_names(&self) -> &[String] {
+        match self {
+            DataSource::Toy { .. } => &[],
+            DataSource::Images { data, .. } => &data.class_names,
         }
     }
 

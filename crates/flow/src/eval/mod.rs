@@ -141,6 +141,20 @@ pub fn evaluate(
 ) -> Result<EvalReport> {
     cfg.validate()?;
     let data = trainer.data();
+    let dataset = &trainer.config().data.dataset;
+    if matches!(data, DataSource::Images { .. }) && dataset != "mnist" {
+        // The only evaluation classifier is MNIST's: on other images its accuracy and
+        // features would be numbers without meaning.
+        return Err(Error::invalid(
+            "eval",
+            format!(
+                "image runs are scored by the MNIST-10k evaluation classifier, which only \
+                 fits runs on \"mnist\"; this run trained on \"{dataset}\", for which no \
+                 evaluation classifier exists yet (look at its samples with `twinflow \
+                 sample --out FILE.png`)"
+            ),
+        ));
+    }
     let reference = match (data, classifier) {
         (DataSource::Toy { dist, .. }, _) => Reference::toy(*dist, cfg.n, cfg.seed)?,
         (DataSource::Images { data, .. }, Some(c)) => Reference::images(c, data)?,

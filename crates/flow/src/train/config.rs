@@ -1,5 +1,6 @@
 //! The training configuration, read from TOML.
 
+pub use crate::data::DataConfig;
 use crate::method::{MethodConfig, TimeDistribution};
 use crate::sampler::SamplerConfig;
 use serde::{Deserialize, Serialize};
@@ -267,19 +268,6 @@ impl OptimizerConfig {
     }
 }
 
-/// The training data.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DataConfig {
-    /// A name of [`crate::data::DATASET_NAMES`].
-    pub dataset: String,
-    /// Samples per step.
-    pub batch_size: usize,
-    /// The directory holding `data/` (for `"mnist"`); the current directory by default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub root: Option<PathBuf>,
-}
-
 impl TrainConfig {
     /// Reads and checks a TOML file; errors name the file and the offending key.
     pub fn load(path: impl AsRef<Path>) -> Result<TrainConfig> {
@@ -322,9 +310,7 @@ impl TrainConfig {
                 format!("model.kind is \"{kind}\" but a [model.{other}] table is given"),
             ));
         }
-        if self.data.batch_size == 0 {
-            return Err(Error::invalid(OP, "data.batch_size must be positive"));
-        }
+        self.data.validate()?;
         if !(0.0..=1.0).contains(&self.ema_decay) {
             return Err(Error::invalid(
                 OP,

@@ -168,8 +168,7 @@ impl Trainer {
     /// `init_from` (restoring a checkpoint overwrites the weights anyway).
     fn build(cfg: TrainConfig) -> Result<Trainer> {
         cfg.validate()?;
-        let root = cfg.data.root.clone().unwrap_or_else(|| PathBuf::from("."));
-        let data = DataSource::from_name(&cfg.data.dataset, &root, cfg.seed ^ DATA_SEED)?;
+        let data = DataSource::from_config(&cfg.data, cfg.seed ^ DATA_SEED)?;
         let device = Device::open(&cfg.device)?;
         let mut pb = ParamBuilder::new(cfg.seed);
         let model = move_to(build_model(&mut pb, &cfg, &data)?, device)?;
@@ -525,6 +524,24 @@ fn build_model(pb: &mut ParamBuilder, cfg: &TrainConfig, data: &DataSource) -> R
         }
         ModelKind::Dit => {
             let d = cfg.model.dit.unwrap_or_default();
+            if let Some(shape) = data.image_shape() {
+                if d.channels != shape.channels {
+                    return Err(mismatch("model.dit.channels", d.channels, shape.channels));
+                }
+                if shape.rows != shape.cols {
+                    return Err(Error::invalid(
+                        "config",
+                        format!(
+                            "model.kind = \"dit\" needs square images, dataset \"{}\" has \
+                             {}×{}",
+                            cfg.data.dataset, shape.cols, shape.rows
+                        ),
+                    ));
+                }
+                if d.image_size != shape.rows {
+                    return Err(mismatch("model.dit.image_size", d.image_size, shape.rows));
+                }
+            }
             let d_dim = d.channels * d.image_size * d.image_size;
             if d_dim != dim {
                 return Err(mismatch("model.dit channels·image_size²", d_dim, dim));
