@@ -447,6 +447,100 @@ fn train_classifier_quick_run_and_errors() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A folder of 8×8 grey PNG images, one subfolder per class: dark and bright squares
+/// with a varying dot, `per_class` of each.
+fn image_folder(dir: &Path, per_class: usize) {
+    for (class, base) in [("dark", 30u8), ("bright", 220)] {
+        let folder = dir.join(class);
+        std::fs::create_dir_all(&folder).unwrap();
+        for i in 0..per_class {
+            let mut pixels = vec![base; 64];
+            pixels[i % 64] = 255 - base;
+            let file = std::fs::File::create(folder.join(format!("{i:03}.png"))).unwrap();
+            let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), 8, 8);
+            encoder.set_color(png::ColorType::Grayscale);
+            encoder.set_depth(png::BitDepth::Eight);
+            let mut writer = encoder.write_header().unwrap();
+            writer.write_image_data(&pixels).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_classifier_per_dataset_scores_runs_on_that_dataset_only() {
+    let dir = temp_dir("user-classifier");
+    image_folder(&dir.join("shapes"), 20);
+    image_folder(&dir.join("other"), 10);
+    let train_classifier = |folder: &str, out: &str| {
+        let args = [
+            "train-classifier",
+            "--dataset",
+            "image-folder",
+            "--path",
+            folder,
+        ];
+        ok(
+            &dir,
+            &[&args[..], &["--epochs", "2", "--out", out]].concat(),
+        )
+    };
+    let out = train_classifier("shapes", "shapes.safetensors");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("a fixed random 4 of the 40 images"),
+        "{stderr}"
+    );
+    train_classifier("other", "other.safetensors");
+    let (_, meta) =
+        twinflow::flow::classifier::load_classifier(dir.join("shapes.safetensors")).unwrap();
+    assert_eq!(meta.dataset(), "image-folder shapes");
+
+    let config = r#"steps = 4
+[model]
+kind = "mlp"
+[model.mlp]
+data_dim = 64
+width = 32
+depth = 1
+emb_dim = 8
+num_classes = 2
+[method]
+name = "flow_matching"
+[data]
+dataset = "image-folder"
+path = "shapes"
+batch_size = 8
+"#;
+    std::fs::write(dir.join("run.toml"), config).unwrap();
+    ok(&dir, &["train", "--config", "run.toml", "--out", "run"]);
+    let checkpoint = "run/checkpoints/latest.safetensors";
+    let eval = [
+        "eval",
+        "--checkpoint",
+        checkpoint,
+        "--nfe",
+        "1",
+        "--n",
+        "16",
+    ];
+    ok(
+        &dir,
+        &[&eval[..], &["--classifier", "shapes.safetensors"]].concat(),
+    );
+    let report = std::fs::read_to_string(dir.join("run/eval.json")).unwrap();
+    assert!(
+        report.contains("accuracy") && report.contains("fixed random 4"),
+        "{report}"
+    );
+    fails(
+        &dir,
+        &[&eval[..], &["--classifier", "other.safetensors"]].concat(),
+        "trained on image-folder other, the run on image-folder shapes",
+    );
+    fails(&dir, &eval, "train-classifier --dataset image-folder");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn eval_writes_a_table_and_json_and_reports_errors() {
     let dir = temp_dir("eval");

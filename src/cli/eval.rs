@@ -1,7 +1,7 @@
 //! `twinflow eval`: scores a flow checkpoint at several NFEs, prints a table and writes
 //! the numbers as JSON.
 
-use super::classify::DEFAULT_CLASSIFIER;
+use super::classify::default_classifier;
 use super::error::CliResult;
 use super::sampler_args::SamplerArgs;
 use clap::Args;
@@ -33,9 +33,11 @@ pub struct EvalArgs {
     ema: bool,
     #[command(flatten)]
     sampler: SamplerArgs,
-    /// The classifier of image samples, from `twinflow train-classifier` (unused for 2-D toys).
-    #[arg(long, value_name = "FILE", default_value = DEFAULT_CLASSIFIER)]
-    classifier: PathBuf,
+    /// The classifier of image samples, from `twinflow train-classifier` on the run's
+    /// dataset [default: where `train-classifier` writes it for that dataset,
+    /// runs/classifier/classifier.safetensors for mnist] (unused for 2-D toys).
+    #[arg(long, value_name = "FILE")]
+    classifier: Option<PathBuf>,
     /// Where to write the JSON report [default: eval.json in the run directory, i.e. beside
     /// the checkpoints/ folder holding the checkpoint, else beside the checkpoint].
     #[arg(long, value_name = "FILE")]
@@ -103,15 +105,24 @@ pub fn run(a: EvalArgs) -> CliResult<()> {
     let classifier = match trainer.data() {
         DataSource::Toy { .. } => None,
         DataSource::Images { .. } => {
-            if !a.classifier.is_file() {
+            let data = &trainer.config().data;
+            let path = a
+                .classifier
+                .clone()
+                .unwrap_or_else(|| default_classifier(data));
+            if !path.is_file() {
                 return Err(format!(
-                    "no classifier at {}: image samples are scored by a classifier; run \
-                     `twinflow train-classifier` first (or pass --classifier FILE)",
-                    a.classifier.display()
+                    "no classifier at {}: image samples are scored by a classifier trained \
+                     on the run's dataset; run `twinflow train-classifier --dataset {}` \
+                     first (or pass --classifier FILE)",
+                    path.display(),
+                    data.dataset
                 )
                 .into());
             }
-            Some(load_classifier(&a.classifier)?.0)
+            let (model, file) = load_classifier(&path)?;
+            file.check_fits(data)?;
+            Some(model)
         }
     };
     let bar = ProgressBar::new((cfg.n * cfg.nfe.len()) as u64);

@@ -223,10 +223,13 @@ fn quick_training_learns_and_the_file_round_trips() -> Result<()> {
         training: cfg,
         epochs,
         held_out: "test".into(),
+        dataset: None,
     };
     save_classifier(&path, &model, &meta)?;
     let (loaded, loaded_meta) = load_classifier(&path)?;
     assert_eq!(loaded_meta.training, meta.training);
+    // A file without a dataset is MNIST-10k's (files written before there were others).
+    assert_eq!(loaded_meta.dataset(), "mnist");
     let accuracies =
         |m: &ClassifierFile| -> Vec<f64> { m.epochs.iter().map(|e| e.held_out_accuracy).collect() };
     assert_eq!(accuracies(&loaded_meta), accuracies(&meta));

@@ -1,7 +1,9 @@
 //! The classifier's checkpoint file: a safetensors checkpoint (written atomically) whose
 //! config metadata holds the model's sizes, so it can be rebuilt without other input.
 
+use super::split::dataset_identity;
 use super::training::{ClassifierTraining, EpochRecord};
+use crate::data::DataConfig;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use twinflow_engine::{Error, Result};
@@ -17,6 +19,39 @@ pub struct ClassifierFile {
     pub epochs: Vec<EpochRecord>,
     /// Which images it was measured on (e.g. "the last 1000 of data/mnist-10k").
     pub held_out: String,
+    /// The dataset it was trained on ([`dataset_identity`]); files written before
+    /// classifiers existed for other datasets hold none and are MNIST-10k's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
+}
+
+impl ClassifierFile {
+    /// The dataset it was trained on ([`dataset_identity`]).
+    pub fn dataset(&self) -> &str {
+        self.dataset.as_deref().unwrap_or("mnist")
+    }
+
+    /// An error, saying how to train the right one, unless it was trained on the
+    /// dataset `data` describes.
+    pub fn check_fits(&self, data: &DataConfig) -> Result<()> {
+        let wanted = dataset_identity(data);
+        if self.dataset() == wanted {
+            return Ok(());
+        }
+        Err(Error::invalid(
+            "eval",
+            format!(
+                "the classifier was trained on {}, the run on {wanted}; train one for the \
+                 run's data with `twinflow train-classifier --dataset {}{}`",
+                self.dataset(),
+                data.dataset,
+                data.path
+                    .as_ref()
+                    .map(|p| format!(" --path {}", p.display()))
+                    .unwrap_or_default()
+            ),
+        ))
+    }
 }
 
 /// Writes `model` and `meta` to `path` (atomically: a complete file or none), creating

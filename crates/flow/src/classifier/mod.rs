@@ -1,4 +1,4 @@
-//! The evaluation classifier of image samples: the held-out split of MNIST-10k, shift
+//! The evaluation classifier of image samples: the held-out split of each dataset, shift
 //! augmentation, the training loop, batched inference (predictions and features) and
 //! the classifier's checkpoint file. See `docs/evaluation.md`.
 //!
@@ -14,5 +14,7 @@ mod training;
 pub use augment::random_shifts;
 pub use file::{load_classifier, save_classifier, ClassifierFile};
 pub use inference::{accuracy, features, predict};
-pub use split::{held_out_split, MNIST_HELD_OUT};
+pub use split::{
+    dataset_identity, eval_split, held_out_split, EvalSplit, MNIST_HELD_OUT, USER_HELD_OUT_FRACTION,
+};
 pub use training::{train_classifier, ClassifierTraining, EpochRecord, TrainEvent};

@@ -42,6 +42,27 @@ pub const DATASET_NAMES: [&str; 9] = [
     "image-folder",
 ];
 
+/// The images of the dataset `cfg` describes (checked first), in file order; an error
+/// for the toys, which are drawn, not loaded.
+pub fn load_images(cfg: &DataConfig) -> Result<ImageDataset> {
+    cfg.validate()?;
+    let root = cfg.root.as_deref();
+    match cfg.dataset.as_str() {
+        "mnist" => ImageDataset::mnist_10k(root.unwrap_or(Path::new("."))),
+        "fashion-mnist" => load_fashion_mnist(root, Split::Train),
+        "idx" => ImageDataset::load(cfg.path()?, cfg.labels()?),
+        "npy" => load_npy_dataset(cfg.path()?, cfg.labels()?),
+        "image-folder" => load_image_folder(cfg.path()?),
+        name => Err(Error::invalid(
+            "data",
+            format!(
+                "unknown image dataset {name:?} (valid: {})",
+                DATASET_NAMES.join(", ")
+            ),
+        )),
+    }
+}
+
 /// A source of training batches: a toy distribution drawn fresh each batch, or a finite
 /// image dataset shuffled every epoch.
 #[derive(Debug, Clone)]
@@ -80,24 +101,7 @@ impl DataSource {
         if let Some(dist) = Toy2d::from_name(name) {
             return Ok(DataSource::toy(dist, seed));
         }
-        cfg.validate()?;
-        let root = cfg.root.as_deref();
-        let data = match name {
-            "mnist" => ImageDataset::mnist_10k(root.unwrap_or(Path::new(".")))?,
-            "fashion-mnist" => load_fashion_mnist(root, Split::Train)?,
-            "idx" => ImageDataset::load(cfg.path()?, cfg.labels()?)?,
-            "npy" => load_npy_dataset(cfg.path()?, cfg.labels()?)?,
-            "image-folder" => load_image_folder(cfg.path()?)?,
-            _ => {
-                return Err(Error::invalid(
-                    "data",
-                    format!(
-                        "unknown dataset {name:?} (valid: {})",
-                        DATASET_NAMES.join(", ")
-                    ),
-                ))
-            }
-        };
+        let data = load_images(cfg)?;
         let label = match &cfg.path {
             Some(path) => path.display().to_string(),
             None => name.to_string(),

@@ -7,9 +7,10 @@
 //!
 //! - 2-D toys: energy distance and sliced W2 to `n` fresh true samples, beside the
 //!   real-vs-real floor (a second independent draw of `n`);
-//! - images: the accuracy of a [`Classifier`] w.r.t. the conditioning labels, and the
-//!   Fréchet distance in its penultimate features to the training split of the data
-//!   (all but the held-out last 1,000), beside the floor of the held-out real images.
+//! - images: the accuracy of a [`Classifier`] trained on the run's dataset w.r.t. the
+//!   conditioning labels, and the Fréchet distance in its penultimate features to the
+//!   training images of the dataset's fixed split ([`eval_split`]), beside the floor
+//!   of its held-out real images.
 //!
 //! ```no_run
 //! use twinflow_flow::eval::{evaluate_checkpoint, EvalConfig};
@@ -26,6 +27,7 @@ mod sampling;
 pub use reference::{Metrics, Reference};
 pub use sampling::{sample_batched, SampleLabels, DEFAULT_SAMPLE_BATCH};
 
+use crate::classifier::eval_split;
 use crate::data::DataSource;
 use crate::sampler::SamplerConfig;
 use crate::train::Trainer;
@@ -131,8 +133,10 @@ impl EvalConfig {
     }
 }
 
-/// Evaluates `trainer`'s model for every NFE of `cfg`. Image data need `classifier`;
-/// toys ignore it. `on_progress(done, total)` counts samples drawn over all NFEs.
+/// Evaluates `trainer`'s model for every NFE of `cfg`. Image data need `classifier`,
+/// one trained on the run's dataset (its file says which:
+/// [`ClassifierFile::check_fits`](crate::classifier::ClassifierFile::check_fits)), and
+/// are scored against that dataset's [`eval_split`]; toys ignore it. `on_progress(done, total)` counts samples drawn over all NFEs.
 pub fn evaluate(
     trainer: &Trainer,
     cfg: &EvalConfig,
@@ -141,23 +145,11 @@ pub fn evaluate(
 ) -> Result<EvalReport> {
     cfg.validate()?;
     let data = trainer.data();
-    let dataset = &trainer.config().data.dataset;
-    if matches!(data, DataSource::Images { .. }) && dataset != "mnist" {
-        // The only evaluation classifier is MNIST's: on other images its accuracy and
-        // features would be numbers without meaning.
-        return Err(Error::invalid(
-            "eval",
-            format!(
-                "image runs are scored by the MNIST-10k evaluation classifier, which only \
-                 fits runs on \"mnist\"; this run trained on \"{dataset}\", for which no \
-                 evaluation classifier exists yet (look at its samples with `twinflow \
-                 sample --out FILE.png`)"
-            ),
-        ));
-    }
     let reference = match (data, classifier) {
         (DataSource::Toy { dist, .. }, _) => Reference::toy(*dist, cfg.n, cfg.seed)?,
-        (DataSource::Images { data, .. }, Some(c)) => Reference::images(c, data)?,
+        (DataSource::Images { .. }, Some(c)) => {
+            Reference::images(c, &eval_split(&trainer.config().data)?)?
+        }
         (DataSource::Images { name, .. }, None) => {
             return Err(Error::invalid(
                 "eval",

@@ -1,8 +1,8 @@
 //! What generated samples are compared with: fresh draws of a toy distribution, or real
 //! images seen through the classifier.
 
-use crate::classifier::{accuracy, features, held_out_split, MNIST_HELD_OUT};
-use crate::data::{ImageDataset, Toy2d};
+use crate::classifier::{accuracy, features, EvalSplit};
+use crate::data::Toy2d;
 use crate::metrics::{frechet_distance, Metric, Samples, SlicedWasserstein};
 use std::collections::BTreeMap;
 use twinflow_engine::{Error, Generator, Result};
@@ -34,6 +34,8 @@ pub enum Reference<'a> {
         /// Accuracy on the held-out images, and their Fréchet distance to the training
         /// split.
         floor: Metrics,
+        /// Which images are held out, in words.
+        held_out: String,
     },
 }
 
@@ -62,22 +64,22 @@ impl<'a> Reference<'a> {
         Ok(Reference::Toy { real, floor })
     }
 
-    /// Images of `data` seen by `classifier`: the reference features are those of the
-    /// training split (all but the last [`MNIST_HELD_OUT`]); the floor is the
+    /// Images of a dataset seen by `classifier`, trained on that dataset: the reference
+    /// features are those of the split's training images; the floor is the
     /// classifier's accuracy on the held-out images and their Fréchet distance to the
-    /// training split.
-    pub fn images(classifier: &'a Classifier, data: &ImageDataset) -> Result<Reference<'a>> {
-        if classifier.config().input_dim() != data.dim() {
+    /// training images.
+    pub fn images(classifier: &'a Classifier, split: &EvalSplit) -> Result<Reference<'a>> {
+        let (train, held_out) = (&split.train, &split.held_out);
+        if classifier.config().input_dim() != train.dim() {
             return Err(Error::invalid(
                 "eval",
                 format!(
                     "the classifier takes {}-value images but the data have {} values",
                     classifier.config().input_dim(),
-                    data.dim()
+                    train.dim()
                 ),
             ));
         }
-        let (train, held_out) = held_out_split(data, MNIST_HELD_OUT)?;
         let real_features = features(classifier, &train.images)?;
         let held_out_features = features(classifier, &held_out.images)?;
         let floor = Metrics::from([
@@ -94,6 +96,7 @@ impl<'a> Reference<'a> {
             classifier,
             real_features,
             floor,
+            held_out: split.description.clone(),
         })
     }
 
@@ -139,10 +142,9 @@ impl<'a> Reference<'a> {
                 "{n} fresh true samples (energy distance, sliced W2 over 256 directions); \
                  floor: a second independent draw of {n}"
             ),
-            Reference::Images { .. } => format!(
+            Reference::Images { held_out, .. } => format!(
                 "classifier accuracy w.r.t. the conditioning labels and Fréchet distance \
-                 of classifier features to the {} training-split digits; floor: the \
-                 held-out last {MNIST_HELD_OUT} real digits",
+                 of classifier features to the {} training-split images; floor: {held_out}",
                 self.real_len()
             ),
         }
