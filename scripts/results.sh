@@ -5,7 +5,9 @@
 # eval.json files, each row with the commands that made it. CPU only, run from the
 # repository root; about 3 minutes for moons and 80 for MNIST on 2 cores.
 #
-# Usage: scripts/results.sh [moons|mnist|all]   (default: all)
+# Usage: scripts/results.sh [moons|mnist|fashion|all]   (default: all)
+# Fashion-MNIST is not shipped: its runs need it installed (docs/data.md) and are
+# skipped, saying so, otherwise.
 # BIN=path/to/twinflow uses that binary instead of building one. Needs python3 for
 # the table step only.
 set -euo pipefail
@@ -33,6 +35,7 @@ train() {
     "$bin" train --config "$config" --out "$dir" "$@"
     awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f\n", e - s }' > "$dir/train_seconds"
     echo "$cmd" > "$dir/train_command"
+    git rev-parse --short HEAD > "$dir/train_commit"
 }
 
 # evaluate NAME TAG NFES [extra eval flags]: scores $out/NAME's checkpoint into
@@ -100,5 +103,20 @@ if [ "$which" = mnist ] || [ "$which" = all ]; then
     cp "$out/mnist-rcgm/samples/step-0001600-nfe1.png" docs/img/mnist-rcgm-nfe1.png
     cp "$out/mnist-fm-then-twinflow/samples/step-0000800-nfe1.png" \
         docs/img/mnist-fm-then-twinflow-nfe1.png
+fi
+if [ "$which" = fashion ] || [ "$which" = all ]; then
+    mkdir -p "$out"
+    if "$bin" data --dataset fashion-mnist --n 1 --out "$out/fashion-probe.npy" 2>/dev/null; then
+        [ -f runs/classifier/fashion-mnist.safetensors ] ||
+            "$bin" train-classifier --dataset fashion-mnist
+        train fashion-twinflow
+        evaluate fashion-twinflow main 1,2,4 --ema
+        train fashion-fm
+        evaluate fashion-fm main 1,4,10,100 --ema
+        cp "$out/fashion-twinflow/samples/step-0001600-nfe1.png" docs/img/fashion-twinflow-nfe1.png
+    else
+        echo "== skipping Fashion-MNIST: not installed (docs/data.md says how to get it)"
+    fi
+    rm -f "$out"/fashion-probe*.npy
 fi
 python3 scripts/results_tables.py "$out" docs/results.md
