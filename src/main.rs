@@ -2,6 +2,7 @@
 
 mod cli {
     pub mod classify;
+    pub mod curves;
     pub mod error;
     pub mod eval;
     pub mod grids;
@@ -12,6 +13,7 @@ mod cli {
 }
 
 use clap::{Args, Parser, Subcommand};
+use cli::curves::write_curves;
 use cli::error::CliResult;
 use cli::grids::{image_shape, write_sample_grids};
 use cli::progress::TrainProgress;
@@ -259,9 +261,15 @@ fn train(a: TrainArgs) -> CliResult<()> {
     }
     let mut progress = TrainProgress::new(trainer.step_count(), target, trainer.config().log_every);
     let mut grids = Vec::new();
+    let log_every = trainer.config().log_every;
     let summary = trainer.train_to(target, &dir, |trainer, event| {
         match event {
-            TrainEvent::Step(record) => progress.step(record),
+            TrainEvent::Step(record) => {
+                progress.step(record);
+                if log_every > 0 && record.step % log_every == 0 {
+                    write_curves(&dir).map_err(Error::External)?;
+                }
+            }
             TrainEvent::Saved(_) => {}
             TrainEvent::SamplesDue { last } => {
                 let written = progress
@@ -275,6 +283,7 @@ fn train(a: TrainArgs) -> CliResult<()> {
         Ok(())
     })?;
     progress.finish();
+    let curves = write_curves(&dir)?;
     if let Some(r) = summary.last {
         eprintln!(
             "trained to step {} (loss {:.4}); run directory {}",
@@ -289,6 +298,9 @@ fn train(a: TrainArgs) -> CliResult<()> {
             trainer.config().sample_nfe,
             first.parent().unwrap_or(&dir).display()
         );
+    }
+    if let Some(curves) = curves {
+        eprintln!("training curves in {}", curves.display());
     }
     Ok(())
 }

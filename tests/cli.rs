@@ -138,6 +138,12 @@ fn train_resume_and_sample() {
         .collect();
     assert_eq!(lines.len(), 2, "{metrics}");
     assert_eq!(lines[1]["step"], 20);
+    // The curves picture: one panel per kind, every loss term named in the legend.
+    let curves = std::fs::read_to_string(run_dir.join("curves.svg")).unwrap();
+    assert!(curves.starts_with("<svg"), "{curves}");
+    for text in ["loss terms", "learning rate", "gradient norm", "base"] {
+        assert!(curves.contains(text), "curves.svg lacks {text}");
+    }
     assert!(lines[1]["loss"].is_number());
     let resolved = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
     assert!(resolved.contains("steps = 20"), "{resolved}");
