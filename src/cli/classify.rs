@@ -2,6 +2,7 @@
 //! the held-out last 1,000 digits) and saves it as a checkpoint.
 
 use super::error::CliResult;
+use super::output::{check_output, OutputKind};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -17,7 +18,8 @@ pub const DEFAULT_CLASSIFIER: &str = "runs/classifier/classifier.safetensors";
 
 #[derive(Debug, Args)]
 pub struct TrainClassifierArgs {
-    /// Where to save the classifier (a safetensors checkpoint, written atomically).
+    /// Where to save the classifier (a safetensors checkpoint, written atomically; an
+    /// existing file there must be a classifier too).
     #[arg(long, value_name = "FILE", default_value = DEFAULT_CLASSIFIER)]
     out: PathBuf,
     /// Passes over the 9,000 training digits.
@@ -57,6 +59,7 @@ pub fn run(a: TrainClassifierArgs) -> CliResult<()> {
     if cfg.epochs == 0 || cfg.batch_size == 0 {
         return Err("--epochs and --batch-size must be positive".into());
     }
+    check_output(&a.out, OutputKind::Classifier, "--out")?;
     let data = ImageDataset::mnist_10k(&a.root)?;
     let (mut train, held_out) = held_out_split(&data, MNIST_HELD_OUT)?;
     if let Some(n) = a.train_images {
@@ -112,6 +115,8 @@ pub fn run(a: TrainClassifierArgs) -> CliResult<()> {
             data.len()
         ),
     };
+    // Checked again: a file may have appeared there during the training.
+    check_output(&a.out, OutputKind::Classifier, "--out")?;
     save_classifier(&a.out, &model, &meta)?;
     eprintln!(
         "held-out accuracy {:.2}% after {:.0} s; saved the classifier to {}",
