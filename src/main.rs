@@ -7,30 +7,27 @@ mod cli {
     pub mod eval;
     pub mod grids;
     pub mod npy;
+    pub mod output;
     pub mod plot;
     pub mod progress;
     pub mod sampler_args;
+    pub mod signals;
+    pub mod train;
 }
 
 use clap::{Args, Parser, Subcommand};
-use cli::curves::write_curves;
 use cli::error::CliResult;
-use cli::grids::{image_shape, write_sample_grids};
-use cli::progress::TrainProgress;
+use cli::grids::image_shape;
+use cli::output::{check_output, OutputKind};
 use cli::sampler_args::SamplerArgs;
 use cli::{npy, plot};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use twinflow::engine::{report, Error};
+use twinflow::engine::report;
 use twinflow::flow::data::{DataConfig, DataSource};
 use twinflow::flow::eval::{sample_batched, SampleLabels, DEFAULT_SAMPLE_BATCH};
-use twinflow::flow::train::{Precision, RestoreOptions, TrainConfig, TrainEvent, Trainer};
-
-/// The config used by `train` without `--config`.
-const DEFAULT_CONFIG: &str = include_str!("../configs/mnist-twinflow.toml");
-/// Its name (the default run directory is `runs/<name>`).
-const DEFAULT_CONFIG_NAME: &str = "mnist-twinflow";
+use twinflow::flow::train::{RestoreOptions, Trainer};
 
 /// TwinFlow: one-step generative models on a from-scratch autodiff engine.
 #[derive(Debug, Parser)]
@@ -44,8 +41,9 @@ struct Cli {
 enum Command {
     /// Train a model from a TOML config; writes config.toml, metrics.jsonl, samples/
     /// (PNG grids at the config's sample_nfe) and checkpoints/ (latest.safetensors and
-    /// step-<N>.safetensors) under the run directory.
-    Train(TrainArgs),
+    /// step-<N>.safetensors) under the run directory. Ctrl-C or SIGTERM stops after the
+    /// current step, saved (exit status 130 or 143); a second one stops at once.
+    Train(cli::train::TrainArgs),
     /// Draw samples from a checkpoint into a .npy array (plus .labels.npy) or a .png picture.
     Sample(SampleArgs),
     /// Write real samples of a dataset, exactly as training draws them, to a .npy array
@@ -57,44 +55,6 @@ enum Command {
     /// Score a checkpoint at several NFEs (distances to true samples for 2-D toys,
     /// classifier accuracy and Fréchet distance for images); prints a table, writes JSON.
     Eval(cli::eval::EvalArgs),
-}
-
-#[derive(Debug, Args)]
-struct TrainArgs {
-    /// The training config (TOML; unknown keys are errors). Without it, the built-in
-    /// configs/mnist-twinflow.toml is used: TwinFlow on the shipped MNIST-10k.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// The run directory [default: runs/<config file stem>].
-    #[arg(long, value_name = "DIR")]
-    out: Option<PathBuf>,
-    /// Train until this many optimizer steps in total (overrides the config's `steps`;
-    /// with --resume, the step to continue to).
-    #[arg(long, value_name = "N")]
-    steps: Option<u64>,
-    /// Seed of model init, data and the method's draws (overrides the config's `seed`;
-    /// not allowed with --resume, which restores the saved random state).
-    #[arg(long, value_name = "S")]
-    seed: Option<u64>,
-    /// Continue the run from DIR/checkpoints/latest.safetensors with the config saved in
-    /// it (--config only names the default DIR then).
-    #[arg(long)]
-    resume: bool,
-    /// Train on this device: cpu, cuda or cuda:N (overrides the config's `device`; CUDA
-    /// needs a build with `--features cuda` and an NVIDIA GPU).
-    #[arg(long, value_name = "DEVICE")]
-    device: Option<String>,
-    /// Precision of the products and attention: f32, bf16 or f16 (autocast; parameters
-    /// stay f32; f16 adds a dynamic loss scaler). Overrides the config's `precision`;
-    /// not allowed with --resume.
-    #[arg(long, value_name = "TYPE", value_parser = ["f32", "bf16", "f16"])]
-    precision: Option<String>,
-    /// Start from the weights of this trainer checkpoint (θ from its online weights, θ⁻
-    /// from its EMA weights) instead of a random init; the step, optimizer, EMA warm-up,
-    /// random streams and data order start fresh. Overrides the config's `init_from`;
-    /// not allowed with --resume.
-    #[arg(long, value_name = "FILE")]
-    init_from: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -163,15 +123,16 @@ struct DataArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let success = |()| ExitCode::SUCCESS;
     let result = match cli.command {
-        Command::Train(a) => train(a),
-        Command::Sample(a) => sample(a),
-        Command::Data(a) => data(a),
-        Command::TrainClassifier(a) => cli::classify::run(a),
-        Command::Eval(a) => cli::eval::run(a),
+        Command::Train(a) => cli::train::run(a),
+        Command::Sample(a) => sample(a).map(success),
+        Command::Data(a) => data(a).map(success),
+        Command::TrainClassifier(a) => cli::classify::run(a).map(success),
+        Command::Eval(a) => cli::eval::run(a).map(success),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", report(&*e));
             ExitCode::FAILURE
@@ -179,142 +140,22 @@ fn main() -> ExitCode {
     }
 }
 
-fn train(a: TrainArgs) -> CliResult<()> {
-    let stem = match &a.config {
-        Some(path) => path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "run".into()),
-        None => DEFAULT_CONFIG_NAME.into(),
-    };
-    let dir = a
-        .out
-        .clone()
-        .unwrap_or_else(|| Path::new("runs").join(&stem));
-    let (mut trainer, target) = if a.resume {
-        if a.init_from.is_some() {
-            return Err(
-                "--init-from cannot be combined with --resume (a resumed run continues from \
-                 its own checkpoint, which holds its weights)"
-                    .into(),
-            );
-        }
-        if a.seed.is_some() || a.precision.is_some() {
-            return Err(
-                "--seed and --precision cannot be combined with --resume (the run \
-                 continues with its saved random state and precision)"
-                    .into(),
-            );
-        }
-        let latest = dir.join("checkpoints").join("latest.safetensors");
-        if !latest.is_file() {
-            return Err(format!("cannot resume: no checkpoint at {}", latest.display()).into());
-        }
-        let options = RestoreOptions {
-            device: a.device.clone(),
-            ..RestoreOptions::default()
-        };
-        let trainer = Trainer::from_checkpoint_with(&latest, &options)?;
-        let target = a.steps.unwrap_or(trainer.config().steps);
-        (trainer, target)
-    } else {
-        let mut cfg = match &a.config {
-            Some(path) => {
-                if !path.is_file() {
-                    return Err(format!("config file {} not found", path.display()).into());
-                }
-                TrainConfig::load(path)?
-            }
-            None => {
-                TrainConfig::from_toml(DEFAULT_CONFIG, "configs/mnist-twinflow.toml (built in)")?
-            }
-        };
-        if let Some(steps) = a.steps {
-            cfg.steps = steps;
-        }
-        if let Some(seed) = a.seed {
-            cfg.seed = seed;
-        }
-        if let Some(device) = &a.device {
-            cfg.device = device.clone();
-        }
-        if let Some(init_from) = &a.init_from {
-            cfg.init_from = Some(init_from.clone());
-        }
-        if let Some(precision) = &a.precision {
-            cfg.precision = match precision.as_str() {
-                "bf16" => Precision::Bf16,
-                "f16" => Precision::F16,
-                _ => Precision::F32,
-            };
-        }
-        let target = cfg.steps;
-        (Trainer::new(cfg)?, target)
-    };
-    if trainer.step_count() >= target {
-        eprintln!(
-            "run in {} is already at step {} (target {target}); nothing to do",
-            dir.display(),
-            trainer.step_count()
-        );
-        return Ok(());
-    }
-    let mut progress = TrainProgress::new(trainer.step_count(), target, trainer.config().log_every);
-    let mut grids = Vec::new();
-    let log_every = trainer.config().log_every;
-    let summary = trainer.train_to(target, &dir, |trainer, event| {
-        match event {
-            TrainEvent::Step(record) => {
-                progress.step(record);
-                if log_every > 0 && record.step % log_every == 0 {
-                    write_curves(&dir).map_err(Error::External)?;
-                }
-            }
-            TrainEvent::Saved(_) => {}
-            TrainEvent::SamplesDue { last } => {
-                let written = progress
-                    .suspend(|| write_sample_grids(trainer, &dir))
-                    .map_err(Error::External)?;
-                if last {
-                    grids = written;
-                }
-            }
-        }
-        Ok(())
-    })?;
-    progress.finish();
-    let curves = write_curves(&dir)?;
-    if let Some(r) = summary.last {
-        eprintln!(
-            "trained to step {} (loss {:.4}); run directory {}",
-            r.step,
-            r.loss,
-            dir.display()
-        );
-    }
-    if let Some(first) = grids.first() {
-        eprintln!(
-            "sample pictures at NFE {:?} in {}",
-            trainer.config().sample_nfe,
-            first.parent().unwrap_or(&dir).display()
-        );
-    }
-    if let Some(curves) = curves {
-        eprintln!("training curves in {}", curves.display());
-    }
-    Ok(())
-}
-
 enum OutKind {
     Npy,
     Png,
 }
 
+/// The kind of `--out` by its extension, checked before the work: a file (and, for
+/// .npy, its labels file) that can be written there and replaces no file of another
+/// kind.
 fn out_kind(path: &Path, png_ok: bool) -> CliResult<OutKind> {
     let s = path.to_string_lossy();
     if s.ends_with(".npy") {
+        check_output(path, OutputKind::Npy, "--out")?;
+        check_output(&npy::labels_path(path), OutputKind::Npy, "--out")?;
         Ok(OutKind::Npy)
     } else if png_ok && s.ends_with(".png") {
+        check_output(path, OutputKind::Png, "--out")?;
         Ok(OutKind::Png)
     } else {
         let want = if png_ok { ".npy or .png" } else { ".npy" };

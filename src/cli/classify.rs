@@ -3,6 +3,7 @@
 //! images, and saves it as a checkpoint that names the dataset.
 
 use super::error::CliResult;
+use super::output::{check_output, OutputKind};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -49,7 +50,8 @@ pub struct TrainClassifierArgs {
     /// The labels file (idx, npy).
     #[arg(long, value_name = "FILE")]
     labels: Option<PathBuf>,
-    /// Where to save the classifier (a safetensors checkpoint, written atomically)
+    /// Where to save the classifier (a safetensors checkpoint, written atomically; an
+    /// existing file there must be a classifier too)
     /// [default: runs/classifier/classifier.safetensors for mnist,
     /// runs/classifier/<dataset>[-<path's name>].safetensors otherwise, where `eval`
     /// looks for it].
@@ -98,6 +100,8 @@ pub fn run(a: TrainClassifierArgs) -> CliResult<()> {
         labels: a.labels.clone(),
         ..DataConfig::named(&a.dataset, 1)
     };
+    let out = a.out.clone().unwrap_or_else(|| default_classifier(&data));
+    check_output(&out, OutputKind::Classifier, "--out")?;
     let split = eval_split(&data)?;
     let (mut train, held_out) = (split.train, split.held_out);
     let shape = train.shape();
@@ -113,7 +117,6 @@ pub fn run(a: TrainClassifierArgs) -> CliResult<()> {
         },
         ..cfg
     };
-    let out = a.out.clone().unwrap_or_else(|| default_classifier(&data));
     if let Some(n) = a.train_images {
         if n == 0 || n > train.len() {
             return Err(format!("--train-images must be in 1..={}, got {n}", train.len()).into());
@@ -163,6 +166,8 @@ pub fn run(a: TrainClassifierArgs) -> CliResult<()> {
         held_out: split.description,
         dataset: Some(dataset_identity(&data)),
     };
+    // Checked again: a file may have appeared there during the training.
+    check_output(&out, OutputKind::Classifier, "--out")?;
     save_classifier(&out, &model, &meta)?;
     eprintln!(
         "held-out accuracy {:.2}% after {:.0} s; saved the classifier to {}",

@@ -3,11 +3,11 @@
 
 use super::classify::default_classifier;
 use super::error::CliResult;
+use super::output::{check_output, write_output, OutputKind};
 use super::sampler_args::SamplerArgs;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
-use twinflow::engine::Error;
 use twinflow::flow::classifier::load_classifier;
 use twinflow::flow::data::DataSource;
 use twinflow::flow::eval::{evaluate, EvalConfig, EvalReport};
@@ -89,6 +89,11 @@ pub fn run(a: EvalArgs) -> CliResult<()> {
     if !a.checkpoint.is_file() {
         return Err(format!("checkpoint {} not found", a.checkpoint.display()).into());
     }
+    let json = a
+        .json
+        .clone()
+        .unwrap_or_else(|| default_json(&a.checkpoint));
+    check_output(&json, OutputKind::Json, "--json")?;
     let options = RestoreOptions {
         data_root: a.root.clone(),
         device: Some(a.device.clone()),
@@ -137,7 +142,6 @@ pub fn run(a: EvalArgs) -> CliResult<()> {
     bar.finish_and_clear();
     report.checkpoint = Some(a.checkpoint.display().to_string());
     print!("{}", table(&report));
-    let json = a.json.unwrap_or_else(|| default_json(&a.checkpoint));
     write_json(&json, &report)?;
     eprintln!("wrote {}", json.display());
     Ok(())
@@ -204,9 +208,6 @@ fn grid(s: &SamplerConfig) -> String {
 }
 
 fn write_json(path: &Path, report: &EvalReport) -> CliResult<()> {
-    let text = serde_json::to_string_pretty(report)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
-    }
-    std::fs::write(path, text + "\n").map_err(|e| Error::io("write", path, e).into())
+    let text = serde_json::to_string_pretty(report)? + "\n";
+    write_output(path, OutputKind::Json, text.as_bytes())
 }

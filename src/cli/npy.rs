@@ -1,9 +1,9 @@
-//! A minimal writer of NumPy `.npy` files (format version 1.0, little-endian).
+//! A minimal writer of NumPy `.npy` files (format version 1.0, little-endian), written
+//! atomically and never over a file of another kind ([`super::output`]).
 
 use super::error::CliResult;
-use std::io::Write;
+use super::output::{write_output, OutputKind};
 use std::path::Path;
-use twinflow::engine::Error;
 
 /// The header of a version 1.0 `.npy` file for `descr` and `shape`, padded with spaces
 /// and a final newline so that the data starts at a multiple of 16 bytes.
@@ -33,11 +33,9 @@ fn header(descr: &str, shape: &[usize]) -> Vec<u8> {
     out
 }
 
-fn write(path: &Path, header: Vec<u8>, data: &[u8]) -> CliResult<()> {
-    let mut file = std::fs::File::create(path).map_err(|e| Error::io("create", path, e))?;
-    file.write_all(&header)
-        .and_then(|()| file.write_all(data))
-        .map_err(|e| Error::io("write", path, e).into())
+fn write(path: &Path, mut header: Vec<u8>, data: &[u8]) -> CliResult<()> {
+    header.extend_from_slice(data);
+    write_output(path, OutputKind::Npy, &header)
 }
 
 /// Writes `values` as a float32 array `[rows, cols]`.

@@ -1,6 +1,8 @@
-//! PNG pictures of samples: a scatter plot for 2-D data, a grid for images.
+//! PNG pictures of samples: a scatter plot for 2-D data, a grid for images; written
+//! atomically and never over a file of another kind ([`super::output`]).
 
 use super::error::CliResult;
+use super::output::{write_output, OutputKind};
 use std::path::Path;
 use twinflow::engine::Error;
 use twinflow::flow::data::ImageShape;
@@ -27,13 +29,14 @@ fn write_png(
     data: &[u8],
 ) -> CliResult<()> {
     let fail = |e| Error::caused("png", path.display().to_string(), e);
-    let file = std::fs::File::create(path).map_err(|e| Error::io("create", path, e))?;
-    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), width, height);
+    let mut encoded = Vec::new();
+    let mut enc = png::Encoder::new(&mut encoded, width, height);
     enc.set_color(color);
     enc.set_depth(png::BitDepth::Eight);
     let mut writer = enc.write_header().map_err(fail)?;
     writer.write_image_data(data).map_err(fail)?;
-    Ok(writer.finish().map_err(fail)?)
+    writer.finish().map_err(fail)?;
+    write_output(path, OutputKind::Png, &encoded)
 }
 
 /// A `size`×`size` scatter plot of 2-D points `xy` (`[n, 2]` row-major), coloured by

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use twinflow::flow::train::{TrainConfig, TrainEvent, Trainer};
+use twinflow::flow::train::{TrainConfig, TrainControl, TrainEvent, Trainer};
 use twinflow::nn::{Checkpoint, Module};
 
 const BIN: &str = env!("CARGO_BIN_EXE_twinflow");
@@ -213,7 +213,7 @@ fn a_flow_matching_run_initialises_a_twinflow_run() {
             if let TrainEvent::Step(record) = event {
                 records.push(record.clone());
             }
-            Ok(())
+            Ok(TrainControl::Continue)
         })
         .unwrap();
     assert_eq!(records.len(), 2);
@@ -386,9 +386,15 @@ fn cli_init_from_trains_and_is_refused_with_resume() {
         "{stderr}"
     );
 
+    // Over the run (--overwrite), a missing init file fails before the old run is
+    // deleted.
     let out = run_cli(
         &dir,
-        &[&train[..], &["--init-from", "gone.safetensors"]].concat(),
+        &[
+            &train[..],
+            &["--overwrite", "--init-from", "gone.safetensors"],
+        ]
+        .concat(),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -396,5 +402,6 @@ fn cli_init_from_trains_and_is_refused_with_resume() {
         stderr.contains("gone.safetensors") && !stderr.contains("panicked"),
         "{stderr}"
     );
+    assert!(dir.join("run/checkpoints/step-2.safetensors").is_file());
     let _ = std::fs::remove_dir_all(&dir);
 }

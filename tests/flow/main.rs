@@ -1,7 +1,7 @@
 //! The flow crate's tests in one binary (one link instead of one per file): data,
-//! methods, metrics, samplers, the trainer, starting from another run's weights,
-//! evaluation and the evaluation classifier. `cargo test --test flow <filter>` runs a
-//! part, e.g. `cargo test --test flow methods::`.
+//! methods, metrics, samplers, the trainer, the run directory, starting from another
+//! run's weights, evaluation and the evaluation classifier. `cargo test --test flow
+//! <filter>` runs a part, e.g. `cargo test --test flow methods::`.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -12,6 +12,7 @@ mod eval;
 mod init_from;
 mod methods;
 mod metrics;
+mod run_dir;
 mod samplers;
 mod train;
 mod user_data;

@@ -13,7 +13,9 @@ use twinflow::flow::eval::{sample_batched, SampleLabels};
 use twinflow::flow::method::{Batch, TimeDistribution};
 use twinflow::flow::metrics::{energy_distance, Samples};
 use twinflow::flow::sampler::SamplerConfig;
-use twinflow::flow::train::{NanPolicy, StepRecord, TrainConfig, TrainEvent, Trainer};
+use twinflow::flow::train::{
+    NanPolicy, StepRecord, TrainConfig, TrainControl, TrainEvent, Trainer,
+};
 use twinflow::nn::Module;
 
 /// A small moons config for `method` (a `[method]` table body and sub-tables).
@@ -105,7 +107,7 @@ fn train_collecting(trainer: &mut Trainer, dir: &std::path::Path) -> Vec<StepRec
             if let TrainEvent::Step(record) = event {
                 records.push(record.clone());
             }
-            Ok(())
+            Ok(TrainControl::Continue)
         })
         .unwrap();
     records
@@ -131,7 +133,7 @@ fn the_training_loop_logs_saves_and_asks_for_samples_on_schedule() {
         .train_to(6, &dir, |t, event| {
             assert!(t.step_count() > 0);
             events.push(describe(&event));
-            Ok(())
+            Ok(TrainControl::Continue)
         })
         .unwrap();
     let want = [
@@ -168,7 +170,7 @@ fn the_training_loop_logs_saves_and_asks_for_samples_on_schedule() {
     let err = trainer
         .train_to(9, &dir, |_, event| match event {
             TrainEvent::Step(r) if r.step == 8 => Err(Error::invalid("caller", "stop here")),
-            _ => Ok(()),
+            _ => Ok(TrainControl::Continue),
         })
         .unwrap_err();
     assert!(err.to_string().contains("stop here"), "{err}");
@@ -462,4 +464,150 @@ fn the_time_table_reaches_every_method() {
     assert_eq!(TrainConfig::from_toml(&resolved, "r.toml").unwrap(), cfg);
     let plain = config(10, TWINFLOW_SPLIT, "").to_toml().unwrap();
     assert!(!plain.contains("[time]"), "{plain}");
+}
+
+#[test]
+fn skip_policy_stops_after_too_many_skips_in_a_row() {
+    let dir = temp_dir("skip-in-a-row");
+    let extra = "nan_policy = \"skip\"\nmax_consecutive_skips = 3";
+    let mut trainer = Trainer::new(config(100, FLOW_MATCHING, extra)).unwrap();
+    trainer.step().unwrap();
+    trainer.save(&dir).unwrap();
+    // A good step between skips starts the count again.
+    for _ in 0..3 {
+        assert!(trainer.step_on(&nan_batch()).unwrap().skipped);
+    }
+    assert!(!trainer.step().unwrap().skipped);
+    for _ in 0..3 {
+        assert!(trainer.step_on(&nan_batch()).unwrap().skipped);
+    }
+    let err = trainer.step_on(&nan_batch()).unwrap_err().to_string();
+    assert!(err.contains("at step 9"), "{err}");
+    assert!(
+        err.contains("4 skipped steps in a row, more than max_consecutive_skips = 3"),
+        "{err}"
+    );
+    // Stopped as with nan_policy = "stop": no more steps, no save over step 1's.
+    assert!(trainer.step().is_err());
+    assert!(trainer.save(&dir).is_err());
+    assert_eq!(Trainer::resume(&dir).unwrap().step_count(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn skip_policy_stops_past_the_skipped_fraction() {
+    let extra = "nan_policy = \"skip\"\nmax_skip_fraction = 0.25\nskip_fraction_min_steps = 8";
+    let mut trainer = Trainer::new(config(100, FLOW_MATCHING, extra)).unwrap();
+    // Steps 1 and 2 skipped: half of the run, but before skip_fraction_min_steps.
+    for _ in 0..2 {
+        trainer.step_on(&nan_batch()).unwrap();
+    }
+    for _ in 0..6 {
+        trainer.step().unwrap();
+    }
+    // Step 9: 3 of 9 skipped (33%).
+    let err = trainer.step_on(&nan_batch()).unwrap_err().to_string();
+    assert!(
+        err.contains("3 of 9 steps skipped") && err.contains("max_skip_fraction = 0.25"),
+        "{err}"
+    );
+
+    // The counts travel with the checkpoint: a resumed run stops where the whole one does.
+    let dir = temp_dir("skip-fraction");
+    let extra = "nan_policy = \"skip\"\nmax_consecutive_skips = 2";
+    let mut trainer = Trainer::new(config(100, FLOW_MATCHING, extra)).unwrap();
+    trainer.step_on(&nan_batch()).unwrap();
+    trainer.step_on(&nan_batch()).unwrap();
+    trainer.save(&dir).unwrap();
+    let mut resumed = Trainer::resume(&dir).unwrap();
+    assert!(resumed.step_on(&nan_batch()).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let bad = TrainConfig::from_toml(
+        &moons_toml(10, FLOW_MATCHING, "max_skip_fraction = 1.5"),
+        "bad.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        bad.contains("bad.toml") && bad.contains("max_skip_fraction"),
+        "{bad}"
+    );
+}
+
+#[test]
+fn save_refuses_parameters_that_are_not_finite() {
+    let dir = temp_dir("non-finite-save");
+    let mut trainer = Trainer::new(config(100, FLOW_MATCHING, "")).unwrap();
+    trainer.step().unwrap();
+    trainer.save(&dir).unwrap();
+    let saved = std::fs::read(dir.join("checkpoints/latest.safetensors")).unwrap();
+    // A learning rate beyond f32's range: the loss and gradients of the step are
+    // finite, the update is not.
+    let huge = moons_toml(100, FLOW_MATCHING, "").replace("lr = 2e-3", "lr = 1e300");
+    let mut diverged = Trainer::new(TrainConfig::from_toml(&huge, "huge.toml").unwrap()).unwrap();
+    diverged.step().unwrap();
+    let err = diverged.save(&dir).unwrap_err().to_string();
+    assert!(err.contains("refusing to save step 1"), "{err}");
+    assert!(err.contains("parameter model."), "{err}");
+    assert_eq!(
+        std::fs::read(dir.join("checkpoints/latest.safetensors")).unwrap(),
+        saved
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn stopping_the_loop_early_saves_the_step_it_reached() {
+    let dir = temp_dir("stop-early");
+    let mut cfg = config(
+        20,
+        FLOW_MATCHING,
+        "checkpoint_every = 100\nsample_every = 3",
+    );
+    cfg.log_every = 4;
+    let mut trainer = Trainer::new(cfg).unwrap();
+    let mut events = Vec::new();
+    let summary = trainer
+        .train_to(20, &dir, |_, event| {
+            events.push(describe(&event));
+            Ok(match event {
+                TrainEvent::Step(r) if r.step == 6 => TrainControl::Stop,
+                _ => TrainControl::Continue,
+            })
+        })
+        .unwrap();
+    // No pictures after the stop (neither step 6's nor the end's).
+    let want = [
+        "step 1",
+        "step 2",
+        "step 3",
+        "samples last=false",
+        "step 4",
+        "step 5",
+        "step 6",
+        "saved step-6.safetensors",
+    ];
+    assert_eq!(events, want);
+    assert!(summary.stopped_early);
+    assert_eq!(summary.last.as_ref().map(|r| r.step), Some(6));
+    // Step 6's metrics line is written although log_every is 4.
+    let steps: Vec<u64> = std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(steps, vec![4, 6]);
+    let mut resumed = Trainer::resume(&dir).unwrap();
+    assert_eq!(resumed.step_count(), 6);
+    let summary = resumed
+        .train_to(8, &dir, |_, _| Ok(TrainControl::Continue))
+        .unwrap();
+    assert!(!summary.stopped_early);
+    assert_eq!(resumed.step_count(), 8);
+    let _ = std::fs::remove_dir_all(&dir);
 }

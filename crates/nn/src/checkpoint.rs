@@ -12,12 +12,12 @@
 //! checks every name, shape and dtype first and reports every mismatch in one error;
 //! nothing is changed unless everything fits.
 
-mod atomic;
 mod codec;
 mod error;
 
 pub use error::CheckpointError;
 
+use crate::atomic_file;
 use crate::ema::{Ema, EmaState};
 use crate::module::Module;
 use crate::optim::{Optimizer, OptimizerRecord, OptimizerState};
@@ -25,6 +25,7 @@ use safetensors::tensor::{SafeTensorError, TensorView};
 use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use twinflow_engine::{GeneratorState, Tensor};
 
@@ -34,6 +35,9 @@ const OPTIM: &str = "optim.";
 /// The metadata key that marks a TwinFlow checkpoint, with the layout version.
 const VERSION_KEY: &str = "twinflow_checkpoint";
 const VERSION: &str = "1";
+/// The largest header [`Checkpoint::read_config`] reads (the safetensors format's own
+/// limit), so that a foreign file cannot make it allocate without bound.
+const MAX_HEADER_BYTES: u64 = 100_000_000;
 
 /// The EMA part of a checkpoint.
 #[derive(Debug, Clone)]
@@ -130,33 +134,43 @@ impl Checkpoint {
         let path = path.as_ref();
         let encoded = self.encode_tensors(path)?;
         let metadata = self.metadata(path)?;
-        atomic::write_atomically(path, |tmp| {
-            let corrupt = |reason: String| CheckpointError::Corrupt {
-                path: tmp.to_path_buf(),
-                reason,
-            };
-            let views = encoded
-                .iter()
-                .map(|(name, e)| {
-                    TensorView::new(e.dtype, e.shape.clone(), &e.bytes).map(|v| (name, v))
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| corrupt(e.to_string()))?;
-            safetensors::serialize_to_file(views, Some(metadata), tmp).map_err(|e| match e {
-                SafeTensorError::IoError(source) => CheckpointError::Io {
+        atomic_file::write_atomically(
+            path,
+            |tmp| {
+                let corrupt = |reason: String| CheckpointError::Corrupt {
                     path: tmp.to_path_buf(),
-                    source,
-                },
-                other => corrupt(other.to_string()),
-            })
-        })
+                    reason,
+                };
+                let views = encoded
+                    .iter()
+                    .map(|(name, e)| {
+                        TensorView::new(e.dtype, e.shape.clone(), &e.bytes).map(|v| (name, v))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| corrupt(e.to_string()))?;
+                safetensors::serialize_to_file(views, Some(metadata), tmp).map_err(|e| match e {
+                    SafeTensorError::IoError(source) => CheckpointError::Io {
+                        path: tmp.to_path_buf(),
+                        source,
+                    },
+                    other => corrupt(other.to_string()),
+                })
+            },
+            |path, source| CheckpointError::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+        )
     }
 
     /// Reads a checkpoint. A file that is missing, truncated, corrupt or not a TwinFlow
     /// checkpoint gives an error naming it and saying what is wrong.
     pub fn load(path: impl AsRef<Path>) -> Result<Checkpoint, CheckpointError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(atomic::io_error(path))?;
+        let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let corrupt = |reason: String| CheckpointError::Corrupt {
             path: path.to_path_buf(),
             reason,
@@ -170,6 +184,50 @@ impl Checkpoint {
         checkpoint.path = Some(path.to_path_buf());
         checkpoint.add_tensors(&file, &metadata).map_err(corrupt)?;
         Ok(checkpoint)
+    }
+
+    /// The config metadata of the checkpoint at `path` ([`Checkpoint::config`]), read
+    /// from the file's header only, without its tensors: to tell what kind of file an
+    /// existing checkpoint is at little cost. Fails as [`Checkpoint::load`] does for a
+    /// file that is missing or not a TwinFlow checkpoint (its tensors are not checked).
+    pub fn read_config(
+        path: impl AsRef<Path>,
+    ) -> Result<Option<serde_json::Value>, CheckpointError> {
+        let path = path.as_ref();
+        let io = |source| CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let corrupt = |reason: String| CheckpointError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let file_len = file.metadata().map_err(io)?.len();
+        let mut len = [0u8; 8];
+        file.read_exact(&mut len).map_err(|_| {
+            corrupt(format!(
+                "{file_len} bytes, too short for a safetensors header"
+            ))
+        })?;
+        let len = u64::from_le_bytes(len);
+        if len > MAX_HEADER_BYTES || len > file_len.saturating_sub(8) {
+            return Err(corrupt(format!(
+                "its header length {len} does not fit the file of {file_len} bytes"
+            )));
+        }
+        let mut header = vec![0u8; len as usize];
+        file.read_exact(&mut header).map_err(io)?;
+        #[derive(Deserialize)]
+        struct Header {
+            #[serde(rename = "__metadata__", default)]
+            metadata: HashMap<String, String>,
+        }
+        let header: Header = serde_json::from_slice(&header)
+            .map_err(|e| corrupt(format!("its header is not safetensors JSON: {e}")))?;
+        Ok(Checkpoint::from_metadata(&header.metadata)
+            .map_err(corrupt)?
+            .config)
     }
 
     /// Copies the saved parameters into `model`, in place (an optimizer built on the

@@ -2,6 +2,7 @@
 //! learning-rate schedules and safetensors checkpoints.
 #![warn(missing_docs)]
 
+pub mod atomic_file;
 pub mod attention;
 pub mod checkpoint;
 pub mod clip;

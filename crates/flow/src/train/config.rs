@@ -83,6 +83,21 @@ pub struct TrainConfig {
     /// What to do on a non-finite loss or gradient norm.
     #[serde(default)]
     pub nan_policy: NanPolicy,
+    /// With `nan_policy = "skip"`: the most steps in a row that may be skipped for a
+    /// non-finite loss or gradient norm; the next one stops the run with an error (the
+    /// model is not learning any more, and a bounded run should say so rather than
+    /// finish as if it had trained).
+    #[serde(default = "default_max_consecutive_skips")]
+    pub max_consecutive_skips: u64,
+    /// With `nan_policy = "skip"`: the largest share of the steps so far that may have
+    /// been skipped for a non-finite value; a skip that takes the share above it stops
+    /// the run, from step `skip_fraction_min_steps` on (before, a few early skips would
+    /// be a large share). 1 never stops.
+    #[serde(default = "default_max_skip_fraction")]
+    pub max_skip_fraction: f64,
+    /// The step from which `max_skip_fraction` applies.
+    #[serde(default = "default_skip_fraction_min_steps")]
+    pub skip_fraction_min_steps: u64,
     /// Precision of the forward's products and attention (`"f32"`, `"bf16"`, `"f16"`).
     #[serde(default, skip_serializing_if = "Precision::is_f32")]
     pub precision: Precision,
@@ -126,6 +141,18 @@ fn default_ema_decay() -> f64 {
     0.99
 }
 
+fn default_max_consecutive_skips() -> u64 {
+    20
+}
+
+fn default_max_skip_fraction() -> f64 {
+    0.25
+}
+
+fn default_skip_fraction_min_steps() -> u64 {
+    100
+}
+
 fn default_log_every() -> u64 {
     100
 }
@@ -145,7 +172,8 @@ pub enum NanPolicy {
     /// Stop with an error naming the step; the trainer refuses to save afterwards.
     #[default]
     Stop,
-    /// Skip the parameter update of that step and count it.
+    /// Skip the parameter update of that step and count it, within the bounds
+    /// `max_consecutive_skips` and `max_skip_fraction` of [`TrainConfig`].
     Skip,
 }
 
@@ -324,6 +352,15 @@ impl TrainConfig {
                     format!("grad_clip must be positive, got {c}"),
                 ));
             }
+        }
+        if !(0.0..=1.0).contains(&self.max_skip_fraction) {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "max_skip_fraction must lie in [0, 1], got {}",
+                    self.max_skip_fraction
+                ),
+            ));
         }
         if self.sample_nfe.contains(&0) {
             return Err(Error::invalid(

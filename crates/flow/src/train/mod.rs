@@ -13,7 +13,10 @@
 //! A non-finite loss or gradient norm follows [`NanPolicy`]: `stop` returns an error
 //! naming the step and leaves the trainer refusing to save (so the last checkpoint on
 //! disk stays the last good one); `skip` leaves the parameters and optimizer untouched,
-//! counts the step as skipped and goes on.
+//! counts the step as skipped and goes on, until more steps in a row or a larger share
+//! of the steps than the config's bounds (`max_consecutive_skips`,
+//! `max_skip_fraction`) were skipped, which stops the run as `stop` does. A save
+//! refuses parameters that are not all finite, whatever the policy.
 //!
 //! Checkpoints (`<dir>/checkpoints/step-<N>.safetensors` and `latest.safetensors`, both
 //! written atomically) hold the model, the EMA, AdamW's state, the step, the method's and
@@ -21,7 +24,10 @@
 //! [`TrainConfig`], the data source's [`DataState`] and the skipped-step count.
 //!
 //! The loop over steps ([`Trainer::train_to`]) keeps the run directory up to date and
-//! tells its caller each step, save and sample-picture moment ([`TrainEvent`]).
+//! tells its caller each step, save and sample-picture moment ([`TrainEvent`]); the
+//! caller may stop it early ([`TrainControl::Stop`]), which still saves. The run
+//! directory as a whole (its lock, starting over, the metrics log after a crash) is
+//! [`run_dir`]'s.
 //!
 //! A run with [`TrainConfig::init_from`] starts from another run's weights: θ from that
 //! checkpoint's online weights, θ⁻ from its EMA weights (or θ), everything else fresh.
@@ -29,13 +35,14 @@
 
 mod config;
 mod model;
+pub mod run_dir;
 mod training_loop;
 
 pub use config::{
     DataConfig, ModelConfig, ModelKind, NanPolicy, OptimizerConfig, Precision, TrainConfig,
 };
 pub use model::TrainModel;
-pub use training_loop::{TrainEvent, TrainSummary};
+pub use training_loop::{TrainControl, TrainEvent, TrainSummary};
 
 use crate::data::{DataSource, DataState};
 use crate::method::{Batch, FlowMethod, StepContext};
@@ -105,6 +112,9 @@ struct TrainMeta {
     train: TrainConfig,
     data_state: DataState,
     skipped: u64,
+    /// The count behind the skip bounds (absent in checkpoints of older versions).
+    #[serde(default)]
+    non_finite_skips: NonFiniteSkips,
     /// The f16 loss scaler's state (precision `f16` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     loss_scale: Option<LossScalerState>,
@@ -117,6 +127,29 @@ pub struct RestoreOptions {
     pub data_root: Option<PathBuf>,
     /// The device name (`cpu`, `cuda`, `cuda:N`), instead of the saved `device`.
     pub device: Option<String>,
+}
+
+/// Steps skipped for a non-finite loss or gradient norm (`nan_policy = "skip"`), which
+/// the config bounds; the f16 loss scaler's overflow skips are not among them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NonFiniteSkips {
+    /// All of the run.
+    total: u64,
+    /// Those since the last step that updated the parameters.
+    in_a_row: u64,
+}
+
+/// A run continued by [`Trainer::resume_with`], and the checkpoint it continues from.
+#[derive(Debug)]
+pub struct Resumed {
+    /// The restored trainer.
+    pub trainer: Trainer,
+    /// The checkpoint it was restored from.
+    pub checkpoint: PathBuf,
+    /// The checkpoints tried before it and passed over because they could not be read
+    /// (a torn or damaged file), one line each saying which and why.
+    pub passed_over: Vec<String>,
 }
 
 /// A training run in progress.
@@ -135,6 +168,7 @@ pub struct Trainer {
     scaler: Option<LossScaler>,
     step: u64,
     skipped: u64,
+    non_finite_skips: NonFiniteSkips,
     /// The step that stopped on a non-finite loss, if any.
     stopped: Option<u64>,
 }
@@ -194,6 +228,7 @@ impl Trainer {
             scaler,
             step: 0,
             skipped: 0,
+            non_finite_skips: NonFiniteSkips::default(),
             stopped: None,
         })
     }
@@ -223,9 +258,61 @@ impl Trainer {
         Trainer::new(TrainConfig::load(path)?)
     }
 
-    /// Continues the run saved under `dir` (from `dir/checkpoints/latest.safetensors`).
+    /// Continues the run saved under `dir`; see [`Trainer::resume_with`].
     pub fn resume(dir: impl AsRef<Path>) -> Result<Trainer> {
-        Trainer::from_checkpoint(latest_path(dir.as_ref()))
+        Trainer::resume_with(dir, &RestoreOptions::default()).map(|r| r.trainer)
+    }
+
+    /// Continues the run saved under `dir` from `dir/checkpoints/latest.safetensors`,
+    /// or, when that file is missing or cannot be read (torn, damaged), from the newest
+    /// readable `step-<N>.safetensors` (every save writes both, each atomically). Fails
+    /// naming the directory when it holds no checkpoint, and naming every file tried
+    /// when none can be read.
+    pub fn resume_with(dir: impl AsRef<Path>, options: &RestoreOptions) -> Result<Resumed> {
+        let dir = dir.as_ref();
+        let latest = latest_path(dir);
+        let mut candidates: Vec<PathBuf> = latest
+            .exists()
+            .then(|| latest.clone())
+            .into_iter()
+            .collect();
+        candidates.extend(
+            run_dir::step_checkpoints(dir)?
+                .into_iter()
+                .rev()
+                .map(|(_, path)| path),
+        );
+        if candidates.is_empty() {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "cannot resume: no checkpoint at {} (nor any step-<N>.safetensors beside it)",
+                    latest.display()
+                ),
+            ));
+        }
+        let mut passed_over = Vec::new();
+        for path in candidates {
+            match Checkpoint::load(&path) {
+                Ok(ck) => {
+                    let trainer = Trainer::restore_loaded(&ck, &path, options)?;
+                    return Ok(Resumed {
+                        trainer,
+                        checkpoint: path,
+                        passed_over,
+                    });
+                }
+                Err(e) => passed_over.push(twinflow_engine::report(&e)),
+            }
+        }
+        Err(Error::invalid(
+            OP,
+            format!(
+                "cannot resume from {}: no readable checkpoint ({})",
+                dir.display(),
+                passed_over.join("; ")
+            ),
+        ))
     }
 
     /// Continues the run saved in the checkpoint file `path`: rebuilds the trainer from
@@ -246,8 +333,12 @@ impl Trainer {
     }
 
     fn restore(path: &Path, options: &RestoreOptions) -> Result<Trainer> {
-        let ck = Checkpoint::load(path)?;
-        let mut meta = train_meta(&ck, path).map_err(|why| Error::invalid(OP, why))?;
+        Trainer::restore_loaded(&Checkpoint::load(path)?, path, options)
+    }
+
+    /// Rebuilds the trainer saved in `ck`, read from `path`.
+    fn restore_loaded(ck: &Checkpoint, path: &Path, options: &RestoreOptions) -> Result<Trainer> {
+        let mut meta = train_meta(ck, path).map_err(|why| Error::invalid(OP, why))?;
         if let Some(root) = &options.data_root {
             meta.train.data.root = Some(root.clone());
         }
@@ -265,6 +356,7 @@ impl Trainer {
         t.data.set_state(meta.data_state)?;
         t.step = ck.step;
         t.skipped = meta.skipped;
+        t.non_finite_skips = meta.non_finite_skips;
         if let (Some(scaler), Some(state)) = (&mut t.scaler, meta.loss_scale) {
             scaler.load_state(state)?;
         }
@@ -369,6 +461,7 @@ impl Trainer {
         self.optimizer.set_learning_rate(lr)?;
         self.optimizer.step(&grads)?;
         self.step = step;
+        self.non_finite_skips.in_a_row = 0;
         record.samples_per_sec = batch.len() as f64 / start.elapsed().as_secs_f64().max(1e-9);
         Ok(record)
     }
@@ -407,8 +500,51 @@ impl Trainer {
                     ),
                 ))
             }
-            NanPolicy::Skip => Ok(self.skip(record)),
+            NanPolicy::Skip => {
+                let record = self.skip(record);
+                self.non_finite_skips.total += 1;
+                self.non_finite_skips.in_a_row += 1;
+                match self.skip_bound_exceeded() {
+                    None => Ok(record),
+                    Some(bound) => {
+                        self.stopped = Some(record.step);
+                        Err(Error::invalid(
+                            OP,
+                            format!(
+                                "{why} at step {}, skipped (nan_policy = \"skip\"), and {bound}; \
+                                 stopping; the last saved checkpoint is left as it was",
+                                record.step
+                            ),
+                        ))
+                    }
+                }
+            }
         }
+    }
+
+    /// The bound of the config that the skips so far exceed, as a phrase, if any.
+    fn skip_bound_exceeded(&self) -> Option<String> {
+        let skips = self.non_finite_skips;
+        let cfg = &self.cfg;
+        if skips.in_a_row > cfg.max_consecutive_skips {
+            return Some(format!(
+                "that makes {} skipped steps in a row, more than max_consecutive_skips = {}",
+                skips.in_a_row, cfg.max_consecutive_skips
+            ));
+        }
+        let fraction = skips.total as f64 / self.step.max(1) as f64;
+        if self.step >= cfg.skip_fraction_min_steps && fraction > cfg.max_skip_fraction {
+            return Some(format!(
+                "that makes {} of {} steps skipped ({:.1}%), more than max_skip_fraction = {} \
+                 (checked from step skip_fraction_min_steps = {})",
+                skips.total,
+                self.step,
+                100.0 * fraction,
+                cfg.max_skip_fraction,
+                cfg.skip_fraction_min_steps
+            ));
+        }
+        None
     }
 
     fn check_not_stopped(&self) -> Result<()> {
@@ -423,7 +559,9 @@ impl Trainer {
 
     /// Saves a checkpoint as `dir/checkpoints/step-<N>.safetensors` and
     /// `dir/checkpoints/latest.safetensors` (each written atomically); returns the
-    /// first path. Refused after a stop on a non-finite value.
+    /// first path. Refused after a stop on a non-finite value, and when a parameter of
+    /// θ or θ⁻ holds a NaN or infinity (the error names it): the checkpoints on disk
+    /// then stay as they were, the last good ones.
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<PathBuf> {
         if let Some(step) = self.stopped {
             return Err(Error::invalid(
@@ -431,12 +569,23 @@ impl Trainer {
                 format!("refusing to save: training stopped on a non-finite value at step {step}"),
             ));
         }
-        let ckdir = dir.as_ref().join("checkpoints");
+        if let Some(name) = self.first_non_finite_parameter()? {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "refusing to save step {}: parameter {name} holds a NaN or infinity; the \
+                     saved checkpoints are left as they were",
+                    self.step
+                ),
+            ));
+        }
+        let ckdir = dir.as_ref().join(run_dir::CHECKPOINTS_DIR);
         std::fs::create_dir_all(&ckdir).map_err(|e| Error::io(OP, &ckdir, e))?;
         let meta = TrainMeta {
             train: self.cfg.clone(),
             data_state: self.data.state(),
             skipped: self.skipped,
+            non_finite_skips: self.non_finite_skips,
             loss_scale: self.scaler.as_ref().map(LossScaler::state),
         };
         let meta = serde_json::to_value(&meta)
@@ -453,11 +602,28 @@ impl Trainer {
         Ok(path)
     }
 
+    /// The name of the first parameter of θ (`model.<name>`) or θ⁻ (`ema.<name>`) that
+    /// holds a non-finite value, if any.
+    fn first_non_finite_parameter(&self) -> Result<Option<String>> {
+        let shadow = self
+            .ema
+            .shadow()
+            .map(Module::named_params)
+            .unwrap_or_default();
+        let params = self.model.named_params().into_iter().map(|p| ("model", p));
+        for (prefix, (name, tensor)) in params.chain(shadow.into_iter().map(|p| ("ema", p))) {
+            if tensor.to_vec::<f32>()?.iter().any(|v| !v.is_finite()) {
+                return Ok(Some(format!("{prefix}.{name}")));
+            }
+        }
+        Ok(None)
+    }
+
     /// Appends `record` as one JSON line to `dir/metrics.jsonl`.
     pub fn log(&self, dir: impl AsRef<Path>, record: &StepRecord) -> Result<()> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|e| Error::io(OP, dir, e))?;
-        let path = dir.join("metrics.jsonl");
+        let path = dir.join(run_dir::METRICS_FILE);
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -574,5 +740,6 @@ fn move_to(mut model: TrainModel, device: Device) -> Result<TrainModel> {
 }
 
 fn latest_path(dir: &Path) -> PathBuf {
-    dir.join("checkpoints").join("latest.safetensors")
+    dir.join(run_dir::CHECKPOINTS_DIR)
+        .join(run_dir::LATEST_CHECKPOINT)
 }

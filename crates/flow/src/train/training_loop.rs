@@ -1,11 +1,12 @@
 //! The training loop: steps a [`Trainer`] to a target step, keeping the run directory
 //! up to date (the resolved config, metrics lines, checkpoints) and telling its caller
 //! what happened, so that a command line can draw progress and pictures without a loop
-//! of its own.
+//! of its own, and stop it early (on Ctrl-C) without losing the step it reached.
 
 use super::{StepRecord, Trainer};
 use std::path::{Path, PathBuf};
 use twinflow_engine::{Error, Result};
+use twinflow_nn::atomic_file;
 
 /// What the loop tells its caller, in the order it happens.
 #[derive(Debug)]
@@ -22,6 +23,17 @@ pub enum TrainEvent<'a> {
     },
 }
 
+/// What the caller of [`Trainer::train_to`] wants after an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrainControl {
+    /// Go on.
+    Continue,
+    /// Stop after the current step: its metrics line and a checkpoint are written
+    /// (unless already written), and the loop returns without further events of the
+    /// step or the end-of-run pictures.
+    Stop,
+}
+
 /// How a call of [`Trainer::train_to`] ended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainSummary {
@@ -31,6 +43,8 @@ pub struct TrainSummary {
     pub last: Option<StepRecord>,
     /// The final checkpoint (`None` when no step was taken).
     pub checkpoint: Option<PathBuf>,
+    /// Whether the caller stopped the run before `target` ([`TrainControl::Stop`]).
+    pub stopped_early: bool,
 }
 
 impl Trainer {
@@ -38,7 +52,7 @@ impl Trainer {
     pub fn train(
         &mut self,
         dir: impl AsRef<Path>,
-        on_event: impl FnMut(&Trainer, TrainEvent<'_>) -> Result<()>,
+        on_event: impl FnMut(&Trainer, TrainEvent<'_>) -> Result<TrainControl>,
     ) -> Result<TrainSummary> {
         let target = self.cfg.steps;
         self.train_to(target, dir, on_event)
@@ -49,12 +63,15 @@ impl Trainer {
     /// metrics line every `log_every` steps and a checkpoint every `checkpoint_every`
     /// steps, and saves a final checkpoint unless the last step just saved one.
     /// `on_event` hears every step, save and sample-picture moment; its error stops
-    /// the run. A run already at `target` does nothing and writes nothing.
+    /// the run at once, and its [`TrainControl::Stop`] stops it after the current
+    /// step, saved: the step's metrics line (even off the `log_every` cadence, so that
+    /// the log reaches the checkpoint) and a checkpoint. A run already at `target`
+    /// does nothing and writes nothing.
     pub fn train_to(
         &mut self,
         target: u64,
         dir: impl AsRef<Path>,
-        mut on_event: impl FnMut(&Trainer, TrainEvent<'_>) -> Result<()>,
+        mut on_event: impl FnMut(&Trainer, TrainEvent<'_>) -> Result<TrainControl>,
     ) -> Result<TrainSummary> {
         let dir = dir.as_ref();
         let start = self.step;
@@ -62,6 +79,7 @@ impl Trainer {
             start,
             last: None,
             checkpoint: None,
+            stopped_early: false,
         };
         if start >= target {
             return Ok(summary);
@@ -71,38 +89,58 @@ impl Trainer {
         let (log_every, checkpoint_every) = (self.cfg.log_every, self.cfg.checkpoint_every);
         let sample_every = self.cfg.sample_every;
         let mut saved_at = None;
-        while self.step < target {
+        while self.step < target && !summary.stopped_early {
             let record = self.step()?;
             let n = record.step;
-            if is_multiple(n, log_every) {
+            let logged = is_multiple(n, log_every);
+            if logged {
                 self.log(dir, &record)?;
             }
-            on_event(self, TrainEvent::Step(&record))?;
+            let mut control = on_event(self, TrainEvent::Step(&record))?;
             if is_multiple(n, checkpoint_every) {
                 let path = self.save(dir)?;
-                on_event(self, TrainEvent::Saved(&path))?;
+                control = stop_if_asked(control, on_event(self, TrainEvent::Saved(&path))?);
                 summary.checkpoint = Some(path);
                 saved_at = Some(n);
             }
-            if is_multiple(n, sample_every) && n < target {
-                on_event(self, TrainEvent::SamplesDue { last: false })?;
+            if control == TrainControl::Continue && is_multiple(n, sample_every) && n < target {
+                control = on_event(self, TrainEvent::SamplesDue { last: false })?;
+            }
+            if control == TrainControl::Stop && n < target {
+                summary.stopped_early = true;
+                if !logged && log_every > 0 {
+                    self.log(dir, &record)?;
+                }
             }
             summary.last = Some(record);
         }
         if saved_at != Some(self.step) {
             let path = self.save(dir)?;
+            // Stopping or not, this is the loop's last save: its answer changes nothing.
             on_event(self, TrainEvent::Saved(&path))?;
             summary.checkpoint = Some(path);
         }
-        on_event(self, TrainEvent::SamplesDue { last: true })?;
+        if !summary.stopped_early {
+            on_event(self, TrainEvent::SamplesDue { last: true })?;
+        }
         Ok(summary)
     }
 
-    /// Writes the resolved config as `dir/config.toml`, creating `dir`.
+    /// Writes the resolved config as `dir/config.toml` (atomically), creating `dir`.
     fn write_config(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(super::OP, dir, e))?;
         let path = dir.join("config.toml");
-        std::fs::write(&path, self.cfg.to_toml()?).map_err(|e| Error::io(super::OP, &path, e))
+        atomic_file::replace_file(&path, self.cfg.to_toml()?.as_bytes())
+            .map_err(|e| Error::io(super::OP, &path, e))
+    }
+}
+
+/// `Stop` when either answer asked to stop.
+fn stop_if_asked(first: TrainControl, second: TrainControl) -> TrainControl {
+    if first == TrainControl::Stop {
+        first
+    } else {
+        second
     }
 }
 

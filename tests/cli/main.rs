@@ -1,7 +1,10 @@
 //! The `twinflow` binary: `train` writes a run directory and resumes it, `sample` writes
 //! .npy/.png files, `data` writes real samples, and every error is one `error:` line
 //! with exit code 1. The training run's sample pictures, `sample` and `eval` draw the
-//! same samples from the same seed, sampler and labels.
+//! same samples from the same seed, sampler and labels. How runs survive concurrency,
+//! mistakes, signals and crashes is in `reliability.rs`.
+
+mod reliability;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

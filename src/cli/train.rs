@@ -1,0 +1,303 @@
+//! `twinflow train`: trains a model from a TOML config into a run directory, or
+//! continues the run there. The directory is locked for the whole command; a run in it
+//! is only continued (`--resume`) or replaced (`--overwrite`) when asked; before the
+//! first step the directory is put back in step with the checkpoint the run starts
+//! from (the metrics log cut back, a killed writer's temporaries removed); Ctrl-C or
+//! SIGTERM stops after the current step, saved.
+
+use super::curves::write_curves;
+use super::error::CliResult;
+use super::grids::write_sample_grids;
+use super::progress::TrainProgress;
+use super::signals::{self, StopSignals};
+use clap::Args;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use twinflow::engine::Error;
+use twinflow::flow::train::run_dir::{self, RunLock};
+use twinflow::flow::train::{
+    Precision, RestoreOptions, TrainConfig, TrainControl, TrainEvent, Trainer,
+};
+
+/// The config used by `train` without `--config`.
+const DEFAULT_CONFIG: &str = include_str!("../../configs/mnist-twinflow.toml");
+/// Its name (the default run directory is `runs/<name>`).
+const DEFAULT_CONFIG_NAME: &str = "mnist-twinflow";
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The training config (TOML; unknown keys are errors). Without it, the built-in
+    /// configs/mnist-twinflow.toml is used: TwinFlow on the shipped MNIST-10k.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The run directory [default: runs/<config file stem>]. One `train` at a time may
+    /// use it (it is locked through DIR/train.lock).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Train until this many optimizer steps in total (overrides the config's `steps`;
+    /// with --resume, the step to continue to).
+    #[arg(long, value_name = "N")]
+    steps: Option<u64>,
+    /// Seed of model init, data and the method's draws (overrides the config's `seed`;
+    /// not allowed with --resume, which restores the saved random state).
+    #[arg(long, value_name = "S")]
+    seed: Option<u64>,
+    /// Continue the run from DIR/checkpoints/latest.safetensors (or, when that file is
+    /// missing or unreadable, the newest readable step-<N>.safetensors) with the config
+    /// saved in it (--config only names the default DIR then).
+    #[arg(long)]
+    resume: bool,
+    /// Start a new run in a directory that holds one: its checkpoints/, samples/,
+    /// metrics.jsonl, config.toml and eval.json are deleted first (once the new config
+    /// has been checked). Without it, `train` refuses such a directory.
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
+    /// Train on this device: cpu, cuda or cuda:N (overrides the config's `device`; CUDA
+    /// needs a build with `--features cuda` and an NVIDIA GPU).
+    #[arg(long, value_name = "DEVICE")]
+    device: Option<String>,
+    /// Precision of the products and attention: f32, bf16 or f16 (autocast; parameters
+    /// stay f32; f16 adds a dynamic loss scaler). Overrides the config's `precision`;
+    /// not allowed with --resume.
+    #[arg(long, value_name = "TYPE", value_parser = ["f32", "bf16", "f16"])]
+    precision: Option<String>,
+    /// Start from the weights of this trainer checkpoint (θ from its online weights, θ⁻
+    /// from its EMA weights) instead of a random init; the step, optimizer, EMA warm-up,
+    /// random streams and data order start fresh. Overrides the config's `init_from`;
+    /// not allowed with --resume.
+    #[arg(long, value_name = "FILE")]
+    init_from: Option<PathBuf>,
+}
+
+/// Runs `train`; the exit code is 130 or 143 when SIGINT or SIGTERM stopped it.
+pub fn run(a: TrainArgs) -> CliResult<ExitCode> {
+    let stem = match &a.config {
+        Some(path) => path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "run".into()),
+        None => DEFAULT_CONFIG_NAME.into(),
+    };
+    let dir = a
+        .out
+        .clone()
+        .unwrap_or_else(|| Path::new("runs").join(&stem));
+    // Everything that can be checked without the run directory comes first, so that a
+    // mistake in the command leaves the directory as it was.
+    let config = if a.resume {
+        check_resume_flags(&a)?;
+        None
+    } else {
+        Some(new_run_config(&a)?)
+    };
+    let _lock = RunLock::acquire(&dir)?;
+    let mut trainer = match config {
+        None => resume(&a, &dir)?,
+        Some(cfg) => start(&a, &dir, cfg)?,
+    };
+    let target = match (a.resume, a.steps) {
+        (true, Some(steps)) => steps,
+        _ => trainer.config().steps,
+    };
+    tidy_run_directory(&dir, trainer.step_count())?;
+    if trainer.step_count() >= target {
+        eprintln!(
+            "run in {} is already at step {} (target {target}); nothing to do",
+            dir.display(),
+            trainer.step_count()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let stop_signals = StopSignals::install()?;
+    let mut progress = TrainProgress::new(trainer.step_count(), target, trainer.config().log_every);
+    let mut grids = Vec::new();
+    let log_every = trainer.config().log_every;
+    let summary = trainer.train_to(target, &dir, |trainer, event| {
+        match event {
+            TrainEvent::Step(record) => {
+                progress.step(record);
+                if log_every > 0 && record.step % log_every == 0 {
+                    write_curves(&dir).map_err(Error::External)?;
+                }
+            }
+            TrainEvent::Saved(_) => {}
+            TrainEvent::SamplesDue { last } => {
+                let written = progress
+                    .suspend(|| write_sample_grids(trainer, &dir))
+                    .map_err(Error::External)?;
+                if last {
+                    grids = written;
+                }
+            }
+        }
+        Ok(match stop_signals.received() {
+            Some(_) => TrainControl::Stop,
+            None => TrainControl::Continue,
+        })
+    })?;
+    progress.finish();
+    let curves = write_curves(&dir)?;
+    if let Some(r) = &summary.last {
+        eprintln!(
+            "trained to step {} (loss {:.4}); run directory {}",
+            r.step,
+            r.loss,
+            dir.display()
+        );
+    }
+    if let Some(signal) = stop_signals.received() {
+        if let Some(checkpoint) = &summary.checkpoint {
+            eprintln!(
+                "stopped by {} after step {}; saved {}; continue with `twinflow train --out \
+                 {} --resume`",
+                signals::name(signal),
+                trainer.step_count(),
+                checkpoint.display(),
+                dir.display()
+            );
+        }
+        let status = u8::try_from(signals::exit_status(signal)).unwrap_or(1);
+        return Ok(ExitCode::from(status));
+    }
+    if let Some(first) = grids.first() {
+        eprintln!(
+            "sample pictures at NFE {:?} in {}",
+            trainer.config().sample_nfe,
+            first.parent().unwrap_or(&dir).display()
+        );
+    }
+    if let Some(curves) = curves {
+        eprintln!("training curves in {}", curves.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses the flags that a resumed run cannot honour.
+fn check_resume_flags(a: &TrainArgs) -> CliResult<()> {
+    if a.init_from.is_some() {
+        return Err(
+            "--init-from cannot be combined with --resume (a resumed run continues from its \
+             own checkpoint, which holds its weights)"
+                .into(),
+        );
+    }
+    if a.seed.is_some() || a.precision.is_some() {
+        return Err(
+            "--seed and --precision cannot be combined with --resume (the run continues \
+             with its saved random state and precision)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// The config of a new run: `--config` (or the built-in one) with the flags applied.
+fn new_run_config(a: &TrainArgs) -> CliResult<TrainConfig> {
+    let mut cfg = match &a.config {
+        Some(path) => {
+            if path.is_dir() {
+                return Err(format!(
+                    "--config {} is a directory; give a TOML file",
+                    path.display()
+                )
+                .into());
+            }
+            if !path.is_file() {
+                return Err(format!("config file {} not found", path.display()).into());
+            }
+            TrainConfig::load(path)?
+        }
+        None => TrainConfig::from_toml(DEFAULT_CONFIG, "configs/mnist-twinflow.toml (built in)")?,
+    };
+    if let Some(steps) = a.steps {
+        cfg.steps = steps;
+    }
+    if let Some(seed) = a.seed {
+        cfg.seed = seed;
+    }
+    if let Some(device) = &a.device {
+        cfg.device = device.clone();
+    }
+    if let Some(init_from) = &a.init_from {
+        cfg.init_from = Some(init_from.clone());
+    }
+    if let Some(precision) = &a.precision {
+        cfg.precision = match precision.as_str() {
+            "bf16" => Precision::Bf16,
+            "f16" => Precision::F16,
+            _ => Precision::F32,
+        };
+    }
+    Ok(cfg)
+}
+
+/// The run saved in `dir`, restored (from an older checkpoint, said on stderr, when the
+/// newest cannot be read).
+fn resume(a: &TrainArgs, dir: &Path) -> CliResult<Trainer> {
+    let options = RestoreOptions {
+        device: a.device.clone(),
+        ..RestoreOptions::default()
+    };
+    let resumed = Trainer::resume_with(dir, &options)?;
+    if !resumed.passed_over.is_empty() {
+        for why in &resumed.passed_over {
+            eprintln!("warning: passed over an unreadable checkpoint: {why}");
+        }
+        eprintln!(
+            "resuming from {} (step {})",
+            resumed.checkpoint.display(),
+            resumed.trainer.step_count()
+        );
+    }
+    Ok(resumed.trainer)
+}
+
+/// A new run in `dir` from `cfg`: refused when `dir` holds a run, unless `--overwrite`,
+/// which deletes that run once the new one is built.
+fn start(a: &TrainArgs, dir: &Path, cfg: TrainConfig) -> CliResult<Trainer> {
+    if !a.overwrite {
+        if let Some(existing) = run_dir::existing_checkpoint(dir)? {
+            return Err(format!(
+                "run directory {} already holds a run ({}); pass --resume to continue it, \
+                 or --overwrite to delete its checkpoints, metrics and samples and start a \
+                 new run",
+                dir.display(),
+                existing.display()
+            )
+            .into());
+        }
+    }
+    // Built before anything is deleted: a config that fails to build (or an --init-from
+    // that cannot be read, which may even be the old run's checkpoint) costs nothing.
+    let trainer = Trainer::new(cfg)?;
+    if a.overwrite {
+        run_dir::clear_run(dir)?;
+    }
+    Ok(trainer)
+}
+
+/// Puts `dir` back in step with a run at `step`: removes the temporaries of a killed
+/// save and cuts the metrics log back to `step`, saying what was removed.
+fn tidy_run_directory(dir: &Path, step: u64) -> CliResult<()> {
+    let stale = run_dir::remove_stale_temporaries(dir)?;
+    if !stale.is_empty() {
+        eprintln!(
+            "removed {} temporary file(s) of an interrupted save (e.g. {})",
+            stale.len(),
+            stale[0].display()
+        );
+    }
+    let repair = run_dir::reconcile_metrics(dir, step)?;
+    if repair.changed() {
+        eprintln!(
+            "{}: removed {} line(s) after step {step}, {} repeated and {} unreadable \
+             line(s); {} kept",
+            dir.join(run_dir::METRICS_FILE).display(),
+            repair.after_checkpoint,
+            repair.superseded,
+            repair.unreadable,
+            repair.kept
+        );
+    }
+    Ok(())
+}
