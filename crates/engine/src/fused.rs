@@ -62,8 +62,7 @@ pub(crate) trait Operand {
     fn on<B: Native>(self, op: &'static str, device: Device) -> Result<Self::On<B>>;
     /// The dtype of a view the kernels read, which must agree with the other such views;
     /// `None` for the operands the kernels check themselves: buffers passed without a
-    /// layout (statistics a forward saved, in `stats_dtype`) and buffers written in
-    /// place.
+    /// layout (statistics a forward saved, in `stats_dtype`) and views written in place.
     fn read_dtype(&self) -> Option<DType>;
 }
 
@@ -94,17 +93,6 @@ impl<'a> Operand for &'a Storage {
     type On<B: Native> = &'a B;
     fn on<B: Native>(self, op: &'static str, device: Device) -> Result<Self::On<B>> {
         B::of(op, device, self)
-    }
-    fn read_dtype(&self) -> Option<DType> {
-        None
-    }
-}
-
-/// A whole buffer written in place.
-impl<'a> Operand for &'a mut Storage {
-    type On<B: Native> = &'a mut B;
-    fn on<B: Native>(self, op: &'static str, device: Device) -> Result<Self::On<B>> {
-        B::of_mut(op, device, self)
     }
     fn read_dtype(&self) -> Option<DType> {
         None

@@ -204,7 +204,7 @@ impl BackendStorage for Storage {
 
     fn copy_into(&self, l: &Layout, dst: &mut Self, dl: &Layout) -> Result<()> {
         profiled!("copy_into", self, l, |s: B| {
-            s.copy_into(l, dst.on::<B>("copy_into", s.device())?, dl)
+            s.copy_into(l, B::of_mut("copy_into", s.device(), dst)?, dl)
         })
     }
 

@@ -53,15 +53,15 @@ impl Tensor {
         };
         let g = grad.storage();
         let (mut ms, mut vs) = (m.storage_mut(), v.storage_mut());
+        let (m, v) = ((&mut *ms, m.layout()), (&mut *vs, v.layout()));
         let param = (&mut *self.storage_mut(), self.layout());
-        let inputs = (param, (&*g, grad.layout()), &mut *ms, &mut *vs);
-        Storage::fused(&AdamUpdate(*step), inputs)
+        Storage::fused(&AdamUpdate(*step), (param, (&*g, grad.layout()), m, v))
     }
 }
 
-/// The update's kernels: parameter (the lead, its view contiguous from offset 0) and
-/// moments written in place from the gradient view, all f32 but the gradient, which is
-/// converted.
+/// The update's kernels: parameter (the lead) and moments, views of the same shape
+/// contiguous from offset 0, written in place from the gradient view; all f32 but the
+/// gradient, which is converted.
 struct AdamUpdate(AdamStep);
 
 impl<'a> FusedOp<'a> for AdamUpdate {
@@ -69,12 +69,15 @@ impl<'a> FusedOp<'a> for AdamUpdate {
     type Inputs = (
         (&'a mut Storage, &'a Layout),
         View<'a, Storage>,
-        &'a mut Storage,
-        &'a mut Storage,
+        (&'a mut Storage, &'a Layout),
+        (&'a mut Storage, &'a Layout),
     );
     type Output = ();
 
-    fn cpu(&self, ((p, pl), grad, m, v): BackendInputs<'a, Self, CpuStorage>) -> Result<()> {
+    fn cpu(
+        &self,
+        ((p, pl), grad, (m, _), (v, _)): BackendInputs<'a, Self, CpuStorage>,
+    ) -> Result<()> {
         let n = pl.elem_count();
         let dtypes = [p.dtype(), grad.0.dtype(), m.dtype(), v.dtype()];
         let g = grad.0.to_dtype(grad.1, DType::F32)?;
@@ -88,7 +91,10 @@ impl<'a> FusedOp<'a> for AdamUpdate {
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda(&self, ((p, pl), grad, m, v): BackendInputs<'a, Self, CudaStorage>) -> Result<()> {
+    fn cuda(
+        &self,
+        ((p, pl), grad, (m, _), (v, _)): BackendInputs<'a, Self, CudaStorage>,
+    ) -> Result<()> {
         elementwise::adam(p, pl.elem_count(), grad, m, v, &self.0)
     }
 }
