@@ -1,10 +1,14 @@
 //! The contract between op code and devices.
 //!
 //! `ops/` decides shapes, dtypes and backward rules once; a backend only runs kernels.
-//! Every backend's storage implements [`BackendStorage`]; [`crate::storage::Storage`]
-//! dispatches to the one a tensor lives on. Inputs come with their [`Layout`] (any
-//! strides, already broadcast to a common shape where the op needs one); outputs are
-//! always fresh contiguous storage.
+//! Every backend's storage implements [`BackendStorage`], the primitives many ops share;
+//! [`crate::storage::Storage`] dispatches to the one a tensor lives on. Inputs come with
+//! their [`Layout`] (any strides, already broadcast to a common shape where the op needs
+//! one); outputs are always fresh contiguous storage. The fused ops (softmax, the norms,
+//! attention, `addcmul`, `sum_product`, the Adam update) are not trait methods: each
+//! op's file in `ops/` holds its CPU and CUDA kernel calls side by side (see `fused.rs`);
+//! their options ([`NormSpec`], [`AttentionSpec`], [`AdamStep`]) and [`stats_dtype`] are
+//! here, shared by the ops and the kernels.
 
 use crate::{dtype::DType, error::Result, layout::Layout, Device};
 
@@ -177,32 +181,9 @@ pub trait BackendStorage: Sized {
     ) -> Result<Self>;
     /// Comparison of two views of the same shape.
     fn cmp(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout, op: CmpOp) -> Result<Self>;
-    /// `on_true` where `self` (the mask) is non-zero, else `on_false`; all the same shape.
-    fn where_cond(
-        &self,
-        layout: &Layout,
-        on_true: (&Self, &Layout),
-        on_false: (&Self, &Layout),
-    ) -> Result<Self>;
-
-    /// `self + a·b` elementwise, all three the same shape (views may broadcast).
-    fn addcmul(&self, layout: &Layout, a: (&Self, &Layout), b: (&Self, &Layout)) -> Result<Self>;
 
     /// `op` over the sorted `dims`; the result has the keep-dim shape.
     fn reduce(&self, layout: &Layout, dims: &[usize], op: ReduceOp) -> Result<Self>;
-
-    /// Σ over the sorted `dims` of `self · other` (two views of the same shape), in the
-    /// keep-dim shape: the gradient of a broadcast factor. By default the product, then
-    /// its sum; a backend may fuse the two so the product never reaches memory.
-    fn sum_product(
-        &self,
-        layout: &Layout,
-        other: (&Self, &Layout),
-        dims: &[usize],
-    ) -> Result<Self> {
-        let product = self.binary(layout, other.0, other.1, BinaryOp::Mul)?;
-        product.reduce(&Layout::contiguous(layout.shape()), dims, ReduceOp::Sum)
-    }
 
     /// Batched matrix product of `[..., m, k]` and `[..., k, n]` views with equal batch
     /// dims (broadcast batch dims arrive with stride 0), plus `bias` (a view broadcast
@@ -245,73 +226,4 @@ pub trait BackendStorage: Sized {
         dim: usize,
         shape: &[usize],
     ) -> Result<Self>;
-
-    /// Softmax (or log-softmax) over the last dim.
-    fn softmax_last(&self, layout: &Layout, log: bool) -> Result<Self>;
-    /// Backward of [`BackendStorage::softmax_last`], given its output and the output gradient.
-    fn softmax_last_backward(
-        &self,
-        layout: &Layout,
-        grad: &Self,
-        grad_layout: &Layout,
-        log: bool,
-    ) -> Result<Self>;
-
-    /// Layer/RMS norm over the last dim with optional weight and bias of shape `[d]`.
-    /// Returns the output, the row means (zeros for RMS) and the row reciprocal std devs.
-    fn norm(
-        &self,
-        layout: &Layout,
-        weight: Option<(&Self, &Layout)>,
-        bias: Option<(&Self, &Layout)>,
-        spec: NormSpec,
-    ) -> Result<(Self, Self, Self)>;
-    /// Backward of [`BackendStorage::norm`] with `self` as the input x: returns
-    /// (dx, dweight, dbias), the last two only where the forward had them.
-    #[allow(clippy::too_many_arguments)]
-    fn norm_backward(
-        &self,
-        layout: &Layout,
-        weight: Option<(&Self, &Layout)>,
-        has_bias: bool,
-        mean: &Self,
-        rstd: &Self,
-        grad: (&Self, &Layout),
-        spec: NormSpec,
-    ) -> Result<(Self, Option<Self>, Option<Self>)>;
-
-    /// Attention of `self` as q `[b, h, tq, d]` over k `[b, h, tk, d]` and v
-    /// `[b, h, tk, dv]`. Returns the output, stored token-major (`[b, tq, h, dv]`, so
-    /// that merging the heads is a view), and the per-row log-sum-exp `[b, h, tq]`.
-    fn attention(
-        &self,
-        layout: &Layout,
-        k: (&Self, &Layout),
-        v: (&Self, &Layout),
-        spec: AttentionSpec,
-    ) -> Result<(Self, Self)>;
-    /// One fused Adam(W) update of the first `n` elements of `self` (the parameter) and
-    /// its moment buffers `m` and `v`, in place, from the gradient view `grad`.
-    fn adam_update(
-        &mut self,
-        n: usize,
-        grad: (&Self, &Layout),
-        m: &mut Self,
-        v: &mut Self,
-        step: &AdamStep,
-    ) -> Result<()>;
-
-    /// Backward of [`BackendStorage::attention`] with `self` as q: returns (dq, dk, dv),
-    /// stored token-major like the output (`[b, t, h, d]`).
-    #[allow(clippy::too_many_arguments)]
-    fn attention_backward(
-        &self,
-        layout: &Layout,
-        k: (&Self, &Layout),
-        v: (&Self, &Layout),
-        out: (&Self, &Layout),
-        lse: &Self,
-        grad: (&Self, &Layout),
-        spec: AttentionSpec,
-    ) -> Result<(Self, Self, Self)>;
 }

@@ -24,6 +24,7 @@ pub mod cuda;
 mod device;
 mod dtype;
 mod error;
+mod fused;
 pub mod gradcheck;
 pub mod kernel_codes;
 pub mod layout;

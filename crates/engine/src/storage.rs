@@ -1,17 +1,15 @@
 //! [`Storage`]: a tensor's buffer on whichever device holds it, dispatching every kernel
-//! of [`BackendStorage`] to that device's backend. Operands of one op must share the
-//! first operand's device; anything else is an error naming the op and both devices.
+//! of [`BackendStorage`], and every fused op (`Storage::fused`), to that device's
+//! backend. Operands of one op must share the first operand's device; anything else is
+//! an error naming the op and both devices.
 
-use crate::backend::{
-    AdamStep, AttentionSpec, BackendStorage, BinaryOp, CmpOp, NormSpec, ReduceOp, UnaryOp,
-};
+use crate::backend::{BackendStorage, BinaryOp, CmpOp, ReduceOp, UnaryOp};
 use crate::cpu::CpuStorage;
 #[cfg(feature = "cuda")]
 use crate::cuda::CudaStorage;
 use crate::dtype::DType;
-#[cfg(feature = "cuda")]
-use crate::error::Error;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::fused::{FusedOp, Operand, Operands};
 use crate::layout::Layout;
 use crate::profile;
 use crate::Device;
@@ -26,14 +24,25 @@ pub enum Storage {
     Cuda(CudaStorage),
 }
 
+impl From<CpuStorage> for Storage {
+    fn from(s: CpuStorage) -> Self {
+        Storage::Cpu(s)
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl From<CudaStorage> for Storage {
+    fn from(s: CudaStorage) -> Self {
+        Storage::Cuda(s)
+    }
+}
+
 /// A backend's storage type as seen from [`Storage`].
-trait Native: BackendStorage {
+pub(crate) trait Native: BackendStorage + Into<Storage> + 'static {
     /// The operand as this backend's storage, if it is on `dev`.
     fn of<'a>(op: &'static str, dev: Device, s: &'a Storage) -> Result<&'a Self>;
     /// The same, mutably.
     fn of_mut<'a>(op: &'static str, dev: Device, s: &'a mut Storage) -> Result<&'a mut Self>;
-    /// Back into the enum.
-    fn wrap(self) -> Storage;
 }
 
 #[cfg(feature = "cuda")]
@@ -62,9 +71,6 @@ impl Native for CpuStorage {
             other => Err(mismatch(op, dev, other.device())),
         }
     }
-    fn wrap(self) -> Storage {
-        Storage::Cpu(self)
-    }
 }
 
 #[cfg(feature = "cuda")]
@@ -82,25 +88,6 @@ impl Native for CudaStorage {
             _ => Err(mismatch(op, dev, on)),
         }
     }
-    fn wrap(self) -> Storage {
-        Storage::Cuda(self)
-    }
-}
-
-fn view<'a, B: Native>(
-    op: &'static str,
-    dev: Device,
-    v: (&'a Storage, &'a Layout),
-) -> Result<(&'a B, &'a Layout)> {
-    Ok((B::of(op, dev, v.0)?, v.1))
-}
-
-fn opt<'a, B: Native>(
-    op: &'static str,
-    dev: Device,
-    v: Option<(&'a Storage, &'a Layout)>,
-) -> Result<Option<(&'a B, &'a Layout)>> {
-    v.map(|v| view(op, dev, v)).transpose()
 }
 
 /// Runs `$body` with `$s` bound to the backend storage inside `$self` and the type
@@ -121,6 +108,18 @@ macro_rules! each_backend {
             }
         }
     };
+}
+
+/// [`each_backend`] inside the op profiler's scope `$op`, which records the dtype and
+/// device of `$self` and the element count of its view `$layout`: the body of every
+/// kernel method of [`Storage`].
+macro_rules! profiled {
+    ($op:literal, $self:expr, $layout:expr, |$s:ident: $B:ident| $body:expr) => {{
+        let _profiled = profile::scope($op, || {
+            ($self.dtype(), $layout.elem_count(), $self.device())
+        });
+        each_backend!($self, |$s: $B| $body)
+    }};
 }
 
 impl Storage {
@@ -159,6 +158,33 @@ impl Storage {
             Storage::Cuda(c) => c.copy_strided(layout)?.to_cpu(),
         }
     }
+
+    /// Runs the fused op `op` (see [`crate::fused`]) on the backend of its lead
+    /// operand, inside the op profiler's scope: the other operands must be on the lead's
+    /// device (`Error::DeviceMismatch`) and the views it reads must share a dtype
+    /// (`Error::DTypeMismatch`), both errors naming the op.
+    pub(crate) fn fused<'a, Op: FusedOp<'a>>(op: &Op, inputs: Op::Inputs) -> Result<Op::Output> {
+        let (dtype, elements, device) = inputs.lead();
+        let _profiled = profile::scope(Op::NAME, || (dtype, elements, device));
+        let dtypes = inputs.read_dtypes();
+        let same_dtypes = || match dtypes.iter().all(|&d| d == dtypes[0]) {
+            true => Ok(()),
+            false => Err(Error::dtypes(Op::NAME, &dtypes)),
+        };
+        match device {
+            Device::Cpu => {
+                let inputs = inputs.on::<CpuStorage>(Op::NAME, device)?;
+                same_dtypes()?;
+                op.cpu(inputs)
+            }
+            #[cfg(feature = "cuda")]
+            Device::Cuda(_) => {
+                let inputs = inputs.on::<CudaStorage>(Op::NAME, device)?;
+                same_dtypes()?;
+                op.cuda(inputs)
+            }
+        }
+    }
 }
 
 impl BackendStorage for Storage {
@@ -171,92 +197,48 @@ impl BackendStorage for Storage {
     }
 
     fn copy_strided(&self, l: &Layout) -> Result<Self> {
-        let _profiled = profile::scope("copy_strided", || {
-            (self.dtype(), l.elem_count(), self.device())
-        });
-        each_backend!(self, |s: B| Ok(s.copy_strided(l)?.wrap()))
+        profiled!("copy_strided", self, l, |s: B| Ok(s
+            .copy_strided(l)?
+            .into()))
     }
 
     fn copy_into(&self, l: &Layout, dst: &mut Self, dl: &Layout) -> Result<()> {
-        let _profiled = profile::scope("copy_into", || {
-            (self.dtype(), l.elem_count(), self.device())
-        });
-        let dev = self.device();
-        each_backend!(self, |s: B| s.copy_into(
-            l,
-            B::of_mut("copy_into", dev, dst)?,
-            dl
-        ))
+        profiled!("copy_into", self, l, |s: B| {
+            s.copy_into(l, B::of_mut("copy_into", s.device(), dst)?, dl)
+        })
     }
 
     fn to_dtype(&self, l: &Layout, dtype: DType) -> Result<Self> {
-        let _profiled =
-            profile::scope("to_dtype", || (self.dtype(), l.elem_count(), self.device()));
-        each_backend!(self, |s: B| Ok(s.to_dtype(l, dtype)?.wrap()))
+        profiled!("to_dtype", self, l, |s: B| Ok(s.to_dtype(l, dtype)?.into()))
     }
 
     fn unary(&self, l: &Layout, op: UnaryOp) -> Result<Self> {
-        let _profiled = profile::scope("unary", || (self.dtype(), l.elem_count(), self.device()));
-        each_backend!(self, |s: B| Ok(s.unary(l, op)?.wrap()))
+        profiled!("unary", self, l, |s: B| Ok(s.unary(l, op)?.into()))
     }
 
     fn unary_backward(&self, l: &Layout, g: &Self, gl: &Layout, op: UnaryOp) -> Result<Self> {
-        let _profiled = profile::scope("unary_backward", || {
-            (self.dtype(), l.elem_count(), self.device())
-        });
-        let (dev, name) = (self.device(), "unary_backward");
-        each_backend!(self, |s: B| Ok(s
-            .unary_backward(l, B::of(name, dev, g)?, gl, op)?
-            .wrap()))
+        profiled!("unary_backward", self, l, |s: B| {
+            let g = g.on::<B>("unary_backward", s.device())?;
+            Ok(s.unary_backward(l, g, gl, op)?.into())
+        })
     }
 
     fn binary(&self, l: &Layout, rhs: &Self, rl: &Layout, op: BinaryOp) -> Result<Self> {
-        let _profiled = profile::scope("binary", || (self.dtype(), l.elem_count(), self.device()));
-        let dev = self.device();
-        each_backend!(self, |s: B| Ok(s
-            .binary(l, B::of("binary", dev, rhs)?, rl, op)?
-            .wrap()))
+        profiled!("binary", self, l, |s: B| {
+            let rhs = rhs.on::<B>("binary", s.device())?;
+            Ok(s.binary(l, rhs, rl, op)?.into())
+        })
     }
 
     fn cmp(&self, l: &Layout, rhs: &Self, rl: &Layout, op: CmpOp) -> Result<Self> {
-        let _profiled = profile::scope("cmp", || (self.dtype(), l.elem_count(), self.device()));
-        let dev = self.device();
-        each_backend!(self, |s: B| Ok(s
-            .cmp(l, B::of("cmp", dev, rhs)?, rl, op)?
-            .wrap()))
-    }
-
-    fn where_cond(&self, l: &Layout, t: (&Self, &Layout), f: (&Self, &Layout)) -> Result<Self> {
-        let _profiled = profile::scope("where_cond", || {
-            (self.dtype(), l.elem_count(), self.device())
-        });
-        let (dev, name) = (self.device(), "where_cond");
-        each_backend!(self, |s: B| Ok(s
-            .where_cond(l, view::<B>(name, dev, t)?, view::<B>(name, dev, f)?)?
-            .wrap()))
-    }
-
-    fn addcmul(&self, l: &Layout, a: (&Self, &Layout), b: (&Self, &Layout)) -> Result<Self> {
-        let _profiled = profile::scope("addcmul", || (self.dtype(), l.elem_count(), self.device()));
-        let (dev, name) = (self.device(), "addcmul");
-        each_backend!(self, |s: B| Ok(s
-            .addcmul(l, view::<B>(name, dev, a)?, view::<B>(name, dev, b)?)?
-            .wrap()))
+        profiled!("cmp", self, l, |s: B| {
+            let rhs = rhs.on::<B>("cmp", s.device())?;
+            Ok(s.cmp(l, rhs, rl, op)?.into())
+        })
     }
 
     fn reduce(&self, l: &Layout, dims: &[usize], op: ReduceOp) -> Result<Self> {
-        let _profiled = profile::scope("reduce", || (self.dtype(), l.elem_count(), self.device()));
-        each_backend!(self, |s: B| Ok(s.reduce(l, dims, op)?.wrap()))
-    }
-
-    fn sum_product(&self, l: &Layout, other: (&Self, &Layout), dims: &[usize]) -> Result<Self> {
-        let _profiled = profile::scope("sum_product", || {
-            (self.dtype(), l.elem_count(), self.device())
-        });
-        let (dev, name) = (self.device(), "sum_product");
-        each_backend!(self, |s: B| Ok(s
-            .sum_product(l, view::<B>(name, dev, other)?, dims)?
-            .wrap()))
+        profiled!("reduce", self, l, |s: B| Ok(s.reduce(l, dims, op)?.into()))
     }
 
     fn matmul(
@@ -266,21 +248,18 @@ impl BackendStorage for Storage {
         rl: &Layout,
         bias: Option<(&Self, &Layout)>,
     ) -> Result<Self> {
-        let _profiled = profile::scope("matmul", || (self.dtype(), l.elem_count(), self.device()));
-        let (dev, name) = (self.device(), "matmul");
-        each_backend!(self, |s: B| Ok(s
-            .matmul(l, B::of(name, dev, rhs)?, rl, opt::<B>(name, dev, bias)?)?
-            .wrap()))
+        profiled!("matmul", self, l, |s: B| {
+            let dev = s.device();
+            let (rhs, bias) = (rhs.on::<B>("matmul", dev)?, bias.on::<B>("matmul", dev)?);
+            Ok(s.matmul(l, rhs, rl, bias)?.into())
+        })
     }
 
     fn index_select(&self, l: &Layout, ids: &Self, il: &Layout, dim: usize) -> Result<Self> {
-        let _profiled = profile::scope("index_select", || {
-            (self.dtype(), l.elem_count(), self.device())
-        });
-        let dev = self.device();
-        each_backend!(self, |s: B| Ok(s
-            .index_select(l, B::of("index_select", dev, ids)?, il, dim)?
-            .wrap()))
+        profiled!("index_select", self, l, |s: B| {
+            let ids = ids.on::<B>("index_select", s.device())?;
+            Ok(s.index_select(l, ids, il, dim)?.into())
+        })
     }
 
     fn index_add(
@@ -291,21 +270,17 @@ impl BackendStorage for Storage {
         dim: usize,
         shape: &[usize],
     ) -> Result<Self> {
-        let _profiled = profile::scope("index_add", || {
-            (self.dtype(), l.elem_count(), self.device())
-        });
-        let dev = self.device();
-        each_backend!(self, |s: B| Ok(s
-            .index_add(l, B::of("index_add", dev, ids)?, il, dim, shape)?
-            .wrap()))
+        profiled!("index_add", self, l, |s: B| {
+            let ids = ids.on::<B>("index_add", s.device())?;
+            Ok(s.index_add(l, ids, il, dim, shape)?.into())
+        })
     }
 
     fn gather(&self, l: &Layout, ids: &Self, il: &Layout, dim: usize) -> Result<Self> {
-        let _profiled = profile::scope("gather", || (self.dtype(), l.elem_count(), self.device()));
-        let dev = self.device();
-        each_backend!(self, |s: B| Ok(s
-            .gather(l, B::of("gather", dev, ids)?, il, dim)?
-            .wrap()))
+        profiled!("gather", self, l, |s: B| {
+            let ids = ids.on::<B>("gather", s.device())?;
+            Ok(s.gather(l, ids, il, dim)?.into())
+        })
     }
 
     fn scatter_add(
@@ -316,124 +291,9 @@ impl BackendStorage for Storage {
         dim: usize,
         shape: &[usize],
     ) -> Result<Self> {
-        let _profiled = profile::scope("scatter_add", || {
-            (self.dtype(), l.elem_count(), self.device())
-        });
-        let dev = self.device();
-        each_backend!(self, |s: B| Ok(s
-            .scatter_add(l, B::of("scatter_add", dev, ids)?, il, dim, shape)?
-            .wrap()))
-    }
-
-    fn softmax_last(&self, l: &Layout, log: bool) -> Result<Self> {
-        let _profiled = profile::scope("softmax_last", || {
-            (self.dtype(), l.elem_count(), self.device())
-        });
-        each_backend!(self, |s: B| Ok(s.softmax_last(l, log)?.wrap()))
-    }
-
-    fn softmax_last_backward(&self, l: &Layout, g: &Self, gl: &Layout, log: bool) -> Result<Self> {
-        let _profiled = profile::scope("softmax_last_backward", || {
-            (self.dtype(), l.elem_count(), self.device())
-        });
-        let dev = self.device();
-        each_backend!(self, |s: B| Ok(s
-            .softmax_last_backward(l, B::of("softmax_backward", dev, g)?, gl, log)?
-            .wrap()))
-    }
-
-    fn norm(
-        &self,
-        l: &Layout,
-        weight: Option<(&Self, &Layout)>,
-        bias: Option<(&Self, &Layout)>,
-        spec: NormSpec,
-    ) -> Result<(Self, Self, Self)> {
-        let _profiled = profile::scope("norm", || (self.dtype(), l.elem_count(), self.device()));
-        let (dev, name) = (self.device(), "norm");
-        each_backend!(self, |s: B| {
-            let (w, b) = (opt::<B>(name, dev, weight)?, opt::<B>(name, dev, bias)?);
-            let (y, m, r) = s.norm(l, w, b, spec)?;
-            Ok((y.wrap(), m.wrap(), r.wrap()))
-        })
-    }
-
-    fn norm_backward(
-        &self,
-        l: &Layout,
-        weight: Option<(&Self, &Layout)>,
-        has_bias: bool,
-        mean: &Self,
-        rstd: &Self,
-        grad: (&Self, &Layout),
-        spec: NormSpec,
-    ) -> Result<(Self, Option<Self>, Option<Self>)> {
-        let _profiled = profile::scope("norm_backward", || {
-            (self.dtype(), l.elem_count(), self.device())
-        });
-        let (dev, name) = (self.device(), "norm_backward");
-        each_backend!(self, |s: B| {
-            let (w, g) = (opt::<B>(name, dev, weight)?, view::<B>(name, dev, grad)?);
-            let (m, r) = (B::of(name, dev, mean)?, B::of(name, dev, rstd)?);
-            let (dx, dw, db) = s.norm_backward(l, w, has_bias, m, r, g, spec)?;
-            Ok((dx.wrap(), dw.map(B::wrap), db.map(B::wrap)))
-        })
-    }
-
-    fn attention(
-        &self,
-        l: &Layout,
-        k: (&Self, &Layout),
-        v: (&Self, &Layout),
-        spec: AttentionSpec,
-    ) -> Result<(Self, Self)> {
-        let _profiled = profile::scope("attention", || {
-            (self.dtype(), l.elem_count(), self.device())
-        });
-        let (dev, name) = (self.device(), "attention");
-        each_backend!(self, |s: B| {
-            let (k, v) = (view::<B>(name, dev, k)?, view::<B>(name, dev, v)?);
-            let (o, lse) = s.attention(l, k, v, spec)?;
-            Ok((o.wrap(), lse.wrap()))
-        })
-    }
-
-    fn adam_update(
-        &mut self,
-        n: usize,
-        grad: (&Self, &Layout),
-        m: &mut Self,
-        v: &mut Self,
-        step: &AdamStep,
-    ) -> Result<()> {
-        let _profiled = profile::scope("adam_update", || (self.dtype(), n, self.device()));
-        let (dev, name) = (self.device(), "adam_update");
-        each_backend!(self, |s: B| {
-            let (m, v) = (B::of_mut(name, dev, m)?, B::of_mut(name, dev, v)?);
-            s.adam_update(n, view::<B>(name, dev, grad)?, m, v, step)
-        })
-    }
-
-    fn attention_backward(
-        &self,
-        l: &Layout,
-        k: (&Self, &Layout),
-        v: (&Self, &Layout),
-        out: (&Self, &Layout),
-        lse: &Self,
-        grad: (&Self, &Layout),
-        spec: AttentionSpec,
-    ) -> Result<(Self, Self, Self)> {
-        let _profiled = profile::scope("attention_backward", || {
-            (self.dtype(), l.elem_count(), self.device())
-        });
-        let (dev, name) = (self.device(), "attention_backward");
-        each_backend!(self, |s: B| {
-            let (k, v) = (view::<B>(name, dev, k)?, view::<B>(name, dev, v)?);
-            let (o, g) = (view::<B>(name, dev, out)?, view::<B>(name, dev, grad)?);
-            let lse = B::of(name, dev, lse)?;
-            let (dq, dk, dv) = s.attention_backward(l, k, v, o, lse, g, spec)?;
-            Ok((dq.wrap(), dk.wrap(), dv.wrap()))
+        profiled!("scatter_add", self, l, |s: B| {
+            let ids = ids.on::<B>("scatter_add", s.device())?;
+            Ok(s.scatter_add(l, ids, il, dim, shape)?.into())
         })
     }
 }

@@ -1,7 +1,8 @@
 //! Scaled-dot-product attention on `[b, h, t, d]` views, forward and backward: the
 //! reference the CUDA kernels are tested against. Each (batch, head) pair is computed
 //! with `gemm` on the strided views directly, in parallel across batch entries. Results
-//! are written token-major, `[b, t, h, d]` (see [`crate::backend::BackendStorage::attention`]).
+//! are written token-major, `[b, t, h, d]`, as the attention op expects (`token_major`
+//! in `ops/attention.rs`).
 
 use super::float::{max_lanes, sum_lanes, CpuFloat};
 use super::isa;

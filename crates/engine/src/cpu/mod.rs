@@ -2,33 +2,34 @@
 //!
 //! f32 and f64 are computed natively; bf16 and f16 are converted to f32 for the
 //! kernel and rounded back (`float::ComputeType`).
+//!
+//! `impl BackendStorage for CpuStorage` below runs the primitives; the fused ops call
+//! their kernels here (`norm`, `softmax`, `attention`, `adam`, `elementwise::addcmul`)
+//! from their own files in `ops/`.
 
-mod adam;
-mod attention;
-mod elementwise;
+pub(crate) mod adam;
+pub(crate) mod attention;
+pub(crate) mod elementwise;
 mod fastmath;
 mod float;
 mod index;
 mod isa;
 mod matmul;
-mod norm;
+pub(crate) mod norm;
 mod pool;
 mod reduce;
-mod softmax;
-mod strided;
+pub(crate) mod softmax;
+pub(crate) mod strided;
 
 pub use float::CpuFloat;
 pub use strided::PARALLEL_CUTOFF;
 
-use crate::backend::{
-    stats_dtype, AdamStep, AttentionSpec, BackendStorage, BinaryOp, CmpOp, NormSpec, ReduceOp,
-    UnaryOp,
-};
+use crate::backend::{BackendStorage, BinaryOp, CmpOp, ReduceOp, UnaryOp};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::Device;
-use float::{dispatch_float, ComputeType};
+pub(crate) use float::{dispatch_float, ComputeType};
 use half::{bf16, f16};
 use strided::{fill_runs, gather_view, Runs};
 
@@ -277,26 +278,6 @@ impl BackendStorage for CpuStorage {
         })
     }
 
-    fn where_cond(&self, l: &Layout, t: (&Self, &Layout), f: (&Self, &Layout)) -> Result<Self> {
-        let dt = same_dtype("where_cond", &[self, t.0, f.0])?;
-        dispatch_float!("where_cond", self, |F| {
-            let m = F::view(self, "where_cond")?;
-            let (tv, fv) = (F::view(t.0, "where_cond")?, F::view(f.0, "where_cond")?);
-            let out = elementwise::where_cond((&m, l), (&tv, t.1), (&fv, f.1));
-            Ok(F::store(out, dt))
-        })
-    }
-
-    fn addcmul(&self, l: &Layout, a: (&Self, &Layout), b: (&Self, &Layout)) -> Result<Self> {
-        let dt = same_dtype("addcmul", &[self, a.0, b.0])?;
-        dispatch_float!("addcmul", self, |F| {
-            let x = F::view(self, "addcmul")?;
-            let (av, bv) = (F::view(a.0, "addcmul")?, F::view(b.0, "addcmul")?);
-            let out = elementwise::addcmul((&x, l), (&av, a.1), (&bv, b.1));
-            Ok(F::store(out, dt))
-        })
-    }
-
     fn reduce(&self, l: &Layout, dims: &[usize], op: ReduceOp) -> Result<Self> {
         dispatch_float!("reduce", self, |F| {
             let x = F::view(self, "reduce")?;
@@ -361,140 +342,6 @@ impl BackendStorage for CpuStorage {
             let src = F::view(self, "scatter_add")?;
             let out = index::scatter_add(&src, l, &ids, dim, shape);
             Ok(F::store(out, self.dtype()))
-        })
-    }
-
-    fn softmax_last(&self, l: &Layout, log: bool) -> Result<Self> {
-        dispatch_float!("softmax", self, |F| {
-            let x = F::view(self, "softmax")?;
-            Ok(F::store(softmax::softmax_last(&x, l, log), self.dtype()))
-        })
-    }
-
-    fn softmax_last_backward(&self, l: &Layout, g: &Self, gl: &Layout, log: bool) -> Result<Self> {
-        let dt = same_dtype("softmax_backward", &[self, g])?;
-        dispatch_float!("softmax_backward", self, |F| {
-            let (y, g) = (
-                F::view(self, "softmax_backward")?,
-                F::view(g, "softmax_backward")?,
-            );
-            let out = softmax::softmax_last_backward((&y, l), (&g, gl), log);
-            Ok(F::store(out, dt))
-        })
-    }
-
-    fn norm(
-        &self,
-        l: &Layout,
-        weight: Option<(&Self, &Layout)>,
-        bias: Option<(&Self, &Layout)>,
-        spec: NormSpec,
-    ) -> Result<(Self, Self, Self)> {
-        let (dt, st) = (self.dtype(), stats_dtype(self.dtype()));
-        dispatch_float!("norm", self, |F| {
-            let param = |p: Option<(&Self, &Layout)>| -> Result<norm::Param<F>> {
-                p.map(|(s, pl)| {
-                    let v = F::view(s, "norm")?;
-                    Ok(std::borrow::Cow::Owned(
-                        strided::contiguous(&v, pl).into_owned(),
-                    ))
-                })
-                .transpose()
-            };
-            let x = F::view(self, "norm")?;
-            let (y, mean, rstd) = norm::norm(&x, l, param(weight)?, param(bias)?, spec);
-            Ok((F::store(y, dt), F::store(mean, st), F::store(rstd, st)))
-        })
-    }
-
-    fn norm_backward(
-        &self,
-        l: &Layout,
-        weight: Option<(&Self, &Layout)>,
-        has_bias: bool,
-        mean: &Self,
-        rstd: &Self,
-        grad: (&Self, &Layout),
-        spec: NormSpec,
-    ) -> Result<(Self, Option<Self>, Option<Self>)> {
-        let dt = same_dtype("norm_backward", &[self, grad.0])?;
-        dispatch_float!("norm_backward", self, |F| {
-            let view = |s| F::view(s, "norm_backward");
-            let w = match weight {
-                Some((s, wl)) => Some(std::borrow::Cow::Owned(
-                    strided::contiguous(&view(s)?, wl).into_owned(),
-                )),
-                None => None,
-            };
-            let (x, g) = (view(self)?, view(grad.0)?);
-            let (mean, rstd) = (view(mean)?, view(rstd)?);
-            let r = norm::norm_backward((&x, l), w, has_bias, &mean, &rstd, (&g, grad.1), spec);
-            let wrap = |v| F::store(v, dt);
-            Ok((wrap(r.dx), r.dw.map(wrap), r.db.map(wrap)))
-        })
-    }
-
-    fn attention(
-        &self,
-        l: &Layout,
-        k: (&Self, &Layout),
-        v: (&Self, &Layout),
-        spec: AttentionSpec,
-    ) -> Result<(Self, Self)> {
-        let dt = same_dtype("attention", &[self, k.0, v.0])?;
-        dispatch_float!("attention", self, |F| {
-            let view = |s| F::view(s, "attention");
-            let (qv, kv, vv) = (view(self)?, view(k.0)?, view(v.0)?);
-            let (o, lse) = attention::attention((&qv, l), (&kv, k.1), (&vv, v.1), spec);
-            Ok((F::store(o, dt), F::store(lse, stats_dtype(dt))))
-        })
-    }
-
-    fn adam_update(
-        &mut self,
-        n: usize,
-        grad: (&Self, &Layout),
-        m: &mut Self,
-        v: &mut Self,
-        step: &AdamStep,
-    ) -> Result<()> {
-        let dtypes = [self.dtype(), grad.0.dtype(), m.dtype(), v.dtype()];
-        let g = grad.0.to_dtype(grad.1, DType::F32)?;
-        match (self, &g, m, v) {
-            (CpuStorage::F32(p), CpuStorage::F32(g), CpuStorage::F32(m), CpuStorage::F32(v)) => {
-                adam::update(&mut p[..n], g, &mut m[..n], &mut v[..n], step);
-                Ok(())
-            }
-            _ => Err(Error::dtypes("adam_update", &dtypes)),
-        }
-    }
-
-    fn attention_backward(
-        &self,
-        l: &Layout,
-        k: (&Self, &Layout),
-        v: (&Self, &Layout),
-        out: (&Self, &Layout),
-        lse: &Self,
-        grad: (&Self, &Layout),
-        spec: AttentionSpec,
-    ) -> Result<(Self, Self, Self)> {
-        let dt = same_dtype("attention_backward", &[self, k.0, v.0, out.0, grad.0])?;
-        dispatch_float!("attention_backward", self, |F| {
-            let view = |s| F::view(s, "attention_backward");
-            let (qv, kv, vv) = (view(self)?, view(k.0)?, view(v.0)?);
-            let (ov, lv, gv) = (view(out.0)?, view(lse)?, view(grad.0)?);
-            let r = attention::attention_backward(
-                (&qv, l),
-                (&kv, k.1),
-                (&vv, v.1),
-                (&ov, out.1),
-                &lv,
-                (&gv, grad.1),
-                spec,
-            );
-            let wrap = |v| F::store(v, dt);
-            Ok((wrap(r.dq), wrap(r.dk), wrap(r.dv)))
         })
     }
 }

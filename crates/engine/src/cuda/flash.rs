@@ -160,8 +160,8 @@ pub(crate) struct Rows {
 unsafe impl cudarc::driver::DeviceRepr for Rows {}
 
 impl Rows {
-    /// The rows of a `[b, h, t, d]` result stored token-major, `[b, t, h, d]` (see
-    /// [`crate::backend::BackendStorage::attention`]).
+    /// The rows of a `[b, h, t, d]` result stored token-major, `[b, t, h, d]`, as the
+    /// attention op expects (`token_major` in `ops/attention.rs`).
     fn token_major(heads: usize, t: usize, d: usize) -> Rows {
         let (h, t, d) = (heads as u64, t as u64, d as u64);
         Rows {

@@ -3,8 +3,10 @@
 //! cuBLAS for products and a caching allocator.
 //!
 //! Data flow: a `Tensor` op checks shapes and records its backward (`ops/`), `Storage`
-//! dispatches on the device, and a method here flattens the operands' layouts into
-//! kernel views (`launch::View`) and queues a kernel on the device's one stream.
+//! dispatches on the device, and a launcher of one of the family files below (called by
+//! a method here, or for a fused op by the op's own `cuda` kernel in `ops/`) flattens
+//! the operands' layouts into kernel views (`launch::View`) and queues a kernel on the
+//! device's one stream.
 //! bf16/f16 are storage types: kernels load them into f32, compute, and round back.
 //!
 //! Files: `device.rs` (context, stream, cuBLAS, kernel cache), `alloc.rs` (caching
@@ -12,23 +14,21 @@
 //! then one file per op family (`flash.rs`: the fused attention kernels).
 
 mod alloc;
-mod attention;
+pub(crate) mod attention;
 mod device;
-mod elementwise;
+pub(crate) mod elementwise;
 mod flash;
 mod index;
 pub mod kernels;
 mod launch;
 mod lt;
 mod matmul;
-mod rows;
+pub(crate) mod rows;
 
 pub use alloc::MemoryStats;
 pub use device::{driver_present, set_allow_tf32, set_poison};
 
-use crate::backend::{
-    AdamStep, AttentionSpec, BackendStorage, BinaryOp, CmpOp, NormSpec, ReduceOp, UnaryOp,
-};
+use crate::backend::{BackendStorage, BinaryOp, CmpOp, ReduceOp, UnaryOp};
 use crate::cpu::CpuStorage;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -285,23 +285,8 @@ impl BackendStorage for CudaStorage {
         elementwise::cmp(self, l, rhs, rl, op)
     }
 
-    fn where_cond(&self, l: &Layout, t: (&Self, &Layout), f: (&Self, &Layout)) -> Result<Self> {
-        same_dtype("where_cond", &[self, t.0, f.0])?;
-        elementwise::ternary("where_cond", "where", (self, l), t, f)
-    }
-
-    fn addcmul(&self, l: &Layout, a: (&Self, &Layout), b: (&Self, &Layout)) -> Result<Self> {
-        same_dtype("addcmul", &[self, a.0, b.0])?;
-        elementwise::ternary("addcmul", "addcmul", (self, l), a, b)
-    }
-
     fn reduce(&self, l: &Layout, dims: &[usize], op: ReduceOp) -> Result<Self> {
         rows::reduce(self, l, dims, op)
-    }
-
-    fn sum_product(&self, l: &Layout, other: (&Self, &Layout), dims: &[usize]) -> Result<Self> {
-        same_dtype("sum_product", &[self, other.0])?;
-        rows::sum_product(self, l, other, dims)
     }
 
     fn matmul(
@@ -345,74 +330,5 @@ impl BackendStorage for CudaStorage {
         shape: &[usize],
     ) -> Result<Self> {
         index::scatter_add(self, l, ids, il, dim, shape)
-    }
-
-    fn softmax_last(&self, l: &Layout, log: bool) -> Result<Self> {
-        rows::softmax(self, l, log)
-    }
-
-    fn softmax_last_backward(&self, l: &Layout, g: &Self, gl: &Layout, log: bool) -> Result<Self> {
-        same_dtype("softmax_backward", &[self, g])?;
-        rows::softmax_backward(self, l, g, gl, log)
-    }
-
-    fn norm(
-        &self,
-        l: &Layout,
-        weight: Option<(&Self, &Layout)>,
-        bias: Option<(&Self, &Layout)>,
-        spec: NormSpec,
-    ) -> Result<(Self, Self, Self)> {
-        rows::norm(self, l, weight, bias, spec)
-    }
-
-    fn norm_backward(
-        &self,
-        l: &Layout,
-        weight: Option<(&Self, &Layout)>,
-        has_bias: bool,
-        mean: &Self,
-        rstd: &Self,
-        grad: (&Self, &Layout),
-        spec: NormSpec,
-    ) -> Result<(Self, Option<Self>, Option<Self>)> {
-        same_dtype("norm_backward", &[self, grad.0])?;
-        rows::norm_backward(self, l, weight, has_bias, (mean, rstd), grad, spec)
-    }
-
-    fn attention(
-        &self,
-        l: &Layout,
-        k: (&Self, &Layout),
-        v: (&Self, &Layout),
-        spec: AttentionSpec,
-    ) -> Result<(Self, Self)> {
-        same_dtype("attention", &[self, k.0, v.0])?;
-        attention::forward((self, l), k, v, spec)
-    }
-
-    fn adam_update(
-        &mut self,
-        n: usize,
-        grad: (&Self, &Layout),
-        m: &mut Self,
-        v: &mut Self,
-        step: &AdamStep,
-    ) -> Result<()> {
-        elementwise::adam(self, n, grad, m, v, step)
-    }
-
-    fn attention_backward(
-        &self,
-        l: &Layout,
-        k: (&Self, &Layout),
-        v: (&Self, &Layout),
-        out: (&Self, &Layout),
-        lse: &Self,
-        grad: (&Self, &Layout),
-        spec: AttentionSpec,
-    ) -> Result<(Self, Self, Self)> {
-        same_dtype("attention_backward", &[self, k.0, v.0, out.0, grad.0])?;
-        attention::backward((self, l), k, v, out, lse, grad, spec)
     }
 }

@@ -2,9 +2,14 @@
 
 use super::{check_float, check_same};
 use crate::autocast::lowered;
-use crate::backend::{AttentionSpec, BackendStorage};
+use crate::backend::{stats_dtype, AttentionSpec, BackendStorage};
+use crate::cpu::{attention, dispatch_float, ComputeType, CpuStorage};
+#[cfg(feature = "cuda")]
+use crate::cuda::{self, CudaStorage};
 use crate::error::{Error, Result};
+use crate::fused::{BackendInputs, FusedOp, View};
 use crate::layout::Layout;
+use crate::storage::Storage;
 use crate::Tensor;
 
 /// softmax(scale·q·kᵀ [+ causal mask])·v for q `[b, h, tq, d]`, k `[b, h, tk, d]`,
@@ -40,11 +45,13 @@ pub fn scaled_dot_product_attention(
         scale: scale.unwrap_or(1.0 / (qs[3] as f64).sqrt()),
         causal,
     };
-    let (out, lse) = q.storage().attention(
-        q.layout(),
-        (&k.storage(), k.layout()),
-        (&v.storage(), v.layout()),
-        spec,
+    let (out, lse) = Storage::fused(
+        &AttentionForward(spec),
+        (
+            (&q.storage(), q.layout()),
+            (&k.storage(), k.layout()),
+            (&v.storage(), v.layout()),
+        ),
     )?;
     let lse = Tensor::from_storage(lse, &qs[..3]);
     let shape = [qs[0], qs[1], qs[2], vs[3]];
@@ -55,14 +62,16 @@ pub fn scaled_dot_product_attention(
         &[q, k, v],
         move |x, out, g| {
             let (q, k, v) = (&x[0], &x[1], &x[2]);
-            let (dq, dk, dv) = q.storage().attention_backward(
-                q.layout(),
-                (&k.storage(), k.layout()),
-                (&v.storage(), v.layout()),
-                (&out.storage(), out.layout()),
-                &lse.storage(),
-                (&g.storage(), g.layout()),
-                spec,
+            let (dq, dk, dv) = Storage::fused(
+                &AttentionBackward(spec),
+                (
+                    (&q.storage(), q.layout()),
+                    (&k.storage(), k.layout()),
+                    (&v.storage(), v.layout()),
+                    (&out.storage(), out.layout()),
+                    &lse.storage(),
+                    (&g.storage(), g.layout()),
+                ),
             )?;
             let grad = |s, t: &Tensor| {
                 let shape = [t.shape()[0], t.shape()[1], t.shape()[2], t.shape()[3]];
@@ -80,4 +89,82 @@ pub fn scaled_dot_product_attention(
 fn token_major(shape: [usize; 4]) -> Layout {
     let [_, h, t, d] = shape;
     Layout::new(shape.to_vec(), vec![t * h * d, d, h * d, 1], 0)
+}
+
+/// The forward kernels: the output, stored token-major (`[b, tq, h, dv]`), and the row
+/// log-sum-exp `[b, h, tq]` in `stats_dtype`, from q, k and v.
+struct AttentionForward(AttentionSpec);
+
+impl<'a> FusedOp<'a> for AttentionForward {
+    const NAME: &'static str = "attention";
+    type Inputs = (View<'a, Storage>, View<'a, Storage>, View<'a, Storage>);
+    type Output = (Storage, Storage);
+
+    fn cpu(&self, (q, k, v): BackendInputs<'a, Self, CpuStorage>) -> Result<Self::Output> {
+        let dt = q.0.dtype();
+        dispatch_float!(Self::NAME, q.0, |F| {
+            let view = |s| F::view(s, Self::NAME);
+            let (qv, kv, vv) = (view(q.0)?, view(k.0)?, view(v.0)?);
+            let (o, lse) = attention::attention((&qv, q.1), (&kv, k.1), (&vv, v.1), self.0);
+            Ok((
+                F::store(o, dt).into(),
+                F::store(lse, stats_dtype(dt)).into(),
+            ))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(&self, (q, k, v): BackendInputs<'a, Self, CudaStorage>) -> Result<Self::Output> {
+        let (o, lse) = cuda::attention::forward(q, k, v, self.0)?;
+        Ok((o.into(), lse.into()))
+    }
+}
+
+/// The backward kernels: dq, dk and dv, stored token-major like the output, from q, k,
+/// v, the forward's output and log-sum-exp, and the output gradient.
+struct AttentionBackward(AttentionSpec);
+
+impl<'a> FusedOp<'a> for AttentionBackward {
+    const NAME: &'static str = "attention_backward";
+    type Inputs = (
+        View<'a, Storage>,
+        View<'a, Storage>,
+        View<'a, Storage>,
+        View<'a, Storage>,
+        &'a Storage,
+        View<'a, Storage>,
+    );
+    type Output = (Storage, Storage, Storage);
+
+    fn cpu(
+        &self,
+        (q, k, v, out, lse, grad): BackendInputs<'a, Self, CpuStorage>,
+    ) -> Result<Self::Output> {
+        let dt = q.0.dtype();
+        dispatch_float!(Self::NAME, q.0, |F| {
+            let view = |s| F::view(s, Self::NAME);
+            let (qv, kv, vv) = (view(q.0)?, view(k.0)?, view(v.0)?);
+            let (ov, lv, gv) = (view(out.0)?, view(lse)?, view(grad.0)?);
+            let r = attention::attention_backward(
+                (&qv, q.1),
+                (&kv, k.1),
+                (&vv, v.1),
+                (&ov, out.1),
+                &lv,
+                (&gv, grad.1),
+                self.0,
+            );
+            let store = |v| -> Storage { F::store(v, dt).into() };
+            Ok((store(r.dq), store(r.dk), store(r.dv)))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        &self,
+        (q, k, v, out, lse, grad): BackendInputs<'a, Self, CudaStorage>,
+    ) -> Result<Self::Output> {
+        let (dq, dk, dv) = cuda::attention::backward(q, k, v, out, lse, grad, self.0)?;
+        Ok((dq.into(), dk.into(), dv.into()))
+    }
 }

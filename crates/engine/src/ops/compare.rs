@@ -4,8 +4,13 @@ use super::binary::broadcast_pair;
 use super::{check_float, check_same};
 use crate::autocast::promoted;
 use crate::backend::{BackendStorage, CmpOp};
+use crate::cpu::{dispatch_float, elementwise, ComputeType, CpuStorage};
+#[cfg(feature = "cuda")]
+use crate::cuda::{self, CudaStorage};
 use crate::error::Result;
+use crate::fused::{BackendInputs, FusedOp, View};
 use crate::layout::broadcast_shapes;
+use crate::storage::Storage;
 use crate::Tensor;
 
 impl Tensor {
@@ -57,10 +62,13 @@ impl Tensor {
         let shape = broadcast_shapes(OP, &shape, on_false.shape())?;
         let l = |t: &Tensor| t.layout().broadcast_to(OP, &shape);
         let (lm, lt, lf) = (l(self)?, l(on_true)?, l(on_false)?);
-        let s = self.storage().where_cond(
-            &lm,
-            (&on_true.storage(), &lt),
-            (&on_false.storage(), &lf),
+        let s = Storage::fused(
+            &WhereCond,
+            (
+                (&self.storage(), &lm),
+                (&on_true.storage(), &lt),
+                (&on_false.storage(), &lf),
+            ),
         )?;
         Ok(Tensor::from_op(
             OP,
@@ -77,5 +85,29 @@ impl Tensor {
                 ])
             },
         ))
+    }
+}
+
+/// The kernel: `on_true` where the mask is non-zero, else `on_false`, from three views of
+/// the output's shape (mask first).
+struct WhereCond;
+
+impl<'a> FusedOp<'a> for WhereCond {
+    const NAME: &'static str = "where_cond";
+    type Inputs = (View<'a, Storage>, View<'a, Storage>, View<'a, Storage>);
+    type Output = Storage;
+
+    fn cpu(&self, (mask, t, f): BackendInputs<'a, Self, CpuStorage>) -> Result<Storage> {
+        dispatch_float!(Self::NAME, mask.0, |F| {
+            let view = |s| F::view(s, Self::NAME);
+            let (mv, tv, fv) = (view(mask.0)?, view(t.0)?, view(f.0)?);
+            let out = elementwise::where_cond((&mv, mask.1), (&tv, t.1), (&fv, f.1));
+            Ok(F::store(out, mask.0.dtype()).into())
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(&self, (mask, t, f): BackendInputs<'a, Self, CudaStorage>) -> Result<Storage> {
+        Ok(cuda::elementwise::ternary(Self::NAME, "where", mask, t, f)?.into())
     }
 }

@@ -3,9 +3,15 @@
 
 use super::{check_float, check_same};
 use crate::autocast::widened;
-use crate::backend::{BackendStorage, NormSpec};
+use crate::backend::{stats_dtype, BackendStorage, NormSpec};
+use crate::cpu::{dispatch_float, norm, strided, ComputeType, CpuStorage};
+#[cfg(feature = "cuda")]
+use crate::cuda::{rows, CudaStorage};
 use crate::error::{Error, Result};
+use crate::fused::{BackendInputs, FusedOp, View};
+use crate::storage::Storage;
 use crate::Tensor;
+use std::borrow::Cow;
 
 impl Tensor {
     fn norm_op(
@@ -35,7 +41,8 @@ impl Tensor {
             let (ws, bs) = (weight.map(|w| w.storage()), bias.map(|b| b.storage()));
             let w = ws.as_deref().zip(weight.map(|w| w.layout()));
             let b = bs.as_deref().zip(bias.map(|b| b.layout()));
-            self.storage().norm(self.layout(), w, b, spec)?
+            let x = (&*self.storage(), self.layout());
+            Storage::fused(&NormForward(spec), (x, w, b))?
         };
         let rows = &self.shape()[..self.rank() - 1];
         let (mean, rstd) = (
@@ -54,14 +61,15 @@ impl Tensor {
                 let w = has_weight.then(|| &x[1]);
                 let ws = w.map(|w| w.storage());
                 let wv = ws.as_deref().zip(w.map(|w| w.layout()));
-                let (dx, dw, db) = x[0].storage().norm_backward(
-                    x[0].layout(),
-                    wv,
-                    has_bias,
-                    &mean.storage(),
-                    &rstd.storage(),
-                    (&g.storage(), g.layout()),
-                    spec,
+                let (dx, dw, db) = Storage::fused(
+                    &NormBackward { spec, has_bias },
+                    (
+                        (&x[0].storage(), x[0].layout()),
+                        wv,
+                        &mean.storage(),
+                        &rstd.storage(),
+                        (&g.storage(), g.layout()),
+                    ),
                 )?;
                 let d = [d];
                 let mut grads = vec![Some(Tensor::from_storage(dx, x[0].shape()))];
@@ -86,5 +94,96 @@ impl Tensor {
     /// RMS norm over the last dim: x/√(mean(x²) + eps), then `· weight` where given.
     pub fn rms_norm(&self, weight: Option<&Tensor>, eps: f64) -> Result<Tensor> {
         self.norm_op("rms_norm", weight, None, NormSpec { eps, rms: true })
+    }
+}
+
+/// The forward kernels: the output, the row means (zeros for RMS norm) and the row
+/// reciprocal std devs (both in `stats_dtype`), from x and the optional weight and bias
+/// of shape `[d]`.
+struct NormForward(NormSpec);
+
+impl<'a> FusedOp<'a> for NormForward {
+    const NAME: &'static str = "norm";
+    type Inputs = (
+        View<'a, Storage>,
+        Option<View<'a, Storage>>,
+        Option<View<'a, Storage>>,
+    );
+    type Output = (Storage, Storage, Storage);
+
+    fn cpu(&self, (x, weight, bias): BackendInputs<'a, Self, CpuStorage>) -> Result<Self::Output> {
+        let (dt, st) = (x.0.dtype(), stats_dtype(x.0.dtype()));
+        dispatch_float!(Self::NAME, x.0, |F| {
+            let param = |p: Option<View<CpuStorage>>| -> Result<norm::Param<F>> {
+                p.map(|(s, pl)| {
+                    let v = F::view(s, Self::NAME)?;
+                    Ok(Cow::Owned(strided::contiguous(&v, pl).into_owned()))
+                })
+                .transpose()
+            };
+            let xv = F::view(x.0, Self::NAME)?;
+            let (y, mean, rstd) = norm::norm(&xv, x.1, param(weight)?, param(bias)?, self.0);
+            let (mean, rstd) = (F::store(mean, st), F::store(rstd, st));
+            Ok((F::store(y, dt).into(), mean.into(), rstd.into()))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        &self,
+        (x, weight, bias): BackendInputs<'a, Self, CudaStorage>,
+    ) -> Result<Self::Output> {
+        let (y, mean, rstd) = rows::norm(x.0, x.1, weight, bias, self.0)?;
+        Ok((y.into(), mean.into(), rstd.into()))
+    }
+}
+
+/// The backward kernels: dx, and dweight and dbias where the forward had them, from x,
+/// the weight, the forward's row statistics and the output gradient.
+struct NormBackward {
+    spec: NormSpec,
+    has_bias: bool,
+}
+
+impl<'a> FusedOp<'a> for NormBackward {
+    const NAME: &'static str = "norm_backward";
+    type Inputs = (
+        View<'a, Storage>,
+        Option<View<'a, Storage>>,
+        &'a Storage,
+        &'a Storage,
+        View<'a, Storage>,
+    );
+    type Output = (Storage, Option<Storage>, Option<Storage>);
+
+    fn cpu(
+        &self,
+        (x, weight, mean, rstd, grad): BackendInputs<'a, Self, CpuStorage>,
+    ) -> Result<Self::Output> {
+        let dt = x.0.dtype();
+        dispatch_float!(Self::NAME, x.0, |F| {
+            let view = |s| F::view(s, Self::NAME);
+            let w = match weight {
+                Some((s, wl)) => Some(Cow::Owned(strided::contiguous(&view(s)?, wl).into_owned())),
+                None => None,
+            };
+            let (xv, g) = (view(x.0)?, view(grad.0)?);
+            let (mean, rstd) = (view(mean)?, view(rstd)?);
+            let (x, g) = ((&*xv, x.1), (&*g, grad.1));
+            let r = norm::norm_backward(x, w, self.has_bias, &mean, &rstd, g, self.spec);
+            let store = |v| -> Storage { F::store(v, dt).into() };
+            Ok((store(r.dx), r.dw.map(store), r.db.map(store)))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        &self,
+        (x, weight, mean, rstd, grad): BackendInputs<'a, Self, CudaStorage>,
+    ) -> Result<Self::Output> {
+        let stats = (mean, rstd);
+        let (dx, dw, db) =
+            rows::norm_backward(x.0, x.1, weight, self.has_bias, stats, grad, self.spec)?;
+        Ok((dx.into(), dw.map(Into::into), db.map(Into::into)))
     }
 }

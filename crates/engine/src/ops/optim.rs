@@ -1,7 +1,14 @@
 //! In-place optimizer updates on parameter storage (not recorded in the graph).
 
 use crate::backend::{AdamStep, BackendStorage};
+use crate::cpu::{adam, CpuStorage};
+#[cfg(feature = "cuda")]
+use crate::cuda::{elementwise, CudaStorage};
+use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::fused::{BackendInputs, FusedOp, View};
+use crate::layout::Layout;
+use crate::storage::Storage;
 use crate::Tensor;
 
 impl Tensor {
@@ -46,12 +53,48 @@ impl Tensor {
         };
         let g = grad.storage();
         let (mut ms, mut vs) = (m.storage_mut(), v.storage_mut());
-        self.storage_mut().adam_update(
-            self.elem_count(),
-            (&g, grad.layout()),
-            &mut ms,
-            &mut vs,
-            step,
-        )
+        let (m, v) = ((&mut *ms, m.layout()), (&mut *vs, v.layout()));
+        let param = (&mut *self.storage_mut(), self.layout());
+        Storage::fused(&AdamUpdate(*step), (param, (&*g, grad.layout()), m, v))
+    }
+}
+
+/// The update's kernels: parameter (the lead) and moments, views of the same shape
+/// contiguous from offset 0, written in place from the gradient view; all f32 but the
+/// gradient, which is converted.
+struct AdamUpdate(AdamStep);
+
+impl<'a> FusedOp<'a> for AdamUpdate {
+    const NAME: &'static str = "adam_update";
+    type Inputs = (
+        (&'a mut Storage, &'a Layout),
+        View<'a, Storage>,
+        (&'a mut Storage, &'a Layout),
+        (&'a mut Storage, &'a Layout),
+    );
+    type Output = ();
+
+    fn cpu(
+        &self,
+        ((p, pl), grad, (m, _), (v, _)): BackendInputs<'a, Self, CpuStorage>,
+    ) -> Result<()> {
+        let n = pl.elem_count();
+        let dtypes = [p.dtype(), grad.0.dtype(), m.dtype(), v.dtype()];
+        let g = grad.0.to_dtype(grad.1, DType::F32)?;
+        match (p, &g, m, v) {
+            (CpuStorage::F32(p), CpuStorage::F32(g), CpuStorage::F32(m), CpuStorage::F32(v)) => {
+                adam::update(&mut p[..n], g, &mut m[..n], &mut v[..n], &self.0);
+                Ok(())
+            }
+            _ => Err(Error::dtypes(Self::NAME, &dtypes)),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        &self,
+        ((p, pl), grad, (m, _), (v, _)): BackendInputs<'a, Self, CudaStorage>,
+    ) -> Result<()> {
+        elementwise::adam(p, pl.elem_count(), grad, m, v, &self.0)
     }
 }

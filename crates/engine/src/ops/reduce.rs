@@ -3,9 +3,14 @@
 
 use super::{check_float, check_same};
 use crate::autocast::widened;
-use crate::backend::{BackendStorage, ReduceOp};
+use crate::backend::{BackendStorage, BinaryOp, ReduceOp};
+use crate::cpu::CpuStorage;
+#[cfg(feature = "cuda")]
+use crate::cuda::{rows, CudaStorage};
 use crate::error::{Error, Result};
-use crate::layout::{broadcast_shapes, normalize_dims};
+use crate::fused::{BackendInputs, FusedOp, View};
+use crate::layout::{broadcast_shapes, normalize_dims, Layout};
+use crate::storage::Storage;
 use crate::Tensor;
 
 impl Tensor {
@@ -72,9 +77,8 @@ impl Tensor {
         let dims = normalize_dims(OP, dims, &shape)?;
         let mut summed = shape.clone();
         dims.iter().for_each(|&d| summed[d] = 1);
-        let s = self
-            .storage()
-            .sum_product(&la, (&other.storage(), &lb), &dims)?;
+        let inputs = ((&*self.storage(), &la), (&*other.storage(), &lb));
+        let s = Storage::fused(&SumProduct(&dims), inputs)?;
         Ok(Tensor::from_op(
             OP,
             s,
@@ -175,4 +179,26 @@ fn finish_reduce(reduced: Tensor, dims: &[isize], keepdim: bool) -> Result<Tenso
         .map(|d| reduced.shape()[d])
         .collect();
     reduced.reshape(&shape)
+}
+
+/// The kernels of Σ over the sorted dims of `x · y` (two views of one shape), in the
+/// keep-dim shape. The host multiplies, then sums; the GPU folds the product into its
+/// middle-dim reduction where the layouts allow, so the product never reaches memory.
+struct SumProduct<'d>(&'d [usize]);
+
+impl<'a> FusedOp<'a> for SumProduct<'_> {
+    const NAME: &'static str = "sum_product";
+    type Inputs = (View<'a, Storage>, View<'a, Storage>);
+    type Output = Storage;
+
+    fn cpu(&self, (x, y): BackendInputs<'a, Self, CpuStorage>) -> Result<Storage> {
+        let product = x.0.binary(x.1, y.0, y.1, BinaryOp::Mul)?;
+        let summed = product.reduce(&Layout::contiguous(x.1.shape()), self.0, ReduceOp::Sum)?;
+        Ok(summed.into())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(&self, (x, y): BackendInputs<'a, Self, CudaStorage>) -> Result<Storage> {
+        Ok(rows::sum_product(x.0, x.1, y, self.0)?.into())
+    }
 }

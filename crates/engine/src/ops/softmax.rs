@@ -4,7 +4,12 @@
 use super::check_float;
 use crate::autocast::widened;
 use crate::backend::BackendStorage;
+use crate::cpu::{dispatch_float, softmax, ComputeType, CpuStorage};
+#[cfg(feature = "cuda")]
+use crate::cuda::{rows, CudaStorage};
 use crate::error::{Error, Result};
+use crate::fused::{BackendInputs, FusedOp, View};
+use crate::storage::Storage;
 use crate::Tensor;
 
 impl Tensor {
@@ -16,16 +21,16 @@ impl Tensor {
         if self.rank() == 0 {
             return Err(Error::invalid(name, "needs at least one dim"));
         }
-        let s = self.storage().softmax_last(self.layout(), log)?;
+        let x = (&*self.storage(), self.layout());
+        let s = Storage::fused(&SoftmaxForward { log }, (x,))?;
         Ok(Tensor::from_op(
             name,
             s,
             self.shape(),
             &[self],
             move |_, y, g| {
-                let s =
-                    y.storage()
-                        .softmax_last_backward(y.layout(), &g.storage(), g.layout(), log)?;
+                let (y_view, g_view) = ((&*y.storage(), y.layout()), (&*g.storage(), g.layout()));
+                let s = Storage::fused(&SoftmaxBackward { log }, (y_view, g_view))?;
                 Ok(vec![Some(Tensor::from_storage(s, y.shape()))])
             },
         ))
@@ -39,5 +44,53 @@ impl Tensor {
     /// Log-softmax over the last dim (stable: x − logsumexp(x)).
     pub fn log_softmax(&self) -> Result<Tensor> {
         self.softmax_op("log_softmax", true)
+    }
+}
+
+/// The forward kernel: softmax, or log-softmax when `log`, of each row.
+struct SoftmaxForward {
+    log: bool,
+}
+
+impl<'a> FusedOp<'a> for SoftmaxForward {
+    const NAME: &'static str = "softmax_last";
+    type Inputs = (View<'a, Storage>,);
+    type Output = Storage;
+
+    fn cpu(&self, ((x, l),): BackendInputs<'a, Self, CpuStorage>) -> Result<Storage> {
+        dispatch_float!(Self::NAME, x, |F| {
+            let xv = F::view(x, Self::NAME)?;
+            Ok(F::store(softmax::softmax_last(&xv, l, self.log), x.dtype()).into())
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(&self, ((x, l),): BackendInputs<'a, Self, CudaStorage>) -> Result<Storage> {
+        Ok(rows::softmax(x, l, self.log)?.into())
+    }
+}
+
+/// The backward kernel: the input gradient from the forward's output y and the output
+/// gradient.
+struct SoftmaxBackward {
+    log: bool,
+}
+
+impl<'a> FusedOp<'a> for SoftmaxBackward {
+    const NAME: &'static str = "softmax_last_backward";
+    type Inputs = (View<'a, Storage>, View<'a, Storage>);
+    type Output = Storage;
+
+    fn cpu(&self, (y, g): BackendInputs<'a, Self, CpuStorage>) -> Result<Storage> {
+        dispatch_float!(Self::NAME, y.0, |F| {
+            let (yv, gv) = (F::view(y.0, Self::NAME)?, F::view(g.0, Self::NAME)?);
+            let out = softmax::softmax_last_backward((&yv, y.1), (&gv, g.1), self.log);
+            Ok(F::store(out, y.0.dtype()).into())
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(&self, (y, g): BackendInputs<'a, Self, CudaStorage>) -> Result<Storage> {
+        Ok(rows::softmax_backward(y.0, y.1, g.0, g.1, self.log)?.into())
     }
 }
