@@ -16,7 +16,7 @@ mod cli {
 }
 
 use clap::{Args, Parser, Subcommand};
-use cli::error::CliResult;
+use cli::error::{CliError, CliResult};
 use cli::grids::image_shape;
 use cli::output::{check_output, OutputKind};
 use cli::sampler_args::SamplerArgs;
@@ -24,7 +24,7 @@ use cli::{npy, plot};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use twinflow::engine::report;
+use twinflow::engine::{report, sizes, Error};
 use twinflow::flow::data::{DataConfig, DataSource};
 use twinflow::flow::eval::{sample_batched, SampleLabels, DEFAULT_SAMPLE_BATCH};
 use twinflow::flow::train::{RestoreOptions, Trainer};
@@ -86,6 +86,11 @@ struct SampleArgs {
     /// Where to sample: cpu, cuda or cuda:N (whatever device the run trained on).
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
     device: String,
+    /// The directory holding data/ (mnist) or the Fashion-MNIST files [default: the root
+    /// saved in the checkpoint's config]: for a checkpoint used away from where it was
+    /// trained.
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
     /// Output: FILE.npy (float32 [N, D], labels in FILE.labels.npy as int64 [N]) or FILE.png
     /// (a scatter plot for 2-D data, a grid with one row per class for image data).
     #[arg(long, value_name = "FILE")]
@@ -187,11 +192,12 @@ fn sample(a: SampleArgs) -> CliResult<()> {
     }
     let options = RestoreOptions {
         device: Some(a.device.clone()),
-        ..RestoreOptions::default()
+        data_root: a.root.clone(),
     };
     let trainer = Trainer::from_checkpoint_with(&a.checkpoint, &options)?;
     let classes = trainer.data().num_classes().max(1);
     let dim = trainer.data().dim();
+    check_sample_count(a.n, dim)?;
     let labels = if a.labels == "all" {
         SampleLabels::Cycle { n: a.n }
     } else {
@@ -201,7 +207,7 @@ fn sample(a: SampleArgs) -> CliResult<()> {
                 a.labels
             )
         })?;
-        let labels = SampleLabels::Given(vec![l; a.n]);
+        let labels = SampleLabels::Given(sizes::try_filled("sample", a.n, l)?);
         labels
             .resolve(classes)
             .map_err(|e| format!("--labels {l}: {e}"))?;
@@ -222,7 +228,8 @@ fn sample(a: SampleArgs) -> CliResult<()> {
         a.ema,
         a.batch_size,
         |done| bar.set_position(done as u64),
-    )?;
+    )
+    .map_err(|e| for_flag("--n", a.n, e))?;
     bar.finish_and_clear();
     match kind {
         OutKind::Npy => write_npy(&a.out, &x, &labels, dim),
@@ -245,6 +252,32 @@ fn sample(a: SampleArgs) -> CliResult<()> {
     }
 }
 
+/// Refuses `--n` samples of `dim` values whose float32 bytes overflow the address
+/// space, naming the flag, before anything is allocated; sizes the machine can address
+/// but not hold fail at their allocation, with the size asked for.
+fn check_sample_count(n: usize, dim: usize) -> CliResult<()> {
+    let bytes = n
+        .checked_mul(dim)
+        .and_then(|values| values.checked_mul(std::mem::size_of::<f32>()))
+        .filter(|&bytes| isize::try_from(bytes).is_ok());
+    match bytes {
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "--n {n}: {n} samples of {dim} values are more than memory can address"
+        )
+        .into()),
+    }
+}
+
+/// `error`, prefixed by the flag and value that asked for the memory when it is an
+/// allocation that failed (other errors pass unchanged).
+pub(crate) fn for_flag(flag: &str, value: usize, error: Error) -> CliError {
+    match error {
+        Error::OutOfMemory { .. } => format!("{flag} {value}: {}", report(&error)).into(),
+        other => other.into(),
+    }
+}
+
 fn data(a: DataArgs) -> CliResult<()> {
     let kind = out_kind(&a.out, true)?;
     if a.n == 0 {
@@ -257,7 +290,10 @@ fn data(a: DataArgs) -> CliResult<()> {
         ..DataConfig::named(&a.dataset, a.n)
     };
     let mut source = DataSource::from_config(&cfg, a.seed)?;
-    let (x, labels) = source.next_batch(a.n)?;
+    check_sample_count(a.n, source.dim())?;
+    let (x, labels) = source
+        .next_batch(a.n)
+        .map_err(|e| for_flag("--n", a.n, e))?;
     let x: Vec<f32> = x.to_vec()?;
     let labels: Vec<i64> = labels.to_vec()?;
     let dim = source.dim();

@@ -130,7 +130,7 @@ pub fn run(a: EvalArgs) -> CliResult<()> {
             Some(model)
         }
     };
-    let bar = ProgressBar::new((cfg.n * cfg.nfe.len()) as u64);
+    let bar = ProgressBar::new(cfg.total_samples().unwrap_or(usize::MAX) as u64);
     if let Ok(style) =
         ProgressStyle::with_template("{bar:30} {pos}/{len} samples | {per_sec} | ETA {eta}")
     {
@@ -138,7 +138,8 @@ pub fn run(a: EvalArgs) -> CliResult<()> {
     }
     let mut report = evaluate(&trainer, &cfg, classifier.as_ref(), |done, _| {
         bar.set_position(done as u64)
-    })?;
+    })
+    .map_err(|e| crate::for_flag("--n", a.n, e))?;
     bar.finish_and_clear();
     report.checkpoint = Some(a.checkpoint.display().to_string());
     print!("{}", table(&report));

@@ -44,7 +44,8 @@ pub struct TrainArgs {
     seed: Option<u64>,
     /// Continue the run from DIR/checkpoints/latest.safetensors (or, when that file is
     /// missing or unreadable, the newest readable step-<N>.safetensors) with the config
-    /// saved in it (--config only names the default DIR then).
+    /// saved in it (--config only names the default DIR then, and a warning lists where
+    /// it differs from the saved config).
     #[arg(long)]
     resume: bool,
     /// Start a new run in a directory that holds one: its checkpoints/, samples/,
@@ -56,6 +57,10 @@ pub struct TrainArgs {
     /// needs a build with `--features cuda` and an NVIDIA GPU).
     #[arg(long, value_name = "DEVICE")]
     device: Option<String>,
+    /// The directory holding data/ (mnist) or the Fashion-MNIST files (overrides the
+    /// config's `data.root`; with --resume, the root saved in the checkpoint).
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
     /// Precision of the products and attention: f32, bf16 or f16 (autocast; parameters
     /// stay f32; f16 adds a dynamic loss scaler). Overrides the config's `precision`;
     /// not allowed with --resume.
@@ -218,6 +223,9 @@ fn new_run_config(a: &TrainArgs) -> CliResult<TrainConfig> {
     if let Some(device) = &a.device {
         cfg.device = device.clone();
     }
+    if let Some(root) = &a.root {
+        cfg.data.root = Some(root.clone());
+    }
     if let Some(init_from) = &a.init_from {
         cfg.init_from = Some(init_from.clone());
     }
@@ -236,9 +244,12 @@ fn new_run_config(a: &TrainArgs) -> CliResult<TrainConfig> {
 fn resume(a: &TrainArgs, dir: &Path) -> CliResult<Trainer> {
     let options = RestoreOptions {
         device: a.device.clone(),
-        ..RestoreOptions::default()
+        data_root: a.root.clone(),
     };
     let resumed = Trainer::resume_with(dir, &options)?;
+    if let Some(path) = &a.config {
+        warn_if_config_ignored(a, path, resumed.trainer.config());
+    }
     if !resumed.passed_over.is_empty() {
         for why in &resumed.passed_over {
             eprintln!("warning: passed over an unreadable checkpoint: {why}");
@@ -250,6 +261,77 @@ fn resume(a: &TrainArgs, dir: &Path) -> CliResult<Trainer> {
         );
     }
     Ok(resumed.trainer)
+}
+
+/// Warns when `--config` (which `--resume` does not apply) differs from the config the
+/// run continues with, listing the keys that differ, so that an edit to the file (more
+/// `steps`, another learning rate) is not silently ignored. The flags that do apply to
+/// a resumed run (`--device`, `--root`, `--steps`) are applied to the file's config
+/// before comparing.
+fn warn_if_config_ignored(a: &TrainArgs, path: &Path, saved: &TrainConfig) {
+    let ignored = |why: String| {
+        eprintln!(
+            "warning: --resume continues with the config saved in the run; --config {} \
+             is ignored ({why})",
+            path.display()
+        )
+    };
+    let mut given = match TrainConfig::load(path) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            return ignored(format!(
+                "it cannot be read: {}",
+                twinflow::engine::report(&e)
+            ))
+        }
+    };
+    if let Some(device) = &a.device {
+        given.device = device.clone();
+    }
+    if let Some(root) = &a.root {
+        given.data.root = Some(root.clone());
+    }
+    if a.steps.is_some() {
+        given.steps = saved.steps;
+    }
+    let (Ok(given), Ok(saved)) = (serde_json::to_value(&given), serde_json::to_value(saved)) else {
+        return;
+    };
+    let mut keys = Vec::new();
+    differing_keys("", &given, &saved, &mut keys);
+    if !keys.is_empty() {
+        ignored(format!("it differs at {}", keys.join(", ")));
+    }
+}
+
+/// The dotted keys at which `a` and `b` differ, appended to `out` under `prefix`.
+fn differing_keys(
+    prefix: &str,
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+    out: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for key in keys {
+                let path = match prefix {
+                    "" => key.clone(),
+                    _ => format!("{prefix}.{key}"),
+                };
+                let null = Value::Null;
+                differing_keys(
+                    &path,
+                    a.get(key).unwrap_or(&null),
+                    b.get(key).unwrap_or(&null),
+                    out,
+                );
+            }
+        }
+        _ if a != b => out.push(prefix.to_string()),
+        _ => {}
+    }
 }
 
 /// A new run in `dir` from `cfg`: refused when `dir` holds a run, unless `--overwrite`,

@@ -2,8 +2,10 @@
 //! .npy/.png files, `data` writes real samples, and every error is one `error:` line
 //! with exit code 1. The training run's sample pictures, `sample` and `eval` draw the
 //! same samples from the same seed, sampler and labels. How runs survive concurrency,
-//! mistakes, signals and crashes is in `reliability.rs`.
+//! mistakes, signals and crashes is in `reliability.rs`; huge sizes and crafted files in
+//! `limits.rs`.
 
+mod limits;
 mod reliability;
 
 use std::path::{Path, PathBuf};
@@ -692,5 +694,39 @@ fn default_config_trains_mnist_from_the_repository_root() {
         let grid = run_dir.join(format!("samples/step-0000002-nfe{nfe}.png"));
         assert!(grid.is_file(), "{} missing", grid.display());
     }
+    // Away from the repository, the run's relative data root is given with --root,
+    // which the error recommends, to sample, evaluate and resume.
+    let root = repo("");
+    let root = root.to_str().unwrap();
+    let checkpoint = "run/checkpoints/latest.safetensors";
+    let sample = [
+        "sample",
+        "--checkpoint",
+        checkpoint,
+        "--n",
+        "2",
+        "--out",
+        "s.npy",
+    ];
+    fails(&dir, &sample, "flag --root");
+    ok(&dir, &[&sample[..], &["--root", root]].concat());
+    let eval = [
+        "eval",
+        "--checkpoint",
+        checkpoint,
+        "--n",
+        "4",
+        "--classifier",
+        "none",
+    ];
+    fails(&dir, &eval, "flag --root");
+    fails(
+        &dir,
+        &[&eval[..], &["--root", root]].concat(),
+        "no classifier at none",
+    );
+    let resume = ["train", "--out", "run", "--resume", "--steps", "3"];
+    fails(&dir, &resume, "flag --root");
+    ok(&dir, &[&resume[..], &["--root", root]].concat());
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -285,6 +285,25 @@ fn training_and_loading_errors_are_clear() -> Result<()> {
     twinflow::nn::Checkpoint::new(0, &model).save(&path)?;
     let err = load_classifier(&path).unwrap_err().to_string();
     assert!(err.contains("not a classifier checkpoint"), "{err}");
+    // A classifier file whose config declares a far larger network than its tensors
+    // hold is refused before that network is built.
+    let model =
+        twinflow::nn::Classifier::new(&mut twinflow::nn::ParamBuilder::new(0), &small.model)?;
+    let meta = ClassifierFile {
+        training: small.clone(),
+        epochs: Vec::new(),
+        held_out: "none".into(),
+        dataset: None,
+    };
+    save_classifier(&path, &model, &meta)?;
+    let mut crafted = twinflow::nn::Checkpoint::load(&path)?;
+    crafted.config.as_mut().unwrap()["training"]["model"]["hidden"] = serde_json::json!(10_000_000);
+    crafted.save(&path)?;
+    let err = load_classifier(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("declares a network") && err.contains("10000000"),
+        "{err}"
+    );
     std::fs::remove_file(&path).ok();
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! The flow crate's tests in one binary (one link instead of one per file): data,
 //! methods, metrics, samplers, the trainer, the run directory, starting from another
-//! run's weights, evaluation and the evaluation classifier. `cargo test --test flow
-//! <filter>` runs a part, e.g. `cargo test --test flow methods::`.
+//! run's weights, evaluation and the evaluation classifier, and sizes from users and
+//! files. `cargo test --test flow <filter>` runs a part, e.g. `cargo test --test flow
+//! methods::`.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -14,5 +15,6 @@ mod methods;
 mod metrics;
 mod run_dir;
 mod samplers;
+mod sizes;
 mod train;
 mod user_data;

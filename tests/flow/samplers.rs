@@ -218,7 +218,7 @@ fn kumaraswamy_warp() {
 #[test]
 fn bad_grids_are_clear_errors() {
     let msg = |r: Result<Vec<f64>>| r.unwrap_err().to_string();
-    assert!(msg(time_grid(0, [1.0; 3], [0.0; 2])).contains("steps must be at least 1"));
+    assert!(msg(time_grid(0, [1.0; 3], [0.0; 2])).contains("steps must lie in 1..="));
     assert!(msg(time_grid(2, [1.0; 3], [-0.1, 0.0])).contains("non-negative"));
     assert!(msg(time_grid(2, [1.0; 3], [0.5, 0.5])).contains("g0 + g1 < 1"));
     assert!(msg(time_grid(2, [1.0; 3], [f64::NAN, 0.0])).contains("finite"));
@@ -551,7 +551,7 @@ fn bad_configs_are_clear_errors() {
     };
     let d = SamplerConfig::default();
     let e = fail(SamplerConfig { steps: 0, ..d }, None);
-    assert!(e.contains("steps must be at least 1"), "{e}");
+    assert!(e.contains("steps must lie in 1..="), "{e}");
     let e = fail(
         SamplerConfig {
             gaps: [0.3, 0.7],

@@ -427,3 +427,87 @@ fn errors_above_the_engine_keep_their_causes() {
         report(&passed)
     );
 }
+
+/// Floats that serde_json's default parser reads back one ulp off (found by search);
+/// the `float_roundtrip` feature reads every one back exactly.
+const ULP_SENSITIVE: [f64; 4] = [
+    0.9393907037017981,
+    0.9175286716854033,
+    0.9849407209570331,
+    1.0715660391465826e-75,
+];
+
+#[test]
+fn metadata_floats_round_trip_exactly() {
+    let dir = scratch("floats");
+    let path = dir.join("floats.safetensors");
+    let run = Run::new(3);
+    let mut ckpt = Checkpoint::new(1, &run.model).with_ema(&run.ema);
+    let snapshot = ckpt.ema.as_mut().unwrap();
+    snapshot.state.decay = ULP_SENSITIVE[0];
+    snapshot.state.target = ULP_SENSITIVE[1];
+    let mut g = Generator::new(5);
+    let random = g
+        .uniform(&[2000], -1.0, 1.0, DType::F64, Device::Cpu)
+        .unwrap();
+    let mut floats = ULP_SENSITIVE.to_vec();
+    floats.extend(random.to_vec::<f64>().unwrap().iter().map(|v| v * 1e-3));
+    ckpt = ckpt.with_config(serde_json::json!({ "floats": floats }));
+    ckpt.save(&path).unwrap();
+    let loaded = Checkpoint::load(&path).unwrap();
+    let state = loaded.ema.as_ref().unwrap().state;
+    assert_eq!(state.decay.to_bits(), ULP_SENSITIVE[0].to_bits());
+    assert_eq!(state.target.to_bits(), ULP_SENSITIVE[1].to_bits());
+    let back: Vec<f64> = serde_json::from_value(loaded.config.unwrap()["floats"].clone()).unwrap();
+    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&back), bits(&floats));
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn the_same_checkpoint_always_gives_the_same_bytes() {
+    let dir = scratch("same-bytes");
+    let mut run = Run::new(4);
+    run.step();
+    let config = serde_json::json!({"b": 1, "a": {"z": 0.5, "y": [1, 2]}, "c": "text"});
+    let files: Vec<Vec<u8>> = (0..4)
+        .map(|i| {
+            let path = dir.join(format!("{i}.safetensors"));
+            Checkpoint::new(1, &run.model)
+                .with_ema(&run.ema)
+                .with_optimizer(&run.opt)
+                .with_rng("data", run.data.state())
+                .with_rng("noise", Generator::new(9).state())
+                .with_config(config.clone())
+                .save(&path)
+                .unwrap();
+            fs::read(&path).unwrap()
+        })
+        .collect();
+    assert!(files.windows(2).all(|w| w[0] == w[1]));
+    // Still a safetensors file any reader takes: the format's own parser, and the
+    // metadata keys in order.
+    let parsed = safetensors::SafeTensors::deserialize(&files[0]).unwrap();
+    assert_eq!(
+        parsed.names().len(),
+        Checkpoint::load(dir.join("0.safetensors"))
+            .unwrap()
+            .model
+            .len()
+            * 4
+    );
+    let header_len = u64::from_le_bytes(files[0][..8].try_into().unwrap()) as usize;
+    assert_eq!(header_len % 8, 0);
+    let header = std::str::from_utf8(&files[0][8..8 + header_len]).unwrap();
+    let keys = [
+        "\"config\"",
+        "\"ema\"",
+        "\"format\"",
+        "\"optimizer\"",
+        "\"rng\"",
+        "\"step\"",
+    ];
+    let at: Vec<usize> = keys.iter().map(|k| header.find(k).unwrap()).collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "{header}");
+    fs::remove_dir_all(dir).unwrap();
+}

@@ -1,5 +1,6 @@
 //! The module library's tests in one binary (one link instead of one per file): layers,
-//! optimizers, checkpoints, PyTorch parity, the DiT's gradient check and autocast.
+//! optimizers, checkpoints, PyTorch parity, the DiT's gradient check, autocast and the
+//! checks of sizes from users and files.
 //! `cargo test --test nn <filter>` runs a part, e.g. `cargo test --test nn parity::`.
 
 #[path = "../common/mod.rs"]
@@ -11,3 +12,4 @@ mod gradcheck_dit;
 mod layers;
 mod optim;
 mod parity;
+mod sizes;

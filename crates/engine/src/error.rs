@@ -83,6 +83,15 @@ pub enum Error {
     /// message and causes are its own, and callers can downcast it.
     #[error(transparent)]
     External(Box<dyn std::error::Error + Send + Sync + 'static>),
+    /// A size too large for the machine: an element count that overflows, or a
+    /// buffer the allocator refuses (see [`crate::sizes`]).
+    #[error("{op}: {what}")]
+    OutOfMemory {
+        /// What was being allocated for.
+        op: &'static str,
+        /// The size asked for and why it cannot be had.
+        what: String,
+    },
     /// A backend (CUDA driver, NVRTC, cuBLAS) reported a failure.
     #[error("{backend} backend: {msg}")]
     Backend {
@@ -152,7 +161,9 @@ impl Error {
 }
 
 /// The error and its causes on one line, outermost first, joined by ": " (how the
-/// command line prints an error).
+/// command line prints an error). A line break or other control character inside a
+/// message (text quoted from a damaged file, say) is written escaped, so the report
+/// stays one line whatever the messages hold.
 pub fn report(error: &(dyn std::error::Error + 'static)) -> String {
     let mut line = error.to_string();
     let mut cause = error.source();
@@ -161,5 +172,29 @@ pub fn report(error: &(dyn std::error::Error + 'static)) -> String {
         line.push_str(&e.to_string());
         cause = e.source();
     }
-    line
+    if !line.contains(char::is_control) {
+        return line;
+    }
+    let mut escaped = String::with_capacity(line.len());
+    for c in line.chars() {
+        match c.is_control() {
+            true => escaped.extend(c.escape_debug()),
+            false => escaped.push(c),
+        }
+    }
+    escaped
+}
+
+/// Most characters of file text that [`excerpt`] quotes.
+const EXCERPT_CHARS: usize = 60;
+
+/// `text` (read from a file) as an error message quotes it: in double quotes, escaped
+/// (no line break or control character gets through), and cut after 60 characters,
+/// marked `…`.
+pub fn excerpt(text: &str) -> String {
+    let cut: String = text.chars().take(EXCERPT_CHARS).collect();
+    match cut.len() < text.len() {
+        true => format!("{cut:?}…"),
+        false => format!("{cut:?}"),
+    }
 }

@@ -31,6 +31,7 @@ pub mod layout;
 mod ops;
 pub mod profile;
 pub mod random;
+pub mod sizes;
 mod storage;
 mod tensor;
 
@@ -39,7 +40,7 @@ pub use autograd::{is_grad_enabled, no_grad, BackwardFn, Gradients, NoGradGuard}
 pub use backend::AdamStep;
 pub use device::Device;
 pub use dtype::{DType, Element};
-pub use error::{report, Error, Result};
+pub use error::{excerpt, report, Error, Result};
 pub use layout::Layout;
 pub use ops::scaled_dot_product_attention;
 pub use random::{Generator, GeneratorState};

@@ -7,6 +7,7 @@
 use crate::cpu::CpuStorage;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::sizes;
 use crate::storage::Storage;
 use crate::{Device, Tensor};
 
@@ -68,10 +69,12 @@ impl Generator {
     /// Four random words for each of the next `n` counters.
     fn next_blocks(&mut self, n: usize) -> impl Iterator<Item = [u32; 4]> {
         let GeneratorState { seed, offset } = self.state;
-        self.state.offset += n as u64;
+        // The counter wraps like Philox's own 64-bit counter would: a state restored
+        // from a file may hold any offset.
+        self.state.offset = offset.wrapping_add(n as u64);
         let key = [seed as u32, (seed >> 32) as u32];
         (0..n as u64).map(move |i| {
-            let c = offset + i;
+            let c = offset.wrapping_add(i);
             philox4x32([c as u32, (c >> 32) as u32, 0, 0], key)
         })
     }
@@ -86,7 +89,7 @@ impl Generator {
         device: Device,
     ) -> Result<Tensor> {
         check_float_dtype("uniform", dtype)?;
-        let n = shape.iter().product();
+        let n = sizes::elem_count("uniform", shape)?;
         let values = self
             .next_blocks(n)
             .map(|b| lo + (hi - lo) * unit(b[0], b[1]));
@@ -104,7 +107,7 @@ impl Generator {
         device: Device,
     ) -> Result<Tensor> {
         check_float_dtype("normal", dtype)?;
-        let n = shape.iter().product();
+        let n = sizes::elem_count("normal", shape)?;
         let values = self.next_blocks(n).map(|b| {
             // 1 − u lies in (0, 1], so the logarithm is finite.
             let (u1, u2) = (1.0 - unit(b[0], b[1]), unit(b[2], b[3]));
@@ -149,7 +152,7 @@ fn from_values(
     dtype: DType,
     device: Device,
 ) -> Result<Tensor> {
-    let cpu = CpuStorage::from_f64_iter(values, dtype);
+    let cpu = CpuStorage::from_f64_iter(values, dtype)?;
     Ok(Tensor::from_storage(Storage::from_cpu(cpu, device)?, shape))
 }
 

@@ -126,7 +126,7 @@ impl Storage {
     /// `n` zeros of `dtype` on `device`.
     pub fn zeros(n: usize, dtype: DType, device: Device) -> Result<Self> {
         match device {
-            Device::Cpu => Ok(Storage::Cpu(CpuStorage::zeros(n, dtype))),
+            Device::Cpu => Ok(Storage::Cpu(CpuStorage::zeros(n, dtype)?)),
             #[cfg(feature = "cuda")]
             Device::Cuda(i) => Ok(Storage::Cuda(CudaStorage::zeros(i, n, dtype)?)),
         }

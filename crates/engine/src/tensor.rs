@@ -6,6 +6,7 @@ use crate::cpu::CpuStorage;
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
+use crate::sizes;
 use crate::storage::Storage;
 use crate::Device;
 use parking_lot::{RwLock, RwLockReadGuard};
@@ -132,7 +133,7 @@ impl Tensor {
 
     /// A tensor holding `data` with the given shape.
     pub fn from_vec<T: Element>(data: Vec<T>, shape: &[usize], device: Device) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
+        let n = sizes::elem_count("from_vec", shape)?;
         if data.len() != n {
             return Err(Error::invalid(
                 "from_vec",
@@ -167,16 +168,17 @@ impl Tensor {
         t.to_device(device)
     }
 
-    /// Every element equal to `value`.
+    /// Every element equal to `value`. A shape too large for the machine is an error
+    /// ([`Error::OutOfMemory`]), as for every tensor made from a shape.
     pub fn full(value: f64, shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
-        let n = shape.iter().product();
-        let cpu = CpuStorage::from_f64_iter(std::iter::repeat_n(value, n), dtype);
+        let n = sizes::elem_count("full", shape)?;
+        let cpu = CpuStorage::from_f64_iter(std::iter::repeat_n(value, n), dtype)?;
         Ok(Tensor::from_storage(Storage::from_cpu(cpu, device)?, shape))
     }
 
     /// Zeros.
     pub fn zeros(shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
-        let n = shape.iter().product();
+        let n = sizes::elem_count("zeros", shape)?;
         Ok(Tensor::from_storage(
             Storage::zeros(n, dtype, device)?,
             shape,
@@ -195,7 +197,7 @@ impl Tensor {
 
     /// `0, 1, …, n−1`.
     pub fn arange(n: usize, dtype: DType, device: Device) -> Result<Tensor> {
-        let cpu = CpuStorage::from_f64_iter((0..n).map(|i| i as f64), dtype);
+        let cpu = CpuStorage::from_f64_iter((0..n).map(|i| i as f64), dtype)?;
         Ok(Tensor::from_storage(Storage::from_cpu(cpu, device)?, &[n]))
     }
 

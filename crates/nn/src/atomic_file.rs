@@ -4,31 +4,38 @@
 //!
 //! Every writer of the project that replaces a file (checkpoints, the metrics log, the
 //! command line's outputs) goes through [`write_atomically`], so one naming scheme
-//! covers all temporaries: `.<name>.<pid>-<n>.tmp` beside the target.
+//! covers all temporaries: `.<name>.<pid>-<n>.tmp` beside the target. A temporary is
+//! always a new file (`create_new`): a file or link already at its name (another
+//! writer's, or one planted there) is never written through or truncated.
 
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// How many names [`create_temporary`] tries before giving up: each is unique to this
+/// process and call, so only files left at those names by a killed process of the
+/// same PID (or planted there) can take them.
+const TEMPORARY_ATTEMPTS: usize = 100;
+
 /// Writes `path` through a temporary file in the same directory: `write` fills the
-/// temporary (given its path), which is flushed to disk and then renamed over `path`
-/// (atomic within one file system). A reader sees the old file or the complete new
-/// one; when any step fails the temporary is removed and the old file is left as it
-/// was. `io_error` turns a failure of this function's own file operations (on the
-/// path it is given) into the caller's error type.
+/// temporary, a file created for this call alone (`create_new`), which is flushed to
+/// disk and then renamed over `path` (atomic within one file system). A reader sees the
+/// old file or the complete new one; when any step fails the temporary is removed and
+/// the old file is left as it was. `io_error` turns a failure of this function's own
+/// file operations (on the path it is given) into the caller's error type.
 pub fn write_atomically<E>(
     path: &Path,
-    write: impl FnOnce(&Path) -> Result<(), E>,
+    write: impl FnOnce(&mut File) -> Result<(), E>,
     io_error: impl Fn(&Path, io::Error) -> E,
 ) -> Result<(), E> {
-    let tmp = temp_sibling(path).map_err(|e| io_error(path, e))?;
-    let result = write(&tmp)
-        .and_then(|()| flush_to_disk(&tmp).map_err(|e| io_error(&tmp, e)))
+    let (tmp, mut file) = create_temporary(path).map_err(|e| io_error(path, e))?;
+    let result = write(&mut file)
+        .and_then(|()| file.sync_all().map_err(|e| io_error(&tmp, e)))
         .and_then(|()| fs::rename(&tmp, path).map_err(|e| io_error(path, e)));
+    drop(file);
     if result.is_err() {
-        // The temporary may not exist (the failure came first); the error to report is
-        // the one that stopped the write.
+        // The error to report is the one that stopped the write.
         let _ = fs::remove_file(&tmp);
         return result;
     }
@@ -43,7 +50,7 @@ pub fn write_atomically<E>(
 /// [`write_atomically`] for contents already in memory. The error is the operating
 /// system's; the caller names `path` in its message.
 pub fn replace_file(path: &Path, contents: &[u8]) -> io::Result<()> {
-    write_atomically(path, |tmp| fs::write(tmp, contents), |_, e| e)
+    write_atomically(path, |file| file.write_all(contents), |_, e| e)
 }
 
 /// Removes the temporaries that [`write_atomically`] leaves in `dir` when its process
@@ -81,6 +88,21 @@ pub fn check_directory_writable(dir: &Path) -> io::Result<()> {
         .create_new(true)
         .open(&probe)?;
     fs::remove_file(&probe)
+}
+
+/// A new temporary beside `path` ([`temp_sibling`]), created exclusively: a name
+/// already taken is passed over for the next one, never opened.
+fn create_temporary(path: &Path) -> io::Result<(PathBuf, File)> {
+    let mut last_error = None;
+    for _ in 0..TEMPORARY_ATTEMPTS {
+        let tmp = temp_sibling(path)?;
+        match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(file) => return Ok((tmp, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_error = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| io::Error::other("no temporary name is free")))
 }
 
 /// `dir/.name.<pid>-<n>.tmp` beside `path`: unique per process and call, hidden, and
@@ -122,18 +144,33 @@ fn directory_of(path: &Path) -> &Path {
     }
 }
 
-/// Forces the written bytes to disk, so that the rename cannot expose a file whose
-/// contents are still only in the page cache.
-fn flush_to_disk(path: &Path) -> io::Result<()> {
-    OpenOptions::new()
-        .write(true)
-        .open(path)
-        .and_then(|f| f.sync_all())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn temporaries_are_new_files_never_written_through() {
+        let dir = std::env::temp_dir().join(format!("twinflow-atomic-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("out.json");
+        let victim = dir.join("victim");
+        fs::write(&victim, b"keep").unwrap();
+        // Links to the victim at the next names this process will use: the write must
+        // pass them over, not write through them.
+        let next = temp_sibling(&target).unwrap();
+        let name = next.file_name().unwrap().to_str().unwrap();
+        let (stem, counter) = name.strip_suffix(".tmp").unwrap().rsplit_once('-').unwrap();
+        let counter: u64 = counter.parse().unwrap();
+        for n in counter + 1..counter + 20 {
+            std::os::unix::fs::symlink(&victim, dir.join(format!("{stem}-{n}.tmp"))).unwrap();
+        }
+        replace_file(&target, b"new").unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"new");
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn temporary_names_are_recognised() {

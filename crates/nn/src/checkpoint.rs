@@ -74,13 +74,6 @@ pub struct Checkpoint {
 /// Tensors by name, as [`Module::named_params`] lists them.
 type NamedTensors = Vec<(String, Tensor)>;
 
-/// A tensor as stored: safetensors dtype, shape and little-endian bytes.
-struct Encoded {
-    dtype: safetensors::Dtype,
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
-}
-
 /// A generator state in the `rng` metadata entry.
 #[derive(Serialize, Deserialize)]
 struct RngRecord {
@@ -130,36 +123,23 @@ impl Checkpoint {
     }
 
     /// Writes the checkpoint to `path` (through a temporary file, see the module docs).
+    /// The same content always gives the same bytes.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), CheckpointError> {
         let path = path.as_ref();
         let encoded = self.encode_tensors(path)?;
         let metadata = self.metadata(path)?;
+        let io = |path: &Path, source| CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let header = codec::header(&encoded, &metadata).map_err(|e| CheckpointError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("its header cannot be written as JSON: {e}"),
+        })?;
         atomic_file::write_atomically(
             path,
-            |tmp| {
-                let corrupt = |reason: String| CheckpointError::Corrupt {
-                    path: tmp.to_path_buf(),
-                    reason,
-                };
-                let views = encoded
-                    .iter()
-                    .map(|(name, e)| {
-                        TensorView::new(e.dtype, e.shape.clone(), &e.bytes).map(|v| (name, v))
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| corrupt(e.to_string()))?;
-                safetensors::serialize_to_file(views, Some(metadata), tmp).map_err(|e| match e {
-                    SafeTensorError::IoError(source) => CheckpointError::Io {
-                        path: tmp.to_path_buf(),
-                        source,
-                    },
-                    other => corrupt(other.to_string()),
-                })
-            },
-            |path, source| CheckpointError::Io {
-                path: path.to_path_buf(),
-                source,
-            },
+            |file| codec::write(file, &header, &encoded).map_err(|e| io(path, e)),
+            io,
         )
     }
 
@@ -171,14 +151,20 @@ impl Checkpoint {
             path: path.to_path_buf(),
             source,
         })?;
+        Checkpoint::from_bytes(&bytes, path)
+    }
+
+    /// [`Checkpoint::load`] for a file's contents already in memory; `path` names the
+    /// file in errors (and is the checkpoint's origin).
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint, CheckpointError> {
         let corrupt = |reason: String| CheckpointError::Corrupt {
             path: path.to_path_buf(),
             reason,
         };
         let (_, header) =
-            SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(describe(&e, bytes.len())))?;
+            SafeTensors::read_metadata(bytes).map_err(|e| corrupt(describe(&e, bytes.len())))?;
         let file =
-            SafeTensors::deserialize(&bytes).map_err(|e| corrupt(describe(&e, bytes.len())))?;
+            SafeTensors::deserialize(bytes).map_err(|e| corrupt(describe(&e, bytes.len())))?;
         let metadata = header.metadata().clone().unwrap_or_default();
         let mut checkpoint = Checkpoint::from_metadata(&metadata).map_err(corrupt)?;
         checkpoint.path = Some(path.to_path_buf());
@@ -254,6 +240,12 @@ impl Checkpoint {
             let _ = ema.set_state(before);
         }
         restored
+    }
+
+    /// The number of values of the model's parameters it holds (the sum of their
+    /// element counts): what a network built from its config must have.
+    pub fn model_parameter_count(&self) -> usize {
+        self.model.iter().map(|(_, t)| t.elem_count()).sum()
     }
 
     /// Whether the checkpoint holds EMA parameters θ⁻ (an EMA with decay target 0
@@ -344,7 +336,10 @@ impl Checkpoint {
     }
 
     /// Every tensor's full name, dtype, shape and bytes, refusing duplicate names.
-    fn encode_tensors(&self, path: &Path) -> Result<BTreeMap<String, Encoded>, CheckpointError> {
+    fn encode_tensors(
+        &self,
+        path: &Path,
+    ) -> Result<BTreeMap<String, codec::Encoded>, CheckpointError> {
         let tensor_error = |source| CheckpointError::Tensor {
             path: path.to_path_buf(),
             source,
@@ -356,7 +351,7 @@ impl Checkpoint {
             if out
                 .insert(
                     name.clone(),
-                    Encoded {
+                    codec::Encoded {
                         dtype,
                         shape,
                         bytes,
@@ -382,8 +377,8 @@ impl Checkpoint {
             .chain(prefixed(OPTIM, optim))
     }
 
-    /// The `__metadata__` string map.
-    fn metadata(&self, path: &Path) -> Result<HashMap<String, String>, CheckpointError> {
+    /// The `__metadata__` string map, sorted by key.
+    fn metadata(&self, path: &Path) -> Result<BTreeMap<String, String>, CheckpointError> {
         let rng: BTreeMap<&str, RngRecord> = self
             .rng
             .iter()
@@ -395,7 +390,7 @@ impl Checkpoint {
                 (n.as_str(), record)
             })
             .collect();
-        let mut m = HashMap::from([
+        let mut m = BTreeMap::from([
             ("format".to_string(), "pt".to_string()),
             (VERSION_KEY.to_string(), VERSION.to_string()),
             ("step".to_string(), self.step.to_string()),
@@ -419,7 +414,8 @@ impl Checkpoint {
             Some(VERSION) => {}
             Some(other) => {
                 return Err(format!(
-                    "layout version {other}, this build reads {VERSION}"
+                    "layout version {}, this build reads {VERSION}",
+                    twinflow_engine::excerpt(other)
                 ))
             }
             None => {

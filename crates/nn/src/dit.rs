@@ -4,6 +4,7 @@
 //! be exchanged with PyTorch.
 
 use crate::attention::SelfAttention;
+use crate::dropout::check_probability;
 use crate::impl_module;
 use crate::init::{ForwardRng, Init, ParamBuilder};
 use crate::label_embedding::LabelEmbedding;
@@ -12,6 +13,7 @@ use crate::mlp::Mlp;
 use crate::models::velocity::{check_velocity_inputs, VelocityModel};
 use crate::module::Forward;
 use crate::patch::PatchGrid;
+use crate::size::{self, check_parameter_count};
 use crate::time_embedding::TimeEmbedding;
 use serde::{Deserialize, Serialize};
 use twinflow_engine::{Error, Result, Tensor};
@@ -93,7 +95,39 @@ impl DitConfig {
                 ),
             ));
         }
+        check_probability("dit_config: label_dropout", self.label_dropout)?;
+        check_parameter_count("dit_config", self.parameter_count(), self)?;
         Ok(())
+    }
+
+    /// The number of parameters of the DiT these sizes build, `None` when it
+    /// overflows `usize`; computed without building it.
+    pub fn parameter_count(&self) -> Option<usize> {
+        let d = self.dim;
+        let side = self.image_size.checked_div(self.patch)?;
+        let tokens = side.checked_mul(side)?;
+        let token_dim = self
+            .channels
+            .checked_mul(self.patch)?
+            .checked_mul(self.patch)?;
+        let hidden = self.mlp_ratio.checked_mul(d)?;
+        let block = size::sum(&[
+            size::linear(d, d.checked_mul(3)?)?,
+            size::linear(d, d)?,
+            size::linear(d, hidden)?,
+            size::linear(hidden, d)?,
+            size::linear(d, d.checked_mul(6)?)?,
+        ])?;
+        size::sum(&[
+            tokens.checked_mul(d)?,
+            size::linear(token_dim, d)?,
+            // Two time embeddings of two `d → d` layers each.
+            size::linear(d, d)?.checked_mul(4)?,
+            self.num_classes.checked_add(1)?.checked_mul(d)?,
+            block.checked_mul(self.depth)?,
+            size::linear(d, d.checked_mul(2)?)?,
+            size::linear(d, token_dim)?,
+        ])
     }
 }
 

@@ -22,6 +22,7 @@ pub mod optim;
 pub mod patch;
 pub mod pool;
 pub mod schedule;
+pub mod size;
 pub mod time_embedding;
 pub mod transformer;
 
@@ -47,5 +48,6 @@ pub use optim::{
 pub use patch::PatchGrid;
 pub use pool::max_pool_2x2;
 pub use schedule::LrSchedule;
+pub use size::{check_parameter_count, MAX_PARAMETERS};
 pub use time_embedding::{sincos, TimeEmbedding};
 pub use transformer::{TransformerBlock, TransformerBlockConfig};

@@ -28,6 +28,7 @@ use crate::backend::{BackendStorage, BinaryOp, CmpOp, ReduceOp, UnaryOp};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
+use crate::sizes::try_collect;
 use crate::Device;
 pub(crate) use float::{dispatch_float, ComputeType};
 use half::{bf16, f16};
@@ -82,32 +83,35 @@ impl Drop for CpuStorage {
 }
 
 impl CpuStorage {
-    /// `n` zeros of `dtype`.
-    pub fn zeros(n: usize, dtype: DType) -> Self {
-        match dtype {
-            DType::F16 => CpuStorage::F16(pool::take_zeroed(n)),
-            DType::BF16 => CpuStorage::BF16(pool::take_zeroed(n)),
-            DType::F32 => CpuStorage::F32(pool::take_zeroed(n)),
-            DType::F64 => CpuStorage::F64(pool::take_zeroed(n)),
-            DType::I64 => CpuStorage::I64(pool::take_zeroed(n)),
-        }
+    /// `n` zeros of `dtype`; an error, not an abort, when memory cannot hold them.
+    pub fn zeros(n: usize, dtype: DType) -> Result<Self> {
+        const OP: &str = "zeros";
+        Ok(match dtype {
+            DType::F16 => CpuStorage::F16(pool::try_take_zeroed(OP, n)?),
+            DType::BF16 => CpuStorage::BF16(pool::try_take_zeroed(OP, n)?),
+            DType::F32 => CpuStorage::F32(pool::try_take_zeroed(OP, n)?),
+            DType::F64 => CpuStorage::F64(pool::try_take_zeroed(OP, n)?),
+            DType::I64 => CpuStorage::I64(pool::try_take_zeroed(OP, n)?),
+        })
     }
 
-    /// Values converted from f64 into `dtype`, rounded to nearest (ties to even).
-    pub fn from_f64_iter(values: impl Iterator<Item = f64>, dtype: DType) -> Self {
-        match dtype {
-            DType::F16 => {
-                CpuStorage::F16(values.map(|v| f16::from_f32(round_to_odd_f32(v))).collect())
-            }
-            DType::BF16 => CpuStorage::BF16(
-                values
-                    .map(|v| bf16::from_f32(round_to_odd_f32(v)))
-                    .collect(),
-            ),
-            DType::F32 => CpuStorage::F32(values.map(|v| v as f32).collect()),
-            DType::F64 => CpuStorage::F64(values.collect()),
-            DType::I64 => CpuStorage::I64(values.map(|v| v as i64).collect()),
-        }
+    /// Values converted from f64 into `dtype`, rounded to nearest (ties to even); an
+    /// error, not an abort, when memory cannot hold them.
+    pub fn from_f64_iter(values: impl Iterator<Item = f64>, dtype: DType) -> Result<Self> {
+        const OP: &str = "from_f64";
+        Ok(match dtype {
+            DType::F16 => CpuStorage::F16(try_collect(
+                OP,
+                values.map(|v| f16::from_f32(round_to_odd_f32(v))),
+            )?),
+            DType::BF16 => CpuStorage::BF16(try_collect(
+                OP,
+                values.map(|v| bf16::from_f32(round_to_odd_f32(v))),
+            )?),
+            DType::F32 => CpuStorage::F32(try_collect(OP, values.map(|v| v as f32))?),
+            DType::F64 => CpuStorage::F64(try_collect(OP, values)?),
+            DType::I64 => CpuStorage::I64(try_collect(OP, values.map(|v| v as i64))?),
+        })
     }
 
     /// Number of elements held (the whole buffer, not a view).
@@ -238,7 +242,7 @@ impl BackendStorage for CpuStorage {
                 *o = v[s + i * runs.inner[0]].to_f64();
             }
         }));
-        Ok(Self::from_f64_iter(wide.into_iter(), dtype))
+        Self::from_f64_iter(wide.into_iter(), dtype)
     }
 
     fn unary(&self, l: &Layout, op: UnaryOp) -> Result<Self> {

@@ -6,6 +6,8 @@
 //! Storage dropped by the engine is parked here instead, and kernels take buffers of
 //! the exact length they need. Small buffers bypass the cache.
 
+use crate::error::Result;
+use crate::sizes::try_filled;
 use half::{bf16, f16};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,20 +42,24 @@ macro_rules! poolable {
 poolable!(f32, f64, bf16, f16, i64);
 
 fn bytes<T>(n: usize) -> usize {
-    n * std::mem::size_of::<T>()
+    n.saturating_mul(std::mem::size_of::<T>())
 }
 
 /// A buffer of `n` elements whose contents are unspecified (valid values left by an
 /// earlier use): for kernels that overwrite every element.
 pub fn take<T: Poolable>(n: usize) -> Vec<T> {
-    if bytes::<T>(n) >= MIN_BYTES {
-        let mut cache = T::cache().0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(v) = cache.get_mut(&n).and_then(Vec::pop) {
-            CACHED_BYTES.fetch_sub(bytes::<T>(n), Ordering::Relaxed);
-            return v;
-        }
+    cached(n).unwrap_or_else(|| vec![T::default(); n])
+}
+
+/// A parked buffer of exactly `n` elements, if the cache holds one.
+fn cached<T: Poolable>(n: usize) -> Option<Vec<T>> {
+    if bytes::<T>(n) < MIN_BYTES {
+        return None;
     }
-    vec![T::default(); n]
+    let mut cache = T::cache().0.lock().unwrap_or_else(|e| e.into_inner());
+    let v = cache.get_mut(&n).and_then(Vec::pop)?;
+    CACHED_BYTES.fetch_sub(bytes::<T>(n), Ordering::Relaxed);
+    Some(v)
 }
 
 /// A buffer of `n` zeros (`T::default()`).
@@ -61,6 +67,18 @@ pub fn take_zeroed<T: Poolable>(n: usize) -> Vec<T> {
     let mut v = take(n);
     v.fill(T::default());
     v
+}
+
+/// [`take_zeroed`] for a size that may come from a user or a file: a fresh buffer is
+/// reserved fallibly, so that a size too large for the machine is an error for `op`.
+pub fn try_take_zeroed<T: Poolable>(op: &'static str, n: usize) -> Result<Vec<T>> {
+    match cached(n) {
+        Some(mut v) => {
+            v.fill(T::default());
+            Ok(v)
+        }
+        None => try_filled(op, n, T::default()),
+    }
 }
 
 /// Parks a buffer for reuse (or frees it when small or the cache is full).

@@ -130,7 +130,12 @@ pub(crate) struct Dense {
 impl CudaStorage {
     /// `n` elements of `dtype` with undefined contents (NaN bits in poison mode).
     pub(crate) fn alloc(dev: &Arc<CudaDevice>, n: usize, dtype: DType) -> Result<Self> {
-        let bytes = n * dtype.size_in_bytes();
+        let bytes = n
+            .checked_mul(dtype.size_in_bytes())
+            .ok_or_else(|| Error::OutOfMemory {
+                op: "alloc",
+                what: format!("{n} values of {dtype} overflow the address space"),
+            })?;
         let buf = alloc::alloc(dev, bytes)?;
         if device::poison() {
             fill(dev, buf.ptr(), 0xff, bytes, "alloc")?;
@@ -174,7 +179,7 @@ impl CudaStorage {
     /// The whole buffer copied to the host (waits for the queued work).
     pub fn to_cpu(&self) -> Result<CpuStorage> {
         let dev = self.dev();
-        let mut out = CpuStorage::zeros(self.len, self.dtype);
+        let mut out = CpuStorage::zeros(self.len, self.dtype)?;
         dev.bind().map_err(|e| dev.error("to_cpu", e))?;
         let stream = dev.stream.cu_stream();
         // SAFETY: `out` has `len` elements of our dtype; the stream is synchronised

@@ -95,6 +95,16 @@ pub fn load_classifier(path: impl AsRef<Path>) -> Result<(Classifier, Classifier
         .ok_or_else(|| not_classifier("it holds no config".into()))?;
     let meta: ClassifierFile =
         serde_json::from_value(config).map_err(|e| not_classifier(e.to_string()))?;
+    // The sizes in the file are checked against its tensors before a network is built
+    // from them.
+    let held = ck.model_parameter_count();
+    if meta.training.model.parameter_count() != Some(held) {
+        return Err(not_classifier(format!(
+            "its config declares a network of sizes {:?}, which does not have the {held} \
+             parameter values the file holds",
+            meta.training.model
+        )));
+    }
     let mut model = Classifier::new(&mut ParamBuilder::new(0), &meta.training.model)?;
     ck.restore_model(&mut model)?;
     model.set_training(false);

@@ -1,7 +1,7 @@
 //! Seeded shuffling and batching over a finite dataset, with a saveable state.
 
 use serde::{Deserialize, Serialize};
-use twinflow_engine::{Error, Generator, GeneratorState, Result};
+use twinflow_engine::{sizes, Error, Generator, GeneratorState, Result};
 
 /// Everything needed to resume a data stream exactly where it stopped.
 ///
@@ -94,7 +94,7 @@ impl Shuffler {
         if batch_size == 0 {
             return Err(Error::invalid("shuffler", "batch size must be positive"));
         }
-        let mut out = Vec::with_capacity(batch_size);
+        let mut out = sizes::try_vec("shuffler", batch_size)?;
         while out.len() < batch_size {
             if self.position == self.n {
                 self.epoch_start = self.gen.state();

@@ -4,7 +4,7 @@
 use super::images::{scale_byte, ImageDataset};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use twinflow_engine::{Error, Result};
+use twinflow_engine::{sizes, Error, Result};
 
 /// Magic number of an IDX file of unsigned-byte images (3 dims: count, rows, cols).
 pub const IDX_IMAGES_MAGIC: u32 = 0x0000_0803;
@@ -36,21 +36,31 @@ impl ImageDataset {
     /// they hold the same number of samples.
     pub fn load(images: impl AsRef<Path>, labels: impl AsRef<Path>) -> Result<ImageDataset> {
         let (images, labels) = (images.as_ref(), labels.as_ref());
-        let raw = read_idx_images(images)?;
-        let lab = read_idx_labels(labels)?;
+        ImageDataset::parse_idx(
+            (&read_file(images)?, &images.display().to_string()),
+            (&read_file(labels)?, &labels.display().to_string()),
+        )
+    }
+
+    /// [`ImageDataset::load`] for the files' contents already in memory, each with its
+    /// origin (the file's name) for errors: `(bytes, origin)` of the images, then of
+    /// the labels.
+    pub fn parse_idx(images: (&[u8], &str), labels: (&[u8], &str)) -> Result<ImageDataset> {
+        let raw = parse_idx_images(images.0, images.1)?;
+        let lab = parse_idx_labels(labels.0, labels.1)?;
         if raw.count != lab.len() {
             return Err(Error::invalid(
                 "idx",
                 format!(
                     "{} holds {} images but {} holds {} labels",
-                    images.display(),
+                    images.1,
                     raw.count,
-                    labels.display(),
+                    labels.1,
                     lab.len()
                 ),
             ));
         }
-        Ok(ImageDataset::from_bytes(raw, &lab))
+        ImageDataset::from_bytes(raw, &lab)
     }
 
     /// Loads the shipped MNIST-10k from `repo_root/data/mnist-10k`.
@@ -70,16 +80,17 @@ impl ImageDataset {
         ImageDataset::load(images, labels)
     }
 
-    /// Builds a one-channel dataset from raw IDX contents (pixels scaled to `[−1, 1]`).
-    pub fn from_bytes(raw: IdxImages, labels: &[u8]) -> ImageDataset {
-        ImageDataset {
-            images: raw.pixels.iter().map(|&b| scale_byte(b)).collect(),
-            labels: labels.iter().map(|&l| l as i64).collect(),
+    /// Builds a one-channel dataset from raw IDX contents (pixels scaled to `[−1, 1]`);
+    /// an error, not an abort, when memory cannot hold the scaled pixels.
+    pub fn from_bytes(raw: IdxImages, labels: &[u8]) -> Result<ImageDataset> {
+        Ok(ImageDataset {
+            images: sizes::try_collect("idx", raw.pixels.iter().map(|&b| scale_byte(b)))?,
+            labels: sizes::try_collect("idx", labels.iter().map(|&l| l as i64))?,
             channels: 1,
             rows: raw.rows,
             cols: raw.cols,
             class_names: Vec::new(),
-        }
+        })
     }
 }
 
@@ -87,78 +98,153 @@ impl ImageDataset {
 /// payload holds exactly `count·rows·cols` bytes.
 pub fn read_idx_images(path: impl AsRef<Path>) -> Result<IdxImages> {
     let path = path.as_ref();
-    let bytes = read_maybe_gzip(path)?;
-    let header = parse_header(path, &bytes, IDX_IMAGES_MAGIC, 3)?;
-    let (count, rows, cols) = (header[0], header[1], header[2]);
-    if rows == 0 || cols == 0 {
-        return Err(file_error(
-            path,
-            format!("image dims {rows}×{cols} must be positive"),
-        ));
-    }
-    let expected = count
-        .checked_mul(rows)
-        .and_then(|v| v.checked_mul(cols))
-        .ok_or_else(|| file_error(path, format!("header dims {count}×{rows}×{cols} overflow")))?;
-    let payload = &bytes[16..];
-    check_payload(
-        path,
-        payload.len(),
-        expected,
-        &format!("{count}×{rows}×{cols}"),
-    )?;
-    Ok(IdxImages {
-        count,
-        rows,
-        cols,
-        pixels: payload.to_vec(),
-    })
+    parse_idx_images(&read_file(path)?, &path.display().to_string())
 }
 
 /// Reads an IDX label file (gzip or plain): checks the magic and that the payload
 /// holds exactly `count` bytes.
 pub fn read_idx_labels(path: impl AsRef<Path>) -> Result<Vec<u8>> {
     let path = path.as_ref();
-    let bytes = read_maybe_gzip(path)?;
-    let header = parse_header(path, &bytes, IDX_LABELS_MAGIC, 1)?;
-    let payload = &bytes[8..];
-    check_payload(path, payload.len(), header[0], &header[0].to_string())?;
-    Ok(payload.to_vec())
+    parse_idx_labels(&read_file(path)?, &path.display().to_string())
 }
 
-fn file_error(path: &Path, msg: impl std::fmt::Display) -> Error {
-    Error::invalid("idx", format!("{}: {msg}", path.display()))
+/// [`read_idx_images`] for a file's contents already in memory; `origin` (the file's
+/// name) starts every error.
+pub fn parse_idx_images(bytes: &[u8], origin: &str) -> Result<IdxImages> {
+    let (header, pixels) = contents(bytes, origin, IDX_IMAGES_MAGIC)?;
+    Ok(IdxImages {
+        count: header[0],
+        rows: header[1],
+        cols: header[2],
+        pixels,
+    })
 }
 
-/// The file's bytes, decompressed when it starts with the gzip header `1f 8b`.
-fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|e| Error::io("idx", path, e))?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .map_err(|e| {
-                let what = format!("{}: corrupt or truncated gzip stream", path.display());
-                Error::caused("idx", what, e)
-            })?;
-        Ok(out)
-    } else {
-        Ok(raw)
+/// [`read_idx_labels`] for a file's contents already in memory; `origin` (the file's
+/// name) starts every error.
+pub fn parse_idx_labels(bytes: &[u8], origin: &str) -> Result<Vec<u8>> {
+    Ok(contents(bytes, origin, IDX_LABELS_MAGIC)?.1)
+}
+
+fn file_error(origin: &str, msg: impl std::fmt::Display) -> Error {
+    Error::invalid("idx", format!("{origin}: {msg}"))
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io("idx", path, e))
+}
+
+/// What an IDX file of `magic` holds: its header's dims and its payload, checked
+/// against each other. A gzip stream (first bytes `1f 8b`) is decompressed up to the
+/// size its header declares, into a buffer reserved for that size: a stream longer
+/// than declared is an error found after that many bytes, never a buffer that grows
+/// with it.
+fn contents(bytes: &[u8], origin: &str, magic: u32) -> Result<(Vec<usize>, Vec<u8>)> {
+    let header_len = 4 + 4 * dims_of(magic);
+    if !bytes.starts_with(&[0x1f, 0x8b]) {
+        let header = parse_header(origin, bytes, magic)?;
+        let expected = payload_len(origin, magic, &header)?;
+        let payload = &bytes[header_len..];
+        check_payload(origin, payload.len(), expected, &header)?;
+        let mut copy = sizes::try_vec("idx", payload.len())?;
+        copy.extend_from_slice(payload);
+        return Ok((header, copy));
+    }
+    let corrupt = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::OutOfMemory => file_error(
+            origin,
+            "decompressing the gzip stream needs more memory than can be allocated",
+        ),
+        _ => Error::caused(
+            "idx",
+            format!("{origin}: corrupt or truncated gzip stream"),
+            e,
+        ),
+    };
+    let mut stream = flate2::read::MultiGzDecoder::new(bytes);
+    let mut head = Vec::with_capacity(header_len);
+    (&mut stream)
+        .take(header_len as u64)
+        .read_to_end(&mut head)
+        .map_err(corrupt)?;
+    let header = parse_header(origin, &head, magic)?;
+    let expected = payload_len(origin, magic, &header)?;
+    let mut payload = sizes::try_vec::<u8>("idx", expected).map_err(|_| {
+        file_error(
+            origin,
+            format!(
+                "the header's dims {} need {expected} bytes, more memory than can be \
+                 allocated",
+                describe_dims(&header)
+            ),
+        )
+    })?;
+    // One byte past the declared size tells a stream that is too long.
+    (&mut stream)
+        .take(expected as u64 + 1)
+        .read_to_end(&mut payload)
+        .map_err(corrupt)?;
+    let got = match payload.len() > expected {
+        // The rest is counted without being kept.
+        true => {
+            let rest = std::io::copy(&mut stream, &mut std::io::sink()).map_err(corrupt)?;
+            usize::try_from(rest)
+                .ok()
+                .and_then(|rest| payload.len().checked_add(rest))
+                .unwrap_or(usize::MAX)
+        }
+        false => payload.len(),
+    };
+    check_payload(origin, got, expected, &header)?;
+    Ok((header, payload))
+}
+
+/// Dims in a header of `magic`: count, rows, cols for images; count for labels.
+fn dims_of(magic: u32) -> usize {
+    match magic {
+        IDX_IMAGES_MAGIC => 3,
+        _ => 1,
     }
 }
 
-/// Checks the magic and returns the `ndims` big-endian u32 dims that follow it.
-fn parse_header(path: &Path, bytes: &[u8], magic: u32, ndims: usize) -> Result<Vec<usize>> {
+/// `4×28×28` or `10`.
+fn describe_dims(header: &[usize]) -> String {
+    let dims: Vec<String> = header.iter().map(usize::to_string).collect();
+    dims.join("×")
+}
+
+/// Payload bytes the header declares; image dims must be positive and their product
+/// must fit.
+fn payload_len(origin: &str, magic: u32, header: &[usize]) -> Result<usize> {
+    if magic == IDX_IMAGES_MAGIC && (header[1] == 0 || header[2] == 0) {
+        return Err(file_error(
+            origin,
+            format!("image dims {}×{} must be positive", header[1], header[2]),
+        ));
+    }
+    header
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| {
+            file_error(
+                origin,
+                format!("header dims {} overflow", describe_dims(header)),
+            )
+        })
+}
+
+/// Checks the magic and returns the big-endian u32 dims that follow it.
+fn parse_header(origin: &str, bytes: &[u8], magic: u32) -> Result<Vec<usize>> {
     let kind = if magic == IDX_IMAGES_MAGIC {
         "IDX images"
     } else {
         "IDX labels"
     };
-    let need = 4 + 4 * ndims;
+    let need = 4 + 4 * dims_of(magic);
     let word = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
     if bytes.len() >= 4 && word(0) != magic {
         return Err(file_error(
-            path,
+            origin,
             format!(
                 "wrong magic number 0x{:08x}, expected 0x{magic:08x} ({kind})",
                 word(0)
@@ -167,26 +253,29 @@ fn parse_header(path: &Path, bytes: &[u8], magic: u32, ndims: usize) -> Result<V
     }
     if bytes.len() < need {
         return Err(file_error(
-            path,
+            origin,
             format!(
                 "truncated header: {} bytes, a {kind} header needs {need}",
                 bytes.len()
             ),
         ));
     }
-    Ok((0..ndims).map(|d| word(4 + 4 * d) as usize).collect())
+    Ok((0..dims_of(magic))
+        .map(|d| word(4 + 4 * d) as usize)
+        .collect())
 }
 
-fn check_payload(path: &Path, got: usize, expected: usize, dims: &str) -> Result<()> {
+fn check_payload(origin: &str, got: usize, expected: usize, header: &[usize]) -> Result<()> {
+    let dims = describe_dims(header);
     if got < expected {
         return Err(file_error(
-            path,
+            origin,
             format!("truncated payload: {got} bytes, the header's dims {dims} need {expected}"),
         ));
     }
     if got > expected {
         return Err(file_error(
-            path,
+            origin,
             format!(
                 "size mismatch: {got} payload bytes, the header's dims {dims} need {expected} ({} extra)",
                 got - expected

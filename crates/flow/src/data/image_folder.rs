@@ -4,9 +4,20 @@
 //! images count as RGB). Files are read in sorted order, so a folder gives the same
 //! dataset on every machine.
 
-use super::images::{scale_byte, ImageDataset};
+use super::images::{scale_byte, ImageDataset, ImageShape};
 use std::path::{Path, PathBuf};
-use twinflow_engine::{Error, Result};
+use twinflow_engine::{sizes, Error, Result};
+
+/// The largest decoded image read, in bytes (256 MiB, e.g. 9000×9000 RGB): far beyond
+/// what the models train on, and a bound on what one file can make the loader
+/// allocate.
+pub const MAX_IMAGE_BYTES: usize = 256 << 20;
+
+/// How many bytes of decoded image one byte of a PNG file can give at most: deflate
+/// expands at most 1032-fold, and a 1-bit palette pixel becomes 3 bytes of RGB, 24
+/// times its bits. A header that declares more than its file can hold is refused
+/// before its image is allocated.
+const MAX_EXPANSION: usize = 1032 * 24;
 
 /// Loads every `*.png` of every subfolder of `dir`.
 pub fn load_image_folder(dir: &Path) -> Result<ImageDataset> {
@@ -34,7 +45,8 @@ pub fn load_image_folder(dir: &Path) -> Result<ImageDataset> {
             )));
         }
         for file in files {
-            let image = read_png(&file)?;
+            let bytes = std::fs::read(&file).map_err(|e| Error::io("image-folder", &file, e))?;
+            let image = decode_png(&bytes, &file.display().to_string())?;
             add_image(&mut dataset, image, &file)?;
             dataset.labels.push(label as i64);
         }
@@ -48,17 +60,23 @@ pub fn load_image_folder(dir: &Path) -> Result<ImageDataset> {
 }
 
 /// One decoded image: its shape and its 8-bit pixels, channel-major.
-struct Png {
-    channels: usize,
-    rows: usize,
-    cols: usize,
-    pixels: Vec<u8>,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PngImage {
+    /// Channels (1 grey, 3 RGB), rows and columns.
+    pub shape: ImageShape,
+    /// `channels·rows·cols` bytes, channel-major (`[C, H, W]`).
+    pub pixels: Vec<u8>,
 }
 
 /// Appends `image` to `dataset`, which takes the shape of its first image; a later
 /// image of another shape is an error naming both files' shapes.
-fn add_image(dataset: &mut ImageDataset, image: Png, file: &Path) -> Result<()> {
-    let shape = (image.channels, image.rows, image.cols);
+fn add_image(dataset: &mut ImageDataset, image: PngImage, file: &Path) -> Result<()> {
+    let ImageShape {
+        channels,
+        rows,
+        cols,
+    } = image.shape;
+    let shape = (channels, rows, cols);
     if dataset.images.is_empty() {
         (dataset.channels, dataset.rows, dataset.cols) = shape;
     } else if shape != (dataset.channels, dataset.rows, dataset.cols) {
@@ -75,6 +93,21 @@ fn add_image(dataset: &mut ImageDataset, image: Png, file: &Path) -> Result<()> 
     }
     dataset
         .images
+        .try_reserve(image.pixels.len())
+        .map_err(|_| {
+            Error::invalid(
+                "image-folder",
+                format!(
+                    "{}: the images up to this one need more memory than can be allocated \
+                     ({} images of {})",
+                    file.display(),
+                    dataset.labels.len() + 1,
+                    describe(shape)
+                ),
+            )
+        })?;
+    dataset
+        .images
         .extend(image.pixels.iter().map(|&b| scale_byte(b)));
     Ok(())
 }
@@ -85,19 +118,45 @@ fn describe((channels, rows, cols): (usize, usize, usize)) -> String {
     format!("{cols}×{rows} {colour}")
 }
 
-/// Decodes a PNG to 8-bit grey or RGB, channel-major.
-fn read_png(path: &Path) -> Result<Png> {
-    let fail = |why: String| Error::invalid("image-folder", format!("{}: {why}", path.display()));
-    let file = std::fs::File::open(path).map_err(|e| Error::io("image-folder", path, e))?;
-    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+/// Decodes the PNG file `bytes` to 8-bit grey or RGB, channel-major, as
+/// [`load_image_folder`] reads each file; `origin` (the file's name) starts every
+/// error. The decoded size the header declares is checked against
+/// [`MAX_IMAGE_BYTES`] and against what the file's size can hold before the image is
+/// allocated.
+pub fn decode_png(bytes: &[u8], origin: &str) -> Result<PngImage> {
+    let fail = |why: String| Error::invalid("image-folder", format!("{origin}: {why}"));
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
     decoder.set_transformations(png::Transformations::normalize_to_color8());
-    let corrupt =
-        |e: png::DecodingError| Error::caused("image-folder", path.display().to_string(), e);
+    let corrupt = |e: png::DecodingError| Error::caused("image-folder", origin.to_string(), e);
     let mut reader = decoder.read_info().map_err(corrupt)?;
+    // The PNG standard allows only whole RGB entries; png 0.18 checks the palette's
+    // length but not this, and its palette expansion panics on a partial entry.
+    if let Some(palette) = reader.info().palette.as_deref() {
+        if palette.len() % 3 != 0 {
+            return Err(fail(format!(
+                "its palette (PLTE chunk) has {} bytes, not a whole number of RGB entries",
+                palette.len()
+            )));
+        }
+    }
+    let (width, height) = reader.info().size();
     let size = reader
         .output_buffer_size()
-        .ok_or_else(|| fail("the image is too large".into()))?;
-    let mut buf = vec![0u8; size];
+        .filter(|&size| size <= MAX_IMAGE_BYTES)
+        .ok_or_else(|| {
+            fail(format!(
+                "{width}×{height} pixels: the image is larger than the {MAX_IMAGE_BYTES} \
+                 bytes read"
+            ))
+        })?;
+    if size > bytes.len().saturating_mul(MAX_EXPANSION) {
+        return Err(fail(format!(
+            "the header declares {width}×{height} pixels, more than a file of {} bytes can \
+             hold: truncated or corrupt",
+            bytes.len()
+        )));
+    }
+    let mut buf = sizes::try_filled("image-folder", size, 0u8)?;
     let info = reader.next_frame(&mut buf).map_err(corrupt)?;
     let channels = match info.color_type {
         png::ColorType::Grayscale => 1,
@@ -110,11 +169,18 @@ fn read_png(path: &Path) -> Result<Png> {
         }
     };
     let (rows, cols) = (info.height as usize, info.width as usize);
-    let interleaved = &buf[..info.buffer_size()];
-    Ok(Png {
-        channels,
-        rows,
-        cols,
+    let interleaved = buf.get(..info.buffer_size()).ok_or_else(|| {
+        fail(format!(
+            "the decoder reports {} bytes of pixels, more than the {size} its header declares",
+            info.buffer_size()
+        ))
+    })?;
+    Ok(PngImage {
+        shape: ImageShape {
+            channels,
+            rows,
+            cols,
+        },
         pixels: channel_major(interleaved, channels),
     })
 }

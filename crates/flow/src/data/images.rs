@@ -75,7 +75,10 @@ impl ImageDataset {
     /// Number of classes: the named classes, or the largest label plus one (0 for an
     /// empty dataset without names).
     pub fn num_classes(&self) -> usize {
-        let by_label = self.labels.iter().max().map_or(0, |&m| m as usize + 1);
+        // Saturating: `check` refuses negative labels, but this may be asked first.
+        let by_label = self.labels.iter().max().map_or(0, |&m| {
+            usize::try_from(m).map_or(0, |m| m.saturating_add(1))
+        });
         by_label.max(self.class_names.len())
     }
 

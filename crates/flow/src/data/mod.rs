@@ -18,15 +18,15 @@ pub mod toy;
 pub use batches::{DataState, Shuffler};
 pub use config::DataConfig;
 pub use fashion_mnist::{load_fashion_mnist, Split};
-pub use idx::{read_idx_images, read_idx_labels, IdxImages};
-pub use image_folder::load_image_folder;
+pub use idx::{parse_idx_images, parse_idx_labels, read_idx_images, read_idx_labels, IdxImages};
+pub use image_folder::{decode_png, load_image_folder, PngImage};
 pub use images::{ImageDataset, ImageShape};
-pub use npy::load_npy_dataset;
+pub use npy::{load_npy_dataset, parse_npy_dataset};
 pub use toy::Toy2d;
 
 use std::path::Path;
 use std::sync::Arc;
-use twinflow_engine::{Device, Error, Generator, Result, Tensor};
+use twinflow_engine::{sizes, Device, Error, Generator, Result, Tensor};
 
 /// Every dataset name of `[data] dataset`: the toys, the shipped MNIST-10k,
 /// Fashion-MNIST, and the user's files (`idx`, `npy`, `image-folder`).
@@ -41,6 +41,29 @@ pub const DATASET_NAMES: [&str; 9] = [
     "npy",
     "image-folder",
 ];
+
+/// The next `batch_size` images of `data` in `shuffler`'s order, and their labels.
+fn image_batch(
+    data: &ImageDataset,
+    shuffler: &mut Shuffler,
+    batch_size: usize,
+) -> Result<(Tensor, Tensor)> {
+    let d = data.dim();
+    let values = batch_size.checked_mul(d).ok_or(Error::OutOfMemory {
+        op: "data",
+        what: "more values than memory can address".into(),
+    })?;
+    let mut x = sizes::try_vec("data", values)?;
+    let mut y = sizes::try_vec("data", batch_size)?;
+    for i in shuffler.next_indices(batch_size)? {
+        x.extend_from_slice(data.image(i));
+        y.push(data.labels[i]);
+    }
+    Ok((
+        Tensor::from_vec(x, &[batch_size, d], Device::Cpu)?,
+        Tensor::from_vec(y, &[batch_size], Device::Cpu)?,
+    ))
+}
 
 /// The images of the dataset `cfg` describes (checked first), in file order; an error
 /// for the toys, which are drawn, not loaded.
@@ -183,27 +206,25 @@ impl DataSource {
 
     /// The next batch on the CPU: samples `[batch_size, dim()]` f32 and labels
     /// `[batch_size]` i64.
+    /// A batch too large for the machine is an [`Error::OutOfMemory`] that names its
+    /// size.
     pub fn next_batch(&mut self, batch_size: usize) -> Result<(Tensor, Tensor)> {
         if batch_size == 0 {
             return Err(Error::invalid("data", "batch size must be positive"));
         }
-        match self {
+        let d = self.dim();
+        let too_large = |what: String| Error::OutOfMemory {
+            op: "data",
+            what: format!("a batch of {batch_size} samples of {d} values: {what}"),
+        };
+        let batch = match self {
             DataSource::Toy { dist, gen } => dist.sample_tensors(batch_size, gen),
-            DataSource::Images { data, shuffler, .. } => {
-                let idx = shuffler.next_indices(batch_size)?;
-                let d = data.dim();
-                let mut x = Vec::with_capacity(batch_size * d);
-                let mut y = Vec::with_capacity(batch_size);
-                for &i in &idx {
-                    x.extend_from_slice(data.image(i));
-                    y.push(data.labels[i]);
-                }
-                Ok((
-                    Tensor::from_vec(x, &[batch_size, d], Device::Cpu)?,
-                    Tensor::from_vec(y, &[batch_size], Device::Cpu)?,
-                ))
-            }
-        }
+            DataSource::Images { data, shuffler, .. } => image_batch(data, shuffler, batch_size),
+        };
+        batch.map_err(|e| match e {
+            Error::OutOfMemory { what, .. } => too_large(what),
+            other => other,
+        })
     }
 
     /// The state to save with a checkpoint.

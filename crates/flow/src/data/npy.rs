@@ -5,7 +5,7 @@
 
 use super::images::{scale_byte, ImageDataset};
 use std::path::Path;
-use twinflow_engine::{Error, Result};
+use twinflow_engine::{excerpt, sizes, Error, Result};
 
 const MAGIC: &[u8] = b"\x93NUMPY";
 
@@ -37,9 +37,20 @@ struct NpyArray {
 
 /// Loads images (or vectors) from `data` and their labels from `labels`.
 pub fn load_npy_dataset(data: &Path, labels: &Path) -> Result<ImageDataset> {
-    let array = read_npy(data)?;
-    let origin = data.display().to_string();
+    let read = |path: &Path| std::fs::read(path).map_err(|e| Error::io("npy", path, e));
+    parse_npy_dataset(
+        (&read(data)?, &data.display().to_string()),
+        (&read(labels)?, &labels.display().to_string()),
+    )
+}
+
+/// [`load_npy_dataset`] for the files' contents already in memory, each with its
+/// origin (the file's name) for errors: `(bytes, origin)` of the data, then of the
+/// labels.
+pub fn parse_npy_dataset(data: (&[u8], &str), labels: (&[u8], &str)) -> Result<ImageDataset> {
+    let (bytes, origin) = data;
     let fail = |why: String| Error::invalid("npy", format!("{origin}: {why}"));
+    let array = parse_npy(bytes).map_err(fail)?;
     let (n, channels, rows, cols) = match array.shape[..] {
         [n, c, h, w] if c == 1 || c == 3 => (n, c, h, w),
         [_, c, _, _] => {
@@ -58,7 +69,7 @@ pub fn load_npy_dataset(data: &Path, labels: &Path) -> Result<ImageDataset> {
         }
     };
     let images = match array.dtype {
-        Dtype::U8 => array.payload.iter().map(|&b| scale_byte(b)).collect(),
+        Dtype::U8 => sizes::try_collect("npy", array.payload.iter().map(|&b| scale_byte(b)))?,
         Dtype::F32 => {
             let values: Vec<f32> = array
                 .payload
@@ -72,7 +83,7 @@ pub fn load_npy_dataset(data: &Path, labels: &Path) -> Result<ImageDataset> {
         }
         Dtype::I64 => return Err(fail("int64 data: expected float32 or uint8".into())),
     };
-    let labels = read_labels(labels, n)?;
+    let labels = parse_labels(labels, n)?;
     let dataset = ImageDataset {
         images,
         labels,
@@ -81,14 +92,14 @@ pub fn load_npy_dataset(data: &Path, labels: &Path) -> Result<ImageDataset> {
         cols,
         class_names: Vec::new(),
     };
-    dataset.check(&origin)?;
+    dataset.check(origin)?;
     Ok(dataset)
 }
 
-/// Reads int64 labels `[n]`.
-fn read_labels(path: &Path, n: usize) -> Result<Vec<i64>> {
-    let array = read_npy(path)?;
-    let fail = |why: String| Error::invalid("npy", format!("{}: {why}", path.display()));
+/// The int64 labels `[n]` in `labels` (its bytes and origin).
+fn parse_labels((bytes, origin): (&[u8], &str), n: usize) -> Result<Vec<i64>> {
+    let fail = |why: String| Error::invalid("npy", format!("{origin}: {why}"));
+    let array = parse_npy(bytes).map_err(fail)?;
     if array.dtype != Dtype::I64 {
         return Err(fail("labels must be int64".into()));
     }
@@ -103,12 +114,6 @@ fn read_labels(path: &Path, n: usize) -> Result<Vec<i64>> {
         .chunks_exact(8)
         .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
         .collect())
-}
-
-/// Reads and checks a whole `.npy` file.
-fn read_npy(path: &Path) -> Result<NpyArray> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io("npy", path, e))?;
-    parse_npy(&bytes).map_err(|why| Error::invalid("npy", format!("{}: {why}", path.display())))
 }
 
 /// The array in `bytes`, or why it is not one this reader takes.
@@ -136,7 +141,8 @@ fn parse_npy(bytes: &[u8]) -> std::result::Result<NpyArray, String> {
         "'<i8'" => Dtype::I64,
         other => {
             return Err(format!(
-                "element type {other}: expected float32, uint8 or int64"
+                "element type {}: expected float32, uint8 or int64",
+                excerpt(other)
             ))
         }
     };
@@ -189,14 +195,14 @@ fn parse_shape(text: &str) -> std::result::Result<Vec<usize>, String> {
     let inner = text
         .strip_prefix('(')
         .and_then(|t| t.strip_suffix(')'))
-        .ok_or_else(|| format!("shape {text} is not a tuple"))?;
+        .ok_or_else(|| format!("shape {} is not a tuple", excerpt(text)))?;
     inner
         .split(',')
         .map(str::trim)
         .filter(|d| !d.is_empty())
         .map(|d| {
             d.parse()
-                .map_err(|_| format!("shape {text}: {d} is not a size"))
+                .map_err(|_| format!("shape {}: {} is not a size", excerpt(text), excerpt(d)))
         })
         .collect()
 }

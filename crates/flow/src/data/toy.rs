@@ -3,7 +3,7 @@
 //! Each is defined precisely (formulas, noise, scaling, labels) in `docs/data.md`.
 
 use std::f64::consts::{FRAC_PI_4, PI};
-use twinflow_engine::{DType, Device, Error, Generator, Result, Tensor};
+use twinflow_engine::{sizes, DType, Device, Error, Generator, Result, Tensor};
 
 /// Standard deviation of the Gaussian noise of `moons`, in the unscaled (sklearn) units.
 pub const MOONS_NOISE: f64 = 0.1;
@@ -78,8 +78,9 @@ impl Toy2d {
             .to_vec_f64()?;
         let e = gen.randn(&[n, 2], DType::F64, Device::Cpu)?.to_vec_f64()?;
         let k = self.num_classes();
-        let mut points = Vec::with_capacity(2 * n);
-        let mut labels = Vec::with_capacity(n);
+        // `2n` fits: the uniforms' `3n` did.
+        let mut points = sizes::try_vec("toy data", 2 * n)?;
+        let mut labels = sizes::try_vec("toy data", n)?;
         for i in 0..n {
             let (u0, u1, u2) = (u[3 * i], u[3 * i + 1], u[3 * i + 2]);
             let (e0, e1) = (e[2 * i], e[2 * i + 1]);

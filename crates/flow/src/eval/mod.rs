@@ -111,6 +111,12 @@ pub struct EvalReport {
 }
 
 impl EvalConfig {
+    /// The samples drawn over all NFEs, `n` times the number of NFEs (`None` when that
+    /// overflows).
+    pub fn total_samples(&self) -> Option<usize> {
+        self.n.checked_mul(self.nfe.len())
+    }
+
     fn validate(&self) -> Result<()> {
         let problem = if self.nfe.is_empty() || self.nfe.contains(&0) {
             Some(format!(
@@ -122,6 +128,12 @@ impl EvalConfig {
                 "needs at least 2 samples and a positive batch size, got n = {} and batch \
                  size {}",
                 self.n, self.batch_size
+            ))
+        } else if self.total_samples().is_none() {
+            Some(format!(
+                "{} samples at each of {} NFEs are more than can be counted",
+                self.n,
+                self.nfe.len()
             ))
         } else {
             None
@@ -157,11 +169,12 @@ pub fn evaluate(
             ))
         }
     };
-    let total = cfg.n * cfg.nfe.len();
+    let total = cfg.total_samples().unwrap_or(usize::MAX);
     let mut rows = Vec::with_capacity(cfg.nfe.len());
     for (i, &nfe) in cfg.nfe.iter().enumerate() {
         let start = Instant::now();
         let sampler = cfg.sampler.at_steps(nfe);
+        // At most `total`, which fits.
         let done_before = i * cfg.n;
         let (samples, labels) = sample_batched(
             trainer,

@@ -4,7 +4,7 @@
 
 use crate::sampler::{sample, SamplerConfig, Start};
 use crate::train::{TrainModel, Trainer};
-use twinflow_engine::{DType, Device, Error, Generator, Result, Tensor};
+use twinflow_engine::{sizes, DType, Device, Error, Generator, Result, Tensor};
 use twinflow_nn::{Module, VelocityModel};
 
 const OP: &str = "sample_batched";
@@ -34,7 +34,9 @@ impl SampleLabels {
     pub fn resolve(&self, num_classes: usize) -> Result<Vec<i64>> {
         let classes = num_classes.max(1);
         let labels: Vec<i64> = match self {
-            SampleLabels::Cycle { n } => (0..*n).map(|i| (i % classes) as i64).collect(),
+            SampleLabels::Cycle { n } => {
+                sizes::try_collect(OP, (0..*n).map(|i| (i % classes) as i64))?
+            }
             SampleLabels::Given(labels) => {
                 let bad = labels
                     .iter()
@@ -50,7 +52,9 @@ impl SampleLabels {
                         ),
                     ));
                 }
-                labels.clone()
+                let mut copy = sizes::try_vec(OP, labels.len())?;
+                copy.extend_from_slice(labels);
+                copy
             }
         };
         if labels.is_empty() {
@@ -119,7 +123,8 @@ fn draw(
 ) -> Result<Vec<f32>> {
     let (n, dim, device) = (labels.len(), trainer.data().dim(), trainer.device());
     let noise = Generator::new(seed).randn(&[n, dim], DType::F32, Device::Cpu)?;
-    let mut out = Vec::with_capacity(n * dim);
+    // `n·dim` fits: the noise holds as many values.
+    let mut out = sizes::try_vec(OP, n * dim)?;
     for start in (0..n).step_by(batch) {
         let len = batch.min(n - start);
         let z = noise.narrow(0, start, len)?.to_device(device)?;

@@ -28,6 +28,10 @@ pub fn kumaraswamy(s: f64, [a, b, c]: [f64; 3]) -> f64 {
     (1.0 - (1.0 - s.powf(a)).powf(b)).powf(c)
 }
 
+/// The most steps a sampler takes: far more than a flow model is ever sampled with
+/// (a thousand is a lot), and a bound on the time grid a config or a flag can ask for.
+pub const MAX_SAMPLER_STEPS: usize = 1_000_000;
+
 /// The `steps + 1` times of a `steps`-step sampler, strictly decreasing from at most 1
 /// down to a final 0.
 ///
@@ -37,13 +41,17 @@ pub fn kumaraswamy(s: f64, [a, b, c]: [f64; 3]) -> f64 {
 /// parameters `warp = [a, b, c]`, followed by 0. So `K = 1` without gaps gives `[1, 0]`,
 /// `K = 2` with gaps `(0.001, 0.6)` gives `[0.999, 0.6, 0]`.
 ///
-/// Errors when `steps = 0`, a gap is negative or not finite, `g₀ + g₁ ≥ 1`, a warp
+/// Errors when `steps = 0` or above [`MAX_SAMPLER_STEPS`], a gap is negative or not
+/// finite, `g₀ + g₁ ≥ 1`, a warp
 /// parameter is not a finite positive number, or the warped grid is not strictly
 /// decreasing (an extreme warp that rounds neighbouring times together).
 pub fn time_grid(steps: usize, warp: [f64; 3], gaps: [f64; 2]) -> Result<Vec<f64>> {
     const OP: &str = "sampler time grid";
-    if steps == 0 {
-        return Err(Error::invalid(OP, "steps must be at least 1, got 0"));
+    if steps == 0 || steps > MAX_SAMPLER_STEPS {
+        return Err(Error::invalid(
+            OP,
+            format!("steps must lie in 1..={MAX_SAMPLER_STEPS}, got {steps}"),
+        ));
     }
     let [g0, g1] = gaps;
     if !(g0.is_finite() && g1.is_finite() && g0 >= 0.0 && g1 >= 0.0) {

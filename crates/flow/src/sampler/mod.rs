@@ -17,7 +17,7 @@ mod guidance;
 mod ode;
 mod ucgm;
 
-pub use grid::{kumaraswamy, linspace, time_grid};
+pub use grid::{kumaraswamy, linspace, time_grid, MAX_SAMPLER_STEPS};
 pub use guidance::Guidance;
 pub use ode::{euler, heun};
 pub use ucgm::{ucgm, JumpTarget, UcgmOptions};

@@ -2,7 +2,7 @@
 
 pub use crate::data::DataConfig;
 use crate::method::{MethodConfig, TimeDistribution};
-use crate::sampler::SamplerConfig;
+use crate::sampler::{SamplerConfig, MAX_SAMPLER_STEPS};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use twinflow_engine::{DType, Error, Result};
@@ -242,6 +242,27 @@ impl ModelKind {
 }
 
 impl ModelConfig {
+    /// The number of parameters of the network this config builds, `None` when it
+    /// overflows; computed without building it.
+    pub fn parameter_count(&self) -> Option<usize> {
+        match self.kind {
+            ModelKind::Mlp => self.mlp.unwrap_or_default().parameter_count(),
+            ModelKind::Dit => self.dit.unwrap_or_default().parameter_count(),
+        }
+    }
+
+    /// Refuses a network that cannot be built (sizes that are not positive or do not
+    /// fit together, a label dropout outside `[0, 1)`) or is too large to build (more
+    /// than [`MAX_PARAMETERS`](twinflow_nn::MAX_PARAMETERS) parameters, or a count that
+    /// overflows), naming the table, before anything is allocated.
+    pub fn validate(&self) -> Result<()> {
+        let checked = match self.kind {
+            ModelKind::Mlp => self.mlp.unwrap_or_default().validate(),
+            ModelKind::Dit => self.dit.unwrap_or_default().validate(),
+        };
+        checked.map_err(|e| Error::invalid(OP, format!("model.{}: {e}", self.kind.name())))
+    }
+
     /// The network's class count: `num_classes` of the table of its kind (the
     /// default's when the table is absent).
     pub fn num_classes(&self) -> usize {
@@ -338,6 +359,7 @@ impl TrainConfig {
                 format!("model.kind is \"{kind}\" but a [model.{other}] table is given"),
             ));
         }
+        self.model.validate()?;
         self.data.validate()?;
         if !(0.0..=1.0).contains(&self.ema_decay) {
             return Err(Error::invalid(
@@ -362,11 +384,15 @@ impl TrainConfig {
                 ),
             ));
         }
-        if self.sample_nfe.contains(&0) {
+        if let Some(&bad) = self
+            .sample_nfe
+            .iter()
+            .find(|&&nfe| nfe == 0 || nfe > MAX_SAMPLER_STEPS)
+        {
             return Err(Error::invalid(
                 OP,
                 format!(
-                    "sample_nfe entries must be at least 1, got {:?}",
+                    "sample_nfe entries must lie in 1..={MAX_SAMPLER_STEPS}, got {bad} in {:?}",
                     self.sample_nfe
                 ),
             ));
@@ -392,17 +418,34 @@ impl TrainConfig {
 }
 
 /// One line: origin, position, serde's message (which names unknown keys) and the
-/// offending line of the file (which names the key of a wrongly typed value).
+/// offending line of the file (which names the key of a wrongly typed value). A
+/// missing key is named with its table: serde reports it at the table's header, or,
+/// for the top level, at the file's start, which may be a comment.
 fn describe(e: &toml::de::Error, text: &str, origin: &str) -> String {
     let message = e.message().trim().replace('\n', " ");
     let Some(span) = e.span() else {
         return format!("{origin}: {message}");
     };
-    let start = span.start.min(text.len());
+    let mut start = span.start.min(text.len());
+    while !text.is_char_boundary(start) {
+        start -= 1;
+    }
     let line_no = text[..start].matches('\n').count() + 1;
     let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
     let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
     let line = text[line_start..line_end].trim();
+    if let Some(field) = quoted_field(&message, "missing field `") {
+        return match table_header(line) {
+            Some(table) if !span.is_empty() => format!(
+                "{origin}: line {line_no}: table [{table}] lacks the required key \
+                 `{table}.{field}`"
+            ),
+            _ => format!("{origin}: the required key `{field}` is missing (at the top level)"),
+        };
+    }
+    if line.starts_with('#') {
+        return format!("{origin}: line {line_no}: {message}");
+    }
     let key = line
         .split_once('=')
         .map(|(k, _)| k.trim().to_string())
@@ -419,7 +462,18 @@ fn describe(e: &toml::de::Error, text: &str, origin: &str) -> String {
 /// The dotted key `table.field` of an unknown field that serde reports at a table's
 /// header (`[method]` for a `[method.rcgm]` table that the method does not take).
 fn unknown_key_under_header(line: &str, message: &str) -> Option<String> {
-    let table = line.strip_prefix('[')?.strip_suffix(']')?.trim();
-    let field = message.strip_prefix("unknown field `")?.split('`').next()?;
+    let table = table_header(line)?;
+    let field = quoted_field(message, "unknown field `")?;
     Some(format!("{table}.{field}"))
+}
+
+/// The table a header line opens (`data` for `[data]`), if `line` is one.
+fn table_header(line: &str) -> Option<&str> {
+    Some(line.strip_prefix('[')?.strip_suffix(']')?.trim())
+}
+
+/// The field name in a serde message that starts with `prefix` (which ends in a
+/// backquote), up to the closing backquote.
+fn quoted_field<'a>(message: &'a str, prefix: &str) -> Option<&'a str> {
+    message.strip_prefix(prefix)?.split('`').next()
 }

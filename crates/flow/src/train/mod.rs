@@ -295,7 +295,7 @@ impl Trainer {
         for path in candidates {
             match Checkpoint::load(&path) {
                 Ok(ck) => {
-                    let trainer = Trainer::restore_loaded(&ck, &path, options)?;
+                    let trainer = Trainer::from_loaded_checkpoint(&ck, &path, options)?;
                     return Ok(Resumed {
                         trainer,
                         checkpoint: path,
@@ -333,11 +333,16 @@ impl Trainer {
     }
 
     fn restore(path: &Path, options: &RestoreOptions) -> Result<Trainer> {
-        Trainer::restore_loaded(&Checkpoint::load(path)?, path, options)
+        Trainer::from_loaded_checkpoint(&Checkpoint::load(path)?, path, options)
     }
 
-    /// Rebuilds the trainer saved in `ck`, read from `path`.
-    fn restore_loaded(ck: &Checkpoint, path: &Path, options: &RestoreOptions) -> Result<Trainer> {
+    /// [`Trainer::from_checkpoint_with`] for a checkpoint already loaded from `path`
+    /// (which names it in errors): rebuilds the trainer saved in `ck`.
+    pub fn from_loaded_checkpoint(
+        ck: &Checkpoint,
+        path: &Path,
+        options: &RestoreOptions,
+    ) -> Result<Trainer> {
         let mut meta = train_meta(ck, path).map_err(|why| Error::invalid(OP, why))?;
         if let Some(root) = &options.data_root {
             meta.train.data.root = Some(root.clone());
@@ -345,20 +350,22 @@ impl Trainer {
         if let Some(device) = &options.device {
             meta.train.device = device.clone();
         }
+        // The checkpoint errors name the file; the others get it here.
+        let saved_in = |e| Error::caused(OP, format!("the run saved in {}", path.display()), e);
         // Not `new`: the checkpoint holds the weights, and a run started with
         // `init_from` must resume even when that file is gone.
-        let mut t = Trainer::build(meta.train)?;
+        let mut t = Trainer::build(meta.train).map_err(saved_in)?;
         ck.restore_model(&mut t.model)?;
         ck.restore_ema(&mut t.ema)?;
         ck.restore_optimizer(&mut t.optimizer)?;
         t.method_rng.set_state(ck.rng(RNG_METHOD)?);
         t.model.forward_rng().set_state(ck.rng(RNG_MODEL)?);
-        t.data.set_state(meta.data_state)?;
+        t.data.set_state(meta.data_state).map_err(saved_in)?;
         t.step = ck.step;
         t.skipped = meta.skipped;
         t.non_finite_skips = meta.non_finite_skips;
         if let (Some(scaler), Some(state)) = (&mut t.scaler, meta.loss_scale) {
-            scaler.load_state(state)?;
+            scaler.load_state(state).map_err(saved_in)?;
         }
         Ok(t)
     }
@@ -634,14 +641,33 @@ impl Trainer {
 }
 
 /// The trainer's metadata of a checkpoint, or why it is not a trainer checkpoint
-/// (naming the file).
+/// (naming the file). The network its config declares must be the one its tensors
+/// hold: the sizes in a file are checked against its contents before anything is built
+/// from them, so that a damaged or crafted file cannot make the trainer allocate a
+/// network of its choosing.
 fn train_meta(ck: &Checkpoint, path: &Path) -> std::result::Result<TrainMeta, String> {
     let bad = |why: String| format!("{}: not a trainer checkpoint: {why}", path.display());
     let meta = ck
         .config
         .clone()
         .ok_or_else(|| bad("it holds no training config".into()))?;
-    serde_json::from_value(meta).map_err(|e| bad(format!("its config: {e}")))
+    let meta: TrainMeta =
+        serde_json::from_value(meta).map_err(|e| bad(format!("its config: {e}")))?;
+    let model = &meta.train.model;
+    let held = ck.model_parameter_count();
+    if model.parameter_count() != Some(held) {
+        let declared = model
+            .parameter_count()
+            .map_or_else(|| "more than 2^64".to_string(), |n| n.to_string());
+        return Err(format!(
+            "{}: its config declares a network (model.kind = \"{}\") of {declared} \
+             parameters, but the file holds {held} parameter values: it is damaged, or was \
+             not written by twinflow",
+            path.display(),
+            model.kind.name()
+        ));
+    }
+    Ok(meta)
 }
 
 /// Refuses a saved network of another kind or class count than `ours`, naming both

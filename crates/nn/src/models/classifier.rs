@@ -8,6 +8,7 @@ use crate::init::ParamBuilder;
 use crate::linear::{Linear, LinearConfig};
 use crate::module::Forward;
 use crate::pool::max_pool_2x2;
+use crate::size::{self, check_parameter_count};
 use serde::{Deserialize, Serialize};
 use twinflow_engine::{Error, Result, Tensor};
 
@@ -50,9 +51,35 @@ impl ClassifierConfig {
         self.channels * self.image_size * self.image_size
     }
 
-    /// Side of the last conv stage's output.
+    /// Side of the last conv stage's output (0 when the stages halve it away).
     fn final_size(&self) -> usize {
-        self.image_size >> self.conv.len()
+        u32::try_from(self.conv.len())
+            .ok()
+            .and_then(|stages| self.image_size.checked_shr(stages))
+            .unwrap_or(0)
+    }
+
+    /// The number of parameters of the classifier these sizes build, `None` when it
+    /// overflows `usize` (or the sizes build none, see `Classifier::new`); computed
+    /// without building it.
+    pub fn parameter_count(&self) -> Option<usize> {
+        let widths: Vec<usize> = std::iter::once(self.channels)
+            .chain(self.conv.iter().copied())
+            .collect();
+        // Not a parameter, but a size the network computes with: it must fit too.
+        self.channels
+            .checked_mul(self.image_size)?
+            .checked_mul(self.image_size)?;
+        let mut counts = Vec::new();
+        for w in widths.windows(2) {
+            // A 3×3 convolution with bias.
+            counts.push(size::linear(w[0].checked_mul(9)?, w[1])?);
+        }
+        let side = self.final_size();
+        let flat = widths.last()?.checked_mul(side)?.checked_mul(side)?;
+        counts.push(size::linear(flat, self.hidden)?);
+        counts.push(size::linear(self.hidden, self.num_classes)?);
+        size::sum(&counts)
     }
 
     fn validate(&self) -> Result<()> {
@@ -66,6 +93,7 @@ impl ClassifierConfig {
             && self.num_classes > 0
             && !self.conv.contains(&0);
         if positive && divisible {
+            check_parameter_count("classifier", self.parameter_count(), self)?;
             return Ok(());
         }
         Err(Error::invalid(

@@ -1,12 +1,14 @@
 //! A pixel-space MLP velocity network: fast enough on a CPU to train TwinFlow on 2-D
 //! toys and MNIST within minutes (docs/method.md §8).
 
+use crate::dropout::check_probability;
 use crate::impl_module;
 use crate::init::{ForwardRng, Init, ParamBuilder};
 use crate::label_embedding::LabelEmbedding;
 use crate::linear::{Linear, LinearConfig};
 use crate::models::velocity::{check_velocity_inputs, VelocityModel};
 use crate::module::Forward;
+use crate::size::{self, check_parameter_count};
 use crate::time_embedding::sincos;
 use serde::{Deserialize, Serialize};
 use twinflow_engine::{Error, Result, Tensor};
@@ -47,6 +49,43 @@ impl Default for MlpVelocityConfig {
             label_dropout: 0.0,
             time_gated_skip: false,
         }
+    }
+}
+
+impl MlpVelocityConfig {
+    /// Refuses sizes the network cannot be built with, saying which: sizes that are
+    /// not positive, an odd `emb_dim`, a label dropout outside `[0, 1)`, more
+    /// parameters than [`MAX_PARAMETERS`](crate::MAX_PARAMETERS).
+    pub fn validate(&self) -> Result<()> {
+        let ok = self.data_dim > 0 && self.width > 0 && self.emb_dim > 0 && self.emb_dim % 2 == 0;
+        if !ok {
+            return Err(Error::invalid(
+                "mlp_velocity",
+                format!("needs positive sizes and an even emb_dim, got {self:?}"),
+            ));
+        }
+        check_probability("mlp_velocity: label_dropout", self.label_dropout)?;
+        check_parameter_count("mlp_velocity", self.parameter_count(), self)?;
+        Ok(())
+    }
+
+    /// The number of parameters of the network these sizes build, `None` when it
+    /// overflows `usize`; computed without building it.
+    pub fn parameter_count(&self) -> Option<usize> {
+        let e = self.emb_dim;
+        let skip = match self.time_gated_skip {
+            true => size::linear(e.checked_mul(2)?, self.data_dim)?,
+            false => 0,
+        };
+        size::sum(&[
+            self.num_classes.checked_add(1)?.checked_mul(e)?,
+            size::linear(self.data_dim.checked_add(e.checked_mul(3)?)?, self.width)?,
+            size::linear(self.width, self.width)?
+                .checked_mul(2)?
+                .checked_mul(self.depth)?,
+            size::linear(self.width, self.data_dim)?,
+            skip,
+        ])
     }
 }
 
@@ -104,13 +143,7 @@ pub struct MlpVelocity {
 impl MlpVelocity {
     /// A network of the given sizes.
     pub fn new(pb: &mut ParamBuilder, cfg: MlpVelocityConfig) -> Result<Self> {
-        let ok = cfg.data_dim > 0 && cfg.width > 0 && cfg.emb_dim > 0 && cfg.emb_dim % 2 == 0;
-        if !ok {
-            return Err(Error::invalid(
-                "mlp_velocity",
-                format!("needs positive sizes and an even emb_dim, got {cfg:?}"),
-            ));
-        }
+        cfg.validate()?;
         let zeros = LinearConfig {
             weight_init: Init::Zeros,
             bias_init: Some(Init::Zeros),
