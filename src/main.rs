@@ -235,17 +235,7 @@ fn sample(a: SampleArgs) -> CliResult<()> {
         OutKind::Npy => write_npy(&a.out, &x, &labels, dim),
         OutKind::Png => {
             let image = image_shape(&trainer, dim);
-            if dim == 2 {
-                plot::scatter(&a.out, &x, &labels, 512)?;
-            } else if let Some(size) = image {
-                plot::image_grid(&a.out, &x, &labels, size, classes)?;
-            } else {
-                return Err(format!(
-                    "cannot draw {dim}-dimensional samples as a picture (only 2-D points and \
-                     grayscale images); write .npy instead"
-                )
-                .into());
-            }
+            plot::picture(&a.out, &x, &labels, dim, image, classes)?;
             eprintln!("wrote {}", a.out.display());
             Ok(())
         }
@@ -301,16 +291,7 @@ fn data(a: DataArgs) -> CliResult<()> {
         OutKind::Npy => write_npy(&a.out, &x, &labels, dim),
         OutKind::Png => {
             let classes = source.num_classes().max(1);
-            if dim == 2 {
-                plot::scatter(&a.out, &x, &labels, 512)?;
-            } else if let Some(shape) = source.image_shape() {
-                plot::image_grid(&a.out, &x, &labels, shape, classes)?;
-            } else {
-                return Err(format!(
-                    "cannot draw {dim}-dimensional vectors as a picture; write .npy instead"
-                )
-                .into());
-            }
+            plot::picture(&a.out, &x, &labels, dim, source.image_shape(), classes)?;
             eprintln!("wrote {}", a.out.display());
             Ok(())
         }

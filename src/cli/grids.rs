@@ -50,10 +50,7 @@ pub fn write_sample_grids(trainer: &Trainer, dir: &Path) -> CliResult<Vec<PathBu
             |_| {},
         )?;
         let path = out.join(format!("step-{:07}-nfe{nfe}.png", trainer.step_count()));
-        match image {
-            Some(size) => plot::image_grid(&path, &x, &labels, size, classes)?,
-            None => plot::scatter(&path, &x, &labels, 512)?,
-        }
+        plot::picture(&path, &x, &labels, dim, image, classes)?;
         written.push(path);
     }
     Ok(written)

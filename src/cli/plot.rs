@@ -39,6 +39,27 @@ fn write_png(
     write_output(path, OutputKind::Png, &encoded)
 }
 
+/// Samples `x` (`dim` values each) as a picture: a scatter plot for 2-D points, a grid
+/// with one row per class for images of shape `image`; an error for anything else.
+pub fn picture(
+    path: &Path,
+    x: &[f32],
+    labels: &[i64],
+    dim: usize,
+    image: Option<ImageShape>,
+    classes: usize,
+) -> CliResult<()> {
+    match image {
+        _ if dim == 2 => scatter(path, x, labels, 512),
+        Some(shape) => image_grid(path, x, labels, shape, classes),
+        None => Err(format!(
+            "cannot draw {dim}-dimensional samples as a picture (only 2-D points and grey \
+             or RGB images); write .npy instead"
+        )
+        .into()),
+    }
+}
+
 /// A `size`×`size` scatter plot of 2-D points `xy` (`[n, 2]` row-major), coloured by
 /// label; the square view is fitted to the points (at least [−2, 2]² is not forced).
 pub fn scatter(path: &Path, xy: &[f32], labels: &[i64], size: u32) -> CliResult<()> {

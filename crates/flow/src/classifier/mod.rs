@@ -15,6 +15,7 @@ pub use augment::random_shifts;
 pub use file::{load_classifier, save_classifier, ClassifierFile};
 pub use inference::{accuracy, features, predict};
 pub use split::{
-    dataset_identity, eval_split, held_out_split, EvalSplit, MNIST_HELD_OUT, USER_HELD_OUT_FRACTION,
+    dataset_identity, eval_split, held_out_split, split_images, EvalSplit, MNIST_HELD_OUT,
+    USER_HELD_OUT_FRACTION,
 };
 pub use training::{train_classifier, ClassifierTraining, EpochRecord, TrainEvent};

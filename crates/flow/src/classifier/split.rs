@@ -60,33 +60,30 @@ pub struct EvalSplit {
 /// random [`USER_HELD_OUT_FRACTION`] of their images. The toys have none (they are
 /// scored by distances to fresh draws).
 pub fn eval_split(cfg: &DataConfig) -> Result<EvalSplit> {
-    match cfg.dataset.as_str() {
+    split_images(cfg, &load_images(cfg)?)
+}
+
+/// [`eval_split`] of `data`, the images `cfg` describes as training loads them
+/// ([`load_images`]), for a caller that holds them already (a trainer).
+pub fn split_images(cfg: &DataConfig, data: &ImageDataset) -> Result<EvalSplit> {
+    let (train, held_out, description) = match cfg.dataset.as_str() {
         "mnist" => {
-            let data = load_images(cfg)?;
-            let (train, held_out) = held_out_split(&data, MNIST_HELD_OUT)?;
+            let (train, held_out) = held_out_split(data, MNIST_HELD_OUT)?;
             let description = format!(
                 "the last {} of the {} digits of data/mnist-10k",
                 held_out.len(),
                 data.len()
             );
-            Ok(EvalSplit {
-                train,
-                held_out,
-                description,
-            })
+            (train, held_out, description)
         }
         "fashion-mnist" => {
-            let root = cfg.root.as_deref();
-            let held_out = load_fashion_mnist(root, Split::Test)?;
+            // Training reads the training split; the test split is the held-out one.
+            let held_out = load_fashion_mnist(cfg.root.as_deref(), Split::Test)?;
             let description = format!("the {} test images of Fashion-MNIST", held_out.len());
-            Ok(EvalSplit {
-                train: load_fashion_mnist(root, Split::Train)?,
-                held_out,
-                description,
-            })
+            (data.clone(), held_out, description)
         }
         "idx" | "npy" | "image-folder" => {
-            let data = shuffled(&load_images(cfg)?)?;
+            let data = shuffled(data)?;
             let held_out = ((data.len() as f64 * USER_HELD_OUT_FRACTION).round() as usize).max(1);
             let (train, held_out) = held_out_split(&data, held_out)?;
             let description = format!(
@@ -95,17 +92,20 @@ pub fn eval_split(cfg: &DataConfig) -> Result<EvalSplit> {
                 data.len(),
                 dataset_identity(cfg)
             );
-            Ok(EvalSplit {
-                train,
-                held_out,
-                description,
-            })
+            (train, held_out, description)
         }
-        other => Err(Error::invalid(
-            "eval",
-            format!("dataset \"{other}\" has no evaluation classifier: only image datasets do"),
-        )),
-    }
+        other => {
+            return Err(Error::invalid(
+                "eval",
+                format!("dataset \"{other}\" has no evaluation classifier: only image datasets do"),
+            ))
+        }
+    };
+    Ok(EvalSplit {
+        train,
+        held_out,
+        description,
+    })
 }
 
 /// The dataset a classifier belongs to, as stored in its file: the name, and for the

@@ -70,9 +70,7 @@ impl DataConfig {
             ("labels", self.labels.is_some(), wants_labels),
         ] {
             if wanted && !given {
-                return Err(fail(format!(
-                    "data.dataset = \"{name}\" needs data.{key} (for `twinflow data`: --{key})"
-                )));
+                return Err(self.missing(key));
             }
             if given && !wanted {
                 return Err(fail(format!(
@@ -85,22 +83,22 @@ impl DataConfig {
 
     /// `path`, which [`DataConfig::validate`] has checked is given where needed.
     pub(super) fn path(&self) -> Result<&Path> {
-        self.path.as_deref().ok_or_else(|| {
-            Error::invalid(
-                "config",
-                format!("data.dataset = \"{}\" needs data.path", self.dataset),
-            )
-        })
+        self.path.as_deref().ok_or_else(|| self.missing("path"))
     }
 
     /// `labels`, likewise.
     pub(super) fn labels(&self) -> Result<&Path> {
-        self.labels.as_deref().ok_or_else(|| {
-            let name = &self.dataset;
-            Error::invalid(
-                "config",
-                format!("data.dataset = \"{name}\" needs data.labels"),
-            )
-        })
+        self.labels.as_deref().ok_or_else(|| self.missing("labels"))
+    }
+
+    /// The error for a dataset that needs `key` and lacks it.
+    fn missing(&self, key: &str) -> Error {
+        Error::invalid(
+            "config",
+            format!(
+                "data.dataset = \"{}\" needs data.{key} (for `twinflow data`: --{key})",
+                self.dataset
+            ),
+        )
     }
 }

@@ -9,7 +9,7 @@
 //!   real-vs-real floor (a second independent draw of `n`);
 //! - images: the accuracy of a [`Classifier`] trained on the run's dataset w.r.t. the
 //!   conditioning labels, and the Fréchet distance in its penultimate features to the
-//!   training images of the dataset's fixed split ([`eval_split`]), beside the floor
+//!   training images of the dataset's fixed split ([`split_images`]), beside the floor
 //!   of its held-out real images.
 //!
 //! ```no_run
@@ -27,7 +27,7 @@ mod sampling;
 pub use reference::{Metrics, Reference};
 pub use sampling::{sample_batched, SampleLabels, DEFAULT_SAMPLE_BATCH};
 
-use crate::classifier::eval_split;
+use crate::classifier::split_images;
 use crate::data::DataSource;
 use crate::sampler::SamplerConfig;
 use crate::train::Trainer;
@@ -148,7 +148,8 @@ impl EvalConfig {
 /// Evaluates `trainer`'s model for every NFE of `cfg`. Image data need `classifier`,
 /// one trained on the run's dataset (its file says which:
 /// [`ClassifierFile::check_fits`](crate::classifier::ClassifierFile::check_fits)), and
-/// are scored against that dataset's [`eval_split`]; toys ignore it. `on_progress(done, total)` counts samples drawn over all NFEs.
+/// are scored against that dataset's [`split_images`]; toys ignore it.
+/// `on_progress(done, total)` counts samples drawn over all NFEs.
 pub fn evaluate(
     trainer: &Trainer,
     cfg: &EvalConfig,
@@ -159,8 +160,8 @@ pub fn evaluate(
     let data = trainer.data();
     let reference = match (data, classifier) {
         (DataSource::Toy { dist, .. }, _) => Reference::toy(*dist, cfg.n, cfg.seed)?,
-        (DataSource::Images { .. }, Some(c)) => {
-            Reference::images(c, &eval_split(&trainer.config().data)?)?
+        (DataSource::Images { data, .. }, Some(c)) => {
+            Reference::images(c, &split_images(&trainer.config().data, data)?)?
         }
         (DataSource::Images { name, .. }, None) => {
             return Err(Error::invalid(
