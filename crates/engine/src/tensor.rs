@@ -5,13 +5,14 @@ use crate::backend::BackendStorage;
 use crate::cpu::CpuStorage;
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
+use crate::forward_ad::{self, JvpFn};
 use crate::layout::Layout;
 use crate::sizes;
 use crate::storage::Storage;
 use crate::Device;
 use parking_lot::{RwLock, RwLockReadGuard};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Identifies a tensor in the autodiff graph and in [`crate::Gradients`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -54,6 +55,9 @@ pub(crate) struct Inner {
     dtype: DType,
     device: Device,
     pub(crate) grad: GradMeta,
+    /// The forward-mode tangent, set once right after the tensor is made inside a
+    /// [`crate::jvp`] call (see [`crate::forward_ad`]).
+    tangent: OnceLock<(u64, Tensor)>,
 }
 
 impl std::fmt::Debug for Tensor {
@@ -82,6 +86,7 @@ impl Tensor {
             dtype,
             device,
             grad,
+            tangent: OnceLock::new(),
         }))
     }
 
@@ -96,16 +101,25 @@ impl Tensor {
         Tensor::build(SharedStorage::new(storage), layout, GradMeta::None)
     }
 
-    /// The result of an op: fresh contiguous storage, recorded in the graph when any
-    /// input needs a gradient and gradients are enabled.
+    /// The result of an op: fresh contiguous storage, recorded in the graph with its
+    /// backward rule when any input needs a gradient and gradients are enabled, and
+    /// given the tangent its JVP rule computes when an input carries one.
     pub(crate) fn from_op(
         op: &'static str,
         storage: Storage,
         shape: &[usize],
         inputs: &[&Tensor],
         backward: impl BackwardFn,
-    ) -> Tensor {
-        Tensor::from_op_in(op, storage, Layout::contiguous(shape), inputs, backward)
+        jvp: impl JvpFn,
+    ) -> Result<Tensor> {
+        Tensor::from_op_in(
+            op,
+            storage,
+            Layout::contiguous(shape),
+            inputs,
+            backward,
+            jvp,
+        )
     }
 
     /// [`Tensor::from_op`] for a result that views its fresh storage through `layout`.
@@ -115,20 +129,50 @@ impl Tensor {
         layout: Layout,
         inputs: &[&Tensor],
         backward: impl BackwardFn,
-    ) -> Tensor {
+        jvp: impl JvpFn,
+    ) -> Result<Tensor> {
         let grad = GradMeta::for_op(op, inputs, backward);
-        Tensor::build(SharedStorage::new(storage), layout, grad)
+        let out = Tensor::build(SharedStorage::new(storage), layout, grad);
+        forward_ad::attach(out, inputs, jvp)
     }
 
-    /// A view of `self`'s storage under a new layout, recorded in the graph like an op.
+    /// A view of `self`'s storage under a new layout, recorded in the graph like an op;
+    /// its tangent is the same view of `self`'s (`jvp` applies it).
     pub(crate) fn view_op(
         &self,
         op: &'static str,
         layout: Layout,
         backward: impl BackwardFn,
-    ) -> Tensor {
+        jvp: impl JvpFn,
+    ) -> Result<Tensor> {
         let grad = GradMeta::for_op(op, &[self], backward);
-        Tensor::build(self.0.storage.clone(), layout, grad)
+        let out = Tensor::build(self.0.storage.clone(), layout, grad);
+        forward_ad::attach(out, &[self], jvp)
+    }
+
+    /// The forward-mode tangent this tensor carries inside a [`crate::jvp`] call.
+    pub(crate) fn tangent(&self) -> Option<&Tensor> {
+        let (level, t) = self.0.tangent.get()?;
+        (Some(*level) == forward_ad::current_level()).then_some(t)
+    }
+
+    /// Gives a fresh tensor its tangent.
+    pub(crate) fn set_tangent(&self, tangent: Tensor) -> Result<()> {
+        let level = forward_ad::current_level()
+            .ok_or_else(|| Error::Autograd("a tangent is set only inside jvp".into()))?;
+        self.0
+            .tangent
+            .set((level, tangent))
+            .map_err(|_| Error::Autograd("a tensor's tangent is set only once".into()))
+    }
+
+    /// The same values and gradient flow without the tangent: an identity in the graph
+    /// when `self` needs a gradient.
+    pub(crate) fn without_tangent(&self) -> Tensor {
+        let grad = GradMeta::for_op("unpack_dual", &[self], |_, _, g: &Tensor| {
+            Ok(vec![Some(g.clone())])
+        });
+        Tensor::build(self.0.storage.clone(), self.layout().clone(), grad)
     }
 
     /// A tensor holding `data` with the given shape.
@@ -314,10 +358,14 @@ impl Tensor {
         let grad = GradMeta::for_op("to_device", &[self], |x, _, g: &Tensor| {
             Ok(vec![Some(g.to_device(x[0].device())?)])
         });
-        Ok(Tensor::build(SharedStorage::new(storage), layout, grad))
+        let out = Tensor::build(SharedStorage::new(storage), layout, grad);
+        forward_ad::attach(out, &[self], move |d, _| {
+            d.tangent_or_zeros(0)?.to_device(device)
+        })
     }
 
-    /// The same values cut from the graph: no gradient flows back through the result.
+    /// The same values cut from the graph: no gradient flows back through the result
+    /// and it carries no tangent (a stop-gradient for both modes of autodiff).
     pub fn detach(&self) -> Tensor {
         Tensor::build(
             self.0.storage.clone(),

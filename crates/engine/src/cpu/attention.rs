@@ -45,11 +45,23 @@ impl<'a, F> Operand<'a, F> {
 
 /// `dst (m×n, rows `ldc` apart) = beta·lhs·rhs`.
 fn product<F: CpuFloat>(
+    dst: Dst<F>,
+    lhs: (&[F], (usize, usize)),
+    rhs: (&[F], (usize, usize)),
+    mkn: (usize, usize, usize),
+    beta: F,
+) {
+    product_into(dst, lhs, rhs, mkn, beta, false);
+}
+
+/// `dst = beta·lhs·rhs`, or `dst += beta·lhs·rhs` when `accumulate`.
+fn product_into<F: CpuFloat>(
     (dst, ldc): Dst<F>,
     (lhs, lhs_strides): (&[F], (usize, usize)),
     (rhs, rhs_strides): (&[F], (usize, usize)),
     (m, k, n): (usize, usize, usize),
     beta: F,
+    accumulate: bool,
 ) {
     let g = GemmArgs {
         m,
@@ -57,7 +69,7 @@ fn product<F: CpuFloat>(
         k,
         lhs_strides,
         rhs_strides,
-        accumulate: false,
+        accumulate,
     };
     gemm_into(dst, ldc, lhs, rhs, g, beta, OneThread);
 }
@@ -254,4 +266,118 @@ fn pair_grads<F: CpuFloat>(
     );
     product(dq, (&ds, (tk, 1)), (k.at(i), k.strides), (tq, tk, d), scale);
     product(dk, (&ds, (1, tk)), (q.at(i), q.strides), (tk, tq, d), scale);
+}
+
+/// The output, its log-sum-exp and its tangent, the output stored like
+/// [`attention`]'s and the tangent token-major too.
+pub struct AttentionJvp<F> {
+    /// The output, stored `[b, tq, h, dv]`.
+    pub out: Vec<F>,
+    /// The row log-sum-exp, `[b, h, tq]`.
+    pub lse: Vec<F>,
+    /// The output's tangent, stored `[b, tq, h, dv]`.
+    pub tangent: Vec<F>,
+}
+
+/// The forward and its JVP in one pass over each (batch, head) pair. With S the
+/// scores, P = softmax(S) and tS = scale·(tQ·Kᵀ + Q·tKᵀ):
+/// tP = P∘(tS − rowsum(P∘tS)) and tO = tP·V + P·tV.
+pub fn attention_jvp<F: CpuFloat>(
+    (q, k, v): (Input<F>, Input<F>, Input<F>),
+    (tq, tk, tv): (Input<F>, Input<F>, Input<F>),
+    spec: AttentionSpec,
+) -> AttentionJvp<F> {
+    let primals = [q, k, v].map(|(d, l)| Operand::new(d, l));
+    let tangents = [tq, tk, tv].map(|(d, l)| Operand::new(d, l));
+    let [q, _, v] = &primals;
+    let (bh, h, rows, dv) = (q.offsets.len(), q.heads, q.rows, v.cols);
+    let mut r = AttentionJvp {
+        out: pool::take_zeroed(bh * rows * dv),
+        lse: pool::take_zeroed(bh * rows),
+        tangent: pool::take_zeroed(bh * rows * dv),
+    };
+    if bh == 0 || rows == 0 || dv == 0 {
+        return r;
+    }
+    r.out
+        .par_chunks_mut(rows * h * dv)
+        .zip(r.tangent.par_chunks_mut(rows * h * dv))
+        .zip(r.lse.par_chunks_mut(h * rows))
+        .enumerate()
+        .for_each(|(b, ((o, to), l))| {
+            for (head, l) in l.chunks_mut(rows).enumerate() {
+                let dst = (&mut o[head * dv..], &mut to[head * dv..], h * dv);
+                pair_jvp(&primals, &tangents, b * h + head, spec, (dst, l));
+            }
+        });
+    r
+}
+
+/// A pair's output and tangent destinations (token-major: rows `ldo` apart).
+type PairOutputs<'a, F> = (&'a mut [F], &'a mut [F], usize);
+
+/// A kernel operand: the storage and its layout.
+type Input<'a, F> = (&'a [F], &'a Layout);
+
+/// The output, log-sum-exp and tangent of pair `i`.
+fn pair_jvp<F: CpuFloat>(
+    [q, k, v]: &[Operand<F>; 3],
+    [tq, tk, tv]: &[Operand<F>; 3],
+    i: usize,
+    spec: AttentionSpec,
+    ((o, to, ldo), lse): (PairOutputs<F>, &mut [F]),
+) {
+    let (rows, keys, d, dv) = (q.rows, k.rows, q.cols, v.cols);
+    let mut p = scores(q, k, i, spec);
+    isa::dispatch(
+        #[inline(always)]
+        |(p, l)| softmax_rows(p, l, keys),
+        (&mut p, lse),
+    );
+    let scale = F::c(spec.scale);
+    let mut tp = vec![F::zero(); rows * keys];
+    let dims = (rows, d, keys);
+    product(
+        (&mut tp, keys),
+        (tq.at(i), tq.strides),
+        (k.at(i), k.transposed()),
+        dims,
+        scale,
+    );
+    let q_tk = ((q.at(i), q.strides), (tk.at(i), tk.transposed()));
+    product_into((&mut tp, keys), q_tk.0, q_tk.1, dims, scale, true);
+    // Masked scores have P = 0, so their tangents vanish here whatever tS holds.
+    isa::dispatch(
+        #[inline(always)]
+        |tp: &mut Vec<F>| {
+            for (t, p) in tp.chunks_mut(keys).zip(p.chunks(keys)) {
+                let mu = sum_lanes([&*t, p], |[t, p]| t * p);
+                t.iter_mut().zip(p).for_each(|(t, &p)| *t = p * (*t - mu));
+            }
+        },
+        &mut tp,
+    );
+    let p_rows = (&p[..], (keys, 1));
+    product(
+        (o, ldo),
+        p_rows,
+        (v.at(i), v.strides),
+        (rows, keys, dv),
+        F::one(),
+    );
+    product(
+        (&mut *to, ldo),
+        (&tp, (keys, 1)),
+        (v.at(i), v.strides),
+        (rows, keys, dv),
+        F::one(),
+    );
+    product_into(
+        (to, ldo),
+        p_rows,
+        (tv.at(i), tv.strides),
+        (rows, keys, dv),
+        F::one(),
+        true,
+    );
 }

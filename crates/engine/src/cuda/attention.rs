@@ -169,3 +169,70 @@ pub(crate) fn backward(
         token_major(dvv, lv, dv)?,
     ))
 }
+
+/// The forward and its JVP: O and the log-sum-exp as [`forward`], and
+/// tO = tP·V + P·tV with tP = P∘(tS − rowsum(P∘tS)) and tS = scale·(tQ·Kᵀ + Q·tKᵀ).
+/// tP is the softmax backward's row kernel applied to (P, tS): softmax's Jacobian is
+/// symmetric.
+pub(crate) fn jvp(
+    (q, k, v): (View, View, View),
+    (tq, tk, tv): (View, View, View),
+    spec: AttentionSpec,
+) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+    float_only("attention_jvp", q.0.dtype)?;
+    let (out, lse) = forward(q, k, v, spec)?;
+    let (dev, dt) = (q.0.dev(), q.0.dtype);
+    let ((bh, rows, d), (_, keys, dv)) = (dims(q.1), dims(v.1));
+    let tangent = CudaStorage::zeros_on(dev, bh * rows * dv, dt)?;
+    if bh * rows * keys == 0 {
+        return Ok((out, lse, tangent));
+    }
+    const OP: &str = "attention_jvp";
+    let dense = |(s, l): View| s.dense(l);
+    let (qd, kd, vd) = (dense(q)?, dense(k)?, dense(v)?);
+    let (tqd, tkd, tvd) = (dense(tq)?, dense(tk)?, dense(tv)?);
+    let p = scores((&qd, q.1), (&kd, k.1), dt, spec.scale, dev)?;
+    let name = format!("attn_probs_{}", suffix(p.dtype));
+    let a = args![p.ptr(), lse.ptr(), bh * rows, rows, keys, spec.causal];
+    launch(
+        dev,
+        OP,
+        ("attention", &name),
+        per_element(bh * rows * keys),
+        a,
+    )?;
+    let ts = CudaStorage::alloc(dev, bh * rows * keys, acc_dtype(dt))?;
+    let m = |ptr, r, c| Operand::dense(ptr, dt, r, c);
+    let (mq, mk) = (m(qd.ptr, rows, d), m(kd.ptr, keys, d).t());
+    let (mtq, mtk) = (m(tqd.ptr, rows, d), m(tkd.ptr, keys, d).t());
+    gemm(
+        dev,
+        OP,
+        (&mtq, &mk),
+        (ts.ptr(), ts.dtype),
+        bh,
+        (spec.scale, 0.0),
+    )?;
+    gemm(
+        dev,
+        OP,
+        (&mq, &mtk),
+        (ts.ptr(), ts.dtype),
+        bh,
+        (spec.scale, 1.0),
+    )?;
+    let scores_layout = Layout::contiguous(&[bh * rows, keys]);
+    let tp = super::rows::softmax_backward(&p, &scores_layout, &ts, &scores_layout, false)?;
+    let (p, tp) = (
+        as_dtype(p, bh * rows * keys, dt)?,
+        as_dtype(tp, bh * rows * keys, dt)?,
+    );
+    let (mp, mtp) = (m(p.ptr(), rows, keys), m(tp.ptr(), rows, keys));
+    let (mv, mtv) = (m(vd.ptr, keys, dv), m(tvd.ptr, keys, dv));
+    gemm(dev, OP, (&mtp, &mv), (tangent.ptr(), dt), bh, (1.0, 0.0))?;
+    gemm(dev, OP, (&mp, &mtv), (tangent.ptr(), dt), bh, (1.0, 1.0))?;
+    Ok((out, lse, token_major(tangent, q.1, dv)?))
+}
+
+/// A view: storage and the layout that reads it.
+type View<'a> = (&'a CudaStorage, &'a Layout);

@@ -34,13 +34,31 @@ impl Tensor {
                 (&b.storage(), &lb),
             ),
         )?;
-        Ok(Tensor::from_op(OP, s, &shape, &[self, a, b], |v, _, g| {
-            let (x, a, b) = (&v[0], &v[1], &v[2]);
-            let gx = x.requires_grad().then(|| g.sum_to_shape(x.shape()));
-            let ga = a.requires_grad().then(|| g.mul_sum_to_shape(b, a.shape()));
-            let gb = b.requires_grad().then(|| g.mul_sum_to_shape(a, b.shape()));
-            Ok(vec![gx.transpose()?, ga.transpose()?, gb.transpose()?])
-        }))
+        Tensor::from_op(
+            OP,
+            s,
+            &shape,
+            &[self, a, b],
+            |v, _, g| {
+                let (x, a, b) = (&v[0], &v[1], &v[2]);
+                let gx = x.requires_grad().then(|| g.sum_to_shape(x.shape()));
+                let ga = a.requires_grad().then(|| g.mul_sum_to_shape(b, a.shape()));
+                let gb = b.requires_grad().then(|| g.mul_sum_to_shape(a, b.shape()));
+                Ok(vec![gx.transpose()?, ga.transpose()?, gb.transpose()?])
+            },
+            // tx + ta·b + a·tb, each product one more fused pass.
+            |d, _| {
+                let (a, b) = (d.primal(1), d.primal(2));
+                let mut t = d.tangent_or_zeros(0)?;
+                if let Some(ta) = d.tangent(1) {
+                    t = t.addcmul(ta, b)?;
+                }
+                if let Some(tb) = d.tangent(2) {
+                    t = t.addcmul(a, tb)?;
+                }
+                Ok(t)
+            },
+        )
     }
 }
 

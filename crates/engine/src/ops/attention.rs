@@ -7,6 +7,7 @@ use crate::cpu::{attention, dispatch_float, ComputeType, CpuStorage};
 #[cfg(feature = "cuda")]
 use crate::cuda::{self, CudaStorage};
 use crate::error::{Error, Result};
+use crate::forward_ad;
 use crate::fused::{BackendInputs, FusedOp, View};
 use crate::layout::Layout;
 use crate::storage::Storage;
@@ -45,17 +46,36 @@ pub fn scaled_dot_product_attention(
         scale: scale.unwrap_or(1.0 / (qs[3] as f64).sqrt()),
         causal,
     };
-    let (out, lse) = Storage::fused(
-        &AttentionForward(spec),
-        (
-            (&q.storage(), q.layout()),
-            (&k.storage(), k.layout()),
-            (&v.storage(), v.layout()),
-        ),
-    )?;
+    let primals = (
+        (&*q.storage(), q.layout()),
+        (&*k.storage(), k.layout()),
+        (&*v.storage(), v.layout()),
+    );
+    // With tangents, one kernel computes the output and its tangent together.
+    let (out, lse, tangent) = match forward_ad::wants_tangent(&[q, k, v]) {
+        false => {
+            let (out, lse) = Storage::fused(&AttentionForward(spec), primals)?;
+            (out, lse, None)
+        }
+        true => {
+            let t = |x: &Tensor| x.tangent().cloned().map_or_else(|| x.zeros_like(), Ok);
+            let (tq, tk, tv) = (t(q)?, t(k)?, t(v)?);
+            let (pq, pk, pv) = primals;
+            let inputs = (
+                pq,
+                pk,
+                pv,
+                (&*tq.storage(), tq.layout()),
+                (&*tk.storage(), tk.layout()),
+                (&*tv.storage(), tv.layout()),
+            );
+            let (out, lse, t) = Storage::fused(&AttentionJvp(spec), inputs)?;
+            (out, lse, Some(t))
+        }
+    };
     let lse = Tensor::from_storage(lse, &qs[..3]);
     let shape = [qs[0], qs[1], qs[2], vs[3]];
-    Ok(Tensor::from_op_in(
+    Tensor::from_op_in(
         OP,
         out,
         token_major(shape),
@@ -79,7 +99,12 @@ pub fn scaled_dot_product_attention(
             };
             Ok(vec![grad(dq, q), grad(dk, k), grad(dv, v)])
         },
-    ))
+        move |_, _| {
+            let t =
+                tangent.ok_or_else(|| Error::Autograd("attention: tangent not computed".into()))?;
+            Ok(Tensor::from_storage_in(t, token_major(shape)))
+        },
+    )
 }
 
 /// A `[b, h, t, d]` view of storage laid out `[b, t, h, d]` (token-major): how the
@@ -117,6 +142,49 @@ impl<'a> FusedOp<'a> for AttentionForward {
     fn cuda(&self, (q, k, v): BackendInputs<'a, Self, CudaStorage>) -> Result<Self::Output> {
         let (o, lse) = cuda::attention::forward(q, k, v, self.0)?;
         Ok((o.into(), lse.into()))
+    }
+}
+
+/// The forward and JVP kernels: the output and its tangent (both token-major) and the
+/// row log-sum-exp, from q, k, v and their tangents.
+struct AttentionJvp(AttentionSpec);
+
+impl<'a> FusedOp<'a> for AttentionJvp {
+    const NAME: &'static str = "attention_jvp";
+    /// q, k, v, then their tangents.
+    type Inputs = (
+        View<'a, Storage>,
+        View<'a, Storage>,
+        View<'a, Storage>,
+        View<'a, Storage>,
+        View<'a, Storage>,
+        View<'a, Storage>,
+    );
+    type Output = (Storage, Storage, Storage);
+
+    fn cpu(&self, inputs: BackendInputs<'a, Self, CpuStorage>) -> Result<Self::Output> {
+        let (q, k, v, tq, tk, tv) = inputs;
+        let dt = q.0.dtype();
+        dispatch_float!(Self::NAME, q.0, |F| {
+            let view = |(s, l): View<'a, CpuStorage>| F::view(s, Self::NAME).map(|v| (v, l));
+            let (q, k, v) = (view(q)?, view(k)?, view(v)?);
+            let (tq, tk, tv) = (view(tq)?, view(tk)?, view(tv)?);
+            let r = attention::attention_jvp(
+                ((&q.0, q.1), (&k.0, k.1), (&v.0, v.1)),
+                ((&tq.0, tq.1), (&tk.0, tk.1), (&tv.0, tv.1)),
+                self.0,
+            );
+            let store = |v| -> Storage { F::store(v, dt).into() };
+            let lse = F::store(r.lse, stats_dtype(dt)).into();
+            Ok((store(r.out), lse, store(r.tangent)))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(&self, inputs: BackendInputs<'a, Self, CudaStorage>) -> Result<Self::Output> {
+        let (q, k, v, tq, tk, tv) = inputs;
+        let (o, lse, to) = cuda::attention::jvp((q, k, v), (tq, tk, tv), self.0)?;
+        Ok((o.into(), lse.into(), to.into()))
     }
 }
 

@@ -5,6 +5,7 @@ use super::{check_float, check_same};
 use crate::autocast::promoted;
 use crate::backend::{BackendStorage, BinaryOp, CmpOp};
 use crate::error::Result;
+use crate::forward_ad::Duals;
 use crate::layout::{broadcast_shapes, Layout};
 use crate::Tensor;
 
@@ -63,6 +64,36 @@ fn binary_grads(
     }
 }
 
+/// The tangent of `out = a op b` from the operands' tangents (a missing one is zero).
+fn binary_tangent(op: BinaryOp, d: &Duals, out: &Tensor) -> Result<Tensor> {
+    let (a, b) = (d.primal(0), d.primal(1));
+    let (ta, tb) = (d.tangent(0), d.tangent(1));
+    match (op, ta, tb) {
+        (BinaryOp::Add, Some(ta), Some(tb)) => ta.add(tb),
+        (BinaryOp::Sub, Some(ta), Some(tb)) => ta.sub(tb),
+        (BinaryOp::Add | BinaryOp::Sub, Some(ta), None) => Ok(ta.clone()),
+        (BinaryOp::Add, None, Some(tb)) => Ok(tb.clone()),
+        (BinaryOp::Sub, None, Some(tb)) => tb.neg(),
+        // Product rule: ta·b + a·tb.
+        (BinaryOp::Mul, Some(ta), Some(tb)) => ta.mul(b)?.addcmul(a, tb),
+        (BinaryOp::Mul, Some(ta), None) => ta.mul(b),
+        (BinaryOp::Mul, None, Some(tb)) => a.mul(tb),
+        // Quotient rule: (ta − out·tb)/b.
+        (BinaryOp::Div, Some(ta), None) => ta.div(b),
+        (BinaryOp::Div, _, Some(tb)) => d.tangent_or_zeros(0)?.sub(&out.mul(tb)?)?.div(b),
+        // The tangent of the operand picked, ties going to `a` as in the backward.
+        (BinaryOp::Maximum | BinaryOp::Minimum, _, _) => {
+            let cmp = match op {
+                BinaryOp::Maximum => CmpOp::Ge,
+                _ => CmpOp::Le,
+            };
+            let pick_a = a.cmp_op("max/min tangent", b, cmp)?;
+            pick_a.where_cond(&d.tangent_or_zeros(0)?, &d.tangent_or_zeros(1)?)
+        }
+        (_, None, None) => out.zeros_like(),
+    }
+}
+
 impl Tensor {
     fn binary_op(&self, name: &'static str, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
         if let Some(x) = promoted(&[self, rhs])? {
@@ -71,7 +102,7 @@ impl Tensor {
         check_float(name, self)?;
         let (shape, la, lb) = broadcast_pair(name, self, rhs)?;
         let s = self.storage().binary(&la, &rhs.storage(), &lb, op)?;
-        Ok(Tensor::from_op(
+        Tensor::from_op(
             name,
             s,
             &shape,
@@ -85,7 +116,8 @@ impl Tensor {
                 let gb = gb.map(|t| t.sum_to_shape(b.shape())).transpose()?;
                 Ok(vec![ga, gb])
             },
-        ))
+            move |d, out| binary_tangent(op, d, out),
+        )
     }
 
     /// a + b

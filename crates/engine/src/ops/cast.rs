@@ -17,12 +17,13 @@ impl Tensor {
             // Integers carry no gradient, in either direction.
             return Ok(Tensor::from_storage(s, self.shape()));
         }
-        Ok(Tensor::from_op(
+        Tensor::from_op(
             "to_dtype",
             s,
             self.shape(),
             &[self],
             |x, _, g| Ok(vec![Some(g.to_dtype(x[0].dtype())?)]),
-        ))
+            move |d, _| d.tangent_or_zeros(0)?.to_dtype(dtype),
+        )
     }
 }

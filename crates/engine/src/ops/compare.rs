@@ -70,7 +70,7 @@ impl Tensor {
                 (&on_false.storage(), &lf),
             ),
         )?;
-        Ok(Tensor::from_op(
+        Tensor::from_op(
             OP,
             s,
             &shape,
@@ -84,7 +84,12 @@ impl Tensor {
                     Some(mask.where_cond(&zero, g)?.sum_to_shape(x[2].shape())?),
                 ])
             },
-        ))
+            // The mask is piecewise constant: the tangent picks the branches' tangents.
+            |d, _| {
+                d.primal(0)
+                    .where_cond(&d.tangent_or_zeros(1)?, &d.tangent_or_zeros(2)?)
+            },
+        )
     }
 }
 

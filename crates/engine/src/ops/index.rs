@@ -42,7 +42,7 @@ impl Tensor {
         let s = self
             .storage()
             .index_select(self.layout(), &ids.storage(), ids.layout(), d)?;
-        Ok(Tensor::from_op(
+        Tensor::from_op(
             "index_select",
             s,
             &shape,
@@ -58,7 +58,12 @@ impl Tensor {
                 )?;
                 Ok(vec![Some(Tensor::from_storage(gs, src.shape())), None])
             },
-        ))
+            move |duals, _| {
+                duals
+                    .tangent_or_zeros(0)?
+                    .index_select(duals.primal(1), d as isize)
+            },
+        )
     }
 
     /// `out[i][j][k] = self[i][ids[i][j][k]][k]` for `dim = 1` (likewise for any dim).
@@ -75,7 +80,7 @@ impl Tensor {
         let s = self
             .storage()
             .gather(self.layout(), &ids.storage(), ids.layout(), d)?;
-        Ok(Tensor::from_op(
+        Tensor::from_op(
             "gather",
             s,
             ids.shape(),
@@ -91,6 +96,11 @@ impl Tensor {
                 )?;
                 Ok(vec![Some(Tensor::from_storage(gs, src.shape())), None])
             },
-        ))
+            move |duals, _| {
+                duals
+                    .tangent_or_zeros(0)?
+                    .gather(duals.primal(1), d as isize)
+            },
+        )
     }
 }

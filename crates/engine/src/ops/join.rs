@@ -38,7 +38,7 @@ impl Tensor {
             starts.push(at);
             at += t.shape()[d];
         }
-        Ok(Tensor::from_op(
+        Tensor::from_op(
             "cat",
             out,
             &shape,
@@ -49,7 +49,14 @@ impl Tensor {
                     .map(|(t, &s)| Ok(Some(g.narrow(d as isize, s, t.shape()[d])?)))
                     .collect()
             },
-        ))
+            // The tangents joined the same way, zeros for inputs that carry none.
+            move |duals, _| {
+                let tangents = (0..tensors.len())
+                    .map(|i| duals.tangent_or_zeros(i))
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&tangents.iter().collect::<Vec<_>>(), d as isize)
+            },
+        )
     }
 
     /// The tensors (all of one shape) stacked along a new dim `dim`.

@@ -6,8 +6,29 @@ use super::{check_float, check_same};
 use crate::autocast::lowered;
 use crate::backend::BackendStorage;
 use crate::error::{Error, Result};
+use crate::forward_ad::Duals;
 use crate::layout::broadcast_shapes;
 use crate::Tensor;
+
+/// The tangent of `a·b (+ bias)`: ta·b + a·tb (+ tbias), the terms whose tangents exist.
+fn product_tangent(d: &Duals, out: &Tensor) -> Result<Tensor> {
+    let (a, b) = (d.primal(0), d.primal(1));
+    let mut terms = Vec::with_capacity(3);
+    if let Some(ta) = d.tangent(0) {
+        terms.push(ta.matmul(b)?);
+    }
+    if let Some(tb) = d.tangent(1) {
+        terms.push(a.matmul(tb)?);
+    }
+    if let Some(tbias) = d.tangent(2) {
+        terms.push(tbias.clone());
+    }
+    let mut sum = terms.pop().map_or_else(|| out.zeros_like(), Ok)?;
+    for t in terms {
+        sum = t.add(&sum)?;
+    }
+    Ok(sum)
+}
 
 impl Tensor {
     /// `self · rhs` for `[..., m, k] · [..., k, n]`; batch dims broadcast. Runs in and
@@ -88,23 +109,30 @@ impl Tensor {
         let bias_storage = bias.map(|t| t.storage());
         let bias_view = bias_storage.as_deref().zip(lbias.as_ref());
         let s = self.storage().matmul(&la, &rhs.storage(), &lb, bias_view)?;
-        Ok(Tensor::from_op(name, s, &shape, &operands, |x, _, g| {
-            let (a, b) = (&x[0], &x[1]);
-            let ga = a
-                .requires_grad()
-                .then(|| g.matmul(&b.t()?)?.sum_to_shape(a.shape()));
-            let gb = b
-                .requires_grad()
-                .then(|| a.t()?.matmul(g)?.sum_to_shape(b.shape()));
-            let mut grads = vec![ga.transpose()?, gb.transpose()?];
-            if let Some(bias) = x.get(2) {
-                grads.push(
-                    bias.requires_grad()
-                        .then(|| g.sum_to_shape(bias.shape()))
-                        .transpose()?,
-                );
-            }
-            Ok(grads)
-        }))
+        Tensor::from_op(
+            name,
+            s,
+            &shape,
+            &operands,
+            |x, _, g| {
+                let (a, b) = (&x[0], &x[1]);
+                let ga = a
+                    .requires_grad()
+                    .then(|| g.matmul(&b.t()?)?.sum_to_shape(a.shape()));
+                let gb = b
+                    .requires_grad()
+                    .then(|| a.t()?.matmul(g)?.sum_to_shape(b.shape()));
+                let mut grads = vec![ga.transpose()?, gb.transpose()?];
+                if let Some(bias) = x.get(2) {
+                    grads.push(
+                        bias.requires_grad()
+                            .then(|| g.sum_to_shape(bias.shape()))
+                            .transpose()?,
+                    );
+                }
+                Ok(grads)
+            },
+            product_tangent,
+        )
     }
 }

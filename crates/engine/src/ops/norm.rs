@@ -8,6 +8,7 @@ use crate::cpu::{dispatch_float, norm, strided, ComputeType, CpuStorage};
 #[cfg(feature = "cuda")]
 use crate::cuda::{rows, CudaStorage};
 use crate::error::{Error, Result};
+use crate::forward_ad::Duals;
 use crate::fused::{BackendInputs, FusedOp, View};
 use crate::storage::Storage;
 use crate::Tensor;
@@ -52,7 +53,8 @@ impl Tensor {
         let inputs: Vec<&Tensor> = std::iter::once(self).chain(params).collect();
         let has_weight = weight.is_some();
         let has_bias = bias.is_some();
-        Ok(Tensor::from_op(
+        let stats = (mean.clone(), rstd.clone());
+        Tensor::from_op(
             name,
             y,
             self.shape(),
@@ -77,7 +79,11 @@ impl Tensor {
                 grads.extend(db.map(|s| Some(Tensor::from_storage(s, &d))));
                 Ok(grads)
             },
-        ))
+            move |duals, _| {
+                let (mean, rstd) = stats;
+                norm_tangent(duals, (&mean, &rstd), spec, name, (has_weight, has_bias))
+            },
+        )
     }
 
     /// Layer norm over the last dim: (x − mean)/√(var + eps), then `· weight + bias`
@@ -94,6 +100,44 @@ impl Tensor {
     /// RMS norm over the last dim: x/√(mean(x²) + eps), then `· weight` where given.
     pub fn rms_norm(&self, weight: Option<&Tensor>, eps: f64) -> Result<Tensor> {
         self.norm_op("rms_norm", weight, None, NormSpec { eps, rms: true })
+    }
+}
+
+/// The tangent of `x̂·w + b`: tx̂·w + x̂·tw + tb, where tx̂, the normalisation's JVP, is
+/// the backward kernel applied to tx without weight (the normalisation's Jacobian is
+/// symmetric), and x̂ is recomputed only when the weight carries a tangent.
+fn norm_tangent(
+    d: &Duals,
+    (mean, rstd): (&Tensor, &Tensor),
+    spec: NormSpec,
+    name: &'static str,
+    (has_weight, has_bias): (bool, bool),
+) -> Result<Tensor> {
+    let (x, tx) = (d.primal(0), d.tangent_or_zeros(0)?);
+    let (dx, _, _) = Storage::fused(
+        &NormBackward {
+            spec,
+            has_bias: false,
+        },
+        (
+            (&x.storage(), x.layout()),
+            None,
+            &mean.storage(),
+            &rstd.storage(),
+            (&tx.storage(), tx.layout()),
+        ),
+    )?;
+    let mut t = Tensor::from_storage(dx, x.shape());
+    if has_weight {
+        t = t.mul(d.primal(1))?;
+        if let Some(tw) = d.tangent(1) {
+            let x_hat = x.norm_op(name, None, None, spec)?;
+            t = t.addcmul(&x_hat, tw)?;
+        }
+    }
+    match d.tangent(1 + has_weight as usize).filter(|_| has_bias) {
+        Some(tb) => t.add(tb),
+        None => Ok(t),
     }
 }
 

@@ -21,7 +21,8 @@ impl Tensor {
         let mut shape = self.shape().to_vec();
         dims.iter().for_each(|&d| shape[d] = 1);
         let s = self.storage().reduce(self.layout(), &dims, op)?;
-        Ok(Tensor::from_op(
+        let signed: Vec<isize> = dims.iter().map(|&d| d as isize).collect();
+        Tensor::from_op(
             name,
             s,
             &shape,
@@ -29,19 +30,30 @@ impl Tensor {
             move |x, out, g| {
                 let x = &x[0];
                 let g = g.broadcast_to(x.shape())?;
+                let dims: Vec<isize> = dims.iter().map(|&d| d as isize).collect();
                 Ok(vec![Some(match op {
                     ReduceOp::Sum => g,
                     // The gradient is shared among the elements equal to the extreme value,
                     // like PyTorch's amax/amin.
                     ReduceOp::Max | ReduceOp::Min => {
-                        let hit = x.eq(out)?;
-                        let ties =
-                            hit.sum_keepdim(&dims.iter().map(|&d| d as isize).collect::<Vec<_>>())?;
+                        let (hit, ties) = extremes(x, out, &dims)?;
                         g.mul(&hit)?.div(&ties)?
                     }
                 })])
             },
-        ))
+            move |d, out| {
+                let t = d.tangent_or_zeros(0)?;
+                match op {
+                    ReduceOp::Sum => t.sum_keepdim(&signed),
+                    // The mean tangent of the tied extremes: the backward's sharing, read
+                    // the other way.
+                    ReduceOp::Max | ReduceOp::Min => {
+                        let (hit, ties) = extremes(d.primal(0), out, &signed)?;
+                        t.sum_product_keepdim(&hit, &signed)?.div(&ties)
+                    }
+                }
+            },
+        )
     }
 
     /// Σ over `dims`, keeping them; in f32 inside an autocast scope (so are the mean and
@@ -79,7 +91,8 @@ impl Tensor {
         dims.iter().for_each(|&d| summed[d] = 1);
         let inputs = ((&*self.storage(), &la), (&*other.storage(), &lb));
         let s = Storage::fused(&SumProduct(&dims), inputs)?;
-        Ok(Tensor::from_op(
+        let signed: Vec<isize> = dims.iter().map(|&d| d as isize).collect();
+        Tensor::from_op(
             OP,
             s,
             &summed,
@@ -91,7 +104,18 @@ impl Tensor {
                 let gb = b.requires_grad().then(|| g.mul_sum_to_shape(a, b.shape()));
                 Ok(vec![ga.transpose()?, gb.transpose()?])
             },
-        ))
+            // Product rule inside the sum: Σ ta·b + Σ a·tb.
+            move |d, _| {
+                let (a, b) = (d.primal(0), d.primal(1));
+                match (d.tangent(0), d.tangent(1)) {
+                    (Some(ta), Some(tb)) => ta
+                        .sum_product_keepdim(b, &signed)?
+                        .add(&a.sum_product_keepdim(tb, &signed)?),
+                    (Some(ta), None) => ta.sum_product_keepdim(b, &signed),
+                    _ => a.sum_product_keepdim(&d.tangent_or_zeros(1)?, &signed),
+                }
+            },
+        )
     }
 
     /// Σ over `dims`.
@@ -161,6 +185,14 @@ impl Tensor {
             .add(&shift)?;
         finish_reduce(lse, dims, keepdim)
     }
+}
+
+/// The mask of the elements of `x` equal to their reduction's extreme `out`, and how
+/// many tie in each reduction.
+fn extremes(x: &Tensor, out: &Tensor, dims: &[isize]) -> Result<(Tensor, Tensor)> {
+    let hit = x.eq(out)?;
+    let ties = hit.sum_keepdim(dims)?;
+    Ok((hit, ties))
 }
 
 fn all_dims(t: &Tensor) -> Vec<isize> {

@@ -23,17 +23,22 @@ impl Tensor {
         }
         let x = (&*self.storage(), self.layout());
         let s = Storage::fused(&SoftmaxForward { log }, (x,))?;
-        Ok(Tensor::from_op(
+        Tensor::from_op(
             name,
             s,
             self.shape(),
             &[self],
-            move |_, y, g| {
-                let (y_view, g_view) = ((&*y.storage(), y.layout()), (&*g.storage(), g.layout()));
-                let s = Storage::fused(&SoftmaxBackward { log }, (y_view, g_view))?;
-                Ok(vec![Some(Tensor::from_storage(s, y.shape()))])
+            move |_, y, g| Ok(vec![Some(softmax_backward(y, g, log)?)]),
+            move |d, y| {
+                let t = d.tangent_or_zeros(0)?;
+                match log {
+                    // Softmax's Jacobian is symmetric: the backward kernel is its JVP.
+                    false => softmax_backward(y, &t, false),
+                    // log_softmax's is not: t − Σ softmax·t.
+                    true => t.sub(&y.exp()?.sum_product_keepdim(&t, &[-1])?),
+                }
             },
-        ))
+        )
     }
 
     /// Softmax over the last dim.
@@ -45,6 +50,13 @@ impl Tensor {
     pub fn log_softmax(&self) -> Result<Tensor> {
         self.softmax_op("log_softmax", true)
     }
+}
+
+/// The backward kernel run on the output `y` and a row-wise gradient `g`.
+fn softmax_backward(y: &Tensor, g: &Tensor, log: bool) -> Result<Tensor> {
+    let (y_view, g_view) = ((&*y.storage(), y.layout()), (&*g.storage(), g.layout()));
+    let s = Storage::fused(&SoftmaxBackward { log }, (y_view, g_view))?;
+    Ok(Tensor::from_storage(s, y.shape()))
 }
 
 /// The forward kernel: softmax, or log-softmax when `log`, of each row.

@@ -1,4 +1,5 @@
-//! Elementwise maps of one tensor. Each backward is one fused kernel, `grad · f'(x)`.
+//! Elementwise maps of one tensor. Each backward is one fused kernel, `grad · f'(x)`,
+//! and so is each tangent, `t · f'(x)`.
 
 use super::check_float;
 use crate::autocast::widened;
@@ -15,13 +16,16 @@ impl Tensor {
         }
         check_float(name, self)?;
         let s = self.storage().unary(self.layout(), op)?;
-        Ok(Tensor::from_op(
+        // f is elementwise, so its Jacobian is diagonal: the tangent is t·f'(x), the same
+        // fused kernel as the backward.
+        Tensor::from_op(
             name,
             s,
             self.shape(),
             &[self],
             move |x, _, g| Ok(vec![Some(x[0].unary_grad(op, g)?)]),
-        ))
+            move |d, _| d.primal(0).unary_grad(op, &d.tangent_or_zeros(0)?),
+        )
     }
 
     /// `grad · op'(self)`, the backward of a unary op (not itself differentiable).

@@ -1,5 +1,6 @@
 //! Views (no copy): reshape of contiguous data, permute, transpose, broadcast, squeeze,
-//! unsqueeze, narrow; and `contiguous`, the copy that ends a chain of views.
+//! unsqueeze, narrow; and `contiguous`, the copy that ends a chain of views. A view's
+//! tangent is the same view of the input's tangent.
 
 use crate::backend::BackendStorage;
 use crate::error::{Error, Result};
@@ -19,9 +20,13 @@ impl Tensor {
             .layout()
             .reshape(shape)
             .ok_or_else(|| Error::shapes("reshape", &[self.shape(), shape]))?;
-        Ok(src.view_op("reshape", layout, |x, _, g| {
-            Ok(vec![Some(g.reshape(x[0].shape())?)])
-        }))
+        let to = shape.to_vec();
+        src.view_op(
+            "reshape",
+            layout,
+            |x, _, g| Ok(vec![Some(g.reshape(x[0].shape())?)]),
+            move |d, _| d.tangent_or_zeros(0)?.reshape(&to),
+        )
     }
 
     /// Dims reordered: dim `i` of the result is dim `perm[i]` of `self`.
@@ -40,9 +45,13 @@ impl Tensor {
         let mut inverse = vec![0; perm.len()];
         perm.iter().enumerate().for_each(|(i, &p)| inverse[p] = i);
         let layout = self.layout().permute(perm);
-        Ok(self.view_op("permute", layout, move |_, _, g| {
-            Ok(vec![Some(g.permute(&inverse)?)])
-        }))
+        let perm = perm.to_vec();
+        self.view_op(
+            "permute",
+            layout,
+            move |_, _, g| Ok(vec![Some(g.permute(&inverse)?)]),
+            move |d, _| d.tangent_or_zeros(0)?.permute(&perm),
+        )
     }
 
     /// Dims `a` and `b` swapped.
@@ -71,9 +80,13 @@ impl Tensor {
             return Ok(self.clone());
         }
         let layout = self.layout().broadcast_to("broadcast_to", shape)?;
-        Ok(self.view_op("broadcast_to", layout, |x, _, g| {
-            Ok(vec![Some(g.sum_to_shape(x[0].shape())?)])
-        }))
+        let to = shape.to_vec();
+        self.view_op(
+            "broadcast_to",
+            layout,
+            |x, _, g| Ok(vec![Some(g.sum_to_shape(x[0].shape())?)]),
+            move |d, _| d.tangent_or_zeros(0)?.broadcast_to(&to),
+        )
     }
 
     /// The size-1 dim `dim` removed.
@@ -90,9 +103,12 @@ impl Tensor {
             ));
         }
         let layout = self.layout().squeeze(d);
-        Ok(self.view_op("squeeze", layout, move |_, _, g| {
-            Ok(vec![Some(g.unsqueeze(d as isize)?)])
-        }))
+        self.view_op(
+            "squeeze",
+            layout,
+            move |_, _, g| Ok(vec![Some(g.unsqueeze(d as isize)?)]),
+            move |duals, _| duals.tangent_or_zeros(0)?.squeeze(d as isize),
+        )
     }
 
     /// A size-1 dim inserted at `dim` (`-1` appends).
@@ -107,9 +123,12 @@ impl Tensor {
             });
         }
         let layout = self.layout().unsqueeze(d as usize);
-        Ok(self.view_op("unsqueeze", layout, move |_, _, g| {
-            Ok(vec![Some(g.squeeze(d)?)])
-        }))
+        self.view_op(
+            "unsqueeze",
+            layout,
+            move |_, _, g| Ok(vec![Some(g.squeeze(d)?)]),
+            move |duals, _| duals.tangent_or_zeros(0)?.unsqueeze(d),
+        )
     }
 
     /// Elements `start..start+len` along `dim`.
@@ -126,9 +145,12 @@ impl Tensor {
             ));
         }
         let layout = self.layout().narrow(d, start, len);
-        Ok(self.view_op("narrow", layout, move |x, _, g| {
-            Ok(vec![Some(g.pad_into(x[0].shape(), d, start)?)])
-        }))
+        self.view_op(
+            "narrow",
+            layout,
+            move |x, _, g| Ok(vec![Some(g.pad_into(x[0].shape(), d, start)?)]),
+            move |duals, _| duals.tangent_or_zeros(0)?.narrow(d as isize, start, len),
+        )
     }
 
     /// Zeros of `shape` with `self` written at `start..` along `dim` (narrow's backward).
@@ -145,13 +167,14 @@ impl Tensor {
             return Ok(self.clone());
         }
         let s = self.storage().copy_strided(self.layout())?;
-        Ok(Tensor::from_op(
+        Tensor::from_op(
             "contiguous",
             s,
             self.shape(),
             &[self],
             |_, _, g| Ok(vec![Some(g.clone())]),
-        ))
+            |d, _| d.tangent_or_zeros(0),
+        )
     }
 
     /// All dims merged into one.
