@@ -72,7 +72,8 @@ impl Mode {
     }
 
     /// How many elements a full check of `f` at `inputs` compares: every float input
-    /// element (a gradient) or every output element (a tangent).
+    /// element (a gradient), or every output element once per direction (a tangent:
+    /// all float inputs together, then, when there are several, each alone).
     pub fn elements(
         self,
         f: impl Fn(&[Tensor]) -> Result<Tensor>,
@@ -84,7 +85,11 @@ impl Mode {
                 .filter(|t| t.dtype().is_float())
                 .map(Tensor::elem_count)
                 .sum(),
-            Mode::Jvp => no_grad(|| f(inputs))?.elem_count(),
+            Mode::Jvp => {
+                let floats = inputs.iter().filter(|t| t.dtype().is_float()).count();
+                let directions = if floats > 1 { floats + 1 } else { 1 };
+                no_grad(|| f(inputs))?.elem_count() * directions
+            }
         })
     }
 }
