@@ -9,7 +9,9 @@
 // Forward: online softmax over key tiles; only out and lse are written. Backward:
 // delta = rowsum(dO∘O), then two kernels that recompute the scores tile by tile from
 // lse: one per query tile writes dQ, one per key tile writes dK and dV. No atomics, so
-// results are identical run to run.
+// results are identical run to run. JVP (forward mode): the forward and the output's
+// tangent along tangents of q, k and v in one pass over the keys (fa_jvp_*), out and
+// lse written as the forward writes them.
 //
 // Two implementations share the file:
 // - bf16/f16 (the one that matters for speed): tensor cores (mma.sync m16n8k16, f32
@@ -712,6 +714,203 @@ __device__ void fa_dkdv_tc(const T* q, Rows qr, const T* k, Rows kr, const T* v,
     store_rows<T, D, MT>(dv, dkvr.row, dva, mv, st + M * LD, r0, nk);
 }
 
+// ---- the forward with its JVP ----
+//
+// O, the row lse and the tangent tO of O along tangents tQ, tK, tV of the inputs, in one
+// pass over the keys (the JVP of flash attention, Lu & Song 2024, sCM, appendix). With
+// s_j = scale·q·k_j, p_j = softmax(s)_j and ts_j = scale·(tq·k_j + q·tk_j) (the scores'
+// tangent): tO = Σ_j p_j (ts_j v_j + tv_j) − μ·O with μ = Σ_j p_j ts_j. Online, beside
+// the forward's running max m and sum l, with unnormalised p̃_j = e^(s_j − m):
+// acc_O = Σ p̃_j v_j, acc_tO = Σ p̃_j (ts_j v_j + tv_j) = (P̃∘tS)·V + P̃·tV and
+// acc_μ = Σ p̃_j ts_j, every one rescaled by e^(m_old − m_new) when m moves. At the end
+// O = acc_O / l, μ = acc_μ / l, tO = (acc_tO − μ·acc_O) / l, lse = m + ln l.
+
+// Shared bytes of the JVP kernel (the Jvp `smem` formula of flash.rs): Q and tQ
+// resident (M rows each), then two stages of four BS-row tiles (K, V, tK, tV).
+template <int D, int M, int BS> struct JvpSmem {
+    static constexpr int ROWS = 2 * M + 8 * BS;
+    static constexpr unsigned BYTES = ROWS * (D + FA_PAD) * 2;
+};
+
+// next_kv_tile with four tiles a stage (stage s: K at stages + 4s·TILE, then V, tK and
+// tV a TILE apart each).
+template <typename T, int D, int BS, int NT>
+__device__ __forceinline__ void next_jvp_tile(unsigned stages, int j, int ntiles, const T* k,
+                                              Rows kr, const T* v, Rows vr, const T* k_dot,
+                                              Rows kdr, const T* v_dot, Rows vdr, int nk) {
+    constexpr int TILE = BS * (D + FA_PAD) * 2;
+    cp_async_wait_all();
+    __syncthreads();
+    if (j + 1 < ntiles) {
+        const unsigned next = stages + 4 * ((j + 1) & 1) * TILE;
+        const int row0 = (j + 1) * BS;
+        cp_tile<T, D, BS, NT>(next, k, kr.row, row0, nk);
+        cp_tile<T, D, BS, NT>(next + TILE, v, vr.row, row0, nk);
+        cp_tile<T, D, BS, NT>(next + 2 * TILE, k_dot, kdr.row, row0, nk);
+        cp_tile<T, D, BS, NT>(next + 3 * TILE, v_dot, vdr.row, row0, nk);
+    }
+    cp_async_commit();
+}
+
+// A block of W warps owns M = 16·MT·W query rows, as in the forward: warp w owns rows
+// 16·MT·w + 16m + {g, g+8}. Q at byte 0 and tQ M rows on stay in shared memory for the
+// whole loop (and in registers too with QREG); K, V, tK and tV tiles of BS keys stream
+// through two stages. Per tile: S = Q·Kᵀ and tS = tQ·Kᵀ + Q·tKᵀ (B = K and tK tiles as
+// [n][k]), S scaled to log2 units and masked, tS scaled; the online softmax of the
+// forward, then P̃∘tS in place of tS, and O += P̃·V, tO += (P̃∘tS)·V + P̃·tV (B = V and tV
+// tiles as [k][n]) with P̃ and P̃∘tS packed from their accumulators' registers.
+template <typename T, int D, int MT, int W, int BS, bool QREG>
+__device__ void fa_jvp_tc(const T* q, Rows qr, const T* k, Rows kr, const T* v, Rows vr,
+                          const T* q_dot, Rows qdr, const T* k_dot, Rows kdr, const T* v_dot,
+                          Rows vdr, T* out, T* out_dot, Rows outr, float* lse, u64 tq, u64 tk,
+                          float scale, int causal) {
+    constexpr int LD = D + FA_PAD, M = 16 * MT * W, NT = 32 * W, TILE = BS * LD * 2;
+    static_assert(BS % 16 == 0 && D % 16 == 0, "tiles are whole 16×16 fragments");
+    const int nq = (int)tq, nk = (int)tk;
+    check_launch<W, M>(JvpSmem<D, M, BS>::BYTES, nq);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const u64 bh = blockIdx.x;
+    const int q0 = blockIdx.y * M, r0 = q0 + 16 * MT * warp;
+    q += qr.start(bh), k += kr.start(bh), v += vr.start(bh);
+    q_dot += qdr.start(bh), k_dot += kdr.start(bh), v_dot += vdr.start(bh);
+    lse += bh * tq;
+    // Q at byte 0, tQ at M·LD·2, then stage s: K at 2M·LD·2 + 4s·TILE, V, tK and tV a
+    // TILE apart each.
+    const unsigned base = smem_addr(fa_smem), sq = base, sqd = base + M * LD * 2;
+    const unsigned stages = base + 2 * M * LD * 2;
+    // Under the causal mask no query of this block sees a key past its last query.
+    const int kend = causal ? min(nk, q0 + M) : nk, ntiles = (kend + BS - 1) / BS;
+    cp_tile<T, D, M, NT>(sq, q, qr.row, q0, nq);
+    cp_tile<T, D, M, NT>(sqd, q_dot, qdr.row, q0, nq);
+    cp_tile<T, D, BS, NT>(stages, k, kr.row, 0, nk);
+    cp_tile<T, D, BS, NT>(stages + TILE, v, vr.row, 0, nk);
+    cp_tile<T, D, BS, NT>(stages + 2 * TILE, k_dot, kdr.row, 0, nk);
+    cp_tile<T, D, BS, NT>(stages + 3 * TILE, v_dot, vdr.row, 0, nk);
+    cp_async_commit();
+    const unsigned aq = sq + 16 * MT * warp * LD * 2 + a_lane<LD>(lane);
+    const unsigned aqd = sqd + 16 * MT * warp * LD * 2 + a_lane<LD>(lane);
+    // With QREG, Q's and tQ's fragments are read once (the loop's first barrier is then
+    // a no-op wait); otherwise a k-slice at a time in each product.
+    unsigned qf[QREG ? MT : 1][QREG ? D / 16 : 1][4], qdf[QREG ? MT : 1][QREG ? D / 16 : 1][4];
+    if constexpr (QREG) {
+        cp_async_wait_all();
+        __syncthreads();
+        load_a<MT, D, LD>(qf, aq);
+        load_a<MT, D, LD>(qdf, aqd);
+    }
+    const float sl2 = scale * FA_LOG2E;
+    // Per-lane partial sums l and μ (over the lane's own columns) as in the forward.
+    float mrow[MT][2], lrow[MT][2] = {}, murow[MT][2] = {};
+    float o[MT][D / 8][4] = {}, od[MT][D / 8][4] = {};
+#pragma unroll
+    for (int m = 0; m < MT; ++m) mrow[m][0] = mrow[m][1] = FA_NEG_INF;
+    for (int j = 0; j < ntiles; ++j) {
+        const int k0 = j * BS;
+        const unsigned sk = stages + 4 * (j & 1) * TILE, sv = sk + TILE;
+        const unsigned skd = sk + 2 * TILE, svd = sk + 3 * TILE;
+        // At j = 0 Q, tQ and the first tiles have landed too.
+        next_jvp_tile<T, D, BS, NT>(stages, j, ntiles, k, kr, v, vr, k_dot, kdr, v_dot, vdr, nk);
+        // Under the causal mask a warp whose last row precedes the tile's first key
+        // sees none of it (warp-uniform: the collectives below stay whole-warp).
+        if (causal && k0 > r0 + 16 * MT - 1) continue;
+        float s[MT][BS / 8][4] = {}, sd[MT][BS / 8][4] = {};
+        if constexpr (QREG) {
+            mma_rs_nk<T, MT, D, BS, LD>(s, qf, sk + bnk_lane<LD>(lane));
+            mma_rs_nk<T, MT, D, BS, LD>(sd, qdf, sk + bnk_lane<LD>(lane));
+            mma_rs_nk<T, MT, D, BS, LD>(sd, qf, skd + bnk_lane<LD>(lane));
+        } else {
+            mma_ss_nk<T, MT, D, BS, LD>(s, aq, sk + bnk_lane<LD>(lane));
+            mma_ss_nk<T, MT, D, BS, LD>(sd, aqd, sk + bnk_lane<LD>(lane));
+            mma_ss_nk<T, MT, D, BS, LD>(sd, aq, skd + bnk_lane<LD>(lane));
+        }
+        // S to log2 units (scaled before masking: any sign of scale keeps the mask at
+        // −inf), tS to natural units. Masked scores' tS stay finite (their rows of K and
+        // tK are zeros or real keys) and meet p̃ = 0 below.
+#pragma unroll
+        for (int m = 0; m < MT; ++m)
+#pragma unroll
+            for (int nb = 0; nb < BS / 8; ++nb)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[m][nb][e] *= sl2, sd[m][nb][e] *= scale;
+        // Element (m, nb, e) is query r0 + 16m + g + 8(e/2), key k0 + 8nb + 2t + e%2.
+        if (k0 + BS > nk || (causal && k0 + BS - 1 > r0)) {
+#pragma unroll
+            for (int m = 0; m < MT; ++m)
+#pragma unroll
+                for (int nb = 0; nb < BS / 8; ++nb)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int i = r0 + 16 * m + g + 8 * (e >> 1), kj = k0 + 8 * nb + 2 * t + (e & 1);
+                        if (kj >= nk || (causal && kj > i)) s[m][nb][e] = FA_NEG_INF;
+                    }
+        }
+#pragma unroll
+        for (int m = 0; m < MT; ++m)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                float mx = mrow[m][h];
+#pragma unroll
+                for (int nb = 0; nb < BS / 8; ++nb)
+                    mx = fmaxf(mx, fmaxf(s[m][nb][2 * h], s[m][nb][2 * h + 1]));
+                mx = row_max(mx);
+                // A row with every key so far masked keeps 0 as its reference (no ∞ − ∞);
+                // ex2(−inf) = 0 then zeroes the (empty) history.
+                const float ref = mx == FA_NEG_INF ? 0.f : mx, corr = ex2(mrow[m][h] - ref);
+                mrow[m][h] = mx;
+                float sum = 0.f, musum = 0.f;
+#pragma unroll
+                for (int nb = 0; nb < BS / 8; ++nb)
+#pragma unroll
+                    for (int c = 0; c < 2; ++c) {
+                        const float p = ex2(s[m][nb][2 * h + c] - ref);
+                        const float pd = p * sd[m][nb][2 * h + c];
+                        s[m][nb][2 * h + c] = p;
+                        sd[m][nb][2 * h + c] = pd;
+                        sum += p;
+                        musum += pd;
+                    }
+                lrow[m][h] = lrow[m][h] * corr + sum;
+                murow[m][h] = murow[m][h] * corr + musum;
+#pragma unroll
+                for (int nb = 0; nb < D / 8; ++nb)
+#pragma unroll
+                    for (int c = 0; c < 2; ++c) {
+                        o[m][nb][2 * h + c] *= corr;
+                        od[m][nb][2 * h + c] *= corr;
+                    }
+            }
+        unsigned pf[MT][BS / 16][4];
+        pack_a<T, MT, BS>(pf, s);
+        mma_rs_kn<T, MT, BS, D, LD>(o, pf, sv + bkn_lane<LD>(lane));
+        mma_rs_kn<T, MT, BS, D, LD>(od, pf, svd + bkn_lane<LD>(lane));
+        pack_a<T, MT, BS>(pf, sd);
+        mma_rs_kn<T, MT, BS, D, LD>(od, pf, sv + bkn_lane<LD>(lane));
+    }
+    // Every warp is done with the shared window before the outputs go through Q's rows
+    // (O) and tQ's (tO), warp w through rows 16·MT·w.. of each.
+    cp_async_wait_all();
+    __syncthreads();
+    float inv[MT][2];
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const float l = row_sum(lrow[m][h]), mu = row_sum(murow[m][h]) / l;
+            inv[m][h] = 1.f / l;
+            // tO·l = acc_tO − μ·acc_O.
+#pragma unroll
+            for (int nb = 0; nb < D / 8; ++nb)
+#pragma unroll
+                for (int c = 0; c < 2; ++c) od[m][nb][2 * h + c] -= mu * o[m][nb][2 * h + c];
+            const int i = r0 + 16 * m + g + 8 * h;
+            if (t == 0 && i < nq) lse[i] = mrow[m][h] * FA_LN2 + logf(l);
+        }
+    T* st = reinterpret_cast<T*>(fa_smem) + 16 * MT * warp * LD;
+    out += outr.start(bh), out_dot += outr.start(bh);
+    store_rows<T, D, MT>(out, outr.row, o, inv, st, r0, nq);
+    store_rows<T, D, MT>(out_dot, outr.row, od, inv, st + M * LD, r0, nq);
+}
+
 // ======================= f32: FMAs =======================
 
 // A matrix in shared memory: element (i, j) at p[i·rs + j·cs] (a transpose swaps rs, cs).
@@ -965,6 +1164,110 @@ __device__ void fa_dkdv32(const float* q, Rows qr, const float* k, Rows kr, cons
     store_frag32<D>(dv + r0 * dkvr.row, (int)dkvr.row, dva, one, r0, tk);
 }
 
+// The forward with its JVP (see fa_jvp_tc): O, lse and tO, W warps of 16 rows, Q and tQ
+// resident, K, V, tK and tV tiles of BS keys; P̃ and P̃∘tS go through two per-warp
+// shared scratches.
+template <int D, int W, int BS>
+__device__ void fa_jvp32(const float* q, Rows qr, const float* k, Rows kr, const float* v,
+                         Rows vr, const float* q_dot, Rows qdr, const float* k_dot, Rows kdr,
+                         const float* v_dot, Rows vdr, float* out, float* out_dot, Rows outr,
+                         float* lse, u64 tq, u64 tk, float scale, int causal) {
+    __shared__ __align__(16) float sq[16 * W][D + FA_PAD];
+    __shared__ __align__(16) float sqd[16 * W][D + FA_PAD];
+    __shared__ __align__(16) float sk[BS][D + FA_PAD];
+    __shared__ __align__(16) float sv[BS][D + FA_PAD];
+    __shared__ __align__(16) float skd[BS][D + FA_PAD];
+    __shared__ __align__(16) float svd[BS][D + FA_PAD];
+    __shared__ __align__(16) float sp[W][16][BS + FA_PAD];
+    __shared__ __align__(16) float spd[W][16][BS + FA_PAD];
+    if (blockDim.x != 32 * W || (u64)gridDim.y != (tq + 16 * W - 1) / (16 * W)) __trap();
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const u64 bh = blockIdx.x;
+    const i64 q0 = (i64)blockIdx.y * 16 * W, r0 = q0 + 16 * warp;
+    q += qr.start(bh), k += kr.start(bh), v += vr.start(bh);
+    q_dot += qdr.start(bh), k_dot += kdr.start(bh), v_dot += vdr.start(bh);
+    out += outr.start(bh), out_dot += outr.start(bh), lse += bh * tq;
+    load_rows32<D>(&sq[0][0], q, qr.row, q0, 16 * W, tq);
+    load_rows32<D>(&sqd[0][0], q_dot, qdr.row, q0, 16 * W, tq);
+    float m[2] = {FA_NEG_INF, FA_NEG_INF}, l[2] = {0.f, 0.f}, mu[2] = {0.f, 0.f};
+    float o[D / 8][4] = {}, od[D / 8][4] = {};
+    // Under the causal mask no query of this block sees a key past its last query.
+    const i64 kend = causal ? min((i64)tk, q0 + 16 * W) : (i64)tk;
+    for (i64 k0 = 0; k0 < kend; k0 += BS) {
+        __syncthreads();
+        load_rows32<D>(&sk[0][0], k, kr.row, k0, BS, tk);
+        load_rows32<D>(&sv[0][0], v, vr.row, k0, BS, tk);
+        load_rows32<D>(&skd[0][0], k_dot, kdr.row, k0, BS, tk);
+        load_rows32<D>(&svd[0][0], v_dot, vdr.row, k0, BS, tk);
+        __syncthreads();
+        float s[BS / 8][4] = {}, sd[BS / 8][4] = {};
+        const Tile32 aq{&sq[16 * warp][0], D + FA_PAD, 1}, aqd{&sqd[16 * warp][0], D + FA_PAD, 1};
+        warp_mm32<D, BS>(s, aq, Tile32{&sk[0][0], 1, D + FA_PAD});
+        warp_mm32<D, BS>(sd, aqd, Tile32{&sk[0][0], 1, D + FA_PAD});
+        warp_mm32<D, BS>(sd, aq, Tile32{&skd[0][0], 1, D + FA_PAD});
+        float mx[2] = {m[0], m[1]};
+#pragma unroll
+        for (int nb = 0; nb < BS / 8; ++nb)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const i64 i = r0 + g + 8 * (e >> 1), j = k0 + nb * 8 + 2 * t + (e & 1);
+                s[nb][e] = visible(i, j, tq, tk, causal) ? s[nb][e] * scale : FA_NEG_INF;
+                sd[nb][e] *= scale;
+                mx[e >> 1] = fmaxf(mx[e >> 1], s[nb][e]);
+            }
+        float base[2], corr[2], sum[2] = {0.f, 0.f}, musum[2] = {0.f, 0.f};
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            mx[h] = row_max(mx[h]);
+            // A row with every key so far masked keeps 0 as its reference (no ∞ − ∞).
+            base[h] = mx[h] == FA_NEG_INF ? 0.f : mx[h];
+            corr[h] = expf(m[h] - base[h]);
+            m[h] = mx[h];
+        }
+#pragma unroll
+        for (int nb = 0; nb < BS / 8; ++nb)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                s[nb][e] = expf(s[nb][e] - base[e >> 1]);
+                sd[nb][e] *= s[nb][e];
+                sum[e >> 1] += s[nb][e];
+                musum[e >> 1] += sd[nb][e];
+            }
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            l[h] = l[h] * corr[h] + row_sum(sum[h]);
+            mu[h] = mu[h] * corr[h] + row_sum(musum[h]);
+        }
+#pragma unroll
+        for (int nb = 0; nb < D / 8; ++nb)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) o[nb][e] *= corr[e >> 1], od[nb][e] *= corr[e >> 1];
+        float *pw = &sp[warp][0][0], *pdw = &spd[warp][0][0];
+        const float one[2] = {1.f, 1.f};
+        store_frag32<BS>(pw, BS + FA_PAD, s, one, 0, 16);
+        store_frag32<BS>(pdw, BS + FA_PAD, sd, one, 0, 16);
+        __syncwarp();
+        const Tile32 ap{pw, BS + FA_PAD, 1};
+        warp_mm32<BS, D>(o, ap, Tile32{&sv[0][0], D + FA_PAD, 1});
+        warp_mm32<BS, D>(od, ap, Tile32{&svd[0][0], D + FA_PAD, 1});
+        warp_mm32<BS, D>(od, Tile32{pdw, BS + FA_PAD, 1}, Tile32{&sv[0][0], D + FA_PAD, 1});
+        __syncwarp();
+    }
+    // tO·l = acc_tO − μ·acc_O with μ = acc_μ / l.
+    const float inv[2] = {1.f / l[0], 1.f / l[1]}, mun[2] = {mu[0] * inv[0], mu[1] * inv[1]};
+#pragma unroll
+    for (int nb = 0; nb < D / 8; ++nb)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) od[nb][e] -= mun[e >> 1] * o[nb][e];
+    store_frag32<D>(out + r0 * outr.row, (int)outr.row, o, inv, r0, tq);
+    store_frag32<D>(out_dot + r0 * outr.row, (int)outr.row, od, inv, r0, tq);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const i64 i = r0 + g + 8 * h;
+        if (t == 0 && i < (i64)tq) lse[i] = m[h] + logf(l[h]);
+    }
+}
+
 // delta[r] = Σ_c dO[r, c]·O[r, c], one warp per row r = bh·tq + i (dO and O placed by
 // `dr` and `outr`).
 template <typename T>
@@ -996,8 +1299,14 @@ __device__ void fa_delta(const T* dout, Rows dr, const T* out, Rows outr, float*
     const T *q, Rows qr, const T *k, Rows kr, const T *v, Rows vr, const T *dout, Rows dr, \
         const float *lse, const float *delta, T *dk, T *dv, Rows dkvr, u64 tq, u64 tk,     \
         float scale, int causal
+#define FA_PARAMS_JVP(T)                                                                    \
+    const T *q, Rows qr, const T *k, Rows kr, const T *v, Rows vr, const T *q_dot, Rows qdr, \
+        const T *k_dot, Rows kdr, const T *v_dot, Rows vdr, T *out, T *out_dot, Rows outr,   \
+        float *lse, u64 tq, u64 tk, float scale, int causal
 // The three inputs and their row placements, as every kernel takes them first.
 #define FA_QKV q, qr, k, kr, v, vr
+// Their tangents, likewise (the JVP kernels take them next).
+#define FA_QKV_DOT q_dot, qdr, k_dot, kdr, v_dot, vdr
 
 // bf16/f16 at head dim D: forward with MT 16-row fragments per warp, FW warps, key tiles
 // of FBS and Q in registers when FQREG; dQ and dK/dV with one fragment per warp, BW
@@ -1051,6 +1360,36 @@ FA_TC(f16, f16, 128, 2, 4, 32, false, 4, 32, false)
 FA32(32, 2, 32, 32)
 FA32(64, 2, 32, 32)
 FA32(128, 1, 16, 16)
+
+// The forward with its JVP, bf16/f16 at head dim D: MT 16-row fragments per warp, W
+// warps, tiles of BS keys, Q and tQ in registers when QREG. Two accumulators (O and tO)
+// and two score tiles (S and tS) a warp: one m-tile a warp at every head dim, and at
+// d = 128 Q and tQ in shared memory and 16-key tiles, to stay within 255 registers and
+// 99 KiB (Q and tQ resident plus two stages of four tiles).
+#define FA_TC_JVP(S, T, D, MT, W, BS, QREG)                                                \
+    extern "C" __global__ void __launch_bounds__(32 * W) fa_jvp_##S##_d##D(FA_PARAMS_JVP(T)) { \
+        fa_jvp_tc<T, D, MT, W, BS, QREG>(FA_QKV, FA_QKV_DOT, out, out_dot, outr, lse, tq,   \
+                                         tk, scale, causal);                                \
+    }
+
+FA_TC_JVP(bf16, bf16, 32, 1, 4, 64, true)
+FA_TC_JVP(bf16, bf16, 64, 1, 4, 32, true)
+FA_TC_JVP(bf16, bf16, 128, 1, 4, 16, false)
+FA_TC_JVP(f16, f16, 32, 1, 4, 64, true)
+FA_TC_JVP(f16, f16, 64, 1, 4, 32, true)
+FA_TC_JVP(f16, f16, 128, 1, 4, 16, false)
+
+// f32 at head dim D: W warps of 16 rows (as the forward) and tiles of BS keys, within
+// 48 KiB of static shared memory with four streamed tiles and two scratches.
+#define FA32_JVP(D, W, BS)                                                                  \
+    extern "C" __global__ void __launch_bounds__(32 * W) fa_jvp_f32_d##D(FA_PARAMS_JVP(float)) { \
+        fa_jvp32<D, W, BS>(FA_QKV, FA_QKV_DOT, out, out_dot, outr, lse, tq, tk, scale,      \
+                           causal);                                                         \
+    }
+
+FA32_JVP(32, 2, 32)
+FA32_JVP(64, 2, 16)
+FA32_JVP(128, 1, 8)
 
 #define FA_DELTA(S, T)                                                                    \
     extern "C" __global__ void fa_delta_##S(const T* dout, Rows dr, const T* out,         \

@@ -6,14 +6,15 @@ ldmatrix.x4 (with and without .trans), mma.m16n8k16 (A, B and C fragment layouts
 cp.async (16 bytes, zero-fill) and the packing of two f32 into a 32-bit pair. On that
 model it replays the kernels' own address and fragment arithmetic (a_lane, bnk_lane,
 bkn_lane, load_a, mma_rs_nk, mma_ss_nk, mma_rs_kn, pack_a, cp_tile, store_rows and the
-three kernels' tile loops, shared layouts, masks and softmax, transcribed line by line)
-and checks:
+four kernels' tile loops, shared layouts, masks and softmax, transcribed line by line:
+forward, dQ, dK/dV and the forward with its JVP) and checks:
 
 - every ldmatrix row address is 16-byte aligned and each 8-lane phase touches all 32
   banks once (no bank conflicts), and every cp.async and 16-byte store stays inside
   the kernel's shared window;
-- the forward, dQ and dK/dV of whole launches (every block, warp and tile, with tail
-  rows and keys, tq ≠ tk, causal or not) equal a float64 reference of attention.
+- the forward, dQ, dK/dV and JVP (output, lse and tangent) of whole launches (every
+  block, warp and tile, with tail rows and keys, tq ≠ tk, causal or not) equal a
+  float64 reference of attention and of its JVP.
 
 Values are kept in float64 (no bf16 rounding): this checks where each element goes, not
 precision. Run: python3 scripts/flash_fragments.py (needs numpy).
@@ -472,6 +473,153 @@ def dkdv_kernel(q, k, v, do, lse, delta, scale, causal, D, MT, W, BS):
     return dk, dv
 
 
+def jvp_smem(D, M, BS):
+    return (2 * M + 8 * BS) * (D + PAD) * 2
+
+
+def next_jvp_tile(sm, D, BS, NT, stages, j, ntiles, k, v, kd, vd, nk):
+    """The JVP kernel's next_jvp_tile: four tiles a stage (K, V, tK, tV)."""
+    if j + 1 < ntiles:
+        TILE = BS * (D + PAD) * 2
+        nxt = stages + 4 * ((j + 1) & 1) * TILE
+        row0 = (j + 1) * BS
+        cp_tile(sm, D, BS, NT, nxt, k, row0, nk)
+        cp_tile(sm, D, BS, NT, nxt + TILE, v, row0, nk)
+        cp_tile(sm, D, BS, NT, nxt + 2 * TILE, kd, row0, nk)
+        cp_tile(sm, D, BS, NT, nxt + 3 * TILE, vd, row0, nk)
+
+
+def jvp_kernel(q, k, v, qd, kd, vd, scale, causal, D, MT, W, BS, QREG):
+    """fa_jvp_tc of one (b, h): (out, lse, out_dot) as the kernel writes them."""
+    nq, nk = len(q), len(k)
+    LD, M, NT, TILE = D + PAD, 16 * MT * W, 32 * W, BS * (D + PAD) * 2
+    out, od_out, lse = np.full((nq, D), np.nan), np.full((nq, D), np.nan), np.full(nq, np.nan)
+    wo, wod = set(), set()
+    for by in range((nq + M - 1) // M):
+        sm = Smem(jvp_smem(D, M, BS))
+        q0 = by * M
+        base = 0
+        sq, sqd = base, base + M * LD * 2
+        stages = base + 2 * M * LD * 2
+        kend = min(nk, q0 + M) if causal else nk
+        ntiles = (kend + BS - 1) // BS
+        cp_tile(sm, D, M, NT, sq, q, q0, nq)
+        cp_tile(sm, D, M, NT, sqd, qd, q0, nq)
+        cp_tile(sm, D, BS, NT, stages, k, 0, nk)
+        cp_tile(sm, D, BS, NT, stages + TILE, v, 0, nk)
+        cp_tile(sm, D, BS, NT, stages + 2 * TILE, kd, 0, nk)
+        cp_tile(sm, D, BS, NT, stages + 3 * TILE, vd, 0, nk)
+        warps = []
+        for warp in range(W):
+            r0 = q0 + 16 * MT * warp
+            aq = sq + 16 * MT * warp * LD * 2 + a_lane(LD)
+            aqd = sqd + 16 * MT * warp * LD * 2 + a_lane(LD)
+            wd = dict(r0=r0, aq=aq, aqd=aqd, o=zeros(MT, D), od=zeros(MT, D),
+                      m=[[np.full(32, -np.inf), np.full(32, -np.inf)] for _ in range(MT)],
+                      l=[[np.zeros(32), np.zeros(32)] for _ in range(MT)],
+                      mu=[[np.zeros(32), np.zeros(32)] for _ in range(MT)])
+            if QREG:
+                wd["qf"] = load_a(sm, MT, D, LD, aq)
+                wd["qdf"] = load_a(sm, MT, D, LD, aqd)
+            warps.append(wd)
+        for j in range(ntiles):
+            k0 = j * BS
+            sk = stages + 4 * (j & 1) * TILE
+            sv = sk + TILE
+            skd, svd = sk + 2 * TILE, sk + 3 * TILE
+            next_jvp_tile(sm, D, BS, NT, stages, j, ntiles, k, v, kd, vd, nk)
+            for w in warps:
+                r0 = w["r0"]
+                if causal and k0 > r0 + 16 * MT - 1:
+                    continue
+                s, sd = zeros(MT, BS), zeros(MT, BS)
+                if QREG:
+                    mma_rs_nk(sm, s, w["qf"], MT, D, BS, LD, sk + bnk_lane(LD))
+                    mma_rs_nk(sm, sd, w["qdf"], MT, D, BS, LD, sk + bnk_lane(LD))
+                    mma_rs_nk(sm, sd, w["qf"], MT, D, BS, LD, skd + bnk_lane(LD))
+                else:
+                    mma_ss_nk(sm, s, MT, D, BS, LD, w["aq"], sk + bnk_lane(LD))
+                    mma_ss_nk(sm, sd, MT, D, BS, LD, w["aqd"], sk + bnk_lane(LD))
+                    mma_ss_nk(sm, sd, MT, D, BS, LD, w["aq"], skd + bnk_lane(LD))
+                sl2 = scale * LOG2E
+                for m in range(MT):
+                    for nb in range(BS // 8):
+                        s[m][nb] *= sl2
+                        sd[m][nb] *= scale
+                if k0 + BS > nk or (causal and k0 + BS - 1 > r0):
+                    for m in range(MT):
+                        for nb in range(BS // 8):
+                            for e in range(4):
+                                i = r0 + 16 * m + G + 8 * (e >> 1)
+                                kj = k0 + 8 * nb + 2 * T + (e & 1)
+                                masked = (kj >= nk) | (causal & (kj > i))
+                                s[m][nb][masked, e] = -np.inf
+                for m in range(MT):
+                    for h in range(2):
+                        mx = w["m"][m][h].copy()
+                        for nb in range(BS // 8):
+                            mx = np.maximum(mx, np.maximum(s[m][nb][:, 2 * h], s[m][nb][:, 2 * h + 1]))
+                        mx = row_max(mx)
+                        ref = np.where(mx == -np.inf, 0.0, mx)
+                        corr = ex2(w["m"][m][h] - ref)
+                        w["m"][m][h] = mx
+                        tot, mutot = np.zeros(32), np.zeros(32)
+                        for nb in range(BS // 8):
+                            for c in range(2):
+                                p = ex2(s[m][nb][:, 2 * h + c] - ref)
+                                pd = p * sd[m][nb][:, 2 * h + c]
+                                s[m][nb][:, 2 * h + c] = p
+                                sd[m][nb][:, 2 * h + c] = pd
+                                tot += p
+                                mutot += pd
+                        w["l"][m][h] = w["l"][m][h] * corr + tot
+                        w["mu"][m][h] = w["mu"][m][h] * corr + mutot
+                        for nb in range(D // 8):
+                            for c in range(2):
+                                w["o"][m][nb][:, 2 * h + c] *= corr
+                                w["od"][m][nb][:, 2 * h + c] *= corr
+                pf = pack_a(s, MT, BS)
+                mma_rs_kn(sm, w["o"], pf, MT, BS, D, LD, sv + bkn_lane(LD))
+                mma_rs_kn(sm, w["od"], pf, MT, BS, D, LD, svd + bkn_lane(LD))
+                pf = pack_a(sd, MT, BS)
+                mma_rs_kn(sm, w["od"], pf, MT, BS, D, LD, sv + bkn_lane(LD))
+        for warp, w in enumerate(warps):
+            r0 = w["r0"]
+            inv = [[None, None] for _ in range(MT)]
+            for m in range(MT):
+                for h in range(2):
+                    l = row_sum(w["l"][m][h])
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        mu = row_sum(w["mu"][m][h]) / l
+                        inv[m][h] = 1.0 / l
+                    for nb in range(D // 8):
+                        for c in range(2):
+                            w["od"][m][nb][:, 2 * h + c] -= mu * w["o"][m][nb][:, 2 * h + c]
+                    i = r0 + 16 * m + G + 8 * h
+                    for lane in range(32):
+                        if T[lane] == 0 and i[lane] < nq:
+                            lse[i[lane]] = w["m"][m][h][lane] * LN2 + np.log(l[lane])
+            st = (16 * MT * warp * LD) * 2
+            store_rows(sm, out, w["o"], inv, MT, D, st, r0, nq, wo)
+            store_rows(sm, od_out, w["od"], inv, MT, D, st + M * LD * 2, r0, nq, wod)
+    assert len(wo) == len(wod) == nq * D // 8
+    return out, lse, od_out
+
+
+def jvp_reference(q, k, v, qd, kd, vd, scale, causal):
+    """(out, lse, tangent) by the CPU's formula: tP = P∘(tS − rowsum(P∘tS))."""
+    s = q @ k.T * scale
+    ts = (qd @ k.T + q @ kd.T) * scale
+    if causal:
+        s = np.where(np.arange(len(k))[None, :] > np.arange(len(q))[:, None], -np.inf, s)
+    mx = s.max(axis=1, keepdims=True)
+    e = np.exp(s - mx)
+    lse = (mx + np.log(e.sum(axis=1, keepdims=True)))[:, 0]
+    p = e / e.sum(axis=1, keepdims=True)
+    tp = p * (ts - (p * ts).sum(axis=1, keepdims=True))
+    return p @ v, lse, tp @ v + p @ vd
+
+
 def reference(q, k, v, do, scale, causal):
     s = q @ k.T * scale
     if causal:
@@ -493,6 +641,10 @@ CONFIGS = {32: ((2, 4, 64, True), (8, 64, True)), 64: ((2, 4, 64, True), (8, 64,
            128: ((2, 4, 32, False), (4, 32, False))}
 
 
+# The JVP kernel's instantiations (FA_TC_JVP): D → (MT, W, BS, QREG).
+JVP_CONFIGS = {32: (1, 4, 64, True), 64: (1, 4, 32, True), 128: (1, 4, 16, False)}
+
+
 def main():
     rng = np.random.default_rng(0)
     lengths = [(1, 1), (7, 7), (49, 49), (65, 65), (130, 130), (65, 7), (7, 257), (200, 90)]
@@ -508,6 +660,17 @@ def main():
         dk, dv = dkdv_kernel(q, k, v, do, lse_r, delta_r, scale, causal, D, 1, BW, BBS)
         for name, got, want in [("out", o, o_r), ("lse", lse, lse_r), ("dq", dq, dq_r),
                                 ("dk", dk, dk_r), ("dv", dv, dv_r)]:
+            err = np.max(np.abs(got - want)) / max(1.0, np.max(np.abs(want)))
+            worst = max(worst, err)
+            if not err < 1e-9:
+                print(f"FAIL d={D} tq={tq} tk={tk} causal={causal} {name}: {err:e}")
+                sys.exit(1)
+        (MT, W, BS, QREG) = JVP_CONFIGS[D]
+        qd, kd, vd = (rng.standard_normal((n, D)) for n in (tq, tk, tk))
+        o_r, lse_r, to_r = jvp_reference(q, k, v, qd, kd, vd, scale, causal)
+        o, lse, to = jvp_kernel(q, k, v, qd, kd, vd, scale, causal, D, MT, W, BS, QREG)
+        for name, got, want in [("jvp out", o, o_r), ("jvp lse", lse, lse_r),
+                                ("jvp tangent", to, to_r)]:
             err = np.max(np.abs(got - want)) / max(1.0, np.max(np.abs(want)))
             worst = max(worst, err)
             if not err < 1e-9:

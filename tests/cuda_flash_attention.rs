@@ -4,12 +4,16 @@
 //! 257; equal and unequal query and key lengths), with and without the causal mask.
 //! Output buffers are poisoned with NaN first, so an element left unwritten fails.
 //! Also: identical results run to run, and a 200-step training run whose bf16 autocast
-//! loss curve stays within 5% (10-step window means) of the f32 one. Skips, with a
-//! message, where no CUDA driver or device exists.
+//! loss curve stays within 5% (10-step window means) of the f32 one. Forward mode: the
+//! fused JVP kernel's output and tangent (and the gradients the backward computes from
+//! the output and log-sum-exp it stores) against the float64 CPU `jvp` at awkward
+//! lengths, every head dim, dtype and mask; and the unfused CUDA JVP (head dims the
+//! fused kernels do not cover, f64) likewise. Skips, with a message, where no CUDA
+//! driver or device exists.
 #![cfg(feature = "cuda")]
 
 use twinflow::engine::{
-    autocast, cuda, scaled_dot_product_attention, DType, Device, Generator, Result, Tensor,
+    autocast, cuda, jvp, scaled_dot_product_attention, DType, Device, Generator, Result, Tensor,
 };
 use twinflow::nn::{
     Adam, AdamConfig, Forward, LinearConfig, Module, Optimizer, ParamBuilder, TransformerBlock,
@@ -61,9 +65,169 @@ fn run(inputs: &[Tensor], w: &Tensor, causal: bool) -> Vec<Tensor> {
 /// f32 runs in f32; bf16/f16 round P and dS to the storage type, as FlashAttention does.
 fn tolerance(dt: DType) -> f64 {
     match dt {
+        DType::F64 => 1e-10,
         DType::F32 => 1e-5,
         _ => 2e-2,
     }
+}
+
+/// Forward mode through attention: the output and its tangent along `tangents`, then
+/// (dq, dk, dv) of the primal output under the projection `w` (the backward reads the
+/// output and log-sum-exp that the JVP kernel stored).
+fn run_jvp(primals: &[Tensor], tangents: &[Tensor], w: &Tensor, causal: bool) -> Vec<Tensor> {
+    let vars: Vec<Tensor> = primals
+        .iter()
+        .map(|t| t.detach().into_variable().unwrap())
+        .collect();
+    let f = |p: &[Tensor]| {
+        Ok(vec![scaled_dot_product_attention(
+            &p[0], &p[1], &p[2], None, causal,
+        )?])
+    };
+    let (out, tangent) = jvp(f, &vars, tangents).unwrap();
+    let grads = out[0]
+        .mul(w)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let mut all = vec![out[0].clone(), tangent[0].clone()];
+    all.extend(vars.iter().map(|v| grads.get(v).expect("gradient").clone()));
+    all
+}
+
+/// Runs [`run_jvp`] on the GPU and in float64 on the CPU for q `[2, 2, tq, d]`, k
+/// `[2, 2, tk, d]`, v `[2, 2, tk, dv]` of `dt` and tangents alike, and returns a line
+/// per result whose relative error exceeds the tolerance of `dt`.
+fn jvp_failures(
+    dev: Device,
+    dt: DType,
+    (tq, tk, d, dv): (usize, usize, usize, usize),
+    causal: bool,
+    seed: u64,
+) -> Vec<String> {
+    let shapes = [[2, 2, tq, d], [2, 2, tk, d], [2, 2, tk, dv]];
+    // Inputs rounded to dt once; the reference computes on them in f64.
+    let primals = [0, 1, 2].map(|i| randn(seed + i, &shapes[i as usize], dt));
+    let tangents = [0, 1, 2].map(|i| randn(seed + 3 + i, &shapes[i as usize], dt));
+    let w = randn(seed + 6, &[2, 2, tq, dv], dt);
+    let wide = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+    let reference = run_jvp(
+        &primals.each_ref().map(wide),
+        &tangents.each_ref().map(wide),
+        &wide(&w),
+        causal,
+    );
+    let on_gpu = |t: &Tensor| t.to_device(dev).unwrap();
+    let got = run_jvp(
+        &primals.each_ref().map(on_gpu),
+        &tangents.each_ref().map(on_gpu),
+        &on_gpu(&w),
+        causal,
+    );
+    let mut failures = Vec::new();
+    for (what, (g, r)) in ["out", "tangent", "dq", "dk", "dv"]
+        .iter()
+        .zip(got.iter().zip(&reference))
+    {
+        let wrong_place = g.device() != dev || g.dtype() != dt;
+        let e = rel_err(&g.to_device(Device::Cpu).unwrap(), r);
+        if wrong_place || e > tolerance(dt) {
+            failures.push(format!(
+                "{dt} d={d} dv={dv} tq={tq} tk={tk} causal={causal} {what}: {e:e} ({} {})",
+                g.device(),
+                g.dtype()
+            ));
+        }
+    }
+    failures
+}
+
+/// The fused JVP kernel (one pass over the keys: output, log-sum-exp and tangent with
+/// the online softmax) against the float64 CPU `jvp`.
+#[test]
+fn flash_attention_jvp_matches_cpu_at_awkward_lengths() {
+    let Some(dev) = gpu() else { return };
+    let lengths = [
+        (1, 1),
+        (17, 17),
+        (63, 63),
+        (130, 130),
+        (257, 257),
+        (17, 130),
+        (130, 17),
+        (63, 257),
+    ];
+    let mut failures = Vec::new();
+    for dt in [DType::F32, DType::BF16, DType::F16] {
+        for d in [32, 64, 128] {
+            for (i, &(tq, tk)) in lengths.iter().enumerate() {
+                for causal in [false, true] {
+                    let seed = 1000 + 100 * d as u64 + 10 * i as u64;
+                    failures.extend(jvp_failures(dev, dt, (tq, tk, d, d), causal, seed));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The unfused CUDA JVP (cuBLAS products and the softmax-backward row kernel), which
+/// runs where the fused kernels do not: head dims 16 and 48, a v head dim unlike q's,
+/// and f64.
+#[test]
+fn unfused_attention_jvp_matches_cpu() {
+    let Some(dev) = gpu() else { return };
+    let cases = [
+        (DType::F32, 16, 16),
+        (DType::F32, 48, 48),
+        (DType::F32, 32, 16),
+        (DType::BF16, 16, 16),
+        (DType::BF16, 48, 48),
+        (DType::F16, 48, 48),
+        (DType::F64, 64, 64),
+    ];
+    let mut failures = Vec::new();
+    for (n, &(dt, d, dv)) in cases.iter().enumerate() {
+        for (i, &(tq, tk)) in [(1, 1), (17, 63), (63, 17), (130, 130)].iter().enumerate() {
+            for causal in [false, true] {
+                let seed = 5000 + 100 * n as u64 + 10 * i as u64;
+                failures.extend(jvp_failures(dev, dt, (tq, tk, d, dv), causal, seed));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Forward mode through head-split views read in place, and through bf16/f16 views that
+/// must be copied first: output and tangent equal to the bit to those of contiguous
+/// inputs and tangents.
+#[test]
+fn flash_attention_jvp_reads_views() -> Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    let (b, t, h, d) = (2, 33, 3, 64);
+    for dt in [DType::F32, DType::BF16, DType::F16] {
+        let x = randn(7, &[b, t, h, d + 8], dt).to_device(dev)?;
+        let tx = randn(8, &[b, t, h, d + 8], dt).to_device(dev)?;
+        for start in [0, 1] {
+            let heads = |x: &Tensor| x.narrow(3, start, d)?.permute(&[0, 2, 1, 3]);
+            let (xs, txs) = (heads(&x)?, heads(&tx)?);
+            let attend = |x: &Tensor, tx: &Tensor| -> Result<Vec<Vec<f64>>> {
+                let f = |p: &[Tensor]| {
+                    Ok(vec![scaled_dot_product_attention(
+                        &p[0], &p[0], &p[0], None, true,
+                    )?])
+                };
+                let (out, tangent) = jvp(f, std::slice::from_ref(x), std::slice::from_ref(tx))?;
+                Ok(vec![out[0].to_vec_f64()?, tangent[0].to_vec_f64()?])
+            };
+            let got = attend(&xs, &txs)?;
+            let want = attend(&xs.contiguous()?, &txs.contiguous()?)?;
+            assert!(got == want, "{dt} from {start}: output or tangent differs");
+        }
+    }
+    Ok(())
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //!
 //! [`jvp`] runs a closure on *dual* tensors, each primal carrying a tangent. Every op
 //! that reads a tensor carrying a tangent gives its result a tangent too, computed at
-//! once by the op's JVP rule (the [`JvpFn`] it passes next to its backward rule) from
+//! once by the op's JVP rule (the `JvpFn` it passes next to its backward rule) from
 //! the inputs, their tangents and the output. Tangents are plain constants: rules run
 //! with graph recording, autocast and forward mode itself switched off, so a tangent
 //! never records a graph and never gets a tangent of its own. Primal results record

@@ -1,11 +1,13 @@
 //! Every engine op on CUDA against the CPU op on the same random inputs, forward and
 //! backward, by relative error ‖out − ref‖/‖ref‖ over every element (NaN never passes;
-//! output buffers are filled with NaN before kernels write them). Skips, with a
+//! output buffers are filled with NaN before kernels write them). Forward mode too:
+//! outputs and tangents of `jvp` through ops on CUDA against the CPU. Skips, with a
 //! message, where no CUDA driver or device exists.
 #![cfg(feature = "cuda")]
 
 use twinflow_engine::{
-    cuda, scaled_dot_product_attention, AdamStep, DType, Device, Generator, Result, Tensor,
+    autocast, cuda, jvp, scaled_dot_product_attention, AdamStep, DType, Device, Generator, Result,
+    Tensor,
 };
 
 mod common;
@@ -599,6 +601,133 @@ fn attention_forward_and_backward() {
             );
         }
     }
+}
+
+/// Runs `jvp(f)` on the CPU inputs and on their GPU copies, with random tangents
+/// (seeded from `seed`), and compares the outputs and their tangents.
+fn check_jvp(
+    name: &str,
+    inputs: &[Tensor],
+    tol: f64,
+    seed: u64,
+    f: impl Fn(&[Tensor]) -> Result<Tensor>,
+) {
+    let Some(dev) = gpu() else { return };
+    let tangents: Vec<Tensor> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, x)| randn(seed + i as u64, x.shape(), x.dtype()))
+        .collect();
+    let run = |p: &[Tensor], t: &[Tensor]| jvp(|p| Ok(vec![f(p)?]), p, t).unwrap();
+    let (out_c, tan_c) = run(inputs, &tangents);
+    let on_gpu =
+        |x: &[Tensor]| -> Vec<Tensor> { x.iter().map(|t| t.to_device(dev).unwrap()).collect() };
+    let (out_g, tan_g) = run(&on_gpu(inputs), &on_gpu(&tangents));
+    assert_close(&format!("{name} jvp output"), &out_g[0], &out_c[0], tol);
+    assert_eq!(tan_g[0].dtype(), out_g[0].dtype(), "{name}: tangent dtype");
+    assert_close(&format!("{name} jvp tangent"), &tan_g[0], &tan_c[0], tol);
+}
+
+#[test]
+fn jvp_through_ops() {
+    for dt in FLOATS {
+        let tol = tolerance(dt);
+        let (a, b) = (randn(40, &[2, 3, 20, 30], dt), randn(41, &[3, 30, 25], dt));
+        check_jvp(&format!("matmul {dt}"), &[a, b], tol, 42, |t| {
+            t[0].matmul(&t[1])
+        });
+        let x = randn(43, &[5, 3, 100], dt);
+        check_jvp(
+            &format!("softmax {dt}"),
+            std::slice::from_ref(&x),
+            tol,
+            44,
+            |t| t[0].softmax(),
+        );
+        let (w, bias) = (randn(45, &[100], dt), randn(46, &[100], dt));
+        check_jvp(
+            &format!("layer_norm {dt}"),
+            &[x.clone(), w, bias],
+            tol,
+            47,
+            |t| t[0].layer_norm(Some(&t[1]), Some(&t[2]), 1e-5),
+        );
+        check_jvp(
+            &format!("gelu {dt}"),
+            std::slice::from_ref(&x),
+            tol,
+            48,
+            |t| t[0].gelu(),
+        );
+        let row = randn(49, &[3, 1], dt);
+        check_jvp(
+            &format!("broadcast mul {dt}"),
+            &[x.clone(), row],
+            tol,
+            50,
+            |t| t[0].mul(&t[1]),
+        );
+        check_jvp(
+            &format!("sum {dt}"),
+            std::slice::from_ref(&x),
+            tol,
+            51,
+            |t| t[0].sum(&[0, 2], false),
+        );
+        // A chain: linear, GELU, layer norm, softmax-weighted sum.
+        let (x, w1) = (randn(52, &[4, 7, 24], dt), randn(53, &[16, 24], dt));
+        check_jvp(&format!("chain {dt}"), &[x, w1], tol, 54, |t| {
+            let h = t[0]
+                .linear(&t[1], None)?
+                .gelu()?
+                .layer_norm(None, None, 1e-5)?;
+            h.softmax()?.mul(&h)?.sum(&[2], false)
+        });
+    }
+}
+
+/// Forward mode under bf16 autocast on CUDA: a linear layer, causal self-attention on
+/// its head-split output (the fused bf16 JVP kernel, reading the views in place) and
+/// an output projection, against the CPU under the same autocast. The output and its
+/// tangent come back bf16, like the lowered ops.
+#[test]
+fn jvp_under_bf16_autocast() {
+    let Some(dev) = gpu() else { return };
+    let (b, t, h, d) = (2, 19, 2, 32);
+    let x = randn(60, &[b, t, h * d], DType::F32);
+    let tx = randn(61, &[b, t, h * d], DType::F32);
+    let w_qkv = randn(62, &[3 * h * d, h * d], DType::F32)
+        .mul_scalar(0.2)
+        .unwrap();
+    let w_out = randn(63, &[h * d, h * d], DType::F32)
+        .mul_scalar(0.2)
+        .unwrap();
+    let run = |dev: Device| -> Result<(Tensor, Tensor)> {
+        let (w_qkv, w_out) = (w_qkv.to_device(dev)?, w_out.to_device(dev)?);
+        let f = |p: &[Tensor]| -> Result<Vec<Tensor>> {
+            let qkv = p[0].linear(&w_qkv, None)?.reshape(&[b, t, 3, h, d])?;
+            let part = |i: usize| -> Result<Tensor> {
+                qkv.narrow(2, i, 1)?
+                    .reshape(&[b, t, h, d])?
+                    .permute(&[0, 2, 1, 3])
+            };
+            let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+            let a = scaled_dot_product_attention(&q, &k, &v, None, true)?;
+            let merged = a.permute(&[0, 2, 1, 3])?.reshape(&[b, t, h * d])?;
+            Ok(vec![merged.linear(&w_out, None)?])
+        };
+        let (x, tx) = (x.to_device(dev)?, tx.to_device(dev)?);
+        let (out, tan) = autocast(DType::BF16, || {
+            jvp(f, std::slice::from_ref(&x), std::slice::from_ref(&tx))
+        })??;
+        Ok((out[0].clone(), tan[0].clone()))
+    };
+    let (out_c, tan_c) = run(Device::Cpu).unwrap();
+    let (out_g, tan_g) = run(dev).unwrap();
+    assert_eq!((out_g.dtype(), tan_g.dtype()), (DType::BF16, DType::BF16));
+    assert_eq!((out_c.dtype(), tan_c.dtype()), (DType::BF16, DType::BF16));
+    assert_close("autocast jvp output", &out_g, &out_c, 2e-2);
+    assert_close("autocast jvp tangent", &tan_g, &tan_c, 2e-2);
 }
 
 #[test]

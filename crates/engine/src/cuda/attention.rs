@@ -2,8 +2,9 @@
 //! cuBLAS with scores and probabilities held in the compute type (f32, f64 for f64),
 //! and the row kernels of `kernels/attention.cu` do the softmax and the score
 //! gradient. Memory is O(b·h·tq·tk). Where the fused kernels of [`super::flash`]
-//! cover the call (f32/bf16/f16, head dims 32, 64, 128) they run instead. Results are
-//! copied to the token-major storage the backend returns at the end.
+//! cover the call (f32/bf16/f16, head dims 32, 64, 128) they run instead, forward,
+//! backward and JVP alike. Results are copied to the token-major storage the backend
+//! returns at the end.
 
 use super::elementwise::cast;
 use super::flash;
@@ -172,17 +173,26 @@ pub(crate) fn backward(
 
 /// The forward and its JVP: O and the log-sum-exp as [`forward`], and
 /// tO = tP·V + P·tV with tP = P∘(tS − rowsum(P∘tS)) and tS = scale·(tQ·Kᵀ + Q·tKᵀ).
-/// tP is the softmax backward's row kernel applied to (P, tS): softmax's Jacobian is
-/// symmetric.
+/// Where [`flash::covers`] the call, the fused kernel computes all three in one pass
+/// over the keys (O(T) memory); otherwise O and the log-sum-exp come from [`forward`]
+/// and the tangent from cuBLAS products, with tP the softmax backward's row kernel
+/// applied to (P, tS) (softmax's Jacobian is symmetric): O(b·h·tq·tk) memory.
 pub(crate) fn jvp(
     (q, k, v): (View, View, View),
     (tq, tk, tv): (View, View, View),
     spec: AttentionSpec,
 ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
     float_only("attention_jvp", q.0.dtype)?;
-    let (out, lse) = forward(q, k, v, spec)?;
     let (dev, dt) = (q.0.dev(), q.0.dtype);
+    if let Some(t) = [tq, tk, tv].iter().find(|t| t.0.dtype != dt) {
+        let why = format!("a {} tangent of {dt} inputs", t.0.dtype);
+        return Err(dev.error("attention_jvp", why));
+    }
     let ((bh, rows, d), (_, keys, dv)) = (dims(q.1), dims(v.1));
+    if bh * rows * keys > 0 && flash::covers(dt, d, dv, (rows, keys)) {
+        return flash::jvp((q, k, v), (tq, tk, tv), (bh, rows, keys, d), spec);
+    }
+    let (out, lse) = forward(q, k, v, spec)?;
     let tangent = CudaStorage::zeros_on(dev, bh * rows * dv, dt)?;
     if bh * rows * keys == 0 {
         return Ok((out, lse, tangent));

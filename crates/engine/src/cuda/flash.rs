@@ -1,6 +1,7 @@
 //! The fused attention of `kernels/flash_attention.cu` (FlashAttention-2 style): the
 //! forward keeps only the output and the row log-sum-exp, the backward recomputes the
-//! scores tile by tile. It covers f32, bf16 and f16 (bf16/f16 on tensor cores) at head
+//! scores tile by tile, and the JVP kernel computes the forward and the output's
+//! tangent together in one pass over the keys (forward mode). It covers f32, bf16 and f16 (bf16/f16 on tensor cores) at head
 //! dims 32, 64 and 128 with equal q/k and v head dims; [`super::attention`] falls back
 //! to its cuBLAS path for anything else (f64, other head dims). Inputs are read in
 //! place where their rows are contiguous (head-split views are): see [`Rows`].
@@ -27,7 +28,7 @@ const DEFAULT_SMEM: usize = 48 << 10;
 /// Padding of each shared row, in elements (`FA_PAD` in the kernel file).
 const PAD: usize = 8;
 
-/// The three row-tiled kernels.
+/// The row-tiled kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kernel {
     /// Output and log-sum-exp, a block per query tile.
@@ -36,6 +37,8 @@ enum Kernel {
     Dq,
     /// dK and dV, a block per key tile.
     Dkdv,
+    /// Output, log-sum-exp and the output's tangent, a block per query tile.
+    Jvp,
 }
 
 impl Kernel {
@@ -44,6 +47,7 @@ impl Kernel {
             Kernel::Fwd => "fwd",
             Kernel::Dq => "dq",
             Kernel::Dkdv => "dkdv",
+            Kernel::Jvp => "jvp",
         }
     }
 }
@@ -57,13 +61,14 @@ struct Shape {
     smem: usize,
 }
 
-/// The launch shape of `kernel` for `dtype` at head dim `d`. Must match the `FA_TC(...)`
-/// and `FA32(...)` instantiations of `kernels/flash_attention.cu` and its `FwdSmem` and
-/// `BwdSmem` sizes: each kernel traps on a block size, a grid or a shared size that does
+/// The launch shape of `kernel` for `dtype` at head dim `d`. Must match the `FA_TC(...)`,
+/// `FA32(...)`, `FA_TC_JVP(...)` and `FA32_JVP(...)` instantiations of
+/// `kernels/flash_attention.cu` and its `FwdSmem`, `BwdSmem` and `JvpSmem` sizes: each kernel traps on a block size, a grid or a shared size that does
 /// not (asking for more shared memory than it uses would pass, less would not).
 fn shape(kernel: Kernel, dtype: DType, d: usize) -> Shape {
     if dtype == DType::F32 {
-        // The plain kernels: 16 rows per warp, static shared memory.
+        // The plain kernels: 16 rows per warp, static shared memory (the JVP kernel too,
+        // with the forward's warps).
         let warps = if d == 128 { 1 } else { 2 };
         return Shape {
             warps,
@@ -79,6 +84,12 @@ fn shape(kernel: Kernel, dtype: DType, d: usize) -> Shape {
         // 255 registers and 99 KiB.
         (Kernel::Fwd, 128) => (4, 128, 32),
         (Kernel::Fwd, _) => (4, 128, 64),
+        // The JVP holds two accumulators (O and tO) and two score tiles (S and tS): one
+        // 16-row m-tile a warp, and tiles that keep Q and tQ resident plus two stages of
+        // K, V, tK and tV within 99 KiB (16 keys at d = 128).
+        (Kernel::Jvp, 32) => (4, 64, 64),
+        (Kernel::Jvp, 64) => (4, 64, 32),
+        (Kernel::Jvp, _) => (4, 64, 16),
         // The backward holds two accumulators (dK and dV) or Q and dO fragments: smaller
         // blocks and tiles at d = 128 keep it within 255 registers and 99 KiB.
         (_, 128) => (4, 64, 32),
@@ -94,17 +105,19 @@ fn shape(kernel: Kernel, dtype: DType, d: usize) -> Shape {
         Kernel::Dq => (2 * rows + 4 * tile) * row_bytes,
         // ... and two stages of the tile's f32 lse and delta.
         Kernel::Dkdv => (2 * rows + 4 * tile) * row_bytes + 4 * tile * 4,
+        // Q and tQ resident, two stages of four tiles.
+        Kernel::Jvp => (2 * rows + 8 * tile) * row_bytes,
     };
     Shape { warps, rows, smem }
 }
 
-/// Whether the fused kernels cover attention of `dtype` with head dims `d` (q, k) and
-/// `dv` (v) over `tq` queries and `tk` keys.
+/// Whether the fused kernels (forward, backward and JVP alike) cover attention of
+/// `dtype` with head dims `d` (q, k) and `dv` (v) over `tq` queries and `tk` keys.
 pub(crate) fn covers(dtype: DType, d: usize, dv: usize, (tq, tk): (usize, usize)) -> bool {
     matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
         && d == dv
         && HEAD_DIMS.contains(&d)
-        && [Kernel::Fwd, Kernel::Dq, Kernel::Dkdv]
+        && [Kernel::Fwd, Kernel::Dq, Kernel::Dkdv, Kernel::Jvp]
             .iter()
             .all(|&k| tq.max(tk).div_ceil(shape(k, dtype, d).rows) <= MAX_TILES)
 }
@@ -312,6 +325,53 @@ pub(crate) fn backward(
     Ok((dq, dk, dv))
 }
 
+/// The output, the f32 row log-sum-exp `[bh, tq]` and the output's tangent of q, k, v
+/// `[b, h, t, d]` views along tangents `tq`, `tk`, `tv` (views like the inputs, of the
+/// same dtype), in one pass: output and tangent stored token-major, `[b, tq, h, d]`,
+/// and the output and log-sum-exp exactly as [`forward`] stores them, so that
+/// [`backward`] reads them.
+pub(crate) fn jvp(
+    (q, k, v): (View4<'_>, View4<'_>, View4<'_>),
+    (tq, tk, tv): (View4<'_>, View4<'_>, View4<'_>),
+    dims: Dims,
+    spec: AttentionSpec,
+) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+    const OP: &str = "attention_jvp";
+    let (dev, dt) = (q.0.dev(), q.0.dtype);
+    let (bh, rows, keys, d) = dims;
+    let (qi, ki, vi) = (input(q.0, q.1)?, input(k.0, k.1)?, input(v.0, v.1)?);
+    let (tqi, tki, tvi) = (input(tq.0, tq.1)?, input(tk.0, tk.1)?, input(tv.0, tv.1)?);
+    let out = CudaStorage::alloc(dev, bh * rows * d, dt)?;
+    let out_dot = CudaStorage::alloc(dev, bh * rows * d, dt)?;
+    let outr = Rows::token_major(q.1.shape()[1], rows, d);
+    let lse = CudaStorage::alloc(dev, bh * rows, DType::F32)?;
+    let (scale, causal) = (spec.scale as f32, spec.causal);
+    let a = args![
+        qi.ptr,
+        qi.rows,
+        ki.ptr,
+        ki.rows,
+        vi.ptr,
+        vi.rows,
+        tqi.ptr,
+        tqi.rows,
+        tki.ptr,
+        tki.rows,
+        tvi.ptr,
+        tvi.rows,
+        out.ptr(),
+        out_dot.ptr(),
+        outr,
+        lse.ptr(),
+        rows,
+        keys,
+        scale,
+        causal
+    ];
+    launch_tiled(dev, OP, Kernel::Jvp, (dt, dims, rows), a)?;
+    Ok((out, lse, out_dot))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,8 +394,69 @@ mod tests {
             assert_eq!(shape(Kernel::Dkdv, dt, 64), s(8, 128, 74752));
             assert_eq!(shape(Kernel::Dkdv, dt, 128), s(4, 64, 70144));
         }
+        for dt in [DType::BF16, DType::F16] {
+            // Q and tQ (64 rows each) and two stages of four tiles: 64, 32 and 16 keys.
+            assert_eq!(shape(Kernel::Jvp, dt, 32), s(4, 64, (128 + 8 * 64) * 80));
+            assert_eq!(shape(Kernel::Jvp, dt, 64), s(4, 64, (128 + 8 * 32) * 144));
+            assert_eq!(shape(Kernel::Jvp, dt, 128), s(4, 64, (128 + 8 * 16) * 272));
+            for d in HEAD_DIMS {
+                assert!(shape(Kernel::Jvp, dt, d).smem <= 99 << 10, "{dt} d={d}");
+            }
+        }
+        assert_eq!(shape(Kernel::Jvp, DType::F32, 128), s(1, 16, 0));
+        assert_eq!(shape(Kernel::Jvp, DType::F32, 32), s(2, 32, 0));
         assert_eq!(shape(Kernel::Dkdv, DType::F32, 128), s(1, 16, 0));
         assert_eq!(shape(Kernel::Fwd, DType::F32, 64), s(2, 32, 0));
+    }
+
+    /// The JVP shapes against the `FA_TC_JVP(S, T, D, MT, W, BS, QREG)` and
+    /// `FA32_JVP(D, W, BS)` lines of the kernel file itself: W warps, 16·MT·W rows, and
+    /// `JvpSmem`'s bytes (Q and tQ, then two stages of four BS-row tiles).
+    #[test]
+    fn jvp_shapes_match_the_kernel_file() {
+        let src = crate::cuda::kernels::SOURCES
+            .iter()
+            .find(|(n, _)| *n == FILE)
+            .unwrap()
+            .1;
+        let calls = |name: &str| -> Vec<Vec<String>> {
+            src.lines()
+                .filter_map(|l| l.strip_prefix(name)?.strip_prefix('('))
+                .filter_map(|l| l.strip_suffix(')'))
+                .map(|l| l.split(',').map(|a| a.trim().to_string()).collect())
+                .collect()
+        };
+        let n = |a: &str| a.parse::<usize>().unwrap();
+        let tc = calls("FA_TC_JVP");
+        assert_eq!(tc.len(), 6, "{tc:?}");
+        for a in &tc {
+            let dt = if a[0] == "bf16" {
+                DType::BF16
+            } else {
+                DType::F16
+            };
+            let (d, mt, w, bs) = (n(&a[2]), n(&a[3]), n(&a[4]), n(&a[5]));
+            let rows = 16 * mt * w;
+            let smem = (2 * rows + 8 * bs) * (d + PAD) * 2;
+            let want = Shape {
+                warps: w,
+                rows,
+                smem,
+            };
+            assert_eq!(shape(Kernel::Jvp, dt, d), want, "{a:?}");
+        }
+        let plain = calls("FA32_JVP");
+        assert_eq!(plain.len(), 3, "{plain:?}");
+        for a in &plain {
+            let (d, w) = (n(&a[0]), n(&a[1]));
+            let want = Shape {
+                warps: w,
+                rows: 16 * w,
+                smem: 0,
+            };
+            assert_eq!(shape(Kernel::Jvp, DType::F32, d), want, "{a:?}");
+            assert_eq!(shape(Kernel::Fwd, DType::F32, d), want, "{a:?}");
+        }
     }
 
     /// `[b, h, t, d]` = `[2, 3, 5, 64]` heads split out of a contiguous `[b, t, h, d]`.
