@@ -479,6 +479,13 @@ fn settings_errors_name_the_key() {
         ),
         (
             MeanFlowConfig {
+                guidance_range: [f64::NAN, 1.0],
+                ..d
+            },
+            "guidance_range",
+        ),
+        (
+            MeanFlowConfig {
                 class_dropout: 1.0,
                 ..d
             },

@@ -116,17 +116,14 @@ impl MethodSettings for MeanFlowConfig {
             ("time_mean", self.time_mean),
             ("guidance_scale", self.guidance_scale),
             ("guidance_mix", self.guidance_mix),
-            ("guidance_range", self.guidance_range[0]),
-            ("guidance_range", self.guidance_range[1]),
         ];
         for (key, value) in finite {
             require(key, value.is_finite(), "must be finite", value)?;
         }
-        let positive = [
+        for (key, value) in [
             ("time_std", self.time_std),
             ("weight_offset", self.weight_offset),
-        ];
-        for (key, value) in positive {
+        ] {
             require(
                 key,
                 value > 0.0 && value.is_finite(),
@@ -137,25 +134,19 @@ impl MethodSettings for MeanFlowConfig {
         let p = self.weight_power;
         require("weight_power", p >= 0.0 && p.is_finite(), "must be ≥ 0", p)?;
         let share = self.interval_share;
-        require(
-            "interval_share",
-            (0.0..=1.0).contains(&share),
-            "must lie in [0, 1]",
-            share,
-        )?;
+        let share_ok = (0.0..=1.0).contains(&share);
+        require("interval_share", share_ok, "must lie in [0, 1]", share)?;
         let drop = self.class_dropout;
-        require(
-            "class_dropout",
-            (0.0..1.0).contains(&drop),
-            "must lie in [0, 1)",
-            drop,
-        )?;
+        let drop_ok = (0.0..1.0).contains(&drop);
+        require("class_dropout", drop_ok, "must lie in [0, 1)", drop)?;
         let [lo, hi] = self.guidance_range;
+        let range_ok = lo.is_finite() && hi.is_finite() && lo <= hi;
+        let range = format!("[{lo}, {hi}]");
         require(
             "guidance_range",
-            lo <= hi,
-            "must be [lo, hi] with lo ≤ hi",
-            lo,
+            range_ok,
+            "must be finite [lo, hi], lo ≤ hi",
+            range,
         )
     }
 
@@ -182,8 +173,8 @@ impl MethodSettings for MeanFlowConfig {
     }
 }
 
-/// Errors with "`key` … `what`, got `value`" unless `ok`.
-fn require(key: &str, ok: bool, what: &str, value: f64) -> Result<()> {
+/// Errors with "`key` `what`, got `value`" unless `ok`.
+fn require(key: &str, ok: bool, what: &str, value: impl std::fmt::Display) -> Result<()> {
     match ok {
         true => Ok(()),
         false => Err(Error::invalid(OP, format!("{key} {what}, got {value}"))),
