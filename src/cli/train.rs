@@ -13,6 +13,7 @@ use super::signals::{self, StopSignals};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 use twinflow::engine::Error;
 use twinflow::flow::train::run_dir::{self, RunLock};
 use twinflow::flow::train::{
@@ -72,6 +73,19 @@ pub struct TrainArgs {
     /// not allowed with --resume.
     #[arg(long, value_name = "FILE")]
     init_from: Option<PathBuf>,
+    /// Stop after the step during which this many minutes of training have passed,
+    /// saved as at the last step (for runs compared at equal wall-clock time; the
+    /// learning-rate schedule still follows the step count).
+    #[arg(long, value_name = "M", value_parser = positive_minutes)]
+    minutes: Option<f64>,
+}
+
+/// A time budget in minutes: a finite number above zero.
+fn positive_minutes(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(m) if m.is_finite() && m > 0.0 => Ok(m),
+        _ => Err(format!("{s:?} is not a number of minutes above zero")),
+    }
 }
 
 /// Runs `train`; the exit code is 130 or 143 when SIGINT or SIGTERM stopped it.
@@ -117,6 +131,10 @@ pub fn run(a: TrainArgs) -> CliResult<ExitCode> {
     let mut progress = TrainProgress::new(trainer.step_count(), target, trainer.config().log_every);
     let mut grids = Vec::new();
     let log_every = trainer.config().log_every;
+    let deadline = a
+        .minutes
+        .map(|m| Instant::now() + Duration::from_secs_f64(m * 60.0));
+    let mut out_of_time = false;
     let summary = trainer.train_to(target, &dir, |trainer, event| {
         match event {
             TrainEvent::Step(record) => {
@@ -135,9 +153,10 @@ pub fn run(a: TrainArgs) -> CliResult<ExitCode> {
                 }
             }
         }
-        Ok(match stop_signals.received() {
-            Some(_) => TrainControl::Stop,
-            None => TrainControl::Continue,
+        out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
+        Ok(match stop_signals.received().is_some() || out_of_time {
+            true => TrainControl::Stop,
+            false => TrainControl::Continue,
         })
     })?;
     progress.finish();
@@ -163,6 +182,14 @@ pub fn run(a: TrainArgs) -> CliResult<ExitCode> {
         }
         let status = u8::try_from(signals::exit_status(signal)).unwrap_or(1);
         return Ok(ExitCode::from(status));
+    }
+    if out_of_time && summary.stopped_early {
+        eprintln!(
+            "the --minutes budget ran out at step {} (of {target}); saved",
+            trainer.step_count()
+        );
+        // A stopped loop draws no end-of-run pictures: a finished budget is an end.
+        grids = write_sample_grids(&trainer, &dir)?;
     }
     if let Some(first) = grids.first() {
         eprintln!(

@@ -405,6 +405,36 @@ fn config_errors_are_one_line() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `--minutes` stops a run at its time budget, saved, with its pictures and exit 0.
+#[test]
+fn train_stops_at_its_time_budget() {
+    let dir = temp_dir("minutes");
+    let config = repo("configs/moons-fm.toml");
+    let args = [
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        "run",
+    ];
+    let out = ok(&dir, &[&args[..], &["--minutes", "0.0005"]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the --minutes budget ran out at step"),
+        "{stderr}"
+    );
+    assert!(dir.join("run/checkpoints/latest.safetensors").exists());
+    assert!(std::fs::read_dir(dir.join("run/samples")).unwrap().count() > 0);
+    for bad in ["0", "-1", "inf", "soon"] {
+        let out = run(
+            &dir,
+            &[&args[..], &["--overwrite", "--minutes", bad]].concat(),
+        );
+        assert_eq!(out.status.code(), Some(2), "--minutes {bad}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn shipped_configs_load() {
     use twinflow::flow::train::TrainConfig;

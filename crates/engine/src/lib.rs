@@ -18,6 +18,7 @@
 pub mod autocast;
 mod autograd;
 pub mod backend;
+pub mod comm;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;

@@ -442,6 +442,13 @@ impl Tensor {
         guard
     }
 
+    /// Counts an in-place write made behind the storage's back (by a collective on the
+    /// device's stream), as [`Tensor::assign`] does.
+    #[cfg_attr(not(feature = "nccl"), allow(dead_code))]
+    pub(crate) fn bump_version(&self) {
+        self.0.storage.version.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// A contiguous copy (always a copy, unlike [`Tensor::contiguous`]); no gradient.
     pub(crate) fn contiguous_copy(&self) -> Result<Tensor> {
         let s = self.storage().copy_strided(self.layout())?;

@@ -36,7 +36,7 @@ use crate::layout::Layout;
 use crate::Device;
 use alloc::Buffer;
 use cudarc::driver::result as drv;
-use device::CudaDevice;
+pub(crate) use device::CudaDevice;
 use std::sync::Arc;
 
 /// The memory counters of CUDA device `ordinal`.

@@ -5,7 +5,9 @@
 #![allow(dead_code)]
 
 use proptest::prelude::*;
-use twinflow_engine::{DType, Device, Generator, Tensor};
+use twinflow_engine::gradcheck::{gradcheck, GradcheckOptions, GradcheckReport};
+use twinflow_engine::jvpcheck::jvpcheck;
+use twinflow_engine::{no_grad, DType, Device, Generator, Result, Tensor};
 
 // ---------------------------------------------------------------------------------------
 // CUDA
@@ -41,6 +43,97 @@ pub fn config(cases: u32) -> ProptestConfig {
         ..ProptestConfig::default()
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Derivative checks: both modes from one test body
+// ---------------------------------------------------------------------------------------
+
+/// Which derivative a finite-difference check compares with central differences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Reverse mode: the gradient from `backward`, through `gradcheck`.
+    Gradient,
+    /// Forward mode: the tangent from `jvp`, through `jvpcheck`.
+    Jvp,
+}
+
+impl Mode {
+    /// `gradcheck` or `jvpcheck` of `f` at `inputs`.
+    pub fn check(
+        self,
+        f: impl Fn(&[Tensor]) -> Result<Tensor>,
+        inputs: &[Tensor],
+        opts: &GradcheckOptions,
+    ) -> Result<GradcheckReport> {
+        match self {
+            Mode::Gradient => gradcheck(f, inputs, opts),
+            Mode::Jvp => jvpcheck(f, inputs, opts),
+        }
+    }
+
+    /// How many elements a full check of `f` at `inputs` compares: every float input
+    /// element (a gradient) or every output element (a tangent).
+    pub fn elements(
+        self,
+        f: impl Fn(&[Tensor]) -> Result<Tensor>,
+        inputs: &[Tensor],
+    ) -> Result<usize> {
+        Ok(match self {
+            Mode::Gradient => inputs
+                .iter()
+                .filter(|t| t.dtype().is_float())
+                .map(Tensor::elem_count)
+                .sum(),
+            Mode::Jvp => no_grad(|| f(inputs))?.elem_count(),
+        })
+    }
+}
+
+/// Declares an op's two finite-difference property tests from one body: `gradcheck_<op>`
+/// (reverse mode) and `jvpcheck_<op>` (forward mode). Both draw the same cases; the
+/// first parameter names the [`Mode`] the body runs in, which it hands to its check
+/// helpers. `#[test]` is added; doc comments and other attributes go on both tests.
+///
+/// ```ignore
+/// derivative_checks! {
+///     #![proptest_config(config(24))]
+///
+///     fn gradcheck_add / jvpcheck_add (mode, args in arg_pair()) {
+///         check_binary(mode, &args, any_real, |a, b| a.add(b))?;
+///     }
+/// }
+/// ```
+#[allow(unused_macros)] // unused by the test binaries without derivative checks
+macro_rules! derivative_checks {
+    (
+        #![proptest_config($config:expr)]
+        $(
+            $(#[$meta:meta])*
+            fn $grad:ident / $jvp:ident ($mode:ident, $($args:tt)+) $body:block
+        )*
+    ) => {
+        ::proptest::proptest! {
+            #![proptest_config($config)]
+            $(
+                $(#[$meta])*
+                #[test]
+                fn $grad($($args)+) {
+                    let $mode = $crate::common::Mode::Gradient;
+                    $body
+                }
+
+                $(#[$meta])*
+                #[test]
+                fn $jvp($($args)+) {
+                    let $mode = $crate::common::Mode::Jvp;
+                    $body
+                }
+            )*
+        }
+    };
+}
+#[allow(unused_imports)] // unused there too
+pub(crate) use derivative_checks;
 
 // ---------------------------------------------------------------------------------------
 // Tensors and values

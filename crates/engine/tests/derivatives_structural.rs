@@ -1,19 +1,25 @@
-//! Property-based gradient checks of the structural and fused ops: one proptest per
-//! differentiable op, comparing the analytic gradient from `backward` with central
-//! differences (`twinflow_engine::gradcheck`) on drawn shapes (size-1 dims included),
-//! drawn values and, wherever the op accepts them, non-contiguous inputs (transposed,
-//! permuted, narrowed and broadcast views), which is how models feed most ops.
+//! Property-based derivative checks of the structural and fused ops: for each
+//! differentiable op, `gradcheck_<op>` compares the gradient from `backward` and
+//! `jvpcheck_<op>` the tangent from `jvp` with central differences in f64
+//! (`twinflow_engine::gradcheck`, `twinflow_engine::jvpcheck`), both on the same drawn
+//! shapes (size-1 dims included), drawn values and, wherever the op accepts them,
+//! non-contiguous inputs (transposed, permuted, narrowed and broadcast views), which is
+//! how models feed most ops. Each pair is declared once (`derivative_checks!`, in
+//! `common`); the body runs in the `mode` it is given.
 //!
-//! `gradcheck` hands the closure contiguous copies of its inputs, so every view is made
-//! inside the closure, where its backward is part of what gets checked.
+//! The inputs are contiguous tensors (`gradcheck` hands the closure contiguous copies),
+//! so every view is made inside the closure, where its backward and its JVP rule are
+//! part of what gets checked.
 
 use proptest::prelude::*;
 use proptest::sample::Index;
-use twinflow_engine::gradcheck::{gradcheck, GradcheckOptions, GradcheckReport};
+use twinflow_engine::gradcheck::{GradcheckOptions, GradcheckReport};
 use twinflow_engine::{scaled_dot_product_attention, Result, Tensor};
 
 mod common;
-use common::{config, ids, indices, randn, shape, shape_and_perm, swapped};
+use common::{
+    config, derivative_checks, ids, indices, randn, shape, shape_and_perm, swapped, Mode,
+};
 
 /// `dim` of a rank-`rank` tensor, written negatively when `neg`.
 fn signed(dim: usize, rank: usize, neg: bool) -> isize {
@@ -23,33 +29,26 @@ fn signed(dim: usize, rank: usize, neg: bool) -> isize {
     }
 }
 
-/// Gradcheck with default options, also asserting that every float element was checked.
-fn check(f: impl Fn(&[Tensor]) -> Result<Tensor>, inputs: &[Tensor]) -> Result<GradcheckReport> {
-    check_with(f, inputs, &GradcheckOptions::default())
-}
-
-fn check_with(
+/// The `mode` check of `f` at `inputs` with default options, also asserting that every
+/// element was compared (every float input element, or every output element).
+fn check(
+    mode: Mode,
     f: impl Fn(&[Tensor]) -> Result<Tensor>,
     inputs: &[Tensor],
-    opts: &GradcheckOptions,
 ) -> Result<GradcheckReport> {
-    let report = gradcheck(f, inputs, opts)?;
-    let floats: usize = inputs
-        .iter()
-        .filter(|t| t.dtype().is_float())
-        .map(Tensor::elem_count)
-        .sum();
-    assert_eq!(report.checked, floats, "gradcheck skipped elements");
+    let report = mode.check(&f, inputs, &GradcheckOptions::default())?;
+    let elements = mode.elements(&f, inputs)?;
+    assert_eq!(report.checked, elements, "{mode:?} check skipped elements");
     Ok(report)
 }
 
-proptest! {
+derivative_checks! {
     #![proptest_config(config(24))]
 
     /// 2-D, batched and broadcast-batch products, each operand optionally handed over
     /// transposed (a strided view read in place by the kernel).
-    #[test]
-    fn gradcheck_matmul(
+    fn gradcheck_matmul / jvpcheck_matmul (
+        mode,
         kind in 0usize..4,
         (m, k, n) in (1usize..=4, 1usize..=4, 1usize..=4),
         (b1, b2) in (1usize..=2, 1usize..=3),
@@ -68,6 +67,7 @@ proptest! {
         let a = randn(seed, &if ta { swapped(&sa) } else { sa.clone() });
         let b = randn(seed ^ 1, &if tb { swapped(&sb) } else { sb.clone() });
         let r = check(
+            mode,
             |x| {
                 let a = if ta { x[0].t()? } else { x[0].clone() };
                 let b = if tb { x[1].t()? } else { x[1].clone() };
@@ -81,8 +81,8 @@ proptest! {
     /// The linear layer's fused product and bias: 1-D, 2-D and batched inputs (the
     /// batched, contiguous case is folded into one product), a transposed input, with
     /// and without bias.
-    #[test]
-    fn gradcheck_linear(
+    fn gradcheck_linear / jvpcheck_linear (
+        mode,
         lead in prop::collection::vec(1usize..=3, 0..=2),
         (k, n) in (1usize..=4, 1usize..=4),
         (with_bias, transposed) in (any::<bool>(), any::<bool>()),
@@ -96,6 +96,7 @@ proptest! {
             inputs.push(randn(seed ^ 2, &[n]));
         }
         let r = check(
+            mode,
             |v| {
                 let x = if transposed { v[0].t()? } else { v[0].clone() };
                 x.linear(&v[1], v.get(2))
@@ -106,8 +107,8 @@ proptest! {
     }
 
     /// Reshape as a view of contiguous data and as a copy of a transposed view.
-    #[test]
-    fn gradcheck_reshape(
+    fn gradcheck_reshape / jvpcheck_reshape (
+        mode,
         s in shape(1, 4, 3),
         target_kind in 0usize..4,
         split in any::<Index>(),
@@ -126,6 +127,7 @@ proptest! {
             _ => logical.iter().rev().copied().collect(),
         };
         let r = check(
+            mode,
             |x| {
                 let x = if transposed { x[0].t()? } else { x[0].clone() };
                 x.reshape(&target)
@@ -137,14 +139,15 @@ proptest! {
 
     /// A permuted view, optionally permuted again (a view of a view) and squared (so the
     /// backward of the view is fed a non-trivial gradient).
-    #[test]
-    fn gradcheck_permute(
+    fn gradcheck_permute / jvpcheck_permute (
+        mode,
         (s, perm) in shape_and_perm(1, 4, 3),
         twice in any::<bool>(),
         square in any::<bool>(),
         seed in any::<u64>(),
     ) {
         let r = check(
+            mode,
             |x| {
                 let mut y = x[0].permute(&perm)?;
                 if twice {
@@ -158,8 +161,8 @@ proptest! {
     }
 
     /// Transpose of any two dims (equal dims included), positive or negative.
-    #[test]
-    fn gradcheck_transpose(
+    fn gradcheck_transpose / jvpcheck_transpose (
+        mode,
         s in shape(2, 4, 3),
         (a, b) in (any::<Index>(), any::<Index>()),
         (na, nb) in (any::<bool>(), any::<bool>()),
@@ -167,13 +170,13 @@ proptest! {
     ) {
         let rank = s.len();
         let (a, b) = (signed(a.index(rank), rank, na), signed(b.index(rank), rank, nb));
-        let r = check(|x| x[0].transpose(a, b)?.mul_scalar(1.5), &[randn(seed, &s)]);
+        let r = check(mode, |x| x[0].transpose(a, b)?.mul_scalar(1.5), &[randn(seed, &s)]);
         if let Err(e) = r { prop_assert!(false, "{e} ({s:?} transpose({a}, {b}))") }
     }
 
     /// Broadcast of size-1 dims and new leading dims; the gradient sums them back.
-    #[test]
-    fn gradcheck_broadcast_to(
+    fn gradcheck_broadcast_to / jvpcheck_broadcast_to (
+        mode,
         s in prop::collection::vec((any::<bool>(), 1usize..=3), 1..=3),
         expand in prop::collection::vec(1usize..=3, 3),
         lead in prop::collection::vec(1usize..=3, 0..=1),
@@ -190,6 +193,7 @@ proptest! {
         let transposed = transposed && src.len() >= 2;
         let stored = if transposed { swapped(&src) } else { src.clone() };
         let r = check(
+            mode,
             |x| {
                 let x = if transposed { x[0].t()? } else { x[0].clone() };
                 x.broadcast_to(&target)
@@ -200,8 +204,8 @@ proptest! {
     }
 
     /// Removing a size-1 dim, of a contiguous tensor or of a dims-reversed view.
-    #[test]
-    fn gradcheck_squeeze(
+    fn gradcheck_squeeze / jvpcheck_squeeze (
+        mode,
         s in shape(0, 3, 3),
         at in any::<Index>(),
         neg in any::<bool>(),
@@ -217,6 +221,7 @@ proptest! {
         let dim = signed(q, rank, neg);
         let perm: Vec<usize> = (0..rank).rev().collect();
         let r = check(
+            mode,
             |x| {
                 let x = if reversed { x[0].permute(&perm)? } else { x[0].clone() };
                 x.squeeze(dim)
@@ -228,8 +233,8 @@ proptest! {
 
     /// Inserting a size-1 dim (any position, negative ones too), optionally broadcast
     /// out afterwards so the new dim's gradient is a sum.
-    #[test]
-    fn gradcheck_unsqueeze(
+    fn gradcheck_unsqueeze / jvpcheck_unsqueeze (
+        mode,
         s in shape(0, 3, 3),
         at in any::<Index>(),
         neg in any::<bool>(),
@@ -242,6 +247,7 @@ proptest! {
         let mut target = s.clone();
         target.insert(p, expand);
         let r = check(
+            mode,
             |x| x[0].unsqueeze(dim)?.broadcast_to(&target),
             &[randn(seed, &s)],
         );
@@ -250,8 +256,8 @@ proptest! {
 
     /// A narrowed range along a drawn dim, of a contiguous tensor or of a transposed
     /// view, optionally narrowed again along another dim.
-    #[test]
-    fn gradcheck_narrow(
+    fn gradcheck_narrow / jvpcheck_narrow (
+        mode,
         s in shape(1, 3, 4),
         (dim, start, len) in (any::<Index>(), any::<Index>(), any::<Index>()),
         neg in any::<bool>(),
@@ -269,6 +275,7 @@ proptest! {
         // Second narrow: drop the first element of the first dim where there are two.
         let again = again && logical[0] >= 2 && !(d == 0 && ln < 2);
         let r = check(
+            mode,
             |x| {
                 let x = if transposed { x[0].t()? } else { x[0].clone() };
                 let y = x.narrow(dim, st, ln)?;
@@ -289,8 +296,8 @@ proptest! {
 
     /// Concatenation of 1–3 tensors (some handed over transposed), optionally with the
     /// first one repeated so its gradient accumulates.
-    #[test]
-    fn gradcheck_cat(
+    fn gradcheck_cat / jvpcheck_cat (
+        mode,
         base in shape(1, 3, 3),
         sizes in prop::collection::vec(1usize..=3, 1..=3),
         transposed in prop::collection::vec(any::<bool>(), 3),
@@ -320,6 +327,7 @@ proptest! {
             .collect();
         let dim = signed(d, rank, neg);
         let r = check(
+            mode,
             |x| {
                 let mut views = x
                     .iter()
@@ -339,8 +347,8 @@ proptest! {
     }
 
     /// Stacking 1–3 tensors of one shape along a new dim (any position).
-    #[test]
-    fn gradcheck_stack(
+    fn gradcheck_stack / jvpcheck_stack (
+        mode,
         s in shape(0, 3, 3),
         count in 1usize..=3,
         at in any::<Index>(),
@@ -357,6 +365,7 @@ proptest! {
             .map(|i| randn(seed.wrapping_add(i), &stored))
             .collect();
         let r = check(
+            mode,
             |x| {
                 let views = x
                     .iter()
@@ -372,8 +381,8 @@ proptest! {
     }
 
     /// One chunk picked by index, and all chunks concatenated back in reverse order.
-    #[test]
-    fn gradcheck_chunk(
+    fn gradcheck_chunk / jvpcheck_chunk (
+        mode,
         s in shape(1, 3, 5),
         n in 1usize..=4,
         dim in any::<Index>(),
@@ -388,9 +397,10 @@ proptest! {
         let count = x.chunk(n, dim).map(|c| c.len()).unwrap_or(0);
         prop_assert!(count >= 1 && count <= n, "{count} chunks for n = {n} of {s:?}");
         let i = pick.index(count);
-        let r = check(|x| Ok(x[0].chunk(n, dim)?.swap_remove(i)), std::slice::from_ref(&x));
+        let r = check(mode, |x| Ok(x[0].chunk(n, dim)?.swap_remove(i)), std::slice::from_ref(&x));
         if let Err(e) = r { prop_assert!(false, "{e} ({s:?} chunk({n}, {dim})[{i}])") }
         let r = check(
+            mode,
             |x| {
                 let chunks = x[0].chunk(n, dim)?;
                 Tensor::cat(&chunks.iter().rev().collect::<Vec<_>>(), dim)
@@ -402,8 +412,8 @@ proptest! {
 
     /// Selection by ids with a guaranteed repeat (so gradients accumulate), along a drawn
     /// dim of a contiguous or transposed source.
-    #[test]
-    fn gradcheck_index_select(
+    fn gradcheck_index_select / jvpcheck_index_select (
+        mode,
         s in shape(1, 3, 3),
         count in 1usize..=5,
         dim in any::<Index>(),
@@ -420,6 +430,7 @@ proptest! {
         let n = picked.len();
         let dim = signed(d, rank, neg);
         let r = check(
+            mode,
             |x| {
                 let src = if transposed { x[0].t()? } else { x[0].clone() };
                 src.index_select(&x[1], dim)
@@ -433,8 +444,8 @@ proptest! {
 
     /// Gather with ids of the source's rank (smaller or equal off `dim`, any size along
     /// it), values in range, repeats likely.
-    #[test]
-    fn gradcheck_gather(
+    fn gradcheck_gather / jvpcheck_gather (
+        mode,
         s in shape(1, 3, 3),
         dims in prop::collection::vec(any::<Index>(), 3),
         along in 1usize..=4,
@@ -454,6 +465,7 @@ proptest! {
         let picked = indices(seed, n, logical[d]);
         let dim = signed(d, rank, neg);
         let r = check(
+            mode,
             |x| {
                 let src = if transposed { x[0].t()? } else { x[0].clone() };
                 src.gather(&x[1], dim)
@@ -468,14 +480,15 @@ proptest! {
 
     /// `contiguous` of permuted, narrowed and already-contiguous tensors, the result
     /// then used through a reshape.
-    #[test]
-    fn gradcheck_contiguous(
+    fn gradcheck_contiguous / jvpcheck_contiguous (
+        mode,
         (s, perm) in shape_and_perm(1, 4, 3),
         narrowed in any::<bool>(),
         seed in any::<u64>(),
     ) {
         let n: usize = s.iter().product();
         let r = check(
+            mode,
             |x| {
                 let mut y = x[0].permute(&perm)?;
                 if narrowed && y.shape()[0] >= 2 {
@@ -498,14 +511,15 @@ proptest! {
 
     /// Softmax over the last dim, of a contiguous tensor or of a permuted view whose last
     /// dim is strided.
-    #[test]
-    fn gradcheck_softmax(
+    fn gradcheck_softmax / jvpcheck_softmax (
+        mode,
         (s, perm) in shape_and_perm(1, 3, 5),
         permuted in any::<bool>(),
         scale in 0.5f64..3.0,
         seed in any::<u64>(),
     ) {
         let r = check(
+            mode,
             |x| {
                 let x = if permuted { x[0].permute(&perm)? } else { x[0].clone() };
                 x.mul_scalar(scale)?.softmax()
@@ -516,14 +530,15 @@ proptest! {
     }
 
     /// Log-softmax over the last dim, contiguous or through a permuted view.
-    #[test]
-    fn gradcheck_log_softmax(
+    fn gradcheck_log_softmax / jvpcheck_log_softmax (
+        mode,
         (s, perm) in shape_and_perm(1, 3, 5),
         permuted in any::<bool>(),
         scale in 0.5f64..3.0,
         seed in any::<u64>(),
     ) {
         let r = check(
+            mode,
             |x| {
                 let x = if permuted { x[0].permute(&perm)? } else { x[0].clone() };
                 x.mul_scalar(scale)?.log_softmax()
@@ -535,8 +550,8 @@ proptest! {
 
     /// Layer norm with and without weight and bias, contiguous or through a transposed
     /// view.
-    #[test]
-    fn gradcheck_layer_norm(
+    fn gradcheck_layer_norm / jvpcheck_layer_norm (
+        mode,
         s in shape(1, 3, 5),
         (with_weight, with_bias) in (any::<bool>(), any::<bool>()),
         transposed in any::<bool>(),
@@ -554,6 +569,7 @@ proptest! {
             inputs.push(randn(seed ^ 2, &[d]));
         }
         let r = check(
+            mode,
             |x| {
                 let v = if transposed { x[0].t()? } else { x[0].clone() };
                 let w = with_weight.then(|| &x[1]);
@@ -570,8 +586,8 @@ proptest! {
     }
 
     /// RMS norm with and without weight, contiguous or through a transposed view.
-    #[test]
-    fn gradcheck_rms_norm(
+    fn gradcheck_rms_norm / jvpcheck_rms_norm (
+        mode,
         s in shape(1, 3, 5),
         with_weight in any::<bool>(),
         transposed in any::<bool>(),
@@ -586,6 +602,7 @@ proptest! {
             inputs.push(randn(seed ^ 1, &[d]));
         }
         let r = check(
+            mode,
             |x| {
                 let v = if transposed { x[0].t()? } else { x[0].clone() };
                 v.rms_norm(with_weight.then(|| &x[1]), eps)
@@ -599,8 +616,8 @@ proptest! {
 
     /// Cross-entropy of logits `[n, c]` (contiguous or a transposed view) against i64
     /// labels in range, the labels passed through gradcheck unperturbed.
-    #[test]
-    fn gradcheck_cross_entropy(
+    fn gradcheck_cross_entropy / jvpcheck_cross_entropy (
+        mode,
         (n, c) in (1usize..=5, 1usize..=5),
         scale in 0.5f64..3.0,
         transposed in any::<bool>(),
@@ -609,6 +626,7 @@ proptest! {
         let labels = indices(seed, n, c);
         let logits = randn(seed, &if transposed { vec![c, n] } else { vec![n, c] });
         let r = check(
+            mode,
             |x| {
                 let l = if transposed { x[0].t()? } else { x[0].clone() };
                 l.mul_scalar(scale)?.cross_entropy(&x[1])
@@ -622,8 +640,8 @@ proptest! {
 
     /// Mean squared error with both sides differentiable, the target optionally a
     /// transposed view.
-    #[test]
-    fn gradcheck_mse(
+    fn gradcheck_mse / jvpcheck_mse (
+        mode,
         s in shape(1, 3, 4),
         transposed in any::<bool>(),
         seed in any::<u64>(),
@@ -631,6 +649,7 @@ proptest! {
         let transposed = transposed && s.len() >= 2;
         let target = randn(seed ^ 1, &if transposed { swapped(&s) } else { s.clone() });
         let r = check(
+            mode,
             |x| {
                 let t = if transposed { x[1].t()? } else { x[1].clone() };
                 x[0].mse(&t)
@@ -643,8 +662,8 @@ proptest! {
     /// Fused attention, causal or not (top-left aligned mask, any tq and tk), default or
     /// drawn scale; q, k, v optionally built as `[b, t, h, d]` and transposed to
     /// `[b, h, t, d]` as models call it.
-    #[test]
-    fn gradcheck_attention(
+    fn gradcheck_attention / jvpcheck_attention (
+        mode,
         (b, h) in (1usize..=2, 1usize..=2),
         (tq, tk) in (1usize..=5, 1usize..=5),
         (d, dv) in (1usize..=4, 1usize..=4),
@@ -663,6 +682,7 @@ proptest! {
             randn(seed ^ 2, &stored(tk, dv)),
         ];
         let r = check(
+            mode,
             |x| {
                 let view = |t: &Tensor| if bthd { t.transpose(1, 2) } else { Ok(t.clone()) };
                 let (q, k, v) = (view(&x[0])?, view(&x[1])?, view(&x[2])?);
