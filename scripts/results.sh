@@ -3,7 +3,7 @@
 # scores each with `twinflow eval`, then rewrites the generated tables of
 # docs/results.md (between its `results:begin` and `results:end` markers) from the
 # eval.json files, each row with the commands that made it. CPU only, run from the
-# repository root; about 3 minutes for moons and 80 for MNIST on 2 cores.
+# repository root; about 3 minutes for moons and 90 for MNIST on 2 cores.
 #
 # Usage: scripts/results.sh [moons|mnist|fashion|all]   (default: all)
 # Fashion-MNIST is not shipped: its runs need it installed (docs/data.md) and are
@@ -58,6 +58,8 @@ if [ "$which" = moons ] || [ "$which" = all ]; then
     evaluate moons-rcgm main 1,2,4
     train moons-fm
     evaluate moons-fm main 1,4,10,100
+    train moons-meanflow
+    evaluate moons-meanflow main 1,2,4
     train moons-twinflow-l2
     evaluate moons-twinflow-l2 main 1,2,4
     evaluate moons-twinflow no-presets 2,4 --presets off
@@ -72,6 +74,8 @@ if [ "$which" = mnist ] || [ "$which" = all ]; then
     evaluate mnist-rcgm main 1,2,4 --ema
     train mnist-fm
     evaluate mnist-fm main 1,4,10,100 --ema
+    train mnist-meanflow
+    evaluate mnist-meanflow main 1,2,4 --ema
     # Flow matching given TwinFlow's wall-clock time: mnist-fm.toml with its step count
     # (and cosine length) scaled by the two runs' measured train times.
     steps=$(awk -v tf="$(cat "$out/mnist-twinflow/train_seconds")" \

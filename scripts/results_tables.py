@@ -21,6 +21,7 @@ MOONS = [
     ("moons-twinflow", "main", "TwinFlow (`split`)"),
     ("moons-rcgm", "main", "RCGM alone (same recipe, TwinFlow terms off)"),
     ("moons-fm", "main", "flow matching (Euler)"),
+    ("moons-meanflow", "main", "MeanFlow"),
     ("moons-twinflow-l2", "main", "TwinFlow with l2 instead of Barron"),
     ("moons-twinflow", "no-presets", "TwinFlow, few-step presets off"),
 ]
@@ -29,6 +30,7 @@ MNIST_MAIN = [
     ("mnist-fm-then-twinflow", "main", "FM pretrain 800 + TwinFlow fine-tune 800"),
     ("mnist-rcgm", "main", "RCGM alone (same recipe, TwinFlow terms off)"),
     ("mnist-fm", "main", "flow matching (Euler), same steps"),
+    ("mnist-meanflow", "main", "MeanFlow, same steps"),
     ("mnist-fm-wallclock", "main", "flow matching (Euler), same wall-clock"),
     ("mnist-fm-pretrain", "main", "flow matching 800 steps (the fine-tune's start)"),
 ]
@@ -86,6 +88,10 @@ def describe_sampler(row):
     s = row["sampler"]
     name = {"ucgm": "UCGM", "euler": "Euler", "heun": "Heun"}[s["method"]]
     parts = [name]
+    # Unset (older eval files) and few_step are the UCGM default; MeanFlow runs jump to
+    # the next grid time, z_r = z_t - (t - r)·u.
+    if s.get("jump", "few_step") != "few_step":
+        parts.append(s["jump"].replace("_", "-"))
     if s["stochastic_ratio"]:
         parts.append(f"ρ={s['stochastic_ratio']:g}")
     if s["gaps"] != [0.0, 0.0]:

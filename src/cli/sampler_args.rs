@@ -34,7 +34,8 @@ pub struct SamplerArgs {
     #[arg(long, value_name = "A,B,C", value_parser = parse_triple)]
     pub kumaraswamy: Option<[f64; 3]>,
     /// UCGM jump target of each step: `few_step` (predict the data), `any_step` (the
-    /// next grid time) or `multi_step` (instantaneous velocity).
+    /// next grid time) or `multi_step` (instantaneous velocity). Default: the run's
+    /// `[sampler] jump` (any_step for MeanFlow runs, few_step otherwise).
     #[arg(long, value_name = "TARGET", value_parser = ["few_step", "any_step", "multi_step"])]
     pub jump: Option<String>,
 }
@@ -58,13 +59,18 @@ impl SamplerArgs {
                 "heun" => SamplerMethod::Heun,
                 _ => SamplerMethod::Ucgm,
             };
+            // The run's jump target (a MeanFlow run's any_step) is a UCGM setting: Euler
+            // and Heun chosen here do without it.
+            if cfg.method != SamplerMethod::Ucgm {
+                cfg.jump = None;
+            }
         }
         if let Some(jump) = &self.jump {
-            cfg.jump = match jump.as_str() {
+            cfg.jump = Some(match jump.as_str() {
                 "any_step" => JumpTarget::AnyStep,
                 "multi_step" => JumpTarget::MultiStep,
                 _ => JumpTarget::FewStep,
-            };
+            });
         }
         let mut cfg = cfg.at_steps(nfe);
         cfg.guidance = self.guidance.unwrap_or(cfg.guidance);

@@ -225,7 +225,7 @@ fn train_resume_and_sample() {
         stochastic_ratio: 1.0,
         gaps: [0.001, 0.6],
         kumaraswamy: [1.0, 1.0, 1.0],
-        jump: JumpTarget::AnyStep,
+        jump: Some(JumpTarget::AnyStep),
         ..base
     };
     let cycle = SampleLabels::Cycle { n: 9 };

@@ -1,7 +1,7 @@
 //! The flow crate's tests in one binary (one link instead of one per file): data,
-//! methods, metrics, samplers, the trainer, the run directory, starting from another
-//! run's weights, evaluation and the evaluation classifier, and sizes from users and
-//! files. `cargo test --test flow <filter>` runs a part, e.g. `cargo test --test flow
+//! methods (MeanFlow in its own file), metrics, samplers, the trainer, the run
+//! directory, starting from another run's weights, evaluation and the evaluation
+//! classifier, and sizes from users and files. `cargo test --test flow <filter>` runs a part, e.g. `cargo test --test flow
 //! methods::`.
 
 #[path = "../common/mod.rs"]
@@ -11,6 +11,7 @@ mod classifier;
 mod data;
 mod eval;
 mod init_from;
+mod meanflow;
 mod methods;
 mod metrics;
 mod run_dir;

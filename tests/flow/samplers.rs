@@ -139,7 +139,7 @@ fn assert_close(got: &[f64], want: &[f64], tol: f64) {
 fn ucgm_cfg(steps: usize, jump: JumpTarget) -> SamplerConfig {
     SamplerConfig {
         steps,
-        jump,
+        jump: Some(jump),
         ..SamplerConfig::default()
     }
 }
@@ -522,7 +522,7 @@ fn config_serde_roundtrip_and_unknown_fields() {
         kumaraswamy: [1.0, 2.0, 1.0],
         gaps: [0.001, 0.6],
         stochastic_ratio: 1.0,
-        jump: JumpTarget::AnyStep,
+        jump: Some(JumpTarget::AnyStep),
         presets: Some(false),
     };
     let json = serde_json::to_string(&cfg).unwrap();
@@ -594,7 +594,7 @@ fn bad_configs_are_clear_errors() {
     assert!(fail(euler_rho, None).contains("UCGM settings"));
     let heun_jump = SamplerConfig {
         method: SamplerMethod::Heun,
-        jump: JumpTarget::AnyStep,
+        jump: Some(JumpTarget::AnyStep),
         ..d
     };
     assert!(fail(heun_jump, None).contains("UCGM settings"));

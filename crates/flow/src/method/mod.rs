@@ -6,6 +6,8 @@
 //!   guidance (§2).
 //! - [`TwinFlow`]: the `full` recipe, `L_base + L_real + L_adv + L_rect + L_cons` (§3a),
 //!   and the `split` recipe of four groups and one gradient forward (§3b).
+//! - [`MeanFlow`]: the average velocity over `[r, t]`, trained on the MeanFlow identity
+//!   with one forward under forward mode ([`jvp`](twinflow_engine::jvp), §10).
 //!
 //! A new method is one file and one line: its settings (implementing
 //! [`MethodSettings`]) and its loss ([`FlowMethod`] for [`Method`] of those settings),
@@ -30,6 +32,7 @@
 
 mod flow_matching;
 mod loss;
+mod meanflow;
 mod path;
 mod rcgm;
 mod registry;
@@ -40,6 +43,7 @@ mod twinflow;
 
 pub use flow_matching::{FlowMatching, FlowMatchingConfig};
 pub use loss::{mse_per_sample, LossFn};
+pub use meanflow::{average_velocity_and_target, MeanFlow, MeanFlowConfig};
 pub use path::{interpolate, invert, per_sample, velocity_target};
 pub use rcgm::{enhance_velocity, rcgm_target, Rcgm, RcgmConfig, Unconditional};
 pub use registry::{by_name, MethodConfig, METHOD_NAMES};

@@ -5,8 +5,9 @@
 //! [`MethodSettings`], and its loss, implementing [`FlowMethod`] for [`Method`] of
 //! them) and one line in the list at the bottom of this file.
 
-use super::{FlowMatchingConfig, FlowMethod, Method, MethodSettings, RcgmConfig};
-use super::{TimeDistribution, TwinFlowConfig};
+use super::{FlowMatchingConfig, FlowMethod, MeanFlowConfig, Method, MethodSettings};
+use super::{RcgmConfig, TimeDistribution, TwinFlowConfig};
+use crate::sampler::JumpTarget;
 use serde::{Deserialize, Serialize};
 use twinflow_engine::{Error, Result};
 use twinflow_nn::VelocityModel;
@@ -55,6 +56,15 @@ macro_rules! methods {
                 match self {
                     $(MethodConfig::$variant { .. } => {
                         <$settings as MethodSettings>::FEW_STEP_PRESETS
+                    })+
+                }
+            }
+
+            /// The UCGM sampler's default jump target for its models.
+            pub fn sampler_jump(&self) -> JumpTarget {
+                match self {
+                    $(MethodConfig::$variant { .. } => {
+                        <$settings as MethodSettings>::SAMPLER_JUMP
                     })+
                 }
             }
@@ -124,4 +134,6 @@ methods! {
     Rcgm { rcgm: RcgmConfig },
     /// TwinFlow ([`TwinFlow`](super::TwinFlow)).
     Twinflow { twinflow: TwinFlowConfig },
+    /// MeanFlow ([`MeanFlow`](super::MeanFlow)).
+    Meanflow { meanflow: MeanFlowConfig },
 }

@@ -4,6 +4,7 @@
 //! file holds only its settings and its loss.
 
 use super::TimeDistribution;
+use crate::sampler::JumpTarget;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use twinflow_engine::Result;
@@ -20,8 +21,21 @@ pub trait MethodSettings:
     /// for one-step generators trained to take the reference's 2- and 4-step grids.
     const FEW_STEP_PRESETS: bool = false;
 
+    /// The jump target the UCGM sampler gives its models by default
+    /// ([`TrainConfig::sampler`](crate::train::TrainConfig::sampler)): `few_step`, or
+    /// `any_step` for a model of the average velocity over `[tt, t]` (MeanFlow), whose
+    /// steps then move `x ← x − (t − tt)·F(x, t, tt, c)` onto the next grid time.
+    const SAMPLER_JUMP: JumpTarget = JumpTarget::FewStep;
+
     /// Errors naming the offending setting.
     fn validate(&self) -> Result<()>;
+
+    /// Errors unless the method draws its times from `time` (the run's `[time]` table):
+    /// a method that draws its times its own way refuses any table but the default, so
+    /// that a `[time]` table is never silently ignored.
+    fn check_time(&self, _time: &TimeDistribution) -> Result<()> {
+        Ok(())
+    }
 
     /// The settings for a model whose null class (the extra label-embedding row) is
     /// `null_label`: settings that name "the model's null class" resolve it here.
@@ -47,9 +61,11 @@ impl<C: MethodSettings> Method<C> {
         })
     }
 
-    /// The same method drawing its times `t` from `time` (checked).
+    /// The same method drawing its times `t` from `time` (checked, also against the
+    /// method: [`MethodSettings::check_time`]).
     pub fn with_time(mut self, time: TimeDistribution) -> Result<Self> {
         time.validate()?;
+        self.cfg.check_time(&time)?;
         self.time = time;
         Ok(self)
     }

@@ -59,8 +59,12 @@ pub struct SamplerConfig {
     pub gaps: [f64; 2],
     /// UCGM only: the stochastic ratio `ρ ∈ [0, 1]` (0: deterministic).
     pub stochastic_ratio: f64,
-    /// UCGM only: the jump target of each step.
-    pub jump: JumpTarget,
+    /// UCGM only: the jump target of each step. Unset in a training config means the
+    /// method's own ([`TrainConfig::sampler`](crate::train::TrainConfig::sampler):
+    /// `any_step` for MeanFlow runs, `few_step` otherwise); unset here means
+    /// `few_step`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jump: Option<JumpTarget>,
     /// UCGM only: replace `gaps` and `stochastic_ratio` by the reference's few-step
     /// settings at 2 and 4 steps ([`SamplerConfig::at_steps`]). Unset in a training
     /// config means on for TwinFlow runs and off otherwise
@@ -79,7 +83,7 @@ impl Default for SamplerConfig {
             kumaraswamy: [1.0, 1.0, 1.0],
             gaps: [0.0, 0.0],
             stochastic_ratio: 0.0,
-            jump: JumpTarget::FewStep,
+            jump: None,
             presets: None,
         }
     }
@@ -127,14 +131,19 @@ impl SamplerConfig {
         cfg
     }
 
+    /// The jump target in force: `jump`, or `few_step` where unset.
+    pub fn jump_target(&self) -> JumpTarget {
+        self.jump.unwrap_or_default()
+    }
+
     /// The time grid of these settings ([`time_grid`]).
     pub fn time_grid(&self) -> Result<Vec<f64>> {
         time_grid(self.steps, self.kumaraswamy, self.gaps)
     }
 
     /// Checks every setting: a valid grid, a finite guidance weight, `ρ ∈ [0, 1]`, and
-    /// no UCGM-only setting (`stochastic_ratio ≠ 0`, `jump ≠ few_step`) with Euler or
-    /// Heun.
+    /// no UCGM-only setting (`stochastic_ratio ≠ 0`, a `jump` other than `few_step`) with
+    /// Euler or Heun.
     pub fn validate(&self) -> Result<()> {
         const OP: &str = "sampler config";
         self.time_grid()?;
@@ -151,14 +160,15 @@ impl SamplerConfig {
                 format!("stochastic_ratio must lie in [0, 1], got {rho}"),
             ));
         }
-        let ucgm_only = rho != 0.0 || self.jump != JumpTarget::FewStep;
+        let jump = self.jump_target();
+        let ucgm_only = rho != 0.0 || jump != JumpTarget::FewStep;
         if self.method != SamplerMethod::Ucgm && ucgm_only {
             return Err(Error::invalid(
                 OP,
                 format!(
-                    "stochastic_ratio ({rho}) and jump ({:?}) are UCGM settings; method {:?} \
+                    "stochastic_ratio ({rho}) and jump ({jump:?}) are UCGM settings; method {:?} \
                      needs their defaults (0, few_step)",
-                    self.jump, self.method
+                    self.method
                 ),
             ));
         }
@@ -220,7 +230,7 @@ pub fn sample<M: VelocityModel + ?Sized>(
     match cfg.method {
         SamplerMethod::Ucgm => {
             let options = UcgmOptions {
-                jump: cfg.jump,
+                jump: cfg.jump_target(),
                 stochastic_ratio: cfg.stochastic_ratio,
             };
             ucgm(model, &z, labels, &times, options, &guidance, &mut rng)

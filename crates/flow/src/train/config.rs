@@ -2,7 +2,7 @@
 
 pub use crate::data::DataConfig;
 use crate::method::{MethodConfig, TimeDistribution};
-use crate::sampler::{SamplerConfig, MAX_SAMPLER_STEPS};
+use crate::sampler::{SamplerConfig, SamplerMethod, MAX_SAMPLER_STEPS};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use twinflow_engine::{DType, Error, Result};
@@ -407,11 +407,18 @@ impl TrainConfig {
 
     /// The sampler of this run's pictures, `sample` and `eval`: the `[sampler]` table,
     /// with the few-step presets ([`SamplerConfig::at_steps`]) on for the methods that
-    /// ask for them (TwinFlow) unless the table sets `presets`.
+    /// ask for them (TwinFlow) unless the table sets `presets`, and the UCGM sampler's
+    /// jump target the method's own (`any_step` for MeanFlow) unless the table sets
+    /// `jump`.
     pub fn sampler(&self) -> SamplerConfig {
         let presets = self.method.few_step_presets();
+        let jump = match self.sampler.method {
+            SamplerMethod::Ucgm => Some(self.sampler.jump.unwrap_or(self.method.sampler_jump())),
+            SamplerMethod::Euler | SamplerMethod::Heun => self.sampler.jump,
+        };
         SamplerConfig {
             presets: Some(self.sampler.presets.unwrap_or(presets)),
+            jump,
             ..self.sampler
         }
     }
