@@ -236,6 +236,7 @@ fn main() -> Res<()> {
         mlp_ratio: 4,
         num_classes: 10,
         label_dropout: 0.0,
+        ..DitConfig::default()
     };
     // Several channels (channel-major tokens), three heads, another MLP ratio.
     let dit_rgb = DitConfig {
@@ -248,6 +249,7 @@ fn main() -> Res<()> {
         mlp_ratio: 2,
         num_classes: 5,
         label_dropout: 0.0,
+        ..DitConfig::default()
     };
     let mlp = MlpVelocityConfig {
         data_dim: 784,
@@ -257,6 +259,7 @@ fn main() -> Res<()> {
         num_classes: 10,
         label_dropout: 0.0,
         time_gated_skip: false,
+        ..MlpVelocityConfig::default()
     };
     let cases = [
         Case {

@@ -39,6 +39,7 @@ fn mlp(seed: u64) -> MlpVelocity {
         num_classes: 3,
         label_dropout: 0.0,
         time_gated_skip: true,
+        ..MlpVelocityConfig::default()
     };
     let mut m = MlpVelocity::new(&mut ParamBuilder::new(seed).with_dtype(F64), cfg).unwrap();
     let mut g = Generator::new(seed + 1000);

@@ -34,6 +34,7 @@ fn mlp(seed: u64) -> MlpVelocity {
         num_classes: 3,
         label_dropout: 0.0,
         time_gated_skip: false,
+        ..MlpVelocityConfig::default()
     };
     let mut m = MlpVelocity::new(&mut pb, cfg).unwrap();
     let mut g = Generator::new(seed + 1000);

@@ -472,6 +472,7 @@ fn guidance_on_a_real_network() {
         num_classes: 2,
         label_dropout: 0.0,
         time_gated_skip: false,
+        ..MlpVelocityConfig::default()
     };
     let mut net = MlpVelocity::new(&mut ParamBuilder::new(3).with_dtype(DType::F64), cfg).unwrap();
     // The output layer starts at zero: perturb it so the velocity depends on the label.

@@ -104,6 +104,7 @@ fn whole_dit_gradients_wrt_data_and_params() -> Result<()> {
         mlp_ratio: 4,
         num_classes: 3,
         label_dropout: 0.0,
+        ..DitConfig::default()
     };
     let mut dit = Dit::new(&mut f64_builder(0), cfg)?;
     randomize(&mut dit, 1, 0.3);
@@ -127,6 +128,7 @@ fn mlp_velocity_gradients_wrt_data_and_params() -> Result<()> {
         num_classes: 3,
         label_dropout: 0.0,
         time_gated_skip: true,
+        ..MlpVelocityConfig::default()
     };
     let mut m = MlpVelocity::new(&mut f64_builder(0), cfg)?;
     randomize(&mut m, 1, 0.3);

@@ -93,6 +93,7 @@ fn dit_forward_mode_is_the_adjoint_of_reverse_mode() -> Result<()> {
         mlp_ratio: 2,
         num_classes: 3,
         label_dropout: 0.0,
+        ..DitConfig::default()
     };
     let mut dit = Dit::new(&mut f64_builder(0), cfg)?;
     randomize(&mut dit, 1, 0.3);
@@ -113,6 +114,7 @@ fn mlp_velocity_forward_mode_is_the_adjoint_of_reverse_mode() -> Result<()> {
             num_classes: 3,
             label_dropout: 0.0,
             time_gated_skip,
+            ..MlpVelocityConfig::default()
         };
         let mut m = MlpVelocity::new(&mut f64_builder(0), cfg)?;
         randomize(&mut m, 1, 0.3);

@@ -8,7 +8,7 @@ use twinflow::nn::{
     sincos, Classifier, ClassifierConfig, Dit, DitBlock, DitConfig, Dropout, Embedding, Forward,
     Init, LabelEmbedding, LayerNorm, Linear, LinearConfig, MlpVelocity, MlpVelocityConfig, Module,
     ParamBuilder, PatchGrid, RmsNorm, SelfAttention, SwiGlu, TransformerBlock,
-    TransformerBlockConfig, VelocityModel,
+    TransformerBlockConfig, VelocityModel, DEFAULT_TIME_SCALE,
 };
 
 use crate::common::{f64_builder, labels, randn_as, randomize};
@@ -113,6 +113,7 @@ fn dit_generalises_to_colour_images() -> Result<()> {
         mlp_ratio: 2,
         num_classes: 4,
         label_dropout: 0.1,
+        ..DitConfig::default()
     };
     let dit = Dit::new(&mut ParamBuilder::new(0), cfg)?;
     assert_eq!(shape_of(&dit, "patch.weight"), [16, 12]);
@@ -376,7 +377,7 @@ fn sincos_matches_its_formula_and_keeps_the_sign() -> Result<()> {
     let ts = [-0.7, -0.001, 0.0, 0.001, 0.3, 1.0];
     let dim = 16;
     let half = dim / 2;
-    let e = sincos(&vector(&ts, DType::F64), dim)?;
+    let e = sincos(&vector(&ts, DType::F64), dim, DEFAULT_TIME_SCALE)?;
     assert_eq!(e.shape(), [6, dim]);
     let e = e.to_vec_f64()?;
     for (r, &t) in ts.iter().enumerate() {
@@ -393,19 +394,32 @@ fn sincos_matches_its_formula_and_keeps_the_sign() -> Result<()> {
         assert_eq!(neg[half + i], -pos[half + i]);
     }
     assert!(pos[half] != 0.0);
-    let e32 = sincos(&vector(&ts, DType::F32), dim)?;
+    let e32 = sincos(&vector(&ts, DType::F32), dim, DEFAULT_TIME_SCALE)?;
     assert_eq!(e32.dtype(), DType::F32);
     let e64 = Tensor::from_vec(e, &[6, dim], Device::Cpu)?;
     assert!(max_abs_diff(&e32, &e64) < 1e-3);
     let t16 = vector(&ts, DType::BF16);
-    let e16 = sincos(&t16, dim)?;
+    let e16 = sincos(&t16, dim, DEFAULT_TIME_SCALE)?;
     assert_eq!(e16.dtype(), DType::BF16);
-    let e16_in_f32 = sincos(&t16.to_dtype(DType::F32)?, dim)?;
+    let e16_in_f32 = sincos(&t16.to_dtype(DType::F32)?, dim, DEFAULT_TIME_SCALE)?;
     assert!(
         max_abs_diff(&e16, &e16_in_f32) < 4e-3,
         "embedded in f32, rounded once"
     );
-    assert!(sincos(&vector(&ts, DType::F64), 7).is_err());
+    assert!(sincos(&vector(&ts, DType::F64), 7, DEFAULT_TIME_SCALE).is_err());
+    // Another scale is the same features of rescaled times (MeanFlow's scale 1).
+    let scaled: Vec<f64> = ts.iter().map(|t| t / DEFAULT_TIME_SCALE).collect();
+    let unit = sincos(&vector(&ts, DType::F64), dim, 1.0)?;
+    let same = sincos(&vector(&scaled, DType::F64), dim, DEFAULT_TIME_SCALE)?;
+    assert!(max_abs_diff(&unit, &same) < 1e-12);
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let cfg = MlpVelocityConfig {
+            time_scale: bad,
+            ..MlpVelocityConfig::default()
+        };
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("time_scale"), "{e}");
+    }
     Ok(())
 }
 
@@ -466,6 +480,7 @@ fn tiny_mlp_velocity(label_dropout: f64) -> Result<MlpVelocity> {
         num_classes: 3,
         label_dropout,
         time_gated_skip: false,
+        ..MlpVelocityConfig::default()
     };
     MlpVelocity::new(&mut ParamBuilder::new(7), cfg)
 }
@@ -518,6 +533,7 @@ fn tiny_dit_config() -> DitConfig {
         mlp_ratio: 4,
         num_classes: 3,
         label_dropout: 0.0,
+        ..DitConfig::default()
     }
 }
 
@@ -569,6 +585,7 @@ fn parameter_names_and_order_are_as_recorded() -> Result<()> {
         num_classes: 3,
         label_dropout: 0.0,
         time_gated_skip: true,
+        ..MlpVelocityConfig::default()
     };
     let no_bias = LinearConfig {
         bias_init: None,

@@ -25,6 +25,7 @@ fn parameter_counts_from_configs_are_those_of_the_networks_built() {
             num_classes: 4,
             label_dropout: 0.1,
             time_gated_skip: skip,
+            ..MlpVelocityConfig::default()
         };
         let built = MlpVelocity::new(pb, cfg).unwrap();
         assert_eq!(cfg.parameter_count(), Some(count(&built)), "{cfg:?}");
@@ -44,6 +45,7 @@ fn parameter_counts_from_configs_are_those_of_the_networks_built() {
             mlp_ratio,
             num_classes: 3,
             label_dropout: 0.0,
+            ..DitConfig::default()
         };
         let built = Dit::new(pb, cfg).unwrap();
         assert_eq!(cfg.parameter_count(), Some(count(&built)), "{cfg:?}");

@@ -15,6 +15,7 @@ use crate::module::Forward;
 use crate::patch::PatchGrid;
 use crate::size::{self, check_parameter_count};
 use crate::time_embedding::TimeEmbedding;
+use crate::time_embedding::{check_time_scale, DEFAULT_TIME_SCALE};
 use serde::{Deserialize, Serialize};
 use twinflow_engine::{Error, Result, Tensor};
 
@@ -44,6 +45,10 @@ pub struct DitConfig {
     pub num_classes: usize,
     /// Probability of replacing a label by the null class in train mode.
     pub label_dropout: f64,
+    /// The factor on times before their sinusoidal features (see
+    /// [`sincos`](crate::sincos)): 1000 as the reference DiT; MeanFlow's reference
+    /// uses 1.
+    pub time_scale: f64,
 }
 
 impl Default for DitConfig {
@@ -58,6 +63,7 @@ impl Default for DitConfig {
             mlp_ratio: 4,
             num_classes: 10,
             label_dropout: 0.0,
+            time_scale: DEFAULT_TIME_SCALE,
         }
     }
 }
@@ -96,6 +102,7 @@ impl DitConfig {
             ));
         }
         check_probability("dit_config: label_dropout", self.label_dropout)?;
+        check_time_scale("dit_config", self.time_scale)?;
         check_parameter_count("dit_config", self.parameter_count(), self)?;
         Ok(())
     }
@@ -256,8 +263,8 @@ impl Dit {
                 (grid.tokens(), d),
             )?,
             patch: Linear::new(pb, grid.token_dim(), d, xavier())?,
-            temb: TimeEmbedding::new(pb, d, d, embed)?,
-            ttemb: TimeEmbedding::new(pb, d, d, embed)?,
+            temb: TimeEmbedding::new(pb, (d, cfg.time_scale), d, embed)?,
+            ttemb: TimeEmbedding::new(pb, (d, cfg.time_scale), d, embed)?,
             yemb: LabelEmbedding::new(
                 pb,
                 cfg.num_classes,

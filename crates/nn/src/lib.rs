@@ -49,5 +49,5 @@ pub use patch::PatchGrid;
 pub use pool::max_pool_2x2;
 pub use schedule::LrSchedule;
 pub use size::{check_parameter_count, MAX_PARAMETERS};
-pub use time_embedding::{sincos, TimeEmbedding};
+pub use time_embedding::{sincos, TimeEmbedding, DEFAULT_TIME_SCALE};
 pub use transformer::{TransformerBlock, TransformerBlockConfig};

@@ -7,14 +7,31 @@ use crate::linear::{Linear, LinearConfig};
 use crate::module::Forward;
 use twinflow_engine::{DType, Device, Error, Result, Tensor};
 
-/// `[cos(a), sin(a)]` with `a = t·freqs·1000` and `freqs = exp(−ln(10000)·i/half)`,
+/// The scale the reference DiT puts on times in `[0, 1]` before [`sincos`]: its
+/// diffusion timesteps run to 1000.
+pub const DEFAULT_TIME_SCALE: f64 = 1000.0;
+
+/// Refuses a time scale that is not a finite number above zero, naming `op`.
+pub(crate) fn check_time_scale(op: &'static str, scale: f64) -> Result<()> {
+    match scale.is_finite() && scale > 0.0 {
+        true => Ok(()),
+        false => Err(Error::invalid(
+            op,
+            format!("time_scale must be a finite number above zero, got {scale}"),
+        )),
+    }
+}
+
+/// `[cos(a), sin(a)]` with `a = t·freqs·scale` and `freqs = exp(−ln(10000)·i/half)`,
 /// `i < half = dim/2`: t `[B]` (any float dtype) → `[B, dim]` of t's dtype (computed
-/// in f64 for f64 times, else in f32).
+/// in f64 for f64 times, else in f32). `scale` is [`DEFAULT_TIME_SCALE`] for the
+/// reference TwinFlow networks; MeanFlow's reference embeds t itself (scale 1), which
+/// keeps the network's time derivative, part of its training target, small.
 ///
 /// The signed value of `t` enters (never `|t|`), so a negative time (TwinFlow's fake
 /// trajectory) gets a different embedding from its positive twin: the cosine half is
 /// even in `t`, the sine half odd. `dim` must be even and positive.
-pub fn sincos(t: &Tensor, dim: usize) -> Result<Tensor> {
+pub fn sincos(t: &Tensor, dim: usize, scale: f64) -> Result<Tensor> {
     if dim == 0 || dim % 2 != 0 {
         return Err(Error::invalid(
             "sincos",
@@ -38,7 +55,7 @@ pub fn sincos(t: &Tensor, dim: usize) -> Result<Tensor> {
         .to_dtype(work)?
         .unsqueeze(1)?
         .mul(&freqs.unsqueeze(0)?)?
-        .mul_scalar(1000.0)?;
+        .mul_scalar(scale)?;
     Tensor::cat(&[&a.cos()?, &a.sin()?], 1)?.to_dtype(t.dtype())
 }
 
@@ -67,13 +84,15 @@ pub struct TimeEmbedding {
     /// Second layer, `dim → dim`.
     pub fc2: Linear,
     freq_dim: usize,
+    scale: f64,
 }
 
 impl TimeEmbedding {
-    /// An embedding of `freq_dim` sinusoidal features (even) into `dim`.
+    /// An embedding of `freq_dim` sinusoidal features (even) of times scaled by
+    /// `scale` (see [`sincos`]) into `dim`.
     pub fn new(
         pb: &mut ParamBuilder,
-        freq_dim: usize,
+        (freq_dim, scale): (usize, f64),
         dim: usize,
         cfg: LinearConfig,
     ) -> Result<Self> {
@@ -87,6 +106,7 @@ impl TimeEmbedding {
             fc1: Linear::new(pb, freq_dim, dim, cfg)?,
             fc2: Linear::new(pb, dim, dim, cfg)?,
             freq_dim,
+            scale,
         })
     }
 }
@@ -94,7 +114,10 @@ impl TimeEmbedding {
 impl Forward for TimeEmbedding {
     /// Times `[B]` → `[B, dim]`.
     fn forward(&self, t: &Tensor) -> Result<Tensor> {
-        let h = self.fc1.forward(&sincos(t, self.freq_dim)?)?.silu()?;
+        let h = self
+            .fc1
+            .forward(&sincos(t, self.freq_dim, self.scale)?)?
+            .silu()?;
         self.fc2.forward(&h)
     }
 }

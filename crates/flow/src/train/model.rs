@@ -101,6 +101,7 @@ mod tests {
                 num_classes: 3,
                 label_dropout: 0.5,
                 time_gated_skip: true,
+                ..MlpVelocityConfig::default()
             },
         )
         .unwrap();
@@ -116,6 +117,7 @@ mod tests {
                 mlp_ratio: 2,
                 num_classes: 3,
                 label_dropout: 0.5,
+                ..DitConfig::default()
             },
         )
         .unwrap();

@@ -9,7 +9,7 @@ use crate::linear::{Linear, LinearConfig};
 use crate::models::velocity::{check_velocity_inputs, VelocityModel};
 use crate::module::Forward;
 use crate::size::{self, check_parameter_count};
-use crate::time_embedding::sincos;
+use crate::time_embedding::{check_time_scale, sincos, DEFAULT_TIME_SCALE};
 use serde::{Deserialize, Serialize};
 use twinflow_engine::{Error, Result, Tensor};
 
@@ -35,6 +35,10 @@ pub struct MlpVelocityConfig {
     /// of width 1024 reproduces only slowly through its hidden layers; the skip makes
     /// that part linear, and one-step samples lose their pixel noise much sooner.
     pub time_gated_skip: bool,
+    /// The factor on times before their sinusoidal features (see
+    /// [`sincos`](crate::sincos)): 1000 as the reference DiT; MeanFlow's reference
+    /// uses 1.
+    pub time_scale: f64,
 }
 
 impl Default for MlpVelocityConfig {
@@ -48,6 +52,7 @@ impl Default for MlpVelocityConfig {
             num_classes: 10,
             label_dropout: 0.0,
             time_gated_skip: false,
+            time_scale: DEFAULT_TIME_SCALE,
         }
     }
 }
@@ -65,6 +70,7 @@ impl MlpVelocityConfig {
             ));
         }
         check_probability("mlp_velocity: label_dropout", self.label_dropout)?;
+        check_time_scale("mlp_velocity", self.time_scale)?;
         check_parameter_count("mlp_velocity", self.parameter_count(), self)?;
         Ok(())
     }
@@ -188,7 +194,8 @@ impl VelocityModel for MlpVelocity {
     fn velocity(&self, x: &Tensor, t: &Tensor, tt: &Tensor, labels: &Tensor) -> Result<Tensor> {
         check_velocity_inputs("mlp_velocity", self.cfg.data_dim, x, t, tt, labels)?;
         let e = self.cfg.emb_dim;
-        let (t_emb, tt_emb) = (sincos(t, e)?, sincos(tt, e)?);
+        let scale = self.cfg.time_scale;
+        let (t_emb, tt_emb) = (sincos(t, e, scale)?, sincos(tt, e, scale)?);
         let features = [x, &t_emb, &tt_emb, &self.yemb.forward(labels)?];
         let mut h = self.input.forward(&Tensor::cat(&features, 1)?)?;
         for block in &self.blocks {
