@@ -5,7 +5,8 @@
 # eval.json files, each row with the commands that made it. CPU only, run from the
 # repository root; about 3 minutes for moons and 90 for MNIST on 2 cores.
 #
-# Usage: scripts/results.sh [moons|mnist|fashion|all]   (default: all)
+# Usage: scripts/results.sh [moons|mnist|fashion|meanflow|all]   (default: all;
+# meanflow: only the MeanFlow runs of moons and mnist)
 # Fashion-MNIST is not shipped: its runs need it installed (docs/data.md) and are
 # skipped, saying so, otherwise.
 # BIN=path/to/twinflow uses that binary instead of building one. Needs python3 for
@@ -51,6 +52,19 @@ evaluate() {
     echo "$cmd --json $dir/eval-$tag.json" > "$dir/eval-$tag.command"
 }
 
+# The MeanFlow rows, also run alone by `meanflow`.
+moons_meanflow() {
+    train moons-meanflow
+    evaluate moons-meanflow main 1,2,4
+}
+mnist_meanflow() {
+    train mnist-meanflow
+    evaluate mnist-meanflow main 1,2,4 --ema
+}
+if [ "$which" = meanflow ]; then
+    moons_meanflow
+    mnist_meanflow
+fi
 if [ "$which" = moons ] || [ "$which" = all ]; then
     train moons-twinflow
     evaluate moons-twinflow main 1,2,4
@@ -58,8 +72,7 @@ if [ "$which" = moons ] || [ "$which" = all ]; then
     evaluate moons-rcgm main 1,2,4
     train moons-fm
     evaluate moons-fm main 1,4,10,100
-    train moons-meanflow
-    evaluate moons-meanflow main 1,2,4
+    moons_meanflow
     train moons-twinflow-l2
     evaluate moons-twinflow-l2 main 1,2,4
     evaluate moons-twinflow no-presets 2,4 --presets off
@@ -74,8 +87,7 @@ if [ "$which" = mnist ] || [ "$which" = all ]; then
     evaluate mnist-rcgm main 1,2,4 --ema
     train mnist-fm
     evaluate mnist-fm main 1,4,10,100 --ema
-    train mnist-meanflow
-    evaluate mnist-meanflow main 1,2,4 --ema
+    mnist_meanflow
     # Flow matching given TwinFlow's wall-clock time: mnist-fm.toml with its step count
     # (and cosine length) scaled by the two runs' measured train times.
     steps=$(awk -v tf="$(cat "$out/mnist-twinflow/train_seconds")" \
