@@ -109,6 +109,8 @@ if [ "$which" = mnist ] || [ "$which" = all ]; then
     evaluate mnist-twinflow-l2 main 1,2,4 --ema
     train mnist-twinflow-no-label-dropout
     evaluate mnist-twinflow-no-label-dropout main 1,2,4 --ema
+    train mnist-twinflow-unit-time
+    evaluate mnist-twinflow-unit-time main 1,2,4 --ema
     # The reference's production optimizer settings.
     train mnist-twinflow-clip-beta2-99
     evaluate mnist-twinflow-clip-beta2-99 main 1,2,4 --ema

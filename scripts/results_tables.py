@@ -45,6 +45,7 @@ MNIST_ABLATIONS = [
     ("mnist-twinflow-clip-beta2-99", "main", "clip 1.0, AdamW β₂ 0.99 (production)"),
     ("mnist-twinflow-clip-beta2-95", "main", "clip 1.0, AdamW β₂ 0.95 (production)"),
     ("mnist-twinflow-no-label-dropout", "main", "no label dropout (as the references)"),
+    ("mnist-twinflow-unit-time", "main", "time features of t, not 1000·t (as MeanFlow's)"),
 ]
 
 
