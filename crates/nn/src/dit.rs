@@ -14,8 +14,7 @@ use crate::models::velocity::{check_velocity_inputs, VelocityModel};
 use crate::module::Forward;
 use crate::patch::PatchGrid;
 use crate::size::{self, check_parameter_count};
-use crate::time_embedding::TimeEmbedding;
-use crate::time_embedding::{check_time_scale, DEFAULT_TIME_SCALE};
+use crate::time_embedding::{check_time_scale, TimeEmbedding, DEFAULT_TIME_SCALE};
 use serde::{Deserialize, Serialize};
 use twinflow_engine::{Error, Result, Tensor};
 

@@ -36,7 +36,7 @@ pub struct MlpVelocityConfig {
     /// that part linear, and one-step samples lose their pixel noise much sooner.
     pub time_gated_skip: bool,
     /// The factor on times before their sinusoidal features (see
-    /// [`sincos`](crate::sincos)): 1000 as the reference DiT; MeanFlow's reference
+    /// [`sincos`]): 1000 as the reference DiT; MeanFlow's reference
     /// uses 1.
     pub time_scale: f64,
 }
