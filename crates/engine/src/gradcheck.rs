@@ -33,6 +33,21 @@ impl Default for GradcheckOptions {
     }
 }
 
+/// Refuses float inputs that are not f64 (finite differences need its precision),
+/// naming the check `op`.
+pub(crate) fn require_f64(op: &'static str, inputs: &[Tensor]) -> Result<()> {
+    match inputs
+        .iter()
+        .find(|t| t.dtype().is_float() && t.dtype() != DType::F64)
+    {
+        None => Ok(()),
+        Some(t) => Err(Error::invalid(
+            op,
+            format!("inputs must be f64, got {}", t.dtype()),
+        )),
+    }
+}
+
 /// The largest disagreement found by a passing [`gradcheck`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GradcheckReport {
@@ -51,15 +66,7 @@ pub fn gradcheck(
     inputs: &[Tensor],
     opts: &GradcheckOptions,
 ) -> Result<GradcheckReport> {
-    if let Some(t) = inputs
-        .iter()
-        .find(|t| t.dtype().is_float() && t.dtype() != DType::F64)
-    {
-        return Err(Error::invalid(
-            "gradcheck",
-            format!("inputs must be f64, got {}", t.dtype()),
-        ));
-    }
+    require_f64("gradcheck", inputs)?;
     let vars = inputs
         .iter()
         .map(|t| match t.dtype().is_float() {

@@ -11,7 +11,7 @@
 //! treat as zero).
 
 use crate::error::{Error, Result};
-use crate::gradcheck::{GradcheckOptions, GradcheckReport};
+use crate::gradcheck::{require_f64, GradcheckOptions, GradcheckReport};
 use crate::{jvp, no_grad, DType, Generator, Tensor};
 
 /// Checks the JVP of `f` along random tangents of every float input against central
@@ -23,15 +23,7 @@ pub fn jvpcheck(
     inputs: &[Tensor],
     opts: &GradcheckOptions,
 ) -> Result<GradcheckReport> {
-    if let Some(t) = inputs
-        .iter()
-        .find(|t| t.dtype().is_float() && t.dtype() != DType::F64)
-    {
-        return Err(Error::invalid(
-            "jvpcheck",
-            format!("inputs must be f64, got {}", t.dtype()),
-        ));
-    }
+    require_f64("jvpcheck", inputs)?;
     let floats: Vec<usize> = (0..inputs.len())
         .filter(|&i| inputs[i].dtype().is_float())
         .collect();
