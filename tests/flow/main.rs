@@ -9,6 +9,7 @@ mod common;
 
 mod classifier;
 mod data;
+mod data_parallel;
 mod eval;
 mod init_from;
 mod meanflow;

@@ -3,12 +3,14 @@
 //! A collective is an exchange: each rank deposits its values in its slot, the last to
 //! arrive combines all slots in rank order and publishes the result, and every rank
 //! copies it back. Rank order makes the combination, and so every rank's result,
-//! deterministic. Values travel as f64, so the sum of f32 or f16 tensors rounds once,
-//! when written back.
+//! deterministic. Values travel as f64 (exactly) and are added one rank after the
+//! other in the tensor's own dtype, rounding after each addition, as a loop of `add`s
+//! over the ranks' tensors would: one process adding up micro-batches gets the same
+//! bits.
 
 use super::{Communicator, ReduceOp};
 use crate::error::{Error, Result};
-use crate::Tensor;
+use crate::{DType, Tensor};
 use parking_lot::{Condvar, Mutex};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -149,6 +151,16 @@ fn same_lengths(op: &'static str, all: &[Vec<f64>]) -> Result<()> {
     }
 }
 
+/// Rounds an f64 to the nearest value of `dtype` (back in f64).
+fn rounding(dtype: DType) -> fn(f64) -> f64 {
+    match dtype {
+        DType::F32 => |x| x as f32 as f64,
+        DType::BF16 => |x| half::bf16::from_f64(x).to_f64(),
+        DType::F16 => |x| half::f16::from_f64(x).to_f64(),
+        DType::F64 | DType::I64 => |x| x,
+    }
+}
+
 /// Writes `values` into `tensor` in place, in its dtype.
 fn write_back(tensor: &Tensor, values: &[f64]) -> Result<()> {
     let src = Tensor::from_f64s(values, tensor.shape(), tensor.dtype(), tensor.device())?;
@@ -167,14 +179,17 @@ impl Communicator for ThreadCommunicator {
     fn all_reduce(&self, tensor: &Tensor, op: ReduceOp) -> Result<()> {
         const OP: &str = "all_reduce";
         let n = self.shared.world_size as f64;
+        let round = rounding(tensor.dtype());
         let result = self.exchange(OP, tensor.to_vec_f64()?, |all| {
             same_lengths(OP, &all)?;
             let mut sum = all[0].clone();
             for rank in &all[1..] {
-                sum.iter_mut().zip(rank).for_each(|(s, x)| *s += x);
+                sum.iter_mut()
+                    .zip(rank)
+                    .for_each(|(s, x)| *s = round(*s + x));
             }
             if op == ReduceOp::Mean {
-                sum.iter_mut().for_each(|s| *s /= n);
+                sum.iter_mut().for_each(|s| *s = round(*s / n));
             }
             Ok(sum)
         })?;

@@ -101,6 +101,12 @@ pub struct TrainConfig {
     /// Precision of the forward's products and attention (`"f32"`, `"bf16"`, `"f16"`).
     #[serde(default, skip_serializing_if = "Precision::is_f32")]
     pub precision: Precision,
+    /// Cut each rank's share of the batch into this many micro-batches, computed one
+    /// after the other with their gradients added up: the same step in less memory,
+    /// and the same result as that many ranks (see `train::parallel`). 1 by default,
+    /// and then left out of the resolved config.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub micro_batches: usize,
     /// Write a metrics line every this many steps (0: never).
     #[serde(default = "default_log_every")]
     pub log_every: u64,
@@ -135,6 +141,14 @@ pub struct TrainConfig {
     /// `twinflow eval` for this run (its `steps` is replaced by each NFE asked for).
     #[serde(default)]
     pub sampler: SamplerConfig,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 fn default_ema_decay() -> f64 {

@@ -35,6 +35,7 @@
 
 mod config;
 mod model;
+mod parallel;
 pub mod run_dir;
 mod training_loop;
 
@@ -45,12 +46,14 @@ pub use model::TrainModel;
 pub use training_loop::{TrainControl, TrainEvent, TrainSummary};
 
 use crate::data::{DataSource, DataState};
-use crate::method::{Batch, FlowMethod, StepContext};
+use crate::method::{Batch, FlowMethod, MethodConfig, Recipe, StepContext, StepLoss};
+use parallel::Shards;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use twinflow_engine::{AutocastGuard, Device, Error, Generator, Result, Tensor};
+use twinflow_engine::comm::Communicator;
+use twinflow_engine::{AutocastGuard, Device, Error, Generator, Gradients, Result, Tensor};
 use twinflow_nn::{
     clip_grad_norm, zero_non_finite, Adam, Checkpoint, Dit, Ema, LossScaler, LossScalerConfig,
     LossScalerState, LrSchedule, MlpVelocity, Module, Optimizer, ParamBuilder, VelocityModel,
@@ -171,6 +174,13 @@ pub struct Trainer {
     non_finite_skips: NonFiniteSkips,
     /// The step that stopped on a non-finite loss, if any.
     stopped: Option<u64>,
+    /// The shards of each step's batch and this rank's share ([`parallel`]).
+    shards: Shards,
+    /// The seeds of the method's and the model's streams, from which every shard's
+    /// streams derive when there are several.
+    stream_seeds: (u64, u64),
+    /// The other ranks of a data-parallel run.
+    comm: Option<Box<dyn Communicator>>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -214,6 +224,9 @@ impl Trainer {
             .then(|| LossScaler::new(LossScalerConfig::default()))
             .transpose()?;
         let method = cfg.method.build(cfg.time, model.null_label())?;
+        let min_rows = min_shard_rows(&cfg);
+        let shards = Shards::new((0, 1), cfg.micro_batches, cfg.data.batch_size, min_rows)?;
+        let stream_seeds = (cfg.seed ^ METHOD_SEED, model.forward_rng().state().seed);
         Ok(Trainer {
             method_rng: Generator::new(cfg.seed ^ METHOD_SEED),
             cfg,
@@ -230,7 +243,36 @@ impl Trainer {
             skipped: 0,
             non_finite_skips: NonFiniteSkips::default(),
             stopped: None,
+            shards,
+            stream_seeds,
+            comm: None,
         })
+    }
+
+    /// This trainer as one rank of a data-parallel run through `comm`: every rank is
+    /// built from the same config (and, when resuming, the same checkpoint); θ and θ⁻
+    /// are then copied from rank 0, each rank computes its shards of every batch, and
+    /// only rank 0 writes the run directory. Refuses a batch that does not cut into the
+    /// ranks' shards (see [`parallel`]).
+    pub fn with_communicator(mut self, comm: Box<dyn Communicator>) -> Result<Trainer> {
+        let ranks = (comm.rank(), comm.world_size());
+        let (micro, batch) = (self.cfg.micro_batches, self.cfg.data.batch_size);
+        self.shards = Shards::new(ranks, micro, batch, min_shard_rows(&self.cfg))?;
+        let shadow = self
+            .ema
+            .shadow()
+            .map(Module::named_params)
+            .unwrap_or_default();
+        for (_, p) in self.model.named_params().into_iter().chain(shadow) {
+            comm.broadcast(&p, 0)?;
+        }
+        self.comm = Some(comm);
+        Ok(self)
+    }
+
+    /// Whether this rank writes the run directory: rank 0, or the only rank.
+    pub fn is_writer(&self) -> bool {
+        self.comm.as_ref().is_none_or(|c| c.rank() == 0)
     }
 
     /// Replaces the freshly initialised θ and θ⁻ by those of the trainer checkpoint at
@@ -418,7 +460,8 @@ impl Trainer {
         self.step_on(&Batch::new(x, labels))
     }
 
-    /// One training step on a given batch (the data source is not drawn from).
+    /// One training step on a given batch (the data source is not drawn from): the
+    /// whole batch of every rank (see [`parallel`] for how it is cut into shards).
     pub fn step_on(&mut self, batch: &Batch) -> Result<StepRecord> {
         self.check_not_stopped()?;
         let start = Instant::now();
@@ -426,33 +469,46 @@ impl Trainer {
         let lr = self.schedule.lr_at(self.step);
         // §4: θ⁻ moves before the method's forwards of this step.
         self.ema.update(&self.model)?;
-        let out = {
-            // Products and attention of the forward in `precision` (backward follows).
-            let _autocast = AutocastGuard::new(self.cfg.precision.autocast())?;
-            let ema = self.ema.model(&self.model);
-            let mut ctx = StepContext::new(&self.model, ema, &mut self.method_rng)
-                .with_frozen_ema(self.cfg.ema_decay == 1.0);
-            self.method.loss(&mut ctx, batch)?
-        };
-        let loss = out.value()?;
+        let shards = self.shards;
+        let rows = shard_rows(batch, shards.total)?;
+        let (mut losses, mut grads) = (ShardLosses::default(), None);
+        for s in shards.local_indices() {
+            let part = match shards.total {
+                1 => batch.clone(),
+                _ => Batch::new(
+                    batch.x.narrow(0, s * rows, rows)?,
+                    batch.labels.narrow(0, s * rows, rows)?,
+                ),
+            };
+            let out = self.shard_loss(s, &part)?;
+            if losses.add(&out)? {
+                let g = match &self.scaler {
+                    Some(scaler) => scaler.scale(&out.loss)?.backward()?,
+                    None => out.loss.backward()?,
+                };
+                drop(out);
+                grads = Some(self.accumulate(grads, g)?);
+            }
+        }
+        let StepLosses {
+            loss,
+            terms,
+            non_finite,
+        } = losses.over_ranks(self.comm.as_deref(), self.device, shards.total)?;
         let mut record = StepRecord {
             step,
             loss,
-            terms: out.terms.iter().map(|&(n, v)| (n.to_string(), v)).collect(),
+            terms,
             lr,
             grad_norm: f64::NAN,
             cleaned: 0,
             samples_per_sec: 0.0,
             skipped: false,
         };
-        if !loss.is_finite() {
+        let Some(mut grads) = grads.filter(|_| !non_finite) else {
             return self.non_finite(record, format!("non-finite loss {loss}"));
-        }
-        let mut grads = match &self.scaler {
-            Some(scaler) => scaler.scale(&out.loss)?.backward()?,
-            None => out.loss.backward()?,
         };
-        drop(out);
+        self.combine(&mut grads)?;
         if self.unscale_overflowed(&mut grads)? {
             return Ok(self.skip(record));
         }
@@ -473,9 +529,66 @@ impl Trainer {
         Ok(record)
     }
 
+    /// The method's loss on shard `shard` of this step. With several shards, the
+    /// shard's own streams are put in place first ([`parallel::shard_stream`]).
+    fn shard_loss(&mut self, shard: usize, batch: &Batch) -> Result<StepLoss> {
+        if self.shards.total > 1 {
+            let (method, forward) = self.stream_seeds;
+            self.method_rng
+                .set_state(parallel::shard_stream(method, shard, self.step));
+            let forward = parallel::shard_stream(forward, shard, self.step);
+            self.model.forward_rng().set_state(forward);
+        }
+        // Products and attention of the forward in `precision` (backward follows).
+        let _autocast = AutocastGuard::new(self.cfg.precision.autocast())?;
+        let ema = self.ema.model(&self.model);
+        let mut ctx = StepContext::new(&self.model, ema, &mut self.method_rng)
+            .with_frozen_ema(self.cfg.ema_decay == 1.0);
+        self.method.loss(&mut ctx, batch)
+    }
+
+    /// `sum` (the gradients of the shards so far) plus one more shard's: the sum is
+    /// kept only with several shards; one shard's gradients pass through unchanged.
+    fn accumulate(&self, sum: Option<Gradients>, grads: Gradients) -> Result<Gradients> {
+        let Some(mut sum) = sum else {
+            return Ok(grads);
+        };
+        for p in &self.params {
+            let total = match (sum.remove(p), grads.get(p)) {
+                (Some(a), Some(b)) => a.add(b)?,
+                (a, b) => match a.or_else(|| b.cloned()) {
+                    Some(t) => t,
+                    None => continue,
+                },
+            };
+            sum.insert(p, total);
+        }
+        Ok(sum)
+    }
+
+    /// The step's gradient from this rank's sum: all ranks' sums added (in rank order)
+    /// and divided by the shard count. Nothing to do for a single shard.
+    fn combine(&self, grads: &mut Gradients) -> Result<()> {
+        let ranks = self.comm.as_ref().map_or(1, |c| c.world_size());
+        if self.shards.total == 1 && ranks == 1 {
+            return Ok(());
+        }
+        // Every rank sends every parameter's gradient, zeros where it has none.
+        let mut flat = self
+            .params
+            .iter()
+            .map(|p| grads.remove(p).map_or_else(|| p.zeros_like(), Ok))
+            .collect::<Result<Vec<_>>>()?;
+        parallel::combine_gradients(&mut flat, self.comm.as_deref(), self.shards.total)?;
+        for (p, g) in self.params.iter().zip(flat) {
+            grads.insert(p, g);
+        }
+        Ok(())
+    }
+
     /// With the f16 loss scaler: unscales the gradients, moves the scale, and says
     /// whether they overflowed (then the step must be skipped). False without one.
-    fn unscale_overflowed(&mut self, grads: &mut twinflow_engine::Gradients) -> Result<bool> {
+    fn unscale_overflowed(&mut self, grads: &mut Gradients) -> Result<bool> {
         let Some(scaler) = &mut self.scaler else {
             return Ok(false);
         };
@@ -763,6 +876,92 @@ fn move_to(mut model: TrainModel, device: Device) -> Result<TrainModel> {
         }
     });
     result.map(|()| model)
+}
+
+/// Rows per shard of `batch` cut into `shards`, refusing a batch that does not cut.
+fn shard_rows(batch: &Batch, shards: usize) -> Result<usize> {
+    match batch.len() % shards {
+        0 => Ok(batch.len() / shards),
+        _ => Err(Error::invalid(
+            OP,
+            format!(
+                "a batch of {} does not cut into {shards} equal shards",
+                batch.len()
+            ),
+        )),
+    }
+}
+
+/// The fewest rows a shard may have: 4 for TwinFlow's `split` recipe (one per group).
+fn min_shard_rows(cfg: &TrainConfig) -> usize {
+    match cfg.method {
+        MethodConfig::Twinflow { twinflow }
+            if twinflow.unwrap_or_default().recipe == Recipe::Split =>
+        {
+            4
+        }
+        _ => 1,
+    }
+}
+
+/// The loss values of this rank's shards, summed.
+#[derive(Default)]
+struct ShardLosses {
+    loss: f64,
+    terms: Vec<(&'static str, f64)>,
+    non_finite: usize,
+}
+
+impl ShardLosses {
+    /// Adds one shard's loss; says whether it is finite (then it is backpropagated).
+    fn add(&mut self, out: &StepLoss) -> Result<bool> {
+        let loss = out.value()?;
+        self.loss += loss;
+        if self.terms.is_empty() {
+            self.terms = out.terms.iter().map(|&(n, _)| (n, 0.0)).collect();
+        }
+        for ((_, sum), (_, v)) in self.terms.iter_mut().zip(&out.terms) {
+            *sum += v;
+        }
+        let finite = loss.is_finite();
+        self.non_finite += usize::from(!finite);
+        Ok(finite)
+    }
+
+    /// The step's loss and terms (means over all shards of all ranks) and whether any
+    /// shard anywhere was not finite: every rank takes the same decision.
+    fn over_ranks(
+        self,
+        comm: Option<&dyn Communicator>,
+        device: Device,
+        shards: usize,
+    ) -> Result<StepLosses> {
+        let mut values = vec![self.loss, self.non_finite as f64];
+        values.extend(self.terms.iter().map(|&(_, v)| v));
+        let totals = parallel::sum_over_ranks(&values, comm, device)?;
+        let mean = |v: f64| v / shards as f64;
+        let terms = self
+            .terms
+            .iter()
+            .zip(&totals[2..])
+            .map(|(&(n, _), &v)| (n.to_string(), mean(v)))
+            .collect();
+        Ok(StepLosses {
+            loss: mean(totals[0]),
+            terms,
+            non_finite: totals[1] > 0.0,
+        })
+    }
+}
+
+/// The step's loss values over every shard of every rank.
+struct StepLosses {
+    /// The mean loss.
+    loss: f64,
+    /// The mean of each named term.
+    terms: Vec<(String, f64)>,
+    /// Whether some shard's loss was not finite.
+    non_finite: bool,
 }
 
 fn latest_path(dir: &Path) -> PathBuf {

@@ -85,6 +85,14 @@ impl Trainer {
             return Ok(summary);
         }
         self.cfg.steps = target;
+        if !self.is_writer() {
+            // The other ranks of a data-parallel run only step: rank 0 writes and
+            // hears the events.
+            while self.step < target {
+                summary.last = Some(self.step()?);
+            }
+            return Ok(summary);
+        }
         self.write_config(dir)?;
         let (log_every, checkpoint_every) = (self.cfg.log_every, self.cfg.checkpoint_every);
         let sample_every = self.cfg.sample_every;
