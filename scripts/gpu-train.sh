@@ -7,7 +7,7 @@
 #
 # `build` puts the CUDA `twinflow` binary (stripped), the evaluation classifiers
 # (runs/classifier/, from `twinflow train-classifier`) and the Fashion-MNIST files
-# (FASHION_MNIST_DIR, else ../shared/data/fashion-mnist) in gpu-train-bin/ (git-ignored;
+# (from FASHION_MNIST_DIR, see docs/data.md) in gpu-train-bin/ (git-ignored;
 # under the 64 MiB a GPU run can carry). `run` needs the repository's data/ (MNIST-10k)
 # and configs/, then runs, each with bf16 autocast and the fused attention:
 #   1. mnist-twinflow-gpu  (TwinFlow, DiT)      MINUTES of training, eval at 1, 2, 4 NFE
@@ -32,7 +32,7 @@ build() {
     cargo build --release --features cuda --bin twinflow
     cp target/release/twinflow "$out/twinflow" && strip "$out/twinflow"
     cp runs/classifier/*.safetensors "$out/"
-    local fashion=${FASHION_MNIST_DIR:-../shared/data/fashion-mnist}
+    local fashion=${FASHION_MNIST_DIR:?set FASHION_MNIST_DIR to the folder of the four Fashion-MNIST files (docs/data.md)}
     cp "$fashion"/*-ubyte.gz "$out/fashion-mnist/"
     du -sh "$out"
 }
