@@ -20,9 +20,9 @@ No optimiser step (model.zero_grad(set_to_none=True) before each step). Each cas
 in a child process of its own; the child reads its resident set after building the
 model and the batch, resets the high-water mark (/proc/self/clear_refs), and reports
 the peak growth (VmHWM minus that baseline) over the warm-up and timed steps. For the
-compiled cases the reset comes after the warm-up (which compiles), so their memory is
-the timed steps' peak over the RSS the compiler left, not comparable with the eager
-cases'.
+compiled cases the reset comes after the warm-up (which compiles), so their memory
+would be the timed steps' peak over the RSS the compiler left, not comparable with the
+eager cases': it is not reported.
 
     python3 benches/torch_jvp.py [--json] [--batch N] [--threads N] [--no-compile]
 """
