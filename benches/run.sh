@@ -19,7 +19,9 @@
 #   QUIET_WAIT         before each bench, wait up to this many seconds (default: 60)
 #                      for the CPUs to be mostly idle (other work on the machine
 #                      hurts OpenMP-threaded torch much more than it hurts us)
-#   BENCHES            which benches (default: "matmul op_chain dit_step")
+#   BENCHES            which benches (default: "matmul op_chain dit_step jvp_step")
+#   JVP_COMPILE        1 (default) also times torch_jvp.py's torch.compile cases (each
+#                      compiles for a minute or two per round); 0 skips them
 #   RAYON_NUM_THREADS  threads for both sides (default: one per core, rayon's default;
 #                      torch_reference.py sets torch to the same count)
 #
@@ -33,7 +35,8 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 ROUNDS=${ROUNDS:-3}
 QUIET_WAIT=${QUIET_WAIT:-60}
-BENCHES=${BENCHES:-matmul op_chain dit_step}
+BENCHES=${BENCHES:-matmul op_chain dit_step jvp_step}
+JVP_COMPILE=${JVP_COMPILE:-1}
 
 if ! "$PYTHON" -c 'import torch' 2>/dev/null; then
     echo "error: $PYTHON cannot import torch; see the setup notes at the top of $0" >&2
@@ -90,6 +93,12 @@ run_one() { # side bench round
         "${exe[$bench]}" --bench --json # what `cargo bench --bench $bench -- --json` runs
     elif [ "$bench" = dit_step ]; then
         "$PYTHON" benches/torch_dit.py --json
+    elif [ "$bench" = jvp_step ]; then
+        if [ "$JVP_COMPILE" = 1 ]; then
+            "$PYTHON" benches/torch_jvp.py --json
+        else
+            "$PYTHON" benches/torch_jvp.py --json --no-compile
+        fi
     else
         "$PYTHON" benches/torch_reference.py --bench "$bench" --json
     fi >"$raw/last.out"
@@ -160,6 +169,34 @@ if dit:
     ours = max((r["peak_rss_mib"] for r in dit if r["impl"] == "twinflow"), default=float("nan"))
     torch = max((r["peak_rss_mib"] for r in dit if r["impl"] == "torch"), default=float("nan"))
     print(f"| peak RSS of the process (MiB) | {ours:.0f} | {torch:.0f} | {torch / ours:.2f} |")
+jvp = [r for r in rows if r["bench"] == "jvp"]
+nan = float("nan")
+def best(impl, key, agg=min):
+    return agg((r[key] for r in jvp if r["impl"] == impl and key in r), default=nan)
+if jvp:
+    print()
+    print("| DiT, batch %s, step without optimiser | ours ms | torch eager ms | torch/ours "
+          "| torch.compile ms |" % jvp[0]["batch"])
+    print("|---|---:|---:|---:|---:|")
+    for key, label in [("fm_step_ms", "FM step (fwd, MSE, bwd)"),
+                       ("meanflow_step_ms", "MeanFlow step (jvp fwd, MSE, bwd)")]:
+        ours, torch = best("twinflow", key), best("torch", key)
+        comp = best("torch", "compile_" + key)
+        print(f"| {label} | {ours:.1f} | {torch:.1f} | {torch / ours:.2f} | {comp:.1f} |")
+    print(f"| FM step, math attention | – | {best('torch', 'fm_math_step_ms'):.1f} | | |")
+    ours = best("twinflow", "meanflow_step_ms") / best("twinflow", "fm_step_ms")
+    torch = best("torch", "meanflow_step_ms") / best("torch", "fm_step_ms")
+    comp = best("torch", "compile_meanflow_step_ms") / best("torch", "compile_fm_step_ms")
+    print(f"| MeanFlow / FM (best rounds) | {ours:.2f} | {torch:.2f} | | {comp:.2f} |")
+    for key, label in [("fm_peak_growth_mib", "FM peak RSS growth (MiB)"),
+                       ("meanflow_peak_growth_mib", "MeanFlow peak RSS growth (MiB)"),
+                       ("fm_peak_rss_mib", "FM process peak RSS (MiB)"),
+                       ("meanflow_peak_rss_mib", "MeanFlow process peak RSS (MiB)")]:
+        ours, torch = best("twinflow", key, max), best("torch", key, max)
+        print(f"| {label} | {ours:.0f} | {torch:.0f} | {torch / ours:.2f} | |")
+    errors = {k: v for r in jvp for k, v in r.get("compile_errors", {}).items()}
+    for case, err in errors.items():
+        print(f"torch.compile {case} failed: {err}")
 print()
 print("ratios > 1: ours faster (or smaller). Every round (ours / torch):")
 for n in sizes:
@@ -175,4 +212,14 @@ for key in ["train_step_ms", "forward_nograd_ms"]:
     t = [r[key] for r in rows if r["bench"] == "dit" and r["impl"] == "torch"]
     if o:
         print(f"  dit {key}: " + ", ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(o, t)))
+for key in ["fm_step_ms", "meanflow_step_ms", "meanflow_over_fm"]:
+    o = [r[key] for r in jvp if r["impl"] == "twinflow"]
+    t = [r[key] for r in jvp if r["impl"] == "torch"]
+    if o:
+        print(f"  jvp {key}: " + ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(o, t)))
+for key in ["fm_math_step_ms", "compile_fm_step_ms", "compile_meanflow_step_ms",
+            "compile_meanflow_over_fm"]:
+    t = [r.get(key, nan) for r in jvp if r["impl"] == "torch"]
+    if t:
+        print(f"  jvp torch {key}: " + ", ".join(f"{b:.2f}" for b in t))
 EOF
