@@ -13,8 +13,9 @@
 //! it, and in later calls, they count for nothing. An input without a tangent counts as a zero tangent.
 
 use crate::error::{Error, Result};
+use crate::tensor::WeakTensor;
 use crate::Tensor;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 thread_local! {
@@ -48,6 +49,31 @@ impl LevelGuard {
 impl Drop for LevelGuard {
     fn drop(&mut self) {
         LEVEL.with(|l| l.set(self.previous));
+    }
+}
+
+thread_local! {
+    /// The tensors given a tangent by the running [`jvp`] call.
+    static HOLDERS: RefCell<Vec<WeakTensor>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Records that `t` holds a tangent of the running call, to be released at its end.
+pub(crate) fn register(t: &Tensor) {
+    HOLDERS.with(|h| h.borrow_mut().push(t.downgrade()));
+}
+
+/// At the end of a [`jvp`] call (returning or failing), releases the tangents of every
+/// tensor that is still alive: the activations a backward keeps would otherwise hold
+/// theirs, as much memory again, until the backward frees them.
+struct ReleaseTangents;
+
+impl Drop for ReleaseTangents {
+    fn drop(&mut self) {
+        for held in HOLDERS.with(|h| std::mem::take(&mut *h.borrow_mut())) {
+            if let Some(t) = held.upgrade() {
+                t.clear_tangent();
+            }
+        }
     }
 }
 
@@ -97,7 +123,7 @@ pub(crate) fn attach(out: Tensor, inputs: &[&Tensor], rule: impl JvpFn) -> Resul
     }
     let duals = Duals {
         inputs,
-        tangents: inputs.iter().map(|t| t.tangent().cloned()).collect(),
+        tangents: inputs.iter().map(|t| t.tangent()).collect(),
     };
     let tangent = {
         let _plain = LevelGuard::new(0);
@@ -156,6 +182,7 @@ where
         ));
     }
     let _level = LevelGuard::new(NEXT_LEVEL.fetch_add(1, Ordering::Relaxed));
+    let _release = ReleaseTangents;
     let duals = primals
         .iter()
         .zip(tangents)
@@ -167,7 +194,7 @@ where
     let mut primal_outputs = Vec::with_capacity(outputs.len());
     for out in outputs {
         out_tangents.push(match out.tangent() {
-            Some(t) => t.clone(),
+            Some(t) => t,
             None => out.zeros_like()?,
         });
         primal_outputs.push(out.without_tangent());
@@ -206,4 +233,32 @@ fn make_dual(i: usize, primal: &Tensor, t: &Tensor) -> Result<Tensor> {
     let dual = primal.without_tangent();
     dual.set_tangent(t.detach().to_dtype(primal.dtype())?)?;
     Ok(dual)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::jvp;
+    use crate::{Device, Result, Tensor};
+
+    /// A tensor that outlives its call (kept by a graph or by the caller) does not keep
+    /// its tangent's memory.
+    #[test]
+    fn tangents_are_released_when_the_call_ends() -> Result<()> {
+        let x = Tensor::from_vec(vec![1.0f64, 2.0], &[2], Device::Cpu)?.into_variable()?;
+        let mut kept = None;
+        let (out, _) = jvp(
+            |p| {
+                let e = p[0].exp()?;
+                assert!(e.holds_tangent());
+                kept = Some(e.clone());
+                Ok(vec![e.sin()?])
+            },
+            std::slice::from_ref(&x),
+            &[x.ones_like()?],
+        )?;
+        assert!(!kept.expect("kept").holds_tangent());
+        // The graph, which keeps `e` for the backward, still works.
+        out[0].sum_all()?.backward()?;
+        Ok(())
+    }
 }

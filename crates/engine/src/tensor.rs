@@ -10,9 +10,9 @@ use crate::layout::Layout;
 use crate::sizes;
 use crate::storage::Storage;
 use crate::Device;
-use parking_lot::{RwLock, RwLockReadGuard};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Weak};
 
 /// Identifies a tensor in the autodiff graph and in [`crate::Gradients`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -57,7 +57,18 @@ pub(crate) struct Inner {
     pub(crate) grad: GradMeta,
     /// The forward-mode tangent, set once right after the tensor is made inside a
     /// [`crate::jvp`] call (see [`crate::forward_ad`]).
-    tangent: OnceLock<(u64, Tensor)>,
+    tangent: Mutex<Option<(u64, Tensor)>>,
+}
+
+/// A tensor that does not keep its storage alive (forward mode's list of the tensors
+/// holding tangents).
+pub(crate) struct WeakTensor(Weak<Inner>);
+
+impl WeakTensor {
+    /// The tensor, if it is still alive.
+    pub(crate) fn upgrade(&self) -> Option<Tensor> {
+        self.0.upgrade().map(Tensor)
+    }
 }
 
 impl std::fmt::Debug for Tensor {
@@ -86,7 +97,7 @@ impl Tensor {
             dtype,
             device,
             grad,
-            tangent: OnceLock::new(),
+            tangent: Mutex::new(None),
         }))
     }
 
@@ -151,19 +162,40 @@ impl Tensor {
     }
 
     /// The forward-mode tangent this tensor carries inside a [`crate::jvp`] call.
-    pub(crate) fn tangent(&self) -> Option<&Tensor> {
-        let (level, t) = self.0.tangent.get()?;
-        (Some(*level) == forward_ad::current_level()).then_some(t)
+    pub(crate) fn tangent(&self) -> Option<Tensor> {
+        let held = self.0.tangent.lock();
+        let (level, t) = held.as_ref()?;
+        (Some(*level) == forward_ad::current_level()).then(|| t.clone())
+    }
+
+    /// Whether a tangent is held at all, of any level (for tests of its release).
+    #[cfg(test)]
+    pub(crate) fn holds_tangent(&self) -> bool {
+        self.0.tangent.lock().is_some()
+    }
+
+    /// Drops the tangent (at the end of its `jvp` call).
+    pub(crate) fn clear_tangent(&self) {
+        self.0.tangent.lock().take();
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakTensor {
+        WeakTensor(Arc::downgrade(&self.0))
     }
 
     /// Gives a fresh tensor its tangent.
     pub(crate) fn set_tangent(&self, tangent: Tensor) -> Result<()> {
         let level = forward_ad::current_level()
             .ok_or_else(|| Error::Autograd("a tangent is set only inside jvp".into()))?;
-        self.0
-            .tangent
-            .set((level, tangent))
-            .map_err(|_| Error::Autograd("a tensor's tangent is set only once".into()))
+        let mut held = self.0.tangent.lock();
+        if held.is_some() {
+            return Err(Error::Autograd(
+                "a tensor's tangent is set only once".into(),
+            ));
+        }
+        *held = Some((level, tangent));
+        forward_ad::register(self);
+        Ok(())
     }
 
     /// The same values and gradient flow without the tangent: an identity in the graph

@@ -58,7 +58,7 @@ pub fn scaled_dot_product_attention(
             (out, lse, None)
         }
         true => {
-            let t = |x: &Tensor| x.tangent().cloned().map_or_else(|| x.zeros_like(), Ok);
+            let t = |x: &Tensor| x.tangent().map_or_else(|| x.zeros_like(), Ok);
             let (tq, tk, tv) = (t(q)?, t(k)?, t(v)?);
             let (pq, pk, pv) = primals;
             let inputs = (
