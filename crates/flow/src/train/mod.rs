@@ -35,7 +35,7 @@
 
 mod config;
 mod model;
-mod parallel;
+pub mod parallel;
 pub mod run_dir;
 mod training_loop;
 

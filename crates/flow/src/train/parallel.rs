@@ -14,7 +14,7 @@
 //! Randomness: with one shard the trainer's streams (the method's, the model's dropout)
 //! run on continuously, as they always have. With several, shard `s` draws at step `k`
 //! from streams of its own that start at a fixed offset per step
-//! ([`shard_stream`]), so every arrangement of the same S shards gives the same run,
+//! (`shard_stream`), so every arrangement of the same S shards gives the same run,
 //! and a resume needs no per-shard state.
 
 use twinflow_engine::comm::{Communicator, ReduceOp};
