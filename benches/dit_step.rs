@@ -9,42 +9,15 @@
 //! `--json` prints one JSON object per line; `--batch N` changes the batch; `--profile`
 //! adds, on stderr, the per-op table of one more step and forward (`engine::profile`).
 
-use std::time::Instant;
 use twinflow::engine::profile::profile;
 use twinflow::engine::{no_grad, DType, Device, Generator, Result, Tensor};
 use twinflow::nn::{
     Adam, AdamConfig, Dit, DitConfig, Module, Optimizer, ParamBuilder, VelocityModel,
 };
 
-const WARMUP: usize = 3;
-const STEPS: usize = 10;
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
-
-/// Median milliseconds of `STEPS` calls of `f` after `WARMUP` untimed ones.
-fn time_ms(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    for _ in 0..WARMUP {
-        f()?;
-    }
-    let mut times = Vec::with_capacity(STEPS);
-    for _ in 0..STEPS {
-        let t0 = Instant::now();
-        f()?;
-        times.push(t0.elapsed().as_secs_f64() * 1e3);
-    }
-    Ok(median(times))
-}
-
-/// Peak resident set size of this process in MiB, from /proc (Linux only).
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
+#[path = "common/mod.rs"]
+mod common;
+use common::{rayon_threads, status_mib, time_ms};
 
 struct Batch {
     x: Tensor,
@@ -99,7 +72,7 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
             forward_profile.table()
         );
     }
-    let peak = peak_rss_mib().unwrap_or(f64::NAN);
+    let peak = status_mib("VmHWM").unwrap_or(f64::NAN);
     let threads = rayon_threads();
     if json {
         println!(
@@ -118,12 +91,4 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         println!("| peak RSS (MiB) | {peak:.0} |");
     }
     Ok(())
-}
-
-fn rayon_threads() -> usize {
-    std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }

@@ -23,43 +23,15 @@
 //! `--profile` adds, on stderr, the per-op table of one more step of each kind.
 
 use std::process::Command;
-use std::time::Instant;
 use twinflow::engine::profile::profile;
 use twinflow::engine::{jvp, no_grad, DType, Device, Generator, Result, Tensor};
 use twinflow::nn::{Dit, DitConfig, Module, ParamBuilder, VelocityModel};
 
-const WARMUP: usize = 3;
-const STEPS: usize = 10;
 const CASES: [&str; 2] = ["fm", "meanflow"];
 
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
-
-/// Median milliseconds of `STEPS` calls of `f` after `WARMUP` untimed ones.
-fn time_ms(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    for _ in 0..WARMUP {
-        f()?;
-    }
-    let mut times = Vec::with_capacity(STEPS);
-    for _ in 0..STEPS {
-        let t0 = Instant::now();
-        f()?;
-        times.push(t0.elapsed().as_secs_f64() * 1e3);
-    }
-    Ok(median(times))
-}
-
-/// A field of /proc/self/status in MiB (Linux only): `VmRSS`, `VmHWM`.
-fn status_mib(field: &str) -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status
-        .lines()
-        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
+#[path = "common/mod.rs"]
+mod common;
+use common::{rayon_threads, status_mib, time_ms};
 
 /// Resets the process's peak resident set (VmHWM) to its current one; false where the
 /// kernel does not allow it.
@@ -240,12 +212,4 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         println!("| MeanFlow / FM | {ratio:.2} | | |");
     }
     Ok(())
-}
-
-fn rayon_threads() -> usize {
-    std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
