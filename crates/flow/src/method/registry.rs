@@ -69,6 +69,16 @@ macro_rules! methods {
                 }
             }
 
+            /// The fewest samples a batch may have
+            /// ([`MethodSettings::min_batch`]).
+            pub fn min_batch(&self) -> usize {
+                match self {
+                    $(MethodConfig::$variant { $table } => {
+                        $table.unwrap_or_default().min_batch()
+                    })+
+                }
+            }
+
             /// Checks the settings (the method's defaults where the table is absent).
             pub fn validate(&self) -> Result<()> {
                 match self {

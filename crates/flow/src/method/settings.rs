@@ -30,6 +30,12 @@ pub trait MethodSettings:
     /// Errors naming the offending setting.
     fn validate(&self) -> Result<()>;
 
+    /// The fewest samples a batch (or a shard of one, in data-parallel training) may
+    /// have for these settings' loss.
+    fn min_batch(&self) -> usize {
+        1
+    }
+
     /// Errors unless the method draws its times from `time` (the run's `[time]` table):
     /// a method that draws its times its own way refuses any table but the default, so
     /// that a `[time]` table is never silently ignored.

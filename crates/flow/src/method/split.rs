@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 use twinflow_engine::{no_grad, Error, Result, Tensor};
 use twinflow_nn::VelocityModel;
 
+/// The fewest samples a `split` batch may have: one per group.
+pub(crate) const MIN_BATCH: usize = 4;
+
 /// Settings of the `split` recipe.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -95,10 +98,10 @@ pub(crate) fn split_loss<M: VelocityModel>(
     batch: &Batch,
 ) -> Result<StepLoss> {
     let n = batch.len();
-    if n < 4 {
+    if n < MIN_BATCH {
         return Err(Error::invalid(
             "twinflow split",
-            format!("needs a batch of at least 4, got {n}"),
+            format!("needs a batch of at least {MIN_BATCH}, got {n}"),
         ));
     }
     let groups = Groups::new(cfg.group_sizes(n));

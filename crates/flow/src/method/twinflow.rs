@@ -92,6 +92,14 @@ impl MethodSettings for TwinFlowConfig {
         Ok(())
     }
 
+    /// The `split` recipe needs one sample per group.
+    fn min_batch(&self) -> usize {
+        match self.recipe {
+            Recipe::Split => super::split::MIN_BATCH,
+            Recipe::Full => 1,
+        }
+    }
+
     fn for_model(self, null_label: i64) -> Self {
         TwinFlowConfig {
             base: self.base.for_model(null_label),

@@ -46,7 +46,7 @@ pub use model::TrainModel;
 pub use training_loop::{TrainControl, TrainEvent, TrainSummary};
 
 use crate::data::{DataSource, DataState};
-use crate::method::{Batch, FlowMethod, MethodConfig, Recipe, StepContext, StepLoss};
+use crate::method::{Batch, FlowMethod, StepContext, StepLoss};
 use parallel::Shards;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -176,9 +176,10 @@ pub struct Trainer {
     stopped: Option<u64>,
     /// The shards of each step's batch and this rank's share ([`parallel`]).
     shards: Shards,
-    /// The seeds of the method's and the model's streams, from which every shard's
-    /// streams derive when there are several.
-    stream_seeds: (u64, u64),
+    /// The seed of the model's forward stream as built, from which every shard's
+    /// dropout stream derives when there are several (the stream itself then carries a
+    /// shard's seed).
+    forward_seed: u64,
     /// The other ranks of a data-parallel run.
     comm: Option<Box<dyn Communicator>>,
 }
@@ -224,9 +225,9 @@ impl Trainer {
             .then(|| LossScaler::new(LossScalerConfig::default()))
             .transpose()?;
         let method = cfg.method.build(cfg.time, model.null_label())?;
-        let min_rows = min_shard_rows(&cfg);
+        let min_rows = cfg.method.min_batch();
         let shards = Shards::new((0, 1), cfg.micro_batches, cfg.data.batch_size, min_rows)?;
-        let stream_seeds = (cfg.seed ^ METHOD_SEED, model.forward_rng().state().seed);
+        let forward_seed = model.forward_rng().state().seed;
         Ok(Trainer {
             method_rng: Generator::new(cfg.seed ^ METHOD_SEED),
             cfg,
@@ -244,7 +245,7 @@ impl Trainer {
             non_finite_skips: NonFiniteSkips::default(),
             stopped: None,
             shards,
-            stream_seeds,
+            forward_seed,
             comm: None,
         })
     }
@@ -257,7 +258,7 @@ impl Trainer {
     pub fn with_communicator(mut self, comm: Box<dyn Communicator>) -> Result<Trainer> {
         let ranks = (comm.rank(), comm.world_size());
         let (micro, batch) = (self.cfg.micro_batches, self.cfg.data.batch_size);
-        self.shards = Shards::new(ranks, micro, batch, min_shard_rows(&self.cfg))?;
+        self.shards = Shards::new(ranks, micro, batch, self.cfg.method.min_batch())?;
         let shadow = self
             .ema
             .shadow()
@@ -533,10 +534,9 @@ impl Trainer {
     /// shard's own streams are put in place first ([`parallel::shard_stream`]).
     fn shard_loss(&mut self, shard: usize, batch: &Batch) -> Result<StepLoss> {
         if self.shards.total > 1 {
-            let (method, forward) = self.stream_seeds;
-            self.method_rng
-                .set_state(parallel::shard_stream(method, shard, self.step));
-            let forward = parallel::shard_stream(forward, shard, self.step);
+            let method = parallel::shard_stream(self.cfg.seed ^ METHOD_SEED, shard, self.step);
+            self.method_rng.set_state(method);
+            let forward = parallel::shard_stream(self.forward_seed, shard, self.step);
             self.model.forward_rng().set_state(forward);
         }
         // Products and attention of the forward in `precision` (backward follows).
@@ -556,10 +556,9 @@ impl Trainer {
         for p in &self.params {
             let total = match (sum.remove(p), grads.get(p)) {
                 (Some(a), Some(b)) => a.add(b)?,
-                (a, b) => match a.or_else(|| b.cloned()) {
-                    Some(t) => t,
-                    None => continue,
-                },
+                (Some(a), None) => a,
+                (None, Some(b)) => b.clone(),
+                (None, None) => continue,
             };
             sum.insert(p, total);
         }
@@ -569,8 +568,8 @@ impl Trainer {
     /// The step's gradient from this rank's sum: all ranks' sums added (in rank order)
     /// and divided by the shard count. Nothing to do for a single shard.
     fn combine(&self, grads: &mut Gradients) -> Result<()> {
-        let ranks = self.comm.as_ref().map_or(1, |c| c.world_size());
-        if self.shards.total == 1 && ranks == 1 {
+        // One shard in all means one rank: nothing to combine.
+        if self.shards.total == 1 {
             return Ok(());
         }
         // Every rank sends every parameter's gradient, zeros where it has none.
@@ -889,18 +888,6 @@ fn shard_rows(batch: &Batch, shards: usize) -> Result<usize> {
                 batch.len()
             ),
         )),
-    }
-}
-
-/// The fewest rows a shard may have: 4 for TwinFlow's `split` recipe (one per group).
-fn min_shard_rows(cfg: &TrainConfig) -> usize {
-    match cfg.method {
-        MethodConfig::Twinflow { twinflow }
-            if twinflow.unwrap_or_default().recipe == Recipe::Split =>
-        {
-            4
-        }
-        _ => 1,
     }
 }
 

@@ -51,8 +51,9 @@ pub(crate) struct Shards {
 
 impl Shards {
     /// The shards of `world_size` ranks with `micro_batches` each, seen from `rank`;
-    /// refuses a batch that does not cut evenly, or that leaves TwinFlow's `split`
-    /// recipe fewer than 4 samples per shard (`min_rows`).
+    /// refuses a batch that does not cut evenly, or that leaves a shard fewer rows than
+    /// the method's `min_rows` ([`MethodSettings::min_batch`](crate::method::MethodSettings::min_batch):
+    /// 4 for TwinFlow's `split` recipe).
     pub fn new(
         (rank, world_size): (usize, usize),
         micro_batches: usize,
@@ -63,17 +64,14 @@ impl Shards {
             .checked_mul(micro_batches)
             .filter(|&t| t > 0)
             .ok_or_else(|| Error::invalid("train", "needs at least one shard"))?;
-        if batch_size % total != 0 || batch_size / total < min_rows.max(1) {
+        let min_rows = min_rows.max(1);
+        if batch_size % total != 0 || batch_size / total < min_rows {
             return Err(Error::invalid(
                 "train",
                 format!(
                     "batch_size {batch_size} does not cut into {world_size} rank(s) × \
-                     {micro_batches} micro-batch(es) of at least {} equal rows{}",
-                    min_rows.max(1),
-                    match min_rows > 1 {
-                        true => " (TwinFlow's split recipe needs 4 per shard for its groups)",
-                        false => "",
-                    }
+                     {micro_batches} micro-batch(es) of at least {min_rows} equal rows (the \
+                     method needs {min_rows} per shard)"
                 ),
             ));
         }
