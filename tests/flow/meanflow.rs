@@ -6,7 +6,7 @@
 //! distribution, the settings' errors, and the sampler a MeanFlow run gets by default
 //! (`z_r = z_t − (t − r)·u(z_t, r, t)` on a uniform grid at 1, 2 and 4 NFE).
 
-use crate::common::randomize;
+use crate::common::{f64_builder, randomize};
 use twinflow::engine::{no_grad, DType, Device, Generator, Tensor};
 use twinflow::flow::method::{
     average_velocity_and_target, Batch, FlowMethod, MeanFlow, MeanFlowConfig, MethodConfig,
@@ -14,7 +14,7 @@ use twinflow::flow::method::{
 };
 use twinflow::flow::sampler::{sample, JumpTarget, SamplerMethod, Start};
 use twinflow::flow::train::TrainConfig;
-use twinflow::nn::{MlpVelocity, MlpVelocityConfig, Module, ParamBuilder, VelocityModel};
+use twinflow::nn::{MlpVelocity, MlpVelocityConfig, Module, VelocityModel};
 
 const B: usize = 8;
 const D: usize = 3;
@@ -41,7 +41,7 @@ fn mlp(seed: u64) -> MlpVelocity {
         time_gated_skip: true,
         ..MlpVelocityConfig::default()
     };
-    let mut m = MlpVelocity::new(&mut ParamBuilder::new(seed).with_dtype(F64), cfg).unwrap();
+    let mut m = MlpVelocity::new(&mut f64_builder(seed), cfg).unwrap();
     let mut g = Generator::new(seed + 1000);
     m.visit_params_mut(&mut |name, p| {
         if name.starts_with("out.") || name.starts_with("skip.") {
@@ -568,7 +568,7 @@ fn meanflow_runs_sample_with_average_velocity_steps_on_a_uniform_grid() {
         None => panic!("the moons config trains an MLP"),
     };
     model_cfg.width = 16;
-    let mut m = MlpVelocity::new(&mut ParamBuilder::new(70).with_dtype(F64), model_cfg).unwrap();
+    let mut m = MlpVelocity::new(&mut f64_builder(70), model_cfg).unwrap();
     randomize(&mut m, 71, 0.3);
     let n = 6;
     let z = Generator::new(72).randn(&[n, 2], F64, CPU).unwrap();

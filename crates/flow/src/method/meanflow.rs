@@ -338,7 +338,7 @@ pub fn average_velocity_and_target<M: VelocityModel>(
     ) else {
         return Err(Error::invalid(
             OP,
-            "jvp returned no output for the network's",
+            "jvp returned no output for the network's velocity",
         ));
     };
     let target = no_grad(|| v.sub(&du_dt.mul(&per_sample(&t.sub(r)?, &du_dt)?)?))?;
