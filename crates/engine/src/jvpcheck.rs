@@ -90,9 +90,8 @@ fn check_direction(
         max_abs_error: 0.0,
         checked: 0,
     };
-    let within = |a: f64, b: f64| (a - b).abs() <= opts.atol + opts.rtol * a.abs().max(b.abs());
     for (i, (o, p)) in out[0].to_vec_f64()?.iter().zip(&plain).enumerate() {
-        if !within(*o, *p) {
+        if !opts.agree(*o, *p) {
             return Err(Error::invalid(
                 "jvpcheck",
                 format!("output element {i}: jvp's primal {o:.10e}, plain call {p:.10e}"),
@@ -101,7 +100,7 @@ fn check_direction(
     }
     for (i, a) in tangent[0].to_vec_f64()?.into_iter().enumerate() {
         let numeric = (plus[i] - minus[i]) / (2.0 * opts.eps);
-        if !within(a, numeric) {
+        if !opts.agree(a, numeric) {
             return Err(Error::invalid(
                 "jvpcheck",
                 format!(
