@@ -6,10 +6,12 @@ mod cli {
     pub mod error;
     pub mod eval;
     pub mod grids;
+    pub mod launch;
     pub mod npy;
     pub mod output;
     pub mod plot;
     pub mod progress;
+    pub mod ranks;
     pub mod sampler_args;
     pub mod signals;
     pub mod train;

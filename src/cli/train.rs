@@ -6,15 +6,19 @@
 //! SIGTERM stops after the current step, saved.
 
 use super::curves::write_curves;
+use super::error::CliError;
 use super::error::CliResult;
 use super::grids::write_sample_grids;
+use super::launch;
 use super::progress::TrainProgress;
+use super::ranks::{ProcessRank, Ranks};
 use super::signals::{self, StopSignals};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use twinflow::engine::Error;
+use twinflow::engine::comm::{Communicator, ThreadGroup};
+use twinflow::engine::{report, Error};
 use twinflow::flow::train::run_dir::{self, RunLock};
 use twinflow::flow::train::{
     Precision, RestoreOptions, TrainConfig, TrainControl, TrainEvent, Trainer,
@@ -58,6 +62,15 @@ pub struct TrainArgs {
     /// needs a build with `--features cuda` and an NVIDIA GPU).
     #[arg(long, value_name = "DEVICE")]
     device: Option<String>,
+    /// Data-parallel training on several devices, comma-separated: `cuda:0,cuda:1,…`
+    /// starts one process per GPU (sharing gradients through NCCL; needs a build with
+    /// `--features nccl`) and supervises them; `cpu,cpu,…` trains that many ranks on
+    /// threads of this process. The config's batch is cut evenly across the ranks; only
+    /// rank 0 writes the run directory. An external launcher may instead set RANK,
+    /// WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT for each process
+    /// (docs/distributed.md).
+    #[arg(long, value_name = "LIST", conflicts_with = "device")]
+    devices: Option<String>,
     /// The directory holding data/ (mnist) or the Fashion-MNIST files (overrides the
     /// config's `data.root`; with --resume, the root saved in the checkpoint).
     #[arg(long, value_name = "DIR")]
@@ -89,7 +102,23 @@ fn positive_minutes(s: &str) -> Result<f64, String> {
 }
 
 /// Runs `train`; the exit code is 130 or 143 when SIGINT or SIGTERM stopped it.
-pub fn run(a: TrainArgs) -> CliResult<ExitCode> {
+pub fn run(mut a: TrainArgs) -> CliResult<ExitCode> {
+    let ranks = Ranks::from(a.devices.as_deref(), |name| std::env::var(name).ok())?;
+    if let Ranks::Process(p) = &ranks {
+        a.device = Some(p.device(a.device.as_deref()));
+    }
+    match ranks {
+        Ranks::Launch(devices) => {
+            let args: Vec<String> = std::env::args().skip(1).collect();
+            launch::run(&devices, &args)
+        }
+        Ranks::Process(p) if p.rank > 0 => follow(&a, &p),
+        ranks => lead(a, ranks),
+    }
+}
+
+/// The run directory: `--out`, or runs/<config file stem>.
+fn run_directory(a: &TrainArgs) -> PathBuf {
     let stem = match &a.config {
         Some(path) => path
             .file_stem()
@@ -97,10 +126,23 @@ pub fn run(a: TrainArgs) -> CliResult<ExitCode> {
             .unwrap_or_else(|| "run".into()),
         None => DEFAULT_CONFIG_NAME.into(),
     };
-    let dir = a
-        .out
+    a.out
         .clone()
-        .unwrap_or_else(|| Path::new("runs").join(&stem));
+        .unwrap_or_else(|| Path::new("runs").join(&stem))
+}
+
+/// The step to train to: `--steps` when resuming with it, else the config's.
+fn target_step(a: &TrainArgs, trainer: &Trainer) -> u64 {
+    match (a.resume, a.steps) {
+        (true, Some(steps)) => steps,
+        _ => trainer.config().steps,
+    }
+}
+
+/// Trains as the only rank or as rank 0, which owns the run directory, draws the
+/// progress and pictures, and hears Ctrl-C for all ranks.
+fn lead(a: TrainArgs, ranks: Ranks) -> CliResult<ExitCode> {
+    let dir = run_directory(&a);
     // Everything that can be checked without the run directory comes first, so that a
     // mistake in the command leaves the directory as it was.
     let config = if a.resume {
@@ -110,14 +152,11 @@ pub fn run(a: TrainArgs) -> CliResult<ExitCode> {
         Some(new_run_config(&a)?)
     };
     let _lock = RunLock::acquire(&dir)?;
-    let mut trainer = match config {
+    let mut trainer = match config.clone() {
         None => resume(&a, &dir)?,
         Some(cfg) => start(&a, &dir, cfg)?,
     };
-    let target = match (a.resume, a.steps) {
-        (true, Some(steps)) => steps,
-        _ => trainer.config().steps,
-    };
+    let target = target_step(&a, &trainer);
     tidy_run_directory(&dir, trainer.step_count())?;
     if trainer.step_count() >= target {
         eprintln!(
@@ -126,6 +165,21 @@ pub fn run(a: TrainArgs) -> CliResult<ExitCode> {
             trainer.step_count()
         );
         return Ok(ExitCode::SUCCESS);
+    }
+    warn_if_world_size_changed(&trainer, ranks.world_size());
+    let mut threads = Vec::new();
+    match &ranks {
+        Ranks::Threads(n) => {
+            let build = RankBuild::of(&a, &dir, config);
+            let (comm, started) = start_thread_ranks(build, *n, target, &dir)?;
+            threads = started;
+            trainer = trainer.with_communicator(comm)?;
+        }
+        Ranks::Process(p) => {
+            let comm = p.join(trainer.device())?;
+            trainer = trainer.with_communicator(comm)?;
+        }
+        Ranks::Single | Ranks::Launch(_) => {}
     }
     let stop_signals = StopSignals::install()?;
     let mut progress = TrainProgress::new(trainer.step_count(), target, trainer.config().log_every);
@@ -158,7 +212,8 @@ pub fn run(a: TrainArgs) -> CliResult<ExitCode> {
             true => TrainControl::Stop,
             false => TrainControl::Continue,
         })
-    })?;
+    });
+    let summary = finish_thread_ranks(summary, threads)?;
     progress.finish();
     let curves = write_curves(&dir)?;
     if let Some(r) = &summary.last {
@@ -202,6 +257,121 @@ pub fn run(a: TrainArgs) -> CliResult<ExitCode> {
         eprintln!("training curves in {}", curves.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Trains as a rank process other than 0: builds the same trainer as rank 0 (from the
+/// config, or from the run directory's checkpoint), joins the group and steps with the
+/// others, writing nothing. A first Ctrl-C or SIGTERM is left to rank 0, which stops
+/// every rank after the same step; a second ends this process at once.
+fn follow(a: &TrainArgs, p: &ProcessRank) -> CliResult<ExitCode> {
+    let in_rank = |e: CliError| -> CliError { format!("rank {}: {}", p.rank, report(&*e)).into() };
+    let stop_signals = StopSignals::install()?;
+    let dir = run_directory(a);
+    let trainer = match a.resume {
+        true => {
+            check_resume_flags(a)?;
+            resume(a, &dir).map_err(in_rank)?
+        }
+        false => Trainer::new(new_run_config(a)?).map_err(|e| in_rank(e.into()))?,
+    };
+    let target = target_step(a, &trainer);
+    if trainer.step_count() >= target {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let comm = p.join(trainer.device()).map_err(in_rank)?;
+    let mut trainer = trainer
+        .with_communicator(comm)
+        .map_err(|e| in_rank(e.into()))?;
+    trainer
+        .train_to(target, &dir, |_, _| Ok(TrainControl::Continue))
+        .map_err(|e| in_rank(e.into()))?;
+    Ok(match stop_signals.received() {
+        Some(signal) => ExitCode::from(u8::try_from(signals::exit_status(signal)).unwrap_or(1)),
+        None => ExitCode::SUCCESS,
+    })
+}
+
+/// How thread ranks 1.. build their trainers (on their own threads: a trainer stays on
+/// the thread that built it), as rank 0 built its own.
+#[derive(Clone)]
+enum RankBuild {
+    /// A new run from this config.
+    New(Box<TrainConfig>),
+    /// The run saved in this directory, restored with these options.
+    Resume(PathBuf, RestoreOptions),
+}
+
+impl RankBuild {
+    fn of(a: &TrainArgs, dir: &Path, config: Option<TrainConfig>) -> RankBuild {
+        match config {
+            Some(cfg) => RankBuild::New(Box::new(cfg)),
+            None => RankBuild::Resume(dir.to_path_buf(), restore_options(a)),
+        }
+    }
+
+    fn build(self) -> twinflow::engine::Result<Trainer> {
+        match self {
+            RankBuild::New(cfg) => Trainer::new(*cfg),
+            RankBuild::Resume(dir, options) => Ok(Trainer::resume_with(dir, &options)?.trainer),
+        }
+    }
+}
+
+/// A running thread rank.
+type ThreadRank = std::thread::JoinHandle<twinflow::engine::Result<()>>;
+
+/// Starts thread ranks 1..n of a thread group, each building its trainer by `build`
+/// and stepping to `target`; returns rank 0's communicator and the threads.
+fn start_thread_ranks(
+    build: RankBuild,
+    n: usize,
+    target: u64,
+    dir: &Path,
+) -> CliResult<(Box<dyn Communicator>, Vec<ThreadRank>)> {
+    let mut comms = ThreadGroup::new(n, None)?.into_iter();
+    let lead = comms.next().ok_or("an empty thread group")?;
+    let threads = comms
+        .map(|comm| {
+            let (dir, build) = (dir.to_path_buf(), build.clone());
+            std::thread::spawn(move || {
+                let mut trainer = build.build()?.with_communicator(Box::new(comm))?;
+                trainer.train_to(target, &dir, |_, _| Ok(TrainControl::Continue))?;
+                Ok(())
+            })
+        })
+        .collect();
+    Ok((Box::new(lead), threads))
+}
+
+/// Rank 0's result once the thread ranks have ended: its own error first, else the
+/// first thread rank's, named by rank.
+fn finish_thread_ranks<T>(
+    lead: twinflow::engine::Result<T>,
+    threads: Vec<ThreadRank>,
+) -> CliResult<T> {
+    let ends: Vec<_> = threads.into_iter().map(|t| t.join()).collect();
+    let lead = lead?;
+    for (i, end) in ends.into_iter().enumerate() {
+        match end {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("rank {}: {}", i + 1, report(&e)).into()),
+            Err(_) => return Err(format!("rank {} panicked", i + 1).into()),
+        }
+    }
+    Ok(lead)
+}
+
+/// Says so when a resumed run continues on another number of ranks than it was
+/// trained on until now.
+fn warn_if_world_size_changed(trainer: &Trainer, world_size: usize) {
+    if let Some(saved) = trainer.resumed_world_size().filter(|&w| w != world_size) {
+        eprintln!(
+            "warning: this run was trained on {saved} rank(s) and continues on {world_size}: \
+             each batch is now cut into other shards (with their own random streams) and \
+             the gradients summed in another order, so the run goes on with the same \
+             statistics but will not match, bit for bit, a run that stayed on {saved}"
+        );
+    }
 }
 
 /// Refuses the flags that a resumed run cannot honour.
@@ -269,11 +439,7 @@ fn new_run_config(a: &TrainArgs) -> CliResult<TrainConfig> {
 /// The run saved in `dir`, restored (from an older checkpoint, said on stderr, when the
 /// newest cannot be read).
 fn resume(a: &TrainArgs, dir: &Path) -> CliResult<Trainer> {
-    let options = RestoreOptions {
-        device: a.device.clone(),
-        data_root: a.root.clone(),
-    };
-    let resumed = Trainer::resume_with(dir, &options)?;
+    let resumed = Trainer::resume_with(dir, &restore_options(a))?;
     if let Some(path) = &a.config {
         warn_if_config_ignored(a, path, resumed.trainer.config());
     }
@@ -288,6 +454,14 @@ fn resume(a: &TrainArgs, dir: &Path) -> CliResult<Trainer> {
         );
     }
     Ok(resumed.trainer)
+}
+
+/// What `--device` and `--root` change in a resumed run's saved config.
+fn restore_options(a: &TrainArgs) -> RestoreOptions {
+    RestoreOptions {
+        device: a.device.clone(),
+        data_root: a.root.clone(),
+    }
 }
 
 /// Warns when `--config` (which `--resume` does not apply) differs from the config the

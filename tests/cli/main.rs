@@ -5,6 +5,7 @@
 //! mistakes, signals and crashes is in `reliability.rs`; huge sizes and crafted files in
 //! `limits.rs`.
 
+mod data_parallel;
 mod limits;
 mod reliability;
 

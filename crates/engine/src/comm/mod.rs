@@ -5,7 +5,8 @@
 //!   memory with a fixed reduction order (rank 0, then 1, …), so every rank gets the
 //!   same bits. It serves the tests and data parallelism on the CPU.
 //! - [`NcclCommunicator`] (feature `nccl`): ranks as processes, one per GPU, through
-//!   NVIDIA's NCCL, loaded at run time (`libnccl.so.2`).
+//!   NVIDIA's NCCL, loaded at run time (`libnccl.so.2`); the processes meet through
+//!   a [`Rendezvous`], where rank 0 hands its NCCL group id to the others over TCP.
 //!
 //! Every collective is called by every rank in the same order with tensors of the same
 //! shapes and dtypes; a rank that fails or stops answering makes the others' calls fail
@@ -13,10 +14,12 @@
 
 #[cfg(feature = "nccl")]
 mod nccl;
+mod rendezvous;
 mod threads;
 
 #[cfg(feature = "nccl")]
 pub use nccl::{nccl_present, NcclCommunicator, NcclId};
+pub use rendezvous::Rendezvous;
 pub use threads::{ThreadCommunicator, ThreadGroup};
 
 use crate::error::Result;

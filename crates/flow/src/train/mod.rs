@@ -121,6 +121,18 @@ struct TrainMeta {
     /// The f16 loss scaler's state (precision `f16` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     loss_scale: Option<LossScalerState>,
+    /// The data-parallel ranks that trained the run (absent, meaning 1, in checkpoints
+    /// of older versions and of single-rank runs).
+    #[serde(default = "one_rank", skip_serializing_if = "is_one_rank")]
+    world_size: usize,
+}
+
+fn one_rank() -> usize {
+    1
+}
+
+fn is_one_rank(n: &usize) -> bool {
+    *n == 1
 }
 
 /// What [`Trainer::from_checkpoint_with`] changes in the saved config.
@@ -182,6 +194,8 @@ pub struct Trainer {
     forward_seed: u64,
     /// The other ranks of a data-parallel run.
     comm: Option<Box<dyn Communicator>>,
+    /// The world size saved in the checkpoint this run was restored from.
+    resumed_world_size: Option<usize>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -247,6 +261,7 @@ impl Trainer {
             shards,
             forward_seed,
             comm: None,
+            resumed_world_size: None,
         })
     }
 
@@ -274,6 +289,19 @@ impl Trainer {
     /// Whether this rank writes the run directory: rank 0, or the only rank.
     pub fn is_writer(&self) -> bool {
         self.comm.as_ref().is_none_or(|c| c.rank() == 0)
+    }
+
+    /// How many data-parallel ranks train this run (1 without a communicator).
+    pub fn world_size(&self) -> usize {
+        self.comm.as_ref().map_or(1, |c| c.world_size())
+    }
+
+    /// For a run restored from a checkpoint, how many ranks trained it until then
+    /// (saved in the checkpoint). Continuing with another world size changes how each
+    /// batch is cut into shards, so the run no longer replays bit for bit what an
+    /// uninterrupted run would have done (its statistics are unchanged).
+    pub fn resumed_world_size(&self) -> Option<usize> {
+        self.resumed_world_size
     }
 
     /// Replaces the freshly initialised θ and θ⁻ by those of the trainer checkpoint at
@@ -407,6 +435,7 @@ impl Trainer {
         t.step = ck.step;
         t.skipped = meta.skipped;
         t.non_finite_skips = meta.non_finite_skips;
+        t.resumed_world_size = Some(meta.world_size);
         if let (Some(scaler), Some(state)) = (&mut t.scaler, meta.loss_scale) {
             scaler.load_state(state).map_err(saved_in)?;
         }
@@ -706,6 +735,7 @@ impl Trainer {
             skipped: self.skipped,
             non_finite_skips: self.non_finite_skips,
             loss_scale: self.scaler.as_ref().map(LossScaler::state),
+            world_size: self.world_size(),
         };
         let meta = serde_json::to_value(&meta)
             .map_err(|e| Error::invalid(OP, format!("cannot encode the config: {e}")))?;

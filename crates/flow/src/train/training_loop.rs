@@ -5,7 +5,8 @@
 
 use super::{StepRecord, Trainer};
 use std::path::{Path, PathBuf};
-use twinflow_engine::{Error, Result};
+use twinflow_engine::comm::ReduceOp;
+use twinflow_engine::{Error, Result, Tensor};
 use twinflow_nn::atomic_file;
 
 /// What the loop tells its caller, in the order it happens.
@@ -67,13 +68,31 @@ impl Trainer {
     /// step, saved: the step's metrics line (even off the `log_every` cadence, so that
     /// the log reaches the checkpoint) and a checkpoint. A run already at `target`
     /// does nothing and writes nothing.
+    ///
+    /// In a data-parallel run every rank calls it with the same `target`; only rank 0
+    /// writes `dir` and hears events, and after every step the ranks agree on whether
+    /// to stop (rank 0's answer, or any rank's failure), so a Ctrl-C or a spent time
+    /// budget on rank 0 stops them all at the same step. An error on any rank aborts
+    /// the communicator, so that the others fail with it instead of waiting.
     pub fn train_to(
         &mut self,
         target: u64,
         dir: impl AsRef<Path>,
+        on_event: impl FnMut(&Trainer, TrainEvent<'_>) -> Result<TrainControl>,
+    ) -> Result<TrainSummary> {
+        let result = self.run_to(target, dir.as_ref(), on_event);
+        if let (Err(e), Some(comm)) = (&result, &self.comm) {
+            comm.abort(&twinflow_engine::report(e));
+        }
+        result
+    }
+
+    fn run_to(
+        &mut self,
+        target: u64,
+        dir: &Path,
         mut on_event: impl FnMut(&Trainer, TrainEvent<'_>) -> Result<TrainControl>,
     ) -> Result<TrainSummary> {
-        let dir = dir.as_ref();
         let start = self.step;
         let mut summary = TrainSummary {
             start,
@@ -86,10 +105,12 @@ impl Trainer {
         }
         self.cfg.steps = target;
         if !self.is_writer() {
-            // The other ranks of a data-parallel run only step: rank 0 writes and
-            // hears the events.
-            while self.step < target {
+            // The other ranks of a data-parallel run only step and follow rank 0's
+            // decision to stop: rank 0 writes and hears the events.
+            while self.step < target && !summary.stopped_early {
                 summary.last = Some(self.step()?);
+                summary.stopped_early = self.agreed(TrainControl::Continue)? == TrainControl::Stop
+                    && self.step < target;
             }
             return Ok(summary);
         }
@@ -114,6 +135,7 @@ impl Trainer {
             if control == TrainControl::Continue && is_multiple(n, sample_every) && n < target {
                 control = on_event(self, TrainEvent::SamplesDue { last: false })?;
             }
+            control = self.agreed(control)?;
             if control == TrainControl::Stop && n < target {
                 summary.stopped_early = true;
                 if !logged && log_every > 0 {
@@ -132,6 +154,21 @@ impl Trainer {
             on_event(self, TrainEvent::SamplesDue { last: true })?;
         }
         Ok(summary)
+    }
+
+    /// `control` as every rank of a data-parallel run agrees on it: `Stop` when any
+    /// rank asks to stop (only rank 0 has events to ask from). A single rank's own.
+    fn agreed(&self, control: TrainControl) -> Result<TrainControl> {
+        let Some(comm) = &self.comm else {
+            return Ok(control);
+        };
+        let stop = f32::from(u8::from(control == TrainControl::Stop));
+        let flag = Tensor::from_vec(vec![stop], &[1], self.device)?;
+        comm.all_reduce(&flag, ReduceOp::Sum)?;
+        Ok(match flag.item()? > 0.0 {
+            true => TrainControl::Stop,
+            false => TrainControl::Continue,
+        })
     }
 
     /// Writes the resolved config as `dir/config.toml` (atomically), creating `dir`.
