@@ -2,10 +2,10 @@
 # Builds everything the GPU check runs, for a GPU machine that has CUDA and PyTorch but
 # no Rust: the CUDA test binaries (crates/engine/tests/cuda_ops.rs and kernels_compile.rs,
 # tests/cuda_flash_attention.rs and cuda_train.rs), the CUDA bench (benches/cuda.rs) and
-# the `twinflow` binary with the moons and MNIST configs (CUDA training runs), release,
-# --features cuda, stripped, into gpu-bin/ (git-ignored), beside the PyTorch bench
-# scripts and scripts/gpu-check.sh. Prints the
-# folder's size, which must stay under 64 MiB (the limit of what a GPU run can carry).
+# the `twinflow` binary (with NCCL) and the moons and MNIST configs (CUDA training runs),
+# release, --features cuda (nccl for the binary), stripped, into gpu-bin/ (git-ignored),
+# beside the PyTorch bench scripts and scripts/gpu-check.sh. Prints the folder's size,
+# which must stay under 64 MiB (the limit of what a GPU run can carry).
 #
 #     scripts/build-gpu-bin.sh && scripts/gpu-check.sh gpu-bin   # the second on the GPU
 set -euo pipefail
@@ -34,7 +34,8 @@ cargo test --release --features cuda --no-run --message-format=json \
 done
 cargo bench --features cuda --bench cuda --no-run --message-format=json | executables bench \
     | while read -r exe; do cp "$exe" "$OUT/benches/cuda"; done
-cargo build --release --features cuda --bin twinflow
+# The CLI with NCCL too (loaded at run time): gpu-check.sh trains a world-size-1 NCCL run.
+cargo build --release --features nccl --bin twinflow
 cp target/release/twinflow "$OUT/twinflow"
 strip "$OUT"/tests/* "$OUT"/benches/* "$OUT/twinflow"
 cp benches/torch_cuda.py benches/torch_dit.py scripts/gpu-check.sh configs/moons-twinflow.toml \

@@ -22,11 +22,11 @@ mkdir -p "$OUT_DIR"
 BIN=$(cd "$BIN" && pwd)
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
 
-# libcublas / libnvrtc: the CUDA install and PyTorch's nvidia wheel folders.
+# libcublas / libnvrtc / libnccl: the CUDA install and PyTorch's nvidia wheel folders.
 libs=()
 for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/*/lib \
     $("$PYTHON" -c 'import glob, os, nvidia; [print(p) for b in nvidia.__path__ for p in glob.glob(os.path.join(b, "*", "lib"))]' 2>/dev/null); do
-    if ls "$d"/libcublas.so* "$d"/libnvrtc.so* >/dev/null 2>&1; then libs+=("$d"); fi
+    if ls "$d"/libcublas.so* "$d"/libnvrtc.so* "$d"/libnccl.so* >/dev/null 2>&1; then libs+=("$d"); fi
 done
 LD_LIBRARY_PATH="$(IFS=:; echo "${libs[*]}")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export LD_LIBRARY_PATH
@@ -78,6 +78,38 @@ if [ "${TRAIN:-1}" != 0 ] && [ -x "$BIN/twinflow" ] && [ -f "$BIN/mnist-twinflow
     && [ -d data/mnist-10k ]; then
     train_check mnist-twinflow-bf16 "$BIN/mnist-twinflow.toml" \
         "--nfe 1,2,4 --ema --classifier $BIN/classifier.safetensors" --precision bf16
+fi
+# Data parallel through NCCL at world size 1 (NCCL refuses two ranks on one GPU): the
+# rank environment, NCCL group id, broadcast of the weights, bucketed all-reduce and the
+# per-step stop agreement, which must train exactly as the plain run (metrics equal
+# but for the timing column).
+nccl_check() {
+    local start rc=0 cfg=$BIN/moons-twinflow.toml
+    start=$(date +%s)
+    for run in plain nccl; do
+        local env=()
+        [ $run = nccl ] && env=(RANK=0 WORLD_SIZE=1 MASTER_PORT=$((20000 + RANDOM % 20000)))
+        env "${env[@]}" timeout 120 "$BIN/twinflow" train --config "$cfg" --device cuda \
+            --steps 300 --out "$OUT_DIR/dp-$run" >> "$OUT_DIR/train-nccl-world-1.log" 2>&1 || rc=1
+    done
+    [ $rc -eq 0 ] && { "$PYTHON" - "$OUT_DIR/dp-plain" "$OUT_DIR/dp-nccl" >> "$OUT_DIR/train-nccl-world-1.log" 2>&1 || rc=1; } <<'PY'
+import json, sys
+def metrics(d):
+    rows = [json.loads(l) for l in open(d + "/metrics.jsonl")]
+    for r in rows:
+        r.pop("samples_per_sec")
+    return rows
+a, b = metrics(sys.argv[1]), metrics(sys.argv[2])
+same = len(a) > 0 and a == b
+print(f"world-size-1 NCCL run vs plain run: {len(a)} metrics lines, identical: {same}")
+sys.exit(0 if same else 1)
+PY
+    [ $rc -ne 0 ] && status=1
+    printf 'twinflow train RANK=0 WORLD_SIZE=1 (NCCL) == plain\t%s\t%s s\t0\n' "$rc" "$(( $(date +%s) - start ))" >> "$OUT_DIR/tests.tsv"
+    rm -rf "$OUT_DIR"/dp-*/checkpoints
+}
+if [ "${TRAIN:-1}" != 0 ] && [ -x "$BIN/twinflow" ] && [ -f "$BIN/moons-twinflow.toml" ]; then
+    nccl_check
 fi
 # Word splitting of BENCH_GROUPS is intended: one argument per group.
 # shellcheck disable=SC2086
