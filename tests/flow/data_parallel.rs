@@ -179,3 +179,45 @@ fn data_parallel_a_dead_rank_is_an_error_on_the_others() {
     let e = results[0].as_ref().unwrap_err().to_string();
     assert!(e.contains("rank 1 failed: left the group"), "{e}");
 }
+
+/// Rank 0's request to stop (Ctrl-C, a spent time budget) stops every rank after the
+/// same step, and an error in rank 0's loop reaches the other ranks.
+#[test]
+fn data_parallel_ranks_stop_together() {
+    use twinflow::flow::train::{TrainControl, TrainEvent};
+    let dir = std::env::temp_dir().join(format!("twinflow-dp-stop-{}", std::process::id()));
+    let run = |stop_at: u64, fail: bool| -> Vec<Result<(u64, bool)>> {
+        let handles: Vec<_> = ThreadGroup::new(2, None)
+            .unwrap()
+            .into_iter()
+            .map(|comm| {
+                let dir = dir.clone();
+                thread::spawn(move || -> Result<(u64, bool)> {
+                    let mut t = Trainer::new(config("flow_matching", 16, 1))?
+                        .with_communicator(Box::new(comm))?;
+                    let summary = t.train_to(10, &dir, |_, event| match event {
+                        TrainEvent::Step(r) if r.step == stop_at && fail => {
+                            Err(twinflow::engine::Error::invalid("test", "rank 0 broke"))
+                        }
+                        TrainEvent::Step(r) if r.step == stop_at => Ok(TrainControl::Stop),
+                        _ => Ok(TrainControl::Continue),
+                    })?;
+                    Ok((t.step_count(), summary.stopped_early))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    };
+    for end in run(3, false) {
+        assert_eq!(end.unwrap(), (3, true));
+    }
+    let ends = run(2, true);
+    assert!(ends[0]
+        .as_ref()
+        .unwrap_err()
+        .to_string()
+        .contains("rank 0 broke"));
+    let e = ends[1].as_ref().unwrap_err().to_string();
+    assert!(e.contains("rank 0 broke"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
