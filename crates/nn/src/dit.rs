@@ -48,6 +48,50 @@ pub struct DitConfig {
     /// [`sincos`](crate::sincos)): 1000 as the reference DiT; MeanFlow's reference
     /// uses 1.
     pub time_scale: f64,
+    /// How the learned position embedding `pos` starts.
+    #[serde(skip_serializing_if = "PositionInit::is_default")]
+    pub pos_init: PositionInit,
+}
+
+/// The starting values of a [`Dit`]'s position embedding (learned either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PositionInit {
+    /// N(0, 0.02²), as the reference: the tokens start nearly without positions, which
+    /// training must learn first. Short runs show it: samples with misplaced patches.
+    #[default]
+    Normal,
+    /// The fixed 2-D sine-cosine embedding of the original DiT and ViT-MAE, as a
+    /// starting point: every token knows its row and column from the first step. Needs
+    /// `dim` divisible by 4.
+    Sincos,
+}
+
+impl PositionInit {
+    fn is_default(&self) -> bool {
+        *self == PositionInit::default()
+    }
+}
+
+/// The 2-D sine-cosine position embedding of a `side × side` token grid, `[side², dim]`
+/// row-major: for the token at (row, col), the first half of its features encodes the
+/// row and the second half the column, each as `[sin(p·ω_k), cos(p·ω_k)]` over
+/// `ω_k = 10000^(−k/(dim/4))`, k < dim/4 (ViT-MAE's `get_2d_sincos_pos_embed`, with the
+/// grid's rows first).
+pub fn sincos_positions(side: usize, dim: usize) -> Vec<f64> {
+    let quarter = dim / 4;
+    let mut out = Vec::with_capacity(side * side * dim);
+    for row in 0..side {
+        for col in 0..side {
+            for p in [row, col] {
+                let omega = (0..quarter).map(|k| 10000f64.powf(-(k as f64) / quarter as f64));
+                let angles: Vec<f64> = omega.map(|w| p as f64 * w).collect();
+                out.extend(angles.iter().map(|a| a.sin()));
+                out.extend(angles.iter().map(|a| a.cos()));
+            }
+        }
+    }
+    out
 }
 
 impl Default for DitConfig {
@@ -63,6 +107,7 @@ impl Default for DitConfig {
             num_classes: 10,
             label_dropout: 0.0,
             time_scale: DEFAULT_TIME_SCALE,
+            pos_init: PositionInit::Normal,
         }
     }
 }
@@ -97,6 +142,15 @@ impl DitConfig {
                 format!(
                     "dim {} must be even and a multiple of heads {}, mlp_ratio {} positive",
                     self.dim, self.heads, self.mlp_ratio
+                ),
+            ));
+        }
+        if self.pos_init == PositionInit::Sincos && self.dim % 4 != 0 {
+            return Err(Error::invalid(
+                "dit_config",
+                format!(
+                    "pos_init \"sincos\" needs dim divisible by 4, got {}",
+                    self.dim
                 ),
             ));
         }
@@ -256,11 +310,17 @@ impl Dit {
             bias_init: Some(Init::Zeros),
         };
         Ok(Dit {
-            pos: pb.param(
-                &[1, grid.tokens(), d],
-                Init::Normal(0.02),
-                (grid.tokens(), d),
-            )?,
+            pos: match cfg.pos_init {
+                PositionInit::Normal => pb.param(
+                    &[1, grid.tokens(), d],
+                    Init::Normal(0.02),
+                    (grid.tokens(), d),
+                )?,
+                PositionInit::Sincos => pb.param_from(
+                    &[1, grid.tokens(), d],
+                    sincos_positions(cfg.image_size / cfg.patch, d),
+                )?,
+            },
             patch: Linear::new(pb, grid.token_dim(), d, xavier())?,
             temb: TimeEmbedding::new(pb, (d, cfg.time_scale), d, embed)?,
             ttemb: TimeEmbedding::new(pb, (d, cfg.time_scale), d, embed)?,
@@ -331,7 +391,7 @@ impl_module! { Dit { pos, patch, temb, ttemb, yemb, blocks, adaf, out } }
 
 #[cfg(test)]
 mod tests {
-    use super::DitConfig;
+    use super::{sincos_positions, DitConfig, PositionInit};
 
     #[test]
     fn config_round_trips_through_json_and_refuses_unknown_fields() {
@@ -351,5 +411,43 @@ mod tests {
             }
         );
         assert!(serde_json::from_str::<DitConfig>(r#"{"detph": 2}"#).is_err());
+    }
+
+    #[test]
+    fn the_default_position_init_is_left_out_and_sincos_round_trips() {
+        let json = serde_json::to_string(&DitConfig::default()).unwrap();
+        assert!(!json.contains("pos_init"), "{json}");
+        let cfg: DitConfig = serde_json::from_str(r#"{"pos_init": "sincos"}"#).unwrap();
+        assert_eq!(cfg.pos_init, PositionInit::Sincos);
+        let bad = DitConfig {
+            dim: 130,
+            heads: 2,
+            ..cfg
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("divisible by 4"));
+    }
+
+    #[test]
+    fn sincos_positions_encode_row_then_column() {
+        let (side, dim) = (3, 8);
+        let pos = sincos_positions(side, dim);
+        assert_eq!(pos.len(), side * side * dim);
+        let token = |row: usize, col: usize| &pos[(row * side + col) * dim..][..dim];
+        // Token (0, 0): sin 0 = 0 and cos 0 = 1 in both halves.
+        assert_eq!(token(0, 0), [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]);
+        // Token (2, 1): the row half at position 2, the column half at 1 (ω = 1, 0.01).
+        let t = token(2, 1);
+        assert_eq!(
+            t[..4],
+            [2f64.sin(), 0.02f64.sin(), 2f64.cos(), 0.02f64.cos()]
+        );
+        assert_eq!(
+            t[4..],
+            [1f64.sin(), 0.01f64.sin(), 1f64.cos(), 0.01f64.cos()]
+        );
     }
 }

@@ -105,4 +105,12 @@ impl ParamBuilder {
         };
         t.into_variable()
     }
+
+    /// A parameter of `shape` holding `values` (row-major, in the builder's dtype and
+    /// device), drawing nothing from the init stream.
+    pub fn param_from(&mut self, shape: &[usize], values: Vec<f64>) -> Result<Tensor> {
+        Tensor::from_vec(values, shape, self.device)?
+            .to_dtype(self.dtype)?
+            .into_variable()
+    }
 }

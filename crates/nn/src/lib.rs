@@ -30,7 +30,7 @@ pub use attention::SelfAttention;
 pub use checkpoint::{Checkpoint, CheckpointError, EmaSnapshot};
 pub use clip::{clip_grad_norm, zero_non_finite};
 pub use conv::Conv2d;
-pub use dit::{Dit, DitBlock, DitConfig};
+pub use dit::{sincos_positions, Dit, DitBlock, DitConfig, PositionInit};
 pub use dropout::Dropout;
 pub use ema::{Ema, EmaState};
 pub use embedding::Embedding;
