@@ -5,8 +5,9 @@
 # eval.json files, each row with the commands that made it. CPU only, run from the
 # repository root; about 3 minutes for moons and 90 for MNIST on 2 cores.
 #
-# Usage: scripts/results.sh [moons|mnist|fashion|meanflow|all]   (default: all;
-# meanflow: only the MeanFlow runs of moons and mnist)
+# Usage: scripts/results.sh [moons|mnist|dit|fashion|meanflow|all]   (default: all;
+# dit: the DiT runs on MNIST-10k, about 95 minutes; meanflow: only the MeanFlow runs of
+# moons and mnist)
 # Fashion-MNIST is not shipped: its runs need it installed (docs/data.md) and are
 # skipped, saying so, otherwise.
 # BIN=path/to/twinflow uses that binary instead of building one. Needs python3 for
@@ -50,6 +51,11 @@ evaluate() {
     "$bin" eval --checkpoint "$dir/checkpoints/latest.safetensors" --nfe "$nfe" --n 2000 \
         --json "$dir/eval-$tag.json" "$@"
     echo "$cmd --json $dir/eval-$tag.json" > "$dir/eval-$tag.command"
+}
+
+# The step count of configs/mnist-dit-twinflow.toml (its last sample picture's name).
+dit_steps() {
+    sed -n 's/^steps = \([0-9]*\)$/\1/p' configs/mnist-dit-twinflow.toml
 }
 
 # The MeanFlow rows, also run alone by `meanflow`.
@@ -121,6 +127,19 @@ if [ "$which" = mnist ] || [ "$which" = all ]; then
     cp "$out/mnist-rcgm/samples/step-0001600-nfe1.png" docs/img/mnist-rcgm-nfe1.png
     cp "$out/mnist-fm-then-twinflow/samples/step-0000800-nfe1.png" \
         docs/img/mnist-fm-then-twinflow-nfe1.png
+fi
+if [ "$which" = dit ] || [ "$which" = all ]; then
+    [ -f runs/classifier/classifier.safetensors ] || "$bin" train-classifier
+    # TwinFlow on a transformer, and its flow-matching and RCGM twins (same network,
+    # data and steps).
+    for name in mnist-dit-twinflow mnist-dit-rcgm; do
+        train $name
+        evaluate $name main 1,2,4 --ema
+    done
+    train mnist-dit-fm
+    evaluate mnist-dit-fm main 1,4,10,100 --ema
+    cp "$out/mnist-dit-twinflow/samples/step-$(printf %07d "$(dit_steps)")-nfe1.png" \
+        docs/img/mnist-dit-twinflow-nfe1.png
 fi
 if [ "$which" = fashion ] || [ "$which" = all ]; then
     mkdir -p "$out"

@@ -34,6 +34,11 @@ MNIST_MAIN = [
     ("mnist-fm-wallclock", "main", "flow matching (Euler), same wall-clock"),
     ("mnist-fm-pretrain", "main", "flow matching 800 steps (the fine-tune's start)"),
 ]
+MNIST_DIT = [
+    ("mnist-dit-twinflow", "main", "TwinFlow (`split`), DiT"),
+    ("mnist-dit-rcgm", "main", "RCGM alone, DiT"),
+    ("mnist-dit-fm", "main", "flow matching (Euler), DiT, same steps"),
+]
 FASHION = [
     ("fashion-twinflow", "main", "TwinFlow (`split`), MNIST's recipe"),
     ("fashion-fm", "main", "flow matching (Euler), same steps"),
@@ -138,6 +143,10 @@ def main():
     )
     body += table(
         runs, "MNIST-10k: recipe ablations", MNIST_ABLATIONS,
+        ["class accuracy", "Fréchet distance"], img_cells, img_cells,
+    )
+    body += table(
+        runs, "MNIST-10k on a transformer (DiT, CPU)", MNIST_DIT,
         ["class accuracy", "Fréchet distance"], img_cells, img_cells,
     )
     body += table(
