@@ -116,9 +116,19 @@ pub fn scatter(path: &Path, xy: &[f32], labels: &[i64], size: u32) -> CliResult<
     write_png(path, size, size, png::ColorType::Rgb, &img)
 }
 
+/// Images smaller than this many pixels a side are drawn enlarged.
+const MIN_DISPLAY_SIDE: usize = 28;
+
+/// The whole factor that draws an image of `rows × cols` at least
+/// [`MIN_DISPLAY_SIDE`] pixels a side (1 for MNIST's 28 × 28 and larger).
+fn display_scale(rows: usize, cols: usize) -> usize {
+    MIN_DISPLAY_SIDE.div_ceil(rows.min(cols).max(1)).max(1)
+}
+
 /// A grid of images (grey or RGB, values in [−1, 1], clipped for display; samples
 /// channel-major `[C, H, W]`), one grid row per class in `0..classes`, samples of a
-/// class left to right.
+/// class left to right. Images under 28 pixels a side are enlarged (nearest pixel)
+/// to at least 28.
 pub fn image_grid(
     path: &Path,
     x: &[f32],
@@ -128,6 +138,7 @@ pub fn image_grid(
 ) -> CliResult<()> {
     let (channels, rows, cols) = (shape.channels, shape.rows, shape.cols);
     let d = shape.dim();
+    let k = display_scale(rows, cols);
     let classes = classes.max(1);
     let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
     for (i, &l) in labels.iter().enumerate() {
@@ -136,17 +147,17 @@ pub fn image_grid(
     let by_class: Vec<Vec<usize>> = by_class.into_iter().filter(|c| !c.is_empty()).collect();
     let per_row = by_class.iter().map(Vec::len).max().unwrap_or(1).max(1);
     let gap = 2;
-    let width = per_row * (cols + gap) + gap;
-    let height = by_class.len().max(1) * (rows + gap) + gap;
+    let width = per_row * (k * cols + gap) + gap;
+    let height = by_class.len().max(1) * (k * rows + gap) + gap;
     let mut img = vec![0u8; width * height * channels];
     for (r, members) in by_class.iter().enumerate() {
         for (c, &i) in members.iter().enumerate() {
             let sample = &x[i * d..(i + 1) * d];
-            let (top, left) = (gap + r * (rows + gap), gap + c * (cols + gap));
+            let (top, left) = (gap + r * (k * rows + gap), gap + c * (k * cols + gap));
             for ch in 0..channels {
-                for y in 0..rows {
-                    for xx in 0..cols {
-                        let v = sample[(ch * rows + y) * cols + xx];
+                for y in 0..k * rows {
+                    for xx in 0..k * cols {
+                        let v = sample[(ch * rows + y / k) * cols + xx / k];
                         let v = if v.is_finite() {
                             v.clamp(-1.0, 1.0)
                         } else {
@@ -165,4 +176,18 @@ pub fn image_grid(
         png::ColorType::Grayscale
     };
     write_png(path, width as u32, height as u32, colour, &img)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::display_scale;
+
+    #[test]
+    fn small_images_are_enlarged_to_at_least_28_pixels() {
+        assert_eq!(display_scale(28, 28), 1);
+        assert_eq!(display_scale(32, 32), 1);
+        assert_eq!(display_scale(16, 16), 2);
+        assert_eq!(display_scale(8, 12), 4);
+        assert_eq!(display_scale(0, 0), 28);
+    }
 }
