@@ -6,7 +6,7 @@
 # repository root; about 3 minutes for moons and 90 for MNIST on 2 cores.
 #
 # Usage: scripts/results.sh [moons|mnist|dit|fashion|meanflow|all]   (default: all;
-# dit: the DiT runs on MNIST-10k, about 95 minutes; meanflow: only the MeanFlow runs of
+# dit: the DiT runs on MNIST-10k, about 70 minutes; meanflow: only the MeanFlow runs of
 # moons and mnist)
 # Fashion-MNIST is not shipped: its runs need it installed (docs/data.md) and are
 # skipped, saying so, otherwise.
