@@ -5,12 +5,8 @@
 //! launchers, set).
 
 use super::error::CliResult;
-use std::time::Duration;
-use twinflow::engine::comm::{Communicator, Rendezvous};
+use twinflow::engine::comm::Communicator;
 use twinflow::engine::Device;
-
-/// How long the processes of a run wait for each other to meet.
-const MEET_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The GPU a device name (`cuda`, `cuda:N`) names, without opening it: the launcher
 /// leaves the GPUs to its children.
@@ -159,7 +155,9 @@ impl ProcessRank {
     /// to the others at [`ProcessRank::address`].
     #[cfg(feature = "nccl")]
     pub fn join(&self, device: Device) -> CliResult<Box<dyn Communicator>> {
-        use twinflow::engine::comm::{NcclCommunicator, NcclId};
+        use twinflow::engine::comm::{NcclCommunicator, NcclId, Rendezvous};
+        /// How long the processes of a run wait for each other to meet.
+        const MEET_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
         if device == Device::Cpu {
             return Err(cpu_processes_refused(self));
         }
@@ -167,7 +165,13 @@ impl ProcessRank {
             0 => NcclId::new()?.0,
             _ => [0; 128],
         };
-        let shared = self.rendezvous().share(&mine)?;
+        let meet = Rendezvous {
+            address: self.address.clone(),
+            rank: self.rank,
+            world_size: self.world_size,
+            timeout: MEET_TIMEOUT,
+        };
+        let shared = meet.share(&mine)?;
         let id = NcclId(shared.try_into().map_err(|_| "a short NCCL id")?);
         let comm = NcclCommunicator::join(&id, self.rank, self.world_size, device)?;
         Ok(Box::new(comm))
@@ -185,17 +189,6 @@ impl ProcessRank {
             self.rank, self.world_size
         )
         .into())
-    }
-
-    /// Where the ranks meet.
-    #[cfg_attr(not(feature = "nccl"), allow(dead_code))]
-    fn rendezvous(&self) -> Rendezvous {
-        Rendezvous {
-            address: self.address.clone(),
-            rank: self.rank,
-            world_size: self.world_size,
-            timeout: MEET_TIMEOUT,
-        }
     }
 }
 

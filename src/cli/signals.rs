@@ -46,6 +46,11 @@ pub fn exit_status(signal: i32) -> i32 {
     128 + signal
 }
 
+/// [`exit_status`] as the process's exit code.
+pub fn exit_code(signal: i32) -> std::process::ExitCode {
+    std::process::ExitCode::from(u8::try_from(exit_status(signal)).unwrap_or(1))
+}
+
 /// The signal's name, for messages.
 pub fn name(signal: i32) -> &'static str {
     match signal {

@@ -235,8 +235,7 @@ fn lead(a: TrainArgs, ranks: Ranks) -> CliResult<ExitCode> {
                 dir.display()
             );
         }
-        let status = u8::try_from(signals::exit_status(signal)).unwrap_or(1);
-        return Ok(ExitCode::from(status));
+        return Ok(signals::exit_code(signal));
     }
     if out_of_time && summary.stopped_early {
         eprintln!(
@@ -286,7 +285,7 @@ fn follow(a: &TrainArgs, p: &ProcessRank) -> CliResult<ExitCode> {
         .train_to(target, &dir, |_, _| Ok(TrainControl::Continue))
         .map_err(|e| in_rank(e.into()))?;
     Ok(match stop_signals.received() {
-        Some(signal) => ExitCode::from(u8::try_from(signals::exit_status(signal)).unwrap_or(1)),
+        Some(signal) => signals::exit_code(signal),
         None => ExitCode::SUCCESS,
     })
 }

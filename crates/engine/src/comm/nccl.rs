@@ -150,7 +150,6 @@ impl Shared {
 pub struct NcclCommunicator {
     shared: Arc<Shared>,
     dev: Arc<CudaDevice>,
-    rank: usize,
     world_size: usize,
     watchdog: Option<JoinHandle<()>>,
 }
@@ -211,7 +210,6 @@ impl NcclCommunicator {
         Ok(NcclCommunicator {
             shared,
             dev,
-            rank,
             world_size,
             watchdog: Some(watchdog),
         })
@@ -264,7 +262,7 @@ impl NcclCommunicator {
 
 impl Communicator for NcclCommunicator {
     fn rank(&self) -> usize {
-        self.rank
+        self.shared.rank
     }
 
     fn world_size(&self) -> usize {
