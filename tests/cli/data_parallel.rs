@@ -3,6 +3,7 @@
 //! tests/flow/data_parallel.rs), a resume on another world size warns, Ctrl-C stops
 //! every rank saved, and bad device lists or rank environments are one-line errors.
 
+use super::reliability::interrupted_run;
 use super::{fails, ok, repo, temp_dir, BIN};
 use std::path::Path;
 use std::process::Command;
@@ -92,33 +93,8 @@ fn data_parallel_thread_ranks_train_as_micro_batches_do() {
 #[test]
 fn data_parallel_ctrl_c_stops_every_thread_rank_saved() {
     let dir = temp_dir("dp-signal");
-    let config = repo("configs/moons-twinflow.toml");
-    let child = Command::new(BIN)
-        .args([
-            "train",
-            "--config",
-            config.to_str().unwrap(),
-            "--out",
-            "run",
-            "--devices",
-            "cpu,cpu",
-        ])
-        .current_dir(&dir)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Signal once the run has written its first checkpoint-free metrics line.
-    let metrics = dir.join("run/metrics.jsonl");
-    let start = std::time::Instant::now();
-    while !std::fs::read_to_string(&metrics).is_ok_and(|m| m.lines().count() >= 2) {
-        assert!(start.elapsed().as_secs() < 60, "no metrics after a minute");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    // SAFETY: kill(2) on the child started above.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let (status, stderr) = interrupted_run(&dir, &["INT"], &["--devices", "cpu,cpu"]);
+    assert_eq!(status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("stopped by SIGINT"), "{stderr}");
     let out = ok(
         &dir,

@@ -277,11 +277,16 @@ fn resume_cuts_the_metrics_log_back_to_the_checkpoint() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Starts a long run, waits for 50 metrics lines, sends `signals` (`kill -s` names),
-/// and returns the exit status and stderr.
-fn interrupted_run(dir: &Path, signals: &[&str]) -> (ExitStatus, String) {
+/// Starts a long run (with `extra` train flags), waits for 50 metrics lines, sends
+/// `signals` (`kill -s` names), and returns the exit status and stderr.
+pub(super) fn interrupted_run(
+    dir: &Path,
+    signals: &[&str],
+    extra: &[&str],
+) -> (ExitStatus, String) {
     write_quick_config(dir, 10_000_000, 1_000_000);
-    let child = spawn(dir, &["train", "--config", "quick.toml", "--out", "run"]);
+    let train = ["train", "--config", "quick.toml", "--out", "run"];
+    let child = spawn(dir, &[&train[..], extra].concat());
     let run_dir = dir.join("run");
     wait_for("50 metrics lines", || metrics_lines(&run_dir).len() >= 50);
     for signal in signals {
@@ -293,7 +298,7 @@ fn interrupted_run(dir: &Path, signals: &[&str]) -> (ExitStatus, String) {
 #[test]
 fn sigint_stops_after_a_saved_step_and_resume_continues() {
     let dir = temp_dir("sigint");
-    let (status, stderr) = interrupted_run(&dir, &["INT"]);
+    let (status, stderr) = interrupted_run(&dir, &["INT"], &[]);
     assert_eq!(status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("stopped by SIGINT"), "{stderr}");
     let run_dir = dir.join("run");
@@ -316,7 +321,7 @@ fn sigint_stops_after_a_saved_step_and_resume_continues() {
 #[test]
 fn sigterm_stops_with_143_and_a_second_signal_stops_at_once() {
     let dir = temp_dir("sigterm");
-    let (status, stderr) = interrupted_run(&dir, &["TERM"]);
+    let (status, stderr) = interrupted_run(&dir, &["TERM"], &[]);
     assert_eq!(status.code(), Some(143), "{stderr}");
     assert!(stderr.contains("stopped by SIGTERM"), "{stderr}");
     let step = latest_step(&dir.join("run"));
@@ -328,7 +333,7 @@ fn sigterm_stops_with_143_and_a_second_signal_stops_at_once() {
     // Two Ctrl-Cs: the second ends the process without waiting for the save; whatever
     // it had saved is whole, and the run resumes.
     let dir = temp_dir("sigint-twice");
-    let (status, stderr) = interrupted_run(&dir, &["INT", "INT"]);
+    let (status, stderr) = interrupted_run(&dir, &["INT", "INT"], &[]);
     assert_eq!(status.code(), Some(130), "{stderr}");
     let run_dir = dir.join("run");
     let saved: Vec<u64> = std::fs::read_dir(run_dir.join("checkpoints"))
