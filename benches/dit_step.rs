@@ -38,7 +38,12 @@ fn batch(n: usize) -> Result<Batch> {
     Ok(Batch { x, t, tt, labels })
 }
 
-fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // As the command line does: the engine is driven from a worker of its CPU pool.
+    twinflow::engine::cpu::on_worker_thread(run)
+}
+
+fn run() -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let args: Vec<String> = std::env::args().collect();
     let json = args.iter().any(|a| a == "--json");
     let n = match args.iter().position(|a| a == "--batch") {

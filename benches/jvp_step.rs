@@ -98,7 +98,7 @@ fn run_case(
     case: &str,
     n: usize,
     with_profile: bool,
-) -> std::result::Result<(), Box<dyn std::error::Error>> {
+) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let model = Dit::new(&mut ParamBuilder::new(0), DitConfig::default())?;
     let b = batch(n)?;
     let step = match case {
@@ -134,7 +134,7 @@ fn spawn_case(
     case: &str,
     n: usize,
     with_profile: bool,
-) -> std::result::Result<CaseResult, Box<dyn std::error::Error>> {
+) -> std::result::Result<CaseResult, Box<dyn std::error::Error + Send + Sync>> {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(["--case", case, "--batch", &n.to_string()]);
     if with_profile {
@@ -165,7 +165,12 @@ fn spawn_case(
     })
 }
 
-fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // As the command line does: the engine is driven from a worker of its CPU pool.
+    twinflow::engine::cpu::on_worker_thread(run)
+}
+
+fn run() -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let args: Vec<String> = std::env::args().collect();
     let json = args.iter().any(|a| a == "--json");
     let with_profile = args.iter().any(|a| a == "--profile");

@@ -50,7 +50,12 @@ fn json_wanted() -> bool {
         || std::env::var("TWINFLOW_BENCH_JSON").is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // As the command line does: the engine is driven from a worker of its CPU pool.
+    twinflow::engine::cpu::on_worker_thread(run)
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let json = json_wanted();
     let threads = rayon_threads();
     println!("# twinflow matmul, f32, CPU, {threads} threads");

@@ -72,7 +72,12 @@ fn time<T>(mut f: impl FnMut() -> Result<T>) -> Result<f64> {
     Ok(median(times))
 }
 
-fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // As the command line does: the engine is driven from a worker of its CPU pool.
+    twinflow::engine::cpu::on_worker_thread(run)
+}
+
+fn run() -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let json = std::env::args().any(|a| a == "--json")
         || std::env::var("TWINFLOW_BENCH_JSON").is_ok_and(|v| !v.is_empty() && v != "0");
     let mut gen = Generator::new(0);

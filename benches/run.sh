@@ -22,6 +22,14 @@
 #   BENCHES            which benches (default: "matmul op_chain dit_step jvp_step")
 #   JVP_COMPILE        1 (default) also times torch_jvp.py's torch.compile cases (each
 #                      compiles for a minute or two per round); 0 skips them
+#   DIT_COMPILE        1 (default) also times torch_dit.py's steps under torch.compile;
+#                      0 skips them
+#   DIT_BATCHES        the batch sizes of the DiT bench (default: "128 32")
+#   TORCH_ALLOCATORS   the allocators the DiT twin runs under, each in every round
+#                      (default: "glibc jemalloc tcmalloc", those found; jemalloc and
+#                      tcmalloc are preloaded from Debian's libjemalloc2 and
+#                      libtcmalloc-minimal4). The table's PyTorch figure is the best of
+#                      every allocator, eager and compiled.
 #   RAYON_NUM_THREADS  threads for both sides (default: one per core, rayon's default;
 #                      torch_reference.py sets torch to the same count)
 #
@@ -37,6 +45,28 @@ ROUNDS=${ROUNDS:-3}
 QUIET_WAIT=${QUIET_WAIT:-60}
 BENCHES=${BENCHES:-matmul op_chain dit_step jvp_step}
 JVP_COMPILE=${JVP_COMPILE:-1}
+DIT_COMPILE=${DIT_COMPILE:-1}
+DIT_BATCHES=${DIT_BATCHES:-128 32}
+TORCH_ALLOCATORS=${TORCH_ALLOCATORS:-glibc jemalloc tcmalloc}
+
+# The library LD_PRELOAD needs for an allocator ("" for glibc's own), or nothing when
+# it is not installed.
+allocator_library() {
+    case $1 in
+        glibc) echo none ;;
+        jemalloc) ls /usr/lib/*-linux-gnu/libjemalloc.so.2 2>/dev/null | head -n1 ;;
+        tcmalloc) ls /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4 2>/dev/null | head -n1 ;;
+        *) echo "error: unknown allocator $1 in TORCH_ALLOCATORS" >&2; exit 1 ;;
+    esac
+}
+allocators=()
+for a in $TORCH_ALLOCATORS; do
+    if [ -n "$(allocator_library "$a")" ]; then
+        allocators+=("$a")
+    else
+        echo "note: allocator $a is not installed; the DiT twin runs without it" >&2
+    fi
+done
 
 if ! "$PYTHON" -c 'import torch' 2>/dev/null; then
     echo "error: $PYTHON cannot import torch; see the setup notes at the top of $0" >&2
@@ -89,10 +119,24 @@ wait_quiet() {
 run_one() { # side bench round
     local side=$1 bench=$2 round=$3 out="$raw/$3.jsonl"
     wait_quiet
-    if [ "$side" = ours ]; then
+    local batch
+    if [ "$side" = ours ] && [ "$bench" = dit_step ]; then
+        for batch in $DIT_BATCHES; do
+            "${exe[$bench]}" --bench --json --batch "$batch"
+        done
+    elif [ "$side" = ours ]; then
         "${exe[$bench]}" --bench --json # what `cargo bench --bench $bench -- --json` runs
     elif [ "$bench" = dit_step ]; then
-        "$PYTHON" benches/torch_dit.py --json
+        local alloc lib flags=()
+        [ "$DIT_COMPILE" = 1 ] || flags=(--no-compile)
+        for batch in $DIT_BATCHES; do
+            for alloc in "${allocators[@]}"; do
+                lib=$(allocator_library "$alloc")
+                [ "$lib" = none ] && lib=
+                wait_quiet
+                LD_PRELOAD=$lib "$PYTHON" benches/torch_dit.py --json --batch "$batch" "${flags[@]}"
+            done
+        done
     elif [ "$bench" = jvp_step ]; then
         if [ "$JVP_COMPILE" = 1 ]; then
             "$PYTHON" benches/torch_jvp.py --json
@@ -156,19 +200,32 @@ if modes:
         ours = min(pick("op_chain", "twinflow", "mode", mode, "us_per_op"), default=float("nan"))
         torch = min(pick("op_chain", "torch", "mode", mode, "us_per_op"), default=float("nan"))
         print(f"| {mode} | {ours:.3f} | {torch:.3f} | {torch / ours:.2f} |")
-dit = [r for r in rows if r["bench"] == "dit"]
-if dit:
+for dit in [[r for r in rows if r["bench"] == "dit" and r["batch"] == b]
+            for b in sorted({r["batch"] for r in rows if r["bench"] == "dit"}, reverse=True)]:
     print()
-    print("| DiT, batch %s | ours ms | torch ms | torch/ours |" % dit[0]["batch"])
-    print("|---|---:|---:|---:|")
+    allocs = sorted({r.get("allocator", "glibc") for r in dit if r["impl"] == "torch"})
+    cols = [(f"eager {a}", a, "") for a in allocs] + [(f"compile {a}", a, "compile_") for a in allocs]
+    cols = [c for c in cols if any(c[2] + "train_step_ms" in r and r.get("allocator", "glibc") == c[1]
+                                   for r in dit if r["impl"] == "torch")]
+    print("| DiT, batch %s | ours ms | %s | best torch ms | torch best/ours |"
+          % (dit[0]["batch"], " | ".join(c[0] + " ms" for c in cols)))
+    print("|---|---:|" + "---:|" * len(cols) + "---:|---:|")
     for key, label in [("train_step_ms", "train step (fwd, MSE, bwd, AdamW)"),
                        ("forward_nograd_ms", "no-grad forward")]:
         ours = min((r[key] for r in dit if r["impl"] == "twinflow"), default=float("nan"))
-        torch = min((r[key] for r in dit if r["impl"] == "torch"), default=float("nan"))
-        print(f"| {label} | {ours:.1f} | {torch:.1f} | {torch / ours:.2f} |")
+        cells = [min((r[pre + key] for r in dit if r["impl"] == "torch" and pre + key in r
+                      and r.get("allocator", "glibc") == a), default=float("nan"))
+                 for _, a, pre in cols]
+        best = min((c for c in cells if c == c), default=float("nan"))
+        print(f"| {label} | {ours:.1f} | " + " | ".join(f"{c:.1f}" for c in cells)
+              + f" | {best:.1f} | {best / ours:.2f} |")
+    for r in dit:
+        if "compile_error" in r:
+            print(f"torch.compile failed ({r.get('allocator')}): {r['compile_error']}")
     ours = max((r["peak_rss_mib"] for r in dit if r["impl"] == "twinflow"), default=float("nan"))
     torch = max((r["peak_rss_mib"] for r in dit if r["impl"] == "torch"), default=float("nan"))
-    print(f"| peak RSS of the process (MiB) | {ours:.0f} | {torch:.0f} | {torch / ours:.2f} |")
+    print(f"peak RSS of the process (MiB): ours {ours:.0f}, torch eager {torch:.0f}")
+dit = [r for r in rows if r["bench"] == "dit"]
 jvp = [r for r in rows if r["bench"] == "jvp"]
 nan = float("nan")
 def best(impl, key, agg=min):
@@ -207,11 +264,16 @@ for mode in modes:
     o = pick("op_chain", "twinflow", "mode", mode, "us_per_op")
     t = pick("op_chain", "torch", "mode", mode, "us_per_op")
     print(f"  {mode}: µs/op " + ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(o, t)))
-for key in ["train_step_ms", "forward_nograd_ms"]:
-    o = [r[key] for r in rows if r["bench"] == "dit" and r["impl"] == "twinflow"]
-    t = [r[key] for r in rows if r["bench"] == "dit" and r["impl"] == "torch"]
-    if o:
-        print(f"  dit {key}: " + ", ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(o, t)))
+for b in sorted({r["batch"] for r in dit}, reverse=True):
+    for key in ["train_step_ms", "forward_nograd_ms"]:
+        o = [r[key] for r in dit if r["impl"] == "twinflow" and r["batch"] == b]
+        if o:
+            print(f"  dit batch {b} {key}, ours: " + ", ".join(f"{a:.1f}" for a in o))
+        for pre in ["", "compile_"]:
+            t = [f"{r[pre + key]:.1f} ({r.get('allocator', 'glibc')})" for r in dit
+                 if r["impl"] == "torch" and r["batch"] == b and pre + key in r]
+            if t:
+                print(f"  dit batch {b} {pre}{key}, torch: " + ", ".join(t))
 for key in ["fm_step_ms", "meanflow_step_ms", "meanflow_over_fm"]:
     o = [r[key] for r in jvp if r["impl"] == "twinflow"]
     t = [r[key] for r in jvp if r["impl"] == "torch"]

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""PyTorch eager twin of benches/dit_step.rs: the same DiT, batch and timing.
+"""PyTorch twin of benches/dit_step.rs: the same DiT, batch and timing, eager and
+under torch.compile.
 
 The model is the project's PyTorch reference DiT, the "anchor" that the Rust `Dit`
 follows name for name (docs/nn.md); its classes live here, and
@@ -9,7 +10,15 @@ backward and AdamW (lr 1e-4); a no-grad forward is timed too. Times are medians 
 10 runs after 3 warm-up runs; the peak resident memory (VmHWM) of the process is
 reported.
 
-    python3 benches/torch_dit.py [--json] [--batch N] [--threads N]
+PyTorch at its best: before any timing, matrix products run for half a second (MKL and
+oneDNN pick their kernels and thread teams on first use); the steps are then timed
+eagerly and, unless --no-compile, with the model under torch.compile (inductor,
+default mode; compilation happens in the warm-up, not in the times). The allocator
+is whatever the process was started with: benches/run.sh runs this script under
+glibc's, jemalloc and tcmalloc (LD_PRELOAD) and reports the best; the JSON line
+names the one it saw.
+
+    python3 benches/torch_dit.py [--json] [--batch N] [--threads N] [--no-compile]
 
 Threads default to the machine's core count, as rayon's do for benches/dit_step.rs.
 """
@@ -100,6 +109,23 @@ def time_ms(fn):
     return statistics.median(times)
 
 
+def warm_up_products(seconds=0.5):
+    """Runs 1024x1024 products for `seconds`, as a user's first real work would."""
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+
+
+def preloaded_allocator():
+    """The allocator LD_PRELOAD put in front of glibc's, by library name."""
+    preload = os.environ.get("LD_PRELOAD", "")
+    for name in ("jemalloc", "tcmalloc"):
+        if name in preload:
+            return name
+    return "glibc"
+
+
 def peak_rss_mib():
     with open("/proc/self/status") as f:
         for line in f:
@@ -113,10 +139,13 @@ def main():
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("RAYON_NUM_THREADS") or 0) or os.cpu_count())
+    ap.add_argument("--no-compile", action="store_true", help="time eager mode only")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = DiT()
+    warm_up_products()
+    eager = DiT()
+    model = eager
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     n = args.batch
     x = torch.randn(n, 784)
@@ -136,20 +165,34 @@ def main():
 
     train = time_ms(train_step)
     fwd = time_ms(forward_nograd)
-    params = sum(p.numel() for p in model.parameters())
+    # Peak memory of eager mode only: compiling takes far more than a step.
     peak = peak_rss_mib()
+    compiled = {}
+    if not args.no_compile:
+        model = torch.compile(eager)
+        try:
+            compiled["compile_train_step_ms"] = round(time_ms(train_step), 1)
+            compiled["compile_forward_nograd_ms"] = round(time_ms(forward_nograd), 1)
+        except Exception as e:  # reported, not fatal: eager still stands
+            compiled["compile_error"] = f"{type(e).__name__}: {e}"[:200]
+    params = sum(p.numel() for p in eager.parameters())
     if args.json:
         print(json.dumps({"bench": "dit", "impl": "torch", "version": torch.__version__,
                           "batch": n, "params": params, "threads": torch.get_num_threads(),
+                          "allocator": preloaded_allocator(),
                           "train_step_ms": round(train, 1), "forward_nograd_ms": round(fwd, 1),
-                          "peak_rss_mib": round(peak)}))
+                          "peak_rss_mib": round(peak), **compiled}))
     else:
-        print(f"# torch {torch.__version__}: DiT {params} params, batch {n}, {torch.get_num_threads()} threads")
-        print("| measurement | ms |")
-        print("|---|---:|")
-        print(f"| train step (fwd, MSE, bwd, AdamW) | {train:.1f} |")
-        print(f"| no-grad forward | {fwd:.1f} |")
-        print(f"| peak RSS (MiB) | {peak:.0f} |")
+        print(f"# torch {torch.__version__}: DiT {params} params, batch {n}, "
+              f"{torch.get_num_threads()} threads, {preloaded_allocator()} allocator")
+        print("| measurement | eager ms | torch.compile ms |")
+        print("|---|---:|---:|")
+        print(f"| train step (fwd, MSE, bwd, AdamW) | {train:.1f} | "
+              f"{compiled.get('compile_train_step_ms', '–')} |")
+        print(f"| no-grad forward | {fwd:.1f} | {compiled.get('compile_forward_nograd_ms', '–')} |")
+        print(f"| peak RSS, eager (MiB) | {peak:.0f} | |")
+        if "compile_error" in compiled:
+            print(f"torch.compile failed: {compiled['compile_error']}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ use cli::{npy, plot};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use twinflow::engine::cpu::on_worker_thread;
 use twinflow::engine::{report, sizes, Error};
 use twinflow::flow::data::{DataConfig, DataSource};
 use twinflow::flow::eval::{sample_batched, SampleLabels, DEFAULT_SAMPLE_BATCH};
@@ -131,12 +132,14 @@ struct DataArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let success = |()| ExitCode::SUCCESS;
+    // Commands other than `train` (which decides for itself, by its ranks) drive the
+    // engine from a worker of its CPU pool: see `on_worker_thread`.
     let result = match cli.command {
         Command::Train(a) => cli::train::run(a),
-        Command::Sample(a) => sample(a).map(success),
-        Command::Data(a) => data(a).map(success),
-        Command::TrainClassifier(a) => cli::classify::run(a).map(success),
-        Command::Eval(a) => cli::eval::run(a).map(success),
+        Command::Sample(a) => on_worker_thread(|| sample(a)).map(success),
+        Command::Data(a) => on_worker_thread(|| data(a)).map(success),
+        Command::TrainClassifier(a) => on_worker_thread(|| cli::classify::run(a)).map(success),
+        Command::Eval(a) => on_worker_thread(|| cli::eval::run(a)).map(success),
     };
     match result {
         Ok(code) => code,

@@ -45,7 +45,7 @@ impl TrainProgress {
         if let Some(bar) = &self.bar {
             bar.set_message(format!("{:.4}", record.loss));
             bar.set_position(record.step);
-        } else if self.line_every > 0 && record.step % self.line_every == 0 {
+        } else if self.line_every > 0 && record.step.is_multiple_of(self.line_every) {
             eprintln!("{}", self.line(record));
         }
     }

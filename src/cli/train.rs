@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use twinflow::engine::comm::{Communicator, ThreadGroup};
+use twinflow::engine::cpu::on_worker_thread;
 use twinflow::engine::{report, Error};
 use twinflow::flow::train::run_dir::{self, RunLock};
 use twinflow::flow::train::{
@@ -113,6 +114,9 @@ pub fn run(mut a: TrainArgs) -> CliResult<ExitCode> {
             launch::run(&devices, &args)
         }
         Ranks::Process(p) if p.rank > 0 => follow(&a, &p),
+        // One rank: the loop runs on a worker of the CPU pool (see `on_worker_thread`);
+        // thread ranks block on each other, so they stay on their own threads.
+        Ranks::Single => on_worker_thread(|| lead(a, Ranks::Single)),
         ranks => lead(a, ranks),
     }
 }

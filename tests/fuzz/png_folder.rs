@@ -197,7 +197,7 @@ fn fuzz_png_folder() {
         |rng, _| make(rng),
         |input| {
             calls += 1;
-            if calls % 32 == 0 {
+            if calls.is_multiple_of(32) {
                 folder(&root, input, &valid).expect("a scratch folder");
                 load_image_folder(&root).map_err(|e| report(&e))?;
             }

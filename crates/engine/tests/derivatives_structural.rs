@@ -117,7 +117,7 @@ derivative_checks! {
     ) {
         let transposed = transposed && s.len() >= 2;
         let n: usize = s.iter().product();
-        let divisors: Vec<usize> = (1..=n).filter(|d| n % d == 0).collect();
+        let divisors: Vec<usize> = (1..=n).filter(|d| n.is_multiple_of(*d)).collect();
         let d = divisors[split.index(divisors.len())];
         let logical = if transposed { swapped(&s) } else { s.clone() };
         let target = match target_kind {

@@ -21,7 +21,7 @@ impl SelfAttention {
     /// Attention over `dim` features split into `heads` heads; `dim` must be a multiple
     /// of `heads`.
     pub fn new(pb: &mut ParamBuilder, dim: usize, heads: usize, cfg: LinearConfig) -> Result<Self> {
-        if heads == 0 || dim % heads != 0 {
+        if heads == 0 || !dim.is_multiple_of(heads) {
             return Err(Error::invalid(
                 "self_attention",
                 format!("dim {dim} is not a positive multiple of heads {heads}"),

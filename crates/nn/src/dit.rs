@@ -132,9 +132,9 @@ impl DitConfig {
     pub fn validate(&self) -> Result<()> {
         PatchGrid::new(self.channels, self.image_size, self.patch)?;
         let fits = self.dim > 0
-            && self.dim % 2 == 0
+            && self.dim.is_multiple_of(2)
             && self.heads > 0
-            && self.dim % self.heads == 0
+            && self.dim.is_multiple_of(self.heads)
             && self.mlp_ratio > 0;
         if !fits {
             return Err(Error::invalid(
@@ -145,7 +145,7 @@ impl DitConfig {
                 ),
             ));
         }
-        if self.pos_init == PositionInit::Sincos && self.dim % 4 != 0 {
+        if self.pos_init == PositionInit::Sincos && !self.dim.is_multiple_of(4) {
             return Err(Error::invalid(
                 "dit_config",
                 format!(

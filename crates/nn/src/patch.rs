@@ -22,7 +22,7 @@ impl PatchGrid {
     /// The grid of `size × size` images with `channels` channels; `patch` must divide
     /// `size` and all three must be positive.
     pub fn new(channels: usize, size: usize, patch: usize) -> Result<Self> {
-        if channels == 0 || patch == 0 || size == 0 || size % patch != 0 {
+        if channels == 0 || patch == 0 || size == 0 || !size.is_multiple_of(patch) {
             return Err(Error::invalid(
                 "patch_grid",
                 format!(

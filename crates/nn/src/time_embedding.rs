@@ -32,7 +32,7 @@ pub(crate) fn check_time_scale(op: &'static str, scale: f64) -> Result<()> {
 /// trajectory) gets a different embedding from its positive twin: the cosine half is
 /// even in `t`, the sine half odd. `dim` must be even and positive.
 pub fn sincos(t: &Tensor, dim: usize, scale: f64) -> Result<Tensor> {
-    if dim == 0 || dim % 2 != 0 {
+    if dim == 0 || !dim.is_multiple_of(2) {
         return Err(Error::invalid(
             "sincos",
             format!("dim must be even and positive, got {dim}"),

@@ -71,7 +71,7 @@ fn product_into<F: CpuFloat>(
         rhs_strides,
         accumulate,
     };
-    gemm_into(dst, ldc, lhs, rhs, g, beta, OneThread);
+    gemm_into(dst, ldc, lhs, rhs, g, beta, OneThread, None);
 }
 
 /// Scores `scale·q·kᵀ` with the causal mask applied (masked entries −∞).

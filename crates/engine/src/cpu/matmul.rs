@@ -1,5 +1,6 @@
-//! Matrix products through the `gemm` crate, which reads any row and column strides:
-//! transposed operands are multiplied in place, without a copy.
+//! Matrix products: f32 products on CPUs with AVX-512 run on our own kernel
+//! (`sgemm_avx512`), everything else through the `gemm` crate. Both read any row and
+//! column strides: transposed operands are multiplied in place, without a copy.
 
 use super::float::CpuFloat;
 use super::pool;
@@ -14,6 +15,12 @@ const PER_PRODUCT_PARALLEL_FLOPS: usize = 1 << 22;
 /// Products whose inner dimension is this many times their larger output dimension are
 /// parallelised over the inner dimension (see `split_k_product`).
 const SPLIT_K_RATIO: usize = 8;
+
+/// Products smaller than this (m·n·k) stay on `gemm`: for the attention's per-head
+/// products (49·49·32) the AVX-512 kernel's packing and stores cost more than they
+/// save (attention forward 12.4 ms with `gemm`, 15.7 with the kernel, in the DiT step
+/// bench's profile).
+const AVX512_MIN_MNK: usize = 1 << 17;
 
 /// One `m×k · k×n` product described by storage offsets and strides.
 #[derive(Clone, Copy)]
@@ -32,17 +39,31 @@ pub struct GemmArgs {
     pub accumulate: bool,
 }
 
-/// `dst = beta·lhs·rhs` (or `dst += beta·lhs·rhs` when `g.accumulate`) for a row-major
-/// `dst` with `dst_row_stride`. Panics (a bug in the caller, not reachable from user
-/// input) if the strides address beyond a slice.
+/// A bias a product starts from: element `(i, j)` at `offset + i·rs + j·cs` of `data`.
+#[derive(Clone, Copy)]
+pub struct Bias<'a, F> {
+    /// The bias's storage.
+    pub data: &'a [F],
+    /// Where element (0, 0) is.
+    pub offset: usize,
+    /// (row stride, column stride); 0 repeats a value.
+    pub strides: (usize, usize),
+}
+
+/// `dst = beta·lhs·rhs` (or `dst += beta·lhs·rhs` when `g.accumulate`, or
+/// `dst = bias + beta·lhs·rhs`) for a row-major `dst` with `dst_row_stride`. Panics (a
+/// bug in the caller, not reachable from user input) if the strides address beyond a
+/// slice.
+#[allow(clippy::too_many_arguments)]
 pub fn gemm_into<F: CpuFloat>(
     dst: &mut [F],
     dst_row_stride: usize,
     lhs: &[F],
     rhs: &[F],
-    g: GemmArgs,
+    mut g: GemmArgs,
     beta: F,
     threads: gemm::Parallelism,
+    bias: Option<Bias<F>>,
 ) {
     if g.m == 0 || g.n == 0 {
         return;
@@ -55,6 +76,29 @@ pub fn gemm_into<F: CpuFloat>(
     assert!(g.k == 0 || last(g.lhs_strides, g.m, g.k) < lhs.len());
     assert!(g.k == 0 || last(g.rhs_strides, g.k, g.n) < rhs.len());
     assert!((g.m - 1) * dst_row_stride + g.n <= dst.len());
+    #[cfg(target_arch = "x86_64")]
+    if g.k > 0 && g.m * g.n * g.k >= AVX512_MIN_MNK && avx512_products::<F>() {
+        let parallel = !matches!(threads, gemm::Parallelism::None);
+        let bias = bias.map(|b| Bias {
+            data: as_f32_slice(b.data),
+            offset: b.offset,
+            strides: b.strides,
+        });
+        let beta = as_f32_slice(std::slice::from_ref(&beta))[0];
+        let (dst, lhs, rhs) = (as_f32_slice_mut(dst), as_f32_slice(lhs), as_f32_slice(rhs));
+        let ldc = dst_row_stride;
+        return super::sgemm_avx512::sgemm(dst, ldc, lhs, rhs, g, beta, parallel, bias);
+    }
+    if let Some(b) = bias {
+        for (i, row) in dst.chunks_mut(dst_row_stride).take(g.m).enumerate() {
+            let at = b.offset + i * b.strides.0;
+            row[..g.n]
+                .iter_mut()
+                .enumerate()
+                .for_each(|(j, d)| *d = b.data[at + j * b.strides.1]);
+        }
+        g.accumulate = true;
+    }
     // SAFETY: every index the strides address is in bounds (asserted above) and `dst`
     // does not alias the inputs (it is a distinct &mut slice).
     unsafe {
@@ -80,6 +124,31 @@ pub fn gemm_into<F: CpuFloat>(
             threads,
         )
     }
+}
+
+/// Whether products of `F` run on the AVX-512 kernel (f32 on a CPU that has it).
+fn avx512_products<F: CpuFloat>() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>() {
+        return super::sgemm_avx512::available();
+    }
+    false
+}
+
+/// `s` as an f32 slice; only called where `F` is f32.
+#[cfg(target_arch = "x86_64")]
+fn as_f32_slice<F: CpuFloat>(s: &[F]) -> &[f32] {
+    assert_eq!(std::any::TypeId::of::<F>(), std::any::TypeId::of::<f32>());
+    // SAFETY: F is f32 (asserted), so the cast changes no type.
+    unsafe { std::slice::from_raw_parts(s.as_ptr().cast(), s.len()) }
+}
+
+/// `s` as a mutable f32 slice; only called where `F` is f32.
+#[cfg(target_arch = "x86_64")]
+fn as_f32_slice_mut<F: CpuFloat>(s: &mut [F]) -> &mut [f32] {
+    assert_eq!(std::any::TypeId::of::<F>(), std::any::TypeId::of::<f32>());
+    // SAFETY: F is f32 (asserted), so the cast changes no type.
+    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast(), s.len()) }
 }
 
 /// Storage offset of each batch entry of a `[batch..., r, c]` view.
@@ -117,29 +186,53 @@ pub fn matmul<F: CpuFloat>(
         accumulate: bias.is_some(),
     };
     let flops = 2 * m * n * k;
-    let by_row_blocks =
-        oa.len() == 1 && m >= 2 * BIAS_BLOCK_ROWS && flops >= PER_PRODUCT_PARALLEL_FLOPS;
+    // The AVX-512 kernel writes the bias inside its own tasks.
+    let bias_in_product = bias.is_some() && k > 0 && avx512_products::<F>();
+    let by_row_blocks = !bias_in_product
+        && oa.len() == 1
+        && m >= 2 * BIAS_BLOCK_ROWS
+        && flops >= PER_PRODUCT_PARALLEL_FLOPS;
     if let Some(bias) = bias.filter(|_| by_row_blocks) {
         return biased_product_by_row_blocks(&a[oa[0]..], &b[ob[0]..], g, bias);
     }
     // The output starts as the bias (the product accumulates onto it) or as whatever
     // the pool hands out (the product overwrites it).
     let mut out = match bias {
-        Some((v, l)) => gather_view(v, l.shape(), l.strides(), l.offset()),
-        None if k == 0 => pool::take_zeroed(oa.len() * m * n),
-        None => pool::take(oa.len() * m * n),
+        Some((v, l)) if !bias_in_product => gather_view(v, l.shape(), l.strides(), l.offset()),
+        _ if k == 0 => pool::take_zeroed(oa.len() * m * n),
+        _ => pool::take(oa.len() * m * n),
     };
     if m * n == 0 || k == 0 {
         return out;
     }
+    let bias_at = bias.filter(|_| bias_in_product).map(|(v, l)| {
+        let r = l.rank();
+        (
+            v,
+            batch_offsets(l),
+            (l.strides()[r - 2], l.strides()[r - 1]),
+        )
+    });
+    let g = GemmArgs {
+        accumulate: g.accumulate && !bias_in_product,
+        ..g
+    };
     let one = |(i, dst): (usize, &mut [F]), threads| {
-        gemm_into(dst, n, &a[oa[i]..], &b[ob[i]..], g, F::one(), threads);
+        let bias = bias_at.as_ref().map(|(data, at, strides)| Bias {
+            data,
+            offset: at[i],
+            strides: *strides,
+        });
+        gemm_into(dst, n, &a[oa[i]..], &b[ob[i]..], g, F::one(), threads, bias);
     };
     if flops < PER_PRODUCT_PARALLEL_FLOPS && oa.len() > 1 {
         out.par_chunks_mut(m * n)
             .enumerate()
             .for_each(|p| one(p, gemm::Parallelism::None));
-    } else if flops >= PER_PRODUCT_PARALLEL_FLOPS && k >= SPLIT_K_RATIO * m.max(n) {
+    } else if flops >= PER_PRODUCT_PARALLEL_FLOPS
+        && k >= SPLIT_K_RATIO * m.max(n)
+        && bias_at.is_none()
+    {
         for (i, dst) in out.chunks_mut(m * n).enumerate() {
             split_k_product(dst, &a[oa[i]..], &b[ob[i]..], g);
         }
@@ -193,7 +286,16 @@ fn biased_product_by_row_blocks<F: CpuFloat>(
                 ..g
             };
             let lhs = &a[first * g.lhs_strides.0..];
-            gemm_into(dst, n, lhs, b, rows, F::one(), gemm::Parallelism::None);
+            gemm_into(
+                dst,
+                n,
+                lhs,
+                b,
+                rows,
+                F::one(),
+                gemm::Parallelism::None,
+                None,
+            );
         });
     out
 }
@@ -224,6 +326,7 @@ fn split_k_product<F: CpuFloat>(dst: &mut [F], lhs: &[F], rhs: &[F], g: GemmArgs
                 sub,
                 F::one(),
                 gemm::Parallelism::None,
+                None,
             );
             part
         })

@@ -18,11 +18,15 @@ mod matmul;
 pub(crate) mod norm;
 mod pool;
 mod reduce;
+#[cfg(target_arch = "x86_64")]
+mod sgemm_avx512;
 pub(crate) mod softmax;
 pub(crate) mod strided;
+mod threads;
 
 pub use float::CpuFloat;
 pub use strided::PARALLEL_CUTOFF;
+pub use threads::on_worker_thread;
 
 use crate::backend::{BackendStorage, BinaryOp, CmpOp, ReduceOp, UnaryOp};
 use crate::dtype::{DType, Element};

@@ -35,7 +35,7 @@ fn dense<const N: usize>(
         .iter()
         .zip(&ptrs)
         .all(|((_, l), &p)| l.is_contiguous() && l.shape() == shape && p % 16 == 0);
-    (fits && out.ptr() % 16 == 0).then_some((out.ptr(), ptrs))
+    (fits && out.ptr().is_multiple_of(16)).then_some((out.ptr(), ptrs))
 }
 
 /// Launches elementwise kernel `kernel` on strided operands (merged views of the output's
@@ -88,7 +88,7 @@ fn packed<const N: usize>(
         .zip(stores)
         .all(|(v, s)| v.fits_packs(pack as u64) && s.ptr() % 16 == 0);
     let narrow = n <= u32::MAX as usize && stores.iter().all(|s| s.len() <= u32::MAX as usize);
-    (fits && out.ptr() % 16 == 0).then_some((n / pack, narrow))
+    (fits && out.ptr().is_multiple_of(16)).then_some((n / pack, narrow))
 }
 
 pub(crate) fn copy_strided(x: &CudaStorage, l: &Layout) -> Result<CudaStorage> {

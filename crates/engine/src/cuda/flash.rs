@@ -204,7 +204,7 @@ impl Rows {
         let strides_fit = [rows.batch, rows.head, rows.row]
             .iter()
             .all(|s| s % unit == 0);
-        let aligned = dtype == DType::F32 || (ptr % 16 == 0 && strides_fit);
+        let aligned = dtype == DType::F32 || (ptr.is_multiple_of(16) && strides_fit);
         // Broadcasts over b, h or t (a zero stride) read fine; over d they do not.
         let contiguous_rows = shape[3] <= 1 || strides[3] == 1;
         (contiguous_rows && aligned).then_some(rows)

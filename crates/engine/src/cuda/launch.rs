@@ -97,12 +97,15 @@ impl View {
     /// an aligned buffer is aligned) or is broadcast (stride 0: one element repeated).
     pub(crate) fn fits_packs(&self, pack: u64) -> bool {
         let rank = self.rank as usize;
-        if rank == 0 || self.shape[rank - 1] % pack != 0 {
+        if rank == 0 || !self.shape[rank - 1].is_multiple_of(pack) {
             return false;
         }
         match self.strides[rank - 1] {
             0 => true,
-            1 => self.offset % pack == 0 && self.strides[..rank - 1].iter().all(|s| s % pack == 0),
+            1 => {
+                self.offset.is_multiple_of(pack)
+                    && self.strides[..rank - 1].iter().all(|s| s % pack == 0)
+            }
             _ => false,
         }
     }

@@ -15,7 +15,7 @@ fn batched(
     f: impl Fn(&Classifier, &Tensor) -> Result<Tensor>,
 ) -> Result<(Vec<f32>, usize)> {
     let dim = model.config().input_dim();
-    if images.is_empty() || images.len() % dim != 0 {
+    if images.is_empty() || !images.len().is_multiple_of(dim) {
         return Err(Error::invalid(
             "classifier",
             format!(

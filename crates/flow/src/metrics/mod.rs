@@ -50,7 +50,7 @@ impl Samples {
                 "sample dimension must be positive",
             ));
         }
-        if data.len() % dim != 0 {
+        if !data.len().is_multiple_of(dim) {
             return Err(Error::invalid(
                 "samples",
                 format!(

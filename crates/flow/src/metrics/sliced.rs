@@ -94,7 +94,7 @@ pub fn sliced_wasserstein_along(
     const OP: &str = "sliced_wasserstein";
     check_pair(OP, x, y, 1)?;
     let d = x.dim();
-    if directions.is_empty() || directions.len() % d != 0 {
+    if directions.is_empty() || !directions.len().is_multiple_of(d) {
         return Err(Error::invalid(
             OP,
             format!(

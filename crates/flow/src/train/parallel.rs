@@ -65,7 +65,7 @@ impl Shards {
             .filter(|&t| t > 0)
             .ok_or_else(|| Error::invalid("train", "needs at least one shard"))?;
         let min_rows = min_rows.max(1);
-        if batch_size % total != 0 || batch_size / total < min_rows {
+        if !batch_size.is_multiple_of(total) || batch_size / total < min_rows {
             return Err(Error::invalid(
                 "train",
                 format!(

@@ -191,5 +191,5 @@ fn stop_if_asked(first: TrainControl, second: TrainControl) -> TrainControl {
 
 /// Whether something due every `every` steps (0: never) is due at step `n`.
 fn is_multiple(n: u64, every: u64) -> bool {
-    every > 0 && n % every == 0
+    every > 0 && n.is_multiple_of(every)
 }

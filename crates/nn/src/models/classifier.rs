@@ -86,7 +86,7 @@ impl ClassifierConfig {
         let divisible = u32::try_from(self.conv.len())
             .ok()
             .and_then(|stages| 1usize.checked_shl(stages))
-            .is_some_and(|d| self.image_size % d == 0);
+            .is_some_and(|d| self.image_size.is_multiple_of(d));
         let positive = self.image_size > 0
             && self.channels > 0
             && self.hidden > 0

@@ -62,7 +62,10 @@ impl MlpVelocityConfig {
     /// not positive, an odd `emb_dim`, a label dropout outside `[0, 1)`, more
     /// parameters than [`MAX_PARAMETERS`](crate::MAX_PARAMETERS).
     pub fn validate(&self) -> Result<()> {
-        let ok = self.data_dim > 0 && self.width > 0 && self.emb_dim > 0 && self.emb_dim % 2 == 0;
+        let ok = self.data_dim > 0
+            && self.width > 0
+            && self.emb_dim > 0
+            && self.emb_dim.is_multiple_of(2);
         if !ok {
             return Err(Error::invalid(
                 "mlp_velocity",
