@@ -125,6 +125,28 @@ impl Layout {
             .then(|| self.offset..self.offset + self.elem_count())
     }
 
+    /// The storage range when the view covers it densely in some order of its dims (a
+    /// contiguous tensor or any permutation of one, as a transpose): what an
+    /// order-free reduction over every element may read directly.
+    pub fn dense_range(&self) -> Option<std::ops::Range<usize>> {
+        let mut dims: Vec<(usize, usize)> = (self.strides.iter().copied())
+            .zip(self.shape.iter().copied())
+            .filter(|&(_, n)| n != 1)
+            .collect();
+        if dims.iter().any(|&(_, n)| n == 0) {
+            return Some(self.offset..self.offset);
+        }
+        dims.sort_unstable();
+        let mut span = 1;
+        for (stride, n) in dims {
+            if stride != span {
+                return None;
+            }
+            span *= n;
+        }
+        Some(self.offset..self.offset + span)
+    }
+
     /// The same elements under a new shape; only for contiguous layouts.
     pub fn reshape(&self, shape: &[usize]) -> Option<Layout> {
         self.is_contiguous().then(|| Layout {
@@ -215,6 +237,19 @@ mod tests {
             vec![3, 4, 5]
         );
         assert!(broadcast_shapes("t", &[3, 2], &[4, 2]).is_err());
+    }
+
+    #[test]
+    fn dense_range_covers_permutations_but_not_gaps_or_broadcasts() {
+        let l = Layout::new(vec![2, 3, 4], contiguous_strides(&[2, 3, 4]), 5);
+        assert_eq!(l.dense_range(), Some(5..29));
+        assert_eq!(l.permute(&[2, 0, 1]).dense_range(), Some(5..29));
+        assert_eq!(l.narrow(1, 0, 2).dense_range(), None);
+        let b = Layout::contiguous(&[1, 4])
+            .broadcast_to("t", &[3, 4])
+            .unwrap();
+        assert_eq!(b.dense_range(), None);
+        assert_eq!(Layout::contiguous(&[0, 4]).dense_range(), Some(0..0));
     }
 
     #[test]

@@ -308,6 +308,55 @@ proptest! {
         assert_close("linear", &vals(&got), &want, |_, i| 1e-12 * scale[i] + 1e-300)?;
     }
 
+    /// f32 products large enough for the AVX-512 kernel (on CPUs that have it; the
+    /// `gemm` crate's elsewhere), batched, with transposed operands, and the linear
+    /// layer with its bias, against the same products in f64 (always `gemm`'s).
+    #[test]
+    fn forward_f32_large_products_match_f64(
+        (rows, k, n) in (256usize..400, 64usize..160, 33usize..100),
+        batch in 1usize..=2,
+        (ta, tb) in (any::<bool>(), any::<bool>()),
+        seed in any::<u64>(),
+    ) {
+        let stored = |r: usize, c: usize, t: bool| if t { vec![batch, c, r] } else { vec![batch, r, c] };
+        let case = MatmulCase { sa: stored(rows, k, ta), sb: stored(k, n, tb), ta, tb };
+        let (a, b) = (randn_vec(seed, &case.sa), randn_vec(seed ^ 1, &case.sb));
+        let product = |dtype| vals(&case.run(&tensor(&a, &case.sa, dtype), &tensor(&b, &case.sb, dtype)));
+        let (la, lsa, lb, lsb) = case.logical(&a, &b);
+        let scale = ref_matmul(&la, &lsa, &lb, &lsb).1;
+        let tol = |_, i: usize| 1e-5 * scale[i] + 1e-30;
+        assert_close("f32 vs f64 matmul", &product(DType::F32), &product(DType::F64), tol)?;
+
+        let sx = [batch, rows, k];
+        let (w, bias) = (randn_vec(seed ^ 2, &[n, k]), randn_vec(seed ^ 3, &[n]));
+        let linear = |dtype| {
+            let bias = tensor(&bias, &[n], dtype);
+            vals(&tensor(&a, &sx, dtype).linear(&tensor(&w, &[n, k], dtype), Some(&bias)).unwrap())
+        };
+        let (want, got) = (linear(DType::F64), linear(DType::F32));
+        let scale: Vec<f64> = want.iter().map(|v| v.abs() + (k as f64).sqrt() * 4.0).collect();
+        assert_close("f32 vs f64 linear", &got, &want, |_, i| 1e-5 * scale[i])?;
+    }
+
+    /// The sum and the sum of squares of every element of a large permuted view (read
+    /// in storage order, in parallel pieces) against a plain f64 sum.
+    #[test]
+    fn forward_full_reductions_of_permuted_views_match_reference(
+        (s, perm) in big_shape_and_perm(),
+        dtype in prop::sample::select(vec![DType::F32, DType::F64]),
+        seed in any::<u64>(),
+    ) {
+        let data = randn_vec(seed, &s);
+        let x = tensor(&data, &s, dtype).permute(&perm).unwrap();
+        let every: Vec<isize> = (0..s.len() as isize).collect();
+        let sum = x.sum_all().unwrap().item().unwrap();
+        let squares = x.sum_product(&x, &every, false).unwrap().item().unwrap();
+        let (want_sum, want_squares) = (data.iter().sum::<f64>(), data.iter().map(|v| v * v).sum::<f64>());
+        let tol = if dtype == DType::F32 { 1e-4 } else { 1e-10 };
+        prop_assert!((sum - want_sum).abs() <= tol * data.len() as f64, "{sum} vs {want_sum}");
+        prop_assert!((squares - want_squares).abs() <= tol * want_squares, "{squares} vs {want_squares}");
+    }
+
     /// Softmax and log-softmax over the last dim, of contiguous tensors and permuted
     /// views, with large logits (stability), small and large (parallel) sizes, against
     /// the formula.

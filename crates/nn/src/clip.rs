@@ -43,7 +43,9 @@ pub fn clip_grad_norm<'a>(
             DType::BF16 | DType::F16 => g.to_dtype(DType::F32)?,
             _ => g.clone(),
         };
-        sum_sq += g.square()?.sum_all()?.item()?;
+        // One fused pass (Σ g·g), without the squares in memory.
+        let every_dim: Vec<isize> = (0..g.rank() as isize).collect();
+        sum_sq += g.sum_product(&g, &every_dim, false)?.item()?;
     }
     let norm = sum_sq.sqrt();
     let scale = max_norm / (norm + NORM_EPS);

@@ -8,6 +8,7 @@
 //! into that order.
 
 use super::float::{sum_lanes, CpuFloat};
+use super::isa;
 use super::pool;
 use super::strided::{gather_view, PARALLEL_CUTOFF};
 use crate::backend::ReduceOp;
@@ -71,6 +72,13 @@ pub fn reduce<F: CpuFloat>(x: &[F], layout: &Layout, dims: &[usize], op: ReduceO
     if n_red == 0 || n_out == 0 {
         return vec![identity(op); n_out];
     }
+    // Every element into one value: their order is free, so a transposed view (a
+    // weight's gradient) is read where it lies instead of gathered first.
+    if n_out == 1 {
+        if let Some(range) = layout.dense_range() {
+            return reduce_blocks(op, &x[range], 1, n_red, 1);
+        }
+    }
     let block = reduced_block(shape, dims);
     match (block, layout.contiguous_range()) {
         (Some((outer, inner)), Some(range)) => reduce_blocks(op, &x[range], outer, n_red, inner),
@@ -99,6 +107,9 @@ fn reduced_block(shape: &[usize], dims: &[usize]) -> Option<(usize, usize)> {
     })
 }
 
+/// Elements per parallel piece of a full reduction.
+const ROW_PIECE: usize = 1 << 14;
+
 /// `x` as `[outer, red, inner]` reduced over its middle dim → `[outer, inner]`.
 fn reduce_blocks<F: CpuFloat>(
     op: ReduceOp,
@@ -110,13 +121,23 @@ fn reduce_blocks<F: CpuFloat>(
     let mut out = pool::take(outer * inner);
     let parallel = x.len() >= PARALLEL_CUTOFF;
     with_combine!(op, |combine| {
-        if inner == 1 {
-            let row = |(o, r): (&mut F, &[F])| {
-                *o = match op {
-                    ReduceOp::Sum => sum_lanes([r], |[x]| x),
-                    _ => r.iter().copied().fold(identity(op), combine),
-                }
-            };
+        let reduce_row = |r: &[F]| match op {
+            ReduceOp::Sum => isa::dispatch(
+                #[inline(always)]
+                |r| sum_lanes([r], |[x]| x),
+                r,
+            ),
+            _ => r.iter().copied().fold(identity(op), combine),
+        };
+        if inner == 1 && outer == 1 && parallel {
+            // One long row (a full reduction: a loss, a gradient's norm): fixed pieces
+            // reduced in parallel, then their partials in order, so that the result
+            // does not depend on the number of threads. One task for the whole row
+            // left the other threads idle.
+            let partials: Vec<F> = x.par_chunks(ROW_PIECE).map(reduce_row).collect();
+            out[0] = reduce_row(&partials);
+        } else if inner == 1 {
+            let row = |(o, r): (&mut F, &[F])| *o = reduce_row(r);
             match parallel {
                 true => out.par_iter_mut().zip(x.par_chunks(red)).for_each(row),
                 false => out.iter_mut().zip(x.chunks(red)).for_each(row),
