@@ -444,7 +444,8 @@ mod tests {
             with_bias: bool, beta in -2.0f32..2.0, seed: u64,
         ) {
             if !available() {
-                eprintln!("skipped: this CPU has no AVX-512F");
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| eprintln!("sgemm_matches_f64_reference skipped: this CPU has no AVX-512F"));
                 return Ok(());
             }
             let mut state = seed;
