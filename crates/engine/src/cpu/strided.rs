@@ -163,10 +163,13 @@ pub fn gather_view<T: super::pool::Poolable>(
 ) -> Vec<T> {
     let runs = Runs::new(shape, [(strides, offset)]);
     let n: usize = shape.iter().product();
-    if runs.count() == 1 && runs.inner[0] == 1 {
-        return src[offset..offset + n].to_vec();
-    }
     let mut out = super::pool::take(n);
+    if runs.count() == 1 && runs.inner[0] == 1 {
+        // From the pool too: a buffer the pool did not hand out would still be parked
+        // there when freed, and such buffers pile up towards the pool's cap.
+        out.copy_from_slice(&src[offset..offset + n]);
+        return out;
+    }
     let st = runs.inner[0];
     fill_runs(&mut out, &runs, |o, [s]| match st {
         1 => o.copy_from_slice(&src[s..s + o.len()]),

@@ -119,9 +119,7 @@ impl Tensor {
                 let ga = a
                     .requires_grad()
                     .then(|| g.matmul(&b.t()?)?.sum_to_shape(a.shape()));
-                let gb = b
-                    .requires_grad()
-                    .then(|| a.t()?.matmul(g)?.sum_to_shape(b.shape()));
+                let gb = b.requires_grad().then(|| weight_gradient(a, b, g));
                 let mut grads = vec![ga.transpose()?, gb.transpose()?];
                 if let Some(bias) = x.get(2) {
                     grads.push(
@@ -135,4 +133,16 @@ impl Tensor {
             product_tangent,
         )
     }
+}
+
+/// The gradient `aᵀ·g` of a product's right operand `b`. When `b` is a transposed
+/// view of a contiguous matrix (a linear layer's `weightᵀ`), it is computed as
+/// `(gᵀ·a)ᵀ`: the same products, but the weight's gradient then comes out contiguous
+/// after the transpose's backward, instead of as a transposed view that every later
+/// pass over it (gradient norm, optimizer) walks with a stride of a whole row.
+fn weight_gradient(a: &Tensor, b: &Tensor, g: &Tensor) -> Result<Tensor> {
+    if b.rank() == 2 && a.rank() == 2 && !b.is_contiguous() && b.t()?.is_contiguous() {
+        return g.t()?.matmul(a)?.t();
+    }
+    a.t()?.matmul(g)?.sum_to_shape(b.shape())
 }
