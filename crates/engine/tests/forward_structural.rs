@@ -338,8 +338,8 @@ proptest! {
         assert_close("f32 vs f64 linear", &got, &want, |_, i| 1e-5 * scale[i])?;
     }
 
-    /// The sum and the sum of squares of every element of a large permuted view (read
-    /// in storage order, in parallel pieces) against a plain f64 sum.
+    /// The sum (read in storage order, in parallel pieces) and the sum of squares of
+    /// every element of a large permuted view against a plain f64 sum.
     #[test]
     fn forward_full_reductions_of_permuted_views_match_reference(
         (s, perm) in big_shape_and_perm(),

@@ -43,7 +43,8 @@ pub fn clip_grad_norm<'a>(
             DType::BF16 | DType::F16 => g.to_dtype(DType::F32)?,
             _ => g.clone(),
         };
-        // One fused pass (Σ g·g), without the squares in memory.
+        // Σ g·g as one op: the CUDA backend fuses it, so there the squares never
+        // reach memory.
         let every_dim: Vec<isize> = (0..g.rank() as isize).collect();
         sum_sq += g.sum_product(&g, &every_dim, false)?.item()?;
     }

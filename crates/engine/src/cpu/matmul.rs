@@ -274,18 +274,17 @@ fn biased_product_by_row_blocks<F: CpuFloat>(
         .enumerate()
         .for_each(|(block, dst)| {
             let first = block * BIAS_BLOCK_ROWS;
-            for (i, row) in dst.chunks_exact_mut(n).enumerate() {
-                let at = lbias.offset() + (first + i) * brs;
-                row.iter_mut()
-                    .enumerate()
-                    .for_each(|(j, d)| *d = bias[at + j * bcs]);
-            }
             let rows = GemmArgs {
                 m: dst.len() / n,
-                accumulate: true,
+                accumulate: false,
                 ..g
             };
             let lhs = &a[first * g.lhs_strides.0..];
+            let bias = Bias {
+                data: bias,
+                offset: lbias.offset() + first * brs,
+                strides: (brs, bcs),
+            };
             gemm_into(
                 dst,
                 n,
@@ -294,7 +293,7 @@ fn biased_product_by_row_blocks<F: CpuFloat>(
                 rows,
                 F::one(),
                 gemm::Parallelism::None,
-                None,
+                Some(bias),
             );
         });
     out

@@ -224,24 +224,6 @@ impl<'a> FusedOp<'a> for SumProduct<'_> {
     type Output = Storage;
 
     fn cpu(&self, (x, y): BackendInputs<'a, Self, CpuStorage>) -> Result<Storage> {
-        // Σ over every element of two views laid out alike (a gradient's squared norm,
-        // a weight's gradient being a transposed view): the order is free, so both
-        // are read as the flat ranges they cover, without walking the strides.
-        let flat = |l: &Layout| {
-            l.dense_range()
-                .map(|r| Layout::new(vec![r.len()], vec![1], r.start))
-        };
-        let same_layout = x.1.shape() == y.1.shape() && x.1.strides() == y.1.strides();
-        if let (true, true, Some(lx), Some(ly)) = (
-            self.0.len() == x.1.rank(),
-            same_layout,
-            flat(x.1),
-            flat(y.1),
-        ) {
-            let product = x.0.binary(&lx, y.0, &ly, BinaryOp::Mul)?;
-            let summed = product.reduce(&Layout::contiguous(lx.shape()), &[0], ReduceOp::Sum)?;
-            return Ok(summed.into());
-        }
         let product = x.0.binary(x.1, y.0, y.1, BinaryOp::Mul)?;
         let summed = product.reduce(&Layout::contiguous(x.1.shape()), self.0, ReduceOp::Sum)?;
         Ok(summed.into())
