@@ -74,18 +74,32 @@ fn product_into<F: CpuFloat>(
     gemm_into(dst, ldc, lhs, rhs, g, beta, OneThread, None);
 }
 
-/// Scores `scale·q·kᵀ` with the causal mask applied (masked entries −∞).
-fn scores<F: CpuFloat>(q: &Operand<F>, k: &Operand<F>, bh: usize, spec: AttentionSpec) -> Vec<F> {
+/// Scores `scale·q·kᵀ` into `s` (`tq × tk`, overwritten) with the causal mask applied
+/// (masked entries −∞).
+fn scores<F: CpuFloat>(
+    s: &mut [F],
+    q: &Operand<F>,
+    k: &Operand<F>,
+    bh: usize,
+    spec: AttentionSpec,
+) {
     let (tq, tk, d) = (q.rows, k.rows, q.cols);
-    let mut s = vec![F::zero(); tq * tk];
     let (qs, ks) = ((q.at(bh), q.strides), (k.at(bh), k.transposed()));
-    product((&mut s, tk), qs, ks, (tq, d, tk), F::c(spec.scale));
+    product((s, tk), qs, ks, (tq, d, tk), F::c(spec.scale));
     if spec.causal {
         for i in 0..tq {
             s[i * tk + (i + 1).min(tk)..(i + 1) * tk].fill(F::neg_infinity());
         }
     }
-    s
+}
+
+/// An output buffer of `n` values: as the pool hands it out when the kernels write
+/// every value (each pair's products overwrite all of their rows), zeros otherwise.
+fn output<F: CpuFloat>(n: usize, overwritten: bool) -> Vec<F> {
+    match overwritten {
+        true => pool::take(n),
+        false => pool::take_zeroed(n),
+    }
 }
 
 /// Scores → probabilities, row by row (rows of `tk`), with each row's log-sum-exp
@@ -115,19 +129,21 @@ pub fn attention<F: CpuFloat>(
         Operand::new(v.0, v.1),
     );
     let (bh, h, tq, tk, dv) = (q.offsets.len(), q.heads, q.rows, k.rows, v.cols);
-    let mut out = pool::take_zeroed(bh * tq * dv);
-    let mut lse = pool::take_zeroed(bh * tq);
+    let mut out = output(bh * tq * dv, tk > 0);
+    let mut lse = output(bh * tq, tk > 0);
     if bh == 0 || tq == 0 || dv == 0 {
         return (out, lse);
     }
-    // A batch entry's heads interleave in the token-major output: one task per entry.
+    // A batch entry's heads interleave in the token-major output: one task per entry,
+    // with one score buffer for all of its heads.
     out.par_chunks_mut(tq * h * dv)
         .zip(lse.par_chunks_mut(h * tq))
         .enumerate()
         .for_each(|(b, (o, l))| {
+            let mut p = vec![F::zero(); tq * tk];
             for (head, l) in l.chunks_mut(tq).enumerate() {
                 let i = b * h + head;
-                let mut p = scores(&q, &k, i, spec);
+                scores(&mut p, &q, &k, i, spec);
                 isa::dispatch(
                     #[inline(always)]
                     |(p, l)| softmax_rows(p, l, tk),
@@ -199,10 +215,12 @@ pub fn attention_backward<F: CpuFloat>(
     let (o, g) = (Operand::new(out.0, out.1), Operand::new(grad.0, grad.1));
     let (bh, h, tq, tk) = (q.offsets.len(), q.heads, q.rows, k.rows);
     let (d, dv) = (q.cols, v.cols);
+    // Without queries or keys every gradient is zero.
+    let overwritten = tq > 0 && tk > 0;
     let mut grads = AttentionGrads {
-        dq: pool::take_zeroed(bh * tq * d),
-        dk: pool::take_zeroed(bh * tk * d),
-        dv: pool::take_zeroed(bh * tk * dv),
+        dq: output(bh * tq * d, overwritten),
+        dk: output(bh * tk * d, overwritten),
+        dv: output(bh * tk * dv, overwritten),
     };
     if bh == 0 || tq == 0 || tk == 0 {
         return grads;
@@ -215,12 +233,14 @@ pub fn attention_backward<F: CpuFloat>(
         .zip(grads.dv.par_chunks_mut(tk * h * dv.max(1)))
         .enumerate()
         .for_each(|(b, ((dq, dk), dvo))| {
+            let mut scratch = [vec![F::zero(); tq * tk], vec![F::zero(); tq * tk]];
             for head in 0..h {
                 let i = b * h + head;
                 let dq = (&mut dq[head * d..], h * d);
                 let dk = (&mut dk[head * d..], h * d);
                 let dvo = (&mut dvo[head * dv..], h * dv);
-                pair_grads(&q, &k, &v, (&o, &g), lse, spec, i, (dq, dk, dvo));
+                let ops = (&q, &k, &v, &o, &g);
+                pair_grads(ops, lse, spec, i, (dq, dk, dvo), &mut scratch);
             }
         });
     grads
@@ -229,21 +249,28 @@ pub fn attention_backward<F: CpuFloat>(
 /// A destination matrix and the distance between its rows.
 type Dst<'a, F> = (&'a mut [F], usize);
 
-/// The gradients of pair `i` into `dq`, `dk` and `dv`.
-#[allow(clippy::too_many_arguments)]
+/// The operands of the backward: q, k, v, the output and its gradient.
+type BackwardOperands<'o, 'a, F> = (
+    &'o Operand<'a, F>,
+    &'o Operand<'a, F>,
+    &'o Operand<'a, F>,
+    &'o Operand<'a, F>,
+    &'o Operand<'a, F>,
+);
+
+/// The gradients of pair `i` into `dq`, `dk` and `dv`; `scratch` holds two `tq × tk`
+/// buffers (probabilities and score gradients), overwritten.
 fn pair_grads<F: CpuFloat>(
-    q: &Operand<F>,
-    k: &Operand<F>,
-    v: &Operand<F>,
-    (o, g): (&Operand<F>, &Operand<F>),
+    (q, k, v, o, g): BackwardOperands<F>,
     lse: &[F],
     spec: AttentionSpec,
     i: usize,
     (dq, dk, dvo): (Dst<F>, Dst<F>, Dst<F>),
+    [p, ds]: &mut [Vec<F>; 2],
 ) {
     let (tq, tk, d, dv) = (q.rows, k.rows, q.cols, v.cols);
     let scale = F::c(spec.scale);
-    let mut p = scores(q, k, i, spec);
+    scores(p, q, k, i, spec);
     let lse = &lse[i * tq..(i + 1) * tq];
     isa::dispatch(
         #[inline(always)]
@@ -252,20 +279,19 @@ fn pair_grads<F: CpuFloat>(
                 row.iter_mut().for_each(|x| *x = (*x - l).exp_v());
             }
         },
-        &mut p,
+        &mut p[..],
     );
     let dout = (g.at(i), g.strides);
-    product(dvo, (&p, (1, tk)), dout, (tk, tq, dv), F::one());
-    let mut ds = vec![F::zero(); tq * tk];
+    product(dvo, (p, (1, tk)), dout, (tk, tq, dv), F::one());
     let v_t = (v.at(i), v.transposed());
-    product((&mut ds, tk), dout, v_t, (tq, dv, tk), F::one());
+    product((ds, tk), dout, v_t, (tq, dv, tk), F::one());
     isa::dispatch(
         #[inline(always)]
-        |ds| score_grads(ds, &p, (g, o, i), tk),
-        &mut ds,
+        |ds| score_grads(ds, p, (g, o, i), tk),
+        &mut ds[..],
     );
-    product(dq, (&ds, (tk, 1)), (k.at(i), k.strides), (tq, tk, d), scale);
-    product(dk, (&ds, (1, tk)), (q.at(i), q.strides), (tk, tq, d), scale);
+    product(dq, (ds, (tk, 1)), (k.at(i), k.strides), (tq, tk, d), scale);
+    product(dk, (ds, (1, tk)), (q.at(i), q.strides), (tk, tq, d), scale);
 }
 
 /// The output, its log-sum-exp and its tangent, the output stored like
@@ -328,7 +354,8 @@ fn pair_jvp<F: CpuFloat>(
     ((o, to, ldo), lse): (PairOutputs<F>, &mut [F]),
 ) {
     let (rows, keys, d, dv) = (q.rows, k.rows, q.cols, v.cols);
-    let mut p = scores(q, k, i, spec);
+    let mut p = vec![F::zero(); rows * keys];
+    scores(&mut p, q, k, i, spec);
     isa::dispatch(
         #[inline(always)]
         |(p, l)| softmax_rows(p, l, keys),

@@ -142,32 +142,67 @@ fn reduce_blocks<F: CpuFloat>(
                 true => out.par_iter_mut().zip(x.par_chunks(red)).for_each(row),
                 false => out.iter_mut().zip(x.chunks(red)).for_each(row),
             }
+        } else if outer == 1 && parallel {
+            // One block (a bias gradient: every token's row summed): fixed pieces of
+            // rows are summed in parallel and their partial rows added in order, so
+            // the result does not depend on the number of threads. Splitting the
+            // columns instead left one thread with all of a 512-wide block.
+            let rows_per_piece = (ROW_PIECE / inner).max(1);
+            let partials: Vec<Vec<F>> = x
+                .par_chunks(rows_per_piece * inner)
+                .map(|rows| {
+                    let mut partial = pool::take(inner);
+                    accumulate_rows(&mut partial, rows, combine, identity(op));
+                    partial
+                })
+                .collect();
+            out.fill(identity(op));
+            for partial in partials {
+                combine_into(&mut out, &partial, combine);
+                pool::give(partial);
+            }
         } else {
-            // Each output row accumulates `red` input rows; large single blocks are
-            // split by columns so that both threads work.
-            let cols = if outer == 1 && parallel {
-                (inner / rayon::current_num_threads().max(1)).max(1024)
-            } else {
-                inner
-            };
-            let accumulate = |(i, o): (usize, &mut [F])| {
-                let (block, col0) = (i * cols / inner, i * cols % inner);
-                o.fill(identity(op));
-                let width = o.len();
-                for r in 0..red {
-                    let start = (block * red + r) * inner + col0;
-                    for (o, &v) in o.iter_mut().zip(&x[start..start + width]) {
-                        *o = combine(*o, v);
-                    }
-                }
+            // Each output row accumulates its block's `red` input rows.
+            let block = |(o, x): (&mut [F], &[F])| {
+                accumulate_rows(o, x, combine, identity(op));
             };
             match parallel {
-                true => out.par_chunks_mut(cols).enumerate().for_each(accumulate),
-                false => out.chunks_mut(cols).enumerate().for_each(accumulate),
+                true => out
+                    .par_chunks_mut(inner)
+                    .zip(x.par_chunks(red * inner))
+                    .for_each(block),
+                false => out
+                    .chunks_mut(inner)
+                    .zip(x.chunks(red * inner))
+                    .for_each(block),
             }
         }
     });
     out
+}
+
+/// `out = combine(…combine(start, row₀)…, rowₙ)` column by column, for the rows of
+/// `out.len()` values that make up `rows`, in the widest vectors this CPU has.
+fn accumulate_rows<F: CpuFloat>(out: &mut [F], rows: &[F], combine: impl Fn(F, F) -> F, start: F) {
+    out.fill(start);
+    isa::dispatch(
+        #[inline(always)]
+        |(out, rows): (&mut [F], &[F])| {
+            for row in rows.chunks_exact(out.len()) {
+                out.iter_mut()
+                    .zip(row)
+                    .for_each(|(o, &v)| *o = combine(*o, v));
+            }
+        },
+        (out, rows),
+    );
+}
+
+/// `out[i] = combine(out[i], row[i])`.
+fn combine_into<F: CpuFloat>(out: &mut [F], row: &[F], combine: impl Fn(F, F) -> F) {
+    out.iter_mut()
+        .zip(row)
+        .for_each(|(o, &v)| *o = combine(*o, v));
 }
 
 #[cfg(test)]
@@ -189,7 +224,8 @@ mod tests {
 
     #[test]
     fn large_blocks_reduce_like_a_plain_loop_on_every_path() {
-        // (outer, red, inner): middle dims, leading dims split by columns, last dims.
+        // (outer, red, inner): middle dims, single blocks split into pieces of rows,
+        // last dims.
         for (outer, red, inner) in [(3, 50, 700), (1, 40, 1500), (1, 40_000, 3), (900, 40, 1)] {
             let x: Vec<f64> = (0..outer * red * inner)
                 .map(|i| ((i * 7919) % 1000) as f64)

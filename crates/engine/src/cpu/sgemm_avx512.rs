@@ -123,9 +123,10 @@ struct Part {
     tiles: Range<usize>,
 }
 
-/// Cuts the output into disjoint parts: equal blocks of whole micro-panels (at most
-/// `MC` rows, at least one per thread when there are enough rows), times column
-/// ranges when there are fewer row blocks than twice the threads.
+/// Cuts the output into disjoint parts: blocks of whole micro-panels (at most `MC`
+/// rows; a multiple of the threads in number, with panel counts that differ by at
+/// most one, so that each half of the list rayon splits holds the same work), times
+/// column ranges when there are fewer row blocks than twice the threads.
 fn split(g: GemmArgs, parallel: bool) -> Vec<Part> {
     let threads = if parallel {
         rayon::current_num_threads()
@@ -133,13 +134,17 @@ fn split(g: GemmArgs, parallel: bool) -> Vec<Part> {
         1
     };
     let (panels, tiles) = (g.m.div_ceil(MR), g.n.div_ceil(NR));
-    let row_blocks = g.m.div_ceil(MC).max(threads.min(panels));
-    let panels_per_block = panels.div_ceil(row_blocks);
-    let row_blocks = panels.div_ceil(panels_per_block);
+    let row_blocks = panels
+        .div_ceil(MC / MR)
+        .next_multiple_of(threads)
+        .min(panels);
     let column_chunks = (2 * threads).div_ceil(row_blocks).clamp(1, tiles);
     let tiles_per_chunk = tiles.div_ceil(column_chunks);
     let column_chunks = tiles.div_ceil(tiles_per_chunk);
-    let rows = |b: usize| b * panels_per_block * MR..g.m.min((b + 1) * panels_per_block * MR);
+    let rows = |b: usize| {
+        let panel = |b: usize| b * panels / row_blocks * MR;
+        panel(b)..g.m.min(panel(b + 1))
+    };
     let cols = |c: usize| c * tiles_per_chunk..tiles.min((c + 1) * tiles_per_chunk);
     (0..row_blocks)
         .flat_map(|b| (0..column_chunks).map(move |c| (b, c)))
@@ -173,7 +178,17 @@ fn pack_rhs(packed: &mut [f32], rhs: &[f32], g: GemmArgs, ks: &Range<usize>, par
     let pack_tile = |(tile, dst): (usize, &mut [f32])| {
         let first = tile * NR;
         let width = NR.min(g.n - first);
-        if cs == 1 {
+        if cs == 1 && width == NR {
+            // Whole tiles: fixed-size copies, which compile to a few vector moves
+            // instead of a `memcpy` call per step.
+            for (p, row) in dst.chunks_exact_mut(NR).enumerate() {
+                let at = (ks.start + p) * rs + first;
+                let src: &[f32; NR] = rhs[at..at + NR].try_into().expect("NR values");
+                <&mut [f32; NR]>::try_from(row)
+                    .expect("NR values")
+                    .copy_from_slice(src);
+            }
+        } else if cs == 1 {
             for (p, row) in dst.chunks_exact_mut(NR).enumerate() {
                 let at = (ks.start + p) * rs + first;
                 row[..width].copy_from_slice(&rhs[at..at + width]);
@@ -300,27 +315,66 @@ impl Product<'_> {
     }
 
     /// Adds the products of inner block `ks` to `part` of the output (writes them, for
-    /// the first block of a product that neither accumulates nor has a bias), packing
-    /// the part's left rows first.
+    /// the first block of a product that neither accumulates nor has a bias).
+    ///
+    /// A left operand whose rows or steps are contiguous is read where it lies: its
+    /// micro-panels stay in cache across the part's tiles anyway, and packing them
+    /// (a scalar transpose for row-major activations) cost 8% of the DiT training
+    /// step. Other layouts, and the last panel of a part when it is short, are packed.
     ///
     /// # Safety
     /// No other thread writes `part` of the output, and AVX-512F is available.
     unsafe fn multiply_part(&self, part: &Part, packed_rhs: &[f32], ks: &Range<usize>) {
         let (g, kc) = (self.g, ks.len());
         let first_block = ks.start == 0;
-        if let Some(bias) = self.bias.filter(|_| first_block) {
+        let row_bias = self.bias.filter(|b| first_block && b.strides == (0, 1));
+        if let Some(bias) = self.bias.filter(|_| first_block && row_bias.is_none()) {
             self.fill_bias(part, bias);
         }
-        let add = g.accumulate || self.bias.is_some() || !first_block;
-        let panels = part.rows.len().div_ceil(MR);
-        with_scratch(&PACKED_LHS, panels * MR * kc, |packed_lhs| {
-            pack_lhs(packed_lhs, self.lhs, g, &part.rows, ks);
+        // A bias replaces the output's values: a filled one is then added to, a bias
+        // row is added by the micro-kernel instead.
+        let add = !first_block
+            || match self.bias {
+                None => g.accumulate,
+                Some(_) => row_bias.is_none(),
+            };
+        let (rs, cs) = g.lhs_strides;
+        let direct = cs == 1 || rs == 1;
+        let full_panels = part.rows.len() / MR;
+        let packed_panels = if direct {
+            part.rows.len().div_ceil(MR) - full_panels
+        } else {
+            part.rows.len().div_ceil(MR)
+        };
+        with_scratch(&PACKED_LHS, packed_panels * MR * kc, |packed_lhs| {
+            let packed_from = if direct {
+                part.rows.start + full_panels * MR
+            } else {
+                part.rows.start
+            };
+            pack_lhs(packed_lhs, self.lhs, g, &(packed_from..part.rows.end), ks);
             for tile in part.tiles.clone() {
                 let b = &packed_rhs[tile * kc * NR..][..kc * NR];
                 let cols = NR.min(g.n - tile * NR);
-                for panel in 0..panels {
-                    let a = &packed_lhs[panel * MR * kc..][..MR * kc];
+                let bias = row_bias.map(|b| b.data[b.offset + tile * NR..][..cols].as_ptr());
+                for panel in 0..part.rows.len().div_ceil(MR) {
                     let row = part.rows.start + panel * MR;
+                    let a = if row < packed_from {
+                        let at = row * rs + ks.start * cs;
+                        debug_assert!(at + (MR - 1) * rs + (kc - 1) * cs < self.lhs.len());
+                        Left {
+                            ptr: self.lhs.as_ptr().add(at),
+                            rs,
+                            cs,
+                        }
+                    } else {
+                        let at = (row - packed_from) / MR * MR * kc;
+                        Left {
+                            ptr: packed_lhs[at..][..MR * kc].as_ptr(),
+                            rs: 1,
+                            cs: MR,
+                        }
+                    };
                     let at = row * self.ldc + tile * NR;
                     let edge = Edge {
                         rows: MR.min(part.rows.end - row),
@@ -328,6 +382,7 @@ impl Product<'_> {
                         ldc: self.ldc,
                         beta: self.beta,
                         add,
+                        bias,
                     };
                     debug_assert!((edge.rows - 1) * self.ldc + at + cols <= self.out.1);
                     let c = self.out.0.add(at);
@@ -342,6 +397,15 @@ impl Product<'_> {
     }
 }
 
+/// A micro-panel of the left operand: element `(r, p)` at `ptr + r·rs + p·cs`, for
+/// `r < MR` (packed panels: `rs = 1`, `cs = MR`).
+#[derive(Clone, Copy)]
+struct Left {
+    ptr: *const f32,
+    rs: usize,
+    cs: usize,
+}
+
 /// Where and how a micro-tile's sums are stored.
 #[derive(Clone, Copy)]
 struct Edge {
@@ -353,17 +417,20 @@ struct Edge {
     beta: f32,
     /// Add to the destination's values instead of overwriting them.
     add: bool,
+    /// A bias row (`cols` values) to add to every row of the sums.
+    bias: Option<*const f32>,
 }
 
-/// `MR × 16V` sums of `a` (`kc × MR`, packed) times `b` (`kc` rows of `NR`, packed),
-/// scaled by `beta` and stored (or added) at `c`. `V = 1` serves tiles whose last
-/// columns fit one vector.
+/// `MR × 16V` sums of `a` (`MR × kc`) times `b` (`kc` rows of `NR`, packed), scaled by
+/// `beta`, plus the bias row if any, and stored (or added) at `c`. `V = 1` serves
+/// tiles whose last columns fit one vector.
 ///
 /// # Safety
-/// AVX-512F is available, `a` and `b` hold `kc` packed steps, and `c` addresses
-/// `edge.rows` rows of `edge.cols` values, `edge.ldc` apart.
+/// AVX-512F is available, `a` addresses `MR × kc` values, `b` holds `kc` packed steps,
+/// `c` addresses `edge.rows` rows of `edge.cols` values, `edge.ldc` apart, and the
+/// bias row `edge.cols` values.
 #[target_feature(enable = "avx512f")]
-unsafe fn micro_kernel<const V: usize>(kc: usize, a: &[f32], b: &[f32], c: *mut f32, edge: Edge) {
+unsafe fn micro_kernel<const V: usize>(kc: usize, a: Left, b: &[f32], c: *mut f32, edge: Edge) {
     // The output rows are written at the end, usually to lines not in any cache (a
     // fresh activation): asking for them now overlaps those misses with the products
     // instead of stalling on them at the stores.
@@ -373,14 +440,14 @@ unsafe fn micro_kernel<const V: usize>(kc: usize, a: &[f32], b: &[f32], c: *mut 
         _mm_prefetch::<_MM_HINT_ET0>(line.wrapping_add(16 * V - 1).cast());
     }
     let mut sums = [[_mm512_setzero_ps(); V]; MR];
-    let (a, b) = (&a[..kc * MR], &b[..kc * NR]);
+    let b = &b[..kc * NR];
     for p in 0..kc {
-        let (ap, bp) = (a.as_ptr().add(p * MR), b.as_ptr().add(p * NR));
+        let (ap, bp) = (a.ptr.add(p * a.cs), b.as_ptr().add(p * NR));
         // The left micro-panel streams from L2: ask for it a few steps ahead.
-        _mm_prefetch::<_MM_HINT_T0>(ap.wrapping_add(8 * MR).cast());
+        _mm_prefetch::<_MM_HINT_T0>(ap.wrapping_add(8 * a.cs).cast());
         let bv: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(bp.add(16 * v)));
         for (r, row) in sums.iter_mut().enumerate() {
-            let av = _mm512_set1_ps(*ap.add(r));
+            let av = _mm512_set1_ps(*ap.add(r * a.rs));
             for (sum, &bv) in row.iter_mut().zip(&bv) {
                 *sum = _mm512_fmadd_ps(av, bv, *sum);
             }
@@ -391,11 +458,15 @@ unsafe fn micro_kernel<const V: usize>(kc: usize, a: &[f32], b: &[f32], c: *mut 
         let valid = edge.cols.saturating_sub(16 * v).min(16);
         ((1u32 << valid) - 1) as __mmask16
     });
+    let bias: [__m512; V] = std::array::from_fn(|v| match edge.bias {
+        Some(bias) => _mm512_maskz_loadu_ps(masks[v], bias.add(16 * v)),
+        None => _mm512_setzero_ps(),
+    });
     for (r, row) in sums.iter().enumerate().take(edge.rows) {
         let line = c.add(r * edge.ldc);
         for (v, (&sum, &mask)) in row.iter().zip(&masks).enumerate() {
             let ptr = line.add(16 * v);
-            let mut value = _mm512_mul_ps(sum, beta);
+            let mut value = _mm512_fmadd_ps(sum, beta, bias[v]);
             if edge.add {
                 value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, ptr));
             }
@@ -434,14 +505,15 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
         /// Sizes around the tile edges and the inner block, three layouts of each
-        /// operand (row-major, transposed, neither stride 1), overwrite, accumulate
-        /// and bias, one thread and several: every output
-        /// matches f64 arithmetic, and the columns past `n` are left alone.
+        /// operand (row-major and transposed, read in place, and neither stride 1,
+        /// packed), overwrite, accumulate and three bias layouts, one thread and
+        /// several: every output matches f64 arithmetic, and the columns past `n` are
+        /// left alone.
         #[test]
         fn sgemm_matches_f64_reference(
             m in 1usize..40, n in 1usize..80, k in 1usize..300,
             lhs_layout in 0usize..3, rhs_layout in 0usize..3, accumulate: bool, parallel: bool,
-            with_bias: bool, beta in -2.0f32..2.0, seed: u64,
+            with_bias: bool, bias_layout in 0usize..3, beta in -2.0f32..2.0, seed: u64,
         ) {
             if !available() {
                 static SAID: std::sync::Once = std::sync::Once::new();
@@ -470,15 +542,18 @@ mod tests {
                 rhs_strides,
                 accumulate,
             };
-            // A bias of one row, repeated: the linear layer's.
-            let bias_row: Vec<f32> = (0..n + 1).map(|_| next()).collect();
-            let bias = with_bias.then_some(Bias { data: &bias_row, offset: 1, strides: (0, 1) });
+            // One row repeated (the linear layer's bias, added by the micro-kernel), a
+            // full matrix, or one column repeated (both written before the product).
+            let bias_strides = [(0, 1), (n + 1, 1), (1, 0)][bias_layout];
+            let bias_data: Vec<f32> = (0..(m + 1) * (n + 1)).map(|_| next()).collect();
+            let bias = with_bias.then_some(Bias { data: &bias_data, offset: 1, strides: bias_strides });
             let mut want = reference(&c, ldc, &a, &b, g, beta);
             if with_bias {
                 for i in 0..m {
                     for j in 0..n {
                         let prior = if g.accumulate { c[i * ldc + j] as f64 } else { 0.0 };
-                        want[i * ldc + j] += bias_row[1 + j] as f64 - prior;
+                        let at = 1 + i * bias_strides.0 + j * bias_strides.1;
+                        want[i * ldc + j] += bias_data[at] as f64 - prior;
                     }
                 }
             }
