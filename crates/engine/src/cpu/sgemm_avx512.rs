@@ -33,6 +33,11 @@ const NR: usize = 32;
 const KC: usize = 256;
 /// Rows per task: the task's packed left block (`MC × KC`, 192 KiB) stays in L2.
 const MC: usize = 16 * MR;
+/// The most tiles (output columns / `NR`) for which contiguous left operands are read
+/// in place rather than packed. Past it, packing pays: 2048² products ran about 6 %
+/// faster packed, the DiT's products (n ≤ 512) about 5 % faster unpacked (scratch
+/// timings on the 2-vCPU Xeon of docs/benchmarks.md).
+const DIRECT_MAX_TILES: usize = 16;
 
 /// Whether this CPU runs the AVX-512 product (checked once).
 pub fn available() -> bool {
@@ -317,10 +322,12 @@ impl Product<'_> {
     /// Adds the products of inner block `ks` to `part` of the output (writes them, for
     /// the first block of a product that neither accumulates nor has a bias).
     ///
-    /// A left operand whose rows or steps are contiguous is read where it lies: its
-    /// micro-panels stay in cache across the part's tiles anyway, and packing them
-    /// (a scalar transpose for row-major activations) cost 8% of the DiT training
-    /// step. Other layouts, and the last panel of a part when it is short, are packed.
+    /// A left operand whose rows or steps are contiguous is read where it lies when
+    /// the output has at most [`DIRECT_MAX_TILES`] tiles: its micro-panels stay in
+    /// cache across those tiles, and packing them (a scalar transpose for row-major
+    /// activations) cost 8% of the DiT training step. Other layouts, wider outputs
+    /// (whose many tiles reread each panel), and the last panel of a part when it is
+    /// short, are packed.
     ///
     /// # Safety
     /// No other thread writes `part` of the output, and AVX-512F is available.
@@ -339,7 +346,7 @@ impl Product<'_> {
                 Some(_) => row_bias.is_none(),
             };
         let (rs, cs) = g.lhs_strides;
-        let direct = cs == 1 || rs == 1;
+        let direct = (cs == 1 || rs == 1) && g.n.div_ceil(NR) <= DIRECT_MAX_TILES;
         let full_panels = part.rows.len() / MR;
         let packed_panels = if direct {
             part.rows.len().div_ceil(MR) - full_panels
