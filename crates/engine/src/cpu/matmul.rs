@@ -50,6 +50,21 @@ pub struct Bias<'a, F> {
     pub strides: (usize, usize),
 }
 
+impl<F: Copy> Bias<'_, F> {
+    /// Writes row `i` of the bias, from column `first_col` on, into `dst`.
+    pub fn write_row(&self, dst: &mut [F], i: usize, first_col: usize) {
+        let (rs, cs) = self.strides;
+        let at = self.offset + i * rs + first_col * cs;
+        if cs == 1 {
+            dst.copy_from_slice(&self.data[at..at + dst.len()]);
+        } else {
+            dst.iter_mut()
+                .enumerate()
+                .for_each(|(j, d)| *d = self.data[at + j * cs]);
+        }
+    }
+}
+
 /// `dst = beta·lhs·rhs` (or `dst += beta·lhs·rhs` when `g.accumulate`, or
 /// `dst = bias + beta·lhs·rhs`) for a row-major `dst` with `dst_row_stride`. Panics (a
 /// bug in the caller, not reachable from user input) if the strides address beyond a
@@ -91,11 +106,7 @@ pub fn gemm_into<F: CpuFloat>(
     }
     if let Some(b) = bias {
         for (i, row) in dst.chunks_mut(dst_row_stride).take(g.m).enumerate() {
-            let at = b.offset + i * b.strides.0;
-            row[..g.n]
-                .iter_mut()
-                .enumerate()
-                .for_each(|(j, d)| *d = b.data[at + j * b.strides.1]);
+            b.write_row(&mut row[..g.n], i, 0);
         }
         g.accumulate = true;
     }

@@ -189,9 +189,7 @@ fn accumulate_rows<F: CpuFloat>(out: &mut [F], rows: &[F], combine: impl Fn(F, F
         #[inline(always)]
         |(out, rows): (&mut [F], &[F])| {
             for row in rows.chunks_exact(out.len()) {
-                out.iter_mut()
-                    .zip(row)
-                    .for_each(|(o, &v)| *o = combine(*o, v));
+                combine_into(out, row, &combine);
             }
         },
         (out, rows),
@@ -199,6 +197,7 @@ fn accumulate_rows<F: CpuFloat>(out: &mut [F], rows: &[F], combine: impl Fn(F, F
 }
 
 /// `out[i] = combine(out[i], row[i])`.
+#[inline(always)]
 fn combine_into<F: CpuFloat>(out: &mut [F], row: &[F], combine: impl Fn(F, F) -> F) {
     out.iter_mut()
         .zip(row)

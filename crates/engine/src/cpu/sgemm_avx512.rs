@@ -303,19 +303,11 @@ impl Product<'_> {
     /// No other thread writes `part` of the output.
     unsafe fn fill_bias(&self, part: &Part, bias: Bias<f32>) {
         let cols = part.tiles.start * NR..self.g.n.min(part.tiles.end * NR);
-        let (rs, cs) = bias.strides;
         for row in part.rows.clone() {
             let at = row * self.ldc + cols.start;
             assert!(at + cols.len() <= self.out.1);
             let dst = std::slice::from_raw_parts_mut(self.out.0.add(at), cols.len());
-            let first = bias.offset + row * rs + cols.start * cs;
-            if cs == 1 {
-                dst.copy_from_slice(&bias.data[first..first + cols.len()]);
-            } else {
-                dst.iter_mut()
-                    .enumerate()
-                    .for_each(|(j, d)| *d = bias.data[first + j * cs]);
-            }
+            bias.write_row(dst, row, cols.start);
         }
     }
 
@@ -347,18 +339,13 @@ impl Product<'_> {
             };
         let (rs, cs) = g.lhs_strides;
         let direct = (cs == 1 || rs == 1) && g.n.div_ceil(NR) <= DIRECT_MAX_TILES;
-        let full_panels = part.rows.len() / MR;
-        let packed_panels = if direct {
-            part.rows.len().div_ceil(MR) - full_panels
-        } else {
-            part.rows.len().div_ceil(MR)
+        // Rows from here on are packed: all of them, or the short last panel.
+        let packed_from = match direct {
+            true => part.rows.start + part.rows.len() / MR * MR,
+            false => part.rows.start,
         };
+        let packed_panels = (part.rows.end - packed_from).div_ceil(MR);
         with_scratch(&PACKED_LHS, packed_panels * MR * kc, |packed_lhs| {
-            let packed_from = if direct {
-                part.rows.start + full_panels * MR
-            } else {
-                part.rows.start
-            };
             pack_lhs(packed_lhs, self.lhs, g, &(packed_from..part.rows.end), ks);
             for tile in part.tiles.clone() {
                 let b = &packed_rhs[tile * kc * NR..][..kc * NR];
