@@ -1,13 +1,20 @@
 #!/usr/bin/env python3
-"""PyTorch eager reference for benches/matmul.rs and benches/op_chain.rs.
+"""PyTorch reference for benches/matmul.rs and benches/op_chain.rs, eager and under
+torch.compile.
 
 Same shapes, same op mix, same timing method (untimed warm-up, by count and by time,
 then the median wall time of several timed runs, time.perf_counter around the work only), same table
-format. benches/run.sh runs this next to the Rust benches and merges the results; see
-docs/benchmarks.md.
+format. benches/run.sh runs this next to the Rust benches, under each allocator it
+finds, and merges the results; see docs/benchmarks.md.
 
     python3 benches/torch_reference.py [--bench matmul|op_chain|all] [--json]
-                                       [--threads N]
+                                       [--threads N] [--no-compile]
+
+torch.compile (inductor, the default mode) is timed after the eager runs, each
+compiled function warmed up like the eager one (the first calls, which compile, are
+not timed). For the op chain it fuses the 1,000 element ops into one kernel, so it
+measures what a user gets by compiling such a chain, not per-op overhead. A compile
+that fails is reported (JSON field `compile_error`) instead of timed.
 
 Threads: by default as many as the machine has cores, which is what rayon (and so
 our engine) uses by default; RAYON_NUM_THREADS, when set, is followed too so that
@@ -19,6 +26,7 @@ import json
 import os
 import statistics
 import time
+import traceback
 
 import torch
 
@@ -43,35 +51,71 @@ def default_threads():
     return os.cpu_count() or 1
 
 
-def bench_matmul(emit_json):
+def allocator():
+    """The allocator LD_PRELOAD puts in front of glibc's (as benches/run.sh names it)."""
+    preload = os.environ.get("LD_PRELOAD", "")
+    for name in ("jemalloc", "tcmalloc"):
+        if name in preload:
+            return name
+    return "glibc"
+
+
+def compiled(f):
+    """torch.compile of f (it compiles on its first call, where the callers catch a
+    failure), or None and the error text when torch.compile itself refuses f."""
+    try:
+        return torch.compile(f), None
+    except Exception:  # noqa: BLE001 - any failure is reported, not fatal
+        return None, traceback.format_exc(limit=1).strip().splitlines()[-1]
+
+
+def time_product(mm, a, b, warmup, reps):
+    """Median seconds of `reps` timed calls of mm(a, b) after the warm-up."""
+    start, done = time.perf_counter(), 0
+    while done < warmup or time.perf_counter() - start < MATMUL_WARMUP_SECS:
+        c = mm(a, b)
+        del c
+        done += 1
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        c = mm(a, b)
+        dt = time.perf_counter() - t0
+        del c
+        times.append(dt)
+    return statistics.median(times)
+
+
+def bench_matmul(emit_json, compile_too):
     torch.manual_seed(0)
     threads = torch.get_num_threads()
-    print(f"# torch {torch.__version__} matmul, f32, CPU, {threads} threads")
-    print("| n | median ms | GFLOP/s |")
-    print("|---:|---:|---:|")
+    print(f"# torch {torch.__version__} matmul, f32, CPU, {threads} threads, "
+          f"allocator {allocator()}")
+    print("| n | median ms | GFLOP/s | torch.compile GFLOP/s |")
+    print("|---:|---:|---:|---:|")
     for n, warmup, reps in SIZES:
         a = torch.randn(n, n, dtype=torch.float32)
         b = torch.randn(n, n, dtype=torch.float32)
-        start, done = time.perf_counter(), 0
-        while done < warmup or time.perf_counter() - start < MATMUL_WARMUP_SECS:
-            c = a @ b
-            del c
-            done += 1
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            c = a @ b
-            dt = time.perf_counter() - t0
-            del c
-            times.append(dt)
-        t = statistics.median(times)
+        t = time_product(torch.matmul, a, b, warmup, reps)
         gflops = 2.0 * n**3 / t / 1e9
-        print(f"| {n} | {t * 1e3:.3f} | {gflops:.1f} |")
+        row = {
+            "bench": "matmul", "impl": "torch", "n": n, "median_s": t, "gflops": gflops,
+            "threads": threads, "version": torch.__version__, "allocator": allocator(),
+        }
+        if compile_too:
+            mm, err = compiled(lambda x, y: x @ y)
+            try:
+                tc = time_product(mm, a, b, warmup, reps) if mm else None
+            except Exception:  # noqa: BLE001
+                tc, err = None, traceback.format_exc(limit=1).strip().splitlines()[-1]
+            if tc is not None:
+                row["compile_gflops"] = 2.0 * n**3 / tc / 1e9
+            else:
+                row["compile_error"] = err
+        cell = f"{row['compile_gflops']:.1f}" if "compile_gflops" in row else "–"
+        print(f"| {n} | {t * 1e3:.3f} | {gflops:.1f} | {cell} |")
         if emit_json:
-            print(json.dumps({
-                "bench": "matmul", "impl": "torch", "n": n, "median_s": t,
-                "gflops": gflops, "threads": threads, "version": torch.__version__,
-            }))
+            print(json.dumps(row))
 
 
 def chain(x, c, b):
@@ -112,45 +156,64 @@ def timed(f, setup=None):
     return statistics.median(times)
 
 
-def bench_op_chain(emit_json):
+def chain_timings(run):
+    """Median seconds of the three measurements, running the chain with `run`."""
     torch.manual_seed(0)
     x = torch.randn(LEN, dtype=torch.float32, requires_grad=True)
     c = 1.0 + 0.1 * torch.randn(LEN, dtype=torch.float32)
     b = 0.1 * torch.randn(LEN, dtype=torch.float32)
 
     # Sanity: the gradient exists and is finite.
-    chain(x, c, b).backward()
+    run(x, c, b).backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
     def clear_grad():
         x.grad = None
 
     def fwd_bwd():
-        loss = chain(x, c, b)
+        loss = run(x, c, b)
         loss.backward()
         return loss
 
     def no_grad_fwd():
         with torch.no_grad():
-            return chain(x, c, b)
+            return run(x, c, b)
 
-    results = [
-        ("forward", timed(lambda: chain(x, c, b))),
+    return [
+        ("forward", timed(lambda: run(x, c, b))),
         ("forward+backward", timed(fwd_bwd, setup=clear_grad)),
         ("no-grad forward", timed(no_grad_fwd)),
     ]
+
+
+def bench_op_chain(emit_json, compile_too):
+    results = chain_timings(chain)
+    compiled_times, err = {}, None
+    if compile_too:
+        run, err = compiled(chain)
+        try:
+            compiled_times = dict(chain_timings(run)) if run else {}
+        except Exception:  # noqa: BLE001
+            err = traceback.format_exc(limit=1).strip().splitlines()[-1]
     print(f"# torch {torch.__version__} op chain: {CHAIN} ops on [{LEN}] f32 "
-          "(mul, add, tanh, sin)")
-    print("| measurement | median ms per chain | µs per op |")
-    print("|---|---:|---:|")
+          f"(mul, add, tanh, sin), allocator {allocator()}")
+    print("| measurement | median ms per chain | µs per op | torch.compile µs per op |")
+    print("|---|---:|---:|---:|")
     for name, t in results:
         us = t * 1e6 / CHAIN
-        print(f"| {name} | {t * 1e3:.3f} | {us:.3f} |")
+        row = {
+            "bench": "op_chain", "impl": "torch", "mode": name, "median_s": t,
+            "us_per_op": us, "ops": CHAIN, "version": torch.__version__,
+            "allocator": allocator(),
+        }
+        if name in compiled_times:
+            row["compile_us_per_op"] = compiled_times[name] * 1e6 / CHAIN
+        elif compile_too:
+            row["compile_error"] = err
+        cell = f"{row['compile_us_per_op']:.3f}" if "compile_us_per_op" in row else "–"
+        print(f"| {name} | {t * 1e3:.3f} | {us:.3f} | {cell} |")
         if emit_json:
-            print(json.dumps({
-                "bench": "op_chain", "impl": "torch", "mode": name, "median_s": t,
-                "us_per_op": us, "ops": CHAIN, "version": torch.__version__,
-            }))
+            print(json.dumps(row))
 
 
 def main():
@@ -158,12 +221,14 @@ def main():
     p.add_argument("--bench", choices=["matmul", "op_chain", "all"], default="all")
     p.add_argument("--json", action="store_true", help="also print JSON lines")
     p.add_argument("--threads", type=int, default=default_threads())
+    p.add_argument("--no-compile", action="store_true",
+                   help="time eager mode only (no torch.compile column)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.bench in ("matmul", "all"):
-        bench_matmul(args.json)
+        bench_matmul(args.json, not args.no_compile)
     if args.bench in ("op_chain", "all"):
-        bench_op_chain(args.json)
+        bench_op_chain(args.json, not args.no_compile)
 
 
 if __name__ == "__main__":

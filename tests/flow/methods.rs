@@ -14,7 +14,8 @@ use twinflow::flow::method::{
     StepContext, StepLoss, TimeDistribution, TwinFlow, TwinFlowConfig, Unconditional, METHOD_NAMES,
 };
 use twinflow::nn::{
-    impl_module, ForwardRng, MlpVelocity, MlpVelocityConfig, Module, ParamBuilder, VelocityModel,
+    impl_module, ForwardRng, MlpVelocity, MlpVelocityConfig, Module, ParamBuilder, VelocityArgs,
+    VelocityModel,
 };
 
 const B: usize = 4;
@@ -408,6 +409,14 @@ impl VelocityModel for Fixed {
     fn velocity(&self, x: &Tensor, t: &Tensor, _tt: &Tensor, _c: &Tensor) -> Result<Tensor> {
         assert_eq!(x.shape(), [B, D]);
         self.f.add(&t.unsqueeze(1)?.mul(&self.a)?)
+    }
+    /// One forward per input: `f` holds one row per sample, so a stacked batch has no
+    /// meaning here (and no forward draws anything).
+    fn velocity_stacked(&self, inputs: &[VelocityArgs]) -> Result<Vec<Tensor>> {
+        inputs
+            .iter()
+            .map(|&(x, t, tt, c)| self.velocity(x, t, tt, c))
+            .collect()
     }
     fn forward_rng(&self) -> &ForwardRng {
         &self.rng
@@ -1133,24 +1142,26 @@ fn null_class_resolves_to_the_models_null_label() {
     assert!(err.contains("null_class"), "{err}");
 }
 
-/// `F = e + t·a` where `e` is one uniform draw of the forward stream per call (a stand-in
-/// for dropout), or a fixed `e` when `fixed` is set.
+/// `F = e + t·a` where `e` holds one uniform draw of the forward stream per sample (a
+/// stand-in for dropout), or fixed values when `fixed` is set.
 struct Noisy {
     a: Tensor,
     rng: ForwardRng,
-    fixed: Option<f64>,
+    fixed: Option<Tensor>,
 }
 
 impl_module! { Noisy {} }
 
 impl VelocityModel for Noisy {
     fn velocity(&self, x: &Tensor, t: &Tensor, _tt: &Tensor, _c: &Tensor) -> Result<Tensor> {
-        let e = match self.fixed {
-            Some(e) => e,
-            None => self.rng.lock().uniform(&[1], 0.0, 1.0, F64, CPU)?.item()?,
+        let e = match &self.fixed {
+            Some(e) => e.clone(),
+            None => self
+                .rng
+                .uniform("noisy", &x.shape()[..1], (0.0, 1.0), F64, CPU)?,
         };
         x.zeros_like()?
-            .add_scalar(e)?
+            .add(&e.unsqueeze(1)?)?
             .add(&t.unsqueeze(1)?.mul(&self.a)?)
     }
     fn forward_rng(&self) -> &ForwardRng {
@@ -1167,17 +1178,14 @@ fn target_forwards_replay_the_draws_of_the_gradient_forward() {
         fixed: None,
     };
     let e0 = ForwardRng::new(5)
-        .lock()
-        .uniform(&[1], 0.0, 1.0, F64, CPU)
-        .unwrap()
-        .item()
+        .uniform("noisy", &[B], (0.0, 1.0), F64, CPU)
         .unwrap();
     let method = Rcgm::new(RcgmConfig::default()).unwrap();
     let out = run(&method, &noisy, &noisy, 23);
     // The gradient forward drew once; the guidance pair and the N sub-steps replayed it
     // and left the stream where it was.
     let after = ForwardRng::new(5);
-    after.lock().uniform(&[1], 0.0, 1.0, F64, CPU).unwrap();
+    after.uniform("noisy", &[B], (0.0, 1.0), F64, CPU).unwrap();
     assert_eq!(noisy.rng.state(), after.state());
     let fixed = Noisy {
         a,

@@ -522,6 +522,110 @@ fn set_training_reaches_every_random_layer() -> Result<()> {
     Ok(())
 }
 
+/// `velocity_stacked` against one `velocity` per input, each started from the same
+/// saved stream state: the same values, and the stream left where one forward leaves
+/// it. Half the labels are dropped (label dropout 0.5), so giving the second copy its
+/// own draws instead of the first copy's fails the comparison.
+fn check_stacked_matches_replayed<M: VelocityModel>(m: &M, dim: usize) -> Result<()> {
+    let b = 16;
+    let x = randn_as(3, &[b, dim], DType::F32);
+    let (t, neg) = (
+        Tensor::full(0.4, &[b], DType::F32, Device::Cpu)?,
+        Tensor::full(-0.7, &[b], DType::F32, Device::Cpu)?,
+    );
+    let (y, y_null) = (labels(&[1; 16]), labels(&[3; 16]));
+    let inputs = [
+        (&x, &t, &t, &y),
+        (&x, &neg, &t, &y_null),
+        (&x, &t, &neg, &y),
+    ];
+    let rng = m.forward_rng();
+    let saved = rng.state();
+    let mut want = Vec::new();
+    for &(x, t, tt, c) in &inputs {
+        rng.set_state(saved);
+        want.push(m.velocity(x, t, tt, c)?);
+    }
+    let after_one = rng.state();
+    rng.set_state(saved);
+    let got = m.velocity_stacked(&inputs)?;
+    assert_eq!(got.len(), inputs.len());
+    // Equal up to f32 rounding: small products may add in another order for a
+    // larger batch.
+    for (g, w) in got.iter().zip(&want) {
+        let scale = w.to_vec_f64()?.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        assert!(
+            max_abs_diff(g, w) <= 1e-5 * scale,
+            "{} at scale {scale}",
+            max_abs_diff(g, w)
+        );
+    }
+    assert_eq!(
+        rng.state(),
+        after_one,
+        "the stream advances as one forward does"
+    );
+    // The stacked copies really do share draws that differ between forwards.
+    let again = m.velocity_stacked(&inputs)?;
+    assert!(
+        max_abs_diff(&again[0], &got[0]) > 1e-3,
+        "label dropout draws anew"
+    );
+
+    let short = randn_as(4, &[b - 1, dim], DType::F32);
+    let (t_short, y_short) = (t.narrow(0, 0, b - 1)?, y.narrow(0, 0, b - 1)?);
+    let e = m
+        .velocity_stacked(&[(&x, &t, &t, &y), (&short, &t_short, &t_short, &y_short)])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("velocity_stacked") && e.contains("same batch size"),
+        "{e}"
+    );
+    assert!(m.velocity_stacked(&[])?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn velocity_stacked_matches_one_replayed_forward_per_input() -> Result<()> {
+    let mut mlp = tiny_mlp_velocity(0.5)?;
+    randomize(&mut mlp, 1, 0.5);
+    check_stacked_matches_replayed(&mlp, 4)?;
+    let cfg = DitConfig {
+        label_dropout: 0.5,
+        ..tiny_dit_config()
+    };
+    let mut dit = Dit::new(&mut ParamBuilder::new(0), cfg)?;
+    randomize(&mut dit, 2, 0.3);
+    check_stacked_matches_replayed(&dit, 16)
+}
+
+#[test]
+fn stacked_dropout_repeats_one_mask_per_copy() -> Result<()> {
+    let pb = ParamBuilder::new(0);
+    let drop = Dropout::new(&pb, 0.5)?;
+    let x = Tensor::ones(&[6, 50], DType::F32, Device::Cpu)?;
+    let rng = &pb.forward_rng;
+    let saved = rng.state();
+    let one = drop.forward(&x.narrow(0, 0, 2)?)?.to_vec::<f32>()?;
+    let after_one = rng.state();
+    rng.set_state(saved);
+    let three = rng.with_copies(3, || drop.forward(&x))?.to_vec::<f32>()?;
+    assert_eq!(three, [one.clone(), one.clone(), one].concat());
+    assert_eq!(rng.state(), after_one);
+    // Back to one copy afterwards; a batch that does not split is an error.
+    assert_ne!(drop.forward(&x)?.to_vec::<f32>()?, three);
+    let e = rng
+        .with_copies(4, || drop.forward(&x))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("dropout") && e.contains("4 stacked copies"),
+        "{e}"
+    );
+    Ok(())
+}
+
 fn tiny_dit_config() -> DitConfig {
     DitConfig {
         image_size: 4,

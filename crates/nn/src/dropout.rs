@@ -56,8 +56,7 @@ impl Forward for Dropout {
         }
         let u = self
             .rng
-            .lock()
-            .uniform(x.shape(), 0.0, 1.0, x.dtype(), x.device())?;
+            .uniform("dropout", x.shape(), (0.0, 1.0), x.dtype(), x.device())?;
         let threshold = Tensor::scalar(self.p, x.dtype(), x.device())?;
         // keep ∈ {0, 1}; folding the 1/(1 − p) scale into the mask costs one small op
         // instead of a second pass over x.

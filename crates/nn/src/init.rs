@@ -3,7 +3,7 @@
 //! dtype and device is the same model.
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use twinflow_engine::{DType, Device, Generator, GeneratorState, Result, Tensor};
+use twinflow_engine::{DType, Device, Error, Generator, GeneratorState, Result, Tensor};
 
 /// How to fill a new parameter.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -23,29 +23,81 @@ pub enum Init {
 /// The random stream of a model's forward passes (dropout masks, label dropout),
 /// shared by all its layers, like PyTorch's global generator but owned by the model.
 /// Saving its state before a forward and restoring it before a second one gives both
-/// the same masks, as TwinFlow's paired forwards need.
+/// the same masks, as TwinFlow's paired forwards need; [`ForwardRng::with_copies`]
+/// gives the same masks to the copies of one forward over inputs stacked along the
+/// batch.
 #[derive(Debug, Clone)]
-pub struct ForwardRng(Arc<Mutex<Generator>>);
+pub struct ForwardRng(Arc<Mutex<Stream>>);
+
+/// The generator and how many stacked copies the current forward runs.
+#[derive(Debug)]
+struct Stream {
+    generator: Generator,
+    copies: usize,
+}
 
 impl ForwardRng {
     /// A stream seeded with `seed`.
     pub fn new(seed: u64) -> Self {
-        ForwardRng(Arc::new(Mutex::new(Generator::new(seed))))
+        ForwardRng(Arc::new(Mutex::new(Stream {
+            generator: Generator::new(seed),
+            copies: 1,
+        })))
     }
 
-    /// Exclusive access to the generator for one draw.
-    pub fn lock(&self) -> MutexGuard<'_, Generator> {
+    fn lock(&self) -> MutexGuard<'_, Stream> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The current state, to restore later.
     pub fn state(&self) -> GeneratorState {
-        self.lock().state()
+        self.lock().generator.state()
     }
 
     /// Rewinds (or advances) the stream to a saved state.
     pub fn set_state(&self, state: GeneratorState) {
-        self.lock().set_state(state)
+        self.lock().generator.set_state(state)
+    }
+
+    /// Values uniform in `[lo, hi)` of `shape`, whose first dim is the batch. Inside
+    /// [`ForwardRng::with_copies`]`(k, …)` the batch is `k` stacked copies: the values
+    /// of one copy are drawn and repeated `k` times, and the stream advances as one
+    /// copy's forward would advance it. `op` names the caller in the error raised when
+    /// the batch does not split into `k` copies.
+    pub fn uniform(
+        &self,
+        op: &'static str,
+        shape: &[usize],
+        (lo, hi): (f64, f64),
+        dtype: DType,
+        device: Device,
+    ) -> Result<Tensor> {
+        let mut stream = self.lock();
+        let copies = stream.copies;
+        let batch = shape.first().copied().unwrap_or(1);
+        if copies == 1 {
+            return stream.generator.uniform(shape, lo, hi, dtype, device);
+        }
+        if batch % copies != 0 {
+            return Err(Error::invalid(
+                op,
+                format!("a batch of {batch} does not split into {copies} stacked copies"),
+            ));
+        }
+        let mut one = shape.to_vec();
+        one[0] = batch / copies;
+        let values = stream.generator.uniform(&one, lo, hi, dtype, device)?;
+        Tensor::cat(&vec![&values; copies], 0)
+    }
+
+    /// Runs `f`, a forward over `copies` inputs stacked along the batch, with every
+    /// draw repeated for each copy (see [`ForwardRng::uniform`]), then returns to one
+    /// copy.
+    pub fn with_copies<T>(&self, copies: usize, f: impl FnOnce() -> T) -> T {
+        let before = std::mem::replace(&mut self.lock().copies, copies.max(1));
+        let out = f();
+        self.lock().copies = before;
+        out
     }
 }
 

@@ -53,8 +53,13 @@ impl LabelEmbedding {
         let n = labels.elem_count();
         let u = self
             .rng
-            .lock()
-            .uniform(&[n], 0.0, 1.0, DType::F64, labels.device())?
+            .uniform(
+                "label_embedding",
+                &[n],
+                (0.0, 1.0),
+                DType::F64,
+                labels.device(),
+            )?
             .to_vec_f64()?;
         let null = self.null_label();
         let dropped: Vec<i64> = labels

@@ -38,7 +38,9 @@ pub use init::{ForwardRng, Init, ParamBuilder};
 pub use label_embedding::LabelEmbedding;
 pub use linear::{Linear, LinearConfig};
 pub use mlp::{Mlp, SwiGlu};
-pub use models::{Classifier, ClassifierConfig, MlpVelocity, MlpVelocityConfig, VelocityModel};
+pub use models::{
+    Classifier, ClassifierConfig, MlpVelocity, MlpVelocityConfig, VelocityArgs, VelocityModel,
+};
 pub use module::{visit_child, visit_child_mut, Forward, Module, ModuleField};
 pub use norm::{LayerNorm, RmsNorm};
 pub use optim::{

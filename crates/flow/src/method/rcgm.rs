@@ -132,7 +132,8 @@ impl RcgmConfig {
 
 /// The enhanced velocity of training-time guidance:
 /// `v + w·(F_θ⁻(x_t, t, t, c) − F_θ⁻(x_t, t, t, c_u))`, both forwards without gradient
-/// and each replaying the forward-stream state `state`. Detached.
+/// and each replaying the forward-stream state `state`; they run as one forward over
+/// the two inputs stacked ([`VelocityModel::velocity_stacked`]). Detached.
 #[allow(clippy::too_many_arguments)]
 pub fn enhance_velocity<M: VelocityModel>(
     ema: &M,
@@ -145,9 +146,10 @@ pub fn enhance_velocity<M: VelocityModel>(
     w: f64,
 ) -> Result<Tensor> {
     no_grad(|| {
-        let cond = replay(ema, state, || ema.velocity(x_t, t, t, labels))?;
-        let free = replay(ema, state, || ema.velocity(x_t, t, t, uncond))?;
-        v.add(&cond.sub(&free)?.mul_scalar(w)?)
+        let pair = [(x_t, t, t, labels), (x_t, t, t, uncond)];
+        let both = replay(ema, state, || ema.velocity_stacked(&pair))?;
+        let (cond, free) = (&both[0], &both[1]);
+        v.add(&cond.sub(free)?.mul_scalar(w)?)
     })
     .map(|t| t.detach())
 }

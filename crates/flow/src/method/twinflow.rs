@@ -122,7 +122,8 @@ pub enum Recipe {
 /// `Δv = F_θ(y, −t', −t', c) − F_θ(y, t', t', c)` (fake minus real velocity) at
 /// `y = t'·z' + (1 − t')·x_fake`, without gradient; both forwards replay the model's
 /// current forward-stream state (so they see the same draws and leave the stream as it
-/// was). Detached.
+/// was), run as one forward over the two inputs stacked
+/// ([`VelocityModel::velocity_stacked`]). Detached.
 pub fn rectification_delta<M: VelocityModel>(
     model: &M,
     x_fake: &Tensor,
@@ -134,9 +135,10 @@ pub fn rectification_delta<M: VelocityModel>(
         let state = model.forward_rng().state();
         let y = interpolate(&x_fake.detach(), z, t)?;
         let neg = t.neg()?;
-        let fake = replay(model, state, || model.velocity(&y, &neg, &neg, labels))?;
-        let real = replay(model, state, || model.velocity(&y, t, t, labels))?;
-        fake.sub(&real)
+        let pair = [(&y, &neg, &neg, labels), (&y, t, t, labels)];
+        let both = replay(model, state, || model.velocity_stacked(&pair))?;
+        let (fake, real) = (&both[0], &both[1]);
+        fake.sub(real)
     })
     .map(|d| d.detach())
 }

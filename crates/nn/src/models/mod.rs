@@ -7,4 +7,4 @@ pub mod velocity;
 
 pub use classifier::{Classifier, ClassifierConfig};
 pub use mlp_velocity::{MlpVelocity, MlpVelocityConfig, ResidualBlock};
-pub use velocity::VelocityModel;
+pub use velocity::{VelocityArgs, VelocityModel};
