@@ -25,11 +25,13 @@
 #   DIT_COMPILE        1 (default) also times torch_dit.py's steps under torch.compile;
 #                      0 skips them
 #   DIT_BATCHES        the batch sizes of the DiT bench (default: "128 32")
-#   TORCH_ALLOCATORS   the allocators the DiT twin runs under, each in every round
-#                      (default: "glibc jemalloc tcmalloc", those found; jemalloc and
-#                      tcmalloc are preloaded from Debian's libjemalloc2 and
-#                      libtcmalloc-minimal4). The table's PyTorch figure is the best of
-#                      every allocator, eager and compiled.
+#   TWIN_COMPILE       1 (default) also times torch_reference.py's matmul and op chain
+#                      under torch.compile (about a minute per round); 0 skips it
+#   TORCH_ALLOCATORS   the allocators the DiT, matmul and op-chain twins run under, each
+#                      in every round (default: "glibc jemalloc tcmalloc", those found;
+#                      jemalloc and tcmalloc are preloaded from Debian's libjemalloc2
+#                      and libtcmalloc-minimal4). The tables' PyTorch figure is the best
+#                      of every allocator, eager and compiled.
 #   RAYON_NUM_THREADS  threads for both sides (default: one per core, rayon's default;
 #                      torch_reference.py sets torch to the same count)
 #
@@ -47,6 +49,7 @@ BENCHES=${BENCHES:-matmul op_chain dit_step jvp_step}
 JVP_COMPILE=${JVP_COMPILE:-1}
 DIT_COMPILE=${DIT_COMPILE:-1}
 DIT_BATCHES=${DIT_BATCHES:-128 32}
+TWIN_COMPILE=${TWIN_COMPILE:-1}
 TORCH_ALLOCATORS=${TORCH_ALLOCATORS:-glibc jemalloc tcmalloc}
 
 # The library LD_PRELOAD needs for an allocator ("" for glibc's own), or nothing when
@@ -64,7 +67,7 @@ for a in $TORCH_ALLOCATORS; do
     if [ -n "$(allocator_library "$a")" ]; then
         allocators+=("$a")
     else
-        echo "note: allocator $a is not installed; the DiT twin runs without it" >&2
+        echo "note: allocator $a is not installed; the PyTorch twins run without it" >&2
     fi
 done
 
@@ -144,7 +147,14 @@ run_one() { # side bench round
             "$PYTHON" benches/torch_jvp.py --json --no-compile
         fi
     else
-        "$PYTHON" benches/torch_reference.py --bench "$bench" --json
+        local alloc lib flags=()
+        [ "$TWIN_COMPILE" = 1 ] || flags=(--no-compile)
+        for alloc in "${allocators[@]}"; do
+            lib=$(allocator_library "$alloc")
+            [ "$lib" = none ] && lib=
+            wait_quiet
+            LD_PRELOAD=$lib "$PYTHON" benches/torch_reference.py --bench "$bench" --json "${flags[@]}"
+        done
     fi >"$raw/last.out"
     grep -v '^{' "$raw/last.out" || true
     grep '^{' "$raw/last.out" >>"$out" || true
@@ -182,24 +192,42 @@ print()
 print(f"== combined: twinflow vs torch {version} (CPU, f32, {threads} threads, "
       f"best of {rounds} round(s))")
 print()
+def twin_best(bench, key, value, field, agg):
+    """The torch twin's best figure for one entry: per variant (eager, compile) over
+    every allocator and round, and the overall best with where it came from."""
+    found = [(r[pre + field], name, r.get("allocator", "glibc"))
+             for r in rows if r["bench"] == bench and r["impl"] == "torch" and r[key] == value
+             for pre, name in [("", "eager"), ("compile_", "compile")] if pre + field in r]
+    per = {name: agg((v for v, n, _ in found if n == name), default=float("nan"))
+           for name in ["eager", "compile"]}
+    best = agg(found, key=lambda f: f[0], default=(float("nan"), "–", "–"))
+    return per, best
+
 sizes = sorted({r["n"] for r in rows if r["bench"] == "matmul"})
 if sizes:
-    print("| n | ours GFLOP/s | torch GFLOP/s | ours/torch |")
-    print("|---:|---:|---:|---:|")
+    print("| n | ours GFLOP/s | torch eager | torch.compile | best torch (variant, allocator) "
+          "| ours/best torch |")
+    print("|---:|---:|---:|---:|---:|---:|")
     for n in sizes:
         ours = max(pick("matmul", "twinflow", "n", n, "gflops"), default=float("nan"))
-        torch = max(pick("matmul", "torch", "n", n, "gflops"), default=float("nan"))
-        print(f"| {n} | {ours:.1f} | {torch:.1f} | {ours / torch:.2f} |")
+        per, (best, variant, alloc) = twin_best("matmul", "n", n, "gflops", max)
+        print(f"| {n} | {ours:.1f} | {per['eager']:.1f} | {per['compile']:.1f} "
+              f"| {best:.1f} ({variant}, {alloc}) | {ours / best:.2f} |")
 modes = [m for m in ["forward", "forward+backward", "no-grad forward"]
          if any(r["bench"] == "op_chain" and r["mode"] == m for r in rows)]
 if modes:
     print()
-    print("| op chain (1000 ops, [128] f32) | ours µs/op | torch µs/op | torch/ours |")
-    print("|---|---:|---:|---:|")
+    print("| op chain (1000 ops, [128] f32), µs/op | ours | torch eager | torch.compile "
+          "| best torch (variant, allocator) | best torch/ours |")
+    print("|---|---:|---:|---:|---:|---:|")
     for mode in modes:
         ours = min(pick("op_chain", "twinflow", "mode", mode, "us_per_op"), default=float("nan"))
-        torch = min(pick("op_chain", "torch", "mode", mode, "us_per_op"), default=float("nan"))
-        print(f"| {mode} | {ours:.3f} | {torch:.3f} | {torch / ours:.2f} |")
+        per, (best, variant, alloc) = twin_best("op_chain", "mode", mode, "us_per_op", min)
+        print(f"| {mode} | {ours:.3f} | {per['eager']:.3f} | {per['compile']:.3f} "
+              f"| {best:.3f} ({variant}, {alloc}) | {best / ours:.2f} |")
+for r in rows:
+    if r["bench"] in ("matmul", "op_chain") and "compile_error" in r:
+        print(f"torch.compile failed ({r['bench']}, {r.get('allocator')}): {r['compile_error']}")
 for dit in [[r for r in rows if r["bench"] == "dit" and r["batch"] == b]
             for b in sorted({r["batch"] for r in rows if r["bench"] == "dit"}, reverse=True)]:
     print()
@@ -256,14 +284,21 @@ if jvp:
         print(f"torch.compile {case} failed: {err}")
 print()
 print("ratios > 1: ours faster (or smaller). Every round (ours / torch):")
+def twin_rounds(bench, key, value, field, fmt):
+    """Every torch figure of one entry, as `value (variant allocator)`."""
+    return ", ".join(f"{r[pre + field]:{fmt}} ({name} {r.get('allocator', 'glibc')})"
+                     for r in rows if r["bench"] == bench and r["impl"] == "torch"
+                     and r[key] == value
+                     for pre, name in [("", "eager"), ("compile_", "compile")]
+                     if pre + field in r)
 for n in sizes:
     o = pick("matmul", "twinflow", "n", n, "gflops")
-    t = pick("matmul", "torch", "n", n, "gflops")
-    print(f"  matmul n={n}: GFLOP/s " + ", ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(o, t)))
+    print(f"  matmul n={n}, GFLOP/s, ours: " + ", ".join(f"{a:.0f}" for a in o)
+          + "; torch: " + twin_rounds("matmul", "n", n, "gflops", ".0f"))
 for mode in modes:
     o = pick("op_chain", "twinflow", "mode", mode, "us_per_op")
-    t = pick("op_chain", "torch", "mode", mode, "us_per_op")
-    print(f"  {mode}: µs/op " + ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(o, t)))
+    print(f"  op chain {mode}, µs/op, ours: " + ", ".join(f"{a:.2f}" for a in o)
+          + "; torch: " + twin_rounds("op_chain", "mode", mode, "us_per_op", ".2f"))
 for b in sorted({r["batch"] for r in dit}, reverse=True):
     for key in ["train_step_ms", "forward_nograd_ms"]:
         o = [r[key] for r in dit if r["impl"] == "twinflow" and r["batch"] == b]
