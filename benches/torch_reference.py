@@ -30,6 +30,8 @@ import traceback
 
 import torch
 
+from torch_dit import preloaded_allocator
+
 # Minimum warm-up time per size / measurement, in seconds: as in the Rust benches.
 MATMUL_WARMUP_SECS = 0.5
 CHAIN_WARMUP_SECS = 0.3
@@ -49,15 +51,6 @@ def default_threads():
     if env.isdigit() and int(env) > 0:
         return int(env)
     return os.cpu_count() or 1
-
-
-def allocator():
-    """The allocator LD_PRELOAD puts in front of glibc's (as benches/run.sh names it)."""
-    preload = os.environ.get("LD_PRELOAD", "")
-    for name in ("jemalloc", "tcmalloc"):
-        if name in preload:
-            return name
-    return "glibc"
 
 
 def compiled(f):
@@ -90,7 +83,7 @@ def bench_matmul(emit_json, compile_too):
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     print(f"# torch {torch.__version__} matmul, f32, CPU, {threads} threads, "
-          f"allocator {allocator()}")
+          f"allocator {preloaded_allocator()}")
     print("| n | median ms | GFLOP/s | torch.compile GFLOP/s |")
     print("|---:|---:|---:|---:|")
     for n, warmup, reps in SIZES:
@@ -100,7 +93,8 @@ def bench_matmul(emit_json, compile_too):
         gflops = 2.0 * n**3 / t / 1e9
         row = {
             "bench": "matmul", "impl": "torch", "n": n, "median_s": t, "gflops": gflops,
-            "threads": threads, "version": torch.__version__, "allocator": allocator(),
+            "threads": threads, "version": torch.__version__,
+            "allocator": preloaded_allocator(),
         }
         if compile_too:
             mm, err = compiled(lambda x, y: x @ y)
@@ -196,7 +190,7 @@ def bench_op_chain(emit_json, compile_too):
         except Exception:  # noqa: BLE001
             err = traceback.format_exc(limit=1).strip().splitlines()[-1]
     print(f"# torch {torch.__version__} op chain: {CHAIN} ops on [{LEN}] f32 "
-          f"(mul, add, tanh, sin), allocator {allocator()}")
+          f"(mul, add, tanh, sin), allocator {preloaded_allocator()}")
     print("| measurement | median ms per chain | µs per op | torch.compile µs per op |")
     print("|---|---:|---:|---:|")
     for name, t in results:
@@ -204,7 +198,7 @@ def bench_op_chain(emit_json, compile_too):
         row = {
             "bench": "op_chain", "impl": "torch", "mode": name, "median_s": t,
             "us_per_op": us, "ops": CHAIN, "version": torch.__version__,
-            "allocator": allocator(),
+            "allocator": preloaded_allocator(),
         }
         if name in compiled_times:
             row["compile_us_per_op"] = compiled_times[name] * 1e6 / CHAIN
