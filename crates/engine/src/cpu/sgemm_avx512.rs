@@ -147,8 +147,8 @@ struct Part {
 /// rows; a multiple of the threads in number, with panel counts that differ by at
 /// most one, so that each half of the list rayon splits holds the same work), times
 /// column ranges when there are fewer row blocks than twice the threads. Outputs of
-/// at most `MC` rows are cut by columns only, so that each task packs its own tiles
-/// (see `sgemm`).
+/// at most `MC` rows with at least two tiles per thread are cut by columns only, so
+/// that each task packs its own tiles (see `sgemm`).
 fn split(g: GemmArgs, parallel: bool) -> Vec<Part> {
     let threads = if parallel {
         rayon::current_num_threads()
@@ -156,7 +156,9 @@ fn split(g: GemmArgs, parallel: bool) -> Vec<Part> {
         1
     };
     let (panels, tiles) = (g.m.div_ceil(MR), g.n.div_ceil(NR));
-    let row_blocks = match panels <= MC / MR {
+    // Columns alone give every thread two tasks: keep the rows whole.
+    let rows_whole = panels <= MC / MR && tiles >= 2 * threads;
+    let row_blocks = match rows_whole {
         true => 1,
         false => panels
             .div_ceil(MC / MR)
