@@ -118,6 +118,18 @@ wait_quiet() {
     done
 }
 
+# Runs a PyTorch twin's command once under each allocator (preloaded), each run after
+# waiting for the machine to be quiet.
+under_each_allocator() {
+    local alloc lib
+    for alloc in "${allocators[@]}"; do
+        lib=$(allocator_library "$alloc")
+        [ "$lib" = none ] && lib=
+        wait_quiet
+        LD_PRELOAD=$lib "$@"
+    done
+}
+
 # Runs one bench of one side, showing its table and keeping its JSON lines.
 run_one() { # side bench round
     local side=$1 bench=$2 round=$3 out="$raw/$3.jsonl"
@@ -130,15 +142,10 @@ run_one() { # side bench round
     elif [ "$side" = ours ]; then
         "${exe[$bench]}" --bench --json # what `cargo bench --bench $bench -- --json` runs
     elif [ "$bench" = dit_step ]; then
-        local alloc lib flags=()
+        local flags=()
         [ "$DIT_COMPILE" = 1 ] || flags=(--no-compile)
         for batch in $DIT_BATCHES; do
-            for alloc in "${allocators[@]}"; do
-                lib=$(allocator_library "$alloc")
-                [ "$lib" = none ] && lib=
-                wait_quiet
-                LD_PRELOAD=$lib "$PYTHON" benches/torch_dit.py --json --batch "$batch" "${flags[@]}"
-            done
+            under_each_allocator "$PYTHON" benches/torch_dit.py --json --batch "$batch" "${flags[@]}"
         done
     elif [ "$bench" = jvp_step ]; then
         if [ "$JVP_COMPILE" = 1 ]; then
@@ -147,14 +154,9 @@ run_one() { # side bench round
             "$PYTHON" benches/torch_jvp.py --json --no-compile
         fi
     else
-        local alloc lib flags=()
+        local flags=()
         [ "$TWIN_COMPILE" = 1 ] || flags=(--no-compile)
-        for alloc in "${allocators[@]}"; do
-            lib=$(allocator_library "$alloc")
-            [ "$lib" = none ] && lib=
-            wait_quiet
-            LD_PRELOAD=$lib "$PYTHON" benches/torch_reference.py --bench "$bench" --json "${flags[@]}"
-        done
+        under_each_allocator "$PYTHON" benches/torch_reference.py --bench "$bench" --json "${flags[@]}"
     fi >"$raw/last.out"
     grep -v '^{' "$raw/last.out" || true
     grep '^{' "$raw/last.out" >>"$out" || true
@@ -192,12 +194,16 @@ print()
 print(f"== combined: twinflow vs torch {version} (CPU, f32, {threads} threads, "
       f"best of {rounds} round(s))")
 print()
+def twin_figures(bench, key, value, field):
+    """Every torch figure of one entry, rounds in order: (value, variant, allocator)."""
+    return [(r[pre + field], name, r.get("allocator", "glibc"))
+            for r in rows if r["bench"] == bench and r["impl"] == "torch" and r[key] == value
+            for pre, name in [("", "eager"), ("compile_", "compile")] if pre + field in r]
+
 def twin_best(bench, key, value, field, agg):
     """The torch twin's best figure for one entry: per variant (eager, compile) over
     every allocator and round, and the overall best with where it came from."""
-    found = [(r[pre + field], name, r.get("allocator", "glibc"))
-             for r in rows if r["bench"] == bench and r["impl"] == "torch" and r[key] == value
-             for pre, name in [("", "eager"), ("compile_", "compile")] if pre + field in r]
+    found = twin_figures(bench, key, value, field)
     per = {name: agg((v for v, n, _ in found if n == name), default=float("nan"))
            for name in ["eager", "compile"]}
     best = agg(found, key=lambda f: f[0], default=(float("nan"), "–", "–"))
@@ -286,11 +292,8 @@ print()
 print("ratios > 1: ours faster (or smaller). Every round (ours / torch):")
 def twin_rounds(bench, key, value, field, fmt):
     """Every torch figure of one entry, as `value (variant allocator)`."""
-    return ", ".join(f"{r[pre + field]:{fmt}} ({name} {r.get('allocator', 'glibc')})"
-                     for r in rows if r["bench"] == bench and r["impl"] == "torch"
-                     and r[key] == value
-                     for pre, name in [("", "eager"), ("compile_", "compile")]
-                     if pre + field in r)
+    return ", ".join(f"{v:{fmt}} ({variant} {alloc})"
+                     for v, variant, alloc in twin_figures(bench, key, value, field))
 for n in sizes:
     o = pick("matmul", "twinflow", "n", n, "gflops")
     print(f"  matmul n={n}, GFLOP/s, ours: " + ", ".join(f"{a:.0f}" for a in o)
