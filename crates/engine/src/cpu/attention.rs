@@ -1,6 +1,7 @@
 //! Scaled-dot-product attention on `[b, h, t, d]` views, forward and backward: the
 //! reference the CUDA kernels are tested against. Each (batch, head) pair is computed
-//! with `gemm` on the strided views directly, in parallel across batch entries. Results
+//! with single-threaded products on the strided views directly (`gemm_into`: for f32 on
+//! AVX-512, the small-product kernel), in parallel across batch entries. Results
 //! are written token-major, `[b, t, h, d]`, as the attention op expects (`token_major`
 //! in `ops/attention.rs`).
 
@@ -107,13 +108,24 @@ fn output<F: CpuFloat>(n: usize, overwritten: bool) -> Vec<F> {
 #[inline(always)]
 fn softmax_rows<F: CpuFloat>(p: &mut [F], lse: &mut [F], tk: usize) {
     for (row, l) in p.chunks_mut(tk.max(1)).zip(lse.iter_mut()) {
-        let max = max_lanes(row);
-        row.iter_mut().for_each(|x| *x = (*x - max).exp_v());
+        *l = max_lanes(row);
+        row.iter_mut().for_each(|x| *x = *x - *l);
+    }
+    exp_all(p);
+    for (row, l) in p.chunks_mut(tk.max(1)).zip(lse.iter_mut()) {
         let sum = sum_lanes([&*row], |[x]| x);
         let inv = sum.recip();
         row.iter_mut().for_each(|x| *x = *x * inv);
-        *l = max + sum.ln();
+        *l = *l + sum.ln();
     }
+}
+
+/// eˣ of every value, over the whole `tq × tk` buffer at once: row by row, short rows
+/// (49 keys in the default DiT) left a scalar tail of the vector loop in every row,
+/// which took most of the exponentials' time.
+#[inline(always)]
+fn exp_all<F: CpuFloat>(values: &mut [F]) {
+    values.iter_mut().for_each(|x| *x = x.exp_v());
 }
 
 /// Output, stored `[b, tq, h, dv]`, and log-sum-exp `[b, h, tq]`.
@@ -276,8 +288,9 @@ fn pair_grads<F: CpuFloat>(
         #[inline(always)]
         |p| {
             for (row, &l) in p.chunks_mut(tk).zip(lse) {
-                row.iter_mut().for_each(|x| *x = (*x - l).exp_v());
+                row.iter_mut().for_each(|x| *x = *x - l);
             }
+            exp_all(p);
         },
         &mut p[..],
     );

@@ -1,6 +1,7 @@
-//! Matrix products: f32 products on CPUs with AVX-512 run on our own kernel
-//! (`sgemm_avx512`), everything else through the `gemm` crate. Both read any row and
-//! column strides: transposed operands are multiplied in place, without a copy.
+//! Matrix products: f32 products on CPUs with AVX-512 run on our own kernels
+//! (`sgemm_avx512`, and `sgemm_small` for products that fit in L1), everything else
+//! through the `gemm` crate. All read any row and column strides: transposed operands
+//! are multiplied in place, without a copy.
 
 use super::float::CpuFloat;
 use super::pool;
@@ -16,10 +17,10 @@ const PER_PRODUCT_PARALLEL_FLOPS: usize = 1 << 22;
 /// parallelised over the inner dimension (see `split_k_product`).
 const SPLIT_K_RATIO: usize = 8;
 
-/// Products smaller than this (m·n·k) stay on `gemm`: for the attention's per-head
-/// products (49·49·32) the AVX-512 kernel's packing and stores cost more than they
-/// save (attention forward 12.4 ms with `gemm`, 15.7 with the kernel, in the DiT step
-/// bench's profile).
+/// Products smaller than this (m·n·k) run on the unpacked kernel `sgemm_small`: for
+/// the attention's per-head products (49·49·32) the packed kernel's packing and
+/// stores cost more than they save (attention forward 12.4 ms with `gemm`, 15.7 with
+/// the packed kernel, in the DiT step bench's profile).
 const AVX512_MIN_MNK: usize = 1 << 17;
 
 /// One `m×k · k×n` product described by storage offsets and strides.
@@ -92,7 +93,13 @@ pub fn gemm_into<F: CpuFloat>(
     assert!(g.k == 0 || last(g.rhs_strides, g.k, g.n) < rhs.len());
     assert!((g.m - 1) * dst_row_stride + g.n <= dst.len());
     #[cfg(target_arch = "x86_64")]
-    if g.k > 0 && g.m * g.n * g.k >= AVX512_MIN_MNK && avx512_products::<F>() {
+    if g.k > 0 && g.m * g.n * g.k < AVX512_MIN_MNK && bias.is_none() && avx512_products::<F>() {
+        let beta = as_f32_slice(std::slice::from_ref(&beta))[0];
+        let (dst, lhs, rhs) = (as_f32_slice_mut(dst), as_f32_slice(lhs), as_f32_slice(rhs));
+        return super::sgemm_small::sgemm_small(dst, dst_row_stride, lhs, rhs, g, beta);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if g.k > 0 && avx512_products::<F>() {
         let parallel = !matches!(threads, gemm::Parallelism::None);
         let bias = bias.map(|b| Bias {
             data: as_f32_slice(b.data),

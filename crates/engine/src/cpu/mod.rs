@@ -20,6 +20,8 @@ mod pool;
 mod reduce;
 #[cfg(target_arch = "x86_64")]
 mod sgemm_avx512;
+#[cfg(target_arch = "x86_64")]
+mod sgemm_small;
 pub(crate) mod softmax;
 pub(crate) mod strided;
 mod threads;

@@ -27,7 +27,7 @@ use std::thread::LocalKey;
 /// Rows of a micro-tile.
 const MR: usize = 12;
 /// Columns of a micro-tile: two 16-lane vectors.
-const NR: usize = 32;
+pub(super) const NR: usize = 32;
 /// Inner-dimension block: a `KC × NR` tile of the packed right operand (32 KiB)
 /// stays in the L1 cache while the micro-panels of a task stream past it.
 const KC: usize = 256;
@@ -214,7 +214,7 @@ fn pack_rhs(packed: &mut [f32], rhs: &[f32], g: GemmArgs, ks: &Range<usize>, par
 
 /// Packs rows `ks` of tile `tile` (columns `tile·NR..`) of `rhs` into `dst`: `ks.len()`
 /// steps of `NR` values, zero past the last column.
-fn pack_tile(dst: &mut [f32], rhs: &[f32], g: GemmArgs, ks: &Range<usize>, tile: usize) {
+pub(super) fn pack_tile(dst: &mut [f32], rhs: &[f32], g: GemmArgs, ks: &Range<usize>, tile: usize) {
     let (rs, cs) = g.rhs_strides;
     let kc = ks.len();
     let first = tile * NR;
@@ -268,10 +268,10 @@ unsafe fn transpose_columns(dst: &mut [f32], src: &[f32], cs: usize, kc: usize, 
         for p0 in (0..kc).step_by(16) {
             let steps = (kc - p0).min(16);
             let mask = ((1u32 << steps) - 1) as __mmask16;
-            let block: [__m512; 16] = std::array::from_fn(|j| match j < columns {
-                true => _mm512_maskz_loadu_ps(mask, src.as_ptr().add((16 * half + j) * cs + p0)),
-                false => _mm512_setzero_ps(),
-            });
+            let mut block = [_mm512_setzero_ps(); 16];
+            for (j, row) in block.iter_mut().enumerate().take(columns) {
+                *row = _mm512_maskz_loadu_ps(mask, src.as_ptr().add((16 * half + j) * cs + p0));
+            }
             for (p, column) in transpose16(block).iter().enumerate().take(steps) {
                 _mm512_storeu_ps(dst.as_mut_ptr().add((p0 + p) * NR + 16 * half), *column);
             }
@@ -280,26 +280,28 @@ unsafe fn transpose_columns(dst: &mut [f32], src: &[f32], cs: usize, kc: usize, 
 }
 
 /// The 16 × 16 transpose of `rows`: element `j` of result `p` is element `p` of row
-/// `j`. Three rounds of in-lane unpacks and lane shuffles, 64 shuffles in all.
+/// `j`. Three rounds of in-lane unpacks and lane shuffles, 64 shuffles in all. Plain
+/// loops rather than `array::from_fn`: its closures were not inlined, which sent every
+/// vector through memory.
 #[target_feature(enable = "avx512f")]
+#[inline]
 unsafe fn transpose16(rows: [__m512; 16]) -> [__m512; 16] {
     // Pairs: within each 128-bit lane `l`, rows 2i and 2i+1 interleaved, columns
     // 4l, 4l+1 (even results) and 4l+2, 4l+3 (odd results).
-    let pairs: [__m512; 16] = std::array::from_fn(|t| match t % 2 {
-        0 => _mm512_unpacklo_ps(rows[t], rows[t + 1]),
-        _ => _mm512_unpackhi_ps(rows[t - 1], rows[t]),
-    });
+    let mut pairs = [_mm512_setzero_pd(); 16];
+    for i in 0..8 {
+        pairs[2 * i] = _mm512_castps_pd(_mm512_unpacklo_ps(rows[2 * i], rows[2 * i + 1]));
+        pairs[2 * i + 1] = _mm512_castps_pd(_mm512_unpackhi_ps(rows[2 * i], rows[2 * i + 1]));
+    }
     // Quads: result 4i + c holds, in lane l, column 4l + c of rows 4i..4i+3.
-    let quads: [__m512d; 16] = std::array::from_fn(|t| {
-        let (i, c) = (t / 4, t % 4);
-        let low = _mm512_castps_pd(pairs[4 * i + c / 2]);
-        let high = _mm512_castps_pd(pairs[4 * i + 2 + c / 2]);
-        match c % 2 {
-            0 => _mm512_unpacklo_pd(low, high),
-            _ => _mm512_unpackhi_pd(low, high),
+    let mut quads = [_mm512_setzero_ps(); 16];
+    for i in 0..4 {
+        for half in 0..2 {
+            let (low, high) = (pairs[4 * i + half], pairs[4 * i + 2 + half]);
+            quads[4 * i + 2 * half] = _mm512_castpd_ps(_mm512_unpacklo_pd(low, high));
+            quads[4 * i + 2 * half + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(low, high));
         }
-    });
-    let quads: [__m512; 16] = quads.map(|q| _mm512_castpd_ps(q));
+    }
     // Gather lane l of the four quads of column c (rows 0–3, 4–7, 8–11, 12–15) into
     // result 4l + c, in two rounds of lane shuffles.
     let mut out = [_mm512_setzero_ps(); 16];
