@@ -761,6 +761,21 @@ fn adam_update_matches_cpu() {
 }
 
 #[test]
+fn ema_update_matches_cpu() {
+    let Some(dev) = gpu() else { return };
+    // A strided bf16 online view exercises the conversion; the f32 one the plain path.
+    for dtype in [DType::F32, DType::BF16] {
+        let make = |d: Device| {
+            let avg = randn(33, &[40, 25], DType::F32).to_device(d).unwrap();
+            let online = randn(34, &[25, 40], dtype).to_device(d).unwrap();
+            avg.ema_update(&online.t().unwrap(), 0.9).unwrap();
+            avg
+        };
+        assert_close("ema average", &make(dev), &make(Device::Cpu), 1e-6);
+    }
+}
+
+#[test]
 fn mixing_devices_is_an_error() {
     let Some(dev) = gpu() else { return };
     let a = randn(32, &[3], DType::F32);

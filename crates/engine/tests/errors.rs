@@ -121,3 +121,23 @@ fn from_vec_with_the_wrong_length_is_an_error() {
     assert!(zeros(&[2, 3]).to_vec::<f64>().is_err());
     assert!(zeros(&[2]).item().is_err());
 }
+
+#[test]
+fn ema_update_refuses_what_it_cannot_update_in_place() {
+    let avg = zeros(&[4, 3]);
+    let online = zeros(&[4, 3]);
+    let err = |r: twinflow_engine::Result<()>| r.expect_err("refused").to_string();
+    let msg = err(avg.ema_update(&zeros(&[3, 4]), 0.9));
+    assert_names(&msg, &["ema_update", "[4, 3]", "[3, 4]"]);
+    let msg = err(avg.t().unwrap().ema_update(&online.t().unwrap(), 0.9));
+    assert_names(&msg, &["ema_update", "contiguous"]);
+    let msg = err(avg.ema_update(&avg.reshape(&[4, 3]).unwrap(), 0.9));
+    assert_names(&msg, &["ema_update", "share storage"]);
+    let f64_avg = Tensor::zeros(&[4, 3], DType::F64, Device::Cpu).unwrap();
+    assert_names(
+        &err(f64_avg.ema_update(&online, 0.9)),
+        &["ema_update", "f64"],
+    );
+    let labels = Tensor::zeros(&[4, 3], DType::I64, Device::Cpu).unwrap();
+    assert_names(&err(avg.ema_update(&labels, 0.9)), &["ema_update"]);
+}

@@ -529,3 +529,27 @@ proptest! {
         assert_close("addcmul", &got, &shape, &want, 1e-15, 1e-300)?;
     }
 }
+
+/// The in-place moving-average update is the two-op formula
+/// `online + (avg − online)·decay` bit for bit, for a contiguous f32 online tensor
+/// (read in place) and a transposed bf16 one (converted), below and above the size
+/// at which it runs in parallel.
+#[test]
+fn ema_update_is_the_two_op_formula_bit_for_bit() -> Result<()> {
+    let mut gen = twinflow_engine::Generator::new(7);
+    for (rows, cols) in [(7, 9), (300, 257)] {
+        for dtype in [DType::F32, DType::BF16] {
+            let avg = gen.randn(&[rows, cols], DType::F32, Device::Cpu)?;
+            let online = gen.randn(&[cols, rows], dtype, Device::Cpu)?.t()?;
+            let decay = Tensor::scalar(0.97, DType::F32, Device::Cpu)?;
+            let online32 = online.to_dtype(DType::F32)?;
+            let want = online32.addcmul(&avg.sub(&online32)?, &decay)?;
+            avg.ema_update(&online, 0.97)?;
+            let bits = |t: &Tensor| -> Result<Vec<u32>> {
+                Ok(t.to_vec::<f32>()?.iter().map(|v| v.to_bits()).collect())
+            };
+            assert_eq!(bits(&avg)?, bits(&want)?, "{rows}x{cols} {dtype:?}");
+        }
+    }
+    Ok(())
+}

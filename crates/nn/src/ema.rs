@@ -3,7 +3,7 @@
 
 use crate::module::Module;
 use serde::{Deserialize, Serialize};
-use twinflow_engine::{Error, NoGradGuard, Result, Tensor};
+use twinflow_engine::{DType, Error, NoGradGuard, Result, Tensor};
 
 const OP: &str = "Ema";
 
@@ -203,6 +203,12 @@ fn average_one(
                 avg.shape()
             ),
         ));
+    }
+    // The fused in-place update where it applies (an f32 copy of its own, as `Ema`
+    // makes); the same arithmetic through two ops otherwise.
+    let own_storage = avg.is_contiguous() && avg.layout().offset() == 0;
+    if avg.dtype() == DType::F32 && own_storage && !avg.shares_storage(theta) {
+        return avg.ema_update(theta, m);
     }
     let decay = Tensor::scalar(m, avg.dtype(), avg.device())?;
     *avg = theta.addcmul(&avg.sub(theta)?, &decay)?;

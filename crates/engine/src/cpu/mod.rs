@@ -4,12 +4,13 @@
 //! kernel and rounded back (`float::ComputeType`).
 //!
 //! `impl BackendStorage for CpuStorage` below runs the primitives; the fused ops call
-//! their kernels here (`norm`, `softmax`, `attention`, `adam`, `elementwise::addcmul`)
+//! their kernels here (`norm`, `softmax`, `attention`, `adam`, `ema`, `elementwise::addcmul`)
 //! from their own files in `ops/`.
 
 pub(crate) mod adam;
 pub(crate) mod attention;
 pub(crate) mod elementwise;
+pub(crate) mod ema;
 mod fastmath;
 mod float;
 mod index;

@@ -1,5 +1,5 @@
 //! Elementwise ops, copies, casts and the Adam update (`kernels/elementwise.cu`,
-//! `copy.cu`, `cast.cu`, `adam.cu`). Operands are read in place through their strides
+//! `copy.cu`, `cast.cu`, `adam.cu`, `ema.cu`). Operands are read in place through their strides
 //! (broadcasts included); outputs are contiguous.
 
 use super::launch::{args, launch, per_element, per_pack, per_tile, Arg, View};
@@ -322,6 +322,31 @@ pub(crate) fn adam(
         p.dev(),
         "adam_update",
         ("adam", "adam_f32"),
+        per_element(n),
+        a,
+    )
+}
+
+/// The in-place moving-average update on an f32 copy, as the CPU's `ema::update`.
+pub(crate) fn ema(
+    avg: &mut CudaStorage,
+    n: usize,
+    (online, ol): (&CudaStorage, &Layout),
+    decay: f32,
+) -> Result<()> {
+    if avg.dtype != DType::F32 {
+        return Err(Error::dtypes("ema_update", &[avg.dtype, online.dtype]));
+    }
+    float_only("ema_update", online.dtype)?;
+    let online = cast(online, ol, DType::F32)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let a = args![avg.ptr(), online.ptr(), n, decay];
+    launch(
+        avg.dev(),
+        "ema_update",
+        ("ema", "ema_f32"),
         per_element(n),
         a,
     )

@@ -22,6 +22,7 @@ pub const SOURCES: &[(&str, &str)] = &[
         "elementwise",
         include_str!("../../../../kernels/elementwise.cu"),
     ),
+    ("ema", include_str!("../../../../kernels/ema.cu")),
     (
         "flash_attention",
         include_str!("../../../../kernels/flash_attention.cu"),

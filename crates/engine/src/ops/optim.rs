@@ -1,7 +1,7 @@
 //! In-place optimizer updates on parameter storage (not recorded in the graph).
 
 use crate::backend::{AdamStep, BackendStorage};
-use crate::cpu::{adam, CpuStorage};
+use crate::cpu::{adam, ema, CpuStorage};
 #[cfg(feature = "cuda")]
 use crate::cuda::{elementwise, CudaStorage};
 use crate::dtype::DType;
@@ -56,6 +56,74 @@ impl Tensor {
         let (m, v) = ((&mut *ms, m.layout()), (&mut *vs, v.layout()));
         let param = (&mut *self.storage_mut(), self.layout());
         Storage::fused(&AdamUpdate(*step), (param, (&*g, grad.layout()), m, v))
+    }
+}
+
+impl Tensor {
+    /// The moving-average update of a parameter copy, in place:
+    /// `self ← online + (self − online)·decay`, the same arithmetic as
+    /// `online.addcmul(&self.sub(online)?, decay)` in one pass and without its two
+    /// intermediate tensors. `self` is f32, contiguous from the start of its storage and
+    /// shares no storage with `online`, a float view of the same shape.
+    pub fn ema_update(&self, online: &Tensor, decay: f64) -> Result<()> {
+        const OP: &str = "ema_update";
+        super::check_float(OP, online)?;
+        if online.shape() != self.shape() {
+            return Err(Error::shapes(OP, &[self.shape(), online.shape()]));
+        }
+        if !(self.is_contiguous() && self.layout().offset() == 0) {
+            return Err(Error::invalid(
+                OP,
+                "the average must be contiguous from offset 0",
+            ));
+        }
+        if self.shares_storage(online) {
+            return Err(Error::invalid(
+                OP,
+                "the average and the online tensor must not share storage",
+            ));
+        }
+        let theirs = online.storage();
+        let avg = (&mut *self.storage_mut(), self.layout());
+        let update = EmaUpdate(decay as f32);
+        Storage::fused(&update, (avg, (&*theirs, online.layout())))
+    }
+}
+
+/// The moving-average update's kernels: the f32 average (the lead), contiguous from
+/// offset 0, written in place from the online view, which is converted to f32.
+struct EmaUpdate(f32);
+
+impl<'a> FusedOp<'a> for EmaUpdate {
+    const NAME: &'static str = "ema_update";
+    type Inputs = ((&'a mut Storage, &'a Layout), View<'a, Storage>);
+    type Output = ();
+
+    fn cpu(&self, ((avg, al), online): BackendInputs<'a, Self, CpuStorage>) -> Result<()> {
+        let n = al.elem_count();
+        let dtypes = [avg.dtype(), online.0.dtype()];
+        let CpuStorage::F32(avg) = avg else {
+            return Err(Error::dtypes(Self::NAME, &dtypes));
+        };
+        // A contiguous f32 online tensor (a parameter) is read where it lies.
+        let converted;
+        let online = match online {
+            (CpuStorage::F32(v), l) if l.is_contiguous() => &v[l.offset()..l.offset() + n],
+            (storage, l) => {
+                converted = storage.to_dtype(l, DType::F32)?;
+                match &converted {
+                    CpuStorage::F32(v) => &v[..n],
+                    _ => return Err(Error::dtypes(Self::NAME, &dtypes)),
+                }
+            }
+        };
+        ema::update(&mut avg[..n], online, self.0);
+        Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(&self, ((avg, al), online): BackendInputs<'a, Self, CudaStorage>) -> Result<()> {
+        elementwise::ema(avg, al.elem_count(), online, self.0)
     }
 }
 
