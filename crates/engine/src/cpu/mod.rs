@@ -18,6 +18,8 @@ mod isa;
 mod matmul;
 pub(crate) mod norm;
 mod pool;
+#[cfg(all(test, target_arch = "x86_64"))]
+mod product_cases;
 mod reduce;
 #[cfg(target_arch = "x86_64")]
 mod sgemm_avx512;

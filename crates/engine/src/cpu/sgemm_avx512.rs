@@ -121,7 +121,7 @@ thread_local! {
 /// Runs `f` on the first `len` values of this thread's `buffer`, or on a fresh buffer
 /// when this thread's is in use (a product started by a job that this thread picked
 /// up while waiting inside another product).
-fn with_scratch<R>(
+pub(super) fn with_scratch<R>(
     buffer: &'static LocalKey<RefCell<Vec<f32>>>,
     len: usize,
     f: impl FnOnce(&mut [f32]) -> R,
@@ -519,125 +519,96 @@ unsafe fn micro_kernel<const V: usize>(kc: usize, a: Left, b: &[f32], c: *mut f3
         }
     }
     let beta = _mm512_set1_ps(edge.beta);
-    let masks: [__mmask16; V] = std::array::from_fn(|v| {
-        let valid = edge.cols.saturating_sub(16 * v).min(16);
-        ((1u32 << valid) - 1) as __mmask16
-    });
+    let masks = lane_masks::<V>(edge.cols);
     let bias: [__m512; V] = std::array::from_fn(|v| match edge.bias {
         Some(bias) => _mm512_maskz_loadu_ps(masks[v], bias.add(16 * v)),
         None => _mm512_setzero_ps(),
     });
     for (r, row) in sums.iter().enumerate().take(edge.rows) {
-        let line = c.add(r * edge.ldc);
-        for (v, (&sum, &mask)) in row.iter().zip(&masks).enumerate() {
-            let ptr = line.add(16 * v);
-            let mut value = _mm512_fmadd_ps(sum, beta, bias[v]);
-            if edge.add {
-                value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, ptr));
-            }
-            _mm512_mask_storeu_ps(ptr, mask, value);
+        store_row(c.add(r * edge.ldc), row, &masks, (beta, &bias), edge.add);
+    }
+}
+
+/// The masks of a row of `V` 16-lane vectors whose first `cols` lanes are valid.
+#[inline(always)]
+pub(super) fn lane_masks<const V: usize>(cols: usize) -> [__mmask16; V] {
+    let mut masks = [0; V];
+    for (v, mask) in masks.iter_mut().enumerate() {
+        let valid = cols.saturating_sub(16 * v).min(16);
+        *mask = ((1u32 << valid) - 1) as __mmask16;
+    }
+    masks
+}
+
+/// Stores `beta·sums + bias`, plus the values already there when `add`, into the
+/// lanes of `masks` of the output row at `line`.
+///
+/// # Safety
+/// AVX-512F is available and `line` addresses the lanes the masks select.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn store_row<const V: usize>(
+    line: *mut f32,
+    sums: &[__m512; V],
+    masks: &[__mmask16; V],
+    (beta, bias): (__m512, &[__m512; V]),
+    add: bool,
+) {
+    for v in 0..V {
+        // Masked lanes are not touched, so the pointer may run past the row.
+        let ptr = line.wrapping_add(16 * v);
+        let mut value = _mm512_fmadd_ps(sums[v], beta, bias[v]);
+        if add {
+            value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(masks[v], ptr));
         }
+        _mm512_mask_storeu_ps(ptr, masks[v], value);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::product_cases::{skipped, Case};
     use proptest::prelude::*;
-
-    /// `beta·A·B (+ C)` in f64, for operands stored with the given strides.
-    fn reference(c: &[f32], ldc: usize, a: &[f32], b: &[f32], g: GemmArgs, beta: f32) -> Vec<f64> {
-        let mut out = vec![0.0; g.m * ldc];
-        for i in 0..g.m {
-            for j in 0..g.n {
-                let dot: f64 = (0..g.k)
-                    .map(|p| {
-                        a[i * g.lhs_strides.0 + p * g.lhs_strides.1] as f64
-                            * b[p * g.rhs_strides.0 + j * g.rhs_strides.1] as f64
-                    })
-                    .sum();
-                let prior = if g.accumulate {
-                    c[i * ldc + j] as f64
-                } else {
-                    0.0
-                };
-                out[i * ldc + j] = beta as f64 * dot + prior;
-            }
-        }
-        out
-    }
+    use std::sync::Once;
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
         /// Sizes around the tile edges, the inner block and the row block (up to `MC`
         /// rows, each task packs its own tiles; past it they are packed once and
-        /// shared), three layouts of each
-        /// operand (row-major and transposed, read in place, and neither stride 1,
-        /// packed), overwrite, accumulate and three bias layouts, one thread and
-        /// several: every output matches f64 arithmetic, and the columns past `n` are
-        /// left alone.
+        /// shared), three layouts of each operand (row-major and transposed, read in
+        /// place, and neither stride 1, packed), overwrite, accumulate and three bias
+        /// layouts, one thread and several: every output matches f64 arithmetic, and
+        /// the columns past `n` are left alone.
         #[test]
         fn sgemm_matches_f64_reference(
             m in prop_oneof![1usize..40, 190usize..230], n in 1usize..80, k in 1usize..300,
-            lhs_layout in 0usize..3, rhs_layout in 0usize..3, accumulate: bool, parallel: bool,
+            layouts in (0usize..3, 0usize..3), accumulate: bool, parallel: bool,
             with_bias: bool, bias_layout in 0usize..3, beta in -2.0f32..2.0, seed: u64,
         ) {
-            if !available() {
-                static SAID: std::sync::Once = std::sync::Once::new();
-                SAID.call_once(|| eprintln!("sgemm_matches_f64_reference skipped: this CPU has no AVX-512F"));
+            static SAID: Once = Once::new();
+            if skipped("sgemm_matches_f64_reference", &SAID) {
                 return Ok(());
             }
-            let mut state = seed;
-            let mut next = move || {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            };
-            // Row-major, transposed, or every other value of wider rows (neither stride 1).
-            let strides = |layout: usize, rows: usize, cols: usize| match layout {
-                0 => (cols, 1),
-                1 => (1, rows),
-                _ => (2 * cols + 1, 2),
-            };
-            let (lhs_strides, rhs_strides) = (strides(lhs_layout, m, k), strides(rhs_layout, k, n));
-            let a: Vec<f32> = (0..m * k * 3).map(|_| next()).collect();
-            let b: Vec<f32> = (0..k * n * 3).map(|_| next()).collect();
-            let ldc = n + 3;
-            let mut c: Vec<f32> = (0..m * ldc).map(|_| next()).collect();
-            let g = GemmArgs {
-                m, n, k,
-                lhs_strides,
-                rhs_strides,
-                accumulate,
-            };
+            let mut case = Case::new((m, n, k), layouts, accumulate, seed);
             // One row repeated (the linear layer's bias, added by the micro-kernel), a
             // full matrix, or one column repeated (both written before the product).
             let bias_strides = [(0, 1), (n + 1, 1), (1, 0)][bias_layout];
-            let bias_data: Vec<f32> = (0..(m + 1) * (n + 1)).map(|_| next()).collect();
+            let bias_data = case.values((m + 1) * (n + 1));
             let bias = with_bias.then_some(Bias { data: &bias_data, offset: 1, strides: bias_strides });
-            let mut want = reference(&c, ldc, &a, &b, g, beta);
+            let mut want = case.reference(beta);
             if with_bias {
                 for i in 0..m {
                     for j in 0..n {
-                        let prior = if g.accumulate { c[i * ldc + j] as f64 } else { 0.0 };
+                        let prior = if accumulate { case.c[i * case.ldc + j] as f64 } else { 0.0 };
                         let at = 1 + i * bias_strides.0 + j * bias_strides.1;
-                        want[i * ldc + j] += bias_data[at] as f64 - prior;
+                        want[i * case.ldc + j] += bias_data[at] as f64 - prior;
                     }
                 }
             }
-            let before = c.clone();
-            sgemm(&mut c, ldc, &a, &b, g, beta, parallel, bias);
-            for i in 0..m {
-                for j in 0..ldc {
-                    let got = c[i * ldc + j] as f64;
-                    if j < n {
-                        let tol = 1e-5 * (k as f64).sqrt() * (1.0 + want[i * ldc + j].abs());
-                        prop_assert!((got - want[i * ldc + j]).abs() <= tol,
-                            "({i}, {j}): {got} vs {}", want[i * ldc + j]);
-                    } else {
-                        prop_assert_eq!(c[i * ldc + j], before[i * ldc + j]);
-                    }
-                }
-            }
+            let before = case.c.clone();
+            sgemm(&mut case.c, case.ldc, &case.a, &case.b, case.g, beta, parallel, bias);
+            case.check(&case.c, &want, &before).map_err(TestCaseError::fail)?;
         }
     }
 }

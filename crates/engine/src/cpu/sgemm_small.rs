@@ -9,7 +9,7 @@
 //! `R × V` sums held in registers.
 
 use super::matmul::GemmArgs;
-use super::sgemm_avx512::{available, pack_tile, NR};
+use super::sgemm_avx512::{available, lane_masks, pack_tile, store_row, with_scratch, NR};
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
@@ -66,27 +66,13 @@ pub fn sgemm_small(dst: &mut [f32], ldc: usize, lhs: &[f32], rhs: &[f32], g: Gem
         }
         return;
     }
-    with_tile_buffer(g.k * NR, |packed| {
+    with_scratch(&RHS_TILE, g.k * NR, |packed| {
         for tile in 0..g.n.div_ceil(NR) {
             pack_tile(packed, rhs, g, &(0..g.k), tile);
             let j0 = tile * NR;
             block(j0, (g.n - j0).min(NR), (packed, NR));
         }
     });
-}
-
-/// Runs `f` on `len` values of this thread's tile buffer, or of a fresh one when this
-/// thread's is in use.
-fn with_tile_buffer(len: usize, f: impl FnOnce(&mut [f32])) {
-    RHS_TILE.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            if buf.len() < len {
-                buf.resize(len, 0.0);
-            }
-            f(&mut buf[..len])
-        }
-        Err(_) => f(&mut vec![0.0; len]),
-    })
 }
 
 /// What the micro-tiles of one column block share.
@@ -163,10 +149,7 @@ unsafe fn micro_tile<const V: usize, const R: usize>(
     c: *mut f32,
     t: Tile,
 ) {
-    let masks: [__mmask16; V] = std::array::from_fn(|v| {
-        let valid = t.cols.saturating_sub(16 * v).min(16);
-        ((1u32 << valid) - 1) as __mmask16
-    });
+    let masks = lane_masks::<V>(t.cols);
     let mut sums = [[_mm512_setzero_ps(); V]; R];
     for p in 0..t.k {
         // Masked lanes are not read, so the pointers may run past the row.
@@ -181,24 +164,18 @@ unsafe fn micro_tile<const V: usize, const R: usize>(
             }
         }
     }
-    let beta = _mm512_set1_ps(t.beta);
+    let (beta, zero) = (_mm512_set1_ps(t.beta), [_mm512_setzero_ps(); V]);
     for (r, row) in sums.iter().enumerate() {
-        let line = c.add(r * t.ldc);
-        for (v, (&sum, &mask)) in row.iter().zip(&masks).enumerate() {
-            let ptr = line.wrapping_add(16 * v);
-            let mut value = _mm512_mul_ps(sum, beta);
-            if t.add {
-                value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, ptr));
-            }
-            _mm512_mask_storeu_ps(ptr, mask, value);
-        }
+        store_row(c.add(r * t.ldc), row, &masks, (beta, &zero), t.add);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::product_cases::{skipped, Case};
     use proptest::prelude::*;
+    use std::sync::Once;
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
@@ -209,49 +186,17 @@ mod tests {
         #[test]
         fn sgemm_small_matches_f64_reference(
             m in 1usize..30, n in 1usize..140, k in 1usize..70,
-            lhs_layout in 0usize..3, rhs_layout in 0usize..3, accumulate: bool,
+            layouts in (0usize..3, 0usize..3), accumulate: bool,
             beta in -2.0f32..2.0, seed: u64,
         ) {
-            if !available() {
-                static SAID: std::sync::Once = std::sync::Once::new();
-                SAID.call_once(|| eprintln!("sgemm_small_matches_f64_reference skipped: this CPU has no AVX-512F"));
+            static SAID: Once = Once::new();
+            if skipped("sgemm_small_matches_f64_reference", &SAID) {
                 return Ok(());
             }
-            let mut state = seed;
-            let mut next = move || {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            };
-            let strides = |layout: usize, rows: usize, cols: usize| match layout {
-                0 => (cols, 1),
-                1 => (1, rows),
-                _ => (2 * cols + 1, 2),
-            };
-            let (lhs_strides, rhs_strides) = (strides(lhs_layout, m, k), strides(rhs_layout, k, n));
-            let a: Vec<f32> = (0..m * k * 3).map(|_| next()).collect();
-            let b: Vec<f32> = (0..k * n * 3).map(|_| next()).collect();
-            let ldc = n + 3;
-            let mut c: Vec<f32> = (0..m * ldc).map(|_| next()).collect();
-            let g = GemmArgs { m, n, k, lhs_strides, rhs_strides, accumulate };
-            let before = c.clone();
-            sgemm_small(&mut c, ldc, &a, &b, g, beta);
-            for i in 0..m {
-                for j in 0..ldc {
-                    if j >= n {
-                        prop_assert_eq!(c[i * ldc + j], before[i * ldc + j]);
-                        continue;
-                    }
-                    let dot: f64 = (0..k)
-                        .map(|p| a[i * lhs_strides.0 + p * lhs_strides.1] as f64
-                            * b[p * rhs_strides.0 + j * rhs_strides.1] as f64)
-                        .sum();
-                    let prior = if accumulate { before[i * ldc + j] as f64 } else { 0.0 };
-                    let want = beta as f64 * dot + prior;
-                    let got = c[i * ldc + j] as f64;
-                    let tol = 1e-5 * (k as f64).sqrt() * (1.0 + want.abs());
-                    prop_assert!((got - want).abs() <= tol, "({i}, {j}): {got} vs {want}");
-                }
-            }
+            let mut case = Case::new((m, n, k), layouts, accumulate, seed);
+            let (want, before) = (case.reference(beta), case.c.clone());
+            sgemm_small(&mut case.c, case.ldc, &case.a, &case.b, case.g, beta);
+            case.check(&case.c, &want, &before).map_err(TestCaseError::fail)?;
         }
     }
 }
