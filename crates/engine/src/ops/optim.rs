@@ -28,8 +28,7 @@ impl Tensor {
                 return Err(Error::shapes(OP, &[self.shape(), t.shape()]));
             }
         }
-        let own_storage = |t: &Tensor| t.is_contiguous() && t.layout().offset() == 0;
-        if ![self, m, v].into_iter().all(own_storage) {
+        if ![self, m, v].into_iter().all(contiguous_from_start) {
             return Err(Error::invalid(
                 OP,
                 "parameter and moments must be contiguous from offset 0",
@@ -57,9 +56,7 @@ impl Tensor {
         let param = (&mut *self.storage_mut(), self.layout());
         Storage::fused(&AdamUpdate(*step), (param, (&*g, grad.layout()), m, v))
     }
-}
 
-impl Tensor {
     /// The moving-average update of a parameter copy, in place:
     /// `self ← online + (self − online)·decay`, the same arithmetic as
     /// `online.addcmul(&self.sub(online)?, decay)` in one pass and without its two
@@ -71,7 +68,7 @@ impl Tensor {
         if online.shape() != self.shape() {
             return Err(Error::shapes(OP, &[self.shape(), online.shape()]));
         }
-        if !(self.is_contiguous() && self.layout().offset() == 0) {
+        if !contiguous_from_start(self) {
             return Err(Error::invalid(
                 OP,
                 "the average must be contiguous from offset 0",
@@ -88,6 +85,12 @@ impl Tensor {
         let update = EmaUpdate(decay as f32);
         Storage::fused(&update, (avg, (&*theirs, online.layout())))
     }
+}
+
+/// Whether `t` is contiguous from the start of its storage, as the in-place updates
+/// need the tensors they write.
+fn contiguous_from_start(t: &Tensor) -> bool {
+    t.is_contiguous() && t.layout().offset() == 0
 }
 
 /// The moving-average update's kernels: the f32 average (the lead), contiguous from
