@@ -1,5 +1,8 @@
 // Layer norm and RMS norm over the last dim of contiguous rows, forward and backward.
 // Statistics (row mean, reciprocal std dev) are kept in the compute type A.
+// The weight and bias hold one row of d values, or one per group of consecutive rows:
+// row r reads parameter row r / wg (weight) and r / bg (bias), wg and bg being the rows
+// per group (the row count when the parameter has one row).
 #include "common.cuh"
 
 // Rows of the weight/bias gradient handled per thread row of a block (see below).
@@ -21,11 +24,13 @@ template <typename A> __device__ __forceinline__ A warp_sum(A v) {
 // reductions per row.
 template <typename T, typename A>
 __device__ __forceinline__ void norm_warp(const T* x, const T* w, const T* b, T* y, A* mean,
-                                          A* rstd, u64 rows, u64 d, A eps, int rms) {
+                                          A* rstd, u64 rows, u64 d, u64 wg, u64 bg, A eps,
+                                          int rms) {
     const u64 warps = blockDim.x >> 5, lane = threadIdx.x & 31;
     for (u64 r = (u64)blockIdx.x * warps + (threadIdx.x >> 5); r < rows;
          r += (u64)gridDim.x * warps) {
         const T* xr = x + r * d;
+        const T *wr = w ? w + r / wg * d : w, *br = b ? b + r / bg * d : b;
         A v[LANE_ELEMS], s = 0;
 #pragma unroll
         for (int c = 0; c < LANE_ELEMS; ++c) {
@@ -44,8 +49,8 @@ __device__ __forceinline__ void norm_warp(const T* x, const T* w, const T* b, T*
             const u64 j = 32 * c + lane;
             if (j >= d) break;
             A o = (v[c] - mu) * rs;
-            if (w) o *= (A)load(w[j]);
-            if (b) o += (A)load(b[j]);
+            if (wr) o *= (A)load(wr[j]);
+            if (br) o += (A)load(br[j]);
             put(y + r * d + j, o);
         }
         if (lane == 0) {
@@ -59,18 +64,18 @@ __device__ __forceinline__ void norm_warp(const T* x, const T* w, const T* b, T*
 template <typename T, typename A>
 __device__ __forceinline__ void norm_backward_warp(const T* x, const T* w, const A* mean,
                                                    const A* rstd, const T* g, T* dx, u64 rows,
-                                                   u64 d, int rms) {
+                                                   u64 d, u64 wg, int rms) {
     const u64 warps = blockDim.x >> 5, lane = threadIdx.x & 31;
     for (u64 r = (u64)blockIdx.x * warps + (threadIdx.x >> 5); r < rows;
          r += (u64)gridDim.x * warps) {
-        const T *xr = x + r * d, *gr = g + r * d;
+        const T *xr = x + r * d, *gr = g + r * d, *wr = w ? w + r / wg * d : w;
         const A mu = mean[r], rs = rstd[r];
         A gh[LANE_ELEMS], xh[LANE_ELEMS], sg = 0, sgx = 0;
 #pragma unroll
         for (int c = 0; c < LANE_ELEMS; ++c) {
             const u64 j = 32 * c + lane;
             const bool in = j < d;
-            gh[c] = in ? (A)load(gr[j]) * (w ? (A)load(w[j]) : (A)1) : (A)0;
+            gh[c] = in ? (A)load(gr[j]) * (wr ? (A)load(wr[j]) : (A)1) : (A)0;
             xh[c] = in ? ((A)load(xr[j]) - mu) * rs : (A)0;
             sg += gh[c];
             sgx += gh[c] * xh[c];
@@ -88,24 +93,27 @@ __device__ __forceinline__ void norm_backward_warp(const T* x, const T* w, const
 #define NORM(S, T)                                                                        \
     extern "C" __global__ void norm_warp_##S(const T* x, const T* w, const T* b, T* y,    \
                                              Acc<T>::type* mean, Acc<T>::type* rstd,      \
-                                             u64 rows, u64 d, double eps, int rms) {      \
-        norm_warp<T, Acc<T>::type>(x, w, b, y, mean, rstd, rows, d, (Acc<T>::type)eps, rms); \
+                                             u64 rows, u64 d, u64 wg, u64 bg, double eps, \
+                                             int rms) {                                   \
+        norm_warp<T, Acc<T>::type>(x, w, b, y, mean, rstd, rows, d, wg, bg,               \
+                                   (Acc<T>::type)eps, rms);                               \
     }                                                                                     \
     extern "C" __global__ void norm_backward_warp_##S(const T* x, const T* w,             \
                                                       const Acc<T>::type* mean,           \
                                                       const Acc<T>::type* rstd,           \
                                                       const T* g, T* dx, u64 rows, u64 d, \
-                                                      int rms) {                          \
-        norm_backward_warp<T, Acc<T>::type>(x, w, mean, rstd, g, dx, rows, d, rms);       \
+                                                      u64 wg, int rms) {                  \
+        norm_backward_warp<T, Acc<T>::type>(x, w, mean, rstd, g, dx, rows, d, wg, rms);   \
     }                                                                                     \
     /* One block per row, for rows over 1024: mean (layer norm only), variance, then y. */ \
     /* w and b may be null.                                                             */ \
     extern "C" __global__ void norm_##S(const T* x, const T* w, const T* b, T* y,         \
                                         Acc<T>::type* mean, Acc<T>::type* rstd, u64 rows,  \
-                                        u64 d, double eps, int rms) {                     \
+                                        u64 d, u64 wg, u64 bg, double eps, int rms) {     \
         typedef Acc<T>::type A;                                                           \
         for (u64 r = blockIdx.x; r < rows; r += gridDim.x) {                              \
             const T* xr = x + r * d;                                                      \
+            const T *wr = w ? w + r / wg * d : w, *br = b ? b + r / bg * d : b;           \
             A mu = 0;                                                                     \
             if (!rms) {                                                                   \
                 for (u64 j = threadIdx.x; j < d; j += blockDim.x) mu += load(xr[j]);      \
@@ -120,8 +128,8 @@ __device__ __forceinline__ void norm_backward_warp(const T* x, const T* w, const
             A rs = (A)1 / m_sqrt(var + (A)eps);                                           \
             for (u64 j = threadIdx.x; j < d; j += blockDim.x) {                           \
                 A v = ((A)load(xr[j]) - mu) * rs;                                         \
-                if (w) v *= (A)load(w[j]);                                                \
-                if (b) v += (A)load(b[j]);                                                \
+                if (wr) v *= (A)load(wr[j]);                                              \
+                if (br) v += (A)load(br[j]);                                              \
                 put(y + r * d + j, v);                                                    \
             }                                                                             \
             if (threadIdx.x == 0) {                                                       \
@@ -134,14 +142,15 @@ __device__ __forceinline__ void norm_backward_warp(const T* x, const T* w, const
     extern "C" __global__ void norm_backward_##S(const T* x, const T* w,                  \
                                                  const Acc<T>::type* mean,                \
                                                  const Acc<T>::type* rstd, const T* g,    \
-                                                 T* dx, u64 rows, u64 d, int rms) {       \
+                                                 T* dx, u64 rows, u64 d, u64 wg, int rms) { \
         typedef Acc<T>::type A;                                                           \
         for (u64 r = blockIdx.x; r < rows; r += gridDim.x) {                              \
             const T* xr = x + r * d;                                                      \
             const T* gr = g + r * d;                                                      \
+            const T* wr = w ? w + r / wg * d : w;                                         \
             A mu = mean[r], rs = rstd[r], sg = 0, sgx = 0;                                \
             for (u64 j = threadIdx.x; j < d; j += blockDim.x) {                           \
-                A gh = (A)load(gr[j]) * (w ? (A)load(w[j]) : (A)1);                       \
+                A gh = (A)load(gr[j]) * (wr ? (A)load(wr[j]) : (A)1);                     \
                 sg += gh;                                                                 \
                 sgx += gh * ((A)load(xr[j]) - mu) * rs;                                   \
             }                                                                             \
@@ -149,19 +158,22 @@ __device__ __forceinline__ void norm_backward_warp(const T* x, const T* w, const
             sgx = block_reduce(RED_SUM, sgx);                                             \
             A mean_g = rms ? (A)0 : sg / (A)d, mean_gx = sgx / (A)d;                      \
             for (u64 j = threadIdx.x; j < d; j += blockDim.x) {                           \
-                A gh = (A)load(gr[j]) * (w ? (A)load(w[j]) : (A)1);                       \
+                A gh = (A)load(gr[j]) * (wr ? (A)load(wr[j]) : (A)1);                     \
                 A xh = ((A)load(xr[j]) - mu) * rs;                                        \
                 put(dx + r * d + j, rs * (gh - mean_g - xh * mean_gx));                   \
             }                                                                             \
         }                                                                                 \
     }                                                                                     \
-    /* dw = Σ_rows g·x̂, db = Σ_rows g into zeroed A buffers (either may be null).       */ \
-    /* Block (32, 8): x over 32 columns, y over rows; blockIdx.y picks a stretch of     */ \
-    /* PARAM_ROWS_PER_BLOCK rows, whose partial sums are added atomically.              */ \
+    /* dw = Σ g·x̂, db = Σ g over the rows of each parameter row (wg and bg rows per    */ \
+    /* group), into zeroed A buffers (either may be null). Block (32, 8): x over 32     */ \
+    /* columns, y over rows; blockIdx.y picks a stretch of PARAM_ROWS_PER_BLOCK rows.   */ \
+    /* A stretch inside one group of each parameter is reduced in shared memory, then  */ \
+    /* added atomically; one that crosses groups (short groups, as a DiT's [B, 1, D]   */ \
+    /* modulation over T tokens) adds each thread's sums at every group change.        */ \
     extern "C" __global__ void norm_param_grads_##S(const T* x, const Acc<T>::type* mean, \
                                                     const Acc<T>::type* rstd, const T* g, \
                                                     Acc<T>::type* dw, Acc<T>::type* db,   \
-                                                    u64 rows, u64 d) {                    \
+                                                    u64 rows, u64 d, u64 wg, u64 bg) {    \
         typedef Acc<T>::type A;                                                           \
         __shared__ A sw[8][33];                                                           \
         __shared__ A sb[8][33];                                                           \
@@ -169,6 +181,29 @@ __device__ __forceinline__ void norm_backward_warp(const T* x, const T* w, const
         u64 r0 = (u64)blockIdx.y * PARAM_ROWS_PER_BLOCK;                                  \
         u64 r1 = r0 + PARAM_ROWS_PER_BLOCK < rows ? r0 + PARAM_ROWS_PER_BLOCK : rows;     \
         A aw = 0, ab = 0;                                                                 \
+        /* The same for every thread of the block: the early return below is safe. */    \
+        if (r0 / wg != (r1 - 1) / wg || r0 / bg != (r1 - 1) / bg) {                       \
+            if (k >= d) return;                                                           \
+            u64 gw = r0 / wg, gb = r0 / bg;                                               \
+            for (u64 r = r0 + threadIdx.y; r < r1; r += 8) {                              \
+                if (r / wg != gw) {                                                       \
+                    if (dw) atomicAdd(dw + gw * d + k, aw);                               \
+                    gw = r / wg;                                                          \
+                    aw = 0;                                                               \
+                }                                                                         \
+                if (r / bg != gb) {                                                       \
+                    if (db) atomicAdd(db + gb * d + k, ab);                               \
+                    gb = r / bg;                                                          \
+                    ab = 0;                                                               \
+                }                                                                         \
+                A gv = load(g[r * d + k]);                                                \
+                aw += gv * ((A)load(x[r * d + k]) - mean[r]) * rstd[r];                   \
+                ab += gv;                                                                 \
+            }                                                                             \
+            if (dw) atomicAdd(dw + gw * d + k, aw);                                       \
+            if (db) atomicAdd(db + gb * d + k, ab);                                       \
+            return;                                                                       \
+        }                                                                                 \
         if (k < d)                                                                        \
             for (u64 r = r0 + threadIdx.y; r < r1; r += 8) {                              \
                 A gv = load(g[r * d + k]);                                                \
@@ -183,8 +218,8 @@ __device__ __forceinline__ void norm_backward_warp(const T* x, const T* w, const
                 aw += sw[i][threadIdx.x];                                                 \
                 ab += sb[i][threadIdx.x];                                                 \
             }                                                                             \
-            if (dw) atomicAdd(dw + k, aw);                                                \
-            if (db) atomicAdd(db + k, ab);                                                \
+            if (dw) atomicAdd(dw + r0 / wg * d + k, aw);                                  \
+            if (db) atomicAdd(db + r0 / bg * d + k, ab);                                  \
         }                                                                                 \
     }
 

@@ -546,6 +546,26 @@ fn softmax_and_norms() {
                 t[0].rms_norm(Some(&t[1]), 1e-6)
             });
         }
+        // Parameters per group of rows ([B, 1, D], a DiT's modulation): groups of 3 rows
+        // (every stretch of the parameter-gradient kernel crosses groups) and of 700
+        // (some stretches lie inside one group, some cross).
+        for shape in [[600, 3, 100], [2, 700, 100], [5, 3, 1500]] {
+            let x = randn(18, &shape, dt);
+            let params = [shape[0], 1, shape[2]];
+            let (w, b) = (randn(19, &params, dt), randn(20, &params, dt));
+            check(
+                &format!("layer_norm per group {shape:?} {dt}"),
+                &[x.clone(), w.clone(), b],
+                tol,
+                |t| t[0].layer_norm(Some(&t[1]), Some(&t[2]), 1e-5),
+            );
+            check(
+                &format!("rms_norm per group {shape:?} {dt}"),
+                &[x, w],
+                tol,
+                |t| t[0].rms_norm(Some(&t[1]), 1e-6),
+            );
+        }
     }
 }
 

@@ -18,7 +18,8 @@ use twinflow_engine::{scaled_dot_product_attention, Result, Tensor};
 
 mod common;
 use common::{
-    config, derivative_checks, ids, indices, randn, shape, shape_and_perm, swapped, Mode,
+    config, derivative_checks, ids, indices, per_group_shape, randn, shape, shape_and_perm,
+    swapped, Mode,
 };
 
 /// `dim` of a rank-`rank` tensor, written negatively when `neg`.
@@ -549,24 +550,26 @@ derivative_checks! {
     }
 
     /// Layer norm with and without weight and bias, contiguous or through a transposed
-    /// view.
+    /// view; the weight and bias `[d]`, or one row per group of rows (x's first
+    /// `grouped` dims, then ones, then `d`: a DiT's `[B, 1, D]` modulation).
     fn gradcheck_layer_norm / jvpcheck_layer_norm (
         mode,
         s in shape(1, 3, 5),
         (with_weight, with_bias) in (any::<bool>(), any::<bool>()),
         transposed in any::<bool>(),
+        grouped in 0usize..3,
         eps in prop::sample::select(vec![1e-5, 1e-2]),
         seed in any::<u64>(),
     ) {
         let transposed = transposed && s.len() >= 2;
         let logical = if transposed { swapped(&s) } else { s.clone() };
-        let d = *logical.last().unwrap();
+        let params = per_group_shape(&logical, grouped);
         let mut inputs = vec![randn(seed, &s)];
         if with_weight {
-            inputs.push(randn(seed ^ 1, &[d]));
+            inputs.push(randn(seed ^ 1, &params));
         }
         if with_bias {
-            inputs.push(randn(seed ^ 2, &[d]));
+            inputs.push(randn(seed ^ 2, &params));
         }
         let r = check(
             mode,
@@ -580,26 +583,27 @@ derivative_checks! {
         );
         if let Err(e) = r {
             let case = format!("{logical:?} t={transposed} w={with_weight} b={with_bias}");
-            let case = format!("{case} eps={eps}");
+            let case = format!("{case} params={params:?} eps={eps}");
             prop_assert!(false, "{e} ({case})")
         }
     }
 
-    /// RMS norm with and without weight, contiguous or through a transposed view.
+    /// RMS norm with and without weight (`[d]` or per group of rows, as for layer
+    /// norm), contiguous or through a transposed view.
     fn gradcheck_rms_norm / jvpcheck_rms_norm (
         mode,
         s in shape(1, 3, 5),
         with_weight in any::<bool>(),
         transposed in any::<bool>(),
+        grouped in 0usize..3,
         eps in prop::sample::select(vec![1e-6, 1e-2]),
         seed in any::<u64>(),
     ) {
         let transposed = transposed && s.len() >= 2;
         let logical = if transposed { swapped(&s) } else { s.clone() };
-        let d = *logical.last().unwrap();
         let mut inputs = vec![randn(seed, &s)];
         if with_weight {
-            inputs.push(randn(seed ^ 1, &[d]));
+            inputs.push(randn(seed ^ 1, &per_group_shape(&logical, grouped)));
         }
         let r = check(
             mode,
@@ -695,4 +699,32 @@ derivative_checks! {
             prop_assert!(false, "{e} ({case} scale={scale:?} bthd={bthd})")
         }
     }
+}
+
+/// Layer norm with `[B, 1, D]` parameters on sizes that take the parallel kernels (the
+/// backward then splits the rows by whole groups; with a `[D]` weight beside a
+/// grouped bias, by blocks with partial sums): its gradients equal those of the
+/// composition `LN(x)·w + b`, which the gradchecks above cover on small sizes.
+#[test]
+fn grouped_norm_gradients_match_the_composition_on_parallel_sizes() -> Result<()> {
+    let (b, t, d) = (40, 49, 24);
+    for weight_shape in [vec![b, 1, d], vec![d]] {
+        let x = randn(1, &[b, t, d]).into_variable()?;
+        let w = randn(2, &weight_shape).into_variable()?;
+        let bias = randn(3, &[b, 1, d]).into_variable()?;
+        let r = randn(4, &[b, t, d]);
+        let fused = x.layer_norm(Some(&w), Some(&bias), 1e-5)?;
+        let composed = x.layer_norm(None, None, 1e-5)?.mul(&w)?.add(&bias)?;
+        let fused_grads = fused.mul(&r)?.sum_all()?.backward()?;
+        let composed_grads = composed.mul(&r)?.sum_all()?.backward()?;
+        for (name, v) in [("x", &x), ("weight", &w), ("bias", &bias)] {
+            let got = fused_grads.get(v).expect("a gradient").to_vec_f64()?;
+            let want = composed_grads.get(v).expect("a gradient").to_vec_f64()?;
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                let ok = (g - w).abs() <= 1e-10 * w.abs().max(1.0);
+                assert!(ok, "d{name}[{i}] of weight {weight_shape:?}: {g} != {w}");
+            }
+        }
+    }
+    Ok(())
 }

@@ -115,6 +115,18 @@ fn bad_dims_and_indices_are_errors() {
 }
 
 #[test]
+fn a_norm_parameter_that_does_not_fit_is_named() {
+    let x = zeros(&[2, 3, 4]);
+    // Per group of rows ([B, 1, D]) and per row fit; per token across the batch does not.
+    assert!(x.layer_norm(Some(&zeros(&[2, 1, 4])), None, 1e-5).is_ok());
+    assert!(x.layer_norm(None, Some(&zeros(&[2, 3, 4])), 1e-5).is_ok());
+    let e = error_of(x.layer_norm(Some(&zeros(&[3, 4])), None, 1e-5));
+    assert_names(&e, &["layer_norm", "[3, 4]", "[2, 3, 4]", "[2, 1, 4]"]);
+    let e = error_of(x.rms_norm(Some(&zeros(&[2, 1, 5])), 1e-5));
+    assert_names(&e, &["rms_norm", "[2, 1, 5]"]);
+}
+
+#[test]
 fn from_vec_with_the_wrong_length_is_an_error() {
     let r = Tensor::from_vec(vec![1.0f32; 5], &[2, 3], Device::Cpu);
     assert_names(&error_of(r), &["from_vec", "5", "[2, 3]"]);

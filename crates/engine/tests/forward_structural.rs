@@ -12,7 +12,8 @@ use twinflow_engine::{scaled_dot_product_attention, DType, Tensor};
 
 mod common;
 use common::{
-    config, ids, indices, randn_vec, ravel, shape, shape_and_perm, swapped, tensor, unravel, vals,
+    config, ids, indices, per_group_shape, randn_vec, ravel, shape, shape_and_perm, swapped,
+    tensor, unravel, vals,
 };
 
 /// Row-major values and shape of the permutation `perm` of `data` (shape `shape`):
@@ -137,8 +138,12 @@ fn ref_norm(
     eps: f64,
     rms: bool,
 ) -> Vec<f64> {
+    let rows = x.len() / d;
+    // Row i of x takes parameter row i / (rows / parameter rows).
+    let param = |p: &[f64], i: usize, k: usize| p[i / (rows / (p.len() / d)) * d + k];
     x.chunks(d)
-        .flat_map(|row| {
+        .enumerate()
+        .flat_map(|(i, row)| {
             let mean = if rms {
                 0.0
             } else {
@@ -150,10 +155,10 @@ fn ref_norm(
                 .map(|k| {
                     let mut y = (row[k] - mean) * rstd;
                     if let Some(w) = w {
-                        y *= w[k];
+                        y *= param(w, i, k);
                     }
                     if let Some(b) = b {
-                        y += b[k];
+                        y += param(b, i, k);
                     }
                     y
                 })
@@ -383,13 +388,15 @@ proptest! {
     }
 
     /// Layer norm (with/without weight and bias) and RMS norm (with/without weight), of
-    /// contiguous tensors and transposed views, small and large (parallel) sizes,
+    /// contiguous tensors and transposed views, small and large (parallel) sizes, with
+    /// parameters `[d]` or one row per group of rows (`grouped` leading dims of x),
     /// against the formula.
     #[test]
     fn forward_norm_matches_reference(
-        s in prop_oneof![4 => shape(1, 3, 8), 1 => Just(vec![300, 120])],
+        s in prop_oneof![4 => shape(1, 3, 8), 1 => Just(vec![300, 120]), 1 => Just(vec![40, 49, 24])],
         (with_weight, with_bias) in (any::<bool>(), any::<bool>()),
         transposed in any::<bool>(),
+        grouped in 0usize..3,
         eps in prop::sample::select(vec![1e-6, 1e-5, 0.1]),
         offset in -3.0f64..3.0,
         seed in any::<u64>(),
@@ -402,9 +409,10 @@ proptest! {
             false => (x, (data.clone(), s.clone())),
         };
         let d = *ls.last().unwrap();
-        let w = randn_vec(seed ^ 1, &[d]);
-        let b = randn_vec(seed ^ 2, &[d]);
-        let (wt, bt) = (tensor(&w, &[d], DType::F64), tensor(&b, &[d], DType::F64));
+        let params = per_group_shape(&ls, grouped);
+        let w = randn_vec(seed ^ 1, &params);
+        let b = randn_vec(seed ^ 2, &params);
+        let (wt, bt) = (tensor(&w, &params, DType::F64), tensor(&b, &params, DType::F64));
         let (wo, bo) = (with_weight.then_some(&wt), with_bias.then_some(&bt));
         let tol = |w: f64, _| 1e-12 * w.abs().max(1.0);
 

@@ -23,6 +23,34 @@ fn or_fill<'a, F: CpuFloat>(p: &'a Param<'a, F>, fill: F, d: usize) -> Cow<'a, [
     }
 }
 
+/// A parameter's rows (`len / d`: one, or one per group of x's rows) and how many of
+/// x's `rows` share each: row `i` of x takes parameter row `i / rows_per_group`.
+#[derive(Clone, Copy)]
+struct Groups {
+    d: usize,
+    rows_per_group: usize,
+}
+
+impl Groups {
+    fn new(len: usize, d: usize, rows: usize) -> Self {
+        let groups = (len / d).max(1);
+        Groups {
+            d,
+            rows_per_group: (rows / groups).max(1),
+        }
+    }
+
+    /// Where x's row `i` finds its parameter row.
+    fn offset(self, i: usize) -> usize {
+        i / self.rows_per_group * self.d
+    }
+
+    /// The parameter row of x's row `i`.
+    fn row<F>(self, p: &[F], i: usize) -> &[F] {
+        &p[self.offset(i)..][..self.d]
+    }
+}
+
 /// Runs `f(first_row, rows_block)` over blocks of rows, in parallel when large, each
 /// block compiled for the best instruction set.
 fn for_row_blocks<F: CpuFloat, S: Send>(
@@ -51,7 +79,8 @@ fn for_row_blocks<F: CpuFloat, S: Send>(
     }
 }
 
-/// (y, mean, rstd) of layer/RMS norm of each row of `x`.
+/// (y, mean, rstd) of layer/RMS norm of each row of `x`. The weight and bias hold
+/// one row of `d` values, or one per group of x's rows (see `ops/norm.rs`).
 pub fn norm<F: CpuFloat>(
     x: &[F],
     l: &Layout,
@@ -66,6 +95,7 @@ pub fn norm<F: CpuFloat>(
     let mut stats = vec![(F::zero(), F::zero()); rows];
     let inv_d = F::c(1.0 / d as f64);
     let (w, b) = (or_fill(&w, F::one(), d), or_fill(&b, F::zero(), d));
+    let (wg, bg) = (Groups::new(w.len(), d, rows), Groups::new(b.len(), d, rows));
     // `#[inline(always)]`: inlined into `for_row_blocks`' AVX2 copy; a closure called
     // from both copies would otherwise stay an out-of-line baseline function.
     for_row_blocks(
@@ -75,7 +105,9 @@ pub fn norm<F: CpuFloat>(
         #[inline(always)]
         |first, yb, sb| {
             for (r, (yr, st)) in yb.chunks_mut(d).zip(sb.iter_mut()).enumerate() {
-                let xr = &x[(first + r) * d..(first + r + 1) * d];
+                let i = first + r;
+                let xr = &x[i * d..(i + 1) * d];
+                let (w, b) = (wg.row(&w, i), bg.row(&b, i));
                 let mean = match spec.rms {
                     true => F::zero(),
                     false => sum_lanes([xr], |[x]| x) * inv_d,
@@ -93,6 +125,29 @@ pub fn norm<F: CpuFloat>(
     (y, mean, rstd)
 }
 
+/// The number of parameter rows when the weight and bias (those present) both have
+/// more than one and the same number: rows of x can then be split by whole groups,
+/// each task summing into its own rows of dw and db. Partial sums of whole parameters
+/// per worker would cost more than the norm for a `[B, 1, D]` modulation.
+fn per_group_sums(w_len: usize, b_len: usize, d: usize) -> Option<usize> {
+    let groups = match (w_len / d, b_len / d) {
+        (0, 0) => return None,
+        (n, 0) | (0, n) => n,
+        (n, m) if n == m => n,
+        _ => return None,
+    };
+    (groups > 1).then_some(groups)
+}
+
+/// `v` cut into `tasks` parts of `len` values (the last may be shorter), or `tasks`
+/// empty parts when `v` is empty (an absent parameter's gradient).
+fn task_parts<F>(v: &mut [F], tasks: usize, len: usize) -> Vec<&mut [F]> {
+    match v.is_empty() {
+        true => (0..tasks).map(|_| &mut [][..]).collect(),
+        false => v.chunks_mut(len).collect(),
+    }
+}
+
 /// The gradients of the norm's inputs.
 pub struct NormGrads<F> {
     /// Gradient of x.
@@ -105,12 +160,13 @@ pub struct NormGrads<F> {
 
 /// Backward of [`norm`]: with x̂ = (x − mean)·rstd and ĝ = g·w,
 /// dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) (no mean(ĝ) term for RMS norm),
-/// dw = Σ_rows g·x̂, db = Σ_rows g.
+/// dw = Σ g·x̂ and db = Σ g over the rows that share each parameter row. `bias_len`
+/// is the bias's length, where the norm had one.
 #[allow(clippy::too_many_arguments)]
 pub fn norm_backward<F: CpuFloat>(
     x: (&[F], &Layout),
     w: Param<F>,
-    has_bias: bool,
+    bias_len: Option<usize>,
     mean: &[F],
     rstd: &[F],
     g: (&[F], &Layout),
@@ -121,59 +177,90 @@ pub fn norm_backward<F: CpuFloat>(
     let inv_d = F::c(1.0 / d as f64);
     let mut dx = pool::take(xv.len());
     let weight = or_fill(&w, F::one(), d);
-    // dw and db are summed only when the norm has those parameters (the DiT's norms
-    // have none).
-    let param_grads = w.is_some() || has_bias;
-    let params_len = if param_grads { d } else { 0 };
-    let zero = || (vec![F::zero(); params_len], vec![F::zero(); params_len]);
-    // One block of rows; each worker accumulates its own dw/db partial sums over the
-    // blocks it handles.
-    let block = |mut acc: (Vec<F>, Vec<F>), (b, dxb): (usize, &mut [F])| {
+    let rows = xv.len() / d;
+    let (w_len, b_len) = (w.as_ref().map_or(0, |w| w.len()), bias_len.unwrap_or(0));
+    let (wg, bg) = (
+        Groups::new(weight.len(), d, rows),
+        Groups::new(b_len, d, rows),
+    );
+    // Rows `first..` (as many as `dxb` holds), with the sums of dw and db added into
+    // `dw` and `db`, which start at parameter row `param_row`.
+    let rows_backward = |first: usize, dxb: &mut [F], (dw, db): (&mut [F], &mut [F]), param_row| {
         isa::dispatch(
             #[inline(always)]
-            |(dxb, (dw, db)): (&mut [F], &mut (Vec<F>, Vec<F>))| {
+            |(dxb, dw, db): (&mut [F], &mut [F], &mut [F])| {
                 for (r, dxr) in dxb.chunks_mut(d).enumerate() {
-                    let i = b * ROWS_PER_TASK + r;
+                    let i = first + r;
                     let (xr, gr) = (&xv[i * d..(i + 1) * d], &gv[i * d..(i + 1) * d]);
                     let (mu, rs) = (mean[i], rstd[i]);
-                    let xhat = |k: usize| (xr[k] - mu) * rs;
-                    let sum_g = sum_lanes([gr, &weight], |[g, w]| g * w);
-                    let sum_gx = sum_lanes([gr, &weight, xr], |[g, w, x]| g * w * ((x - mu) * rs));
-                    if param_grads {
-                        for (k, (dw, db)) in dw.iter_mut().zip(db.iter_mut()).enumerate() {
-                            *dw = *dw + gr[k] * xhat(k);
-                            *db = *db + gr[k];
+                    let weight = wg.row(&weight, i);
+                    let sum_g = sum_lanes([gr, weight], |[g, w]| g * w);
+                    let sum_gx = sum_lanes([gr, weight, xr], |[g, w, x]| g * w * ((x - mu) * rs));
+                    if !dw.is_empty() {
+                        let dw = &mut dw[wg.offset(i) - param_row * d..][..d];
+                        for ((dw, &g), &x) in dw.iter_mut().zip(gr).zip(xr) {
+                            *dw = *dw + g * ((x - mu) * rs);
                         }
+                    }
+                    if !db.is_empty() {
+                        let db = &mut db[bg.offset(i) - param_row * d..][..d];
+                        db.iter_mut().zip(gr).for_each(|(db, &g)| *db = *db + g);
                     }
                     let mean_g = if spec.rms { F::zero() } else { sum_g * inv_d };
                     let mean_gx = sum_gx * inv_d;
-                    for (k, dx) in dxr.iter_mut().enumerate() {
-                        *dx = rs * (gr[k] * weight[k] - mean_g - xhat(k) * mean_gx);
+                    for (((dx, &g), &w), &x) in dxr.iter_mut().zip(gr).zip(weight).zip(xr) {
+                        *dx = rs * (g * w - mean_g - (x - mu) * rs * mean_gx);
                     }
                 }
             },
-            (dxb, &mut acc),
+            (dxb, dw, db),
         );
-        acc
     };
-    let add = |mut a: (Vec<F>, Vec<F>), b: (Vec<F>, Vec<F>)| {
-        a.0.iter_mut().zip(&b.0).for_each(|(x, &y)| *x = *x + y);
-        a.1.iter_mut().zip(&b.1).for_each(|(x, &y)| *x = *x + y);
-        a
-    };
-    let (dw, db) = if xv.len() >= PARALLEL_CUTOFF {
-        dx.par_chunks_mut(d * ROWS_PER_TASK)
-            .enumerate()
-            .fold(zero, block)
-            .reduce(zero, add)
-    } else {
-        dx.chunks_mut(d * ROWS_PER_TASK)
-            .enumerate()
-            .fold(zero(), block)
+    let parallel = xv.len() >= PARALLEL_CUTOFF;
+    let (dw, db) = match per_group_sums(w_len, b_len, d) {
+        // Each task owns whole groups, and so their rows of dw and db.
+        Some(groups) if parallel => {
+            let group_rows = rows / groups;
+            let task_groups = ROWS_PER_TASK.div_ceil(group_rows);
+            let (mut dw, mut db) = (vec![F::zero(); w_len], vec![F::zero(); b_len]);
+            let tasks = groups.div_ceil(task_groups);
+            dx.par_chunks_mut(task_groups * group_rows * d)
+                .zip(task_parts(&mut dw, tasks, task_groups * d))
+                .zip(task_parts(&mut db, tasks, task_groups * d))
+                .enumerate()
+                .for_each(|(t, ((dxb, dw), db))| {
+                    rows_backward(t * task_groups * group_rows, dxb, (dw, db), t * task_groups)
+                });
+            (dw, db)
+        }
+        // Each worker sums its blocks into partial dw and db, added up at the end.
+        _ => {
+            let zero = || (vec![F::zero(); w_len], vec![F::zero(); b_len]);
+            let block = |mut acc: (Vec<F>, Vec<F>), (b, dxb): (usize, &mut [F])| {
+                rows_backward(b * ROWS_PER_TASK, dxb, (&mut acc.0, &mut acc.1), 0);
+                acc
+            };
+            let add = |mut a: (Vec<F>, Vec<F>), b: (Vec<F>, Vec<F>)| {
+                a.0.iter_mut().zip(&b.0).for_each(|(x, &y)| *x = *x + y);
+                a.1.iter_mut().zip(&b.1).for_each(|(x, &y)| *x = *x + y);
+                a
+            };
+            match parallel {
+                true => dx
+                    .par_chunks_mut(d * ROWS_PER_TASK)
+                    .enumerate()
+                    .fold(zero, block)
+                    .reduce(zero, add),
+                false => dx
+                    .chunks_mut(d * ROWS_PER_TASK)
+                    .enumerate()
+                    .fold(zero(), block),
+            }
+        }
     };
     NormGrads {
         dx,
         dw: w.is_some().then_some(dw),
-        db: has_bias.then_some(db),
+        db: bias_len.is_some().then_some(db),
     }
 }

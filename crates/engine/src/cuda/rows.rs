@@ -264,6 +264,10 @@ pub(crate) fn norm(
         let xd = x.dense(l)?;
         let (w, b) = (dense_opt(weight)?, dense_opt(bias)?);
         let ptr = |p: &Option<super::Dense>| p.as_ref().map_or(0, |p| p.ptr);
+        let (wg, bg) = (
+            rows_per_group(weight.map(|p| p.1), rows, d),
+            rows_per_group(bias.map(|p| p.1), rows, d),
+        );
         let (kernel, cfg) = norm_kernel("norm", rows, d);
         let name = format!("{kernel}_{}", suffix(x.dtype));
         let a = args![
@@ -275,6 +279,8 @@ pub(crate) fn norm(
             rstd.ptr(),
             rows,
             d,
+            wg,
+            bg,
             spec.eps,
             spec.rms
         ];
@@ -287,11 +293,23 @@ fn dense_opt(p: Option<(&CudaStorage, &Layout)>) -> Result<Option<super::Dense>>
     p.map(|(s, l)| s.dense(l)).transpose()
 }
 
+/// The rows of x that share each row of a norm parameter of `len` elements (one row,
+/// or one per group of rows: `kernels/norm.cu`); `rows` when there is no parameter.
+fn rows_per_group_of_len(len: Option<usize>, rows: usize, d: usize) -> usize {
+    let groups = len.map_or(1, |n| (n / d.max(1)).max(1));
+    (rows / groups).max(1)
+}
+
+/// [`rows_per_group_of_len`] for a parameter's layout.
+fn rows_per_group(p: Option<&Layout>, rows: usize, d: usize) -> usize {
+    rows_per_group_of_len(p.map(Layout::elem_count), rows, d)
+}
+
 pub(crate) fn norm_backward(
     x: &CudaStorage,
     l: &Layout,
     weight: Option<(&CudaStorage, &Layout)>,
-    has_bias: bool,
+    bias_len: Option<usize>,
     (mean, rstd): (&CudaStorage, &CudaStorage),
     (g, gl): (&CudaStorage, &Layout),
     spec: NormSpec,
@@ -301,12 +319,17 @@ pub(crate) fn norm_backward(
     let (dev, st) = (x.dev(), acc_dtype(x.dtype));
     let dx = CudaStorage::alloc(dev, l.elem_count(), x.dtype)?;
     // Parameter gradients accumulate atomically in the compute type, then are cast.
-    let dw = weight
-        .map(|_| CudaStorage::zeros_on(dev, d, st))
+    let w_len = weight.map(|(_, wl)| wl.elem_count());
+    let dw = w_len
+        .map(|n| CudaStorage::zeros_on(dev, n, st))
         .transpose()?;
-    let db = has_bias
-        .then(|| CudaStorage::zeros_on(dev, d, st))
+    let db = bias_len
+        .map(|n| CudaStorage::zeros_on(dev, n, st))
         .transpose()?;
+    let (wg, bg) = (
+        rows_per_group_of_len(w_len, rows, d),
+        rows_per_group_of_len(bias_len, rows, d),
+    );
     if rows * d > 0 {
         let (xd, gd, w) = (x.dense(l)?, g.dense(gl)?, dense_opt(weight)?);
         let wp = w.as_ref().map_or(0, |w| w.ptr);
@@ -321,6 +344,7 @@ pub(crate) fn norm_backward(
             dx.ptr(),
             rows,
             d,
+            wg,
             spec.rms
         ];
         launch(dev, "norm_backward", ("norm", &name), cfg, a)?;
@@ -345,17 +369,19 @@ pub(crate) fn norm_backward(
                 ptr(&dw),
                 ptr(&db),
                 rows,
-                d
+                d,
+                wg,
+                bg
             ];
             launch(dev, "norm_backward", ("norm", &name), cfg, a)?;
         }
     }
     let to_dtype =
-        |p: CudaStorage| super::elementwise::cast(&p, &Layout::contiguous(&[d]), x.dtype);
+        |p: CudaStorage, n: usize| super::elementwise::cast(&p, &Layout::contiguous(&[n]), x.dtype);
     Ok((
         dx,
-        dw.map(to_dtype).transpose()?,
-        db.map(to_dtype).transpose()?,
+        dw.zip(w_len).map(|(p, n)| to_dtype(p, n)).transpose()?,
+        db.zip(bias_len).map(|(p, n)| to_dtype(p, n)).transpose()?,
     ))
 }
 

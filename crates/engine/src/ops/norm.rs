@@ -34,8 +34,21 @@ impl Tensor {
             .ok_or_else(|| Error::invalid(name, "needs at least one dim"))?;
         for p in &params {
             check_same(name, &[self, p])?;
-            if p.shape() != [d] {
-                return Err(Error::shapes(name, &[self.shape(), p.shape()]));
+            if !per_group(self.shape(), p.shape()) {
+                // The per-sample shape, as an example of a grouped parameter.
+                let mut example = self.shape()[..1.min(self.rank() - 1)].to_vec();
+                example.resize(self.rank() - 1, 1);
+                example.push(d);
+                return Err(Error::invalid(
+                    name,
+                    format!(
+                        "a weight or bias of shape {:?} does not fit x of shape {:?}: it \
+                         must be [{d}], or x's leading dims, then ones, then {d}, one row \
+                         per group of x's rows (such as {example:?})",
+                        p.shape(),
+                        self.shape()
+                    ),
+                ));
             }
         }
         let (y, mean, rstd) = {
@@ -53,6 +66,7 @@ impl Tensor {
         let inputs: Vec<&Tensor> = std::iter::once(self).chain(params).collect();
         let has_weight = weight.is_some();
         let has_bias = bias.is_some();
+        let bias_len = bias.map(Tensor::elem_count);
         let stats = (mean.clone(), rstd.clone());
         Tensor::from_op(
             name,
@@ -64,7 +78,7 @@ impl Tensor {
                 let ws = w.map(|w| w.storage());
                 let wv = ws.as_deref().zip(w.map(|w| w.layout()));
                 let (dx, dw, db) = Storage::fused(
-                    &NormBackward { spec, has_bias },
+                    &NormBackward { spec, bias_len },
                     (
                         (&x[0].storage(), x[0].layout()),
                         wv,
@@ -73,10 +87,10 @@ impl Tensor {
                         (&g.storage(), g.layout()),
                     ),
                 )?;
-                let d = [d];
                 let mut grads = vec![Some(Tensor::from_storage(dx, x[0].shape()))];
-                grads.extend(dw.map(|s| Some(Tensor::from_storage(s, &d))));
-                grads.extend(db.map(|s| Some(Tensor::from_storage(s, &d))));
+                grads.extend(dw.map(|s| Some(Tensor::from_storage(s, x[1].shape()))));
+                let bias_shape = x.last().map(Tensor::shape).unwrap_or_default();
+                grads.extend(db.map(|s| Some(Tensor::from_storage(s, bias_shape))));
                 Ok(grads)
             },
             move |duals, _| {
@@ -87,7 +101,12 @@ impl Tensor {
     }
 
     /// Layer norm over the last dim: (x − mean)/√(var + eps), then `· weight + bias`
-    /// where given (each of shape `[last dim]`).
+    /// where given.
+    ///
+    /// A weight or bias is `[last dim]` (one for every row), or x's leading dims, then
+    /// ones, then the last dim: one row per group of x's rows. For x `[B, T, D]`, a
+    /// `[B, 1, D]` weight and bias are a DiT's adaLN modulation,
+    /// `LN(x)·(1 + scale) + shift` per sample, in one pass and one backward.
     pub fn layer_norm(
         &self,
         weight: Option<&Tensor>,
@@ -97,10 +116,30 @@ impl Tensor {
         self.norm_op("layer_norm", weight, bias, NormSpec { eps, rms: false })
     }
 
-    /// RMS norm over the last dim: x/√(mean(x²) + eps), then `· weight` where given.
+    /// RMS norm over the last dim: x/√(mean(x²) + eps), then `· weight` where given
+    /// (of the shapes [`Tensor::layer_norm`] takes).
     pub fn rms_norm(&self, weight: Option<&Tensor>, eps: f64) -> Result<Tensor> {
         self.norm_op("rms_norm", weight, None, NormSpec { eps, rms: true })
     }
+}
+
+/// Whether a norm parameter of shape `p` fits x of shape `x`: its shape, padded on
+/// the left with ones to x's rank, is some of x's leading dims, then ones, then x's
+/// last dim. Its rows then map to consecutive, equal groups of x's rows, which is how
+/// the kernels index it (group = row / (rows / parameter rows)).
+fn per_group(x: &[usize], p: &[usize]) -> bool {
+    let (Some(&d), Some(&pd)) = (x.last(), p.last()) else {
+        return false;
+    };
+    if d != pd || p.len() > x.len() {
+        return false;
+    }
+    let padded: Vec<usize> = std::iter::repeat_n(1, x.len() - p.len())
+        .chain(p.iter().copied())
+        .collect();
+    let lead = &padded[..x.len() - 1];
+    let matching = lead.iter().zip(x).take_while(|(p, x)| p == x).count();
+    lead[matching..].iter().all(|&p| p == 1)
 }
 
 /// The tangent of `x̂·w + b`: tx̂·w + x̂·tw + tb, where tx̂, the normalisation's JVP, is
@@ -117,7 +156,7 @@ fn norm_tangent(
     let (dx, _, _) = Storage::fused(
         &NormBackward {
             spec,
-            has_bias: false,
+            bias_len: None,
         },
         (
             (&x.storage(), x.layout()),
@@ -186,7 +225,8 @@ impl<'a> FusedOp<'a> for NormForward {
 /// the weight, the forward's row statistics and the output gradient.
 struct NormBackward {
     spec: NormSpec,
-    has_bias: bool,
+    /// The bias's element count, where the forward had one (its gradient's size).
+    bias_len: Option<usize>,
 }
 
 impl<'a> FusedOp<'a> for NormBackward {
@@ -214,7 +254,7 @@ impl<'a> FusedOp<'a> for NormBackward {
             let (xv, g) = (view(x.0)?, view(grad.0)?);
             let (mean, rstd) = (view(mean)?, view(rstd)?);
             let (x, g) = ((&*xv, x.1), (&*g, grad.1));
-            let r = norm::norm_backward(x, w, self.has_bias, &mean, &rstd, g, self.spec);
+            let r = norm::norm_backward(x, w, self.bias_len, &mean, &rstd, g, self.spec);
             let store = |v| -> Storage { F::store(v, dt).into() };
             Ok((store(r.dx), r.dw.map(store), r.db.map(store)))
         })
@@ -227,7 +267,7 @@ impl<'a> FusedOp<'a> for NormBackward {
     ) -> Result<Self::Output> {
         let stats = (mean, rstd);
         let (dx, dw, db) =
-            rows::norm_backward(x.0, x.1, weight, self.has_bias, stats, grad, self.spec)?;
+            rows::norm_backward(x.0, x.1, weight, self.bias_len, stats, grad, self.spec)?;
         Ok((dx.into(), dw.map(Into::into), db.map(Into::into)))
     }
 }

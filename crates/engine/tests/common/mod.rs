@@ -218,6 +218,19 @@ pub fn ravel(idx: &[usize], shape: &[usize]) -> usize {
     idx.iter().zip(shape).fold(0, |acc, (&i, &n)| acc * n + i)
 }
 
+/// A norm parameter's shape for x of shape `x`: x's first `groups` dims (at most all
+/// but the last), then ones, then the last dim; `groups = 0` gives `[d]`.
+pub fn per_group_shape(x: &[usize], groups: usize) -> Vec<usize> {
+    let lead = groups.min(x.len() - 1);
+    if lead == 0 {
+        return vec![x[x.len() - 1]];
+    }
+    let mut shape = x[..lead].to_vec();
+    shape.resize(x.len() - 1, 1);
+    shape.push(x[x.len() - 1]);
+    shape
+}
+
 /// `shape` with its last two dims swapped: how a tensor is stored when the op is handed
 /// its `.t()` view.
 pub fn swapped(shape: &[usize]) -> Vec<usize> {
