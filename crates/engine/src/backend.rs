@@ -109,6 +109,14 @@ pub struct NormSpec {
     pub rms: bool,
 }
 
+/// How many of x's `rows` share each row of a norm parameter of `param_len` values
+/// (rows of `d`: one, or one per group of consecutive rows); all of them when there is
+/// no parameter. Both backends' norm kernels index parameters by `row / this`.
+pub(crate) fn norm_rows_per_group(param_len: Option<usize>, rows: usize, d: usize) -> usize {
+    let groups = param_len.map_or(1, |n| (n / d.max(1)).max(1));
+    (rows / groups).max(1)
+}
+
 /// Options of scaled-dot-product attention.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AttentionSpec {

@@ -4,7 +4,7 @@ use super::float::{sum_lanes, CpuFloat};
 use super::isa;
 use super::pool;
 use super::strided::{contiguous, PARALLEL_CUTOFF};
-use crate::backend::NormSpec;
+use crate::backend::{norm_rows_per_group, NormSpec};
 use crate::layout::Layout;
 use rayon::prelude::*;
 use std::borrow::Cow;
@@ -33,10 +33,9 @@ struct Groups {
 
 impl Groups {
     fn new(len: usize, d: usize, rows: usize) -> Self {
-        let groups = (len / d).max(1);
         Groups {
             d,
-            rows_per_group: (rows / groups).max(1),
+            rows_per_group: norm_rows_per_group(Some(len), rows, d),
         }
     }
 

@@ -4,7 +4,7 @@
 
 use super::launch::{args, launch, per_element, per_row, per_warp, View};
 use super::{acc_dtype, float_only, suffix, CudaStorage};
-use crate::backend::{BinaryOp, NormSpec, ReduceOp};
+use crate::backend::{norm_rows_per_group, BinaryOp, NormSpec, ReduceOp};
 use crate::cpu::CpuStorage;
 use crate::error::Result;
 use crate::layout::Layout;
@@ -264,9 +264,10 @@ pub(crate) fn norm(
         let xd = x.dense(l)?;
         let (w, b) = (dense_opt(weight)?, dense_opt(bias)?);
         let ptr = |p: &Option<super::Dense>| p.as_ref().map_or(0, |p| p.ptr);
+        let len = |p: Option<(&CudaStorage, &Layout)>| p.map(|(_, l)| l.elem_count());
         let (wg, bg) = (
-            rows_per_group(weight.map(|p| p.1), rows, d),
-            rows_per_group(bias.map(|p| p.1), rows, d),
+            norm_rows_per_group(len(weight), rows, d),
+            norm_rows_per_group(len(bias), rows, d),
         );
         let (kernel, cfg) = norm_kernel("norm", rows, d);
         let name = format!("{kernel}_{}", suffix(x.dtype));
@@ -293,18 +294,6 @@ fn dense_opt(p: Option<(&CudaStorage, &Layout)>) -> Result<Option<super::Dense>>
     p.map(|(s, l)| s.dense(l)).transpose()
 }
 
-/// The rows of x that share each row of a norm parameter of `len` elements (one row,
-/// or one per group of rows: `kernels/norm.cu`); `rows` when there is no parameter.
-fn rows_per_group_of_len(len: Option<usize>, rows: usize, d: usize) -> usize {
-    let groups = len.map_or(1, |n| (n / d.max(1)).max(1));
-    (rows / groups).max(1)
-}
-
-/// [`rows_per_group_of_len`] for a parameter's layout.
-fn rows_per_group(p: Option<&Layout>, rows: usize, d: usize) -> usize {
-    rows_per_group_of_len(p.map(Layout::elem_count), rows, d)
-}
-
 pub(crate) fn norm_backward(
     x: &CudaStorage,
     l: &Layout,
@@ -327,8 +316,8 @@ pub(crate) fn norm_backward(
         .map(|n| CudaStorage::zeros_on(dev, n, st))
         .transpose()?;
     let (wg, bg) = (
-        rows_per_group_of_len(w_len, rows, d),
-        rows_per_group_of_len(bias_len, rows, d),
+        norm_rows_per_group(w_len, rows, d),
+        norm_rows_per_group(bias_len, rows, d),
     );
     if rows * d > 0 {
         let (xd, gd, w) = (x.dense(l)?, g.dense(gl)?, dense_opt(weight)?);

@@ -65,8 +65,8 @@ impl Tensor {
         );
         let inputs: Vec<&Tensor> = std::iter::once(self).chain(params).collect();
         let has_weight = weight.is_some();
-        let has_bias = bias.is_some();
         let bias_len = bias.map(Tensor::elem_count);
+        let has_bias = bias_len.is_some();
         let stats = (mean.clone(), rstd.clone());
         Tensor::from_op(
             name,
