@@ -1,9 +1,10 @@
 //! Scaled-dot-product attention on `[b, h, t, d]` views, forward and backward: the
 //! reference the CUDA kernels are tested against. Each (batch, head) pair is computed
 //! with single-threaded products on the strided views directly (`gemm_into`: for f32 on
-//! AVX-512, the small-product kernel), in parallel across batch entries. Results
-//! are written token-major, `[b, t, h, d]`, as the attention op expects (`token_major`
-//! in `ops/attention.rs`).
+//! AVX-512, the small-product kernel), in parallel across batch entries; the f32
+//! forward over at most 64 keys on AVX-512 runs on a fused kernel instead
+//! (`attention_few_keys`). Results are written token-major, `[b, t, h, d]`, as the
+//! attention op expects (`token_major` in `ops/attention.rs`).
 
 use super::float::{max_lanes, sum_lanes, CpuFloat};
 use super::isa;
@@ -152,16 +153,20 @@ pub fn attention<F: CpuFloat>(
         .zip(lse.par_chunks_mut(h * tq))
         .enumerate()
         .for_each(|(b, (o, l))| {
-            let mut p = vec![F::zero(); tq * tk];
+            let mut p = Vec::new();
             for (head, l) in l.chunks_mut(tq).enumerate() {
                 let i = b * h + head;
+                let o = (&mut o[head * dv..], h * dv);
+                if few_keys_pair((&q, &k, &v), i, spec, (&mut *o.0, o.1), l) {
+                    continue;
+                }
+                p.resize(tq * tk, F::zero());
                 scores(&mut p, &q, &k, i, spec);
                 isa::dispatch(
                     #[inline(always)]
                     |(p, l)| softmax_rows(p, l, tk),
                     (&mut p, l),
                 );
-                let o = (&mut o[head * dv..], h * dv);
                 product(
                     o,
                     (&p, (tk, 1)),
@@ -172,6 +177,36 @@ pub fn attention<F: CpuFloat>(
             }
         });
     (out, lse)
+}
+
+/// Pair `i`'s output and log-sum-exp on the few-keys kernel (`attention_few_keys`)
+/// when it takes the pair (f32 on AVX-512, at most 64 keys, heads of at most 64);
+/// false, with nothing written, otherwise.
+fn few_keys_pair<'a, F: CpuFloat>(
+    (q, k, v): (&Operand<'a, F>, &Operand<'a, F>, &Operand<'a, F>),
+    i: usize,
+    spec: AttentionSpec,
+    (o, ldo): Dst<F>,
+    lse: &mut [F],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>() {
+        use super::attention_few_keys::{covers, forward, Rows};
+        use super::matmul::{as_f32_slice, as_f32_slice_mut};
+        let rows = |op: &Operand<'a, F>| Rows {
+            data: as_f32_slice(op.at(i)),
+            rows: op.rows,
+            cols: op.cols,
+            strides: op.strides,
+        };
+        let (q, k, v) = (rows(q), rows(k), rows(v));
+        if covers(&q, &k, &v) {
+            let (o, lse) = (as_f32_slice_mut(o), as_f32_slice_mut(lse));
+            forward((q, k, v), (spec.scale as f32, spec.causal), (o, ldo), lse);
+            return true;
+        }
+    }
+    false
 }
 
 /// dS = P∘(dP − rowsum(dO∘O)) in place of dP (`ds`), rows of `tk`, for pair `i`.

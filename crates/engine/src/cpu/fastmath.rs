@@ -7,13 +7,22 @@
 //! GELU about 1.4× faster than separate multiplies and adds. On a CPU without FMA
 //! (before 2013) the baseline copy computes them in software: correct, but slow.
 
-const LOG2_E: f32 = std::f32::consts::LOG2_E;
+pub(super) const LOG2_E: f32 = std::f32::consts::LOG2_E;
 /// ln 2 split in a part exact in f32 and a correction (Cody–Waite reduction).
-const LN2_HI: f32 = 0.693_359_4;
-const LN2_LO: f32 = -2.121_944_4e-4;
+pub(super) const LN2_HI: f32 = 0.693_359_4;
+pub(super) const LN2_LO: f32 = -2.121_944_4e-4;
 /// 1.5·2²³: adding it rounds an f32 of magnitude < 2²² to an integer held in the low
 /// mantissa bits.
-const ROUND_MAGIC: f32 = 12_582_912.0;
+pub(super) const ROUND_MAGIC: f32 = 12_582_912.0;
+/// The coefficients of eʳ's polynomial on the reduced argument, highest first.
+pub(super) const EXP_POLY: [f32; 6] = [
+    1.987_569_3e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_6e-1,
+    0.5,
+];
 
 /// eˣ for f32 (Cephes' polynomial after reducing x = n·ln 2 + r, |r| ≤ ln 2 / 2).
 /// Inputs beyond ±87.3 saturate to the extreme normal values.
@@ -23,12 +32,9 @@ pub fn exp(x: f32) -> f32 {
     let shifted = x.mul_add(LOG2_E, ROUND_MAGIC);
     let n = shifted - ROUND_MAGIC;
     let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
-    let p = 1.987_569_3e-4_f32;
-    let p = p.mul_add(r, 1.398_199_9e-3);
-    let p = p.mul_add(r, 8.333_452e-3);
-    let p = p.mul_add(r, 4.166_579_6e-2);
-    let p = p.mul_add(r, 1.666_666_6e-1);
-    let p = p.mul_add(r, 0.5);
+    let p = EXP_POLY[1..]
+        .iter()
+        .fold(EXP_POLY[0], |p, &c| p.mul_add(r, c));
     let er = (p * r).mul_add(r, r + 1.0);
     // 2ⁿ from the integer in the low bits of `shifted`.
     let n_int = shifted.to_bits() as i32 - ROUND_MAGIC.to_bits() as i32;

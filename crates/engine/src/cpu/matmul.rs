@@ -155,7 +155,7 @@ fn avx512_products<F: CpuFloat>() -> bool {
 
 /// `s` as an f32 slice; only called where `F` is f32.
 #[cfg(target_arch = "x86_64")]
-fn as_f32_slice<F: CpuFloat>(s: &[F]) -> &[f32] {
+pub(super) fn as_f32_slice<F: CpuFloat>(s: &[F]) -> &[f32] {
     assert_eq!(std::any::TypeId::of::<F>(), std::any::TypeId::of::<f32>());
     // SAFETY: F is f32 (asserted), so the cast changes no type.
     unsafe { std::slice::from_raw_parts(s.as_ptr().cast(), s.len()) }
@@ -163,7 +163,7 @@ fn as_f32_slice<F: CpuFloat>(s: &[F]) -> &[f32] {
 
 /// `s` as a mutable f32 slice; only called where `F` is f32.
 #[cfg(target_arch = "x86_64")]
-fn as_f32_slice_mut<F: CpuFloat>(s: &mut [F]) -> &mut [f32] {
+pub(super) fn as_f32_slice_mut<F: CpuFloat>(s: &mut [F]) -> &mut [f32] {
     assert_eq!(std::any::TypeId::of::<F>(), std::any::TypeId::of::<f32>());
     // SAFETY: F is f32 (asserted), so the cast changes no type.
     unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast(), s.len()) }

@@ -9,6 +9,8 @@
 
 pub(crate) mod adam;
 pub(crate) mod attention;
+#[cfg(target_arch = "x86_64")]
+mod attention_few_keys;
 pub(crate) mod elementwise;
 pub(crate) mod ema;
 mod fastmath;

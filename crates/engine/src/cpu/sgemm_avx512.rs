@@ -285,7 +285,7 @@ unsafe fn transpose_columns(dst: &mut [f32], src: &[f32], cs: usize, kc: usize, 
 /// vector through memory.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn transpose16(rows: [__m512; 16]) -> [__m512; 16] {
+pub(super) unsafe fn transpose16(rows: [__m512; 16]) -> [__m512; 16] {
     // Pairs: within each 128-bit lane `l`, rows 2i and 2i+1 interleaved, columns
     // 4l, 4l+1 (even results) and 4l+2, 4l+3 (odd results).
     let mut pairs = [_mm512_setzero_pd(); 16];
