@@ -18,8 +18,8 @@ use std::cell::RefCell;
 const ROWS: usize = 6;
 /// The most keys: four 16-lane vectors per score row.
 pub const MAX_KEYS: usize = 64;
-/// The most values per head: four vectors per output row.
-pub const MAX_VALUES: usize = 64;
+/// The most values per head, of q and k and of v: four vectors per row.
+pub const MAX_HEAD: usize = 64;
 
 /// One matrix operand of a pair: element `(r, c)` at `data[r·rs + c·cs]`.
 #[derive(Clone, Copy)]
@@ -45,13 +45,13 @@ impl Rows<'_> {
 }
 
 /// Whether [`forward`] takes this pair: AVX-512F present, at least one and at most
-/// [`MAX_KEYS`] keys, head dims of at most [`MAX_VALUES`], and k and v with
+/// [`MAX_KEYS`] keys, heads of at most [`MAX_HEAD`] values, and k and v with
 /// contiguous rows (their rows are read as vectors).
 pub fn covers(q: &Rows, k: &Rows, v: &Rows) -> bool {
     super::sgemm_avx512::available()
         && (1..=MAX_KEYS).contains(&k.rows)
-        && (1..=MAX_VALUES).contains(&q.cols)
-        && (1..=MAX_VALUES).contains(&v.cols)
+        && (1..=MAX_HEAD).contains(&q.cols)
+        && (1..=MAX_HEAD).contains(&v.cols)
         && k.strides.1 == 1
         && v.strides.1 == 1
 }
@@ -391,8 +391,8 @@ mod tests {
         /// f64 arithmetic, and the output's columns past the head are left alone.
         #[test]
         fn forward_matches_f64_reference(
-            tq in 1usize..30, tk in 1usize..=MAX_KEYS, d in 1usize..=MAX_VALUES,
-            dv in 1usize..=MAX_VALUES, causal: bool, spread_q: bool, seed: u64,
+            tq in 1usize..30, tk in 1usize..=MAX_KEYS, d in 1usize..=MAX_HEAD,
+            dv in 1usize..=MAX_HEAD, causal: bool, spread_q: bool, seed: u64,
         ) {
             static SAID: Once = Once::new();
             if skipped("forward_matches_f64_reference", &SAID) {
