@@ -1,16 +1,19 @@
 //! The attention forward of one (batch, head) pair over at most 64 keys with heads of
 //! at most 64 values, f32 on AVX-512 (the DiT's 49 tokens and heads of 32): each block
-//! of query rows keeps its scores, probabilities and outputs in registers.
+//! of query rows keeps its scores and their softmax in registers.
 //!
 //! The general path (`attention.rs`) makes three passes over a `tq × tk` score buffer
 //! between two products, and each 49-long row ends in a partial vector in every pass.
 //! Here a block of [`ROWS`] query rows computes its scores against all keys at once
-//! (at most four 16-lane vectors per row), takes the softmax of each row while it is
-//! in registers, and multiplies the probabilities by v straight away. Only kᵀ (packed
-//! once per pair) and one block's probabilities (for the broadcasts of the second
-//! product) pass through memory.
+//! (at most four 16-lane vectors per row) and takes the softmax of each row while it
+//! is in registers. Only kᵀ (packed once per pair by the packed kernel's
+//! `transpose_columns`) and the probabilities pass through memory; the product of the
+//! probabilities with v then runs once per pair on the small-product kernel
+//! (`sgemm_small`).
 
-use super::sgemm_avx512::{transpose16, with_scratch};
+use super::matmul::GemmArgs;
+use super::sgemm_avx512::{transpose_columns, with_scratch};
+use super::sgemm_small::sgemm_small;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
@@ -57,8 +60,9 @@ pub fn covers(q: &Rows, k: &Rows, v: &Rows) -> bool {
 }
 
 thread_local! {
-    /// Each thread's buffer for one pair's kᵀ: `d` rows of [`MAX_KEYS`] values.
-    static KEYS_T: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Each thread's buffer for one pair's kᵀ (`d` rows of [`MAX_KEYS`] values) and
+    /// probabilities (a row of [`MAX_KEYS`] per query, rounded up to whole blocks).
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The output rows (`ldo` apart in `out`) and row log-sum-exps (`lse`) of one pair:
@@ -75,65 +79,55 @@ pub fn forward(
     assert!(q.in_bounds() && k.in_bounds() && v.in_bounds());
     assert!(lse.len() >= q.rows);
     assert!(q.rows == 0 || (q.rows - 1) * ldo + v.cols <= out.len());
-    with_scratch(&KEYS_T, q.cols * MAX_KEYS, |keys_t| {
+    let rows = q.rows.next_multiple_of(ROWS);
+    with_scratch(&SCRATCH, (q.cols + rows) * MAX_KEYS, |scratch| {
+        let (keys_t, p) = scratch.split_at_mut(q.cols * MAX_KEYS);
+        let (p, _) = p.as_chunks_mut::<MAX_KEYS>();
         // SAFETY: AVX-512F is available (`covers`); the operands and destinations
         // hold every index the kernels reach (asserted above).
         unsafe {
-            transpose_keys(keys_t, &k);
+            // kᵀ: row c holds column c of k, the keys' lanes zero past the last.
+            transpose_columns(keys_t, k.data, k.strides.0, (k.cols, k.rows), MAX_KEYS);
             match k.rows.div_ceil(16) {
-                1 => blocks::<1>(q, keys_t, v, (scale, causal), (out, ldo), lse),
-                2 => blocks::<2>(q, keys_t, v, (scale, causal), (out, ldo), lse),
-                3 => blocks::<3>(q, keys_t, v, (scale, causal), (out, ldo), lse),
-                _ => blocks::<4>(q, keys_t, v, (scale, causal), (out, ldo), lse),
+                1 => blocks::<1>(q, keys_t, v.rows, (scale, causal), p, lse),
+                2 => blocks::<2>(q, keys_t, v.rows, (scale, causal), p, lse),
+                3 => blocks::<3>(q, keys_t, v.rows, (scale, causal), p, lse),
+                _ => blocks::<4>(q, keys_t, v.rows, (scale, causal), p, lse),
             }
+            // Then o = P·v, one product for all queries (`sgemm_small` needs one).
+            if q.rows == 0 {
+                return;
+            }
+            let g = GemmArgs {
+                m: q.rows,
+                n: v.cols,
+                k: k.rows,
+                lhs_strides: (MAX_KEYS, 1),
+                rhs_strides: v.strides,
+                accumulate: false,
+            };
+            sgemm_small(out, ldo, p.as_flattened(), v.data, g, 1.0);
         }
     });
 }
 
-/// `keys_t[c·MAX_KEYS + j] = k[j, c]` for every `c < d` and `j` up to the next
-/// multiple of 16 past the last key (zero past it), in 16 × 16 register transposes.
+/// The probabilities (rows of `p`) and log-sum-exps of every block of [`ROWS`] query
+/// rows of a pair with `16·VK` key lanes.
 ///
 /// # Safety
-/// AVX-512F is available, `k` is in bounds with contiguous rows, and `keys_t` holds
-/// `k.cols · MAX_KEYS` values.
-#[target_feature(enable = "avx512f")]
-unsafe fn transpose_keys(keys_t: &mut [f32], k: &Rows) {
-    let (d, rs) = (k.cols, k.strides.0);
-    for j0 in (0..k.rows).step_by(16) {
-        for c0 in (0..d).step_by(16) {
-            let width = (d - c0).min(16);
-            let mask = ((1u32 << width) - 1) as __mmask16;
-            let mut block = [_mm512_setzero_ps(); 16];
-            for (j, row) in block.iter_mut().enumerate().take(k.rows - j0) {
-                let at = (j0 + j) * rs + c0;
-                *row = _mm512_maskz_loadu_ps(mask, k.data.as_ptr().add(at));
-            }
-            for (c, column) in transpose16(block).iter().enumerate().take(width) {
-                let at = (c0 + c) * MAX_KEYS + j0;
-                _mm512_storeu_ps(keys_t[at..at + 16].as_mut_ptr(), *column);
-            }
-        }
-    }
-}
-
-/// Every block of [`ROWS`] query rows of a pair with `16·VK` key lanes.
-///
-/// # Safety
-/// As [`transpose_keys`], with `keys_t` filled by it, and the bounds [`forward`]
-/// asserts.
+/// AVX-512F is available, `keys_t` holds kᵀ (`d` rows of `MAX_KEYS`, zero past the
+/// keys), `p` a row for every query of every block, and the bounds [`forward`]
+/// asserts hold.
 #[target_feature(enable = "avx512f")]
 unsafe fn blocks<const VK: usize>(
     q: Rows,
     keys_t: &[f32],
-    v: Rows,
+    tk: usize,
     (scale, causal): (f32, bool),
-    (out, ldo): (&mut [f32], usize),
+    p: &mut [[f32; MAX_KEYS]],
     lse: &mut [f32],
 ) {
-    let (tk, d) = (v.rows, q.cols);
-    // Probabilities, one row of MAX_KEYS values per query row, for the broadcasts
-    // (each block overwrites the lanes it reads).
-    let mut p = [[0.0f32; MAX_KEYS]; ROWS];
+    let d = q.cols;
     for i0 in (0..q.rows).step_by(ROWS) {
         let rows = (q.rows - i0).min(ROWS);
         // A short last block repeats its last row: computed, never stored.
@@ -154,13 +148,13 @@ unsafe fn blocks<const VK: usize>(
             true => (i0 + r + 1).min(tk),
             false => tk,
         });
-        let (max, sum) = softmax_rows(&s, &keys, scale, &mut p);
+        let p: &mut [[f32; MAX_KEYS]; ROWS] = (&mut p[i0..i0 + ROWS]).try_into().expect("a block");
+        let (max, sum) = softmax_rows(&s, &keys, scale, p);
         // The logarithms after the block's vectors are dead: a libm call in the middle
         // would spill them.
         for r in 0..rows {
             lse[i0 + r] = max[r] + sum[r].ln();
         }
-        probabilities_times_values(&p, rows, v, out.as_mut_ptr().add(i0 * ldo), ldo);
     }
 }
 
@@ -220,60 +214,6 @@ unsafe fn softmax_rows<const VK: usize>(
         }
     }
     (max, sum)
-}
-
-/// `out[r] = p[r]·v` for the first `rows` rows (`ldo` apart from `out`).
-///
-/// # Safety
-/// AVX-512F is available; `v` has contiguous rows and is in bounds, `p` is zero past
-/// the keys, and `out` addresses `rows` rows of `v.cols` values.
-#[target_feature(enable = "avx512f")]
-unsafe fn probabilities_times_values(
-    p: &[[f32; MAX_KEYS]; ROWS],
-    rows: usize,
-    v: Rows,
-    out: *mut f32,
-    ldo: usize,
-) {
-    match v.cols.div_ceil(16) {
-        1 => rows_times_values::<1>(p, rows, v, out, ldo),
-        2 => rows_times_values::<2>(p, rows, v, out, ldo),
-        3 => rows_times_values::<3>(p, rows, v, out, ldo),
-        _ => rows_times_values::<4>(p, rows, v, out, ldo),
-    }
-}
-
-/// [`probabilities_times_values`] with `16·VD` value lanes.
-///
-/// # Safety
-/// As [`probabilities_times_values`].
-#[target_feature(enable = "avx512f")]
-unsafe fn rows_times_values<const VD: usize>(
-    p: &[[f32; MAX_KEYS]; ROWS],
-    rows: usize,
-    v: Rows,
-    out: *mut f32,
-    ldo: usize,
-) {
-    let masks = super::sgemm_avx512::lane_masks::<VD>(v.cols);
-    let mut o = [[_mm512_setzero_ps(); VD]; ROWS];
-    for j in 0..v.rows {
-        let vr = v.data.as_ptr().add(j * v.strides.0);
-        let vv: [__m512; VD] =
-            std::array::from_fn(|w| _mm512_maskz_loadu_ps(masks[w], vr.wrapping_add(16 * w)));
-        for (sums, p) in o.iter_mut().zip(p) {
-            let a = _mm512_set1_ps(p[j]);
-            for (sum, &vv) in sums.iter_mut().zip(&vv) {
-                *sum = _mm512_fmadd_ps(a, vv, *sum);
-            }
-        }
-    }
-    for (r, sums) in o.iter().enumerate().take(rows) {
-        let line = out.add(r * ldo);
-        for (w, &sum) in sums.iter().enumerate() {
-            _mm512_mask_storeu_ps(line.wrapping_add(16 * w), masks[w], sum);
-        }
-    }
 }
 
 /// eˣ of 16 lanes: `fastmath::exp`'s reduction and polynomial, lane by lane.

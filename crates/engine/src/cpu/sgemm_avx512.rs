@@ -243,7 +243,7 @@ pub(super) fn pack_tile(dst: &mut [f32], rhs: &[f32], g: GemmArgs, ks: &Range<us
         assert!(last < rhs.len());
         // SAFETY: AVX-512F is available (checked by `sgemm`); the loads read
         // `(first + j)·cs + p` for j < width, p in `ks`, at most `last` (asserted).
-        unsafe { transpose_columns(dst, &rhs[first * cs + ks.start..], cs, kc, width) };
+        unsafe { transpose_columns(dst, &rhs[first * cs + ks.start..], cs, (kc, width), NR) };
     } else {
         for (p, step) in dst.chunks_exact_mut(NR).enumerate() {
             let at = (ks.start + p) * rs + first * cs;
@@ -254,16 +254,24 @@ pub(super) fn pack_tile(dst: &mut [f32], rhs: &[f32], g: GemmArgs, ks: &Range<us
     }
 }
 
-/// `dst[p·NR + j] = src[j·cs + p]` for `j < width`, `p < kc`, and zero for the
-/// columns past `width`: one packed tile of a transposed operand, built from 16 × 16
-/// blocks transposed in registers.
+/// `dst[p·row_len + j] = src[j·cs + p]` for `j < width`, `p < kc`, and zero for the
+/// columns past `width` up to `row_len` (a multiple of 16, at least `width`): one
+/// packed tile of a transposed operand (`row_len` = `NR`; the few-keys attention's kᵀ
+/// with 64), built from 16 × 16 blocks transposed in registers.
 ///
 /// # Safety
 /// AVX-512F is available and `src` holds index `(width − 1)·cs + kc − 1`.
 #[target_feature(enable = "avx512f")]
-unsafe fn transpose_columns(dst: &mut [f32], src: &[f32], cs: usize, kc: usize, width: usize) {
-    let dst = &mut dst[..kc * NR];
-    for half in 0..NR / 16 {
+pub(super) unsafe fn transpose_columns(
+    dst: &mut [f32],
+    src: &[f32],
+    cs: usize,
+    (kc, width): (usize, usize),
+    row_len: usize,
+) {
+    assert!(row_len.is_multiple_of(16) && width <= row_len);
+    let dst = &mut dst[..kc * row_len];
+    for half in 0..row_len / 16 {
         let columns = width.saturating_sub(16 * half).min(16);
         for p0 in (0..kc).step_by(16) {
             let steps = (kc - p0).min(16);
@@ -273,7 +281,10 @@ unsafe fn transpose_columns(dst: &mut [f32], src: &[f32], cs: usize, kc: usize, 
                 *row = _mm512_maskz_loadu_ps(mask, src.as_ptr().add((16 * half + j) * cs + p0));
             }
             for (p, column) in transpose16(block).iter().enumerate().take(steps) {
-                _mm512_storeu_ps(dst.as_mut_ptr().add((p0 + p) * NR + 16 * half), *column);
+                _mm512_storeu_ps(
+                    dst.as_mut_ptr().add((p0 + p) * row_len + 16 * half),
+                    *column,
+                );
             }
         }
     }
@@ -285,7 +296,7 @@ unsafe fn transpose_columns(dst: &mut [f32], src: &[f32], cs: usize, kc: usize, 
 /// vector through memory.
 #[target_feature(enable = "avx512f")]
 #[inline]
-pub(super) unsafe fn transpose16(rows: [__m512; 16]) -> [__m512; 16] {
+unsafe fn transpose16(rows: [__m512; 16]) -> [__m512; 16] {
     // Pairs: within each 128-bit lane `l`, rows 2i and 2i+1 interleaved, columns
     // 4l, 4l+1 (even results) and 4l+2, 4l+3 (odd results).
     let mut pairs = [_mm512_setzero_pd(); 16];
