@@ -147,40 +147,56 @@ fn dit_step(dev: Device, json: bool) -> Result<()> {
 
 /// FLOPs of one attention forward: two products of 2·t²·d per (batch, head); the
 /// backward does five, 2.5 times as many (FlashAttention's convention, as PyTorch's
-/// benchmarks count them). The causal mask is off, so nothing is skipped.
-fn attention_flops(bh: usize, t: usize, d: usize) -> f64 {
-    4.0 * bh as f64 * (t as f64).powi(2) * d as f64
+/// benchmarks count them). Under the causal mask half the scores are skipped, so half
+/// the FLOPs count.
+fn attention_flops(bh: usize, t: usize, d: usize, causal: bool) -> f64 {
+    let full = 4.0 * bh as f64 * (t as f64).powi(2) * d as f64;
+    if causal {
+        full / 2.0
+    } else {
+        full
+    }
 }
+
+/// The attention cases: head dims 64 and 128, T from 256 to 16k at b·h = 64, the causal
+/// mask from T = 1024 on.
+const ATTENTION_LENGTHS: [usize; 4] = [256, 1024, 4096, 16384];
 
 fn attention(dev: Device, json: bool) -> Result<()> {
     let (b, h) = (4, 16);
     for d in [64, 128] {
-        for t in [256, 1024, 4096] {
-            let mut g = Generator::new(t as u64);
-            let mut draw = || g.randn(&[b, h, t, d], DType::BF16, dev);
-            let (q, k, v, dout) = (draw()?, draw()?, draw()?, draw()?);
-            let fwd = time(|| scaled_dot_product_attention(&q, &k, &v, None, false).map(drop))?;
-            let (q, k, v) = (q.into_variable()?, k.into_variable()?, v.into_variable()?);
-            let both = time(|| {
-                let out = scaled_dot_product_attention(&q, &k, &v, None, false)?;
-                out.backward_with(&dout).map(drop)
-            })?;
-            let flops = attention_flops(b * h, t, d);
-            let case = |what: &str| format!("{what} bf16 d{d} T{t}");
-            report(
-                json,
-                "attention",
-                &case("fwd"),
-                flops / fwd / 1e12,
-                "TFLOP/s",
-            );
-            report(
-                json,
-                "attention",
-                &case("fwd+bwd"),
-                3.5 * flops / both / 1e12,
-                "TFLOP/s",
-            );
+        for t in ATTENTION_LENGTHS {
+            for causal in [false, true] {
+                if causal && t < 1024 {
+                    continue;
+                }
+                let mut g = Generator::new(t as u64);
+                let mut draw = || g.randn(&[b, h, t, d], DType::BF16, dev);
+                let (q, k, v, dout) = (draw()?, draw()?, draw()?, draw()?);
+                let attend = |q: &Tensor, k: &Tensor, v: &Tensor| {
+                    scaled_dot_product_attention(q, k, v, None, causal)
+                };
+                let fwd = time(|| attend(&q, &k, &v).map(drop))?;
+                let (q, k, v) = (q.into_variable()?, k.into_variable()?, v.into_variable()?);
+                let both = time(|| attend(&q, &k, &v)?.backward_with(&dout).map(drop))?;
+                let flops = attention_flops(b * h, t, d, causal);
+                let mask = if causal { " causal" } else { "" };
+                let case = |what: &str| format!("{what} bf16 d{d} T{t}{mask}");
+                report(
+                    json,
+                    "attention",
+                    &case("fwd"),
+                    flops / fwd / 1e12,
+                    "TFLOP/s",
+                );
+                report(
+                    json,
+                    "attention",
+                    &case("fwd+bwd"),
+                    3.5 * flops / both / 1e12,
+                    "TFLOP/s",
+                );
+            }
         }
     }
     Ok(())

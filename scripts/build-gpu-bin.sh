@@ -46,6 +46,12 @@ if [ -f runs/classifier/classifier.safetensors ]; then
     cp runs/classifier/classifier.safetensors "$OUT/"
 fi
 
+# The commit the binaries come from (the GPU machine has no git): gpu-check.sh puts it in
+# its summary.
+commit=$(git rev-parse --short HEAD)
+git diff --quiet HEAD || commit="$commit-dirty"
+echo "$commit" > "$OUT/commit.txt"
+
 size_kib=$(du -sk "$OUT" | cut -f1)
 echo "$OUT: $((size_kib / 1024)) MiB ($size_kib KiB): $(ls "$OUT"/tests "$OUT"/benches | grep -v ':$' | xargs)"
 if [ "$size_kib" -ge $((LIMIT_MIB * 1024)) ]; then

@@ -31,7 +31,7 @@ done
 LD_LIBRARY_PATH="$(IFS=:; echo "${libs[*]}")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export LD_LIBRARY_PATH
 {
-    echo "# GPU check $(date -u +%FT%TZ)"
+    echo "# GPU check $(date -u +%FT%TZ), binaries from commit $(cat "$BIN/commit.txt" 2>/dev/null || echo unknown)"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
     "$PYTHON" -c 'import torch; print("torch", torch.__version__)' 2>/dev/null || echo "no torch"
     echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
@@ -120,7 +120,8 @@ fi
 "$PYTHON" - "$OUT_DIR" > "$OUT_DIR/summary.md" <<'PY'
 import json, os, sys
 out = sys.argv[1]
-print(open(os.path.join(out, "environment.txt")).read().splitlines()[1] if os.path.exists(os.path.join(out, "environment.txt")) else "")
+env = os.path.join(out, "environment.txt")
+print("\n".join(open(env).read().splitlines()[:3]) if os.path.exists(env) else "")
 print("\n| test binary | exit | result | skips |\n|---|---:|---|---:|")
 for line in open(os.path.join(out, "tests.tsv")):
     name, rc, result, skips = line.rstrip("\n").split("\t")
