@@ -1,6 +1,7 @@
 // Indexing: index_select and gather (data movement, instantiated by element size, so
-// every dtype is served) and their backwards index_add and scatter_add (atomic adds
-// into a zeroed buffer of the compute type). The host has checked every index.
+// every dtype is served) and their backwards index_add (ordered sums, below) and
+// scatter_add (atomic adds into a zeroed buffer of the compute type, so its sums can
+// differ in the last bits from run to run). The host has checked every index.
 #include "common.cuh"
 
 // Offset of element i (row-major over v.shape) of view v with coordinate `dim`
@@ -36,13 +37,35 @@ MOVE(b4, unsigned int)
 MOVE(b8, u64)
 
 #define ADD(S, T)                                                                         \
-    /* out[o, ids[j], i] += src[o, j, i], src contiguous [outer, nids, inner].          */ \
-    extern "C" __global__ void index_add_##S(const T* src, const i64* ids,                \
-                                             Acc<T>::type* out, u64 mid, u64 nids,        \
-                                             u64 inner, u64 n) {                          \
+    /* index_add in two ordered passes, so that its sums are identical run to run. The  */ \
+    /* host sorts the positions j of ids by index, stably (order), and cuts that list   */ \
+    /* into chunks [cb[c], cb[c+1]) of one index each; the chunks of index m are        */ \
+    /* [seg[m], seg[m+1]). First part[o, c, i] = Σ src[o, order[q], i] over chunk c,    */ \
+    /* src contiguous [outer, nids, inner] ...                                          */ \
+    extern "C" __global__ void index_add_chunks_##S(const T* src, const i64* order,       \
+                                                    const i64* cb, Acc<T>::type* part,    \
+                                                    u64 nids, u64 chunks, u64 inner,      \
+                                                    u64 n) {                              \
+        typedef Acc<T>::type A;                                                           \
         GRID_STRIDE(p, n) {                                                               \
-            u64 i = p % inner, j = (p / inner) % nids, o = p / (inner * nids);            \
-            atomicAdd(out + (o * mid + (u64)ids[j]) * inner + i, load(src[p]));           \
+            const u64 i = p % inner, c = (p / inner) % chunks, o = p / (inner * chunks);  \
+            A acc = 0;                                                                    \
+            for (i64 q = cb[c]; q < cb[c + 1]; ++q)                                       \
+                acc += (A)load(src[(o * nids + (u64)order[q]) * inner + i]);              \
+            part[p] = acc;                                                                \
+        }                                                                                 \
+    }                                                                                     \
+    /* ... then out[o, m, i] = Σ part[o, c, i] over index m's chunks (0 for none).      */ \
+    extern "C" __global__ void index_add_segments_##S(const Acc<T>::type* part,           \
+                                                      const i64* seg, T* out, u64 mid,    \
+                                                      u64 chunks, u64 inner, u64 n) {     \
+        typedef Acc<T>::type A;                                                           \
+        GRID_STRIDE(p, n) {                                                               \
+            const u64 i = p % inner, m = (p / inner) % mid, o = p / (inner * mid);        \
+            A acc = 0;                                                                    \
+            for (i64 c = seg[m]; c < seg[m + 1]; ++c)                                     \
+                acc += part[(o * chunks + c) * inner + i];                                \
+            put(out + p, acc);                                                            \
         }                                                                                 \
     }                                                                                     \
     /* out[p with coordinate dim replaced by ids[p]] += src[p]; sv is src's view, dv   */ \

@@ -5,8 +5,6 @@
 // per group (the row count when the parameter has one row).
 #include "common.cuh"
 
-// Rows of the weight/bias gradient handled per thread row of a block (see below).
-#define PARAM_ROWS_PER_BLOCK 256
 // Elements per lane of the warp-per-row kernels: rows of up to 32·32 = 1024 elements
 // (`WARP_ROW_MAX` in crates/engine/src/cuda/rows.rs).
 #define LANE_ELEMS 32
@@ -164,62 +162,43 @@ __device__ __forceinline__ void norm_backward_warp(const T* x, const T* w, const
             }                                                                             \
         }                                                                                 \
     }                                                                                     \
-    /* dw = Σ g·x̂, db = Σ g over the rows of each parameter row (wg and bg rows per    */ \
-    /* group), into zeroed A buffers (either may be null). Block (32, 8): x over 32     */ \
-    /* columns, y over rows; blockIdx.y picks a stretch of PARAM_ROWS_PER_BLOCK rows.   */ \
-    /* A stretch inside one group of each parameter is reduced in shared memory, then  */ \
-    /* added atomically; one that crosses groups (short groups, as a DiT's [B, 1, D]   */ \
-    /* modulation over T tokens) adds each thread's sums at every group change.        */ \
+    /* Partials of dw = Σ g·x̂ and db = Σ g over the rows of each group, x being seen as */ \
+    /* [groups, rows, d] (rows per group): block (32, 8), x over 32 columns, y over     */ \
+    /* rows; blockIdx.y takes the group's rows [y·per, (y+1)·per), blockIdx.z (grid-   */ \
+    /* stride) the group. Each block leaves its sums in pw/pb[g][y][c] (either may be  */ \
+    /* null), which reduce_middle_finish (reduce.cu) adds up in order: no atomics, so  */ \
+    /* the gradients are identical run to run.                                         */ \
     extern "C" __global__ void norm_param_grads_##S(const T* x, const Acc<T>::type* mean, \
                                                     const Acc<T>::type* rstd, const T* g, \
-                                                    Acc<T>::type* dw, Acc<T>::type* db,   \
-                                                    u64 rows, u64 d, u64 wg, u64 bg) {    \
+                                                    Acc<T>::type* pw, Acc<T>::type* pb,   \
+                                                    u64 groups, u64 rows, u64 d, u64 per) { \
         typedef Acc<T>::type A;                                                           \
         __shared__ A sw[8][33];                                                           \
         __shared__ A sb[8][33];                                                           \
-        u64 k = (u64)blockIdx.x * 32 + threadIdx.x;                                       \
-        u64 r0 = (u64)blockIdx.y * PARAM_ROWS_PER_BLOCK;                                  \
-        u64 r1 = r0 + PARAM_ROWS_PER_BLOCK < rows ? r0 + PARAM_ROWS_PER_BLOCK : rows;     \
-        A aw = 0, ab = 0;                                                                 \
-        /* The same for every thread of the block: the early return below is safe. */    \
-        if (r0 / wg != (r1 - 1) / wg || r0 / bg != (r1 - 1) / bg) {                       \
-            if (k >= d) return;                                                           \
-            u64 gw = r0 / wg, gb = r0 / bg;                                               \
-            for (u64 r = r0 + threadIdx.y; r < r1; r += 8) {                              \
-                if (r / wg != gw) {                                                       \
-                    if (dw) atomicAdd(dw + gw * d + k, aw);                               \
-                    gw = r / wg;                                                          \
-                    aw = 0;                                                               \
+        const u64 c = (u64)blockIdx.x * 32 + threadIdx.x;                                 \
+        const u64 r0 = (u64)blockIdx.y * per;                                             \
+        const u64 r1 = r0 + per < rows ? r0 + per : rows;                                 \
+        for (u64 p = blockIdx.z; p < groups; p += gridDim.z) {                            \
+            A aw = 0, ab = 0;                                                             \
+            if (c < d)                                                                    \
+                for (u64 r = p * rows + r0 + threadIdx.y; r < p * rows + r1; r += 8) {    \
+                    const A gv = load(g[r * d + c]);                                      \
+                    if (pw) aw += gv * ((A)load(x[r * d + c]) - mean[r]) * rstd[r];       \
+                    ab += gv;                                                             \
                 }                                                                         \
-                if (r / bg != gb) {                                                       \
-                    if (db) atomicAdd(db + gb * d + k, ab);                               \
-                    gb = r / bg;                                                          \
-                    ab = 0;                                                               \
+            sw[threadIdx.y][threadIdx.x] = aw;                                            \
+            sb[threadIdx.y][threadIdx.x] = ab;                                            \
+            __syncthreads();                                                              \
+            if (threadIdx.y == 0 && c < d) {                                              \
+                for (int i = 1; i < 8; ++i) {                                             \
+                    aw += sw[i][threadIdx.x];                                             \
+                    ab += sb[i][threadIdx.x];                                             \
                 }                                                                         \
-                A gv = load(g[r * d + k]);                                                \
-                aw += gv * ((A)load(x[r * d + k]) - mean[r]) * rstd[r];                   \
-                ab += gv;                                                                 \
+                const u64 o = (p * gridDim.y + blockIdx.y) * d + c;                       \
+                if (pw) pw[o] = aw;                                                       \
+                if (pb) pb[o] = ab;                                                       \
             }                                                                             \
-            if (dw) atomicAdd(dw + gw * d + k, aw);                                       \
-            if (db) atomicAdd(db + gb * d + k, ab);                                       \
-            return;                                                                       \
-        }                                                                                 \
-        if (k < d)                                                                        \
-            for (u64 r = r0 + threadIdx.y; r < r1; r += 8) {                              \
-                A gv = load(g[r * d + k]);                                                \
-                aw += gv * ((A)load(x[r * d + k]) - mean[r]) * rstd[r];                   \
-                ab += gv;                                                                 \
-            }                                                                             \
-        sw[threadIdx.y][threadIdx.x] = aw;                                                \
-        sb[threadIdx.y][threadIdx.x] = ab;                                                \
-        __syncthreads();                                                                  \
-        if (threadIdx.y == 0 && k < d) {                                                  \
-            for (int i = 1; i < 8; ++i) {                                                 \
-                aw += sw[i][threadIdx.x];                                                 \
-                ab += sb[i][threadIdx.x];                                                 \
-            }                                                                             \
-            if (dw) atomicAdd(dw + r0 / wg * d + k, aw);                                  \
-            if (db) atomicAdd(db + r0 / bg * d + k, ab);                                  \
+            __syncthreads();                                                              \
         }                                                                                 \
     }
 

@@ -582,6 +582,16 @@ fn indexing() {
             tol,
             |t| t[0].index_select(&t[1], 1),
         );
+        // Many positions per index (index_add's chunks of 64 positions), one index
+        // never picked, two leading rows.
+        let many: Vec<i64> = (0..300).map(|j| [0, 2, 2, 3][j % 4]).collect();
+        let many = Tensor::from_vec(many, &[300], Device::Cpu).unwrap();
+        check(
+            &format!("index_select repeated {dt}"),
+            &[randn(25, &[2, 4, 33], dt), many],
+            tol,
+            |t| t[0].index_select(&t[1], 1),
+        );
         let y = randn(22, &[4, 3], dt);
         check(&format!("gather {dt}"), &[y, gids.clone()], tol, |t| {
             t[0].gather(&t[1], 1)
@@ -601,6 +611,45 @@ fn indexing() {
         err.contains("index_select") && err.contains("out of range"),
         "{err}"
     );
+}
+
+/// The gradients that used to be summed by atomic adds (norm parameters, index_add) are
+/// bit-identical from one run to the next: parameters shared by 8,000 rows, per group of
+/// 49 rows, and a table of 11 rows picked by 5,000 indices.
+#[test]
+fn parameter_and_index_gradients_are_identical_run_to_run() {
+    let Some(dev) = gpu() else { return };
+    let on_gpu = |t: Tensor| t.to_device(dev).unwrap().into_variable().unwrap();
+    let grads = |inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> Result<Tensor>| {
+        let out = f(inputs).unwrap();
+        let w = randn(26, out.shape(), out.dtype()).to_device(dev).unwrap();
+        let g = out.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+        let bits = |t: &Tensor| g.get(t).map(|t| t.to_vec_f64().unwrap());
+        inputs.iter().map(bits).collect::<Vec<_>>()
+    };
+    for dt in [DType::F32, DType::BF16] {
+        for (shape, params) in [([40, 200, 96], &[96][..]), ([300, 49, 64], &[300, 1, 64])] {
+            let x = on_gpu(randn(27, &shape, dt));
+            let (w, b) = (on_gpu(randn(28, params, dt)), on_gpu(randn(29, params, dt)));
+            let inputs = [x, w, b];
+            let norm = |t: &[Tensor]| t[0].layer_norm(Some(&t[1]), Some(&t[2]), 1e-5);
+            let first = grads(&inputs, &norm);
+            assert!(
+                first.iter().all(Option::is_some),
+                "layer_norm {shape:?}: missing"
+            );
+            assert_eq!(first, grads(&inputs, &norm), "layer_norm {shape:?} {dt}");
+        }
+        let ids: Vec<i64> = (0..5000u64).map(|j| (j * j % 13 % 11) as i64).collect();
+        let ids = Tensor::from_vec(ids, &[5000], dev).unwrap();
+        let table = [on_gpu(randn(30, &[11, 96], dt))];
+        let select = |t: &[Tensor]| t[0].index_select(&ids, 0);
+        assert_eq!(
+            grads(&table, &select),
+            grads(&table, &select),
+            "index_add {dt}"
+        );
+    }
 }
 
 #[test]

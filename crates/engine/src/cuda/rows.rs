@@ -3,12 +3,14 @@
 //! rows; a strided input is copied first, as on the CPU.
 
 use super::launch::{args, launch, per_element, per_row, per_warp, View};
-use super::{acc_dtype, float_only, suffix, CudaStorage};
+use super::{acc_dtype, float_only, suffix, CudaDevice, CudaStorage};
 use crate::backend::{norm_rows_per_group, BinaryOp, NormSpec, ReduceOp};
 use crate::cpu::CpuStorage;
+use crate::dtype::DType;
 use crate::error::Result;
 use crate::layout::Layout;
 use cudarc::driver::LaunchConfig;
+use std::sync::Arc;
 
 /// Outputs at least this many make the one-thread-per-output reduction worthwhile.
 const MANY_OUTPUTS: usize = 8192;
@@ -169,12 +171,25 @@ fn reduce_middle(
         code
     ];
     launch(x.dev(), "reduce", ("reduce", &name), cfg, a)?;
-    let out = CudaStorage::alloc(x.dev(), outer * cols, x.dtype)?;
-    let name = format!("reduce_middle_finish_{}", suffix(x.dtype));
+    finish_middle("reduce", &part, x.dtype, (outer, chunks, cols), code)
+}
+
+/// `[outer, cols]` in `dtype` from the compute-type partials `[outer, chunks, cols]` of
+/// a middle-dim reduction, each output combining its column's partials in order
+/// (`reduce_middle_finish_*`), so the result is identical run to run.
+fn finish_middle(
+    op: &'static str,
+    part: &CudaStorage,
+    dtype: DType,
+    (outer, chunks, cols): (usize, usize, usize),
+    code: i32,
+) -> Result<CudaStorage> {
+    let out = CudaStorage::alloc(part.dev(), outer * cols, dtype)?;
+    let name = format!("reduce_middle_finish_{}", suffix(dtype));
     let a = args![part.ptr(), out.ptr(), outer, chunks, cols, code];
     launch(
-        x.dev(),
-        "reduce",
+        part.dev(),
+        op,
         ("reduce", &name),
         per_element(outer * cols),
         a,
@@ -305,73 +320,123 @@ pub(crate) fn norm_backward(
 ) -> Result<(CudaStorage, Option<CudaStorage>, Option<CudaStorage>)> {
     float_only("norm_backward", x.dtype)?;
     let (rows, d) = rows_of(l);
-    let (dev, st) = (x.dev(), acc_dtype(x.dtype));
+    let dev = x.dev();
     let dx = CudaStorage::alloc(dev, l.elem_count(), x.dtype)?;
-    // Parameter gradients accumulate atomically in the compute type, then are cast.
     let w_len = weight.map(|(_, wl)| wl.elem_count());
-    let dw = w_len
-        .map(|n| CudaStorage::zeros_on(dev, n, st))
-        .transpose()?;
-    let db = bias_len
-        .map(|n| CudaStorage::zeros_on(dev, n, st))
-        .transpose()?;
     let (wg, bg) = (
         norm_rows_per_group(w_len, rows, d),
         norm_rows_per_group(bias_len, rows, d),
     );
-    if rows * d > 0 {
-        let (xd, gd, w) = (x.dense(l)?, g.dense(gl)?, dense_opt(weight)?);
-        let wp = w.as_ref().map_or(0, |w| w.ptr);
-        let (kernel, cfg) = norm_kernel("norm_backward", rows, d);
-        let name = format!("{kernel}_{}", suffix(x.dtype));
+    if rows * d == 0 {
+        let zeros = |n: Option<usize>| {
+            n.map(|n| CudaStorage::zeros_on(dev, n, x.dtype))
+                .transpose()
+        };
+        return Ok((dx, zeros(w_len)?, zeros(bias_len)?));
+    }
+    let (xd, gd, w) = (x.dense(l)?, g.dense(gl)?, dense_opt(weight)?);
+    let wp = w.as_ref().map_or(0, |w| w.ptr);
+    let (kernel, cfg) = norm_kernel("norm_backward", rows, d);
+    let name = format!("{kernel}_{}", suffix(x.dtype));
+    let a = args![
+        xd.ptr,
+        wp,
+        mean.ptr(),
+        rstd.ptr(),
+        gd.ptr,
+        dx.ptr(),
+        rows,
+        d,
+        wg,
+        spec.rms
+    ];
+    launch(dev, "norm_backward", ("norm", &name), cfg, a)?;
+    let sums = NormSums {
+        dev,
+        x: &xd,
+        stats: (mean, rstd),
+        g: &gd,
+        dtype: x.dtype,
+        rows,
+        d,
+    };
+    // One pass for both gradients when they share their groups, else one each.
+    let (dw, db) = match (w_len, bias_len) {
+        (Some(_), Some(_)) if wg != bg => (
+            sums.param_grads(wg, true, false)?.0,
+            sums.param_grads(bg, false, true)?.1,
+        ),
+        (w, b) => sums.param_grads(if w.is_some() { wg } else { bg }, w.is_some(), b.is_some())?,
+    };
+    Ok((dx, dw, db))
+}
+
+/// What the norm's parameter gradients are summed from: x, its row statistics and the
+/// output gradient g (contiguous `[rows, d]`).
+struct NormSums<'a> {
+    dev: &'a Arc<CudaDevice>,
+    x: &'a super::Dense,
+    stats: (&'a CudaStorage, &'a CudaStorage),
+    g: &'a super::Dense,
+    dtype: DType,
+    rows: usize,
+    d: usize,
+}
+
+impl NormSums<'_> {
+    /// dw = Σ g·x̂ and db = Σ g (those asked for) over each group of `group_rows`
+    /// consecutive rows, `[rows / group_rows, d]` in the input's dtype: column partials
+    /// over stretches of a group's rows (`norm_param_grads_*`), then their sums in
+    /// order, as a middle-dim reduction does: identical run to run.
+    fn param_grads(
+        &self,
+        group_rows: usize,
+        want_w: bool,
+        want_b: bool,
+    ) -> Result<(Option<CudaStorage>, Option<CudaStorage>)> {
+        if !want_w && !want_b {
+            return Ok((None, None));
+        }
+        let (dev, d) = (self.dev, self.d);
+        let groups = self.rows / group_rows;
+        let (column_blocks, group_blocks) = (d.div_ceil(32), groups.min(MAX_GRID_YZ));
+        let (chunks, per) = row_stretches(group_rows, column_blocks * group_blocks);
+        let partials = |wanted: bool| {
+            wanted
+                .then(|| CudaStorage::alloc(dev, groups * chunks * d, acc_dtype(self.dtype)))
+                .transpose()
+        };
+        let (pw, pb) = (partials(want_w)?, partials(want_b)?);
+        let ptr = |p: &Option<CudaStorage>| p.as_ref().map_or(0, |p| p.ptr());
+        let cfg = LaunchConfig {
+            grid_dim: (column_blocks as u32, chunks as u32, group_blocks as u32),
+            block_dim: (32, 8, 1),
+            shared_mem_bytes: 0,
+        };
+        let name = format!("norm_param_grads_{}", suffix(self.dtype));
+        let (mean, rstd) = self.stats;
         let a = args![
-            xd.ptr,
-            wp,
+            self.x.ptr,
             mean.ptr(),
             rstd.ptr(),
-            gd.ptr,
-            dx.ptr(),
-            rows,
+            self.g.ptr,
+            ptr(&pw),
+            ptr(&pb),
+            groups,
+            group_rows,
             d,
-            wg,
-            spec.rms
+            per
         ];
         launch(dev, "norm_backward", ("norm", &name), cfg, a)?;
-        if dw.is_some() || db.is_some() {
-            const ROWS_PER_BLOCK: usize = 256; // PARAM_ROWS_PER_BLOCK in norm.cu
-            let cfg = LaunchConfig {
-                grid_dim: (
-                    d.div_ceil(32) as u32,
-                    rows.div_ceil(ROWS_PER_BLOCK) as u32,
-                    1,
-                ),
-                block_dim: (32, 8, 1),
-                shared_mem_bytes: 0,
-            };
-            let ptr = |p: &Option<CudaStorage>| p.as_ref().map_or(0, |p| p.ptr());
-            let name = format!("norm_param_grads_{}", suffix(x.dtype));
-            let a = args![
-                xd.ptr,
-                mean.ptr(),
-                rstd.ptr(),
-                gd.ptr,
-                ptr(&dw),
-                ptr(&db),
-                rows,
-                d,
-                wg,
-                bg
-            ];
-            launch(dev, "norm_backward", ("norm", &name), cfg, a)?;
-        }
+        let sum = |p: Option<CudaStorage>| {
+            p.map(|p| {
+                let code = ReduceOp::Sum.kernel_code();
+                finish_middle("norm_backward", &p, self.dtype, (groups, chunks, d), code)
+            })
+            .transpose()
+        };
+        Ok((sum(pw)?, sum(pb)?))
     }
-    let to_dtype =
-        |p: CudaStorage, n: usize| super::elementwise::cast(&p, &Layout::contiguous(&[n]), x.dtype);
-    Ok((
-        dx,
-        dw.zip(w_len).map(|(p, n)| to_dtype(p, n)).transpose()?,
-        db.zip(bias_len).map(|(p, n)| to_dtype(p, n)).transpose()?,
-    ))
 }
 
 #[cfg(test)]
