@@ -5,9 +5,11 @@
 // per group (the row count when the parameter has one row).
 #include "common.cuh"
 
-// Elements per lane of the warp-per-row kernels: rows of up to 32·32 = 1024 elements
-// (`WARP_ROW_MAX` in crates/engine/src/cuda/rows.rs).
-#define LANE_ELEMS 32
+// The warp-per-row kernels come in versions holding N elements per lane, rows of up to
+// 32·N elements: N in 4, 8, 12, 16, 24, 32 (`WARP_LANE_ELEMS` in
+// crates/engine/src/cuda/rows.rs), so that a row of 384 (DiT-S) or 768 (DiT-B) keeps
+// no unused registers. One size for all (32) took 164 registers a thread in the f32
+// backward and left the SMs at a fifth of their warps.
 
 // The sum of v over the warp, in every lane.
 template <typename A> __device__ __forceinline__ A warp_sum(A v) {
@@ -16,11 +18,11 @@ template <typename A> __device__ __forceinline__ A warp_sum(A v) {
     return v;
 }
 
-// A warp per row of d ≤ 32·LANE_ELEMS elements, which it holds in registers: one read
+// A warp per row of d ≤ 32·N elements, which it holds in registers: one read
 // of x and no block barriers. A block per row (below) leaves most of its threads idle
 // on the short rows of a transformer (d = 384 across 256 threads) and pays two block
 // reductions per row.
-template <typename T, typename A>
+template <typename T, typename A, int N>
 __device__ __forceinline__ void norm_warp(const T* x, const T* w, const T* b, T* y, A* mean,
                                           A* rstd, u64 rows, u64 d, u64 wg, u64 bg, A eps,
                                           int rms) {
@@ -29,9 +31,9 @@ __device__ __forceinline__ void norm_warp(const T* x, const T* w, const T* b, T*
          r += (u64)gridDim.x * warps) {
         const T* xr = x + r * d;
         const T *wr = w ? w + r / wg * d : w, *br = b ? b + r / bg * d : b;
-        A v[LANE_ELEMS], s = 0;
+        A v[N], s = 0;
 #pragma unroll
-        for (int c = 0; c < LANE_ELEMS; ++c) {
+        for (int c = 0; c < N; ++c) {
             const u64 j = 32 * c + lane;
             v[c] = j < d ? (A)load(xr[j]) : (A)0;
             s += v[c];
@@ -39,11 +41,11 @@ __device__ __forceinline__ void norm_warp(const T* x, const T* w, const T* b, T*
         const A mu = rms ? (A)0 : warp_sum(s) / (A)d;
         A q = 0;
 #pragma unroll
-        for (int c = 0; c < LANE_ELEMS; ++c)
+        for (int c = 0; c < N; ++c)
             if (32 * c + lane < d) q += (v[c] - mu) * (v[c] - mu);
         const A rs = (A)1 / m_sqrt(warp_sum(q) / (A)d + eps);
 #pragma unroll
-        for (int c = 0; c < LANE_ELEMS; ++c) {
+        for (int c = 0; c < N; ++c) {
             const u64 j = 32 * c + lane;
             if (j >= d) break;
             A o = (v[c] - mu) * rs;
@@ -59,7 +61,7 @@ __device__ __forceinline__ void norm_warp(const T* x, const T* w, const T* b, T*
 }
 
 // The backward of `norm_warp` (the formula of norm_backward below), g and x in registers.
-template <typename T, typename A>
+template <typename T, typename A, int N>
 __device__ __forceinline__ void norm_backward_warp(const T* x, const T* w, const A* mean,
                                                    const A* rstd, const T* g, T* dx, u64 rows,
                                                    u64 d, u64 wg, int rms) {
@@ -68,9 +70,9 @@ __device__ __forceinline__ void norm_backward_warp(const T* x, const T* w, const
          r += (u64)gridDim.x * warps) {
         const T *xr = x + r * d, *gr = g + r * d, *wr = w ? w + r / wg * d : w;
         const A mu = mean[r], rs = rstd[r];
-        A gh[LANE_ELEMS], xh[LANE_ELEMS], sg = 0, sgx = 0;
+        A gh[N], xh[N], sg = 0, sgx = 0;
 #pragma unroll
-        for (int c = 0; c < LANE_ELEMS; ++c) {
+        for (int c = 0; c < N; ++c) {
             const u64 j = 32 * c + lane;
             const bool in = j < d;
             gh[c] = in ? (A)load(gr[j]) * (wr ? (A)load(wr[j]) : (A)1) : (A)0;
@@ -80,7 +82,7 @@ __device__ __forceinline__ void norm_backward_warp(const T* x, const T* w, const
         }
         const A mean_g = rms ? (A)0 : warp_sum(sg) / (A)d, mean_gx = warp_sum(sgx) / (A)d;
 #pragma unroll
-        for (int c = 0; c < LANE_ELEMS; ++c) {
+        for (int c = 0; c < N; ++c) {
             const u64 j = 32 * c + lane;
             if (j >= d) break;
             put(dx + r * d + j, rs * (gh[c] - mean_g - xh[c] * mean_gx));
@@ -88,21 +90,28 @@ __device__ __forceinline__ void norm_backward_warp(const T* x, const T* w, const
     }
 }
 
+// The warp-per-row kernels of N elements per lane.
+#define NORM_WARP(S, T, N)                                                                \
+    extern "C" __global__ void norm_warp##N##_##S(const T* x, const T* w, const T* b,     \
+                                                  T* y, Acc<T>::type* mean,               \
+                                                  Acc<T>::type* rstd, u64 rows, u64 d,    \
+                                                  u64 wg, u64 bg, double eps, int rms) {  \
+        norm_warp<T, Acc<T>::type, N>(x, w, b, y, mean, rstd, rows, d, wg, bg,            \
+                                      (Acc<T>::type)eps, rms);                            \
+    }                                                                                     \
+    extern "C" __global__ void norm_backward_warp##N##_##S(                               \
+        const T* x, const T* w, const Acc<T>::type* mean, const Acc<T>::type* rstd,       \
+        const T* g, T* dx, u64 rows, u64 d, u64 wg, int rms) {                            \
+        norm_backward_warp<T, Acc<T>::type, N>(x, w, mean, rstd, g, dx, rows, d, wg, rms); \
+    }
+
 #define NORM(S, T)                                                                        \
-    extern "C" __global__ void norm_warp_##S(const T* x, const T* w, const T* b, T* y,    \
-                                             Acc<T>::type* mean, Acc<T>::type* rstd,      \
-                                             u64 rows, u64 d, u64 wg, u64 bg, double eps, \
-                                             int rms) {                                   \
-        norm_warp<T, Acc<T>::type>(x, w, b, y, mean, rstd, rows, d, wg, bg,               \
-                                   (Acc<T>::type)eps, rms);                               \
-    }                                                                                     \
-    extern "C" __global__ void norm_backward_warp_##S(const T* x, const T* w,             \
-                                                      const Acc<T>::type* mean,           \
-                                                      const Acc<T>::type* rstd,           \
-                                                      const T* g, T* dx, u64 rows, u64 d, \
-                                                      u64 wg, int rms) {                  \
-        norm_backward_warp<T, Acc<T>::type>(x, w, mean, rstd, g, dx, rows, d, wg, rms);   \
-    }                                                                                     \
+    NORM_WARP(S, T, 4)                                                                    \
+    NORM_WARP(S, T, 8)                                                                    \
+    NORM_WARP(S, T, 12)                                                                   \
+    NORM_WARP(S, T, 16)                                                                   \
+    NORM_WARP(S, T, 24)                                                                   \
+    NORM_WARP(S, T, 32)                                                                   \
     /* One block per row, for rows over 1024: mean (layer norm only), variance, then y. */ \
     /* w and b may be null.                                                             */ \
     extern "C" __global__ void norm_##S(const T* x, const T* w, const T* b, T* y,         \

@@ -514,8 +514,9 @@ fn tf32_products() {
 fn softmax_and_norms() {
     for dt in FLOATS {
         let tol = tolerance(dt);
-        // Norms: a warp per row up to 1024 elements, a block per row beyond.
-        for d in [7, 100, 1000, 1024, 1500] {
+        // Norms: a warp per row up to 1024 elements (every version of 4 to 32 elements
+        // per lane, full and partly filled), a block per row beyond.
+        for d in [7, 100, 128, 200, 384, 500, 768, 1000, 1024, 1500] {
             let x = randn(18, &[5, 3, d], dt);
             check(
                 &format!("softmax {d} {dt}"),

@@ -247,16 +247,17 @@ pub(crate) fn softmax_backward(
     Ok(out)
 }
 
-/// Longest row the warp-per-row norm kernels hold in registers (32 lanes ×
-/// `LANE_ELEMS` in `kernels/norm.cu`).
-const WARP_ROW_MAX: usize = 1024;
+/// Elements per lane of the warp-per-row norm kernels' versions (`NORM` in
+/// `kernels/norm.cu`): rows of up to 32 times as many.
+const WARP_LANE_ELEMS: [usize; 6] = [4, 8, 12, 16, 24, 32];
 
-/// The norm kernel (`{kernel}_warp` for rows of up to `WARP_ROW_MAX`, else the block
-/// per row `{kernel}`) and its launch shape.
+/// The norm kernel (`{kernel}_warp{N}` holding N elements per lane, the smallest that
+/// takes a row, for rows of up to 1024; else the block per row `{kernel}`) and its
+/// launch shape.
 fn norm_kernel(kernel: &str, rows: usize, d: usize) -> (String, LaunchConfig) {
-    match d <= WARP_ROW_MAX {
-        true => (format!("{kernel}_warp"), per_warp(rows)),
-        false => (kernel.to_string(), per_row(rows, d)),
+    match WARP_LANE_ELEMS.iter().find(|&&n| d <= 32 * n) {
+        Some(n) => (format!("{kernel}_warp{n}"), per_warp(rows)),
+        None => (kernel.to_string(), per_row(rows, d)),
     }
 }
 
