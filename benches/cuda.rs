@@ -132,6 +132,13 @@ fn dit_step(dev: Device, json: bool) -> Result<()> {
         };
         let s = time(&mut step)?;
         report(json, "dit_step", &format!("batch {batch}"), s * 1e3, "ms");
+        // The same step with attention on cuBLAS products and row kernels: at T = 49 the
+        // f32 fused kernels (plain FMAs, few warps) may lose to them.
+        cuda::set_fused_attention(false);
+        let unfused = time(&mut step);
+        cuda::set_fused_attention(true);
+        let case = format!("batch {batch}, unfused attention");
+        report(json, "dit_step", &case, unfused? * 1e3, "ms");
         print_profile(&format!("f32 DiT step, batch {batch}"), step)?;
     }
     let stats = cuda::memory_stats(0)?;

@@ -658,6 +658,23 @@ fn attention_forward_and_backward() {
     for dt in FLOATS {
         let tol = tolerance(dt);
         for causal in [false, true] {
+            // A shape the fused kernels take (head dim 32), also with them turned off;
+            // other tests of this binary may run meanwhile on either path, both correct.
+            let (q, k, v) = (
+                randn(28, &[2, 2, 13, 32], dt),
+                randn(29, &[2, 2, 17, 32], dt),
+                randn(30, &[2, 2, 17, 32], dt),
+            );
+            for fused in [true, false] {
+                cuda::set_fused_attention(fused);
+                check(
+                    &format!("attention d32 fused={fused} causal={causal} {dt}"),
+                    &[q.clone(), k.clone(), v.clone()],
+                    tol,
+                    |t| scaled_dot_product_attention(&t[0], &t[1], &t[2], None, causal),
+                );
+            }
+            cuda::set_fused_attention(true);
             let (q, k, v) = (
                 randn(25, &[2, 3, 9, 16], dt),
                 randn(26, &[2, 3, 11, 16], dt),

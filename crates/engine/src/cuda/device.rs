@@ -33,6 +33,7 @@ pub struct CudaDevice {
 static REGISTRY: OnceLock<Mutex<HashMap<usize, Arc<CudaDevice>>>> = OnceLock::new();
 static POISON: AtomicBool = AtomicBool::new(false);
 static TF32: AtomicBool = AtomicBool::new(false);
+static FUSED_ATTENTION: AtomicBool = AtomicBool::new(true);
 
 /// Fills every newly allocated output buffer with NaN bits (0xFF bytes) before a kernel
 /// writes it, so that an element a kernel forgets to write shows up in tests. Also on
@@ -53,6 +54,20 @@ pub fn set_allow_tf32(on: bool) {
 
 pub(crate) fn tf32() -> bool {
     TF32.load(Ordering::Relaxed)
+}
+
+/// Lets attention run on the fused kernels (`kernels/flash_attention.cu`) wherever they
+/// cover the call; on by default. Off, every call takes the unfused path (cuBLAS
+/// products and row kernels, holding the b·h·tq·tk probabilities), as f64 and other
+/// head dims always do: for comparing the two (`benches/cuda.rs`) and for debugging.
+/// Both store the same output and log-sum-exp, so a backward may take the other path
+/// than its forward.
+pub fn set_fused_attention(on: bool) {
+    FUSED_ATTENTION.store(on, Ordering::Relaxed);
+}
+
+pub(crate) fn fused_attention() -> bool {
+    FUSED_ATTENTION.load(Ordering::Relaxed)
 }
 
 /// True when the CUDA driver library can be loaded (a GPU may still be absent).

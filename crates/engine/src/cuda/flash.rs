@@ -114,7 +114,8 @@ fn shape(kernel: Kernel, dtype: DType, d: usize) -> Shape {
 /// Whether the fused kernels (forward, backward and JVP alike) cover attention of
 /// `dtype` with head dims `d` (q, k) and `dv` (v) over `tq` queries and `tk` keys.
 pub(crate) fn covers(dtype: DType, d: usize, dv: usize, (tq, tk): (usize, usize)) -> bool {
-    matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
+    super::device::fused_attention()
+        && matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
         && d == dv
         && HEAD_DIMS.contains(&d)
         && [Kernel::Fwd, Kernel::Dq, Kernel::Dkdv, Kernel::Jvp]
