@@ -553,3 +553,44 @@ fn ema_update_is_the_two_op_formula_bit_for_bit() -> Result<()> {
     }
     Ok(())
 }
+
+/// The in-place Adam update reads a contiguous f32 gradient where it lies and converts
+/// any other (a transposed view, bf16): the same parameters and moments bit for bit as
+/// from a contiguous f32 copy, below and above the size at which it runs in parallel.
+#[test]
+fn adam_update_reads_any_gradient_view_alike() -> Result<()> {
+    let mut gen = twinflow_engine::Generator::new(8);
+    let step = twinflow_engine::AdamStep {
+        lr: 1e-2,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        decoupled: true,
+        step: 3,
+    };
+    for (rows, cols) in [(7, 9), (300, 257)] {
+        let start = [
+            gen.randn(&[rows, cols], DType::F32, Device::Cpu)?,
+            gen.randn(&[rows, cols], DType::F32, Device::Cpu)?,
+            gen.uniform(&[rows, cols], 0.5, 2.0, DType::F32, Device::Cpu)?,
+        ];
+        let bits = |grad: &Tensor| -> Result<Vec<Vec<u32>>> {
+            let copy =
+                |t: &Tensor| Tensor::from_vec(t.to_vec::<f32>().unwrap(), t.shape(), Device::Cpu);
+            let [p, m, v] = [copy(&start[0])?, copy(&start[1])?, copy(&start[2])?];
+            p.adam_update(grad, &m, &v, &step)?;
+            [p, m, v]
+                .iter()
+                .map(|t| Ok(t.to_vec::<f32>()?.iter().map(|x| x.to_bits()).collect()))
+                .collect()
+        };
+        let transposed = gen.randn(&[cols, rows], DType::F32, Device::Cpu)?.t()?;
+        let want = bits(&transposed.contiguous()?)?;
+        assert_eq!(bits(&transposed)?, want, "{rows}x{cols} transposed");
+        let low = transposed.to_dtype(DType::BF16)?;
+        let want = bits(&low.to_dtype(DType::F32)?.contiguous()?)?;
+        assert_eq!(bits(&low)?, want, "{rows}x{cols} bf16");
+    }
+    Ok(())
+}

@@ -93,6 +93,25 @@ fn contiguous_from_start(t: &Tensor) -> bool {
     t.is_contiguous() && t.layout().offset() == 0
 }
 
+/// The `n` values of a CPU view as f32: where they lie for a contiguous f32 view, else
+/// converted into `converted`, which holds the copy.
+fn f32_values<'s>(
+    (storage, l): View<'s, CpuStorage>,
+    n: usize,
+    converted: &'s mut Option<CpuStorage>,
+    op: &'static str,
+) -> Result<&'s [f32]> {
+    if let CpuStorage::F32(v) = storage {
+        if l.is_contiguous() {
+            return Ok(&v[l.offset()..l.offset() + n]);
+        }
+    }
+    match converted.insert(storage.to_dtype(l, DType::F32)?) {
+        CpuStorage::F32(v) => Ok(&v[..n]),
+        other => Err(Error::dtypes(op, &[storage.dtype(), other.dtype()])),
+    }
+}
+
 /// The moving-average update's kernels: the f32 average (the lead), contiguous from
 /// offset 0, written in place from the online view, which is converted to f32.
 struct EmaUpdate(f32);
@@ -109,17 +128,8 @@ impl<'a> FusedOp<'a> for EmaUpdate {
             return Err(Error::dtypes(Self::NAME, &dtypes));
         };
         // A contiguous f32 online tensor (a parameter) is read where it lies.
-        let converted;
-        let online = match online {
-            (CpuStorage::F32(v), l) if l.is_contiguous() => &v[l.offset()..l.offset() + n],
-            (storage, l) => {
-                converted = storage.to_dtype(l, DType::F32)?;
-                match &converted {
-                    CpuStorage::F32(v) => &v[..n],
-                    _ => return Err(Error::dtypes(Self::NAME, &dtypes)),
-                }
-            }
-        };
+        let mut converted = None;
+        let online = f32_values(online, n, &mut converted, Self::NAME)?;
         ema::update(&mut avg[..n], online, self.0);
         Ok(())
     }
@@ -151,9 +161,11 @@ impl<'a> FusedOp<'a> for AdamUpdate {
     ) -> Result<()> {
         let n = pl.elem_count();
         let dtypes = [p.dtype(), grad.0.dtype(), m.dtype(), v.dtype()];
-        let g = grad.0.to_dtype(grad.1, DType::F32)?;
-        match (p, &g, m, v) {
-            (CpuStorage::F32(p), CpuStorage::F32(g), CpuStorage::F32(m), CpuStorage::F32(v)) => {
+        // A contiguous f32 gradient (the usual case) is read where it lies.
+        let mut converted = None;
+        let g = f32_values(grad, n, &mut converted, Self::NAME)?;
+        match (p, m, v) {
+            (CpuStorage::F32(p), CpuStorage::F32(m), CpuStorage::F32(v)) => {
                 adam::update(&mut p[..n], g, &mut m[..n], &mut v[..n], &self.0);
                 Ok(())
             }
