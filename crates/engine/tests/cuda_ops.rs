@@ -829,22 +829,25 @@ fn adam_update_matches_cpu() {
         decoupled: true,
         step: 3,
     };
-    let make = |d: Device| {
-        let p = randn(28, &[1000], DType::F32).to_device(d).unwrap();
-        let m = randn(29, &[1000], DType::F32)
-            .mul_scalar(0.1)
-            .unwrap()
-            .to_device(d)
-            .unwrap();
-        let v = positive(30, &[1000], DType::F32).to_device(d).unwrap();
-        let g = randn(31, &[1000], DType::BF16).to_device(d).unwrap();
-        p.adam_update(&g, &m, &v, &step).unwrap();
-        (p, m, v)
-    };
-    let (c, g) = (make(Device::Cpu), make(dev));
-    assert_close("adam p", &g.0, &c.0, 1e-6);
-    assert_close("adam m", &g.1, &c.1, 1e-6);
-    assert_close("adam v", &g.2, &c.2, 1e-6);
+    // A bf16 gradient (converted first) and an f32 one (read in place).
+    for grad_dtype in [DType::BF16, DType::F32] {
+        let make = |d: Device| {
+            let p = randn(28, &[1000], DType::F32).to_device(d).unwrap();
+            let m = randn(29, &[1000], DType::F32)
+                .mul_scalar(0.1)
+                .unwrap()
+                .to_device(d)
+                .unwrap();
+            let v = positive(30, &[1000], DType::F32).to_device(d).unwrap();
+            let g = randn(31, &[1000], grad_dtype).to_device(d).unwrap();
+            p.adam_update(&g, &m, &v, &step).unwrap();
+            (p, m, v)
+        };
+        let (c, g) = (make(Device::Cpu), make(dev));
+        assert_close(&format!("adam p {grad_dtype}"), &g.0, &c.0, 1e-6);
+        assert_close(&format!("adam m {grad_dtype}"), &g.1, &c.1, 1e-6);
+        assert_close(&format!("adam v {grad_dtype}"), &g.2, &c.2, 1e-6);
+    }
 }
 
 #[test]
