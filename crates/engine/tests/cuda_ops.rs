@@ -6,8 +6,7 @@
 #![cfg(feature = "cuda")]
 
 use twinflow_engine::{
-    autocast, cuda, jvp, scaled_dot_product_attention, AdamStep, DType, Device, Generator, Result,
-    Tensor,
+    autocast, cuda, jvp, scaled_dot_product_attention, DType, Device, Generator, Result, Tensor,
 };
 
 mod common;
@@ -820,15 +819,7 @@ fn jvp_under_bf16_autocast() {
 #[test]
 fn adam_update_matches_cpu() {
     let Some(dev) = gpu() else { return };
-    let step = AdamStep {
-        lr: 1e-2,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.1,
-        decoupled: true,
-        step: 3,
-    };
+    let step = common::adamw_step();
     // A bf16 gradient (converted first) and an f32 one (read in place).
     for grad_dtype in [DType::BF16, DType::F32] {
         let make = |d: Device| {

@@ -560,15 +560,7 @@ fn ema_update_is_the_two_op_formula_bit_for_bit() -> Result<()> {
 #[test]
 fn adam_update_reads_any_gradient_view_alike() -> Result<()> {
     let mut gen = twinflow_engine::Generator::new(8);
-    let step = twinflow_engine::AdamStep {
-        lr: 1e-2,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.1,
-        decoupled: true,
-        step: 3,
-    };
+    let step = common::adamw_step();
     for (rows, cols) in [(7, 9), (300, 257)] {
         let start = [
             gen.randn(&[rows, cols], DType::F32, Device::Cpu)?,

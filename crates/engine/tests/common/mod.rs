@@ -30,6 +30,19 @@ pub fn gpu() -> Option<Device> {
     }
 }
 
+/// The AdamW step the optimizer-update tests take (third step, weight decay 0.1).
+pub fn adamw_step() -> twinflow_engine::AdamStep {
+    twinflow_engine::AdamStep {
+        lr: 1e-2,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        decoupled: true,
+        step: 3,
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Proptest configuration
 // ---------------------------------------------------------------------------------------
