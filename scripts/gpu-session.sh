@@ -30,7 +30,7 @@ pack() {
     tar czf "$CARRY/bin.tar.gz" --exclude=classifier.safetensors gpu-bin
     cp -r gpu-train-bin "$CARRY/train-bin" && rm "$CARRY/train-bin/twinflow"
     du -sh "$CARRY"
-    echo "carry $CARRY (ignored by git: add /$CARRY/ to .git/info/exclude once)"
+    echo "carry $CARRY (git-ignored): run scripts/gpu-session.sh run there, carrying it"
 }
 
 run() {
