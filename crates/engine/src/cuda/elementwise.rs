@@ -283,35 +283,6 @@ pub(crate) fn ternary(
     Ok(out)
 }
 
-/// A view's values as contiguous f32 on the device: where they lie for a contiguous f32
-/// view (a gradient, a parameter), else converted into a buffer this holds.
-struct F32Values {
-    _converted: Option<CudaStorage>,
-    ptr: u64,
-}
-
-impl F32Values {
-    fn of(x: &CudaStorage, l: &Layout) -> Result<Self> {
-        if x.dtype == DType::F32 && l.is_contiguous() {
-            let ptr = x.ptr_at(l.offset());
-            return Ok(F32Values {
-                _converted: None,
-                ptr,
-            });
-        }
-        let converted = cast(x, l, DType::F32)?;
-        let ptr = converted.ptr();
-        Ok(F32Values {
-            _converted: Some(converted),
-            ptr,
-        })
-    }
-
-    fn ptr(&self) -> u64 {
-        self.ptr
-    }
-}
-
 /// The fused Adam(W) step on f32 parameter and moments, as the CPU's `adam::update`.
 pub(crate) fn adam(
     p: &mut CudaStorage,
@@ -326,7 +297,8 @@ pub(crate) fn adam(
         return Err(Error::dtypes("adam_update", &dtypes));
     }
     float_only("adam_update", g.dtype)?;
-    let g = F32Values::of(g, gl)?;
+    // A contiguous f32 gradient (the usual case) is read where it lies.
+    let g = g.dense_as(gl, DType::F32)?;
     if n == 0 {
         return Ok(());
     }
@@ -334,7 +306,7 @@ pub(crate) fn adam(
     let inv_sqrt_bc2 = (1.0 / (1.0 - s.beta2.powf(s.step as f64)).sqrt()) as f32;
     let a = args![
         p.ptr(),
-        g.ptr(),
+        g.ptr,
         m.ptr(),
         v.ptr(),
         n,
@@ -367,11 +339,11 @@ pub(crate) fn ema(
         return Err(Error::dtypes("ema_update", &[avg.dtype, online.dtype]));
     }
     float_only("ema_update", online.dtype)?;
-    let online = F32Values::of(online, ol)?;
+    let online = online.dense_as(ol, DType::F32)?;
     if n == 0 {
         return Ok(());
     }
-    let a = args![avg.ptr(), online.ptr(), n, decay];
+    let a = args![avg.ptr(), online.ptr, n, decay];
     launch(
         avg.dev(),
         "ema_update",

@@ -240,6 +240,19 @@ impl CudaStorage {
             _copy: Some(copy),
         })
     }
+
+    /// The view as contiguous memory of `dtype`: as [`Self::dense`] when it has that
+    /// dtype (in place when contiguous), else a converted copy.
+    pub(crate) fn dense_as(&self, l: &Layout, dtype: DType) -> Result<Dense> {
+        if self.dtype == dtype {
+            return self.dense(l);
+        }
+        let copy = elementwise::cast(self, l, dtype)?;
+        Ok(Dense {
+            ptr: copy.ptr(),
+            _copy: Some(copy),
+        })
+    }
 }
 
 /// Sets `bytes` bytes at `ptr` to `value`, in stream order.
