@@ -3,7 +3,8 @@
 //! for f32, bf16 and f16, head dims 32, 64, 128, awkward lengths (1, 7, 49, 63, 65,
 //! 257; equal and unequal query and key lengths), with and without the causal mask.
 //! Output buffers are poisoned with NaN first, so an element left unwritten fails.
-//! Also: identical results run to run, and a 200-step training run whose bf16 autocast
+//! `qkv_attention` (one tensor's three parts, one joint gradient) against the CPU and
+//! against attention on the three views. Also: identical results run to run, and a 200-step training run whose bf16 autocast
 //! loss curve stays within 5% (10-step window means) of the f32 one. Forward mode: the
 //! fused JVP kernel's output and tangent (and the gradients the backward computes from
 //! the output and log-sum-exp it stores) against the float64 CPU `jvp` at awkward
@@ -13,7 +14,8 @@
 #![cfg(feature = "cuda")]
 
 use twinflow::engine::{
-    autocast, cuda, jvp, scaled_dot_product_attention, DType, Device, Generator, Result, Tensor,
+    autocast, cuda, jvp, qkv_attention, scaled_dot_product_attention, DType, Device, Generator,
+    Result, Tensor,
 };
 use twinflow::nn::{
     Adam, AdamConfig, Forward, LinearConfig, Module, Optimizer, ParamBuilder, TransformerBlock,
@@ -269,6 +271,70 @@ fn flash_attention_matches_cpu_at_awkward_lengths() {
                             failures.push(format!(
                                 "{dt} d={d} tq={tq} tk={tk} causal={causal} {what}: {e:e}"
                             ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Output and gradient of `qkv_attention` on `qkv` `[b, t, 3·h·d]` under `w`, and the
+/// same through `scaled_dot_product_attention` on its three head views.
+fn run_qkv(qkv: &Tensor, w: &Tensor, heads: usize, causal: bool) -> [Tensor; 4] {
+    let x = qkv.detach().into_variable().unwrap();
+    let [b, t, width] = [0, 1, 2].map(|i| x.shape()[i]);
+    let hd = width / 3;
+    let out = qkv_attention(&x, heads, None, causal).unwrap();
+    let grad = |y: &Tensor| {
+        let g = y.mul(w).unwrap().sum_all().unwrap().backward().unwrap();
+        g.get(&x).expect("gradient").clone()
+    };
+    let part = |i: usize| {
+        let p = x.narrow(2, i * hd, hd).unwrap();
+        let p = p.reshape(&[b, t, heads, hd / heads]).unwrap();
+        p.transpose(1, 2).unwrap()
+    };
+    let composed = scaled_dot_product_attention(&part(0), &part(1), &part(2), None, causal)
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .reshape(&[b, t, hd])
+        .unwrap();
+    let (g, gc) = (grad(&out), grad(&composed));
+    [out, g, composed, gc]
+}
+
+/// `qkv_attention` on the GPU (the fused kernels writing the joint gradient at head
+/// dims 32 and 64, and the unfused path interleaving three at 8): output and gradient
+/// against the float64 CPU op, and equal, to the bit, to attention on the three views
+/// of the same tensor on the GPU, whose separate gradients the views' backward pads
+/// and adds.
+#[test]
+fn qkv_attention_matches_cpu_and_the_three_views() {
+    let Some(dev) = gpu() else { return };
+    let mut failures = Vec::new();
+    for dt in [DType::F32, DType::BF16] {
+        for (d, heads) in [(8, 2), (32, 4), (64, 2)] {
+            for t in [7, 49, 65] {
+                for causal in [false, true] {
+                    let seed = 7 * d as u64 + t as u64;
+                    let qkv = randn(seed, &[2, t, 3 * heads * d], dt);
+                    let w = randn(seed + 1, &[2, t, heads * d], dt);
+                    let wide = |x: &Tensor| x.to_dtype(DType::F64).unwrap();
+                    let reference = run_qkv(&wide(&qkv), &wide(&w), heads, causal);
+                    let on_gpu = |x: &Tensor| x.to_device(dev).unwrap();
+                    let got = run_qkv(&on_gpu(&qkv), &on_gpu(&w), heads, causal);
+                    let case = format!("{dt} d={d} h={heads} t={t} causal={causal}");
+                    for (what, i) in [("out", 0), ("gradient", 1)] {
+                        let e = rel_err(&got[i].to_device(Device::Cpu).unwrap(), &reference[i]);
+                        if e > tolerance(dt) {
+                            failures.push(format!("{case} {what}: {e:e}"));
+                        }
+                        let bits = |x: &Tensor| x.to_vec_f64().unwrap();
+                        if bits(&got[i]) != bits(&got[i + 2]) {
+                            failures.push(format!("{case} {what} differs from the views'"));
                         }
                     }
                 }

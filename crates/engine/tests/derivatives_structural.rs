@@ -14,7 +14,7 @@
 use proptest::prelude::*;
 use proptest::sample::Index;
 use twinflow_engine::gradcheck::{GradcheckOptions, GradcheckReport};
-use twinflow_engine::{scaled_dot_product_attention, Result, Tensor};
+use twinflow_engine::{qkv_attention, scaled_dot_product_attention, Result, Tensor};
 
 mod common;
 use common::{
@@ -697,6 +697,35 @@ derivative_checks! {
         if let Err(e) = r {
             let case = format!("b={b} h={h} tq={tq} tk={tk} d={d} dv={dv} causal={causal}");
             prop_assert!(false, "{e} ({case} scale={scale:?} bthd={bthd})")
+        }
+    }
+
+    /// Attention over the three parts of one `[b, t, 3·h·d]` tensor, causal or not,
+    /// default or drawn scale; the tensor optionally a transposed view (its feature
+    /// dim strided), as the kernels read any strides in place.
+    fn gradcheck_qkv_attention / jvpcheck_qkv_attention (
+        mode,
+        (b, h) in (1usize..=2, 1usize..=2),
+        t in 1usize..=5,
+        d in 1usize..=4,
+        causal in any::<bool>(),
+        scale in prop::option::of(0.1f64..2.0),
+        transposed in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let width = 3 * h * d;
+        let stored = if transposed { vec![b, width, t] } else { vec![b, t, width] };
+        let r = check(
+            mode,
+            |x| {
+                let qkv = if transposed { x[0].transpose(1, 2)? } else { x[0].clone() };
+                qkv_attention(&qkv, h, scale, causal)
+            },
+            &[randn(seed, &stored)],
+        );
+        if let Err(e) = r {
+            let case = format!("b={b} h={h} t={t} d={d} causal={causal} scale={scale:?}");
+            prop_assert!(false, "{e} ({case} transposed={transposed})")
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Bad input gets an error that names the op and the shapes (or dtypes), never a panic.
 
-use twinflow_engine::{scaled_dot_product_attention, DType, Device, Tensor};
+use twinflow_engine::{qkv_attention, scaled_dot_product_attention, DType, Device, Tensor};
 
 fn zeros(shape: &[usize]) -> Tensor {
     Tensor::zeros(shape, DType::F32, Device::Cpu).unwrap()
@@ -75,6 +75,15 @@ fn attention_mismatch_names_the_shapes() {
     ));
     assert_names(&msg, &["attention", "[1, 2, 5, 8]"]);
     assert!(scaled_dot_product_attention(&zeros(&[2, 4, 8]), &q, &q, None, false).is_err());
+}
+
+#[test]
+fn qkv_attention_names_the_shape_and_heads() {
+    let msg = error_of(qkv_attention(&zeros(&[1, 4, 10]), 2, None, false));
+    assert_names(&msg, &["qkv_attention", "[1, 4, 10]", "heads = 2"]);
+    let msg = error_of(qkv_attention(&zeros(&[4, 12]), 2, None, false));
+    assert_names(&msg, &["qkv_attention", "[4, 12]"]);
+    assert!(qkv_attention(&zeros(&[1, 4, 12]), 0, None, false).is_err());
 }
 
 #[test]

@@ -8,7 +8,7 @@
 
 use proptest::prelude::*;
 use proptest::sample::Index;
-use twinflow_engine::{scaled_dot_product_attention, DType, Tensor};
+use twinflow_engine::{qkv_attention, scaled_dot_product_attention, DType, Tensor};
 
 mod common;
 use common::{
@@ -496,6 +496,52 @@ proptest! {
         let want = ref_attention(&qv, &kv, &vv, (b * h, tq, tk, d, dv), s, causal);
         let what = format!("attention causal={causal} scale={scale:?} bthd={bthd}");
         assert_close(&what, &vals(&got), &want, |_, _| 1e-12)?;
+    }
+
+    /// Attention over the three parts of one `[b, t, 3·h·d]` tensor against
+    /// [`scaled_dot_product_attention`] on its three head views, heads merged: the same
+    /// outputs and the same gradient of the tensor. In f32 the sizes reach the
+    /// AVX-512 kernels (the few-keys forward up to 64 keys, the small products) the
+    /// f64 checks do not take; the backward writes one gradient there instead of three.
+    #[test]
+    fn qkv_attention_matches_attention_on_its_parts(
+        b in 1usize..=3,
+        h in 1usize..=4,
+        t in prop_oneof![1usize..=9, 40usize..=70],
+        d in prop_oneof![Just(1usize), Just(8), Just(32), Just(64)],
+        causal in any::<bool>(),
+        f32_dtype in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let dtype = if f32_dtype { DType::F32 } else { DType::F64 };
+        let width = 3 * h * d;
+        let qkv = tensor(&randn_vec(seed, &[b, t, width]), &[b, t, width], dtype)
+            .into_variable()
+            .unwrap();
+        let weights = tensor(&randn_vec(seed ^ 1, &[b, t, h * d]), &[b, t, h * d], dtype);
+        let got = qkv_attention(&qkv, h, None, causal).unwrap();
+        let part = |i: usize| {
+            let x = qkv.narrow(2, i * h * d, h * d)?.reshape(&[b, t, h, d])?;
+            x.transpose(1, 2)
+        };
+        let (q, k, v) = (part(0).unwrap(), part(1).unwrap(), part(2).unwrap());
+        let want = scaled_dot_product_attention(&q, &k, &v, None, causal)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape(&[b, t, h * d])
+            .unwrap();
+        prop_assert_eq!(got.shape(), &[b, t, h * d]);
+        let tol = |w: f64, _| if f32_dtype { 1e-5 * w.abs().max(1.0) } else { 1e-12 };
+        let what = format!("qkv_attention b={b} h={h} t={t} d={d} causal={causal} {dtype:?}");
+        assert_close(&what, &vals(&got), &vals(&want), tol)?;
+        let grad_of = |y: &Tensor| {
+            let grads = y.mul(&weights)?.sum_all()?.backward()?;
+            grads.get(&qkv).cloned().ok_or_else(|| twinflow_engine::Error::Autograd("no grad".into()))
+        };
+        let (g_got, g_want) = (grad_of(&got).unwrap(), grad_of(&want).unwrap());
+        prop_assert_eq!(g_got.shape(), &[b, t, width]);
+        assert_close(&format!("{what}, gradient"), &vals(&g_got), &vals(&g_want), tol)?;
     }
 
     /// cat (operands optionally transposed views) and stack against index arithmetic.

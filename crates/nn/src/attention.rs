@@ -1,11 +1,11 @@
-//! Multi-head self-attention: a `qkv` projection, the engine's fused attention on
-//! per-head views, and an output projection `proj` (parameter names as in DiT/ViT).
+//! Multi-head self-attention: a `qkv` projection, the engine's fused attention on its
+//! three parts, and an output projection `proj` (parameter names as in DiT/ViT).
 
 use crate::impl_module;
 use crate::init::ParamBuilder;
 use crate::linear::{Linear, LinearConfig};
 use crate::module::Forward;
-use twinflow_engine::{scaled_dot_product_attention, Error, Result, Tensor};
+use twinflow_engine::{qkv_attention, Error, Result, Tensor};
 
 /// Self-attention over `[B, T, D]` with `heads` heads of size `D / heads`.
 #[derive(Debug, Clone)]
@@ -40,44 +40,19 @@ impl SelfAttention {
     }
 }
 
-impl SelfAttention {
-    /// Part `i` of the `qkv` projection (0: queries, 1: keys, 2: values) of x
-    /// `[B, T, D]`, as a `[B, H, T, Dh]` view.
-    ///
-    /// This is `qkv(x).view(B, T, 3, H, Dh).permute(2, 0, 3, 1, 4)[i]` computed as one
-    /// product per part with rows `i·D..(i+1)·D` of the weight: the same values, but the
-    /// backward then leaves each part's gradient where it is instead of padding three
-    /// full-size gradients into the `[B, T, 3D]` output and adding them up.
-    fn project(&self, x: &Tensor, i: usize, [b, t, d]: [usize; 3]) -> Result<Tensor> {
-        let h = self.heads;
-        let weight = self.qkv.weight.narrow(0, i * d, d)?;
-        let bias = self
-            .qkv
-            .bias
-            .as_ref()
-            .map(|b| b.narrow(0, i * d, d))
-            .transpose()?;
-        let y = x.linear(&weight, bias.as_ref())?;
-        // [B, T, D] → [B, T, H, Dh] (a view) → [B, H, T, Dh] (a view, which the fused
-        // attention reads in place).
-        y.reshape(&[b, t, h, d / h])?.permute(&[0, 2, 1, 3])
-    }
-}
-
 impl Forward for SelfAttention {
     /// `[B, T, D] → [B, T, D]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let &[b, t, d] = x.shape() else {
+        if x.shape().len() != 3 {
             return Err(Error::invalid(
                 "self_attention",
                 format!("expects [B, T, D], got shape {:?}", x.shape()),
             ));
-        };
-        let [q, k, v] = [0, 1, 2].map(|i| self.project(x, i, [b, t, d]));
-        let y = scaled_dot_product_attention(&q?, &k?, &v?, None, false)?;
-        // [B, H, T, Dh] → [B, T, H, Dh] → [B, T, D]: the one copy, which the projection
-        // needs contiguous anyway.
-        self.proj.forward(&y.transpose(1, 2)?.reshape(&[b, t, d])?)
+        }
+        // One product for q, k and v, whose gradient the attention's backward writes as
+        // one tensor (see `qkv_attention`).
+        let y = qkv_attention(&self.qkv.forward(x)?, self.heads, None, false)?;
+        self.proj.forward(&y)
     }
 }
 

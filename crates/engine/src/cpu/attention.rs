@@ -243,25 +243,32 @@ pub struct AttentionGrads<F> {
     pub dv: Vec<F>,
 }
 
+/// The backward's inputs: q, k, v, the forward's output, its log-sum-exp and the
+/// output's gradient.
+pub struct BackwardInputs<'a, F> {
+    /// q `[b, h, tq, d]`.
+    pub q: (&'a [F], &'a Layout),
+    /// k `[b, h, tk, d]`.
+    pub k: (&'a [F], &'a Layout),
+    /// v `[b, h, tk, dv]`.
+    pub v: (&'a [F], &'a Layout),
+    /// The forward's output, a `[b, h, tq, dv]` view.
+    pub out: (&'a [F], &'a Layout),
+    /// The forward's row log-sum-exp `[b, h, tq]`.
+    pub lse: &'a [F],
+    /// The output's gradient, a `[b, h, tq, dv]` view.
+    pub grad: (&'a [F], &'a Layout),
+}
+
 /// Backward: with P recomputed from the saved log-sum-exp,
 /// dV = Pᵀ·dO, dP = dO·Vᵀ, dS = P∘(dP − rowsum(dO∘O)), dQ = scale·dS·K, dK = scale·dSᵀ·Q.
 pub fn attention_backward<F: CpuFloat>(
-    q: (&[F], &Layout),
-    k: (&[F], &Layout),
-    v: (&[F], &Layout),
-    out: (&[F], &Layout),
-    lse: &[F],
-    grad: (&[F], &Layout),
+    x: BackwardInputs<F>,
     spec: AttentionSpec,
 ) -> AttentionGrads<F> {
-    let (q, k, v) = (
-        Operand::new(q.0, q.1),
-        Operand::new(k.0, k.1),
-        Operand::new(v.0, v.1),
-    );
-    let (o, g) = (Operand::new(out.0, out.1), Operand::new(grad.0, grad.1));
-    let (bh, h, tq, tk) = (q.offsets.len(), q.heads, q.rows, k.rows);
-    let (d, dv) = (q.cols, v.cols);
+    let ops = BackwardOperands::new(&x);
+    let (bh, h, tq, tk) = (ops.q.offsets.len(), ops.q.heads, ops.q.rows, ops.k.rows);
+    let (d, dv) = (ops.q.cols, ops.v.cols);
     // Without queries or keys every gradient is zero.
     let overwritten = tq > 0 && tk > 0;
     let mut grads = AttentionGrads {
@@ -282,12 +289,40 @@ pub fn attention_backward<F: CpuFloat>(
         .for_each(|(b, ((dq, dk), dvo))| {
             let mut scratch = [vec![F::zero(); tq * tk], vec![F::zero(); tq * tk]];
             for head in 0..h {
-                let i = b * h + head;
-                let dq = (&mut dq[head * d..], h * d);
-                let dk = (&mut dk[head * d..], h * d);
-                let dvo = (&mut dvo[head * dv..], h * dv);
-                let ops = (&q, &k, &v, &o, &g);
-                pair_grads(ops, lse, spec, i, (dq, dk, dvo), &mut scratch);
+                let dst = PairGrads::Separate([
+                    (&mut dq[head * d..], h * d),
+                    (&mut dk[head * d..], h * d),
+                    (&mut dvo[head * dv..], h * dv),
+                ]);
+                pair_grads(&ops, x.lse, spec, b * h + head, dst, &mut scratch);
+            }
+        });
+    grads
+}
+
+/// The backward of self-attention whose q, k and v are the three parts of one
+/// `[b, t, 3, h, d]` tensor (a `qkv` projection's output): the gradients written into
+/// one buffer laid out the same way, which is that tensor's gradient, so that the
+/// projection's backward needs no assembly of three gradients. q, k and v share
+/// `[b, h, t, d]`.
+pub fn attention_backward_joint<F: CpuFloat>(x: BackwardInputs<F>, spec: AttentionSpec) -> Vec<F> {
+    let ops = BackwardOperands::new(&x);
+    let (bh, h, t, d) = (ops.q.offsets.len(), ops.q.heads, ops.q.rows, ops.q.cols);
+    assert!(ops.k.rows == t && ops.v.rows == t && ops.v.cols == d);
+    let mut grads = output(bh * t * 3 * d, t > 0);
+    if bh == 0 || t == 0 || d == 0 {
+        return grads;
+    }
+    let row = 3 * h * d;
+    grads
+        .par_chunks_mut(t * row)
+        .enumerate()
+        .for_each(|(b, entry)| {
+            let mut scratch = [vec![F::zero(); t * t], vec![F::zero(); t * t]];
+            for head in 0..h {
+                let at = [0, 1, 2].map(|part| part * h * d + head * d);
+                let dst = PairGrads::Joint(&mut *entry, at, row);
+                pair_grads(&ops, x.lse, spec, b * h + head, dst, &mut scratch);
             }
         });
     grads
@@ -296,25 +331,57 @@ pub fn attention_backward<F: CpuFloat>(
 /// A destination matrix and the distance between its rows.
 type Dst<'a, F> = (&'a mut [F], usize);
 
-/// The operands of the backward: q, k, v, the output and its gradient.
-type BackwardOperands<'o, 'a, F> = (
-    &'o Operand<'a, F>,
-    &'o Operand<'a, F>,
-    &'o Operand<'a, F>,
-    &'o Operand<'a, F>,
-    &'o Operand<'a, F>,
-);
+/// Where one pair's dq, dk and dv go.
+enum PairGrads<'a, F> {
+    /// Each in its own buffer.
+    Separate([Dst<'a, F>; 3]),
+    /// Interleaved in one buffer: where each starts, and the distance between rows.
+    Joint(&'a mut [F], [usize; 3], usize),
+}
 
-/// The gradients of pair `i` into `dq`, `dk` and `dv`; `scratch` holds two `tq × tk`
-/// buffers (probabilities and score gradients), overwritten.
+impl<F> PairGrads<'_, F> {
+    /// The destination of gradient `part` (0: dq, 1: dk, 2: dv).
+    fn get(&mut self, part: usize) -> Dst<'_, F> {
+        match self {
+            PairGrads::Separate(dst) => (&mut *dst[part].0, dst[part].1),
+            PairGrads::Joint(buffer, at, row) => (&mut buffer[at[part]..], *row),
+        }
+    }
+}
+
+/// The operands of the backward: q, k, v, the output and its gradient.
+struct BackwardOperands<'a, F> {
+    q: Operand<'a, F>,
+    k: Operand<'a, F>,
+    v: Operand<'a, F>,
+    o: Operand<'a, F>,
+    g: Operand<'a, F>,
+}
+
+impl<'a, F> BackwardOperands<'a, F> {
+    fn new(x: &BackwardInputs<'a, F>) -> Self {
+        let op = |(data, l): (&'a [F], &'a Layout)| Operand::new(data, l);
+        BackwardOperands {
+            q: op(x.q),
+            k: op(x.k),
+            v: op(x.v),
+            o: op(x.out),
+            g: op(x.grad),
+        }
+    }
+}
+
+/// The gradients of pair `i` into `dst`; `scratch` holds two `tq × tk` buffers
+/// (probabilities and score gradients), overwritten.
 fn pair_grads<F: CpuFloat>(
-    (q, k, v, o, g): BackwardOperands<F>,
+    x: &BackwardOperands<F>,
     lse: &[F],
     spec: AttentionSpec,
     i: usize,
-    (dq, dk, dvo): (Dst<F>, Dst<F>, Dst<F>),
+    mut dst: PairGrads<F>,
     [p, ds]: &mut [Vec<F>; 2],
 ) {
+    let (q, k, v, o, g) = (&x.q, &x.k, &x.v, &x.o, &x.g);
     let (tq, tk, d, dv) = (q.rows, k.rows, q.cols, v.cols);
     let scale = F::c(spec.scale);
     scores(p, q, k, i, spec);
@@ -330,7 +397,7 @@ fn pair_grads<F: CpuFloat>(
         &mut p[..],
     );
     let dout = (g.at(i), g.strides);
-    product(dvo, (p, (1, tk)), dout, (tk, tq, dv), F::one());
+    product(dst.get(2), (p, (1, tk)), dout, (tk, tq, dv), F::one());
     let v_t = (v.at(i), v.transposed());
     product((ds, tk), dout, v_t, (tq, dv, tk), F::one());
     isa::dispatch(
@@ -338,8 +405,15 @@ fn pair_grads<F: CpuFloat>(
         |ds| score_grads(ds, p, (g, o, i), tk),
         &mut ds[..],
     );
-    product(dq, (ds, (tk, 1)), (k.at(i), k.strides), (tq, tk, d), scale);
-    product(dk, (ds, (1, tk)), (q.at(i), q.strides), (tk, tq, d), scale);
+    let k_rows = (k.at(i), k.strides);
+    product(dst.get(0), (ds, (tk, 1)), k_rows, (tq, tk, d), scale);
+    product(
+        dst.get(1),
+        (ds, (1, tk)),
+        (q.at(i), q.strides),
+        (tk, tq, d),
+        scale,
+    );
 }
 
 /// The output, its log-sum-exp and its tangent, the output stored like

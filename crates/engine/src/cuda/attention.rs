@@ -102,25 +102,61 @@ pub(crate) fn forward(
     Ok((token_major(out, lq, dv)?, lse))
 }
 
-/// dV = Pᵀ·dO, dP = dO·Vᵀ, dS = P∘(dP − rowsum(dO∘O)), dQ = scale·dS·K,
-/// dK = scale·dSᵀ·Q, with P recomputed from the saved log-sum-exp.
-#[allow(clippy::too_many_arguments)]
+/// dq, dk and dv stored token-major (three storages), or, `joint`, written into one
+/// `[b, t, 3, h, d]` storage (q, k and v being the three parts of one tensor; see
+/// `qkv_attention`), from q, k, v, the forward's output `o` and log-sum-exp, and the
+/// output gradient `g`.
 pub(crate) fn backward(
-    (q, lq): (&CudaStorage, &Layout),
-    (k, lk): (&CudaStorage, &Layout),
-    (v, lv): (&CudaStorage, &Layout),
-    (o, lo): (&CudaStorage, &Layout),
-    lse: &CudaStorage,
-    (g, lg): (&CudaStorage, &Layout),
+    (q, lq): View,
+    (k, lk): View,
+    (v, lv): View,
+    ((o, lo), lse, (g, lg)): (View, &CudaStorage, View),
     spec: AttentionSpec,
-) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+    joint: bool,
+) -> Result<Vec<CudaStorage>> {
     float_only("attention_backward", q.dtype)?;
-    let (dev, dt) = (q.dev(), q.dtype);
+    let dt = q.dtype;
     let ((bh, tq, d), (_, tk, dv)) = (dims(lq), dims(lv));
     if bh * tq * tk > 0 && flash::covers(dt, d, dv, (tq, tk)) {
         let (dims, og) = ((bh, tq, tk, d), ((o, lo), lse, (g, lg)));
-        return flash::backward((q, lq), (k, lk), (v, lv), og, dims, spec);
+        return flash::backward((q, lq), (k, lk), (v, lv), og, dims, spec, joint);
     }
+    let (dq, dk, dv) = unfused_backward((q, lq), (k, lk), (v, lv), ((o, lo), lse, (g, lg)), spec)?;
+    match joint {
+        false => Ok(vec![dq, dk, dv]),
+        true => Ok(vec![interleave([dq, dk, dv], lq)?]),
+    }
+}
+
+/// Three token-major `[b, t, h, d]` gradients written into one `[b, t, 3, h, d]`
+/// storage (`lq` the `[b, h, t, d]` shape they share).
+fn interleave(parts: [CudaStorage; 3], lq: &Layout) -> Result<CudaStorage> {
+    let [b, h, t, d] = [0, 1, 2, 3].map(|i| lq.shape()[i]);
+    let mut joint = CudaStorage::alloc(parts[0].dev(), b * t * 3 * h * d, parts[0].dtype)?;
+    let src = Layout::contiguous(&[b, t, h, d]);
+    for (i, part) in parts.iter().enumerate() {
+        let dst = Layout::new(
+            src.shape().to_vec(),
+            vec![t * 3 * h * d, 3 * h * d, d, 1],
+            i * h * d,
+        );
+        part.copy_into(&src, &mut joint, &dst)?;
+    }
+    Ok(joint)
+}
+
+/// dV = Pᵀ·dO, dP = dO·Vᵀ, dS = P∘(dP − rowsum(dO∘O)), dQ = scale·dS·K,
+/// dK = scale·dSᵀ·Q, with P recomputed from the saved log-sum-exp, on cuBLAS and the
+/// row kernels; stored token-major.
+fn unfused_backward(
+    (q, lq): View,
+    (k, lk): View,
+    (v, lv): View,
+    ((o, lo), lse, (g, lg)): (View, &CudaStorage, View),
+    spec: AttentionSpec,
+) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+    let (dev, dt) = (q.dev(), q.dtype);
+    let ((bh, tq, d), (_, tk, dv)) = (dims(lq), dims(lv));
     let dq = CudaStorage::zeros_on(dev, bh * tq * d, dt)?;
     let dk = CudaStorage::zeros_on(dev, bh * tk * d, dt)?;
     let dvv = CudaStorage::zeros_on(dev, bh * tk * dv, dt)?;

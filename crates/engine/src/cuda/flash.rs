@@ -177,11 +177,18 @@ impl Rows {
     /// The rows of a `[b, h, t, d]` result stored token-major, `[b, t, h, d]`, as the
     /// attention op expects (`token_major` in `ops/attention.rs`).
     fn token_major(heads: usize, t: usize, d: usize) -> Rows {
-        let (h, t, d) = (heads as u64, t as u64, d as u64);
+        Rows::interleaved(heads, t, d, 1)
+    }
+
+    /// The rows of one of `parts` `[b, h, t, d]` results stored together as
+    /// `[b, t, parts, h, d]`, each part's first row `h·d` elements after the previous
+    /// part's (`parts` = 1: token-major).
+    fn interleaved(heads: usize, t: usize, d: usize, parts: usize) -> Rows {
+        let (h, t, d, parts) = (heads as u64, t as u64, d as u64, parts as u64);
         Rows {
-            batch: t * h * d,
+            batch: t * parts * h * d,
             head: d,
-            row: h * d,
+            row: parts * h * d,
             heads: h,
         }
     }
@@ -279,8 +286,10 @@ pub(crate) fn forward(
     Ok((out, lse))
 }
 
-/// (dq, dk, dv), stored token-major, of q, k, v `[b, h, t, d]` views, the forward's
-/// output `o` and log-sum-exp, and the output gradient `g` (views like the inputs).
+/// dq, dk and dv, stored token-major, of q, k, v `[b, h, t, d]` views, the forward's
+/// output `o` and log-sum-exp, and the output gradient `g` (views like the inputs); or,
+/// `joint` (tq = tk), one `[b, t, 3, h, d]` storage holding all three (the gradient of
+/// the tensor whose parts q, k and v are).
 pub(crate) fn backward(
     (q, lq): (&CudaStorage, &Layout),
     (k, lk): (&CudaStorage, &Layout),
@@ -288,7 +297,8 @@ pub(crate) fn backward(
     ((o, lo), lse, (g, lg)): (View4<'_>, &CudaStorage, View4<'_>),
     dims: Dims,
     spec: AttentionSpec,
-) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+    joint: bool,
+) -> Result<Vec<CudaStorage>> {
     const OP: &str = "attention_backward";
     let (dev, dt) = (q.dev(), q.dtype);
     let (bh, tq, tk, d) = dims;
@@ -305,25 +315,38 @@ pub(crate) fn backward(
     let f = format!("fa_delta_{}", dt.as_str());
     let a = args![gi.ptr, gi.rows, oi.ptr, oi.rows, delta.ptr(), rows, tq, d];
     launch(dev, OP, (FILE, &f), per_warp, a)?;
-    let dq = CudaStorage::alloc(dev, rows * d, dt)?;
-    let dk = CudaStorage::alloc(dev, bh * tk * d, dt)?;
-    let dv = CudaStorage::alloc(dev, bh * tk * d, dt)?;
+    let heads = lq.shape()[1];
+    // Separate: three token-major buffers. Joint: one `[b, t, 3, h, d]` buffer whose
+    // rows hold a token's q, k and v gradients side by side.
+    let (grads, [pq, pk, pv], dqr, dkvr) = match joint {
+        false => {
+            let grads = [rows * d, bh * tk * d, bh * tk * d]
+                .map(|n| CudaStorage::alloc(dev, n, dt))
+                .into_iter()
+                .collect::<Result<Vec<_>>>()?;
+            let ptrs = [0, 1, 2].map(|i| grads[i].ptr());
+            let (dqr, dkvr) = (
+                Rows::token_major(heads, tq, d),
+                Rows::token_major(heads, tk, d),
+            );
+            (grads, ptrs, dqr, dkvr)
+        }
+        true => {
+            let joint = CudaStorage::alloc(dev, 3 * rows * d, dt)?;
+            let ptrs = [0, 1, 2].map(|i| joint.ptr_at(i * heads * d));
+            let r = Rows::interleaved(heads, tq, d, 3);
+            (vec![joint], ptrs, r, r)
+        }
+    };
     let (scale, causal) = (spec.scale as f32, spec.causal);
     let (l, dl) = (lse.ptr(), delta.ptr());
     let (qp, kp, vp, gp) = (qi.ptr, ki.ptr, vi.ptr, gi.ptr);
     let (qr, kr, vr, gr) = (qi.rows, ki.rows, vi.rows, gi.rows);
-    let heads = lq.shape()[1];
-    let (dqr, dkvr) = (
-        Rows::token_major(heads, tq, d),
-        Rows::token_major(heads, tk, d),
-    );
-    let pq = dq.ptr();
     let a = args![qp, qr, kp, kr, vp, vr, gp, gr, l, dl, pq, dqr, tq, tk, scale, causal];
     launch_tiled(dev, OP, Kernel::Dq, (dt, dims, tq), a)?;
-    let (pk, pv) = (dk.ptr(), dv.ptr());
     let a = args![qp, qr, kp, kr, vp, vr, gp, gr, l, dl, pk, pv, dkvr, tq, tk, scale, causal];
     launch_tiled(dev, OP, Kernel::Dkdv, (dt, dims, tk), a)?;
-    Ok((dq, dk, dv))
+    Ok(grads)
 }
 
 /// The output, the f32 row log-sum-exp `[bh, tq]` and the output's tangent of q, k, v

@@ -46,33 +46,19 @@ pub fn scaled_dot_product_attention(
         scale: scale.unwrap_or(1.0 / (qs[3] as f64).sqrt()),
         causal,
     };
-    let primals = (
-        (&*q.storage(), q.layout()),
-        (&*k.storage(), k.layout()),
-        (&*v.storage(), v.layout()),
-    );
-    // With tangents, one kernel computes the output and its tangent together.
-    let (out, lse, tangent) = match forward_ad::wants_tangent(&[q, k, v]) {
-        false => {
-            let (out, lse) = Storage::fused(&AttentionForward(spec), primals)?;
-            (out, lse, None)
-        }
+    let layouts = [q.layout(), k.layout(), v.layout()].map(Layout::clone);
+    let tangents = match forward_ad::wants_tangent(&[q, k, v]) {
+        false => None,
         true => {
             let t = |x: &Tensor| x.tangent().map_or_else(|| x.zeros_like(), Ok);
-            let (tq, tk, tv) = (t(q)?, t(k)?, t(v)?);
-            let (pq, pk, pv) = primals;
-            let inputs = (
-                pq,
-                pk,
-                pv,
-                (&*tq.storage(), tq.layout()),
-                (&*tk.storage(), tk.layout()),
-                (&*tv.storage(), tv.layout()),
-            );
-            let (out, lse, t) = Storage::fused(&AttentionJvp(spec), inputs)?;
-            (out, lse, Some(t))
+            let [tq, tk, tv] = [t(q)?, t(k)?, t(v)?];
+            let views = [tq.layout(), tk.layout(), tv.layout()].map(Layout::clone);
+            Some(([tq, tk, tv], views))
         }
     };
+    let (sq, sk, sv) = (q.storage(), k.storage(), v.storage());
+    let (out, lse, tangent) = attend([&sq, &sk, &sv], &layouts, tangents, spec)?;
+    drop((sq, sk, sv));
     let lse = Tensor::from_storage(lse, &qs[..3]);
     let shape = [qs[0], qs[1], qs[2], vs[3]];
     Tensor::from_op_in(
@@ -82,8 +68,8 @@ pub fn scaled_dot_product_attention(
         &[q, k, v],
         move |x, out, g| {
             let (q, k, v) = (&x[0], &x[1], &x[2]);
-            let (dq, dk, dv) = Storage::fused(
-                &AttentionBackward(spec),
+            let grads = Storage::fused(
+                &AttentionBackward { spec, joint: false },
                 (
                     (&q.storage(), q.layout()),
                     (&k.storage(), k.layout()),
@@ -97,6 +83,8 @@ pub fn scaled_dot_product_attention(
                 let shape = [t.shape()[0], t.shape()[1], t.shape()[2], t.shape()[3]];
                 Some(Tensor::from_storage_in(s, token_major(shape)))
             };
+            let [dq, dk, dv] = <[Storage; 3]>::try_from(grads)
+                .map_err(|_| Error::Autograd("attention: three gradients expected".into()))?;
             Ok(vec![grad(dq, q), grad(dk, k), grad(dv, v)])
         },
         move |_, _| {
@@ -105,6 +93,128 @@ pub fn scaled_dot_product_attention(
             Ok(Tensor::from_storage_in(t, token_major(shape)))
         },
     )
+}
+
+/// Self-attention over the three parts of one tensor `qkv` `[b, t, 3·h·d]`: queries,
+/// keys and values, each `heads` heads of `d` features, as a `Linear(D, 3·D)`
+/// projection lays them out (`qkv.view(b, t, 3, h, d)`). Returns the heads merged,
+/// `[b, t, h·d]`, contiguous.
+///
+/// The values are those of [`scaled_dot_product_attention`] on the three `[b, h, t, d]`
+/// views of `qkv` (read in place, no copy), but the backward writes `qkv`'s gradient
+/// as one tensor: through the views, it would be three gradients, each padded to
+/// `qkv`'s shape and then added. So a model projects q, k and v with one product
+/// forward and backward instead of three.
+pub fn qkv_attention(
+    qkv: &Tensor,
+    heads: usize,
+    scale: Option<f64>,
+    causal: bool,
+) -> Result<Tensor> {
+    if let Some(x) = lowered(&[qkv])? {
+        return qkv_attention(&x[0], heads, scale, causal);
+    }
+    const OP: &str = "qkv_attention";
+    check_float(OP, qkv)?;
+    let &[b, t, width] = qkv.shape() else {
+        return Err(Error::shapes(OP, &[qkv.shape()]));
+    };
+    if heads == 0 || !width.is_multiple_of(3 * heads) {
+        let why = format!(
+            "the last dim of {:?} is not 3·heads·d for heads = {heads}",
+            qkv.shape()
+        );
+        return Err(Error::invalid(OP, why));
+    }
+    let d = width / (3 * heads);
+    let spec = AttentionSpec {
+        scale: scale.unwrap_or(1.0 / (d as f64).sqrt()),
+        causal,
+    };
+    let parts = move |l: &Layout| [0, 1, 2].map(|part| head_view(l, (heads, d), part));
+    let tangents = match forward_ad::wants_tangent(&[qkv]) {
+        false => None,
+        true => {
+            let t = qkv.tangent().map_or_else(|| qkv.zeros_like(), Ok)?;
+            let views = parts(t.layout());
+            Some(([t.clone(), t.clone(), t], views))
+        }
+    };
+    let storage = qkv.storage();
+    let (out, lse, tangent) = attend([&storage; 3], &parts(qkv.layout()), tangents, spec)?;
+    drop(storage);
+    let lse = Tensor::from_storage(lse, &[b, heads, t]);
+    let merged = Layout::contiguous(&[b, t, heads * d]);
+    Tensor::from_op_in(
+        OP,
+        out,
+        merged.clone(),
+        &[qkv],
+        move |x, out, g| {
+            let qkv = &x[0];
+            let (storage, layout) = (qkv.storage(), qkv.layout());
+            let [q, k, v] = parts(layout);
+            let grads = Storage::fused(
+                &AttentionBackward { spec, joint: true },
+                (
+                    (&storage, &q),
+                    (&storage, &k),
+                    (&storage, &v),
+                    (&out.storage(), &head_view(out.layout(), (heads, d), 0)),
+                    &lse.storage(),
+                    (&g.storage(), &head_view(g.layout(), (heads, d), 0)),
+                ),
+            )?;
+            let [joint] = <[Storage; 1]>::try_from(grads)
+                .map_err(|_| Error::Autograd("qkv_attention: one gradient expected".into()))?;
+            Ok(vec![Some(Tensor::from_storage(joint, &[b, t, width]))])
+        },
+        move |_, _| {
+            let t = tangent
+                .ok_or_else(|| Error::Autograd("qkv_attention: tangent not computed".into()))?;
+            Ok(Tensor::from_storage_in(t, merged.clone()))
+        },
+    )
+}
+
+/// Part `part` (0, 1, 2: q, k, v) of a `[b, t, parts·heads·d]` view as the
+/// `[b, heads, t, d]` view attention reads; part 0 of a `[b, t, heads·d]` view is that
+/// view with its heads split.
+fn head_view(l: &Layout, (heads, d): (usize, usize), part: usize) -> Layout {
+    let (shape, strides) = (l.shape(), l.strides());
+    Layout::new(
+        vec![shape[0], heads, shape[1], d],
+        vec![strides[0], d * strides[2], strides[1], strides[2]],
+        l.offset() + part * heads * d * strides[2],
+    )
+}
+
+/// The forward kernels on q, k and v (storages read through `layouts`), with the
+/// output's tangent when `tangents` are given (tensors and the views to read them
+/// through; one kernel computes both): the output
+/// stored token-major, the row log-sum-exp, and the tangent stored token-major.
+fn attend(
+    [q, k, v]: [&Storage; 3],
+    layouts: &[Layout; 3],
+    tangents: Option<([Tensor; 3], [Layout; 3])>,
+    spec: AttentionSpec,
+) -> Result<(Storage, Storage, Option<Storage>)> {
+    let primals = ((q, &layouts[0]), (k, &layouts[1]), (v, &layouts[2]));
+    let Some(([tq, tk, tv], [lq, lk, lv])) = tangents else {
+        let (out, lse) = Storage::fused(&AttentionForward(spec), primals)?;
+        return Ok((out, lse, None));
+    };
+    let (pq, pk, pv) = primals;
+    let inputs = (
+        pq,
+        pk,
+        pv,
+        (&*tq.storage(), &lq),
+        (&*tk.storage(), &lk),
+        (&*tv.storage(), &lv),
+    );
+    let (out, lse, t) = Storage::fused(&AttentionJvp(spec), inputs)?;
+    Ok((out, lse, Some(t)))
 }
 
 /// A `[b, h, t, d]` view of storage laid out `[b, t, h, d]` (token-major): how the
@@ -188,9 +298,14 @@ impl<'a> FusedOp<'a> for AttentionJvp {
     }
 }
 
-/// The backward kernels: dq, dk and dv, stored token-major like the output, from q, k,
-/// v, the forward's output and log-sum-exp, and the output gradient.
-struct AttentionBackward(AttentionSpec);
+/// The backward kernels: dq, dk and dv, stored token-major like the output (three
+/// storages), or, `joint`, written into one `[b, t, 3, h, d]` storage, the gradient of
+/// the tensor whose three parts q, k and v are ([`qkv_attention`]); from q, k, v, the
+/// forward's output and log-sum-exp, and the output gradient.
+struct AttentionBackward {
+    spec: AttentionSpec,
+    joint: bool,
+}
 
 impl<'a> FusedOp<'a> for AttentionBackward {
     const NAME: &'static str = "attention_backward";
@@ -202,7 +317,8 @@ impl<'a> FusedOp<'a> for AttentionBackward {
         &'a Storage,
         View<'a, Storage>,
     );
-    type Output = (Storage, Storage, Storage);
+    /// dq, dk and dv, or the one joint gradient.
+    type Output = Vec<Storage>;
 
     fn cpu(
         &self,
@@ -211,19 +327,29 @@ impl<'a> FusedOp<'a> for AttentionBackward {
         let dt = q.0.dtype();
         dispatch_float!(Self::NAME, q.0, |F| {
             let view = |s| F::view(s, Self::NAME);
-            let (qv, kv, vv) = (view(q.0)?, view(k.0)?, view(v.0)?);
+            let qv = view(q.0)?;
+            // In the joint case q, k and v are one storage: read (convert) it once.
+            let (kv, vv) = match self.joint {
+                true => (None, None),
+                false => (Some(view(k.0)?), Some(view(v.0)?)),
+            };
             let (ov, lv, gv) = (view(out.0)?, view(lse)?, view(grad.0)?);
-            let r = attention::attention_backward(
-                (&qv, q.1),
-                (&kv, k.1),
-                (&vv, v.1),
-                (&ov, out.1),
-                &lv,
-                (&gv, grad.1),
-                self.0,
-            );
+            let x = attention::BackwardInputs {
+                q: (&qv, q.1),
+                k: (kv.as_deref().unwrap_or(&qv), k.1),
+                v: (vv.as_deref().unwrap_or(&qv), v.1),
+                out: (&ov, out.1),
+                lse: &lv,
+                grad: (&gv, grad.1),
+            };
             let store = |v| -> Storage { F::store(v, dt).into() };
-            Ok((store(r.dq), store(r.dk), store(r.dv)))
+            Ok(match self.joint {
+                true => vec![store(attention::attention_backward_joint(x, self.spec))],
+                false => {
+                    let r = attention::attention_backward(x, self.spec);
+                    vec![store(r.dq), store(r.dk), store(r.dv)]
+                }
+            })
         })
     }
 
@@ -232,7 +358,7 @@ impl<'a> FusedOp<'a> for AttentionBackward {
         &self,
         (q, k, v, out, lse, grad): BackendInputs<'a, Self, CudaStorage>,
     ) -> Result<Self::Output> {
-        let (dq, dk, dv) = cuda::attention::backward(q, k, v, out, lse, grad, self.0)?;
-        Ok((dq.into(), dk.into(), dv.into()))
+        let grads = cuda::attention::backward(q, k, v, (out, lse, grad), self.spec, self.joint)?;
+        Ok(grads.into_iter().map(Storage::from).collect())
     }
 }

@@ -19,7 +19,7 @@ mod softmax;
 mod unary;
 mod view;
 
-pub use attention::scaled_dot_product_attention;
+pub use attention::{qkv_attention, scaled_dot_product_attention};
 
 use crate::error::{Error, Result};
 use crate::layout::broadcast_shapes;
