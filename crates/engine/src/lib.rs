@@ -46,7 +46,7 @@ pub use dtype::{DType, Element};
 pub use error::{excerpt, report, Error, Result};
 pub use forward_ad::jvp;
 pub use layout::Layout;
-pub use ops::{qkv_attention, scaled_dot_product_attention};
+pub use ops::{gelu_mlp, qkv_attention, scaled_dot_product_attention, LinearParams};
 pub use random::{Generator, GeneratorState};
 pub use storage::Storage;
 pub use tensor::{Tensor, TensorId};

@@ -6,7 +6,8 @@
 #![cfg(feature = "cuda")]
 
 use twinflow_engine::{
-    autocast, cuda, jvp, scaled_dot_product_attention, DType, Device, Generator, Result, Tensor,
+    autocast, cuda, gelu_mlp, jvp, scaled_dot_product_attention, DType, Device, Generator, Result,
+    Tensor,
 };
 
 mod common;
@@ -494,6 +495,33 @@ fn products() {
         check(&format!("permuted batch matmul {dt}"), &[a, b], tol, |t| {
             t[0].permute(&[1, 0, 2])?.matmul(&t[1].permute(&[1, 0, 2])?)
         });
+    }
+}
+
+/// The fused GELU feed-forward block (on CUDA its products and GELU kernels in turn),
+/// with and without biases, against the CPU op (whose f32/f64 kernels fuse the GELU
+/// into the products).
+#[test]
+fn gelu_mlp_block() {
+    for dt in FLOATS {
+        let (x, w1, w2) = (
+            randn(21, &[3, 7, 24], dt),
+            randn(22, &[40, 24], dt),
+            randn(23, &[16, 40], dt),
+        );
+        let (b1, b2) = (randn(24, &[40], dt), randn(25, &[16], dt));
+        check(
+            &format!("gelu_mlp {dt}"),
+            &[x.clone(), w1.clone(), w2.clone(), b1, b2],
+            tolerance(dt),
+            |t| gelu_mlp(&t[0], (&t[1], Some(&t[3])), (&t[2], Some(&t[4]))),
+        );
+        check(
+            &format!("gelu_mlp without biases {dt}"),
+            &[x, w1, w2],
+            tolerance(dt),
+            |t| gelu_mlp(&t[0], (&t[1], None), (&t[2], None)),
+        );
     }
 }
 

@@ -14,7 +14,7 @@
 use proptest::prelude::*;
 use proptest::sample::Index;
 use twinflow_engine::gradcheck::{GradcheckOptions, GradcheckReport};
-use twinflow_engine::{qkv_attention, scaled_dot_product_attention, Result, Tensor};
+use twinflow_engine::{gelu_mlp, qkv_attention, scaled_dot_product_attention, Result, Tensor};
 
 mod common;
 use common::{
@@ -697,6 +697,33 @@ derivative_checks! {
         if let Err(e) = r {
             let case = format!("b={b} h={h} tq={tq} tk={tk} d={d} dv={dv} causal={causal}");
             prop_assert!(false, "{e} ({case} scale={scale:?} bthd={bthd})")
+        }
+    }
+
+    /// The GELU feed-forward block, with and without biases, on 2-D and 3-D inputs
+    /// (the fused op; forward mode runs its composition).
+    fn gradcheck_gelu_mlp / jvpcheck_gelu_mlp (
+        mode,
+        lead in prop::collection::vec(1usize..=3, 1..=2),
+        (k, hidden, n) in (1usize..=4, 1usize..=5, 1usize..=4),
+        (bias1, bias2) in (any::<bool>(), any::<bool>()),
+        seed in any::<u64>(),
+    ) {
+        let x = randn(seed, &[lead.as_slice(), &[k]].concat());
+        let mut inputs = vec![x, randn(seed ^ 1, &[hidden, k]), randn(seed ^ 2, &[n, hidden])];
+        if bias1 { inputs.push(randn(seed ^ 3, &[hidden])); }
+        if bias2 { inputs.push(randn(seed ^ 4, &[n])); }
+        let r = check(
+            mode,
+            |x| {
+                let b1 = bias1.then(|| &x[3]);
+                let b2 = bias2.then(|| &x[3 + bias1 as usize]);
+                gelu_mlp(&x[0], (&x[1], b1), (&x[2], b2))
+            },
+            &inputs,
+        );
+        if let Err(e) = r {
+            prop_assert!(false, "{e} (lead {lead:?} k={k} hidden={hidden} n={n} biases {bias1} {bias2})")
         }
     }
 

@@ -1,6 +1,8 @@
 //! Bad input gets an error that names the op and the shapes (or dtypes), never a panic.
 
-use twinflow_engine::{qkv_attention, scaled_dot_product_attention, DType, Device, Tensor};
+use twinflow_engine::{
+    gelu_mlp, qkv_attention, scaled_dot_product_attention, DType, Device, Tensor,
+};
 
 fn zeros(shape: &[usize]) -> Tensor {
     Tensor::zeros(shape, DType::F32, Device::Cpu).unwrap()
@@ -84,6 +86,16 @@ fn qkv_attention_names_the_shape_and_heads() {
     let msg = error_of(qkv_attention(&zeros(&[4, 12]), 2, None, false));
     assert_names(&msg, &["qkv_attention", "[4, 12]"]);
     assert!(qkv_attention(&zeros(&[1, 4, 12]), 0, None, false).is_err());
+}
+
+#[test]
+fn gelu_mlp_names_the_shapes() {
+    let (x, w1, w2) = (zeros(&[4, 3]), zeros(&[5, 3]), zeros(&[2, 6]));
+    let msg = error_of(gelu_mlp(&x, (&w1, None), (&w2, None)));
+    assert_names(&msg, &["gelu_mlp", "[4, 3]", "[5, 3]", "[2, 6]"]);
+    let b1 = zeros(&[4]);
+    let msg = error_of(gelu_mlp(&x, (&w1, Some(&b1)), (&zeros(&[2, 5]), None)));
+    assert_names(&msg, &["gelu_mlp", "[4]"]);
 }
 
 #[test]

@@ -5,7 +5,7 @@ use crate::impl_module;
 use crate::init::ParamBuilder;
 use crate::linear::{Linear, LinearConfig};
 use crate::module::Forward;
-use twinflow_engine::{Result, Tensor};
+use twinflow_engine::{gelu_mlp, Result, Tensor};
 
 /// `fc2(gelu_tanh(fc1(x)))`, parameter names `fc1.*` and `fc2.*` (as in DiT/ViT).
 #[derive(Debug, Clone)]
@@ -32,8 +32,10 @@ impl Mlp {
 }
 
 impl Forward for Mlp {
+    /// One fused op (`gelu_mlp`: the GELU and its derivative run inside the products).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.fc1.forward(x)?.gelu()?)
+        let fc1 = (&self.fc1.weight, self.fc1.bias.as_ref());
+        gelu_mlp(x, fc1, (&self.fc2.weight, self.fc2.bias.as_ref()))
     }
 }
 

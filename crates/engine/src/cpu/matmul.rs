@@ -3,6 +3,7 @@
 //! through the `gemm` crate. All read any row and column strides: transposed operands
 //! are multiplied in place, without a copy.
 
+use super::epilogue::Epilogue;
 use super::float::CpuFloat;
 use super::pool;
 use super::strided::gather_view;
@@ -109,7 +110,7 @@ pub fn gemm_into<F: CpuFloat>(
         let beta = as_f32_slice(std::slice::from_ref(&beta))[0];
         let (dst, lhs, rhs) = (as_f32_slice_mut(dst), as_f32_slice(lhs), as_f32_slice(rhs));
         let ldc = dst_row_stride;
-        return super::sgemm_avx512::sgemm(dst, ldc, lhs, rhs, g, beta, parallel, bias);
+        return super::sgemm_avx512::sgemm(dst, ldc, lhs, rhs, g, beta, parallel, (bias, None));
     }
     if let Some(b) = bias {
         for (i, row) in dst.chunks_mut(dst_row_stride).take(g.m).enumerate() {
@@ -264,6 +265,49 @@ pub fn matmul<F: CpuFloat>(
             .enumerate()
             .for_each(|p| one(p, threads));
     }
+    out
+}
+
+/// A 2-D `[m, k] · [k, n]` product plus an optional bias view of the output's shape,
+/// then `epilogue` (the fused feed-forward ops of `ops/mlp.rs`); contiguous output. On
+/// the AVX-512 packed kernel each task applies the epilogue to its block of the output
+/// right after the block's last products, while the block is in cache; otherwise it is
+/// a pass over the finished output.
+pub fn matmul_then<F: CpuFloat>(
+    (a, la): (&[F], &Layout),
+    (b, lb): (&[F], &Layout),
+    bias: Option<(&[F], &Layout)>,
+    epilogue: Epilogue<F>,
+) -> Vec<F> {
+    assert!(la.rank() == 2 && lb.rank() == 2);
+    let (m, k, n) = (la.shape()[0], la.shape()[1], lb.shape()[1]);
+    #[cfg(target_arch = "x86_64")]
+    if k > 0 && m * n * k >= AVX512_MIN_MNK && avx512_products::<F>() {
+        let g = GemmArgs {
+            m,
+            n,
+            k,
+            lhs_strides: (la.strides()[0], la.strides()[1]),
+            rhs_strides: (lb.strides()[0], lb.strides()[1]),
+            accumulate: false,
+        };
+        let bias = bias.map(|(v, l)| Bias {
+            data: as_f32_slice(v),
+            offset: l.offset(),
+            strides: (l.strides()[0], l.strides()[1]),
+        });
+        let (lhs, rhs) = (
+            as_f32_slice(&a[la.offset()..]),
+            as_f32_slice(&b[lb.offset()..]),
+        );
+        let mut out = pool::take(m * n);
+        let parallel = 2 * m * n * k >= PER_PRODUCT_PARALLEL_FLOPS;
+        let (dst, epilogue) = (as_f32_slice_mut(&mut out), Some(epilogue.as_f32()));
+        super::sgemm_avx512::sgemm(dst, n, lhs, rhs, g, 1.0, parallel, (bias, epilogue));
+        return out;
+    }
+    let mut out = matmul(a, la, b, lb, bias);
+    epilogue.apply_all(&mut out, n);
     out
 }
 

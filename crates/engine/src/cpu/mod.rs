@@ -13,13 +13,14 @@ pub(crate) mod attention;
 mod attention_few_keys;
 pub(crate) mod elementwise;
 pub(crate) mod ema;
+pub(crate) mod epilogue;
 mod fastmath;
 mod float;
 mod index;
 mod isa;
-mod matmul;
+pub(crate) mod matmul;
 pub(crate) mod norm;
-mod pool;
+pub(crate) mod pool;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod product_cases;
 mod reduce;

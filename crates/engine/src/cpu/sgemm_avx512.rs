@@ -17,6 +17,7 @@
 //! Any row and column strides are read, so transposed operands need no copy beforehand:
 //! the packing is where the layout is dealt with.
 
+use super::epilogue::Epilogue;
 use super::matmul::{Bias, GemmArgs};
 use rayon::prelude::*;
 use std::arch::x86_64::*;
@@ -48,8 +49,10 @@ pub fn available() -> bool {
 
 /// `dst = beta·lhs·rhs` (or `dst += …` when `g.accumulate`, or `dst = bias + …`) for a
 /// row-major `dst` with `ldc` between rows, split over rayon's threads when
-/// `parallel`. The caller has checked [`available`], that `m`, `n` and `k` are
-/// nonzero, and that every index the strides reach is in bounds.
+/// `parallel`, then `epilogue` applied to each task's block of the output right after
+/// its last products (`ldc` must then be `n`). The caller has checked [`available`],
+/// that `m`, `n` and `k` are nonzero, and that every index the strides reach is in
+/// bounds.
 ///
 /// The inner dimension is walked in blocks of `KC`: each block of the right operand is
 /// packed just before its products, while it fits in L2 (packing all of a weight
@@ -64,9 +67,10 @@ pub fn sgemm(
     g: GemmArgs,
     beta: f32,
     parallel: bool,
-    bias: Option<Bias<f32>>,
+    (bias, epilogue): (Option<Bias<f32>>, Option<Epilogue<f32>>),
 ) {
     assert!(available() && g.m > 0 && g.n > 0 && g.k > 0);
+    assert!(epilogue.is_none() || ldc == g.n);
     let product = Product {
         out: SharedOut(dst.as_mut_ptr(), dst.len()),
         ldc,
@@ -75,6 +79,7 @@ pub fn sgemm(
         g,
         beta,
         bias,
+        epilogue,
     };
     let parts = split(g, parallel);
     // When the rows are not split, each tile is multiplied by one task only, which
@@ -196,6 +201,7 @@ struct Product<'a> {
     g: GemmArgs,
     beta: f32,
     bias: Option<Bias<'a, f32>>,
+    epilogue: Option<Epilogue<'a, f32>>,
 }
 
 /// Packs rows `ks` of `rhs` (`k × n` with `g.rhs_strides`) into `NR`-wide tiles of
@@ -470,6 +476,25 @@ impl Product<'_> {
                 }
             });
         });
+        if ks.end == g.k {
+            if let Some(epilogue) = self.epilogue {
+                self.finish_part(part, epilogue);
+            }
+        }
+    }
+
+    /// Applies the epilogue to `part` of the finished output, while it is in cache.
+    ///
+    /// # Safety
+    /// No other thread reads or writes `part` of the output.
+    unsafe fn finish_part(&self, part: &Part, epilogue: Epilogue<f32>) {
+        let cols = part.tiles.start * NR..self.g.n.min(part.tiles.end * NR);
+        for row in part.rows.clone() {
+            let at = row * self.ldc + cols.start;
+            assert!(at + cols.len() <= self.out.1);
+            let y = std::slice::from_raw_parts_mut(self.out.0.add(at), cols.len());
+            epilogue.apply(y, at);
+        }
     }
 }
 
@@ -618,7 +643,7 @@ mod tests {
                 }
             }
             let before = case.c.clone();
-            sgemm(&mut case.c, case.ldc, &case.a, &case.b, case.g, beta, parallel, bias);
+            sgemm(&mut case.c, case.ldc, &case.a, &case.b, case.g, beta, parallel, (bias, None));
             case.check(&case.c, &want, &before).map_err(TestCaseError::fail)?;
         }
     }

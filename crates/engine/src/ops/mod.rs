@@ -12,6 +12,7 @@ mod index;
 mod join;
 mod loss;
 mod matmul;
+mod mlp;
 mod norm;
 mod optim;
 mod reduce;
@@ -20,6 +21,7 @@ mod unary;
 mod view;
 
 pub use attention::{qkv_attention, scaled_dot_product_attention};
+pub use mlp::{gelu_mlp, LinearParams};
 
 use crate::error::{Error, Result};
 use crate::layout::broadcast_shapes;

@@ -1,0 +1,101 @@
+//! Elementwise maps a product applies to its output while it is still in cache: the
+//! GELU after a feed-forward block's first layer, and the GELU's derivative in that
+//! block's backward (`ops/mlp.rs`). On AVX-512 the packed product kernel runs the map
+//! on each task's block of rows right after the block's last products
+//! (`sgemm_avx512`); elsewhere it is a pass over the finished output. Either way the
+//! values are those of the unary op and its backward (`unary_fn`,
+//! `unary_derivative`), element for element.
+
+use super::elementwise::{unary_derivative, unary_fn};
+use super::float::CpuFloat;
+use super::isa;
+use crate::backend::UnaryOp;
+use rayon::prelude::*;
+
+/// What a product does to its output `y` (rows `n` apart).
+#[derive(Clone, Copy)]
+pub enum Epilogue<'a, F> {
+    /// Keeps `y` and writes `gelu_tanh(y)` into a second output laid out like `y`.
+    Gelu(SharedRows<F>),
+    /// Replaces `y` by `y·gelu_tanh'(pre)`, `pre` laid out like `y`.
+    GeluGrad(&'a [F]),
+}
+
+/// A second output shared by tasks that write disjoint elements of it.
+#[derive(Clone, Copy)]
+pub struct SharedRows<F>(*mut F, usize);
+
+// SAFETY: the tasks write disjoint elements (each its own block of the product's
+// output, and the same elements here).
+unsafe impl<F> Sync for SharedRows<F> {}
+unsafe impl<F> Send for SharedRows<F> {}
+
+impl<F> SharedRows<F> {
+    /// The buffer `out`, to be written through [`Epilogue::apply`] only.
+    pub fn new(out: &mut [F]) -> Self {
+        SharedRows(out.as_mut_ptr(), out.len())
+    }
+}
+
+impl<'a, F: CpuFloat> Epilogue<'a, F> {
+    /// The same epilogue typed as f32, for the f32 product kernel; only called where `F`
+    /// is f32 (asserted).
+    pub fn as_f32(self) -> Epilogue<'a, f32> {
+        assert_eq!(std::any::TypeId::of::<F>(), std::any::TypeId::of::<f32>());
+        match self {
+            Epilogue::Gelu(SharedRows(ptr, len)) => Epilogue::Gelu(SharedRows(ptr.cast(), len)),
+            // SAFETY: F is f32 (asserted), so the cast changes no type.
+            Epilogue::GeluGrad(pre) => Epilogue::GeluGrad(unsafe {
+                std::slice::from_raw_parts(pre.as_ptr().cast(), pre.len())
+            }),
+        }
+    }
+
+    /// Applies the map to `y`, the output's elements from index `at` on.
+    ///
+    /// # Safety
+    /// No other thread reads or writes elements `at..at + y.len()` of a [`SharedRows`]
+    /// output meanwhile.
+    pub unsafe fn apply(&self, y: &mut [F], at: usize) {
+        match *self {
+            Epilogue::Gelu(SharedRows(ptr, len)) => {
+                assert!(at + y.len() <= len);
+                let act = std::slice::from_raw_parts_mut(ptr.add(at), y.len());
+                isa::dispatch(
+                    #[inline(always)]
+                    |(act, y): (&mut [F], &[F])| {
+                        for (a, &y) in act.iter_mut().zip(y) {
+                            *a = unary_fn(UnaryOp::GeluTanh, y);
+                        }
+                    },
+                    (act, &*y),
+                );
+            }
+            Epilogue::GeluGrad(pre) => {
+                let pre = &pre[at..at + y.len()];
+                isa::dispatch(
+                    #[inline(always)]
+                    |(y, pre): (&mut [F], &[F])| {
+                        for (y, &x) in y.iter_mut().zip(pre) {
+                            *y = *y * unary_derivative(UnaryOp::GeluTanh, x);
+                        }
+                    },
+                    (y, pre),
+                );
+            }
+        }
+    }
+
+    /// Applies the map to a whole finished output `y` (rows of `n`), rows in parallel.
+    pub fn apply_all(&self, y: &mut [F], n: usize) {
+        y.par_chunks_mut(ROWS_PER_TASK * n.max(1))
+            .enumerate()
+            .for_each(|(block, rows)| {
+                // SAFETY: each task covers its own rows.
+                unsafe { self.apply(rows, block * ROWS_PER_TASK * n) }
+            });
+    }
+}
+
+/// Rows per task of [`Epilogue::apply_all`].
+const ROWS_PER_TASK: usize = 64;

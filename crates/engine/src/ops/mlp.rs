@@ -1,0 +1,239 @@
+//! The GELU feed-forward block `fc2(gelu_tanh(fc1(x)))` as one op, so that the GELU
+//! and its derivative run inside the products next to them instead of as passes of
+//! their own over the `[tokens, hidden]` activations (the widest tensors of a
+//! transformer block): the forward's first product writes `h = fc1(x)` and
+//! `gelu_tanh(h)` together, and the backward's product `dOut·W2` comes out multiplied
+//! by `gelu_tanh'(h)` already. On the CPU the map runs on each product task's block
+//! while it is in cache (`cpu/epilogue.rs`); on CUDA the two steps are the backend's
+//! product and GELU kernels one after the other.
+
+use super::{check_float, check_same};
+use crate::autocast::lowered;
+use crate::backend::BackendStorage;
+#[cfg(feature = "cuda")]
+use crate::backend::UnaryOp;
+use crate::cpu::epilogue::{Epilogue, SharedRows};
+use crate::cpu::{dispatch_float, matmul, pool, ComputeType, CpuStorage};
+#[cfg(feature = "cuda")]
+use crate::cuda::CudaStorage;
+use crate::error::{Error, Result};
+use crate::forward_ad;
+use crate::fused::{BackendInputs, FusedOp, View};
+use crate::layout::Layout;
+use crate::storage::Storage;
+use crate::{DType, Device, Tensor};
+
+/// A linear layer's parameters: the weight `[n, k]` and an optional bias `[n]`.
+pub type LinearParams<'a> = (&'a Tensor, Option<&'a Tensor>);
+
+/// `fc2(gelu_tanh(fc1(x)))` for `x` `[..., k]`, `fc1` = (`[hidden, k]`, `[hidden]`),
+/// `fc2` = (`[n, hidden]`, `[n]`) in PyTorch's layout: the values of
+/// `x.linear(w1, b1)?.gelu()?.linear(w2, b2)`, with the GELU and its derivative fused
+/// into the neighbouring products (see the module's documentation). Inside `jvp`, for
+/// a non-contiguous `x` and for bf16/f16 on the CPU it runs as that composition; under
+/// autocast, in the low dtype.
+pub fn gelu_mlp(x: &Tensor, (w1, b1): LinearParams, (w2, b2): LinearParams) -> Result<Tensor> {
+    const OP: &str = "gelu_mlp";
+    let mut inputs = vec![x, w1];
+    inputs.extend(b1);
+    inputs.push(w2);
+    inputs.extend(b2);
+    if let Some(l) = lowered(&inputs)? {
+        let (b1, rest) = match b1 {
+            Some(_) => (Some(&l[2]), &l[3..]),
+            None => (None, &l[2..]),
+        };
+        return gelu_mlp(&l[0], (&l[1], b1), (&rest[0], rest.get(1)));
+    }
+    let composed = || x.linear(w1, b1)?.gelu()?.linear(w2, b2);
+    // bf16/f16 on the CPU compute in f32: the composition rounds h before the GELU.
+    let rounds_between = x.device() == Device::Cpu && !matches!(x.dtype(), DType::F32 | DType::F64);
+    if forward_ad::wants_tangent(&inputs) || x.rank() < 2 || !x.is_contiguous() || rounds_between {
+        return composed();
+    }
+    check_float(OP, x)?;
+    check_same(OP, &inputs)?;
+    let k = x.shape()[x.rank() - 1];
+    let hidden = w1.shape().first().copied().unwrap_or(0);
+    let fits = w1.rank() == 2
+        && w2.rank() == 2
+        && w1.shape()[1] == k
+        && w2.shape()[1] == hidden
+        && b1.is_none_or(|b| b.shape() == [hidden])
+        && b2.is_none_or(|b| b.shape() == [w2.shape()[0]]);
+    if !fits {
+        let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape()).collect();
+        return Err(Error::shapes(OP, &shapes));
+    }
+    let n = w2.shape()[0];
+    let rows: usize = x.shape()[..x.rank() - 1].iter().product();
+    let flat = x.reshape(&[rows, k])?;
+    let (h, act) = linear_gelu(&flat, w1, b1)?;
+    let out = {
+        let lw = w2.layout().permute(&[1, 0]);
+        let lb = b2
+            .map(|b| b.layout().broadcast_to(OP, &[rows, n]))
+            .transpose()?;
+        let bias = b2.map(|b| b.storage());
+        let bias = bias.as_deref().zip(lb.as_ref());
+        act.storage()
+            .matmul(act.layout(), &w2.storage(), &lw, bias)?
+    };
+    let shape = [&x.shape()[..x.rank() - 1], &[n]].concat();
+    let has_b1 = b1.is_some();
+    Tensor::from_op_in(
+        OP,
+        out,
+        Layout::contiguous(&shape),
+        &inputs,
+        move |v, _, g| backward(v, (&flat, &h, &act), g, has_b1),
+        |_, _| {
+            Err(Error::Autograd(
+                "gelu_mlp: forward mode runs the composition".into(),
+            ))
+        },
+    )
+}
+
+/// The gradients of `gelu_mlp`'s inputs (`v`: x, w1, b1?, w2, b2?) from the output's
+/// gradient `g`, with `x` flattened to `[rows, k]`, the pre-activation `h` and the
+/// activation `act` saved by the forward.
+fn backward(
+    v: &[Tensor],
+    (x, h, act): (&Tensor, &Tensor, &Tensor),
+    g: &Tensor,
+    has_b1: bool,
+) -> Result<Vec<Option<Tensor>>> {
+    let (w1, b1) = (&v[1], has_b1.then(|| &v[2]));
+    let (w2, b2) = (&v[2 + has_b1 as usize], v.get(3 + has_b1 as usize));
+    let g = g.reshape(&[act.shape()[0], w2.shape()[0]])?;
+    let wants = |t: &Tensor| t.requires_grad();
+    let dw2 = wants(w2).then(|| g.t()?.matmul(act)).transpose()?;
+    let db2 = b2
+        .filter(|b| wants(b))
+        .map(|b| g.sum_to_shape(b.shape()))
+        .transpose()?;
+    let dh = linear_gelu_grad(&g, w2, h)?;
+    let dw1 = wants(w1).then(|| dh.t()?.matmul(x)).transpose()?;
+    let db1 = b1
+        .filter(|b| wants(b))
+        .map(|b| dh.sum_to_shape(b.shape()))
+        .transpose()?;
+    let dx = wants(&v[0])
+        .then(|| dh.matmul(w1)?.reshape(v[0].shape()))
+        .transpose()?;
+    let mut grads = vec![dx, dw1];
+    if has_b1 {
+        grads.push(db1);
+    }
+    grads.push(dw2);
+    if b2.is_some() {
+        grads.push(db2);
+    }
+    Ok(grads)
+}
+
+/// `h = x·w1ᵀ (+ b1)` and `gelu_tanh(h)` of a `[rows, k]` x, as tensors outside the graph.
+fn linear_gelu(x: &Tensor, w1: &Tensor, b1: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+    let shape = [x.shape()[0], w1.shape()[0]];
+    let lw = w1.layout().permute(&[1, 0]);
+    let lb = b1
+        .map(|b| b.layout().broadcast_to(LinearGelu::NAME, &shape))
+        .transpose()?;
+    let bias = b1.map(|b| b.storage());
+    let (h, act) = Storage::fused(
+        &LinearGelu,
+        (
+            (&x.storage(), x.layout()),
+            (&w1.storage(), &lw),
+            bias.as_deref().zip(lb.as_ref()),
+        ),
+    )?;
+    Ok((
+        Tensor::from_storage(h, &shape),
+        Tensor::from_storage(act, &shape),
+    ))
+}
+
+/// `(g·w2) ∘ gelu_tanh'(h)` for `g` `[rows, n]`, `w2` `[n, hidden]`, `h` `[rows, hidden]`.
+fn linear_gelu_grad(g: &Tensor, w2: &Tensor, h: &Tensor) -> Result<Tensor> {
+    let s = Storage::fused(
+        &LinearGeluGrad,
+        (
+            (&g.storage(), g.layout()),
+            (&w2.storage(), w2.layout()),
+            (&h.storage(), h.layout()),
+        ),
+    )?;
+    Ok(Tensor::from_storage(s, h.shape()))
+}
+
+/// The forward's first product: `h = x·w (+ bias)` and `gelu_tanh(h)`, for 2-D views
+/// `x` `[rows, k]` and `w` `[k, hidden]` and a bias view of `[rows, hidden]`.
+struct LinearGelu;
+
+impl<'a> FusedOp<'a> for LinearGelu {
+    const NAME: &'static str = "linear_gelu";
+    type Inputs = (
+        View<'a, Storage>,
+        View<'a, Storage>,
+        Option<View<'a, Storage>>,
+    );
+    /// `h` and `gelu_tanh(h)`, contiguous.
+    type Output = (Storage, Storage);
+
+    fn cpu(&self, (x, w, bias): BackendInputs<'a, Self, CpuStorage>) -> Result<Self::Output> {
+        let dt = x.0.dtype();
+        dispatch_float!(Self::NAME, x.0, |F| {
+            let view = |s| F::view(s, Self::NAME);
+            let (xv, wv) = (view(x.0)?, view(w.0)?);
+            let bv = bias.map(|b| view(b.0)).transpose()?;
+            let bias = bv.as_deref().zip(bias.map(|b| b.1));
+            let mut act = pool::take(x.1.shape()[0] * w.1.shape()[1]);
+            let epilogue = Epilogue::Gelu(SharedRows::new(&mut act));
+            let h = matmul::matmul_then((&xv, x.1), (&wv, w.1), bias, epilogue);
+            Ok((F::store(h, dt).into(), F::store(act, dt).into()))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(&self, (x, w, bias): BackendInputs<'a, Self, CudaStorage>) -> Result<Self::Output> {
+        let h = x.0.matmul(x.1, w.0, w.1, bias)?;
+        let lh = Layout::contiguous(&[x.1.shape()[0], w.1.shape()[1]]);
+        let act = h.unary(&lh, UnaryOp::GeluTanh)?;
+        Ok((h.into(), act.into()))
+    }
+}
+
+/// The backward's product through the GELU: `(g·w) ∘ gelu_tanh'(h)` for 2-D views `g`
+/// `[rows, n]`, `w` `[n, hidden]` and `h` `[rows, hidden]` (contiguous).
+struct LinearGeluGrad;
+
+impl<'a> FusedOp<'a> for LinearGeluGrad {
+    const NAME: &'static str = "linear_gelu_grad";
+    type Inputs = (View<'a, Storage>, View<'a, Storage>, View<'a, Storage>);
+    type Output = Storage;
+
+    fn cpu(&self, (g, w, h): BackendInputs<'a, Self, CpuStorage>) -> Result<Storage> {
+        let dt = g.0.dtype();
+        dispatch_float!(Self::NAME, g.0, |F| {
+            let view = |s| F::view(s, Self::NAME);
+            let (gv, wv, hv) = (view(g.0)?, view(w.0)?, view(h.0)?);
+            assert!(
+                h.1.is_contiguous(),
+                "linear_gelu_grad: h is the forward's own buffer"
+            );
+            let pre = &hv[h.1.offset()..];
+            let epilogue = Epilogue::GeluGrad(pre);
+            let dh = matmul::matmul_then((&gv, g.1), (&wv, w.1), None, epilogue);
+            Ok(F::store(dh, dt).into())
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(&self, (g, w, h): BackendInputs<'a, Self, CudaStorage>) -> Result<Storage> {
+        let y = g.0.matmul(g.1, w.0, w.1, None)?;
+        let ly = Layout::contiguous(&[g.1.shape()[0], w.1.shape()[1]]);
+        Ok(h.0.unary_backward(h.1, &y, &ly, UnaryOp::GeluTanh)?.into())
+    }
+}
