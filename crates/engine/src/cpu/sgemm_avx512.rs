@@ -381,12 +381,8 @@ impl Product<'_> {
     /// # Safety
     /// No other thread writes `part` of the output.
     unsafe fn fill_bias(&self, part: &Part, bias: Bias<f32>) {
-        let cols = part.tiles.start * NR..self.g.n.min(part.tiles.end * NR);
-        for row in part.rows.clone() {
-            let at = row * self.ldc + cols.start;
-            assert!(at + cols.len() <= self.out.1);
-            let dst = std::slice::from_raw_parts_mut(self.out.0.add(at), cols.len());
-            bias.write_row(dst, row, cols.start);
+        for (row, _, dst) in self.part_rows(part) {
+            bias.write_row(dst, row, part.tiles.start * NR);
         }
     }
 
@@ -488,13 +484,28 @@ impl Product<'_> {
     /// # Safety
     /// No other thread reads or writes `part` of the output.
     unsafe fn finish_part(&self, part: &Part, epilogue: Epilogue<f32>) {
-        let cols = part.tiles.start * NR..self.g.n.min(part.tiles.end * NR);
-        for row in part.rows.clone() {
-            let at = row * self.ldc + cols.start;
-            assert!(at + cols.len() <= self.out.1);
-            let y = std::slice::from_raw_parts_mut(self.out.0.add(at), cols.len());
+        for (_, at, y) in self.part_rows(part) {
             epilogue.apply(y, at);
         }
+    }
+
+    /// Each row of `part` of the output: its index, where its first value lies in the
+    /// output, and its values over the part's columns.
+    ///
+    /// # Safety
+    /// No other thread reads or writes `part` of the output while the rows are in use.
+    unsafe fn part_rows<'p>(
+        &'p self,
+        part: &'p Part,
+    ) -> impl Iterator<Item = (usize, usize, &'p mut [f32])> + 'p {
+        let cols = part.tiles.start * NR..self.g.n.min(part.tiles.end * NR);
+        part.rows.clone().map(move |row| {
+            let at = row * self.ldc + cols.start;
+            assert!(at + cols.len() <= self.out.1);
+            // SAFETY: in bounds (asserted); the caller guarantees exclusive access.
+            let values = unsafe { std::slice::from_raw_parts_mut(self.out.0.add(at), cols.len()) };
+            (row, at, values)
+        })
     }
 }
 
