@@ -8,6 +8,9 @@
 //! warm-up. The peak resident memory of the process (VmHWM) is reported too.
 //! `--json` prints one JSON object per line; `--batch N` changes the batch; `--profile`
 //! adds, on stderr, the per-op table of one more step and forward (`engine::profile`).
+//! It also reports the floating-point work of the products (see [`product_gflop`]),
+//! from which `benches/run.sh` computes the *matmul floor*: that work at the run's best
+//! measured GEMM rate.
 
 use twinflow::engine::profile::profile;
 use twinflow::engine::{no_grad, DType, Device, Generator, Result, Tensor};
@@ -18,6 +21,31 @@ use twinflow::nn::{
 #[path = "common/mod.rs"]
 mod common;
 use common::{rayon_threads, status_mib, time_ms};
+
+/// The product flops (in GFLOP) of one no-grad forward and of one training step of
+/// `cfg` at batch `n`: every linear layer over the tokens (patch embedding, `qkv`,
+/// `proj`, `fc1`, `fc2`, the output layer), attention's two products per head
+/// (`q·kᵀ` and `P·v`), and the adaLN projections over the conditioning vectors; the
+/// time embeddings' small MLPs are left out (under 0.5 % of the total at the default
+/// size). A training step counts three times the forward (each product's input and
+/// weight gradients are products of the same size) less the input gradient of the
+/// patch embedding, which the images do not need; the recomputation of attention's
+/// scores in the backward is not counted.
+fn product_gflop(cfg: &DitConfig, n: usize) -> (f64, f64) {
+    let tokens = (cfg.image_size / cfg.patch).pow(2) as f64;
+    let (d, hidden) = (cfg.dim as f64, (cfg.mlp_ratio * cfg.dim) as f64);
+    let patch_in = (cfg.channels * cfg.patch * cfg.patch) as f64;
+    let block = 2.0 * tokens * d * (3.0 * d + d + 2.0 * hidden)
+        + 4.0 * tokens * tokens * d
+        + 2.0 * d * 6.0 * d;
+    let per_sample = 2.0 * tokens * patch_in * d
+        + cfg.depth as f64 * block
+        + 2.0 * d * 2.0 * d
+        + 2.0 * tokens * d * patch_in;
+    let forward = n as f64 * per_sample / 1e9;
+    let images_gradient = n as f64 * 2.0 * tokens * patch_in * d / 1e9;
+    (forward, 3.0 * forward - images_gradient)
+}
 
 struct Batch {
     x: Tensor,
@@ -79,9 +107,10 @@ fn run() -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
     }
     let peak = status_mib("VmHWM").unwrap_or(f64::NAN);
     let threads = rayon_threads();
+    let (forward_gflop, train_gflop) = product_gflop(model.config(), n);
     if json {
         println!(
-            "{{\"bench\":\"dit\",\"impl\":\"twinflow\",\"batch\":{n},\"params\":{},\"threads\":{threads},\"train_step_ms\":{train_ms:.1},\"forward_nograd_ms\":{forward_ms:.1},\"peak_rss_mib\":{peak:.0}}}",
+            "{{\"bench\":\"dit\",\"impl\":\"twinflow\",\"batch\":{n},\"params\":{},\"threads\":{threads},\"train_step_ms\":{train_ms:.1},\"forward_nograd_ms\":{forward_ms:.1},\"peak_rss_mib\":{peak:.0},\"train_step_gflop\":{train_gflop:.3},\"forward_gflop\":{forward_gflop:.3}}}",
             model.param_count()
         );
     } else {
@@ -94,6 +123,7 @@ fn run() -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
         println!("| train step (fwd, MSE, bwd, AdamW) | {train_ms:.1} |");
         println!("| no-grad forward | {forward_ms:.1} |");
         println!("| peak RSS (MiB) | {peak:.0} |");
+        println!("product GFLOP: train step {train_gflop:.2}, no-grad forward {forward_gflop:.2}");
     }
     Ok(())
 }

@@ -38,7 +38,9 @@
 # Every per-round number is the median of several timed runs after warm-up (see the
 # bench sources). The combined table takes, for each entry, the best round (highest
 # GFLOP/s, lowest µs/op): on a shared, noisy machine that is the least disturbed
-# measurement. All rounds are printed too.
+# measurement. All rounds are printed too. Under each DiT table, the matmul floor: the
+# step's product work (counted by the bench) at the best GEMM rate our matmul bench
+# reached in this run, and our best step against it.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -259,6 +261,20 @@ for dit in [[r for r in rows if r["bench"] == "dit" and r["batch"] == b]
     ours = max((r["peak_rss_mib"] for r in dit if r["impl"] == "twinflow"), default=float("nan"))
     torch = max((r["peak_rss_mib"] for r in dit if r["impl"] == "torch"), default=float("nan"))
     print(f"peak RSS of the process (MiB): ours {ours:.0f}, torch eager {torch:.0f}")
+    # The matmul floor: the products' work (the bench's count) at this run's best GEMM
+    # rate (our matmul bench, any size and round).
+    rate = max((r["gflops"] for r in rows if r["bench"] == "matmul" and r["impl"] == "twinflow"),
+               default=float("nan"))
+    mine = [r for r in dit if r["impl"] == "twinflow" and "train_step_gflop" in r]
+    if mine and rate == rate:
+        parts = []
+        for key, work, label in [("train_step_ms", "train_step_gflop", "train step"),
+                                 ("forward_nograd_ms", "forward_gflop", "no-grad forward")]:
+            floor = 1e3 * mine[0][work] / rate
+            ours = min(r[key] for r in mine)
+            parts.append(f"{label} {mine[0][work]:.2f} GFLOP, floor {floor:.1f} ms, "
+                         f"ours/floor {ours / floor:.2f}")
+        print(f"matmul floor at this run's best GEMM rate ({rate:.1f} GFLOP/s): " + "; ".join(parts))
 dit = [r for r in rows if r["bench"] == "dit"]
 jvp = [r for r in rows if r["bench"] == "jvp"]
 nan = float("nan")
