@@ -38,7 +38,9 @@
 # Every per-round number is the median of several timed runs after warm-up (see the
 # bench sources). The combined table takes, for each entry, the best round (highest
 # GFLOP/s, lowest µs/op): on a shared, noisy machine that is the least disturbed
-# measurement. All rounds are printed too. Under each DiT table, the matmul floor: the
+# measurement. All rounds are printed too. Under each DiT table: the same comparison
+# by round means (ours against the PyTorch configuration with the best mean), and the
+# matmul floor: the
 # step's product work (counted by the bench) at the best GEMM rate our matmul bench
 # reached in this run, and our best step against it.
 set -euo pipefail
@@ -246,6 +248,7 @@ for dit in [[r for r in rows if r["bench"] == "dit" and r["batch"] == b]
     print("| DiT, batch %s | ours ms | %s | best torch ms | torch best/ours |"
           % (dit[0]["batch"], " | ".join(c[0] + " ms" for c in cols)))
     print("|---|---:|" + "---:|" * len(cols) + "---:|---:|")
+    mean_lines = []
     for key, label in [("train_step_ms", "train step (fwd, MSE, bwd, AdamW)"),
                        ("forward_nograd_ms", "no-grad forward")]:
         ours = min((r[key] for r in dit if r["impl"] == "twinflow"), default=float("nan"))
@@ -255,6 +258,19 @@ for dit in [[r for r in rows if r["bench"] == "dit" and r["batch"] == b]
         best = min((c for c in cells if c == c), default=float("nan"))
         print(f"| {label} | {ours:.1f} | " + " | ".join(f"{c:.1f}" for c in cells)
               + f" | {best:.1f} | {best / ours:.2f} |")
+        # The best of many configurations' best rounds favours the side with more
+        # samples on a noisy machine; the round means, configuration by configuration,
+        # do not.
+        mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
+        our_mean = mean([r[key] for r in dit if r["impl"] == "twinflow"])
+        means = [(mean([r[pre + key] for r in dit if r["impl"] == "torch" and pre + key in r
+                        and r.get("allocator", "glibc") == a]), name)
+                 for name, a, pre in cols]
+        best_mean = min((m for m in means if m[0] == m[0]), default=(float("nan"), "–"))
+        mean_lines.append(f"{label}: ours {our_mean:.1f} ms, best torch configuration "
+                          f"{best_mean[1]} {best_mean[0]:.1f} ms, torch/ours "
+                          f"{best_mean[0] / our_mean:.2f}")
+    print("by round means: " + "; ".join(mean_lines))
     for r in dit:
         if "compile_error" in r:
             print(f"torch.compile failed ({r.get('allocator')}): {r['compile_error']}")
