@@ -9,6 +9,7 @@
 use super::elementwise::{unary_derivative, unary_fn};
 use super::float::CpuFloat;
 use super::isa;
+use super::matmul::SharedOut;
 use crate::backend::UnaryOp;
 use rayon::prelude::*;
 
@@ -16,25 +17,9 @@ use rayon::prelude::*;
 #[derive(Clone, Copy)]
 pub enum Epilogue<'a, F> {
     /// Keeps `y` and writes `gelu_tanh(y)` into a second output laid out like `y`.
-    Gelu(SharedRows<F>),
+    Gelu(SharedOut<F>),
     /// Replaces `y` by `y·gelu_tanh'(pre)`, `pre` laid out like `y`.
     GeluGrad(&'a [F]),
-}
-
-/// A second output shared by tasks that write disjoint elements of it.
-#[derive(Clone, Copy)]
-pub struct SharedRows<F>(*mut F, usize);
-
-// SAFETY: the tasks write disjoint elements (each its own block of the product's
-// output, and the same elements here).
-unsafe impl<F> Sync for SharedRows<F> {}
-unsafe impl<F> Send for SharedRows<F> {}
-
-impl<F> SharedRows<F> {
-    /// The buffer `out`, to be written through [`Epilogue::apply`] only.
-    pub fn new(out: &mut [F]) -> Self {
-        SharedRows(out.as_mut_ptr(), out.len())
-    }
 }
 
 impl<'a, F: CpuFloat> Epilogue<'a, F> {
@@ -43,7 +28,7 @@ impl<'a, F: CpuFloat> Epilogue<'a, F> {
     pub fn as_f32(self) -> Epilogue<'a, f32> {
         assert_eq!(std::any::TypeId::of::<F>(), std::any::TypeId::of::<f32>());
         match self {
-            Epilogue::Gelu(SharedRows(ptr, len)) => Epilogue::Gelu(SharedRows(ptr.cast(), len)),
+            Epilogue::Gelu(act) => Epilogue::Gelu(act.cast()),
             // SAFETY: F is f32 (asserted), so the cast changes no type.
             Epilogue::GeluGrad(pre) => Epilogue::GeluGrad(unsafe {
                 std::slice::from_raw_parts(pre.as_ptr().cast(), pre.len())
@@ -54,13 +39,12 @@ impl<'a, F: CpuFloat> Epilogue<'a, F> {
     /// Applies the map to `y`, the output's elements from index `at` on.
     ///
     /// # Safety
-    /// No other thread reads or writes elements `at..at + y.len()` of a [`SharedRows`]
+    /// No other thread reads or writes elements `at..at + y.len()` of a [`SharedOut`]
     /// output meanwhile.
     pub unsafe fn apply(&self, y: &mut [F], at: usize) {
         match *self {
-            Epilogue::Gelu(SharedRows(ptr, len)) => {
-                assert!(at + y.len() <= len);
-                let act = std::slice::from_raw_parts_mut(ptr.add(at), y.len());
+            Epilogue::Gelu(act) => {
+                let act = act.slice(at, y.len());
                 isa::dispatch(
                     #[inline(always)]
                     |(act, y): (&mut [F], &[F])| {

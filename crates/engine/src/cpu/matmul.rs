@@ -41,6 +41,67 @@ pub struct GemmArgs {
     pub accumulate: bool,
 }
 
+impl GemmArgs {
+    /// The product of the last two dims of views `la` (`[…, m, k]`) and `lb`
+    /// (`[…, k, n]`), reading their strides.
+    pub fn of_views(la: &Layout, lb: &Layout, accumulate: bool) -> GemmArgs {
+        let (ra, rb) = (la.rank(), lb.rank());
+        let last_two = |l: &Layout, r: usize| (l.strides()[r - 2], l.strides()[r - 1]);
+        GemmArgs {
+            m: la.shape()[ra - 2],
+            n: lb.shape()[rb - 1],
+            k: la.shape()[ra - 1],
+            lhs_strides: last_two(la, ra),
+            rhs_strides: last_two(lb, rb),
+            accumulate,
+        }
+    }
+}
+
+/// An output shared by the tasks of one product, each writing its own disjoint
+/// elements: the pointer and length of a buffer borrowed mutably by the caller.
+#[derive(Clone, Copy)]
+pub struct SharedOut<F>(*mut F, usize);
+
+// SAFETY: the tasks write disjoint elements (each its own part of the output).
+unsafe impl<F> Sync for SharedOut<F> {}
+unsafe impl<F> Send for SharedOut<F> {}
+
+impl<F> SharedOut<F> {
+    /// The buffer `out`, written only through [`SharedOut::slice`] while shared.
+    pub fn new(out: &mut [F]) -> Self {
+        SharedOut(out.as_mut_ptr(), out.len())
+    }
+
+    /// The same buffer as `G` values; only where `G` is `F` (asserted).
+    pub fn cast<G: 'static>(self) -> SharedOut<G>
+    where
+        F: 'static,
+    {
+        assert_eq!(std::any::TypeId::of::<F>(), std::any::TypeId::of::<G>());
+        SharedOut(self.0.cast(), self.1)
+    }
+
+    /// Where element `at` lies, for writes reaching `reach` elements from it (checked in
+    /// debug builds only: the micro-kernel's stores are the hot path).
+    pub fn ptr_at(&self, at: usize, reach: usize) -> *mut F {
+        debug_assert!(at + reach <= self.1);
+        self.0.wrapping_add(at)
+    }
+
+    /// Elements `at..at + len`. Panics past the end of the buffer.
+    ///
+    /// # Safety
+    /// The buffer is alive, and no other thread reads or writes these elements while
+    /// the slice is in use.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice(&self, at: usize, len: usize) -> &mut [F] {
+        assert!(at + len <= self.1);
+        // SAFETY: in bounds (asserted); exclusive access is the caller's promise.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(at), len) }
+    }
+}
+
 /// A bias a product starts from: element `(i, j)` at `offset + i·rs + j·cs` of `data`.
 #[derive(Clone, Copy)]
 pub struct Bias<'a, F> {
@@ -193,17 +254,9 @@ pub fn matmul<F: CpuFloat>(
     lb: &Layout,
     bias: Option<(&[F], &Layout)>,
 ) -> Vec<F> {
-    let r = la.rank();
-    let (m, k, n) = (la.shape()[r - 2], la.shape()[r - 1], lb.shape()[r - 1]);
+    let g = GemmArgs::of_views(la, lb, bias.is_some());
+    let (m, k, n) = (g.m, g.k, g.n);
     let (oa, ob) = (batch_offsets(la), batch_offsets(lb));
-    let g = GemmArgs {
-        m,
-        n,
-        k,
-        lhs_strides: (la.strides()[r - 2], la.strides()[r - 1]),
-        rhs_strides: (lb.strides()[r - 2], lb.strides()[r - 1]),
-        accumulate: bias.is_some(),
-    };
     let flops = 2 * m * n * k;
     // The AVX-512 kernel writes the bias inside its own tasks.
     let bias_in_product = bias.is_some() && k > 0 && avx512_products::<F>();
@@ -280,17 +333,10 @@ pub fn matmul_then<F: CpuFloat>(
     epilogue: Epilogue<F>,
 ) -> Vec<F> {
     assert!(la.rank() == 2 && lb.rank() == 2);
-    let (m, k, n) = (la.shape()[0], la.shape()[1], lb.shape()[1]);
+    let g = GemmArgs::of_views(la, lb, false);
+    let (m, k, n) = (g.m, g.k, g.n);
     #[cfg(target_arch = "x86_64")]
     if k > 0 && m * n * k >= AVX512_MIN_MNK && avx512_products::<F>() {
-        let g = GemmArgs {
-            m,
-            n,
-            k,
-            lhs_strides: (la.strides()[0], la.strides()[1]),
-            rhs_strides: (lb.strides()[0], lb.strides()[1]),
-            accumulate: false,
-        };
         let bias = bias.map(|(v, l)| Bias {
             data: as_f32_slice(v),
             offset: l.offset(),

@@ -18,7 +18,7 @@
 //! the packing is where the layout is dealt with.
 
 use super::epilogue::Epilogue;
-use super::matmul::{Bias, GemmArgs};
+use super::matmul::{Bias, GemmArgs, SharedOut};
 use rayon::prelude::*;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -72,7 +72,7 @@ pub fn sgemm(
     assert!(available() && g.m > 0 && g.n > 0 && g.k > 0);
     assert!(epilogue.is_none() || ldc == g.n);
     let product = Product {
-        out: SharedOut(dst.as_mut_ptr(), dst.len()),
+        out: SharedOut::new(dst),
         ldc,
         lhs,
         rhs,
@@ -187,14 +187,9 @@ fn split(g: GemmArgs, parallel: bool) -> Vec<Part> {
         .collect()
 }
 
-/// The output's pointer and length, shared by tasks that write disjoint parts.
-struct SharedOut(*mut f32, usize);
-// SAFETY: tasks write disjoint elements (see `split`), so sharing the pointer is sound.
-unsafe impl Sync for SharedOut {}
-
 /// What every task of one product reads.
 struct Product<'a> {
-    out: SharedOut,
+    out: SharedOut<f32>,
     ldc: usize,
     lhs: &'a [f32],
     rhs: &'a [f32],
@@ -461,8 +456,7 @@ impl Product<'_> {
                             add,
                             bias,
                         };
-                        debug_assert!((edge.rows - 1) * self.ldc + at + cols <= self.out.1);
-                        let c = self.out.0.add(at);
+                        let c = self.out.ptr_at(at, (edge.rows - 1) * self.ldc + cols);
                         if cols > NR / 2 {
                             micro_kernel::<2>(kc, a, b, c, edge);
                         } else {
@@ -501,9 +495,8 @@ impl Product<'_> {
         let cols = part.tiles.start * NR..self.g.n.min(part.tiles.end * NR);
         part.rows.clone().map(move |row| {
             let at = row * self.ldc + cols.start;
-            assert!(at + cols.len() <= self.out.1);
-            // SAFETY: in bounds (asserted); the caller guarantees exclusive access.
-            let values = unsafe { std::slice::from_raw_parts_mut(self.out.0.add(at), cols.len()) };
+            // SAFETY: the caller guarantees exclusive access to the part.
+            let values = unsafe { self.out.slice(at, cols.len()) };
             (row, at, values)
         })
     }

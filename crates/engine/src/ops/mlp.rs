@@ -12,8 +12,9 @@ use crate::autocast::lowered;
 use crate::backend::BackendStorage;
 #[cfg(feature = "cuda")]
 use crate::backend::UnaryOp;
-use crate::cpu::epilogue::{Epilogue, SharedRows};
-use crate::cpu::{dispatch_float, matmul, pool, ComputeType, CpuStorage};
+use crate::cpu::epilogue::Epilogue;
+use crate::cpu::matmul::{self, SharedOut};
+use crate::cpu::{dispatch_float, pool, ComputeType, CpuStorage};
 #[cfg(feature = "cuda")]
 use crate::cuda::CudaStorage;
 use crate::error::{Error, Result};
@@ -190,7 +191,7 @@ impl<'a> FusedOp<'a> for LinearGelu {
             let bv = bias.map(|b| view(b.0)).transpose()?;
             let bias = bv.as_deref().zip(bias.map(|b| b.1));
             let mut act = pool::take(x.1.shape()[0] * w.1.shape()[1]);
-            let epilogue = Epilogue::Gelu(SharedRows::new(&mut act));
+            let epilogue = Epilogue::Gelu(SharedOut::new(&mut act));
             let h = matmul::matmul_then((&xv, x.1), (&wv, w.1), bias, epilogue);
             Ok((F::store(h, dt).into(), F::store(act, dt).into()))
         })
