@@ -8,7 +8,9 @@
 
 use proptest::prelude::*;
 use proptest::sample::Index;
-use twinflow_engine::{gelu_mlp, qkv_attention, scaled_dot_product_attention, DType, Tensor};
+use twinflow_engine::{
+    gelu_mlp, no_grad, qkv_attention, scaled_dot_product_attention, DType, Tensor,
+};
 
 mod common;
 use common::{
@@ -548,6 +550,7 @@ proptest! {
     /// gradient. In f32 with 49 or more rows the products run on the AVX-512 kernel
     /// with the GELU (forward) and its derivative (backward) applied by each task to
     /// its block; the small sizes and f64 apply them in a pass after the product.
+    /// Without a graph (no-grad) the output is the same, bit for bit.
     #[test]
     fn gelu_mlp_matches_its_composition(
         rows in prop_oneof![1usize..=8, 49usize..=200],
@@ -578,6 +581,10 @@ proptest! {
         let tol = |w: f64, _| if f32_dtype { 1e-5 * w.abs().max(1.0) } else { 1e-12 };
         let what = format!("gelu_mlp rows={rows} k={k} hidden={hidden} n={n} {biases:?} {dtype:?}");
         assert_close(&what, &vals(&got), &vals(&want), tol)?;
+        // Without a graph the GELU runs in place of the pre-activation: same values.
+        let untracked = no_grad(|| gelu_mlp(&x, (&w1, b1.as_ref()), (&w2, b2.as_ref()))).unwrap();
+        prop_assert!(!untracked.requires_grad());
+        prop_assert_eq!(vals(&untracked), vals(&got), "{} without a graph", what);
         let mut params = vec![&x, &w1, &w2];
         params.extend(b1.as_ref());
         params.extend(b2.as_ref());

@@ -18,6 +18,8 @@ use rayon::prelude::*;
 pub enum Epilogue<'a, F> {
     /// Keeps `y` and writes `gelu_tanh(y)` into a second output laid out like `y`.
     Gelu(SharedOut<F>),
+    /// Replaces `y` by `gelu_tanh(y)` (when nothing needs `y` itself).
+    GeluInPlace,
     /// Replaces `y` by `y·gelu_tanh'(pre)`, `pre` laid out like `y`.
     GeluGrad(&'a [F]),
 }
@@ -29,6 +31,7 @@ impl<'a, F: CpuFloat> Epilogue<'a, F> {
         assert_eq!(std::any::TypeId::of::<F>(), std::any::TypeId::of::<f32>());
         match self {
             Epilogue::Gelu(act) => Epilogue::Gelu(act.cast()),
+            Epilogue::GeluInPlace => Epilogue::GeluInPlace,
             // SAFETY: F is f32 (asserted), so the cast changes no type.
             Epilogue::GeluGrad(pre) => Epilogue::GeluGrad(unsafe {
                 std::slice::from_raw_parts(pre.as_ptr().cast(), pre.len())
@@ -55,6 +58,15 @@ impl<'a, F: CpuFloat> Epilogue<'a, F> {
                     (act, &*y),
                 );
             }
+            Epilogue::GeluInPlace => isa::dispatch(
+                #[inline(always)]
+                |y: &mut [F]| {
+                    for y in y.iter_mut() {
+                        *y = unary_fn(UnaryOp::GeluTanh, *y);
+                    }
+                },
+                y,
+            ),
             Epilogue::GeluGrad(pre) => {
                 let pre = &pre[at..at + y.len()];
                 isa::dispatch(

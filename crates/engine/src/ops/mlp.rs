@@ -2,7 +2,7 @@
 //! and its derivative run inside the products next to them instead of as passes of
 //! their own over the `[tokens, hidden]` activations (the widest tensors of a
 //! transformer block): the forward's first product writes `h = fc1(x)` and
-//! `gelu_tanh(h)` together, and the backward's product `dOut·W2` comes out multiplied
+//! `gelu_tanh(h)` together (without a graph, `gelu_tanh(h)` alone, in place), and the backward's product `dOut·W2` comes out multiplied
 //! by `gelu_tanh'(h)` already. On the CPU the map runs on each product task's block
 //! while it is in cache (`cpu/epilogue.rs`); on CUDA the two steps are the backend's
 //! product and GELU kernels one after the other.
@@ -69,7 +69,10 @@ pub fn gelu_mlp(x: &Tensor, (w1, b1): LinearParams, (w2, b2): LinearParams) -> R
     let n = w2.shape()[0];
     let rows: usize = x.shape()[..x.rank() - 1].iter().product();
     let flat = x.reshape(&[rows, k])?;
-    let (h, act) = linear_gelu(&flat, w1, b1)?;
+    // Only the backward reads the pre-activation: without a graph the GELU runs in
+    // place and the widest tensor of the block is written once, not twice.
+    let recording = crate::autograd::is_grad_enabled() && inputs.iter().any(|t| t.requires_grad());
+    let (h, act) = linear_gelu(&flat, w1, b1, recording)?;
     let out = {
         let lw = w2.layout().permute(&[1, 0]);
         let lb = b2
@@ -87,7 +90,12 @@ pub fn gelu_mlp(x: &Tensor, (w1, b1): LinearParams, (w2, b2): LinearParams) -> R
         out,
         Layout::contiguous(&shape),
         &inputs,
-        move |v, _, g| backward(v, (&flat, &h, &act), g, has_b1),
+        move |v, _, g| {
+            let h = h.as_ref().ok_or_else(|| {
+                Error::Autograd("gelu_mlp: the forward ran without a graph".into())
+            })?;
+            backward(v, (&flat, h, &act), g, has_b1)
+        },
         |_, _| {
             Err(Error::Autograd(
                 "gelu_mlp: forward mode runs the composition".into(),
@@ -134,8 +142,14 @@ fn backward(
     Ok(grads)
 }
 
-/// `h = x·w1ᵀ (+ b1)` and `gelu_tanh(h)` of a `[rows, k]` x, as tensors outside the graph.
-fn linear_gelu(x: &Tensor, w1: &Tensor, b1: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+/// `h = x·w1ᵀ (+ b1)` (when `keep_pre`) and `gelu_tanh(h)` of a `[rows, k]` x, as
+/// tensors outside the graph.
+fn linear_gelu(
+    x: &Tensor,
+    w1: &Tensor,
+    b1: Option<&Tensor>,
+    keep_pre: bool,
+) -> Result<(Option<Tensor>, Tensor)> {
     let shape = [x.shape()[0], w1.shape()[0]];
     let lw = w1.layout().permute(&[1, 0]);
     let lb = b1
@@ -143,7 +157,7 @@ fn linear_gelu(x: &Tensor, w1: &Tensor, b1: Option<&Tensor>) -> Result<(Tensor, 
         .transpose()?;
     let bias = b1.map(|b| b.storage());
     let (h, act) = Storage::fused(
-        &LinearGelu,
+        &LinearGelu { keep_pre },
         (
             (&x.storage(), x.layout()),
             (&w1.storage(), &lw),
@@ -151,7 +165,7 @@ fn linear_gelu(x: &Tensor, w1: &Tensor, b1: Option<&Tensor>) -> Result<(Tensor, 
         ),
     )?;
     Ok((
-        Tensor::from_storage(h, &shape),
+        h.map(|h| Tensor::from_storage(h, &shape)),
         Tensor::from_storage(act, &shape),
     ))
 }
@@ -171,7 +185,10 @@ fn linear_gelu_grad(g: &Tensor, w2: &Tensor, h: &Tensor) -> Result<Tensor> {
 
 /// The forward's first product: `h = x·w (+ bias)` and `gelu_tanh(h)`, for 2-D views
 /// `x` `[rows, k]` and `w` `[k, hidden]` and a bias view of `[rows, hidden]`.
-struct LinearGelu;
+struct LinearGelu {
+    /// Whether `h` is kept (for a backward) beside `gelu_tanh(h)`.
+    keep_pre: bool,
+}
 
 impl<'a> FusedOp<'a> for LinearGelu {
     const NAME: &'static str = "linear_gelu";
@@ -180,8 +197,8 @@ impl<'a> FusedOp<'a> for LinearGelu {
         View<'a, Storage>,
         Option<View<'a, Storage>>,
     );
-    /// `h` and `gelu_tanh(h)`, contiguous.
-    type Output = (Storage, Storage);
+    /// `h` (when kept) and `gelu_tanh(h)`, contiguous.
+    type Output = (Option<Storage>, Storage);
 
     fn cpu(&self, (x, w, bias): BackendInputs<'a, Self, CpuStorage>) -> Result<Self::Output> {
         let dt = x.0.dtype();
@@ -190,10 +207,14 @@ impl<'a> FusedOp<'a> for LinearGelu {
             let (xv, wv) = (view(x.0)?, view(w.0)?);
             let bv = bias.map(|b| view(b.0)).transpose()?;
             let bias = bv.as_deref().zip(bias.map(|b| b.1));
+            let product = |epilogue| matmul::matmul_then((&xv, x.1), (&wv, w.1), bias, epilogue);
+            if !self.keep_pre {
+                let act = product(Epilogue::GeluInPlace);
+                return Ok((None, F::store(act, dt).into()));
+            }
             let mut act = pool::take(x.1.shape()[0] * w.1.shape()[1]);
-            let epilogue = Epilogue::Gelu(SharedOut::new(&mut act));
-            let h = matmul::matmul_then((&xv, x.1), (&wv, w.1), bias, epilogue);
-            Ok((F::store(h, dt).into(), F::store(act, dt).into()))
+            let h = product(Epilogue::Gelu(SharedOut::new(&mut act)));
+            Ok((Some(F::store(h, dt).into()), F::store(act, dt).into()))
         })
     }
 
@@ -202,7 +223,7 @@ impl<'a> FusedOp<'a> for LinearGelu {
         let h = x.0.matmul(x.1, w.0, w.1, bias)?;
         let lh = Layout::contiguous(&[x.1.shape()[0], w.1.shape()[1]]);
         let act = h.unary(&lh, UnaryOp::GeluTanh)?;
-        Ok((h.into(), act.into()))
+        Ok((self.keep_pre.then(|| h.into()), act.into()))
     }
 }
 
