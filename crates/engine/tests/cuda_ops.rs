@@ -6,8 +6,8 @@
 #![cfg(feature = "cuda")]
 
 use twinflow_engine::{
-    autocast, cuda, gelu_mlp, jvp, scaled_dot_product_attention, DType, Device, Generator, Result,
-    Tensor,
+    autocast, cuda, gelu_mlp, jvp, no_grad, scaled_dot_product_attention, DType, Device, Generator,
+    Result, Tensor,
 };
 
 mod common;
@@ -498,30 +498,34 @@ fn products() {
     }
 }
 
-/// The fused GELU feed-forward block (on CUDA its products and GELU kernels in turn),
-/// with and without biases, against the CPU op (whose f32/f64 kernels fuse the GELU
-/// into the products).
+/// The fused GELU feed-forward block against the CPU op (whose f32/f64 kernels fuse the
+/// GELU into the products): on CUDA, bf16/f16 with a hidden width that is a multiple
+/// of 8 (40) take cuBLASLt's GELU epilogues (the pre-activation kept for the backward,
+/// which gets the first bias's gradient from the same epilogue), other widths (36) and
+/// f32/f64 the product and GELU kernels in turn; with and without biases, recording a
+/// graph and under `no_grad` (the GELU without the pre-activation).
 #[test]
 fn gelu_mlp_block() {
     for dt in FLOATS {
-        let (x, w1, w2) = (
-            randn(21, &[3, 7, 24], dt),
-            randn(22, &[40, 24], dt),
-            randn(23, &[16, 40], dt),
-        );
-        let (b1, b2) = (randn(24, &[40], dt), randn(25, &[16], dt));
-        check(
-            &format!("gelu_mlp {dt}"),
-            &[x.clone(), w1.clone(), w2.clone(), b1, b2],
-            tolerance(dt),
-            |t| gelu_mlp(&t[0], (&t[1], Some(&t[3])), (&t[2], Some(&t[4]))),
-        );
-        check(
-            &format!("gelu_mlp without biases {dt}"),
-            &[x, w1, w2],
-            tolerance(dt),
-            |t| gelu_mlp(&t[0], (&t[1], None), (&t[2], None)),
-        );
+        for hidden in [40, 36] {
+            let (x, w1, w2) = (
+                randn(21, &[3, 7, 24], dt),
+                randn(22, &[hidden, 24], dt),
+                randn(23, &[16, hidden], dt),
+            );
+            let (b1, b2) = (randn(24, &[hidden], dt), randn(25, &[16], dt));
+            let all = [x.clone(), w1.clone(), w2.clone(), b1, b2];
+            let with_biases =
+                |t: &[Tensor]| gelu_mlp(&t[0], (&t[1], Some(&t[3])), (&t[2], Some(&t[4])));
+            let name = |what: &str| format!("gelu_mlp {what}, hidden {hidden}, {dt}");
+            check(&name("with biases"), &all, tolerance(dt), with_biases);
+            check(&name("without a graph"), &all, tolerance(dt), |t| {
+                no_grad(|| with_biases(t))
+            });
+            check(&name("without biases"), &[x, w1, w2], tolerance(dt), |t| {
+                gelu_mlp(&t[0], (&t[1], None), (&t[2], None))
+            });
+        }
     }
 }
 

@@ -1,9 +1,17 @@
-//! Linear layers through cuBLASLt's bias epilogue: `out = a·b + bias` in one kernel,
-//! where [`super::matmul`] would first copy the broadcast bias into the output and run
-//! the product with β = 1 (one more write and read of the output). Used for 2-D
-//! products of f32, bf16 and f16 whose four pointers are 256-byte aligned (what the
-//! heuristics assume by default); anything else, or any cuBLASLt failure, takes the
-//! plain cuBLAS path. `TWINFLOW_CUBLASLT=0` turns it off.
+//! Products with cuBLASLt's epilogues, each in one kernel:
+//!
+//! - `out = a·b + bias`, linear layers, where [`super::matmul`] would first copy the
+//!   broadcast bias into the output and run the product with β = 1 (one more write and
+//!   read of the output);
+//! - `out = gelu_tanh(a·b (+ bias))`, keeping `a·b (+ bias)` beside it for a backward
+//!   (the first layer of a GELU feed-forward block, `ops/mlp.rs`);
+//! - `out = (a·b) ∘ gelu_tanh'(pre)`, with the column sums of `out` (the bias gradient)
+//!   beside it (that block's backward).
+//!
+//! Used for 2-D products of f32, bf16 and f16 (the GELU epilogues for bf16 and f16 only)
+//! whose pointers are 256-byte aligned (what the heuristics assume by default); anything
+//! else, or any cuBLASLt failure, takes the plain path (cuBLAS and our own kernels).
+//! `TWINFLOW_CUBLASLT=0` turns it off.
 //!
 //! The descriptors and the algorithm the heuristics pick are kept per shape: only the
 //! pointers change between the calls of a training step.
@@ -38,8 +46,75 @@ pub(crate) struct Lt {
 unsafe impl Send for Lt {}
 unsafe impl Sync for Lt {}
 
+/// What a product does to its result in the same kernel. In cuBLASLt's column-major
+/// terms our row-major output is `outᵀ`: a bias is one value per output column (per
+/// row of cuBLASLt's D), and a bias gradient sums each output column over the rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Epilogue {
+    /// `out = a·b + bias`.
+    Bias,
+    /// `out = gelu_tanh(a·b (+ bias))`, and `pre = a·b (+ bias)` when `keep_pre`.
+    Gelu { bias: bool, keep_pre: bool },
+    /// `out = (a·b) ∘ gelu_tanh'(pre)`, and `bias = Σ_rows out` when `bias_grad`.
+    GeluGrad { bias_grad: bool },
+}
+
+impl Epilogue {
+    fn value(self) -> sys::cublasLtEpilogue_t {
+        use sys::cublasLtEpilogue_t as E;
+        match self {
+            Epilogue::Bias => E::CUBLASLT_EPILOGUE_BIAS,
+            Epilogue::Gelu {
+                bias: false,
+                keep_pre: false,
+            } => E::CUBLASLT_EPILOGUE_GELU,
+            Epilogue::Gelu {
+                bias: true,
+                keep_pre: false,
+            } => E::CUBLASLT_EPILOGUE_GELU_BIAS,
+            Epilogue::Gelu {
+                bias: false,
+                keep_pre: true,
+            } => E::CUBLASLT_EPILOGUE_GELU_AUX,
+            Epilogue::Gelu {
+                bias: true,
+                keep_pre: true,
+            } => E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
+            Epilogue::GeluGrad { bias_grad: false } => E::CUBLASLT_EPILOGUE_DGELU,
+            Epilogue::GeluGrad { bias_grad: true } => E::CUBLASLT_EPILOGUE_DGELU_BGRAD,
+        }
+    }
+
+    /// Whether the epilogue reads or writes a bias vector.
+    fn uses_bias(self) -> bool {
+        match self {
+            Epilogue::Bias => true,
+            Epilogue::Gelu { bias, .. } => bias,
+            Epilogue::GeluGrad { bias_grad } => bias_grad,
+        }
+    }
+
+    /// Whether the epilogue reads or writes the pre-activation (cuBLASLt's aux matrix).
+    fn uses_pre(self) -> bool {
+        match self {
+            Epilogue::Bias => false,
+            Epilogue::Gelu { keep_pre, .. } => keep_pre,
+            Epilogue::GeluGrad { .. } => true,
+        }
+    }
+}
+
+/// The vectors and matrices an epilogue reads or writes beside the output (0 where it
+/// takes none): the bias or bias gradient (one element per output column) and the
+/// pre-activation (laid out like the output).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Extras {
+    pub bias: u64,
+    pub pre: u64,
+}
+
 /// What a plan depends on: the dtype, the column-major shape (m × n = k-sums of the
-/// swapped product) and how each operand is read.
+/// swapped product), how each operand is read, and the epilogue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Key {
     dtype: DType,
@@ -49,6 +124,7 @@ struct Key {
     k: usize,
     a: (bool, usize),
     b: (bool, usize),
+    epilogue: Epilogue,
 }
 
 /// Descriptors and the chosen algorithm for one [`Key`].
@@ -99,19 +175,31 @@ impl Lt {
         }
     }
 
-    /// `out (row-major m × n) = a·b + bias` (bias: `n` contiguous elements), or `false`
-    /// when this path does not take the product (the caller then runs the plain one).
-    pub(crate) fn linear(
+    /// `out` (row-major m × n, contiguous) = `a·b` with `epilogue` applied, reading or
+    /// writing `extras` (see [`Epilogue`]; vectors of `n` contiguous elements, matrices
+    /// laid out like `out`), or `false` when this path does not take the product (the
+    /// caller then runs the plain one).
+    pub(crate) fn product(
         &self,
         dev: &CudaDevice,
         (a, b): (&Operand, &Operand),
-        bias: u64,
+        (epilogue, extras): (Epilogue, Extras),
         out: u64,
     ) -> bool {
         let dtype = a.dtype;
-        let fits = matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
-            && b.dtype == dtype
-            && [a.ptr, b.ptr, bias, out].iter().all(|p| p % ALIGN == 0);
+        let float = match epilogue {
+            Epilogue::Bias => matches!(dtype, DType::F32 | DType::BF16 | DType::F16),
+            // cuBLASLt does not document how it evaluates GELU's tanh: it is used where
+            // a 16-bit output's rounding covers any difference, and f32 keeps our
+            // kernels (the CPU op's formula).
+            _ => matches!(dtype, DType::BF16 | DType::F16),
+        };
+        let mut pointers = vec![a.ptr, b.ptr, out];
+        pointers.extend(epilogue.uses_bias().then_some(extras.bias));
+        pointers.extend(epilogue.uses_pre().then_some(extras.pre));
+        // The pre-activation's rows (cuBLASLt's aux columns) must start 8 elements apart.
+        let pre_fits = !epilogue.uses_pre() || b.cols % 8 == 0;
+        let fits = float && b.dtype == dtype && pre_fits && pointers.iter().all(|p| p % ALIGN == 0);
         let (Some(ra), Some(rb)) = (a.blas(), b.blas()) else {
             return false;
         };
@@ -128,6 +216,7 @@ impl Lt {
             k: a.cols,
             a: (rb.0 == CUBLAS_OP_T, rb.1),
             b: (ra.0 == CUBLAS_OP_T, ra.1),
+            epilogue,
         };
         // The heuristics query the current device.
         if dev.bind().is_err() {
@@ -137,12 +226,13 @@ impl Lt {
         // A shape cuBLASLt has no algorithm for is remembered as such, not retried.
         let plan = match plans.entry(key) {
             Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(Plan::new(self, key, bias).ok()),
+            Entry::Vacant(e) => e.insert(Plan::new(self, key, extras).ok()),
         };
         let Some(plan) = plan else {
             return false;
         };
-        self.run(dev, plan, (b.ptr, a.ptr), bias, out).is_ok()
+        self.run(dev, plan, (b.ptr, a.ptr), (epilogue, extras), out)
+            .is_ok()
     }
 
     fn run(
@@ -150,20 +240,17 @@ impl Lt {
         dev: &CudaDevice,
         plan: &Plan,
         (pa, pb): (u64, u64),
-        bias: u64,
+        (epilogue, extras): (Epilogue, Extras),
         out: u64,
     ) -> Result<(), CublasError> {
         let (alpha, beta) = (1f32, 0f32);
         let (ws, _sync) = self.workspace.device_ptr(&dev.stream);
         // SAFETY: the plan's layouts describe the buffers behind the pointers (checked
         // by the caller's operands), all of them 256-byte aligned; the bias holds one
-        // element per output column; f32 scalars match the descriptor's scale type.
+        // element per output column, the pre-activation one per output element; f32
+        // scalars match the descriptor's scale type.
         unsafe {
-            set_desc(
-                plan.desc,
-                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                &bias,
-            )?;
+            set_pointers(plan.desc, epilogue, extras)?;
             lt::matmul(
                 self.handle,
                 plan.desc,
@@ -195,10 +282,10 @@ impl Drop for Lt {
 }
 
 impl Plan {
-    /// Descriptors for `key` with the bias epilogue, and the heuristics' best algorithm
-    /// (asked with this call's `bias` pointer set, as cudarc's own wrapper does; each
-    /// call sets its own).
-    fn new(lt_: &Lt, key: Key, bias: u64) -> Result<Plan, CublasError> {
+    /// Descriptors for `key` with its epilogue, and the heuristics' best algorithm
+    /// (asked with this call's `extras` pointers set, as cudarc's own wrapper does with
+    /// the bias; each call sets its own).
+    fn new(lt_: &Lt, key: Key, extras: Extras) -> Result<Plan, CublasError> {
         let ty = data_type(key.dtype);
         let compute = match key.tf32 {
             true => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
@@ -223,14 +310,22 @@ impl Plan {
         let [la, lb, lc] = plan.layouts;
         // cublasOperation_t as the attribute takes it: 0 = N, 1 = T.
         let op = |t: bool| t as i32;
-        let epilogue = sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
         // SAFETY: attributes of a live descriptor, each given a value of its type.
         unsafe {
             use sys::cublasLtMatmulDescAttributes_t as A;
             set_desc(desc, A::CUBLASLT_MATMUL_DESC_TRANSA, &op(key.a.0))?;
             set_desc(desc, A::CUBLASLT_MATMUL_DESC_TRANSB, &op(key.b.0))?;
-            set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue)?;
-            set_desc(desc, A::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias)?;
+            set_desc(
+                desc,
+                A::CUBLASLT_MATMUL_DESC_EPILOGUE,
+                &key.epilogue.value(),
+            )?;
+            if key.epilogue.uses_pre() {
+                // The pre-activation is laid out like D: column-major, m rows.
+                let ld = key.m as i64;
+                set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld)?;
+            }
+            set_pointers(desc, key.epilogue, extras)?;
         }
         let pref = lt::create_matmul_pref()?;
         // SAFETY: a live preference, given its workspace limit; freed right after use.
@@ -253,6 +348,29 @@ impl Plan {
         plan.algo = heuristic.algo;
         Ok(plan)
     }
+}
+
+/// Sets the bias and pre-activation pointers `epilogue` takes.
+///
+/// # Safety
+/// `desc` must be live.
+unsafe fn set_pointers(
+    desc: sys::cublasLtMatmulDesc_t,
+    epilogue: Epilogue,
+    extras: Extras,
+) -> Result<(), CublasError> {
+    use sys::cublasLtMatmulDescAttributes_t as A;
+    if epilogue.uses_bias() {
+        set_desc(desc, A::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &extras.bias)?;
+    }
+    if epilogue.uses_pre() {
+        set_desc(
+            desc,
+            A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
+            &extras.pre,
+        )?;
+    }
+    Ok(())
 }
 
 /// Sets descriptor attribute `attr` to `value`.

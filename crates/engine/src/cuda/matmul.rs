@@ -6,6 +6,7 @@
 
 use super::device::{tf32, CudaDevice};
 use super::elementwise::copy_strided;
+use super::lt::{Epilogue, Extras};
 use super::{CudaStorage, Dense};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -156,7 +157,7 @@ fn batch_stride(l: &Layout) -> Option<usize> {
 }
 
 /// The matrices of a view as a cuBLAS operand; a copy when the view does not fit.
-fn operand(x: &CudaStorage, l: &Layout) -> Result<(Operand, Option<Dense>)> {
+fn operand(x: &CudaStorage, l: &Layout) -> Result<Readable> {
     let r = l.rank();
     let (rows, cols) = (l.shape()[r - 2], l.shape()[r - 1]);
     let view = batch_stride(l).map(|batch_stride| Operand {
@@ -182,30 +183,123 @@ fn operand(x: &CudaStorage, l: &Layout) -> Result<(Operand, Option<Dense>)> {
     }
 }
 
+/// An operand as cuBLAS reads it, with the copy it needed if any (kept alive while
+/// the operand is in use).
+type Readable = (Operand, Option<Dense>);
+
+/// The operands of one product (the batch dims, shared by both views, all 1) of
+/// non-empty matrices as cuBLASLt takes them; `None` for anything else.
+fn single_product(
+    (a, la): (&CudaStorage, &Layout),
+    (b, lb): (&CudaStorage, &Layout),
+) -> Result<Option<[Readable; 2]>> {
+    let r = la.rank();
+    let single =
+        la.shape()[..r - 2].iter().all(|&d| d == 1) && la.elem_count() > 0 && lb.elem_count() > 0;
+    if !single {
+        return Ok(None);
+    }
+    Ok(Some([operand(a, la)?, operand(b, lb)?]))
+}
+
+/// Where a bias view that is one contiguous vector broadcast down the rows starts;
+/// `None` for any other view.
+fn bias_vector((s, l): (&CudaStorage, &Layout)) -> Option<u64> {
+    let (r, strides) = (l.rank(), l.strides());
+    let vector = strides[r - 1] == 1 && strides[..r - 1].iter().all(|&st| st == 0);
+    vector.then(|| s.ptr_at(l.offset()))
+}
+
 /// A single product with a bias vector through cuBLASLt's bias epilogue (see
 /// [`super::lt`]), or `None` when that path does not take it.
 fn linear_by_epilogue(
-    (a, la): (&CudaStorage, &Layout),
-    (b, lb): (&CudaStorage, &Layout),
+    a: (&CudaStorage, &Layout),
+    b: (&CudaStorage, &Layout),
     bias: Option<(&CudaStorage, &Layout)>,
 ) -> Result<Option<CudaStorage>> {
-    let (Some((s, l)), Some(lt)) = (bias, a.dev().lt.as_ref()) else {
+    let (Some(bias), Some(lt)) = (bias.and_then(bias_vector), a.0.dev().lt.as_ref()) else {
         return Ok(None);
     };
-    let r = la.rank();
-    // One product (the batch dims, shared by both views, are all 1) of non-empty operands.
-    let single =
-        la.shape()[..r - 2].iter().all(|&d| d == 1) && la.elem_count() > 0 && lb.elem_count() > 0;
-    // The bias broadcast down the rows of one contiguous vector.
-    let strides = l.strides();
-    let vector = strides[r - 1] == 1 && strides[..r - 1].iter().all(|&st| st == 0);
-    if !single || !vector {
+    let Some([(oa, _keep_a), (ob, _keep_b)]) = single_product(a, b)? else {
+        return Ok(None);
+    };
+    let out = CudaStorage::alloc(a.0.dev(), oa.rows * ob.cols, a.0.dtype)?;
+    let extras = Extras { bias, pre: 0 };
+    let taken = lt.product(a.0.dev(), (&oa, &ob), (Epilogue::Bias, extras), out.ptr());
+    Ok(taken.then_some(out))
+}
+
+/// `gelu_tanh(a·b (+ bias))` of a single product through cuBLASLt's GELU epilogue,
+/// with the pre-activation `a·b (+ bias)` beside it when `keep_pre`: `(pre, act)`, or
+/// `None` when that path does not take the product (see [`super::lt`]).
+pub(crate) fn linear_gelu(
+    a: (&CudaStorage, &Layout),
+    b: (&CudaStorage, &Layout),
+    bias: Option<(&CudaStorage, &Layout)>,
+    keep_pre: bool,
+) -> Result<Option<(Option<CudaStorage>, CudaStorage)>> {
+    let dev = a.0.dev();
+    let Some(lt) = dev.lt.as_ref() else {
+        return Ok(None);
+    };
+    let bias_ptr = match bias.map(bias_vector) {
+        Some(None) => return Ok(None),
+        found => found.flatten().unwrap_or(0),
+    };
+    let Some([(oa, _keep_a), (ob, _keep_b)]) = single_product(a, b)? else {
+        return Ok(None);
+    };
+    let n = oa.rows * ob.cols;
+    let act = CudaStorage::alloc(dev, n, a.0.dtype)?;
+    let pre = keep_pre
+        .then(|| CudaStorage::alloc(dev, n, a.0.dtype))
+        .transpose()?;
+    let epilogue = Epilogue::Gelu {
+        bias: bias.is_some(),
+        keep_pre,
+    };
+    let extras = Extras {
+        bias: bias_ptr,
+        pre: pre.as_ref().map_or(0, |p| p.ptr()),
+    };
+    let taken = lt.product(dev, (&oa, &ob), (epilogue, extras), act.ptr());
+    Ok(taken.then_some((pre, act)))
+}
+
+/// `(g·w) ∘ gelu_tanh'(pre)` of a single product through cuBLASLt's GELU-gradient
+/// epilogue (`pre` contiguous, shaped like the result), with the result's column sums
+/// (the bias gradient) beside it when `bias_grad`; `None` when that path does not take
+/// the product (see [`super::lt`]).
+pub(crate) fn linear_gelu_grad(
+    g: (&CudaStorage, &Layout),
+    w: (&CudaStorage, &Layout),
+    (pre, lpre): (&CudaStorage, &Layout),
+    bias_grad: bool,
+) -> Result<Option<(CudaStorage, Option<CudaStorage>)>> {
+    let dev = g.0.dev();
+    let Some(lt) = dev.lt.as_ref() else {
+        return Ok(None);
+    };
+    if !lpre.is_contiguous() {
         return Ok(None);
     }
-    let ((oa, _keep_a), (ob, _keep_b)) = (operand(a, la)?, operand(b, lb)?);
-    let out = CudaStorage::alloc(a.dev(), oa.rows * ob.cols, a.dtype)?;
-    let taken = lt.linear(a.dev(), (&oa, &ob), s.ptr_at(l.offset()), out.ptr());
-    Ok(taken.then_some(out))
+    let Some([(og, _keep_g), (ow, _keep_w)]) = single_product(g, w)? else {
+        return Ok(None);
+    };
+    if lpre.elem_count() != og.rows * ow.cols {
+        return Ok(None);
+    }
+    let out = CudaStorage::alloc(dev, og.rows * ow.cols, g.0.dtype)?;
+    let sums = bias_grad
+        .then(|| CudaStorage::alloc(dev, ow.cols, g.0.dtype))
+        .transpose()?;
+    let extras = Extras {
+        bias: sums.as_ref().map_or(0, |s| s.ptr()),
+        pre: pre.ptr_at(lpre.offset()),
+    };
+    let epilogue = (Epilogue::GeluGrad { bias_grad }, extras);
+    let taken = lt.product(dev, (&og, &ow), epilogue, out.ptr());
+    Ok(taken.then_some((out, sums)))
 }
 
 /// `[..., m, k] · [..., k, n]` (+ bias, a view of the output's shape).

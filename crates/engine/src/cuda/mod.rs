@@ -22,7 +22,7 @@ mod index;
 pub mod kernels;
 mod launch;
 mod lt;
-mod matmul;
+pub(crate) mod matmul;
 pub(crate) mod rows;
 
 pub use alloc::MemoryStats;

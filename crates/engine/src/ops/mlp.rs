@@ -4,8 +4,9 @@
 //! transformer block): the forward's first product writes `h = fc1(x)` and
 //! `gelu_tanh(h)` together (without a graph, `gelu_tanh(h)` alone, in place), and the backward's product `dOut·W2` comes out multiplied
 //! by `gelu_tanh'(h)` already. On the CPU the map runs on each product task's block
-//! while it is in cache (`cpu/epilogue.rs`); on CUDA the two steps are the backend's
-//! product and GELU kernels one after the other.
+//! while it is in cache (`cpu/epilogue.rs`); on CUDA, in bf16 and f16, cuBLASLt's GELU
+//! epilogues do the same, the backward's also summing the first layer's bias gradient
+//! (`cuda/lt.rs`), and otherwise the product and GELU kernels run one after the other.
 
 use super::{check_float, check_same};
 use crate::autocast::lowered;
@@ -122,12 +123,8 @@ fn backward(
         .filter(|b| wants(b))
         .map(|b| g.sum_to_shape(b.shape()))
         .transpose()?;
-    let dh = linear_gelu_grad(&g, w2, h)?;
+    let (dh, db1) = linear_gelu_grad(&g, w2, h, b1.is_some_and(wants))?;
     let dw1 = wants(w1).then(|| dh.t()?.matmul(x)).transpose()?;
-    let db1 = b1
-        .filter(|b| wants(b))
-        .map(|b| dh.sum_to_shape(b.shape()))
-        .transpose()?;
     let dx = wants(&v[0])
         .then(|| dh.matmul(w1)?.reshape(v[0].shape()))
         .transpose()?;
@@ -170,17 +167,32 @@ fn linear_gelu(
     ))
 }
 
-/// `(g·w2) ∘ gelu_tanh'(h)` for `g` `[rows, n]`, `w2` `[n, hidden]`, `h` `[rows, hidden]`.
-fn linear_gelu_grad(g: &Tensor, w2: &Tensor, h: &Tensor) -> Result<Tensor> {
-    let s = Storage::fused(
-        &LinearGeluGrad,
+/// `dh = (g·w2) ∘ gelu_tanh'(h)` for `g` `[rows, n]`, `w2` `[n, hidden]`, `h`
+/// `[rows, hidden]`, and, when `bias_grad`, the column sums of `dh` (the first layer's
+/// bias gradient): from the backend's product where it computes them with it, else
+/// summed here.
+fn linear_gelu_grad(
+    g: &Tensor,
+    w2: &Tensor,
+    h: &Tensor,
+    bias_grad: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let (dh, sums) = Storage::fused(
+        &LinearGeluGrad { bias_grad },
         (
             (&g.storage(), g.layout()),
             (&w2.storage(), w2.layout()),
             (&h.storage(), h.layout()),
         ),
     )?;
-    Ok(Tensor::from_storage(s, h.shape()))
+    let dh = Tensor::from_storage(dh, h.shape());
+    let hidden = h.shape()[1];
+    let sums = match (bias_grad, sums) {
+        (false, _) => None,
+        (true, Some(s)) => Some(Tensor::from_storage(s, &[hidden])),
+        (true, None) => Some(dh.sum_to_shape(&[hidden])?),
+    };
+    Ok((dh, sums))
 }
 
 /// The forward's first product: `h = x·w (+ bias)` and `gelu_tanh(h)`, for 2-D views
@@ -220,6 +232,10 @@ impl<'a> FusedOp<'a> for LinearGelu {
 
     #[cfg(feature = "cuda")]
     fn cuda(&self, (x, w, bias): BackendInputs<'a, Self, CudaStorage>) -> Result<Self::Output> {
+        use crate::cuda::matmul::linear_gelu;
+        if let Some((h, act)) = linear_gelu(x, w, bias, self.keep_pre)? {
+            return Ok((h.map(Into::into), act.into()));
+        }
         let h = x.0.matmul(x.1, w.0, w.1, bias)?;
         let lh = Layout::contiguous(&[x.1.shape()[0], w.1.shape()[1]]);
         let act = h.unary(&lh, UnaryOp::GeluTanh)?;
@@ -229,14 +245,19 @@ impl<'a> FusedOp<'a> for LinearGelu {
 
 /// The backward's product through the GELU: `(g·w) ∘ gelu_tanh'(h)` for 2-D views `g`
 /// `[rows, n]`, `w` `[n, hidden]` and `h` `[rows, hidden]` (contiguous).
-struct LinearGeluGrad;
+struct LinearGeluGrad {
+    /// Whether the result's column sums (the first layer's bias gradient) are wanted.
+    bias_grad: bool,
+}
 
 impl<'a> FusedOp<'a> for LinearGeluGrad {
     const NAME: &'static str = "linear_gelu_grad";
     type Inputs = (View<'a, Storage>, View<'a, Storage>, View<'a, Storage>);
-    type Output = Storage;
+    /// The result, and its column sums where the backend computes them with it
+    /// (cuBLASLt's epilogue); `None` leaves the sum to the caller.
+    type Output = (Storage, Option<Storage>);
 
-    fn cpu(&self, (g, w, h): BackendInputs<'a, Self, CpuStorage>) -> Result<Storage> {
+    fn cpu(&self, (g, w, h): BackendInputs<'a, Self, CpuStorage>) -> Result<Self::Output> {
         let dt = g.0.dtype();
         dispatch_float!(Self::NAME, g.0, |F| {
             let view = |s| F::view(s, Self::NAME);
@@ -248,14 +269,21 @@ impl<'a> FusedOp<'a> for LinearGeluGrad {
             let pre = &hv[h.1.offset()..];
             let epilogue = Epilogue::GeluGrad(pre);
             let dh = matmul::matmul_then((&gv, g.1), (&wv, w.1), None, epilogue);
-            Ok(F::store(dh, dt).into())
+            Ok((F::store(dh, dt).into(), None))
         })
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda(&self, (g, w, h): BackendInputs<'a, Self, CudaStorage>) -> Result<Storage> {
+    fn cuda(&self, (g, w, h): BackendInputs<'a, Self, CudaStorage>) -> Result<Self::Output> {
+        use crate::cuda::matmul::linear_gelu_grad;
+        if let Some((dh, sums)) = linear_gelu_grad(g, w, h, self.bias_grad)? {
+            return Ok((dh.into(), sums.map(Into::into)));
+        }
         let y = g.0.matmul(g.1, w.0, w.1, None)?;
         let ly = Layout::contiguous(&[g.1.shape()[0], w.1.shape()[1]]);
-        Ok(h.0.unary_backward(h.1, &y, &ly, UnaryOp::GeluTanh)?.into())
+        Ok((
+            h.0.unary_backward(h.1, &y, &ly, UnaryOp::GeluTanh)?.into(),
+            None,
+        ))
     }
 }
