@@ -470,6 +470,8 @@ fn products() {
             randn(12, &[16, 24], dt),
             randn(13, &[16], dt),
         );
+        // The weight's and the bias's gradients come from one product with cuBLASLt's
+        // BGRADB epilogue where it takes them (f32, bf16, f16).
         check(
             &format!("linear {dt}"),
             &[x.clone(), w.clone(), bias],

@@ -57,6 +57,9 @@ pub(crate) enum Epilogue {
     Gelu { bias: bool, keep_pre: bool },
     /// `out = (a·b) ∘ gelu_tanh'(pre)`, and `bias = Σ_rows out` when `bias_grad`.
     GeluGrad { bias_grad: bool },
+    /// `out = a·b`, and `bias = Σ_k a[·, k]`, one sum per output row: a weight
+    /// gradient `gᵀ·x` with the bias gradient `Σ_rows g` of the same `g`.
+    LhsSums,
 }
 
 impl Epilogue {
@@ -82,6 +85,8 @@ impl Epilogue {
             } => E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
             Epilogue::GeluGrad { bias_grad: false } => E::CUBLASLT_EPILOGUE_DGELU,
             Epilogue::GeluGrad { bias_grad: true } => E::CUBLASLT_EPILOGUE_DGELU_BGRAD,
+            // cuBLASLt's B is our left operand (see `product`).
+            Epilogue::LhsSums => E::CUBLASLT_EPILOGUE_BGRADB,
         }
     }
 
@@ -91,13 +96,14 @@ impl Epilogue {
             Epilogue::Bias => true,
             Epilogue::Gelu { bias, .. } => bias,
             Epilogue::GeluGrad { bias_grad } => bias_grad,
+            Epilogue::LhsSums => true,
         }
     }
 
     /// Whether the epilogue reads or writes the pre-activation (cuBLASLt's aux matrix).
     fn uses_pre(self) -> bool {
         match self {
-            Epilogue::Bias => false,
+            Epilogue::Bias | Epilogue::LhsSums => false,
             Epilogue::Gelu { keep_pre, .. } => keep_pre,
             Epilogue::GeluGrad { .. } => true,
         }
@@ -105,8 +111,8 @@ impl Epilogue {
 }
 
 /// The vectors and matrices an epilogue reads or writes beside the output (0 where it
-/// takes none): the bias or bias gradient (one element per output column) and the
-/// pre-activation (laid out like the output).
+/// takes none): the bias or bias gradient (one element per output column; per output
+/// row for [`Epilogue::LhsSums`]) and the pre-activation (laid out like the output).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Extras {
     pub bias: u64,
@@ -188,7 +194,9 @@ impl Lt {
     ) -> bool {
         let dtype = a.dtype;
         let float = match epilogue {
-            Epilogue::Bias => matches!(dtype, DType::F32 | DType::BF16 | DType::F16),
+            Epilogue::Bias | Epilogue::LhsSums => {
+                matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
+            }
             // cuBLASLt does not document how it evaluates GELU's tanh: it is used where
             // a 16-bit output's rounding covers any difference, and f32 keeps our
             // kernels (the CPU op's formula).

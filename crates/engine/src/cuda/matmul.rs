@@ -302,6 +302,31 @@ pub(crate) fn linear_gelu_grad(
     Ok(taken.then_some((out, sums)))
 }
 
+/// `a·b` of a single product with the sums of `a`'s rows (over the inner dimension)
+/// beside it, through cuBLASLt's `BGRADB` epilogue: a weight gradient `gᵀ·x` and the
+/// bias gradient `Σ_rows g` in one pass over `g`. `None` when that path does not take
+/// the product (see [`super::lt`]).
+pub(crate) fn product_with_lhs_sums(
+    a: (&CudaStorage, &Layout),
+    b: (&CudaStorage, &Layout),
+) -> Result<Option<(CudaStorage, CudaStorage)>> {
+    let dev = a.0.dev();
+    let Some(lt) = dev.lt.as_ref() else {
+        return Ok(None);
+    };
+    let Some([(oa, _keep_a), (ob, _keep_b)]) = single_product(a, b)? else {
+        return Ok(None);
+    };
+    let out = CudaStorage::alloc(dev, oa.rows * ob.cols, a.0.dtype)?;
+    let sums = CudaStorage::alloc(dev, oa.rows, a.0.dtype)?;
+    let extras = Extras {
+        bias: sums.ptr(),
+        pre: 0,
+    };
+    let taken = lt.product(dev, (&oa, &ob), (Epilogue::LhsSums, extras), out.ptr());
+    Ok(taken.then_some((out, sums)))
+}
+
 /// `[..., m, k] · [..., k, n]` (+ bias, a view of the output's shape).
 pub(crate) fn matmul(
     a: &CudaStorage,

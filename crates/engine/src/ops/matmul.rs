@@ -5,9 +5,14 @@
 use super::{check_float, check_same};
 use crate::autocast::lowered;
 use crate::backend::BackendStorage;
+use crate::cpu::CpuStorage;
+#[cfg(feature = "cuda")]
+use crate::cuda::CudaStorage;
 use crate::error::{Error, Result};
 use crate::forward_ad::Duals;
+use crate::fused::{BackendInputs, FusedOp, View};
 use crate::layout::broadcast_shapes;
+use crate::storage::Storage;
 use crate::Tensor;
 
 /// The tangent of `a·b (+ bias)`: ta·b + a·tb (+ tbias), the terms whose tangents exist.
@@ -119,14 +124,21 @@ impl Tensor {
                 let ga = a
                     .requires_grad()
                     .then(|| g.matmul(&b.t()?)?.sum_to_shape(a.shape()));
-                let gb = b.requires_grad().then(|| weight_gradient(a, b, g));
-                let mut grads = vec![ga.transpose()?, gb.transpose()?];
-                if let Some(bias) = x.get(2) {
-                    grads.push(
-                        bias.requires_grad()
-                            .then(|| g.sum_to_shape(bias.shape()))
-                            .transpose()?,
-                    );
+                let bias = x.get(2).filter(|bias| bias.requires_grad());
+                let (gb, gbias) = match (b.requires_grad(), bias) {
+                    (true, Some(bias)) => {
+                        let (gb, gbias) = weight_and_bias_gradients(a, b, g, bias)?;
+                        (Some(gb), Some(gbias))
+                    }
+                    (true, None) => (Some(weight_gradient(a, b, g)?), None),
+                    (false, bias) => {
+                        let gbias = bias.map(|bias| g.sum_to_shape(bias.shape()));
+                        (None, gbias.transpose()?)
+                    }
+                };
+                let mut grads = vec![ga.transpose()?, gb];
+                if x.len() > 2 {
+                    grads.push(gbias);
                 }
                 Ok(grads)
             },
@@ -141,8 +153,64 @@ impl Tensor {
 /// after the transpose's backward, instead of as a transposed view that every later
 /// pass over it (gradient norm, optimizer) walks with a stride of a whole row.
 fn weight_gradient(a: &Tensor, b: &Tensor, g: &Tensor) -> Result<Tensor> {
-    if b.rank() == 2 && a.rank() == 2 && !b.is_contiguous() && b.t()?.is_contiguous() {
+    if is_weight(a, b)? {
         return g.t()?.matmul(a)?.t();
     }
     a.t()?.matmul(g)?.sum_to_shape(b.shape())
+}
+
+/// Whether `a·b` is a linear layer's product: a 2-D input times the transposed view of
+/// a contiguous 2-D weight.
+fn is_weight(a: &Tensor, b: &Tensor) -> Result<bool> {
+    Ok(b.rank() == 2 && a.rank() == 2 && !b.is_contiguous() && b.t()?.is_contiguous())
+}
+
+/// The gradients of a linear layer's weight (as [`weight_gradient`]) and bias
+/// (`Σ_rows g`): in one product where the backend sums the bias gradient in the same
+/// pass over `g` ([`WeightBiasGradients`]), else the product and a sum.
+fn weight_and_bias_gradients(
+    a: &Tensor,
+    b: &Tensor,
+    g: &Tensor,
+    bias: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    let n = g.shape()[g.rank() - 1];
+    if !is_weight(a, b)? || bias.shape() != [n] || g.rank() != 2 {
+        return Ok((weight_gradient(a, b, g)?, g.sum_to_shape(bias.shape())?));
+    }
+    let gt = g.t()?;
+    let (w, sums) = Storage::fused(
+        &WeightBiasGradients,
+        ((&gt.storage(), gt.layout()), (&a.storage(), a.layout())),
+    )?;
+    let w = Tensor::from_storage(w, &[n, a.shape()[1]]).t()?;
+    let sums = match sums {
+        Some(s) => Tensor::from_storage(s, &[n]),
+        None => g.sum_to_shape(bias.shape())?,
+    };
+    Ok((w, sums))
+}
+
+/// `gᵀ·a` for views `gᵀ` `[n, rows]` and `a` `[rows, k]`, and, where the backend sums
+/// them in the same call (cuBLASLt's `BGRADB` epilogue on CUDA), the sums of `gᵀ`'s
+/// rows (a linear layer's bias gradient); `None` leaves the sum to the caller.
+struct WeightBiasGradients;
+
+impl<'a> FusedOp<'a> for WeightBiasGradients {
+    const NAME: &'static str = "weight_bias_gradients";
+    type Inputs = (View<'a, Storage>, View<'a, Storage>);
+    type Output = (Storage, Option<Storage>);
+
+    fn cpu(&self, (gt, a): BackendInputs<'a, Self, CpuStorage>) -> Result<Self::Output> {
+        Ok((gt.0.matmul(gt.1, a.0, a.1, None)?.into(), None))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(&self, (gt, a): BackendInputs<'a, Self, CudaStorage>) -> Result<Self::Output> {
+        use crate::cuda::matmul::product_with_lhs_sums;
+        if let Some((w, sums)) = product_with_lhs_sums(gt, a)? {
+            return Ok((w.into(), Some(sums.into())));
+        }
+        Ok((gt.0.matmul(gt.1, a.0, a.1, None)?.into(), None))
+    }
 }
