@@ -246,7 +246,10 @@ impl<'a> FusedOp<'a> for LinearGelu {
 /// The backward's product through the GELU: `(g·w) ∘ gelu_tanh'(h)` for 2-D views `g`
 /// `[rows, n]`, `w` `[n, hidden]` and `h` `[rows, hidden]` (contiguous).
 struct LinearGeluGrad {
-    /// Whether the result's column sums (the first layer's bias gradient) are wanted.
+    /// Whether the result's column sums (the first layer's bias gradient) are wanted:
+    /// read where a backend computes them with the product (CUDA); the CPU leaves
+    /// them to the caller.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     bias_grad: bool,
 }
 
