@@ -6,8 +6,8 @@
 #     scripts/gpu-train.sh run [BIN_DIR [OUT]]   # on the GPU machine, from the repo root
 #
 # `build` puts the CUDA `twinflow` binary (stripped), the evaluation classifiers
-# (runs/classifier/, from `twinflow train-classifier`) and the Fashion-MNIST files
-# (from FASHION_MNIST_DIR, see docs/data.md) in gpu-train-bin/ (git-ignored;
+# (runs/classifier/, from `twinflow train-classifier`, trained first where missing)
+# and the Fashion-MNIST files (from FASHION_MNIST_DIR, see docs/data.md) in gpu-train-bin/ (git-ignored;
 # under the 64 MiB a GPU run can carry). `run` needs the repository's data/ (MNIST-10k)
 # and configs/, then runs, each with bf16 autocast and the fused attention:
 #   1. mnist-twinflow-gpu  (TwinFlow, DiT)      MINUTES of training, eval at 1, 2, 4 NFE
@@ -31,8 +31,13 @@ build() {
     rm -rf "$out" && mkdir -p "$out/fashion-mnist"
     cargo build --release --features cuda --bin twinflow
     cp target/release/twinflow "$out/twinflow" && strip "$out/twinflow"
-    cp runs/classifier/*.safetensors "$out/"
     local fashion=${FASHION_MNIST_DIR:?set FASHION_MNIST_DIR to the folder of the four Fashion-MNIST files (docs/data.md)}
+    # A fresh checkout has no classifiers yet: trained here on the CPU (about 1.5 and
+    # 4 minutes on 2 cores), once.
+    [ -f runs/classifier/classifier.safetensors ] || target/release/twinflow train-classifier
+    [ -f runs/classifier/fashion-mnist.safetensors ] \
+        || target/release/twinflow train-classifier --dataset fashion-mnist --root "$fashion"
+    cp runs/classifier/*.safetensors "$out/"
     cp "$fashion"/*-ubyte.gz "$out/fashion-mnist/"
     du -sh "$out"
 }
