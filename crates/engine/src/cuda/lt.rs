@@ -67,22 +67,12 @@ impl Epilogue {
         use sys::cublasLtEpilogue_t as E;
         match self {
             Epilogue::Bias => E::CUBLASLT_EPILOGUE_BIAS,
-            Epilogue::Gelu {
-                bias: false,
-                keep_pre: false,
-            } => E::CUBLASLT_EPILOGUE_GELU,
-            Epilogue::Gelu {
-                bias: true,
-                keep_pre: false,
-            } => E::CUBLASLT_EPILOGUE_GELU_BIAS,
-            Epilogue::Gelu {
-                bias: false,
-                keep_pre: true,
-            } => E::CUBLASLT_EPILOGUE_GELU_AUX,
-            Epilogue::Gelu {
-                bias: true,
-                keep_pre: true,
-            } => E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
+            Epilogue::Gelu { bias, keep_pre } => match (bias, keep_pre) {
+                (false, false) => E::CUBLASLT_EPILOGUE_GELU,
+                (true, false) => E::CUBLASLT_EPILOGUE_GELU_BIAS,
+                (false, true) => E::CUBLASLT_EPILOGUE_GELU_AUX,
+                (true, true) => E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
+            },
             Epilogue::GeluGrad { bias_grad: false } => E::CUBLASLT_EPILOGUE_DGELU,
             Epilogue::GeluGrad { bias_grad: true } => E::CUBLASLT_EPILOGUE_DGELU_BGRAD,
             // cuBLASLt's B is our left operand (see `product`).
