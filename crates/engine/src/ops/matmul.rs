@@ -166,8 +166,7 @@ fn is_weight(a: &Tensor, b: &Tensor) -> Result<bool> {
 }
 
 /// The gradients of a linear layer's weight (as [`weight_gradient`]) and bias
-/// (`Σ_rows g`): in one product where the backend sums the bias gradient in the same
-/// pass over `g` ([`WeightBiasGradients`]), else the product and a sum.
+/// (`Σ_rows g`), through [`linear_param_grads`] where `a·b` is a linear layer's product.
 fn weight_and_bias_gradients(
     a: &Tensor,
     b: &Tensor,
@@ -178,17 +177,34 @@ fn weight_and_bias_gradients(
     if !is_weight(a, b)? || bias.shape() != [n] || g.rank() != 2 {
         return Ok((weight_gradient(a, b, g)?, g.sum_to_shape(bias.shape())?));
     }
+    let (w, sums) = linear_param_grads(g, a, true)?;
+    let sums = sums.ok_or_else(|| Error::Autograd("linear: no bias gradient".into()))?;
+    Ok((w.t()?, sums))
+}
+
+/// A linear layer's parameter gradients from its output's gradient `g` `[rows, n]` and
+/// its input `x` `[rows, k]`: the weight's, `gᵀ·x` `[n, k]`, and when `bias` the
+/// bias's, `Σ_rows g` `[n]`, in one product where the backend sums `g` in the same
+/// pass ([`WeightBiasGradients`]), else by a sum after it.
+pub(crate) fn linear_param_grads(
+    g: &Tensor,
+    x: &Tensor,
+    bias: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
     let gt = g.t()?;
+    if !bias {
+        return Ok((gt.matmul(x)?, None));
+    }
+    let n = g.shape()[1];
     let (w, sums) = Storage::fused(
         &WeightBiasGradients,
-        ((&gt.storage(), gt.layout()), (&a.storage(), a.layout())),
+        ((&gt.storage(), gt.layout()), (&x.storage(), x.layout())),
     )?;
-    let w = Tensor::from_storage(w, &[n, a.shape()[1]]).t()?;
     let sums = match sums {
         Some(s) => Tensor::from_storage(s, &[n]),
-        None => g.sum_to_shape(bias.shape())?,
+        None => g.sum_to_shape(&[n])?,
     };
-    Ok((w, sums))
+    Ok((Tensor::from_storage(w, &[n, x.shape()[1]]), Some(sums)))
 }
 
 /// `gᵀ·a` for views `gᵀ` `[n, rows]` and `a` `[rows, k]`, and, where the backend sums

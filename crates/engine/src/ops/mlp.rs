@@ -8,6 +8,7 @@
 //! epilogues do the same, the backward's also summing the first layer's bias gradient
 //! (`cuda/lt.rs`), and otherwise the product and GELU kernels run one after the other.
 
+use super::matmul::linear_param_grads;
 use super::{check_float, check_same};
 use crate::autocast::lowered;
 use crate::backend::BackendStorage;
@@ -118,11 +119,17 @@ fn backward(
     let (w2, b2) = (&v[2 + has_b1 as usize], v.get(3 + has_b1 as usize));
     let g = g.reshape(&[act.shape()[0], w2.shape()[0]])?;
     let wants = |t: &Tensor| t.requires_grad();
-    let dw2 = wants(w2).then(|| g.t()?.matmul(act)).transpose()?;
-    let db2 = b2
-        .filter(|b| wants(b))
-        .map(|b| g.sum_to_shape(b.shape()))
-        .transpose()?;
+    let wants_db2 = b2.is_some_and(wants);
+    let (dw2, db2) = match wants(w2) {
+        true => {
+            let (dw2, db2) = linear_param_grads(&g, act, wants_db2)?;
+            (Some(dw2), db2)
+        }
+        false => {
+            let db2 = wants_db2.then(|| g.sum_to_shape(&[g.shape()[1]]));
+            (None, db2.transpose()?)
+        }
+    };
     let (dh, db1) = linear_gelu_grad(&g, w2, h, b1.is_some_and(wants))?;
     let dw1 = wants(w1).then(|| dh.t()?.matmul(x)).transpose()?;
     let dx = wants(&v[0])
