@@ -8,8 +8,9 @@
 # `build` puts the CUDA `twinflow` binary (stripped), the evaluation classifiers
 # (runs/classifier/, from `twinflow train-classifier`, trained first where missing)
 # and the Fashion-MNIST files (from FASHION_MNIST_DIR, see docs/data.md) in
-# gpu-train-bin/ (git-ignored; under the 64 MiB a GPU run can carry). `run` needs the repository's data/ (MNIST-10k)
-# and configs/, then runs, each with bf16 autocast and the fused attention:
+# gpu-train-bin/ (git-ignored; under the 64 MiB a GPU run can carry). `run` needs the
+# repository's data/ (MNIST-10k) and configs/, then runs, each with bf16 autocast and
+# the fused attention:
 #   1. mnist-twinflow-gpu  (TwinFlow, DiT)      MINUTES of training, eval at 1, 2, 4 NFE
 #   2. mnist-fm-gpu        (flow matching, DiT) MINUTES of training, eval at 1, 2, 4, 100
 #   3. fashion-twinflow-gpu                     MINUTES of training, eval at 1, 2, 4 NFE

@@ -78,7 +78,7 @@ pub(crate) enum GradMeta {
 impl GradMeta {
     /// A node for an op's result when the graph should record it.
     pub(crate) fn for_op(op: &'static str, inputs: &[&Tensor], backward: impl BackwardFn) -> Self {
-        if !is_grad_enabled() || !inputs.iter().any(|t| t.requires_grad()) {
+        if !records(inputs) {
             return GradMeta::None;
         }
         GradMeta::Node(Mutex::new(Some(Node {
@@ -106,6 +106,12 @@ impl GradMeta {
 
 thread_local! {
     static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Whether an op on `inputs` is recorded in the graph: gradients are enabled and one
+/// of them requires a gradient (what ops that save tensors for a backward check first).
+pub(crate) fn records(inputs: &[&Tensor]) -> bool {
+    is_grad_enabled() && inputs.iter().any(|t| t.requires_grad())
 }
 
 /// True unless inside a no-grad scope on this thread.

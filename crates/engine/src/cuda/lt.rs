@@ -192,12 +192,19 @@ impl Lt {
             // kernels (the CPU op's formula).
             _ => matches!(dtype, DType::BF16 | DType::F16),
         };
-        let mut pointers = vec![a.ptr, b.ptr, out];
-        pointers.extend(epilogue.uses_bias().then_some(extras.bias));
-        pointers.extend(epilogue.uses_pre().then_some(extras.pre));
+        let pointers = [
+            Some(a.ptr),
+            Some(b.ptr),
+            Some(out),
+            epilogue.uses_bias().then_some(extras.bias),
+            epilogue.uses_pre().then_some(extras.pre),
+        ];
         // The pre-activation's rows (cuBLASLt's aux columns) must start 8 elements apart.
         let pre_fits = !epilogue.uses_pre() || b.cols % 8 == 0;
-        let fits = float && b.dtype == dtype && pre_fits && pointers.iter().all(|p| p % ALIGN == 0);
+        let fits = float
+            && b.dtype == dtype
+            && pre_fits
+            && pointers.iter().flatten().all(|p| p % ALIGN == 0);
         let (Some(ra), Some(rb)) = (a.blas(), b.blas()) else {
             return false;
         };

@@ -177,24 +177,16 @@ fn weight_and_bias_gradients(
     if !is_weight(a, b)? || bias.shape() != [n] || g.rank() != 2 {
         return Ok((weight_gradient(a, b, g)?, g.sum_to_shape(bias.shape())?));
     }
-    let (w, sums) = linear_param_grads(g, a, true)?;
-    let sums = sums.ok_or_else(|| Error::Autograd("linear: no bias gradient".into()))?;
+    let (w, sums) = linear_param_grads(g, a)?;
     Ok((w.t()?, sums))
 }
 
 /// A linear layer's parameter gradients from its output's gradient `g` `[rows, n]` and
-/// its input `x` `[rows, k]`: the weight's, `gᵀ·x` `[n, k]`, and when `bias` the
-/// bias's, `Σ_rows g` `[n]`, in one product where the backend sums `g` in the same
-/// pass ([`WeightBiasGradients`]), else by a sum after it.
-pub(crate) fn linear_param_grads(
-    g: &Tensor,
-    x: &Tensor,
-    bias: bool,
-) -> Result<(Tensor, Option<Tensor>)> {
+/// its input `x` `[rows, k]`: the weight's, `gᵀ·x` `[n, k]`, and the bias's, `Σ_rows g`
+/// `[n]`, in one product where the backend sums `g` in the same pass
+/// ([`WeightBiasGradients`]), else by a sum after it.
+pub(crate) fn linear_param_grads(g: &Tensor, x: &Tensor) -> Result<(Tensor, Tensor)> {
     let gt = g.t()?;
-    if !bias {
-        return Ok((gt.matmul(x)?, None));
-    }
     let n = g.shape()[1];
     let (w, sums) = Storage::fused(
         &WeightBiasGradients,
@@ -204,7 +196,7 @@ pub(crate) fn linear_param_grads(
         Some(s) => Tensor::from_storage(s, &[n]),
         None => g.sum_to_shape(&[n])?,
     };
-    Ok((Tensor::from_storage(w, &[n, x.shape()[1]]), Some(sums)))
+    Ok((Tensor::from_storage(w, &[n, x.shape()[1]]), sums))
 }
 
 /// `gᵀ·a` for views `gᵀ` `[n, rows]` and `a` `[rows, k]`, and, where the backend sums

@@ -2,8 +2,8 @@
 //! and its derivative run inside the products next to them instead of as passes of
 //! their own over the `[tokens, hidden]` activations (the widest tensors of a
 //! transformer block): the forward's first product writes `h = fc1(x)` and
-//! `gelu_tanh(h)` together (without a graph, `gelu_tanh(h)` alone, in place), and the backward's product `dOut·W2` comes out multiplied
-//! by `gelu_tanh'(h)` already. On the CPU the map runs on each product task's block
+//! `gelu_tanh(h)` together (without a graph, `gelu_tanh(h)` alone, in place), and the
+//! backward's product `dOut·W2` comes out multiplied by `gelu_tanh'(h)` already. On the CPU the map runs on each product task's block
 //! while it is in cache (`cpu/epilogue.rs`); on CUDA, in bf16 and f16, cuBLASLt's GELU
 //! epilogues do the same, the backward's also summing the first layer's bias gradient
 //! (`cuda/lt.rs`), and otherwise the product and GELU kernels run one after the other.
@@ -73,8 +73,7 @@ pub fn gelu_mlp(x: &Tensor, (w1, b1): LinearParams, (w2, b2): LinearParams) -> R
     let flat = x.reshape(&[rows, k])?;
     // Only the backward reads the pre-activation: without a graph the GELU runs in
     // place and the widest tensor of the block is written once, not twice.
-    let recording = crate::autograd::is_grad_enabled() && inputs.iter().any(|t| t.requires_grad());
-    let (h, act) = linear_gelu(&flat, w1, b1, recording)?;
+    let (h, act) = linear_gelu(&flat, w1, b1, crate::autograd::records(&inputs))?;
     let out = {
         let lw = w2.layout().permute(&[1, 0]);
         let lb = b2
@@ -119,16 +118,13 @@ fn backward(
     let (w2, b2) = (&v[2 + has_b1 as usize], v.get(3 + has_b1 as usize));
     let g = g.reshape(&[act.shape()[0], w2.shape()[0]])?;
     let wants = |t: &Tensor| t.requires_grad();
-    let wants_db2 = b2.is_some_and(wants);
-    let (dw2, db2) = match wants(w2) {
-        true => {
-            let (dw2, db2) = linear_param_grads(&g, act, wants_db2)?;
-            (Some(dw2), db2)
+    let (dw2, db2) = match (wants(w2), b2.filter(|b| wants(b))) {
+        (true, Some(_)) => {
+            let (dw2, db2) = linear_param_grads(&g, act)?;
+            (Some(dw2), Some(db2))
         }
-        false => {
-            let db2 = wants_db2.then(|| g.sum_to_shape(&[g.shape()[1]]));
-            (None, db2.transpose()?)
-        }
+        (true, None) => (Some(g.t()?.matmul(act)?), None),
+        (false, b2) => (None, b2.map(|b| g.sum_to_shape(b.shape())).transpose()?),
     };
     let (dh, db1) = linear_gelu_grad(&g, w2, h, b1.is_some_and(wants))?;
     let dw1 = wants(w1).then(|| dh.t()?.matmul(x)).transpose()?;
