@@ -21,6 +21,8 @@ mod isa;
 pub(crate) mod matmul;
 pub(crate) mod norm;
 pub(crate) mod pool;
+#[cfg(target_arch = "x86_64")]
+mod prefetch_block;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod product_cases;
 mod reduce;

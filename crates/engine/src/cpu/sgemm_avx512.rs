@@ -19,6 +19,7 @@
 
 use super::epilogue::Epilogue;
 use super::matmul::{Bias, GemmArgs, SharedOut};
+use super::prefetch_block::{Prefetcher, Region};
 use rayon::prelude::*;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -416,6 +417,7 @@ impl Product<'_> {
         };
         let packed_panels = (part.rows.end - packed_from).div_ceil(MR);
         let own_len = if shared_rhs.is_some() { 0 } else { kc * NR };
+        let mut prefetcher = self.next_block_prefetcher(part, ks);
         with_scratch(&PACKED_LHS, packed_panels * MR * kc, |packed_lhs| {
             with_scratch(&PACKED_TILE, own_len, |own_tile| {
                 pack_lhs(packed_lhs, self.lhs, g, &(packed_from..part.rows.end), ks);
@@ -453,6 +455,9 @@ impl Product<'_> {
                             bias,
                         };
                         let c = self.out.ptr_at(at, (edge.rows - 1) * self.ldc + cols);
+                        if let Some(prefetcher) = prefetcher.as_mut() {
+                            prefetcher.issue();
+                        }
                         match a {
                             Left::Packed(a) => tile_product(cols, kc, a, b, c, edge),
                             Left::Steps(a) => tile_product(cols, kc, a, b, c, edge),
@@ -467,6 +472,25 @@ impl Product<'_> {
                 self.finish_part(part, epilogue);
             }
         }
+    }
+
+    /// The prefetcher of `part`'s operands in the inner block after `ks`, spread over
+    /// the part's micro-tiles, for a transposed left operand (a weight gradient's `gᵀ`,
+    /// read a whole row of `g` per step). Row-major left operands are read as
+    /// sequential streams that the hardware prefetchers follow: prefetching those as
+    /// well made the DiT's cache-cold forward products 5–8 % slower.
+    fn next_block_prefetcher(&self, part: &Part, ks: &Range<usize>) -> Option<Prefetcher> {
+        let g = self.g;
+        let transposed_lhs = g.lhs_strides.0 == 1 && g.lhs_strides.1 != 1;
+        if !transposed_lhs {
+            return None;
+        }
+        let next = ks.end..g.k.min(ks.end + KC);
+        let cols = part.tiles.start * NR..g.n.min(part.tiles.end * NR);
+        let lhs = Region::block(self.lhs, g.lhs_strides, part.rows.clone(), next.clone());
+        let rhs = Region::block(self.rhs, g.rhs_strides, next, cols);
+        let calls = part.tiles.len() * part.rows.len().div_ceil(MR);
+        Some(Prefetcher::new([lhs, rhs], calls))
     }
 
     /// Applies the epilogue to `part` of the finished output, while it is in cache.
