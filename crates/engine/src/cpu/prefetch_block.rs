@@ -3,10 +3,10 @@
 //!
 //! A weight gradient's operands (`gᵀ` and `x`, megabytes each) come from memory, not
 //! from cache. Left to demand misses, each inner block's first reads stall on memory
-//! while the FMA units wait: cache-cold, the DiT's weight-gradient shapes ran at 150–175
-//! GFLOP/s against 260–280 warm. Asking for the next block's lines a few at a time,
+//! while the FMA units wait: cache-cold, the DiT's weight-gradient shapes ran at 150–195
+//! GFLOP/s against 260–290 warm. Asking for the next block's lines a few at a time,
 //! spread over the current block's micro-tiles, overlaps those misses with arithmetic
-//! (215–225 GFLOP/s cold).
+//! (215–230 GFLOP/s cold; docs/benchmarks.md).
 
 use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
 use std::ops::Range;
