@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs our CPU benchmarks and the PyTorch eager reference side by side, in the same
-# session, and prints one combined table (results: docs/benchmarks.md).
+# session, and prints one combined table (results: docs/benchmarks.md), after a header
+# with the date, commit, command, CPU and toolchain versions that the table is quoted with.
 #
 # Setup, once, from the repository root (any torch version; docs/benchmarks.md says
 # which one gave the recorded numbers):
@@ -82,6 +83,24 @@ fi
 
 raw=$(mktemp -d)
 trap 'rm -rf "$raw"' EXIT
+
+# What docs/benchmarks.md records beside every figure: when, which code, which machine.
+provenance() {
+    local commit dirty=""
+    commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+    git diff --quiet HEAD 2>/dev/null || dirty=" (with uncommitted changes)"
+    echo "== date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "== commit: $commit$dirty"
+    echo "== command: PYTHON=$PYTHON BENCHES=\"$BENCHES\" ROUNDS=$ROUNDS QUIET_WAIT=$QUIET_WAIT benches/run.sh"
+    if command -v lscpu >/dev/null; then
+        echo "== cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -n1)," \
+            "family $(sed -n 's/^cpu family[[:space:]]*: //p' /proc/cpuinfo | head -n1)" \
+            "model $(sed -n 's/^model[[:space:]]*: //p' /proc/cpuinfo | head -n1)," \
+            "$(nproc) CPUs; L2 $(lscpu | sed -n 's/^L2 cache: *//p')"
+    fi
+    echo "== kernel: $(uname -r); $(rustc --version); torch $("$PYTHON" -c 'import torch; print(torch.__version__)')"
+}
+provenance
 
 # Built once: every round runs the same binaries even if the sources change meanwhile.
 bench_args=$(printf -- '--bench %s ' $BENCHES)
