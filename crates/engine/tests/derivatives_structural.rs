@@ -14,7 +14,9 @@
 use proptest::prelude::*;
 use proptest::sample::Index;
 use twinflow_engine::gradcheck::{GradcheckOptions, GradcheckReport};
-use twinflow_engine::{gelu_mlp, qkv_attention, scaled_dot_product_attention, Result, Tensor};
+use twinflow_engine::{
+    gelu_mlp, qkv_attention, scaled_dot_product_attention, DType, Result, Tensor,
+};
 
 mod common;
 use common::{
@@ -779,6 +781,46 @@ fn grouped_norm_gradients_match_the_composition_on_parallel_sizes() -> Result<()
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 let ok = (g - w).abs() <= 1e-10 * w.abs().max(1.0);
                 assert!(ok, "d{name}[{i}] of weight {weight_shape:?}: {g} != {w}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A linear layer's f32 weight and bias gradients on sizes that take each product path
+/// (split over the inner dimension, one parallel product, one single-threaded product,
+/// a small product): equal to the f64 layer's within f32 rounding. On CPUs with
+/// AVX-512 the bias gradient comes out of the weight gradient's product (its
+/// micro-kernel adds up the `gᵀ` values it reads); the gradchecks, in f64, take
+/// another path.
+#[test]
+fn linear_f32_parameter_gradients_match_f64_on_every_product_path() -> Result<()> {
+    // (rows, in, out): split-k (4.2 M flops, rows ≫ in, out), parallel (8.4 M flops),
+    // single-threaded (2¹⁷ multiply-adds), small.
+    for (rows, k, n) in [(8192, 16, 16), (64, 256, 256), (32, 64, 64), (5, 3, 7)] {
+        let (x, w, b, r) = (
+            randn(1, &[rows, k]),
+            randn(2, &[n, k]),
+            randn(3, &[n]),
+            randn(4, &[rows, n]),
+        );
+        let grads = |dtype: DType| -> Result<Vec<Vec<f64>>> {
+            let [x, w, b, r] = [&x, &w, &b, &r].map(|t| t.to_dtype(dtype).expect("cast"));
+            let (w, b) = (w.into_variable()?, b.into_variable()?);
+            let grads = x.linear(&w, Some(&b))?.mul(&r)?.sum_all()?.backward()?;
+            [&w, &b]
+                .iter()
+                .map(|v| grads.get(v).expect("a gradient").to_vec_f64())
+                .collect()
+        };
+        let (got, want) = (grads(DType::F32)?, grads(DType::F64)?);
+        for (name, got, want) in [("weight", &got[0], &want[0]), ("bias", &got[1], &want[1])] {
+            for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                let tol = 1e-5 * (rows as f64).sqrt() * (1.0 + w.abs());
+                assert!(
+                    (g - w).abs() <= tol,
+                    "d{name}[{i}] at {rows}×{k}→{n}: {g} != {w}"
+                );
             }
         }
     }

@@ -171,7 +171,16 @@ pub fn gemm_into<F: CpuFloat>(
         let beta = as_f32_slice(std::slice::from_ref(&beta))[0];
         let (dst, lhs, rhs) = (as_f32_slice_mut(dst), as_f32_slice(lhs), as_f32_slice(rhs));
         let ldc = dst_row_stride;
-        return super::sgemm_avx512::sgemm(dst, ldc, lhs, rhs, g, beta, parallel, (bias, None));
+        return super::sgemm_avx512::sgemm(
+            dst,
+            ldc,
+            lhs,
+            rhs,
+            g,
+            beta,
+            parallel,
+            (bias, None, None),
+        );
     }
     if let Some(b) = bias {
         for (i, row) in dst.chunks_mut(dst_row_stride).take(g.m).enumerate() {
@@ -306,7 +315,7 @@ pub fn matmul<F: CpuFloat>(
         && bias_at.is_none()
     {
         for (i, dst) in out.chunks_mut(m * n).enumerate() {
-            split_k_product(dst, &a[oa[i]..], &b[ob[i]..], g);
+            split_k_product(dst, &a[oa[i]..], &b[ob[i]..], g, None);
         }
     } else {
         let threads = if flops < PER_PRODUCT_PARALLEL_FLOPS {
@@ -349,7 +358,7 @@ pub fn matmul_then<F: CpuFloat>(
         let mut out = pool::take(m * n);
         let parallel = 2 * m * n * k >= PER_PRODUCT_PARALLEL_FLOPS;
         let (dst, epilogue) = (as_f32_slice_mut(&mut out), Some(epilogue.as_f32()));
-        super::sgemm_avx512::sgemm(dst, n, lhs, rhs, g, 1.0, parallel, (bias, epilogue));
+        super::sgemm_avx512::sgemm(dst, n, lhs, rhs, g, 1.0, parallel, (bias, epilogue, None));
         return out;
     }
     let mut out = matmul(a, la, b, lb, bias);
@@ -411,9 +420,16 @@ fn biased_product_by_row_blocks<F: CpuFloat>(
 /// `gᵀ·x` summed over every token): threads split the inner dimension, each computes
 /// a partial product on its own, and the partials are added. Splitting the small
 /// output instead, as a plain parallel product does, leaves threads short of work.
-fn split_k_product<F: CpuFloat>(dst: &mut [F], lhs: &[F], rhs: &[F], g: GemmArgs) {
+fn split_k_product<F: CpuFloat>(
+    dst: &mut [F],
+    lhs: &[F],
+    rhs: &[F],
+    g: GemmArgs,
+    lhs_sums: Option<&mut [F]>,
+) {
     let parts = rayon::current_num_threads().clamp(1, g.k);
-    let partials: Vec<Vec<F>> = (0..parts)
+    let with_sums = lhs_sums.is_some();
+    let partials: Vec<(Vec<F>, Vec<F>)> = (0..parts)
         .into_par_iter()
         .map(|p| {
             // Balanced, never empty: parts ≤ k.
@@ -425,24 +441,86 @@ fn split_k_product<F: CpuFloat>(dst: &mut [F], lhs: &[F], rhs: &[F], g: GemmArgs
                 ..g
             };
             let (lhs, rhs) = (&lhs[k0 * g.lhs_strides.1..], &rhs[k0 * g.rhs_strides.0..]);
-            gemm_into(
-                &mut part,
-                g.n,
-                lhs,
-                rhs,
-                sub,
-                F::one(),
-                gemm::Parallelism::None,
-                None,
-            );
-            part
+            let none = gemm::Parallelism::None;
+            let mut sums = vec![F::zero(); if with_sums { g.m } else { 0 }];
+            match with_sums {
+                true => product_and_lhs_sums(&mut part, lhs, rhs, sub, none, &mut sums),
+                false => gemm_into(&mut part, g.n, lhs, rhs, sub, F::one(), none, None),
+            }
+            (part, sums)
         })
         .collect();
     if !g.accumulate {
         dst.fill(F::zero());
     }
-    for part in &partials {
+    for (part, _) in &partials {
         dst.iter_mut().zip(part).for_each(|(d, &p)| *d = *d + p);
     }
-    partials.into_iter().for_each(pool::give);
+    if let Some(total) = lhs_sums {
+        for (_, sums) in &partials {
+            total.iter_mut().zip(sums).for_each(|(t, &s)| *t = *t + s);
+        }
+    }
+    partials.into_iter().for_each(|(part, _)| pool::give(part));
+}
+
+/// `dst = lhs·rhs` (row-major `dst` of `g.n` columns; `g.accumulate` unset) and
+/// `sums[r] += Σₚ lhs[r, p]`, on the AVX-512 kernel, whose micro-kernel adds up the left
+/// values it reads for the product anyway. The caller has checked
+/// [`lhs_sums_in_product`].
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+fn product_and_lhs_sums<F: CpuFloat>(
+    dst: &mut [F],
+    lhs: &[F],
+    rhs: &[F],
+    g: GemmArgs,
+    threads: gemm::Parallelism,
+    sums: &mut [F],
+) {
+    assert!(!g.accumulate && sums.len() == g.m && lhs_sums_in_product::<F>(g));
+    #[cfg(target_arch = "x86_64")]
+    {
+        let parallel = !matches!(threads, gemm::Parallelism::None);
+        let (dst, lhs, rhs) = (as_f32_slice_mut(dst), as_f32_slice(lhs), as_f32_slice(rhs));
+        let sums = Some(as_f32_slice_mut(sums));
+        super::sgemm_avx512::sgemm(dst, g.n, lhs, rhs, g, 1.0, parallel, (None, None, sums));
+    }
+}
+
+/// Whether the product `g` of `F` values runs on the AVX-512 kernel, which can return
+/// the left operand's row sums beside it.
+fn lhs_sums_in_product<F: CpuFloat>(g: GemmArgs) -> bool {
+    cfg!(target_arch = "x86_64")
+        && g.k > 0
+        && g.m * g.n * g.k >= AVX512_MIN_MNK
+        && avx512_products::<F>()
+}
+
+/// A linear layer's weight and bias gradients from one product: `a·b` for 2-D views
+/// `a` = `gᵀ` (`[n, rows]`) and `b` = `x` (`[rows, k]`), and the sums of `a`'s rows
+/// (`g` summed over the rows), contiguous; `None` where the product does not run on
+/// the AVX-512 kernel (the caller then multiplies and sums on its own).
+pub fn weight_bias_gradients<F: CpuFloat>(
+    a: &[F],
+    la: &Layout,
+    b: &[F],
+    lb: &Layout,
+) -> Option<(Vec<F>, Vec<F>)> {
+    let g = GemmArgs::of_views(la, lb, false);
+    if la.rank() != 2 || lb.rank() != 2 || g.m * g.n == 0 || !lhs_sums_in_product::<F>(g) {
+        return None;
+    }
+    let (a, b) = (&a[la.offset()..], &b[lb.offset()..]);
+    let (mut out, mut sums) = (pool::take(g.m * g.n), vec![F::zero(); g.m]);
+    let flops = 2 * g.m * g.n * g.k;
+    if flops >= PER_PRODUCT_PARALLEL_FLOPS && g.k >= SPLIT_K_RATIO * g.m.max(g.n) {
+        split_k_product(&mut out, a, b, g, Some(&mut sums));
+    } else {
+        let threads = match flops < PER_PRODUCT_PARALLEL_FLOPS {
+            true => gemm::Parallelism::None,
+            false => gemm::Parallelism::Rayon(0),
+        };
+        product_and_lhs_sums(&mut out, a, b, g, threads, &mut sums);
+    }
+    Some((out, sums))
 }

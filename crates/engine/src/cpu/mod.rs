@@ -97,6 +97,25 @@ impl Drop for CpuStorage {
 }
 
 impl CpuStorage {
+    /// A linear layer's weight gradient `gᵀ·x` and bias gradient (`g` summed over its
+    /// rows) from one f32 product, `self` being the view `gᵀ` (see
+    /// `matmul::weight_bias_gradients`); `None` for other dtypes, or where the product
+    /// does not run on the AVX-512 kernel.
+    pub(crate) fn weight_bias_gradients(
+        &self,
+        l: &Layout,
+        x: &Self,
+        xl: &Layout,
+    ) -> Option<(Self, Self)> {
+        match (self, x) {
+            (CpuStorage::F32(gt), CpuStorage::F32(x)) => {
+                matmul::weight_bias_gradients(gt, l, x, xl)
+                    .map(|(w, sums)| (CpuStorage::F32(w), CpuStorage::F32(sums)))
+            }
+            _ => None,
+        }
+    }
+
     /// `n` zeros of `dtype`; an error, not an abort, when memory cannot hold them.
     pub fn zeros(n: usize, dtype: DType) -> Result<Self> {
         const OP: &str = "zeros";

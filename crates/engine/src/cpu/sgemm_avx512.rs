@@ -48,10 +48,19 @@ pub fn available() -> bool {
     *DETECTED.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
 }
 
+/// What a product does besides `beta·lhs·rhs`: a bias, an epilogue, and a buffer to
+/// which the left operand's row sums are added.
+pub type Extras<'a> = (
+    Option<Bias<'a, f32>>,
+    Option<Epilogue<'a, f32>>,
+    Option<&'a mut [f32]>,
+);
+
 /// `dst = beta·lhs·rhs` (or `dst += …` when `g.accumulate`, or `dst = bias + …`) for a
 /// row-major `dst` with `ldc` between rows, split over rayon's threads when
 /// `parallel`, then `epilogue` applied to each task's block of the output right after
-/// its last products (`ldc` must then be `n`). The caller has checked [`available`],
+/// its last products (`ldc` must then be `n`), and with `lhs_sums` (`m` values) each
+/// row's sum of the left operand added to it. The caller has checked [`available`],
 /// that `m`, `n` and `k` are nonzero, and that every index the strides reach is in
 /// bounds.
 ///
@@ -68,10 +77,11 @@ pub fn sgemm(
     g: GemmArgs,
     beta: f32,
     parallel: bool,
-    (bias, epilogue): (Option<Bias<f32>>, Option<Epilogue<f32>>),
+    (bias, epilogue, lhs_sums): Extras,
 ) {
     assert!(available() && g.m > 0 && g.n > 0 && g.k > 0);
     assert!(epilogue.is_none() || ldc == g.n);
+    assert!(lhs_sums.as_ref().is_none_or(|sums| sums.len() == g.m));
     let product = Product {
         out: SharedOut::new(dst),
         ldc,
@@ -81,6 +91,7 @@ pub fn sgemm(
         beta,
         bias,
         epilogue,
+        lhs_sums: lhs_sums.map(SharedOut::new),
     };
     let parts = split(g, parallel);
     // When the rows are not split, each tile is multiplied by one task only, which
@@ -198,6 +209,10 @@ struct Product<'a> {
     beta: f32,
     bias: Option<Bias<'a, f32>>,
     epilogue: Option<Epilogue<'a, f32>>,
+    /// Where each row's sum of the left operand is added (a linear layer's bias
+    /// gradient beside its weight gradient `gᵀ·x`), gathered by the micro-kernel from
+    /// the values it reads anyway, on each part's first tile.
+    lhs_sums: Option<SharedOut<f32>>,
 }
 
 /// Packs rows `ks` of `rhs` (`k × n` with `g.rhs_strides`) into `NR`-wide tiles of
@@ -458,10 +473,17 @@ impl Product<'_> {
                         if let Some(prefetcher) = prefetcher.as_mut() {
                             prefetcher.issue();
                         }
+                        // Each row's sum is gathered once: by the part holding the
+                        // first tile, on that tile.
+                        let sums = self
+                            .lhs_sums
+                            .as_ref()
+                            .filter(|_| tile == 0)
+                            .map(|sums| sums.ptr_at(row, edge.rows));
                         match a {
-                            Left::Packed(a) => tile_product(cols, kc, a, b, c, edge),
-                            Left::Steps(a) => tile_product(cols, kc, a, b, c, edge),
-                            Left::Rows(a) => tile_product(cols, kc, a, b, c, edge),
+                            Left::Packed(a) => tile_product(cols, kc, a, b, c, edge, sums),
+                            Left::Steps(a) => tile_product(cols, kc, a, b, c, edge, sums),
+                            Left::Rows(a) => tile_product(cols, kc, a, b, c, edge, sums),
                         }
                     }
                 }
@@ -542,6 +564,11 @@ trait PanelWalk: Copy {
     /// # Safety
     /// The panel's current step is in bounds.
     unsafe fn value(&self, r: usize) -> f32;
+    /// The current step's `MR` values in the first lanes of a vector (zero beyond).
+    ///
+    /// # Safety
+    /// As [`PanelWalk::value`].
+    unsafe fn step_values(&self) -> __m512;
     /// Moves on to the next step.
     fn step(&mut self);
     /// Asks for a step a few ahead, where it helps.
@@ -552,10 +579,17 @@ trait PanelWalk: Copy {
 #[derive(Clone, Copy)]
 struct PackedPanel(*const f32);
 
+/// The lanes of a step's `MR` values.
+const STEP_LANES: __mmask16 = (1 << MR) - 1;
+
 impl PanelWalk for PackedPanel {
     #[inline(always)]
     unsafe fn value(&self, r: usize) -> f32 {
         *self.0.add(r)
+    }
+    #[inline(always)]
+    unsafe fn step_values(&self) -> __m512 {
+        _mm512_maskz_loadu_ps(STEP_LANES, self.0)
     }
     #[inline(always)]
     fn step(&mut self) {
@@ -580,6 +614,10 @@ impl PanelWalk for StepsInPlace {
     #[inline(always)]
     unsafe fn value(&self, r: usize) -> f32 {
         *self.ptr.add(r)
+    }
+    #[inline(always)]
+    unsafe fn step_values(&self) -> __m512 {
+        _mm512_maskz_loadu_ps(STEP_LANES, self.ptr)
     }
     #[inline(always)]
     fn step(&mut self) {
@@ -630,6 +668,16 @@ impl PanelWalk for RowsInPlace {
         *base.add((r % 3) * self.rs)
     }
     #[inline(always)]
+    unsafe fn step_values(&self) -> __m512 {
+        // Rows apart: gathered value by value (no product asks for sums of a
+        // row-major left operand read in place; this keeps the walk total).
+        let mut values = [0.0; 16];
+        for (r, value) in values.iter_mut().take(MR).enumerate() {
+            *value = self.value(r);
+        }
+        _mm512_loadu_ps(values.as_ptr())
+    }
+    #[inline(always)]
     fn step(&mut self) {
         self.b0 = self.b0.wrapping_add(1);
         self.b1 = self.b1.wrapping_add(1);
@@ -658,7 +706,7 @@ struct Edge {
 }
 
 /// The micro-tile product for a tile with `cols` valid columns: two vectors wide, or one
-/// where the last columns fit in one.
+/// where the last columns fit in one; gathering the left rows' sums where asked.
 ///
 /// # Safety
 /// As [`micro_kernel`].
@@ -670,29 +718,35 @@ unsafe fn tile_product<L: PanelWalk>(
     b: &[f32],
     c: *mut f32,
     edge: Edge,
+    lhs_sums: Option<*mut f32>,
 ) {
-    if cols > NR / 2 {
-        micro_kernel::<2, L>(kc, a, b, c, edge);
-    } else {
-        micro_kernel::<1, L>(kc, a, b, c, edge);
+    match (cols > NR / 2, lhs_sums) {
+        (true, None) => micro_kernel::<2, L, false>(kc, a, b, c, edge, std::ptr::null_mut()),
+        (false, None) => micro_kernel::<1, L, false>(kc, a, b, c, edge, std::ptr::null_mut()),
+        (true, Some(sums)) => micro_kernel::<2, L, true>(kc, a, b, c, edge, sums),
+        (false, Some(sums)) => micro_kernel::<1, L, true>(kc, a, b, c, edge, sums),
     }
 }
 
 /// `MR × 16V` sums of `a` (`MR × kc`) times `b` (`kc` rows of `NR`, packed), scaled by
 /// `beta`, plus the bias row if any, and stored (or added) at `c`. `V = 1` serves
-/// tiles whose last columns fit one vector.
+/// tiles whose last columns fit one vector. With `SUM_ROWS`, each step's left values
+/// are also added up, one more vector add per step, and the rows' sums added at
+/// `lhs_sums`.
 ///
 /// # Safety
 /// AVX-512F is available, `a` addresses `MR × kc` values, `b` holds `kc` packed steps,
-/// `c` addresses `edge.rows` rows of `edge.cols` values, `edge.ldc` apart, and the
-/// bias row `edge.cols` values.
+/// `c` addresses `edge.rows` rows of `edge.cols` values, `edge.ldc` apart, the bias
+/// row `edge.cols` values, and, when `SUM_ROWS`, `lhs_sums` `edge.rows` values, to
+/// which the panel's row sums are added.
 #[target_feature(enable = "avx512f")]
-unsafe fn micro_kernel<const V: usize, L: PanelWalk>(
+unsafe fn micro_kernel<const V: usize, L: PanelWalk, const SUM_ROWS: bool>(
     kc: usize,
     mut a: L,
     b: &[f32],
     c: *mut f32,
     edge: Edge,
+    lhs_sums: *mut f32,
 ) {
     // The output rows are written at the end, usually to lines not in any cache (a
     // fresh activation): asking for them now overlaps those misses with the products
@@ -703,8 +757,12 @@ unsafe fn micro_kernel<const V: usize, L: PanelWalk>(
         _mm_prefetch::<_MM_HINT_ET0>(line.wrapping_add(16 * V - 1).cast());
     }
     let mut sums = [[_mm512_setzero_ps(); V]; MR];
+    let mut row_sums = _mm512_setzero_ps();
     let mut bp = b[..kc * NR].as_ptr();
     for _ in 0..kc {
+        if SUM_ROWS {
+            row_sums = _mm512_add_ps(row_sums, a.step_values());
+        }
         // The left micro-panel streams from L2: ask for it a few steps ahead.
         a.prefetch_ahead();
         let bv: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(bp.add(16 * v)));
@@ -732,6 +790,11 @@ unsafe fn micro_kernel<const V: usize, L: PanelWalk>(
     });
     for (r, row) in sums.iter().enumerate().take(edge.rows) {
         store_row(c.add(r * edge.ldc), row, &masks, (beta, &bias), edge.add);
+    }
+    if SUM_ROWS {
+        let valid = ((1u32 << edge.rows) - 1) as __mmask16;
+        let before = _mm512_maskz_loadu_ps(valid, lhs_sums);
+        _mm512_mask_storeu_ps(lhs_sums, valid, _mm512_add_ps(before, row_sums));
     }
 }
 
@@ -785,12 +848,14 @@ mod tests {
         /// shared), three layouts of each operand (row-major and transposed, read in
         /// place, and neither stride 1, packed), overwrite, accumulate and three bias
         /// layouts, one thread and several: every output matches f64 arithmetic, and
-        /// the columns past `n` are left alone.
+        /// the columns past `n` are left alone; the left operand's row sums, when
+        /// asked for, too.
         #[test]
         fn sgemm_matches_f64_reference(
             m in prop_oneof![1usize..40, 190usize..230], n in 1usize..80, k in 1usize..300,
             layouts in (0usize..3, 0usize..3), accumulate: bool, parallel: bool,
             with_bias: bool, bias_layout in 0usize..3, beta in -2.0f32..2.0, seed: u64,
+            with_sums: bool,
         ) {
             static SAID: Once = Once::new();
             if skipped("sgemm_matches_f64_reference", &SAID) {
@@ -812,9 +877,24 @@ mod tests {
                     }
                 }
             }
+            // The left operand's row sums are added to what the buffer holds.
+            let mut sums = case.values(m);
+            let want_sums: Vec<f64> = (0..m)
+                .map(|i| {
+                    let (rs, cs) = case.g.lhs_strides;
+                    sums[i] as f64 + (0..k).map(|p| case.a[i * rs + p * cs] as f64).sum::<f64>()
+                })
+                .collect();
             let before = case.c.clone();
-            sgemm(&mut case.c, case.ldc, &case.a, &case.b, case.g, beta, parallel, (bias, None));
+            let extras = (bias, None, with_sums.then_some(&mut sums[..]));
+            sgemm(&mut case.c, case.ldc, &case.a, &case.b, case.g, beta, parallel, extras);
             case.check(&case.c, &want, &before).map_err(TestCaseError::fail)?;
+            if with_sums {
+                for (i, (&got, &want)) in sums.iter().zip(&want_sums).enumerate() {
+                    let tol = 1e-5 * (k as f64).sqrt() * (1.0 + want.abs());
+                    prop_assert!((got as f64 - want).abs() <= tol, "row {i}: {got} vs {want}");
+                }
+            }
         }
     }
 }

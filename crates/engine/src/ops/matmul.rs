@@ -200,8 +200,9 @@ pub(crate) fn linear_param_grads(g: &Tensor, x: &Tensor) -> Result<(Tensor, Tens
 }
 
 /// `gᵀ·a` for views `gᵀ` `[n, rows]` and `a` `[rows, k]`, and, where the backend sums
-/// them in the same call (cuBLASLt's `BGRADB` epilogue on CUDA), the sums of `gᵀ`'s
-/// rows (a linear layer's bias gradient); `None` leaves the sum to the caller.
+/// them in the same call (cuBLASLt's `BGRADB` epilogue on CUDA; on the CPU, the AVX-512
+/// micro-kernel adding up the `gᵀ` values it reads), the sums of `gᵀ`'s rows (a linear
+/// layer's bias gradient); `None` leaves the sum to the caller.
 struct WeightBiasGradients;
 
 impl<'a> FusedOp<'a> for WeightBiasGradients {
@@ -210,6 +211,9 @@ impl<'a> FusedOp<'a> for WeightBiasGradients {
     type Output = (Storage, Option<Storage>);
 
     fn cpu(&self, (gt, a): BackendInputs<'a, Self, CpuStorage>) -> Result<Self::Output> {
+        if let Some((w, sums)) = gt.0.weight_bias_gradients(gt.1, a.0, a.1) {
+            return Ok((w.into(), Some(sums.into())));
+        }
         Ok((gt.0.matmul(gt.1, a.0, a.1, None)?.into(), None))
     }
 

@@ -126,8 +126,27 @@ fn backward(
         (true, None) => (Some(g.t()?.matmul(act)?), None),
         (false, b2) => (None, b2.map(|b| g.sum_to_shape(b.shape())).transpose()?),
     };
-    let (dh, db1) = linear_gelu_grad(&g, w2, h, b1.is_some_and(wants))?;
-    let dw1 = wants(w1).then(|| dh.t()?.matmul(x)).transpose()?;
+    let wants_b1 = b1.is_some_and(wants);
+    let (dh, fused_db1) = linear_gelu_grad(&g, w2, h, wants_b1)?;
+    let (dw1, db1) = match (wants(w1), wants_b1, fused_db1) {
+        // Both from one product where the backend can (the CPU's AVX-512 kernel).
+        (true, true, None) => {
+            let (dw1, db1) = linear_param_grads(&dh, x)?;
+            (Some(dw1), Some(db1))
+        }
+        (wants_w1, _, fused_db1) => {
+            let dw1 = wants_w1.then(|| dh.t()?.matmul(x)).transpose()?;
+            let hidden = [dh.shape()[1]];
+            let summed = || dh.sum_to_shape(&hidden);
+            (
+                dw1,
+                fused_db1
+                    .map(Ok)
+                    .or_else(|| wants_b1.then(summed))
+                    .transpose()?,
+            )
+        }
+    };
     let dx = wants(&v[0])
         .then(|| dh.matmul(w1)?.reshape(v[0].shape()))
         .transpose()?;
@@ -171,9 +190,9 @@ fn linear_gelu(
 }
 
 /// `dh = (g·w2) ∘ gelu_tanh'(h)` for `g` `[rows, n]`, `w2` `[n, hidden]`, `h`
-/// `[rows, hidden]`, and, when `bias_grad`, the column sums of `dh` (the first layer's
-/// bias gradient): from the backend's product where it computes them with it, else
-/// summed here.
+/// `[rows, hidden]`, and, when `bias_grad` and the backend's product computes them with
+/// it (cuBLASLt's `DGELU_BGRAD`), the column sums of `dh` (the first layer's bias
+/// gradient); `None` leaves them to the caller.
 fn linear_gelu_grad(
     g: &Tensor,
     w2: &Tensor,
@@ -189,12 +208,9 @@ fn linear_gelu_grad(
         ),
     )?;
     let dh = Tensor::from_storage(dh, h.shape());
-    let hidden = h.shape()[1];
-    let sums = match (bias_grad, sums) {
-        (false, _) => None,
-        (true, Some(s)) => Some(Tensor::from_storage(s, &[hidden])),
-        (true, None) => Some(dh.sum_to_shape(&[hidden])?),
-    };
+    let sums = sums
+        .filter(|_| bias_grad)
+        .map(|s| Tensor::from_storage(s, &[h.shape()[1]]));
     Ok((dh, sums))
 }
 
