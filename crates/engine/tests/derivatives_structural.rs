@@ -789,39 +789,49 @@ fn grouped_norm_gradients_match_the_composition_on_parallel_sizes() -> Result<()
 
 /// A linear layer's f32 weight and bias gradients on sizes that take each product path
 /// (split over the inner dimension, one parallel product, one single-threaded product,
-/// a small product): equal to the f64 layer's within f32 rounding. On CPUs with
-/// AVX-512 the bias gradient comes out of the weight gradient's product (its
-/// micro-kernel adds up the `gᵀ` values it reads); the gradchecks, in f64, take
-/// another path.
+/// a small product; and split over 64 threads, whose parts are too small for the
+/// AVX-512 kernel): equal to the f64 layer's within f32 rounding. On CPUs with AVX-512
+/// the bias gradient comes out of the weight gradient's product (its micro-kernel adds
+/// up the `gᵀ` values it reads); the gradchecks, in f64, take another path.
 #[test]
 fn linear_f32_parameter_gradients_match_f64_on_every_product_path() -> Result<()> {
     // (rows, in, out): split-k (4.2 M flops, rows ≫ in, out), parallel (8.4 M flops),
     // single-threaded (2¹⁷ multiply-adds), small.
     for (rows, k, n) in [(8192, 16, 16), (64, 256, 256), (32, 64, 64), (5, 3, 7)] {
-        let (x, w, b, r) = (
-            randn(1, &[rows, k]),
-            randn(2, &[n, k]),
-            randn(3, &[n]),
-            randn(4, &[rows, n]),
-        );
-        let grads = |dtype: DType| -> Result<Vec<Vec<f64>>> {
-            let [x, w, b, r] = [&x, &w, &b, &r].map(|t| t.to_dtype(dtype).expect("cast"));
-            let (w, b) = (w.into_variable()?, b.into_variable()?);
-            let grads = x.linear(&w, Some(&b))?.mul(&r)?.sum_all()?.backward()?;
-            [&w, &b]
-                .iter()
-                .map(|v| grads.get(v).expect("a gradient").to_vec_f64())
-                .collect()
-        };
-        let (got, want) = (grads(DType::F32)?, grads(DType::F64)?);
-        for (name, got, want) in [("weight", &got[0], &want[0]), ("bias", &got[1], &want[1])] {
-            for (i, (g, w)) in got.iter().zip(want).enumerate() {
-                let tol = 1e-5 * (rows as f64).sqrt() * (1.0 + w.abs());
-                assert!(
-                    (g - w).abs() <= tol,
-                    "d{name}[{i}] at {rows}×{k}→{n}: {g} != {w}"
-                );
-            }
+        linear_f32_gradients_match_f64(rows, k, n)?;
+    }
+    let many = rayon::ThreadPoolBuilder::new()
+        .num_threads(64)
+        .build()
+        .expect("a pool");
+    many.install(|| linear_f32_gradients_match_f64(8192, 16, 16))
+}
+
+/// [`linear_f32_parameter_gradients_match_f64_on_every_product_path`] at one size.
+fn linear_f32_gradients_match_f64(rows: usize, k: usize, n: usize) -> Result<()> {
+    let (x, w, b, r) = (
+        randn(1, &[rows, k]),
+        randn(2, &[n, k]),
+        randn(3, &[n]),
+        randn(4, &[rows, n]),
+    );
+    let grads = |dtype: DType| -> Result<Vec<Vec<f64>>> {
+        let [x, w, b, r] = [&x, &w, &b, &r].map(|t| t.to_dtype(dtype).expect("cast"));
+        let (w, b) = (w.into_variable()?, b.into_variable()?);
+        let grads = x.linear(&w, Some(&b))?.mul(&r)?.sum_all()?.backward()?;
+        [&w, &b]
+            .iter()
+            .map(|v| grads.get(v).expect("a gradient").to_vec_f64())
+            .collect()
+    };
+    let (got, want) = (grads(DType::F32)?, grads(DType::F64)?);
+    for (name, got, want) in [("weight", &got[0], &want[0]), ("bias", &got[1], &want[1])] {
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            let tol = 1e-5 * (rows as f64).sqrt() * (1.0 + w.abs());
+            assert!(
+                (g - w).abs() <= tol,
+                "d{name}[{i}] at {rows}×{k}→{n}: {g} != {w}"
+            );
         }
     }
     Ok(())

@@ -465,10 +465,9 @@ fn split_k_product<F: CpuFloat>(
 }
 
 /// `dst = lhs·rhs` (row-major `dst` of `g.n` columns; `g.accumulate` unset) and
-/// `sums[r] += Σₚ lhs[r, p]`, on the AVX-512 kernel, whose micro-kernel adds up the left
-/// values it reads for the product anyway. The caller has checked
-/// [`lhs_sums_in_product`].
-#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+/// `sums[r] += Σₚ lhs[r, p]`. On the AVX-512 kernel its micro-kernel adds up the left
+/// values it reads for the product anyway; a product too small for that kernel (a
+/// split-k part on a machine with many threads) sums in a pass of its own.
 fn product_and_lhs_sums<F: CpuFloat>(
     dst: &mut [F],
     lhs: &[F],
@@ -477,13 +476,27 @@ fn product_and_lhs_sums<F: CpuFloat>(
     threads: gemm::Parallelism,
     sums: &mut [F],
 ) {
-    assert!(!g.accumulate && sums.len() == g.m && lhs_sums_in_product::<F>(g));
+    assert!(!g.accumulate && sums.len() == g.m);
     #[cfg(target_arch = "x86_64")]
-    {
+    if lhs_sums_in_product::<F>(g) {
         let parallel = !matches!(threads, gemm::Parallelism::None);
         let (dst, lhs, rhs) = (as_f32_slice_mut(dst), as_f32_slice(lhs), as_f32_slice(rhs));
         let sums = Some(as_f32_slice_mut(sums));
-        super::sgemm_avx512::sgemm(dst, g.n, lhs, rhs, g, 1.0, parallel, (None, None, sums));
+        return super::sgemm_avx512::sgemm(
+            dst,
+            g.n,
+            lhs,
+            rhs,
+            g,
+            1.0,
+            parallel,
+            (None, None, sums),
+        );
+    }
+    gemm_into(dst, g.n, lhs, rhs, g, F::one(), threads, None);
+    let (rs, cs) = g.lhs_strides;
+    for (r, sum) in sums.iter_mut().enumerate() {
+        *sum = (0..g.k).fold(*sum, |s, p| s + lhs[r * rs + p * cs]);
     }
 }
 
