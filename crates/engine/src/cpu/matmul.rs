@@ -310,24 +310,33 @@ pub fn matmul<F: CpuFloat>(
         out.par_chunks_mut(m * n)
             .enumerate()
             .for_each(|p| one(p, gemm::Parallelism::None));
-    } else if flops >= PER_PRODUCT_PARALLEL_FLOPS
-        && k >= SPLIT_K_RATIO * m.max(n)
-        && bias_at.is_none()
-    {
+    } else if splits_inner(g) && bias_at.is_none() {
         for (i, dst) in out.chunks_mut(m * n).enumerate() {
             split_k_product(dst, &a[oa[i]..], &b[ob[i]..], g, None);
         }
     } else {
-        let threads = if flops < PER_PRODUCT_PARALLEL_FLOPS {
-            gemm::Parallelism::None
-        } else {
-            gemm::Parallelism::Rayon(0)
-        };
+        let threads = product_threads(g);
         out.chunks_mut(m * n)
             .enumerate()
             .for_each(|p| one(p, threads));
     }
     out
+}
+
+/// Whether one product splits its inner dimension over the threads
+/// ([`split_k_product`]): enough work, and an inner dimension long against the output
+/// (a weight gradient).
+fn splits_inner(g: GemmArgs) -> bool {
+    2 * g.m * g.n * g.k >= PER_PRODUCT_PARALLEL_FLOPS && g.k >= SPLIT_K_RATIO * g.m.max(g.n)
+}
+
+/// The threads one product uses otherwise: one below [`PER_PRODUCT_PARALLEL_FLOPS`],
+/// every thread from there on.
+fn product_threads(g: GemmArgs) -> gemm::Parallelism {
+    match 2 * g.m * g.n * g.k < PER_PRODUCT_PARALLEL_FLOPS {
+        true => gemm::Parallelism::None,
+        false => gemm::Parallelism::Rayon(0),
+    }
 }
 
 /// A 2-D `[m, k] · [k, n]` product plus an optional bias view of the output's shape,
@@ -525,15 +534,9 @@ pub fn weight_bias_gradients<F: CpuFloat>(
     }
     let (a, b) = (&a[la.offset()..], &b[lb.offset()..]);
     let (mut out, mut sums) = (pool::take(g.m * g.n), vec![F::zero(); g.m]);
-    let flops = 2 * g.m * g.n * g.k;
-    if flops >= PER_PRODUCT_PARALLEL_FLOPS && g.k >= SPLIT_K_RATIO * g.m.max(g.n) {
-        split_k_product(&mut out, a, b, g, Some(&mut sums));
-    } else {
-        let threads = match flops < PER_PRODUCT_PARALLEL_FLOPS {
-            true => gemm::Parallelism::None,
-            false => gemm::Parallelism::Rayon(0),
-        };
-        product_and_lhs_sums(&mut out, a, b, g, threads, &mut sums);
+    match splits_inner(g) {
+        true => split_k_product(&mut out, a, b, g, Some(&mut sums)),
+        false => product_and_lhs_sums(&mut out, a, b, g, product_threads(g), &mut sums),
     }
     Some((out, sums))
 }

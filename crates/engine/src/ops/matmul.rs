@@ -199,6 +199,23 @@ pub(crate) fn linear_param_grads(g: &Tensor, x: &Tensor) -> Result<(Tensor, Tens
     Ok((Tensor::from_storage(w, &[n, x.shape()[1]]), sums))
 }
 
+/// The parameter gradients a caller wants, `(weight, bias)`, of a linear layer as
+/// [`linear_param_grads`]: from one product when both are wanted.
+pub(crate) fn wanted_linear_param_grads(
+    g: &Tensor,
+    x: &Tensor,
+    (weight, bias): (bool, bool),
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    if weight && bias {
+        let (w, b) = linear_param_grads(g, x)?;
+        return Ok((Some(w), Some(b)));
+    }
+    Ok((
+        weight.then(|| g.t()?.matmul(x)).transpose()?,
+        bias.then(|| g.sum_to_shape(&[g.shape()[1]])).transpose()?,
+    ))
+}
+
 /// `gᵀ·a` for views `gᵀ` `[n, rows]` and `a` `[rows, k]`, and, where the backend sums
 /// them in the same call (cuBLASLt's `BGRADB` epilogue on CUDA; on the CPU, the AVX-512
 /// micro-kernel adding up the `gᵀ` values it reads), the sums of `gᵀ`'s rows (a linear

@@ -3,12 +3,13 @@
 //! their own over the `[tokens, hidden]` activations (the widest tensors of a
 //! transformer block): the forward's first product writes `h = fc1(x)` and
 //! `gelu_tanh(h)` together (without a graph, `gelu_tanh(h)` alone, in place), and the
-//! backward's product `dOut·W2` comes out multiplied by `gelu_tanh'(h)` already. On the CPU the map runs on each product task's block
-//! while it is in cache (`cpu/epilogue.rs`); on CUDA, in bf16 and f16, cuBLASLt's GELU
+//! backward's product `dOut·W2` comes out multiplied by `gelu_tanh'(h)` already. On the
+//! CPU the map runs on each product task's block while it is in cache
+//! (`cpu/epilogue.rs`); on CUDA, in bf16 and f16, cuBLASLt's GELU
 //! epilogues do the same, the backward's also summing the first layer's bias gradient
 //! (`cuda/lt.rs`), and otherwise the product and GELU kernels run one after the other.
 
-use super::matmul::linear_param_grads;
+use super::matmul::wanted_linear_param_grads;
 use super::{check_float, check_same};
 use crate::autocast::lowered;
 use crate::backend::BackendStorage;
@@ -118,34 +119,13 @@ fn backward(
     let (w2, b2) = (&v[2 + has_b1 as usize], v.get(3 + has_b1 as usize));
     let g = g.reshape(&[act.shape()[0], w2.shape()[0]])?;
     let wants = |t: &Tensor| t.requires_grad();
-    let (dw2, db2) = match (wants(w2), b2.filter(|b| wants(b))) {
-        (true, Some(_)) => {
-            let (dw2, db2) = linear_param_grads(&g, act)?;
-            (Some(dw2), Some(db2))
-        }
-        (true, None) => (Some(g.t()?.matmul(act)?), None),
-        (false, b2) => (None, b2.map(|b| g.sum_to_shape(b.shape())).transpose()?),
-    };
+    let (dw2, db2) = wanted_linear_param_grads(&g, act, (wants(w2), b2.is_some_and(wants)))?;
     let wants_b1 = b1.is_some_and(wants);
     let (dh, fused_db1) = linear_gelu_grad(&g, w2, h, wants_b1)?;
-    let (dw1, db1) = match (wants(w1), wants_b1, fused_db1) {
-        // Both from one product where the backend can (the CPU's AVX-512 kernel).
-        (true, true, None) => {
-            let (dw1, db1) = linear_param_grads(&dh, x)?;
-            (Some(dw1), Some(db1))
-        }
-        (wants_w1, _, fused_db1) => {
-            let dw1 = wants_w1.then(|| dh.t()?.matmul(x)).transpose()?;
-            let hidden = [dh.shape()[1]];
-            let summed = || dh.sum_to_shape(&hidden);
-            (
-                dw1,
-                fused_db1
-                    .map(Ok)
-                    .or_else(|| wants_b1.then(summed))
-                    .transpose()?,
-            )
-        }
+    let (dw1, db1) = match fused_db1 {
+        // Summed with dh's product (cuBLASLt's `DGELU_BGRAD`).
+        Some(db1) => (wants(w1).then(|| dh.t()?.matmul(x)).transpose()?, Some(db1)),
+        None => wanted_linear_param_grads(&dh, x, (wants(w1), wants_b1))?,
     };
     let dx = wants(&v[0])
         .then(|| dh.matmul(w1)?.reshape(v[0].shape()))
