@@ -16,8 +16,8 @@
 # minutes of commands): TESTS (default: cuda_ops cuda_flash_attention cuda_train;
 # kernels_compile runs in CI), BENCH_GROUPS (default: dit dit_bf16), TEST_TIMEOUT and
 # TRAIN for the check (its MNIST bf16 run is left out: it needs the classifier in
-# gpu-bin/, a minute of device time), MINUTES and EVAL_N for the training runs (0.4
-# and 1000).
+# gpu-bin/, a minute of device time), MINUTES, EVAL_N and EVAL_WEIGHTS for the training
+# runs (0.4, 1000 and online: about 300 steps are too few for the EMA weights).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 CARRY=gpu-carry
@@ -40,7 +40,7 @@ run() {
     TESTS=${TESTS:-cuda_ops cuda_flash_attention cuda_train} BENCH_GROUPS=${BENCH_GROUPS:-dit dit_bf16} \
         TEST_TIMEOUT=${TEST_TIMEOUT:-120} scripts/gpu-check.sh gpu-bin "$out/check" > /dev/null 2>&1
     echo "gpu-check.sh: exit $?"
-    MINUTES=${MINUTES:-0.4} EVAL_N=${EVAL_N:-1000} TWINFLOW=gpu-bin/twinflow \
+    MINUTES=${MINUTES:-0.4} EVAL_N=${EVAL_N:-1000} EVAL_WEIGHTS=${EVAL_WEIGHTS:-online} TWINFLOW=gpu-bin/twinflow \
         scripts/gpu-train.sh run "$CARRY/train-bin" "$out/train" > /dev/null 2>&1
     echo "gpu-train.sh: exit $?"
     (cd "$out/train" && tar czf pictures.tar.gz --remove-files ./*.png 2>/dev/null)

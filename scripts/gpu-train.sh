@@ -19,10 +19,12 @@
 #      gpu-bin/tests/cuda_ops (scripts/build-gpu-bin.sh) is there
 # Environment: MINUTES (default 1.75 per DiT run: the three fit in 8 minutes with their
 # evaluations), EVAL_N (samples per NFE, default 2000), DEVICE (default cuda), TWINFLOW
-# (the binary; default BIN_DIR/twinflow). DRY_RUN=1 checks the whole script on a
-# machine without a GPU in a few minutes: on the CPU, with the DiTs shrunk (patch 7,
-# width 32, one block, batch 32), 6-second budgets, 100 samples, at most 4 NFE and 5 f16
-# steps; its numbers mean nothing.
+# (the binary; default BIN_DIR/twinflow), EVAL_WEIGHTS (`ema`, the default, or
+# `online`: runs of a few hundred steps leave the EMA, decay 0.999, mostly at its initial
+# weights, so their EMA samples are noise whatever the training did). DRY_RUN=1 checks
+# the whole script on a machine without a GPU in a few minutes: on the CPU, with the
+# DiTs shrunk (patch 7, width 32, one block, batch 32), 6-second budgets, 100 samples, at
+# most 4 NFE and 5 f16 steps; its numbers mean nothing.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -66,7 +68,9 @@ train_and_eval() {
         --minutes "$MINUTES" "$@" > "$OUT_DIR/train-$name.log" 2>&1 || rc=1
     local trained=$(( $(date +%s) - start ))
     if [ $rc -eq 0 ]; then
-        "$TWINFLOW" eval --device "$DEVICE" --ema --nfe "$nfe" --n "$EVAL_N" \
+        local weights=()
+        [ "${EVAL_WEIGHTS:-ema}" = ema ] && weights=(--ema)
+        "$TWINFLOW" eval --device "$DEVICE" "${weights[@]}" --nfe "$nfe" --n "$EVAL_N" \
             --classifier "$classifier" \
             --checkpoint "$OUT_DIR/$name/checkpoints/latest.safetensors" \
             >> "$OUT_DIR/train-$name.log" 2>&1 || rc=1
