@@ -913,41 +913,84 @@ __device__ void fa_jvp_tc(const T* q, Rows qr, const T* k, Rows kr, const T* v, 
 
 // ======================= f32: FMAs =======================
 
-// A matrix in shared memory: element (i, j) at p[i·rs + j·cs] (a transpose swaps rs, cs).
+// f32 shared rows are padded by 4 floats: a row stride of D + 4 (or BS + 4) words is four
+// times an odd number for every D and BS here, so the 16-byte reads of the products
+// below, of 8 rows g (or 4 rows 2t) a warp, fall in distinct 4-bank groups.
+#define FA32_PAD 4
+
+// A row-major matrix in shared memory: element (i, j) at p[i·ld + j], ld a multiple of
+// 4 and p 16-byte aligned.
 struct Tile32 {
     const float* p;
-    int rs, cs;
-    __device__ __forceinline__ float at(int i, int j) const { return p[i * rs + j * cs]; }
+    int ld;
+    __device__ __forceinline__ float4 quad(int i, int j) const {
+        return *reinterpret_cast<const float4*>(p + i * ld + j);
+    }
+    __device__ __forceinline__ float2 pair(int i, int j) const {
+        return *reinterpret_cast<const float2*>(p + i * ld + j);
+    }
 };
 
-// c[16 × N] += a[16 × K] · b[K × N], warp-wide, in the mma accumulator layout (see the
-// tensor-core section): lane (g, t) holds, for each 8-column block nb,
-// c[nb] = {(g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1)}.
+// c + a·b over four k, in k order (four FMAs, as the one-k-at-a-time loop summed).
+__device__ __forceinline__ float fma4(float4 a, float4 b, float c) {
+    return fmaf(a.w, b.w, fmaf(a.z, b.z, fmaf(a.y, b.y, fmaf(a.x, b.x, c))));
+}
+
+// c[16 × N] += a[16 × K] · b[N × K]ᵀ, warp-wide, in the mma accumulator layout (see
+// the tensor-core section): lane (g, t) holds, for each 8-column block nb,
+// c[nb] = {(g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1)}. Both operands run along k in
+// their rows, so each lane reads 4 k at a time (one 16-byte read per row it needs):
+// 2 + N/4 reads per 16·N/8 FMAs, where one scalar read per FMA pair made the f32
+// kernels shared-memory bound.
 template <int K, int N>
-__device__ __forceinline__ void warp_mm32(float (&c)[N / 8][4], Tile32 a, Tile32 b) {
+__device__ __forceinline__ void warp_mm32_abt(float (&c)[N / 8][4], Tile32 a, Tile32 b) {
+    static_assert(K % 4 == 0, "k runs in fours");
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-#pragma unroll 4
-    for (int k = 0; k < K; ++k) {
-        const float a0 = a.at(g, k), a1 = a.at(g + 8, k);
+#pragma unroll 2
+    for (int k = 0; k < K; k += 4) {
+        const float4 a0 = a.quad(g, k), a1 = a.quad(g + 8, k);
 #pragma unroll
         for (int nb = 0; nb < N / 8; ++nb) {
-            const float b0 = b.at(k, nb * 8 + 2 * t), b1 = b.at(k, nb * 8 + 2 * t + 1);
-            c[nb][0] += a0 * b0;
-            c[nb][1] += a0 * b1;
-            c[nb][2] += a1 * b0;
-            c[nb][3] += a1 * b1;
+            const float4 b0 = b.quad(nb * 8 + 2 * t, k), b1 = b.quad(nb * 8 + 2 * t + 1, k);
+            c[nb][0] = fma4(a0, b0, c[nb][0]);
+            c[nb][1] = fma4(a0, b1, c[nb][1]);
+            c[nb][2] = fma4(a1, b0, c[nb][2]);
+            c[nb][3] = fma4(a1, b1, c[nb][3]);
         }
     }
 }
 
+// c[16 × N] += a[16 × K] · b[K × N], likewise: a read 4 k at a time, b in pairs of
+// columns (2t, 2t+1) of a row.
+template <int K, int N>
+__device__ __forceinline__ void warp_mm32_ab(float (&c)[N / 8][4], Tile32 a, Tile32 b) {
+    static_assert(K % 4 == 0, "k runs in fours");
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll 2
+    for (int k = 0; k < K; k += 4) {
+        const float4 q0 = a.quad(g, k), q1 = a.quad(g + 8, k);
+        const float a0[4] = {q0.x, q0.y, q0.z, q0.w}, a1[4] = {q1.x, q1.y, q1.z, q1.w};
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+            for (int nb = 0; nb < N / 8; ++nb) {
+                const float2 bv = b.pair(k + kk, nb * 8 + 2 * t);
+                c[nb][0] += a0[kk] * bv.x;
+                c[nb][1] += a0[kk] * bv.y;
+                c[nb][2] += a1[kk] * bv.x;
+                c[nb][3] += a1[kk] * bv.y;
+            }
+    }
+}
+
 // Rows [row0, row0 + rows) of the [n, D] matrix `src` (row stride `ld`) into `dst` (row
-// stride D + FA_PAD), zeros past row n, by the whole block.
+// stride D + FA32_PAD), zeros past row n, by the whole block.
 template <int D>
 __device__ __forceinline__ void load_rows32(float* dst, const float* src, u64 ld, i64 row0,
                                             int rows, i64 n) {
     for (int i = threadIdx.x; i < rows * D; i += blockDim.x) {
         const int r = i / D, c = i % D;
-        dst[r * (D + FA_PAD) + c] = row0 + r < n ? src[(u64)(row0 + r) * ld + c] : 0.f;
+        dst[r * (D + FA32_PAD) + c] = row0 + r < n ? src[(u64)(row0 + r) * ld + c] : 0.f;
     }
 }
 
@@ -981,10 +1024,10 @@ template <int D, int W, int BS>
 __device__ void fa_forward32(const float* q, Rows qr, const float* k, Rows kr, const float* v,
                              Rows vr, float* out, Rows outr, float* lse, u64 tq, u64 tk,
                              float scale, int causal) {
-    __shared__ __align__(16) float sq[16 * W][D + FA_PAD];
-    __shared__ __align__(16) float sk[BS][D + FA_PAD];
-    __shared__ __align__(16) float sv[BS][D + FA_PAD];
-    __shared__ __align__(16) float sp[W][16][BS + FA_PAD];
+    __shared__ __align__(16) float sq[16 * W][D + FA32_PAD];
+    __shared__ __align__(16) float sk[BS][D + FA32_PAD];
+    __shared__ __align__(16) float sv[BS][D + FA32_PAD];
+    __shared__ __align__(16) float sp[W][16][BS + FA32_PAD];
     if (blockDim.x != 32 * W || (u64)gridDim.y != (tq + 16 * W - 1) / (16 * W)) __trap();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const u64 bh = blockIdx.x;
@@ -1002,7 +1045,7 @@ __device__ void fa_forward32(const float* q, Rows qr, const float* k, Rows kr, c
         load_rows32<D>(&sv[0][0], v, vr.row, k0, BS, tk);
         __syncthreads();
         float s[BS / 8][4] = {};
-        warp_mm32<D, BS>(s, Tile32{&sq[16 * warp][0], D + FA_PAD, 1}, Tile32{&sk[0][0], 1, D + FA_PAD});
+        warp_mm32_abt<D, BS>(s, Tile32{&sq[16 * warp][0], D + FA32_PAD}, Tile32{&sk[0][0], D + FA32_PAD});
         float mx[2] = {m[0], m[1]};
 #pragma unroll
         for (int nb = 0; nb < BS / 8; ++nb)
@@ -1036,9 +1079,9 @@ __device__ void fa_forward32(const float* q, Rows qr, const float* k, Rows kr, c
             for (int e = 0; e < 4; ++e) o[nb][e] *= corr[e >> 1];
         float* pw = &sp[warp][0][0];
         const float one[2] = {1.f, 1.f};
-        store_frag32<BS>(pw, BS + FA_PAD, s, one, 0, 16);
+        store_frag32<BS>(pw, BS + FA32_PAD, s, one, 0, 16);
         __syncwarp();
-        warp_mm32<BS, D>(o, Tile32{pw, BS + FA_PAD, 1}, Tile32{&sv[0][0], D + FA_PAD, 1});
+        warp_mm32_ab<BS, D>(o, Tile32{pw, BS + FA32_PAD}, Tile32{&sv[0][0], D + FA32_PAD});
         __syncwarp();
     }
     const float inv[2] = {1.f / l[0], 1.f / l[1]};
@@ -1055,11 +1098,11 @@ __device__ void fa_dq32(const float* q, Rows qr, const float* k, Rows kr, const 
                         Rows vr, const float* dout, Rows dr, const float* lse,
                         const float* delta, float* dq, Rows dqr, u64 tq, u64 tk, float scale,
                         int causal) {
-    __shared__ __align__(16) float sq[16 * W][D + FA_PAD];
-    __shared__ __align__(16) float sdo[16 * W][D + FA_PAD];
-    __shared__ __align__(16) float sk[BS][D + FA_PAD];
-    __shared__ __align__(16) float sv[BS][D + FA_PAD];
-    __shared__ __align__(16) float sds[W][16][BS + FA_PAD];
+    __shared__ __align__(16) float sq[16 * W][D + FA32_PAD];
+    __shared__ __align__(16) float sdo[16 * W][D + FA32_PAD];
+    __shared__ __align__(16) float sk[BS][D + FA32_PAD];
+    __shared__ __align__(16) float sv[BS][D + FA32_PAD];
+    __shared__ __align__(16) float sds[W][16][BS + FA32_PAD];
     if (blockDim.x != 32 * W || (u64)gridDim.y != (tq + 16 * W - 1) / (16 * W)) __trap();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const u64 bh = blockIdx.x;
@@ -1083,8 +1126,8 @@ __device__ void fa_dq32(const float* q, Rows qr, const float* k, Rows kr, const 
         load_rows32<D>(&sv[0][0], v, vr.row, k0, BS, tk);
         __syncthreads();
         float s[BS / 8][4] = {}, dp[BS / 8][4] = {};
-        warp_mm32<D, BS>(s, Tile32{&sq[16 * warp][0], D + FA_PAD, 1}, Tile32{&sk[0][0], 1, D + FA_PAD});
-        warp_mm32<D, BS>(dp, Tile32{&sdo[16 * warp][0], D + FA_PAD, 1}, Tile32{&sv[0][0], 1, D + FA_PAD});
+        warp_mm32_abt<D, BS>(s, Tile32{&sq[16 * warp][0], D + FA32_PAD}, Tile32{&sk[0][0], D + FA32_PAD});
+        warp_mm32_abt<D, BS>(dp, Tile32{&sdo[16 * warp][0], D + FA32_PAD}, Tile32{&sv[0][0], D + FA32_PAD});
 #pragma unroll
         for (int nb = 0; nb < BS / 8; ++nb)
 #pragma unroll
@@ -1095,9 +1138,9 @@ __device__ void fa_dq32(const float* q, Rows qr, const float* k, Rows kr, const 
             }
         float* dw = &sds[warp][0][0];
         const float one[2] = {1.f, 1.f};
-        store_frag32<BS>(dw, BS + FA_PAD, dp, one, 0, 16);
+        store_frag32<BS>(dw, BS + FA32_PAD, dp, one, 0, 16);
         __syncwarp();
-        warp_mm32<BS, D>(acc, Tile32{dw, BS + FA_PAD, 1}, Tile32{&sk[0][0], D + FA_PAD, 1});
+        warp_mm32_ab<BS, D>(acc, Tile32{dw, BS + FA32_PAD}, Tile32{&sk[0][0], D + FA32_PAD});
         __syncwarp();
     }
     const float mul[2] = {scale, scale};
@@ -1109,11 +1152,11 @@ __device__ void fa_dkdv32(const float* q, Rows qr, const float* k, Rows kr, cons
                           Rows vr, const float* dout, Rows dr, const float* lse,
                           const float* delta, float* dk, float* dv, Rows dkvr, u64 tq,
                           u64 tk, float scale, int causal) {
-    __shared__ __align__(16) float sk[16 * W][D + FA_PAD];
-    __shared__ __align__(16) float sv[16 * W][D + FA_PAD];
-    __shared__ __align__(16) float sq[BS][D + FA_PAD];
-    __shared__ __align__(16) float sdo[BS][D + FA_PAD];
-    __shared__ __align__(16) float sw[W][16][BS + FA_PAD];
+    __shared__ __align__(16) float sk[16 * W][D + FA32_PAD];
+    __shared__ __align__(16) float sv[16 * W][D + FA32_PAD];
+    __shared__ __align__(16) float sq[BS][D + FA32_PAD];
+    __shared__ __align__(16) float sdo[BS][D + FA32_PAD];
+    __shared__ __align__(16) float sw[W][16][BS + FA32_PAD];
     __shared__ float sl[BS], sd[BS];
     if (blockDim.x != 32 * W || (u64)gridDim.y != (tk + 16 * W - 1) / (16 * W)) __trap();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -1136,8 +1179,8 @@ __device__ void fa_dkdv32(const float* q, Rows qr, const float* k, Rows kr, cons
         }
         __syncthreads();
         float s[BS / 8][4] = {}, dp[BS / 8][4] = {};
-        warp_mm32<D, BS>(s, Tile32{&sk[16 * warp][0], D + FA_PAD, 1}, Tile32{&sq[0][0], 1, D + FA_PAD});
-        warp_mm32<D, BS>(dp, Tile32{&sv[16 * warp][0], D + FA_PAD, 1}, Tile32{&sdo[0][0], 1, D + FA_PAD});
+        warp_mm32_abt<D, BS>(s, Tile32{&sk[16 * warp][0], D + FA32_PAD}, Tile32{&sq[0][0], D + FA32_PAD});
+        warp_mm32_abt<D, BS>(dp, Tile32{&sv[16 * warp][0], D + FA32_PAD}, Tile32{&sdo[0][0], D + FA32_PAD});
 #pragma unroll
         for (int nb = 0; nb < BS / 8; ++nb)
 #pragma unroll
@@ -1150,13 +1193,13 @@ __device__ void fa_dkdv32(const float* q, Rows qr, const float* k, Rows kr, cons
             }
         float* pw = &sw[warp][0][0];
         const float one[2] = {1.f, 1.f};
-        store_frag32<BS>(pw, BS + FA_PAD, s, one, 0, 16);
+        store_frag32<BS>(pw, BS + FA32_PAD, s, one, 0, 16);
         __syncwarp();
-        warp_mm32<BS, D>(dva, Tile32{pw, BS + FA_PAD, 1}, Tile32{&sdo[0][0], D + FA_PAD, 1});
+        warp_mm32_ab<BS, D>(dva, Tile32{pw, BS + FA32_PAD}, Tile32{&sdo[0][0], D + FA32_PAD});
         __syncwarp();
-        store_frag32<BS>(pw, BS + FA_PAD, dp, one, 0, 16);
+        store_frag32<BS>(pw, BS + FA32_PAD, dp, one, 0, 16);
         __syncwarp();
-        warp_mm32<BS, D>(dka, Tile32{pw, BS + FA_PAD, 1}, Tile32{&sq[0][0], D + FA_PAD, 1});
+        warp_mm32_ab<BS, D>(dka, Tile32{pw, BS + FA32_PAD}, Tile32{&sq[0][0], D + FA32_PAD});
         __syncwarp();
     }
     const float mul_k[2] = {scale, scale}, one[2] = {1.f, 1.f};
@@ -1172,14 +1215,14 @@ __device__ void fa_jvp32(const float* q, Rows qr, const float* k, Rows kr, const
                          Rows vr, const float* q_dot, Rows qdr, const float* k_dot, Rows kdr,
                          const float* v_dot, Rows vdr, float* out, float* out_dot, Rows outr,
                          float* lse, u64 tq, u64 tk, float scale, int causal) {
-    __shared__ __align__(16) float sq[16 * W][D + FA_PAD];
-    __shared__ __align__(16) float sqd[16 * W][D + FA_PAD];
-    __shared__ __align__(16) float sk[BS][D + FA_PAD];
-    __shared__ __align__(16) float sv[BS][D + FA_PAD];
-    __shared__ __align__(16) float skd[BS][D + FA_PAD];
-    __shared__ __align__(16) float svd[BS][D + FA_PAD];
-    __shared__ __align__(16) float sp[W][16][BS + FA_PAD];
-    __shared__ __align__(16) float spd[W][16][BS + FA_PAD];
+    __shared__ __align__(16) float sq[16 * W][D + FA32_PAD];
+    __shared__ __align__(16) float sqd[16 * W][D + FA32_PAD];
+    __shared__ __align__(16) float sk[BS][D + FA32_PAD];
+    __shared__ __align__(16) float sv[BS][D + FA32_PAD];
+    __shared__ __align__(16) float skd[BS][D + FA32_PAD];
+    __shared__ __align__(16) float svd[BS][D + FA32_PAD];
+    __shared__ __align__(16) float sp[W][16][BS + FA32_PAD];
+    __shared__ __align__(16) float spd[W][16][BS + FA32_PAD];
     if (blockDim.x != 32 * W || (u64)gridDim.y != (tq + 16 * W - 1) / (16 * W)) __trap();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const u64 bh = blockIdx.x;
@@ -1201,10 +1244,10 @@ __device__ void fa_jvp32(const float* q, Rows qr, const float* k, Rows kr, const
         load_rows32<D>(&svd[0][0], v_dot, vdr.row, k0, BS, tk);
         __syncthreads();
         float s[BS / 8][4] = {}, sd[BS / 8][4] = {};
-        const Tile32 aq{&sq[16 * warp][0], D + FA_PAD, 1}, aqd{&sqd[16 * warp][0], D + FA_PAD, 1};
-        warp_mm32<D, BS>(s, aq, Tile32{&sk[0][0], 1, D + FA_PAD});
-        warp_mm32<D, BS>(sd, aqd, Tile32{&sk[0][0], 1, D + FA_PAD});
-        warp_mm32<D, BS>(sd, aq, Tile32{&skd[0][0], 1, D + FA_PAD});
+        const Tile32 aq{&sq[16 * warp][0], D + FA32_PAD}, aqd{&sqd[16 * warp][0], D + FA32_PAD};
+        warp_mm32_abt<D, BS>(s, aq, Tile32{&sk[0][0], D + FA32_PAD});
+        warp_mm32_abt<D, BS>(sd, aqd, Tile32{&sk[0][0], D + FA32_PAD});
+        warp_mm32_abt<D, BS>(sd, aq, Tile32{&skd[0][0], D + FA32_PAD});
         float mx[2] = {m[0], m[1]};
 #pragma unroll
         for (int nb = 0; nb < BS / 8; ++nb)
@@ -1244,13 +1287,13 @@ __device__ void fa_jvp32(const float* q, Rows qr, const float* k, Rows kr, const
             for (int e = 0; e < 4; ++e) o[nb][e] *= corr[e >> 1], od[nb][e] *= corr[e >> 1];
         float *pw = &sp[warp][0][0], *pdw = &spd[warp][0][0];
         const float one[2] = {1.f, 1.f};
-        store_frag32<BS>(pw, BS + FA_PAD, s, one, 0, 16);
-        store_frag32<BS>(pdw, BS + FA_PAD, sd, one, 0, 16);
+        store_frag32<BS>(pw, BS + FA32_PAD, s, one, 0, 16);
+        store_frag32<BS>(pdw, BS + FA32_PAD, sd, one, 0, 16);
         __syncwarp();
-        const Tile32 ap{pw, BS + FA_PAD, 1};
-        warp_mm32<BS, D>(o, ap, Tile32{&sv[0][0], D + FA_PAD, 1});
-        warp_mm32<BS, D>(od, ap, Tile32{&svd[0][0], D + FA_PAD, 1});
-        warp_mm32<BS, D>(od, Tile32{pdw, BS + FA_PAD, 1}, Tile32{&sv[0][0], D + FA_PAD, 1});
+        const Tile32 ap{pw, BS + FA32_PAD};
+        warp_mm32_ab<BS, D>(o, ap, Tile32{&sv[0][0], D + FA32_PAD});
+        warp_mm32_ab<BS, D>(od, ap, Tile32{&svd[0][0], D + FA32_PAD});
+        warp_mm32_ab<BS, D>(od, Tile32{pdw, BS + FA32_PAD}, Tile32{&sv[0][0], D + FA32_PAD});
         __syncwarp();
     }
     // tO·l = acc_tO − μ·acc_O with μ = acc_μ / l.
