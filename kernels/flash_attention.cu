@@ -984,10 +984,21 @@ __device__ __forceinline__ void warp_mm32_ab(float (&c)[N / 8][4], Tile32 a, Til
 }
 
 // Rows [row0, row0 + rows) of the [n, D] matrix `src` (row stride `ld`) into `dst` (row
-// stride D + FA32_PAD), zeros past row n, by the whole block.
+// stride D + FA32_PAD), zeros past row n, by the whole block: 16 bytes a read when every
+// row starts 16-byte aligned (as head-split views of a product's rows do), else one
+// float a read. The choice is the same for the whole block.
 template <int D>
 __device__ __forceinline__ void load_rows32(float* dst, const float* src, u64 ld, i64 row0,
                                             int rows, i64 n) {
+    if ((reinterpret_cast<u64>(src) & 15) == 0 && (ld & 3) == 0) {
+        for (int i = threadIdx.x; i < rows * (D / 4); i += blockDim.x) {
+            const int r = i / (D / 4), c = 4 * (i % (D / 4));
+            float4 x = {0.f, 0.f, 0.f, 0.f};
+            if (row0 + r < n) x = *reinterpret_cast<const float4*>(src + (u64)(row0 + r) * ld + c);
+            *reinterpret_cast<float4*>(dst + r * (D + FA32_PAD) + c) = x;
+        }
+        return;
+    }
     for (int i = threadIdx.x; i < rows * D; i += blockDim.x) {
         const int r = i / D, c = i % D;
         dst[r * (D + FA32_PAD) + c] = row0 + r < n ? src[(u64)(row0 + r) * ld + c] : 0.f;
@@ -1386,7 +1397,8 @@ FA_TC(f16, f16, 64, 2, 4, 64, true, 8, 64, true)
 FA_TC(f16, f16, 128, 2, 4, 32, false, 4, 32, false)
 
 // f32 at head dim D: W warps of 16 rows, key tiles of BSF rows in the forward and BSB in
-// the backward (48 KiB of static shared memory).
+// the backward (within 48 KiB of static shared memory). At d = 32, 64-row blocks: a
+// DiT's 49 tokens are one block, so K and V are read once per head, not twice.
 #define FA32(D, W, BSF, BSB)                                                                \
     extern "C" __global__ void __launch_bounds__(32 * W) fa_fwd_f32_d##D(FA_PARAMS_FWD(float)) { \
         fa_forward32<D, W, BSF>(FA_QKV, out, outr, lse, tq, tk, scale, causal);            \
@@ -1400,7 +1412,7 @@ FA_TC(f16, f16, 128, 2, 4, 32, false, 4, 32, false)
                              causal);                                                       \
     }
 
-FA32(32, 2, 32, 32)
+FA32(32, 4, 32, 32)
 FA32(64, 2, 32, 32)
 FA32(128, 1, 16, 16)
 

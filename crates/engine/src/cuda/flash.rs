@@ -67,9 +67,14 @@ struct Shape {
 /// not (asking for more shared memory than it uses would pass, less would not).
 fn shape(kernel: Kernel, dtype: DType, d: usize) -> Shape {
     if dtype == DType::F32 {
-        // The plain kernels: 16 rows per warp, static shared memory (the JVP kernel too,
-        // with the forward's warps).
-        let warps = if d == 128 { 1 } else { 2 };
+        // The plain kernels: 16 rows per warp, static shared memory within 48 KiB: four
+        // warps at d = 32 (two for the JVP, which streams four tiles), two at d = 64,
+        // one at d = 128.
+        let warps = match (kernel, d) {
+            (_, 128) => 1,
+            (_, 64) | (Kernel::Jvp, _) => 2,
+            _ => 4,
+        };
         return Shape {
             warps,
             rows: 16 * warps,
@@ -435,9 +440,10 @@ mod tests {
 
     /// The JVP shapes against the `FA_TC_JVP(S, T, D, MT, W, BS, QREG)` and
     /// `FA32_JVP(D, W, BS)` lines of the kernel file itself: W warps, 16·MT·W rows, and
-    /// `JvpSmem`'s bytes (Q and tQ, then two stages of four BS-row tiles).
+    /// `JvpSmem`'s bytes (Q and tQ, then two stages of four BS-row tiles); the f32
+    /// forward and backward against its `FA32(D, W, BSF, BSB)` lines.
     #[test]
-    fn jvp_shapes_match_the_kernel_file() {
+    fn jvp_and_f32_shapes_match_the_kernel_file() {
         let src = crate::cuda::kernels::SOURCES
             .iter()
             .find(|(n, _)| *n == FILE)
@@ -479,7 +485,19 @@ mod tests {
                 smem: 0,
             };
             assert_eq!(shape(Kernel::Jvp, DType::F32, d), want, "{a:?}");
-            assert_eq!(shape(Kernel::Fwd, DType::F32, d), want, "{a:?}");
+        }
+        let plain = calls("FA32");
+        assert_eq!(plain.len(), 3, "{plain:?}");
+        for a in &plain {
+            let (d, w) = (n(&a[0]), n(&a[1]));
+            let want = Shape {
+                warps: w,
+                rows: 16 * w,
+                smem: 0,
+            };
+            for kernel in [Kernel::Fwd, Kernel::Dq, Kernel::Dkdv] {
+                assert_eq!(shape(kernel, DType::F32, d), want, "{kernel:?} {a:?}");
+            }
         }
     }
 
