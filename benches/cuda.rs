@@ -234,6 +234,13 @@ fn dit_step_bf16(dev: Device, json: bool) -> Result<()> {
     };
     let s = time(&mut step)?;
     report(json, "dit_step", "bf16 S/2 32x32 batch 256", s * 1e3, "ms");
+    // The same step with cuBLASLt's gradient epilogues (off by default: slower on an
+    // H200 in December 2026, see `cuda::set_half_gradient_epilogues`).
+    cuda::set_half_gradient_epilogues(true);
+    let with_epilogues = time(&mut step);
+    cuda::set_half_gradient_epilogues(false);
+    let case = "bf16 S/2 32x32 batch 256, cuBLASLt gradient epilogues";
+    report(json, "dit_step", case, with_epilogues? * 1e3, "ms");
     print_profile("bf16 DiT-S/2 step, batch 256", step)?;
     Ok(())
 }

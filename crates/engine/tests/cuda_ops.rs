@@ -471,13 +471,18 @@ fn products() {
             randn(13, &[16], dt),
         );
         // The weight's and the bias's gradients come from one product with cuBLASLt's
-        // BGRADB epilogue where it takes them (f32, bf16, f16).
-        check(
-            &format!("linear {dt}"),
-            &[x.clone(), w.clone(), bias],
-            tol,
-            |t| t[0].linear(&t[1], Some(&t[2])),
-        );
+        // BGRADB epilogue where it takes them (f32; bf16 and f16 when asked for), else
+        // from a product and a reduction.
+        for epilogues in [false, true] {
+            cuda::set_half_gradient_epilogues(epilogues);
+            check(
+                &format!("linear {dt}, half gradient epilogues {epilogues}"),
+                &[x.clone(), w.clone(), bias.clone()],
+                tol,
+                |t| t[0].linear(&t[1], Some(&t[2])),
+            );
+        }
+        cuda::set_half_gradient_epilogues(false);
         // Bias and weight as slices of larger tensors: aligned (cuBLASLt's bias
         // epilogue takes it) and off 256-byte alignment (the plain cuBLAS path).
         let (wide_w, wide_bias) = (randn(16, &[160, 24], dt), randn(17, &[160], dt));
@@ -505,10 +510,12 @@ fn products() {
 /// of 8 (40) take cuBLASLt's GELU epilogues (the pre-activation kept for the backward,
 /// which gets the first bias's gradient from the same epilogue), other widths (36) and
 /// f32/f64 the product and GELU kernels in turn; with and without biases, recording a
-/// graph and under `no_grad` (the GELU without the pre-activation).
+/// graph and under `no_grad` (the GELU without the pre-activation); the backward with
+/// cuBLASLt's DGELU_BGRAD and BGRADB epilogues and without (the default).
 #[test]
 fn gelu_mlp_block() {
-    for dt in FLOATS {
+    for (dt, epilogues) in FLOATS.into_iter().flat_map(|dt| [(dt, false), (dt, true)]) {
+        cuda::set_half_gradient_epilogues(epilogues);
         for hidden in [40, 36] {
             let (x, w1, w2) = (
                 randn(21, &[3, 7, 24], dt),
@@ -519,7 +526,9 @@ fn gelu_mlp_block() {
             let all = [x.clone(), w1.clone(), w2.clone(), b1, b2];
             let with_biases =
                 |t: &[Tensor]| gelu_mlp(&t[0], (&t[1], Some(&t[3])), (&t[2], Some(&t[4])));
-            let name = |what: &str| format!("gelu_mlp {what}, hidden {hidden}, {dt}");
+            let name = |what: &str| {
+                format!("gelu_mlp {what}, hidden {hidden}, {dt}, gradient epilogues {epilogues}")
+            };
             check(&name("with biases"), &all, tolerance(dt), with_biases);
             check(&name("without a graph"), &all, tolerance(dt), |t| {
                 no_grad(|| with_biases(t))
@@ -529,6 +538,7 @@ fn gelu_mlp_block() {
             });
         }
     }
+    cuda::set_half_gradient_epilogues(false);
 }
 
 #[test]

@@ -34,6 +34,7 @@ static REGISTRY: OnceLock<Mutex<HashMap<usize, Arc<CudaDevice>>>> = OnceLock::ne
 static POISON: AtomicBool = AtomicBool::new(false);
 static TF32: AtomicBool = AtomicBool::new(false);
 static FUSED_ATTENTION: AtomicBool = AtomicBool::new(true);
+static HALF_GRADIENT_EPILOGUES: AtomicBool = AtomicBool::new(false);
 
 /// Fills every newly allocated output buffer with NaN bits (0xFF bytes) before a kernel
 /// writes it, so that an element a kernel forgets to write shows up in tests. Also on
@@ -68,6 +69,23 @@ pub fn set_fused_attention(on: bool) {
 
 pub(crate) fn fused_attention() -> bool {
     FUSED_ATTENTION.load(Ordering::Relaxed)
+}
+
+/// Lets bf16/f16 backward products use cuBLASLt's gradient epilogues (`BGRADB`: a
+/// weight gradient with its bias gradient; `DGELU_BGRAD`: the product through GELU's
+/// derivative with the bias gradient); off by default. In the bf16 DiT-S/2 step on an
+/// H200 (2026-12-04, `docs/gpu-runs/2026-12-04-h200-6db19d3.md`) their products ran at
+/// about 200 TFLOP/s (`BGRADB`, the weight gradients: a long inner dimension and few
+/// output tiles, where the plain path's products split k) and 82 (`DGELU_BGRAD`),
+/// against 436 for all the step's products on the plain path in the morning's run.
+/// f32 keeps `BGRADB` (its step was no slower with it). For comparing the two
+/// (`benches/cuda.rs`).
+pub fn set_half_gradient_epilogues(on: bool) {
+    HALF_GRADIENT_EPILOGUES.store(on, Ordering::Relaxed);
+}
+
+pub(crate) fn half_gradient_epilogues() -> bool {
+    HALF_GRADIENT_EPILOGUES.load(Ordering::Relaxed)
 }
 
 /// True when the CUDA driver library can be loaded (a GPU may still be absent).

@@ -6,9 +6,13 @@
 //! - `out = gelu_tanh(a·b (+ bias))`, keeping `a·b (+ bias)` beside it for a backward
 //!   (the first layer of a GELU feed-forward block, `ops/mlp.rs`);
 //! - `out = (a·b) ∘ gelu_tanh'(pre)`, with the column sums of `out` (the bias gradient)
-//!   beside it (that block's backward).
+//!   beside it (that block's backward);
+//! - `out = a·b` with the sums of `a`'s rows beside it (a weight gradient with its bias
+//!   gradient).
 //!
-//! Used for 2-D products of f32, bf16 and f16 (the GELU epilogues for bf16 and f16 only)
+//! Used for 2-D products of f32, bf16 and f16 (the GELU epilogues for bf16 and f16 only,
+//! the two gradient epilogues for bf16 and f16 only when
+//! [`super::set_half_gradient_epilogues`] asks for them)
 //! whose pointers are 256-byte aligned (what the heuristics assume by default); anything
 //! else, or any cuBLASLt failure, takes the plain path (cuBLAS and our own kernels).
 //! `TWINFLOW_CUBLASLT=0` turns it off.
@@ -16,7 +20,7 @@
 //! The descriptors and the algorithm the heuristics pick are kept per shape: only the
 //! pointers change between the calls of a training step.
 
-use super::device::{tf32, CudaDevice};
+use super::device::{half_gradient_epilogues, tf32, CudaDevice};
 use super::matmul::Operand;
 use crate::dtype::DType;
 use cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_T;
@@ -183,14 +187,17 @@ impl Lt {
         out: u64,
     ) -> bool {
         let dtype = a.dtype;
+        let half = matches!(dtype, DType::BF16 | DType::F16);
         let float = match epilogue {
-            Epilogue::Bias | Epilogue::LhsSums => {
-                matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
-            }
+            Epilogue::Bias => dtype == DType::F32 || half,
+            // The gradient epilogues of 16-bit products only when asked for (see
+            // `set_half_gradient_epilogues`: slower than the plain path on an H200).
+            Epilogue::LhsSums => dtype == DType::F32 || (half && half_gradient_epilogues()),
+            Epilogue::GeluGrad { .. } => half && half_gradient_epilogues(),
             // cuBLASLt does not document how it evaluates GELU's tanh: it is used where
             // a 16-bit output's rounding covers any difference, and f32 keeps our
             // kernels (the CPU op's formula).
-            _ => matches!(dtype, DType::BF16 | DType::F16),
+            Epilogue::Gelu { .. } => half,
         };
         let pointers = [
             Some(a.ptr),

@@ -26,7 +26,9 @@ pub(crate) mod matmul;
 pub(crate) mod rows;
 
 pub use alloc::MemoryStats;
-pub use device::{driver_present, set_allow_tf32, set_fused_attention, set_poison};
+pub use device::{
+    driver_present, set_allow_tf32, set_fused_attention, set_half_gradient_epilogues, set_poison,
+};
 
 use crate::backend::{BackendStorage, BinaryOp, CmpOp, ReduceOp, UnaryOp};
 use crate::cpu::CpuStorage;
