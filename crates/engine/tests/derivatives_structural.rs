@@ -836,3 +836,43 @@ fn linear_f32_gradients_match_f64(rows: usize, k: usize, n: usize) -> Result<()>
     }
     Ok(())
 }
+
+/// The f32 attention gradients against the f64 ones (which the gradchecks cover) on
+/// sizes whose forward takes the CPU's few-keys kernel (on AVX-512: at most 64 keys,
+/// heads of at most 64, rows of k and v contiguous), a DiT's 49 tokens among them, and
+/// past it (65 keys), where the f32 backward runs on the small-product kernel:
+/// `scaled_dot_product_attention` on `[b, t, h, d]` views and `qkv_attention`, causal
+/// or not. Equal within f32 rounding.
+#[test]
+fn attention_f32_gradients_match_f64_with_few_and_many_keys() -> Result<()> {
+    for (t, d) in [(1, 8), (17, 32), (49, 32), (64, 64), (65, 16)] {
+        for causal in [false, true] {
+            let (b, h) = (2, 3);
+            let (qkv, r) = (randn(1, &[b, t, 3 * h * d]), randn(2, &[b, t, h * d]));
+            let grads = |dtype: DType, joint: bool| -> Result<Vec<f64>> {
+                let qkv = qkv.to_dtype(dtype)?.into_variable()?;
+                let out = match joint {
+                    true => qkv_attention(&qkv, h, None, causal)?,
+                    false => {
+                        let parts = qkv.reshape(&[b, t, 3, h, d])?;
+                        let part = |i| parts.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2);
+                        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+                        let o = scaled_dot_product_attention(&q, &k, &v, None, causal)?;
+                        o.transpose(1, 2)?.reshape(&[b, t, h * d])?
+                    }
+                };
+                let grads = out.mul(&r.to_dtype(dtype)?)?.sum_all()?.backward()?;
+                grads.get(&qkv).expect("a gradient").to_vec_f64()
+            };
+            for joint in [false, true] {
+                let (got, want) = (grads(DType::F32, joint)?, grads(DType::F64, joint)?);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    let tol = 1e-5 * ((t + d) as f64).sqrt() * (1.0 + w.abs());
+                    let case = format!("t={t} d={d} causal={causal} joint={joint}");
+                    assert!((g - w).abs() <= tol, "dqkv[{i}] ({case}): {g} vs {w}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
