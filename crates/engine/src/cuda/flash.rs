@@ -475,28 +475,24 @@ mod tests {
             };
             assert_eq!(shape(Kernel::Jvp, dt, d), want, "{a:?}");
         }
-        let plain = calls("FA32_JVP");
-        assert_eq!(plain.len(), 3, "{plain:?}");
-        for a in &plain {
-            let (d, w) = (n(&a[0]), n(&a[1]));
-            let want = Shape {
-                warps: w,
-                rows: 16 * w,
-                smem: 0,
-            };
-            assert_eq!(shape(Kernel::Jvp, DType::F32, d), want, "{a:?}");
-        }
-        let plain = calls("FA32");
-        assert_eq!(plain.len(), 3, "{plain:?}");
-        for a in &plain {
-            let (d, w) = (n(&a[0]), n(&a[1]));
-            let want = Shape {
-                warps: w,
-                rows: 16 * w,
-                smem: 0,
-            };
-            for kernel in [Kernel::Fwd, Kernel::Dq, Kernel::Dkdv] {
-                assert_eq!(shape(kernel, DType::F32, d), want, "{kernel:?} {a:?}");
+        // The f32 kernels' lines: (D, W, ...) → W warps of 16 rows, static shared memory.
+        let plain = [
+            ("FA32_JVP", &[Kernel::Jvp][..]),
+            ("FA32", &[Kernel::Fwd, Kernel::Dq, Kernel::Dkdv][..]),
+        ];
+        for (name, kernels) in plain {
+            let lines = calls(name);
+            assert_eq!(lines.len(), 3, "{name}: {lines:?}");
+            for a in &lines {
+                let (d, w) = (n(&a[0]), n(&a[1]));
+                let want = Shape {
+                    warps: w,
+                    rows: 16 * w,
+                    smem: 0,
+                };
+                for &kernel in kernels {
+                    assert_eq!(shape(kernel, DType::F32, d), want, "{kernel:?} {a:?}");
+                }
             }
         }
     }
