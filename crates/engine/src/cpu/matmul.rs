@@ -14,10 +14,6 @@ use rayon::prelude::*;
 /// products; above it, each product uses every thread.
 const PER_PRODUCT_PARALLEL_FLOPS: usize = 1 << 22;
 
-/// Products whose inner dimension is this many times their larger output dimension are
-/// parallelised over the inner dimension (see `split_k_product`).
-const SPLIT_K_RATIO: usize = 8;
-
 /// Products smaller than this (m·n·k) run on the unpacked kernel `sgemm_small`: for
 /// the attention's per-head products (49·49·32) the packed kernel's packing and
 /// stores cost more than they save (attention forward 12.4 ms with `gemm`, 15.7 with
@@ -324,10 +320,16 @@ pub fn matmul<F: CpuFloat>(
 }
 
 /// Whether one product splits its inner dimension over the threads
-/// ([`split_k_product`]): enough work, and an inner dimension long against the output
-/// (a weight gradient).
+/// ([`split_k_product`]): several threads, enough work, and an inner dimension that,
+/// split, leaves each thread at least the output's larger dimension (a weight
+/// gradient). Measured on 2 threads (docs/benchmarks.md, 2026-12-04): a DiT's weight
+/// gradients at batch 32 (k = 1,568 against 384 or 512) ran at 117–173 GFLOP/s as
+/// plain parallel products and at 136–205 split; their step took 6 % less.
 fn splits_inner(g: GemmArgs) -> bool {
-    2 * g.m * g.n * g.k >= PER_PRODUCT_PARALLEL_FLOPS && g.k >= SPLIT_K_RATIO * g.m.max(g.n)
+    let threads = rayon::current_num_threads();
+    threads > 1
+        && 2 * g.m * g.n * g.k >= PER_PRODUCT_PARALLEL_FLOPS
+        && g.k >= threads * g.m.max(g.n)
 }
 
 /// The threads one product uses otherwise: one below [`PER_PRODUCT_PARALLEL_FLOPS`],
