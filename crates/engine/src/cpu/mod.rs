@@ -116,6 +116,27 @@ impl CpuStorage {
         }
     }
 
+    /// Σ over `dims` (sorted) of `self·other`, two f32 or f64 views of one shape, in one
+    /// pass without the product in memory (see `reduce::sum_product`); `None` for other
+    /// dtypes and layouts.
+    pub(crate) fn sum_product(
+        &self,
+        l: &Layout,
+        other: &Self,
+        ol: &Layout,
+        dims: &[usize],
+    ) -> Option<Self> {
+        match (self, other) {
+            (CpuStorage::F32(x), CpuStorage::F32(y)) => {
+                reduce::sum_product(x, l, y, ol, dims).map(CpuStorage::F32)
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(y)) => {
+                reduce::sum_product(x, l, y, ol, dims).map(CpuStorage::F64)
+            }
+            _ => None,
+        }
+    }
+
     /// `n` zeros of `dtype`; an error, not an abort, when memory cannot hold them.
     pub fn zeros(n: usize, dtype: DType) -> Result<Self> {
         const OP: &str = "zeros";

@@ -214,8 +214,9 @@ fn finish_reduce(reduced: Tensor, dims: &[isize], keepdim: bool) -> Result<Tenso
 }
 
 /// The kernels of Σ over the sorted dims of `x · y` (two views of one shape), in the
-/// keep-dim shape. The host multiplies, then sums; the GPU folds the product into its
-/// middle-dim reduction where the layouts allow, so the product never reaches memory.
+/// keep-dim shape. Where the layouts allow, both backends fold the product into the
+/// reduction, so the product never reaches memory (the CPU: two contiguous views laid
+/// out alike, reduced over consecutive dims); elsewhere the host multiplies, then sums.
 struct SumProduct<'d>(&'d [usize]);
 
 impl<'a> FusedOp<'a> for SumProduct<'_> {
@@ -224,6 +225,9 @@ impl<'a> FusedOp<'a> for SumProduct<'_> {
     type Output = Storage;
 
     fn cpu(&self, (x, y): BackendInputs<'a, Self, CpuStorage>) -> Result<Storage> {
+        if let Some(summed) = x.0.sum_product(x.1, y.0, y.1, self.0) {
+            return Ok(summed.into());
+        }
         let product = x.0.binary(x.1, y.0, y.1, BinaryOp::Mul)?;
         let summed = product.reduce(&Layout::contiguous(x.1.shape()), self.0, ReduceOp::Sum)?;
         Ok(summed.into())
