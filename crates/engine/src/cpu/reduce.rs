@@ -6,7 +6,7 @@
 //! row (vectorised, memory read in order), which covers bias gradients (`[N, D] → [D]`)
 //! and broadcast gradients (`[B, T, D] → [B, 1, D]`). Other layouts are first gathered
 //! into that order. `sum_product` sums `x·y` the same way in one pass when both views
-//! are contiguous and laid out alike.
+//! are laid out alike and read in place.
 
 use super::float::{sum_lanes, CpuFloat};
 use super::isa;
@@ -96,10 +96,11 @@ pub fn reduce<F: CpuFloat>(x: &[F], layout: &Layout, dims: &[usize], op: ReduceO
 /// Σ over `dims` (sorted) of `x·y`, two views of one shape laid out alike, in one pass
 /// without the product in memory; keep-dim shape, contiguous. A gradient's squared norm
 /// (`Σ g·g`, every dim) took 4× the time per byte of the Adam update as a product then
-/// a sum. `None` unless both views are one contiguous block in the same layout, the
-/// reduced dims (ignoring size-1 dims) are consecutive and nothing is empty; the caller
-/// then multiplies and sums. As [`reduce`], fixed pieces: the result does not depend on
-/// the number of threads.
+/// a sum. Taken when both views have the same layout and are either reduced whole and
+/// dense (any order), or contiguous with the reduced dims (ignoring size-1 dims)
+/// consecutive, and nothing is empty; `None` otherwise, and the caller multiplies and
+/// sums. As [`reduce`], fixed pieces: the result does not depend on the number of
+/// threads.
 pub fn sum_product<F: CpuFloat>(
     x: &[F],
     lx: &Layout,
