@@ -367,7 +367,7 @@ pub fn matmul_then<F: CpuFloat>(
             as_f32_slice(&b[lb.offset()..]),
         );
         let mut out = pool::take(m * n);
-        let parallel = 2 * m * n * k >= PER_PRODUCT_PARALLEL_FLOPS;
+        let parallel = !matches!(product_threads(g), gemm::Parallelism::None);
         let (dst, epilogue) = (as_f32_slice_mut(&mut out), Some(epilogue.as_f32()));
         super::sgemm_avx512::sgemm(dst, n, lhs, rhs, g, 1.0, parallel, (bias, epilogue, None));
         return out;

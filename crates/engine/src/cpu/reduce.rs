@@ -112,14 +112,14 @@ pub fn sum_product<F: CpuFloat>(
         return None;
     }
     let shape = lx.shape();
+    let red: usize = dims.iter().map(|&d| shape[d]).product();
     // Every element into one value, as in `reduce`: any dense order will do.
-    if dims.iter().map(|&d| shape[d]).product::<usize>() == lx.elem_count() {
+    if red == lx.elem_count() {
         let (rx, ry) = (lx.dense_range()?, ly.dense_range()?);
-        return (!rx.is_empty()).then(|| product_blocks(&x[rx], &y[ry], 1, lx.elem_count(), 1));
+        return (red > 0).then(|| product_blocks(&x[rx], &y[ry], 1, red, 1));
     }
     let (rx, ry) = (lx.contiguous_range()?, ly.contiguous_range()?);
     let (outer, inner) = reduced_block(shape, dims)?;
-    let red: usize = dims.iter().map(|&d| shape[d]).product();
     if outer * red * inner == 0 {
         return None;
     }

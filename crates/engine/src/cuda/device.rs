@@ -77,7 +77,8 @@ pub(crate) fn fused_attention() -> bool {
 /// H200 (2026-12-04, `docs/gpu-runs/2026-12-04-h200-6db19d3.md`) their products ran at
 /// about 200 TFLOP/s (`BGRADB`, the weight gradients: a long inner dimension and few
 /// output tiles, where the plain path's products split k) and 82 (`DGELU_BGRAD`),
-/// against 436 for all the step's products on the plain path in the morning's run.
+/// against 436 for all the step's products on the plain path in the run before they
+/// were built (`docs/gpu-runs/2026-12-04-h200-1bcbd5e.md`).
 /// f32 keeps `BGRADB` (its step was no slower with it). For comparing the two
 /// (`benches/cuda.rs`).
 pub fn set_half_gradient_epilogues(on: bool) {
