@@ -552,7 +552,10 @@ proptest! {
     /// gradient. In f32 with 49 or more rows the products run on the AVX-512 kernel
     /// with the GELU (forward) and its derivative (backward) applied by each task to
     /// its block; the small sizes and f64 apply them in a pass after the product.
-    /// Without a graph (no-grad) the output is the same, bit for bit.
+    /// Without a graph (no-grad) the same values, within the same tolerance: on that
+    /// kernel the block then runs in blocks of rows (`cpu/mlp_rows.rs`), whose sums may
+    /// be added in another order than the whole product's (split over the inner
+    /// dimension).
     #[test]
     fn gelu_mlp_matches_its_composition(
         rows in prop_oneof![1usize..=8, 49usize..=200],
@@ -586,7 +589,7 @@ proptest! {
         // Without a graph the GELU runs in place of the pre-activation: same values.
         let untracked = no_grad(|| gelu_mlp(&x, (&w1, b1.as_ref()), (&w2, b2.as_ref()))).unwrap();
         prop_assert!(!untracked.requires_grad());
-        prop_assert_eq!(vals(&untracked), vals(&got), "{} without a graph", what);
+        assert_close(&format!("{what} without a graph"), &vals(&untracked), &vals(&got), tol)?;
         let mut params = vec![&x, &w1, &w2];
         params.extend(b1.as_ref());
         params.extend(b2.as_ref());

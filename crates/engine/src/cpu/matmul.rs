@@ -18,7 +18,7 @@ const PER_PRODUCT_PARALLEL_FLOPS: usize = 1 << 22;
 /// the attention's per-head products (49·49·32) the packed kernel's packing and
 /// stores cost more than they save (attention forward 12.4 ms with `gemm`, 15.7 with
 /// the packed kernel, in the DiT step bench's profile).
-const AVX512_MIN_MNK: usize = 1 << 17;
+pub(super) const AVX512_MIN_MNK: usize = 1 << 17;
 
 /// One `m×k · k×n` product described by storage offsets and strides.
 #[derive(Clone, Copy)]

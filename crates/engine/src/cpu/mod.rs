@@ -19,6 +19,8 @@ mod float;
 mod index;
 mod isa;
 pub(crate) mod matmul;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod mlp_rows;
 pub(crate) mod norm;
 pub(crate) mod pool;
 #[cfg(target_arch = "x86_64")]

@@ -8,6 +8,9 @@
 //! (`cpu/epilogue.rs`); on CUDA, in bf16 and f16, cuBLASLt's GELU
 //! epilogues do the same, the backward's also summing the first layer's bias gradient
 //! (`cuda/lt.rs`), and otherwise the product and GELU kernels run one after the other.
+//! Without a graph (inference, sampling), f32 on a CPU with AVX-512 runs the whole block
+//! in blocks of rows whose hidden activations never leave the L2 cache
+//! (`cpu/mlp_rows.rs`).
 
 use super::matmul::wanted_linear_param_grads;
 use super::{check_float, check_same};
@@ -72,9 +75,15 @@ pub fn gelu_mlp(x: &Tensor, (w1, b1): LinearParams, (w2, b2): LinearParams) -> R
     let n = w2.shape()[0];
     let rows: usize = x.shape()[..x.rank() - 1].iter().product();
     let flat = x.reshape(&[rows, k])?;
+    let records = crate::autograd::records(&inputs);
+    if !records {
+        if let Some(out) = gelu_mlp_rows(&flat, (w1, b1), (w2, b2))? {
+            return out.reshape(&[&x.shape()[..x.rank() - 1], &[w2.shape()[0]]].concat());
+        }
+    }
     // Only the backward reads the pre-activation: without a graph the GELU runs in
     // place and the widest tensor of the block is written once, not twice.
-    let (h, act) = linear_gelu(&flat, w1, b1, crate::autograd::records(&inputs))?;
+    let (h, act) = linear_gelu(&flat, w1, b1, records)?;
     let out = {
         let lw = w2.layout().permute(&[1, 0]);
         let lb = b2
@@ -139,6 +148,70 @@ fn backward(
         grads.push(db2);
     }
     Ok(grads)
+}
+
+/// The whole block for a contiguous `[rows, k]` x without a graph, in blocks of rows
+/// whose hidden activations stay in cache (`cpu/mlp_rows.rs`), where the backend has
+/// that path (f32 products on a CPU with AVX-512); `None` elsewhere.
+fn gelu_mlp_rows(
+    x: &Tensor,
+    (w1, b1): LinearParams,
+    (w2, b2): LinearParams,
+) -> Result<Option<Tensor>> {
+    let rows = x.shape()[0];
+    let (hidden, n) = (w1.shape()[0], w2.shape()[0]);
+    let (lw1, lw2) = (w1.layout().permute(&[1, 0]), w2.layout().permute(&[1, 0]));
+    let broadcast = |b: Option<&Tensor>, n| {
+        b.map(|b| b.layout().broadcast_to(GeluMlpRows::NAME, &[rows, n]))
+            .transpose()
+    };
+    let (lb1, lb2) = (broadcast(b1, hidden)?, broadcast(b2, n)?);
+    let (sb1, sb2) = (b1.map(|b| b.storage()), b2.map(|b| b.storage()));
+    let out = Storage::fused(
+        &GeluMlpRows,
+        (
+            (&x.storage(), x.layout()),
+            (&w1.storage(), &lw1),
+            sb1.as_deref().zip(lb1.as_ref()),
+            (&w2.storage(), &lw2),
+            sb2.as_deref().zip(lb2.as_ref()),
+        ),
+    )?;
+    Ok(out.map(|out| Tensor::from_storage(out, &[rows, n])))
+}
+
+/// The inference block in row blocks (see [`gelu_mlp_rows`]): x `[rows, k]`
+/// contiguous, both weights as `[k, n]` views, both biases broadcast to the outputs.
+struct GeluMlpRows;
+
+impl<'a> FusedOp<'a> for GeluMlpRows {
+    const NAME: &'static str = "gelu_mlp";
+    type Inputs = (
+        View<'a, Storage>,
+        View<'a, Storage>,
+        Option<View<'a, Storage>>,
+        View<'a, Storage>,
+        Option<View<'a, Storage>>,
+    );
+    /// The output, or `None` where the backend has no row-block path.
+    type Output = Option<Storage>;
+
+    fn cpu(
+        &self,
+        (x, w1, b1, w2, b2): BackendInputs<'a, Self, CpuStorage>,
+    ) -> Result<Self::Output> {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(out) = crate::cpu::mlp_rows::from_views(x, (w1, b1), (w2, b2)) {
+            return Ok(Some(CpuStorage::F32(out).into()));
+        }
+        let _ = (x, w1, b1, w2, b2);
+        Ok(None)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(&self, _: BackendInputs<'a, Self, CudaStorage>) -> Result<Self::Output> {
+        Ok(None)
+    }
 }
 
 /// `h = x·w1ᵀ (+ b1)` (when `keep_pre`) and `gelu_tanh(h)` of a `[rows, k]` x, as
