@@ -460,8 +460,8 @@ impl Product<'_> {
     /// from memory once and then stays in L1, and the output's rows are written in
     /// order; tile by tile (the packed layouts, and tiles a task packs itself), each
     /// tile stays in L1 while the panels pass. Walked panel-major, the DiT's
-    /// forward products ran 5–9 % faster in the step's profile (`cargo bench --bench
-    /// dit_step -- --profile`), square 2048² products 3–8 % slower.
+    /// forward and input-gradient products ran 2–13 % faster in the step's profile,
+    /// square products (whose tiles do not fit L2) 4–9 % slower (docs/benchmarks.md).
     ///
     /// # Safety
     /// No other thread writes `part` of the output, and AVX-512F is available.
