@@ -1,14 +1,18 @@
-//! The GELU feed-forward block `gelu_tanh(x·w1 + b1)·w2 + b2` without a graph, f32 on
-//! AVX-512, in blocks of rows: each block's hidden activations are written and read
-//! back while they are in the L2 cache.
+//! The GELU feed-forward block `gelu_tanh(x·w1 + b1)·w2 + b2`, f32 on AVX-512, in
+//! blocks of rows whose hidden activations stay in the L2 cache: the forward without a
+//! graph, and the backward.
 //!
-//! As two products over all rows, the `[rows, hidden]` activation (the widest tensor
-//! of a transformer block, 12.8 MB for the DiT at batch 128) goes out to memory after
-//! the first and comes back for the second. Here each task takes a block of rows
-//! through both products (the first with the GELU in place, `Epilogue::GeluInPlace`),
-//! the hidden block in a per-thread buffer of about 1 MiB. Only inference takes this
-//! path: a backward needs the pre-activation and the activation of every row, so a
-//! training forward writes them anyway (`ops/mlp.rs`).
+//! As whole products, the `[rows, hidden]` tensors (the widest of a transformer block,
+//! 12.8 MB for the DiT at batch 128) go out to memory after one product and come back
+//! for the next. Here one thread takes a block of rows (about 1 MiB of hidden values)
+//! through every product that involves them:
+//! - forward, without a graph (inference, sampling): the first product with the GELU
+//!   in place (`Epilogue::GeluInPlace`), then the second reading the block back from
+//!   L2. A training forward writes h and gelu(h) for every row anyway (the backward
+//!   reads them), so it keeps the two whole products (`ops/mlp.rs`);
+//! - backward: dh = (g·w2) ∘ gelu'(h) into the thread's buffer, dx = dh·w1, and the
+//!   block's shares of both weight gradients; dh, never needed outside, is never
+//!   written to memory.
 
 use super::epilogue::Epilogue;
 use super::matmul::{Bias, GemmArgs, AVX512_MIN_MNK};
@@ -117,11 +121,17 @@ pub fn gelu_mlp_rows(x: &[f32], rows: usize, fc1: Layer, fc2: Layer) -> Vec<f32>
 /// Rows per block: about [`HIDDEN_VALUES_PER_BLOCK`] hidden values, in a number of
 /// blocks that is a multiple of the threads (so that none waits on a last block).
 fn block_rows(rows: usize, hidden: usize) -> usize {
-    let by_cache = (HIDDEN_VALUES_PER_BLOCK / hidden).max(1);
     let blocks = rows
-        .div_ceil(by_cache)
+        .div_ceil(block_rows_of(rows, hidden))
         .next_multiple_of(rayon::current_num_threads());
     rows.div_ceil(blocks)
+}
+
+/// Rows per block for `rows` rows on one thread: about [`HIDDEN_VALUES_PER_BLOCK`]
+/// hidden values, in blocks of nearly equal size.
+fn block_rows_of(rows: usize, hidden: usize) -> usize {
+    let by_cache = (HIDDEN_VALUES_PER_BLOCK / hidden).max(1);
+    rows.div_ceil(rows.div_ceil(by_cache).max(1)).max(1)
 }
 
 /// `dst = lhs·w + bias` (then `epilogue`) for `lhs` `m × k` row-major and rows
@@ -149,6 +159,221 @@ fn product(
     });
     let rhs = &layer.weight[layer.offset..];
     sgemm(dst, n, lhs, rhs, g, 1.0, false, (bias, epilogue, None));
+}
+
+/// The gradients of the block's inputs (see [`gelu_mlp_rows_backward`]), each in its
+/// tensor's own layout: dx `[rows, k]`, dw1 `[hidden, k]`, dw2 `[n, hidden]`, and the
+/// bias gradients where asked for.
+pub struct BackwardRows {
+    /// Gradient of x.
+    pub dx: Vec<f32>,
+    /// Gradient of the first weight.
+    pub dw1: Vec<f32>,
+    /// Gradient of the first bias, when asked for.
+    pub db1: Option<Vec<f32>>,
+    /// Gradient of the second weight.
+    pub dw2: Vec<f32>,
+    /// Gradient of the second bias, when asked for.
+    pub db2: Option<Vec<f32>>,
+}
+
+/// What the backward in row blocks reads: the output's gradient `g` `[rows, n]`, the
+/// forward's x `[rows, k]`, pre-activation `h` and activation `act` `[rows, hidden]`,
+/// and the weights as stored, w1 `[hidden, k]` and w2 `[n, hidden]`; all contiguous.
+pub struct BackwardInputs<'a> {
+    /// The output's gradient.
+    pub g: &'a [f32],
+    /// The block's input.
+    pub x: &'a [f32],
+    /// The first layer's output before the GELU.
+    pub h: &'a [f32],
+    /// The GELU's output.
+    pub act: &'a [f32],
+    /// The first weight, `[hidden, k]`.
+    pub w1: &'a [f32],
+    /// The second weight, `[n, hidden]`.
+    pub w2: &'a [f32],
+    /// (rows, k, hidden, n).
+    pub dims: (usize, usize, usize, usize),
+}
+
+/// The backward's views as the fused op passes them: g, x, h, act, w1, w2 (see
+/// [`BackwardInputs`]).
+pub type BackwardViews<'a> = [View<'a, CpuStorage>; 6];
+
+/// The backward in row blocks where this path takes it: every view f32 and
+/// contiguous, AVX-512F present, x and w1 of the same inner size, every dimension
+/// nonzero and the products large enough for the packed kernel; `None` otherwise.
+pub fn backward_from_views(views: BackwardViews, biases: (bool, bool)) -> Option<BackwardRows> {
+    fn slice<'a>((s, l): View<'a, CpuStorage>) -> Option<&'a [f32]> {
+        match s {
+            CpuStorage::F32(v) if l.is_contiguous() => Some(&v[l.offset()..][..l.elem_count()]),
+            _ => None,
+        }
+    }
+    let [g, x, h, act, w1, w2] = views;
+    let ((rows, n), k, hidden) = (
+        (g.1.shape()[0], g.1.shape()[1]),
+        x.1.shape()[1],
+        h.1.shape()[1],
+    );
+    let fits = x.1.shape()[0] == rows
+        && w1.1.shape() == [hidden, k]
+        && w2.1.shape() == [n, hidden]
+        && act.1.shape() == h.1.shape()
+        && rows * k * hidden * n > 0;
+    let large = rows.saturating_mul(k).saturating_mul(hidden) >= AVX512_MIN_MNK;
+    if !(available() && fits && large) {
+        return None;
+    }
+    let inputs = BackwardInputs {
+        g: slice(g)?,
+        x: slice(x)?,
+        h: slice(h)?,
+        act: slice(act)?,
+        w1: slice(w1)?,
+        w2: slice(w2)?,
+        dims: (rows, k, hidden, n),
+    };
+    Some(gelu_mlp_rows_backward(inputs, biases))
+}
+
+/// The backward of the block in blocks of rows: per block, dh = (g·w2) ∘ gelu'(h) into a
+/// per-thread buffer, dx = dh·w1, and the block's shares of dw1 = dhᵀ·x and
+/// dw2 = gᵀ·act (with db1 = Σ dh and db2 = Σ g where `biases` asks) added to the
+/// part's partial sums. As whole products dh (`[rows, hidden]`, the widest tensor of
+/// the block) went to memory and came back twice. The rows are cut into one part per
+/// thread, each summing its blocks in order, and the parts' sums are added in order:
+/// the result depends on the thread count, as the split-k weight gradients' does, not
+/// on scheduling. The caller has checked that AVX-512F is available, every dimension
+/// is nonzero and the slices hold their shapes.
+pub fn gelu_mlp_rows_backward(x: BackwardInputs, biases: (bool, bool)) -> BackwardRows {
+    let (rows, k, hidden, n) = x.dims;
+    assert!(x.g.len() >= rows * n && x.x.len() >= rows * k);
+    assert!(x.h.len() >= rows * hidden && x.act.len() >= rows * hidden);
+    assert!(x.w1.len() >= hidden * k && x.w2.len() >= n * hidden);
+    let parts = rayon::current_num_threads().min(rows).max(1);
+    let part_rows = rows.div_ceil(parts);
+    let mut dx = pool::take(rows * k);
+    let partials: Vec<Partial> = dx
+        .par_chunks_mut(part_rows * k)
+        .enumerate()
+        .map(|(p, dx_part)| backward_part(&x, p * part_rows, dx_part, biases))
+        .collect();
+    let total = partials
+        .into_iter()
+        .reduce(|mut a, b| {
+            a.add(&b);
+            a
+        })
+        .expect("rows > 0, so at least one part");
+    BackwardRows {
+        dx,
+        dw1: total.dw1,
+        db1: biases.0.then_some(total.db1),
+        dw2: total.dw2,
+        db2: biases.1.then_some(total.db2),
+    }
+}
+
+/// One part's sums of the parameter gradients.
+struct Partial {
+    dw1: Vec<f32>,
+    db1: Vec<f32>,
+    dw2: Vec<f32>,
+    db2: Vec<f32>,
+}
+
+impl Partial {
+    fn add(&mut self, other: &Partial) {
+        let pairs = [
+            (&mut self.dw1, &other.dw1),
+            (&mut self.db1, &other.db1),
+            (&mut self.dw2, &other.dw2),
+            (&mut self.db2, &other.db2),
+        ];
+        for (a, b) in pairs {
+            a.iter_mut().zip(b).for_each(|(a, &b)| *a += b);
+        }
+    }
+}
+
+/// Rows `first..` (as many as `dx_part` holds) of the backward, block by block: their
+/// dx written, their parameter gradients summed into the part's [`Partial`].
+fn backward_part(
+    x: &BackwardInputs,
+    first: usize,
+    dx_part: &mut [f32],
+    biases: (bool, bool),
+) -> Partial {
+    let (_, k, hidden, n) = x.dims;
+    let mut sums = Partial {
+        dw1: vec![0.0; hidden * k],
+        db1: vec![0.0; hidden],
+        dw2: vec![0.0; n * hidden],
+        db2: vec![0.0; n],
+    };
+    let rows = dx_part.len() / k;
+    let block_rows = block_rows_of(rows, hidden);
+    for (b, dx_block) in dx_part.chunks_mut(block_rows * k).enumerate() {
+        let (r0, m) = (first + b * block_rows, dx_block.len() / k);
+        let accumulate = b > 0;
+        let (g, xb) = (&x.g[r0 * n..(r0 + m) * n], &x.x[r0 * k..(r0 + m) * k]);
+        let act = &x.act[r0 * hidden..(r0 + m) * hidden];
+        with_scratch(&HIDDEN, m * hidden, |dh| {
+            // dh = (g·w2) ∘ gelu'(h): w2 `[n, hidden]` is the `[k, n]` view itself.
+            let gw2 = args(m, n, hidden, (n, 1), (hidden, 1), false);
+            let pre = Some(Epilogue::GeluGrad(&x.h[r0 * hidden..]));
+            sgemm(dh, hidden, g, x.w2, gw2, 1.0, false, (None, pre, None));
+            let dhw1 = args(m, hidden, k, (hidden, 1), (k, 1), false);
+            sgemm(dx_block, k, dh, x.w1, dhw1, 1.0, false, (None, None, None));
+            // dw1 += dhᵀ·x (db1 += Σ dh), dw2 += gᵀ·act (db2 += Σ g).
+            let dht_x = args(hidden, m, k, (1, hidden), (k, 1), accumulate);
+            let db1 = biases.0.then_some(&mut sums.db1[..]);
+            sgemm(
+                &mut sums.dw1,
+                k,
+                dh,
+                xb,
+                dht_x,
+                1.0,
+                false,
+                (None, None, db1),
+            );
+        });
+        let gt_act = args(n, m, hidden, (1, n), (hidden, 1), accumulate);
+        let db2 = biases.1.then_some(&mut sums.db2[..]);
+        sgemm(
+            &mut sums.dw2,
+            hidden,
+            g,
+            act,
+            gt_act,
+            1.0,
+            false,
+            (None, None, db2),
+        );
+    }
+    sums
+}
+
+/// The product `m × k · k × n` with those strides.
+fn args(
+    m: usize,
+    k: usize,
+    n: usize,
+    lhs: (usize, usize),
+    rhs: (usize, usize),
+    accumulate: bool,
+) -> GemmArgs {
+    GemmArgs {
+        m,
+        n,
+        k,
+        lhs_strides: lhs,
+        rhs_strides: rhs,
+        accumulate,
+    }
 }
 
 #[cfg(test)]
@@ -222,6 +447,71 @@ mod tests {
                     prop_assert!((got - want).abs() <= tol, "({r}, {c}): {got} vs {want}");
                 }
             }
+        }
+
+        /// The backward in row blocks against f64 arithmetic: dx, both weights'
+        /// gradients and both biases', rows across parts and blocks.
+        #[test]
+        fn gelu_mlp_rows_backward_matches_f64(
+            rows in 1usize..200, k in 1usize..24, hidden in 1usize..40, n in 1usize..24,
+            biases: (bool, bool), seed: u64,
+        ) {
+            static SAID: Once = Once::new();
+            if skipped("gelu_mlp_rows_backward_matches_f64", &SAID) {
+                return Ok(());
+            }
+            let mut state = seed;
+            let (x, w1) = (values(&mut state, rows * k), values(&mut state, hidden * k));
+            let (w2, g) = (values(&mut state, n * hidden), values(&mut state, rows * n));
+            let h = values(&mut state, rows * hidden);
+            let act: Vec<f32> = h.iter().map(|&v| gelu(v as f64) as f32).collect();
+            let inputs = BackwardInputs {
+                g: &g, x: &x, h: &h, act: &act, w1: &w1, w2: &w2, dims: (rows, k, hidden, n),
+            };
+            let got = gelu_mlp_rows_backward(inputs, biases);
+            let d = 1e-6;
+            let gelu_grad = |v: f64| (gelu(v + d) - gelu(v - d)) / (2.0 * d);
+            // dh[r][j] = Σ_c g[r][c]·w2[c][j] · gelu'(h[r][j])
+            let dh: Vec<f64> = (0..rows * hidden)
+                .map(|idx| {
+                    let (r, j) = (idx / hidden, idx % hidden);
+                    let s: f64 = (0..n).map(|c| g[r * n + c] as f64 * w2[c * hidden + j] as f64).sum();
+                    s * gelu_grad(h[idx] as f64)
+                })
+                .collect();
+            let close = |what: &str, got: f32, want: f64, terms: usize| -> Result<(), TestCaseError> {
+                let tol = 2e-5 * (terms as f64).sqrt() * (1.0 + want.abs());
+                prop_assert!((got as f64 - want).abs() <= tol, "{}: {} vs {}", what, got, want);
+                Ok(())
+            };
+            for r in 0..rows {
+                for i in 0..k {
+                    let want: f64 = (0..hidden).map(|j| dh[r * hidden + j] * w1[j * k + i] as f64).sum();
+                    close("dx", got.dx[r * k + i], want, hidden)?;
+                }
+            }
+            for j in 0..hidden {
+                for i in 0..k {
+                    let want: f64 = (0..rows).map(|r| dh[r * hidden + j] * x[r * k + i] as f64).sum();
+                    close("dw1", got.dw1[j * k + i], want, rows)?;
+                }
+                let want: f64 = (0..rows).map(|r| dh[r * hidden + j]).sum();
+                if let Some(db1) = &got.db1 {
+                    close("db1", db1[j], want, rows)?;
+                }
+            }
+            for c in 0..n {
+                for j in 0..hidden {
+                    let want: f64 = (0..rows).map(|r| g[r * n + c] as f64 * act[r * hidden + j] as f64).sum();
+                    close("dw2", got.dw2[c * hidden + j], want, rows)?;
+                }
+                let want: f64 = (0..rows).map(|r| g[r * n + c] as f64).sum();
+                if let Some(db2) = &got.db2 {
+                    close("db2", db2[c], want, rows)?;
+                }
+            }
+            prop_assert_eq!(got.db1.is_some(), biases.0);
+            prop_assert_eq!(got.db2.is_some(), biases.1);
         }
     }
 }

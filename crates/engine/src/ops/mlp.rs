@@ -8,9 +8,9 @@
 //! (`cpu/epilogue.rs`); on CUDA, in bf16 and f16, cuBLASLt's GELU
 //! epilogues do the same, the backward's also summing the first layer's bias gradient
 //! (`cuda/lt.rs`), and otherwise the product and GELU kernels run one after the other.
-//! Without a graph (inference, sampling), f32 on a CPU with AVX-512 runs the whole block
-//! in blocks of rows whose hidden activations never leave the L2 cache
-//! (`cpu/mlp_rows.rs`).
+//! On a CPU with AVX-512, in f32, the forward without a graph (inference, sampling) and
+//! the backward (when every gradient is wanted) run in blocks of rows whose hidden
+//! activations, and dh, never leave the L2 cache (`cpu/mlp_rows.rs`).
 
 use super::matmul::wanted_linear_param_grads;
 use super::{check_float, check_same};
@@ -128,6 +128,25 @@ fn backward(
     let (w2, b2) = (&v[2 + has_b1 as usize], v.get(3 + has_b1 as usize));
     let g = g.reshape(&[act.shape()[0], w2.shape()[0]])?;
     let wants = |t: &Tensor| t.requires_grad();
+    // Every gradient asked for (training): on the CPU's f32 AVX-512 products, the whole
+    // backward in blocks of rows, dh never leaving the cache (`cpu/mlp_rows.rs`).
+    let all_wanted = [&v[0], w1, w2].into_iter().chain(b1).chain(b2).all(wants);
+    if all_wanted {
+        let biases = (b1.is_some(), b2.is_some());
+        if let Some(grads) = backward_rows((&g, x, h, act), (w1, w2), biases)? {
+            let [dx, dw1, db1, dw2, db2] = grads;
+            let dx = dx.map(|dx| dx.reshape(v[0].shape())).transpose()?;
+            let mut out = vec![dx, dw1];
+            if has_b1 {
+                out.push(db1);
+            }
+            out.push(dw2);
+            if b2.is_some() {
+                out.push(db2);
+            }
+            return Ok(out);
+        }
+    }
     let (dw2, db2) = wanted_linear_param_grads(&g, act, (wants(w2), b2.is_some_and(wants)))?;
     let wants_b1 = b1.is_some_and(wants);
     let (dh, fused_db1) = linear_gelu_grad(&g, w2, h, wants_b1)?;
@@ -205,6 +224,81 @@ impl<'a> FusedOp<'a> for GeluMlpRows {
             return Ok(Some(CpuStorage::F32(out).into()));
         }
         let _ = (x, w1, b1, w2, b2);
+        Ok(None)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(&self, _: BackendInputs<'a, Self, CudaStorage>) -> Result<Self::Output> {
+        Ok(None)
+    }
+}
+
+/// dx `[rows, k]`, dw1, db1, dw2, db2 (the biases' where `biases` says they exist) of
+/// the block from g `[rows, n]`, x `[rows, k]`, h and act `[rows, hidden]`, in blocks
+/// of rows (`cpu/mlp_rows.rs`) where the backend has that path; `None` elsewhere.
+fn backward_rows(
+    (g, x, h, act): (&Tensor, &Tensor, &Tensor, &Tensor),
+    (w1, w2): (&Tensor, &Tensor),
+    biases: (bool, bool),
+) -> Result<Option<[Option<Tensor>; 5]>> {
+    let views = [g, x, h, act, w1, w2];
+    let storages: Vec<_> = views.iter().map(|t| t.storage()).collect();
+    let view = |i: usize| (&*storages[i], views[i].layout());
+    let grads = Storage::fused(
+        &GeluMlpBackwardRows { biases },
+        (view(0), view(1), view(2), view(3), view(4), view(5)),
+    )?;
+    let tensor = |s: Storage, t: &Tensor| Tensor::from_storage(s, t.shape());
+    Ok(grads.map(|[dx, dw1, db1, dw2, db2]| {
+        let bias = |s: Option<Storage>, n| s.map(|s| Tensor::from_storage(s, &[n]));
+        [
+            dx.map(|s| tensor(s, x)),
+            dw1.map(|s| tensor(s, w1)),
+            bias(db1, w1.shape()[0]),
+            dw2.map(|s| tensor(s, w2)),
+            bias(db2, w2.shape()[0]),
+        ]
+    }))
+}
+
+/// The training backward in row blocks (see [`backward_rows`]).
+struct GeluMlpBackwardRows {
+    /// Whether the first and second layers have biases (whose gradients are then
+    /// summed with the weights').
+    biases: (bool, bool),
+}
+
+impl<'a> FusedOp<'a> for GeluMlpBackwardRows {
+    const NAME: &'static str = "gelu_mlp_backward";
+    type Inputs = (
+        View<'a, Storage>,
+        View<'a, Storage>,
+        View<'a, Storage>,
+        View<'a, Storage>,
+        View<'a, Storage>,
+        View<'a, Storage>,
+    );
+    /// dx, dw1, db1, dw2, db2 (each `None` where absent), or `None` where the backend
+    /// has no row-block path.
+    type Output = Option<[Option<Storage>; 5]>;
+
+    fn cpu(&self, views: BackendInputs<'a, Self, CpuStorage>) -> Result<Self::Output> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (g, x, h, act, w1, w2) = views;
+            let views = [g, x, h, act, w1, w2];
+            if let Some(r) = crate::cpu::mlp_rows::backward_from_views(views, self.biases) {
+                let store = |v: Vec<f32>| -> Storage { CpuStorage::F32(v).into() };
+                return Ok(Some([
+                    Some(store(r.dx)),
+                    Some(store(r.dw1)),
+                    r.db1.map(store),
+                    Some(store(r.dw2)),
+                    r.db2.map(store),
+                ]));
+            }
+        }
+        let _ = views;
         Ok(None)
     }
 
