@@ -133,18 +133,9 @@ fn backward(
     let all_wanted = [&v[0], w1, w2].into_iter().chain(b1).chain(b2).all(wants);
     if all_wanted {
         let biases = (b1.is_some(), b2.is_some());
-        if let Some(grads) = backward_rows((&g, x, h, act), (w1, w2), biases)? {
-            let [dx, dw1, db1, dw2, db2] = grads;
+        if let Some([dx, dw1, db1, dw2, db2]) = backward_rows((&g, x, h, act), (w1, w2), biases)? {
             let dx = dx.map(|dx| dx.reshape(v[0].shape())).transpose()?;
-            let mut out = vec![dx, dw1];
-            if has_b1 {
-                out.push(db1);
-            }
-            out.push(dw2);
-            if b2.is_some() {
-                out.push(db2);
-            }
-            return Ok(out);
+            return Ok(in_input_order([dx, dw1, db1, dw2, db2], biases));
         }
     }
     let (dw2, db2) = wanted_linear_param_grads(&g, act, (wants(w2), b2.is_some_and(wants)))?;
@@ -158,15 +149,27 @@ fn backward(
     let dx = wants(&v[0])
         .then(|| dh.matmul(w1)?.reshape(v[0].shape()))
         .transpose()?;
+    Ok(in_input_order(
+        [dx, dw1, db1, dw2, db2],
+        (has_b1, b2.is_some()),
+    ))
+}
+
+/// The gradients of x, w1, b1, w2, b2 in the op's input order, without the biases the
+/// op was not given (`biases`: whether b1 and b2 were).
+fn in_input_order(
+    [dx, dw1, db1, dw2, db2]: [Option<Tensor>; 5],
+    biases: (bool, bool),
+) -> Vec<Option<Tensor>> {
     let mut grads = vec![dx, dw1];
-    if has_b1 {
+    if biases.0 {
         grads.push(db1);
     }
     grads.push(dw2);
-    if b2.is_some() {
+    if biases.1 {
         grads.push(db2);
     }
-    Ok(grads)
+    grads
 }
 
 /// The whole block for a contiguous `[rows, k]` x without a graph, in blocks of rows
