@@ -145,14 +145,7 @@ fn product(
     epilogue: Option<Epilogue<f32>>,
 ) {
     let n = layer.shape.1;
-    let g = GemmArgs {
-        m,
-        n,
-        k,
-        lhs_strides: (k, 1),
-        rhs_strides: layer.strides,
-        accumulate: false,
-    };
+    let g = args(m, k, n, (k, 1), layer.strides, false);
     let bias = layer.bias.map(|b| Bias {
         offset: b.offset + first * b.strides.0,
         ..b
