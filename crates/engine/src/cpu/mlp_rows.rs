@@ -214,7 +214,7 @@ pub fn backward_from_views(views: BackwardViews, biases: (bool, bool)) -> Option
         && w1.1.shape() == [hidden, k]
         && w2.1.shape() == [n, hidden]
         && act.1.shape() == h.1.shape()
-        && rows * k * hidden * n > 0;
+        && [rows, k, hidden, n].iter().all(|&d| d > 0);
     let large = rows.saturating_mul(k).saturating_mul(hidden) >= AVX512_MIN_MNK;
     if !(available() && fits && large) {
         return None;
