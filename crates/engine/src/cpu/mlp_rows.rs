@@ -61,24 +61,18 @@ pub fn from_views<'a>(
     fc1: LayerViews<'a>,
     fc2: LayerViews<'a>,
 ) -> Option<Vec<f32>> {
-    fn f32s(s: &CpuStorage) -> Option<&[f32]> {
-        match s {
-            CpuStorage::F32(v) => Some(v.as_slice()),
-            _ => None,
-        }
-    }
     let layer = |((w, lw), bias): LayerViews<'a>| -> Option<Layer<'a>> {
         let (shape, strides) = (lw.shape(), lw.strides());
         let bias = match bias {
             Some((b, lb)) => Some(Bias {
-                data: f32s(b)?,
+                data: b.as_slice::<f32>()?,
                 offset: lb.offset(),
                 strides: (lb.strides()[0], lb.strides()[1]),
             }),
             None => None,
         };
         Some(Layer {
-            weight: f32s(w)?,
+            weight: w.as_slice::<f32>()?,
             offset: lw.offset(),
             shape: (shape[0], shape[1]),
             strides: (strides[0], strides[1]),
@@ -93,7 +87,12 @@ pub fn from_views<'a>(
     if !(available() && x.1.is_contiguous() && large && fits) {
         return None;
     }
-    Some(gelu_mlp_rows(&f32s(x.0)?[x.1.offset()..], rows, fc1, fc2))
+    Some(gelu_mlp_rows(
+        &x.0.as_slice::<f32>()?[x.1.offset()..],
+        rows,
+        fc1,
+        fc2,
+    ))
 }
 
 /// `gelu_tanh(x·w1 + b1)·w2 + b2` for x with `rows` contiguous rows of `fc1.shape.0`
@@ -103,7 +102,9 @@ pub fn from_views<'a>(
 pub fn gelu_mlp_rows(x: &[f32], rows: usize, fc1: Layer, fc2: Layer) -> Vec<f32> {
     let ((k, hidden), (_, n)) = (fc1.shape, fc2.shape);
     assert!(fc2.shape.0 == hidden && rows * k <= x.len());
-    let block_rows = block_rows(rows, hidden);
+    // A multiple of the threads in number, so that none waits on a last block.
+    let blocks = blocks_for(rows, hidden).next_multiple_of(rayon::current_num_threads());
+    let block_rows = rows.div_ceil(blocks);
     let mut out = pool::take(rows * n);
     out.par_chunks_mut(block_rows * n)
         .enumerate()
@@ -118,20 +119,11 @@ pub fn gelu_mlp_rows(x: &[f32], rows: usize, fc1: Layer, fc2: Layer) -> Vec<f32>
     out
 }
 
-/// Rows per block: about [`HIDDEN_VALUES_PER_BLOCK`] hidden values, in a number of
-/// blocks that is a multiple of the threads (so that none waits on a last block).
-fn block_rows(rows: usize, hidden: usize) -> usize {
-    let blocks = rows
-        .div_ceil(block_rows_of(rows, hidden))
-        .next_multiple_of(rayon::current_num_threads());
-    rows.div_ceil(blocks)
-}
-
-/// Rows per block for `rows` rows on one thread: about [`HIDDEN_VALUES_PER_BLOCK`]
-/// hidden values, in blocks of nearly equal size.
-fn block_rows_of(rows: usize, hidden: usize) -> usize {
+/// How many blocks `rows` rows take at about [`HIDDEN_VALUES_PER_BLOCK`] hidden
+/// values each (at least one).
+fn blocks_for(rows: usize, hidden: usize) -> usize {
     let by_cache = (HIDDEN_VALUES_PER_BLOCK / hidden).max(1);
-    rows.div_ceil(rows.div_ceil(by_cache).max(1)).max(1)
+    rows.div_ceil(by_cache).max(1)
 }
 
 /// `dst = lhs·w + bias` (then `epilogue`) for `lhs` `m × k` row-major and rows
@@ -197,13 +189,14 @@ pub type BackwardViews<'a> = [View<'a, CpuStorage>; 6];
 /// The backward in row blocks where this path takes it: every view f32 and
 /// contiguous, AVX-512F present, x and w1 of the same inner size, every dimension
 /// nonzero and the products large enough for the packed kernel; `None` otherwise.
-pub fn backward_from_views(views: BackwardViews, biases: (bool, bool)) -> Option<BackwardRows> {
-    fn slice<'a>((s, l): View<'a, CpuStorage>) -> Option<&'a [f32]> {
-        match s {
-            CpuStorage::F32(v) if l.is_contiguous() => Some(&v[l.offset()..][..l.elem_count()]),
-            _ => None,
-        }
-    }
+pub fn backward_from_views<'a>(
+    views: BackwardViews<'a>,
+    biases: (bool, bool),
+) -> Option<BackwardRows> {
+    let slice = |(s, l): View<'a, CpuStorage>| match l.is_contiguous() {
+        true => Some(&s.as_slice::<f32>()?[l.offset()..][..l.elem_count()]),
+        false => None,
+    };
     let [g, x, h, act, w1, w2] = views;
     let ((rows, n), k, hidden) = (
         (g.1.shape()[0], g.1.shape()[1]),
@@ -307,7 +300,7 @@ fn backward_part(
         db2: vec![0.0; n],
     };
     let rows = dx_part.len() / k;
-    let block_rows = block_rows_of(rows, hidden);
+    let block_rows = rows.div_ceil(blocks_for(rows, hidden));
     for (b, dx_block) in dx_part.chunks_mut(block_rows * k).enumerate() {
         let (r0, m) = (first + b * block_rows, dx_block.len() / k);
         let accumulate = b > 0;

@@ -75,10 +75,11 @@ pub fn gelu_mlp(x: &Tensor, (w1, b1): LinearParams, (w2, b2): LinearParams) -> R
     let n = w2.shape()[0];
     let rows: usize = x.shape()[..x.rank() - 1].iter().product();
     let flat = x.reshape(&[rows, k])?;
+    let shape = [&x.shape()[..x.rank() - 1], &[n]].concat();
     let records = crate::autograd::records(&inputs);
     if !records {
         if let Some(out) = gelu_mlp_rows(&flat, (w1, b1), (w2, b2))? {
-            return out.reshape(&[&x.shape()[..x.rank() - 1], &[w2.shape()[0]]].concat());
+            return out.reshape(&shape);
         }
     }
     // Only the backward reads the pre-activation: without a graph the GELU runs in
@@ -94,7 +95,6 @@ pub fn gelu_mlp(x: &Tensor, (w1, b1): LinearParams, (w2, b2): LinearParams) -> R
         act.storage()
             .matmul(act.layout(), &w2.storage(), &lw, bias)?
     };
-    let shape = [&x.shape()[..x.rank() - 1], &[n]].concat();
     let has_b1 = b1.is_some();
     Tensor::from_op_in(
         OP,
