@@ -566,13 +566,18 @@ proptest! {
         ],
         biases in (any::<bool>(), any::<bool>()),
         f32_dtype in any::<bool>(),
+        x_tracked in any::<bool>(),
         seed in any::<u64>(),
     ) {
         let dtype = if f32_dtype { DType::F32 } else { DType::F64 };
         let var = |seed: u64, shape: &[usize]| {
             tensor(&randn_vec(seed, shape), shape, dtype).into_variable().unwrap()
         };
-        let x = var(seed, &[rows, k]);
+        // An untracked x takes the backward's other path (not every gradient wanted).
+        let x = match x_tracked {
+            true => var(seed, &[rows, k]),
+            false => tensor(&randn_vec(seed, &[rows, k]), &[rows, k], dtype),
+        };
         let (w1, w2) = (var(seed ^ 1, &[hidden, k]), var(seed ^ 2, &[n, hidden]));
         let b1 = biases.0.then(|| var(seed ^ 3, &[hidden]));
         let b2 = biases.1.then(|| var(seed ^ 4, &[n]));
@@ -590,7 +595,8 @@ proptest! {
         let untracked = no_grad(|| gelu_mlp(&x, (&w1, b1.as_ref()), (&w2, b2.as_ref()))).unwrap();
         prop_assert!(!untracked.requires_grad());
         assert_close(&format!("{what} without a graph"), &vals(&untracked), &vals(&got), tol)?;
-        let mut params = vec![&x, &w1, &w2];
+        let mut params = vec![&w1, &w2];
+        params.extend(x_tracked.then_some(&x));
         params.extend(b1.as_ref());
         params.extend(b2.as_ref());
         let grads = |y: &Tensor| y.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();

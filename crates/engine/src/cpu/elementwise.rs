@@ -22,6 +22,22 @@ fn gelu_inner<F: CpuFloat>(x: F) -> F {
     F::c(SQRT_2_OVER_PI) * (x + F::c(GELU_CUBIC) * x * x * x)
 }
 
+/// The tanh-GELU's value and derivative at `x`, sharing one sigmoid: bit for bit the
+/// values of [`unary_fn`] and [`unary_derivative`] for `UnaryOp::GeluTanh`, for a
+/// backward that recomputes the activation it did not keep.
+#[inline(always)]
+pub fn gelu_tanh_with_derivative<F: CpuFloat>(x: F) -> (F, F) {
+    let s = sigmoid(F::c(2.0) * gelu_inner(x));
+    (x * s, gelu_tanh_derivative(x, s))
+}
+
+/// The tanh-GELU's derivative at `x`, given `s` = sigmoid(2u) there.
+#[inline(always)]
+fn gelu_tanh_derivative<F: CpuFloat>(x: F, s: F) -> F {
+    let du = F::c(SQRT_2_OVER_PI) * (F::one() + F::c(3.0 * GELU_CUBIC) * x * x);
+    s + F::c(2.0) * x * s * (F::one() - s) * du
+}
+
 /// `op(x)` for one element.
 #[inline(always)]
 pub fn unary_fn<F: CpuFloat>(op: UnaryOp, x: F) -> F {
@@ -74,11 +90,7 @@ pub fn unary_derivative<F: CpuFloat>(op: UnaryOp, x: F) -> F {
         }
         UnaryOp::Sigmoid => sigmoid(x) * (one - sigmoid(x)),
         UnaryOp::Relu => step(x > zero),
-        UnaryOp::GeluTanh => {
-            let s = sigmoid(F::c(2.0) * gelu_inner(x));
-            let du = F::c(SQRT_2_OVER_PI) * (one + F::c(3.0 * GELU_CUBIC) * x * x);
-            s + F::c(2.0) * x * s * (one - s) * du
-        }
+        UnaryOp::GeluTanh => gelu_tanh_derivative(x, sigmoid(F::c(2.0) * gelu_inner(x))),
         UnaryOp::GeluErf => {
             let cdf = half * (one + (x * F::c(std::f64::consts::FRAC_1_SQRT_2)).erf());
             let pdf = (-half * x * x).exp() * F::c(0.398_942_280_401_432_7);
@@ -394,4 +406,27 @@ pub fn where_cond<F: CpuFloat>(
 /// `x + a·b` elementwise.
 pub fn addcmul<F: CpuFloat>(x: (&[F], &Layout), a: (&[F], &Layout), b: (&[F], &Layout)) -> Vec<F> {
     zip3_map(x, a, b, |x, a, b| x + a * b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The recomputed activation and derivative are the forward's and the unary
+    /// backward's own values, bit for bit (a backward mixing them would otherwise
+    /// differ from one that kept the activation).
+    #[test]
+    fn gelu_tanh_with_derivative_is_bitwise_the_unary_ops() {
+        for i in -40_000..40_000 {
+            let x = i as f32 * 2.5e-4 + 1e-5;
+            let (value, slope) = gelu_tanh_with_derivative(x);
+            assert_eq!(
+                value.to_bits(),
+                unary_fn(UnaryOp::GeluTanh, x).to_bits(),
+                "{x}"
+            );
+            let want = unary_derivative(UnaryOp::GeluTanh, x);
+            assert_eq!(slope.to_bits(), want.to_bits(), "{x}");
+        }
+    }
 }

@@ -6,7 +6,7 @@
 //! values are those of the unary op and its backward (`unary_fn`,
 //! `unary_derivative`), element for element.
 
-use super::elementwise::{unary_derivative, unary_fn};
+use super::elementwise::{gelu_tanh_with_derivative, unary_derivative, unary_fn};
 use super::float::CpuFloat;
 use super::isa;
 use super::matmul::SharedOut;
@@ -22,6 +22,10 @@ pub enum Epilogue<'a, F> {
     GeluInPlace,
     /// Replaces `y` by `y·gelu_tanh'(pre)`, `pre` laid out like `y`.
     GeluGrad(&'a [F]),
+    /// As `GeluGrad`, and writes `gelu_tanh(pre)` into a second output laid out like
+    /// `y`: for a backward whose forward kept `pre` but not the activation (the two
+    /// share their sigmoid, so the activation costs a store).
+    GeluGradWithAct(&'a [F], SharedOut<F>),
 }
 
 impl<'a, F: CpuFloat> Epilogue<'a, F> {
@@ -33,9 +37,11 @@ impl<'a, F: CpuFloat> Epilogue<'a, F> {
             Epilogue::Gelu(act) => Epilogue::Gelu(act.cast()),
             Epilogue::GeluInPlace => Epilogue::GeluInPlace,
             // SAFETY: F is f32 (asserted), so the cast changes no type.
-            Epilogue::GeluGrad(pre) => Epilogue::GeluGrad(unsafe {
-                std::slice::from_raw_parts(pre.as_ptr().cast(), pre.len())
-            }),
+            Epilogue::GeluGrad(pre) => Epilogue::GeluGrad(unsafe { as_f32(pre) }),
+            // SAFETY: as above.
+            Epilogue::GeluGradWithAct(pre, act) => {
+                Epilogue::GeluGradWithAct(unsafe { as_f32(pre) }, act.cast())
+            }
         }
     }
 
@@ -79,6 +85,20 @@ impl<'a, F: CpuFloat> Epilogue<'a, F> {
                     (y, pre),
                 );
             }
+            Epilogue::GeluGradWithAct(pre, act) => {
+                let (pre, act) = (&pre[at..at + y.len()], act.slice(at, y.len()));
+                isa::dispatch(
+                    #[inline(always)]
+                    |(y, pre, act): (&mut [F], &[F], &mut [F])| {
+                        for ((y, &x), a) in y.iter_mut().zip(pre).zip(act) {
+                            let (value, slope) = gelu_tanh_with_derivative(x);
+                            *y = *y * slope;
+                            *a = value;
+                        }
+                    },
+                    (y, pre, act),
+                );
+            }
         }
     }
 
@@ -91,6 +111,15 @@ impl<'a, F: CpuFloat> Epilogue<'a, F> {
                 unsafe { self.apply(rows, block * ROWS_PER_TASK * n) }
             });
     }
+}
+
+/// `values` as f32 where `F` is f32.
+///
+/// # Safety
+/// `F` is f32.
+unsafe fn as_f32<F>(values: &[F]) -> &[f32] {
+    // SAFETY: the same type (the caller's promise).
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), values.len()) }
 }
 
 /// Rows per task of [`Epilogue::apply_all`].

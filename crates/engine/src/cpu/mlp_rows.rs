@@ -1,21 +1,22 @@
 //! The GELU feed-forward block `gelu_tanh(x·w1 + b1)·w2 + b2`, f32 on AVX-512, in
-//! blocks of rows whose hidden activations stay in the L2 cache: the forward without a
-//! graph, and the backward.
+//! blocks of rows whose hidden activations stay in the L2 cache: the forward, and the
+//! backward.
 //!
 //! As whole products, the `[rows, hidden]` tensors (the widest of a transformer block,
 //! 12.8 MB for the DiT at batch 128) go out to memory after one product and come back
 //! for the next. Here one thread takes a block of rows (about 1 MiB of hidden values)
 //! through every product that involves them:
-//! - forward, without a graph (inference, sampling): the first product with the GELU
-//!   in place (`Epilogue::GeluInPlace`), then the second reading the block back from
-//!   L2. A training forward writes h and gelu(h) for every row anyway (the backward
-//!   reads them), so it keeps the two whole products (`ops/mlp.rs`);
-//! - backward: dh = (g·w2) ∘ gelu'(h) into the thread's buffer, dx = dh·w1, and the
-//!   block's shares of both weight gradients; dh, never needed outside, is never
-//!   written to memory.
+//! - forward: the first product with the GELU (`Epilogue::GeluInPlace`, or, for a
+//!   backward, `Epilogue::Gelu` writing h out and gelu(h) into the thread's buffer),
+//!   then the second reading gelu(h) back from L2. Only h, which the backward needs,
+//!   goes to memory, and only when there is a backward;
+//! - backward: dh = (g·w2) ∘ gelu'(h) into the thread's buffer, gelu(h) recomputed
+//!   beside it when the forward did not keep it (the two share their sigmoid), dw2's
+//!   and dw1's shares of the block, and dx = dh·w1; dh and gelu(h) are never written to
+//!   memory.
 
 use super::epilogue::Epilogue;
-use super::matmul::{Bias, GemmArgs, AVX512_MIN_MNK};
+use super::matmul::{Bias, GemmArgs, SharedOut, AVX512_MIN_MNK};
 use super::pool;
 use super::sgemm_avx512::{available, sgemm, with_scratch};
 use super::CpuStorage;
@@ -31,6 +32,8 @@ const HIDDEN_VALUES_PER_BLOCK: usize = 1 << 18;
 thread_local! {
     /// Each thread's hidden block.
     static HIDDEN: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Each thread's block of gelu(h) recomputed by the backward.
+    static ACT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// One layer of the block: the weight as a `[k, n]` view (element (i, j) at
@@ -53,14 +56,16 @@ pub struct Layer<'a> {
 /// op passes them.
 pub type LayerViews<'a> = (View<'a, CpuStorage>, Option<View<'a, CpuStorage>>);
 
-/// The block over x, a `[rows, k]` view, where this path takes it: f32 throughout,
-/// AVX-512F present, x contiguous, every dimension nonzero and the products large
-/// enough for the packed kernel (`matmul::AVX512_MIN_MNK`); `None` otherwise.
+/// The block over x, a `[rows, k]` view, and h when `keep_pre` (see
+/// [`gelu_mlp_rows`]), where this path takes it: f32 throughout, AVX-512F present, x
+/// contiguous, every dimension nonzero and the products large enough for the packed
+/// kernel (`matmul::AVX512_MIN_MNK`); `None` otherwise.
 pub fn from_views<'a>(
     x: View<'a, CpuStorage>,
     fc1: LayerViews<'a>,
     fc2: LayerViews<'a>,
-) -> Option<Vec<f32>> {
+    keep_pre: bool,
+) -> Option<(Vec<f32>, Option<Vec<f32>>)> {
     let layer = |((w, lw), bias): LayerViews<'a>| -> Option<Layer<'a>> {
         let (shape, strides) = (lw.shape(), lw.strides());
         let bias = match bias {
@@ -90,33 +95,60 @@ pub fn from_views<'a>(
     Some(gelu_mlp_rows(
         &x.0.as_slice::<f32>()?[x.1.offset()..],
         rows,
-        fc1,
-        fc2,
+        (fc1, fc2),
+        keep_pre,
     ))
 }
 
 /// `gelu_tanh(x·w1 + b1)·w2 + b2` for x with `rows` contiguous rows of `fc1.shape.0`
-/// values; contiguous `[rows, fc2.shape.1]` output. The caller has checked that
-/// AVX-512F is available, that the shapes chain (`fc1.shape.1 == fc2.shape.0`), that
-/// every dimension is nonzero and that every index the views reach is in bounds.
-pub fn gelu_mlp_rows(x: &[f32], rows: usize, fc1: Layer, fc2: Layer) -> Vec<f32> {
+/// values, as a contiguous `[rows, fc2.shape.1]` output, and, when `keep_pre`, the
+/// pre-activation h = x·w1 + b1 `[rows, fc1.shape.1]` for a backward. The caller has
+/// checked that AVX-512F is available, that the shapes chain (`fc1.shape.1 ==
+/// fc2.shape.0`), that every dimension is nonzero and that every index the views reach
+/// is in bounds.
+pub fn gelu_mlp_rows(
+    x: &[f32],
+    rows: usize,
+    (fc1, fc2): (Layer, Layer),
+    keep_pre: bool,
+) -> (Vec<f32>, Option<Vec<f32>>) {
     let ((k, hidden), (_, n)) = (fc1.shape, fc2.shape);
     assert!(fc2.shape.0 == hidden && rows * k <= x.len());
     // A multiple of the threads in number, so that none waits on a last block.
     let blocks = blocks_for(rows, hidden).next_multiple_of(rayon::current_num_threads());
     let block_rows = rows.div_ceil(blocks);
-    let mut out = pool::take(rows * n);
-    out.par_chunks_mut(block_rows * n)
-        .enumerate()
-        .for_each(|(block, dst)| {
-            let (first, m) = (block * block_rows, dst.len() / n);
-            with_scratch(&HIDDEN, m * hidden, |h| {
-                let x_block = &x[first * k..(first + m) * k];
-                product(h, x_block, (m, k), fc1, first, Some(Epilogue::GeluInPlace));
-                product(dst, h, (m, hidden), fc2, first, None);
-            });
+    let block = |b: usize, dst: &mut [f32], pre: Option<&mut [f32]>| {
+        let (first, m) = (b * block_rows, dst.len() / n);
+        with_scratch(&HIDDEN, m * hidden, |act| {
+            let x_block = &x[first * k..(first + m) * k];
+            match pre {
+                // h to memory for the backward, gelu(h) into the thread's buffer.
+                Some(pre) => {
+                    let epilogue = Epilogue::Gelu(SharedOut::new(act));
+                    product(pre, x_block, (m, k), fc1, first, Some(epilogue));
+                }
+                None => product(
+                    act,
+                    x_block,
+                    (m, k),
+                    fc1,
+                    first,
+                    Some(Epilogue::GeluInPlace),
+                ),
+            }
+            product(dst, act, (m, hidden), fc2, first, None);
         });
-    out
+    };
+    let mut out = pool::take(rows * n);
+    let mut pre = keep_pre.then(|| pool::take(rows * hidden));
+    let outs = out.par_chunks_mut(block_rows * n).enumerate();
+    match pre.as_mut() {
+        Some(pre) => outs
+            .zip(pre.par_chunks_mut(block_rows * hidden))
+            .for_each(|((b, dst), pre)| block(b, dst, Some(pre))),
+        None => outs.for_each(|(b, dst)| block(b, dst, None)),
+    }
+    (out, pre)
 }
 
 /// How many blocks `rows` rows take at about [`HIDDEN_VALUES_PER_BLOCK`] hidden
@@ -163,7 +195,8 @@ pub struct BackwardRows {
 }
 
 /// What the backward in row blocks reads: the output's gradient `g` `[rows, n]`, the
-/// forward's x `[rows, k]`, pre-activation `h` and activation `act` `[rows, hidden]`,
+/// forward's x `[rows, k]`, pre-activation `h` and, if the forward kept it, activation
+/// `act` `[rows, hidden]`,
 /// and the weights as stored, w1 `[hidden, k]` and w2 `[n, hidden]`; all contiguous.
 pub struct BackwardInputs<'a> {
     /// The output's gradient.
@@ -173,7 +206,8 @@ pub struct BackwardInputs<'a> {
     /// The first layer's output before the GELU.
     pub h: &'a [f32],
     /// The GELU's output.
-    pub act: &'a [f32],
+    /// The GELU's output, if the forward kept it (else recomputed from `h`).
+    pub act: Option<&'a [f32]>,
     /// The first weight, `[hidden, k]`.
     pub w1: &'a [f32],
     /// The second weight, `[n, hidden]`.
@@ -182,9 +216,9 @@ pub struct BackwardInputs<'a> {
     pub dims: (usize, usize, usize, usize),
 }
 
-/// The backward's views as the fused op passes them: g, x, h, act, w1, w2 (see
-/// [`BackwardInputs`]).
-pub type BackwardViews<'a> = [View<'a, CpuStorage>; 6];
+/// The backward's views as the fused op passes them: g, x, h, w1, w2, and act if the
+/// forward kept it (see [`BackwardInputs`]).
+pub type BackwardViews<'a> = ([View<'a, CpuStorage>; 5], Option<View<'a, CpuStorage>>);
 
 /// The backward in row blocks where this path takes it: every view f32 and
 /// contiguous, AVX-512F present, x and w1 of the same inner size, every dimension
@@ -197,7 +231,7 @@ pub fn backward_from_views<'a>(
         true => Some(&s.as_slice::<f32>()?[l.offset()..][..l.elem_count()]),
         false => None,
     };
-    let [g, x, h, act, w1, w2] = views;
+    let ([g, x, h, w1, w2], act) = views;
     let ((rows, n), k, hidden) = (
         (g.1.shape()[0], g.1.shape()[1]),
         x.1.shape()[1],
@@ -206,7 +240,7 @@ pub fn backward_from_views<'a>(
     let fits = x.1.shape()[0] == rows
         && w1.1.shape() == [hidden, k]
         && w2.1.shape() == [n, hidden]
-        && act.1.shape() == h.1.shape()
+        && act.is_none_or(|a| a.1.shape() == h.1.shape())
         && [rows, k, hidden, n].iter().all(|&d| d > 0);
     let large = rows.saturating_mul(k).saturating_mul(hidden) >= AVX512_MIN_MNK;
     if !(available() && fits && large) {
@@ -216,7 +250,10 @@ pub fn backward_from_views<'a>(
         g: slice(g)?,
         x: slice(x)?,
         h: slice(h)?,
-        act: slice(act)?,
+        act: match act {
+            Some(act) => Some(slice(act)?),
+            None => None,
+        },
         w1: slice(w1)?,
         w2: slice(w2)?,
         dims: (rows, k, hidden, n),
@@ -225,9 +262,9 @@ pub fn backward_from_views<'a>(
 }
 
 /// The backward of the block in blocks of rows: per block, dh = (g·w2) ∘ gelu'(h) into a
-/// per-thread buffer, dx = dh·w1, and the block's shares of dw1 = dhᵀ·x and
-/// dw2 = gᵀ·act (with db1 = Σ dh and db2 = Σ g where `biases` asks) added to the
-/// part's partial sums. As whole products dh (`[rows, hidden]`, the widest tensor of
+/// per-thread buffer (and act = gelu(h) into another, where the forward did not keep
+/// it), dx = dh·w1, and the block's shares of dw1 = dhᵀ·x and dw2 = gᵀ·act (with
+/// db1 = Σ dh and db2 = Σ g where `biases` asks) added to the part's partial sums. As whole products dh (`[rows, hidden]`, the widest tensor of
 /// the block) went to memory and came back twice. The rows are cut into one part per
 /// thread, each summing its blocks in order, and the parts' sums are added in order:
 /// the result depends on the thread count, as the split-k weight gradients' does, not
@@ -236,7 +273,7 @@ pub fn backward_from_views<'a>(
 pub fn gelu_mlp_rows_backward(x: BackwardInputs, biases: (bool, bool)) -> BackwardRows {
     let (rows, k, hidden, n) = x.dims;
     assert!(x.g.len() >= rows * n && x.x.len() >= rows * k);
-    assert!(x.h.len() >= rows * hidden && x.act.len() >= rows * hidden);
+    assert!(x.h.len() >= rows * hidden && x.act.is_none_or(|a| a.len() >= rows * hidden));
     assert!(x.w1.len() >= hidden * k && x.w2.len() >= n * hidden);
     let parts = rayon::current_num_threads().min(rows).max(1);
     let part_rows = rows.div_ceil(parts);
@@ -305,15 +342,40 @@ fn backward_part(
         let (r0, m) = (first + b * block_rows, dx_block.len() / k);
         let accumulate = b > 0;
         let (g, xb) = (&x.g[r0 * n..(r0 + m) * n], &x.x[r0 * k..(r0 + m) * k]);
-        let act = &x.act[r0 * hidden..(r0 + m) * hidden];
+        let pre = &x.h[r0 * hidden..(r0 + m) * hidden];
+        let recomputed = if x.act.is_some() { 0 } else { m * hidden };
         with_scratch(&HIDDEN, m * hidden, |dh| {
-            // dh = (g·w2) ∘ gelu'(h): w2 `[n, hidden]` is the `[k, n]` view itself.
-            let gw2 = args(m, n, hidden, (n, 1), (hidden, 1), false);
-            let pre = Some(Epilogue::GeluGrad(&x.h[r0 * hidden..]));
-            sgemm(dh, hidden, g, x.w2, gw2, 1.0, false, (None, pre, None));
+            with_scratch(&ACT, recomputed, |act_buf| {
+                // dh = (g·w2) ∘ gelu'(h), and gelu(h) beside it where the forward did
+                // not keep it: w2 `[n, hidden]` is the `[k, n]` view itself.
+                let epilogue = match x.act {
+                    Some(_) => Epilogue::GeluGrad(pre),
+                    None => Epilogue::GeluGradWithAct(pre, SharedOut::new(act_buf)),
+                };
+                let gw2 = args(m, n, hidden, (n, 1), (hidden, 1), false);
+                sgemm(
+                    dh,
+                    hidden,
+                    g,
+                    x.w2,
+                    gw2,
+                    1.0,
+                    false,
+                    (None, Some(epilogue), None),
+                );
+                let act = match x.act {
+                    Some(act) => &act[r0 * hidden..(r0 + m) * hidden],
+                    None => &*act_buf,
+                };
+                // dw2 += gᵀ·act (db2 += Σ g), while act is in cache.
+                let gt_act = args(n, m, hidden, (1, n), (hidden, 1), accumulate);
+                let db2 = biases.1.then_some(&mut sums.db2[..]);
+                let extras = (None, None, db2);
+                sgemm(&mut sums.dw2, hidden, g, act, gt_act, 1.0, false, extras);
+            });
             let dhw1 = args(m, hidden, k, (hidden, 1), (k, 1), false);
             sgemm(dx_block, k, dh, x.w1, dhw1, 1.0, false, (None, None, None));
-            // dw1 += dhᵀ·x (db1 += Σ dh), dw2 += gᵀ·act (db2 += Σ g).
+            // dw1 += dhᵀ·x (db1 += Σ dh).
             let dht_x = args(hidden, m, k, (1, hidden), (k, 1), accumulate);
             let db1 = biases.0.then_some(&mut sums.db1[..]);
             sgemm(
@@ -327,18 +389,6 @@ fn backward_part(
                 (None, None, db1),
             );
         });
-        let gt_act = args(n, m, hidden, (1, n), (hidden, 1), accumulate);
-        let db2 = biases.1.then_some(&mut sums.db2[..]);
-        sgemm(
-            &mut sums.dw2,
-            hidden,
-            g,
-            act,
-            gt_act,
-            1.0,
-            false,
-            (None, None, db2),
-        );
     }
     sums
 }
@@ -365,6 +415,8 @@ fn args(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::UnaryOp;
+    use crate::cpu::elementwise::unary_fn;
     use crate::cpu::product_cases::skipped;
     use proptest::prelude::*;
     use std::sync::Once;
@@ -385,15 +437,56 @@ mod tests {
         0.5 * x * (1.0 + u.tanh())
     }
 
+    /// A backward that recomputes gelu(h) gives the gradients, bit for bit, of one
+    /// given the forward's own gelu(h) (both ways through the f32 unary map).
+    #[test]
+    fn recomputed_activation_changes_no_bit() {
+        static SAID: Once = Once::new();
+        if skipped("recomputed_activation_changes_no_bit", &SAID) {
+            return;
+        }
+        let (rows, k, hidden, n) = (300, 24, 64, 20);
+        let mut state = 7;
+        let (x, w1) = (values(&mut state, rows * k), values(&mut state, hidden * k));
+        let (w2, g) = (values(&mut state, n * hidden), values(&mut state, rows * n));
+        let h: Vec<f32> = values(&mut state, rows * hidden)
+            .iter()
+            .map(|v| 4.0 * v)
+            .collect();
+        let act: Vec<f32> = h.iter().map(|&v| unary_fn(UnaryOp::GeluTanh, v)).collect();
+        let run = |act| {
+            let dims = (rows, k, hidden, n);
+            let (g, x, h, w1, w2) = (&g[..], &x[..], &h[..], &w1[..], &w2[..]);
+            let inputs = BackwardInputs {
+                g,
+                x,
+                h,
+                act,
+                w1,
+                w2,
+                dims,
+            };
+            gelu_mlp_rows_backward(inputs, (true, true))
+        };
+        let (kept, recomputed) = (run(Some(&act)), run(None));
+        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&kept.dx), bits(&recomputed.dx));
+        assert_eq!(bits(&kept.dw1), bits(&recomputed.dw1));
+        assert_eq!(bits(&kept.dw2), bits(&recomputed.dw2));
+        assert_eq!(kept.db1, recomputed.db1);
+        assert_eq!(kept.db2, recomputed.db2);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
         /// Row counts across block edges (a block may be a few rows), both weights
         /// read transposed (PyTorch's `[out, in]` layout) or row-major, with and
-        /// without biases: the output matches f64 arithmetic.
+        /// without biases, with and without keeping h: the output (and h) match f64
+        /// arithmetic.
         #[test]
         fn gelu_mlp_rows_matches_f64(
             rows in 1usize..300, k in 1usize..40, hidden in 1usize..80, n in 1usize..40,
-            transposed: bool, with_bias: bool, seed: u64,
+            transposed: bool, with_bias: bool, keep_pre: bool, seed: u64,
         ) {
             static SAID: Once = Once::new();
             if skipped("gelu_mlp_rows_matches_f64", &SAID) {
@@ -416,15 +509,24 @@ mod tests {
             let leak = |v: Vec<f32>| -> &'static [f32] { Box::leak(v.into_boxed_slice()) };
             let (w1, w2, b1, b2) = (leak(w1), leak(w2), leak(b1), leak(b2));
             let (fc1, fc2) = (layer(w1, (k, hidden), b1), layer(w2, (hidden, n), b2));
-            let out = gelu_mlp_rows(&x, rows, fc1, fc2);
+            let (out, kept) = gelu_mlp_rows(&x, rows, (fc1, fc2), keep_pre);
+            prop_assert_eq!(kept.is_some(), keep_pre);
             let at = |l: &Layer, i: usize, j: usize| l.weight[i * l.strides.0 + j * l.strides.1] as f64;
             for r in 0..rows {
-                let h: Vec<f64> = (0..hidden)
+                let pre: Vec<f64> = (0..hidden)
                     .map(|j| {
                         let bias = if with_bias { b1[j] as f64 } else { 0.0 };
-                        gelu(bias + (0..k).map(|i| x[r * k + i] as f64 * at(&fc1, i, j)).sum::<f64>())
+                        bias + (0..k).map(|i| x[r * k + i] as f64 * at(&fc1, i, j)).sum::<f64>()
                     })
                     .collect();
+                if let Some(kept) = &kept {
+                    for (j, &want) in pre.iter().enumerate() {
+                        let got = kept[r * hidden + j] as f64;
+                        let tol = 1e-5 * (k as f64).sqrt() * (1.0 + want.abs());
+                        prop_assert!((got - want).abs() <= tol, "h ({r}, {j}): {got} vs {want}");
+                    }
+                }
+                let h: Vec<f64> = pre.into_iter().map(gelu).collect();
                 for c in 0..n {
                     let bias = if with_bias { b2[c] as f64 } else { 0.0 };
                     let want = bias + (0..hidden).map(|j| h[j] * at(&fc2, j, c)).sum::<f64>();
@@ -436,11 +538,12 @@ mod tests {
         }
 
         /// The backward in row blocks against f64 arithmetic: dx, both weights'
-        /// gradients and both biases', rows across parts and blocks.
+        /// gradients and both biases', rows across parts and blocks, with the forward's
+        /// activation given or recomputed.
         #[test]
         fn gelu_mlp_rows_backward_matches_f64(
             rows in 1usize..200, k in 1usize..24, hidden in 1usize..40, n in 1usize..24,
-            biases: (bool, bool), seed: u64,
+            biases: (bool, bool), act_kept: bool, seed: u64,
         ) {
             static SAID: Once = Once::new();
             if skipped("gelu_mlp_rows_backward_matches_f64", &SAID) {
@@ -452,7 +555,8 @@ mod tests {
             let h = values(&mut state, rows * hidden);
             let act: Vec<f32> = h.iter().map(|&v| gelu(v as f64) as f32).collect();
             let inputs = BackwardInputs {
-                g: &g, x: &x, h: &h, act: &act, w1: &w1, w2: &w2, dims: (rows, k, hidden, n),
+                g: &g, x: &x, h: &h, act: act_kept.then_some(&act[..]), w1: &w1, w2: &w2,
+                dims: (rows, k, hidden, n),
             };
             let got = gelu_mlp_rows_backward(inputs, biases);
             let d = 1e-6;

@@ -8,16 +8,15 @@
 //! (`cpu/epilogue.rs`); on CUDA, in bf16 and f16, cuBLASLt's GELU
 //! epilogues do the same, the backward's also summing the first layer's bias gradient
 //! (`cuda/lt.rs`), and otherwise the product and GELU kernels run one after the other.
-//! On a CPU with AVX-512, in f32, the forward without a graph (inference, sampling) and
-//! the backward (when every gradient is wanted) run in blocks of rows whose hidden
-//! activations, and dh, never leave the L2 cache (`cpu/mlp_rows.rs`).
+//! On a CPU with AVX-512, in f32, the forward and the backward (when every gradient is
+//! wanted) run in blocks of rows whose hidden activations, and dh, never leave the L2
+//! cache (`cpu/mlp_rows.rs`): the forward keeps only h for the backward, which
+//! recomputes gelu(h) beside gelu'(h).
 
 use super::matmul::wanted_linear_param_grads;
 use super::{check_float, check_same};
 use crate::autocast::lowered;
-use crate::backend::BackendStorage;
-#[cfg(feature = "cuda")]
-use crate::backend::UnaryOp;
+use crate::backend::{BackendStorage, UnaryOp};
 use crate::cpu::epilogue::Epilogue;
 use crate::cpu::matmul::{self, SharedOut};
 use crate::cpu::{dispatch_float, pool, ComputeType, CpuStorage};
@@ -77,24 +76,27 @@ pub fn gelu_mlp(x: &Tensor, (w1, b1): LinearParams, (w2, b2): LinearParams) -> R
     let flat = x.reshape(&[rows, k])?;
     let shape = [&x.shape()[..x.rank() - 1], &[n]].concat();
     let records = crate::autograd::records(&inputs);
-    if !records {
-        if let Some(out) = gelu_mlp_rows(&flat, (w1, b1), (w2, b2))? {
-            return out.reshape(&shape);
-        }
-    }
-    // Only the backward reads the pre-activation: without a graph the GELU runs in
+    // Only the backward reads the pre-activation h: without a graph the GELU runs in
     // place and the widest tensor of the block is written once, not twice.
-    let (h, act) = linear_gelu(&flat, w1, b1, records)?;
-    let out = {
-        let lw = w2.layout().permute(&[1, 0]);
-        let lb = b2
-            .map(|b| b.layout().broadcast_to(OP, &[rows, n]))
-            .transpose()?;
-        let bias = b2.map(|b| b.storage());
-        let bias = bias.as_deref().zip(lb.as_ref());
-        act.storage()
-            .matmul(act.layout(), &w2.storage(), &lw, bias)?
+    let (out, h, act) = match gelu_mlp_rows(&flat, (w1, b1), (w2, b2), records)? {
+        Some((out, h)) => (out, h, None),
+        None => {
+            let (h, act) = linear_gelu(&flat, w1, b1, records)?;
+            let lw = w2.layout().permute(&[1, 0]);
+            let lb = b2
+                .map(|b| b.layout().broadcast_to(OP, &[rows, n]))
+                .transpose()?;
+            let bias = b2.map(|b| b.storage());
+            let bias = bias.as_deref().zip(lb.as_ref());
+            let out = act
+                .storage()
+                .matmul(act.layout(), &w2.storage(), &lw, bias)?;
+            (out, h, Some(act))
+        }
     };
+    if !records {
+        return Ok(Tensor::from_storage(out, &shape));
+    }
     let has_b1 = b1.is_some();
     Tensor::from_op_in(
         OP,
@@ -105,7 +107,7 @@ pub fn gelu_mlp(x: &Tensor, (w1, b1): LinearParams, (w2, b2): LinearParams) -> R
             let h = h.as_ref().ok_or_else(|| {
                 Error::Autograd("gelu_mlp: the forward ran without a graph".into())
             })?;
-            backward(v, (&flat, h, &act), g, has_b1)
+            backward(v, (&flat, h, act.as_ref()), g, has_b1)
         },
         |_, _| {
             Err(Error::Autograd(
@@ -116,17 +118,17 @@ pub fn gelu_mlp(x: &Tensor, (w1, b1): LinearParams, (w2, b2): LinearParams) -> R
 }
 
 /// The gradients of `gelu_mlp`'s inputs (`v`: x, w1, b1?, w2, b2?) from the output's
-/// gradient `g`, with `x` flattened to `[rows, k]`, the pre-activation `h` and the
-/// activation `act` saved by the forward.
+/// gradient `g`, with `x` flattened to `[rows, k]`, the pre-activation `h` and, where
+/// the forward kept it, the activation `act` (else recomputed from `h`).
 fn backward(
     v: &[Tensor],
-    (x, h, act): (&Tensor, &Tensor, &Tensor),
+    (x, h, act): (&Tensor, &Tensor, Option<&Tensor>),
     g: &Tensor,
     has_b1: bool,
 ) -> Result<Vec<Option<Tensor>>> {
     let (w1, b1) = (&v[1], has_b1.then(|| &v[2]));
     let (w2, b2) = (&v[2 + has_b1 as usize], v.get(3 + has_b1 as usize));
-    let g = g.reshape(&[act.shape()[0], w2.shape()[0]])?;
+    let g = g.reshape(&[h.shape()[0], w2.shape()[0]])?;
     let wants = |t: &Tensor| t.requires_grad();
     // Every gradient asked for (training): on the CPU's f32 AVX-512 products, the whole
     // backward in blocks of rows, dh never leaving the cache (`cpu/mlp_rows.rs`).
@@ -138,6 +140,15 @@ fn backward(
             return Ok(in_input_order([dx, dw1, db1, dw2, db2], biases));
         }
     }
+    let recomputed;
+    let act = match act {
+        Some(act) => act,
+        None => {
+            let gelu = h.storage().unary(h.layout(), UnaryOp::GeluTanh)?;
+            recomputed = Tensor::from_storage(gelu, h.shape());
+            &recomputed
+        }
+    };
     let (dw2, db2) = wanted_linear_param_grads(&g, act, (wants(w2), b2.is_some_and(wants)))?;
     let wants_b1 = b1.is_some_and(wants);
     let (dh, fused_db1) = linear_gelu_grad(&g, w2, h, wants_b1)?;
@@ -172,14 +183,16 @@ fn in_input_order(
     grads
 }
 
-/// The whole block for a contiguous `[rows, k]` x without a graph, in blocks of rows
-/// whose hidden activations stay in cache (`cpu/mlp_rows.rs`), where the backend has
-/// that path (f32 products on a CPU with AVX-512); `None` elsewhere.
+/// The whole block for a contiguous `[rows, k]` x, and h = x·w1ᵀ + b1 when
+/// `keep_pre`, in blocks of rows whose hidden activations stay in cache
+/// (`cpu/mlp_rows.rs`), where the backend has that path (f32 products on a CPU with
+/// AVX-512); `None` elsewhere.
 fn gelu_mlp_rows(
     x: &Tensor,
     (w1, b1): LinearParams,
     (w2, b2): LinearParams,
-) -> Result<Option<Tensor>> {
+    keep_pre: bool,
+) -> Result<Option<(Storage, Option<Tensor>)>> {
     let rows = x.shape()[0];
     let (hidden, n) = (w1.shape()[0], w2.shape()[0]);
     let (lw1, lw2) = (w1.layout().permute(&[1, 0]), w2.layout().permute(&[1, 0]));
@@ -190,7 +203,7 @@ fn gelu_mlp_rows(
     let (lb1, lb2) = (broadcast(b1, hidden)?, broadcast(b2, n)?);
     let (sb1, sb2) = (b1.map(|b| b.storage()), b2.map(|b| b.storage()));
     let out = Storage::fused(
-        &GeluMlpRows,
+        &GeluMlpRows { keep_pre },
         (
             (&x.storage(), x.layout()),
             (&w1.storage(), &lw1),
@@ -199,12 +212,16 @@ fn gelu_mlp_rows(
             sb2.as_deref().zip(lb2.as_ref()),
         ),
     )?;
-    Ok(out.map(|out| Tensor::from_storage(out, &[rows, n])))
+    let pre = |h: Storage| Tensor::from_storage(h, &[rows, hidden]);
+    Ok(out.map(|(out, h)| (out, h.map(pre))))
 }
 
-/// The inference block in row blocks (see [`gelu_mlp_rows`]): x `[rows, k]`
-/// contiguous, both weights as `[k, n]` views, both biases broadcast to the outputs.
-struct GeluMlpRows;
+/// The block in row blocks (see [`gelu_mlp_rows`]): x `[rows, k]` contiguous, both
+/// weights as `[k, n]` views, both biases broadcast to the outputs.
+struct GeluMlpRows {
+    /// Whether h is kept for a backward.
+    keep_pre: bool,
+}
 
 impl<'a> FusedOp<'a> for GeluMlpRows {
     const NAME: &'static str = "gelu_mlp";
@@ -215,16 +232,20 @@ impl<'a> FusedOp<'a> for GeluMlpRows {
         View<'a, Storage>,
         Option<View<'a, Storage>>,
     );
-    /// The output, or `None` where the backend has no row-block path.
-    type Output = Option<Storage>;
+    /// The output and h (when kept), or `None` where the backend has no row-block
+    /// path.
+    type Output = Option<(Storage, Option<Storage>)>;
 
     fn cpu(
         &self,
         (x, w1, b1, w2, b2): BackendInputs<'a, Self, CpuStorage>,
     ) -> Result<Self::Output> {
         #[cfg(target_arch = "x86_64")]
-        if let Some(out) = crate::cpu::mlp_rows::from_views(x, (w1, b1), (w2, b2)) {
-            return Ok(Some(CpuStorage::F32(out).into()));
+        if let Some((out, h)) =
+            crate::cpu::mlp_rows::from_views(x, (w1, b1), (w2, b2), self.keep_pre)
+        {
+            let store = |v: Vec<f32>| -> Storage { CpuStorage::F32(v).into() };
+            return Ok(Some((store(out), h.map(store))));
         }
         let _ = (x, w1, b1, w2, b2);
         Ok(None)
@@ -237,19 +258,21 @@ impl<'a> FusedOp<'a> for GeluMlpRows {
 }
 
 /// dx `[rows, k]`, dw1, db1, dw2, db2 (the biases' where `biases` says they exist) of
-/// the block from g `[rows, n]`, x `[rows, k]`, h and act `[rows, hidden]`, in blocks
-/// of rows (`cpu/mlp_rows.rs`) where the backend has that path; `None` elsewhere.
+/// the block from g `[rows, n]`, x `[rows, k]`, h and (where the forward kept it) act
+/// `[rows, hidden]`, in blocks of rows (`cpu/mlp_rows.rs`) where the backend has that path; `None` elsewhere.
 fn backward_rows(
-    (g, x, h, act): (&Tensor, &Tensor, &Tensor, &Tensor),
+    (g, x, h, act): (&Tensor, &Tensor, &Tensor, Option<&Tensor>),
     (w1, w2): (&Tensor, &Tensor),
     biases: (bool, bool),
 ) -> Result<Option<[Option<Tensor>; 5]>> {
-    let views = [g, x, h, act, w1, w2];
+    let views = [g, x, h, w1, w2];
     let storages: Vec<_> = views.iter().map(|t| t.storage()).collect();
     let view = |i: usize| (&*storages[i], views[i].layout());
+    let act_storage = act.map(|a| a.storage());
+    let act = act_storage.as_deref().zip(act.map(|a| a.layout()));
     let grads = Storage::fused(
         &GeluMlpBackwardRows { biases },
-        (view(0), view(1), view(2), view(3), view(4), view(5)),
+        (view(0), view(1), view(2), view(3), view(4), act),
     )?;
     let tensor = |s: Storage, t: &Tensor| Tensor::from_storage(s, t.shape());
     Ok(grads.map(|[dx, dw1, db1, dw2, db2]| {
@@ -273,13 +296,14 @@ struct GeluMlpBackwardRows {
 
 impl<'a> FusedOp<'a> for GeluMlpBackwardRows {
     const NAME: &'static str = "gelu_mlp_backward";
+    /// g, x, h, w1, w2, and act where the forward kept it.
     type Inputs = (
         View<'a, Storage>,
         View<'a, Storage>,
         View<'a, Storage>,
         View<'a, Storage>,
         View<'a, Storage>,
-        View<'a, Storage>,
+        Option<View<'a, Storage>>,
     );
     /// dx, dw1, db1, dw2, db2 (each `None` where absent), or `None` where the backend
     /// has no row-block path.
@@ -288,8 +312,8 @@ impl<'a> FusedOp<'a> for GeluMlpBackwardRows {
     fn cpu(&self, views: BackendInputs<'a, Self, CpuStorage>) -> Result<Self::Output> {
         #[cfg(target_arch = "x86_64")]
         {
-            let (g, x, h, act, w1, w2) = views;
-            let views = [g, x, h, act, w1, w2];
+            let (g, x, h, w1, w2, act) = views;
+            let views = ([g, x, h, w1, w2], act);
             if let Some(r) = crate::cpu::mlp_rows::backward_from_views(views, self.biases) {
                 let store = |v: Vec<f32>| -> Storage { CpuStorage::F32(v).into() };
                 return Ok(Some([
