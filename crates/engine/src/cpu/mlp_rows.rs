@@ -18,7 +18,7 @@
 use super::epilogue::Epilogue;
 use super::matmul::{Bias, GemmArgs, SharedOut, AVX512_MIN_MNK};
 use super::pool;
-use super::sgemm_avx512::{available, sgemm, with_scratch};
+use super::sgemm_avx512::{available, sgemm, sgemm_packed, with_scratch, PackedRhs};
 use super::CpuStorage;
 use crate::fused::View;
 use rayon::prelude::*;
@@ -117,6 +117,7 @@ pub fn gelu_mlp_rows(
     // A multiple of the threads in number, so that none waits on a last block.
     let blocks = blocks_for(rows, hidden).next_multiple_of(rayon::current_num_threads());
     let block_rows = rows.div_ceil(blocks);
+    let (w1, w2) = rayon::join(|| fc1.packed(), || fc2.packed());
     let block = |b: usize, dst: &mut [f32], pre: Option<&mut [f32]>| {
         let (first, m) = (b * block_rows, dst.len() / n);
         with_scratch(&HIDDEN, m * hidden, |act| {
@@ -125,18 +126,11 @@ pub fn gelu_mlp_rows(
                 // h to memory for the backward, gelu(h) into the thread's buffer.
                 Some(pre) => {
                     let epilogue = Epilogue::Gelu(SharedOut::new(act));
-                    product(pre, x_block, (m, k), fc1, first, Some(epilogue));
+                    product(pre, x_block, (fc1, &w1), first, Some(epilogue));
                 }
-                None => product(
-                    act,
-                    x_block,
-                    (m, k),
-                    fc1,
-                    first,
-                    Some(Epilogue::GeluInPlace),
-                ),
+                None => product(act, x_block, (fc1, &w1), first, Some(Epilogue::GeluInPlace)),
             }
-            product(dst, act, (m, hidden), fc2, first, None);
+            product(dst, act, (fc2, &w2), first, None);
         });
     };
     let mut out = pool::take(rows * n);
@@ -158,24 +152,29 @@ fn blocks_for(rows: usize, hidden: usize) -> usize {
     rows.div_ceil(by_cache).max(1)
 }
 
-/// `dst = lhs·w + bias` (then `epilogue`) for `lhs` `m × k` row-major and rows
-/// `first..` of the bias, on this thread.
+/// `dst = lhs·w + bias` (then `epilogue`) for `lhs` `m × k` row-major, `w` packed,
+/// and rows `first..` of the bias, on this thread.
 fn product(
     dst: &mut [f32],
     lhs: &[f32],
-    (m, k): (usize, usize),
-    layer: Layer,
+    (layer, packed): (Layer, &PackedRhs),
     first: usize,
     epilogue: Option<Epilogue<f32>>,
 ) {
-    let n = layer.shape.1;
-    let g = args(m, k, n, (k, 1), layer.strides, false);
+    let (k, n) = layer.shape;
+    let g = args(lhs.len() / k, k, n, (k, 1), layer.strides, false);
     let bias = layer.bias.map(|b| Bias {
         offset: b.offset + first * b.strides.0,
         ..b
     });
-    let rhs = &layer.weight[layer.offset..];
-    sgemm(dst, n, lhs, rhs, g, 1.0, false, (bias, epilogue, None));
+    sgemm_packed(dst, n, lhs, packed, g, 1.0, false, (bias, epilogue, None));
+}
+
+impl Layer<'_> {
+    /// The weight packed for the product kernel, once for all blocks.
+    fn packed(&self) -> PackedRhs {
+        PackedRhs::new(&self.weight[self.offset..], self.shape, self.strides)
+    }
 }
 
 /// The gradients of the block's inputs (see [`gelu_mlp_rows_backward`]), each in its
@@ -277,11 +276,17 @@ pub fn gelu_mlp_rows_backward(x: BackwardInputs, biases: (bool, bool)) -> Backwa
     assert!(x.w1.len() >= hidden * k && x.w2.len() >= n * hidden);
     let parts = rayon::current_num_threads().min(rows).max(1);
     let part_rows = rows.div_ceil(parts);
+    // Both weights packed once for every block: w2 `[n, hidden]` is the `[k, n]` view
+    // of g·w2 itself, w1 `[hidden, k]` that of dh·w1.
+    let weights = rayon::join(
+        || PackedRhs::new(x.w2, (n, hidden), (hidden, 1)),
+        || PackedRhs::new(x.w1, (hidden, k), (k, 1)),
+    );
     let mut dx = pool::take(rows * k);
     let partials: Vec<Partial> = dx
         .par_chunks_mut(part_rows * k)
         .enumerate()
-        .map(|(p, dx_part)| backward_part(&x, p * part_rows, dx_part, biases))
+        .map(|(p, dx_part)| backward_part(&x, &weights, p * part_rows, dx_part, biases))
         .collect();
     let total = partials
         .into_iter()
@@ -325,6 +330,7 @@ impl Partial {
 /// dx written, their parameter gradients summed into the part's [`Partial`].
 fn backward_part(
     x: &BackwardInputs,
+    (w2, w1): &(PackedRhs, PackedRhs),
     first: usize,
     dx_part: &mut [f32],
     biases: (bool, bool),
@@ -347,22 +353,14 @@ fn backward_part(
         with_scratch(&HIDDEN, m * hidden, |dh| {
             with_scratch(&ACT, recomputed, |act_buf| {
                 // dh = (g·w2) ∘ gelu'(h), and gelu(h) beside it where the forward did
-                // not keep it: w2 `[n, hidden]` is the `[k, n]` view itself.
+                // not keep it.
                 let epilogue = match x.act {
                     Some(_) => Epilogue::GeluGrad(pre),
                     None => Epilogue::GeluGradWithAct(pre, SharedOut::new(act_buf)),
                 };
                 let gw2 = args(m, n, hidden, (n, 1), (hidden, 1), false);
-                sgemm(
-                    dh,
-                    hidden,
-                    g,
-                    x.w2,
-                    gw2,
-                    1.0,
-                    false,
-                    (None, Some(epilogue), None),
-                );
+                let extras = (None, Some(epilogue), None);
+                sgemm_packed(dh, hidden, g, w2, gw2, 1.0, false, extras);
                 let act = match x.act {
                     Some(act) => &act[r0 * hidden..(r0 + m) * hidden],
                     None => &*act_buf,
@@ -374,7 +372,7 @@ fn backward_part(
                 sgemm(&mut sums.dw2, hidden, g, act, gt_act, 1.0, false, extras);
             });
             let dhw1 = args(m, hidden, k, (hidden, 1), (k, 1), false);
-            sgemm(dx_block, k, dh, x.w1, dhw1, 1.0, false, (None, None, None));
+            sgemm_packed(dx_block, k, dh, w1, dhw1, 1.0, false, (None, None, None));
             // dw1 += dhᵀ·x (db1 += Σ dh).
             let dht_x = args(hidden, m, k, (1, hidden), (k, 1), accumulate);
             let db1 = biases.0.then_some(&mut sums.db1[..]);

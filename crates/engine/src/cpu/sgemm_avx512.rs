@@ -77,6 +77,91 @@ pub fn sgemm(
     g: GemmArgs,
     beta: f32,
     parallel: bool,
+    extras: Extras,
+) {
+    run(
+        dst,
+        ldc,
+        (lhs, Rhs::Strided(rhs)),
+        g,
+        beta,
+        parallel,
+        extras,
+    );
+}
+
+/// [`sgemm`] with a right operand packed beforehand ([`PackedRhs::new`]), for a
+/// weight multiplied block of rows by block of rows: each block then skips packing it
+/// again. `g.k` and `g.n` are the packed operand's; `g.rhs_strides` is not read.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_packed(
+    dst: &mut [f32],
+    ldc: usize,
+    lhs: &[f32],
+    rhs: &PackedRhs,
+    g: GemmArgs,
+    beta: f32,
+    parallel: bool,
+    extras: Extras,
+) {
+    assert!((g.k, g.n) == (rhs.k, rhs.n), "the packed operand's shape");
+    run(dst, ldc, (lhs, Rhs::Packed(rhs)), g, beta, parallel, extras);
+}
+
+/// A right operand packed once: every inner block of `KC` rows as `NR`-wide tiles, in
+/// the layout the shared walks read.
+pub struct PackedRhs {
+    data: Vec<f32>,
+    k: usize,
+    n: usize,
+}
+
+impl PackedRhs {
+    /// Packs the `k × n` operand with `strides` of `rhs`. The caller has checked
+    /// [`available`], that `k` and `n` are nonzero and that every index the strides
+    /// reach is in bounds.
+    pub fn new(rhs: &[f32], (k, n): (usize, usize), strides: (usize, usize)) -> Self {
+        let g = GemmArgs {
+            m: 1,
+            n,
+            k,
+            lhs_strides: (k, 1),
+            rhs_strides: strides,
+            accumulate: false,
+        };
+        let row = n.div_ceil(NR) * NR;
+        let mut data = vec![0.0; k * row];
+        for k0 in (0..k).step_by(KC) {
+            let ks = k0..k.min(k0 + KC);
+            pack_rhs(&mut data[k0 * row..ks.end * row], rhs, g, &ks, false);
+        }
+        PackedRhs { data, k, n }
+    }
+
+    /// The tiles of inner block `ks`.
+    fn block(&self, ks: &Range<usize>) -> &[f32] {
+        let row = self.n.div_ceil(NR) * NR;
+        &self.data[ks.start * row..ks.end * row]
+    }
+}
+
+/// Where a product's right operand comes from.
+#[derive(Clone, Copy)]
+enum Rhs<'a> {
+    /// Read with the product's strides, packed as the product goes.
+    Strided(&'a [f32]),
+    /// Packed beforehand.
+    Packed(&'a PackedRhs),
+}
+
+/// The body of [`sgemm`] and [`sgemm_packed`].
+fn run(
+    dst: &mut [f32],
+    ldc: usize,
+    (lhs, rhs): (&[f32], Rhs),
+    g: GemmArgs,
+    beta: f32,
+    parallel: bool,
     (bias, epilogue, lhs_sums): Extras,
 ) {
     assert!(available() && g.m > 0 && g.n > 0 && g.k > 0);
@@ -97,21 +182,27 @@ pub fn sgemm(
     // When the rows are not split, each tile is multiplied by one task only, which
     // packs it itself just before: a shared packing pass first would leave half of
     // the tiles in the other core's cache.
-    let own_tiles = parts.iter().all(|part| part.rows.len() == g.m);
+    let own_tiles = match rhs {
+        Rhs::Strided(_) => parts.iter().all(|part| part.rows.len() == g.m),
+        Rhs::Packed(_) => false,
+    };
     let tiles = g.n.div_ceil(NR);
-    let shared_len = if own_tiles {
-        0
-    } else {
-        tiles * KC.min(g.k) * NR
+    let shared_len = match (own_tiles, rhs) {
+        (false, Rhs::Strided(_)) => tiles * KC.min(g.k) * NR,
+        _ => 0,
     };
     with_scratch(&PACKED_RHS, shared_len, |packed_rhs| {
         for k0 in (0..g.k).step_by(KC) {
             let ks = k0..g.k.min(k0 + KC);
-            let shared = (!own_tiles).then(|| {
-                let packed = &mut packed_rhs[..tiles * ks.len() * NR];
-                pack_rhs(packed, rhs, g, &ks, parallel);
-                &*packed
-            });
+            let shared = match rhs {
+                Rhs::Packed(packed) => Some(packed.block(&ks)),
+                Rhs::Strided(_) if own_tiles => None,
+                Rhs::Strided(data) => {
+                    let packed = &mut packed_rhs[..tiles * ks.len() * NR];
+                    pack_rhs(packed, data, g, &ks, parallel);
+                    Some(&*packed)
+                }
+            };
             let task = |part: &Part| {
                 // SAFETY: the parts are disjoint (see `split`); AVX-512F is available.
                 unsafe { product.multiply_part(part, shared, &ks) }
@@ -253,7 +344,7 @@ struct Product<'a> {
     out: SharedOut<f32>,
     ldc: usize,
     lhs: &'a [f32],
-    rhs: &'a [f32],
+    rhs: Rhs<'a>,
     g: GemmArgs,
     beta: f32,
     bias: Option<Bias<'a, f32>>,
@@ -540,7 +631,13 @@ impl Product<'_> {
                     Some(packed) => Walk::SharedTileMajor(packed),
                     None => Walk::OwnTiles,
                 };
-                let pack_own = |tile, buffer: &mut [f32]| pack_tile(buffer, self.rhs, g, ks, tile);
+                let pack_own = |tile, buffer: &mut [f32]| match self.rhs {
+                    Rhs::Strided(rhs) => pack_tile(buffer, rhs, g, ks, tile),
+                    // (Not taken: a packed operand takes a shared walk.)
+                    Rhs::Packed(p) => {
+                        buffer.copy_from_slice(&p.block(ks)[tile * kc * NR..][..kc * NR])
+                    }
+                };
                 let tiles = (part.tiles.clone(), panels, kc * NR);
                 walk_tiles(walk, tiles, own_tile, pack_own, &mut multiply);
             });
@@ -566,7 +663,11 @@ impl Product<'_> {
         let next = ks.end..g.k.min(ks.end + KC);
         let cols = part.tiles.start * NR..g.n.min(part.tiles.end * NR);
         let lhs = Region::block(self.lhs, g.lhs_strides, part.rows.clone(), next.clone());
-        let rhs = Region::block(self.rhs, g.rhs_strides, next, cols);
+        let rhs = match self.rhs {
+            Rhs::Strided(rhs) => Region::block(rhs, g.rhs_strides, next, cols),
+            // Packed beforehand: in cache already.
+            Rhs::Packed(_) => None,
+        };
         let calls = part.tiles.len() * part.rows.len().div_ceil(MR);
         Some(Prefetcher::new([lhs, rhs], calls))
     }
@@ -951,6 +1052,36 @@ mod tests {
                     prop_assert!((got as f64 - want).abs() <= tol, "row {i}: {got} vs {want}");
                 }
             }
+        }
+
+        /// A right operand packed beforehand gives the outputs of one packed as the
+        /// product goes, bit for bit: inner sizes across `KC` blocks, the three
+        /// layouts of each operand, one thread and several, with a bias and an
+        /// epilogue.
+        #[test]
+        fn sgemm_packed_matches_sgemm(
+            m in prop_oneof![1usize..40, 190usize..230], n in 1usize..80, k in 1usize..600,
+            layouts in (0usize..3, 0usize..3), accumulate: bool, parallel: bool,
+            with_bias: bool, gelu: bool, seed: u64,
+        ) {
+            static SAID: Once = Once::new();
+            if skipped("sgemm_packed_matches_sgemm", &SAID) {
+                return Ok(());
+            }
+            let mut case = Case::new((m, n, k), layouts, accumulate, seed);
+            let bias_data = case.values(n);
+            let bias = with_bias.then_some(Bias { data: &bias_data, offset: 0, strides: (0, 1) });
+            // An epilogue needs a dense output.
+            let ldc = if gelu { n } else { case.ldc };
+            let epilogue = gelu.then_some(Epilogue::GeluInPlace);
+            let mut want = case.c.clone();
+            let g = case.g;
+            sgemm(&mut want, ldc, &case.a, &case.b, g, 0.5, parallel, (bias, epilogue, None));
+            let packed = PackedRhs::new(&case.b, (k, n), g.rhs_strides);
+            let got = &mut case.c;
+            sgemm_packed(got, ldc, &case.a, &packed, g, 0.5, parallel, (bias, epilogue, None));
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            prop_assert_eq!(bits(got), bits(&want));
         }
     }
 }
