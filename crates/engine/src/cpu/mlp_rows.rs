@@ -17,9 +17,9 @@
 
 use super::epilogue::Epilogue;
 use super::matmul::{Bias, GemmArgs, SharedOut, AVX512_MIN_MNK};
-use super::pool;
 use super::sgemm_avx512::{available, sgemm, sgemm_packed, with_scratch, PackedRhs};
 use super::CpuStorage;
+use super::{isa, pool};
 use crate::fused::View;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -262,8 +262,9 @@ pub fn backward_from_views<'a>(
 
 /// The backward of the block in blocks of rows: per block, dh = (g·w2) ∘ gelu'(h) into a
 /// per-thread buffer (and act = gelu(h) into another, where the forward did not keep
-/// it), dx = dh·w1, and the block's shares of dw1 = dhᵀ·x and dw2 = gᵀ·act (with
-/// db1 = Σ dh and db2 = Σ g where `biases` asks) added to the part's partial sums. As whole products dh (`[rows, hidden]`, the widest tensor of
+/// it), dx = dh·w1, and the block's shares of dw1 = dhᵀ·x and dw2 = gᵀ·act (as its
+/// transpose actᵀ·g; with db1 = Σ dh and db2 = Σ g where `biases` asks) added to the
+/// part's partial sums. As whole products dh (`[rows, hidden]`, the widest tensor of
 /// the block) went to memory and came back twice. The rows are cut into one part per
 /// thread, each summing its blocks in order, and the parts' sums are added in order:
 /// the result depends on the thread count, as the split-k weight gradients' does, not
@@ -299,16 +300,30 @@ pub fn gelu_mlp_rows_backward(x: BackwardInputs, biases: (bool, bool)) -> Backwa
         dx,
         dw1: total.dw1,
         db1: biases.0.then_some(total.db1),
-        dw2: total.dw2,
+        dw2: transposed(&total.dw2_t, n),
         db2: biases.1.then_some(total.db2),
     }
+}
+
+/// The transpose of `values`, a row-major matrix of rows of `cols`.
+fn transposed(values: &[f32], cols: usize) -> Vec<f32> {
+    let rows = values.len() / cols;
+    let mut out = vec![0.0; values.len()];
+    for (r, row) in values.chunks_exact(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            out[c * rows + r] = v;
+        }
+    }
+    out
 }
 
 /// One part's sums of the parameter gradients.
 struct Partial {
     dw1: Vec<f32>,
     db1: Vec<f32>,
-    dw2: Vec<f32>,
+    /// dw2 transposed, `[hidden, n]`: as `actᵀ·g` the product packs the block of g
+    /// rather than the four-times larger block of act.
+    dw2_t: Vec<f32>,
     db2: Vec<f32>,
 }
 
@@ -317,7 +332,7 @@ impl Partial {
         let pairs = [
             (&mut self.dw1, &other.dw1),
             (&mut self.db1, &other.db1),
-            (&mut self.dw2, &other.dw2),
+            (&mut self.dw2_t, &other.dw2_t),
             (&mut self.db2, &other.db2),
         ];
         for (a, b) in pairs {
@@ -339,7 +354,7 @@ fn backward_part(
     let mut sums = Partial {
         dw1: vec![0.0; hidden * k],
         db1: vec![0.0; hidden],
-        dw2: vec![0.0; n * hidden],
+        dw2_t: vec![0.0; hidden * n],
         db2: vec![0.0; n],
     };
     let rows = dx_part.len() / k;
@@ -365,11 +380,13 @@ fn backward_part(
                     Some(act) => &act[r0 * hidden..(r0 + m) * hidden],
                     None => &*act_buf,
                 };
-                // dw2 += gᵀ·act (db2 += Σ g), while act is in cache.
-                let gt_act = args(n, m, hidden, (1, n), (hidden, 1), accumulate);
-                let db2 = biases.1.then_some(&mut sums.db2[..]);
-                let extras = (None, None, db2);
-                sgemm(&mut sums.dw2, hidden, g, act, gt_act, 1.0, false, extras);
+                // dw2ᵀ += actᵀ·g while act is in cache (db2 += Σ g).
+                let at_g = args(hidden, m, n, (1, hidden), (n, 1), accumulate);
+                let extras = (None, None, None);
+                sgemm(&mut sums.dw2_t, n, act, g, at_g, 1.0, false, extras);
+                if biases.1 {
+                    add_rows(&mut sums.db2, g);
+                }
             });
             let dhw1 = args(m, hidden, k, (hidden, 1), (k, 1), false);
             sgemm_packed(dx_block, k, dh, w1, dhw1, 1.0, false, (None, None, None));
@@ -389,6 +406,19 @@ fn backward_part(
         });
     }
     sums
+}
+
+/// Adds every row of `rows` (rows of `sums.len()` values) to `sums`.
+fn add_rows(sums: &mut [f32], rows: &[f32]) {
+    isa::dispatch(
+        #[inline(always)]
+        |(sums, rows): (&mut [f32], &[f32])| {
+            for row in rows.chunks_exact(sums.len()) {
+                sums.iter_mut().zip(row).for_each(|(s, &v)| *s += v);
+            }
+        },
+        (sums, rows),
+    );
 }
 
 /// The product `m × k · k × n` with those strides.
