@@ -6,10 +6,10 @@
 //! 12.8 MB for the DiT at batch 128) go out to memory after one product and come back
 //! for the next. Here one thread takes a block of rows (about 1 MiB of hidden values)
 //! through every product that involves them:
-//! - forward: the first product with the GELU (`Epilogue::GeluInPlace`, or, for a
-//!   backward, `Epilogue::Gelu` writing h out and gelu(h) into the thread's buffer),
-//!   then the second reading gelu(h) back from L2. Only h, which the backward needs,
-//!   goes to memory, and only when there is a backward;
+//! - forward: the first product into the thread's buffer with the GELU in place
+//!   (`Epilogue::GeluInPlace`; for a backward, h is first copied out by streaming
+//!   stores), then the second reading gelu(h) back from L2. Only h, which the
+//!   backward needs, goes to memory, and only when there is a backward;
 //! - backward: dh = (g·w2) ∘ gelu'(h) into the thread's buffer, gelu(h) recomputed
 //!   beside it when the forward did not keep it (the two share their sigmoid), dw2's
 //!   and dw1's shares of the block, and dx = dh·w1; dh and gelu(h) are never written to
@@ -123,10 +123,14 @@ pub fn gelu_mlp_rows(
         with_scratch(&HIDDEN, m * hidden, |act| {
             let x_block = &x[first * k..(first + m) * k];
             match pre {
-                // h to memory for the backward, gelu(h) into the thread's buffer.
+                // h into the thread's buffer, copied out for the backward by streaming
+                // stores (no read of the lines it overwrites), then gelu(h) in place.
                 Some(pre) => {
-                    let epilogue = Epilogue::Gelu(SharedOut::new(act));
-                    product(pre, x_block, (fc1, &w1), first, Some(epilogue));
+                    product(act, x_block, (fc1, &w1), first, None);
+                    // SAFETY: AVX-512F is available (the caller's promise).
+                    unsafe { stream_copy(pre, act) };
+                    // SAFETY: this epilogue writes no shared output.
+                    unsafe { Epilogue::GeluInPlace.apply(act, 0) };
                 }
                 None => product(act, x_block, (fc1, &w1), first, Some(Epilogue::GeluInPlace)),
             }
@@ -143,6 +147,33 @@ pub fn gelu_mlp_rows(
         None => outs.for_each(|(b, dst)| block(b, dst, None)),
     }
     (out, pre)
+}
+
+/// Copies `src` into `dst` (of the same length) with non-temporal stores where
+/// `dst` is 64-byte aligned: a copy that only a later pass reads goes to memory
+/// without first reading the lines it overwrites into the cache.
+///
+/// # Safety
+/// AVX-512F is available.
+#[target_feature(enable = "avx512f")]
+unsafe fn stream_copy(dst: &mut [f32], src: &[f32]) {
+    use std::arch::x86_64::{_mm512_loadu_ps, _mm512_stream_ps, _mm_sfence};
+    assert_eq!(dst.len(), src.len());
+    let head = dst.as_ptr().align_offset(64).min(dst.len());
+    let body_end = head + (dst.len() - head) / 16 * 16;
+    dst[..head].copy_from_slice(&src[..head]);
+    for i in (head..body_end).step_by(16) {
+        // SAFETY: i + 16 ≤ body_end ≤ len, and dst + i is 64-byte aligned.
+        unsafe {
+            _mm512_stream_ps(
+                dst.as_mut_ptr().add(i),
+                _mm512_loadu_ps(src.as_ptr().add(i)),
+            )
+        };
+    }
+    dst[body_end..].copy_from_slice(&src[body_end..]);
+    // Streaming stores are weakly ordered: fence them before another thread reads.
+    _mm_sfence();
 }
 
 /// How many blocks `rows` rows take at about [`HIDDEN_VALUES_PER_BLOCK`] hidden
