@@ -145,6 +145,16 @@ impl PackedRhs {
     }
 }
 
+/// Where a task's packed right tiles come from for one inner block.
+#[derive(Clone, Copy)]
+enum Tiles<'a> {
+    /// Packed once for every task, `kc·NR` values a tile.
+    Shared(&'a [f32]),
+    /// Packed by the task itself, one at a time, from this operand (read with the
+    /// product's strides).
+    Own(&'a [f32]),
+}
+
 /// Where a product's right operand comes from.
 #[derive(Clone, Copy)]
 enum Rhs<'a> {
@@ -194,18 +204,18 @@ fn run(
     with_scratch(&PACKED_RHS, shared_len, |packed_rhs| {
         for k0 in (0..g.k).step_by(KC) {
             let ks = k0..g.k.min(k0 + KC);
-            let shared = match rhs {
-                Rhs::Packed(packed) => Some(packed.block(&ks)),
-                Rhs::Strided(_) if own_tiles => None,
+            let tiles_from = match rhs {
+                Rhs::Packed(packed) => Tiles::Shared(packed.block(&ks)),
+                Rhs::Strided(data) if own_tiles => Tiles::Own(data),
                 Rhs::Strided(data) => {
                     let packed = &mut packed_rhs[..tiles * ks.len() * NR];
                     pack_rhs(packed, data, g, &ks, parallel);
-                    Some(&*packed)
+                    Tiles::Shared(packed)
                 }
             };
             let task = |part: &Part| {
                 // SAFETY: the parts are disjoint (see `split`); AVX-512F is available.
-                unsafe { product.multiply_part(part, shared, &ks) }
+                unsafe { product.multiply_part(part, tiles_from, &ks) }
             };
             if parallel && parts.len() > 1 {
                 parts.par_iter().for_each(task);
@@ -259,18 +269,19 @@ enum Walk<'a> {
     SharedPanelMajor(&'a [f32]),
     /// Every panel against one shared tile, then the next tile.
     SharedTileMajor(&'a [f32]),
-    /// Every panel against one tile packed into the task's buffer, then the next.
-    OwnTiles,
+    /// Every panel against one tile of this operand (read with the product's
+    /// strides) packed into the task's buffer, then the next.
+    OwnTiles(&'a [f32]),
 }
 
 /// Calls `multiply(tile, packed_tile, panel)` for every tile of `tiles` and panel
-/// below `panels` in the order of `walk`; `pack_own(tile, buffer)` packs a tile
-/// into `own_tile` for [`Walk::OwnTiles`].
+/// below `panels` in the order of `walk`; `pack_own(rhs, tile, buffer)` packs a tile
+/// of the right operand `rhs` into `own_tile` for [`Walk::OwnTiles`].
 fn walk_tiles(
     walk: Walk,
     (tiles, panels, tile_len): (Range<usize>, usize, usize),
     own_tile: &mut [f32],
-    pack_own: impl Fn(usize, &mut [f32]),
+    pack_own: impl Fn(&[f32], usize, &mut [f32]),
     multiply: &mut impl FnMut(usize, &[f32], usize),
 ) {
     match walk {
@@ -289,9 +300,9 @@ fn walk_tiles(
                 }
             }
         }
-        Walk::OwnTiles => {
+        Walk::OwnTiles(rhs) => {
             for tile in tiles {
-                pack_own(tile, own_tile);
+                pack_own(rhs, tile, own_tile);
                 for panel in 0..panels {
                     multiply(tile, own_tile, panel);
                 }
@@ -556,7 +567,7 @@ impl Product<'_> {
     ///
     /// # Safety
     /// No other thread writes `part` of the output, and AVX-512F is available.
-    unsafe fn multiply_part(&self, part: &Part, shared_rhs: Option<&[f32]>, ks: &Range<usize>) {
+    unsafe fn multiply_part(&self, part: &Part, tiles_from: Tiles, ks: &Range<usize>) {
         let (g, kc) = (self.g, ks.len());
         let first_block = ks.start == 0;
         let row_bias = self.bias.filter(|b| first_block && b.strides == (0, 1));
@@ -578,7 +589,10 @@ impl Product<'_> {
             false => part.rows.start,
         };
         let packed_panels = (part.rows.end - packed_from).div_ceil(MR);
-        let own_len = if shared_rhs.is_some() { 0 } else { kc * NR };
+        let own_len = match tiles_from {
+            Tiles::Shared(_) => 0,
+            Tiles::Own(_) => kc * NR,
+        };
         let mut prefetcher = self.next_block_prefetcher(part, ks);
         with_scratch(&PACKED_LHS, packed_panels * MR * kc, |packed_lhs| {
             with_scratch(&PACKED_TILE, own_len, |own_tile| {
@@ -626,18 +640,13 @@ impl Product<'_> {
                         Left::Rows(a) => tile_product(cols, kc, a, b, c, edge, sums),
                     }
                 };
-                let walk = match shared_rhs {
-                    Some(packed) if direct => Walk::SharedPanelMajor(packed),
-                    Some(packed) => Walk::SharedTileMajor(packed),
-                    None => Walk::OwnTiles,
+                let walk = match tiles_from {
+                    Tiles::Shared(packed) if direct => Walk::SharedPanelMajor(packed),
+                    Tiles::Shared(packed) => Walk::SharedTileMajor(packed),
+                    Tiles::Own(rhs) => Walk::OwnTiles(rhs),
                 };
-                let pack_own = |tile, buffer: &mut [f32]| match self.rhs {
-                    Rhs::Strided(rhs) => pack_tile(buffer, rhs, g, ks, tile),
-                    // (Not taken: a packed operand takes a shared walk.)
-                    Rhs::Packed(p) => {
-                        buffer.copy_from_slice(&p.block(ks)[tile * kc * NR..][..kc * NR])
-                    }
-                };
+                let pack_own =
+                    |rhs: &[f32], tile, buffer: &mut [f32]| pack_tile(buffer, rhs, g, ks, tile);
                 let tiles = (part.tiles.clone(), panels, kc * NR);
                 walk_tiles(walk, tiles, own_tile, pack_own, &mut multiply);
             });
