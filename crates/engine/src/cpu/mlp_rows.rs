@@ -17,9 +17,11 @@
 
 use super::epilogue::Epilogue;
 use super::matmul::{Bias, GemmArgs, SharedOut, AVX512_MIN_MNK};
+use super::pool;
+use super::reduce::combine_rows;
 use super::sgemm_avx512::{available, sgemm, sgemm_packed, with_scratch, PackedRhs};
+use super::strided::gather_view;
 use super::CpuStorage;
-use super::{isa, pool};
 use crate::fused::View;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -332,29 +334,9 @@ pub fn gelu_mlp_rows_backward(x: BackwardInputs, biases: (bool, bool)) -> Backwa
         dx,
         dw1: total.dw1,
         db1: biases.0.then_some(total.db1),
-        dw2: transposed(&total.dw2_t, n),
+        dw2: gather_view(&total.dw2_t, &[n, hidden], &[1, n], 0),
         db2: biases.1.then_some(total.db2),
     }
-}
-
-/// The transpose of `values`, a row-major matrix of rows of `cols`, in blocks of
-/// 32 × 32: element by element, the writes a whole output row apart (2 KiB for 512
-/// rows) fell into a few cache sets and evicted each other (190 µs for 512 × 128,
-/// 19 µs in blocks).
-fn transposed(values: &[f32], cols: usize) -> Vec<f32> {
-    const BLOCK: usize = 32;
-    let rows = values.len() / cols;
-    let mut out = vec![0.0; values.len()];
-    for r0 in (0..rows).step_by(BLOCK) {
-        for c0 in (0..cols).step_by(BLOCK) {
-            for c in c0..(c0 + BLOCK).min(cols) {
-                for r in r0..(r0 + BLOCK).min(rows) {
-                    out[c * rows + r] = values[r * cols + c];
-                }
-            }
-        }
-    }
-    out
 }
 
 /// One part's sums of the parameter gradients.
@@ -426,7 +408,7 @@ fn backward_part(
                 let extras = (None, None, None);
                 sgemm(&mut sums.dw2_t, n, act, g, at_g, 1.0, false, extras);
                 if biases.1 {
-                    add_rows(&mut sums.db2, g);
+                    combine_rows(&mut sums.db2, g, |a, b| a + b);
                 }
             });
             let dhw1 = args(m, hidden, k, (hidden, 1), (k, 1), false);
@@ -447,19 +429,6 @@ fn backward_part(
         });
     }
     sums
-}
-
-/// Adds every row of `rows` (rows of `sums.len()` values) to `sums`.
-fn add_rows(sums: &mut [f32], rows: &[f32]) {
-    isa::dispatch(
-        #[inline(always)]
-        |(sums, rows): (&mut [f32], &[f32])| {
-            for row in rows.chunks_exact(sums.len()) {
-                sums.iter_mut().zip(row).for_each(|(s, &v)| *s += v);
-            }
-        },
-        (sums, rows),
-    );
 }
 
 /// The product `m × k · k × n` with those strides.

@@ -295,6 +295,12 @@ fn reduce_blocks<F: CpuFloat>(
 /// `out.len()` values that make up `rows`, in the widest vectors this CPU has.
 fn accumulate_rows<F: CpuFloat>(out: &mut [F], rows: &[F], combine: impl Fn(F, F) -> F, start: F) {
     out.fill(start);
+    combine_rows(out, rows, combine);
+}
+
+/// `out = combine(…combine(out, row₀)…, rowₙ)` column by column, for the rows of
+/// `out.len()` values that make up `rows`, in the widest vectors this CPU has.
+pub(super) fn combine_rows<F: CpuFloat>(out: &mut [F], rows: &[F], combine: impl Fn(F, F) -> F) {
     isa::dispatch(
         #[inline(always)]
         |(out, rows): (&mut [F], &[F])| {

@@ -259,7 +259,8 @@ impl<'a> FusedOp<'a> for GeluMlpRows {
 
 /// dx `[rows, k]`, dw1, db1, dw2, db2 (the biases' where `biases` says they exist) of
 /// the block from g `[rows, n]`, x `[rows, k]`, h and (where the forward kept it) act
-/// `[rows, hidden]`, in blocks of rows (`cpu/mlp_rows.rs`) where the backend has that path; `None` elsewhere.
+/// `[rows, hidden]`, in blocks of rows (`cpu/mlp_rows.rs`) where the backend has that
+/// path; `None` elsewhere.
 fn backward_rows(
     (g, x, h, act): (&Tensor, &Tensor, &Tensor, Option<&Tensor>),
     (w1, w2): (&Tensor, &Tensor),
