@@ -242,6 +242,19 @@ if sizes:
         per, (best, variant, alloc) = twin_best("matmul", "n", n, "gflops", max)
         print(f"| {n} | {ours:.1f} | {per['eager']:.1f} | {per['compile']:.1f} "
               f"| {best:.1f} ({variant}, {alloc}) | {ours / best:.2f} |")
+products = list(dict.fromkeys(r["product"] for r in rows if r["bench"] == "dit_products"))
+if products:
+    print()
+    print("| DiT product, batch 128 (m × k × n) | ours GFLOP/s | torch eager | torch.compile "
+          "| best torch (variant, allocator) | ours/best torch |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for p in products:
+        shape = next(f"{r['m']} × {r['k']} × {r['n']}" for r in rows
+                     if r["bench"] == "dit_products" and r["product"] == p)
+        ours = max(pick("dit_products", "twinflow", "product", p, "gflops"), default=float("nan"))
+        per, (best, variant, alloc) = twin_best("dit_products", "product", p, "gflops", max)
+        print(f"| {p} ({shape}) | {ours:.1f} | {per['eager']:.1f} | {per['compile']:.1f} "
+              f"| {best:.1f} ({variant}, {alloc}) | {ours / best:.2f} |")
 modes = [m for m in ["forward", "forward+backward", "no-grad forward"]
          if any(r["bench"] == "op_chain" and r["mode"] == m for r in rows)]
 if modes:
@@ -255,7 +268,7 @@ if modes:
         print(f"| {mode} | {ours:.3f} | {per['eager']:.3f} | {per['compile']:.3f} "
               f"| {best:.3f} ({variant}, {alloc}) | {best / ours:.2f} |")
 for r in rows:
-    if r["bench"] in ("matmul", "op_chain") and "compile_error" in r:
+    if r["bench"] in ("matmul", "dit_products", "op_chain") and "compile_error" in r:
         print(f"torch.compile failed ({r['bench']}, {r.get('allocator')}): {r['compile_error']}")
 for dit in [[r for r in rows if r["bench"] == "dit" and r["batch"] == b]
             for b in sorted({r["batch"] for r in rows if r["bench"] == "dit"}, reverse=True)]:
@@ -349,6 +362,10 @@ for n in sizes:
     o = pick("matmul", "twinflow", "n", n, "gflops")
     print(f"  matmul n={n}, GFLOP/s, ours: " + ", ".join(f"{a:.0f}" for a in o)
           + "; torch: " + twin_rounds("matmul", "n", n, "gflops", ".0f"))
+for p in products:
+    o = pick("dit_products", "twinflow", "product", p, "gflops")
+    print(f"  {p}, GFLOP/s, ours: " + ", ".join(f"{a:.0f}" for a in o)
+          + "; torch: " + twin_rounds("dit_products", "product", p, "gflops", ".0f"))
 for mode in modes:
     o = pick("op_chain", "twinflow", "mode", mode, "us_per_op")
     print(f"  op chain {mode}, µs/op, ours: " + ", ".join(f"{a:.2f}" for a in o)

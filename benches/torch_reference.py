@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""PyTorch reference for benches/matmul.rs and benches/op_chain.rs, eager and under
-torch.compile.
+"""PyTorch reference for benches/matmul.rs (square products, then the DiT's products)
+and benches/op_chain.rs, eager and under torch.compile.
 
 Same shapes, same op mix, same timing method (untimed warm-up, by count and by time,
 then the median wall time of several timed runs, time.perf_counter around the work only), same table
@@ -37,6 +37,12 @@ CHAIN_WARMUP_SECS = 0.3
 
 # (n, minimum warm-up products, timed products): as in benches/matmul.rs.
 SIZES = [(256, 10, 50), (512, 5, 30), (1024, 3, 15), (2048, 2, 7)]
+
+# The default DiT's products at batch 128, as in benches/matmul.rs: token rows, the
+# linear layers (name, inputs, outputs), and (minimum warm-up, timed) products.
+DIT_ROWS = 128 * 49
+DIT_LAYERS = [("qkv", 128, 384), ("proj", 128, 128), ("fc1", 128, 512), ("fc2", 512, 128)]
+DIT_REPS = (3, 15)
 
 # As in benches/op_chain.rs.
 CHAIN = 1000
@@ -96,6 +102,45 @@ def bench_matmul(emit_json, compile_too):
         print(f"| {n} | {t * 1e3:.3f} | {gflops:.1f} | {cell} |")
         if emit_json:
             print(json.dumps(row))
+    bench_dit_products(emit_json, compile_too, threads)
+
+
+def bench_dit_products(emit_json, compile_too, threads):
+    """The DiT's products, each layer's x·Wᵀ, g·W and gᵀ·x on the same views as
+    benches/matmul.rs (transposes are views, as there)."""
+    print()
+    print(f"# the DiT's products at batch 128 ({DIT_ROWS} token rows)")
+    print("| product | m × k × n | median ms | GFLOP/s | torch.compile GFLOP/s |")
+    print("|---|---:|---:|---:|---:|")
+    warmup, reps = DIT_REPS
+    for layer, inputs, outputs in DIT_LAYERS:
+        x = torch.randn(DIT_ROWS, inputs, dtype=torch.float32)
+        w = torch.randn(outputs, inputs, dtype=torch.float32)
+        g = torch.randn(DIT_ROWS, outputs, dtype=torch.float32)
+        for kind, lhs, rhs in [("forward", x, w.t()), ("input grad", g, w),
+                               ("weight grad", g.t(), x)]:
+            (m, k), n = lhs.shape, rhs.shape[1]
+            flop = 2.0 * m * k * n
+            t = time_product(torch.matmul, lhs, rhs, warmup, reps)
+            row = {
+                "bench": "dit_products", "impl": "torch", "product": f"{layer} {kind}",
+                "m": m, "k": k, "n": n, "median_s": t, "gflops": flop / t / 1e9,
+                "threads": threads, "version": torch.__version__,
+                "allocator": preloaded_allocator(),
+            }
+            if compile_too:
+                try:  # static shapes, compiled afresh per layout (past eight layouts of
+                    # one function dynamo stops recompiling and falls back to eager)
+                    torch._dynamo.reset()
+                    mm = torch.compile(lambda a, b: a @ b, dynamic=False)
+                    row["compile_gflops"] = flop / time_product(mm, lhs, rhs, warmup, reps) / 1e9
+                except Exception as e:  # reported, not fatal: eager still stands
+                    row["compile_error"] = f"{type(e).__name__}: {e}"[:200]
+            cell = f"{row['compile_gflops']:.1f}" if "compile_gflops" in row else "–"
+            print(f"| {row['product']} | {m} × {k} × {n} | {t * 1e3:.3f} "
+                  f"| {row['gflops']:.1f} | {cell} |")
+            if emit_json:
+                print(json.dumps(row))
 
 
 def chain(x, c, b):
