@@ -30,6 +30,10 @@ use std::thread::LocalKey;
 const MR: usize = 12;
 /// Columns of a micro-tile: two 16-lane vectors.
 pub(super) const NR: usize = 32;
+/// Steps per pass of the micro-kernel's loop (written out four times in it): its
+/// counter and pointer updates are scalar instructions, which the cores may issue on
+/// the two ports the FMAs need.
+pub(super) const UNROLL: usize = 4;
 /// Inner-dimension block: a `KC × NR` tile of the packed right operand (32 KiB)
 /// stays in the L1 cache while the micro-panels of a task stream past it.
 const KC: usize = 256;
@@ -925,28 +929,41 @@ unsafe fn micro_kernel<const V: usize, L: PanelWalk, const SUM_ROWS: bool>(
     let mut sums = [[_mm512_setzero_ps(); V]; MR];
     let mut row_sums = _mm512_setzero_ps();
     let mut bp = b[..kc * NR].as_ptr();
-    for _ in 0..kc {
-        if SUM_ROWS {
-            row_sums = _mm512_add_ps(row_sums, a.step_values());
-        }
-        // The left micro-panel streams from L2: ask for it a few steps ahead.
-        a.prefetch_ahead();
-        let bv: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(bp.add(16 * v)));
-        // Written out row by row, so that each row's address is a constant expression
-        // of the panel's pointers: a loop over the rows was not always unrolled, and
-        // then kept the sums in memory.
-        const _: () = assert!(MR == 12, "row_products! lists the rows of a micro-tile");
-        macro_rules! row_products {
-            ($($r:literal)*) => {$(
-                let av = _mm512_set1_ps(a.value($r));
-                for (sum, &bv) in sums[$r].iter_mut().zip(&bv) {
-                    *sum = _mm512_fmadd_ps(av, bv, *sum);
-                }
-            )*};
-        }
-        row_products!(0 1 2 3 4 5 6 7 8 9 10 11);
-        a.step();
-        bp = bp.add(NR);
+    // Written out row by row, so that each row's address is a constant expression of
+    // the panel's pointers: a loop over the rows was not always unrolled, and then kept
+    // the sums in memory.
+    const _: () = assert!(MR == 12, "row_products! lists the rows of a micro-tile");
+    macro_rules! row_products {
+        ($bv:ident; $($r:literal)*) => {$(
+            let av = _mm512_set1_ps(a.value($r));
+            for (sum, &bv) in sums[$r].iter_mut().zip(&$bv) {
+                *sum = _mm512_fmadd_ps(av, bv, *sum);
+            }
+        )*};
+    }
+    // One step: the step's right values times each row's left value.
+    macro_rules! step {
+        () => {{
+            if SUM_ROWS {
+                row_sums = _mm512_add_ps(row_sums, a.step_values());
+            }
+            // The left micro-panel streams from L2: ask for it a few steps ahead.
+            a.prefetch_ahead();
+            let bv: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(bp.add(16 * v)));
+            row_products!(bv; 0 1 2 3 4 5 6 7 8 9 10 11);
+            a.step();
+            bp = bp.add(NR);
+        }};
+    }
+    const _: () = assert!(UNROLL == 4, "the loop below writes out UNROLL steps");
+    for _ in 0..kc / UNROLL {
+        step!();
+        step!();
+        step!();
+        step!();
+    }
+    for _ in 0..kc % UNROLL {
+        step!();
     }
     let beta = _mm512_set1_ps(edge.beta);
     let masks = lane_masks::<V>(edge.cols);

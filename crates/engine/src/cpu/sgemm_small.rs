@@ -9,7 +9,7 @@
 //! `R × V` sums held in registers.
 
 use super::matmul::GemmArgs;
-use super::sgemm_avx512::{available, lane_masks, pack_tile, store_row, with_scratch, NR};
+use super::sgemm_avx512::{available, lane_masks, pack_tile, store_row, with_scratch, NR, UNROLL};
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
@@ -151,18 +151,33 @@ unsafe fn micro_tile<const V: usize, const R: usize>(
 ) {
     let masks = lane_masks::<V>(t.cols);
     let mut sums = [[_mm512_setzero_ps(); V]; R];
-    for p in 0..t.k {
-        // Masked lanes are not read, so the pointers may run past the row.
-        let b = t.rhs.wrapping_add(p * t.ldb);
-        let bv: [__m512; V] =
-            std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], b.wrapping_add(16 * v)));
-        let ap = a.add(p * cs);
-        for (r, row) in sums.iter_mut().enumerate() {
-            let av = _mm512_set1_ps(*ap.add(r * rs));
-            for (sum, &bv) in row.iter_mut().zip(&bv) {
-                *sum = _mm512_fmadd_ps(av, bv, *sum);
+    let (mut b, mut ap) = (t.rhs, a);
+    // One step: a row of the right operand times each row's left value.
+    macro_rules! step {
+        () => {{
+            // Masked lanes are not read, so the pointers may run past the row.
+            let bv: [__m512; V] =
+                std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], b.wrapping_add(16 * v)));
+            for (r, row) in sums.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*ap.add(r * rs));
+                for (sum, &bv) in row.iter_mut().zip(&bv) {
+                    *sum = _mm512_fmadd_ps(av, bv, *sum);
+                }
             }
-        }
+            b = b.wrapping_add(t.ldb);
+            ap = ap.wrapping_add(cs);
+        }};
+    }
+    // Four steps a pass, as in the packed kernel (`UNROLL`).
+    const _: () = assert!(UNROLL == 4, "the loop below writes out UNROLL steps");
+    for _ in 0..t.k / UNROLL {
+        step!();
+        step!();
+        step!();
+        step!();
+    }
+    for _ in 0..t.k % UNROLL {
+        step!();
     }
     let (beta, zero) = (_mm512_set1_ps(t.beta), [_mm512_setzero_ps(); V]);
     for (r, row) in sums.iter().enumerate() {
