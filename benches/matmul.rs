@@ -25,7 +25,9 @@
 //! Threads: the engine's CPU backend uses rayon's global pool (one thread per core
 //! unless `RAYON_NUM_THREADS` says otherwise).
 
-use std::time::Instant;
+#[path = "common/twin_timing.rs"]
+mod twin_timing;
+use twin_timing::median_secs;
 use twinflow::engine::{DType, Device, Generator, Tensor};
 
 /// Minimum warm-up time per size, in seconds.
@@ -46,16 +48,6 @@ const DIT_LAYERS: [(&str, usize, usize); 4] = [
 ];
 /// Minimum warm-up products and timed products of each DiT product.
 const DIT_REPS: (usize, usize) = (3, 15);
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    let m = xs.len() / 2;
-    if xs.len() % 2 == 1 {
-        xs[m]
-    } else {
-        0.5 * (xs[m - 1] + xs[m])
-    }
-}
 
 /// The size of rayon's global pool: `RAYON_NUM_THREADS` when set, else one per core.
 fn rayon_threads() -> usize {
@@ -86,7 +78,7 @@ fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     for (n, warmup, reps) in SIZES {
         let a = gen.randn(&[n, n], DType::F32, Device::Cpu)?;
         let b = gen.randn(&[n, n], DType::F32, Device::Cpu)?;
-        let t = median_time(|| a.matmul(&b), warmup, reps)?;
+        let t = median_secs(|| a.matmul(&b), (warmup, WARMUP_SECS), reps)?;
         let gflops = 2.0 * (n as f64).powi(3) / t / 1e9;
         println!("| {n} | {:.3} | {gflops:.1} |", t * 1e3);
         if json {
@@ -120,7 +112,7 @@ fn dit_products(
             ("weight grad", &g_t, &x, [outputs, DIT_ROWS, inputs]),
         ];
         for (kind, lhs, rhs, [m, k, n]) in products {
-            let t = median_time(|| lhs.matmul(rhs), DIT_REPS.0, DIT_REPS.1)?;
+            let t = median_secs(|| lhs.matmul(rhs), (DIT_REPS.0, WARMUP_SECS), DIT_REPS.1)?;
             let gflops = 2.0 * (m * k * n) as f64 / t / 1e9;
             let product = format!("{layer} {kind}");
             println!(
@@ -137,29 +129,4 @@ fn dit_products(
         }
     }
     Ok(())
-}
-
-/// The median seconds of `reps` timed calls of `product` after the warm-up (at least
-/// `warmup` calls and [`WARMUP_SECS`]); each result is dropped after its clock stops.
-fn median_time(
-    mut product: impl FnMut() -> twinflow::engine::Result<Tensor>,
-    warmup: usize,
-    reps: usize,
-) -> Result<f64, Box<dyn std::error::Error + Send + Sync>> {
-    let start = Instant::now();
-    let mut done = 0;
-    while done < warmup || start.elapsed().as_secs_f64() < WARMUP_SECS {
-        std::hint::black_box(product()?);
-        done += 1;
-    }
-    let mut times = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        let t0 = Instant::now();
-        let c = product()?;
-        let dt = t0.elapsed().as_secs_f64();
-        std::hint::black_box(&c);
-        drop(c);
-        times.push(dt);
-    }
-    Ok(median(times))
 }

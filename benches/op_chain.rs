@@ -17,7 +17,9 @@
 //! runs both (see `docs/benchmarks.md`). `--json` (or `TWINFLOW_BENCH_JSON=1`) also
 //! prints one JSON object per line.
 
-use std::time::Instant;
+#[path = "common/twin_timing.rs"]
+mod twin_timing;
+use twin_timing::median_secs;
 use twinflow::engine::{no_grad, DType, Device, Generator, Result, Tensor};
 
 const CHAIN: usize = 1000;
@@ -40,36 +42,10 @@ fn chain(x: &Tensor, c: &Tensor, b: &Tensor) -> Result<Tensor> {
     y.sum_all()
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    let m = xs.len() / 2;
-    if xs.len() % 2 == 1 {
-        xs[m]
-    } else {
-        0.5 * (xs[m - 1] + xs[m])
-    }
-}
-
 /// Median seconds of `REPS` timed calls of `f` after at least `WARMUP` untimed ones
-/// and `WARMUP_SECS` of warm-up. What `f`
-/// returns is dropped after the clock stops, so freeing the graph is not counted.
-fn time<T>(mut f: impl FnMut() -> Result<T>) -> Result<f64> {
-    let start = Instant::now();
-    let mut done = 0;
-    while done < WARMUP || start.elapsed().as_secs_f64() < WARMUP_SECS {
-        std::hint::black_box(f()?);
-        done += 1;
-    }
-    let mut times = Vec::with_capacity(REPS);
-    for _ in 0..REPS {
-        let t0 = Instant::now();
-        let out = f()?;
-        let dt = t0.elapsed().as_secs_f64();
-        std::hint::black_box(&out);
-        drop(out);
-        times.push(dt);
-    }
-    Ok(median(times))
+/// and `WARMUP_SECS` of warm-up.
+fn time<T>(f: impl FnMut() -> Result<T>) -> Result<f64> {
+    median_secs(f, (WARMUP, WARMUP_SECS), REPS)
 }
 
 fn main() -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {

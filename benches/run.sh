@@ -232,29 +232,27 @@ def twin_best(bench, key, value, field, agg):
     best = agg(found, key=lambda f: f[0], default=(float("nan"), "–", "–"))
     return per, best
 
+def gflops_table(header, align, bench, key, entries):
+    """GFLOP/s, ours beside the torch twin's best, one row per (value of `key`, label)."""
+    print(f"| {header} | ours GFLOP/s | torch eager | torch.compile "
+          "| best torch (variant, allocator) | ours/best torch |")
+    print(f"|{align}|---:|---:|---:|---:|---:|")
+    for value, label in entries:
+        ours = max(pick(bench, "twinflow", key, value, "gflops"), default=float("nan"))
+        per, (best, variant, alloc) = twin_best(bench, key, value, "gflops", max)
+        print(f"| {label} | {ours:.1f} | {per['eager']:.1f} | {per['compile']:.1f} "
+              f"| {best:.1f} ({variant}, {alloc}) | {ours / best:.2f} |")
+
 sizes = sorted({r["n"] for r in rows if r["bench"] == "matmul"})
 if sizes:
-    print("| n | ours GFLOP/s | torch eager | torch.compile | best torch (variant, allocator) "
-          "| ours/best torch |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    for n in sizes:
-        ours = max(pick("matmul", "twinflow", "n", n, "gflops"), default=float("nan"))
-        per, (best, variant, alloc) = twin_best("matmul", "n", n, "gflops", max)
-        print(f"| {n} | {ours:.1f} | {per['eager']:.1f} | {per['compile']:.1f} "
-              f"| {best:.1f} ({variant}, {alloc}) | {ours / best:.2f} |")
+    gflops_table("n", "---:", "matmul", "n", [(n, n) for n in sizes])
 products = list(dict.fromkeys(r["product"] for r in rows if r["bench"] == "dit_products"))
 if products:
+    shapes = {r["product"]: f"{r['m']} × {r['k']} × {r['n']}" for r in rows
+              if r["bench"] == "dit_products"}
     print()
-    print("| DiT product, batch 128 (m × k × n) | ours GFLOP/s | torch eager | torch.compile "
-          "| best torch (variant, allocator) | ours/best torch |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for p in products:
-        shape = next(f"{r['m']} × {r['k']} × {r['n']}" for r in rows
-                     if r["bench"] == "dit_products" and r["product"] == p)
-        ours = max(pick("dit_products", "twinflow", "product", p, "gflops"), default=float("nan"))
-        per, (best, variant, alloc) = twin_best("dit_products", "product", p, "gflops", max)
-        print(f"| {p} ({shape}) | {ours:.1f} | {per['eager']:.1f} | {per['compile']:.1f} "
-              f"| {best:.1f} ({variant}, {alloc}) | {ours / best:.2f} |")
+    gflops_table("DiT product, batch 128 (m × k × n)", "---", "dit_products", "product",
+                 [(p, f"{p} ({shapes[p]})") for p in products])
 modes = [m for m in ["forward", "forward+backward", "no-grad forward"]
          if any(r["bench"] == "op_chain" and r["mode"] == m for r in rows)]
 if modes:

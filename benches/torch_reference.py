@@ -75,6 +75,23 @@ def time_product(mm, a, b, warmup, reps):
     return statistics.median(times)
 
 
+def add_compiled(row, flop, compiled, a, b, counts):
+    """Sets row["compile_gflops"] for the product `compiled()` returns, timed as the
+    eager one (compiling happens on its first, untimed call), or row["compile_error"]:
+    a failed compile is reported, not fatal, as eager still stands."""
+    try:
+        row["compile_gflops"] = flop / time_product(compiled(), a, b, *counts) / 1e9
+    except Exception as e:
+        row["compile_error"] = f"{type(e).__name__}: {e}"[:200]
+
+
+def static_product():
+    """a @ b compiled for static shapes, afresh: past eight layouts of one function
+    dynamo stops recompiling and falls back to eager."""
+    torch._dynamo.reset()
+    return torch.compile(lambda a, b: a @ b, dynamic=False)
+
+
 def bench_matmul(emit_json, compile_too):
     torch.manual_seed(0)
     threads = torch.get_num_threads()
@@ -93,11 +110,8 @@ def bench_matmul(emit_json, compile_too):
             "allocator": preloaded_allocator(),
         }
         if compile_too:
-            try:  # compiling happens on the first (warm-up) call
-                tc = time_product(torch.compile(lambda x, y: x @ y), a, b, warmup, reps)
-                row["compile_gflops"] = 2.0 * n**3 / tc / 1e9
-            except Exception as e:  # reported, not fatal: eager still stands
-                row["compile_error"] = f"{type(e).__name__}: {e}"[:200]
+            add_compiled(row, 2.0 * n**3, lambda: torch.compile(lambda x, y: x @ y),
+                         a, b, (warmup, reps))
         cell = f"{row['compile_gflops']:.1f}" if "compile_gflops" in row else "–"
         print(f"| {n} | {t * 1e3:.3f} | {gflops:.1f} | {cell} |")
         if emit_json:
@@ -129,13 +143,7 @@ def bench_dit_products(emit_json, compile_too, threads):
                 "allocator": preloaded_allocator(),
             }
             if compile_too:
-                try:  # static shapes, compiled afresh per layout (past eight layouts of
-                    # one function dynamo stops recompiling and falls back to eager)
-                    torch._dynamo.reset()
-                    mm = torch.compile(lambda a, b: a @ b, dynamic=False)
-                    row["compile_gflops"] = flop / time_product(mm, lhs, rhs, warmup, reps) / 1e9
-                except Exception as e:  # reported, not fatal: eager still stands
-                    row["compile_error"] = f"{type(e).__name__}: {e}"[:200]
+                add_compiled(row, flop, static_product, lhs, rhs, (warmup, reps))
             cell = f"{row['compile_gflops']:.1f}" if "compile_gflops" in row else "–"
             print(f"| {row['product']} | {m} × {k} × {n} | {t * 1e3:.3f} "
                   f"| {row['gflops']:.1f} | {cell} |")
