@@ -30,10 +30,28 @@ use std::thread::LocalKey;
 const MR: usize = 12;
 /// Columns of a micro-tile: two 16-lane vectors.
 pub(super) const NR: usize = 32;
-/// Steps per pass of the micro-kernel's loop (written out four times in it): its
-/// counter and pointer updates are scalar instructions, which the cores may issue on
-/// the two ports the FMAs need.
+/// Steps per pass of the micro-kernels' loops ([`unrolled!`]): a loop's counter and
+/// pointer updates are scalar instructions, which the cores may issue on the two ports
+/// the FMAs need.
 pub(super) const UNROLL: usize = 4;
+
+/// Runs the statement `$step` `$count` times, written out [`UNROLL`] times a pass.
+macro_rules! unrolled {
+    ($count:expr, $step:expr) => {{
+        const _: () = assert!(UNROLL == 4, "unrolled! writes out UNROLL steps");
+        let count: usize = $count;
+        for _ in 0..count / UNROLL {
+            $step;
+            $step;
+            $step;
+            $step;
+        }
+        for _ in 0..count % UNROLL {
+            $step;
+        }
+    }};
+}
+pub(super) use unrolled;
 /// Inner-dimension block. Every product of the DiT (inner sizes 128–512, the weight
 /// gradients' aside) takes one block, so each micro-tile is stored once instead of
 /// being reloaded and added to after every block: at 512 rather than 256, the DiT's
@@ -959,16 +977,7 @@ unsafe fn micro_kernel<const V: usize, L: PanelWalk, const SUM_ROWS: bool>(
             bp = bp.add(NR);
         }};
     }
-    const _: () = assert!(UNROLL == 4, "the loop below writes out UNROLL steps");
-    for _ in 0..kc / UNROLL {
-        step!();
-        step!();
-        step!();
-        step!();
-    }
-    for _ in 0..kc % UNROLL {
-        step!();
-    }
+    unrolled!(kc, step!());
     let beta = _mm512_set1_ps(edge.beta);
     let masks = lane_masks::<V>(edge.cols);
     let bias: [__m512; V] = std::array::from_fn(|v| match edge.bias {

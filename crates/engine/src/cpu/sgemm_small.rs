@@ -9,7 +9,9 @@
 //! `R × V` sums held in registers.
 
 use super::matmul::GemmArgs;
-use super::sgemm_avx512::{available, lane_masks, pack_tile, store_row, with_scratch, NR, UNROLL};
+use super::sgemm_avx512::{
+    available, lane_masks, pack_tile, store_row, unrolled, with_scratch, NR, UNROLL,
+};
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
@@ -168,17 +170,7 @@ unsafe fn micro_tile<const V: usize, const R: usize>(
             ap = ap.wrapping_add(cs);
         }};
     }
-    // Four steps a pass, as in the packed kernel (`UNROLL`).
-    const _: () = assert!(UNROLL == 4, "the loop below writes out UNROLL steps");
-    for _ in 0..t.k / UNROLL {
-        step!();
-        step!();
-        step!();
-        step!();
-    }
-    for _ in 0..t.k % UNROLL {
-        step!();
-    }
+    unrolled!(t.k, step!());
     let (beta, zero) = (_mm512_set1_ps(t.beta), [_mm512_setzero_ps(); V]);
     for (r, row) in sums.iter().enumerate() {
         store_row(c.add(r * t.ldc), row, &masks, (beta, &zero), t.add);
