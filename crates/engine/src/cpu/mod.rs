@@ -11,6 +11,8 @@ pub(crate) mod adam;
 pub(crate) mod attention;
 #[cfg(target_arch = "x86_64")]
 mod attention_few_keys;
+#[cfg(target_arch = "x86_64")]
+mod attention_few_keys_backward;
 pub(crate) mod elementwise;
 pub(crate) mod ema;
 pub(crate) mod epilogue;
