@@ -342,7 +342,11 @@ fn walk_tiles(
 /// most one, so that each half of the list rayon splits holds the same work), times
 /// column ranges when there are fewer row blocks than twice the threads. Outputs of
 /// at most `MC` rows with at least two tiles per thread are cut by columns only, so
-/// that each task packs its own tiles (see `sgemm`).
+/// that each task packs its own tiles (see `sgemm`), except products with a
+/// transposed left operand and a long inner dimension (weight gradients) with at least
+/// four panels per thread, cut by rows only, one part per thread: cut by columns, the
+/// DiT's `proj` weight gradient (128 × 6272 × 128) read its left operand four times
+/// and ran 16 % slower (docs/benchmarks.md).
 fn split(g: GemmArgs, parallel: bool) -> Vec<Part> {
     let threads = if parallel {
         rayon::current_num_threads()
@@ -350,6 +354,20 @@ fn split(g: GemmArgs, parallel: bool) -> Vec<Part> {
         1
     };
     let (panels, tiles) = (g.m.div_ceil(MR), g.n.div_ceil(NR));
+    // A weight gradient's transposed left operand (`gᵀ`, megabytes) comes from memory
+    // once for every column range that shares its rows: where the rows would be kept
+    // whole (below), given rows enough to share out, each thread takes its own rows
+    // and every column instead.
+    let transposed = g.lhs_strides.0 == 1 && g.lhs_strides.1 != 1;
+    let few_panels = (4 * threads..=MC / MR).contains(&panels);
+    if transposed && g.k > KC && few_panels {
+        return (0..threads)
+            .map(|b| Part {
+                rows: b * panels / threads * MR..g.m.min((b + 1) * panels / threads * MR),
+                tiles: 0..tiles,
+            })
+            .collect();
+    }
     // Columns alone give every thread two tasks: keep the rows whole.
     let rows_whole = panels <= MC / MR && tiles >= 2 * threads;
     let row_blocks = match rows_whole {
