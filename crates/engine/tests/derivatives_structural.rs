@@ -838,10 +838,9 @@ fn linear_f32_gradients_match_f64(rows: usize, k: usize, n: usize) -> Result<()>
 }
 
 /// The f32 attention gradients against the f64 ones (which the gradchecks cover) on
-/// sizes that take the CPU's few-keys kernels (on AVX-512: at most 64 keys, heads of
-/// at most 64, rows of k and v contiguous; the forward, and the backward's
-/// probabilities and score gradients), a DiT's 49 tokens among them, and past them
-/// (65 keys), where the f32 backward runs on the small-product kernel alone:
+/// sizes whose forward takes the CPU's few-keys kernel (on AVX-512: at most 64 keys,
+/// heads of at most 64, rows of k and v contiguous), a DiT's 49 tokens among them, and
+/// past it (65 keys), where the f32 backward runs on the small-product kernel:
 /// `scaled_dot_product_attention` on `[b, t, h, d]` views and `qkv_attention`, causal
 /// or not. Equal within f32 rounding.
 #[test]

@@ -239,9 +239,16 @@ fn few_keys_pair<'a, F: CpuFloat>(
     lse: &mut [F],
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if let (Some(q), Some(k), Some(v)) = (q.pair_f32(i), k.pair_f32(i), v.pair_f32(i)) {
-        use super::attention_few_keys::{covers, forward};
-        use super::matmul::as_f32_slice_mut;
+    if std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>() {
+        use super::attention_few_keys::{covers, forward, Rows};
+        use super::matmul::{as_f32_slice, as_f32_slice_mut};
+        let rows = |op: &Operand<'a, F>| Rows {
+            data: as_f32_slice(op.at(i)),
+            rows: op.rows,
+            cols: op.cols,
+            strides: op.strides,
+        };
+        let (q, k, v) = (rows(q), rows(k), rows(v));
         if covers(&q, &k, &v) {
             let (o, lse) = (as_f32_slice_mut(o), as_f32_slice_mut(lse));
             forward((q, k, v), (spec.scale as f32, spec.causal), (o, ldo), lse);
@@ -249,49 +256,6 @@ fn few_keys_pair<'a, F: CpuFloat>(
         }
     }
     false
-}
-
-/// Pair `i`'s probabilities and score gradients (`tq × tk` each, in `p` and `ds`) on
-/// the few-keys kernel (`attention_few_keys_backward`) when it takes the pair (f32 on
-/// AVX-512, at most 64 keys, heads of at most 64, o and dO with contiguous rows);
-/// false, with nothing written, otherwise.
-fn few_keys_score_grads<F: CpuFloat>(
-    x: &BackwardOperands<F>,
-    lse: &[F],
-    spec: AttentionSpec,
-    i: usize,
-    (p, ds): (&mut [F], &mut [F]),
-) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use super::attention_few_keys_backward::{covers, score_grads, PairOperands};
-        use super::matmul::{as_f32_slice, as_f32_slice_mut};
-        let [q, k, v, o, g] = [&x.q, &x.k, &x.v, &x.o, &x.g].map(|op| op.pair_f32(i));
-        if let (Some(q), Some(k), Some(v), Some(o), Some(g)) = (q, k, v, o, g) {
-            let pair = PairOperands { q, k, v, o, g };
-            if covers(&pair) {
-                let spec = (spec.scale as f32, spec.causal);
-                let out = (as_f32_slice_mut(p), as_f32_slice_mut(ds), pair.k.rows);
-                score_grads(&pair, as_f32_slice(lse), spec, out);
-                return true;
-            }
-        }
-    }
-    false
-}
-
-#[cfg(target_arch = "x86_64")]
-impl<'a, F: CpuFloat> Operand<'a, F> {
-    /// Pair `i` of this operand for the few-keys kernels, when `F` is f32.
-    fn pair_f32(&self, i: usize) -> Option<super::attention_few_keys::Rows<'a>> {
-        let is_f32 = std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>();
-        is_f32.then(|| super::attention_few_keys::Rows {
-            data: super::matmul::as_f32_slice(self.at(i)),
-            rows: self.rows,
-            cols: self.cols,
-            strides: self.strides,
-        })
-    }
 }
 
 /// dS = P∘(dP − rowsum(dO∘O)) in place of dP (`ds`), rows of `tk`, for pair `i`.
@@ -471,29 +435,27 @@ fn pair_grads<F: CpuFloat>(
     let (q, k, v, o, g) = (&x.q, &x.k, &x.v, &x.o, &x.g);
     let (tq, tk, d, dv) = (q.rows, k.rows, q.cols, v.cols);
     let scale = F::c(spec.scale);
+    scores(p, q, k, i, spec);
     let lse = &lse[i * tq..(i + 1) * tq];
+    isa::dispatch(
+        #[inline(always)]
+        |p| {
+            for (row, &l) in p.chunks_mut(tk).zip(lse) {
+                row.iter_mut().for_each(|x| *x = *x - l);
+            }
+            exp_all(p);
+        },
+        &mut p[..],
+    );
     let dout = (g.at(i), g.strides);
-    if !few_keys_score_grads(x, lse, spec, i, (p, ds)) {
-        scores(p, q, k, i, spec);
-        isa::dispatch(
-            #[inline(always)]
-            |p| {
-                for (row, &l) in p.chunks_mut(tk).zip(lse) {
-                    row.iter_mut().for_each(|x| *x = *x - l);
-                }
-                exp_all(p);
-            },
-            &mut p[..],
-        );
-        let v_t = (v.at(i), v.transposed());
-        product((ds, tk), dout, v_t, (tq, dv, tk), F::one());
-        isa::dispatch(
-            #[inline(always)]
-            |ds| score_grads(ds, p, (g, o, i), tk),
-            &mut ds[..],
-        );
-    }
     product(dst.get(2), (p, (1, tk)), dout, (tk, tq, dv), F::one());
+    let v_t = (v.at(i), v.transposed());
+    product((ds, tk), dout, v_t, (tq, dv, tk), F::one());
+    isa::dispatch(
+        #[inline(always)]
+        |ds| score_grads(ds, p, (g, o, i), tk),
+        &mut ds[..],
+    );
     let k_rows = (k.at(i), k.strides);
     product(dst.get(0), (ds, (tk, 1)), k_rows, (tq, tk, d), scale);
     product(

@@ -18,7 +18,7 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 /// Query rows per block: `ROWS × 4` score vectors stay in registers.
-pub(super) const ROWS: usize = 6;
+const ROWS: usize = 6;
 /// The most keys: four 16-lane vectors per score row.
 pub const MAX_KEYS: usize = 64;
 /// The most values per head, of q and k and of v: four vectors per row.
@@ -39,7 +39,7 @@ pub struct Rows<'a> {
 
 impl Rows<'_> {
     /// Whether every element the strides reach is in `data`.
-    pub(super) fn in_bounds(&self) -> bool {
+    fn in_bounds(&self) -> bool {
         let (rs, cs) = self.strides;
         self.rows == 0
             || self.cols == 0
@@ -133,7 +133,17 @@ unsafe fn blocks<const VK: usize>(
         // A short last block repeats its last row: computed, never stored.
         let row = |r: usize| q.data.as_ptr().add((i0 + r.min(rows - 1)) * q.strides.0);
         let lhs: [*const f32; ROWS] = std::array::from_fn(row);
-        let s = block_products::<VK>(&lhs, q.strides.1, keys_t, d);
+        let mut s = [[_mm512_setzero_ps(); VK]; ROWS];
+        for c in 0..d {
+            let kt = keys_t.as_ptr().add(c * MAX_KEYS);
+            let kv: [__m512; VK] = std::array::from_fn(|w| _mm512_loadu_ps(kt.add(16 * w)));
+            for (sums, a) in s.iter_mut().zip(&lhs) {
+                let a = _mm512_set1_ps(*a.add(c * q.strides.1));
+                for (sum, &kv) in sums.iter_mut().zip(&kv) {
+                    *sum = _mm512_fmadd_ps(a, kv, *sum);
+                }
+            }
+        }
         let keys: [usize; ROWS] = std::array::from_fn(|r| match causal {
             true => (i0 + r + 1).min(tk),
             false => tk,
@@ -146,36 +156,6 @@ unsafe fn blocks<const VK: usize>(
             lse[i0 + r] = max[r] + sum[r].ln();
         }
     }
-}
-
-/// The products of [`ROWS`] left rows (`lhs`, each `steps` values `cs` apart) with a
-/// transposed right operand `rhs_t` (`steps` rows of [`MAX_KEYS`] values), its first
-/// `16·VK` columns: `ROWS × VK` vectors, in registers.
-///
-/// # Safety
-/// AVX-512F is available, each row of `lhs` holds `steps` values `cs` apart, and
-/// `rhs_t` holds `steps` rows.
-#[inline]
-#[target_feature(enable = "avx512f")]
-pub(super) unsafe fn block_products<const VK: usize>(
-    lhs: &[*const f32; ROWS],
-    cs: usize,
-    rhs_t: &[f32],
-    steps: usize,
-) -> [[__m512; VK]; ROWS] {
-    assert!(rhs_t.len() >= steps * MAX_KEYS);
-    let mut s = [[_mm512_setzero_ps(); VK]; ROWS];
-    for c in 0..steps {
-        let kt = rhs_t.as_ptr().add(c * MAX_KEYS);
-        let kv: [__m512; VK] = std::array::from_fn(|w| _mm512_loadu_ps(kt.add(16 * w)));
-        for (sums, a) in s.iter_mut().zip(lhs) {
-            let a = _mm512_set1_ps(*a.add(c * cs));
-            for (sum, &kv) in sums.iter_mut().zip(&kv) {
-                *sum = _mm512_fmadd_ps(a, kv, *sum);
-            }
-        }
-    }
-    s
 }
 
 /// Writes `softmax(scale·sᵣ)` over the first `keys[r]` lanes of each row into `p[r]`
@@ -239,7 +219,7 @@ unsafe fn softmax_rows<const VK: usize>(
 /// eˣ of 16 lanes: `fastmath::exp`'s reduction and polynomial, lane by lane.
 #[inline]
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn exp(x: __m512) -> __m512 {
+unsafe fn exp(x: __m512) -> __m512 {
     use super::fastmath::{EXP_POLY, LN2_HI, LN2_LO, LOG2_E, ROUND_MAGIC};
     let x = _mm512_min_ps(
         _mm512_max_ps(x, _mm512_set1_ps(-87.3)),

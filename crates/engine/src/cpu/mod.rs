@@ -11,8 +11,6 @@ pub(crate) mod adam;
 pub(crate) mod attention;
 #[cfg(target_arch = "x86_64")]
 mod attention_few_keys;
-#[cfg(target_arch = "x86_64")]
-mod attention_few_keys_backward;
 pub(crate) mod elementwise;
 pub(crate) mod ema;
 pub(crate) mod epilogue;
