@@ -346,7 +346,7 @@ fn walk_tiles(
 /// transposed left operand and a long inner dimension (weight gradients) with at least
 /// four panels per thread, cut by rows only, one part per thread: cut by columns, the
 /// DiT's `proj` weight gradient (128 × 6272 × 128) read its left operand four times
-/// and ran 16 % slower (docs/benchmarks.md).
+/// and ran 15 % slower (docs/benchmarks.md).
 fn split(g: GemmArgs, parallel: bool) -> Vec<Part> {
     let threads = if parallel {
         rayon::current_num_threads()
