@@ -38,6 +38,7 @@ pub(super) const UNROLL: usize = 4;
 /// Runs the statement `$step` `$count` times, written out [`UNROLL`] times a pass.
 macro_rules! unrolled {
     ($count:expr, $step:expr) => {{
+        use $crate::cpu::sgemm_avx512::UNROLL;
         const _: () = assert!(UNROLL == 4, "unrolled! writes out UNROLL steps");
         let count: usize = $count;
         for _ in 0..count / UNROLL {
@@ -355,29 +356,24 @@ fn split(g: GemmArgs, parallel: bool) -> Vec<Part> {
     };
     let (panels, tiles) = (g.m.div_ceil(MR), g.n.div_ceil(NR));
     // A weight gradient's transposed left operand (`gᵀ`, megabytes) comes from memory
-    // once for every column range that shares its rows: where the rows would be kept
-    // whole (below), given rows enough to share out, each thread takes its own rows
-    // and every column instead.
+    // once for every column range that shares its rows: given rows enough to share
+    // out, each thread takes its own rows and every column.
     let transposed = g.lhs_strides.0 == 1 && g.lhs_strides.1 != 1;
-    let few_panels = (4 * threads..=MC / MR).contains(&panels);
-    if transposed && g.k > KC && few_panels {
-        return (0..threads)
-            .map(|b| Part {
-                rows: b * panels / threads * MR..g.m.min((b + 1) * panels / threads * MR),
-                tiles: 0..tiles,
-            })
-            .collect();
-    }
+    let rows_only = transposed && g.k > KC && (4 * threads..=MC / MR).contains(&panels);
     // Columns alone give every thread two tasks: keep the rows whole.
     let rows_whole = panels <= MC / MR && tiles >= 2 * threads;
-    let row_blocks = match rows_whole {
-        true => 1,
-        false => panels
+    let row_blocks = match (rows_only, rows_whole) {
+        (true, _) => threads,
+        (false, true) => 1,
+        (false, false) => panels
             .div_ceil(MC / MR)
             .next_multiple_of(threads)
             .min(panels),
     };
-    let column_chunks = (2 * threads).div_ceil(row_blocks).clamp(1, tiles);
+    let column_chunks = match rows_only {
+        true => 1,
+        false => (2 * threads).div_ceil(row_blocks).clamp(1, tiles),
+    };
     let tiles_per_chunk = tiles.div_ceil(column_chunks);
     let column_chunks = tiles.div_ceil(tiles_per_chunk);
     let rows = |b: usize| {

@@ -10,7 +10,7 @@
 
 use super::matmul::GemmArgs;
 use super::sgemm_avx512::{
-    available, lane_masks, pack_tile, store_row, unrolled, with_scratch, NR, UNROLL,
+    available, lane_masks, pack_tile, store_row, unrolled, with_scratch, NR,
 };
 use std::arch::x86_64::*;
 use std::cell::RefCell;
