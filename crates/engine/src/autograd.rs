@@ -24,13 +24,41 @@ impl<F> BackwardFn for F where
 {
 }
 
+/// A backward rule that is also handed the gradient already gathered for its first
+/// input (from that input's other consumers, which the walk reached first) and
+/// returns the first input's *total* gradient: it adds what it computes into that
+/// gradient in the same pass, where the walk would otherwise add the two in a pass of
+/// its own. A layer norm on a residual stream is the case: `dx = dresidual + dnorm`.
+pub(crate) trait AccumulatingBackwardFn:
+    Fn(&[Tensor], &Tensor, &Tensor, Option<&Tensor>) -> Result<Vec<Option<Tensor>>>
+    + Send
+    + Sync
+    + 'static
+{
+}
+impl<F> AccumulatingBackwardFn for F where
+    F: Fn(&[Tensor], &Tensor, &Tensor, Option<&Tensor>) -> Result<Vec<Option<Tensor>>>
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// A node's backward rule.
+pub(crate) enum Rule {
+    /// Gradients of the inputs, which the walk adds to those gathered so far.
+    Plain(Box<dyn BackwardFn>),
+    /// As `Plain`, but the first input's gradient comes back as its total.
+    Accumulating(Box<dyn AccumulatingBackwardFn>),
+}
+
 /// What an op left in the graph.
 pub(crate) struct Node {
     op: &'static str,
     inputs: Vec<Tensor>,
     /// Storage versions of the inputs when the op ran.
     versions: Vec<u64>,
-    backward: Box<dyn BackwardFn>,
+    backward: Rule,
 }
 
 impl Drop for Node {
@@ -63,6 +91,27 @@ impl Node {
             ))),
         }
     }
+
+    /// Runs the rule on the output gradient `g`. An accumulating rule is handed the
+    /// gradient gathered so far for the first input, unless that input appears again
+    /// among the inputs (its other gradients would then be left out of the total);
+    /// the second value says whether the first gradient returned is such a total.
+    fn run(
+        &self,
+        out: &Tensor,
+        g: &Tensor,
+        grads: &HashMap<TensorId, Tensor>,
+    ) -> Result<(Vec<Option<Tensor>>, bool)> {
+        match &self.backward {
+            Rule::Plain(rule) => Ok((rule(&self.inputs, out, g)?, false)),
+            Rule::Accumulating(rule) => {
+                let first = self.inputs[0].id();
+                let once = self.inputs[1..].iter().all(|t| t.id() != first);
+                let gathered = once.then(|| grads.get(&first)).flatten();
+                Ok((rule(&self.inputs, out, g, gathered)?, gathered.is_some()))
+            }
+        }
+    }
 }
 
 /// A tensor's relation to the graph.
@@ -78,6 +127,15 @@ pub(crate) enum GradMeta {
 impl GradMeta {
     /// A node for an op's result when the graph should record it.
     pub(crate) fn for_op(op: &'static str, inputs: &[&Tensor], backward: impl BackwardFn) -> Self {
+        Self::for_rule(op, inputs, || Rule::Plain(Box::new(backward)))
+    }
+
+    /// [`GradMeta::for_op`] with any kind of rule (built only when recorded).
+    pub(crate) fn for_rule(
+        op: &'static str,
+        inputs: &[&Tensor],
+        rule: impl FnOnce() -> Rule,
+    ) -> Self {
         if !records(inputs) {
             return GradMeta::None;
         }
@@ -85,7 +143,7 @@ impl GradMeta {
             op,
             inputs: inputs.iter().map(|&t| t.clone()).collect(),
             versions: inputs.iter().map(|t| t.version()).collect(),
-            backward: Box::new(backward),
+            backward: rule(),
         })))
     }
 
@@ -260,8 +318,8 @@ impl Tensor {
                 continue;
             };
             node.check_versions()?;
-            let input_grads = (node.backward)(&node.inputs, t, &g)?;
-            for (input, ig) in node.inputs.iter().zip(input_grads) {
+            let (input_grads, first_is_total) = node.run(t, &g, &grads)?;
+            for (i, (input, ig)) in node.inputs.iter().zip(input_grads).enumerate() {
                 let Some(ig) = ig.filter(|_| input.requires_grad()) else {
                     continue;
                 };
@@ -274,6 +332,7 @@ impl Tensor {
                     )));
                 }
                 let total = match grads.remove(&input.id()) {
+                    Some(_) if i == 0 && first_is_total => ig,
                     Some(prev) => prev.add(&ig)?,
                     None => ig,
                 };

@@ -46,7 +46,10 @@ pub use dtype::{DType, Element};
 pub use error::{excerpt, report, Error, Result};
 pub use forward_ad::jvp;
 pub use layout::Layout;
-pub use ops::{gelu_mlp, qkv_attention, scaled_dot_product_attention, LinearParams};
+pub use ops::{
+    gelu_mlp, gelu_mlp_gated, qkv_attention, scaled_dot_product_attention, GatedResidual,
+    LinearParams,
+};
 pub use random::{Generator, GeneratorState};
 pub use storage::Storage;
 pub use tensor::{Tensor, TensorId};

@@ -1,6 +1,6 @@
 //! [`Tensor`]: a view (layout) into shared storage, plus its place in the autodiff graph.
 
-use crate::autograd::{BackwardFn, GradMeta, Node};
+use crate::autograd::{AccumulatingBackwardFn, BackwardFn, GradMeta, Node, Rule};
 use crate::backend::BackendStorage;
 use crate::cpu::CpuStorage;
 use crate::dtype::{DType, Element};
@@ -144,6 +144,21 @@ impl Tensor {
     ) -> Result<Tensor> {
         let grad = GradMeta::for_op(op, inputs, backward);
         let out = Tensor::build(SharedStorage::new(storage), layout, grad);
+        forward_ad::attach(out, inputs, jvp)
+    }
+
+    /// [`Tensor::from_op`] with a backward rule that adds its first input's gradient
+    /// into the one gathered so far (see [`AccumulatingBackwardFn`]).
+    pub(crate) fn from_op_accumulating(
+        op: &'static str,
+        storage: Storage,
+        shape: &[usize],
+        inputs: &[&Tensor],
+        backward: impl AccumulatingBackwardFn,
+        jvp: impl JvpFn,
+    ) -> Result<Tensor> {
+        let grad = GradMeta::for_rule(op, inputs, || Rule::Accumulating(Box::new(backward)));
+        let out = Tensor::build(SharedStorage::new(storage), Layout::contiguous(shape), grad);
         forward_ad::attach(out, inputs, jvp)
     }
 

@@ -223,6 +223,41 @@ derivative_checks! {
             &[x.tensor(any_real), a.tensor(any_real), b.tensor(any_real)],
         )?;
     }
+
+    // addcmul as a gated residual, x + gate·y with gate [B, 1, D] (first or second
+    // factor): at two threads and four or more groups, its backward takes the fused
+    // pass that sums the gate's gradient beside y's.
+    fn gradcheck_addcmul_gated / jvpcheck_addcmul_gated (
+        mode,
+        (groups, tokens, d) in (4usize..=6, 1usize..=3, 1usize..=4),
+        gate_first in any::<bool>(),
+        views in (view(), view()),
+        seed in any::<u64>(),
+    ) {
+        let full = vec![groups, tokens, d];
+        let arg = |i: usize, shape: &[usize], view: View| Arg {
+            shape: shape.to_vec(),
+            view,
+            seed: seed.wrapping_add(i as u64),
+        };
+        let x = arg(0, &full, View::Plain);
+        let (y, gate) = (arg(1, &full, views.0), arg(2, &[groups, 1, d], views.1));
+        let inputs = [x.tensor(any_real), y.tensor(any_real), gate.tensor(any_real)];
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
+        pool.install(|| {
+            check(
+                mode,
+                |v| {
+                    let (y, gate) = (y.view(&v[1])?, gate.view(&v[2])?);
+                    match gate_first {
+                        true => x.view(&v[0])?.addcmul(&gate, &y),
+                        false => x.view(&v[0])?.addcmul(&y, &gate),
+                    }
+                },
+                &inputs,
+            )
+        })?;
+    }
 }
 
 /// `x` snapped onto the grid `k·0.1 + offset`.

@@ -15,7 +15,8 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use twinflow_engine::gradcheck::{GradcheckOptions, GradcheckReport};
 use twinflow_engine::{
-    gelu_mlp, qkv_attention, scaled_dot_product_attention, DType, Result, Tensor,
+    gelu_mlp, gelu_mlp_gated, qkv_attention, scaled_dot_product_attention, DType, GatedResidual,
+    Result, Tensor,
 };
 
 mod common;
@@ -553,12 +554,14 @@ derivative_checks! {
 
     /// Layer norm with and without weight and bias, contiguous or through a transposed
     /// view; the weight and bias `[d]`, or one row per group of rows (x's first
-    /// `grouped` dims, then ones, then `d`: a DiT's `[B, 1, D]` modulation).
+    /// `grouped` dims, then ones, then `d`: a DiT's `[B, 1, D]` modulation). On a
+    /// residual stream (`x + LN(x)`), the backward adds x's residual gradient into its
+    /// own dx.
     fn gradcheck_layer_norm / jvpcheck_layer_norm (
         mode,
         s in shape(1, 3, 5),
         (with_weight, with_bias) in (any::<bool>(), any::<bool>()),
-        transposed in any::<bool>(),
+        (transposed, residual) in (any::<bool>(), any::<bool>()),
         grouped in 0usize..3,
         eps in prop::sample::select(vec![1e-5, 1e-2]),
         seed in any::<u64>(),
@@ -579,12 +582,14 @@ derivative_checks! {
                 let v = if transposed { x[0].t()? } else { x[0].clone() };
                 let w = with_weight.then(|| &x[1]);
                 let b = with_bias.then(|| &x[1 + with_weight as usize]);
-                v.layer_norm(w, b, eps)
+                let y = v.layer_norm(w, b, eps)?;
+                if residual { v.add(&y) } else { Ok(y) }
             },
             &inputs,
         );
         if let Err(e) = r {
-            let case = format!("{logical:?} t={transposed} w={with_weight} b={with_bias}");
+            let case = format!("{logical:?} t={transposed} r={residual} w={with_weight}");
+            let case = format!("{case} b={with_bias}");
             let case = format!("{case} params={params:?} eps={eps}");
             prop_assert!(false, "{e} ({case})")
         }
@@ -726,6 +731,44 @@ derivative_checks! {
         );
         if let Err(e) = r {
             prop_assert!(false, "{e} (lead {lead:?} k={k} hidden={hidden} n={n} biases {bias1} {bias2})")
+        }
+    }
+
+    /// The gated residuals `stream + gate·layer(x)` around `linear` and `gelu_mlp`,
+    /// the gate one row per sample (`[b, 1, n]`) or one for all (`[n]`). With a graph
+    /// or a tangent they run as `addcmul` after the layer (the epilogue fusion is for
+    /// the no-graph forward), so these check that every input's derivative arrives.
+    fn gradcheck_gated_residual / jvpcheck_gated_residual (
+        mode,
+        (b, t) in (1usize..=3, 1usize..=3),
+        (k, hidden, n) in (1usize..=4, 1usize..=4, 1usize..=3),
+        (per_sample, mlp) in (any::<bool>(), any::<bool>()),
+        seed in any::<u64>(),
+    ) {
+        let gate = if per_sample { vec![b, 1, n] } else { vec![n] };
+        let first = if mlp { vec![hidden, k] } else { vec![n, k] };
+        let inputs = [
+            randn(seed, &[b, t, k]),
+            randn(seed ^ 1, &[b, t, n]),
+            randn(seed ^ 2, &gate),
+            randn(seed ^ 3, &first),
+            randn(seed ^ 4, &[first[0]]),
+            randn(seed ^ 5, &[n, hidden]),
+            randn(seed ^ 6, &[n]),
+        ];
+        let r = check(
+            mode,
+            |x| {
+                let residual = GatedResidual { stream: &x[1], gate: &x[2] };
+                match mlp {
+                    true => gelu_mlp_gated(&x[0], (&x[3], Some(&x[4])), (&x[5], Some(&x[6])), residual),
+                    false => x[0].linear_gated(&x[3], Some(&x[4]), residual),
+                }
+            },
+            &inputs[..if mlp { 7 } else { 5 }],
+        );
+        if let Err(e) = r {
+            prop_assert!(false, "{e} (b={b} t={t} k={k} hidden={hidden} n={n} gate {gate:?} mlp={mlp})")
         }
     }
 

@@ -9,7 +9,8 @@
 use proptest::prelude::*;
 use proptest::sample::Index;
 use twinflow_engine::{
-    gelu_mlp, no_grad, qkv_attention, scaled_dot_product_attention, DType, Tensor,
+    gelu_mlp, gelu_mlp_gated, no_grad, qkv_attention, scaled_dot_product_attention, DType,
+    GatedResidual, Tensor,
 };
 
 mod common;
@@ -614,6 +615,57 @@ proptest! {
             let tol = |_, _| if f32_dtype { 1e-5 * scale } else { 1e-12 };
             assert_close(&format!("{what}, gradient {i}"), &a, &b, tol)?;
         }
+    }
+
+    /// The gated residuals `stream + gate·layer(x)` without a graph (the add in the
+    /// layer's last product, for a gate of one row per sample or one for all) against
+    /// `addcmul` after the layer, for `linear` and `gelu_mlp`, the gate and x possibly
+    /// strided views. In f32 with 49 or more rows the products run on the AVX-512
+    /// kernel, whose tasks may start and end inside rows; the layer's own products may
+    /// split their sums differently there (relative tolerance), the add is the same.
+    #[test]
+    fn gated_residual_layers_match_their_composition(
+        (b, t) in prop_oneof![(1usize..=3, 1usize..=4), (2usize..=8, 25usize..=60)],
+        (k, hidden, n) in prop_oneof![
+            (1usize..=6, 1usize..=9, 1usize..=6),
+            (Just(128usize), Just(512usize), Just(128usize)),
+            (16usize..=64, 64usize..=300, 8usize..=40),
+        ],
+        (gate_per_sample, gate_strided, bias) in (any::<bool>(), any::<bool>(), any::<bool>()),
+        f32_dtype in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let dtype = if f32_dtype { DType::F32 } else { DType::F64 };
+        let make = |seed: u64, shape: &[usize]| tensor(&randn_vec(seed, shape), shape, dtype);
+        let x = make(seed, &[b, t, k]);
+        let (w1, w2) = (make(seed ^ 1, &[hidden, k]), make(seed ^ 2, &[n, hidden]));
+        let (b1, b2) = (make(seed ^ 3, &[hidden]), make(seed ^ 4, &[n]));
+        let w_linear = make(seed ^ 7, &[n, k]);
+        let stream = make(seed ^ 5, &[b, t, n]);
+        // A strided gate, as a DiT's: one of the chunks of a wider modulation output.
+        let gate_rows = if gate_per_sample { b } else { 1 };
+        let wide = make(seed ^ 6, &[gate_rows, 1, 2 * n]);
+        let gate = match gate_strided {
+            true => wide.narrow(2, n, n).unwrap(),
+            false => wide.narrow(2, 0, n).unwrap().contiguous().unwrap(),
+        };
+        let gate = if gate_per_sample { gate } else { gate.reshape(&[n]).unwrap() };
+        let residual = GatedResidual { stream: &stream, gate: &gate };
+        let (b1, b2) = (bias.then_some(&b1), bias.then_some(&b2));
+        let what = format!("b={b} t={t} k={k} hidden={hidden} n={n} gate {:?} {dtype:?}", gate.shape());
+        let check = |name: &str, got: Tensor, layer: Tensor| -> Result<(), TestCaseError> {
+            let want = stream.addcmul(&gate, &layer).unwrap();
+            let scale = vals(&want).iter().fold(1.0f64, |m, v| m.max(v.abs()));
+            let tol = |_, _| if f32_dtype { 1e-5 * scale } else { 1e-12 };
+            prop_assert_eq!(got.shape(), want.shape());
+            assert_close(&format!("{name} {what}"), &vals(&got), &vals(&want), tol)
+        };
+        no_grad(|| -> Result<(), TestCaseError> {
+            let got = x.linear_gated(&w_linear, b2, residual).unwrap();
+            check("linear_gated", got, x.linear(&w_linear, b2).unwrap())?;
+            let got = gelu_mlp_gated(&x, (&w1, b1), (&w2, b2), residual).unwrap();
+            check("gelu_mlp_gated", got, gelu_mlp(&x, (&w1, b1), (&w2, b2)).unwrap())
+        })?;
     }
 
     /// cat (operands optionally transposed views) and stack against index arithmetic.

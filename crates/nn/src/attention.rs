@@ -5,7 +5,7 @@ use crate::impl_module;
 use crate::init::ParamBuilder;
 use crate::linear::{Linear, LinearConfig};
 use crate::module::Forward;
-use twinflow_engine::{qkv_attention, Error, Result, Tensor};
+use twinflow_engine::{qkv_attention, Error, GatedResidual, Result, Tensor};
 
 /// Self-attention over `[B, T, D]` with `heads` heads of size `D / heads`.
 #[derive(Debug, Clone)]
@@ -40,9 +40,9 @@ impl SelfAttention {
     }
 }
 
-impl Forward for SelfAttention {
-    /// `[B, T, D] → [B, T, D]`.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl SelfAttention {
+    /// The heads' outputs before `proj`, `[B, T, D]`.
+    fn heads_output(&self, x: &Tensor) -> Result<Tensor> {
         if x.shape().len() != 3 {
             return Err(Error::invalid(
                 "self_attention",
@@ -51,8 +51,20 @@ impl Forward for SelfAttention {
         }
         // One product for q, k and v, whose gradient the attention's backward writes as
         // one tensor (see `qkv_attention`).
-        let y = qkv_attention(&self.qkv.forward(x)?, self.heads, None, false)?;
-        self.proj.forward(&y)
+        qkv_attention(&self.qkv.forward(x)?, self.heads, None, false)
+    }
+
+    /// `residual.stream + residual.gate · self(x)`, the add fused into `proj`'s
+    /// product where the engine can (see [`Tensor::linear_gated`]).
+    pub fn forward_gated(&self, x: &Tensor, residual: GatedResidual) -> Result<Tensor> {
+        self.proj.forward_gated(&self.heads_output(x)?, residual)
+    }
+}
+
+impl Forward for SelfAttention {
+    /// `[B, T, D] → [B, T, D]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.proj.forward(&self.heads_output(x)?)
     }
 }
 

@@ -16,7 +16,7 @@ use crate::patch::PatchGrid;
 use crate::size::{self, check_parameter_count};
 use crate::time_embedding::{check_time_scale, TimeEmbedding, DEFAULT_TIME_SCALE};
 use serde::{Deserialize, Serialize};
-use twinflow_engine::{Error, Result, Tensor};
+use twinflow_engine::{Error, GatedResidual, Result, Tensor};
 
 /// Epsilon of the parameter-free layer norms (the reference's `eps=1e-6`).
 const NORM_EPS: f64 = 1e-6;
@@ -259,9 +259,24 @@ impl DitBlock {
     pub fn forward(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
         let [sh1, sc1, g1, sh2, sc2, g2] = chunks(&self.ada.forward(&c.silu()?)?)?;
         let y = norm_modulate(x, &sh1, &sc1)?;
-        let x = x.addcmul(&g1.unsqueeze(1)?, &self.attn.forward(&y)?)?;
+        let gate = g1.unsqueeze(1)?;
+        // x + gate·branch(y); without a graph the add runs in the branch's last product.
+        let x = (self.attn).forward_gated(
+            &y,
+            GatedResidual {
+                stream: x,
+                gate: &gate,
+            },
+        )?;
         let y = norm_modulate(&x, &sh2, &sc2)?;
-        x.addcmul(&g2.unsqueeze(1)?, &self.mlp.forward(&y)?)
+        let gate = g2.unsqueeze(1)?;
+        (self.mlp).forward_gated(
+            &y,
+            GatedResidual {
+                stream: &x,
+                gate: &gate,
+            },
+        )
     }
 }
 

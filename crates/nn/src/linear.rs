@@ -3,7 +3,7 @@
 use crate::impl_module;
 use crate::init::{Init, ParamBuilder};
 use crate::module::Forward;
-use twinflow_engine::{Result, Tensor};
+use twinflow_engine::{GatedResidual, Result, Tensor};
 
 /// A fully connected layer with PyTorch's weight layout `[out, in]`.
 #[derive(Debug, Clone)]
@@ -48,6 +48,14 @@ impl Linear {
             .map(|init| pb.param(&[outputs], init, fan))
             .transpose()?;
         Ok(Linear { weight, bias })
+    }
+}
+
+impl Linear {
+    /// `residual.stream + residual.gate · self(x)`, the add fused into the product
+    /// where the engine can (see [`Tensor::linear_gated`]).
+    pub fn forward_gated(&self, x: &Tensor, residual: GatedResidual) -> Result<Tensor> {
+        x.linear_gated(&self.weight, self.bias.as_ref(), residual)
     }
 }
 

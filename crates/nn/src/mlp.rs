@@ -5,7 +5,7 @@ use crate::impl_module;
 use crate::init::ParamBuilder;
 use crate::linear::{Linear, LinearConfig};
 use crate::module::Forward;
-use twinflow_engine::{gelu_mlp, Result, Tensor};
+use twinflow_engine::{gelu_mlp, gelu_mlp_gated, GatedResidual, Result, Tensor};
 
 /// `fc2(gelu_tanh(fc1(x)))`, parameter names `fc1.*` and `fc2.*` (as in DiT/ViT).
 #[derive(Debug, Clone)]
@@ -28,6 +28,13 @@ impl Mlp {
             fc1: Linear::new(pb, dim, hidden, cfg)?,
             fc2: Linear::new(pb, hidden, dim, cfg)?,
         })
+    }
+
+    /// `residual.stream + residual.gate · self(x)`, the add fused into the second
+    /// product where the engine can (see [`gelu_mlp_gated`]).
+    pub fn forward_gated(&self, x: &Tensor, residual: GatedResidual) -> Result<Tensor> {
+        let fc1 = (&self.fc1.weight, self.fc1.bias.as_ref());
+        gelu_mlp_gated(x, fc1, (&self.fc2.weight, self.fc2.bias.as_ref()), residual)
     }
 }
 

@@ -7,6 +7,7 @@ use super::pool::{self, Poolable};
 use super::strided::{fill_runs, Runs};
 use crate::backend::{BinaryOp, CmpOp, UnaryOp};
 use crate::layout::Layout;
+use rayon::prelude::*;
 
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 const GELU_CUBIC: f64 = 0.044_715;
@@ -421,6 +422,56 @@ pub fn where_cond<F: CpuFloat>(
 /// `x + a·b` elementwise.
 pub fn addcmul<F: CpuFloat>(x: (&[F], &Layout), a: (&[F], &Layout), b: (&[F], &Layout)) -> Vec<F> {
     zip3_map(x, a, b, |x, a, b| x + a * b)
+}
+
+/// The gradients of the factors of `full·factor` (as in `x + full·factor`) from the
+/// output gradient `g`, in one pass over `g`: `g·factor` for `full` and, for each row
+/// of `factor` (`[groups, d]`, one row per group of consecutive rows of `g`), the sum
+/// over its group of `g·full`. `g` and `full` are contiguous `[groups·group_rows, d]`.
+/// Tasks own whole groups, so each row of the factor's gradient is summed by one task
+/// in row order.
+pub fn gated_product_grads<F: CpuFloat>(
+    g: &[F],
+    full: &[F],
+    factor: &[F],
+    d: usize,
+) -> (Vec<F>, Vec<F>) {
+    let d = d.max(1);
+    let groups = factor.len() / d;
+    let group_len = g.len() / groups.max(1);
+    let mut d_full = pool::take(g.len());
+    let mut d_factor = vec![F::zero(); factor.len()];
+    let group = |(i, (dfull, dfac)): (usize, (&mut [F], &mut [F]))| {
+        let (g, full) = (
+            &g[i * group_len..][..group_len],
+            &full[i * group_len..][..group_len],
+        );
+        let fac = &factor[i * d..][..d];
+        isa::dispatch(
+            #[inline(always)]
+            |(dfull, dfac): (&mut [F], &mut [F])| {
+                let rows = dfull.chunks_mut(d).zip(g.chunks(d)).zip(full.chunks(d));
+                for ((dfull, g), full) in rows {
+                    let lanes = dfull.iter_mut().zip(g).zip(full).zip(fac);
+                    for ((((df, &g), &x), &f), acc) in lanes.zip(dfac.iter_mut()) {
+                        *df = g * f;
+                        *acc = *acc + g * x;
+                    }
+                }
+            },
+            (dfull, dfac),
+        )
+    };
+    if g.len() >= super::strided::PARALLEL_CUTOFF {
+        let parts = d_full
+            .par_chunks_mut(group_len)
+            .zip(d_factor.par_chunks_mut(d));
+        parts.enumerate().for_each(group);
+    } else {
+        let parts = d_full.chunks_mut(group_len).zip(d_factor.chunks_mut(d));
+        parts.enumerate().for_each(group);
+    }
+    (d_full, d_factor)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Elementwise maps a product applies to its output while it is still in cache: the
 //! GELU after a feed-forward block's first layer, and the GELU's derivative in that
-//! block's backward (`ops/mlp.rs`). On AVX-512 the packed product kernel runs the map
+//! block's backward (`ops/mlp.rs`); a gated residual add after a block's last layer
+//! (`ops/gated.rs`). On AVX-512 the packed product kernel runs the map
 //! on each task's block of rows right after the block's last products
 //! (`sgemm_avx512`); elsewhere it is a pass over the finished output. Either way the
 //! values are those of the unary op and its backward (`unary_fn`,
@@ -26,6 +27,53 @@ pub enum Epilogue<'a, F> {
     /// `y`: for a backward whose forward kept `pre` but not the activation (the two
     /// share their sigmoid, so the activation costs a store).
     GeluGradWithAct(&'a [F], SharedOut<F>),
+    /// Replaces `y` by `stream + gate·y`: a gated residual around the layer the
+    /// product ends (`ops/gated.rs`).
+    GatedResidual(GatedRows<'a, F>),
+}
+
+/// A gated residual's other operands for an output of rows of `n`, the product's
+/// first row being row `first_row` of them.
+#[derive(Clone, Copy)]
+pub struct GatedRows<'a, F> {
+    /// The residual stream, laid out like the whole output, from its row 0.
+    pub stream: &'a [F],
+    /// The gate, `[groups, n]`: row `r` of the output takes gate row
+    /// `r / rows_per_group`.
+    pub gate: &'a [F],
+    /// Output rows per gate row.
+    pub rows_per_group: usize,
+    /// The output's row length.
+    pub n: usize,
+    /// The row of `stream` (and of the gate's groups) where the product's output starts.
+    pub first_row: usize,
+}
+
+impl<F: CpuFloat> GatedRows<'_, F> {
+    /// `y = stream + gate·y` for `y`, elements `at..` of the product's output, row
+    /// segment by row segment (a block may start or end inside a row).
+    fn apply(&self, y: &mut [F], at: usize) {
+        let n = self.n.max(1);
+        let mut done = 0;
+        while done < y.len() {
+            let (row, col) = ((at + done) / n, (at + done) % n);
+            let len = (n - col).min(y.len() - done);
+            let row = self.first_row + row;
+            let stream = &self.stream[row * n + col..][..len];
+            let gate = &self.gate[row / self.rows_per_group * n + col..][..len];
+            isa::dispatch(
+                #[inline(always)]
+                |(y, stream, gate): (&mut [F], &[F], &[F])| {
+                    for ((y, &s), &g) in y.iter_mut().zip(stream).zip(gate) {
+                        // The order of `addcmul`'s `x + a·b`: the same rounding.
+                        *y = s + g * *y;
+                    }
+                },
+                (&mut y[done..done + len], stream, gate),
+            );
+            done += len;
+        }
+    }
 }
 
 impl<'a, F: CpuFloat> Epilogue<'a, F> {
@@ -42,6 +90,14 @@ impl<'a, F: CpuFloat> Epilogue<'a, F> {
             Epilogue::GeluGradWithAct(pre, act) => {
                 Epilogue::GeluGradWithAct(unsafe { as_f32(pre) }, act.cast())
             }
+            // SAFETY: as above.
+            Epilogue::GatedResidual(r) => Epilogue::GatedResidual(GatedRows {
+                stream: unsafe { as_f32(r.stream) },
+                gate: unsafe { as_f32(r.gate) },
+                rows_per_group: r.rows_per_group,
+                n: r.n,
+                first_row: r.first_row,
+            }),
         }
     }
 
@@ -99,6 +155,7 @@ impl<'a, F: CpuFloat> Epilogue<'a, F> {
                     (y, pre, act),
                 );
             }
+            Epilogue::GatedResidual(rows) => rows.apply(y, at),
         }
     }
 

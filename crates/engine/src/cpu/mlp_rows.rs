@@ -15,7 +15,7 @@
 //!   and dw1's shares of the block, and dx = dh·w1; dh and gelu(h) are never written to
 //!   memory.
 
-use super::epilogue::Epilogue;
+use super::epilogue::{Epilogue, GatedRows};
 use super::matmul::{Bias, GemmArgs, SharedOut, AVX512_MIN_MNK};
 use super::pool;
 use super::reduce::combine_rows;
@@ -67,7 +67,7 @@ pub fn from_views<'a>(
     x: View<'a, CpuStorage>,
     fc1: LayerViews<'a>,
     fc2: LayerViews<'a>,
-    keep_pre: bool,
+    (keep_pre, residual): (bool, Option<GatedRows<'a, f32>>),
 ) -> Option<(Vec<f32>, Option<Vec<f32>>)> {
     let layer = |((w, lw), bias): LayerViews<'a>| -> Option<Layer<'a>> {
         let (shape, strides) = (lw.shape(), lw.strides());
@@ -99,21 +99,22 @@ pub fn from_views<'a>(
         &x.0.as_slice::<f32>()?[x.1.offset()..],
         rows,
         (fc1, fc2),
-        keep_pre,
+        (keep_pre, residual),
     ))
 }
 
 /// `gelu_tanh(x·w1 + b1)·w2 + b2` for x with `rows` contiguous rows of `fc1.shape.0`
 /// values, as a contiguous `[rows, fc2.shape.1]` output, and, when `keep_pre`, the
-/// pre-activation h = x·w1 + b1 `[rows, fc1.shape.1]` for a backward. The caller has
-/// checked that AVX-512F is available, that the shapes chain (`fc1.shape.1 ==
-/// fc2.shape.0`), that every dimension is nonzero and that every index the views reach
-/// is in bounds.
+/// pre-activation h = x·w1 + b1 `[rows, fc1.shape.1]` for a backward; with a
+/// `residual`, `stream + gate·output` instead of the output, added while each block's
+/// output is in cache. The caller has checked that AVX-512F is available, that the
+/// shapes chain (`fc1.shape.1 == fc2.shape.0`), that every dimension is nonzero and
+/// that every index the views reach is in bounds.
 pub fn gelu_mlp_rows(
     x: &[f32],
     rows: usize,
     (fc1, fc2): (Layer, Layer),
-    keep_pre: bool,
+    (keep_pre, residual): (bool, Option<GatedRows<f32>>),
 ) -> (Vec<f32>, Option<Vec<f32>>) {
     let ((k, hidden), (_, n)) = (fc1.shape, fc2.shape);
     assert!(fc2.shape.0 == hidden && rows * k <= x.len());
@@ -137,7 +138,13 @@ pub fn gelu_mlp_rows(
                 }
                 None => product(act, x_block, (fc1, &w1), first, Some(Epilogue::GeluInPlace)),
             }
-            product(dst, act, (fc2, &w2), first, None);
+            let residual = residual.map(|r| {
+                Epilogue::GatedResidual(GatedRows {
+                    first_row: first,
+                    ..r
+                })
+            });
+            product(dst, act, (fc2, &w2), first, residual);
         });
     };
     let mut out = pool::take(rows * n);
@@ -559,7 +566,7 @@ mod tests {
             let leak = |v: Vec<f32>| -> &'static [f32] { Box::leak(v.into_boxed_slice()) };
             let (w1, w2, b1, b2) = (leak(w1), leak(w2), leak(b1), leak(b2));
             let (fc1, fc2) = (layer(w1, (k, hidden), b1), layer(w2, (hidden, n), b2));
-            let (out, kept) = gelu_mlp_rows(&x, rows, (fc1, fc2), keep_pre);
+            let (out, kept) = gelu_mlp_rows(&x, rows, (fc1, fc2), (keep_pre, None));
             prop_assert_eq!(kept.is_some(), keep_pre);
             let at = |l: &Layer, i: usize, j: usize| l.weight[i * l.strides.0 + j * l.strides.1] as f64;
             for r in 0..rows {

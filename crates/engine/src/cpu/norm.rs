@@ -157,21 +157,24 @@ pub struct NormGrads<F> {
     pub db: Option<Vec<F>>,
 }
 
+/// A view of a tensor: its elements and layout.
+pub type View<'a, F> = (&'a [F], &'a Layout);
+
 /// Backward of [`norm`]: with x̂ = (x − mean)·rstd and ĝ = g·w,
-/// dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) (no mean(ĝ) term for RMS norm),
-/// dw = Σ g·x̂ and db = Σ g over the rows that share each parameter row. `bias_len`
-/// is the bias's length, where the norm had one.
-#[allow(clippy::too_many_arguments)]
+/// dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) (no mean(ĝ) term for RMS norm), plus
+/// `residual` where given (a gradient of x gathered elsewhere), dw = Σ g·x̂ and
+/// db = Σ g over the rows that share each parameter row. `bias_len` is the bias's
+/// length, where the norm had one; `stats` the forward's row means and rstds.
 pub fn norm_backward<F: CpuFloat>(
-    x: (&[F], &Layout),
+    x: View<F>,
     w: Param<F>,
     bias_len: Option<usize>,
-    mean: &[F],
-    rstd: &[F],
-    g: (&[F], &Layout),
+    (mean, rstd): (&[F], &[F]),
+    (g, residual): (View<F>, Option<View<F>>),
     spec: NormSpec,
 ) -> NormGrads<F> {
     let (xv, gv) = (contiguous(x.0, x.1), contiguous(g.0, g.1));
+    let residual = residual.map(|(r, l)| contiguous(r, l));
     let d = x.1.shape().last().copied().unwrap_or(1).max(1);
     let inv_d = F::c(1.0 / d as f64);
     let mut dx = pool::take(xv.len());
@@ -207,8 +210,16 @@ pub fn norm_backward<F: CpuFloat>(
                     }
                     let mean_g = if spec.rms { F::zero() } else { sum_g * inv_d };
                     let mean_gx = sum_gx * inv_d;
-                    for (((dx, &g), &w), &x) in dxr.iter_mut().zip(gr).zip(weight).zip(xr) {
-                        *dx = rs * (g * w - mean_g - (x - mu) * rs * mean_gx);
+                    let dx_of = |g: F, w: F, x: F| rs * (g * w - mean_g - (x - mu) * rs * mean_gx);
+                    let rows = dxr.iter_mut().zip(gr).zip(weight).zip(xr);
+                    match &residual {
+                        Some(res) => {
+                            let res = &res[i * d..(i + 1) * d];
+                            for ((((dx, &g), &w), &x), &r) in rows.zip(res) {
+                                *dx = dx_of(g, w, x) + r;
+                            }
+                        }
+                        None => rows.for_each(|(((dx, &g), &w), &x)| *dx = dx_of(g, w, x)),
                     }
                 }
             },

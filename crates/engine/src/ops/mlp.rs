@@ -17,7 +17,7 @@ use super::matmul::wanted_linear_param_grads;
 use super::{check_float, check_same};
 use crate::autocast::lowered;
 use crate::backend::{BackendStorage, UnaryOp};
-use crate::cpu::epilogue::Epilogue;
+use crate::cpu::epilogue::{Epilogue, GatedRows};
 use crate::cpu::matmul::{self, SharedOut};
 use crate::cpu::{dispatch_float, pool, ComputeType, CpuStorage};
 #[cfg(feature = "cuda")]
@@ -78,7 +78,7 @@ pub fn gelu_mlp(x: &Tensor, (w1, b1): LinearParams, (w2, b2): LinearParams) -> R
     let records = crate::autograd::records(&inputs);
     // Only the backward reads the pre-activation h: without a graph the GELU runs in
     // place and the widest tensor of the block is written once, not twice.
-    let (out, h, act) = match gelu_mlp_rows(&flat, (w1, b1), (w2, b2), records)? {
+    let (out, h, act) = match gelu_mlp_rows(&flat, (w1, b1), (w2, b2), records, None)? {
         Some((out, h)) => (out, h, None),
         None => {
             let (h, act) = linear_gelu(&flat, w1, b1, records)?;
@@ -183,15 +183,21 @@ fn in_input_order(
     grads
 }
 
+/// A gated residual as the row-block path adds it (`ops/gated.rs`): the stream
+/// (contiguous, of the output's shape), the gate (contiguous `[groups, n]`) and the
+/// output rows per gate row.
+pub(super) type GatedOperands<'a> = (&'a Tensor, &'a Tensor, usize);
+
 /// The whole block for a contiguous `[rows, k]` x, and h = x·w1ᵀ + b1 when
 /// `keep_pre`, in blocks of rows whose hidden activations stay in cache
 /// (`cpu/mlp_rows.rs`), where the backend has that path (f32 products on a CPU with
-/// AVX-512); `None` elsewhere.
-fn gelu_mlp_rows(
+/// AVX-512); `None` elsewhere. With `residual`, the output is `stream + gate·output`.
+pub(super) fn gelu_mlp_rows(
     x: &Tensor,
     (w1, b1): LinearParams,
     (w2, b2): LinearParams,
     keep_pre: bool,
+    residual: Option<GatedOperands>,
 ) -> Result<Option<(Storage, Option<Tensor>)>> {
     let rows = x.shape()[0];
     let (hidden, n) = (w1.shape()[0], w2.shape()[0]);
@@ -202,14 +208,23 @@ fn gelu_mlp_rows(
     };
     let (lb1, lb2) = (broadcast(b1, hidden)?, broadcast(b2, n)?);
     let (sb1, sb2) = (b1.map(|b| b.storage()), b2.map(|b| b.storage()));
+    let (stream, gate) = (
+        residual.map(|r| r.0.storage()),
+        residual.map(|r| r.1.storage()),
+    );
     let out = Storage::fused(
-        &GeluMlpRows { keep_pre },
+        &GeluMlpRows {
+            keep_pre,
+            rows_per_group: residual.map(|r| r.2),
+        },
         (
             (&x.storage(), x.layout()),
             (&w1.storage(), &lw1),
             sb1.as_deref().zip(lb1.as_ref()),
             (&w2.storage(), &lw2),
             sb2.as_deref().zip(lb2.as_ref()),
+            stream.as_deref().zip(residual.map(|r| r.0.layout())),
+            gate.as_deref().zip(residual.map(|r| r.1.layout())),
         ),
     )?;
     let pre = |h: Storage| Tensor::from_storage(h, &[rows, hidden]);
@@ -217,10 +232,13 @@ fn gelu_mlp_rows(
 }
 
 /// The block in row blocks (see [`gelu_mlp_rows`]): x `[rows, k]` contiguous, both
-/// weights as `[k, n]` views, both biases broadcast to the outputs.
+/// weights as `[k, n]` views, both biases broadcast to the outputs, and a gated
+/// residual's stream and gate where given.
 struct GeluMlpRows {
     /// Whether h is kept for a backward.
     keep_pre: bool,
+    /// Output rows per gate row, with a gated residual.
+    rows_per_group: Option<usize>,
 }
 
 impl<'a> FusedOp<'a> for GeluMlpRows {
@@ -231,6 +249,8 @@ impl<'a> FusedOp<'a> for GeluMlpRows {
         Option<View<'a, Storage>>,
         View<'a, Storage>,
         Option<View<'a, Storage>>,
+        Option<View<'a, Storage>>,
+        Option<View<'a, Storage>>,
     );
     /// The output and h (when kept), or `None` where the backend has no row-block
     /// path.
@@ -238,16 +258,35 @@ impl<'a> FusedOp<'a> for GeluMlpRows {
 
     fn cpu(
         &self,
-        (x, w1, b1, w2, b2): BackendInputs<'a, Self, CpuStorage>,
+        (x, w1, b1, w2, b2, stream, gate): BackendInputs<'a, Self, CpuStorage>,
     ) -> Result<Self::Output> {
         #[cfg(target_arch = "x86_64")]
-        if let Some((out, h)) =
-            crate::cpu::mlp_rows::from_views(x, (w1, b1), (w2, b2), self.keep_pre)
         {
-            let store = |v: Vec<f32>| -> Storage { CpuStorage::F32(v).into() };
-            return Ok(Some((store(out), h.map(store))));
+            let f32s = |(s, l): View<'a, CpuStorage>| Some(&s.as_slice::<f32>()?[l.offset()..]);
+            let residual = match (stream, gate, self.rows_per_group) {
+                (Some(stream), Some(gate), Some(rows_per_group)) => {
+                    let Some((stream, gate)) = f32s(stream).zip(f32s(gate)) else {
+                        return Ok(None);
+                    };
+                    let n = w2.1.shape()[1];
+                    let first_row = 0;
+                    Some(GatedRows {
+                        stream,
+                        gate,
+                        rows_per_group,
+                        n,
+                        first_row,
+                    })
+                }
+                _ => None,
+            };
+            let mode = (self.keep_pre, residual);
+            if let Some((out, h)) = crate::cpu::mlp_rows::from_views(x, (w1, b1), (w2, b2), mode) {
+                let store = |v: Vec<f32>| -> Storage { CpuStorage::F32(v).into() };
+                return Ok(Some((store(out), h.map(store))));
+            }
         }
-        let _ = (x, w1, b1, w2, b2);
+        let _ = (x, w1, b1, w2, b2, stream, gate);
         Ok(None)
     }
 

@@ -8,6 +8,7 @@ mod attention;
 mod binary;
 mod cast;
 mod compare;
+mod gated;
 mod index;
 mod join;
 mod loss;
@@ -21,6 +22,7 @@ mod unary;
 mod view;
 
 pub use attention::{qkv_attention, scaled_dot_product_attention};
+pub use gated::{gelu_mlp_gated, GatedResidual};
 pub use mlp::{gelu_mlp, LinearParams};
 
 use crate::error::{Error, Result};
@@ -76,6 +78,26 @@ impl Tensor {
         self.sum_product_keepdim(other, &summed_dims(&full, shape))?
             .reshape(shape)
     }
+}
+
+/// Whether a per-group parameter of shape `p` (a norm's weight, a gate) fits x of
+/// shape `x`: its shape, padded on the left with ones to x's rank, is some of x's
+/// leading dims, then ones, then x's last dim. Its rows then map to consecutive, equal
+/// groups of x's rows, which is how the kernels index it (group = row / (rows /
+/// parameter rows)).
+pub(super) fn per_group(x: &[usize], p: &[usize]) -> bool {
+    let (Some(&d), Some(&pd)) = (x.last(), p.last()) else {
+        return false;
+    };
+    if d != pd || p.len() > x.len() {
+        return false;
+    }
+    let padded: Vec<usize> = std::iter::repeat_n(1, x.len() - p.len())
+        .chain(p.iter().copied())
+        .collect();
+    let lead = &padded[..x.len() - 1];
+    let matching = lead.iter().zip(x).take_while(|(p, x)| p == x).count();
+    lead[matching..].iter().all(|&p| p == 1)
 }
 
 /// The dims of `from` that summing back to `to` (which `from` was broadcast from)

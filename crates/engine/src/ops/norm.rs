@@ -1,8 +1,10 @@
 //! Fused layer norm and RMS norm over the last dim, with hand-written backwards. They
 //! run in f32 inside an autocast scope (see [`crate::autocast`]).
 
-use super::{check_float, check_same};
+use super::{check_float, check_same, per_group};
 use crate::autocast::widened;
+#[cfg(feature = "cuda")]
+use crate::backend::BinaryOp;
 use crate::backend::{stats_dtype, BackendStorage, NormSpec};
 use crate::cpu::{dispatch_float, norm, strided, ComputeType, CpuStorage};
 #[cfg(feature = "cuda")]
@@ -10,6 +12,8 @@ use crate::cuda::{rows, CudaStorage};
 use crate::error::{Error, Result};
 use crate::forward_ad::Duals;
 use crate::fused::{BackendInputs, FusedOp, View};
+#[cfg(feature = "cuda")]
+use crate::layout::Layout;
 use crate::storage::Storage;
 use crate::Tensor;
 use std::borrow::Cow;
@@ -68,15 +72,20 @@ impl Tensor {
         let bias_len = bias.map(Tensor::elem_count);
         let has_bias = bias_len.is_some();
         let stats = (mean.clone(), rstd.clone());
-        Tensor::from_op(
+        // On a residual stream x also takes the gradient of the residual path, which
+        // the walk has gathered by the time it reaches the norm: dx adds it in its own
+        // pass instead of a separate sum of two `[rows, d]` tensors.
+        Tensor::from_op_accumulating(
             name,
             y,
             self.shape(),
             &inputs,
-            move |x, _, g| {
+            move |x, _, g, gathered| {
                 let w = has_weight.then(|| &x[1]);
                 let ws = w.map(|w| w.storage());
                 let wv = ws.as_deref().zip(w.map(|w| w.layout()));
+                let rs = gathered.map(|r| r.storage());
+                let residual = rs.as_deref().zip(gathered.map(|r| r.layout()));
                 let (dx, dw, db) = Storage::fused(
                     &NormBackward { spec, bias_len },
                     (
@@ -85,6 +94,7 @@ impl Tensor {
                         &mean.storage(),
                         &rstd.storage(),
                         (&g.storage(), g.layout()),
+                        residual,
                     ),
                 )?;
                 let mut grads = vec![Some(Tensor::from_storage(dx, x[0].shape()))];
@@ -123,25 +133,6 @@ impl Tensor {
     }
 }
 
-/// Whether a norm parameter of shape `p` fits x of shape `x`: its shape, padded on
-/// the left with ones to x's rank, is some of x's leading dims, then ones, then x's
-/// last dim. Its rows then map to consecutive, equal groups of x's rows, which is how
-/// the kernels index it (group = row / (rows / parameter rows)).
-fn per_group(x: &[usize], p: &[usize]) -> bool {
-    let (Some(&d), Some(&pd)) = (x.last(), p.last()) else {
-        return false;
-    };
-    if d != pd || p.len() > x.len() {
-        return false;
-    }
-    let padded: Vec<usize> = std::iter::repeat_n(1, x.len() - p.len())
-        .chain(p.iter().copied())
-        .collect();
-    let lead = &padded[..x.len() - 1];
-    let matching = lead.iter().zip(x).take_while(|(p, x)| p == x).count();
-    lead[matching..].iter().all(|&p| p == 1)
-}
-
 /// The tangent of `x̂·w + b`: tx̂·w + x̂·tw + tb, where tx̂, the normalisation's JVP, is
 /// the backward kernel applied to tx without weight (the normalisation's Jacobian is
 /// symmetric), and x̂ is recomputed only when the weight carries a tangent.
@@ -164,6 +155,7 @@ fn norm_tangent(
             &mean.storage(),
             &rstd.storage(),
             (&tx.storage(), tx.layout()),
+            None,
         ),
     )?;
     let mut t = Tensor::from_storage(dx, x.shape());
@@ -222,7 +214,8 @@ impl<'a> FusedOp<'a> for NormForward {
 }
 
 /// The backward kernels: dx, and dweight and dbias where the forward had them, from x,
-/// the weight, the forward's row statistics and the output gradient.
+/// the weight, the forward's row statistics and the output gradient; dx plus a
+/// gradient of x's shape gathered elsewhere, where one is given.
 struct NormBackward {
     spec: NormSpec,
     /// The bias's element count, where the forward had one (its gradient's size).
@@ -237,12 +230,13 @@ impl<'a> FusedOp<'a> for NormBackward {
         &'a Storage,
         &'a Storage,
         View<'a, Storage>,
+        Option<View<'a, Storage>>,
     );
     type Output = (Storage, Option<Storage>, Option<Storage>);
 
     fn cpu(
         &self,
-        (x, weight, mean, rstd, grad): BackendInputs<'a, Self, CpuStorage>,
+        (x, weight, mean, rstd, grad, residual): BackendInputs<'a, Self, CpuStorage>,
     ) -> Result<Self::Output> {
         let dt = x.0.dtype();
         dispatch_float!(Self::NAME, x.0, |F| {
@@ -253,8 +247,11 @@ impl<'a> FusedOp<'a> for NormBackward {
             };
             let (xv, g) = (view(x.0)?, view(grad.0)?);
             let (mean, rstd) = (view(mean)?, view(rstd)?);
+            let rv = residual.map(|(s, _)| view(s)).transpose()?;
+            let residual = rv.as_deref().zip(residual.map(|(_, l)| l));
             let (x, g) = ((&*xv, x.1), (&*g, grad.1));
-            let r = norm::norm_backward(x, w, self.bias_len, &mean, &rstd, g, self.spec);
+            let stats = (&*mean, &*rstd);
+            let r = norm::norm_backward(x, w, self.bias_len, stats, (g, residual), self.spec);
             let store = |v| -> Storage { F::store(v, dt).into() };
             Ok((store(r.dx), r.dw.map(store), r.db.map(store)))
         })
@@ -263,11 +260,15 @@ impl<'a> FusedOp<'a> for NormBackward {
     #[cfg(feature = "cuda")]
     fn cuda(
         &self,
-        (x, weight, mean, rstd, grad): BackendInputs<'a, Self, CudaStorage>,
+        (x, weight, mean, rstd, grad, residual): BackendInputs<'a, Self, CudaStorage>,
     ) -> Result<Self::Output> {
         let stats = (mean, rstd);
-        let (dx, dw, db) =
+        let (mut dx, dw, db) =
             rows::norm_backward(x.0, x.1, weight, self.bias_len, stats, grad, self.spec)?;
+        if let Some((r, rl)) = residual {
+            // A second kernel: the GPU's passes are cheap beside the CPU's.
+            dx = dx.binary(&Layout::contiguous(x.1.shape()), r, rl, BinaryOp::Add)?;
+        }
         Ok((dx.into(), dw.map(Into::into), db.map(Into::into)))
     }
 }
