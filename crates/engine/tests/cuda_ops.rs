@@ -6,8 +6,8 @@
 #![cfg(feature = "cuda")]
 
 use twinflow_engine::{
-    autocast, cuda, gelu_mlp, jvp, no_grad, scaled_dot_product_attention, DType, Device, Generator,
-    Result, Tensor,
+    autocast, cuda, gelu_mlp, gelu_mlp_gated, jvp, no_grad, scaled_dot_product_attention, DType,
+    Device, GatedResidual, Generator, Result, Tensor,
 };
 
 mod common;
@@ -605,11 +605,54 @@ fn softmax_and_norms() {
             );
             check(
                 &format!("rms_norm per group {shape:?} {dt}"),
-                &[x, w],
+                &[x.clone(), w.clone()],
                 tol,
                 |t| t[0].rms_norm(Some(&t[1]), 1e-6),
             );
+            // On a residual stream the backward adds x's other gradient to dx (one add
+            // after the kernel on CUDA, in the CPU kernel's pass there).
+            check(
+                &format!("x + layer_norm(x) per group {shape:?} {dt}"),
+                &[x, w],
+                tol,
+                |t| t[0].add(&t[0].layer_norm(Some(&t[1]), None, 1e-5)?),
+            );
         }
+    }
+}
+
+/// The gated residuals `stream + gate·layer(x)` (on CUDA the composition, `addcmul`
+/// after the layer) against the CPU, whose epilogue fusion and fused gate gradients
+/// they must match, gradients included.
+#[test]
+fn gated_residuals() {
+    for dt in [DType::F32, DType::F64] {
+        let (b, t, k, hidden, n) = (6, 49, 32, 96, 40);
+        let inputs = [
+            randn(31, &[b, t, k], dt),
+            randn(32, &[b, t, n], dt),
+            randn(33, &[b, 1, n], dt),
+            randn(34, &[hidden, k], dt),
+            randn(35, &[hidden], dt),
+            randn(36, &[n, hidden], dt),
+            randn(37, &[n], dt),
+        ];
+        let tol = tolerance(dt);
+        check(&format!("linear_gated {dt}"), &inputs[..5], tol, |x| {
+            let w = x[3].narrow(0, 0, n)?.contiguous()?;
+            let residual = GatedResidual {
+                stream: &x[1],
+                gate: &x[2],
+            };
+            x[0].linear_gated(&w, Some(&x[4].narrow(0, 0, n)?), residual)
+        });
+        check(&format!("gelu_mlp_gated {dt}"), &inputs, tol, |x| {
+            let residual = GatedResidual {
+                stream: &x[1],
+                gate: &x[2],
+            };
+            gelu_mlp_gated(&x[0], (&x[3], Some(&x[4])), (&x[5], Some(&x[6])), residual)
+        });
     }
 }
 
