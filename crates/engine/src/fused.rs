@@ -141,7 +141,7 @@ pub(crate) trait Operands {
     fn read_dtypes(&self) -> Vec<DType>;
 }
 
-/// [`Operands`] for the tuples of a lead and up to six more operands (each given as
+/// [`Operands`] for the tuples of a lead and up to eight more operands (each given as
 /// its type parameter and a variable name).
 macro_rules! operand_tuples {
     ($(($Lead:ident $lead:ident $(, $Rest:ident $rest:ident)*)),* $(,)?) => {$(
@@ -170,4 +170,6 @@ operand_tuples!(
     (L l, A a, C c, D d, E e),
     (L l, A a, C c, D d, E e, G g),
     (L l, A a, C c, D d, E e, G g, H h),
+    (L l, A a, C c, D d, E e, G g, H h, I i),
+    (L l, A a, C c, D d, E e, G g, H h, I i, J j),
 );

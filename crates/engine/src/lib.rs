@@ -47,8 +47,8 @@ pub use error::{excerpt, report, Error, Result};
 pub use forward_ad::jvp;
 pub use layout::Layout;
 pub use ops::{
-    gelu_mlp, gelu_mlp_gated, qkv_attention, scaled_dot_product_attention, GatedResidual,
-    LinearParams,
+    gelu_mlp, gelu_mlp_gated, prenorm_gelu_mlp_gated, qkv_attention, scaled_dot_product_attention,
+    GatedResidual, LinearParams, PreNorm,
 };
 pub use random::{Generator, GeneratorState};
 pub use storage::Storage;

@@ -6,8 +6,8 @@
 #![cfg(feature = "cuda")]
 
 use twinflow_engine::{
-    autocast, cuda, gelu_mlp, gelu_mlp_gated, jvp, no_grad, scaled_dot_product_attention, DType,
-    Device, GatedResidual, Generator, Result, Tensor,
+    autocast, cuda, gelu_mlp, gelu_mlp_gated, jvp, no_grad, prenorm_gelu_mlp_gated,
+    scaled_dot_product_attention, DType, Device, GatedResidual, Generator, PreNorm, Result, Tensor,
 };
 
 mod common;
@@ -653,6 +653,32 @@ fn gated_residuals() {
             };
             gelu_mlp_gated(&x[0], (&x[3], Some(&x[4])), (&x[5], Some(&x[6])), residual)
         });
+        // The pre-norm branch x + gate·mlp(LN(x)·w + b) (x is the stream: fc2 maps back
+        // to k), norm parameters per sample.
+        let prenorm_inputs = [
+            inputs[0].clone(),
+            randn(38, &[b, 1, k], dt),
+            inputs[3].clone(),
+            inputs[4].clone(),
+            randn(39, &[k, hidden], dt),
+            randn(40, &[k], dt),
+            randn(41, &[b, 1, k], dt),
+            randn(42, &[b, 1, k], dt),
+        ];
+        check(
+            &format!("prenorm_gelu_mlp_gated {dt}"),
+            &prenorm_inputs,
+            tol,
+            |x| {
+                let norm = PreNorm {
+                    weight: Some(&x[6]),
+                    bias: Some(&x[7]),
+                    eps: 1e-6,
+                };
+                let (fc1, fc2) = ((&x[2], Some(&x[3])), (&x[4], Some(&x[5])));
+                prenorm_gelu_mlp_gated(&x[0], norm, fc1, fc2, &x[1])
+            },
+        );
     }
 }
 

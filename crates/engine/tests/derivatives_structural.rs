@@ -15,8 +15,8 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use twinflow_engine::gradcheck::{GradcheckOptions, GradcheckReport};
 use twinflow_engine::{
-    gelu_mlp, gelu_mlp_gated, qkv_attention, scaled_dot_product_attention, DType, GatedResidual,
-    Result, Tensor,
+    gelu_mlp, gelu_mlp_gated, prenorm_gelu_mlp_gated, qkv_attention, scaled_dot_product_attention,
+    DType, GatedResidual, PreNorm, Result, Tensor,
 };
 
 mod common;
@@ -742,9 +742,11 @@ derivative_checks! {
         mode,
         (b, t) in (1usize..=3, 1usize..=3),
         (k, hidden, n) in (1usize..=4, 1usize..=4, 1usize..=3),
-        (per_sample, mlp) in (any::<bool>(), any::<bool>()),
+        (per_sample, mlp, prenorm) in (any::<bool>(), any::<bool>(), any::<bool>()),
         seed in any::<u64>(),
     ) {
+        // The pre-norm branch x + gate·mlp(LN(x)): the stream is x, so n = k.
+        let (mlp, n) = if prenorm { (true, k) } else { (mlp, n) };
         let gate = if per_sample { vec![b, 1, n] } else { vec![n] };
         let first = if mlp { vec![hidden, k] } else { vec![n, k] };
         let inputs = [
@@ -755,20 +757,37 @@ derivative_checks! {
             randn(seed ^ 4, &[first[0]]),
             randn(seed ^ 5, &[n, hidden]),
             randn(seed ^ 6, &[n]),
+            randn(seed ^ 7, &[b, 1, k]),
+            randn(seed ^ 8, &[b, 1, k]),
         ];
+        // The pre-norm branch has no stream of its own (x is the stream): input 1 unused.
+        let used: Vec<Tensor> = match (prenorm, mlp) {
+            (true, _) => [0, 2, 3, 4, 5, 6, 7, 8].map(|i| inputs[i].clone()).to_vec(),
+            (false, true) => inputs[..7].to_vec(),
+            (false, false) => inputs[..5].to_vec(),
+        };
         let r = check(
             mode,
-            |x| {
-                let residual = GatedResidual { stream: &x[1], gate: &x[2] };
-                match mlp {
-                    true => gelu_mlp_gated(&x[0], (&x[3], Some(&x[4])), (&x[5], Some(&x[6])), residual),
-                    false => x[0].linear_gated(&x[3], Some(&x[4]), residual),
+            |x| match (prenorm, mlp) {
+                (true, _) => {
+                    let norm = PreNorm { weight: Some(&x[6]), bias: Some(&x[7]), eps: 1e-5 };
+                    let (fc1, fc2) = ((&x[2], Some(&x[3])), (&x[4], Some(&x[5])));
+                    prenorm_gelu_mlp_gated(&x[0], norm, fc1, fc2, &x[1])
+                }
+                (false, true) => {
+                    let residual = GatedResidual { stream: &x[1], gate: &x[2] };
+                    gelu_mlp_gated(&x[0], (&x[3], Some(&x[4])), (&x[5], Some(&x[6])), residual)
+                }
+                (false, false) => {
+                    let residual = GatedResidual { stream: &x[1], gate: &x[2] };
+                    x[0].linear_gated(&x[3], Some(&x[4]), residual)
                 }
             },
-            &inputs[..if mlp { 7 } else { 5 }],
+            &used,
         );
         if let Err(e) = r {
-            prop_assert!(false, "{e} (b={b} t={t} k={k} hidden={hidden} n={n} gate {gate:?} mlp={mlp})")
+            let case = format!("b={b} t={t} k={k} hidden={hidden} n={n} gate {gate:?}");
+            prop_assert!(false, "{e} ({case} mlp={mlp} prenorm={prenorm})")
         }
     }
 

@@ -9,8 +9,8 @@
 use proptest::prelude::*;
 use proptest::sample::Index;
 use twinflow_engine::{
-    gelu_mlp, gelu_mlp_gated, no_grad, qkv_attention, scaled_dot_product_attention, DType,
-    GatedResidual, Tensor,
+    gelu_mlp, gelu_mlp_gated, no_grad, prenorm_gelu_mlp_gated, qkv_attention,
+    scaled_dot_product_attention, DType, GatedResidual, PreNorm, Tensor,
 };
 
 mod common;
@@ -666,6 +666,23 @@ proptest! {
             let got = gelu_mlp_gated(&x, (&w1, b1), (&w2, b2), residual).unwrap();
             check("gelu_mlp_gated", got, gelu_mlp(&x, (&w1, b1), (&w2, b2)).unwrap())
         })?;
+        // The pre-norm branch x + gate·mlp(LN(x)·w + b): its stream is x, so fc2 maps
+        // back to k; the norm's parameters per sample (a DiT's modulation) or shared,
+        // or absent.
+        let w2k = make(seed ^ 9, &[k, hidden]);
+        let b2k = bias.then(|| make(seed ^ 10, &[k]));
+        let params = if gate_per_sample { vec![b, 1, k] } else { vec![k] };
+        let (nw, nb) = (make(seed ^ 11, &params), make(seed ^ 12, &params));
+        let gate_k = make(seed ^ 13, &[b, 1, k]);
+        let norm = PreNorm { weight: Some(&nw), bias: bias.then_some(&nb), eps: 1e-6 };
+        let fc2 = (&w2k, b2k.as_ref());
+        let got = no_grad(|| prenorm_gelu_mlp_gated(&x, norm, (&w1, b1), fc2, &gate_k)).unwrap();
+        let normed = x.layer_norm(norm.weight, norm.bias, norm.eps).unwrap();
+        let want = x.addcmul(&gate_k, &gelu_mlp(&normed, (&w1, b1), fc2).unwrap()).unwrap();
+        let scale = vals(&want).iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        let tol = |_, _| if f32_dtype { 1e-5 * scale } else { 1e-12 };
+        let name = format!("prenorm_gelu_mlp_gated {what} norm {params:?}");
+        assert_close(&name, &vals(&got), &vals(&want), tol)?;
     }
 
     /// cat (operands optionally transposed views) and stack against index arithmetic.

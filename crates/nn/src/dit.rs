@@ -16,7 +16,7 @@ use crate::patch::PatchGrid;
 use crate::size::{self, check_parameter_count};
 use crate::time_embedding::{check_time_scale, TimeEmbedding, DEFAULT_TIME_SCALE};
 use serde::{Deserialize, Serialize};
-use twinflow_engine::{Error, GatedResidual, Result, Tensor};
+use twinflow_engine::{Error, GatedResidual, PreNorm, Result, Tensor};
 
 /// Epsilon of the parameter-free layer norms (the reference's `eps=1e-6`).
 const NORM_EPS: f64 = 1e-6;
@@ -268,15 +268,14 @@ impl DitBlock {
                 gate: &gate,
             },
         )?;
-        let y = norm_modulate(&x, &sh2, &sc2)?;
-        let gate = g2.unsqueeze(1)?;
-        (self.mlp).forward_gated(
-            &y,
-            GatedResidual {
-                stream: &x,
-                gate: &gate,
-            },
-        )
+        let (weight, shift) = (sc2.add_scalar(1.0)?.unsqueeze(1)?, sh2.unsqueeze(1)?);
+        let norm = PreNorm {
+            weight: Some(&weight),
+            bias: Some(&shift),
+            eps: NORM_EPS,
+        };
+        // x + gate·mlp(norm(x)); without a graph, in blocks of rows from x to the sum.
+        (self.mlp).forward_prenorm_gated(&x, norm, &g2.unsqueeze(1)?)
     }
 }
 

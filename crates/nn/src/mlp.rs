@@ -5,7 +5,9 @@ use crate::impl_module;
 use crate::init::ParamBuilder;
 use crate::linear::{Linear, LinearConfig};
 use crate::module::Forward;
-use twinflow_engine::{gelu_mlp, gelu_mlp_gated, GatedResidual, Result, Tensor};
+use twinflow_engine::{
+    gelu_mlp, gelu_mlp_gated, prenorm_gelu_mlp_gated, GatedResidual, PreNorm, Result, Tensor,
+};
 
 /// `fc2(gelu_tanh(fc1(x)))`, parameter names `fc1.*` and `fc2.*` (as in DiT/ViT).
 #[derive(Debug, Clone)]
@@ -35,6 +37,19 @@ impl Mlp {
     pub fn forward_gated(&self, x: &Tensor, residual: GatedResidual) -> Result<Tensor> {
         let fc1 = (&self.fc1.weight, self.fc1.bias.as_ref());
         gelu_mlp_gated(x, fc1, (&self.fc2.weight, self.fc2.bias.as_ref()), residual)
+    }
+
+    /// `x + gate · self(norm(x))`, a pre-norm block's gated branch, in blocks of rows
+    /// where the engine can (see [`prenorm_gelu_mlp_gated`]).
+    pub fn forward_prenorm_gated(
+        &self,
+        x: &Tensor,
+        norm: PreNorm,
+        gate: &Tensor,
+    ) -> Result<Tensor> {
+        let fc1 = (&self.fc1.weight, self.fc1.bias.as_ref());
+        let fc2 = (&self.fc2.weight, self.fc2.bias.as_ref());
+        prenorm_gelu_mlp_gated(x, norm, fc1, fc2, gate)
     }
 }
 

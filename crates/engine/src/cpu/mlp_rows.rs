@@ -16,12 +16,15 @@
 //!   memory.
 
 use super::epilogue::{Epilogue, GatedRows};
+use super::isa;
 use super::matmul::{Bias, GemmArgs, SharedOut, AVX512_MIN_MNK};
+use super::norm::norm_row;
 use super::pool;
 use super::reduce::combine_rows;
 use super::sgemm_avx512::{available, sgemm, sgemm_packed, with_scratch, PackedRhs};
 use super::strided::gather_view;
 use super::CpuStorage;
+use crate::backend::NormSpec;
 use crate::fused::View;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -37,6 +40,45 @@ thread_local! {
     static HIDDEN: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// Each thread's block of gelu(h) recomputed by the backward.
     static ACT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Each thread's block of normalised input rows (with a [`NormRows`] prologue).
+    static NORMED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A layer norm of x's rows before the first product (a pre-norm block's norm, run
+/// per block of rows so that its output stays in cache): each parameter `[groups,
+/// k]`, row `i` of x taking parameter row `i / rows_per_group`, the same values as the
+/// norm op's (`norm::norm_row`).
+#[derive(Clone, Copy)]
+pub struct NormRows<'a> {
+    /// The weight and how many of x's rows share each of its rows.
+    pub weight: (&'a [f32], usize),
+    /// The bias and how many of x's rows share each of its rows.
+    pub bias: (&'a [f32], usize),
+    /// The norm's epsilon (and kind).
+    pub spec: NormSpec,
+}
+
+impl NormRows<'_> {
+    /// Normalises `x`, rows `first..` of x (of `k` values each), into `dst`.
+    fn apply(&self, dst: &mut [f32], x: &[f32], first: usize, k: usize) {
+        isa::dispatch(
+            #[inline(always)]
+            |dst: &mut [f32]| {
+                for (i, (y, x)) in dst.chunks_mut(k).zip(x.chunks(k)).enumerate() {
+                    let row = first + i;
+                    let params = (param_row(self.weight, row, k), param_row(self.bias, row, k));
+                    norm_row(y, x, params, self.spec);
+                }
+            },
+            dst,
+        );
+    }
+}
+
+/// The row (of `k` values) of a per-group parameter that x's row `row` takes.
+#[inline(always)]
+fn param_row((p, per_group): (&[f32], usize), row: usize, k: usize) -> &[f32] {
+    &p[row / per_group * k..][..k]
 }
 
 /// One layer of the block: the weight as a `[k, n]` view (element (i, j) at
@@ -67,7 +109,7 @@ pub fn from_views<'a>(
     x: View<'a, CpuStorage>,
     fc1: LayerViews<'a>,
     fc2: LayerViews<'a>,
-    (keep_pre, residual): (bool, Option<GatedRows<'a, f32>>),
+    mode: RowsMode<'a>,
 ) -> Option<(Vec<f32>, Option<Vec<f32>>)> {
     let layer = |((w, lw), bias): LayerViews<'a>| -> Option<Layer<'a>> {
         let (shape, strides) = (lw.shape(), lw.strides());
@@ -99,22 +141,27 @@ pub fn from_views<'a>(
         &x.0.as_slice::<f32>()?[x.1.offset()..],
         rows,
         (fc1, fc2),
-        (keep_pre, residual),
+        mode,
     ))
 }
+
+/// What the forward in row blocks does besides the block: whether it keeps h for a
+/// backward, a gated residual added to its output, a norm of its input rows first.
+pub type RowsMode<'a> = (bool, Option<GatedRows<'a, f32>>, Option<NormRows<'a>>);
 
 /// `gelu_tanh(x·w1 + b1)·w2 + b2` for x with `rows` contiguous rows of `fc1.shape.0`
 /// values, as a contiguous `[rows, fc2.shape.1]` output, and, when `keep_pre`, the
 /// pre-activation h = x·w1 + b1 `[rows, fc1.shape.1]` for a backward; with a
 /// `residual`, `stream + gate·output` instead of the output, added while each block's
-/// output is in cache. The caller has checked that AVX-512F is available, that the
-/// shapes chain (`fc1.shape.1 == fc2.shape.0`), that every dimension is nonzero and
-/// that every index the views reach is in bounds.
+/// output is in cache; with `prenorm`, the block runs on the normalised rows of x,
+/// each block's normalised first. The caller has checked that AVX-512F is available,
+/// that the shapes chain (`fc1.shape.1 == fc2.shape.0`), that every dimension is
+/// nonzero and that every index the views reach is in bounds.
 pub fn gelu_mlp_rows(
     x: &[f32],
     rows: usize,
     (fc1, fc2): (Layer, Layer),
-    (keep_pre, residual): (bool, Option<GatedRows<f32>>),
+    (keep_pre, residual, prenorm): RowsMode,
 ) -> (Vec<f32>, Option<Vec<f32>>) {
     let ((k, hidden), (_, n)) = (fc1.shape, fc2.shape);
     assert!(fc2.shape.0 == hidden && rows * k <= x.len());
@@ -124,27 +171,34 @@ pub fn gelu_mlp_rows(
     let (w1, w2) = rayon::join(|| fc1.packed(), || fc2.packed());
     let block = |b: usize, dst: &mut [f32], pre: Option<&mut [f32]>| {
         let (first, m) = (b * block_rows, dst.len() / n);
+        let normed_len = prenorm.map_or(0, |_| m * k);
         with_scratch(&HIDDEN, m * hidden, |act| {
-            let x_block = &x[first * k..(first + m) * k];
-            match pre {
-                // h into the thread's buffer, copied out for the backward by streaming
-                // stores (no read of the lines it overwrites), then gelu(h) in place.
-                Some(pre) => {
-                    product(act, x_block, (fc1, &w1), first, None);
-                    // SAFETY: AVX-512F is available (the caller's promise).
-                    unsafe { stream_copy(pre, act) };
-                    // SAFETY: this epilogue writes no shared output.
-                    unsafe { Epilogue::GeluInPlace.apply(act, 0) };
+            with_scratch(&NORMED, normed_len, |normed| {
+                let mut x_block = &x[first * k..(first + m) * k];
+                if let Some(norm) = prenorm {
+                    norm.apply(normed, x_block, first, k);
+                    x_block = normed;
                 }
-                None => product(act, x_block, (fc1, &w1), first, Some(Epilogue::GeluInPlace)),
-            }
-            let residual = residual.map(|r| {
-                Epilogue::GatedResidual(GatedRows {
-                    first_row: first,
-                    ..r
-                })
-            });
-            product(dst, act, (fc2, &w2), first, residual);
+                match pre {
+                    // h into the thread's buffer, copied out for the backward by streaming
+                    // stores (no read of the lines it overwrites), then gelu(h) in place.
+                    Some(pre) => {
+                        product(act, x_block, (fc1, &w1), first, None);
+                        // SAFETY: AVX-512F is available (the caller's promise).
+                        unsafe { stream_copy(pre, act) };
+                        // SAFETY: this epilogue writes no shared output.
+                        unsafe { Epilogue::GeluInPlace.apply(act, 0) };
+                    }
+                    None => product(act, x_block, (fc1, &w1), first, Some(Epilogue::GeluInPlace)),
+                }
+                let residual = residual.map(|r| {
+                    Epilogue::GatedResidual(GatedRows {
+                        first_row: first,
+                        ..r
+                    })
+                });
+                product(dst, act, (fc2, &w2), first, residual);
+            })
         });
     };
     let mut out = pool::take(rows * n);
@@ -566,7 +620,7 @@ mod tests {
             let leak = |v: Vec<f32>| -> &'static [f32] { Box::leak(v.into_boxed_slice()) };
             let (w1, w2, b1, b2) = (leak(w1), leak(w2), leak(b1), leak(b2));
             let (fc1, fc2) = (layer(w1, (k, hidden), b1), layer(w2, (hidden, n), b2));
-            let (out, kept) = gelu_mlp_rows(&x, rows, (fc1, fc2), (keep_pre, None));
+            let (out, kept) = gelu_mlp_rows(&x, rows, (fc1, fc2), (keep_pre, None, None));
             prop_assert_eq!(kept.is_some(), keep_pre);
             let at = |l: &Layer, i: usize, j: usize| l.weight[i * l.strides.0 + j * l.strides.1] as f64;
             for r in 0..rows {

@@ -92,7 +92,6 @@ pub fn norm<F: CpuFloat>(
     let rows = x.len() / d;
     let mut y = pool::take(x.len());
     let mut stats = vec![(F::zero(), F::zero()); rows];
-    let inv_d = F::c(1.0 / d as f64);
     let (w, b) = (or_fill(&w, F::one(), d), or_fill(&b, F::zero(), d));
     let (wg, bg) = (Groups::new(w.len(), d, rows), Groups::new(b.len(), d, rows));
     // `#[inline(always)]`: inlined into `for_row_blocks`' AVX2 copy; a closure called
@@ -106,22 +105,36 @@ pub fn norm<F: CpuFloat>(
             for (r, (yr, st)) in yb.chunks_mut(d).zip(sb.iter_mut()).enumerate() {
                 let i = first + r;
                 let xr = &x[i * d..(i + 1) * d];
-                let (w, b) = (wg.row(&w, i), bg.row(&b, i));
-                let mean = match spec.rms {
-                    true => F::zero(),
-                    false => sum_lanes([xr], |[x]| x) * inv_d,
-                };
-                let var = sum_lanes([xr], |[v]| (v - mean) * (v - mean)) * inv_d;
-                let rstd = (var + F::c(spec.eps)).sqrt().recip();
-                for (((y, &xv), &wv), &bv) in yr.iter_mut().zip(xr).zip(w.iter()).zip(b.iter()) {
-                    *y = (xv - mean) * rstd * wv + bv;
-                }
-                *st = (mean, rstd);
+                *st = norm_row(yr, xr, (wg.row(&w, i), bg.row(&b, i)), spec);
             }
         },
     );
     let (mean, rstd) = stats.into_iter().unzip();
     (y, mean, rstd)
+}
+
+/// `y = (x − mean)·rstd·w + b` for one row `x` (`w` and `b` that row's parameters,
+/// ones and zeros where absent); returns (mean, rstd), the mean zero for RMS norm.
+/// Inlined into its callers' instruction-set copies (see `isa::dispatch`), and shared
+/// by every kernel that normalises rows, so that they agree bit for bit.
+#[inline(always)]
+pub(super) fn norm_row<F: CpuFloat>(
+    y: &mut [F],
+    x: &[F],
+    (w, b): (&[F], &[F]),
+    spec: NormSpec,
+) -> (F, F) {
+    let inv_d = F::c(1.0 / x.len().max(1) as f64);
+    let mean = match spec.rms {
+        true => F::zero(),
+        false => sum_lanes([x], |[x]| x) * inv_d,
+    };
+    let var = sum_lanes([x], |[v]| (v - mean) * (v - mean)) * inv_d;
+    let rstd = (var + F::c(spec.eps)).sqrt().recip();
+    for (((y, &xv), &wv), &bv) in y.iter_mut().zip(x).zip(w).zip(b) {
+        *y = (xv - mean) * rstd * wv + bv;
+    }
+    (mean, rstd)
 }
 
 /// The number of parameter rows when the weight and bias (those present) both have

@@ -15,7 +15,7 @@
 use super::mlp::{gelu_mlp, gelu_mlp_rows, LinearParams};
 use super::per_group;
 use crate::autocast::autocast_dtype;
-use crate::backend::BackendStorage;
+use crate::backend::{BackendStorage, NormSpec};
 use crate::cpu::epilogue::{Epilogue, GatedRows};
 use crate::cpu::{dispatch_float, matmul, ComputeType, CpuStorage};
 #[cfg(feature = "cuda")]
@@ -142,11 +142,111 @@ pub fn gelu_mlp_gated(
     fc2: LinearParams,
     residual: GatedResidual,
 ) -> Result<Tensor> {
-    let composed = || residual.around(&gelu_mlp(x, fc1, fc2)?);
-    let (w1, b1) = fc1;
-    let (w2, b2) = fc2;
+    match gated_rows(x, (fc1, fc2), residual, None)? {
+        Some(out) => Ok(out),
+        None => residual.around(&gelu_mlp(x, fc1, fc2)?),
+    }
+}
+
+/// A layer norm over the last dim run before a layer: `x.layer_norm(weight, bias,
+/// eps)`, the parameters `[d]` or one row per group of x's rows.
+#[derive(Debug, Clone, Copy)]
+pub struct PreNorm<'a> {
+    /// The norm's weight (a DiT's `1 + scale`), if any.
+    pub weight: Option<&'a Tensor>,
+    /// The norm's bias (a DiT's `shift`), if any.
+    pub bias: Option<&'a Tensor>,
+    /// Added to the variance.
+    pub eps: f64,
+}
+
+impl PreNorm<'_> {
+    /// `x.layer_norm(weight, bias, eps)`.
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        x.layer_norm(self.weight, self.bias, self.eps)
+    }
+
+    /// The parameters for the row blocks, for x of shape `x_shape` `[rows, k]` as
+    /// flattened: each contiguous (ones or zeros `[k]` where absent) with x's rows per
+    /// parameter row; `None` when a parameter does not fit x (see [`per_group`]).
+    fn row_operands(&self, x: &Tensor) -> Option<((Tensor, usize), (Tensor, usize))> {
+        let k = *x.shape().last()?;
+        let rows = x.elem_count() / k.max(1);
+        let param = |p: Option<&Tensor>, fill: f64| -> Option<(Tensor, usize)> {
+            let p = match p {
+                Some(p) if per_group(x.shape(), p.shape()) => p.detach().contiguous().ok()?,
+                Some(_) => return None,
+                None => Tensor::full(fill, &[k], x.dtype(), x.device()).ok()?,
+            };
+            let per_row = rows / (p.elem_count() / k).max(1);
+            Some((p, per_row))
+        };
+        Some((param(self.weight, 1.0)?, param(self.bias, 0.0)?))
+    }
+}
+
+/// `x + gate · gelu_mlp(norm(x), fc1, fc2)`, a pre-norm block's gated feed-forward
+/// branch (a DiT's `x + g·mlp(LN(x)·(1 + scale) + shift)`). Without a graph, on the
+/// CPU in f32 with AVX-512, the whole branch runs in blocks of rows: each block of x
+/// normalised into the thread's buffer, through both products, and added back to x
+/// in the last product's epilogue, so the norm's output never goes to memory;
+/// otherwise exactly `gelu_mlp_gated(&norm.apply(x)?, fc1, fc2, GatedResidual {
+/// stream: x, gate })`.
+pub fn prenorm_gelu_mlp_gated(
+    x: &Tensor,
+    norm: PreNorm,
+    fc1: LinearParams,
+    fc2: LinearParams,
+    gate: &Tensor,
+) -> Result<Tensor> {
+    let residual = GatedResidual { stream: x, gate };
+    let mut inputs = vec![x, gate, fc1.0, fc2.0];
+    inputs.extend([fc1.1, fc2.1, norm.weight, norm.bias].into_iter().flatten());
+    // With a graph (training) the composition, without building the rows' operands.
+    let plain = !autograd::records(&inputs) && x.dtype() == DType::F32;
+    let fused = match plain.then(|| norm.row_operands(x)).flatten() {
+        Some(((w, per_w), (b, per_b))) => {
+            let spec = NormSpec {
+                eps: norm.eps,
+                rms: false,
+            };
+            let params: Vec<&Tensor> = norm.weight.into_iter().chain(norm.bias).collect();
+            gated_rows(
+                x,
+                (fc1, fc2),
+                residual,
+                Some(((&w, per_w), (&b, per_b), spec, &params)),
+            )?
+        }
+        _ => None,
+    };
+    match fused {
+        Some(out) => Ok(out),
+        None => gelu_mlp_gated(&norm.apply(x)?, fc1, fc2, residual),
+    }
+}
+
+/// A first norm for [`gated_rows`]: the row blocks' operands, and the norm's own
+/// parameter tensors (for the checks of graph, device and dtype).
+type FirstNorm<'a> = (
+    (&'a Tensor, usize),
+    (&'a Tensor, usize),
+    NormSpec,
+    &'a [&'a Tensor],
+);
+
+/// The feed-forward block over x (after `norm`, where given) with the gated residual
+/// added in its last product's epilogue, in row blocks, where the module's
+/// documentation says it runs so; `None` where it does not.
+fn gated_rows(
+    x: &Tensor,
+    ((w1, b1), (w2, b2)): (LinearParams, LinearParams),
+    residual: GatedResidual,
+    norm: Option<FirstNorm>,
+) -> Result<Option<Tensor>> {
     let mut layer = vec![x, w1, w2];
     layer.extend(b1.into_iter().chain(b2));
+    layer.extend(norm.map_or(&[][..], |n| n.3));
     let k = x.shape().last().copied().unwrap_or(0);
     let hidden = w1.shape().first().copied().unwrap_or(0);
     let n = w2.shape().first().copied().unwrap_or(0);
@@ -163,15 +263,14 @@ pub fn gelu_mlp_gated(
         .then(|| residual.epilogue_operands(&layer, &shape))
         .flatten()
     else {
-        return composed();
+        return Ok(None);
     };
     let rows = x.elem_count() / k.max(1);
     let flat = x.reshape(&[rows, k])?;
     let gated = (residual.stream, &ops.gate, ops.rows_per_group);
-    match gelu_mlp_rows(&flat, fc1, fc2, false, Some(gated))? {
-        Some((out, _)) => Ok(Tensor::from_storage(out, &shape)),
-        None => composed(),
-    }
+    let norm = norm.map(|(w, b, spec, _)| (w, b, spec));
+    let out = gelu_mlp_rows(&flat, (w1, b1), (w2, b2), false, (Some(gated), norm))?;
+    Ok(out.map(|(out, _)| Tensor::from_storage(out, &shape)))
 }
 
 /// The product of [`Tensor::linear_gated`] with the add in its epilogue: x `[rows, k]`,

@@ -16,9 +16,11 @@
 use super::matmul::wanted_linear_param_grads;
 use super::{check_float, check_same};
 use crate::autocast::lowered;
-use crate::backend::{BackendStorage, UnaryOp};
+use crate::backend::{BackendStorage, NormSpec, UnaryOp};
 use crate::cpu::epilogue::{Epilogue, GatedRows};
 use crate::cpu::matmul::{self, SharedOut};
+#[cfg(target_arch = "x86_64")]
+use crate::cpu::mlp_rows::NormRows;
 use crate::cpu::{dispatch_float, pool, ComputeType, CpuStorage};
 #[cfg(feature = "cuda")]
 use crate::cuda::CudaStorage;
@@ -78,7 +80,7 @@ pub fn gelu_mlp(x: &Tensor, (w1, b1): LinearParams, (w2, b2): LinearParams) -> R
     let records = crate::autograd::records(&inputs);
     // Only the backward reads the pre-activation h: without a graph the GELU runs in
     // place and the widest tensor of the block is written once, not twice.
-    let (out, h, act) = match gelu_mlp_rows(&flat, (w1, b1), (w2, b2), records, None)? {
+    let (out, h, act) = match gelu_mlp_rows(&flat, (w1, b1), (w2, b2), records, (None, None))? {
         Some((out, h)) => (out, h, None),
         None => {
             let (h, act) = linear_gelu(&flat, w1, b1, records)?;
@@ -188,6 +190,11 @@ fn in_input_order(
 /// output rows per gate row.
 pub(super) type GatedOperands<'a> = (&'a Tensor, &'a Tensor, usize);
 
+/// A layer norm of x's rows before the block, as the row-block path runs it
+/// (`ops/gated.rs`): the weight and the bias (each contiguous `[groups, k]`) with the
+/// rows of x per parameter row, and the norm's spec.
+pub(super) type NormOperands<'a> = ((&'a Tensor, usize), (&'a Tensor, usize), NormSpec);
+
 /// The whole block for a contiguous `[rows, k]` x, and h = x·w1ᵀ + b1 when
 /// `keep_pre`, in blocks of rows whose hidden activations stay in cache
 /// (`cpu/mlp_rows.rs`), where the backend has that path (f32 products on a CPU with
@@ -197,7 +204,7 @@ pub(super) fn gelu_mlp_rows(
     (w1, b1): LinearParams,
     (w2, b2): LinearParams,
     keep_pre: bool,
-    residual: Option<GatedOperands>,
+    (residual, prenorm): (Option<GatedOperands>, Option<NormOperands>),
 ) -> Result<Option<(Storage, Option<Tensor>)>> {
     let rows = x.shape()[0];
     let (hidden, n) = (w1.shape()[0], w2.shape()[0]);
@@ -212,10 +219,13 @@ pub(super) fn gelu_mlp_rows(
         residual.map(|r| r.0.storage()),
         residual.map(|r| r.1.storage()),
     );
+    let (norm_w, norm_b) = (prenorm.map(|p| p.0 .0), prenorm.map(|p| p.1 .0));
+    let (sw, sb) = (norm_w.map(|t| t.storage()), norm_b.map(|t| t.storage()));
     let out = Storage::fused(
         &GeluMlpRows {
             keep_pre,
             rows_per_group: residual.map(|r| r.2),
+            prenorm: prenorm.map(|p| (p.0 .1, p.1 .1, p.2)),
         },
         (
             (&x.storage(), x.layout()),
@@ -225,6 +235,8 @@ pub(super) fn gelu_mlp_rows(
             sb2.as_deref().zip(lb2.as_ref()),
             stream.as_deref().zip(residual.map(|r| r.0.layout())),
             gate.as_deref().zip(residual.map(|r| r.1.layout())),
+            sw.as_deref().zip(norm_w.map(|t| t.layout())),
+            sb.as_deref().zip(norm_b.map(|t| t.layout())),
         ),
     )?;
     let pre = |h: Storage| Tensor::from_storage(h, &[rows, hidden]);
@@ -232,13 +244,15 @@ pub(super) fn gelu_mlp_rows(
 }
 
 /// The block in row blocks (see [`gelu_mlp_rows`]): x `[rows, k]` contiguous, both
-/// weights as `[k, n]` views, both biases broadcast to the outputs, and a gated
-/// residual's stream and gate where given.
+/// weights as `[k, n]` views, both biases broadcast to the outputs, a gated
+/// residual's stream and gate, and a first norm's weight and bias, where given.
 struct GeluMlpRows {
     /// Whether h is kept for a backward.
     keep_pre: bool,
     /// Output rows per gate row, with a gated residual.
     rows_per_group: Option<usize>,
+    /// With a first norm: x's rows per weight row and per bias row, and its spec.
+    prenorm: Option<(usize, usize, NormSpec)>,
 }
 
 impl<'a> FusedOp<'a> for GeluMlpRows {
@@ -251,6 +265,8 @@ impl<'a> FusedOp<'a> for GeluMlpRows {
         Option<View<'a, Storage>>,
         Option<View<'a, Storage>>,
         Option<View<'a, Storage>>,
+        Option<View<'a, Storage>>,
+        Option<View<'a, Storage>>,
     );
     /// The output and h (when kept), or `None` where the backend has no row-block
     /// path.
@@ -258,7 +274,7 @@ impl<'a> FusedOp<'a> for GeluMlpRows {
 
     fn cpu(
         &self,
-        (x, w1, b1, w2, b2, stream, gate): BackendInputs<'a, Self, CpuStorage>,
+        (x, w1, b1, w2, b2, stream, gate, norm_w, norm_b): BackendInputs<'a, Self, CpuStorage>,
     ) -> Result<Self::Output> {
         #[cfg(target_arch = "x86_64")]
         {
@@ -280,13 +296,23 @@ impl<'a> FusedOp<'a> for GeluMlpRows {
                 }
                 _ => None,
             };
-            let mode = (self.keep_pre, residual);
+            let prenorm = match (norm_w, norm_b, self.prenorm) {
+                (Some(w), Some(b), Some((per_w, per_b, spec))) => {
+                    let Some((w, b)) = f32s(w).zip(f32s(b)) else {
+                        return Ok(None);
+                    };
+                    let (weight, bias) = ((w, per_w), (b, per_b));
+                    Some(NormRows { weight, bias, spec })
+                }
+                _ => None,
+            };
+            let mode = (self.keep_pre, residual, prenorm);
             if let Some((out, h)) = crate::cpu::mlp_rows::from_views(x, (w1, b1), (w2, b2), mode) {
                 let store = |v: Vec<f32>| -> Storage { CpuStorage::F32(v).into() };
                 return Ok(Some((store(out), h.map(store))));
             }
         }
-        let _ = (x, w1, b1, w2, b2, stream, gate);
+        let _ = (x, w1, b1, w2, b2, stream, gate, norm_w, norm_b);
         Ok(None)
     }
 

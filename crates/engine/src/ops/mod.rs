@@ -22,7 +22,7 @@ mod unary;
 mod view;
 
 pub use attention::{qkv_attention, scaled_dot_product_attention};
-pub use gated::{gelu_mlp_gated, GatedResidual};
+pub use gated::{gelu_mlp_gated, prenorm_gelu_mlp_gated, GatedResidual, PreNorm};
 pub use mlp::{gelu_mlp, LinearParams};
 
 use crate::error::{Error, Result};
