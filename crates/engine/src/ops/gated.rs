@@ -40,6 +40,23 @@ impl GatedResidual<'_> {
         self.stream.addcmul(self.gate, y)
     }
 
+    /// For a layer from x to `n` features (whose other inputs are `layer`, and whose
+    /// shapes `fits` says fit), the epilogue's operands and the output's shape, when
+    /// the add can run in the epilogue (see [`GatedResidual::epilogue_operands`]).
+    fn plan(
+        &self,
+        fits: bool,
+        layer: &[&Tensor],
+        x: &Tensor,
+        n: usize,
+    ) -> Option<(EpilogueOperands, Vec<usize>)> {
+        let shape = [&x.shape()[..x.rank().saturating_sub(1)], &[n]].concat();
+        let ops = fits
+            .then(|| self.epilogue_operands(layer, &shape))
+            .flatten()?;
+        Some((ops, shape))
+    }
+
     /// The operands for a product epilogue, when the add can run there for a layer
     /// of output shape `shape` whose other inputs are `layer`: nothing recorded or
     /// carrying a tangent, no autocast, all on the CPU in f32 or f64, the stream
@@ -100,11 +117,7 @@ impl Tensor {
             && weight.rank() == 2
             && weight.shape()[1] == k
             && bias.is_none_or(|b| b.shape() == [n]);
-        let shape = [&self.shape()[..self.rank().saturating_sub(1)], &[n]].concat();
-        let Some(ops) = fits
-            .then(|| residual.epilogue_operands(&layer, &shape))
-            .flatten()
-        else {
+        let Some((ops, shape)) = residual.plan(fits, &layer, self, n) else {
             return composed();
         };
         let rows = self.elem_count() / k.max(1);
@@ -258,11 +271,7 @@ fn gated_rows(
         && w2.shape()[1] == hidden
         && b1.is_none_or(|b| b.shape() == [hidden])
         && b2.is_none_or(|b| b.shape() == [n]);
-    let shape = [&x.shape()[..x.rank().saturating_sub(1)], &[n]].concat();
-    let Some(ops) = fits
-        .then(|| residual.epilogue_operands(&layer, &shape))
-        .flatten()
-    else {
+    let Some((ops, shape)) = residual.plan(fits, &layer, x, n) else {
         return Ok(None);
     };
     let rows = x.elem_count() / k.max(1);
