@@ -6,11 +6,15 @@
 //! stream: two passes over a `[tokens, D]` tensor that only memory bandwidth limits.
 //! Where no graph is recorded and no tangent carried (sampling, evaluation), on the
 //! CPU in f32 or f64, the add runs instead in the epilogue of the layer's last product
-//! (`cpu/epilogue.rs`), on each block of the output while it is in cache. Elsewhere,
-//! and so for every gradient and tangent, these functions are that composition
-//! (`addcmul(stream, gate, layer(x))`, bit for bit the same values): the training
-//! step's backward needs the layer's output for the gate's gradient, and its fused
-//! backward is `addcmul`'s.
+//! (`cpu/epilogue.rs`), on each block of the output while it is in cache;
+//! [`prenorm_gelu_mlp_gated`] also normalises x's rows block by block before the
+//! first product, so that a pre-norm feed-forward branch goes from x to its sum in
+//! row blocks. Elsewhere, and so for every gradient and tangent, these functions are
+//! the composition (`addcmul(stream, gate, layer(x))`): a training step's backward
+//! needs the layer's output for the gate's gradient (writing both from the product
+//! was slower, docs/benchmarks.md), and `addcmul`'s backward is fused already. The
+//! fused paths add in `addcmul`'s order; their products may sum in another order than
+//! the plain layer's, a difference of f32 rounding.
 
 use super::mlp::{gelu_mlp, gelu_mlp_rows, LinearParams};
 use super::per_group;
