@@ -9,7 +9,10 @@
 //! - forward: the first product into the thread's buffer with the GELU in place
 //!   (`Epilogue::GeluInPlace`; for a backward, h is first copied out by streaming
 //!   stores), then the second reading gelu(h) back from L2. Only h, which the
-//!   backward needs, goes to memory, and only when there is a backward;
+//!   backward needs, goes to memory, and only when there is a backward. Without a
+//!   graph a pre-norm block's branch can run whole here: the block's rows of x
+//!   normalised into a second buffer first ([`NormRows`]), and `x + gate·output`
+//!   added by the second product's epilogue (`Epilogue::GatedResidual`);
 //! - backward: dh = (g·w2) ∘ gelu'(h) into the thread's buffer, gelu(h) recomputed
 //!   beside it when the forward did not keep it (the two share their sigmoid), dw2's
 //!   and dw1's shares of the block, and dx = dh·w1; dh and gelu(h) are never written to
