@@ -143,8 +143,7 @@ impl Tensor {
         jvp: impl JvpFn,
     ) -> Result<Tensor> {
         let grad = GradMeta::for_op(op, inputs, backward);
-        let out = Tensor::build(SharedStorage::new(storage), layout, grad);
-        forward_ad::attach(out, inputs, jvp)
+        Tensor::recorded(storage, layout, grad, inputs, jvp)
     }
 
     /// [`Tensor::from_op`] with a backward rule that adds its first input's gradient
@@ -158,7 +157,19 @@ impl Tensor {
         jvp: impl JvpFn,
     ) -> Result<Tensor> {
         let grad = GradMeta::for_rule(op, inputs, || Rule::Accumulating(Box::new(backward)));
-        let out = Tensor::build(SharedStorage::new(storage), Layout::contiguous(shape), grad);
+        Tensor::recorded(storage, Layout::contiguous(shape), grad, inputs, jvp)
+    }
+
+    /// An op's result in fresh `storage` with its place in the graph, `grad`, and the
+    /// tangent `jvp` gives it when an input carries one.
+    fn recorded(
+        storage: Storage,
+        layout: Layout,
+        grad: GradMeta,
+        inputs: &[&Tensor],
+        jvp: impl JvpFn,
+    ) -> Result<Tensor> {
+        let out = Tensor::build(SharedStorage::new(storage), layout, grad);
         forward_ad::attach(out, inputs, jvp)
     }
 

@@ -228,8 +228,22 @@ fn chunks<const N: usize>(x: &Tensor) -> Result<[Tensor; N]> {
 /// whose weight and bias are `[B, 1, D]` (one pass forward and one backward, instead
 /// of a norm, a multiply-add and three reductions of the gradient).
 fn norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    let weight = scale.add_scalar(1.0)?.unsqueeze(1)?;
-    x.layer_norm(Some(&weight), Some(&shift.unsqueeze(1)?), NORM_EPS)
+    modulated(&modulation(shift, scale)?).apply(x)
+}
+
+/// The adaLN modulation of `[B, D]` shift and scale as a layer norm's weight and bias,
+/// `1 + scale` and `shift`, each `[B, 1, D]`.
+fn modulation(shift: &Tensor, scale: &Tensor) -> Result<[Tensor; 2]> {
+    Ok([scale.add_scalar(1.0)?.unsqueeze(1)?, shift.unsqueeze(1)?])
+}
+
+/// The parameter-free layer norm modulated by `modulation`'s weight and bias.
+fn modulated([weight, bias]: &[Tensor; 2]) -> PreNorm<'_> {
+    PreNorm {
+        weight: Some(weight),
+        bias: Some(bias),
+        eps: NORM_EPS,
+    }
 }
 
 /// One DiT block: attention and MLP, each after a parameter-free layer norm modulated
@@ -268,14 +282,9 @@ impl DitBlock {
                 gate: &gate,
             },
         )?;
-        let (weight, shift) = (sc2.add_scalar(1.0)?.unsqueeze(1)?, sh2.unsqueeze(1)?);
-        let norm = PreNorm {
-            weight: Some(&weight),
-            bias: Some(&shift),
-            eps: NORM_EPS,
-        };
         // x + gate·mlp(norm(x)); without a graph, in blocks of rows from x to the sum.
-        (self.mlp).forward_prenorm_gated(&x, norm, &g2.unsqueeze(1)?)
+        let norm = modulation(&sh2, &sc2)?;
+        (self.mlp).forward_prenorm_gated(&x, modulated(&norm), &g2.unsqueeze(1)?)
     }
 }
 

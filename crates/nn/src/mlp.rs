@@ -5,9 +5,7 @@ use crate::impl_module;
 use crate::init::ParamBuilder;
 use crate::linear::{Linear, LinearConfig};
 use crate::module::Forward;
-use twinflow_engine::{
-    gelu_mlp, gelu_mlp_gated, prenorm_gelu_mlp_gated, GatedResidual, PreNorm, Result, Tensor,
-};
+use twinflow_engine::{gelu_mlp, prenorm_gelu_mlp_gated, LinearParams, PreNorm, Result, Tensor};
 
 /// `fc2(gelu_tanh(fc1(x)))`, parameter names `fc1.*` and `fc2.*` (as in DiT/ViT).
 #[derive(Debug, Clone)]
@@ -32,11 +30,12 @@ impl Mlp {
         })
     }
 
-    /// `residual.stream + residual.gate · self(x)`, the add fused into the second
-    /// product where the engine can (see [`gelu_mlp_gated`]).
-    pub fn forward_gated(&self, x: &Tensor, residual: GatedResidual) -> Result<Tensor> {
-        let fc1 = (&self.fc1.weight, self.fc1.bias.as_ref());
-        gelu_mlp_gated(x, fc1, (&self.fc2.weight, self.fc2.bias.as_ref()), residual)
+    /// Both layers' parameters, as the engine's feed-forward ops take them.
+    fn layers(&self) -> (LinearParams<'_>, LinearParams<'_>) {
+        (
+            (&self.fc1.weight, self.fc1.bias.as_ref()),
+            (&self.fc2.weight, self.fc2.bias.as_ref()),
+        )
     }
 
     /// `x + gate · self(norm(x))`, a pre-norm block's gated branch, in blocks of rows
@@ -47,8 +46,7 @@ impl Mlp {
         norm: PreNorm,
         gate: &Tensor,
     ) -> Result<Tensor> {
-        let fc1 = (&self.fc1.weight, self.fc1.bias.as_ref());
-        let fc2 = (&self.fc2.weight, self.fc2.bias.as_ref());
+        let (fc1, fc2) = self.layers();
         prenorm_gelu_mlp_gated(x, norm, fc1, fc2, gate)
     }
 }
@@ -56,8 +54,8 @@ impl Mlp {
 impl Forward for Mlp {
     /// One fused op (`gelu_mlp`: the GELU and its derivative run inside the products).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let fc1 = (&self.fc1.weight, self.fc1.bias.as_ref());
-        gelu_mlp(x, fc1, (&self.fc2.weight, self.fc2.bias.as_ref()))
+        let (fc1, fc2) = self.layers();
+        gelu_mlp(x, fc1, fc2)
     }
 }
 

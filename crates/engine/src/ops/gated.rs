@@ -19,7 +19,7 @@
 use super::mlp::{gelu_mlp, gelu_mlp_rows, LinearParams};
 use super::per_group;
 use crate::autocast::autocast_dtype;
-use crate::backend::{BackendStorage, NormSpec};
+use crate::backend::{norm_rows_per_group, BackendStorage, NormSpec};
 use crate::cpu::epilogue::{Epilogue, GatedRows};
 use crate::cpu::{dispatch_float, matmul, ComputeType, CpuStorage};
 #[cfg(feature = "cuda")]
@@ -89,7 +89,7 @@ impl GatedResidual<'_> {
         let rows = self.stream.elem_count() / n;
         let gate = self.gate.contiguous().ok()?;
         Some(EpilogueOperands {
-            rows_per_group: rows / (gate.elem_count() / n),
+            rows_per_group: norm_rows_per_group(Some(gate.elem_count()), rows, n),
             gate,
         })
     }
@@ -183,9 +183,9 @@ impl PreNorm<'_> {
         x.layer_norm(self.weight, self.bias, self.eps)
     }
 
-    /// The parameters for the row blocks, for x of shape `x_shape` `[rows, k]` as
-    /// flattened: each contiguous (ones or zeros `[k]` where absent) with x's rows per
-    /// parameter row; `None` when a parameter does not fit x (see [`per_group`]).
+    /// The parameters for the row blocks over x (`[rows, k]` once flattened): each
+    /// contiguous (ones or zeros `[k]` where absent) with x's rows per parameter row;
+    /// `None` when a parameter does not fit x (see [`per_group`]).
     fn row_operands(&self, x: &Tensor) -> Option<((Tensor, usize), (Tensor, usize))> {
         let k = *x.shape().last()?;
         let rows = x.elem_count() / k.max(1);
@@ -195,7 +195,7 @@ impl PreNorm<'_> {
                 Some(_) => return None,
                 None => Tensor::full(fill, &[k], x.dtype(), x.device()).ok()?,
             };
-            let per_row = rows / (p.elem_count() / k).max(1);
+            let per_row = norm_rows_per_group(Some(p.elem_count()), rows, k);
             Some((p, per_row))
         };
         Some((param(self.weight, 1.0)?, param(self.bias, 0.0)?))
