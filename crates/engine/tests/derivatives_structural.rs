@@ -734,61 +734,38 @@ derivative_checks! {
         }
     }
 
-    /// The gated residuals `stream + gate·layer(x)` around `linear` and `gelu_mlp`,
-    /// the gate one row per sample (`[b, 1, n]`) or one for all (`[n]`). With a graph
-    /// or a tangent they run as `addcmul` after the layer (the epilogue fusion is for
-    /// the no-graph forward), so these check that every input's derivative arrives.
-    fn gradcheck_gated_residual / jvpcheck_gated_residual (
+    /// The gated residual `stream + gate·linear(x)`, the gate one row per sample
+    /// (`[b, 1, n]`) or one for all (`[n]`). With a graph or a tangent it runs as
+    /// `addcmul` after the layer (the epilogue fusion is for the no-graph forward), so
+    /// this checks that every input's derivative arrives.
+    fn gradcheck_linear_gated / jvpcheck_linear_gated (
         mode,
-        (b, t) in (1usize..=3, 1usize..=3),
-        (k, hidden, n) in (1usize..=4, 1usize..=4, 1usize..=3),
-        (per_sample, mlp, prenorm) in (any::<bool>(), any::<bool>(), any::<bool>()),
+        dims in gated_dims(),
+        per_sample in any::<bool>(),
         seed in any::<u64>(),
     ) {
-        // The pre-norm branch x + gate·mlp(LN(x)): the stream is x, so n = k.
-        let (mlp, n) = if prenorm { (true, k) } else { (mlp, n) };
-        let gate = if per_sample { vec![b, 1, n] } else { vec![n] };
-        let first = if mlp { vec![hidden, k] } else { vec![n, k] };
-        let inputs = [
-            randn(seed, &[b, t, k]),
-            randn(seed ^ 1, &[b, t, n]),
-            randn(seed ^ 2, &gate),
-            randn(seed ^ 3, &first),
-            randn(seed ^ 4, &[first[0]]),
-            randn(seed ^ 5, &[n, hidden]),
-            randn(seed ^ 6, &[n]),
-            randn(seed ^ 7, &[b, 1, k]),
-            randn(seed ^ 8, &[b, 1, k]),
-        ];
-        // The pre-norm branch has no stream of its own (x is the stream): input 1 unused.
-        let used: Vec<Tensor> = match (prenorm, mlp) {
-            (true, _) => [0, 2, 3, 4, 5, 6, 7, 8].map(|i| inputs[i].clone()).to_vec(),
-            (false, true) => inputs[..7].to_vec(),
-            (false, false) => inputs[..5].to_vec(),
-        };
-        let r = check(
-            mode,
-            |x| match (prenorm, mlp) {
-                (true, _) => {
-                    let norm = PreNorm { weight: Some(&x[6]), bias: Some(&x[7]), eps: 1e-5 };
-                    let (fc1, fc2) = ((&x[2], Some(&x[3])), (&x[4], Some(&x[5])));
-                    prenorm_gelu_mlp_gated(&x[0], norm, fc1, fc2, &x[1])
-                }
-                (false, true) => {
-                    let residual = GatedResidual { stream: &x[1], gate: &x[2] };
-                    gelu_mlp_gated(&x[0], (&x[3], Some(&x[4])), (&x[5], Some(&x[6])), residual)
-                }
-                (false, false) => {
-                    let residual = GatedResidual { stream: &x[1], gate: &x[2] };
-                    x[0].linear_gated(&x[3], Some(&x[4]), residual)
-                }
-            },
-            &used,
-        );
-        if let Err(e) = r {
-            let case = format!("b={b} t={t} k={k} hidden={hidden} n={n} gate {gate:?}");
-            prop_assert!(false, "{e} ({case} mlp={mlp} prenorm={prenorm})")
-        }
+        check_gated(mode, GatedLayer::Linear, dims, per_sample, seed)?;
+    }
+
+    /// `stream + gate·gelu_mlp(x)`, as `gradcheck_linear_gated`.
+    fn gradcheck_gelu_mlp_gated / jvpcheck_gelu_mlp_gated (
+        mode,
+        dims in gated_dims(),
+        per_sample in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        check_gated(mode, GatedLayer::Mlp, dims, per_sample, seed)?;
+    }
+
+    /// `x + gate·gelu_mlp(LN(x)·w + b)`, the pre-norm branch (norm parameters per
+    /// sample), as `gradcheck_linear_gated`.
+    fn gradcheck_prenorm_gelu_mlp_gated / jvpcheck_prenorm_gelu_mlp_gated (
+        mode,
+        dims in gated_dims(),
+        per_sample in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        check_gated(mode, GatedLayer::PrenormMlp, dims, per_sample, seed)?;
     }
 
     /// Attention over the three parts of one `[b, t, 3·h·d]` tensor, causal or not,
@@ -935,6 +912,93 @@ fn attention_f32_gradients_match_f64_with_few_and_many_keys() -> Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// The layer inside a gated residual (`ops/gated.rs`).
+#[derive(Debug, Clone, Copy)]
+enum GatedLayer {
+    Linear,
+    Mlp,
+    PrenormMlp,
+}
+
+/// (b, t, k, hidden, n) of a gated residual's derivative check.
+fn gated_dims() -> impl Strategy<Value = (usize, usize, usize, usize, usize)> {
+    (1usize..=3, 1usize..=3, 1usize..=4, 1usize..=4, 1usize..=3)
+}
+
+/// The `mode` check of the gated residual around `layer`, x `[b, t, k]`, the layers
+/// `k → hidden → n` (`k → n` for a linear layer; n = k for the pre-norm branch, whose
+/// stream is x itself), the gate `[b, 1, n]` or `[n]`.
+fn check_gated(
+    mode: Mode,
+    layer: GatedLayer,
+    (b, t, k, hidden, n): (usize, usize, usize, usize, usize),
+    per_sample: bool,
+    seed: u64,
+) -> std::result::Result<(), TestCaseError> {
+    let n = if matches!(layer, GatedLayer::PrenormMlp) {
+        k
+    } else {
+        n
+    };
+    let gate = if per_sample { vec![b, 1, n] } else { vec![n] };
+    let first = if matches!(layer, GatedLayer::Linear) {
+        vec![n, k]
+    } else {
+        vec![hidden, k]
+    };
+    let inputs = [
+        randn(seed, &[b, t, k]),
+        randn(seed ^ 1, &[b, t, n]),
+        randn(seed ^ 2, &gate),
+        randn(seed ^ 3, &first),
+        randn(seed ^ 4, &[first[0]]),
+        randn(seed ^ 5, &[n, hidden]),
+        randn(seed ^ 6, &[n]),
+        randn(seed ^ 7, &[b, 1, k]),
+        randn(seed ^ 8, &[b, 1, k]),
+    ];
+    // The pre-norm branch has no stream of its own (x is the stream): input 1 unused.
+    let used: Vec<Tensor> = match layer {
+        GatedLayer::Linear => inputs[..5].to_vec(),
+        GatedLayer::Mlp => inputs[..7].to_vec(),
+        GatedLayer::PrenormMlp => [0, 2, 3, 4, 5, 6, 7, 8].map(|i| inputs[i].clone()).to_vec(),
+    };
+    let r = check(
+        mode,
+        |x| match layer {
+            GatedLayer::Linear => {
+                let residual = GatedResidual {
+                    stream: &x[1],
+                    gate: &x[2],
+                };
+                x[0].linear_gated(&x[3], Some(&x[4]), residual)
+            }
+            GatedLayer::Mlp => {
+                let residual = GatedResidual {
+                    stream: &x[1],
+                    gate: &x[2],
+                };
+                gelu_mlp_gated(&x[0], (&x[3], Some(&x[4])), (&x[5], Some(&x[6])), residual)
+            }
+            GatedLayer::PrenormMlp => {
+                let norm = PreNorm {
+                    weight: Some(&x[6]),
+                    bias: Some(&x[7]),
+                    eps: 1e-5,
+                };
+                let (fc1, fc2) = ((&x[2], Some(&x[3])), (&x[4], Some(&x[5])));
+                prenorm_gelu_mlp_gated(&x[0], norm, fc1, fc2, &x[1])
+            }
+        },
+        &used,
+    );
+    if let Err(e) = r {
+        let case = format!("b={b} t={t} k={k} hidden={hidden} n={n} gate {gate:?}");
+        prop_assert!(false, "{e} ({layer:?} {case})")
     }
     Ok(())
 }
