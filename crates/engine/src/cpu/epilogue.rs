@@ -159,6 +159,32 @@ impl<'a, F: CpuFloat> Epilogue<'a, F> {
         }
     }
 
+    /// Asks for the cache lines of the operand the map reads beside the output for the
+    /// output's elements `at..at + len`, where that operand comes from memory: the
+    /// pre-activation h of the GELU's derivative, which the forward wrote out long
+    /// before. A product finishing its rows asks for those of a few rows ahead
+    /// (`sgemm_avx512`): on demand, each row of h arrived one short run at a time, and
+    /// the pass over it took longer than the GELU's arithmetic (docs/benchmarks.md).
+    pub fn prefetch(&self, at: usize, len: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let values = match *self {
+                Epilogue::GeluGrad(pre) | Epilogue::GeluGradWithAct(pre, _) => {
+                    pre.get(at..at.saturating_add(len))
+                }
+                _ => None,
+            };
+            let per_line = (64 / std::mem::size_of::<F>()).max(1);
+            for line in values.unwrap_or_default().chunks(per_line) {
+                // SAFETY: a prefetch does not fault; the address is in `pre` anyway.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (at, len);
+    }
+
     /// Applies the map to a whole finished output `y` (rows of `n`), rows in parallel.
     pub fn apply_all(&self, y: &mut [F], n: usize) {
         y.par_chunks_mut(ROWS_PER_TASK * n.max(1))
