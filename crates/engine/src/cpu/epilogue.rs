@@ -161,10 +161,11 @@ impl<'a, F: CpuFloat> Epilogue<'a, F> {
 
     /// Asks for the cache lines of the operand the map reads beside the output for the
     /// output's elements `at..at + len`, where that operand comes from memory: the
-    /// pre-activation h of the GELU's derivative, which the forward wrote out long
-    /// before. A product finishing its rows asks for those of a few rows ahead
-    /// (`sgemm_avx512`): on demand, each row of h arrived one short run at a time, and
-    /// the pass over it took longer than the GELU's arithmetic (docs/benchmarks.md).
+    /// pre-activation h of the GELU's derivative (which the forward wrote out long
+    /// before), the residual stream of a gated residual. A product finishing its rows
+    /// asks for those of a few rows ahead (`sgemm_avx512`): on demand, each row arrived
+    /// one short run at a time, and the pass over h took longer than the GELU's
+    /// arithmetic (docs/benchmarks.md).
     pub fn prefetch(&self, at: usize, len: usize) {
         #[cfg(target_arch = "x86_64")]
         {
@@ -173,11 +174,16 @@ impl<'a, F: CpuFloat> Epilogue<'a, F> {
                 Epilogue::GeluGrad(pre) | Epilogue::GeluGradWithAct(pre, _) => {
                     pre.get(at..at.saturating_add(len))
                 }
+                Epilogue::GatedResidual(r) => {
+                    let n = r.n.max(1);
+                    let start = (r.first_row + at / n) * n + at % n;
+                    r.stream.get(start..start.saturating_add(len))
+                }
                 _ => None,
             };
             let per_line = (64 / std::mem::size_of::<F>()).max(1);
             for line in values.unwrap_or_default().chunks(per_line) {
-                // SAFETY: a prefetch does not fault; the address is in `pre` anyway.
+                // SAFETY: a prefetch does not fault (the addresses are in the operand anyway).
                 unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
             }
         }

@@ -70,8 +70,9 @@ const DIRECT_MAX_TILES: usize = 16;
 
 /// While an epilogue finishes a row of a part, the operand it reads from memory is
 /// asked for this many rows ahead ([`Epilogue::prefetch`]): in the DiT's feed-forward
-/// backward, 2 to 16 rows ahead all took the GELU derivative's pass over h from about
-/// 1.7 to 1.5 times a product's time; 6 was at the best of them.
+/// backward, 2 to 16 rows ahead all took the first product and the GELU derivative's
+/// pass over h from about 1.7 to 1.5 times a plain product's time; 6 was at the best
+/// of them.
 const EPILOGUE_PREFETCH_ROWS: usize = 6;
 
 /// Whether this CPU runs the AVX-512 product (checked once).
