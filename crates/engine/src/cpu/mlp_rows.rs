@@ -4,8 +4,8 @@
 //!
 //! As whole products, the `[rows, hidden]` tensors (the widest of a transformer block,
 //! 12.8 MB for the DiT at batch 128) go out to memory after one product and come back
-//! for the next. Here one thread takes a block of rows (about 1 MiB of hidden values
-//! forward, half that backward) through every product that involves them:
+//! for the next. Here one thread takes a block of rows (about 1 MiB of hidden values)
+//! through every product that involves them:
 //! - forward: the first product into the thread's buffer with the GELU in place
 //!   (`Epilogue::GeluInPlace`; for a backward, h is first copied out by streaming
 //!   stores), then the second reading gelu(h) back from L2. Only h, which the
@@ -32,16 +32,11 @@ use crate::fused::View;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
-/// About this many hidden values per block of the forward (1 MiB of f32): with the
-/// packed weights and the block's rows of x they fit a 2 MiB L2 with room to spare.
-const FORWARD_HIDDEN_VALUES: usize = 1 << 18;
-/// About this many hidden values per block of the backward, its two buffers (dh and
-/// gelu(h)) together: half the forward's, since beside them the backward keeps both
-/// packed weights and the part's sums of both weight gradients in L2, and reads the
-/// block's rows of h. At the forward's size (256 rows a block for the DiT's hidden
-/// 512, against 128) the DiT's feed-forward backward ran 3–5 % slower, at half this
-/// size 2–10 % slower (docs/benchmarks.md).
-const BACKWARD_HIDDEN_VALUES: usize = 1 << 17;
+/// About this many hidden values per block, all of its buffers together (1 MiB of
+/// f32): the forward's one hidden block, or the backward's two (dh and gelu(h)), half
+/// each. With the packed weights and the block's rows of x they fit a 2 MiB L2 with
+/// room to spare; the backward's two blocks at 1 MiB each ran 2 % slower.
+const HIDDEN_VALUES_PER_BLOCK: usize = 1 << 18;
 
 thread_local! {
     /// Each thread's hidden block.
@@ -174,8 +169,7 @@ pub fn gelu_mlp_rows(
     let ((k, hidden), (_, n)) = (fc1.shape, fc2.shape);
     assert!(fc2.shape.0 == hidden && rows * k <= x.len());
     // A multiple of the threads in number, so that none waits on a last block.
-    let blocks = blocks_for(rows, hidden, FORWARD_HIDDEN_VALUES)
-        .next_multiple_of(rayon::current_num_threads());
+    let blocks = blocks_for(rows, hidden).next_multiple_of(rayon::current_num_threads());
     let block_rows = rows.div_ceil(blocks);
     let (w1, w2) = rayon::join(|| fc1.packed(), || fc2.packed());
     let block = |b: usize, dst: &mut [f32], pre: Option<&mut [f32]>| {
@@ -250,9 +244,9 @@ unsafe fn stream_copy(dst: &mut [f32], src: &[f32]) {
 }
 
 /// How many blocks `rows` rows of `values_per_row` buffered hidden values take at
-/// about `per_block` values a block (at least one).
-fn blocks_for(rows: usize, values_per_row: usize, per_block: usize) -> usize {
-    let by_cache = (per_block / values_per_row).max(1);
+/// about [`HIDDEN_VALUES_PER_BLOCK`] values a block (at least one).
+fn blocks_for(rows: usize, values_per_row: usize) -> usize {
+    let by_cache = (HIDDEN_VALUES_PER_BLOCK / values_per_row).max(1);
     rows.div_ceil(by_cache).max(1)
 }
 
@@ -463,7 +457,7 @@ fn backward_part(
     };
     let rows = dx_part.len() / k;
     // Two buffers a row: dh and gelu(h).
-    let block_rows = rows.div_ceil(blocks_for(rows, 2 * hidden, BACKWARD_HIDDEN_VALUES));
+    let block_rows = rows.div_ceil(blocks_for(rows, 2 * hidden));
     for (b, dx_block) in dx_part.chunks_mut(block_rows * k).enumerate() {
         let (r0, m) = (first + b * block_rows, dx_block.len() / k);
         let accumulate = b > 0;
