@@ -50,6 +50,11 @@ pub struct GatedRows<'a, F> {
 }
 
 impl<F: CpuFloat> GatedRows<'_, F> {
+    /// Where element `at` of the product's output lies in the stream.
+    fn stream_index(&self, at: usize) -> usize {
+        self.first_row * self.n + at
+    }
+
     /// `y = stream + gate·y` for `y`, elements `at..` of the product's output, row
     /// segment by row segment (a block may start or end inside a row).
     fn apply(&self, y: &mut [F], at: usize) {
@@ -59,7 +64,7 @@ impl<F: CpuFloat> GatedRows<'_, F> {
             let (row, col) = ((at + done) / n, (at + done) % n);
             let len = (n - col).min(y.len() - done);
             let row = self.first_row + row;
-            let stream = &self.stream[row * n + col..][..len];
+            let stream = &self.stream[self.stream_index(at + done)..][..len];
             let gate = &self.gate[row / self.rows_per_group * n + col..][..len];
             isa::dispatch(
                 #[inline(always)]
@@ -166,29 +171,21 @@ impl<'a, F: CpuFloat> Epilogue<'a, F> {
     /// asks for those of a few rows ahead (`sgemm_avx512`): on demand, each row arrived
     /// one short run at a time, and the pass over h took longer than the GELU's
     /// arithmetic (docs/benchmarks.md).
+    #[cfg(target_arch = "x86_64")]
     pub fn prefetch(&self, at: usize, len: usize) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            let values = match *self {
-                Epilogue::GeluGrad(pre) | Epilogue::GeluGradWithAct(pre, _) => {
-                    pre.get(at..at.saturating_add(len))
-                }
-                Epilogue::GatedResidual(r) => {
-                    let n = r.n.max(1);
-                    let start = (r.first_row + at / n) * n + at % n;
-                    r.stream.get(start..start.saturating_add(len))
-                }
-                _ => None,
-            };
-            let per_line = (64 / std::mem::size_of::<F>()).max(1);
-            for line in values.unwrap_or_default().chunks(per_line) {
-                // SAFETY: a prefetch does not fault (the addresses are in the operand anyway).
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
-            }
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let (values, start) = match *self {
+            Epilogue::GeluGrad(pre) | Epilogue::GeluGradWithAct(pre, _) => (pre, at),
+            Epilogue::GatedResidual(r) => (r.stream, r.stream_index(at)),
+            _ => return,
+        };
+        let values = values
+            .get(start..start.saturating_add(len))
+            .unwrap_or_default();
+        for line in values.chunks((64 / std::mem::size_of::<F>()).max(1)) {
+            // SAFETY: a prefetch does not fault (the addresses are in the operand anyway).
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (at, len);
     }
 
     /// Applies the map to a whole finished output `y` (rows of `n`), rows in parallel.
