@@ -258,24 +258,14 @@ fn few_keys_pair<'a, F: CpuFloat>(
     false
 }
 
-/// dS = P∘(dP − rowsum(dO∘O)) in place of dP (`ds`), rows of `tk`, for pair `i`.
+/// dS = P∘(dP − rowsum(P∘dP)) in place of dP (`ds`), rows of `tk`. The row sums
+/// equal the usual rowsum(dO∘O) (O = P·V and dP = dO·Vᵀ), taken here from the two
+/// rows just computed instead of from the forward's output, which the backward then
+/// never reads: a fifth less to fetch from memory per pair.
 #[inline(always)]
-fn score_grads<F: CpuFloat>(
-    ds: &mut [F],
-    p: &[F],
-    (g, o, i): (&Operand<F>, &Operand<F>, usize),
-    tk: usize,
-) {
-    let dv = g.cols;
-    for (r, (ds, p)) in ds.chunks_mut(tk).zip(p.chunks(tk)).enumerate() {
-        let (gr, or) = (&g.at(i)[r * g.strides.0..], &o.at(i)[r * o.strides.0..]);
-        let di = if (g.strides.1, o.strides.1) == (1, 1) {
-            sum_lanes([&gr[..dv], &or[..dv]], |[g, o]| g * o)
-        } else {
-            (0..dv)
-                .map(|c| gr[c * g.strides.1] * or[c * o.strides.1])
-                .sum()
-        };
+fn score_grads<F: CpuFloat>(ds: &mut [F], p: &[F], tk: usize) {
+    for (ds, p) in ds.chunks_mut(tk).zip(p.chunks(tk)) {
+        let di = sum_lanes([&*ds, p], |[dp, p]| dp * p);
         for (ds, &p) in ds.iter_mut().zip(p) {
             *ds = p * (*ds - di);
         }
@@ -292,8 +282,8 @@ pub struct AttentionGrads<F> {
     pub dv: Vec<F>,
 }
 
-/// The backward's inputs: q, k, v, the forward's output, its log-sum-exp and the
-/// output's gradient.
+/// The backward's inputs: q, k, v, the forward's log-sum-exp and the output's
+/// gradient.
 pub struct BackwardInputs<'a, F> {
     /// q `[b, h, tq, d]`.
     pub q: (&'a [F], &'a Layout),
@@ -301,8 +291,6 @@ pub struct BackwardInputs<'a, F> {
     pub k: (&'a [F], &'a Layout),
     /// v `[b, h, tk, dv]`.
     pub v: (&'a [F], &'a Layout),
-    /// The forward's output, a `[b, h, tq, dv]` view.
-    pub out: (&'a [F], &'a Layout),
     /// The forward's row log-sum-exp `[b, h, tq]`.
     pub lse: &'a [F],
     /// The output's gradient, a `[b, h, tq, dv]` view.
@@ -310,7 +298,7 @@ pub struct BackwardInputs<'a, F> {
 }
 
 /// Backward: with P recomputed from the saved log-sum-exp,
-/// dV = Pᵀ·dO, dP = dO·Vᵀ, dS = P∘(dP − rowsum(dO∘O)), dQ = scale·dS·K, dK = scale·dSᵀ·Q.
+/// dV = Pᵀ·dO, dP = dO·Vᵀ, dS = P∘(dP − rowsum(P∘dP)), dQ = scale·dS·K, dK = scale·dSᵀ·Q.
 pub fn attention_backward<F: CpuFloat>(
     x: BackwardInputs<F>,
     spec: AttentionSpec,
@@ -336,7 +324,7 @@ pub fn attention_backward<F: CpuFloat>(
         .zip(grads.dv.par_chunks_mut(tk * h * dv.max(1)))
         .enumerate()
         .for_each(|(b, ((dq, dk), dvo))| {
-            prefetch_entry(&[&ops.q, &ops.k, &ops.v, &ops.o, &ops.g], b + 1);
+            prefetch_entry(&[&ops.q, &ops.k, &ops.v, &ops.g], b + 1);
             let mut scratch = [vec![F::zero(); tq * tk], vec![F::zero(); tq * tk]];
             for head in 0..h {
                 let dst = PairGrads::Separate([
@@ -368,7 +356,7 @@ pub fn attention_backward_joint<F: CpuFloat>(x: BackwardInputs<F>, spec: Attenti
         .par_chunks_mut(t * row)
         .enumerate()
         .for_each(|(b, entry)| {
-            prefetch_entry(&[&ops.q, &ops.k, &ops.v, &ops.o, &ops.g], b + 1);
+            prefetch_entry(&[&ops.q, &ops.k, &ops.v, &ops.g], b + 1);
             let mut scratch = [vec![F::zero(); t * t], vec![F::zero(); t * t]];
             for head in 0..h {
                 let at = [0, 1, 2].map(|part| part * h * d + head * d);
@@ -400,12 +388,11 @@ impl<F> PairGrads<'_, F> {
     }
 }
 
-/// The operands of the backward: q, k, v, the output and its gradient.
+/// The operands of the backward: q, k, v and the output's gradient.
 struct BackwardOperands<'a, F> {
     q: Operand<'a, F>,
     k: Operand<'a, F>,
     v: Operand<'a, F>,
-    o: Operand<'a, F>,
     g: Operand<'a, F>,
 }
 
@@ -416,7 +403,6 @@ impl<'a, F> BackwardOperands<'a, F> {
             q: op(x.q),
             k: op(x.k),
             v: op(x.v),
-            o: op(x.out),
             g: op(x.grad),
         }
     }
@@ -432,7 +418,7 @@ fn pair_grads<F: CpuFloat>(
     mut dst: PairGrads<F>,
     [p, ds]: &mut [Vec<F>; 2],
 ) {
-    let (q, k, v, o, g) = (&x.q, &x.k, &x.v, &x.o, &x.g);
+    let (q, k, v, g) = (&x.q, &x.k, &x.v, &x.g);
     let (tq, tk, d, dv) = (q.rows, k.rows, q.cols, v.cols);
     let scale = F::c(spec.scale);
     scores(p, q, k, i, spec);
@@ -453,7 +439,7 @@ fn pair_grads<F: CpuFloat>(
     product((ds, tk), dout, v_t, (tq, dv, tk), F::one());
     isa::dispatch(
         #[inline(always)]
-        |ds| score_grads(ds, p, (g, o, i), tk),
+        |ds| score_grads(ds, p, tk),
         &mut ds[..],
     );
     let k_rows = (k.at(i), k.strides);

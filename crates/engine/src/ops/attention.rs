@@ -322,8 +322,10 @@ impl<'a> FusedOp<'a> for AttentionBackward {
 
     fn cpu(
         &self,
-        (q, k, v, out, lse, grad): BackendInputs<'a, Self, CpuStorage>,
+        (q, k, v, _out, lse, grad): BackendInputs<'a, Self, CpuStorage>,
     ) -> Result<Self::Output> {
+        // The CPU kernel takes rowsum(dO∘O) from its probabilities and their
+        // gradients instead of reading the output (`cpu::attention::score_grads`).
         let dt = q.0.dtype();
         dispatch_float!(Self::NAME, q.0, |F| {
             let view = |s| F::view(s, Self::NAME);
@@ -333,12 +335,11 @@ impl<'a> FusedOp<'a> for AttentionBackward {
                 true => (None, None),
                 false => (Some(view(k.0)?), Some(view(v.0)?)),
             };
-            let (ov, lv, gv) = (view(out.0)?, view(lse)?, view(grad.0)?);
+            let (lv, gv) = (view(lse)?, view(grad.0)?);
             let x = attention::BackwardInputs {
                 q: (&qv, q.1),
                 k: (kv.as_deref().unwrap_or(&qv), k.1),
                 v: (vv.as_deref().unwrap_or(&qv), v.1),
-                out: (&ov, out.1),
                 lse: &lv,
                 grad: (&gv, grad.1),
             };
