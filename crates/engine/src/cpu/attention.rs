@@ -48,21 +48,69 @@ impl<'a, F> Operand<'a, F> {
 
 /// Asks for the lines of batch entry `b`'s pairs of every operand in `ops` to be
 /// brought into L2 while the entry before it is computed (nothing past the last
-/// entry). On demand, the next entry's strided rows reached the backward's small
+/// entry), all at once. On demand, the next entry's strided rows reached the small
 /// products from L3 or memory a few lines at a time: prefetched, the DiT's attention
-/// backward ran about 7 % faster (docs/benchmarks.md). Overlapping spans (q, k and v
-/// of one `qkv` tensor) are merged first.
+/// ran about 5 % faster (docs/benchmarks.md).
 fn prefetch_entry<F>(ops: &[&Operand<F>], b: usize) {
-    let mut spans: Vec<Range<usize>> = ops.iter().filter_map(|op| op.entry_span(b)).collect();
-    spans.sort_by_key(|span| span.start);
-    let mut merged: Vec<Range<usize>> = Vec::with_capacity(spans.len());
-    for span in spans {
-        match merged.last_mut() {
-            Some(last) if span.start <= last.end => last.end = last.end.max(span.end),
-            _ => merged.push(span),
+    NextEntryLines::new(ops, &[], b, 1).ask_share();
+}
+
+/// The cache lines of the next batch entry, asked for into L2 a share at a time
+/// between the current entry's products. The backward's entry reads about 2,000 lines
+/// and writes 1,200 (its gradients, whose lines a store would otherwise first read
+/// from memory): asked for all at once, the requests queued behind each other and
+/// stalled the thread for about a seventh of the entry's time; spread over its
+/// products they overlap the arithmetic (docs/benchmarks.md).
+struct NextEntryLines {
+    /// Address ranges still to ask for, the next one last.
+    spans: Vec<Range<usize>>,
+    /// Lines per share.
+    per_share: usize,
+}
+
+impl NextEntryLines {
+    /// Entry `b`'s lines of the operands `ops` (overlapping spans, such as q, k and v
+    /// of one `qkv` tensor, merged) and the address ranges `writes`, in `shares`
+    /// shares.
+    fn new<F>(ops: &[&Operand<F>], writes: &[Range<usize>], b: usize, shares: usize) -> Self {
+        let mut spans: Vec<Range<usize>> = ops.iter().filter_map(|op| op.entry_span(b)).collect();
+        spans.extend(writes.iter().filter(|w| w.start < w.end).cloned());
+        spans.sort_by_key(|span| span.start);
+        let mut merged: Vec<Range<usize>> = Vec::with_capacity(spans.len());
+        for span in spans {
+            match merged.last_mut() {
+                Some(last) if span.start <= last.end => last.end = last.end.max(span.end),
+                _ => merged.push(Range {
+                    start: span.start & !63,
+                    end: span.end,
+                }),
+            }
+        }
+        let lines: usize = merged.iter().map(|s| s.len().div_ceil(64)).sum();
+        merged.reverse();
+        NextEntryLines {
+            spans: merged,
+            per_share: lines.div_ceil(shares.max(1)),
         }
     }
-    merged.into_iter().for_each(prefetch_lines);
+
+    /// Asks for the next share of lines into L2.
+    fn ask_share(&mut self) {
+        let mut left = self.per_share;
+        while left > 0 {
+            let Some(span) = self.spans.last_mut() else {
+                return;
+            };
+            let take = span.len().div_ceil(64).min(left);
+            let end = (span.start + 64 * take).min(span.end);
+            prefetch_lines(span.start..end);
+            left -= take;
+            span.start = end;
+            if span.start >= span.end {
+                self.spans.pop();
+            }
+        }
+    }
 }
 
 impl<F> Operand<'_, F> {
@@ -316,6 +364,11 @@ pub fn attention_backward<F: CpuFloat>(
     if bh == 0 || tq == 0 || tk == 0 {
         return grads;
     }
+    let written = [
+        EntryAddresses::of(&grads.dq, tq * h * d),
+        EntryAddresses::of(&grads.dk, tk * h * d),
+        EntryAddresses::of(&grads.dv, tk * h * dv),
+    ];
     // A batch entry's heads interleave in the token-major gradients: one task per entry.
     grads
         .dq
@@ -324,7 +377,8 @@ pub fn attention_backward<F: CpuFloat>(
         .zip(grads.dv.par_chunks_mut(tk * h * dv.max(1)))
         .enumerate()
         .for_each(|(b, ((dq, dk), dvo))| {
-            prefetch_entry(&[&ops.q, &ops.k, &ops.v, &ops.g], b + 1);
+            let writes = written.map(|w| w.entry(b + 1));
+            let mut ahead = NextEntryLines::new(&ops.all(), &writes, b + 1, h * PRODUCTS);
             let mut scratch = [vec![F::zero(); tq * tk], vec![F::zero(); tq * tk]];
             for head in 0..h {
                 let dst = PairGrads::Separate([
@@ -332,10 +386,47 @@ pub fn attention_backward<F: CpuFloat>(
                     (&mut dk[head * d..], h * d),
                     (&mut dvo[head * dv..], h * dv),
                 ]);
-                pair_grads(&ops, x.lse, spec, b * h + head, dst, &mut scratch);
+                pair_grads(
+                    &ops,
+                    (x.lse, spec),
+                    b * h + head,
+                    dst,
+                    (&mut scratch, &mut ahead),
+                );
             }
         });
     grads
+}
+
+/// The products of a pair's backward, each followed by a share of the next entry's
+/// lines.
+const PRODUCTS: usize = 5;
+
+/// Where a buffer cut into batch entries lies: to ask for an entry's lines ahead
+/// while another thread may be writing it, by address only.
+#[derive(Clone, Copy)]
+struct EntryAddresses {
+    base: usize,
+    bytes: usize,
+    entry_bytes: usize,
+}
+
+impl EntryAddresses {
+    fn of<F>(buffer: &[F], entry_len: usize) -> Self {
+        let size = std::mem::size_of::<F>();
+        EntryAddresses {
+            base: buffer.as_ptr() as usize,
+            bytes: std::mem::size_of_val(buffer),
+            entry_bytes: entry_len * size,
+        }
+    }
+
+    /// Entry `b`'s addresses (empty past the buffer's end).
+    fn entry(&self, b: usize) -> Range<usize> {
+        let start = (b * self.entry_bytes).min(self.bytes);
+        let end = (start + self.entry_bytes).min(self.bytes);
+        self.base + start..self.base + end
+    }
 }
 
 /// The backward of self-attention whose q, k and v are the three parts of one
@@ -352,16 +443,24 @@ pub fn attention_backward_joint<F: CpuFloat>(x: BackwardInputs<F>, spec: Attenti
         return grads;
     }
     let row = 3 * h * d;
+    let written = EntryAddresses::of(&grads, t * row);
     grads
         .par_chunks_mut(t * row)
         .enumerate()
         .for_each(|(b, entry)| {
-            prefetch_entry(&[&ops.q, &ops.k, &ops.v, &ops.g], b + 1);
+            let writes = [written.entry(b + 1)];
+            let mut ahead = NextEntryLines::new(&ops.all(), &writes, b + 1, h * PRODUCTS);
             let mut scratch = [vec![F::zero(); t * t], vec![F::zero(); t * t]];
             for head in 0..h {
                 let at = [0, 1, 2].map(|part| part * h * d + head * d);
                 let dst = PairGrads::Joint(&mut *entry, at, row);
-                pair_grads(&ops, x.lse, spec, b * h + head, dst, &mut scratch);
+                pair_grads(
+                    &ops,
+                    (x.lse, spec),
+                    b * h + head,
+                    dst,
+                    (&mut scratch, &mut ahead),
+                );
             }
         });
     grads
@@ -397,6 +496,10 @@ struct BackwardOperands<'a, F> {
 }
 
 impl<'a, F> BackwardOperands<'a, F> {
+    fn all(&self) -> [&Operand<'a, F>; 4] {
+        [&self.q, &self.k, &self.v, &self.g]
+    }
+
     fn new(x: &BackwardInputs<'a, F>) -> Self {
         let op = |(data, l): (&'a [F], &'a Layout)| Operand::new(data, l);
         BackwardOperands {
@@ -409,19 +512,20 @@ impl<'a, F> BackwardOperands<'a, F> {
 }
 
 /// The gradients of pair `i` into `dst`; `scratch` holds two `tq × tk` buffers
-/// (probabilities and score gradients), overwritten.
+/// (probabilities and score gradients), overwritten; a share of `ahead` is asked for
+/// after each product.
 fn pair_grads<F: CpuFloat>(
     x: &BackwardOperands<F>,
-    lse: &[F],
-    spec: AttentionSpec,
+    (lse, spec): (&[F], AttentionSpec),
     i: usize,
     mut dst: PairGrads<F>,
-    [p, ds]: &mut [Vec<F>; 2],
+    ([p, ds], ahead): (&mut [Vec<F>; 2], &mut NextEntryLines),
 ) {
     let (q, k, v, g) = (&x.q, &x.k, &x.v, &x.g);
     let (tq, tk, d, dv) = (q.rows, k.rows, q.cols, v.cols);
     let scale = F::c(spec.scale);
     scores(p, q, k, i, spec);
+    ahead.ask_share();
     let lse = &lse[i * tq..(i + 1) * tq];
     isa::dispatch(
         #[inline(always)]
@@ -435,8 +539,10 @@ fn pair_grads<F: CpuFloat>(
     );
     let dout = (g.at(i), g.strides);
     product(dst.get(2), (p, (1, tk)), dout, (tk, tq, dv), F::one());
+    ahead.ask_share();
     let v_t = (v.at(i), v.transposed());
     product((ds, tk), dout, v_t, (tq, dv, tk), F::one());
+    ahead.ask_share();
     isa::dispatch(
         #[inline(always)]
         |ds| score_grads(ds, p, tk),
@@ -444,6 +550,7 @@ fn pair_grads<F: CpuFloat>(
     );
     let k_rows = (k.at(i), k.strides);
     product(dst.get(0), (ds, (tk, 1)), k_rows, (tq, tk, d), scale);
+    ahead.ask_share();
     product(
         dst.get(1),
         (ds, (1, tk)),
@@ -451,6 +558,7 @@ fn pair_grads<F: CpuFloat>(
         (tk, tq, d),
         scale,
     );
+    ahead.ask_share();
 }
 
 /// The output, its log-sum-exp and its tangent, the output stored like
