@@ -377,22 +377,14 @@ pub fn attention_backward<F: CpuFloat>(
         .zip(grads.dv.par_chunks_mut(tk * h * dv.max(1)))
         .enumerate()
         .for_each(|(b, ((dq, dk), dvo))| {
-            let writes = written.map(|w| w.entry(b + 1));
-            let mut ahead = NextEntryLines::new(&ops.all(), &writes, b + 1, h * PRODUCTS);
-            let mut scratch = [vec![F::zero(); tq * tk], vec![F::zero(); tq * tk]];
+            let mut work = EntryWork::new(&ops, &written.map(|w| w.entry(b + 1)), b);
             for head in 0..h {
                 let dst = PairGrads::Separate([
                     (&mut dq[head * d..], h * d),
                     (&mut dk[head * d..], h * d),
                     (&mut dvo[head * dv..], h * dv),
                 ]);
-                pair_grads(
-                    &ops,
-                    (x.lse, spec),
-                    b * h + head,
-                    dst,
-                    (&mut scratch, &mut ahead),
-                );
+                work.pair(&ops, (x.lse, spec), b * h + head, dst);
             }
         });
     grads
@@ -401,6 +393,36 @@ pub fn attention_backward<F: CpuFloat>(
 /// The products of a pair's backward, each followed by a share of the next entry's
 /// lines.
 const PRODUCTS: usize = 5;
+
+/// What a batch entry's pairs share in the backward: two `tq × tk` score buffers and
+/// the next entry's lines still to ask for.
+struct EntryWork<F> {
+    scratch: [Vec<F>; 2],
+    ahead: NextEntryLines,
+}
+
+impl<F: CpuFloat> EntryWork<F> {
+    /// The work of entry `b`, whose pairs ask for the next entry's operand lines and
+    /// the address ranges `writes`, a share after each product.
+    fn new(ops: &BackwardOperands<F>, writes: &[Range<usize>], b: usize) -> Self {
+        let (heads, tq, tk) = (ops.q.heads, ops.q.rows, ops.k.rows);
+        EntryWork {
+            scratch: [vec![F::zero(); tq * tk], vec![F::zero(); tq * tk]],
+            ahead: NextEntryLines::new(&ops.all(), writes, b + 1, heads * PRODUCTS),
+        }
+    }
+
+    /// The gradients of pair `i` into `dst`.
+    fn pair(
+        &mut self,
+        ops: &BackwardOperands<F>,
+        lse: (&[F], AttentionSpec),
+        i: usize,
+        dst: PairGrads<F>,
+    ) {
+        pair_grads(ops, lse, i, dst, (&mut self.scratch, &mut self.ahead));
+    }
+}
 
 /// Where a buffer cut into batch entries lies: to ask for an entry's lines ahead
 /// while another thread may be writing it, by address only.
@@ -448,19 +470,11 @@ pub fn attention_backward_joint<F: CpuFloat>(x: BackwardInputs<F>, spec: Attenti
         .par_chunks_mut(t * row)
         .enumerate()
         .for_each(|(b, entry)| {
-            let writes = [written.entry(b + 1)];
-            let mut ahead = NextEntryLines::new(&ops.all(), &writes, b + 1, h * PRODUCTS);
-            let mut scratch = [vec![F::zero(); t * t], vec![F::zero(); t * t]];
+            let mut work = EntryWork::new(&ops, &[written.entry(b + 1)], b);
             for head in 0..h {
                 let at = [0, 1, 2].map(|part| part * h * d + head * d);
                 let dst = PairGrads::Joint(&mut *entry, at, row);
-                pair_grads(
-                    &ops,
-                    (x.lse, spec),
-                    b * h + head,
-                    dst,
-                    (&mut scratch, &mut ahead),
-                );
+                work.pair(&ops, (x.lse, spec), b * h + head, dst);
             }
         });
     grads
