@@ -416,11 +416,12 @@ impl<F: CpuFloat> EntryWork<F> {
     fn pair(
         &mut self,
         ops: &BackwardOperands<F>,
-        lse: (&[F], AttentionSpec),
+        (lse, spec): (&[F], AttentionSpec),
         i: usize,
         dst: PairGrads<F>,
     ) {
-        pair_grads(ops, lse, i, dst, (&mut self.scratch, &mut self.ahead));
+        let buffers = (&mut self.scratch, &mut self.ahead);
+        pair_grads(ops, (lse, spec), i, dst, buffers);
     }
 }
 
@@ -510,6 +511,7 @@ struct BackwardOperands<'a, F> {
 }
 
 impl<'a, F> BackwardOperands<'a, F> {
+    /// Every operand, for the next entry's prefetch.
     fn all(&self) -> [&Operand<'a, F>; 4] {
         [&self.q, &self.k, &self.v, &self.g]
     }
