@@ -63,7 +63,7 @@ pub trait Element: Copy + Send + Sync + 'static + std::fmt::Debug {
     fn from_f64(v: f64) -> Self;
     /// Converts to f64 exactly (or, for i64, to the nearest f64).
     fn to_f64(self) -> f64;
-    /// Host storage holding these values.
+    /// Host storage holding these values (copied into a cache-line-aligned buffer).
     fn into_storage(v: Vec<Self>) -> CpuStorage;
     /// The values of a host storage of this type.
     fn slice(s: &CpuStorage) -> Option<&[Self]>;
@@ -82,7 +82,7 @@ macro_rules! element {
                 $to(self)
             }
             fn into_storage(v: Vec<Self>) -> CpuStorage {
-                CpuStorage::$dtype(v)
+                CpuStorage::$dtype(v.into())
             }
             fn slice(s: &CpuStorage) -> Option<&[Self]> {
                 match s {

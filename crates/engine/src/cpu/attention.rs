@@ -7,6 +7,7 @@
 //! attention op expects (`token_major` in `ops/attention.rs`).
 
 use super::float::{max_lanes, sum_lanes, CpuFloat};
+use super::host_buffer::HostBuffer;
 use super::isa;
 use super::matmul::{batch_offsets, gemm_into, GemmArgs};
 use super::pool;
@@ -193,7 +194,7 @@ fn scores<F: CpuFloat>(
 
 /// An output buffer of `n` values: as the pool hands it out when the kernels write
 /// every value (each pair's products overwrite all of their rows), zeros otherwise.
-fn output<F: CpuFloat>(n: usize, overwritten: bool) -> Vec<F> {
+fn output<F: CpuFloat>(n: usize, overwritten: bool) -> HostBuffer<F> {
     match overwritten {
         true => pool::take(n),
         false => pool::take_zeroed(n),
@@ -231,7 +232,7 @@ pub fn attention<F: CpuFloat>(
     k: (&[F], &Layout),
     v: (&[F], &Layout),
     spec: AttentionSpec,
-) -> (Vec<F>, Vec<F>) {
+) -> (HostBuffer<F>, HostBuffer<F>) {
     let (q, k, v) = (
         Operand::new(q.0, q.1),
         Operand::new(k.0, k.1),
@@ -321,13 +322,13 @@ fn score_grads<F: CpuFloat>(ds: &mut [F], p: &[F], tk: usize) {
 }
 
 /// The gradients of q, k and v, stored token-major like the output.
-pub struct AttentionGrads<F> {
+pub struct AttentionGrads<F: CpuFloat> {
     /// Gradient of q, stored `[b, tq, h, d]`.
-    pub dq: Vec<F>,
+    pub dq: HostBuffer<F>,
     /// Gradient of k, stored `[b, tk, h, d]`.
-    pub dk: Vec<F>,
+    pub dk: HostBuffer<F>,
     /// Gradient of v, stored `[b, tk, h, dv]`.
-    pub dv: Vec<F>,
+    pub dv: HostBuffer<F>,
 }
 
 /// The backward's inputs: q, k, v, the forward's log-sum-exp and the output's
@@ -396,8 +397,8 @@ const PRODUCTS: usize = 5;
 
 /// What a batch entry's pairs share in the backward: two `tq × tk` score buffers and
 /// the next entry's lines still to ask for.
-struct EntryWork<F> {
-    scratch: [Vec<F>; 2],
+struct EntryWork<F: CpuFloat> {
+    scratch: [HostBuffer<F>; 2],
     ahead: NextEntryLines,
 }
 
@@ -407,7 +408,7 @@ impl<F: CpuFloat> EntryWork<F> {
     fn new(ops: &BackwardOperands<F>, writes: &[Range<usize>], b: usize) -> Self {
         let (heads, tq, tk) = (ops.q.heads, ops.q.rows, ops.k.rows);
         EntryWork {
-            scratch: [vec![F::zero(); tq * tk], vec![F::zero(); tq * tk]],
+            scratch: [HostBuffer::zeroed(tq * tk), HostBuffer::zeroed(tq * tk)],
             ahead: NextEntryLines::new(&ops.all(), writes, b + 1, heads * PRODUCTS),
         }
     }
@@ -457,7 +458,10 @@ impl EntryAddresses {
 /// one buffer laid out the same way, which is that tensor's gradient, so that the
 /// projection's backward needs no assembly of three gradients. q, k and v share
 /// `[b, h, t, d]`.
-pub fn attention_backward_joint<F: CpuFloat>(x: BackwardInputs<F>, spec: AttentionSpec) -> Vec<F> {
+pub fn attention_backward_joint<F: CpuFloat>(
+    x: BackwardInputs<F>,
+    spec: AttentionSpec,
+) -> HostBuffer<F> {
     let ops = BackwardOperands::new(&x);
     let (bh, h, t, d) = (ops.q.offsets.len(), ops.q.heads, ops.q.rows, ops.q.cols);
     assert!(ops.k.rows == t && ops.v.rows == t && ops.v.cols == d);
@@ -535,7 +539,7 @@ fn pair_grads<F: CpuFloat>(
     (lse, spec): (&[F], AttentionSpec),
     i: usize,
     mut dst: PairGrads<F>,
-    ([p, ds], ahead): (&mut [Vec<F>; 2], &mut NextEntryLines),
+    ([p, ds], ahead): (&mut [HostBuffer<F>; 2], &mut NextEntryLines),
 ) {
     let (q, k, v, g) = (&x.q, &x.k, &x.v, &x.g);
     let (tq, tk, d, dv) = (q.rows, k.rows, q.cols, v.cols);
@@ -579,13 +583,13 @@ fn pair_grads<F: CpuFloat>(
 
 /// The output, its log-sum-exp and its tangent, the output stored like
 /// [`attention`]'s and the tangent token-major too.
-pub struct AttentionJvp<F> {
+pub struct AttentionJvp<F: CpuFloat> {
     /// The output, stored `[b, tq, h, dv]`.
-    pub out: Vec<F>,
+    pub out: HostBuffer<F>,
     /// The row log-sum-exp, `[b, h, tq]`.
-    pub lse: Vec<F>,
+    pub lse: HostBuffer<F>,
     /// The output's tangent, stored `[b, tq, h, dv]`.
-    pub tangent: Vec<F>,
+    pub tangent: HostBuffer<F>,
 }
 
 /// The forward and its JVP in one pass over each (batch, head) pair. With S the
@@ -637,7 +641,7 @@ fn pair_jvp<F: CpuFloat>(
     ((o, to, ldo), lse): (PairOutputs<F>, &mut [F]),
 ) {
     let (rows, keys, d, dv) = (q.rows, k.rows, q.cols, v.cols);
-    let mut p = vec![F::zero(); rows * keys];
+    let mut p = HostBuffer::<F>::zeroed(rows * keys);
     scores(&mut p, q, k, i, spec);
     isa::dispatch(
         #[inline(always)]
@@ -645,7 +649,7 @@ fn pair_jvp<F: CpuFloat>(
         (&mut p, lse),
     );
     let scale = F::c(spec.scale);
-    let mut tp = vec![F::zero(); rows * keys];
+    let mut tp = HostBuffer::<F>::zeroed(rows * keys);
     let dims = (rows, d, keys);
     product(
         (&mut tp, keys),
@@ -659,7 +663,7 @@ fn pair_jvp<F: CpuFloat>(
     // Masked scores have P = 0, so their tangents vanish here whatever tS holds.
     isa::dispatch(
         #[inline(always)]
-        |tp: &mut Vec<F>| {
+        |tp: &mut HostBuffer<F>| {
             for (t, p) in tp.chunks_mut(keys).zip(p.chunks(keys)) {
                 let mu = sum_lanes([&*t, p], |[t, p]| t * p);
                 t.iter_mut().zip(p).for_each(|(t, &p)| *t = p * (*t - mu));

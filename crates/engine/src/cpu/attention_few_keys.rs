@@ -11,6 +11,7 @@
 //! probabilities with v then runs once per pair on the small-product kernel
 //! (`sgemm_small`).
 
+use super::host_buffer::HostBuffer;
 use super::matmul::GemmArgs;
 use super::sgemm_avx512::{transpose_columns, with_scratch};
 use super::sgemm_small::sgemm_small;
@@ -62,7 +63,7 @@ pub fn covers(q: &Rows, k: &Rows, v: &Rows) -> bool {
 thread_local! {
     /// Each thread's buffer for one pair's kᵀ (`d` rows of [`MAX_KEYS`] values) and
     /// probabilities (a row of [`MAX_KEYS`] per query, rounded up to whole blocks).
-    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH: RefCell<HostBuffer<f32>> = const { RefCell::new(HostBuffer::new()) };
 }
 
 /// The output rows (`ldo` apart in `out`) and row log-sum-exps (`lse`) of one pair:

@@ -2,6 +2,7 @@
 //! selection by mask.
 
 use super::float::CpuFloat;
+use super::host_buffer::HostBuffer;
 use super::isa;
 use super::pool::{self, Poolable};
 use super::strided::{fill_runs, Runs};
@@ -127,7 +128,7 @@ pub fn map<F: CpuFloat, O: Poolable>(
     x: &[F],
     layout: &Layout,
     f: impl Fn(F) -> O + Sync + Copy,
-) -> Vec<O> {
+) -> HostBuffer<O> {
     let runs = Runs::new(layout.shape(), [(layout.strides(), layout.offset())]);
     let mut out = pool::take(layout.elem_count());
     let stride = runs.inner[0];
@@ -157,7 +158,7 @@ pub fn zip_map<F: CpuFloat, O: Poolable>(
     a: (&[F], &Layout),
     b: (&[F], &Layout),
     f: impl Fn(F, F) -> O + Sync + Copy,
-) -> Vec<O> {
+) -> HostBuffer<O> {
     let (la, lb) = (a.1, b.1);
     let runs = Runs::new(
         la.shape(),
@@ -287,7 +288,7 @@ macro_rules! specialise {
 }
 
 /// `op(x)` elementwise.
-pub fn unary<F: CpuFloat>(x: &[F], layout: &Layout, op: UnaryOp) -> Vec<F> {
+pub fn unary<F: CpuFloat>(x: &[F], layout: &Layout, op: UnaryOp) -> HostBuffer<F> {
     specialise!(
         op,
         |OP| map(x, layout, |x| unary_fn(OP, x)),
@@ -310,7 +311,7 @@ pub fn unary_backward<F: CpuFloat>(
     x: (&[F], &Layout),
     grad: (&[F], &Layout),
     op: UnaryOp,
-) -> Vec<F> {
+) -> HostBuffer<F> {
     let (zero, one) = (F::zero(), F::one());
     specialise!(
         op,
@@ -340,7 +341,7 @@ pub fn unary_backward<F: CpuFloat>(
 }
 
 /// `op(a, b)` elementwise.
-pub fn binary<F: CpuFloat>(a: (&[F], &Layout), b: (&[F], &Layout), op: BinaryOp) -> Vec<F> {
+pub fn binary<F: CpuFloat>(a: (&[F], &Layout), b: (&[F], &Layout), op: BinaryOp) -> HostBuffer<F> {
     match op {
         BinaryOp::Add => zip_map(a, b, |x, y| x + y),
         BinaryOp::Sub => zip_map(a, b, |x, y| x - y),
@@ -352,7 +353,7 @@ pub fn binary<F: CpuFloat>(a: (&[F], &Layout), b: (&[F], &Layout), op: BinaryOp)
 }
 
 /// 1 where `op(a, b)` holds, 0 elsewhere.
-pub fn cmp<F: CpuFloat>(a: (&[F], &Layout), b: (&[F], &Layout), op: CmpOp) -> Vec<F> {
+pub fn cmp<F: CpuFloat>(a: (&[F], &Layout), b: (&[F], &Layout), op: CmpOp) -> HostBuffer<F> {
     let bit = |c: bool| if c { F::one() } else { F::zero() };
     match op {
         CmpOp::Eq => zip_map(a, b, |x, y| bit(x == y)),
@@ -371,7 +372,7 @@ fn zip3_map<F: CpuFloat>(
     b: (&[F], &Layout),
     c: (&[F], &Layout),
     f: impl Fn(F, F, F) -> F + Sync + Copy,
-) -> Vec<F> {
+) -> HostBuffer<F> {
     fn view(l: &Layout) -> (&[usize], usize) {
         (l.strides(), l.offset())
     }
@@ -415,12 +416,16 @@ pub fn where_cond<F: CpuFloat>(
     mask: (&[F], &Layout),
     t: (&[F], &Layout),
     f: (&[F], &Layout),
-) -> Vec<F> {
+) -> HostBuffer<F> {
     zip3_map(mask, t, f, |m, t, f| if m != F::zero() { t } else { f })
 }
 
 /// `x + a·b` elementwise.
-pub fn addcmul<F: CpuFloat>(x: (&[F], &Layout), a: (&[F], &Layout), b: (&[F], &Layout)) -> Vec<F> {
+pub fn addcmul<F: CpuFloat>(
+    x: (&[F], &Layout),
+    a: (&[F], &Layout),
+    b: (&[F], &Layout),
+) -> HostBuffer<F> {
     zip3_map(x, a, b, |x, a, b| x + a * b)
 }
 
@@ -435,12 +440,12 @@ pub fn gated_product_grads<F: CpuFloat>(
     full: &[F],
     factor: &[F],
     d: usize,
-) -> (Vec<F>, Vec<F>) {
+) -> (HostBuffer<F>, HostBuffer<F>) {
     let d = d.max(1);
     let groups = factor.len() / d;
     let group_len = g.len() / groups.max(1);
     let mut d_full = pool::take(g.len());
-    let mut d_factor = vec![F::zero(); factor.len()];
+    let mut d_factor = pool::take_zeroed(factor.len());
     let group = |(i, (dfull, dfac)): (usize, (&mut [F], &mut [F]))| {
         let (g, full) = (
             &g[i * group_len..][..group_len],

@@ -92,6 +92,8 @@ pub fn max_lanes<F: CpuFloat>(values: &[F]) -> F {
     lanes.iter().copied().fold(F::neg_infinity(), F::max)
 }
 
+use super::host_buffer::HostBuffer;
+use super::pool::{self, Poolable};
 use super::CpuStorage;
 use crate::backend::BackendStorage;
 use crate::{
@@ -107,7 +109,14 @@ pub trait ComputeType: CpuFloat {
     /// holds it, converted from bf16/f16 otherwise.
     fn view<'a>(s: &'a CpuStorage, op: &'static str) -> Result<Cow<'a, [Self]>>;
     /// Kernel output stored as `dtype` (rounded to bf16/f16 where asked).
-    fn store(v: Vec<Self>, dtype: DType) -> CpuStorage;
+    fn store(v: HostBuffer<Self>, dtype: DType) -> CpuStorage;
+}
+
+/// `v` rounded to a 16-bit type by `round`, into a buffer from the pool.
+fn rounded<T: Poolable>(v: &[f32], round: fn(f32) -> T) -> HostBuffer<T> {
+    let mut out = pool::take(v.len());
+    out.iter_mut().zip(v).for_each(|(o, &x)| *o = round(x));
+    out
 }
 
 impl ComputeType for f32 {
@@ -119,10 +128,10 @@ impl ComputeType for f32 {
             _ => Err(Error::dtypes(op, &[s.dtype(), DType::F32])),
         }
     }
-    fn store(v: Vec<f32>, dtype: DType) -> CpuStorage {
+    fn store(v: HostBuffer<f32>, dtype: DType) -> CpuStorage {
         match dtype {
-            DType::BF16 => CpuStorage::BF16(v.into_iter().map(bf16::from_f32).collect()),
-            DType::F16 => CpuStorage::F16(v.into_iter().map(f16::from_f32).collect()),
+            DType::BF16 => CpuStorage::BF16(rounded(&v, bf16::from_f32)),
+            DType::F16 => CpuStorage::F16(rounded(&v, f16::from_f32)),
             _ => CpuStorage::F32(v),
         }
     }
@@ -135,7 +144,7 @@ impl ComputeType for f64 {
             _ => Err(Error::dtypes(op, &[s.dtype(), DType::F64])),
         }
     }
-    fn store(v: Vec<f64>, _dtype: DType) -> CpuStorage {
+    fn store(v: HostBuffer<f64>, _dtype: DType) -> CpuStorage {
         CpuStorage::F64(v)
     }
 }

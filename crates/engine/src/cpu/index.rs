@@ -1,6 +1,7 @@
 //! Indexing kernels: index_select / gather and their scatter-add backwards.
 
 use super::float::CpuFloat;
+use super::host_buffer::HostBuffer;
 use super::pool;
 use super::strided::contiguous;
 use crate::error::{Error, Result};
@@ -32,15 +33,18 @@ fn split_at_dim(shape: &[usize], dim: usize) -> (usize, usize, usize) {
 }
 
 /// `out[o, j, i] = x[o, ids[j], i]`.
-pub fn index_select<F: pool::Poolable>(x: &[F], l: &Layout, ids: &[usize], dim: usize) -> Vec<F> {
+pub fn index_select<F: pool::Poolable>(
+    x: &[F],
+    l: &Layout,
+    ids: &[usize],
+    dim: usize,
+) -> HostBuffer<F> {
     let x = contiguous(x, l);
     let (outer, mid, inner) = split_at_dim(l.shape(), dim);
-    let mut out = Vec::with_capacity(outer * ids.len() * inner);
-    for o in 0..outer {
-        for &j in ids {
-            let start = (o * mid + j) * inner;
-            out.extend_from_slice(&x[start..start + inner]);
-        }
+    let mut out = pool::take(outer * ids.len() * inner);
+    let sources = (0..outer).flat_map(|o| ids.iter().map(move |&j| (o * mid + j) * inner));
+    for (dst, start) in out.chunks_mut(inner.max(1)).zip(sources) {
+        dst.copy_from_slice(&x[start..start + inner]);
     }
     out
 }
@@ -52,7 +56,7 @@ pub fn index_add<F: CpuFloat>(
     ids: &[usize],
     dim: usize,
     shape: &[usize],
-) -> Vec<F> {
+) -> HostBuffer<F> {
     let src = contiguous(src, l);
     let (outer, mid, inner) = split_at_dim(shape, dim);
     let mut out = pool::take_zeroed(outer * mid * inner);
@@ -94,10 +98,11 @@ pub fn gather<F: pool::Poolable>(
     ids_shape: &[usize],
     ids: &[usize],
     dim: usize,
-) -> Vec<F> {
-    gathered_offsets(ids_shape, ids, dim, l.strides(), l.offset())
-        .map(|o| x[o])
-        .collect()
+) -> HostBuffer<F> {
+    let mut out = pool::take(ids.len());
+    let offsets = gathered_offsets(ids_shape, ids, dim, l.strides(), l.offset());
+    out.iter_mut().zip(offsets).for_each(|(v, o)| *v = x[o]);
+    out
 }
 
 /// `out[..ids[p] at dim..] += src[..p..]` into zeros of `shape`.
@@ -107,7 +112,7 @@ pub fn scatter_add<F: CpuFloat>(
     ids: &[usize],
     dim: usize,
     shape: &[usize],
-) -> Vec<F> {
+) -> HostBuffer<F> {
     let src = contiguous(src, l);
     let strides = crate::layout::contiguous_strides(shape);
     let mut out = pool::take_zeroed(shape.iter().product());

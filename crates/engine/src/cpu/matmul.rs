@@ -5,6 +5,7 @@
 
 use super::epilogue::Epilogue;
 use super::float::CpuFloat;
+use super::host_buffer::HostBuffer;
 use super::pool;
 use super::strided::gather_view;
 use crate::layout::Layout;
@@ -258,7 +259,7 @@ pub fn matmul<F: CpuFloat>(
     b: &[F],
     lb: &Layout,
     bias: Option<(&[F], &Layout)>,
-) -> Vec<F> {
+) -> HostBuffer<F> {
     let g = GemmArgs::of_views(la, lb, bias.is_some());
     let (m, k, n) = (g.m, g.k, g.n);
     let (oa, ob) = (batch_offsets(la), batch_offsets(lb));
@@ -351,7 +352,7 @@ pub fn matmul_then<F: CpuFloat>(
     (b, lb): (&[F], &Layout),
     bias: Option<(&[F], &Layout)>,
     epilogue: Epilogue<F>,
-) -> Vec<F> {
+) -> HostBuffer<F> {
     assert!(la.rank() == 2 && lb.rank() == 2);
     let g = GemmArgs::of_views(la, lb, false);
     let (m, k, n) = (g.m, g.k, g.n);
@@ -393,7 +394,7 @@ fn biased_product_by_row_blocks<F: CpuFloat>(
     b: &[F],
     g: GemmArgs,
     (bias, lbias): (&[F], &Layout),
-) -> Vec<F> {
+) -> HostBuffer<F> {
     let r = lbias.rank();
     let (brs, bcs) = (lbias.strides()[r - 2], lbias.strides()[r - 1]);
     let n = g.n;
@@ -440,7 +441,7 @@ fn split_k_product<F: CpuFloat>(
 ) {
     let parts = rayon::current_num_threads().clamp(1, g.k);
     let with_sums = lhs_sums.is_some();
-    let partials: Vec<(Vec<F>, Vec<F>)> = (0..parts)
+    let partials: Vec<(HostBuffer<F>, Vec<F>)> = (0..parts)
         .into_par_iter()
         .map(|p| {
             // Balanced, never empty: parts ≤ k.
@@ -529,13 +530,13 @@ pub fn weight_bias_gradients<F: CpuFloat>(
     la: &Layout,
     b: &[F],
     lb: &Layout,
-) -> Option<(Vec<F>, Vec<F>)> {
+) -> Option<(HostBuffer<F>, HostBuffer<F>)> {
     let g = GemmArgs::of_views(la, lb, false);
     if la.rank() != 2 || lb.rank() != 2 || g.m * g.n == 0 || !lhs_sums_in_product::<F>(g) {
         return None;
     }
     let (a, b) = (&a[la.offset()..], &b[lb.offset()..]);
-    let (mut out, mut sums) = (pool::take(g.m * g.n), vec![F::zero(); g.m]);
+    let (mut out, mut sums) = (pool::take(g.m * g.n), pool::take_zeroed(g.m));
     match splits_inner(g) {
         true => split_k_product(&mut out, a, b, g, Some(&mut sums)),
         false => product_and_lhs_sums(&mut out, a, b, g, product_threads(g), &mut sums),

@@ -19,6 +19,7 @@
 //!   memory.
 
 use super::epilogue::{Epilogue, GatedRows};
+use super::host_buffer::HostBuffer;
 use super::isa;
 use super::matmul::{Bias, GemmArgs, SharedOut, AVX512_MIN_MNK};
 use super::norm::norm_row;
@@ -40,11 +41,11 @@ const HIDDEN_VALUES_PER_BLOCK: usize = 1 << 18;
 
 thread_local! {
     /// Each thread's hidden block.
-    static HIDDEN: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static HIDDEN: RefCell<HostBuffer<f32>> = const { RefCell::new(HostBuffer::new()) };
     /// Each thread's block of gelu(h) recomputed by the backward.
-    static ACT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static ACT: RefCell<HostBuffer<f32>> = const { RefCell::new(HostBuffer::new()) };
     /// Each thread's block of normalised input rows (with a [`NormRows`] prologue).
-    static NORMED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static NORMED: RefCell<HostBuffer<f32>> = const { RefCell::new(HostBuffer::new()) };
 }
 
 /// A layer norm of x's rows before the first product (a pre-norm block's norm, run
@@ -113,7 +114,7 @@ pub fn from_views<'a>(
     fc1: LayerViews<'a>,
     fc2: LayerViews<'a>,
     mode: RowsMode<'a>,
-) -> Option<(Vec<f32>, Option<Vec<f32>>)> {
+) -> Option<(HostBuffer<f32>, Option<HostBuffer<f32>>)> {
     let layer = |((w, lw), bias): LayerViews<'a>| -> Option<Layer<'a>> {
         let (shape, strides) = (lw.shape(), lw.strides());
         let bias = match bias {
@@ -165,7 +166,7 @@ pub fn gelu_mlp_rows(
     rows: usize,
     (fc1, fc2): (Layer, Layer),
     (keep_pre, residual, prenorm): RowsMode,
-) -> (Vec<f32>, Option<Vec<f32>>) {
+) -> (HostBuffer<f32>, Option<HostBuffer<f32>>) {
     let ((k, hidden), (_, n)) = (fc1.shape, fc2.shape);
     assert!(fc2.shape.0 == hidden && rows * k <= x.len());
     // A multiple of the threads in number, so that none waits on a last block.
@@ -280,15 +281,15 @@ impl Layer<'_> {
 /// bias gradients where asked for.
 pub struct BackwardRows {
     /// Gradient of x.
-    pub dx: Vec<f32>,
+    pub dx: HostBuffer<f32>,
     /// Gradient of the first weight.
-    pub dw1: Vec<f32>,
+    pub dw1: HostBuffer<f32>,
     /// Gradient of the first bias, when asked for.
-    pub db1: Option<Vec<f32>>,
+    pub db1: Option<HostBuffer<f32>>,
     /// Gradient of the second weight.
-    pub dw2: Vec<f32>,
+    pub dw2: HostBuffer<f32>,
     /// Gradient of the second bias, when asked for.
-    pub db2: Option<Vec<f32>>,
+    pub db2: Option<HostBuffer<f32>>,
 }
 
 /// What the backward in row blocks reads: the output's gradient `g` `[rows, n]`, the
@@ -408,12 +409,12 @@ pub fn gelu_mlp_rows_backward(x: BackwardInputs, biases: (bool, bool)) -> Backwa
 
 /// One part's sums of the parameter gradients.
 struct Partial {
-    dw1: Vec<f32>,
-    db1: Vec<f32>,
+    dw1: HostBuffer<f32>,
+    db1: HostBuffer<f32>,
     /// dw2 transposed, `[hidden, n]`: as `actᵀ·g` the product packs the block of g
     /// rather than the four-times larger block of act.
-    dw2_t: Vec<f32>,
-    db2: Vec<f32>,
+    dw2_t: HostBuffer<f32>,
+    db2: HostBuffer<f32>,
 }
 
 impl Partial {
@@ -451,9 +452,9 @@ fn backward_part(
     // page fault per 4 KiB every step (0.5 MB a part for the DiT).
     let mut sums = Partial {
         dw1: pool::take(hidden * k),
-        db1: vec![0.0; hidden],
+        db1: pool::take_zeroed(hidden),
         dw2_t: pool::take(hidden * n),
-        db2: vec![0.0; n],
+        db2: pool::take_zeroed(n),
     };
     let rows = dx_part.len() / k;
     // Two buffers a row: dh and gelu(h).

@@ -1,4 +1,5 @@
-//! The CPU backend: host vectors, `gemm` for products, rayon for large loops.
+//! The CPU backend: host buffers aligned to a cache line (`host_buffer`), `gemm` for
+//! products, rayon for large loops.
 //!
 //! f32 and f64 are computed natively; bf16 and f16 are converted to f32 for the
 //! kernel and rounded back (`float::ComputeType`).
@@ -16,6 +17,7 @@ pub(crate) mod ema;
 pub(crate) mod epilogue;
 mod fastmath;
 mod float;
+pub mod host_buffer;
 mod index;
 mod isa;
 pub(crate) mod matmul;
@@ -37,6 +39,7 @@ pub(crate) mod strided;
 mod threads;
 
 pub use float::CpuFloat;
+pub use host_buffer::HostBuffer;
 pub use strided::PARALLEL_CUTOFF;
 pub use threads::on_worker_thread;
 
@@ -44,7 +47,6 @@ use crate::backend::{BackendStorage, BinaryOp, CmpOp, ReduceOp, UnaryOp};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
-use crate::sizes::try_collect;
 use crate::Device;
 pub(crate) use float::{dispatch_float, ComputeType};
 use half::{bf16, f16};
@@ -54,18 +56,18 @@ use strided::{fill_runs, gather_view, Runs};
 #[derive(Debug, Clone)]
 pub enum CpuStorage {
     /// IEEE half precision.
-    F16(Vec<f16>),
+    F16(HostBuffer<f16>),
     /// bfloat16.
-    BF16(Vec<bf16>),
+    BF16(HostBuffer<bf16>),
     /// f32.
-    F32(Vec<f32>),
+    F32(HostBuffer<f32>),
     /// f64.
-    F64(Vec<f64>),
+    F64(HostBuffer<f64>),
     /// i64 (indices, labels).
-    I64(Vec<i64>),
+    I64(HostBuffer<i64>),
 }
 
-/// Applies `$body` to the vector inside any variant, binding it to `$v`.
+/// Applies `$body` to the buffer inside any variant, binding it to `$v`.
 macro_rules! each_variant {
     ($s:expr, $v:ident => $body:expr) => {
         match $s {
@@ -78,7 +80,7 @@ macro_rules! each_variant {
     };
 }
 
-/// Like [`each_variant`], rebuilding the same variant from `$body`'s vector.
+/// Like [`each_variant`], rebuilding the same variant from `$body`'s buffer.
 macro_rules! map_variant {
     ($s:expr, $v:ident => $body:expr) => {
         match $s {
@@ -156,17 +158,17 @@ impl CpuStorage {
     pub fn from_f64_iter(values: impl Iterator<Item = f64>, dtype: DType) -> Result<Self> {
         const OP: &str = "from_f64";
         Ok(match dtype {
-            DType::F16 => CpuStorage::F16(try_collect(
+            DType::F16 => CpuStorage::F16(HostBuffer::try_from_iter(
                 OP,
                 values.map(|v| f16::from_f32(round_to_odd_f32(v))),
             )?),
-            DType::BF16 => CpuStorage::BF16(try_collect(
+            DType::BF16 => CpuStorage::BF16(HostBuffer::try_from_iter(
                 OP,
                 values.map(|v| bf16::from_f32(round_to_odd_f32(v))),
             )?),
-            DType::F32 => CpuStorage::F32(try_collect(OP, values.map(|v| v as f32))?),
-            DType::F64 => CpuStorage::F64(try_collect(OP, values)?),
-            DType::I64 => CpuStorage::I64(try_collect(OP, values.map(|v| v as i64))?),
+            DType::F32 => CpuStorage::F32(HostBuffer::try_from_iter(OP, values.map(|v| v as f32))?),
+            DType::F64 => CpuStorage::F64(HostBuffer::try_from_iter(OP, values)?),
+            DType::I64 => CpuStorage::I64(HostBuffer::try_from_iter(OP, values.map(|v| v as i64))?),
         })
     }
 
@@ -195,8 +197,8 @@ impl CpuStorage {
         let view = |l: &Layout| (l.shape().to_vec(), l.strides().to_vec(), l.offset());
         let (shape, strides, offset) = view(layout);
         each_variant!(self, v => gather_view(v, &shape, &strides, offset)
-            .into_iter()
-            .map(Element::to_f64)
+            .iter()
+            .map(|&x| x.to_f64())
             .collect())
     }
 

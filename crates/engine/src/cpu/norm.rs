@@ -1,6 +1,7 @@
 //! Layer norm and RMS norm over the last dim, forward and backward.
 
 use super::float::{sum_lanes, CpuFloat};
+use super::host_buffer::HostBuffer;
 use super::isa;
 use super::pool;
 use super::strided::{contiguous, PARALLEL_CUTOFF};
@@ -86,7 +87,7 @@ pub fn norm<F: CpuFloat>(
     w: Param<F>,
     b: Param<F>,
     spec: NormSpec,
-) -> (Vec<F>, Vec<F>, Vec<F>) {
+) -> (HostBuffer<F>, HostBuffer<F>, HostBuffer<F>) {
     let x = contiguous(x, l);
     let d = l.shape().last().copied().unwrap_or(1).max(1);
     let rows = x.len() / d;
@@ -109,7 +110,10 @@ pub fn norm<F: CpuFloat>(
             }
         },
     );
-    let (mean, rstd) = stats.into_iter().unzip();
+    let (mut mean, mut rstd) = (pool::take(rows), pool::take(rows));
+    for ((m, r), &(sm, sr)) in mean.iter_mut().zip(rstd.iter_mut()).zip(&stats) {
+        (*m, *r) = (sm, sr);
+    }
     (y, mean, rstd)
 }
 
@@ -161,13 +165,13 @@ fn task_parts<F>(v: &mut [F], tasks: usize, len: usize) -> Vec<&mut [F]> {
 }
 
 /// The gradients of the norm's inputs.
-pub struct NormGrads<F> {
+pub struct NormGrads<F: CpuFloat> {
     /// Gradient of x.
-    pub dx: Vec<F>,
+    pub dx: HostBuffer<F>,
     /// Gradient of the weight, where there is one.
-    pub dw: Option<Vec<F>>,
+    pub dw: Option<HostBuffer<F>>,
     /// Gradient of the bias, where there is one.
-    pub db: Option<Vec<F>>,
+    pub db: Option<HostBuffer<F>>,
 }
 
 /// A view of a tensor: its elements and layout.
@@ -245,7 +249,7 @@ pub fn norm_backward<F: CpuFloat>(
         Some(groups) if parallel => {
             let group_rows = rows / groups;
             let task_groups = ROWS_PER_TASK.div_ceil(group_rows);
-            let (mut dw, mut db) = (vec![F::zero(); w_len], vec![F::zero(); b_len]);
+            let (mut dw, mut db) = (pool::take_zeroed(w_len), pool::take_zeroed(b_len));
             let tasks = groups.div_ceil(task_groups);
             dx.par_chunks_mut(task_groups * group_rows * d)
                 .zip(task_parts(&mut dw, tasks, task_groups * d))
@@ -258,12 +262,12 @@ pub fn norm_backward<F: CpuFloat>(
         }
         // Each worker sums its blocks into partial dw and db, added up at the end.
         _ => {
-            let zero = || (vec![F::zero(); w_len], vec![F::zero(); b_len]);
-            let block = |mut acc: (Vec<F>, Vec<F>), (b, dxb): (usize, &mut [F])| {
+            let zero = || (pool::take_zeroed(w_len), pool::take_zeroed(b_len));
+            let block = |mut acc: (HostBuffer<F>, HostBuffer<F>), (b, dxb): (usize, &mut [F])| {
                 rows_backward(b * ROWS_PER_TASK, dxb, (&mut acc.0, &mut acc.1), 0);
                 acc
             };
-            let add = |mut a: (Vec<F>, Vec<F>), b: (Vec<F>, Vec<F>)| {
+            let add = |mut a: (HostBuffer<F>, HostBuffer<F>), b: (HostBuffer<F>, HostBuffer<F>)| {
                 a.0.iter_mut().zip(&b.0).for_each(|(x, &y)| *x = *x + y);
                 a.1.iter_mut().zip(&b.1).for_each(|(x, &y)| *x = *x + y);
                 a

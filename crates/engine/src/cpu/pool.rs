@@ -6,8 +6,8 @@
 //! Storage dropped by the engine is parked here instead, and kernels take buffers of
 //! the exact length they need. Small buffers bypass the cache.
 
+use super::host_buffer::{HostBuffer, ZeroIsValid};
 use crate::error::Result;
-use crate::sizes::try_filled;
 use half::{bf16, f16};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,10 +21,10 @@ const MAX_CACHED_BYTES: usize = 2 << 30;
 static CACHED_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 /// Free buffers of one element type, by length.
-pub struct BufferCache<T>(Mutex<HashMap<usize, Vec<Vec<T>>>>);
+pub struct BufferCache<T: ZeroIsValid>(Mutex<HashMap<usize, Vec<HostBuffer<T>>>>);
 
 /// Element types with a buffer cache.
-pub trait Poolable: Copy + Default + Send + Sync + 'static {
+pub trait Poolable: ZeroIsValid {
     /// This type's cache.
     fn cache() -> &'static BufferCache<Self>;
 }
@@ -47,12 +47,12 @@ fn bytes<T>(n: usize) -> usize {
 
 /// A buffer of `n` elements whose contents are unspecified (valid values left by an
 /// earlier use): for kernels that overwrite every element.
-pub fn take<T: Poolable>(n: usize) -> Vec<T> {
-    cached(n).unwrap_or_else(|| vec![T::default(); n])
+pub fn take<T: Poolable>(n: usize) -> HostBuffer<T> {
+    cached(n).unwrap_or_else(|| HostBuffer::zeroed(n))
 }
 
 /// A parked buffer of exactly `n` elements, if the cache holds one.
-fn cached<T: Poolable>(n: usize) -> Option<Vec<T>> {
+fn cached<T: Poolable>(n: usize) -> Option<HostBuffer<T>> {
     if bytes::<T>(n) < MIN_BYTES {
         return None;
     }
@@ -63,7 +63,7 @@ fn cached<T: Poolable>(n: usize) -> Option<Vec<T>> {
 }
 
 /// A buffer of `n` zeros (`T::default()`).
-pub fn take_zeroed<T: Poolable>(n: usize) -> Vec<T> {
+pub fn take_zeroed<T: Poolable>(n: usize) -> HostBuffer<T> {
     let mut v = take(n);
     v.fill(T::default());
     v
@@ -71,21 +71,21 @@ pub fn take_zeroed<T: Poolable>(n: usize) -> Vec<T> {
 
 /// [`take_zeroed`] for a size that may come from a user or a file: a fresh buffer is
 /// reserved fallibly, so that a size too large for the machine is an error for `op`.
-pub fn try_take_zeroed<T: Poolable>(op: &'static str, n: usize) -> Result<Vec<T>> {
+pub fn try_take_zeroed<T: Poolable>(op: &'static str, n: usize) -> Result<HostBuffer<T>> {
     match cached(n) {
         Some(mut v) => {
             v.fill(T::default());
             Ok(v)
         }
-        None => try_filled(op, n, T::default()),
+        None => HostBuffer::try_zeroed(op, n),
     }
 }
 
 /// Parks a buffer for reuse (or frees it when small or the cache is full).
-pub fn give<T: Poolable>(v: Vec<T>) {
+pub fn give<T: Poolable>(v: HostBuffer<T>) {
     let n = v.len();
     let size = bytes::<T>(n);
-    if size < MIN_BYTES || v.capacity() != n {
+    if size < MIN_BYTES {
         return;
     }
     if CACHED_BYTES.fetch_add(size, Ordering::Relaxed) + size > MAX_CACHED_BYTES {

@@ -9,6 +9,7 @@
 //! are laid out alike and read in place.
 
 use super::float::{sum_lanes, CpuFloat};
+use super::host_buffer::HostBuffer;
 use super::isa;
 use super::pool;
 use super::strided::{gather_view, PARALLEL_CUTOFF};
@@ -65,13 +66,20 @@ macro_rules! with_combine {
 }
 
 /// `op` over `dims` (sorted) of the view; output in keep-dim shape, contiguous.
-pub fn reduce<F: CpuFloat>(x: &[F], layout: &Layout, dims: &[usize], op: ReduceOp) -> Vec<F> {
+pub fn reduce<F: CpuFloat>(
+    x: &[F],
+    layout: &Layout,
+    dims: &[usize],
+    op: ReduceOp,
+) -> HostBuffer<F> {
     let shape = layout.shape();
     let kept: Vec<usize> = (0..shape.len()).filter(|d| !dims.contains(d)).collect();
     let n_out: usize = kept.iter().map(|&d| shape[d]).product();
     let n_red: usize = dims.iter().map(|&d| shape[d]).product();
     if n_red == 0 || n_out == 0 {
-        return vec![identity(op); n_out];
+        let mut empty = pool::take(n_out);
+        empty.fill(identity(op));
+        return empty;
     }
     // Every element into one value: their order is free, so a transposed view (a
     // weight's gradient) is read where it lies instead of gathered first.
@@ -107,7 +115,7 @@ pub fn sum_product<F: CpuFloat>(
     y: &[F],
     ly: &Layout,
     dims: &[usize],
-) -> Option<Vec<F>> {
+) -> Option<HostBuffer<F>> {
     if lx.shape() != ly.shape() || lx.strides() != ly.strides() {
         return None;
     }
@@ -128,7 +136,13 @@ pub fn sum_product<F: CpuFloat>(
 
 /// `x·y` as `[outer, red, inner]` summed over its middle dim → `[outer, inner]`, the
 /// pieces of [`reduce_blocks`]'s sum.
-fn product_blocks<F: CpuFloat>(x: &[F], y: &[F], outer: usize, red: usize, inner: usize) -> Vec<F> {
+fn product_blocks<F: CpuFloat>(
+    x: &[F],
+    y: &[F],
+    outer: usize,
+    red: usize,
+    inner: usize,
+) -> HostBuffer<F> {
     let mut out = pool::take(outer * inner);
     let parallel = x.len() >= PARALLEL_CUTOFF;
     let dot = |a: &[F], b: &[F]| {
@@ -155,7 +169,7 @@ fn product_blocks<F: CpuFloat>(x: &[F], y: &[F], outer: usize, red: usize, inner
     } else if outer == 1 && parallel {
         let rows_per_piece = (ROW_PIECE / inner).max(1);
         let piece = rows_per_piece * inner;
-        let partials: Vec<Vec<F>> = x
+        let partials: Vec<HostBuffer<F>> = x
             .par_chunks(piece)
             .zip(y.par_chunks(piece))
             .map(|(a, b)| {
@@ -227,7 +241,7 @@ fn reduce_blocks<F: CpuFloat>(
     outer: usize,
     red: usize,
     inner: usize,
-) -> Vec<F> {
+) -> HostBuffer<F> {
     let mut out = pool::take(outer * inner);
     let parallel = x.len() >= PARALLEL_CUTOFF;
     with_combine!(op, |combine| {
@@ -258,7 +272,7 @@ fn reduce_blocks<F: CpuFloat>(
             // the result does not depend on the number of threads. Splitting the
             // columns instead left one thread with all of a 512-wide block.
             let rows_per_piece = (ROW_PIECE / inner).max(1);
-            let partials: Vec<Vec<F>> = x
+            let partials: Vec<HostBuffer<F>> = x
                 .par_chunks(rows_per_piece * inner)
                 .map(|rows| {
                     let mut partial = pool::take(inner);
@@ -389,6 +403,9 @@ mod tests {
         // A whole transposed view into one value: read where it lies.
         let t = square.permute(&[1, 0]);
         let squares: f64 = x.iter().map(|v| v * v).sum();
-        assert_eq!(sum_product(&x, &t, &x, &t, &[0, 1]), Some(vec![squares]));
+        assert_eq!(
+            sum_product(&x, &t, &x, &t, &[0, 1]),
+            Some(vec![squares].into())
+        );
     }
 }

@@ -18,6 +18,7 @@
 //! the packing is where the layout is dealt with.
 
 use super::epilogue::Epilogue;
+use super::host_buffer::HostBuffer;
 use super::matmul::{Bias, GemmArgs, SharedOut};
 use super::prefetch_block::{Prefetcher, Region};
 use rayon::prelude::*;
@@ -145,7 +146,7 @@ pub fn sgemm_packed(
 /// A right operand packed once: every inner block of `KC` rows as `NR`-wide tiles, in
 /// the layout the shared walks read.
 pub struct PackedRhs {
-    data: Vec<f32>,
+    data: HostBuffer<f32>,
     k: usize,
     n: usize,
 }
@@ -164,7 +165,7 @@ impl PackedRhs {
             accumulate: false,
         };
         let row = n.div_ceil(NR) * NR;
-        let mut data = vec![0.0; k * row];
+        let mut data = HostBuffer::zeroed(k * row);
         for k0 in (0..k).step_by(KC) {
             let ks = k0..k.min(k0 + KC);
             pack_rhs(&mut data[k0 * row..ks.end * row], rhs, g, &ks, false);
@@ -263,29 +264,29 @@ fn run(
 thread_local! {
     /// Each thread's buffer for packed right operands, kept between products: the
     /// attention's many small products would otherwise allocate for every one.
-    static PACKED_RHS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static PACKED_RHS: RefCell<HostBuffer<f32>> = const { RefCell::new(HostBuffer::new()) };
     /// Each thread's buffer for packed left blocks.
-    static PACKED_LHS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static PACKED_LHS: RefCell<HostBuffer<f32>> = const { RefCell::new(HostBuffer::new()) };
     /// Each thread's buffer for the one right tile a task packs for itself.
-    static PACKED_TILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static PACKED_TILE: RefCell<HostBuffer<f32>> = const { RefCell::new(HostBuffer::new()) };
 }
 
 /// Runs `f` on the first `len` values of this thread's `buffer`, or on a fresh buffer
 /// when this thread's is in use (a product started by a job that this thread picked
 /// up while waiting inside another product).
 pub(super) fn with_scratch<R>(
-    buffer: &'static LocalKey<RefCell<Vec<f32>>>,
+    buffer: &'static LocalKey<RefCell<HostBuffer<f32>>>,
     len: usize,
     f: impl FnOnce(&mut [f32]) -> R,
 ) -> R {
     buffer.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() < len {
-                buf.resize(len, 0.0);
+                *buf = HostBuffer::zeroed(len);
             }
             f(&mut buf[..len])
         }
-        Err(_) => f(&mut vec![0.0; len]),
+        Err(_) => f(&mut HostBuffer::zeroed(len)),
     })
 }
 

@@ -8,6 +8,7 @@
 //! vectors (masked past `n`) and broadcasts one left value per output row, into
 //! `R × V` sums held in registers.
 
+use super::host_buffer::HostBuffer;
 use super::matmul::GemmArgs;
 use super::sgemm_avx512::{
     available, lane_masks, pack_tile, store_row, unrolled, with_scratch, NR,
@@ -31,7 +32,7 @@ const fn tile_rows(v: usize) -> usize {
 thread_local! {
     /// Each thread's buffer for one tile of a right operand whose rows are not
     /// contiguous, packed.
-    static RHS_TILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static RHS_TILE: RefCell<HostBuffer<f32>> = const { RefCell::new(HostBuffer::new()) };
 }
 
 /// `dst = beta·lhs·rhs`, or `dst += beta·lhs·rhs` when `g.accumulate`, on one thread,

@@ -1,6 +1,7 @@
 //! Softmax and log-softmax over the last dim, forward and backward.
 
 use super::float::{max_lanes, sum_lanes, CpuFloat};
+use super::host_buffer::HostBuffer;
 use super::isa;
 use super::pool;
 use super::strided::{contiguous, PARALLEL_CUTOFF};
@@ -31,7 +32,7 @@ fn last_dim(l: &Layout) -> usize {
 }
 
 /// Softmax (or log-softmax) of each row over the last dim.
-pub fn softmax_last<F: CpuFloat>(x: &[F], l: &Layout, log: bool) -> Vec<F> {
+pub fn softmax_last<F: CpuFloat>(x: &[F], l: &Layout, log: bool) -> HostBuffer<F> {
     let x = contiguous(x, l);
     let d = last_dim(l);
     let mut out = pool::take(x.len());
@@ -64,7 +65,7 @@ pub fn softmax_last_backward<F: CpuFloat>(
     y: (&[F], &Layout),
     g: (&[F], &Layout),
     log: bool,
-) -> Vec<F> {
+) -> HostBuffer<F> {
     let (yv, gv) = (contiguous(y.0, y.1), contiguous(g.0, g.1));
     let d = last_dim(y.1);
     let mut out = pool::take(yv.len());

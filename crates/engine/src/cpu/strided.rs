@@ -5,6 +5,8 @@
 //! every operand are merged first, so a contiguous tensor is one run and a transposed
 //! or broadcast one is a few long runs.
 
+use super::host_buffer::HostBuffer;
+
 /// Work below this many elements stays on the calling thread: thread hand-off costs
 /// more than it saves for small tensors.
 pub const PARALLEL_CUTOFF: usize = 1 << 15;
@@ -160,7 +162,7 @@ pub fn gather_view<T: super::pool::Poolable>(
     shape: &[usize],
     strides: &[usize],
     offset: usize,
-) -> Vec<T> {
+) -> HostBuffer<T> {
     let runs = Runs::new(shape, [(strides, offset)]);
     let n: usize = shape.iter().product();
     let mut out = super::pool::take(n);
@@ -181,14 +183,33 @@ pub fn gather_view<T: super::pool::Poolable>(
     out
 }
 
+/// A view's values in row-major order: borrowed from the storage when the view is
+/// contiguous, else gathered into a buffer of their own.
+pub enum RowMajor<'a, T: super::pool::Poolable> {
+    /// The storage's own elements.
+    Borrowed(&'a [T]),
+    /// A contiguous copy.
+    Gathered(HostBuffer<T>),
+}
+
+impl<T: super::pool::Poolable> std::ops::Deref for RowMajor<'_, T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match self {
+            RowMajor::Borrowed(values) => values,
+            RowMajor::Gathered(values) => values,
+        }
+    }
+}
+
 /// The view's values in row-major order, borrowed when already contiguous.
 pub fn contiguous<'a, T: super::pool::Poolable>(
     x: &'a [T],
     l: &crate::layout::Layout,
-) -> std::borrow::Cow<'a, [T]> {
+) -> RowMajor<'a, T> {
     match l.contiguous_range() {
-        Some(r) => std::borrow::Cow::Borrowed(&x[r]),
-        None => std::borrow::Cow::Owned(gather_view(x, l.shape(), l.strides(), l.offset())),
+        Some(r) => RowMajor::Borrowed(&x[r]),
+        None => RowMajor::Gathered(gather_view(x, l.shape(), l.strides(), l.offset())),
     }
 }
 

@@ -101,7 +101,7 @@ pub(crate) fn index_add(
     }
     let plan = SumPlan::new(&host_ids, mid);
     let chunks = plan.chunks;
-    let table = CudaStorage::from_cpu(src.ordinal(), &CpuStorage::I64(plan.table))?;
+    let table = CudaStorage::from_cpu(src.ordinal(), &CpuStorage::I64(plan.table.into()))?;
     let at = |offset: usize| table.ptr_at(offset);
     let (order, cb, seg) = (at(0), at(nids), at(nids + chunks + 1));
     let part = CudaStorage::alloc(dev, outer * chunks * inner, acc_dtype(src.dtype))?;

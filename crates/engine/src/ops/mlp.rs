@@ -21,7 +21,7 @@ use crate::cpu::epilogue::{Epilogue, GatedRows};
 use crate::cpu::matmul::{self, SharedOut};
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::mlp_rows::NormRows;
-use crate::cpu::{dispatch_float, pool, ComputeType, CpuStorage};
+use crate::cpu::{dispatch_float, pool, ComputeType, CpuStorage, HostBuffer};
 #[cfg(feature = "cuda")]
 use crate::cuda::CudaStorage;
 use crate::error::{Error, Result};
@@ -308,7 +308,7 @@ impl<'a> FusedOp<'a> for GeluMlpRows {
             };
             let mode = (self.keep_pre, residual, prenorm);
             if let Some((out, h)) = crate::cpu::mlp_rows::from_views(x, (w1, b1), (w2, b2), mode) {
-                let store = |v: Vec<f32>| -> Storage { CpuStorage::F32(v).into() };
+                let store = |v: HostBuffer<f32>| -> Storage { CpuStorage::F32(v).into() };
                 return Ok(Some((store(out), h.map(store))));
             }
         }
@@ -381,7 +381,7 @@ impl<'a> FusedOp<'a> for GeluMlpBackwardRows {
             let (g, x, h, w1, w2, act) = views;
             let views = ([g, x, h, w1, w2], act);
             if let Some(r) = crate::cpu::mlp_rows::backward_from_views(views, self.biases) {
-                let store = |v: Vec<f32>| -> Storage { CpuStorage::F32(v).into() };
+                let store = |v: HostBuffer<f32>| -> Storage { CpuStorage::F32(v).into() };
                 return Ok(Some([
                     Some(store(r.dx)),
                     Some(store(r.dw1)),

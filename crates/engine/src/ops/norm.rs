@@ -192,7 +192,7 @@ impl<'a> FusedOp<'a> for NormForward {
             let param = |p: Option<View<CpuStorage>>| -> Result<norm::Param<F>> {
                 p.map(|(s, pl)| {
                     let v = F::view(s, Self::NAME)?;
-                    Ok(Cow::Owned(strided::contiguous(&v, pl).into_owned()))
+                    Ok(Cow::Owned(strided::contiguous(&v, pl).to_vec()))
                 })
                 .transpose()
             };
@@ -242,7 +242,7 @@ impl<'a> FusedOp<'a> for NormBackward {
         dispatch_float!(Self::NAME, x.0, |F| {
             let view = |s| F::view(s, Self::NAME);
             let w = match weight {
-                Some((s, wl)) => Some(Cow::Owned(strided::contiguous(&view(s)?, wl).into_owned())),
+                Some((s, wl)) => Some(Cow::Owned(strided::contiguous(&view(s)?, wl).to_vec())),
                 None => None,
             };
             let (xv, g) = (view(x.0)?, view(grad.0)?);
