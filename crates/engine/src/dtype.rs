@@ -1,6 +1,7 @@
 //! Element types: which dtypes exist and how Rust scalars map onto them.
 
-use crate::cpu::CpuStorage;
+use crate::cpu::{CpuStorage, HostBuffer};
+use crate::error::Result;
 use half::{bf16, f16};
 
 /// The element type of a tensor.
@@ -63,8 +64,9 @@ pub trait Element: Copy + Send + Sync + 'static + std::fmt::Debug {
     fn from_f64(v: f64) -> Self;
     /// Converts to f64 exactly (or, for i64, to the nearest f64).
     fn to_f64(self) -> f64;
-    /// Host storage holding these values (copied into a cache-line-aligned buffer).
-    fn into_storage(v: Vec<Self>) -> CpuStorage;
+    /// Host storage holding a copy of `values` (in a cache-line-aligned buffer); an
+    /// error naming `op` when memory cannot hold it.
+    fn to_storage(op: &'static str, values: &[Self]) -> Result<CpuStorage>;
     /// The values of a host storage of this type.
     fn slice(s: &CpuStorage) -> Option<&[Self]>;
     /// The values of a host storage of this type, mutably.
@@ -81,8 +83,8 @@ macro_rules! element {
             fn to_f64(self) -> f64 {
                 $to(self)
             }
-            fn into_storage(v: Vec<Self>) -> CpuStorage {
-                CpuStorage::$dtype(v.into())
+            fn to_storage(op: &'static str, values: &[Self]) -> Result<CpuStorage> {
+                Ok(CpuStorage::$dtype(HostBuffer::try_from_slice(op, values)?))
             }
             fn slice(s: &CpuStorage) -> Option<&[Self]> {
                 match s {

@@ -235,6 +235,12 @@ impl Tensor {
 
     /// A tensor holding `data` with the given shape.
     pub fn from_vec<T: Element>(data: Vec<T>, shape: &[usize], device: Device) -> Result<Tensor> {
+        Tensor::from_slice(&data, shape, device)
+    }
+
+    /// A tensor with `data` copied in (into host memory aligned to a cache line, from
+    /// which a GPU tensor is uploaded).
+    pub fn from_slice<T: Element>(data: &[T], shape: &[usize], device: Device) -> Result<Tensor> {
         let n = sizes::elem_count("from_vec", shape)?;
         if data.len() != n {
             return Err(Error::invalid(
@@ -245,13 +251,8 @@ impl Tensor {
                 ),
             ));
         }
-        let cpu = T::into_storage(data);
+        let cpu = T::to_storage("from_vec", data)?;
         Ok(Tensor::from_storage(Storage::from_cpu(cpu, device)?, shape))
-    }
-
-    /// A tensor with `data` copied in.
-    pub fn from_slice<T: Element>(data: &[T], shape: &[usize], device: Device) -> Result<Tensor> {
-        Tensor::from_vec(data.to_vec(), shape, device)
     }
 
     /// A tensor of f64 values converted to `dtype`.
