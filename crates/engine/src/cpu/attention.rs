@@ -11,6 +11,7 @@ use super::host_buffer::HostBuffer;
 use super::isa;
 use super::matmul::{batch_offsets, gemm_into, GemmArgs};
 use super::pool;
+use super::prefetch::{Prefetcher, Region};
 use crate::backend::AttentionSpec;
 use crate::layout::Layout;
 use gemm::Parallelism::None as OneThread;
@@ -53,65 +54,23 @@ impl<'a, F> Operand<'a, F> {
 /// products from L3 or memory a few lines at a time: prefetched, the DiT's attention
 /// ran about 5 % faster (docs/benchmarks.md).
 fn prefetch_entry<F>(ops: &[&Operand<F>], b: usize) {
-    NextEntryLines::new(ops, &[], b, 1).ask_share();
+    Prefetcher::new(entry_regions(ops, &[], b), 1).ask_share();
 }
 
-/// The cache lines of the next batch entry, asked for into L2 a share at a time
-/// between the current entry's products. The backward's entry reads about 2,000 lines
-/// and writes 1,200 (its gradients, whose lines a store would otherwise first read
-/// from memory): asked for all at once, the requests queued behind each other and
-/// stalled the thread for about a seventh of the entry's time; spread over its
-/// products they overlap the arithmetic (docs/benchmarks.md).
-struct NextEntryLines {
-    /// Address ranges still to ask for, the next one last.
-    spans: Vec<Range<usize>>,
-    /// Lines per share.
-    per_share: usize,
-}
-
-impl NextEntryLines {
-    /// Entry `b`'s lines of the operands `ops` (overlapping spans, such as q, k and v
-    /// of one `qkv` tensor, merged) and the address ranges `writes`, in `shares`
-    /// shares.
-    fn new<F>(ops: &[&Operand<F>], writes: &[Range<usize>], b: usize, shares: usize) -> Self {
-        let mut spans: Vec<Range<usize>> = ops.iter().filter_map(|op| op.entry_span(b)).collect();
-        spans.extend(writes.iter().filter(|w| w.start < w.end).cloned());
-        spans.sort_by_key(|span| span.start);
-        let mut merged: Vec<Range<usize>> = Vec::with_capacity(spans.len());
-        for span in spans {
-            match merged.last_mut() {
-                Some(last) if span.start <= last.end => last.end = last.end.max(span.end),
-                _ => merged.push(Range {
-                    start: span.start & !63,
-                    end: span.end,
-                }),
-            }
-        }
-        let lines: usize = merged.iter().map(|s| s.len().div_ceil(64)).sum();
-        merged.reverse();
-        NextEntryLines {
-            spans: merged,
-            per_share: lines.div_ceil(shares.max(1)),
+/// Entry `b`'s addresses in the operands `ops` and the address ranges `writes`, in
+/// address order, overlapping ones (such as q, k and v of one `qkv` tensor) merged.
+fn entry_regions<F>(ops: &[&Operand<F>], writes: &[Range<usize>], b: usize) -> Vec<Region> {
+    let mut spans: Vec<Range<usize>> = ops.iter().filter_map(|op| op.entry_span(b)).collect();
+    spans.extend(writes.iter().filter(|w| w.start < w.end).cloned());
+    spans.sort_by_key(|span| span.start);
+    let mut merged: Vec<Range<usize>> = Vec::with_capacity(spans.len());
+    for span in spans {
+        match merged.last_mut() {
+            Some(last) if span.start <= last.end => last.end = last.end.max(span.end),
+            _ => merged.push(span),
         }
     }
-
-    /// Asks for the next share of lines into L2.
-    fn ask_share(&mut self) {
-        let mut left = self.per_share;
-        while left > 0 {
-            let Some(span) = self.spans.last_mut() else {
-                return;
-            };
-            let take = span.len().div_ceil(64).min(left);
-            let end = (span.start + 64 * take).min(span.end);
-            prefetch_lines(span.start..end);
-            left -= take;
-            span.start = end;
-            if span.start >= span.end {
-                self.spans.pop();
-            }
-        }
-    }
+    merged.into_iter().filter_map(Region::span).collect()
 }
 
 impl<F> Operand<'_, F> {
@@ -128,18 +87,6 @@ impl<F> Operand<'_, F> {
         let address = |i: usize| self.data.as_ptr().wrapping_add(i) as usize;
         (start < end && compact).then(|| address(start)..address(end))
     }
-}
-
-/// Prefetches the cache lines of the addresses `span` into L2.
-fn prefetch_lines(span: Range<usize>) {
-    #[cfg(target_arch = "x86_64")]
-    for line in (span.start & !63..span.end).step_by(64) {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        // SAFETY: a prefetch does not fault, whatever the address.
-        unsafe { _mm_prefetch::<_MM_HINT_T1>(line as *const i8) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = span;
 }
 
 /// `dst (m×n, rows `ldc` apart) = beta·lhs·rhs`.
@@ -392,14 +339,15 @@ pub fn attention_backward<F: CpuFloat>(
 }
 
 /// The products of a pair's backward, each followed by a share of the next entry's
-/// lines.
+/// lines: the backward's entry reads about 2,000 lines and writes 1,200, too many to
+/// ask for at once (`prefetch`).
 const PRODUCTS: usize = 5;
 
 /// What a batch entry's pairs share in the backward: two `tq × tk` score buffers and
 /// the next entry's lines still to ask for.
 struct EntryWork<F: CpuFloat> {
     scratch: [HostBuffer<F>; 2],
-    ahead: NextEntryLines,
+    ahead: Prefetcher,
 }
 
 impl<F: CpuFloat> EntryWork<F> {
@@ -409,7 +357,7 @@ impl<F: CpuFloat> EntryWork<F> {
         let (heads, tq, tk) = (ops.q.heads, ops.q.rows, ops.k.rows);
         EntryWork {
             scratch: [HostBuffer::zeroed(tq * tk), HostBuffer::zeroed(tq * tk)],
-            ahead: NextEntryLines::new(&ops.all(), writes, b + 1, heads * PRODUCTS),
+            ahead: Prefetcher::new(entry_regions(&ops.all(), writes, b + 1), heads * PRODUCTS),
         }
     }
 
@@ -539,7 +487,7 @@ fn pair_grads<F: CpuFloat>(
     (lse, spec): (&[F], AttentionSpec),
     i: usize,
     mut dst: PairGrads<F>,
-    ([p, ds], ahead): (&mut [HostBuffer<F>; 2], &mut NextEntryLines),
+    ([p, ds], ahead): (&mut [HostBuffer<F>; 2], &mut Prefetcher),
 ) {
     let (q, k, v, g) = (&x.q, &x.k, &x.v, &x.g);
     let (tq, tk, d, dv) = (q.rows, k.rows, q.cols, v.cols);

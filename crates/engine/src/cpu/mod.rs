@@ -25,8 +25,7 @@ pub(crate) mod matmul;
 pub(crate) mod mlp_rows;
 pub(crate) mod norm;
 pub(crate) mod pool;
-#[cfg(target_arch = "x86_64")]
-mod prefetch_block;
+mod prefetch;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod product_cases;
 mod reduce;

@@ -20,7 +20,7 @@
 use super::epilogue::Epilogue;
 use super::host_buffer::HostBuffer;
 use super::matmul::{Bias, GemmArgs, SharedOut};
-use super::prefetch_block::{Prefetcher, Region};
+use super::prefetch::{Prefetcher, Region};
 use rayon::prelude::*;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -673,7 +673,7 @@ impl Product<'_> {
                     };
                     let c = self.out.ptr_at(at, (edge.rows - 1) * self.ldc + cols);
                     if let Some(prefetcher) = prefetcher.as_mut() {
-                        prefetcher.issue();
+                        prefetcher.ask_share();
                     }
                     // Each row's sum is gathered once: by the part holding the
                     // first tile, on that tile.
@@ -726,7 +726,7 @@ impl Product<'_> {
             Rhs::Packed(_) => None,
         };
         let calls = part.tiles.len() * part.rows.len().div_ceil(MR);
-        Some(Prefetcher::new([lhs, rhs], calls))
+        Some(Prefetcher::new([lhs, rhs].into_iter().flatten(), calls))
     }
 
     /// Applies the epilogue to `part` of the finished output, while it is in cache.
