@@ -123,7 +123,7 @@ fn product_into<F: CpuFloat>(
 /// Scores `scale·q·kᵀ` into `s` (`tq × tk`, overwritten) with the causal mask applied
 /// (masked entries −∞).
 fn scores<F: CpuFloat>(
-    s: &mut [F],
+    (s, ld): (&mut [F], usize),
     q: &Operand<F>,
     k: &Operand<F>,
     bh: usize,
@@ -131,12 +131,20 @@ fn scores<F: CpuFloat>(
 ) {
     let (tq, tk, d) = (q.rows, k.rows, q.cols);
     let (qs, ks) = ((q.at(bh), q.strides), (k.at(bh), k.transposed()));
-    product((s, tk), qs, ks, (tq, d, tk), F::c(spec.scale));
+    product((s, ld), qs, ks, (tq, d, tk), F::c(spec.scale));
     if spec.causal {
         for i in 0..tq {
-            s[i * tk + (i + 1).min(tk)..(i + 1) * tk].fill(F::neg_infinity());
+            s[i * ld + (i + 1).min(tk)..i * ld + tk].fill(F::neg_infinity());
         }
     }
+}
+
+/// The row stride of a backward score buffer of `tk` keys, padded so that every row
+/// starts a cache line: the products write and read those rows 64 bytes at a time,
+/// and 49-key rows packed back to back straddled lines (the DiT's attention backward
+/// ran 4–8 % faster padded, docs/benchmarks.md).
+fn score_stride<F>(tk: usize) -> usize {
+    tk.next_multiple_of(64 / std::mem::size_of::<F>())
 }
 
 /// An output buffer of `n` values: as the pool hands it out when the kernels write
@@ -206,7 +214,7 @@ pub fn attention<F: CpuFloat>(
                     continue;
                 }
                 p.resize(tq * tk, F::zero());
-                scores(&mut p, &q, &k, i, spec);
+                scores((&mut p, k.rows), &q, &k, i, spec);
                 isa::dispatch(
                     #[inline(always)]
                     |(p, l)| softmax_rows(p, l, tk),
@@ -254,13 +262,14 @@ fn few_keys_pair<'a, F: CpuFloat>(
     false
 }
 
-/// dS = P∘(dP − rowsum(P∘dP)) in place of dP (`ds`), rows of `tk`. The row sums
-/// equal the usual rowsum(dO∘O) (O = P·V and dP = dO·Vᵀ), taken here from the two
-/// rows just computed instead of from the forward's output, which the backward then
-/// never reads: a fifth less to fetch from memory per pair.
+/// dS = P∘(dP − rowsum(P∘dP)) in place of dP (`ds`), rows of `tk` values `ld` apart.
+/// The row sums equal the usual rowsum(dO∘O) (O = P·V and dP = dO·Vᵀ), taken here from
+/// the two rows just computed instead of from the forward's output, which the backward
+/// then never reads: a fifth less to fetch from memory per pair.
 #[inline(always)]
-fn score_grads<F: CpuFloat>(ds: &mut [F], p: &[F], tk: usize) {
-    for (ds, p) in ds.chunks_mut(tk).zip(p.chunks(tk)) {
+fn score_grads<F: CpuFloat>(ds: &mut [F], p: &[F], (tk, ld): (usize, usize)) {
+    for (ds, p) in ds.chunks_mut(ld).zip(p.chunks(ld)) {
+        let (ds, p) = (&mut ds[..tk], &p[..tk]);
         let di = sum_lanes([&*ds, p], |[dp, p]| dp * p);
         for (ds, &p) in ds.iter_mut().zip(p) {
             *ds = p * (*ds - di);
@@ -343,8 +352,8 @@ pub fn attention_backward<F: CpuFloat>(
 /// ask for at once (`prefetch`).
 const PRODUCTS: usize = 5;
 
-/// What a batch entry's pairs share in the backward: two `tq × tk` score buffers and
-/// the next entry's lines still to ask for.
+/// What a batch entry's pairs share in the backward: two `tq × tk` score buffers (rows
+/// [`score_stride`] apart) and the next entry's lines still to ask for.
 struct EntryWork<F: CpuFloat> {
     scratch: [HostBuffer<F>; 2],
     ahead: Prefetcher,
@@ -356,7 +365,7 @@ impl<F: CpuFloat> EntryWork<F> {
     fn new(ops: &BackwardOperands<F>, writes: &[Range<usize>], b: usize) -> Self {
         let (heads, tq, tk) = (ops.q.heads, ops.q.rows, ops.k.rows);
         EntryWork {
-            scratch: [HostBuffer::zeroed(tq * tk), HostBuffer::zeroed(tq * tk)],
+            scratch: [(); 2].map(|_| HostBuffer::zeroed(tq * score_stride::<F>(tk))),
             ahead: Prefetcher::new(entry_regions(&ops.all(), writes, b + 1), heads * PRODUCTS),
         }
     }
@@ -480,8 +489,8 @@ impl<'a, F> BackwardOperands<'a, F> {
 }
 
 /// The gradients of pair `i` into `dst`; `scratch` holds two `tq × tk` buffers
-/// (probabilities and score gradients), overwritten; a share of `ahead` is asked for
-/// after each product.
+/// (probabilities and score gradients, rows [`score_stride`] apart), overwritten; a
+/// share of `ahead` is asked for after each product.
 fn pair_grads<F: CpuFloat>(
     x: &BackwardOperands<F>,
     (lse, spec): (&[F], AttentionSpec),
@@ -492,36 +501,38 @@ fn pair_grads<F: CpuFloat>(
     let (q, k, v, g) = (&x.q, &x.k, &x.v, &x.g);
     let (tq, tk, d, dv) = (q.rows, k.rows, q.cols, v.cols);
     let scale = F::c(spec.scale);
-    scores(p, q, k, i, spec);
+    let ld = score_stride::<F>(tk);
+    scores((p, ld), q, k, i, spec);
     ahead.ask_share();
     let lse = &lse[i * tq..(i + 1) * tq];
     isa::dispatch(
         #[inline(always)]
         |p| {
-            for (row, &l) in p.chunks_mut(tk).zip(lse) {
-                row.iter_mut().for_each(|x| *x = *x - l);
+            // Row by row: over the whole buffer (`exp_all`) the padding's exponentials
+            // cost more than the rows' scalar tails.
+            for (row, &l) in p.chunks_mut(ld).zip(lse) {
+                row[..tk].iter_mut().for_each(|x| *x = (*x - l).exp_v());
             }
-            exp_all(p);
         },
         &mut p[..],
     );
     let dout = (g.at(i), g.strides);
-    product(dst.get(2), (p, (1, tk)), dout, (tk, tq, dv), F::one());
+    product(dst.get(2), (p, (1, ld)), dout, (tk, tq, dv), F::one());
     ahead.ask_share();
     let v_t = (v.at(i), v.transposed());
-    product((ds, tk), dout, v_t, (tq, dv, tk), F::one());
+    product((ds, ld), dout, v_t, (tq, dv, tk), F::one());
     ahead.ask_share();
     isa::dispatch(
         #[inline(always)]
-        |ds| score_grads(ds, p, tk),
+        |ds| score_grads(ds, p, (tk, ld)),
         &mut ds[..],
     );
     let k_rows = (k.at(i), k.strides);
-    product(dst.get(0), (ds, (tk, 1)), k_rows, (tq, tk, d), scale);
+    product(dst.get(0), (ds, (ld, 1)), k_rows, (tq, tk, d), scale);
     ahead.ask_share();
     product(
         dst.get(1),
-        (ds, (1, tk)),
+        (ds, (1, ld)),
         (q.at(i), q.strides),
         (tk, tq, d),
         scale,
@@ -590,7 +601,7 @@ fn pair_jvp<F: CpuFloat>(
 ) {
     let (rows, keys, d, dv) = (q.rows, k.rows, q.cols, v.cols);
     let mut p = HostBuffer::<F>::zeroed(rows * keys);
-    scores(&mut p, q, k, i, spec);
+    scores((&mut p, k.rows), q, k, i, spec);
     isa::dispatch(
         #[inline(always)]
         |(p, l)| softmax_rows(p, l, keys),
