@@ -139,10 +139,10 @@ fn scores<F: CpuFloat>(
     }
 }
 
-/// The row stride of a backward score buffer of `tk` keys, padded so that every row
-/// starts a cache line: the products write and read those rows 64 bytes at a time,
-/// and 49-key rows packed back to back straddled lines (the DiT's attention backward
-/// ran 4–8 % faster padded, docs/benchmarks.md).
+/// The row stride of a backward or JVP score buffer of `tk` keys, padded so that every
+/// row starts a cache line: the products write and read those rows 64 bytes at a time,
+/// and 49-key rows packed back to back straddled lines (padded, the DiT's attention
+/// backward ran 4–8 % faster and its JVP 4 %, docs/benchmarks.md).
 fn score_stride<F>(tk: usize) -> usize {
     tk.next_multiple_of(64 / std::mem::size_of::<F>())
 }
@@ -156,16 +156,25 @@ fn output<F: CpuFloat>(n: usize, overwritten: bool) -> HostBuffer<F> {
     }
 }
 
-/// Scores → probabilities, row by row (rows of `tk`), with each row's log-sum-exp
-/// into `lse`.
+/// Scores → probabilities, row by row (rows of `tk` values `ld` apart), with each
+/// row's log-sum-exp into `lse`.
 #[inline(always)]
-fn softmax_rows<F: CpuFloat>(p: &mut [F], lse: &mut [F], tk: usize) {
-    for (row, l) in p.chunks_mut(tk.max(1)).zip(lse.iter_mut()) {
+fn softmax_rows<F: CpuFloat>(p: &mut [F], lse: &mut [F], (tk, ld): (usize, usize)) {
+    for (row, l) in p.chunks_mut(ld.max(1)).zip(lse.iter_mut()) {
+        let row = &mut row[..tk];
         *l = max_lanes(row);
-        row.iter_mut().for_each(|x| *x = *x - *l);
+        match ld == tk {
+            true => row.iter_mut().for_each(|x| *x = *x - *l),
+            // Padded rows: their exponentials here, since over the whole buffer the
+            // padding's would cost more than the rows' scalar tails.
+            false => row.iter_mut().for_each(|x| *x = (*x - *l).exp_v()),
+        }
     }
-    exp_all(p);
-    for (row, l) in p.chunks_mut(tk.max(1)).zip(lse.iter_mut()) {
+    if ld == tk {
+        exp_all(p);
+    }
+    for (row, l) in p.chunks_mut(ld.max(1)).zip(lse.iter_mut()) {
+        let row = &mut row[..tk];
         let sum = sum_lanes([&*row], |[x]| x);
         let inv = sum.recip();
         row.iter_mut().for_each(|x| *x = *x * inv);
@@ -217,7 +226,7 @@ pub fn attention<F: CpuFloat>(
                 scores((&mut p, k.rows), &q, &k, i, spec);
                 isa::dispatch(
                     #[inline(always)]
-                    |(p, l)| softmax_rows(p, l, tk),
+                    |(p, l)| softmax_rows(p, l, (tk, tk)),
                     (&mut p, l),
                 );
                 product(
@@ -600,37 +609,39 @@ fn pair_jvp<F: CpuFloat>(
     ((o, to, ldo), lse): (PairOutputs<F>, &mut [F]),
 ) {
     let (rows, keys, d, dv) = (q.rows, k.rows, q.cols, v.cols);
-    let mut p = HostBuffer::<F>::zeroed(rows * keys);
-    scores((&mut p, k.rows), q, k, i, spec);
+    let ld = score_stride::<F>(keys);
+    let mut p = HostBuffer::<F>::zeroed(rows * ld);
+    scores((&mut p, ld), q, k, i, spec);
     isa::dispatch(
         #[inline(always)]
-        |(p, l)| softmax_rows(p, l, keys),
+        |(p, l)| softmax_rows(p, l, (keys, ld)),
         (&mut p, lse),
     );
     let scale = F::c(spec.scale);
-    let mut tp = HostBuffer::<F>::zeroed(rows * keys);
+    let mut tp = HostBuffer::<F>::zeroed(rows * ld);
     let dims = (rows, d, keys);
     product(
-        (&mut tp, keys),
+        (&mut tp, ld),
         (tq.at(i), tq.strides),
         (k.at(i), k.transposed()),
         dims,
         scale,
     );
     let q_tk = ((q.at(i), q.strides), (tk.at(i), tk.transposed()));
-    product_into((&mut tp, keys), q_tk.0, q_tk.1, dims, scale, true);
+    product_into((&mut tp, ld), q_tk.0, q_tk.1, dims, scale, true);
     // Masked scores have P = 0, so their tangents vanish here whatever tS holds.
     isa::dispatch(
         #[inline(always)]
         |tp: &mut HostBuffer<F>| {
-            for (t, p) in tp.chunks_mut(keys).zip(p.chunks(keys)) {
+            for (t, p) in tp.chunks_mut(ld).zip(p.chunks(ld)) {
+                let (t, p) = (&mut t[..keys], &p[..keys]);
                 let mu = sum_lanes([&*t, p], |[t, p]| t * p);
                 t.iter_mut().zip(p).for_each(|(t, &p)| *t = p * (*t - mu));
             }
         },
         &mut tp,
     );
-    let p_rows = (&p[..], (keys, 1));
+    let p_rows = (&p[..], (ld, 1));
     product(
         (o, ldo),
         p_rows,
@@ -640,7 +651,7 @@ fn pair_jvp<F: CpuFloat>(
     );
     product(
         (&mut *to, ldo),
-        (&tp, (keys, 1)),
+        (&tp, (ld, 1)),
         (v.at(i), v.strides),
         (rows, keys, dv),
         F::one(),
