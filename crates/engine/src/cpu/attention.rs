@@ -274,7 +274,8 @@ fn few_keys_pair<'a, F: CpuFloat>(
 /// dS = P∘(dP − rowsum(P∘dP)) in place of dP (`ds`), rows of `tk` values `ld` apart.
 /// The row sums equal the usual rowsum(dO∘O) (O = P·V and dP = dO·Vᵀ), taken here from
 /// the two rows just computed instead of from the forward's output, which the backward
-/// then never reads: a fifth less to fetch from memory per pair.
+/// then never reads: a fifth less to fetch from memory per pair. The softmax's Jacobian
+/// is symmetric, so the JVP's tP = P∘(tS − rowsum(P∘tS)) is this same map of tS.
 #[inline(always)]
 fn score_grads<F: CpuFloat>(ds: &mut [F], p: &[F], (tk, ld): (usize, usize)) {
     for (ds, p) in ds.chunks_mut(ld).zip(p.chunks(ld)) {
@@ -632,14 +633,8 @@ fn pair_jvp<F: CpuFloat>(
     // Masked scores have P = 0, so their tangents vanish here whatever tS holds.
     isa::dispatch(
         #[inline(always)]
-        |tp: &mut HostBuffer<F>| {
-            for (t, p) in tp.chunks_mut(ld).zip(p.chunks(ld)) {
-                let (t, p) = (&mut t[..keys], &p[..keys]);
-                let mu = sum_lanes([&*t, p], |[t, p]| t * p);
-                t.iter_mut().zip(p).for_each(|(t, &p)| *t = p * (*t - mu));
-            }
-        },
-        &mut tp,
+        |tp: &mut [F]| score_grads(tp, &p, (keys, ld)),
+        &mut tp[..],
     );
     let p_rows = (&p[..], (ld, 1));
     product(
