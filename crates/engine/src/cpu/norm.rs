@@ -141,6 +141,56 @@ pub(super) fn norm_row<F: CpuFloat>(
     (mean, rstd)
 }
 
+/// The backward of [`norm_row`] for one row: `dx` from the output's gradient `g`, the
+/// row `x`, its weight row `w` and the forward's (mean, rstd), with x̂ = (x − mean)·rstd
+/// and ĝ = g·w, dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) (no mean(ĝ) for RMS norm), plus
+/// `residual` where given; g·x̂ added into `dw` and g into `db` where they are not
+/// empty (gradients not wanted). Inlined into its caller's instruction-set copies
+/// (see `isa::dispatch`), as [`norm_row`] is.
+#[inline(always)]
+pub(super) fn norm_row_backward<F: CpuFloat>(
+    dx: &mut [F],
+    (g, x, w): (&[F], &[F], &[F]),
+    (mu, rs): (F, F),
+    (dw, db): (&mut [F], &mut [F]),
+    residual: Option<&[F]>,
+    spec: NormSpec,
+) {
+    let inv_d = F::c(1.0 / x.len().max(1) as f64);
+    let sum_g = sum_lanes([g, w], |[g, w]| g * w);
+    let sum_gx = sum_lanes([g, w, x], |[g, w, x]| g * w * ((x - mu) * rs));
+    if !dw.is_empty() {
+        for ((dw, &g), &x) in dw.iter_mut().zip(g).zip(x) {
+            *dw = *dw + g * ((x - mu) * rs);
+        }
+    }
+    if !db.is_empty() {
+        db.iter_mut().zip(g).for_each(|(db, &g)| *db = *db + g);
+    }
+    let mean_g = if spec.rms { F::zero() } else { sum_g * inv_d };
+    let mean_gx = sum_gx * inv_d;
+    let dx_of = |g: F, w: F, x: F| rs * (g * w - mean_g - (x - mu) * rs * mean_gx);
+    let rows = dx.iter_mut().zip(g).zip(w).zip(x);
+    match residual {
+        Some(res) => {
+            for ((((dx, &g), &w), &x), &r) in rows.zip(res) {
+                *dx = dx_of(g, w, x) + r;
+            }
+        }
+        None => rows.for_each(|(((dx, &g), &w), &x)| *dx = dx_of(g, w, x)),
+    }
+}
+
+/// The `d` sums of parameter offset `at` in `v`, whose first row is at offset
+/// `start`, or none when `v` is empty (a gradient not wanted).
+#[inline(always)]
+fn sums_row<F>(v: &mut [F], (at, start): (usize, usize), d: usize) -> &mut [F] {
+    match v.is_empty() {
+        true => v,
+        false => &mut v[at - start..][..d],
+    }
+}
+
 /// The number of parameter rows when the weight and bias (those present) both have
 /// more than one and the same number: rows of x can then be split by whole groups,
 /// each task summing into its own rows of dw and db. Partial sums of whole parameters
@@ -193,7 +243,6 @@ pub fn norm_backward<F: CpuFloat>(
     let (xv, gv) = (contiguous(x.0, x.1), contiguous(g.0, g.1));
     let residual = residual.map(|(r, l)| contiguous(r, l));
     let d = x.1.shape().last().copied().unwrap_or(1).max(1);
-    let inv_d = F::c(1.0 / d as f64);
     let mut dx = pool::take(xv.len());
     let weight = or_fill(&w, F::one(), d);
     let rows = xv.len() / d;
@@ -210,34 +259,14 @@ pub fn norm_backward<F: CpuFloat>(
             |(dxb, dw, db): (&mut [F], &mut [F], &mut [F])| {
                 for (r, dxr) in dxb.chunks_mut(d).enumerate() {
                     let i = first + r;
-                    let (xr, gr) = (&xv[i * d..(i + 1) * d], &gv[i * d..(i + 1) * d]);
-                    let (mu, rs) = (mean[i], rstd[i]);
-                    let weight = wg.row(&weight, i);
-                    let sum_g = sum_lanes([gr, weight], |[g, w]| g * w);
-                    let sum_gx = sum_lanes([gr, weight, xr], |[g, w, x]| g * w * ((x - mu) * rs));
-                    if !dw.is_empty() {
-                        let dw = &mut dw[wg.offset(i) - param_row * d..][..d];
-                        for ((dw, &g), &x) in dw.iter_mut().zip(gr).zip(xr) {
-                            *dw = *dw + g * ((x - mu) * rs);
-                        }
-                    }
-                    if !db.is_empty() {
-                        let db = &mut db[bg.offset(i) - param_row * d..][..d];
-                        db.iter_mut().zip(gr).for_each(|(db, &g)| *db = *db + g);
-                    }
-                    let mean_g = if spec.rms { F::zero() } else { sum_g * inv_d };
-                    let mean_gx = sum_gx * inv_d;
-                    let dx_of = |g: F, w: F, x: F| rs * (g * w - mean_g - (x - mu) * rs * mean_gx);
-                    let rows = dxr.iter_mut().zip(gr).zip(weight).zip(xr);
-                    match &residual {
-                        Some(res) => {
-                            let res = &res[i * d..(i + 1) * d];
-                            for ((((dx, &g), &w), &x), &r) in rows.zip(res) {
-                                *dx = dx_of(g, w, x) + r;
-                            }
-                        }
-                        None => rows.for_each(|(((dx, &g), &w), &x)| *dx = dx_of(g, w, x)),
-                    }
+                    let rows = i * d..(i + 1) * d;
+                    let inputs = (&gv[rows.clone()], &xv[rows.clone()], wg.row(&weight, i));
+                    let (dw, db) = (
+                        sums_row(dw, (wg.offset(i), param_row * d), d),
+                        sums_row(db, (bg.offset(i), param_row * d), d),
+                    );
+                    let res = residual.as_deref().map(|r| &r[rows]);
+                    norm_row_backward(dxr, inputs, (mean[i], rstd[i]), (dw, db), res, spec);
                 }
             },
             (dxb, dw, db),
