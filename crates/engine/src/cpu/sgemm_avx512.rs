@@ -131,20 +131,21 @@ pub fn sgemm(
 
 /// Whether [`sgemm`] runs this product as its transpose ([`transposed_product`]), and
 /// with which bias: few rows by a transposed right operand (a linear layer's `x·Wᵀ`,
-/// `W` `[n, k]` with contiguous rows) at least six times the size of the left operand
-/// and the output together, `6·m·(k + n) ≤ k·n`; overwritten (`beta` 1, no
-/// accumulation), without an epilogue or row sums, with no bias or one row of it for
-/// every output row. In the default MNIST run's step (1024-wide layers on 32 to 192
-/// rows) the transposed products of 32 rows took 0.31–0.39 ms against 0.48–0.69,
-/// those of 64 rows by a 1024 × 784 weight 0.48 against 0.62; from 96 rows they were
-/// slower in the step (128 rows: 1.42 against 1.05 ms), although faster alone; a
-/// row-major weight (an input gradient's `g·W`), read in place as the left operand a
-/// few values of each row per step, was slower too (128 rows: 2.17 against 1.26 ms;
+/// `W` `[n, k]` with contiguous rows) at least twice the size of the left operand and
+/// the output together, `2·m·(k + n) ≤ k·n`; overwritten (`beta` 1, no accumulation),
+/// without an epilogue or row sums, with no bias or one row of it for every output
+/// row. In the default MNIST run's step (1024-wide layers on 32 to 192 rows) the
+/// products of 32 rows by a 1024 × 1024 weight took 0.31 ms against 0.46, of 96 rows
+/// 0.69 against 0.78, of 192 rows 1.39 against 1.44–1.47; an adaLN projection (128 ×
+/// 128 by 128 × 768, outside the bound) ran 15–35 % slower transposed, and a row-major
+/// weight (an input gradient's `g·W`), read in place as the left operand a few values
+/// of each row per step, was slower too (128 rows: 2.17 against 1.26 ms;
 /// docs/benchmarks.md).
 fn as_transpose<'a>(g: GemmArgs, beta: f32, extras: &Extras<'a>) -> Option<Option<Bias<'a, f32>>> {
     let (bias, epilogue, lhs_sums) = extras;
     let operands = g.m.saturating_mul(g.k.saturating_add(g.n));
-    let fits = operands.saturating_mul(6) <= g.k.saturating_mul(g.n)
+    let fits = g.m > 0
+        && operands.saturating_mul(2) <= g.k.saturating_mul(g.n)
         && g.rhs_strides.0 == 1
         && g.rhs_strides.1 != 1
         && beta == 1.0
@@ -198,28 +199,43 @@ fn transposed_product(
             parallel,
             extras,
         );
-        // SAFETY: AVX-512F is available (the caller's promise).
-        unsafe { transpose_into(dst, ldc, out_t, (g.n, g.m)) };
+        // Blocks of 16 output rows, in parallel: the output's pages are often fresh,
+        // and faulting them in on one thread while the others waited made the
+        // products of 96 rows and more slower than the plain walk in the step.
+        let task = |(b, rows): (usize, &mut [f32])| {
+            // SAFETY: AVX-512F is available (the caller's promise).
+            unsafe { transpose_rows(rows, ldc, out_t, (g.n, g.m), 16 * b) };
+        };
+        let dst = &mut dst[..(g.m - 1) * ldc + g.n];
+        match parallel {
+            true => dst.par_chunks_mut(16 * ldc).enumerate().for_each(task),
+            false => dst.chunks_mut(16 * ldc).enumerate().for_each(task),
+        }
     });
 }
 
-/// `dst[i·ldc + j] = src[j·m + i]` for `j < n`, `i < m`: `src` (`n × m`, row-major)
-/// transposed, 16 columns at a time through [`transpose_columns`].
+/// Rows `first..` of `dst` (as many as it holds, at most 16, `ldc` apart) from the
+/// columns of `src` (`n × m`, row-major), `dst[i·ldc + j] = src[j·m + first + i]` for
+/// `j < n`, 16 columns at a time through [`transpose_columns`].
 ///
 /// # Safety
 /// AVX-512F is available.
 #[target_feature(enable = "avx512f")]
-unsafe fn transpose_into(dst: &mut [f32], ldc: usize, src: &[f32], (n, m): (usize, usize)) {
-    assert!(src.len() >= n * m && (m == 0 || dst.len() >= (m - 1) * ldc + n));
+unsafe fn transpose_rows(
+    dst: &mut [f32],
+    ldc: usize,
+    src: &[f32],
+    (n, m): (usize, usize),
+    first: usize,
+) {
+    let steps = (m - first).min(16);
+    assert!(src.len() >= n * m && dst.len() >= (steps - 1) * ldc + n);
     let mut block = [0.0f32; 16 * 16];
     for j0 in (0..n).step_by(16) {
         let width = (n - j0).min(16);
-        for i0 in (0..m).step_by(16) {
-            let steps = (m - i0).min(16);
-            transpose_columns(&mut block, &src[j0 * m + i0..], m, (steps, width), 16);
-            for (i, row) in block.chunks_exact(16).take(steps).enumerate() {
-                dst[(i0 + i) * ldc + j0..][..width].copy_from_slice(&row[..width]);
-            }
+        transpose_columns(&mut block, &src[j0 * m + first..], m, (steps, width), 16);
+        for (i, row) in block.chunks_exact(16).take(steps).enumerate() {
+            dst[i * ldc + j0..][..width].copy_from_slice(&row[..width]);
         }
     }
 }
@@ -1163,11 +1179,11 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(64))]
         /// Few rows by a larger transposed right operand run as their transpose: the
         /// same bits as the plain walk, with and without a bias row, on one thread and
-        /// several, inner sizes across `KC`, the left operand in each layout; the
-        /// columns past `n` are left alone.
+        /// several, inner sizes across `KC`, rows across the transposed write's blocks
+        /// of 16, the left operand in each layout; the columns past `n` are left alone.
         #[test]
         fn transposed_products_match_the_plain_walk_bit_for_bit(
-            m in 1usize..8, n in 100usize..200, k in prop_oneof![100usize..200, KC - 20..KC + 40],
+            m in 1usize..24, n in 100usize..200, k in prop_oneof![100usize..200, KC - 20..KC + 40],
             lhs_layout in 0usize..3, parallel: bool, with_bias: bool, seed: u64,
         ) {
             static SAID: Once = Once::new();
