@@ -1173,23 +1173,31 @@ mod tests {
     use super::*;
     use crate::cpu::product_cases::{skipped, Case};
     use proptest::prelude::*;
+    use proptest::sample::Index;
     use std::sync::Once;
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
+        #![proptest_config(ProptestConfig::with_cases(96))]
         /// Few rows by a larger transposed right operand run as their transpose: the
         /// same bits as the plain walk, with and without a bias row, on one thread and
-        /// several, inner sizes across `KC`, rows across the transposed write's blocks
-        /// of 16, the left operand in each layout; the columns past `n` are left alone.
+        /// several, from a few columns and inner indices to inner sizes across `KC`,
+        /// any row count the bound allows (past the transposed write's blocks of 16),
+        /// the left operand in each layout; the columns past `n` are left alone.
         #[test]
         fn transposed_products_match_the_plain_walk_bit_for_bit(
-            m in 1usize..24, n in 100usize..200, k in prop_oneof![100usize..200, KC - 20..KC + 40],
-            lhs_layout in 0usize..3, parallel: bool, with_bias: bool, seed: u64,
+            n in prop_oneof![4usize..40, 100usize..200],
+            k in prop_oneof![4usize..40, 100usize..200, KC - 20..KC + 40],
+            rows in any::<Index>(), lhs_layout in 0usize..3, parallel: bool, with_bias: bool,
+            seed: u64,
         ) {
             static SAID: Once = Once::new();
             if skipped("transposed_products_match_the_plain_walk_bit_for_bit", &SAID) {
                 return Ok(());
             }
+            // Any row count within the bound 2·m·(k + n) ≤ k·n.
+            let most_rows = k * n / (2 * (k + n));
+            prop_assume!(most_rows >= 1);
+            let m = 1 + rows.index(most_rows);
             let mut case = Case::new((m, n, k), (lhs_layout, 1), false, seed);
             let bias_data = case.values(n + 1);
             let bias = with_bias.then_some(Bias { data: &bias_data, offset: 1, strides: (0, 1) });
