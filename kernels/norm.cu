@@ -63,12 +63,13 @@ __device__ __forceinline__ void norm_warp(const T* x, const T* w, const T* b, T*
 // The backward of `norm_warp` (the formula of norm_backward below), g and x in registers.
 template <typename T, typename A, int N>
 __device__ __forceinline__ void norm_backward_warp(const T* x, const T* w, const A* mean,
-                                                   const A* rstd, const T* g, T* dx, u64 rows,
-                                                   u64 d, u64 wg, int rms) {
+                                                   const A* rstd, const T* g, const T* res,
+                                                   T* dx, u64 rows, u64 d, u64 wg, int rms) {
     const u64 warps = blockDim.x >> 5, lane = threadIdx.x & 31;
     for (u64 r = (u64)blockIdx.x * warps + (threadIdx.x >> 5); r < rows;
          r += (u64)gridDim.x * warps) {
         const T *xr = x + r * d, *gr = g + r * d, *wr = w ? w + r / wg * d : w;
+        const T* rr = res ? res + r * d : res;
         const A mu = mean[r], rs = rstd[r];
         A gh[N], xh[N], sg = 0, sgx = 0;
 #pragma unroll
@@ -85,7 +86,8 @@ __device__ __forceinline__ void norm_backward_warp(const T* x, const T* w, const
         for (int c = 0; c < N; ++c) {
             const u64 j = 32 * c + lane;
             if (j >= d) break;
-            put(dx + r * d + j, rs * (gh[c] - mean_g - xh[c] * mean_gx));
+            const A v = rs * (gh[c] - mean_g - xh[c] * mean_gx);
+            put(dx + r * d + j, rr ? v + (A)load(rr[j]) : v);
         }
     }
 }
@@ -101,8 +103,9 @@ __device__ __forceinline__ void norm_backward_warp(const T* x, const T* w, const
     }                                                                                     \
     extern "C" __global__ void norm_backward_warp##N##_##S(                               \
         const T* x, const T* w, const Acc<T>::type* mean, const Acc<T>::type* rstd,       \
-        const T* g, T* dx, u64 rows, u64 d, u64 wg, int rms) {                            \
-        norm_backward_warp<T, Acc<T>::type, N>(x, w, mean, rstd, g, dx, rows, d, wg, rms); \
+        const T* g, const T* res, T* dx, u64 rows, u64 d, u64 wg, int rms) {              \
+        norm_backward_warp<T, Acc<T>::type, N>(x, w, mean, rstd, g, res, dx, rows, d, wg, \
+                                               rms);                                      \
     }
 
 #define NORM(S, T)                                                                        \
@@ -145,16 +148,19 @@ __device__ __forceinline__ void norm_backward_warp(const T* x, const T* w, const
             }                                                                             \
         }                                                                                 \
     }                                                                                     \
-    /* dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)), ĝ = g·w; no mean(ĝ) term for RMS norm. */  \
+    /* dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)), ĝ = g·w; no mean(ĝ) term for RMS norm; */ \
+    /* plus res (a gradient of x gathered elsewhere, contiguous like x) when not null.  */ \
     extern "C" __global__ void norm_backward_##S(const T* x, const T* w,                  \
                                                  const Acc<T>::type* mean,                \
                                                  const Acc<T>::type* rstd, const T* g,    \
-                                                 T* dx, u64 rows, u64 d, u64 wg, int rms) { \
+                                                 const T* res, T* dx, u64 rows, u64 d,    \
+                                                 u64 wg, int rms) {                       \
         typedef Acc<T>::type A;                                                           \
         for (u64 r = blockIdx.x; r < rows; r += gridDim.x) {                              \
             const T* xr = x + r * d;                                                      \
             const T* gr = g + r * d;                                                      \
             const T* wr = w ? w + r / wg * d : w;                                         \
+            const T* rr = res ? res + r * d : res;                                        \
             A mu = mean[r], rs = rstd[r], sg = 0, sgx = 0;                                \
             for (u64 j = threadIdx.x; j < d; j += blockDim.x) {                           \
                 A gh = (A)load(gr[j]) * (wr ? (A)load(wr[j]) : (A)1);                     \
@@ -167,7 +173,8 @@ __device__ __forceinline__ void norm_backward_warp(const T* x, const T* w, const
             for (u64 j = threadIdx.x; j < d; j += blockDim.x) {                           \
                 A gh = (A)load(gr[j]) * (wr ? (A)load(wr[j]) : (A)1);                     \
                 A xh = ((A)load(xr[j]) - mu) * rs;                                        \
-                put(dx + r * d + j, rs * (gh - mean_g - xh * mean_gx));                   \
+                A v = rs * (gh - mean_g - xh * mean_gx);                                  \
+                put(dx + r * d + j, rr ? v + (A)load(rr[j]) : v);                         \
             }                                                                             \
         }                                                                                 \
     }                                                                                     \

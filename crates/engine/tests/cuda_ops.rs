@@ -609,8 +609,8 @@ fn softmax_and_norms() {
                 tol,
                 |t| t[0].rms_norm(Some(&t[1]), 1e-6),
             );
-            // On a residual stream the backward adds x's other gradient to dx (one add
-            // after the kernel on CUDA, in the CPU kernel's pass there).
+            // On a residual stream the backward adds x's other gradient to dx, in the
+            // kernel's pass that writes dx (on both backends).
             check(
                 &format!("x + layer_norm(x) per group {shape:?} {dt}"),
                 &[x, w],

@@ -310,13 +310,16 @@ fn dense_opt(p: Option<(&CudaStorage, &Layout)>) -> Result<Option<super::Dense>>
     p.map(|(s, l)| s.dense(l)).transpose()
 }
 
+/// dx, and dweight and dbias where the forward had them, from x, the weight, the
+/// forward's row statistics and the output gradient `g`; dx plus `residual` (a gradient
+/// of x gathered elsewhere) where one is given, added by the same kernel as it writes dx.
 pub(crate) fn norm_backward(
     x: &CudaStorage,
     l: &Layout,
     weight: Option<(&CudaStorage, &Layout)>,
     bias_len: Option<usize>,
     (mean, rstd): (&CudaStorage, &CudaStorage),
-    (g, gl): (&CudaStorage, &Layout),
+    ((g, gl), residual): ((&CudaStorage, &Layout), Option<(&CudaStorage, &Layout)>),
     spec: NormSpec,
 ) -> Result<(CudaStorage, Option<CudaStorage>, Option<CudaStorage>)> {
     float_only("norm_backward", x.dtype)?;
@@ -336,15 +339,17 @@ pub(crate) fn norm_backward(
         return Ok((dx, zeros(w_len)?, zeros(bias_len)?));
     }
     let (xd, gd, w) = (x.dense(l)?, g.dense(gl)?, dense_opt(weight)?);
-    let wp = w.as_ref().map_or(0, |w| w.ptr);
+    let res = dense_opt(residual)?;
+    let ptr = |p: &Option<super::Dense>| p.as_ref().map_or(0, |p| p.ptr);
     let (kernel, cfg) = norm_kernel("norm_backward", rows, d);
     let name = format!("{kernel}_{}", suffix(x.dtype));
     let a = args![
         xd.ptr,
-        wp,
+        ptr(&w),
         mean.ptr(),
         rstd.ptr(),
         gd.ptr,
+        ptr(&res),
         dx.ptr(),
         rows,
         d,

@@ -3,8 +3,6 @@
 
 use super::{check_float, check_same, per_group};
 use crate::autocast::widened;
-#[cfg(feature = "cuda")]
-use crate::backend::BinaryOp;
 use crate::backend::{stats_dtype, BackendStorage, NormSpec};
 use crate::cpu::{dispatch_float, norm, strided, ComputeType, CpuStorage};
 #[cfg(feature = "cuda")]
@@ -12,8 +10,6 @@ use crate::cuda::{rows, CudaStorage};
 use crate::error::{Error, Result};
 use crate::forward_ad::Duals;
 use crate::fused::{BackendInputs, FusedOp, View};
-#[cfg(feature = "cuda")]
-use crate::layout::Layout;
 use crate::storage::Storage;
 use crate::Tensor;
 use std::borrow::Cow;
@@ -263,12 +259,15 @@ impl<'a> FusedOp<'a> for NormBackward {
         (x, weight, mean, rstd, grad, residual): BackendInputs<'a, Self, CudaStorage>,
     ) -> Result<Self::Output> {
         let stats = (mean, rstd);
-        let (mut dx, dw, db) =
-            rows::norm_backward(x.0, x.1, weight, self.bias_len, stats, grad, self.spec)?;
-        if let Some((r, rl)) = residual {
-            // A second kernel: the GPU's passes are cheap beside the CPU's.
-            dx = dx.binary(&Layout::contiguous(x.1.shape()), r, rl, BinaryOp::Add)?;
-        }
+        let (dx, dw, db) = rows::norm_backward(
+            x.0,
+            x.1,
+            weight,
+            self.bias_len,
+            stats,
+            (grad, residual),
+            self.spec,
+        )?;
         Ok((dx.into(), dw.map(Into::into), db.map(Into::into)))
     }
 }
