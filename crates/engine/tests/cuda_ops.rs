@@ -239,6 +239,32 @@ fn contiguous_fast_paths_and_their_fallbacks() {
     }
 }
 
+/// A gated product's two factor gradients from one pass over the output's gradient
+/// (`gated_product_grads`; taken with at least two groups a CPU thread, so 128 groups
+/// here), the gate either factor, contiguous or a chunk of a wider adaLN row.
+#[test]
+fn gated_product_gradients() {
+    for dt in FLOATS {
+        let inputs = [
+            randn(51, &[128, 5, 40], dt),
+            randn(52, &[128, 1, 40], dt),
+            randn(53, &[128, 5, 40], dt),
+            randn(54, &[128, 3 * 40], dt),
+        ];
+        let tol = tolerance(dt);
+        check(&format!("gate · y {dt}"), &inputs[..3], tol, |t| {
+            t[0].addcmul(&t[1], &t[2])
+        });
+        check(&format!("y · gate {dt}"), &inputs[..3], tol, |t| {
+            t[0].addcmul(&t[2], &t[1])
+        });
+        let rest = [inputs[0].clone(), inputs[3].clone(), inputs[2].clone()];
+        check(&format!("y · adaLN chunk {dt}"), &rest, tol, |t| {
+            t[0].addcmul(&t[2], &t[1].narrow(1, 40, 40)?.unsqueeze(1)?)
+        });
+    }
+}
+
 /// The pack-per-thread kernels for strided operands (`*_packed`) on adaLN's pattern: a
 /// `[B, 1, D]` chunk of a wider `[B, 7D + pack]` row against `[B, T, D]` activations (unary,
 /// unary backward, binary, comparison, where, addcmul, and their gradients), and a

@@ -122,6 +122,50 @@ pub(crate) fn sum_product(
     }
 }
 
+/// The gradients of a gated product `full·gate` from the output gradient `g` (views of
+/// one shape, `[groups·rows, cols]` as rows; `gate` one row of `cols` per group of rows):
+/// `g·gate` elementwise and `Σ_rows g·full` per group, from one read of g
+/// (`gated_product_grads_*`, then `reduce_middle_finish_*` adding each column's partials
+/// in order, so the result is identical run to run).
+pub(crate) fn gated_product_grads(
+    (g, gl): (&CudaStorage, &Layout),
+    (full, fl): (&CudaStorage, &Layout),
+    (gate, gatel): (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, CudaStorage)> {
+    const OP: &str = "addcmul_backward";
+    float_only(OP, g.dtype)?;
+    let cols = gl.shape().last().copied().unwrap_or(1).max(1);
+    let groups = (gatel.elem_count() / cols).max(1);
+    let rows = gl.elem_count() / cols / groups;
+    let dev = g.dev();
+    let d_full = CudaStorage::alloc(dev, gl.elem_count(), g.dtype)?;
+    let (gd, fd, gated) = (g.dense(gl)?, full.dense(fl)?, gate.dense(gatel)?);
+    let (column_blocks, outer_blocks) = (cols.div_ceil(32), groups.min(MAX_GRID_YZ));
+    let (chunks, per) = row_stretches(rows, column_blocks * outer_blocks);
+    let part = CudaStorage::alloc(dev, groups * chunks * cols, acc_dtype(g.dtype))?;
+    let cfg = LaunchConfig {
+        grid_dim: (column_blocks as u32, chunks as u32, outer_blocks as u32),
+        block_dim: (32, 8, 1),
+        shared_mem_bytes: 0,
+    };
+    let name = format!("gated_product_grads_{}", suffix(g.dtype));
+    let a = args![
+        gd.ptr,
+        fd.ptr,
+        gated.ptr,
+        d_full.ptr(),
+        part.ptr(),
+        groups,
+        rows,
+        cols,
+        per
+    ];
+    launch(dev, OP, ("reduce", &name), cfg, a)?;
+    let sum = ReduceOp::Sum.kernel_code();
+    let d_gate = finish_middle(OP, &part, g.dtype, (groups, chunks, cols), sum)?;
+    Ok((d_full, d_gate))
+}
+
 /// Op `code` over contiguous rows of `d` elements (a contiguous input reduced over its
 /// trailing dims): vector loads, a warp or a block per row (`reduce_last_*`).
 fn reduce_last(

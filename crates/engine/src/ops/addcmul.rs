@@ -108,8 +108,8 @@ fn gated_product_grads(g: &Tensor, a: &Tensor, b: &Tensor) -> Result<Option<(Ten
 }
 
 /// The kernel of [`gated_product_grads`]: from g, the full factor and the gate, the
-/// gradients of the full factor and of the gate, or `None` where the backend has no
-/// fused kernel (it then runs the product and the sum on their own).
+/// gradients of the full factor and of the gate (`None` would leave the product and
+/// the sum to run on their own).
 struct GatedProductGrads;
 
 impl<'a> FusedOp<'a> for GatedProductGrads {
@@ -137,8 +137,9 @@ impl<'a> FusedOp<'a> for GatedProductGrads {
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda(&self, _: BackendInputs<'a, Self, CudaStorage>) -> Result<Self::Output> {
-        Ok(None)
+    fn cuda(&self, (g, full, gate): BackendInputs<'a, Self, CudaStorage>) -> Result<Self::Output> {
+        let (d_full, d_gate) = cuda::rows::gated_product_grads(g, full, gate)?;
+        Ok(Some((d_full.into(), d_gate.into())))
     }
 }
 
