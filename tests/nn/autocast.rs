@@ -5,7 +5,7 @@
 
 use twinflow::engine::{
     autocast, autocast_dtype, scaled_dot_product_attention, AutocastGuard, DType, Device,
-    Gradients, Result, Tensor,
+    Gradients, PreNorm, Result, Tensor,
 };
 use twinflow::flow::method::Batch;
 use twinflow::flow::train::{Precision, TrainConfig, Trainer};
@@ -201,6 +201,66 @@ fn autocast_casts_each_tensor_once_and_gradients_stay_exact() -> Result<()> {
         x.assign(&x.mul_scalar(2.0)?)?;
         let after = twice_through(&x, &w, same)?.item()?;
         assert!((after / before - 2.0).abs() < 0.05, "{before} → {after}");
+    }
+    Ok(())
+}
+
+/// `linear(norm(x)·(1 + s) + t)` summed, the pre-norm of a DiT's adaLN branch: `norm`
+/// returns the tensor the product reads.
+fn prenorm_branch(
+    x: &Tensor,
+    (s, t, w): (&Tensor, &Tensor, &Tensor),
+    norm: impl Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let y = norm(x, &s.add_scalar(1.0)?, t)?;
+    y.linear(w, None)?.to_dtype(DType::F32)?.sum_all()
+}
+
+#[test]
+fn autocast_prenorm_writes_the_low_dtype_with_the_casts_bits() -> Result<()> {
+    for low in [DType::BF16, DType::F16] {
+        let variable = |seed, shape: &[usize]| randn_as(seed, shape, DType::F32).into_variable();
+        let x = variable(61, &[3, 5, 16])?;
+        let (s, t) = (variable(62, &[3, 1, 16])?, variable(63, &[3, 1, 16])?);
+        let w = variable(64, &[8, 16])?;
+        let inputs = [&x, &s, &t, &w];
+        // The pre-norm writes its output in the scope's dtype; by hand, the f32 norm
+        // and the cast that the product would make.
+        let prenorm = |x: &Tensor, s: &Tensor, t: &Tensor| {
+            let y = PreNorm {
+                weight: Some(s),
+                bias: Some(t),
+                eps: 1e-6,
+            }
+            .apply(x)?;
+            assert_eq!(y.dtype(), low);
+            Ok(y)
+        };
+        let by_hand = |x: &Tensor, s: &Tensor, t: &Tensor| {
+            x.layer_norm(Some(s), Some(t), 1e-6)?.to_dtype(low)
+        };
+        let run = |norm: &dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>| -> Result<_> {
+            let loss = autocast(low, || prenorm_branch(&x, (&s, &t, &w), norm))??;
+            let grads = loss.backward()?;
+            let grads: Vec<Vec<f32>> = inputs
+                .iter()
+                .map(|v| f32s(grads.get(v).expect("grad")))
+                .collect();
+            Ok((loss.item()?, grads))
+        };
+        let (got, want) = (run(&prenorm)?, run(&by_hand)?);
+        assert_eq!(got.0.to_bits(), want.0.to_bits(), "{low} loss");
+        for (i, (got, want)) in got.1.iter().zip(&want.1).enumerate() {
+            assert_eq!(got, want, "{low} gradient {i}");
+        }
+        // Outside a scope it is the layer norm.
+        let plain = PreNorm {
+            weight: Some(&s),
+            bias: Some(&t),
+            eps: 1e-6,
+        }
+        .apply(&x)?;
+        assert_eq!(f32s(&plain), f32s(&x.layer_norm(Some(&s), Some(&t), 1e-6)?));
     }
     Ok(())
 }

@@ -88,6 +88,21 @@ impl<'a> Operand for (&'a mut Storage, &'a Layout) {
     }
 }
 
+/// A view the kernels read in whatever float dtype it has, converting as they read it:
+/// the gradient of an output that an op wrote in another dtype than its inputs (a norm
+/// writing the low dtype of the products that follow it). Left out of the dtype check.
+pub(crate) struct AnyFloat<'a>(pub View<'a, Storage>);
+
+impl<'a> Operand for AnyFloat<'a> {
+    type On<B: Native> = View<'a, B>;
+    fn on<B: Native>(self, op: &'static str, device: Device) -> Result<Self::On<B>> {
+        self.0.on(op, device)
+    }
+    fn read_dtype(&self) -> Option<DType> {
+        None
+    }
+}
+
 /// A whole buffer read without a layout (contiguous statistics).
 impl<'a> Operand for &'a Storage {
     type On<B: Native> = &'a B;

@@ -647,6 +647,36 @@ fn softmax_and_norms() {
     }
 }
 
+/// A pre-norm under autocast: f32 statistics, the output written in the scope's low
+/// dtype and its gradient read back in it (`norm_*_f32_to_bf16`, `norm_backward_*_f32_gbf16`
+/// and the f16 ones), a warp per row and a block per row, per-group parameters.
+#[test]
+fn prenorm_in_the_low_dtype() {
+    for low in [DType::BF16, DType::F16] {
+        for shape in [[6, 7, 100], [2, 3, 1500]] {
+            let params = [shape[0], 1, shape[2]];
+            let inputs = [
+                randn(71, &shape, DType::F32),
+                randn(72, &params, DType::F32),
+                randn(73, &params, DType::F32),
+            ];
+            check(
+                &format!("prenorm {shape:?} → {low}"),
+                &inputs,
+                1e-2,
+                |t| {
+                    let norm = PreNorm {
+                        weight: Some(&t[1]),
+                        bias: Some(&t[2]),
+                        eps: 1e-5,
+                    };
+                    autocast(low, || norm.apply(&t[0]))?
+                },
+            );
+        }
+    }
+}
+
 /// The gated residuals `stream + gate·layer(x)` (on CUDA the composition, `addcmul`
 /// after the layer) against the CPU, whose epilogue fusion and fused gate gradients
 /// they must match, gradients included.

@@ -305,17 +305,38 @@ fn norm_kernel(kernel: &str, rows: usize, d: usize) -> (String, LaunchConfig) {
     }
 }
 
+/// The norm kernels' name suffix for x of dtype `x` beside an output or output
+/// gradient of dtype `other`: x's own where they agree, the f32 versions for autocast
+/// (`f32{sep}bf16`, `f32{sep}f16`: `_to_` for the output, `_g` for its gradient) where x
+/// is f32 and `other` a half type; `None` for other pairs, which have no kernel.
+fn norm_suffix(x: DType, other: DType, sep: &str) -> Option<String> {
+    match (x, other) {
+        _ if x == other => Some(suffix(x).to_string()),
+        (DType::F32, DType::BF16 | DType::F16) => Some(format!("f32{sep}{}", suffix(other))),
+        _ => None,
+    }
+}
+
+/// The norm of x's rows (with the weight and bias, one row or one per group of rows)
+/// written in dtype `out`, and the row means and reciprocal std devs. An f32 x may
+/// write a bf16 or f16 output directly; other pairs run the norm in x's dtype and cast.
 pub(crate) fn norm(
     x: &CudaStorage,
     l: &Layout,
     weight: Option<(&CudaStorage, &Layout)>,
     bias: Option<(&CudaStorage, &Layout)>,
     spec: NormSpec,
+    out: DType,
 ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
     float_only("norm", x.dtype)?;
+    let Some(name_suffix) = norm_suffix(x.dtype, out, "_to_") else {
+        let (y, mean, rstd) = norm(x, l, weight, bias, spec, x.dtype)?;
+        let y = super::elementwise::cast(&y, &Layout::contiguous(l.shape()), out)?;
+        return Ok((y, mean, rstd));
+    };
     let (rows, d) = rows_of(l);
     let (dev, st) = (x.dev(), acc_dtype(x.dtype));
-    let y = CudaStorage::alloc(dev, l.elem_count(), x.dtype)?;
+    let y = CudaStorage::alloc(dev, l.elem_count(), out)?;
     let (mean, rstd) = (
         CudaStorage::alloc(dev, rows, st)?,
         CudaStorage::alloc(dev, rows, st)?,
@@ -330,7 +351,7 @@ pub(crate) fn norm(
             norm_rows_per_group(len(bias), rows, d),
         );
         let (kernel, cfg) = norm_kernel("norm", rows, d);
-        let name = format!("{kernel}_{}", suffix(x.dtype));
+        let name = format!("{kernel}_{name_suffix}");
         let a = args![
             xd.ptr,
             ptr(&w),
@@ -357,6 +378,8 @@ fn dense_opt(p: Option<(&CudaStorage, &Layout)>) -> Result<Option<super::Dense>>
 /// dx, and dweight and dbias where the forward had them, from x, the weight, the
 /// forward's row statistics and the output gradient `g`; dx plus `residual` (a gradient
 /// of x gathered elsewhere) where one is given, added by the same kernel as it writes dx.
+/// The gradients have x's dtype; `g` may be bf16 or f16 beside an f32 x (a norm that
+/// wrote its output for products in that dtype), else it is converted first.
 pub(crate) fn norm_backward(
     x: &CudaStorage,
     l: &Layout,
@@ -382,11 +405,15 @@ pub(crate) fn norm_backward(
         };
         return Ok((dx, zeros(w_len)?, zeros(bias_len)?));
     }
-    let (xd, gd, w) = (x.dense(l)?, g.dense(gl)?, dense_opt(weight)?);
+    let (name_suffix, gd) = match norm_suffix(x.dtype, g.dtype, "_g") {
+        Some(name_suffix) => (name_suffix, g.dense(gl)?),
+        None => (suffix(x.dtype).to_string(), g.dense_as(gl, x.dtype)?),
+    };
+    let (xd, w) = (x.dense(l)?, dense_opt(weight)?);
     let res = dense_opt(residual)?;
     let ptr = |p: &Option<super::Dense>| p.as_ref().map_or(0, |p| p.ptr);
     let (kernel, cfg) = norm_kernel("norm_backward", rows, d);
-    let name = format!("{kernel}_{}", suffix(x.dtype));
+    let name = format!("{kernel}_{name_suffix}");
     let a = args![
         xd.ptr,
         ptr(&w),
@@ -407,6 +434,7 @@ pub(crate) fn norm_backward(
         stats: (mean, rstd),
         g: &gd,
         dtype: x.dtype,
+        name_suffix: &name_suffix,
         rows,
         d,
     };
@@ -429,6 +457,8 @@ struct NormSums<'a> {
     stats: (&'a CudaStorage, &'a CudaStorage),
     g: &'a super::Dense,
     dtype: DType,
+    /// The kernels' suffix for the dtypes of x and g.
+    name_suffix: &'a str,
     rows: usize,
     d: usize,
 }
@@ -463,7 +493,7 @@ impl NormSums<'_> {
             block_dim: (32, 8, 1),
             shared_mem_bytes: 0,
         };
-        let name = format!("norm_param_grads_{}", suffix(self.dtype));
+        let name = format!("norm_param_grads_{}", self.name_suffix);
         let (mean, rstd) = self.stats;
         let a = args![
             self.x.ptr,

@@ -178,9 +178,21 @@ pub struct PreNorm<'a> {
 }
 
 impl PreNorm<'_> {
-    /// `x.layer_norm(weight, bias, eps)`.
+    /// `x.layer_norm(weight, bias, eps)`, for the layer whose products follow: inside
+    /// an autocast scope the output is written in the scope's low dtype, which those
+    /// products would cast it to (the same values and gradients, without a cast after
+    /// the norm and another before its backward).
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        x.layer_norm(self.weight, self.bias, self.eps)
+        let spec = NormSpec {
+            eps: self.eps,
+            rms: false,
+        };
+        x.norm_op(
+            "layer_norm",
+            (self.weight, self.bias),
+            spec,
+            autocast_dtype(),
+        )
     }
 
     /// The parameters for the row blocks over x (`[rows, k]` once flattened): each

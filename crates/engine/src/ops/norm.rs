@@ -7,27 +7,38 @@ use crate::backend::{stats_dtype, BackendStorage, NormSpec};
 use crate::cpu::{dispatch_float, norm, strided, ComputeType, CpuStorage};
 #[cfg(feature = "cuda")]
 use crate::cuda::{rows, CudaStorage};
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::forward_ad::Duals;
-use crate::fused::{BackendInputs, FusedOp, View};
+use crate::fused::{AnyFloat, BackendInputs, FusedOp, View};
+use crate::layout::Layout;
 use crate::storage::Storage;
 use crate::Tensor;
 use std::borrow::Cow;
 
 impl Tensor {
-    fn norm_op(
+    /// The norm `name` of the last dim, its output written in dtype `out` (x's when
+    /// `None`): the low dtype of an autocast scope for a norm whose output only feeds
+    /// products, which would cast it (see [`crate::PreNorm`]). The norm itself runs in
+    /// x's dtype, f32 in an autocast scope, and the output's gradient comes back in
+    /// `out`.
+    pub(crate) fn norm_op(
         &self,
         name: &'static str,
-        weight: Option<&Tensor>,
-        bias: Option<&Tensor>,
+        (weight, bias): (Option<&Tensor>, Option<&Tensor>),
         spec: NormSpec,
+        out: Option<DType>,
     ) -> Result<Tensor> {
         let params: Vec<&Tensor> = weight.into_iter().chain(bias).collect();
         if let Some(x) = widened(&[&[self], params.as_slice()].concat())? {
             let (w, b) = (weight.map(|_| &x[1]), bias.map(|_| &x[x.len() - 1]));
-            return x[0].norm_op(name, w, b, spec);
+            return x[0].norm_op(name, (w, b), spec, out);
         }
         check_float(name, self)?;
+        let out = out.unwrap_or(self.dtype());
+        if !out.is_float() {
+            return Err(Error::dtypes(name, &[self.dtype(), out]));
+        }
         let d = *self
             .shape()
             .last()
@@ -56,7 +67,7 @@ impl Tensor {
             let w = ws.as_deref().zip(weight.map(|w| w.layout()));
             let b = bs.as_deref().zip(bias.map(|b| b.layout()));
             let x = (&*self.storage(), self.layout());
-            Storage::fused(&NormForward(spec), (x, w, b))?
+            Storage::fused(&NormForward { spec, out }, (x, w, b))?
         };
         let rows = &self.shape()[..self.rank() - 1];
         let (mean, rstd) = (
@@ -89,7 +100,7 @@ impl Tensor {
                         wv,
                         &mean.storage(),
                         &rstd.storage(),
-                        (&g.storage(), g.layout()),
+                        AnyFloat((&g.storage(), g.layout())),
                         residual,
                     ),
                 )?;
@@ -101,7 +112,8 @@ impl Tensor {
             },
             move |duals, _| {
                 let (mean, rstd) = stats;
-                norm_tangent(duals, (&mean, &rstd), spec, name, (has_weight, has_bias))
+                let params = (has_weight, has_bias);
+                norm_tangent(duals, (&mean, &rstd), spec, name, params)?.to_dtype(out)
             },
         )
     }
@@ -119,13 +131,19 @@ impl Tensor {
         bias: Option<&Tensor>,
         eps: f64,
     ) -> Result<Tensor> {
-        self.norm_op("layer_norm", weight, bias, NormSpec { eps, rms: false })
+        let spec = NormSpec { eps, rms: false };
+        self.norm_op("layer_norm", (weight, bias), spec, None)
     }
 
     /// RMS norm over the last dim: x/√(mean(x²) + eps), then `· weight` where given
     /// (of the shapes [`Tensor::layer_norm`] takes).
     pub fn rms_norm(&self, weight: Option<&Tensor>, eps: f64) -> Result<Tensor> {
-        self.norm_op("rms_norm", weight, None, NormSpec { eps, rms: true })
+        self.norm_op(
+            "rms_norm",
+            (weight, None),
+            NormSpec { eps, rms: true },
+            None,
+        )
     }
 }
 
@@ -150,7 +168,7 @@ fn norm_tangent(
             None,
             &mean.storage(),
             &rstd.storage(),
-            (&tx.storage(), tx.layout()),
+            AnyFloat((&tx.storage(), tx.layout())),
             None,
         ),
     )?;
@@ -158,7 +176,7 @@ fn norm_tangent(
     if has_weight {
         t = t.mul(d.primal(1))?;
         if let Some(tw) = d.tangent(1) {
-            let x_hat = x.norm_op(name, None, None, spec)?;
+            let x_hat = x.norm_op(name, (None, None), spec, None)?;
             t = t.addcmul(&x_hat, tw)?;
         }
     }
@@ -168,10 +186,13 @@ fn norm_tangent(
     }
 }
 
-/// The forward kernels: the output, the row means (zeros for RMS norm) and the row
-/// reciprocal std devs (both in `stats_dtype`), from x and the optional weight and bias
-/// of shape `[d]`.
-struct NormForward(NormSpec);
+/// The forward kernels: the output (in dtype `out`), the row means (zeros for RMS norm)
+/// and the row reciprocal std devs (both in `stats_dtype`), from x and the optional
+/// weight and bias of shape `[d]`.
+struct NormForward {
+    spec: NormSpec,
+    out: DType,
+}
 
 impl<'a> FusedOp<'a> for NormForward {
     const NAME: &'static str = "norm";
@@ -193,9 +214,13 @@ impl<'a> FusedOp<'a> for NormForward {
                 .transpose()
             };
             let xv = F::view(x.0, Self::NAME)?;
-            let (y, mean, rstd) = norm::norm(&xv, x.1, param(weight)?, param(bias)?, self.0);
+            let (y, mean, rstd) = norm::norm(&xv, x.1, param(weight)?, param(bias)?, self.spec);
             let (mean, rstd) = (F::store(mean, st), F::store(rstd, st));
-            Ok((F::store(y, dt).into(), mean.into(), rstd.into()))
+            let mut y = F::store(y, dt);
+            if self.out != dt {
+                y = y.to_dtype(&Layout::contiguous(x.1.shape()), self.out)?;
+            }
+            Ok((y.into(), mean.into(), rstd.into()))
         })
     }
 
@@ -204,7 +229,7 @@ impl<'a> FusedOp<'a> for NormForward {
         &self,
         (x, weight, bias): BackendInputs<'a, Self, CudaStorage>,
     ) -> Result<Self::Output> {
-        let (y, mean, rstd) = rows::norm(x.0, x.1, weight, bias, self.0)?;
+        let (y, mean, rstd) = rows::norm(x.0, x.1, weight, bias, self.spec, self.out)?;
         Ok((y.into(), mean.into(), rstd.into()))
     }
 }
@@ -220,12 +245,14 @@ struct NormBackward {
 
 impl<'a> FusedOp<'a> for NormBackward {
     const NAME: &'static str = "norm_backward";
+    /// x, the weight, the row statistics, the output's gradient (in the output's
+    /// dtype, which may differ from x's) and x's gradient gathered elsewhere.
     type Inputs = (
         View<'a, Storage>,
         Option<View<'a, Storage>>,
         &'a Storage,
         &'a Storage,
-        View<'a, Storage>,
+        AnyFloat<'a>,
         Option<View<'a, Storage>>,
     );
     type Output = (Storage, Option<Storage>, Option<Storage>);
@@ -235,6 +262,17 @@ impl<'a> FusedOp<'a> for NormBackward {
         (x, weight, mean, rstd, grad, residual): BackendInputs<'a, Self, CpuStorage>,
     ) -> Result<Self::Output> {
         let dt = x.0.dtype();
+        // A gradient in another dtype (a norm written for bf16 products) converted first.
+        let (converted, dense) = (grad.0.dtype() != dt)
+            .then(|| {
+                Ok((
+                    grad.0.to_dtype(grad.1, dt)?,
+                    Layout::contiguous(grad.1.shape()),
+                ))
+            })
+            .transpose()?
+            .unzip();
+        let grad = converted.as_ref().zip(dense.as_ref()).unwrap_or(grad);
         dispatch_float!(Self::NAME, x.0, |F| {
             let view = |s| F::view(s, Self::NAME);
             let w = match weight {
