@@ -246,6 +246,23 @@ __device__ __forceinline__ void offsets3(const View& a, const View& b, const Vie
 
 FOR_FLOATS(ELEMENTWISE)
 
+// x + a·b for an f32 x and a beside a bf16 or f16 b, read in its own type: autocast's
+// gated residual around a half-precision product, without casting the product to f32
+// first (the same values: the cast is exact).
+#define ADDCMUL_HALF_FACTOR(S, T)                                                          \
+    extern "C" __global__ void addcmul_f32_b##S(const float* x, View xv, const float* a,   \
+                                                View av, const T* b, View bv, float* out,  \
+                                                u64 n) {                                   \
+        GRID_STRIDE(i, n) {                                                                \
+            u64 ox, oa, ob;                                                                \
+            offsets3(xv, av, bv, i, ox, oa, ob);                                           \
+            put(out + i, load(x[ox]) + load(a[oa]) * load(b[ob]));                         \
+        }                                                                                  \
+    }
+
+ADDCMUL_HALF_FACTOR(bf16, bf16)
+ADDCMUL_HALF_FACTOR(f16, f16)
+
 // A compute-type value rounded to storage type T.
 template <typename T> __device__ __forceinline__ T stored(typename Acc<T>::type v) {
     T r;

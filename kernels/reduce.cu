@@ -90,39 +90,51 @@ FOR_FLOATS(REDUCE_MIDDLE)
 // gradient g: d_full = g·gate elementwise, and the gate's gradient Σ_rows g·full as
 // reduce_middle's partials, which reduce_middle_finish adds up in order. One read of g
 // for both, where a product kernel and a reduction read it once each. Block (32, 8) and
-// grid as reduce_middle's, blockIdx.z over the groups.
-#define GATED_PRODUCT_GRADS(S, T)                                                         \
-    extern "C" __global__ void gated_product_grads_##S(                                   \
-        const T* g, const T* full, const T* gate, T* d_full, Acc<T>::type* part,          \
-        u64 groups, u64 rows, u64 cols, u64 per) {                                        \
-        typedef Acc<T>::type A;                                                           \
-        __shared__ A partial[8][33];                                                      \
-        const u64 c = (u64)blockIdx.x * 32 + threadIdx.x;                                 \
-        const u64 r0 = (u64)blockIdx.y * per;                                             \
-        const u64 r1 = r0 + per < rows ? r0 + per : rows;                                 \
-        for (u64 p = blockIdx.z; p < groups; p += gridDim.z) {                            \
-            const u64 base = p * rows * cols;                                             \
-            A acc = 0;                                                                    \
-            if (c < cols) {                                                               \
-                const A f = (A)load(gate[p * cols + c]);                                  \
-                for (u64 r = r0 + threadIdx.y; r < r1; r += 8) {                          \
-                    const u64 i = base + r * cols + c;                                    \
-                    const A gv = (A)load(g[i]);                                           \
-                    put(d_full + i, gv * f);                                              \
-                    acc += gv * (A)load(full[i]);                                         \
-                }                                                                         \
-            }                                                                             \
-            partial[threadIdx.y][threadIdx.x] = acc;                                      \
-            __syncthreads();                                                              \
-            if (threadIdx.y == 0 && c < cols) {                                           \
-                for (int i = 1; i < 8; ++i) acc += partial[i][threadIdx.x];               \
-                part[(p * gridDim.y + blockIdx.y) * cols + c] = acc;                      \
-            }                                                                             \
-            __syncthreads();                                                              \
-        }                                                                                 \
+// grid as reduce_middle's, blockIdx.z over the groups. g and gate are of type T, full
+// and d_full of F: T, or bf16/f16 beside an f32 g (autocast's residual around a
+// half-precision product, `_f32_f{bf16,f16}`).
+template <typename T, typename F>
+__device__ __forceinline__ void gated_product_grads(const T* g, const F* full, const T* gate,
+                                                    F* d_full, typename Acc<T>::type* part,
+                                                    u64 groups, u64 rows, u64 cols, u64 per) {
+    typedef typename Acc<T>::type A;
+    __shared__ A partial[8][33];
+    const u64 c = (u64)blockIdx.x * 32 + threadIdx.x;
+    const u64 r0 = (u64)blockIdx.y * per;
+    const u64 r1 = r0 + per < rows ? r0 + per : rows;
+    for (u64 p = blockIdx.z; p < groups; p += gridDim.z) {
+        const u64 base = p * rows * cols;
+        A acc = 0;
+        if (c < cols) {
+            const A f = (A)load(gate[p * cols + c]);
+            for (u64 r = r0 + threadIdx.y; r < r1; r += 8) {
+                const u64 i = base + r * cols + c;
+                const A gv = (A)load(g[i]);
+                put(d_full + i, gv * f);
+                acc += gv * (A)load(full[i]);
+            }
+        }
+        partial[threadIdx.y][threadIdx.x] = acc;
+        __syncthreads();
+        if (threadIdx.y == 0 && c < cols) {
+            for (int i = 1; i < 8; ++i) acc += partial[i][threadIdx.x];
+            part[(p * gridDim.y + blockIdx.y) * cols + c] = acc;
+        }
+        __syncthreads();
     }
+}
 
-FOR_FLOATS(GATED_PRODUCT_GRADS)
+#define GATED_PRODUCT_GRADS(S, T, F)                                                      \
+    extern "C" __global__ void gated_product_grads_##S(                                   \
+        const T* g, const F* full, const T* gate, F* d_full, Acc<T>::type* part,          \
+        u64 groups, u64 rows, u64 cols, u64 per) {                                        \
+        gated_product_grads<T, F>(g, full, gate, d_full, part, groups, rows, cols, per);  \
+    }
+#define GATED_PRODUCT_GRADS_SAME(S, T) GATED_PRODUCT_GRADS(S, T, T)
+
+FOR_FLOATS(GATED_PRODUCT_GRADS_SAME)
+GATED_PRODUCT_GRADS(f32_fbf16, float, bf16)
+GATED_PRODUCT_GRADS(f32_ff16, float, f16)
 
 // This thread's share of `op` over a contiguous row of d elements, the group of
 // `threads` threads (a warp or a block) being numbered by `t`: the elements before the

@@ -266,6 +266,55 @@ fn autocast_prenorm_writes_the_low_dtype_with_the_casts_bits() -> Result<()> {
 }
 
 #[test]
+fn autocast_residual_reads_the_half_product_with_the_casts_bits() -> Result<()> {
+    for low in [DType::BF16, DType::F16] {
+        let variable = |seed, shape: &[usize]| randn_as(seed, shape, DType::F32).into_variable();
+        // 128 groups: the gate's and the product's gradients come from the fused pass
+        // (at least two groups a thread); a shared gate `[16]` takes the composition.
+        let (x, h, w) = (
+            variable(81, &[128, 3, 16])?,
+            variable(82, &[128, 3, 8])?,
+            variable(83, &[16, 8])?,
+        );
+        for gate in [variable(84, &[128, 1, 16])?, variable(85, &[16])?] {
+            let inputs = [&x, &h, &w, &gate];
+            // x + gate·linear(h) and x + linear(h)·gate, the product in the scope's dtype
+            // read as it is, or cast to f32 by hand first (the widest-dtype rule).
+            let run = |by_hand: bool, gate_first: bool| -> Result<(u32, Vec<Vec<f32>>)> {
+                let loss = autocast(low, || -> Result<Tensor> {
+                    let mut y = h.linear(&w, None)?;
+                    assert_eq!(y.dtype(), low);
+                    if by_hand {
+                        y = y.to_dtype(DType::F32)?;
+                    }
+                    let out = match gate_first {
+                        true => x.addcmul(&gate, &y)?,
+                        false => x.addcmul(&y, &gate)?,
+                    };
+                    assert_eq!(out.dtype(), DType::F32);
+                    out.square()?.sum_all()
+                })??;
+                let grads = loss.backward()?;
+                let grads = inputs
+                    .iter()
+                    .map(|v| f32s(grads.get(v).expect("grad")))
+                    .collect();
+                Ok(((loss.item()? as f32).to_bits(), grads))
+            };
+            for gate_first in [true, false] {
+                let (got, want) = (run(false, gate_first)?, run(true, gate_first)?);
+                let case = format!("{low} gate {:?} first {gate_first}", gate.shape());
+                assert_eq!(got.0, want.0, "{case}: loss");
+                for (i, (got, want)) in got.1.iter().zip(&want.1).enumerate() {
+                    assert_eq!(got, want, "{case}: gradient {i}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn autocast_leaves_other_ops_and_f64_alone() -> Result<()> {
     let x = randn_as(7, &[4, 6], DType::F32);
     let w = randn_as(8, &[6], DType::F32);

@@ -263,6 +263,25 @@ fn gated_product_gradients() {
             t[0].addcmul(&t[2], &t[1].narrow(1, 40, 40)?.unsqueeze(1)?)
         });
     }
+    // Under autocast, f32 stream and gate beside a half-precision product read in its
+    // dtype (`addcmul_f32_b*`, `gated_product_grads_f32_f*`), the gate per sample or
+    // shared (the composition, with its casts).
+    for low in [DType::BF16, DType::F16] {
+        for gate in [[128, 1, 40], [1, 1, 40]] {
+            let inputs = [
+                randn(55, &[128, 5, 40], DType::F32),
+                randn(56, &gate, DType::F32),
+                randn(57, &[128, 5, 24], DType::F32),
+                randn(58, &[40, 24], DType::F32),
+            ];
+            check(
+                &format!("x + gate {gate:?} · {low} product"),
+                &inputs,
+                1e-2,
+                |t| autocast(low, || t[0].addcmul(&t[1], &t[2].linear(&t[3], None)?))?,
+            );
+        }
+    }
 }
 
 /// The pack-per-thread kernels for strided operands (`*_packed`) on adaLN's pattern: a

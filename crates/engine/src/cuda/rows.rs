@@ -7,7 +7,7 @@ use super::{acc_dtype, float_only, suffix, CudaDevice, CudaStorage};
 use crate::backend::{norm_rows_per_group, BinaryOp, NormSpec, ReduceOp};
 use crate::cpu::CpuStorage;
 use crate::dtype::DType;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::layout::Layout;
 use cudarc::driver::LaunchConfig;
 use std::sync::Arc;
@@ -124,9 +124,11 @@ pub(crate) fn sum_product(
 
 /// The gradients of a gated product `full·gate` from the output gradient `g` (views of
 /// one shape, `[groups·rows, cols]` as rows; `gate` one row of `cols` per group of rows):
-/// `g·gate` elementwise and `Σ_rows g·full` per group, from one read of g
-/// (`gated_product_grads_*`, then `reduce_middle_finish_*` adding each column's partials
-/// in order, so the result is identical run to run).
+/// `g·gate` elementwise, in full's dtype, and `Σ_rows g·full` per group, in g's, from
+/// one read of g (`gated_product_grads_*`, then `reduce_middle_finish_*` adding each
+/// column's partials in order, so the result is identical run to run). `full` has g's
+/// dtype, or is bf16 or f16 beside an f32 g (autocast's residual around a
+/// half-precision product).
 pub(crate) fn gated_product_grads(
     (g, gl): (&CudaStorage, &Layout),
     (full, fl): (&CudaStorage, &Layout),
@@ -134,11 +136,16 @@ pub(crate) fn gated_product_grads(
 ) -> Result<(CudaStorage, CudaStorage)> {
     const OP: &str = "addcmul_backward";
     float_only(OP, g.dtype)?;
+    let name_suffix = match (g.dtype, full.dtype) {
+        (t, f) if t == f => suffix(t).to_string(),
+        (DType::F32, DType::BF16 | DType::F16) => format!("f32_f{}", suffix(full.dtype)),
+        _ => return Err(Error::dtypes(OP, &[g.dtype, full.dtype])),
+    };
     let cols = gl.shape().last().copied().unwrap_or(1).max(1);
     let groups = (gatel.elem_count() / cols).max(1);
     let rows = gl.elem_count() / cols / groups;
     let dev = g.dev();
-    let d_full = CudaStorage::alloc(dev, gl.elem_count(), g.dtype)?;
+    let d_full = CudaStorage::alloc(dev, gl.elem_count(), full.dtype)?;
     let (gd, fd, gated) = (g.dense(gl)?, full.dense(fl)?, gate.dense(gatel)?);
     let (column_blocks, outer_blocks) = (cols.div_ceil(32), groups.min(MAX_GRID_YZ));
     let (chunks, per) = row_stretches(rows, column_blocks * outer_blocks);
@@ -148,7 +155,7 @@ pub(crate) fn gated_product_grads(
         block_dim: (32, 8, 1),
         shared_mem_bytes: 0,
     };
-    let name = format!("gated_product_grads_{}", suffix(g.dtype));
+    let name = format!("gated_product_grads_{name_suffix}");
     let a = args![
         gd.ptr,
         fd.ptr,

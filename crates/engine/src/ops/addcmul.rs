@@ -2,26 +2,34 @@
 //! the modulation and gated residuals of adaLN transformer blocks.
 
 use super::{check_float, check_same, per_group};
-use crate::autocast::promoted;
+use crate::autocast::{autocast_dtype, promoted};
 use crate::backend::BackendStorage;
 use crate::cpu::{dispatch_float, elementwise, strided, ComputeType, CpuStorage};
 #[cfg(feature = "cuda")]
 use crate::cuda::{self, CudaStorage};
 use crate::error::Result;
-use crate::fused::{BackendInputs, FusedOp, View};
+use crate::fused::{AnyFloat, BackendInputs, FusedOp, View};
 use crate::layout::broadcast_shapes;
 use crate::storage::Storage;
-use crate::Tensor;
+use crate::{DType, Tensor};
 
 impl Tensor {
     /// `self + a·b`, the three broadcast together.
+    ///
+    /// Inside an autocast scope, an f32 `self` and factor beside a bf16 or f16 factor (a
+    /// gated residual around a half-precision product) read the half factor in its own
+    /// dtype, where the widest-dtype rule would first cast it to f32: the same values
+    /// (the cast is exact), an f32 result, and the half factor's gradient in its dtype.
     pub fn addcmul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         const OP: &str = "addcmul";
-        if let Some(x) = promoted(&[self, a, b])? {
-            return x[0].addcmul(&x[1], &x[2]);
+        let half_factor = autocast_dtype().is_some() && has_half_factor(self, a, b);
+        if !half_factor {
+            if let Some(x) = promoted(&[self, a, b])? {
+                return x[0].addcmul(&x[1], &x[2]);
+            }
+            check_float(OP, self)?;
+            check_same(OP, &[self, a, b])?;
         }
-        check_float(OP, self)?;
-        check_same(OP, &[self, a, b])?;
         let shape = broadcast_shapes(OP, self.shape(), a.shape())?;
         let shape = broadcast_shapes(OP, &shape, b.shape())?;
         let l = |t: &Tensor| t.layout().broadcast_to(OP, &shape);
@@ -30,8 +38,8 @@ impl Tensor {
             &Addcmul,
             (
                 (&self.storage(), &lx),
-                (&a.storage(), &la),
-                (&b.storage(), &lb),
+                AnyFloat((&a.storage(), &la)),
+                AnyFloat((&b.storage(), &lb)),
             ),
         )?;
         Tensor::from_op(
@@ -45,8 +53,14 @@ impl Tensor {
                 if let Some((ga, gb)) = gated_product_grads(g, a, b)? {
                     return Ok(vec![gx.transpose()?, Some(ga), Some(gb)]);
                 }
-                let ga = a.requires_grad().then(|| g.mul_sum_to_shape(b, a.shape()));
-                let gb = b.requires_grad().then(|| g.mul_sum_to_shape(a, b.shape()));
+                // A half factor is read in g's dtype, and its gradient returned in its own
+                // (the backward runs outside autocast, where mixed dtypes are refused).
+                let grad = |other: &Tensor, of: &Tensor| {
+                    g.mul_sum_to_shape(&other.to_dtype(g.dtype())?, of.shape())?
+                        .to_dtype(of.dtype())
+                };
+                let ga = a.requires_grad().then(|| grad(b, a));
+                let gb = b.requires_grad().then(|| grad(a, b));
                 Ok(vec![gx.transpose()?, ga.transpose()?, gb.transpose()?])
             },
             // tx + ta·b + a·tb, each product one more fused pass.
@@ -63,6 +77,13 @@ impl Tensor {
             },
         )
     }
+}
+
+/// Whether `x + a·b` is an f32 x and factor beside a bf16 or f16 factor.
+fn has_half_factor(x: &Tensor, a: &Tensor, b: &Tensor) -> bool {
+    let half = |t: &Tensor| matches!(t.dtype(), DType::BF16 | DType::F16);
+    let f32 = |t: &Tensor| t.dtype() == DType::F32;
+    f32(x) && ((f32(a) && half(b)) || (half(a) && f32(b)))
 }
 
 /// The gradients of `a` and `b` in one pass over the output gradient `g`, when both
@@ -82,7 +103,8 @@ fn gated_product_grads(g: &Tensor, a: &Tensor, b: &Tensor) -> Result<Option<(Ten
             && per_group(g.shape(), gate.shape())
             && g.elem_count() > 0
             && groups >= 2 * rayon::current_num_threads()
-            && full.dtype() == g.dtype()
+            && gate.dtype() == g.dtype()
+            && (full.dtype() == g.dtype() || has_half_factor(g, gate, full))
     };
     let (full, gate, gate_first) = match (gated(b, a), gated(a, b)) {
         (true, _) => (b, a, true),
@@ -93,7 +115,7 @@ fn gated_product_grads(g: &Tensor, a: &Tensor, b: &Tensor) -> Result<Option<(Ten
         &GatedProductGrads,
         (
             (&g.storage(), g.layout()),
-            (&full.storage(), full.layout()),
+            AnyFloat((&full.storage(), full.layout())),
             (&gate.storage(), gate.layout()),
         ),
     )?;
@@ -108,13 +130,13 @@ fn gated_product_grads(g: &Tensor, a: &Tensor, b: &Tensor) -> Result<Option<(Ten
 }
 
 /// The kernel of [`gated_product_grads`]: from g, the full factor and the gate, the
-/// gradients of the full factor and of the gate (`None` would leave the product and
-/// the sum to run on their own).
+/// gradients of the full factor (in its dtype: g's, or a half dtype beside an f32 g)
+/// and of the gate (`None` would leave the product and the sum to run on their own).
 struct GatedProductGrads;
 
 impl<'a> FusedOp<'a> for GatedProductGrads {
     const NAME: &'static str = "addcmul_backward";
-    type Inputs = (View<'a, Storage>, View<'a, Storage>, View<'a, Storage>);
+    type Inputs = (View<'a, Storage>, AnyFloat<'a>, View<'a, Storage>);
     type Output = Option<(Storage, Storage)>;
 
     fn cpu(&self, (g, full, gate): BackendInputs<'a, Self, CpuStorage>) -> Result<Self::Output> {
@@ -128,10 +150,9 @@ impl<'a> FusedOp<'a> for GatedProductGrads {
             let gatev = strided::contiguous(&gatev, gate.1);
             let d = g.1.shape().last().copied().unwrap_or(1);
             let (d_full, d_gate) = elementwise::gated_product_grads(&gv, &fv, &gatev, d);
-            let dt = g.0.dtype();
             Ok(Some((
-                F::store(d_full, dt).into(),
-                F::store(d_gate, dt).into(),
+                F::store(d_full, full.0.dtype()).into(),
+                F::store(d_gate, g.0.dtype()).into(),
             )))
         })
     }
@@ -143,12 +164,13 @@ impl<'a> FusedOp<'a> for GatedProductGrads {
     }
 }
 
-/// The kernel: `x + a·b` of three views of the output's shape.
+/// The kernel: `x + a·b` of three views of the output's shape, all of one dtype, or an
+/// f32 x and factor beside a half factor (see [`Tensor::addcmul`]).
 struct Addcmul;
 
 impl<'a> FusedOp<'a> for Addcmul {
     const NAME: &'static str = "addcmul";
-    type Inputs = (View<'a, Storage>, View<'a, Storage>, View<'a, Storage>);
+    type Inputs = (View<'a, Storage>, AnyFloat<'a>, AnyFloat<'a>);
     type Output = Storage;
 
     fn cpu(&self, (x, a, b): BackendInputs<'a, Self, CpuStorage>) -> Result<Storage> {
@@ -162,6 +184,13 @@ impl<'a> FusedOp<'a> for Addcmul {
 
     #[cfg(feature = "cuda")]
     fn cuda(&self, (x, a, b): BackendInputs<'a, Self, CudaStorage>) -> Result<Storage> {
-        Ok(cuda::elementwise::ternary(Self::NAME, "addcmul", x, a, b)?.into())
+        use cuda::elementwise::{addcmul_half_factor, ternary};
+        let out = match (a.0.dtype() == x.0.dtype(), b.0.dtype() == x.0.dtype()) {
+            (true, true) => ternary(Self::NAME, "addcmul", x, a, b)?,
+            // x + a·b = x + b·a: the half factor is the kernel's last.
+            (true, false) => addcmul_half_factor(Self::NAME, x, a, b)?,
+            _ => addcmul_half_factor(Self::NAME, x, b, a)?,
+        };
+        Ok(out.into())
     }
 }
