@@ -246,13 +246,13 @@ __device__ __forceinline__ void offsets3(const View& a, const View& b, const Vie
 
 FOR_FLOATS(ELEMENTWISE)
 
-// x + a·b for an f32 x and a beside a bf16 or f16 b, read in its own type: autocast's
-// gated residual around a half-precision product, without casting the product to f32
-// first (the same values: the cast is exact).
-#define ADDCMUL_HALF_FACTOR(S, T)                                                          \
-    extern "C" __global__ void addcmul_f32_b##S(const float* x, View xv, const float* a,   \
-                                                View av, const T* b, View bv, float* out,  \
-                                                u64 n) {                                   \
+// x + a·b for an f32 x beside a bf16 or f16 b, and a f32 or of b's type
+// (`addcmul_f32_{a}_{b}`), each read in its own type: autocast's gated residual around
+// a half-precision product (its gate a chunk of another), without casting the factors
+// to f32 first (the same values: the casts are exact).
+#define ADDCMUL_HALF_FACTORS(S, TA, TB)                                                    \
+    extern "C" __global__ void addcmul_##S(const float* x, View xv, const TA* a, View av,  \
+                                           const TB* b, View bv, float* out, u64 n) {      \
         GRID_STRIDE(i, n) {                                                                \
             u64 ox, oa, ob;                                                                \
             offsets3(xv, av, bv, i, ox, oa, ob);                                           \
@@ -260,8 +260,10 @@ FOR_FLOATS(ELEMENTWISE)
         }                                                                                  \
     }
 
-ADDCMUL_HALF_FACTOR(bf16, bf16)
-ADDCMUL_HALF_FACTOR(f16, f16)
+ADDCMUL_HALF_FACTORS(f32_f32_bf16, float, bf16)
+ADDCMUL_HALF_FACTORS(f32_f32_f16, float, f16)
+ADDCMUL_HALF_FACTORS(f32_bf16_bf16, bf16, bf16)
+ADDCMUL_HALF_FACTORS(f32_f16_f16, f16, f16)
 
 // A compute-type value rounded to storage type T.
 template <typename T> __device__ __forceinline__ T stored(typename Acc<T>::type v) {

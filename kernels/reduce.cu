@@ -90,11 +90,11 @@ FOR_FLOATS(REDUCE_MIDDLE)
 // gradient g: d_full = g·gate elementwise, and the gate's gradient Σ_rows g·full as
 // reduce_middle's partials, which reduce_middle_finish adds up in order. One read of g
 // for both, where a product kernel and a reduction read it once each. Block (32, 8) and
-// grid as reduce_middle's, blockIdx.z over the groups. g and gate are of type T, full
-// and d_full of F: T, or bf16/f16 beside an f32 g (autocast's residual around a
-// half-precision product, `_f32_f{bf16,f16}`).
-template <typename T, typename F>
-__device__ __forceinline__ void gated_product_grads(const T* g, const F* full, const T* gate,
+// grid as reduce_middle's, blockIdx.z over the groups. full and d_full are of type F and
+// the gate of Q: g's type T, or bf16/f16 beside an f32 g (autocast's residual around a
+// half-precision product, `_f32_{full}_{gate}`).
+template <typename T, typename F, typename Q>
+__device__ __forceinline__ void gated_product_grads(const T* g, const F* full, const Q* gate,
                                                     F* d_full, typename Acc<T>::type* part,
                                                     u64 groups, u64 rows, u64 cols, u64 per) {
     typedef typename Acc<T>::type A;
@@ -124,17 +124,22 @@ __device__ __forceinline__ void gated_product_grads(const T* g, const F* full, c
     }
 }
 
-#define GATED_PRODUCT_GRADS(S, T, F)                                                      \
+#define GATED_PRODUCT_GRADS(S, T, F, Q)                                                   \
     extern "C" __global__ void gated_product_grads_##S(                                   \
-        const T* g, const F* full, const T* gate, F* d_full, Acc<T>::type* part,          \
+        const T* g, const F* full, const Q* gate, F* d_full, Acc<T>::type* part,          \
         u64 groups, u64 rows, u64 cols, u64 per) {                                        \
-        gated_product_grads<T, F>(g, full, gate, d_full, part, groups, rows, cols, per);  \
+        gated_product_grads<T, F, Q>(g, full, gate, d_full, part, groups, rows, cols,     \
+                                     per);                                                \
     }
-#define GATED_PRODUCT_GRADS_SAME(S, T) GATED_PRODUCT_GRADS(S, T, T)
+#define GATED_PRODUCT_GRADS_SAME(S, T) GATED_PRODUCT_GRADS(S, T, T, T)
+#define GATED_PRODUCT_GRADS_HALF(S, H)                                                    \
+    GATED_PRODUCT_GRADS(f32_##S##_f32, float, H, float)                                   \
+    GATED_PRODUCT_GRADS(f32_##S##_##S, float, H, H)                                       \
+    GATED_PRODUCT_GRADS(f32_f32_##S, float, float, H)
 
 FOR_FLOATS(GATED_PRODUCT_GRADS_SAME)
-GATED_PRODUCT_GRADS(f32_fbf16, float, bf16)
-GATED_PRODUCT_GRADS(f32_ff16, float, f16)
+GATED_PRODUCT_GRADS_HALF(bf16, bf16)
+GATED_PRODUCT_GRADS_HALF(f16, f16)
 
 // This thread's share of `op` over a contiguous row of d elements, the group of
 // `threads` threads (a warp or a block) being numbered by `t`: the elements before the

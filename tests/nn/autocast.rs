@@ -271,21 +271,33 @@ fn autocast_residual_reads_the_half_product_with_the_casts_bits() -> Result<()> 
         let variable = |seed, shape: &[usize]| randn_as(seed, shape, DType::F32).into_variable();
         // 128 groups: the gate's and the product's gradients come from the fused pass
         // (at least two groups a thread); a shared gate `[16]` takes the composition.
+        // The gate f32 or, cast in the scope, half as a DiT's (a chunk of its adaLN
+        // product).
         let (x, h, w) = (
             variable(81, &[128, 3, 16])?,
             variable(82, &[128, 3, 8])?,
             variable(83, &[16, 8])?,
         );
-        for gate in [variable(84, &[128, 1, 16])?, variable(85, &[16])?] {
+        let gates = [
+            (variable(84, &[128, 1, 16])?, false),
+            (variable(84, &[128, 1, 16])?, true),
+            (variable(85, &[16])?, false),
+        ];
+        for (gate, half_gate) in gates {
             let inputs = [&x, &h, &w, &gate];
             // x + gate·linear(h) and x + linear(h)·gate, the product in the scope's dtype
             // read as it is, or cast to f32 by hand first (the widest-dtype rule).
             let run = |by_hand: bool, gate_first: bool| -> Result<(u32, Vec<Vec<f32>>)> {
                 let loss = autocast(low, || -> Result<Tensor> {
+                    let mut gate = match half_gate {
+                        true => gate.to_dtype(low)?,
+                        false => gate.clone(),
+                    };
                     let mut y = h.linear(&w, None)?;
                     assert_eq!(y.dtype(), low);
                     if by_hand {
                         y = y.to_dtype(DType::F32)?;
+                        gate = gate.to_dtype(DType::F32)?;
                     }
                     let out = match gate_first {
                         true => x.addcmul(&gate, &y)?,
@@ -303,7 +315,8 @@ fn autocast_residual_reads_the_half_product_with_the_casts_bits() -> Result<()> 
             };
             for gate_first in [true, false] {
                 let (got, want) = (run(false, gate_first)?, run(true, gate_first)?);
-                let case = format!("{low} gate {:?} first {gate_first}", gate.shape());
+                let shape = gate.shape();
+                let case = format!("{low} gate {shape:?} half {half_gate} first {gate_first}");
                 assert_eq!(got.0, want.0, "{case}: loss");
                 for (i, (got, want)) in got.1.iter().zip(&want.1).enumerate() {
                     assert_eq!(got, want, "{case}: gradient {i}");

@@ -283,27 +283,25 @@ pub(crate) fn ternary(
     Ok(out)
 }
 
-/// `x + a·b` for f32 views x and a beside a bf16 or f16 view b, read in its own dtype
-/// (`addcmul_f32_b{bf16,f16}`, an element per thread): autocast's gated residual around
-/// a half-precision product, with no f32 copy of the product first. The f32 result.
-pub(crate) fn addcmul_half_factor(
+/// `x + a·b` for an f32 view x beside a bf16 or f16 view b, and a an f32 view or one of
+/// b's dtype, each read in its own dtype (`addcmul_f32_{a}_{b}`, an element per thread):
+/// autocast's gated residual around a half-precision product, with no f32 copies of the
+/// factors first. The f32 result.
+pub(crate) fn addcmul_half_factors(
     op: &'static str,
     (x, lx): (&CudaStorage, &Layout),
     (a, la): (&CudaStorage, &Layout),
     (b, lb): (&CudaStorage, &Layout),
 ) -> Result<CudaStorage> {
-    let dtypes = [x.dtype, a.dtype, b.dtype];
-    if x.dtype != DType::F32
-        || a.dtype != DType::F32
-        || !matches!(b.dtype, DType::BF16 | DType::F16)
-    {
-        return Err(Error::dtypes(op, &dtypes));
+    let half = matches!(b.dtype, DType::BF16 | DType::F16);
+    if x.dtype != DType::F32 || !half || (a.dtype != DType::F32 && a.dtype != b.dtype) {
+        return Err(Error::dtypes(op, &[x.dtype, a.dtype, b.dtype]));
     }
     let n = lx.elem_count();
     let out = CudaStorage::alloc(x.dev(), n, DType::F32)?;
     if n > 0 {
         let [xv, av, bv] = View::merged(op, [lx, la, lb])?;
-        let name = format!("addcmul_f32_b{}", suffix(b.dtype));
+        let name = format!("addcmul_f32_{}_{}", suffix(a.dtype), suffix(b.dtype));
         let ar = args![x.ptr(), xv, a.ptr(), av, b.ptr(), bv, out.ptr(), n];
         launch(x.dev(), op, ("elementwise", &name), per_element(n), ar)?;
     }

@@ -124,11 +124,11 @@ pub(crate) fn sum_product(
 
 /// The gradients of a gated product `full·gate` from the output gradient `g` (views of
 /// one shape, `[groups·rows, cols]` as rows; `gate` one row of `cols` per group of rows):
-/// `g·gate` elementwise, in full's dtype, and `Σ_rows g·full` per group, in g's, from
-/// one read of g (`gated_product_grads_*`, then `reduce_middle_finish_*` adding each
-/// column's partials in order, so the result is identical run to run). `full` has g's
-/// dtype, or is bf16 or f16 beside an f32 g (autocast's residual around a
-/// half-precision product).
+/// `g·gate` elementwise, in full's dtype, and `Σ_rows g·full` per group, in the gate's,
+/// from one read of g (`gated_product_grads_*`, then `reduce_middle_finish_*` adding
+/// each column's partials in order, so the result is identical run to run). `full` and
+/// `gate` have g's dtype, or either or both are bf16 (or both f16) beside an f32 g
+/// (autocast's residual around a half-precision product).
 pub(crate) fn gated_product_grads(
     (g, gl): (&CudaStorage, &Layout),
     (full, fl): (&CudaStorage, &Layout),
@@ -136,10 +136,16 @@ pub(crate) fn gated_product_grads(
 ) -> Result<(CudaStorage, CudaStorage)> {
     const OP: &str = "addcmul_backward";
     float_only(OP, g.dtype)?;
-    let name_suffix = match (g.dtype, full.dtype) {
-        (t, f) if t == f => suffix(t).to_string(),
-        (DType::F32, DType::BF16 | DType::F16) => format!("f32_f{}", suffix(full.dtype)),
-        _ => return Err(Error::dtypes(OP, &[g.dtype, full.dtype])),
+    let dtypes = [g.dtype, full.dtype, gate.dtype];
+    let half = |d: DType| matches!(d, DType::BF16 | DType::F16);
+    let name_suffix = match dtypes {
+        [t, f, q] if t == f && t == q => suffix(t).to_string(),
+        [DType::F32, f, q]
+            if (half(f) || half(q)) && (f == q || f == DType::F32 || q == DType::F32) =>
+        {
+            format!("f32_{}_{}", suffix(f), suffix(q))
+        }
+        _ => return Err(Error::dtypes(OP, &dtypes)),
     };
     let cols = gl.shape().last().copied().unwrap_or(1).max(1);
     let groups = (gatel.elem_count() / cols).max(1);
@@ -169,7 +175,7 @@ pub(crate) fn gated_product_grads(
     ];
     launch(dev, OP, ("reduce", &name), cfg, a)?;
     let sum = ReduceOp::Sum.kernel_code();
-    let d_gate = finish_middle(OP, &part, g.dtype, (groups, chunks, cols), sum)?;
+    let d_gate = finish_middle(OP, &part, gate.dtype, (groups, chunks, cols), sum)?;
     Ok((d_full, d_gate))
 }
 

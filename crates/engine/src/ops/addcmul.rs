@@ -16,14 +16,15 @@ use crate::{DType, Tensor};
 impl Tensor {
     /// `self + a·b`, the three broadcast together.
     ///
-    /// Inside an autocast scope, an f32 `self` and factor beside a bf16 or f16 factor (a
-    /// gated residual around a half-precision product) read the half factor in its own
-    /// dtype, where the widest-dtype rule would first cast it to f32: the same values
-    /// (the cast is exact), an f32 result, and the half factor's gradient in its dtype.
+    /// Inside an autocast scope, an f32 `self` beside bf16 or f16 factors (a gated
+    /// residual around a half-precision product, its gate f32 or half too) reads them in
+    /// their own dtype, where the widest-dtype rule would first cast them to f32: the
+    /// same values (the casts are exact), an f32 result, and each factor's gradient in
+    /// its dtype.
     pub fn addcmul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         const OP: &str = "addcmul";
-        let half_factor = autocast_dtype().is_some() && has_half_factor(self, a, b);
-        if !half_factor {
+        let half_factors = autocast_dtype().is_some() && reads_half_factors(self, a, b);
+        if !half_factors {
             if let Some(x) = promoted(&[self, a, b])? {
                 return x[0].addcmul(&x[1], &x[2]);
             }
@@ -79,11 +80,13 @@ impl Tensor {
     }
 }
 
-/// Whether `x + a·b` is an f32 x and factor beside a bf16 or f16 factor.
-fn has_half_factor(x: &Tensor, a: &Tensor, b: &Tensor) -> bool {
+/// Whether `x + a·b` is an f32 x beside one bf16 or f16 factor and an f32 one, or two of
+/// the same half dtype: the mixed dtypes the addcmul kernels read as they are.
+fn reads_half_factors(x: &Tensor, a: &Tensor, b: &Tensor) -> bool {
     let half = |t: &Tensor| matches!(t.dtype(), DType::BF16 | DType::F16);
     let f32 = |t: &Tensor| t.dtype() == DType::F32;
-    f32(x) && ((f32(a) && half(b)) || (half(a) && f32(b)))
+    let factors = (half(a) && (f32(b) || b.dtype() == a.dtype())) || (f32(a) && half(b));
+    f32(x) && factors
 }
 
 /// The gradients of `a` and `b` in one pass over the output gradient `g`, when both
@@ -103,8 +106,8 @@ fn gated_product_grads(g: &Tensor, a: &Tensor, b: &Tensor) -> Result<Option<(Ten
             && per_group(g.shape(), gate.shape())
             && g.elem_count() > 0
             && groups >= 2 * rayon::current_num_threads()
-            && gate.dtype() == g.dtype()
-            && (full.dtype() == g.dtype() || has_half_factor(g, gate, full))
+            && ([full, gate].iter().all(|t| t.dtype() == g.dtype())
+                || reads_half_factors(g, gate, full))
     };
     let (full, gate, gate_first) = match (gated(b, a), gated(a, b)) {
         (true, _) => (b, a, true),
@@ -116,7 +119,7 @@ fn gated_product_grads(g: &Tensor, a: &Tensor, b: &Tensor) -> Result<Option<(Ten
         (
             (&g.storage(), g.layout()),
             AnyFloat((&full.storage(), full.layout())),
-            (&gate.storage(), gate.layout()),
+            AnyFloat((&gate.storage(), gate.layout())),
         ),
     )?;
     Ok(grads.map(|(d_full, d_gate)| {
@@ -130,13 +133,14 @@ fn gated_product_grads(g: &Tensor, a: &Tensor, b: &Tensor) -> Result<Option<(Ten
 }
 
 /// The kernel of [`gated_product_grads`]: from g, the full factor and the gate, the
-/// gradients of the full factor (in its dtype: g's, or a half dtype beside an f32 g)
-/// and of the gate (`None` would leave the product and the sum to run on their own).
+/// gradients of the full factor and of the gate, each in its dtype (g's, or a half
+/// dtype beside an f32 g; `None` would leave the product and the sum to run on their
+/// own).
 struct GatedProductGrads;
 
 impl<'a> FusedOp<'a> for GatedProductGrads {
     const NAME: &'static str = "addcmul_backward";
-    type Inputs = (View<'a, Storage>, AnyFloat<'a>, View<'a, Storage>);
+    type Inputs = (View<'a, Storage>, AnyFloat<'a>, AnyFloat<'a>);
     type Output = Option<(Storage, Storage)>;
 
     fn cpu(&self, (g, full, gate): BackendInputs<'a, Self, CpuStorage>) -> Result<Self::Output> {
@@ -152,7 +156,7 @@ impl<'a> FusedOp<'a> for GatedProductGrads {
             let (d_full, d_gate) = elementwise::gated_product_grads(&gv, &fv, &gatev, d);
             Ok(Some((
                 F::store(d_full, full.0.dtype()).into(),
-                F::store(d_gate, g.0.dtype()).into(),
+                F::store(d_gate, gate.0.dtype()).into(),
             )))
         })
     }
@@ -184,12 +188,12 @@ impl<'a> FusedOp<'a> for Addcmul {
 
     #[cfg(feature = "cuda")]
     fn cuda(&self, (x, a, b): BackendInputs<'a, Self, CudaStorage>) -> Result<Storage> {
-        use cuda::elementwise::{addcmul_half_factor, ternary};
+        use cuda::elementwise::{addcmul_half_factors, ternary};
         let out = match (a.0.dtype() == x.0.dtype(), b.0.dtype() == x.0.dtype()) {
             (true, true) => ternary(Self::NAME, "addcmul", x, a, b)?,
-            // x + a·b = x + b·a: the half factor is the kernel's last.
-            (true, false) => addcmul_half_factor(Self::NAME, x, a, b)?,
-            _ => addcmul_half_factor(Self::NAME, x, b, a)?,
+            // x + a·b = x + b·a: a half factor is the kernel's last.
+            (_, false) => addcmul_half_factors(Self::NAME, x, a, b)?,
+            (false, true) => addcmul_half_factors(Self::NAME, x, b, a)?,
         };
         Ok(out.into())
     }
