@@ -260,10 +260,72 @@ FOR_FLOATS(ELEMENTWISE)
         }                                                                                  \
     }
 
-ADDCMUL_HALF_FACTORS(f32_f32_bf16, float, bf16)
-ADDCMUL_HALF_FACTORS(f32_f32_f16, float, f16)
-ADDCMUL_HALF_FACTORS(f32_bf16_bf16, bf16, bf16)
-ADDCMUL_HALF_FACTORS(f32_f16_f16, f16, f16)
+// The unsigned vector type of `BYTES` bytes (four elements of one type).
+template <int BYTES> struct QuadBits;
+template <> struct QuadBits<16> { typedef uint4 type; };
+template <> struct QuadBits<8> { typedef uint2 type; };
+
+// Four consecutive elements from element offset `off` of an operand whose innermost dim
+// has unit stride (one 4·sizeof(T)-byte load: the host checks the alignment) or stride
+// 0 (one element, repeated), in f32.
+template <typename T, typename I>
+__device__ __forceinline__ void load_quad(const T* __restrict__ p, const View& v, I off,
+                                          float (&q)[4]) {
+    if (v.strides[v.rank - 1] == 1) {
+        typedef typename QuadBits<4 * sizeof(T)>::type Bits;
+        union {
+            T v[4];
+            Bits u;
+        } r;
+        r.u = *(const Bits*)(p + off);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) q[j] = load(r.v[j]);
+    } else {
+        const float e = load(p[off]);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) q[j] = e;
+    }
+}
+
+// The same four elements a thread, one offset computation per four (in 32-bit
+// arithmetic when `narrow`), as the `*_packed` kernels do for operands of one type: the
+// gated residual's gate is broadcast over the tokens, whose per-element offsets cost
+// two 64-bit divisions each. Every view's innermost dim a multiple of 4 elements.
+template <typename TA, typename TB, typename I>
+__device__ __forceinline__ void addcmul_quads(const float* x, const View& xv, const TA* a,
+                                              const View& av, const TB* b, const View& bv,
+                                              float* out, u64 quads) {
+    GRID_STRIDE(k, quads) {
+        I ox, oa, ob;
+        offsets3<I>(xv, av, bv, (I)k * 4, ox, oa, ob);
+        float xs[4], as[4], bs[4];
+        load_quad<float, I>(x, xv, ox, xs);
+        load_quad<TA, I>(a, av, oa, as);
+        load_quad<TB, I>(b, bv, ob, bs);
+        float4 o;
+        o.x = xs[0] + as[0] * bs[0];
+        o.y = xs[1] + as[1] * bs[1];
+        o.z = xs[2] + as[2] * bs[2];
+        o.w = xs[3] + as[3] * bs[3];
+        ((float4*)out)[k] = o;
+    }
+}
+
+#define ADDCMUL_HALF_QUADS(S, TA, TB)                                                      \
+    extern "C" __global__ void addcmul_quads_##S(const float* x, View xv, const TA* a,     \
+                                                 View av, const TB* b, View bv, float* out, \
+                                                 u64 quads, int narrow) {                  \
+        if (narrow)                                                                        \
+            addcmul_quads<TA, TB, unsigned>(x, xv, a, av, b, bv, out, quads);              \
+        else                                                                               \
+            addcmul_quads<TA, TB, u64>(x, xv, a, av, b, bv, out, quads);                   \
+    }
+#define ADDCMUL_HALF(S, TA, TB) ADDCMUL_HALF_FACTORS(S, TA, TB) ADDCMUL_HALF_QUADS(S, TA, TB)
+
+ADDCMUL_HALF(f32_f32_bf16, float, bf16)
+ADDCMUL_HALF(f32_f32_f16, float, f16)
+ADDCMUL_HALF(f32_bf16_bf16, bf16, bf16)
+ADDCMUL_HALF(f32_f16_f16, f16, f16)
 
 // A compute-type value rounded to storage type T.
 template <typename T> __device__ __forceinline__ T stored(typename Acc<T>::type v) {

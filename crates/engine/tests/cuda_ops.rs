@@ -263,23 +263,36 @@ fn gated_product_gradients() {
             t[0].addcmul(&t[2], &t[1].narrow(1, 40, 40)?.unsqueeze(1)?)
         });
     }
-    // Under autocast, f32 stream and gate beside a half-precision product read in its
-    // dtype (`addcmul_f32_b*`, `gated_product_grads_f32_f*`), the gate per sample or
-    // shared (the composition, with its casts).
+    // Under autocast, an f32 stream beside a half-precision product, read in its dtype
+    // (`addcmul_quads_f32_{a}_{b}` four elements a thread where D is a multiple of 4,
+    // else `addcmul_f32_{a}_{b}`; `gated_product_grads_f32_{full}_{gate}`), the gate
+    // f32 or half (a chunk of another product, as a DiT's), per sample or shared (the
+    // composition, with its casts).
     for low in [DType::BF16, DType::F16] {
-        for gate in [[128, 1, 40], [1, 1, 40]] {
-            let inputs = [
-                randn(55, &[128, 5, 40], DType::F32),
-                randn(56, &gate, DType::F32),
-                randn(57, &[128, 5, 24], DType::F32),
-                randn(58, &[40, 24], DType::F32),
+        for d in [40, 38] {
+            let gates = [
+                ([128, 1, d], false),
+                ([128, 1, d], true),
+                ([1, 1, d], false),
             ];
-            check(
-                &format!("x + gate {gate:?} · {low} product"),
-                &inputs,
-                1e-2,
-                |t| autocast(low, || t[0].addcmul(&t[1], &t[2].linear(&t[3], None)?))?,
-            );
+            for (gate, half_gate) in gates {
+                let inputs = [
+                    randn(55, &[128, 5, d], DType::F32),
+                    randn(56, &gate, DType::F32),
+                    randn(57, &[128, 5, 24], DType::F32),
+                    randn(58, &[d, 24], DType::F32),
+                ];
+                let case = format!("x + gate {gate:?} (half {half_gate}) · {low} product");
+                check(&case, &inputs, 1e-2, |t| {
+                    autocast(low, || {
+                        let gate = match half_gate {
+                            true => t[1].to_dtype(low)?,
+                            false => t[1].clone(),
+                        };
+                        t[0].addcmul(&gate, &t[2].linear(&t[3], None)?)
+                    })?
+                });
+            }
         }
     }
 }

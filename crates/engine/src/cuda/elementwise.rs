@@ -299,12 +299,33 @@ pub(crate) fn addcmul_half_factors(
     }
     let n = lx.elem_count();
     let out = CudaStorage::alloc(x.dev(), n, DType::F32)?;
-    if n > 0 {
-        let [xv, av, bv] = View::merged(op, [lx, la, lb])?;
-        let name = format!("addcmul_f32_{}_{}", suffix(a.dtype), suffix(b.dtype));
-        let ar = args![x.ptr(), xv, a.ptr(), av, b.ptr(), bv, out.ptr(), n];
-        launch(x.dev(), op, ("elementwise", &name), per_element(n), ar)?;
+    if n == 0 {
+        return Ok(out);
     }
+    let [xv, av, bv] = View::merged(op, [lx, la, lb])?;
+    let operands = [(x, xv), (a, av), (b, bv)];
+    // Four elements a thread where every view and buffer allows (`addcmul_quads_*`).
+    let aligned = |s: &CudaStorage| s.ptr().is_multiple_of(4 * s.dtype.size_in_bytes() as u64);
+    let quads = operands.iter().all(|(s, v)| v.fits_packs(4) && aligned(s)) && aligned(&out);
+    let narrow =
+        n <= u32::MAX as usize && operands.iter().all(|(s, _)| s.len() <= u32::MAX as usize);
+    let mut ar: Vec<Arg> = Vec::with_capacity(9);
+    for (s, v) in operands {
+        ar.extend([s.ptr().into(), v.into()]);
+    }
+    ar.push(out.ptr().into());
+    let types = format!("f32_{}_{}", suffix(a.dtype), suffix(b.dtype));
+    let (kernel, cfg) = match quads {
+        true => {
+            ar.extend([(n / 4).into(), narrow.into()]);
+            (format!("addcmul_quads_{types}"), per_element(n / 4))
+        }
+        false => {
+            ar.push(n.into());
+            (format!("addcmul_{types}"), per_element(n))
+        }
+    };
+    launch(x.dev(), op, ("elementwise", &kernel), cfg, &mut ar)?;
     Ok(out)
 }
 
