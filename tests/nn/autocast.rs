@@ -4,7 +4,7 @@
 //! test name contains `autocast`, which is how CI selects them.
 
 use twinflow::engine::{
-    autocast, autocast_dtype, scaled_dot_product_attention, AutocastGuard, DType, Device,
+    autocast, autocast_dtype, jvp, scaled_dot_product_attention, AutocastGuard, DType, Device,
     Gradients, PreNorm, Result, Tensor,
 };
 use twinflow::flow::method::Batch;
@@ -323,6 +323,65 @@ fn autocast_residual_reads_the_half_product_with_the_casts_bits() -> Result<()> 
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Forward mode through both: a DiT block's branch `x + g·linear(prenorm(x))` under
+/// autocast carries the tangents the cast path gives, bit for bit.
+#[test]
+fn autocast_prenorm_and_half_residual_tangents_match_the_casts() -> Result<()> {
+    let f32s_of = |t: &[Tensor]| t.iter().map(f32s).collect::<Vec<_>>();
+    for low in [DType::BF16, DType::F16] {
+        let (s, t) = (
+            randn_as(91, &[8, 1, 16], DType::F32),
+            randn_as(92, &[8, 1, 16], DType::F32),
+        );
+        let (w, gate) = (
+            randn_as(93, &[16, 16], DType::F32),
+            randn_as(94, &[8, 1, 16], DType::F32),
+        );
+        let (x, tx) = (
+            randn_as(95, &[8, 3, 16], DType::F32),
+            randn_as(96, &[8, 3, 16], DType::F32),
+        );
+        let (s, t, w, gate) = (&s, &t, &w, &gate);
+        let branch = |by_hand: bool| {
+            move |p: &[Tensor]| -> Result<Vec<Tensor>> {
+                let x = &p[0];
+                let norm = PreNorm {
+                    weight: Some(s),
+                    bias: Some(t),
+                    eps: 1e-6,
+                };
+                let (mut y, mut g) = match by_hand {
+                    true => (
+                        x.layer_norm(Some(s), Some(t), 1e-6)?.to_dtype(low)?,
+                        gate.clone(),
+                    ),
+                    false => (norm.apply(x)?, gate.to_dtype(low)?),
+                };
+                y = y.linear(w, None)?;
+                if by_hand {
+                    y = y.to_dtype(DType::F32)?;
+                    g = g.to_dtype(low)?.to_dtype(DType::F32)?;
+                }
+                Ok(vec![x.addcmul(&g, &y)?])
+            }
+        };
+        let run = |by_hand| {
+            autocast(low, || {
+                jvp(
+                    branch(by_hand),
+                    std::slice::from_ref(&x),
+                    std::slice::from_ref(&tx),
+                )
+            })
+        };
+        let ((out, tan), (want_out, want_tan)) = (run(false)??, run(true)??);
+        assert_eq!(tan[0].dtype(), DType::F32);
+        assert_eq!(f32s_of(&out), f32s_of(&want_out), "{low} output");
+        assert_eq!(f32s_of(&tan), f32s_of(&want_tan), "{low} tangent");
     }
     Ok(())
 }

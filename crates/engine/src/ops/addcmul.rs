@@ -64,15 +64,18 @@ impl Tensor {
                 let gb = b.requires_grad().then(|| grad(a, b));
                 Ok(vec![gx.transpose()?, ga.transpose()?, gb.transpose()?])
             },
-            // tx + ta·b + a·tb, each product one more fused pass.
+            // tx + ta·b + a·tb, each product one more fused pass. Tangent rules run
+            // outside autocast: half factors (and their tangents) are widened to the
+            // output's dtype, exactly, as the widest-dtype rule's casts would have.
             |d, _| {
-                let (a, b) = (d.primal(1), d.primal(2));
+                let wide = |t: &Tensor| t.to_dtype(d.primal(0).dtype());
+                let (a, b) = (wide(d.primal(1))?, wide(d.primal(2))?);
                 let mut t = d.tangent_or_zeros(0)?;
                 if let Some(ta) = d.tangent(1) {
-                    t = t.addcmul(ta, b)?;
+                    t = t.addcmul(&wide(ta)?, &b)?;
                 }
                 if let Some(tb) = d.tangent(2) {
-                    t = t.addcmul(a, tb)?;
+                    t = t.addcmul(&a, &wide(tb)?)?;
                 }
                 Ok(t)
             },
