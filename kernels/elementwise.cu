@@ -194,6 +194,18 @@ __device__ __forceinline__ void offsets3(const View& a, const View& b, const Vie
     }
 }
 
+// `addcmul_{S}`: x + a·b on strided views, an element per thread; x and the output of
+// type TX, the factors of TA and TB (one type for all but autocast's, below).
+#define ADDCMUL_STRIDED(S, TX, TA, TB)                                                     \
+    extern "C" __global__ void addcmul_##S(const TX* x, View xv, const TA* a, View av,     \
+                                           const TB* b, View bv, TX* out, u64 n) {         \
+        GRID_STRIDE(i, n) {                                                                \
+            u64 ox, oa, ob;                                                                \
+            offsets3(xv, av, bv, i, ox, oa, ob);                                           \
+            put(out + i, load(x[ox]) + load(a[oa]) * load(b[ob]));                         \
+        }                                                                                  \
+    }
+
 #define ELEMENTWISE(S, T)                                                                    \
     extern "C" __global__ void unary_##S(const T* x, View xv, T* out, u64 n, int op,       \
                                          double p0, double p1) {                           \
@@ -235,30 +247,15 @@ __device__ __forceinline__ void offsets3(const View& a, const View& b, const Vie
             out[i] = load(m[om]) != 0 ? t[ot] : f[of];                                       \
         }                                                                                    \
     }                                                                                        \
-    extern "C" __global__ void addcmul_##S(const T* x, View xv, const T* a, View av,        \
-                                           const T* b, View bv, T* out, u64 n) {           \
-        GRID_STRIDE(i, n) {                                                                  \
-            u64 ox, oa, ob;                                                                  \
-            offsets3(xv, av, bv, i, ox, oa, ob);                                             \
-            put(out + i, load(x[ox]) + load(a[oa]) * load(b[ob]));                           \
-        }                                                                                    \
-    }
+    ADDCMUL_STRIDED(S, T, T, T)
 
 FOR_FLOATS(ELEMENTWISE)
 
 // x + a·b for an f32 x beside a bf16 or f16 b, and a f32 or of b's type
-// (`addcmul_f32_{a}_{b}`), each read in its own type: autocast's gated residual around
-// a half-precision product (its gate a chunk of another), without casting the factors
-// to f32 first (the same values: the casts are exact).
-#define ADDCMUL_HALF_FACTORS(S, TA, TB)                                                    \
-    extern "C" __global__ void addcmul_##S(const float* x, View xv, const TA* a, View av,  \
-                                           const TB* b, View bv, float* out, u64 n) {      \
-        GRID_STRIDE(i, n) {                                                                \
-            u64 ox, oa, ob;                                                                \
-            offsets3(xv, av, bv, i, ox, oa, ob);                                           \
-            put(out + i, load(x[ox]) + load(a[oa]) * load(b[ob]));                         \
-        }                                                                                  \
-    }
+// (`addcmul_f32_{a}_{b}`, by ADDCMUL_STRIDED above), each read in its own type:
+// autocast's gated residual around a half-precision product (its gate a chunk of
+// another), without casting the factors to f32 first (the same values: the casts are
+// exact).
 
 // The unsigned vector type of `BYTES` bytes (four elements of one type).
 template <int BYTES> struct QuadBits;
@@ -320,7 +317,7 @@ __device__ __forceinline__ void addcmul_quads(const float* x, const View& xv, co
         else                                                                               \
             addcmul_quads<TA, TB, u64>(x, xv, a, av, b, bv, out, quads);                   \
     }
-#define ADDCMUL_HALF(S, TA, TB) ADDCMUL_HALF_FACTORS(S, TA, TB) ADDCMUL_HALF_QUADS(S, TA, TB)
+#define ADDCMUL_HALF(S, TA, TB) ADDCMUL_STRIDED(S, float, TA, TB) ADDCMUL_HALF_QUADS(S, TA, TB)
 
 ADDCMUL_HALF(f32_f32_bf16, float, bf16)
 ADDCMUL_HALF(f32_f32_f16, float, f16)

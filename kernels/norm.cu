@@ -212,13 +212,12 @@ __device__ __forceinline__ void norm_param_grads(const T* x, const A* mean, cons
         norm_warp<T, Y, Acc<T>::type, N>(x, w, b, y, mean, rstd, rows, d, wg, bg,         \
                                          (Acc<T>::type)eps, rms);                         \
     }
+// Every warp version of kernel macro M: N in 4, 8, 12, 16, 24 and 32 elements a lane.
+#define FOR_LANE_ELEMS(M, S, T, U)                                                        \
+    M(S, T, U, 4) M(S, T, U, 8) M(S, T, U, 12) M(S, T, U, 16) M(S, T, U, 24) M(S, T, U, 32)
+
 #define NORM_FORWARD(S, T, Y)                                                             \
-    NORM_FORWARD_WARP(S, T, Y, 4)                                                         \
-    NORM_FORWARD_WARP(S, T, Y, 8)                                                         \
-    NORM_FORWARD_WARP(S, T, Y, 12)                                                        \
-    NORM_FORWARD_WARP(S, T, Y, 16)                                                        \
-    NORM_FORWARD_WARP(S, T, Y, 24)                                                        \
-    NORM_FORWARD_WARP(S, T, Y, 32)                                                        \
+    FOR_LANE_ELEMS(NORM_FORWARD_WARP, S, T, Y)                                            \
     extern "C" __global__ void norm_##S(const T* x, const T* w, const T* b, Y* y,         \
                                         Acc<T>::type* mean, Acc<T>::type* rstd, u64 rows,  \
                                         u64 d, u64 wg, u64 bg, double eps, int rms) {     \
@@ -236,12 +235,7 @@ __device__ __forceinline__ void norm_param_grads(const T* x, const A* mean, cons
                                                   wg, rms);                               \
     }
 #define NORM_BACKWARD(S, T, G)                                                            \
-    NORM_BACKWARD_WARP(S, T, G, 4)                                                        \
-    NORM_BACKWARD_WARP(S, T, G, 8)                                                        \
-    NORM_BACKWARD_WARP(S, T, G, 12)                                                       \
-    NORM_BACKWARD_WARP(S, T, G, 16)                                                       \
-    NORM_BACKWARD_WARP(S, T, G, 24)                                                       \
-    NORM_BACKWARD_WARP(S, T, G, 32)                                                       \
+    FOR_LANE_ELEMS(NORM_BACKWARD_WARP, S, T, G)                                           \
     extern "C" __global__ void norm_backward_##S(                                         \
         const T* x, const T* w, const Acc<T>::type* mean, const Acc<T>::type* rstd,       \
         const G* g, const T* res, T* dx, u64 rows, u64 d, u64 wg, int rms) {              \
