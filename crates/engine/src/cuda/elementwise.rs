@@ -314,19 +314,26 @@ pub(crate) fn addcmul_half_factors(
         ar.extend([s.ptr().into(), v.into()]);
     }
     ar.push(out.ptr().into());
-    let types = format!("f32_{}_{}", suffix(a.dtype), suffix(b.dtype));
-    let (kernel, cfg) = match quads {
+    let kernel = addcmul_half_kernel(a.dtype, b.dtype, quads);
+    let cfg = match quads {
         true => {
             ar.extend([(n / 4).into(), narrow.into()]);
-            (format!("addcmul_quads_{types}"), per_element(n / 4))
+            per_element(n / 4)
         }
         false => {
             ar.push(n.into());
-            (format!("addcmul_{types}"), per_element(n))
+            per_element(n)
         }
     };
     launch(x.dev(), op, ("elementwise", &kernel), cfg, &mut ar)?;
     Ok(out)
+}
+
+/// The kernel of [`addcmul_half_factors`] for factor dtypes `a` and `b`: four elements a
+/// thread (`quads`) or one.
+pub(super) fn addcmul_half_kernel(a: DType, b: DType, quads: bool) -> String {
+    let kind = if quads { "addcmul_quads" } else { "addcmul" };
+    format!("{kind}_f32_{}_{}", suffix(a), suffix(b))
 }
 
 /// The fused Adam(W) step on f32 parameter and moments, as the CPU's `adam::update`.

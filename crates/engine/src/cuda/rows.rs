@@ -137,16 +137,7 @@ pub(crate) fn gated_product_grads(
     const OP: &str = "addcmul_backward";
     float_only(OP, g.dtype)?;
     let dtypes = [g.dtype, full.dtype, gate.dtype];
-    let half = |d: DType| matches!(d, DType::BF16 | DType::F16);
-    let name_suffix = match dtypes {
-        [t, f, q] if t == f && t == q => suffix(t).to_string(),
-        [DType::F32, f, q]
-            if (half(f) || half(q)) && (f == q || f == DType::F32 || q == DType::F32) =>
-        {
-            format!("f32_{}_{}", suffix(f), suffix(q))
-        }
-        _ => return Err(Error::dtypes(OP, &dtypes)),
-    };
+    let name = gated_grads_kernel(dtypes).ok_or_else(|| Error::dtypes(OP, &dtypes))?;
     let cols = gl.shape().last().copied().unwrap_or(1).max(1);
     let groups = (gatel.elem_count() / cols).max(1);
     let rows = gl.elem_count() / cols / groups;
@@ -161,7 +152,6 @@ pub(crate) fn gated_product_grads(
         block_dim: (32, 8, 1),
         shared_mem_bytes: 0,
     };
-    let name = format!("gated_product_grads_{name_suffix}");
     let a = args![
         gd.ptr,
         fd.ptr,
@@ -177,6 +167,21 @@ pub(crate) fn gated_product_grads(
     let sum = ReduceOp::Sum.kernel_code();
     let d_gate = finish_middle(OP, &part, gate.dtype, (groups, chunks, cols), sum)?;
     Ok((d_full, d_gate))
+}
+
+/// The kernel of [`gated_product_grads`] for the dtypes of g, the full factor and the
+/// gate: all one, or an f32 g beside half factors (either, or both of one half dtype);
+/// `None` for other mixes.
+fn gated_grads_kernel([g, full, gate]: [DType; 3]) -> Option<String> {
+    let half = |d: DType| matches!(d, DType::BF16 | DType::F16);
+    let types = match (g, full, gate) {
+        (t, f, q) if t == f && t == q => suffix(t).to_string(),
+        (DType::F32, f, q) if (half(f) || half(q)) && (f == q || f == g || q == g) => {
+            format!("f32_{}_{}", suffix(f), suffix(q))
+        }
+        _ => return None,
+    };
+    Some(format!("gated_product_grads_{types}"))
 }
 
 /// Op `code` over contiguous rows of `d` elements (a contiguous input reduced over its
@@ -535,6 +540,53 @@ impl NormSums<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cuda::elementwise::addcmul_half_kernel;
+    use crate::cuda::kernels;
+
+    /// The names the launchers build for every dtype mix they take (the norms' for
+    /// warp and block rows, the gated residual's) are entries of the compiled kernel
+    /// files: a wrong one would otherwise only fail on a GPU. Needs NVRTC, as
+    /// `kernels_compile` does.
+    #[test]
+    fn launchers_name_kernels_that_exist() {
+        if !kernels::nvrtc_present() {
+            eprintln!("skipping launchers_name_kernels_that_exist: NVRTC not found");
+            return;
+        }
+        let ptx = |file| kernels::compile(file, "sm_90").expect("compiles").ptx;
+        let modules = [ptx("norm"), ptx("reduce"), ptx("elementwise")];
+        let exists = |name: &str| {
+            let entry = format!(".entry {name}(");
+            assert!(
+                modules.iter().any(|m| m.contains(&entry)),
+                "no kernel {name}"
+            );
+        };
+        use DType::{BF16, F16, F32, F64};
+        let same = [F32, F64, BF16, F16].map(|t| (t, t));
+        for (x, other) in same.into_iter().chain([(F32, BF16), (F32, F16)]) {
+            for d in [100, 384, 1000, 1500] {
+                let fwd = norm_suffix(x, other, "_to_").expect("a forward kernel");
+                let bwd = norm_suffix(x, other, "_g").expect("a backward kernel");
+                exists(&format!("{}_{fwd}", norm_kernel("norm", 4, d).0));
+                exists(&format!("{}_{bwd}", norm_kernel("norm_backward", 4, d).0));
+                exists(&format!("norm_param_grads_{bwd}"));
+            }
+        }
+        for half in [BF16, F16] {
+            for mix in [[F32, half, F32], [F32, half, half], [F32, F32, half]] {
+                exists(&gated_grads_kernel(mix).expect("a mixed kernel"));
+            }
+            for (a, quads) in [(F32, true), (F32, false), (half, true), (half, false)] {
+                exists(&addcmul_half_kernel(a, half, quads));
+            }
+        }
+        for t in [F32, F64, BF16, F16] {
+            exists(&gated_grads_kernel([t; 3]).expect("a kernel"));
+        }
+        assert_eq!(gated_grads_kernel([F32, BF16, F16]), None);
+        assert_eq!(norm_suffix(F64, BF16, "_to_"), None);
+    }
 
     #[test]
     fn row_stretches_cover_every_row_once() {
