@@ -253,6 +253,15 @@ fn autocast_prenorm_writes_the_low_dtype_with_the_casts_bits() -> Result<()> {
         for (i, (got, want)) in got.1.iter().zip(&want.1).enumerate() {
             assert_eq!(got, want, "{low} gradient {i}");
         }
+        // f64 is never lowered.
+        let x64 = x.to_dtype(DType::F64)?;
+        let (s64, t64) = (s.to_dtype(DType::F64)?, t.to_dtype(DType::F64)?);
+        let norm64 = PreNorm {
+            weight: Some(&s64),
+            bias: Some(&t64),
+            eps: 1e-6,
+        };
+        assert_eq!(autocast(low, || norm64.apply(&x64))??.dtype(), DType::F64);
         // Outside a scope it is the layer norm.
         let plain = PreNorm {
             weight: Some(&s),

@@ -179,20 +179,17 @@ pub struct PreNorm<'a> {
 
 impl PreNorm<'_> {
     /// `x.layer_norm(weight, bias, eps)`, for the layer whose products follow: inside
-    /// an autocast scope the output is written in the scope's low dtype, which those
-    /// products would cast it to (the same values and gradients, without a cast after
-    /// the norm and another before its backward).
+    /// an autocast scope the output of an f32 (or half) x is written in the scope's low
+    /// dtype, which those products would cast it to (the same values and gradients,
+    /// without a cast after the norm and another before its backward). f64 stays f64,
+    /// as autocast never lowers it.
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let spec = NormSpec {
             eps: self.eps,
             rms: false,
         };
-        x.norm_op(
-            "layer_norm",
-            (self.weight, self.bias),
-            spec,
-            autocast_dtype(),
-        )
+        let out = autocast_dtype().filter(|_| x.dtype() != DType::F64);
+        x.norm_op("layer_norm", (self.weight, self.bias), spec, out)
     }
 
     /// The parameters for the row blocks over x (`[rows, k]` once flattened): each
