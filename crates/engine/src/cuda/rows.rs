@@ -144,14 +144,8 @@ pub(crate) fn gated_product_grads(
     let dev = g.dev();
     let d_full = CudaStorage::alloc(dev, gl.elem_count(), full.dtype)?;
     let (gd, fd, gated) = (g.dense(gl)?, full.dense(fl)?, gate.dense(gatel)?);
-    let (column_blocks, outer_blocks) = (cols.div_ceil(32), groups.min(MAX_GRID_YZ));
-    let (chunks, per) = row_stretches(rows, column_blocks * outer_blocks);
+    let (chunks, per, cfg) = middle_launch(groups, rows, cols);
     let part = CudaStorage::alloc(dev, groups * chunks * cols, acc_dtype(g.dtype))?;
-    let cfg = LaunchConfig {
-        grid_dim: (column_blocks as u32, chunks as u32, outer_blocks as u32),
-        block_dim: (32, 8, 1),
-        shared_mem_bytes: 0,
-    };
     let a = args![
         gd.ptr,
         fd.ptr,
@@ -213,14 +207,8 @@ fn reduce_middle(
     (outer, rows, cols): (usize, usize, usize),
     code: i32,
 ) -> Result<CudaStorage> {
-    let (column_blocks, outer_blocks) = (cols.div_ceil(32), outer.min(MAX_GRID_YZ));
-    let (chunks, per) = row_stretches(rows, column_blocks * outer_blocks);
+    let (chunks, per, cfg) = middle_launch(outer, rows, cols);
     let part = CudaStorage::alloc(x.dev(), outer * chunks * cols, acc_dtype(x.dtype))?;
-    let cfg = LaunchConfig {
-        grid_dim: (column_blocks as u32, chunks as u32, outer_blocks as u32),
-        block_dim: (32, 8, 1),
-        shared_mem_bytes: 0,
-    };
     let name = format!("reduce_middle_{}", suffix(x.dtype));
     let a = args![
         x.ptr_at(l.offset()),
@@ -268,6 +256,21 @@ fn row_stretches(rows: usize, blocks: usize) -> (usize, usize) {
     let chunks = wanted.clamp(1, rows.div_ceil(MIN_STRETCH).clamp(1, MAX_GRID_YZ));
     let per = rows.div_ceil(chunks);
     (rows.div_ceil(per), per)
+}
+
+/// The launch of a middle-dim kernel over `outer` groups of `rows` rows of `cols`
+/// columns (`reduce_middle_*` and the kernels built like it): blocks (32, 8) over 32
+/// columns and [`row_stretches`] of the rows, the groups along z (grid-stride past
+/// CUDA's limit). Returns (stretches, rows per stretch, the launch).
+fn middle_launch(outer: usize, rows: usize, cols: usize) -> (usize, usize, LaunchConfig) {
+    let (column_blocks, outer_blocks) = (cols.div_ceil(32), outer.min(MAX_GRID_YZ));
+    let (chunks, per) = row_stretches(rows, column_blocks * outer_blocks);
+    let cfg = LaunchConfig {
+        grid_dim: (column_blocks as u32, chunks as u32, outer_blocks as u32),
+        block_dim: (32, 8, 1),
+        shared_mem_bytes: 0,
+    };
+    (chunks, per, cfg)
 }
 
 /// (rows, row length) of a view split at its last dim.
@@ -497,8 +500,7 @@ impl NormSums<'_> {
         }
         let (dev, d) = (self.dev, self.d);
         let groups = self.rows / group_rows;
-        let (column_blocks, group_blocks) = (d.div_ceil(32), groups.min(MAX_GRID_YZ));
-        let (chunks, per) = row_stretches(group_rows, column_blocks * group_blocks);
+        let (chunks, per, cfg) = middle_launch(groups, group_rows, d);
         let partials = |wanted: bool| {
             wanted
                 .then(|| CudaStorage::alloc(dev, groups * chunks * d, acc_dtype(self.dtype)))
@@ -506,11 +508,6 @@ impl NormSums<'_> {
         };
         let (pw, pb) = (partials(want_w)?, partials(want_b)?);
         let ptr = |p: &Option<CudaStorage>| p.as_ref().map_or(0, |p| p.ptr());
-        let cfg = LaunchConfig {
-            grid_dim: (column_blocks as u32, chunks as u32, group_blocks as u32),
-            block_dim: (32, 8, 1),
-            shared_mem_bytes: 0,
-        };
         let name = format!("norm_param_grads_{}", self.name_suffix);
         let (mean, rstd) = self.stats;
         let a = args![
