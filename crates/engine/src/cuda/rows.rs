@@ -339,8 +339,8 @@ fn norm_suffix(x: DType, other: DType, sep: &str) -> Option<String> {
 }
 
 /// The norm of x's rows (with the weight and bias, one row or one per group of rows)
-/// written in dtype `out`, and the row means and reciprocal std devs. An f32 x may
-/// write a bf16 or f16 output directly; other pairs run the norm in x's dtype and cast.
+/// written in dtype `out` (x's, or bf16 or f16 beside an f32 x), and the row means and
+/// reciprocal std devs.
 pub(crate) fn norm(
     x: &CudaStorage,
     l: &Layout,
@@ -350,11 +350,8 @@ pub(crate) fn norm(
     out: DType,
 ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
     float_only("norm", x.dtype)?;
-    let Some(name_suffix) = norm_suffix(x.dtype, out, "_to_") else {
-        let (y, mean, rstd) = norm(x, l, weight, bias, spec, x.dtype)?;
-        let y = super::elementwise::cast(&y, &Layout::contiguous(l.shape()), out)?;
-        return Ok((y, mean, rstd));
-    };
+    let name_suffix =
+        norm_suffix(x.dtype, out, "_to_").ok_or_else(|| Error::dtypes("norm", &[x.dtype, out]))?;
     let (rows, d) = rows_of(l);
     let (dev, st) = (x.dev(), acc_dtype(x.dtype));
     let y = CudaStorage::alloc(dev, l.elem_count(), out)?;
@@ -399,8 +396,8 @@ fn dense_opt(p: Option<(&CudaStorage, &Layout)>) -> Result<Option<super::Dense>>
 /// dx, and dweight and dbias where the forward had them, from x, the weight, the
 /// forward's row statistics and the output gradient `g`; dx plus `residual` (a gradient
 /// of x gathered elsewhere) where one is given, added by the same kernel as it writes dx.
-/// The gradients have x's dtype; `g` may be bf16 or f16 beside an f32 x (a norm that
-/// wrote its output for products in that dtype), else it is converted first.
+/// The gradients have x's dtype; `g` has it too, or is bf16 or f16 beside an f32 x (a
+/// norm that wrote its output for products in that dtype).
 pub(crate) fn norm_backward(
     x: &CudaStorage,
     l: &Layout,
@@ -426,11 +423,9 @@ pub(crate) fn norm_backward(
         };
         return Ok((dx, zeros(w_len)?, zeros(bias_len)?));
     }
-    let (name_suffix, gd) = match norm_suffix(x.dtype, g.dtype, "_g") {
-        Some(name_suffix) => (name_suffix, g.dense(gl)?),
-        None => (suffix(x.dtype).to_string(), g.dense_as(gl, x.dtype)?),
-    };
-    let (xd, w) = (x.dense(l)?, dense_opt(weight)?);
+    let name_suffix = norm_suffix(x.dtype, g.dtype, "_g")
+        .ok_or_else(|| Error::dtypes("norm_backward", &[x.dtype, g.dtype]))?;
+    let (xd, gd, w) = (x.dense(l)?, g.dense(gl)?, dense_opt(weight)?);
     let res = dense_opt(residual)?;
     let ptr = |p: &Option<super::Dense>| p.as_ref().map_or(0, |p| p.ptr);
     let (kernel, cfg) = norm_kernel("norm_backward", rows, d);

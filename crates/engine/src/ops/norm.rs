@@ -11,7 +11,6 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::forward_ad::Duals;
 use crate::fused::{AnyFloat, BackendInputs, FusedOp, View};
-use crate::layout::Layout;
 use crate::storage::Storage;
 use crate::Tensor;
 use std::borrow::Cow;
@@ -35,8 +34,11 @@ impl Tensor {
             return x[0].norm_op(name, (w, b), spec, out);
         }
         check_float(name, self)?;
+        // x's dtype, or a half dtype beside an f32 x: the pairs both backends' kernels
+        // write (and whose gradients they read) directly.
         let out = out.unwrap_or(self.dtype());
-        if !out.is_float() {
+        let half_of_f32 = self.dtype() == DType::F32 && matches!(out, DType::BF16 | DType::F16);
+        if out != self.dtype() && !half_of_f32 {
             return Err(Error::dtypes(name, &[self.dtype(), out]));
         }
         let d = *self
@@ -204,7 +206,7 @@ impl<'a> FusedOp<'a> for NormForward {
     type Output = (Storage, Storage, Storage);
 
     fn cpu(&self, (x, weight, bias): BackendInputs<'a, Self, CpuStorage>) -> Result<Self::Output> {
-        let (dt, st) = (x.0.dtype(), stats_dtype(x.0.dtype()));
+        let st = stats_dtype(x.0.dtype());
         dispatch_float!(Self::NAME, x.0, |F| {
             let param = |p: Option<View<CpuStorage>>| -> Result<norm::Param<F>> {
                 p.map(|(s, pl)| {
@@ -216,11 +218,8 @@ impl<'a> FusedOp<'a> for NormForward {
             let xv = F::view(x.0, Self::NAME)?;
             let (y, mean, rstd) = norm::norm(&xv, x.1, param(weight)?, param(bias)?, self.spec);
             let (mean, rstd) = (F::store(mean, st), F::store(rstd, st));
-            let mut y = F::store(y, dt);
-            if self.out != dt {
-                y = y.to_dtype(&Layout::contiguous(x.1.shape()), self.out)?;
-            }
-            Ok((y.into(), mean.into(), rstd.into()))
+            // Rounded to the output's dtype (bf16 or f16 beside f32 x, see `norm_op`).
+            Ok((F::store(y, self.out).into(), mean.into(), rstd.into()))
         })
     }
 
@@ -262,17 +261,7 @@ impl<'a> FusedOp<'a> for NormBackward {
         (x, weight, mean, rstd, grad, residual): BackendInputs<'a, Self, CpuStorage>,
     ) -> Result<Self::Output> {
         let dt = x.0.dtype();
-        // A gradient in another dtype (a norm written for bf16 products) converted first.
-        let (converted, dense) = (grad.0.dtype() != dt)
-            .then(|| {
-                Ok((
-                    grad.0.to_dtype(grad.1, dt)?,
-                    Layout::contiguous(grad.1.shape()),
-                ))
-            })
-            .transpose()?
-            .unzip();
-        let grad = converted.as_ref().zip(dense.as_ref()).unwrap_or(grad);
+        // A bf16 or f16 gradient beside f32 x (see `norm_op`) is converted by `F::view`.
         dispatch_float!(Self::NAME, x.0, |F| {
             let view = |s| F::view(s, Self::NAME);
             let w = match weight {
