@@ -132,6 +132,15 @@ impl Storage {
         }
     }
 
+    /// Elements in the buffer.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Storage::Cpu(c) => c.len(),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(c) => c.len(),
+        }
+    }
+
     /// Host data moved onto `device`.
     pub fn from_cpu(data: CpuStorage, device: Device) -> Result<Self> {
         match device {

@@ -183,8 +183,41 @@ impl Tensor {
         jvp: impl JvpFn,
     ) -> Result<Tensor> {
         let grad = GradMeta::for_op(op, &[self], backward);
+        self.view_recorded(layout, grad, jvp)
+    }
+
+    /// [`Tensor::view_op`] with a backward rule that adds into the gradient gathered so
+    /// far for `self` (see [`AccumulatingBackwardFn`]).
+    pub(crate) fn view_op_accumulating(
+        &self,
+        op: &'static str,
+        layout: Layout,
+        backward: impl AccumulatingBackwardFn,
+        jvp: impl JvpFn,
+    ) -> Result<Tensor> {
+        let grad = GradMeta::for_rule(op, &[self], || Rule::Accumulating(Box::new(backward)));
+        self.view_recorded(layout, grad, jvp)
+    }
+
+    fn view_recorded(&self, layout: Layout, grad: GradMeta, jvp: impl JvpFn) -> Result<Tensor> {
         let out = Tensor::build(self.0.storage.clone(), layout, grad);
         forward_ad::attach(out, &[self], jvp)
+    }
+
+    /// Whether this handle is the only way to its values: no clone of it, no weak
+    /// reference, no other view of its storage, and it covers that storage densely from
+    /// the start. Only then may a gradient being summed be written in place without
+    /// another holder seeing the change (the walk hands one gradient to several inputs
+    /// as clones, and `cat`'s backward hands out views of one storage).
+    pub(crate) fn is_sole_dense_handle(&self) -> bool {
+        let storage = &self.0.storage;
+        Arc::strong_count(&self.0) == 1
+            && Arc::weak_count(&self.0) == 0
+            && Arc::strong_count(storage) == 1
+            && Arc::weak_count(storage) == 0
+            && self.is_contiguous()
+            && self.layout().offset() == 0
+            && self.elem_count() == storage.data.read_recursive().len()
     }
 
     /// The forward-mode tangent this tensor carries inside a [`crate::jvp`] call.

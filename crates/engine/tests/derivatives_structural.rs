@@ -384,6 +384,46 @@ derivative_checks! {
         }
     }
 
+    /// Gradients summed into one input from two (possibly overlapping) narrows of it and
+    /// from a sum it shares with a second input, in a drawn order. The narrows' backward
+    /// adds into the gathered gradient in place when nothing else holds it; here that
+    /// gradient is at times a view of `cat`'s gradient or a clone handed to both inputs
+    /// of the sum, or shares its storage with the other input's, which must not be
+    /// written.
+    fn gradcheck_narrows_summed / jvpcheck_narrows_summed (
+        mode,
+        s in shape(1, 3, 4),
+        dim in any::<Index>(),
+        ranges in (any::<Index>(), any::<Index>(), any::<Index>(), any::<Index>()),
+        order in Just(vec![0usize, 1, 2]).prop_shuffle(),
+        seed in any::<u64>(),
+    ) {
+        let d = dim.index(s.len());
+        let range = |start: Index, len: Index| {
+            let st = start.index(s[d]);
+            (st, 1 + len.index(s[d] - st))
+        };
+        let narrows = [range(ranges.0, ranges.1), range(ranges.2, ranges.3)];
+        let r = check(
+            mode,
+            |x| {
+                let piece = |i: usize| match i {
+                    // x[1] through two reshapes: its gradient becomes a view sharing
+                    // the storage of the one x[0] gathers.
+                    2 => x[0].add(&x[1].flatten_all()?.reshape(&s)?)?.mul_scalar(2.0),
+                    i => x[0].narrow(d as isize, narrows[i].0, narrows[i].1),
+                };
+                let pieces = order
+                    .iter()
+                    .map(|&i| piece(i)?.flatten_all())
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&pieces.iter().collect::<Vec<_>>(), 0)
+            },
+            &[randn(seed, &s), randn(seed ^ 1, &s)],
+        );
+        if let Err(e) = r { prop_assert!(false, "{e} ({s:?} dim {d} {narrows:?} {order:?})") }
+    }
+
     /// One chunk picked by index, and all chunks concatenated back in reverse order.
     fn gradcheck_chunk / jvpcheck_chunk (
         mode,

@@ -2,7 +2,7 @@
 //! unsqueeze, narrow; and `contiguous`, the copy that ends a chain of views. A view's
 //! tangent is the same view of the input's tangent.
 
-use crate::backend::BackendStorage;
+use crate::backend::{BackendStorage, BinaryOp};
 use crate::error::{Error, Result};
 use crate::layout::{normalize_dim, Layout};
 use crate::storage::Storage;
@@ -145,12 +145,38 @@ impl Tensor {
             ));
         }
         let layout = self.layout().narrow(d, start, len);
-        self.view_op(
+        self.view_op_accumulating(
             "narrow",
             layout,
-            move |x, _, g| Ok(vec![Some(g.pad_into(x[0].shape(), d, start)?)]),
+            move |x, _, g, gathered| {
+                let total = match gathered {
+                    Some(total) => total.plus_narrowed(g, d, start)?,
+                    None => g.pad_into(x[0].shape(), d, start)?,
+                };
+                Ok(vec![Some(total)])
+            },
             move |duals, _| duals.tangent_or_zeros(0)?.narrow(d as isize, start, len),
         )
+    }
+
+    /// `self` (a gradient being summed) with `g` added at `start..` along `dim`: in
+    /// place where nothing else can see `self` change, so that the gradients of a
+    /// tensor's chunks (adaLN's six modulation vectors) are written into one buffer
+    /// instead of each being padded to the whole and the pads added.
+    fn plus_narrowed(&self, g: &Tensor, dim: usize, start: usize) -> Result<Tensor> {
+        if !self.is_sole_dense_handle() || self.dtype() != g.dtype() {
+            return self.add(&g.pad_into(self.shape(), dim, start)?);
+        }
+        let dst = self.layout().narrow(dim, start, g.shape()[dim]);
+        let sum = self
+            .storage()
+            .binary(&dst, &g.storage(), g.layout(), BinaryOp::Add)?;
+        sum.copy_into(
+            &Layout::contiguous(g.shape()),
+            &mut self.storage_mut(),
+            &dst,
+        )?;
+        Ok(self.clone())
     }
 
     /// Zeros of `shape` with `self` written at `start..` along `dim` (narrow's backward).
