@@ -48,7 +48,7 @@ pub use forward_ad::jvp;
 pub use layout::Layout;
 pub use ops::{
     gelu_mlp, gelu_mlp_gated, prenorm_gelu_mlp_gated, qkv_attention, scaled_dot_product_attention,
-    GatedResidual, LinearParams, PreNorm,
+    AdamTensors, GatedResidual, LinearParams, PreNorm,
 };
 pub use random::{Generator, GeneratorState};
 pub use storage::Storage;

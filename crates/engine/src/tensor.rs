@@ -409,6 +409,11 @@ impl Tensor {
         Arc::ptr_eq(&self.0.storage, &other.0.storage)
     }
 
+    /// A key equal for exactly the tensors that share storage (for sets of them).
+    pub(crate) fn storage_key(&self) -> usize {
+        Arc::as_ptr(&self.0.storage) as usize
+    }
+
     /// The elements, row-major, as `T` (which must be the tensor's dtype).
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
         if T::DTYPE != self.dtype() {

@@ -7,7 +7,8 @@
 
 use twinflow_engine::{
     autocast, cuda, gelu_mlp, gelu_mlp_gated, jvp, no_grad, prenorm_gelu_mlp_gated,
-    scaled_dot_product_attention, DType, Device, GatedResidual, Generator, PreNorm, Result, Tensor,
+    scaled_dot_product_attention, AdamStep, AdamTensors, DType, Device, GatedResidual, Generator,
+    PreNorm, Result, Tensor,
 };
 
 mod common;
@@ -1039,6 +1040,67 @@ fn adam_update_matches_cpu() {
         assert_close(&format!("adam p {grad_dtype}"), &g.0, &c.0, 1e-6);
         assert_close(&format!("adam m {grad_dtype}"), &g.1, &c.1, 1e-6);
         assert_close(&format!("adam v {grad_dtype}"), &g.2, &c.2, 1e-6);
+    }
+}
+
+/// The multi-tensor step on a list longer than a launch takes (64), of sizes around a
+/// block's chunk (4096), an empty tensor, per-tensor step counts and a second
+/// hyper-parameter set in the middle (a launch of its own), with bf16 and transposed
+/// gradients among the f32 ones.
+#[test]
+fn adam_update_many_matches_cpu() {
+    let Some(dev) = gpu() else { return };
+    let sizes = [1, 7, 4095, 4096, 4097, 10_000, 0, 300];
+    let shape = |i: usize| [sizes[i % sizes.len()], 1 + i % 3];
+    let plain = common::adamw_step();
+    let run = |d: Device| {
+        let tensors: Vec<[Tensor; 4]> = (0..150)
+            .map(|i| {
+                let seed = 100 + 4 * i as u64;
+                let [r, c] = shape(i);
+                let grad = match i % 5 {
+                    0 => randn(seed, &[r, c], DType::BF16),
+                    1 => randn(seed, &[c, r], DType::F32).t().unwrap(),
+                    _ => randn(seed, &[r, c], DType::F32),
+                };
+                [
+                    randn(seed + 1, &[r, c], DType::F32),
+                    grad,
+                    randn(seed + 2, &[r, c], DType::F32)
+                        .mul_scalar(0.1)
+                        .unwrap(),
+                    positive(seed + 3, &[r, c], DType::F32),
+                ]
+                .map(|t| t.to_device(d).unwrap())
+            })
+            .collect();
+        let list: Vec<AdamTensors> = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, [p, g, m, v])| AdamTensors {
+                param: p,
+                grad: g,
+                exp_avg: m,
+                exp_avg_sq: v,
+                step: AdamStep {
+                    step: 1 + (i % 4) as u64,
+                    lr: if (100..110).contains(&i) {
+                        3e-3
+                    } else {
+                        plain.lr
+                    },
+                    ..plain
+                },
+            })
+            .collect();
+        Tensor::adam_update_many(&list).unwrap();
+        tensors
+    };
+    let (cpu, gpu) = (run(Device::Cpu), run(dev));
+    for (i, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
+        for (what, k) in [("p", 0), ("m", 2), ("v", 3)] {
+            assert_close(&format!("adam list {what} #{i}"), &g[k], &c[k], 1e-6);
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use std::f64::consts::PI;
-use twinflow_engine::{DType, Device, Result, Tensor};
+use twinflow_engine::{AdamTensors, DType, Device, Result, Tensor};
 
 mod common;
 use common::elementwise::{
@@ -551,6 +551,105 @@ fn ema_update_is_the_two_op_formula_bit_for_bit() -> Result<()> {
             assert_eq!(bits(&avg)?, bits(&want)?, "{rows}x{cols} {dtype:?}");
         }
     }
+    Ok(())
+}
+
+/// The multi-tensor step gives each parameter the bits of its own `adam_update` (its
+/// own step count and hyper-parameters); a gradient that views another listed
+/// parameter is read before that parameter is written; a tensor written twice is
+/// refused, naming its shape.
+#[test]
+fn adam_update_many_steps_each_as_alone() -> Result<()> {
+    let mut gen = twinflow_engine::Generator::new(9);
+    let plain = common::adamw_step();
+    let shapes = [vec![3, 5], vec![0], vec![300, 257], vec![1]];
+    let fresh = |gen: &mut twinflow_engine::Generator| -> Result<Vec<[Tensor; 4]>> {
+        let mut out = Vec::new();
+        for s in &shapes {
+            out.push([
+                gen.randn(s, DType::F32, Device::Cpu)?,
+                gen.randn(s, DType::F32, Device::Cpu)?,
+                gen.randn(s, DType::F32, Device::Cpu)?,
+                gen.uniform(s, 0.5, 2.0, DType::F32, Device::Cpu)?,
+            ]);
+        }
+        Ok(out)
+    };
+    let step = |i: usize| twinflow_engine::AdamStep {
+        step: 1 + i as u64,
+        lr: plain.lr * (1.0 + i as f64),
+        ..plain
+    };
+    let bits = |t: &Tensor| {
+        t.to_vec::<f32>()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect::<Vec<_>>()
+    };
+    let alone = fresh(&mut twinflow_engine::Generator::new(10))?;
+    for (i, [p, g, m, v]) in alone.iter().enumerate() {
+        p.adam_update(g, m, v, &step(i))?;
+    }
+    let listed = fresh(&mut twinflow_engine::Generator::new(10))?;
+    let list: Vec<AdamTensors> = listed
+        .iter()
+        .enumerate()
+        .map(|(i, [p, g, m, v])| AdamTensors {
+            param: p,
+            grad: g,
+            exp_avg: m,
+            exp_avg_sq: v,
+            step: step(i),
+        })
+        .collect();
+    Tensor::adam_update_many(&list)?;
+    for (i, (a, b)) in alone.iter().zip(&listed).enumerate() {
+        for k in [0, 2, 3] {
+            assert_eq!(bits(&a[k]), bits(&b[k]), "tensor {i}, buffer {k}");
+        }
+    }
+
+    // The second parameter's gradient is the first parameter itself.
+    let [a, b] = [fresh(&mut gen)?, fresh(&mut gen)?].map(|mut t| t.swap_remove(0));
+    let copy = |t: &Tensor| Tensor::from_vec(t.to_vec::<f32>()?, t.shape(), Device::Cpu);
+    let [want, wm, wv] = [copy(&b[0])?, copy(&b[2])?, copy(&b[3])?];
+    want.adam_update(&copy(&a[0])?, &wm, &wv, &plain)?;
+    let list = [
+        AdamTensors {
+            param: &a[0],
+            grad: &a[1],
+            exp_avg: &a[2],
+            exp_avg_sq: &a[3],
+            step: plain,
+        },
+        AdamTensors {
+            param: &b[0],
+            grad: &a[0],
+            exp_avg: &b[2],
+            exp_avg_sq: &b[3],
+            step: plain,
+        },
+    ];
+    Tensor::adam_update_many(&list)?;
+    assert_eq!(
+        bits(&b[0]),
+        bits(&want),
+        "gradient read before its storage was written"
+    );
+
+    let twice = [
+        list[0],
+        AdamTensors {
+            grad: &b[1],
+            ..list[0]
+        },
+    ];
+    let err = Tensor::adam_update_many(&twice).unwrap_err().to_string();
+    assert!(
+        err.contains("listed twice") && err.contains("[3, 5]"),
+        "{err}"
+    );
     Ok(())
 }
 

@@ -1,10 +1,10 @@
-//! Elementwise ops, copies, casts and the Adam update (`kernels/elementwise.cu`,
-//! `copy.cu`, `cast.cu`, `adam.cu`, `ema.cu`). Operands are read in place through their strides
+//! Elementwise ops, copies, casts and the moving-average update
+//! (`kernels/elementwise.cu`, `copy.cu`, `cast.cu`, `ema.cu`). Operands are read in place through their strides
 //! (broadcasts included); outputs are contiguous.
 
 use super::launch::{args, launch, per_element, per_pack, per_tile, Arg, View};
 use super::{float_only, size_suffix, suffix, CudaStorage};
-use crate::backend::{AdamStep, BinaryOp, CmpOp, UnaryOp};
+use crate::backend::{BinaryOp, CmpOp, UnaryOp};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::layout::Layout;
@@ -334,51 +334,6 @@ pub(crate) fn addcmul_half_factors(
 pub(super) fn addcmul_half_kernel(a: DType, b: DType, quads: bool) -> String {
     let kind = if quads { "addcmul_quads" } else { "addcmul" };
     format!("{kind}_f32_{}_{}", suffix(a), suffix(b))
-}
-
-/// The fused Adam(W) step on f32 parameter and moments, as the CPU's `adam::update`.
-pub(crate) fn adam(
-    p: &mut CudaStorage,
-    n: usize,
-    (g, gl): (&CudaStorage, &Layout),
-    m: &mut CudaStorage,
-    v: &mut CudaStorage,
-    s: &AdamStep,
-) -> Result<()> {
-    let dtypes = [p.dtype, g.dtype, m.dtype, v.dtype];
-    if dtypes[0] != DType::F32 || dtypes[2] != DType::F32 || dtypes[3] != DType::F32 {
-        return Err(Error::dtypes("adam_update", &dtypes));
-    }
-    float_only("adam_update", g.dtype)?;
-    // A contiguous f32 gradient (the usual case) is read where it lies.
-    let g = g.dense_as(gl, DType::F32)?;
-    if n == 0 {
-        return Ok(());
-    }
-    let step_size = (s.lr / (1.0 - s.beta1.powf(s.step as f64))) as f32;
-    let inv_sqrt_bc2 = (1.0 / (1.0 - s.beta2.powf(s.step as f64)).sqrt()) as f32;
-    let a = args![
-        p.ptr(),
-        g.ptr,
-        m.ptr(),
-        v.ptr(),
-        n,
-        s.beta1 as f32,
-        s.beta2 as f32,
-        step_size,
-        inv_sqrt_bc2,
-        s.eps as f32,
-        s.weight_decay as f32,
-        s.lr as f32,
-        s.decoupled
-    ];
-    launch(
-        p.dev(),
-        "adam_update",
-        ("adam", "adam_f32"),
-        per_element(n),
-        a,
-    )
 }
 
 /// The in-place moving-average update on an f32 copy, as the CPU's `ema::update`.

@@ -181,6 +181,8 @@ pub(crate) enum Arg {
     View(View),
     /// Where a fused-attention input's rows lie.
     Rows(super::flash::Rows),
+    /// The tensors of a multi-tensor Adam step (3.6 KB, so boxed).
+    AdamList(Box<super::adam_list::AdamList>),
 }
 
 impl Arg {
@@ -192,6 +194,7 @@ impl Arg {
             Arg::F64(v) => v as *mut f64 as *mut c_void,
             Arg::View(v) => v as *mut View as *mut c_void,
             Arg::Rows(v) => v as *mut super::flash::Rows as *mut c_void,
+            Arg::AdamList(l) => &mut **l as *mut super::adam_list::AdamList as *mut c_void,
         }
     }
 }

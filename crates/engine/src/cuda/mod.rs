@@ -11,8 +11,10 @@
 //!
 //! Files: `device.rs` (context, stream, cuBLAS, kernel cache), `alloc.rs` (caching
 //! allocator), `kernels.rs` (embedded sources, NVRTC), `launch.rs` (views, launches),
-//! then one file per op family (`flash.rs`: the fused attention kernels).
+//! then one file per op family (`flash.rs`: the fused attention kernels;
+//! `adam_list.rs`: the optimizer step over many parameters a launch).
 
+pub(crate) mod adam_list;
 mod alloc;
 pub(crate) mod attention;
 mod device;

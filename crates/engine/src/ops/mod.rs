@@ -24,6 +24,7 @@ mod view;
 pub use attention::{qkv_attention, scaled_dot_product_attention};
 pub use gated::{gelu_mlp_gated, prenorm_gelu_mlp_gated, GatedResidual, PreNorm};
 pub use mlp::{gelu_mlp, LinearParams};
+pub use optim::AdamTensors;
 
 use crate::error::{Error, Result};
 use crate::layout::broadcast_shapes;

@@ -3,13 +3,69 @@
 use crate::backend::{AdamStep, BackendStorage};
 use crate::cpu::{adam, ema, CpuStorage};
 #[cfg(feature = "cuda")]
-use crate::cuda::{elementwise, CudaStorage};
+use crate::cuda::{adam_list, elementwise, CudaStorage};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::fused::{BackendInputs, FusedOp, View};
 use crate::layout::Layout;
-use crate::storage::Storage;
-use crate::Tensor;
+use crate::profile;
+use crate::storage::{Native, Storage};
+use crate::{Device, Tensor};
+use parking_lot::{RwLockReadGuard, RwLockWriteGuard};
+use std::collections::HashSet;
+
+/// One parameter's share of an Adam step ([`Tensor::adam_update_many`]): the f32
+/// parameter and its moment buffers (the parameter's shape, contiguous from the start of
+/// their storage), its gradient (any float view of that shape) and the step's
+/// hyper-parameters with this parameter's step count.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamTensors<'a> {
+    /// The parameter, updated in place.
+    pub param: &'a Tensor,
+    /// Its gradient.
+    pub grad: &'a Tensor,
+    /// The first moment `m`, updated in place.
+    pub exp_avg: &'a Tensor,
+    /// The second moment `v`, updated in place.
+    pub exp_avg_sq: &'a Tensor,
+    /// Hyper-parameters and step number.
+    pub step: AdamStep,
+}
+
+impl AdamTensors<'_> {
+    /// Refuses what the update cannot take, naming the problem.
+    fn check(&self) -> Result<()> {
+        const OP: &str = "adam_update";
+        let (p, g, m, v) = (self.param, self.grad, self.exp_avg, self.exp_avg_sq);
+        for t in [g, m, v] {
+            if t.shape() != p.shape() {
+                return Err(Error::shapes(OP, &[p.shape(), t.shape()]));
+            }
+        }
+        if ![p, m, v].into_iter().all(contiguous_from_start) {
+            return Err(Error::invalid(
+                OP,
+                "parameter and moments must be contiguous from offset 0",
+            ));
+        }
+        let distinct = !p.shares_storage(m) && !p.shares_storage(v) && !m.shares_storage(v);
+        if !distinct || [m, v].iter().any(|t| t.shares_storage(g)) {
+            return Err(Error::invalid(
+                OP,
+                "parameter, gradient and moments must not share storage",
+            ));
+        }
+        if self.step.step == 0 {
+            return Err(Error::invalid(OP, "steps are counted from 1"));
+        }
+        Ok(())
+    }
+
+    /// The tensors written in place.
+    fn written(&self) -> [&Tensor; 3] {
+        [self.param, self.exp_avg, self.exp_avg_sq]
+    }
+}
 
 impl Tensor {
     /// One fused Adam/AdamW step on this parameter, in place: reads `grad`, updates the
@@ -22,39 +78,57 @@ impl Tensor {
         v: &Tensor,
         step: &AdamStep,
     ) -> Result<()> {
+        Tensor::adam_update_many(&[AdamTensors {
+            param: self,
+            grad,
+            exp_avg: m,
+            exp_avg_sq: v,
+            step: *step,
+        }])
+    }
+
+    /// The Adam/AdamW step of every parameter in `list`, in place, each as
+    /// [`Tensor::adam_update`] would make it; on CUDA a few launches for the whole list
+    /// (a multi-tensor step) instead of one a parameter. All tensors must be on one
+    /// device, and no tensor written may share storage with another of the list.
+    pub fn adam_update_many(list: &[AdamTensors<'_>]) -> Result<()> {
         const OP: &str = "adam_update";
-        for t in [grad, m, v] {
-            if t.shape() != self.shape() {
-                return Err(Error::shapes(OP, &[self.shape(), t.shape()]));
+        let Some(first) = list.first() else {
+            return Ok(());
+        };
+        for item in list {
+            item.check()?;
+        }
+        let mut written = HashSet::new();
+        for t in list.iter().flat_map(|t| t.written()) {
+            if !written.insert(t.storage_key()) {
+                return Err(Error::invalid(
+                    OP,
+                    format!(
+                        "a parameter or moment buffer of shape {:?} is listed twice (or \
+                         shares storage with another)",
+                        t.shape()
+                    ),
+                ));
             }
         }
-        if ![self, m, v].into_iter().all(contiguous_from_start) {
-            return Err(Error::invalid(
-                OP,
-                "parameter and moments must be contiguous from offset 0",
-            ));
+        // A gradient viewing storage the step writes is copied before the writes.
+        let grads = list
+            .iter()
+            .map(|t| match written.contains(&t.grad.storage_key()) {
+                true => t.grad.contiguous_copy(),
+                false => Ok(t.grad.clone()),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let device = first.param.device();
+        let elements = list.iter().map(|t| t.param.elem_count()).sum();
+        let _profiled = profile::scope(OP, || (DType::F32, elements, device));
+        let mut locked = Locked::new(list, &grads);
+        match device {
+            Device::Cpu => locked.cpu(list, device),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(_) => locked.cuda(list, device),
         }
-        let distinct = !self.shares_storage(m) && !self.shares_storage(v) && !m.shares_storage(v);
-        if !distinct || [m, v].iter().any(|t| t.shares_storage(grad)) {
-            return Err(Error::invalid(
-                OP,
-                "parameter, gradient and moments must not share storage",
-            ));
-        }
-        if step.step == 0 {
-            return Err(Error::invalid(OP, "steps are counted from 1"));
-        }
-        // A gradient viewing the parameter's own storage is copied before the write.
-        let grad = if grad.shares_storage(self) {
-            grad.contiguous_copy()?
-        } else {
-            grad.clone()
-        };
-        let g = grad.storage();
-        let (mut ms, mut vs) = (m.storage_mut(), v.storage_mut());
-        let (m, v) = ((&mut *ms, m.layout()), (&mut *vs, v.layout()));
-        let param = (&mut *self.storage_mut(), self.layout());
-        Storage::fused(&AdamUpdate(*step), (param, (&*g, grad.layout()), m, v))
     }
 
     /// The moving-average update of a parameter copy, in place:
@@ -140,44 +214,62 @@ impl<'a> FusedOp<'a> for EmaUpdate {
     }
 }
 
-/// The update's kernels: parameter (the lead) and moments, views of the same shape
-/// contiguous from offset 0, written in place from the gradient view; all f32 but the
-/// gradient, which is converted.
-struct AdamUpdate(AdamStep);
+/// The storages of a list's tensors, locked for the step: written ones (parameter, m, v
+/// of each entry) for writing, gradients for reading.
+struct Locked<'t> {
+    written: Vec<[RwLockWriteGuard<'t, Storage>; 3]>,
+    grads: Vec<RwLockReadGuard<'t, Storage>>,
+}
 
-impl<'a> FusedOp<'a> for AdamUpdate {
-    const NAME: &'static str = "adam_update";
-    type Inputs = (
-        (&'a mut Storage, &'a Layout),
-        View<'a, Storage>,
-        (&'a mut Storage, &'a Layout),
-        (&'a mut Storage, &'a Layout),
-    );
-    type Output = ();
-
-    fn cpu(
-        &self,
-        ((p, pl), grad, (m, _), (v, _)): BackendInputs<'a, Self, CpuStorage>,
-    ) -> Result<()> {
-        let n = pl.elem_count();
-        let dtypes = [p.dtype(), grad.0.dtype(), m.dtype(), v.dtype()];
-        // A contiguous f32 gradient (the usual case) is read where it lies.
-        let mut converted = None;
-        let g = f32_values(grad, n, &mut converted, Self::NAME)?;
-        match (p, m, v) {
-            (CpuStorage::F32(p), CpuStorage::F32(m), CpuStorage::F32(v)) => {
-                adam::update(&mut p[..n], g, &mut m[..n], &mut v[..n], &self.0);
-                Ok(())
-            }
-            _ => Err(Error::dtypes(Self::NAME, &dtypes)),
+impl<'t> Locked<'t> {
+    fn new(list: &'t [AdamTensors<'t>], grads: &'t [Tensor]) -> Self {
+        Locked {
+            written: list
+                .iter()
+                .map(|t| t.written().map(|w| w.storage_mut()))
+                .collect(),
+            grads: grads.iter().map(|g| g.storage()).collect(),
         }
     }
 
+    /// Each parameter's step by `adam::update`.
+    fn cpu(&mut self, list: &[AdamTensors<'_>], device: Device) -> Result<()> {
+        const OP: &str = "adam_update";
+        for ((item, [p, m, v]), g) in list.iter().zip(&mut self.written).zip(&self.grads) {
+            let n = item.param.elem_count();
+            let g = CpuStorage::of(OP, device, g)?;
+            let p = CpuStorage::of_mut(OP, device, p)?;
+            let m = CpuStorage::of_mut(OP, device, m)?;
+            let v = CpuStorage::of_mut(OP, device, v)?;
+            let dtypes = [p.dtype(), g.dtype(), m.dtype(), v.dtype()];
+            // A contiguous f32 gradient (the usual case) is read where it lies.
+            let mut converted = None;
+            let g = f32_values((g, item.grad.layout()), n, &mut converted, OP)?;
+            match (p, m, v) {
+                (CpuStorage::F32(p), CpuStorage::F32(m), CpuStorage::F32(v)) => {
+                    adam::update(&mut p[..n], g, &mut m[..n], &mut v[..n], &item.step)
+                }
+                _ => return Err(Error::dtypes(OP, &dtypes)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Every parameter's step in a few launches (`cuda::adam_list`).
     #[cfg(feature = "cuda")]
-    fn cuda(
-        &self,
-        ((p, pl), grad, (m, _), (v, _)): BackendInputs<'a, Self, CudaStorage>,
-    ) -> Result<()> {
-        elementwise::adam(p, pl.elem_count(), grad, m, v, &self.0)
+    fn cuda(&mut self, list: &[AdamTensors<'_>], device: Device) -> Result<()> {
+        const OP: &str = "adam_update";
+        let mut items = Vec::with_capacity(list.len());
+        for ((item, [p, m, v]), g) in list.iter().zip(&mut self.written).zip(&self.grads) {
+            items.push(adam_list::AdamOperands {
+                p: CudaStorage::of_mut(OP, device, p)?,
+                g: (CudaStorage::of(OP, device, g)?, item.grad.layout()),
+                m: CudaStorage::of_mut(OP, device, m)?,
+                v: CudaStorage::of_mut(OP, device, v)?,
+                n: item.param.elem_count(),
+                step: item.step,
+            });
+        }
+        adam_list::adam_many(&items)
     }
 }

@@ -1,5 +1,6 @@
 //! Adam and AdamW with PyTorch's `torch.optim.Adam`/`AdamW` semantics, on the engine's
-//! fused in-place kernel ([`Tensor::adam_update`]).
+//! fused in-place kernel, all parameters in one multi-tensor update
+//! ([`Tensor::adam_update_many`]).
 
 use super::state::{group_state, hyper_from, report, restored_buffer};
 use super::{
@@ -7,7 +8,9 @@ use super::{
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use twinflow_engine::{AdamStep, DType, Error, Gradients, NoGradGuard, Result, Tensor};
+use twinflow_engine::{
+    AdamStep, AdamTensors, DType, Error, Gradients, NoGradGuard, Result, Tensor,
+};
 
 const OP: &str = "Adam";
 const EXP_AVG: &str = "exp_avg";
@@ -160,19 +163,36 @@ impl Optimizer for Adam {
     fn step(&mut self, grads: &Gradients) -> Result<()> {
         let _no_grad = NoGradGuard::new();
         let config = self.config;
-        for slot in &mut self.slots {
-            let Some(grad) = gradient(slot, grads) else {
+        // Every parameter with a gradient, in one multi-tensor update.
+        let mut stepped = Vec::with_capacity(self.slots.len());
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if gradient(slot, grads).is_none() {
                 continue;
-            };
-            let state = match &mut slot.state {
-                Some(state) => state,
-                empty => empty.insert(AdamState::new(&slot.param)?),
-            };
-            let steps = state.steps + 1;
-            let args = step_args(&config, steps);
-            slot.param
-                .adam_update(grad, &state.exp_avg, &state.exp_avg_sq, &args)?;
-            state.steps = steps;
+            }
+            if slot.state.is_none() {
+                slot.state = Some(AdamState::new(&slot.param)?);
+            }
+            stepped.push(i);
+        }
+        let list = stepped
+            .iter()
+            .filter_map(|&i| {
+                let slot = &self.slots[i];
+                let state = slot.state.as_ref()?;
+                Some(AdamTensors {
+                    param: &slot.param,
+                    grad: gradient(slot, grads)?,
+                    exp_avg: &state.exp_avg,
+                    exp_avg_sq: &state.exp_avg_sq,
+                    step: step_args(&config, state.steps + 1),
+                })
+            })
+            .collect::<Vec<_>>();
+        Tensor::adam_update_many(&list)?;
+        for &i in &stepped {
+            if let Some(state) = &mut self.slots[i].state {
+                state.steps += 1;
+            }
         }
         Ok(())
     }
