@@ -16,8 +16,9 @@
 
 use std::time::Instant;
 use twinflow::engine::{
-    autocast, cuda, profile::profile, scaled_dot_product_attention, DType, Device, Generator,
-    Result, Tensor,
+    autocast, cuda,
+    profile::{profile_with, Timing},
+    scaled_dot_product_attention, DType, Device, Generator, Result, Tensor,
 };
 use twinflow::nn::{
     Adam, AdamConfig, Dit, DitConfig, Module, Optimizer, ParamBuilder, VelocityModel,
@@ -245,13 +246,21 @@ fn dit_step_bf16(dev: Device, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// One more call of `step` under the op profiler, waiting for the GPU after each op, with
-/// the per-op table on stderr (`scripts/gpu-check.sh` copies it into its summary).
-fn print_profile(what: &str, step: impl FnOnce() -> Result<()>) -> Result<()> {
-    let (done, report) = profile(true, step);
+/// Two more calls of `step` under the op profiler, with the per-op tables on stderr
+/// (`scripts/gpu-check.sh` copies them into its summary): each op waiting for the GPU
+/// (as in every earlier run's summary), and each op's time on the GPU's clock while
+/// the step runs unhindered (comparable with PyTorch's kernel table).
+fn print_profile(what: &str, mut step: impl FnMut() -> Result<()>) -> Result<()> {
+    let (done, report) = profile_with(Timing::Synchronised, &mut step);
     done?;
     eprintln!(
         "\n## op profile: {what} (each op synchronised)\n\n{}",
+        report.table()
+    );
+    let (done, report) = profile_with(Timing::DeviceEvents, step);
+    done?;
+    eprintln!(
+        "\n## op profile: {what} (GPU clock, not synchronised)\n\n{}",
         report.table()
     );
     Ok(())

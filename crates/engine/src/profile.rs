@@ -15,20 +15,51 @@
 //!
 //! Ops are timed where [`crate::Storage`] dispatches them, so the table says which
 //! kernels a model spends its time in, below the tensor API. On a GPU, kernels run
-//! asynchronously: with `sync_device` each op waits for its device to finish, so that
-//! its time is the kernel's (the run as a whole gets slower); without it the times are
-//! launch overheads. When no profile is running, an op pays one relaxed atomic load.
+//! asynchronously, so the [`Timing`] matters there: host wall time is launch overhead;
+//! [`Timing::Synchronised`] makes each op wait for its device (the kernels' time, with
+//! the run slowed and every gap between kernels counted); [`Timing::DeviceEvents`]
+//! reads the device's own clock from events recorded on its stream before and after
+//! each op (the kernels' time as they run unhindered, comparable with a kernel trace
+//! such as `torch.profiler`'s). When no profile is running, an op pays one relaxed
+//! atomic load.
 
 use crate::{DType, Device};
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
-static SYNC_DEVICE: AtomicBool = AtomicBool::new(false);
+/// The running profile's [`Timing`], as its discriminant.
+static TIMING: AtomicU8 = AtomicU8::new(Timing::Wall as u8);
 static STATS: Mutex<Option<HashMap<(&'static str, DType), OpStats>>> = Mutex::new(None);
+/// Device-clock spans waiting to be read when the profile ends ([`Timing::DeviceEvents`]).
+#[cfg(feature = "cuda")]
+static SPANS: Mutex<Vec<DeviceSpan>> = Mutex::new(Vec::new());
+
+/// How a profile times an op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Timing {
+    /// Host wall time from the op's call to its return (on a GPU: launch overhead).
+    Wall,
+    /// Host wall time with the op waiting for its device to finish.
+    Synchronised,
+    /// On a GPU, the device's clock between events recorded on its stream before and
+    /// after the op, read when the profile ends; ops on the CPU keep their wall time.
+    DeviceEvents,
+}
+
+impl Timing {
+    fn current() -> Timing {
+        match TIMING.load(Ordering::Relaxed) {
+            1 => Timing::Synchronised,
+            2 => Timing::DeviceEvents,
+            _ => Timing::Wall,
+        }
+    }
+}
 /// Serialises profiles: the counters are process-wide.
 static RUNNING: Mutex<()> = Mutex::new(());
 
@@ -91,14 +122,28 @@ impl Profile {
 }
 
 /// Runs `f` and returns its result with the profile of the backend ops it ran (on any
-/// thread). Profiles run one at a time: a second call waits for the first to finish.
+/// thread), each op timed by wall time, waiting for its device when `sync_device`
+/// ([`profile_with`] with [`Timing::Synchronised`] or [`Timing::Wall`]).
 pub fn profile<T>(sync_device: bool, f: impl FnOnce() -> T) -> (T, Profile) {
+    let timing = match sync_device {
+        true => Timing::Synchronised,
+        false => Timing::Wall,
+    };
+    profile_with(timing, f)
+}
+
+/// Runs `f` and returns its result with the profile of the backend ops it ran (on any
+/// thread), timed as `timing` says. Profiles run one at a time: a second call waits for
+/// the first to finish.
+pub fn profile_with<T>(timing: Timing, f: impl FnOnce() -> T) -> (T, Profile) {
     let _one_at_a_time = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
     *stats() = Some(HashMap::new());
-    SYNC_DEVICE.store(sync_device, Ordering::Relaxed);
+    TIMING.store(timing as u8, Ordering::Relaxed);
     ENABLED.store(true, Ordering::Release);
     let out = f();
     ENABLED.store(false, Ordering::Release);
+    #[cfg(feature = "cuda")]
+    add_device_spans();
     let mut ops: Vec<OpRecord> = stats()
         .take()
         .unwrap_or_default()
@@ -120,6 +165,9 @@ pub(crate) struct Scope {
     elements: usize,
     device: Device,
     start: Instant,
+    /// The event recorded before the op ([`Timing::DeviceEvents`] on a GPU).
+    #[cfg(feature = "cuda")]
+    device_start: Option<cudarc::driver::CudaEvent>,
 }
 
 /// A [`Scope`] for `op` when a profile is running (`operand` gives the first operand's
@@ -139,21 +187,85 @@ pub(crate) fn scope(
         elements,
         device,
         start: Instant::now(),
+        #[cfg(feature = "cuda")]
+        device_start: device_event(device),
     })
 }
 
 impl Drop for Scope {
     fn drop(&mut self) {
-        if SYNC_DEVICE.load(Ordering::Relaxed) {
+        if Timing::current() == Timing::Synchronised {
             wait_for(self.device);
         }
         let seconds = self.start.elapsed().as_secs_f64();
+        #[cfg(feature = "cuda")]
+        let seconds = self.defer_to_device(seconds);
         if let Some(map) = stats().as_mut() {
             let e = map.entry((self.op, self.dtype)).or_default();
             e.calls += 1;
             e.elements += self.elements as u64;
             e.seconds += seconds;
         }
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl Scope {
+    /// The seconds to count now for an op of `wall` seconds: none when its device time
+    /// will be read at the profile's end (its span is queued), else `wall` (no start
+    /// event, or the end event failed to record).
+    fn defer_to_device(&mut self, wall: f64) -> f64 {
+        let Some(start) = self.device_start.take() else {
+            return wall;
+        };
+        let Some(end) = device_event(self.device) else {
+            return wall;
+        };
+        let key = (self.op, self.dtype);
+        let span = DeviceSpan {
+            key,
+            start,
+            end,
+            wall,
+        };
+        SPANS.lock().unwrap_or_else(|e| e.into_inner()).push(span);
+        0.0
+    }
+}
+
+/// An op's span on the device clock, between two events on its stream.
+#[cfg(feature = "cuda")]
+struct DeviceSpan {
+    key: (&'static str, DType),
+    start: cudarc::driver::CudaEvent,
+    end: cudarc::driver::CudaEvent,
+    /// The op's wall time, kept where the device cannot say.
+    wall: f64,
+}
+
+/// An event recorded now on `device`'s stream, when the profile reads the device clock
+/// and `device` is a GPU (`None` where recording failed: the op keeps wall time).
+#[cfg(feature = "cuda")]
+fn device_event(device: Device) -> Option<cudarc::driver::CudaEvent> {
+    match (Timing::current(), device) {
+        (Timing::DeviceEvents, Device::Cuda(i)) => crate::cuda::timing_event(i).ok(),
+        _ => None,
+    }
+}
+
+/// Adds every pending span's device time to its op (waiting for the device to reach the
+/// end events).
+#[cfg(feature = "cuda")]
+fn add_device_spans() {
+    let spans = std::mem::take(&mut *SPANS.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut stats = stats();
+    let Some(map) = stats.as_mut() else { return };
+    for span in spans {
+        let seconds = match span.start.elapsed_ms(&span.end) {
+            Ok(ms) => f64::from(ms) * 1e-3,
+            Err(_) => span.wall,
+        };
+        map.entry(span.key).or_default().seconds += seconds;
     }
 }
 

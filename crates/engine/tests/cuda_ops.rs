@@ -1104,6 +1104,49 @@ fn adam_update_many_matches_cpu() {
     }
 }
 
+/// The profiler's device clock: GPU ops counted as under wall time, each with a
+/// positive device time, and the spans (one stream: they cannot overlap) adding up to
+/// no more than the run took, the wait for the last event included.
+#[test]
+fn device_clock_profile_times_gpu_ops() {
+    use twinflow_engine::profile::{profile_with, Timing};
+    let Some(dev) = gpu() else { return };
+    let x = randn(40, &[512, 512], DType::F32).to_device(dev).unwrap();
+    let run = |timing| {
+        let started = std::time::Instant::now();
+        let (y, report) = profile_with(timing, || -> Result<Tensor> {
+            let mut y = x.clone();
+            for _ in 0..10 {
+                y = y.matmul(&x)?.tanh()?;
+            }
+            Ok(y)
+        });
+        y.unwrap();
+        (report, started.elapsed().as_secs_f64())
+    };
+    let counts = |r: &twinflow_engine::profile::Profile| {
+        let mut c: Vec<_> = r
+            .ops
+            .iter()
+            .map(|o| (o.op, o.stats.calls, o.stats.elements))
+            .collect();
+        c.sort();
+        c
+    };
+    let (wall, _) = run(Timing::Wall);
+    let (device, elapsed) = run(Timing::DeviceEvents);
+    assert_eq!(counts(&device), counts(&wall));
+    for op in &device.ops {
+        let s = op.stats.seconds;
+        assert!(s.is_finite() && s > 0.0, "{}: {s} s", op.op);
+    }
+    assert!(
+        device.seconds() <= elapsed,
+        "{} s of spans in {elapsed} s",
+        device.seconds()
+    );
+}
+
 #[test]
 fn ema_update_matches_cpu() {
     let Some(dev) = gpu() else { return };

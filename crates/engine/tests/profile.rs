@@ -1,6 +1,6 @@
 //! The op profiler counts the backend ops a closure runs, and only those.
 
-use twinflow_engine::profile::profile;
+use twinflow_engine::profile::{profile, profile_with, Timing};
 use twinflow_engine::{DType, Device, Generator, Result};
 
 #[test]
@@ -23,5 +23,35 @@ fn profile_counts_each_backend_op_with_its_elements() -> Result<()> {
     x.tanh()?;
     let (_, empty) = profile(false, || ());
     assert!(empty.ops.is_empty());
+    Ok(())
+}
+
+/// Every timing counts the same ops; ops on the CPU are timed by the wall clock under
+/// each (the device clock is a GPU's; `cuda_ops` checks it there).
+#[test]
+fn every_timing_counts_the_same_ops() -> Result<()> {
+    let x = Generator::new(1).randn(&[32, 32], DType::F32, Device::Cpu)?;
+    let run = |timing| {
+        let (y, report) = profile_with(timing, || x.matmul(&x)?.exp());
+        y.map(|_| report)
+    };
+    let counts = |r: &twinflow_engine::profile::Profile| {
+        let mut c: Vec<_> = r
+            .ops
+            .iter()
+            .map(|o| (o.op, o.stats.calls, o.stats.elements))
+            .collect();
+        c.sort();
+        c
+    };
+    let wall = run(Timing::Wall)?;
+    for timing in [Timing::Synchronised, Timing::DeviceEvents] {
+        let report = run(timing)?;
+        assert_eq!(counts(&report), counts(&wall), "{timing:?}");
+        assert!(
+            report.ops.iter().all(|o| o.stats.seconds > 0.0),
+            "{timing:?}"
+        );
+    }
     Ok(())
 }

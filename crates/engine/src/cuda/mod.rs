@@ -58,6 +58,16 @@ pub fn synchronize(ordinal: usize) -> Result<()> {
     CudaDevice::get(ordinal)?.synchronize()
 }
 
+/// An event with timing recorded now on device `ordinal`'s stream (the op profiler's
+/// device clock, `profile::Timing::DeviceEvents`).
+pub(crate) fn timing_event(ordinal: usize) -> Result<cudarc::driver::CudaEvent> {
+    let dev = CudaDevice::get(ordinal)?;
+    let timed = cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
+    dev.stream
+        .record_event(Some(timed))
+        .map_err(|e| dev.error("profile", e))
+}
+
 /// Opens device `ordinal` (context, stream, cuBLAS), or says why it cannot.
 pub(crate) fn open(ordinal: usize) -> Result<()> {
     CudaDevice::get(ordinal).map(|_| ())
