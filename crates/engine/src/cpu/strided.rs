@@ -172,6 +172,10 @@ pub fn gather_view<T: super::pool::Poolable>(
         out.copy_from_slice(&src[offset..offset + n]);
         return out;
     }
+    if let Some(rows) = runs.transposed_rows() {
+        gather_transposed(&mut out, src, &runs, rows);
+        return out;
+    }
     let st = runs.inner[0];
     fill_runs(&mut out, &runs, |o, [s]| match st {
         1 => o.copy_from_slice(&src[s..s + o.len()]),
@@ -202,6 +206,87 @@ impl<T: super::pool::Poolable> std::ops::Deref for RowMajor<'_, T> {
     }
 }
 
+/// Side of the square tiles [`gather_transposed`] copies. With 16 (a cache line of
+/// f32 each way) a 4096² transpose ran at half the speed: its 32 lines a tile, a power
+/// of two apart, share a few L1 sets; with 4, the loops' overhead showed.
+const TILE: usize = 8;
+
+/// The shortest runs [`gather_transposed`] takes: in an NCHW → NHWC permute of 32
+/// channels the run-by-run gather was about a third faster, in transposes with runs of
+/// 128 and more about half as fast (scratch timings, docs/benchmarks.md).
+const TILED_RUNS: usize = 64;
+
+impl Runs<1> {
+    /// When the view is a batch of transposes worth tiling, the rows of each: the run
+    /// (the output's innermost dim) steps through the source more than one element at
+    /// a time, and the last outer dim, the run's rows, steps one at a time: `x.t()` of
+    /// a row-major `x`, or a permute that moves the source's innermost dim outwards.
+    /// Runs shorter than [`TILED_RUNS`] stay with the run-by-run gather, whose next run
+    /// reads the same few lines again from L1.
+    fn transposed_rows(&self) -> Option<usize> {
+        let rows = *self.outer_shape.last()?;
+        let transposed = self.inner[0] > 1 && self.outer_strides[0].last() == Some(&1);
+        (transposed && rows > 1 && self.len >= TILED_RUNS).then_some(rows)
+    }
+}
+
+/// Output rows a task of [`gather_transposed`] copies: its `BAND` output rows and the
+/// source columns' `BAND` values stay within the TLB's reach and L2 while it walks
+/// across the columns (128 was faster than 32 and 64 on a 4096² transpose).
+const BAND: usize = 128;
+
+/// [`gather_view`] of a batch of transposes (see [`Runs::transposed_rows`]), in square
+/// tiles through a small buffer: `TILE` source columns of `TILE` contiguous values are
+/// read into it, then written out as `TILE` rows of `TILE` contiguous values; a task takes `BAND`
+/// output rows and walks across all columns a `TILE` at a time. Gathered run by run,
+/// every value of a run came from a line of its own, and a large transpose was fetched
+/// from memory many times over (2 GB/s for a 4096² f32 matrix on the development
+/// machine); tiled in place, the tile's lines, a power of two apart, fell into one L1
+/// set and evicted each other.
+fn gather_transposed<T: Copy + Send + Sync>(out: &mut [T], src: &[T], runs: &Runs<1>, rows: usize) {
+    use rayon::prelude::*;
+    let (len, stride) = (runs.len, runs.inner[0]);
+    // Output rows BAND·t.. of batch entry b.
+    let band = |b: usize, t: usize, band: &mut [T]| {
+        let base = runs.starts(b * rows + t * BAND)[0];
+        let band_rows = band.len() / len;
+        let mut tile = [[src[base]; TILE]; TILE];
+        for c0 in (0..len).step_by(TILE) {
+            let nc = TILE.min(len - c0);
+            for r0 in (0..band_rows).step_by(TILE) {
+                let nr = TILE.min(band_rows - r0);
+                for i in 0..nc {
+                    let column = &src[base + r0 + (c0 + i) * stride..][..nr];
+                    for (r, &v) in column.iter().enumerate() {
+                        tile[r][i] = v;
+                    }
+                }
+                for (r, row) in tile.iter().enumerate().take(nr) {
+                    band[(r0 + r) * len + c0..][..nc].copy_from_slice(&row[..nc]);
+                }
+            }
+        }
+    };
+    let entry = rows * len;
+    if out.len() < PARALLEL_CUTOFF {
+        for (b, e) in out.chunks_mut(entry).enumerate() {
+            for (t, bd) in e.chunks_mut(BAND * len).enumerate() {
+                band(b, t, bd);
+            }
+        }
+        return;
+    }
+    // Tasks of at least PIECE values: small entries go several to a task.
+    out.par_chunks_mut(entry)
+        .enumerate()
+        .with_min_len((PIECE / entry).max(1))
+        .for_each(|(b, e)| {
+            e.par_chunks_mut(BAND * len)
+                .enumerate()
+                .for_each(|(t, bd)| band(b, t, bd))
+        });
+}
+
 /// The view's values in row-major order, borrowed when already contiguous.
 pub fn contiguous<'a, T: super::pool::Poolable>(
     x: &'a [T],
@@ -216,6 +301,61 @@ pub fn contiguous<'a, T: super::pool::Poolable>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The gather of `(shape, strides, offset)` one index at a time.
+    fn gathered_by_index(
+        src: &[i64],
+        shape: &[usize],
+        strides: &[usize],
+        offset: usize,
+    ) -> Vec<i64> {
+        let n: usize = shape.iter().product();
+        (0..n)
+            .map(|mut i| {
+                let mut at = offset;
+                for (&d, &s) in shape.iter().zip(strides).rev() {
+                    at += (i % d) * s;
+                    i /= d;
+                }
+                src[at]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn transposes_gather_tile_by_tile_like_indexing() {
+        // Plain transposes (sizes off the tile and the band, exact tiles, long runs
+        // above the parallel cutoff), a batch of them behind a broadcast dim and an
+        // offset, and a permute that moves the innermost dim out past two others.
+        let cases: [(&[usize], &[usize], usize); 6] = [
+            (&[5, 70], &[1, 5], 0),
+            (&[8, 64], &[1, 8], 0),
+            (&[37, 1500], &[1, 37], 0),
+            (&[300, 200], &[1, 300], 0),
+            (&[3, 2, 17, 70], &[0, 17 * 70, 1, 17], 5),
+            (&[4, 20, 6, 12], &[6 * 20 * 12, 1, 20 * 12, 20], 0),
+        ];
+        for (shape, strides, offset) in cases {
+            let runs = Runs::new(shape, [(strides, offset)]);
+            assert!(runs.transposed_rows().is_some(), "{shape:?} {strides:?}");
+            let span = offset
+                + shape
+                    .iter()
+                    .zip(strides)
+                    .map(|(d, s)| (d - 1) * s)
+                    .sum::<usize>();
+            let src: Vec<i64> = (0..=span as i64).collect();
+            let got = gather_view(&src, shape, strides, offset);
+            assert_eq!(
+                &got[..],
+                gathered_by_index(&src, shape, strides, offset),
+                "{shape:?} {strides:?}"
+            );
+        }
+        // Short runs (an NCHW → NHWC permute of 32 channels) stay with the run walk.
+        let short = Runs::new(&[2, 5, 5, 32], [(&[800, 5, 1, 25], 0)]);
+        assert_eq!(short.transposed_rows(), None);
+    }
 
     #[test]
     fn contiguous_view_is_one_run() {
