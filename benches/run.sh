@@ -20,7 +20,7 @@
 #   QUIET_WAIT         before each bench, wait up to this many seconds (default: 60)
 #                      for the CPUs to be mostly idle (other work on the machine
 #                      hurts OpenMP-threaded torch much more than it hurts us)
-#   BENCHES            which benches (default: "matmul op_chain dit_step jvp_step")
+#   BENCHES            which benches (default: "matmul op_chain transpose dit_step jvp_step")
 #   JVP_COMPILE        1 (default) also times torch_jvp.py's torch.compile cases (each
 #                      compiles for a minute or two per round); 0 skips them
 #   DIT_COMPILE        1 (default) also times torch_dit.py's steps under torch.compile;
@@ -50,7 +50,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 ROUNDS=${ROUNDS:-3}
 QUIET_WAIT=${QUIET_WAIT:-60}
-BENCHES=${BENCHES:-matmul op_chain dit_step jvp_step}
+BENCHES=${BENCHES:-matmul op_chain transpose dit_step jvp_step}
 JVP_COMPILE=${JVP_COMPILE:-1}
 DIT_COMPILE=${DIT_COMPILE:-1}
 DIT_BATCHES=${DIT_BATCHES:-128 32}
@@ -265,8 +265,19 @@ if modes:
         per, (best, variant, alloc) = twin_best("op_chain", "mode", mode, "us_per_op", min)
         print(f"| {mode} | {ours:.3f} | {per['eager']:.3f} | {per['compile']:.3f} "
               f"| {best:.3f} ({variant}, {alloc}) | {best / ours:.2f} |")
+cases = list(dict.fromkeys(r["case"] for r in rows if r["bench"] == "transpose"))
+if cases:
+    print()
+    print("| transposed copy, GB/s | ours | torch eager | torch.compile "
+          "| best torch (variant, allocator) | ours/best torch |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for case in cases:
+        ours = max(pick("transpose", "twinflow", "case", case, "gbps"), default=float("nan"))
+        per, (best, variant, alloc) = twin_best("transpose", "case", case, "gbps", max)
+        print(f"| {case} | {ours:.2f} | {per['eager']:.2f} | {per['compile']:.2f} "
+              f"| {best:.2f} ({variant}, {alloc}) | {ours / best:.2f} |")
 for r in rows:
-    if r["bench"] in ("matmul", "dit_products", "op_chain") and "compile_error" in r:
+    if r["bench"] in ("matmul", "dit_products", "op_chain", "transpose") and "compile_error" in r:
         print(f"torch.compile failed ({r['bench']}, {r.get('allocator')}): {r['compile_error']}")
 for dit in [[r for r in rows if r["bench"] == "dit" and r["batch"] == b]
             for b in sorted({r["batch"] for r in rows if r["bench"] == "dit"}, reverse=True)]:

@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
-"""PyTorch reference for benches/matmul.rs (square products, then the DiT's products)
-and benches/op_chain.rs, eager and under torch.compile.
+"""PyTorch reference for benches/matmul.rs (square products, then the DiT's products),
+benches/op_chain.rs and benches/transpose.rs, eager and under torch.compile.
 
 Same shapes, same op mix, same timing method (untimed warm-up, by count and by time,
 then the median wall time of several timed runs, time.perf_counter around the work only), same table
 format. benches/run.sh runs this next to the Rust benches, under each allocator it
 finds, and merges the results; see docs/benchmarks.md.
 
-    python3 benches/torch_reference.py [--bench matmul|op_chain|all] [--json]
+    python3 benches/torch_reference.py [--bench matmul|op_chain|transpose|all] [--json]
                                        [--threads N] [--no-compile]
 
 torch.compile (inductor, the default mode) is timed after the eager runs, each
@@ -248,9 +248,52 @@ def bench_op_chain(emit_json, compile_too):
             print(json.dumps(row))
 
 
+# As in benches/transpose.rs: (case, source shape, dtype, permutation).
+TRANSPOSES = [
+    ("f32 [6272, 512]ᵀ", (6272, 512), torch.float32, (1, 0)),
+    ("f32 [1000, 1000]ᵀ", (1000, 1000), torch.float32, (1, 0)),
+    ("f32 [4096, 4096]ᵀ", (4096, 4096), torch.float32, (1, 0)),
+    ("bf16 [4096, 4096]ᵀ", (4096, 4096), torch.bfloat16, (1, 0)),
+    ("f32 NCHW → NHWC [64, 32, 28, 28]", (64, 32, 28, 28), torch.float32, (0, 2, 3, 1)),
+    ("f32 NHWC → NCHW [64, 28, 28, 32]", (64, 28, 28, 32), torch.float32, (0, 3, 1, 2)),
+]
+
+
+def bench_transpose(emit_json, compile_too):
+    """x.permute(perm).contiguous(), eager and compiled, in GB/s (read + written)."""
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    print(f"# torch {torch.__version__} transposed copies, CPU, {threads} threads, "
+          f"allocator {preloaded_allocator()}")
+    print("| case | median ms | GB/s | torch.compile GB/s |")
+    print("|---|---:|---:|---:|")
+    for case, shape, dtype, perm in TRANSPOSES:
+        x = torch.randn(*shape).to(dtype)
+        copy = lambda a, _: a.permute(*perm).contiguous()
+        t = time_product(copy, x, None, 3, 15)
+        nbytes = 2 * x.numel() * x.element_size()
+        row = {
+            "bench": "transpose", "impl": "torch", "case": case, "median_s": t,
+            "gbps": nbytes / t / 1e9, "threads": threads, "version": torch.__version__,
+            "allocator": preloaded_allocator(),
+        }
+        if compile_too:
+            try:
+                torch._dynamo.reset()
+                compiled = torch.compile(lambda a: a.permute(*perm).contiguous(), dynamic=False)
+                row["compile_gbps"] = nbytes / time_product(
+                    lambda a, _: compiled(a), x, None, 3, 15) / 1e9
+            except Exception as e:  # reported, not fatal: eager still stands
+                row["compile_error"] = f"{type(e).__name__}: {e}"[:200]
+        cell = f"{row['compile_gbps']:.2f}" if "compile_gbps" in row else "–"
+        print(f"| {case} | {t * 1e3:.3f} | {row['gbps']:.2f} | {cell} |")
+        if emit_json:
+            print(json.dumps(row))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--bench", choices=["matmul", "op_chain", "all"], default="all")
+    p.add_argument("--bench", choices=["matmul", "op_chain", "transpose", "all"], default="all")
     p.add_argument("--json", action="store_true", help="also print JSON lines")
     p.add_argument("--threads", type=int, default=default_threads())
     p.add_argument("--no-compile", action="store_true",
@@ -261,6 +304,8 @@ def main():
         bench_matmul(args.json, not args.no_compile)
     if args.bench in ("op_chain", "all"):
         bench_op_chain(args.json, not args.no_compile)
+    if args.bench in ("transpose", "all"):
+        bench_transpose(args.json, not args.no_compile)
 
 
 if __name__ == "__main__":

@@ -621,6 +621,33 @@ pub(super) unsafe fn transpose_columns(
     }
 }
 
+/// One tile of a transposed copy through registers: `dst[r·ldd + c] = src[r + c·lds]`
+/// for `r < rows`, `c < cols` (each at most 16): the source's `cols` columns of `rows`
+/// contiguous values in, the tile's `rows` rows of `cols` contiguous values out.
+///
+/// # Safety
+/// AVX-512F is available.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn transpose_tile(
+    dst: &mut [f32],
+    ldd: usize,
+    src: &[f32],
+    lds: usize,
+    (rows, cols): (usize, usize),
+) {
+    assert!((1..=16).contains(&rows) && (1..=16).contains(&cols));
+    assert!(src.len() >= (cols - 1) * lds + rows && dst.len() >= (rows - 1) * ldd + cols);
+    let mask_rows = ((1u32 << rows) - 1) as __mmask16;
+    let mut block = [_mm512_setzero_ps(); 16];
+    for (c, column) in block.iter_mut().enumerate().take(cols) {
+        *column = _mm512_maskz_loadu_ps(mask_rows, src.as_ptr().add(c * lds));
+    }
+    let mask_cols = ((1u32 << cols) - 1) as __mmask16;
+    for (r, row) in transpose16(block).iter().enumerate().take(rows) {
+        _mm512_mask_storeu_ps(dst.as_mut_ptr().add(r * ldd), mask_cols, *row);
+    }
+}
+
 /// The 16 × 16 transpose of `rows`: element `j` of result `p` is element `p` of row
 /// `j`. Three rounds of in-lane unpacks and lane shuffles, 64 shuffles in all. Plain
 /// loops rather than `array::from_fn`: its closures were not inlined, which sent every

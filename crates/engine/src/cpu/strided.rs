@@ -172,7 +172,7 @@ pub fn gather_view<T: super::pool::Poolable>(
         out.copy_from_slice(&src[offset..offset + n]);
         return out;
     }
-    if let Some(rows) = runs.transposed_rows() {
+    if let Some(rows) = runs.transposed_rows(shortest_tiled_run::<T>()) {
         gather_transposed(&mut out, src, &runs, rows);
         return out;
     }
@@ -211,22 +211,28 @@ impl<T: super::pool::Poolable> std::ops::Deref for RowMajor<'_, T> {
 /// of two apart, share a few L1 sets; with 4, the loops' overhead showed.
 const TILE: usize = 8;
 
-/// The shortest runs [`gather_transposed`] takes: in an NCHW → NHWC permute of 32
-/// channels the run-by-run gather was about a third faster, in transposes with runs of
-/// 128 and more about half as fast (scratch timings, docs/benchmarks.md).
-const TILED_RUNS: usize = 64;
+/// The shortest runs [`gather_transposed`] takes. Through the buffer (8 × 8), an NCHW →
+/// NHWC permute of 32 channels ran about a third faster run by run, whose next run
+/// reads the same few lines again from L1, and transposes with runs of 128 and more
+/// about half as fast; through registers (f32 on AVX-512, 16 × 16) the same permute ran
+/// twice as fast tiled (scratch timings and `benches/transpose.rs`, docs/benchmarks.md).
+fn shortest_tiled_run<T: 'static>() -> usize {
+    match is_f32::<T>() && super::sgemm_avx512::available() {
+        true => 16,
+        false => 64,
+    }
+}
 
 impl Runs<1> {
     /// When the view is a batch of transposes worth tiling, the rows of each: the run
     /// (the output's innermost dim) steps through the source more than one element at
     /// a time, and the last outer dim, the run's rows, steps one at a time: `x.t()` of
     /// a row-major `x`, or a permute that moves the source's innermost dim outwards.
-    /// Runs shorter than [`TILED_RUNS`] stay with the run-by-run gather, whose next run
-    /// reads the same few lines again from L1.
-    fn transposed_rows(&self) -> Option<usize> {
+    /// Runs shorter than `shortest` stay with the run-by-run gather.
+    fn transposed_rows(&self, shortest: usize) -> Option<usize> {
         let rows = *self.outer_shape.last()?;
         let transposed = self.inner[0] > 1 && self.outer_strides[0].last() == Some(&1);
-        (transposed && rows > 1 && self.len >= TILED_RUNS).then_some(rows)
+        (transposed && rows > 1 && self.len >= shortest).then_some(rows)
     }
 }
 
@@ -236,34 +242,92 @@ impl Runs<1> {
 const BAND: usize = 128;
 
 /// [`gather_view`] of a batch of transposes (see [`Runs::transposed_rows`]), in square
-/// tiles through a small buffer: `TILE` source columns of `TILE` contiguous values are
-/// read into it, then written out as `TILE` rows of `TILE` contiguous values; a task takes `BAND`
-/// output rows and walks across all columns a `TILE` at a time. Gathered run by run,
-/// every value of a run came from a line of its own, and a large transpose was fetched
-/// from memory many times over (2 GB/s for a 4096² f32 matrix on the development
-/// machine); tiled in place, the tile's lines, a power of two apart, fell into one L1
-/// set and evicted each other.
-fn gather_transposed<T: Copy + Send + Sync>(out: &mut [T], src: &[T], runs: &Runs<1>, rows: usize) {
+/// tiles: each reads `side` source columns of up to `side` contiguous values and writes
+/// `side` rows of up to `side` contiguous values. f32 on AVX-512 goes 16 × 16 through
+/// registers ([`sgemm_avx512::transpose_tile`]), every other case [`TILE`] × `TILE`
+/// through a small buffer. A task takes [`BAND`] output rows and walks across all
+/// columns. Gathered run by run, every value of a run came from a line of its own, and
+/// a large transpose was fetched from memory many times over (2 GB/s for a 4096² f32
+/// matrix on the development machine).
+fn gather_transposed<T: Copy + Send + Sync + 'static>(
+    out: &mut [T],
+    src: &[T],
+    runs: &Runs<1>,
+    rows: usize,
+) {
+    if let (Some(out), Some(src)) = (as_f32_mut(out), as_f32(src)) {
+        if super::sgemm_avx512::available() {
+            // SAFETY: AVX-512F was detected.
+            let tile = |d: &mut [f32], ldd, s: &[f32], lds, shape| unsafe {
+                super::sgemm_avx512::transpose_tile(d, ldd, s, lds, shape)
+            };
+            return gather_tiles(out, src, runs, (rows, 16), tile);
+        }
+    }
+    gather_tiles(out, src, runs, (rows, TILE), buffered_tile)
+}
+
+/// Whether `T` is f32.
+fn is_f32<T: 'static>() -> bool {
+    std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+}
+
+/// `values` as f32, when `T` is f32.
+fn as_f32<T: 'static>(values: &[T]) -> Option<&[f32]> {
+    // SAFETY: T is f32.
+    is_f32::<T>()
+        .then(|| unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), values.len()) })
+}
+
+/// `values` as f32, when `T` is f32.
+fn as_f32_mut<T: 'static>(values: &mut [T]) -> Option<&mut [f32]> {
+    is_f32::<T>().then(|| {
+        // SAFETY: T is f32.
+        unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast(), values.len()) }
+    })
+}
+
+/// One tile, `dst[r·ldd + c] = src[r + c·lds]` for `r < rows`, `c < cols` (at most
+/// [`TILE`] each), read into a buffer first so that each line on either side is
+/// touched once.
+fn buffered_tile<T: Copy>(
+    dst: &mut [T],
+    ldd: usize,
+    src: &[T],
+    lds: usize,
+    (rows, cols): (usize, usize),
+) {
+    let mut tile = [[src[0]; TILE]; TILE];
+    for c in 0..cols {
+        for (r, &v) in src[c * lds..][..rows].iter().enumerate() {
+            tile[r][c] = v;
+        }
+    }
+    for (r, row) in tile.iter().enumerate().take(rows) {
+        dst[r * ldd..][..cols].copy_from_slice(&row[..cols]);
+    }
+}
+
+/// The tiled gather: `tile` copies squares of `side` (see [`gather_transposed`]).
+fn gather_tiles<T: Copy + Send + Sync>(
+    out: &mut [T],
+    src: &[T],
+    runs: &Runs<1>,
+    (rows, side): (usize, usize),
+    tile: impl Fn(&mut [T], usize, &[T], usize, (usize, usize)) + Sync,
+) {
     use rayon::prelude::*;
     let (len, stride) = (runs.len, runs.inner[0]);
     // Output rows BAND·t.. of batch entry b.
     let band = |b: usize, t: usize, band: &mut [T]| {
         let base = runs.starts(b * rows + t * BAND)[0];
         let band_rows = band.len() / len;
-        let mut tile = [[src[base]; TILE]; TILE];
-        for c0 in (0..len).step_by(TILE) {
-            let nc = TILE.min(len - c0);
-            for r0 in (0..band_rows).step_by(TILE) {
-                let nr = TILE.min(band_rows - r0);
-                for i in 0..nc {
-                    let column = &src[base + r0 + (c0 + i) * stride..][..nr];
-                    for (r, &v) in column.iter().enumerate() {
-                        tile[r][i] = v;
-                    }
-                }
-                for (r, row) in tile.iter().enumerate().take(nr) {
-                    band[(r0 + r) * len + c0..][..nc].copy_from_slice(&row[..nc]);
-                }
+        for c0 in (0..len).step_by(side) {
+            let cols = side.min(len - c0);
+            for r0 in (0..band_rows).step_by(side) {
+                let shape = (side.min(band_rows - r0), cols);
+                let from = &src[base + r0 + c0 * stride..];
+                tile(&mut band[r0 * len + c0..], len, from, stride, shape);
             }
         }
     };
@@ -303,12 +367,12 @@ mod tests {
     use super::*;
 
     /// The gather of `(shape, strides, offset)` one index at a time.
-    fn gathered_by_index(
-        src: &[i64],
+    fn gathered_by_index<T: Copy>(
+        src: &[T],
         shape: &[usize],
         strides: &[usize],
         offset: usize,
-    ) -> Vec<i64> {
+    ) -> Vec<T> {
         let n: usize = shape.iter().product();
         (0..n)
             .map(|mut i| {
@@ -324,20 +388,28 @@ mod tests {
 
     #[test]
     fn transposes_gather_tile_by_tile_like_indexing() {
-        // Plain transposes (sizes off the tile and the band, exact tiles, long runs
+        // Plain transposes (sizes off the tiles and the band, exact tiles, long runs
         // above the parallel cutoff), a batch of them behind a broadcast dim and an
-        // offset, and a permute that moves the innermost dim out past two others.
-        let cases: [(&[usize], &[usize], usize); 6] = [
+        // offset, a permute that moves the innermost dim out past two others, and an
+        // NCHW → NHWC permute of 32 channels (tiled for f32 on AVX-512 only). i64 takes
+        // the buffered tiles, f32 (values exact integers) the register ones where the
+        // CPU has AVX-512.
+        let cases: [(&[usize], &[usize], usize); 7] = [
             (&[5, 70], &[1, 5], 0),
             (&[8, 64], &[1, 8], 0),
             (&[37, 1500], &[1, 37], 0),
             (&[300, 200], &[1, 300], 0),
             (&[3, 2, 17, 70], &[0, 17 * 70, 1, 17], 5),
             (&[4, 20, 6, 12], &[6 * 20 * 12, 1, 20 * 12, 20], 0),
+            (&[2, 5, 5, 32], &[800, 5, 1, 25], 0),
         ];
         for (shape, strides, offset) in cases {
             let runs = Runs::new(shape, [(strides, offset)]);
-            assert!(runs.transposed_rows().is_some(), "{shape:?} {strides:?}");
+            let tiled = runs.transposed_rows(shortest_tiled_run::<f32>()).is_some();
+            assert!(
+                tiled || !super::super::sgemm_avx512::available(),
+                "{shape:?} {strides:?}"
+            );
             let span = offset
                 + shape
                     .iter()
@@ -345,16 +417,18 @@ mod tests {
                     .map(|(d, s)| (d - 1) * s)
                     .sum::<usize>();
             let src: Vec<i64> = (0..=span as i64).collect();
+            let want = gathered_by_index(&src, shape, strides, offset);
             let got = gather_view(&src, shape, strides, offset);
-            assert_eq!(
-                &got[..],
-                gathered_by_index(&src, shape, strides, offset),
-                "{shape:?} {strides:?}"
-            );
+            assert_eq!(&got[..], want, "i64 {shape:?} {strides:?}");
+            let src: Vec<f32> = src.iter().map(|&v| v as f32).collect();
+            let got = gather_view(&src, shape, strides, offset);
+            let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+            assert_eq!(&got[..], want, "f32 {shape:?} {strides:?}");
         }
-        // Short runs (an NCHW → NHWC permute of 32 channels) stay with the run walk.
+        // Short runs (an NCHW → NHWC permute of 32 channels) stay with the run walk
+        // where the tiles go through a buffer.
         let short = Runs::new(&[2, 5, 5, 32], [(&[800, 5, 1, 25], 0)]);
-        assert_eq!(short.transposed_rows(), None);
+        assert_eq!(short.transposed_rows(64), None);
     }
 
     #[test]
