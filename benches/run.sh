@@ -26,7 +26,7 @@
 #   DIT_COMPILE        1 (default) also times torch_dit.py's steps under torch.compile;
 #                      0 skips them
 #   DIT_BATCHES        the batch sizes of the DiT bench (default: "128 32")
-#   TWIN_COMPILE       1 (default) also times torch_reference.py's matmul and op chain
+#   TWIN_COMPILE       1 (default) also times torch_reference.py's matmul, op chain and transposes
 #                      under torch.compile (about a minute per round); 0 skips it
 #   TORCH_ALLOCATORS   the allocators the DiT, matmul and op-chain twins run under, each
 #                      in every round (default: "glibc jemalloc tcmalloc", those found;
