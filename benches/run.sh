@@ -232,26 +232,28 @@ def twin_best(bench, key, value, field, agg):
     best = agg(found, key=lambda f: f[0], default=(float("nan"), "–", "–"))
     return per, best
 
-def gflops_table(header, align, bench, key, entries):
-    """GFLOP/s, ours beside the torch twin's best, one row per (value of `key`, label)."""
-    print(f"| {header} | ours GFLOP/s | torch eager | torch.compile "
+def rate_table(header, align, bench, key, entries, field="gflops", unit="GFLOP/s", digits=1):
+    """A rate (higher is better), ours beside the torch twin's best, one row per (value
+    of `key`, label)."""
+    print(f"| {header} | ours {unit} | torch eager | torch.compile "
           "| best torch (variant, allocator) | ours/best torch |")
     print(f"|{align}|---:|---:|---:|---:|---:|")
     for value, label in entries:
-        ours = max(pick(bench, "twinflow", key, value, "gflops"), default=float("nan"))
-        per, (best, variant, alloc) = twin_best(bench, key, value, "gflops", max)
-        print(f"| {label} | {ours:.1f} | {per['eager']:.1f} | {per['compile']:.1f} "
-              f"| {best:.1f} ({variant}, {alloc}) | {ours / best:.2f} |")
+        ours = max(pick(bench, "twinflow", key, value, field), default=float("nan"))
+        per, (best, variant, alloc) = twin_best(bench, key, value, field, max)
+        print(f"| {label} | {ours:.{digits}f} | {per['eager']:.{digits}f} "
+              f"| {per['compile']:.{digits}f} | {best:.{digits}f} ({variant}, {alloc}) "
+              f"| {ours / best:.2f} |")
 
 sizes = sorted({r["n"] for r in rows if r["bench"] == "matmul"})
 if sizes:
-    gflops_table("n", "---:", "matmul", "n", [(n, n) for n in sizes])
+    rate_table("n", "---:", "matmul", "n", [(n, n) for n in sizes])
 products = list(dict.fromkeys(r["product"] for r in rows if r["bench"] == "dit_products"))
 if products:
     shapes = {r["product"]: f"{r['m']} × {r['k']} × {r['n']}" for r in rows
               if r["bench"] == "dit_products"}
     print()
-    gflops_table("DiT product, batch 128 (m × k × n)", "---", "dit_products", "product",
+    rate_table("DiT product, batch 128 (m × k × n)", "---", "dit_products", "product",
                  [(p, f"{p} ({shapes[p]})") for p in products])
 modes = [m for m in ["forward", "forward+backward", "no-grad forward"]
          if any(r["bench"] == "op_chain" and r["mode"] == m for r in rows)]
@@ -268,14 +270,8 @@ if modes:
 cases = list(dict.fromkeys(r["case"] for r in rows if r["bench"] == "transpose"))
 if cases:
     print()
-    print("| transposed copy, GB/s | ours | torch eager | torch.compile "
-          "| best torch (variant, allocator) | ours/best torch |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for case in cases:
-        ours = max(pick("transpose", "twinflow", "case", case, "gbps"), default=float("nan"))
-        per, (best, variant, alloc) = twin_best("transpose", "case", case, "gbps", max)
-        print(f"| {case} | {ours:.2f} | {per['eager']:.2f} | {per['compile']:.2f} "
-              f"| {best:.2f} ({variant}, {alloc}) | {ours / best:.2f} |")
+    rate_table("transposed copy", "---", "transpose", "case", [(c, c) for c in cases],
+               field="gbps", unit="GB/s", digits=2)
 for r in rows:
     if r["bench"] in ("matmul", "dit_products", "op_chain", "transpose") and "compile_error" in r:
         print(f"torch.compile failed ({r['bench']}, {r.get('allocator')}): {r['compile_error']}")

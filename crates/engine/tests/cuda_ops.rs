@@ -7,8 +7,8 @@
 
 use twinflow_engine::{
     autocast, cuda, gelu_mlp, gelu_mlp_gated, jvp, no_grad, prenorm_gelu_mlp_gated,
-    scaled_dot_product_attention, AdamStep, AdamTensors, DType, Device, GatedResidual, Generator,
-    PreNorm, Result, Tensor,
+    scaled_dot_product_attention, AdamStep, DType, Device, GatedResidual, Generator, PreNorm,
+    Result, Tensor,
 };
 
 mod common;
@@ -1074,25 +1074,15 @@ fn adam_update_many_matches_cpu() {
                 .map(|t| t.to_device(d).unwrap())
             })
             .collect();
-        let list: Vec<AdamTensors> = tensors
-            .iter()
-            .enumerate()
-            .map(|(i, [p, g, m, v])| AdamTensors {
-                param: p,
-                grad: g,
-                exp_avg: m,
-                exp_avg_sq: v,
-                step: AdamStep {
-                    step: 1 + (i % 4) as u64,
-                    lr: if (100..110).contains(&i) {
-                        3e-3
-                    } else {
-                        plain.lr
-                    },
-                    ..plain
-                },
-            })
-            .collect();
+        let list = common::adam_list(&tensors, |i| AdamStep {
+            step: 1 + (i % 4) as u64,
+            lr: if (100..110).contains(&i) {
+                3e-3
+            } else {
+                plain.lr
+            },
+            ..plain
+        });
         Tensor::adam_update_many(&list).unwrap();
         tensors
     };
@@ -1124,18 +1114,9 @@ fn device_clock_profile_times_gpu_ops() {
         y.unwrap();
         (report, started.elapsed().as_secs_f64())
     };
-    let counts = |r: &twinflow_engine::profile::Profile| {
-        let mut c: Vec<_> = r
-            .ops
-            .iter()
-            .map(|o| (o.op, o.stats.calls, o.stats.elements))
-            .collect();
-        c.sort();
-        c
-    };
     let (wall, _) = run(Timing::Wall);
     let (device, elapsed) = run(Timing::DeviceEvents);
-    assert_eq!(counts(&device), counts(&wall));
+    assert_eq!(common::op_counts(&device), common::op_counts(&wall));
     for op in &device.ops {
         let s = op.stats.seconds;
         assert!(s.is_finite() && s > 0.0, "{}: {s} s", op.op);

@@ -592,17 +592,7 @@ fn adam_update_many_steps_each_as_alone() -> Result<()> {
         p.adam_update(g, m, v, &step(i))?;
     }
     let listed = fresh(&mut twinflow_engine::Generator::new(10))?;
-    let list: Vec<AdamTensors> = listed
-        .iter()
-        .enumerate()
-        .map(|(i, [p, g, m, v])| AdamTensors {
-            param: p,
-            grad: g,
-            exp_avg: m,
-            exp_avg_sq: v,
-            step: step(i),
-        })
-        .collect();
+    let list = common::adam_list(&listed, step);
     Tensor::adam_update_many(&list)?;
     for (i, (a, b)) in alone.iter().zip(&listed).enumerate() {
         for k in [0, 2, 3] {

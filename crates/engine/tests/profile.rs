@@ -3,6 +3,9 @@
 use twinflow_engine::profile::{profile, profile_with, Timing};
 use twinflow_engine::{DType, Device, Generator, Result};
 
+mod common;
+use common::op_counts;
+
 #[test]
 fn profile_counts_each_backend_op_with_its_elements() -> Result<()> {
     let x = Generator::new(0).randn(&[8, 16], DType::F32, Device::Cpu)?;
@@ -35,19 +38,10 @@ fn every_timing_counts_the_same_ops() -> Result<()> {
         let (y, report) = profile_with(timing, || x.matmul(&x)?.exp());
         y.map(|_| report)
     };
-    let counts = |r: &twinflow_engine::profile::Profile| {
-        let mut c: Vec<_> = r
-            .ops
-            .iter()
-            .map(|o| (o.op, o.stats.calls, o.stats.elements))
-            .collect();
-        c.sort();
-        c
-    };
     let wall = run(Timing::Wall)?;
     for timing in [Timing::Synchronised, Timing::DeviceEvents] {
         let report = run(timing)?;
-        assert_eq!(counts(&report), counts(&wall), "{timing:?}");
+        assert_eq!(op_counts(&report), op_counts(&wall), "{timing:?}");
         assert!(
             report.ops.iter().all(|o| o.stats.seconds > 0.0),
             "{timing:?}"

@@ -10,6 +10,40 @@ use twinflow_engine::jvpcheck::jvpcheck;
 use twinflow_engine::{no_grad, DType, Device, Generator, Result, Tensor};
 
 // ---------------------------------------------------------------------------------------
+// Profiles and optimizer lists
+// ---------------------------------------------------------------------------------------
+
+/// (op, calls, elements) of every row of a profile, sorted: what two timings of the
+/// same work must agree on.
+pub fn op_counts(r: &twinflow_engine::profile::Profile) -> Vec<(&'static str, u64, u64)> {
+    let mut c: Vec<_> = r
+        .ops
+        .iter()
+        .map(|o| (o.op, o.stats.calls, o.stats.elements))
+        .collect();
+    c.sort();
+    c
+}
+
+/// The Adam list of `tensors` (parameter, gradient, m, v each), entry `i` at `step(i)`.
+pub fn adam_list(
+    tensors: &[[Tensor; 4]],
+    step: impl Fn(usize) -> twinflow_engine::AdamStep,
+) -> Vec<twinflow_engine::AdamTensors<'_>> {
+    tensors
+        .iter()
+        .enumerate()
+        .map(|(i, [p, g, m, v])| twinflow_engine::AdamTensors {
+            param: p,
+            grad: g,
+            exp_avg: m,
+            exp_avg_sq: v,
+            step: step(i),
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
 // CUDA
 // ---------------------------------------------------------------------------------------
 
