@@ -36,6 +36,7 @@ mod sgemm_small;
 pub(crate) mod softmax;
 pub(crate) mod strided;
 mod threads;
+mod transpose;
 
 pub use float::CpuFloat;
 pub use host_buffer::HostBuffer;

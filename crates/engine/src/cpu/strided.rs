@@ -6,6 +6,7 @@
 //! or broadcast one is a few long runs.
 
 use super::host_buffer::HostBuffer;
+use super::transpose;
 
 /// Work below this many elements stays on the calling thread: thread hand-off costs
 /// more than it saves for small tensors.
@@ -109,7 +110,7 @@ impl<const N: usize> Runs<N> {
 
 /// Long runs are cut into pieces of this many elements so that a contiguous tensor (a
 /// single run) is still shared among threads.
-const PIECE: usize = 1 << 14;
+pub(super) const PIECE: usize = 1 << 14;
 
 /// Fills `out` (contiguous, same shape as the runs) run by run, in parallel for large
 /// outputs. `f(out_piece, starts)` writes one run, or a piece of one, whose first
@@ -172,8 +173,8 @@ pub fn gather_view<T: super::pool::Poolable>(
         out.copy_from_slice(&src[offset..offset + n]);
         return out;
     }
-    if let Some(rows) = runs.transposed_rows(shortest_tiled_run::<T>()) {
-        gather_transposed(&mut out, src, &runs, rows);
+    if let Some(rows) = runs.transposed_rows(transpose::shortest_tiled_run::<T>()) {
+        transpose::gather_transposed(&mut out, src, &runs, rows);
         return out;
     }
     let st = runs.inner[0];
@@ -206,149 +207,19 @@ impl<T: super::pool::Poolable> std::ops::Deref for RowMajor<'_, T> {
     }
 }
 
-/// Side of the square tiles [`gather_transposed`] copies. With 16 (a cache line of
-/// f32 each way) a 4096² transpose ran at half the speed: its 32 lines a tile, a power
-/// of two apart, share a few L1 sets; with 4, the loops' overhead showed.
-const TILE: usize = 8;
-
-/// The shortest runs [`gather_transposed`] takes. Through the buffer (8 × 8), an NCHW →
-/// NHWC permute of 32 channels ran about a third faster run by run, whose next run
-/// reads the same few lines again from L1, and transposes with runs of 128 and more
-/// about half as fast; through registers (f32 on AVX-512, 16 × 16) the same permute ran
-/// twice as fast tiled (scratch timings and `benches/transpose.rs`, docs/benchmarks.md).
-fn shortest_tiled_run<T: 'static>() -> usize {
-    match is_f32::<T>() && super::sgemm_avx512::available() {
-        true => 16,
-        false => 64,
-    }
-}
-
 impl Runs<1> {
-    /// When the view is a batch of transposes worth tiling, the rows of each: the run
+    /// When the view is a batch of transposes worth tiling (`transpose.rs`), the rows
+    /// of each: the run
     /// (the output's innermost dim) steps through the source more than one element at
     /// a time, and the last outer dim, the run's rows, steps one at a time: `x.t()` of
     /// a row-major `x`, or a permute that moves the source's innermost dim outwards.
-    /// Runs shorter than `shortest` stay with the run-by-run gather.
-    fn transposed_rows(&self, shortest: usize) -> Option<usize> {
+    /// Runs shorter than `shortest` stay with the run-by-run gather (see
+    /// `transpose::shortest_tiled_run`).
+    pub(super) fn transposed_rows(&self, shortest: usize) -> Option<usize> {
         let rows = *self.outer_shape.last()?;
         let transposed = self.inner[0] > 1 && self.outer_strides[0].last() == Some(&1);
         (transposed && rows > 1 && self.len >= shortest).then_some(rows)
     }
-}
-
-/// Output rows a task of [`gather_transposed`] copies: its `BAND` output rows and the
-/// source columns' `BAND` values stay within the TLB's reach and L2 while it walks
-/// across the columns (128 was faster than 32 and 64 on a 4096² transpose).
-const BAND: usize = 128;
-
-/// [`gather_view`] of a batch of transposes (see [`Runs::transposed_rows`]), in square
-/// tiles: each reads `side` source columns of up to `side` contiguous values and writes
-/// `side` rows of up to `side` contiguous values. f32 on AVX-512 goes 16 × 16 through
-/// registers ([`sgemm_avx512::transpose_tile`]), every other case [`TILE`] × `TILE`
-/// through a small buffer. A task takes [`BAND`] output rows and walks across all
-/// columns. Gathered run by run, every value of a run came from a line of its own, and
-/// a large transpose was fetched from memory many times over (2 GB/s for a 4096² f32
-/// matrix on the development machine).
-fn gather_transposed<T: Copy + Send + Sync + 'static>(
-    out: &mut [T],
-    src: &[T],
-    runs: &Runs<1>,
-    rows: usize,
-) {
-    if let (Some(out), Some(src)) = (as_f32_mut(out), as_f32(src)) {
-        if super::sgemm_avx512::available() {
-            // SAFETY: AVX-512F was detected.
-            let tile = |d: &mut [f32], ldd, s: &[f32], lds, shape| unsafe {
-                super::sgemm_avx512::transpose_tile(d, ldd, s, lds, shape)
-            };
-            return gather_tiles(out, src, runs, (rows, 16), tile);
-        }
-    }
-    gather_tiles(out, src, runs, (rows, TILE), buffered_tile)
-}
-
-/// Whether `T` is f32.
-fn is_f32<T: 'static>() -> bool {
-    std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-}
-
-/// `values` as f32, when `T` is f32.
-fn as_f32<T: 'static>(values: &[T]) -> Option<&[f32]> {
-    // SAFETY: T is f32.
-    is_f32::<T>()
-        .then(|| unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), values.len()) })
-}
-
-/// `values` as f32, when `T` is f32.
-fn as_f32_mut<T: 'static>(values: &mut [T]) -> Option<&mut [f32]> {
-    is_f32::<T>().then(|| {
-        // SAFETY: T is f32.
-        unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast(), values.len()) }
-    })
-}
-
-/// One tile, `dst[r·ldd + c] = src[r + c·lds]` for `r < rows`, `c < cols` (at most
-/// [`TILE`] each), read into a buffer first so that each line on either side is
-/// touched once.
-fn buffered_tile<T: Copy>(
-    dst: &mut [T],
-    ldd: usize,
-    src: &[T],
-    lds: usize,
-    (rows, cols): (usize, usize),
-) {
-    let mut tile = [[src[0]; TILE]; TILE];
-    for c in 0..cols {
-        for (r, &v) in src[c * lds..][..rows].iter().enumerate() {
-            tile[r][c] = v;
-        }
-    }
-    for (r, row) in tile.iter().enumerate().take(rows) {
-        dst[r * ldd..][..cols].copy_from_slice(&row[..cols]);
-    }
-}
-
-/// The tiled gather: `tile` copies squares of `side` (see [`gather_transposed`]).
-fn gather_tiles<T: Copy + Send + Sync>(
-    out: &mut [T],
-    src: &[T],
-    runs: &Runs<1>,
-    (rows, side): (usize, usize),
-    tile: impl Fn(&mut [T], usize, &[T], usize, (usize, usize)) + Sync,
-) {
-    use rayon::prelude::*;
-    let (len, stride) = (runs.len, runs.inner[0]);
-    // Output rows BAND·t.. of batch entry b.
-    let band = |b: usize, t: usize, band: &mut [T]| {
-        let base = runs.starts(b * rows + t * BAND)[0];
-        let band_rows = band.len() / len;
-        for c0 in (0..len).step_by(side) {
-            let cols = side.min(len - c0);
-            for r0 in (0..band_rows).step_by(side) {
-                let shape = (side.min(band_rows - r0), cols);
-                let from = &src[base + r0 + c0 * stride..];
-                tile(&mut band[r0 * len + c0..], len, from, stride, shape);
-            }
-        }
-    };
-    let entry = rows * len;
-    if out.len() < PARALLEL_CUTOFF {
-        for (b, e) in out.chunks_mut(entry).enumerate() {
-            for (t, bd) in e.chunks_mut(BAND * len).enumerate() {
-                band(b, t, bd);
-            }
-        }
-        return;
-    }
-    // Tasks of at least PIECE values: small entries go several to a task.
-    out.par_chunks_mut(entry)
-        .enumerate()
-        .with_min_len((PIECE / entry).max(1))
-        .for_each(|(b, e)| {
-            e.par_chunks_mut(BAND * len)
-                .enumerate()
-                .for_each(|(t, bd)| band(b, t, bd))
-        });
 }
 
 /// The view's values in row-major order, borrowed when already contiguous.
@@ -405,9 +276,11 @@ mod tests {
         ];
         for (shape, strides, offset) in cases {
             let runs = Runs::new(shape, [(strides, offset)]);
-            let tiled = runs.transposed_rows(shortest_tiled_run::<f32>()).is_some();
+            let tiled = runs
+                .transposed_rows(transpose::shortest_tiled_run::<f32>())
+                .is_some();
             assert!(
-                tiled || !super::super::sgemm_avx512::available(),
+                tiled || !transpose::register_tiles(),
                 "{shape:?} {strides:?}"
             );
             let span = offset
