@@ -648,6 +648,36 @@ pub(super) unsafe fn transpose_tile(
     }
 }
 
+/// [`transpose_tile`] of 16-bit values (bf16, f16 bits): each column is widened to 32
+/// bits on the way in and narrowed on the way out, around the same register transpose.
+///
+/// # Safety
+/// AVX-512F is available.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn transpose_tile_u16(
+    dst: &mut [u16],
+    ldd: usize,
+    src: &[u16],
+    lds: usize,
+    (rows, cols): (usize, usize),
+) {
+    assert!((1..=16).contains(&rows) && (1..=16).contains(&cols));
+    assert!(src.len() >= (cols - 1) * lds + rows && dst.len() >= (rows - 1) * ldd + cols);
+    let mut block = [_mm512_setzero_ps(); 16];
+    let mut column = [0u16; 16];
+    for (c, wide) in block.iter_mut().enumerate().take(cols) {
+        column[..rows].copy_from_slice(&src[c * lds..][..rows]);
+        let narrow = _mm256_loadu_si256(column.as_ptr().cast());
+        *wide = _mm512_castsi512_ps(_mm512_cvtepu16_epi32(narrow));
+    }
+    let mut row = [0u16; 16];
+    for (r, wide) in transpose16(block).iter().enumerate().take(rows) {
+        let narrow = _mm512_cvtepi32_epi16(_mm512_castps_si512(*wide));
+        _mm256_storeu_si256(row.as_mut_ptr().cast(), narrow);
+        dst[r * ldd..][..cols].copy_from_slice(&row[..cols]);
+    }
+}
+
 /// The 16 × 16 transpose of `rows`: element `j` of result `p` is element `p` of row
 /// `j`. Three rounds of in-lane unpacks and lane shuffles, 64 shuffles in all. Plain
 /// loops rather than `array::from_fn`: its closures were not inlined, which sent every

@@ -262,9 +262,9 @@ mod tests {
         // Plain transposes (sizes off the tiles and the band, exact tiles, long runs
         // above the parallel cutoff), a batch of them behind a broadcast dim and an
         // offset, a permute that moves the innermost dim out past two others, and an
-        // NCHW → NHWC permute of 32 channels (tiled for f32 on AVX-512 only). i64 takes
-        // the buffered tiles, f32 (values exact integers) the register ones where the
-        // CPU has AVX-512.
+        // NCHW → NHWC permute of 32 channels (tiled for f32 and bf16 on AVX-512 only).
+        // i64 takes the buffered tiles, f32 (values exact integers) and bf16 the
+        // register ones where the CPU has AVX-512.
         let cases: [(&[usize], &[usize], usize); 7] = [
             (&[5, 70], &[1, 5], 0),
             (&[8, 64], &[1, 8], 0),
@@ -293,10 +293,21 @@ mod tests {
             let want = gathered_by_index(&src, shape, strides, offset);
             let got = gather_view(&src, shape, strides, offset);
             assert_eq!(&got[..], want, "i64 {shape:?} {strides:?}");
-            let src: Vec<f32> = src.iter().map(|&v| v as f32).collect();
-            let got = gather_view(&src, shape, strides, offset);
-            let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
-            assert_eq!(&got[..], want, "f32 {shape:?} {strides:?}");
+            let floats: Vec<f32> = src.iter().map(|&v| v as f32).collect();
+            let got = gather_view(&floats, shape, strides, offset);
+            let want_f32: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+            assert_eq!(&got[..], want_f32, "f32 {shape:?} {strides:?}");
+            // bf16 with the index's low 16 bits as its bits, compared as bits.
+            let halves: Vec<half::bf16> = src
+                .iter()
+                .map(|&v| half::bf16::from_bits(v as u16))
+                .collect();
+            let got: Vec<u16> = gather_view(&halves, shape, strides, offset)
+                .iter()
+                .map(|h| h.to_bits())
+                .collect();
+            let want_bits: Vec<u16> = want.iter().map(|&v| v as u16).collect();
+            assert_eq!(got, want_bits, "bf16 {shape:?} {strides:?}");
         }
         // Short runs (an NCHW → NHWC permute of 32 channels) stay with the run walk
         // where the tiles go through a buffer.

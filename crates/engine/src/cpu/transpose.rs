@@ -20,7 +20,7 @@ const TILE: usize = 8;
 /// about half as fast; through registers (f32 on AVX-512, 16 × 16) the same permute ran
 /// twice as fast tiled (scratch timings and `benches/transpose.rs`, docs/benchmarks.md).
 pub(super) fn shortest_tiled_run<T: 'static>() -> usize {
-    match is_f32::<T>() && register_tiles() {
+    match (is_f32::<T>() || is_half::<T>()) && register_tiles() {
         true => 16,
         false => 64,
     }
@@ -33,9 +33,9 @@ const BAND: usize = 128;
 
 /// The gather of a batch of transposes of `rows` rows each, in square tiles: each
 /// reads `side` source columns of up to `side` contiguous values and writes `side` rows
-/// of up to `side` contiguous values. f32 on AVX-512 goes 16 × 16 through registers
-/// (`sgemm_avx512::transpose_tile`), every other case [`TILE`] × `TILE` through a small
-/// buffer. A task takes [`BAND`] output rows and walks across all columns.
+/// of up to `side` contiguous values. f32, bf16 and f16 on AVX-512 go 16 × 16 through
+/// registers (`sgemm_avx512::transpose_tile`, `transpose_tile_u16`), every other case
+/// [`TILE`] × `TILE` through a small buffer. A task takes [`BAND`] output rows and walks across all columns.
 pub(super) fn gather_transposed<T: Copy + Send + Sync + 'static>(
     out: &mut [T],
     src: &[T],
@@ -48,6 +48,16 @@ pub(super) fn gather_transposed<T: Copy + Send + Sync + 'static>(
             // SAFETY: AVX-512F was detected.
             let tile = |d: &mut [f32], ldd, s: &[f32], lds, shape| unsafe {
                 super::sgemm_avx512::transpose_tile(d, ldd, s, lds, shape)
+            };
+            return gather_tiles(out, src, runs, (rows, 16), tile);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(out), Some(src)) = (as_u16_mut(out), as_u16(src)) {
+        if register_tiles() {
+            // SAFETY: AVX-512F was detected.
+            let tile = |d: &mut [u16], ldd, s: &[u16], lds, shape| unsafe {
+                super::sgemm_avx512::transpose_tile_u16(d, ldd, s, lds, shape)
             };
             return gather_tiles(out, src, runs, (rows, 16), tile);
         }
@@ -66,6 +76,29 @@ pub(super) fn register_tiles() -> bool {
 /// Whether `T` is f32.
 fn is_f32<T: 'static>() -> bool {
     std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+}
+
+/// Whether `T` is bf16 or f16.
+fn is_half<T: 'static>() -> bool {
+    use std::any::TypeId;
+    [TypeId::of::<half::bf16>(), TypeId::of::<half::f16>()].contains(&TypeId::of::<T>())
+}
+
+/// The bits of `values`, when `T` is bf16 or f16.
+#[cfg(target_arch = "x86_64")]
+fn as_u16<T: 'static>(values: &[T]) -> Option<&[u16]> {
+    // SAFETY: T is bf16 or f16, 16-bit plain data.
+    is_half::<T>()
+        .then(|| unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), values.len()) })
+}
+
+/// The bits of `values`, when `T` is bf16 or f16.
+#[cfg(target_arch = "x86_64")]
+fn as_u16_mut<T: 'static>(values: &mut [T]) -> Option<&mut [u16]> {
+    is_half::<T>().then(|| {
+        // SAFETY: T is bf16 or f16, 16-bit plain data.
+        unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast(), values.len()) }
+    })
 }
 
 /// `values` as f32, when `T` is f32.
