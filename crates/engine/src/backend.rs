@@ -145,6 +145,17 @@ pub struct AdamStep {
     pub step: u64,
 }
 
+impl AdamStep {
+    /// The bias-corrected scalars the kernels take, in f32: the step size
+    /// `lr / (1 − β₁ᵗ)` and `1 / √(1 − β₂ᵗ)`, which scales √v.
+    pub fn bias_corrections(&self) -> (f32, f32) {
+        let t = self.step as f64;
+        let step_size = self.lr / (1.0 - self.beta1.powf(t));
+        let inv_sqrt_bc2 = 1.0 / (1.0 - self.beta2.powf(t)).sqrt();
+        (step_size as f32, inv_sqrt_bc2 as f32)
+    }
+}
+
 /// The dtype of statistics a fused op saves for its backward (norm means and reciprocal
 /// std devs, attention log-sum-exps): f32 for bf16/f16 inputs, so that the backward
 /// sees the same statistics the forward used; the input's dtype otherwise.

@@ -48,11 +48,12 @@ struct Coefficients {
 
 impl Coefficients {
     fn new(s: &AdamStep) -> Self {
+        let (step_size, inv_sqrt_bc2) = s.bias_corrections();
         Coefficients {
             b1: s.beta1 as f32,
             b2: s.beta2 as f32,
-            step_size: (s.lr / (1.0 - s.beta1.powf(s.step as f64))) as f32,
-            inv_sqrt_bc2: (1.0 / (1.0 - s.beta2.powf(s.step as f64)).sqrt()) as f32,
+            step_size,
+            inv_sqrt_bc2,
             eps: s.eps as f32,
             wd: s.weight_decay as f32,
             lr: s.lr as f32,

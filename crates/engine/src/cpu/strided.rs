@@ -209,11 +209,10 @@ impl<T: super::pool::Poolable> std::ops::Deref for RowMajor<'_, T> {
 
 impl Runs<1> {
     /// When the view is a batch of transposes worth tiling (`transpose.rs`), the rows
-    /// of each: the run
-    /// (the output's innermost dim) steps through the source more than one element at
-    /// a time, and the last outer dim, the run's rows, steps one at a time: `x.t()` of
-    /// a row-major `x`, or a permute that moves the source's innermost dim outwards.
-    /// Runs shorter than `shortest` stay with the run-by-run gather (see
+    /// of each: the run (the output's innermost dim) steps through the source more than
+    /// one element at a time, and the last outer dim, the run's rows, steps one at a
+    /// time: `x.t()` of a row-major `x`, or a permute that moves the source's innermost
+    /// dim outwards. Runs shorter than `shortest` stay with the run-by-run gather (see
     /// `transpose::shortest_tiled_run`).
     pub(super) fn transposed_rows(&self, shortest: usize) -> Option<usize> {
         let rows = *self.outer_shape.last()?;

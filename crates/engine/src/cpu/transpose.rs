@@ -17,8 +17,9 @@ const TILE: usize = 8;
 /// The shortest runs [`gather_transposed`] takes. Through the buffer (8 × 8), an NCHW →
 /// NHWC permute of 32 channels ran about a third faster run by run, whose next run
 /// reads the same few lines again from L1, and transposes with runs of 128 and more
-/// about half as fast; through registers (f32 on AVX-512, 16 × 16) the same permute ran
-/// twice as fast tiled (scratch timings and `benches/transpose.rs`, docs/benchmarks.md).
+/// about half as fast; through registers (f32, bf16 and f16 on AVX-512, 16 × 16) the
+/// same f32 permute ran twice as fast tiled (scratch timings and
+/// `benches/transpose.rs`, docs/benchmarks.md).
 pub(super) fn shortest_tiled_run<T: 'static>() -> usize {
     match (is_f32::<T>() || is_half::<T>()) && register_tiles() {
         true => 16,
@@ -35,7 +36,8 @@ const BAND: usize = 128;
 /// reads `side` source columns of up to `side` contiguous values and writes `side` rows
 /// of up to `side` contiguous values. f32, bf16 and f16 on AVX-512 go 16 × 16 through
 /// registers (`sgemm_avx512::transpose_tile`, `transpose_tile_u16`), every other case
-/// [`TILE`] × `TILE` through a small buffer. A task takes [`BAND`] output rows and walks across all columns.
+/// [`TILE`] × `TILE` through a small buffer. A task takes [`BAND`] output rows and
+/// walks across all columns.
 pub(super) fn gather_transposed<T: Copy + Send + Sync + 'static>(
     out: &mut [T],
     src: &[T],
@@ -43,29 +45,21 @@ pub(super) fn gather_transposed<T: Copy + Send + Sync + 'static>(
     rows: usize,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if let (Some(out), Some(src)) = (as_f32_mut(out), as_f32(src)) {
-        if register_tiles() {
-            // SAFETY: AVX-512F was detected.
-            let tile = |d: &mut [f32], ldd, s: &[f32], lds, shape| unsafe {
-                super::sgemm_avx512::transpose_tile(d, ldd, s, lds, shape)
-            };
-            return gather_tiles(out, src, runs, (rows, 16), tile);
+    if register_tiles() {
+        use super::sgemm_avx512::{transpose_tile, transpose_tile_u16};
+        // SAFETY: AVX-512F was detected, and f32 is read as itself, bf16 and f16 as
+        // their 16 bits.
+        if is_f32::<T>() {
+            return unsafe { gather_bits(out, src, runs, rows, transpose_tile) };
         }
-    }
-    #[cfg(target_arch = "x86_64")]
-    if let (Some(out), Some(src)) = (as_u16_mut(out), as_u16(src)) {
-        if register_tiles() {
-            // SAFETY: AVX-512F was detected.
-            let tile = |d: &mut [u16], ldd, s: &[u16], lds, shape| unsafe {
-                super::sgemm_avx512::transpose_tile_u16(d, ldd, s, lds, shape)
-            };
-            return gather_tiles(out, src, runs, (rows, 16), tile);
+        if is_half::<T>() {
+            return unsafe { gather_bits(out, src, runs, rows, transpose_tile_u16) };
         }
     }
     gather_tiles(out, src, runs, (rows, TILE), buffered_tile)
 }
 
-/// Whether f32 tiles go through registers: AVX-512F present.
+/// Whether f32, bf16 and f16 tiles go through registers: AVX-512F present.
 pub(super) fn register_tiles() -> bool {
     #[cfg(target_arch = "x86_64")]
     return super::sgemm_avx512::available();
@@ -84,38 +78,31 @@ fn is_half<T: 'static>() -> bool {
     [TypeId::of::<half::bf16>(), TypeId::of::<half::f16>()].contains(&TypeId::of::<T>())
 }
 
-/// The bits of `values`, when `T` is bf16 or f16.
+/// A register tile copier: `(dst, ldd, src, lds, (rows, cols))` as
+/// `sgemm_avx512::transpose_tile` takes them, unsafe for the CPU it needs.
 #[cfg(target_arch = "x86_64")]
-fn as_u16<T: 'static>(values: &[T]) -> Option<&[u16]> {
-    // SAFETY: T is bf16 or f16, 16-bit plain data.
-    is_half::<T>()
-        .then(|| unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), values.len()) })
-}
+type RegisterTile<U> = unsafe fn(&mut [U], usize, &[U], usize, (usize, usize));
 
-/// The bits of `values`, when `T` is bf16 or f16.
+/// The tiled gather of `T` values read as `U` (their bits) by the register tile `tile`,
+/// 16 × 16.
+///
+/// # Safety
+/// `T` and `U` have the same size and every `T` value is a valid `U` (f32 as f32, bf16
+/// and f16 as u16), and the CPU has what `tile` needs (AVX-512F).
 #[cfg(target_arch = "x86_64")]
-fn as_u16_mut<T: 'static>(values: &mut [T]) -> Option<&mut [u16]> {
-    is_half::<T>().then(|| {
-        // SAFETY: T is bf16 or f16, 16-bit plain data.
-        unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast(), values.len()) }
-    })
-}
-
-/// `values` as f32, when `T` is f32.
-#[cfg(target_arch = "x86_64")]
-fn as_f32<T: 'static>(values: &[T]) -> Option<&[f32]> {
-    // SAFETY: T is f32.
-    is_f32::<T>()
-        .then(|| unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), values.len()) })
-}
-
-/// `values` as f32, when `T` is f32.
-#[cfg(target_arch = "x86_64")]
-fn as_f32_mut<T: 'static>(values: &mut [T]) -> Option<&mut [f32]> {
-    is_f32::<T>().then(|| {
-        // SAFETY: T is f32.
-        unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast(), values.len()) }
-    })
+unsafe fn gather_bits<T, U: Copy + Send + Sync>(
+    out: &mut [T],
+    src: &[T],
+    runs: &Runs<1>,
+    rows: usize,
+    tile: RegisterTile<U>,
+) {
+    assert_eq!(std::mem::size_of::<T>(), std::mem::size_of::<U>());
+    let out = std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<U>(), out.len());
+    let src = std::slice::from_raw_parts(src.as_ptr().cast::<U>(), src.len());
+    // SAFETY: the caller vouches for the CPU.
+    let copy = |d: &mut [U], ldd, s: &[U], lds, shape| unsafe { tile(d, ldd, s, lds, shape) };
+    gather_tiles(out, src, runs, (rows, 16), copy)
 }
 
 /// One tile, `dst[r·ldd + c] = src[r + c·lds]` for `r < rows`, `c < cols` (at most

@@ -112,12 +112,10 @@ fn launch_list(list: &[(&AdamOperands, &Dense)], op: &'static str) -> Result<()>
         unused: 0.0,
     });
     for (i, (it, g)) in list.iter().enumerate() {
-        let t = it.step.step as f64;
         (l.p[i], l.g[i], l.m[i], l.v[i]) = (it.p.ptr(), g.ptr, it.m.ptr(), it.v.ptr());
         l.n[i] = it.n as u64;
         l.first_chunk[i + 1] = l.first_chunk[i] + (it.n as u64).div_ceil(CHUNK);
-        l.step_size[i] = (s.lr / (1.0 - s.beta1.powf(t))) as f32;
-        l.inv_sqrt_bc2[i] = (1.0 / (1.0 - s.beta2.powf(t)).sqrt()) as f32;
+        (l.step_size[i], l.inv_sqrt_bc2[i]) = it.step.bias_corrections();
     }
     let chunks = l.first_chunk[list.len()];
     let cfg = LaunchConfig {
