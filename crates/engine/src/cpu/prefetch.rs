@@ -1,8 +1,8 @@
 //! Software prefetch of memory a kernel reaches next, asked for into L2 a share at a
 //! time while the current work is computed.
 //!
-//! Two kernels read operands that no cache holds and whose layout the hardware
-//! prefetchers do not follow, and both want those lines in L2 before they get there:
+//! Three kernels read operands that no cache holds and whose layout the hardware
+//! prefetchers do not follow, and all want those lines in L2 before they get there:
 //!
 //! - a weight gradient's next inner block: `gᵀ` and `x`, megabytes each, read a strided
 //!   row of `g` per step. Left to demand misses, the DiT's weight-gradient shapes ran at
@@ -14,14 +14,18 @@
 //!   backward's 3,000 lines queued behind each other and held the thread for a seventh
 //!   of the entry; a share after each product overlaps them with arithmetic
 //!   (`attention`).
+//! - a large transposed copy's next tiles: 32 lines a tile, each a row or more from the
+//!   next, on both sides; asked for a few tiles ahead, a 4096² f32 transpose went from
+//!   8–10 to 17–20 GB/s (`transpose`, which asks for single lines through
+//!   [`prefetch_line`]).
 //!
-//! Both describe what they want as [`Region`]s of byte addresses, and a [`Prefetcher`]
+//! The first two describe what they want as [`Region`]s of byte addresses, and a [`Prefetcher`]
 //! walks them line by line. Off x86-64 a request does nothing.
 
 use std::ops::Range;
 
 /// Bytes per cache line.
-const LINE: usize = 64;
+pub(super) const LINE: usize = 64;
 
 /// `runs` runs of `len` contiguous bytes from address `start`, successive runs `stride`
 /// bytes apart. Addresses only: a region is never read through.
@@ -138,7 +142,7 @@ impl Prefetcher {
 
 /// Asks for the cache line at address `line` into L2.
 #[inline(always)]
-fn prefetch_line(line: usize) {
+pub(super) fn prefetch_line(line: usize) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch never faults, whatever the address.
     unsafe {

@@ -6,6 +6,7 @@
 //! and a large transpose was fetched from memory many times over (2 GB/s for a 4096²
 //! f32 matrix on the development machine, docs/benchmarks.md).
 
+use super::prefetch::{prefetch_line, LINE};
 use super::strided::{Runs, PARALLEL_CUTOFF, PIECE};
 
 /// Side of the buffered tiles ([`buffered_tile`]). Buffered 16 × 16 tiles (a cache line
@@ -32,12 +33,24 @@ pub(super) fn shortest_tiled_run<T: 'static>() -> usize {
 /// across the columns (128 was faster than 32 and 64 on a 4096² transpose).
 const BAND: usize = 128;
 
-/// The gather of a batch of transposes of `rows` rows each, in square tiles: each
-/// reads `side` source columns of up to `side` contiguous values and writes `side` rows
-/// of up to `side` contiguous values. f32, bf16 and f16 on AVX-512 go 16 × 16 through
-/// registers (`sgemm_avx512::transpose_tile`, `transpose_tile_u16`), every other case
-/// [`TILE`] × `TILE` through a small buffer. A task takes [`BAND`] output rows and
-/// walks across all columns.
+/// Transposes of at least this many bytes (one batch entry) ask for each tile's lines
+/// [`AHEAD`] tiles before copying it. Every line of a tile is a run of its own, a row
+/// or more apart from the next, and the hardware prefetchers follow a few such streams
+/// only: left to demand misses a 4096² f32 transpose ran at 8–10 GB/s, with the lines
+/// asked for at 17–20. Smaller ones are in cache or nearly so, where the requests are
+/// overhead (a `[512, 128]` transpose 14 → 16 µs).
+const PREFETCH_FROM_BYTES: usize = 2 << 20;
+
+/// How many tiles ahead of the copy [`gather_tiles`] asks for lines (2 to 16 were
+/// within 10 % of each other on a 4096² transpose, 8 slightly ahead).
+const AHEAD: usize = 8;
+
+/// The gather of a batch of transposes of `rows` rows each, in tiles: each reads up to
+/// a tile's width of source columns of up to its height of contiguous values, and
+/// writes as many rows. f32, bf16 and f16 on AVX-512 go through registers, f32 16 × 16
+/// (`sgemm_avx512::transpose_tile`) and the 16-bit types 16 rows by 32 columns, a cache
+/// line a row (`transpose_tile_u16`); every other case [`TILE`] × `TILE` through a
+/// small buffer. A task takes [`BAND`] output rows and walks across all columns.
 pub(super) fn gather_transposed<T: Copy + Send + Sync + 'static>(
     out: &mut [T],
     src: &[T],
@@ -50,13 +63,13 @@ pub(super) fn gather_transposed<T: Copy + Send + Sync + 'static>(
         // SAFETY: AVX-512F was detected, and f32 is read as itself, bf16 and f16 as
         // their 16 bits.
         if is_f32::<T>() {
-            return unsafe { gather_bits(out, src, runs, rows, transpose_tile) };
+            return unsafe { gather_bits(out, src, runs, (rows, 16), transpose_tile) };
         }
         if is_half::<T>() {
-            return unsafe { gather_bits(out, src, runs, rows, transpose_tile_u16) };
+            return unsafe { gather_bits(out, src, runs, (rows, 32), transpose_tile_u16) };
         }
     }
-    gather_tiles(out, src, runs, (rows, TILE), buffered_tile)
+    gather_tiles(out, src, runs, (rows, (TILE, TILE)), buffered_tile)
 }
 
 /// Whether f32, bf16 and f16 tiles go through registers: AVX-512F present.
@@ -84,7 +97,7 @@ fn is_half<T: 'static>() -> bool {
 type RegisterTile<U> = unsafe fn(&mut [U], usize, &[U], usize, (usize, usize));
 
 /// The tiled gather of `T` values read as `U` (their bits) by the register tile `tile`,
-/// 16 × 16.
+/// 16 rows by `cols` columns.
 ///
 /// # Safety
 /// `T` and `U` have the same size and every `T` value is a valid `U` (f32 as f32, bf16
@@ -94,7 +107,7 @@ unsafe fn gather_bits<T, U: Copy + Send + Sync>(
     out: &mut [T],
     src: &[T],
     runs: &Runs<1>,
-    rows: usize,
+    (rows, cols): (usize, usize),
     tile: RegisterTile<U>,
 ) {
     assert_eq!(std::mem::size_of::<T>(), std::mem::size_of::<U>());
@@ -102,7 +115,7 @@ unsafe fn gather_bits<T, U: Copy + Send + Sync>(
     let src = std::slice::from_raw_parts(src.as_ptr().cast::<U>(), src.len());
     // SAFETY: the caller vouches for the CPU.
     let copy = |d: &mut [U], ldd, s: &[U], lds, shape| unsafe { tile(d, ldd, s, lds, shape) };
-    gather_tiles(out, src, runs, (rows, 16), copy)
+    gather_tiles(out, src, runs, (rows, (16, cols)), copy)
 }
 
 /// One tile, `dst[r·ldd + c] = src[r + c·lds]` for `r < rows`, `c < cols` (at most
@@ -126,30 +139,47 @@ fn buffered_tile<T: Copy>(
     }
 }
 
-/// The tiled gather: `tile` copies squares of `side` (see [`gather_transposed`]).
+/// The tiled gather: `tile` copies tiles of up to `tile_rows` output rows by
+/// `tile_cols` columns (see [`gather_transposed`]), walking each band's tiles column
+/// block by column block, and asking for the lines of the tile [`AHEAD`] in that walk
+/// when the entries are large.
 fn gather_tiles<T: Copy + Send + Sync>(
     out: &mut [T],
     src: &[T],
     runs: &Runs<1>,
-    (rows, side): (usize, usize),
+    (rows, (tile_rows, tile_cols)): (usize, (usize, usize)),
     tile: impl Fn(&mut [T], usize, &[T], usize, (usize, usize)) + Sync,
 ) {
     use rayon::prelude::*;
     let (len, stride) = (runs.len, runs.inner[0]);
+    let entry = rows * len;
+    let prefetch = entry * std::mem::size_of::<T>() >= PREFETCH_FROM_BYTES;
     // Output rows BAND·t.. of batch entry b.
     let band = |b: usize, t: usize, band: &mut [T]| {
         let base = runs.starts(b * rows + t * BAND)[0];
         let band_rows = band.len() / len;
-        for c0 in (0..len).step_by(side) {
-            let cols = side.min(len - c0);
-            for r0 in (0..band_rows).step_by(side) {
-                let shape = (side.min(band_rows - r0), cols);
-                let from = &src[base + r0 + c0 * stride..];
-                tile(&mut band[r0 * len + c0..], len, from, stride, shape);
+        let row_tiles = band_rows.div_ceil(tile_rows);
+        // Tile i's (first row, first column, shape).
+        let tile_at = |i: usize| {
+            let (r0, c0) = ((i % row_tiles) * tile_rows, (i / row_tiles) * tile_cols);
+            (
+                r0,
+                c0,
+                (tile_rows.min(band_rows - r0), tile_cols.min(len - c0)),
+            )
+        };
+        let tiles = row_tiles * len.div_ceil(tile_cols);
+        for i in 0..tiles {
+            if prefetch && i + AHEAD < tiles {
+                let (r0, c0, (rows, cols)) = tile_at(i + AHEAD);
+                ask_for_runs(&src[base + r0 + c0 * stride..], (cols, stride), rows);
+                ask_for_runs(&band[r0 * len + c0..], (rows, len), cols);
             }
+            let (r0, c0, shape) = tile_at(i);
+            let from = &src[base + r0 + c0 * stride..];
+            tile(&mut band[r0 * len + c0..], len, from, stride, shape);
         }
     };
-    let entry = rows * len;
     if out.len() < PARALLEL_CUTOFF {
         for (b, e) in out.chunks_mut(entry).enumerate() {
             for (t, bd) in e.chunks_mut(BAND * len).enumerate() {
@@ -167,4 +197,19 @@ fn gather_tiles<T: Copy + Send + Sync>(
                 .enumerate()
                 .for_each(|(t, bd)| band(b, t, bd))
         });
+}
+
+/// Asks for the cache lines of `runs` runs of `len` values from the start of `data`,
+/// successive runs `stride` values apart: each run's first line, and its last where
+/// that is another (a run of a tile is at most a line, but need not start one).
+fn ask_for_runs<T>(data: &[T], (runs, stride): (usize, usize), len: usize) {
+    let size = std::mem::size_of::<T>();
+    for run in 0..runs {
+        let first = data.as_ptr() as usize + run * stride * size;
+        let last = first + len * size - 1;
+        prefetch_line(first);
+        if last / LINE != first / LINE {
+            prefetch_line(last);
+        }
+    }
 }
