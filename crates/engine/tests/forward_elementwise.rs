@@ -555,7 +555,8 @@ fn ema_update_is_the_two_op_formula_bit_for_bit() -> Result<()> {
 }
 
 /// The multi-tensor step gives each parameter the bits of its own `adam_update` (its
-/// own step count and hyper-parameters); a gradient that views another listed
+/// own step count and hyper-parameters; small and large parameters, a transposed
+/// gradient among contiguous ones); a gradient that views another listed
 /// parameter is read before that parameter is written; a tensor written twice is
 /// refused, naming its shape.
 #[test]
@@ -566,9 +567,16 @@ fn adam_update_many_steps_each_as_alone() -> Result<()> {
     let fresh = |gen: &mut twinflow_engine::Generator| -> Result<Vec<[Tensor; 4]>> {
         let mut out = Vec::new();
         for s in &shapes {
+            // One gradient a transposed view, which the step reads through a copy.
+            let g = match s[..] {
+                [rows, cols] if rows > 100 => {
+                    gen.randn(&[cols, rows], DType::F32, Device::Cpu)?.t()?
+                }
+                _ => gen.randn(s, DType::F32, Device::Cpu)?,
+            };
             out.push([
                 gen.randn(s, DType::F32, Device::Cpu)?,
-                gen.randn(s, DType::F32, Device::Cpu)?,
+                g,
                 gen.randn(s, DType::F32, Device::Cpu)?,
                 gen.uniform(s, 0.5, 2.0, DType::F32, Device::Cpu)?,
             ]);

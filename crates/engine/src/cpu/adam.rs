@@ -5,25 +5,44 @@ use super::strided::PARALLEL_CUTOFF;
 use crate::backend::AdamStep;
 use rayon::prelude::*;
 
-/// m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g², p ← p − lr·(m̂/(√v̂ + ε) [+ wd·p]),
-/// with bias-corrected m̂, v̂; plain Adam adds wd·p to g instead (L2 regularisation).
-pub fn update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: &AdamStep) {
-    let k = Coefficients::new(s);
-    let chunk = |(((p, g), m), v): ChunkOf<'_>| {
+/// One parameter's slices and step, for [`update_many`].
+pub struct AdamSlices<'a> {
+    /// The parameter, updated in place.
+    pub p: &'a mut [f32],
+    /// Its gradient, as long as `p`.
+    pub g: &'a [f32],
+    /// The first moment, updated in place.
+    pub m: &'a mut [f32],
+    /// The second moment, updated in place.
+    pub v: &'a mut [f32],
+    /// The step's hyper-parameters and count.
+    pub step: &'a AdamStep,
+}
+
+/// For each parameter: m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g²,
+/// p ← p − lr·(m̂/(√v̂ + ε) [+ wd·p]), with bias-corrected m̂, v̂; plain Adam adds wd·p
+/// to g instead (L2 regularisation). One parallel pass over every parameter's chunks:
+/// a model's many small tensors (norm weights, biases) share the threads with its large
+/// ones instead of each running alone, on one thread, after the other.
+pub fn update_many(list: Vec<AdamSlices<'_>>) {
+    let coefficients: Vec<Coefficients> = list.iter().map(|s| Coefficients::new(s.step)).collect();
+    let total: usize = list.iter().map(|s| s.p.len()).sum();
+    let mut chunks = Vec::with_capacity(total / CHUNK + list.len());
+    for (s, k) in list.into_iter().zip(&coefficients) {
+        let zipped = s.p.chunks_mut(CHUNK).zip(s.g.chunks(CHUNK));
+        let zipped = zipped.zip(s.m.chunks_mut(CHUNK)).zip(s.v.chunks_mut(CHUNK));
+        chunks.extend(zipped.map(|chunk| (chunk, k)));
+    }
+    let update = |((((p, g), m), v), k): (ChunkOf<'_>, &Coefficients)| {
         isa::dispatch(
             #[inline(always)]
-            |(p, g, m, v)| update_chunk(p, g, m, v, &k),
+            |(p, g, m, v)| update_chunk(p, g, m, v, k),
             (p, g, m, v),
         )
     };
-    if p.len() >= PARALLEL_CUTOFF {
-        p.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK))
-            .zip(m.par_chunks_mut(CHUNK))
-            .zip(v.par_chunks_mut(CHUNK))
-            .for_each(chunk);
-    } else {
-        chunk((((p, g), m), v));
+    match total >= PARALLEL_CUTOFF {
+        true => chunks.into_par_iter().for_each(update),
+        false => chunks.into_iter().for_each(update),
     }
 }
 

@@ -56,7 +56,7 @@ pub(crate) struct AdamOperands<'a> {
 }
 
 /// The step of every parameter in `items` (all on one device), as the CPU's
-/// `adam::update` on each.
+/// `adam::update_many`.
 pub(crate) fn adam_many(items: &[AdamOperands<'_>]) -> Result<()> {
     const OP: &str = "adam_update";
     let mut grads = Vec::with_capacity(items.len());

@@ -167,22 +167,29 @@ fn contiguous_from_start(t: &Tensor) -> bool {
     t.is_contiguous() && t.layout().offset() == 0
 }
 
-/// The `n` values of a CPU view as f32: where they lie for a contiguous f32 view, else
-/// converted into `converted`, which holds the copy.
+/// The f32 copy a CPU view needs before [`f32_values`] can read it: none for a
+/// contiguous f32 view, which is read where it lies.
+fn f32_copy(view: View<'_, CpuStorage>) -> Result<Option<CpuStorage>> {
+    Ok(match view {
+        (CpuStorage::F32(_), l) if l.is_contiguous() => None,
+        (storage, l) => Some(storage.to_dtype(l, DType::F32)?),
+    })
+}
+
+/// The `n` values of a CPU view as f32: from its copy where [`f32_copy`] made one, else
+/// where they lie.
 fn f32_values<'s>(
     (storage, l): View<'s, CpuStorage>,
     n: usize,
-    converted: &'s mut Option<CpuStorage>,
+    copy: &'s Option<CpuStorage>,
     op: &'static str,
 ) -> Result<&'s [f32]> {
-    if let CpuStorage::F32(v) = storage {
-        if l.is_contiguous() {
-            return Ok(&v[l.offset()..l.offset() + n]);
+    match (copy, storage) {
+        (Some(CpuStorage::F32(v)), _) => Ok(&v[..n]),
+        (None, CpuStorage::F32(v)) => Ok(&v[l.offset()..l.offset() + n]),
+        (Some(other), _) | (None, other) => {
+            Err(Error::dtypes(op, &[storage.dtype(), other.dtype()]))
         }
-    }
-    match converted.insert(storage.to_dtype(l, DType::F32)?) {
-        CpuStorage::F32(v) => Ok(&v[..n]),
-        other => Err(Error::dtypes(op, &[storage.dtype(), other.dtype()])),
     }
 }
 
@@ -202,8 +209,8 @@ impl<'a> FusedOp<'a> for EmaUpdate {
             return Err(Error::dtypes(Self::NAME, &dtypes));
         };
         // A contiguous f32 online tensor (a parameter) is read where it lies.
-        let mut converted = None;
-        let online = f32_values(online, n, &mut converted, Self::NAME)?;
+        let copy = f32_copy(online)?;
+        let online = f32_values(online, n, &copy, Self::NAME)?;
         ema::update(&mut avg[..n], online, self.0);
         Ok(())
     }
@@ -232,26 +239,37 @@ impl<'t> Locked<'t> {
         }
     }
 
-    /// Each parameter's step by `adam::update`.
+    /// Every parameter's step in one parallel pass (`adam::update_many`).
     fn cpu(&mut self, list: &[AdamTensors<'_>], device: Device) -> Result<()> {
         const OP: &str = "adam_update";
-        for ((item, [p, m, v]), g) in list.iter().zip(&mut self.written).zip(&self.grads) {
+        // A contiguous f32 gradient (the usual case) is read where it lies.
+        let copies = (list.iter().zip(&self.grads))
+            .map(|(item, g)| f32_copy((CpuStorage::of(OP, device, g)?, item.grad.layout())))
+            .collect::<Result<Vec<_>>>()?;
+        let mut slices = Vec::with_capacity(list.len());
+        let entries = list.iter().zip(&mut self.written).zip(&self.grads);
+        for (((item, [p, m, v]), g), copy) in entries.zip(&copies) {
             let n = item.param.elem_count();
             let g = CpuStorage::of(OP, device, g)?;
             let p = CpuStorage::of_mut(OP, device, p)?;
             let m = CpuStorage::of_mut(OP, device, m)?;
             let v = CpuStorage::of_mut(OP, device, v)?;
             let dtypes = [p.dtype(), g.dtype(), m.dtype(), v.dtype()];
-            // A contiguous f32 gradient (the usual case) is read where it lies.
-            let mut converted = None;
-            let g = f32_values((g, item.grad.layout()), n, &mut converted, OP)?;
+            let g = f32_values((g, item.grad.layout()), n, copy, OP)?;
             match (p, m, v) {
                 (CpuStorage::F32(p), CpuStorage::F32(m), CpuStorage::F32(v)) => {
-                    adam::update(&mut p[..n], g, &mut m[..n], &mut v[..n], &item.step)
+                    slices.push(adam::AdamSlices {
+                        p: &mut p[..n],
+                        g,
+                        m: &mut m[..n],
+                        v: &mut v[..n],
+                        step: &item.step,
+                    })
                 }
                 _ => return Err(Error::dtypes(OP, &dtypes)),
             }
         }
+        adam::update_many(slices);
         Ok(())
     }
 
