@@ -371,6 +371,10 @@ for p in products:
     o = pick("dit_products", "twinflow", "product", p, "gflops")
     print(f"  {p}, GFLOP/s, ours: " + ", ".join(f"{a:.0f}" for a in o)
           + "; torch: " + twin_rounds("dit_products", "product", p, "gflops", ".0f"))
+for c in cases:
+    o = pick("transpose", "twinflow", "case", c, "gbps")
+    print(f"  transpose {c}, GB/s, ours: " + ", ".join(f"{a:.1f}" for a in o)
+          + "; torch: " + twin_rounds("transpose", "case", c, "gbps", ".1f"))
 for mode in modes:
     o = pick("op_chain", "twinflow", "mode", mode, "us_per_op")
     print(f"  op chain {mode}, µs/op, ours: " + ", ".join(f"{a:.2f}" for a in o)
