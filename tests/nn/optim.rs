@@ -4,8 +4,8 @@
 
 use twinflow::engine::{DType, Device, Gradients, Tensor};
 use twinflow::nn::{
-    clip_grad_norm, impl_module, zero_non_finite, Adam, AdamConfig, Ema, Forward, Linear,
-    LinearConfig, LrSchedule, Module, Optimizer, ParamBuilder, Sgd, SgdConfig,
+    clean_and_clip_grad_norm, clip_grad_norm, impl_module, zero_non_finite, Adam, AdamConfig, Ema,
+    Forward, Linear, LinearConfig, LrSchedule, Module, Optimizer, ParamBuilder, Sgd, SgdConfig,
 };
 
 use crate::common::vals;
@@ -406,6 +406,57 @@ fn non_finite_gradient_entries_are_replaced_with_zero() {
     assert_eq!(replaced, 3);
     assert_eq!(vals(grads.get(&a).unwrap()), vec![1.0, 0.0, 0.0, 0.0, big]);
     assert!(grads.get(&b).unwrap().shares_storage(&b_before));
+}
+
+/// `clean_and_clip_grad_norm` gives the norm, count and gradients (as bits) of
+/// `zero_non_finite` then `clip_grad_norm`: with NaN and ±∞ entries, with finite
+/// entries whose squares overflow (1e20 in f32), in bf16, and clean, clipped or not.
+#[test]
+fn cleaning_and_clipping_in_one_call_matches_the_two_calls() {
+    let (nan, inf) = (f64::NAN, f64::INFINITY);
+    let cases: [&[(&[f64], DType)]; 3] = [
+        &[
+            (&[1.0, nan, inf, -inf, 3.0], DType::F32),
+            (&[0.5, -2.0], DType::F32),
+            (&[4.0, nan, 1.0], DType::BF16),
+            (&[2.0, -inf], DType::F32),
+        ],
+        &[(&[1e20, 1.0], DType::F32), (&[0.25, 0.5], DType::F32)],
+        &[(&[0.3, 0.4], DType::F32), (&[1.5], DType::BF16)],
+    ];
+    let bits = |t: &Tensor| vals(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    for case in cases {
+        let params: Vec<Tensor> = case
+            .iter()
+            .map(|(v, d)| param(&vec![0.0; v.len()], *d))
+            .collect();
+        let fresh = || {
+            let terms = params.iter().zip(case).map(|(p, (c, _))| {
+                let c = Tensor::from_f64s(c, p.shape(), p.dtype(), Device::Cpu).unwrap();
+                p.mul(&c)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap()
+            });
+            let loss = terms.reduce(|a, b| a.add(&b).unwrap()).unwrap();
+            loss.backward().unwrap()
+        };
+        for max_norm in [0.5, f64::INFINITY] {
+            let (mut two, mut one) = (fresh(), fresh());
+            let replaced = zero_non_finite(&mut two, &params).unwrap();
+            let norm = clip_grad_norm(&mut two, &params, max_norm).unwrap();
+            let (fused_norm, fused_replaced) =
+                clean_and_clip_grad_norm(&mut one, &params, max_norm).unwrap();
+            assert_eq!(fused_norm.to_bits(), norm.to_bits(), "{case:?} {max_norm}");
+            assert_eq!(fused_replaced, replaced, "{case:?} {max_norm}");
+            for p in &params {
+                let (a, b) = (two.get(p).unwrap(), one.get(p).unwrap());
+                assert_eq!(bits(a), bits(b), "{case:?} {max_norm}");
+            }
+        }
+    }
 }
 
 #[test]

@@ -28,7 +28,7 @@ pub mod transformer;
 
 pub use attention::SelfAttention;
 pub use checkpoint::{Checkpoint, CheckpointError, EmaSnapshot};
-pub use clip::{clip_grad_norm, zero_non_finite};
+pub use clip::{clean_and_clip_grad_norm, clip_grad_norm, zero_non_finite};
 pub use conv::Conv2d;
 pub use dit::{sincos_positions, Dit, DitBlock, DitConfig, PositionInit};
 pub use dropout::Dropout;

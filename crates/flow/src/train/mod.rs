@@ -55,8 +55,9 @@ use std::time::Instant;
 use twinflow_engine::comm::Communicator;
 use twinflow_engine::{AutocastGuard, Device, Error, Generator, Gradients, Result, Tensor};
 use twinflow_nn::{
-    clip_grad_norm, zero_non_finite, Adam, Checkpoint, Dit, Ema, LossScaler, LossScalerConfig,
-    LossScalerState, LrSchedule, MlpVelocity, Module, Optimizer, ParamBuilder, VelocityModel,
+    clean_and_clip_grad_norm, clip_grad_norm, Adam, Checkpoint, Dit, Ema, LossScaler,
+    LossScalerConfig, LossScalerState, LrSchedule, MlpVelocity, Module, Optimizer, ParamBuilder,
+    VelocityModel,
 };
 
 const OP: &str = "train";
@@ -542,11 +543,11 @@ impl Trainer {
         if self.unscale_overflowed(&mut grads)? {
             return Ok(self.skip(record));
         }
-        if self.cfg.clean_non_finite {
-            record.cleaned = zero_non_finite(&mut grads, self.params.iter())?;
-        }
         let max_norm = self.cfg.grad_clip.unwrap_or(f64::INFINITY);
-        record.grad_norm = clip_grad_norm(&mut grads, self.params.iter(), max_norm)?;
+        (record.grad_norm, record.cleaned) = match self.cfg.clean_non_finite {
+            true => clean_and_clip_grad_norm(&mut grads, self.params.iter(), max_norm)?,
+            false => (clip_grad_norm(&mut grads, self.params.iter(), max_norm)?, 0),
+        };
         if !record.grad_norm.is_finite() {
             let why = format!("non-finite gradient norm {}", record.grad_norm);
             return self.non_finite(record, why);
