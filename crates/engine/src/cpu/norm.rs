@@ -4,6 +4,7 @@ use super::float::{sum_lanes, CpuFloat};
 use super::host_buffer::HostBuffer;
 use super::isa;
 use super::pool;
+use super::prefetch;
 use super::strided::{contiguous, PARALLEL_CUTOFF};
 use crate::backend::{norm_rows_per_group, NormSpec};
 use crate::layout::Layout;
@@ -15,6 +16,11 @@ pub type Param<'a, F> = Option<Cow<'a, [F]>>;
 
 /// Rows handled by one task: enough work to amortise scheduling over short rows.
 const ROWS_PER_TASK: usize = 16;
+
+/// How many rows ahead the backward asks for x and the residual gradient (4 and 8 took
+/// the DiT step's `norm_backward` from 3.6 to 2.9 ms alike; the forward, whose x was
+/// just written, did not gain).
+const ROWS_AHEAD: usize = 4;
 
 /// The parameter, or `fill` repeated when absent, so that one loop serves both cases.
 fn or_fill<'a, F: CpuFloat>(p: &'a Param<'a, F>, fill: F, d: usize) -> Cow<'a, [F]> {
@@ -260,6 +266,14 @@ pub fn norm_backward<F: CpuFloat>(
                 for (r, dxr) in dxb.chunks_mut(d).enumerate() {
                     let i = first + r;
                     let rows = i * d..(i + 1) * d;
+                    // x (saved by the forward long before) and the residual gradient
+                    // come from memory, and the hardware prefetchers stop at every
+                    // 4 KiB page (8 rows of 128): ask for them a few rows ahead.
+                    let ahead = (i + ROWS_AHEAD) * d..(i + ROWS_AHEAD + 1) * d;
+                    prefetch::ask_for(&xv, ahead.clone());
+                    if let Some(res) = residual.as_deref() {
+                        prefetch::ask_for(res, ahead);
+                    }
                     let inputs = (&gv[rows.clone()], &xv[rows.clone()], wg.row(&weight, i));
                     let (dw, db) = (
                         sums_row(dw, (wg.offset(i), param_row * d), d),

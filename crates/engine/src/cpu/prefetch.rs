@@ -1,8 +1,8 @@
 //! Software prefetch of memory a kernel reaches next, asked for into L2 a share at a
 //! time while the current work is computed.
 //!
-//! Three kernels read operands that no cache holds and whose layout the hardware
-//! prefetchers do not follow, and all want those lines in L2 before they get there:
+//! Some kernels read operands that no cache holds and whose layout the hardware
+//! prefetchers do not follow, and want those lines in L2 before they get there:
 //!
 //! - a weight gradient's next inner block: `gᵀ` and `x`, megabytes each, read a strided
 //!   row of `g` per step. Left to demand misses, the DiT's weight-gradient shapes ran at
@@ -18,6 +18,9 @@
 //!   next, on both sides; asked for a few tiles ahead, a 4096² f32 transpose went from
 //!   8–10 to 17–20 GB/s (`transpose`, which asks for single lines through
 //!   [`prefetch_line`]).
+//! - the norm backward's next rows of x, saved by the forward long before: the
+//!   prefetchers stop at each 4 KiB page, every 8 rows of 128 (`norm`, through
+//!   [`ask_for`]; the DiT step's `norm_backward` 3.6 → 2.9 ms).
 //!
 //! The first two describe what they want as [`Region`]s of byte addresses, and a [`Prefetcher`]
 //! walks them line by line. Off x86-64 a request does nothing.
@@ -137,6 +140,17 @@ impl Prefetcher {
             }
         }
         Some(at)
+    }
+}
+
+/// Asks for the cache lines of `data[range]` into L2, the part of it inside `data`.
+pub(super) fn ask_for<T>(data: &[T], range: Range<usize>) {
+    let range = range.start.min(data.len())..range.end.min(data.len());
+    let size = std::mem::size_of::<T>();
+    let start = data.as_ptr() as usize + range.start * size;
+    let end = start + range.len() * size;
+    for at in (start / LINE * LINE..end).step_by(LINE) {
+        prefetch_line(at);
     }
 }
 
