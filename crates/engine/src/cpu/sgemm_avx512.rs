@@ -651,8 +651,9 @@ pub(super) unsafe fn transpose_tile(
 /// [`transpose_tile`] of 16-bit values (bf16, f16 bits), up to 16 rows by up to 32
 /// columns, so that a full tile writes whole cache lines (32 × 2 bytes a row; 16 × 16
 /// tiles wrote half lines, and a 4096² bf16 transpose ran at half the f32 one's rate).
-/// Each 16-column half is widened to 32 bits on the way in, goes through the same
-/// register transpose, and the two are narrowed and joined on the way out.
+/// Source columns 2k and 2k + 1 are joined into one column of 32-bit pairs (2k's value
+/// in the low half), so that one 16 × 16 register transpose of the pairs leaves each
+/// output row in one register, its values already in order.
 ///
 /// # Safety
 /// AVX-512F is available.
@@ -666,9 +667,12 @@ pub(super) unsafe fn transpose_tile_u16(
 ) {
     assert!((1..=16).contains(&rows) && (1..=32).contains(&cols));
     assert!(src.len() >= (cols - 1) * lds + rows && dst.len() >= (rows - 1) * ldd + cols);
-    let mut halves = [[_mm512_setzero_ps(); 16]; 2];
     let mut column = [0u16; 16];
-    for c in 0..cols {
+    // Source column c (a run of `rows` values), widened to 32 bits; zeros past `cols`.
+    let mut widened = |c: usize| {
+        if c >= cols {
+            return _mm512_setzero_si512();
+        }
         let run = &src[c * lds..][..rows];
         let narrow = match rows {
             16 => _mm256_loadu_si256(run.as_ptr().cast()),
@@ -677,23 +681,20 @@ pub(super) unsafe fn transpose_tile_u16(
                 _mm256_loadu_si256(column.as_ptr().cast())
             }
         };
-        halves[c / 16][c % 16] = _mm512_castsi512_ps(_mm512_cvtepu16_epi32(narrow));
-    }
-    let low = transpose16(halves[0]);
-    let high = match cols > 16 {
-        true => transpose16(halves[1]),
-        false => [_mm512_setzero_ps(); 16],
+        _mm512_cvtepu16_epi32(narrow)
     };
-    let narrow = |wide: __m512| _mm512_cvtepi32_epi16(_mm512_castps_si512(wide));
+    let mut pairs = [_mm512_setzero_ps(); 16];
+    for (k, pair) in pairs.iter_mut().enumerate() {
+        let (low, high) = (widened(2 * k), widened(2 * k + 1));
+        *pair = _mm512_castsi512_ps(_mm512_or_si512(low, _mm512_slli_epi32::<16>(high)));
+    }
     let mut row = [0u16; 32];
-    for r in 0..rows {
-        let joined =
-            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(narrow(low[r])), narrow(high[r]));
+    for (r, joined) in transpose16(pairs).iter().enumerate().take(rows) {
         let to = dst[r * ldd..][..cols].as_mut_ptr();
         match cols {
-            32 => _mm512_storeu_si512(to.cast(), joined),
+            32 => _mm512_storeu_ps(to.cast(), *joined),
             _ => {
-                _mm512_storeu_si512(row.as_mut_ptr().cast(), joined);
+                _mm512_storeu_ps(row.as_mut_ptr().cast(), *joined);
                 std::ptr::copy_nonoverlapping(row.as_ptr(), to, cols);
             }
         }
