@@ -22,8 +22,8 @@
 //!   prefetchers stop at each 4 KiB page, every 8 rows of 128 (`norm`, through
 //!   [`ask_for`]; the DiT step's `norm_backward` 3.6 → 2.9 ms).
 //!
-//! The first two describe what they want as [`Region`]s of byte addresses, and a [`Prefetcher`]
-//! walks them line by line. Off x86-64 a request does nothing.
+//! The first two describe what they want as [`Region`]s of byte addresses, and a
+//! [`Prefetcher`] walks them line by line. Off x86-64 a request does nothing.
 
 use std::ops::Range;
 

@@ -259,9 +259,10 @@ mod tests {
     #[test]
     fn transposes_gather_tile_by_tile_like_indexing() {
         // Plain transposes (sizes off the tiles and the band, one large enough to ask
-        // for its tiles' lines ahead, exact tiles, long runs above the parallel cutoff), a batch of them behind a broadcast dim and an
-        // offset, a permute that moves the innermost dim out past two others, and an
-        // NCHW → NHWC permute of 32 channels (tiled for f32 and bf16 on AVX-512 only).
+        // for its tiles' lines ahead, exact tiles, long runs above the parallel
+        // cutoff), a batch of them behind a broadcast dim and an offset, a permute that
+        // moves the innermost dim out past two others, and an NCHW → NHWC permute of
+        // 32 channels (tiled for f32 and bf16 on AVX-512 only).
         // i64 takes the buffered tiles, f32 (values exact integers) and bf16 the
         // register ones where the CPU has AVX-512.
         let cases: [(&[usize], &[usize], usize); 8] = [

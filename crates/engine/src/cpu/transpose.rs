@@ -1,4 +1,4 @@
-//! Contiguous copies of transposed views in square tiles, the gather that
+//! Contiguous copies of transposed views in tiles, the gather that
 //! [`super::strided::gather_view`] hands a batch of transposes to
 //! ([`Runs::transposed_rows`]: runs that step through the source while their rows are
 //! contiguous in it, as in `x.t()` or a permute moving the innermost dim outwards).
@@ -18,8 +18,8 @@ const TILE: usize = 8;
 /// The shortest runs [`gather_transposed`] takes. Through the buffer (8 × 8), an NCHW →
 /// NHWC permute of 32 channels ran about a third faster run by run, whose next run
 /// reads the same few lines again from L1, and transposes with runs of 128 and more
-/// about half as fast; through registers (f32, bf16 and f16 on AVX-512, 16 × 16) the
-/// same f32 permute ran twice as fast tiled (scratch timings and
+/// about half as fast; through registers (on AVX-512: f32 16 × 16, bf16 and f16
+/// 16 × 32) the same f32 permute ran twice as fast tiled (scratch timings and
 /// `benches/transpose.rs`, docs/benchmarks.md).
 pub(super) fn shortest_tiled_run<T: 'static>() -> usize {
     match (is_f32::<T>() || is_half::<T>()) && register_tiles() {
@@ -202,7 +202,9 @@ fn gather_tiles<T: Copy + Send + Sync>(
 
 /// Asks for the cache lines of `runs` runs of `len` values from the start of `data`,
 /// successive runs `stride` values apart: each run's first line, and its last where
-/// that is another (a run of a tile is at most a line, but need not start one).
+/// that is another (a run of a tile is at most a line, but need not start one). Not
+/// [`super::prefetch::ask_for`] run by run: its general line walk made a 4096²
+/// transpose about a fifth slower.
 fn ask_for_runs<T>(data: &[T], (runs, stride): (usize, usize), len: usize) {
     let size = std::mem::size_of::<T>();
     for run in 0..runs {
