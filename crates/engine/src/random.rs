@@ -66,17 +66,18 @@ impl Generator {
         self.state = state;
     }
 
-    /// Four random words for each of the next `n` counters.
-    fn next_blocks(&mut self, n: usize) -> impl Iterator<Item = [u32; 4]> {
+    /// The next `n` counters, taken: a map from index `i < n` to the four random
+    /// words of counter `offset + i`.
+    fn take_blocks(&mut self, n: usize) -> impl Fn(usize) -> [u32; 4] + Sync {
         let GeneratorState { seed, offset } = self.state;
         // The counter wraps like Philox's own 64-bit counter would: a state restored
         // from a file may hold any offset.
         self.state.offset = offset.wrapping_add(n as u64);
         let key = [seed as u32, (seed >> 32) as u32];
-        (0..n as u64).map(move |i| {
-            let c = offset.wrapping_add(i);
+        move |i| {
+            let c = offset.wrapping_add(i as u64);
             philox4x32([c as u32, (c >> 32) as u32, 0, 0], key)
-        })
+        }
     }
 
     /// Uniform values in `[lo, hi)`, drawn in f64 and converted to `dtype`.
@@ -90,10 +91,12 @@ impl Generator {
     ) -> Result<Tensor> {
         check_float_dtype("uniform", dtype)?;
         let n = sizes::elem_count("uniform", shape)?;
-        let values = self
-            .next_blocks(n)
-            .map(|b| lo + (hi - lo) * unit(b[0], b[1]));
-        from_values(values, shape, dtype, device)
+        let block = self.take_blocks(n);
+        let value = |i| {
+            let b = block(i);
+            lo + (hi - lo) * unit(b[0], b[1])
+        };
+        from_values((n, value), shape, dtype, device)
     }
 
     /// Normal values with the given mean and standard deviation (Box–Muller), drawn in
@@ -108,12 +111,14 @@ impl Generator {
     ) -> Result<Tensor> {
         check_float_dtype("normal", dtype)?;
         let n = sizes::elem_count("normal", shape)?;
-        let values = self.next_blocks(n).map(|b| {
+        let block = self.take_blocks(n);
+        let value = |i| {
+            let b = block(i);
             // 1 − u lies in (0, 1], so the logarithm is finite.
             let (u1, u2) = (1.0 - unit(b[0], b[1]), unit(b[2], b[3]));
             mean + std * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-        });
-        from_values(values, shape, dtype, device)
+        };
+        from_values((n, value), shape, dtype, device)
     }
 
     /// Standard normal values (mean 0, std 1).
@@ -124,9 +129,10 @@ impl Generator {
     /// A uniformly random permutation of `0..n` (Fisher–Yates), as i64.
     pub fn permutation(&mut self, n: usize) -> Vec<i64> {
         let mut p: Vec<i64> = (0..n as i64).collect();
-        let draws: Vec<[u32; 4]> = self.next_blocks(n).collect();
+        let block = self.take_blocks(n);
         for i in (1..n).rev() {
-            let j = (unit(draws[i][0], draws[i][1]) * (i + 1) as f64) as usize;
+            let draw = block(i);
+            let j = (unit(draw[0], draw[1]) * (i + 1) as f64) as usize;
             p.swap(i, j.min(i));
         }
         p
@@ -146,13 +152,15 @@ fn check_float_dtype(op: &'static str, dtype: DType) -> Result<()> {
     }
 }
 
+/// A tensor of the `n` values `value(0), value(1), …` (filled in parallel on the CPU,
+/// then moved to `device`).
 fn from_values(
-    values: impl Iterator<Item = f64>,
+    (n, value): (usize, impl Fn(usize) -> f64 + Sync),
     shape: &[usize],
     dtype: DType,
     device: Device,
 ) -> Result<Tensor> {
-    let cpu = CpuStorage::from_f64_iter(values, dtype)?;
+    let cpu = CpuStorage::from_f64_fn(n, dtype, value)?;
     Ok(Tensor::from_storage(Storage::from_cpu(cpu, device)?, shape))
 }
 
@@ -165,6 +173,29 @@ mod tests {
         // Known-answer vector of Random123 (philox4x32_10, counter and key all ones).
         let out = philox4x32([u32::MAX; 4], [u32::MAX; 2]);
         assert_eq!(out, [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]);
+    }
+
+    /// A draw long enough to be filled in parallel blocks is the stream in order: the
+    /// same values as two shorter (serial) draws one after the other, and value `i` the
+    /// Box–Muller transform of counter `i`.
+    #[test]
+    fn a_parallel_draw_is_the_serial_stream() {
+        let n = 3 * 4096 + 17;
+        let draw = |g: &mut Generator, n| {
+            let t = g.randn(&[n], DType::F64, Device::Cpu).unwrap();
+            t.to_vec_f64().unwrap()
+        };
+        let whole = draw(&mut Generator::new(3), n);
+        let mut g = Generator::new(3);
+        let mut halves = draw(&mut g, n / 2);
+        halves.extend(draw(&mut g, n - n / 2));
+        assert_eq!(whole, halves);
+        for i in [0, 4095, 4096, 8191, 8192, n - 1] {
+            let b = philox4x32([i as u32, 0, 0, 0], [3, 0]);
+            let (u1, u2) = (1.0 - unit(b[0], b[1]), unit(b[2], b[3]));
+            let want = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+            assert_eq!(whole[i].to_bits(), want.to_bits(), "value {i}");
+        }
     }
 
     #[test]
