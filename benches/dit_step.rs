@@ -101,6 +101,11 @@ fn run() -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
         done?;
         eprintln!("## op profile: train step\n\n{}\n", train_profile.table());
         eprintln!(
+            "## products by shape: train step (outside the fused feed-forward and \
+             attention ops)\n\n{}\n",
+            train_profile.products_table()
+        );
+        eprintln!(
             "## op profile: no-grad forward\n\n{}",
             forward_profile.table()
         );

@@ -59,8 +59,12 @@ fn run() -> BenchResult<()> {
         let (steps, table) = profile(false, || (0..10).try_for_each(|_| trainer.step().map(drop)));
         steps?;
         eprintln!(
-            "## op profile: ten training steps of {config}\n\n{}",
+            "## op profile: ten training steps of {config}\n\n{}\n",
             table.table()
+        );
+        eprintln!(
+            "## products by shape: the same ten steps\n\n{}",
+            table.products_table()
         );
     }
     Ok(())

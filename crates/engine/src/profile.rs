@@ -14,7 +14,10 @@
 //! ```
 //!
 //! Ops are timed where [`crate::Storage`] dispatches them, so the table says which
-//! kernels a model spends its time in, below the tensor API. On a GPU, kernels run
+//! kernels a model spends its time in, below the tensor API. The matrix products of the
+//! `matmul` and `weight_bias_gradients` ops are also counted by shape
+//! ([`Profile::products`], [`Profile::products_table`]): which products a step runs and
+//! at what rate each runs there, beside the same shapes timed alone by `benches/matmul`. On a GPU, kernels run
 //! asynchronously, so the [`Timing`] matters there: host wall time is launch overhead;
 //! [`Timing::Synchronised`] makes each op wait for its device (the kernels' time, with
 //! the run slowed and every gap between kernels counted); [`Timing::DeviceEvents`]
@@ -23,6 +26,7 @@
 //! such as `torch.profiler`'s). When no profile is running, an op pays one relaxed
 //! atomic load.
 
+use crate::layout::Layout;
 use crate::{DType, Device};
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -33,7 +37,7 @@ use std::time::Instant;
 static ENABLED: AtomicBool = AtomicBool::new(false);
 /// The running profile's [`Timing`], as its discriminant.
 static TIMING: AtomicU8 = AtomicU8::new(Timing::Wall as u8);
-static STATS: Mutex<Option<HashMap<(&'static str, DType), OpStats>>> = Mutex::new(None);
+static STATS: Mutex<Option<HashMap<Key, OpStats>>> = Mutex::new(None);
 /// Device-clock spans waiting to be read when the profile ends ([`Timing::DeviceEvents`]).
 #[cfg(feature = "cuda")]
 static SPANS: Mutex<Vec<DeviceSpan>> = Mutex::new(Vec::new());
@@ -74,6 +78,110 @@ pub struct OpStats {
     pub seconds: f64,
 }
 
+/// What a [`Scope`] counts towards: an op at a dtype, or a product of one shape
+/// inside an op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Key {
+    Op(&'static str, DType),
+    Product(&'static str, DType, ProductShape),
+}
+
+/// The shape of a matrix product `[batch…, m, k] · [batch…, k, n]`, as the product
+/// profile groups calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProductShape {
+    /// Independent products (the broadcast batch dims), 1 for a plain matrix product.
+    pub batch: usize,
+    /// Rows of the output.
+    pub m: usize,
+    /// The inner dimension.
+    pub k: usize,
+    /// Columns of the output.
+    pub n: usize,
+    /// Whether each operand is read transposed (its rows strided, its columns
+    /// adjacent): a weight `[n, k]` read as `k × n`, or `gᵀ` in a weight gradient.
+    pub transposed: (bool, bool),
+}
+
+impl ProductShape {
+    /// The product of views `a` `[…, m, k]` and `b` `[…, k, n]` (rank 2 or more).
+    pub fn of_views(a: &Layout, b: &Layout) -> ProductShape {
+        let (ra, rb) = (a.rank(), b.rank());
+        let batch_dims = |l: &Layout, r: usize| l.shape()[..r.saturating_sub(2)].to_vec();
+        let (da, db) = (batch_dims(a, ra), batch_dims(b, rb));
+        let (long, short) = if da.len() >= db.len() {
+            (da, db)
+        } else {
+            (db, da)
+        };
+        let offset = long.len() - short.len();
+        let batch = long
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| match i.checked_sub(offset) {
+                Some(j) => d.max(short[j]),
+                None => d,
+            })
+            .product();
+        // (rows, columns, transposed) of the last two dims; a vector is one row.
+        let last_two = |l: &Layout, r: usize| {
+            let (shape, strides) = (l.shape(), l.strides());
+            match r {
+                0 => (1, 1, false),
+                1 => (1, shape[0], false),
+                _ => {
+                    let (rs, cs) = (strides[r - 2], strides[r - 1]);
+                    (shape[r - 2], shape[r - 1], cs != 1 && rs == 1)
+                }
+            }
+        };
+        let (m, k, ta) = last_two(a, ra);
+        let (_, n, tb) = last_two(b, rb);
+        ProductShape {
+            batch,
+            m,
+            k,
+            n,
+            transposed: (ta, tb),
+        }
+    }
+
+    /// Floating-point operations: a multiply and an add per term.
+    pub fn flops(&self) -> f64 {
+        2.0 * self.batch as f64 * self.m as f64 * self.k as f64 * self.n as f64
+    }
+
+    /// BLAS's name for the operands' layouts: `N` read as stored, `T` transposed.
+    fn layouts(&self) -> String {
+        let letter = |t: bool| if t { 'T' } else { 'N' };
+        [letter(self.transposed.0), letter(self.transposed.1)]
+            .iter()
+            .collect()
+    }
+}
+
+/// The products of one shape inside one op, in a [`Profile`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProductRecord {
+    /// The op that ran them (`matmul`, `weight_bias_gradients`).
+    pub op: &'static str,
+    /// The dtype of the left operand.
+    pub dtype: DType,
+    /// Their shape.
+    pub shape: ProductShape,
+    /// Their totals (`elements` counts nothing here).
+    pub stats: OpStats,
+}
+
+impl ProductRecord {
+    /// The rate they ran at, in GFLOP/s.
+    pub fn gflops(&self) -> f64 {
+        self.shape.flops() * self.stats.calls as f64
+            / self.stats.seconds.max(f64::MIN_POSITIVE)
+            / 1e9
+    }
+}
+
 /// One row of a [`Profile`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct OpRecord {
@@ -85,11 +193,14 @@ pub struct OpRecord {
     pub stats: OpStats,
 }
 
-/// The ops a profiled closure ran, the most time-consuming first.
+/// The ops a profiled closure ran, the most time-consuming first, and the matrix
+/// products among them by shape.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Profile {
     /// One record per (op, dtype).
     pub ops: Vec<OpRecord>,
+    /// One record per (op, dtype, product shape), the most time-consuming first.
+    pub products: Vec<ProductRecord>,
 }
 
 impl Profile {
@@ -119,6 +230,43 @@ impl Profile {
         let _ = write!(s, "| total | | | | {:.2} | |", total * 1e3);
         s
     }
+
+    /// A Markdown table of the products by shape: op, dtype, `batch × m × k × n`, the
+    /// operands' layouts, calls, milliseconds, GFLOP/s and share of the products' time.
+    pub fn products_table(&self) -> String {
+        let seconds = |r: &ProductRecord| r.stats.seconds;
+        let total = self.products.iter().map(seconds).sum::<f64>();
+        let mut s = String::from(
+            "| op | dtype | batch × m × k × n | layouts | calls | ms | GFLOP/s | share |\n",
+        );
+        s.push_str("|---|---|---|---|---:|---:|---:|---:|\n");
+        for r in &self.products {
+            let p = r.shape;
+            let _ = writeln!(
+                s,
+                "| {} | {:?} | {} × {} × {} × {} | {} | {} | {:.2} | {:.1} | {:.1}% |",
+                r.op,
+                r.dtype,
+                p.batch,
+                p.m,
+                p.k,
+                p.n,
+                p.layouts(),
+                r.stats.calls,
+                r.stats.seconds * 1e3,
+                r.gflops(),
+                100.0 * r.stats.seconds / total.max(f64::MIN_POSITIVE)
+            );
+        }
+        let flops: f64 = self
+            .products
+            .iter()
+            .map(|r| r.shape.flops() * r.stats.calls as f64)
+            .sum();
+        let rate = flops / total.max(f64::MIN_POSITIVE) / 1e9;
+        let _ = write!(s, "| total | | | | | {:.2} | {rate:.1} | |", total * 1e3);
+        s
+    }
 }
 
 /// Runs `f` and returns its result with the profile of the backend ops it ran (on any
@@ -144,24 +292,30 @@ pub fn profile_with<T>(timing: Timing, f: impl FnOnce() -> T) -> (T, Profile) {
     ENABLED.store(false, Ordering::Release);
     #[cfg(feature = "cuda")]
     add_device_spans();
-    let mut ops: Vec<OpRecord> = stats()
-        .take()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|((op, dtype), stats)| OpRecord { op, dtype, stats })
-        .collect();
+    let (mut ops, mut products) = (Vec::new(), Vec::new());
+    for (key, stats) in stats().take().unwrap_or_default() {
+        match key {
+            Key::Op(op, dtype) => ops.push(OpRecord { op, dtype, stats }),
+            Key::Product(op, dtype, shape) => products.push(ProductRecord {
+                op,
+                dtype,
+                shape,
+                stats,
+            }),
+        }
+    }
     ops.sort_by(|a, b| b.stats.seconds.total_cmp(&a.stats.seconds));
-    (out, Profile { ops })
+    products.sort_by(|a, b| b.stats.seconds.total_cmp(&a.stats.seconds));
+    (out, Profile { ops, products })
 }
 
-fn stats() -> std::sync::MutexGuard<'static, Option<HashMap<(&'static str, DType), OpStats>>> {
+fn stats() -> std::sync::MutexGuard<'static, Option<HashMap<Key, OpStats>>> {
     STATS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Times one op from its creation to its drop.
+/// Times one op, or one product inside an op, from its creation to its drop.
 pub(crate) struct Scope {
-    op: &'static str,
-    dtype: DType,
+    key: Key,
     elements: usize,
     device: Device,
     start: Instant,
@@ -181,15 +335,36 @@ pub(crate) fn scope(
         return None;
     }
     let (dtype, elements, device) = operand();
-    Some(Scope {
-        op,
-        dtype,
-        elements,
-        device,
-        start: Instant::now(),
-        #[cfg(feature = "cuda")]
-        device_start: device_event(device),
-    })
+    Some(Scope::start(Key::Op(op, dtype), elements, device))
+}
+
+/// A [`Scope`] for a product inside `op` when a profile is running (`operands` gives
+/// the left operand's dtype and device and the product's shape, evaluated only then),
+/// else `None`. It counts towards [`Profile::products`] only; the op's own scope
+/// counts the op.
+#[inline]
+pub(crate) fn product_scope(
+    op: &'static str,
+    operands: impl FnOnce() -> (DType, Device, ProductShape),
+) -> Option<Scope> {
+    if !ENABLED.load(Ordering::Relaxed) {
+        return None;
+    }
+    let (dtype, device, shape) = operands();
+    Some(Scope::start(Key::Product(op, dtype, shape), 0, device))
+}
+
+impl Scope {
+    fn start(key: Key, elements: usize, device: Device) -> Scope {
+        Scope {
+            key,
+            elements,
+            device,
+            start: Instant::now(),
+            #[cfg(feature = "cuda")]
+            device_start: device_event(device),
+        }
+    }
 }
 
 impl Drop for Scope {
@@ -201,7 +376,7 @@ impl Drop for Scope {
         #[cfg(feature = "cuda")]
         let seconds = self.defer_to_device(seconds);
         if let Some(map) = stats().as_mut() {
-            let e = map.entry((self.op, self.dtype)).or_default();
+            let e = map.entry(self.key).or_default();
             e.calls += 1;
             e.elements += self.elements as u64;
             e.seconds += seconds;
@@ -221,9 +396,8 @@ impl Scope {
         let Some(end) = device_event(self.device) else {
             return wall;
         };
-        let key = (self.op, self.dtype);
         let span = DeviceSpan {
-            key,
+            key: self.key,
             start,
             end,
             wall,
@@ -236,7 +410,7 @@ impl Scope {
 /// An op's span on the device clock, between two events on its stream.
 #[cfg(feature = "cuda")]
 struct DeviceSpan {
-    key: (&'static str, DType),
+    key: Key,
     start: cudarc::driver::CudaEvent,
     end: cudarc::driver::CudaEvent,
     /// The op's wall time, kept where the device cannot say.

@@ -11,7 +11,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::fused::{FusedOp, Operand, Operands};
 use crate::layout::Layout;
-use crate::profile;
+use crate::profile::{self, ProductShape};
 use crate::Device;
 
 /// A buffer of elements on one device.
@@ -257,6 +257,9 @@ impl BackendStorage for Storage {
         rl: &Layout,
         bias: Option<(&Self, &Layout)>,
     ) -> Result<Self> {
+        let _product = profile::product_scope("matmul", || {
+            (self.dtype(), self.device(), ProductShape::of_views(l, rl))
+        });
         profiled!("matmul", self, l, |s: B| {
             let dev = s.device();
             let (rhs, bias) = (rhs.on::<B>("matmul", dev)?, bias.on::<B>("matmul", dev)?);

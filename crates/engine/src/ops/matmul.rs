@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::forward_ad::Duals;
 use crate::fused::{BackendInputs, FusedOp, View};
 use crate::layout::broadcast_shapes;
+use crate::profile::{self, ProductShape};
 use crate::storage::Storage;
 use crate::Tensor;
 
@@ -188,6 +189,10 @@ fn weight_and_bias_gradients(
 pub(crate) fn linear_param_grads(g: &Tensor, x: &Tensor) -> Result<(Tensor, Tensor)> {
     let gt = g.t()?;
     let n = g.shape()[1];
+    let _product = profile::product_scope(WeightBiasGradients::NAME, || {
+        let shape = ProductShape::of_views(gt.layout(), x.layout());
+        (g.dtype(), g.device(), shape)
+    });
     let (w, sums) = Storage::fused(
         &WeightBiasGradients,
         ((&gt.storage(), gt.layout()), (&x.storage(), x.layout())),
