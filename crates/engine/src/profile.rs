@@ -29,7 +29,6 @@
 use crate::layout::Layout;
 use crate::{DType, Device};
 use std::collections::HashMap;
-use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -212,61 +211,87 @@ impl Profile {
     /// A Markdown table: op, dtype, calls, million elements, milliseconds, share.
     pub fn table(&self) -> String {
         let total = self.seconds().max(f64::MIN_POSITIVE);
-        let mut s = String::from("| op | dtype | calls | M elements | ms | share |\n");
-        s.push_str("|---|---|---:|---:|---:|---:|\n");
-        for r in &self.ops {
+        let rows = self.ops.iter().map(|r| {
             let st = r.stats;
-            let _ = writeln!(
-                s,
-                "| {} | {:?} | {} | {:.1} | {:.2} | {:.1}% |",
-                r.op,
-                r.dtype,
-                st.calls,
-                st.elements as f64 / 1e6,
-                st.seconds * 1e3,
-                100.0 * st.seconds / total
-            );
-        }
-        let _ = write!(s, "| total | | | | {:.2} | |", total * 1e3);
-        s
+            vec![
+                r.op.to_string(),
+                format!("{:?}", r.dtype),
+                st.calls.to_string(),
+                format!("{:.1}", st.elements as f64 / 1e6),
+                format!("{:.2}", st.seconds * 1e3),
+                format!("{:.1}%", 100.0 * st.seconds / total),
+            ]
+        });
+        let header = ["op", "dtype", "calls", "M elements", "ms", "share"];
+        let last = format!("| total | | | | {:.2} | |", total * 1e3);
+        markdown_table(&header, 2, rows, &last)
     }
 
     /// A Markdown table of the products by shape: op, dtype, `batch × m × k × n`, the
     /// operands' layouts, calls, milliseconds, GFLOP/s and share of the products' time.
     pub fn products_table(&self) -> String {
         let seconds = |r: &ProductRecord| r.stats.seconds;
-        let total = self.products.iter().map(seconds).sum::<f64>();
-        let mut s = String::from(
-            "| op | dtype | batch × m × k × n | layouts | calls | ms | GFLOP/s | share |\n",
-        );
-        s.push_str("|---|---|---|---|---:|---:|---:|---:|\n");
-        for r in &self.products {
-            let p = r.shape;
-            let _ = writeln!(
-                s,
-                "| {} | {:?} | {} × {} × {} × {} | {} | {} | {:.2} | {:.1} | {:.1}% |",
-                r.op,
-                r.dtype,
-                p.batch,
-                p.m,
-                p.k,
-                p.n,
-                p.layouts(),
-                r.stats.calls,
-                r.stats.seconds * 1e3,
-                r.gflops(),
-                100.0 * r.stats.seconds / total.max(f64::MIN_POSITIVE)
-            );
-        }
-        let flops: f64 = self
+        let total = self
             .products
             .iter()
+            .map(seconds)
+            .sum::<f64>()
+            .max(f64::MIN_POSITIVE);
+        let rows = self.products.iter().map(|r| {
+            let p = r.shape;
+            vec![
+                r.op.to_string(),
+                format!("{:?}", r.dtype),
+                format!("{} × {} × {} × {}", p.batch, p.m, p.k, p.n),
+                p.layouts(),
+                r.stats.calls.to_string(),
+                format!("{:.2}", r.stats.seconds * 1e3),
+                format!("{:.1}", r.gflops()),
+                format!("{:.1}%", 100.0 * r.stats.seconds / total),
+            ]
+        });
+        let flops: f64 = (self.products.iter())
             .map(|r| r.shape.flops() * r.stats.calls as f64)
             .sum();
-        let rate = flops / total.max(f64::MIN_POSITIVE) / 1e9;
-        let _ = write!(s, "| total | | | | | {:.2} | {rate:.1} | |", total * 1e3);
-        s
+        let rate = flops / total / 1e9;
+        let header = [
+            "op",
+            "dtype",
+            "batch × m × k × n",
+            "layouts",
+            "calls",
+            "ms",
+            "GFLOP/s",
+            "share",
+        ];
+        let last = format!("| total | | | | | {:.2} | {rate:.1} | |", total * 1e3);
+        markdown_table(&header, 4, rows, &last)
     }
+}
+
+/// A Markdown table: the `header` cells, columns from `numeric_from` on right-aligned,
+/// one line per row of cells, then the `last` line as it is.
+fn markdown_table(
+    header: &[&str],
+    numeric_from: usize,
+    rows: impl Iterator<Item = Vec<String>>,
+    last: &str,
+) -> String {
+    let line = |cells: &[String]| format!("| {} |\n", cells.join(" | "));
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    let rule: Vec<String> = (0..header.len())
+        .map(|i| match i < numeric_from {
+            true => "---".to_string(),
+            false => "---:".to_string(),
+        })
+        .collect();
+    let mut s = line(&header);
+    s.push_str(&format!("|{}|\n", rule.join("|")));
+    for row in rows {
+        s.push_str(&line(&row));
+    }
+    s.push_str(last);
+    s
 }
 
 /// Runs `f` and returns its result with the profile of the backend ops it ran (on any
@@ -331,11 +356,10 @@ pub(crate) fn scope(
     op: &'static str,
     operand: impl FnOnce() -> (DType, usize, Device),
 ) -> Option<Scope> {
-    if !ENABLED.load(Ordering::Relaxed) {
-        return None;
-    }
-    let (dtype, elements, device) = operand();
-    Some(Scope::start(Key::Op(op, dtype), elements, device))
+    started(|| {
+        let (dtype, elements, device) = operand();
+        (Key::Op(op, dtype), elements, device)
+    })
 }
 
 /// A [`Scope`] for a product inside `op` when a profile is running (`operands` gives
@@ -347,24 +371,28 @@ pub(crate) fn product_scope(
     op: &'static str,
     operands: impl FnOnce() -> (DType, Device, ProductShape),
 ) -> Option<Scope> {
+    started(|| {
+        let (dtype, device, shape) = operands();
+        (Key::Product(op, dtype, shape), 0, device)
+    })
+}
+
+/// A [`Scope`] started now when a profile is running (`what` gives its key, element
+/// count and device, evaluated only then), else `None`.
+#[inline]
+fn started(what: impl FnOnce() -> (Key, usize, Device)) -> Option<Scope> {
     if !ENABLED.load(Ordering::Relaxed) {
         return None;
     }
-    let (dtype, device, shape) = operands();
-    Some(Scope::start(Key::Product(op, dtype, shape), 0, device))
-}
-
-impl Scope {
-    fn start(key: Key, elements: usize, device: Device) -> Scope {
-        Scope {
-            key,
-            elements,
-            device,
-            start: Instant::now(),
-            #[cfg(feature = "cuda")]
-            device_start: device_event(device),
-        }
-    }
+    let (key, elements, device) = what();
+    Some(Scope {
+        key,
+        elements,
+        device,
+        start: Instant::now(),
+        #[cfg(feature = "cuda")]
+        device_start: device_event(device),
+    })
 }
 
 impl Drop for Scope {
