@@ -103,25 +103,11 @@ pub struct ProductShape {
 }
 
 impl ProductShape {
-    /// The product of views `a` `[…, m, k]` and `b` `[…, k, n]` (rank 2 or more).
+    /// The product of views `a` `[…, m, k]` and `b` `[…, k, n]` with equal batch dims, as
+    /// a backend's `matmul` receives them (broadcast ones with stride 0).
     pub fn of_views(a: &Layout, b: &Layout) -> ProductShape {
         let (ra, rb) = (a.rank(), b.rank());
-        let batch_dims = |l: &Layout, r: usize| l.shape()[..r.saturating_sub(2)].to_vec();
-        let (da, db) = (batch_dims(a, ra), batch_dims(b, rb));
-        let (long, short) = if da.len() >= db.len() {
-            (da, db)
-        } else {
-            (db, da)
-        };
-        let offset = long.len() - short.len();
-        let batch = long
-            .iter()
-            .enumerate()
-            .map(|(i, &d)| match i.checked_sub(offset) {
-                Some(j) => d.max(short[j]),
-                None => d,
-            })
-            .product();
+        let batch = a.shape()[..ra.saturating_sub(2)].iter().product();
         // (rows, columns, transposed) of the last two dims; a vector is one row.
         let last_two = |l: &Layout, r: usize| {
             let (shape, strides) = (l.shape(), l.strides());

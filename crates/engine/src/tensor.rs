@@ -308,7 +308,7 @@ impl Tensor {
     /// ([`Error::OutOfMemory`]), as for every tensor made from a shape.
     pub fn full(value: f64, shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
         let n = sizes::elem_count("full", shape)?;
-        let cpu = CpuStorage::from_f64_iter(std::iter::repeat_n(value, n), dtype)?;
+        let cpu = CpuStorage::from_f64_fn(n, dtype, |_| value)?;
         Ok(Tensor::from_storage(Storage::from_cpu(cpu, device)?, shape))
     }
 
@@ -333,7 +333,7 @@ impl Tensor {
 
     /// `0, 1, …, n−1`.
     pub fn arange(n: usize, dtype: DType, device: Device) -> Result<Tensor> {
-        let cpu = CpuStorage::from_f64_iter((0..n).map(|i| i as f64), dtype)?;
+        let cpu = CpuStorage::from_f64_fn(n, dtype, |i| i as f64)?;
         Ok(Tensor::from_storage(Storage::from_cpu(cpu, device)?, &[n]))
     }
 

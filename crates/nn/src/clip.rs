@@ -24,14 +24,7 @@ pub fn clip_grad_norm<'a>(
     params: impl IntoIterator<Item = &'a Tensor>,
     max_norm: f64,
 ) -> Result<f64> {
-    check_max_norm(max_norm)?;
-    let _no_grad = NoGradGuard::new();
-    let with_grads = gradients_of(grads, params);
-    let mut sum_sq = 0.0;
-    for (_, g) in &with_grads {
-        sum_sq += squared_sum(g)?;
-    }
-    scale_to(grads, with_grads, sum_sq, max_norm)
+    Ok(clip_cleaning(grads, params, max_norm, false)?.0)
 }
 
 /// [`zero_non_finite`] then [`clip_grad_norm`] on the same gradients, with one pass over
@@ -46,13 +39,25 @@ pub fn clean_and_clip_grad_norm<'a>(
     params: impl IntoIterator<Item = &'a Tensor>,
     max_norm: f64,
 ) -> Result<(f64, usize)> {
+    clip_cleaning(grads, params, max_norm, true)
+}
+
+/// The global-norm clip of both public functions: each gradient's Σg², and, when
+/// `clean`, the gradients whose sum is not finite cleaned and summed again; returns the
+/// norm before clipping and how many entries were replaced.
+fn clip_cleaning<'a>(
+    grads: &mut Gradients,
+    params: impl IntoIterator<Item = &'a Tensor>,
+    max_norm: f64,
+    clean: bool,
+) -> Result<(f64, usize)> {
     check_max_norm(max_norm)?;
     let _no_grad = NoGradGuard::new();
     let mut with_grads = gradients_of(grads, params);
     let (mut sum_sq, mut replaced) = (0.0, 0);
     for (p, g) in &mut with_grads {
         let mut sq = squared_sum(g)?;
-        if !sq.is_finite() {
+        if clean && !sq.is_finite() {
             if let Some((clean, bad)) = without_non_finite(g)? {
                 grads.insert(p, clean.clone());
                 *g = clean;

@@ -154,9 +154,8 @@ impl CpuStorage {
         })
     }
 
-    /// The `n` values `value(0), value(1), …` converted from f64 into `dtype` as
-    /// [`CpuStorage::from_f64_iter`] converts them; an error, not an abort, when memory
-    /// cannot hold them. Each value depends on its index only, so large fills run in
+    /// The `n` values `value(0), value(1), …` converted from f64 into `dtype`, rounded to
+    /// nearest (ties to even); an error, not an abort, when memory cannot hold them. Each value depends on its index only, so large fills run in
     /// parallel blocks and give the same values in the same places: a seeded draw
     /// (`random.rs`) costs a Philox block, a logarithm and a cosine a value, which on
     /// one thread left the other idle for about 4 % of the default MNIST run's step
@@ -177,25 +176,6 @@ impl CpuStorage {
             DType::F32 => CpuStorage::F32(filled(OP, n, |i| value(i) as f32)?),
             DType::F64 => CpuStorage::F64(filled(OP, n, value)?),
             DType::I64 => CpuStorage::I64(filled(OP, n, |i| value(i) as i64)?),
-        })
-    }
-
-    /// Values converted from f64 into `dtype`, rounded to nearest (ties to even); an
-    /// error, not an abort, when memory cannot hold them.
-    pub fn from_f64_iter(values: impl Iterator<Item = f64>, dtype: DType) -> Result<Self> {
-        const OP: &str = "from_f64";
-        Ok(match dtype {
-            DType::F16 => CpuStorage::F16(HostBuffer::try_from_iter(
-                OP,
-                values.map(|v| f16::from_f32(round_to_odd_f32(v))),
-            )?),
-            DType::BF16 => CpuStorage::BF16(HostBuffer::try_from_iter(
-                OP,
-                values.map(|v| bf16::from_f32(round_to_odd_f32(v))),
-            )?),
-            DType::F32 => CpuStorage::F32(HostBuffer::try_from_iter(OP, values.map(|v| v as f32))?),
-            DType::F64 => CpuStorage::F64(HostBuffer::try_from_iter(OP, values)?),
-            DType::I64 => CpuStorage::I64(HostBuffer::try_from_iter(OP, values.map(|v| v as i64))?),
         })
     }
 
@@ -351,7 +331,7 @@ impl BackendStorage for CpuStorage {
                 *o = v[s + i * runs.inner[0]].to_f64();
             }
         }));
-        Self::from_f64_iter(wide.into_iter(), dtype)
+        Self::from_f64_fn(wide.len(), dtype, |i| wide[i])
     }
 
     fn unary(&self, l: &Layout, op: UnaryOp) -> Result<Self> {

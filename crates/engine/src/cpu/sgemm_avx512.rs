@@ -1331,36 +1331,20 @@ mod tests {
         if skipped("streamed_weight_gradients_match_plain_stores", &SAID) {
             return;
         }
-        let mut state = 7u64;
-        let mut values = |len: usize| -> Vec<f32> {
-            (0..len)
-                .map(|_| {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
-                    ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-                })
-                .collect()
-        };
         for n in [1024, 1000] {
             let (m, k) = (1024, 64);
-            // gᵀ·x for g [k, m] and x [k, n], both row-major.
-            let g = GemmArgs {
-                m,
-                n,
-                k,
-                lhs_strides: (1, m),
-                rhs_strides: (n, 1),
-                accumulate: false,
-            };
+            // gᵀ·x for g [k, m] and x [k, n], both row-major: a transposed left operand.
+            let case = Case::new((m, n, k), (1, 0), false, 7);
+            let (g, lhs, rhs) = (case.g, &case.a, &case.b);
             assert!(streams_output(g, true, false), "n = {n}");
-            let (lhs, rhs) = (values(k * m), values(k * n));
             // Cache-line aligned, as the engine's buffers are: streaming stores need it.
             let mut streamed = HostBuffer::<f32>::zeroed(m * n);
             streamed.fill(f32::NAN);
             let mut sums = vec![0.0; m];
             let extras = (None, None, Some(&mut sums[..]));
-            sgemm(&mut streamed, n, &lhs, &rhs, g, 1.0, true, extras);
+            sgemm(&mut streamed, n, lhs, rhs, g, 1.0, true, extras);
             let mut plain = vec![f32::NAN; m * n];
-            sgemm(&mut plain, n, &lhs, &rhs, g, 1.0, true, (None, None, None));
+            sgemm(&mut plain, n, lhs, rhs, g, 1.0, true, (None, None, None));
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert!(bits(&streamed) == bits(&plain), "n = {n}");
             for (r, &sum) in sums.iter().enumerate() {

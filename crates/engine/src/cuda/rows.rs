@@ -46,7 +46,7 @@ pub(crate) fn reduce(
             ReduceOp::Max => f64::NEG_INFINITY,
             ReduceOp::Min => f64::INFINITY,
         };
-        let host = CpuStorage::from_f64_iter(std::iter::repeat_n(identity, n_out), x.dtype)?;
+        let host = CpuStorage::from_f64_fn(n_out, x.dtype, |_| identity)?;
         return CudaStorage::from_cpu(x.ordinal(), &host);
     }
     let code = op.kernel_code();
