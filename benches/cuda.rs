@@ -3,9 +3,10 @@
 //! elementwise add and a last-dim sum in GB/s beside the measured device copy
 //! bandwidth, a DiT training step (batch 128 and 1024), the fused attention in bf16
 //! (forward, and forward + backward, in TFLOP/s; b·h = 64, head dim 64 and 128, T = 256,
-//! 1024, 4096) and a DiT-S/2-sized training step under bf16 autocast (dim 384, depth 12,
-//! 6 heads, 32×32×3 images, patch 2, batch 256). Every number is the median of several
-//! timed runs after warm-up, with the device synchronised around each. Prints
+//! 1024, 4096 and 16,384, causal too from T = 1024 on) and a DiT-S/2-sized training step
+//! under bf16 autocast (dim 384, depth 12, 6 heads, 32×32×3 images, patch 2, batch 256).
+//! Every number is the median of several timed runs after warm-up, with the device
+//! synchronised around each. Prints
 //! `skipping: no CUDA driver/device` and exits 0 without a GPU.
 //!
 //! ```text

@@ -156,15 +156,35 @@ def load(name):
         elif line:
             print(f"\n{name}: {line}")
     return rows
+# Dense (no sparsity) tensor-core and FP32 peaks of NVIDIA's datasheets, TFLOP/s, by the
+# card's name as nvidia-smi gives it (the more specific names first).
+PEAKS = [
+    ("H100 PCIe", {"bf16": 756.0, "tf32": 378.0, "f32": 51.2}),
+    ("H100 NVL", {"bf16": 835.5, "tf32": 417.5, "f32": 60.0}),
+    ("H200 NVL", {"bf16": 835.5, "tf32": 417.5, "f32": 60.0}),
+    ("H100", {"bf16": 989.4, "tf32": 494.7, "f32": 66.9}),
+    ("H200", {"bf16": 989.4, "tf32": 494.7, "f32": 66.9}),
+]
+card = open(env).read().splitlines()[1] if os.path.exists(env) else ""
+peaks = next((p for name, p in PEAKS if name in card), {})
+def peak_share(value, unit, case):
+    """ours as a share of the card's peak for the case's dtype (a word of its name)."""
+    dtype = next((w for w in case.split() if w in peaks), None)
+    return f"{100 * value / peaks[dtype]:.0f} % of {peaks[dtype]:g}" if unit == "TFLOP/s" and dtype else ""
 ours, torch = load("bench-ours.jsonl"), load("bench-torch.jsonl")
 if ours or torch:
-    print("\n| bench | case | ours | torch | ours/torch |\n|---|---|---:|---:|---:|")
+    print("\n| bench | case | ours | torch | ours/torch | ours, of the card's peak |")
+    print("|---|---|---:|---:|---:|---:|")
     for key in sorted(set(ours) | set(torch)):
         o, t = ours.get(key), torch.get(key)
         unit = (o or t)[1]
         ratio = f"{o[0] / t[0]:.2f}" if o and t and t[0] else ""
         fmt = lambda v: f"{v[0]:.2f} {unit}" if v else "-"
-        print(f"| {key[0]} | {key[1]} | {fmt(o)} | {fmt(t)} | {ratio} |")
+        share = peak_share(o[0], unit, key[1]) if o else ""
+        print(f"| {key[0]} | {key[1]} | {fmt(o)} | {fmt(t)} | {ratio} | {share} |")
+    if peaks:
+        print(f"\nPeaks: NVIDIA's datasheet dense figures for the {card.split(',')[0]} (bf16 and TF32 on"
+              " tensor cores, f32 on CUDA cores), TFLOP/s.")
 # The per-op profiles both benches print on stderr (print_profile in benches/cuda.rs
 # and benches/torch_cuda.py).
 for name in ["bench-ours.log", "bench-torch.log"]:
