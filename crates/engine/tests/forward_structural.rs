@@ -691,6 +691,7 @@ proptest! {
         base in shape(1, 3, 4),
         sizes in prop::collection::vec(1usize..=4, 1..=4),
         transposed in prop::collection::vec(any::<bool>(), 4),
+        shifts in prop::collection::vec(0usize..3, 4),
         dim in any::<Index>(),
         neg in any::<bool>(),
         seed in any::<u64>(),
@@ -698,7 +699,8 @@ proptest! {
         let rank = base.len();
         let d = dim.index(rank);
         let sdim = if neg { d as isize - rank as isize } else { d as isize };
-        // cat: part i has size sizes[i] along d; stored transposed where drawn.
+        // cat: part i has size sizes[i] along d; stored transposed where drawn, and
+        // `shifts[i]` values into a larger storage (a contiguous view at an offset).
         let mut parts = Vec::new();
         let mut logical = Vec::new();
         for (i, &n) in sizes.iter().enumerate() {
@@ -707,7 +709,12 @@ proptest! {
             let t = transposed[i] && rank >= 2;
             let stored = if t { swapped(&s) } else { s.clone() };
             let data = randn_vec(seed.wrapping_add(i as u64), &stored);
-            let x = tensor(&data, &stored, DType::F64);
+            let padded: Vec<f64> = vec![7.0; shifts[i]].into_iter().chain(data.iter().copied()).collect();
+            let x = tensor(&padded, &[padded.len()], DType::F64)
+                .narrow(0, shifts[i], data.len())
+                .unwrap()
+                .reshape(&stored)
+                .unwrap();
             parts.push(if t { x.t().unwrap() } else { x });
             logical.push(if t { permuted(&data, &stored, &swap_last2(rank)).0 } else { data });
         }

@@ -264,11 +264,19 @@ fn round_to_odd_f32(v: f64) -> f32 {
 
 /// Writes the contiguous `from` into the runs of `to`.
 fn scatter_runs<T: Copy>(runs: &Runs<1>, from: &[T], to: &mut [T]) {
-    let st = runs.inner[0];
+    let (st, len) = (runs.inner[0], runs.len);
     for i in 0..runs.count() {
         let [start] = runs.starts(i);
-        for (j, &v) in from[i * runs.len..(i + 1) * runs.len].iter().enumerate() {
-            to[start + j * st] = v;
+        let from = &from[i * len..(i + 1) * len];
+        match st {
+            // A run of adjacent destination values: one block copy, not a store per
+            // value with its own bounds check.
+            1 => to[start..start + len].copy_from_slice(from),
+            _ => {
+                for (j, &v) in from.iter().enumerate() {
+                    to[start + j * st] = v;
+                }
+            }
         }
     }
 }
@@ -305,14 +313,23 @@ impl BackendStorage for CpuStorage {
     }
 
     fn copy_into(&self, l: &Layout, dst: &mut Self, dl: &Layout) -> Result<()> {
-        let src = self.to_dtype(l, dst.dtype())?;
+        // A contiguous source of the destination's dtype is read where it lies; any
+        // other is first gathered (and cast) into a contiguous buffer.
+        let converted;
+        let (src, from) = match l.contiguous_range() {
+            Some(range) if self.dtype() == dst.dtype() => (self, range.start),
+            _ => {
+                converted = self.to_dtype(l, dst.dtype())?;
+                (&converted, 0)
+            }
+        };
         let runs = Runs::new(dl.shape(), [(dl.strides(), dl.offset())]);
-        match (&src, dst) {
-            (CpuStorage::F16(a), CpuStorage::F16(b)) => scatter_runs(&runs, a, b),
-            (CpuStorage::BF16(a), CpuStorage::BF16(b)) => scatter_runs(&runs, a, b),
-            (CpuStorage::F32(a), CpuStorage::F32(b)) => scatter_runs(&runs, a, b),
-            (CpuStorage::F64(a), CpuStorage::F64(b)) => scatter_runs(&runs, a, b),
-            (CpuStorage::I64(a), CpuStorage::I64(b)) => scatter_runs(&runs, a, b),
+        match (src, dst) {
+            (CpuStorage::F16(a), CpuStorage::F16(b)) => scatter_runs(&runs, &a[from..], b),
+            (CpuStorage::BF16(a), CpuStorage::BF16(b)) => scatter_runs(&runs, &a[from..], b),
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => scatter_runs(&runs, &a[from..], b),
+            (CpuStorage::F64(a), CpuStorage::F64(b)) => scatter_runs(&runs, &a[from..], b),
+            (CpuStorage::I64(a), CpuStorage::I64(b)) => scatter_runs(&runs, &a[from..], b),
             (a, b) => return Err(Error::dtypes("copy_into", &[a.dtype(), b.dtype()])),
         }
         Ok(())
