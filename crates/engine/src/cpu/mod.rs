@@ -155,11 +155,11 @@ impl CpuStorage {
     }
 
     /// The `n` values `value(0), value(1), …` converted from f64 into `dtype`, rounded to
-    /// nearest (ties to even); an error, not an abort, when memory cannot hold them. Each value depends on its index only, so large fills run in
-    /// parallel blocks and give the same values in the same places: a seeded draw
-    /// (`random.rs`) costs a Philox block, a logarithm and a cosine a value, which on
-    /// one thread left the other idle for about 4 % of the default MNIST run's step
-    /// (docs/benchmarks.md).
+    /// nearest (ties to even); an error, not an abort, when memory cannot hold them.
+    /// Each value depends on its index only, so large fills run in parallel blocks and
+    /// give the same values in the same places: a seeded draw (`random.rs`) costs a
+    /// Philox block, a logarithm and a cosine a value, which on one thread left the
+    /// other idle for about 4 % of the default MNIST run's step (docs/benchmarks.md).
     pub fn from_f64_fn(
         n: usize,
         dtype: DType,
@@ -232,7 +232,8 @@ fn filled<T: pool::Poolable + Send>(
     n: usize,
     value: impl Fn(usize) -> T + Sync,
 ) -> Result<HostBuffer<T>> {
-    let mut buffer = pool::try_take_zeroed(op, n)?;
+    // Every element is written below: a parked buffer needs no zeroing first.
+    let mut buffer = pool::try_take(op, n)?;
     let fill = |(block, values): (usize, &mut [T])| {
         for (i, slot) in values.iter_mut().enumerate() {
             *slot = value(block * FILL_BLOCK + i);

@@ -69,6 +69,15 @@ pub fn take_zeroed<T: Poolable>(n: usize) -> HostBuffer<T> {
     v
 }
 
+/// [`take`] for a size that may come from a user or a file: a fresh buffer is reserved
+/// fallibly, so that a size too large for the machine is an error for `op`.
+pub fn try_take<T: Poolable>(op: &'static str, n: usize) -> Result<HostBuffer<T>> {
+    match cached(n) {
+        Some(v) => Ok(v),
+        None => HostBuffer::try_zeroed(op, n),
+    }
+}
+
 /// [`take_zeroed`] for a size that may come from a user or a file: a fresh buffer is
 /// reserved fallibly, so that a size too large for the machine is an error for `op`.
 pub fn try_take_zeroed<T: Poolable>(op: &'static str, n: usize) -> Result<HostBuffer<T>> {
