@@ -2,9 +2,11 @@
 //! same shapes): matrix products in TFLOP/s (f32, TF32, bf16; n = 1024…8192), an
 //! elementwise add and a last-dim sum in GB/s beside the measured device copy
 //! bandwidth, a DiT training step (batch 128 and 1024), the fused attention in bf16
-//! (forward, and forward + backward, in TFLOP/s; b·h = 64, head dim 64 and 128, T = 256,
-//! 1024, 4096 and 16,384, causal too from T = 1024 on) and a DiT-S/2-sized training step
-//! under bf16 autocast (dim 384, depth 12, 6 heads, 32×32×3 images, patch 2, batch 256).
+//! (forward, and forward + backward with the two-kernel and the single-pass backward, in
+//! TFLOP/s; b·h = 64, head dim 64 and 128, T = 256, 1024, 4096 and 16,384, causal too
+//! from T = 1024 on) and a DiT-S/2-sized training step under bf16 autocast (dim 384,
+//! depth 12, 6 heads, 32×32×3 images, patch 2, batch 256; also with cuBLASLt's gradient
+//! epilogues, and with the single-pass attention backward).
 //! Every number is the median of several timed runs after warm-up, with the device
 //! synchronised around each. Prints
 //! `skipping: no CUDA driver/device` and exits 0 without a GPU.
@@ -187,7 +189,12 @@ fn attention(dev: Device, json: bool) -> Result<()> {
                 };
                 let fwd = time(|| attend(&q, &k, &v).map(drop))?;
                 let (q, k, v) = (q.into_variable()?, k.into_variable()?, v.into_variable()?);
-                let both = time(|| attend(&q, &k, &v)?.backward_with(&dout).map(drop))?;
+                let mut fwd_bwd = || attend(&q, &k, &v)?.backward_with(&dout).map(drop);
+                let both = time(&mut fwd_bwd)?;
+                // The backward in one pass (off by default until it has run on a GPU).
+                cuda::set_single_pass_attention_backward(true);
+                let single_pass = time(&mut fwd_bwd);
+                cuda::set_single_pass_attention_backward(false);
                 let flops = attention_flops(b * h, t, d, causal);
                 let mask = if causal { " causal" } else { "" };
                 let case = |what: &str| format!("{what} bf16 d{d} T{t}{mask}");
@@ -203,6 +210,13 @@ fn attention(dev: Device, json: bool) -> Result<()> {
                     "attention",
                     &case("fwd+bwd"),
                     3.5 * flops / both / 1e12,
+                    "TFLOP/s",
+                );
+                report(
+                    json,
+                    "attention",
+                    &case("fwd+bwd single-pass"),
+                    3.5 * flops / single_pass? / 1e12,
                     "TFLOP/s",
                 );
             }
@@ -243,6 +257,11 @@ fn dit_step_bf16(dev: Device, json: bool) -> Result<()> {
     cuda::set_half_gradient_epilogues(false);
     let case = "bf16 S/2 32x32 batch 256, cuBLASLt gradient epilogues";
     report(json, "dit_step", case, with_epilogues? * 1e3, "ms");
+    cuda::set_single_pass_attention_backward(true);
+    let single_pass = time(&mut step);
+    cuda::set_single_pass_attention_backward(false);
+    let case = "bf16 S/2 32x32 batch 256, single-pass attention backward";
+    report(json, "dit_step", case, single_pass? * 1e3, "ms");
     print_profile("bf16 DiT-S/2 step, batch 256", step)?;
     Ok(())
 }

@@ -391,6 +391,8 @@ template <int D, int M, int BS> struct BwdSmem {
     static constexpr unsigned TILES = ROWS * (D + FA_PAD) * 2;
     static constexpr unsigned BYTES_DQ = TILES;
     static constexpr unsigned BYTES_DKDV = TILES + 4 * BS * 4;
+    // The single-pass backward adds the dSᵀ tile: M keys by BS queries, rows padded.
+    static constexpr unsigned BYTES_BWD = BYTES_DKDV + M * (BS + FA_PAD) * 2;
 };
 
 // Forward. A block of W warps owns M = 16·MT·W query rows; warp w owns rows
@@ -614,23 +616,95 @@ __device__ void fa_dq_tc(const T* q, Rows qr, const T* k, Rows kr, const T* v, R
     store_rows<T, D, MT>(dq, dqr.row, acc, mul, st, r0, nq);
 }
 
-// dV = Σ_i Pᵀ_ji dO_i and dK = scale · Σ_i dSᵀ_ji Q_i. A block of W warps owns
-// M = 16·MT·W keys (K and V resident in shared memory); Q and dO tiles of BS queries,
-// with their lse and delta, stream through two stages. The scores are recomputed
-// transposed (Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ, B = Q and dO tiles as [n][k]), so Pᵀ and dSᵀ come
-// out with keys as rows: exactly the A operand of Pᵀ·dO and dSᵀ·Q (B = dO and Q tiles
-// as [k][n]), which then need neither a transpose nor shared memory.
-template <typename T, int D, int MT, int W, int BS>
-__device__ void fa_dkdv_tc(const T* q, Rows qr, const T* k, Rows kr, const T* v, Rows vr,
+// A warp's dSᵀ accumulator (its keys as rows, the tile's queries as columns) into the
+// shared dSᵀ tile `sds` (row stride BS + FA_PAD), rounded to T: a pair of columns per
+// lane and row, at words 36g + 4nb + t (BS = 64) or 20g + 4nb + t (BS = 32) of a
+// fragment's rows, so the 32 lanes of each store hit 32 distinct banks.
+template <typename T, int MT, int BS>
+__device__ __forceinline__ void store_ds(T* sds, const float (&dp)[MT][BS / 8][4], int row0) {
+    constexpr int LDS = BS + FA_PAD;
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+            for (int nb = 0; nb < BS / 8; ++nb)
+                *reinterpret_cast<unsigned*>(sds + (row0 + 16 * m + g + 8 * h) * LDS + 8 * nb + 2 * t) =
+                    pack2<T>(dp[m][nb][2 * h], dp[m][nb][2 * h + 1]);
+}
+
+// The single-pass backward's share of dQ from one query tile: part[qb + i] += Σ_j dS_ij K_j
+// over the block's M keys, for the tile's BS queries (unscaled; fa_dq_sum scales). Every
+// warp's dSᵀ rows are in the shared tile at `sds` (keys × queries). Warp w takes the 16
+// queries of m-tile w % (BS/16) and the CW columns of group w / (BS/16). A = dS, the
+// tile transposed: ldmatrix.trans with bnk_lane offsets gives the A fragment of a tile
+// stored [k][m] (matrix i covers keys 8·(i/2).. and queries 8·(i%2)..); B = the resident
+// K as [k][n] (bkn_lane, .trans, as mma_rs_kn). `part` is this block's split of dQ in
+// f32: no other block writes it, and each element is added to by one lane, in the order
+// of the block's key blocks, so the sums are the same every run.
+template <typename T, int D, int M, int W, int BS>
+__device__ __forceinline__ void dq_share(float* part, unsigned sds, unsigned sk, int qb, int nq) {
+    constexpr int LD = D + FA_PAD, LDS = BS + FA_PAD, MQ = BS / 16, CW = D / (W / MQ);
+    // Columns a pass: 32 at most, so that at d = 128 (64 columns a warp) the
+    // accumulator fits beside dK's and dV's without spilling.
+    constexpr int CC = CW < 32 ? CW : 32;
+    static_assert(W % MQ == 0 && CW % CC == 0 && CC % 16 == 0, "the warps share a tile's dQ evenly");
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int mq = warp % MQ;
+    const unsigned a = sds + bnk_lane<LDS>(lane) + 16 * mq * 2;
+#pragma unroll
+    for (int c0 = warp / MQ * CW; c0 < (warp / MQ + 1) * CW; c0 += CC) {
+        const unsigned b = sk + bkn_lane<LD>(lane) + c0 * 2;
+        float acc[CC / 8][4] = {};
+#pragma unroll
+        for (int ks = 0; ks < M / 16; ++ks) {
+            unsigned af[4];
+            ldsm_x4_t(af, a + 16 * ks * LDS * 2);
+#pragma unroll
+            for (int np = 0; np < CC / 16; ++np) {
+                unsigned f[4];
+                ldsm_x4_t(f, b + (16 * ks * LD + 16 * np) * 2);
+                mma16816<T>(acc[2 * np], af, f[0], f[1]);
+                mma16816<T>(acc[2 * np + 1], af, f[2], f[3]);
+            }
+        }
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int i = qb + 16 * mq + g + 8 * h;
+            if (i >= nq) continue;
+            float* row = part + (u64)i * D + c0 + 2 * t;
+#pragma unroll
+            for (int nb = 0; nb < CC / 8; ++nb) {
+                float2* at = reinterpret_cast<float2*>(row + 8 * nb);
+                float2 x = *at;
+                x.x += acc[nb][2 * h];
+                x.y += acc[nb][2 * h + 1];
+                *at = x;
+            }
+        }
+    }
+}
+
+// dV = Σ_i Pᵀ_ji dO_i and dK = scale · Σ_i dSᵀ_ji Q_i for the M = 16·MT·W keys from k0,
+// by a block of W warps (K and V resident in shared memory); Q and dO tiles of BS
+// queries, with their lse and delta, stream through two stages. The scores are
+// recomputed transposed (Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ, B = Q and dO tiles as [n][k]), so Pᵀ and
+// dSᵀ come out with keys as rows: exactly the A operand of Pᵀ·dO and dSᵀ·Q (B = dO and Q
+// tiles as [k][n]), which then need neither a transpose nor shared memory. With DQ (the
+// single-pass backward), each tile's dSᵀ also goes through shared memory into its share
+// of dQ (dq_share, into `dq_part`), so that no other kernel recomputes the scores.
+template <typename T, int D, int MT, int W, int BS, bool DQ>
+__device__ void dkdv_block(const T* q, Rows qr, const T* k, Rows kr, const T* v, Rows vr,
                            const T* dout, Rows dr, const float* lse, const float* delta, T* dk,
-                           T* dv, Rows dkvr, u64 tq, u64 tk, float scale, int causal) {
+                           T* dv, Rows dkvr, float* dq_part, u64 tq, u64 tk, float scale,
+                           int causal, int k0) {
     constexpr int LD = D + FA_PAD, M = 16 * MT * W, NT = 32 * W, TILE = BS * LD * 2;
     static_assert(2 * BS <= NT, "one thread per lse and delta value of a tile");
     const int nq = (int)tq, nk = (int)tk;
-    check_launch<W, M>(BwdSmem<D, M, BS>::BYTES_DKDV, nk);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const u64 bh = blockIdx.x;
-    const int k0 = blockIdx.y * M, r0 = k0 + 16 * MT * warp;
+    const int r0 = k0 + 16 * MT * warp;
     q += qr.start(bh), k += kr.start(bh), v += vr.start(bh), dout += dr.start(bh);
     lse += bh * tq, delta += bh * tq;
     // K at byte 0, V at M·LD·2; stage s: Q at 2M·LD·2 + 2s·TILE, dO one TILE on; then
@@ -638,6 +712,8 @@ __device__ void fa_dkdv_tc(const T* q, Rows qr, const T* k, Rows kr, const T* v,
     const unsigned base = smem_addr(fa_smem), sk = base, sv = base + M * LD * 2;
     const unsigned stages = base + 2 * M * LD * 2, rows = stages + 4 * TILE;
     const float* srows = reinterpret_cast<const float*>(fa_smem + 2 * M * LD * 2 + 4 * TILE);
+    // With DQ, the dSᵀ tile after the stages' lse and delta.
+    T* sds = reinterpret_cast<T*>(fa_smem + 2 * M * LD * 2 + 4 * TILE + 4 * BS * 4);
     // Under the causal mask no query before the block's first key sees any of its keys.
     const int qs = causal ? min(k0, nq) : 0, ntiles = (nq - qs + BS - 1) / BS;
     // One group: K, V and the first query tile.
@@ -670,36 +746,45 @@ __device__ void fa_dkdv_tc(const T* q, Rows qr, const T* k, Rows kr, const T* v,
         __syncthreads();
         if (j + 1 < ntiles) issue(qb + BS, stage ^ 1);
         cp_async_commit();
-        // Every key of this warp comes after every query of the tile: all masked.
-        if (causal && r0 > qb + BS - 1) continue;
-        float s[MT][BS / 8][4] = {}, dp[MT][BS / 8][4] = {};
-        mma_ss_nk<T, MT, D, BS, LD>(s, ak, sq + bnk_lane<LD>(lane));
-        mma_ss_nk<T, MT, D, BS, LD>(dp, av, sdo + bnk_lane<LD>(lane));
-        // Element (m, nb, e): key r0 + 16m + g + 8(e/2) (row), query qb + 8nb + 2t + e%2
-        // (column); its lse and delta are shared[col], read as one 8-byte pair.
-        const bool full = qb + BS <= nq && !(causal && r0 + 16 * MT - 1 > qb);
+        float dp[MT][BS / 8][4] = {};
+        // Every key of this warp comes after every query of the tile: all masked (dS = 0).
+        if (!(causal && r0 > qb + BS - 1)) {
+            float s[MT][BS / 8][4] = {};
+            mma_ss_nk<T, MT, D, BS, LD>(s, ak, sq + bnk_lane<LD>(lane));
+            mma_ss_nk<T, MT, D, BS, LD>(dp, av, sdo + bnk_lane<LD>(lane));
+            // Element (m, nb, e): key r0 + 16m + g + 8(e/2) (row), query qb + 8nb + 2t + e%2
+            // (column); its lse and delta are shared[col], read as one 8-byte pair.
+            const bool full = qb + BS <= nq && !(causal && r0 + 16 * MT - 1 > qb);
 #pragma unroll
-        for (int nb = 0; nb < BS / 8; ++nb) {
-            const int c = 8 * nb + 2 * t;
-            const float2 lv = *reinterpret_cast<const float2*>(sl + c);
-            const float2 dlv = *reinterpret_cast<const float2*>(sd + c);
-            const float lc[2] = {lv.x * FA_LOG2E, lv.y * FA_LOG2E}, dc[2] = {dlv.x, dlv.y};
+            for (int nb = 0; nb < BS / 8; ++nb) {
+                const int c = 8 * nb + 2 * t;
+                const float2 lv = *reinterpret_cast<const float2*>(sl + c);
+                const float2 dlv = *reinterpret_cast<const float2*>(sd + c);
+                const float lc[2] = {lv.x * FA_LOG2E, lv.y * FA_LOG2E}, dc[2] = {dlv.x, dlv.y};
 #pragma unroll
-            for (int m = 0; m < MT; ++m)
+                for (int m = 0; m < MT; ++m)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int kj = r0 + 16 * m + g + 8 * (e >> 1), i = qb + c + (e & 1);
-                    float p = ex2(s[m][nb][e] * sl2 - lc[e & 1]);
-                    if (!full && (i >= nq || (causal && kj > i))) p = 0.f;
-                    s[m][nb][e] = p;
-                    dp[m][nb][e] = p * (dp[m][nb][e] - dc[e & 1]);
-                }
+                    for (int e = 0; e < 4; ++e) {
+                        const int kj = r0 + 16 * m + g + 8 * (e >> 1), i = qb + c + (e & 1);
+                        float p = ex2(s[m][nb][e] * sl2 - lc[e & 1]);
+                        if (!full && (i >= nq || (causal && kj > i))) p = 0.f;
+                        s[m][nb][e] = p;
+                        dp[m][nb][e] = p * (dp[m][nb][e] - dc[e & 1]);
+                    }
+            }
+            unsigned af[MT][BS / 16][4];
+            pack_a<T, MT, BS>(af, s);
+            mma_rs_kn<T, MT, BS, D, LD>(dva, af, sdo + bkn_lane<LD>(lane));
+            pack_a<T, MT, BS>(af, dp);
+            mma_rs_kn<T, MT, BS, D, LD>(dka, af, sq + bkn_lane<LD>(lane));
         }
-        unsigned af[MT][BS / 16][4];
-        pack_a<T, MT, BS>(af, s);
-        mma_rs_kn<T, MT, BS, D, LD>(dva, af, sdo + bkn_lane<LD>(lane));
-        pack_a<T, MT, BS>(af, dp);
-        mma_rs_kn<T, MT, BS, D, LD>(dka, af, sq + bkn_lane<LD>(lane));
+        if constexpr (DQ) {
+            store_ds<T, MT, BS>(sds, dp, 16 * MT * warp);
+            // Every warp's rows are in; the next tile's opening barrier keeps the tile
+            // until every warp has read it.
+            __syncthreads();
+            dq_share<T, D, M, W, BS>(dq_part, smem_addr(sds), sk, qb, nq);
+        }
     }
     cp_async_wait_all();
     __syncthreads();
@@ -712,6 +797,58 @@ __device__ void fa_dkdv_tc(const T* q, Rows qr, const T* k, Rows kr, const T* v,
     dk += dkvr.start(bh), dv += dkvr.start(bh);
     store_rows<T, D, MT>(dk, dkvr.row, dka, mk, st, r0, nk);
     store_rows<T, D, MT>(dv, dkvr.row, dva, mv, st + M * LD, r0, nk);
+}
+
+// The dK/dV kernel of the two-kernel backward: a block per key block.
+template <typename T, int D, int MT, int W, int BS>
+__device__ void fa_dkdv_tc(const T* q, Rows qr, const T* k, Rows kr, const T* v, Rows vr,
+                           const T* dout, Rows dr, const float* lse, const float* delta, T* dk,
+                           T* dv, Rows dkvr, u64 tq, u64 tk, float scale, int causal) {
+    constexpr int M = 16 * MT * W;
+    check_launch<W, M>(BwdSmem<D, M, BS>::BYTES_DKDV, (int)tk);
+    dkdv_block<T, D, MT, W, BS, false>(q, qr, k, kr, v, vr, dout, dr, lse, delta, dk, dv, dkvr,
+                                       nullptr, tq, tk, scale, causal, blockIdx.y * M);
+}
+
+// The single-pass backward: dK, dV and the shares of dQ in one pass over the scores.
+// gridDim.y splits per head; the block of split y takes key blocks y, y + splits, … in
+// turn, adding their dQ shares to its own f32 part of dq_parts ([splits][b·h][tq][D],
+// zeroed by the host), which fa_dq_sum then adds up in split order. No atomics and a
+// fixed order: results are the same every run on a given device and launch shape.
+template <typename T, int D, int MT, int W, int BS>
+__device__ void fa_bwd_tc(const T* q, Rows qr, const T* k, Rows kr, const T* v, Rows vr,
+                          const T* dout, Rows dr, const float* lse, const float* delta, T* dk,
+                          T* dv, Rows dkvr, float* dq_parts, u64 tq, u64 tk, float scale,
+                          int causal) {
+    constexpr int M = 16 * MT * W;
+    if (blockDim.x != 32 * W || dynamic_smem_bytes() < BwdSmem<D, M, BS>::BYTES_BWD) __trap();
+    float* part = dq_parts + ((u64)blockIdx.y * gridDim.x + blockIdx.x) * tq * D;
+    for (int kb = blockIdx.y; kb * M < (int)tk; kb += gridDim.y) {
+        dkdv_block<T, D, MT, W, BS, true>(q, qr, k, kr, v, vr, dout, dr, lse, delta, dk, dv,
+                                          dkvr, part, tq, tk, scale, causal, kb * M);
+        // The next key block's K and V overwrite rows the warps just stored from.
+        __syncthreads();
+    }
+}
+
+// dQ of the single-pass backward: scale · Σ_s parts[s], in split order, rounded to T and
+// stored where `dqr` says; a thread per pair of values (D is even).
+template <typename T>
+__device__ void fa_dq_sum(const float* parts, int splits, T* dq, Rows dqr, u64 bh, u64 tq,
+                          u64 d, float scale) {
+    const u64 n = bh * tq * d, pairs = n / 2;
+    for (u64 x = blockIdx.x * (u64)blockDim.x + threadIdx.x; x < pairs;
+         x += (u64)gridDim.x * blockDim.x) {
+        const u64 e = 2 * x, head = e / (tq * d), i = e / d % tq, c = e % d;
+        float2 sum = make_float2(0.f, 0.f);
+        for (int s = 0; s < splits; ++s) {
+            const float2 p = *reinterpret_cast<const float2*>(parts + s * n + e);
+            sum.x += p.x;
+            sum.y += p.y;
+        }
+        *reinterpret_cast<unsigned*>(dq + dqr.start(head) + i * dqr.row + c) =
+            pack2<T>(sum.x * scale, sum.y * scale);
+    }
 }
 
 // ---- the forward with its JVP ----
@@ -1353,6 +1490,10 @@ __device__ void fa_delta(const T* dout, Rows dr, const T* out, Rows outr, float*
     const T *q, Rows qr, const T *k, Rows kr, const T *v, Rows vr, const T *dout, Rows dr, \
         const float *lse, const float *delta, T *dk, T *dv, Rows dkvr, u64 tq, u64 tk,     \
         float scale, int causal
+#define FA_PARAMS_BWD(T)                                                                    \
+    const T *q, Rows qr, const T *k, Rows kr, const T *v, Rows vr, const T *dout, Rows dr, \
+        const float *lse, const float *delta, T *dk, T *dv, Rows dkvr, float *dq_parts,    \
+        u64 tq, u64 tk, float scale, int causal
 #define FA_PARAMS_JVP(T)                                                                    \
     const T *q, Rows qr, const T *k, Rows kr, const T *v, Rows vr, const T *q_dot, Rows qdr, \
         const T *k_dot, Rows kdr, const T *v_dot, Rows vdr, T *out, T *out_dot, Rows outr,   \
@@ -1387,6 +1528,10 @@ __device__ void fa_delta(const T* dout, Rows dr, const T* out, Rows outr, float*
         fa_dkdv_##S##_d##D(FA_PARAMS_DKDV(T)) {                                             \
         fa_dkdv_tc<T, D, 1, BW, BBS>(FA_QKV, dout, dr, lse, delta, dk, dv, dkvr, tq, tk,    \
                                      scale, causal);                                        \
+    }                                                                                       \
+    extern "C" __global__ void __launch_bounds__(32 * BW) fa_bwd_##S##_d##D(FA_PARAMS_BWD(T)) { \
+        fa_bwd_tc<T, D, 1, BW, BBS>(FA_QKV, dout, dr, lse, delta, dk, dv, dkvr, dq_parts,   \
+                                    tq, tk, scale, causal);                                 \
     }
 
 FA_TC(bf16, bf16, 32, 2, 4, 64, true, 8, 64, true)
@@ -1455,3 +1600,11 @@ FA32_JVP(128, 1, 8)
 FA_DELTA(bf16, bf16)
 FA_DELTA(f16, f16)
 FA_DELTA(f32, float)
+
+#define FA_DQ_SUM(S, T)                                                                   \
+    extern "C" __global__ void fa_dq_sum_##S(const float* parts, int splits, T* dq,       \
+                                             Rows dqr, u64 bh, u64 tq, u64 d, float scale) { \
+        fa_dq_sum<T>(parts, splits, dq, dqr, bh, tq, d, scale);                            \
+    }
+FA_DQ_SUM(bf16, bf16)
+FA_DQ_SUM(f16, f16)

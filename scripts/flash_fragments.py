@@ -5,16 +5,18 @@ No GPU is needed. The script models, per the PTX ISA, what a warp's instructions
 ldmatrix.x4 (with and without .trans), mma.m16n8k16 (A, B and C fragment layouts),
 cp.async (16 bytes, zero-fill) and the packing of two f32 into a 32-bit pair. On that
 model it replays the kernels' own address and fragment arithmetic (a_lane, bnk_lane,
-bkn_lane, load_a, mma_rs_nk, mma_ss_nk, mma_rs_kn, pack_a, cp_tile, store_rows and the
-four kernels' tile loops, shared layouts, masks and softmax, transcribed line by line:
-forward, dQ, dK/dV and the forward with its JVP) and checks:
+bkn_lane, load_a, mma_rs_nk, mma_ss_nk, mma_rs_kn, pack_a, cp_tile, store_rows, store_ds,
+dq_share and the kernels' tile loops, shared layouts, masks and softmax, transcribed line
+by line: forward, dQ, dK/dV, the single-pass backward (dK/dV with dQ's shares in f32
+parts per split, summed in order) and the forward with its JVP) and checks:
 
 - every ldmatrix row address is 16-byte aligned and each 8-lane phase touches all 32
   banks once (no bank conflicts), and every cp.async and 16-byte store stays inside
   the kernel's shared window;
-- the forward, dQ, dK/dV and JVP (output, lse and tangent) of whole launches (every
-  block, warp and tile, with tail rows and keys, tq ≠ tk, causal or not) equal a
-  float64 reference of attention and of its JVP.
+- the forward, dQ, dK/dV, the single-pass backward (one to three splits) and JVP
+  (output, lse and tangent) of whole launches (every block, warp and tile, with tail
+  rows and keys, tq ≠ tk, causal or not) equal a float64 reference of attention and of
+  its JVP.
 
 Values are kept in float64 (no bf16 rounding): this checks where each element goes, not
 precision. Run: python3 scripts/flash_fragments.py (needs numpy).
@@ -388,14 +390,36 @@ def dq_kernel(q, k, v, do, lse, delta, scale, causal, D, MT, W, BS, QREG):
     return dq
 
 
-def dkdv_kernel(q, k, v, do, lse, delta, scale, causal, D, MT, W, BS):
+def key_blocks(nk, M, splits):
+    """(shared memory, key block, split) in the order the blocks run them: one block per
+    key block (`fa_dkdv`), or one per split taking every splits-th key block in turn,
+    its shared memory kept from one to the next (`fa_bwd`)."""
+    nkb = (nk + M - 1) // M
+    if splits is None:
+        return [(None, by, None) for by in range(nkb)]
+    order = []
+    for y in range(splits):
+        order += [(y, by, y) for by in range(y, nkb, splits)]
+    return order
+
+
+def dkdv_kernel(q, k, v, do, lse, delta, scale, causal, D, MT, W, BS, splits=None):
+    """dK, dV (and with `splits`, the single-pass kernel's dQ: each split's f32 part,
+    then fa_dq_sum's ordered sum) as the kernels write them."""
     nq, nk = len(q), len(k)
     LD, M, NT, TILE = D + PAD, 16 * MT * W, 32 * W, BS * (D + PAD) * 2
-    assert 2 * BS <= NT
+    LDS, MQ = BS + PAD, BS // 16
+    assert 2 * BS <= NT and MT == 1 and W % MQ == 0
+    CW = D // (W // MQ)  # dQ columns a warp adds up per query tile
     dk, dv = np.full((nk, D), np.nan), np.full((nk, D), np.nan)
+    parts = np.zeros((splits or 0, nq, D))
     wk, wv = set(), set()
-    for by in range((nk + M - 1) // M):
-        sm = Smem(bwd_smem(D, M, BS, True))
+    smem = bwd_smem(D, M, BS, True) + (M * LDS * 2 if splits else 0)
+    blocks = {}
+    for block, by, split in key_blocks(nk, M, splits):
+        if block is None or block not in blocks:
+            blocks[block] = Smem(smem)
+        sm = blocks[block]
         k0 = by * M
         base = 0
         sk, sv = base, base + M * LD * 2
@@ -436,11 +460,15 @@ def dkdv_kernel(q, k, v, do, lse, delta, scale, causal, D, MT, W, BS):
             sd = sl + BS * 4
             if j + 1 < ntiles:
                 issue(qb + BS, stage ^ 1)
-            for w in warps:
+            sds = rows + 4 * BS * 4  # the dSᵀ tile (fa_bwd only)
+            for warp, w in enumerate(warps):
                 r0 = w["r0"]
-                if causal and r0 > qb + BS - 1:
-                    continue
+                masked = causal and r0 > qb + BS - 1
                 s, dp = zeros(MT, BS), zeros(MT, BS)
+                if masked:
+                    if splits:
+                        dst_rows(sm, sds, dp, MT, BS, 16 * MT * warp)
+                    continue
                 mma_ss_nk(sm, s, MT, D, BS, LD, w["ak"], sq + bnk_lane(LD))
                 mma_ss_nk(sm, dp, MT, D, BS, LD, w["av"], sdo + bnk_lane(LD))
                 full = qb + BS <= nq and not (causal and r0 + 16 * MT - 1 > qb)
@@ -463,6 +491,31 @@ def dkdv_kernel(q, k, v, do, lse, delta, scale, causal, D, MT, W, BS):
                 mma_rs_kn(sm, w["dva"], af, MT, BS, D, LD, sdo + bkn_lane(LD))
                 af = pack_a(dp, MT, BS)
                 mma_rs_kn(sm, w["dka"], af, MT, BS, D, LD, sq + bkn_lane(LD))
+                if splits:
+                    dst_rows(sm, sds, dp, MT, BS, 16 * MT * warp)
+            if not splits:
+                continue
+            # __syncthreads: every warp's dSᵀ rows are in; then warp w adds dS·K for
+            # its 16 queries (m-tile w % MQ) and CW columns (group w / MQ) of the tile.
+            CC = min(CW, 32)  # columns a pass
+            for warp in range(W):
+                mq = warp % MQ
+                for c0 in range(warp // MQ * CW, (warp // MQ + 1) * CW, CC):
+                    acc = [np.zeros((32, 4)) for _ in range(CC // 8)]
+                    for ks in range(M // 16):
+                        af = ldsm_x4(sm, sds + bnk_lane(LDS) + 16 * mq * 2 + 16 * ks * LDS * 2,
+                                     trans=True)
+                        for np_ in range(CC // 16):
+                            b = sk + bkn_lane(LD) + c0 * 2 + (16 * ks * LD + 16 * np_) * 2
+                            f = ldsm_x4(sm, b, trans=True)
+                            mma16816(acc[2 * np_], af, f[:, 0], f[:, 1])
+                            mma16816(acc[2 * np_ + 1], af, f[:, 2], f[:, 3])
+                    for nb in range(CC // 8):
+                        for e in range(4):
+                            i = qb + 16 * mq + G + 8 * (e >> 1)
+                            col = c0 + 8 * nb + 2 * T + (e & 1)
+                            ok = i < nq
+                            parts[split, i[ok], col[ok]] += acc[nb][ok, e]
         for warp, w in enumerate(warps):
             mk = [[np.full(32, scale), np.full(32, scale)] for _ in range(MT)]
             mv = [[np.ones(32), np.ones(32)] for _ in range(MT)]
@@ -470,7 +523,26 @@ def dkdv_kernel(q, k, v, do, lse, delta, scale, causal, D, MT, W, BS):
             store_rows(sm, dk, w["dka"], mk, MT, D, st, w["r0"], nk, wk)
             store_rows(sm, dv, w["dva"], mv, MT, D, st + M * LD * 2, w["r0"], nk, wv)
     assert len(wk) == len(wv) == nk * D // 8
-    return dk, dv
+    if splits is None:
+        return dk, dv
+    dq = np.zeros((nq, D))
+    for part in parts:  # fa_dq_sum: the splits in order
+        dq += part
+    return dq * scale, dk, dv
+
+
+def dst_rows(sm, sds, dp, MT, BS, row0):
+    """A warp's dSᵀ accumulator (keys row0.. as rows, the tile's queries as columns)
+    into the shared dSᵀ tile, a pair of elements per lane and row as the kernel stores
+    them."""
+    LDS = BS + PAD
+    for m in range(MT):
+        for nb in range(BS // 8):
+            for h in range(2):
+                e = sds // 2 + (row0 + 16 * m + G + 8 * h) * LDS + 8 * nb + 2 * T
+                assert np.all(e >= 0) and np.all(e + 2 <= sm.nbytes // 2)
+                sm.h[e] = dp[m][nb][:, 2 * h]
+                sm.h[e + 1] = dp[m][nb][:, 2 * h + 1]
 
 
 def jvp_smem(D, M, BS):
@@ -658,8 +730,13 @@ def main():
         o, lse = forward(q, k, v, scale, causal, D, MT, FW, FBS, FQREG)
         dq = dq_kernel(q, k, v, do, lse_r, delta_r, scale, causal, D, 1, BW, BBS, BQREG)
         dk, dv = dkdv_kernel(q, k, v, do, lse_r, delta_r, scale, causal, D, 1, BW, BBS)
+        splits = 1 + (tq + tk) % 3
+        dq1, dk1, dv1 = dkdv_kernel(q, k, v, do, lse_r, delta_r, scale, causal, D, 1, BW, BBS,
+                                    splits)
         for name, got, want in [("out", o, o_r), ("lse", lse, lse_r), ("dq", dq, dq_r),
-                                ("dk", dk, dk_r), ("dv", dv, dv_r)]:
+                                ("dk", dk, dk_r), ("dv", dv, dv_r),
+                                (f"single-pass dq ({splits} splits)", dq1, dq_r),
+                                ("single-pass dk", dk1, dk_r), ("single-pass dv", dv1, dv_r)]:
             err = np.max(np.abs(got - want)) / max(1.0, np.max(np.abs(want)))
             worst = max(worst, err)
             if not err < 1e-9:

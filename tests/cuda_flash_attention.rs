@@ -4,7 +4,9 @@
 //! 257; equal and unequal query and key lengths), with and without the causal mask.
 //! Output buffers are poisoned with NaN first, so an element left unwritten fails.
 //! `qkv_attention` (one tensor's three parts, one joint gradient) against the CPU and
-//! against attention on the three views. Also: identical results run to run, and a 200-step training run whose bf16 autocast
+//! against attention on the three views. The single-pass backward
+//! (`cuda::set_single_pass_attention_backward`) likewise, with keys enough for several
+//! key blocks per split. Also: identical results run to run, and a 200-step training run whose bf16 autocast
 //! loss curve stays within 5% (10-step window means) of the f32 one. Forward mode: the
 //! fused JVP kernel's output and tangent (and the gradients the backward computes from
 //! the output and log-sum-exp it stores) against the float64 CPU `jvp` at awkward
@@ -13,6 +15,7 @@
 //! driver or device exists.
 #![cfg(feature = "cuda")]
 
+use std::sync::{Mutex, MutexGuard};
 use twinflow::engine::{
     autocast, cuda, jvp, qkv_attention, scaled_dot_product_attention, DType, Device, Generator,
     Result, Tensor,
@@ -23,6 +26,34 @@ use twinflow::nn::{
 };
 
 mod common;
+
+/// The attention backward's path is a process-wide setting: the tests that compare
+/// results to the bit hold this lock, and the single-pass test holds it while the
+/// setting is on.
+static BACKWARD_PATH: Mutex<()> = Mutex::new(());
+
+fn backward_path() -> MutexGuard<'static, ()> {
+    BACKWARD_PATH.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The single-pass backward, on until dropped (also when a test fails).
+struct SinglePass {
+    _path: MutexGuard<'static, ()>,
+}
+
+impl SinglePass {
+    fn on() -> Self {
+        let path = backward_path();
+        cuda::set_single_pass_attention_backward(true);
+        SinglePass { _path: path }
+    }
+}
+
+impl Drop for SinglePass {
+    fn drop(&mut self) {
+        cuda::set_single_pass_attention_backward(false);
+    }
+}
 
 /// The GPU with fresh buffers poisoned (NaN), or `None` (after saying why).
 fn gpu() -> Option<Device> {
@@ -245,8 +276,32 @@ fn flash_attention_matches_cpu_at_awkward_lengths() {
         (65, 7),
         (7, 257),
     ];
+    let dtypes = [DType::F32, DType::BF16, DType::F16];
+    let failures = failures_against_cpu(dev, &dtypes, &lengths);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The single-pass backward against the float64 CPU op at awkward lengths, bf16 and
+/// f16, every head dim, with and without the mask, including 1,100 keys (nine key
+/// blocks of 128, eighteen of 64 at d = 128, over eight splits: several blocks a
+/// split); the same results run to run; `qkv_attention`'s joint gradient.
+#[test]
+fn single_pass_backward_matches_cpu_and_repeats() {
+    let Some(dev) = gpu() else { return };
+    let _on = SinglePass::on();
+    let lengths = [(1, 1), (49, 49), (65, 65), (257, 257), (7, 257), (65, 1100)];
+    let mut failures = failures_against_cpu(dev, &[DType::BF16, DType::F16], &lengths);
+    failures.extend(qkv_failures(dev, &[DType::BF16]));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_repeats(dev, &[DType::BF16, DType::F16]);
+}
+
+/// Output and gradients of attention of `dtypes` on the GPU against the float64 CPU op
+/// at head dims 32, 64 and 128, each (tq, tk) of `lengths`, with and without the mask:
+/// one line per result off by more than the dtype's tolerance.
+fn failures_against_cpu(dev: Device, dtypes: &[DType], lengths: &[(usize, usize)]) -> Vec<String> {
     let mut failures = Vec::new();
-    for dt in [DType::F32, DType::BF16, DType::F16] {
+    for &dt in dtypes {
         for d in [32, 64, 128] {
             for (i, &(tq, tk)) in lengths.iter().enumerate() {
                 for causal in [false, true] {
@@ -277,7 +332,7 @@ fn flash_attention_matches_cpu_at_awkward_lengths() {
             }
         }
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    failures
 }
 
 /// Output and gradient of `qkv_attention` on `qkv` `[b, t, 3·h·d]` under `w`, and the
@@ -314,8 +369,16 @@ fn run_qkv(qkv: &Tensor, w: &Tensor, heads: usize, causal: bool) -> [Tensor; 4] 
 #[test]
 fn qkv_attention_matches_cpu_and_the_three_views() {
     let Some(dev) = gpu() else { return };
+    let _path = backward_path();
+    let failures = qkv_failures(dev, &[DType::F32, DType::BF16]);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// `qkv_attention` of `dtypes` against the float64 CPU op and, to the bit, attention on
+/// the three views: one line per difference.
+fn qkv_failures(dev: Device, dtypes: &[DType]) -> Vec<String> {
     let mut failures = Vec::new();
-    for dt in [DType::F32, DType::BF16] {
+    for &dt in dtypes {
         for (d, heads) in [(8, 2), (32, 4), (64, 2)] {
             for t in [7, 49, 65] {
                 for causal in [false, true] {
@@ -341,7 +404,7 @@ fn qkv_attention_matches_cpu_and_the_three_views() {
             }
         }
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    failures
 }
 
 /// Output and input gradient of causal self-attention of `x` (as a variable), the loss
@@ -360,6 +423,7 @@ fn self_attention(x: &Tensor, w: &Tensor) -> Result<(Tensor, Tensor)> {
 #[test]
 fn flash_attention_reads_views() -> Result<()> {
     let Some(dev) = gpu() else { return Ok(()) };
+    let _path = backward_path();
     let (b, t, h, d) = (2, 33, 3, 64);
     for dt in [DType::F32, DType::BF16, DType::F16] {
         let x = randn(5, &[b, t, h, d + 8], dt).to_device(dev)?;
@@ -379,7 +443,14 @@ fn flash_attention_reads_views() -> Result<()> {
 #[test]
 fn flash_attention_is_deterministic() {
     let Some(dev) = gpu() else { return };
-    for dt in [DType::F32, DType::BF16, DType::F16] {
+    let _path = backward_path();
+    assert_repeats(dev, &[DType::F32, DType::BF16, DType::F16]);
+}
+
+/// Causal attention of `dtypes` and its gradients, four times on the same inputs:
+/// the same values to the bit every time.
+fn assert_repeats(dev: Device, dtypes: &[DType]) {
+    for &dt in dtypes {
         let inputs = [0, 1, 2].map(|s| randn(s, &[2, 4, 257, 64], dt).to_device(dev).unwrap());
         let w = randn(3, &[2, 4, 257, 64], dt).to_device(dev).unwrap();
         let first: Vec<Vec<f64>> = run(&inputs, &w, true)

@@ -25,6 +25,8 @@ pub struct CudaDevice {
     pub(crate) lt: Option<Lt>,
     /// NVRTC target, e.g. `sm_90`.
     arch: String,
+    /// Streaming multiprocessors.
+    sm_count: usize,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
     pub(crate) cache: Mutex<Cache>,
@@ -35,6 +37,7 @@ static POISON: AtomicBool = AtomicBool::new(false);
 static TF32: AtomicBool = AtomicBool::new(false);
 static FUSED_ATTENTION: AtomicBool = AtomicBool::new(true);
 static HALF_GRADIENT_EPILOGUES: AtomicBool = AtomicBool::new(false);
+static SINGLE_PASS_ATTENTION_BACKWARD: AtomicBool = AtomicBool::new(false);
 
 /// Fills every newly allocated output buffer with NaN bits (0xFF bytes) before a kernel
 /// writes it, so that an element a kernel forgets to write shows up in tests. Also on
@@ -87,6 +90,22 @@ pub fn set_half_gradient_epilogues(on: bool) {
 
 pub(crate) fn half_gradient_epilogues() -> bool {
     HALF_GRADIENT_EPILOGUES.load(Ordering::Relaxed)
+}
+
+/// Lets the bf16/f16 fused attention backward run in one pass over the scores
+/// (`fa_bwd` in `kernels/flash_attention.cu`: dK and dV per key block, each query
+/// tile's share of dQ added to an f32 buffer per split of the key blocks, the splits
+/// summed in order; results the same every run) instead of two (a dQ kernel and a dK/dV
+/// kernel, each recomputing the scores: seven tile products a tile pair against five);
+/// off by default until it has run on a GPU (`tests/cuda_flash_attention.rs` checks
+/// it against the CPU, `benches/cuda.rs` times it beside the two-kernel backward). f32
+/// always takes the two kernels.
+pub fn set_single_pass_attention_backward(on: bool) {
+    SINGLE_PASS_ATTENTION_BACKWARD.store(on, Ordering::Relaxed);
+}
+
+pub(crate) fn single_pass_attention_backward() -> bool {
+    SINGLE_PASS_ATTENTION_BACKWARD.load(Ordering::Relaxed)
 }
 
 /// True when the CUDA driver library can be loaded (a GPU may still be absent).
@@ -143,6 +162,9 @@ impl CudaDevice {
         let (major, minor) = ctx
             .compute_capability()
             .map_err(|e| open_error(ordinal, e))?;
+        let sm_count = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| open_error(ordinal, e))?;
         let stream = ctx.default_stream();
         let blas = CudaBlas::new(stream.clone()).map_err(|e| open_error(ordinal, e))?;
         let lt = Lt::open(&stream);
@@ -156,6 +178,7 @@ impl CudaDevice {
             blas,
             lt,
             arch: format!("sm_{major}{minor}"),
+            sm_count: sm_count.max(1) as usize,
             modules: Mutex::default(),
             functions: Mutex::default(),
             cache: Mutex::default(),
@@ -165,6 +188,11 @@ impl CudaDevice {
     /// The device's ordinal.
     pub(crate) fn ordinal(&self) -> usize {
         self.ordinal
+    }
+
+    /// The device's streaming multiprocessors.
+    pub(crate) fn sm_count(&self) -> usize {
+        self.sm_count
     }
 
     /// Makes the device's context current on this thread (driver calls need it).

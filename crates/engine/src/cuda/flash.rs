@@ -1,6 +1,7 @@
 //! The fused attention of `kernels/flash_attention.cu` (FlashAttention-2 style): the
 //! forward keeps only the output and the row log-sum-exp, the backward recomputes the
-//! scores tile by tile, and the JVP kernel computes the forward and the output's
+//! scores tile by tile (in two kernels, or in one with dQ's shares summed per split:
+//! [`super::set_single_pass_attention_backward`]), and the JVP kernel computes the forward and the output's
 //! tangent together in one pass over the keys (forward mode). It covers f32, bf16 and f16 (bf16/f16 on tensor cores) at head
 //! dims 32, 64 and 128 with equal q/k and v head dims; [`super::attention`] falls back
 //! to its cuBLAS path for anything else (f64, other head dims). Inputs are read in
@@ -37,6 +38,9 @@ enum Kernel {
     Dq,
     /// dK and dV, a block per key tile.
     Dkdv,
+    /// dK, dV and dQ's f32 shares, a block per split of the key tiles (the single-pass
+    /// backward).
+    Bwd,
     /// Output, log-sum-exp and the output's tangent, a block per query tile.
     Jvp,
 }
@@ -47,6 +51,7 @@ impl Kernel {
             Kernel::Fwd => "fwd",
             Kernel::Dq => "dq",
             Kernel::Dkdv => "dkdv",
+            Kernel::Bwd => "bwd",
             Kernel::Jvp => "jvp",
         }
     }
@@ -108,8 +113,10 @@ fn shape(kernel: Kernel, dtype: DType, d: usize) -> Shape {
         Kernel::Fwd => (2 * tile + rows.max(2 * tile)) * row_bytes,
         // Two resident blocks of rows and two stages of two tiles...
         Kernel::Dq => (2 * rows + 4 * tile) * row_bytes,
-        // ... and two stages of the tile's f32 lse and delta.
+        // ... and two stages of the tile's f32 lse and delta...
         Kernel::Dkdv => (2 * rows + 4 * tile) * row_bytes + 4 * tile * 4,
+        // ... and the dSᵀ tile (keys × the tile's queries, rows padded).
+        Kernel::Bwd => (2 * rows + 4 * tile) * row_bytes + 4 * tile * 4 + rows * (tile + PAD) * 2,
         // Q and tQ resident, two stages of four tiles.
         Kernel::Jvp => (2 * rows + 8 * tile) * row_bytes,
     };
@@ -134,13 +141,25 @@ pub(crate) type View4<'a> = (&'a CudaStorage, &'a Layout);
 /// Shapes of one call: (b·h, tq, tk, d).
 pub(crate) type Dims = (usize, usize, usize, usize);
 
-/// Launches `kernel` with one block per (b·h, tile of `t` rows), opting in to more than
-/// 48 KiB of dynamic shared memory where its shape needs it.
+/// Launches `kernel` with one block per (b·h, tile of `t` rows).
 fn launch_tiled(
     dev: &Arc<CudaDevice>,
     op: &'static str,
     kernel: Kernel,
-    (dt, (bh, _, _, d), t): (DType, Dims, usize),
+    (dt, dims, t): (DType, Dims, usize),
+    args: &mut [Arg],
+) -> Result<()> {
+    let tiles = t.div_ceil(shape(kernel, dt, dims.3).rows);
+    launch_blocks(dev, op, kernel, (dt, dims, tiles), args)
+}
+
+/// Launches `kernel` with `(b·h, y)` blocks, opting in to more than 48 KiB of dynamic
+/// shared memory where its shape needs it.
+fn launch_blocks(
+    dev: &Arc<CudaDevice>,
+    op: &'static str,
+    kernel: Kernel,
+    (dt, (bh, _, _, d), y): (DType, Dims, usize),
     args: &mut [Arg],
 ) -> Result<()> {
     let s = shape(kernel, dt, d);
@@ -155,7 +174,7 @@ fn launch_tiled(
         .map_err(|e| dev.error(op, format!("{name}: {e}")))?;
     }
     let cfg = LaunchConfig {
-        grid_dim: (bh as u32, t.div_ceil(s.rows) as u32, 1),
+        grid_dim: (bh as u32, y as u32, 1),
         block_dim: (32 * s.warps as u32, 1, 1),
         shared_mem_bytes: s.smem as u32,
     };
@@ -347,11 +366,45 @@ pub(crate) fn backward(
     let (l, dl) = (lse.ptr(), delta.ptr());
     let (qp, kp, vp, gp) = (qi.ptr, ki.ptr, vi.ptr, gi.ptr);
     let (qr, kr, vr, gr) = (qi.rows, ki.rows, vi.rows, gi.rows);
+    if dt != DType::F32 && super::device::single_pass_attention_backward() {
+        let splits = splits(dev.sm_count(), dims, shape(Kernel::Bwd, dt, d).rows);
+        let parts = CudaStorage::zeros_on(dev, splits * rows * d, DType::F32)?;
+        let pp = parts.ptr();
+        let a =
+            args![qp, qr, kp, kr, vp, vr, gp, gr, l, dl, pk, pv, dkvr, pp, tq, tk, scale, causal];
+        launch_blocks(dev, OP, Kernel::Bwd, (dt, dims, splits), a)?;
+        let pairs = rows * d / 2;
+        let cfg = LaunchConfig {
+            grid_dim: (pairs.div_ceil(256).min(1 << 16) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let f = format!("fa_dq_sum_{}", dt.as_str());
+        let splits = splits as i32;
+        let a = args![pp, splits, pq, dqr, bh, tq, d, scale];
+        launch(dev, OP, (FILE, &f), cfg, a)?;
+        return Ok(grads);
+    }
     let a = args![qp, qr, kp, kr, vp, vr, gp, gr, l, dl, pq, dqr, tq, tk, scale, causal];
     launch_tiled(dev, OP, Kernel::Dq, (dt, dims, tq), a)?;
     let a = args![qp, qr, kp, kr, vp, vr, gp, gr, l, dl, pk, pv, dkvr, tq, tk, scale, causal];
     launch_tiled(dev, OP, Kernel::Dkdv, (dt, dims, tk), a)?;
     Ok(grads)
+}
+
+/// At most this many splits of the key blocks per head: each holds an f32 copy of the
+/// head's dQ (`splits·b·h·tq·d·4` bytes in all).
+const MAX_SPLITS: usize = 8;
+
+/// Splits of the single-pass backward's key blocks (of `rows` keys) per head: enough
+/// blocks for two per multiprocessor of `sms`, at most one per key block and at most
+/// [`MAX_SPLITS`]. The same shape on the same device always gives the same splits, so
+/// the same order of dQ's sums.
+fn splits(sms: usize, (bh, _, tk, _): Dims, rows: usize) -> usize {
+    (2 * sms)
+        .div_ceil(bh.max(1))
+        .min(tk.div_ceil(rows))
+        .clamp(1, MAX_SPLITS)
 }
 
 /// The output, the f32 row log-sum-exp `[bh, tq]` and the output's tangent of q, k, v
@@ -422,6 +475,13 @@ mod tests {
             assert_eq!(shape(Kernel::Dkdv, dt, 32), s(8, 128, 41984));
             assert_eq!(shape(Kernel::Dkdv, dt, 64), s(8, 128, 74752));
             assert_eq!(shape(Kernel::Dkdv, dt, 128), s(4, 64, 70144));
+            // dK/dV's, and the dSᵀ tile: 128 keys × 72, or 64 × 40 at d = 128.
+            assert_eq!(shape(Kernel::Bwd, dt, 32), s(8, 128, 41984 + 18432));
+            assert_eq!(shape(Kernel::Bwd, dt, 64), s(8, 128, 74752 + 18432));
+            assert_eq!(shape(Kernel::Bwd, dt, 128), s(4, 64, 70144 + 5120));
+            for d in HEAD_DIMS {
+                assert!(shape(Kernel::Bwd, dt, d).smem <= 99 << 10, "{dt} d={d}");
+            }
         }
         for dt in [DType::BF16, DType::F16] {
             // Q and tQ (64 rows each) and two stages of four tiles: 64, 32 and 16 keys.
@@ -436,6 +496,20 @@ mod tests {
         assert_eq!(shape(Kernel::Jvp, DType::F32, 32), s(2, 32, 0));
         assert_eq!(shape(Kernel::Dkdv, DType::F32, 128), s(1, 16, 0));
         assert_eq!(shape(Kernel::Fwd, DType::F32, 64), s(2, 32, 0));
+    }
+
+    /// Two blocks a multiprocessor where the key blocks allow, never more splits than key
+    /// blocks or [`MAX_SPLITS`], never none.
+    #[test]
+    fn single_pass_splits_fill_the_card_within_bounds() {
+        // 132 SMs: b·h = 64 at T = 4096 (32 key blocks of 128) → ⌈264 / 64⌉ = 5.
+        assert_eq!(splits(132, (64, 4096, 4096, 64), 128), 5);
+        // A DiT's b·h = 1,536 fills the card with one split.
+        assert_eq!(splits(132, (1536, 256, 256, 64), 128), 1);
+        // Few heads: capped by the key blocks, then by MAX_SPLITS.
+        assert_eq!(splits(132, (4, 257, 257, 64), 128), 3);
+        assert_eq!(splits(132, (1, 16384, 16384, 128), 64), MAX_SPLITS);
+        assert_eq!(splits(132, (0, 0, 0, 64), 128), 1);
     }
 
     /// The JVP shapes against the `FA_TC_JVP(S, T, D, MT, W, BS, QREG)` and

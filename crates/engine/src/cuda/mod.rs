@@ -30,6 +30,7 @@ pub(crate) mod rows;
 pub use alloc::MemoryStats;
 pub use device::{
     driver_present, set_allow_tf32, set_fused_attention, set_half_gradient_epilogues, set_poison,
+    set_single_pass_attention_backward,
 };
 
 use crate::backend::{BackendStorage, BinaryOp, CmpOp, ReduceOp, UnaryOp};
