@@ -772,14 +772,18 @@ __device__ void dkdv_block(const T* q, Rows qr, const T* k, Rows kr, const T* v,
                         dp[m][nb][e] = p * (dp[m][nb][e] - dc[e & 1]);
                     }
             }
+            // dSᵀ out to shared memory now, while dp is live anyway (stored after the
+            // products, it would stay live through them and spill at d = 128).
+            if constexpr (DQ) store_ds<T, MT, BS>(sds, dp, 16 * MT * warp);
             unsigned af[MT][BS / 16][4];
             pack_a<T, MT, BS>(af, s);
             mma_rs_kn<T, MT, BS, D, LD>(dva, af, sdo + bkn_lane<LD>(lane));
             pack_a<T, MT, BS>(af, dp);
             mma_rs_kn<T, MT, BS, D, LD>(dka, af, sq + bkn_lane<LD>(lane));
+        } else if constexpr (DQ) {
+            store_ds<T, MT, BS>(sds, dp, 16 * MT * warp);
         }
         if constexpr (DQ) {
-            store_ds<T, MT, BS>(sds, dp, 16 * MT * warp);
             // Every warp's rows are in; the next tile's opening barrier keeps the tile
             // until every warp has read it.
             __syncthreads();

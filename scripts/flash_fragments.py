@@ -467,7 +467,7 @@ def dkdv_kernel(q, k, v, do, lse, delta, scale, causal, D, MT, W, BS, splits=Non
                 s, dp = zeros(MT, BS), zeros(MT, BS)
                 if masked:
                     if splits:
-                        dst_rows(sm, sds, dp, MT, BS, 16 * MT * warp)
+                        store_ds(sm, sds, dp, MT, BS, 16 * MT * warp)
                     continue
                 mma_ss_nk(sm, s, MT, D, BS, LD, w["ak"], sq + bnk_lane(LD))
                 mma_ss_nk(sm, dp, MT, D, BS, LD, w["av"], sdo + bnk_lane(LD))
@@ -487,12 +487,12 @@ def dkdv_kernel(q, k, v, do, lse, delta, scale, causal, D, MT, W, BS, splits=Non
                                 p = np.where((i >= nq) | (causal & (kj > i)), 0.0, p)
                             s[m][nb][:, e] = p
                             dp[m][nb][:, e] = p * (dp[m][nb][:, e] - dc[e & 1])
+                if splits:
+                    store_ds(sm, sds, dp, MT, BS, 16 * MT * warp)
                 af = pack_a(s, MT, BS)
                 mma_rs_kn(sm, w["dva"], af, MT, BS, D, LD, sdo + bkn_lane(LD))
                 af = pack_a(dp, MT, BS)
                 mma_rs_kn(sm, w["dka"], af, MT, BS, D, LD, sq + bkn_lane(LD))
-                if splits:
-                    dst_rows(sm, sds, dp, MT, BS, 16 * MT * warp)
             if not splits:
                 continue
             # __syncthreads: every warp's dSᵀ rows are in; then warp w adds dS·K for
@@ -531,7 +531,7 @@ def dkdv_kernel(q, k, v, do, lse, delta, scale, causal, D, MT, W, BS, splits=Non
     return dq * scale, dk, dv
 
 
-def dst_rows(sm, sds, dp, MT, BS, row0):
+def store_ds(sm, sds, dp, MT, BS, row0):
     """A warp's dSᵀ accumulator (keys row0.. as rows, the tile's queries as columns)
     into the shared dSᵀ tile, a pair of elements per lane and row as the kernel stores
     them."""
