@@ -283,8 +283,8 @@ fn flash_attention_matches_cpu_at_awkward_lengths() {
 
 /// The single-pass backward against the float64 CPU op at awkward lengths, bf16 and
 /// f16, every head dim, with and without the mask, including 1,100 keys (nine key
-/// blocks of 128, eighteen of 64 at d = 128, over eight splits: several blocks a
-/// split); the same results run to run; `qkv_attention`'s joint gradient.
+/// blocks of 128 over five splits, eighteen of 64 at d = 128 over six: two and three
+/// blocks a split); the same results run to run; `qkv_attention`'s joint gradient.
 #[test]
 fn single_pass_backward_matches_cpu_and_repeats() {
     let Some(dev) = gpu() else { return };

@@ -15,7 +15,7 @@ use crate::dtype::DType;
 use crate::error::Result;
 use crate::layout::Layout;
 use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-use cudarc::driver::LaunchConfig;
+use cudarc::driver::{CudaFunction, LaunchConfig};
 use std::sync::Arc;
 
 /// The kernel file.
@@ -164,21 +164,30 @@ fn launch_blocks(
 ) -> Result<()> {
     let s = shape(kernel, dt, d);
     let name = format!("fa_{}_{}_d{d}", kernel.name(), dt.as_str());
-    if s.smem > DEFAULT_SMEM {
-        let f = dev.function(FILE, &name)?;
-        dev.bind().map_err(|e| dev.error(op, e))?;
-        f.set_attribute(
-            CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            s.smem as i32,
-        )
-        .map_err(|e| dev.error(op, format!("{name}: {e}")))?;
-    }
+    opted_in(dev, op, &name, s.smem)?;
     let cfg = LaunchConfig {
         grid_dim: (bh as u32, y as u32, 1),
         block_dim: (32 * s.warps as u32, 1, 1),
         shared_mem_bytes: s.smem as u32,
     };
     launch(dev, op, (FILE, &name), cfg, args)
+}
+
+/// Kernel `name`, allowed `smem` bytes of dynamic shared memory where that is more
+/// than a kernel gets without opting in.
+fn opted_in(
+    dev: &Arc<CudaDevice>,
+    op: &'static str,
+    name: &str,
+    smem: usize,
+) -> Result<CudaFunction> {
+    let f = dev.function(FILE, name)?;
+    if smem > DEFAULT_SMEM {
+        dev.bind().map_err(|e| dev.error(op, e))?;
+        f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
+            .map_err(|e| dev.error(op, format!("{name}: {e}")))?;
+    }
+    Ok(f)
 }
 
 /// Where a matrix's rows lie (an input's or a result's), as the kernels take it (`Rows`
@@ -367,7 +376,13 @@ pub(crate) fn backward(
     let (qp, kp, vp, gp) = (qi.ptr, ki.ptr, vi.ptr, gi.ptr);
     let (qr, kr, vr, gr) = (qi.rows, ki.rows, vi.rows, gi.rows);
     if dt != DType::F32 && super::device::single_pass_attention_backward() {
-        let splits = splits(dev.sm_count(), dims, shape(Kernel::Bwd, dt, d).rows);
+        let s = shape(Kernel::Bwd, dt, d);
+        let name = format!("fa_{}_{}_d{d}", Kernel::Bwd.name(), dt.as_str());
+        let per_sm = opted_in(dev, OP, &name, s.smem)?
+            .occupancy_max_active_blocks_per_multiprocessor((32 * s.warps) as u32, s.smem, None)
+            .map_err(|e| dev.error(OP, format!("{name}: {e}")))?;
+        let slots = dev.sm_count() * (per_sm as usize).max(1);
+        let splits = splits(slots, bh, tk.div_ceil(s.rows));
         let parts = CudaStorage::zeros_on(dev, splits * rows * d, DType::F32)?;
         let pp = parts.ptr();
         let a =
@@ -396,15 +411,16 @@ pub(crate) fn backward(
 /// head's dQ (`splits·b·h·tq·d·4` bytes in all).
 const MAX_SPLITS: usize = 8;
 
-/// Splits of the single-pass backward's key blocks (of `rows` keys) per head: enough
-/// blocks for two per multiprocessor of `sms`, at most one per key block and at most
-/// [`MAX_SPLITS`]. The same shape on the same device always gives the same splits, so
-/// the same order of dQ's sums.
-fn splits(sms: usize, (bh, _, tk, _): Dims, rows: usize) -> usize {
-    (2 * sms)
-        .div_ceil(bh.max(1))
-        .min(tk.div_ceil(rows))
-        .clamp(1, MAX_SPLITS)
+/// Splits of the single-pass backward's `key_blocks` per head, for `bh` heads on a
+/// card that runs `slots` blocks at once: the count (at most one per key block, at most
+/// [`MAX_SPLITS`]) that leaves the least work on the busiest slot, i.e. the fewest waves
+/// of `bh·splits` blocks times the key blocks each block takes in turn; the fewest
+/// splits among equals (less memory, a shorter sum). The same shape on the same card
+/// always gives the same splits, so the same order of dQ's sums.
+fn splits(slots: usize, bh: usize, key_blocks: usize) -> usize {
+    (1..=MAX_SPLITS.min(key_blocks).max(1))
+        .min_by_key(|&s| ((bh * s).div_ceil(slots.max(1)) * key_blocks.div_ceil(s), s))
+        .unwrap_or(1)
 }
 
 /// The output, the f32 row log-sum-exp `[bh, tq]` and the output's tangent of q, k, v
@@ -498,18 +514,19 @@ mod tests {
         assert_eq!(shape(Kernel::Fwd, DType::F32, 64), s(2, 32, 0));
     }
 
-    /// Two blocks a multiprocessor where the key blocks allow, never more splits than key
-    /// blocks or [`MAX_SPLITS`], never none.
+    /// The fewest waves of blocks times key blocks a block, the fewest splits among
+    /// equals; never more splits than key blocks or [`MAX_SPLITS`], never none.
     #[test]
-    fn single_pass_splits_fill_the_card_within_bounds() {
-        // 132 SMs: b·h = 64 at T = 4096 (32 key blocks of 128) → ⌈264 / 64⌉ = 5.
-        assert_eq!(splits(132, (64, 4096, 4096, 64), 128), 5);
-        // A DiT's b·h = 1,536 fills the card with one split.
-        assert_eq!(splits(132, (1536, 256, 256, 64), 128), 1);
-        // Few heads: capped by the key blocks, then by MAX_SPLITS.
-        assert_eq!(splits(132, (4, 257, 257, 64), 128), 3);
-        assert_eq!(splits(132, (1, 16384, 16384, 128), 64), MAX_SPLITS);
-        assert_eq!(splits(132, (0, 0, 0, 64), 128), 1);
+    fn single_pass_splits_balance_the_card() {
+        // 132 one-block multiprocessors, b·h = 64 at T = 4096 (32 key blocks): two
+        // splits, one wave of 128 blocks of 16 key blocks; five would take three waves.
+        assert_eq!(splits(132, 64, 32), 2);
+        // A DiT's 1,536 heads of 2 key blocks: one split (two give the same work).
+        assert_eq!(splits(132, 1536, 2), 1);
+        // Few heads: a split per key block, then at most MAX_SPLITS.
+        assert_eq!(splits(264, 4, 3), 3);
+        assert_eq!(splits(132, 1, 256), MAX_SPLITS);
+        assert_eq!(splits(132, 0, 0), 1);
     }
 
     /// The JVP shapes against the `FA_TC_JVP(S, T, D, MT, W, BS, QREG)` and
