@@ -174,7 +174,8 @@ fn launch_blocks(
 }
 
 /// Kernel `name`, allowed `smem` bytes of dynamic shared memory where that is more
-/// than a kernel gets without opting in.
+/// than a kernel gets without opting in; the device's context is current on return
+/// (for the caller's driver queries too).
 fn opted_in(
     dev: &Arc<CudaDevice>,
     op: &'static str,
@@ -182,8 +183,8 @@ fn opted_in(
     smem: usize,
 ) -> Result<CudaFunction> {
     let f = dev.function(FILE, name)?;
+    dev.bind().map_err(|e| dev.error(op, e))?;
     if smem > DEFAULT_SMEM {
-        dev.bind().map_err(|e| dev.error(op, e))?;
         f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
             .map_err(|e| dev.error(op, format!("{name}: {e}")))?;
     }
