@@ -335,6 +335,25 @@ __device__ __forceinline__ void next_kv_tile(unsigned stages, int j, int ntiles,
     cp_async_commit();
 }
 
+// The accumulator fragments `c` (16·MT rows of N columns, C layout), row (m, h) times
+// mul[m][h], rounded to T into the shared rows at `st` (row stride `ld` elements): each
+// lane writes its 32-bit pairs. The strides in use (D + FA_PAD, and BS + FA_PAD for the
+// dSᵀ tile) are 20, 36 or 68 words, so lane (g, t) writes word 20g + t or 4g + t
+// (mod 32) plus 4nb: the 32 lanes of a store hit 32 distinct banks.
+template <typename T, int N, int MT>
+__device__ __forceinline__ void stage_rows(T* st, int ld, const float (&c)[MT][N / 8][4],
+                                           const float (&mul)[MT][2]) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+            for (int nb = 0; nb < N / 8; ++nb)
+                *reinterpret_cast<unsigned*>(st + (16 * m + g + 8 * h) * ld + 8 * nb + 2 * t) =
+                    pack2<T>(c[m][nb][2 * h] * mul[m][h], c[m][nb][2 * h + 1] * mul[m][h]);
+}
+
 // Writes a warp's 16·MT accumulator rows (C layout, row (m, h) = 16m + g + 8h times
 // mul[m][h]) to rows [row0, row0 + 16·MT) of the [n, D] matrix `dst` (row stride `ld`),
 // skipping rows ≥ n, through the warp's own rows of shared scratch `st` (row stride
@@ -345,15 +364,8 @@ template <typename T, int D, int MT>
 __device__ __forceinline__ void store_rows(T* dst, u64 ld, const float (&c)[MT][D / 8][4],
                                            const float (&mul)[MT][2], T* st, int row0, int n) {
     constexpr int LD = D + FA_PAD, CPR = D / 8, R = 16 * MT;
-    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-#pragma unroll
-    for (int m = 0; m < MT; ++m)
-#pragma unroll
-        for (int h = 0; h < 2; ++h)
-#pragma unroll
-            for (int nb = 0; nb < D / 8; ++nb)
-                *reinterpret_cast<unsigned*>(st + (16 * m + g + 8 * h) * LD + 8 * nb + 2 * t) =
-                    pack2<T>(c[m][nb][2 * h] * mul[m][h], c[m][nb][2 * h + 1] * mul[m][h]);
+    const int lane = threadIdx.x & 31;
+    stage_rows<T, D, MT>(st, LD, c, mul);
     __syncwarp();
     // Lane x stores chunk x % CPR of rows x / CPR + i·(32/CPR), as cp_tile loads.
     const int lr = lane / CPR, col = lane % CPR * 8;
@@ -616,22 +628,15 @@ __device__ void fa_dq_tc(const T* q, Rows qr, const T* k, Rows kr, const T* v, R
     store_rows<T, D, MT>(dq, dqr.row, acc, mul, st, r0, nq);
 }
 
-// A warp's dSᵀ accumulator (its keys as rows, the tile's queries as columns) into the
-// shared dSᵀ tile `sds` (row stride BS + FA_PAD), rounded to T: a pair of columns per
-// lane and row, at words 36g + 4nb + t (BS = 64) or 20g + 4nb + t (BS = 32) of a
-// fragment's rows, so the 32 lanes of each store hit 32 distinct banks.
+// A warp's dSᵀ accumulator (its keys as rows from `row0`, the tile's queries as
+// columns) into the shared dSᵀ tile `sds` (row stride BS + FA_PAD), rounded to T.
 template <typename T, int MT, int BS>
 __device__ __forceinline__ void store_ds(T* sds, const float (&dp)[MT][BS / 8][4], int row0) {
     constexpr int LDS = BS + FA_PAD;
-    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    float one[MT][2];
 #pragma unroll
-    for (int m = 0; m < MT; ++m)
-#pragma unroll
-        for (int h = 0; h < 2; ++h)
-#pragma unroll
-            for (int nb = 0; nb < BS / 8; ++nb)
-                *reinterpret_cast<unsigned*>(sds + (row0 + 16 * m + g + 8 * h) * LDS + 8 * nb + 2 * t) =
-                    pack2<T>(dp[m][nb][2 * h], dp[m][nb][2 * h + 1]);
+    for (int m = 0; m < MT; ++m) one[m][0] = one[m][1] = 1.f;
+    stage_rows<T, BS, MT>(sds + row0 * LDS, LDS, dp, one);
 }
 
 // The single-pass backward's share of dQ from one query tile: part[qb + i] += Σ_j dS_ij K_j
