@@ -22,6 +22,7 @@ Values are kept in float64 (no bf16 rounding): this checks where each element go
 precision. Run: python3 scripts/flash_fragments.py (needs numpy).
 """
 import itertools
+import os
 import sys
 
 import numpy as np
@@ -707,14 +708,33 @@ def reference(q, k, v, do, scale, causal):
     return o, lse, delta, ds @ k * scale, ds.T @ q * scale, p.T @ do
 
 
-# The instantiations of the kernel file: D → (MT, FW, FBS, FQREG) forward, (BW, BBS, BQREG)
-# backward.
-CONFIGS = {32: ((2, 4, 64, True), (8, 64, True)), 64: ((2, 4, 64, True), (8, 64, True)),
-           128: ((2, 4, 32, False), (4, 32, False))}
+def instantiations(name):
+    """The arguments of each `name(...)` line of kernels/flash_attention.cu (the bf16
+    ones), so that the replay runs the launch shapes the kernel file instantiates."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "kernels",
+                        "flash_attention.cu")
+    lines = [l.strip() for l in open(path)]
+    calls = [l[len(name) + 1:-1].split(",") for l in lines
+             if l.startswith(name + "(") and l.endswith(")")]
+    args = [[a.strip() for a in c] for c in calls if c[0].strip() == "bf16"]
+    assert args, f"no {name}(bf16, ...) line in {path}"
+    return args
 
 
-# The JVP kernel's instantiations (FA_TC_JVP): D → (MT, W, BS, QREG).
-JVP_CONFIGS = {32: (1, 4, 64, True), 64: (1, 4, 32, True), 128: (1, 4, 16, False)}
+def flag(a):
+    return {"true": True, "false": False}[a]
+
+
+# FA_TC(S, T, D, MT, FW, FBS, FQREG, BW, BBS, BQREG): D → (MT, FW, FBS, FQREG) forward,
+# (BW, BBS, BQREG) backward.
+CONFIGS = {int(a[2]): ((int(a[3]), int(a[4]), int(a[5]), flag(a[6])),
+                       (int(a[7]), int(a[8]), flag(a[9])))
+           for a in instantiations("FA_TC")}
+
+
+# FA_TC_JVP(S, T, D, MT, W, BS, QREG): D → (MT, W, BS, QREG).
+JVP_CONFIGS = {int(a[2]): (int(a[3]), int(a[4]), int(a[5]), flag(a[6]))
+               for a in instantiations("FA_TC_JVP")}
 
 
 def main():
