@@ -377,28 +377,13 @@ pub(crate) fn backward(
     let (qp, kp, vp, gp) = (qi.ptr, ki.ptr, vi.ptr, gi.ptr);
     let (qr, kr, vr, gr) = (qi.rows, ki.rows, vi.rows, gi.rows);
     if dt != DType::F32 && super::device::single_pass_attention_backward() {
-        let s = shape(Kernel::Bwd, dt, d);
-        let name = format!("fa_{}_{}_d{d}", Kernel::Bwd.name(), dt.as_str());
-        let per_sm = opted_in(dev, OP, &name, s.smem)?
-            .occupancy_max_active_blocks_per_multiprocessor((32 * s.warps) as u32, s.smem, None)
-            .map_err(|e| dev.error(OP, format!("{name}: {e}")))?;
-        let slots = dev.sm_count() * (per_sm as usize).max(1);
-        let splits = splits(slots, bh, tk.div_ceil(s.rows));
+        let splits = splits_on(dev, OP, dt, dims)?;
         let parts = CudaStorage::zeros_on(dev, splits * rows * d, DType::F32)?;
         let pp = parts.ptr();
         let a =
             args![qp, qr, kp, kr, vp, vr, gp, gr, l, dl, pk, pv, dkvr, pp, tq, tk, scale, causal];
         launch_blocks(dev, OP, Kernel::Bwd, (dt, dims, splits), a)?;
-        let pairs = rows * d / 2;
-        let cfg = LaunchConfig {
-            grid_dim: (pairs.div_ceil(256).min(1 << 16) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let f = format!("fa_dq_sum_{}", dt.as_str());
-        let splits = splits as i32;
-        let a = args![pp, splits, pq, dqr, bh, tq, d, scale];
-        launch(dev, OP, (FILE, &f), cfg, a)?;
+        sum_dq_parts(dev, OP, (dt, dims), (&parts, splits), (pq, dqr), scale)?;
         return Ok(grads);
     }
     let a = args![qp, qr, kp, kr, vp, vr, gp, gr, l, dl, pq, dqr, tq, tk, scale, causal];
@@ -406,6 +391,46 @@ pub(crate) fn backward(
     let a = args![qp, qr, kp, kr, vp, vr, gp, gr, l, dl, pk, pv, dkvr, tq, tk, scale, causal];
     launch_tiled(dev, OP, Kernel::Dkdv, (dt, dims, tk), a)?;
     Ok(grads)
+}
+
+/// The splits of the single-pass backward ([`splits`]) for `dims` on `dev`: its
+/// multiprocessors times the blocks of `fa_bwd` the driver says each holds.
+fn splits_on(dev: &Arc<CudaDevice>, op: &'static str, dt: DType, dims: Dims) -> Result<usize> {
+    let (bh, _, tk, d) = dims;
+    let s = shape(Kernel::Bwd, dt, d);
+    let name = format!("fa_{}_{}_d{d}", Kernel::Bwd.name(), dt.as_str());
+    let per_sm = opted_in(dev, op, &name, s.smem)?
+        .occupancy_max_active_blocks_per_multiprocessor((32 * s.warps) as u32, s.smem, None)
+        .map_err(|e| dev.error(op, format!("{name}: {e}")))?;
+    let slots = dev.sm_count() * (per_sm as usize).max(1);
+    Ok(splits(slots, bh, tk.div_ceil(s.rows)))
+}
+
+/// dQ = scale · Σ the single-pass backward's `splits` f32 parts (`[splits][b·h][tq][d]`),
+/// in split order (`fa_dq_sum`), rounded to `dt` and stored at `dq` where `dqr` says.
+fn sum_dq_parts(
+    dev: &Arc<CudaDevice>,
+    op: &'static str,
+    (dt, (bh, tq, _, d)): (DType, Dims),
+    (parts, splits): (&CudaStorage, usize),
+    (dq, dqr): (u64, Rows),
+    scale: f32,
+) -> Result<()> {
+    let pairs = bh * tq * d / 2;
+    let cfg = LaunchConfig {
+        grid_dim: (pairs.div_ceil(256).min(1 << 16) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let f = format!("fa_dq_sum_{}", dt.as_str());
+    let (pp, splits) = (parts.ptr(), splits as i32);
+    launch(
+        dev,
+        op,
+        (FILE, &f),
+        cfg,
+        args![pp, splits, dq, dqr, bh, tq, d, scale],
+    )
 }
 
 /// At most this many splits of the key blocks per head: each holds an f32 copy of the
