@@ -841,22 +841,24 @@ __device__ void fa_bwd_tc(const T* q, Rows qr, const T* k, Rows kr, const T* v, 
 }
 
 // dQ of the single-pass backward: scale · Σ_s parts[s], in split order, rounded to T and
-// stored where `dqr` says; a thread per pair of values (D is even).
+// stored where `dqr` says. A warp per row of d values (the row's place worked out once,
+// its 64-bit divisions shared by the row's values), a lane per pair of values (d even):
+// reads and writes coalesced along the row.
 template <typename T>
-__device__ void fa_dq_sum(const float* parts, int splits, T* dq, Rows dqr, u64 bh, u64 tq,
+__device__ void fa_dq_sum(const float* parts, int splits, T* dq, Rows dqr, u64 rows, u64 tq,
                           u64 d, float scale) {
-    const u64 n = bh * tq * d, pairs = n / 2;
-    for (u64 x = blockIdx.x * (u64)blockDim.x + threadIdx.x; x < pairs;
-         x += (u64)gridDim.x * blockDim.x) {
-        const u64 e = 2 * x, head = e / (tq * d), i = e / d % tq, c = e % d;
-        float2 sum = make_float2(0.f, 0.f);
-        for (int s = 0; s < splits; ++s) {
-            const float2 p = *reinterpret_cast<const float2*>(parts + s * n + e);
-            sum.x += p.x;
-            sum.y += p.y;
+    const u64 n = rows * d, warps = (u64)gridDim.x * (blockDim.x >> 5);
+    for (u64 r = blockIdx.x * (u64)(blockDim.x >> 5) + (threadIdx.x >> 5); r < rows; r += warps) {
+        T* out = dq + dqr.start(r / tq) + r % tq * dqr.row;
+        for (u64 c = 2 * (threadIdx.x & 31); c < d; c += 64) {
+            float2 sum = make_float2(0.f, 0.f);
+            for (int s = 0; s < splits; ++s) {
+                const float2 p = *reinterpret_cast<const float2*>(parts + s * n + r * d + c);
+                sum.x += p.x;
+                sum.y += p.y;
+            }
+            *reinterpret_cast<unsigned*>(out + c) = pack2<T>(sum.x * scale, sum.y * scale);
         }
-        *reinterpret_cast<unsigned*>(dq + dqr.start(head) + i * dqr.row + c) =
-            pack2<T>(sum.x * scale, sum.y * scale);
     }
 }
 
@@ -1612,8 +1614,8 @@ FA_DELTA(f32, float)
 
 #define FA_DQ_SUM(S, T)                                                                   \
     extern "C" __global__ void fa_dq_sum_##S(const float* parts, int splits, T* dq,       \
-                                             Rows dqr, u64 bh, u64 tq, u64 d, float scale) { \
-        fa_dq_sum<T>(parts, splits, dq, dqr, bh, tq, d, scale);                            \
+                                             Rows dqr, u64 rows, u64 tq, u64 d, float scale) { \
+        fa_dq_sum<T>(parts, splits, dq, dqr, rows, tq, d, scale);                          \
     }
 FA_DQ_SUM(bf16, bf16)
 FA_DQ_SUM(f16, f16)

@@ -416,9 +416,10 @@ fn sum_dq_parts(
     (dq, dqr): (u64, Rows),
     scale: f32,
 ) -> Result<()> {
-    let pairs = bh * tq * d / 2;
+    // A warp per row, eight a block.
+    let rows = bh * tq;
     let cfg = LaunchConfig {
-        grid_dim: (pairs.div_ceil(256).min(1 << 16) as u32, 1, 1),
+        grid_dim: (rows.div_ceil(8).min(1 << 16) as u32, 1, 1),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     };
@@ -429,7 +430,7 @@ fn sum_dq_parts(
         op,
         (FILE, &f),
         cfg,
-        args![pp, splits, dq, dqr, bh, tq, d, scale],
+        args![pp, splits, dq, dqr, rows, tq, d, scale],
     )
 }
 
