@@ -647,7 +647,8 @@ __device__ __forceinline__ void store_ds(T* sds, const float (&dp)[MT][BS / 8][4
 // stored [k][m] (matrix i covers keys 8·(i/2).. and queries 8·(i%2)..); B = the resident
 // K as [k][n] (bkn_lane, .trans, as mma_rs_kn). `part` is this block's split of dQ in
 // f32: no other block writes it, and each element is added to by one lane, in the order
-// of the block's key blocks, so the sums are the same every run.
+// of the block's key blocks (a thread's adds to one address take effect in program
+// order), so the sums are the same every run.
 template <typename T, int D, int M, int W, int BS>
 __device__ __forceinline__ void dq_share(float* part, unsigned sds, unsigned sk, int qb, int nq) {
     constexpr int LD = D + FA_PAD, LDS = BS + FA_PAD, MQ = BS / 16, CW = D / (W / MQ);
@@ -679,13 +680,14 @@ __device__ __forceinline__ void dq_share(float* part, unsigned sds, unsigned sk,
             const int i = qb + 16 * mq + g + 8 * h;
             if (i >= nq) continue;
             float* row = part + (u64)i * D + c0 + 2 * t;
+            // Reductions performed at L2 (the sums are not read back), so that a warp does
+            // not stall on memory here: a block revisits its part's tile only after a
+            // sweep over every query tile, long after L2 has let it go. One writer per
+            // element, in program order: still the same sums every run.
 #pragma unroll
             for (int nb = 0; nb < CC / 8; ++nb) {
-                float2* at = reinterpret_cast<float2*>(row + 8 * nb);
-                float2 x = *at;
-                x.x += acc[nb][2 * h];
-                x.y += acc[nb][2 * h + 1];
-                *at = x;
+                atomicAdd(row + 8 * nb, acc[nb][2 * h]);
+                atomicAdd(row + 8 * nb + 1, acc[nb][2 * h + 1]);
             }
         }
     }
@@ -822,8 +824,9 @@ __device__ void fa_dkdv_tc(const T* q, Rows qr, const T* k, Rows kr, const T* v,
 // The single-pass backward: dK, dV and the shares of dQ in one pass over the scores.
 // gridDim.y splits per head; the block of split y takes key blocks y, y + splits, … in
 // turn, adding their dQ shares to its own f32 part of dq_parts ([splits][b·h][tq][D],
-// zeroed by the host), which fa_dq_sum then adds up in split order. No atomics and a
-// fixed order: results are the same every run on a given device and launch shape.
+// zeroed by the host), which fa_dq_sum then adds up in split order. One writer per
+// element and a fixed order: results are the same every run on a given device and
+// launch shape.
 template <typename T, int D, int MT, int W, int BS>
 __device__ void fa_bwd_tc(const T* q, Rows qr, const T* k, Rows kr, const T* v, Rows vr,
                           const T* dout, Rows dr, const float* lse, const float* delta, T* dk,
