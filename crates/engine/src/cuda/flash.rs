@@ -1,8 +1,8 @@
 //! The fused attention of `kernels/flash_attention.cu` (FlashAttention-2 style): the
 //! forward keeps only the output and the row log-sum-exp, the backward recomputes the
 //! scores tile by tile (in two kernels, or in one with dQ's shares summed per split:
-//! [`super::set_single_pass_attention_backward`]), and the JVP kernel computes the forward and the output's
-//! tangent together in one pass over the keys (forward mode). It covers f32, bf16 and f16 (bf16/f16 on tensor cores) at head
+//! [`super::set_single_pass_attention_backward`]), and the JVP kernel computes the
+//! forward and the output's tangent together in one pass over the keys (forward mode). It covers f32, bf16 and f16 (bf16/f16 on tensor cores) at head
 //! dims 32, 64 and 128 with equal q/k and v head dims; [`super::attention`] falls back
 //! to its cuBLAS path for anything else (f64, other head dims). Inputs are read in
 //! place where their rows are contiguous (head-split views are): see [`Rows`].
@@ -46,6 +46,11 @@ enum Kernel {
 }
 
 impl Kernel {
+    /// The instantiation of this kernel for `dtype` at head dim `d` in the kernel file.
+    fn entry(self, dtype: DType, d: usize) -> String {
+        format!("fa_{}_{}_d{d}", self.name(), dtype.as_str())
+    }
+
     fn name(self) -> &'static str {
         match self {
             Kernel::Fwd => "fwd",
@@ -163,7 +168,7 @@ fn launch_blocks(
     args: &mut [Arg],
 ) -> Result<()> {
     let s = shape(kernel, dt, d);
-    let name = format!("fa_{}_{}_d{d}", kernel.name(), dt.as_str());
+    let name = kernel.entry(dt, d);
     opted_in(dev, op, &name, s.smem)?;
     let cfg = LaunchConfig {
         grid_dim: (bh as u32, y as u32, 1),
@@ -398,7 +403,7 @@ pub(crate) fn backward(
 fn splits_on(dev: &Arc<CudaDevice>, op: &'static str, dt: DType, dims: Dims) -> Result<usize> {
     let (bh, _, tk, d) = dims;
     let s = shape(Kernel::Bwd, dt, d);
-    let name = format!("fa_{}_{}_d{d}", Kernel::Bwd.name(), dt.as_str());
+    let name = Kernel::Bwd.entry(dt, d);
     let per_sm = opted_in(dev, op, &name, s.smem)?
         .occupancy_max_active_blocks_per_multiprocessor((32 * s.warps) as u32, s.smem, None)
         .map_err(|e| dev.error(op, format!("{name}: {e}")))?;
