@@ -4,9 +4,11 @@
 //! bandwidth, a DiT training step (batch 128 and 1024), the fused attention in bf16
 //! (forward, and forward + backward with the two-kernel and the single-pass backward, in
 //! TFLOP/s; b·h = 64, head dim 64 and 128, T = 256, 1024, 4096 and 16,384, causal too
-//! from T = 1024 on) and a DiT-S/2-sized training step under bf16 autocast (dim 384,
+//! from T = 1024 on; on sm_90 cards also the Hopper forward, alone and with the
+//! two-kernel backward) and a DiT-S/2-sized training step under bf16 autocast (dim 384,
 //! depth 12, 6 heads, 32×32×3 images, patch 2, batch 256; also with cuBLASLt's gradient
-//! epilogues, and with the single-pass attention backward).
+//! epilogues, with the single-pass attention backward, and with the Hopper forward,
+//! which is the default step's on other cards).
 //! Every number is the median of several timed runs after warm-up, with the device
 //! synchronised around each. Prints
 //! `skipping: no CUDA driver/device` and exits 0 without a GPU.
@@ -45,6 +47,18 @@ fn time(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     }
     times.sort_by(f64::total_cmp);
     Ok(times[RUNS / 2])
+}
+
+/// A process-wide path switch of `cuda` (`set_hopper_attention`, …).
+type Switch = fn(bool);
+
+/// `f` run with a path switched on by `set(true)`, then off again (the default of every
+/// switch timed here).
+fn switched<T>(set: Switch, f: impl FnOnce() -> T) -> T {
+    set(true);
+    let out = f();
+    set(false);
+    out
 }
 
 fn report(json: bool, bench: &str, what: &str, value: f64, unit: &str) {
@@ -175,6 +189,7 @@ const ATTENTION_LENGTHS: [usize; 4] = [256, 1024, 4096, 16384];
 
 fn attention(dev: Device, json: bool) -> Result<()> {
     let (b, h) = (4, 16);
+    let hopper = cuda::arch(0)? == "sm_90";
     for d in [64, 128] {
         for t in ATTENTION_LENGTHS {
             for causal in [false, true] {
@@ -187,38 +202,38 @@ fn attention(dev: Device, json: bool) -> Result<()> {
                 let attend = |q: &Tensor, k: &Tensor, v: &Tensor| {
                     scaled_dot_product_attention(q, k, v, None, causal)
                 };
-                let fwd = time(|| attend(&q, &k, &v).map(drop))?;
+                let mut fwd = || attend(&q, &k, &v).map(drop);
+                let fwd_only = time(&mut fwd)?;
+                // The Hopper forward (sm_90 cards; off by default until it has run on one).
+                let fwd_sm90 = hopper.then(|| switched(cuda::set_hopper_attention, || time(fwd)));
                 let (q, k, v) = (q.into_variable()?, k.into_variable()?, v.into_variable()?);
                 let mut fwd_bwd = || attend(&q, &k, &v)?.backward_with(&dout).map(drop);
                 let both = time(&mut fwd_bwd)?;
                 // The backward in one pass (off by default until it has run on a GPU).
-                cuda::set_single_pass_attention_backward(true);
-                let single_pass = time(&mut fwd_bwd);
-                cuda::set_single_pass_attention_backward(false);
+                let single = switched(cuda::set_single_pass_attention_backward, || {
+                    time(&mut fwd_bwd)
+                })?;
+                let both_sm90 =
+                    hopper.then(|| switched(cuda::set_hopper_attention, || time(fwd_bwd)));
                 let flops = attention_flops(b * h, t, d, causal);
                 let mask = if causal { " causal" } else { "" };
-                let case = |what: &str| format!("{what} bf16 d{d} T{t}{mask}");
-                report(
-                    json,
-                    "attention",
-                    &case("fwd"),
-                    flops / fwd / 1e12,
-                    "TFLOP/s",
-                );
-                report(
-                    json,
-                    "attention",
-                    &case("fwd+bwd"),
-                    3.5 * flops / both / 1e12,
-                    "TFLOP/s",
-                );
-                report(
-                    json,
-                    "attention",
-                    &case("fwd+bwd single-pass"),
-                    3.5 * flops / single_pass? / 1e12,
-                    "TFLOP/s",
-                );
+                let tflops = |what: &str, passes: f64, secs: f64| {
+                    let case = format!("{what} bf16 d{d} T{t}{mask}");
+                    report(
+                        json,
+                        "attention",
+                        &case,
+                        passes * flops / secs / 1e12,
+                        "TFLOP/s",
+                    );
+                };
+                tflops("fwd", 1.0, fwd_only);
+                tflops("fwd+bwd", 3.5, both);
+                tflops("fwd+bwd single-pass", 3.5, single);
+                if let (Some(fwd_sm90), Some(both_sm90)) = (fwd_sm90, both_sm90) {
+                    tflops("fwd sm90", 1.0, fwd_sm90?);
+                    tflops("fwd+bwd sm90", 3.5, both_sm90?);
+                }
             }
         }
     }
@@ -252,16 +267,27 @@ fn dit_step_bf16(dev: Device, json: bool) -> Result<()> {
     report(json, "dit_step", "bf16 S/2 32x32 batch 256", s * 1e3, "ms");
     // The same step with cuBLASLt's gradient epilogues (off by default: slower on an
     // H200 in December 2026, see `cuda::set_half_gradient_epilogues`).
-    cuda::set_half_gradient_epilogues(true);
-    let with_epilogues = time(&mut step);
-    cuda::set_half_gradient_epilogues(false);
-    let case = "bf16 S/2 32x32 batch 256, cuBLASLt gradient epilogues";
-    report(json, "dit_step", case, with_epilogues? * 1e3, "ms");
-    cuda::set_single_pass_attention_backward(true);
-    let single_pass = time(&mut step);
-    cuda::set_single_pass_attention_backward(false);
-    let case = "bf16 S/2 32x32 batch 256, single-pass attention backward";
-    report(json, "dit_step", case, single_pass? * 1e3, "ms");
+    let variants: [(Switch, &str); 3] = [
+        (
+            cuda::set_half_gradient_epilogues,
+            "cuBLASLt gradient epilogues",
+        ),
+        (
+            cuda::set_single_pass_attention_backward,
+            "single-pass attention backward",
+        ),
+        (cuda::set_hopper_attention, "Hopper attention forward"),
+    ];
+    for (set, what) in variants {
+        let ms = switched(set, || time(&mut step))? * 1e3;
+        report(
+            json,
+            "dit_step",
+            &format!("bf16 S/2 32x32 batch 256, {what}"),
+            ms,
+            "ms",
+        );
+    }
     print_profile("bf16 DiT-S/2 step, batch 256", step)?;
     Ok(())
 }

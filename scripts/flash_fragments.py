@@ -219,6 +219,60 @@ def ex2(x):
         return np.exp2(x)
 
 
+# ---- the forward's softmax, per warp (fa_fwd; fa_fwd_sm90 runs the same code) ----
+def scaled_masked(s, MT, BS, scale, r0, k0, nk, causal):
+    """The score fragments s (rows r0.., keys k0..) scaled to log2 units and masked."""
+    sl2 = scale * LOG2E
+    for m in range(MT):
+        for nb in range(BS // 8):
+            s[m][nb] *= sl2
+    if k0 + BS > nk or (causal and k0 + BS - 1 > r0):
+        for m in range(MT):
+            for nb in range(BS // 8):
+                for e in range(4):
+                    i = r0 + 16 * m + G + 8 * (e >> 1)
+                    kj = k0 + 8 * nb + 2 * T + (e & 1)
+                    masked = (kj >= nk) | (causal & (kj > i))
+                    s[m][nb][masked, e] = -np.inf
+
+
+def softmax_step(w, s, MT, BS, D):
+    """One tile of the online softmax: s becomes P, w's max, sums and output rescaled."""
+    for m in range(MT):
+        for h in range(2):
+            mx = w["m"][m][h].copy()
+            for nb in range(BS // 8):
+                mx = np.maximum(mx, np.maximum(s[m][nb][:, 2 * h], s[m][nb][:, 2 * h + 1]))
+            mx = row_max(mx)
+            ref = np.where(mx == -np.inf, 0.0, mx)
+            corr = ex2(w["m"][m][h] - ref)
+            w["m"][m][h] = mx
+            tot = np.zeros(32)
+            for nb in range(BS // 8):
+                s[m][nb][:, 2 * h] = ex2(s[m][nb][:, 2 * h] - ref)
+                s[m][nb][:, 2 * h + 1] = ex2(s[m][nb][:, 2 * h + 1] - ref)
+                tot += s[m][nb][:, 2 * h] + s[m][nb][:, 2 * h + 1]
+            w["l"][m][h] = w["l"][m][h] * corr + tot
+            for nb in range(D // 8):
+                w["o"][m][nb][:, 2 * h] *= corr
+                w["o"][m][nb][:, 2 * h + 1] *= corr
+
+
+def finish_rows(w, MT, lse):
+    """The warp's lse written (rows < len(lse)); the reciprocal row sums returned."""
+    inv = [[None, None] for _ in range(MT)]
+    for m in range(MT):
+        for h in range(2):
+            l = row_sum(w["l"][m][h])
+            with np.errstate(divide="ignore"):
+                inv[m][h] = 1.0 / l
+            i = w["r0"] + 16 * m + G + 8 * h
+            for lane in range(32):
+                if T[lane] == 0 and i[lane] < len(lse):
+                    lse[i[lane]] = w["m"][m][h][lane] * LN2 + np.log(l[lane])
+    return inv
+
+
 # ---- the kernels ----
 def fwd_smem(D, M, BS, QREG):
     rows = 2 * BS + max(M, 2 * BS) if QREG else M + 4 * BS
@@ -270,51 +324,13 @@ def forward(q, k, v, scale, causal, D, MT, W, BS, QREG):
                     mma_rs_nk(sm, s, w["qf"], MT, D, BS, LD, sk + bnk_lane(LD))
                 else:
                     mma_ss_nk(sm, s, MT, D, BS, LD, w["aq"], sk + bnk_lane(LD))
-                sl2 = scale * LOG2E
-                for m in range(MT):
-                    for nb in range(BS // 8):
-                        s[m][nb] *= sl2
-                if k0 + BS > nk or (causal and k0 + BS - 1 > r0):
-                    for m in range(MT):
-                        for nb in range(BS // 8):
-                            for e in range(4):
-                                i = r0 + 16 * m + G + 8 * (e >> 1)
-                                kj = k0 + 8 * nb + 2 * T + (e & 1)
-                                masked = (kj >= nk) | (causal & (kj > i))
-                                s[m][nb][masked, e] = -np.inf
-                for m in range(MT):
-                    for h in range(2):
-                        mx = w["m"][m][h].copy()
-                        for nb in range(BS // 8):
-                            mx = np.maximum(mx, np.maximum(s[m][nb][:, 2 * h], s[m][nb][:, 2 * h + 1]))
-                        mx = row_max(mx)
-                        ref = np.where(mx == -np.inf, 0.0, mx)
-                        corr = ex2(w["m"][m][h] - ref)
-                        w["m"][m][h] = mx
-                        tot = np.zeros(32)
-                        for nb in range(BS // 8):
-                            s[m][nb][:, 2 * h] = ex2(s[m][nb][:, 2 * h] - ref)
-                            s[m][nb][:, 2 * h + 1] = ex2(s[m][nb][:, 2 * h + 1] - ref)
-                            tot += s[m][nb][:, 2 * h] + s[m][nb][:, 2 * h + 1]
-                        w["l"][m][h] = w["l"][m][h] * corr + tot
-                        for nb in range(D // 8):
-                            w["o"][m][nb][:, 2 * h] *= corr
-                            w["o"][m][nb][:, 2 * h + 1] *= corr
+                scaled_masked(s, MT, BS, scale, r0, k0, nk, causal)
+                softmax_step(w, s, MT, BS, D)
                 pf = pack_a(s, MT, BS)
                 mma_rs_kn(sm, w["o"], pf, MT, BS, D, LD, sv + bkn_lane(LD))
         for warp, w in enumerate(warps):
-            r0 = w["r0"]
-            inv = [[None, None] for _ in range(MT)]
-            for m in range(MT):
-                for h in range(2):
-                    l = row_sum(w["l"][m][h])
-                    with np.errstate(divide="ignore"):
-                        inv[m][h] = 1.0 / l
-                    i = r0 + 16 * m + G + 8 * h
-                    for lane in range(32):
-                        if T[lane] == 0 and i[lane] < nq:
-                            lse[i[lane]] = w["m"][m][h][lane] * LN2 + np.log(l[lane])
-            store_rows(sm, out, w["o"], inv, MT, D, (16 * MT * warp * LD) * 2, r0, nq, written)
+            inv = finish_rows(w, MT, lse)
+            store_rows(sm, out, w["o"], inv, MT, D, (16 * MT * warp * LD) * 2, w["r0"], nq, written)
     assert len(written) == nq * D // 8
     return out, lse
 

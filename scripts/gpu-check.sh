@@ -177,9 +177,11 @@ if ours or torch:
     print("|---|---|---:|---:|---:|---:|")
     def twin(key):
         """PyTorch's figure for our case, or for the case our variant is of (a
-        single-pass backward, cuBLASLt epilogues: PyTorch has one way)."""
+        single-pass backward, the Hopper forward, cuBLASLt epilogues: PyTorch has one
+        way)."""
         bench, case = key
-        return torch.get(key) or torch.get((bench, case.replace(" single-pass", "").split(", ")[0]))
+        base = case.replace(" single-pass", "").replace(" sm90", "").split(", ")[0]
+        return torch.get(key) or torch.get((bench, base))
     for key in sorted(set(ours) | set(torch)):
         o, t = ours.get(key), twin(key)
         unit = (o or t)[1]

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Registers, spills and shared memory per kernel of a kernels/*.cu file, without a GPU.
 
-Compiles the file with NVRTC exactly as crates/engine/src/cuda/kernels.rs does (common.cuh
+Compiles the file with NVRTC exactly as crates/engine/src/cuda/kernels.rs does (the headers
 pasted in, --std=c++17, --gpu-architecture=ARCH), prints NVRTC's log (empty is the
 target) and runs `ptxas -v` on the PTX. Needs the NVRTC and ptxas of CUDA 13.0 from
 PyPI in .venv-nvrtc (as .ci/run sets up, plus nvcc for ptxas):
@@ -27,7 +27,8 @@ lib = f"{cu13[0]}/lib"
 ctypes.CDLL(f"{lib}/libnvrtc-builtins.so.13.0", mode=ctypes.RTLD_GLOBAL)
 nvrtc = ctypes.CDLL(f"{lib}/libnvrtc.so.13")
 src = open(f"{root}/kernels/{name}.cu").read()
-src = src.replace('#include "common.cuh"', open(f"{root}/kernels/common.cuh").read())
+for header in ["common.cuh", "flash_common.cuh"]:
+    src = src.replace(f'#include "{header}"', open(f"{root}/kernels/{header}").read())
 prog = ctypes.c_void_p()
 assert nvrtc.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), f"{name}.cu".encode(), 0, None, None) == 0
 opts = [f"--gpu-architecture={arch}".encode(), b"--std=c++17"]

@@ -6,8 +6,9 @@
 //! `qkv_attention` (one tensor's three parts, one joint gradient) against the CPU and
 //! against attention on the three views. The single-pass backward
 //! (`cuda::set_single_pass_attention_backward`) likewise, with keys enough for several
-//! key blocks per split. Also: identical results run to run, and a 200-step training run whose bf16 autocast
-//! loss curve stays within 5% (10-step window means) of the f32 one. Forward mode: the
+//! key blocks per split, and the Hopper forward (`cuda::set_hopper_attention`, sm_90
+//! cards). Also: identical results run to run, and a 200-step training run whose bf16
+//! autocast loss curve stays within 5% (10-step window means) of the f32 one. Forward mode: the
 //! fused JVP kernel's output and tangent (and the gradients the backward computes from
 //! the output and log-sum-exp it stores) against the float64 CPU `jvp` at awkward
 //! lengths, every head dim, dtype and mask; and the unfused CUDA JVP (head dims the
@@ -27,31 +28,32 @@ use twinflow::nn::{
 
 mod common;
 
-/// The attention backward's path is a process-wide setting: the tests that compare
-/// results to the bit hold this lock, and the single-pass test holds it while the
-/// setting is on.
-static BACKWARD_PATH: Mutex<()> = Mutex::new(());
+/// The attention kernels' paths (the single-pass backward, the Hopper forward) are
+/// process-wide settings: the tests that compare results to the bit hold this lock,
+/// and a test that switches a path on holds it while the setting is on.
+static ATTENTION_PATH: Mutex<()> = Mutex::new(());
 
-fn backward_path() -> MutexGuard<'static, ()> {
-    BACKWARD_PATH.lock().unwrap_or_else(|e| e.into_inner())
+fn attention_path() -> MutexGuard<'static, ()> {
+    ATTENTION_PATH.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The single-pass backward, on until dropped (also when a test fails).
-struct SinglePass {
+/// A path switched on by `set(true)` until dropped (also when a test fails).
+struct Switched {
+    set: fn(bool),
     _path: MutexGuard<'static, ()>,
 }
 
-impl SinglePass {
-    fn on() -> Self {
-        let path = backward_path();
-        cuda::set_single_pass_attention_backward(true);
-        SinglePass { _path: path }
+impl Switched {
+    fn on(set: fn(bool)) -> Self {
+        let path = attention_path();
+        set(true);
+        Switched { set, _path: path }
     }
 }
 
-impl Drop for SinglePass {
+impl Drop for Switched {
     fn drop(&mut self) {
-        cuda::set_single_pass_attention_backward(false);
+        (self.set)(false);
     }
 }
 
@@ -288,8 +290,36 @@ fn flash_attention_matches_cpu_at_awkward_lengths() {
 #[test]
 fn single_pass_backward_matches_cpu_and_repeats() {
     let Some(dev) = gpu() else { return };
-    let _on = SinglePass::on();
+    let _on = Switched::on(cuda::set_single_pass_attention_backward);
     let lengths = [(1, 1), (49, 49), (65, 65), (257, 257), (7, 257), (65, 1100)];
+    let mut failures = failures_against_cpu(dev, &[DType::BF16, DType::F16], &lengths);
+    failures.extend(qkv_failures(dev, &[DType::BF16]));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_repeats(dev, &[DType::BF16, DType::F16]);
+}
+
+/// The Hopper forward (`cuda::set_hopper_attention`: sm_90 cards, bf16/f16, head dims 64
+/// and 128) with the usual backward from its output and log-sum-exp, against the CPU
+/// at lengths over several 128-key tiles and unequal lengths both ways, through
+/// `qkv_attention` too; and the same results run to run.
+#[test]
+fn hopper_forward_matches_cpu_and_repeats() {
+    let Some(dev) = gpu() else { return };
+    let arch = cuda::arch(0).expect("the device's architecture");
+    if arch != "sm_90" {
+        eprintln!("skipping: the Hopper forward runs on sm_90 cards, this one is {arch}");
+        return;
+    }
+    let _on = Switched::on(cuda::set_hopper_attention);
+    let lengths = [
+        (1, 1),
+        (49, 49),
+        (129, 129),
+        (257, 257),
+        (7, 300),
+        (300, 7),
+        (65, 1100),
+    ];
     let mut failures = failures_against_cpu(dev, &[DType::BF16, DType::F16], &lengths);
     failures.extend(qkv_failures(dev, &[DType::BF16]));
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -369,7 +399,7 @@ fn run_qkv(qkv: &Tensor, w: &Tensor, heads: usize, causal: bool) -> [Tensor; 4] 
 #[test]
 fn qkv_attention_matches_cpu_and_the_three_views() {
     let Some(dev) = gpu() else { return };
-    let _path = backward_path();
+    let _path = attention_path();
     let failures = qkv_failures(dev, &[DType::F32, DType::BF16]);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -423,7 +453,7 @@ fn self_attention(x: &Tensor, w: &Tensor) -> Result<(Tensor, Tensor)> {
 #[test]
 fn flash_attention_reads_views() -> Result<()> {
     let Some(dev) = gpu() else { return Ok(()) };
-    let _path = backward_path();
+    let _path = attention_path();
     let (b, t, h, d) = (2, 33, 3, 64);
     for dt in [DType::F32, DType::BF16, DType::F16] {
         let x = randn(5, &[b, t, h, d + 8], dt).to_device(dev)?;
@@ -443,7 +473,7 @@ fn flash_attention_reads_views() -> Result<()> {
 #[test]
 fn flash_attention_is_deterministic() {
     let Some(dev) = gpu() else { return };
-    let _path = backward_path();
+    let _path = attention_path();
     assert_repeats(dev, &[DType::F32, DType::BF16, DType::F16]);
 }
 

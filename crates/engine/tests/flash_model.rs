@@ -3,7 +3,8 @@
 //! arithmetic (forward, dQ, dK/dV, the single-pass backward and the JVP, at the launch
 //! shapes `kernels/flash_attention.cu` instantiates) on a model of `ldmatrix`, `mma`
 //! and `cp.async`, against a float64 reference, and checks every `ldmatrix` for
-//! alignment and bank conflicts. Needs a Python with numpy: `$TWINFLOW_PYTHON`, else
+//! alignment and bank conflicts; `scripts/flash_sm90_model.py` does the same for the
+//! Hopper forward on a model of `wgmma`. Needs a Python with numpy: `$TWINFLOW_PYTHON`, else
 //! `python3` (`.ci/run` installs numpy beside NVRTC); skips with a message without one.
 
 use std::path::Path;
@@ -16,9 +17,12 @@ fn python_with_numpy() -> Option<String> {
     probe.is_ok_and(|o| o.status.success()).then_some(python)
 }
 
-#[test]
-fn flash_attention_index_math_matches_float64() {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/flash_fragments.py");
+/// Runs `scripts/<script>` and fails unless its last line starts with "all match"; skips,
+/// saying so, where the script or a Python with numpy is missing.
+fn run_model(script: &str) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../scripts")
+        .join(script);
     if !script.is_file() {
         // A prebuilt test binary run on another machine (scripts/gpu-check.sh).
         eprintln!("skipping: {} is not here", script.display());
@@ -42,4 +46,16 @@ fn flash_attention_index_math_matches_float64() {
         last,
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn flash_attention_index_math_matches_float64() {
+    run_model("flash_fragments.py");
+}
+
+/// The Hopper forward (`kernels/flash_attention_sm90.cu`) on a model of `wgmma`'s
+/// shared-memory descriptors (128-byte swizzle, K- and MN-major operands) and fragments.
+#[test]
+fn hopper_forward_index_math_matches_float64() {
+    run_model("flash_sm90_model.py");
 }

@@ -38,6 +38,7 @@ static TF32: AtomicBool = AtomicBool::new(false);
 static FUSED_ATTENTION: AtomicBool = AtomicBool::new(true);
 static HALF_GRADIENT_EPILOGUES: AtomicBool = AtomicBool::new(false);
 static SINGLE_PASS_ATTENTION_BACKWARD: AtomicBool = AtomicBool::new(false);
+static HOPPER_ATTENTION: AtomicBool = AtomicBool::new(false);
 
 /// Fills every newly allocated output buffer with NaN bits (0xFF bytes) before a kernel
 /// writes it, so that an element a kernel forgets to write shows up in tests. Also on
@@ -106,6 +107,22 @@ pub fn set_single_pass_attention_backward(on: bool) {
 
 pub(crate) fn single_pass_attention_backward() -> bool {
     SINGLE_PASS_ATTENTION_BACKWARD.load(Ordering::Relaxed)
+}
+
+/// Lets the bf16/f16 fused attention forward at head dims 64 and 128 run on Hopper's
+/// warpgroup MMAs on sm_90 cards (H100, H200): `kernels/flash_attention_sm90.cu`,
+/// `wgmma` reading both products' operands from 128-byte-swizzled shared tiles, two
+/// warpgroups of 64 query rows a block, key tiles of 128. The same output and
+/// log-sum-exp as the other forward, so the backward is unchanged. Off by default until
+/// it has run on a GPU (`tests/cuda_flash_attention.rs` checks it against the CPU,
+/// `benches/cuda.rs` times it beside the other forward and PyTorch's flash SDPA); other
+/// cards, dtypes and head dims always take the other forward.
+pub fn set_hopper_attention(on: bool) {
+    HOPPER_ATTENTION.store(on, Ordering::Relaxed);
+}
+
+pub(crate) fn hopper_attention() -> bool {
+    HOPPER_ATTENTION.load(Ordering::Relaxed)
 }
 
 /// True when the CUDA driver library can be loaded (a GPU may still be absent).
@@ -190,6 +207,11 @@ impl CudaDevice {
         self.ordinal
     }
 
+    /// The device's architecture, `sm_<major><minor>`.
+    pub(crate) fn arch(&self) -> &str {
+        &self.arch
+    }
+
     /// The device's streaming multiprocessors.
     pub(crate) fn sm_count(&self) -> usize {
         self.sm_count
@@ -227,7 +249,11 @@ impl CudaDevice {
         if let Some(m) = modules.get(file) {
             return Ok(m.clone());
         }
-        let compiled = kernels::compile(file, &self.arch)?;
+        let arch = kernels::target(file, &self.arch).ok_or_else(|| {
+            let why = format!("kernel file {file}.cu is not built for {}", self.arch);
+            self.error("load_module", why)
+        })?;
+        let compiled = kernels::compile(file, &arch)?;
         let module = self
             .ctx
             .load_module(Ptx::from_src(compiled.ptx))

@@ -2,8 +2,11 @@
 //! forward keeps only the output and the row log-sum-exp, the backward recomputes the
 //! scores tile by tile (in two kernels, or in one with dQ's shares summed per split:
 //! [`super::set_single_pass_attention_backward`]), and the JVP kernel computes the
-//! forward and the output's tangent together in one pass over the keys (forward mode). It covers f32, bf16 and f16 (bf16/f16 on tensor cores) at head
-//! dims 32, 64 and 128 with equal q/k and v head dims; [`super::attention`] falls back
+//! forward and the output's tangent together in one pass over the keys (forward mode).
+//! On Hopper cards the forward can run on warpgroup MMAs instead
+//! (`kernels/flash_attention_sm90.cu`, [`super::set_hopper_attention`]). It covers f32,
+//! bf16 and f16 (bf16/f16 on tensor cores) at head dims 32, 64 and 128 with equal q/k
+//! and v head dims; [`super::attention`] falls back
 //! to its cuBLAS path for anything else (f64, other head dims). Inputs are read in
 //! place where their rows are contiguous (head-split views are): see [`Rows`].
 
@@ -18,8 +21,10 @@ use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMI
 use cudarc::driver::{CudaFunction, LaunchConfig};
 use std::sync::Arc;
 
-/// The kernel file.
+/// The kernel file of every kernel but the Hopper forward.
 const FILE: &str = "flash_attention";
+/// The Hopper forward's kernel file (compiled for sm_90 cards only, as sm_90a).
+const FILE_SM90: &str = "flash_attention_sm90";
 /// Head dims the kernels are instantiated for.
 const HEAD_DIMS: [usize; 3] = [32, 64, 128];
 /// The grid's y dimension (row tiles) is limited to this by CUDA.
@@ -34,6 +39,8 @@ const PAD: usize = 8;
 enum Kernel {
     /// Output and log-sum-exp, a block per query tile.
     Fwd,
+    /// The same on Hopper's warpgroup MMAs (bf16/f16, head dims 64 and 128).
+    FwdSm90,
     /// dQ, a block per query tile.
     Dq,
     /// dK and dV, a block per key tile.
@@ -51,9 +58,18 @@ impl Kernel {
         format!("fa_{}_{}_d{d}", self.name(), dtype.as_str())
     }
 
+    /// The kernel file it is in.
+    fn file(self) -> &'static str {
+        match self {
+            Kernel::FwdSm90 => FILE_SM90,
+            _ => FILE,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Kernel::Fwd => "fwd",
+            Kernel::FwdSm90 => "fwd_sm90",
             Kernel::Dq => "dq",
             Kernel::Dkdv => "dkdv",
             Kernel::Bwd => "bwd",
@@ -91,6 +107,15 @@ fn shape(kernel: Kernel, dtype: DType, d: usize) -> Shape {
             smem: 0,
         };
     }
+    if kernel == Kernel::FwdSm90 {
+        // Two warpgroups of 64 query rows, key tiles of 128 rows: Q and two stages of K
+        // and V in 128-byte-swizzled panels (no padding), and 1 KiB to align them.
+        return Shape {
+            warps: 8,
+            rows: 128,
+            smem: (128 + 4 * 128) * d * 2 + 1024,
+        };
+    }
     // bf16/f16: (warps, rows per block, rows of a streamed tile).
     let (warps, rows, tile) = match (kernel, d) {
         // 4 warps of 32 rows, so that each K and V fragment read from shared memory feeds
@@ -124,6 +149,7 @@ fn shape(kernel: Kernel, dtype: DType, d: usize) -> Shape {
         Kernel::Bwd => (2 * rows + 4 * tile) * row_bytes + 4 * tile * 4 + rows * (tile + PAD) * 2,
         // Q and tQ resident, two stages of four tiles.
         Kernel::Jvp => (2 * rows + 8 * tile) * row_bytes,
+        Kernel::FwdSm90 => unreachable!("sized above"),
     };
     Shape { warps, rows, smem }
 }
@@ -169,25 +195,25 @@ fn launch_blocks(
 ) -> Result<()> {
     let s = shape(kernel, dt, d);
     let name = kernel.entry(dt, d);
-    opted_in(dev, op, &name, s.smem)?;
+    opted_in(dev, op, (kernel.file(), &name), s.smem)?;
     let cfg = LaunchConfig {
         grid_dim: (bh as u32, y as u32, 1),
         block_dim: (32 * s.warps as u32, 1, 1),
         shared_mem_bytes: s.smem as u32,
     };
-    launch(dev, op, (FILE, &name), cfg, args)
+    launch(dev, op, (kernel.file(), &name), cfg, args)
 }
 
-/// Kernel `name`, allowed `smem` bytes of dynamic shared memory where that is more
-/// than a kernel gets without opting in; the device's context is current on return
-/// (for the caller's driver queries too).
+/// Kernel `name` of kernel file `file`, allowed `smem` bytes of dynamic shared memory
+/// where that is more than a kernel gets without opting in; the device's context is
+/// current on return (for the caller's driver queries too).
 fn opted_in(
     dev: &Arc<CudaDevice>,
     op: &'static str,
-    name: &str,
+    (file, name): (&'static str, &str),
     smem: usize,
 ) -> Result<CudaFunction> {
-    let f = dev.function(FILE, name)?;
+    let f = dev.function(file, name)?;
     dev.bind().map_err(|e| dev.error(op, e))?;
     if smem > DEFAULT_SMEM {
         f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
@@ -321,8 +347,22 @@ pub(crate) fn forward(
         scale,
         causal
     ];
-    launch_tiled(dev, "attention", Kernel::Fwd, (dt, dims, tq), a)?;
+    let kernel = if hopper_forward(dev, dt, d) {
+        Kernel::FwdSm90
+    } else {
+        Kernel::Fwd
+    };
+    launch_tiled(dev, "attention", kernel, (dt, dims, tq), a)?;
     Ok((out, lse))
+}
+
+/// Whether the forward of `dt` at head dim `d` runs on the Hopper kernel: switched on
+/// ([`super::set_hopper_attention`]), an sm_90 card, bf16/f16, head dim 64 or 128.
+fn hopper_forward(dev: &CudaDevice, dt: DType, d: usize) -> bool {
+    super::device::hopper_attention()
+        && dev.arch() == "sm_90"
+        && matches!(dt, DType::BF16 | DType::F16)
+        && matches!(d, 64 | 128)
 }
 
 /// dq, dk and dv, stored token-major, of q, k, v `[b, h, t, d]` views, the forward's
@@ -404,7 +444,7 @@ fn splits_on(dev: &Arc<CudaDevice>, op: &'static str, dt: DType, dims: Dims) -> 
     let (bh, _, tk, d) = dims;
     let s = shape(Kernel::Bwd, dt, d);
     let name = Kernel::Bwd.entry(dt, d);
-    let per_sm = opted_in(dev, op, &name, s.smem)?
+    let per_sm = opted_in(dev, op, (FILE, &name), s.smem)?
         .occupancy_max_active_blocks_per_multiprocessor((32 * s.warps) as u32, s.smem, None)
         .map_err(|e| dev.error(op, format!("{name}: {e}")))?;
     let slots = dev.sm_count() * (per_sm as usize).max(1);
@@ -617,6 +657,43 @@ mod tests {
                     assert_eq!(shape(kernel, DType::F32, d), want, "{kernel:?} {a:?}");
                 }
             }
+        }
+    }
+
+    /// The Hopper forward's shape against the `FA_SM90(S, T, D, CWG, BS)` lines of its
+    /// kernel file: 4·CWG warps, 64·CWG rows, and `Sm90Smem`'s bytes (Q, two stages of K
+    /// and V, 1 KiB to align them), within the 227 KiB an sm_90 block may have; only
+    /// head dims 64 and 128.
+    #[test]
+    fn hopper_shapes_match_the_kernel_file() {
+        let src = crate::cuda::kernels::SOURCES
+            .iter()
+            .find(|(n, _)| *n == FILE_SM90)
+            .unwrap()
+            .1;
+        let lines: Vec<Vec<usize>> = src
+            .lines()
+            .filter_map(|l| l.strip_prefix("FA_SM90(")?.strip_suffix(')'))
+            .map(|l| {
+                l.split(',')
+                    .skip(2)
+                    .map(|a| a.trim().parse().unwrap())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        for a in &lines {
+            let (d, cwg, bs) = (a[0], a[1], a[2]);
+            let want = Shape {
+                warps: 4 * cwg,
+                rows: 64 * cwg,
+                smem: (64 * cwg + 4 * bs) * d * 2 + 1024,
+            };
+            for dt in [DType::BF16, DType::F16] {
+                assert_eq!(shape(Kernel::FwdSm90, dt, d), want, "{a:?}");
+            }
+            assert!(want.smem <= 227 << 10, "{a:?}");
+            assert!(matches!(d, 64 | 128), "{a:?}");
         }
     }
 

@@ -5,9 +5,17 @@ use crate::error::{Error, Result};
 use cudarc::nvrtc::{result, sys};
 use std::ffi::{CStr, CString};
 
-/// The shared header, pasted in place of `#include "common.cuh"` (NVRTC is given no
-/// include path, so the kernels need no CUDA toolkit headers).
-const COMMON: &str = include_str!("../../../../kernels/common.cuh");
+/// The shared headers, each pasted in place of its `#include "name"` line (NVRTC is
+/// given no include path, so the kernels need no CUDA toolkit headers): `common.cuh`
+/// for every file, `flash_common.cuh` for the fused attention's two files (after
+/// `common.cuh`).
+const HEADERS: &[(&str, &str)] = &[
+    ("common.cuh", include_str!("../../../../kernels/common.cuh")),
+    (
+        "flash_common.cuh",
+        include_str!("../../../../kernels/flash_common.cuh"),
+    ),
+];
 
 /// Every kernel file: (name, source).
 pub const SOURCES: &[(&str, &str)] = &[
@@ -26,6 +34,10 @@ pub const SOURCES: &[(&str, &str)] = &[
     (
         "flash_attention",
         include_str!("../../../../kernels/flash_attention.cu"),
+    ),
+    (
+        "flash_attention_sm90",
+        include_str!("../../../../kernels/flash_attention_sm90.cu"),
     ),
     ("index", include_str!("../../../../kernels/index.cu")),
     ("norm", include_str!("../../../../kernels/norm.cu")),
@@ -49,13 +61,27 @@ pub fn nvrtc_present() -> bool {
     unsafe { sys::is_culib_present() }
 }
 
-/// The source of kernel file `name` with the shared header pasted in.
+/// The source of kernel file `name` with the shared headers pasted in.
 fn full_source(name: &str) -> Result<String> {
     let (_, src) = SOURCES
         .iter()
         .find(|(n, _)| *n == name)
         .ok_or_else(|| Error::invalid("nvrtc", format!("no kernel file {name}.cu")))?;
-    Ok(src.replace("#include \"common.cuh\"", COMMON))
+    Ok(HEADERS.iter().fold(src.to_string(), |s, (header, text)| {
+        s.replace(&format!("#include \"{header}\""), text)
+    }))
+}
+
+/// The architecture kernel file `name` is compiled for on a device of `arch` (e.g.
+/// `"sm_90"`), or `None` where the file is not for that device: `flash_attention_sm90`
+/// uses Hopper's warpgroup instructions (`wgmma`), which exist only in the
+/// architecture-specific target `sm_90a`, so it is compiled for `sm_90` devices only,
+/// as `sm_90a`. Every other file is compiled for the device's own architecture.
+pub fn target(name: &str, arch: &str) -> Option<String> {
+    match name {
+        "flash_attention_sm90" => (arch == "sm_90").then(|| "sm_90a".to_string()),
+        _ => Some(arch.to_string()),
+    }
 }
 
 /// Compiles kernel file `name` for `arch` (e.g. `"sm_90"`); a compile error comes back

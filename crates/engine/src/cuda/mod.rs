@@ -29,8 +29,8 @@ pub(crate) mod rows;
 
 pub use alloc::MemoryStats;
 pub use device::{
-    driver_present, set_allow_tf32, set_fused_attention, set_half_gradient_epilogues, set_poison,
-    set_single_pass_attention_backward,
+    driver_present, set_allow_tf32, set_fused_attention, set_half_gradient_epilogues,
+    set_hopper_attention, set_poison, set_single_pass_attention_backward,
 };
 
 use crate::backend::{BackendStorage, BinaryOp, CmpOp, ReduceOp, UnaryOp};
@@ -52,6 +52,12 @@ pub fn memory_stats(ordinal: usize) -> Result<MemoryStats> {
 /// Returns the cached, unused buffers of device `ordinal` to the driver.
 pub fn empty_cache(ordinal: usize) -> Result<()> {
     CudaDevice::get(ordinal)?.empty_cache()
+}
+
+/// The architecture of CUDA device `ordinal`, `sm_<major><minor>` (`sm_90` for H100 and
+/// H200).
+pub fn arch(ordinal: usize) -> Result<String> {
+    Ok(CudaDevice::get(ordinal)?.arch().to_string())
 }
 
 /// Waits until all queued work of device `ordinal` has finished (for timing).

@@ -1,0 +1,306 @@
+// Fused attention forward for Hopper (sm_90a): the same results as fa_fwd of
+// flash_attention.cu (out stored where `outr` says, f32 lse [bh, tq], the same masks),
+// with the products on warpgroup MMAs (wgmma) reading their operands from shared memory.
+// crates/engine/src/cuda/flash.rs launches it on sm_90 cards for bf16/f16 at head dims
+// 64 and 128 when `cuda::set_hopper_attention(true)`; the backward is flash_attention.cu's.
+//
+// A block of CWG warpgroups (4 warps each, 128 threads) owns M = 64·CWG query rows;
+// warpgroup w owns rows 64w..64w+63, its warp i (of 4) rows 16i..16i+15 of those. Q
+// stays in shared memory; K and V tiles of BS keys stream through two shared stages
+// (tile j+1 is copied with cp.async while tile j is computed). Per tile, each
+// warpgroup: S = Q·Kᵀ (m64n<BS>k16, D/16 MMAs, both operands from shared memory), the
+// online softmax in registers exactly as fa_fwd does it, and O += P·V (m64n<D>k16, BS/16
+// MMAs, A = P from registers, B = the V tile read N-major).
+//
+// Not (yet) here, and what FlashAttention-3 adds on top: TMA copies by a producer warp
+// instead of every thread's cp.async, and overlapping one tile's softmax with the next
+// tile's S = Q·Kᵀ (this kernel waits for each group of MMAs before using its result).
+//
+// wgmma fragments (PTX ISA, wgmma.mma_async .m64nNk16, f32 accumulators): warp i of the
+// warpgroup holds rows 16i..16i+15 of the 64×N accumulator, in the C layout of
+// mma.m16n8k16 repeated over the N/8 column blocks: register 4nb + e is c[nb][e] of
+// flash_common.cuh. An A operand from registers is the 16×16 A fragment of mma.m16n8k16
+// per warp and k-step, so pack_a turns S's registers into P's operand as in fa_fwd.
+#include "common.cuh"
+#include "flash_common.cuh"
+
+// ---- shared tiles in the 128-byte swizzle ----
+// A tile of R rows × D columns is stored as D/64 panels of R rows × 64 columns (128
+// bytes a row), panel after panel; in a panel, row r's 16-byte chunk c (columns
+// 8c..8c+7) lies at r·128 + (c XOR r%8)·16. Every panel starts at a multiple of 1024
+// bytes, so this is what wgmma's descriptors call the 128-byte swizzle (the hardware
+// XORs address bits 4-6 with bits 7-9: the chunk with the row's place in its 8-row,
+// 1024-byte group). The 8 chunks of a row land in 8 distinct 16-byte bank groups, so
+// the copies' 16-byte writes of 8 threads of a row do not conflict.
+#define SW_ROW 128
+#define SW_ATOM 1024
+
+// Byte offset of element (r, col) (col a multiple of 8) in a swizzled tile of R rows.
+template <int R> __device__ __forceinline__ unsigned sw_offset(int r, int col) {
+    return (col / 64) * R * SW_ROW + r * SW_ROW + ((((col / 8) & 7) ^ (r & 7)) << 4);
+}
+
+// Rows [row0, row0 + R) of the [n, D] matrix `src` (row stride `ld`) into the swizzled
+// tile at `dst`, by all NT threads in 16-byte chunks, as cp_tile in flash_attention.cu
+// copies into padded rows: thread x copies chunk x % (D/8) of rows x / (D/8) + i·STEP
+// (STEP a multiple of 8, so the row's swizzle phase r % 8 is the same for every i).
+// Rows ≥ n are zero-filled. Asynchronous: complete after cp_async_wait_all.
+template <typename T, int D, int R, int NT>
+__device__ __forceinline__ void cp_tile_sw(unsigned dst, const T* src, u64 ld, int row0, int n) {
+    constexpr int CPR = D / 8, STEP = NT / CPR;
+    static_assert(NT % CPR == 0 && R % STEP == 0 && STEP % 8 == 0,
+                  "tile chunks must divide among the threads, whole 8-row groups a pass");
+    const int tr = threadIdx.x / CPR, col = threadIdx.x % CPR * 8;
+    const T* s = src + (u64)(row0 + tr) * ld + col;
+    dst += sw_offset<R>(tr, col);
+#pragma unroll
+    for (int i = 0; i < R / STEP; ++i) {
+        const bool in = row0 + tr + i * STEP < n;
+        cp_async16(dst + i * STEP * SW_ROW, in ? s + (u64)(i * STEP) * ld : src, in);
+    }
+}
+
+// wgmma reads shared memory through the async proxy; what this thread wrote through the
+// generic proxy (cp.async included) must be fenced before it may be read that way.
+__device__ __forceinline__ void fence_proxy_async() {
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+}
+
+// The step that opens iteration j of the loop over key tiles (stage s: K at stages +
+// 2s·TILE, V one TILE on), as next_kv_tile in flash_attention.cu: waits for tile j,
+// fences the copies for wgmma, and (the barrier also meaning every warpgroup's MMAs on
+// tile j−1 are complete: each waits for them before the barrier) starts tile j+1.
+template <typename T, int D, int BS, int NT>
+__device__ __forceinline__ void next_kv_tile_sw(unsigned stages, int j, int ntiles, const T* k,
+                                                Rows kr, const T* v, Rows vr, int nk) {
+    constexpr unsigned TILE = BS * D * 2;
+    cp_async_wait_all();
+    fence_proxy_async();
+    __syncthreads();
+    if (j + 1 < ntiles) {
+        const unsigned next = stages + 2 * ((j + 1) & 1) * TILE;
+        cp_tile_sw<T, D, BS, NT>(next, k, kr.row, (j + 1) * BS, nk);
+        cp_tile_sw<T, D, BS, NT>(next + TILE, v, vr.row, (j + 1) * BS, nk);
+    }
+    cp_async_commit();
+}
+
+// ---- warpgroup MMAs ----
+// A shared-memory matrix descriptor of wgmma for a 128-byte-swizzled operand whose
+// first element is at shared address `addr`: bits 0-13 the address, 16-29 the leading
+// byte offset, 32-45 the stride byte offset (each in 16-byte units), 62-63 the layout
+// (1: 128-byte swizzle); the base offset (bits 49-51) stays 0 as every 8-row group
+// starts at a multiple of 1024 bytes (a k-step's start 32·kk bytes into a row does not
+// change bits 7-9). For a K-major operand (Q, K: 16 k values of a row contiguous) the
+// stride is the distance between 8-row groups and the leading offset is unused; for an
+// MN-major one (V: 64 n values of a row contiguous, a row per k) the leading offset is
+// the distance to the next 64 columns (the next panel) and the stride the distance to
+// the next 8 rows of k.
+__device__ __forceinline__ u64 sw128_desc(unsigned addr, unsigned lead, unsigned stride) {
+    return (u64)((addr >> 4) & 0x3FFF) | (u64)((lead >> 4) & 0x3FFF) << 16 |
+           (u64)((stride >> 4) & 0x3FFF) << 32 | 1ull << 62;
+}
+
+__device__ __forceinline__ void wg_fence() {
+    asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void wg_commit() {
+    asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void wg_wait_all() {
+    asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+}
+// The compiler does not know that an MMA in flight still reads and writes its
+// accumulators: pinning them before the fence and after the wait keeps every other use
+// of those registers out of the window.
+template <int N> __device__ __forceinline__ void wg_pin(float (&d)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// d (64×N a warpgroup, N/2 registers a thread) += A·B, A and B from shared memory
+// (descriptors a, b; both K-major), or d = A·B when `acc` is 0.
+template <typename T, int N>
+__device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], u64 a, u64 b, int acc);
+// d += A·B with A from registers (the m16n8k16 A fragment of the warp's 16 rows) and B
+// from shared memory, N-major (the transposed-B form).
+template <typename T, int N>
+__device__ __forceinline__ void wgmma_rs_tn(float (&d)[N / 2], const unsigned (&a)[4], u64 b);
+
+#define WG_F8(i)                                                                          \
+    "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]),           \
+        "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
+#define WG_F32 WG_F8(0), WG_F8(8), WG_F8(16), WG_F8(24)
+#define WG_F64 WG_F32, WG_F8(32), WG_F8(40), WG_F8(48), WG_F8(56)
+#define WG_R32                                                                            \
+    "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,"  \
+    "%23,%24,%25,%26,%27,%28,%29,%30,%31}"
+#define WG_R64                                                                            \
+    "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,"  \
+    "%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43," \
+    "%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}"
+// One instantiation of each form for element type T at width N, with the N/2
+// accumulator operands first (REGS, OUTS) and the rest numbered from A0.
+#define WG_MMA(T, N, REGS, OUTS, A0, A1, A2, A3, A4)                                      \
+    template <>                                                                           \
+    __device__ __forceinline__ void wgmma_ss<T, N>(float (&d)[N / 2], u64 a, u64 b,       \
+                                                   int acc) {                             \
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #A2 ", 0;\n"                     \
+                     "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." #T "." #T " " REGS  \
+                     ", %" #A0 ", %" #A1 ", p, 1, 1, 0, 0;\n}"                              \
+                     : OUTS                                                               \
+                     : "l"(a), "l"(b), "r"(acc));                                         \
+    }                                                                                     \
+    template <>                                                                           \
+    __device__ __forceinline__ void wgmma_rs_tn<T, N>(float (&d)[N / 2],                  \
+                                                      const unsigned (&a)[4], u64 b) {    \
+        asm volatile("wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." #T "." #T " " REGS \
+                     ", {%" #A0 ",%" #A1 ",%" #A2 ",%" #A3 "}, %" #A4 ", 1, 1, 1, 1;"      \
+                     : OUTS                                                               \
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));               \
+    }
+
+WG_MMA(bf16, 64, WG_R32, WG_F32, 32, 33, 34, 35, 36)
+WG_MMA(bf16, 128, WG_R64, WG_F64, 64, 65, 66, 67, 68)
+WG_MMA(f16, 64, WG_R32, WG_F32, 32, 33, 34, 35, 36)
+WG_MMA(f16, 128, WG_R64, WG_F64, 64, 65, 66, 67, 68)
+
+// Shared bytes: Q (M rows), two stages of K and V tiles, and room to round the
+// window's start up to a multiple of 1024 bytes (the swizzle's period).
+template <int D, int CWG, int BS> struct Sm90Smem {
+    static constexpr unsigned Q = 64 * CWG * D * 2, TILE = BS * D * 2;
+    static constexpr unsigned BYTES = Q + 4 * TILE + SW_ATOM;
+};
+
+// The forward. Thread roles and shared tiles: see the top of the file; the softmax and
+// the output are fa_fwd's (flash_attention.cu) with one 16-row fragment a warp.
+template <typename T, int D, int CWG, int BS>
+__device__ void fa_forward_wg(const T* q, Rows qr, const T* k, Rows kr, const T* v, Rows vr,
+                              T* out, Rows outr, float* lse, u64 tq, u64 tk, float scale,
+                              int causal) {
+    using Smem = Sm90Smem<D, CWG, BS>;
+    constexpr int M = 64 * CWG, NT = 128 * CWG;
+    static_assert(D % 64 == 0 && BS % 64 == 0, "tiles are whole 64-column panels");
+    static_assert(M * (D + FA_PAD) * 2 <= Smem::BYTES, "output rows fit the shared window");
+    const int nq = (int)tq, nk = (int)tk;
+    check_launch<4 * CWG, M>(Smem::BYTES, nq);
+    const int wg = threadIdx.x >> 7, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, t = lane & 3;
+    const u64 bh = blockIdx.x;
+    // The block's, the warpgroup's and the warp's first query rows.
+    const int q0 = blockIdx.y * M, w0 = q0 + 64 * wg, r0 = q0 + 16 * warp;
+    q += qr.start(bh), k += kr.start(bh), v += vr.start(bh), out += outr.start(bh);
+    lse += bh * tq;
+    const unsigned base = (smem_addr(fa_smem) + SW_ATOM - 1) & ~(unsigned)(SW_ATOM - 1);
+    const unsigned sq = base, stages = base + Smem::Q;
+    // Under the causal mask no query of this block sees a key past its last query.
+    const int kend = causal ? min(nk, q0 + M) : nk, ntiles = (kend + BS - 1) / BS;
+    cp_tile_sw<T, D, M, NT>(sq, q, qr.row, q0, nq);
+    cp_tile_sw<T, D, BS, NT>(stages, k, kr.row, 0, nk);
+    cp_tile_sw<T, D, BS, NT>(stages + Smem::TILE, v, vr.row, 0, nk);
+    cp_async_commit();
+    // This warpgroup's 64 rows of Q, in each panel.
+    const unsigned qa = sq + 64 * wg * SW_ROW;
+    const float sl2 = scale * FA_LOG2E;
+    float mrow[2] = {FA_NEG_INF, FA_NEG_INF}, lrow[2] = {0.f, 0.f};
+    float o[1][D / 8][4] = {};
+    float(&od)[D / 2] = reinterpret_cast<float(&)[D / 2]>(o);
+    for (int j = 0; j < ntiles; ++j) {
+        const int k0 = j * BS;
+        const unsigned sk = stages + 2 * (j & 1) * Smem::TILE, sv = sk + Smem::TILE;
+        next_kv_tile_sw<T, D, BS, NT>(stages, j, ntiles, k, kr, v, vr, nk);
+        // Under the causal mask a warpgroup whose last row precedes the tile's first key
+        // sees none of it (uniform over the warpgroup, as wgmma needs).
+        if (causal && k0 > w0 + 63) continue;
+        float s[1][BS / 8][4];
+        float(&sd)[BS / 2] = reinterpret_cast<float(&)[BS / 2]>(s);
+        // Step kk covers columns 16kk.. of Q and K: panel kk/4, 32·(kk%4) bytes into it.
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            const unsigned off = (kk % 4) * 32;
+            const u64 a = sw128_desc(qa + (kk / 4) * M * SW_ROW + off, 16, SW_ATOM);
+            const u64 b = sw128_desc(sk + (kk / 4) * BS * SW_ROW + off, 16, SW_ATOM);
+            wgmma_ss<T, BS>(sd, a, b, kk > 0);
+        }
+        wg_commit();
+        wg_wait_all();
+        wg_pin(sd);
+#pragma unroll
+        for (int nb = 0; nb < BS / 8; ++nb)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[0][nb][e] *= sl2;
+        // Element (nb, e) is query r0 + g + 8(e/2), key k0 + 8nb + 2t + e%2; masked as
+        // in fa_fwd.
+        if (k0 + BS > nk || (causal && k0 + BS - 1 > r0)) {
+#pragma unroll
+            for (int nb = 0; nb < BS / 8; ++nb)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int i = r0 + g + 8 * (e >> 1), kj = k0 + 8 * nb + 2 * t + (e & 1);
+                    if (kj >= nk || (causal && kj > i)) s[0][nb][e] = FA_NEG_INF;
+                }
+        }
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            float mx = mrow[h];
+#pragma unroll
+            for (int nb = 0; nb < BS / 8; ++nb)
+                mx = fmaxf(mx, fmaxf(s[0][nb][2 * h], s[0][nb][2 * h + 1]));
+            mx = row_max(mx);
+            const float ref = mx == FA_NEG_INF ? 0.f : mx, corr = ex2(mrow[h] - ref);
+            mrow[h] = mx;
+            float sum = 0.f;
+#pragma unroll
+            for (int nb = 0; nb < BS / 8; ++nb) {
+                s[0][nb][2 * h] = ex2(s[0][nb][2 * h] - ref);
+                s[0][nb][2 * h + 1] = ex2(s[0][nb][2 * h + 1] - ref);
+                sum += s[0][nb][2 * h] + s[0][nb][2 * h + 1];
+            }
+            lrow[h] = lrow[h] * corr + sum;
+#pragma unroll
+            for (int nb = 0; nb < D / 8; ++nb) {
+                o[0][nb][2 * h] *= corr;
+                o[0][nb][2 * h + 1] *= corr;
+            }
+        }
+        unsigned pf[1][BS / 16][4];
+        pack_a<T, 1, BS>(pf, s);
+        // Step kk covers keys 16kk..16kk+15: V rows 16kk.., 2048·kk bytes into each panel.
+        wg_pin(od);
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < BS / 16; ++kk)
+            wgmma_rs_tn<T, D>(od, pf[0][kk], sw128_desc(sv + kk * 16 * SW_ROW, BS * SW_ROW, SW_ATOM));
+        wg_commit();
+        wg_wait_all();
+        wg_pin(od);
+    }
+    // Every warpgroup is done with the shared window before the output goes through its
+    // first M padded rows, warp w through rows 16w.. of them.
+    cp_async_wait_all();
+    __syncthreads();
+    float inv[1][2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const float l = row_sum(lrow[h]);
+        inv[0][h] = 1.f / l;
+        const int i = r0 + g + 8 * h;
+        if (t == 0 && i < nq) lse[i] = mrow[h] * FA_LN2 + logf(l);
+    }
+    T* st = reinterpret_cast<T*>(fa_smem) + 16 * warp * (D + FA_PAD);
+    store_rows<T, D, 1>(out, outr.row, o, inv, st, r0, nq);
+}
+
+// bf16/f16 at head dim D: CWG warpgroups of 64 query rows, key tiles of BS. One block a
+// multiprocessor at d = 128 (161 KiB of shared memory), two at d = 64 (81 KiB).
+#define FA_SM90(S, T, D, CWG, BS)                                                         \
+    extern "C" __global__ void __launch_bounds__(128 * CWG, 1)                            \
+        fa_fwd_sm90_##S##_d##D(FA_PARAMS_FWD(T)) {                                        \
+        fa_forward_wg<T, D, CWG, BS>(FA_QKV, out, outr, lse, tq, tk, scale, causal);      \
+    }
+
+FA_SM90(bf16, bf16, 64, 2, 128)
+FA_SM90(bf16, bf16, 128, 2, 128)
+FA_SM90(f16, f16, 64, 2, 128)
+FA_SM90(f16, f16, 128, 2, 128)

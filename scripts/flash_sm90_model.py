@@ -1,0 +1,246 @@
+#!/usr/bin/env python3
+"""CPU check of the index math of kernels/flash_attention_sm90.cu (the Hopper forward).
+
+No GPU is needed. Beside flash_fragments.py's model of mma.m16n8k16 fragments, this
+models what the Hopper kernel's own instructions do, from the PTX ISA and CUTLASS's
+description of the canonical wgmma layouts (cute/atom/mma_traits_sm90_gmma.hpp):
+
+- a shared-memory matrix descriptor (start address, leading and stride byte offsets,
+  128-byte swizzle: address bits 4-6 XOR bits 7-9 of every byte address read);
+  a K-major operand's element (mn, k) at start + (mn % 8)·128 + (mn // 8)·stride + 2k,
+  an MN-major one's at start + 2·(mn % 64) + (mn // 64)·lead + (k % 8)·128 +
+  (k // 8)·stride, both before the swizzle;
+- wgmma.mma_async m64nNk16 (f32 accumulators: warp i of the warpgroup holds rows
+  16i.. in the m16n8 C layout over N/8 column blocks; an A operand from registers in
+  the m16n8k16 A layout a warp), SS with both operands K-major, RS with B MN-major;
+- cp.async's 16-byte copies into the swizzled tiles, at a window start that is not a
+  multiple of 1024 bytes (the kernel rounds it up).
+
+On that model it replays fa_forward_wg line by line (sw_offset, cp_tile_sw,
+next_kv_tile_sw, sw128_desc, the loops, masks and softmax shared with fa_fwd, the
+output through store_rows) at the launch shapes the kernel file instantiates, and
+checks output and lse against a float64 reference (every block, warpgroup and tile;
+tail rows and keys, tq ≠ tk, causal or not), every copy inside the window, aligned,
+and each tile covered once. Values stay in float64: this checks where each element
+goes, not precision. Run: python3 scripts/flash_sm90_model.py (needs numpy).
+"""
+import itertools
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import flash_fragments as ff  # noqa: E402
+
+SW_ROW, SW_ATOM = 128, 1024
+
+
+def instantiations():
+    """(D, CWG, BS) of each FA_SM90(bf16, ...) line of the kernel file."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "kernels",
+                        "flash_attention_sm90.cu")
+    out = []
+    for line in open(path):
+        line = line.strip()
+        if line.startswith("FA_SM90(bf16,") and line.endswith(")"):
+            a = [x.strip() for x in line[len("FA_SM90("):-1].split(",")]
+            out.append((int(a[2]), int(a[3]), int(a[4])))
+    assert out, f"no FA_SM90(bf16, ...) line in {path}"
+    return out
+
+
+def smem_bytes(D, CWG, BS):
+    return 64 * CWG * D * 2 + 4 * BS * D * 2 + SW_ATOM
+
+
+# ---- the hardware, modelled ----
+def swizzle(addr):
+    return addr ^ (((addr >> 7) & 7) << 4)
+
+
+def decode(desc):
+    start = (desc & 0x3FFF) << 4
+    lead = ((desc >> 16) & 0x3FFF) << 4
+    stride = ((desc >> 32) & 0x3FFF) << 4
+    assert (desc >> 49) & 7 == 0, "base offset"
+    assert desc >> 62 == 1, "not the 128-byte swizzle"
+    assert (start >> 7) & 7 == 0, "start not at the beginning of a swizzle row group"
+    return start, lead, stride
+
+
+def read(sm, addr):
+    addr = swizzle(np.asarray(addr))
+    assert np.all(addr >= sm.lo) and np.all(addr + 2 <= sm.nbytes), "operand outside the window"
+    return sm.h[addr // 2]
+
+
+def k_major(sm, desc, n):
+    """The [n, 16] operand (rows mn, columns k) a K-major descriptor names."""
+    start, _, stride = decode(desc)
+    mn, k = np.arange(n)[:, None], np.arange(16)[None, :]
+    return read(sm, start + (mn % 8) * SW_ROW + (mn // 8) * stride + 2 * k)
+
+
+def mn_major(sm, desc, n):
+    """The [n, 16] operand (rows mn, columns k) an MN-major descriptor names."""
+    start, lead, stride = decode(desc)
+    mn, k = np.arange(n)[:, None], np.arange(16)[None, :]
+    return read(sm, start + 2 * (mn % 64) + (mn // 64) * lead + (k % 8) * SW_ROW + (k // 8) * stride)
+
+
+def from_frags(frags, N):
+    """The warpgroup's 64×N accumulator from its 4 warps' fragments c[0][nb] (32, 4)."""
+    d = np.full((64, N), np.nan)
+    for w in range(4):
+        for nb in range(N // 8):
+            for e in range(4):
+                d[16 * w + ff.G + 8 * (e >> 1), 8 * nb + 2 * ff.T + (e & 1)] = frags[w][0][nb][:, e]
+    return d
+
+
+def to_frags(frags, d, N):
+    for w in range(4):
+        for nb in range(N // 8):
+            for e in range(4):
+                frags[w][0][nb][:, e] = d[16 * w + ff.G + 8 * (e >> 1), 8 * nb + 2 * ff.T + (e & 1)]
+
+
+def a_from_regs(a):
+    """The warpgroup's 64×16 A operand from each warp's m16n8k16 A fragment (32, 4, 2)."""
+    m = np.full((64, 16), np.nan)
+    for w in range(4):
+        for e in range(2):
+            m[16 * w + ff.G, 2 * ff.T + e] = a[w][:, 0, e]
+            m[16 * w + ff.G + 8, 2 * ff.T + e] = a[w][:, 1, e]
+            m[16 * w + ff.G, 2 * ff.T + 8 + e] = a[w][:, 2, e]
+            m[16 * w + ff.G + 8, 2 * ff.T + 8 + e] = a[w][:, 3, e]
+    return m
+
+
+def wgmma_ss(sm, frags, N, a, b, acc):
+    d = from_frags(frags, N) if acc else np.zeros((64, N))
+    to_frags(frags, d + k_major(sm, a, 64) @ k_major(sm, b, N).T, N)
+
+
+def wgmma_rs_tn(sm, frags, N, a, b):
+    to_frags(frags, from_frags(frags, N) + a_from_regs(a) @ mn_major(sm, b, N).T, N)
+
+
+# ---- the kernel, transcribed ----
+def sw_offset(R, r, col):
+    return (col // 64) * R * SW_ROW + r * SW_ROW + ((((col // 8) & 7) ^ (r & 7)) << 4)
+
+
+def cp_tile_sw(sm, D, R, NT, dst, src, row0, n):
+    CPR = D // 8
+    STEP = NT // CPR
+    assert NT % CPR == 0 and R % STEP == 0 and STEP % 8 == 0
+    covered = set()
+    for x in range(NT):
+        tr, col = x // CPR, x % CPR * 8
+        d0 = dst + sw_offset(R, tr, col)
+        for i in range(R // STEP):
+            r = row0 + tr + i * STEP
+            da = d0 + i * STEP * SW_ROW
+            assert da % 16 == 0 and sm.lo <= da and da + 16 <= sm.nbytes
+            sm.h[da // 2: da // 2 + 8] = src[r, col: col + 8] if r < n else 0.0
+            covered.add(da)
+    assert len(covered) == R * D // 8, "tile not covered once"
+
+
+def next_kv_tile_sw(sm, D, BS, NT, stages, j, ntiles, k, v, nk):
+    if j + 1 < ntiles:
+        TILE = BS * D * 2
+        nxt = stages + 2 * ((j + 1) & 1) * TILE
+        cp_tile_sw(sm, D, BS, NT, nxt, k, (j + 1) * BS, nk)
+        cp_tile_sw(sm, D, BS, NT, nxt + TILE, v, (j + 1) * BS, nk)
+
+
+def sw128_desc(addr, lead, stride):
+    return ((addr >> 4) & 0x3FFF) | ((lead >> 4) & 0x3FFF) << 16 | ((stride >> 4) & 0x3FFF) << 32 | 1 << 62
+
+
+def forward_sm90(q, k, v, scale, causal, D, CWG, BS, window):
+    """out, lse of one (b, h) as fa_forward_wg writes them; `window`: the byte address
+    of the dynamic shared window (the model's shared memory starts there)."""
+    nq, nk = len(q), len(k)
+    M, NT, Q, TILE = 64 * CWG, 128 * CWG, 64 * CWG * D * 2, BS * D * 2
+    size = smem_bytes(D, CWG, BS)
+    assert M * (D + ff.PAD) * 2 <= size
+    out, lse = np.full((nq, D), np.nan), np.full(nq, np.nan)
+    written = set()
+    for by in range((nq + M - 1) // M):
+        sm = ff.Smem(window + size)
+        sm.lo = window
+        q0 = by * M
+        base = (window + SW_ATOM - 1) & ~(SW_ATOM - 1)
+        sq, stages = base, base + Q
+        kend = min(nk, q0 + M) if causal else nk
+        ntiles = (kend + BS - 1) // BS
+        cp_tile_sw(sm, D, M, NT, sq, q, q0, nq)
+        cp_tile_sw(sm, D, BS, NT, stages, k, 0, nk)
+        cp_tile_sw(sm, D, BS, NT, stages + TILE, v, 0, nk)
+        groups = []
+        for wg in range(CWG):
+            warps = [dict(r0=q0 + 16 * (4 * wg + i), m=[[np.full(32, -np.inf), np.full(32, -np.inf)]],
+                          l=[[np.zeros(32), np.zeros(32)]], o=ff.zeros(1, D)) for i in range(4)]
+            groups.append(dict(w0=q0 + 64 * wg, qa=sq + 64 * wg * SW_ROW, warps=warps))
+        for j in range(ntiles):
+            k0 = j * BS
+            sk = stages + 2 * (j & 1) * TILE
+            sv = sk + TILE
+            next_kv_tile_sw(sm, D, BS, NT, stages, j, ntiles, k, v, nk)
+            for grp in groups:
+                if causal and k0 > grp["w0"] + 63:
+                    continue
+                s = [ff.zeros(1, BS) for _ in range(4)]
+                for kk in range(D // 16):
+                    off = (kk % 4) * 32
+                    a = sw128_desc(grp["qa"] + (kk // 4) * M * SW_ROW + off, 16, SW_ATOM)
+                    b = sw128_desc(sk + (kk // 4) * BS * SW_ROW + off, 16, SW_ATOM)
+                    wgmma_ss(sm, s, BS, a, b, kk > 0)
+                pf = []
+                for w, sw in zip(grp["warps"], s):
+                    ff.scaled_masked(sw, 1, BS, scale, w["r0"], k0, nk, causal)
+                    ff.softmax_step(w, sw, 1, BS, D)
+                    pf.append(ff.pack_a(sw, 1, BS)[0])
+                o = [w["o"] for w in grp["warps"]]
+                for kk in range(BS // 16):
+                    b = sw128_desc(sv + kk * 16 * SW_ROW, BS * SW_ROW, SW_ATOM)
+                    wgmma_rs_tn(sm, o, D, [p[kk] for p in pf], b)
+        for grp in groups:
+            for w in grp["warps"]:
+                inv = ff.finish_rows(w, 1, lse)
+                warp = (w["r0"] - q0) // 16
+                st = window + 16 * warp * (D + ff.PAD) * 2
+                ff.store_rows(sm, out, w["o"], inv, 1, D, st, w["r0"], nq, written)
+    assert len(written) == nq * D // 8
+    return out, lse
+
+
+def main():
+    rng = np.random.default_rng(1)
+    lengths = [(1, 1), (49, 49), (130, 130), (65, 7), (7, 300), (300, 200), (257, 385)]
+    worst = 0.0
+    for (D, CWG, BS), (tq, tk), causal in itertools.product(instantiations(), lengths,
+                                                              [False, True]):
+        q, k, v = (rng.standard_normal((n, D)) for n in (tq, tk, tk))
+        do = rng.standard_normal((tq, D))
+        scale = -0.7 / np.sqrt(D) if (tq + tk) % 3 == 0 else 1 / np.sqrt(D)
+        o_r, lse_r = ff.reference(q, k, v, do, scale, causal)[:2]
+        # The window's start: aligned, and 16-byte aligned only (the kernel rounds up).
+        window = 0 if (tq + tk) % 2 else 1040
+        o, lse = forward_sm90(q, k, v, scale, causal, D, CWG, BS, window)
+        for name, got, want in [("out", o, o_r), ("lse", lse, lse_r)]:
+            err = np.max(np.abs(got - want)) / max(1.0, np.max(np.abs(want)))
+            worst = max(worst, err)
+            if not err < 1e-9:
+                print(f"FAIL d={D} tq={tq} tk={tk} causal={causal} {name}: {err:e}")
+                sys.exit(1)
+        print(f"ok d={D} tq={tq} tk={tk} causal={causal}", flush=True)
+    print(f"all match (worst relative error {worst:.1e})")
+
+
+if __name__ == "__main__":
+    main()
