@@ -21,7 +21,8 @@
 
 use std::time::Instant;
 use twinflow::engine::{
-    autocast, cuda,
+    autocast,
+    cuda::{self, HopperAttention},
     profile::{profile_with, Timing},
     scaled_dot_product_attention, DType, Device, Generator, Result, Tensor,
 };
@@ -49,7 +50,7 @@ fn time(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(times[RUNS / 2])
 }
 
-/// A process-wide path switch of `cuda` (`set_hopper_attention`, …).
+/// A process-wide path switch of `cuda` (`set_single_pass_attention_backward`, …).
 type Switch = fn(bool);
 
 /// `f` run with a path switched on by `set(true)`, then off again (the default of every
@@ -60,6 +61,20 @@ fn switched<T>(set: Switch, f: impl FnOnce() -> T) -> T {
     set(false);
     out
 }
+
+/// `f` run with the Hopper forward `mode`, then with the default forward again.
+fn hopper<T>(mode: HopperAttention, f: impl FnOnce() -> T) -> T {
+    cuda::set_hopper_attention(mode);
+    let out = f();
+    cuda::set_hopper_attention(HopperAttention::Off);
+    out
+}
+
+/// The Hopper forwards and the names of their cases.
+const HOPPER_FORWARDS: [(HopperAttention, &str); 2] = [
+    (HopperAttention::CpAsync, "sm90 cp.async"),
+    (HopperAttention::Tma, "sm90 tma"),
+];
 
 fn report(json: bool, bench: &str, what: &str, value: f64, unit: &str) {
     match json {
@@ -189,7 +204,7 @@ const ATTENTION_LENGTHS: [usize; 4] = [256, 1024, 4096, 16384];
 
 fn attention(dev: Device, json: bool) -> Result<()> {
     let (b, h) = (4, 16);
-    let hopper = cuda::arch(0)? == "sm_90";
+    let sm90 = cuda::arch(0)? == "sm_90";
     for d in [64, 128] {
         for t in ATTENTION_LENGTHS {
             for causal in [false, true] {
@@ -202,19 +217,6 @@ fn attention(dev: Device, json: bool) -> Result<()> {
                 let attend = |q: &Tensor, k: &Tensor, v: &Tensor| {
                     scaled_dot_product_attention(q, k, v, None, causal)
                 };
-                let mut fwd = || attend(&q, &k, &v).map(drop);
-                let fwd_only = time(&mut fwd)?;
-                // The Hopper forward (sm_90 cards; off by default until it has run on one).
-                let fwd_sm90 = hopper.then(|| switched(cuda::set_hopper_attention, || time(fwd)));
-                let (q, k, v) = (q.into_variable()?, k.into_variable()?, v.into_variable()?);
-                let mut fwd_bwd = || attend(&q, &k, &v)?.backward_with(&dout).map(drop);
-                let both = time(&mut fwd_bwd)?;
-                // The backward in one pass (off by default until it has run on a GPU).
-                let single = switched(cuda::set_single_pass_attention_backward, || {
-                    time(&mut fwd_bwd)
-                })?;
-                let both_sm90 =
-                    hopper.then(|| switched(cuda::set_hopper_attention, || time(fwd_bwd)));
                 let flops = attention_flops(b * h, t, d, causal);
                 let mask = if causal { " causal" } else { "" };
                 let tflops = |what: &str, passes: f64, secs: f64| {
@@ -227,12 +229,30 @@ fn attention(dev: Device, json: bool) -> Result<()> {
                         "TFLOP/s",
                     );
                 };
-                tflops("fwd", 1.0, fwd_only);
-                tflops("fwd+bwd", 3.5, both);
+                let mut fwd = || attend(&q, &k, &v).map(drop);
+                tflops("fwd", 1.0, time(&mut fwd)?);
+                let (qv, kv, vv) = (
+                    q.clone().into_variable()?,
+                    k.clone().into_variable()?,
+                    v.clone().into_variable()?,
+                );
+                let mut fwd_bwd = || attend(&qv, &kv, &vv)?.backward_with(&dout).map(drop);
+                tflops("fwd+bwd", 3.5, time(&mut fwd_bwd)?);
+                // The backward in one pass (off by default until it has run on a GPU).
+                let single = switched(cuda::set_single_pass_attention_backward, || {
+                    time(&mut fwd_bwd)
+                })?;
                 tflops("fwd+bwd single-pass", 3.5, single);
-                if let (Some(fwd_sm90), Some(both_sm90)) = (fwd_sm90, both_sm90) {
-                    tflops("fwd sm90", 1.0, fwd_sm90?);
-                    tflops("fwd+bwd sm90", 3.5, both_sm90?);
+                // The Hopper forwards (sm_90 cards; off by default until they have run on
+                // one), alone and with the two-kernel backward.
+                for (mode, name) in HOPPER_FORWARDS.iter().filter(|_| sm90) {
+                    tflops(
+                        &format!("fwd {name}"),
+                        1.0,
+                        hopper(*mode, || time(&mut fwd))?,
+                    );
+                    let both = hopper(*mode, || time(&mut fwd_bwd))?;
+                    tflops(&format!("fwd+bwd {name}"), 3.5, both);
                 }
             }
         }
@@ -267,7 +287,7 @@ fn dit_step_bf16(dev: Device, json: bool) -> Result<()> {
     report(json, "dit_step", "bf16 S/2 32x32 batch 256", s * 1e3, "ms");
     // The same step with cuBLASLt's gradient epilogues (off by default: slower on an
     // H200 in December 2026, see `cuda::set_half_gradient_epilogues`).
-    let variants: [(Switch, &str); 3] = [
+    let variants: [(Switch, &str); 2] = [
         (
             cuda::set_half_gradient_epilogues,
             "cuBLASLt gradient epilogues",
@@ -276,14 +296,19 @@ fn dit_step_bf16(dev: Device, json: bool) -> Result<()> {
             cuda::set_single_pass_attention_backward,
             "single-pass attention backward",
         ),
-        (cuda::set_hopper_attention, "Hopper attention forward"),
     ];
+    let case = |what: &str| format!("bf16 S/2 32x32 batch 256, {what}");
     for (set, what) in variants {
         let ms = switched(set, || time(&mut step))? * 1e3;
+        report(json, "dit_step", &case(what), ms, "ms");
+    }
+    let sm90 = cuda::arch(0)? == "sm_90";
+    for (mode, name) in HOPPER_FORWARDS.iter().filter(|_| sm90) {
+        let ms = hopper(*mode, || time(&mut step))? * 1e3;
         report(
             json,
             "dit_step",
-            &format!("bf16 S/2 32x32 batch 256, {what}"),
+            &case(&format!("attention forward {name}")),
             ms,
             "ms",
         );

@@ -1,20 +1,24 @@
-// Fused attention forward for Hopper (sm_90a): the same results as fa_fwd of
+// Fused attention forwards for Hopper (sm_90a): the same results as fa_fwd of
 // flash_attention.cu (out stored where `outr` says, f32 lse [bh, tq], the same masks),
 // with the products on warpgroup MMAs (wgmma) reading their operands from shared memory.
-// crates/engine/src/cuda/flash.rs launches it on sm_90 cards for bf16/f16 at head dims
-// 64 and 128 when `cuda::set_hopper_attention(true)`; the backward is flash_attention.cu's.
+// crates/engine/src/cuda/flash.rs launches them on sm_90 cards for bf16/f16 at head
+// dims 64 and 128 when `cuda::set_hopper_attention` says so; the backward stays
+// flash_attention.cu's.
 //
-// A block of CWG warpgroups (4 warps each, 128 threads) owns M = 64·CWG query rows;
-// warpgroup w owns rows 64w..64w+63, its warp i (of 4) rows 16i..16i+15 of those. Q
-// stays in shared memory; K and V tiles of BS keys stream through two shared stages
-// (tile j+1 is copied with cp.async while tile j is computed). Per tile, each
-// warpgroup: S = Q·Kᵀ (m64n<BS>k16, D/16 MMAs, both operands from shared memory), the
-// online softmax in registers exactly as fa_fwd does it, and O += P·V (m64n<D>k16, BS/16
-// MMAs, A = P from registers, B = the V tile read N-major).
-//
-// Not (yet) here, and what FlashAttention-3 adds on top: TMA copies by a producer warp
-// instead of every thread's cp.async, and overlapping one tile's softmax with the next
-// tile's S = Q·Kᵀ (this kernel waits for each group of MMAs before using its result).
+// A block has CWG consumer warpgroups (4 warps each, 128 threads) and owns M = 64·CWG
+// query rows; warpgroup w owns rows 64w..64w+63, its warp i (of 4) rows 16i..16i+15 of
+// those. Q stays in shared memory; K and V tiles of BS keys stream through shared
+// stages. Per tile, each consumer warpgroup: S = Q·Kᵀ (m64n<BS>k16, D/16 MMAs, both
+// operands from shared memory), the online softmax in registers exactly as fa_fwd does
+// it, and O += P·V (m64n<D>k16, BS/16 MMAs, A = P from registers, B = the V tile read
+// N-major). Two ways to bring the tiles:
+// - fa_fwd_sm90: every thread copies with cp.async, two stages, a block barrier a tile
+//   (the warpgroups work in step);
+// - fa_fwd_tma: a producer warpgroup has the TMA unit copy them, through ST stages with
+//   barriers of their own (mbarrier), so the consumers never wait for each other.
+// Not (yet) here, and what FlashAttention-3 adds on top: overlapping a tile's softmax
+// with the next tile's S = Q·Kᵀ within a warpgroup (each waits for its MMAs before using
+// their result), and an enforced ping-pong of the two warpgroups.
 //
 // wgmma fragments (PTX ISA, wgmma.mma_async .m64nNk16, f32 accumulators): warp i of the
 // warpgroup holds rows 16i..16i+15 of the 64×N accumulator, in the C layout of
@@ -165,6 +169,116 @@ WG_MMA(bf16, 128, WG_R64, WG_F64, 64, 65, 66, 67, 68)
 WG_MMA(f16, 64, WG_R32, WG_F32, 32, 33, 34, 35, 36)
 WG_MMA(f16, 128, WG_R64, WG_F64, 64, 65, 66, 67, 68)
 
+// ---- a consumer warpgroup's work on one key tile (both kernels) ----
+// Each thread holds rows r0 + g and r0 + 8 + g of its warp (r0: the warp's first query
+// row), as fa_fwd's threads do with one 16-row fragment a warp.
+template <int D> struct WgRows {
+    float m[2] = {FA_NEG_INF, FA_NEG_INF};  // running max, log2 units
+    float l[2] = {0.f, 0.f};                // this lane's share of the row sums
+    float o[1][D / 8][4] = {};              // the output accumulator (C layout)
+};
+
+// S = Q·Kᵀ for the warpgroup's 64 rows (Q rows at `qa` in a tile of M rows) and the BS
+// keys of the tile at `sk`: D/16 MMAs, step kk on columns 16kk.. of both, i.e. panel
+// kk/4, 32·(kk%4) bytes into its rows. Waits for the result.
+template <typename T, int D, int M, int BS>
+__device__ __forceinline__ void scores_wg(float (&s)[1][BS / 8][4], unsigned qa, unsigned sk) {
+    float(&sd)[BS / 2] = reinterpret_cast<float(&)[BS / 2]>(s);
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        const unsigned off = (kk % 4) * 32;
+        const u64 a = sw128_desc(qa + (kk / 4) * M * SW_ROW + off, 16, SW_ATOM);
+        const u64 b = sw128_desc(sk + (kk / 4) * BS * SW_ROW + off, 16, SW_ATOM);
+        wgmma_ss<T, BS>(sd, a, b, kk > 0);
+    }
+    wg_commit();
+    wg_wait_all();
+    wg_pin(sd);
+}
+
+// The scores scaled to log2 units, masked, and the online softmax step, exactly as in
+// fa_fwd: s becomes P (unnormalised), the running max and sums and the output rows are
+// updated. Element (nb, e) is query r0 + g + 8(e/2), key k0 + 8nb + 2t + e%2.
+template <int D, int BS>
+__device__ __forceinline__ void softmax_wg(float (&s)[1][BS / 8][4], WgRows<D>& w, float sl2,
+                                           int r0, int k0, int nk, int causal) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int nb = 0; nb < BS / 8; ++nb)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[0][nb][e] *= sl2;
+    if (k0 + BS > nk || (causal && k0 + BS - 1 > r0)) {
+#pragma unroll
+        for (int nb = 0; nb < BS / 8; ++nb)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int i = r0 + g + 8 * (e >> 1), kj = k0 + 8 * nb + 2 * t + (e & 1);
+                if (kj >= nk || (causal && kj > i)) s[0][nb][e] = FA_NEG_INF;
+            }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        float mx = w.m[h];
+#pragma unroll
+        for (int nb = 0; nb < BS / 8; ++nb)
+            mx = fmaxf(mx, fmaxf(s[0][nb][2 * h], s[0][nb][2 * h + 1]));
+        mx = row_max(mx);
+        const float ref = mx == FA_NEG_INF ? 0.f : mx, corr = ex2(w.m[h] - ref);
+        w.m[h] = mx;
+        float sum = 0.f;
+#pragma unroll
+        for (int nb = 0; nb < BS / 8; ++nb) {
+            s[0][nb][2 * h] = ex2(s[0][nb][2 * h] - ref);
+            s[0][nb][2 * h + 1] = ex2(s[0][nb][2 * h + 1] - ref);
+            sum += s[0][nb][2 * h] + s[0][nb][2 * h + 1];
+        }
+        w.l[h] = w.l[h] * corr + sum;
+#pragma unroll
+        for (int nb = 0; nb < D / 8; ++nb) {
+            w.o[0][nb][2 * h] *= corr;
+            w.o[0][nb][2 * h + 1] *= corr;
+        }
+    }
+}
+
+// O += P·V for the V tile at `sv`: BS/16 MMAs, step kk on keys 16kk.. (V rows 16kk..,
+// 2048·kk bytes into each panel; the next 64 columns one panel, BS·128 bytes, on), A =
+// P packed from the score registers. Waits for the result.
+template <typename T, int D, int BS>
+__device__ __forceinline__ void pv_wg(float (&o)[1][D / 8][4], const float (&s)[1][BS / 8][4],
+                                      unsigned sv) {
+    float(&od)[D / 2] = reinterpret_cast<float(&)[D / 2]>(o);
+    unsigned pf[1][BS / 16][4];
+    pack_a<T, 1, BS>(pf, s);
+    wg_pin(od);
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < BS / 16; ++kk)
+        wgmma_rs_tn<T, D>(od, pf[0][kk], sw128_desc(sv + kk * 16 * SW_ROW, BS * SW_ROW, SW_ATOM));
+    wg_commit();
+    wg_wait_all();
+    wg_pin(od);
+}
+
+// The warp's lse and output rows (rows ≥ nq skipped), through padded shared rows at
+// `st` (the caller makes sure nothing else uses them), as fa_fwd finishes.
+template <typename T, int D>
+__device__ __forceinline__ void finish_wg(WgRows<D>& w, T* out, Rows outr, float* lse, T* st,
+                                          int r0, int nq) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    float inv[1][2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const float l = row_sum(w.l[h]);
+        inv[0][h] = 1.f / l;
+        const int i = r0 + g + 8 * h;
+        if (t == 0 && i < nq) lse[i] = w.m[h] * FA_LN2 + logf(l);
+    }
+    store_rows<T, D, 1>(out, outr.row, w.o, inv, st, r0, nq);
+}
+
+// ---- the forward with cp.async copies by every thread ----
 // Shared bytes: Q (M rows), two stages of K and V tiles, and room to round the
 // window's start up to a multiple of 1024 bytes (the swizzle's period).
 template <int D, int CWG, int BS> struct Sm90Smem {
@@ -172,8 +286,9 @@ template <int D, int CWG, int BS> struct Sm90Smem {
     static constexpr unsigned BYTES = Q + 4 * TILE + SW_ATOM;
 };
 
-// The forward. Thread roles and shared tiles: see the top of the file; the softmax and
-// the output are fa_fwd's (flash_attention.cu) with one 16-row fragment a warp.
+// Every thread copies; a block barrier opens each tile (next_kv_tile_sw), so the
+// warpgroups work in step. The fallback of fa_forward_tma where a tensor map cannot
+// describe an input (flash.rs), and the simpler of the two to check a card with.
 template <typename T, int D, int CWG, int BS>
 __device__ void fa_forward_wg(const T* q, Rows qr, const T* k, Rows kr, const T* v, Rows vr,
                               T* out, Rows outr, float* lse, u64 tq, u64 tk, float scale,
@@ -184,8 +299,7 @@ __device__ void fa_forward_wg(const T* q, Rows qr, const T* k, Rows kr, const T*
     static_assert(M * (D + FA_PAD) * 2 <= Smem::BYTES, "output rows fit the shared window");
     const int nq = (int)tq, nk = (int)tk;
     check_launch<4 * CWG, M>(Smem::BYTES, nq);
-    const int wg = threadIdx.x >> 7, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int g = lane >> 2, t = lane & 3;
+    const int wg = threadIdx.x >> 7, warp = threadIdx.x >> 5;
     const u64 bh = blockIdx.x;
     // The block's, the warpgroup's and the warp's first query rows.
     const int q0 = blockIdx.y * M, w0 = q0 + 64 * wg, r0 = q0 + 16 * warp;
@@ -199,12 +313,8 @@ __device__ void fa_forward_wg(const T* q, Rows qr, const T* k, Rows kr, const T*
     cp_tile_sw<T, D, BS, NT>(stages, k, kr.row, 0, nk);
     cp_tile_sw<T, D, BS, NT>(stages + Smem::TILE, v, vr.row, 0, nk);
     cp_async_commit();
-    // This warpgroup's 64 rows of Q, in each panel.
-    const unsigned qa = sq + 64 * wg * SW_ROW;
     const float sl2 = scale * FA_LOG2E;
-    float mrow[2] = {FA_NEG_INF, FA_NEG_INF}, lrow[2] = {0.f, 0.f};
-    float o[1][D / 8][4] = {};
-    float(&od)[D / 2] = reinterpret_cast<float(&)[D / 2]>(o);
+    WgRows<D> w;
     for (int j = 0; j < ntiles; ++j) {
         const int k0 = j * BS;
         const unsigned sk = stages + 2 * (j & 1) * Smem::TILE, sv = sk + Smem::TILE;
@@ -213,94 +323,182 @@ __device__ void fa_forward_wg(const T* q, Rows qr, const T* k, Rows kr, const T*
         // sees none of it (uniform over the warpgroup, as wgmma needs).
         if (causal && k0 > w0 + 63) continue;
         float s[1][BS / 8][4];
-        float(&sd)[BS / 2] = reinterpret_cast<float(&)[BS / 2]>(s);
-        // Step kk covers columns 16kk.. of Q and K: panel kk/4, 32·(kk%4) bytes into it.
-        wg_fence();
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-            const unsigned off = (kk % 4) * 32;
-            const u64 a = sw128_desc(qa + (kk / 4) * M * SW_ROW + off, 16, SW_ATOM);
-            const u64 b = sw128_desc(sk + (kk / 4) * BS * SW_ROW + off, 16, SW_ATOM);
-            wgmma_ss<T, BS>(sd, a, b, kk > 0);
-        }
-        wg_commit();
-        wg_wait_all();
-        wg_pin(sd);
-#pragma unroll
-        for (int nb = 0; nb < BS / 8; ++nb)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) s[0][nb][e] *= sl2;
-        // Element (nb, e) is query r0 + g + 8(e/2), key k0 + 8nb + 2t + e%2; masked as
-        // in fa_fwd.
-        if (k0 + BS > nk || (causal && k0 + BS - 1 > r0)) {
-#pragma unroll
-            for (int nb = 0; nb < BS / 8; ++nb)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int i = r0 + g + 8 * (e >> 1), kj = k0 + 8 * nb + 2 * t + (e & 1);
-                    if (kj >= nk || (causal && kj > i)) s[0][nb][e] = FA_NEG_INF;
-                }
-        }
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            float mx = mrow[h];
-#pragma unroll
-            for (int nb = 0; nb < BS / 8; ++nb)
-                mx = fmaxf(mx, fmaxf(s[0][nb][2 * h], s[0][nb][2 * h + 1]));
-            mx = row_max(mx);
-            const float ref = mx == FA_NEG_INF ? 0.f : mx, corr = ex2(mrow[h] - ref);
-            mrow[h] = mx;
-            float sum = 0.f;
-#pragma unroll
-            for (int nb = 0; nb < BS / 8; ++nb) {
-                s[0][nb][2 * h] = ex2(s[0][nb][2 * h] - ref);
-                s[0][nb][2 * h + 1] = ex2(s[0][nb][2 * h + 1] - ref);
-                sum += s[0][nb][2 * h] + s[0][nb][2 * h + 1];
-            }
-            lrow[h] = lrow[h] * corr + sum;
-#pragma unroll
-            for (int nb = 0; nb < D / 8; ++nb) {
-                o[0][nb][2 * h] *= corr;
-                o[0][nb][2 * h + 1] *= corr;
-            }
-        }
-        unsigned pf[1][BS / 16][4];
-        pack_a<T, 1, BS>(pf, s);
-        // Step kk covers keys 16kk..16kk+15: V rows 16kk.., 2048·kk bytes into each panel.
-        wg_pin(od);
-        wg_fence();
-#pragma unroll
-        for (int kk = 0; kk < BS / 16; ++kk)
-            wgmma_rs_tn<T, D>(od, pf[0][kk], sw128_desc(sv + kk * 16 * SW_ROW, BS * SW_ROW, SW_ATOM));
-        wg_commit();
-        wg_wait_all();
-        wg_pin(od);
+        scores_wg<T, D, M, BS>(s, sq + 64 * wg * SW_ROW, sk);
+        softmax_wg<D, BS>(s, w, sl2, r0, k0, nk, causal);
+        pv_wg<T, D, BS>(w.o, s, sv);
     }
     // Every warpgroup is done with the shared window before the output goes through its
     // first M padded rows, warp w through rows 16w.. of them.
     cp_async_wait_all();
     __syncthreads();
-    float inv[1][2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        const float l = row_sum(lrow[h]);
-        inv[0][h] = 1.f / l;
-        const int i = r0 + g + 8 * h;
-        if (t == 0 && i < nq) lse[i] = mrow[h] * FA_LN2 + logf(l);
-    }
-    T* st = reinterpret_cast<T*>(fa_smem) + 16 * warp * (D + FA_PAD);
-    store_rows<T, D, 1>(out, outr.row, o, inv, st, r0, nq);
+    finish_wg<T, D>(w, out, outr, lse, reinterpret_cast<T*>(fa_smem) + 16 * warp * (D + FA_PAD),
+                    r0, nq);
 }
 
-// bf16/f16 at head dim D: CWG warpgroups of 64 query rows, key tiles of BS. One block a
-// multiprocessor at d = 128 (161 KiB of shared memory), two at d = 64 (81 KiB).
-#define FA_SM90(S, T, D, CWG, BS)                                                         \
+// ---- TMA and mbarriers ----
+// A tensor map (CUtensorMap, encoded by the host: cuda/tma.rs), passed by value as a
+// __grid_constant__ parameter so that its address is valid for the TMA unit.
+struct __align__(64) TensorMap {
+    u64 opaque[16];
+};
+
+// Shared-memory barriers (mbarrier): a count of arrivals and of bytes to land (the
+// transaction count); a phase completes when both reach zero, and waiting names the
+// parity of the phase waited for (0 for the first, 1 for the second, …).
+__device__ __forceinline__ void mbar_init(unsigned bar, unsigned arrivals) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(arrivals) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(unsigned bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+}
+// Arrives and adds `bytes` to the phase's transaction count (the copies then subtract
+// what they write).
+__device__ __forceinline__ void mbar_arrive_expect(unsigned bar, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
+    unsigned done = 0;
+    while (!done)
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                     "selp.u32 %0, 1, 0, p;\n}"
+                     : "=r"(done)
+                     : "r"(bar), "r"(parity)
+                     : "memory");
+}
+
+// Rows [row0, row0 + R) of head (bb, hh) of the tensor `map` describes (4-d: columns,
+// rows, heads, batch; boxes of 64 columns × R rows) into the swizzled tile at `dst`, a
+// box a panel, completing on barrier `bar`. The TMA unit writes a box in the 128-byte
+// swizzle itself (the map says so) and zero-fills rows past the tensor's end.
+template <int D, int R>
+__device__ __forceinline__ void tma_tile(unsigned dst, const TensorMap& map, int row0, int hh,
+                                         int bb, unsigned bar) {
+#pragma unroll
+    for (int p = 0; p < D / 64; ++p)
+        asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+                     " [%0], [%1, {%2, %3, %4, %5}], [%6];" ::"r"(dst + p * R * SW_ROW),
+                     "l"(&map), "r"(64 * p), "r"(row0), "r"(hh), "r"(bb), "r"(bar)
+                     : "memory");
+}
+
+// ---- the forward with TMA copies by a producer warpgroup ----
+// Shared bytes: Q, ST stages of K and V tiles, the barriers, and room to align.
+template <int D, int CWG, int BS, int ST> struct TmaSmem {
+    static constexpr unsigned Q = 64 * CWG * D * 2, TILE = BS * D * 2;
+    static constexpr unsigned BARRIERS = Q + 2 * ST * TILE;  // offset from the aligned base
+    static constexpr unsigned BYTES = BARRIERS + 8 * (1 + 4 * ST) + SW_ATOM;
+};
+
+// The block is CWG consumer warpgroups (warps 0..4·CWG−1) and a producer warpgroup,
+// whose first thread issues every copy: Q once, then tile j's K and V into stage j % ST
+// as soon as both warpgroups have released that stage's previous tile. Each stage has
+// four barriers: K landed, V landed (one arrival, the producer's, plus the bytes), K
+// released, V released (an arrival from each consumer warp once its MMAs on the tile
+// are complete). Consumers never wait for each other: one warpgroup's softmax can run
+// while the other's MMAs do. Use n of a stage (j = n·ST + s) waits for phase n of its
+// landed barriers (parity n & 1); the producer's use n ≥ 1 waits for phase n − 1 of the
+// released ones. Registers: a multiprocessor's four schedulers each hold a quarter of its
+// registers and one warp of each warpgroup, so 3 warpgroups could have 168 registers a
+// thread, too few for a consumer's accumulators and scores (ptxas then serialises the
+// MMAs); the producer gives its share up (setmaxnreg: 24) and the consumers take it
+// (240: 2·240 + 24 ≤ 512 a scheduler and thread slot).
+template <typename T, int D, int CWG, int BS, int ST>
+__device__ void fa_forward_tma(const TensorMap& qm, const TensorMap& km, const TensorMap& vm,
+                               u64 heads, T* out, Rows outr, float* lse, u64 tq, u64 tk,
+                               float scale, int causal) {
+    using Smem = TmaSmem<D, CWG, BS, ST>;
+    constexpr int M = 64 * CWG, CW = 4 * CWG;
+    static_assert(D % 64 == 0 && BS % 64 == 0, "tiles are whole 64-column panels");
+    static_assert(M * (D + FA_PAD) * 2 <= Smem::BARRIERS, "output rows fit the tiles' window");
+    const int nq = (int)tq, nk = (int)tk;
+    check_launch<CW + 4, M>(Smem::BYTES, nq);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, wg = warp >> 2;
+    const u64 bh = blockIdx.x;
+    const int q0 = blockIdx.y * M, w0 = q0 + 64 * wg, r0 = q0 + 16 * warp;
+    const int hh = (int)(bh % heads), bb = (int)(bh / heads);
+    const unsigned base = (smem_addr(fa_smem) + SW_ATOM - 1) & ~(unsigned)(SW_ATOM - 1);
+    const unsigned sq = base, stages = base + Smem::Q, bars = base + Smem::BARRIERS;
+    // Barriers: Q landed, then per stage s: K landed, V landed, K released, V released.
+    const unsigned q_full = bars;
+    auto bar = [&](int kind, int s) { return bars + 8 * (1 + 4 * s + kind); };
+    enum { K_FULL, V_FULL, K_FREE, V_FREE };
+    if (threadIdx.x == 0) {
+        mbar_init(q_full, 1);
+        for (int s = 0; s < ST; ++s) {
+            mbar_init(bar(K_FULL, s), 1);
+            mbar_init(bar(V_FULL, s), 1);
+            mbar_init(bar(K_FREE, s), CW);
+            mbar_init(bar(V_FREE, s), CW);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+    const int kend = causal ? min(nk, q0 + M) : nk, ntiles = (kend + BS - 1) / BS;
+    if (warp >= CW) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
+        if (warp == CW && lane == 0) {
+            mbar_arrive_expect(q_full, Smem::Q);
+            tma_tile<D, M>(sq, qm, q0, hh, bb, q_full);
+            for (int j = 0; j < ntiles; ++j) {
+                const int s = j % ST, n = j / ST;
+                const unsigned sk = stages + 2 * s * Smem::TILE;
+                if (n > 0) mbar_wait(bar(K_FREE, s), (n - 1) & 1);
+                mbar_arrive_expect(bar(K_FULL, s), Smem::TILE);
+                tma_tile<D, BS>(sk, km, j * BS, hh, bb, bar(K_FULL, s));
+                if (n > 0) mbar_wait(bar(V_FREE, s), (n - 1) & 1);
+                mbar_arrive_expect(bar(V_FULL, s), Smem::TILE);
+                tma_tile<D, BS>(sk + Smem::TILE, vm, j * BS, hh, bb, bar(V_FULL, s));
+            }
+        }
+        return;
+    }
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 240;");
+    out += outr.start(bh);
+    lse += bh * tq;
+    const float sl2 = scale * FA_LOG2E;
+    WgRows<D> w;
+    mbar_wait(q_full, 0);
+    for (int j = 0; j < ntiles; ++j) {
+        const int k0 = j * BS, s = j % ST, parity = (j / ST) & 1;
+        const unsigned sk = stages + 2 * s * Smem::TILE;
+        // Under the causal mask a warpgroup skips a tile its rows see none of, but waits
+        // for it and releases it all the same: a warp's release of a stage's use then
+        // never counts towards an earlier use's phase.
+        const bool sees = !(causal && k0 > w0 + 63);
+        float p[1][BS / 8][4];
+        mbar_wait(bar(K_FULL, s), parity);
+        if (sees) scores_wg<T, D, M, BS>(p, sq + 64 * wg * SW_ROW, sk);
+        if (lane == 0) mbar_arrive(bar(K_FREE, s));
+        if (sees) softmax_wg<D, BS>(p, w, sl2, r0, k0, nk, causal);
+        mbar_wait(bar(V_FULL, s), parity);
+        if (sees) pv_wg<T, D, BS>(w.o, p, sk + Smem::TILE);
+        if (lane == 0) mbar_arrive(bar(V_FREE, s));
+    }
+    // Every consumer warp is done with the tiles (all copies issued have landed: each
+    // was waited for) before the output goes through the window's first M padded rows.
+    asm volatile("bar.sync 1, %0;" ::"n"(32 * CW) : "memory");
+    finish_wg<T, D>(w, out, outr, lse, reinterpret_cast<T*>(fa_smem) + 16 * warp * (D + FA_PAD),
+                    r0, nq);
+}
+
+// bf16/f16 at head dim D: CWG warpgroups of 64 query rows, key tiles of BS, and (TMA)
+// ST stages. At d = 128 one block a multiprocessor (161 KiB of shared memory; 2 stages),
+// at d = 64 one (cp.async: 81 KiB) or one with 3 stages (TMA: 113 KiB).
+#define FA_SM90(S, T, D, CWG, BS, ST)                                                     \
     extern "C" __global__ void __launch_bounds__(128 * CWG, 1)                            \
         fa_fwd_sm90_##S##_d##D(FA_PARAMS_FWD(T)) {                                        \
         fa_forward_wg<T, D, CWG, BS>(FA_QKV, out, outr, lse, tq, tk, scale, causal);      \
+    }                                                                                     \
+    extern "C" __global__ void __launch_bounds__(128 * CWG + 128, 1) fa_fwd_tma_##S##_d##D( \
+        const __grid_constant__ TensorMap qm, const __grid_constant__ TensorMap km,         \
+        const __grid_constant__ TensorMap vm, u64 heads, T* out, Rows outr, float* lse,     \
+        u64 tq, u64 tk, float scale, int causal) {                                          \
+        fa_forward_tma<T, D, CWG, BS, ST>(qm, km, vm, heads, out, outr, lse, tq, tk, scale, \
+                                          causal);                                          \
     }
 
-FA_SM90(bf16, bf16, 64, 2, 128)
-FA_SM90(bf16, bf16, 128, 2, 128)
-FA_SM90(f16, f16, 64, 2, 128)
-FA_SM90(f16, f16, 128, 2, 128)
+FA_SM90(bf16, bf16, 64, 2, 128, 3)
+FA_SM90(bf16, bf16, 128, 2, 128, 2)
+FA_SM90(f16, f16, 64, 2, 128, 3)
+FA_SM90(f16, f16, 128, 2, 128, 2)

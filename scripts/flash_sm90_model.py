@@ -21,7 +21,11 @@ next_kv_tile_sw, sw128_desc, the loops, masks and softmax shared with fa_fwd, th
 output through store_rows) at the launch shapes the kernel file instantiates, and
 checks output and lse against a float64 reference (every block, warpgroup and tile;
 tail rows and keys, tq ≠ tk, causal or not), every copy inside the window, aligned,
-and each tile covered once. Values stay in float64: this checks where each element
+and each tile covered once, both as fa_forward_wg copies (cp.async by every thread) and
+as fa_forward_tma does (TMA boxes, written in the swizzle by the copy unit). Then it runs
+fa_forward_tma's pipeline (producer, consumer warps, copies in flight and the stages'
+barriers, with mbarrier's phase and parity rules) in random interleavings: it must end,
+every consumer must read the tile it means, and no copy may land in a stage being read. Values stay in float64: this checks where each element
 goes, not precision. Run: python3 scripts/flash_sm90_model.py (needs numpy).
 """
 import itertools
@@ -37,7 +41,7 @@ SW_ROW, SW_ATOM = 128, 1024
 
 
 def instantiations():
-    """(D, CWG, BS) of each FA_SM90(bf16, ...) line of the kernel file."""
+    """(D, CWG, BS, ST) of each FA_SM90(bf16, ...) line of the kernel file."""
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "kernels",
                         "flash_attention_sm90.cu")
     out = []
@@ -45,13 +49,16 @@ def instantiations():
         line = line.strip()
         if line.startswith("FA_SM90(bf16,") and line.endswith(")"):
             a = [x.strip() for x in line[len("FA_SM90("):-1].split(",")]
-            out.append((int(a[2]), int(a[3]), int(a[4])))
+            out.append((int(a[2]), int(a[3]), int(a[4]), int(a[5])))
     assert out, f"no FA_SM90(bf16, ...) line in {path}"
     return out
 
 
-def smem_bytes(D, CWG, BS):
-    return 64 * CWG * D * 2 + 4 * BS * D * 2 + SW_ATOM
+def smem_bytes(D, CWG, BS, ST=None):
+    """Sm90Smem's bytes, or with ST stages TmaSmem's (barriers included)."""
+    if ST is None:
+        return 64 * CWG * D * 2 + 4 * BS * D * 2 + SW_ATOM
+    return 64 * CWG * D * 2 + 2 * ST * BS * D * 2 + 8 * (1 + 4 * ST) + SW_ATOM
 
 
 # ---- the hardware, modelled ----
@@ -118,6 +125,20 @@ def a_from_regs(a):
     return m
 
 
+def tma_tile(sm, D, R, dst, src, row0, n):
+    """The TMA copies of tma_tile: a box of 64 columns × R rows a panel, written in the
+    128-byte swizzle by the copy unit (the same address bits as wgmma reads), rows ≥ n
+    zero-filled."""
+    assert dst % SW_ATOM == 0, "a 128-byte-swizzled box must start on 1024 bytes"
+    r, c = np.arange(R)[:, None], np.arange(64)[None, :]
+    for p in range(D // 64):
+        addr = swizzle(dst + p * R * SW_ROW + r * SW_ROW + 2 * c)
+        assert np.all(addr >= sm.lo) and np.all(addr + 2 <= sm.nbytes)
+        rows = row0 + np.arange(R)
+        vals = np.where((rows < n)[:, None], src[np.minimum(rows, n - 1)][:, 64 * p: 64 * p + 64], 0.0)
+        sm.h[addr // 2] = vals
+
+
 def wgmma_ss(sm, frags, N, a, b, acc):
     d = from_frags(frags, N) if acc else np.zeros((64, N))
     to_frags(frags, d + k_major(sm, a, 64) @ k_major(sm, b, N).T, N)
@@ -161,12 +182,14 @@ def sw128_desc(addr, lead, stride):
     return ((addr >> 4) & 0x3FFF) | ((lead >> 4) & 0x3FFF) << 16 | ((stride >> 4) & 0x3FFF) << 32 | 1 << 62
 
 
-def forward_sm90(q, k, v, scale, causal, D, CWG, BS, window):
-    """out, lse of one (b, h) as fa_forward_wg writes them; `window`: the byte address
-    of the dynamic shared window (the model's shared memory starts there)."""
+def forward_sm90(q, k, v, scale, causal, D, CWG, BS, window, ST=None):
+    """out, lse of one (b, h) as fa_forward_wg writes them, or with ST stages as
+    fa_forward_tma does (its copies' order is pipeline_check's business: here every copy
+    lands before its tile is used); `window`: the byte address of the dynamic shared
+    window (the model's shared memory starts there)."""
     nq, nk = len(q), len(k)
     M, NT, Q, TILE = 64 * CWG, 128 * CWG, 64 * CWG * D * 2, BS * D * 2
-    size = smem_bytes(D, CWG, BS)
+    size = smem_bytes(D, CWG, BS, ST)
     assert M * (D + ff.PAD) * 2 <= size
     out, lse = np.full((nq, D), np.nan), np.full(nq, np.nan)
     written = set()
@@ -178,9 +201,13 @@ def forward_sm90(q, k, v, scale, causal, D, CWG, BS, window):
         sq, stages = base, base + Q
         kend = min(nk, q0 + M) if causal else nk
         ntiles = (kend + BS - 1) // BS
-        cp_tile_sw(sm, D, M, NT, sq, q, q0, nq)
-        cp_tile_sw(sm, D, BS, NT, stages, k, 0, nk)
-        cp_tile_sw(sm, D, BS, NT, stages + TILE, v, 0, nk)
+        if ST is None:
+            cp_tile_sw(sm, D, M, NT, sq, q, q0, nq)
+            cp_tile_sw(sm, D, BS, NT, stages, k, 0, nk)
+            cp_tile_sw(sm, D, BS, NT, stages + TILE, v, 0, nk)
+        else:
+            assert stages + 2 * ST * TILE + 8 * (1 + 4 * ST) <= sm.nbytes, "barriers fit"
+            tma_tile(sm, D, M, sq, q, q0, nq)
         groups = []
         for wg in range(CWG):
             warps = [dict(r0=q0 + 16 * (4 * wg + i), m=[[np.full(32, -np.inf), np.full(32, -np.inf)]],
@@ -188,9 +215,14 @@ def forward_sm90(q, k, v, scale, causal, D, CWG, BS, window):
             groups.append(dict(w0=q0 + 64 * wg, qa=sq + 64 * wg * SW_ROW, warps=warps))
         for j in range(ntiles):
             k0 = j * BS
-            sk = stages + 2 * (j & 1) * TILE
+            if ST is None:
+                sk = stages + 2 * (j & 1) * TILE
+                next_kv_tile_sw(sm, D, BS, NT, stages, j, ntiles, k, v, nk)
+            else:
+                sk = stages + 2 * (j % ST) * TILE
+                tma_tile(sm, D, BS, sk, k, j * BS, nk)
+                tma_tile(sm, D, BS, sk + TILE, v, j * BS, nk)
             sv = sk + TILE
-            next_kv_tile_sw(sm, D, BS, NT, stages, j, ntiles, k, v, nk)
             for grp in groups:
                 if causal and k0 > grp["w0"] + 63:
                     continue
@@ -219,26 +251,136 @@ def forward_sm90(q, k, v, scale, causal, D, CWG, BS, window):
     return out, lse
 
 
+# ---- fa_forward_tma's pipeline: the producer, the consumer warps and the barriers ----
+class MBarrier:
+    """mbarrier: `arrivals` expected a phase, a transaction count of bytes still to land;
+    a phase completes when both are zero. try_wait.parity(P) passes while the phase in
+    progress has the other parity than P, i.e. once phase P (mod 2) has completed."""
+
+    def __init__(self, arrivals):
+        self.arrivals, self.pending, self.tx, self.completed = arrivals, arrivals, 0, 0
+
+    def _settle(self):
+        if self.pending == 0 and self.tx == 0:
+            self.completed += 1
+            self.pending = self.arrivals
+
+    def arrive(self, expect=0):
+        assert self.pending > 0, "more arrivals than the barrier expects"
+        self.tx += expect
+        self.pending -= 1
+        self._settle()
+
+    def land(self, nbytes):
+        self.tx -= nbytes
+        assert self.tx >= 0, "bytes landed that no arrival expected"
+        self._settle()
+
+    def passes(self, parity, phase):
+        """Whether a wait for `phase` (its parity given) passes now; checked not to pass
+        on a later phase of the same parity (the barrier two phases ahead)."""
+        ok = (self.completed & 1) != parity
+        assert not ok or self.completed == phase + 1, "barrier two phases ahead of a waiter"
+        return ok
+
+
+def pipeline_check(ntiles, ST, CWG, skip, rng):
+    """Runs fa_forward_tma's copy and barrier protocol with the producer, the 4·CWG
+    consumer warps and the copies in flight interleaved at random; skip(wg, j): whether
+    warpgroup wg skips tile j. Checks that it ends (no deadlock), that every consumer
+    reads the tile it means from each stage, and that no copy lands in a stage a
+    consumer still reads."""
+    CW, TILE = 4 * CWG, 1
+    q_full = MBarrier(1)
+    bars = {(kind, s): MBarrier(1 if kind.endswith("full") else CW)
+            for kind in ["k_full", "v_full", "k_free", "v_free"] for s in range(ST)}
+    stage = {}  # ("k" or "v", s) -> the tile the buffer holds
+    reading = set()  # (buffer, warp) pairs between a consumer's wait and its release
+    flights = []  # copies in flight: (buffer, tile, barrier)
+
+    def producer():
+        q_full.arrive(expect=TILE)
+        flights.append((("q", 0), 0, q_full))
+        for j in range(ntiles):
+            s, n = j % ST, j // ST
+            for kind in ["k", "v"]:
+                if n > 0:
+                    while not bars[(kind + "_free", s)].passes((n - 1) & 1, n - 1):
+                        yield
+                bars[(kind + "_full", s)].arrive(expect=TILE)
+                flights.append(((kind, s), j, bars[(kind + "_full", s)]))
+                yield
+
+    def consumer(w):
+        while not q_full.passes(0, 0):
+            yield
+        assert stage[("q", 0)] == 0
+        for j in range(ntiles):
+            s, n = j % ST, j // ST
+            for kind in ["k", "v"]:
+                while not bars[(kind + "_full", s)].passes(n & 1, n):
+                    yield
+                if not skip(w // 4, j):
+                    assert stage[(kind, s)] == j, f"warp {w} reads tile {stage[(kind, s)]} for {j}"
+                    reading.add(((kind, s), w))
+                    yield
+                    reading.discard(((kind, s), w))
+                bars[(kind + "_free", s)].arrive()
+                yield
+
+    agents = [producer()] + [consumer(w) for w in range(CW)]
+    live = list(range(len(agents)))
+    while live or flights:
+        choices = [("agent", a) for a in live] + [("copy", i) for i in range(len(flights))]
+        kind, i = choices[rng.integers(len(choices))]
+        if kind == "copy":
+            buf, tile, bar = flights.pop(i)
+            assert not any(b == buf for b, _ in reading), f"copy into {buf} while it is read"
+            stage[buf] = tile
+            bar.land(TILE)
+            continue
+        try:
+            next(agents[i])
+        except StopIteration:
+            live.remove(i)
+        # A round where every agent waits and nothing is in flight is a deadlock: the
+        # loop would spin forever; bounded by the check below.
+        pipeline_check.steps += 1
+        assert pipeline_check.steps < 10**6, "deadlock: the pipeline stopped moving"
+
+
+pipeline_check.steps = 0
+
+
 def main():
     rng = np.random.default_rng(1)
     lengths = [(1, 1), (49, 49), (130, 130), (65, 7), (7, 300), (300, 200), (257, 385)]
     worst = 0.0
-    for (D, CWG, BS), (tq, tk), causal in itertools.product(instantiations(), lengths,
-                                                              [False, True]):
+    for (D, CWG, BS, ST), (tq, tk), causal, tma in itertools.product(
+            instantiations(), lengths, [False, True], [False, True]):
         q, k, v = (rng.standard_normal((n, D)) for n in (tq, tk, tk))
         do = rng.standard_normal((tq, D))
         scale = -0.7 / np.sqrt(D) if (tq + tk) % 3 == 0 else 1 / np.sqrt(D)
         o_r, lse_r = ff.reference(q, k, v, do, scale, causal)[:2]
         # The window's start: aligned, and 16-byte aligned only (the kernel rounds up).
         window = 0 if (tq + tk) % 2 else 1040
-        o, lse = forward_sm90(q, k, v, scale, causal, D, CWG, BS, window)
+        o, lse = forward_sm90(q, k, v, scale, causal, D, CWG, BS, window, ST if tma else None)
         for name, got, want in [("out", o, o_r), ("lse", lse, lse_r)]:
             err = np.max(np.abs(got - want)) / max(1.0, np.max(np.abs(want)))
             worst = max(worst, err)
             if not err < 1e-9:
-                print(f"FAIL d={D} tq={tq} tk={tk} causal={causal} {name}: {err:e}")
+                print(f"FAIL d={D} tq={tq} tk={tk} causal={causal} tma={tma} {name}: {err:e}")
                 sys.exit(1)
-        print(f"ok d={D} tq={tq} tk={tk} causal={causal}", flush=True)
+        print(f"ok d={D} tq={tq} tk={tk} causal={causal} tma={tma}", flush=True)
+    # The pipeline at every stage count instantiated, with tiles enough to reuse every
+    # stage several times, warpgroups skipping some tiles (the causal mask's pattern,
+    # and random ones), many random interleavings each.
+    for (_, CWG, _, ST), ntiles, trial in itertools.product(instantiations(), [1, 2, 5, 9],
+                                                           range(30)):
+        pattern = rng.random((CWG, ntiles)) < (0.3 if trial % 2 else 0.0)
+        pipeline_check.steps = 0
+        pipeline_check(ntiles, ST, CWG, lambda wg, j: bool(pattern[wg, j]), rng)
+    print("ok pipeline: no deadlock, every tile read from its stage, no copy over a read")
     print(f"all match (worst relative error {worst:.1e})")
 
 

@@ -137,7 +137,7 @@ fi
 "$PYTHON" "$BIN/torch_cuda.py" --json ${BENCH_GROUPS:-} > "$OUT_DIR/bench-torch.jsonl" 2> "$OUT_DIR/bench-torch.log" || status=1
 
 "$PYTHON" - "$OUT_DIR" > "$OUT_DIR/summary.md" <<'PY'
-import json, os, sys
+import json, os, re, sys
 out = sys.argv[1]
 env = os.path.join(out, "environment.txt")
 print("\n".join(open(env).read().splitlines()[:3]) if os.path.exists(env) else "")
@@ -180,7 +180,7 @@ if ours or torch:
         single-pass backward, the Hopper forward, cuBLASLt epilogues: PyTorch has one
         way)."""
         bench, case = key
-        base = case.replace(" single-pass", "").replace(" sm90", "").split(", ")[0]
+        base = re.sub(r" (single-pass|sm90 \S+)", "", case).split(", ")[0]
         return torch.get(key) or torch.get((bench, base))
     for key in sorted(set(ours) | set(torch)):
         o, t = ours.get(key), twin(key)

@@ -18,8 +18,9 @@
 
 use std::sync::{Mutex, MutexGuard};
 use twinflow::engine::{
-    autocast, cuda, jvp, qkv_attention, scaled_dot_product_attention, DType, Device, Generator,
-    Result, Tensor,
+    autocast,
+    cuda::{self, HopperAttention},
+    jvp, qkv_attention, scaled_dot_product_attention, DType, Device, Generator, Result, Tensor,
 };
 use twinflow::nn::{
     Adam, AdamConfig, Forward, LinearConfig, Module, Optimizer, ParamBuilder, TransformerBlock,
@@ -37,23 +38,24 @@ fn attention_path() -> MutexGuard<'static, ()> {
     ATTENTION_PATH.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A path switched on by `set(true)` until dropped (also when a test fails).
+/// A path switched on by `on()` until dropped, when `off()` switches it back (also when
+/// a test fails).
 struct Switched {
-    set: fn(bool),
+    off: fn(),
     _path: MutexGuard<'static, ()>,
 }
 
 impl Switched {
-    fn on(set: fn(bool)) -> Self {
+    fn on(on: impl FnOnce(), off: fn()) -> Self {
         let path = attention_path();
-        set(true);
-        Switched { set, _path: path }
+        on();
+        Switched { off, _path: path }
     }
 }
 
 impl Drop for Switched {
     fn drop(&mut self) {
-        (self.set)(false);
+        (self.off)();
     }
 }
 
@@ -290,7 +292,10 @@ fn flash_attention_matches_cpu_at_awkward_lengths() {
 #[test]
 fn single_pass_backward_matches_cpu_and_repeats() {
     let Some(dev) = gpu() else { return };
-    let _on = Switched::on(cuda::set_single_pass_attention_backward);
+    let _on = Switched::on(
+        || cuda::set_single_pass_attention_backward(true),
+        || cuda::set_single_pass_attention_backward(false),
+    );
     let lengths = [(1, 1), (49, 49), (65, 65), (257, 257), (7, 257), (65, 1100)];
     let mut failures = failures_against_cpu(dev, &[DType::BF16, DType::F16], &lengths);
     failures.extend(qkv_failures(dev, &[DType::BF16]));
@@ -298,32 +303,30 @@ fn single_pass_backward_matches_cpu_and_repeats() {
     assert_repeats(dev, &[DType::BF16, DType::F16]);
 }
 
-/// The Hopper forward (`cuda::set_hopper_attention`: sm_90 cards, bf16/f16, head dims 64
-/// and 128) with the usual backward from its output and log-sum-exp, against the CPU
-/// at lengths over several 128-key tiles and unequal lengths both ways, through
-/// `qkv_attention` too; and the same results run to run.
+/// The Hopper forwards (`cuda::set_hopper_attention`: sm_90 cards, bf16/f16, head dims
+/// 64 and 128), each with the usual backward from its output and log-sum-exp, against
+/// the CPU at lengths over several 128-key tiles (and several uses of each TMA stage)
+/// and unequal lengths both ways, through `qkv_attention` too; and the same results run
+/// to run.
 #[test]
-fn hopper_forward_matches_cpu_and_repeats() {
+fn hopper_forwards_match_cpu_and_repeat() {
     let Some(dev) = gpu() else { return };
     let arch = cuda::arch(0).expect("the device's architecture");
     if arch != "sm_90" {
-        eprintln!("skipping: the Hopper forward runs on sm_90 cards, this one is {arch}");
+        eprintln!("skipping: the Hopper forwards run on sm_90 cards, this one is {arch}");
         return;
     }
-    let _on = Switched::on(cuda::set_hopper_attention);
-    let lengths = [
-        (1, 1),
-        (49, 49),
-        (129, 129),
-        (257, 257),
-        (7, 300),
-        (300, 7),
-        (65, 1100),
-    ];
-    let mut failures = failures_against_cpu(dev, &[DType::BF16, DType::F16], &lengths);
-    failures.extend(qkv_failures(dev, &[DType::BF16]));
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert_repeats(dev, &[DType::BF16, DType::F16]);
+    for mode in [HopperAttention::CpAsync, HopperAttention::Tma] {
+        let _on = Switched::on(
+            || cuda::set_hopper_attention(mode),
+            || cuda::set_hopper_attention(HopperAttention::Off),
+        );
+        let lengths = [(1, 1), (49, 49), (129, 129), (7, 300), (300, 7), (65, 1100)];
+        let mut failures = failures_against_cpu(dev, &[DType::BF16, DType::F16], &lengths);
+        failures.extend(qkv_failures(dev, &[DType::BF16]));
+        assert!(failures.is_empty(), "{mode:?}:\n{}", failures.join("\n"));
+        assert_repeats(dev, &[DType::BF16, DType::F16]);
+    }
 }
 
 /// Output and gradients of attention of `dtypes` on the GPU against the float64 CPU op

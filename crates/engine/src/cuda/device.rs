@@ -11,7 +11,7 @@ use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule, CudaStream, Dri
 use cudarc::nvrtc::Ptx;
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
 /// The state of one opened device.
@@ -38,7 +38,7 @@ static TF32: AtomicBool = AtomicBool::new(false);
 static FUSED_ATTENTION: AtomicBool = AtomicBool::new(true);
 static HALF_GRADIENT_EPILOGUES: AtomicBool = AtomicBool::new(false);
 static SINGLE_PASS_ATTENTION_BACKWARD: AtomicBool = AtomicBool::new(false);
-static HOPPER_ATTENTION: AtomicBool = AtomicBool::new(false);
+static HOPPER_ATTENTION: AtomicU8 = AtomicU8::new(HopperAttention::Off as u8);
 
 /// Fills every newly allocated output buffer with NaN bits (0xFF bytes) before a kernel
 /// writes it, so that an element a kernel forgets to write shows up in tests. Also on
@@ -109,20 +109,41 @@ pub(crate) fn single_pass_attention_backward() -> bool {
     SINGLE_PASS_ATTENTION_BACKWARD.load(Ordering::Relaxed)
 }
 
-/// Lets the bf16/f16 fused attention forward at head dims 64 and 128 run on Hopper's
-/// warpgroup MMAs on sm_90 cards (H100, H200): `kernels/flash_attention_sm90.cu`,
-/// `wgmma` reading both products' operands from 128-byte-swizzled shared tiles, two
-/// warpgroups of 64 query rows a block, key tiles of 128. The same output and
-/// log-sum-exp as the other forward, so the backward is unchanged. Off by default until
-/// it has run on a GPU (`tests/cuda_flash_attention.rs` checks it against the CPU,
-/// `benches/cuda.rs` times it beside the other forward and PyTorch's flash SDPA); other
-/// cards, dtypes and head dims always take the other forward.
-pub fn set_hopper_attention(on: bool) {
-    HOPPER_ATTENTION.store(on, Ordering::Relaxed);
+/// Which forward the bf16/f16 fused attention at head dims 64 and 128 runs on sm_90
+/// cards (H100, H200): [`set_hopper_attention`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum HopperAttention {
+    /// The forward of every card (`mma.sync`, FlashAttention-2 style); the default.
+    Off,
+    /// Hopper's warpgroup MMAs (`wgmma`) reading both products' operands from
+    /// 128-byte-swizzled shared tiles, two warpgroups of 64 query rows a block, key
+    /// tiles of 128, every thread copying the tiles with `cp.async` and a block barrier
+    /// a tile (`fa_fwd_sm90` in `kernels/flash_attention_sm90.cu`).
+    CpAsync,
+    /// The same MMAs with the tiles brought by the copy unit (TMA) on the orders of a
+    /// producer warpgroup, through stages with barriers of their own, so that the two
+    /// warpgroups never wait for each other (`fa_fwd_tma`); inputs a tensor map cannot
+    /// describe (a broadcast over heads, say) take `CpAsync`.
+    Tma,
 }
 
-pub(crate) fn hopper_attention() -> bool {
-    HOPPER_ATTENTION.load(Ordering::Relaxed)
+/// Sets the forward the fused attention runs on sm_90 cards for bf16/f16 at head dims 64
+/// and 128 (other cards, dtypes and head dims always take the forward of every card).
+/// Each writes the same output and log-sum-exp, so the backward is unchanged. `Off`
+/// by default until the Hopper kernels have run on a GPU (`tests/cuda_flash_attention.rs`
+/// checks both against the CPU, `benches/cuda.rs` times both beside the other forward
+/// and PyTorch's flash SDPA).
+pub fn set_hopper_attention(mode: HopperAttention) {
+    HOPPER_ATTENTION.store(mode as u8, Ordering::Relaxed);
+}
+
+pub(crate) fn hopper_attention() -> HopperAttention {
+    match HOPPER_ATTENTION.load(Ordering::Relaxed) {
+        x if x == HopperAttention::CpAsync as u8 => HopperAttention::CpAsync,
+        x if x == HopperAttention::Tma as u8 => HopperAttention::Tma,
+        _ => HopperAttention::Off,
+    }
 }
 
 /// True when the CUDA driver library can be loaded (a GPU may still be absent).

@@ -11,7 +11,9 @@
 //! place where their rows are contiguous (head-split views are): see [`Rows`].
 
 use super::device::CudaDevice;
+use super::device::HopperAttention;
 use super::launch::{args, launch, Arg};
+use super::tma::{self, TensorMap};
 use super::CudaStorage;
 use crate::backend::{AttentionSpec, BackendStorage};
 use crate::dtype::DType;
@@ -39,8 +41,11 @@ const PAD: usize = 8;
 enum Kernel {
     /// Output and log-sum-exp, a block per query tile.
     Fwd,
-    /// The same on Hopper's warpgroup MMAs (bf16/f16, head dims 64 and 128).
+    /// The same on Hopper's warpgroup MMAs (bf16/f16, head dims 64 and 128), the tiles
+    /// copied by every thread.
     FwdSm90,
+    /// The same with the tiles copied by the TMA unit for a producer warpgroup.
+    FwdTma,
     /// dQ, a block per query tile.
     Dq,
     /// dK and dV, a block per key tile.
@@ -61,7 +66,7 @@ impl Kernel {
     /// The kernel file it is in.
     fn file(self) -> &'static str {
         match self {
-            Kernel::FwdSm90 => FILE_SM90,
+            Kernel::FwdSm90 | Kernel::FwdTma => FILE_SM90,
             _ => FILE,
         }
     }
@@ -70,6 +75,7 @@ impl Kernel {
         match self {
             Kernel::Fwd => "fwd",
             Kernel::FwdSm90 => "fwd_sm90",
+            Kernel::FwdTma => "fwd_tma",
             Kernel::Dq => "dq",
             Kernel::Dkdv => "dkdv",
             Kernel::Bwd => "bwd",
@@ -107,14 +113,27 @@ fn shape(kernel: Kernel, dtype: DType, d: usize) -> Shape {
             smem: 0,
         };
     }
-    if kernel == Kernel::FwdSm90 {
+    match kernel {
         // Two warpgroups of 64 query rows, key tiles of 128 rows: Q and two stages of K
         // and V in 128-byte-swizzled panels (no padding), and 1 KiB to align them.
-        return Shape {
-            warps: 8,
-            rows: 128,
-            smem: (128 + 4 * 128) * d * 2 + 1024,
-        };
+        Kernel::FwdSm90 => {
+            return Shape {
+                warps: 8,
+                rows: 128,
+                smem: (128 + 4 * 128) * d * 2 + 1024,
+            }
+        }
+        // The same and a producer warpgroup, with tma_stages(d) stages and their barriers
+        // (Q's, and four a stage: 8 bytes each).
+        Kernel::FwdTma => {
+            let stages = tma_stages(d);
+            return Shape {
+                warps: 12,
+                rows: 128,
+                smem: (128 + 2 * stages * 128) * d * 2 + 8 * (1 + 4 * stages) + 1024,
+            };
+        }
+        _ => {}
     }
     // bf16/f16: (warps, rows per block, rows of a streamed tile).
     let (warps, rows, tile) = match (kernel, d) {
@@ -149,7 +168,7 @@ fn shape(kernel: Kernel, dtype: DType, d: usize) -> Shape {
         Kernel::Bwd => (2 * rows + 4 * tile) * row_bytes + 4 * tile * 4 + rows * (tile + PAD) * 2,
         // Q and tQ resident, two stages of four tiles.
         Kernel::Jvp => (2 * rows + 8 * tile) * row_bytes,
-        Kernel::FwdSm90 => unreachable!("sized above"),
+        Kernel::FwdSm90 | Kernel::FwdTma => unreachable!("sized above"),
     };
     Shape { warps, rows, smem }
 }
@@ -332,6 +351,27 @@ pub(crate) fn forward(
     let outr = Rows::token_major(lq.shape()[1], tq, d);
     let lse = CudaStorage::alloc(dev, bh * tq, DType::F32)?;
     let (scale, causal) = (spec.scale as f32, spec.causal);
+    let mode = hopper_mode(dev, dt, d);
+    if mode == HopperAttention::Tma {
+        if let Some([qm, km, vm]) = tensor_maps([(&qi, lq), (&ki, lk), (&vi, lv)], dt) {
+            let heads = lq.shape()[1];
+            let a = args![
+                qm,
+                km,
+                vm,
+                heads,
+                out.ptr(),
+                outr,
+                lse.ptr(),
+                tq,
+                dims.2,
+                scale,
+                causal
+            ];
+            launch_tiled(dev, "attention", Kernel::FwdTma, (dt, dims, tq), a)?;
+            return Ok((out, lse));
+        }
+    }
     let a = args![
         qi.ptr,
         qi.rows,
@@ -347,22 +387,45 @@ pub(crate) fn forward(
         scale,
         causal
     ];
-    let kernel = if hopper_forward(dev, dt, d) {
-        Kernel::FwdSm90
-    } else {
-        Kernel::Fwd
+    let kernel = match mode {
+        HopperAttention::Off => Kernel::Fwd,
+        _ => Kernel::FwdSm90,
     };
     launch_tiled(dev, "attention", kernel, (dt, dims, tq), a)?;
     Ok((out, lse))
 }
 
-/// Whether the forward of `dt` at head dim `d` runs on the Hopper kernel: switched on
-/// ([`super::set_hopper_attention`]), an sm_90 card, bf16/f16, head dim 64 or 128.
-fn hopper_forward(dev: &CudaDevice, dt: DType, d: usize) -> bool {
-    super::device::hopper_attention()
-        && dev.arch() == "sm_90"
-        && matches!(dt, DType::BF16 | DType::F16)
-        && matches!(d, 64 | 128)
+/// The Hopper forward for `dt` at head dim `d` on `dev`: the one switched on
+/// ([`super::set_hopper_attention`]) on an sm_90 card for bf16/f16 at head dim 64 or
+/// 128, `Off` elsewhere.
+fn hopper_mode(dev: &CudaDevice, dt: DType, d: usize) -> HopperAttention {
+    let fits =
+        dev.arch() == "sm_90" && matches!(dt, DType::BF16 | DType::F16) && matches!(d, 64 | 128);
+    match fits {
+        true => super::device::hopper_attention(),
+        false => HopperAttention::Off,
+    }
+}
+
+/// Stages of K and V tiles the TMA forward streams through at head dim `d` (`ST` of its
+/// `FA_SM90` lines): three where they fit beside Q at d = 64, two at d = 128.
+fn tma_stages(d: usize) -> usize {
+    if d == 64 {
+        3
+    } else {
+        2
+    }
+}
+
+/// The TMA forward's maps of q (boxes of a block's 128 query rows) and k, v (a tile's
+/// 128 keys), or `None` where one of them cannot be made ([`tma::head_rows_map`]).
+fn tensor_maps(inputs: [(&Input, &Layout); 3], dt: DType) -> Option<[TensorMap; 3]> {
+    let map = |(x, l): (&Input, &Layout)| {
+        let s = l.shape();
+        let strides = [x.rows.row, x.rows.head, x.rows.batch];
+        tma::head_rows_map(x.ptr, dt, [s[0], s[1], s[2], s[3]], strides, 128)
+    };
+    Some([map(inputs[0])?, map(inputs[1])?, map(inputs[2])?])
 }
 
 /// dq, dk and dv, stored token-major, of q, k, v `[b, h, t, d]` views, the forward's
@@ -660,9 +723,10 @@ mod tests {
         }
     }
 
-    /// The Hopper forward's shape against the `FA_SM90(S, T, D, CWG, BS)` lines of its
-    /// kernel file: 4·CWG warps, 64·CWG rows, and `Sm90Smem`'s bytes (Q, two stages of K
-    /// and V, 1 KiB to align them), within the 227 KiB an sm_90 block may have; only
+    /// The Hopper forwards' shapes against the `FA_SM90(S, T, D, CWG, BS, ST)` lines of
+    /// their kernel file: 4·CWG warps (and the TMA forward's producer warpgroup), 64·CWG rows,
+    /// and `Sm90Smem`'s and `TmaSmem`'s bytes (Q, two or ST stages of K and V, the
+    /// barriers, 1 KiB to align them), within the 227 KiB an sm_90 block may have; only
     /// head dims 64 and 128.
     #[test]
     fn hopper_shapes_match_the_kernel_file() {
@@ -683,16 +747,22 @@ mod tests {
             .collect();
         assert_eq!(lines.len(), 4, "{lines:?}");
         for a in &lines {
-            let (d, cwg, bs) = (a[0], a[1], a[2]);
-            let want = Shape {
+            let (d, cwg, bs, st) = (a[0], a[1], a[2], a[3]);
+            let copying = Shape {
                 warps: 4 * cwg,
                 rows: 64 * cwg,
                 smem: (64 * cwg + 4 * bs) * d * 2 + 1024,
             };
+            let tma = Shape {
+                warps: 4 * cwg + 4,
+                rows: 64 * cwg,
+                smem: (64 * cwg + 2 * st * bs) * d * 2 + 8 * (1 + 4 * st) + 1024,
+            };
             for dt in [DType::BF16, DType::F16] {
-                assert_eq!(shape(Kernel::FwdSm90, dt, d), want, "{a:?}");
+                assert_eq!(shape(Kernel::FwdSm90, dt, d), copying, "{a:?}");
+                assert_eq!(shape(Kernel::FwdTma, dt, d), tma, "{a:?}");
             }
-            assert!(want.smem <= 227 << 10, "{a:?}");
+            assert!(copying.smem.max(tma.smem) <= 227 << 10, "{a:?}");
             assert!(matches!(d, 64 | 128), "{a:?}");
         }
     }

@@ -183,6 +183,8 @@ pub(crate) enum Arg {
     Rows(super::flash::Rows),
     /// The tensors of a multi-tensor Adam step (3.6 KB, so boxed).
     AdamList(Box<super::adam_list::AdamList>),
+    /// A TMA tensor map (128 bytes, so boxed).
+    TensorMap(Box<super::tma::TensorMap>),
 }
 
 impl Arg {
@@ -195,6 +197,7 @@ impl Arg {
             Arg::View(v) => v as *mut View as *mut c_void,
             Arg::Rows(v) => v as *mut super::flash::Rows as *mut c_void,
             Arg::AdamList(l) => &mut **l as *mut super::adam_list::AdamList as *mut c_void,
+            Arg::TensorMap(m) => &mut **m as *mut super::tma::TensorMap as *mut c_void,
         }
     }
 }
@@ -237,6 +240,11 @@ impl From<View> for Arg {
 impl From<super::flash::Rows> for Arg {
     fn from(v: super::flash::Rows) -> Self {
         Arg::Rows(v)
+    }
+}
+impl From<super::tma::TensorMap> for Arg {
+    fn from(v: super::tma::TensorMap) -> Self {
+        Arg::TensorMap(Box::new(v))
     }
 }
 

@@ -26,11 +26,12 @@ mod launch;
 mod lt;
 pub(crate) mod matmul;
 pub(crate) mod rows;
+mod tma;
 
 pub use alloc::MemoryStats;
 pub use device::{
     driver_present, set_allow_tf32, set_fused_attention, set_half_gradient_epilogues,
-    set_hopper_attention, set_poison, set_single_pass_attention_backward,
+    set_hopper_attention, set_poison, set_single_pass_attention_backward, HopperAttention,
 };
 
 use crate::backend::{BackendStorage, BinaryOp, CmpOp, ReduceOp, UnaryOp};
