@@ -111,8 +111,10 @@ __device__ __forceinline__ void wg_fence() {
 __device__ __forceinline__ void wg_commit() {
     asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
 }
-__device__ __forceinline__ void wg_wait_all() {
-    asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+// Waits until at most N of this warp's committed groups are pending; groups complete in
+// the order they were committed.
+template <int N> __device__ __forceinline__ void wg_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
 }
 // The compiler does not know that an MMA in flight still reads and writes its
 // accumulators: pinning them before the fence and after the wait keeps every other use
@@ -178,31 +180,30 @@ template <int D> struct WgRows {
     float o[1][D / 8][4] = {};              // the output accumulator (C layout)
 };
 
-// S = Q·Kᵀ for the warpgroup's 64 rows (Q rows at `qa` in a tile of M rows) and the BS
-// keys of the tile at `sk`: D/16 MMAs, step kk on columns 16kk.. of both, i.e. panel
-// kk/4, 32·(kk%4) bytes into its rows. Waits for the result.
+// Issues S = Q·Kᵀ for the warpgroup's 64 rows (Q rows at `qa` in a tile of M rows) and
+// the BS keys of the tile at `sk` as one group: D/16 MMAs, step kk on columns 16kk.. of
+// both, i.e. panel kk/4, 32·(kk%4) bytes into its rows. s is valid after a wait for the
+// group and wg_pin(s).
 template <typename T, int D, int M, int BS>
-__device__ __forceinline__ void scores_wg(float (&s)[1][BS / 8][4], unsigned qa, unsigned sk) {
-    float(&sd)[BS / 2] = reinterpret_cast<float(&)[BS / 2]>(s);
+__device__ __forceinline__ void issue_scores(float (&s)[BS / 2], unsigned qa, unsigned sk) {
     wg_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
         const unsigned off = (kk % 4) * 32;
         const u64 a = sw128_desc(qa + (kk / 4) * M * SW_ROW + off, 16, SW_ATOM);
         const u64 b = sw128_desc(sk + (kk / 4) * BS * SW_ROW + off, 16, SW_ATOM);
-        wgmma_ss<T, BS>(sd, a, b, kk > 0);
+        wgmma_ss<T, BS>(s, a, b, kk > 0);
     }
     wg_commit();
-    wg_wait_all();
-    wg_pin(sd);
 }
 
 // The scores scaled to log2 units, masked, and the online softmax step, exactly as in
-// fa_fwd: s becomes P (unnormalised), the running max and sums and the output rows are
-// updated. Element (nb, e) is query r0 + g + 8(e/2), key k0 + 8nb + 2t + e%2.
+// fa_fwd: s becomes P (unnormalised), the running max and sums are updated, and corr[h]
+// is what the output rows must be multiplied by (rescale) before P·V is added. Element
+// (nb, e) is query r0 + g + 8(e/2), key k0 + 8nb + 2t + e%2.
 template <int D, int BS>
 __device__ __forceinline__ void softmax_wg(float (&s)[1][BS / 8][4], WgRows<D>& w, float sl2,
-                                           int r0, int k0, int nk, int causal) {
+                                           int r0, int k0, int nk, int causal, float (&corr)[2]) {
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
     for (int nb = 0; nb < BS / 8; ++nb)
@@ -224,7 +225,8 @@ __device__ __forceinline__ void softmax_wg(float (&s)[1][BS / 8][4], WgRows<D>& 
         for (int nb = 0; nb < BS / 8; ++nb)
             mx = fmaxf(mx, fmaxf(s[0][nb][2 * h], s[0][nb][2 * h + 1]));
         mx = row_max(mx);
-        const float ref = mx == FA_NEG_INF ? 0.f : mx, corr = ex2(w.m[h] - ref);
+        const float ref = mx == FA_NEG_INF ? 0.f : mx;
+        corr[h] = ex2(w.m[h] - ref);
         w.m[h] = mx;
         float sum = 0.f;
 #pragma unroll
@@ -233,32 +235,39 @@ __device__ __forceinline__ void softmax_wg(float (&s)[1][BS / 8][4], WgRows<D>& 
             s[0][nb][2 * h + 1] = ex2(s[0][nb][2 * h + 1] - ref);
             sum += s[0][nb][2 * h] + s[0][nb][2 * h + 1];
         }
-        w.l[h] = w.l[h] * corr + sum;
-#pragma unroll
-        for (int nb = 0; nb < D / 8; ++nb) {
-            w.o[0][nb][2 * h] *= corr;
-            w.o[0][nb][2 * h + 1] *= corr;
-        }
+        w.l[h] = w.l[h] * corr[h] + sum;
     }
 }
 
-// O += P·V for the V tile at `sv`: BS/16 MMAs, step kk on keys 16kk.. (V rows 16kk..,
-// 2048·kk bytes into each panel; the next 64 columns one panel, BS·128 bytes, on), A =
-// P packed from the score registers. Waits for the result.
+template <int D>
+__device__ __forceinline__ void rescale(float (&o)[1][D / 8][4], const float (&corr)[2]) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int nb = 0; nb < D / 8; ++nb) {
+            o[0][nb][2 * h] *= corr[h];
+            o[0][nb][2 * h + 1] *= corr[h];
+        }
+}
+
+// Issues O += P·V for the V tile at `sv` as one group: BS/16 MMAs, step kk on keys
+// 16kk.. (V rows 16kk.., 2048·kk bytes into each panel; the next 64 columns one panel,
+// BS·128 bytes, on), A = P (packed by pack_a). o is valid after a wait for the group and
+// wg_pin(o).
 template <typename T, int D, int BS>
-__device__ __forceinline__ void pv_wg(float (&o)[1][D / 8][4], const float (&s)[1][BS / 8][4],
-                                      unsigned sv) {
-    float(&od)[D / 2] = reinterpret_cast<float(&)[D / 2]>(o);
-    unsigned pf[1][BS / 16][4];
-    pack_a<T, 1, BS>(pf, s);
-    wg_pin(od);
+__device__ __forceinline__ void issue_pv(float (&o)[D / 2], const unsigned (&pf)[1][BS / 16][4],
+                                         unsigned sv) {
+    wg_pin(o);
     wg_fence();
 #pragma unroll
     for (int kk = 0; kk < BS / 16; ++kk)
-        wgmma_rs_tn<T, D>(od, pf[0][kk], sw128_desc(sv + kk * 16 * SW_ROW, BS * SW_ROW, SW_ATOM));
+        wgmma_rs_tn<T, D>(o, pf[0][kk], sw128_desc(sv + kk * 16 * SW_ROW, BS * SW_ROW, SW_ATOM));
     wg_commit();
-    wg_wait_all();
-    wg_pin(od);
+}
+
+// The 1×N/8×4 fragment arrays as the N/2 registers of a wgmma operand list.
+template <int N> __device__ __forceinline__ float (&regs(float (&c)[1][N / 8][4]))[N / 2] {
+    return reinterpret_cast<float(&)[N / 2]>(c);
 }
 
 // The warp's lse and output rows (rows ≥ nq skipped), through padded shared rows at
@@ -322,10 +331,17 @@ __device__ void fa_forward_wg(const T* q, Rows qr, const T* k, Rows kr, const T*
         // Under the causal mask a warpgroup whose last row precedes the tile's first key
         // sees none of it (uniform over the warpgroup, as wgmma needs).
         if (causal && k0 > w0 + 63) continue;
-        float s[1][BS / 8][4];
-        scores_wg<T, D, M, BS>(s, sq + 64 * wg * SW_ROW, sk);
-        softmax_wg<D, BS>(s, w, sl2, r0, k0, nk, causal);
-        pv_wg<T, D, BS>(w.o, s, sv);
+        float s[1][BS / 8][4], corr[2];
+        unsigned pf[1][BS / 16][4];
+        issue_scores<T, D, M, BS>(regs<BS>(s), sq + 64 * wg * SW_ROW, sk);
+        wg_wait<0>();
+        wg_pin(regs<BS>(s));
+        softmax_wg<D, BS>(s, w, sl2, r0, k0, nk, causal, corr);
+        rescale<D>(w.o, corr);
+        pack_a<T, 1, BS>(pf, s);
+        issue_pv<T, D, BS>(regs<D>(w.o), pf, sv);
+        wg_wait<0>();
+        wg_pin(regs<D>(w.o));
     }
     // Every warpgroup is done with the shared window before the output goes through its
     // first M padded rows, warp w through rows 16w.. of them.
@@ -415,7 +431,7 @@ __device__ void fa_forward_tma(const TensorMap& qm, const TensorMap& km, const T
     check_launch<CW + 4, M>(Smem::BYTES, nq);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, wg = warp >> 2;
     const u64 bh = blockIdx.x;
-    const int q0 = blockIdx.y * M, w0 = q0 + 64 * wg, r0 = q0 + 16 * warp;
+    const int q0 = blockIdx.y * M, r0 = q0 + 16 * warp;
     const int hh = (int)(bh % heads), bb = (int)(bh / heads);
     const unsigned base = (smem_addr(fa_smem) + SW_ATOM - 1) & ~(unsigned)(SW_ATOM - 1);
     const unsigned sq = base, stages = base + Smem::Q, bars = base + Smem::BARRIERS;
@@ -459,21 +475,56 @@ __device__ void fa_forward_tma(const TensorMap& qm, const TensorMap& km, const T
     const float sl2 = scale * FA_LOG2E;
     WgRows<D> w;
     mbar_wait(q_full, 0);
-    for (int j = 0; j < ntiles; ++j) {
-        const int k0 = j * BS, s = j % ST, parity = (j / ST) & 1;
-        const unsigned sk = stages + 2 * s * Smem::TILE;
-        // Under the causal mask a warpgroup skips a tile its rows see none of, but waits
-        // for it and releases it all the same: a warp's release of a stage's use then
-        // never counts towards an earlier use's phase.
-        const bool sees = !(causal && k0 > w0 + 63);
-        float p[1][BS / 8][4];
-        mbar_wait(bar(K_FULL, s), parity);
-        if (sees) scores_wg<T, D, M, BS>(p, sq + 64 * wg * SW_ROW, sk);
-        if (lane == 0) mbar_arrive(bar(K_FREE, s));
-        if (sees) softmax_wg<D, BS>(p, w, sl2, r0, k0, nk, causal);
-        mbar_wait(bar(V_FULL, s), parity);
-        if (sees) pv_wg<T, D, BS>(w.o, p, sk + Smem::TILE);
-        if (lane == 0) mbar_arrive(bar(V_FREE, s));
+    // Tile j's S = Q·Kᵀ is issued before tile j − 1's P·V, and its softmax runs while
+    // that product does (FlashAttention-3's overlap within a warpgroup): O is rescaled
+    // for tile j's running max only once P_{j−1}·V_{j−1}, computed at the max before it,
+    // has been added. Every tile is computed, also one the causal mask hides from a
+    // warpgroup's rows entirely (masked to P = 0, it changes nothing), so that the
+    // waits and releases are the same for every warp. Tile 0 (no product before it) and
+    // the last P·V are outside the loop, so that every MMA group is waited for on the
+    // path that issued it (ptxas serialises the MMAs where it cannot tell).
+    float s[1][BS / 8][4], corr[2];
+    unsigned pf[1][BS / 16][4];
+    const unsigned qa = sq + 64 * wg * SW_ROW;
+    auto tile = [&](int j) { return stages + 2 * (j % ST) * Smem::TILE; };
+    auto issue_s = [&](int j) {
+        mbar_wait(bar(K_FULL, j % ST), (j / ST) & 1);
+        issue_scores<T, D, M, BS>(regs<BS>(s), qa, tile(j));
+    };
+    auto softmax_s = [&](int j) {
+        wg_pin(regs<BS>(s));
+        if (lane == 0) mbar_arrive(bar(K_FREE, j % ST));
+        softmax_wg<D, BS>(s, w, sl2, r0, j * BS, nk, causal, corr);
+    };
+    auto issue_o = [&](int j) {
+        mbar_wait(bar(V_FULL, j % ST), (j / ST) & 1);
+        issue_pv<T, D, BS>(regs<D>(w.o), pf, tile(j) + Smem::TILE);
+    };
+    auto release_o = [&](int j) {
+        wg_pin(regs<D>(w.o));
+        if (lane == 0) mbar_arrive(bar(V_FREE, j % ST));
+    };
+    if (ntiles > 0) {
+        issue_s(0);
+        wg_wait<0>();
+        softmax_s(0);
+        rescale<D>(w.o, corr);
+        pack_a<T, 1, BS>(pf, s);
+    }
+    for (int j = 1; j < ntiles; ++j) {
+        issue_s(j);
+        issue_o(j - 1);
+        wg_wait<1>();
+        softmax_s(j);
+        wg_wait<0>();
+        release_o(j - 1);
+        rescale<D>(w.o, corr);
+        pack_a<T, 1, BS>(pf, s);
+    }
+    if (ntiles > 0) {
+        issue_o(ntiles - 1);
+        wg_wait<0>();
+        release_o(ntiles - 1);
     }
     // Every consumer warp is done with the tiles (all copies issued have landed: each
     // was waited for) before the output goes through the window's first M padded rows.
