@@ -35,6 +35,10 @@ const MAX_TILES: usize = 65535;
 const DEFAULT_SMEM: usize = 48 << 10;
 /// Padding of each shared row, in elements (`FA_PAD` in the kernel file).
 const PAD: usize = 8;
+/// The Hopper forwards' query rows a block (two warpgroups of 64) and keys a tile (`CWG`
+/// and `BS` of the `FA_SM90` lines).
+const SM90_ROWS: usize = 128;
+const SM90_KEYS: usize = 128;
 
 /// The row-tiled kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,9 +122,9 @@ fn shape(kernel: Kernel, dtype: DType, d: usize) -> Shape {
         // and V in 128-byte-swizzled panels (no padding), and 1 KiB to align them.
         Kernel::FwdSm90 => {
             return Shape {
-                warps: 8,
-                rows: 128,
-                smem: (128 + 4 * 128) * d * 2 + 1024,
+                warps: SM90_ROWS / 16,
+                rows: SM90_ROWS,
+                smem: (SM90_ROWS + 4 * SM90_KEYS) * d * 2 + 1024,
             }
         }
         // The same and a producer warpgroup, with tma_stages(d) stages and their barriers
@@ -128,9 +132,9 @@ fn shape(kernel: Kernel, dtype: DType, d: usize) -> Shape {
         Kernel::FwdTma => {
             let stages = tma_stages(d);
             return Shape {
-                warps: 12,
-                rows: 128,
-                smem: (128 + 2 * stages * 128) * d * 2 + 8 * (1 + 4 * stages) + 1024,
+                warps: SM90_ROWS / 16 + 4,
+                rows: SM90_ROWS,
+                smem: (SM90_ROWS + 2 * stages * SM90_KEYS) * d * 2 + 8 * (1 + 4 * stages) + 1024,
             };
         }
         _ => {}
@@ -417,15 +421,19 @@ fn tma_stages(d: usize) -> usize {
     }
 }
 
-/// The TMA forward's maps of q (boxes of a block's 128 query rows) and k, v (a tile's
-/// 128 keys), or `None` where one of them cannot be made ([`tma::head_rows_map`]).
+/// The TMA forward's maps of q (boxes of a block's query rows) and k, v (a tile's keys),
+/// or `None` where one of them cannot be made ([`tma::head_rows_map`]).
 fn tensor_maps(inputs: [(&Input, &Layout); 3], dt: DType) -> Option<[TensorMap; 3]> {
-    let map = |(x, l): (&Input, &Layout)| {
+    let map = |(x, l): (&Input, &Layout), box_rows| {
         let s = l.shape();
         let strides = [x.rows.row, x.rows.head, x.rows.batch];
-        tma::head_rows_map(x.ptr, dt, [s[0], s[1], s[2], s[3]], strides, 128)
+        tma::head_rows_map(x.ptr, dt, [s[0], s[1], s[2], s[3]], strides, box_rows)
     };
-    Some([map(inputs[0])?, map(inputs[1])?, map(inputs[2])?])
+    Some([
+        map(inputs[0], SM90_ROWS)?,
+        map(inputs[1], SM90_KEYS)?,
+        map(inputs[2], SM90_KEYS)?,
+    ])
 }
 
 /// dq, dk and dv, stored token-major, of q, k, v `[b, h, t, d]` views, the forward's
