@@ -71,9 +71,10 @@ fn hopper<T>(mode: HopperAttention, f: impl FnOnce() -> T) -> T {
 }
 
 /// The Hopper forwards and the names of their cases.
-const HOPPER_FORWARDS: [(HopperAttention, &str); 2] = [
+const HOPPER_FORWARDS: [(HopperAttention, &str); 3] = [
     (HopperAttention::CpAsync, "sm90 cp.async"),
     (HopperAttention::Tma, "sm90 tma"),
+    (HopperAttention::TmaPingPong, "sm90 tma-pingpong"),
 ];
 
 fn report(json: bool, bench: &str, what: &str, value: f64, unit: &str) {

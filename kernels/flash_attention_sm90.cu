@@ -15,10 +15,11 @@
 // - fa_fwd_sm90: every thread copies with cp.async, two stages, a block barrier a tile
 //   (the warpgroups work in step);
 // - fa_fwd_tma: a producer warpgroup has the TMA unit copy them, through ST stages with
-//   barriers of their own (mbarrier), so the consumers never wait for each other.
-// Not (yet) here, and what FlashAttention-3 adds on top: overlapping a tile's softmax
-// with the next tile's S = Q·Kᵀ within a warpgroup (each waits for its MMAs before using
-// their result), and an enforced ping-pong of the two warpgroups.
+//   barriers of their own (mbarrier), so the consumers never wait for each other; within
+//   a warpgroup a tile's softmax overlaps the previous tile's P·V (FlashAttention-3's
+//   overlap); fa_fwd_tma_pp also has the two warpgroups take turns at issuing their
+//   MMAs (FlashAttention-3's ping-pong).
+// Not here: the backward (flash_attention.cu's serves all three forwards).
 //
 // wgmma fragments (PTX ISA, wgmma.mma_async .m64nNk16, f32 accumulators): warp i of the
 // warpgroup holds rows 16i..16i+15 of the 64×N accumulator, in the C layout of
@@ -419,7 +420,7 @@ template <int D, int CWG, int BS, int ST> struct TmaSmem {
 // thread, too few for a consumer's accumulators and scores (ptxas then serialises the
 // MMAs); the producer gives its share up (setmaxnreg: 24) and the consumers take it
 // (240: 2·240 + 24 ≤ 512 a scheduler and thread slot).
-template <typename T, int D, int CWG, int BS, int ST>
+template <typename T, int D, int CWG, int BS, int ST, bool PP>
 __device__ void fa_forward_tma(const TensorMap& qm, const TensorMap& km, const TensorMap& vm,
                                u64 heads, T* out, Rows outr, float* lse, u64 tq, u64 tk,
                                float scale, int causal) {
@@ -427,6 +428,7 @@ __device__ void fa_forward_tma(const TensorMap& qm, const TensorMap& km, const T
     constexpr int M = 64 * CWG, CW = 4 * CWG;
     static_assert(D % 64 == 0 && BS % 64 == 0, "tiles are whole 64-column panels");
     static_assert(M * (D + FA_PAD) * 2 <= Smem::BARRIERS, "output rows fit the tiles' window");
+    static_assert(!PP || CWG == 2, "the ping-pong is between two warpgroups");
     const int nq = (int)tq, nk = (int)tk;
     check_launch<CW + 4, M>(Smem::BYTES, nq);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, wg = warp >> 2;
@@ -483,37 +485,62 @@ __device__ void fa_forward_tma(const TensorMap& qm, const TensorMap& km, const T
     // waits and releases are the same for every warp. Tile 0 (no product before it) and
     // the last P·V are outside the loop, so that every MMA group is waited for on the
     // path that issued it (ptxas serialises the MMAs where it cannot tell).
+    //
+    // With PP the two warpgroups take turns at issuing their MMAs (named barriers 2 and
+    // 3, one a warpgroup: it waits for its turn, issues, and hands the turn over), so
+    // that one's softmax runs while the other's MMAs do (FlashAttention-3's ping-pong).
+    // Warpgroup 1 hands warpgroup 0 the first turn and keeps its own last one, so that
+    // every arrival at a barrier is matched by a wait.
     float s[1][BS / 8][4], corr[2];
     unsigned pf[1][BS / 16][4];
     const unsigned qa = sq + 64 * wg * SW_ROW;
     auto tile = [&](int j) { return stages + 2 * (j % ST) * Smem::TILE; };
-    auto issue_s = [&](int j) {
-        mbar_wait(bar(K_FULL, j % ST), (j / ST) & 1);
-        issue_scores<T, D, M, BS>(regs<BS>(s), qa, tile(j));
+    auto wait_k = [&](int j) { mbar_wait(bar(K_FULL, j % ST), (j / ST) & 1); };
+    auto wait_v = [&](int j) { mbar_wait(bar(V_FULL, j % ST), (j / ST) & 1); };
+    auto issue_s = [&](int j) { issue_scores<T, D, M, BS>(regs<BS>(s), qa, tile(j)); };
+    auto issue_o = [&](int j) {
+        issue_pv<T, D, BS>(regs<D>(w.o), pf, tile(j) + Smem::TILE);
+    };
+    // (Barrier ids as immediates: with an id in a register ptxas reserves all 16.)
+    auto take_turn = [&] {
+        if constexpr (PP) {
+            if (wg == 0) asm volatile("bar.sync 2, 256;" ::: "memory");
+            else asm volatile("bar.sync 3, 256;" ::: "memory");
+        }
+    };
+    auto hand_over = [&](bool last) {
+        if constexpr (PP) {
+            if (wg == 0) asm volatile("bar.arrive 3, 256;" ::: "memory");
+            else if (!last) asm volatile("bar.arrive 2, 256;" ::: "memory");
+        }
     };
     auto softmax_s = [&](int j) {
         wg_pin(regs<BS>(s));
         if (lane == 0) mbar_arrive(bar(K_FREE, j % ST));
         softmax_wg<D, BS>(s, w, sl2, r0, j * BS, nk, causal, corr);
     };
-    auto issue_o = [&](int j) {
-        mbar_wait(bar(V_FULL, j % ST), (j / ST) & 1);
-        issue_pv<T, D, BS>(regs<D>(w.o), pf, tile(j) + Smem::TILE);
-    };
     auto release_o = [&](int j) {
         wg_pin(regs<D>(w.o));
         if (lane == 0) mbar_arrive(bar(V_FREE, j % ST));
     };
     if (ntiles > 0) {
+        if (PP && wg == 1) asm volatile("bar.arrive 2, 256;" ::: "memory");
+        wait_k(0);
+        take_turn();
         issue_s(0);
+        hand_over(false);
         wg_wait<0>();
         softmax_s(0);
         rescale<D>(w.o, corr);
         pack_a<T, 1, BS>(pf, s);
     }
     for (int j = 1; j < ntiles; ++j) {
+        wait_k(j);
+        wait_v(j - 1);
+        take_turn();
         issue_s(j);
         issue_o(j - 1);
+        hand_over(false);
         wg_wait<1>();
         softmax_s(j);
         wg_wait<0>();
@@ -522,7 +549,10 @@ __device__ void fa_forward_tma(const TensorMap& qm, const TensorMap& km, const T
         pack_a<T, 1, BS>(pf, s);
     }
     if (ntiles > 0) {
+        wait_v(ntiles - 1);
+        take_turn();
         issue_o(ntiles - 1);
+        hand_over(true);
         wg_wait<0>();
         release_o(ntiles - 1);
     }
@@ -535,19 +565,23 @@ __device__ void fa_forward_tma(const TensorMap& qm, const TensorMap& km, const T
 
 // bf16/f16 at head dim D: CWG warpgroups of 64 query rows, key tiles of BS, and (TMA)
 // ST stages. At d = 128 one block a multiprocessor (161 KiB of shared memory; 2 stages),
-// at d = 64 one (cp.async: 81 KiB) or one with 3 stages (TMA: 113 KiB).
+// at d = 64 one (cp.async: 81 KiB) or one with 3 stages (TMA: 113 KiB). The TMA forward
+// with and without the ping-pong of its warpgroups (fa_fwd_tma_pp, fa_fwd_tma).
+#define FA_TMA(S, T, D, CWG, BS, ST, PP, NAME)                                            \
+    extern "C" __global__ void __launch_bounds__(128 * CWG + 128, 1) NAME##_##S##_d##D(  \
+        const __grid_constant__ TensorMap qm, const __grid_constant__ TensorMap km,         \
+        const __grid_constant__ TensorMap vm, u64 heads, T* out, Rows outr, float* lse,     \
+        u64 tq, u64 tk, float scale, int causal) {                                          \
+        fa_forward_tma<T, D, CWG, BS, ST, PP>(qm, km, vm, heads, out, outr, lse, tq, tk,    \
+                                              scale, causal);                               \
+    }
 #define FA_SM90(S, T, D, CWG, BS, ST)                                                     \
     extern "C" __global__ void __launch_bounds__(128 * CWG, 1)                            \
         fa_fwd_sm90_##S##_d##D(FA_PARAMS_FWD(T)) {                                        \
         fa_forward_wg<T, D, CWG, BS>(FA_QKV, out, outr, lse, tq, tk, scale, causal);      \
     }                                                                                     \
-    extern "C" __global__ void __launch_bounds__(128 * CWG + 128, 1) fa_fwd_tma_##S##_d##D( \
-        const __grid_constant__ TensorMap qm, const __grid_constant__ TensorMap km,         \
-        const __grid_constant__ TensorMap vm, u64 heads, T* out, Rows outr, float* lse,     \
-        u64 tq, u64 tk, float scale, int causal) {                                          \
-        fa_forward_tma<T, D, CWG, BS, ST>(qm, km, vm, heads, out, outr, lse, tq, tk, scale, \
-                                          causal);                                          \
-    }
+    FA_TMA(S, T, D, CWG, BS, ST, false, fa_fwd_tma)                                       \
+    FA_TMA(S, T, D, CWG, BS, ST, true, fa_fwd_tma_pp)
 
 FA_SM90(bf16, bf16, 64, 2, 128, 3)
 FA_SM90(bf16, bf16, 128, 2, 128, 2)

@@ -298,15 +298,39 @@ class MBarrier:
         return ok
 
 
-def pipeline_check(ntiles, ST, CWG, rng):
+class NamedBarrier:
+    """bar.sync / bar.arrive with a thread count of `warps` warps: a generation completes
+    when that many warps have arrived (a sync arrives, then waits for the generation it
+    arrived in)."""
+
+    def __init__(self, warps):
+        self.warps, self.count, self.generation = warps, 0, 0
+
+    def arrive(self):
+        self.count += 1
+        if self.count == self.warps:
+            self.count, self.generation = 0, self.generation + 1
+
+    def sync(self):
+        mine = self.generation
+        self.arrive()
+        while self.generation == mine:
+            yield
+
+
+def pipeline_check(ntiles, ST, CWG, rng, pingpong=False):
     """Runs fa_forward_tma's copy and barrier protocol with the producer, the 4·CWG
-    consumer warps and the copies in flight interleaved at random. Checks that it ends
-    (no deadlock), that every consumer reads the tile it means from each stage, and that
-    no copy lands in a stage a consumer still reads."""
+    consumer warps and the copies in flight interleaved at random (with `pingpong`, the
+    warpgroups' turns at issuing MMAs too). Checks that it ends (no deadlock), that every
+    consumer reads the tile it means from each stage, that no copy lands in a stage a
+    consumer still reads, and with `pingpong` that the warpgroups' turns never overlap
+    and every arrival at the turn barriers is matched."""
     CW, TILE = 4 * CWG, 1
     q_full = MBarrier(1)
     bars = {(kind, s): MBarrier(1 if kind.endswith("full") else CW)
             for kind in ["k_full", "v_full", "k_free", "v_free"] for s in range(ST)}
+    turn_bars = [NamedBarrier(CW), NamedBarrier(CW)]  # bar 2 and 3: warpgroup 0's, 1's turn
+    in_turn = [0] * CWG  # warps of each warpgroup between their turn and its hand-over
     stage = {}  # ("k" or "v", s) -> the tile the buffer holds
     reading = set()  # (buffer, warp) pairs between a consumer's wait and its release
     flights = []  # copies in flight: (buffer, tile, barrier)
@@ -325,6 +349,8 @@ def pipeline_check(ntiles, ST, CWG, rng):
                 yield
 
     def consumer(w):
+        wg = w // 4
+
         def wait(kind, j):
             s, n = j % ST, j // ST
             while not bars[(kind + "_full", s)].passes(n & 1, n):
@@ -336,17 +362,29 @@ def pipeline_check(ntiles, ST, CWG, rng):
             reading.discard(((kind, j % ST), w))
             bars[(kind + "_free", j % ST)].arrive()
 
+        def issue(last):
+            """take_turn, the MMAs issued, hand_over(last)."""
+            if pingpong:
+                yield from turn_bars[wg].sync()
+                assert in_turn[1 - wg] == 0, "both warpgroups issuing at once"
+            in_turn[wg] += 1
+            yield
+            in_turn[wg] -= 1
+            if pingpong and (wg == 0 or not last):
+                turn_bars[1 - wg].arrive()
+
         while not q_full.passes(0, 0):
             yield
         assert stage[("q", 0)] == 0
-        # fa_forward_tma's order: S_j issued, then P_{j-1}·V_{j-1}; S_j waited for and
+        if pingpong and wg == 1 and ntiles > 0:
+            turn_bars[0].arrive()
+        # fa_forward_tma's order: S_j issued with P_{j-1}·V_{j-1}; S_j waited for and
         # K_j released; the softmax; P_{j-1}·V_{j-1} waited for and V_{j-1} released.
         for j in range(ntiles):
             yield from wait("k", j)
-            yield
             if j > 0:
                 yield from wait("v", j - 1)
-                yield
+            yield from issue(last=False)
             release("k", j)
             yield
             if j > 0:
@@ -354,7 +392,7 @@ def pipeline_check(ntiles, ST, CWG, rng):
             yield
         if ntiles > 0:
             yield from wait("v", ntiles - 1)
-            yield
+            yield from issue(last=True)
             release("v", ntiles - 1)
 
     agents = [producer()] + [consumer(w) for w in range(CW)]
@@ -376,6 +414,7 @@ def pipeline_check(ntiles, ST, CWG, rng):
         # loop would spin forever; bounded by the check below.
         pipeline_check.steps += 1
         assert pipeline_check.steps < 10**6, "deadlock: the pipeline stopped moving"
+    assert all(b.count == 0 for b in turn_bars), "an arrival at a turn barrier left unmatched"
 
 
 pipeline_check.steps = 0
@@ -399,11 +438,12 @@ def main():
         print(f"ok {case}", flush=True)
     # The pipeline at every stage count instantiated, with tiles enough to reuse every
     # stage several times, in many random interleavings each.
-    for (_, CWG, _, ST), ntiles, _ in itertools.product(instantiations(), [0, 1, 2, 5, 9],
-                                                        range(30)):
+    for (_, CWG, _, ST), ntiles, pingpong, _ in itertools.product(
+            instantiations(), [0, 1, 2, 5, 9], [False, True], range(30)):
         pipeline_check.steps = 0
-        pipeline_check(ntiles, ST, CWG, rng)
-    print("ok pipeline: no deadlock, every tile read from its stage, no copy over a read")
+        pipeline_check(ntiles, ST, CWG, rng, pingpong)
+    print("ok pipeline: no deadlock, every tile read from its stage, no copy over a read,"
+          " turns taken in turn (ping-pong)")
     print(f"all match (worst relative error {worst:.1e})")
 
 

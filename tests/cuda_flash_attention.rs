@@ -316,7 +316,12 @@ fn hopper_forwards_match_cpu_and_repeat() {
         eprintln!("skipping: the Hopper forwards run on sm_90 cards, this one is {arch}");
         return;
     }
-    for mode in [HopperAttention::CpAsync, HopperAttention::Tma] {
+    let modes = [
+        HopperAttention::CpAsync,
+        HopperAttention::Tma,
+        HopperAttention::TmaPingPong,
+    ];
+    for mode in modes {
         let _on = Switched::on(
             || cuda::set_hopper_attention(mode),
             || cuda::set_hopper_attention(HopperAttention::Off),

@@ -126,13 +126,16 @@ pub enum HopperAttention {
     /// warpgroups never wait for each other (`fa_fwd_tma`); inputs a tensor map cannot
     /// describe (a broadcast over heads, say) take `CpAsync`.
     Tma,
+    /// `Tma` with the two warpgroups taking turns at issuing their MMAs (named barriers),
+    /// so that one's softmax runs while the other's MMAs do (`fa_fwd_tma_pp`).
+    TmaPingPong,
 }
 
 /// Sets the forward the fused attention runs on sm_90 cards for bf16/f16 at head dims 64
 /// and 128 (other cards, dtypes and head dims always take the forward of every card).
 /// Each writes the same output and log-sum-exp, so the backward is unchanged. `Off`
 /// by default until the Hopper kernels have run on a GPU (`tests/cuda_flash_attention.rs`
-/// checks both against the CPU, `benches/cuda.rs` times both beside the other forward
+/// checks each against the CPU, `benches/cuda.rs` times each beside the other forward
 /// and PyTorch's flash SDPA).
 pub fn set_hopper_attention(mode: HopperAttention) {
     HOPPER_ATTENTION.store(mode as u8, Ordering::Relaxed);
@@ -142,6 +145,7 @@ pub(crate) fn hopper_attention() -> HopperAttention {
     match HOPPER_ATTENTION.load(Ordering::Relaxed) {
         x if x == HopperAttention::CpAsync as u8 => HopperAttention::CpAsync,
         x if x == HopperAttention::Tma as u8 => HopperAttention::Tma,
+        x if x == HopperAttention::TmaPingPong as u8 => HopperAttention::TmaPingPong,
         _ => HopperAttention::Off,
     }
 }

@@ -50,6 +50,8 @@ enum Kernel {
     FwdSm90,
     /// The same with the tiles copied by the TMA unit for a producer warpgroup.
     FwdTma,
+    /// The same with the consumer warpgroups taking turns at their MMAs.
+    FwdTmaPp,
     /// dQ, a block per query tile.
     Dq,
     /// dK and dV, a block per key tile.
@@ -70,7 +72,7 @@ impl Kernel {
     /// The kernel file it is in.
     fn file(self) -> &'static str {
         match self {
-            Kernel::FwdSm90 | Kernel::FwdTma => FILE_SM90,
+            Kernel::FwdSm90 | Kernel::FwdTma | Kernel::FwdTmaPp => FILE_SM90,
             _ => FILE,
         }
     }
@@ -80,6 +82,7 @@ impl Kernel {
             Kernel::Fwd => "fwd",
             Kernel::FwdSm90 => "fwd_sm90",
             Kernel::FwdTma => "fwd_tma",
+            Kernel::FwdTmaPp => "fwd_tma_pp",
             Kernel::Dq => "dq",
             Kernel::Dkdv => "dkdv",
             Kernel::Bwd => "bwd",
@@ -129,7 +132,7 @@ fn shape(kernel: Kernel, dtype: DType, d: usize) -> Shape {
         }
         // The same and a producer warpgroup, with tma_stages(d) stages and their barriers
         // (Q's, and four a stage: 8 bytes each).
-        Kernel::FwdTma => {
+        Kernel::FwdTma | Kernel::FwdTmaPp => {
             let stages = tma_stages(d);
             return Shape {
                 warps: SM90_ROWS / 16 + 4,
@@ -172,7 +175,7 @@ fn shape(kernel: Kernel, dtype: DType, d: usize) -> Shape {
         Kernel::Bwd => (2 * rows + 4 * tile) * row_bytes + 4 * tile * 4 + rows * (tile + PAD) * 2,
         // Q and tQ resident, two stages of four tiles.
         Kernel::Jvp => (2 * rows + 8 * tile) * row_bytes,
-        Kernel::FwdSm90 | Kernel::FwdTma => unreachable!("sized above"),
+        Kernel::FwdSm90 | Kernel::FwdTma | Kernel::FwdTmaPp => unreachable!("sized above"),
     };
     Shape { warps, rows, smem }
 }
@@ -356,7 +359,12 @@ pub(crate) fn forward(
     let lse = CudaStorage::alloc(dev, bh * tq, DType::F32)?;
     let (scale, causal) = (spec.scale as f32, spec.causal);
     let mode = hopper_mode(dev, dt, d);
-    if mode == HopperAttention::Tma {
+    let tma = match mode {
+        HopperAttention::Tma => Some(Kernel::FwdTma),
+        HopperAttention::TmaPingPong => Some(Kernel::FwdTmaPp),
+        _ => None,
+    };
+    if let Some(kernel) = tma {
         if let Some([qm, km, vm]) = tensor_maps([(&qi, lq), (&ki, lk), (&vi, lv)], dt) {
             let heads = lq.shape()[1];
             let a = args![
@@ -372,7 +380,7 @@ pub(crate) fn forward(
                 scale,
                 causal
             ];
-            launch_tiled(dev, "attention", Kernel::FwdTma, (dt, dims, tq), a)?;
+            launch_tiled(dev, "attention", kernel, (dt, dims, tq), a)?;
             return Ok((out, lse));
         }
     }
@@ -769,6 +777,7 @@ mod tests {
             for dt in [DType::BF16, DType::F16] {
                 assert_eq!(shape(Kernel::FwdSm90, dt, d), copying, "{a:?}");
                 assert_eq!(shape(Kernel::FwdTma, dt, d), tma, "{a:?}");
+                assert_eq!(shape(Kernel::FwdTmaPp, dt, d), tma, "{a:?}");
             }
             assert!(copying.smem.max(tma.smem) <= 227 << 10, "{a:?}");
             assert!(matches!(d, 64 | 128), "{a:?}");
