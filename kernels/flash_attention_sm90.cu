@@ -298,7 +298,7 @@ template <int D, int CWG, int BS> struct Sm90Smem {
 
 // Every thread copies; a block barrier opens each tile (next_kv_tile_sw), so the
 // warpgroups work in step. The fallback of fa_forward_tma where a tensor map cannot
-// describe an input (flash.rs), and the simpler of the two to check a card with.
+// describe an input (flash.rs), and the simplest of the three to check a card with.
 template <typename T, int D, int CWG, int BS>
 __device__ void fa_forward_wg(const T* q, Rows qr, const T* k, Rows kr, const T* v, Rows vr,
                               T* out, Rows outr, float* lse, u64 tq, u64 tk, float scale,
@@ -419,7 +419,7 @@ template <int D, int CWG, int BS, int ST> struct TmaSmem {
 // registers and one warp of each warpgroup, so 3 warpgroups could have 168 registers a
 // thread, too few for a consumer's accumulators and scores (ptxas then serialises the
 // MMAs); the producer gives its share up (setmaxnreg: 24) and the consumers take it
-// (240: 2·240 + 24 ≤ 512 a scheduler and thread slot).
+// (240: a scheduler's three warps then hold 32·(240 + 240 + 24) = 16,128 of its 16,384).
 template <typename T, int D, int CWG, int BS, int ST, bool PP>
 __device__ void fa_forward_tma(const TensorMap& qm, const TensorMap& km, const TensorMap& vm,
                                u64 heads, T* out, Rows outr, float* lse, u64 tq, u64 tk,
