@@ -47,13 +47,6 @@ __device__ __forceinline__ void ldsm_x4_t(unsigned (&r)[4], unsigned addr) {
                  : "r"(addr));
 }
 
-// 4 bytes, as cp_async16 copies 16 (.ca: .cg allows only 16-byte copies).
-__device__ __forceinline__ void cp_async4(unsigned dst, const void* src, bool full) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(src),
-                 "r"(full ? 4 : 0)
-                 : "memory");
-}
-
 template <typename T>
 __device__ __forceinline__ void mma16816(float (&c)[4], const unsigned (&a)[4], unsigned b0,
                                          unsigned b1);
@@ -1321,17 +1314,13 @@ __device__ void fa_delta(const T* dout, Rows dr, const T* out, Rows outr, float*
 
 // ======================= instantiations =======================
 // The launch shapes must match `shape` in crates/engine/src/cuda/flash.rs (every kernel
-// traps on a block size, grid or shared size that does not). The forward's parameters
-// (FA_PARAMS_FWD) and FA_QKV are in flash_common.cuh.
+// traps on a block size, grid or shared size that does not). The forward's and the dK/dV
+// kernels' parameters (FA_PARAMS_FWD, FA_PARAMS_DKDV) and FA_QKV are in flash_common.cuh.
 
 #define FA_PARAMS_DQ(T)                                                                     \
     const T *q, Rows qr, const T *k, Rows kr, const T *v, Rows vr, const T *dout, Rows dr, \
         const float *lse, const float *delta, T *dq, Rows dqr, u64 tq, u64 tk, float scale, \
         int causal
-#define FA_PARAMS_DKDV(T)                                                                   \
-    const T *q, Rows qr, const T *k, Rows kr, const T *v, Rows vr, const T *dout, Rows dr, \
-        const float *lse, const float *delta, T *dk, T *dv, Rows dkvr, u64 tq, u64 tk,     \
-        float scale, int causal
 #define FA_PARAMS_BWD(T)                                                                    \
     const T *q, Rows qr, const T *k, Rows kr, const T *v, Rows vr, const T *dout, Rows dr, \
         const float *lse, const float *delta, T *dk, T *dv, Rows dkvr, float *dq_parts,    \

@@ -1,9 +1,9 @@
-// Fused attention forwards for Hopper (sm_90a): the same results as fa_fwd of
+// Fused attention for Hopper (sm_90a): forwards with the same results as fa_fwd of
 // flash_attention.cu (out stored where `outr` says, f32 lse [bh, tq], the same masks),
-// with the products on warpgroup MMAs (wgmma) reading their operands from shared memory.
-// crates/engine/src/cuda/flash.rs launches them on sm_90 cards for bf16/f16 at head
-// dims 64 and 128 when `cuda::set_hopper_attention` says so; the backward stays
-// flash_attention.cu's.
+// and the backward's dK/dV half (as fa_dkdv), with the products on warpgroup MMAs
+// (wgmma) reading their operands from shared memory. crates/engine/src/cuda/flash.rs
+// launches them on sm_90 cards for bf16/f16 at head dims 64 and 128 when
+// `cuda::set_hopper_attention` says so; dQ stays flash_attention.cu's.
 //
 // A block has CWG consumer warpgroups (4 warps each, 128 threads) and owns M = 64·CWG
 // query rows; warpgroup w owns rows 64w..64w+63, its warp i (of 4) rows 16i..16i+15 of
@@ -19,7 +19,7 @@
 //   a warpgroup a tile's softmax overlaps the previous tile's P·V (FlashAttention-3's
 //   overlap); fa_fwd_tma_pp also has the two warpgroups take turns at issuing their
 //   MMAs (FlashAttention-3's ping-pong).
-// Not here: the backward (flash_attention.cu's serves all three forwards).
+// fa_dkdv_sm90 (at the end) computes dK and dV with the scores transposed, as fa_dkdv.
 //
 // wgmma fragments (PTX ISA, wgmma.mma_async .m64nNk16, f32 accumulators): warp i of the
 // warpgroup holds rows 16i..16i+15 of the 64×N accumulator, in the C layout of
@@ -563,6 +563,125 @@ __device__ void fa_forward_tma(const TensorMap& qm, const TensorMap& km, const T
                     r0, nq);
 }
 
+// ---- the backward's dK/dV half on wgmma ----
+// Shared bytes: K and V (M = 128 keys), two stages of Q and dO tiles of BQ queries, two
+// stages of the tiles' lse and delta, and room to align.
+template <int D, int BQ> struct DkdvSm90Smem {
+    static constexpr unsigned KV = 128 * D * 2, TILE = BQ * D * 2;
+    static constexpr unsigned ROWS = 2 * KV + 4 * TILE;  // lse and delta, from the base
+    static constexpr unsigned BYTES = ROWS + 4 * BQ * 4 + SW_ATOM;
+};
+
+// dK and dV of a block of 128 keys, as fa_dkdv in flash_attention.cu computes them
+// (dkdv_block without DQ: the scores transposed, keys as rows), with the products on
+// wgmma: warpgroup w owns keys 64w..64w+63; per query tile of BQ rows (streamed with
+// cp.async by every thread, two stages, a block barrier a tile), Sᵀ = K·Qᵀ and
+// dPᵀ = V·dOᵀ (m64n<BQ>k16, both operands K-major from shared memory), Pᵀ from lse and
+// dSᵀ = Pᵀ∘(dPᵀ − delta) in registers, then dV += Pᵀ·dO and dK += dSᵀ·Q (m64n<D>k16, A
+// from registers, B = the dO and Q tiles read N-major, as V in the forward). dQ stays
+// with fa_dq (flash.rs runs this kernel in the two-kernel backward with a Hopper forward
+// switched on).
+template <typename T, int D, int BQ>
+__device__ void fa_dkdv_wg(const T* q, Rows qr, const T* k, Rows kr, const T* v, Rows vr,
+                           const T* dout, Rows dr, const float* lse, const float* delta, T* dk,
+                           T* dv, Rows dkvr, u64 tq, u64 tk, float scale, int causal) {
+    using Smem = DkdvSm90Smem<D, BQ>;
+    constexpr int M = 128, NT = 256;
+    static_assert(D % 64 == 0 && BQ % 64 == 0, "tiles are whole 64-column panels");
+    static_assert(2 * M * (D + FA_PAD) * 2 <= Smem::ROWS, "dK and dV rows fit the window");
+    const int nq = (int)tq, nk = (int)tk;
+    check_launch<8, M>(Smem::BYTES, nk);
+    const int wg = threadIdx.x >> 7, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, t = lane & 3;
+    const u64 bh = blockIdx.x;
+    // The block's, the warpgroup's and the warp's first keys.
+    const int k0 = blockIdx.y * M, w0 = k0 + 64 * wg, r0 = k0 + 16 * warp;
+    q += qr.start(bh), k += kr.start(bh), v += vr.start(bh), dout += dr.start(bh);
+    lse += bh * tq, delta += bh * tq;
+    // K at the base, V one KV on; stage s: Q at 2·KV + 2s·TILE, dO one TILE on; then
+    // stage s's lse (BQ f32) at ROWS + 2s·BQ·4, its delta BQ·4 on.
+    const unsigned window = smem_addr(fa_smem);
+    const unsigned base = (window + SW_ATOM - 1) & ~(unsigned)(SW_ATOM - 1);
+    const unsigned sk = base, sv = base + Smem::KV, stages = base + 2 * Smem::KV;
+    const unsigned rows = base + Smem::ROWS;
+    const float* srows = reinterpret_cast<const float*>(fa_smem + (rows - window));
+    // Under the causal mask no query before the block's first key sees any of its keys.
+    const int qs = causal ? min(k0, nq) : 0, ntiles = (nq - qs + BQ - 1) / BQ;
+    auto issue = [&](int qb, int stage) {
+        const unsigned sq = stages + 2 * stage * Smem::TILE;
+        cp_tile_sw<T, D, BQ, NT>(sq, q, qr.row, qb, nq);
+        cp_tile_sw<T, D, BQ, NT>(sq + Smem::TILE, dout, dr.row, qb, nq);
+        const int x = threadIdx.x;
+        if (x < 2 * BQ) {
+            // Thread x < BQ: lse of query qb + x; BQ ≤ x < 2·BQ: delta of qb + x − BQ.
+            const int c = x < BQ ? x : x - BQ, i = qb + c;
+            const float* src = (x < BQ ? lse : delta) + (i < nq ? i : 0);
+            cp_async4(rows + (2 * stage * BQ + x) * 4, src, i < nq);
+        }
+    };
+    cp_tile_sw<T, D, M, NT>(sk, k, kr.row, k0, nk);
+    cp_tile_sw<T, D, M, NT>(sv, v, vr.row, k0, nk);
+    if (ntiles > 0) issue(qs, 0);
+    cp_async_commit();
+    const float sl2 = scale * FA_LOG2E;
+    float dka[1][D / 8][4] = {}, dva[1][D / 8][4] = {};
+    for (int j = 0; j < ntiles; ++j) {
+        const int qb = qs + j * BQ, stage = j & 1;
+        const unsigned sq = stages + 2 * stage * Smem::TILE, sdo = sq + Smem::TILE;
+        const float* sl = srows + 2 * stage * BQ;
+        const float* sd = sl + BQ;
+        cp_async_wait_all();
+        fence_proxy_async();
+        __syncthreads();
+        if (j + 1 < ntiles) issue(qb + BQ, stage ^ 1);
+        cp_async_commit();
+        // Every key of this warpgroup comes after every query of the tile: all masked
+        // (uniform over the warpgroup, as wgmma needs).
+        if (causal && w0 > qb + BQ - 1) continue;
+        float s[1][BQ / 8][4], dp[1][BQ / 8][4];
+        issue_scores<T, D, M, BQ>(regs<BQ>(s), sk + 64 * wg * SW_ROW, sq);
+        issue_scores<T, D, M, BQ>(regs<BQ>(dp), sv + 64 * wg * SW_ROW, sdo);
+        wg_wait<0>();
+        wg_pin(regs<BQ>(s));
+        wg_pin(regs<BQ>(dp));
+        // Element (nb, e): key r0 + g + 8(e/2) (row), query qb + 8nb + 2t + e%2 (column);
+        // its lse and delta are shared[col], read as one 8-byte pair.
+        const bool full = qb + BQ <= nq && !(causal && r0 + 15 > qb);
+#pragma unroll
+        for (int nb = 0; nb < BQ / 8; ++nb) {
+            const int c = 8 * nb + 2 * t;
+            const float2 lv = *reinterpret_cast<const float2*>(sl + c);
+            const float2 dlv = *reinterpret_cast<const float2*>(sd + c);
+            const float lc[2] = {lv.x * FA_LOG2E, lv.y * FA_LOG2E}, dc[2] = {dlv.x, dlv.y};
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int kj = r0 + g + 8 * (e >> 1), i = qb + c + (e & 1);
+                float p = ex2(s[0][nb][e] * sl2 - lc[e & 1]);
+                if (!full && (i >= nq || (causal && kj > i))) p = 0.f;
+                s[0][nb][e] = p;
+                dp[0][nb][e] = p * (dp[0][nb][e] - dc[e & 1]);
+            }
+        }
+        unsigned pf[1][BQ / 16][4], dsf[1][BQ / 16][4];
+        pack_a<T, 1, BQ>(pf, s);
+        pack_a<T, 1, BQ>(dsf, dp);
+        issue_pv<T, D, BQ>(regs<D>(dva), pf, sdo);
+        issue_pv<T, D, BQ>(regs<D>(dka), dsf, sq);
+        wg_wait<0>();
+        wg_pin(regs<D>(dva));
+        wg_pin(regs<D>(dka));
+    }
+    cp_async_wait_all();
+    __syncthreads();
+    float mk[1][2] = {{scale, scale}}, mv[1][2] = {{1.f, 1.f}};
+    // The tiles are free scratch now: dK's rows staged in the first M padded rows, dV's in
+    // the M after them.
+    T* st = reinterpret_cast<T*>(fa_smem) + 16 * warp * (D + FA_PAD);
+    dk += dkvr.start(bh), dv += dkvr.start(bh);
+    store_rows<T, D, 1>(dk, dkvr.row, dka, mk, st, r0, nk);
+    store_rows<T, D, 1>(dv, dkvr.row, dva, mv, st + M * (D + FA_PAD), r0, nk);
+}
+
 // bf16/f16 at head dim D: CWG warpgroups of 64 query rows, key tiles of BS, and (TMA)
 // ST stages. At d = 128 one block a multiprocessor (161 KiB of shared memory; 2 stages),
 // at d = 64 one (cp.async: 81 KiB) or one with 3 stages (TMA: 113 KiB). The TMA forward
@@ -583,7 +702,19 @@ __device__ void fa_forward_tma(const TensorMap& qm, const TensorMap& km, const T
     FA_TMA(S, T, D, CWG, BS, ST, false, fa_fwd_tma)                                       \
     FA_TMA(S, T, D, CWG, BS, ST, true, fa_fwd_tma_pp)
 
+// The dK/dV kernel at head dim D with query tiles of BQ.
+#define FA_DKDV_SM90(S, T, D, BQ)                                                         \
+    extern "C" __global__ void __launch_bounds__(256, 1) fa_dkdv_sm90_##S##_d##D(         \
+        FA_PARAMS_DKDV(T)) {                                                              \
+        fa_dkdv_wg<T, D, BQ>(FA_QKV, dout, dr, lse, delta, dk, dv, dkvr, tq, tk, scale,    \
+                             causal);                                                     \
+    }
+
 FA_SM90(bf16, bf16, 64, 2, 128, 3)
 FA_SM90(bf16, bf16, 128, 2, 128, 2)
 FA_SM90(f16, f16, 64, 2, 128, 3)
 FA_SM90(f16, f16, 128, 2, 128, 2)
+FA_DKDV_SM90(bf16, bf16, 64, 64)
+FA_DKDV_SM90(bf16, bf16, 128, 64)
+FA_DKDV_SM90(f16, f16, 64, 64)
+FA_DKDV_SM90(f16, f16, 128, 64)

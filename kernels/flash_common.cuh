@@ -72,6 +72,12 @@ __device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool f
                  "r"(full ? 16 : 0)
                  : "memory");
 }
+// 4 bytes, as cp_async16 copies 16 (.ca: .cg allows only 16-byte copies).
+__device__ __forceinline__ void cp_async4(unsigned dst, const void* src, bool full) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(src),
+                 "r"(full ? 4 : 0)
+                 : "memory");
+}
 // Closes the group of this thread's cp.async issued since the last commit (an empty
 // group when there were none: it counts, and is complete at once).
 __device__ __forceinline__ void cp_async_commit() {
@@ -177,9 +183,14 @@ __device__ __forceinline__ void check_launch(unsigned smem, int rows) {
         __trap();
 }
 
-// The forward's parameters (both files' forwards take them: `forward` in flash.rs).
+// The forward's and the dK/dV kernels' parameters (both files' take them: `forward` and
+// `backward` in flash.rs).
 #define FA_PARAMS_FWD(T)                                                                    \
     const T *q, Rows qr, const T *k, Rows kr, const T *v, Rows vr, T *out, Rows outr,      \
         float *lse, u64 tq, u64 tk, float scale, int causal
+#define FA_PARAMS_DKDV(T)                                                                   \
+    const T *q, Rows qr, const T *k, Rows kr, const T *v, Rows vr, const T *dout, Rows dr, \
+        const float *lse, const float *delta, T *dk, T *dv, Rows dkvr, u64 tq, u64 tk,     \
+        float scale, int causal
 // The three inputs and their row placements, as every kernel takes them first.
 #define FA_QKV q, qr, k, kr, v, vr

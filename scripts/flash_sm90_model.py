@@ -265,6 +265,103 @@ def forward_sm90(q, k, v, scale, causal, D, CWG, BS, window, ST=None):
     return out, lse
 
 
+def dkdv_instantiations():
+    """(D, BQ) of each FA_DKDV_SM90(bf16, ...) line of the kernel file."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "kernels",
+                        "flash_attention_sm90.cu")
+    out = []
+    for line in open(path):
+        line = line.strip()
+        if line.startswith("FA_DKDV_SM90(bf16,") and line.endswith(")"):
+            a = [x.strip() for x in line[len("FA_DKDV_SM90("):-1].split(",")]
+            out.append((int(a[2]), int(a[3])))
+    assert out, f"no FA_DKDV_SM90(bf16, ...) line in {path}"
+    return out
+
+
+def dkdv_sm90(q, k, v, do, lse, delta, scale, causal, D, BQ, window):
+    """dk, dv of one (b, h) as fa_dkdv_wg writes them."""
+    nq, nk = len(q), len(k)
+    M, NT, KV, TILE = 128, 256, 128 * D * 2, BQ * D * 2
+    ROWS = 2 * KV + 4 * TILE
+    size = ROWS + 4 * BQ * 4 + SW_ATOM
+    assert 2 * M * (D + ff.PAD) * 2 <= ROWS
+    dk, dv = np.full((nk, D), np.nan), np.full((nk, D), np.nan)
+    wk, wv = set(), set()
+    for by in range((nk + M - 1) // M):
+        sm = ff.Smem(window + size)
+        sm.lo = window
+        k0 = by * M
+        base = (window + SW_ATOM - 1) & ~(SW_ATOM - 1)
+        sk, sv, stages, rows = base, base + KV, base + 2 * KV, base + ROWS
+        qs = min(k0, nq) if causal else 0
+        ntiles = (nq - qs + BQ - 1) // BQ
+        cp_tile_sw(sm, D, M, NT, sk, k, k0, nk)
+        cp_tile_sw(sm, D, M, NT, sv, v, k0, nk)
+        acc = [dict(dk=[ff.zeros(1, D)[0] for _ in range(4)], dv=[ff.zeros(1, D)[0] for _ in range(4)])
+               for _ in range(2)]
+        for j in range(ntiles):
+            qb, stage = qs + j * BQ, j & 1
+            sq = stages + 2 * stage * TILE
+            sdo = sq + TILE
+            cp_tile_sw(sm, D, BQ, NT, sq, q, qb, nq)
+            cp_tile_sw(sm, D, BQ, NT, sdo, do, qb, nq)
+            # The lse and delta copies (4 bytes each, zero past nq), as f32 values.
+            cols = qb + np.arange(BQ)
+            sl = np.where(cols < nq, lse[np.minimum(cols, nq - 1)], 0.0)
+            sd = np.where(cols < nq, delta[np.minimum(cols, nq - 1)], 0.0)
+            assert rows + (2 * stage * BQ + 2 * BQ) * 4 <= sm.nbytes
+            for wg in range(2):
+                w0 = k0 + 64 * wg
+                if causal and w0 > qb + BQ - 1:
+                    continue
+                s = [ff.zeros(1, BQ) for _ in range(4)]
+                dp = [ff.zeros(1, BQ) for _ in range(4)]
+                for kk in range(D // 16):
+                    off = (kk % 4) * 32
+                    b_q = sw128_desc(sq + (kk // 4) * BQ * SW_ROW + off, 16, SW_ATOM)
+                    b_do = sw128_desc(sdo + (kk // 4) * BQ * SW_ROW + off, 16, SW_ATOM)
+                    a_k = sw128_desc(sk + 64 * wg * SW_ROW + (kk // 4) * M * SW_ROW + off, 16, SW_ATOM)
+                    a_v = sw128_desc(sv + 64 * wg * SW_ROW + (kk // 4) * M * SW_ROW + off, 16, SW_ATOM)
+                    wgmma_ss(sm, s, BQ, a_k, b_q, kk > 0)
+                    wgmma_ss(sm, dp, BQ, a_v, b_do, kk > 0)
+                pf, dsf = [], []
+                for i in range(4):
+                    r0 = k0 + 16 * (4 * wg + i)
+                    full = qb + BQ <= nq and not (causal and r0 + 15 > qb)
+                    for nb in range(BQ // 8):
+                        c = 8 * nb + 2 * ff.T
+                        for e in range(4):
+                            kj = r0 + ff.G + 8 * (e >> 1)
+                            col = qb + c + (e & 1)
+                            lc = sl[c + (e & 1)] * ff.LOG2E
+                            p = ff.ex2(s[i][0][nb][:, e] * scale * ff.LOG2E - lc)
+                            if not full:
+                                p = np.where((col >= nq) | (causal & (kj > col)), 0.0, p)
+                            s[i][0][nb][:, e] = p
+                            dp[i][0][nb][:, e] = p * (dp[i][0][nb][:, e] - sd[c + (e & 1)])
+                    pf.append(ff.pack_a(s[i], 1, BQ)[0])
+                    dsf.append(ff.pack_a(dp[i], 1, BQ)[0])
+                dva = [[a] for a in acc[wg]["dv"]]
+                dka = [[a] for a in acc[wg]["dk"]]
+                for kk in range(BQ // 16):
+                    wgmma_rs_tn(sm, dva, D, [p[kk] for p in pf],
+                                sw128_desc(sdo + kk * 16 * SW_ROW, BQ * SW_ROW, SW_ATOM))
+                    wgmma_rs_tn(sm, dka, D, [p[kk] for p in dsf],
+                                sw128_desc(sq + kk * 16 * SW_ROW, BQ * SW_ROW, SW_ATOM))
+        for wg in range(2):
+            for i in range(4):
+                warp = 4 * wg + i
+                r0 = k0 + 16 * warp
+                st = window + 16 * warp * (D + ff.PAD) * 2
+                ones, scl = [[np.ones(32), np.ones(32)]], [[np.full(32, scale), np.full(32, scale)]]
+                ff.store_rows(sm, dk, [acc[wg]["dk"][i]], scl, 1, D, st, r0, nk, wk)
+                ff.store_rows(sm, dv, [acc[wg]["dv"][i]], ones, 1, D, st + M * (D + ff.PAD) * 2,
+                              r0, nk, wv)
+    assert len(wk) == len(wv) == nk * D // 8
+    return dk, dv
+
+
 # ---- fa_forward_tma's pipeline: the producer, the consumer warps and the barriers ----
 class MBarrier:
     """mbarrier: `arrivals` expected a phase, a transaction count of bytes still to land;
@@ -435,6 +532,16 @@ def main():
         o, lse = forward_sm90(q, k, v, scale, causal, D, CWG, BS, window, ST if tma else None)
         case = f"d={D} tq={tq} tk={tk} causal={causal} tma={tma}"
         worst = max(worst, ff.compare(case, [("out", o, o_r), ("lse", lse, lse_r)]))
+        print(f"ok {case}", flush=True)
+    for (D, BQ), (tq, tk), causal in itertools.product(dkdv_instantiations(), lengths,
+                                                      [False, True]):
+        q, k, v, do = (rng.standard_normal((n, D)) for n in (tq, tk, tk, tq))
+        scale = -0.7 / np.sqrt(D) if (tq + tk) % 3 == 0 else 1 / np.sqrt(D)
+        _, lse_r, delta_r, _, dk_r, dv_r = ff.reference(q, k, v, do, scale, causal)
+        window = 0 if (tq + tk) % 2 else 1040
+        dk, dv = dkdv_sm90(q, k, v, do, lse_r, delta_r, scale, causal, D, BQ, window)
+        case = f"dK/dV d={D} tq={tq} tk={tk} causal={causal}"
+        worst = max(worst, ff.compare(case, [("dk", dk, dk_r), ("dv", dv, dv_r)]))
         print(f"ok {case}", flush=True)
     # The pipeline at every stage count instantiated, with tiles enough to reuse every
     # stage several times, in many random interleavings each.

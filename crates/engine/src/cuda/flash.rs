@@ -39,6 +39,9 @@ const PAD: usize = 8;
 /// and `BS` of the `FA_SM90` lines).
 const SM90_ROWS: usize = 128;
 const SM90_KEYS: usize = 128;
+/// The Hopper dK/dV kernel's query rows a tile (`BQ` of its `FA_DKDV_SM90` lines); its
+/// blocks hold SM90_ROWS keys.
+const SM90_QUERIES: usize = 64;
 
 /// The row-tiled kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +55,9 @@ enum Kernel {
     FwdTma,
     /// The same with the consumer warpgroups taking turns at their MMAs.
     FwdTmaPp,
+    /// dK and dV on Hopper's warpgroup MMAs (bf16/f16, head dims 64 and 128), a block
+    /// per 128 keys.
+    DkdvSm90,
     /// dQ, a block per query tile.
     Dq,
     /// dK and dV, a block per key tile.
@@ -72,7 +78,7 @@ impl Kernel {
     /// The kernel file it is in.
     fn file(self) -> &'static str {
         match self {
-            Kernel::FwdSm90 | Kernel::FwdTma | Kernel::FwdTmaPp => FILE_SM90,
+            Kernel::FwdSm90 | Kernel::FwdTma | Kernel::FwdTmaPp | Kernel::DkdvSm90 => FILE_SM90,
             _ => FILE,
         }
     }
@@ -83,6 +89,7 @@ impl Kernel {
             Kernel::FwdSm90 => "fwd_sm90",
             Kernel::FwdTma => "fwd_tma",
             Kernel::FwdTmaPp => "fwd_tma_pp",
+            Kernel::DkdvSm90 => "dkdv_sm90",
             Kernel::Dq => "dq",
             Kernel::Dkdv => "dkdv",
             Kernel::Bwd => "bwd",
@@ -140,6 +147,15 @@ fn shape(kernel: Kernel, dtype: DType, d: usize) -> Shape {
                 smem: (SM90_ROWS + 2 * stages * SM90_KEYS) * d * 2 + 8 * (1 + 4 * stages) + 1024,
             };
         }
+        // Two warpgroups of 64 keys: K and V resident, two stages of Q and dO tiles of
+        // SM90_QUERIES rows and of their lse and delta, and 1 KiB to align them.
+        Kernel::DkdvSm90 => {
+            return Shape {
+                warps: 8,
+                rows: SM90_ROWS,
+                smem: (2 * SM90_ROWS + 4 * SM90_QUERIES) * d * 2 + 4 * SM90_QUERIES * 4 + 1024,
+            }
+        }
         _ => {}
     }
     // bf16/f16: (warps, rows per block, rows of a streamed tile).
@@ -175,7 +191,9 @@ fn shape(kernel: Kernel, dtype: DType, d: usize) -> Shape {
         Kernel::Bwd => (2 * rows + 4 * tile) * row_bytes + 4 * tile * 4 + rows * (tile + PAD) * 2,
         // Q and tQ resident, two stages of four tiles.
         Kernel::Jvp => (2 * rows + 8 * tile) * row_bytes,
-        Kernel::FwdSm90 | Kernel::FwdTma | Kernel::FwdTmaPp => unreachable!("sized above"),
+        Kernel::FwdSm90 | Kernel::FwdTma | Kernel::FwdTmaPp | Kernel::DkdvSm90 => {
+            unreachable!("sized above")
+        }
     };
     Shape { warps, rows, smem }
 }
@@ -513,7 +531,12 @@ pub(crate) fn backward(
     let a = args![qp, qr, kp, kr, vp, vr, gp, gr, l, dl, pq, dqr, tq, tk, scale, causal];
     launch_tiled(dev, OP, Kernel::Dq, (dt, dims, tq), a)?;
     let a = args![qp, qr, kp, kr, vp, vr, gp, gr, l, dl, pk, pv, dkvr, tq, tk, scale, causal];
-    launch_tiled(dev, OP, Kernel::Dkdv, (dt, dims, tk), a)?;
+    // With a Hopper forward switched on, the dK/dV half runs on warpgroup MMAs too.
+    let dkdv = match hopper_mode(dev, dt, d) {
+        HopperAttention::Off => Kernel::Dkdv,
+        _ => Kernel::DkdvSm90,
+    };
+    launch_tiled(dev, OP, dkdv, (dt, dims, tk), a)?;
     Ok(grads)
 }
 
@@ -739,8 +762,8 @@ mod tests {
         }
     }
 
-    /// The Hopper forwards' shapes against the `FA_SM90(S, T, D, CWG, BS, ST)` lines of
-    /// their kernel file: 4·CWG warps (and the TMA forward's producer warpgroup), 64·CWG rows,
+    /// The Hopper kernels' shapes against the `FA_SM90(S, T, D, CWG, BS, ST)` and
+    /// `FA_DKDV_SM90(S, T, D, BQ)` lines of their kernel file: 4·CWG warps (and the TMA forward's producer warpgroup), 64·CWG rows,
     /// and `Sm90Smem`'s and `TmaSmem`'s bytes (Q, two or ST stages of K and V, the
     /// barriers, 1 KiB to align them), within the 227 KiB an sm_90 block may have; only
     /// head dims 64 and 128.
@@ -781,6 +804,30 @@ mod tests {
             }
             assert!(copying.smem.max(tma.smem) <= 227 << 10, "{a:?}");
             assert!(matches!(d, 64 | 128), "{a:?}");
+        }
+        // FA_DKDV_SM90(S, T, D, BQ): 8 warps, 128 keys, `DkdvSm90Smem`'s bytes.
+        let lines: Vec<Vec<usize>> = src
+            .lines()
+            .filter_map(|l| l.strip_prefix("FA_DKDV_SM90(")?.strip_suffix(')'))
+            .map(|l| {
+                l.split(',')
+                    .skip(2)
+                    .map(|a| a.trim().parse().unwrap())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        for a in &lines {
+            let (d, bq) = (a[0], a[1]);
+            let want = Shape {
+                warps: 8,
+                rows: 128,
+                smem: (2 * 128 + 4 * bq) * d * 2 + 4 * bq * 4 + 1024,
+            };
+            for dt in [DType::BF16, DType::F16] {
+                assert_eq!(shape(Kernel::DkdvSm90, dt, d), want, "{a:?}");
+            }
+            assert!(want.smem <= 227 << 10, "{a:?}");
         }
     }
 
