@@ -40,17 +40,17 @@ import flash_fragments as ff  # noqa: E402
 SW_ROW, SW_ATOM = 128, 1024
 
 
-def instantiations():
-    """(D, CWG, BS, ST) of each FA_SM90(bf16, ...) line of the kernel file."""
+def instantiations(name="FA_SM90"):
+    """The numeric arguments (after the dtype's two) of each `name(bf16, ...)` line of
+    the kernel file: FA_SM90's (D, CWG, BS, ST), FA_DKDV_SM90's (D, BQ)."""
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "kernels",
                         "flash_attention_sm90.cu")
     out = []
     for line in open(path):
         line = line.strip()
-        if line.startswith("FA_SM90(bf16,") and line.endswith(")"):
-            a = [x.strip() for x in line[len("FA_SM90("):-1].split(",")]
-            out.append((int(a[2]), int(a[3]), int(a[4]), int(a[5])))
-    assert out, f"no FA_SM90(bf16, ...) line in {path}"
+        if line.startswith(name + "(bf16,") and line.endswith(")"):
+            out.append(tuple(int(x) for x in line[len(name) + 1:-1].split(",")[2:]))
+    assert out, f"no {name}(bf16, ...) line in {path}"
     return out
 
 
@@ -263,20 +263,6 @@ def forward_sm90(q, k, v, scale, causal, D, CWG, BS, window, ST=None):
                 ff.store_rows(sm, out, w["o"], inv, 1, D, st, w["r0"], nq, written)
     assert len(written) == nq * D // 8
     return out, lse
-
-
-def dkdv_instantiations():
-    """(D, BQ) of each FA_DKDV_SM90(bf16, ...) line of the kernel file."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "kernels",
-                        "flash_attention_sm90.cu")
-    out = []
-    for line in open(path):
-        line = line.strip()
-        if line.startswith("FA_DKDV_SM90(bf16,") and line.endswith(")"):
-            a = [x.strip() for x in line[len("FA_DKDV_SM90("):-1].split(",")]
-            out.append((int(a[2]), int(a[3])))
-    assert out, f"no FA_DKDV_SM90(bf16, ...) line in {path}"
-    return out
 
 
 def dkdv_sm90(q, k, v, do, lse, delta, scale, causal, D, BQ, window):
@@ -533,7 +519,7 @@ def main():
         case = f"d={D} tq={tq} tk={tk} causal={causal} tma={tma}"
         worst = max(worst, ff.compare(case, [("out", o, o_r), ("lse", lse, lse_r)]))
         print(f"ok {case}", flush=True)
-    for (D, BQ), (tq, tk), causal in itertools.product(dkdv_instantiations(), lengths,
+    for (D, BQ), (tq, tk), causal in itertools.product(instantiations("FA_DKDV_SM90"), lengths,
                                                       [False, True]):
         q, k, v, do = (rng.standard_normal((n, D)) for n in (tq, tk, tk, tq))
         scale = -0.7 / np.sqrt(D) if (tq + tk) % 3 == 0 else 1 / np.sqrt(D)

@@ -707,20 +707,33 @@ mod tests {
     /// `FA32_JVP(D, W, BS)` lines of the kernel file itself: W warps, 16·MT·W rows, and
     /// `JvpSmem`'s bytes (Q and tQ, then two stages of four BS-row tiles); the f32
     /// forward and backward against its `FA32(D, W, BSF, BSB)` lines.
+    /// The arguments of each `name(...)` line of kernel file `file`.
+    fn instantiations(file: &str, name: &str) -> Vec<Vec<String>> {
+        let (_, src) = crate::cuda::kernels::SOURCES
+            .iter()
+            .find(|(n, _)| *n == file)
+            .unwrap();
+        src.lines()
+            .filter_map(|l| l.strip_prefix(name)?.strip_prefix('('))
+            .filter_map(|l| l.strip_suffix(')'))
+            .map(|l| l.split(',').map(|a| a.trim().to_string()).collect())
+            .collect()
+    }
+
+    /// The numeric arguments (after the dtype's two) of each `name(...)` line of the
+    /// Hopper kernel file.
+    fn sm90_instantiations(name: &str) -> Vec<Vec<usize>> {
+        let lines = instantiations(FILE_SM90, name);
+        let number = |a: &String| a.parse().unwrap();
+        lines
+            .iter()
+            .map(|a| a[2..].iter().map(number).collect())
+            .collect()
+    }
+
     #[test]
     fn jvp_and_f32_shapes_match_the_kernel_file() {
-        let src = crate::cuda::kernels::SOURCES
-            .iter()
-            .find(|(n, _)| *n == FILE)
-            .unwrap()
-            .1;
-        let calls = |name: &str| -> Vec<Vec<String>> {
-            src.lines()
-                .filter_map(|l| l.strip_prefix(name)?.strip_prefix('('))
-                .filter_map(|l| l.strip_suffix(')'))
-                .map(|l| l.split(',').map(|a| a.trim().to_string()).collect())
-                .collect()
-        };
+        let calls = |name: &str| instantiations(FILE, name);
         let n = |a: &str| a.parse::<usize>().unwrap();
         let tc = calls("FA_TC_JVP");
         assert_eq!(tc.len(), 6, "{tc:?}");
@@ -769,21 +782,7 @@ mod tests {
     /// head dims 64 and 128.
     #[test]
     fn hopper_shapes_match_the_kernel_file() {
-        let src = crate::cuda::kernels::SOURCES
-            .iter()
-            .find(|(n, _)| *n == FILE_SM90)
-            .unwrap()
-            .1;
-        let lines: Vec<Vec<usize>> = src
-            .lines()
-            .filter_map(|l| l.strip_prefix("FA_SM90(")?.strip_suffix(')'))
-            .map(|l| {
-                l.split(',')
-                    .skip(2)
-                    .map(|a| a.trim().parse().unwrap())
-                    .collect()
-            })
-            .collect();
+        let lines = sm90_instantiations("FA_SM90");
         assert_eq!(lines.len(), 4, "{lines:?}");
         for a in &lines {
             let (d, cwg, bs, st) = (a[0], a[1], a[2], a[3]);
@@ -806,16 +805,7 @@ mod tests {
             assert!(matches!(d, 64 | 128), "{a:?}");
         }
         // FA_DKDV_SM90(S, T, D, BQ): 8 warps, 128 keys, `DkdvSm90Smem`'s bytes.
-        let lines: Vec<Vec<usize>> = src
-            .lines()
-            .filter_map(|l| l.strip_prefix("FA_DKDV_SM90(")?.strip_suffix(')'))
-            .map(|l| {
-                l.split(',')
-                    .skip(2)
-                    .map(|a| a.trim().parse().unwrap())
-                    .collect()
-            })
-            .collect();
+        let lines = sm90_instantiations("FA_DKDV_SM90");
         assert_eq!(lines.len(), 4, "{lines:?}");
         for a in &lines {
             let (d, bq) = (a[0], a[1]);
