@@ -519,8 +519,8 @@ def main():
         case = f"d={D} tq={tq} tk={tk} causal={causal} tma={tma}"
         worst = max(worst, ff.compare(case, [("out", o, o_r), ("lse", lse, lse_r)]))
         print(f"ok {case}", flush=True)
-    for (D, BQ), (tq, tk), causal in itertools.product(instantiations("FA_DKDV_SM90"), lengths,
-                                                      [False, True]):
+    dkdv_shapes = instantiations("FA_DKDV_SM90")
+    for (D, BQ), (tq, tk), causal in itertools.product(dkdv_shapes, lengths, [False, True]):
         q, k, v, do = (rng.standard_normal((n, D)) for n in (tq, tk, tk, tq))
         scale = -0.7 / np.sqrt(D) if (tq + tk) % 3 == 0 else 1 / np.sqrt(D)
         _, lse_r, delta_r, _, dk_r, dv_r = ff.reference(q, k, v, do, scale, causal)
