@@ -1314,13 +1314,9 @@ __device__ void fa_delta(const T* dout, Rows dr, const T* out, Rows outr, float*
 
 // ======================= instantiations =======================
 // The launch shapes must match `shape` in crates/engine/src/cuda/flash.rs (every kernel
-// traps on a block size, grid or shared size that does not). The forward's and the dK/dV
-// kernels' parameters (FA_PARAMS_FWD, FA_PARAMS_DKDV) and FA_QKV are in flash_common.cuh.
+// traps on a block size, grid or shared size that does not). The forward's, dQ's and the
+// dK/dV kernels' parameters (FA_PARAMS_FWD, _DQ, _DKDV) and FA_QKV are in flash_common.cuh.
 
-#define FA_PARAMS_DQ(T)                                                                     \
-    const T *q, Rows qr, const T *k, Rows kr, const T *v, Rows vr, const T *dout, Rows dr, \
-        const float *lse, const float *delta, T *dq, Rows dqr, u64 tq, u64 tk, float scale, \
-        int causal
 #define FA_PARAMS_BWD(T)                                                                    \
     const T *q, Rows qr, const T *k, Rows kr, const T *v, Rows vr, const T *dout, Rows dr, \
         const float *lse, const float *delta, T *dk, T *dv, Rows dkvr, float *dq_parts,    \

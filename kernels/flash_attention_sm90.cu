@@ -1,9 +1,9 @@
 // Fused attention for Hopper (sm_90a): forwards with the same results as fa_fwd of
 // flash_attention.cu (out stored where `outr` says, f32 lse [bh, tq], the same masks),
-// and the backward's dK/dV half (as fa_dkdv), with the products on warpgroup MMAs
-// (wgmma) reading their operands from shared memory. crates/engine/src/cuda/flash.rs
+// and the two-kernel backward (as fa_dq and fa_dkdv), with the products on warpgroup
+// MMAs (wgmma) reading their operands from shared memory. crates/engine/src/cuda/flash.rs
 // launches them on sm_90 cards for bf16/f16 at head dims 64 and 128 when
-// `cuda::set_hopper_attention` says so; dQ stays flash_attention.cu's.
+// `cuda::set_hopper_attention` says so.
 //
 // A block has CWG consumer warpgroups (4 warps each, 128 threads) and owns M = 64·CWG
 // query rows; warpgroup w owns rows 64w..64w+63, its warp i (of 4) rows 16i..16i+15 of
@@ -19,7 +19,8 @@
 //   a warpgroup a tile's softmax overlaps the previous tile's P·V (FlashAttention-3's
 //   overlap); fa_fwd_tma_pp also has the two warpgroups take turns at issuing their
 //   MMAs (FlashAttention-3's ping-pong).
-// fa_dkdv_sm90 (at the end) computes dK and dV with the scores transposed, as fa_dkdv.
+// fa_dq_sm90 and fa_dkdv_sm90 (at the end) are the backward's two halves, as fa_dq and
+// fa_dkdv (dK and dV with the scores transposed).
 //
 // wgmma fragments (PTX ISA, wgmma.mma_async .m64nNk16, f32 accumulators): warp i of the
 // warpgroup holds rows 16i..16i+15 of the 64×N accumulator, in the C layout of
@@ -563,6 +564,90 @@ __device__ void fa_forward_tma(const TensorMap& qm, const TensorMap& km, const T
                     r0, nq);
 }
 
+// ---- the backward's dQ half on wgmma ----
+// Shared bytes: Q and dO (M = 128 query rows), two stages of K and V tiles of BK keys,
+// and room to align.
+template <int D, int BK> struct DqSm90Smem {
+    static constexpr unsigned QD = 128 * D * 2, TILE = BK * D * 2;
+    static constexpr unsigned BYTES = 2 * QD + 4 * TILE + SW_ATOM;
+};
+
+// dQ of a block of 128 query rows, as fa_dq in flash_attention.cu computes it, with the
+// products on wgmma: warpgroup w owns rows 64w..64w+63 (Q and dO resident); per key tile
+// of BK (K and V streamed as in fa_forward_wg), S = Q·Kᵀ and dP = dO·Vᵀ (m64n<BK>k16,
+// both operands K-major from shared memory), P from the row's lse and dS = P∘(dP −
+// delta) in registers, then dQ += dS·K (m64n<D>k16, A from registers, B = the K tile
+// read N-major, as V in the forward).
+template <typename T, int D, int BK>
+__device__ void fa_dq_wg(const T* q, Rows qr, const T* k, Rows kr, const T* v, Rows vr,
+                         const T* dout, Rows dr, const float* lse, const float* delta, T* dq,
+                         Rows dqr, u64 tq, u64 tk, float scale, int causal) {
+    using Smem = DqSm90Smem<D, BK>;
+    constexpr int M = 128, NT = 256;
+    static_assert(D % 64 == 0 && BK % 64 == 0, "tiles are whole 64-column panels");
+    static_assert(M * (D + FA_PAD) * 2 <= Smem::BYTES - SW_ATOM, "dQ rows fit the window");
+    const int nq = (int)tq, nk = (int)tk;
+    check_launch<8, M>(Smem::BYTES, nq);
+    const int wg = threadIdx.x >> 7, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, t = lane & 3;
+    const u64 bh = blockIdx.x;
+    const int q0 = blockIdx.y * M, w0 = q0 + 64 * wg, r0 = q0 + 16 * warp;
+    q += qr.start(bh), k += kr.start(bh), v += vr.start(bh), dout += dr.start(bh);
+    lse += bh * tq, delta += bh * tq;
+    const unsigned base = (smem_addr(fa_smem) + SW_ATOM - 1) & ~(unsigned)(SW_ATOM - 1);
+    const unsigned sq = base, sdo = base + Smem::QD, stages = base + 2 * Smem::QD;
+    const int kend = causal ? min(nk, q0 + M) : nk, ntiles = (kend + BK - 1) / BK;
+    cp_tile_sw<T, D, M, NT>(sq, q, qr.row, q0, nq);
+    cp_tile_sw<T, D, M, NT>(sdo, dout, dr.row, q0, nq);
+    cp_tile_sw<T, D, BK, NT>(stages, k, kr.row, 0, nk);
+    cp_tile_sw<T, D, BK, NT>(stages + Smem::TILE, v, vr.row, 0, nk);
+    cp_async_commit();
+    // This thread's two rows' lse (in log2 units) and delta (rows past nq: 0, not stored).
+    float l2[2], dl[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int i = r0 + g + 8 * h;
+        l2[h] = i < nq ? lse[i] * FA_LOG2E : 0.f;
+        dl[h] = i < nq ? delta[i] : 0.f;
+    }
+    const float sl2 = scale * FA_LOG2E;
+    float dqa[1][D / 8][4] = {};
+    for (int j = 0; j < ntiles; ++j) {
+        const int k0 = j * BK;
+        const unsigned sk = stages + 2 * (j & 1) * Smem::TILE, sv = sk + Smem::TILE;
+        next_kv_tile_sw<T, D, BK, NT>(stages, j, ntiles, k, kr, v, vr, nk);
+        if (causal && k0 > w0 + 63) continue;
+        float s[1][BK / 8][4], dp[1][BK / 8][4];
+        issue_scores<T, D, M, BK>(regs<BK>(s), sq + 64 * wg * SW_ROW, sk);
+        issue_scores<T, D, M, BK>(regs<BK>(dp), sdo + 64 * wg * SW_ROW, sv);
+        wg_wait<0>();
+        wg_pin(regs<BK>(s));
+        wg_pin(regs<BK>(dp));
+        // Element (nb, e): query r0 + g + 8(e/2), key k0 + 8nb + 2t + e%2.
+        const bool full = k0 + BK <= nk && !(causal && k0 + BK - 1 > r0);
+#pragma unroll
+        for (int nb = 0; nb < BK / 8; ++nb)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int h = e >> 1, i = r0 + g + 8 * h, kj = k0 + 8 * nb + 2 * t + (e & 1);
+                float p = ex2(s[0][nb][e] * sl2 - l2[h]);
+                if (!full && (kj >= nk || (causal && kj > i))) p = 0.f;
+                dp[0][nb][e] = p * (dp[0][nb][e] - dl[h]);
+            }
+        unsigned dsf[1][BK / 16][4];
+        pack_a<T, 1, BK>(dsf, dp);
+        issue_pv<T, D, BK>(regs<D>(dqa), dsf, sk);
+        wg_wait<0>();
+        wg_pin(regs<D>(dqa));
+    }
+    cp_async_wait_all();
+    __syncthreads();
+    float mq[1][2] = {{scale, scale}};
+    T* st = reinterpret_cast<T*>(fa_smem) + 16 * warp * (D + FA_PAD);
+    dq += dqr.start(bh);
+    store_rows<T, D, 1>(dq, dqr.row, dqa, mq, st, r0, nq);
+}
+
 // ---- the backward's dK/dV half on wgmma ----
 // Shared bytes: K and V (M = 128 keys), two stages of Q and dO tiles of BQ queries, two
 // stages of the tiles' lse and delta, and room to align.
@@ -579,7 +664,7 @@ template <int D, int BQ> struct DkdvSm90Smem {
 // dPᵀ = V·dOᵀ (m64n<BQ>k16, both operands K-major from shared memory), Pᵀ from lse and
 // dSᵀ = Pᵀ∘(dPᵀ − delta) in registers, then dV += Pᵀ·dO and dK += dSᵀ·Q (m64n<D>k16, A
 // from registers, B = the dO and Q tiles read N-major, as V in the forward). dQ stays
-// with fa_dq (flash.rs runs this kernel in the two-kernel backward with a Hopper forward
+// with fa_dq_sm90 (flash.rs runs both in the two-kernel backward with a Hopper forward
 // switched on).
 template <typename T, int D, int BQ>
 __device__ void fa_dkdv_wg(const T* q, Rows qr, const T* k, Rows kr, const T* v, Rows vr,
@@ -714,7 +799,18 @@ FA_SM90(bf16, bf16, 64, 2, 128, 3)
 FA_SM90(bf16, bf16, 128, 2, 128, 2)
 FA_SM90(f16, f16, 64, 2, 128, 3)
 FA_SM90(f16, f16, 128, 2, 128, 2)
+// The dQ kernel at head dim D with key tiles of BK.
+#define FA_DQ_SM90(S, T, D, BK)                                                           \
+    extern "C" __global__ void __launch_bounds__(256, 1) fa_dq_sm90_##S##_d##D(           \
+        FA_PARAMS_DQ(T)) {                                                                \
+        fa_dq_wg<T, D, BK>(FA_QKV, dout, dr, lse, delta, dq, dqr, tq, tk, scale, causal);  \
+    }
+
 FA_DKDV_SM90(bf16, bf16, 64, 64)
 FA_DKDV_SM90(bf16, bf16, 128, 64)
 FA_DKDV_SM90(f16, f16, 64, 64)
 FA_DKDV_SM90(f16, f16, 128, 64)
+FA_DQ_SM90(bf16, bf16, 64, 64)
+FA_DQ_SM90(bf16, bf16, 128, 64)
+FA_DQ_SM90(f16, f16, 64, 64)
+FA_DQ_SM90(f16, f16, 128, 64)

@@ -183,11 +183,15 @@ __device__ __forceinline__ void check_launch(unsigned smem, int rows) {
         __trap();
 }
 
-// The forward's and the dK/dV kernels' parameters (both files' take them: `forward` and
-// `backward` in flash.rs).
+// The forward's, dQ's and the dK/dV kernels' parameters (both files' take them: `forward`
+// and `backward` in flash.rs).
 #define FA_PARAMS_FWD(T)                                                                    \
     const T *q, Rows qr, const T *k, Rows kr, const T *v, Rows vr, T *out, Rows outr,      \
         float *lse, u64 tq, u64 tk, float scale, int causal
+#define FA_PARAMS_DQ(T)                                                                     \
+    const T *q, Rows qr, const T *k, Rows kr, const T *v, Rows vr, const T *dout, Rows dr, \
+        const float *lse, const float *delta, T *dq, Rows dqr, u64 tq, u64 tk, float scale, \
+        int causal
 #define FA_PARAMS_DKDV(T)                                                                   \
     const T *q, Rows qr, const T *k, Rows kr, const T *v, Rows vr, const T *dout, Rows dr, \
         const float *lse, const float *delta, T *dk, T *dv, Rows dkvr, u64 tq, u64 tk,     \

@@ -348,6 +348,76 @@ def dkdv_sm90(q, k, v, do, lse, delta, scale, causal, D, BQ, window):
     return dk, dv
 
 
+def dq_sm90(q, k, v, do, lse, delta, scale, causal, D, BK, window):
+    """dq of one (b, h) as fa_dq_wg writes it."""
+    nq, nk = len(q), len(k)
+    M, NT, QD, TILE = 128, 256, 128 * D * 2, BK * D * 2
+    size = 2 * QD + 4 * TILE + SW_ATOM
+    dq = np.full((nq, D), np.nan)
+    written = set()
+    for by in range((nq + M - 1) // M):
+        sm = ff.Smem(window + size)
+        sm.lo = window
+        q0 = by * M
+        base = (window + SW_ATOM - 1) & ~(SW_ATOM - 1)
+        sq, sdo, stages = base, base + QD, base + 2 * QD
+        kend = min(nk, q0 + M) if causal else nk
+        ntiles = (kend + BK - 1) // BK
+        cp_tile_sw(sm, D, M, NT, sq, q, q0, nq)
+        cp_tile_sw(sm, D, M, NT, sdo, do, q0, nq)
+        cp_tile_sw(sm, D, BK, NT, stages, k, 0, nk)
+        cp_tile_sw(sm, D, BK, NT, stages + TILE, v, 0, nk)
+        acc = [[ff.zeros(1, D)[0] for _ in range(4)] for _ in range(2)]
+        for j in range(ntiles):
+            k0 = j * BK
+            sk = stages + 2 * (j & 1) * TILE
+            sv = sk + TILE
+            next_kv_tile_sw(sm, D, BK, NT, stages, j, ntiles, k, v, nk)
+            for wg in range(2):
+                if causal and k0 > q0 + 64 * wg + 63:
+                    continue
+                s = [ff.zeros(1, BK) for _ in range(4)]
+                dp = [ff.zeros(1, BK) for _ in range(4)]
+                for kk in range(D // 16):
+                    off = (kk % 4) * 32
+                    b_k = sw128_desc(sk + (kk // 4) * BK * SW_ROW + off, 16, SW_ATOM)
+                    b_v = sw128_desc(sv + (kk // 4) * BK * SW_ROW + off, 16, SW_ATOM)
+                    a_q = sw128_desc(sq + 64 * wg * SW_ROW + (kk // 4) * M * SW_ROW + off, 16, SW_ATOM)
+                    a_do = sw128_desc(sdo + 64 * wg * SW_ROW + (kk // 4) * M * SW_ROW + off, 16, SW_ATOM)
+                    wgmma_ss(sm, s, BK, a_q, b_k, kk > 0)
+                    wgmma_ss(sm, dp, BK, a_do, b_v, kk > 0)
+                dsf = []
+                for i in range(4):
+                    r0 = q0 + 16 * (4 * wg + i)
+                    full = k0 + BK <= nk and not (causal and k0 + BK - 1 > r0)
+                    for nb in range(BK // 8):
+                        for e in range(4):
+                            h = e >> 1
+                            row = r0 + ff.G + 8 * h
+                            kj = k0 + 8 * nb + 2 * ff.T + (e & 1)
+                            inside = row < nq
+                            l2 = np.where(inside, lse[np.minimum(row, nq - 1)] * ff.LOG2E, 0.0)
+                            dl = np.where(inside, delta[np.minimum(row, nq - 1)], 0.0)
+                            p = ff.ex2(s[i][0][nb][:, e] * scale * ff.LOG2E - l2)
+                            if not full:
+                                p = np.where((kj >= nk) | (causal & (kj > row)), 0.0, p)
+                            dp[i][0][nb][:, e] = p * (dp[i][0][nb][:, e] - dl)
+                    dsf.append(ff.pack_a(dp[i], 1, BK)[0])
+                frags = [[a] for a in acc[wg]]
+                for kk in range(BK // 16):
+                    wgmma_rs_tn(sm, frags, D, [p[kk] for p in dsf],
+                                sw128_desc(sk + kk * 16 * SW_ROW, BK * SW_ROW, SW_ATOM))
+        for wg in range(2):
+            for i in range(4):
+                warp = 4 * wg + i
+                r0 = q0 + 16 * warp
+                st = window + 16 * warp * (D + ff.PAD) * 2
+                scl = [[np.full(32, scale), np.full(32, scale)]]
+                ff.store_rows(sm, dq, [acc[wg][i]], scl, 1, D, st, r0, nq, written)
+    assert len(written) == nq * D // 8
+    return dq
+
+
 # ---- fa_forward_tma's pipeline: the producer, the consumer warps and the barriers ----
 class MBarrier:
     """mbarrier: `arrivals` expected a phase, a transaction count of bytes still to land;
@@ -528,6 +598,16 @@ def main():
         dk, dv = dkdv_sm90(q, k, v, do, lse_r, delta_r, scale, causal, D, BQ, window)
         case = f"dK/dV d={D} tq={tq} tk={tk} causal={causal}"
         worst = max(worst, ff.compare(case, [("dk", dk, dk_r), ("dv", dv, dv_r)]))
+        print(f"ok {case}", flush=True)
+    dq_shapes = instantiations("FA_DQ_SM90")
+    for (D, BK), (tq, tk), causal in itertools.product(dq_shapes, lengths, [False, True]):
+        q, k, v, do = (rng.standard_normal((n, D)) for n in (tq, tk, tk, tq))
+        scale = -0.7 / np.sqrt(D) if (tq + tk) % 3 == 0 else 1 / np.sqrt(D)
+        _, lse_r, delta_r, dq_r, _, _ = ff.reference(q, k, v, do, scale, causal)
+        window = 0 if (tq + tk) % 2 else 1040
+        dq = dq_sm90(q, k, v, do, lse_r, delta_r, scale, causal, D, BK, window)
+        case = f"dQ d={D} tq={tq} tk={tk} causal={causal}"
+        worst = max(worst, ff.compare(case, [("dq", dq, dq_r)]))
         print(f"ok {case}", flush=True)
     # The pipeline at every stage count instantiated, with tiles enough to reuse every
     # stage several times, in many random interleavings each.

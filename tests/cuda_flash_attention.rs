@@ -304,8 +304,8 @@ fn single_pass_backward_matches_cpu_and_repeats() {
 }
 
 /// The Hopper forwards (`cuda::set_hopper_attention`: sm_90 cards, bf16/f16, head dims
-/// 64 and 128), each with the backward from its output and log-sum-exp (its dK/dV half
-/// on warpgroup MMAs too, `fa_dkdv_sm90`), against
+/// 64 and 128), each with the backward from its output and log-sum-exp (on warpgroup
+/// MMAs too, `fa_dq_sm90` and `fa_dkdv_sm90`), against
 /// the CPU at lengths over several 128-key tiles (and several uses of each TMA stage)
 /// and unequal lengths both ways, through `qkv_attention` too; and the same results run
 /// to run.

@@ -134,9 +134,9 @@ pub enum HopperAttention {
 /// Sets the forward the fused attention runs on sm_90 cards for bf16/f16 at head dims 64
 /// and 128 (other cards, dtypes and head dims always take the forward of every card).
 /// Each writes the same output and log-sum-exp. With any of them on, the two-kernel
-/// backward's dK/dV half runs on warpgroup MMAs too (`fa_dkdv_sm90`: two warpgroups of
-/// 64 keys, 64-row query tiles copied with `cp.async`); dQ, the single-pass backward
-/// and other cards keep theirs. `Off`
+/// backward runs on warpgroup MMAs too (`fa_dq_sm90` and `fa_dkdv_sm90`: two warpgroups
+/// of 64 query rows or keys, 64-row tiles of the other side copied with `cp.async`); the
+/// single-pass backward and other cards keep theirs. `Off`
 /// by default until the Hopper kernels have run on a GPU (`tests/cuda_flash_attention.rs`
 /// checks each against the CPU, `benches/cuda.rs` times each beside the other forward
 /// and PyTorch's flash SDPA).

@@ -39,8 +39,9 @@ const PAD: usize = 8;
 /// and `BS` of the `FA_SM90` lines).
 const SM90_ROWS: usize = 128;
 const SM90_KEYS: usize = 128;
-/// The Hopper dK/dV kernel's query rows a tile (`BQ` of its `FA_DKDV_SM90` lines); its
-/// blocks hold SM90_ROWS keys.
+/// The Hopper backward's streamed tiles: the dK/dV kernel's query rows a tile (`BQ` of
+/// its `FA_DKDV_SM90` lines) and the dQ kernel's keys a tile (`BK` of `FA_DQ_SM90`);
+/// their blocks hold SM90_ROWS keys or query rows.
 const SM90_QUERIES: usize = 64;
 
 /// The row-tiled kernels.
@@ -58,6 +59,8 @@ enum Kernel {
     /// dK and dV on Hopper's warpgroup MMAs (bf16/f16, head dims 64 and 128), a block
     /// per 128 keys.
     DkdvSm90,
+    /// dQ on Hopper's warpgroup MMAs, a block per 128 query rows.
+    DqSm90,
     /// dQ, a block per query tile.
     Dq,
     /// dK and dV, a block per key tile.
@@ -78,7 +81,11 @@ impl Kernel {
     /// The kernel file it is in.
     fn file(self) -> &'static str {
         match self {
-            Kernel::FwdSm90 | Kernel::FwdTma | Kernel::FwdTmaPp | Kernel::DkdvSm90 => FILE_SM90,
+            Kernel::FwdSm90
+            | Kernel::FwdTma
+            | Kernel::FwdTmaPp
+            | Kernel::DkdvSm90
+            | Kernel::DqSm90 => FILE_SM90,
             _ => FILE,
         }
     }
@@ -90,6 +97,7 @@ impl Kernel {
             Kernel::FwdTma => "fwd_tma",
             Kernel::FwdTmaPp => "fwd_tma_pp",
             Kernel::DkdvSm90 => "dkdv_sm90",
+            Kernel::DqSm90 => "dq_sm90",
             Kernel::Dq => "dq",
             Kernel::Dkdv => "dkdv",
             Kernel::Bwd => "bwd",
@@ -156,6 +164,15 @@ fn shape(kernel: Kernel, dtype: DType, d: usize) -> Shape {
                 smem: (2 * SM90_ROWS + 4 * SM90_QUERIES) * d * 2 + 4 * SM90_QUERIES * 4 + 1024,
             }
         }
+        // Two warpgroups of 64 query rows: Q and dO resident, two stages of K and V tiles
+        // of SM90_QUERIES keys (the same 64), and 1 KiB to align them.
+        Kernel::DqSm90 => {
+            return Shape {
+                warps: 8,
+                rows: SM90_ROWS,
+                smem: (2 * SM90_ROWS + 4 * SM90_QUERIES) * d * 2 + 1024,
+            }
+        }
         _ => {}
     }
     // bf16/f16: (warps, rows per block, rows of a streamed tile).
@@ -191,7 +208,7 @@ fn shape(kernel: Kernel, dtype: DType, d: usize) -> Shape {
         Kernel::Bwd => (2 * rows + 4 * tile) * row_bytes + 4 * tile * 4 + rows * (tile + PAD) * 2,
         // Q and tQ resident, two stages of four tiles.
         Kernel::Jvp => (2 * rows + 8 * tile) * row_bytes,
-        Kernel::FwdSm90 | Kernel::FwdTma | Kernel::FwdTmaPp | Kernel::DkdvSm90 => {
+        Kernel::FwdSm90 | Kernel::FwdTma | Kernel::FwdTmaPp | Kernel::DkdvSm90 | Kernel::DqSm90 => {
             unreachable!("sized above")
         }
     };
@@ -528,14 +545,14 @@ pub(crate) fn backward(
         sum_dq_parts(dev, OP, (dt, dims), (&parts, splits), (pq, dqr), scale)?;
         return Ok(grads);
     }
-    let a = args![qp, qr, kp, kr, vp, vr, gp, gr, l, dl, pq, dqr, tq, tk, scale, causal];
-    launch_tiled(dev, OP, Kernel::Dq, (dt, dims, tq), a)?;
-    let a = args![qp, qr, kp, kr, vp, vr, gp, gr, l, dl, pk, pv, dkvr, tq, tk, scale, causal];
-    // With a Hopper forward switched on, the dK/dV half runs on warpgroup MMAs too.
-    let dkdv = match hopper_mode(dev, dt, d) {
-        HopperAttention::Off => Kernel::Dkdv,
-        _ => Kernel::DkdvSm90,
+    // With a Hopper forward switched on, both halves run on warpgroup MMAs too.
+    let (dq, dkdv) = match hopper_mode(dev, dt, d) {
+        HopperAttention::Off => (Kernel::Dq, Kernel::Dkdv),
+        _ => (Kernel::DqSm90, Kernel::DkdvSm90),
     };
+    let a = args![qp, qr, kp, kr, vp, vr, gp, gr, l, dl, pq, dqr, tq, tk, scale, causal];
+    launch_tiled(dev, OP, dq, (dt, dims, tq), a)?;
+    let a = args![qp, qr, kp, kr, vp, vr, gp, gr, l, dl, pk, pv, dkvr, tq, tk, scale, causal];
     launch_tiled(dev, OP, dkdv, (dt, dims, tk), a)?;
     Ok(grads)
 }
@@ -775,8 +792,8 @@ mod tests {
         }
     }
 
-    /// The Hopper kernels' shapes against the `FA_SM90(S, T, D, CWG, BS, ST)` and
-    /// `FA_DKDV_SM90(S, T, D, BQ)` lines of their kernel file: 4·CWG warps (and the TMA forward's producer warpgroup), 64·CWG rows,
+    /// The Hopper kernels' shapes against the `FA_SM90(S, T, D, CWG, BS, ST)`,
+    /// `FA_DKDV_SM90(S, T, D, BQ)` and `FA_DQ_SM90(S, T, D, BK)` lines of their kernel file: 4·CWG warps (and the TMA forward's producer warpgroup), 64·CWG rows,
     /// and `Sm90Smem`'s and `TmaSmem`'s bytes (Q, two or ST stages of K and V, the
     /// barriers, 1 KiB to align them), within the 227 KiB an sm_90 block may have; only
     /// head dims 64 and 128.
@@ -816,6 +833,21 @@ mod tests {
             };
             for dt in [DType::BF16, DType::F16] {
                 assert_eq!(shape(Kernel::DkdvSm90, dt, d), want, "{a:?}");
+            }
+            assert!(want.smem <= 227 << 10, "{a:?}");
+        }
+        // FA_DQ_SM90(S, T, D, BK): 8 warps, 128 query rows, `DqSm90Smem`'s bytes.
+        let lines = sm90_instantiations("FA_DQ_SM90");
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        for a in &lines {
+            let (d, bk) = (a[0], a[1]);
+            let want = Shape {
+                warps: 8,
+                rows: 128,
+                smem: (2 * 128 + 4 * bk) * d * 2 + 1024,
+            };
+            for dt in [DType::BF16, DType::F16] {
+                assert_eq!(shape(Kernel::DqSm90, dt, d), want, "{a:?}");
             }
             assert!(want.smem <= 227 << 10, "{a:?}");
         }
