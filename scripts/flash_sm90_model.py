@@ -182,12 +182,30 @@ def sw128_desc(addr, lead, stride):
     return ((addr >> 4) & 0x3FFF) | ((lead >> 4) & 0x3FFF) << 16 | ((stride >> 4) & 0x3FFF) << 32 | 1 << 62
 
 
+def scores(sm, D, M, N, qa, sk):
+    """issue_scores and its wait: a warpgroup's 64 A rows at `qa` (in a tile of M rows a
+    panel) times the N rows of the B tile at `sk`, as its 4 warps' fragments."""
+    s = [ff.zeros(1, N) for _ in range(4)]
+    for kk in range(D // 16):
+        off = (kk % 4) * 32
+        a = sw128_desc(qa + (kk // 4) * M * SW_ROW + off, 16, SW_ATOM)
+        b = sw128_desc(sk + (kk // 4) * N * SW_ROW + off, 16, SW_ATOM)
+        wgmma_ss(sm, s, N, a, b, kk > 0)
+    return s
+
+
+def issue_pv(sm, o, D, N, pf, sv):
+    """issue_pv and its wait: a warpgroup's accumulators o (its 4 warps' fragments) +=
+    A·B, A the warps' packed fragments pf over N rows of B, B the tile at `sv` read
+    N-major."""
+    for kk in range(N // 16):
+        b = sw128_desc(sv + kk * 16 * SW_ROW, N * SW_ROW, SW_ATOM)
+        wgmma_rs_tn(sm, o, D, [p[kk] for p in pf], b)
+
+
 def pv(sm, grp, D, BS, sv):
-    """issue_pv and its wait: the warpgroup's O += P·V, P its packed fragments."""
-    o = [w["o"] for w in grp["warps"]]
-    for kk in range(BS // 16):
-        b = sw128_desc(sv + kk * 16 * SW_ROW, BS * SW_ROW, SW_ATOM)
-        wgmma_rs_tn(sm, o, D, [p[kk] for p in grp["pf"]], b)
+    """The forward's O += P·V for a warpgroup, P its packed fragments."""
+    issue_pv(sm, [w["o"] for w in grp["warps"]], D, BS, grp["pf"], sv)
 
 
 def forward_sm90(q, k, v, scale, causal, D, CWG, BS, window, ST=None):
@@ -235,12 +253,7 @@ def forward_sm90(q, k, v, scale, causal, D, CWG, BS, window, ST=None):
                 # fa_fwd_tma computes it (masked to P = 0).
                 if ST is None and causal and k0 > grp["w0"] + 63:
                     continue
-                s = [ff.zeros(1, BS) for _ in range(4)]
-                for kk in range(D // 16):
-                    off = (kk % 4) * 32
-                    a = sw128_desc(grp["qa"] + (kk // 4) * M * SW_ROW + off, 16, SW_ATOM)
-                    b = sw128_desc(sk + (kk // 4) * BS * SW_ROW + off, 16, SW_ATOM)
-                    wgmma_ss(sm, s, BS, a, b, kk > 0)
+                s = scores(sm, D, M, BS, grp["qa"], sk)
                 # fa_fwd_tma adds the previous tile's P·V (at the previous running max)
                 # before the softmax step rescales O; fa_fwd_sm90 adds this tile's after.
                 if ST is not None and j > 0:
@@ -301,16 +314,8 @@ def dkdv_sm90(q, k, v, do, lse, delta, scale, causal, D, BQ, window):
                 w0 = k0 + 64 * wg
                 if causal and w0 > qb + BQ - 1:
                     continue
-                s = [ff.zeros(1, BQ) for _ in range(4)]
-                dp = [ff.zeros(1, BQ) for _ in range(4)]
-                for kk in range(D // 16):
-                    off = (kk % 4) * 32
-                    b_q = sw128_desc(sq + (kk // 4) * BQ * SW_ROW + off, 16, SW_ATOM)
-                    b_do = sw128_desc(sdo + (kk // 4) * BQ * SW_ROW + off, 16, SW_ATOM)
-                    a_k = sw128_desc(sk + 64 * wg * SW_ROW + (kk // 4) * M * SW_ROW + off, 16, SW_ATOM)
-                    a_v = sw128_desc(sv + 64 * wg * SW_ROW + (kk // 4) * M * SW_ROW + off, 16, SW_ATOM)
-                    wgmma_ss(sm, s, BQ, a_k, b_q, kk > 0)
-                    wgmma_ss(sm, dp, BQ, a_v, b_do, kk > 0)
+                s = scores(sm, D, M, BQ, sk + 64 * wg * SW_ROW, sq)
+                dp = scores(sm, D, M, BQ, sv + 64 * wg * SW_ROW, sdo)
                 pf, dsf = [], []
                 for i in range(4):
                     r0 = k0 + 16 * (4 * wg + i)
@@ -328,13 +333,8 @@ def dkdv_sm90(q, k, v, do, lse, delta, scale, causal, D, BQ, window):
                             dp[i][0][nb][:, e] = p * (dp[i][0][nb][:, e] - sd[c + (e & 1)])
                     pf.append(ff.pack_a(s[i], 1, BQ)[0])
                     dsf.append(ff.pack_a(dp[i], 1, BQ)[0])
-                dva = [[a] for a in acc[wg]["dv"]]
-                dka = [[a] for a in acc[wg]["dk"]]
-                for kk in range(BQ // 16):
-                    wgmma_rs_tn(sm, dva, D, [p[kk] for p in pf],
-                                sw128_desc(sdo + kk * 16 * SW_ROW, BQ * SW_ROW, SW_ATOM))
-                    wgmma_rs_tn(sm, dka, D, [p[kk] for p in dsf],
-                                sw128_desc(sq + kk * 16 * SW_ROW, BQ * SW_ROW, SW_ATOM))
+                issue_pv(sm, [[a] for a in acc[wg]["dv"]], D, BQ, pf, sdo)
+                issue_pv(sm, [[a] for a in acc[wg]["dk"]], D, BQ, dsf, sq)
         for wg in range(2):
             for i in range(4):
                 warp = 4 * wg + i
@@ -376,16 +376,8 @@ def dq_sm90(q, k, v, do, lse, delta, scale, causal, D, BK, window):
             for wg in range(2):
                 if causal and k0 > q0 + 64 * wg + 63:
                     continue
-                s = [ff.zeros(1, BK) for _ in range(4)]
-                dp = [ff.zeros(1, BK) for _ in range(4)]
-                for kk in range(D // 16):
-                    off = (kk % 4) * 32
-                    b_k = sw128_desc(sk + (kk // 4) * BK * SW_ROW + off, 16, SW_ATOM)
-                    b_v = sw128_desc(sv + (kk // 4) * BK * SW_ROW + off, 16, SW_ATOM)
-                    a_q = sw128_desc(sq + 64 * wg * SW_ROW + (kk // 4) * M * SW_ROW + off, 16, SW_ATOM)
-                    a_do = sw128_desc(sdo + 64 * wg * SW_ROW + (kk // 4) * M * SW_ROW + off, 16, SW_ATOM)
-                    wgmma_ss(sm, s, BK, a_q, b_k, kk > 0)
-                    wgmma_ss(sm, dp, BK, a_do, b_v, kk > 0)
+                s = scores(sm, D, M, BK, sq + 64 * wg * SW_ROW, sk)
+                dp = scores(sm, D, M, BK, sdo + 64 * wg * SW_ROW, sv)
                 dsf = []
                 for i in range(4):
                     r0 = q0 + 16 * (4 * wg + i)
@@ -403,10 +395,7 @@ def dq_sm90(q, k, v, do, lse, delta, scale, causal, D, BK, window):
                                 p = np.where((kj >= nk) | (causal & (kj > row)), 0.0, p)
                             dp[i][0][nb][:, e] = p * (dp[i][0][nb][:, e] - dl)
                     dsf.append(ff.pack_a(dp[i], 1, BK)[0])
-                frags = [[a] for a in acc[wg]]
-                for kk in range(BK // 16):
-                    wgmma_rs_tn(sm, frags, D, [p[kk] for p in dsf],
-                                sw128_desc(sk + kk * 16 * SW_ROW, BK * SW_ROW, SW_ATOM))
+                issue_pv(sm, [[a] for a in acc[wg]], D, BK, dsf, sk)
         for wg in range(2):
             for i in range(4):
                 warp = 4 * wg + i
@@ -589,25 +578,19 @@ def main():
         case = f"d={D} tq={tq} tk={tk} causal={causal} tma={tma}"
         worst = max(worst, ff.compare(case, [("out", o, o_r), ("lse", lse, lse_r)]))
         print(f"ok {case}", flush=True)
-    dkdv_shapes = instantiations("FA_DKDV_SM90")
-    for (D, BQ), (tq, tk), causal in itertools.product(dkdv_shapes, lengths, [False, True]):
-        q, k, v, do = (rng.standard_normal((n, D)) for n in (tq, tk, tk, tq))
-        scale = -0.7 / np.sqrt(D) if (tq + tk) % 3 == 0 else 1 / np.sqrt(D)
-        _, lse_r, delta_r, _, dk_r, dv_r = ff.reference(q, k, v, do, scale, causal)
-        window = 0 if (tq + tk) % 2 else 1040
-        dk, dv = dkdv_sm90(q, k, v, do, lse_r, delta_r, scale, causal, D, BQ, window)
-        case = f"dK/dV d={D} tq={tq} tk={tk} causal={causal}"
-        worst = max(worst, ff.compare(case, [("dk", dk, dk_r), ("dv", dv, dv_r)]))
-        print(f"ok {case}", flush=True)
+    # The backward's two kernels, each at its instantiated tile (the same head dims).
+    dkdv_tile = dict(instantiations("FA_DKDV_SM90"))
     dq_shapes = instantiations("FA_DQ_SM90")
     for (D, BK), (tq, tk), causal in itertools.product(dq_shapes, lengths, [False, True]):
         q, k, v, do = (rng.standard_normal((n, D)) for n in (tq, tk, tk, tq))
         scale = -0.7 / np.sqrt(D) if (tq + tk) % 3 == 0 else 1 / np.sqrt(D)
-        _, lse_r, delta_r, dq_r, _, _ = ff.reference(q, k, v, do, scale, causal)
+        _, lse_r, delta_r, dq_r, dk_r, dv_r = ff.reference(q, k, v, do, scale, causal)
         window = 0 if (tq + tk) % 2 else 1040
         dq = dq_sm90(q, k, v, do, lse_r, delta_r, scale, causal, D, BK, window)
-        case = f"dQ d={D} tq={tq} tk={tk} causal={causal}"
-        worst = max(worst, ff.compare(case, [("dq", dq, dq_r)]))
+        dk, dv = dkdv_sm90(q, k, v, do, lse_r, delta_r, scale, causal, D, dkdv_tile[D], window)
+        case = f"backward d={D} tq={tq} tk={tk} causal={causal}"
+        results = [("dq", dq, dq_r), ("dk", dk, dk_r), ("dv", dv, dv_r)]
+        worst = max(worst, ff.compare(case, results))
         print(f"ok {case}", flush=True)
     # The pipeline at every stage count instantiated, with tiles enough to reuse every
     # stage several times, in many random interleavings each.
