@@ -551,13 +551,7 @@ __device__ void dkdv_block(const T* q, Rows qr, const T* k, Rows kr, const T* v,
         const unsigned sq = stages + 2 * stage * TILE;
         cp_tile<T, D, BS, NT>(sq, q, qr.row, qb, nq);
         cp_tile<T, D, BS, NT>(sq + TILE, dout, dr.row, qb, nq);
-        const int x = threadIdx.x;
-        if (x < 2 * BS) {
-            // Thread x < BS: lse of query qb + x; BS ≤ x < 2·BS: delta of qb + x − BS.
-            const int c = x < BS ? x : x - BS, i = qb + c;
-            const float* src = (x < BS ? lse : delta) + (i < nq ? i : 0);
-            cp_async4(rows + (2 * stage * BS + x) * 4, src, i < nq);
-        }
+        cp_lse_delta<BS>(rows + 2 * stage * BS * 4, lse, delta, qb, nq);
     };
     cp_tile<T, D, M, NT>(sk, k, kr.row, k0, nk);
     cp_tile<T, D, M, NT>(sv, v, vr.row, k0, nk);

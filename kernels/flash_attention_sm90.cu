@@ -696,13 +696,7 @@ __device__ void fa_dkdv_wg(const T* q, Rows qr, const T* k, Rows kr, const T* v,
         const unsigned sq = stages + 2 * stage * Smem::TILE;
         cp_tile_sw<T, D, BQ, NT>(sq, q, qr.row, qb, nq);
         cp_tile_sw<T, D, BQ, NT>(sq + Smem::TILE, dout, dr.row, qb, nq);
-        const int x = threadIdx.x;
-        if (x < 2 * BQ) {
-            // Thread x < BQ: lse of query qb + x; BQ ≤ x < 2·BQ: delta of qb + x − BQ.
-            const int c = x < BQ ? x : x - BQ, i = qb + c;
-            const float* src = (x < BQ ? lse : delta) + (i < nq ? i : 0);
-            cp_async4(rows + (2 * stage * BQ + x) * 4, src, i < nq);
-        }
+        cp_lse_delta<BQ>(rows + 2 * stage * BQ * 4, lse, delta, qb, nq);
     };
     cp_tile_sw<T, D, M, NT>(sk, k, kr.row, k0, nk);
     cp_tile_sw<T, D, M, NT>(sv, v, vr.row, k0, nk);

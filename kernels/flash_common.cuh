@@ -173,6 +173,21 @@ __device__ __forceinline__ void store_rows(T* dst, u64 ld, const float (&c)[MT][
     }
 }
 
+// The lse and delta of queries [qb, qb + BQ) (f32 [tq] rows of one head) into the shared
+// floats at `dst` (BQ lse values, then BQ delta values): thread x < BQ copies lse of
+// query qb + x, BQ ≤ x < 2·BQ delta of qb + x − BQ, 4 bytes each; past nq zero-filled.
+// Asynchronous, as cp_tile.
+template <int BQ>
+__device__ __forceinline__ void cp_lse_delta(unsigned dst, const float* lse, const float* delta,
+                                             int qb, int nq) {
+    const int x = threadIdx.x;
+    if (x < 2 * BQ) {
+        const int c = x < BQ ? x : x - BQ, i = qb + c;
+        const float* src = (x < BQ ? lse : delta) + (i < nq ? i : 0);
+        cp_async4(dst + x * 4, src, i < nq);
+    }
+}
+
 // The launch must match the instantiation: W warps, at least `smem` bytes of dynamic
 // shared memory, and ⌈rows / M⌉ blocks along y (M rows each). flash.rs computes these
 // from the same table; a mismatch would read or write out of bounds, so trap instead.
