@@ -34,17 +34,19 @@ LOG2E, LN2 = 1.4426950408889634, 0.6931471805599453
 
 
 class Smem:
-    """A block's dynamic shared memory as 16-bit elements (float64 values)."""
+    """A block's dynamic shared memory as 16-bit elements (float64 values): the bytes
+    [lo, nbytes) of the shared window (lo > 0 models a dynamic window that does not
+    start at address 0)."""
 
-    def __init__(self, nbytes):
-        self.nbytes = nbytes
+    def __init__(self, nbytes, lo=0):
+        self.nbytes, self.lo = nbytes, lo
         self.h = np.full(nbytes // 2, np.nan)
 
     def rows8(self, addr):
         """The 8 elements at each byte address in addr (checked: aligned, inside)."""
         addr = np.asarray(addr)
         assert np.all(addr % 16 == 0), "ldmatrix row address not 16-byte aligned"
-        assert np.all(addr >= 0) and np.all(addr + 16 <= self.nbytes), "outside shared memory"
+        assert np.all(addr >= self.lo) and np.all(addr + 16 <= self.nbytes), "outside shared memory"
         return self.h[(addr // 2)[:, None] + np.arange(8)]
 
 
@@ -161,7 +163,7 @@ def cp_tile(sm, D, R, NT, dst, src, row0, n):
         for i in range(R // STEP):
             inside = row0 + tr + i * STEP < n
             da = d0 + i * STEP * LD * 2
-            assert da % 16 == 0 and 0 <= da and da + 16 <= sm.nbytes
+            assert da % 16 == 0 and sm.lo <= da and da + 16 <= sm.nbytes
             r = row0 + tr + i * STEP
             sm.h[da // 2 : da // 2 + 8] = src[r, col : col + 8] if inside else 0.0
             written.add((tr + i * STEP, col))
@@ -188,7 +190,7 @@ def store_rows(sm, dst, c, mul, MT, D, st, row0, n, written):
         for h in range(2):
             for nb in range(D // 8):
                 e = st // 2 + (16 * m + G + 8 * h) * LD + 8 * nb + 2 * T
-                assert np.all(e >= 0) and np.all(e + 2 <= sm.nbytes // 2)
+                assert np.all(e >= sm.lo // 2) and np.all(e + 2 <= sm.nbytes // 2)
                 sm.h[e] = c[m][nb][:, 2 * h] * mul[m][h][:]
                 sm.h[e + 1] = c[m][nb][:, 2 * h + 1] * mul[m][h][:]
     lr, col = LANE // CPR, LANE % CPR * 8
@@ -565,7 +567,7 @@ def store_ds(sm, sds, dp, MT, BS, row0):
         for nb in range(BS // 8):
             for h in range(2):
                 e = sds // 2 + (row0 + 16 * m + G + 8 * h) * LDS + 8 * nb + 2 * T
-                assert np.all(e >= 0) and np.all(e + 2 <= sm.nbytes // 2)
+                assert np.all(e >= sm.lo // 2) and np.all(e + 2 <= sm.nbytes // 2)
                 sm.h[e] = dp[m][nb][:, 2 * h]
                 sm.h[e + 1] = dp[m][nb][:, 2 * h + 1]
 

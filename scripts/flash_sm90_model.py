@@ -149,6 +149,12 @@ def wgmma_rs_tn(sm, frags, N, a, b):
 
 
 # ---- the kernel, transcribed ----
+def block_window(window, size):
+    """A block's shared memory of `size` bytes from byte `window` on, and the first
+    1024-aligned address in it (each kernel's `base`: the window's start rounded up)."""
+    return ff.Smem(window + size, lo=window), (window + SW_ATOM - 1) & ~(SW_ATOM - 1)
+
+
 def sw_offset(R, r, col):
     return (col // 64) * R * SW_ROW + r * SW_ROW + ((((col // 8) & 7) ^ (r & 7)) << 4)
 
@@ -220,10 +226,8 @@ def forward_sm90(q, k, v, scale, causal, D, CWG, BS, window, ST=None):
     out, lse = np.full((nq, D), np.nan), np.full(nq, np.nan)
     written = set()
     for by in range((nq + M - 1) // M):
-        sm = ff.Smem(window + size)
-        sm.lo = window
+        sm, base = block_window(window, size)
         q0 = by * M
-        base = (window + SW_ATOM - 1) & ~(SW_ATOM - 1)
         sq, stages = base, base + Q
         kend = min(nk, q0 + M) if causal else nk
         ntiles = (kend + BS - 1) // BS
@@ -288,10 +292,8 @@ def dkdv_sm90(q, k, v, do, lse, delta, scale, causal, D, BQ, window):
     dk, dv = np.full((nk, D), np.nan), np.full((nk, D), np.nan)
     wk, wv = set(), set()
     for by in range((nk + M - 1) // M):
-        sm = ff.Smem(window + size)
-        sm.lo = window
+        sm, base = block_window(window, size)
         k0 = by * M
-        base = (window + SW_ATOM - 1) & ~(SW_ATOM - 1)
         sk, sv, stages, rows = base, base + KV, base + 2 * KV, base + ROWS
         qs = min(k0, nq) if causal else 0
         ntiles = (nq - qs + BQ - 1) // BQ
@@ -356,10 +358,8 @@ def dq_sm90(q, k, v, do, lse, delta, scale, causal, D, BK, window):
     dq = np.full((nq, D), np.nan)
     written = set()
     for by in range((nq + M - 1) // M):
-        sm = ff.Smem(window + size)
-        sm.lo = window
+        sm, base = block_window(window, size)
         q0 = by * M
-        base = (window + SW_ATOM - 1) & ~(SW_ATOM - 1)
         sq, sdo, stages = base, base + QD, base + 2 * QD
         kend = min(nk, q0 + M) if causal else nk
         ntiles = (kend + BK - 1) // BK
