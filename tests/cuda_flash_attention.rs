@@ -7,7 +7,8 @@
 //! against attention on the three views. The single-pass backward
 //! (`cuda::set_single_pass_attention_backward`) likewise, with keys enough for several
 //! key blocks per split, and the Hopper forward (`cuda::set_hopper_attention`, sm_90
-//! cards). Also: identical results run to run, and a 200-step training run whose bf16
+//! cards), both after a probe whose inputs make each output name the key and the v
+//! column it read (so that a wrong operand layout shows as a map, not a norm). Also: identical results run to run, and a 200-step training run whose bf16
 //! autocast loss curve stays within 5% (10-step window means) of the f32 one. Forward mode: the
 //! fused JVP kernel's output and tangent (and the gradients the backward computes from
 //! the output and log-sum-exp it stores) against the float64 CPU `jvp` at awkward
@@ -297,7 +298,12 @@ fn single_pass_backward_matches_cpu_and_repeats() {
         || cuda::set_single_pass_attention_backward(false),
     );
     let lengths = [(1, 1), (49, 49), (65, 65), (257, 257), (7, 257), (65, 1100)];
-    let mut failures = failures_against_cpu(dev, &[DType::BF16, DType::F16], &lengths);
+    let mut failures = probe_failures(dev, DType::BF16);
+    failures.extend(failures_against_cpu(
+        dev,
+        &[DType::BF16, DType::F16],
+        &lengths,
+    ));
     failures.extend(qkv_failures(dev, &[DType::BF16]));
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_repeats(dev, &[DType::BF16, DType::F16]);
@@ -305,10 +311,11 @@ fn single_pass_backward_matches_cpu_and_repeats() {
 
 /// The Hopper forwards (`cuda::set_hopper_attention`: sm_90 cards, bf16/f16, head dims
 /// 64 and 128), each with the backward from its output and log-sum-exp (on warpgroup
-/// MMAs too, `fa_dq_sm90` and `fa_dkdv_sm90`), against
-/// the CPU at lengths over several 128-key tiles (and several uses of each TMA stage)
-/// and unequal lengths both ways, through `qkv_attention` too; and the same results run
-/// to run.
+/// MMAs too, `fa_dq_sm90` and `fa_dkdv_sm90`): first on the probe's inputs, which on a
+/// failure say which key or v column each output read (checked on the default kernels
+/// first); then against the CPU at lengths over several 128-key tiles (and several uses
+/// of each TMA stage) and unequal lengths both ways, through `qkv_attention` too; and
+/// the same results run to run.
 #[test]
 fn hopper_forwards_match_cpu_and_repeat() {
     let Some(dev) = gpu() else { return };
@@ -322,16 +329,155 @@ fn hopper_forwards_match_cpu_and_repeat() {
         HopperAttention::Tma,
         HopperAttention::TmaPingPong,
     ];
+    // The probe on the default kernels first: a failure of the Hopper kernels' probe
+    // below then says where they read, not that the probe is wrong.
+    let control = {
+        let _path = attention_path();
+        probe_failures(dev, DType::BF16)
+    };
+    assert!(
+        control.is_empty(),
+        "the default kernels fail the probe:\n{}",
+        control.join("\n")
+    );
     for mode in modes {
         let _on = Switched::on(
             || cuda::set_hopper_attention(mode),
             || cuda::set_hopper_attention(HopperAttention::Off),
         );
         let lengths = [(1, 1), (49, 49), (129, 129), (7, 300), (300, 7), (65, 1100)];
-        let mut failures = failures_against_cpu(dev, &[DType::BF16, DType::F16], &lengths);
+        let mut failures = probe_failures(dev, DType::BF16);
+        failures.extend(failures_against_cpu(
+            dev,
+            &[DType::BF16, DType::F16],
+            &lengths,
+        ));
         failures.extend(qkv_failures(dev, &[DType::BF16]));
         assert!(failures.is_empty(), "{mode:?}:\n{}", failures.join("\n"));
         assert_repeats(dev, &[DType::BF16, DType::F16]);
+    }
+}
+
+/// The probe's inputs (`[1, 2, 2d, d]`, two heads) make a kernel show what it read:
+/// query i of head h attends to key σₕ(i) alone (q and k rows are ± rows of a Hadamard
+/// matrix, so a score is d for the chosen key and 0 or −d for every other, and with the
+/// scale 1 the softmax is one-hot to the last bit), and v's row j holds j in column 0
+/// and c in each column c ≥ 1; the output's gradient holds i in column 0 of row i and
+/// zeros elsewhere. So column 0 of the output names the key each query was matched
+/// with and its other columns the v column each was read from; column 0 of dv names the
+/// query each key was matched with; dq and dk are zero (a one-hot softmax has no score
+/// gradient). Every value is an integer below 256, exact in bf16 and f16.
+fn probe_inputs(d: usize, dt: DType) -> ([Tensor; 3], Tensor, [Vec<usize>; 2]) {
+    let t = 2 * d;
+    let hadamard = |i: usize, j: usize| {
+        if (i & j).count_ones().is_multiple_of(2) {
+            1.0
+        } else {
+            -1.0
+        }
+    };
+    // Key j's code: Hadamard row j for j < d, its negation for the next d.
+    let code = |j: usize, c: usize| {
+        let sign = if j < d { 1.0 } else { -1.0 };
+        sign * hadamard(j % d, c)
+    };
+    // σₕ: a shuffle of 0..t by a linear congruential generator seeded with the head.
+    let sigma = [0u64, 1].map(|h| {
+        let mut order: Vec<usize> = (0..t).collect();
+        let mut state = 0x9e37_79b9 + h;
+        for i in (1..t).rev() {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            order.swap(i, (state >> 33) as usize % (i + 1));
+        }
+        order
+    });
+    let fill = |f: &dyn Fn(usize, usize, usize) -> f64| {
+        let values: Vec<f64> = (0..2 * t * d)
+            .map(|n| f(n / (t * d), n / d % t, n % d))
+            .collect();
+        Tensor::from_f64s(&values, &[1, 2, t, d], dt, Device::Cpu).unwrap()
+    };
+    let q = fill(&|h, i, c| code(sigma[h][i], c));
+    let k = fill(&|_, j, c| code(j, c));
+    let v = fill(&|_, j, c| if c == 0 { j as f64 } else { c as f64 });
+    let w = fill(&|_, i, c| if c == 0 { i as f64 } else { 0.0 });
+    ([q, k, v], w, sigma)
+}
+
+/// Runs the probe (`probe_inputs`) in `dt` on `dev` at head dims 64 and 128: one line
+/// per kind of mismatch with its count and first places; empty on a correct kernel.
+/// On a wrong one, the lines give the map that the kernels' model
+/// (`scripts/flash_sm90_model.py`) can be checked against.
+fn probe_failures(dev: Device, dt: DType) -> Vec<String> {
+    let mut failures = Vec::new();
+    for d in [64, 128] {
+        let (inputs, w, sigma) = probe_inputs(d, dt);
+        let vars = inputs.map(|x| x.to_device(dev).unwrap().into_variable().unwrap());
+        let out =
+            scaled_dot_product_attention(&vars[0], &vars[1], &vars[2], Some(1.0), false).unwrap();
+        let grads = out
+            .mul(&w.to_device(dev).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let grads = grads.backward().unwrap();
+        let values = |x: &Tensor| x.to_device(Device::Cpu).unwrap().to_vec_f64().unwrap();
+        let grad = |x: &Tensor| values(grads.get(x).expect("gradient"));
+        let (out, dq, dk, dv) = (values(&out), grad(&vars[0]), grad(&vars[1]), grad(&vars[2]));
+        let t = 2 * d;
+        let inverse = sigma.each_ref().map(|s| {
+            let mut inv = vec![0; t];
+            s.iter().enumerate().for_each(|(i, &j)| inv[j] = i);
+            inv
+        });
+        let mut check = |what: &str, got: &[f64], want: &dyn Fn(usize, usize, usize) -> f64| {
+            let wrong: Vec<String> = (0..got.len())
+                .filter_map(|n| {
+                    let (h, row, c) = (n / (t * d), n / d % t, n % d);
+                    let want = want(h, row, c);
+                    ((got[n] - want).abs() > 1e-2)
+                        .then(|| format!("h{h} r{row} c{c}: {:.3} (want {want})", got[n]))
+                })
+                .collect();
+            if !wrong.is_empty() {
+                let first = wrong[..wrong.len().min(6)].join(", ");
+                failures.push(format!(
+                    "probe {dt} d={d} {what}: {} wrong, e.g. {first}",
+                    wrong.len()
+                ));
+            }
+        };
+        check(
+            "out (col 0: the key a query read; col c: the v column)",
+            &out,
+            &|h, i, c| match c {
+                0 => sigma[h][i] as f64,
+                _ => c as f64,
+            },
+        );
+        check(
+            "dv (col 0: the query a key's row was matched with)",
+            &dv,
+            &|h, j, c| match c {
+                0 => inverse[h][j] as f64,
+                _ => 0.0,
+            },
+        );
+        check("dq (zero)", &dq, &|_, _, _| 0.0);
+        check("dk (zero)", &dk, &|_, _, _| 0.0);
+    }
+    failures
+}
+
+/// The probe's expectations hold on the CPU, in f32 and bf16: the inputs make the
+/// softmax one-hot and every value exact, so the GPU's failures are the kernels'.
+#[test]
+fn probe_reads_back_its_permutations_on_the_cpu() {
+    for dt in [DType::F32, DType::BF16] {
+        let failures = probe_failures(Device::Cpu, dt);
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 }
 
