@@ -8,8 +8,9 @@
 //! (`cuda::set_single_pass_attention_backward`) likewise, with keys enough for several
 //! key blocks per split, and the Hopper forward (`cuda::set_hopper_attention`, sm_90
 //! cards), both after a probe whose inputs make each output name the key and the v
-//! column it read (so that a wrong operand layout shows as a map, not a norm). Also: identical results run to run, and a 200-step training run whose bf16
-//! autocast loss curve stays within 5% (10-step window means) of the f32 one. Forward mode: the
+//! column it read (so that a wrong operand layout shows as a map, not a norm). Also:
+//! identical results run to run, and a 200-step training run whose bf16 autocast loss
+//! curve stays within 5% (10-step window means) of the f32 one. Forward mode: the
 //! fused JVP kernel's output and tangent (and the gradients the backward computes from
 //! the output and log-sum-exp it stores) against the float64 CPU `jvp` at awkward
 //! lengths, every head dim, dtype and mask; and the unfused CUDA JVP (head dims the
@@ -417,12 +418,8 @@ fn probe_failures(dev: Device, dt: DType) -> Vec<String> {
         let vars = inputs.map(|x| x.to_device(dev).unwrap().into_variable().unwrap());
         let out =
             scaled_dot_product_attention(&vars[0], &vars[1], &vars[2], Some(1.0), false).unwrap();
-        let grads = out
-            .mul(&w.to_device(dev).unwrap())
-            .unwrap()
-            .sum_all()
-            .unwrap();
-        let grads = grads.backward().unwrap();
+        let loss = out.mul(&w.to_device(dev).unwrap()).unwrap();
+        let grads = loss.sum_all().unwrap().backward().unwrap();
         let values = |x: &Tensor| x.to_device(Device::Cpu).unwrap().to_vec_f64().unwrap();
         let grad = |x: &Tensor| values(grads.get(x).expect("gradient"));
         let (out, dq, dk, dv) = (values(&out), grad(&vars[0]), grad(&vars[1]), grad(&vars[2]));
