@@ -375,15 +375,45 @@ __device__ __forceinline__ void mbar_arrive_expect(unsigned bar, unsigned bytes)
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes)
                  : "memory");
 }
-__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
-    unsigned done = 0;
-    while (!done)
-        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-                     "selp.u32 %0, 1, 0, p;\n}"
-                     : "=r"(done)
-                     : "r"(bar), "r"(parity)
-                     : "memory");
+// One try: whether the phase of `parity` has completed, the thread held for up to a
+// millisecond (the hint, in nanoseconds) while it has not.
+__device__ __forceinline__ bool mbar_try(unsigned bar, unsigned parity) {
+    unsigned done;
+    asm volatile("{\n.reg .pred p;\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2, 1000000;\n"
+                 "selp.u32 %0, 1, 0, p;\n}"
+                 : "=r"(done)
+                 : "r"(bar), "r"(parity)
+                 : "memory");
+    return done;
 }
+// Ends the kernel with an error the host sees (an illegal address: a store to 0). Not
+// `__trap()`: inside the consumers' loop ptxas then serialises their MMAs and spills
+// their accumulators at d = 128 (its log says so), where this store costs nothing.
+__device__ __forceinline__ void fault() {
+    asm volatile("st.global.u32 [%0], %1;" ::"l"(0ull), "r"(0u) : "memory");
+}
+__device__ __forceinline__ u64 global_ns() {
+    u64 t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+// Waits for the phase of `parity`, or faults once the clock passes the block's deadline
+// (the u64 at shared address `deadline`, set when the block starts): a wait that a
+// protocol error leaves without its arrivals or bytes would otherwise spin until the
+// process is killed, where now the launch fails with an error the host reports. The
+// deadline is read from shared memory after a failed try rather than kept in a
+// register: one more live register spills the consumers' accumulators at d = 128.
+__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity, unsigned deadline) {
+    while (!mbar_try(bar, parity)) {
+        u64 until;
+        asm volatile("ld.shared.u64 %0, [%1];" : "=l"(until) : "r"(deadline) : "memory");
+        if (global_ns() > until) fault();
+    }
+}
+// How long a block may take from its start before a wait gives up: 10 s, where a
+// stage's copy or release takes microseconds and a block's whole run milliseconds.
+constexpr u64 MBAR_DEADLINE_NS = 10000000000ull;
 
 // Rows [row0, row0 + R) of head (bb, hh) of the tensor `map` describes (4-d: columns,
 // rows, heads, batch; boxes of 64 columns × R rows) into the swizzled tile at `dst`, a
@@ -405,7 +435,8 @@ __device__ __forceinline__ void tma_tile(unsigned dst, const TensorMap& map, int
 template <int D, int CWG, int BS, int ST> struct TmaSmem {
     static constexpr unsigned Q = 64 * CWG * D * 2, TILE = BS * D * 2;
     static constexpr unsigned BARRIERS = Q + 2 * ST * TILE;  // offset from the aligned base
-    static constexpr unsigned BYTES = BARRIERS + 8 * (1 + 4 * ST) + SW_ATOM;
+    // The barriers (Q, then four a stage), then the waits' deadline (`mbar_wait`).
+    static constexpr unsigned BYTES = BARRIERS + 8 * (2 + 4 * ST) + SW_ATOM;
 };
 
 // The block is CWG consumer warpgroups (warps 0..4·CWG−1) and a producer warpgroup,
@@ -439,10 +470,12 @@ __device__ void fa_forward_tma(const TensorMap& qm, const TensorMap& km, const T
     const unsigned base = (smem_addr(fa_smem) + SW_ATOM - 1) & ~(unsigned)(SW_ATOM - 1);
     const unsigned sq = base, stages = base + Smem::Q, bars = base + Smem::BARRIERS;
     // Barriers: Q landed, then per stage s: K landed, V landed, K released, V released.
-    const unsigned q_full = bars;
+    const unsigned q_full = bars, deadline = bars + 8 * (1 + 4 * ST);
     auto bar = [&](int kind, int s) { return bars + 8 * (1 + 4 * s + kind); };
     enum { K_FULL, V_FULL, K_FREE, V_FREE };
     if (threadIdx.x == 0) {
+        const u64 until = global_ns() + MBAR_DEADLINE_NS;
+        asm volatile("st.shared.u64 [%0], %1;" ::"r"(deadline), "l"(until) : "memory");
         mbar_init(q_full, 1);
         for (int s = 0; s < ST; ++s) {
             mbar_init(bar(K_FULL, s), 1);
@@ -462,10 +495,10 @@ __device__ void fa_forward_tma(const TensorMap& qm, const TensorMap& km, const T
             for (int j = 0; j < ntiles; ++j) {
                 const int s = j % ST, n = j / ST;
                 const unsigned sk = stages + 2 * s * Smem::TILE;
-                if (n > 0) mbar_wait(bar(K_FREE, s), (n - 1) & 1);
+                if (n > 0) mbar_wait(bar(K_FREE, s), (n - 1) & 1, deadline);
                 mbar_arrive_expect(bar(K_FULL, s), Smem::TILE);
                 tma_tile<D, BS>(sk, km, j * BS, hh, bb, bar(K_FULL, s));
-                if (n > 0) mbar_wait(bar(V_FREE, s), (n - 1) & 1);
+                if (n > 0) mbar_wait(bar(V_FREE, s), (n - 1) & 1, deadline);
                 mbar_arrive_expect(bar(V_FULL, s), Smem::TILE);
                 tma_tile<D, BS>(sk + Smem::TILE, vm, j * BS, hh, bb, bar(V_FULL, s));
             }
@@ -477,7 +510,7 @@ __device__ void fa_forward_tma(const TensorMap& qm, const TensorMap& km, const T
     lse += bh * tq;
     const float sl2 = scale * FA_LOG2E;
     WgRows<D> w;
-    mbar_wait(q_full, 0);
+    mbar_wait(q_full, 0, deadline);
     // Tile j's S = Q·Kᵀ is issued before tile j − 1's P·V, and its softmax runs while
     // that product does (FlashAttention-3's overlap within a warpgroup): O is rescaled
     // for tile j's running max only once P_{j−1}·V_{j−1}, computed at the max before it,
@@ -496,8 +529,8 @@ __device__ void fa_forward_tma(const TensorMap& qm, const TensorMap& km, const T
     unsigned pf[1][BS / 16][4];
     const unsigned qa = sq + 64 * wg * SW_ROW;
     auto tile = [&](int j) { return stages + 2 * (j % ST) * Smem::TILE; };
-    auto wait_k = [&](int j) { mbar_wait(bar(K_FULL, j % ST), (j / ST) & 1); };
-    auto wait_v = [&](int j) { mbar_wait(bar(V_FULL, j % ST), (j / ST) & 1); };
+    auto wait_k = [&](int j) { mbar_wait(bar(K_FULL, j % ST), (j / ST) & 1, deadline); };
+    auto wait_v = [&](int j) { mbar_wait(bar(V_FULL, j % ST), (j / ST) & 1, deadline); };
     auto issue_s = [&](int j) { issue_scores<T, D, M, BS>(regs<BS>(s), qa, tile(j)); };
     auto issue_o = [&](int j) {
         issue_pv<T, D, BS>(regs<D>(w.o), pf, tile(j) + Smem::TILE);

@@ -55,10 +55,11 @@ def instantiations(name="FA_SM90"):
 
 
 def smem_bytes(D, CWG, BS, ST=None):
-    """Sm90Smem's bytes, or with ST stages TmaSmem's (barriers included)."""
+    """Sm90Smem's bytes, or with ST stages TmaSmem's (barriers and the waits' deadline
+    included)."""
     if ST is None:
         return 64 * CWG * D * 2 + 4 * BS * D * 2 + SW_ATOM
-    return 64 * CWG * D * 2 + 2 * ST * BS * D * 2 + 8 * (1 + 4 * ST) + SW_ATOM
+    return 64 * CWG * D * 2 + 2 * ST * BS * D * 2 + 8 * (2 + 4 * ST) + SW_ATOM
 
 
 # ---- the hardware, modelled ----
@@ -236,7 +237,7 @@ def forward_sm90(q, k, v, scale, causal, D, CWG, BS, window, ST=None):
             cp_tile_sw(sm, D, BS, NT, stages, k, 0, nk)
             cp_tile_sw(sm, D, BS, NT, stages + TILE, v, 0, nk)
         else:
-            assert stages + 2 * ST * TILE + 8 * (1 + 4 * ST) <= sm.nbytes, "barriers fit"
+            assert stages + 2 * ST * TILE + 8 * (2 + 4 * ST) <= sm.nbytes, "barriers and deadline fit"
             tma_tile(sm, D, M, sq, q, q0, nq)
         groups = []
         for wg in range(CWG):

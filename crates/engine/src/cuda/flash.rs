@@ -146,13 +146,13 @@ fn shape(kernel: Kernel, dtype: DType, d: usize) -> Shape {
             }
         }
         // The same and a producer warpgroup, with tma_stages(d) stages and their barriers
-        // (Q's, and four a stage: 8 bytes each).
+        // (Q's, and four a stage: 8 bytes each), then the waits' deadline (8 bytes).
         Kernel::FwdTma | Kernel::FwdTmaPp => {
             let stages = tma_stages(d);
             return Shape {
                 warps: SM90_ROWS / 16 + 4,
                 rows: SM90_ROWS,
-                smem: (SM90_ROWS + 2 * stages * SM90_KEYS) * d * 2 + 8 * (1 + 4 * stages) + 1024,
+                smem: (SM90_ROWS + 2 * stages * SM90_KEYS) * d * 2 + 8 * (2 + 4 * stages) + 1024,
             };
         }
         // Two warpgroups of 64 keys: K and V resident, two stages of Q and dO tiles of
@@ -811,7 +811,7 @@ mod tests {
             let tma = Shape {
                 warps: 4 * cwg + 4,
                 rows: 64 * cwg,
-                smem: (64 * cwg + 2 * st * bs) * d * 2 + 8 * (1 + 4 * st) + 1024,
+                smem: (64 * cwg + 2 * st * bs) * d * 2 + 8 * (2 + 4 * st) + 1024,
             };
             for dt in [DType::BF16, DType::F16] {
                 assert_eq!(shape(Kernel::FwdSm90, dt, d), copying, "{a:?}");
