@@ -124,7 +124,11 @@ for round in $(seq "$rounds"); do
     for side in $order; do
         wait_quiet
         run="$work/$side.$round"
-        "$work/$side" --json --profile "${bench_args[@]}" >"$run.out" 2>"$run.err"
+        if ! "$work/$side" --json --profile "${bench_args[@]}" >"$run.out" 2>"$run.err"; then
+            echo "profile-ab: run $round of side $side failed:" >&2
+            cat "$run.err" >&2
+            exit 1
+        fi
         cat "$run.out" "$run.err" >"$run.txt"
     done
     echo "   round $round of $rounds done" >&2

@@ -51,8 +51,12 @@ def parse_run(text):
                 tables.setdefault(heading, (keys, {}))
             elif not all(set(c) <= set("-:") for c in row):
                 named = dict(zip(header, row))
-                key = tuple(named[c] for c in tables[heading][0])
-                tables[heading][1][key] = float(named["ms"])
+                try:
+                    ms = float(named.get("ms", ""))
+                except ValueError:
+                    continue  # a row without a time (or a short row): nothing to compare
+                key = tuple(named.get(c, "") for c in tables[heading][0])
+                tables[heading][1][key] = ms
         elif not line.strip():
             continue
         else:
