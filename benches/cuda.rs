@@ -10,7 +10,9 @@
 //! epilogues, with the single-pass attention backward, and with the Hopper forward,
 //! which is the default step's on other cards).
 //! Every number is the median of several timed runs after warm-up, with the device
-//! synchronised around each. Prints
+//! synchronised around each. Within a group the paths not yet run on a GPU (the
+//! single-pass backward, the Hopper forwards) come last, after every default figure
+//! and profile: a kernel fault ends the process. Prints
 //! `skipping: no CUDA driver/device` and exits 0 without a GPU.
 //!
 //! ```text
@@ -206,54 +208,63 @@ const ATTENTION_LENGTHS: [usize; 4] = [256, 1024, 4096, 16384];
 fn attention(dev: Device, json: bool) -> Result<()> {
     let (b, h) = (4, 16);
     let sm90 = cuda::arch(0)? == "sm_90";
-    for d in [64, 128] {
-        for t in ATTENTION_LENGTHS {
-            for causal in [false, true] {
-                if causal && t < 1024 {
-                    continue;
-                }
-                let mut g = Generator::new(t as u64);
-                let mut draw = || g.randn(&[b, h, t, d], DType::BF16, dev);
-                let (q, k, v, dout) = (draw()?, draw()?, draw()?, draw()?);
-                let attend = |q: &Tensor, k: &Tensor, v: &Tensor| {
-                    scaled_dot_product_attention(q, k, v, None, causal)
-                };
-                let flops = attention_flops(b * h, t, d, causal);
-                let mask = if causal { " causal" } else { "" };
-                let tflops = |what: &str, passes: f64, secs: f64| {
-                    let case = format!("{what} bf16 d{d} T{t}{mask}");
-                    report(
-                        json,
-                        "attention",
-                        &case,
-                        passes * flops / secs / 1e12,
-                        "TFLOP/s",
+    // Every case on the default kernels first, then on the paths not yet run on a GPU
+    // (the single-pass backward, the Hopper forwards): a fault there ends the process,
+    // a CUDA error being the whole context's, and must not take the default figures
+    // with it.
+    for untried in [false, true] {
+        for d in [64, 128] {
+            for t in ATTENTION_LENGTHS {
+                for causal in [false, true] {
+                    if causal && t < 1024 {
+                        continue;
+                    }
+                    let mut g = Generator::new(t as u64);
+                    let mut draw = || g.randn(&[b, h, t, d], DType::BF16, dev);
+                    let (q, k, v, dout) = (draw()?, draw()?, draw()?, draw()?);
+                    let attend = |q: &Tensor, k: &Tensor, v: &Tensor| {
+                        scaled_dot_product_attention(q, k, v, None, causal)
+                    };
+                    let flops = attention_flops(b * h, t, d, causal);
+                    let mask = if causal { " causal" } else { "" };
+                    let tflops = |what: &str, passes: f64, secs: f64| {
+                        let case = format!("{what} bf16 d{d} T{t}{mask}");
+                        report(
+                            json,
+                            "attention",
+                            &case,
+                            passes * flops / secs / 1e12,
+                            "TFLOP/s",
+                        );
+                    };
+                    let mut fwd = || attend(&q, &k, &v).map(drop);
+                    let (qv, kv, vv) = (
+                        q.clone().into_variable()?,
+                        k.clone().into_variable()?,
+                        v.clone().into_variable()?,
                     );
-                };
-                let mut fwd = || attend(&q, &k, &v).map(drop);
-                tflops("fwd", 1.0, time(&mut fwd)?);
-                let (qv, kv, vv) = (
-                    q.clone().into_variable()?,
-                    k.clone().into_variable()?,
-                    v.clone().into_variable()?,
-                );
-                let mut fwd_bwd = || attend(&qv, &kv, &vv)?.backward_with(&dout).map(drop);
-                tflops("fwd+bwd", 3.5, time(&mut fwd_bwd)?);
-                // The backward in one pass (off by default until it has run on a GPU).
-                let single = switched(cuda::set_single_pass_attention_backward, || {
-                    time(&mut fwd_bwd)
-                })?;
-                tflops("fwd+bwd single-pass", 3.5, single);
-                // The Hopper forwards (sm_90 cards; off by default until they have run on
-                // one), alone and with the two-kernel backward.
-                for (mode, name) in HOPPER_FORWARDS.iter().filter(|_| sm90) {
-                    tflops(
-                        &format!("fwd {name}"),
-                        1.0,
-                        hopper(*mode, || time(&mut fwd))?,
-                    );
-                    let both = hopper(*mode, || time(&mut fwd_bwd))?;
-                    tflops(&format!("fwd+bwd {name}"), 3.5, both);
+                    let mut fwd_bwd = || attend(&qv, &kv, &vv)?.backward_with(&dout).map(drop);
+                    if !untried {
+                        tflops("fwd", 1.0, time(&mut fwd)?);
+                        tflops("fwd+bwd", 3.5, time(&mut fwd_bwd)?);
+                        continue;
+                    }
+                    // The backward in one pass (off by default until it has run on a GPU).
+                    let single = switched(cuda::set_single_pass_attention_backward, || {
+                        time(&mut fwd_bwd)
+                    })?;
+                    tflops("fwd+bwd single-pass", 3.5, single);
+                    // The Hopper forwards (sm_90 cards; off by default until they have
+                    // run on one), alone and with the two-kernel backward.
+                    for (mode, name) in HOPPER_FORWARDS.iter().filter(|_| sm90) {
+                        tflops(
+                            &format!("fwd {name}"),
+                            1.0,
+                            hopper(*mode, || time(&mut fwd))?,
+                        );
+                        let both = hopper(*mode, || time(&mut fwd_bwd))?;
+                        tflops(&format!("fwd+bwd {name}"), 3.5, both);
+                    }
                 }
             }
         }
@@ -288,21 +299,16 @@ fn dit_step_bf16(dev: Device, json: bool) -> Result<()> {
     report(json, "dit_step", "bf16 S/2 32x32 batch 256", s * 1e3, "ms");
     // The same step with cuBLASLt's gradient epilogues (off by default: slower on an
     // H200 in December 2026, see `cuda::set_half_gradient_epilogues`).
-    let variants: [(Switch, &str); 2] = [
-        (
-            cuda::set_half_gradient_epilogues,
-            "cuBLASLt gradient epilogues",
-        ),
-        (
-            cuda::set_single_pass_attention_backward,
-            "single-pass attention backward",
-        ),
-    ];
     let case = |what: &str| format!("bf16 S/2 32x32 batch 256, {what}");
-    for (set, what) in variants {
-        let ms = switched(set, || time(&mut step))? * 1e3;
-        report(json, "dit_step", &case(what), ms, "ms");
-    }
+    let what = "cuBLASLt gradient epilogues";
+    let ms = switched(cuda::set_half_gradient_epilogues, || time(&mut step))? * 1e3;
+    report(json, "dit_step", &case(what), ms, "ms");
+    // The default step's profile, then the paths not yet run on a GPU (the single-pass
+    // attention backward, the Hopper forwards): a fault there ends the process.
+    print_profile("bf16 DiT-S/2 step, batch 256", &mut step)?;
+    let what = "single-pass attention backward";
+    let ms = switched(cuda::set_single_pass_attention_backward, || time(&mut step))? * 1e3;
+    report(json, "dit_step", &case(what), ms, "ms");
     let sm90 = cuda::arch(0)? == "sm_90";
     for (mode, name) in HOPPER_FORWARDS.iter().filter(|_| sm90) {
         let ms = hopper(*mode, || time(&mut step))? * 1e3;
@@ -314,7 +320,6 @@ fn dit_step_bf16(dev: Device, json: bool) -> Result<()> {
             "ms",
         );
     }
-    print_profile("bf16 DiT-S/2 step, batch 256", step)?;
     Ok(())
 }
 

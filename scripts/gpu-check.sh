@@ -51,6 +51,7 @@ failed_tests() {
 status=0
 : > "$OUT_DIR/tests.tsv"
 for t in "$BIN"/tests/*; do
+    [ -e "$t" ] || continue
     name=$(basename "$t")
     case " ${TESTS:-$name} " in *" $name "*) ;; *) continue ;; esac
     # A hung kernel must not eat the whole GPU lease: each binary gets TEST_TIMEOUT.
@@ -133,9 +134,24 @@ PY
 if [ "${TRAIN:-1}" != 0 ] && [ -x "$BIN/twinflow" ] && [ -f "$BIN/moons-twinflow.toml" ]; then
     nccl_check
 fi
+# Our bench one group a process: a kernel fault ends its process (a CUDA error is the
+# whole context's), and must not take the other groups' figures with it. A failed
+# group's exit code and last lines go to bench-failures.txt (and the summary).
+: > "$OUT_DIR/bench-ours.jsonl"
+: > "$OUT_DIR/bench-ours.log"
+rm -f "$OUT_DIR/bench-failures.txt"
+for group in ${BENCH_GROUPS:-matmul bandwidth dit attention dit_bf16}; do
+    "$BIN/benches/cuda" --json "$group" >> "$OUT_DIR/bench-ours.jsonl" 2> "$OUT_DIR/bench-group.log"
+    rc=$?
+    cat "$OUT_DIR/bench-group.log" >> "$OUT_DIR/bench-ours.log"
+    if [ $rc -ne 0 ]; then
+        status=1
+        { echo "bench group $group: exit $rc"; tail -n 3 "$OUT_DIR/bench-group.log"; } \
+            >> "$OUT_DIR/bench-failures.txt"
+    fi
+done
+rm -f "$OUT_DIR/bench-group.log"
 # Word splitting of BENCH_GROUPS is intended: one argument per group.
-# shellcheck disable=SC2086
-"$BIN/benches/cuda" --json ${BENCH_GROUPS:-} > "$OUT_DIR/bench-ours.jsonl" 2> "$OUT_DIR/bench-ours.log" || status=1
 # shellcheck disable=SC2086
 "$PYTHON" "$BIN/torch_cuda.py" --json ${BENCH_GROUPS:-} > "$OUT_DIR/bench-torch.jsonl" 2> "$OUT_DIR/bench-torch.log" || status=1
 
@@ -149,16 +165,20 @@ for line in open(os.path.join(out, "tests.tsv")):
     name, rc, result, skips = line.rstrip("\n").split("\t")
     print(f"| {name} | {rc} | {result.replace('test result: ', '')} | {skips} |")
 def load(name):
-    rows = {}
+    rows, said = {}, set()
     path = os.path.join(out, name)
     for line in open(path) if os.path.exists(path) else []:
         line = line.strip()
         if line.startswith("{"):
             r = json.loads(line)
             rows[(r["bench"], r["case"])] = (r["value"], r["unit"])
-        elif line:
+        elif line and line not in said:
+            said.add(line)
             print(f"\n{name}: {line}")
     return rows
+failures = os.path.join(out, "bench-failures.txt")
+if os.path.exists(failures):
+    print("\n## bench groups that failed\n\n```\n" + open(failures).read().rstrip() + "\n```")
 # Dense (no sparsity) tensor-core and FP32 peaks of NVIDIA's datasheets, TFLOP/s, by the
 # card's name as nvidia-smi gives it (the more specific names first).
 PEAKS = [
