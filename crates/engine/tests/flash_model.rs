@@ -4,8 +4,9 @@
 //! shapes `kernels/flash_attention.cu` instantiates) on a model of `ldmatrix`, `mma`
 //! and `cp.async`, against a float64 reference, and checks every `ldmatrix` for
 //! alignment and bank conflicts; `scripts/flash_sm90_model.py` does the same for the
-//! Hopper forward on a model of `wgmma`. Needs a Python with numpy: `$TWINFLOW_PYTHON`, else
-//! `python3` (`.ci/run` installs numpy beside NVRTC); skips with a message without one.
+//! Hopper kernels on a model of `wgmma`, and runs the GPU attention test's probe on
+//! them. Needs a Python with numpy: `$TWINFLOW_PYTHON`, else `python3` (`.ci/run`
+//! installs numpy beside NVRTC); skips with a message without one.
 
 use std::path::Path;
 use std::process::Command;
