@@ -16,10 +16,13 @@ parts per split, summed in order) and the forward with its JVP) and checks:
 - the forward, dQ, dK/dV, the single-pass backward (one to three splits) and JVP
   (output, lse and tangent) of whole launches (every block, warp and tile, with tail
   rows and keys, tq ≠ tk, causal or not) equal a float64 reference of attention and of
-  its JVP.
+  its JVP;
+- the GPU attention test's probe (`probe_failures` in tests/cuda_flash_attention.rs,
+  the same inputs) prints none of its failure lines on the forward and both backwards.
 
 Values are kept in float64 (no bf16 rounding): this checks where each element goes, not
-precision. Run: python3 scripts/flash_fragments.py (needs numpy).
+precision. Run: python3 scripts/flash_fragments.py (needs numpy); with --probe it prints
+only the probe's lines, in the test's words, to set a changed model beside a GPU's.
 """
 import itertools
 import os
@@ -760,6 +763,72 @@ def compare(case, results):
     return worst
 
 
+def probe_inputs(D, h):
+    """Head h of the probe of tests/cuda_flash_attention.rs (`probe_inputs`), value for
+    value: q and k rows are ± Hadamard rows (key j's code; query i carries key σ(i)'s),
+    v's column 0 its row index and column c the value c, the output gradient's column 0
+    the row index; σ is the test's shuffle, by the same generator."""
+    t = 2 * D
+    hadamard = np.array([[(-1.0) ** bin(i & j).count("1") for j in range(D)] for i in range(D)])
+    code = np.concatenate([hadamard, -hadamard])
+    sigma, state = list(range(t)), 0x9E3779B9 + h
+    for i in range(t - 1, 0, -1):
+        state = (state * 6364136223846793005 + 1442695040888963407) % 2**64
+        j = (state >> 33) % (i + 1)
+        sigma[i], sigma[j] = sigma[j], sigma[i]
+    v = np.tile(np.arange(D, dtype=float), (t, 1))
+    v[:, 0] = np.arange(t)
+    do = np.zeros((t, D))
+    do[:, 0] = np.arange(t)
+    return code[sigma], code, v, do, sigma
+
+
+def probe_lines(D, run):
+    """The test's failure lines for head dim D, with `run(q, k, v, do) -> (out, dq, dk,
+    dv)` one (b, h) through a model's kernels (scale 1, no mask): one line per kind of
+    mismatch, in the test's words; none when every read is the one meant."""
+    wrong = {"out (col 0: the key a query read; col c: the v column)": [],
+             "dv (col 0: the query a key's row was matched with)": [],
+             "dq (zero)": [], "dk (zero)": []}
+    for h in range(2):
+        q, k, v, do, sigma = probe_inputs(D, h)
+        out, dq, dk, dv = run(q, k, v, do)
+        want_out = np.tile(np.arange(D, dtype=float), (2 * D, 1))
+        want_out[:, 0] = sigma
+        want_dv = np.zeros((2 * D, D))
+        want_dv[:, 0] = np.argsort(sigma)
+        zero = np.zeros((2 * D, D))
+        for (what, got), value, want in zip(wrong.items(), [out, dv, dq, dk],
+                                            [want_out, want_dv, zero, zero]):
+            for r, c in zip(*np.nonzero(~(np.abs(value - want) <= 1e-2))):
+                got.append(f"h{h} r{r} c{c}: {value[r, c]:.3f} (want {want[r, c]:g})")
+    return [f"probe d={D} {what}: {len(got)} wrong, e.g. {', '.join(got[:6])}"
+            for what, got in wrong.items() if got]
+
+
+def probe():
+    """The probe's lines on this model's kernels: the forward, the two-kernel backward
+    and the single-pass one (two splits), at head dims 64 and 128. Under the probe's
+    one-hot softmax dS is zero: where dQ's and dK's products read it is main()'s
+    business, not the probe's."""
+    lines = []
+    for D in (64, 128):
+        (MT, FW, FBS, FQREG), (BW, BBS, BQREG) = CONFIGS[D]
+        def run(q, k, v, do, splits=None):
+            out, _ = forward(q, k, v, 1.0, False, D, MT, FW, FBS, FQREG)
+            _, lse, delta = reference(q, k, v, do, 1.0, False)[:3]
+            if splits:
+                dq, dk, dv = dkdv_kernel(q, k, v, do, lse, delta, 1.0, False, D, 1, BW, BBS,
+                                         splits)
+                return out, dq, dk, dv
+            dq = dq_kernel(q, k, v, do, lse, delta, 1.0, False, D, 1, BW, BBS, BQREG)
+            dk, dv = dkdv_kernel(q, k, v, do, lse, delta, 1.0, False, D, 1, BW, BBS)
+            return out, dq, dk, dv
+        lines += probe_lines(D, run)
+        lines += [f"single-pass {line}" for line in probe_lines(D, lambda *x: run(*x, 2))]
+    return lines
+
+
 def main():
     rng = np.random.default_rng(0)
     lengths = [(1, 1), (7, 7), (49, 49), (65, 65), (130, 130), (65, 7), (7, 257), (200, 90)]
@@ -788,8 +857,18 @@ def main():
         worst = max(worst, compare(case, [("jvp out", o, o_r), ("jvp lse", lse, lse_r),
                                           ("jvp tangent", to, to_r)]))
         print(f"ok {case}", flush=True)
+    # The GPU test's probe, whose failure lines a GPU run prints: none on the model.
+    failures = probe()
+    for line in failures:
+        print(line)
+    if failures:
+        sys.exit("the model fails the probe")
+    print("ok probe: every read is the one meant")
     print(f"all match (worst relative error {worst:.1e}); no misaligned or conflicting ldmatrix")
 
 
 if __name__ == "__main__":
-    main()
+    if "--probe" in sys.argv[1:]:
+        print("\n".join(probe()) or "probe: every read is the one meant")
+    else:
+        main()

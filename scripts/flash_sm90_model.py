@@ -567,57 +567,21 @@ def pipeline_check(ntiles, ST, CWG, rng, pingpong=False):
 pipeline_check.steps = 0
 
 
-def probe_inputs(D, h):
-    """Head h of the probe of tests/cuda_flash_attention.rs (`probe_inputs`), value for
-    value: q and k rows are ± Hadamard rows (key j's code; query i carries key σ(i)'s),
-    v's column 0 its row index and column c the value c, the output gradient's column 0
-    the row index; σ is the test's shuffle, by the same generator."""
-    t = 2 * D
-    hadamard = np.array([[(-1.0) ** bin(i & j).count("1") for j in range(D)] for i in range(D)])
-    code = np.concatenate([hadamard, -hadamard])
-    sigma, state = list(range(t)), 0x9E3779B9 + h
-    for i in range(t - 1, 0, -1):
-        state = (state * 6364136223846793005 + 1442695040888963407) % 2**64
-        j = (state >> 33) % (i + 1)
-        sigma[i], sigma[j] = sigma[j], sigma[i]
-    v = np.tile(np.arange(D, dtype=float), (t, 1))
-    v[:, 0] = np.arange(t)
-    do = np.zeros((t, D))
-    do[:, 0] = np.arange(t)
-    return code[sigma], code, v, do, sigma
-
-
 def probe(window=0):
-    """The probe's maps as the model's kernels (the TMA forward and the two backward
-    kernels) produce them: one line per kind of mismatch, in the test's words, empty
-    when every read is the one meant. To test a guess at what a GPU got wrong, change
-    the model that way and compare its lines with the GPU's (`--probe`)."""
-    lines = []
+    """The probe's lines (`ff.probe_lines`) on the model's Hopper kernels: the TMA
+    forward and the two backward kernels. To test a guess at what a GPU got wrong,
+    change the model that way and compare its lines with the GPU's (`--probe`)."""
     dkdv_tile = dict(instantiations("FA_DKDV_SM90"))
     dq_tile = dict(instantiations("FA_DQ_SM90"))
+    lines = []
     for D, CWG, BS, ST in instantiations():
-        wrong = {"out (col 0: the key a query read; col c: the v column)": [],
-                 "dv (col 0: the query a key's row was matched with)": [],
-                 "dq (zero)": [], "dk (zero)": []}
-        for h in range(2):
-            q, k, v, do, sigma = probe_inputs(D, h)
-            inverse = np.argsort(sigma)
+        def run(q, k, v, do):
             out, _ = forward_sm90(q, k, v, 1.0, False, D, CWG, BS, window, ST)
             _, lse, delta = ff.reference(q, k, v, do, 1.0, False)[:3]
             dq = dq_sm90(q, k, v, do, lse, delta, 1.0, False, D, dq_tile[D], window)
             dk, dv = dkdv_sm90(q, k, v, do, lse, delta, 1.0, False, D, dkdv_tile[D], window)
-            want_out = np.tile(np.arange(D, dtype=float), (2 * D, 1))
-            want_out[:, 0] = sigma
-            want_dv = np.zeros((2 * D, D))
-            want_dv[:, 0] = inverse
-            zero = np.zeros((2 * D, D))
-            for (what, got), want in zip(wrong.items(), [want_out, want_dv, zero, zero]):
-                value = {"out": out, "dv": dv, "dq": dq, "dk": dk}[what.split()[0]]
-                for r, c in zip(*np.nonzero(np.abs(value - want) > 1e-2)):
-                    got.append(f"h{h} r{r} c{c}: {value[r, c]:.3f} (want {want[r, c]:g})")
-        for what, got in wrong.items():
-            if got:
-                lines.append(f"probe d={D} {what}: {len(got)} wrong, e.g. {', '.join(got[:6])}")
+            return out, dq, dk, dv
+        lines += ff.probe_lines(D, run)
     return lines
 
 

@@ -367,7 +367,9 @@ fn hopper_forwards_match_cpu_and_repeat() {
 /// zeros elsewhere. So column 0 of the output names the key each query was matched
 /// with and its other columns the v column each was read from; column 0 of dv names the
 /// query each key was matched with; dq and dk are zero (a one-hot softmax has no score
-/// gradient). Every value is an integer below 256, exact in bf16 and f16.
+/// gradient, so the probe says nothing about where dQ's and dK's products read it: the
+/// random inputs after it do). Every value is an integer below 256, exact in bf16 and
+/// f16. `scripts/flash_fragments.py` and `flash_sm90_model.py` build the same inputs.
 fn probe_inputs(d: usize, dt: DType) -> ([Tensor; 3], Tensor, [Vec<usize>; 2]) {
     let t = 2 * d;
     let hadamard = |i: usize, j: usize| {
