@@ -135,8 +135,10 @@ if [ "${TRAIN:-1}" != 0 ] && [ -x "$BIN/twinflow" ] && [ -f "$BIN/moons-twinflow
     nccl_check
 fi
 # Our bench one group a process: a kernel fault ends its process (a CUDA error is the
-# whole context's), and must not take the other groups' figures with it. A failed
-# group's exit code and last lines go to bench-failures.txt (and the summary).
+# whole context's), and must not take the other groups' figures with it; each process
+# compiles the kernels it uses again (seconds). A failed group's exit code and last
+# lines go to bench-failures.txt (and the summary). The default list is every group
+# benches/cuda.rs has, in its order.
 : > "$OUT_DIR/bench-ours.jsonl"
 : > "$OUT_DIR/bench-ours.log"
 rm -f "$OUT_DIR/bench-failures.txt"
