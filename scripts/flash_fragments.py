@@ -763,11 +763,12 @@ def compare(case, results):
     return worst
 
 
-def probe_inputs(D, h):
+def probe_inputs(D, h, pairs):
     """Head h of the probe of tests/cuda_flash_attention.rs (`probe_inputs`), value for
-    value: q and k rows are ± Hadamard rows (key j's code; query i carries key σ(i)'s),
-    v's column 0 its row index and column c the value c, the output gradient's column 0
-    the row index; σ is the test's shuffle, by the same generator."""
+    value: q and k rows are ± Hadamard rows (key j's code; query i carries key σ(i)'s,
+    and with `pairs` also the next row's of the same sign), v's column 0 its row index
+    (mod 64 with `pairs`) and column c the value c, the output gradient's column 0 the
+    row index (1 with `pairs`); σ is the test's shuffle, by the same generator."""
     t = 2 * D
     hadamard = np.array([[(-1.0) ** bin(i & j).count("1") for j in range(D)] for i in range(D)])
     code = np.concatenate([hadamard, -hadamard])
@@ -776,41 +777,40 @@ def probe_inputs(D, h):
         state = (state * 6364136223846793005 + 1442695040888963407) % 2**64
         j = (state >> 33) % (i + 1)
         sigma[i], sigma[j] = sigma[j], sigma[i]
+    q = code[sigma]
+    if pairs:
+        q = q + code[[a // D * D + (a % D + 1) % D for a in sigma]]
     v = np.tile(np.arange(D, dtype=float), (t, 1))
-    v[:, 0] = np.arange(t)
+    v[:, 0] = np.arange(t) % 64 if pairs else np.arange(t)
     do = np.zeros((t, D))
-    do[:, 0] = np.arange(t)
-    return code[sigma], code, v, do, sigma
+    do[:, 0] = 1.0 if pairs else np.arange(t)
+    return q, code, v, do
 
 
 def probe_lines(D, run):
-    """The test's failure lines for head dim D, with `run(q, k, v, do) -> (out, dq, dk,
-    dv)` one (b, h) through a model's kernels (scale 1, no mask): one line per kind of
-    mismatch, in the test's words; none when every read is the one meant."""
-    wrong = {"out (col 0: the key a query read; col c: the v column)": [],
-             "dv (col 0: the query a key's row was matched with)": [],
-             "dq (zero)": [], "dk (zero)": []}
-    for h in range(2):
-        q, k, v, do, sigma = probe_inputs(D, h)
-        out, dq, dk, dv = run(q, k, v, do)
-        want_out = np.tile(np.arange(D, dtype=float), (2 * D, 1))
-        want_out[:, 0] = sigma
-        want_dv = np.zeros((2 * D, D))
-        want_dv[:, 0] = np.argsort(sigma)
-        zero = np.zeros((2 * D, D))
-        for (what, got), value, want in zip(wrong.items(), [out, dv, dq, dk],
-                                            [want_out, want_dv, zero, zero]):
-            for r, c in zip(*np.nonzero(~(np.abs(value - want) <= 1e-2))):
-                got.append(f"h{h} r{r} c{c}: {value[r, c]:.3f} (want {want[r, c]:g})")
-    return [f"probe d={D} {what}: {len(got)} wrong, e.g. {', '.join(got[:6])}"
-            for what, got in wrong.items() if got]
+    """The test's failure lines for head dim D (without its dtype), with `run(q, k, v,
+    do) -> (out, dq, dk, dv)` one (b, h) through a model's kernels (scale 1, no mask),
+    against the float64 reference: one line per result with mismatches, in the test's
+    words; none when every value is the one meant."""
+    lines = []
+    for pairs in (False, True):
+        wrong = {what: [] for what in ("out", "dq", "dk", "dv")}
+        for h in range(2):
+            q, k, v, do = probe_inputs(D, h, pairs)
+            o, _, _, dq, dk, dv = reference(q, k, v, do, 1.0, False)
+            for (what, got), value, want in zip(wrong.items(), run(q, k, v, do),
+                                                (o, dq, dk, dv)):
+                for r, c in zip(*np.nonzero(~(np.abs(value - want) <= 1e-2))):
+                    got.append(f"h{h} r{r} c{c}: {value[r, c]:.3f} (want {want[r, c]:.3f})")
+        kind = "probe in pairs" if pairs else "probe"
+        lines += [f"{kind} d={D} {what}: {len(got)} wrong, e.g. {', '.join(got[:6])}"
+                  for what, got in wrong.items() if got]
+    return lines
 
 
 def probe():
     """The probe's lines on this model's kernels: the forward, the two-kernel backward
-    and the single-pass one (two splits), at head dims 64 and 128. Under the probe's
-    one-hot softmax dS is zero: where dQ's and dK's products read it is main()'s
-    business, not the probe's."""
+    and the single-pass one (two splits), at head dims 64 and 128."""
     lines = []
     for D in (64, 128):
         (MT, FW, FBS, FQREG), (BW, BBS, BQREG) = CONFIGS[D]

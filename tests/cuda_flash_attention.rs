@@ -367,10 +367,12 @@ fn hopper_forwards_match_cpu_and_repeat() {
 /// zeros elsewhere. So column 0 of the output names the key each query was matched
 /// with and its other columns the v column each was read from; column 0 of dv names the
 /// query each key was matched with; dq and dk are zero (a one-hot softmax has no score
-/// gradient, so the probe says nothing about where dQ's and dK's products read it: the
-/// random inputs after it do). Every value is an integer below 256, exact in bf16 and
-/// f16. `scripts/flash_fragments.py` and `flash_sm90_model.py` build the same inputs.
-fn probe_inputs(d: usize, dt: DType) -> ([Tensor; 3], Tensor, [Vec<usize>; 2]) {
+/// gradient). With `pairs`, query i attends to σₕ(i) and to the next Hadamard row of the
+/// same sign, half each (its q row the sum of the two codes), v's column 0 holds j mod 64
+/// and the output's gradient is 1 in column 0: then dS is ±(v_a − v_b)/4 on the two
+/// keys, and dq and dk show where their products read it. Every value is a multiple of
+/// 1/4 with at most 8 significant bits, exact in bf16 and f16. `scripts/flash_fragments.py` builds the same inputs.
+fn probe_inputs(d: usize, dt: DType, pairs: bool) -> ([Tensor; 3], Tensor) {
     let t = 2 * d;
     let hadamard = |i: usize, j: usize| {
         if (i & j).count_ones().is_multiple_of(2) {
@@ -384,6 +386,8 @@ fn probe_inputs(d: usize, dt: DType) -> ([Tensor; 3], Tensor, [Vec<usize>; 2]) {
         let sign = if j < d { 1.0 } else { -1.0 };
         sign * hadamard(j % d, c)
     };
+    // Key j's partner under `pairs`: the next Hadamard row, of the same sign.
+    let partner = |j: usize| j / d * d + (j % d + 1) % d;
     // σₕ: a shuffle of 0..t by a linear congruential generator seeded with the head.
     let sigma = [0u64, 1].map(|h| {
         let mut order: Vec<usize> = (0..t).collect();
@@ -402,81 +406,111 @@ fn probe_inputs(d: usize, dt: DType) -> ([Tensor; 3], Tensor, [Vec<usize>; 2]) {
             .collect();
         Tensor::from_f64s(&values, &[1, 2, t, d], dt, Device::Cpu).unwrap()
     };
-    let q = fill(&|h, i, c| code(sigma[h][i], c));
+    let q = fill(&|h, i, c| {
+        let a = sigma[h][i];
+        code(a, c) + if pairs { code(partner(a), c) } else { 0.0 }
+    });
     let k = fill(&|_, j, c| code(j, c));
-    let v = fill(&|_, j, c| if c == 0 { j as f64 } else { c as f64 });
-    let w = fill(&|_, i, c| if c == 0 { i as f64 } else { 0.0 });
-    ([q, k, v], w, sigma)
+    // Under `pairs` an output is the mean of two rows: j mod 64 in column 0 keeps it
+    // exact in bf16 (j itself needs nine bits for the half at d = 128).
+    let v = fill(&|_, j, c| match (c, pairs) {
+        (0, false) => j as f64,
+        (0, true) => (j % 64) as f64,
+        _ => c as f64,
+    });
+    let w = fill(&|_, i, c| match (c, pairs) {
+        (0, false) => i as f64,
+        (0, true) => 1.0,
+        _ => 0.0,
+    });
+    ([q, k, v], w)
 }
 
-/// Runs the probe (`probe_inputs`) in `dt` on `dev` at head dims 64 and 128: one line
-/// per kind of mismatch with its count and first places; empty on a correct kernel.
-/// On a wrong one, the lines give the map that the kernels' model
-/// (`scripts/flash_sm90_model.py`) can be checked against.
+/// Output and (dq, dk, dv) of attention with scale 1 on `inputs` moved to `dev`,
+/// under the output projection `w`, as values.
+fn probe_run(dev: Device, inputs: &[Tensor; 3], w: &Tensor) -> [Vec<f64>; 4] {
+    let vars = inputs
+        .each_ref()
+        .map(|x| x.to_device(dev).unwrap().into_variable().unwrap());
+    let out = scaled_dot_product_attention(&vars[0], &vars[1], &vars[2], Some(1.0), false).unwrap();
+    let loss = out.mul(&w.to_device(dev).unwrap()).unwrap();
+    let grads = loss.sum_all().unwrap().backward().unwrap();
+    let values = |x: &Tensor| x.to_device(Device::Cpu).unwrap().to_vec_f64().unwrap();
+    let grad = |x: &Tensor| values(grads.get(x).expect("gradient"));
+    [values(&out), grad(&vars[0]), grad(&vars[1]), grad(&vars[2])]
+}
+
+/// Runs the probe (`probe_inputs`, one-hot and in pairs) in `dt` on `dev` at head dims
+/// 64 and 128 against the float64 CPU op on the same (exact) values: one line per
+/// result with mismatches, its count and first places (head, row, column: got, want);
+/// empty on a correct kernel. On a wrong one, the lines give the map that the kernels'
+/// models (`--probe` of `scripts/flash_fragments.py` and `flash_sm90_model.py`) can be
+/// set against.
 fn probe_failures(dev: Device, dt: DType) -> Vec<String> {
     let mut failures = Vec::new();
-    for d in [64, 128] {
-        let (inputs, w, sigma) = probe_inputs(d, dt);
-        let vars = inputs.map(|x| x.to_device(dev).unwrap().into_variable().unwrap());
-        let out =
-            scaled_dot_product_attention(&vars[0], &vars[1], &vars[2], Some(1.0), false).unwrap();
-        let loss = out.mul(&w.to_device(dev).unwrap()).unwrap();
-        let grads = loss.sum_all().unwrap().backward().unwrap();
-        let values = |x: &Tensor| x.to_device(Device::Cpu).unwrap().to_vec_f64().unwrap();
-        let grad = |x: &Tensor| values(grads.get(x).expect("gradient"));
-        let (out, dq, dk, dv) = (values(&out), grad(&vars[0]), grad(&vars[1]), grad(&vars[2]));
-        let t = 2 * d;
-        let inverse = sigma.each_ref().map(|s| {
-            let mut inv = vec![0; t];
-            s.iter().enumerate().for_each(|(i, &j)| inv[j] = i);
-            inv
-        });
-        let mut check = |what: &str, got: &[f64], want: &dyn Fn(usize, usize, usize) -> f64| {
-            let wrong: Vec<String> = (0..got.len())
-                .filter_map(|n| {
-                    let (h, row, c) = (n / (t * d), n / d % t, n % d);
-                    let want = want(h, row, c);
-                    ((got[n] - want).abs() > 1e-2)
-                        .then(|| format!("h{h} r{row} c{c}: {:.3} (want {want})", got[n]))
-                })
-                .collect();
-            if !wrong.is_empty() {
-                let first = wrong[..wrong.len().min(6)].join(", ");
-                failures.push(format!(
-                    "probe {dt} d={d} {what}: {} wrong, e.g. {first}",
-                    wrong.len()
-                ));
+    for pairs in [false, true] {
+        for d in [64, 128] {
+            let (inputs, w) = probe_inputs(d, dt, pairs);
+            let got = probe_run(dev, &inputs, &w);
+            let wide = |x: &Tensor| x.to_dtype(DType::F64).unwrap();
+            let want = probe_run(Device::Cpu, &inputs.each_ref().map(wide), &wide(&w));
+            let kind = if pairs { "probe in pairs" } else { "probe" };
+            for (what, (got, want)) in ["out", "dq", "dk", "dv"].iter().zip(got.iter().zip(&want)) {
+                let t = 2 * d;
+                let wrong: Vec<String> = (0..got.len())
+                    .filter(|&n| {
+                        let off = (got[n] - want[n]).abs();
+                        off.is_nan() || off > 1e-2
+                    })
+                    .map(|n| {
+                        let (h, row, c) = (n / (t * d), n / d % t, n % d);
+                        format!("h{h} r{row} c{c}: {:.3} (want {:.3})", got[n], want[n])
+                    })
+                    .collect();
+                if !wrong.is_empty() {
+                    let first = wrong[..wrong.len().min(6)].join(", ");
+                    failures.push(format!(
+                        "{kind} {dt} d={d} {what}: {} wrong, e.g. {first}",
+                        wrong.len()
+                    ));
+                }
             }
-        };
-        check(
-            "out (col 0: the key a query read; col c: the v column)",
-            &out,
-            &|h, i, c| match c {
-                0 => sigma[h][i] as f64,
-                _ => c as f64,
-            },
-        );
-        check(
-            "dv (col 0: the query a key's row was matched with)",
-            &dv,
-            &|h, j, c| match c {
-                0 => inverse[h][j] as f64,
-                _ => 0.0,
-            },
-        );
-        check("dq (zero)", &dq, &|_, _, _| 0.0);
-        check("dk (zero)", &dk, &|_, _, _| 0.0);
+        }
     }
     failures
 }
 
-/// The probe's expectations hold on the CPU, in f32 and bf16: the inputs make the
-/// softmax one-hot and every value exact, so the GPU's failures are the kernels'.
+/// The probe's values are exact on the CPU, in f32 and bf16 (the f64 op gives the same
+/// to the bit), and its one-hot outputs name what they should: so the GPU's failures
+/// are the kernels'.
 #[test]
 fn probe_reads_back_its_permutations_on_the_cpu() {
     for dt in [DType::F32, DType::BF16] {
         let failures = probe_failures(Device::Cpu, dt);
         assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+    for d in [64, 128] {
+        let t = 2 * d;
+        // One-hot: out's and dv's column 0 are permutations of 0..t in each head, dq
+        // and dk zero (in f64 up to the other keys' weights, e⁻⁶⁴ each).
+        let (inputs, w) = probe_inputs(d, DType::F64, false);
+        let [out, dq, dk, dv] = probe_run(Device::Cpu, &inputs, &w);
+        for values in [&out, &dv] {
+            for h in 0..2 {
+                let mut column: Vec<f64> = (0..t).map(|r| values[(h * t + r) * d]).collect();
+                column.sort_by(f64::total_cmp);
+                assert!(column
+                    .iter()
+                    .enumerate()
+                    .all(|(r, &x)| (x - r as f64).abs() < 1e-6));
+            }
+        }
+        assert!(dq.iter().chain(&dk).all(|x| x.abs() < 1e-6));
+        // In pairs: the score gradients are not zero, so dq and dk are not either.
+        let (inputs, w) = probe_inputs(d, DType::F64, true);
+        let [_, dq, dk, _] = probe_run(Device::Cpu, &inputs, &w);
+        let nonzero = |x: &[f64]| x.iter().filter(|v| v.abs() > 0.1).count();
+        assert!(nonzero(&dq) > t && nonzero(&dk) > t);
     }
 }
 
