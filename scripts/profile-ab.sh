@@ -93,21 +93,8 @@ build_rev() {
     label=$commit
 }
 
-cpu_busy() {
-    local a b total=0 i
-    a=($(head -1 /proc/stat)); sleep 0.5; b=($(head -1 /proc/stat))
-    for i in 1 2 3 4 5 6 7 8; do total=$((total + b[i] - a[i])); done
-    local idle=$((b[4] - a[4] + b[5] - a[5]))
-    echo $(((100 * (total - idle)) / (total > 0 ? total : 1)))
-}
-
-wait_quiet() {
-    local start=$SECONDS
-    while [ "$(cpu_busy)" -gt 10 ]; do
-        [ $((SECONDS - start)) -ge "$QUIET_WAIT" ] && return
-        sleep 1
-    done
-}
+# cpu_busy, wait_quiet.
+source benches/quiet.sh
 
 label=
 echo "== building $bench at $base" >&2
