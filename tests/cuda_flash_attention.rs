@@ -90,11 +90,16 @@ fn randn(seed: u64, shape: &[usize], dt: DType) -> Tensor {
 
 /// Output and (dq, dk, dv) of attention on `inputs` under the output projection `w`.
 fn run(inputs: &[Tensor], w: &Tensor, causal: bool) -> Vec<Tensor> {
+    run_scaled(inputs, w, None, causal)
+}
+
+/// [`run`] with the attention's `scale` (`None`: 1/√d).
+fn run_scaled(inputs: &[Tensor], w: &Tensor, scale: Option<f64>, causal: bool) -> Vec<Tensor> {
     let vars: Vec<Tensor> = inputs
         .iter()
         .map(|t| t.detach().into_variable().unwrap())
         .collect();
-    let out = scaled_dot_product_attention(&vars[0], &vars[1], &vars[2], None, causal).unwrap();
+    let out = scaled_dot_product_attention(&vars[0], &vars[1], &vars[2], scale, causal).unwrap();
     let grads = out.mul(w).unwrap().sum_all().unwrap().backward().unwrap();
     let mut all = vec![out];
     all.extend(vars.iter().map(|v| grads.get(v).expect("gradient").clone()));
@@ -429,15 +434,10 @@ fn probe_inputs(d: usize, dt: DType, pairs: bool) -> ([Tensor; 3], Tensor) {
 /// Output and (dq, dk, dv) of attention with scale 1 on `inputs` moved to `dev`,
 /// under the output projection `w`, as values.
 fn probe_run(dev: Device, inputs: &[Tensor; 3], w: &Tensor) -> [Vec<f64>; 4] {
-    let vars = inputs
-        .each_ref()
-        .map(|x| x.to_device(dev).unwrap().into_variable().unwrap());
-    let out = scaled_dot_product_attention(&vars[0], &vars[1], &vars[2], Some(1.0), false).unwrap();
-    let loss = out.mul(&w.to_device(dev).unwrap()).unwrap();
-    let grads = loss.sum_all().unwrap().backward().unwrap();
+    let on = |x: &Tensor| x.to_device(dev).unwrap();
+    let results = run_scaled(&inputs.each_ref().map(on), &on(w), Some(1.0), false);
     let values = |x: &Tensor| x.to_device(Device::Cpu).unwrap().to_vec_f64().unwrap();
-    let grad = |x: &Tensor| values(grads.get(x).expect("gradient"));
-    [values(&out), grad(&vars[0]), grad(&vars[1]), grad(&vars[2])]
+    std::array::from_fn(|i| values(&results[i]))
 }
 
 /// Runs the probe (`probe_inputs`, one-hot and in pairs) in `dt` on `dev` at head dims
